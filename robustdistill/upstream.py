@@ -1,0 +1,336 @@
+"""One contract for every speech encoder: padded waveforms plus lengths in, hidden states plus
+frame lengths out.
+
+:class:`Upstream` wraps any ``transformers`` speech encoder loaded by hub id or local folder:
+WavLM, HuBERT, wav2vec 2.0, data2vec-audio (raw waveform input, 20 ms frames) and the Whisper
+encoder (log-mel input, 20 ms frames, a fixed 30 s window). It is used for the frozen teacher,
+for the trainable student and as the frozen upstream of downstream evaluation.
+
+Tensor legend: ``B`` batch, ``S`` samples (16 kHz), ``T`` frames (50 per second), ``D`` hidden
+width, ``L`` transformer layers (``hidden_states`` holds ``L + 1`` tensors; index 0 is the
+input of the first transformer layer, as in ``transformers``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, PreTrainedModel
+
+from .audio import SAMPLE_RATE
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Upstream", "UpstreamOutput", "lengths_to_mask", "disable_train_randomness"]
+
+#: Whisper's encoder needs exactly 30 s of log-mel input (3000 frames of 10 ms).
+WHISPER_WINDOW_SAMPLES = 30 * SAMPLE_RATE
+#: Samples per Whisper encoder frame (two stride-2 convs over 10 ms mel frames: 20 ms).
+WHISPER_SAMPLES_PER_FRAME = 320
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
+    """``(B,)`` integer lengths -> ``(B, max_len)`` bool mask, True on real positions."""
+    max_len = int(lengths.max()) if max_len is None else max_len
+    positions = torch.arange(max_len, device=lengths.device)
+    return positions.unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def disable_train_randomness(config) -> None:
+    """Turn off the train-mode randomness of a speech SSL config in place.
+
+    LayerDrop (``layerdrop``, Whisper's ``encoder_layerdrop``) silently skips layers and
+    SpecAugment (``apply_spec_augment``, ``mask_time_prob``, ``mask_feature_prob``) silently
+    masks frames; a teacher must never do either, and a student only when asked.
+    """
+    for name in ("layerdrop", "encoder_layerdrop"):
+        if hasattr(config, name):
+            setattr(config, name, 0.0)
+    if hasattr(config, "apply_spec_augment"):
+        config.apply_spec_augment = False
+    for name in ("mask_time_prob", "mask_feature_prob"):
+        if hasattr(config, name):
+            setattr(config, name, 0.0)
+
+
+@dataclass
+class UpstreamOutput:
+    """What :meth:`Upstream.forward` returns.
+
+    Attributes:
+        hidden_states: ``L + 1`` tensors of shape ``(B, T, D)``; frames past ``frame_lengths``
+            are padding and must not be used.
+        frame_lengths: ``(B,)`` long, real frames per utterance.
+        frame_mask: ``(B, T)`` bool, True on real frames.
+        extract_features: ``(B, T, C)`` output of the convolutional feature encoder (before
+            the projection to ``D``), or None when not asked for / not available (Whisper).
+    """
+
+    hidden_states: tuple[torch.Tensor, ...]
+    frame_lengths: torch.Tensor
+    frame_mask: torch.Tensor
+    extract_features: torch.Tensor | None = None
+
+
+class Upstream(nn.Module):
+    """A speech encoder behind the upstream contract.
+
+    Args:
+        model: a loaded ``transformers`` model: an SSL encoder (``WavLMModel``, ``HubertModel``,
+            ``Wav2Vec2Model``, ``Data2VecAudioModel``...) or a Whisper model / encoder.
+        normalize: zero-mean unit-variance normalisation of each waveform over its real
+            samples, as the model's ``Wav2Vec2FeatureExtractor`` (``do_normalize``) does.
+        use_attention_mask: pass an attention mask to the model. ``transformers`` convention:
+            only models with ``feat_extract_norm == "layer"`` were trained with one; for the
+            others padding is zeros and the outputs of padded batches depend slightly on the
+            padding, as in the original models.
+        feature_extractor: the Whisper feature extractor (log-mel), required for Whisper.
+        frozen: eval mode, ``requires_grad=False`` on all parameters, forward under no_grad.
+
+    Raises:
+        ValueError: Whisper model without a feature extractor.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        *,
+        normalize: bool = False,
+        use_attention_mask: bool = False,
+        feature_extractor=None,
+        frozen: bool = True,
+    ) -> None:
+        super().__init__()
+        self.is_whisper = getattr(model.config, "model_type", "") == "whisper"
+        if self.is_whisper:
+            if feature_extractor is None:
+                raise ValueError("a Whisper upstream needs its WhisperFeatureExtractor")
+            model = model.get_encoder() if hasattr(model, "get_encoder") else model
+        self.model = model
+        self.normalize = normalize
+        self.use_attention_mask = use_attention_mask
+        self.feature_extractor = feature_extractor
+        self.frozen = frozen
+        if frozen:
+            self.freeze()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        *,
+        frozen: bool = True,
+        trust_remote_code: bool = False,
+        keep_train_randomness: bool = False,
+        dtype: torch.dtype = torch.float32,
+        revision: str | None = None,
+    ) -> Upstream:
+        """Load an encoder by hub id (``microsoft/wavlm-base-plus``) or local folder.
+
+        LayerDrop and SpecAugment are switched off unless ``keep_train_randomness`` (never
+        for a frozen upstream). Normalisation and attention-mask use follow the folder's
+        ``preprocessor_config.json`` when it has one, else the ``transformers`` convention
+        (both on exactly when ``feat_extract_norm == "layer"``).
+
+        Raises:
+            OSError: the id or folder cannot be resolved (offline with no local copy, typo).
+            ValueError: the checkpoint is not a speech encoder this contract supports.
+        """
+        name_or_path = str(name_or_path)
+        config = AutoConfig.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, revision=revision
+        )
+        if frozen or not keep_train_randomness:
+            disable_train_randomness(config)
+        model = AutoModel.from_pretrained(
+            name_or_path,
+            config=config,
+            trust_remote_code=trust_remote_code,
+            revision=revision,
+            dtype=dtype,
+        )
+        feature_extractor = _load_feature_extractor(name_or_path, trust_remote_code, revision)
+        if config.model_type == "whisper":
+            return cls(model, feature_extractor=feature_extractor, frozen=frozen)
+        if not hasattr(model, "_get_feat_extract_output_lengths"):
+            raise ValueError(
+                f"{name_or_path}: {type(model).__name__} is not a waveform speech encoder "
+                "(expected WavLM, HuBERT, wav2vec 2.0, data2vec-audio or Whisper)"
+            )
+        layer_norm = getattr(config, "feat_extract_norm", "group") == "layer"
+        normalize = getattr(feature_extractor, "do_normalize", layer_norm)
+        use_mask = getattr(feature_extractor, "return_attention_mask", layer_norm)
+        return cls(model, normalize=normalize, use_attention_mask=use_mask, frozen=frozen)
+
+    def freeze(self) -> None:
+        """Eval mode and no gradients for every parameter (a frozen teacher/upstream)."""
+        self.frozen = True
+        self.model.eval()
+        self.model.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> Upstream:
+        """Like ``nn.Module.train``, but a frozen upstream always stays in eval mode."""
+        super().train(mode and not self.frozen)
+        return self
+
+    # ------------------------------------------------------------------ shape facts
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def hidden_size(self) -> int:
+        """Width ``D`` of the hidden states."""
+        return self.config.d_model if self.is_whisper else self.config.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        """Number of transformer layers ``L`` (``hidden_states`` holds ``L + 1`` tensors)."""
+        return self.config.encoder_layers if self.is_whisper else self.config.num_hidden_layers
+
+    @property
+    def conv_dim(self) -> int | None:
+        """Channels ``C`` of the convolutional features, None for Whisper."""
+        return None if self.is_whisper else self.config.conv_dim[-1]
+
+    @property
+    def samples_per_frame(self) -> int:
+        """Samples per output frame at 16 kHz (320 for all supported families: 20 ms)."""
+        if self.is_whisper:
+            return WHISPER_SAMPLES_PER_FRAME
+        return math.prod(self.config.conv_stride)
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Real output frames for waveforms of ``lengths`` samples.
+
+        Uses the model's own convolution arithmetic (``_get_feat_extract_output_lengths``)
+        for SSL encoders, ``ceil(n / 320)`` for Whisper.
+
+        Args:
+            lengths: ``(B,)`` integer sample counts.
+
+        Returns:
+            ``(B,)`` long frame counts.
+        """
+        lengths = torch.as_tensor(lengths)
+        if self.is_whisper:
+            return torch.div(lengths + WHISPER_SAMPLES_PER_FRAME - 1, WHISPER_SAMPLES_PER_FRAME,
+                             rounding_mode="floor").long()
+        return self.model._get_feat_extract_output_lengths(lengths).long()
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        waveforms: torch.Tensor,
+        lengths: torch.Tensor,
+        *,
+        return_extract_features: bool = False,
+    ) -> UpstreamOutput:
+        """Encode a padded batch.
+
+        Args:
+            waveforms: ``(B, S)`` float, 16 kHz, zero-padded after ``lengths``.
+            lengths: ``(B,)`` long, real samples per utterance.
+            return_extract_features: also return the CNN features ``(B, T, C)``.
+
+        Returns:
+            :class:`UpstreamOutput`.
+
+        Raises:
+            ValueError: wrongly shaped input, or lengths outside ``[1, S]``.
+        """
+        if waveforms.dim() != 2:
+            raise ValueError(f"waveforms must be (B, S), got shape {tuple(waveforms.shape)}")
+        lengths = torch.as_tensor(lengths, device=waveforms.device).long()
+        if lengths.shape != (waveforms.shape[0],):
+            raise ValueError(f"lengths must be ({waveforms.shape[0]},), got {tuple(lengths.shape)}")
+        if int(lengths.min()) < 1 or int(lengths.max()) > waveforms.shape[1]:
+            raise ValueError(f"lengths must lie in [1, {waveforms.shape[1]}], got {lengths.tolist()}")
+        context = torch.no_grad() if self.frozen else torch.enable_grad()
+        with context:
+            if self.is_whisper:
+                return self._forward_whisper(waveforms, lengths)
+            return self._forward_ssl(waveforms, lengths, return_extract_features)
+
+    def _forward_ssl(self, waveforms, lengths, return_extract_features) -> UpstreamOutput:
+        sample_mask = lengths_to_mask(lengths, waveforms.shape[1])
+        if self.normalize:
+            waveforms = _normalize(waveforms, sample_mask)
+        waveforms = waveforms * sample_mask  # padding is exactly zero
+        captured = {}
+        handle = None
+        if return_extract_features:
+            def hook(_module, _inputs, output):
+                captured["features"] = output.transpose(1, 2)  # (B, C, T) -> (B, T, C)
+            handle = self.model.feature_extractor.register_forward_hook(hook)
+        try:
+            out = self.model(
+                waveforms,
+                attention_mask=sample_mask.long() if self.use_attention_mask else None,
+                output_hidden_states=True,
+                return_dict=True,
+            )
+        finally:
+            if handle is not None:
+                handle.remove()
+        hidden_states = tuple(out.hidden_states)
+        frame_lengths = self.frame_lengths(lengths).clamp(max=hidden_states[-1].shape[1])
+        mask = lengths_to_mask(frame_lengths, hidden_states[-1].shape[1])
+        return UpstreamOutput(hidden_states, frame_lengths, mask, captured.get("features"))
+
+    def _forward_whisper(self, waveforms, lengths) -> UpstreamOutput:
+        """Whisper needs 3000 log-mel frames: cut each utterance into 30 s windows, pad each
+        window, encode, keep ``ceil(window_samples / 320)`` frames and join them again."""
+        device = waveforms.device
+        windows, owners, kept = [], [], []
+        for b, n in enumerate(lengths.tolist()):
+            for start in range(0, n, WHISPER_WINDOW_SAMPLES):
+                piece = waveforms[b, start : min(n, start + WHISPER_WINDOW_SAMPLES)]
+                windows.append(piece.float().cpu().numpy())
+                owners.append(b)
+                kept.append(math.ceil(piece.numel() / WHISPER_SAMPLES_PER_FRAME))
+        features = self.feature_extractor(
+            windows, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="max_length"
+        ).input_features
+        dtype = next(self.model.parameters()).dtype
+        out = self.model(
+            features.to(device=device, dtype=dtype), output_hidden_states=True, return_dict=True
+        )
+        frame_lengths = self.frame_lengths(lengths).to(device)
+        max_frames = int(frame_lengths.max())
+        hidden_states = []
+        for layer in out.hidden_states:
+            joined = layer.new_zeros(len(lengths), max_frames, layer.shape[-1])
+            cursor = [0] * len(lengths)
+            for i, (b, k) in enumerate(zip(owners, kept, strict=True)):
+                joined[b, cursor[b] : cursor[b] + k] = layer[i, :k]
+                cursor[b] += k
+            hidden_states.append(joined)
+        mask = lengths_to_mask(frame_lengths, max_frames)
+        return UpstreamOutput(tuple(hidden_states), frame_lengths, mask, None)
+
+
+def _normalize(waveforms: torch.Tensor, mask: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Zero-mean unit-variance per utterance over real samples (``Wav2Vec2FeatureExtractor``)."""
+    mask = mask.to(waveforms.dtype)
+    count = mask.sum(dim=1, keepdim=True)
+    mean = (waveforms * mask).sum(dim=1, keepdim=True) / count
+    var = (((waveforms - mean) * mask) ** 2).sum(dim=1, keepdim=True) / count
+    return (waveforms - mean) / torch.sqrt(var + eps) * mask
+
+
+def _load_feature_extractor(name_or_path: str, trust_remote_code: bool, revision: str | None):
+    try:
+        return AutoFeatureExtractor.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, revision=revision
+        )
+    except (OSError, ValueError) as err:
+        logger.info("no feature extractor for %s (%s); using the config's convention",
+                    name_or_path, err)
+        return None
