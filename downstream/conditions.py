@@ -1,0 +1,191 @@
+"""Test conditions of the robustness matrix: clean, additive noise at fixed SNRs, reverberation.
+
+A condition is named ``clean``, ``snr<X>`` (noise at ``X`` dB SNR, e.g. ``snr-5``, ``snr10``),
+``reverb`` (convolution with a room impulse response, RIR) or ``reverb+snr<X>`` (reverberation,
+then noise at ``X`` dB measured against the reverberant speech). The trained head is evaluated
+on the same test utterances under each condition.
+
+Corruption uses :func:`robustdistill.augment.mix_at_snr` and
+:func:`robustdistill.augment.reverberate` with noise / RIR banks loaded from the folders given for
+the test (``--test-noise-dir``, ``--test-rir-dir``; they should differ from the training noise).
+Each (utterance, condition) gets its own generator seeded from the run seed, the utterance key
+and the condition name, so the corrupted audio is identical for every upstream evaluated with
+the same seed and data: upstreams are compared on identical audio.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from robustdistill.augment import NoiseBank, RirBank, mix_at_snr, reverberate
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CLEAN",
+    "DEFAULT_CONDITIONS",
+    "Condition",
+    "TestCorruptor",
+    "parse_condition",
+    "parse_conditions",
+]
+
+#: The default robustness matrix.
+DEFAULT_CONDITIONS = ("clean", "snr-5", "snr0", "snr5", "snr10", "snr20", "reverb")
+
+_PATTERN = re.compile(r"^(?P<reverb>reverb)?(?:\+?snr(?P<snr>-?\d+(?:\.\d+)?))?$")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One test condition.
+
+    Attributes:
+        name: its canonical name (``clean``, ``snr5``, ``reverb``, ``reverb+snr5``).
+        snr_db: the SNR of the added noise in dB, or None for no noise.
+        reverb: whether the speech is reverberated.
+    """
+
+    name: str
+    snr_db: float | None = None
+    reverb: bool = False
+
+    @property
+    def is_clean(self) -> bool:
+        return self.snr_db is None and not self.reverb
+
+
+#: The clean condition (train and dev are always clean).
+CLEAN = Condition("clean")
+
+
+def parse_condition(name: str) -> Condition:
+    """``"snr-5"`` -> ``Condition("snr-5", snr_db=-5.0)`` etc.
+
+    Raises:
+        ValueError: a name that is none of ``clean``, ``snr<X>``, ``reverb``, ``reverb+snr<X>``.
+    """
+    text = name.strip().lower()
+    if text == "clean":
+        return CLEAN
+    match = _PATTERN.match(text)
+    if not text or match is None or (match["reverb"] is None and match["snr"] is None):
+        raise ValueError(
+            f"unknown condition {name!r}; use clean, snr<dB> (e.g. snr-5, snr10), reverb "
+            "or reverb+snr<dB>"
+        )
+    if match["reverb"] and match["snr"] and "+" not in text:
+        raise ValueError(f"unknown condition {name!r}; did you mean 'reverb+snr{match['snr']}'?")
+    snr = float(match["snr"]) if match["snr"] is not None else None
+    canonical = "+".join(
+        p for p in ("reverb" if match["reverb"] else "", f"snr{_fmt(snr)}" if snr is not None else "") if p
+    )
+    return Condition(canonical, snr, bool(match["reverb"]))
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def parse_conditions(names: list[str] | tuple[str, ...]) -> list[Condition]:
+    """Parse a list of condition names, keeping order.
+
+    Raises:
+        ValueError: an unknown name, duplicates, or an empty list.
+    """
+    if not names:
+        raise ValueError("at least one condition is needed")
+    conditions = [parse_condition(n) for n in names]
+    seen = [c.name for c in conditions]
+    dupes = sorted({n for n in seen if seen.count(n) > 1})
+    if dupes:
+        raise ValueError(f"duplicate conditions: {dupes}")
+    return conditions
+
+
+class TestCorruptor:
+    """Applies test conditions with fixed noise / RIR banks, seeded per utterance.
+
+    Args:
+        noise_bank: test noise recordings (needed by ``snr*`` conditions).
+        rir_bank: test RIRs (needed by ``reverb*`` conditions).
+        seed: the run seed.
+    """
+
+    __test__ = False  # not a pytest class
+
+    def __init__(
+        self, noise_bank: NoiseBank | None = None, rir_bank: RirBank | None = None, seed: int = 0
+    ) -> None:
+        self.noise_bank = noise_bank
+        self.rir_bank = rir_bank
+        self.seed = seed
+
+    @classmethod
+    def from_dirs(
+        cls, noise_dir: str | Path | None, rir_dir: str | Path | None, seed: int = 0
+    ) -> TestCorruptor:
+        """Load the banks once (any rate and channel count; resampled, down-mixed).
+
+        Raises:
+            FileNotFoundError: a folder does not exist or holds no audio.
+            robustdistill.audio.AudioError: no file of a folder could be used.
+        """
+        noise = NoiseBank.from_folder(noise_dir) if noise_dir else None
+        rirs = RirBank.from_folder(rir_dir) if rir_dir else None
+        return cls(noise, rirs, seed)
+
+    def check(self, conditions: list[Condition]) -> None:
+        """Fail early when a condition needs a bank that was not given.
+
+        Raises:
+            ValueError: naming the condition and the missing option.
+        """
+        for condition in conditions:
+            if condition.snr_db is not None and self.noise_bank is None:
+                raise ValueError(f"condition {condition.name} needs --test-noise-dir")
+            if condition.reverb and self.rir_bank is None:
+                raise ValueError(f"condition {condition.name} needs --test-rir-dir")
+
+    def rng(self, key: str, condition: Condition) -> np.random.Generator:
+        """The generator of one (utterance, condition): a function of seed, key and name only."""
+        entropy = [self.seed, zlib.crc32(key.encode()), zlib.crc32(condition.name.encode())]
+        return np.random.default_rng(entropy)
+
+    def apply(self, waveform: np.ndarray, condition: Condition, key: str) -> np.ndarray:
+        """Corrupt one utterance.
+
+        Args:
+            waveform: ``(S,)`` float32 clean speech, 16 kHz.
+            condition: the condition.
+            key: the utterance's stable id (seeds the choice of noise, offset and RIR).
+
+        Returns:
+            ``(S,)`` float32, time-aligned with the input; ``waveform`` itself when clean.
+
+        Raises:
+            ValueError: the needed bank is missing.
+            robustdistill.audio.AudioError: empty or non-finite audio.
+        """
+        if condition.is_clean:
+            return waveform
+        self.check([condition])
+        rng = self.rng(key, condition)
+        out = waveform
+        if condition.reverb:
+            rir = self.rir_bank.rirs[int(rng.integers(0, len(self.rir_bank)))]
+            out = reverberate(out, rir)
+        if condition.snr_db is not None:
+            noise, index = self.noise_bank.draw(out.shape[0], rng)
+            if not np.any(noise):
+                logger.warning("silent segment of %s for %s: white noise used instead",
+                               self.noise_bank.names[index], key)
+                noise = rng.standard_normal(out.shape[0]).astype(np.float32)
+            out = mix_at_snr(out, noise, condition.snr_db)
+        return out.astype(np.float32, copy=False)

@@ -1,0 +1,1 @@
+"""Downstream tasks, one folder each (``downstream/tasks/<name>/``, exposing ``TASK``)."""
