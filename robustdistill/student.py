@@ -1,0 +1,214 @@
+"""Creating a student: a stock ``transformers`` speech SSL model with fewer layers.
+
+The student is a plain ``HubertModel`` / ``WavLMModel`` / ``Wav2Vec2Model`` /
+``Data2VecAudioModel`` checkpoint, exactly like DistilHuBERT in ``transformers``
+("DistilHuBERT: Speech Representation Learning by Layer-wise Distillation of Hidden-unit
+BERT", arXiv 2110.01900): the convolutional feature encoder plus two transformer layers of the
+teacher's width (about 23.5 M parameters for a Base teacher), initialised from the teacher's
+CNN and chosen transformer layers when the shapes allow. Prediction heads never live in it
+(they belong to the objectives), so ``AutoModel.from_pretrained`` loads it with no custom code.
+
+Creation is its own step (``robustdistill create-student``), separate from training.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    PreTrainedModel,
+    Wav2Vec2FeatureExtractor,
+)
+
+from .upstream import Upstream, disable_train_randomness
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["StudentConfig", "create_student", "save_student", "student_feature_extractor"]
+
+#: Student families: ``transformers`` model types whose models are stock waveform encoders.
+STUDENT_FAMILIES = ("hubert", "wavlm", "wav2vec2", "data2vec-audio")
+
+# Fields a student of another family inherits from an SSL teacher's config.
+_SHARED_FIELDS = (
+    "conv_dim", "conv_stride", "conv_kernel", "conv_bias", "feat_extract_norm",
+    "feat_extract_activation", "num_conv_pos_embeddings", "num_conv_pos_embedding_groups",
+    "hidden_act", "layer_norm_eps", "do_stable_layer_norm", "feat_proj_layer_norm",
+)
+
+
+@dataclass
+class StudentConfig:
+    """How to build the student.
+
+    Attributes:
+        family: ``transformers`` model type of the student (one of ``STUDENT_FAMILIES``);
+            default: the teacher's when it is one of them, else ``hubert``.
+        num_layers: transformer layers of the student (DistilHuBERT: 2).
+        hidden_size: width ``D_s``; default the teacher's (768 for a Base teacher).
+        num_attention_heads: default the teacher's at the teacher's width, else
+            ``hidden_size // 64``.
+        intermediate_size: feed-forward width; default the teacher's at the teacher's
+            width, else ``4 * hidden_size``.
+        conv_dim: channels of the 7 CNN layers; default the teacher's (512 each).
+        init_from_teacher: copy the teacher's CNN, projection, positional convolution and
+            the ``init_layers`` transformer layers where shapes match (else random init).
+        init_layers: 0-based teacher transformer layers copied into student layers 0, 1, ...;
+            default the first ``num_layers`` (as DistilHuBERT).
+        keep_train_randomness: keep the teacher's LayerDrop/SpecAugment settings for the
+            student (default off: no layer is skipped and no frame masked silently).
+    """
+
+    family: str | None = field(default=None, metadata={"help": f"student model type, one of {STUDENT_FAMILIES}; default: the teacher's"})
+    num_layers: int = field(default=2, metadata={"help": "transformer layers of the student"})
+    hidden_size: int | None = field(default=None, metadata={"help": "student width; default the teacher's"})
+    num_attention_heads: int | None = field(default=None, metadata={"help": "default hidden_size // 64"})
+    intermediate_size: int | None = field(default=None, metadata={"help": "default 4 * hidden_size"})
+    conv_dim: list[int] | None = field(default=None, metadata={"help": "CNN channels per layer; default the teacher's"})
+    init_from_teacher: bool = field(default=True, metadata={"help": "copy teacher CNN and layers where shapes allow"})
+    init_layers: list[int] | None = field(default=None, metadata={"help": "teacher layers (0-based) copied into the student layers"})
+    keep_train_randomness: bool = field(default=False, metadata={"help": "keep LayerDrop/SpecAugment in the student"})
+
+    def __post_init__(self) -> None:
+        if self.family is not None and self.family not in STUDENT_FAMILIES:
+            raise ValueError(f"student.family must be one of {STUDENT_FAMILIES}, got {self.family!r}")
+        if self.num_layers < 1:
+            raise ValueError(f"student.num_layers must be >= 1, got {self.num_layers}")
+        if self.init_layers is not None and len(self.init_layers) != self.num_layers:
+            raise ValueError(
+                f"student.init_layers needs one teacher layer per student layer "
+                f"({self.num_layers}), got {self.init_layers}"
+            )
+        if self.hidden_size is not None and self.hidden_size % (self.num_attention_heads or 64):
+            raise ValueError(
+                f"student.hidden_size {self.hidden_size} is not divisible by the number of heads"
+            )
+
+
+def _student_config(teacher: Upstream, cfg: StudentConfig):
+    """Build the student's ``PreTrainedConfig`` from the teacher's and ``cfg``."""
+    teacher_type = teacher.config.model_type
+    family = cfg.family or (teacher_type if teacher_type in STUDENT_FAMILIES else "hubert")
+    if family == teacher_type:
+        base = teacher.config.to_dict()
+        for key in ("model_type", "architectures", "_name_or_path", "transformers_version",
+                    "dtype", "torch_dtype"):
+            base.pop(key, None)
+    else:
+        base = {k: getattr(teacher.config, k) for k in _SHARED_FIELDS if hasattr(teacher.config, k)}
+    config = AutoConfig.for_model(family, **base)
+    hidden = cfg.hidden_size or teacher.hidden_size
+    same_width = family == teacher_type and hidden == teacher.hidden_size
+    config.hidden_size = hidden
+    config.num_hidden_layers = cfg.num_layers
+    # Same family and width: keep the teacher's heads and FFN so its layers can be copied.
+    config.num_attention_heads = cfg.num_attention_heads or (
+        teacher.config.num_attention_heads if same_width else max(1, hidden // 64))
+    config.intermediate_size = cfg.intermediate_size or (
+        teacher.config.intermediate_size if same_width else 4 * hidden)
+    if cfg.conv_dim is not None:
+        if len(cfg.conv_dim) != len(config.conv_stride):
+            raise ValueError(
+                f"student.conv_dim needs {len(config.conv_stride)} entries, got {cfg.conv_dim}"
+            )
+        config.conv_dim = list(cfg.conv_dim)
+    if not cfg.keep_train_randomness:
+        disable_train_randomness(config)
+    config.architectures = [AutoModel._model_mapping[type(config)].__name__]
+    return config
+
+
+def create_student(teacher: Upstream, cfg: StudentConfig | None = None) -> PreTrainedModel:
+    """Build a student from a loaded teacher.
+
+    Args:
+        teacher: the (frozen) teacher upstream; its config gives the defaults.
+        cfg: :class:`StudentConfig` (default: DistilHuBERT shape, 2 layers).
+
+    Returns:
+        A stock ``transformers`` model (``HubertModel``, ``WavLMModel``, ...).
+
+    Raises:
+        ValueError: ``init_layers`` outside the teacher's layers, or a bad config.
+    """
+    cfg = cfg or StudentConfig()
+    config = _student_config(teacher, cfg)
+    student = AutoModel.from_config(config)
+    if cfg.init_from_teacher and config.model_type == teacher.config.model_type:
+        layers = cfg.init_layers or list(range(cfg.num_layers))
+        bad = [i for i in layers if not 0 <= i < teacher.num_layers]
+        if bad:
+            raise ValueError(
+                f"student.init_layers {bad} outside the teacher's {teacher.num_layers} layers"
+            )
+        copied, skipped = _copy_from_teacher(student, teacher.model, layers)
+        logger.info("student initialised from the teacher: %d tensors copied, %d random "
+                    "(shape mismatch)", copied, len(skipped))
+    else:
+        logger.info("student (%s) randomly initialised: teacher is %s",
+                    config.model_type, teacher.config.model_type)
+    return student
+
+
+_LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.(.*)$")
+
+
+@torch.no_grad()
+def _copy_from_teacher(student, teacher, layers: list[int]) -> tuple[int, list[str]]:
+    """Copy every student tensor whose teacher counterpart has the same shape.
+
+    Student layer ``i`` takes teacher layer ``layers[i]``. WavLM keeps its relative
+    position bias only in layer 0, so a student layer 0 takes it from teacher layer 0.
+    """
+    teacher_state = teacher.state_dict()
+    copied, skipped = 0, []
+    for key, tensor in student.state_dict().items():
+        match = _LAYER_KEY.match(key)
+        if match:
+            source = f"encoder.layers.{layers[int(match.group(1))]}.{match.group(2)}"
+            if source not in teacher_state:  # WavLM rel_attn_embed lives in layer 0 only
+                source = f"encoder.layers.0.{match.group(2)}"
+        else:
+            source = key
+        if source in teacher_state and teacher_state[source].shape == tensor.shape:
+            tensor.copy_(teacher_state[source])
+            copied += 1
+        else:
+            skipped.append(key)
+    return copied, skipped
+
+
+def student_feature_extractor(teacher: Upstream, student_config) -> Wav2Vec2FeatureExtractor:
+    """The student's preprocessor: the teacher's waveform convention when the teacher is a
+    waveform SSL model, else the ``transformers`` convention for the student's CNN norm."""
+    if teacher.is_whisper:
+        layer_norm = getattr(student_config, "feat_extract_norm", "group") == "layer"
+        normalize, attention_mask = layer_norm, layer_norm
+    else:
+        normalize, attention_mask = teacher.normalize, teacher.use_attention_mask
+    return Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=16_000,
+        padding_value=0.0,
+        do_normalize=normalize,
+        return_attention_mask=attention_mask,
+    )
+
+
+def save_student(student: PreTrainedModel, feature_extractor, out_dir: str | Path) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and ``preprocessor_config.json``.
+
+    The folder loads with ``AutoModel.from_pretrained`` and ``AutoFeatureExtractor``;
+    no custom code is needed.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    student.save_pretrained(out_dir, safe_serialization=True)
+    feature_extractor.save_pretrained(out_dir)
+    return out_dir

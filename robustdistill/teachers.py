@@ -1,0 +1,52 @@
+"""Randomly initialised teachers of real shapes, for offline demos, tests and benchmarks.
+
+No pretrained WavLM/HuBERT/wav2vec 2.0 weights can be downloaded here, so recipes that run
+offline point the teacher at a folder written by :func:`make_random_teacher`. Presets:
+``base`` is the real Base shape (``WavLMConfig()``: 12 layers, 768 wide, 94.4 M parameters for
+WavLM Base+), ``small`` a 4-layer, 256-wide model for minute-long CPU demos, ``tiny`` a
+2-layer, 32-wide model for unit tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, Wav2Vec2FeatureExtractor
+
+__all__ = ["PRESETS", "make_random_teacher"]
+
+PRESETS: dict[str, dict] = {
+    "base": {},
+    "small": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+              "intermediate_size": 1024, "conv_dim": (256,) * 7},
+    "tiny": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 64, "conv_dim": (32, 32, 32), "conv_kernel": (8, 8, 8),
+             "conv_stride": (4, 4, 4), "num_conv_pos_embeddings": 16,
+             "num_conv_pos_embedding_groups": 2},
+}
+
+
+def make_random_teacher(family: str, preset: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a randomly initialised encoder and its feature extractor with ``save_pretrained``.
+
+    Args:
+        family: ``transformers`` model type: ``wavlm``, ``hubert`` or ``wav2vec2``.
+        preset: a key of :data:`PRESETS`.
+        out_dir: folder to write.
+        seed: torch seed for the random weights.
+
+    Raises:
+        KeyError: unknown preset.
+    """
+    if preset not in PRESETS:
+        raise KeyError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(family, **PRESETS[preset])
+    model = AutoModel.from_config(config)
+    layer_norm = getattr(config, "feat_extract_norm", "group") == "layer"
+    extractor = Wav2Vec2FeatureExtractor(do_normalize=layer_norm, return_attention_mask=layer_norm)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    extractor.save_pretrained(out_dir)
+    return out_dir
