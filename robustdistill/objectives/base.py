@@ -1,0 +1,140 @@
+"""What every distillation objective shares: its inputs, its loss terms and the registry.
+
+An objective is an ``nn.Module`` that owns its trainable heads (prediction heads, an
+enhancement head) and turns teacher and student outputs into *loss terms*. Each term is a
+**sum over real units** (frames, STFT frames, utterances) plus the name of that unit; the
+trainer divides each sum by the number of real units in the whole optimizer step (all
+micro-batches of gradient accumulation, all ranks), so a loss is a true mean over real
+frames whatever the padding, the micro-batch split or the number of processes.
+
+Tensor legend: ``B`` batch, ``S`` samples (16 kHz), ``T`` frames common to teacher and
+student (50 per second), ``D_t`` / ``D_s`` teacher / student hidden width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..upstream import UpstreamOutput
+
+__all__ = [
+    "DistillationInputs",
+    "LossTerm",
+    "Objective",
+    "OBJECTIVES",
+    "build_objective",
+    "register_objective",
+]
+
+
+@dataclass
+class DistillationInputs:
+    """One micro-batch, after the teacher and the student have run.
+
+    Attributes:
+        teacher: teacher output on the clean waveforms.
+        student: student output on the corrupted waveforms (with ``extract_features``).
+        frame_mask: ``(B, T)`` bool, True on frames real for both models; ``T`` is the
+            smaller of the two models' frame counts (they differ by at most one frame when
+            the families differ, e.g. a Whisper teacher and a HuBERT student).
+        clean: ``(B, S)`` clean waveforms (what the teacher saw), zero-padded.
+        noisy: ``(B, S)`` corrupted waveforms (what the student saw), zero-padded.
+        lengths: ``(B,)`` real samples per utterance.
+    """
+
+    teacher: UpstreamOutput
+    student: UpstreamOutput
+    frame_mask: torch.Tensor
+    clean: torch.Tensor
+    noisy: torch.Tensor
+    lengths: torch.Tensor
+
+    @property
+    def num_frames(self) -> int:
+        """``T``, the common frame axis length."""
+        return self.frame_mask.shape[1]
+
+
+@dataclass
+class LossTerm:
+    """One part of an objective's loss.
+
+    Attributes:
+        total: scalar tensor, the loss summed over the real ``unit`` s of the micro-batch.
+        unit: what ``total`` is summed over: ``"frames"``, ``"stft_frames"`` or
+            ``"utterances"``; the trainer divides by the step's count of that unit.
+        weight: factor applied in the training loss (the logged value is unweighted).
+    """
+
+    total: torch.Tensor
+    unit: str
+    weight: float = 1.0
+
+
+class Objective(nn.Module):
+    """Base class: subclasses set ``name`` and implement :meth:`forward`.
+
+    ``forward(inputs: DistillationInputs) -> dict[str, LossTerm]``; term names are logged
+    as ``<objective>/<term>``.
+    """
+
+    name: str = ""
+
+    def forward(self, inputs: DistillationInputs) -> dict[str, LossTerm]:  # pragma: no cover
+        raise NotImplementedError
+
+    def head_config(self) -> dict:
+        """Constructor arguments needed to rebuild the heads (saved beside their weights)."""
+        return {}
+
+    def count_units(self, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Real units of a micro-batch beyond ``frames`` and ``utterances`` (which the
+        trainer always counts), e.g. STFT frames. ``lengths``: ``(B,)`` samples."""
+        return {}
+
+
+#: Objective classes by name, filled by :func:`register_objective`.
+OBJECTIVES: dict[str, type[Objective]] = {}
+
+
+def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]]:
+    """Class decorator: make an objective selectable from a config by ``name``."""
+
+    def wrap(cls: type[Objective]) -> type[Objective]:
+        if name in OBJECTIVES:
+            raise ValueError(f"objective {name!r} is registered twice")
+        cls.name = name
+        OBJECTIVES[name] = cls
+        return cls
+
+    return wrap
+
+
+def build_objective(name: str, *, teacher_hidden_size: int, teacher_num_layers: int,
+                    student_hidden_size: int, student_conv_dim: int | None,
+                    **options) -> Objective:
+    """Instantiate a registered objective.
+
+    Args:
+        name: registry key (``"layerwise"``, ``"enhancement"``, ...).
+        teacher_hidden_size, teacher_num_layers, student_hidden_size, student_conv_dim:
+            the model facts every objective may need.
+        **options: the objective's own keyword arguments (from the config).
+
+    Raises:
+        KeyError: unknown name (the message lists the known ones).
+        TypeError: an option the objective does not take (a config typo).
+    """
+    if name not in OBJECTIVES:
+        raise KeyError(f"unknown objective {name!r}; known: {sorted(OBJECTIVES)}")
+    cls = OBJECTIVES[name]
+    try:
+        return cls(teacher_hidden_size=teacher_hidden_size, teacher_num_layers=teacher_num_layers,
+                   student_hidden_size=student_hidden_size, student_conv_dim=student_conv_dim,
+                   **options)
+    except TypeError as err:
+        raise TypeError(f"objective {name!r}: {err}") from err

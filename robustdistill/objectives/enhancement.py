@@ -1,0 +1,146 @@
+"""Speech-enhancement head on student features (RobustDistiller's multi-task objective).
+
+"RobustDistiller: Compressing Universal Speech Representations for Enhanced Environment
+Robustness", Guimarães et al., arXiv 2302.09437 (extended in arXiv 2403.08654).
+Specification: ``objectives.md`` section 2.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .base import DistillationInputs, LossTerm, Objective, register_objective
+
+__all__ = ["EnhancementHead", "MaskEnhancement", "magnitude_stft", "stft_frame_lengths"]
+
+
+def magnitude_stft(waveforms: torch.Tensor, n_fft: int = 512, hop_length: int = 160,
+                   win_length: int = 400) -> torch.Tensor:
+    """Magnitude STFT with a Hann window, centred frames and zero (not reflect) padding.
+
+    Zero padding makes the frames of a zero-padded batch identical to those of each
+    utterance alone, so padding never changes the loss.
+
+    Args:
+        waveforms: ``(B, S)``, 16 kHz.
+
+    Returns:
+        ``(B, F, n_fft // 2 + 1)`` magnitudes, ``F = S // hop_length + 1`` frames.
+    """
+    window = torch.hann_window(win_length, device=waveforms.device, dtype=torch.float32)
+    spec = torch.stft(waveforms.float(), n_fft=n_fft, hop_length=hop_length,
+                      win_length=win_length, window=window, center=True, pad_mode="constant",
+                      return_complex=True)
+    return spec.abs().transpose(1, 2)
+
+
+def stft_frame_lengths(lengths: torch.Tensor, hop_length: int = 160) -> torch.Tensor:
+    """Real STFT frames of :func:`magnitude_stft` for ``(B,)`` sample counts."""
+    return torch.div(lengths, hop_length, rounding_mode="floor") + 1
+
+
+class EnhancementHead(nn.Module):
+    """BiLSTM mask estimator: features at 50 Hz -> sigmoid mask over STFT bins at 100 Hz.
+
+    Each feature frame (20 ms) is repeated ``upsample`` times to reach the STFT frame rate
+    (hop 160 = 10 ms), then cut or edge-padded to the STFT frame count.
+
+    Args:
+        input_size: feature width (``D_s`` or CNN channels).
+        num_bins: STFT bins (257 for ``n_fft = 512``).
+        hidden_size: LSTM width per direction (default 256).
+        num_layers: LSTM layers (default 3).
+        upsample: STFT frames per feature frame (default 2).
+    """
+
+    def __init__(self, input_size: int, num_bins: int = 257, hidden_size: int = 256,
+                 num_layers: int = 3, upsample: int = 2) -> None:
+        super().__init__()
+        self.upsample = upsample
+        self.lstm = nn.LSTM(input_size, hidden_size, num_layers=num_layers, batch_first=True,
+                            bidirectional=True)
+        self.proj = nn.Linear(2 * hidden_size, num_bins)
+
+    def forward(self, features: torch.Tensor, num_frames: int,
+                frame_lengths: torch.Tensor) -> torch.Tensor:
+        """Estimate the mask.
+
+        Args:
+            features: ``(B, T, C)``.
+            num_frames: ``F``, STFT frames of the padded batch.
+            frame_lengths: ``(B,)`` real STFT frames; the LSTM never reads past them.
+
+        Returns:
+            ``(B, F, num_bins)`` mask in (0, 1); zero past ``frame_lengths``.
+        """
+        x = features.repeat_interleave(self.upsample, dim=1)
+        if x.shape[1] < num_frames:  # edge-pad the last frame
+            x = torch.cat([x, x[:, -1:].expand(-1, num_frames - x.shape[1], -1)], dim=1)
+        x = x[:, :num_frames]
+        packed = pack_padded_sequence(x, frame_lengths.cpu(), batch_first=True,
+                                      enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=num_frames)
+        return torch.sigmoid(self.proj(out))
+
+
+@register_objective("enhancement")
+class MaskEnhancement(Objective):
+    """Recover the clean magnitude spectrum from the student's features of noisy speech.
+
+    ``L_enh = mean_{real STFT frames} mean_bins | M * |Y| - |X| |`` with ``Y`` the noisy and
+    ``X`` the clean STFT (n_fft 512, hop 160, window 400) and ``M`` the head's mask. The
+    training loss adds ``lambda_enh * L_enh`` (default 2).
+
+    Args:
+        input: ``"last"`` (student's last hidden state, RobustDistiller's choice) or
+            ``"cnn"`` (the convolutional features).
+        lambda_enh: weight of the term in the total loss (default 2).
+        hidden_size, num_layers: BiLSTM size (default 256, 3).
+        n_fft, hop_length, win_length: STFT (default 512, 160, 400).
+
+    Raises:
+        ValueError: unknown ``input``, or ``"cnn"`` without CNN features (Whisper student).
+    """
+
+    def __init__(self, *, teacher_hidden_size: int, teacher_num_layers: int,
+                 student_hidden_size: int, student_conv_dim: int | None = None,
+                 input: str = "last", lambda_enh: float = 2.0, hidden_size: int = 256,
+                 num_layers: int = 3, n_fft: int = 512, hop_length: int = 160,
+                 win_length: int = 400) -> None:
+        super().__init__()
+        if input not in ("last", "cnn"):
+            raise ValueError(f"enhancement.input must be 'last' or 'cnn', got {input!r}")
+        if input == "cnn" and student_conv_dim is None:
+            raise ValueError("enhancement.input='cnn' needs a student with CNN features")
+        self.input = input
+        self.lambda_enh = float(lambda_enh)
+        self.stft = {"n_fft": n_fft, "hop_length": hop_length, "win_length": win_length}
+        in_size = student_hidden_size if input == "last" else student_conv_dim
+        upsample = max(1, round(320 / hop_length))
+        self.head = EnhancementHead(in_size, n_fft // 2 + 1, hidden_size, num_layers, upsample)
+        self._config = {"input": input, "input_size": in_size, "hidden_size": hidden_size,
+                        "num_layers": num_layers, **self.stft}
+
+    def head_config(self) -> dict:
+        return dict(self._config)
+
+    def count_units(self, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Real STFT frames of a micro-batch, for the trainer's normalisation."""
+        return {"stft_frames": stft_frame_lengths(lengths, self.stft["hop_length"]).sum()}
+
+    def forward(self, inputs: DistillationInputs) -> dict[str, LossTerm]:
+        """One term, ``l1``, summed over real STFT frames (unit ``stft_frames``)."""
+        noisy = magnitude_stft(inputs.noisy, **self.stft)
+        clean = magnitude_stft(inputs.clean, **self.stft)
+        lengths = stft_frame_lengths(inputs.lengths, self.stft["hop_length"])
+        if self.input == "last":
+            features = inputs.student.hidden_states[-1]
+        else:
+            features = inputs.student.extract_features
+        mask = self.head(features, noisy.shape[1], lengths)
+        per_frame = (mask * noisy - clean).abs().mean(dim=-1)
+        real = (torch.arange(noisy.shape[1], device=noisy.device)[None] < lengths[:, None])
+        return {"l1": LossTerm((per_frame * real).sum(), "stft_frames", self.lambda_enh)}
