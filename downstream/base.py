@@ -200,6 +200,8 @@ class Task(ABC):
         primary_metric: the metric used for model selection and plots (a key of
             :meth:`evaluate`'s result).
         higher_is_better: direction of ``primary_metric`` (False for EER, WER).
+        frames_per_second: upstream frame rate, set by the runner before training (50 for
+            every supported upstream: 20 ms frames).
 
     Args:
         config: the task config.
@@ -210,6 +212,7 @@ class Task(ABC):
     config_class: ClassVar[type[TaskConfig]]
     primary_metric: ClassVar[str]
     higher_is_better: ClassVar[bool] = True
+    frames_per_second: float = 50.0
 
     def __init__(self, config: TaskConfig, seed: int = 0) -> None:
         self.config = config

@@ -1,0 +1,370 @@
+"""One downstream run: encode once, train featurizer + head, select on dev, test every condition.
+
+SUPERB protocol (Yang et al., arXiv:2105.01051) with a robustness matrix: the head is trained
+on clean train audio, the head with the best dev metric is kept, and the test split is
+evaluated once per condition (clean, noise at fixed SNRs, reverberation) with that head.
+
+The upstream is frozen, so each (split, condition) is encoded once and its selected hidden
+states are kept in memory (and, with ``disk_cache``, saved under ``OUT/cache/``); training
+epochs never rerun the upstream. Everything random is seeded from ``seed``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from robustdistill.audio import SAMPLE_RATE, AudioError
+from robustdistill.upstream import Upstream
+
+from .base import EncodedExample, Task, encode_examples, get_task, iterate_batches
+from .conditions import CLEAN, DEFAULT_CONDITIONS, Condition, TestCorruptor, parse_conditions
+from .config import load_config, to_dict
+from .data import SPLITS, Utterance, load_splits, load_waveform
+from .featurizer import Featurizer
+from .results import write_outputs
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RunOptions", "run_evaluation"]
+
+RESULTS_FORMAT = "robustdistill-downstream-results/1"
+
+
+@dataclass
+class RunOptions:
+    """Everything that defines one run (the CLI's arguments).
+
+    Attributes:
+        task: task folder name (``utterance_classification``, ``speaker_verification``...).
+        upstream: hub id or local folder of the upstream.
+        config: the task's YAML config.
+        out: output folder (created).
+        conditions: test conditions (see :mod:`downstream.conditions`).
+        test_noise_dir: noise recordings for ``snr*`` conditions.
+        test_rir_dir: RIRs for ``reverb*`` conditions.
+        seed: seeds data splits, subsampling, corruption, trials, head initialisation, batches.
+        device: torch device for the upstream and the head.
+        overrides: nested dict merged over the YAML config (tests, quick experiments).
+    """
+
+    task: str
+    upstream: str
+    config: str
+    out: str
+    conditions: list[str] = field(default_factory=lambda: list(DEFAULT_CONDITIONS))
+    test_noise_dir: str | None = None
+    test_rir_dir: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+    overrides: dict[str, Any] | None = None
+
+
+def run_evaluation(options: RunOptions) -> dict[str, Any]:
+    """Run one task for one upstream and write ``results.json``, ``results.md`` and
+    ``robustness.png`` to ``options.out``.
+
+    Returns:
+        The results dict (as written to results.json).
+
+    Raises:
+        ValueError / ConfigError: unknown task, bad config, unknown condition, a condition
+            whose noise/RIR folder is missing, unusable splits. All are raised before the
+            upstream runs.
+        FileNotFoundError: missing data, config or folders.
+        OSError: the upstream cannot be loaded.
+    """
+    started = time.perf_counter()
+    timing: dict[str, float] = {}
+    torch.manual_seed(options.seed)
+    task_class = get_task(options.task)
+    config = load_config(options.config, task_class.config_class, options.overrides)
+    task = task_class(config, seed=options.seed)
+    conditions = parse_conditions(options.conditions)
+    corruptor = TestCorruptor.from_dirs(options.test_noise_dir, options.test_rir_dir, options.seed)
+    corruptor.check(conditions)
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    splits = load_splits(config.data, options.seed)
+    task.setup(splits)
+    tic = time.perf_counter()
+    waveforms, skipped = _decode_all(splits, config.data.max_seconds)
+    timing["decode_s"] = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    upstream = Upstream.from_pretrained(options.upstream, frozen=True).to(options.device)
+    timing["load_upstream_s"] = time.perf_counter() - tic
+    featurizer = Featurizer(
+        upstream.num_layers + 1,
+        upstream.hidden_size,
+        config.featurizer.layers,
+        config.featurizer.layer_norm,
+    ).to(options.device)
+    task.frames_per_second = SAMPLE_RATE / upstream.samples_per_frame
+
+    encoder = _Encoder(task, upstream, featurizer, corruptor, waveforms, out, options)
+    train_set = encoder.get("train", CLEAN)
+    dev_set = encoder.get("dev", CLEAN)
+
+    tic = time.perf_counter()
+    head = task.build_head(featurizer.output_size).to(options.device)
+    training = _train(task, featurizer, head, train_set, dev_set, options)
+    timing["train_s"] = time.perf_counter() - tic
+
+    metrics: dict[str, dict[str, float]] = {}
+    tic = time.perf_counter()
+    for condition in tqdm(conditions, desc="conditions", leave=False):
+        test_set = encoder.get("test", condition)
+        metrics[condition.name] = _evaluate(task, featurizer, head, test_set, options)
+        logger.info("test %-12s %s", condition.name, _fmt(metrics[condition.name]))
+        del test_set
+    timing["test_s"] = time.perf_counter() - tic
+    timing.update(encoder.timing)
+    timing["total_s"] = time.perf_counter() - started
+
+    results = {
+        "format": RESULTS_FORMAT,
+        "task": options.task,
+        "upstream": options.upstream,
+        "upstream_info": {
+            "model_type": upstream.config.model_type,
+            "num_layers": upstream.num_layers,
+            "hidden_size": upstream.hidden_size,
+            "parameters": sum(p.numel() for p in upstream.parameters()),
+        },
+        "primary_metric": task.primary_metric,
+        "higher_is_better": task.higher_is_better,
+        "conditions": [c.name for c in conditions],
+        "metrics": metrics,
+        "dev": training,
+        "featurizer": {
+            "layers": featurizer.layers,
+            "layer_norm": featurizer.layer_norm,
+            "weights": featurizer.layer_weights(),
+        },
+        "task_summary": task.summary(),
+        "num_items": {s: len(waveforms[s]) for s in SPLITS},
+        "skipped_items": skipped,
+        "seed": options.seed,
+        "device": options.device,
+        "config_path": str(options.config),
+        "config": to_dict(config),
+        "test_noise_dir": options.test_noise_dir,
+        "test_rir_dir": options.test_rir_dir,
+        "timing": {k: round(v, 3) for k, v in timing.items()},
+        "versions": _versions(),
+    }
+    write_outputs([results], out)
+    logger.info("wrote %s", out / "results.json")
+    return results
+
+
+# ---------------------------------------------------------------------------- decoding
+def _decode_all(splits: dict[str, list[Utterance]], max_seconds: float | None):
+    """Decode every utterance once; undecodable ones are skipped with a logged warning."""
+    waveforms: dict[str, list[tuple[Utterance, np.ndarray]]] = {}
+    skipped: dict[str, int] = {}
+    for split in SPLITS:
+        kept = []
+        for utterance in tqdm(splits[split], desc=f"decode {split}", leave=False):
+            try:
+                kept.append((utterance, load_waveform(utterance, max_seconds)))
+            except AudioError as err:
+                logger.warning("skipping %s: %s", utterance.key, err)
+        skipped[split] = len(splits[split]) - len(kept)
+        if not kept:
+            raise ValueError(f"no usable audio in the {split} split")
+        waveforms[split] = kept
+    return waveforms, skipped
+
+
+# ---------------------------------------------------------------------------- encoding + cache
+class _Encoder:
+    """Makes the examples of a (split, condition) and encodes them once (memory / disk)."""
+
+    def __init__(self, task, upstream, featurizer, corruptor, waveforms, out: Path, options):
+        self.task = task
+        self.upstream = upstream
+        self.featurizer = featurizer
+        self.corruptor = corruptor
+        self.waveforms = waveforms
+        self.cache_dir = out / "cache" if task.config.disk_cache else None
+        self.options = options
+        self.dtype = getattr(torch, task.config.cache_dtype)
+        self.timing: dict[str, float] = {}
+        self._upstream_id = _upstream_fingerprint(options.upstream, upstream)
+
+    def get(self, split: str, condition: Condition) -> list[EncodedExample]:
+        examples = [
+            self.task.make_example(utt, wave, split, condition, self.corruptor)
+            for utt, wave in self.waveforms[split]
+        ]
+        path = self._cache_path(split, condition, examples)
+        if path is not None and path.is_file():
+            hidden = torch.load(path, weights_only=True)
+            if len(hidden) == len(examples):
+                logger.info("reusing cached hidden states %s", path)
+                return [EncodedExample(e, h) for e, h in zip(examples, hidden, strict=True)]
+        tic = time.perf_counter()
+        encoded = encode_examples(
+            self.upstream, self.featurizer, examples, self.task.config.encode_batch_size,
+            self.dtype, self.options.device, desc=f"encode {split}/{condition.name}",
+        )
+        seconds = time.perf_counter() - tic
+        self.timing[f"encode_{split}_{condition.name}_s"] = seconds
+        self.timing.setdefault("encode_s_per_utterance", seconds / max(1, len(examples)))
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save([e.hidden for e in encoded], path)
+        return encoded
+
+    def _cache_path(self, split, condition, examples) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        digest = hashlib.sha1()
+        for part in (
+            self._upstream_id, self.task.name, split, condition.name, self.options.seed,
+            self.featurizer.layers, self.task.config.cache_dtype,
+            self.options.test_noise_dir, self.options.test_rir_dir,
+        ):
+            digest.update(repr(part).encode())
+        for e in examples:
+            digest.update(e.key.encode())
+            digest.update(hashlib.sha1(np.ascontiguousarray(e.waveform).tobytes()).digest())
+        return self.cache_dir / f"{split}-{condition.name}-{digest.hexdigest()[:16]}.pt"
+
+
+def _upstream_fingerprint(name: str, upstream: Upstream) -> str:
+    """Identity of an upstream for the cache: its id, config and (for folders) weight files."""
+    parts = [str(name), upstream.config.to_json_string()]
+    path = Path(name)
+    if path.is_dir():
+        for f in sorted(path.iterdir()):
+            if f.is_file():
+                stat = f.stat()
+                parts.append(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------- training
+def _features(task: Task, featurizer: Featurizer, encoded, batch_size: int, device: str
+              ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list]]:
+    for batch in iterate_batches(task, encoded, batch_size):
+        yield featurizer(batch.hidden.to(device)), batch.frame_lengths.to(device), batch.examples
+
+
+def _evaluate(task: Task, featurizer: Featurizer, head: nn.Module, encoded, options
+              ) -> dict[str, float]:
+    featurizer.eval()
+    head.eval()
+    with torch.no_grad():
+        batch_size = task.config.training.eval_batch_size
+        metrics = task.evaluate(head, _features(task, featurizer, encoded, batch_size,
+                                                options.device))
+    if task.primary_metric not in metrics:
+        raise KeyError(f"{task.name}.evaluate() did not return {task.primary_metric!r}")
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def _optimizer(task: Task, featurizer: Featurizer, head: nn.Module) -> torch.optim.Optimizer:
+    cfg = task.config.training
+    decay = [p for p in head.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in head.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": list(featurizer.parameters()), "weight_decay": 0.0,
+         "lr": cfg.featurizer_learning_rate or cfg.learning_rate},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
+
+
+def _better(task: Task, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    if not np.isfinite(value):
+        return False
+    return value > best if task.higher_is_better else value < best
+
+
+def _train(task: Task, featurizer: Featurizer, head: nn.Module, train_set, dev_set, options
+           ) -> dict[str, Any]:
+    """AdamW on featurizer weights + head for ``training.steps`` steps; keep the best dev head.
+
+    Returns:
+        ``{"best_step", "best_metric", "history": [{"step", "train_loss", <dev metrics>}]}``;
+        the featurizer and head are left holding the selected (best dev) state.
+    """
+    cfg = task.config.training
+    rng = np.random.default_rng(options.seed)
+    optimizer = _optimizer(task, featurizer, head)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+
+    def batches():
+        while True:
+            yield from iterate_batches(task, train_set, cfg.batch_size, train=True, rng=rng)
+
+    stream = batches()
+    history, losses = [], []
+    best_metric, best_step, best_state = None, 0, None
+    bar = tqdm(range(1, cfg.steps + 1), desc=f"train {task.name}", leave=False)
+    for step in bar:
+        featurizer.train()
+        head.train()
+        batch = next(stream)
+        features = featurizer(batch.hidden.to(options.device))
+        loss = task.training_loss(head, features, batch.frame_lengths.to(options.device),
+                                  batch.examples)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss at step {step}: {loss.item()}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            dev = _evaluate(task, featurizer, head, dev_set, options)
+            history.append({"step": step, "train_loss": float(np.mean(losses)), **dev})
+            losses = []
+            logger.info("step %d dev %s", step, _fmt(dev))
+            if _better(task, dev[task.primary_metric], best_metric):
+                best_metric, best_step = dev[task.primary_metric], step
+                best_state = (copy.deepcopy(featurizer.state_dict()),
+                              copy.deepcopy(head.state_dict()))
+    if best_state is not None:
+        featurizer.load_state_dict(best_state[0])
+        head.load_state_dict(best_state[1])
+    return {"best_step": best_step, "best_metric": best_metric, "history": history}
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return json.dumps({k: round(v, 4) for k, v in metrics.items()})
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    import robustdistill
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "robustdistill": getattr(robustdistill, "__version__", "unknown"),
+    }

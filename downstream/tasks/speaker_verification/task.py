@@ -1,0 +1,190 @@
+"""Speaker verification, SUPERB-style (Yang et al., arXiv:2105.01051), with a light x-vector head.
+
+Training: the head (:class:`XVectorHead`) learns speaker embeddings with an AM-softmax
+(arXiv:1801.05599) over the training speakers, on random crops of ``train_crop_seconds`` of the
+kept hidden states. Scoring: cosine similarity of the embeddings of whole utterances. Trials are
+built from the speaker labels of a split: every same-speaker pair (target trials) and a seeded
+sample of different-speaker pairs (non-target trials). Metrics: EER and normalised minDCF
+(``p_target = 0.01``, ``C_miss = C_fa = 1``) from :mod:`robustdistill.metrics.verification`.
+Test speakers must be unseen in training (checked).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from downstream.base import Batch, EncodedExample, Example, Task, TaskConfig, pad_hidden
+from downstream.data import Utterance, check_speaker_disjoint
+from robustdistill.metrics.verification import compute_eer, compute_min_dcf
+
+from .head import XVectorHead
+
+__all__ = ["SpeakerVerification", "SpeakerVerificationConfig", "build_trials"]
+
+
+@dataclass
+class XVectorConfig:
+    """Attributes:
+    channels: TDNN channels.
+    kernel_sizes: kernel size of each TDNN layer.
+    dilations: dilation of each TDNN layer.
+    embedding_dim: speaker embedding width.
+    margin: AM-softmax additive margin m.
+    scale: AM-softmax scale s.
+    """
+
+    channels: int = 256
+    kernel_sizes: list[int] = field(default_factory=lambda: [5, 3, 3])
+    dilations: list[int] = field(default_factory=lambda: [1, 2, 3])
+    embedding_dim: int = 128
+    margin: float = 0.2
+    scale: float = 30.0
+
+
+@dataclass
+class TrialsConfig:
+    """Attributes:
+    max_nontarget: non-target trials sampled per split (all of them when fewer exist).
+    p_target: target prior of the minDCF.
+    c_miss: cost of a miss.
+    c_fa: cost of a false alarm.
+    """
+
+    max_nontarget: int = 5000
+    p_target: float = 0.01
+    c_miss: float = 1.0
+    c_fa: float = 1.0
+
+
+@dataclass
+class SpeakerVerificationConfig(TaskConfig):
+    """Config of ``speaker_verification`` (see :class:`downstream.base.TaskConfig`).
+
+    Attributes:
+        head: see :class:`XVectorConfig`.
+        trials: see :class:`TrialsConfig`.
+        train_crop_seconds: random crop length (seconds) of training utterances; None: whole.
+    """
+
+    head: XVectorConfig = field(default_factory=XVectorConfig)
+    trials: TrialsConfig = field(default_factory=TrialsConfig)
+    train_crop_seconds: float | None = 3.0
+
+
+def build_trials(speakers: Sequence[str], max_nontarget: int, seed: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Trials over the items of a split.
+
+    Args:
+        speakers: the speaker of each item.
+        max_nontarget: number of non-target pairs to sample (without replacement).
+        seed: seeds the sample (together with the speaker list, so the trials are the same for
+            every upstream and condition).
+
+    Returns:
+        ``(pairs, labels)``: ``(P, 2)`` item indices ``i < j`` and ``(P,)`` int labels
+        (1 target: same speaker; 0 non-target). All target pairs are included.
+
+    Raises:
+        ValueError: no target or no non-target pair (need two items of one speaker and two
+            speakers).
+    """
+    spk = np.asarray(speakers)
+    i, j = np.triu_indices(len(spk), k=1)
+    same = spk[i] == spk[j]
+    target = np.stack([i[same], j[same]], axis=1)
+    nontarget = np.stack([i[~same], j[~same]], axis=1)
+    if len(target) == 0 or len(nontarget) == 0:
+        raise ValueError(f"trials need same- and different-speaker pairs; got {len(target)} "
+                         f"target and {len(nontarget)} non-target pairs from {len(spk)} items")
+    if len(nontarget) > max_nontarget:
+        rng = np.random.default_rng([seed, zlib.crc32("\n".join(map(str, spk)).encode())])
+        keep = np.sort(rng.choice(len(nontarget), size=max_nontarget, replace=False))
+        nontarget = nontarget[keep]
+    pairs = np.concatenate([target, nontarget])
+    labels = np.concatenate([np.ones(len(target), int), np.zeros(len(nontarget), int)])
+    return pairs, labels
+
+
+class SpeakerVerification(Task):
+    """Speaker verification: EER (primary, lower is better) and minDCF."""
+
+    name = "speaker_verification"
+    config_class = SpeakerVerificationConfig
+    primary_metric = "eer"
+    higher_is_better = False
+
+    def setup(self, splits: dict[str, list[Utterance]]) -> None:
+        """Index the training speakers; check speaker labels and disjointness.
+
+        Raises:
+            ValueError: utterances without speaker, fewer than two training speakers, dev or
+                test speakers seen in training.
+        """
+        for split, items in splits.items():
+            if any(u.speaker is None for u in items):
+                raise ValueError(f"{split}: every utterance needs a speaker label")
+        check_speaker_disjoint(splits, "train", "test")
+        check_speaker_disjoint(splits, "train", "dev")
+        self.speakers = sorted({u.speaker for u in splits["train"]})
+        if len(self.speakers) < 2:
+            raise ValueError(f"need at least two training speakers, got {self.speakers}")
+        self.index = {s: i for i, s in enumerate(self.speakers)}
+        self.last_trials: dict[str, int] = {}
+
+    def make_example(self, utterance, waveform, split, condition, corruptor) -> Example:
+        audio = corruptor.apply(waveform, condition, utterance.key)
+        target = self.index[utterance.speaker] if split == "train" else None
+        return Example(utterance.key, audio, target, utterance.speaker)
+
+    def collate(self, encoded: Sequence[EncodedExample], train: bool, rng: np.random.Generator
+                ) -> Batch:
+        """Training: a random crop of ``train_crop_seconds`` per utterance; else whole."""
+        crop = self.config.train_crop_seconds
+        if not train or crop is None:
+            return super().collate(encoded, train, rng)
+        frames = max(1, round(crop * self.frames_per_second))
+        hidden = []
+        for e in encoded:
+            start = int(rng.integers(0, e.num_frames - frames + 1)) if e.num_frames > frames else 0
+            hidden.append(e.hidden[:, start : start + frames])
+        padded, lengths = pad_hidden(hidden)
+        return Batch(padded, lengths, [e.example for e in encoded])
+
+    def build_head(self, input_size: int) -> nn.Module:
+        h = self.config.head
+        return XVectorHead(input_size, len(self.speakers), h.channels, h.kernel_sizes,
+                           h.dilations, h.embedding_dim, h.margin, h.scale)
+
+    def training_loss(self, head, features, frame_lengths, examples: list[Example]) -> torch.Tensor:
+        targets = torch.tensor([e.target for e in examples], device=features.device)
+        return head(features, frame_lengths, targets)
+
+    def evaluate(self, head, batches: Iterable) -> dict[str, float]:
+        """Cosine-scored trials over the split: EER and normalised minDCF."""
+        embeddings, speakers = [], []
+        for features, frame_lengths, examples in batches:
+            embeddings.append(F.normalize(head.embed(features, frame_lengths), dim=-1).cpu())
+            speakers += [e.speaker for e in examples]
+        emb = torch.cat(embeddings).double().numpy()
+        pairs, labels = build_trials(speakers, self.config.trials.max_nontarget, self.seed)
+        scores = np.einsum("pd,pd->p", emb[pairs[:, 0]], emb[pairs[:, 1]])
+        tar, non = scores[labels == 1], scores[labels == 0]
+        t = self.config.trials
+        eer, _ = compute_eer(tar, non)
+        min_dcf, _ = compute_min_dcf(tar, non, t.p_target, t.c_miss, t.c_fa)
+        self.last_trials = {"target": int(len(tar)), "nontarget": int(len(non)),
+                            "speakers": len(set(speakers)), "items": len(speakers)}
+        return {"eer": eer, "min_dcf": min_dcf}
+
+    def summary(self) -> dict[str, Any]:
+        """Training speakers and the trials of the last evaluated split (the test split)."""
+        return {"train_speakers": len(self.speakers), "test_trials": self.last_trials}

@@ -1,0 +1,129 @@
+"""Utterance classification with SUPERB's utterance-level head.
+
+As SUPERB's keyword spotting / speaker identification / intent / emotion tasks (Yang et al.,
+arXiv:2105.01051; s3prl's ``UtteranceLevel`` model): featurizer output, an optional linear
+projection, mean pooling over the real frames, a linear classifier, cross-entropy; accuracy
+(torchmetrics). Which of those tasks it is depends only on the config: the labels (from file
+names, folders or a manifest) and the split (speaker-disjoint for keyword spotting, per item
+for speaker identification).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.functional.classification import multiclass_accuracy
+
+from downstream.base import Example, Task, TaskConfig
+from downstream.data import Utterance
+from downstream.pooling import masked_mean
+
+__all__ = ["MeanPoolClassifier", "UtteranceClassification", "UtteranceClassificationConfig"]
+
+
+@dataclass
+class ClassifierHeadConfig:
+    """Attributes:
+    projector_dim: width of the linear projection before pooling (s3prl's default 256);
+        0 pools the featurizer output directly.
+    dropout: dropout on the pooled vector during training.
+    """
+
+    projector_dim: int = 256
+    dropout: float = 0.0
+
+
+@dataclass
+class UtteranceClassificationConfig(TaskConfig):
+    """Config of ``utterance_classification`` (see :class:`downstream.base.TaskConfig`).
+
+    Attributes:
+        head: see :class:`ClassifierHeadConfig`.
+    """
+
+    head: ClassifierHeadConfig = field(default_factory=ClassifierHeadConfig)
+
+
+class MeanPoolClassifier(nn.Module):
+    """``(B, T, D)`` features -> [linear D->P] -> mean over real frames -> linear -> ``(B, C)``
+    logits.
+
+    Args:
+        input_size: ``D``.
+        num_classes: ``C``.
+        projector_dim: ``P`` (0: no projection).
+        dropout: dropout probability on the pooled vector.
+    """
+
+    def __init__(self, input_size: int, num_classes: int, projector_dim: int = 256,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.projector = nn.Linear(input_size, projector_dim) if projector_dim else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(projector_dim or input_size, num_classes)
+
+    def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        pooled = masked_mean(self.projector(features), frame_lengths)
+        return self.classifier(self.dropout(pooled))
+
+
+class UtteranceClassification(Task):
+    """One label per utterance; accuracy. Classes are the training labels (sorted)."""
+
+    name = "utterance_classification"
+    config_class = UtteranceClassificationConfig
+    primary_metric = "accuracy"
+    higher_is_better = True
+
+    def setup(self, splits: dict[str, list[Utterance]]) -> None:
+        """Build the class list from the train labels.
+
+        Raises:
+            ValueError: an utterance without a label, fewer than two classes, or dev/test
+                labels never seen in training.
+        """
+        for split, items in splits.items():
+            missing = [u.key for u in items if u.label is None]
+            if missing:
+                raise ValueError(f"{split}: {len(missing)} utterances have no label "
+                                 f"(first: {missing[0]}); check the source pattern / manifest")
+        self.classes = sorted({u.label for u in splits["train"]})
+        if len(self.classes) < 2:
+            raise ValueError(f"need at least two classes in train, got {self.classes}")
+        for split in ("dev", "test"):
+            unseen = sorted({u.label for u in splits[split]} - set(self.classes))
+            if unseen:
+                raise ValueError(f"{split} labels not in train: {unseen[:10]}")
+        self.index = {label: i for i, label in enumerate(self.classes)}
+
+    def target(self, utterance: Utterance) -> int:
+        return self.index[utterance.label]
+
+    def build_head(self, input_size: int) -> nn.Module:
+        head = self.config.head
+        return MeanPoolClassifier(input_size, len(self.classes), head.projector_dim, head.dropout)
+
+    def training_loss(self, head, features, frame_lengths, examples: list[Example]) -> torch.Tensor:
+        targets = torch.tensor([e.target for e in examples], device=features.device)
+        return F.cross_entropy(head(features, frame_lengths), targets)
+
+    def evaluate(self, head, batches: Iterable) -> dict[str, float]:
+        """Accuracy (micro) and class-averaged (macro) accuracy over the split."""
+        predictions, targets = [], []
+        for features, frame_lengths, examples in batches:
+            predictions.append(head(features, frame_lengths).argmax(dim=-1).cpu())
+            targets.append(torch.tensor([e.target for e in examples]))
+        preds, target = torch.cat(predictions), torch.cat(targets)
+        n = len(self.classes)
+        return {
+            "accuracy": float(multiclass_accuracy(preds, target, n, average="micro")),
+            "macro_accuracy": float(multiclass_accuracy(preds, target, n, average="macro")),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        return {"num_classes": len(self.classes), "classes": self.classes}
