@@ -20,7 +20,7 @@ resumes exactly from ``(epoch, samples consumed)`` with :meth:`ShardedRandomSamp
 Bad audio never stops a run. Files that are unreadable or shorter than ``min_length_s`` are
 dropped when the dataset is built, with one warning giving the count and the first names. A
 file that fails at read time (corrupt since the scan, NaN/Inf samples, which a header scan
-cannot see) is logged once and replaced by the next readable item (``index + 1``,
+cannot see) is logged (once per process) and replaced by the next readable item (``index + 1``,
 ``index + 2``, ...), so the batch stays full and deterministic; only when
 :data:`MAX_READ_FAILURES` items in a row fail does :class:`~robustdistill.audio.AudioError`
 stop the run, since the data is then broken, not noisy.
@@ -709,6 +709,7 @@ class StreamingAudioDataset(torch.utils.data.IterableDataset):
         """Start epoch ``epoch``: reseeds the shuffle and the crops, drops a loaded state."""
         self.epoch = int(epoch)
         self.position = 0
+        self._stream = None
         self._pending_state = None
         self._resuming = False
 
@@ -772,6 +773,7 @@ class StreamingAudioDataset(torch.utils.data.IterableDataset):
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
         self.skipped = int(state["skipped"])
+        self._stream = None
         self._pending_state = state["stream"]
         self._resuming = True
 

@@ -437,6 +437,8 @@ def test_streaming_shards_by_rank_and_resumes_exactly(no_torchcodec):
         )
     # The loaded state applies once: the next pass is the whole epoch again.
     assert first_values(build_dataloader(resumed, batch_size=2)) == first_values(reference)
+    resumed.set_epoch(2)  # a new epoch forgets the old stream position
+    assert resumed.state_dict() == {"epoch": 2, "position": 0, "skipped": 0, "stream": None}
 
 
 def test_streaming_skips_bad_items_with_a_log(caplog, no_torchcodec):
