@@ -143,14 +143,15 @@ class DataConfig:
             for speaker verification); then ``source`` gives only dev and test.
         split: see :class:`SplitConfig`.
         max_items_per_split: keep at most this many items per split (balanced over labels,
-            seeded); None keeps all.
+            seeded): one number for every split, or per split (``{train: 60, test: 10}``;
+            splits not named keep all); None keeps all.
         max_seconds: crop each utterance to its first ``max_seconds`` seconds (None: no crop).
     """
 
     source: SourceConfig
     train_source: SourceConfig | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
-    max_items_per_split: int | None = None
+    max_items_per_split: int | dict[str, int] | None = None
     max_seconds: float | None = None
 
 
@@ -301,9 +302,15 @@ def load_splits(config: DataConfig, seed: int) -> dict[str, list[Utterance]]:
         splits = {"train": train, "dev": dev, "test": test}
     else:
         splits = dict(zip(SPLITS, _cut(main, config.split, seed, with_train=True), strict=True))
+    limits = config.max_items_per_split
+    if isinstance(limits, dict):
+        unknown = sorted(set(limits) - set(SPLITS))
+        if unknown:
+            raise ValueError(f"data.max_items_per_split: unknown splits {unknown}")
     for name in SPLITS:
-        if config.max_items_per_split is not None:
-            splits[name] = subsample(splits[name], config.max_items_per_split, seed)
+        limit = limits.get(name) if isinstance(limits, dict) else limits
+        if limit is not None:
+            splits[name] = subsample(splits[name], limit, seed)
         if not splits[name]:
             raise ValueError(f"the {name} split is empty; check data.split and the source")
     return splits
