@@ -1,0 +1,343 @@
+"""Speech enhancement: a BLSTM mask on the noisy magnitude STFT, SUPERB-style.
+
+SUPERB's SE task ("SUPERB: Speech processing Universal PERformance Benchmark", arXiv:2105.01051;
+the BLSTM mask head of its SUPERB-SG extension, arXiv:2203.06849): the frozen upstream hears the
+noisy waveform; the featurizer's weighted sum of its hidden states (50 Hz) is repeated to the STFT
+frame rate (100 Hz: n_fft 512, hop 160, window 400 Hann) and a BLSTM predicts a sigmoid mask on
+the noisy magnitude. The loss is the mean squared error between ``log1p`` magnitudes (masked
+noisy vs clean) over real frames; the waveform is rebuilt with the noisy phase (``torch.istft``).
+
+Data: noisy/clean pairs are made from clean speech when the examples are made: training and dev
+utterances get training noise (``train_noise_dir``; white noise when none is given) at an SNR
+drawn uniformly from ``train_snr_db``, optionally reverberated with ``train_rir_dir``; the draw
+is seeded by the run seed, split and utterance key. The runner encodes each example once, so each
+training utterance has one fixed mixture for the whole run. Test inputs are the clean test speech
+under the robustness-matrix condition (clean, test noise at each SNR, test reverberation); the
+target is always the dry clean speech.
+
+Metrics (per utterance, averaged): PESQ wide-band (``pesq``), STOI (``pystoi``), SI-SDR
+(torchmetrics), each for the enhanced output and the noisy input, and the improvement
+(enhanced minus noisy). PESQ failures (e.g. no speech found) are logged and left out of the mean.
+
+Tensor legend: ``B`` batch, ``T`` upstream frames (50 Hz), ``D`` featurizer width, ``F`` STFT
+bins (257), ``K`` STFT frames (100 Hz), ``S`` samples (16 kHz).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from pesq import PesqError, pesq
+from pystoi import stoi
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torchmetrics.functional.audio import scale_invariant_signal_distortion_ratio
+
+from robustdistill.audio import SAMPLE_RATE
+from robustdistill.augment import NoiseBank, RirBank, mix_at_snr, reverberate
+
+from ...base import Batch, EncodedExample, Example, Task, TaskConfig, pad_hidden
+from ...conditions import Condition, TestCorruptor
+from ...data import Utterance
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MaskHead", "SEHeadConfig", "SpeechEnhancementConfig", "SpeechEnhancementTask",
+           "StftConfig"]
+
+
+@dataclass
+class StftConfig:
+    """The STFT the mask is applied on (SUPERB SE settings).
+
+    Attributes:
+        n_fft: FFT size in samples (``F = n_fft // 2 + 1`` bins).
+        hop_length: hop in samples (160 = 10 ms: twice the 50 Hz upstream frame rate).
+        win_length: Hann window length in samples.
+    """
+
+    n_fft: int = 512
+    hop_length: int = 160
+    win_length: int = 400
+
+    def __post_init__(self) -> None:
+        if not 0 < self.hop_length <= self.win_length <= self.n_fft:
+            raise ValueError("stft needs 0 < hop_length <= win_length <= n_fft, got "
+                             f"{self.hop_length}, {self.win_length}, {self.n_fft}")
+
+
+@dataclass
+class SEHeadConfig:
+    """The BLSTM mask head.
+
+    Attributes:
+        hidden_size: LSTM units per direction.
+        num_layers: BLSTM layers.
+        dropout: dropout between BLSTM layers.
+    """
+
+    hidden_size: int = 256
+    num_layers: int = 2
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.hidden_size < 1 or self.num_layers < 1:
+            raise ValueError("head.hidden_size and head.num_layers must be >= 1")
+
+
+@dataclass
+class SpeechEnhancementConfig(TaskConfig):
+    """Speech enhancement settings (see the module docstring).
+
+    Attributes:
+        stft: see :class:`StftConfig`.
+        head: see :class:`SEHeadConfig`.
+        train_noise_dir: training/dev noise recordings (should differ from the test noise);
+            None: white Gaussian noise.
+        train_rir_dir: training/dev RIRs, used with probability ``train_reverb_prob``.
+        train_snr_db: ``[low, high]`` dB range of training/dev SNRs.
+        train_reverb_prob: probability that a training/dev utterance is reverberated.
+        train_crop_seconds: random crop of each training utterance (None: whole utterances).
+    """
+
+    stft: StftConfig = field(default_factory=StftConfig)
+    head: SEHeadConfig = field(default_factory=SEHeadConfig)
+    train_noise_dir: str | None = None
+    train_rir_dir: str | None = None
+    train_snr_db: list[float] = field(default_factory=lambda: [-5.0, 20.0])
+    train_reverb_prob: float = 0.0
+    train_crop_seconds: float | None = 3.0
+
+    def __post_init__(self) -> None:
+        if len(self.train_snr_db) != 2 or not self.train_snr_db[0] <= self.train_snr_db[1]:
+            raise ValueError(f"train_snr_db must be [low, high], got {self.train_snr_db}")
+        if not 0.0 <= self.train_reverb_prob <= 1.0:
+            raise ValueError(f"train_reverb_prob must lie in [0, 1], got {self.train_reverb_prob}")
+        if self.train_reverb_prob > 0 and self.train_rir_dir is None:
+            raise ValueError("train_reverb_prob > 0 needs train_rir_dir")
+        if self.train_crop_seconds is not None and self.train_crop_seconds <= 0:
+            raise ValueError(f"train_crop_seconds must be > 0, got {self.train_crop_seconds}")
+
+
+class MaskHead(nn.Module):
+    """BLSTM -> linear -> sigmoid: a ``(B, K, F)`` magnitude mask from ``(B, T, D)`` features.
+
+    The 50 Hz features are repeated ``upsample`` times to the STFT frame rate and cut (or
+    padded with their last frame) to ``K`` STFT frames.
+
+    Args:
+        input_size: ``D``.
+        num_bins: ``F``.
+        upsample: STFT frames per upstream frame (2 for 20 ms frames and a 10 ms hop).
+        config: see :class:`SEHeadConfig`.
+    """
+
+    def __init__(self, input_size: int, num_bins: int, upsample: int, config: SEHeadConfig):
+        super().__init__()
+        self.upsample = upsample
+        self.lstm = nn.LSTM(input_size, config.hidden_size, config.num_layers, batch_first=True,
+                            bidirectional=True,
+                            dropout=config.dropout if config.num_layers > 1 else 0.0)
+        self.proj = nn.Linear(2 * config.hidden_size, num_bins)
+
+    def forward(self, features: torch.Tensor, stft_lengths: torch.Tensor) -> torch.Tensor:
+        """``(B, T, D)`` features, ``(B,)`` STFT frame counts -> ``(B, max K, F)`` mask in
+        ``[0, 1]`` (values past each length are padding)."""
+        x = features.repeat_interleave(self.upsample, dim=1)
+        k = int(stft_lengths.max())
+        if x.shape[1] < k:
+            x = torch.cat([x, x[:, -1:].expand(-1, k - x.shape[1], -1)], dim=1)
+        x = x[:, :k]
+        packed = pack_padded_sequence(x, stft_lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=k)
+        return torch.sigmoid(self.proj(out))
+
+
+class SpeechEnhancementTask(Task):
+    """SUPERB speech enhancement with noisy/clean pairs made from clean speech (module doc)."""
+
+    name = "speech_enhancement"
+    config_class = SpeechEnhancementConfig
+    primary_metric = "pesq"
+    higher_is_better = True
+
+    def __init__(self, config: SpeechEnhancementConfig, seed: int = 0) -> None:
+        super().__init__(config, seed)
+        self.noise_bank: NoiseBank | None = None
+        self.rir_bank: RirBank | None = None
+        self.frames_per_second = 50.0  # set by the runner from the upstream
+        cfg = config.stft
+        self.window = torch.hann_window(cfg.win_length)
+
+    # ---- data -------------------------------------------------------------------------------
+    def setup(self, splits: dict[str, list[Utterance]]) -> None:
+        """Load the training noise / RIR banks once.
+
+        Raises:
+            FileNotFoundError, robustdistill.audio.AudioError: unusable folders.
+        """
+        cfg = self.config
+        if cfg.train_noise_dir:
+            self.noise_bank = NoiseBank.from_folder(cfg.train_noise_dir)
+        else:
+            logger.warning("no train_noise_dir: training/dev pairs use white Gaussian noise")
+        if cfg.train_rir_dir and cfg.train_reverb_prob > 0:
+            self.rir_bank = RirBank.from_folder(cfg.train_rir_dir)
+
+    def make_example(self, utterance: Utterance, waveform: np.ndarray, split: str,
+                     condition: Condition, corruptor: TestCorruptor) -> Example:
+        """Noisy input + clean target: training noise for train/dev, the condition for test."""
+        clean = waveform.astype(np.float32, copy=False)
+        info: dict = {}
+        if split == "test":
+            noisy = corruptor.apply(clean, condition, utterance.key)
+            info = {"snr_db": condition.snr_db, "reverb": condition.reverb}
+        else:
+            noisy, info = self._training_mixture(clean, utterance.key, split)
+        return Example(utterance.key, noisy, clean, utterance.speaker, info)
+
+    def _training_mixture(self, clean: np.ndarray, key: str, split: str):
+        cfg = self.config
+        rng = np.random.default_rng([self.seed, zlib.crc32(key.encode()), zlib.crc32(split.encode())])
+        out, reverb = clean, False
+        if self.rir_bank is not None and rng.random() < cfg.train_reverb_prob:
+            out = reverberate(out, self.rir_bank.rirs[int(rng.integers(0, len(self.rir_bank)))])
+            reverb = True
+        snr = float(rng.uniform(*cfg.train_snr_db))
+        if self.noise_bank is not None:
+            noise, _ = self.noise_bank.draw(out.shape[0], rng)
+            if not np.any(noise):
+                noise = rng.standard_normal(out.shape[0]).astype(np.float32)
+        else:
+            noise = rng.standard_normal(out.shape[0]).astype(np.float32)
+        return mix_at_snr(out, noise, snr), {"snr_db": snr, "reverb": reverb}
+
+    def collate(self, encoded: Sequence[EncodedExample], train: bool, rng: np.random.Generator
+                ) -> Batch:
+        """Pad; at training time crop each utterance to ``train_crop_seconds`` at a random
+        frame, cutting its hidden states, noisy input and clean target consistently."""
+        crop = self.config.train_crop_seconds
+        if not train or crop is None:
+            return super().collate(encoded, train, rng)
+        spf = int(round(SAMPLE_RATE / self.frames_per_second))
+        frames = max(1, int(crop * self.frames_per_second))
+        hidden, examples = [], []
+        for e in encoded:
+            start = int(rng.integers(0, max(1, e.num_frames - frames) + 1))
+            h = e.hidden[:, start : start + frames]
+            s0, s1 = start * spf, (start + h.shape[1]) * spf
+            ex = e.example
+            examples.append(dataclasses.replace(ex, waveform=ex.waveform[s0:s1],
+                                                target=ex.target[s0:s1]))
+            hidden.append(h)
+        padded, lengths = pad_hidden(hidden)
+        return Batch(padded, lengths, examples)
+
+    # ---- model ------------------------------------------------------------------------------
+    def build_head(self, input_size: int) -> nn.Module:
+        stft = self.config.stft
+        upsample = max(1, round(SAMPLE_RATE / stft.hop_length / self.frames_per_second))
+        return MaskHead(input_size, stft.n_fft // 2 + 1, upsample, self.config.head)
+
+    def _stft(self, waves: list[np.ndarray], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded ``(B, S)`` waves -> complex ``(B, max K, F)`` STFT and ``(B,)`` frame counts."""
+        cfg = self.config.stft
+        lengths = torch.tensor([len(w) for w in waves])
+        padded = torch.zeros(len(waves), int(lengths.max()))
+        for i, w in enumerate(waves):
+            padded[i, : len(w)] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+        spec = torch.stft(padded.to(device), cfg.n_fft, cfg.hop_length, cfg.win_length,
+                          self.window.to(device), center=True, return_complex=True)
+        return spec.transpose(1, 2), (lengths // cfg.hop_length + 1).to(device)
+
+    def _masked(self, head, features, examples):
+        noisy_spec, k = self._stft([e.waveform for e in examples], features.device)
+        mask = head(features, k)
+        return noisy_spec, mask, k
+
+    def training_loss(self, head: nn.Module, features: torch.Tensor, frame_lengths: torch.Tensor,
+                      examples: list[Example]) -> torch.Tensor:
+        """MSE between ``log1p`` magnitudes of masked noisy and clean speech over real frames."""
+        noisy_spec, mask, k = self._masked(head, features, examples)
+        clean_spec, _ = self._stft([e.target for e in examples], features.device)
+        estimate = torch.log1p(mask * noisy_spec.abs())
+        target = torch.log1p(clean_spec.abs())
+        valid = (torch.arange(mask.shape[1], device=k.device)[None] < k[:, None]).unsqueeze(-1)
+        squared = (estimate - target) ** 2 * valid
+        return squared.sum() / (valid.sum() * mask.shape[-1])
+
+    def enhance(self, head: nn.Module, features: torch.Tensor, examples: list[Example]
+                ) -> list[np.ndarray]:
+        """Enhanced ``(S_i,)`` float32 waveforms (noisy phase, ``torch.istft``)."""
+        cfg = self.config.stft
+        noisy_spec, mask, k = self._masked(head, features, examples)
+        out = []
+        for i, e in enumerate(examples):
+            spec = (mask[i, : k[i]] * noisy_spec[i, : k[i]]).transpose(0, 1)  # (F, K)
+            wave = torch.istft(spec, cfg.n_fft, cfg.hop_length, cfg.win_length,
+                               self.window.to(spec.device), center=True, length=len(e.waveform))
+            out.append(wave.float().cpu().numpy())
+        return out
+
+    def evaluate(self, head: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor,
+                                                                  list[Example]]]
+                 ) -> dict[str, float]:
+        """Mean PESQ (wb), STOI, SI-SDR of enhanced and noisy speech, and the improvements."""
+        scores: dict[str, list[float]] = {}
+        for features, _, examples in batches:
+            for e, enhanced in zip(examples, self.enhance(head, features, examples), strict=True):
+                for prefix, signal in (("", enhanced), ("noisy_", e.waveform)):
+                    for name, value in speech_metrics(signal, e.target, e.key).items():
+                        scores.setdefault(prefix + name, []).append(value)
+        result = {}
+        for name, values in scores.items():
+            finite = [v for v in values if math.isfinite(v)]
+            result[name] = float(np.mean(finite)) if finite else float("nan")
+        for name in ("pesq", "stoi", "si_sdr"):
+            result[f"{name}_improvement"] = result[name] - result[f"noisy_{name}"]
+        return result
+
+    def summary(self) -> dict:
+        return {
+            "train_noise": list(self.noise_bank.names) if self.noise_bank else "white",
+            "train_rirs": list(self.rir_bank.names) if self.rir_bank else [],
+            "train_snr_db": list(self.config.train_snr_db),
+        }
+
+
+def speech_metrics(estimate: np.ndarray, reference: np.ndarray, key: str = "") -> dict[str, float]:
+    """PESQ (wide-band, ITU-T P.862.2), STOI and SI-SDR (dB) of one 16 kHz utterance.
+
+    Args:
+        estimate: ``(S,)`` float, the enhanced (or noisy) speech.
+        reference: ``(S,)`` float, the clean speech.
+        key: utterance id for the log message when PESQ fails.
+
+    Returns:
+        ``{"pesq", "stoi", "si_sdr"}``; ``pesq`` is NaN (logged) when PESQ cannot score the
+        pair (e.g. no speech detected).
+
+    Raises:
+        ValueError: different lengths.
+    """
+    estimate = np.asarray(estimate, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if estimate.shape != reference.shape:
+        raise ValueError(f"estimate {estimate.shape} and reference {reference.shape} differ")
+    score = pesq(SAMPLE_RATE, reference, estimate, "wb", on_error=PesqError.RETURN_VALUES)
+    if score < 0:
+        logger.warning("PESQ failed on %s (code %s); left out of the mean", key, score)
+        score = float("nan")
+    si_sdr = scale_invariant_signal_distortion_ratio(
+        torch.from_numpy(estimate), torch.from_numpy(reference)
+    )
+    return {"pesq": float(score), "stoi": float(stoi(reference, estimate, SAMPLE_RATE)),
+            "si_sdr": float(si_sdr)}

@@ -1,0 +1,124 @@
+"""Speech enhancement task: metrics, mask head shapes, and a few training steps end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from transformers import HubertConfig, HubertModel
+
+from downstream.base import Example
+from downstream.runner import RunOptions, run_evaluation
+from downstream.tasks.speech_enhancement import SpeechEnhancementTask, speech_metrics
+from downstream.tasks.speech_enhancement.task import MaskHead, SEHeadConfig
+from robustdistill.synthetic import write_synthetic_corpus
+
+SR = 16_000
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small LSTMs on a shared 2-core machine run ~50x slower with 2 intra-op threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setup_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("se")
+    write_synthetic_corpus(root / "speech", 12, seconds_range=(1.5, 2.5), seed=1)
+    rng = np.random.default_rng(0)
+    (root / "noise").mkdir()
+    sf.write(root / "noise" / "hum.wav", 0.1 * rng.standard_normal(SR * 3), SR)
+    (root / "rir").mkdir()
+    t = np.arange(int(0.3 * SR)) / SR
+    sf.write(root / "rir" / "room.wav", rng.standard_normal(t.size) * np.exp(-t / 0.05), SR)
+    cfg = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, conv_dim=(32, 32, 32), conv_kernel=(8, 8, 8),
+                       conv_stride=(4, 4, 4), num_conv_pos_embeddings=16,
+                       num_conv_pos_embedding_groups=2)
+    torch.manual_seed(0)
+    HubertModel(cfg).save_pretrained(root / "up")
+    config = root / "se.yaml"
+    config.write_text(f"""
+data:
+  source: {{root: {root / "speech"}}}
+  split: {{by: item, dev: 0.25, test: 0.25}}
+training: {{steps: 4, batch_size: 4, eval_every: 2, eval_batch_size: 4}}
+head: {{hidden_size: 16, num_layers: 1}}
+train_noise_dir: {root / "noise"}
+train_crop_seconds: 1.0
+disk_cache: false
+""")
+    return root
+
+
+def test_metrics_hand_values():
+    rng = np.random.default_rng(0)
+    t = np.arange(3 * SR) / SR
+    clean = (np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    same = speech_metrics(clean, clean)
+    assert same["stoi"] == pytest.approx(1.0, abs=1e-6)
+    assert same["si_sdr"] > 100
+    noise = rng.standard_normal(clean.size).astype(np.float32)
+    noise *= np.sqrt(np.mean(clean**2) / np.mean(noise**2)) / np.sqrt(10.0)  # exactly 10 dB SNR
+    # SI-SDR of clean + noise with noise orthogonal-ish to clean: close to the 10 dB SNR.
+    assert speech_metrics(clean + noise, clean)["si_sdr"] == pytest.approx(10.0, abs=0.2)
+    # A scaled copy has the same SI-SDR (scale invariance).
+    assert speech_metrics(0.5 * (clean + noise), clean)["si_sdr"] == pytest.approx(10.0, abs=0.2)
+    with pytest.raises(ValueError, match="differ"):
+        speech_metrics(clean[:-1], clean)
+
+
+def test_mask_head_upsamples_to_stft_frames():
+    head = MaskHead(8, 257, 2, SEHeadConfig(hidden_size=4, num_layers=1))
+    mask = head(torch.randn(2, 10, 8), torch.tensor([21, 15]))
+    assert mask.shape == (2, 21, 257)
+    assert float(mask.detach().min()) >= 0 and float(mask.detach().max()) <= 1
+
+
+def test_ideal_mask_reconstruction_is_exact():
+    """A head that outputs mask 1 must give back the noisy input exactly (istft round trip)."""
+    task = SpeechEnhancementTask.__new__(SpeechEnhancementTask)
+    from downstream.tasks.speech_enhancement.task import SpeechEnhancementConfig, StftConfig
+
+    task.config = SpeechEnhancementConfig.__new__(SpeechEnhancementConfig)
+    task.config.stft = StftConfig()
+    task.window = torch.hann_window(400)
+
+    class Ones(torch.nn.Module):
+        def forward(self, features, k):
+            return torch.ones(features.shape[0], int(k.max()), 257)
+
+    wave = np.random.default_rng(0).standard_normal(12345).astype(np.float32)
+    ex = Example("a", wave, wave)
+    (out,) = task.enhance(Ones(), torch.zeros(1, 39, 4), [ex])
+    np.testing.assert_allclose(out, wave, atol=1e-5)
+
+
+def test_trains_and_writes_results(setup_dirs, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root = setup_dirs
+    results = run_evaluation(RunOptions(
+        task="speech_enhancement", upstream=str(root / "up"), config=str(root / "se.yaml"),
+        out=str(tmp_path / "out"), conditions=["clean", "snr0", "reverb"],
+        test_noise_dir=str(root / "noise"), test_rir_dir=str(root / "rir"),
+    ))
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["task"] == "speech_enhancement" and saved["primary_metric"] == "pesq"
+    assert set(saved["metrics"]) == {"clean", "snr0", "reverb"}
+    for name, metrics in saved["metrics"].items():
+        for key in ("pesq", "stoi", "si_sdr", "noisy_pesq", "si_sdr_improvement"):
+            assert key in metrics, (name, key)
+        assert metrics["si_sdr_improvement"] == pytest.approx(
+            metrics["si_sdr"] - metrics["noisy_si_sdr"])
+    # The clean condition's noisy input is the clean speech itself.
+    assert saved["metrics"]["clean"]["noisy_stoi"] == pytest.approx(1.0, abs=1e-6)
+    assert saved["metrics"]["snr0"]["noisy_si_sdr"] == pytest.approx(0.0, abs=1.0)
+    assert sum(saved["featurizer"]["weights"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert [h["step"] for h in results["dev"]["history"]] == [2, 4]
