@@ -953,6 +953,9 @@ def build_dataloader(
         collate_fn=collate_waveforms,
         drop_last=drop_last,
         pin_memory=pin_memory,
+        # A private generator: creating an iterator draws the workers' base seed from it,
+        # never from the global torch RNG, so a resumed run's dropout masks stay exact.
+        generator=torch.Generator().manual_seed(0),
     )
 
 
