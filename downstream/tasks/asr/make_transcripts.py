@@ -53,11 +53,27 @@ def _spell(n: int) -> str:
     raise AssertionError(n)
 
 
+_ORDINAL = {"ONE": "FIRST", "TWO": "SECOND", "THREE": "THIRD", "FIVE": "FIFTH",
+            "EIGHT": "EIGHTH", "NINE": "NINTH", "TWELVE": "TWELFTH"}
+
+
+def _spell_ordinal(n: int) -> str:
+    """``3`` -> ``"THIRD"``, ``21`` -> ``"TWENTY FIRST"``, ``40`` -> ``"FORTIETH"``."""
+    *head, last = _spell(n).split()
+    if last in _ORDINAL:
+        last = _ORDINAL[last]
+    elif last.endswith("Y"):
+        last = last[:-1] + "IETH"
+    else:
+        last += "TH"
+    return " ".join([*head, last])
+
+
 def normalize_transcript(text: str) -> str:
     """Map Whisper output to the ASR alphabet: A-Z, apostrophe and single spaces.
 
     Integers below a billion are spelled out (``"1920"`` -> ``"ONE THOUSAND NINE HUNDRED
-    TWENTY"``; LibriSpeech spells numbers), hyphens become spaces, curly apostrophes become
+    TWENTY"``, ``"3rd"`` -> ``"THIRD"``; LibriSpeech spells numbers), hyphens become spaces, curly apostrophes become
     ``'``, everything else outside the alphabet is dropped.
 
     >>> normalize_transcript("Well, it's 42 o'clock—twenty-one.")
@@ -65,6 +81,8 @@ def normalize_transcript(text: str) -> str:
     """
     text = text.replace("\u2019", "'").replace("\u2018", "'")
     text = re.sub(r"(?<=\d),(?=\d{3})", "", text)
+    text = re.sub(r"(\d{1,9})(?:st|nd|rd|th)\b", lambda m: f" {_spell_ordinal(int(m[1]))} ",
+                  text, flags=re.IGNORECASE)
     text = re.sub(r"\d+", lambda m: f" {_spell(int(m.group()))} " if len(m.group()) < 10
                   else " ", text)
     text = re.sub(r"[-\u2013\u2014/]", " ", text.upper())

@@ -1,0 +1,196 @@
+"""ASR: a CTC head over characters on the featurizer output, greedy decoding, WER and CER.
+
+SUPERB's ASR task ("SUPERB: Speech processing Universal PERformance Benchmark",
+arXiv:2105.01051) trains a 2-layer BLSTM with CTC ("Connectionist Temporal Classification",
+Graves et al., ICML 2006) on the weighted sum of the frozen upstream's hidden states. Here the
+head is a small BLSTM (``head.num_layers: 0`` gives a linear head) and the output alphabet is
+``<blank>``, space, apostrophe and A-Z (29 symbols). Decoding is greedy (best path: argmax per
+frame, merge repeats, drop blanks). WER and CER come from torchmetrics.
+
+Transcripts come from the data source's ``text`` (a manifest's ``text`` column). For
+LibriSpeech-mini they are machine transcripts made by Whisper tiny.en with
+``downstream/tasks/asr/make_transcripts.py``, not LibriSpeech's human references; references
+are normalised to the alphabet with the same function
+(:func:`~downstream.tasks.asr.make_transcripts.normalize_transcript`).
+
+Tensor legend: ``B`` batch, ``T`` frames, ``D`` featurizer width, ``V`` alphabet size (29).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torchmetrics.functional.text import char_error_rate, word_error_rate
+
+from ...base import Example, Task, TaskConfig
+from ...data import Utterance
+from .make_transcripts import normalize_transcript
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ALPHABET", "AsrConfig", "AsrHeadConfig", "AsrTask", "CtcHead", "decode_greedy",
+           "encode_text"]
+
+#: Index 0 is the CTC blank; then space, apostrophe, A-Z.
+ALPHABET = ("<blank>", " ", "'", *(chr(c) for c in range(ord("A"), ord("Z") + 1)))
+_INDEX = {ch: i for i, ch in enumerate(ALPHABET)}
+
+
+def encode_text(text: str) -> list[int]:
+    """Normalised transcript -> alphabet indices (no blanks).
+
+    Raises:
+        ValueError: a character outside the alphabet (normalise first).
+    """
+    try:
+        return [_INDEX[ch] for ch in text]
+    except KeyError as err:
+        raise ValueError(f"character {err.args[0]!r} is not in the ASR alphabet: {text!r}") from None
+
+
+def decode_greedy(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+    """Best-path CTC decoding.
+
+    Args:
+        log_probs: ``(B, T, V)`` (any monotone scores work).
+        lengths: ``(B,)`` real frames.
+
+    Returns:
+        ``B`` strings: argmax per frame, repeats merged, blanks dropped, spaces collapsed.
+    """
+    best = log_probs.argmax(dim=-1).cpu()
+    out = []
+    for row, n in zip(best, lengths.tolist(), strict=True):
+        row = row[:n]
+        keep = torch.ones_like(row, dtype=torch.bool)
+        keep[1:] = row[1:] != row[:-1]
+        chars = [ALPHABET[i] for i in row[keep & (row != 0)].tolist()]
+        out.append(" ".join("".join(chars).split()))
+    return out
+
+
+@dataclass
+class AsrHeadConfig:
+    """The CTC head.
+
+    Attributes:
+        hidden_size: LSTM units per direction.
+        num_layers: BLSTM layers; 0 gives a linear layer on the features.
+        dropout: dropout on the head's input and between BLSTM layers.
+    """
+
+    hidden_size: int = 256
+    num_layers: int = 2
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.num_layers < 0 or self.hidden_size < 1:
+            raise ValueError("head.num_layers must be >= 0 and head.hidden_size >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"head.dropout must lie in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class AsrConfig(TaskConfig):
+    """ASR settings.
+
+    Attributes:
+        head: see :class:`AsrHeadConfig`.
+    """
+
+    head: AsrHeadConfig = field(default_factory=AsrHeadConfig)
+
+
+class CtcHead(nn.Module):
+    """Dropout -> BLSTM (optional) -> linear -> log-softmax over :data:`ALPHABET`."""
+
+    def __init__(self, input_size: int, config: AsrHeadConfig) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(config.dropout)
+        self.lstm = None
+        width = input_size
+        if config.num_layers > 0:
+            self.lstm = nn.LSTM(input_size, config.hidden_size, config.num_layers,
+                                batch_first=True, bidirectional=True,
+                                dropout=config.dropout if config.num_layers > 1 else 0.0)
+            width = 2 * config.hidden_size
+        self.proj = nn.Linear(width, len(ALPHABET))
+
+    def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        """``(B, T, D)`` features, ``(B,)`` lengths -> ``(B, T, V)`` log-probabilities."""
+        x = self.dropout(features)
+        if self.lstm is not None:
+            packed = pack_padded_sequence(x, frame_lengths.cpu(), batch_first=True,
+                                          enforce_sorted=False)
+            x, _ = self.lstm(packed)
+            x, _ = pad_packed_sequence(x, batch_first=True, total_length=features.shape[1])
+        return self.proj(x).log_softmax(dim=-1)
+
+
+class AsrTask(Task):
+    """Character CTC ASR (module docstring)."""
+
+    name = "asr"
+    config_class = AsrConfig
+    primary_metric = "wer"
+    higher_is_better = False
+
+    def setup(self, splits: dict[str, list[Utterance]]) -> None:
+        """Check that every utterance has a transcript that normalises to non-empty text.
+
+        Raises:
+            ValueError: utterances without ``text`` (naming the first few), or
+                ``data.max_seconds`` set (cropped audio no longer matches its transcript).
+        """
+        if self.config.data.max_seconds is not None:
+            raise ValueError("asr: data.max_seconds must be null (cropping the audio would cut "
+                             "it off from its transcript)")
+        missing = [u.key for items in splits.values() for u in items
+                   if not u.text or not normalize_transcript(u.text)]
+        if missing:
+            raise ValueError(f"{len(missing)} utterances have no transcript (first: "
+                             f"{missing[:3]}); use a manifest with a 'text' column")
+        self._chars = sum(len(normalize_transcript(u.text)) for u in splits["train"])
+
+    def target(self, utterance: Utterance) -> str:
+        """The normalised transcript (A-Z, apostrophe, space)."""
+        return normalize_transcript(utterance.text or "")
+
+    def build_head(self, input_size: int) -> nn.Module:
+        return CtcHead(input_size, self.config.head)
+
+    def training_loss(self, head: nn.Module, features: torch.Tensor, frame_lengths: torch.Tensor,
+                      examples: list[Example]) -> torch.Tensor:
+        """CTC loss, summed over each utterance and divided by its number of characters, then
+        averaged over the batch (``reduction="mean"``). Utterances too short for their
+        transcript give an infinite loss that is zeroed (``zero_infinity``)."""
+        log_probs = head(features, frame_lengths)
+        targets = [torch.tensor(encode_text(e.target), dtype=torch.long) for e in examples]
+        target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
+        return nn.functional.ctc_loss(
+            log_probs.transpose(0, 1).float(), torch.cat(targets).to(features.device),
+            frame_lengths, target_lengths.to(features.device), blank=0, reduction="mean",
+            zero_infinity=True,
+        )
+
+    def evaluate(self, head: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor,
+                                                                  list[Example]]]
+                 ) -> dict[str, float]:
+        """Corpus WER and CER of greedy decoding (torchmetrics), and the number of words."""
+        hyps, refs = [], []
+        for features, lengths, examples in batches:
+            hyps += decode_greedy(head(features, lengths), lengths)
+            refs += [e.target for e in examples]
+        return {"wer": float(word_error_rate(hyps, refs)),
+                "cer": float(char_error_rate(hyps, refs)),
+                "words": float(sum(len(r.split()) for r in refs))}
+
+    def summary(self) -> dict:
+        return {"alphabet": "".join(ALPHABET[1:]), "train_characters": getattr(self, "_chars", 0),
+                "transcripts": "from the manifest's text column (LibriSpeech-mini: Whisper "
+                               "tiny.en greedy transcripts, make_transcripts.py)"}
