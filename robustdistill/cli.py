@@ -1,0 +1,154 @@
+"""The ``robustdistill`` command.
+
+Subcommands::
+
+    robustdistill distill --config configs/demo.yaml [--section.key value ...]
+    robustdistill create-student --teacher ID_OR_DIR --out DIR [--num-layers 2 ...]
+    robustdistill make-teacher --family wavlm --preset small --out DIR
+    robustdistill export --run OUTPUT_DIR [--checkpoint DIR] [--out DIR]
+    robustdistill evaluate --task TASK --upstream ID_OR_DIR --config FILE --out DIR
+    robustdistill compare RESULT.json ... --out DIR
+
+For several processes use ``accelerate launch distill.py --config ...`` (``distill.py`` is
+``robustdistill distill``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+__all__ = ["main"]
+
+logger = logging.getLogger("robustdistill")
+
+
+def _setup_logging() -> None:
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(
+        level=logging.INFO if rank == "0" else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+def distill_main(argv: list[str]) -> int:
+    """``robustdistill distill --config FILE [--section.key value ...]``."""
+    from .config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(prog="robustdistill distill", add_help=True,
+                                     description="Run a distillation (see configs/).")
+    parser.add_argument("--config", help="YAML recipe; other --section.key value pairs override it")
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        cfg = load_config(args.config, overrides)
+    except (ConfigError, FileNotFoundError) as err:
+        parser.error(str(err))
+    from .trainer import train
+
+    out = train(cfg)
+    logger.info("done: %s", out)
+    return 0
+
+
+def create_student_main(argv: list[str]) -> int:
+    """``robustdistill create-student``: write an initialised student folder."""
+    from .student import StudentConfig, create_student, save_student, student_feature_extractor
+    from .upstream import Upstream
+
+    parser = argparse.ArgumentParser(prog="robustdistill create-student")
+    parser.add_argument("--teacher", required=True, help="hub id or local folder")
+    parser.add_argument("--out", required=True, help="folder to write the student to")
+    parser.add_argument("--family", default=None)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--hidden-size", type=int, default=None)
+    parser.add_argument("--num-attention-heads", type=int, default=None)
+    parser.add_argument("--intermediate-size", type=int, default=None)
+    parser.add_argument("--conv-dim", type=int, nargs=7, default=None)
+    parser.add_argument("--init-layers", type=int, nargs="+", default=None)
+    parser.add_argument("--random-init", action="store_true", help="do not copy teacher weights")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        cfg = StudentConfig(family=args.family, num_layers=args.num_layers,
+                            hidden_size=args.hidden_size,
+                            num_attention_heads=args.num_attention_heads,
+                            intermediate_size=args.intermediate_size, conv_dim=args.conv_dim,
+                            init_from_teacher=not args.random_init, init_layers=args.init_layers)
+    except ValueError as err:
+        parser.error(str(err))
+    teacher = Upstream.from_pretrained(args.teacher, trust_remote_code=args.trust_remote_code)
+    student = create_student(teacher, cfg)
+    out = save_student(student, student_feature_extractor(teacher, student.config), args.out)
+    params = sum(p.numel() for p in student.parameters()) / 1e6
+    logger.info("student (%s, %d layers, %.1f M params) written to %s",
+                student.config.model_type, student.config.num_hidden_layers, params, out)
+    return 0
+
+
+def make_teacher_main(argv: list[str]) -> int:
+    """``robustdistill make-teacher``: a randomly initialised encoder of a given shape,
+    for offline demos, tests and benchmarks."""
+    from .teachers import PRESETS, make_random_teacher
+
+    parser = argparse.ArgumentParser(prog="robustdistill make-teacher")
+    parser.add_argument("--family", default="wavlm", choices=["wavlm", "hubert", "wav2vec2"])
+    parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    out = make_random_teacher(args.family, args.preset, args.out, seed=args.seed)
+    logger.info("random %s-%s teacher written to %s", args.family, args.preset, out)
+    return 0
+
+
+def export_main(argv: list[str]) -> int:
+    """``robustdistill export``: the student of a run's checkpoint as a stock checkpoint."""
+    from .export import export_from_checkpoint
+
+    parser = argparse.ArgumentParser(prog="robustdistill export")
+    parser.add_argument("--run", required=True, help="the run's output_dir")
+    parser.add_argument("--checkpoint", default=None, help="default: the newest checkpoint")
+    parser.add_argument("--out", default=None, help="default: RUN/student")
+    args = parser.parse_args(argv)
+    out = export_from_checkpoint(args.run, args.checkpoint, args.out)
+    logger.info("student written to %s", out)
+    return 0
+
+
+def _downstream(name: str):
+    def run(argv: list[str]) -> int:
+        from downstream import cli as downstream_cli
+
+        return getattr(downstream_cli, name)(argv)
+
+    return run
+
+
+COMMANDS = {
+    "distill": distill_main,
+    "create-student": create_student_main,
+    "make-teacher": make_teacher_main,
+    "export": export_main,
+    "evaluate": _downstream("evaluate_main"),
+    "compare": _downstream("compare_main"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``robustdistill`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip(), file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    _setup_logging()
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

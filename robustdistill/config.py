@@ -1,0 +1,238 @@
+"""A distillation run, fully described by one YAML file plus command-line overrides.
+
+The YAML has one section per concern; every section is a dataclass whose fields carry their
+help text, parsed strictly by ``transformers.HfArgumentParser`` (an unknown key is an error
+that names the key and the closest known one)::
+
+    teacher: microsoft/wavlm-base-plus     # hub id or local folder
+    output_dir: runs/robust_wavlm
+    seed: 0
+    student:      {num_layers: 2}          # StudentConfig
+    data:         {train_dir: ..., batch_size: 24}        # DataConfig
+    augmentation: {noise_dir: ..., rir_dir: ...}          # AugmentationConfig
+    objectives:                            # name -> the objective's own options
+      layerwise: {teacher_layers: [4, 8, 12]}
+      enhancement: {lambda_enh: 2.0}
+    training:     {max_steps: 200000, learning_rate: 2.0e-4}  # TrainingConfig
+
+Overrides: ``--training.max_steps 200 --data.train_dir path --teacher path``; values are
+read as YAML (``200`` is an int, ``[4, 8]`` a list, ``null`` None).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+from .augment import AugmentationConfig
+from .data import DataConfig
+from .objectives import OBJECTIVES
+from .student import StudentConfig
+
+__all__ = ["ConfigError", "DistillConfig", "TrainingConfig", "load_config", "parse_overrides"]
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML with 1.2 booleans: only true/false are booleans (``mixed_precision: no`` stays
+    the string ``"no"``, not False as in YAML 1.1)."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    key: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"))
+
+
+def read_yaml(text: str):
+    """Parse YAML text with 1.2 booleans (see ``_Yaml12Loader``)."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used (unknown key, bad value)."""
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation, logging and checkpointing (DistilHuBERT defaults where it has them)."""
+
+    max_steps: int = field(default=200_000, metadata={"help": "optimizer steps"})
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (AdamW)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay, on parameters with 2+ dims only"})
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98], metadata={"help": "AdamW betas"})
+    warmup_ratio: float = field(default=0.07, metadata={"help": "fraction of max_steps of linear warm-up"})
+    lr_schedule: str = field(default="linear", metadata={"help": "transformers scheduler name after warm-up: linear, cosine, constant_with_warmup"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    max_grad_norm: float = field(default=10.0, metadata={"help": "gradient clipping norm (0 disables)"})
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (accelerate)"})
+    cpu: bool = field(default=False, metadata={"help": "force CPU even when a GPU is present"})
+    log_every: int = field(default=10, metadata={"help": "steps between training log entries"})
+    eval_every: int = field(default=1000, metadata={"help": "steps between validation runs (and at the end)"})
+    max_eval_batches: int | None = field(default=None, metadata={"help": "cap on validation batches per run"})
+    save_every: int = field(default=5000, metadata={"help": "steps between checkpoints (0: only at the end)"})
+    keep_checkpoints: int = field(default=3, metadata={"help": "newest checkpoints kept on disk"})
+    resume_from: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder to resume from"})
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": "accelerate trackers"})
+    export_student: bool = field(default=True, metadata={"help": "export OUTPUT_DIR/student and heads/ at the end"})
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "gradient_accumulation_steps", "log_every", "eval_every",
+                     "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"training.{name} must be >= 1, got {getattr(self, name)}")
+        if self.save_every < 0:
+            raise ConfigError(f"training.save_every must be >= 0, got {self.save_every}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"training.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ConfigError(f"training.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if len(self.adam_betas) != 2:
+            raise ConfigError(f"training.adam_betas needs two values, got {self.adam_betas}")
+
+
+@dataclass
+class DistillConfig:
+    """The whole run: see the module docstring for the YAML layout."""
+
+    teacher: str
+    output_dir: str = "runs/distill"
+    seed: int = 0
+    trust_remote_code: bool = False
+    student_init: str | None = None  # an existing student folder instead of creating one
+    student: StudentConfig = field(default_factory=StudentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    objectives: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"layerwise": {}, "enhancement": {}}
+    )
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (what is saved as ``OUTPUT_DIR/config.yaml``)."""
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {
+    "student": StudentConfig,
+    "data": DataConfig,
+    "augmentation": AugmentationConfig,
+    "training": TrainingConfig,
+}
+# Filled in by the trainer from the models, never from the config.
+_MODEL_FACTS = ("teacher_hidden_size", "teacher_num_layers", "student_hidden_size",
+                "student_conv_dim")
+_TOP_LEVEL = ("teacher", "output_dir", "seed", "trust_remote_code", "student_init", "objectives")
+
+
+def _unknown_key(where: str, key: str, known) -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {sorted(known)}"
+    return ConfigError(f"unknown config key {where}{key!r}{hint}")
+
+
+def parse_overrides(argv: list[str]) -> dict[str, Any]:
+    """``["--training.max_steps", "200", "--teacher=x"]`` -> nested dict.
+
+    Raises:
+        ConfigError: an argument that is not ``--key value`` or ``--key=value``.
+    """
+    result: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"expected --key value, got {arg!r}")
+        if "=" in arg:
+            key, raw = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"override {arg} has no value")
+            key, raw = arg[2:], argv[i + 1]
+            i += 2
+        node = result
+        parts = key.replace("-", "_").split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = read_yaml(raw)
+    return result
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_config(raw: dict[str, Any]) -> DistillConfig:
+    """Validate a nested dict and build the dataclasses.
+
+    Raises:
+        ConfigError: unknown key (named, with the closest known key), missing teacher,
+            a section that is not a mapping, or a value a section rejects.
+    """
+    for key in raw:
+        if key not in _TOP_LEVEL and key not in _SECTIONS:
+            raise _unknown_key("", key, [*_TOP_LEVEL, *_SECTIONS])
+    if not raw.get("teacher"):
+        raise ConfigError("the config must name a teacher (hub id or local folder)")
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        values = raw.get(name) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {name!r} must be a mapping, got {values!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in known:
+                raise _unknown_key(f"{name}.", key, known)
+        try:
+            (sections[name],) = HfArgumentParser(cls).parse_dict(values)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"config section {name!r}: {err}") from err
+    objectives = raw.get("objectives", {"layerwise": {}, "enhancement": {}})
+    if not isinstance(objectives, dict) or not objectives:
+        raise ConfigError("objectives must be a non-empty mapping: name -> options")
+    objectives = {name: dict(options or {}) for name, options in objectives.items()}
+    for name, options in objectives.items():
+        if name not in OBJECTIVES:
+            raise _unknown_key("objectives.", name, OBJECTIVES)
+        accepted = inspect.signature(OBJECTIVES[name].__init__).parameters
+        for key in options:
+            if key not in accepted or key in _MODEL_FACTS:
+                raise _unknown_key(f"objectives.{name}.", key,
+                                   [p for p in accepted if p not in ("self", *_MODEL_FACTS)])
+    top = {k: raw[k] for k in _TOP_LEVEL if k in raw and k != "objectives"}
+    return DistillConfig(**top, objectives=objectives, **sections)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> DistillConfig:
+    """Read a YAML config, apply ``--key value`` overrides, validate.
+
+    Raises:
+        FileNotFoundError: the YAML file does not exist.
+        ConfigError: see :func:`build_config`.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        raw = read_yaml(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    return build_config(_merge(raw, parse_overrides(overrides or [])))

@@ -1,0 +1,414 @@
+"""The distillation loop on ``accelerate``.
+
+Data flows one way: clean crops -> corruption (student input) -> frozen teacher on clean,
+student on corrupted -> objectives -> optimizer step -> logs, checkpoints, export.
+
+Loss normalisation: every objective returns sums over real units (frames, STFT frames,
+utterances). Before an optimizer step the trainer pulls all micro-batches of the step,
+counts their real units and all-reduces the counts over ranks; each micro-batch's loss is
+``sum / step_count * world_size`` (DDP averages gradients over ranks), so the gradient is
+that of the mean over every real frame of the step, whatever the padding, the micro-batch
+split or the number of processes. That is why accumulation is explicit here (with
+``no_sync`` on all micro-batches but the last) rather than ``accelerator.accumulate``,
+which averages per micro-batch.
+
+Exact resume: the sampler's order comes from ``(seed, epoch)``, crops from
+``(seed, epoch, index)``, corruption from ``(seed, step, rank, micro-batch)``; the checkpoint
+(``accelerator.save_state``) holds model, optimizer, scheduler, RNG states and the
+:class:`TrainingProgress` (step, epoch, batches consumed), so a resumed run replays exactly
+the batches, corruptions and dropout masks of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, gather_object, set_seed
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoFeatureExtractor, AutoModel, get_scheduler
+
+from .augment import Corruptor
+from .config import ConfigError, DistillConfig
+from .data import ShardedRandomSampler, build_dataloader, build_datasets
+from .export import export_run_student
+from .objectives import DistillationInputs, LossTerm, build_objective
+from .student import create_student, save_student, student_feature_extractor
+from .upstream import Upstream, lengths_to_mask
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Distiller", "TrainingProgress", "train"]
+
+
+class Distiller(nn.Module):
+    """The trainable part of a run: the student plus the objectives (which own the heads).
+
+    ``forward(noisy (B, S), clean (B, S), lengths (B,), teacher: UpstreamOutput)`` runs the
+    student on ``noisy`` and returns ``{objective: {term: LossTerm}}``.
+    """
+
+    def __init__(self, student: Upstream, objectives: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.student = student
+        self.objectives = nn.ModuleDict(objectives)
+        self.needs_cnn = any(getattr(o, "input", None) == "cnn" for o in objectives.values())
+
+    def forward(self, noisy, clean, lengths, teacher) -> dict[str, dict[str, LossTerm]]:
+        student = self.student(noisy, lengths, return_extract_features=self.needs_cnn)
+        frames = min(teacher.hidden_states[-1].shape[1], student.hidden_states[-1].shape[1])
+        common = torch.minimum(teacher.frame_lengths, student.frame_lengths).clamp(max=frames)
+        inputs = DistillationInputs(teacher, student, lengths_to_mask(common, frames),
+                                    clean, noisy, lengths)
+        return {name: objective(inputs) for name, objective in self.objectives.items()}
+
+
+@dataclass
+class TrainingProgress:
+    """Where the run is; saved in every checkpoint (``register_for_checkpointing``)."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    best_validation_loss: float = math.inf
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay only on parameters with two or more dimensions (nanoGPT)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+def _fingerprint(model: nn.Module) -> str:
+    """SHA-256 of every parameter's bytes, in order: equal on all ranks after a DDP step."""
+    digest = hashlib.sha256()
+    for name, param in model.named_parameters():
+        digest.update(name.encode())
+        digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _rng(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *keys])
+
+
+class _Run:
+    """Everything one ``train`` call builds; methods are the loop's steps."""
+
+    def __init__(self, cfg: DistillConfig) -> None:
+        self.cfg = cfg
+        t = cfg.training
+        self.output_dir = Path(cfg.output_dir)
+        self.accelerator = Accelerator(
+            cpu=t.cpu,
+            mixed_precision=t.mixed_precision,
+            log_with=t.report_to or None,
+            project_config=ProjectConfiguration(
+                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs"),
+                automatic_checkpoint_naming=True, total_limit=t.keep_checkpoints),
+        )
+        acc = self.accelerator
+        set_seed(cfg.seed)
+        self.teacher = Upstream.from_pretrained(cfg.teacher, frozen=True,
+                                                trust_remote_code=cfg.trust_remote_code)
+        self.teacher.to(acc.device)
+        student, feature_extractor = self._build_student()
+        self.feature_extractor = feature_extractor
+        student_up = Upstream(student, normalize=feature_extractor.do_normalize,
+                              use_attention_mask=feature_extractor.return_attention_mask,
+                              frozen=False)
+        objectives = {}
+        for name, options in cfg.objectives.items():
+            try:
+                objectives[name] = build_objective(
+                    name, teacher_hidden_size=self.teacher.hidden_size,
+                    teacher_num_layers=self.teacher.num_layers,
+                    student_hidden_size=student_up.hidden_size,
+                    student_conv_dim=student_up.conv_dim, **options)
+            except (KeyError, TypeError, ValueError) as err:
+                raise ConfigError(str(err)) from err
+        model = Distiller(student_up, objectives)
+        self.objectives = objectives
+        optimizer = torch.optim.AdamW(_param_groups(model, t.weight_decay), lr=t.learning_rate,
+                                      betas=tuple(t.adam_betas))
+        # Not prepared: accelerate would step it once per process; our steps are optimizer steps.
+        self.scheduler = get_scheduler(t.lr_schedule, optimizer,
+                                       num_warmup_steps=int(t.warmup_ratio * t.max_steps),
+                                       num_training_steps=t.max_steps)
+        train_set, valid_set = build_datasets(cfg.data, cfg.seed)
+        rank, world = acc.process_index, acc.num_processes
+        self.sampler = ShardedRandomSampler(len(train_set), cfg.seed, shuffle=True,
+                                            rank=rank, world_size=world)
+        self.loader = build_dataloader(train_set, cfg.data.batch_size, self.sampler,
+                                       cfg.data.num_workers)
+        self.valid_sampler = ShardedRandomSampler(len(valid_set), cfg.seed, shuffle=False,
+                                                  rank=rank, world_size=world)
+        self.valid_loader = build_dataloader(valid_set, cfg.data.batch_size, self.valid_sampler,
+                                             cfg.data.num_workers)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.progress = TrainingProgress()
+        acc.register_for_checkpointing(self.scheduler, self.progress)
+        self.corruptor = Corruptor.from_config(cfg.augmentation, seed=cfg.seed)
+        self.metrics_path = self.output_dir / "metrics.jsonl"
+        logger.info("teacher %s: %d layers, width %d; student: %d layers, width %d, %.1f M "
+                    "params; %d train / %d validation utterances; %d process(es)",
+                    cfg.teacher, self.teacher.num_layers, self.teacher.hidden_size,
+                    student_up.num_layers, student_up.hidden_size,
+                    sum(p.numel() for p in student.parameters()) / 1e6,
+                    len(train_set), len(valid_set), world)
+
+    def _build_student(self):
+        cfg = self.cfg
+        if cfg.student_init:
+            student = AutoModel.from_pretrained(cfg.student_init)
+            feature_extractor = AutoFeatureExtractor.from_pretrained(cfg.student_init)
+        else:
+            student = create_student(self.teacher, cfg.student)
+            feature_extractor = student_feature_extractor(self.teacher, student.config)
+        if self.accelerator.is_main_process:  # the exported student's config and preprocessor
+            save_student(student, feature_extractor, self.output_dir / "student_init")
+        return student, feature_extractor
+
+    # ------------------------------------------------------------------ data
+    def _batches(self) -> Iterator[dict]:
+        """Training batches forever, epoch after epoch, tracking the position exactly."""
+        p = self.progress
+        while True:
+            self.sampler.set_epoch(p.epoch)
+            self.sampler.set_start(p.batches_in_epoch * self.cfg.data.batch_size)
+            for batch in self.loader:
+                p.batches_in_epoch += 1
+                yield batch
+            p.epoch += 1
+            p.batches_in_epoch = 0
+
+    def _unit_counts(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Real units of one micro-batch, computed from lengths alone (before any forward)."""
+        lengths = batch["lengths"]
+        student = self.accelerator.unwrap_model(self.model).student
+        frames = torch.minimum(self.teacher.frame_lengths(lengths).cpu(),
+                               student.frame_lengths(lengths).cpu())
+        counts = {"frames": frames.sum(), "utterances": torch.tensor(len(lengths))}
+        for objective in self.objectives.values():
+            counts.update(objective.count_units(lengths.cpu()))
+        return {k: v.double() for k, v in counts.items()}
+
+    def _reduce_counts(self, counts: dict[str, torch.Tensor]) -> dict[str, float]:
+        keys = sorted(counts)
+        stacked = torch.stack([counts[k] for k in keys]).to(self.accelerator.device)
+        total = self.accelerator.reduce(stacked, reduction="sum").cpu()
+        return dict(zip(keys, total.tolist(), strict=True))
+
+    # ------------------------------------------------------------------ forward
+    def _loss(self, batch: dict, rng: np.random.Generator, step: int | None):
+        """Teacher on clean, student on corrupted; returns the objectives' terms."""
+        device = self.accelerator.device
+        clean = batch["waveforms"]
+        lengths = batch["lengths"]
+        noisy, _ = self.corruptor.corrupt_batch(clean, lengths, rng, step)
+        clean, noisy, lengths = clean.to(device), noisy.to(device), lengths.to(device)
+        with self.accelerator.autocast():
+            teacher = self.teacher(clean, lengths)
+            return self.model(noisy, clean, lengths, teacher)
+
+    @staticmethod
+    def _weighted(terms, counts: dict[str, float]) -> torch.Tensor:
+        return sum(term.weight * term.total / max(counts[term.unit], 1.0)
+                   for parts in terms.values() for term in parts.values())
+
+    @staticmethod
+    def _add_sums(sums: dict, terms) -> None:
+        for name, parts in terms.items():
+            for part, term in parts.items():
+                sums[f"{name}/{part}"] = sums[f"{name}/{part}"] + term.total.detach().double()
+                sums.setdefault(f"_unit/{name}/{part}", (term.unit, term.weight))
+
+    def _means(self, sums: dict, counts: dict[str, float]) -> dict[str, float]:
+        """Reduce term sums over ranks and divide by the step's unit counts."""
+        names = sorted(k for k in sums if not k.startswith("_unit/"))
+        if not names:
+            return {}
+        stacked = torch.stack([sums[k].reshape(()) for k in names]).to(self.accelerator.device)
+        totals = self.accelerator.reduce(stacked, reduction="sum").cpu().tolist()
+        means, loss = {}, 0.0
+        for name, total in zip(names, totals, strict=True):
+            unit, weight = sums[f"_unit/{name}"]
+            means[name] = total / max(counts[unit], 1.0)
+            loss += weight * means[name]
+        means["loss"] = loss
+        return means
+
+    # ------------------------------------------------------------------ steps
+    def train_step(self, batches: Iterator[dict]) -> dict[str, float]:
+        acc, t = self.accelerator, self.cfg.training
+        window = [next(batches) for _ in range(t.gradient_accumulation_steps)]
+        counts = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
+        for batch in window:
+            for unit, value in self._unit_counts(batch).items():
+                counts[unit] = counts[unit] + value
+        counts = self._reduce_counts(dict(counts))
+        step = self.progress.step
+        sums = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
+        self.model.train()
+        for i, batch in enumerate(window):
+            rng = _rng(self.cfg.seed, step, acc.process_index, i)
+            sync = i == len(window) - 1
+            with nullcontext() if sync else acc.no_sync(self.model):
+                terms = self._loss(batch, rng, step)
+                acc.backward(self._weighted(terms, counts) * acc.num_processes)
+            self._add_sums(sums, terms)
+        grad_norm = None
+        if t.max_grad_norm > 0:
+            grad_norm = acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.step += 1
+        means = self._means(sums, counts)
+        if grad_norm is not None:
+            means["grad_norm"] = float(grad_norm)
+        means["audio_seconds"] = counts["frames"] * 0.02
+        return means
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean loss terms over the validation set, with a fixed corruption per batch (the
+        full target distribution, no curriculum) so values are comparable across steps."""
+        acc = self.accelerator
+        self.model.eval()
+        sums = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
+        counts = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
+        limit = self.cfg.training.max_eval_batches
+        self.valid_sampler.set_epoch(0)
+        for i, batch in enumerate(self.valid_loader):
+            if limit is not None and i >= limit:
+                break
+            for unit, value in self._unit_counts(batch).items():
+                counts[unit] = counts[unit] + value
+            rng = _rng(self.cfg.seed, 2**31 - 1, acc.process_index, i)
+            self._add_sums(sums, self._loss(batch, rng, None))
+        means = self._means(sums, self._reduce_counts(dict(counts)))
+        self.model.train()
+        return means
+
+    # ------------------------------------------------------------------ logging
+    def log(self, split: str, values: dict[str, float]) -> None:
+        acc = self.accelerator
+        record = {"step": self.progress.step, "split": split,
+                  "lr": self.scheduler.get_last_lr()[0], **values}
+        acc.log({f"{split}/{k}": v for k, v in record.items() if k not in ("step", "split")},
+                step=self.progress.step)
+        if acc.is_main_process:
+            with self.metrics_path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def save_checkpoint(self) -> None:
+        self.accelerator.save_state()
+        logger.info("checkpoint saved at step %d", self.progress.step)
+
+    def resume(self, where: str) -> None:
+        acc = self.accelerator
+        if where == "latest":
+            folders = sorted((self.output_dir / "checkpoints").glob("checkpoint_*"),
+                             key=lambda p: int(p.name.split("_")[-1]))
+            if not folders:
+                raise FileNotFoundError(f"no checkpoint to resume under {self.output_dir}/checkpoints")
+            path = folders[-1]
+        else:
+            path = Path(where)
+        acc.load_state(str(path))
+        match = re.search(r"checkpoint_(\d+)$", path.name)
+        if match:  # keep automatic naming counting up from the resumed checkpoint
+            acc.project_configuration.iteration = int(match.group(1)) + 1
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", path,
+                    self.progress.step, self.progress.epoch, self.progress.batches_in_epoch)
+
+
+def train(cfg: DistillConfig) -> Path:
+    """Run a distillation from a validated config.
+
+    Writes under ``cfg.output_dir``: ``config.yaml``, ``metrics.jsonl``, TensorBoard logs in
+    ``logs/``, checkpoints in ``checkpoints/``, and at the end the exported ``student/``
+    (loads with ``AutoModel.from_pretrained``) and ``heads/``.
+
+    Returns:
+        The exported student folder (or the output dir when export is off).
+
+    Raises:
+        ConfigError: objectives or options that do not fit the models.
+        FileNotFoundError: missing data, noise/RIR folder, or checkpoint to resume.
+    """
+    run = _Run(cfg)
+    acc, t = run.accelerator, cfg.training
+    if acc.is_main_process:
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+        (run.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    acc.init_trackers("distill", config={"teacher": cfg.teacher, "seed": cfg.seed,
+                                         "max_steps": t.max_steps, "lr": t.learning_rate})
+    if t.resume_from:
+        run.resume(t.resume_from)
+    batches = run._batches()
+    bar = tqdm(total=t.max_steps, initial=run.progress.step, desc="distill",
+               disable=not acc.is_main_process, dynamic_ncols=True)
+    started, done_audio = time.perf_counter(), 0.0
+    while run.progress.step < t.max_steps:
+        values = run.train_step(batches)
+        step = run.progress.step
+        done_audio += values["audio_seconds"]
+        bar.update(1)
+        bar.set_postfix(loss=f"{values['loss']:.3f}")
+        if step % t.log_every == 0 or step == t.max_steps:
+            elapsed = time.perf_counter() - started
+            values["audio_seconds_per_second"] = done_audio / max(elapsed, 1e-9)
+            run.log("train", values)
+        if step % t.eval_every == 0 or step == t.max_steps:
+            valid = run.validate()
+            run.progress.best_validation_loss = min(run.progress.best_validation_loss,
+                                                    valid["loss"])
+            run.log("validation", valid)
+            if acc.is_main_process:
+                bar.write(f"step {step}: validation loss {valid['loss']:.4f}")
+        if (t.save_every and step % t.save_every == 0) or step == t.max_steps:
+            run.save_checkpoint()
+    bar.close()
+    acc.wait_for_everyone()
+    fingerprints = gather_object([_fingerprint(acc.unwrap_model(run.model))])
+    if acc.is_main_process:
+        summary = {"step": run.progress.step, "epoch": run.progress.epoch,
+                   "best_validation_loss": run.progress.best_validation_loss,
+                   "parameter_sha256_per_rank": fingerprints,
+                   "ranks_identical": len(set(fingerprints)) == 1}
+        (run.output_dir / "final_state.json").write_text(json.dumps(summary, indent=2))
+        if not summary["ranks_identical"]:
+            logger.error("parameters differ between ranks: %s", fingerprints)
+    out = run.output_dir
+    if t.export_student and acc.is_main_process:
+        out = export_run_student(acc.unwrap_model(run.model), run.feature_extractor,
+                                 run.output_dir, cfg.to_dict())
+    acc.wait_for_everyone()
+    acc.end_training()
+    return out

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv with everything the project needs, CPU-only.
+# torch is installed first, pinned by constraints.txt, so nothing pulls a CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q "$(grep '^torch==' constraints.txt)"
+python -m pip install -q -c constraints.txt -e ".[dev]"
+echo "environment ready: $(python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny models saved with save_pretrained, offline hub, shared data paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SHARED_DATA = SHARED / "data"
+WHISPER_DIR = SHARED / "models" / "whisper-tiny.en"
+
+
+def require_shared_data() -> Path:
+    """Skip the calling test when ../shared/data is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent (real audio for this test)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_wavlm_dir(tmp_path_factory) -> Path:
+    from robustdistill.teachers import make_random_teacher
+
+    return make_random_teacher("wavlm", "tiny", tmp_path_factory.mktemp("tiny_wavlm"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_hubert_dir(tmp_path_factory) -> Path:
+    from robustdistill.teachers import make_random_teacher
+
+    return make_random_teacher("hubert", "tiny", tmp_path_factory.mktemp("tiny_hubert"), seed=1)

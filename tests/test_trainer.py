@@ -1,0 +1,116 @@
+"""The training loop: exact resume, export round trip, loss normalisation across micro-batches."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoFeatureExtractor, AutoModel
+
+from robustdistill.config import load_config
+from robustdistill.export import export_from_checkpoint
+from robustdistill.trainer import train
+from robustdistill.upstream import Upstream
+
+
+def _config(tmp_path, teacher_dir, out: str, **training):
+    overrides = {
+        "teacher": str(teacher_dir), "output_dir": str(tmp_path / out), "seed": 3,
+        "data.synthetic_items": 12, "data.synthetic_seconds": "[0.6, 1.2]",
+        "data.synthetic_dir": str(tmp_path / "corpus"), "data.batch_size": 2,
+        "data.max_length_s": 1.0, "data.min_length_s": 0.5, "data.validation_fraction": 0.2,
+        "augmentation.num_simulated_rooms": 2, "augmentation.room_max_order": 3,
+        "objectives": "{layerwise: {teacher_layers: [1, 2]}, enhancement: {hidden_size: 8, num_layers: 1}}",
+        "training.learning_rate": 1e-3, "training.warmup_ratio": 0.0, "training.cpu": True,
+        "training.log_every": 1, "training.eval_every": 100, "training.report_to": "[]",
+        **{f"training.{k}": v for k, v in training.items()},
+    }
+    argv = [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
+    return load_config(None, argv)
+
+
+def _student_state(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(str(sorted((run_dir / "checkpoints").glob("checkpoint_*"))[-1]
+                         / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_resume_from_mid_run_checkpoint_is_exact(tmp_path, tiny_wavlm_dir):
+    # Uninterrupted: 6 steps (2 micro-batches each, so the sampler crosses epochs), with a
+    # checkpoint after step 3.
+    train(_config(tmp_path, tiny_wavlm_dir, "full", max_steps=6, save_every=3,
+                  gradient_accumulation_steps=2))
+    # The same run interrupted after step 3 and resumed from that checkpoint.
+    mid = tmp_path / "full" / "checkpoints" / "checkpoint_0"
+    train(_config(tmp_path, tiny_wavlm_dir, "part", max_steps=6, save_every=3,
+                  gradient_accumulation_steps=2, resume_from=str(mid)))
+    full, resumed = _student_state(tmp_path / "full"), _student_state(tmp_path / "part")
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+    lines = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    part = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    train_full = {r["step"]: r["loss"] for r in lines if r["split"] == "train"}
+    train_part = {r["step"]: r["loss"] for r in part if r["split"] == "train"}
+    assert {s: v for s, v in train_full.items() if s > 3} == train_part  # after the resume
+
+
+@pytest.mark.slow
+def test_export_round_trip_gives_the_trained_students_hidden_states(tmp_path, tiny_wavlm_dir):
+    student_dir = train(_config(tmp_path, tiny_wavlm_dir, "run", max_steps=2, save_every=2))
+    run = tmp_path / "run"
+    assert {p.name for p in student_dir.iterdir()} >= {
+        "config.json", "model.safetensors", "preprocessor_config.json"}
+    assert {p.name for p in (run / "heads").iterdir()} == {
+        "layerwise.safetensors", "layerwise.json", "enhancement.safetensors", "enhancement.json"}
+    assert not any("head" in k for k in load_file(str(student_dir / "model.safetensors")))
+    # The exported weights are exactly the checkpoint's student weights.
+    state = _student_state(run)
+    exported = load_file(str(student_dir / "model.safetensors"))
+    for key, value in exported.items():
+        assert torch.equal(value, state[f"student.model.{key}"]), key
+    model = AutoModel.from_pretrained(student_dir)
+    assert type(model).__name__ == "WavLMModel"
+    AutoFeatureExtractor.from_pretrained(student_dir)
+    # Same hidden states through our upstream contract and through plain transformers.
+    trained = Upstream.from_pretrained(student_dir)
+    waves = torch.randn(2, 4000) * 0.1
+    ours = trained(waves, torch.tensor([4000, 4000])).hidden_states
+    plain = model.eval()(waves, output_hidden_states=True).hidden_states
+    for a, b in zip(ours, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0) if not trained.normalize else None
+    # `robustdistill export` from the checkpoint writes the same weights again.
+    again = export_from_checkpoint(run, out_dir=tmp_path / "again" / "student")
+    for key, value in load_file(str(again / "model.safetensors")).items():
+        assert torch.equal(value, exported[key]), key
+    final = json.loads((run / "final_state.json").read_text())
+    assert final["step"] == 2 and final["ranks_identical"]
+
+
+def test_loss_normalisation_does_not_depend_on_the_micro_batch_split(tmp_path, tiny_wavlm_dir):
+    """One step of batch 4 equals one step of 2 x 2 accumulated micro-batches (same data)."""
+    from robustdistill.trainer import _Run
+
+    def first_step(batch_size, accumulation):
+        cfg = _config(tmp_path, tiny_wavlm_dir, f"norm{batch_size}", max_steps=1,
+                      gradient_accumulation_steps=accumulation)
+        cfg.data.batch_size = batch_size
+        cfg.augmentation.enabled = False
+        cfg.training.max_grad_norm = 0.0
+        run = _Run(cfg)
+        run.model.student.model.config.hidden_dropout = 0.0
+        for module in run.model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        values = run.train_step(run._batches())
+        return values, {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+
+    single, params_single = first_step(4, 1)
+    split, params_split = first_step(2, 2)
+    for name in single:
+        if "/" in name or name == "loss":
+            assert split[name] == pytest.approx(single[name], rel=1e-5), name
+    for key in params_single:
+        torch.testing.assert_close(params_split[key], params_single[key], rtol=1e-4, atol=1e-6)
