@@ -243,7 +243,8 @@ class Upstream(nn.Module):
             :class:`UpstreamOutput`.
 
         Raises:
-            ValueError: wrongly shaped input, or lengths outside ``[1, S]``.
+            ValueError: wrongly shaped input, lengths outside ``[1, S]``, or an utterance
+                shorter than one frame (400 samples for the Base CNN).
         """
         if waveforms.dim() != 2:
             raise ValueError(f"waveforms must be (B, S), got shape {tuple(waveforms.shape)}")
@@ -252,6 +253,9 @@ class Upstream(nn.Module):
             raise ValueError(f"lengths must be ({waveforms.shape[0]},), got {tuple(lengths.shape)}")
         if int(lengths.min()) < 1 or int(lengths.max()) > waveforms.shape[1]:
             raise ValueError(f"lengths must lie in [1, {waveforms.shape[1]}], got {lengths.tolist()}")
+        if not self.is_whisper and int(self.frame_lengths(lengths.min()).item()) < 1:
+            raise ValueError(f"an utterance of {int(lengths.min())} samples is shorter than one "
+                             f"frame of this encoder (its receptive field)")
         context = torch.no_grad() if self.frozen else torch.enable_grad()
         with context:
             if self.is_whisper:
