@@ -45,7 +45,7 @@ class EnhancementHead(nn.Module):
     """BiLSTM mask estimator: features at 50 Hz -> sigmoid mask over STFT bins at 100 Hz.
 
     Each feature frame (20 ms) is repeated ``upsample`` times to reach the STFT frame rate
-    (hop 160 = 10 ms), then cut or edge-padded to the STFT frame count.
+    (hop 160 = 10 ms); STFT frames past the last real feature frame repeat it.
 
     Args:
         input_size: feature width (``D_s`` or CNN channels).
@@ -63,22 +63,24 @@ class EnhancementHead(nn.Module):
                             bidirectional=True)
         self.proj = nn.Linear(2 * hidden_size, num_bins)
 
-    def forward(self, features: torch.Tensor, num_frames: int,
+    def forward(self, features: torch.Tensor, feature_lengths: torch.Tensor, num_frames: int,
                 frame_lengths: torch.Tensor) -> torch.Tensor:
         """Estimate the mask.
 
         Args:
             features: ``(B, T, C)``.
+            feature_lengths: ``(B,)`` real feature frames; STFT frames past them reuse the
+                utterance's last real feature frame, never a padded one.
             num_frames: ``F``, STFT frames of the padded batch.
             frame_lengths: ``(B,)`` real STFT frames; the LSTM never reads past them.
 
         Returns:
-            ``(B, F, num_bins)`` mask in (0, 1); zero past ``frame_lengths``.
+            ``(B, F, num_bins)`` mask in (0, 1).
         """
-        x = features.repeat_interleave(self.upsample, dim=1)
-        if x.shape[1] < num_frames:  # edge-pad the last frame
-            x = torch.cat([x, x[:, -1:].expand(-1, num_frames - x.shape[1], -1)], dim=1)
-        x = x[:, :num_frames]
+        source = torch.arange(num_frames, device=features.device) // self.upsample
+        last = (feature_lengths.to(features.device) - 1).clamp(min=0)
+        index = torch.minimum(source[None, :], last[:, None])  # (B, F)
+        x = torch.gather(features, 1, index[..., None].expand(-1, -1, features.shape[-1]))
         packed = pack_padded_sequence(x, frame_lengths.cpu(), batch_first=True,
                                       enforce_sorted=False)
         out, _ = self.lstm(packed)
@@ -140,7 +142,7 @@ class MaskEnhancement(Objective):
             features = inputs.student.hidden_states[-1]
         else:
             features = inputs.student.extract_features
-        mask = self.head(features, noisy.shape[1], lengths)
+        mask = self.head(features, inputs.student.frame_lengths, noisy.shape[1], lengths)
         per_frame = (mask * noisy - clean).abs().mean(dim=-1)
         real = (torch.arange(noisy.shape[1], device=noisy.device)[None] < lengths[:, None])
         return {"l1": LossTerm((per_frame * real).sum(), "stft_frames", self.lambda_enh)}
