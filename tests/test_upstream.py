@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import WHISPER_DIR
+
 from robustdistill.upstream import Upstream, lengths_to_mask
 
 
@@ -18,7 +18,7 @@ def test_frame_lengths_equal_the_models_output_lengths(family_dir, request):
 
 
 def test_padded_batch_mask_and_lengths(tmp_path):
-    from transformers import WavLMConfig, WavLMModel, Wav2Vec2FeatureExtractor
+    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMModel
 
     from robustdistill.teachers import PRESETS
 
