@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -128,3 +129,30 @@ def test_missing_transcripts_and_cropping_are_refused(corpus, tmp_path):
         run_evaluation(RunOptions(**options, overrides={"data": {"max_seconds": 1.0}}))
     with pytest.raises(ConfigError, match="hidden_size"):
         run_evaluation(RunOptions(**options, overrides={"head": {"hiden_size": 3}}))
+
+
+MODEL = Path(__file__).resolve().parents[1] / ".." / "shared" / "models" / "whisper-tiny.en"
+TEST_OTHER = MODEL.parents[1] / "data" / "librispeech-mini" / "test-other" / "1688"
+
+
+@pytest.mark.skipif(not (MODEL.is_dir() and TEST_OTHER.is_dir()),
+                    reason="needs ../shared/models/whisper-tiny.en and ../shared/data")
+def test_make_transcripts_writes_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from downstream.tasks.asr.make_transcripts import main
+
+    before = torch.get_num_threads()
+    (tmp_path / "audio").mkdir()
+    for name in ("1688-142285-0002.flac", "1688-142285-0009.flac"):  # 2.8 s and 3.5 s
+        (tmp_path / "audio" / name).symlink_to(TEST_OTHER / name)
+    out = tmp_path / "m.jsonl"
+    main([str(tmp_path / "audio"), str(out), "--model", str(MODEL), "--limit", "1"])
+    first = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(first) == 1
+    assert first[0]["text"] == "YOU DON'T MEAN THAT YOU THOUGHT ME SO SILLY"
+    assert first[0]["speaker"] == "1688" and first[0]["duration"] == pytest.approx(2.835)
+    main([str(tmp_path / "audio"), str(out), "--model", str(MODEL)])  # resumes: one new row
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in rows[:1]] == [first[0]["path"]] and len(rows) == 2
+    assert rows[1]["path"].endswith("1688-142285-0009.flac") and rows[1]["text"]
+    torch.set_num_threads(before)

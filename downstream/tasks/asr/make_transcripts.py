@@ -21,6 +21,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from robustdistill.audio import SAMPLE_RATE, AudioError, list_audio_files, load_
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["normalize_transcript", "speaker_of", "transcribe_folder", "main"]
+__all__ = ["iter_transcripts", "main", "normalize_transcript", "speaker_of"]
 
 #: Whisper's fixed input window (samples at 16 kHz); longer audio is cut into windows.
 WINDOW = 30 * SAMPLE_RATE
@@ -98,97 +99,110 @@ def speaker_of(path: Path) -> str:
     return first if first.isdigit() else path.parent.name
 
 
-def transcribe_folder(
-    audio_dir: str | Path,
+def iter_transcripts(
+    files: list[Path],
     model_dir: str | Path,
     *,
     batch_size: int = 8,
-    limit: int | None = None,
     max_new_tokens: int = 200,
-) -> tuple[list[dict], dict]:
-    """Transcribe every audio file under ``audio_dir`` (sorted) with a Whisper checkpoint.
+    stats: dict | None = None,
+) -> Iterator[dict]:
+    """Transcribe ``files`` in order with a Whisper checkpoint, yielding one manifest row per
+    file as soon as its batch is decoded (so a long job can be written as it goes, and resumed).
 
     Args:
-        audio_dir: folder searched recursively (WAV/FLAC/OGG/MP3, any rate, down-mixed).
+        files: audio files (WAV/FLAC/OGG/MP3, any rate, down-mixed).
         model_dir: local ``WhisperForConditionalGeneration`` folder (loaded in float32).
-        batch_size: 30 s windows decoded together.
-        limit: transcribe only the first ``limit`` files (sorted order).
+        batch_size: files decoded together; a file longer than 30 s is cut into 30 s windows
+            that are decoded in the same batch and joined.
         max_new_tokens: decoding cap per window.
+        stats: if given, updated in place with ``files``, ``skipped``, ``audio_s``, ``wall_s``
+            (decoding time) and ``real_time_factor``.
 
-    Returns:
-        ``(rows, stats)``: manifest rows ``{"path", "text", "raw_text", "speaker", "duration"}``
-        and ``{"files", "skipped", "audio_s", "wall_s", "real_time_factor"}``. Unreadable files
+    Yields:
+        ``{"path", "text", "raw_text", "speaker", "duration"}`` (absolute path, normalised
+        text, Whisper's own text, speaker id, seconds). Unreadable files and empty transcripts
         are logged and skipped.
 
     Raises:
-        FileNotFoundError: ``audio_dir`` has no audio files.
         OSError: ``model_dir`` cannot be loaded.
     """
-    files = list_audio_files(audio_dir)
-    if not files:
-        raise FileNotFoundError(f"no audio files under {audio_dir}")
-    files = files[:limit] if limit else files
+    stats = {} if stats is None else stats
+    stats.update(files=0, skipped=0, audio_s=0.0, wall_s=0.0, real_time_factor=None)
     processor = WhisperProcessor.from_pretrained(model_dir)
     model = WhisperForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
-    items, skipped = [], 0
-    for path in files:
-        try:
-            items.append((Path(path), load_audio(path)))
-        except AudioError as err:
-            logger.warning("skipping %s: %s", path, err)
-            skipped += 1
-    windows = [(i, wav[s : s + WINDOW]) for i, (_, wav) in enumerate(items)
-               for s in range(0, len(wav), WINDOW)]
-    texts: list[list[str]] = [[] for _ in items]
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for b in tqdm(range(0, len(windows), batch_size), desc="whisper", unit="batch"):
-            chunk = windows[b : b + batch_size]
+    for b in tqdm(range(0, len(files), batch_size), desc="whisper", unit="batch"):
+        items = []
+        for path in files[b : b + batch_size]:
+            try:
+                items.append((Path(path), load_audio(path)))
+            except AudioError as err:
+                logger.warning("skipping %s: %s", path, err)
+                stats["skipped"] += 1
+        if not items:
+            continue
+        windows = [(i, wav[s : s + WINDOW]) for i, (_, wav) in enumerate(items)
+                   for s in range(0, len(wav), WINDOW)]
+        tic = time.perf_counter()
+        with torch.inference_mode():
             feats = processor.feature_extractor(
-                [w for _, w in chunk], sampling_rate=SAMPLE_RATE, return_tensors="pt"
+                [w for _, w in windows], sampling_rate=SAMPLE_RATE, return_tensors="pt"
             ).input_features
             ids = model.generate(feats, num_beams=1, do_sample=False,
                                  max_new_tokens=max_new_tokens)
-            for (i, _), text in zip(chunk, processor.batch_decode(ids, skip_special_tokens=True),
-                                    strict=True):
-                texts[i].append(text.strip())
-    wall = time.perf_counter() - start
-    rows = []
-    for (path, wav), parts in zip(items, texts, strict=True):
-        raw = " ".join(parts)
-        text = normalize_transcript(raw)
-        if not text:
-            logger.warning("empty transcript for %s; skipped", path)
-            skipped += 1
-            continue
-        rows.append({"path": str(path.resolve()), "text": text, "raw_text": raw,
-                     "speaker": speaker_of(path), "duration": round(len(wav) / SAMPLE_RATE, 3)})
-    audio_s = sum(len(w) for _, w in items) / SAMPLE_RATE
-    stats = {"files": len(rows), "skipped": skipped, "audio_s": round(audio_s, 1),
-             "wall_s": round(wall, 1), "real_time_factor": round(wall / max(audio_s, 1e-9), 4)}
-    return rows, stats
+        stats["wall_s"] += time.perf_counter() - tic
+        texts: list[list[str]] = [[] for _ in items]
+        for (i, _), text in zip(windows, processor.batch_decode(ids, skip_special_tokens=True),
+                                strict=True):
+            texts[i].append(text.strip())
+        for (path, wav), parts in zip(items, texts, strict=True):
+            raw = " ".join(parts)
+            text = normalize_transcript(raw)
+            if not text:
+                logger.warning("empty transcript for %s; skipped", path)
+                stats["skipped"] += 1
+                continue
+            stats["files"] += 1
+            stats["audio_s"] += len(wav) / SAMPLE_RATE
+            stats["real_time_factor"] = round(stats["wall_s"] / stats["audio_s"], 4)
+            yield {"path": str(path.resolve()), "text": text, "raw_text": raw,
+                   "speaker": speaker_of(path), "duration": round(len(wav) / SAMPLE_RATE, 3)}
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``AUDIO_DIR OUT.jsonl --model DIR [--limit N] [--batch-size B]``."""
+    """Command line (see the module docstring). An existing OUT is resumed: files already in it
+    are not transcribed again and new rows are appended."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("audio_dir")
     parser.add_argument("out")
     parser.add_argument("--model", required=True, help="local Whisper folder (e.g. tiny.en)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--limit", type=int, default=None,
+                        help="only the first N files of the folder (sorted)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1 is fastest on a busy shared CPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    rows, stats = transcribe_folder(args.audio_dir, args.model, batch_size=args.batch_size,
-                                    limit=args.limit)
+    files = list_audio_files(args.audio_dir)
+    if not files:
+        raise SystemExit(f"no audio files under {args.audio_dir}")
+    files = files[: args.limit] if args.limit else files
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as f:
-        for row in rows:
+    done = set()
+    if out.is_file():
+        done = {json.loads(line)["path"] for line in out.read_text().splitlines() if line.strip()}
+    todo = [f for f in files if str(Path(f).resolve()) not in done]
+    logger.info("%d files, %d already in %s, %d to transcribe", len(files), len(files) - len(todo),
+                out, len(todo))
+    stats: dict = {}
+    with out.open("a", encoding="utf-8") as f:
+        for row in iter_transcripts(todo, args.model, batch_size=args.batch_size, stats=stats):
             f.write(json.dumps(row) + "\n")
+            f.flush()
+    stats["audio_s"] = round(stats["audio_s"], 1)
+    stats["wall_s"] = round(stats["wall_s"], 1)
     logger.info("wrote %s: %s", out, json.dumps(stats))
 
 
