@@ -355,7 +355,7 @@ def encode_examples(
     """
     order = sorted(range(len(examples)), key=lambda i: examples[i].waveform.shape[0])
     out: list[EncodedExample | None] = [None] * len(examples)
-    with torch.inference_mode(), tqdm(total=len(examples), desc=desc, leave=False) as bar:
+    with torch.no_grad(), tqdm(total=len(examples), desc=desc, leave=False) as bar:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             waves = [torch.from_numpy(np.ascontiguousarray(examples[i].waveform)) for i in idx]

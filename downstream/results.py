@@ -93,6 +93,9 @@ def results_table(results: Sequence[dict[str, Any]]) -> str:
         lines.append(f"- **{label}**: `{r['upstream']}`, seed {r.get('seed')}, items "
                      + ", ".join(f"{k} {v}" for k, v in items.items())
                      + (f", total {r['timing']['total_s']:.0f} s" if "timing" in r else ""))
+    if len({r.get("test_set_sha1") for r in results}) > 1:
+        lines += ["", "**Warning: these upstreams were tested on different test sets (data config "
+                  "or seed differ); their numbers are not directly comparable.**"]
     lines.append("")
     for metric in metric_names:
         note = f" ({direction})" if metric == primary else ""
@@ -187,5 +190,7 @@ def compare(paths: Sequence[str | Path], out: str | Path) -> list[dict[str, Any]
     """
     results = [r for p in paths for r in load_results(p)]
     _check_same_task(results)
+    if len({r.get("test_set_sha1") for r in results}) > 1:
+        logger.warning("the results were tested on different test sets; not directly comparable")
     write_outputs(results, out)
     return results

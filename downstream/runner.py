@@ -121,6 +121,7 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
     dev_set = encoder.get("dev", CLEAN)
 
     tic = time.perf_counter()
+    torch.manual_seed(options.seed)  # head initialisation independent of what ran before
     head = task.build_head(featurizer.output_size).to(options.device)
     training = _train(task, featurizer, head, train_set, dev_set, options)
     timing["train_s"] = time.perf_counter() - tic
@@ -158,6 +159,8 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
         },
         "task_summary": task.summary(),
         "num_items": {s: len(waveforms[s]) for s in SPLITS},
+        "test_set_sha1": hashlib.sha1(
+            "\n".join(u.key for u, _ in waveforms["test"]).encode()).hexdigest(),
         "skipped_items": skipped,
         "seed": options.seed,
         "device": options.device,

@@ -181,9 +181,16 @@ def test_compare_merges_two_upstreams(tmp_path, corpus, tiny_upstreams):
     assert [r["upstream"] for r in data["results"]] == list(tiny_upstreams.values())
     table = (merged / "results.md").read_text()
     assert "| tiny_wavlm |" in table and "| tiny_hubert |" in table
+    assert "different test sets" not in table  # same data and seed: identical test audio
     assert (merged / "robustness.png").stat().st_size > 1000
     # a merged file can itself be compared again
     assert compare_main([str(merged / "results.json"), "--out", str(tmp_path / "again")]) == 0
+    # results on different test sets are flagged
+    other = json.loads(Path(paths[1]).read_text())
+    other["test_set_sha1"] = "0" * 40
+    Path(paths[1]).write_text(json.dumps(other))
+    assert compare_main([*paths, "--out", str(tmp_path / "flagged")]) == 0
+    assert "different test sets" in (tmp_path / "flagged" / "results.md").read_text()
 
 
 def test_missing_noise_dir_fails_before_running(tmp_path, corpus, tiny_upstreams):
