@@ -165,8 +165,13 @@ class _Run:
                                             rank=rank, world_size=world)
         self.loader = build_dataloader(train_set, cfg.data.batch_size, self.sampler,
                                        cfg.data.num_workers)
+        if len(valid_set) < world:  # too few to shard: every rank evaluates all of them
+            logger.warning("%d validation items for %d processes: each process evaluates all "
+                           "(means are unchanged: sums and counts both scale)", len(valid_set), world)
+        valid_rank, valid_world = (rank, world) if len(valid_set) >= world else (0, 1)
+        # Sharding drops the last len % world items so every rank runs the same batches.
         self.valid_sampler = ShardedRandomSampler(len(valid_set), cfg.seed, shuffle=False,
-                                                  rank=rank, world_size=world)
+                                                  rank=valid_rank, world_size=valid_world)
         self.valid_loader = build_dataloader(valid_set, cfg.data.batch_size, self.valid_sampler,
                                              cfg.data.num_workers)
         self.model, self.optimizer = acc.prepare(model, optimizer)

@@ -45,7 +45,7 @@ class LayerwisePrediction(Objective):
     Args:
         teacher_layers: teacher ``hidden_states`` indices to predict (0 = before the first
             transformer layer); default ``[4, 8, 12]`` scaled to the teacher's depth
-            (``L/3, 2L/3, L``).
+            (``round(L/3), round(2L/3), L``; ``[1, 3, 4]`` for a 4-layer teacher).
         lambda_cos: weight of the cosine term (default 1).
         student_layer: student ``hidden_states`` index feeding the heads (default -1: last).
 
@@ -59,8 +59,7 @@ class LayerwisePrediction(Objective):
                  student_layer: int = -1) -> None:
         super().__init__()
         if teacher_layers is None:
-            step = max(1, teacher_num_layers // 3)
-            teacher_layers = [min(teacher_num_layers, step * k) for k in (1, 2, 3)]
+            teacher_layers = sorted({max(1, round(k * teacher_num_layers / 3)) for k in (1, 2, 3)})
         if not teacher_layers:
             raise ValueError("layerwise.teacher_layers must name at least one layer")
         bad = [layer for layer in teacher_layers if not 0 <= layer <= teacher_num_layers]

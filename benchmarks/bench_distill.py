@@ -1,0 +1,144 @@
+"""Speed of the distillation core, measured as ratios in one run.
+
+Prints a Markdown table:
+- teacher vs student forward time on 10 s of audio (WavLM Base+ shape vs the DistilHuBERT-shape
+  student created from it; random weights, ``inference_mode``, median of ``--repeats``);
+- distillation steps per second and audio seconds per second (the RobustDistiller recipe:
+  layer-wise prediction + enhancement head, batch ``--batch-size`` x ``--crop-s`` s);
+- augmentation speed as a multiple of real time (noise, reverberation, both), with the real
+  noise/RIR folders when ``../shared/data`` exists, else white noise and simulated rooms.
+
+Usage: ``python benchmarks/bench_distill.py [--threads 2] [--steps 5] [--out docs/benchmarks.md]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_forward(teacher_dir: Path, repeats: int) -> list[tuple[str, str]]:
+    from robustdistill.student import create_student
+    from robustdistill.upstream import Upstream
+
+    teacher = Upstream.from_pretrained(teacher_dir)
+    student = Upstream(create_student(teacher), frozen=True)
+    wave, lengths = torch.randn(1, 160_000) * 0.1, torch.tensor([160_000])
+    rows = []
+    timings = {}
+    for name, model in (("teacher (WavLM Base+ shape)", teacher), ("student (2 layers)", student)):
+        with torch.inference_mode():
+            timings[name] = _median_time(lambda m=model: m(wave, lengths), repeats)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        rows.append((f"forward 10 s, {name}, {params:.1f} M params", f"{timings[name]:.3f} s"))
+    t, s = timings.values()
+    rows.append(("student speed-up over teacher (forward, 10 s)", f"{t / s:.2f}x"))
+    return rows
+
+
+def bench_training(teacher_dir: Path, steps: int, batch_size: int, crop_s: float,
+                   workdir: Path) -> list[tuple[str, str]]:
+    from robustdistill.config import load_config
+    from robustdistill.trainer import _Run
+
+    overrides = {
+        "teacher": str(teacher_dir), "output_dir": str(workdir / "run"),
+        "data.synthetic_items": 4 * batch_size, "data.synthetic_seconds": f"[{crop_s}, {crop_s}]",
+        "data.synthetic_dir": str(workdir / "corpus"), "data.batch_size": batch_size,
+        "data.max_length_s": crop_s, "data.min_length_s": min(1.0, crop_s),
+        "augmentation.num_simulated_rooms": 4,
+        "training.cpu": True, "training.report_to": "[]", "training.max_steps": steps + 1,
+    }
+    argv = [x for k, v in overrides.items() for x in (f"--{k}", str(v))]
+    run = _Run(load_config(REPO / "configs" / "robust_wavlm_base_plus.yaml", argv))
+    batches = run._batches()
+    run.train_step(batches)  # warm-up
+    start = time.perf_counter()
+    audio = 0.0
+    for _ in range(steps):
+        audio += run.train_step(batches)["audio_seconds"]
+    elapsed = time.perf_counter() - start
+    return [
+        (f"distillation step (batch {batch_size} x {crop_s:g} s, layer-wise + enhancement)",
+         f"{elapsed / steps:.2f} s/step"),
+        ("distillation steps per second", f"{steps / elapsed:.3f}"),
+        ("distillation audio seconds per second", f"{audio / elapsed:.2f}"),
+    ]
+
+
+def bench_augmentation(repeats: int) -> list[tuple[str, str]]:
+    from robustdistill.augment import AugmentationConfig, Corruptor
+
+    real = SHARED.is_dir()
+    rows = []
+    for kind, probs in (("noise", (1, 0, 0, 0)), ("reverberation", (0, 1, 0, 0)),
+                        ("noise + reverberation", (0, 0, 1, 0))):
+        cfg = AugmentationConfig(
+            noise_dir=str(SHARED / "noise") if real else None,
+            rir_dir=str(SHARED / "rir") if real else None,
+            p_noise=probs[0], p_reverb=probs[1], p_noise_reverb=probs[2], p_none=probs[3],
+            num_simulated_rooms=8)
+        corruptor = Corruptor.from_config(cfg, seed=0)
+        clean = (np.random.default_rng(0).standard_normal(160_000) * 0.1).astype(np.float32)
+        rng = np.random.default_rng(1)
+        seconds = _median_time(lambda c=corruptor: c.corrupt(clean, rng), repeats)
+        source = "real noise/RIR files" if real else "white noise/simulated rooms"
+        rows.append((f"augmentation, {kind}, 10 s ({source})", f"{10 / seconds:.0f}x real time"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--crop-s", type=float, default=2.0)
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
+    from robustdistill.teachers import make_random_teacher
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        teacher_dir = make_random_teacher("wavlm", "base", tmp / "teacher")
+        rows = bench_forward(teacher_dir, args.repeats)
+        rows += bench_training(teacher_dir, args.steps, args.batch_size, args.crop_s, tmp)
+        rows += bench_augmentation(max(args.repeats, 5))
+    header = (f"CPU: {platform.processor() or platform.machine()}, {args.threads} torch "
+              f"thread(s), torch {torch.__version__}, transformers {transformers.__version__}")
+    lines = [header, "", "| measurement | value |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
