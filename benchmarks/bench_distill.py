@@ -102,7 +102,7 @@ def bench_augmentation(repeats: int) -> list[tuple[str, str]]:
         corruptor = Corruptor.from_config(cfg, seed=0)
         clean = (np.random.default_rng(0).standard_normal(160_000) * 0.1).astype(np.float32)
         rng = np.random.default_rng(1)
-        seconds = _median_time(lambda c=corruptor: c.corrupt(clean, rng), repeats)
+        seconds = _median_time(lambda c=corruptor, x=clean, g=rng: c.corrupt(x, g), repeats)
         source = "real noise/RIR files" if real else "white noise/simulated rooms"
         rows.append((f"augmentation, {kind}, 10 s ({source})", f"{10 / seconds:.0f}x real time"))
     return rows
