@@ -201,3 +201,32 @@ def test_missing_noise_dir_fails_before_running(tmp_path, corpus, tiny_upstreams
         evaluate_main(argv)
     assert exc.value.code == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_classification_pooling_first_is_exact():
+    """Mean pooling before the (linear) featurizer and projector gives the frame-level logits."""
+    import torch
+
+    from downstream.base import EncodedExample, Example
+    from downstream.data import DataConfig, SourceConfig
+    from downstream.featurizer import Featurizer
+    from downstream.tasks.utterance_classification import UtteranceClassificationConfig
+    from downstream.tasks.utterance_classification.task import UtteranceClassification
+
+    torch.manual_seed(0)
+    config = UtteranceClassificationConfig(data=DataConfig(SourceConfig(root="x")))
+    task = UtteranceClassification(config)
+    task.classes = ["a", "b", "c"]
+    encoded = [EncodedExample(Example(str(i), np.zeros(1), 0), torch.randn(3, t, 8))
+               for i, t in enumerate((5, 9, 2))]
+    featurizer = Featurizer(3, 8)
+    with torch.no_grad():
+        featurizer.weights.copy_(torch.tensor([0.3, -1.0, 2.0]))
+    head = task.build_head(8)
+    rng = np.random.default_rng(0)
+    fast = task.collate(encoded, train=True, rng=rng)
+    assert fast.hidden.shape == (3, 3, 1, 8)
+    slow = super(UtteranceClassification, task).collate(encoded, train=True, rng=rng)
+    logits_fast = head(featurizer(fast.hidden), fast.frame_lengths)
+    logits_slow = head(featurizer(slow.hidden), slow.frame_lengths)
+    torch.testing.assert_close(logits_fast, logits_slow, rtol=1e-5, atol=1e-5)
