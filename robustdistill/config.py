@@ -79,6 +79,7 @@ class TrainingConfig:
     cpu: bool = field(default=False, metadata={"help": "force CPU even when a GPU is present"})
     log_every: int = field(default=10, metadata={"help": "steps between training log entries"})
     eval_every: int = field(default=1000, metadata={"help": "steps between validation runs (and at the end)"})
+    eval_at_start: bool = field(default=True, metadata={"help": "validate before the first step (the baseline)"})
     max_eval_batches: int | None = field(default=None, metadata={"help": "cap on validation batches per run"})
     save_every: int = field(default=5000, metadata={"help": "steps between checkpoints (0: only at the end)"})
     keep_checkpoints: int = field(default=3, metadata={"help": "newest checkpoints kept on disk"})

@@ -376,6 +376,8 @@ def train(cfg: DistillConfig) -> Path:
                                          "max_steps": t.max_steps, "lr": t.learning_rate})
     if t.resume_from:
         run.resume(t.resume_from)
+    if run.progress.step == 0 and t.eval_at_start:  # the step-0 baseline of the validation loss
+        run.log("validation", run.validate())
     batches = run._batches()
     bar = tqdm(total=t.max_steps, initial=run.progress.step, desc="distill",
                disable=not acc.is_main_process, dynamic_ncols=True)
