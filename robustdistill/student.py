@@ -63,6 +63,10 @@ class StudentConfig:
             default the first ``num_layers`` (as DistilHuBERT).
         keep_train_randomness: keep the teacher's LayerDrop/SpecAugment settings for the
             student (default off: no layer is skipped and no frame masked silently).
+        projection_layer_norm: ``feat_proj_layer_norm`` of HuBERT students (the only family
+            whose config has it). Default off, as DistilHuBERT (``ntu-spml/distilhubert``) and s3prl's distiller
+            have it (so the student exports to s3prl); the teacher's projection is then not
+            copied either, since it was trained on normalised features.
     """
 
     family: str | None = field(default=None, metadata={"help": f"student model type, one of {STUDENT_FAMILIES}; default: the teacher's"})
@@ -74,6 +78,7 @@ class StudentConfig:
     init_from_teacher: bool = field(default=True, metadata={"help": "copy teacher CNN and layers where shapes allow"})
     init_layers: list[int] | None = field(default=None, metadata={"help": "teacher layers (0-based) copied into the student layers"})
     keep_train_randomness: bool = field(default=False, metadata={"help": "keep LayerDrop/SpecAugment in the student"})
+    projection_layer_norm: bool = field(default=False, metadata={"help": "HuBERT students: layer norm before the feature projection (off: DistilHuBERT layout, exportable to s3prl)"})
 
     def __post_init__(self) -> None:
         if self.family is not None and self.family not in STUDENT_FAMILIES:
@@ -118,6 +123,8 @@ def _student_config(teacher: Upstream, cfg: StudentConfig):
                 f"student.conv_dim needs {len(config.conv_stride)} entries, got {cfg.conv_dim}"
             )
         config.conv_dim = list(cfg.conv_dim)
+    if hasattr(config, "feat_proj_layer_norm"):
+        config.feat_proj_layer_norm = cfg.projection_layer_norm
     if not cfg.keep_train_randomness:
         disable_train_randomness(config)
     config.architectures = [AutoModel._model_mapping[type(config)].__name__]
@@ -167,6 +174,11 @@ def _copy_from_teacher(student, teacher, layers: list[int]) -> tuple[int, list[s
     position bias only in layer 0, so a student layer 0 takes it from teacher layer 0.
     """
     teacher_state = teacher.state_dict()
+    norm_key = "feature_projection.layer_norm.weight"
+    if norm_key in teacher_state and norm_key not in student.state_dict():
+        # Without the layer norm the teacher's projection sees other inputs: keep it random.
+        teacher_state = {k: v for k, v in teacher_state.items()
+                         if not k.startswith("feature_projection.")}
     copied, skipped = 0, []
     for key, tensor in student.state_dict().items():
         match = _LAYER_KEY.match(key)

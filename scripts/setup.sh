@@ -10,4 +10,7 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 python -m pip install -q --upgrade pip
 python -m pip install -q "$(grep '^torch==' constraints.txt)"
 python -m pip install -q -c constraints.txt -e ".[dev]"
+# s3prl interop (robustdistill/s3prl_export.py): s3prl requires torchaudio, which has no CPU
+# build; without its dependencies its distiller upstream still imports (environment.md).
+python -m pip install -q --no-deps "s3prl==0.4.18" omegaconf protobuf
 echo "environment ready: $(python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"

@@ -69,3 +69,19 @@ def test_init_layers_outside_the_teacher(tmp_path):
     teacher = Upstream.from_pretrained(make_random_teacher("hubert", "tiny", tmp_path / "t"))
     with pytest.raises(ValueError, match="outside"):
         create_student(teacher, StudentConfig(num_layers=1, init_layers=[5]))
+
+
+def test_hubert_student_has_the_distilhubert_projection_and_exports_to_s3prl(tmp_path):
+    teacher = Upstream.from_pretrained(make_random_teacher("hubert", "tiny", tmp_path / "t"))
+    assert teacher.config.feat_proj_layer_norm  # HubertConfig's default, like HuBERT Base
+    student = create_student(teacher, StudentConfig(num_layers=1))
+    assert student.config.feat_proj_layer_norm is False
+    t = teacher.model.state_dict()
+    s = student.state_dict()
+    assert torch.equal(s["feature_extractor.conv_layers.0.conv.weight"],
+                       t["feature_extractor.conv_layers.0.conv.weight"])
+    assert not torch.equal(s["feature_projection.projection.weight"],
+                           t["feature_projection.projection.weight"])  # not copied: no norm
+    with_norm = create_student(teacher, StudentConfig(num_layers=1, projection_layer_norm=True))
+    assert torch.equal(with_norm.state_dict()["feature_projection.projection.weight"],
+                       t["feature_projection.projection.weight"])
