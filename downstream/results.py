@@ -93,7 +93,7 @@ def results_table(results: Sequence[dict[str, Any]]) -> str:
         lines.append(f"- **{label}**: `{r['upstream']}`, seed {r.get('seed')}, items "
                      + ", ".join(f"{k} {v}" for k, v in items.items())
                      + (f", total {r['timing']['total_s']:.0f} s" if "timing" in r else ""))
-    if len({r.get("test_set_sha1") for r in results}) > 1:
+    if _different_test_sets(results):
         lines += ["", "**Warning: these upstreams were tested on different test sets (data config "
                   "or seed differ); their numbers are not directly comparable.**"]
     lines.append("")
@@ -113,6 +113,12 @@ def results_table(results: Sequence[dict[str, Any]]) -> str:
             lines.append(f"- {label}: " + ", ".join(f"{k}: {v:.3f}" for k, v in w.items()))
         lines.append("")
     return "\n".join(lines)
+
+
+def _different_test_sets(results: Sequence[dict[str, Any]]) -> bool:
+    """True when two results record different test-set hashes (results without one, written
+    before the hash existed, are not counted)."""
+    return len({r["test_set_sha1"] for r in results if r.get("test_set_sha1")}) > 1
 
 
 def _check_same_task(results: Sequence[dict[str, Any]]) -> None:
@@ -190,7 +196,7 @@ def compare(paths: Sequence[str | Path], out: str | Path) -> list[dict[str, Any]
     """
     results = [r for p in paths for r in load_results(p)]
     _check_same_task(results)
-    if len({r.get("test_set_sha1") for r in results}) > 1:
+    if _different_test_sets(results):
         logger.warning("the results were tested on different test sets; not directly comparable")
     write_outputs(results, out)
     return results
