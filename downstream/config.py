@@ -1,7 +1,7 @@
 """Strict YAML configs for downstream tasks: dataclasses, unknown keys are errors.
 
 A task's config is a dataclass (subclass of :class:`downstream.base.TaskConfig`); the YAML file
-is read with ``yaml.safe_load`` and turned into that dataclass by :func:`from_dict`. A key the
+is read as YAML (1.2 booleans, :func:`robustdistill.config.read_yaml`) and turned into that dataclass by :func:`from_dict`. A key the
 dataclass does not have raises :class:`ConfigError` naming the full dotted key and the closest
 valid name, so a typo never silently creates a new setting (s3prl's most common complaint).
 """
@@ -17,13 +17,11 @@ from typing import Any, TypeVar
 
 import yaml
 
+from robustdistill.config import ConfigError, merge_config, read_yaml
+
 __all__ = ["ConfigError", "from_dict", "load_config", "to_dict"]
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config file or dict that does not fit its dataclass (unknown key, wrong type)."""
 
 
 def load_config(path: str | Path, config_class: type[T], overrides: dict | None = None) -> T:
@@ -42,27 +40,17 @@ def load_config(path: str | Path, config_class: type[T], overrides: dict | None 
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML ({err})") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
     if overrides:
-        raw = _merge(raw, overrides)
+        raw = merge_config(raw, overrides)
     try:
         return from_dict(config_class, raw)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def from_dict(config_class: type[T], data: dict[str, Any], prefix: str = "") -> T:

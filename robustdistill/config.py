@@ -37,7 +37,8 @@ from .data import DataConfig
 from .objectives import OBJECTIVES
 from .student import StudentConfig
 
-__all__ = ["ConfigError", "DistillConfig", "TrainingConfig", "load_config", "parse_overrides"]
+__all__ = ["ConfigError", "DistillConfig", "TrainingConfig", "load_config", "merge_config",
+           "parse_overrides", "read_yaml"]
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -170,11 +171,12 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
     return result
 
 
-def _merge(base: dict, override: dict) -> dict:
+def merge_config(base: dict, override: dict) -> dict:
+    """Recursive dict merge: ``override``'s leaves replace ``base``'s (neither is modified)."""
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_config(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -236,4 +238,4 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raw = read_yaml(path.read_text()) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
-    return build_config(_merge(raw, parse_overrides(overrides or [])))
+    return build_config(merge_config(raw, parse_overrides(overrides or [])))
