@@ -85,6 +85,7 @@ class TrainingProgress:
     epoch: int = 0
     batches_in_epoch: int = 0
     best_validation_loss: float = math.inf
+    skipped_updates: int = 0
 
     def state_dict(self) -> dict:
         return dict(vars(self))
@@ -286,16 +287,20 @@ class _Run:
                 terms = self._loss(batch, rng, step)
                 acc.backward(self._weighted(terms, counts) * acc.num_processes)
             self._add_sums(sums, terms)
-        grad_norm = None
-        if t.max_grad_norm > 0:
-            grad_norm = acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
-        self.optimizer.step()
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(),
+                                        t.max_grad_norm if t.max_grad_norm > 0 else math.inf)
+        # fp16's GradScaler skips non-finite steps itself (and must see them to lower its scale).
+        if not torch.isfinite(grad_norm) and t.mixed_precision != "fp16":
+            logger.warning("step %d: non-finite gradient norm (%s); update skipped", step,
+                           float(grad_norm))
+            self.progress.skipped_updates += 1
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.progress.step += 1
         means = self._means(sums, counts)
-        if grad_norm is not None:
-            means["grad_norm"] = float(grad_norm)
+        means["grad_norm"] = float(grad_norm)
         means["audio_seconds"] = counts["frames"] * 0.02
         return means
 
@@ -407,6 +412,7 @@ def train(cfg: DistillConfig) -> Path:
     if acc.is_main_process:
         summary = {"step": run.progress.step, "epoch": run.progress.epoch,
                    "best_validation_loss": run.progress.best_validation_loss,
+                   "skipped_updates": run.progress.skipped_updates,
                    "parameter_sha256_per_rank": fingerprints,
                    "ranks_identical": len(set(fingerprints)) == 1}
         (run.output_dir / "final_state.json").write_text(json.dumps(summary, indent=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -160,3 +161,20 @@ def test_two_cpu_processes_end_with_identical_parameters(tmp_path, tiny_wavlm_di
     final = json.loads((out / "final_state.json").read_text())
     assert final["step"] == 3 and len(final["parameter_sha256_per_rank"]) == 2
     assert final["ranks_identical"]
+
+
+def test_a_non_finite_gradient_skips_the_update_instead_of_poisoning_the_weights(
+        tmp_path, tiny_wavlm_dir):
+    from robustdistill.trainer import _Run
+
+    run = _Run(_config(tmp_path, tiny_wavlm_dir, "nan", max_steps=2))
+    before = {k: v.detach().clone() for k, v in run.model.named_parameters()}
+    head = run.model.objectives["layerwise"].heads[0].weight
+    handle = head.register_hook(lambda grad: grad * float("nan"))  # a diverging step
+    values = run.train_step(run._batches())
+    handle.remove()
+    assert not math.isfinite(values["grad_norm"])
+    assert run.progress.skipped_updates == 1 and run.progress.step == 1
+    for key, value in run.model.named_parameters():
+        assert torch.equal(value, before[key]), key
+    assert math.isfinite(run.train_step(run._batches())["grad_norm"])  # and training goes on
