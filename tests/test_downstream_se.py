@@ -71,6 +71,10 @@ def test_metrics_hand_values():
     assert speech_metrics(clean + noise, clean)["si_sdr"] == pytest.approx(10.0, abs=0.2)
     # A scaled copy has the same SI-SDR (scale invariance).
     assert speech_metrics(0.5 * (clean + noise), clean)["si_sdr"] == pytest.approx(10.0, abs=0.2)
+    # Zero-mean SI-SDR (robustdistill.metrics.si_sdr, arXiv:1811.02508): a DC offset is removed
+    # and does not count as distortion (torchmetrics' default, zero_mean=False, gives 0 dB).
+    offset = clean + np.float32(np.sqrt(np.mean(clean**2)))
+    assert speech_metrics(offset, clean)["si_sdr"] > 100
     with pytest.raises(ValueError, match="differ"):
         speech_metrics(clean[:-1], clean)
 
