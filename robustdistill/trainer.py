@@ -12,7 +12,8 @@ split or the number of processes. That is why accumulation is explicit here (wit
 ``no_sync`` on all micro-batches but the last) rather than ``accelerator.accumulate``,
 which averages per micro-batch.
 
-Exact resume: the sampler's order comes from ``(seed, epoch)``, crops from
+Exact resume: the sampler's order comes from ``(seed, epoch)`` (a streaming dataset instead
+saves its own position; exact with ``num_workers=0`` and no shuffle buffer), crops from
 ``(seed, epoch, index)``, corruption from ``(seed, step, rank, micro-batch)``; the checkpoint
 (``accelerator.save_state``) holds model, optimizer, scheduler, RNG states and the
 :class:`TrainingProgress` (step, epoch, batches consumed), so a resumed run replays exactly
@@ -39,6 +40,7 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from torch import nn
+from torch.utils.data import IterableDataset
 from tqdm.auto import tqdm
 from transformers import AutoFeatureExtractor, AutoModel, get_scheduler
 
@@ -160,10 +162,14 @@ class _Run:
         self.scheduler = get_scheduler(t.lr_schedule, optimizer,
                                        num_warmup_steps=int(t.warmup_ratio * t.max_steps),
                                        num_training_steps=t.max_steps)
-        train_set, valid_set = build_datasets(cfg.data, cfg.seed)
         rank, world = acc.process_index, acc.num_processes
-        self.sampler = ShardedRandomSampler(len(train_set), cfg.seed, shuffle=True,
-                                            rank=rank, world_size=world)
+        train_set, valid_set = build_datasets(cfg.data, cfg.seed, rank=rank, world_size=world)
+        self.train_set = train_set
+        if isinstance(train_set, IterableDataset):  # streaming: sharded and resumed by itself
+            self.sampler = None
+        else:
+            self.sampler = ShardedRandomSampler(len(train_set), cfg.seed, shuffle=True,
+                                                rank=rank, world_size=world)
         self.loader = build_dataloader(train_set, cfg.data.batch_size, self.sampler,
                                        cfg.data.num_workers)
         if len(valid_set) < world:  # too few to shard: every rank evaluates all of them
@@ -178,14 +184,17 @@ class _Run:
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.progress = TrainingProgress()
         acc.register_for_checkpointing(self.scheduler, self.progress)
+        if self.sampler is None:
+            acc.register_for_checkpointing(train_set)  # the stream's position
+        self._stream_resumed = False
         self.corruptor = Corruptor.from_config(cfg.augmentation, seed=cfg.seed)
         self.metrics_path = self.output_dir / "metrics.jsonl"
         logger.info("teacher %s: %d layers, width %d; student: %d layers, width %d, %.1f M "
-                    "params; %d train / %d validation utterances; %d process(es)",
+                    "params; %s train / %d validation utterances; %d process(es)",
                     cfg.teacher, self.teacher.num_layers, self.teacher.hidden_size,
                     student_up.num_layers, student_up.hidden_size,
                     sum(p.numel() for p in student.parameters()) / 1e6,
-                    len(train_set), len(valid_set), world)
+                    "streamed" if self.sampler is None else len(train_set), len(valid_set), world)
 
     def _build_student(self):
         cfg = self.cfg
@@ -204,8 +213,12 @@ class _Run:
         """Training batches forever, epoch after epoch, tracking the position exactly."""
         p = self.progress
         while True:
-            self.sampler.set_epoch(p.epoch)
-            self.sampler.set_start(p.batches_in_epoch * self.cfg.data.batch_size)
+            if self.sampler is not None:
+                self.sampler.set_epoch(p.epoch)
+                self.sampler.set_start(p.batches_in_epoch * self.cfg.data.batch_size)
+            elif not self._stream_resumed:  # a loaded stream state continues its epoch
+                self.train_set.set_epoch(p.epoch)
+            self._stream_resumed = False
             for batch in self.loader:
                 p.batches_in_epoch += 1
                 yield batch
@@ -351,6 +364,7 @@ class _Run:
         else:
             path = Path(where)
         acc.load_state(str(path))
+        self._stream_resumed = self.sampler is None
         match = re.search(r"checkpoint_(\d+)$", path.name)
         if match:  # keep automatic naming counting up from the resumed checkpoint
             acc.project_configuration.iteration = int(match.group(1)) + 1

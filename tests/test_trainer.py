@@ -178,3 +178,30 @@ def test_a_non_finite_gradient_skips_the_update_instead_of_poisoning_the_weights
     for key, value in run.model.named_parameters():
         assert torch.equal(value, before[key]), key
     assert math.isfinite(run.train_step(run._batches())["grad_norm"])  # and training goes on
+
+
+@pytest.mark.slow
+def test_streaming_dataset_trains_and_resumes_exactly(tmp_path, tiny_wavlm_dir):
+    """A `datasets` stream (no torchcodec: bytes decoded with soundfile) resumes exactly."""
+    from datasets import Audio, Dataset
+
+    from robustdistill.synthetic import write_synthetic_corpus
+
+    files = write_synthetic_corpus(tmp_path / "wavs", 10, (0.6, 1.2), seed=5)
+    table = Dataset.from_dict({"audio": [str(f) for f in files]})
+    table.cast_column("audio", Audio(decode=False)).save_to_disk(str(tmp_path / "hf"))
+
+    def cfg(out, **training):
+        config = _config(tmp_path, tiny_wavlm_dir, out, max_steps=7, save_every=3,
+                         **training)
+        config.data.synthetic_items = None
+        config.data.train_dataset, config.data.streaming = str(tmp_path / "hf"), True
+        config.data.validation_dir = str(tmp_path / "wavs")
+        config.data.max_validation_items = 2
+        return config
+
+    train(cfg("full"))  # 7 batches of 2 from 10 items: the stream crosses an epoch
+    train(cfg("part", resume_from=str(tmp_path / "full" / "checkpoints" / "checkpoint_0")))
+    full, resumed = _student_state(tmp_path / "full"), _student_state(tmp_path / "part")
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
