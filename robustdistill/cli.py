@@ -97,7 +97,8 @@ def make_teacher_main(argv: list[str]) -> int:
     from .teachers import PRESETS, make_random_teacher
 
     parser = argparse.ArgumentParser(prog="robustdistill make-teacher")
-    parser.add_argument("--family", default="wavlm", choices=["wavlm", "hubert", "wav2vec2"])
+    parser.add_argument("--family", default="wavlm",
+                        choices=["wavlm", "hubert", "wav2vec2", "data2vec-audio"])
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)

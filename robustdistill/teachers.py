@@ -31,7 +31,8 @@ def make_random_teacher(family: str, preset: str, out_dir: str | Path, seed: int
     """Write a randomly initialised encoder and its feature extractor with ``save_pretrained``.
 
     Args:
-        family: ``transformers`` model type: ``wavlm``, ``hubert`` or ``wav2vec2``.
+        family: ``transformers`` model type: ``wavlm``, ``hubert``, ``wav2vec2`` or
+            ``data2vec-audio``.
         preset: a key of :data:`PRESETS`.
         out_dir: folder to write.
         seed: torch seed for the random weights.
