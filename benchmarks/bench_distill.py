@@ -67,7 +67,9 @@ def bench_training(teacher_dir: Path, steps: int, batch_size: int, crop_s: float
         "data.synthetic_items": 4 * batch_size, "data.synthetic_seconds": f"[{crop_s}, {crop_s}]",
         "data.synthetic_dir": str(workdir / "corpus"), "data.batch_size": batch_size,
         "data.max_length_s": crop_s, "data.min_length_s": min(1.0, crop_s),
-        "augmentation.num_simulated_rooms": 4,
+        "data.train_dir": "null", "data.validation_dir": "null", "data.num_workers": 0,
+        "augmentation.noise_dir": "null", "augmentation.rir_dir": "null",
+        "augmentation.num_simulated_rooms": 4, "training.mixed_precision": "no",
         "training.cpu": True, "training.report_to": "[]", "training.max_steps": steps + 1,
     }
     argv = [x for k, v in overrides.items() for x in (f"--{k}", str(v))]
