@@ -71,6 +71,7 @@ class Distiller(nn.Module):
         self.needs_cnn = any(getattr(o, "input", None) == "cnn" for o in objectives.values())
 
     def forward(self, noisy, clean, lengths, teacher) -> dict[str, dict[str, LossTerm]]:
+        """Student on ``noisy (B, S)``; objectives on both outputs over their common frames."""
         student = self.student(noisy, lengths, return_extract_features=self.needs_cnn)
         frames = min(teacher.hidden_states[-1].shape[1], student.hidden_states[-1].shape[1])
         common = torch.minimum(teacher.frame_lengths, student.frame_lengths).clamp(max=frames)
@@ -283,6 +284,11 @@ class _Run:
 
     # ------------------------------------------------------------------ steps
     def train_step(self, batches: Iterator[dict]) -> dict[str, float]:
+        """One optimizer step over ``gradient_accumulation_steps`` micro-batches.
+
+        Returns the step's mean of every loss term over its real units (all micro-batches,
+        all ranks), the weighted ``loss``, ``grad_norm`` and ``audio_seconds``.
+        """
         acc, t = self.accelerator, self.cfg.training
         window = [next(batches) for _ in range(t.gradient_accumulation_steps)]
         counts = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
@@ -340,6 +346,7 @@ class _Run:
 
     # ------------------------------------------------------------------ logging
     def log(self, split: str, values: dict[str, float]) -> None:
+        """To the trackers (TensorBoard) and one JSON line of ``metrics.jsonl``."""
         acc = self.accelerator
         record = {"step": self.progress.step, "split": split,
                   "lr": self.scheduler.get_last_lr()[0], **values}
@@ -350,10 +357,16 @@ class _Run:
                 handle.write(json.dumps(record) + "\n")
 
     def save_checkpoint(self) -> None:
+        """``accelerator.save_state`` into ``checkpoints/checkpoint_N`` (oldest rotated out)."""
         self.accelerator.save_state()
         logger.info("checkpoint saved at step %d", self.progress.step)
 
     def resume(self, where: str) -> None:
+        """Load a checkpoint (``"latest"`` or a folder); the loop continues from its step.
+
+        Raises:
+            FileNotFoundError: ``"latest"`` with no checkpoint in this run.
+        """
         acc = self.accelerator
         if where == "latest":
             folders = sorted((self.output_dir / "checkpoints").glob("checkpoint_*"),
