@@ -44,6 +44,7 @@ from torch.utils.data import IterableDataset
 from tqdm.auto import tqdm
 from transformers import AutoFeatureExtractor, AutoModel, get_scheduler
 
+from .audio import SAMPLE_RATE
 from .augment import Corruptor
 from .config import ConfigError, DistillConfig
 from .data import ShardedRandomSampler, build_dataloader, build_datasets
@@ -68,7 +69,7 @@ class Distiller(nn.Module):
         super().__init__()
         self.student = student
         self.objectives = nn.ModuleDict(objectives)
-        self.needs_cnn = any(getattr(o, "input", None) == "cnn" for o in objectives.values())
+        self.needs_cnn = any(o.needs_extract_features for o in objectives.values())
 
     def forward(self, noisy, clean, lengths, teacher) -> dict[str, dict[str, LossTerm]]:
         """Student on ``noisy (B, S)``; objectives on both outputs over their common frames."""
@@ -232,7 +233,8 @@ class _Run:
         student = self.accelerator.unwrap_model(self.model).student
         frames = torch.minimum(self.teacher.frame_lengths(lengths).cpu(),
                                student.frame_lengths(lengths).cpu())
-        counts = {"frames": frames.sum(), "utterances": torch.tensor(len(lengths))}
+        counts = {"frames": frames.sum(), "utterances": torch.tensor(len(lengths)),
+                  "seconds": lengths.cpu().sum() / SAMPLE_RATE}
         for objective in self.objectives.values():
             counts.update(objective.count_units(lengths.cpu()))
         return {k: v.double() for k, v in counts.items()}
@@ -320,7 +322,7 @@ class _Run:
         self.progress.step += 1
         means = self._means(sums, counts)
         means["grad_norm"] = float(grad_norm)
-        means["audio_seconds"] = counts["frames"] * 0.02
+        means["audio_seconds"] = counts["seconds"]
         return means
 
     @torch.no_grad()

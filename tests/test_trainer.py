@@ -205,3 +205,16 @@ def test_streaming_dataset_trains_and_resumes_exactly(tmp_path, tiny_wavlm_dir):
     full, resumed = _student_state(tmp_path / "full"), _student_state(tmp_path / "part")
     for key in full:
         assert torch.equal(full[key], resumed[key]), key
+
+
+def test_enhancement_head_on_cnn_features_trains(tmp_path, tiny_wavlm_dir):
+    from robustdistill.trainer import _Run
+
+    cfg = _config(tmp_path, tiny_wavlm_dir, "cnn", max_steps=1)
+    cfg.objectives["enhancement"]["input"] = "cnn"
+    run = _Run(cfg)
+    assert run.model.needs_cnn
+    values = run.train_step(run._batches())
+    assert math.isfinite(values["enhancement/l1"]) and values["enhancement/l1"] > 0
+    assert values["audio_seconds"] == pytest.approx(2 * 1.0, abs=0.5)  # 2 crops of <= 1 s
+    assert run.model.objectives["enhancement"].head.lstm.weight_ih_l0.shape[1] == 32  # conv_dim

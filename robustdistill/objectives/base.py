@@ -83,6 +83,8 @@ class Objective(nn.Module):
     """
 
     name: str = ""
+    #: Whether :meth:`forward` reads ``inputs.student.extract_features`` (CNN features).
+    needs_extract_features: bool = False
 
     def forward(self, inputs: DistillationInputs) -> dict[str, LossTerm]:  # pragma: no cover
         raise NotImplementedError

@@ -118,6 +118,7 @@ class MaskEnhancement(Objective):
         if input == "cnn" and student_conv_dim is None:
             raise ValueError("enhancement.input='cnn' needs a student with CNN features")
         self.input = input
+        self.needs_extract_features = input == "cnn"
         self.lambda_enh = float(lambda_enh)
         self.stft = {"n_fft": n_fft, "hop_length": hop_length, "win_length": win_length}
         in_size = student_hidden_size if input == "last" else student_conv_dim
