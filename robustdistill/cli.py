@@ -122,22 +122,27 @@ def export_main(argv: list[str]) -> int:
     return 0
 
 
-def _downstream(name: str):
-    def run(argv: list[str]) -> int:
-        from downstream import cli as downstream_cli
+def _lazy(target: str):
+    """``"package.module:function"`` -> a subcommand that imports its module only when run."""
 
-        return getattr(downstream_cli, name)(argv)
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        module, function = target.split(":")
+        return getattr(importlib.import_module(module), function)(argv)
 
     return run
 
 
+#: Subcommand name -> ``main(argv) -> int``. A subcommand defined in its own module is one
+#: ``_lazy("module:function")`` line here, so importing the CLI stays cheap.
 COMMANDS = {
     "distill": distill_main,
     "create-student": create_student_main,
     "make-teacher": make_teacher_main,
     "export": export_main,
-    "evaluate": _downstream("evaluate_main"),
-    "compare": _downstream("compare_main"),
+    "evaluate": _lazy("downstream.cli:evaluate_main"),
+    "compare": _lazy("downstream.cli:compare_main"),
 }
 
 
