@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 from scipy.signal import correlate, correlation_lags
 
-import robustdistill.augment as augment
+import robustdistill.augment.signals as augment_signals
 from robustdistill.audio import AudioError, load_audio
 from robustdistill.augment import (
     KINDS,
@@ -264,7 +264,7 @@ def test_noise_files_are_loaded_once(noise_dir: Path, monkeypatch) -> None:
         calls.append(path)
         return load_audio(path, target_sr)
 
-    monkeypatch.setattr(augment, "load_audio", counting_load)
+    monkeypatch.setattr(augment_signals, "load_audio", counting_load)
     cfg = AugmentationConfig(
         noise_dir=str(noise_dir), p_noise=1.0, p_reverb=0.0, p_noise_reverb=0.0, p_none=0.0
     )

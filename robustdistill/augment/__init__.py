@@ -1,0 +1,64 @@
+"""On-the-fly corruption of the student's input for robust distillation.
+
+Implements the data side of RobustDistiller ("RobustDistiller: Compressing Universal Speech
+Representations for Enhanced Environment Robustness", arXiv 2302.09437; extended in
+"An Efficient End-to-End Approach to Noise Invariant Speech Features via Multi-Task Learning",
+arXiv 2403.08654), as specified in ``docs/objectives.md`` section 2: the teacher sees the clean
+crop, the student a corrupted copy of the same crop with the same length and time alignment.
+
+Per utterance one kind is drawn: ``"noise"``, ``"reverb"``, ``"noise+reverb"`` or ``"none"``
+(probability 0.25 each by default).
+
+* Noise: a random segment of a noise recording (looped when shorter than the crop) or white
+  Gaussian noise (default 70% / 30% when recordings are given, 100% white otherwise), scaled so
+  that ``10 * log10(P_speech / P_noise)`` over the whole crop equals an SNR drawn uniformly in
+  ``[snr_min, snr_max]`` dB (``P`` = mean square). The mix is not rescaled afterwards, so the
+  speech in the student's input keeps exactly the scale of the teacher's clean input (values may
+  exceed 1; nothing downstream clips float audio).
+* Reverberation: convolution with a room impulse response (RIR) whose direct path (its first
+  sample within 20 dB of the largest; see :func:`prepare_rir` for why not the largest itself) is
+  moved to index 0 and which is normalised to unit energy (default; ``"peak"``: unit largest
+  sample), keeping the first ``len(x)`` samples, so the reverberant speech stays time-aligned
+  with the clean speech and has about the same power. RIRs come from a folder or, without one,
+  from a bank of shoebox rooms simulated once with pyroomacoustics.
+* Noise and reverberation: reverberate first, then add noise; the SNR is then measured against
+  the reverberant speech (the signal the student actually hears), as in a real room where the
+  noise source is recorded separately from the reverberant talker.
+
+audiomentations is not used: its transforms draw their parameters from Python's global
+``random`` state and ``AddBackgroundNoise`` re-reads a noise file on every call (0.43 removed
+its cache), which breaks per-utterance seeding from a caller's generator and loading once;
+``ApplyImpulseResponse`` also keeps the RIR's direct-path delay, shifting the student's input.
+
+Every random choice comes from a :class:`numpy.random.Generator` that the caller passes in (the
+trainer derives it from seed, step, rank and micro-batch), so the same generator state gives
+bit-identical output; no global random state is used.
+
+Package layout (import everything from ``robustdistill.augment``):
+
+* :mod:`~robustdistill.augment.config`: :class:`AugmentationConfig`, :class:`CorruptionInfo`;
+* :mod:`~robustdistill.augment.noise`: :func:`noise_segment`, :func:`mix_at_snr`,
+  :class:`NoiseBank`;
+* :mod:`~robustdistill.augment.rooms`: :func:`prepare_rir`, :func:`reverberate`,
+  :class:`RirBank`, :func:`simulate_rir_bank`;
+* :mod:`~robustdistill.augment.corruption`: :class:`Corruptor`.
+"""
+
+from .config import KINDS, AugmentationConfig, CorruptionInfo
+from .corruption import Corruptor
+from .noise import NoiseBank, mix_at_snr, noise_segment
+from .rooms import RirBank, prepare_rir, reverberate, simulate_rir_bank
+
+__all__ = [
+    "KINDS",
+    "AugmentationConfig",
+    "CorruptionInfo",
+    "Corruptor",
+    "NoiseBank",
+    "RirBank",
+    "mix_at_snr",
+    "noise_segment",
+    "prepare_rir",
+    "reverberate",
+    "simulate_rir_bank",
+]

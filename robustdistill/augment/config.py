@@ -1,0 +1,151 @@
+"""Settings of the student-input corruption and the record of what was done."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+logger = logging.getLogger(__name__)
+
+
+#: The corruption kinds, in the order of their probabilities in :meth:`Corruptor.probabilities`.
+KINDS = ("noise", "reverb", "noise+reverb", "none")
+
+RirNormalization = Literal["energy", "peak"]
+
+
+@dataclass
+class AugmentationConfig:
+    """Settings of the student-input corruption (RobustDistiller, arXiv 2302.09437 / 2403.08654).
+
+    Works with ``transformers.HfArgumentParser``. Validated on construction: a bad value raises
+    ``ValueError`` naming the field. Folders are checked when the :class:`Corruptor` is built.
+    """
+
+    enabled: bool = field(
+        default=True,
+        metadata={"help": "Corrupt the student's input; false gives it the clean crop."},
+    )
+    noise_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of noise recordings (searched recursively; any rate and channel "
+            "count). Without it all noise is white Gaussian noise."
+        },
+    )
+    rir_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of room impulse responses (any rate and channel count). Without it "
+            "a bank of rooms is simulated once with pyroomacoustics."
+        },
+    )
+    p_noise: float = field(default=0.25, metadata={"help": "Probability of additive noise only."})
+    p_reverb: float = field(default=0.25, metadata={"help": "Probability of reverberation only."})
+    p_noise_reverb: float = field(
+        default=0.25, metadata={"help": "Probability of reverberation followed by noise."}
+    )
+    p_none: float = field(default=0.25, metadata={"help": "Probability of the clean crop."})
+    noise_file_prob: float = field(
+        default=0.7,
+        metadata={
+            "help": "Probability that added noise comes from a noise recording rather than "
+            "white Gaussian noise (ignored without noise_dir)."
+        },
+    )
+    snr_min: float = field(default=0.0, metadata={"help": "Lowest SNR in dB (uniform draw)."})
+    snr_max: float = field(default=20.0, metadata={"help": "Highest SNR in dB (uniform draw)."})
+    num_simulated_rooms: int = field(
+        default=24, metadata={"help": "Rooms simulated once when no rir_dir is given."}
+    )
+    rt60_min: float = field(default=0.2, metadata={"help": "Lowest RT60 (s) of simulated rooms."})
+    rt60_max: float = field(default=1.0, metadata={"help": "Highest RT60 (s) of simulated rooms."})
+    room_max_order: int = field(
+        default=30,
+        metadata={
+            "help": "Cap on the image-source order of simulated rooms (bounds the bank's build "
+            "time; long-RT60 rooms get a shorter tail than Sabine's formula asks for)."
+        },
+    )
+    rir_normalization: RirNormalization = field(
+        default="energy",
+        metadata={"help": "Scale RIRs to unit energy ('energy') or a unit direct path ('peak')."},
+    )
+    rir_direct_path_db: float = field(
+        default=20.0,
+        metadata={
+            "help": "A RIR's direct path (moved to index 0) is its first sample within this many "
+            "dB of its largest one; 0 aligns on the largest sample."
+        },
+    )
+    curriculum_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Steps over which the lowest SNR moves from snr_max to snr_min and the "
+            "reverberation probabilities from 0 to their targets; 0 turns the curriculum off."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        probs = {
+            "p_noise": self.p_noise,
+            "p_reverb": self.p_reverb,
+            "p_noise_reverb": self.p_noise_reverb,
+            "p_none": self.p_none,
+        }
+        for name, value in probs.items():
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a non-negative probability, got {value}")
+        total = sum(probs.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                f"p_noise + p_reverb + p_noise_reverb + p_none must sum to 1, got {total:.6g} "
+                f"({', '.join(f'{k}={v}' for k, v in probs.items())})"
+            )
+        if not 0.0 <= self.noise_file_prob <= 1.0:
+            raise ValueError(f"noise_file_prob must be in [0, 1], got {self.noise_file_prob}")
+        if not (math.isfinite(self.snr_min) and math.isfinite(self.snr_max)):
+            raise ValueError(
+                f"snr_min and snr_max must be finite, got {self.snr_min}, {self.snr_max}"
+            )
+        if self.snr_min > self.snr_max:
+            raise ValueError(f"snr_min ({self.snr_min}) must not exceed snr_max ({self.snr_max})")
+        if self.num_simulated_rooms < 1:
+            raise ValueError(f"num_simulated_rooms must be >= 1, got {self.num_simulated_rooms}")
+        if not self.rt60_min > 0:
+            raise ValueError(f"rt60_min must be > 0 seconds, got {self.rt60_min}")
+        if self.rt60_max < self.rt60_min:
+            raise ValueError(
+                f"rt60_max ({self.rt60_max}) must not be below rt60_min ({self.rt60_min})"
+            )
+        if self.room_max_order < 1:
+            raise ValueError(f"room_max_order must be >= 1, got {self.room_max_order}")
+        if self.rir_normalization not in ("energy", "peak"):
+            raise ValueError(
+                f"rir_normalization must be 'energy' or 'peak', got {self.rir_normalization!r}"
+            )
+        if not self.rir_direct_path_db >= 0:
+            raise ValueError(f"rir_direct_path_db must be >= 0 dB, got {self.rir_direct_path_db}")
+        if self.curriculum_steps < 0:
+            raise ValueError(f"curriculum_steps must be >= 0, got {self.curriculum_steps}")
+
+
+@dataclass(frozen=True)
+class CorruptionInfo:
+    """What was done to one utterance.
+
+    Attributes:
+        kind: one of :data:`KINDS`.
+        snr_db: the SNR in dB of the added noise; None when no noise was added (a kind without
+            noise, or silent speech, which is returned unchanged).
+        rir_index: index into the :class:`RirBank` of the RIR used; None without reverberation.
+        noise_index: index into the :class:`NoiseBank` of the recording used; None for white
+            noise or when no noise was added.
+    """
+
+    kind: str
+    snr_db: float | None = None
+    rir_index: int | None = None
+    noise_index: int | None = None

@@ -1,0 +1,224 @@
+"""The per-utterance corruptor the trainer uses (:class:`Corruptor`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..audio import AudioError
+from .config import KINDS, AugmentationConfig, CorruptionInfo
+from .noise import NoiseBank, mix_at_snr
+from .rooms import RirBank, reverberate, simulate_rir_bank
+from .signals import _check_signal, _power
+
+logger = logging.getLogger(__name__)
+
+
+class Corruptor:
+    """Corrupt the student's input per utterance (RobustDistiller, arXiv 2302.09437 / 2403.08654).
+
+    Build with :meth:`from_config`. All randomness comes from the ``rng`` given to
+    :meth:`corrupt` / :meth:`corrupt_batch`; the banks are fixed at construction.
+
+    Curriculum (``curriculum_steps > 0``): with progress ``t = min(step / curriculum_steps, 1)``,
+    the SNR is drawn uniformly in ``[snr_max + t * (snr_min - snr_max), snr_max]`` and the
+    reverberation probabilities are scaled by ``t``, the mass taken from ``"reverb"`` going to
+    ``"none"`` and that from ``"noise+reverb"`` going to ``"noise"``: the probability of noise
+    stays ``p_noise + p_noise_reverb`` throughout, that of reverberation grows from 0.
+    """
+
+    def __init__(
+        self,
+        config: AugmentationConfig,
+        noise_bank: NoiseBank | None = None,
+        rir_bank: RirBank | None = None,
+    ) -> None:
+        """Use given banks; ``rir_bank`` is required when enabled and reverberation can occur.
+
+        Raises:
+            ValueError: reverberation is possible but no ``rir_bank`` was given.
+        """
+        if config.enabled and rir_bank is None and config.p_reverb + config.p_noise_reverb > 0:
+            raise ValueError("a rir_bank is needed when p_reverb or p_noise_reverb is > 0")
+        self.config = config
+        self.noise_bank = noise_bank
+        self.rir_bank = rir_bank
+
+    @classmethod
+    def from_config(cls, config: AugmentationConfig, seed: int = 0) -> Corruptor:
+        """Load the noise and RIR folders once, or simulate the room bank (seeded by ``seed``).
+
+        Raises:
+            FileNotFoundError: a configured folder does not exist or holds no audio file.
+            AudioError: no file of a configured folder could be used.
+        """
+        if not config.enabled:
+            return cls(config)
+        noise_bank = NoiseBank.from_folder(config.noise_dir) if config.noise_dir else None
+        rir_bank = None
+        if config.p_reverb + config.p_noise_reverb > 0:
+            if config.rir_dir:
+                rir_bank = RirBank.from_folder(
+                    config.rir_dir, config.rir_normalization, config.rir_direct_path_db
+                )
+            else:
+                rir_bank = simulate_rir_bank(
+                    config.num_simulated_rooms,
+                    (config.rt60_min, config.rt60_max),
+                    seed=seed,
+                    max_order=config.room_max_order,
+                    normalization=config.rir_normalization,
+                    direct_path_db=config.rir_direct_path_db,
+                )
+        return cls(config, noise_bank, rir_bank)
+
+    # ---- schedule ----------------------------------------------------------------------------
+
+    def _progress(self, step: int | None) -> float:
+        steps = self.config.curriculum_steps
+        if steps == 0:
+            return 1.0
+        if step is None:
+            raise ValueError("curriculum_steps > 0: pass the training step")
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        return min(step / steps, 1.0)
+
+    def probabilities(self, step: int | None = None) -> tuple[float, float, float, float]:
+        """Probabilities of :data:`KINDS` at ``step`` (the configured ones without curriculum).
+
+        Raises:
+            ValueError: the curriculum is on and ``step`` is None or negative.
+        """
+        c, t = self.config, self._progress(step)
+        return (
+            c.p_noise + (1.0 - t) * c.p_noise_reverb,
+            t * c.p_reverb,
+            t * c.p_noise_reverb,
+            c.p_none + (1.0 - t) * c.p_reverb,
+        )
+
+    def snr_range(self, step: int | None = None) -> tuple[float, float]:
+        """``(low, high)`` of the uniform SNR draw in dB at ``step``.
+
+        Raises:
+            ValueError: the curriculum is on and ``step`` is None or negative.
+        """
+        c, t = self.config, self._progress(step)
+        return c.snr_max + t * (c.snr_min - c.snr_max), c.snr_max
+
+    # ---- corruption --------------------------------------------------------------------------
+
+    def _add_noise(
+        self, x: np.ndarray, rng: np.random.Generator, step: int | None
+    ) -> tuple[np.ndarray, float | None, int | None]:
+        low, high = self.snr_range(step)
+        use_file = self.noise_bank is not None and rng.random() < self.config.noise_file_prob
+        snr_db = float(rng.uniform(low, high))
+        index = None
+        if use_file:
+            noise, index = self.noise_bank.draw(x.size, rng)
+            if _power(noise) == 0.0:
+                logger.warning(
+                    "silent segment of %s: white noise used instead", self.noise_bank.names[index]
+                )
+                index = None
+        if index is None:
+            noise = rng.standard_normal(x.size, dtype=np.float32)
+        if _power(x) == 0.0:
+            logger.debug("silent speech (zero power): no noise added")
+            return x.astype(np.float32, copy=True), None, None
+        return mix_at_snr(x, noise, snr_db), snr_db, index
+
+    def corrupt(
+        self, waveform: np.ndarray, rng: np.random.Generator, step: int | None = None
+    ) -> tuple[np.ndarray, CorruptionInfo]:
+        """Corrupt one utterance.
+
+        Args:
+            waveform: ``(S,)`` clean speech at 16 kHz.
+            rng: the source of every random choice, consumed in this order: kind, RIR index,
+                recording-or-white, SNR, then recording index and offset or white noise.
+            step: the training step; required when the curriculum is on.
+
+        Returns:
+            ``(noisy, info)``: ``(S,)`` float32 corrupted speech, time-aligned with the input,
+            and a :class:`CorruptionInfo`.
+
+        Raises:
+            AudioError: empty, non-1-D or non-finite waveform.
+            ValueError: curriculum on and ``step`` missing.
+        """
+        x = _check_signal(waveform, "speech")
+        if not self.config.enabled:
+            return x.astype(np.float32, copy=True), CorruptionInfo("none")
+        kind = KINDS[int(rng.choice(len(KINDS), p=self.probabilities(step)))]
+        rir_index = snr_db = noise_index = None
+        if kind in ("reverb", "noise+reverb"):
+            rir_index = int(rng.integers(0, len(self.rir_bank)))
+            x = reverberate(
+                x,
+                self.rir_bank.rirs[rir_index],
+                self.config.rir_normalization,
+                self.config.rir_direct_path_db,
+            )
+        if kind in ("noise", "noise+reverb"):
+            x, snr_db, noise_index = self._add_noise(x, rng, step)
+        return x.astype(np.float32, copy=False), CorruptionInfo(
+            kind, snr_db, rir_index, noise_index
+        )
+
+    def corrupt_batch(
+        self,
+        waveforms: torch.Tensor,
+        lengths: torch.Tensor | Sequence[int],
+        rng: np.random.Generator,
+        step: int | None = None,
+    ) -> tuple[torch.Tensor, list[CorruptionInfo]]:
+        """Corrupt a padded batch, each utterance on its real samples only.
+
+        Args:
+            waveforms: ``(B, S)`` floating tensor of clean speech at 16 kHz, zero-padded.
+            lengths: ``(B,)`` real lengths in samples, each in ``[0, S]``.
+            rng: the source of every random choice; utterances consume it in batch order.
+            step: the training step; required when the curriculum is on.
+
+        Returns:
+            ``(noisy, infos)``: ``(B, S)`` tensor of ``waveforms``' dtype and device whose
+            padding (samples at or after each length) is exactly zero, and one
+            :class:`CorruptionInfo` per utterance (``kind="none"`` for zero-length rows).
+
+        Raises:
+            ValueError: bad shapes, dtype or lengths; curriculum on and ``step`` missing.
+            AudioError: NaN/Inf in an utterance's real samples.
+        """
+        if waveforms.ndim != 2 or not waveforms.is_floating_point():
+            raise ValueError(
+                f"waveforms must be a floating (B, S) tensor, got {tuple(waveforms.shape)} "
+                f"{waveforms.dtype}"
+            )
+        batch, samples = waveforms.shape
+        lens = np.asarray(
+            lengths.detach().cpu().numpy() if isinstance(lengths, torch.Tensor) else lengths
+        )
+        if lens.shape != (batch,) or (lens.size and lens.dtype.kind not in "iu"):
+            raise ValueError(f"lengths must be ({batch},) integers, got {lens.shape} {lens.dtype}")
+        if lens.size and (lens.min() < 0 or lens.max() > samples):
+            raise ValueError(f"lengths must be in [0, {samples}], got {lens.tolist()}")
+        clean = waveforms.detach().to(device="cpu", dtype=torch.float32).numpy()
+        noisy = np.zeros((batch, samples), dtype=np.float32)
+        infos = []
+        for b, n in enumerate(lens.tolist()):
+            if n == 0:
+                infos.append(CorruptionInfo("none"))
+                continue
+            try:
+                noisy[b, :n], info = self.corrupt(clean[b, :n], rng, step)
+            except AudioError as err:
+                raise AudioError(f"batch row {b}: {err}") from err
+            infos.append(info)
+        out = torch.from_numpy(noisy).to(device=waveforms.device, dtype=waveforms.dtype)
+        return out, infos

@@ -1,0 +1,80 @@
+"""Padding items into batches (:func:`collate_waveforms`) and the ``DataLoader`` built on it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+logger = logging.getLogger(__name__)
+
+
+def collate_waveforms(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Pad a list of dataset items into a batch.
+
+    Args:
+        items: ``{"waveform": (S_b,) array, "index": int}`` each.
+
+    Returns:
+        ``{"waveforms": (B, S_max) float32, zero past each length, "lengths": (B,) int64,
+        "indices": (B,) int64}``.
+
+    Raises:
+        ValueError: no items, or a waveform that is not one-dimensional.
+    """
+    if not items:
+        raise ValueError("cannot collate an empty batch")
+    waves = [torch.as_tensor(np.asarray(item["waveform"]), dtype=torch.float32) for item in items]
+    for item, wave in zip(items, waves, strict=True):
+        if wave.ndim != 1:
+            raise ValueError(f"item {item.get('index')}: waveform must be (S,), got {wave.shape}")
+    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
+    waveforms = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
+    for b, wave in enumerate(waves):
+        waveforms[b, : len(wave)] = wave
+    indices = torch.tensor([int(item["index"]) for item in items], dtype=torch.long)
+    return {"waveforms": waveforms, "lengths": lengths, "indices": indices}
+
+
+def build_dataloader(
+    dataset,
+    batch_size: int,
+    sampler: Sampler | None = None,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A ``DataLoader`` with :func:`collate_waveforms`.
+
+    Args:
+        dataset: a map-style dataset of this module, or a :class:`StreamingAudioDataset`.
+        batch_size: utterances per batch.
+        sampler: for map-style datasets, usually a :class:`ShardedRandomSampler`; None reads in
+            order. Must be None for a streaming dataset.
+        num_workers: worker processes (0: read in the main process).
+        drop_last: drop a last, smaller batch.
+        pin_memory: pin batches (for GPU training).
+
+    Raises:
+        ValueError: non-positive ``batch_size``, a sampler given with a streaming dataset.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if isinstance(dataset, torch.utils.data.IterableDataset) and sampler is not None:
+        raise ValueError("a streaming dataset takes no sampler (it shards itself by rank)")
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_waveforms,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        # A private generator: creating an iterator draws the workers' base seed from it,
+        # never from the global torch RNG, so a resumed run's dropout masks stay exact.
+        generator=torch.Generator().manual_seed(0),
+    )

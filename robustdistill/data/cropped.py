@@ -1,0 +1,219 @@
+"""Shared logic of the map-style datasets: header scan, length filter, read with fallback, crop.
+
+Randomness is a pure function of ``(seed, epoch, index)`` (see :mod:`robustdistill.data`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from ..audio import SAMPLE_RATE, AudioError
+
+logger = logging.getLogger(__name__)
+
+#: Read-time failures in a row (distinct items) after which a dataset gives up with an error.
+MAX_READ_FAILURES = 16
+#: How many file names a drop warning lists.
+_NAMES_IN_WARNING = 5
+
+
+def _to_samples(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * SAMPLE_RATE)
+
+
+def _parse_key(key: Any) -> tuple[int, int]:
+    """``(index, epoch)`` or a plain index (epoch 0) -> ``(index, epoch)``."""
+    if isinstance(key, tuple | list):
+        if len(key) != 2:
+            raise TypeError(f"dataset key must be an index or (index, epoch), got {key!r}")
+        return int(key[0]), int(key[1])
+    if isinstance(key, int | np.integer) or (torch.is_tensor(key) and key.ndim == 0):
+        return int(key), 0
+    raise TypeError(f"dataset key must be an index or (index, epoch), got {key!r}")
+
+
+def _crop(waveform: np.ndarray, max_samples: int | None, rng: np.random.Generator) -> np.ndarray:
+    """``(S,)`` -> ``(min(S, max_samples),)``, a window starting uniformly in ``[0, S - max]``."""
+    if max_samples is None or len(waveform) <= max_samples:
+        return waveform
+    start = int(rng.integers(0, len(waveform) - max_samples + 1))
+    return waveform[start : start + max_samples]
+
+
+def _length_at_16k(frames: int, sample_rate: int) -> int:
+    """Samples after resampling ``frames`` at ``sample_rate`` to 16 kHz (soxr rounds)."""
+    return round(frames * SAMPLE_RATE / sample_rate)
+
+
+class _CroppedAudioDataset(torch.utils.data.Dataset):
+    """Shared logic of the map-style datasets: scan, filter, read with fallback, crop.
+
+    Subclasses provide ``_probe(source) -> (frames, sample_rate)`` (header only),
+    ``_decode(source) -> (S,) float32 at 16 kHz`` and ``_name(source) -> str``.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Any],
+        max_length_s: float | None,
+        min_length_s: float,
+        seed: int,
+        random_crop: bool,
+    ) -> None:
+        if max_length_s is not None and max_length_s <= 0:
+            raise ValueError(f"max_length_s must be positive or None, got {max_length_s}")
+        if min_length_s < 0:
+            raise ValueError(f"min_length_s must be >= 0, got {min_length_s}")
+        if max_length_s is not None and min_length_s > max_length_s:
+            raise ValueError(f"min_length_s {min_length_s} > max_length_s {max_length_s}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.max_length_s = max_length_s
+        self.min_length_s = min_length_s
+        self.seed = int(seed)
+        self.random_crop = random_crop
+        self._max_samples = _to_samples(max_length_s)
+        self._min_samples = _to_samples(min_length_s)
+        self._bad: set[int] = set()  # items that failed at read time, in this process
+        self._sources, self.lengths = self._scan(list(sources))
+
+    def _probe_all(self, sources: list[Any]) -> Iterator[tuple[int, int] | Exception]:
+        """``(frames, sample_rate)`` of each source's header, or the error reading it."""
+        for source in sources:
+            try:
+                yield self._probe(source)
+            except (sf.LibsndfileError, RuntimeError, OSError, TypeError, ValueError) as err:
+                yield err
+
+    def _scan(self, sources: list[Any]) -> tuple[list[Any], np.ndarray]:
+        """Read every header once; drop unreadable and too-short items with one warning."""
+        kept, lengths, too_short, unreadable = [], [], [], []
+        for source, probe in zip(sources, self._probe_all(sources), strict=True):
+            if isinstance(probe, Exception):
+                unreadable.append(f"{self._name(source)} ({probe})")
+                continue
+            length = _length_at_16k(*probe)
+            if length < max(self._min_samples, 1):
+                too_short.append(f"{self._name(source)} ({length / SAMPLE_RATE:.2f} s)")
+                continue
+            kept.append(source)
+            lengths.append(length)
+        if too_short or unreadable:
+            logger.warning(
+                "%s: dropped %d of %d items: %d shorter than min_length_s=%.2f s, %d unreadable; "
+                "first: %s",
+                type(self).__name__,
+                len(too_short) + len(unreadable),
+                len(sources),
+                len(too_short),
+                self.min_length_s,
+                len(unreadable),
+                "; ".join((unreadable + too_short)[:_NAMES_IN_WARNING]),
+            )
+        if not kept:
+            raise ValueError(
+                f"{type(self).__name__}: none of the {len(sources)} items is usable "
+                f"(min_length_s={self.min_length_s}); see the warning above"
+            )
+        return kept, np.asarray(lengths, dtype=np.int64)
+
+    def _probe(self, source: Any) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def _decode(self, source: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def _name(self, source: Any) -> str:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    @property
+    def names(self) -> list[str]:
+        """A readable name per item (file path, or dataset row)."""
+        return [self._name(s) for s in self._sources]
+
+    @property
+    def total_seconds(self) -> float:
+        """Duration of all kept items in seconds (before cropping)."""
+        return float(self.lengths.sum()) / SAMPLE_RATE
+
+    def subset(self, positions: Sequence[int], random_crop: bool | None = None):
+        """A copy holding only the items at ``positions`` (no re-scan), indexed 0..len-1.
+
+        Args:
+            positions: item positions in this dataset.
+            random_crop: override the crop mode (validation subsets use ``False``).
+        """
+        positions = [int(p) for p in positions]
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new._sources = [self._sources[p] for p in positions]
+        new.lengths = self.lengths[positions] if positions else self.lengths[:0]
+        new._bad = set()
+        if random_crop is not None:
+            new.random_crop = random_crop
+        return new
+
+    def __getitem__(self, key: Any) -> dict[str, Any]:
+        """Decode and crop one item.
+
+        Args:
+            key: ``(index, epoch)`` from :class:`ShardedRandomSampler`, or a plain ``index``
+                (epoch 0).
+
+        Returns:
+            ``{"waveform": (S,) float32 with S <= max_length samples, "index": int}``. The
+            crop start comes from ``np.random.default_rng([seed, epoch, index])`` with
+            ``random_crop=True``, from ``np.random.default_rng(index)`` (same every epoch and
+            seed) with ``random_crop=False``. ``index`` is the item actually returned: a later
+            one when ``index`` failed to decode (see the module docstring).
+
+        Raises:
+            IndexError: ``index`` out of range.
+            AudioError: :data:`MAX_READ_FAILURES` items in a row failed to decode, or all
+                items have failed.
+        """
+        index, epoch = _parse_key(key)
+        n = len(self)
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} out of range for {n} items")
+        failures = 0
+        last_error = ""
+        for offset in range(n):
+            candidate = (index + offset) % n
+            if candidate in self._bad:
+                continue
+            source = self._sources[candidate]
+            try:
+                waveform = self._decode(source)
+                if len(waveform) < self._min_samples:
+                    raise AudioError(
+                        f"{self._name(source)}: decoded {len(waveform) / SAMPLE_RATE:.2f} s, "
+                        f"shorter than min_length_s={self.min_length_s}"
+                    )
+            except AudioError as err:
+                self._bad.add(candidate)
+                last_error = str(err)
+                logger.warning("skipping item %d at read time: %s", candidate, err)
+                failures += 1
+                if failures >= MAX_READ_FAILURES:
+                    break
+                continue
+            if self.random_crop:
+                rng = np.random.default_rng([self.seed, epoch, candidate])
+            else:
+                rng = np.random.default_rng(candidate)
+            return {"waveform": _crop(waveform, self._max_samples, rng), "index": candidate}
+        raise AudioError(
+            f"{type(self).__name__}: no item from index {index} on could be read: "
+            f"{failures} failed to decode in this call, {len(self._bad)} of {n} in this process; "
+            f"last error: {last_error or 'see the earlier warnings'}"
+        )
