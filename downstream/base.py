@@ -238,8 +238,8 @@ class Task(ABC):
         """Turn a decoded utterance into an :class:`Example`.
 
         The default corrupts ``waveform`` with ``corruptor.apply(waveform, condition,
-        utterance.key)`` (seeded per utterance and condition, identical across upstreams;
-        the clean condition returns the waveform) and uses :meth:`target` as the target.
+        utterance.key)`` (one noise/room draw per seed and utterance, the condition sets the
+        gain; identical across upstreams; the clean condition returns the waveform) and uses :meth:`target` as the target.
 
         Args:
             utterance: the item.

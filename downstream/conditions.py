@@ -8,13 +8,19 @@ on the same test utterances under each condition.
 Corruption uses :func:`robustdistill.augment.mix_at_snr` and
 :func:`robustdistill.augment.reverberate` with noise / RIR banks loaded from the folders given for
 the test (``--test-noise-dir``, ``--test-rir-dir``; they should differ from the training noise).
-Each (utterance, condition) gets its own generator seeded from the run seed, the utterance key
-and the condition name, so the corrupted audio is identical for every upstream evaluated with
-the same seed and data: upstreams are compared on identical audio.
+The noise recording, its offset and the room are drawn **once per (seed, utterance)**
+(:meth:`TestCorruptor.draw`), independently of the condition: ``snr-5`` and ``snr20`` of an
+utterance hold the same noise segment at different gains, and ``reverb`` / ``reverb+snr5`` use the
+same room. A robustness curve therefore varies the SNR only, not the noise type (each condition
+redrawing its noise mixed the two). Noise and room come from two separate generators, so adding
+or removing a reverberant condition does not change the noise of the others. The draws depend on
+the run seed and the utterance key only, so the corrupted audio is identical for every upstream
+evaluated with the same seed and data: upstreams are compared on identical audio.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import zlib
@@ -31,6 +37,7 @@ __all__ = [
     "CLEAN",
     "DEFAULT_CONDITIONS",
     "Condition",
+    "Draw",
     "TestCorruptor",
     "parse_condition",
     "parse_conditions",
@@ -153,18 +160,45 @@ class TestCorruptor:
             if condition.reverb and self.rir_bank is None:
                 raise ValueError(f"condition {condition.name} needs --test-rir-dir")
 
-    def rng(self, key: str, condition: Condition) -> np.random.Generator:
-        """The generator of one (utterance, condition): a function of seed, key and name only."""
-        entropy = [self.seed, zlib.crc32(key.encode()), zlib.crc32(condition.name.encode())]
+    def rng(self, key: str, stream: str) -> np.random.Generator:
+        """The generator of one utterance's ``stream`` (``"noise"`` or ``"room"``): a function
+        of the run seed, the key and the stream name only (never of the condition)."""
+        entropy = [self.seed, zlib.crc32(key.encode()), zlib.crc32(stream.encode())]
         return np.random.default_rng(entropy)
+
+    def draw(self, key: str, length: int) -> Draw:
+        """The noise segment and room of one utterance, the same under every condition.
+
+        Args:
+            key: the utterance's stable id.
+            length: samples of the utterance (the noise segment's length).
+
+        Returns:
+            A :class:`Draw`; its noise is None without a noise bank, its RIR None without a
+            RIR bank. An all-zero noise segment is replaced by white noise (logged).
+        """
+        noise = noise_name = rir = rir_name = None
+        if self.noise_bank is not None:
+            rng = self.rng(key, "noise")
+            noise, index = self.noise_bank.draw(length, rng)
+            noise_name = self.noise_bank.names[index]
+            if not np.any(noise):
+                logger.warning("silent segment of %s for %s: white noise used instead",
+                               noise_name, key)
+                noise = rng.standard_normal(length).astype(np.float32)
+                noise_name = "white"
+        if self.rir_bank is not None:
+            index = int(self.rng(key, "room").integers(0, len(self.rir_bank)))
+            rir, rir_name = self.rir_bank.rirs[index], self.rir_bank.names[index]
+        return Draw(noise, noise_name, rir, rir_name)
 
     def apply(self, waveform: np.ndarray, condition: Condition, key: str) -> np.ndarray:
         """Corrupt one utterance.
 
         Args:
             waveform: ``(S,)`` float32 clean speech, 16 kHz.
-            condition: the condition.
-            key: the utterance's stable id (seeds the choice of noise, offset and RIR).
+            condition: the condition (it sets only whether to reverberate and the noise gain).
+            key: the utterance's stable id (seeds the noise, offset and room: :meth:`draw`).
 
         Returns:
             ``(S,)`` float32, time-aligned with the input; ``waveform`` itself when clean.
@@ -176,16 +210,41 @@ class TestCorruptor:
         if condition.is_clean:
             return waveform
         self.check([condition])
-        rng = self.rng(key, condition)
+        drawn = self.draw(key, waveform.shape[0])
         out = waveform
         if condition.reverb:
-            rir = self.rir_bank.rirs[int(rng.integers(0, len(self.rir_bank)))]
-            out = reverberate(out, rir)
+            out = reverberate(out, drawn.rir)
         if condition.snr_db is not None:
-            noise, index = self.noise_bank.draw(out.shape[0], rng)
-            if not np.any(noise):
-                logger.warning("silent segment of %s for %s: white noise used instead",
-                               self.noise_bank.names[index], key)
-                noise = rng.standard_normal(out.shape[0]).astype(np.float32)
-            out = mix_at_snr(out, noise, condition.snr_db)
+            out = mix_at_snr(out, drawn.noise, condition.snr_db)
         return out.astype(np.float32, copy=False)
+
+    def fingerprint(self) -> str:
+        """SHA-1 over the seed and the names and samples of every noise and RIR in the banks
+        (part of the test-set identity in results.json)."""
+        digest = hashlib.sha1(f"corruption-v2 seed={self.seed}".encode())
+        for kind, bank, arrays in (("noise", self.noise_bank, "waveforms"),
+                                   ("rir", self.rir_bank, "rirs")):
+            if bank is None:
+                digest.update(f"no {kind}".encode())
+                continue
+            for name, wave in zip(bank.names, getattr(bank, arrays), strict=True):
+                digest.update(f"{kind}:{Path(str(name)).name}:".encode())
+                digest.update(np.ascontiguousarray(wave, dtype=np.float32).tobytes())
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Draw:
+    """What one utterance is corrupted with (:meth:`TestCorruptor.draw`).
+
+    Attributes:
+        noise: ``(S,)`` float32 noise segment (unscaled), or None without a noise bank.
+        noise_name: the recording it was cut from (``"white"`` for the silent-segment fallback).
+        rir: ``(K,)`` float32 RIR, direct path at index 0, unit energy; or None.
+        rir_name: the RIR's file.
+    """
+
+    noise: np.ndarray | None
+    noise_name: str | None
+    rir: np.ndarray | None
+    rir_name: str | None
