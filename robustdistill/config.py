@@ -36,6 +36,7 @@ from .augment import AugmentationConfig
 from .data import DataConfig
 from .objectives import OBJECTIVES
 from .student import StudentConfig
+from .teacher_cache import TeacherCacheConfig
 
 __all__ = ["ConfigError", "DistillConfig", "TrainingConfig", "load_config", "merge_config",
            "parse_overrides", "read_yaml"]
@@ -87,6 +88,8 @@ class TrainingConfig:
     resume_from: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder to resume from"})
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": "accelerate trackers"})
     export_student: bool = field(default=True, metadata={"help": "export OUTPUT_DIR/student and heads/ at the end"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute the student's transformer layers in the backward pass (less memory, more time)"})
+    compile_student: bool = field(default=False, metadata={"help": "torch.compile the student (nn.Module.compile; state dict keys unchanged)"})
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "gradient_accumulation_steps", "log_every", "eval_every",
@@ -119,6 +122,7 @@ class DistillConfig:
         default_factory=lambda: {"layerwise": {}, "enhancement": {}}
     )
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    teacher_cache: TeacherCacheConfig = field(default_factory=TeacherCacheConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (what is saved as ``OUTPUT_DIR/config.yaml``)."""
@@ -130,6 +134,7 @@ _SECTIONS = {
     "data": DataConfig,
     "augmentation": AugmentationConfig,
     "training": TrainingConfig,
+    "teacher_cache": TeacherCacheConfig,
 }
 # Filled in by the trainer from the models, never from the config.
 _MODEL_FACTS = ("teacher_hidden_size", "teacher_num_layers", "student_hidden_size",

@@ -51,6 +51,7 @@ from .data import ShardedRandomSampler, build_dataloader, build_datasets
 from .export import export_run_student
 from .objectives import DistillationInputs, LossTerm, build_objective
 from .student import create_student, save_student, student_feature_extractor
+from .teacher_cache import TeacherFeatureCache
 from .upstream import Upstream, lengths_to_mask
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class Distiller(nn.Module):
     def forward(self, noisy, clean, lengths, teacher) -> dict[str, dict[str, LossTerm]]:
         """Student on ``noisy (B, S)``; objectives on both outputs over their common frames."""
         student = self.student(noisy, lengths, return_extract_features=self.needs_cnn)
-        frames = min(teacher.hidden_states[-1].shape[1], student.hidden_states[-1].shape[1])
+        frames = min(teacher.frame_mask.shape[1], student.hidden_states[-1].shape[1])
         common = torch.minimum(teacher.frame_lengths, student.frame_lengths).clamp(max=frames)
         inputs = DistillationInputs(teacher, student, lengths_to_mask(common, frames),
                                     clean, noisy, lengths)
@@ -143,6 +144,10 @@ class _Run:
         self.teacher.to(acc.device)
         student, feature_extractor = self._build_student()
         self.feature_extractor = feature_extractor
+        if t.gradient_checkpointing:  # transformers' own recomputation of encoder layers
+            student.gradient_checkpointing_enable({"use_reentrant": False})
+        if t.compile_student:  # in place: parameter names (checkpoints, export) unchanged
+            student.compile()
         student_up = Upstream(student, normalize=feature_extractor.do_normalize,
                               use_attention_mask=feature_extractor.return_attention_mask,
                               frozen=False)
@@ -166,7 +171,18 @@ class _Run:
                                        num_training_steps=t.max_steps)
         rank, world = acc.process_index, acc.num_processes
         train_set, valid_set = build_datasets(cfg.data, cfg.seed, rank=rank, world_size=world)
-        self.train_set = train_set
+        self.train_set, self.valid_set = train_set, valid_set
+        self.teacher_cache = None
+        if cfg.teacher_cache.dir:  # targets read from disk instead of a teacher forward
+            try:
+                self.teacher_cache = TeacherFeatureCache.from_config(
+                    cfg.teacher_cache, self.teacher, objectives.values())
+                for dataset in (train_set, valid_set):
+                    self.teacher_cache.prepare_dataset(dataset)
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"teacher_cache: {err}") from err
+            logger.info("teacher cache %s (context %s, layers %s)", self.teacher_cache.path,
+                        cfg.teacher_cache.context, self.teacher_cache.layers)
         if isinstance(train_set, IterableDataset):  # streaming: sharded and resumed by itself
             self.sampler = None
         else:
@@ -246,15 +262,20 @@ class _Run:
         return dict(zip(keys, total.tolist(), strict=True))
 
     # ------------------------------------------------------------------ forward
-    def _loss(self, batch: dict, rng: np.random.Generator, step: int | None):
-        """Teacher on clean, student on corrupted; returns the objectives' terms."""
+    def _loss(self, batch: dict, rng: np.random.Generator, step: int | None, dataset=None):
+        """Teacher on clean (or its cached targets), student on corrupted; returns the
+        objectives' terms. ``dataset`` (default the training set) fills cache misses."""
         device = self.accelerator.device
         clean = batch["waveforms"]
         lengths = batch["lengths"]
         noisy, _ = self.corruptor.corrupt_batch(clean, lengths, rng, step)
+        if self.teacher_cache is not None:
+            dataset = self.train_set if dataset is None else dataset
+            teacher = self.teacher_cache.targets(batch, dataset.full_waveform, device)
         clean, noisy, lengths = clean.to(device), noisy.to(device), lengths.to(device)
         with self.accelerator.autocast():
-            teacher = self.teacher(clean, lengths)
+            if self.teacher_cache is None:
+                teacher = self.teacher(clean, lengths)
             return self.model(noisy, clean, lengths, teacher)
 
     @staticmethod
@@ -292,7 +313,9 @@ class _Run:
         all ranks), the weighted ``loss``, ``grad_norm`` and ``audio_seconds``.
         """
         acc, t = self.accelerator, self.cfg.training
+        waited = time.perf_counter()
         window = [next(batches) for _ in range(t.gradient_accumulation_steps)]
+        waited = time.perf_counter() - waited  # time blocked on the data loader
         counts = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
         for batch in window:
             for unit, value in self._unit_counts(batch).items():
@@ -323,6 +346,7 @@ class _Run:
         means = self._means(sums, counts)
         means["grad_norm"] = float(grad_norm)
         means["audio_seconds"] = counts["seconds"]
+        means["data_wait_seconds"] = waited
         return means
 
     @torch.no_grad()
@@ -341,7 +365,7 @@ class _Run:
             for unit, value in self._unit_counts(batch).items():
                 counts[unit] = counts[unit] + value
             rng = _rng(self.cfg.seed, 2**31 - 1, acc.process_index, i)
-            self._add_sums(sums, self._loss(batch, rng, None))
+            self._add_sums(sums, self._loss(batch, rng, None, self.valid_set))
         means = self._means(sums, self._reduce_counts(dict(counts)))
         self.model.train()
         return means
@@ -415,16 +439,18 @@ def train(cfg: DistillConfig) -> Path:
     batches = run._batches()
     bar = tqdm(total=t.max_steps, initial=run.progress.step, desc="distill",
                disable=not acc.is_main_process, dynamic_ncols=True)
-    started, done_audio = time.perf_counter(), 0.0
+    started, done_audio, waited = time.perf_counter(), 0.0, 0.0
     while run.progress.step < t.max_steps:
         values = run.train_step(batches)
         step = run.progress.step
         done_audio += values["audio_seconds"]
+        waited += values.pop("data_wait_seconds")
         bar.update(1)
         bar.set_postfix(loss=f"{values['loss']:.3f}")
         if step % t.log_every == 0 or step == t.max_steps:
             elapsed = time.perf_counter() - started
             values["audio_seconds_per_second"] = done_audio / max(elapsed, 1e-9)
+            values["data_wait_share"] = waited / max(elapsed, 1e-9)  # of wall time since start
             run.log("train", values)
         if step % t.eval_every == 0 or step == t.max_steps:
             valid = run.validate()

@@ -21,7 +21,8 @@ def collate_waveforms(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor
 
     Returns:
         ``{"waveforms": (B, S_max) float32, zero past each length, "lengths": (B,) int64,
-        "indices": (B,) int64}``.
+        "indices": (B,) int64}``; when every item has a ``"key"`` also ``"offsets"`` ``(B,)``
+        int64 (crop starts in samples) and ``"keys"`` (list of B content hashes).
 
     Raises:
         ValueError: no items, or a waveform that is not one-dimensional.
@@ -37,7 +38,11 @@ def collate_waveforms(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor
     for b, wave in enumerate(waves):
         waveforms[b, : len(wave)] = wave
     indices = torch.tensor([int(item["index"]) for item in items], dtype=torch.long)
-    return {"waveforms": waveforms, "lengths": lengths, "indices": indices}
+    batch = {"waveforms": waveforms, "lengths": lengths, "indices": indices}
+    if all("key" in item for item in items):  # a teacher feature cache's lookup keys
+        batch["offsets"] = torch.tensor([int(item["offset"]) for item in items], dtype=torch.long)
+        batch["keys"] = [item["key"] for item in items]
+    return batch
 
 
 def build_dataloader(

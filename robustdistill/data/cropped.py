@@ -5,6 +5,7 @@ Randomness is a pure function of ``(seed, epoch, index)`` (see :mod:`robustdisti
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -40,10 +41,28 @@ def _parse_key(key: Any) -> tuple[int, int]:
 
 def _crop(waveform: np.ndarray, max_samples: int | None, rng: np.random.Generator) -> np.ndarray:
     """``(S,)`` -> ``(min(S, max_samples),)``, a window starting uniformly in ``[0, S - max]``."""
+    return _crop_at(waveform, max_samples, rng)[0]
+
+
+def _crop_at(
+    waveform: np.ndarray, max_samples: int | None, rng: np.random.Generator, grid: int = 1
+) -> tuple[np.ndarray, int]:
+    """Like :func:`_crop`, also returning the start; the start is a multiple of ``grid`` samples.
+
+    The start is ``grid * k`` with ``k`` uniform in ``[0, (S - max) // grid]``; ``grid=1`` draws
+    exactly what :func:`_crop` draws. A teacher feature cache uses the encoder's frame hop
+    (320 samples) so that cropped frames line up with frames of the whole utterance.
+    """
     if max_samples is None or len(waveform) <= max_samples:
-        return waveform
-    start = int(rng.integers(0, len(waveform) - max_samples + 1))
-    return waveform[start : start + max_samples]
+        return waveform, 0
+    start = grid * int(rng.integers(0, (len(waveform) - max_samples) // grid + 1))
+    return waveform[start : start + max_samples], start
+
+
+def content_key(waveform: np.ndarray) -> str:
+    """SHA-256 (hex) of a waveform's float32 samples: the identity of an utterance's audio,
+    whatever its file name, container or dataset index."""
+    return hashlib.sha256(np.ascontiguousarray(waveform, dtype=np.float32).tobytes()).hexdigest()
 
 
 def _length_at_16k(frames: int, sample_rate: int) -> int:
@@ -78,6 +97,11 @@ class _CroppedAudioDataset(torch.utils.data.Dataset):
         self.min_length_s = min_length_s
         self.seed = int(seed)
         self.random_crop = random_crop
+        #: Crop starts are multiples of this many samples (set by a teacher feature cache).
+        self.crop_grid = 1
+        #: Items also carry ``"offset"`` (crop start) and ``"key"`` (:func:`content_key` of the
+        #: whole decoded utterance); set by a teacher feature cache.
+        self.content_keys = False
         self._max_samples = _to_samples(max_length_s)
         self._min_samples = _to_samples(min_length_s)
         self._bad: set[int] = set()  # items that failed at read time, in this process
@@ -162,6 +186,17 @@ class _CroppedAudioDataset(torch.utils.data.Dataset):
             new.random_crop = random_crop
         return new
 
+    def full_waveform(self, position: int) -> np.ndarray:
+        """The whole decoded utterance at ``position``, ``(S,)`` float32 at 16 kHz, uncropped.
+
+        Raises:
+            IndexError: ``position`` out of range.
+            AudioError: the item cannot be decoded.
+        """
+        if not 0 <= position < len(self):
+            raise IndexError(f"position {position} out of range for {len(self)} items")
+        return self._decode(self._sources[position])
+
     def __getitem__(self, key: Any) -> dict[str, Any]:
         """Decode and crop one item.
 
@@ -174,7 +209,9 @@ class _CroppedAudioDataset(torch.utils.data.Dataset):
             crop start comes from ``np.random.default_rng([seed, epoch, index])`` with
             ``random_crop=True``, from ``np.random.default_rng(index)`` (same every epoch and
             seed) with ``random_crop=False``. ``index`` is the item actually returned: a later
-            one when ``index`` failed to decode (see the module docstring).
+            one when ``index`` failed to decode (see the module docstring). With
+            ``content_keys`` also ``"offset"`` (crop start in samples, a multiple of
+            ``crop_grid``) and ``"key"`` (:func:`content_key` of the uncropped utterance).
 
         Raises:
             IndexError: ``index`` out of range.
@@ -211,7 +248,11 @@ class _CroppedAudioDataset(torch.utils.data.Dataset):
                 rng = np.random.default_rng([self.seed, epoch, candidate])
             else:
                 rng = np.random.default_rng(candidate)
-            return {"waveform": _crop(waveform, self._max_samples, rng), "index": candidate}
+            crop, start = _crop_at(waveform, self._max_samples, rng, self.crop_grid)
+            item = {"waveform": crop, "index": candidate}
+            if self.content_keys:
+                item.update(offset=start, key=content_key(waveform))
+            return item
         raise AudioError(
             f"{type(self).__name__}: no item from index {index} on could be read: "
             f"{failures} failed to decode in this call, {len(self._bad)} of {n} in this process; "

@@ -1,0 +1,475 @@
+"""Teacher feature cache: the frozen teacher's target layers computed once per utterance.
+
+The teacher of layer-wise distillation (DistilHuBERT, "DistilHuBERT: Speech Representation
+Learning by Layer-wise Distillation of Hidden-unit BERT", arXiv 2110.01900; RobustDistiller,
+"RobustDistiller: Compressing Universal Speech Representations for Enhanced Environment
+Robustness", arXiv 2302.09437) is frozen and sees clean audio, so its targets are a pure
+function of (teacher weights, clean audio, the audio the teacher sees). The reference code
+(s3prl's ``pretrain/distiller``) runs the teacher on every step; this module pays that cost
+once and reads the targets back, memory-mapped, on every later use.
+
+Layout on disk (``TeacherCacheConfig.dir``)::
+
+    DIR/<spec hash>/manifest.json            # teacher fingerprint, layers, context, dtype
+    DIR/<spec hash>/<kk>/<key>.safetensors   # context "utterance": one utterance
+    DIR/<spec hash>/<kk>/<key>_<start>_<n>.safetensors   # context "crop": one crop
+
+Each entry holds one tensor ``"layers"`` of shape ``(K, T, D)`` (``K`` cached layers in the
+manifest's order, ``T`` frames, ``D`` teacher width) in fp16 by default. ``<key>`` is the
+SHA-256 of the utterance's decoded 16 kHz float32 samples
+(:func:`robustdistill.data.cropped.content_key`), so renaming or moving files keeps the cache
+valid, and the spec hash changes whenever the teacher's weights or config, the layer list,
+the context or the storage dtype change: such a cache is never read for another spec
+(invalidation is a new folder; delete old folders to reclaim the space).
+
+Which audio the teacher sees (``context``):
+
+* ``"utterance"`` (default): the whole utterance, once. Training crops start on the
+  teacher's frame grid (320 samples = 20 ms), so crop frame ``i`` is utterance frame
+  ``start / 320 + i`` and the targets are a slice of the cached utterance. Deviation from the
+  reference code, where the teacher sees the crop: frames near a crop's edges carry teacher
+  context from outside the crop (for WavLM/HuBERT the transformer attends over the whole
+  utterance; for Whisper the utterance is padded to 30 s once instead of each crop). The cache
+  for a 960 h corpus is about ``K x 768 x 2`` bytes per 20 ms (K=3: 230 MB per hour of audio).
+* ``"crop"``: the teacher sees exactly the crop, as in the reference code; an entry is keyed by
+  (utterance, crop start, crop length) and is filled on first use, so it saves time only when
+  the same crop recurs (validation crops, utterances shorter than the crop length, fixed
+  crops); random crops of long utterances almost never recur.
+
+Each utterance is encoded alone (batch of one, no padding). Teacher-every-step encodes padded
+batches; for teachers without an attention mask (``feat_extract_norm == "group"``, e.g. HuBERT
+and the random WavLM Base+ shape of ``make-teacher``) the padded outputs differ slightly from
+the unpadded ones, so cached targets are the padding-free values. With equal-length crops
+(no padding) and ``dtype: float32`` the cached targets equal teacher-every-step exactly
+(``tests/test_teacher_cache.py``).
+
+Build it ahead with ``robustdistill cache-teacher --config RECIPE`` (multi-process with
+``accelerate launch``, resumable, progress bar) or lazily: a miss is computed and written on
+first use (``missing: compute``), or is an error (``missing: error``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .data.cropped import content_key
+from .upstream import Upstream, UpstreamOutput, lengths_to_mask
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CachedLayers", "TeacherCacheConfig", "TeacherFeatureCache", "build_cache",
+           "cached_layers_of", "main", "teacher_fingerprint"]
+
+#: Bumped when the entry format changes (part of the spec hash).
+FORMAT_VERSION = 1
+CONTEXTS = ("utterance", "crop")
+DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class TeacherCacheConfig:
+    """The ``teacher_cache`` section of a distillation config (off unless ``dir`` is set).
+
+    Attributes:
+        dir: cache root folder; None disables the cache (teacher on every step).
+        context: ``"utterance"`` (the teacher sees whole utterances; crops on its frame grid)
+            or ``"crop"`` (the teacher sees exactly the crop; entries per crop).
+        dtype: storage dtype of the targets: ``float16`` (default), ``bfloat16`` or
+            ``float32``.
+        layers: teacher ``hidden_states`` indices to store; default the union of the
+            objectives' ``teacher_layers``.
+        missing: ``"compute"`` (a miss is computed by the teacher and written) or ``"error"``
+            (every entry must have been built by ``robustdistill cache-teacher``).
+
+    Raises:
+        ValueError: in ``__post_init__``, an unknown context, dtype or ``missing`` mode.
+    """
+
+    dir: str | None = field(default=None, metadata={"help": "cache root; null: teacher on every step"})
+    context: str = field(default="utterance", metadata={"help": "utterance (whole utterance, crops on the frame grid) or crop (teacher sees the crop)"})
+    dtype: str = field(default="float16", metadata={"help": "storage dtype: float16, bfloat16 or float32"})
+    layers: list[int] | None = field(default=None, metadata={"help": "teacher layers to store; default: the objectives' teacher_layers"})
+    missing: str = field(default="compute", metadata={"help": "compute (lazy fill) or error (prebuilt only)"})
+
+    def __post_init__(self) -> None:
+        if self.context not in CONTEXTS:
+            raise ValueError(f"teacher_cache.context must be one of {CONTEXTS}, got {self.context!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"teacher_cache.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.missing not in ("compute", "error"):
+            raise ValueError(f"teacher_cache.missing must be compute or error, got {self.missing!r}")
+        if self.layers is not None and not self.layers:
+            raise ValueError("teacher_cache.layers must name at least one layer (or be null)")
+
+
+class CachedLayers(Sequence):
+    """``hidden_states`` of a cached teacher: ``L + 1`` slots, only the cached ones filled.
+
+    Indexing a cached layer (also negatively) returns its ``(B, T, D)`` tensor; any other
+    layer raises ``KeyError`` naming the cached ones, never a wrong tensor.
+    """
+
+    def __init__(self, num_slots: int, layers: dict[int, torch.Tensor]) -> None:
+        self._num_slots = num_slots
+        self._layers = layers
+
+    def __len__(self) -> int:
+        return self._num_slots
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            raise TypeError("cached teacher layers cannot be sliced; index single layers")
+        layer = index + self._num_slots if index < 0 else index
+        if layer not in self._layers:
+            raise KeyError(f"teacher layer {index} is not in the teacher cache (cached: "
+                           f"{sorted(self._layers)}); add it to teacher_cache.layers")
+        return self._layers[layer]
+
+
+def cached_layers_of(objectives: Iterable) -> list[int]:
+    """Sorted union of the ``teacher_layers`` attributes of the objectives.
+
+    Raises:
+        ValueError: no objective names teacher layers (nothing to cache).
+    """
+    layers = sorted({int(x) for o in objectives for x in (getattr(o, "teacher_layers", None) or [])})
+    if not layers:
+        raise ValueError("no objective reads teacher layers (teacher_layers): the teacher "
+                         "cache would hold nothing; set teacher_cache.layers or turn it off")
+    return layers
+
+
+def teacher_fingerprint(teacher: Upstream) -> str:
+    """SHA-256 of the teacher's config, preprocessing and every parameter and buffer.
+
+    Any change of weights, architecture, normalisation, attention-mask use or (Whisper)
+    feature extractor gives another fingerprint.
+    """
+    digest = hashlib.sha256()
+    digest.update(teacher.config.to_json_string(use_diff=False).encode())
+    digest.update(json.dumps({"normalize": bool(teacher.normalize),
+                              "attention_mask": bool(teacher.use_attention_mask)}).encode())
+    if teacher.feature_extractor is not None:
+        digest.update(teacher.feature_extractor.to_json_string().encode())
+    for name, tensor in teacher.model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class TeacherFeatureCache:
+    """Read, compute and write cached teacher targets (see the module docstring).
+
+    Args:
+        root: cache root folder (created if needed).
+        teacher: the frozen teacher upstream (computes misses; gives frame arithmetic).
+        layers: teacher ``hidden_states`` indices stored, each in ``[0, L]``.
+        context: ``"utterance"`` or ``"crop"``.
+        dtype: storage dtype name (a key of :data:`DTYPES`).
+        missing: ``"compute"`` or ``"error"``.
+
+    Raises:
+        ValueError: bad context/dtype, a layer outside ``[0, L]``, or a folder whose manifest
+            disagrees with this spec.
+    """
+
+    def __init__(self, root: str | Path, teacher: Upstream, layers: Sequence[int], *,
+                 context: str = "utterance", dtype: str = "float16",
+                 missing: str = "compute") -> None:
+        TeacherCacheConfig(dir=str(root), context=context, dtype=dtype, layers=list(layers),
+                           missing=missing)  # validates
+        bad = [x for x in layers if not 0 <= x <= teacher.num_layers]
+        if bad:
+            raise ValueError(f"teacher_cache.layers {bad} outside [0, {teacher.num_layers}]")
+        self.teacher = teacher
+        self.layers = sorted({int(x) for x in layers})
+        self.context = context
+        self.dtype = DTYPES[dtype]
+        self.missing = missing
+        self.grid = teacher.samples_per_frame
+        self.spec = {"format": FORMAT_VERSION, "teacher": teacher_fingerprint(teacher),
+                     "layers": self.layers, "context": context, "dtype": dtype,
+                     "samples_per_frame": self.grid}
+        spec_hash = hashlib.sha256(json.dumps(self.spec, sort_keys=True).encode()).hexdigest()
+        self.path = Path(root) / spec_hash[:16]
+        self.path.mkdir(parents=True, exist_ok=True)
+        manifest = self.path / "manifest.json"
+        if manifest.exists():
+            found = json.loads(manifest.read_text())
+            if found != self.spec:
+                raise ValueError(f"{manifest} describes another cache ({found}); expected "
+                                 f"{self.spec}: remove the folder")
+        else:
+            _atomic_write_text(manifest, json.dumps(self.spec, indent=2, sort_keys=True))
+        self.hits = 0
+        self.misses = 0
+
+    @classmethod
+    def from_config(cls, cfg: TeacherCacheConfig, teacher: Upstream,
+                    objectives: Iterable) -> TeacherFeatureCache:
+        """The cache of a run: ``cfg.layers`` or the objectives' teacher layers.
+
+        Raises:
+            ValueError: ``cfg.dir`` unset, or see the class.
+        """
+        if not cfg.dir:
+            raise ValueError("teacher_cache.dir is not set")
+        layers = cfg.layers if cfg.layers is not None else cached_layers_of(objectives)
+        return cls(cfg.dir, teacher, layers, context=cfg.context, dtype=cfg.dtype,
+                   missing=cfg.missing)
+
+    # ------------------------------------------------------------------ datasets
+    def prepare_dataset(self, dataset) -> None:
+        """Make a map-style dataset emit what lookups need: crop starts on the teacher's
+        frame grid and content keys (``"offset"``, ``"key"`` in every item).
+
+        Raises:
+            TypeError: a dataset without these options (a streaming dataset).
+        """
+        if not hasattr(dataset, "content_keys") or not hasattr(dataset, "crop_grid"):
+            raise TypeError(f"{type(dataset).__name__} cannot be used with the teacher cache "
+                            "(it has no content keys or crop grid); use a map-style dataset "
+                            "(data.streaming false) or turn teacher_cache off")
+        dataset.crop_grid = self.grid
+        dataset.content_keys = True
+
+    # ------------------------------------------------------------------ entries
+    def entry_path(self, key: str, start: int = 0, length: int | None = None) -> Path:
+        """File of one entry: the utterance ``key`` (context utterance) or its crop
+        ``[start, start + length)`` in samples (context crop)."""
+        name = key if self.context == "utterance" else f"{key}_{start}_{length}"
+        return self.path / key[:2] / f"{name}.safetensors"
+
+    def compute(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Teacher targets of one unpadded waveform ``(S,)`` -> ``(K, T, D)`` in storage dtype
+        (CPU)."""
+        device = next(self.teacher.parameters()).device
+        wave = waveform.detach().to(device=device, dtype=torch.float32).reshape(1, -1)
+        out = self.teacher(wave, torch.tensor([wave.shape[1]], device=device))
+        frames = int(out.frame_lengths[0])
+        return torch.stack([out.hidden_states[x][0, :frames] for x in self.layers]).to(
+            device="cpu", dtype=self.dtype).contiguous()
+
+    def write(self, path: Path, layers: torch.Tensor) -> None:
+        """Write an entry atomically (a temporary file renamed into place), so a killed
+        build never leaves a truncated entry and concurrent writers cannot corrupt one."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({"layers": layers}, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def ensure(self, key: str, waveform: Callable[[], np.ndarray | torch.Tensor]) -> bool:
+        """Build the utterance entry ``key`` unless present (context utterance).
+
+        Args:
+            key: content key of the utterance.
+            waveform: returns the whole utterance ``(S,)`` (called only on a miss).
+
+        Returns:
+            True when the entry was computed now, False when it existed.
+        """
+        path = self.entry_path(key)
+        if path.exists():
+            return False
+        self.write(path, self.compute(torch.as_tensor(waveform())))
+        return True
+
+    def _read(self, path: Path, first: int, frames: int) -> torch.Tensor:
+        """Frames ``[first, first + frames)`` of an entry, ``(K, frames, D)``; only those bytes
+        are read (safetensors slices the memory-mapped file)."""
+        with safe_open(str(path), framework="pt") as handle:
+            part = handle.get_slice("layers")
+            total = part.get_shape()[1]
+            if first + frames > total:
+                raise ValueError(f"{path}: frames [{first}, {first + frames}) asked of a "
+                                 f"{total}-frame entry (the audio does not match its key?)")
+            return part[:, first : first + frames]
+
+    # ------------------------------------------------------------------ lookups
+    def targets(self, batch: dict, full_waveform: Callable[[int], np.ndarray] | None = None,
+                device: torch.device | str = "cpu",
+                dtype: torch.dtype = torch.float32) -> UpstreamOutput:
+        """The teacher output of a batch of clean crops, from the cache.
+
+        Args:
+            batch: a collated batch with ``waveforms (B, S_max)``, ``lengths (B,)``,
+                ``offsets (B,)`` (crop starts in samples), ``keys`` (B content keys) and
+                ``indices (B,)`` (dataset positions).
+            full_waveform: ``position -> (S,)`` whole utterance, to fill an utterance-context
+                miss (the dataset's ``full_waveform``); unused for context crop.
+            device, dtype: of the returned hidden states.
+
+        Returns:
+            :class:`~robustdistill.upstream.UpstreamOutput` whose ``hidden_states`` is a
+            :class:`CachedLayers` of ``(B, T, D)`` tensors, zero past ``frame_lengths``.
+
+        Raises:
+            KeyError: the batch has no ``keys``/``offsets`` (dataset not prepared).
+            ValueError: a crop start off the frame grid, or a cached entry shorter than the
+                crop (audio and key disagree).
+            FileNotFoundError: a miss with ``missing: error``.
+        """
+        if "keys" not in batch or "offsets" not in batch:
+            raise KeyError("batch has no 'keys'/'offsets': call TeacherFeatureCache."
+                           "prepare_dataset on its dataset first")
+        lengths = batch["lengths"].cpu()
+        frame_lengths = self.teacher.frame_lengths(lengths).cpu().long()
+        max_frames = int(frame_lengths.max())
+        out = torch.zeros(len(self.layers), len(lengths), max_frames,
+                          self.teacher.hidden_size, dtype=dtype)
+        for b, (key, start, n) in enumerate(zip(batch["keys"], batch["offsets"].tolist(),
+                                               lengths.tolist(), strict=True)):
+            frames = int(frame_lengths[b])
+            if self.context == "utterance":
+                if start % self.grid:
+                    raise ValueError(f"crop start {start} is not on the teacher's {self.grid}-"
+                                     "sample frame grid (dataset not prepared for the cache?)")
+                path, first = self.entry_path(key), start // self.grid
+            else:
+                path, first = self.entry_path(key, start, n), 0
+            if path.exists():
+                self.hits += 1
+            else:
+                self.misses += 1
+                if self.missing == "error":
+                    raise FileNotFoundError(f"teacher cache miss {path} (missing: error); "
+                                            "build it with `robustdistill cache-teacher`")
+                if self.context == "crop":
+                    self.write(path, self.compute(batch["waveforms"][b, :n]))
+                else:
+                    if full_waveform is None:
+                        raise FileNotFoundError(f"teacher cache miss {path} and no way to read "
+                                                "the whole utterance")
+                    self.ensure(key, lambda b=b: full_waveform(int(batch["indices"][b])))
+            out[:, b, :frames] = self._read(path, first, frames).to(dtype)
+        out = out.to(device)
+        frame_lengths = frame_lengths.to(device)
+        hidden = CachedLayers(self.teacher.num_layers + 1,
+                              {layer: out[i] for i, layer in enumerate(self.layers)})
+        return UpstreamOutput(hidden, frame_lengths, lengths_to_mask(frame_lengths, max_frames))
+
+    def stats(self) -> dict:
+        """``{"hits", "misses", "entries", "bytes"}`` of this process and folder."""
+        files = list(self.path.glob("*/*.safetensors"))
+        return {"hits": self.hits, "misses": self.misses, "entries": len(files),
+                "bytes": sum(f.stat().st_size for f in files)}
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------- building
+def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
+                limit: int | None = None) -> dict:
+    """Fill the cache of a distillation config ahead of training (context utterance).
+
+    Runs under ``accelerate``: process ``r`` of ``N`` computes items ``r, r + N, ...`` of each
+    split; existing entries are skipped, so an interrupted build resumes where it stopped.
+
+    Args:
+        cfg: a :class:`~robustdistill.config.DistillConfig` with ``teacher_cache.dir`` set.
+        splits: which datasets to cache.
+        limit: at most this many items per split (for smoke tests).
+
+    Returns:
+        ``{"computed": int, "skipped": int, "path": str}`` of this process.
+
+    Raises:
+        ValueError: no cache dir, or context ``crop`` (its entries depend on the random crops
+            of training, so it can only be filled lazily).
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from .data import build_datasets
+    from .objectives import build_objective
+
+    tc = cfg.teacher_cache
+    if not tc.dir:
+        raise ValueError("teacher_cache.dir is not set: nowhere to build the cache")
+    if tc.context != "utterance":
+        raise ValueError("teacher_cache.context crop is filled lazily during training (its "
+                         "entries are random crops); only context utterance can be prebuilt")
+    acc = Accelerator(cpu=cfg.training.cpu)
+    teacher = Upstream.from_pretrained(cfg.teacher, frozen=True,
+                                       trust_remote_code=cfg.trust_remote_code)
+    teacher.to(acc.device)
+    layers = tc.layers
+    if layers is None:
+        objectives = [build_objective(name, teacher_hidden_size=teacher.hidden_size,
+                                      teacher_num_layers=teacher.num_layers,
+                                      student_hidden_size=teacher.hidden_size,
+                                      student_conv_dim=teacher.conv_dim, **options)
+                      for name, options in cfg.objectives.items()]
+        layers = cached_layers_of(objectives)
+    cache = TeacherFeatureCache(tc.dir, teacher, layers, context=tc.context, dtype=tc.dtype,
+                                missing="compute")
+    train_set, valid_set = build_datasets(cfg.data, cfg.seed)
+    datasets = {"train": train_set, "validation": valid_set}
+    computed = skipped = 0
+    for split in splits:
+        dataset = datasets[split]
+        if not hasattr(dataset, "full_waveform"):
+            raise TypeError(f"{split}: {type(dataset).__name__} cannot be cached ahead "
+                            "(no full_waveform: a streaming dataset?)")
+        count = len(dataset) if limit is None else min(limit, len(dataset))
+        mine = range(acc.process_index, count, acc.num_processes)
+        bar = tqdm(mine, desc=f"cache-teacher {split}", disable=not acc.is_main_process)
+        for position in bar:
+            waveform = dataset.full_waveform(position)
+            if cache.ensure(content_key(waveform), lambda w=waveform: w):
+                computed += 1
+            else:
+                skipped += 1
+            bar.set_postfix(computed=computed, skipped=skipped)
+    acc.wait_for_everyone()
+    logger.info("teacher cache %s: %d computed, %d already there (process %d)", cache.path,
+                computed, skipped, acc.process_index)
+    return {"computed": computed, "skipped": skipped, "path": str(cache.path)}
+
+
+def main(argv: list[str]) -> int:
+    """``robustdistill cache-teacher --config RECIPE [--section.key value ...]``.
+
+    Fills ``teacher_cache.dir`` for the recipe's teacher, layers and data (both splits by
+    default). Several processes: ``accelerate launch -m robustdistill.cli cache-teacher ...``.
+    """
+    from .config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(prog="robustdistill cache-teacher",
+                                     description="Precompute the teacher's target layers.")
+    parser.add_argument("--config", help="distillation YAML recipe (teacher, data, objectives)")
+    parser.add_argument("--splits", nargs="+", default=["train", "validation"],
+                        choices=["train", "validation"])
+    parser.add_argument("--limit", type=int, default=None, help="at most N items per split")
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        cfg = load_config(args.config, overrides)
+        result = build_cache(cfg, splits=args.splits, limit=args.limit)
+    except (ConfigError, FileNotFoundError, ValueError, TypeError) as err:
+        parser.error(str(err))
+    print(json.dumps(result))
+    return 0

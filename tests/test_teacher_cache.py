@@ -1,0 +1,201 @@
+"""Teacher feature cache: same losses as teacher-every-step, frame-grid slicing, invalidation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from robustdistill.config import load_config
+from robustdistill.data.cropped import _crop, _crop_at, content_key
+from robustdistill.teacher_cache import (
+    CachedLayers,
+    TeacherFeatureCache,
+    build_cache,
+    teacher_fingerprint,
+)
+from robustdistill.teachers import make_random_teacher
+from robustdistill.trainer import _Run
+from robustdistill.upstream import Upstream
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_wavlm_dir):
+    return Upstream.from_pretrained(tiny_wavlm_dir)
+
+
+def _config(tmp_path, teacher_dir, out, seconds, **extra):
+    overrides = {
+        "teacher": str(teacher_dir), "output_dir": str(tmp_path / out), "seed": 5,
+        "data.synthetic_items": 8, "data.synthetic_seconds": f"[{seconds}, {seconds}]",
+        "data.synthetic_dir": str(tmp_path / f"corpus{seconds}"), "data.batch_size": 2,
+        "data.max_length_s": 1.0, "data.min_length_s": 0.5, "data.validation_fraction": 0.25,
+        "augmentation.num_simulated_rooms": 2, "augmentation.room_max_order": 3,
+        "objectives": "{layerwise: {teacher_layers: [1, 2]}, enhancement: {hidden_size: 8, num_layers: 1}}",
+        "training.cpu": True, "training.report_to": "[]", "training.max_steps": 3,
+        **extra,
+    }
+    argv = [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
+    return load_config(None, argv)
+
+
+def _losses(cfg, steps=2, grid=None):
+    """Training means of the first ``steps`` steps and one validation, from a fresh run."""
+    run = _Run(cfg)
+    if grid:  # the reference run crops on the same grid as the cached run
+        run.train_set.crop_grid = run.valid_set.crop_grid = grid
+    batches = run._batches()
+    values = [run.train_step(batches) for _ in range(steps)]
+    for v in values:
+        v.pop("data_wait_seconds")
+    return values + [run.validate()], run
+
+
+@pytest.mark.parametrize(("context", "seconds"), [("crop", 1.5), ("utterance", 0.8)])
+def test_cached_losses_equal_teacher_every_step(tmp_path, tiny_wavlm_dir, context, seconds):
+    """Same seed, same data: the loss of every step (and validation) with cached float32
+    targets equals teacher-every-step's. Crops are all 1 s (no padding: this tiny group-norm
+    teacher, like HuBERT Base, depends on padding). Context utterance with 0.8 s utterances:
+    the crop is the whole utterance, so both contexts must give the teacher's own values."""
+    reference, ref_run = _losses(_config(tmp_path, tiny_wavlm_dir, "ref", seconds),
+                                 grid=64)
+    cached, run = _losses(_config(tmp_path, tiny_wavlm_dir, "cached", seconds,
+                                  **{"teacher_cache.dir": str(tmp_path / "cache"),
+                                     "teacher_cache.context": context,
+                                     "teacher_cache.dtype": "float32"}))
+    assert run.teacher_cache.misses > 0 and ref_run.teacher_cache is None
+    for ref, got in zip(reference, cached, strict=True):
+        assert ref.keys() == got.keys()
+        for key in ref:
+            if key in ("loss",) or "/" in key:
+                assert got[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-7), key
+    # A second run reads every target from the cache: no miss, the same losses again.
+    again, run2 = _losses(_config(tmp_path, tiny_wavlm_dir, "again", seconds,
+                                  **{"teacher_cache.dir": str(tmp_path / "cache"),
+                                     "teacher_cache.context": context,
+                                     "teacher_cache.dtype": "float32",
+                                     "teacher_cache.missing": "error"}))
+    assert run2.teacher_cache.misses == 0 and run2.teacher_cache.hits > 0
+    for first, second in zip(cached, again, strict=True):
+        assert first["loss"] == second["loss"]
+
+
+def test_fp16_cache_changes_losses_by_less_than_fp16_precision(tmp_path, tiny_wavlm_dir):
+    reference, _ = _losses(_config(tmp_path, tiny_wavlm_dir, "ref", 1.5), steps=1, grid=64)
+    cached, _ = _losses(_config(tmp_path, tiny_wavlm_dir, "fp16", 1.5, **{
+        "teacher_cache.dir": str(tmp_path / "cache16"), "teacher_cache.context": "crop"}),
+        steps=1)
+    for ref, got in zip(reference, cached, strict=True):
+        assert got["loss"] == pytest.approx(ref["loss"], rel=2e-3)
+        assert got["loss"] != ref["loss"]  # the fp16 rounding is really there
+
+
+def test_utterance_context_slices_on_the_frame_grid(tmp_path, teacher):
+    """A crop starting at 64 k samples gets utterance frames [k, k + frames(crop))."""
+    cache = TeacherFeatureCache(tmp_path, teacher, [1, 2], dtype="float32")
+    full = torch.randn(20_000) * 0.1
+    key = content_key(full.numpy())
+    with torch.no_grad():
+        whole = teacher(full[None], torch.tensor([20_000])).hidden_states
+    starts, n = [640, 3200], 8000
+    batch = {"waveforms": torch.stack([full[s : s + n] for s in starts]),
+             "lengths": torch.tensor([n, n]), "offsets": torch.tensor(starts),
+             "keys": [key, key], "indices": torch.tensor([0, 0])}
+    out = cache.targets(batch, full_waveform=lambda i: full.numpy())
+    frames = int(teacher.frame_lengths(torch.tensor(n)))
+    assert out.hidden_states[1].shape == (2, frames, teacher.hidden_size)
+    for b, start in enumerate(starts):
+        for layer in (1, 2):
+            torch.testing.assert_close(out.hidden_states[layer][b],
+                                       whole[layer][0, start // 64 : start // 64 + frames])
+    assert (cache.misses, cache.hits) == (1, 1)  # one utterance entry serves both crops
+    with pytest.raises(KeyError, match="teacher layer 0 is not in the teacher cache"):
+        out.hidden_states[0]
+    assert torch.equal(out.hidden_states[-1], out.hidden_states[2])
+    batch["offsets"] = torch.tensor([640, 3201])
+    with pytest.raises(ValueError, match="not on the teacher's 64-sample frame grid"):
+        cache.targets(batch, full_waveform=lambda i: full.numpy())
+
+
+def test_missing_error_mode_and_unprepared_batches(tmp_path, teacher):
+    cache = TeacherFeatureCache(tmp_path, teacher, [2], missing="error")
+    batch = {"waveforms": torch.zeros(1, 4000), "lengths": torch.tensor([4000]),
+             "offsets": torch.tensor([0]), "keys": ["ab" * 32], "indices": torch.tensor([0])}
+    with pytest.raises(FileNotFoundError, match="cache-teacher"):
+        cache.targets(batch)
+    del batch["keys"]
+    with pytest.raises(KeyError, match="prepare_dataset"):
+        cache.targets(batch)
+
+
+def test_cache_is_invalidated_by_teacher_layers_context_and_dtype(tmp_path, tiny_wavlm_dir,
+                                                                   teacher):
+    base = TeacherFeatureCache(tmp_path, teacher, [1, 2])
+    wave = torch.randn(4000) * 0.1
+    key = content_key(wave.numpy())
+    assert base.ensure(key, lambda: wave) and not base.ensure(key, lambda: wave)
+    other_teacher = Upstream.from_pretrained(
+        make_random_teacher("wavlm", "tiny", tmp_path / "other", seed=1))
+    variants = [TeacherFeatureCache(tmp_path, other_teacher, [1, 2]),
+                TeacherFeatureCache(tmp_path, teacher, [2]),
+                TeacherFeatureCache(tmp_path, teacher, [1, 2], context="crop"),
+                TeacherFeatureCache(tmp_path, teacher, [1, 2], dtype="float32")]
+    paths = {base.path, *(v.path for v in variants)}
+    assert len(paths) == 5  # every change is a different folder
+    for variant in variants:
+        assert not variant.entry_path(key, 0, 4000).exists()  # never reads base's entry
+    # Same spec (layers in another order): the same folder, the entry is a hit.
+    assert TeacherFeatureCache(tmp_path, teacher, [2, 1]).entry_path(key).exists()
+    # One weight changed in place changes the fingerprint.
+    before = teacher_fingerprint(teacher)
+    with torch.no_grad():
+        next(teacher.model.parameters()).view(-1)[0] += 1e-3
+    try:
+        assert teacher_fingerprint(teacher) != before
+    finally:
+        with torch.no_grad():
+            next(teacher.model.parameters()).view(-1)[0] -= 1e-3
+    # A folder whose manifest disagrees is refused, not read.
+    manifest = base.path / "manifest.json"
+    spec = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**spec, "layers": [7]}))
+    with pytest.raises(ValueError, match="describes another cache"):
+        TeacherFeatureCache(tmp_path, teacher, [1, 2])
+
+
+def test_cached_layers_and_bad_options(teacher, tmp_path):
+    layers = CachedLayers(3, {2: torch.ones(1)})
+    assert len(layers) == 3 and layers[-1] is layers[2]
+    with pytest.raises(KeyError, match=r"cached: \[2\]"):
+        layers[1]
+    with pytest.raises(ValueError, match="outside"):
+        TeacherFeatureCache(tmp_path, teacher, [3])
+    with pytest.raises(ValueError, match="context"):
+        TeacherFeatureCache(tmp_path, teacher, [1], context="window")
+
+
+def test_crop_grid_keeps_the_old_draw_and_lands_on_the_grid():
+    wave = np.arange(10_000, dtype=np.float32)
+    for seed in range(20):
+        crop, start = _crop_at(wave, 3000, np.random.default_rng(seed))
+        assert np.array_equal(crop, _crop(wave, 3000, np.random.default_rng(seed)))
+        crop, start = _crop_at(wave, 3000, np.random.default_rng(seed), grid=320)
+        assert start % 320 == 0 and 0 <= start <= 7000 and crop[0] == start
+        assert len(crop) == 3000
+    assert _crop_at(wave[:100], 3000, np.random.default_rng(0), grid=320)[1] == 0
+
+
+def test_build_cache_is_resumable_and_training_then_never_misses(tmp_path, tiny_wavlm_dir):
+    extra = {"teacher_cache.dir": str(tmp_path / "cache"), "teacher_cache.missing": "error"}
+    cfg = _config(tmp_path, tiny_wavlm_dir, "built", 1.5, **extra)
+    first = build_cache(cfg, limit=2)
+    assert (first["computed"], first["skipped"]) == (4, 0)  # 2 train + 2 validation
+    second = build_cache(cfg)
+    assert second["skipped"] == 4 and second["computed"] == 8 - 4  # 6 train + 2 validation
+    _, run = _losses(cfg, steps=3)  # missing: error would raise on any miss
+    assert run.teacher_cache.misses == 0 and run.teacher_cache.hits >= 6
+    with pytest.raises(ValueError, match="filled lazily"):
+        build_cache(_config(tmp_path, tiny_wavlm_dir, "x", 1.5, **{
+            **extra, "teacher_cache.context": "crop"}))
