@@ -32,7 +32,7 @@ from __future__ import annotations
 import importlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -60,6 +60,7 @@ __all__ = [
     "get_task",
     "iterate_batches",
     "pad_hidden",
+    "padding_independent",
 ]
 
 
@@ -110,6 +111,17 @@ class TaskConfig:
         cache_dtype: storage type of the kept hidden states (float16 halves the memory).
         disk_cache: also save the extracted hidden states under ``OUT/cache/`` and reuse them
             when the same upstream, data, condition and seed come again.
+        label: what the run measures (``kws``, ``sid``, ``ic``...): several SUPERB tasks share
+            one task folder and metric (keyword spotting and speaker identification are both
+            accuracy), so ``compare`` refuses to mix labels and plot titles use it. None: the
+            task folder name.
+        encode_padding: how utterances are batched for the upstream. ``"auto"``: batches
+            (sorted by length) when the upstream's features do not depend on padding (it takes
+            an attention mask, or it is Whisper, which pads every window to 30 s anyway), one
+            utterance per forward pass otherwise (group-norm CNN upstreams without attention
+            mask normalise over the padded length, so a test utterance's features would depend
+            on its batch neighbours); ``"single"``: always one at a time; ``"batch"``: always
+            batch (faster, padding-dependent for such upstreams).
     """
 
     data: DataConfig
@@ -118,6 +130,8 @@ class TaskConfig:
     encode_batch_size: int = 8
     cache_dtype: Literal["float16", "float32"] = "float16"
     disk_cache: bool = True
+    label: str | None = None
+    encode_padding: Literal["auto", "single", "batch"] = "auto"
 
 
 # ---------------------------------------------------------------------------- examples
@@ -306,6 +320,25 @@ class Task(ABC):
         """Task facts for results.json (number of classes, trials...). Default: empty."""
         return {}
 
+    # ---- per-item results -------------------------------------------------------------------
+    #: What one per-item record is: ``"utterance"`` or ``"trial"`` (speaker verification).
+    item_unit: ClassVar[str] = "utterance"
+
+    def items(self) -> list[dict[str, Any]]:
+        """The per-item records of the last :meth:`evaluate` call (JSON-serialisable dicts,
+        one per utterance or trial, in evaluation order), written by the runner to
+        ``OUT/items/<condition>.jsonl`` like s3prl's predict / score files. Tasks set
+        ``self.last_items`` in :meth:`evaluate`; default: none."""
+        return list(getattr(self, "last_items", []))
+
+    @classmethod
+    def item_statistic(cls, items: Sequence[dict[str, Any]], metric: str
+                       ) -> Callable[[np.ndarray], float] | None:
+        """``f(indices) -> metric`` over the records ``items[indices]`` (indices may repeat:
+        bootstrap resamples), or None when ``metric`` cannot be computed from the records.
+        ``f(arange(len(items)))`` equals the metric :meth:`evaluate` reported. Default: None."""
+        return None
+
 
 def get_task(name: str) -> type[Task]:
     """The task class of folder ``downstream/tasks/<name>/`` (its ``TASK`` attribute).
@@ -328,6 +361,17 @@ def get_task(name: str) -> type[Task]:
 
 
 # ---------------------------------------------------------------------------- shared runner pieces
+def padding_independent(upstream: Upstream) -> bool:
+    """Whether a batched forward pass gives every utterance the features it gets alone.
+
+    True for Whisper (each 30 s window is padded to 3000 log-mel frames whatever the batch)
+    and for upstreams that pass an attention mask (the CNN of those models uses layer norm
+    per frame, and attention ignores padded frames). False for group-norm CNN upstreams
+    without attention mask (HuBERT / wav2vec 2.0 Base style, DistilHuBERT students): group norm
+    normalises each channel over all time steps including the padding."""
+    return bool(getattr(upstream, "is_whisper", False) or upstream.use_attention_mask)
+
+
 def encode_examples(
     upstream: Upstream,
     featurizer: Featurizer,

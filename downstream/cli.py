@@ -2,9 +2,14 @@
 
 ::
 
-    robustdistill evaluate --task TASK --upstream ID_OR_DIR --config FILE --out DIR
+    robustdistill evaluate --task TASK --upstream ID_OR_DIR|fbank --config FILE --out DIR
         [--conditions clean snr-5 snr0 snr5 snr10 snr20 reverb]
-        [--test-noise-dir D] [--test-rir-dir D] [--seed N] [--device cpu]
+        [--test-noise-dir D] [--test-rir-dir D] [--seed N | --seeds 0 1 2] [--device cpu]
+        [-o section.key=value ...] [--evaluate-only OUT/head.pt]
+
+TASK is a folder under ``downstream/tasks`` or a SUPERB name: ``ks``, ``sid``, ``ic``, ``er``
+(utterance classification), ``asv`` (speaker verification), ``se`` (speech enhancement),
+``asr``, ``pr`` (CTC over a configurable alphabet).
     robustdistill compare RESULT.json ... --out DIR
 
 Also runnable as ``python -m downstream.cli evaluate ...`` / ``... compare ...``.
@@ -41,8 +46,66 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-noise-dir", help="noise recordings for the snr conditions")
     parser.add_argument("--test-rir-dir", help="room impulse responses for reverb conditions")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="several seeds: one run per seed into OUT/seed<N>/, and OUT/results.json "
+                        "with the mean, the standard deviation and intervals over seeds")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, dotted key, YAML value "
+                        "(e.g. -o training.steps=50 -o head.dropout=0.1); repeatable")
+    parser.add_argument("--evaluate-only", metavar="HEAD",
+                        help="a head.pt saved by an earlier run: skip training, test it on "
+                        "--conditions (with --seeds, '{seed}' in the path is replaced)")
+    parser.add_argument("--bootstrap-resamples", type=int, default=1000,
+                        help="resamples of the per-item bootstrap intervals (0: none)")
     return parser
+
+
+#: SUPERB task names -> (task folder, label).
+SUPERB_TASKS = {
+    "ks": "utterance_classification",
+    "sid": "utterance_classification",
+    "ic": "utterance_classification",
+    "er": "utterance_classification",
+    "asv": "speaker_verification",
+    "sv": "speaker_verification",
+    "se": "speech_enhancement",
+    "asr": "asr",
+    "pr": "asr",
+}
+
+
+def resolve_task(name: str) -> tuple[str, str | None]:
+    """``--task`` value -> (task folder, label): SUPERB names (``ks``, ``sid``, ``ic``, ``er``,
+    ``asv``, ``se``, ``asr``, ``pr``) map to their folder with themselves as label; a folder
+    name maps to itself with no label."""
+    key = name.strip().lower()
+    if key in SUPERB_TASKS:
+        return SUPERB_TASKS[key], key
+    return name, None
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a": {"b": 1}, "c": [1, 2]}`` (values read as YAML).
+
+    Raises:
+        ValueError: an item without ``=`` or with an empty key.
+    """
+    import yaml
+
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or any(not p for p in key.strip().split(".")):
+            raise ValueError(f"override {pair!r} must look like section.key=value")
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {pair!r} conflicts with an earlier one")
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    return out
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:
@@ -52,17 +115,21 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     before the upstream runs.
     """
     from .config import ConfigError
-    from .runner import RunOptions, run_evaluation
+    from .runner import RunOptions, run_evaluation, run_seeds
 
     parser = _evaluate_parser()
     args = parser.parse_args(argv)
-    options = RunOptions(
-        task=args.task, upstream=args.upstream, config=args.config, out=args.out,
-        conditions=args.conditions, test_noise_dir=args.test_noise_dir,
-        test_rir_dir=args.test_rir_dir, seed=args.seed, device=args.device,
-    )
+    task, label = resolve_task(args.task)
     try:
-        results = run_evaluation(options)
+        overrides = parse_overrides(args.override)
+        options = RunOptions(
+            task=task, upstream=args.upstream, config=args.config, out=args.out,
+            conditions=args.conditions, test_noise_dir=args.test_noise_dir,
+            test_rir_dir=args.test_rir_dir, seed=args.seed, device=args.device,
+            overrides=overrides or None, evaluate_only=args.evaluate_only,
+            bootstrap_resamples=args.bootstrap_resamples, label=label,
+        )
+        results = run_seeds(options, args.seeds) if args.seeds else run_evaluation(options)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     primary = results["primary_metric"]
@@ -79,13 +146,16 @@ def compare_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="robustdistill compare",
         description="Merge results.json files of one task (one per upstream) into one "
-        "results.json, results.md and robustness.png.",
+        "results.json, results.md and robustness.png, with paired bootstrap intervals (and "
+        "McNemar for accuracy) of every pair of upstreams on the same test items.",
     )
     parser.add_argument("results", nargs="+", help="results.json files")
     parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--bootstrap-resamples", type=int, default=1000,
+                        help="resamples of the paired bootstrap")
     args = parser.parse_args(argv)
     try:
-        merged = compare(args.results, args.out)
+        merged = compare(args.results, args.out, args.bootstrap_resamples)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     logger.info("compared %d results into %s", len(merged), args.out)

@@ -3,20 +3,186 @@
 One run writes its own results; :func:`compare` merges the results.json of several runs of the
 same task (one per upstream: teacher, distilled student, random student...) into one table and
 one plot with a line per upstream.
+
+Per-item results: a run writes ``OUT/items/<condition>.jsonl``, one JSON record per test
+utterance (prediction, per-utterance scores, errors) or per trial (speaker verification scores),
+as s3prl writes its predict / score files. From them every metric the task can recompute gets a
+bootstrap 95 % interval (:mod:`downstream.stats`), and :func:`compare` tests each pair of
+upstreams **on the same items**: paired bootstrap interval of the difference and its p-value, plus
+the exact McNemar test for accuracy. A multi-seed run (:func:`aggregate_seeds`) reports the mean
+over seeds with a standard deviation and an interval from a bootstrap stratified by seed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from .stats import bootstrap_interval, mcnemar, paired_bootstrap
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["compare", "load_results", "plot_robustness", "results_table", "write_outputs"]
+__all__ = ["TestSetMismatch", "aggregate_seeds", "compare", "item_groups", "item_intervals",
+           "load_results", "paired_comparisons", "plot_robustness", "read_items",
+           "results_table", "write_items", "write_outputs"]
+
+
+class TestSetMismatch(ValueError):
+    """Results that cannot be compared item by item (different test sets or items)."""
+
+    __test__ = False
+
+
+# ---------------------------------------------------------------------------- per-item records
+def write_items(path: str | Path, items: Sequence[dict[str, Any]]) -> None:
+    """Write per-item records as JSON lines (``path``'s folder must exist)."""
+    with open(path, "w") as f:
+        for record in items:
+            f.write(json.dumps(record, default=_jsonable) + "\n")
+
+
+def read_items(path: str | Path) -> list[dict[str, Any]]:
+    """Read a :func:`write_items` file.
+
+    Raises:
+        FileNotFoundError: no such file (the run predates per-item results, or was moved
+            without its ``items/`` folder).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"per-item results not found: {path}")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _task_class(result: dict[str, Any]):
+    from .base import get_task
+
+    return get_task(result["task"])
+
+
+def _group_stat(task_class, groups: Sequence[Sequence[dict]], metric: str):
+    """``stat(list of index arrays) -> mean over groups of the metric``, or None."""
+    fns = [task_class.item_statistic(g, metric) for g in groups]
+    if any(f is None for f in fns):
+        return None
+    return lambda idx: float(np.mean([f(i) for f, i in zip(fns, idx, strict=True)]))
+
+
+def item_intervals(task_class, groups: Sequence[Sequence[dict]], metrics: dict[str, float],
+                   resamples: int = 1000, seed: int = 0) -> dict[str, list[float]]:
+    """Bootstrap 95 % intervals ``{metric: [low, high]}`` of every metric in ``metrics`` that
+    ``task_class.item_statistic`` can recompute from the records (one group per seed).
+
+    Raises:
+        ValueError: a recomputed metric differs from the reported one (records and metrics out
+            of step: a bug, never silently ignored).
+    """
+    if resamples < 1 or not groups or not all(groups):
+        return {}
+    out = {}
+    for metric in metrics:
+        stat = _group_stat(task_class, groups, metric)
+        if stat is None:
+            continue
+        full = stat([np.arange(len(g)) for g in groups])
+        reported = metrics[metric]
+        if not (math.isclose(full, reported, rel_tol=1e-6, abs_tol=1e-9)
+                or (math.isnan(full) and math.isnan(reported))):
+            raise ValueError(f"{metric}: per-item records give {full}, the run reported "
+                             f"{reported}")
+        out[metric] = list(bootstrap_interval(stat, [len(g) for g in groups], resamples, seed))
+    return out
+
+
+def _source_dirs(result: dict[str, Any]) -> list[Path]:
+    base = Path(result.get("source_dir", "."))
+    return [base / d for d in result.get("seed_dirs", ["."])]
+
+
+def item_groups(result: dict[str, Any], condition: str) -> list[list[dict[str, Any]]]:
+    """The per-item records of one condition of a result, one list per seed.
+
+    Raises:
+        FileNotFoundError: the ``items/`` files are missing.
+    """
+    return [read_items(d / result.get("items_dir", "items") / f"{condition}.jsonl")
+            for d in _source_dirs(result)]
+
+
+def aggregate_seeds(runs: Sequence[dict[str, Any]], dirs: Sequence[str | Path],
+                    resamples: int = 1000) -> dict[str, Any]:
+    """Merge the results of one task and upstream run with several seeds.
+
+    ``metrics`` become the mean over seeds, ``metrics_std`` the sample standard deviation
+    (ddof 1; 0 for one seed), ``intervals`` a bootstrap of the mean resampling the test items
+    within each seed, ``per_seed`` the seeds' own metrics.
+
+    Raises:
+        ValueError: runs of different tasks / upstreams / conditions, or duplicate seeds.
+    """
+    if not runs or len(runs) != len(dirs):
+        raise ValueError("aggregate_seeds needs one folder per run")
+    first = runs[0]
+    for r in runs[1:]:
+        for key in ("task", "upstream", "label", "conditions"):
+            if r.get(key) != first.get(key):
+                raise ValueError(f"cannot aggregate runs with different {key}: "
+                                 f"{first.get(key)!r} vs {r.get(key)!r}")
+    seeds = [r["seed"] for r in runs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"duplicate seeds {seeds}")
+    dirs = [Path(d).resolve() for d in dirs]
+    common = Path(os.path.commonpath([str(d) for d in dirs]))
+    task_class = _task_class(first)
+    metrics, std, intervals = {}, {}, {}
+    for cond in first["conditions"]:
+        names = list(first["metrics"][cond])
+        values = {m: np.array([r["metrics"][cond][m] for r in runs], dtype=np.float64)
+                  for m in names}
+        metrics[cond] = {m: float(np.mean(v)) for m, v in values.items()}
+        std[cond] = {m: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+                     for m, v in values.items()}
+        groups = [read_items(d / r.get("items_dir", "items") / f"{cond}.jsonl")
+                  for d, r in zip(dirs, runs, strict=True)]
+        intervals[cond] = item_intervals(task_class, groups, metrics[cond], resamples, 0)
+    merged = {k: v for k, v in first.items() if k not in
+              ("metrics", "intervals", "seed", "dev", "timing", "featurizer", "source_dir")}
+    merged.update({
+        "seed": seeds,
+        "seeds": seeds,
+        "seed_dirs": [str(d.relative_to(common)) for d in dirs],
+        "source_dir": str(common),
+        "metrics": metrics,
+        "metrics_std": std,
+        "intervals": intervals,
+        "interval_method": f"bootstrap over test {first.get('item_unit', 'item')}s stratified by "
+                           f"seed (mean over {len(seeds)} seeds), 95 %, {resamples} resamples",
+        "per_seed": {str(r["seed"]): r["metrics"] for r in runs},
+        "test_set_sha1": hashlib.sha1("\n".join(r.get("test_set_sha1", "")
+                                                for r in runs).encode()).hexdigest(),
+        "featurizer": {"weights": {k: float(np.mean([r["featurizer"]["weights"][k]
+                                                     for r in runs]))
+                                   for k in first["featurizer"]["weights"]}},
+        "timing": {"total_s": float(sum(r["timing"]["total_s"] for r in runs))},
+    })
+    return merged
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 _REQUIRED = ("task", "upstream", "primary_metric", "higher_is_better", "conditions", "metrics")
 
@@ -46,6 +212,7 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
         absent = [c for c in entry["conditions"] if c not in entry["metrics"]]
         if absent:
             raise ValueError(f"{path}: no metrics for conditions {absent}")
+        entry.setdefault("source_dir", str(path.parent.resolve()))
     return entries
 
 
@@ -72,8 +239,26 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def results_table(results: Sequence[dict[str, Any]]) -> str:
-    """Markdown: one table per metric, a row per upstream, a column per condition.
+def _interval_cell(result: dict[str, Any], cond: str, metric: str) -> str:
+    """``value [low, high]`` (``mean ± std [low, high]`` for several seeds)."""
+    value = result["metrics"].get(cond, {}).get(metric)
+    text = _cell(value)
+    if text == "-":
+        return text
+    std = result.get("metrics_std", {}).get(cond, {}).get(metric)
+    if std is not None:
+        text += f" ± {std:.4f}"
+    interval = result.get("intervals", {}).get(cond, {}).get(metric)
+    if interval:
+        text += f" [{_cell(interval[0])}, {_cell(interval[1])}]"
+    return text
+
+
+def results_table(results: Sequence[dict[str, Any]],
+                  comparisons: tuple[list[dict[str, Any]], list[str]] | None = None) -> str:
+    """Markdown: one table per metric, a row per upstream, a column per condition; each cell
+    the value with its bootstrap 95 % interval (and ± the standard deviation over seeds for
+    multi-seed runs); then the paired comparisons when given (:func:`paired_comparisons`).
 
     Raises:
         ValueError: results of different tasks.
@@ -87,30 +272,55 @@ def results_table(results: Sequence[dict[str, Any]]) -> str:
     primary = results[0]["primary_metric"]
     metric_names.sort(key=lambda m: m != primary)  # primary metric first
     direction = "higher is better" if results[0]["higher_is_better"] else "lower is better"
-    lines = [f"# {results[0]['task']}", ""]
-    for r, label in zip(results, _labels(results), strict=True):
+    label = _task_label(results[0])
+    title = label if label == results[0]["task"] else f"{label} ({results[0]['task']})"
+    lines = [f"# {title}", ""]
+    for r, name in zip(results, _labels(results), strict=True):
         items = r.get("num_items", {})
-        lines.append(f"- **{label}**: `{r['upstream']}`, seed {r.get('seed')}, items "
+        lines.append(f"- **{name}**: `{r['upstream']}`, seed {r.get('seed')}, items "
                      + ", ".join(f"{k} {v}" for k, v in items.items())
                      + (f", total {r['timing']['total_s']:.0f} s" if "timing" in r else ""))
+    methods = sorted({r["interval_method"] for r in results if r.get("interval_method")})
+    if methods:
+        lines += ["", "Cells: value [95 % interval: " + "; ".join(methods) + "]"
+                  + (" ; ± standard deviation over seeds" if any("metrics_std" in r
+                                                                  for r in results) else "")]
     if _different_test_sets(results):
-        lines += ["", "**Warning: these upstreams were tested on different test sets (data config "
-                  "or seed differ); their numbers are not directly comparable.**"]
+        lines += ["", "**Warning: these upstreams were tested on different test sets (data, seed, "
+                  "conditions or noise/RIR files differ); their numbers are not directly "
+                  "comparable.**"]
     lines.append("")
     for metric in metric_names:
         note = f" ({direction})" if metric == primary else ""
         lines += [f"## {metric}{note}", "", "| upstream | " + " | ".join(conditions) + " |",
                   "|---|" + "---|" * len(conditions)]
-        for r, label in zip(results, _labels(results), strict=True):
-            cells = [_cell(r["metrics"].get(c, {}).get(metric)) for c in conditions]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        for r, name in zip(results, _labels(results), strict=True):
+            cells = [_interval_cell(r, c, metric) for c in conditions]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
-    weights = [(label, r["featurizer"]["weights"]) for r, label in
+    if comparisons is not None:
+        rows, notes = comparisons
+        lines += [f"## paired comparisons ({primary}: a minus b, same test items)", ""]
+        if rows:
+            has_mc = any("mcnemar_p" in row for row in rows)
+            lines += ["| a | b | condition | difference [95 % interval] | bootstrap p |"
+                      + (" McNemar p (a only / b only) |" if has_mc else "") + " significant |",
+                      "|---|---|---|---|---|" + ("---|" if has_mc else "") + "---|"]
+            for row in rows:
+                mc = (f" {row['mcnemar_p']:.3g} ({row['a_only']} / {row['b_only']}) |"
+                      if "mcnemar_p" in row else (" - |" if has_mc else ""))
+                lines.append(
+                    f"| {row['a']} | {row['b']} | {row['condition']} | {row['difference']:+.4f} "
+                    f"[{row['low']:+.4f}, {row['high']:+.4f}] | {row['p_value']:.3g} |{mc} "
+                    f"{'yes' if row['significant'] else 'no'} |")
+        lines += [f"- {n}" for n in notes]
+        lines.append("")
+    weights = [(name, r["featurizer"]["weights"]) for r, name in
                zip(results, _labels(results), strict=True) if "featurizer" in r]
     if weights:
         lines += ["## featurizer layer weights", ""]
-        for label, w in weights:
-            lines.append(f"- {label}: " + ", ".join(f"{k}: {v:.3f}" for k, v in w.items()))
+        for name, w in weights:
+            lines.append(f"- {name}: " + ", ".join(f"{k}: {v:.3f}" for k, v in w.items()))
         lines.append("")
     return "\n".join(lines)
 
@@ -121,12 +331,84 @@ def _different_test_sets(results: Sequence[dict[str, Any]]) -> bool:
     return len({r["test_set_sha1"] for r in results if r.get("test_set_sha1")}) > 1
 
 
+def _task_label(result: dict[str, Any]) -> str:
+    """The task label (``kws``, ``sid``...; results written before labels: the task folder)."""
+    return str(result.get("label") or result["task"])
+
+
 def _check_same_task(results: Sequence[dict[str, Any]]) -> None:
+    """Refuse to put different tasks in one table, including two tasks that share a folder and
+    a metric (keyword spotting and speaker identification are both accuracy).
+
+    Raises:
+        ValueError: no results, or different (task, label, primary metric).
+    """
     if not results:
         raise ValueError("no results given")
-    tasks = {(r["task"], r["primary_metric"]) for r in results}
+    tasks = {(r["task"], _task_label(r), r["primary_metric"]) for r in results}
     if len(tasks) > 1:
         raise ValueError(f"cannot combine results of different tasks: {sorted(tasks)}")
+
+
+def paired_comparisons(results: Sequence[dict[str, Any]], resamples: int = 1000, seed: int = 0
+                       ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every pair of upstreams, every condition, the primary metric: paired bootstrap of the
+    difference on the same items (and McNemar for accuracy-type records with ``correct``).
+
+    Pairs whose test sets differ (hash, seeds, or item keys) are skipped with a note.
+
+    Returns:
+        ``(rows, notes)``: rows ``{"a", "b", "condition", "metric", "difference", "low",
+        "high", "p_value", "significant"[, "mcnemar_p", "a_only", "b_only"]}`` with
+        ``difference = metric(a) - metric(b)`` and ``significant`` when the 95 % interval
+        excludes 0; notes are human-readable reasons for skipped pairs.
+    """
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    labels = _labels(results)
+    task_class = _task_class(results[0])
+    metric = results[0]["primary_metric"]
+    conditions = _ordered_conditions(results)
+    for (ia, a), (ib, b) in itertools.combinations(enumerate(results), 2):
+        pair = f"{labels[ia]} vs {labels[ib]}"
+        if a.get("test_set_sha1") != b.get("test_set_sha1"):
+            notes.append(f"{pair}: different test sets (test_set_sha1), no paired test")
+            continue
+        for cond in conditions:
+            if cond not in a["metrics"] or cond not in b["metrics"]:
+                continue
+            try:
+                ga, gb = item_groups(a, cond), item_groups(b, cond)
+                _check_paired(ga, gb)
+            except (FileNotFoundError, TestSetMismatch) as err:
+                notes.append(f"{pair} {cond}: {err}")
+                continue
+            sa, sb = _group_stat(task_class, ga, metric), _group_stat(task_class, gb, metric)
+            if sa is None or sb is None:
+                notes.append(f"{pair}: {metric} cannot be recomputed from the items")
+                break
+            test = paired_bootstrap(sa, sb, [len(g) for g in ga], resamples, seed)
+            row = {"a": labels[ia], "b": labels[ib], "condition": cond, "metric": metric, **test,
+                   "significant": bool(test["low"] > 0 or test["high"] < 0)}
+            if all("correct" in r for g in ga + gb for r in g):
+                mc = mcnemar([r["correct"] for g in ga for r in g],
+                             [r["correct"] for g in gb for r in g])
+                row.update({"mcnemar_p": mc["p_value"], "a_only": mc["a_only"],
+                            "b_only": mc["b_only"]})
+            rows.append(row)
+    return rows, notes
+
+
+def _item_id(record: dict[str, Any]) -> str:
+    return str(record.get("key", (record.get("enroll"), record.get("test"))))
+
+
+def _check_paired(ga: Sequence[Sequence[dict]], gb: Sequence[Sequence[dict]]) -> None:
+    if len(ga) != len(gb):
+        raise TestSetMismatch(f"{len(ga)} vs {len(gb)} seeds")
+    for a, b in zip(ga, gb, strict=True):
+        if [_item_id(r) for r in a] != [_item_id(r) for r in b]:
+            raise TestSetMismatch("the per-item records hold different items")
 
 
 def plot_robustness(results: Sequence[dict[str, Any]], path: str | Path) -> None:
@@ -151,17 +433,29 @@ def plot_robustness(results: Sequence[dict[str, Any]], path: str | Path) -> None
     for r, label in zip(results, _labels(results), strict=True):
         def value(c, _r=r):
             return _r["metrics"].get(c, {}).get(primary, float("nan"))
+        def bars(cs, _r=r):
+            """(2, n) distances to the interval ends (0 where there is no interval)."""
+            out = np.zeros((2, len(cs)))
+            for k, c in enumerate(cs):
+                iv = _r.get("intervals", {}).get(c, {}).get(primary)
+                v = value(c)
+                if iv and np.isfinite(v) and all(np.isfinite(iv)):
+                    out[:, k] = [max(0.0, v - iv[0]), max(0.0, iv[1] - v)]
+            return out
+
         xs = [axis.index(c) for c in line]
-        (handle,) = ax.plot(xs, [value(c) for c in line], marker="o", label=label)
+        handle = ax.errorbar(xs, [value(c) for c in line], yerr=bars(line), marker="o",
+                             capsize=3, label=label).lines[0]
         if others:
-            ax.plot([axis.index(c) for c in others], [value(c) for c in others], linestyle="none",
-                    marker="s", color=handle.get_color())
+            ax.errorbar([axis.index(c) for c in others], [value(c) for c in others],
+                        yerr=bars(others), linestyle="none", marker="s", capsize=3,
+                        color=handle.get_color())
     ax.set_xticks(range(len(axis)), [c.replace("snr", "SNR ") + (" dB" if c.startswith("snr")
                                                                   else "") for c in axis])
     ax.set_xlabel("test condition")
     ax.set_ylabel(primary + (" (higher is better)" if results[0]["higher_is_better"]
                              else " (lower is better)"))
-    ax.set_title(f"{results[0]['task']}: robustness")
+    ax.set_title(f"{_task_label(results[0])}: robustness (bars: 95 % intervals)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
@@ -169,34 +463,35 @@ def plot_robustness(results: Sequence[dict[str, Any]], path: str | Path) -> None
     plt.close(fig)
 
 
-def write_outputs(results: Sequence[dict[str, Any]], out: str | Path) -> None:
-    """Write ``results.json`` (the single result, or ``{"results": [...]}`` for several),
-    ``results.md`` and ``robustness.png`` into ``out`` (created)."""
+def write_outputs(results: Sequence[dict[str, Any]], out: str | Path,
+                  comparisons: tuple[list[dict[str, Any]], list[str]] | None = None) -> None:
+    """Write ``results.json`` (the single result, or ``{"results": [...], "comparisons":
+    [...]}`` for several), ``results.md`` and ``robustness.png`` into ``out`` (created)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    payload = results[0] if len(results) == 1 else {"results": list(results)}
+    payload: dict[str, Any] = results[0] if len(results) == 1 else {"results": list(results)}
+    if comparisons is not None:
+        payload = {**payload, "comparisons": comparisons[0], "comparison_notes": comparisons[1]}
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
-    (out / "results.md").write_text(results_table(results))
+    (out / "results.md").write_text(results_table(results, comparisons))
     plot_robustness(results, out / "robustness.png")
 
 
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
-
-def compare(paths: Sequence[str | Path], out: str | Path) -> list[dict[str, Any]]:
-    """Merge several results.json (same task, one per upstream) into ``out``.
+def compare(paths: Sequence[str | Path], out: str | Path, resamples: int = 1000
+            ) -> list[dict[str, Any]]:
+    """Merge several results.json (same task and label, one per upstream) into ``out``, with
+    paired comparisons of every pair of upstreams on the same test items
+    (:func:`paired_comparisons`).
 
     Raises:
-        FileNotFoundError / ValueError: as :func:`load_results`; results of different tasks.
+        FileNotFoundError / ValueError: as :func:`load_results`; results of different tasks or
+            labels (e.g. KWS and SID, both accuracy).
     """
     results = [r for p in paths for r in load_results(p)]
     _check_same_task(results)
     if _different_test_sets(results):
         logger.warning("the results were tested on different test sets; not directly comparable")
-    write_outputs(results, out)
+    comparisons = paired_comparisons(results, resamples) if len(results) > 1 else None
+    write_outputs(results, out, comparisons)
     return results

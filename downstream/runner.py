@@ -12,6 +12,7 @@ epochs never rerun the upstream. Everything random is seeded from ``seed``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -30,16 +31,23 @@ from tqdm.auto import tqdm
 from robustdistill.audio import SAMPLE_RATE, AudioError
 from robustdistill.upstream import Upstream
 
-from .base import EncodedExample, Task, encode_examples, get_task, iterate_batches
+from .base import (
+    EncodedExample,
+    Task,
+    encode_examples,
+    get_task,
+    iterate_batches,
+    padding_independent,
+)
 from .conditions import CLEAN, DEFAULT_CONDITIONS, Condition, TestCorruptor, parse_conditions
 from .config import load_config, to_dict
 from .data import SPLITS, Utterance, load_splits, load_waveform
 from .featurizer import Featurizer
-from .results import write_outputs
+from .results import aggregate_seeds, item_intervals, write_items, write_outputs
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunOptions", "run_evaluation"]
+__all__ = ["RunOptions", "load_head", "run_evaluation", "run_seeds", "save_head", "test_set_hash"]
 
 RESULTS_FORMAT = "robustdistill-downstream-results/1"
 
@@ -58,7 +66,12 @@ class RunOptions:
         test_rir_dir: RIRs for ``reverb*`` conditions.
         seed: seeds data splits, subsampling, corruption, trials, head initialisation, batches.
         device: torch device for the upstream and the head.
-        overrides: nested dict merged over the YAML config (tests, quick experiments).
+        overrides: nested dict merged over the YAML config (``-o key=value``).
+        evaluate_only: a ``head.pt`` written by an earlier run (same task, upstream, config
+            and seed): skip training and test it on ``conditions`` (e.g. new ones).
+        bootstrap_resamples: resamples of the per-item bootstrap intervals (0: none).
+        label: task label used when the config sets none (the SUPERB name given as
+            ``--task``, e.g. ``ks``).
     """
 
     task: str
@@ -71,6 +84,9 @@ class RunOptions:
     seed: int = 0
     device: str = "cpu"
     overrides: dict[str, Any] | None = None
+    evaluate_only: str | None = None
+    bootstrap_resamples: int = 1000
+    label: str | None = None
 
 
 def run_evaluation(options: RunOptions) -> dict[str, Any]:
@@ -117,20 +133,33 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
     task.frames_per_second = SAMPLE_RATE / upstream.samples_per_frame
 
     encoder = _Encoder(task, upstream, featurizer, corruptor, waveforms, out, options)
-    train_set = encoder.get("train", CLEAN)
-    dev_set = encoder.get("dev", CLEAN)
-
-    tic = time.perf_counter()
     torch.manual_seed(options.seed)  # head initialisation independent of what ran before
     head = task.build_head(featurizer.output_size).to(options.device)
-    training = _train(task, featurizer, head, train_set, dev_set, options)
+    tic = time.perf_counter()
+    if options.evaluate_only:
+        training = load_head(options.evaluate_only, task, featurizer, head, options)
+    else:
+        train_set = encoder.get("train", CLEAN)
+        dev_set = encoder.get("dev", CLEAN)
+        tic = time.perf_counter()
+        training = _train(task, featurizer, head, train_set, dev_set, options)
+        del train_set, dev_set
+        save_head(out / "head.pt", task, featurizer, head, training, options)
     timing["train_s"] = time.perf_counter() - tic
 
     metrics: dict[str, dict[str, float]] = {}
+    intervals: dict[str, dict[str, list[float]]] = {}
+    items_dir = out / "items"
+    items_dir.mkdir(exist_ok=True)
     tic = time.perf_counter()
     for condition in tqdm(conditions, desc="conditions", leave=False):
         test_set = encoder.get("test", condition)
         metrics[condition.name] = _evaluate(task, featurizer, head, test_set, options)
+        items = task.items()
+        write_items(items_dir / f"{condition.name}.jsonl", items)
+        intervals[condition.name] = item_intervals(
+            type(task), [items], metrics[condition.name], options.bootstrap_resamples,
+            options.seed)
         logger.info("test %-12s %s", condition.name, _fmt(metrics[condition.name]))
         del test_set
     timing["test_s"] = time.perf_counter() - tic
@@ -147,10 +176,17 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
             "hidden_size": upstream.hidden_size,
             "parameters": sum(p.numel() for p in upstream.parameters()),
         },
+        "label": config.label or options.label or options.task,
         "primary_metric": task.primary_metric,
         "higher_is_better": task.higher_is_better,
         "conditions": [c.name for c in conditions],
         "metrics": metrics,
+        "intervals": intervals,
+        "interval_method": f"percentile bootstrap over test {task.item_unit}s, 95 %, "
+                           f"{options.bootstrap_resamples} resamples",
+        "item_unit": task.item_unit,
+        "items_dir": "items",
+        "evaluate_only": options.evaluate_only,
         "dev": training,
         "featurizer": {
             "layers": featurizer.layers,
@@ -159,8 +195,9 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
         },
         "task_summary": task.summary(),
         "num_items": {s: len(waveforms[s]) for s in SPLITS},
-        "test_set_sha1": hashlib.sha1(
-            "\n".join(u.key for u, _ in waveforms["test"]).encode()).hexdigest(),
+        "test_set_sha1": test_set_hash([u.key for u, _ in waveforms["test"]], options.seed,
+                                       [c.name for c in conditions], corruptor.fingerprint()),
+        "corruption_sha1": corruptor.fingerprint(),
         "skipped_items": skipped,
         "seed": options.seed,
         "device": options.device,
@@ -174,6 +211,90 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
     write_outputs([results], out)
     logger.info("wrote %s", out / "results.json")
     return results
+
+
+def test_set_hash(keys: list[str], seed: int, conditions: list[str], corruption: str) -> str:
+    """SHA-1 identifying a test set: the test utterance keys (in order), the seed (it draws the
+    split, the noise segments and rooms), the condition names and the corruption fingerprint
+    (:meth:`~downstream.conditions.TestCorruptor.fingerprint`: noise / RIR file names and
+    samples). Two runs with equal hashes heard identical test audio."""
+    text = "\n".join([f"seed={seed}", f"conditions={','.join(conditions)}",
+                      f"corruption={corruption}", *keys])
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------- the head file
+def save_head(path: Path, task: Task, featurizer: Featurizer, head: nn.Module,
+              training: dict[str, Any], options: RunOptions) -> None:
+    """Save the selected (dev-best) featurizer + head with what identifies them (task, config,
+    seed, upstream, task summary such as the class list), for ``--evaluate-only``."""
+    torch.save({
+        "format": "robustdistill-downstream-head/1",
+        "task": options.task,
+        "upstream": options.upstream,
+        "seed": options.seed,
+        "config": to_dict(task.config),
+        "task_summary": task.summary(),
+        "training": training,
+        "featurizer": featurizer.state_dict(),
+        "head": head.state_dict(),
+    }, path)
+
+
+def load_head(path: str | Path, task: Task, featurizer: Featurizer, head: nn.Module,
+              options: RunOptions) -> dict[str, Any]:
+    """Load a :func:`save_head` file into ``featurizer`` and ``head``.
+
+    Returns:
+        The training record saved with it (best step, dev history).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a head file, another task, or a different class / speaker list (the
+            config or seed differ from the run that trained it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"head file not found: {path}")
+    saved = torch.load(path, map_location=options.device, weights_only=False)
+    if not isinstance(saved, dict) or saved.get("format") != "robustdistill-downstream-head/1":
+        raise ValueError(f"{path} is not a head saved by robustdistill evaluate")
+    if saved["task"] != options.task:
+        raise ValueError(f"{path} holds a {saved['task']!r} head, not {options.task!r}")
+    summary = task.summary()
+    for key in ("classes", "num_classes", "train_speakers", "alphabet"):
+        if key in summary and summary[key] != saved["task_summary"].get(key):
+            raise ValueError(f"{path}: its {key} differ from this run's (trained with another "
+                             "config or seed?)")
+    if str(saved["upstream"]) != str(options.upstream):
+        logger.warning("head %s was trained on upstream %s, evaluating on %s", path,
+                       saved["upstream"], options.upstream)
+    featurizer.load_state_dict(saved["featurizer"])
+    head.load_state_dict(saved["head"])
+    return {**saved["training"], "loaded_from": str(path)}
+
+
+# ---------------------------------------------------------------------------- several seeds
+def run_seeds(options: RunOptions, seeds: list[int]) -> dict[str, Any]:
+    """Run :func:`run_evaluation` once per seed into ``OUT/seed<N>/`` and write the aggregate
+    (mean and standard deviation over seeds, stratified-bootstrap intervals of the mean) to
+    ``OUT/results.json``; see :func:`downstream.results.aggregate_seeds`.
+
+    Raises:
+        ValueError: fewer than one seed or repeated seeds; as :func:`run_evaluation`.
+    """
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds needs distinct seeds, got {seeds}")
+    runs = []
+    for seed in seeds:
+        sub = dataclasses.replace(options, seed=seed, out=str(Path(options.out) / f"seed{seed}"))
+        if options.evaluate_only:
+            sub.evaluate_only = options.evaluate_only.replace("{seed}", str(seed))
+        runs.append(run_evaluation(sub))
+    merged = aggregate_seeds(runs, [Path(options.out) / f"seed{s}" for s in seeds],
+                             options.bootstrap_resamples)
+    write_outputs([merged], options.out)
+    return merged
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -210,6 +331,12 @@ class _Encoder:
         self.dtype = getattr(torch, task.config.cache_dtype)
         self.timing: dict[str, float] = {}
         self._upstream_id = _upstream_fingerprint(options.upstream, upstream)
+        mode = task.config.encode_padding
+        single = mode == "single" or (mode == "auto" and not padding_independent(upstream))
+        self.batch_size = 1 if single else task.config.encode_batch_size
+        if single and mode == "auto":
+            logger.info("upstream features depend on padding (no attention mask, group-norm "
+                        "CNN): encoding one utterance at a time")
 
     def get(self, split: str, condition: Condition) -> list[EncodedExample]:
         examples = [
@@ -224,7 +351,7 @@ class _Encoder:
                 return [EncodedExample(e, h) for e, h in zip(examples, hidden, strict=True)]
         tic = time.perf_counter()
         encoded = encode_examples(
-            self.upstream, self.featurizer, examples, self.task.config.encode_batch_size,
+            self.upstream, self.featurizer, examples, self.batch_size,
             self.dtype, self.options.device, desc=f"encode {split}/{condition.name}",
         )
         seconds = time.perf_counter() - tic
@@ -242,7 +369,7 @@ class _Encoder:
         for part in (
             self._upstream_id, self.task.name, split, condition.name, self.options.seed,
             self.featurizer.layers, self.task.config.cache_dtype,
-            self.options.test_noise_dir, self.options.test_rir_dir,
+            self.options.test_noise_dir, self.options.test_rir_dir, self.batch_size,
         ):
             digest.update(repr(part).encode())
         for e in examples:
@@ -297,10 +424,13 @@ def _optimizer(task: Task, featurizer: Featurizer, head: nn.Module) -> torch.opt
 
 
 def _better(task: Task, value: float, best: float | None) -> bool:
-    if best is None:
-        return True
+    """Whether a dev metric beats the best so far. A NaN (e.g. a PESQ that failed on every dev
+    utterance) never wins, but it never locks selection either: the first finite value after
+    a NaN replaces it."""
     if not np.isfinite(value):
-        return False
+        return best is None
+    if best is None or not np.isfinite(best):
+        return True
     return value > best if task.higher_is_better else value < best
 
 

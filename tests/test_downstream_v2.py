@@ -1,7 +1,10 @@
+# ruff: noqa: F811  (pytest fixtures imported from test_downstream_tasks)
 """Downstream evaluation v2 (issue 7): one noise draw across SNRs, per-item results and
 intervals, test-set identity, padding-independent encoding, model-selection and PESQ fixes."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,3 +59,231 @@ def test_corruption_fingerprint_covers_seed_and_files():
     assert base != TestCorruptor(noise, None, seed=0).fingerprint()
     changed = NoiseBank((noise.waveforms[0] * 0.5, *noise.waveforms[1:]), noise.names)
     assert base != TestCorruptor(changed, rirs, seed=0).fingerprint()
+
+
+# ---------------------------------------------------------------------------- statistics
+def test_bootstrap_and_mcnemar_hand_values():
+    from downstream.stats import bootstrap_interval, mcnemar, paired_bootstrap
+
+    correct = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 1], dtype=float)
+
+    def acc(idx):
+        return float(np.mean([correct[i].mean() for i in idx]))
+
+    low, high = bootstrap_interval(acc, [10], resamples=2000, seed=0)
+    # binomial standard error of 0.6 with n = 10 is 0.155: the interval is about +-0.3
+    assert 0.2 <= low <= 0.4 and 0.8 <= high <= 1.0
+    assert bootstrap_interval(acc, [10], 50, seed=1) == bootstrap_interval(acc, [10], 50, seed=1)
+    same = paired_bootstrap(acc, acc, [10], resamples=200)
+    assert same["difference"] == 0 and same["low"] == same["high"] == 0 and same["p_value"] == 1
+    # a is right on 5 items where b is wrong and never the reverse: exact two-sided p = 2 / 2**5
+    a, b = [1] * 5 + [1, 0, 0], [0] * 5 + [1, 0, 0]
+    assert mcnemar(a, b) == {"a_only": 5, "b_only": 0, "p_value": pytest.approx(0.0625)}
+    assert mcnemar(a, a)["p_value"] == 1.0
+    better = np.array(a, float)
+    worse = np.array(b, float)
+    test = paired_bootstrap(lambda i: better[i[0]].mean(), lambda i: worse[i[0]].mean(), [8],
+                            resamples=500)
+    assert test["difference"] == pytest.approx(5 / 8)
+    assert test["low"] > 0 and test["p_value"] < 0.01
+    with pytest.raises(ValueError, match="paired"):
+        mcnemar([1, 0], [1])
+
+
+def test_nan_first_dev_metric_does_not_lock_selection():
+    from downstream.runner import _better
+
+    class Up:
+        higher_is_better = True
+
+    class Down:
+        higher_is_better = False
+
+    nan = float("nan")
+    assert _better(Up, nan, None)  # something must be kept
+    assert _better(Up, 0.1, nan) and _better(Down, 5.0, nan)  # a finite value replaces a NaN
+    assert not _better(Up, nan, 0.1) and not _better(Up, nan, nan)
+    assert _better(Up, 0.2, 0.1) and not _better(Up, 0.1, 0.2)
+    assert _better(Down, 0.1, 0.2) and not _better(Down, 0.2, 0.1)
+
+
+def test_pesq_improvement_pairs_utterances(monkeypatch):
+    """The improvement is the mean of per-utterance differences, not a difference of means
+    over different subsets (a failed PESQ on one utterance dropped it from one mean only)."""
+    import downstream.tasks.speech_enhancement.task as se
+    from downstream.base import Example
+    from downstream.data import DataConfig, SourceConfig
+
+    scores = {("u1", "enh"): 2.0, ("u1", "noisy"): 1.0,
+              ("u2", "enh"): float("nan"), ("u2", "noisy"): 3.0}
+
+    def fake_metrics(signal, reference, key=""):
+        kind = "enh" if signal[0] == 1.0 else "noisy"
+        return {"pesq": scores[(key, kind)], "stoi": 0.5, "si_sdr": 1.0}
+
+    monkeypatch.setattr(se, "speech_metrics", fake_metrics)
+    task = se.SpeechEnhancementTask(se.SpeechEnhancementConfig(DataConfig(SourceConfig(root="x"))))
+    examples = [Example(k, np.zeros(320, np.float32), np.ones(320, np.float32) * 0.5)
+                for k in ("u1", "u2")]
+    monkeypatch.setattr(task, "enhance", lambda head, f, ex: [np.ones(320, np.float32)] * len(ex))
+    metrics = task.evaluate(None, [(None, None, examples)])
+    assert metrics["pesq"] == 2.0 and metrics["noisy_pesq"] == 2.0  # means over 1 and 2 items
+    assert metrics["pesq_improvement"] == 1.0  # the only pair: 2 - 1 (old code: 2 - 2 = 0)
+    assert [r["key"] for r in task.items()] == ["u1", "u2"]
+
+
+# ---------------------------------------------------------------------------- end to end
+from test_downstream_tasks import _uc_config, _write_config, corpus, tiny_upstreams  # noqa: E402,F401
+
+
+def _run(corpus, upstream, config, out, *extra, conditions=("clean", "snr0", "reverb")):
+    from downstream.cli import evaluate_main
+
+    argv = ["--task", "utterance_classification", "--upstream", upstream, "--config", config,
+            "--out", str(out), "--conditions", *conditions,
+            "--test-noise-dir", str(corpus / "noise"), "--test-rir-dir", str(corpus / "rir"),
+            "--bootstrap-resamples", "200", *extra]
+    assert evaluate_main(argv) == 0
+    import json
+
+    return json.loads((out / "results.json").read_text())
+
+
+def test_items_intervals_head_reuse_and_overrides(tmp_path, corpus, tiny_upstreams):
+    import json
+
+    from downstream.results import read_items
+
+    config = _write_config(tmp_path / "uc.yaml", _uc_config(corpus))
+    out = tmp_path / "run"
+    res = _run(corpus, tiny_upstreams["wavlm"], config, out, "-o", "label=kws",
+               "-o", "training.steps=4")
+    assert res["label"] == "kws" and res["config"]["training"]["steps"] == 4
+    assert [h["step"] for h in res["dev"]["history"]] == [3, 4]
+    for cond in res["conditions"]:
+        items = read_items(out / "items" / f"{cond}.jsonl")
+        assert len(items) == res["num_items"]["test"] == 6
+        assert res["metrics"][cond]["accuracy"] == pytest.approx(
+            np.mean([r["correct"] for r in items]))
+        assert {r["prediction"] for r in items} <= {"hi", "lo"}
+        low, high = res["intervals"][cond]["accuracy"]
+        assert low <= res["metrics"][cond]["accuracy"] <= high
+    assert "[" in (out / "results.md").read_text()  # the table shows intervals
+    # the dev-best head is saved and reproduces the test results without training; new
+    # conditions can be evaluated with it
+    again = _run(corpus, tiny_upstreams["wavlm"], config, tmp_path / "again", "-o", "label=kws",
+                 "-o", "training.steps=4", "--evaluate-only", str(out / "head.pt"),
+                 conditions=("clean", "snr0", "reverb", "snr-5"))
+    assert "train_s" in again["timing"] and again["dev"]["loaded_from"] == str(out / "head.pt")
+    for cond in res["conditions"]:
+        assert again["metrics"][cond] == res["metrics"][cond]
+        assert read_items(tmp_path / "again" / "items" / f"{cond}.jsonl") == read_items(
+            out / "items" / f"{cond}.jsonl")
+    assert "snr-5" in again["metrics"]
+    assert not [k for k in again["timing"] if k.startswith("encode_train")]
+    # a head of another task is refused with a clear error
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["dev"]["best_step"] in (3, 4)
+    from downstream.cli import evaluate_main
+
+    with pytest.raises(SystemExit):
+        evaluate_main(["--task", "speaker_verification", "--upstream", tiny_upstreams["wavlm"],
+                       "--config", config, "--out", str(tmp_path / "bad"),
+                       "--conditions", "clean", "--evaluate-only", str(out / "head.pt")])
+    with pytest.raises(SystemExit):
+        evaluate_main(["--task", "ks", "--upstream", tiny_upstreams["wavlm"], "--config", config,
+                       "--out", str(tmp_path / "bad2"), "-o", "training.steps"])
+
+
+def test_test_set_hash_covers_seed_conditions_and_noise():
+    from downstream.runner import test_set_hash
+
+    base = test_set_hash(["a", "b"], 0, ["clean", "snr0"], "n1")
+    assert base == test_set_hash(["a", "b"], 0, ["clean", "snr0"], "n1")
+    for other in (test_set_hash(["a", "c"], 0, ["clean", "snr0"], "n1"),
+                  test_set_hash(["a", "b"], 1, ["clean", "snr0"], "n1"),
+                  test_set_hash(["a", "b"], 0, ["clean", "snr5"], "n1"),
+                  test_set_hash(["a", "b"], 0, ["clean", "snr0"], "n2")):
+        assert other != base
+
+
+def test_seeds_and_paired_compare(tmp_path, corpus, tiny_upstreams):
+    import json
+
+    from downstream.cli import compare_main
+
+    config = _write_config(tmp_path / "uc.yaml", _uc_config(corpus))
+    paths = {}
+    for kind, upstream in tiny_upstreams.items():
+        out = tmp_path / kind
+        res = _run(corpus, upstream, config, out, "--task", "ks", "--seeds", "0", "1",
+                   conditions=("clean", "snr0"))
+        assert res["seeds"] == [0, 1] and res["label"] == "ks"
+        per_seed = [json.loads((out / f"seed{s}" / "results.json").read_text()) for s in (0, 1)]
+        for cond in ("clean", "snr0"):
+            values = [r["metrics"][cond]["accuracy"] for r in per_seed]
+            assert res["metrics"][cond]["accuracy"] == pytest.approx(np.mean(values))
+            assert res["metrics_std"][cond]["accuracy"] == pytest.approx(np.std(values, ddof=1))
+            assert len(res["intervals"][cond]["accuracy"]) == 2
+        paths[kind] = str(out / "results.json")
+    merged = tmp_path / "cmp"
+    assert compare_main([*paths.values(), "--out", str(merged), "--bootstrap-resamples",
+                         "100"]) == 0
+    data = json.loads((merged / "results.json").read_text())
+    assert len(data["comparisons"]) == 2  # one pair x two conditions
+    row = data["comparisons"][0]
+    assert {"difference", "low", "high", "p_value", "mcnemar_p", "significant"} <= set(row)
+    first = json.loads(Path(paths["wavlm"]).read_text())
+    second = json.loads(Path(paths["hubert"]).read_text())
+    cond = row["condition"]
+    assert row["difference"] == pytest.approx(
+        first["metrics"][cond]["accuracy"] - second["metrics"][cond]["accuracy"])
+    assert "paired comparisons" in (merged / "results.md").read_text()
+    # KWS and SID share the folder and metric: compare refuses to mix their labels
+    other = dict(second, label="sid")
+    sid = tmp_path / "sid.json"
+    sid.write_text(json.dumps(other))
+    with pytest.raises(SystemExit):
+        compare_main([paths["wavlm"], str(sid), "--out", str(tmp_path / "mixed")])
+
+
+def test_group_norm_upstream_features_do_not_depend_on_batch(tiny_upstreams):
+    """A group-norm CNN without attention mask normalises over the padding: batched encoding
+    changes a short utterance's features; the runner's auto mode encodes one at a time."""
+    import torch
+
+    from downstream.base import Example, encode_examples, padding_independent
+    from downstream.featurizer import Featurizer
+    from robustdistill.upstream import Upstream
+
+    upstream = Upstream.from_pretrained(tiny_upstreams["hubert"], frozen=True)
+    assert not padding_independent(upstream)
+    assert padding_independent(Upstream.from_pretrained(tiny_upstreams["wavlm"], frozen=True)) \
+        == bool(Upstream.from_pretrained(tiny_upstreams["wavlm"]).use_attention_mask)
+    rng = np.random.default_rng(0)
+    short = Example("short", rng.standard_normal(4000).astype(np.float32), 0)
+    long = Example("long", rng.standard_normal(16000).astype(np.float32), 0)
+    featurizer = Featurizer(upstream.num_layers + 1, upstream.hidden_size)
+    alone = encode_examples(upstream, featurizer, [short], 1, torch.float32)[0].hidden
+    batched = encode_examples(upstream, featurizer, [short, long], 2, torch.float32)[0].hidden
+    single = encode_examples(upstream, featurizer, [short, long], 1, torch.float32)[0].hidden
+    assert not torch.allclose(alone, batched, atol=1e-4)  # the problem is real
+    torch.testing.assert_close(alone, single)
+
+
+def test_runner_auto_padding_mode(tmp_path, corpus, tiny_upstreams):
+    from downstream.base import get_task
+    from downstream.config import load_config
+    from downstream.runner import RunOptions, _Encoder
+    from robustdistill.upstream import Upstream
+
+    config_path = _write_config(tmp_path / "uc.yaml", _uc_config(corpus))
+    task_class = get_task("utterance_classification")
+    for mode, kind, expected in (("auto", "hubert", 1), ("batch", "hubert", 8),
+                                 ("single", "wavlm", 1)):
+        config = load_config(config_path, task_class.config_class, {"encode_padding": mode})
+        upstream = Upstream.from_pretrained(tiny_upstreams[kind], frozen=True)
+        options = RunOptions("utterance_classification", tiny_upstreams[kind], config_path,
+                             str(tmp_path))
+        encoder = _Encoder(task_class(config), upstream, None, None, {}, tmp_path, options)
+        assert encoder.batch_size == expected

@@ -19,9 +19,10 @@ Tensor legend: ``B`` batch, ``T`` frames, ``D`` featurizer width, ``V`` alphabet
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -34,7 +35,7 @@ from .make_transcripts import normalize_transcript
 logger = logging.getLogger(__name__)
 
 __all__ = ["ALPHABET", "AsrConfig", "AsrHeadConfig", "AsrTask", "CtcHead", "decode_greedy",
-           "encode_text"]
+           "edit_distance", "encode_text"]
 
 #: Index 0 is the CTC blank; then space, apostrophe, A-Z.
 ALPHABET = ("<blank>", " ", "'", *(chr(c) for c in range(ord("A"), ord("Z") + 1)))
@@ -51,6 +52,17 @@ def encode_text(text: str) -> list[int]:
         return [_INDEX[ch] for ch in text]
     except KeyError as err:
         raise ValueError(f"character {err.args[0]!r} is not in the ASR alphabet: {text!r}") from None
+
+
+def edit_distance(hypothesis: Sequence[str], reference: Sequence[str]) -> int:
+    """Levenshtein distance (substitutions + deletions + insertions) between two token lists."""
+    previous = list(range(len(reference) + 1))
+    for i, h in enumerate(hypothesis, 1):
+        current = [i]
+        for j, r in enumerate(reference, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (h != r)))
+        previous = current
+    return previous[-1]
 
 
 def decode_greedy(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
@@ -181,14 +193,38 @@ class AsrTask(Task):
     def evaluate(self, head: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor,
                                                                   list[Example]]]
                  ) -> dict[str, float]:
-        """Corpus WER and CER of greedy decoding (torchmetrics), and the number of words."""
-        hyps, refs = [], []
+        """Corpus WER and CER of greedy decoding (torchmetrics), and the number of words;
+        per-utterance records ``{key, reference, hypothesis, word_errors, words, char_errors,
+        chars}`` in ``last_items`` (corpus WER = summed word errors / summed words)."""
+        hyps, refs, keys = [], [], []
         for features, lengths, examples in batches:
             hyps += decode_greedy(head(features, lengths), lengths)
             refs += [e.target for e in examples]
+            keys += [e.key for e in examples]
+        self.last_items = [
+            {"key": k, "reference": r, "hypothesis": h,
+             "word_errors": edit_distance(h.split(), r.split()), "words": len(r.split()),
+             "char_errors": edit_distance(list(h), list(r)), "chars": len(r)}
+            for k, r, h in zip(keys, refs, hyps, strict=True)
+        ]
         return {"wer": float(word_error_rate(hyps, refs)),
                 "cer": float(char_error_rate(hyps, refs)),
                 "words": float(sum(len(r.split()) for r in refs))}
+
+    @classmethod
+    def item_statistic(cls, items, metric):
+        """``wer`` / ``cer``: errors summed over the resampled utterances divided by their
+        reference words / characters (corpus rates, as torchmetrics)."""
+        unit = {"wer": "word", "cer": "char"}.get(metric)
+        if unit is None:
+            return None
+        errors = np.array([r[f"{unit}_errors"] for r in items], dtype=np.float64)
+        total = np.array([r[f"{unit}s"] for r in items], dtype=np.float64)
+
+        def rate(idx):
+            n = total[idx].sum()
+            return float(errors[idx].sum() / n) if n else float("nan")
+        return rate
 
     def summary(self) -> dict:
         return {"alphabet": "".join(ALPHABET[1:]), "train_characters": getattr(self, "_chars", 0),

@@ -170,13 +170,19 @@ class SpeakerVerification(Task):
 
     def evaluate(self, head, batches: Iterable) -> dict[str, float]:
         """Cosine-scored trials over the split: EER and normalised minDCF."""
-        embeddings, speakers = [], []
+        embeddings, speakers, keys = [], [], []
         for features, frame_lengths, examples in batches:
             embeddings.append(F.normalize(head.embed(features, frame_lengths), dim=-1).cpu())
             speakers += [e.speaker for e in examples]
+            keys += [e.key for e in examples]
         emb = torch.cat(embeddings).double().numpy()
         pairs, labels = build_trials(speakers, self.config.trials.max_nontarget, self.seed)
         scores = np.einsum("pd,pd->p", emb[pairs[:, 0]], emb[pairs[:, 1]])
+        self.last_items = [
+            {"enroll": keys[i], "test": keys[j], "label": int(lab), "score": float(sc)}
+            for (i, j), lab, sc in zip(pairs.tolist(), labels.tolist(), scores.tolist(),
+                                       strict=True)
+        ]
         tar, non = scores[labels == 1], scores[labels == 0]
         t = self.config.trials
         eer, _ = compute_eer(tar, non)
@@ -184,6 +190,25 @@ class SpeakerVerification(Task):
         self.last_trials = {"target": int(len(tar)), "nontarget": int(len(non)),
                             "speakers": len(set(speakers)), "items": len(speakers)}
         return {"eer": eer, "min_dcf": min_dcf}
+
+    item_unit = "trial"
+
+    @classmethod
+    def item_statistic(cls, items, metric):
+        """``eer`` over the resampled trials (NaN when a resample lacks target or non-target
+        trials). Trials sharing an utterance are not independent, so trial-level intervals
+        are somewhat narrower than the truth (docs/downstream_results.md)."""
+        if metric != "eer":
+            return None
+        scores = np.array([r["score"] for r in items], dtype=np.float64)
+        labels = np.array([r["label"] for r in items], dtype=int)
+
+        def eer(idx):
+            s, lab = scores[idx], labels[idx]
+            if lab.min() == lab.max():
+                return float("nan")
+            return float(compute_eer(s[lab == 1], s[lab == 0])[0])
+        return eer
 
     def summary(self) -> dict[str, Any]:
         """Training speakers and the trials of the last evaluated split (the test split)."""

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +52,10 @@ from ...conditions import Condition, TestCorruptor
 from ...data import Utterance
 
 logger = logging.getLogger(__name__)
+
+#: Per-utterance scores; each metric is their mean over the utterances where it is finite.
+_SE_METRICS = ("pesq", "stoi", "si_sdr", "noisy_pesq", "noisy_stoi", "noisy_si_sdr",
+               "si_sdr_improvement", "pesq_improvement", "stoi_improvement")
 
 __all__ = ["MaskHead", "SEHeadConfig", "SpeechEnhancementConfig", "SpeechEnhancementTask",
            "StftConfig"]
@@ -295,22 +298,42 @@ class SpeechEnhancementTask(Task):
     def evaluate(self, head: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor,
                                                                   list[Example]]]
                  ) -> dict[str, float]:
-        """Mean PESQ (wb), STOI, SI-SDR of enhanced and noisy speech, and the improvements."""
-        scores: dict[str, list[float]] = {}
+        """Mean PESQ (wb), STOI, SI-SDR of enhanced and noisy speech, and the improvements.
+
+        Every score is per utterance (records in ``last_items``); a mean is over the utterances
+        where that score is finite, and an improvement is the mean of per-utterance
+        differences (enhanced minus noisy of the **same** utterance, both finite), never a
+        difference of means over different subsets.
+        """
+        self.last_items = []
         for features, _, examples in batches:
             for e, enhanced in zip(examples, self.enhance(head, features, examples), strict=True):
+                record: dict = {"key": e.key}
                 for prefix, signal in (("", enhanced), ("noisy_", e.waveform)):
                     for name, value in speech_metrics(signal, e.target, e.key).items():
-                        scores.setdefault(prefix + name, []).append(value)
-                gain = si_sdr_improvement(enhanced, e.waveform, e.target)
-                scores.setdefault("si_sdr_improvement", []).append(float(gain))
-        result = {}
-        for name, values in scores.items():
-            finite = [v for v in values if math.isfinite(v)]
-            result[name] = float(np.mean(finite)) if finite else float("nan")
-        for name in ("pesq", "stoi"):
-            result[f"{name}_improvement"] = result[name] - result[f"noisy_{name}"]
-        return result
+                        record[prefix + name] = value
+                record["si_sdr_improvement"] = float(
+                    si_sdr_improvement(enhanced, e.waveform, e.target))
+                for name in ("pesq", "stoi"):
+                    record[f"{name}_improvement"] = record[name] - record[f"noisy_{name}"]
+                self.last_items.append(record)
+        everything = np.arange(len(self.last_items))
+        return {name: self.item_statistic(self.last_items, name)(everything)
+                for name in _SE_METRICS}
+
+    @classmethod
+    def item_statistic(cls, items, metric):
+        """Any per-utterance score (``pesq``, ``noisy_stoi``, ``pesq_improvement``...): the
+        mean over the resampled utterances where it is finite (NaN PESQ failures left out)."""
+        if metric not in _SE_METRICS:
+            return None
+        values = np.array([r[metric] for r in items], dtype=np.float64)
+
+        def mean(idx):
+            v = values[idx]
+            v = v[np.isfinite(v)]
+            return float(v.mean()) if v.size else float("nan")
+        return mean
 
     def summary(self) -> dict:
         return {

@@ -130,17 +130,41 @@ class UtteranceClassification(Task):
         return F.cross_entropy(head(features, frame_lengths), targets)
 
     def evaluate(self, head, batches: Iterable) -> dict[str, float]:
-        """Accuracy (micro) and class-averaged (macro) accuracy over the split."""
-        predictions, targets = [], []
+        """Accuracy (micro) and class-averaged (macro) accuracy over the split; per-item
+        records ``{key, target, prediction, correct}`` (labels as strings) in ``last_items``."""
+        predictions, targets, keys = [], [], []
         for features, frame_lengths, examples in batches:
             predictions.append(head(features, frame_lengths).argmax(dim=-1).cpu())
             targets.append(torch.tensor([e.target for e in examples]))
+            keys += [e.key for e in examples]
         preds, target = torch.cat(predictions), torch.cat(targets)
+        self.last_items = [
+            {"key": k, "target": self.classes[t], "prediction": self.classes[p],
+             "correct": int(p == t)}
+            for k, t, p in zip(keys, target.tolist(), preds.tolist(), strict=True)
+        ]
         n = len(self.classes)
         return {
             "accuracy": float(multiclass_accuracy(preds, target, n, average="micro")),
             "macro_accuracy": float(multiclass_accuracy(preds, target, n, average="macro")),
         }
+
+    @classmethod
+    def item_statistic(cls, items, metric):
+        """``accuracy``: mean of ``correct``; ``macro_accuracy``: mean over the target classes
+        present in the resample of their accuracy."""
+        correct = np.array([r["correct"] for r in items], dtype=np.float64)
+        if metric == "accuracy":
+            return lambda idx: float(correct[idx].mean())
+        if metric == "macro_accuracy":
+            _, label = np.unique([r["target"] for r in items], return_inverse=True)
+
+            def macro(idx):
+                sums = np.bincount(label[idx], weights=correct[idx], minlength=label.max() + 1)
+                counts = np.bincount(label[idx], minlength=label.max() + 1)
+                return float(np.mean(sums[counts > 0] / counts[counts > 0]))
+            return macro
+        return None
 
     def summary(self) -> dict[str, Any]:
         return {"num_classes": len(self.classes), "classes": self.classes}
