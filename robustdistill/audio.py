@@ -2,8 +2,12 @@
 
 Every waveform that enters the library passes through :func:`load_audio` (files) or
 :func:`prepare_waveform` (arrays already in memory), so the checks live in one place:
-empty or corrupt audio, NaN/Inf samples and wrong channel layouts raise
-:class:`AudioError` with the file name instead of producing silent wrong results.
+unreadable, empty, truncated or non-audio files, NaN/Inf samples, digital silence and wrong
+channel layouts raise :class:`AudioError` with the file name and a short
+:attr:`AudioError.reason` (one of :data:`AUDIO_ERROR_REASONS`, what run summaries count)
+instead of producing silent wrong results. Unusual but valid audio is converted, not refused:
+8-bit or 24-bit PCM, any sample rate (96 kHz, 8 kHz, ...), any number of channels (averaged),
+any length (one sample; an hour). :func:`probe_audio` reads only a file's header.
 
 Decoding uses ``soundfile`` (libsndfile, bundled in its wheel: WAV, FLAC, OGG/Vorbis, MP3),
 resampling uses ``soxr`` (VHQ). No FFmpeg or torchaudio is needed.
@@ -15,17 +19,21 @@ import io
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import soundfile as sf
 import soxr
 
 __all__ = [
+    "AUDIO_ERROR_REASONS",
     "AUDIO_EXTENSIONS",
     "SAMPLE_RATE",
     "AudioError",
+    "AudioInfo",
     "list_audio_files",
     "load_audio",
+    "probe_audio",
     "prepare_waveform",
     "resample",
     "to_mono",
@@ -34,12 +42,44 @@ __all__ = [
 #: The sample rate (Hz) of every SSL speech encoder the library handles.
 SAMPLE_RATE = 16_000
 
+#: libsndfile's frame count for streams of unknown length (e.g. some OGG/MP3 headers).
+SF_UNKNOWN_FRAMES = 2**62
+
 #: File name extensions that :func:`list_audio_files` picks up (lower case).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
 
+#: The short reasons an :class:`AudioError` carries (what run summaries count).
+AUDIO_ERROR_REASONS = (
+    "permission denied",  # the file exists but this process may not read it
+    "unreadable",  # not audio, truncated, corrupt, or a missing file
+    "empty",  # zero samples (a valid header with no data, or a 0-byte file)
+    "non-finite",  # NaN or Inf samples
+    "silent",  # every sample is exactly zero (digital silence)
+    "too short",  # shorter than a dataset's min_length_s (set by the datasets)
+    "invalid",  # anything else: bad shape, bad sample rate
+)
+
+
 class AudioError(ValueError):
-    """Raised for audio that cannot be used: unreadable, empty, NaN/Inf, or badly shaped."""
+    """Raised for audio that cannot be used: unreadable, empty, NaN/Inf, silent, badly shaped.
+
+    Args:
+        message: names the file (or row) and the problem.
+        reason: one of :data:`AUDIO_ERROR_REASONS` (default ``"invalid"``).
+
+    Raises:
+        ValueError: ``reason`` is not one of :data:`AUDIO_ERROR_REASONS`.
+    """
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        if reason not in AUDIO_ERROR_REASONS:
+            raise ValueError(f"unknown AudioError reason {reason!r}; known: {AUDIO_ERROR_REASONS}")
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # keep the reason across DataLoader worker processes (pickle)
+        return type(self), (str(self), self.reason)
 
 
 def to_mono(waveform: np.ndarray) -> np.ndarray:
@@ -88,6 +128,7 @@ def prepare_waveform(
     sample_rate: int,
     target_sr: int = SAMPLE_RATE,
     name: str = "<array>",
+    allow_silence: bool = False,
 ) -> np.ndarray:
     """Check, down-mix and resample a decoded waveform.
 
@@ -96,45 +137,122 @@ def prepare_waveform(
         sample_rate: its rate in Hz.
         target_sr: the rate to return, in Hz (default 16 kHz).
         name: used in error messages (a file name, a dataset row).
+        allow_silence: accept audio whose samples are all zero (refused by default: it
+            carries no speech, and an SNR mix with it is undefined).
 
     Returns:
         ``(samples',)`` float32 mono at ``target_sr``.
 
     Raises:
-        AudioError: empty audio, NaN or Inf samples, more than two dimensions.
+        AudioError: empty audio (reason ``"empty"``), NaN or Inf samples (``"non-finite"``,
+            checked before and after resampling), every sample zero (``"silent"``, unless
+            ``allow_silence``), more than two dimensions or a bad rate (``"invalid"``).
     """
     waveform = np.asarray(waveform)
-    if waveform.dtype.kind in "iu":  # integer PCM -> [-1, 1)
+    if waveform.dtype.kind == "u":  # unsigned (8-bit) PCM: centred on 2**(bits-1)
+        offset = float(np.iinfo(waveform.dtype).max + 1) / 2
+        waveform = (waveform.astype(np.float32) - offset) / offset
+    elif waveform.dtype.kind == "i":  # integer PCM -> [-1, 1)
         waveform = waveform.astype(np.float32) / float(np.iinfo(waveform.dtype).max + 1)
-    mono = to_mono(waveform)
+    try:
+        mono = to_mono(waveform)
+    except AudioError as err:
+        raise AudioError(f"{name}: {err}") from err
     if mono.size == 0:
-        raise AudioError(f"{name}: empty audio (0 samples)")
-    if not np.isfinite(mono).all():
-        raise AudioError(f"{name}: audio contains NaN or Inf samples")
-    return resample(mono, int(sample_rate), target_sr)
+        raise AudioError(f"{name}: empty audio (0 samples)", "empty")
+    finite = np.isfinite(mono)
+    if not finite.all():
+        bad = int(mono.size - finite.sum())
+        raise AudioError(f"{name}: {bad} of {mono.size} samples are NaN or Inf", "non-finite")
+    if not allow_silence and not np.any(mono):
+        raise AudioError(f"{name}: digital silence (all {mono.size} samples are 0)", "silent")
+    try:
+        out = resample(mono, int(sample_rate), target_sr)
+    except AudioError as err:
+        raise AudioError(f"{name}: {err}") from err
+    if not np.isfinite(out).all():  # huge finite samples can overflow float32 when filtered
+        raise AudioError(f"{name}: resampling produced NaN or Inf (samples too large?)",
+                         "non-finite")
+    return out
 
 
-def load_audio(source: str | os.PathLike | bytes, target_sr: int = SAMPLE_RATE) -> np.ndarray:
+class AudioInfo(NamedTuple):
+    """What a file's header says: ``frames`` per channel, ``sample_rate`` (Hz), ``channels``."""
+
+    frames: int
+    sample_rate: int
+    channels: int
+
+
+def _open_source(source: str | os.PathLike | bytes):
+    """``(file object, name)``; opened here, so the OS's errors are ours to name."""
+    if isinstance(source, bytes):
+        if not source:
+            raise AudioError("<bytes>: empty file (0 bytes)", "empty")
+        return io.BytesIO(source), "<bytes>"
+    name = str(source)
+    try:
+        handle = open(source, "rb")  # noqa: SIM115 - closed by the callers
+    except PermissionError as err:
+        raise AudioError(f"{name}: permission denied ({err.strerror})",
+                         "permission denied") from err
+    except OSError as err:
+        raise AudioError(f"{name}: cannot open ({err.strerror or err})", "unreadable") from err
+    if os.fstat(handle.fileno()).st_size == 0:
+        handle.close()
+        raise AudioError(f"{name}: empty file (0 bytes)", "empty")
+    return handle, name
+
+
+def probe_audio(source: str | os.PathLike | bytes) -> AudioInfo:
+    """Read only the header of an audio file (or its bytes).
+
+    Raises:
+        AudioError: ``"permission denied"``, ``"empty"`` (0 bytes), ``"unreadable"`` (not
+            audio, a corrupt header, a missing file).
+    """
+    handle, name = _open_source(source)
+    with handle:
+        try:
+            info = sf.info(handle)
+        except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as err:
+            raise AudioError(f"{name}: not readable as audio ({err})", "unreadable") from err
+    return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels))
+
+
+def load_audio(
+    source: str | os.PathLike | bytes,
+    target_sr: int = SAMPLE_RATE,
+    allow_silence: bool = False,
+) -> np.ndarray:
     """Decode an audio file (or its bytes) to mono float32 at ``target_sr``.
 
     Args:
         source: a path, or the encoded file's bytes (as a ``datasets`` ``Audio(decode=False)``
             column holds them).
         target_sr: the rate to return, in Hz (default 16 kHz).
+        allow_silence: accept all-zero audio (see :func:`prepare_waveform`).
 
     Returns:
         ``(samples,)`` float32 in [-1, 1].
 
     Raises:
-        AudioError: unreadable/corrupt file, empty audio, NaN or Inf samples.
+        AudioError: with :attr:`~AudioError.reason` ``"permission denied"``, ``"unreadable"``
+            (not audio, truncated or corrupt: a decode error, or fewer samples than the header
+            announces), ``"empty"``, ``"non-finite"``, ``"silent"``.
     """
-    name = "<bytes>" if isinstance(source, bytes) else str(source)
-    try:
-        handle = io.BytesIO(source) if isinstance(source, bytes) else source
-        data, sr = sf.read(handle, dtype="float32", always_2d=False)
-    except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as err:
-        raise AudioError(f"{name}: cannot decode audio ({err})") from err
-    return prepare_waveform(data, sr, target_sr, name=name)
+    handle, name = _open_source(source)
+    with handle:
+        try:
+            with sf.SoundFile(handle) as audio:
+                announced, sr = audio.frames, audio.samplerate
+                data = audio.read(dtype="float32", always_2d=False)
+        except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as err:
+            raise AudioError(f"{name}: cannot decode audio ({err})", "unreadable") from err
+    if 0 < announced < SF_UNKNOWN_FRAMES and len(data) < announced:
+        raise AudioError(f"{name}: truncated: decoded {len(data)} of the {announced} frames "
+                         "its header announces", "unreadable")
+    return prepare_waveform(data, sr, target_sr, name=name, allow_silence=allow_silence)
 
 
 def list_audio_files(

@@ -105,6 +105,9 @@ class _CroppedAudioDataset(torch.utils.data.Dataset):
         self._max_samples = _to_samples(max_length_s)
         self._min_samples = _to_samples(min_length_s)
         self._bad: set[int] = set()  # items that failed at read time, in this process
+        #: ``{item name: reason}`` of every item skipped in this process: at the scan, or at
+        #: read time (reasons of :data:`robustdistill.audio.AUDIO_ERROR_REASONS`).
+        self.skipped: dict[str, str] = {}
         self._sources, self.lengths = self._scan(list(sources))
 
     def _probe_all(self, sources: list[Any]) -> Iterator[tuple[int, int] | Exception]:
@@ -116,15 +119,21 @@ class _CroppedAudioDataset(torch.utils.data.Dataset):
                 yield err
 
     def _scan(self, sources: list[Any]) -> tuple[list[Any], np.ndarray]:
-        """Read every header once; drop unreadable and too-short items with one warning."""
+        """Read every header once; drop unreadable and too-short items, each logged once (INFO)
+        with its reason and recorded in :attr:`skipped`, then one summary warning."""
         kept, lengths, too_short, unreadable = [], [], [], []
         for source, probe in zip(sources, self._probe_all(sources), strict=True):
             if isinstance(probe, Exception):
                 unreadable.append(f"{self._name(source)} ({probe})")
+                self._skip(self._name(source), getattr(probe, "reason", "unreadable"), probe,
+                           logging.INFO)  # the summary warning below names the first few
                 continue
             length = _length_at_16k(*probe)
             if length < max(self._min_samples, 1):
                 too_short.append(f"{self._name(source)} ({length / SAMPLE_RATE:.2f} s)")
+                self._skip(self._name(source), "too short",
+                           f"{length / SAMPLE_RATE:.4f} s < min_length_s={self.min_length_s}",
+                           logging.INFO)
                 continue
             kept.append(source)
             lengths.append(length)
@@ -141,11 +150,33 @@ class _CroppedAudioDataset(torch.utils.data.Dataset):
                 "; ".join((unreadable + too_short)[:_NAMES_IN_WARNING]),
             )
         if not kept:
+            reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped_counts().items()))
             raise ValueError(
                 f"{type(self).__name__}: none of the {len(sources)} items is usable "
-                f"(min_length_s={self.min_length_s}); see the warning above"
+                f"(min_length_s={self.min_length_s}; {reasons or 'no items'}); "
+                "see the warnings above"
             )
         return kept, np.asarray(lengths, dtype=np.int64)
+
+    def _skip(self, name: str, reason: str, detail: Any, level: int = logging.WARNING) -> bool:
+        """Record a skipped item in :attr:`skipped`; log it the first time only (at ``level``).
+
+        Returns:
+            True when ``name`` was not skipped before (in this process).
+        """
+        if name in self.skipped:
+            return False
+        self.skipped[name] = reason
+        logger.log(level, "skipping %s [%s]: %s", name, reason, detail)
+        return True
+
+    def skipped_counts(self) -> dict[str, int]:
+        """``{reason: number of items}`` over :attr:`skipped` (reasons of
+        :data:`robustdistill.audio.AUDIO_ERROR_REASONS`)."""
+        counts: dict[str, int] = {}
+        for reason in self.skipped.values():
+            counts[reason] = counts.get(reason, 0) + 1
+        return counts
 
     def _probe(self, source: Any) -> tuple[int, int]:
         raise NotImplementedError
@@ -182,6 +213,7 @@ class _CroppedAudioDataset(torch.utils.data.Dataset):
         new._sources = [self._sources[p] for p in positions]
         new.lengths = self.lengths[positions] if positions else self.lengths[:0]
         new._bad = set()
+        new.skipped = dict(self.skipped)
         if random_crop is not None:
             new.random_crop = random_crop
         return new
@@ -224,6 +256,7 @@ class _CroppedAudioDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {n} items")
         failures = 0
         last_error = ""
+        skipped: list[tuple[str, str]] = []  # (name, reason) of items that failed in this call
         for offset in range(n):
             candidate = (index + offset) % n
             if candidate in self._bad:
@@ -234,12 +267,14 @@ class _CroppedAudioDataset(torch.utils.data.Dataset):
                 if len(waveform) < self._min_samples:
                     raise AudioError(
                         f"{self._name(source)}: decoded {len(waveform) / SAMPLE_RATE:.2f} s, "
-                        f"shorter than min_length_s={self.min_length_s}"
+                        f"shorter than min_length_s={self.min_length_s}",
+                        "too short",
                     )
             except AudioError as err:
                 self._bad.add(candidate)
                 last_error = str(err)
-                logger.warning("skipping item %d at read time: %s", candidate, err)
+                self._skip(self._name(source), err.reason, f"item {candidate} at read time: {err}")
+                skipped.append((self._name(source), err.reason))
                 failures += 1
                 if failures >= MAX_READ_FAILURES:
                     break
@@ -250,6 +285,8 @@ class _CroppedAudioDataset(torch.utils.data.Dataset):
                 rng = np.random.default_rng(candidate)
             crop, start = _crop_at(waveform, self._max_samples, rng, self.crop_grid)
             item = {"waveform": crop, "index": candidate}
+            if skipped:  # carried to the batch, so the trainer counts them (DataLoader workers)
+                item["skipped"] = skipped
             if self.content_keys:
                 item.update(offset=start, key=content_key(waveform))
             return item

@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from ..audio import load_audio
+from ..audio import load_audio, probe_audio
 from .cropped import _CroppedAudioDataset
 
 logger = logging.getLogger(__name__)
@@ -51,8 +50,8 @@ class AudioFileDataset(_CroppedAudioDataset):
         return list(self._sources)
 
     def _probe(self, source: Path) -> tuple[int, int]:
-        info = sf.info(str(source))
-        return info.frames, info.samplerate
+        info = probe_audio(source)  # AudioError names permission, empty or non-audio files
+        return info.frames, info.sample_rate
 
     def _decode(self, source: Path) -> np.ndarray:
         return load_audio(source)

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from ..audio import AudioError, load_audio
+from ..audio import AudioError, load_audio, probe_audio
 from .cropped import _CroppedAudioDataset
 
 logger = logging.getLogger(__name__)
@@ -40,9 +39,8 @@ def _decode_cell(value: Any, name: str) -> np.ndarray:
 
 
 def _probe_cell(value: Any) -> tuple[int, int]:
-    source = _audio_value(value)
-    info = sf.info(io.BytesIO(source) if isinstance(source, bytes) else source)
-    return info.frames, info.samplerate
+    info = probe_audio(_audio_value(value))
+    return info.frames, info.sample_rate
 
 
 class HFAudioDataset(_CroppedAudioDataset):
