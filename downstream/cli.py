@@ -23,7 +23,8 @@ import sys
 
 from .conditions import DEFAULT_CONDITIONS
 
-__all__ = ["compare_main", "evaluate_main", "main"]
+__all__ = ["aggregate_main", "compare_main", "evaluate_main", "main", "parse_overrides",
+           "resolve_task"]
 
 logger = logging.getLogger(__name__)
 
@@ -162,12 +163,35 @@ def compare_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def aggregate_main(argv: list[str] | None = None) -> int:
+    """``python -m downstream.cli aggregate OUT/seed0/results.json ... --out OUT``: merge runs of
+    one task and upstream made with different ``--seed`` (e.g. run one seed at a time) into the
+    multi-seed result ``--seeds`` writes; returns the exit status."""
+    from .results import aggregate_seeds, load_results, write_outputs
+
+    parser = argparse.ArgumentParser(
+        prog="python -m downstream.cli aggregate",
+        description="Mean, standard deviation and seed-stratified bootstrap intervals over "
+        "runs of one task and upstream with different seeds.")
+    parser.add_argument("results", nargs="+", help="results.json of single-seed runs")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--bootstrap-resamples", type=int, default=1000)
+    args = parser.parse_args(argv)
+    try:
+        runs = [r for p in args.results for r in load_results(p)]
+        merged = aggregate_seeds(runs, [r["source_dir"] for r in runs], args.bootstrap_resamples)
+        write_outputs([merged], args.out)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m downstream.cli {evaluate,compare} ...``."""
+    """``python -m downstream.cli {evaluate,compare,aggregate} ...``."""
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"evaluate": evaluate_main, "compare": compare_main}
+    commands = {"evaluate": evaluate_main, "compare": compare_main, "aggregate": aggregate_main}
     if not argv or argv[0] not in commands:
-        print("usage: python -m downstream.cli {evaluate,compare} ...", file=sys.stderr)
+        print("usage: python -m downstream.cli {evaluate,compare,aggregate} ...", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

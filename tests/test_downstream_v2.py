@@ -287,3 +287,41 @@ def test_runner_auto_padding_mode(tmp_path, corpus, tiny_upstreams):
                              str(tmp_path))
         encoder = _Encoder(task_class(config), upstream, None, None, {}, tmp_path, options)
         assert encoder.batch_size == expected
+
+
+def test_se_reverb_reference_is_direct_path_plus_early_reflections():
+    from downstream.data import DataConfig, SourceConfig, Utterance
+    from downstream.tasks.speech_enhancement.task import (
+        SpeechEnhancementConfig,
+        SpeechEnhancementTask,
+        early_reverb_reference,
+    )
+    from robustdistill.metrics import si_sdr
+
+    sr = 16_000
+    rng = np.random.default_rng(0)
+    clean = rng.standard_normal(sr).astype(np.float32)
+    rir = np.zeros(4000, np.float32)
+    rir[0], rir[160], rir[800], rir[801], rir[2000] = 1.0, 0.5, 0.25, 0.4, 0.3  # 0, 10, 50, 100 ms
+    early = early_reverb_reference(clean, rir, 50.0)
+    expected = clean.copy()
+    expected[160:] += 0.5 * clean[:-160]
+    expected[800:] += 0.25 * clean[:-800]  # tap at exactly 50 ms is kept, 50.06 ms is not
+    np.testing.assert_allclose(early, expected, atol=1e-5)
+    np.testing.assert_allclose(early_reverb_reference(clean, rir, 0.0), clean, atol=1e-6)
+
+    bank = RirBank((rir / np.sqrt(np.sum(rir**2)),), ("room",))
+    corruptor = TestCorruptor(None, bank, seed=0)
+    task = SpeechEnhancementTask(SpeechEnhancementConfig(DataConfig(SourceConfig(root="x"))))
+    utt = Utterance("u", "u.wav")
+    reverb = task.make_example(utt, clean, "test", parse_condition("reverb"), corruptor)
+    assert reverb.extras["reference"] == "early"
+    # the reverberant input is much closer to the early reference than to the dry speech
+    assert si_sdr(reverb.waveform, reverb.target) > si_sdr(reverb.waveform, clean) + 3
+    np.testing.assert_allclose(reverb.target, early_reverb_reference(clean, bank.rirs[0]))
+    assert task.make_example(utt, clean, "test", parse_condition("clean"), corruptor).target \
+        is clean
+    dry = SpeechEnhancementTask(SpeechEnhancementConfig(DataConfig(SourceConfig(root="x")),
+                                                        reverb_reference="dry"))
+    assert dry.make_example(utt, clean, "test", parse_condition("reverb"), corruptor).target \
+        is clean
