@@ -1,0 +1,539 @@
+"""Model cards for students, from real results: ``huggingface_hub.ModelCard`` + a template.
+
+``robustdistill card --model DIR --results R.json [R2.json ...] --run RUN_DIR --license L``
+writes ``DIR/README.md``: YAML metadata (``ModelCardData``: licence, ``library_name``,
+``base_model``, datasets, tags, metrics and a ``model-index`` with one ``EvalResult`` per task,
+condition and metric) and a Markdown body rendered from a template in
+``robustdistill/publish/templates`` (the repository's ``hub_cards/`` is the same folder):
+``ssl_student.md``, ``se_student.md``, ``speaker_student.md``. The body gives the results
+with intervals, the robustness plot (copied beside the card), size and measured speed, the
+training recipe and data provenance, how to load the model, its limits and the papers
+(DistilHuBERT, arXiv:2110.01900; RobustDistiller, arXiv:2302.09437; SUPERB, arXiv:2105.01051).
+
+Templates are rendered with ``jinja2.StrictUndefined`` and the result is checked for leftover
+template syntax or placeholder text, so a card never ships with a hole in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .provenance import ModelFacts, RunSummary, measure_speed, model_facts, summarise_run
+from .results import TaskResult, load_task_results
+
+__all__ = ["KINDS", "CardError", "build_card", "card_main", "check_no_placeholders",
+           "copy_run_files", "eval_results_for", "templates_dir", "write_card"]
+
+logger = logging.getLogger(__name__)
+
+#: Card kind -> (template file, pipeline tag, extra tags).
+KINDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "ssl": ("ssl_student.md", "feature-extraction", ("self-supervised-learning",)),
+    "se": ("se_student.md", "audio-to-audio", ("speech-enhancement",)),
+    "speaker": ("speaker_student.md", "feature-extraction", ("speaker-verification",)),
+}
+
+#: Downstream task -> Hub ``model-index`` task type.
+TASK_TYPES = {
+    "utterance_classification": "audio-classification",
+    "speaker_verification": "audio-classification",
+    "speech_enhancement": "audio-to-audio",
+    "asr": "automatic-speech-recognition",
+}
+
+_PLACEHOLDERS = re.compile(
+    r"\{\{|\}\}|\{%|%\}|\{#|\[More Information Needed\]|\bTODO\b|\bTBD\b|\bFIXME\b|"
+    r"\bPLACEHOLDER\b|\bXXX\b|<REPLACE|lorem ipsum", re.IGNORECASE)
+
+
+class CardError(ValueError):
+    """The card cannot be written honestly from the given inputs (the message says why)."""
+
+
+def templates_dir() -> Path:
+    """The card templates shipped in the package (the repository's ``hub_cards/`` links here)."""
+    return Path(__file__).resolve().parent / "templates"
+
+
+def check_no_placeholders(text: str) -> None:
+    """Raise :class:`CardError` naming the first leftover template syntax or placeholder text
+    (``{{``, ``{%``, ``[More Information Needed]``, ``TODO``...) in a rendered card."""
+    match = _PLACEHOLDERS.search(text)
+    if match:
+        line = text.count("\n", 0, match.start()) + 1
+        raise CardError(f"rendered card still holds placeholder text {match.group(0)!r} "
+                        f"on line {line}")
+
+
+def _is_hub_id(name: str) -> bool:
+    return (bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name))
+            and not Path(name).exists())
+
+
+def eval_results_for(tasks: Sequence[TaskResult], model_name: str):
+    """``huggingface_hub.EvalResult`` per task, condition and metric (test split).
+
+    The condition is the ``dataset_config`` (so each condition is its own ``model-index``
+    entry) and appears in ``metric_name``; the interval is in the card's text, not here.
+    """
+    from huggingface_hub import EvalResult
+
+    out = []
+    for t in tasks:
+        for cond in t.conditions:
+            for metric, mv in t.metrics.get(cond, {}).items():
+                out.append(EvalResult(
+                    task_type=TASK_TYPES.get(t.task, t.task.replace("_", "-")),
+                    task_name=f"{t.label} ({t.task})", dataset_type=t.dataset,
+                    dataset_name=f"{t.dataset} ({cond})", dataset_config=cond,
+                    dataset_split="test", metric_type=metric,
+                    metric_value=round(mv.value, 6),
+                    metric_name=f"{metric} ({cond})"))
+    return out
+
+
+@dataclass
+class _TaskView:
+    """One task as the template shows it."""
+
+    label: str
+    task: str
+    dataset: str
+    primary_metric: str
+    higher_is_better: bool
+    n_test: Any
+    seed: Any
+    source: str
+    sha1: str | None
+    table: str
+    other_table: str = ""
+    plot: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _short(upstream: str) -> str:
+    return Path(upstream.rstrip("/")).name or upstream
+
+
+def _primary_table(mine: TaskResult, others: Sequence[TaskResult]) -> str:
+    conditions = list(mine.conditions)
+    for o in others:
+        conditions += [c for c in o.conditions if c not in conditions]
+    lines = ["| upstream | " + " | ".join(f"`{c}`" for c in conditions) + " |",
+             "|---|" + "---|" * len(conditions)]
+    for i, r in enumerate([mine, *others]):
+        name = "**this model**" if i == 0 else f"`{_short(r.upstream)}`"
+        cells = [r.metrics.get(c, {}).get(mine.primary_metric) for c in conditions]
+        lines.append(f"| {name} | " + " | ".join(m.text() if m else "-" for m in cells) + " |")
+    return "\n".join(lines)
+
+
+def _other_table(mine: TaskResult) -> str:
+    names = [m for m in mine.metric_names() if m != mine.primary_metric]
+    if not names:
+        return ""
+    lines = ["| metric | " + " | ".join(f"`{c}`" for c in mine.conditions) + " |",
+             "|---|" + "---|" * len(mine.conditions)]
+    for name in names:
+        cells = [mine.metrics.get(c, {}).get(name) for c in mine.conditions]
+        lines.append(f"| {name} | " + " | ".join(m.text() if m else "-" for m in cells) + " |")
+    return "\n".join(lines)
+
+
+def _split_results(paths: Sequence[str | Path], model_dir: Path, repo_id: str | None,
+                   match_upstream: str | None):
+    """Per results file: (this model's entries, the other upstreams' entries)."""
+    groups = []
+    for path in paths:
+        entries = load_task_results(path)
+        names = {str(model_dir), str(model_dir.resolve())} | {n for n in (repo_id,
+                                                                          match_upstream) if n}
+
+        def is_mine(r: TaskResult, _names=names) -> bool:
+            if r.upstream in _names:
+                return True
+            local = Path(r.upstream)
+            return local.exists() and local.resolve() == model_dir.resolve()
+
+        mine = [r for r in entries if is_mine(r)]
+        if not mine:
+            raise CardError(
+                f"{path} holds no result for {model_dir} (its upstreams: "
+                f"{sorted({r.upstream for r in entries})}); evaluate this model, or pass "
+                "--match-upstream NAME if the model was evaluated under another name")
+        groups.append((path, mine, [r for r in entries if not is_mine(r)]))
+    return groups
+
+
+def _copy_plot(results_path: Path, label: str, model_dir: Path) -> str | None:
+    source = Path(results_path).parent / "robustness.png"
+    if not source.is_file():
+        logger.warning("no robustness.png beside %s: the card has no plot for %s",
+                       results_path, label)
+        return None
+    name = f"robustness_{re.sub(r'[^A-Za-z0-9_.-]', '_', label)}.png"
+    shutil.copyfile(source, model_dir / name)
+    return name
+
+
+def _interval_note(tasks: Sequence[TaskResult]) -> str:
+    sources = sorted({(mv.interval_source or "").split(",")[0] for t in tasks
+                      for per in t.metrics.values() for mv in per.values() if mv.interval})
+    if not sources:
+        return "none were available: the results files give none"
+    text = {"results file": "as given in the results file",
+            "Wilson 95 %": "Wilson score 95 % intervals over the test items where the results "
+                           "file gives none; they count test-set sampling only, not training "
+                           "seeds"}
+    return "; ".join(text.get(s, s) for s in sources)
+
+
+def _chance_notes(tasks: Sequence[TaskResult]) -> list[str]:
+    notes = []
+    for t in tasks:
+        classes = (t.raw.get("task_summary") or {}).get("num_classes")
+        if not classes or t.primary_metric not in ("accuracy", "macro_accuracy"):
+            continue
+        chance = 1.0 / classes
+        at_chance = [c for c in t.conditions
+                     if (mv := t.metrics.get(c, {}).get(t.primary_metric)) and mv.interval
+                     and mv.interval[0] <= chance]
+        if at_chance:
+            notes.append(f"{t.label}: the {t.primary_metric} interval includes chance level "
+                         f"({chance:.2f}, {classes} classes) under "
+                         + ", ".join(f"`{c}`" for c in at_chance)
+                         + ": the model is not shown to be better than guessing there.")
+    return notes
+
+
+def _run_view(run: RunSummary) -> dict[str, Any]:
+    cfg = run.config
+    objectives = cfg.get("objectives") or {}
+    training = cfg.get("training") or {}
+    data = cfg.get("data") or {}
+    layers = (objectives.get("layerwise") or {}).get("teacher_layers")
+    heads_dir = run.run_dir / "heads"
+    heads = sorted(p.stem for p in heads_dir.glob("*.safetensors")) if heads_dir.is_dir() else []
+    accum = training.get("gradient_accumulation_steps", 1)
+    optimisation = (f"{training.get('max_steps', '?')} steps of batch "
+                    f"{data.get('batch_size', '?')}"
+                    + (f" x {accum} accumulation" if accum and accum != 1 else "")
+                    + f", AdamW lr {training.get('learning_rate', '?')} "
+                    f"({training.get('lr_schedule', '?')} schedule, warm-up "
+                    f"{training.get('warmup_ratio', '?')}), gradient clipping "
+                    f"{training.get('max_grad_norm', '?')}, mixed precision "
+                    f"`{training.get('mixed_precision', '?')}`, seed {cfg.get('seed', '?')}")
+    state = run.final_state
+    result = []
+    if "step" in state:
+        result.append(f"stopped at step {state['step']}")
+    if state.get("best_validation_loss") is not None:
+        result.append(f"best validation loss {state['best_validation_loss']:.4f}")
+    if run.last_validation.get("loss") is not None:
+        result.append(f"last validation loss {run.last_validation['loss']:.4f} "
+                      f"(step {run.last_validation.get('step')})")
+    if state.get("skipped_updates"):
+        result.append(f"{state['skipped_updates']} updates skipped (non-finite gradients)")
+    return {
+        "dir": str(run.run_dir),
+        "teacher_layers": ", ".join(map(str, layers)) if layers else "(the objective's default)",
+        "enhancement": "enhancement" in objectives,
+        "train_data": run.train_data, "validation_data": run.validation_data,
+        "corruption": run.corruption, "optimisation": optimisation,
+        "result": "; ".join(result) or "no final state recorded",
+        "heads": ", ".join(heads), "objectives_yaml": yaml.safe_dump(
+            objectives, sort_keys=False, default_flow_style=None).strip(),
+    }
+
+
+def _teacher_text(run: RunSummary | None, base_model: str | None) -> str:
+    if run is None:
+        return f"`{base_model}`" if base_model else "a teacher not recorded for this card"
+    facts = run.teacher_facts
+    shape = (f" ({facts.architecture}, {facts.num_layers} layers, width {facts.hidden_size}, "
+             f"{facts.parameters / 1e6:.1f} M parameters)" if facts else "")
+    if base_model:
+        where = f"`{base_model}`" + ("" if base_model == run.teacher
+                                     else f" (loaded from `{run.teacher}`)")
+    elif _is_hub_id(run.teacher):
+        where = f"`{run.teacher}`"
+    else:
+        where = f"the local teacher folder `{run.teacher}` (not published on the Hub)"
+    return where + shape
+
+
+def _load_snippets(ref: str, library_transformers: bool, has_onnx: bool) -> tuple[str, str]:
+    if library_transformers:
+        load = (
+            "```python\nimport numpy as np\n"
+            "from transformers import AutoFeatureExtractor, AutoModel\n\n"
+            f'model = AutoModel.from_pretrained("{ref}").eval()\n'
+            f'extractor = AutoFeatureExtractor.from_pretrained("{ref}")\n'
+            "waveform = np.zeros(16000, dtype=np.float32)  # 1 s of 16 kHz mono audio\n"
+            'inputs = extractor(waveform, sampling_rate=16000, return_tensors="pt")\n'
+            "hidden_states = model(**inputs, output_hidden_states=True).hidden_states\n"
+            "# a tuple of num_layers + 1 tensors of shape (batch, frames, width)\n```")
+    else:
+        load = ("```python\nfrom safetensors.torch import load_file\n\n"
+                'state = load_file("model.safetensors")  # see config.json for the shapes\n```')
+    onnx = ""
+    if has_onnx:
+        onnx = ("```python\nimport numpy as np\nimport onnxruntime as ort\n\n"
+                'session = ort.InferenceSession("onnx/model.onnx")\n'
+                "waveform = np.zeros((1, 16000), dtype=np.float32)  # (batch, samples), 16 kHz,\n"
+                "# after the feature extractor (see preprocessor_config.json)\n"
+                'last, hidden_states = session.run(None, {"input_values": waveform})\n'
+                "# hidden_states: (num_layers + 1, batch, frames, width)\n```")
+    return load, onnx
+
+
+def _limitations(run: RunSummary | None, tasks: Sequence[TaskResult], student: ModelFacts,
+                 notes: Sequence[str]) -> list[str]:
+    items = list(notes)
+    if run is not None:
+        data = run.config.get("data") or {}
+        steps = (run.config.get("training") or {}).get("max_steps")
+        if not data.get("train_dir") and not data.get("train_dataset") and data.get(
+                "synthetic_items"):
+            items.append("It was distilled on generated speech-like signals, not on speech: "
+                         "its features are not expected to be useful for real speech tasks.")
+        if isinstance(steps, int) and steps < 10000:
+            items.append(f"It was trained for only {steps} steps (a CPU-sized run); the papers' "
+                         "recipes train for about 200k steps.")
+    else:
+        items.append("The training run was not given to the card: its recipe and data are not "
+                     "documented here.")
+    if tasks:
+        sizes = sorted({t.num_items.get("test") for t in tasks if t.num_items.get("test")})
+        if sizes:
+            items.append(f"Downstream results come from {', '.join(map(str, sizes))} test items "
+                         "per condition and one training seed of the downstream head: the "
+                         "intervals are wide, and differences inside them are not resolved.")
+        items.append("Robustness was measured only under the conditions listed, with the test "
+                     "noises and rooms of those runs; other noises, rooms, microphones, "
+                     "languages and accents are untested.")
+        items += _chance_notes(tasks)
+    else:
+        items.append("No downstream results were given: its usefulness is not measured here.")
+    if student.receptive_field:
+        items.append(f"It expects 16 kHz mono audio; its CNN front end gives no frame for inputs "
+                     f"shorter than its receptive field ({student.receptive_field} samples, "
+                     f"{student.receptive_field / 16:.0f} ms).")
+    else:
+        items.append("It expects 16 kHz mono audio.")
+    return items
+
+
+def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
+               run_dir: str | Path | None = None, *, license: str, kind: str = "ssl",
+               repo_id: str | None = None, base_model: str | None = None,
+               datasets: Sequence[str] = (), language: Sequence[str] = ("en",),
+               tags: Sequence[str] = (), notes: Sequence[str] = (),
+               speed: bool | Sequence[dict[str, float]] = True,
+               match_upstream: str | None = None, copy_plots: bool = True):
+    """Build the ``huggingface_hub.ModelCard`` of a student folder (not yet written).
+
+    Args:
+        model_dir: the student folder (``config.json``, weights, ``preprocessor_config.json``).
+        results: downstream ``results.json`` files (one run each, or ``compare`` output); the
+            entries of other upstreams in them become comparison rows.
+        run_dir: the distillation run's ``output_dir`` (``config.yaml``, ``final_state.json``,
+            ``metrics.jsonl``, ``heads/``); None to leave the recipe out (the card says so).
+        license: Hub licence id (``apache-2.0``, ``mit``...); a student distilled from a teacher
+            is bound by the teacher's licence.
+        kind: a key of :data:`KINDS` (template and pipeline tag).
+        repo_id: the Hub repository the card is for (names it in the loading code).
+        base_model: Hub id of the teacher; default the run's teacher when it is a hub id.
+        datasets: Hub dataset ids for the metadata (the text always gives the data paths).
+        language, tags: metadata; ``tags`` adds to the defaults.
+        notes: extra limitations, one sentence each.
+        speed: True to time the model here (:func:`measure_speed`), False for none, or rows
+            as :func:`measure_speed` returns (e.g. from an idle benchmark machine).
+        match_upstream: the ``upstream`` string this model was evaluated under, when it is
+            neither ``model_dir`` nor ``repo_id``.
+        copy_plots: copy each results folder's ``robustness.png`` into ``model_dir``.
+
+    Returns:
+        A ``ModelCard`` whose ``data.eval_results`` holds one ``EvalResult`` per task,
+        condition and metric of this model.
+
+    Raises:
+        CardError: unknown kind, a results file without this model, or placeholder text left.
+        FileNotFoundError: no model folder, results file or run config.
+    """
+    import jinja2
+    from huggingface_hub import ModelCard, ModelCardData
+    from transformers import AutoConfig
+
+    if kind not in KINDS:
+        raise CardError(f"unknown card kind {kind!r}; known: {sorted(KINDS)}")
+    if not license or not isinstance(license, str):
+        raise CardError("a licence is required (the teacher's licence binds its students)")
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} has no config.json: not a saved student folder")
+    student = model_facts(model_dir)
+    try:
+        AutoConfig.from_pretrained(model_dir)
+        library_transformers = True
+    except (OSError, ValueError):
+        library_transformers = False
+    run = summarise_run(run_dir) if run_dir is not None else None
+    if base_model is None and run is not None and _is_hub_id(run.teacher):
+        base_model = run.teacher
+    model_name = repo_id.split("/")[-1] if repo_id else model_dir.resolve().name
+
+    tasks: list[TaskResult] = []
+    views: list[_TaskView] = []
+    for path, mine, others in _split_results(list(results), model_dir, repo_id, match_upstream):
+        for r in mine:
+            tasks.append(r)
+            plot = _copy_plot(Path(path), r.label, model_dir) if copy_plots else None
+            views.append(_TaskView(
+                label=r.label, task=r.task, dataset=r.dataset, primary_metric=r.primary_metric,
+                higher_is_better=r.higher_is_better, n_test=r.num_items.get("test", "unknown"),
+                seed=r.seed, source=str(path), sha1=r.test_set_sha1,
+                table=_primary_table(r, [o for o in others if o.task == r.task]),
+                other_table=_other_table(r), plot=plot))
+
+    if speed is True:
+        rows = measure_speed(model_dir)
+        speed_source = (f"measured when this card was written ({platform.machine()} CPU, "
+                        f"{rows[0]['threads']} torch thread(s), random audio)")
+    else:
+        rows = list(speed) if speed else []
+        speed_source = "as supplied to `robustdistill card --speed-json`"
+    ref = repo_id or str(model_dir)
+    load, onnx = _load_snippets(ref, library_transformers,
+                                (model_dir / "onnx" / "model.onnx").is_file())
+    metric_names = sorted({m for t in tasks for per in t.metrics.values() for m in per})
+    card_data = ModelCardData(
+        license=license, library_name="transformers" if library_transformers else None,
+        base_model=base_model, datasets=list(datasets) or None, language=list(language) or None,
+        metrics=metric_names or None, pipeline_tag=KINDS[kind][1], model_name=model_name,
+        tags=list(dict.fromkeys(["audio", "speech", "knowledge-distillation", "robustdistill",
+                                 "noise-robust", student.model_type, *KINDS[kind][2], *tags])),
+        eval_results=eval_results_for(tasks, model_name) or None)
+    context = {
+        "card_data": card_data.to_yaml(), "model_name": model_name, "student": student,
+        "teacher_text": _teacher_text(run, base_model),
+        "teacher_params": run.teacher_facts.parameters if run and run.teacher_facts else None,
+        "load_snippet": load, "onnx_snippet": onnx, "tasks": views,
+        "interval_note": _interval_note(tasks), "speed": rows, "speed_source": speed_source,
+        "run": _run_view(run) if run else None,
+        "limitations": _limitations(run, tasks, student, notes),
+    }
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             autoescape=False)
+    try:
+        text = env.get_template(KINDS[kind][0]).render(**context)
+    except jinja2.UndefinedError as err:
+        raise CardError(f"template {KINDS[kind][0]} uses an unknown field: {err}") from err
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    check_no_placeholders(text)
+    return ModelCard(text, ignore_metadata_errors=False)
+
+
+def copy_run_files(run_dir: str | Path, model_dir: str | Path) -> list[Path]:
+    """Copy the run's resolved config (as ``training_config.yaml``) and its ``heads/`` into the
+    model folder, so that the folder is exactly what is published.
+
+    Returns:
+        The files written.
+
+    Raises:
+        FileNotFoundError: no ``config.yaml`` in ``run_dir``.
+    """
+    run_dir, model_dir = Path(run_dir), Path(model_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir / 'config.yaml'} not found")
+    written = [model_dir / "training_config.yaml"]
+    shutil.copyfile(run_dir / "config.yaml", written[0])
+    if (run_dir / "heads").is_dir() and (run_dir / "heads").resolve() != (
+            model_dir / "heads").resolve():
+        (model_dir / "heads").mkdir(exist_ok=True)
+        for head in sorted((run_dir / "heads").iterdir()):
+            if head.is_file() and head.suffix in (".safetensors", ".json"):
+                shutil.copyfile(head, model_dir / "heads" / head.name)
+                written.append(model_dir / "heads" / head.name)
+    return written
+
+
+def write_card(model_dir: str | Path, results: Sequence[str | Path] = (),
+               run_dir: str | Path | None = None, **kwargs) -> Path:
+    """:func:`build_card`, then save it as ``MODEL_DIR/README.md`` (with the run's
+    ``training_config.yaml`` and ``heads/`` copied beside it, :func:`copy_run_files`) and check
+    that ``ModelCard.load`` reads the same ``model-index`` back.
+
+    Returns:
+        The README path.
+
+    Raises:
+        As :func:`build_card`; :class:`CardError` when the saved card does not read back.
+    """
+    from huggingface_hub import ModelCard
+
+    card = build_card(model_dir, results, run_dir, **kwargs)
+    if run_dir is not None:
+        copy_run_files(run_dir, model_dir)
+    path = Path(model_dir) / "README.md"
+    card.save(path)
+    loaded = ModelCard.load(path)
+    expected = [(r.dataset_config, r.metric_type, r.metric_value)
+                for r in card.data.eval_results or []]
+    got = [(r.dataset_config, r.metric_type, r.metric_value)
+           for r in loaded.data.eval_results or []]
+    if sorted(map(str, expected)) != sorted(map(str, got)):
+        raise CardError(f"{path}: the model-index does not read back as written")
+    logger.info("model card written to %s (%d eval results)", path, len(got))
+    return path
+
+
+def card_main(argv: list[str]) -> int:
+    """``robustdistill card --model DIR --results R.json ... --run RUN_DIR --license L``."""
+    import json
+
+    parser = argparse.ArgumentParser(prog="robustdistill card",
+                                     description="Write DIR/README.md, a Hub model card built "
+                                                 "from real results.")
+    parser.add_argument("--model", required=True, help="the student folder")
+    parser.add_argument("--results", nargs="*", default=[], help="downstream results.json files")
+    parser.add_argument("--run", default=None, help="the distillation run's output_dir")
+    parser.add_argument("--license", required=True, help="Hub licence id, e.g. apache-2.0")
+    parser.add_argument("--kind", default="ssl", choices=sorted(KINDS))
+    parser.add_argument("--repo-id", default=None, help="ORG/NAME the card is for")
+    parser.add_argument("--base-model", default=None, help="the teacher's Hub id")
+    parser.add_argument("--dataset", action="append", default=[], help="Hub dataset id (repeat)")
+    parser.add_argument("--language", nargs="*", default=["en"])
+    parser.add_argument("--tag", action="append", default=[], help="extra tag (repeat)")
+    parser.add_argument("--note", action="append", default=[], help="extra limitation (repeat)")
+    parser.add_argument("--match-upstream", default=None,
+                        help="the upstream name this model has in the results files")
+    speed = parser.add_mutually_exclusive_group()
+    speed.add_argument("--no-speed", action="store_true", help="do not time the model")
+    speed.add_argument("--speed-json", default=None,
+                       help="JSON list of {seconds, median_s, real_time_factor, threads}")
+    args = parser.parse_args(argv)
+    rows: bool | list = not args.no_speed
+    if args.speed_json:
+        rows = json.loads(Path(args.speed_json).read_text())
+    try:
+        path = write_card(args.model, args.results, args.run, license=args.license,
+                          kind=args.kind, repo_id=args.repo_id, base_model=args.base_model,
+                          datasets=args.dataset, language=args.language, tags=args.tag,
+                          notes=args.note, speed=rows, match_upstream=args.match_upstream)
+    except (CardError, FileNotFoundError) as err:
+        parser.error(str(err))
+    print(path)
+    return 0

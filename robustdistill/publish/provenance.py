@@ -1,0 +1,216 @@
+"""What a model card says about where a student comes from: its run, teacher, data and size.
+
+Everything is read from files a distillation run writes (``config.yaml``, ``final_state.json``,
+``metrics.jsonl``, see ``README.md``) and from the saved model folders; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["ModelFacts", "RunSummary", "measure_speed", "model_facts", "summarise_run"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelFacts:
+    """Shape and size of a saved ``transformers`` encoder.
+
+    Attributes:
+        model_type: ``config.model_type`` (``wavlm``, ``hubert``, ``whisper``...).
+        architecture: ``config.architectures[0]`` or the model type.
+        num_layers: transformer layers (encoder layers for Whisper).
+        hidden_size: width D of the hidden states.
+        parameters: parameter count (from the config on the ``meta`` device, no weights read).
+        frame_rate_hz: hidden-state frames per second of 16 kHz audio, when derivable.
+        receptive_field: samples the CNN front end needs for one frame (400 for the
+            wav2vec 2.0 CNN), when the config has ``conv_kernel`` / ``conv_stride``.
+    """
+
+    model_type: str
+    architecture: str
+    num_layers: int | None
+    hidden_size: int | None
+    parameters: int
+    frame_rate_hz: float | None = None
+    receptive_field: int | None = None
+
+
+def model_facts(name_or_path: str | Path) -> ModelFacts:
+    """Read :class:`ModelFacts` from a local model folder (``config.json``).
+
+    Raises:
+        FileNotFoundError: the folder has no ``config.json``.
+    """
+    import math
+
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    path = Path(name_or_path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json")
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    encoder_cfg = getattr(config, "encoder", None) or config
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "encoder_layers", None)
+    hidden = getattr(encoder_cfg, "hidden_size", None) or getattr(config, "d_model", None)
+    rate = field_ = None
+    if getattr(config, "conv_stride", None):
+        rate = 16000 / math.prod(config.conv_stride)
+        field_ = 1
+        for kernel, stride in zip(reversed(config.conv_kernel), reversed(config.conv_stride),
+                                  strict=True):
+            field_ = (field_ - 1) * stride + kernel
+    elif config.model_type == "whisper":
+        rate = 50.0
+    arch = (config.architectures or [type(model).__name__])[0]
+    return ModelFacts(model_type=config.model_type, architecture=arch, num_layers=layers,
+                      hidden_size=hidden, parameters=sum(p.numel() for p in model.parameters()),
+                      frame_rate_hz=rate, receptive_field=field_)
+
+
+def measure_speed(model_dir: str | Path, seconds: tuple[float, ...] = (1.0, 10.0),
+                  repeats: int = 3) -> list[dict[str, float]]:
+    """Forward time of the model on random audio, CPU, ``torch.inference_mode``, batch 1.
+
+    Args:
+        model_dir: a saved model folder (``AutoModel``).
+        seconds: audio lengths to time, in seconds at 16 kHz.
+        repeats: timed runs per length after one warm-up; the median is reported.
+
+    Returns:
+        One dict per length: ``seconds``, ``median_s`` (wall seconds per forward),
+        ``real_time_factor`` (``median_s / seconds``), ``threads`` (torch intra-op threads).
+    """
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(model_dir).eval()
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for length in seconds:
+        x = torch.randn(1, int(length * 16000), generator=generator)
+        times = []
+        with torch.inference_mode():
+            model(x)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - start)
+        median = statistics.median(times)
+        rows.append({"seconds": float(length), "median_s": median,
+                     "real_time_factor": median / length, "threads": torch.get_num_threads()})
+    return rows
+
+
+@dataclass
+class RunSummary:
+    """A distillation run, as the card describes it.
+
+    Attributes:
+        run_dir: the run's ``output_dir``.
+        config: the resolved ``config.yaml``.
+        teacher: the teacher as configured (hub id or path).
+        teacher_facts: :class:`ModelFacts` of a local teacher folder, else None.
+        final_state: ``final_state.json`` (step, best validation loss...), or ``{}``.
+        last_validation: the last ``split == "validation"`` record of ``metrics.jsonl``.
+        train_data, validation_data, corruption: one-line descriptions.
+    """
+
+    run_dir: Path
+    config: dict[str, Any]
+    teacher: str
+    teacher_facts: ModelFacts | None
+    final_state: dict[str, Any] = field(default_factory=dict)
+    last_validation: dict[str, Any] = field(default_factory=dict)
+    train_data: str = ""
+    validation_data: str = ""
+    corruption: str = ""
+
+
+def _describe_data(data: dict[str, Any]) -> tuple[str, str]:
+    if data.get("train_dir"):
+        train = f"audio files under `{data['train_dir']}`"
+    elif data.get("train_dataset"):
+        config = f" (config `{data['dataset_config']}`)" if data.get("dataset_config") else ""
+        train = (f"the `{data['train_dataset']}` dataset{config}, split "
+                 f"`{data.get('train_split', 'train')}`")
+    elif data.get("synthetic_items"):
+        low, high = data.get("synthetic_seconds", [None, None])
+        train = (f"{data['synthetic_items']} generated speech-like signals of {low:g}-{high:g} s "
+                 "(`robustdistill.synthetic`), no real speech")
+    else:
+        train = "not recorded in the run's config"
+    crops = (f"; random crops of {data.get('min_length_s', '?')}-{data.get('max_length_s', '?')} s,"
+             f" batch {data.get('batch_size', '?')}")
+    if data.get("validation_dir"):
+        valid = f"audio files under `{data['validation_dir']}`"
+    elif data.get("validation_split"):
+        valid = f"split `{data['validation_split']}` of the training dataset"
+    else:
+        valid = f"{data.get('validation_fraction', 0.05):.0%} of the training items held out"
+    return train + crops, valid
+
+
+def _describe_corruption(aug: dict[str, Any]) -> str:
+    if not aug or not aug.get("enabled", True):
+        return "none (the student saw clean audio)"
+    noise = (f"recordings under `{aug['noise_dir']}` ({aug.get('noise_file_prob', 0.7):.0%}) or "
+             "white Gaussian noise" if aug.get("noise_dir") else "white Gaussian noise")
+    rooms = (f"measured room responses under `{aug['rir_dir']}`" if aug.get("rir_dir") else
+             f"{aug.get('num_simulated_rooms', '?')} rooms simulated with pyroomacoustics "
+             f"(RT60 {aug.get('rt60_min', '?')}-{aug.get('rt60_max', '?')} s)")
+    parts = ", ".join(f"{k[2:].replace('_', ' + ')} {aug[k]:g}" for k in
+                      ("p_noise", "p_reverb", "p_noise_reverb", "p_none") if k in aug)
+    return (f"noise: {noise} at {aug.get('snr_min', '?')}-{aug.get('snr_max', '?')} dB SNR; "
+            f"reverberation: {rooms}; probabilities {parts}")
+
+
+def summarise_run(run_dir: str | Path) -> RunSummary:
+    """Read a distillation run's output folder.
+
+    Raises:
+        FileNotFoundError: no ``config.yaml`` in ``run_dir``.
+        ValueError: ``config.yaml`` is not a mapping.
+    """
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path} not found: is {run_dir} a distillation run's "
+                                "output_dir?")
+    config = yaml.safe_load(cfg_path.read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"{cfg_path} is not a YAML mapping")
+    final_state = {}
+    if (run_dir / "final_state.json").is_file():
+        final_state = json.loads((run_dir / "final_state.json").read_text())
+    last_validation: dict[str, Any] = {}
+    if (run_dir / "metrics.jsonl").is_file():
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                if record.get("split") == "validation":
+                    last_validation = record
+    teacher = str(config.get("teacher", ""))
+    facts = None
+    if teacher and (Path(teacher) / "config.json").is_file():
+        try:
+            facts = model_facts(teacher)
+        except (OSError, ValueError) as err:  # an unknown architecture: say less, not fail
+            logger.warning("could not read the teacher %s: %s", teacher, err)
+    train, valid = _describe_data(config.get("data") or {})
+    return RunSummary(run_dir=run_dir, config=config, teacher=teacher, teacher_facts=facts,
+                      final_state=final_state, last_validation=last_validation,
+                      train_data=train, validation_data=valid,
+                      corruption=_describe_corruption(config.get("augmentation") or {}))

@@ -1,0 +1,253 @@
+"""Model cards: real numbers from results files, a model-index that reads back, no holes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robustdistill.publish import card as card_mod
+from robustdistill.publish.card import (
+    KINDS,
+    CardError,
+    build_card,
+    check_no_placeholders,
+    write_card,
+)
+from robustdistill.publish.results import load_task_results, wilson_interval
+
+CONDITIONS = ["clean", "snr0", "reverb"]
+
+
+def _results(upstream: str, accuracy=(0.8, 0.5, 0.6), **extra) -> dict:
+    return {
+        "task": "utterance_classification", "upstream": upstream,
+        "primary_metric": "accuracy", "higher_is_better": True, "conditions": CONDITIONS,
+        "metrics": {c: {"accuracy": a, "loss": 1.0 - a} for c, a in zip(CONDITIONS, accuracy,
+                                                                         strict=True)},
+        "task_summary": {"num_classes": 10}, "num_items": {"train": 100, "dev": 50, "test": 50},
+        "seed": 0, "test_set_sha1": "abc123",
+        "config_path": "downstream/tasks/utterance_classification/kws_fsdd_cpu.yaml",
+        "config": {"data": {"source": {"root": "../shared/data/fsdd"}}}, **extra}
+
+
+@pytest.fixture()
+def run(tmp_path, tiny_wavlm_dir, tiny_hubert_dir) -> dict[str, Path]:
+    """A distillation run folder with a student, heads, logs, and one KWS results file."""
+    run_dir = tmp_path / "run"
+    student = run_dir / "student"
+    shutil.copytree(tiny_wavlm_dir, student)
+    config = {"teacher": str(tiny_hubert_dir), "seed": 3,
+              "data": {"train_dir": "../shared/data/librispeech-mini/train-clean-100",
+                       "validation_dir": "../shared/data/librispeech-mini/test-other",
+                       "batch_size": 4, "min_length_s": 1.0, "max_length_s": 2.0},
+              "augmentation": {"enabled": True, "noise_dir": "runs/data/noise_train",
+                               "rir_dir": "runs/data/rir_train", "snr_min": 0.0,
+                               "snr_max": 20.0, "p_noise": 0.25, "p_reverb": 0.25,
+                               "p_noise_reverb": 0.25, "p_none": 0.25},
+              "objectives": {"layerwise": {"teacher_layers": [1, 2], "lambda_cos": 1.0},
+                             "enhancement": {"lambda_enh": 2.0}},
+              "training": {"max_steps": 200, "learning_rate": 2e-4, "warmup_ratio": 0.07,
+                           "lr_schedule": "linear", "max_grad_norm": 10.0,
+                           "mixed_precision": "no", "gradient_accumulation_steps": 1}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / "final_state.json").write_text(json.dumps({"step": 200,
+                                                          "best_validation_loss": 3.5733}))
+    (run_dir / "metrics.jsonl").write_text(
+        json.dumps({"step": 100, "split": "validation", "loss": 3.6}) + "\n"
+        + json.dumps({"step": 200, "split": "train", "loss": 3.1}) + "\n"
+        + json.dumps({"step": 200, "split": "validation", "loss": 3.5733}) + "\n")
+    heads = run_dir / "heads"
+    heads.mkdir()
+    (heads / "layerwise.safetensors").write_bytes(b"weights")
+    (heads / "layerwise.json").write_text("{}")
+    kws = tmp_path / "kws"
+    kws.mkdir()
+    (kws / "results.json").write_text(json.dumps(_results(str(student))))
+    (kws / "robustness.png").write_bytes(b"\x89PNG fake")
+    return {"run": run_dir, "student": student, "results": kws / "results.json"}
+
+
+def test_wilson_interval_hand_computed():
+    # p = 0.8, n = 50, z = 1.96: centre 0.778595, half-width 0.108969
+    low, high = wilson_interval(0.8, 50, z=1.96)
+    assert low == pytest.approx(0.669626, abs=2e-6)
+    assert high == pytest.approx(0.887564, abs=2e-6)
+    assert wilson_interval(0.8, 50) == pytest.approx((low, high), abs=1e-5)  # z = 1.959964
+    assert wilson_interval(0.0, 10)[0] == 0.0
+    assert wilson_interval(1.0, 10)[1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="n > 0"):
+        wilson_interval(0.5, 0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        wilson_interval(1.5, 10)
+
+
+def test_card_from_real_results_reads_back(run):
+    from huggingface_hub import ModelCard
+
+    path = write_card(run["student"], [run["results"]], run["run"], license="apache-2.0",
+                      base_model="microsoft/wavlm-base-plus", datasets=["openslr/librispeech_asr"],
+                      speed=[{"seconds": 10.0, "median_s": 0.5, "real_time_factor": 0.05,
+                              "threads": 1}])
+    text = path.read_text()
+    check_no_placeholders(text)
+    loaded = ModelCard.load(path)
+    data = loaded.data
+    assert data.license == "apache-2.0" and data.library_name == "transformers"
+    assert data.base_model == "microsoft/wavlm-base-plus"
+    assert data.datasets == ["openslr/librispeech_asr"]
+    assert "robustdistill" in data.tags and "wavlm" in data.tags
+    got = {(r.dataset_config, r.metric_type): r.metric_value for r in data.eval_results}
+    assert got == {("clean", "accuracy"): 0.8, ("clean", "loss"): 0.2,
+                   ("snr0", "accuracy"): 0.5, ("snr0", "loss"): 0.5,
+                   ("reverb", "accuracy"): 0.6, ("reverb", "loss"): 0.4}
+    assert {r.task_type for r in data.eval_results} == {"audio-classification"}
+    assert {r.dataset_type for r in data.eval_results} == {"fsdd"}
+    assert {r.dataset_split for r in data.eval_results} == {"test"}
+    # intervals in the text: Wilson 95 % of 0.8 with n = 50, hand-computed above
+    assert "0.8000 [0.6696, 0.8876]" in text
+    assert "Wilson score 95 %" in text
+    # size, speed, recipe, provenance, plot
+    from transformers import AutoModel
+
+    params = sum(p.numel() for p in AutoModel.from_pretrained(run["student"]).parameters())
+    assert f"{params:,}" in text
+    assert "| 10 s | 0.500 s | 0.050 |" in text
+    assert "200 steps of batch 4" in text and "best validation loss 3.5733" in text
+    assert "runs/data/noise_train" in text and "train-clean-100" in text
+    assert "![kws_fsdd_cpu robustness](robustness_kws_fsdd_cpu.png)" in text
+    assert (run["student"] / "robustness_kws_fsdd_cpu.png").read_bytes() == b"\x89PNG fake"
+    assert (run["student"] / "training_config.yaml").read_text() == (
+        run["run"] / "config.yaml").read_text()
+    assert (run["student"] / "heads" / "layerwise.safetensors").read_bytes() == b"weights"
+    assert "arXiv:2302.09437" in text and "arXiv:2110.01900" in text
+    assert 'AutoModel.from_pretrained("' in text
+
+
+def test_carded_folder_loads_offline(run):
+    from transformers import AutoFeatureExtractor, AutoModel
+
+    write_card(run["student"], [run["results"]], run["run"], license="mit", speed=False)
+    model = AutoModel.from_pretrained(run["student"])
+    extractor = AutoFeatureExtractor.from_pretrained(run["student"])
+    import numpy as np
+
+    inputs = extractor(np.zeros(4000, np.float32), sampling_rate=16000, return_tensors="pt")
+    out = model(**inputs, output_hidden_states=True)
+    assert len(out.hidden_states) == model.config.num_hidden_layers + 1
+
+
+def test_new_results_form_intervals_and_label_are_used(run, tmp_path):
+    entry = _results(str(run["student"]), label="kws")
+    entry["metrics"]["clean"]["accuracy"] = {"value": 0.8, "ci": [0.7, 0.9]}
+    entry["intervals"] = {"snr0": {"accuracy": {"low": 0.4, "high": 0.6}}}
+    entry["per_item"] = {"clean": [1, 0, 1]}  # per-item outputs are ignored
+    path = tmp_path / "new.json"
+    path.write_text(json.dumps({"results": [entry]}))
+    (task,) = load_task_results(path)
+    assert task.label == "kws"
+    assert task.metrics["clean"]["accuracy"].interval == (0.7, 0.9)
+    assert task.metrics["clean"]["accuracy"].interval_source == "results file"
+    assert task.metrics["snr0"]["accuracy"].interval == (0.4, 0.6)
+    assert task.metrics["reverb"]["accuracy"].interval_source.startswith("Wilson")
+    card = build_card(run["student"], [path], run["run"], license="mit", speed=False,
+                      copy_plots=False)
+    assert "0.8000 [0.7000, 0.9000]" in card.text and "### kws:" in card.text
+
+
+def test_other_upstreams_are_comparison_rows_not_model_index(run, tmp_path):
+    merged = {"results": [_results(str(run["student"])),
+                          _results("runs/teacher", accuracy=(0.9, 0.7, 0.8))]}
+    path = tmp_path / "compare.json"
+    path.write_text(json.dumps(merged))
+    card = build_card(run["student"], [path], run["run"], license="mit", speed=False,
+                      copy_plots=False)
+    assert "| `teacher` | 0.9000" in card.text
+    assert {r.metric_value for r in card.data.eval_results
+            if r.metric_type == "accuracy"} == {0.8, 0.5, 0.6}
+
+
+def test_results_of_another_model_are_refused(run, tmp_path):
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(_results("runs/someone_else")))
+    with pytest.raises(CardError, match="no result for"):
+        build_card(run["student"], [path], run["run"], license="mit", speed=False)
+    card = build_card(run["student"], [path], run["run"], license="mit", speed=False,
+                      copy_plots=False, match_upstream="runs/someone_else")
+    assert len(card.data.eval_results) == 6
+
+
+def test_bad_results_files(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_task_results(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_task_results(tmp_path / "bad.json")
+    (tmp_path / "partial.json").write_text(json.dumps({"task": "x"}))
+    with pytest.raises(ValueError, match="missing"):
+        load_task_results(tmp_path / "partial.json")
+    entry = _results("m")
+    del entry["metrics"]["snr0"]
+    (tmp_path / "nocond.json").write_text(json.dumps(entry))
+    with pytest.raises(ValueError, match="'snr0' is listed but has no metrics"):
+        load_task_results(tmp_path / "nocond.json")
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_template_renders_without_placeholders(run, kind):
+    card = build_card(run["student"], [run["results"]], run["run"], license="mit", kind=kind,
+                      speed=False, copy_plots=False)
+    check_no_placeholders(card.text)
+    assert card.data.pipeline_tag == KINDS[kind][1]
+
+
+def test_card_without_run_or_results_says_so(run):
+    card = build_card(run["student"], [], None, license="mit", speed=False)
+    assert "No training run was given" in card.text
+    assert "No downstream results were given" in card.text
+    assert card.data.eval_results is None
+
+
+def test_placeholder_check_and_strict_templates(run, tmp_path, monkeypatch):
+    for text in ("value {{ x }}", "[More Information Needed]", "TODO: fill", "{% if a %}"):
+        with pytest.raises(CardError, match="placeholder"):
+            check_no_placeholders(text)
+    (tmp_path / "ssl_student.md").write_text("---\n{{ card_data }}\n---\n{{ not_a_field }}\n")
+    monkeypatch.setattr(card_mod, "templates_dir", lambda: tmp_path)
+    with pytest.raises(CardError, match="unknown field"):
+        build_card(run["student"], [], None, license="mit", speed=False)
+
+
+def test_hub_cards_is_the_package_templates():
+    repo = Path(__file__).resolve().parents[1]
+    assert (repo / "hub_cards").resolve() == card_mod.templates_dir()
+    assert {f"{KINDS[k][0]}" for k in KINDS} <= {p.name for p in card_mod.templates_dir()
+                                                   .glob("*.md")}
+
+
+def test_card_cli(run, capsys):
+    from robustdistill.cli import main
+
+    rc = main(["card", "--model", str(run["student"]), "--results", str(run["results"]),
+               "--run", str(run["run"]), "--license", "apache-2.0", "--no-speed",
+               "--repo-id", "org/tiny-robust", "--note", "A test model."])
+    assert rc == 0
+    text = (run["student"] / "README.md").read_text()
+    assert 'AutoModel.from_pretrained("org/tiny-robust")' in text
+    assert "- A test model." in text and "model_name" not in text
+    with pytest.raises(SystemExit):
+        main(["card", "--model", str(run["student"]), "--license", "mit", "--kind", "nope"])
+
+
+def test_measure_speed_rows(tiny_wavlm_dir):
+    from robustdistill.publish.provenance import measure_speed, model_facts
+
+    (row,) = measure_speed(tiny_wavlm_dir, seconds=(0.25,), repeats=1)
+    assert row["seconds"] == 0.25 and row["median_s"] > 0
+    assert row["real_time_factor"] == pytest.approx(row["median_s"] / 0.25)
+    facts = model_facts(tiny_wavlm_dir)
+    assert facts.model_type == "wavlm" and facts.parameters > 0
+    assert facts.receptive_field == 8 + 4 * (8 - 1) + 16 * (8 - 1)  # kernels 8, strides 4
