@@ -143,6 +143,7 @@ COMMANDS = {
     "export": export_main,
     "evaluate": _lazy("downstream.cli:evaluate_main"),
     "compare": _lazy("downstream.cli:compare_main"),
+    "export-s3prl": _lazy("robustdistill.s3prl_export:main"),
     "cache-teacher": _lazy("robustdistill.teacher_cache:main"),
 }
 

@@ -73,6 +73,8 @@ class TrainingConfig:
     learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (AdamW)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay, on parameters with 2+ dims only"})
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98], metadata={"help": "AdamW betas"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon (s3prl distiller and RobustDistiller: 1e-6)"})
+    weight_decay_params: str = field(default="matrices", metadata={"help": "which parameters weight_decay applies to: 'matrices' (2+ dims) or 'non_bias' (every parameter whose name has no 'bias': s3prl's grouping)"})
     warmup_ratio: float = field(default=0.07, metadata={"help": "fraction of max_steps of linear warm-up"})
     lr_schedule: str = field(default="linear", metadata={"help": "transformers scheduler name after warm-up: linear, cosine, constant_with_warmup"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
@@ -104,6 +106,11 @@ class TrainingConfig:
             raise ConfigError(f"training.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if len(self.adam_betas) != 2:
             raise ConfigError(f"training.adam_betas needs two values, got {self.adam_betas}")
+        if not self.adam_eps > 0:
+            raise ConfigError(f"training.adam_eps must be > 0, got {self.adam_eps}")
+        if self.weight_decay_params not in ("matrices", "non_bias"):
+            raise ConfigError("training.weight_decay_params must be 'matrices' or 'non_bias', "
+                              f"got {self.weight_decay_params!r}")
 
 
 @dataclass
@@ -115,6 +122,12 @@ class DistillConfig:
     seed: int = 0
     trust_remote_code: bool = False
     student_init: str | None = None  # an existing student folder instead of creating one
+    # "FAMILY/PRESET" (e.g. "wavlm/small"): write a random teacher of that shape (see
+    # robustdistill.teachers) at `teacher` when that folder does not exist yet (the demo).
+    make_teacher: str | None = None
+    # A Whisper teacher's frames: "ssl" interpolates them at the student CNN's frame centres
+    # (320 k + 200 samples; Whisper's are at 320 k), "native" keeps Whisper's own grid.
+    whisper_teacher_frames: str = "ssl"
     student: StudentConfig = field(default_factory=StudentConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
@@ -123,6 +136,16 @@ class DistillConfig:
     )
     training: TrainingConfig = field(default_factory=TrainingConfig)
     teacher_cache: TeacherCacheConfig = field(default_factory=TeacherCacheConfig)
+
+    def __post_init__(self) -> None:
+        if self.whisper_teacher_frames not in ("ssl", "native"):
+            raise ConfigError("whisper_teacher_frames must be 'ssl' or 'native', got "
+                              f"{self.whisper_teacher_frames!r}")
+        if self.make_teacher is not None:
+            family, _, preset = self.make_teacher.partition("/")
+            if not family or not preset:
+                raise ConfigError(f"make_teacher must be 'FAMILY/PRESET' (e.g. 'wavlm/small'), "
+                                  f"got {self.make_teacher!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (what is saved as ``OUTPUT_DIR/config.yaml``)."""
@@ -139,7 +162,47 @@ _SECTIONS = {
 # Filled in by the trainer from the models, never from the config.
 _MODEL_FACTS = ("teacher_hidden_size", "teacher_num_layers", "student_hidden_size",
                 "student_conv_dim")
-_TOP_LEVEL = ("teacher", "output_dir", "seed", "trust_remote_code", "student_init", "objectives")
+_TOP_LEVEL = ("teacher", "output_dir", "seed", "trust_remote_code", "student_init", "objectives",
+              "make_teacher", "whisper_teacher_frames")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def looks_local(name: str) -> bool:
+    """Whether a model reference is meant as a local folder rather than a hub id.
+
+    Local: an absolute path, one starting with ``.`` or ``~``, one with two or more ``/``
+    (hub ids are ``owner/name``), or ``first/rest`` whose ``first`` folder exists here (e.g.
+    ``runs/demo-teacher`` in the repository). A bare name (``bert-base``) counts as a hub id.
+    """
+    name = str(name)
+    if name.startswith(("/", ".", "~")) or name.count("/") >= 2:
+        return True
+    if "/" in name:
+        return not _HUB_ID.match(name) or Path(name.split("/", 1)[0]).is_dir()
+    return False
+
+
+def check_model_path(name: str | Path, role: str, how_to_make: str) -> None:
+    """Fail early, and helpfully, when a local-looking model folder does not exist.
+
+    Without this check ``from_pretrained`` treats the missing folder as a hub id and fails
+    with "couldn't connect to huggingface.co" (offline) or "not a valid model identifier".
+
+    Args:
+        name: the configured teacher or student folder / hub id.
+        role: what it is, for the message (``"teacher"``, ``"student_init"``).
+        how_to_make: the command or setting that creates it, for the message.
+
+    Raises:
+        FileNotFoundError: ``name`` looks local (see :func:`looks_local`) and is not a
+            folder; the message names it and says how to make it.
+    """
+    path = Path(str(name)).expanduser()
+    if looks_local(str(name)) and not path.is_dir():
+        raise FileNotFoundError(
+            f"{role} folder {str(name)!r} does not exist (it looks like a local path, so it is "
+            f"not looked up on the Hugging Face hub). Make it first: {how_to_make}"
+        )
 
 
 def _unknown_key(where: str, key: str, known) -> ConfigError:

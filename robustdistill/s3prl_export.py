@@ -32,6 +32,18 @@ What maps exactly, and what cannot:
 - Padding: s3prl always masks padded frames (zeroed before the positional convolution and
   excluded from attention); a HuBERT ``Upstream`` with a group-norm CNN passes no attention mask,
   so padded batches agree on real frames only with ``use_attention_mask=True``.
+- Which ``-s`` to use in ``run_downstream.py`` (s3prl's distiller returns
+  ``{"hidden_states": [projection] + layers + heads, "last_hidden_state": heads[-1],
+  "paper": layers[-1]}``):
+
+  * ``-s hidden_states`` (s3prl's default, SUPERB's weighted sum): fine; it includes s3prl's
+    index 0 (the projected CNN features *before* the positional convolution, which differs from
+    our index 0) and, with the default zero head, a trailing all-zero state that only takes
+    softmax weight. ``-s hidden_states -l K`` picks one state: ``K = 1..L`` equal our layers.
+  * ``-s paper``: the last transformer layer (DistilHuBERT's paper setting).
+  * never ``-s last_hidden_state``: it is the prediction head's output, all zeros for the
+    default zero head.
+
 - Prediction heads: ``UpstreamExpert.forward`` always runs the distiller's prediction head. With
   ``heads=None`` one all-zero head is written (``n_tasks=1``, ``final_dim = hidden_size``): it
   adds one constant-zero hidden state at the end of s3prl's list. Pass trained heads as a dict
@@ -54,7 +66,8 @@ from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["export_s3prl_distiller", "hubert_to_distiller_config", "hubert_to_distiller_state_dict"]
+__all__ = ["export_s3prl_distiller", "hubert_to_distiller_config", "hubert_to_distiller_state_dict",
+           "main"]
 
 
 def hubert_to_distiller_config(config, *, n_tasks: int = 1, final_dim: int | None = None,
@@ -301,3 +314,40 @@ def export_s3prl_distiller(
     logger.info("wrote s3prl distiller checkpoint %s (%d layers, %d heads)", out,
                 model.config.num_hidden_layers, len(layers))
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``robustdistill export-s3prl --student DIR --out FILE.ckpt [--heads FILE]
+    [--allow-normalization-mismatch]``: write the s3prl distiller checkpoint of a HuBERT-family
+    student folder and print the ``run_downstream.py`` flags to use with it.
+
+    Returns:
+        0 on success; exits with status 2 and a one-line message for a student s3prl cannot
+        reproduce or a missing folder.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="robustdistill export-s3prl",
+        description="Export a HuBERT-family student (e.g. a run's student/ folder) as a "
+        "checkpoint for s3prl's distiller upstream: run_downstream.py -u distiller_local -k CKPT "
+        "-s hidden_states (weighted sum) or -s paper (last layer); never -s last_hidden_state "
+        "(the zero prediction head).")
+    parser.add_argument("--student", required=True, help="student folder (save_pretrained)")
+    parser.add_argument("--out", required=True, help="the .ckpt file to write")
+    parser.add_argument("--heads", help="torch.save'd trained prediction heads (s3prl layout); "
+                        "default: one all-zero head")
+    parser.add_argument("--allow-normalization-mismatch", action="store_true",
+                        help="export a student that expects normalised waveforms anyway")
+    args = parser.parse_args(argv)
+    if not Path(args.student).is_dir():
+        parser.error(f"student folder not found: {args.student}")
+    try:
+        path = export_s3prl_distiller(args.student, args.out, args.heads,
+                                      allow_normalization_mismatch=args.allow_normalization_mismatch)
+    except (ValueError, OSError) as err:
+        parser.error(str(err))
+    print(f"wrote {path}\n"
+          f"use: python run_downstream.py -m train -u distiller_local -k {path} -d TASK -n NAME "
+          "-s hidden_states   (or -s paper for the last layer; not -s last_hidden_state: zeros)")
+    return 0

@@ -26,12 +26,64 @@ from .audio import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Upstream", "UpstreamOutput", "lengths_to_mask", "disable_train_randomness"]
+__all__ = ["Upstream", "UpstreamOutput", "disable_train_randomness", "interpolate_frames",
+           "lengths_to_mask"]
 
 #: Whisper's encoder needs exactly 30 s of log-mel input (3000 frames of 10 ms).
 WHISPER_WINDOW_SAMPLES = 30 * SAMPLE_RATE
 #: Samples per Whisper encoder frame (two stride-2 convs over 10 ms mel frames: 20 ms).
 WHISPER_SAMPLES_PER_FRAME = 320
+#: Whisper frame ``k`` is centred at sample ``320 k`` (mel frames centred at ``160 j``, then a
+#: stride-2 convolution with padding 1); a wav2vec 2.0-style CNN frame ``k`` (receptive field
+#: 400, stride 320) is centred at ``320 k + 200``: 200 samples (0.625 frame) later.
+SSL_FRAME_CENTRE_OFFSET = 200
+#: Receptive field in samples of the wav2vec 2.0-style CNN (kernels 10,3,3,3,3,2,2).
+SSL_RECEPTIVE_FIELD = 400
+#: Whisper frame placements (``Upstream.whisper_frames``): Whisper's own grid, or
+#: interpolated at the centres of a wav2vec 2.0-style student's frames.
+WHISPER_FRAME_GRIDS = ("native", "ssl")
+
+
+class _GradMultiply(torch.autograd.Function):
+    """Identity forward; the backward multiplies the gradient by ``scale`` (fairseq's
+    ``GradMultiply``, used by wav2vec 2.0 / DistilHuBERT as ``feature_grad_mult``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+def interpolate_frames(hidden: torch.Tensor, offset: float, num_frames: int) -> torch.Tensor:
+    """Linear interpolation of a frame sequence at fractional positions ``k + offset``.
+
+    Used to move Whisper's frames (centred at ``320 k`` samples) onto a wav2vec 2.0-style
+    student's frame centres (``320 k + 200``): ``offset = 200 / 320``.
+
+    Args:
+        hidden: ``(B, T, D)`` frames at integer positions ``0 .. T-1``.
+        offset: fractional shift in frames, in ``[0, 1)``.
+        num_frames: ``K``, output frames; positions past ``T - 1`` use the last frame.
+
+    Returns:
+        ``(B, K, D)``: ``out[:, k] = (1 - offset) * hidden[:, k] + offset * hidden[:, k + 1]``
+        (indices clamped to ``T - 1``).
+
+    Raises:
+        ValueError: ``offset`` outside ``[0, 1)`` or ``num_frames < 0``.
+    """
+    if not 0.0 <= offset < 1.0:
+        raise ValueError(f"offset must be in [0, 1) frames, got {offset}")
+    if num_frames < 0:
+        raise ValueError(f"num_frames must be >= 0, got {num_frames}")
+    last = hidden.shape[1] - 1
+    lo = torch.arange(num_frames, device=hidden.device).clamp(max=last)
+    hi = (lo + 1).clamp(max=last)
+    return hidden[:, lo] * (1.0 - offset) + hidden[:, hi] * offset
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
@@ -91,9 +143,18 @@ class Upstream(nn.Module):
             padding, as in the original models.
         feature_extractor: the Whisper feature extractor (log-mel), required for Whisper.
         frozen: eval mode, ``requires_grad=False`` on all parameters, forward under no_grad.
+        feature_grad_mult: factor on the gradient flowing back into the convolutional
+            feature encoder (wav2vec 2.0 / DistilHuBERT ``feature_grad_mult``; 1: unchanged,
+            0: the CNN gets no gradient). Also applies to the returned ``extract_features``.
+        whisper_frames: where a Whisper encoder's frames are placed: ``"native"`` (its own
+            frames, centred at ``320 k`` samples; ``ceil(S / 320)`` of them) or ``"ssl"``
+            (interpolated at ``320 k + 200``, the centres of a wav2vec 2.0-style CNN's frames,
+            with that CNN's frame count: the alignment a Whisper teacher needs with such a
+            student, see :data:`SSL_FRAME_CENTRE_OFFSET`).
 
     Raises:
-        ValueError: Whisper model without a feature extractor.
+        ValueError: Whisper model without a feature extractor; a negative
+            ``feature_grad_mult``; an unknown ``whisper_frames``.
     """
 
     def __init__(
@@ -104,8 +165,18 @@ class Upstream(nn.Module):
         use_attention_mask: bool = False,
         feature_extractor=None,
         frozen: bool = True,
+        feature_grad_mult: float = 1.0,
+        whisper_frames: str = "native",
     ) -> None:
         super().__init__()
+        if not feature_grad_mult >= 0:
+            raise ValueError(f"feature_grad_mult must be >= 0, got {feature_grad_mult}")
+        if whisper_frames not in WHISPER_FRAME_GRIDS:
+            raise ValueError(
+                f"whisper_frames must be one of {WHISPER_FRAME_GRIDS}, got {whisper_frames!r}"
+            )
+        self.feature_grad_mult = float(feature_grad_mult)
+        self.whisper_frames = whisper_frames
         self.is_whisper = getattr(model.config, "model_type", "") == "whisper"
         if self.is_whisper:
             if feature_extractor is None:
@@ -210,7 +281,8 @@ class Upstream(nn.Module):
         """Real output frames for waveforms of ``lengths`` samples.
 
         Uses the model's own convolution arithmetic (``_get_feat_extract_output_lengths``)
-        for SSL encoders, ``ceil(n / 320)`` for Whisper.
+        for SSL encoders, ``ceil(n / 320)`` for Whisper (``whisper_frames="native"``) or the
+        Base CNN's ``max(1, (n - 400) // 320 + 1)`` (``"ssl"``).
 
         Args:
             lengths: ``(B,)`` integer sample counts.
@@ -219,6 +291,10 @@ class Upstream(nn.Module):
             ``(B,)`` long frame counts.
         """
         lengths = torch.as_tensor(lengths)
+        if self.is_whisper and self.whisper_frames == "ssl":
+            # Frames whose centre 320 k + 200 lies within the utterance's real Whisper frames.
+            return (torch.div(lengths - SSL_RECEPTIVE_FIELD, WHISPER_SAMPLES_PER_FRAME,
+                              rounding_mode="floor") + 1).clamp(min=1).long()
         if self.is_whisper:
             return torch.div(lengths + WHISPER_SAMPLES_PER_FRAME - 1, WHISPER_SAMPLES_PER_FRAME,
                              rounding_mode="floor").long()
@@ -268,11 +344,17 @@ class Upstream(nn.Module):
             waveforms = _normalize(waveforms, sample_mask)
         waveforms = waveforms * sample_mask  # padding is exactly zero
         captured = {}
-        handle = None
-        if return_extract_features:
+        handles = []
+        if self.feature_grad_mult != 1.0 and torch.is_grad_enabled():
+            def scale_grad(_module, _inputs, output):
+                if self.feature_grad_mult == 0.0:
+                    return output.detach()
+                return _GradMultiply.apply(output, self.feature_grad_mult)
+            handles.append(self.model.feature_extractor.register_forward_hook(scale_grad))
+        if return_extract_features:  # registered after scale_grad: sees its output
             def hook(_module, _inputs, output):
                 captured["features"] = output.transpose(1, 2)  # (B, C, T) -> (B, T, C)
-            handle = self.model.feature_extractor.register_forward_hook(hook)
+            handles.append(self.model.feature_extractor.register_forward_hook(hook))
         try:
             out = self.model(
                 waveforms,
@@ -281,7 +363,7 @@ class Upstream(nn.Module):
                 return_dict=True,
             )
         finally:
-            if handle is not None:
+            for handle in handles:
                 handle.remove()
         hidden_states = tuple(out.hidden_states)
         frame_lengths = self.frame_lengths(lengths).clamp(max=hidden_states[-1].shape[1])
@@ -306,15 +388,22 @@ class Upstream(nn.Module):
         out = self.model(
             features.to(device=device, dtype=dtype), output_hidden_states=True, return_dict=True
         )
+        native = torch.div(lengths + WHISPER_SAMPLES_PER_FRAME - 1, WHISPER_SAMPLES_PER_FRAME,
+                           rounding_mode="floor")
+        max_native = int(native.max())
         frame_lengths = self.frame_lengths(lengths).to(device)
         max_frames = int(frame_lengths.max())
         hidden_states = []
         for layer in out.hidden_states:
-            joined = layer.new_zeros(len(lengths), max_frames, layer.shape[-1])
+            joined = layer.new_zeros(len(lengths), max_native, layer.shape[-1])
             cursor = [0] * len(lengths)
             for i, (b, k) in enumerate(zip(owners, kept, strict=True)):
                 joined[b, cursor[b] : cursor[b] + k] = layer[i, :k]
                 cursor[b] += k
+            if self.whisper_frames == "ssl":
+                joined = interpolate_frames(
+                    joined, SSL_FRAME_CENTRE_OFFSET / WHISPER_SAMPLES_PER_FRAME, max_frames
+                )
             hidden_states.append(joined)
         mask = lengths_to_mask(frame_lengths, max_frames)
         return UpstreamOutput(tuple(hidden_states), frame_lengths, mask, None)

@@ -127,3 +127,26 @@ def test_refuses_normalised_student_unless_allowed(tmp_path):
         export_s3prl_distiller(up, tmp_path / "s.ckpt")
     with pytest.raises(ValueError, match="feat_proj_layer_norm"):
         hubert_to_distiller_config(HubertConfig())
+
+
+def test_export_s3prl_command_and_feature_selection(tmp_path, monkeypatch, capsys):
+    """``robustdistill export-s3prl`` writes a checkpoint whose s3prl ``paper`` key is our last
+    layer and whose ``last_hidden_state`` is the zero head (documented: never use it)."""
+    from robustdistill.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = tiny_hubert()
+    model.save_pretrained(tmp_path / "student")
+    out = tmp_path / "s3prl" / "student.ckpt"
+    assert main(["export-s3prl", "--student", str(tmp_path / "student"), "--out", str(out)]) == 0
+    assert "-s hidden_states" in capsys.readouterr().out
+    wav = torch.randn(4000)
+    up = expert.UpstreamExpert(str(out)).eval()
+    with torch.no_grad():
+        states = up([wav])
+        ours = model(wav[None], output_hidden_states=True).hidden_states
+    torch.testing.assert_close(states["paper"], ours[-1], atol=1e-5, rtol=1e-5)
+    assert torch.count_nonzero(states["last_hidden_state"]) == 0
+    with pytest.raises(SystemExit) as exc:
+        main(["export-s3prl", "--student", str(tmp_path / "missing"), "--out", str(out)])
+    assert exc.value.code == 2

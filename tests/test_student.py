@@ -80,8 +80,12 @@ def test_hubert_student_has_the_distilhubert_projection_and_exports_to_s3prl(tmp
     s = student.state_dict()
     assert torch.equal(s["feature_extractor.conv_layers.0.conv.weight"],
                        t["feature_extractor.conv_layers.0.conv.weight"])
-    assert not torch.equal(s["feature_projection.projection.weight"],
-                           t["feature_projection.projection.weight"])  # not copied: no norm
+    # Copied although the student lacks the layer norm before it, as s3prl's distiller does.
+    assert torch.equal(s["feature_projection.projection.weight"],
+                       t["feature_projection.projection.weight"])
+    random = create_student(teacher, StudentConfig(num_layers=1, copy_projection=False))
+    assert not torch.equal(random.state_dict()["feature_projection.projection.weight"],
+                           t["feature_projection.projection.weight"])
     with_norm = create_student(teacher, StudentConfig(num_layers=1, projection_layer_norm=True))
     assert torch.equal(with_norm.state_dict()["feature_projection.projection.weight"],
                        t["feature_projection.projection.weight"])
