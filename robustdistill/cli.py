@@ -64,6 +64,7 @@ def create_student_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="robustdistill create-student")
     parser.add_argument("--teacher", required=True, help="hub id or local folder")
     parser.add_argument("--out", required=True, help="folder to write the student to")
+    parser.add_argument("--preset", default="default", help="student shape: default or fast")
     parser.add_argument("--family", default=None)
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--hidden-size", type=int, default=None)
@@ -75,7 +76,7 @@ def create_student_main(argv: list[str]) -> int:
     parser.add_argument("--trust-remote-code", action="store_true")
     args = parser.parse_args(argv)
     try:
-        cfg = StudentConfig(family=args.family, num_layers=args.num_layers,
+        cfg = StudentConfig(preset=args.preset, family=args.family, num_layers=args.num_layers,
                             hidden_size=args.hidden_size,
                             num_attention_heads=args.num_attention_heads,
                             intermediate_size=args.intermediate_size, conv_dim=args.conv_dim,
@@ -116,17 +117,9 @@ def export_main(argv: list[str]) -> int:
     parser.add_argument("--run", required=True, help="the run's output_dir")
     parser.add_argument("--checkpoint", default=None, help="default: the newest checkpoint")
     parser.add_argument("--out", default=None, help="default: RUN/student")
-    parser.add_argument("--onnx", action="store_true",
-                        help="also write OUT/onnx/model.onnx, checked with onnxruntime")
-    parser.add_argument("--onnx-check-audio", default=None,
-                        help="audio folder for the ONNX parity check (default: generated noise)")
     args = parser.parse_args(argv)
     out = export_from_checkpoint(args.run, args.checkpoint, args.out)
     logger.info("student written to %s", out)
-    if args.onnx:
-        from .publish.onnx import export_and_check
-
-        export_and_check(out, args.onnx_check_audio)
     return 0
 
 
@@ -151,10 +144,7 @@ COMMANDS = {
     "export": export_main,
     "evaluate": _lazy("downstream.cli:evaluate_main"),
     "compare": _lazy("downstream.cli:compare_main"),
-    "export-s3prl": _lazy("robustdistill.s3prl_export:main"),
     "cache-teacher": _lazy("robustdistill.teacher_cache:main"),
-    "card": _lazy("robustdistill.publish.card:card_main"),
-    "push": _lazy("robustdistill.publish.push:push_main"),
 }
 
 

@@ -30,10 +30,27 @@ from .upstream import Upstream, disable_train_randomness
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StudentConfig", "create_student", "save_student", "student_feature_extractor"]
+__all__ = ["STUDENT_PRESETS", "StudentConfig", "create_student", "save_student",
+           "student_feature_extractor"]
 
 #: Student families: ``transformers`` model types whose models are stock waveform encoders.
 STUDENT_FAMILIES = ("hubert", "wavlm", "wav2vec2", "data2vec-audio")
+
+#: Named student shapes; a preset fills only the fields left unset (None) in the config.
+#: ``default``: DistilHuBERT (arXiv 2110.01900): the teacher's CNN and width, 2 layers (23.5 M
+#: parameters for a Base teacher). ``fast``: a FitHuBERT-like thin student ("FitHuBERT: Going
+#: Thinner and Deeper for Knowledge Distillation of Speech Self-Supervised Learning", arXiv
+#: 2207.00555) with a narrower CNN as DPHuBERT's pruned ones ("DPHuBERT: Joint Distillation and
+#: Pruning of Self-Supervised Speech Models", arXiv 2305.17651): 256 CNN channels, width 384,
+#: 6 heads, FFN 1536, 2 layers (5.9 M parameters), HuBERT family (PyTorch SDPA attention;
+#: WavLM's gated relative position bias has only eager attention in ``transformers``). Its
+#: shapes differ from the teacher's, so it starts from random weights (nothing is pruned or
+#: sliced from the teacher). CPU speed and downstream cost: ``docs/performance.md``.
+STUDENT_PRESETS: dict[str, dict] = {
+    "default": {},
+    "fast": {"family": "hubert", "conv_dim": [256] * 7, "hidden_size": 384,
+             "num_attention_heads": 6, "intermediate_size": 1536},
+}
 
 # Fields a student of another family inherits from an SSL teacher's config.
 _SHARED_FIELDS = (
@@ -48,6 +65,8 @@ class StudentConfig:
     """How to build the student.
 
     Attributes:
+        preset: a key of :data:`STUDENT_PRESETS` (``default`` or ``fast``); it fills the
+            shape fields left unset below.
         family: ``transformers`` model type of the student (one of ``STUDENT_FAMILIES``);
             default: the teacher's when it is one of them, else ``hubert``.
         num_layers: transformer layers of the student (DistilHuBERT: 2).
@@ -65,17 +84,11 @@ class StudentConfig:
             student (default off: no layer is skipped and no frame masked silently).
         projection_layer_norm: ``feat_proj_layer_norm`` of HuBERT students (the only family
             whose config has it). Default off, as DistilHuBERT (``ntu-spml/distilhubert``) and s3prl's distiller
-            have it (so the student exports to s3prl).
-        copy_projection: copy the teacher's feature projection (CNN channels -> width) even
-            when the teacher has a layer norm before it and the student does not. Default on,
-            as s3prl's distiller (``init_teacher_conv_layers`` loads ``post_extract_proj``
-            from HuBERT Base, whose projection follows a layer norm the distiller lacks);
-            off keeps that projection randomly initialised.
-        feature_grad_mult: factor on the gradient reaching the student's CNN during
-            distillation (both reference codes: 0.1, fairseq's ``GradMultiply``; 1: plain
-            gradient; 0: frozen CNN). A training setting: the saved student does not hold it.
+            have it (so the student exports to s3prl); the teacher's projection is then not
+            copied either, since it was trained on normalised features.
     """
 
+    preset: str = field(default="default", metadata={"help": f"student shape preset, one of {tuple(STUDENT_PRESETS)}; explicit fields override it"})
     family: str | None = field(default=None, metadata={"help": f"student model type, one of {STUDENT_FAMILIES}; default: the teacher's"})
     num_layers: int = field(default=2, metadata={"help": "transformer layers of the student"})
     hidden_size: int | None = field(default=None, metadata={"help": "student width; default the teacher's"})
@@ -86,16 +99,15 @@ class StudentConfig:
     init_layers: list[int] | None = field(default=None, metadata={"help": "teacher layers (0-based) copied into the student layers"})
     keep_train_randomness: bool = field(default=False, metadata={"help": "keep LayerDrop/SpecAugment in the student"})
     projection_layer_norm: bool = field(default=False, metadata={"help": "HuBERT students: layer norm before the feature projection (off: DistilHuBERT layout, exportable to s3prl)"})
-    copy_projection: bool = field(default=True, metadata={"help": "copy the teacher's feature projection even without its layer norm (s3prl's distiller does)"})
-    feature_grad_mult: float = field(default=0.1, metadata={"help": "gradient factor into the student's CNN (DistilHuBERT/RobustDistiller: 0.1; 0 freezes it)"})
 
     def __post_init__(self) -> None:
+        if self.preset not in STUDENT_PRESETS:
+            raise ValueError(f"student.preset must be one of {tuple(STUDENT_PRESETS)}, got "
+                             f"{self.preset!r}")
         if self.family is not None and self.family not in STUDENT_FAMILIES:
             raise ValueError(f"student.family must be one of {STUDENT_FAMILIES}, got {self.family!r}")
         if self.num_layers < 1:
             raise ValueError(f"student.num_layers must be >= 1, got {self.num_layers}")
-        if not self.feature_grad_mult >= 0:
-            raise ValueError(f"student.feature_grad_mult must be >= 0, got {self.feature_grad_mult}")
         if self.init_layers is not None and len(self.init_layers) != self.num_layers:
             raise ValueError(
                 f"student.init_layers needs one teacher layer per student layer "
@@ -110,7 +122,8 @@ class StudentConfig:
 def _student_config(teacher: Upstream, cfg: StudentConfig):
     """Build the student's ``PreTrainedConfig`` from the teacher's and ``cfg``."""
     teacher_type = teacher.config.model_type
-    family = cfg.family or (teacher_type if teacher_type in STUDENT_FAMILIES else "hubert")
+    family = cfg.family or STUDENT_PRESETS[cfg.preset].get("family") or (
+        teacher_type if teacher_type in STUDENT_FAMILIES else "hubert")
     if family == teacher_type:
         base = teacher.config.to_dict()
         for key in ("model_type", "architectures", "_name_or_path", "transformers_version",
@@ -119,21 +132,25 @@ def _student_config(teacher: Upstream, cfg: StudentConfig):
     else:
         base = {k: getattr(teacher.config, k) for k in _SHARED_FIELDS if hasattr(teacher.config, k)}
     config = AutoConfig.for_model(family, **base)
-    hidden = cfg.hidden_size or teacher.hidden_size
+    preset = dict(STUDENT_PRESETS[cfg.preset])
+    if cfg.hidden_size is not None:  # an explicit width: the preset's heads/FFN do not apply
+        preset = {k: v for k, v in preset.items() if k in ("conv_dim", "family")}
+    hidden = cfg.hidden_size or preset.get("hidden_size") or teacher.hidden_size
     same_width = family == teacher_type and hidden == teacher.hidden_size
     config.hidden_size = hidden
     config.num_hidden_layers = cfg.num_layers
     # Same family and width: keep the teacher's heads and FFN so its layers can be copied.
-    config.num_attention_heads = cfg.num_attention_heads or (
+    config.num_attention_heads = cfg.num_attention_heads or preset.get("num_attention_heads") or (
         teacher.config.num_attention_heads if same_width else max(1, hidden // 64))
-    config.intermediate_size = cfg.intermediate_size or (
+    config.intermediate_size = cfg.intermediate_size or preset.get("intermediate_size") or (
         teacher.config.intermediate_size if same_width else 4 * hidden)
-    if cfg.conv_dim is not None:
-        if len(cfg.conv_dim) != len(config.conv_stride):
+    conv_dim = cfg.conv_dim if cfg.conv_dim is not None else preset.get("conv_dim")
+    if conv_dim is not None:
+        if len(conv_dim) != len(config.conv_stride):
             raise ValueError(
-                f"student.conv_dim needs {len(config.conv_stride)} entries, got {cfg.conv_dim}"
+                f"student.conv_dim needs {len(config.conv_stride)} entries, got {conv_dim}"
             )
-        config.conv_dim = list(cfg.conv_dim)
+        config.conv_dim = list(conv_dim)
     if hasattr(config, "feat_proj_layer_norm"):
         config.feat_proj_layer_norm = cfg.projection_layer_norm
     if not cfg.keep_train_randomness:
@@ -165,7 +182,7 @@ def create_student(teacher: Upstream, cfg: StudentConfig | None = None) -> PreTr
             raise ValueError(
                 f"student.init_layers {bad} outside the teacher's {teacher.num_layers} layers"
             )
-        copied, skipped = _copy_from_teacher(student, teacher.model, layers, cfg.copy_projection)
+        copied, skipped = _copy_from_teacher(student, teacher.model, layers)
         logger.info("student initialised from the teacher: %d tensors copied, %d random "
                     "(shape mismatch)", copied, len(skipped))
     else:
@@ -178,18 +195,16 @@ _LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.(.*)$")
 
 
 @torch.no_grad()
-def _copy_from_teacher(student, teacher, layers: list[int],
-                       copy_projection: bool = True) -> tuple[int, list[str]]:
+def _copy_from_teacher(student, teacher, layers: list[int]) -> tuple[int, list[str]]:
     """Copy every student tensor whose teacher counterpart has the same shape.
 
     Student layer ``i`` takes teacher layer ``layers[i]``. WavLM keeps its relative
     position bias only in layer 0, so a student layer 0 takes it from teacher layer 0.
-    ``copy_projection=False``: a teacher projection that follows a layer norm the student
-    lacks is not copied.
     """
     teacher_state = teacher.state_dict()
     norm_key = "feature_projection.layer_norm.weight"
-    if not copy_projection and norm_key in teacher_state and norm_key not in student.state_dict():
+    if norm_key in teacher_state and norm_key not in student.state_dict():
+        # Without the layer norm the teacher's projection sees other inputs: keep it random.
         teacher_state = {k: v for k, v in teacher_state.items()
                          if not k.startswith("feature_projection.")}
     copied, skipped = 0, []

@@ -419,10 +419,11 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
     teacher.to(acc.device)
     layers = tc.layers
     if layers is None:
+        # Only the teacher layers they read matter here; student widths are placeholders.
         objectives = [build_objective(name, teacher_hidden_size=teacher.hidden_size,
                                       teacher_num_layers=teacher.num_layers,
                                       student_hidden_size=teacher.hidden_size,
-                                      student_conv_dim=teacher.conv_dim, **options)
+                                      student_conv_dim=teacher.conv_dim or 512, **options)
                       for name, options in cfg.objectives.items()]
         layers = cached_layers_of(objectives)
     cache = TeacherFeatureCache(tc.dir, teacher, layers, context=tc.context, dtype=tc.dtype,

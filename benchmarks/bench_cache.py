@@ -1,0 +1,133 @@
+"""Teacher feature cache vs teacher-every-step: distillation throughput, one run, interleaved.
+
+Two identical runs of the RobustDistiller recipe (``configs/robust_wavlm_base_plus.yaml``:
+layer-wise heads + enhancement head, noise/reverberation from ``runs/data/*_train``) on real
+LibriSpeech utterances (``../shared/data``; generated audio without it), one with the teacher
+on every step, one reading its targets from a prebuilt cache (context ``utterance``, fp16).
+Steps alternate between the two runs; the figure is the ratio of audio seconds per second.
+Also printed: the one-off cost of building the cache and its size per hour of audio.
+
+Usage::
+
+    python benchmarks/bench_cache.py --teacher wavlm-base [--threads 2 --batch-size 2 --crop-s 4]
+    python benchmarks/bench_cache.py --teacher whisper-tiny.en
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from _common import REPO, SHARED_DATA, SPLIT, WHISPER_DIR, interleaved, median, quiet, table
+
+
+def _teacher_dir(name: str, tmp: Path) -> Path:
+    if name == "wavlm-base":
+        from robustdistill.teachers import make_random_teacher
+
+        return make_random_teacher("wavlm", "base", tmp / "teacher")
+    if name == "whisper-tiny.en":
+        if not WHISPER_DIR.is_dir():
+            raise SystemExit(f"{WHISPER_DIR} is absent")
+        return WHISPER_DIR
+    raise SystemExit(f"unknown teacher {name!r}")
+
+
+def _config(args, teacher_dir: Path, tmp: Path, out: str, **extra):
+    from _common import subset_folder
+
+    from robustdistill.config import load_config
+
+    overrides = {
+        "teacher": str(teacher_dir), "output_dir": str(tmp / out),
+        "data.batch_size": args.batch_size, "data.max_length_s": args.crop_s,
+        "data.min_length_s": min(2.0, args.crop_s), "data.num_workers": 0,
+        "data.validation_dir": "null", "data.validation_fraction": 0.01,
+        "training.cpu": True, "training.report_to": "[]", "training.mixed_precision": "no",
+        "training.max_steps": 10_000, **extra,
+    }
+    if args.teacher == "whisper-tiny.en":  # 4 layers: the recipe's [4, 8, 12] scaled, [1, 3, 4]
+        overrides["objectives.layerwise.teacher_layers"] = "null"
+    if (SHARED_DATA / "librispeech-mini").is_dir():
+        overrides["data.train_dir"] = str(subset_folder(
+            SHARED_DATA / "librispeech-mini" / "train-clean-100", args.items, tmp / "speech"))
+    else:
+        overrides.update({"data.train_dir": "null", "data.synthetic_items": args.items,
+                          "data.synthetic_seconds": f"[{args.crop_s}, {2 * args.crop_s}]",
+                          "data.synthetic_dir": str(tmp / "speech")})
+    if (SPLIT / "noise_train").is_dir():
+        overrides.update({"augmentation.noise_dir": str(SPLIT / "noise_train"),
+                          "augmentation.rir_dir": str(SPLIT / "rir_train")})
+    else:
+        overrides.update({"augmentation.noise_dir": "null", "augmentation.rir_dir": "null",
+                          "augmentation.num_simulated_rooms": 4})
+    argv = [x for k, v in overrides.items() for x in (f"--{k}", str(v))]
+    return load_config(REPO / "configs" / "robust_wavlm_base_plus.yaml", argv)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="wavlm-base", choices=["wavlm-base", "whisper-tiny.en"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--items", type=int, default=12, help="utterances in the corpus")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--crop-s", type=float, default=4.0)
+    parser.add_argument("--repeats", type=int, default=5, help="steps per side (after 1 warm-up)")
+    parser.add_argument("--out", type=Path, default=None, help="append the table to this file")
+    args = parser.parse_args()
+    quiet()
+    torch.set_num_threads(args.threads)
+    from robustdistill.teacher_cache import build_cache
+    from robustdistill.trainer import _Run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        teacher_dir = _teacher_dir(args.teacher, tmp)
+        cached_cfg = _config(args, teacher_dir, tmp, "cached", **{
+            "teacher_cache.dir": str(tmp / "cache"), "teacher_cache.missing": "error"})
+        start = time.perf_counter()
+        built = build_cache(cached_cfg, splits=["train"])
+        build_s = time.perf_counter() - start
+        plain = _Run(_config(args, teacher_dir, tmp, "plain"))
+        cached = _Run(cached_cfg)
+        audio_s = float(cached.train_set.total_seconds)
+        size = cached.teacher_cache.stats()["bytes"]
+        runs = {"teacher every step": plain, "cached teacher targets": cached}
+        audio = {name: [] for name in runs}
+        iterators = {name: run._batches() for name, run in runs.items()}
+
+        def step(name):
+            values = runs[name].train_step(iterators[name])
+            audio[name].append(values["audio_seconds"])
+
+        times = interleaved({name: (lambda n=name: step(n)) for name in runs}, args.repeats)
+        rows = []
+        for name in runs:
+            seconds = audio[name][1:]  # the warm-up step is not timed
+            rows.append((name, f"{median(times[name]):.2f}",
+                         f"{sum(seconds) / sum(times[name]):.2f}"))
+        ratio = (sum(audio["cached teacher targets"][1:]) / sum(times["cached teacher targets"])) / (
+            sum(audio["teacher every step"][1:]) / sum(times["teacher every step"]))
+        rows.append(("**speed-up (cached / teacher every step)**", "", f"**{ratio:.2f}x**"))
+        teacher = plain.teacher
+        notes = [
+            f"Teacher: {args.teacher} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.1f} M "
+            f"params, layers {cached.teacher_cache.layers} cached); student "
+            f"{sum(p.numel() for p in plain.accelerator.unwrap_model(plain.model).student.parameters()) / 1e6:.1f} M "
+            f"params; batch {args.batch_size} x {args.crop_s:g} s crops, fp32 training, "
+            f"{args.repeats} interleaved steps per side after one warm-up.",
+            f"Corpus: {len(cached.train_set)} utterances, {audio_s:.0f} s "
+            f"({'LibriSpeech train-clean-100' if (SHARED_DATA / 'librispeech-mini').is_dir() else 'generated'}).",
+            f"Cache build (one-off, `build_cache`, 1 process): {build_s:.1f} s for {audio_s:.0f} s of "
+            f"audio = {audio_s / build_s:.1f} audio-s/s; {built['computed']} entries, "
+            f"{size / 1e6:.1f} MB = {size / 1e9 / (audio_s / 3600):.2f} GB per hour of audio (fp16).",
+        ]
+        table(f"Teacher cache, {args.teacher}", ("run", "median s/step", "audio s per s"),
+              rows, notes, threads=args.threads, out=args.out)
+
+
+if __name__ == "__main__":
+    main()
