@@ -117,9 +117,17 @@ def export_main(argv: list[str]) -> int:
     parser.add_argument("--run", required=True, help="the run's output_dir")
     parser.add_argument("--checkpoint", default=None, help="default: the newest checkpoint")
     parser.add_argument("--out", default=None, help="default: RUN/student")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also write OUT/onnx/model.onnx, checked with onnxruntime")
+    parser.add_argument("--onnx-check-audio", default=None,
+                        help="audio folder for the ONNX parity check (default: generated noise)")
     args = parser.parse_args(argv)
     out = export_from_checkpoint(args.run, args.checkpoint, args.out)
     logger.info("student written to %s", out)
+    if args.onnx:
+        from .publish.onnx import export_and_check
+
+        export_and_check(out, args.onnx_check_audio)
     return 0
 
 
@@ -144,7 +152,10 @@ COMMANDS = {
     "export": export_main,
     "evaluate": _lazy("downstream.cli:evaluate_main"),
     "compare": _lazy("downstream.cli:compare_main"),
+    "export-s3prl": _lazy("robustdistill.s3prl_export:main"),
     "cache-teacher": _lazy("robustdistill.teacher_cache:main"),
+    "card": _lazy("robustdistill.publish.card:card_main"),
+    "push": _lazy("robustdistill.publish.push:push_main"),
 }
 
 

@@ -84,8 +84,15 @@ class StudentConfig:
             student (default off: no layer is skipped and no frame masked silently).
         projection_layer_norm: ``feat_proj_layer_norm`` of HuBERT students (the only family
             whose config has it). Default off, as DistilHuBERT (``ntu-spml/distilhubert``) and s3prl's distiller
-            have it (so the student exports to s3prl); the teacher's projection is then not
-            copied either, since it was trained on normalised features.
+            have it (so the student exports to s3prl).
+        copy_projection: copy the teacher's feature projection (CNN channels -> width) even
+            when the teacher has a layer norm before it and the student does not. Default on,
+            as s3prl's distiller (``init_teacher_conv_layers`` loads ``post_extract_proj``
+            from HuBERT Base, whose projection follows a layer norm the distiller lacks);
+            off keeps that projection randomly initialised.
+        feature_grad_mult: factor on the gradient reaching the student's CNN during
+            distillation (both reference codes: 0.1, fairseq's ``GradMultiply``; 1: plain
+            gradient; 0: frozen CNN). A training setting: the saved student does not hold it.
     """
 
     preset: str = field(default="default", metadata={"help": f"student shape preset, one of {tuple(STUDENT_PRESETS)}; explicit fields override it"})
@@ -99,6 +106,8 @@ class StudentConfig:
     init_layers: list[int] | None = field(default=None, metadata={"help": "teacher layers (0-based) copied into the student layers"})
     keep_train_randomness: bool = field(default=False, metadata={"help": "keep LayerDrop/SpecAugment in the student"})
     projection_layer_norm: bool = field(default=False, metadata={"help": "HuBERT students: layer norm before the feature projection (off: DistilHuBERT layout, exportable to s3prl)"})
+    copy_projection: bool = field(default=True, metadata={"help": "copy the teacher's feature projection even without its layer norm (s3prl's distiller does)"})
+    feature_grad_mult: float = field(default=0.1, metadata={"help": "gradient factor into the student's CNN (DistilHuBERT/RobustDistiller: 0.1; 0 freezes it)"})
 
     def __post_init__(self) -> None:
         if self.preset not in STUDENT_PRESETS:
@@ -108,6 +117,8 @@ class StudentConfig:
             raise ValueError(f"student.family must be one of {STUDENT_FAMILIES}, got {self.family!r}")
         if self.num_layers < 1:
             raise ValueError(f"student.num_layers must be >= 1, got {self.num_layers}")
+        if not self.feature_grad_mult >= 0:
+            raise ValueError(f"student.feature_grad_mult must be >= 0, got {self.feature_grad_mult}")
         if self.init_layers is not None and len(self.init_layers) != self.num_layers:
             raise ValueError(
                 f"student.init_layers needs one teacher layer per student layer "
@@ -182,7 +193,7 @@ def create_student(teacher: Upstream, cfg: StudentConfig | None = None) -> PreTr
             raise ValueError(
                 f"student.init_layers {bad} outside the teacher's {teacher.num_layers} layers"
             )
-        copied, skipped = _copy_from_teacher(student, teacher.model, layers)
+        copied, skipped = _copy_from_teacher(student, teacher.model, layers, cfg.copy_projection)
         logger.info("student initialised from the teacher: %d tensors copied, %d random "
                     "(shape mismatch)", copied, len(skipped))
     else:
@@ -195,16 +206,18 @@ _LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.(.*)$")
 
 
 @torch.no_grad()
-def _copy_from_teacher(student, teacher, layers: list[int]) -> tuple[int, list[str]]:
+def _copy_from_teacher(student, teacher, layers: list[int],
+                       copy_projection: bool = True) -> tuple[int, list[str]]:
     """Copy every student tensor whose teacher counterpart has the same shape.
 
     Student layer ``i`` takes teacher layer ``layers[i]``. WavLM keeps its relative
     position bias only in layer 0, so a student layer 0 takes it from teacher layer 0.
+    ``copy_projection=False``: a teacher projection that follows a layer norm the student
+    lacks is not copied.
     """
     teacher_state = teacher.state_dict()
     norm_key = "feature_projection.layer_norm.weight"
-    if norm_key in teacher_state and norm_key not in student.state_dict():
-        # Without the layer norm the teacher's projection sees other inputs: keep it random.
+    if not copy_projection and norm_key in teacher_state and norm_key not in student.state_dict():
         teacher_state = {k: v for k, v in teacher_state.items()
                          if not k.startswith("feature_projection.")}
     copied, skipped = 0, []

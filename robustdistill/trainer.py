@@ -46,7 +46,7 @@ from transformers import AutoFeatureExtractor, AutoModel, get_scheduler
 
 from .audio import SAMPLE_RATE
 from .augment import Corruptor
-from .config import ConfigError, DistillConfig
+from .config import ConfigError, DistillConfig, check_model_path
 from .data import ShardedRandomSampler, build_dataloader, build_datasets
 from .export import export_run_student
 from .objectives import DistillationInputs, LossTerm, build_objective
@@ -91,6 +91,7 @@ class TrainingProgress:
     batches_in_epoch: int = 0
     best_validation_loss: float = math.inf
     skipped_updates: int = 0
+    scaler_skipped_steps: int = 0  # fp16: steps whose update the GradScaler skipped (inf/NaN)
 
     def state_dict(self) -> dict:
         return dict(vars(self))
@@ -100,13 +101,45 @@ class TrainingProgress:
             setattr(self, key, value)
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay only on parameters with two or more dimensions (nanoGPT)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def _param_groups(model: nn.Module, weight_decay: float, which: str = "matrices") -> list[dict]:
+    """Two AdamW groups, with and without weight decay.
+
+    ``which="matrices"``: decay on parameters with two or more dimensions (nanoGPT);
+    ``"non_bias"``: on every parameter whose name does not contain ``bias`` (s3prl's
+    ``get_grouped_parameters``, used by DistilHuBERT and RobustDistiller: fairseq's layer norms
+    are named ``layer_norm``, not ``LayerNorm``, so their weights are decayed there too).
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if which == "non_bias":
+        decay = [not ("bias" in n) for n, _ in named]
+    else:
+        decay = [p.dim() >= 2 for _, p in named]
     return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for (_, p), d in zip(named, decay, strict=True) if d],
+         "weight_decay": weight_decay},
+        {"params": [p for (_, p), d in zip(named, decay, strict=True) if not d],
+         "weight_decay": 0.0},
     ]
+
+
+def _prepare_models(cfg: DistillConfig) -> None:
+    """Write the teacher when ``make_teacher`` asks for it and its folder is missing; then
+    fail with a clear message for a local-looking teacher / student_init that is missing."""
+    if cfg.make_teacher and not Path(cfg.teacher).expanduser().is_dir():
+        from .teachers import make_random_teacher
+
+        family, _, preset = cfg.make_teacher.partition("/")
+        logger.info("teacher folder %s is missing: writing a random %s %s teacher there "
+                    "(make_teacher)", cfg.teacher, family, preset)
+        make_random_teacher(family, preset, Path(cfg.teacher).expanduser(), seed=0)
+    check_model_path(cfg.teacher, "teacher",
+                     f"robustdistill make-teacher --family wavlm --preset small --out "
+                     f"{cfg.teacher} (a random teacher; scripts/demo.sh does this for the demo), "
+                     f"or set make_teacher: FAMILY/PRESET in the config, or use a hub id")
+    if cfg.student_init:
+        check_model_path(cfg.student_init, "student_init",
+                         f"robustdistill create-student --teacher {cfg.teacher} --out "
+                         f"{cfg.student_init}")
 
 
 def _fingerprint(model: nn.Module) -> str:
@@ -139,8 +172,12 @@ class _Run:
         )
         acc = self.accelerator
         set_seed(cfg.seed)
+        with acc.main_process_first():
+            _prepare_models(cfg)
         self.teacher = Upstream.from_pretrained(cfg.teacher, frozen=True,
                                                 trust_remote_code=cfg.trust_remote_code)
+        if self.teacher.is_whisper:  # "ssl": targets at the student CNN's frame centres
+            self.teacher.whisper_frames = cfg.whisper_teacher_frames
         self.teacher.to(acc.device)
         student, feature_extractor = self._build_student()
         self.feature_extractor = feature_extractor
@@ -150,7 +187,7 @@ class _Run:
             student.compile()
         student_up = Upstream(student, normalize=feature_extractor.do_normalize,
                               use_attention_mask=feature_extractor.return_attention_mask,
-                              frozen=False)
+                              frozen=False, feature_grad_mult=cfg.student.feature_grad_mult)
         objectives = {}
         for name, options in cfg.objectives.items():
             try:
@@ -163,8 +200,9 @@ class _Run:
                 raise ConfigError(str(err)) from err
         model = Distiller(student_up, objectives)
         self.objectives = objectives
-        optimizer = torch.optim.AdamW(_param_groups(model, t.weight_decay), lr=t.learning_rate,
-                                      betas=tuple(t.adam_betas))
+        optimizer = torch.optim.AdamW(_param_groups(model, t.weight_decay, t.weight_decay_params),
+                                      lr=t.learning_rate, betas=tuple(t.adam_betas),
+                                      eps=t.adam_eps)
         # Not prepared: accelerate would step it once per process; our steps are optimizer steps.
         self.scheduler = get_scheduler(t.lr_schedule, optimizer,
                                        num_warmup_steps=int(t.warmup_ratio * t.max_steps),
@@ -273,9 +311,9 @@ class _Run:
             dataset = self.train_set if dataset is None else dataset
             teacher = self.teacher_cache.targets(batch, dataset.full_waveform, device)
         clean, noisy, lengths = clean.to(device), noisy.to(device), lengths.to(device)
+        if self.teacher_cache is None:  # outside autocast: float32 targets, as both references
+            teacher = self.teacher(clean, lengths)
         with self.accelerator.autocast():
-            if self.teacher_cache is None:
-                teacher = self.teacher(clean, lengths)
             return self.model(noisy, clean, lengths, teacher)
 
     @staticmethod
@@ -340,6 +378,9 @@ class _Run:
             self.progress.skipped_updates += 1
         else:
             self.optimizer.step()
+            if self.optimizer.step_was_skipped:  # fp16: the GradScaler saw inf/NaN gradients
+                logger.warning("step %d: fp16 gradient scaler skipped the update", step)
+                self.progress.scaler_skipped_steps += 1
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.progress.step += 1
@@ -365,7 +406,7 @@ class _Run:
             for unit, value in self._unit_counts(batch).items():
                 counts[unit] = counts[unit] + value
             rng = _rng(self.cfg.seed, 2**31 - 1, acc.process_index, i)
-            self._add_sums(sums, self._loss(batch, rng, None, self.valid_set))
+            self._add_sums(sums, self._loss(batch, rng, self.corruptor.target_step, self.valid_set))
         means = self._means(sums, self._reduce_counts(dict(counts)))
         self.model.train()
         return means
@@ -468,6 +509,7 @@ def train(cfg: DistillConfig) -> Path:
         summary = {"step": run.progress.step, "epoch": run.progress.epoch,
                    "best_validation_loss": run.progress.best_validation_loss,
                    "skipped_updates": run.progress.skipped_updates,
+                   "scaler_skipped_steps": run.progress.scaler_skipped_steps,
                    "parameter_sha256_per_rank": fingerprints,
                    "ranks_identical": len(set(fingerprints)) == 1}
         (run.output_dir / "final_state.json").write_text(json.dumps(summary, indent=2))
