@@ -1,0 +1,188 @@
+"""Noisy/clean pairs made on the fly from speech, noise and room folders.
+
+Each batch is a pure function of ``(seed, step)``: the random generator of batch ``step`` is
+``numpy.random.default_rng([seed, step])``, so a resumed run draws exactly the batches an
+uninterrupted one would, with no sampler state to save. Speech crops are read from disk with
+``soundfile`` (only the crop is decoded); noise and RIRs are held in memory.
+
+Per item: a ``crop_seconds`` speech crop (a random file, a random offset; shorter files are
+zero padded at the end and their padding is not counted in the SNR), reverberated with
+probability ``reverb_prob`` by a random room (the target is then the reverberant speech:
+the students denoise, they do not dereverberate; ``target: dry`` keeps the dry speech as the
+target instead), plus a random noise segment at an SNR drawn uniformly from ``snr_range`` dB,
+measured over the crop's real samples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from ..audio import SAMPLE_RATE, AudioError, list_audio_files, resample, to_mono
+from ..augment.noise import NoiseBank, mix_at_snr
+from ..augment.rooms import RirBank, reverberate
+
+__all__ = ["PairConfig", "PairMaker", "SpeechIndex"]
+
+
+@dataclass
+class PairConfig:
+    """Where the audio comes from and how it is mixed.
+
+    Attributes:
+        speech_dir: folder of clean speech (searched recursively); training speakers only.
+        noise_dir: folder of noise recordings (the training half).
+        rir_dir: folder of room impulse responses (training rooms) or None for no reverb.
+        crop_seconds: length of each item in seconds (> 0).
+        snr_range: ``[low, high]`` SNR in dB, drawn uniformly.
+        reverb_prob: probability of reverberating an item (needs ``rir_dir``).
+        target: ``"reverberant"`` (the speech the microphone got, default) or ``"dry"``.
+        sample_rate: Hz.
+        pool_size: 0 (default): every item is drawn afresh. ``N > 0``: ``N`` items are drawn
+            once (generator ``[pool_seed]``, the same for every run) and each batch picks
+            items of that pool (generator ``[seed, step]``), so a frozen teacher's outputs on
+            the pool can be computed once and shared by many short runs.
+        pool_seed: seed of the pool.
+    """
+
+    speech_dir: str = "../shared/data/librispeech-mini/train-clean-100"
+    noise_dir: str = "runs/data/noise_train"
+    rir_dir: str | None = "runs/data/rir_train"
+    crop_seconds: float = 2.0
+    snr_range: tuple[float, float] = (-5.0, 20.0)
+    reverb_prob: float = 0.25
+    target: str = "reverberant"
+    sample_rate: int = SAMPLE_RATE
+    pool_size: int = 0
+    pool_seed: int = 1234
+
+    def __post_init__(self) -> None:
+        self.snr_range = tuple(float(v) for v in self.snr_range)
+        if len(self.snr_range) != 2 or not self.snr_range[0] <= self.snr_range[1]:
+            raise ValueError(f"snr_range must be [low, high] dB, got {self.snr_range}")
+        if not self.crop_seconds > 0:
+            raise ValueError(f"crop_seconds must be > 0, got {self.crop_seconds}")
+        if not 0.0 <= self.reverb_prob <= 1.0:
+            raise ValueError(f"reverb_prob must lie in [0, 1], got {self.reverb_prob}")
+        if self.reverb_prob > 0 and not self.rir_dir:
+            raise ValueError("reverb_prob > 0 needs rir_dir")
+        if self.pool_size < 0:
+            raise ValueError(f"pool_size must be >= 0, got {self.pool_size}")
+        if self.target not in ("reverberant", "dry"):
+            raise ValueError(f"target must be 'reverberant' or 'dry', got {self.target!r}")
+
+
+class SpeechIndex:
+    """Speech files and their lengths; reads random crops without decoding whole files.
+
+    Raises:
+        FileNotFoundError: no audio file below ``root``.
+    """
+
+    def __init__(self, root: str | Path, sample_rate: int = SAMPLE_RATE):
+        self.files = list_audio_files(root)
+        if not self.files:
+            raise FileNotFoundError(f"no audio files below {root}")
+        self.sample_rate = sample_rate
+        infos = [sf.info(str(f)) for f in self.files]
+        self.rates = [i.samplerate for i in infos]
+        self.frames = [i.frames for i in infos]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def crop(self, index: int, length: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """A random ``length``-sample crop of file ``index`` at ``sample_rate``.
+
+        Returns:
+            ``(crop (length,), real)`` where ``real`` samples are speech and the rest zeros.
+        """
+        rate = self.rates[index]
+        need = int(math.ceil(length * rate / self.sample_rate))
+        total = self.frames[index]
+        start = int(rng.integers(0, max(total - need, 0) + 1))
+        x, _ = sf.read(str(self.files[index]), start=start, frames=need, dtype="float32",
+                       always_2d=True)
+        x = to_mono(x.T if x.shape[1] > 1 else x[:, 0])
+        if rate != self.sample_rate:
+            x = resample(x, rate, self.sample_rate)
+        real = min(x.size, length)
+        out = np.zeros(length, np.float32)
+        out[:real] = x[:real]
+        return out, real
+
+
+class PairMaker:
+    """Batches of (noisy, clean) pairs, a pure function of ``(seed, step)``.
+
+    Args:
+        config: :class:`PairConfig`.
+        seed: the run's seed.
+    """
+
+    def __init__(self, config: PairConfig, seed: int = 0):
+        self.config = config
+        self.seed = seed
+        self.speech = SpeechIndex(config.speech_dir, config.sample_rate)
+        self.noise = NoiseBank.from_folder(config.noise_dir, config.sample_rate)
+        self.rirs = (RirBank.from_folder(config.rir_dir, sample_rate=config.sample_rate)
+                     if config.rir_dir and config.reverb_prob > 0 else None)
+        self.length = int(round(config.crop_seconds * config.sample_rate))
+        self._pool: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def item(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One ``(noisy, target)`` pair, each ``(length,)`` float32."""
+        c = self.config
+        for _ in range(10):
+            speech, real = self.speech.crop(int(rng.integers(len(self.speech))), self.length,
+                                            rng)
+            if np.any(speech[:real]):
+                break
+        else:
+            raise AudioError("10 silent speech crops in a row: check speech_dir")
+        dry = speech
+        if self.rirs is not None and rng.random() < c.reverb_prob:
+            rir = self.rirs.rirs[int(rng.integers(len(self.rirs)))]
+            wet = np.zeros_like(speech)
+            wet[:real] = reverberate(speech[:real], rir)
+            speech = wet
+        target = speech if c.target == "reverberant" else dry
+        snr = float(rng.uniform(*c.snr_range))
+        noise, _ = self.noise.draw(self.length, rng)
+        noisy = np.zeros_like(speech)
+        noisy[:real] = mix_at_snr(speech[:real], noise[:real], snr)
+        if real < self.length:  # the padding gets the same noise at the same gain
+            gain = np.sqrt(np.mean((noisy[:real] - speech[:real]) ** 2)
+                           / max(float(np.mean(noise[:real] ** 2)), 1e-20))
+            noisy[real:] = gain * noise[real:]
+        return noisy, target
+
+    def pool(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed pool ``(noisy, clean)``, each ``(pool_size, length)`` (built once)."""
+        if not self.config.pool_size:
+            raise ValueError("pool_size is 0: there is no pool")
+        if self._pool is None:
+            rng = np.random.default_rng([self.config.pool_seed])
+            pairs = [self.item(rng) for _ in range(self.config.pool_size)]
+            self._pool = (torch.from_numpy(np.stack([p[0] for p in pairs])),
+                          torch.from_numpy(np.stack([p[1] for p in pairs])))
+        return self._pool
+
+    def batch(self, step: int, batch_size: int, rank: int = 0
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Batch ``step`` (of process ``rank``): ``(noisy, clean, pool_indices)``; the audio
+        ``(B, length)``, the indices ``(B,)`` into :meth:`pool` or None without a pool."""
+        rng = np.random.default_rng([self.seed, step, rank])
+        if self.config.pool_size:
+            noisy, clean = self.pool()
+            idx = torch.from_numpy(rng.integers(0, self.config.pool_size, batch_size))
+            return noisy[idx], clean[idx], idx
+        pairs = [self.item(rng) for _ in range(batch_size)]
+        noisy = torch.from_numpy(np.stack([p[0] for p in pairs]))
+        clean = torch.from_numpy(np.stack([p[1] for p in pairs]))
+        return noisy, clean, None

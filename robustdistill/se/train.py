@@ -1,0 +1,315 @@
+"""Train a tiny SE student (supervised or distilled from an SE teacher); ``robustdistill train-se``.
+
+One YAML recipe plus ``--section.key value`` overrides (``configs/se_*.yaml``)::
+
+    output_dir: runs/se/two_step_gram_63x
+    seed: 0
+    student:  {ratio: 63}                      # or {hidden_size: 45, num_layers: 2}
+    data:     {crop_seconds: 2.0, snr_range: [-5, 20], ...}      # PairConfig
+    loss:     {teacher: nsnet2, schedule: two_step, kd_steps: 300, gram_weight: 100, ...}
+    training: {max_steps: 600, batch_size: 8, learning_rate: 1.0e-3, ...}
+
+The run writes to ``output_dir``: ``config.yaml``, ``metrics.jsonl`` (one JSON object per
+logged step: step, split, lr, every loss part), ``logs/`` (TensorBoard), ``checkpoints/
+checkpoint_N/`` (``accelerator.save_state`` + ``step.json``; resumed from the newest one
+automatically: batches are a pure function of ``(seed, step)`` and the student's and loss
+heads' weights and the optimizer state are restored, so a resumed run equals an uninterrupted
+one), and at the end ``student/`` (``save_pretrained``) and ``final_state.json`` (step and a
+SHA-256 of the student's parameters). The teacher is frozen and never saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..config import ConfigError, merge_config, parse_overrides, read_yaml
+from .data import PairConfig, PairMaker
+from .losses import LossConfig, SELoss
+from .students import GRUMaskStudent, StudentConfig, config_for_ratio, count_parameters
+from .teachers import load_teacher
+
+__all__ = ["SETrainConfig", "TrainingOptions", "StudentOptions", "load_se_config", "train_se",
+           "main", "parameter_hash"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StudentOptions:
+    """The student's shape: ``ratio`` (compression vs NSNet2, e.g. 16/32/63) or an explicit
+    ``hidden_size``; ``num_layers`` GRUs; ``min_gain_db`` gain floor."""
+
+    ratio: float | None = None
+    hidden_size: int | None = None
+    num_layers: int = 2
+    min_gain_db: float = -80.0
+
+    def build(self) -> StudentConfig:
+        """The :class:`StudentConfig`.
+
+        Raises:
+            ValueError: both or neither of ``ratio`` and ``hidden_size`` set.
+        """
+        if (self.ratio is None) == (self.hidden_size is None):
+            raise ValueError("set exactly one of student.ratio and student.hidden_size")
+        if self.ratio is not None:
+            return config_for_ratio(self.ratio, num_layers=self.num_layers,
+                                    min_gain_db=self.min_gain_db)
+        return StudentConfig(hidden_size=self.hidden_size, num_layers=self.num_layers,
+                             min_gain_db=self.min_gain_db)
+
+
+@dataclass
+class TrainingOptions:
+    """Optimisation and logging.
+
+    Attributes:
+        max_steps: optimizer steps.
+        batch_size: items per step (per process).
+        learning_rate: Adam learning rate, constant.
+        max_grad_norm: gradient clipping (L2 norm).
+        log_every: steps between ``metrics.jsonl`` / TensorBoard lines.
+        save_every: steps between checkpoints (0: only at the end).
+        keep_checkpoints: newest checkpoints kept.
+        report_to: ``"tensorboard"`` or ``"none"``.
+        cpu: force CPU.
+        threads: ``torch.set_num_threads`` (0: leave it).
+    """
+
+    max_steps: int = 600
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    max_grad_norm: float = 5.0
+    log_every: int = 10
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    report_to: str = "tensorboard"
+    cpu: bool = True
+    threads: int = 0
+
+
+@dataclass
+class SETrainConfig:
+    """A whole SE training run (see the module docstring)."""
+
+    output_dir: str = "runs/se/default"
+    seed: int = 0
+    student: StudentOptions = field(default_factory=StudentOptions)
+    data: PairConfig = field(default_factory=PairConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    training: TrainingOptions = field(default_factory=TrainingOptions)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (``config.yaml``)."""
+        out = {"output_dir": self.output_dir, "seed": self.seed}
+        for name in ("student", "data", "loss", "training"):
+            section = getattr(self, name)
+            out[name] = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+        out["data"]["snr_range"] = list(out["data"]["snr_range"])
+        return out
+
+
+_SECTIONS = {"student": StudentOptions, "data": PairConfig, "loss": LossConfig,
+             "training": TrainingOptions}
+
+
+def _build(raw: dict) -> SETrainConfig:
+    import difflib
+
+    kwargs = {}
+    for key, value in raw.items():
+        if key in ("output_dir", "seed"):
+            kwargs[key] = value
+            continue
+        if key not in _SECTIONS:
+            close = difflib.get_close_matches(key, [*_SECTIONS, "output_dir", "seed"], n=1)
+            raise ConfigError(f"unknown config key {key!r}" + (f"; did you mean {close[0]!r}?"
+                                                               if close else ""))
+        cls = _SECTIONS[key]
+        known = {f.name for f in dataclasses.fields(cls)}
+        for k in value or {}:
+            if k not in known:
+                close = difflib.get_close_matches(k, known, n=1)
+                raise ConfigError(f"unknown config key {key}.{k!r}"
+                                  + (f"; did you mean {close[0]!r}?" if close else ""))
+        try:
+            kwargs[key] = cls(**(value or {}))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{key}: {err}") from err
+    return SETrainConfig(**kwargs)
+
+
+def load_se_config(path: str | Path | None, overrides: list[str] | None = None
+                   ) -> SETrainConfig:
+    """Read a recipe and apply ``--section.key value`` overrides.
+
+    Raises:
+        ConfigError: unknown keys (with the closest known one) or invalid values.
+        FileNotFoundError: ``path`` does not exist.
+    """
+    raw = read_yaml(Path(path).read_text()) if path else {}
+    raw = merge_config(raw or {}, parse_overrides(overrides or []))
+    return _build(raw)
+
+
+def parameter_hash(model: torch.nn.Module) -> str:
+    """SHA-256 over the model's parameters (names and float32 bytes, in order)."""
+    h = hashlib.sha256()
+    for name, p in model.state_dict().items():
+        h.update(name.encode())
+        h.update(p.detach().cpu().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def teacher_layers(loss: LossConfig) -> tuple[str, ...]:
+    """The teacher activations a loss config distils."""
+    names: set[str] = set()
+    if loss.gram_weight > 0:
+        names |= {t for _, t in loss.gram_pairs}
+    if loss.cosine_weight > 0:
+        names |= {t for _, t in loss.cosine_pairs}
+    if loss.tfckd_weight > 0:
+        names |= {t for ts in loss.tfckd_teacher_sets for t in ts}
+    return tuple(sorted(names))
+
+
+def _newest_checkpoint(folder: Path) -> Path | None:
+    found = [p for p in folder.glob("checkpoint_*") if (p / "step.json").is_file()]
+    return max(found, key=lambda p: int(p.name.split("_")[1])) if found else None
+
+
+def train_se(cfg: SETrainConfig) -> Path:
+    """Run (or resume) a training run; returns ``output_dir``.
+
+    Raises:
+        TeacherUnavailable: the recipe needs a teacher whose package is not installed.
+        FileNotFoundError: a data folder is missing.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from tqdm.auto import tqdm
+
+    t = cfg.training
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    out = Path(cfg.output_dir)
+    acc = Accelerator(cpu=t.cpu, log_with=None if t.report_to == "none" else t.report_to,
+                      project_config=ProjectConfiguration(project_dir=str(out),
+                                                          logging_dir=str(out / "logs")))
+    set_seed(cfg.seed)
+    student = GRUMaskStudent(cfg.student.build())
+    teacher = load_teacher(cfg.loss.teacher).to(acc.device) if cfg.loss.uses_teacher else None
+    s_widths = {"fc_in": student.config.hidden_size, "fc_hidden": student.config.hidden_size,
+                **{f"gru{i + 1}": student.config.hidden_size
+                   for i in range(student.config.num_layers)}}
+    t_widths = ({"fc_in": 400, "gru1": 400, "gru2": 400, "fc_out1": 600, "fc_out2": 600,
+                 "mask": 161} if cfg.loss.teacher == "nsnet2" else {})
+    loss_fn = SELoss(cfg.loss, s_widths, t_widths)
+    params = list(student.parameters()) + list(loss_fn.parameters())
+    optimizer = torch.optim.Adam(params, lr=t.learning_rate)
+    student, loss_fn, optimizer = acc.prepare(student, loss_fn, optimizer)
+    maker = PairMaker(cfg.data, seed=cfg.seed)
+
+    ckpt_dir = out / "checkpoints"
+    start = 0
+    newest = _newest_checkpoint(ckpt_dir)
+    if newest is not None:
+        acc.load_state(str(newest))
+        start = json.loads((newest / "step.json").read_text())["step"]
+        logger.info("resumed from %s (step %d)", newest, start)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    acc.init_trackers("se", config={"seed": cfg.seed, "max_steps": t.max_steps})
+    metrics = (out / "metrics.jsonl").open("a") if acc.is_main_process else None
+
+    def save(step: int) -> None:
+        path = ckpt_dir / f"checkpoint_{step}"
+        acc.save_state(str(path))
+        if acc.is_main_process:
+            (path / "step.json").write_text(json.dumps({"step": step}) + "\n")
+            old = sorted((p for p in ckpt_dir.glob("checkpoint_*")),
+                         key=lambda p: int(p.name.split("_")[1]))
+            for p in old[: -t.keep_checkpoints]:
+                shutil.rmtree(p, ignore_errors=True)
+
+    bar = tqdm(total=t.max_steps, initial=start, desc="train-se",
+               disable=not acc.is_main_process)
+    student.train()
+    pooled = None
+    if teacher is not None and cfg.data.pool_size:
+        from .teacher_pool import pooled_teacher
+
+        noisy_pool, clean_pool = maker.pool()
+        which = cfg.loss.teacher_input
+        key = (json.dumps(cfg.to_dict()["data"], sort_keys=True), cfg.loss.teacher, which)
+        pooled = pooled_teacher(key, teacher, clean_pool if which == "clean" else noisy_pool,
+                                teacher_layers(cfg.loss), cfg.loss.output_kd_weight > 0)
+    for step in range(start, t.max_steps):
+        noisy, clean, idx = maker.batch(step, t.batch_size, acc.process_index)
+        noisy, clean = noisy.to(acc.device), clean.to(acc.device)
+        teacher_out = None
+        if acc.unwrap_model(loss_fn).needs_teacher(step):
+            if pooled is not None:
+                teacher_out = pooled(idx, acc.device)
+            else:
+                with torch.no_grad():
+                    t_in = clean if cfg.loss.teacher_input == "clean" else noisy
+                    teacher_out = teacher(t_in, return_activations=True)
+        s_out = student(noisy, return_activations=True)
+        total, parts = loss_fn(step, s_out, clean, teacher_out)
+        acc.backward(total)
+        grad_norm = acc.clip_grad_norm_(params, t.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        bar.update(1)
+        done = step + 1
+        if done % t.log_every == 0 or done == t.max_steps:
+            row = {"step": done, "split": "train", "lr": t.learning_rate,
+                   "loss": float(total.detach()), "grad_norm": float(grad_norm),
+                   **{k: float(v.detach()) for k, v in parts.items()}}
+            acc.log({f"train/{k}": v for k, v in row.items() if k not in ("step", "split")},
+                    step=done)
+            if metrics:
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+            bar.set_postfix(loss=f"{row['loss']:.3f}")
+        if t.save_every and done % t.save_every == 0 and done < t.max_steps:
+            save(done)
+    bar.close()
+    save(t.max_steps)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        model = acc.unwrap_model(student)
+        model.save_pretrained(out / "student")
+        (out / "final_state.json").write_text(json.dumps({
+            "step": t.max_steps, "parameters": count_parameters(model),
+            "compression_vs_nsnet2": model.compression(), "latency_ms": model.latency_ms,
+            "parameter_sha256": parameter_hash(model)}, indent=2) + "\n")
+        metrics.close()
+    acc.end_training()
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """``robustdistill train-se --config configs/se_*.yaml [--section.key value ...]``."""
+    parser = argparse.ArgumentParser(prog="robustdistill train-se",
+                                     description="Train a tiny causal SE student.")
+    parser.add_argument("--config", help="YAML recipe (configs/se_*.yaml)")
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        cfg = load_se_config(args.config, overrides)
+    except (ConfigError, FileNotFoundError) as err:
+        parser.error(str(err))
+    train_se(cfg)
+    return 0
