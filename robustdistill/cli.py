@@ -156,6 +156,8 @@ COMMANDS = {
     "cache-teacher": _lazy("robustdistill.teacher_cache:main"),
     "card": _lazy("robustdistill.publish.card:card_main"),
     "push": _lazy("robustdistill.publish.push:push_main"),
+    "enhance": _lazy("robustdistill.se.enhance:main"),
+    "train-se": _lazy("robustdistill.se.train:main"),
 }
 
 
