@@ -1,0 +1,195 @@
+"""Speaker models: an encoder of frames, attentive statistics pooling, an embedding and an
+additive-margin softmax over training speakers, plus the IML-KD heads.
+
+Encoders (both "kinds" of student the issue asks for):
+
+* :class:`MelLSTMEncoder`: a GE2E-shaped LSTM over log-mel frames (same 10 ms hop as the GE2E
+  teacher, so its frames align with the teacher's Integrated-Gradients maps one to one).
+* :class:`UpstreamEncoder`: any :class:`robustdistill.upstream.Upstream` (a teacher or a
+  distilled student checkpoint) and a learned softmax-weighted sum of its layers (SUPERB's
+  featurizer), 20 ms frames.
+
+Pooling: attentive statistics pooling ("Attentive Statistics Pooling for Deep Speaker
+Embedding", Okabe et al., arXiv:1803.10963). Classifier: AM-softmax (arXiv:1801.05599,
+:class:`downstream.tasks.speaker_verification.head.AMSoftmax`).
+
+Legend: ``B`` batch, ``N`` samples (16 kHz), ``T`` frames, ``H`` frame width, ``E`` embedding
+width, ``K`` training speakers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from downstream.pooling import frame_mask
+from downstream.tasks.speaker_verification.head import AMSoftmax
+
+from .ge2e import HOP, MelSpectrogram
+
+__all__ = ["AttentiveStatsPool", "MelLSTMEncoder", "SpeakerModel", "SpeakerOutput",
+           "UpstreamEncoder"]
+
+
+class AttentiveStatsPool(nn.Module):
+    """Attentive statistics pooling (arXiv:1803.10963): frame weights
+    ``alpha = softmax_t(v^T tanh(W h_t + b) + k)`` over real frames, then the weighted mean and
+    standard deviation, concatenated.
+
+    Args:
+        input_size: ``H``.
+        attention_size: width of the attention's hidden layer.
+
+    Forward: ``(B, T, H)``, ``(B,)`` frame lengths -> ``(B, 2 H)``.
+    """
+
+    def __init__(self, input_size: int, attention_size: int = 64, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.attention = nn.Sequential(nn.Linear(input_size, attention_size), nn.Tanh(),
+                                       nn.Linear(attention_size, 1))
+        self.eps = eps
+
+    def forward(self, frames: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        mask = frame_mask(frame_lengths, frames.shape[1])
+        scores = self.attention(frames).squeeze(-1).masked_fill(~mask, float("-inf"))
+        alpha = torch.softmax(scores, dim=1).unsqueeze(-1)
+        mean = (alpha * frames).sum(1)
+        var = (alpha * frames.pow(2)).sum(1) - mean.pow(2)
+        return torch.cat([mean, torch.sqrt(var.clamp_min(0) + self.eps)], dim=-1)
+
+
+class MelLSTMEncoder(nn.Module):
+    """LSTM over per-utterance mean-normalised log-mel frames (40 bands, 25 ms / 10 ms).
+
+    Args:
+        hidden_size / num_layers: LSTM shape (GE2E: 256 x 3; students: smaller).
+
+    Forward: ``(B, N)`` zero-padded waveforms, ``(B,)`` sample lengths ->
+    ``((B, T, H) frames, (B,) frame lengths)`` with ``T = 1 + N // 160``.
+    """
+
+    samples_per_frame = HOP
+
+    def __init__(self, hidden_size: int = 128, num_layers: int = 2) -> None:
+        super().__init__()
+        self.mel = MelSpectrogram()
+        self.lstm = nn.LSTM(40, hidden_size, num_layers, batch_first=True)
+        self.output_size = hidden_size
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return 1 + torch.div(lengths, HOP, rounding_mode="floor")
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor):
+        frame_lengths = self.frame_lengths(lengths)
+        logmel = torch.log(self.mel(waveforms) + 1e-6)
+        mask = frame_mask(frame_lengths, logmel.shape[1]).unsqueeze(-1).to(logmel.dtype)
+        mean = (logmel * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True)
+        x = (logmel - mean) * mask
+        packed = nn.utils.rnn.pack_padded_sequence(x, frame_lengths.cpu(), batch_first=True,
+                                                   enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True,
+                                                  total_length=logmel.shape[1])
+        return out, frame_lengths
+
+
+class UpstreamEncoder(nn.Module):
+    """An :class:`~robustdistill.upstream.Upstream` and a softmax-weighted sum of its hidden
+    states (all ``L + 1``), trainable or frozen.
+
+    Args:
+        name_or_path: a local folder or hub id (``HF_HUB_OFFLINE=1``: local only).
+        frozen: freeze the upstream (only the layer weights and the head train).
+
+    Forward: as :class:`MelLSTMEncoder`, frames of ``samples_per_frame`` (320) samples.
+    """
+
+    def __init__(self, name_or_path: str, frozen: bool = False) -> None:
+        super().__init__()
+        from robustdistill.upstream import Upstream
+
+        self.upstream = Upstream.from_pretrained(name_or_path, frozen=frozen)
+        self.samples_per_frame = self.upstream.samples_per_frame
+        self.layer_weights = nn.Parameter(torch.zeros(self.upstream.num_layers + 1))
+        self.output_size = self.upstream.hidden_size
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return self.upstream.frame_lengths(lengths)
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor):
+        out = self.upstream(waveforms, lengths)
+        stacked = torch.stack(out.hidden_states, dim=0)  # (L + 1, B, T, H)
+        weights = torch.softmax(self.layer_weights, dim=0).view(-1, 1, 1, 1)
+        return (weights * stacked).sum(0), out.frame_lengths
+
+
+@dataclass
+class SpeakerOutput:
+    """What :meth:`SpeakerModel.forward` returns.
+
+    Attributes:
+        embedding: ``(B, E)`` speaker embedding (not normalised).
+        map_logits: ``(B, T)`` frame logits of the predicted input-sensitivity map.
+        frame_lengths: ``(B,)`` real frames.
+    """
+
+    embedding: torch.Tensor
+    map_logits: torch.Tensor
+    frame_lengths: torch.Tensor
+
+
+class SpeakerModel(nn.Module):
+    """Encoder -> attentive statistics pooling -> linear embedding; AM-softmax classifier; a
+    frame-level map head (IML-KD's integrated input) and an optional projection of the
+    embedding to the teacher's width (instance-level alignment).
+
+    Args:
+        encoder: :class:`MelLSTMEncoder` or :class:`UpstreamEncoder`.
+        num_speakers: ``K``.
+        embedding_dim: ``E``.
+        teacher_dim: width of the teacher's embedding; None: no projection.
+        margin / scale: AM-softmax ``m`` and ``s``.
+    """
+
+    def __init__(self, encoder: nn.Module, num_speakers: int, embedding_dim: int = 128,
+                 teacher_dim: int | None = None, margin: float = 0.2, scale: float = 30.0
+                 ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        width = encoder.output_size
+        self.pool = AttentiveStatsPool(width)
+        self.embedding = nn.Linear(2 * width, embedding_dim)
+        self.classifier = AMSoftmax(embedding_dim, num_speakers, margin, scale)
+        self.map_head = nn.Linear(width, 1)
+        self.projection = nn.Linear(embedding_dim, teacher_dim) if teacher_dim else None
+
+    @property
+    def samples_per_frame(self) -> int:
+        return self.encoder.samples_per_frame
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
+                ) -> SpeakerOutput:
+        """``(B, N)`` waveforms (16 kHz, zero-padded) and ``(B,)`` lengths (default: all N)."""
+        if waveforms.dim() != 2:
+            raise ValueError(f"expected (batch, samples) waveforms, got {tuple(waveforms.shape)}")
+        if lengths is None:
+            lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long)
+        frames, frame_lengths = self.encoder(waveforms, lengths)
+        embedding = self.embedding(self.pool(frames, frame_lengths))
+        return SpeakerOutput(embedding, self.map_head(frames).squeeze(-1), frame_lengths)
+
+    def logits(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Class logits without margin, ``s cos(e, w_k)``: ``(B, E)`` -> ``(B, K)``."""
+        return self.classifier.scale * self.classifier.cosine(embedding)
+
+    def project(self, embedding: torch.Tensor) -> torch.Tensor:
+        """``(B, E)`` -> ``(B, E_teacher)`` for the instance-level loss.
+
+        Raises:
+            RuntimeError: the model was built without ``teacher_dim``.
+        """
+        if self.projection is None:
+            raise RuntimeError("this SpeakerModel has no projection (teacher_dim was None)")
+        return self.projection(embedding)

@@ -1,0 +1,633 @@
+"""Train a speaker student with IML-KD or a baseline, evaluate speaker verification, and build
+the comparison table.
+
+IML-KD ("Integrated Multi-Level Knowledge Distillation for Enhanced Speaker Verification",
+arXiv:2409.09389) from a frozen GE2E teacher (:mod:`.ge2e`). ``loss.method`` picks the system:
+
+=============== =====================================================================
+``none``        AM-softmax only (the student without KD)
+``logit_kd``    AM-softmax + ``class_level`` (vanilla logit KD, Hinton et al.)
+``embedding_kd`` AM-softmax + ``instance`` (embedding cosine KD)
+``imlkd``       AM-softmax + ``map`` + ``instance`` + ``class_level`` + ``batch_level``
+=============== =====================================================================
+
+The teacher's logits are GE2E's similarity ``w cos(e, c_k) + b`` to the centroids ``c_k`` of the
+training speakers (means of the normalised embeddings of their crops); the student's are its
+AM-softmax cosines times the scale, without margin. Training follows the trainer's conventions:
+``accelerate`` (``Accelerator``, ``prepare``, ``save_state`` / ``load_state``), one checkpoint
+per epoch, exact resume (the batch order of epoch ``e`` is a permutation seeded by
+``(seed, e)``), ``metrics.jsonl`` (one JSON object per epoch), ``config.yaml``.
+
+Usage::
+
+    robustdistill train-speaker train --config configs/imlkd_speaker.yaml --loss.method imlkd
+    robustdistill train-speaker table --config configs/imlkd_speaker.yaml   # all systems x seeds
+
+Legend: ``M`` training crops, ``B`` batch, ``N`` samples, ``K`` training speakers, ``E``
+embedding width.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from downstream.config import from_dict, load_config, to_dict
+from downstream.tasks.speaker_verification.task import build_trials
+from robustdistill.config import parse_overrides
+from robustdistill.metrics.verification import compute_eer, compute_min_dcf
+
+from .attribution import AttributionCache, IGSettings, attribute_segments, segment_bounds
+from .data import Crop, Utterance, check_disjoint, load_fsdd, load_speaker_folders, load_train_crops
+from .ge2e import GE2E, HOP
+from .losses import batch_loss, class_loss, instance_loss, map_kl
+from .models import MelLSTMEncoder, SpeakerModel, UpstreamEncoder
+
+__all__ = ["SpeakerKDConfig", "evaluate_embeddings", "main", "map_targets", "train_system"]
+
+logger = logging.getLogger("robustdistill.speaker")
+
+METHODS = ("none", "logit_kd", "embedding_kd", "imlkd")
+
+
+@dataclass
+class DataConfig:
+    """Attributes:
+    train_dir: LibriSpeech-style training folder (speaker = first field of the file name).
+    crop_seconds: training crop length (s).
+    crops_per_utterance: fixed crops per training utterance.
+    test_other_dir: ``<speaker>/<file>`` verification set (None: skipped).
+    fsdd_dir: FSDD folder, 8 kHz, resampled (None: skipped).
+    fsdd_per_speaker: FSDD utterances per speaker.
+    max_nontarget: non-target trials per set (all target trials are kept).
+    trials_seed: seed of the non-target sample (the same trials for every system).
+    p_target: minDCF target prior.
+    """
+
+    train_dir: str = "../shared/data/librispeech-mini/train-clean-100"
+    crop_seconds: float = 2.0
+    crops_per_utterance: int = 2
+    test_other_dir: str | None = "../shared/data/librispeech-mini/test-other"
+    fsdd_dir: str | None = "../shared/data/fsdd"
+    fsdd_per_speaker: int = 20
+    max_nontarget: int = 5000
+    trials_seed: int = 0
+    p_target: float = 0.01
+
+
+@dataclass
+class StudentConfig:
+    """Attributes:
+    kind: ``lstm`` (:class:`MelLSTMEncoder`) or ``upstream`` (:class:`UpstreamEncoder`).
+    hidden_size / num_layers: LSTM shape (``lstm``).
+    upstream: local folder of a transformers encoder (``upstream``).
+    upstream_frozen: freeze the upstream (``upstream``).
+    embedding_dim: speaker embedding width.
+    margin / scale: AM-softmax m and s.
+    """
+
+    kind: str = "lstm"
+    hidden_size: int = 128
+    num_layers: int = 2
+    upstream: str | None = None
+    upstream_frozen: bool = False
+    embedding_dim: int = 128
+    margin: float = 0.2
+    scale: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("lstm", "upstream"):
+            raise ValueError(f"student.kind must be 'lstm' or 'upstream', got {self.kind!r}")
+        if self.kind == "upstream" and not self.upstream:
+            raise ValueError("student.kind 'upstream' needs student.upstream (a model folder)")
+
+
+@dataclass
+class IGConfig:
+    """Attributes:
+    durations: segment durations (s); null = the whole crop (paper: 1 s, 2 s, whole).
+    n_steps / baseline / noise_dbfs / method / internal_batch_size: see
+        :class:`~robustdistill.speaker.attribution.IGSettings`.
+    cache_dir: the map cache (shared by runs: keyed by audio, teacher and settings).
+    use_cache: False recomputes every map every epoch (to time the cache's effect).
+    """
+
+    durations: list[float | None] = field(default_factory=lambda: [1.0, 2.0, None])
+    n_steps: int = 32
+    baseline: str = "zero"
+    noise_dbfs: float = -60.0
+    method: str = "gausslegendre"
+    internal_batch_size: int | None = 512
+    cache_dir: str = "runs/imlkd_cache"
+    use_cache: bool = True
+
+    def settings(self) -> IGSettings:
+        return IGSettings(self.n_steps, self.baseline, self.noise_dbfs, self.method,
+                          self.internal_batch_size)
+
+
+@dataclass
+class LossConfig:
+    """Attributes:
+    method: ``none``, ``logit_kd``, ``embedding_kd`` or ``imlkd`` (module docstring).
+    ce: weight of the AM-softmax loss.
+    map: weight of the integrated-input map KL.
+    instance: weight of ``1 - cos`` (student embedding projected to the teacher's width).
+    class_level: weight of ``tau^2 KL`` of the logits.
+    batch_level: weight of the Gram-matrix alignment.
+    tau: temperature of the class-level term.
+    """
+
+    method: str = "imlkd"
+    ce: float = 1.0
+    map: float = 1.0
+    instance: float = 1.0
+    class_level: float = 1.0
+    batch_level: float = 1.0
+    tau: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"loss.method must be one of {METHODS}, got {self.method!r}")
+
+    def weights(self) -> dict[str, float]:
+        """The active terms of ``method`` and their weights."""
+        w = {"ce": self.ce}
+        if self.method in ("logit_kd", "imlkd"):
+            w["class_level"] = self.class_level
+        if self.method in ("embedding_kd", "imlkd"):
+            w["instance"] = self.instance
+        if self.method == "imlkd":
+            w["map"] = self.map
+            w["batch_level"] = self.batch_level
+        return w
+
+
+@dataclass
+class TrainConfig:
+    """Attributes:
+    output_dir: run folder.
+    epochs / batch_size / lr / weight_decay: optimisation (AdamW; decay on >= 2-d weights).
+    seed: model initialisation and batch order.
+    cpu: force CPU.
+    resume: continue from the last checkpoint in ``output_dir/checkpoints``.
+    max_grad_norm: gradient clipping.
+    """
+
+    output_dir: str = "runs/imlkd_speaker/run"
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    cpu: bool = True
+    resume: bool = False
+    max_grad_norm: float = 5.0
+
+
+@dataclass
+class TableConfig:
+    """Attributes:
+    methods: systems trained for the table (the teacher is always evaluated).
+    seeds: seeds per system.
+    output_dir: where runs, ``results.json`` and ``table.md`` go.
+    """
+
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    output_dir: str = "runs/imlkd_speaker"
+
+
+@dataclass
+class SpeakerKDConfig:
+    """The whole recipe (``configs/imlkd_speaker.yaml``).
+
+    Attributes:
+        teacher: path of a GE2E ``pretrained.pt``; null: the installed resemblyzer package's.
+        data / student / ig / loss / training / table: see their classes.
+    """
+
+    teacher: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    ig: IGConfig = field(default_factory=IGConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    table: TableConfig = field(default_factory=TableConfig)
+
+
+# ---------------------------------------------------------------------------- teacher targets
+@dataclass
+class TeacherTargets:
+    """Frozen teacher outputs for the training crops.
+
+    Attributes:
+        embeddings: ``(M, E_t)`` normalised GE2E embeddings of the crops.
+        centroids: ``(K, E_t)`` normalised speaker centroids.
+        logits: ``(M, K)`` GE2E similarity logits.
+    """
+
+    embeddings: torch.Tensor
+    centroids: torch.Tensor
+    logits: torch.Tensor
+
+
+@torch.no_grad()
+def teacher_targets(teacher: GE2E, crops: list[Crop], labels: torch.Tensor, num_speakers: int,
+                    batch_size: int = 64) -> TeacherTargets:
+    """Embeddings of every crop, speaker centroids and the logits against them."""
+    emb = torch.cat([teacher(torch.from_numpy(np.stack([c.audio for c in crops[i:i + batch_size]])))
+                     for i in range(0, len(crops), batch_size)])
+    centroids = torch.zeros(num_speakers, emb.shape[1]).index_add_(0, labels, emb)
+    centroids = F.normalize(centroids, dim=-1)
+    return TeacherTargets(emb, centroids, teacher.scores(emb, centroids))
+
+
+def map_targets(bounds: list[tuple[int, int]], num_student_frames: int,
+                student_hop: int) -> list[torch.Tensor]:
+    """For each segment, the ``(T_seg, T_student)`` 0/1 matrix sending teacher frame ``i``
+    (centre at sample ``start + 160 i``) to the student frame holding that sample (the last
+    frame for samples past the end). Multiplying a teacher map by it keeps its sum; for a
+    student with the teacher's 10 ms hop it is a shifted identity."""
+    out = []
+    for a, b in bounds:
+        t = 1 + (b - a) // HOP
+        centre = a + HOP * torch.arange(t)
+        j = torch.clamp(torch.div(centre, student_hop, rounding_mode="floor"), max=num_student_frames - 1)
+        out.append(F.one_hot(j, num_student_frames).float())
+    return out
+
+
+def _student_map_loss(map_logits: torch.Tensor, teacher_maps: list[torch.Tensor],
+                      assign: list[torch.Tensor]) -> torch.Tensor:
+    """Per segment: teacher map moved to student frames, student logits restricted to the
+    segment's student frames; KL averaged over segments and crops."""
+    losses = []
+    for maps, matrix in zip(teacher_maps, assign, strict=True):
+        target = maps @ matrix  # (B, T_student)
+        frames = matrix.sum(0) > 0
+        losses.append(map_kl(map_logits[:, frames], target[:, frames]))
+    return torch.stack(losses).mean()
+
+
+# ---------------------------------------------------------------------------- model building
+def build_student(cfg: SpeakerKDConfig, num_speakers: int, teacher_dim: int) -> SpeakerModel:
+    """The student of ``cfg.student``."""
+    s = cfg.student
+    if s.kind == "lstm":
+        encoder = MelLSTMEncoder(s.hidden_size, s.num_layers)
+    else:
+        encoder = UpstreamEncoder(s.upstream, frozen=s.upstream_frozen)
+    return SpeakerModel(encoder, num_speakers, s.embedding_dim, teacher_dim, s.margin, s.scale)
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": other, "weight_decay": 0.0}], lr=cfg.lr)
+
+
+# ---------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def embed_utterances(embed_fn, utterances: list[Utterance], batch_size: int = 16) -> np.ndarray:
+    """``(U, E)`` L2-normalised embeddings; ``embed_fn((B, N) padded, (B,) lengths) -> (B, E)``.
+    Utterances are batched by similar length."""
+    order = sorted(range(len(utterances)), key=lambda i: len(utterances[i].audio))
+    out: list[np.ndarray | None] = [None] * len(utterances)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        lengths = torch.tensor([len(utterances[j].audio) for j in idx])
+        wav = torch.zeros(len(idx), int(lengths.max()))
+        for r, j in enumerate(idx):
+            wav[r, : lengths[r]] = torch.from_numpy(utterances[j].audio)
+        emb = F.normalize(embed_fn(wav, lengths), dim=-1).double().numpy()
+        for r, j in enumerate(idx):
+            out[j] = emb[r]
+    return np.stack(out)  # type: ignore[arg-type]
+
+
+def evaluate_embeddings(embeddings: np.ndarray, speakers: list[str], cfg: DataConfig
+                        ) -> dict[str, float]:
+    """Cosine-scored trials (every target pair, ``max_nontarget`` non-target pairs): EER and
+    minDCF (``p_target``), as fractions; plus the trial counts."""
+    pairs, labels = build_trials(speakers, cfg.max_nontarget, cfg.trials_seed)
+    scores = np.einsum("pd,pd->p", embeddings[pairs[:, 0]], embeddings[pairs[:, 1]])
+    tar, non = scores[labels == 1], scores[labels == 0]
+    return {"eer": compute_eer(tar, non)[0],
+            "min_dcf": compute_min_dcf(tar, non, cfg.p_target)[0],
+            "target_trials": int(len(tar)), "nontarget_trials": int(len(non))}
+
+
+def evaluate_teacher(teacher: GE2E, sets: dict[str, list[Utterance]], cfg: DataConfig
+                     ) -> dict[str, dict[str, float]]:
+    """GE2E utterance embeddings (Resemblyzer's partial averaging) on each set."""
+    def embed(wav, lengths):
+        return torch.stack([teacher.embed_utterance(w[:n]) for w, n in
+                            zip(wav, lengths, strict=True)])
+
+    return {name: evaluate_embeddings(embed_utterances(embed, utts), [u.speaker for u in utts],
+                                      cfg) for name, utts in sets.items()}
+
+
+def evaluate_student(model: SpeakerModel, sets: dict[str, list[Utterance]], cfg: DataConfig
+                     ) -> dict[str, dict[str, float]]:
+    """Student embeddings of whole utterances on each set."""
+    model.eval()
+
+    def embed(wav, lengths):
+        return model(wav, lengths).embedding
+
+    return {name: evaluate_embeddings(embed_utterances(embed, utts), [u.speaker for u in utts],
+                                      cfg) for name, utts in sets.items()}
+
+
+# ---------------------------------------------------------------------------- training
+def _last_checkpoint(output_dir: Path) -> tuple[Path, int] | None:
+    found = sorted((int(p.name.split("_")[-1]), p) for p in
+                    (output_dir / "checkpoints").glob("epoch_*") if p.is_dir())
+    return (found[-1][1], found[-1][0]) if found else None
+
+
+def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
+                 eval_sets: dict[str, list[Utterance]] | None = None,
+                 stop_after_epochs: int | None = None) -> dict[str, Any]:
+    """Train one student (``cfg.loss.method``) and evaluate it.
+
+    Args:
+        cfg: the recipe.
+        teacher: frozen GE2E.
+        crops: training crops, all of one length.
+        eval_sets: name -> utterances of speakers unseen in training (None: no evaluation).
+        stop_after_epochs: stop (after checkpointing) once this many epochs are done in this
+            call, as an interrupted run would (for resume tests).
+
+    Returns:
+        ``{"method", "seed", "epochs": [per-epoch logs], "eval": {set: metrics}, "params"}``.
+
+    Raises:
+        ValueError: crops of different lengths, a test speaker seen in training.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    t = cfg.training
+    out_dir = Path(t.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    lengths = {len(c.audio) for c in crops}
+    if len(lengths) != 1:
+        raise ValueError(f"training crops must share one length, got {sorted(lengths)}")
+    num_samples = lengths.pop()
+    speakers = sorted({c.speaker for c in crops})
+    for name, utts in (eval_sets or {}).items():
+        check_disjoint(speakers, [u.speaker for u in utts], name)
+    index = {s: i for i, s in enumerate(speakers)}
+    labels = torch.tensor([index[c.speaker] for c in crops])
+    targets = teacher_targets(teacher, crops, labels, len(speakers))
+
+    set_seed(t.seed)
+    accelerator = Accelerator(cpu=t.cpu)
+    model = build_student(cfg, len(speakers), targets.embeddings.shape[1])
+    optimizer = _optimizer(model, t)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    start_epoch = 0
+    if t.resume and (last := _last_checkpoint(out_dir)) is not None:
+        accelerator.load_state(str(last[0]))
+        start_epoch = last[1]
+        logger.info("resumed from %s (epoch %d)", last[0], start_epoch)
+
+    weights = cfg.loss.weights()
+    settings = cfg.ig.settings()
+    cache = AttributionCache(cfg.ig.cache_dir if cfg.ig.use_cache else None)
+    teacher.cached_fingerprint = teacher.fingerprint
+    bounds = segment_bounds(num_samples, cfg.ig.durations)
+    unwrapped = accelerator.unwrap_model(model)
+    student_frames = int(unwrapped.encoder.frame_lengths(torch.tensor([num_samples]))[0])
+    assign = map_targets(bounds, student_frames, unwrapped.samples_per_frame)
+    all_audio = torch.from_numpy(np.stack([c.audio for c in crops]))
+    log_path = out_dir / "metrics.jsonl"
+    history = []
+    done_here = 0
+    for epoch in range(start_epoch, t.epochs):
+        model.train()
+        order = torch.randperm(len(crops), generator=torch.Generator().manual_seed(
+            t.seed * 100_003 + epoch))
+        hits0, misses0, t0 = cache.hits, cache.misses, time.perf_counter()
+        ig_seconds, sums, deltas, steps = 0.0, {}, [], 0
+        for i in range(0, len(order), t.batch_size):
+            idx = order[i:i + t.batch_size]
+            if len(idx) < 2:  # the batch-level loss and batch norm need two crops
+                continue
+            parts = {}
+            if "map" in weights:
+                t_ig = time.perf_counter()
+                maps = attribute_segments(teacher, [crops[j].audio for j in idx],
+                                          targets.centroids[labels[idx]], bounds, settings, cache)
+                ig_seconds += time.perf_counter() - t_ig
+                deltas += [abs(m.delta) / max(abs(m.score_gap), 1e-12) for row in maps
+                           for m in row]
+                teacher_maps = [torch.from_numpy(np.stack([row[s].map for row in maps]))
+                                for s in range(len(bounds))]
+            out = model(all_audio[idx].to(accelerator.device))
+            emb = out.embedding
+            parts["ce"] = unwrapped.classifier(emb, labels[idx].to(emb.device))
+            if "class_level" in weights:
+                parts["class_level"] = class_loss(unwrapped.logits(emb),
+                                                  targets.logits[idx].to(emb.device), cfg.loss.tau)
+            if "instance" in weights:
+                parts["instance"] = instance_loss(unwrapped.project(emb),
+                                                  targets.embeddings[idx].to(emb.device))
+            if "batch_level" in weights:
+                parts["batch_level"] = batch_loss(emb, targets.embeddings[idx].to(emb.device))
+            if "map" in weights:
+                parts["map"] = _student_map_loss(out.map_logits, teacher_maps, assign)
+            loss = sum(weights[k] * v for k, v in parts.items())
+            optimizer.zero_grad()
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+            optimizer.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            steps += 1
+        record = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
+                  "ig_seconds": ig_seconds, "cache_hits": cache.hits - hits0,
+                  "cache_misses": cache.misses - misses0,
+                  **{k: v / max(steps, 1) for k, v in sums.items()}}
+        if deltas:
+            record["ig_relative_gap"] = float(np.mean(deltas))
+        if not all(math.isfinite(v) for v in sums.values()):
+            raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}: {sums}")
+        history.append(record)
+        with log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        logger.info("epoch %s", json.dumps(record))
+        accelerator.save_state(str(out_dir / "checkpoints" / f"epoch_{epoch + 1}"))
+        done_here += 1
+        if stop_after_epochs is not None and done_here >= stop_after_epochs:
+            break
+    result = {"method": cfg.loss.method, "seed": t.seed, "config": to_dict(cfg),
+              "epochs": history,
+              "params": sum(p.numel() for n, p in unwrapped.named_parameters()
+                            if not n.startswith(("projection", "map_head", "classifier"))),
+              "cache": {"hits": cache.hits, "misses": cache.misses}}
+    if eval_sets and (stop_after_epochs is None or epoch + 1 >= t.epochs):
+        result["eval"] = evaluate_student(unwrapped, eval_sets, cfg.data)
+    (out_dir / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+# ---------------------------------------------------------------------------- table
+def load_eval_sets(cfg: DataConfig) -> dict[str, list[Utterance]]:
+    """The configured verification sets (``test_other``, ``fsdd``)."""
+    sets = {}
+    if cfg.test_other_dir:
+        sets["test_other"] = load_speaker_folders(cfg.test_other_dir)
+    if cfg.fsdd_dir:
+        sets["fsdd"] = load_fsdd(cfg.fsdd_dir, cfg.fsdd_per_speaker)
+    return sets
+
+
+def _mean_std(values: list[float]) -> str:
+    a = 100.0 * np.asarray(values)
+    return f"{a.mean():.2f} ± {a.std(ddof=1):.2f}" if len(a) > 1 else f"{a.mean():.2f}"
+
+
+def _dcf(values: list[float]) -> str:
+    a = np.asarray(values)
+    return f"{a.mean():.3f} ± {a.std(ddof=1):.3f}" if len(a) > 1 else f"{a.mean():.3f}"
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Markdown table: EER (%) and minDCF, mean ± std over seeds, per set and system."""
+    sets = list(results["teacher"]["eval"])
+    names = {"teacher": "GE2E teacher (Resemblyzer)", "none": "student, no KD",
+             "logit_kd": "student, vanilla logit KD", "embedding_kd": "student, embedding KD",
+             "imlkd": "student, IML-KD"}
+    head = "| system | params | seeds | " + " | ".join(
+        f"{s} EER % | {s} minDCF" for s in sets) + " |"
+    lines = [head, "|" + "---|" * (3 + 2 * len(sets))]
+    t = results["teacher"]
+    lines.append(f"| {names['teacher']} | {t['params']:,} | - | " + " | ".join(
+        f"{100 * t['eval'][s]['eer']:.2f} | {t['eval'][s]['min_dcf']:.3f}" for s in sets) + " |")
+    for method, runs in results["systems"].items():
+        cells = []
+        for s in sets:
+            cells.append(_mean_std([r["eval"][s]["eer"] for r in runs]))
+            cells.append(_dcf([r["eval"][s]["min_dcf"] for r in runs]))
+        lines.append(f"| {names.get(method, method)} | {runs[0]['params']:,} | {len(runs)} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _run_key(config: dict | None) -> dict | None:
+    """What identifies a run: its config without the ``table`` section."""
+    return None if config is None else {k: v for k, v in config.items() if k != "table"}
+
+
+def run_table(cfg: SpeakerKDConfig) -> dict[str, Any]:
+    """Teacher + every ``table.methods`` x ``table.seeds``; writes ``results.json`` and
+    ``table.md`` in ``table.output_dir``. A run whose ``result.json`` holds an evaluation and
+    the same resolved config is reused, not retrained (a rerun of the table only trains what
+    is missing)."""
+    import copy
+
+    root = Path(cfg.table.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    teacher = GE2E.from_resemblyzer(cfg.teacher)
+    crops = load_train_crops(cfg.data.train_dir, cfg.data.crop_seconds,
+                             cfg.data.crops_per_utterance)
+    sets = load_eval_sets(cfg.data)
+    results: dict[str, Any] = {
+        "teacher": {"params": sum(p.numel() for p in teacher.parameters()),
+                    "eval": evaluate_teacher(teacher, sets, cfg.data)},
+        "systems": {}, "train_crops": len(crops),
+        "eval_items": {k: len(v) for k, v in sets.items()}}
+    logger.info("teacher %s", results["teacher"])
+    for method in cfg.table.methods:
+        for seed in cfg.table.seeds:
+            run_cfg = copy.deepcopy(cfg)
+            run_cfg.loss.method = method
+            run_cfg.training.seed = seed
+            run_cfg.training.output_dir = str(root / f"{method}_seed{seed}")
+            done = Path(run_cfg.training.output_dir) / "result.json"
+            previous = json.loads(done.read_text()) if done.is_file() else {}
+            if previous.get("eval") and _run_key(previous.get("config")) == _run_key(
+                    to_dict(run_cfg)):
+                logger.info("reusing the finished run %s", done.parent)
+                result = previous
+            else:
+                result = train_system(run_cfg, teacher, crops, sets)
+            results["systems"].setdefault(method, []).append(result)
+            (root / "results.json").write_text(json.dumps(results, indent=1))
+    (root / "table.md").write_text(format_table(results))
+    return results
+
+
+def fill_cache(cfg: SpeakerKDConfig, batch_size: int = 32) -> dict[str, Any]:
+    """Compute (or find) the teacher's map of every segment of every training crop.
+
+    Returns:
+        ``{"seconds", "hits", "misses", "maps", "relative_gap_mean", "relative_gap_max"}``;
+        the relative gap is ``|delta| / |F(x) - F(baseline)|`` (completeness).
+    """
+    teacher = GE2E.from_resemblyzer(cfg.teacher)
+    teacher.cached_fingerprint = teacher.fingerprint
+    crops = load_train_crops(cfg.data.train_dir, cfg.data.crop_seconds,
+                             cfg.data.crops_per_utterance)
+    speakers = sorted({c.speaker for c in crops})
+    labels = torch.tensor([speakers.index(c.speaker) for c in crops])
+    targets = teacher_targets(teacher, crops, labels, len(speakers))
+    bounds = segment_bounds(len(crops[0].audio), cfg.ig.durations)
+    cache = AttributionCache(cfg.ig.cache_dir)
+    gaps, t0 = [], time.perf_counter()
+    for i in range(0, len(crops), batch_size):
+        idx = torch.arange(i, min(i + batch_size, len(crops)))
+        maps = attribute_segments(teacher, [crops[j].audio for j in idx],
+                                  targets.centroids[labels[idx]], bounds, cfg.ig.settings(), cache)
+        gaps += [abs(m.delta) / max(abs(m.score_gap), 1e-12) for row in maps for m in row]
+        logger.info("maps of %d / %d crops, %.0f s", int(idx[-1]) + 1, len(crops),
+                    time.perf_counter() - t0)
+    return {"seconds": time.perf_counter() - t0, "hits": cache.hits, "misses": cache.misses,
+            "maps": len(gaps), "relative_gap_mean": float(np.mean(gaps)),
+            "relative_gap_max": float(np.max(gaps))}
+
+
+def main(argv: list[str]) -> int:
+    """``robustdistill train-speaker {train,table,cache} --config FILE [--section.key value]``.
+
+    ``cache`` computes every training map into ``ig.cache_dir`` once and prints its time and
+    completeness gaps."""
+    parser = argparse.ArgumentParser(prog="robustdistill train-speaker")
+    parser.add_argument("action", choices=["train", "table", "cache"])
+    parser.add_argument("--config", required=True)
+    args, rest = parser.parse_known_args(argv)
+    cfg = load_config(args.config, SpeakerKDConfig, parse_overrides(rest))
+    if args.action == "cache":
+        print(json.dumps(fill_cache(cfg), indent=1))
+        return 0
+    if args.action == "table":
+        results = run_table(cfg)
+        print(format_table(results))
+        return 0
+    teacher = GE2E.from_resemblyzer(cfg.teacher)
+    crops = load_train_crops(cfg.data.train_dir, cfg.data.crop_seconds,
+                             cfg.data.crops_per_utterance)
+    result = train_system(cfg, teacher, crops, load_eval_sets(cfg.data))
+    print(json.dumps(result.get("eval", {}), indent=1))
+    return 0
+
+
+_ = from_dict  # re-exported for tests building configs from dicts

@@ -1,0 +1,117 @@
+"""IML-KD training: exact resume, frame alignment of the maps, configs, scoring, models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from downstream.config import ConfigError, from_dict
+from robustdistill.speaker.data import Crop, Utterance
+from robustdistill.speaker.ge2e import GE2E
+from robustdistill.speaker.models import AttentiveStatsPool, MelLSTMEncoder, SpeakerModel
+from robustdistill.speaker.train import (
+    LossConfig,
+    SpeakerKDConfig,
+    evaluate_embeddings,
+    map_targets,
+    train_system,
+)
+
+
+def _setup(tmp_path, out: str, epochs: int, resume: bool = False) -> SpeakerKDConfig:
+    return from_dict(SpeakerKDConfig, {
+        "student": {"hidden_size": 8, "num_layers": 1, "embedding_dim": 8},
+        "ig": {"durations": [0.1, None], "n_steps": 2, "cache_dir": str(tmp_path / "cache")},
+        "loss": {"method": "imlkd"},
+        "training": {"output_dir": str(tmp_path / out), "epochs": epochs, "batch_size": 4,
+                     "resume": resume, "seed": 3},
+    })
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    teacher = GE2E(hidden_size=8, embedding_size=8, num_layers=1).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    rng = np.random.default_rng(0)
+    crops = [Crop(f"s{i % 3}", f"k{i}", (0.1 * rng.standard_normal(3200)).astype(np.float32))
+             for i in range(6)]
+    return teacher, crops
+
+
+def test_resume_equals_uninterrupted(tiny, tmp_path):
+    teacher, crops = tiny
+    straight = train_system(_setup(tmp_path, "a", 3), teacher, crops)
+    train_system(_setup(tmp_path, "b", 3), teacher, crops, stop_after_epochs=1)
+    resumed = train_system(_setup(tmp_path, "b", 3, resume=True), teacher, crops)
+    assert [e["epoch"] for e in resumed["epochs"]] == [2, 3]
+    a = load_file(tmp_path / "a" / "checkpoints" / "epoch_3" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "checkpoints" / "epoch_3" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert straight["epochs"][2]["loss"] == resumed["epochs"][1]["loss"]
+    # the maps were computed in the first epoch and read from the cache afterwards
+    assert straight["epochs"][0]["cache_misses"] > 0 == straight["epochs"][0]["cache_hits"]
+    assert straight["epochs"][1]["cache_misses"] == 0 < straight["epochs"][1]["cache_hits"]
+
+
+def test_map_targets_same_hop_is_shifted_identity_and_keeps_mass():
+    (m,) = map_targets([(160, 480)], num_student_frames=5, student_hop=160)
+    assert torch.equal(m, torch.eye(5)[1:4])
+    (m2,) = map_targets([(0, 640)], num_student_frames=3, student_hop=320)
+    # teacher frames at samples 0,160,320,480,640 -> student frames 0,0,1,1,2
+    assert m2.argmax(1).tolist() == [0, 0, 1, 1, 2]
+    p = torch.tensor([[0.1, 0.2, 0.3, 0.2, 0.2]])
+    assert torch.allclose(p @ m2, torch.tensor([[0.3, 0.5, 0.2]]))
+
+
+def test_loss_config_terms_per_method():
+    assert set(LossConfig(method="none").weights()) == {"ce"}
+    assert set(LossConfig(method="logit_kd").weights()) == {"ce", "class_level"}
+    assert set(LossConfig(method="embedding_kd").weights()) == {"ce", "instance"}
+    assert set(LossConfig(method="imlkd").weights()) == {
+        "ce", "map", "instance", "class_level", "batch_level"}
+    with pytest.raises(ConfigError, match="loss.method"):
+        from_dict(SpeakerKDConfig, {"loss": {"method": "vanilla"}})
+    with pytest.raises(ConfigError, match="n_step"):
+        from_dict(SpeakerKDConfig, {"ig": {"n_step": 4}})
+
+
+def test_evaluate_embeddings_perfect_and_random():
+    speakers = ["a", "a", "b", "b", "c", "c"]
+    emb = np.eye(3)[[0, 0, 1, 1, 2, 2]]
+    result = evaluate_embeddings(emb, speakers, SpeakerKDConfig().data)
+    assert result["eer"] == 0.0 and result["target_trials"] == 3
+    assert result["nontarget_trials"] == 12
+
+
+def test_attentive_pooling_ignores_padding():
+    pool = AttentiveStatsPool(4)
+    x = torch.randn(1, 5, 4)
+    padded = torch.cat([x, torch.randn(1, 3, 4) * 100], dim=1)
+    assert torch.allclose(pool(x, torch.tensor([5])), pool(padded, torch.tensor([5])), atol=1e-6)
+
+
+def test_student_frames_align_with_teacher_frames():
+    model = SpeakerModel(MelLSTMEncoder(8, 1), num_speakers=3, embedding_dim=4, teacher_dim=6)
+    out = model(torch.randn(2, 3200))
+    assert out.embedding.shape == (2, 4) and out.map_logits.shape == (2, 1 + 3200 // 160)
+    assert model.project(out.embedding).shape == (2, 6)
+    # a shorter utterance in a padded batch has the same embedding as on its own
+    wav = torch.randn(1, 1600)
+    model.eval()
+    alone = model(wav).embedding
+    batch = model(torch.cat([torch.nn.functional.pad(wav, (0, 1600)), torch.randn(1, 3200)]),
+                  torch.tensor([1600, 3200])).embedding[:1]
+    assert torch.allclose(alone, batch, atol=1e-5)
+
+
+def test_test_speakers_seen_in_training_are_refused(tiny, tmp_path):
+    teacher, crops = tiny
+    leak = {"test": [Utterance("s1", "x", np.zeros(3200, np.float32))]}
+    with pytest.raises(ValueError, match="also training speakers"):
+        train_system(_setup(tmp_path, "c", 1), teacher, crops, leak)
