@@ -29,7 +29,7 @@ def one_thread():
 def test_alphabet_and_encoding():
     assert len(ALPHABET) == 29 and ALPHABET[0] == "<blank>"
     assert encode_text("AB' Z") == [3, 4, 2, 1, 28]
-    with pytest.raises(ValueError, match="not in the ASR alphabet"):
+    with pytest.raises(ValueError, match="not in the CTC vocabulary"):
         encode_text("a")
 
 
@@ -156,3 +156,20 @@ def test_make_transcripts_writes_and_resumes(tmp_path, monkeypatch):
     assert [r["path"] for r in rows[:1]] == [first[0]["path"]] and len(rows) == 2
     assert rows[1]["path"].endswith("1688-142285-0009.flac") and rows[1]["text"]
     torch.set_num_threads(before)
+
+
+def test_phone_vocabulary_round_trip():
+    """PR: space-separated phones as CTC symbols; decoding joins them with spaces."""
+    vocab = ("<blank>", "HH", "AH", "L", "OW")
+    assert encode_text("HH AH L OW", vocab, "words") == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="'ZH'"):
+        encode_text("HH ZH", vocab, "words")
+    # frames: HH HH blank AH L L blank L OW -> "HH AH L L OW"
+    path = [1, 1, 0, 2, 3, 3, 0, 3, 4]
+    scores = torch.nn.functional.one_hot(torch.tensor(path), len(vocab)).float()[None]
+    assert decode_greedy(scores, torch.tensor([9]), vocab, "words") == ["HH AH L L OW"]
+    from downstream.data import DataConfig, SourceConfig
+    from downstream.tasks.asr.task import AsrConfig
+
+    with pytest.raises(ValueError, match="blank"):
+        AsrConfig(DataConfig(SourceConfig(root="x")), vocabulary=["<blank>", "AH"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -42,16 +43,25 @@ ALPHABET = ("<blank>", " ", "'", *(chr(c) for c in range(ord("A"), ord("Z") + 1)
 _INDEX = {ch: i for i, ch in enumerate(ALPHABET)}
 
 
-def encode_text(text: str) -> list[int]:
-    """Normalised transcript -> alphabet indices (no blanks).
+def encode_text(text: str, vocabulary: Sequence[str] = ALPHABET, tokens: str = "characters"
+                ) -> list[int]:
+    """Normalised transcript -> vocabulary indices (no blanks).
+
+    Args:
+        text: the transcript.
+        vocabulary: the CTC output symbols, index 0 the blank (default: :data:`ALPHABET`).
+        tokens: ``"characters"`` (each character is a symbol) or ``"words"`` (space-separated
+            symbols, e.g. phones for phone recognition).
 
     Raises:
-        ValueError: a character outside the alphabet (normalise first).
+        ValueError: a symbol outside the vocabulary (normalise first).
     """
+    index = _INDEX if vocabulary is ALPHABET else {t: i for i, t in enumerate(vocabulary)}
+    units = list(text) if tokens == "characters" else text.split()
     try:
-        return [_INDEX[ch] for ch in text]
+        return [index[u] for u in units]
     except KeyError as err:
-        raise ValueError(f"character {err.args[0]!r} is not in the ASR alphabet: {text!r}") from None
+        raise ValueError(f"symbol {err.args[0]!r} is not in the CTC vocabulary: {text!r}") from None
 
 
 def edit_distance(hypothesis: Sequence[str], reference: Sequence[str]) -> int:
@@ -65,12 +75,14 @@ def edit_distance(hypothesis: Sequence[str], reference: Sequence[str]) -> int:
     return previous[-1]
 
 
-def decode_greedy(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+def decode_greedy(log_probs: torch.Tensor, lengths: torch.Tensor,
+                  vocabulary: Sequence[str] = ALPHABET, tokens: str = "characters") -> list[str]:
     """Best-path CTC decoding.
 
     Args:
         log_probs: ``(B, T, V)`` (any monotone scores work).
         lengths: ``(B,)`` real frames.
+        vocabulary / tokens: as :func:`encode_text` (``"words"`` joins symbols with spaces).
 
     Returns:
         ``B`` strings: argmax per frame, repeats merged, blanks dropped, spaces collapsed.
@@ -81,8 +93,9 @@ def decode_greedy(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         row = row[:n]
         keep = torch.ones_like(row, dtype=torch.bool)
         keep[1:] = row[1:] != row[:-1]
-        chars = [ALPHABET[i] for i in row[keep & (row != 0)].tolist()]
-        out.append(" ".join("".join(chars).split()))
+        chars = [vocabulary[i] for i in row[keep & (row != 0)].tolist()]
+        out.append(" ".join(("".join(chars) if tokens == "characters" else " ".join(chars))
+                            .split()))
     return out
 
 
@@ -109,19 +122,40 @@ class AsrHeadConfig:
 
 @dataclass
 class AsrConfig(TaskConfig):
-    """ASR settings.
+    """ASR / phone recognition settings.
 
     Attributes:
         head: see :class:`AsrHeadConfig`.
+        vocabulary: CTC output symbols without the blank (index 0 is always the blank). None:
+            English characters (space, apostrophe, A-Z) with transcripts normalised by
+            :func:`~downstream.tasks.asr.make_transcripts.normalize_transcript`. A list (e.g.
+            the 39 CMU / TIMIT phones for SUPERB's phone recognition) is used verbatim:
+            transcripts are not normalised and must hold only these symbols.
+        tokens: ``"characters"`` (each character of the transcript is a symbol) or
+            ``"words"`` (space-separated symbols: phone sequences ``"HH AH L OW"``). With
+            ``"words"`` the reported ``wer`` is the symbol error rate (PER for phones).
     """
 
     head: AsrHeadConfig = field(default_factory=AsrHeadConfig)
+    vocabulary: list[str] | None = None
+    tokens: Literal["characters", "words"] = "characters"
+
+    def __post_init__(self) -> None:
+        if self.vocabulary is not None:
+            if not self.vocabulary or len(set(self.vocabulary)) != len(self.vocabulary):
+                raise ValueError("vocabulary must be a non-empty list of distinct symbols")
+            if "<blank>" in self.vocabulary:
+                raise ValueError("vocabulary must not contain <blank> (index 0 is added)")
+            if self.tokens == "words" and any(not v or " " in v for v in self.vocabulary):
+                raise ValueError("with tokens: words, symbols cannot be empty or hold spaces")
 
 
 class CtcHead(nn.Module):
-    """Dropout -> BLSTM (optional) -> linear -> log-softmax over :data:`ALPHABET`."""
+    """Dropout -> BLSTM (optional) -> linear -> log-softmax over the vocabulary
+    (``vocab_size`` symbols including the blank; default :data:`ALPHABET`)."""
 
-    def __init__(self, input_size: int, config: AsrHeadConfig) -> None:
+    def __init__(self, input_size: int, config: AsrHeadConfig, vocab_size: int = len(ALPHABET)
+                 ) -> None:
         super().__init__()
         self.dropout = nn.Dropout(config.dropout)
         self.lstm = None
@@ -131,7 +165,7 @@ class CtcHead(nn.Module):
                                 batch_first=True, bidirectional=True,
                                 dropout=config.dropout if config.num_layers > 1 else 0.0)
             width = 2 * config.hidden_size
-        self.proj = nn.Linear(width, len(ALPHABET))
+        self.proj = nn.Linear(width, vocab_size)
 
     def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
         """``(B, T, D)`` features, ``(B,)`` lengths -> ``(B, T, V)`` log-probabilities."""
@@ -145,36 +179,53 @@ class CtcHead(nn.Module):
 
 
 class AsrTask(Task):
-    """Character CTC ASR (module docstring)."""
+    """Character CTC ASR, or phone recognition with ``vocabulary`` + ``tokens: words``
+    (module docstring)."""
 
     name = "asr"
     config_class = AsrConfig
     primary_metric = "wer"
     higher_is_better = False
 
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        """The CTC symbols, index 0 the blank."""
+        vocab = self.config.vocabulary
+        return ALPHABET if vocab is None else ("<blank>", *vocab)
+
+    def _normalize(self, text: str | None) -> str:
+        if self.config.vocabulary is None:
+            return normalize_transcript(text or "")
+        return " ".join((text or "").split()) if self.config.tokens == "words" else (text or "")
+
     def setup(self, splits: dict[str, list[Utterance]]) -> None:
-        """Check that every utterance has a transcript that normalises to non-empty text.
+        """Check that every utterance has a transcript that normalises to non-empty text made
+        of vocabulary symbols.
 
         Raises:
-            ValueError: utterances without ``text`` (naming the first few), or
-                ``data.max_seconds`` set (cropped audio no longer matches its transcript).
+            ValueError: utterances without ``text`` (naming the first few), symbols outside
+                the vocabulary, or ``data.max_seconds`` set (cropped audio no longer matches
+                its transcript).
         """
         if self.config.data.max_seconds is not None:
             raise ValueError("asr: data.max_seconds must be null (cropping the audio would cut "
                              "it off from its transcript)")
         missing = [u.key for items in splits.values() for u in items
-                   if not u.text or not normalize_transcript(u.text)]
+                   if not u.text or not self._normalize(u.text)]
         if missing:
             raise ValueError(f"{len(missing)} utterances have no transcript (first: "
                              f"{missing[:3]}); use a manifest with a 'text' column")
-        self._chars = sum(len(normalize_transcript(u.text)) for u in splits["train"])
+        for items in splits.values():
+            for u in items:
+                encode_text(self._normalize(u.text), self.vocabulary, self.config.tokens)
+        self._chars = sum(len(self._normalize(u.text)) for u in splits["train"])
 
     def target(self, utterance: Utterance) -> str:
-        """The normalised transcript (A-Z, apostrophe, space)."""
-        return normalize_transcript(utterance.text or "")
+        """The normalised transcript (default: A-Z, apostrophe, space)."""
+        return self._normalize(utterance.text)
 
     def build_head(self, input_size: int) -> nn.Module:
-        return CtcHead(input_size, self.config.head)
+        return CtcHead(input_size, self.config.head, len(self.vocabulary))
 
     def training_loss(self, head: nn.Module, features: torch.Tensor, frame_lengths: torch.Tensor,
                       examples: list[Example]) -> torch.Tensor:
@@ -182,7 +233,8 @@ class AsrTask(Task):
         averaged over the batch (``reduction="mean"``). Utterances too short for their
         transcript give an infinite loss that is zeroed (``zero_infinity``)."""
         log_probs = head(features, frame_lengths)
-        targets = [torch.tensor(encode_text(e.target), dtype=torch.long) for e in examples]
+        targets = [torch.tensor(encode_text(e.target, self.vocabulary, self.config.tokens),
+                                dtype=torch.long) for e in examples]
         target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
         return nn.functional.ctc_loss(
             log_probs.transpose(0, 1).float(), torch.cat(targets).to(features.device),
@@ -198,7 +250,8 @@ class AsrTask(Task):
         chars}`` in ``last_items`` (corpus WER = summed word errors / summed words)."""
         hyps, refs, keys = [], [], []
         for features, lengths, examples in batches:
-            hyps += decode_greedy(head(features, lengths), lengths)
+            hyps += decode_greedy(head(features, lengths), lengths, self.vocabulary,
+                                  self.config.tokens)
             refs += [e.target for e in examples]
             keys += [e.key for e in examples]
         self.last_items = [
@@ -227,6 +280,9 @@ class AsrTask(Task):
         return rate
 
     def summary(self) -> dict:
-        return {"alphabet": "".join(ALPHABET[1:]), "train_characters": getattr(self, "_chars", 0),
+        vocab = self.vocabulary[1:]
+        return {"alphabet": "".join(vocab) if self.config.tokens == "characters"
+                else " ".join(vocab), "tokens": self.config.tokens,
+                "train_characters": getattr(self, "_chars", 0),
                 "transcripts": "from the manifest's text column (LibriSpeech-mini: Whisper "
                                "tiny.en greedy transcripts, make_transcripts.py)"}
