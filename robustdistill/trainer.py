@@ -111,7 +111,7 @@ def _param_groups(model: nn.Module, weight_decay: float, which: str = "matrices"
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if which == "non_bias":
-        decay = [not ("bias" in n) for n, _ in named]
+        decay = ["bias" not in n for n, _ in named]
     else:
         decay = [p.dim() >= 2 for _, p in named]
     return [

@@ -467,8 +467,9 @@ def test_real_noise_and_rir_folders() -> None:
         seen.add(info.kind)
         assert noisy.shape == clean.shape and np.isfinite(noisy).all()
         if info.snr_db is not None:
+            bank = corruptor.rir_bank
             reference = (
-                reverberate(clean, corruptor.rir_bank.rirs[info.rir_index])
+                reverberate(clean, bank.channels[info.rir_index][info.rir_channel])
                 if info.rir_index is not None
                 else clean
             )

@@ -14,6 +14,10 @@ logger = logging.getLogger(__name__)
 KINDS = ("noise", "reverb", "noise+reverb", "none")
 
 RirNormalization = Literal["energy", "peak"]
+#: How a multi-channel RIR file is used: one channel per draw, or the channels' mean.
+RirChannels = Literal["one", "mean"]
+#: Order of the two corruptions of the ``"noise+reverb"`` kind.
+NoiseReverbOrder = Literal["reverb_first", "noise_first"]
 
 
 @dataclass
@@ -80,6 +84,23 @@ class AugmentationConfig:
             "dB of its largest one; 0 aligns on the largest sample."
         },
     )
+    rir_channels: RirChannels = field(
+        default="one",
+        metadata={
+            "help": "Multi-channel RIR files: 'one' seeded channel per draw (RobustDistiller's "
+            "reference code), or their 'mean' (a comb filter when the channels' direct paths "
+            "differ)."
+        },
+    )
+    noise_reverb_order: NoiseReverbOrder = field(
+        default="reverb_first",
+        metadata={
+            "help": "'noise+reverb' kind: 'reverb_first' (reverberate, then add noise at the SNR "
+            "measured against the reverberant speech) or 'noise_first' (RobustDistiller's "
+            "reference code: add noise at the SNR measured against the dry speech, then "
+            "reverberate speech and noise together)."
+        },
+    )
     curriculum_steps: int = field(
         default=0,
         metadata={
@@ -130,6 +151,13 @@ class AugmentationConfig:
             raise ValueError(f"rir_direct_path_db must be >= 0 dB, got {self.rir_direct_path_db}")
         if self.curriculum_steps < 0:
             raise ValueError(f"curriculum_steps must be >= 0, got {self.curriculum_steps}")
+        if self.rir_channels not in ("one", "mean"):
+            raise ValueError(f"rir_channels must be 'one' or 'mean', got {self.rir_channels!r}")
+        if self.noise_reverb_order not in ("reverb_first", "noise_first"):
+            raise ValueError(
+                "noise_reverb_order must be 'reverb_first' or 'noise_first', got "
+                f"{self.noise_reverb_order!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -138,14 +166,19 @@ class CorruptionInfo:
 
     Attributes:
         kind: one of :data:`KINDS`.
-        snr_db: the SNR in dB of the added noise; None when no noise was added (a kind without
-            noise, or silent speech, which is returned unchanged).
+        snr_db: the SNR in dB of the added noise: ``10 log10(P_signal / P_noise)`` over the
+            whole crop, where the signal is the speech the noise was added to (the dry speech
+            for ``"noise"`` and for ``"noise+reverb"`` with ``noise_first``, the reverberant
+            speech with ``reverb_first``); None when no noise was added (a kind without noise,
+            or silent speech, which is returned unchanged).
         rir_index: index into the :class:`RirBank` of the RIR used; None without reverberation.
         noise_index: index into the :class:`NoiseBank` of the recording used; None for white
             noise or when no noise was added.
+        rir_channel: channel of a multi-channel RIR file used; None otherwise.
     """
 
     kind: str
     snr_db: float | None = None
     rir_index: int | None = None
     noise_index: int | None = None
+    rir_channel: int | None = None

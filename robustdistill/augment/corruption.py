@@ -62,7 +62,10 @@ class Corruptor:
         if config.p_reverb + config.p_noise_reverb > 0:
             if config.rir_dir:
                 rir_bank = RirBank.from_folder(
-                    config.rir_dir, config.rir_normalization, config.rir_direct_path_db
+                    config.rir_dir,
+                    config.rir_normalization,
+                    config.rir_direct_path_db,
+                    channels=config.rir_channels,
                 )
             else:
                 rir_bank = simulate_rir_bank(
@@ -76,6 +79,13 @@ class Corruptor:
         return cls(config, noise_bank, rir_bank)
 
     # ---- schedule ----------------------------------------------------------------------------
+
+    @property
+    def target_step(self) -> int:
+        """A step at which the schedule has reached the configured (target) distribution:
+        ``curriculum_steps`` (0 without a curriculum). Validation corrupts at this step so
+        its losses are comparable across the run and never depend on the training step."""
+        return self.config.curriculum_steps
 
     def _progress(self, step: int | None) -> float:
         steps = self.config.curriculum_steps
@@ -140,8 +150,10 @@ class Corruptor:
 
         Args:
             waveform: ``(S,)`` clean speech at 16 kHz.
-            rng: the source of every random choice, consumed in this order: kind, RIR index,
-                recording-or-white, SNR, then recording index and offset or white noise.
+            rng: the source of every random choice, consumed in this order: kind, RIR index
+                (and channel, for a multi-channel file with ``rir_channels="one"``),
+                recording-or-white, SNR, then recording index and offset or white noise. The
+                same draws serve both ``noise_reverb_order`` values.
             step: the training step; required when the curriculum is on.
 
         Returns:
@@ -156,20 +168,22 @@ class Corruptor:
         if not self.config.enabled:
             return x.astype(np.float32, copy=True), CorruptionInfo("none")
         kind = KINDS[int(rng.choice(len(KINDS), p=self.probabilities(step)))]
-        rir_index = snr_db = noise_index = None
+        rir = rir_index = rir_channel = snr_db = noise_index = None
         if kind in ("reverb", "noise+reverb"):
-            rir_index = int(rng.integers(0, len(self.rir_bank)))
-            x = reverberate(
-                x,
-                self.rir_bank.rirs[rir_index],
-                self.config.rir_normalization,
-                self.config.rir_direct_path_db,
-            )
+            rir, rir_index, rir_channel = self.rir_bank.draw(rng)
+        noise_first = self.config.noise_reverb_order == "noise_first"
+        if rir is not None and not noise_first:
+            x = self._reverberate(x, rir)
         if kind in ("noise", "noise+reverb"):
             x, snr_db, noise_index = self._add_noise(x, rng, step)
+        if rir is not None and noise_first:  # the room reverberates speech and noise alike
+            x = self._reverberate(x, rir)
         return x.astype(np.float32, copy=False), CorruptionInfo(
-            kind, snr_db, rir_index, noise_index
+            kind, snr_db, rir_index, noise_index, rir_channel
         )
+
+    def _reverberate(self, x: np.ndarray, rir: np.ndarray) -> np.ndarray:
+        return reverberate(x, rir, self.config.rir_normalization, self.config.rir_direct_path_db)
 
     def corrupt_batch(
         self,

@@ -12,8 +12,8 @@ import pyroomacoustics as pra
 from scipy.signal import fftconvolve
 
 from ..audio import SAMPLE_RATE, AudioError
-from .config import RirNormalization
-from .signals import _check_signal, _load_folder
+from .config import RirChannels, RirNormalization
+from .signals import _check_signal, _load_channels, _load_folder
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +101,16 @@ class RirBank:
     """Room impulse responses, aligned and normalised by :func:`prepare_rir`, held in memory.
 
     Attributes:
-        rirs: one ``(K_i,)`` float32 array per RIR, direct path at index 0.
+        rirs: one ``(K_i,)`` float32 array per RIR, direct path at index 0 (for a file loaded
+            with ``channels="one"``: its first channel).
         names: the file each came from, or a description of the simulated room.
+        channels: with ``channels="one"``, every channel of each file, each prepared on its
+            own (one tuple per entry of ``rirs``); empty otherwise.
     """
 
     rirs: tuple[np.ndarray, ...]
     names: tuple[str, ...]
+    channels: tuple[tuple[np.ndarray, ...], ...] = ()
 
     @classmethod
     def from_folder(
@@ -115,19 +119,53 @@ class RirBank:
         normalization: RirNormalization = "energy",
         direct_path_db: float = 20.0,
         sample_rate: int = SAMPLE_RATE,
+        channels: RirChannels = "mean",
     ) -> RirBank:
-        """Load all RIR files below ``root`` once (down-mixed, resampled, aligned, normalised).
+        """Load all RIR files below ``root`` once (resampled, aligned, normalised).
+
+        Args:
+            channels: ``"mean"`` (default) down-mixes a multi-channel file to one RIR;
+                ``"one"`` keeps every channel (each aligned on its own direct path) so that
+                :meth:`draw` uses one channel per draw. Averaging the two channels of a
+                stereo measurement whose direct paths are ``d`` samples apart sums two
+                delayed copies of the room: a comb filter with notches every ``fs / d`` Hz
+                (800 Hz for 20 samples at 16 kHz), a response no microphone recorded.
+                RobustDistiller's reference code picks one channel at random.
 
         Raises:
             FileNotFoundError: ``root`` does not exist or holds no audio file.
             AudioError: no file could be used.
+            ValueError: unknown ``channels``.
         """
-        waves, names = _load_folder(root, sample_rate, "RIR")
-        rirs = tuple(prepare_rir(w, normalization, direct_path_db) for w in waves)
-        return cls(rirs, tuple(names))
+        if channels == "mean":
+            waves, names = _load_folder(root, sample_rate, "RIR")
+            rirs = tuple(prepare_rir(w, normalization, direct_path_db) for w in waves)
+            return cls(rirs, tuple(names))
+        if channels != "one":
+            raise ValueError(f"channels must be 'mean' or 'one', got {channels!r}")
+        per_file, names = _load_channels(root, sample_rate, "RIR")
+        prepared = tuple(
+            tuple(prepare_rir(c, normalization, direct_path_db) for c in chans)
+            for chans in per_file
+        )
+        return cls(tuple(chans[0] for chans in prepared), tuple(names), prepared)
 
     def __len__(self) -> int:
         return len(self.rirs)
+
+    def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, int, int | None]:
+        """A random RIR: uniform over the bank's entries, then (``channels="one"`` and more
+        than one channel) uniform over that file's channels.
+
+        Returns:
+            ``(rir, index, channel)``: channel is None when no channel was drawn (a mono file
+            or a down-mixed bank); a mono bank consumes one draw from ``rng``, as before.
+        """
+        index = int(rng.integers(0, len(self.rirs)))
+        if self.channels and len(self.channels[index]) > 1:
+            channel = int(rng.integers(0, len(self.channels[index])))
+            return self.channels[index][channel], index, channel
+        return self.rirs[index], index, None
 
 
 def simulate_rir_bank(

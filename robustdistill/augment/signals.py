@@ -6,8 +6,9 @@ import logging
 import os
 
 import numpy as np
+import soundfile as sf
 
-from ..audio import AudioError, list_audio_files, load_audio
+from ..audio import AudioError, list_audio_files, load_audio, resample
 
 logger = logging.getLogger(__name__)
 
@@ -51,3 +52,39 @@ def _load_folder(root: str | os.PathLike, sample_rate: int, what: str) -> tuple[
         raise AudioError(f"{root}: none of the {len(files)} {what} files could be used")
     logger.info("loaded %d %s files from %s", len(waves), what, root)
     return waves, names
+
+
+def _load_channels(
+    root: str | os.PathLike, sample_rate: int, what: str
+) -> tuple[list[list[np.ndarray]], list[str]]:
+    """Like :func:`_load_folder`, but every channel of each file, each resampled on its own
+    (silent channels dropped; a file with no usable channel skipped with a warning)."""
+    files = list_audio_files(root)
+    per_file, names = [], []
+    for path in files:
+        try:
+            data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+            channels = [
+                resample(np.ascontiguousarray(data[:, c]), rate, sample_rate)
+                for c in range(data.shape[1])
+            ]
+            channels = [_check_signal(c, f"{path} channel {i}") for i, c in enumerate(channels)]
+        except (AudioError, sf.LibsndfileError, RuntimeError, OSError) as err:
+            logger.warning("skipping unreadable %s file %s: %s", what, path, err)
+            continue
+        channels = [c for c in channels if np.any(c)]
+        if not channels:
+            logger.warning("skipping silent %s file: %s", what, path)
+            continue
+        per_file.append(channels)
+        names.append(str(path))
+    if not per_file:
+        raise AudioError(f"{root}: none of the {len(files)} {what} files could be used")
+    logger.info(
+        "loaded %d %s files (%d channels) from %s",
+        len(per_file),
+        what,
+        sum(len(c) for c in per_file),
+        root,
+    )
+    return per_file, names

@@ -44,8 +44,11 @@ def stft_frame_lengths(lengths: torch.Tensor, hop_length: int = 160) -> torch.Te
 class EnhancementHead(nn.Module):
     """BiLSTM mask estimator: features at 50 Hz -> sigmoid mask over STFT bins at 100 Hz.
 
-    Each feature frame (20 ms) is repeated ``upsample`` times to reach the STFT frame rate
-    (hop 160 = 10 ms); STFT frames past the last real feature frame repeat it.
+    RobustDistiller's ``ReconstructionHead`` (arXiv 2302.09437; reference code
+    ``pretrain/robust_distiller/pretrain_expert.py``): ``LSTM(dropout) -> Dropout -> Linear
+    -> sigmoid``. Each feature frame (20 ms) is repeated ``upsample`` times to reach the STFT
+    frame rate (hop 160 = 10 ms; the reference's ``repeat_interleave(feat, 2)``); STFT frames
+    past the last real feature frame repeat it (the reference zero-fills them).
 
     Args:
         input_size: feature width (``D_s`` or CNN channels).
@@ -53,14 +56,22 @@ class EnhancementHead(nn.Module):
         hidden_size: LSTM width per direction (default 256).
         num_layers: LSTM layers (default 3).
         upsample: STFT frames per feature frame (default 2).
+        dropout: LSTM dropout between layers and dropout before the output layer (the
+            reference: 0.1 for both; default 0).
+
+    Raises:
+        ValueError: ``dropout`` outside ``[0, 1)``.
     """
 
     def __init__(self, input_size: int, num_bins: int = 257, hidden_size: int = 256,
-                 num_layers: int = 3, upsample: int = 2) -> None:
+                 num_layers: int = 3, upsample: int = 2, dropout: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"enhancement dropout must be in [0, 1), got {dropout}")
         self.upsample = upsample
         self.lstm = nn.LSTM(input_size, hidden_size, num_layers=num_layers, batch_first=True,
-                            bidirectional=True)
+                            bidirectional=True, dropout=dropout if num_layers > 1 else 0.0)
+        self.dropout = nn.Dropout(dropout)
         self.proj = nn.Linear(2 * hidden_size, num_bins)
 
     def forward(self, features: torch.Tensor, feature_lengths: torch.Tensor, num_frames: int,
@@ -85,7 +96,7 @@ class EnhancementHead(nn.Module):
                                       enforce_sorted=False)
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=num_frames)
-        return torch.sigmoid(self.proj(out))
+        return torch.sigmoid(self.proj(self.dropout(out)))
 
 
 @register_objective("enhancement")
@@ -97,10 +108,13 @@ class MaskEnhancement(Objective):
     training loss adds ``lambda_enh * L_enh`` (default 2).
 
     Args:
-        input: ``"last"`` (student's last hidden state, RobustDistiller's choice) or
-            ``"cnn"`` (the convolutional features).
+        input: ``"cnn"``: the student's convolutional features (``(B, T, C)``, ``C = 512``
+            for the Base CNN), what RobustDistiller's reference code feeds the head
+            (``input_dim: 512``; the recipe's setting); ``"last"`` (default, kept for older
+            runs): the student's last hidden state.
         lambda_enh: weight of the term in the total loss (default 2).
         hidden_size, num_layers: BiLSTM size (default 256, 3).
+        dropout: LSTM and pre-output dropout (reference and recipe: 0.1; default 0).
         n_fft, hop_length, win_length: STFT (default 512, 160, 400).
 
     Raises:
@@ -111,7 +125,7 @@ class MaskEnhancement(Objective):
                  student_hidden_size: int, student_conv_dim: int | None = None,
                  input: str = "last", lambda_enh: float = 2.0, hidden_size: int = 256,
                  num_layers: int = 3, n_fft: int = 512, hop_length: int = 160,
-                 win_length: int = 400) -> None:
+                 win_length: int = 400, dropout: float = 0.0) -> None:
         super().__init__()
         if input not in ("last", "cnn"):
             raise ValueError(f"enhancement.input must be 'last' or 'cnn', got {input!r}")
@@ -123,9 +137,10 @@ class MaskEnhancement(Objective):
         self.stft = {"n_fft": n_fft, "hop_length": hop_length, "win_length": win_length}
         in_size = student_hidden_size if input == "last" else student_conv_dim
         upsample = max(1, round(320 / hop_length))
-        self.head = EnhancementHead(in_size, n_fft // 2 + 1, hidden_size, num_layers, upsample)
+        self.head = EnhancementHead(in_size, n_fft // 2 + 1, hidden_size, num_layers, upsample,
+                                    dropout)
         self._config = {"input": input, "input_size": in_size, "hidden_size": hidden_size,
-                        "num_layers": num_layers, **self.stft}
+                        "num_layers": num_layers, "dropout": dropout, **self.stft}
 
     def head_config(self) -> dict:
         return dict(self._config)

@@ -1,7 +1,9 @@
 """Layer-wise prediction of teacher hidden states (DistilHuBERT).
 
 "DistilHuBERT: Speech Representation Learning by Layer-wise Distillation of Hidden-unit BERT",
-Chang, Yang and Lee, arXiv 2110.01900. Specification: ``objectives.md`` section 1.
+Chang, Yang and Lee, arXiv 2110.01900. Specification: ``objectives.md`` section 1. Reference
+code: s3prl ``upstream/distiller/model.py`` (prediction heads, ``out_layer_type:
+expand-last``) and ``pretrain/distiller/pretrain_expert.py`` (``compute_loss``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,12 @@ from torch import nn
 
 from .base import DistillationInputs, LossTerm, Objective, register_objective
 
-__all__ = ["LayerwisePrediction", "layerwise_frame_losses"]
+__all__ = ["HEAD_TYPES", "REDUCTIONS", "LayerwisePrediction", "layerwise_frame_losses"]
+
+#: Prediction head layouts: one linear map per target, or DistilHuBERT's shared MLP.
+HEAD_TYPES = ("linear", "mlp")
+#: How the per-target losses combine: averaged (both reference codes) or summed.
+REDUCTIONS = ("mean", "sum")
 
 
 def layerwise_frame_losses(
@@ -35,12 +42,25 @@ def layerwise_frame_losses(
 
 @register_objective("layerwise")
 class LayerwisePrediction(Objective):
-    """Predict chosen teacher layers from the student's last layer.
+    """Predict chosen teacher layers from one student layer (DistilHuBERT, arXiv 2110.01900).
 
-    One linear head ``D_s -> D_t`` per target layer ``l``; for prediction ``P_l``:
+    Heads (``head``):
+
+    * ``"linear"``: one ``Linear(D_s, D_t)`` per target layer.
+    * ``"mlp"``: DistilHuBERT's layout (s3prl ``out_layer_type: expand-last``):
+      ``Linear(D_s, N * D_s) -> GELU``, then the ``N`` chunks of width ``D_s`` each go through
+      their own ``Linear(D_s, D_t)`` (s3prl's ``SplitLinear``). ``N`` = number of targets.
+
+    Loss for target ``l`` with prediction ``P_l``:
     ``L_l = mean |P_l - H_t[l]| + lambda_cos * mean(-log sigmoid(cos(P_l, H_t[l])))``, means
-    over real frames only. Terms ``layer{l}_l1`` and ``layer{l}_cos`` are logged separately;
-    the total is their (weighted) sum over targets.
+    over real frames only (and over the feature axis for the L1). Terms ``layer{l}_l1`` and
+    ``layer{l}_cos`` are logged separately (unweighted, each a per-frame mean). The total is
+    (``reduction``):
+
+    * ``"mean"``: ``(1/N) sum_l L_l``, what both references compute (``rec_loss.mean()`` over
+      ``B x N x T x D`` and ``sim_loss.mean()`` over ``B x N x T``); each term carries weight
+      ``1/N`` (``lambda_cos/N`` for the cosine terms).
+    * ``"sum"``: ``sum_l L_l`` (``N`` times larger; the project's earlier behaviour).
 
     Args:
         teacher_layers: teacher ``hidden_states`` indices to predict (0 = before the first
@@ -48,15 +68,19 @@ class LayerwisePrediction(Objective):
             (``round(L/3), round(2L/3), L``; ``[1, 3, 4]`` for a 4-layer teacher).
         lambda_cos: weight of the cosine term (default 1).
         student_layer: student ``hidden_states`` index feeding the heads (default -1: last).
+        head: ``"linear"`` (default) or ``"mlp"`` (DistilHuBERT; the recipes use it).
+        reduction: ``"sum"`` (default) or ``"mean"`` (the references; the recipes use it).
 
     Raises:
-        ValueError: a target layer outside ``[0, L_t]``, or an empty target list.
+        ValueError: a target layer outside ``[0, L_t]``, an empty target list, an unknown
+            ``head`` or ``reduction``.
     """
 
     def __init__(self, *, teacher_hidden_size: int, teacher_num_layers: int,
                  student_hidden_size: int, student_conv_dim: int | None = None,
                  teacher_layers: list[int] | None = None, lambda_cos: float = 1.0,
-                 student_layer: int = -1) -> None:
+                 student_layer: int = -1, head: str = "linear",
+                 reduction: str = "sum") -> None:
         super().__init__()
         if teacher_layers is None:
             teacher_layers = sorted({max(1, round(k * teacher_num_layers / 3)) for k in (1, 2, 3)})
@@ -65,9 +89,18 @@ class LayerwisePrediction(Objective):
         bad = [layer for layer in teacher_layers if not 0 <= layer <= teacher_num_layers]
         if bad:
             raise ValueError(f"layerwise.teacher_layers {bad} outside [0, {teacher_num_layers}]")
+        if head not in HEAD_TYPES:
+            raise ValueError(f"layerwise.head must be one of {HEAD_TYPES}, got {head!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"layerwise.reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.teacher_layers = list(teacher_layers)
         self.lambda_cos = float(lambda_cos)
         self.student_layer = int(student_layer)
+        self.head = head
+        self.reduction = reduction
+        n = len(self.teacher_layers)
+        # The MLP's inner width is the student's (s3prl: out_layer_inter_dim <= 0 -> D_s).
+        self.expand = nn.Linear(student_hidden_size, n * student_hidden_size) if head == "mlp" else None
         self.heads = nn.ModuleList(
             nn.Linear(student_hidden_size, teacher_hidden_size) for _ in self.teacher_layers
         )
@@ -75,17 +108,36 @@ class LayerwisePrediction(Objective):
 
     def head_config(self) -> dict:
         return {"teacher_layers": self.teacher_layers, "student_layer": self.student_layer,
-                "student_hidden_size": self._dims[0], "teacher_hidden_size": self._dims[1]}
+                "student_hidden_size": self._dims[0], "teacher_hidden_size": self._dims[1],
+                "head": self.head}
+
+    def predict(self, source: torch.Tensor) -> list[torch.Tensor]:
+        """Predictions of every target layer.
+
+        Args:
+            source: ``(B, T, D_s)`` student hidden states.
+
+        Returns:
+            One ``(B, T, D_t)`` tensor per entry of ``teacher_layers``, in that order.
+        """
+        if self.expand is None:
+            return [head(source) for head in self.heads]
+        inner = F.gelu(self.expand(source)).chunk(len(self.heads), dim=-1)
+        return [head(part) for head, part in zip(self.heads, inner, strict=True)]
 
     def forward(self, inputs: DistillationInputs) -> dict[str, LossTerm]:
         """Loss terms, each summed over real frames (see class docstring)."""
         frames = inputs.num_frames
-        mask = inputs.frame_mask.to(inputs.student.hidden_states[-1].dtype)
+        mask = inputs.frame_mask.float()
         source = inputs.student.hidden_states[self.student_layer][:, :frames]
+        scale = 1.0 / len(self.teacher_layers) if self.reduction == "mean" else 1.0
         terms = {}
-        for layer, head in zip(self.teacher_layers, self.heads, strict=True):
-            target = inputs.teacher.hidden_states[layer][:, :frames].to(source.dtype)
-            l1, cos = layerwise_frame_losses(head(source), target)
-            terms[f"layer{layer}_l1"] = LossTerm((l1 * mask).sum(), "frames")
-            terms[f"layer{layer}_cos"] = LossTerm((cos * mask).sum(), "frames", self.lambda_cos)
+        for layer, prediction in zip(self.teacher_layers, self.predict(source), strict=True):
+            # In float32 even under autocast, as the references' L1Loss and cosine (which
+            # autocast runs in float32) against the teacher's float32 targets.
+            target = inputs.teacher.hidden_states[layer][:, :frames].float()
+            l1, cos = layerwise_frame_losses(prediction.float(), target)
+            terms[f"layer{layer}_l1"] = LossTerm((l1 * mask).sum(), "frames", scale)
+            terms[f"layer{layer}_cos"] = LossTerm((cos * mask).sum(), "frames",
+                                                  self.lambda_cos * scale)
         return terms
