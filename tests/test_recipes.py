@@ -8,6 +8,7 @@ References: s3prl ``pretrain/distiller`` + ``upstream/distiller`` (DistilHuBERT,
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -439,3 +440,19 @@ def test_demo_config_makes_its_teacher_when_missing(tmp_path, monkeypatch):
                       ["--teacher", str(tmp_path / "u"), "--make_teacher", "null"])
     with pytest.raises(FileNotFoundError, match="make-teacher"):
         _prepare_models(cfg)
+
+
+# ---- 10. the docs table covers every recipe setting ---------------------------------------------
+
+
+def test_docs_recipes_table_names_every_recipe_setting():
+    text = (REPO / "docs" / "recipes.md").read_text()
+    for path in RECIPES:
+        cfg = load_config(REPO / path)
+        keys = [f"student.{k}" for k in ("num_layers", "init_layers", "copy_projection",
+                                         "feature_grad_mult")]
+        keys += [f"training.{k}" for k in ("max_grad_norm", "adam_eps", "weight_decay",
+                                           "weight_decay_params", "mixed_precision")]
+        keys += [f"objectives.layerwise.{k}" for k in cfg.objectives["layerwise"]]
+        for key in keys:
+            assert re.search(rf"`{re.escape(key)}`", text), f"{key} ({path}) not in recipes.md"
