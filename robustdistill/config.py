@@ -34,7 +34,7 @@ from transformers import HfArgumentParser
 
 from .augment import AugmentationConfig
 from .data import DataConfig
-from .objectives import OBJECTIVES
+from .objectives import OBJECTIVES, build_loss_schedule
 from .student import StudentConfig
 from .teacher_cache import TeacherCacheConfig
 
@@ -90,6 +90,10 @@ class TrainingConfig:
     resume_from: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder to resume from"})
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": "accelerate trackers"})
     export_student: bool = field(default=True, metadata={"help": "export OUTPUT_DIR/student and heads/ at the end"})
+    loss_schedule: str = field(default="sum", metadata={"help": "sum (all losses, weight 1), two_step (KD objectives only for kd_steps, then task_objectives only; arXiv 2309.08144) or mixture (mixture_alpha * KD + (1 - mixture_alpha) * task)"})
+    kd_steps: int = field(default=0, metadata={"help": "two_step: optimizer steps of the KD-only phase 1"})
+    mixture_alpha: float = field(default=0.5, metadata={"help": "mixture: weight of the KD objectives, in [0, 1]"})
+    task_objectives: list[str] = field(default_factory=list, metadata={"help": "objectives that are the supervised task loss for loss_schedule (e.g. [enhancement]); all others are KD"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute the student's transformer layers in the backward pass (less memory, more time)"})
     compile_student: bool = field(default=False, metadata={"help": "torch.compile the student (nn.Module.compile; state dict keys unchanged)"})
 
@@ -106,6 +110,10 @@ class TrainingConfig:
             raise ConfigError(f"training.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if len(self.adam_betas) != 2:
             raise ConfigError(f"training.adam_betas needs two values, got {self.adam_betas}")
+        try:
+            build_loss_schedule(self.loss_schedule, self.kd_steps, self.mixture_alpha)
+        except ValueError as err:
+            raise ConfigError(f"training: {err}") from err
         if not self.adam_eps > 0:
             raise ConfigError(f"training.adam_eps must be > 0, got {self.adam_eps}")
         if self.weight_decay_params not in ("matrices", "non_bias"):

@@ -49,7 +49,13 @@ from .augment import Corruptor
 from .config import ConfigError, DistillConfig, check_model_path
 from .data import ShardedRandomSampler, build_dataloader, build_datasets
 from .export import export_run_student
-from .objectives import DistillationInputs, LossTerm, build_objective
+from .objectives import (
+    DistillationInputs,
+    LossSchedule,
+    LossTerm,
+    build_loss_schedule,
+    build_objective,
+)
 from .student import create_student, save_student, student_feature_extractor
 from .teacher_cache import TeacherFeatureCache
 from .upstream import Upstream, lengths_to_mask
@@ -200,6 +206,7 @@ class _Run:
                 raise ConfigError(str(err)) from err
         model = Distiller(student_up, objectives)
         self.objectives = objectives
+        self.schedule, self.task_objectives = _loss_schedule(t, objectives)
         optimizer = torch.optim.AdamW(_param_groups(model, t.weight_decay, t.weight_decay_params),
                                       lr=t.learning_rate, betas=tuple(t.adam_betas),
                                       eps=t.adam_eps)
@@ -316,10 +323,16 @@ class _Run:
         with self.accelerator.autocast():
             return self.model(noisy, clean, lengths, teacher)
 
+    def _factors(self, step: int) -> dict[str, float]:
+        """Each objective's factor at ``step`` from the loss schedule (1 with ``sum``)."""
+        weights = self.schedule.weights(step)
+        return {name: weights.task if name in self.task_objectives else weights.kd
+                for name in self.objectives}
+
     @staticmethod
-    def _weighted(terms, counts: dict[str, float]) -> torch.Tensor:
-        return sum(term.weight * term.total / max(counts[term.unit], 1.0)
-                   for parts in terms.values() for term in parts.values())
+    def _weighted(terms, counts: dict[str, float], factors: dict[str, float]) -> torch.Tensor:
+        return sum(factors[name] * term.weight * term.total / max(counts[term.unit], 1.0)
+                   for name, parts in terms.items() for term in parts.values())
 
     @staticmethod
     def _add_sums(sums: dict, terms) -> None:
@@ -328,8 +341,10 @@ class _Run:
                 sums[f"{name}/{part}"] = sums[f"{name}/{part}"] + term.total.detach().double()
                 sums.setdefault(f"_unit/{name}/{part}", (term.unit, term.weight))
 
-    def _means(self, sums: dict, counts: dict[str, float]) -> dict[str, float]:
-        """Reduce term sums over ranks and divide by the step's unit counts."""
+    def _means(self, sums: dict, counts: dict[str, float],
+               factors: dict[str, float]) -> dict[str, float]:
+        """Reduce term sums over ranks and divide by the step's unit counts; ``loss`` weighs
+        each term by its weight and its objective's schedule factor."""
         names = sorted(k for k in sums if not k.startswith("_unit/"))
         if not names:
             return {}
@@ -339,7 +354,7 @@ class _Run:
         for name, total in zip(names, totals, strict=True):
             unit, weight = sums[f"_unit/{name}"]
             means[name] = total / max(counts[unit], 1.0)
-            loss += weight * means[name]
+            loss += factors[name.split("/", 1)[0]] * weight * means[name]
         means["loss"] = loss
         return means
 
@@ -360,6 +375,11 @@ class _Run:
                 counts[unit] = counts[unit] + value
         counts = self._reduce_counts(dict(counts))
         step = self.progress.step
+        factors = self._factors(step)
+        if self.schedule.switches_at(step):
+            logger.info("step %d: two-step schedule switches to phase 2 (task objectives %s "
+                        "only)", step, sorted(self.task_objectives))
+            self.log("schedule", {"phase": 2, "kd_weight": 0.0, "task_weight": 1.0})
         sums = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
         self.model.train()
         for i, batch in enumerate(window):
@@ -367,7 +387,7 @@ class _Run:
             sync = i == len(window) - 1
             with nullcontext() if sync else acc.no_sync(self.model):
                 terms = self._loss(batch, rng, step)
-                acc.backward(self._weighted(terms, counts) * acc.num_processes)
+                acc.backward(self._weighted(terms, counts, factors) * acc.num_processes)
             self._add_sums(sums, terms)
         grad_norm = acc.clip_grad_norm_(self.model.parameters(),
                                         t.max_grad_norm if t.max_grad_norm > 0 else math.inf)
@@ -384,7 +404,11 @@ class _Run:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.progress.step += 1
-        means = self._means(sums, counts)
+        means = self._means(sums, counts, factors)
+        if self.schedule.kind != "sum":
+            weights = self.schedule.weights(step)
+            means.update({"schedule/phase": weights.phase, "schedule/kd_weight": weights.kd,
+                          "schedule/task_weight": weights.task})
         means["grad_norm"] = float(grad_norm)
         means["audio_seconds"] = counts["seconds"]
         means["data_wait_seconds"] = waited
@@ -407,7 +431,9 @@ class _Run:
                 counts[unit] = counts[unit] + value
             rng = _rng(self.cfg.seed, 2**31 - 1, acc.process_index, i)
             self._add_sums(sums, self._loss(batch, rng, self.corruptor.target_step, self.valid_set))
-        means = self._means(sums, self._reduce_counts(dict(counts)))
+        # ``loss`` with the factors of the step the run is at (phase 1 or 2 of two_step)
+        means = self._means(sums, self._reduce_counts(dict(counts)),
+                            self._factors(self.progress.step))
         self.model.train()
         return means
 
@@ -450,6 +476,25 @@ class _Run:
             acc.project_configuration.iteration = int(match.group(1)) + 1
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", path,
                     self.progress.step, self.progress.epoch, self.progress.batches_in_epoch)
+
+
+def _loss_schedule(t, objectives: dict) -> tuple[LossSchedule, set[str]]:
+    """The run's :class:`LossSchedule` and its task objectives, checked against the config.
+
+    Raises:
+        ConfigError: a task objective the run does not have, or a ``two_step`` / ``mixture``
+            schedule without both a KD and a task objective.
+    """
+    schedule = build_loss_schedule(t.loss_schedule, t.kd_steps, t.mixture_alpha)
+    tasks = set(t.task_objectives)
+    unknown = sorted(tasks - set(objectives))
+    if unknown:
+        raise ConfigError(f"training.task_objectives {unknown} are not objectives of this run "
+                          f"({sorted(objectives)})")
+    if schedule.kind != "sum" and (not tasks or tasks == set(objectives)):
+        raise ConfigError(f"training.loss_schedule {schedule.kind} needs task_objectives naming "
+                          "some, not all, of the objectives (the rest are the KD losses)")
+    return schedule, tasks
 
 
 def train(cfg: DistillConfig) -> Path:

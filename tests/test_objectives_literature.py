@@ -316,3 +316,84 @@ def test_two_step_schedule_switches_once_at_kd_steps():
         LossSchedule("mixture", alpha=1.5)
     with pytest.raises(ValueError, match="one of"):
         LossSchedule("cosine")
+
+
+# ------------------------------------------------------------------ the schedule in the trainer
+def _run_config(tmp_path, teacher_dir, out: str, **training):
+    from robustdistill.config import load_config
+
+    overrides = {
+        "teacher": str(teacher_dir), "output_dir": str(tmp_path / out), "seed": 5,
+        "data.synthetic_items": 10, "data.synthetic_seconds": "[0.6, 1.0]",
+        "data.synthetic_dir": str(tmp_path / "corpus"), "data.batch_size": 2,
+        "data.max_length_s": 1.0, "data.min_length_s": 0.5, "data.validation_fraction": 0.2,
+        "augmentation.num_simulated_rooms": 2, "augmentation.room_max_order": 2,
+        "objectives": "{gram_kd: {layer_pairs: [[2, -1]]}, cosine_alignment: {}, "
+                      "tfckd: {}, enhancement: {hidden_size: 8, num_layers: 1}}",
+        "training.learning_rate": 1e-3, "training.warmup_ratio": 0.0, "training.cpu": True,
+        "training.log_every": 1, "training.eval_every": 100, "training.report_to": "[]",
+        "training.eval_at_start": False, "training.export_student": False,
+        "training.loss_schedule": "two_step", "training.kd_steps": 2,
+        "training.task_objectives": "[enhancement]",
+        **{f"training.{k}": v for k, v in training.items()},
+    }
+    argv = [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
+    return load_config(None, argv)
+
+
+def _records(run_dir) -> list[dict]:
+    import json
+
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_step_schedule_in_the_trainer_switches_logs_and_resumes_exactly(
+        tmp_path, tiny_wavlm_dir):
+    from safetensors.torch import load_file
+
+    from robustdistill.trainer import train
+
+    train(_run_config(tmp_path, tiny_wavlm_dir, "full", max_steps=4, save_every=2))
+    full = _records(tmp_path / "full")
+    steps = [r for r in full if r["split"] == "train"]
+    assert [r["schedule/phase"] for r in steps] == [1, 1, 2, 2]
+    for r in steps:  # phase 1: the KD objectives only; phase 2: the task objective only
+        kd = sum(v for k, v in r.items() if k.split("/")[0] in ("gram_kd", "cosine_alignment",
+                                                                  "tfckd"))
+        task = 2.0 * r["enhancement/l1"]  # lambda_enh = 2
+        assert r["loss"] == pytest.approx(kd if r["schedule/phase"] == 1 else task, rel=1e-9)
+    switch = [r for r in full if r["split"] == "schedule"]
+    assert [(r["step"], r["phase"]) for r in switch] == [(2, 2)]
+    # Resumed at the switch: same parameters, same losses, the switch logged once.
+    mid = tmp_path / "full" / "checkpoints" / "checkpoint_0"
+    train(_run_config(tmp_path, tiny_wavlm_dir, "part", max_steps=4, save_every=2,
+                      resume_from=str(mid)))
+    part = _records(tmp_path / "part")
+    assert [r for r in part if r["split"] == "schedule"] == switch
+    assert ([r["loss"] for r in part if r["split"] == "train"]
+            == [r["loss"] for r in steps if r["step"] > 2])
+
+    def state(run):
+        folder = sorted((tmp_path / run / "checkpoints").glob("checkpoint_*"))[-1]
+        return load_file(str(folder / "model.safetensors"))
+
+    a, b = state("full"), state("part")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Phase 1 never moved the task head (zero gradient, zero Adam moments).
+    first = load_file(str(mid / "model.safetensors"))
+    init_run = _run_config(tmp_path, tiny_wavlm_dir, "init", max_steps=1,
+                           loss_schedule="two_step", kd_steps=5)
+    train(init_run)
+    after_one = state("init")
+    enh = [k for k in first if "enhancement" in k]
+    assert enh and all(torch.equal(first[k], after_one[k]) for k in enh)
+
+
+def test_schedule_config_errors(tmp_path, tiny_wavlm_dir):
+    from robustdistill.config import ConfigError
+    from robustdistill.trainer import train
+
+    with pytest.raises(ConfigError, match="kd_steps"):
+        _run_config(tmp_path, tiny_wavlm_dir, "x", kd_steps=0)
+    with pytest.raises(ConfigError, match="not objectives of this run"):
+        train(_run_config(tmp_path, tiny_wavlm_dir, "y", task_objectives="[enhancment]"))

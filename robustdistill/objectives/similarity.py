@@ -221,6 +221,8 @@ class GramKD(Objective):
                  axes: list[str] | None = None, weight: float = 1.0) -> None:
         super().__init__()
         self.layer_pairs = _pairs(layer_pairs, teacher_num_layers)
+        #: Teacher layers read (what a teacher cache stores).
+        self.teacher_layers = sorted({layer for layer, _ in self.layer_pairs})
         self.axes = list(axes) if axes is not None else ["time"]
         if not self.axes:
             raise ValueError("gram_kd.axes must name at least one axis")

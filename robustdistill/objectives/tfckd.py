@@ -293,6 +293,8 @@ class TFCalibratedKD(Objective):
             raise ValueError(f"tfckd: distance must be mse or l1 and temperature > 0, got "
                              f"{distance!r}, {temperature}")
         self.teacher_sets, self.student_sets = teacher_sets, student_sets
+        #: Teacher layers read (what a teacher cache stores).
+        self.teacher_layers = sorted({x for s in teacher_sets for x in s})
         self.student_layers = sorted({x for s in student_sets for x in s})
         self.projections = nn.ModuleDict({
             str(layer): nn.Linear(student_hidden_size, teacher_hidden_size)
