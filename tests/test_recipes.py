@@ -456,3 +456,31 @@ def test_docs_recipes_table_names_every_recipe_setting():
         keys += [f"objectives.layerwise.{k}" for k in cfg.objectives["layerwise"]]
         for key in keys:
             assert re.search(rf"`{re.escape(key)}`", text), f"{key} ({path}) not in recipes.md"
+
+
+def test_mlp_heads_export_to_s3prls_distiller_and_predict_the_same(tmp_path):
+    expert = pytest.importorskip("s3prl.upstream.distiller.expert",
+                                 reason="s3prl not importable (pip install --no-deps s3prl)")
+    from transformers import HubertConfig, HubertModel
+
+    from robustdistill.s3prl_export import export_s3prl_distiller
+
+    torch.manual_seed(0)
+    model = HubertModel(HubertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(24, 24, 24), conv_kernel=(8, 8, 8), conv_stride=(4, 4, 4),
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        feat_proj_layer_norm=False)).eval()
+    objective = LayerwisePrediction(teacher_hidden_size=20, teacher_num_layers=12,
+                                    student_hidden_size=32, teacher_layers=[4, 8, 12],
+                                    head="mlp")
+    ckpt = export_s3prl_distiller(model, tmp_path / "s.ckpt", heads=objective.s3prl_heads())
+    wav = torch.randn(4000)
+    with torch.no_grad():
+        theirs = expert.UpstreamExpert(str(ckpt)).eval()([wav])["hidden_states"]
+        ours = objective.predict(model(wav[None]).last_hidden_state)
+    for k in range(3):  # s3prl: [projection] + 2 layers + 3 heads
+        torch.testing.assert_close(theirs[3 + k], ours[k], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="mlp"):
+        LayerwisePrediction(teacher_hidden_size=2, teacher_num_layers=1,
+                            student_hidden_size=2).s3prl_heads()

@@ -125,6 +125,35 @@ class LayerwisePrediction(Objective):
         inner = F.gelu(self.expand(source)).chunk(len(self.heads), dim=-1)
         return [head(part) for head, part in zip(self.heads, inner, strict=True)]
 
+    @torch.no_grad()
+    def s3prl_heads(self) -> dict:
+        """The ``mlp`` heads in s3prl's distiller ``output_layer`` layout.
+
+        For :func:`robustdistill.s3prl_export.export_s3prl_distiller` (``heads=``): ``0`` is
+        the expanding ``Linear``, ``2`` the ``SplitLinear`` (``weight (N, D_s, D_t)``,
+        ``bias (1, 1, N, D_t)``; with one target, ``2.layer`` a plain ``Linear``).
+
+        Returns:
+            ``{"pred_layer_id": teacher_layers, "state_dict": {name: tensor}}`` (copies).
+
+        Raises:
+            ValueError: ``head`` is not ``"mlp"`` (s3prl has no per-target linear layout) or
+                the heads read a student layer other than the last (s3prl's read the last).
+        """
+        if self.expand is None:
+            raise ValueError("only head='mlp' has s3prl's output_layer layout")
+        if self.student_layer != -1:
+            raise ValueError("s3prl's heads read the last layer; student_layer is "
+                             f"{self.student_layer}")
+        state = {"0.weight": self.expand.weight.clone(), "0.bias": self.expand.bias.clone()}
+        if len(self.heads) == 1:
+            state["2.layer.weight"] = self.heads[0].weight.clone()
+            state["2.layer.bias"] = self.heads[0].bias.clone()
+        else:
+            state["2.weight"] = torch.stack([h.weight.T for h in self.heads]).contiguous()
+            state["2.bias"] = torch.stack([h.bias for h in self.heads])[None, None].clone()
+        return {"pred_layer_id": list(self.teacher_layers), "state_dict": state}
+
     def forward(self, inputs: DistillationInputs) -> dict[str, LossTerm]:
         """Loss terms, each summed over real frames (see class docstring)."""
         frames = inputs.num_frames
