@@ -20,10 +20,15 @@ Per utterance one kind is drawn: ``"noise"``, ``"reverb"``, ``"noise+reverb"`` o
   moved to index 0 and which is normalised to unit energy (default; ``"peak"``: unit largest
   sample), keeping the first ``len(x)`` samples, so the reverberant speech stays time-aligned
   with the clean speech and has about the same power. RIRs come from a folder or, without one,
-  from a bank of shoebox rooms simulated once with pyroomacoustics.
-* Noise and reverberation: reverberate first, then add noise; the SNR is then measured against
-  the reverberant speech (the signal the student actually hears), as in a real room where the
-  noise source is recorded separately from the reverberant talker.
+  from a bank of shoebox rooms simulated once with pyroomacoustics. A multi-channel RIR file
+  contributes one channel per draw, chosen with the caller's generator (``rir_channels="one"``,
+  as RobustDistiller's reference code; ``"mean"`` averages the channels, which for a stereo
+  measurement with direct paths ``d`` samples apart is a comb filter, not a room).
+* Noise and reverberation (``noise_reverb_order``): ``"reverb_first"`` (default) reverberates,
+  then adds noise at the SNR measured against the reverberant speech (a noise source recorded
+  separately from the reverberant talker); ``"noise_first"`` (RobustDistiller's reference code,
+  the recipe's setting) adds noise at the SNR measured against the dry speech, then the room
+  reverberates speech and noise together.
 
 audiomentations is not used: its transforms draw their parameters from Python's global
 ``random`` state and ``AddBackgroundNoise`` re-reads a noise file on every call (0.43 removed
