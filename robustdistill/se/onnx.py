@@ -9,6 +9,7 @@ same file runs whole files (``K`` frames) or streams (``K = 1`` with the states 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +49,13 @@ def export_onnx(student: GRUMaskStudent, path: str | Path, opset: int = 17) -> P
     for i in range(n_layers):
         axes[f"h{i + 1}"] = {1: "batch"}
         axes[f"h{i + 1}_out"] = {1: "batch"}
-    torch.onnx.export(_MaskGraph(student), (feats, *states), str(path), input_names=in_names,
-                      output_names=out_names, dynamic_axes=axes, opset_version=opset,
-                      dynamo=False)
+    with warnings.catch_warnings():
+        # the GRU states are graph inputs, which is what the exporter's batch warning asks for
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(_MaskGraph(student), (feats, *states), str(path),
+                          input_names=in_names, output_names=out_names, dynamic_axes=axes,
+                          opset_version=opset, dynamo=False)
     return path
 
 

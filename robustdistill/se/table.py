@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-noise", default="runs/data/noise_test")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--configs", default="configs")
+    parser.add_argument("--skip-teachers", action="store_true",
+                        help="do not evaluate NSNet2 and DTLN (another table folder does)")
     parser.add_argument("--merge", nargs="+", default=None, metavar="DIR",
                         help="only merge the results.json of these table folders (e.g. one "
                              "per seed, run in parallel) into --out and render the table")
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = make_test_pairs(args.test_speech, args.test_noise, tuple(args.snrs),
                             args.per_speaker, args.max_seconds)
     results["noisy"] = {"results": noisy_summary(pairs)}
-    for name in ("nsnet2", "dtln"):
+    for name in () if args.skip_teachers else ("nsnet2", "dtln"):
         if name not in results:
             model = load_teacher(name)
             results[name] = {"parameters": count_parameters(model),
