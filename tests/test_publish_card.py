@@ -145,27 +145,45 @@ def test_new_results_form_intervals_and_label_are_used(run, tmp_path):
     entry["metrics"]["clean"]["accuracy"] = {"value": 0.8, "ci": [0.7, 0.9]}
     entry["intervals"] = {"snr0": {"accuracy": {"low": 0.4, "high": 0.6}}}
     entry["per_item"] = {"clean": [1, 0, 1]}  # per-item outputs are ignored
+    entry["interval_method"] = "percentile bootstrap, 95 %"
     path = tmp_path / "new.json"
     path.write_text(json.dumps({"results": [entry]}))
     (task,) = load_task_results(path)
     assert task.label == "kws"
     assert task.metrics["clean"]["accuracy"].interval == (0.7, 0.9)
-    assert task.metrics["clean"]["accuracy"].interval_source == "results file"
+    assert task.metrics["clean"]["accuracy"].interval_source == (
+        "results file: percentile bootstrap, 95 %")
     assert task.metrics["snr0"]["accuracy"].interval == (0.4, 0.6)
     assert task.metrics["reverb"]["accuracy"].interval_source.startswith("Wilson")
     card = build_card(run["student"], [path], run["run"], license="mit", speed=False,
                       copy_plots=False)
     assert "0.8000 [0.7000, 0.9000]" in card.text and "### kws:" in card.text
+    assert "from the results file: percentile bootstrap, 95 %" in card.text
+
+
+def test_onnx_parity_report_goes_into_the_card(run):
+    onnx_dir = run["student"] / "onnx"
+    onnx_dir.mkdir()
+    (onnx_dir / "model.onnx").write_bytes(b"graph")
+    (onnx_dir / "parity.json").write_text(json.dumps(
+        {"audio": "6 files of test-other", "num_waveforms": 6, "max_abs_diff": 2.48e-05,
+         "max_abs_value": 5.68, "atol": 1e-4, "rtol": 1e-3, "passed": True}))
+    card = build_card(run["student"], [], None, license="mit", speed=False)
+    assert 'ort.InferenceSession("onnx/model.onnx")' in card.text
+    assert "on 6 waveforms (6 files of test-other): largest difference 2.5e-05" in card.text
 
 
 def test_other_upstreams_are_comparison_rows_not_model_index(run, tmp_path):
+    teacher = yaml.safe_load((run["run"] / "config.yaml").read_text())["teacher"]
     merged = {"results": [_results(str(run["student"])),
-                          _results("runs/teacher", accuracy=(0.9, 0.7, 0.8))]}
+                          _results(teacher, accuracy=(0.9, 0.7, 0.8)),
+                          _results("runs/other", accuracy=(0.3, 0.2, 0.1))]}
     path = tmp_path / "compare.json"
     path.write_text(json.dumps(merged))
     card = build_card(run["student"], [path], run["run"], license="mit", speed=False,
                       copy_plots=False)
-    assert "| `teacher` | 0.9000" in card.text
+    assert f"| `{Path(teacher).name}` (teacher) | 0.9000" in card.text
+    assert "| `other` | 0.3000" in card.text
     assert {r.metric_value for r in card.data.eval_results
             if r.metric_type == "accuracy"} == {0.8, 0.5, 0.6}
 

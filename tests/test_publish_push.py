@@ -77,7 +77,7 @@ def test_push_is_one_upload_folder_call(folder, hub, capsys, caplog):
     assert rc == 0
     hub["upload_folder"].assert_called_once_with(
         repo_id="org/tiny-robust", folder_path=str(folder), repo_type="model", revision="v1",
-        commit_message="Upload student (robustdistill)", allow_patterns=EXPECTED)
+        commit_message="Upload tiny-robust (robustdistill)", allow_patterns=EXPECTED)
     hub["create_repo"].assert_called_once_with("org/tiny-robust", repo_type="model",
                                                private=True, exist_ok=True)
     hub["create_branch"].assert_called_once_with("org/tiny-robust", branch="v1",

@@ -17,6 +17,7 @@ template syntax or placeholder text, so a card never ships with a hole in it.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import platform
 import re
@@ -125,14 +126,31 @@ def _short(upstream: str) -> str:
     return Path(upstream.rstrip("/")).name or upstream
 
 
-def _primary_table(mine: TaskResult, others: Sequence[TaskResult]) -> str:
+def _role(upstream: str, run: RunSummary | None) -> str:
+    """``upstream`` with what it is in the run: the teacher, or the student before
+    distillation (``student_init``)."""
+    name = f"`{_short(upstream)}`"
+    if run is None:
+        return name
+    here = Path(upstream)
+    if upstream == run.teacher or (here.exists() and Path(run.teacher).exists()
+                                   and here.resolve() == Path(run.teacher).resolve()):
+        return name + " (teacher)"
+    init = run.run_dir / "student_init"
+    if here.exists() and init.exists() and here.resolve() == init.resolve():
+        return name + " (this student before distillation)"
+    return name
+
+
+def _primary_table(mine: TaskResult, others: Sequence[TaskResult],
+                   run: RunSummary | None = None) -> str:
     conditions = list(mine.conditions)
     for o in others:
         conditions += [c for c in o.conditions if c not in conditions]
     lines = ["| upstream | " + " | ".join(f"`{c}`" for c in conditions) + " |",
              "|---|" + "---|" * len(conditions)]
     for i, r in enumerate([mine, *others]):
-        name = "**this model**" if i == 0 else f"`{_short(r.upstream)}`"
+        name = "**this model**" if i == 0 else _role(r.upstream, run)
         cells = [r.metrics.get(c, {}).get(mine.primary_metric) for c in conditions]
         lines.append(f"| {name} | " + " | ".join(m.text() if m else "-" for m in cells) + " |")
     return "\n".join(lines)
@@ -187,15 +205,22 @@ def _copy_plot(results_path: Path, label: str, model_dir: Path) -> str | None:
 
 
 def _interval_note(tasks: Sequence[TaskResult]) -> str:
-    sources = sorted({(mv.interval_source or "").split(",")[0] for t in tasks
-                      for per in t.metrics.values() for mv in per.values() if mv.interval})
+    sources = sorted({mv.interval_source for t in tasks for per in t.metrics.values()
+                      for mv in per.values() if mv.interval and mv.interval_source})
     if not sources:
         return "none were available: the results files give none"
-    text = {"results file": "as given in the results file",
-            "Wilson 95 %": "Wilson score 95 % intervals over the test items where the results "
-                           "file gives none; they count test-set sampling only, not training "
-                           "seeds"}
-    return "; ".join(text.get(s, s) for s in sources)
+    notes = []
+    for source in sources:
+        if source.startswith("results file: "):
+            notes.append(f"from the results file: {source[len('results file: '):]}")
+        elif source.startswith("Wilson"):
+            note = ("Wilson score 95 % intervals over the test items where the results file "
+                    "gives none; they count test-set sampling only, not training seeds")
+            if note not in notes:
+                notes.append(note)
+        else:
+            notes.append(source)
+    return "; ".join(notes)
 
 
 def _chance_notes(tasks: Sequence[TaskResult]) -> list[str]:
@@ -260,16 +285,20 @@ def _teacher_text(run: RunSummary | None, base_model: str | None) -> str:
     if run is None:
         return f"`{base_model}`" if base_model else "a teacher not recorded for this card"
     facts = run.teacher_facts
-    shape = (f" ({facts.architecture}, {facts.num_layers} layers, width {facts.hidden_size}, "
-             f"{facts.parameters / 1e6:.1f} M parameters)" if facts else "")
+    details = []
     if base_model:
-        where = f"`{base_model}`" + ("" if base_model == run.teacher
-                                     else f" (loaded from `{run.teacher}`)")
+        where = f"`{base_model}`"
+        if base_model != run.teacher:
+            details.append(f"loaded from `{run.teacher}`")
     elif _is_hub_id(run.teacher):
         where = f"`{run.teacher}`"
     else:
-        where = f"the local teacher folder `{run.teacher}` (not published on the Hub)"
-    return where + shape
+        where = f"the local teacher folder `{run.teacher}`"
+        details.append("not published on the Hub")
+    if facts:
+        details.append(f"{facts.architecture}, {facts.num_layers} layers, width "
+                       f"{facts.hidden_size}, {facts.parameters / 1e6:.1f} M parameters")
+    return where + (f" ({'; '.join(details)})" if details else "")
 
 
 def _load_snippets(ref: str, library_transformers: bool, has_onnx: bool) -> tuple[str, str]:
@@ -403,7 +432,7 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
                 label=r.label, task=r.task, dataset=r.dataset, primary_metric=r.primary_metric,
                 higher_is_better=r.higher_is_better, n_test=r.num_items.get("test", "unknown"),
                 seed=r.seed, source=str(path), sha1=r.test_set_sha1,
-                table=_primary_table(r, [o for o in others if o.task == r.task]),
+                table=_primary_table(r, [o for o in others if o.task == r.task], run),
                 other_table=_other_table(r), plot=plot))
 
     if speed is True:
@@ -416,6 +445,15 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     ref = repo_id or str(model_dir)
     load, onnx = _load_snippets(ref, library_transformers,
                                 (model_dir / "onnx" / "model.onnx").is_file())
+    parity_file = model_dir / "onnx" / "parity.json"
+    onnx_parity = ""
+    if onnx and parity_file.is_file():
+        report = json.loads(parity_file.read_text())
+        onnx_parity = (f"Its hidden states were checked against PyTorch with onnxruntime on "
+                       f"{report['num_waveforms']} waveforms ({report['audio']}): largest "
+                       f"difference {report['max_abs_diff']:.2g} for values up to "
+                       f"{report['max_abs_value']:.2g} (tolerance {report['atol']:g} + "
+                       f"{report['rtol']:g} x |value|, elementwise, every layer).")
     metric_names = sorted({m for t in tasks for per in t.metrics.values() for m in per})
     card_data = ModelCardData(
         license=license, library_name="transformers" if library_transformers else None,
@@ -428,7 +466,8 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
         "card_data": card_data.to_yaml(), "model_name": model_name, "student": student,
         "teacher_text": _teacher_text(run, base_model),
         "teacher_params": run.teacher_facts.parameters if run and run.teacher_facts else None,
-        "load_snippet": load, "onnx_snippet": onnx, "tasks": views,
+        "load_snippet": load, "onnx_snippet": onnx, "onnx_parity": onnx_parity,
+        "tasks": views,
         "interval_note": _interval_note(tasks), "speed": rows, "speed_source": speed_source,
         "run": _run_view(run) if run else None,
         "limitations": _limitations(run, tasks, student, notes),
@@ -502,8 +541,6 @@ def write_card(model_dir: str | Path, results: Sequence[str | Path] = (),
 
 def card_main(argv: list[str]) -> int:
     """``robustdistill card --model DIR --results R.json ... --run RUN_DIR --license L``."""
-    import json
-
     parser = argparse.ArgumentParser(prog="robustdistill card",
                                      description="Write DIR/README.md, a Hub model card built "
                                                  "from real results.")

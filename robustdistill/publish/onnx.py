@@ -22,9 +22,10 @@ exporter is used. Parity is checked with :func:`check_onnx_parity` on real audio
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -240,7 +241,8 @@ def check_onnx_parity(model_dir: str | Path, waveforms: list[np.ndarray],
 def export_and_check(model_dir: str | Path, audio_dir: str | Path | None = None, *,
                      max_files: int = 6, atol: float = DEFAULT_ATOL,
                      rtol: float = DEFAULT_RTOL) -> tuple[Path, OnnxParity]:
-    """:func:`export_onnx` to ``MODEL_DIR/onnx/model.onnx``, then :func:`check_onnx_parity`.
+    """:func:`export_onnx` to ``MODEL_DIR/onnx/model.onnx``, then :func:`check_onnx_parity`;
+    the parity report goes to ``MODEL_DIR/onnx/parity.json`` (read by ``robustdistill card``).
 
     Args:
         model_dir: the student folder.
@@ -258,10 +260,15 @@ def export_and_check(model_dir: str | Path, audio_dir: str | Path | None = None,
     if audio_dir is not None:
         from ..audio import list_audio_files, load_audio
 
-        waveforms = [load_audio(f) for f in list_audio_files(audio_dir)[:max_files]]
+        files = list_audio_files(audio_dir)[:max_files]
+        waveforms = [load_audio(f) for f in files]
+        audio = f"the first {len(files)} files under `{audio_dir}`"
     else:
         rng = np.random.default_rng(0)
         waveforms = [0.1 * rng.standard_normal(int(s * 16000)).astype(np.float32)
                      for s in (1.0, 2.3, 3.7)]
+        audio = "seeded Gaussian noise of 1.0, 2.3 and 3.7 s"
     parity = check_onnx_parity(model_dir, waveforms, path, atol=atol, rtol=rtol)
+    report = {"audio": audio, "num_waveforms": len(waveforms), **asdict(parity)}
+    (path.parent / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
     return path, parity

@@ -116,7 +116,7 @@ def plan_upload(model_dir: str | Path, repo_id: str, *, revision: str | None = N
     for name in ("preprocessor_config.json", "training_config.yaml"):
         if name not in sizes:
             logger.warning("%s has no %s: it will not be on the Hub", folder, name)
-    message = commit_message or f"Upload {folder.resolve().name} (robustdistill)"
+    message = commit_message or f"Upload {repo_id.split('/')[-1]} (robustdistill)"
     return UploadPlan(folder=folder, files=files, sizes=sizes, repo_id=repo_id,
                       revision=revision, private=private, commit_message=message)
 
@@ -154,7 +154,7 @@ def push(model_dir: str | Path, repo_id: str, *, private: bool | None = None,
         repo_id: ``ORG/NAME`` on the Hub.
         private: make a new repository private (True) or public (False).
         revision: branch to commit to; default ``main``.
-        commit_message: default ``"Upload <folder> (robustdistill)"``.
+        commit_message: default ``"Upload <NAME> (robustdistill)"``.
         dry_run: only plan and list; nothing is contacted, no token is read.
 
     Returns:

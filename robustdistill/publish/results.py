@@ -61,8 +61,8 @@ class MetricValue:
     Attributes:
         value: the point estimate.
         interval: ``(low, high)`` or None.
-        interval_source: where the interval comes from (``"results file"`` or
-            ``"Wilson 95 %, n = 50"``), or None.
+        interval_source: where the interval comes from (``"results file: <the file's
+            interval_method>"`` or ``"Wilson 95 %, n = 50"``), or None.
     """
 
     value: float
@@ -137,8 +137,9 @@ def _pair(value: Any) -> tuple[float, float] | None:
     return None
 
 
-def _metric(value: Any, separate: Any) -> MetricValue | None:
-    """A metric given as a number or as a dict with a value and maybe an interval."""
+def _metric(value: Any, separate: Any, method: str) -> MetricValue | None:
+    """A metric given as a number or as a dict with a value and maybe an interval;
+    ``method`` names how the file's intervals were made."""
     interval = _pair(separate)
     number = _number(value)
     if number is None and isinstance(value, dict):
@@ -150,7 +151,7 @@ def _metric(value: Any, separate: Any) -> MetricValue | None:
             interval = _pair(value)  # {"value", "low", "high"} / {"ci_low", "ci_high"}
     if number is None:
         return None
-    return MetricValue(number, interval, "results file" if interval else None)
+    return MetricValue(number, interval, f"results file: {method}" if interval else None)
 
 
 def _dataset_name(entry: dict[str, Any]) -> str:
@@ -183,6 +184,7 @@ def _normalise(entry: dict[str, Any], source: Path) -> TaskResult:
     if missing:
         raise ValueError(f"{source}: not a downstream results file (missing {missing})")
     separate = entry.get("intervals") or entry.get("confidence_intervals") or {}
+    method = str(entry.get("interval_method") or "method not stated")
     items = {k: int(v) for k, v in (entry.get("num_items") or {}).items()
              if isinstance(v, int | float)}
     n_test = items.get("test")
@@ -192,7 +194,7 @@ def _normalise(entry: dict[str, Any], source: Path) -> TaskResult:
             raise ValueError(f"{source}: condition {cond!r} is listed but has no metrics")
         per = {}
         for name, value in entry["metrics"][cond].items():
-            mv = _metric(value, (separate.get(cond) or {}).get(name))
+            mv = _metric(value, (separate.get(cond) or {}).get(name), method)
             if mv is None:
                 continue
             if (mv.interval is None and name in _PROPORTIONS and n_test
