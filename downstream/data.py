@@ -22,6 +22,7 @@ directory (run from the repository root).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import random
@@ -84,11 +85,17 @@ class SourceConfig:
             label and speaker. Files that do not match are skipped with a logged warning.
         label_group: the group that holds the label (``speaker`` for speaker identification).
         speaker_group: the group that holds the speaker id.
-        manifest: CSV / JSON / JSON-lines file with ``path``, ``label`` [, ``speaker``, ``text``].
+        manifest: CSV / JSON / JSON-lines file with ``path``, ``label`` [, ``speaker``, ``text``]
+            (other column names: ``label_column`` / ``speaker_column`` / ``text_column``). A JSON
+            object holding one list (s3prl's IEMOCAP ``{"labels": [...]}``) is read as that list.
+        audio_root: folder that relative manifest paths are relative to (default: the
+            manifest's folder; Fluent Speech Commands: the dataset root).
         dataset: a ``datasets`` folder (``save_to_disk``) or hub name.
         dataset_split: split of ``dataset`` to read.
         audio_column / label_column / speaker_column / text_column: ``dataset`` columns
-            (``speaker_column`` / ``text_column`` may be absent from the dataset).
+            (``speaker_column`` / ``text_column`` may be absent from the dataset); for
+            manifests, ``label_column`` may join several columns with ``+`` (Fluent Speech
+            Commands intents: ``action+object+location`` gives labels ``"activate|lights|none"``).
     """
 
     root: str | None = None
@@ -102,6 +109,7 @@ class SourceConfig:
     label_column: str = "label"
     speaker_column: str = "speaker"
     text_column: str = "text"
+    audio_root: str | None = None
 
     def __post_init__(self) -> None:
         given = [n for n in ("root", "manifest", "dataset") if getattr(self, n) is not None]
@@ -141,6 +149,10 @@ class DataConfig:
         source: the main source, cut into splits by ``split``.
         train_source: optional separate training source (e.g. ``train-clean-100`` speakers
             for speaker verification); then ``source`` gives only dev and test.
+        dev_source / test_source: optional official dev / test lists (Fluent Speech Commands'
+            ``valid_data.csv`` / ``test_data.csv``; IEMOCAP's held-out session). With all three
+            explicit sources ``source`` is not read (set it to the training source); with only
+            ``test_source``, ``source`` gives train and dev (``split.dev``).
         split: see :class:`SplitConfig`.
         max_items_per_split: keep at most this many items per split (balanced over labels,
             seeded): one number for every split, or per split (``{train: 60, test: 10}``;
@@ -150,6 +162,8 @@ class DataConfig:
 
     source: SourceConfig
     train_source: SourceConfig | None = None
+    dev_source: SourceConfig | None = None
+    test_source: SourceConfig | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
     max_items_per_split: int | dict[str, int] | None = None
     max_seconds: float | None = None
@@ -166,7 +180,7 @@ def load_source(config: SourceConfig) -> list[Utterance]:
     if config.root is not None:
         return _from_folder(config)
     if config.manifest is not None:
-        return _from_manifest(Path(config.manifest))
+        return _from_manifest(Path(config.manifest), config)
     return _from_dataset(config)
 
 
@@ -200,7 +214,10 @@ def _from_folder(config: SourceConfig) -> list[Utterance]:
     return utterances
 
 
-def _from_manifest(path: Path) -> list[Utterance]:
+def _from_manifest(path: Path, config: SourceConfig | None = None) -> list[Utterance]:
+    config = config or SourceConfig(manifest=str(path))
+    root = Path(config.audio_root) if config.audio_root else path.parent
+    label_cols = config.label_column.split("+")
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
     text = path.read_text()
@@ -210,6 +227,10 @@ def _from_manifest(path: Path) -> list[Utterance]:
         stripped = text.lstrip()
         if stripped.startswith("["):
             rows = json.loads(text)
+        elif _single_json_object(stripped):
+            data = json.loads(text)
+            lists = [v for v in data.values() if isinstance(v, list)]
+            rows = lists[0] if len(lists) == 1 and "path" not in data else [data]
         else:
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     else:
@@ -220,19 +241,35 @@ def _from_manifest(path: Path) -> list[Utterance]:
             raise ValueError(f"{path}: row {i} has no 'path'")
         audio = Path(row["path"])
         if not audio.is_absolute():
-            audio = path.parent / audio
+            audio = root / audio
+        parts = [_str_or_none(row.get(c)) for c in label_cols]
+        missing = [c for c, p in zip(label_cols, parts, strict=True) if p is None]
+        label = None if len(label_cols) > 1 and len(missing) == len(label_cols) else (
+            "|".join(p or "" for p in parts) if len(label_cols) > 1 else parts[0])
+        if len(label_cols) > 1 and missing and len(missing) < len(label_cols):
+            raise ValueError(f"{path}: row {i} lacks label columns {missing}")
         utterances.append(
             Utterance(
                 key=str(row["path"]),
                 audio=str(audio),
-                label=_str_or_none(row.get("label")),
-                speaker=_str_or_none(row.get("speaker")),
-                text=_str_or_none(row.get("text")),
+                label=label,
+                speaker=_str_or_none(row.get(config.speaker_column)),
+                text=_str_or_none(row.get(config.text_column)),
             )
         )
     if not utterances:
         raise ValueError(f"{path}: empty manifest")
     return utterances
+
+
+def _single_json_object(text: str) -> bool:
+    """Whether ``text`` is one JSON object (not JSON lines)."""
+    if not text.startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def _str_or_none(value) -> str | None:
@@ -295,13 +332,24 @@ def load_splits(config: DataConfig, seed: int) -> dict[str, list[Utterance]]:
         ValueError: a split comes out empty, a speaker split without speaker labels, or
             unknown speakers listed in ``split.dev`` / ``split.test``.
     """
-    main = load_source(config.source)
-    if config.train_source is not None:
-        train = load_source(config.train_source)
-        dev, test = _cut(main, config.split, seed, with_train=False)
-        splits = {"train": train, "dev": dev, "test": test}
+    explicit = {name: cfg for name, cfg in (("train", config.train_source),
+                                            ("dev", config.dev_source),
+                                            ("test", config.test_source)) if cfg is not None}
+    if len(explicit) == 3:
+        splits = {name: load_source(cfg) for name, cfg in explicit.items()}
+    elif set(explicit) == {"test"}:
+        train, dev, _ = _cut(load_source(config.source), dataclasses.replace(config.split, test=0.0),
+                             seed, with_train=True)
+        splits = {"train": train, "dev": dev, "test": load_source(config.test_source)}
+    elif set(explicit) == {"train"}:
+        dev, test = _cut(load_source(config.source), config.split, seed, with_train=False)
+        splits = {"train": load_source(config.train_source), "dev": dev, "test": test}
+    elif not explicit:
+        splits = dict(zip(SPLITS, _cut(load_source(config.source), config.split, seed,
+                                       with_train=True), strict=True))
     else:
-        splits = dict(zip(SPLITS, _cut(main, config.split, seed, with_train=True), strict=True))
+        raise ValueError(f"data: explicit sources for {sorted(explicit)} are not supported; give "
+                         "train_source, test_source, or all of train/dev/test_source")
     limits = config.max_items_per_split
     if isinstance(limits, dict):
         unknown = sorted(set(limits) - set(SPLITS))

@@ -107,14 +107,17 @@ class AsrHeadConfig:
         hidden_size: LSTM units per direction.
         num_layers: BLSTM layers; 0 gives a linear layer on the features.
         dropout: dropout on the head's input and between BLSTM layers.
+        project_dim: width of a linear projection of the features before the BLSTM (s3prl's
+            ASR ``project_dim: 1024``); 0: none.
     """
 
     hidden_size: int = 256
     num_layers: int = 2
     dropout: float = 0.2
+    project_dim: int = 0
 
     def __post_init__(self) -> None:
-        if self.num_layers < 0 or self.hidden_size < 1:
+        if self.num_layers < 0 or self.hidden_size < 1 or self.project_dim < 0:
             raise ValueError("head.num_layers must be >= 0 and head.hidden_size >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"head.dropout must lie in [0, 1), got {self.dropout}")
@@ -159,7 +162,9 @@ class CtcHead(nn.Module):
         super().__init__()
         self.dropout = nn.Dropout(config.dropout)
         self.lstm = None
-        width = input_size
+        self.projector = nn.Linear(input_size, config.project_dim) if config.project_dim \
+            else nn.Identity()
+        width = input_size = config.project_dim or input_size
         if config.num_layers > 0:
             self.lstm = nn.LSTM(input_size, config.hidden_size, config.num_layers,
                                 batch_first=True, bidirectional=True,
@@ -169,7 +174,7 @@ class CtcHead(nn.Module):
 
     def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
         """``(B, T, D)`` features, ``(B,)`` lengths -> ``(B, T, V)`` log-probabilities."""
-        x = self.dropout(features)
+        x = self.dropout(self.projector(features))
         if self.lstm is not None:
             packed = pack_padded_sequence(x, frame_lengths.cpu(), batch_first=True,
                                           enforce_sorted=False)

@@ -72,18 +72,22 @@ class StftConfig:
 
     Attributes:
         n_fft: FFT size in samples (``F = n_fft // 2 + 1`` bins).
-        hop_length: hop in samples (160 = 10 ms: twice the 50 Hz upstream frame rate).
+        hop_length: hop in samples (160 = 10 ms: twice the 50 Hz upstream frame rate); None:
+            the upstream's frame hop (s3prl's SE: one STFT frame per upstream frame).
         win_length: Hann window length in samples.
     """
 
     n_fft: int = 512
-    hop_length: int = 160
+    hop_length: int | None = 160
     win_length: int = 400
 
     def __post_init__(self) -> None:
-        if not 0 < self.hop_length <= self.win_length <= self.n_fft:
-            raise ValueError("stft needs 0 < hop_length <= win_length <= n_fft, got "
-                             f"{self.hop_length}, {self.win_length}, {self.n_fft}")
+        if self.hop_length is not None and not 0 < self.hop_length <= self.win_length:
+            raise ValueError(f"stft needs 0 < hop_length <= win_length, got {self.hop_length}, "
+                             f"{self.win_length}")
+        if not 0 < self.win_length <= self.n_fft:
+            raise ValueError("stft needs 0 < win_length <= n_fft, got "
+                             f"{self.win_length}, {self.n_fft}")
 
 
 @dataclass
@@ -94,11 +98,17 @@ class SEHeadConfig:
         hidden_size: LSTM units per direction.
         num_layers: BLSTM layers.
         dropout: dropout between BLSTM layers.
+        output_dropout: dropout on the BLSTM output before the mask layer (s3prl's SepRNN
+            applies its dropout there too).
+        mask_activation: ``"sigmoid"`` (mask in [0, 1]) or ``"relu"`` (s3prl's SE: an
+            unbounded non-negative mask).
     """
 
     hidden_size: int = 256
     num_layers: int = 2
     dropout: float = 0.0
+    output_dropout: float = 0.0
+    mask_activation: Literal["sigmoid", "relu"] = "sigmoid"
 
     def __post_init__(self) -> None:
         if self.hidden_size < 1 or self.num_layers < 1:
@@ -130,6 +140,12 @@ class SpeechEnhancementConfig(TaskConfig):
             unaffected.
         early_reflection_ms: length of the early part kept in the ``"early"`` reference, in
             milliseconds after the direct path.
+        loss: ``"log1p_mse"`` (ours: mean squared error of ``log1p`` magnitudes over real
+            frames and bins) or ``"npsm_mse"`` (s3prl's SE: squared error on the linear
+            magnitude against the non-negative phase-sensitive target
+            ``|S| * max(0, cos(angle(Y) - angle(S)))`` (Kolbaek et al., arXiv:1703.06284),
+            summed over bins and frames, divided by the utterance's frames, averaged over the
+            batch).
     """
 
     stft: StftConfig = field(default_factory=StftConfig)
@@ -141,6 +157,7 @@ class SpeechEnhancementConfig(TaskConfig):
     train_crop_seconds: float | None = 3.0
     reverb_reference: Literal["early", "dry"] = "early"
     early_reflection_ms: float = 50.0
+    loss: Literal["log1p_mse", "npsm_mse"] = "log1p_mse"
 
     def __post_init__(self) -> None:
         if self.early_reflection_ms < 0:
@@ -174,11 +191,13 @@ class MaskHead(nn.Module):
         self.lstm = nn.LSTM(input_size, config.hidden_size, config.num_layers, batch_first=True,
                             bidirectional=True,
                             dropout=config.dropout if config.num_layers > 1 else 0.0)
+        self.output_dropout = nn.Dropout(config.output_dropout)
         self.proj = nn.Linear(2 * config.hidden_size, num_bins)
+        self.activation = torch.sigmoid if config.mask_activation == "sigmoid" else torch.relu
 
     def forward(self, features: torch.Tensor, stft_lengths: torch.Tensor) -> torch.Tensor:
         """``(B, T, D)`` features, ``(B,)`` STFT frame counts -> ``(B, max K, F)`` mask in
-        ``[0, 1]`` (values past each length are padding)."""
+        ``[0, 1]`` (sigmoid) or ``[0, inf)`` (relu); values past each length are padding."""
         x = features.repeat_interleave(self.upsample, dim=1)
         k = int(stft_lengths.max())
         if x.shape[1] < k:
@@ -187,7 +206,7 @@ class MaskHead(nn.Module):
         packed = pack_padded_sequence(x, stft_lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=k)
-        return torch.sigmoid(self.proj(out))
+        return self.activation(self.proj(self.output_dropout(out)))
 
 
 class SpeechEnhancementTask(Task):
@@ -205,6 +224,12 @@ class SpeechEnhancementTask(Task):
         self.frames_per_second = 50.0  # set by the runner from the upstream
         cfg = config.stft
         self.window = torch.hann_window(cfg.win_length)
+
+    @property
+    def hop_length(self) -> int:
+        """STFT hop in samples: ``stft.hop_length``, or the upstream's frame hop when None."""
+        hop = self.config.stft.hop_length
+        return hop if hop is not None else int(round(SAMPLE_RATE / self.frames_per_second))
 
     # ---- data -------------------------------------------------------------------------------
     def setup(self, splits: dict[str, list[Utterance]]) -> None:
@@ -284,7 +309,7 @@ class SpeechEnhancementTask(Task):
     # ---- model ------------------------------------------------------------------------------
     def build_head(self, input_size: int) -> nn.Module:
         stft = self.config.stft
-        upsample = max(1, round(SAMPLE_RATE / stft.hop_length / self.frames_per_second))
+        upsample = max(1, round(SAMPLE_RATE / self.hop_length / self.frames_per_second))
         return MaskHead(input_size, stft.n_fft // 2 + 1, upsample, self.config.head)
 
     def _stft(self, waves: list[np.ndarray], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,9 +319,9 @@ class SpeechEnhancementTask(Task):
         padded = torch.zeros(len(waves), int(lengths.max()))
         for i, w in enumerate(waves):
             padded[i, : len(w)] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
-        spec = torch.stft(padded.to(device), cfg.n_fft, cfg.hop_length, cfg.win_length,
+        spec = torch.stft(padded.to(device), cfg.n_fft, self.hop_length, cfg.win_length,
                           self.window.to(device), center=True, return_complex=True)
-        return spec.transpose(1, 2), (lengths // cfg.hop_length + 1).to(device)
+        return spec.transpose(1, 2), (lengths // self.hop_length + 1).to(device)
 
     def _masked(self, head, features, examples):
         noisy_spec, k = self._stft([e.waveform for e in examples], features.device)
@@ -305,12 +330,19 @@ class SpeechEnhancementTask(Task):
 
     def training_loss(self, head: nn.Module, features: torch.Tensor, frame_lengths: torch.Tensor,
                       examples: list[Example]) -> torch.Tensor:
-        """MSE between ``log1p`` magnitudes of masked noisy and clean speech over real frames."""
+        """``loss: log1p_mse``: MSE between ``log1p`` magnitudes of masked noisy and clean
+        speech over real frames. ``loss: npsm_mse``: s3prl's SE loss (see
+        :class:`SpeechEnhancementConfig`)."""
         noisy_spec, mask, k = self._masked(head, features, examples)
         clean_spec, _ = self._stft([e.target for e in examples], features.device)
+        valid = (torch.arange(mask.shape[1], device=k.device)[None] < k[:, None]).unsqueeze(-1)
+        if self.config.loss == "npsm_mse":
+            phase = torch.cos(torch.angle(noisy_spec) - torch.angle(clean_spec))
+            target = clean_spec.abs() * torch.relu(phase)
+            squared = (mask * noisy_spec.abs() - target) ** 2 * valid
+            return (squared.sum(dim=(1, 2)) / k).mean()
         estimate = torch.log1p(mask * noisy_spec.abs())
         target = torch.log1p(clean_spec.abs())
-        valid = (torch.arange(mask.shape[1], device=k.device)[None] < k[:, None]).unsqueeze(-1)
         squared = (estimate - target) ** 2 * valid
         return squared.sum() / (valid.sum() * mask.shape[-1])
 
@@ -322,7 +354,7 @@ class SpeechEnhancementTask(Task):
         out = []
         for i, e in enumerate(examples):
             spec = (mask[i, : k[i]] * noisy_spec[i, : k[i]]).transpose(0, 1)  # (F, K)
-            wave = torch.istft(spec, cfg.n_fft, cfg.hop_length, cfg.win_length,
+            wave = torch.istft(spec, cfg.n_fft, self.hop_length, cfg.win_length,
                                self.window.to(spec.device), center=True, length=len(e.waveform))
             out.append(wave.float().cpu().numpy())
         return out
