@@ -1,8 +1,9 @@
 """Teacher feature cache vs teacher-every-step: distillation throughput, one run, interleaved.
 
-Two identical runs of the RobustDistiller recipe (``configs/robust_wavlm_base_plus.yaml``:
-layer-wise heads + enhancement head, noise/reverberation from ``runs/data/*_train``) on real
-LibriSpeech utterances (``../shared/data``; generated audio without it), one with the teacher
+For each recipe (``configs/distilhubert.yaml``: layer-wise MLP heads, clean;
+``configs/robust_wavlm_base_plus.yaml``: layer-wise heads + BiLSTM enhancement head,
+noise/reverberation from ``runs/data/*_train``) and student preset, two identical runs on real
+LibriSpeech utterances (``../shared/data``; generated audio without it): one with the teacher
 on every step, one reading its targets from a prebuilt cache (context ``utterance``, fp16).
 Steps alternate between the two runs; the figure is the ratio of audio seconds per second.
 Also printed: the one-off cost of building the cache and its size per hour of audio.
@@ -10,7 +11,7 @@ Also printed: the one-off cost of building the cache and its size per hour of au
 Usage::
 
     python benchmarks/bench_cache.py --teacher wavlm-base [--threads 2 --batch-size 2 --crop-s 4]
-    python benchmarks/bench_cache.py --teacher whisper-tiny.en
+    python benchmarks/bench_cache.py --teacher whisper-tiny.en --presets default
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def _teacher_dir(name: str, tmp: Path) -> Path:
     raise SystemExit(f"unknown teacher {name!r}")
 
 
-def _config(args, teacher_dir: Path, tmp: Path, out: str, **extra):
+def _config(args, teacher_dir: Path, tmp: Path, out: str, recipe: str = "distilhubert",
+            preset: str = "default", **extra):
     from _common import subset_folder
 
     from robustdistill.config import load_config
@@ -47,8 +49,10 @@ def _config(args, teacher_dir: Path, tmp: Path, out: str, **extra):
         "data.min_length_s": min(2.0, args.crop_s), "data.num_workers": 0,
         "data.validation_dir": "null", "data.validation_fraction": 0.01,
         "training.cpu": True, "training.report_to": "[]", "training.mixed_precision": "no",
-        "training.max_steps": 10_000, **extra,
+        "training.max_steps": 10_000, "student.preset": preset, **extra,
     }
+    if preset != "default":  # shapes differ from the teacher's: nothing to copy
+        overrides["student.init_layers"] = "null"
     if args.teacher == "whisper-tiny.en":  # 4 layers: the recipe's [4, 8, 12] scaled, [1, 3, 4]
         overrides["objectives.layerwise.teacher_layers"] = "null"
     if (SHARED_DATA / "librispeech-mini").is_dir():
@@ -65,7 +69,7 @@ def _config(args, teacher_dir: Path, tmp: Path, out: str, **extra):
         overrides.update({"augmentation.noise_dir": "null", "augmentation.rir_dir": "null",
                           "augmentation.num_simulated_rooms": 4})
     argv = [x for k, v in overrides.items() for x in (f"--{k}", str(v))]
-    return load_config(REPO / "configs" / "robust_wavlm_base_plus.yaml", argv)
+    return load_config(REPO / "configs" / f"{recipe}.yaml", argv)
 
 
 def main() -> None:
@@ -75,7 +79,9 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=12, help="utterances in the corpus")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--crop-s", type=float, default=4.0)
-    parser.add_argument("--repeats", type=int, default=5, help="steps per side (after 1 warm-up)")
+    parser.add_argument("--repeats", type=int, default=4, help="steps per side (after 1 warm-up)")
+    parser.add_argument("--recipes", nargs="+", default=["distilhubert", "robust_wavlm_base_plus"])
+    parser.add_argument("--presets", nargs="+", default=["default", "fast"])
     parser.add_argument("--out", type=Path, default=None, help="append the table to this file")
     args = parser.parse_args()
     quiet()
@@ -91,42 +97,55 @@ def main() -> None:
         start = time.perf_counter()
         built = build_cache(cached_cfg, splits=["train"])
         build_s = time.perf_counter() - start
-        plain = _Run(_config(args, teacher_dir, tmp, "plain"))
-        cached = _Run(cached_cfg)
-        audio_s = float(cached.train_set.total_seconds)
-        size = cached.teacher_cache.stats()["bytes"]
-        runs = {"teacher every step": plain, "cached teacher targets": cached}
-        audio = {name: [] for name in runs}
-        iterators = {name: run._batches() for name, run in runs.items()}
-
-        def step(name):
-            values = runs[name].train_step(iterators[name])
-            audio[name].append(values["audio_seconds"])
-
-        times = interleaved({name: (lambda n=name: step(n)) for name in runs}, args.repeats)
-        rows = []
-        for name in runs:
-            seconds = audio[name][1:]  # the warm-up step is not timed
-            rows.append((name, f"{median(times[name]):.2f}",
-                         f"{sum(seconds) / sum(times[name]):.2f}"))
-        ratio = (sum(audio["cached teacher targets"][1:]) / sum(times["cached teacher targets"])) / (
-            sum(audio["teacher every step"][1:]) / sum(times["teacher every step"]))
-        rows.append(("**speed-up (cached / teacher every step)**", "", f"**{ratio:.2f}x**"))
-        teacher = plain.teacher
-        notes = [
-            f"Teacher: {args.teacher} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.1f} M "
-            f"params, layers {cached.teacher_cache.layers} cached); student "
-            f"{sum(p.numel() for p in plain.accelerator.unwrap_model(plain.model).student.parameters()) / 1e6:.1f} M "
-            f"params; batch {args.batch_size} x {args.crop_s:g} s crops, fp32 training, "
-            f"{args.repeats} interleaved steps per side after one warm-up.",
-            f"Corpus: {len(cached.train_set)} utterances, {audio_s:.0f} s "
+        rows, notes = [], []
+        for recipe in args.recipes:
+            for preset in args.presets:
+                row, note = _pair(args, teacher_dir, tmp, recipe, preset)
+                rows += row
+                notes.append(note)
+        cache = _Run(cached_cfg)
+        audio_s = float(cache.train_set.total_seconds)
+        size = cache.teacher_cache.stats()["bytes"]
+        notes += [
+            f"Teacher: {args.teacher} "
+            f"({sum(p.numel() for p in cache.teacher.parameters()) / 1e6:.1f} M params, layers "
+            f"{cache.teacher_cache.layers} cached); batch {args.batch_size} x {args.crop_s:g} s "
+            f"crops, fp32 training, {args.repeats} interleaved steps per side after one warm-up.",
+            f"Corpus: {len(cache.train_set)} utterances, {audio_s:.0f} s "
             f"({'LibriSpeech train-clean-100' if (SHARED_DATA / 'librispeech-mini').is_dir() else 'generated'}).",
-            f"Cache build (one-off, `build_cache`, 1 process): {build_s:.1f} s for {audio_s:.0f} s of "
-            f"audio = {audio_s / build_s:.1f} audio-s/s; {built['computed']} entries, "
+            f"Cache build (one-off, `build_cache`, 1 process): {build_s:.1f} s for {audio_s:.0f} s "
+            f"of audio = {audio_s / build_s:.1f} audio-s/s; {built['computed']} entries, "
             f"{size / 1e6:.1f} MB = {size / 1e9 / (audio_s / 3600):.2f} GB per hour of audio (fp16).",
         ]
-        table(f"Teacher cache, {args.teacher}", ("run", "median s/step", "audio s per s"),
-              rows, notes, threads=args.threads, out=args.out)
+        table(f"Teacher cache, {args.teacher}", ("recipe, student preset", "run",
+              "median s/step", "audio s per s", "speed-up"), rows, notes, threads=args.threads,
+              out=args.out)
+
+
+def _pair(args, teacher_dir, tmp, recipe, preset):
+    """Interleaved steps of teacher-every-step and cached runs of one recipe and preset."""
+    from robustdistill.trainer import _Run
+
+    cache = {"teacher_cache.dir": str(tmp / "cache"), "teacher_cache.missing": "error"}
+    runs = {"teacher every step": _Run(_config(args, teacher_dir, tmp, f"{recipe}-{preset}-p",
+                                               recipe, preset)),
+            "cached targets": _Run(_config(args, teacher_dir, tmp, f"{recipe}-{preset}-c",
+                                           recipe, preset, **cache))}
+    audio = {name: [] for name in runs}
+    iterators = {name: run._batches() for name, run in runs.items()}
+
+    def step(name):
+        audio[name].append(runs[name].train_step(iterators[name])["audio_seconds"])
+
+    times = interleaved({name: (lambda n=name: step(n)) for name in runs}, args.repeats)
+    speed = {name: sum(audio[name][1:]) / sum(times[name]) for name in runs}  # warm-up excluded
+    ratio = speed["cached targets"] / speed["teacher every step"]
+    rows = [(f"{recipe}, `{preset}`", name, f"{median(times[name]):.2f}", f"{speed[name]:.2f}",
+             f"**{ratio:.2f}x**" if name == "cached targets" else "") for name in runs]
+    student = runs["cached targets"].accelerator.unwrap_model(runs["cached targets"].model).student
+    note = (f"{recipe}, `{preset}`: student {sum(p.numel() for p in student.parameters()) / 1e6:.1f} "
+            f"M params; objectives {sorted(runs['cached targets'].objectives)}.")
+    return rows, note
 
 
 if __name__ == "__main__":

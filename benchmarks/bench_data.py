@@ -1,0 +1,128 @@
+"""Data never the bottleneck: augmentation speed per core, and the share of step time spent
+waiting for data, one run.
+
+1. Augmentation (``robustdistill.augment.Corruptor``, 1 thread = one core): noise, reverberation
+   and both on 10 s of real LibriSpeech speech, with the training noise and rooms
+   (``runs/data/noise_train``, ``runs/data/rir_train``: real recordings and measured RIRs;
+   generated noise and simulated rooms without them), as a multiple of real time, interleaved,
+   median of ``--repeats``.
+2. Data-wait share: distillation steps (``configs/robust_wavlm_base_plus.yaml``, corruption on,
+   fast student, WavLM Base+-shaped teacher) with ``num_workers`` 0 and ``--workers``,
+   interleaved; the trainer's ``data_wait_seconds`` (time blocked on the loader) over the step
+   time.
+
+Usage: ``python benchmarks/bench_data.py [--threads 2 --steps 4 --workers 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import SHARED_DATA, SPLIT, interleaved, median, quiet, table
+
+
+def _speech(seconds: float) -> np.ndarray:
+    from robustdistill.audio import load_audio
+
+    files = sorted((SHARED_DATA / "librispeech-mini" / "train-clean-100").glob("*.flac"))
+    if not files:  # generated speech-like audio
+        rng = np.random.default_rng(0)
+        return (rng.standard_normal(round(seconds * 16_000)) * 0.1).astype(np.float32)
+    audio = np.concatenate([load_audio(f) for f in files[:4]])
+    return np.ascontiguousarray(audio[: round(seconds * 16_000)], dtype=np.float32)
+
+
+def bench_augmentation(args) -> None:
+    from robustdistill.augment import AugmentationConfig, Corruptor
+
+    torch.set_num_threads(1)
+    real = (SPLIT / "noise_train").is_dir()
+    folders = ({"noise_dir": str(SPLIT / "noise_train"), "rir_dir": str(SPLIT / "rir_train")}
+               if real else {"noise_dir": None, "rir_dir": None, "num_simulated_rooms": 8})
+    clean = _speech(args.seconds)
+    kinds = {"noise": (1, 0, 0, 0), "reverberation": (0, 1, 0, 0),
+             "noise + reverberation": (0, 0, 1, 0), "recipe mix (0.25 each)": (.25, .25, .25, .25)}
+    fns = {}
+    for kind, (pn, pr, pnr, p0) in kinds.items():
+        corruptor = Corruptor.from_config(AugmentationConfig(
+            **folders, p_noise=pn, p_reverb=pr, p_noise_reverb=pnr, p_none=p0), seed=0)
+        rng = np.random.default_rng(1)
+        fns[kind] = lambda c=corruptor, g=rng: c.corrupt(clean, g)
+    times = interleaved(fns, args.repeats, warmup=2)
+    rows = [(kind, f"{median(t) * 1e3:.1f}", f"{args.seconds / median(t):.0f}x")
+            for kind, t in times.items()]
+    source = ("real noise recordings (runs/data/noise_train) and measured RIRs "
+              "(runs/data/rir_train)" if real else "generated noise and simulated rooms")
+    table(f"Augmentation speed, {args.seconds:g} s of speech, one core", (
+        "corruption", "median ms", "x real time per core"), rows,
+        [f"{source}; `Corruptor.corrupt` on one utterance, 1 torch thread, "
+         f"{args.repeats} interleaved calls per kind after 2 warm-up calls."],
+        threads=1, out=args.out)
+
+
+def bench_data_wait(args) -> None:
+    from bench_cache import _config
+
+    from robustdistill.teachers import make_random_teacher
+    from robustdistill.trainer import _Run
+
+    torch.set_num_threads(args.threads)
+
+    class Options:
+        items, batch_size, crop_s, teacher = 16, args.batch_size, args.crop_s, "wavlm-base"
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        teacher_dir = make_random_teacher("wavlm", "base", tmp / "teacher")
+        runs = {}
+        for workers in (0, args.workers):
+            cfg = _config(Options, teacher_dir, tmp, f"w{workers}", "robust_wavlm_base_plus",
+                          args.preset, **{"data.num_workers": workers})
+            runs[workers] = _Run(cfg)
+        iterators = {w: run._batches() for w, run in runs.items()}
+        waits = {w: [] for w in runs}
+
+        def step(w):
+            waits[w].append(runs[w].train_step(iterators[w])["data_wait_seconds"])
+
+        times = interleaved({w: (lambda w=w: step(w)) for w in runs}, args.steps)
+        rows = []
+        for w in runs:
+            wait = waits[w][1:]  # the warm-up step is not timed
+            rows.append((w, f"{median(times[w]):.2f}", f"{median(wait) * 1e3:.0f}",
+                         f"{100 * sum(wait) / sum(times[w]):.1f} %"))
+        table("Share of step time waiting for data", (
+            "num_workers", "median s/step", "median ms waiting", "share of step time"), rows,
+            [f"`{args.preset}` student, robust_wavlm_base_plus recipe (noise/reverb on the "
+             f"main process, in the step), batch {args.batch_size} x {args.crop_s:g} s, "
+             f"{args.steps} interleaved steps per setting after one warm-up; the loader "
+             "decodes FLAC and crops; corruption is part of the step, not of the wait."],
+            threads=args.threads, out=args.out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--crop-s", type=float, default=4.0)
+    parser.add_argument("--preset", default="fast")
+    parser.add_argument("--only", choices=["augmentation", "wait"], default=None)
+    parser.add_argument("--out", type=Path, default=None, help="append the tables to this file")
+    args = parser.parse_args()
+    quiet()
+    if args.only in (None, "augmentation"):
+        bench_augmentation(args)
+    if args.only in (None, "wait"):
+        bench_data_wait(args)
+
+
+if __name__ == "__main__":
+    main()
