@@ -42,6 +42,7 @@ from .base import (
 from .conditions import CLEAN, DEFAULT_CONDITIONS, Condition, TestCorruptor, parse_conditions
 from .config import load_config, to_dict
 from .data import SPLITS, Utterance, load_splits, load_waveform
+from .fbank import FbankUpstream, is_fbank
 from .featurizer import Featurizer
 from .results import aggregate_seeds, item_intervals, write_items, write_outputs
 
@@ -122,7 +123,8 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
     timing["decode_s"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
-    upstream = Upstream.from_pretrained(options.upstream, frozen=True).to(options.device)
+    upstream = (FbankUpstream() if is_fbank(options.upstream)
+                else Upstream.from_pretrained(options.upstream, frozen=True)).to(options.device)
     timing["load_upstream_s"] = time.perf_counter() - tic
     featurizer = Featurizer(
         upstream.num_layers + 1,

@@ -143,3 +143,37 @@ def test_superb_presets_build_and_train_one_step(name):
         loss = task.training_loss(head, features, torch.tensor([40]), examples)
     assert torch.isfinite(loss)
     loss.backward()
+
+
+def test_fbank_upstream_kaldi_recipe():
+    """FBANK (SUPERB's anchor row): 240 features at 100 Hz, Kaldi frame count, a pure tone
+    peaks in the mel filter holding its frequency, deltas by Kaldi's formula, CMVN, and no
+    dependence on batch padding."""
+    from downstream.fbank import FbankConfig, FbankUpstream, _deltas, kaldi_mel_banks
+
+    up = FbankUpstream()
+    assert up.hidden_size == 240 and up.samples_per_frame == 160
+    t = np.arange(8000) / SR
+    tone = torch.from_numpy((0.5 * np.sin(2 * np.pi * 1000.0 * t)).astype(np.float32))
+    out = up(tone[None], torch.tensor([8000]))
+    assert out.hidden_states[0].shape == (1, 1 + (8000 - 400) // 160, 240)  # 48 frames
+    raw = FbankUpstream(FbankConfig(delta_order=0, cmvn=False)).features(tone)
+    banks = kaldi_mel_banks(80, 512, SR, 20.0, 8000.0)
+    centre = banks.argmax(dim=1) * SR / 512  # filter centre frequencies
+    assert abs(float(centre[raw.mean(0).argmax()]) - 1000.0) < 60.0
+    feats = out.hidden_states[0][0]
+    torch.testing.assert_close(feats.mean(0), torch.zeros(240), atol=1e-4, rtol=0)
+    # Kaldi deltas, N = 2: (1 * (c[t+1] - c[t-1]) + 2 * (c[t+2] - c[t-2])) / 10
+    x = torch.arange(6.0)[:, None] ** 2
+    d = _deltas(x, 2)
+    assert float(d[3, 0]) == pytest.approx((1 * (16 - 4) + 2 * (25 - 1)) / 10)
+    assert float(d[0, 0]) == pytest.approx((1 * (1 - 0) + 2 * (4 - 0)) / 10)  # edges repeated
+    # padding-independent: a short utterance batched with a long one gets its own features
+    short = tone[:3000]
+    batch = torch.zeros(2, 8000)
+    batch[0, :3000], batch[1] = short, tone
+    both = up(batch, torch.tensor([3000, 8000]))
+    alone = up(short[None], torch.tensor([3000]))
+    n = int(alone.frame_lengths[0])
+    assert int(both.frame_lengths[0]) == n
+    torch.testing.assert_close(both.hidden_states[0][0, :n], alone.hidden_states[0][0])

@@ -325,3 +325,12 @@ def test_se_reverb_reference_is_direct_path_plus_early_reflections():
                                                         reverb_reference="dry"))
     assert dry.make_example(utt, clean, "test", parse_condition("reverb"), corruptor).target \
         is clean
+
+
+def test_fbank_baseline_upstream_end_to_end(tmp_path, corpus):
+    config = _write_config(tmp_path / "uc.yaml", _uc_config(corpus))
+    res = _run(corpus, "fbank", config, tmp_path / "fbank", conditions=("clean", "snr0"))
+    assert res["upstream_info"] == {"model_type": "fbank", "num_layers": 0, "hidden_size": 240,
+                                    "parameters": 0}
+    assert list(res["featurizer"]["weights"]) == ["0"]
+    assert 0.0 <= res["metrics"]["snr0"]["accuracy"] <= 1.0
