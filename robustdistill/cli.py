@@ -35,6 +35,9 @@ def _setup_logging() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    from .redact import install
+
+    install()  # tokens never reach the logs or a traceback
 
 
 def distill_main(argv: list[str]) -> int:
@@ -45,13 +48,18 @@ def distill_main(argv: list[str]) -> int:
                                      description="Run a distillation (see configs/).")
     parser.add_argument("--config", help="YAML recipe; other --section.key value pairs override it")
     args, overrides = parser.parse_known_args(argv)
+    from .redact import redact
+
     try:
         cfg = load_config(args.config, overrides)
     except (ConfigError, FileNotFoundError) as err:
-        parser.error(str(err))
+        parser.error(redact(str(err)))
     from .trainer import train
 
-    out = train(cfg)
+    try:
+        out = train(cfg)
+    except (ConfigError, FileNotFoundError) as err:  # found at start-up: a message, no traceback
+        parser.error(redact(str(err)))
     logger.info("done: %s", out)
     return 0
 

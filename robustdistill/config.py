@@ -25,6 +25,8 @@ import dataclasses
 import difflib
 import inspect
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,8 +88,9 @@ class TrainingConfig:
     eval_at_start: bool = field(default=True, metadata={"help": "validate before the first step (the baseline)"})
     max_eval_batches: int | None = field(default=None, metadata={"help": "cap on validation batches per run"})
     save_every: int = field(default=5000, metadata={"help": "steps between checkpoints (0: only at the end)"})
-    keep_checkpoints: int = field(default=3, metadata={"help": "newest checkpoints kept on disk"})
-    resume_from: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder to resume from"})
+    keep_checkpoints: int = field(default=3, metadata={"help": "newest complete checkpoints kept on disk (transformers' save_total_limit); older ones are deleted after each save"})
+    resume_from: str | None = field(default=None, metadata={"help": "'latest' (newest complete checkpoint of output_dir), 'auto' (the same, or start fresh when there is none: for restart loops) or a checkpoint folder"})
+    max_nonfinite_in_a_row: int = field(default=20, metadata={"help": "stop (with a checkpoint of the last finite weights) after this many optimizer steps in a row with a NaN/Inf loss or gradient; each such step is skipped and counted"})
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": "accelerate trackers"})
     export_student: bool = field(default=True, metadata={"help": "export OUTPUT_DIR/student and heads/ at the end"})
     loss_schedule: str = field(default="sum", metadata={"help": "sum (all losses, weight 1), two_step (KD objectives only for kd_steps, then task_objectives only; arXiv 2309.08144) or mixture (mixture_alpha * KD + (1 - mixture_alpha) * task)"})
@@ -99,11 +102,15 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "gradient_accumulation_steps", "log_every", "eval_every",
-                     "keep_checkpoints"):
+                     "keep_checkpoints", "max_nonfinite_in_a_row"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"training.{name} must be >= 1, got {getattr(self, name)}")
         if self.save_every < 0:
             raise ConfigError(f"training.save_every must be >= 0, got {self.save_every}")
+        if self.resume_from not in (None, "latest", "auto") and not Path(
+                self.resume_from).expanduser().is_dir():
+            raise ConfigError(f"training.resume_from {self.resume_from!r} is not an existing "
+                              "checkpoint folder; allowed: 'latest', 'auto' or a folder")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"training.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -258,6 +265,53 @@ def merge_config(base: dict, override: dict) -> dict:
     return merged
 
 
+def _type_error(where: str, expected: str, value: Any) -> ConfigError:
+    return ConfigError(f"config key {where} must be {expected}, got {value!r} "
+                       f"({type(value).__name__})")
+
+
+def _check_value(where: str, annotation: Any, value: Any) -> Any:
+    """``value`` checked against a field's type (ints accepted as floats, and converted);
+    annotations it does not know are left to the dataclass."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _check_value(where, options[0], value)
+        return value
+    if annotation is bool and not isinstance(value, bool):
+        raise _type_error(where, "true or false", value)
+    if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise _type_error(where, "an integer", value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _type_error(where, "a number", value)
+        return float(value)
+    if annotation is str and not isinstance(value, str):
+        raise _type_error(where, "a string", value)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise _type_error(where, f"a list ({annotation})", value)
+        return [_check_value(f"{where}[{i}]", args[0], v) for i, v in enumerate(value)] \
+            if args else list(value)
+    if origin is dict and not isinstance(value, dict):
+        raise _type_error(where, "a mapping", value)
+    return value
+
+
+def _check_types(where: str, cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Check every value of a section against its dataclass field's type.
+
+    Raises:
+        ConfigError: naming the key, the type allowed and the value given.
+    """
+    hints = typing.get_type_hints(cls)
+    return {key: _check_value(f"{where}{key}", hints[key], value) if key in hints else value
+            for key, value in values.items()}
+
+
 def build_config(raw: dict[str, Any]) -> DistillConfig:
     """Validate a nested dict and build the dataclasses.
 
@@ -279,6 +333,7 @@ def build_config(raw: dict[str, Any]) -> DistillConfig:
         for key in values:
             if key not in known:
                 raise _unknown_key(f"{name}.", key, known)
+        values = _check_types(f"{name}.", cls, values)
         try:
             (sections[name],) = HfArgumentParser(cls).parse_dict(values)
         except (TypeError, ValueError) as err:
@@ -296,6 +351,9 @@ def build_config(raw: dict[str, Any]) -> DistillConfig:
                 raise _unknown_key(f"objectives.{name}.", key,
                                    [p for p in accepted if p not in ("self", *_MODEL_FACTS)])
     top = {k: raw[k] for k in _TOP_LEVEL if k in raw and k != "objectives"}
+    top = _check_types("", DistillConfig, top)
+    if top.get("seed", 0) < 0:
+        raise ConfigError(f"seed must be >= 0 (numpy seeds), got {top['seed']}")
     return DistillConfig(**top, objectives=objectives, **sections)
 
 

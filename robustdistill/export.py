@@ -18,6 +18,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
+from .checkpoints import latest_checkpoint
 from .student import save_student
 
 logger = logging.getLogger(__name__)
@@ -87,11 +88,12 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
     if not (init / "config.json").is_file():
         raise FileNotFoundError(f"{init} has no config.json: is {run_dir} a distillation run?")
     if checkpoint is None:
-        folders = sorted((run_dir / "checkpoints").glob("checkpoint_*"),
-                         key=lambda p: int(p.name.split("_")[-1]))
-        if not folders:
+        # The newest complete checkpoint (robustdistill.checkpoints); runs from before
+        # checkpoints had manifests: the newest checkpoint_N folder.
+        checkpoint = (latest_checkpoint(run_dir / "checkpoints")
+                      or latest_checkpoint(run_dir / "checkpoints", require_manifest=False))
+        if checkpoint is None:
             raise FileNotFoundError(f"no checkpoint under {run_dir / 'checkpoints'}")
-        checkpoint = folders[-1]
     weights = Path(checkpoint) / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found")

@@ -26,7 +26,7 @@ import hashlib
 import json
 import logging
 import math
-import re
+import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -39,13 +39,26 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, gather_object, set_seed
+from accelerate.utils.other import load as accelerate_load
 from torch import nn
 from torch.utils.data import IterableDataset
 from tqdm.auto import tqdm
 from transformers import AutoFeatureExtractor, AutoModel, get_scheduler
 
-from .audio import SAMPLE_RATE
+from .audio import SAMPLE_RATE, AudioError
 from .augment import Corruptor
+from .checkpoints import (
+    CheckpointError,
+    checkpoint_index,
+    latest_checkpoint,
+    list_checkpoints,
+    publish_checkpoint,
+    remove_incomplete,
+    rotate_checkpoints,
+    temporary_checkpoint_dir,
+    verify_checkpoint,
+    write_manifest,
+)
 from .config import ConfigError, DistillConfig, check_model_path
 from .data import ShardedRandomSampler, build_dataloader, build_datasets
 from .export import export_run_student
@@ -62,7 +75,15 @@ from .upstream import Upstream, lengths_to_mask
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Distiller", "TrainingProgress", "train"]
+__all__ = ["Distiller", "NonFiniteTrainingError", "TrainingProgress", "train"]
+
+#: The trainer's own state in every checkpoint (JSON: no pickle to load on resume).
+TRAINING_STATE = "training_state.json"
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Too many optimizer steps in a row had a NaN/Inf loss or gradient
+    (``training.max_nonfinite_in_a_row``); a checkpoint of the last good weights was saved."""
 
 
 class Distiller(nn.Module):
@@ -90,13 +111,15 @@ class Distiller(nn.Module):
 
 @dataclass
 class TrainingProgress:
-    """Where the run is; saved in every checkpoint (``register_for_checkpointing``)."""
+    """Where the run is; saved in every checkpoint (``training_state.json``)."""
 
     step: int = 0
     epoch: int = 0
     batches_in_epoch: int = 0
     best_validation_loss: float = math.inf
     skipped_updates: int = 0
+    nonfinite_losses: int = 0  # steps whose loss was NaN/Inf (on any rank)
+    nonfinite_in_a_row: int = 0  # consecutive non-finite steps (reset by a finite one)
     scaler_skipped_steps: int = 0  # fp16: steps whose update the GradScaler skipped (inf/NaN)
 
     def state_dict(self) -> dict:
@@ -174,7 +197,7 @@ class _Run:
             log_with=t.report_to or None,
             project_config=ProjectConfiguration(
                 project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs"),
-                automatic_checkpoint_naming=True, total_limit=t.keep_checkpoints),
+                automatic_checkpoint_naming=False),  # named, published, rotated here
         )
         acc = self.accelerator
         set_seed(cfg.seed)
@@ -194,6 +217,7 @@ class _Run:
         student_up = Upstream(student, normalize=feature_extractor.do_normalize,
                               use_attention_mask=feature_extractor.return_attention_mask,
                               frozen=False, feature_grad_mult=cfg.student.feature_grad_mult)
+        _check_crop_covers_a_frame(cfg.data, self.teacher, student_up)
         objectives = {}
         for name, options in cfg.objectives.items():
             try:
@@ -215,7 +239,13 @@ class _Run:
                                        num_warmup_steps=int(t.warmup_ratio * t.max_steps),
                                        num_training_steps=t.max_steps)
         rank, world = acc.process_index, acc.num_processes
-        train_set, valid_set = build_datasets(cfg.data, cfg.seed, rank=rank, world_size=world)
+        try:
+            train_set, valid_set = build_datasets(cfg.data, cfg.seed, rank=rank,
+                                                  world_size=world)
+        except AudioError:
+            raise
+        except ValueError as err:  # e.g. a folder with no usable audio: a start-up message
+            raise ConfigError(f"data: {err}") from err
         self.train_set, self.valid_set = train_set, valid_set
         self.teacher_cache = None
         if cfg.teacher_cache.dir:  # targets read from disk instead of a teacher forward
@@ -246,10 +276,17 @@ class _Run:
                                              cfg.data.num_workers)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.progress = TrainingProgress()
-        acc.register_for_checkpointing(self.scheduler, self.progress)
-        if self.sampler is None:
-            acc.register_for_checkpointing(train_set)  # the stream's position
+        # Scheduler, progress and stream position go to training_state.json (save_checkpoint),
+        # not to accelerate's custom-object pickles, which load with weights_only=False.
+        self.checkpoint_dir = self.output_dir / "checkpoints"
+        self._next_checkpoint = 0
         self._stream_resumed = False
+        #: ``{name: reason}`` of every audio item skipped in this process (summary).
+        self.skipped_audio: dict[str, str] = {}
+        for dataset in (train_set, valid_set):
+            skipped = getattr(dataset, "skipped", None)  # a stream only counts its skips
+            if isinstance(skipped, dict):
+                self.skipped_audio.update(skipped)
         self.corruptor = Corruptor.from_config(cfg.augmentation, seed=cfg.seed)
         self.metrics_path = self.output_dir / "metrics.jsonl"
         logger.info("teacher %s: %d layers, width %d; student: %d layers, width %d, %.1f M "
@@ -284,6 +321,7 @@ class _Run:
             self._stream_resumed = False
             for batch in self.loader:
                 p.batches_in_epoch += 1
+                self.note_skipped(batch)
                 yield batch
             p.epoch += 1
             p.batches_in_epoch = 0
@@ -314,6 +352,7 @@ class _Run:
         clean = batch["waveforms"]
         lengths = batch["lengths"]
         noisy, _ = self.corruptor.corrupt_batch(clean, lengths, rng, step)
+        _check_finite_inputs(batch, clean, noisy)
         if self.teacher_cache is not None:
             dataset = self.train_set if dataset is None else dataset
             teacher = self.teacher_cache.targets(batch, dataset.full_waveform, device)
@@ -391,16 +430,25 @@ class _Run:
             self._add_sums(sums, terms)
         grad_norm = acc.clip_grad_norm_(self.model.parameters(),
                                         t.max_grad_norm if t.max_grad_norm > 0 else math.inf)
+        bad_loss = self._nonfinite_on_any_rank(sums)
+        bad_step = bad_loss or not torch.isfinite(grad_norm)
         # fp16's GradScaler skips non-finite steps itself (and must see them to lower its scale).
-        if not torch.isfinite(grad_norm) and t.mixed_precision != "fp16":
-            logger.warning("step %d: non-finite gradient norm (%s); update skipped", step,
-                           float(grad_norm))
+        if bad_step and t.mixed_precision != "fp16":
+            self.progress.nonfinite_losses += bad_loss
             self.progress.skipped_updates += 1
+            self.progress.nonfinite_in_a_row += 1
+            logger.warning("step %d: non-finite %s (grad norm %s); update skipped (%d in a row, "
+                           "%d in all)", step, "loss" if bad_loss else "gradient",
+                           float(grad_norm), self.progress.nonfinite_in_a_row,
+                           self.progress.skipped_updates)
         else:
             self.optimizer.step()
             if self.optimizer.step_was_skipped:  # fp16: the GradScaler saw inf/NaN gradients
                 logger.warning("step %d: fp16 gradient scaler skipped the update", step)
                 self.progress.scaler_skipped_steps += 1
+            # fp16: overflowing gradients are the scaler's business; a NaN/Inf loss is not.
+            self.progress.nonfinite_losses += bad_loss
+            self.progress.nonfinite_in_a_row = self.progress.nonfinite_in_a_row + 1 if bad_loss else 0
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.progress.step += 1
@@ -427,6 +475,7 @@ class _Run:
         for i, batch in enumerate(self.valid_loader):
             if limit is not None and i >= limit:
                 break
+            self.note_skipped(batch)
             for unit, value in self._unit_counts(batch).items():
                 counts[unit] = counts[unit] + value
             rng = _rng(self.cfg.seed, 2**31 - 1, acc.process_index, i)
@@ -449,33 +498,204 @@ class _Run:
             with self.metrics_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
 
-    def save_checkpoint(self) -> None:
-        """``accelerator.save_state`` into ``checkpoints/checkpoint_N`` (oldest rotated out)."""
-        self.accelerator.save_state()
-        logger.info("checkpoint saved at step %d", self.progress.step)
+    def _nonfinite_on_any_rank(self, sums: dict) -> bool:
+        """True when a loss term of this step is NaN/Inf on any rank (the same on all ranks)."""
+        local = any(not bool(torch.isfinite(v)) for k, v in sums.items()
+                    if not k.startswith("_unit/"))
+        flag = torch.tensor([float(local)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
-    def resume(self, where: str) -> None:
-        """Load a checkpoint (``"latest"`` or a folder); the loop continues from its step.
+    def note_skipped(self, batch: dict) -> None:
+        """Record the audio items a batch's dataset skipped (``batch["skipped"]``)."""
+        for name, reason in batch.get("skipped", ()):
+            self.skipped_audio.setdefault(name, reason)
 
-        Raises:
-            FileNotFoundError: ``"latest"`` with no checkpoint in this run.
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/checkpoint_N`` so that it is only ever seen complete.
+
+        Every rank writes its part (``accelerator.save_state``: model as safetensors,
+        optimizer, RNG states) into ``checkpoints/.tmp-checkpoint_N``; the main process adds
+        ``training_state.json`` (progress, scheduler, each rank's stream position) and the
+        manifest, flushes everything to disk, renames the folder to ``checkpoint_N`` and
+        deletes all but the ``training.keep_checkpoints`` newest complete checkpoints
+        (:mod:`robustdistill.checkpoints`).
+
+        Returns:
+            The checkpoint folder.
         """
         acc = self.accelerator
-        if where == "latest":
-            folders = sorted((self.output_dir / "checkpoints").glob("checkpoint_*"),
-                             key=lambda p: int(p.name.split("_")[-1]))
-            if not folders:
-                raise FileNotFoundError(f"no checkpoint to resume under {self.output_dir}/checkpoints")
-            path = folders[-1]
+        index = self._next_checkpoint
+        tmp = temporary_checkpoint_dir(self.checkpoint_dir, index)
+        final = self.checkpoint_dir / f"checkpoint_{index}"
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        streams = gather_object([self.train_set.state_dict()]) if self.sampler is None else None
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            state = {"progress": self.progress.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "stream_per_rank": streams,
+                     "num_processes": acc.num_processes}
+            (tmp / TRAINING_STATE).write_text(json.dumps(state))
+            write_manifest(tmp, self.progress.step)
+            publish_checkpoint(tmp, final)
+            rotate_checkpoints(self.checkpoint_dir, self.cfg.training.keep_checkpoints)
+        acc.wait_for_everyone()
+        self._next_checkpoint = index + 1
+        logger.info("checkpoint %s saved at step %d", final, self.progress.step)
+        return final
+
+    def resume(self, where: str) -> bool:
+        """Load a checkpoint; the loop continues from its step.
+
+        Args:
+            where: ``"latest"`` (the newest complete checkpoint of this run), ``"auto"``
+                (the same, or a fresh start when there is none: for restart loops), or a
+                checkpoint folder.
+
+        Returns:
+            True when a checkpoint was loaded.
+
+        Raises:
+            FileNotFoundError: ``"latest"`` with no complete checkpoint, or a missing folder.
+            CheckpointError: the folder is incomplete, altered, or not written by this
+                trainer (no ``checkpoint.json`` or ``training_state.json``).
+            ValueError: the checkpoint was written with another number of processes.
+        """
+        acc = self.accelerator
+        if where in ("latest", "auto"):
+            path = latest_checkpoint(self.checkpoint_dir)
+            if path is None:
+                if where == "auto":
+                    logger.info("resume_from auto: no complete checkpoint under %s; starting "
+                                "from step 0", self.checkpoint_dir)
+                    return False
+                raise FileNotFoundError(
+                    f"resume_from latest: no complete checkpoint under {self.checkpoint_dir}")
         else:
             path = Path(where)
-        acc.load_state(str(path))
+            if not path.is_dir():
+                raise FileNotFoundError(f"resume_from: checkpoint folder {path} does not exist")
+        verify_checkpoint(path)
+        if not (path / TRAINING_STATE).is_file():
+            raise CheckpointError(f"{path} has no {TRAINING_STATE}: not written by this trainer")
+        state = json.loads((path / TRAINING_STATE).read_text())
+        if state["num_processes"] != acc.num_processes:
+            raise ValueError(f"{path} was written by {state['num_processes']} process(es); this "
+                             f"run has {acc.num_processes}: exact resume needs the same number")
+        # accelerate would only log ("Could not load random states") and go on with other RNG
+        # states, silently breaking exact resume: load this rank's file first, the same way.
+        rng_file = path / f"random_states_{acc.process_index}.pkl"
+        try:
+            accelerate_load(rng_file)  # torch.load(weights_only=True) plus numpy arrays
+        except Exception as err:
+            raise CheckpointError(f"{rng_file}: not a tensor-only RNG state file ({err}); "
+                                  "refusing to resume from it") from err
+        acc.load_state(str(path))  # weights_only loads only (safetensors, tensors, RNG arrays)
+        self.progress.load_state_dict(state["progress"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.sampler is None:
+            self.train_set.load_state_dict(state["stream_per_rank"][acc.process_index])
         self._stream_resumed = self.sampler is None
-        match = re.search(r"checkpoint_(\d+)$", path.name)
-        if match:  # keep automatic naming counting up from the resumed checkpoint
-            acc.project_configuration.iteration = int(match.group(1)) + 1
+        indices = [checkpoint_index(p) for p in list_checkpoints(self.checkpoint_dir, False)]
+        self._next_checkpoint = max([checkpoint_index(path) or 0, *indices]) + 1
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", path,
                     self.progress.step, self.progress.epoch, self.progress.batches_in_epoch)
+        return True
+
+
+def _check_finite_inputs(batch: dict, clean: torch.Tensor, noisy: torch.Tensor) -> None:
+    """Non-finite audio never reaches a model (the datasets refuse it; corruption keeps it
+    finite): a last check before the teacher and the student.
+
+    Raises:
+        RuntimeError: naming the batch's dataset indices.
+    """
+    for what, waves in (("clean", clean), ("corrupted", noisy)):
+        finite = torch.isfinite(waves).all(dim=-1)
+        if not bool(finite.all()):
+            bad = batch["indices"][~finite.cpu()].tolist()
+            raise RuntimeError(f"{what} audio of dataset items {bad} has NaN/Inf samples; "
+                               "refusing to feed it to the models")
+
+
+def _skipped_summary(per_rank: list[dict[str, str]]) -> dict:
+    """``{"count", "by_reason": {reason: n}, "items": {name: reason}}`` over all ranks."""
+    items: dict[str, str] = {}
+    for skipped in per_rank:
+        items.update(skipped)
+    by_reason: dict[str, int] = {}
+    for reason in items.values():
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+    if items:
+        logger.warning("%d audio item(s) skipped: %s (names in final_state.json)", len(items),
+                       ", ".join(f"{n} {r}" for r, n in sorted(by_reason.items())))
+    return {"count": len(items), "by_reason": by_reason, "items": dict(sorted(items.items()))}
+
+
+def _stop_nonfinite(run: _Run) -> None:
+    """Save a checkpoint (the last finite weights: skipped steps change nothing), write
+    ``stopped.json`` and raise.
+
+    Raises:
+        NonFiniteTrainingError: always.
+    """
+    p, t = run.progress, run.cfg.training
+    path = run.save_checkpoint()
+    message = (f"stopped at step {p.step}: {p.nonfinite_in_a_row} optimizer steps in a row had "
+               f"a NaN/Inf loss or gradient (training.max_nonfinite_in_a_row="
+               f"{t.max_nonfinite_in_a_row}; {p.skipped_updates} skipped in all). The weights in "
+               f"{path} are those of the last finite step: lower training.learning_rate, set "
+               f"training.max_grad_norm, or check the data, then resume from it")
+    if run.accelerator.is_main_process:
+        (run.output_dir / "stopped.json").write_text(json.dumps(
+            {"step": p.step, "reason": "non-finite", "message": message,
+             "checkpoint": str(path), "skipped_updates": p.skipped_updates,
+             "nonfinite_losses": p.nonfinite_losses}, indent=2))
+    logger.error(message)
+    raise NonFiniteTrainingError(message)
+
+
+def _min_samples_for_a_frame(upstream: Upstream) -> int:
+    """The fewest samples for which ``upstream`` gives one output frame."""
+    lengths = torch.arange(1, 4 * SAMPLE_RATE + 1)
+    enough = (upstream.frame_lengths(lengths) >= 1).nonzero()
+    return int(lengths[enough[0, 0]]) if len(enough) else 4 * SAMPLE_RATE + 1
+
+
+def _check_crop_covers_a_frame(data, teacher: Upstream, student: Upstream) -> None:
+    """Crops (``data.max_length_s``) and kept utterances (``data.min_length_s``) must give
+    both models at least one frame.
+
+    Raises:
+        ConfigError: naming the key, its value and the smallest allowed value.
+    """
+    need = max(_min_samples_for_a_frame(teacher), _min_samples_for_a_frame(student))
+    for key in ("max_length_s", "min_length_s"):
+        value = getattr(data, key)
+        if value is not None and round(value * SAMPLE_RATE) < need:
+            raise ConfigError(
+                f"data.{key}={value} s is shorter than one frame of the teacher/student "
+                f"({need} samples = {need / SAMPLE_RATE:.4f} s at {SAMPLE_RATE} Hz); "
+                f"allowed: >= {need / SAMPLE_RATE:.4f}")
+
+
+def _check_output_dir(output_dir: str | Path) -> Path:
+    """Create ``output_dir`` and prove it writable, before any model is loaded.
+
+    Raises:
+        ConfigError: naming ``output_dir`` and the operating system's reason.
+    """
+    path = Path(output_dir).expanduser()
+    probe = path / f".write-test-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"output_dir {str(path)!r} cannot be written: "
+                          f"{err.strerror or err}; allowed: a folder this user can create and "
+                          "write") from err
+    return path
 
 
 def _loss_schedule(t, objectives: dict) -> tuple[LossSchedule, set[str]]:
@@ -508,13 +728,18 @@ def train(cfg: DistillConfig) -> Path:
         The exported student folder (or the output dir when export is off).
 
     Raises:
-        ConfigError: objectives or options that do not fit the models.
+        ConfigError: objectives or options that do not fit the models, a crop shorter than
+            one frame, an ``output_dir`` that cannot be written (checked first).
         FileNotFoundError: missing data, noise/RIR folder, or checkpoint to resume.
+        NonFiniteTrainingError: ``training.max_nonfinite_in_a_row`` steps in a row had a
+            NaN/Inf loss or gradient (a checkpoint is saved first).
     """
+    _check_output_dir(cfg.output_dir)  # before any model is loaded
     run = _Run(cfg)
     acc, t = run.accelerator, cfg.training
     if acc.is_main_process:
         run.output_dir.mkdir(parents=True, exist_ok=True)
+        remove_incomplete(run.checkpoint_dir)  # what a killed run's last write left
         (run.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     acc.init_trackers("distill", config={"teacher": cfg.teacher, "seed": cfg.seed,
                                          "max_steps": t.max_steps, "lr": t.learning_rate})
@@ -533,6 +758,9 @@ def train(cfg: DistillConfig) -> Path:
         waited += values.pop("data_wait_seconds")
         bar.update(1)
         bar.set_postfix(loss=f"{values['loss']:.3f}")
+        if run.progress.nonfinite_in_a_row >= t.max_nonfinite_in_a_row:
+            bar.close()
+            _stop_nonfinite(run)
         if step % t.log_every == 0 or step == t.max_steps:
             elapsed = time.perf_counter() - started
             values["audio_seconds_per_second"] = done_audio / max(elapsed, 1e-9)
@@ -550,11 +778,16 @@ def train(cfg: DistillConfig) -> Path:
     bar.close()
     acc.wait_for_everyone()
     fingerprints = gather_object([_fingerprint(acc.unwrap_model(run.model))])
+    skipped_audio = _skipped_summary(gather_object([run.skipped_audio]))
+    if run.sampler is None:  # a stream's skips are counted, not named (per process)
+        skipped_audio["streamed_items_skipped"] = sum(gather_object([run.train_set.skipped]))
     if acc.is_main_process:
         summary = {"step": run.progress.step, "epoch": run.progress.epoch,
                    "best_validation_loss": run.progress.best_validation_loss,
                    "skipped_updates": run.progress.skipped_updates,
                    "scaler_skipped_steps": run.progress.scaler_skipped_steps,
+                   "nonfinite_losses": run.progress.nonfinite_losses,
+                   "skipped_audio": skipped_audio,
                    "parameter_sha256_per_rank": fingerprints,
                    "ranks_identical": len(set(fingerprints)) == 1}
         (run.output_dir / "final_state.json").write_text(json.dumps(summary, indent=2))

@@ -1,0 +1,205 @@
+"""Checkpoint folders that are only ever seen complete: write, publish, find, verify, rotate.
+
+A checkpoint is written into ``checkpoints/.tmp-checkpoint_N/``; its last file is
+``checkpoint.json`` (the manifest: step, and the size of every file), then every file and the
+folder are flushed to disk (``fsync``) and the folder is renamed to ``checkpoints/checkpoint_N``
+(``os.rename`` is atomic within a file system). A process killed at any moment therefore leaves
+either a complete ``checkpoint_N`` or a ``.tmp-`` folder, which :func:`latest_checkpoint`
+ignores and :func:`remove_incomplete` deletes. Old checkpoints are rotated the same way round:
+renamed to ``.tmp-delete-checkpoint_N`` first, then deleted, so a kill during a deletion never
+leaves a half-deleted folder under a checkpoint's name.
+
+The same idea as ``transformers.Trainer``'s ``save_total_limit`` and accelerate's
+``ProjectConfiguration(total_limit=...)``; accelerate's own rotation deletes in place and counts
+every entry of the folder, so the trainer names and rotates checkpoints itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "MANIFEST",
+    "CheckpointError",
+    "checkpoint_index",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "publish_checkpoint",
+    "remove_incomplete",
+    "rotate_checkpoints",
+    "temporary_checkpoint_dir",
+    "verify_checkpoint",
+    "write_manifest",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Complete checkpoints are ``<folder>/checkpoint_<N>``.
+CHECKPOINT_PREFIX = "checkpoint_"
+#: In-progress writes and deletions start with this prefix.
+TMP_PREFIX = ".tmp-"
+#: The manifest, written last into a checkpoint.
+MANIFEST = "checkpoint.json"
+
+_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder that is incomplete or altered (missing or resized files)."""
+
+
+def checkpoint_index(path: str | os.PathLike) -> int | None:
+    """``N`` of a ``checkpoint_N`` folder name, else None."""
+    match = _NAME.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def temporary_checkpoint_dir(folder: str | os.PathLike, index: int) -> Path:
+    """Where checkpoint ``index`` is written before :func:`publish_checkpoint`."""
+    return Path(folder) / f"{TMP_PREFIX}{CHECKPOINT_PREFIX}{index}"
+
+
+def list_checkpoints(folder: str | os.PathLike, require_manifest: bool = True) -> list[Path]:
+    """Complete checkpoints in ``folder``, oldest first (numeric order: 2 before 10).
+
+    Args:
+        folder: a run's ``checkpoints/`` folder (may not exist: an empty list).
+        require_manifest: only folders holding a :data:`MANIFEST` (every checkpoint this
+            module published). False also lists folders written by plain
+            ``accelerator.save_state`` (older runs), which may be incomplete.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and checkpoint_index(p) is not None
+             and (not require_manifest or (p / MANIFEST).is_file())]
+    return sorted(found, key=checkpoint_index)
+
+
+def latest_checkpoint(folder: str | os.PathLike, require_manifest: bool = True) -> Path | None:
+    """The newest complete checkpoint in ``folder`` (see :func:`list_checkpoints`), or None."""
+    found = list_checkpoints(folder, require_manifest)
+    return found[-1] if found else None
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(tmp_dir: str | os.PathLike, step: int) -> dict:
+    """Write :data:`MANIFEST` into ``tmp_dir``: ``{"step", "files": {relative path: bytes}}``.
+
+    Call it after everything else is written; it is what makes a folder a checkpoint.
+    """
+    tmp_dir = Path(tmp_dir)
+    files = {str(p.relative_to(tmp_dir)): p.stat().st_size
+             for p in sorted(tmp_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    manifest = {"format": 1, "step": int(step), "files": files}
+    (tmp_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def publish_checkpoint(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> Path:
+    """Flush ``tmp_dir`` to disk and rename it to ``final_dir`` in one atomic step.
+
+    Raises:
+        CheckpointError: ``tmp_dir`` has no manifest, or ``final_dir`` exists already.
+    """
+    tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
+    if not (tmp_dir / MANIFEST).is_file():
+        raise CheckpointError(f"{tmp_dir} has no {MANIFEST}: not a finished checkpoint")
+    if final_dir.exists():
+        raise CheckpointError(f"checkpoint {final_dir} exists already; not overwriting it")
+    for path in sorted(tmp_dir.rglob("*"), reverse=True):  # files, then their folders
+        _fsync(path)
+    _fsync(tmp_dir)
+    os.rename(tmp_dir, final_dir)
+    _fsync(final_dir.parent)
+    return final_dir
+
+
+def verify_checkpoint(path: str | os.PathLike) -> dict:
+    """Check a checkpoint against its manifest.
+
+    Returns:
+        The manifest.
+
+    Raises:
+        CheckpointError: no manifest, or a listed file missing or of another size.
+    """
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointError(
+            f"{path} has no {MANIFEST}: not a complete checkpoint of this trainer (an "
+            "interrupted write, or a folder written by another program)")
+    manifest = json.loads(manifest_path.read_text())
+    for name, size in manifest["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{path}: {name} listed in {MANIFEST} is missing")
+        if file.stat().st_size != size:
+            raise CheckpointError(f"{path}: {name} has {file.stat().st_size} bytes, "
+                                  f"{MANIFEST} says {size}")
+    return manifest
+
+
+def _delete(path: Path) -> None:
+    """Rename out of the checkpoint namespace first, then delete."""
+    doomed = path.with_name(f"{TMP_PREFIX}delete-{path.name}")
+    os.rename(path, doomed)
+    shutil.rmtree(doomed)
+
+
+def rotate_checkpoints(folder: str | os.PathLike, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` newest complete checkpoints.
+
+    Only complete checkpoints count and only they are rotated: a ``.tmp-`` folder never
+    pushes a complete one out.
+
+    Returns:
+        The deleted folders.
+
+    Raises:
+        ValueError: ``keep < 1``.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    complete = list_checkpoints(folder)
+    doomed = complete[: max(0, len(complete) - keep)]
+    for path in doomed:
+        _delete(path)
+        logger.info("rotated out %s (keeping the %d newest)", path, keep)
+    return doomed
+
+
+def remove_incomplete(folder: str | os.PathLike) -> list[Path]:
+    """Delete what interrupted writes and deletions left: ``.tmp-*`` entries in ``folder``.
+
+    Call it on the main process only, before any checkpoint is written.
+
+    Returns:
+        The deleted paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.glob(f"{TMP_PREFIX}*")):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(path)
+        logger.warning("removed %s, left by an interrupted checkpoint write or rotation", path)
+    return removed

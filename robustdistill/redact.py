@@ -1,0 +1,71 @@
+"""Keep access tokens out of logs and error messages.
+
+The library never takes a token as a config key or argument: ``huggingface_hub`` reads
+``HF_TOKEN`` (or ``huggingface-cli login``'s file) itself, so tokens are not in
+``config.yaml``, ``metrics.jsonl``, model cards or ``final_state.json``. What could still
+echo one is a message built from something that holds it (a URL with credentials, a
+third-party exception). :class:`RedactingFilter` (installed on the root logging handlers by
+:func:`install`, which the ``robustdistill`` command calls) replaces, in every log record and
+in uncaught exceptions' tracebacks:
+
+* the values of the environment variables in :data:`TOKEN_ENV_VARS`;
+* anything shaped like a Hugging Face token (``hf_`` followed by 30+ letters/digits);
+* the password of ``scheme://user:password@host`` URLs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import traceback
+
+__all__ = ["MASK", "TOKEN_ENV_VARS", "RedactingFilter", "install", "redact"]
+
+#: Environment variables whose values are secrets.
+TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN", "HF_API_TOKEN",
+                  "WANDB_API_KEY", "COMET_API_KEY", "NEPTUNE_API_TOKEN")
+#: What a secret is replaced with.
+MASK = "***"
+
+_PATTERNS = (
+    re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"),
+    re.compile(r"(?<=://)([^/\s:@]+):[^/\s@]+(?=@)"),
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret (see the module docstring) replaced by :data:`MASK`."""
+    for name in TOKEN_ENV_VARS:
+        value = os.environ.get(name)
+        if value and len(value) >= 8:  # a short value would mask ordinary words
+            text = text.replace(value, MASK)
+    text = _PATTERNS[0].sub(MASK, text)
+    return _PATTERNS[1].sub(lambda m: f"{m.group(1)}:{MASK}", text)
+
+
+class RedactingFilter(logging.Filter):
+    """A handler filter that redacts the formatted message (and exception text) of records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info:
+            text = "".join(traceback.format_exception(*record.exc_info))
+            record.exc_text, record.exc_info = redact(text).rstrip("\n"), None
+        return True
+
+
+def _excepthook(kind, value, tb) -> None:
+    sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))
+
+
+def install() -> None:
+    """Add :class:`RedactingFilter` to every root handler and redact uncaught tracebacks."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+    sys.excepthook = _excepthook
