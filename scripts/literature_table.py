@@ -1,0 +1,190 @@
+"""Evaluate the issue-10 runs (scripts/literature_table.sh): one Markdown table.
+
+For every student (the shared initial student and each run's exported student):
+
+- distance to the teacher: a ridge map (fitted once per student, on noisy *training* crops
+  with runs/data/noise_train at uniform 0-20 dB SNR) from the student's concatenated layers
+  to each target teacher layer on the *clean* crop; on test-other (unseen speakers) mixed
+  with runs/data/noise_test (unseen noises) at 0, 10 and 20 dB, the mean over utterances of
+  the per-utterance mean ``1 - cos`` over frames, with a 95 % bootstrap interval over
+  utterances. The same probe for every method, so the heads each objective trained (MLP
+  heads, bottlenecks, projections) play no part.
+- a downstream probe: 10-speaker identification on test-other (100 utterances), mean-pooled
+  concatenated layers, multinomial logistic regression, 5-fold cross-validation (2
+  utterances per speaker per fold), accuracy with a 95 % Wilson interval.
+
+Usage: python scripts/literature_table.py [OUT] [--test-seconds 3] [--train-items 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robustdistill.audio import list_audio_files, load_audio
+from robustdistill.augment.noise import mix_at_snr
+from robustdistill.upstream import Upstream
+
+RUNS = ["a_layerwise", "b_enhancement", "c_gram", "d_cosine", "e_tfckd"]
+LAYERS = [1, 3, 4]
+SNRS = [0, 10, 20]
+
+
+def crops(folder: Path, n: int | None, seconds: float) -> tuple[list[np.ndarray], list[str]]:
+    files = sorted(list_audio_files(folder))
+    if n is not None:
+        step = max(1, len(files) // n)
+        files = files[::step][:n]
+    waves = [load_audio(f)[: int(seconds * 16000)] for f in files]
+    return waves, [Path(f).name.split("-")[0] for f in files]
+
+
+@torch.no_grad()
+def forward(model: Upstream, waves: list[np.ndarray], layers) -> list[dict[int, torch.Tensor]]:
+    out = []
+    for w in waves:
+        x = torch.from_numpy(np.ascontiguousarray(w)).float()[None]
+        res = model(x, torch.tensor([x.shape[1]]))
+        n = int(res.frame_lengths[0])
+        out.append({layer: res.hidden_states[layer][0, :n].float() for layer in layers})
+    return out
+
+
+def noisy(waves, noises, snr, seed):
+    rng = np.random.default_rng(seed)
+    return [mix_at_snr(w, noises[i % len(noises)], snr if snr is not None else
+                       rng.uniform(0, 20), rng).astype(np.float32) for i, w in enumerate(waves)]
+
+
+def student_features(h: dict[int, torch.Tensor], n: int) -> torch.Tensor:
+    return torch.cat([h[k][:n] for k in sorted(h)], dim=-1)
+
+
+def ridge(x: torch.Tensor, y: torch.Tensor, lam: float = 1e-3) -> torch.Tensor:
+    x = torch.cat([x, torch.ones(len(x), 1)], dim=1).double()
+    gram = x.T @ x
+    reg = lam * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+    return torch.linalg.solve(gram + reg, x.T @ y.double()).float()
+
+
+def apply(w, x):
+    return torch.cat([x, torch.ones(len(x), 1)], dim=1) @ w
+
+
+def bootstrap(values: np.ndarray, seed: int = 0, n: int = 2000) -> tuple[float, float, float]:
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (n, len(values)))].mean(axis=1)
+    return float(values.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float, float]:
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return p, centre - half, centre + half
+
+
+def speaker_probe(feats: torch.Tensor, labels: list[str], folds: int = 5) -> int:
+    classes = sorted(set(labels))
+    y = torch.tensor([classes.index(s) for s in labels])
+    rank = torch.zeros(len(y), dtype=torch.long)  # position of each utterance in its speaker
+    for c in range(len(classes)):
+        idx = (y == c).nonzero().flatten()
+        rank[idx] = torch.arange(len(idx))
+    correct = 0
+    for fold in range(folds):
+        test = rank % folds == fold
+        xtr, xte = feats[~test], feats[test]
+        mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
+        xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(xtr.shape[1], len(classes))
+        opt = torch.optim.LBFGS(lin.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure(opt=opt, lin=lin, xtr=xtr, ytr=y[~test]):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(lin(xtr), ytr) \
+                + 1e-2 * lin.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            correct += int((lin(xte).argmax(1) == y[test]).sum())
+    return correct
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", nargs="?", default="runs/lit10")
+    parser.add_argument("--shared", default="../shared")
+    parser.add_argument("--test-seconds", type=float, default=3.0)
+    parser.add_argument("--train-items", type=int, default=40)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    out, shared = Path(args.out), Path(args.shared)
+    noise_train = [load_audio(f) for f in sorted(list_audio_files("runs/data/noise_train"))]
+    noise_test = [load_audio(f) for f in sorted(list_audio_files("runs/data/noise_test"))]
+    train_clean, _ = crops(shared / "data/librispeech-mini/train-clean-100", args.train_items,
+                           args.test_seconds)
+    test_clean, speakers = crops(shared / "data/librispeech-mini/test-other", None,
+                                 args.test_seconds)
+    train_noisy = noisy(train_clean, noise_train, None, seed=1)
+    test_noisy = {snr: noisy(test_clean, noise_test, snr, seed=2) for snr in SNRS}
+    cache = out / "eval_teacher.pt"
+    if cache.exists():
+        t_train, t_test = torch.load(cache)
+    else:
+        teacher = Upstream.from_pretrained(shared / "models/whisper-tiny.en")
+        t_train, t_test = forward(teacher, train_clean, LAYERS), forward(teacher, test_clean,
+                                                                           LAYERS)
+        torch.save((t_train, t_test), cache)
+    students = {"initial student (no training)": out / RUNS[0] / "student_init"}
+    students.update({run: out / run / "student" for run in RUNS if (out / run / "student").is_dir()})
+    results = {}
+    for name, path in students.items():
+        model = Upstream.from_pretrained(path)
+        layers = list(range(1, model.num_layers + 1))
+        s_train = forward(model, train_noisy, layers)
+        row = {}
+        frames = [min(len(s[layers[0]]), len(t[LAYERS[0]]))
+                  for s, t in zip(s_train, t_train, strict=True)]
+        x = torch.cat([student_features(s, n) for s, n in zip(s_train, frames, strict=True)])
+        maps = {la: ridge(x, torch.cat([t[la][:n]
+                                        for t, n in zip(t_train, frames, strict=True)]))
+                for la in LAYERS}
+        for snr in SNRS:
+            s_test = forward(model, test_noisy[snr], layers)
+            for la in LAYERS:
+                per_utt = []
+                for s, t in zip(s_test, t_test, strict=True):
+                    n = min(len(s[layers[0]]), len(t[la]))
+                    pred = apply(maps[la], student_features(s, n))
+                    cos = torch.nn.functional.cosine_similarity(pred, t[la][:n], dim=-1)
+                    per_utt.append(float((1 - cos).mean()))
+                row[f"L{la}@{snr}dB"] = bootstrap(np.array(per_utt))
+            pooled = torch.stack([student_features(s, len(s[layers[0]])).mean(0) for s in s_test])
+            row[f"spk@{snr}dB"] = wilson(speaker_probe(pooled, speakers), len(speakers))
+        results[name] = row
+        print(name, json.dumps(row), flush=True)
+    (out / "eval.json").write_text(json.dumps(results, indent=1))
+    cols = [f"L{la}@{snr}dB" for la in LAYERS for snr in SNRS]
+    head = "| student | " + " | ".join(f"1-cos {c}" for c in cols) + \
+        " | " + " | ".join(f"speaker acc @{snr} dB" for snr in SNRS) + " |"
+    lines = [head, "|" + "---|" * (1 + len(cols) + len(SNRS))]
+    for name, row in results.items():
+        cells = [f"{row[c][0]:.3f} [{row[c][1]:.3f}, {row[c][2]:.3f}]" for c in cols]
+        cells += [f"{row[f'spk@{s}dB'][0]:.2f} [{row[f'spk@{s}dB'][1]:.2f}, "
+                  f"{row[f'spk@{s}dB'][2]:.2f}]" for s in SNRS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
