@@ -269,3 +269,18 @@ def test_measure_speed_rows(tiny_wavlm_dir):
     facts = model_facts(tiny_wavlm_dir)
     assert facts.model_type == "wavlm" and facts.parameters > 0
     assert facts.receptive_field == 8 + 4 * (8 - 1) + 16 * (8 - 1)  # kernels 8, strides 4
+
+
+def test_whisper_teacher_facts_count_the_encoder_only():
+    from conftest import WHISPER_DIR
+
+    from robustdistill.publish.provenance import model_facts
+
+    if not (WHISPER_DIR / "config.json").is_file():
+        pytest.skip("../shared/models/whisper-tiny.en is absent")
+    facts = model_facts(WHISPER_DIR)
+    # Whisper tiny.en: 4 encoder layers of width 384, about 8.2 M encoder parameters
+    # (39 M with the decoder, which a distilled student never sees)
+    assert facts.architecture.endswith(" encoder") and facts.num_layers == 4
+    assert facts.hidden_size == 384 and 8.0e6 < facts.parameters < 8.5e6
+    assert facts.frame_rate_hz == 50.0 and facts.receptive_field is None

@@ -30,7 +30,8 @@ class ModelFacts:
         architecture: ``config.architectures[0]`` or the model type.
         num_layers: transformer layers (encoder layers for Whisper).
         hidden_size: width D of the hidden states.
-        parameters: parameter count (from the config on the ``meta`` device, no weights read).
+        parameters: parameter count (from the config on the ``meta`` device, no weights read;
+            the encoder only for encoder-decoder models such as Whisper).
         frame_rate_hz: hidden-state frames per second of 16 kHz audio, when derivable.
         receptive_field: samples the CNN front end needs for one frame (400 for the
             wav2vec 2.0 CNN), when the config has ``conv_kernel`` / ``conv_stride``.
@@ -75,6 +76,10 @@ def model_facts(name_or_path: str | Path) -> ModelFacts:
     elif config.model_type == "whisper":
         rate = 50.0
     arch = (config.architectures or [type(model).__name__])[0]
+    if getattr(config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
+        model = model.get_encoder()  # Whisper: the distilled teacher is its encoder
+        arch += " encoder"
+        layers = getattr(config, "encoder_layers", layers)
     return ModelFacts(model_type=config.model_type, architecture=arch, num_layers=layers,
                       hidden_size=hidden, parameters=sum(p.numel() for p in model.parameters()),
                       frame_rate_hz=rate, receptive_field=field_)
