@@ -8,7 +8,9 @@ channel count (same container; PCM_16 for formats without float). A folder is pr
 recursively, mirroring its layout under ``OUT``. A progress bar counts seconds of audio.
 
 ``--model`` is an SE student folder (``save_pretrained``; a training run's folder also works:
-its ``student/`` is used), ``nsnet2`` or ``dtln`` (the pretrained teachers).
+its ``student/`` is used), ``nsnet2`` or ``dtln`` (the pretrained teachers), or a
+distillation run folder with an SSL student and its enhancement head (``student/`` +
+``heads/enhancement.*``; see :mod:`robustdistill.se.ssl_head`; whole channels, not streamed).
 """
 
 from __future__ import annotations
@@ -31,17 +33,20 @@ __all__ = ["load_enhancer", "enhance_waveform", "enhance_file", "main"]
 logger = logging.getLogger(__name__)
 
 
-def load_enhancer(model: str | Path) -> FrameModel:
+def load_enhancer(model: str | Path):
     """An SE model by teacher name or folder (see the module docstring), in ``eval`` mode.
 
     Raises:
         FileNotFoundError: neither a teacher name nor a folder holding an SE student.
     """
+    from .ssl_head import SSLHeadEnhancer, is_ssl_run
     from .students import GRUMaskStudent
 
     if str(model) in TEACHERS:
         return load_teacher(str(model))
     folder = Path(model)
+    if is_ssl_run(folder):
+        return SSLHeadEnhancer.from_run(folder)
     for candidate in (folder, folder / "student"):
         if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
             return GRUMaskStudent.from_pretrained(candidate).eval()
@@ -51,7 +56,7 @@ def load_enhancer(model: str | Path) -> FrameModel:
 
 
 @torch.no_grad()
-def enhance_waveform(model: FrameModel, waveform: np.ndarray, sample_rate: int,
+def enhance_waveform(model, waveform: np.ndarray, sample_rate: int,
                      chunk_seconds: float = 10.0, progress=None) -> np.ndarray:
     """Enhance ``(N,)`` or ``(N, C)`` audio at ``sample_rate`` Hz; same shape and rate out.
 
@@ -64,21 +69,28 @@ def enhance_waveform(model: FrameModel, waveform: np.ndarray, sample_rate: int,
     if not np.isfinite(x).all():
         raise ValueError("audio contains NaN or Inf")
     chans = x[:, None] if x.ndim == 1 else x
-    rate = model.stft.sample_rate
+    streaming = isinstance(model, FrameModel)
+    rate = model.stft.sample_rate if streaming else model.sample_rate
     out = np.zeros_like(chans)
     for c in range(chans.shape[1]):
         sig = chans[:, c]
         if sample_rate != rate:
             sig = resample(sig, sample_rate, rate)
-        stream = StreamingEnhancer(model)
-        chunk = max(int(chunk_seconds * rate), model.stft.hop_length)
-        parts = []
-        for i in range(0, sig.size, chunk):
-            parts.append(stream.push(torch.from_numpy(np.ascontiguousarray(sig[i: i + chunk]))))
+        if streaming:
+            stream = StreamingEnhancer(model)
+            chunk = max(int(chunk_seconds * rate), model.stft.hop_length)
+            parts = []
+            for i in range(0, sig.size, chunk):
+                parts.append(stream.push(torch.from_numpy(np.ascontiguousarray(
+                    sig[i: i + chunk]))))
+                if progress is not None:
+                    progress.update(min(chunk, sig.size - i) / rate)
+            parts.append(stream.flush())
+            y = torch.cat(parts, dim=1)[0, stream.delay: stream.delay + sig.size].numpy()
+        else:  # a non-causal enhancer (SSL student + head): the whole channel at once
+            y = model(torch.from_numpy(np.ascontiguousarray(sig))[None]).enhanced[0].numpy()
             if progress is not None:
-                progress.update(min(chunk, sig.size - i) / rate)
-        parts.append(stream.flush())
-        y = torch.cat(parts, dim=1)[0, stream.delay: stream.delay + sig.size].numpy()
+                progress.update(sig.size / rate)
         if sample_rate != rate:
             y = resample(y, rate, sample_rate)
             y = np.pad(y, (0, max(0, chans.shape[0] - y.size)))[: chans.shape[0]]
@@ -86,7 +98,7 @@ def enhance_waveform(model: FrameModel, waveform: np.ndarray, sample_rate: int,
     return out[:, 0] if x.ndim == 1 else out
 
 
-def enhance_file(model: FrameModel, src: str | Path, dst: str | Path,
+def enhance_file(model, src: str | Path, dst: str | Path,
                  chunk_seconds: float = 10.0, progress=None) -> Path:
     """Enhance one audio file into ``dst`` (parent folders created).
 

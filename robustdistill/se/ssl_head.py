@@ -1,0 +1,97 @@
+"""Enhancement with an SSL student and its RobustDistiller enhancement head.
+
+A distillation run with the ``enhancement`` objective (RobustDistiller, arXiv 2302.09437)
+leaves ``student/`` (a stock ``transformers`` encoder) and ``heads/enhancement.safetensors``
++ ``heads/enhancement.json`` (the BiLSTM mask head and how to rebuild it). Together they are
+an enhancer: the head's sigmoid mask on the noisy STFT (Hann window 400, hop 160, n_fft 512,
+centred frames, as in training) gives the enhanced spectrum, inverted with the noisy phase.
+Not causal (bidirectional LSTM, centred frames): whole files only, no streaming.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .teachers.base import SEOutput
+
+__all__ = ["SSLHeadEnhancer", "is_ssl_run"]
+
+
+def is_ssl_run(folder: str | Path) -> bool:
+    """Whether ``folder`` holds ``student/`` and ``heads/enhancement.json``."""
+    folder = Path(folder)
+    return (folder / "heads" / "enhancement.json").is_file() and (folder / "student").is_dir()
+
+
+class SSLHeadEnhancer(nn.Module):
+    """SSL student + enhancement head as a whole-file enhancer (16 kHz).
+
+    Args:
+        upstream: a :class:`robustdistill.upstream.Upstream`.
+        head: the :class:`robustdistill.objectives.enhancement.EnhancementHead`.
+        head_config: ``heads/enhancement.json``'s ``head_config`` (``input``, STFT).
+    """
+
+    sample_rate = 16000
+
+    def __init__(self, upstream: nn.Module, head: nn.Module, head_config: dict):
+        super().__init__()
+        self.upstream, self.head = upstream, head
+        self.input = head_config.get("input", "last")
+        self.n_fft = int(head_config.get("n_fft", 512))
+        self.hop = int(head_config.get("hop_length", 160))
+        self.win = int(head_config.get("win_length", 400))
+
+    @classmethod
+    def from_run(cls, folder: str | Path) -> SSLHeadEnhancer:
+        """Load ``folder/student`` and ``folder/heads/enhancement.*`` (in ``eval`` mode).
+
+        Raises:
+            FileNotFoundError: the run has no enhancement head.
+        """
+        from safetensors.torch import load_file
+
+        from ..objectives.enhancement import EnhancementHead
+        from ..upstream import Upstream
+
+        folder = Path(folder)
+        if not is_ssl_run(folder):
+            raise FileNotFoundError(f"{folder}: no student/ and heads/enhancement.json (train "
+                                    "with the 'enhancement' objective)")
+        recipe = json.loads((folder / "heads" / "enhancement.json").read_text())
+        state = {k.removeprefix("head."): v for k, v in
+                 load_file(str(folder / "heads" / "enhancement.safetensors")).items()}
+        # the shapes come from the weights (a checkpoint export may leave head_config empty)
+        cfg = {**recipe.get("options", {}), **recipe.get("head_config", {})}
+        layers = sum(1 for k in state if k.startswith("lstm.weight_ih_l")
+                     and not k.endswith("_reverse"))
+        hop = int(cfg.get("hop_length", 160))
+        head = EnhancementHead(state["lstm.weight_ih_l0"].shape[1], state["proj.weight"].shape[0],
+                               state["lstm.weight_hh_l0"].shape[1], layers,
+                               max(1, round(320 / hop)), float(cfg.get("dropout", 0.0)))
+        head.load_state_dict(state)
+        upstream = Upstream.from_pretrained(folder / "student")
+        return cls(upstream, head, cfg).eval()
+
+    @torch.no_grad()
+    def forward(self, noisy: torch.Tensor, return_activations: bool = False) -> SEOutput:
+        """``(B, N)`` (or ``(N,)``) 16 kHz -> :class:`SEOutput` with ``enhanced`` of the same
+        shape (activations: ``mask`` ``(B, F, 257)``)."""
+        squeeze = noisy.dim() == 1
+        x = noisy[None] if squeeze else noisy
+        lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
+        out = self.upstream(x, lengths, return_extract_features=self.input == "cnn")
+        feats = out.extract_features if self.input == "cnn" else out.hidden_states[-1]
+        window = torch.hann_window(self.win, device=x.device)
+        spec = torch.stft(x, self.n_fft, self.hop, self.win, window, center=True,
+                          pad_mode="constant", return_complex=True)  # (B, bins, F)
+        frames = spec.shape[-1]
+        mask = self.head(feats, out.frame_lengths, frames,
+                         torch.full((x.shape[0],), frames, dtype=torch.long))
+        y = torch.istft(spec * mask.transpose(1, 2), self.n_fft, self.hop, self.win, window,
+                        center=True, length=x.shape[1])
+        return SEOutput(y[0] if squeeze else y, {"mask": mask} if return_activations else {})
