@@ -115,3 +115,34 @@ def test_test_speakers_seen_in_training_are_refused(tiny, tmp_path):
     leak = {"test": [Utterance("s1", "x", np.zeros(3200, np.float32))]}
     with pytest.raises(ValueError, match="also training speakers"):
         train_system(_setup(tmp_path, "c", 1), teacher, crops, leak)
+
+
+def test_upstream_student_trains_with_imlkd(tiny, tiny_wavlm_dir, tmp_path):
+    """A student of the other kind (an Upstream + featurizer): 20 ms frames, teacher maps moved
+    onto them; one epoch runs and every loss term is finite."""
+    teacher, crops = tiny
+    cfg = _setup(tmp_path, "up", 1)
+    cfg.student.kind, cfg.student.upstream = "upstream", str(tiny_wavlm_dir)
+    result = train_system(cfg, teacher, crops)
+    (epoch,) = result["epochs"]
+    assert {"ce", "map", "instance", "class_level", "batch_level"} <= set(epoch)
+    assert all(np.isfinite(v) for v in epoch.values())
+
+
+def test_table_format_and_run_reuse_key():
+    from robustdistill.speaker.train import _run_key, format_table
+
+    def run(eer, dcf):
+        return {"params": 10, "eval": {"s": {"eer": eer, "min_dcf": dcf}}}
+
+    results = {"teacher": run(0.01, 0.1),
+               "systems": {"none": [run(0.10, 0.5), run(0.20, 0.7)]}}
+    lines = format_table(results).splitlines()
+    assert lines[2] == "| GE2E teacher (Resemblyzer) | 10 | - | 1.00 | 0.100 |"
+    # mean and sample std (ddof 1) over seeds: EER (10, 20) % -> 15.00 ± 7.07
+    assert lines[3] == "| student, no KD | 10 | 2 | 15.00 ± 7.07 | 0.600 ± 0.141 |"
+    base = {"loss": {"method": "none"}, "ig": {"n_steps": 8}, "table": {"seeds": [0]}}
+    other = {"loss": {"method": "none"}, "ig": {"n_steps": 32}, "table": {"seeds": [1]}}
+    assert _run_key(base) == _run_key(other)  # maps do not matter without map loss
+    base["loss"]["method"] = other["loss"]["method"] = "imlkd"
+    assert _run_key(base) != _run_key(other)
