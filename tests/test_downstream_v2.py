@@ -239,6 +239,11 @@ def test_seeds_and_paired_compare(tmp_path, corpus, tiny_upstreams):
     assert row["difference"] == pytest.approx(
         first["metrics"][cond]["accuracy"] - second["metrics"][cond]["accuracy"])
     assert "paired comparisons" in (merged / "results.md").read_text()
+    from downstream.report import report
+
+    text = report(merged / "results.json", scale=100, names={"tiny_wavlm": "W"})
+    assert "| W |" in text and "| W - tiny_hubert |" in text
+    assert f"{row['difference'] * 100:+.1f} [" in text
     # KWS and SID share the folder and metric: compare refuses to mix their labels
     other = dict(second, label="sid")
     sid = tmp_path / "sid.json"

@@ -1,0 +1,95 @@
+"""Compact markdown of a ``compare`` output for the docs: one table of the primary metric with
+intervals (rows: upstreams, columns: conditions) and one table of the paired differences.
+
+::
+
+    python -m downstream.report runs/superb/kws/compare/results.json [--scale 100] [--names a=b]
+
+Percent metrics (accuracy, EER, WER) are shown x``scale``; ``*`` marks a paired difference whose
+95 % interval excludes 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main", "report"]
+
+
+def _num(value: float, scale: float, digits: int) -> str:
+    return "-" if value is None or value != value else f"{value * scale:.{digits}f}"
+
+
+def report(path: str | Path, scale: float = 1.0, digits: int = 1,
+           names: dict[str, str] | None = None) -> str:
+    """The two markdown tables of one merged ``compare`` results.json.
+
+    Raises:
+        FileNotFoundError: no such file. KeyError: not a compare output.
+    """
+    data = json.loads(Path(path).read_text())
+    results = data.get("results", [data])
+    names = names or {}
+    primary = results[0]["primary_metric"]
+    conditions = list(dict.fromkeys(c for r in results for c in r["conditions"]))
+    lines = ["| upstream | " + " | ".join(conditions) + " |", "|---|" + "---:|" * len(conditions)]
+    for r in results:
+        label = Path(str(r["upstream"]).rstrip("/")).name
+        cells = []
+        for c in conditions:
+            value = r["metrics"].get(c, {}).get(primary)
+            text = _num(value, scale, digits)
+            std = r.get("metrics_std", {}).get(c, {}).get(primary)
+            if std is not None and len(r.get("seeds", [])) > 1:
+                text += f" ± {_num(std, scale, digits)}"
+            iv = r.get("intervals", {}).get(c, {}).get(primary)
+            if iv:
+                text += f" [{_num(iv[0], scale, 0)}, {_num(iv[1], scale, 0)}]"
+            cells.append(text)
+        lines.append(f"| {names.get(label, label)} | " + " | ".join(cells) + " |")
+    rows = data.get("comparisons") or []
+    if rows:
+        pairs = list(dict.fromkeys((row["a"], row["b"]) for row in rows))
+        lines += ["", f"Paired differences of {primary} (a - b, same test items), 95 % interval; "
+                  "`*`: the interval excludes 0" + ("; McNemar p in parentheses"
+                                                     if any("mcnemar_p" in r for r in rows)
+                                                     else "") + ":", "",
+                  "| a - b | " + " | ".join(conditions) + " |",
+                  "|---|" + "---:|" * len(conditions)]
+        for a, b in pairs:
+            cells = []
+            for c in conditions:
+                row = next((r for r in rows if (r["a"], r["b"], r["condition"]) == (a, b, c)),
+                           None)
+                if row is None:
+                    cells.append("-")
+                    continue
+                text = (f"{row['difference'] * scale:+.{digits}f} [{row['low'] * scale:+.0f}, "
+                        f"{row['high'] * scale:+.0f}]" + ("*" if row["significant"] else ""))
+                if "mcnemar_p" in row:
+                    text += f" ({row['mcnemar_p']:.2g})"
+                cells.append(text)
+            lines.append(f"| {names.get(a, a)} - {names.get(b, b)} | " + " | ".join(cells) + " |")
+    for note in data.get("comparison_notes") or []:
+        lines.append(f"\n- {note}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m downstream.report", description=__doc__)
+    parser.add_argument("results", help="a compare output's results.json")
+    parser.add_argument("--scale", type=float, default=1.0, help="e.g. 100 for percent")
+    parser.add_argument("--digits", type=int, default=1)
+    parser.add_argument("--names", nargs="*", default=[], metavar="FOLDER=NAME",
+                        help="row names for upstream folder names")
+    args = parser.parse_args(argv)
+    names = dict(n.split("=", 1) for n in args.names)
+    sys.stdout.write(report(args.results, args.scale, args.digits, names))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
