@@ -142,3 +142,14 @@ def test_bad_input_is_named(tiny_teacher):
                            IGSettings(n_steps=2), AttributionCache(None))
     with pytest.raises(ValueError, match="baseline"):
         IGSettings(baseline="blur")
+
+
+def test_noise_baseline_is_reproducible_and_not_zero(tiny_teacher):
+    crops, centroids, bounds = _crops(1, seed=3), torch.randn(1, 8), [(0, 3200)]
+    noise = IGSettings(n_steps=4, baseline="noise", noise_dbfs=-40.0)
+    a = attribute_segments(tiny_teacher, crops, centroids, bounds, noise, AttributionCache(None))
+    b = attribute_segments(tiny_teacher, crops, centroids, bounds, noise, AttributionCache(None))
+    z = attribute_segments(tiny_teacher, crops, centroids, bounds, IGSettings(n_steps=4),
+                           AttributionCache(None))
+    assert np.array_equal(a[0][0].map, b[0][0].map)
+    assert a[0][0].score_gap != z[0][0].score_gap  # F(baseline) differs from F(0)
