@@ -258,7 +258,7 @@ def load_head(path: str | Path, task: Task, featurizer: Featurizer, head: nn.Mod
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"head file not found: {path}")
-    saved = torch.load(path, map_location=options.device, weights_only=False)
+    saved = torch.load(path, map_location=options.device, weights_only=True)
     if not isinstance(saved, dict) or saved.get("format") != "robustdistill-downstream-head/1":
         raise ValueError(f"{path} is not a head saved by robustdistill evaluate")
     if saved["task"] != options.task:

@@ -138,7 +138,7 @@ def main() -> None:
     test_noisy = {snr: noisy(test_clean, noise_test, snr, seed=2) for snr in SNRS}
     cache = out / "eval_teacher.pt"
     if cache.exists():
-        t_train, t_test = torch.load(cache)
+        t_train, t_test = torch.load(cache, weights_only=True)
     else:
         teacher = Upstream.from_pretrained(shared / "models/whisper-tiny.en")
         t_train, t_test = forward(teacher, train_clean, LAYERS), forward(teacher, test_clean,

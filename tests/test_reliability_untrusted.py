@@ -1,0 +1,131 @@
+"""Untrusted files: weights only through safetensors, ONNX or ``torch.load(weights_only=True)``;
+``trust_remote_code`` stays false unless set; tokens never appear in logs, outputs or error
+messages (issue 14)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import pytest
+from test_reliability_checkpoints import _config
+
+from robustdistill.redact import MASK, RedactingFilter, redact
+from robustdistill.trainer import train
+from robustdistill.upstream import Upstream
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE_TOKEN = "hf_" + "Zq7" * 12  # shaped like a Hugging Face token; not a real one
+
+
+def _sources() -> list[Path]:
+    roots = [REPO / "robustdistill", REPO / "downstream", REPO / "scripts", REPO / "benchmarks"]
+    return sorted(p for root in roots if root.is_dir() for p in root.rglob("*.py"))
+
+
+def _calls(text: str, name: str) -> list[str]:
+    """The argument text of every ``name(...)`` call in ``text`` (balanced parentheses)."""
+    found = []
+    for match in re.finditer(re.escape(name) + r"\(", text):
+        depth, i = 1, match.end()
+        while depth and i < len(text):
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+            i += 1
+        found.append(text[match.end(): i - 1])
+    return found
+
+
+#: Calls that would unpickle arbitrary objects (accelerate loads the objects given to
+#: ``register_for_checkpointing`` with ``weights_only=False``).
+_UNSAFE = (r"\bpickle\.loads?\(", r"\bjoblib\.load\(", r"weights_only\s*=\s*False",
+           r"allow_pickle\s*=\s*True", r"register_for_checkpointing\(", r"\bdill\.loads?\(")
+
+
+def _code(path: Path) -> str:
+    """The file without comments (a crude cut at ``#``: enough for these patterns)."""
+    return "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
+
+
+def test_no_code_loads_a_pickle_that_could_hold_code():
+    offenders = []
+    for path in _sources():
+        code = _code(path)
+        for args in _calls(code, "torch.load"):
+            if "weights_only=True" not in args:
+                offenders.append(f"{path.relative_to(REPO)}: torch.load({args})")
+        offenders += [f"{path.relative_to(REPO)}: {p}" for p in _UNSAFE if re.search(p, code)]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_no_code_turns_trust_remote_code_on_by_itself():
+    offenders = [str(p.relative_to(REPO)) for p in _sources()
+                 if re.search(r"trust_remote_code\s*(:\s*bool\s*)?=\s*True", p.read_text())]
+    assert not offenders
+    from robustdistill.config import DistillConfig
+
+    assert DistillConfig(teacher="x").trust_remote_code is False
+
+
+def test_a_model_folder_with_custom_code_is_refused_and_its_code_never_runs(tmp_path):
+    marker = tmp_path / "code_ran"
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "evil-audio", "architectures": ["EvilModel"],
+        "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}}))
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('pwned')\n")
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        Upstream.from_pretrained(str(folder))
+    assert not marker.exists()
+
+
+def test_redact_masks_env_tokens_token_shapes_and_url_passwords(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "s3cret-value-123")
+    text = (f"auth failed for s3cret-value-123 with {FAKE_TOKEN} at "
+            "https://alice:pa55word@example.org/x")
+    assert redact(text) == f"auth failed for {MASK} with {MASK} at https://alice:{MASK}@example.org/x"
+    assert redact("hf_short and plain text") == "hf_short and plain text"
+
+
+def test_the_logging_filter_redacts_messages_arguments_and_tracebacks(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(self.format(record))
+
+    handler = Keep()
+    handler.addFilter(RedactingFilter())
+    log = logging.getLogger("robustdistill.test_redact")
+    log.addHandler(handler)
+    try:
+        log.warning("token is %s", FAKE_TOKEN)
+        try:
+            raise RuntimeError(f"bad credentials {FAKE_TOKEN}")
+        except RuntimeError:
+            log.exception("failed")
+    finally:
+        log.removeHandler(handler)
+    assert len(records) == 2 and all(FAKE_TOKEN not in r for r in records)
+    assert records[0] == f"token is {MASK}" and "bad credentials ***" in records[1]
+
+
+@pytest.mark.slow
+def test_a_run_with_a_token_in_the_environment_writes_it_nowhere(
+        tmp_path, tiny_wavlm_dir, monkeypatch, caplog):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", FAKE_TOKEN)
+    with caplog.at_level(logging.DEBUG):
+        train(_config(tmp_path, tiny_wavlm_dir, "run", max_steps=2, save_every=1,
+                      export_student=True))
+        cfg = _config(tmp_path, tiny_wavlm_dir, "hub", max_steps=1)
+        cfg.teacher = "robustdistill-no-such-org/no-such-model"  # a hub id, offline
+        with pytest.raises(Exception) as info:
+            train(cfg)
+    assert FAKE_TOKEN not in str(info.value) and FAKE_TOKEN not in caplog.text
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file():
+            assert FAKE_TOKEN.encode() not in path.read_bytes(), path
