@@ -164,8 +164,9 @@ def aggregate_seeds(runs: Sequence[dict[str, Any]], dirs: Sequence[str | Path],
         "metrics": metrics,
         "metrics_std": std,
         "intervals": intervals,
-        "interval_method": f"bootstrap over test {first.get('item_unit', 'item')}s stratified by "
-                           f"seed (mean over {len(seeds)} seeds), 95 %, {resamples} resamples",
+        "interval_method": (f"bootstrap over test {first.get('item_unit', 'item')}s stratified by "
+                            f"seed (mean over {len(seeds)} seeds), 95 %, {resamples} resamples"
+                            if len(seeds) > 1 else first.get("interval_method")),
         "per_seed": {str(r["seed"]): r["metrics"] for r in runs},
         "test_set_sha1": hashlib.sha1("\n".join(r.get("test_set_sha1", "")
                                                 for r in runs).encode()).hexdigest(),
@@ -246,7 +247,7 @@ def _interval_cell(result: dict[str, Any], cond: str, metric: str) -> str:
     if text == "-":
         return text
     std = result.get("metrics_std", {}).get(cond, {}).get(metric)
-    if std is not None:
+    if std is not None and len(result.get("seeds", [])) > 1:
         text += f" ± {std:.4f}"
     interval = result.get("intervals", {}).get(cond, {}).get(metric)
     if interval:
@@ -283,7 +284,7 @@ def results_table(results: Sequence[dict[str, Any]],
     methods = sorted({r["interval_method"] for r in results if r.get("interval_method")})
     if methods:
         lines += ["", "Cells: value [95 % interval: " + "; ".join(methods) + "]"
-                  + (" ; ± standard deviation over seeds" if any("metrics_std" in r
+                  + (" ; ± standard deviation over seeds" if any(len(r.get("seeds", [])) > 1
                                                                   for r in results) else "")]
     if _different_test_sets(results):
         lines += ["", "**Warning: these upstreams were tested on different test sets (data, seed, "
