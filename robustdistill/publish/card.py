@@ -23,7 +23,7 @@ import platform
 import re
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,8 @@ def eval_results_for(tasks: Sequence[TaskResult], model_name: str):
     """``huggingface_hub.EvalResult`` per task, condition and metric (test split).
 
     The condition is the ``dataset_config`` (so each condition is its own ``model-index``
-    entry) and appears in ``metric_name``; the interval is in the card's text, not here.
+    entry) and appears in ``metric_name``; values are rounded to 6 decimals (they come from
+    float32); the interval is in the card's text, not here.
     """
     from huggingface_hub import EvalResult
 
@@ -119,7 +120,6 @@ class _TaskView:
     table: str
     other_table: str = ""
     plot: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _short(upstream: str) -> str:
