@@ -1,0 +1,79 @@
+"""The bad-audio corpus mixed into real LibriSpeech: distillation (with and without the teacher
+cache) finishes, uses every good file, skips each bad one with its reason and counts it in
+``final_state.json``; non-finite audio never reaches a model (issue 14)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import require_shared_data
+from test_reliability_audio import _mixed_folder, deny_unreadable, write_bad_corpus  # noqa: F401
+from test_reliability_checkpoints import _config
+
+import robustdistill.trainer as trainer_module
+from robustdistill.trainer import train
+
+
+def _guard_models(monkeypatch) -> list[int]:
+    """Check every waveform that reaches the teacher or the student; count the calls."""
+    calls = []
+    real_forward = trainer_module.Upstream.forward
+
+    def checked(self, waveforms, *args, **kwargs):
+        assert torch.isfinite(waveforms).all(), "non-finite audio reached a model"
+        calls.append(len(waveforms))
+        return real_forward(self, waveforms, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.Upstream, "forward", checked)
+    return calls
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", [False, True], ids=["teacher", "teacher_cache"])
+def test_distillation_over_real_and_bad_audio_finishes_and_counts_each_bad_file(
+        tmp_path, tiny_wavlm_dir, deny_unreadable, monkeypatch, caplog, cache):  # noqa: F811
+    require_shared_data()
+    kinds = write_bad_corpus(tmp_path / "bad")
+    real = _mixed_folder(tmp_path, tmp_path / "bad", n_real=6)
+    cfg = _config(tmp_path, tiny_wavlm_dir, "run", max_steps=6, save_every=3,
+                  eval_at_start=True)
+    cfg.data.synthetic_items, cfg.data.train_dir = 0, str(tmp_path / "mixed")
+    cfg.data.max_length_s, cfg.data.validation_fraction = 1.0, 0.2
+    if cache:  # crop context: "utterance" would run the teacher over the hour-long file whole
+        cfg.teacher_cache.dir, cfg.teacher_cache.context = str(tmp_path / "cache"), "crop"
+    seen = _guard_models(monkeypatch)
+    used: set[str] = set()
+    real_batches = trainer_module._Run._batches
+
+    def batches(self):
+        for batch in real_batches(self):
+            used.update(Path(self.train_set.names[int(i)]).name for i in batch["indices"])
+            yield batch
+
+    real_validate = trainer_module._Run.validate
+
+    def validate(self):
+        values = real_validate(self)
+        used.update(Path(n).name for n in self.valid_set.names
+                    if n not in self.valid_set.skipped)
+        return values
+
+    monkeypatch.setattr(trainer_module._Run, "_batches", batches)
+    monkeypatch.setattr(trainer_module._Run, "validate", validate)
+    with caplog.at_level(logging.INFO):
+        train(cfg)
+    final = json.loads((tmp_path / "run" / "final_state.json").read_text())
+    bad = {name: reason for name, reason in kinds.items() if reason is not None}
+    skipped = {Path(name).name: reason for name, reason in final["skipped_audio"]["items"].items()}
+    assert skipped == bad
+    assert final["skipped_audio"]["count"] == len(bad) >= 10
+    assert final["skipped_audio"]["by_reason"] == {
+        r: sum(1 for v in bad.values() if v == r) for r in set(bad.values())}
+    good = {p.name for p in real} | {n for n, r in kinds.items() if r is None}
+    assert used == good  # every good file was used (6 steps of 2 > one epoch of the rest)
+    assert seen and final["step"] == 6
+    assert "audio item(s) skipped" in caplog.text
