@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustdistill.audio import SAMPLE_RATE, AudioError
-from robustdistill.upstream import Upstream
+from robustdistill.upstream import SSL_RECEPTIVE_FIELD, Upstream
 
 from .base import (
     EncodedExample,
@@ -308,7 +308,11 @@ def _decode_all(splits: dict[str, list[Utterance]], max_seconds: float | None):
         kept = []
         for utterance in tqdm(splits[split], desc=f"decode {split}", leave=False):
             try:
-                kept.append((utterance, load_waveform(utterance, max_seconds)))
+                waveform = load_waveform(utterance, max_seconds)
+                if len(waveform) < SSL_RECEPTIVE_FIELD:  # no frame from an SSL encoder
+                    raise AudioError(f"{utterance.key}: {len(waveform)} samples, shorter than "
+                                     f"one encoder frame ({SSL_RECEPTIVE_FIELD})", "too short")
+                kept.append((utterance, waveform))
             except AudioError as err:
                 logger.warning("skipping %s: %s", utterance.key, err)
         skipped[split] = len(splits[split]) - len(kept)
