@@ -64,7 +64,7 @@ def machine(threads: int | None = None) -> str:
               else f"CPU {cpu_name()}, {os.cpu_count()} cores")
     threads = torch.get_num_threads() if threads is None else threads
     return (f"{when}; {device}; {threads} torch thread(s); torch {torch.__version__}, "
-            f"transformers {transformers.__version__}; {load()} at the start")
+            f"transformers {transformers.__version__}; {load()} when measured")
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int,
@@ -97,12 +97,12 @@ def spread(values: list[float]) -> str:
 
 def table(title: str, header: tuple[str, ...], rows: list[tuple], notes: list[str] = (),
           threads: int | None = None, out: Path | None = None) -> str:
-    """A Markdown section: title, machine line, table, notes, load at the end; printed and
-    optionally appended to ``out``."""
+    """A Markdown section: title, machine line (load averages when the table is printed, i.e.
+    over the measurement), table, notes; printed and optionally appended to ``out``."""
     lines = [f"### {title}", "", f"Machine: {machine(threads)}.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
-    lines += ["", *[f"- {n}" for n in notes], f"- {load()} at the end.", ""]
+    lines += ["", *[f"- {n}" for n in notes], ""]
     text = "\n".join(lines)
     print(text, flush=True)
     if out is not None:
