@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import require_shared_data
@@ -77,3 +78,53 @@ def test_distillation_over_real_and_bad_audio_finishes_and_counts_each_bad_file(
     assert used == good  # every good file was used (6 steps of 2 > one epoch of the rest)
     assert seen and final["step"] == 6
     assert "audio item(s) skipped" in caplog.text
+
+
+def test_enhancement_training_pairs_from_real_and_bad_audio_are_finite(
+        tmp_path, deny_unreadable):  # noqa: F811
+    """robustdistill.se: the speech index skips broken files (each logged once, with its
+    reason) and every (noisy, clean) pair it makes is finite."""
+    import numpy as np
+
+    from robustdistill.se.data import PairConfig, PairMaker
+
+    shared = require_shared_data()
+    kinds = write_bad_corpus(tmp_path / "bad")
+    _mixed_folder(tmp_path, tmp_path / "bad", n_real=4)
+    maker = PairMaker(PairConfig(speech_dir=str(tmp_path / "mixed"),
+                                 noise_dir=str(shared / "noise"), rir_dir=None,
+                                 crop_seconds=2.0, reverb_prob=0.0), seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        noisy, clean = maker.item(rng)
+        assert noisy.shape == clean.shape == (32000,)
+        assert np.isfinite(noisy).all() and np.isfinite(clean).all() and np.any(clean)
+    skipped = {Path(n).name: r for n, r in maker.speech.skipped.items()}
+    header_level = {n: r for n, r in kinds.items()
+                    if r in ("empty", "unreadable", "permission denied", "too short")
+                    and n not in ("truncated.flac", "one_sample.wav")}
+    header_level["zero_samples.wav"] = "empty"
+    assert {n: skipped[n] for n in header_level} == header_level
+    assert skipped["nan.wav"] == skipped["inf.wav"] == "non-finite"  # drawn, then refused
+    used = {Path(f).name for f in maker.speech.files}
+    assert {"pcm_u8.wav", "hires_96k.wav", "six_channels.wav", "hour_long.wav"} <= used
+
+
+@pytest.mark.slow
+def test_enhancing_a_folder_with_bad_files_skips_them_and_finishes(tmp_path, deny_unreadable):  # noqa: F811,E501
+    from robustdistill.se.enhance import main as enhance_main
+
+    require_shared_data()
+    kinds = write_bad_corpus(tmp_path / "bad", hour=False)
+    real = _mixed_folder(tmp_path, tmp_path / "bad", n_real=2)
+    out = tmp_path / "enhanced"
+    assert enhance_main([str(tmp_path / "mixed"), str(out), "--model", "nsnet2"]) == 0
+    written = {p.name for p in out.iterdir()}
+    expected = {p.name for p in real} | {n for n, r in kinds.items() if r in (None, "silent")} | {
+        "one_sample.wav"}
+    assert written == expected
+    import soundfile as sf
+
+    for name in written:
+        data, _ = sf.read(out / name)
+        assert np.isfinite(data).all(), name

@@ -15,6 +15,7 @@ measured over the crop's real samples.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,13 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from ..audio import SAMPLE_RATE, AudioError, list_audio_files, resample, to_mono
+from ..audio import SAMPLE_RATE, AudioError, list_audio_files, probe_audio, resample, to_mono
 from ..augment.noise import NoiseBank, mix_at_snr
 from ..augment.rooms import RirBank, reverberate
 
 __all__ = ["PairConfig", "PairMaker", "SpeechIndex"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,18 +83,40 @@ class PairConfig:
 class SpeechIndex:
     """Speech files and their lengths; reads random crops without decoding whole files.
 
+    Files whose header cannot be read (empty, not audio, no permission) or that hold no
+    sample are dropped, each logged once with its reason and recorded in :attr:`skipped`
+    (``{path: reason}``, reasons of :data:`robustdistill.audio.AUDIO_ERROR_REASONS`);
+    :meth:`crop` raises :class:`AudioError` for a crop that cannot be decoded or holds NaN/Inf.
+
     Raises:
         FileNotFoundError: no audio file below ``root``.
+        AudioError: no usable file below ``root``.
     """
 
     def __init__(self, root: str | Path, sample_rate: int = SAMPLE_RATE):
-        self.files = list_audio_files(root)
-        if not self.files:
-            raise FileNotFoundError(f"no audio files below {root}")
         self.sample_rate = sample_rate
-        infos = [sf.info(str(f)) for f in self.files]
-        self.rates = [i.samplerate for i in infos]
-        self.frames = [i.frames for i in infos]
+        self.skipped: dict[str, str] = {}
+        self.files, self.rates, self.frames = [], [], []
+        for path in list_audio_files(root):
+            try:
+                info = probe_audio(path)
+                if info.frames < 1:
+                    raise AudioError(f"{path}: no samples", "empty")
+            except AudioError as err:
+                self.mark_bad(path, err)
+                continue
+            self.files.append(path)
+            self.rates.append(info.sample_rate)
+            self.frames.append(info.frames)
+        if not self.files:
+            raise AudioError(f"no usable speech file below {root}: {len(self.skipped)} skipped "
+                             f"({sorted(set(self.skipped.values()))})")
+
+    def mark_bad(self, path: str | Path, err: AudioError) -> None:
+        """Record a skipped file in :attr:`skipped`, logging it the first time only."""
+        if str(path) not in self.skipped:
+            self.skipped[str(path)] = err.reason
+            logger.warning("skipping speech file %s [%s]: %s", path, err.reason, err)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -106,9 +131,14 @@ class SpeechIndex:
         need = int(math.ceil(length * rate / self.sample_rate))
         total = self.frames[index]
         start = int(rng.integers(0, max(total - need, 0) + 1))
-        x, _ = sf.read(str(self.files[index]), start=start, frames=need, dtype="float32",
-                       always_2d=True)
-        x = to_mono(x.T if x.shape[1] > 1 else x[:, 0])
+        try:
+            x, _ = sf.read(str(self.files[index]), start=start, frames=need, dtype="float32",
+                           always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, OSError) as err:
+            raise AudioError(f"{self.files[index]}: cannot decode ({err})", "unreadable") from err
+        x = to_mono(x)  # (frames, channels) -> (frames,)
+        if not np.isfinite(x).all():
+            raise AudioError(f"{self.files[index]}: NaN or Inf samples", "non-finite")
         if rate != self.sample_rate:
             x = resample(x, rate, self.sample_rate)
         real = min(x.size, length)
@@ -139,12 +169,16 @@ class PairMaker:
         """One ``(noisy, target)`` pair, each ``(length,)`` float32."""
         c = self.config
         for _ in range(10):
-            speech, real = self.speech.crop(int(rng.integers(len(self.speech))), self.length,
-                                            rng)
+            index = int(rng.integers(len(self.speech)))
+            try:
+                speech, real = self.speech.crop(index, self.length, rng)
+            except AudioError as err:  # undecodable or non-finite: logged once, drawn again
+                self.speech.mark_bad(self.speech.files[index], err)
+                continue
             if np.any(speech[:real]):
                 break
         else:
-            raise AudioError("10 silent speech crops in a row: check speech_dir")
+            raise AudioError("10 silent or unusable speech crops in a row: check speech_dir")
         dry = speech
         if self.rirs is not None and rng.random() < c.reverb_prob:
             rir = self.rirs.rirs[int(rng.integers(len(self.rirs)))]

@@ -23,7 +23,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from ..audio import list_audio_files, resample
+from ..audio import AudioError, list_audio_files, probe_audio, resample
 from .streaming import StreamingEnhancer
 from .teachers import TEACHERS, load_teacher
 from .teachers.base import FrameModel
@@ -103,9 +103,17 @@ def enhance_file(model, src: str | Path, dst: str | Path,
     """Enhance one audio file into ``dst`` (parent folders created).
 
     Raises:
-        RuntimeError (from soundfile): unreadable input.
+        AudioError: unreadable, empty or non-finite input (nothing is written).
     """
-    data, rate = sf.read(str(src), dtype="float32", always_2d=False)
+    probe_audio(src)  # AudioError naming permission, empty and non-audio files
+    try:
+        data, rate = sf.read(str(src), dtype="float32", always_2d=False)
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
+        raise AudioError(f"{src}: cannot decode audio ({err})", "unreadable") from err
+    if data.size == 0:
+        raise AudioError(f"{src}: empty audio (0 samples)", "empty")
+    if not np.isfinite(data).all():
+        raise AudioError(f"{src}: NaN or Inf samples", "non-finite")
     info = sf.info(str(src))
     y = enhance_waveform(model, data, rate, chunk_seconds, progress)
     dst = Path(dst)
@@ -147,9 +155,20 @@ def main(argv: list[str]) -> int:
         if dst.is_dir():
             dst = dst / src.name
         pairs = [(src, dst)]
-    total = sum(sf.info(str(a)).duration for a, _ in pairs)
-    with tqdm(total=total, unit="s", desc="enhance") as bar:
+    durations = {}
+    for a, _ in pairs:
+        try:
+            durations[a] = sf.info(str(a)).duration
+        except (sf.LibsndfileError, RuntimeError, OSError):
+            durations[a] = 0.0  # enhance_file names the problem below
+    skipped: dict[str, str] = {}
+    with tqdm(total=sum(durations.values()), unit="s", desc="enhance") as bar:
         for a, b in pairs:
-            enhance_file(model, a, b, args.chunk_seconds, bar)
-    logger.info("%d file(s) enhanced into %s", len(pairs), dst)
-    return 0
+            try:
+                enhance_file(model, a, b, args.chunk_seconds, bar)
+            except AudioError as err:  # one bad file does not stop a folder
+                skipped[str(a)] = err.reason
+                logger.warning("skipping %s [%s]: %s", a, err.reason, err)
+    logger.info("%d file(s) enhanced into %s; %d skipped", len(pairs) - len(skipped), dst,
+                len(skipped))
+    return 0 if len(skipped) < len(pairs) else 1
