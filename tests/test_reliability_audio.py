@@ -230,3 +230,30 @@ def test_collate_carries_skipped_pairs_only_when_there_are_some():
     batch = collate_waveforms(items)
     assert batch["skipped"] == [("a.wav", "silent")]
     assert "skipped" not in collate_waveforms(items[:1])
+
+
+def test_long_files_are_read_crop_by_crop_with_the_same_crops(corpus, monkeypatch):
+    """The hour-long file is never decoded whole by a dataset; its crops are exactly those of
+    the whole-file path (16 kHz: the same samples, the same crop starts)."""
+    import robustdistill.data.files as files_module
+    from robustdistill.audio import load_audio_window
+
+    folder, _ = corpus
+    path = folder / "hour_long.wav"
+    full = load_audio(path)
+    dataset = AudioFileDataset([path], max_length_s=2.0, min_length_s=1.0, seed=3)
+    monkeypatch.setattr(files_module, "load_audio",
+                        lambda *a, **k: pytest.fail("the whole hour was decoded"))
+    for epoch in range(3):
+        rng = np.random.default_rng([3, epoch, 0])
+        start = int(rng.integers(0, len(full) - 2 * SAMPLE_RATE + 1))
+        item = dataset[(0, epoch)]
+        assert np.array_equal(item["waveform"], full[start: start + 2 * SAMPLE_RATE])
+    # At another rate the window is resampled with context: equal up to edge effects.
+    sf.write(folder.parent / "long_44k.wav", np.tile(_tone(1.0, 44_100), 130), 44_100)
+    whole = load_audio(folder.parent / "long_44k.wav")
+    window = load_audio_window(folder.parent / "long_44k.wav", 1_000_003, 16_000)
+    assert np.abs(window - whole[1_000_003: 1_016_003]).max() < 1e-4
+    with pytest.raises(AudioError, match="truncated") as info:
+        load_audio_window(path, len(full) - 10, 100)
+    assert info.value.reason == "unreadable"

@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 
 #: Read-time failures in a row (distinct items) after which a dataset gives up with an error.
 MAX_READ_FAILURES = 16
+#: Files longer than this (seconds) are read crop by crop, never whole
+#: (:func:`robustdistill.audio.load_audio_window`): an hour at 16 kHz is 230 MB of float32.
+WINDOW_READ_MIN_S = 120.0
 #: How many file names a drop warning lists.
 _NAMES_IN_WARNING = 5
 
@@ -178,6 +181,27 @@ class _CroppedAudioDataset(torch.utils.data.Dataset):
             counts[reason] = counts.get(reason, 0) + 1
         return counts
 
+    def _read_window(self, candidate: int, epoch: int) -> np.ndarray | None:
+        """The crop of a file longer than :data:`WINDOW_READ_MIN_S`, read alone from disk
+        (subclasses with ``_decode_window``), or None: decode the whole item instead.
+
+        The crop start is drawn exactly as :func:`_crop_at` draws it, from the header's length,
+        so at 16 kHz the crop equals the whole-file path's crop sample for sample. Not used
+        when items carry content keys (a teacher cache hashes the whole utterance).
+        """
+        length = int(self.lengths[candidate])
+        if (self._max_samples is None or self.content_keys
+                or length <= max(self._max_samples, _to_samples(WINDOW_READ_MIN_S))
+                or not hasattr(self, "_decode_window")):
+            return None
+        if self.random_crop:
+            rng = np.random.default_rng([self.seed, epoch, candidate])
+        else:
+            rng = np.random.default_rng(candidate)
+        grid = self.crop_grid
+        start = grid * int(rng.integers(0, (length - self._max_samples) // grid + 1))
+        return self._decode_window(self._sources[candidate], start, self._max_samples)
+
     def _probe(self, source: Any) -> tuple[int, int]:
         raise NotImplementedError
 
@@ -263,6 +287,12 @@ class _CroppedAudioDataset(torch.utils.data.Dataset):
                 continue
             source = self._sources[candidate]
             try:
+                window = self._read_window(candidate, epoch)
+                if window is not None:  # a long file: only the crop was read
+                    item = {"waveform": window, "index": candidate}
+                    if skipped:
+                        item["skipped"] = skipped
+                    return item
                 waveform = self._decode(source)
                 if len(waveform) < self._min_samples:
                     raise AudioError(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import load_audio, probe_audio
+from ..audio import load_audio, load_audio_window, probe_audio
 from .cropped import _CroppedAudioDataset
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,9 @@ class AudioFileDataset(_CroppedAudioDataset):
 
     def _decode(self, source: Path) -> np.ndarray:
         return load_audio(source)
+
+    def _decode_window(self, source: Path, start: int, num_samples: int) -> np.ndarray:
+        return load_audio_window(source, start, num_samples)
 
     def _name(self, source: Path) -> str:
         return str(source)
