@@ -14,6 +14,8 @@ For every student (the shared initial student and each run's exported student):
   utterances per speaker per fold), accuracy with a 95 % Wilson interval.
 
 Usage: python scripts/literature_table.py [OUT] [--test-seconds 3] [--train-items 40]
+       [--runs init a_layerwise ...] [--tag NAME]   (evaluate some students into eval_NAME.json)
+       python scripts/literature_table.py [OUT] --table-only   (merge eval_*.json into table.md)
 """
 
 from __future__ import annotations
@@ -125,9 +127,19 @@ def main() -> None:
     parser.add_argument("--shared", default="../shared")
     parser.add_argument("--test-seconds", type=float, default=3.0)
     parser.add_argument("--train-items", type=int, default=40)
+    parser.add_argument("--runs", nargs="+", default=["init", *RUNS])
+    parser.add_argument("--tag", default="all")
+    parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
     out, shared = Path(args.out), Path(args.shared)
+    if args.table_only:
+        results = {}
+        for path in sorted(out.glob("eval_*.json")):
+            results.update(json.loads(path.read_text()))
+        order = ["initial student (no training)", *RUNS]
+        write_table(out, {k: results[k] for k in order if k in results})
+        return
     noise_train = [load_audio(f) for f in sorted(list_audio_files("runs/data/noise_train"))]
     noise_test = [load_audio(f) for f in sorted(list_audio_files("runs/data/noise_test"))]
     train_clean, _ = crops(shared / "data/librispeech-mini/train-clean-100", args.train_items,
@@ -144,8 +156,10 @@ def main() -> None:
         t_train, t_test = forward(teacher, train_clean, LAYERS), forward(teacher, test_clean,
                                                                            LAYERS)
         torch.save((t_train, t_test), cache)
-    students = {"initial student (no training)": out / RUNS[0] / "student_init"}
-    students.update({run: out / run / "student" for run in RUNS if (out / run / "student").is_dir()})
+    students = {}
+    if "init" in args.runs:
+        students["initial student (no training)"] = out / RUNS[0] / "student_init"
+    students.update({run: out / run / "student" for run in RUNS if run in args.runs})
     results = {}
     for name, path in students.items():
         model = Upstream.from_pretrained(path)
@@ -172,7 +186,11 @@ def main() -> None:
             row[f"spk@{snr}dB"] = wilson(speaker_probe(pooled, speakers), len(speakers))
         results[name] = row
         print(name, json.dumps(row), flush=True)
-    (out / "eval.json").write_text(json.dumps(results, indent=1))
+    (out / f"eval_{args.tag}.json").write_text(json.dumps(results, indent=1))
+    write_table(out, results)
+
+
+def write_table(out: Path, results: dict) -> None:
     cols = [f"L{la}@{snr}dB" for la in LAYERS for snr in SNRS]
     head = "| student | " + " | ".join(f"1-cos {c}" for c in cols) + \
         " | " + " | ".join(f"speaker acc @{snr} dB" for snr in SNRS) + " |"

@@ -91,6 +91,20 @@ def test_gram_on_time_frequency_activations():
     assert torch.allclose(gram_kd_loss(s, t, mask, axes), gram_kd_loss(s2, t, mask, axes))
 
 
+def test_centred_gram_removes_a_shared_offset_by_hand():
+    student = _t([[[1.0], [3.0]]])  # centred: [[-1], [1]] -> rows [1, -1]/sqrt2, [-1, 1]/sqrt2
+    teacher = _t([[[1.0, 0.0], [0.0, 1.0]]])  # centred: +-[0.5, -0.5] -> the same matrix
+    assert gram_kd_loss(student, teacher, center=True).item() == pytest.approx(0, abs=1e-6)
+    # uncentred: G_s rows both [1, 3]/sqrt10, G_t = I: (4 - 8/sqrt10) / 4
+    assert gram_kd_loss(student, teacher).item() == pytest.approx(1 - 2 / math.sqrt(10))
+    s, t = torch.randn(2, 5, 3), torch.randn(2, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    shifted = s + torch.tensor([5.0, -2.0, 7.0])  # one offset on every frame
+    assert torch.allclose(gram_kd_loss(shifted, t, mask, center=True),
+                          gram_kd_loss(s, t, mask, center=True), atol=1e-5)
+    assert not torch.allclose(gram_kd_loss(shifted, t, mask), gram_kd_loss(s, t, mask))
+
+
 def test_gram_errors_name_the_problem():
     with pytest.raises(ValueError, match="only the time axis"):
         gram_kd_loss(torch.randn(1, 3, 2), torch.randn(1, 3, 4), axes=("feature",))

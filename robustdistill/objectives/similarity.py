@@ -54,7 +54,8 @@ def _check_mask(mask: torch.Tensor | None, batch: int, frames: int,
 
 
 def gram_matrix(activation: torch.Tensor, axis: str = "time",
-                mask: torch.Tensor | None = None, eps: float = 1e-12) -> torch.Tensor:
+                mask: torch.Tensor | None = None, eps: float = 1e-12,
+                center: bool = False) -> torch.Tensor:
     """Row-normalised intra-activation Gram matrix of every sample.
 
     For axis ``a`` the activation of sample ``b`` is unfolded to ``A`` of shape
@@ -70,6 +71,9 @@ def gram_matrix(activation: torch.Tensor, axis: str = "time",
             ``D x D`` or ``F x F``) or ``"channel"`` (``C x C``, 4-D activations only).
         mask: ``(B, T)``, True on real frames; None means every frame is real.
         eps: floor of the row norm.
+        center: subtract each sample's mean over its real frames first (our option, off by
+            default as in the paper): transformer hidden states share a large offset, which
+            makes every row of an uncentred time Gram matrix nearly the same.
 
     Returns:
         ``(B, N_a, N_a)`` float32.
@@ -86,6 +90,9 @@ def gram_matrix(activation: torch.Tensor, axis: str = "time",
     batch, channels, frames, bins = x.shape
     m = _check_mask(mask, batch, frames, x.device)
     x = x * m[:, None, :, None]
+    if center:
+        mean = x.sum(dim=2, keepdim=True) / m.sum(dim=1)[:, None, None, None]
+        x = (x - mean) * m[:, None, :, None]
     if axis == "time":
         unfolded = x.permute(0, 2, 1, 3).reshape(batch, frames, channels * bins)
     elif axis in ("frequency", "feature"):
@@ -106,7 +113,7 @@ def _axis_size(x: torch.Tensor, axis: str) -> int:
 
 def gram_kd_per_utterance(student: torch.Tensor, teacher: torch.Tensor,
                           mask: torch.Tensor | None = None,
-                          axes: Sequence[str] = ("time",)) -> torch.Tensor:
+                          axes: Sequence[str] = ("time",), center: bool = False) -> torch.Tensor:
     """Fine-grained similarity-preserving KD loss of each utterance.
 
     ``L_b = sum_{a in axes} || G_a(S_b) - G_a(T_b) ||_F^2 / N_{a,b}^2`` with ``G_a`` the
@@ -122,6 +129,8 @@ def gram_kd_per_utterance(student: torch.Tensor, teacher: torch.Tensor,
             detached (a target, never trained).
         mask: ``(B, T)``, True on real frames; None means every frame is real.
         axes: non-empty subset of ``GRAM_AXES``; each axis's term is summed.
+        center: centre both activations over their real frames first (see
+            :func:`gram_matrix`; default False, as in the paper).
 
     Returns:
         ``(B,)`` float32 losses.
@@ -150,7 +159,8 @@ def gram_kd_per_utterance(student: torch.Tensor, teacher: torch.Tensor,
         if size_s != size_t:
             raise ValueError(f"Gram axis {axis!r}: student length {size_s} != teacher length "
                              f"{size_t}; only the time axis allows different widths")
-        diff = gram_matrix(student, axis, m) - gram_matrix(teacher.detach(), axis, m)
+        diff = (gram_matrix(student, axis, m, center=center)
+                - gram_matrix(teacher.detach(), axis, m, center=center))
         norm = real**2 if axis == "time" else torch.full_like(real, float(size_s) ** 2)
         total = total + diff.pow(2).sum(dim=(1, 2)) / norm
     return total
@@ -158,7 +168,7 @@ def gram_kd_per_utterance(student: torch.Tensor, teacher: torch.Tensor,
 
 def gram_kd_loss(student: torch.Tensor, teacher: torch.Tensor,
                  mask: torch.Tensor | None = None,
-                 axes: Sequence[str] = ("time",)) -> torch.Tensor:
+                 axes: Sequence[str] = ("time",), center: bool = False) -> torch.Tensor:
     """Batch mean of :func:`gram_kd_per_utterance` (the paper's loss for one layer pair).
 
     Args and errors: see :func:`gram_kd_per_utterance`.
@@ -170,7 +180,7 @@ def gram_kd_loss(student: torch.Tensor, teacher: torch.Tensor,
 
         loss = gram_kd_loss(student_act, teacher_act, mask, axes=("time", "frequency"))
     """
-    return gram_kd_per_utterance(student, teacher, mask, axes).mean()
+    return gram_kd_per_utterance(student, teacher, mask, axes, center).mean()
 
 
 def _pairs(layer_pairs, teacher_num_layers: int) -> list[tuple[int, int]]:
@@ -208,6 +218,8 @@ class GramKD(Objective):
             (student indices may be negative); default ``[[L_t, -1]]``, last to last.
         axes: Gram axes, default ``["time"]``; ``["time", "feature"]`` adds the ``D x D``
             matrix (only when ``D_s == D_t``).
+        center: centre hidden states over real frames before the Gram matrices (default
+            False, as in the paper; see :func:`gram_matrix`).
         weight: factor on every term (default 1).
 
     Raises:
@@ -218,7 +230,8 @@ class GramKD(Objective):
     def __init__(self, *, teacher_hidden_size: int, teacher_num_layers: int,
                  student_hidden_size: int, student_conv_dim: int | None = None,
                  layer_pairs: list[list[int]] | None = None,
-                 axes: list[str] | None = None, weight: float = 1.0) -> None:
+                 axes: list[str] | None = None, center: bool = False,
+                 weight: float = 1.0) -> None:
         super().__init__()
         self.layer_pairs = _pairs(layer_pairs, teacher_num_layers)
         #: Teacher layers read (what a teacher cache stores).
@@ -234,6 +247,7 @@ class GramKD(Objective):
                 raise ValueError(f"gram_kd.axes: a {axis!r} Gram matrix needs equal widths, got "
                                  f"D_s={student_hidden_size}, D_t={teacher_hidden_size}")
         self.weight = float(weight)
+        self.center = bool(center)
 
     def forward(self, inputs: DistillationInputs) -> dict[str, LossTerm]:
         """One term per layer pair, summed over utterances."""
@@ -242,7 +256,8 @@ class GramKD(Objective):
         for teacher_layer, student_layer in self.layer_pairs:
             student = inputs.student.hidden_states[student_layer][:, :frames]
             teacher = inputs.teacher.hidden_states[teacher_layer][:, :frames]
-            per_utt = gram_kd_per_utterance(student, teacher, inputs.frame_mask, self.axes)
+            per_utt = gram_kd_per_utterance(student, teacher, inputs.frame_mask, self.axes,
+                                            self.center)
             terms[f"pair{teacher_layer}_{student_layer}"] = LossTerm(
                 per_utt.sum(), "utterances", self.weight)
         return terms
