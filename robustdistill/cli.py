@@ -2,7 +2,7 @@
 
 Subcommands::
 
-    robustdistill distill --config configs/demo.yaml [--section.key value ...]
+    robustdistill distill --config configs/demo.yaml [--resume] [--section.key value ...]
     robustdistill create-student --teacher ID_OR_DIR --out DIR [--num-layers 2 ...]
     robustdistill make-teacher --family wavlm --preset small --out DIR
     robustdistill export --run OUTPUT_DIR [--checkpoint DIR] [--out DIR]
@@ -47,7 +47,12 @@ def distill_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="robustdistill distill", add_help=True,
                                      description="Run a distillation (see configs/).")
     parser.add_argument("--config", help="YAML recipe; other --section.key value pairs override it")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest complete checkpoint of output_dir, or start "
+                             "fresh when there is none (training.resume_from auto)")
     args, overrides = parser.parse_known_args(argv)
+    if args.resume:
+        overrides = [*overrides, "--training.resume_from", "auto"]
     from .redact import redact
 
     try:

@@ -124,3 +124,14 @@ def test_cli_reports_start_up_errors_as_messages_naming_the_key(tmp_path, capsys
         cli.main(["distill", "--config", str(DEMO), "--output_dir", str(blocker / "run")])
     err = capsys.readouterr().err
     assert info.value.code == 2 and "cannot be written" in err and "Traceback" not in err
+
+
+def test_cli_resume_flag_means_resume_from_auto(monkeypatch):
+    import robustdistill.trainer
+
+    seen = []
+    monkeypatch.setattr(robustdistill.trainer, "train", lambda cfg: seen.append(cfg) or "out")
+    assert cli.main(["distill", "--config", str(DEMO), "--resume"]) == 0
+    assert seen[0].training.resume_from == "auto"
+    assert cli.main(["distill", "--config", str(DEMO)]) == 0
+    assert seen[1].training.resume_from is None
