@@ -65,6 +65,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .audio import AudioError
 from .data.cropped import content_key
 from .upstream import Upstream, UpstreamOutput, lengths_to_mask
 
@@ -395,7 +396,9 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
         limit: at most this many items per split (for smoke tests).
 
     Returns:
-        ``{"computed": int, "skipped": int, "path": str}`` of this process.
+        ``{"computed": int, "skipped": int (already cached), "unusable": int (audio that
+        failed to decode: NaN/Inf, silent, truncated; each logged once), "path": str}`` of
+        this process.
 
     Raises:
         ValueError: no cache dir, or context ``crop`` (its entries depend on the random crops
@@ -430,7 +433,7 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
                                 missing="compute")
     train_set, valid_set = build_datasets(cfg.data, cfg.seed)
     datasets = {"train": train_set, "validation": valid_set}
-    computed = skipped = 0
+    computed = skipped = unusable = 0
     for split in splits:
         dataset = datasets[split]
         if not hasattr(dataset, "full_waveform"):
@@ -440,16 +443,22 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
         mine = range(acc.process_index, count, acc.num_processes)
         bar = tqdm(mine, desc=f"cache-teacher {split}", disable=not acc.is_main_process)
         for position in bar:
-            waveform = dataset.full_waveform(position)
+            try:
+                waveform = dataset.full_waveform(position)
+            except AudioError as err:  # NaN/Inf, silent, truncated: logged once, counted
+                dataset._skip(dataset._name(dataset._sources[position]), err.reason, err)
+                unusable += 1
+                continue
             if cache.ensure(content_key(waveform), lambda w=waveform: w):
                 computed += 1
             else:
                 skipped += 1
             bar.set_postfix(computed=computed, skipped=skipped)
     acc.wait_for_everyone()
-    logger.info("teacher cache %s: %d computed, %d already there (process %d)", cache.path,
-                computed, skipped, acc.process_index)
-    return {"computed": computed, "skipped": skipped, "path": str(cache.path)}
+    logger.info("teacher cache %s: %d computed, %d already there, %d unusable audio "
+                "(process %d)", cache.path, computed, skipped, unusable, acc.process_index)
+    return {"computed": computed, "skipped": skipped, "unusable": unusable,
+            "path": str(cache.path)}
 
 
 def main(argv: list[str]) -> int:

@@ -128,3 +128,26 @@ def test_enhancing_a_folder_with_bad_files_skips_them_and_finishes(tmp_path, den
     for name in written:
         data, _ = sf.read(out / name)
         assert np.isfinite(data).all(), name
+
+
+@pytest.mark.slow
+def test_prebuilding_the_teacher_cache_over_bad_audio_finishes(
+        tmp_path, tiny_wavlm_dir, deny_unreadable):  # noqa: F811
+    """``robustdistill cache-teacher`` (context utterance) skips and counts the files that fail
+    at read time instead of stopping at the first. Without the hour-long file: context
+    utterance runs the teacher over whole files."""
+    from robustdistill.teacher_cache import build_cache
+
+    require_shared_data()
+    kinds = write_bad_corpus(tmp_path / "bad", hour=False)
+    real = _mixed_folder(tmp_path, tmp_path / "bad", n_real=3)
+    cfg = _config(tmp_path, tiny_wavlm_dir, "run")
+    cfg.data.synthetic_items, cfg.data.train_dir = 0, str(tmp_path / "mixed")
+    cfg.data.max_length_s = 1.0
+    cfg.teacher_cache.dir = str(tmp_path / "cache")
+    result = build_cache(cfg)
+    read_time = [n for n, r in kinds.items() if r in ("non-finite", "silent")] + [
+        "truncated.flac"]
+    usable = len(real) + sum(1 for r in kinds.values() if r is None)
+    assert (result["unusable"], result["computed"]) == (len(read_time), usable)
+    assert build_cache(cfg)["skipped"] == usable  # a second build finds every entry
