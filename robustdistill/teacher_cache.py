@@ -29,8 +29,9 @@ Which audio the teacher sees (``context``):
   ``start / 320 + i`` and the targets are a slice of the cached utterance. Deviation from the
   reference code, where the teacher sees the crop: frames near a crop's edges carry teacher
   context from outside the crop (for WavLM/HuBERT the transformer attends over the whole
-  utterance; for Whisper the utterance is padded to 30 s once instead of each crop). The cache
-  for a 960 h corpus is about ``K x 768 x 2`` bytes per 20 ms (K=3: 230 MB per hour of audio).
+  utterance; for Whisper the utterance is padded to 30 s once instead of each crop). An entry
+  takes ``K x D x 2`` bytes per 20 ms frame (fp16): 0.83 GB per hour of audio for WavLM Base+
+  with K=3 layers, about 800 GB for LibriSpeech 960 h.
 * ``"crop"``: the teacher sees exactly the crop, as in the reference code; an entry is keyed by
   (utterance, crop start, crop length) and is filled on first use, so it saves time only when
   the same crop recurs (validation crops, utterances shorter than the crop length, fixed
