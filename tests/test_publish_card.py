@@ -284,3 +284,12 @@ def test_whisper_teacher_facts_count_the_encoder_only():
     assert facts.architecture.endswith(" encoder") and facts.num_layers == 4
     assert facts.hidden_size == 384 and 8.0e6 < facts.parameters < 8.5e6
     assert facts.frame_rate_hz == 50.0 and facts.receptive_field is None
+
+
+def test_card_of_a_checkpoint_reports_its_step(run):
+    """Weights exported from checkpoint 100 of a 200-step run: the card says so and quotes the
+    validation at step 100, not the run's later or final figures."""
+    card = build_card(run["student"], [], run["run"], license="mit", speed=False, step=100)
+    assert "checkpoint at step 100 of the 200-step run" in card.text
+    assert "last validation loss 3.6000 (step 100)" in card.text
+    assert "3.5733" not in card.text and "It was trained for only 100 steps" in card.text

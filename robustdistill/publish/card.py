@@ -260,7 +260,10 @@ def _run_view(run: RunSummary) -> dict[str, Any]:
                     f"`{training.get('mixed_precision', '?')}`, seed {cfg.get('seed', '?')}")
     state = run.final_state
     result = []
-    if "step" in state:
+    if state.get("checkpoint"):
+        result.append(f"these weights are the checkpoint at step {state['step']} of the "
+                      f"{training.get('max_steps', '?')}-step run")
+    elif "step" in state:
         result.append(f"stopped at step {state['step']}")
     if state.get("best_validation_loss") is not None:
         result.append(f"best validation loss {state['best_validation_loss']:.4f}")
@@ -331,7 +334,8 @@ def _limitations(run: RunSummary | None, tasks: Sequence[TaskResult], student: M
     items = list(notes)
     if run is not None:
         data = run.config.get("data") or {}
-        steps = (run.config.get("training") or {}).get("max_steps")
+        steps = run.final_state.get("step") if run.final_state.get("checkpoint") else (
+            run.config.get("training") or {}).get("max_steps")
         if not data.get("train_dir") and not data.get("train_dataset") and data.get(
                 "synthetic_items"):
             items.append("It was distilled on generated speech-like signals, not on speech: "
@@ -369,7 +373,8 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
                datasets: Sequence[str] = (), language: Sequence[str] = ("en",),
                tags: Sequence[str] = (), notes: Sequence[str] = (),
                speed: bool | Sequence[dict[str, float]] = True,
-               match_upstream: str | None = None, copy_plots: bool = True):
+               match_upstream: str | None = None, copy_plots: bool = True,
+               step: int | None = None):
     """Build the ``huggingface_hub.ModelCard`` of a student folder (not yet written).
 
     Args:
@@ -391,6 +396,8 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
         match_upstream: the ``upstream`` string this model was evaluated under, when it is
             neither ``model_dir`` nor ``repo_id``.
         copy_plots: copy each results folder's ``robustness.png`` into ``model_dir``.
+        step: the training step of the weights when they are a checkpoint of ``run_dir``,
+            not its end (see :func:`~robustdistill.publish.provenance.summarise_run`).
 
     Returns:
         A ``ModelCard`` whose ``data.eval_results`` holds one ``EvalResult`` per task,
@@ -417,7 +424,7 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
         library_transformers = True
     except (OSError, ValueError):
         library_transformers = False
-    run = summarise_run(run_dir) if run_dir is not None else None
+    run = summarise_run(run_dir, step=step) if run_dir is not None else None
     if base_model is None and run is not None and _is_hub_id(run.teacher):
         base_model = run.teacher
     model_name = repo_id.split("/")[-1] if repo_id else model_dir.resolve().name
@@ -557,6 +564,8 @@ def card_main(argv: list[str]) -> int:
     parser.add_argument("--note", action="append", default=[], help="extra limitation (repeat)")
     parser.add_argument("--match-upstream", default=None,
                         help="the upstream name this model has in the results files")
+    parser.add_argument("--step", type=int, default=None,
+                        help="training step of the weights when they are a checkpoint of --run")
     speed = parser.add_mutually_exclusive_group()
     speed.add_argument("--no-speed", action="store_true", help="do not time the model")
     speed.add_argument("--speed-json", default=None,
@@ -569,7 +578,8 @@ def card_main(argv: list[str]) -> int:
         path = write_card(args.model, args.results, args.run, license=args.license,
                           kind=args.kind, repo_id=args.repo_id, base_model=args.base_model,
                           datasets=args.dataset, language=args.language, tags=args.tag,
-                          notes=args.note, speed=rows, match_upstream=args.match_upstream)
+                          notes=args.note, speed=rows, match_upstream=args.match_upstream,
+                          step=args.step)
     except (CardError, FileNotFoundError) as err:
         parser.error(str(err))
     print(path)

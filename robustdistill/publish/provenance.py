@@ -128,7 +128,8 @@ class RunSummary:
         config: the resolved ``config.yaml``.
         teacher: the teacher as configured (hub id or path).
         teacher_facts: :class:`ModelFacts` of a local teacher folder, else None.
-        final_state: ``final_state.json`` (step, best validation loss...), or ``{}``.
+        final_state: ``final_state.json`` (step, best validation loss...), or ``{}``; for a
+            checkpoint, ``{"step": step, "checkpoint": True}``.
         last_validation: the last ``split == "validation"`` record of ``metrics.jsonl``.
         train_data, validation_data, corruption: one-line descriptions.
     """
@@ -182,8 +183,14 @@ def _describe_corruption(aug: dict[str, Any]) -> str:
             f"reverberation: {rooms}; probabilities {parts}")
 
 
-def summarise_run(run_dir: str | Path) -> RunSummary:
+def summarise_run(run_dir: str | Path, step: int | None = None) -> RunSummary:
     """Read a distillation run's output folder.
+
+    Args:
+        run_dir: the run's ``output_dir``.
+        step: the training step of the published weights when they are a checkpoint
+            (``robustdistill export --checkpoint``) rather than the run's end: the final state
+            is then ignored and the last validation is the last one at or before ``step``.
 
     Raises:
         FileNotFoundError: no ``config.yaml`` in ``run_dir``.
@@ -205,8 +212,11 @@ def summarise_run(run_dir: str | Path) -> RunSummary:
         for line in (run_dir / "metrics.jsonl").read_text().splitlines():
             if line.strip():
                 record = json.loads(line)
-                if record.get("split") == "validation":
+                if record.get("split") == "validation" and (
+                        step is None or record.get("step", 0) <= step):
                     last_validation = record
+    if step is not None:
+        final_state = {"step": step, "checkpoint": True}
     teacher = str(config.get("teacher", ""))
     facts = None
     if teacher and (Path(teacher) / "config.json").is_file():
