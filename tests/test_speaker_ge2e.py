@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from robustdistill.speaker.ge2e import GE2E, MelSpectrogram, normalize_volume, partial_slices
+from robustdistill.speaker.ge2e import (
+    GE2E,
+    MelSpectrogram,
+    mel_filters,
+    normalize_volume,
+    partial_slices,
+)
 
 needs_resemblyzer = pytest.mark.skipif(importlib.util.find_spec("resemblyzer") is None,
                                        reason="resemblyzer (GE2E weights) is not installed")
@@ -25,8 +31,10 @@ def test_normalize_volume_raises_only():
     assert torch.equal(normalize_volume(torch.zeros(10)), torch.zeros(10))
 
 
-def test_mel_matches_librosa():
-    import librosa
+def test_mel_filters_and_mel_match_librosa():
+    librosa = pytest.importorskip("librosa")
+    np.testing.assert_allclose(mel_filters(), librosa.filters.mel(sr=16000, n_fft=400, n_mels=40),
+                               rtol=1e-5, atol=1e-9)
 
     wav = np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1
     ours = MelSpectrogram()(torch.from_numpy(wav)[None])[0].numpy()

@@ -28,6 +28,7 @@ from torch import nn
 __all__ = [
     "GE2E",
     "MelSpectrogram",
+    "mel_filters",
     "normalize_volume",
     "partial_slices",
     "resemblyzer_weights_path",
@@ -75,22 +76,60 @@ def normalize_volume(waveform: torch.Tensor, target_dbfs: float = -30.0) -> torc
     return waveform * gain
 
 
+def _hz_to_mel(freqs: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa ``htk=False``): linear below 1 kHz, logarithmic above."""
+    freqs = np.asarray(freqs, dtype=np.float64)
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
+    mels = freqs / f_sp
+    log_region = freqs >= min_log_hz
+    mels[log_region] = min_log_hz / f_sp + np.log(freqs[log_region] / min_log_hz) / logstep
+    return mels
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    mels = np.asarray(mels, dtype=np.float64)
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+    freqs = f_sp * mels
+    log_region = mels >= min_log_mel
+    freqs[log_region] = min_log_hz * np.exp(logstep * (mels[log_region] - min_log_mel))
+    return freqs
+
+
+def mel_filters(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS
+                ) -> np.ndarray:
+    """Slaney-normalised triangular mel filters, as ``librosa.filters.mel(sr, n_fft, n_mels)``
+    (``fmin = 0``, ``fmax = sr / 2``, ``htk=False``, ``norm="slaney"``).
+
+    Returns:
+        ``(n_mels, n_fft // 2 + 1)`` float32.
+    """
+    fft_freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(np.array([0.0]))[0],
+                                   _hz_to_mel(np.array([sample_rate / 2.0]))[0], n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fft_freqs)
+    weights = np.zeros((n_mels, len(fft_freqs)), dtype=np.float32)
+    for i in range(n_mels):
+        weights[i] = np.maximum(0, np.minimum(-ramps[i] / fdiff[i], ramps[i + 2] / fdiff[i + 1]))
+    enorm = (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels])).astype(np.float32)
+    return weights * enorm[:, None]
+
+
 class MelSpectrogram(nn.Module):
     """Resemblyzer's / librosa's mel power spectrogram in torch (differentiable, batched).
 
     ``librosa.feature.melspectrogram(y, sr=16000, n_fft=400, hop_length=160, n_mels=40)``:
     centred STFT with zero padding of ``n_fft // 2`` on both sides, periodic Hann window, power
-    2, Slaney-normalised mel filters (the filter matrix comes from ``librosa.filters.mel``).
+    2, Slaney-normalised mel filters (:func:`mel_filters`, equal to ``librosa.filters.mel``;
+    librosa itself is not needed).
 
     Forward: ``(B, N)`` waveforms -> ``(B, T, F)`` with ``T = 1 + N // 160``.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        import librosa
-
-        fb = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS)
-        self.register_buffer("filters", torch.from_numpy(fb).float(), persistent=False)
+        self.register_buffer("filters", torch.from_numpy(mel_filters()), persistent=False)
         self.register_buffer("window", torch.hann_window(N_FFT, periodic=True), persistent=False)
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
