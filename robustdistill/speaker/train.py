@@ -533,12 +533,14 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def _run_key(config: dict | None) -> dict | None:
-    """What identifies a run: its config without the ``table`` section, and without ``ig``
-    for the systems that use no maps."""
+    """What identifies a run: its config without the ``table`` section, the output folder (the
+    run is found there), and ``ig`` for the systems that use no maps."""
     if config is None:
         return None
     drop = {"table"} if config["loss"]["method"] == "imlkd" else {"table", "ig"}
-    return {k: v for k, v in config.items() if k not in drop}
+    key = {k: v for k, v in config.items() if k not in drop}
+    key["training"] = {k: v for k, v in key.get("training", {}).items() if k != "output_dir"}
+    return key
 
 
 def run_table(cfg: SpeakerKDConfig) -> dict[str, Any]:
