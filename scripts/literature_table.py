@@ -91,7 +91,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float, float]:
     return p, centre - half, centre + half
 
 
-def speaker_probe(feats: torch.Tensor, labels: list[str], folds: int = 5) -> int:
+def speaker_probe(feats: torch.Tensor, labels: list[str], folds: int) -> int:
     classes = sorted(set(labels))
     y = torch.tensor([classes.index(s) for s in labels])
     rank = torch.zeros(len(y), dtype=torch.long)  # position of each utterance in its speaker
@@ -127,6 +127,10 @@ def main() -> None:
     parser.add_argument("--shared", default="../shared")
     parser.add_argument("--test-seconds", type=float, default=3.0)
     parser.add_argument("--train-items", type=int, default=40)
+    parser.add_argument("--per-speaker", type=int, default=10,
+                        help="test utterances per speaker (first K of each)")
+    parser.add_argument("--train-use", type=int, default=None,
+                        help="ridge-fit on the first N of the --train-items crops")
     parser.add_argument("--runs", nargs="+", default=["init", *RUNS])
     parser.add_argument("--tag", default="all")
     parser.add_argument("--table-only", action="store_true")
@@ -156,6 +160,17 @@ def main() -> None:
         t_train, t_test = forward(teacher, train_clean, LAYERS), forward(teacher, test_clean,
                                                                            LAYERS)
         torch.save((t_train, t_test), cache)
+    seen: dict[str, int] = {}
+    keep = []
+    for i, spk in enumerate(speakers):
+        seen[spk] = seen.get(spk, 0) + 1
+        if seen[spk] <= args.per_speaker:
+            keep.append(i)
+    speakers = [speakers[i] for i in keep]
+    t_test = [t_test[i] for i in keep]
+    test_noisy = {snr: [waves[i] for i in keep] for snr, waves in test_noisy.items()}
+    use = args.train_use or len(train_noisy)
+    train_noisy, t_train = train_noisy[:use], t_train[:use]
     students = {}
     if "init" in args.runs:
         students["initial student (no training)"] = out / RUNS[0] / "student_init"
@@ -183,7 +198,8 @@ def main() -> None:
                     per_utt.append(float((1 - cos).mean()))
                 row[f"L{la}@{snr}dB"] = bootstrap(np.array(per_utt))
             pooled = torch.stack([student_features(s, len(s[layers[0]])).mean(0) for s in s_test])
-            row[f"spk@{snr}dB"] = wilson(speaker_probe(pooled, speakers), len(speakers))
+            folds = min(5, args.per_speaker)
+            row[f"spk@{snr}dB"] = wilson(speaker_probe(pooled, speakers, folds), len(speakers))
         results[name] = row
         print(name, json.dumps(row), flush=True)
     (out / f"eval_{args.tag}.json").write_text(json.dumps(results, indent=1))
