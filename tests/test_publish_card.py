@@ -293,3 +293,16 @@ def test_card_of_a_checkpoint_reports_its_step(run):
     assert "checkpoint at step 100 of the 200-step run" in card.text
     assert "last validation loss 3.6000 (step 100)" in card.text
     assert "3.5733" not in card.text and "It was trained for only 100 steps" in card.text
+
+
+def test_heads_come_from_beside_the_exported_student(run, tmp_path):
+    """`export --checkpoint --out EXPORT/student` writes EXPORT/heads: those are the heads of
+    these weights, preferred over the run's own heads/."""
+    export = tmp_path / "export"
+    shutil.copytree(run["student"], export / "student")
+    (export / "heads").mkdir()
+    (export / "heads" / "enhancement.safetensors").write_bytes(b"ckpt heads")
+    write_card(export / "student", [], run["run"], license="mit", speed=False, step=100)
+    copied = export / "student" / "heads"
+    assert sorted(p.name for p in copied.iterdir()) == ["enhancement.safetensors"]
+    assert "training-only heads (enhancement)" in (export / "student" / "README.md").read_text()

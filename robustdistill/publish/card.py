@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import re
 import shutil
@@ -33,7 +34,8 @@ from .provenance import ModelFacts, RunSummary, measure_speed, model_facts, summ
 from .results import TaskResult, load_task_results
 
 __all__ = ["KINDS", "CardError", "build_card", "card_main", "check_no_placeholders",
-           "copy_run_files", "eval_results_for", "templates_dir", "write_card"]
+           "copy_run_files", "eval_results_for", "heads_dir_for", "templates_dir",
+           "write_card"]
 
 logger = logging.getLogger(__name__)
 
@@ -241,14 +243,33 @@ def _chance_notes(tasks: Sequence[TaskResult]) -> list[str]:
     return notes
 
 
-def _run_view(run: RunSummary) -> dict[str, Any]:
+def heads_dir_for(model_dir: Path, run_dir: Path) -> Path | None:
+    """The heads saved with these weights: ``export`` writes them beside the student folder
+    (``MODEL_DIR/../heads``); else the run's ``heads/``; None when neither exists."""
+    for candidate in (Path(model_dir).parent / "heads", Path(run_dir) / "heads"):
+        if candidate.is_dir() and any(candidate.glob("*.safetensors")):
+            return candidate
+    return None
+
+
+def _teacher_layers_text(run: RunSummary) -> str:
+    layers = ((run.config.get("objectives") or {}).get("layerwise") or {}).get("teacher_layers")
+    if layers:
+        return ", ".join(map(str, layers))
+    if run.teacher_facts and run.teacher_facts.num_layers:
+        count = run.teacher_facts.num_layers
+        default = sorted({max(1, round(k * count / 3)) for k in (1, 2, 3)})
+        return (", ".join(map(str, default))
+                + f" (the layer-wise objective's default for a {count}-layer teacher)")
+    return "chosen by the layer-wise objective's default"
+
+
+def _run_view(run: RunSummary, heads_dir: Path | None) -> dict[str, Any]:
     cfg = run.config
     objectives = cfg.get("objectives") or {}
     training = cfg.get("training") or {}
     data = cfg.get("data") or {}
-    layers = (objectives.get("layerwise") or {}).get("teacher_layers")
-    heads_dir = run.run_dir / "heads"
-    heads = sorted(p.stem for p in heads_dir.glob("*.safetensors")) if heads_dir.is_dir() else []
+    heads = sorted(p.stem for p in heads_dir.glob("*.safetensors")) if heads_dir else []
     accum = training.get("gradient_accumulation_steps", 1)
     optimisation = (f"{training.get('max_steps', '?')} steps of batch "
                     f"{data.get('batch_size', '?')}"
@@ -274,7 +295,7 @@ def _run_view(run: RunSummary) -> dict[str, Any]:
         result.append(f"{state['skipped_updates']} updates skipped (non-finite gradients)")
     return {
         "dir": str(run.run_dir),
-        "teacher_layers": ", ".join(map(str, layers)) if layers else "(the objective's default)",
+        "teacher_layers": _teacher_layers_text(run),
         "enhancement": "enhancement" in objectives,
         "train_data": run.train_data, "validation_data": run.validation_data,
         "corruption": run.corruption, "optimisation": optimisation,
@@ -444,7 +465,9 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
 
     if speed is True:
         rows = measure_speed(model_dir)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         speed_source = (f"measured when this card was written ({platform.machine()} CPU, "
+                        f"{os.cpu_count()} cores, 1-minute load average {load:.1f}, "
                         f"{rows[0]['threads']} torch thread(s), random audio)")
     else:
         rows = list(speed) if speed else []
@@ -476,7 +499,7 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
         "load_snippet": load, "onnx_snippet": onnx, "onnx_parity": onnx_parity,
         "tasks": views,
         "interval_note": _interval_note(tasks), "speed": rows, "speed_source": speed_source,
-        "run": _run_view(run) if run else None,
+        "run": _run_view(run, heads_dir_for(model_dir, run.run_dir)) if run else None,
         "limitations": _limitations(run, tasks, student, notes),
     }
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
@@ -492,8 +515,9 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
 
 
 def copy_run_files(run_dir: str | Path, model_dir: str | Path) -> list[Path]:
-    """Copy the run's resolved config (as ``training_config.yaml``) and its ``heads/`` into the
-    model folder, so that the folder is exactly what is published.
+    """Copy the run's resolved config (as ``training_config.yaml``) and the heads saved with
+    these weights (:func:`heads_dir_for`) into the model folder, so that the folder is exactly
+    what is published.
 
     Returns:
         The files written.
@@ -506,10 +530,10 @@ def copy_run_files(run_dir: str | Path, model_dir: str | Path) -> list[Path]:
         raise FileNotFoundError(f"{run_dir / 'config.yaml'} not found")
     written = [model_dir / "training_config.yaml"]
     shutil.copyfile(run_dir / "config.yaml", written[0])
-    if (run_dir / "heads").is_dir() and (run_dir / "heads").resolve() != (
-            model_dir / "heads").resolve():
+    heads = heads_dir_for(model_dir, run_dir)
+    if heads is not None and heads.resolve() != (model_dir / "heads").resolve():
         (model_dir / "heads").mkdir(exist_ok=True)
-        for head in sorted((run_dir / "heads").iterdir()):
+        for head in sorted(heads.iterdir()):
             if head.is_file() and head.suffix in (".safetensors", ".json"):
                 shutil.copyfile(head, model_dir / "heads" / head.name)
                 written.append(model_dir / "heads" / head.name)

@@ -158,8 +158,11 @@ def _describe_data(data: dict[str, Any]) -> tuple[str, str]:
                  "(`robustdistill.synthetic`), no real speech")
     else:
         train = "not recorded in the run's config"
-    crops = (f"; random crops of {data.get('min_length_s', '?')}-{data.get('max_length_s', '?')} s,"
-             f" batch {data.get('batch_size', '?')}")
+    low, high = data.get("min_length_s"), data.get("max_length_s")
+    span = (f"{low:g}-{high:g}" if isinstance(low, int | float) and isinstance(high, int | float)
+            else f"{low}-{high}")
+    crops = f"; random crops of {span} s, batch {data.get('batch_size', '?')}"
+
     if data.get("validation_dir"):
         valid = f"audio files under `{data['validation_dir']}`"
     elif data.get("validation_split"):
