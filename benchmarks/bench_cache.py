@@ -101,6 +101,7 @@ def main() -> None:
         for recipe in args.recipes:
             for preset in args.presets:
                 row, note = _pair(args, teacher_dir, tmp, recipe, preset)
+                print("partial:", row, note, flush=True)  # kept if a long run is cut short
                 rows += row
                 notes.append(note)
         cache = _Run(cached_cfg)
