@@ -260,7 +260,7 @@ def _teacher_layers_text(run: RunSummary) -> str:
         count = run.teacher_facts.num_layers
         default = sorted({max(1, round(k * count / 3)) for k in (1, 2, 3)})
         return (", ".join(map(str, default))
-                + f" (the layer-wise objective's default for a {count}-layer teacher)")
+                + f" (the default for a {count}-layer teacher)")
     return "chosen by the layer-wise objective's default"
 
 

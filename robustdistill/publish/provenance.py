@@ -159,8 +159,10 @@ def _describe_data(data: dict[str, Any]) -> tuple[str, str]:
     else:
         train = "not recorded in the run's config"
     low, high = data.get("min_length_s"), data.get("max_length_s")
-    span = (f"{low:g}-{high:g}" if isinstance(low, int | float) and isinstance(high, int | float)
-            else f"{low}-{high}")
+    if isinstance(low, int | float) and isinstance(high, int | float):
+        span = f"{low:g}" if low == high else f"{low:g}-{high:g}"
+    else:
+        span = f"{low}-{high}"
     crops = f"; random crops of {span} s, batch {data.get('batch_size', '?')}"
 
     if data.get("validation_dir"):
