@@ -33,8 +33,8 @@ def test_normalize_volume_raises_only():
 
 def test_mel_filters_and_mel_match_librosa():
     librosa = pytest.importorskip("librosa")
-    np.testing.assert_allclose(mel_filters(), librosa.filters.mel(sr=16000, n_fft=400, n_mels=40),
-                               rtol=1e-5, atol=1e-9)
+    np.testing.assert_array_equal(mel_filters(),  # bit-exact: cached maps stay valid
+                                  librosa.filters.mel(sr=16000, n_fft=400, n_mels=40))
 
     wav = np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1
     ours = MelSpectrogram()(torch.from_numpy(wav)[None])[0].numpy()

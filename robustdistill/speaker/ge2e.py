@@ -112,8 +112,8 @@ def mel_filters(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int 
     weights = np.zeros((n_mels, len(fft_freqs)), dtype=np.float32)
     for i in range(n_mels):
         weights[i] = np.maximum(0, np.minimum(-ramps[i] / fdiff[i], ramps[i + 2] / fdiff[i + 1]))
-    enorm = (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels])).astype(np.float32)
-    return weights * enorm[:, None]
+    weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, None]  # in float64, as librosa
+    return weights
 
 
 class MelSpectrogram(nn.Module):
