@@ -8,6 +8,13 @@ Subcommands::
     robustdistill export --run OUTPUT_DIR [--checkpoint DIR] [--out DIR]
     robustdistill evaluate --task TASK --upstream ID_OR_DIR --config FILE --out DIR
     robustdistill compare RESULT.json ... --out DIR
+X
+    robustdistill cache-teacher --config RECIPE --teacher_cache.dir DIR
+    robustdistill card --model DIR --results R.json ... --run RUN --license L
+    robustdistill push --model DIR --repo-id ORG/NAME [--dry-run]
+    robustdistill enhance IN OUT --model DIR
+    robustdistill train-se --config configs/se_*.yaml
+    robustdistill train-speaker {train,table,cache,gap} --config configs/imlkd_speaker.yaml
 
 For several processes use ``accelerate launch distill.py --config ...`` (``distill.py`` is
 ``robustdistill distill``).
