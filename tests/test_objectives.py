@@ -26,7 +26,7 @@ def _output(hidden: torch.Tensor, frame_lengths: list[int]) -> UpstreamOutput:
 def _identity_layerwise(lambda_cos: float = 1.0) -> LayerwisePrediction:
     objective = LayerwisePrediction(teacher_hidden_size=2, teacher_num_layers=1,
                                     student_hidden_size=2, teacher_layers=[1],
-                                    lambda_cos=lambda_cos)
+                                    lambda_cos=lambda_cos, head="linear")
     with torch.no_grad():
         objective.heads[0].weight.copy_(torch.eye(2))
         objective.heads[0].bias.zero_()

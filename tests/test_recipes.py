@@ -89,7 +89,7 @@ def _two_layer_inputs() -> DistillationInputs:
 def test_layer_losses_are_averaged_over_targets_like_the_references(reduction, factor):
     objective = LayerwisePrediction(teacher_hidden_size=2, teacher_num_layers=2,
                                     student_hidden_size=2, teacher_layers=[1, 2],
-                                    lambda_cos=1.0, reduction=reduction)
+                                    lambda_cos=1.0, reduction=reduction, head="linear")
     with torch.no_grad():
         for head in objective.heads:
             head.weight.copy_(torch.eye(2))
@@ -481,6 +481,6 @@ def test_mlp_heads_export_to_s3prls_distiller_and_predict_the_same(tmp_path):
         ours = objective.predict(model(wav[None]).last_hidden_state)
     for k in range(3):  # s3prl: [projection] + 2 layers + 3 heads
         torch.testing.assert_close(theirs[3 + k], ours[k], atol=1e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="mlp"):
+    with pytest.raises(ValueError, match="mlp"):  # s3prl has no per-target linear layout
         LayerwisePrediction(teacher_hidden_size=2, teacher_num_layers=1,
-                            student_hidden_size=2).s3prl_heads()
+                            student_hidden_size=2, head="linear").s3prl_heads()

@@ -60,7 +60,7 @@ class LayerwisePrediction(Objective):
     * ``"mean"``: ``(1/N) sum_l L_l``, what both references compute (``rec_loss.mean()`` over
       ``B x N x T x D`` and ``sim_loss.mean()`` over ``B x N x T``); each term carries weight
       ``1/N`` (``lambda_cos/N`` for the cosine terms).
-    * ``"sum"``: ``sum_l L_l`` (``N`` times larger; the project's earlier behaviour).
+    * ``"sum"``: ``sum_l L_l`` (``N`` times larger; this project's behaviour before issue 6).
 
     Args:
         teacher_layers: teacher ``hidden_states`` indices to predict (0 = before the first
@@ -68,8 +68,9 @@ class LayerwisePrediction(Objective):
             (``round(L/3), round(2L/3), L``; ``[1, 3, 4]`` for a 4-layer teacher).
         lambda_cos: weight of the cosine term (default 1).
         student_layer: student ``hidden_states`` index feeding the heads (default -1: last).
-        head: ``"linear"`` (default) or ``"mlp"`` (DistilHuBERT; the recipes use it).
-        reduction: ``"sum"`` (default) or ``"mean"`` (the references; the recipes use it).
+        head: ``"mlp"`` (default; DistilHuBERT's reference layout) or ``"linear"`` (one
+            ``Linear(D_s, D_t)`` per target).
+        reduction: ``"mean"`` (default; what both references compute) or ``"sum"``.
 
     Raises:
         ValueError: a target layer outside ``[0, L_t]``, an empty target list, an unknown
@@ -79,8 +80,8 @@ class LayerwisePrediction(Objective):
     def __init__(self, *, teacher_hidden_size: int, teacher_num_layers: int,
                  student_hidden_size: int, student_conv_dim: int | None = None,
                  teacher_layers: list[int] | None = None, lambda_cos: float = 1.0,
-                 student_layer: int = -1, head: str = "linear",
-                 reduction: str = "sum") -> None:
+                 student_layer: int = -1, head: str = "mlp",
+                 reduction: str = "mean") -> None:
         super().__init__()
         if teacher_layers is None:
             teacher_layers = sorted({max(1, round(k * teacher_num_layers / 3)) for k in (1, 2, 3)})
