@@ -32,6 +32,7 @@ __all__ = [
     "SAMPLE_RATE",
     "AudioError",
     "AudioInfo",
+    "decode_audio",
     "list_audio_files",
     "load_audio",
     "load_audio_window",
@@ -39,6 +40,7 @@ __all__ = [
     "prepare_waveform",
     "resample",
     "to_mono",
+    "decode_audio",
 ]
 
 #: The sample rate (Hz) of every SSL speech encoder the library handles.
@@ -222,12 +224,38 @@ def probe_audio(source: str | os.PathLike | bytes) -> AudioInfo:
     return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels))
 
 
+def decode_audio(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
+    """Decode an audio file (or its bytes) as it is: every channel, its own rate.
+
+    Returns:
+        ``(data, sample_rate)``: ``data`` ``(samples, channels)`` float32, rate in Hz.
+
+    Raises:
+        AudioError: with :attr:`~AudioError.reason` ``"permission denied"``, ``"unreadable"``
+            (not audio, truncated or corrupt: a decode error, or fewer samples than the header
+            announces), ``"empty"`` (0 bytes).
+    """
+    handle, name = _open_source(source)
+    with handle:
+        try:
+            with sf.SoundFile(handle) as audio:
+                announced, sr = audio.frames, audio.samplerate
+                data = audio.read(dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as err:
+            raise AudioError(f"{name}: cannot decode audio ({err})", "unreadable") from err
+    if 0 < announced < SF_UNKNOWN_FRAMES and len(data) < announced:
+        raise AudioError(f"{name}: truncated: decoded {len(data)} of the {announced} frames "
+                         "its header announces", "unreadable")
+    return data, int(sr)
+
+
 def load_audio(
     source: str | os.PathLike | bytes,
     target_sr: int = SAMPLE_RATE,
     allow_silence: bool = False,
 ) -> np.ndarray:
-    """Decode an audio file (or its bytes) to mono float32 at ``target_sr``.
+    """Decode an audio file (or its bytes) to mono float32 at ``target_sr``
+    (:func:`decode_audio`, then :func:`prepare_waveform`).
 
     Args:
         source: a path, or the encoded file's bytes (as a ``datasets`` ``Audio(decode=False)``
@@ -240,20 +268,10 @@ def load_audio(
 
     Raises:
         AudioError: with :attr:`~AudioError.reason` ``"permission denied"``, ``"unreadable"``
-            (not audio, truncated or corrupt: a decode error, or fewer samples than the header
-            announces), ``"empty"``, ``"non-finite"``, ``"silent"``.
+            (not audio, truncated or corrupt), ``"empty"``, ``"non-finite"``, ``"silent"``.
     """
-    handle, name = _open_source(source)
-    with handle:
-        try:
-            with sf.SoundFile(handle) as audio:
-                announced, sr = audio.frames, audio.samplerate
-                data = audio.read(dtype="float32", always_2d=False)
-        except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as err:
-            raise AudioError(f"{name}: cannot decode audio ({err})", "unreadable") from err
-    if 0 < announced < SF_UNKNOWN_FRAMES and len(data) < announced:
-        raise AudioError(f"{name}: truncated: decoded {len(data)} of the {announced} frames "
-                         "its header announces", "unreadable")
+    data, sr = decode_audio(source)
+    name = "<bytes>" if isinstance(source, bytes) else str(source)
     return prepare_waveform(data, sr, target_sr, name=name, allow_silence=allow_silence)
 
 

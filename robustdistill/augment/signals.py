@@ -6,9 +6,14 @@ import logging
 import os
 
 import numpy as np
-import soundfile as sf
 
-from ..audio import AudioError, list_audio_files, load_audio, resample
+from ..audio import (
+    AudioError,
+    decode_audio,
+    list_audio_files,
+    load_audio,
+    prepare_waveform,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,14 +67,14 @@ def _load_channels(
     files = list_audio_files(root)
     per_file, names = [], []
     for path in files:
-        try:
-            data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        try:  # the same checks as every other audio (load_audio), one channel at a time
+            data, rate = decode_audio(path)
             channels = [
-                resample(np.ascontiguousarray(data[:, c]), rate, sample_rate)
+                prepare_waveform(np.ascontiguousarray(data[:, c]), rate, sample_rate,
+                                 name=f"{path} channel {c}", allow_silence=True)
                 for c in range(data.shape[1])
             ]
-            channels = [_check_signal(c, f"{path} channel {i}") for i, c in enumerate(channels)]
-        except (AudioError, sf.LibsndfileError, RuntimeError, OSError) as err:
+        except AudioError as err:
             logger.warning("skipping unreadable %s file %s: %s", what, path, err)
             continue
         channels = [c for c in channels if np.any(c)]
