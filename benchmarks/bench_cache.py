@@ -4,7 +4,9 @@ For each recipe (``configs/distilhubert.yaml``: layer-wise MLP heads, clean;
 ``configs/robust_wavlm_base_plus.yaml``: layer-wise heads + BiLSTM enhancement head,
 noise/reverberation from ``runs/data/*_train``) and student preset, two identical runs on real
 LibriSpeech utterances (``../shared/data``; generated audio without it): one with the teacher
-on every step, one reading its targets from a prebuilt cache (context ``utterance``, fp16).
+on every step, one reading its targets from a prebuilt cache (fp16; context ``utterance``, or
+for Whisper, whose absolute position embedding rules that out, context ``crop`` with
+``crop_starts: chunks``).
 Steps alternate between the two runs; the figure is the ratio of audio seconds per second.
 Also printed: the one-off cost of building the cache and its size per hour of audio.
 
@@ -92,8 +94,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         teacher_dir = _teacher_dir(args.teacher, tmp)
-        cached_cfg = _config(args, teacher_dir, tmp, "cached", **{
-            "teacher_cache.dir": str(tmp / "cache"), "teacher_cache.missing": "error"})
+        cached_cfg = _config(args, teacher_dir, tmp, "cached", **_cache_options(args, tmp))
         start = time.perf_counter()
         built = build_cache(cached_cfg, splits=["train"])
         build_s = time.perf_counter() - start
@@ -123,11 +124,19 @@ def main() -> None:
               out=args.out)
 
 
+def _cache_options(args, tmp: Path) -> dict:
+    """The cache section: whole utterances, or fixed chunks for Whisper (position embedding)."""
+    options = {"teacher_cache.dir": str(tmp / "cache"), "teacher_cache.missing": "error"}
+    if args.teacher == "whisper-tiny.en":
+        options.update({"teacher_cache.context": "crop", "teacher_cache.crop_starts": "chunks"})
+    return options
+
+
 def _pair(args, teacher_dir, tmp, recipe, preset):
     """Interleaved steps of teacher-every-step and cached runs of one recipe and preset."""
     from robustdistill.trainer import _Run
 
-    cache = {"teacher_cache.dir": str(tmp / "cache"), "teacher_cache.missing": "error"}
+    cache = _cache_options(args, tmp)
     runs = {"teacher every step": _Run(_config(args, teacher_dir, tmp, f"{recipe}-{preset}-p",
                                                recipe, preset)),
             "cached targets": _Run(_config(args, teacher_dir, tmp, f"{recipe}-{preset}-c",

@@ -35,7 +35,24 @@ Which audio the teacher sees (``context``):
 * ``"crop"``: the teacher sees exactly the crop, as in the reference code; an entry is keyed by
   (utterance, crop start, crop length) and is filled on first use, so it saves time only when
   the same crop recurs (validation crops, utterances shorter than the crop length, fixed
-  crops); random crops of long utterances almost never recur.
+  crops); random crops of long utterances almost never recur, unless ``crop_starts`` is
+  ``"chunks"``.
+
+Where crops may start (``crop_starts``):
+
+* ``"frames"`` (default): anywhere on the teacher's 320-sample frame grid.
+* ``"chunks"``: only at multiples of the crop length, i.e. every utterance is cut into fixed
+  non-overlapping chunks and a training crop is one of them. With context ``"crop"`` the
+  entries recur every epoch and ``cache-teacher`` can prebuild them: the teacher sees exactly
+  the crop (the references' targets) and is still paid once. Deviation (named option): fewer
+  distinct crops (the offsets within an utterance are fixed).
+
+Whisper teachers need ``context: crop``: Whisper adds an absolute (sinusoidal) position
+embedding to its input, so the targets of a crop taken from the middle of a whole-utterance
+encoding carry that crop's position in the utterance, which the student (shown only the crop)
+cannot know. Measured on whisper-tiny.en, test-other, 2 s crops starting at 2 s or 6 s: the
+frame cosine between the two encodings of the same audio is about 0.86 (layer 1) and 0.64-0.73
+(layer 4). ``TeacherFeatureCache`` refuses a Whisper teacher with context ``"utterance"``.
 
 Each utterance is encoded alone (batch of one, no padding). Teacher-every-step encodes padded
 batches; for teachers without an attention mask (``feat_extract_norm == "group"``, e.g. HuBERT
@@ -78,6 +95,7 @@ __all__ = ["CachedLayers", "TeacherCacheConfig", "TeacherFeatureCache", "build_c
 #: Bumped when the entry format changes (part of the spec hash).
 FORMAT_VERSION = 1
 CONTEXTS = ("utterance", "crop")
+CROP_STARTS = ("frames", "chunks")
 DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -105,6 +123,7 @@ class TeacherCacheConfig:
     dtype: str = field(default="float16", metadata={"help": "storage dtype: float16, bfloat16 or float32"})
     layers: list[int] | None = field(default=None, metadata={"help": "teacher layers to store; default: the objectives' teacher_layers"})
     missing: str = field(default="compute", metadata={"help": "compute (lazy fill) or error (prebuilt only)"})
+    crop_starts: str = field(default="frames", metadata={"help": "frames (a crop starts on any teacher frame) or chunks (only at multiples of the crop length: fixed chunks that recur, so context crop can be prebuilt)"})
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXTS:
@@ -113,6 +132,9 @@ class TeacherCacheConfig:
             raise ValueError(f"teacher_cache.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.missing not in ("compute", "error"):
             raise ValueError(f"teacher_cache.missing must be compute or error, got {self.missing!r}")
+        if self.crop_starts not in CROP_STARTS:
+            raise ValueError(f"teacher_cache.crop_starts must be one of {CROP_STARTS}, got "
+                             f"{self.crop_starts!r}")
         if self.layers is not None and not self.layers:
             raise ValueError("teacher_cache.layers must name at least one layer (or be null)")
 
@@ -183,17 +205,26 @@ class TeacherFeatureCache:
         context: ``"utterance"`` or ``"crop"``.
         dtype: storage dtype name (a key of :data:`DTYPES`).
         missing: ``"compute"`` or ``"error"``.
+        crop_starts: ``"frames"`` or ``"chunks"`` (see the module docstring).
 
     Raises:
-        ValueError: bad context/dtype, a layer outside ``[0, L]``, or a folder whose manifest
-            disagrees with this spec.
+        ValueError: bad context/dtype, a layer outside ``[0, L]``, a Whisper teacher with
+            context ``"utterance"`` (its absolute position embedding: module docstring), or a
+            folder whose manifest disagrees with this spec.
     """
 
     def __init__(self, root: str | Path, teacher: Upstream, layers: Sequence[int], *,
                  context: str = "utterance", dtype: str = "float16",
-                 missing: str = "compute") -> None:
+                 missing: str = "compute", crop_starts: str = "frames") -> None:
         TeacherCacheConfig(dir=str(root), context=context, dtype=dtype, layers=list(layers),
-                           missing=missing)  # validates
+                           missing=missing, crop_starts=crop_starts)  # validates
+        if context == "utterance" and getattr(teacher, "is_whisper", False):
+            raise ValueError(
+                "teacher_cache.context utterance cannot be used with a Whisper teacher: its "
+                "absolute position embedding makes a crop's targets depend on where the crop "
+                "sits in the utterance, which the student cannot see; use context crop with "
+                "crop_starts chunks (the teacher sees exactly the crop, entries recur every "
+                "epoch and cache-teacher prebuilds them)")
         bad = [x for x in layers if not 0 <= x <= teacher.num_layers]
         if bad:
             raise ValueError(f"teacher_cache.layers {bad} outside [0, {teacher.num_layers}]")
@@ -202,6 +233,7 @@ class TeacherFeatureCache:
         self.context = context
         self.dtype = DTYPES[dtype]
         self.missing = missing
+        self.crop_starts = crop_starts
         self.grid = teacher.samples_per_frame
         self.spec = {"format": FORMAT_VERSION, "teacher": teacher_fingerprint(teacher),
                      "layers": self.layers, "context": context, "dtype": dtype,
@@ -232,22 +264,43 @@ class TeacherFeatureCache:
             raise ValueError("teacher_cache.dir is not set")
         layers = cfg.layers if cfg.layers is not None else cached_layers_of(objectives)
         return cls(cfg.dir, teacher, layers, context=cfg.context, dtype=cfg.dtype,
-                   missing=cfg.missing)
+                   missing=cfg.missing, crop_starts=cfg.crop_starts)
 
     # ------------------------------------------------------------------ datasets
     def prepare_dataset(self, dataset) -> None:
         """Make a map-style dataset emit what lookups need: crop starts on the teacher's
-        frame grid and content keys (``"offset"``, ``"key"`` in every item).
+        frame grid (or, with ``crop_starts: chunks``, at multiples of the crop length) and
+        content keys (``"offset"``, ``"key"`` in every item).
 
         Raises:
             TypeError: a dataset without these options (a streaming dataset).
+            ValueError: ``crop_starts: chunks`` without a crop length (``data.max_length_s``)
+                or with one that is not a whole number of teacher frames.
         """
         if not hasattr(dataset, "content_keys") or not hasattr(dataset, "crop_grid"):
             raise TypeError(f"{type(dataset).__name__} cannot be used with the teacher cache "
                             "(it has no content keys or crop grid); use a map-style dataset "
                             "(data.streaming false) or turn teacher_cache off")
-        dataset.crop_grid = self.grid
+        dataset.crop_grid = self.chunk_samples(dataset) or self.grid
         dataset.content_keys = True
+
+    def chunk_samples(self, dataset) -> int | None:
+        """The crop length in samples with ``crop_starts: chunks``, else None.
+
+        Raises:
+            ValueError: see :meth:`prepare_dataset`.
+        """
+        if self.crop_starts != "chunks":
+            return None
+        crop = getattr(dataset, "_max_samples", None)
+        if not crop:
+            raise ValueError("teacher_cache.crop_starts chunks needs a crop length "
+                             "(data.max_length_s)")
+        if crop % self.grid:
+            raise ValueError(f"teacher_cache.crop_starts chunks: the crop length ({crop} "
+                             f"samples) must be a multiple of the teacher's {self.grid}-sample "
+                             "frame")
+        return int(crop)
 
     # ------------------------------------------------------------------ entries
     def entry_path(self, key: str, start: int = 0, length: int | None = None) -> Path:
@@ -294,6 +347,26 @@ class TeacherFeatureCache:
             return False
         self.write(path, self.compute(torch.as_tensor(waveform())))
         return True
+
+    def ensure_chunks(self, key: str, waveform: np.ndarray | torch.Tensor, chunk: int) -> int:
+        """Build the crop entries of every chunk of one utterance (context crop, crop_starts
+        chunks): starts ``0, chunk, 2 chunk, ...`` while a whole chunk fits, or one entry of
+        the whole utterance when it is shorter than ``chunk`` (what training crops can be).
+
+        Returns:
+            How many entries were computed now (existing ones are skipped).
+        """
+        waveform = torch.as_tensor(waveform)
+        total = int(waveform.shape[0])
+        starts = range(0, max(total - chunk, 0) + 1, chunk)
+        computed = 0
+        for start in starts:
+            n = min(chunk, total)
+            path = self.entry_path(key, start, n)
+            if not path.exists():
+                self.write(path, self.compute(waveform[start : start + n]))
+                computed += 1
+        return computed
 
     def _read(self, path: Path, first: int, frames: int) -> torch.Tensor:
         """Frames ``[first, first + frames)`` of an entry, ``(K, frames, D)``; only those bytes
@@ -386,7 +459,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
 # ---------------------------------------------------------------------- building
 def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
                 limit: int | None = None) -> dict:
-    """Fill the cache of a distillation config ahead of training (context utterance).
+    """Fill the cache of a distillation config ahead of training (context utterance, or
+    context crop with ``crop_starts: chunks``: every chunk of every utterance).
 
     Runs under ``accelerate``: process ``r`` of ``N`` computes items ``r, r + N, ...`` of each
     split; existing entries are skipped, so an interrupted build resumes where it stopped.
@@ -402,8 +476,8 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
         this process.
 
     Raises:
-        ValueError: no cache dir, or context ``crop`` (its entries depend on the random crops
-            of training, so it can only be filled lazily).
+        ValueError: no cache dir, or context ``crop`` with ``crop_starts: frames`` (its
+            entries depend on the random crops of training, so it can only be filled lazily).
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -414,9 +488,10 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
     tc = cfg.teacher_cache
     if not tc.dir:
         raise ValueError("teacher_cache.dir is not set: nowhere to build the cache")
-    if tc.context != "utterance":
-        raise ValueError("teacher_cache.context crop is filled lazily during training (its "
-                         "entries are random crops); only context utterance can be prebuilt")
+    if tc.context == "crop" and tc.crop_starts != "chunks":
+        raise ValueError("teacher_cache.context crop with crop_starts frames is filled lazily "
+                         "during training (its entries are random crops); prebuild context "
+                         "utterance, or context crop with crop_starts chunks")
     acc = Accelerator(cpu=cfg.training.cpu)
     teacher = Upstream.from_pretrained(cfg.teacher, frozen=True,
                                        trust_remote_code=cfg.trust_remote_code)
@@ -431,7 +506,7 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
                       for name, options in cfg.objectives.items()]
         layers = cached_layers_of(objectives)
     cache = TeacherFeatureCache(tc.dir, teacher, layers, context=tc.context, dtype=tc.dtype,
-                                missing="compute")
+                                missing="compute", crop_starts=tc.crop_starts)
     train_set, valid_set = build_datasets(cfg.data, cfg.seed)
     datasets = {"train": train_set, "validation": valid_set}
     computed = skipped = unusable = 0
@@ -450,7 +525,12 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
                 dataset._skip(dataset._name(dataset._sources[position]), err.reason, err)
                 unusable += 1
                 continue
-            if cache.ensure(content_key(waveform), lambda w=waveform: w):
+            if tc.context == "crop":  # every chunk a training or validation crop can be
+                chunk = cache.chunk_samples(dataset)
+                total = len(range(0, max(len(waveform) - chunk, 0) + 1, chunk))
+                made = cache.ensure_chunks(content_key(waveform), waveform, chunk)
+                computed, skipped = computed + made, skipped + total - made
+            elif cache.ensure(content_key(waveform), lambda w=waveform: w):
                 computed += 1
             else:
                 skipped += 1

@@ -199,3 +199,42 @@ def test_build_cache_is_resumable_and_training_then_never_misses(tmp_path, tiny_
     with pytest.raises(ValueError, match="filled lazily"):
         build_cache(_config(tmp_path, tiny_wavlm_dir, "x", 1.5, **{
             **extra, "teacher_cache.context": "crop"}))
+
+
+def test_chunk_crops_are_prebuilt_and_equal_teacher_every_step(tmp_path, tiny_wavlm_dir):
+    """crop_starts chunks + context crop: every crop is one of an utterance's fixed chunks
+    (starts at multiples of the crop length), cache-teacher builds all of them, training then
+    never misses, and its losses equal teacher-every-step's on the same chunk grid."""
+    extra = {"teacher_cache.dir": str(tmp_path / "cache"), "teacher_cache.context": "crop",
+             "teacher_cache.crop_starts": "chunks", "teacher_cache.dtype": "float32"}
+    cfg = _config(tmp_path, tiny_wavlm_dir, "chunks", 2.5, **extra,
+                  **{"teacher_cache.missing": "error"})
+    built = build_cache(cfg)
+    # 2.5 s utterances, 1 s crops: chunks start at 0 and 16000 -> 2 per utterance, 8 items
+    assert (built["computed"], built["skipped"]) == (16, 0)
+    assert build_cache(cfg)["skipped"] == 16  # resumable: nothing left to do
+    cached, run = _losses(cfg, steps=3)
+    assert run.teacher_cache.misses == 0 and run.teacher_cache.hits >= 6
+    assert run.train_set.crop_grid == 16000
+    item = run.train_set[0]
+    assert item["offset"] in (0, 16000) and len(item["waveform"]) == 16000
+    reference, _ = _losses(_config(tmp_path, tiny_wavlm_dir, "ref", 2.5), steps=3, grid=16000)
+    for ref, got in zip(reference, cached, strict=True):
+        assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+
+
+def test_chunk_starts_need_a_whole_number_of_frames_and_whisper_needs_crop_context(
+        tmp_path, teacher):
+    from types import SimpleNamespace
+
+    cache = TeacherFeatureCache(tmp_path, teacher, [1], context="crop", crop_starts="chunks")
+    with pytest.raises(ValueError, match="multiple"):
+        cache.prepare_dataset(SimpleNamespace(content_keys=False, crop_grid=1,
+                                              _max_samples=16001))
+    with pytest.raises(ValueError, match="max_length_s"):
+        cache.prepare_dataset(SimpleNamespace(content_keys=False, crop_grid=1,
+                                              _max_samples=None))
+    with pytest.raises(ValueError, match="crop_starts"):
+        TeacherFeatureCache(tmp_path, teacher, [1], crop_starts="random")
+    with pytest.raises(ValueError, match="position embedding"):
+        TeacherFeatureCache(tmp_path, SimpleNamespace(is_whisper=True), [1])
