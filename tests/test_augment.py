@@ -191,6 +191,38 @@ def test_reverberate_matches_hand_computed_output() -> None:
     )
 
 
+def test_prepared_rir_convolver_matches_reverberate_and_reuses_spectra() -> None:
+    from robustdistill.augment.rooms import PreparedRirConvolver
+
+    rng = np.random.default_rng(9)
+    h = prepare_rir(synthetic_rir(delay=12))
+    convolver = PreparedRirConvolver(max_entries=2)
+    for size in (300, 300, 4_000, 300):  # a shorter signal than the RIR uses fewer taps
+        x = rng.standard_normal(size).astype(np.float32)
+        got = convolver.convolve(x, h, key=("room", 0))
+        assert got.dtype == np.float32 and got.shape == x.shape
+        np.testing.assert_allclose(got, reverberate(x, h), atol=2e-5)
+    # 300 samples: computed once, then reused; 4000 samples: another FFT size
+    assert (convolver.misses, convolver.hits) == (2, 2)
+    convolver.convolve(x, h, key=("other", 1))  # a third entry evicts the oldest
+    assert len(convolver._spectra) == 2
+    with pytest.raises(AudioError):
+        convolver.convolve(np.full(10, np.nan, dtype=np.float32), h, key=("room", 0))
+
+
+def test_corruptor_prepares_a_bank_built_with_other_settings() -> None:
+    """A bank prepared with unit peak, used by a config asking unit energy: the corruptor
+    normalises it once, so its output equals reverberate's with the config's settings."""
+    raw = 2.0 * synthetic_rir(delay=30)
+    bank = RirBank((prepare_rir(raw, "peak"),), ("peaky",))
+    config = AugmentationConfig(p_noise=0.0, p_reverb=1.0, p_noise_reverb=0.0, p_none=0.0)
+    corruptor = Corruptor(config, rir_bank=bank)
+    x = np.random.default_rng(3).standard_normal(2_000).astype(np.float32)
+    noisy, info = corruptor.corrupt(x, np.random.default_rng(0))
+    assert info.kind == "reverb"
+    np.testing.assert_allclose(noisy, reverberate(x, raw), atol=2e-5)
+
+
 def test_prepare_rir_aligns_normalises_and_is_idempotent() -> None:
     rir = 3.0 * synthetic_rir(delay=37)
     prepared = prepare_rir(rir)

@@ -11,7 +11,7 @@ import torch
 from ..audio import AudioError
 from .config import KINDS, AugmentationConfig, CorruptionInfo
 from .noise import NoiseBank, mix_at_snr
-from .rooms import RirBank, reverberate, simulate_rir_bank
+from .rooms import PreparedRirConvolver, RirBank, simulate_rir_bank
 from .signals import _check_signal, _power
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,11 @@ class Corruptor:
             raise ValueError("a rir_bank is needed when p_reverb or p_noise_reverb is > 0")
         self.config = config
         self.noise_bank = noise_bank
-        self.rir_bank = rir_bank
+        # Every RIR aligned and normalised once, with this config's settings, so convolution
+        # reuses them (and their spectra) as they are.
+        self.rir_bank = (rir_bank.prepared(config.rir_normalization, config.rir_direct_path_db)
+                         if rir_bank is not None else None)
+        self.convolver = PreparedRirConvolver()
 
     @classmethod
     def from_config(cls, config: AugmentationConfig, seed: int = 0) -> Corruptor:
@@ -172,18 +176,16 @@ class Corruptor:
         if kind in ("reverb", "noise+reverb"):
             rir, rir_index, rir_channel = self.rir_bank.draw(rng)
         noise_first = self.config.noise_reverb_order == "noise_first"
+        room = (rir_index, rir_channel)
         if rir is not None and not noise_first:
-            x = self._reverberate(x, rir)
+            x = self.convolver.convolve(x, rir, room)
         if kind in ("noise", "noise+reverb"):
             x, snr_db, noise_index = self._add_noise(x, rng, step)
         if rir is not None and noise_first:  # the room reverberates speech and noise alike
-            x = self._reverberate(x, rir)
+            x = self.convolver.convolve(x, rir, room)
         return x.astype(np.float32, copy=False), CorruptionInfo(
             kind, snr_db, rir_index, noise_index, rir_channel
         )
-
-    def _reverberate(self, x: np.ndarray, rir: np.ndarray) -> np.ndarray:
-        return reverberate(x, rir, self.config.rir_normalization, self.config.rir_direct_path_db)
 
     def corrupt_batch(
         self,
