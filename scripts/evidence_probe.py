@@ -62,13 +62,13 @@ def batch(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def probe_state(run: _Run, items, noisy: dict, teacher_targets, layers) -> dict:
-    """Statistics and distances of the run's current weights."""
+def probe_state(run: _Run, utterances, noisy: dict, teacher_targets, layers) -> dict:
+    """Statistics and distances of the run's current weights (overall and per utterance)."""
     student = run.model.student
     layerwise = run.objectives["layerwise"]
     run.model.eval()
     out = {"conditions": {}}
-    clean, lengths = batch([w for _, w in items])
+    clean, lengths = batch([w for _, w in utterances])
     # one utterance at a time: the group-norm CNN has no attention mask, and all are the same
     # length here anyway, so a batch gives the same values
     s = student(clean, lengths)
@@ -85,8 +85,12 @@ def probe_state(run: _Run, items, noisy: dict, teacher_targets, layers) -> dict:
         per_layer = {}
         for layer, prediction in zip(layers, predictions, strict=True):
             target = teacher_targets[layer][:, :frames]
+            per_item = [prediction_distance(prediction[b : b + 1], target[b : b + 1],
+                                            mask[b : b + 1]) for b in range(len(utterances))]
             per_layer[str(layer)] = {
                 **prediction_distance(prediction, target, mask).as_dict(),
+                "l1_items": [d.l1 for d in per_item],  # per utterance, for paired intervals
+                "cosine_items": [d.cosine for d in per_item],
                 "cka_last_layer": linear_cka(last, target.reshape(-1, target.shape[-1])),
             }
         out["conditions"][name] = per_layer

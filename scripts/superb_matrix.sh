@@ -7,7 +7,9 @@
 #
 # Usage (from the repository root):
 #   [SEEDS="0 1 2"] scripts/superb_matrix.sh TEACHER RANDOM STUDENT [TASK ...]
+#   [SEEDS="0 1 2"] scripts/superb_matrix.sh NAME=UPSTREAM [NAME=UPSTREAM ...] [TASK ...]
 #     TEACHER / RANDOM / STUDENT: hub ids or local model folders; "-" skips that upstream.
+#     NAME=UPSTREAM: any number of named upstreams (names: letters, digits, _ and -).
 #     TASK: any of kws sid sv se asr (default: all five).
 #   e.g. SEEDS="0 1 2" scripts/superb_matrix.sh ../shared/models/whisper-tiny.en \
 #          runs/robust-whisper-v2/student_init runs/robust-whisper-v2/student kws sid sv
@@ -23,12 +25,22 @@
 # 2-core machine).
 set -euo pipefail
 
-if [[ $# -lt 3 ]]; then
-    sed -n '7,13p' "$0" >&2
-    exit 2
+UPSTREAMS=()  # "name:path" pairs
+if [[ ${1:-} == *=* ]]; then
+    while [[ $# -gt 0 && $1 == *=* ]]; do
+        name=${1%%=*}
+        [[ $name =~ ^[A-Za-z0-9_-]+$ ]] || { echo "bad upstream name '$name'" >&2; exit 2; }
+        UPSTREAMS+=("$name:${1#*=}")
+        shift
+    done
+else
+    if [[ $# -lt 3 ]]; then
+        sed -n '7,15p' "$0" >&2
+        exit 2
+    fi
+    UPSTREAMS=("teacher:$1" "random:$2" "student:$3")
+    shift 3
 fi
-TEACHER=$1 RANDOM_INIT=$2 STUDENT=$3
-shift 3
 TASKS=("$@")
 [[ ${#TASKS[@]} -eq 0 ]] && TASKS=(kws sid sv se asr)
 read -r -a SEED_LIST <<< "${SEEDS:-0}"
@@ -56,7 +68,8 @@ task_of() {  # short name -> "--task value:config"
 
 summarise() {  # aggregate the seeds done so far per upstream, then compare the upstreams
     local short=$1 name runs found=()
-    for name in teacher random student; do
+    for pair in "${UPSTREAMS[@]}"; do
+        name=${pair%%:*}
         mapfile -t runs < <(ls "$OUT/$short/$name"/seed*/results.json 2>/dev/null)
         [[ ${#runs[@]} -eq 0 ]] && continue
         "$PYTHON" -m downstream.cli aggregate "${runs[@]}" --out "$OUT/$short/$name"
@@ -71,7 +84,7 @@ for seed in "${SEED_LIST[@]}"; do
     for short in "${TASKS[@]}"; do
         spec=$(task_of "$short")
         task=${spec%%:*} config=${spec#*:}
-        for pair in "teacher:$TEACHER" "random:$RANDOM_INIT" "student:$STUDENT"; do
+        for pair in "${UPSTREAMS[@]}"; do
             name=${pair%%:*} upstream=${pair#*:}
             [[ $upstream == "-" ]] && continue
             dir=$OUT/$short/$name/seed$seed
