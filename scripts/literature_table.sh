@@ -30,6 +30,7 @@ for name in "${RUNS[@]}"; do
     --data.min_length_s 2 \
     --augmentation.noise_dir runs/data/noise_train --augmentation.rir_dir runs/data/rir_train \
     --teacher_cache.dir "$OUT/teacher_cache" --teacher_cache.context crop \
+    --teacher_cache.crop_starts chunks \
     --teacher_cache.dtype float32 --teacher_cache.layers "[1, 2, 3, 4]" \
     --training.max_steps "$STEPS" --training.learning_rate 5.0e-4 --training.warmup_ratio 0.1 \
     --training.cpu true --training.eval_at_start false --training.eval_every 100000 \
