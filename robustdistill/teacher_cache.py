@@ -348,13 +348,15 @@ class TeacherFeatureCache:
         self.write(path, self.compute(torch.as_tensor(waveform())))
         return True
 
-    def ensure_chunks(self, key: str, waveform: np.ndarray | torch.Tensor, chunk: int) -> int:
+    def ensure_chunks(self, key: str, waveform: np.ndarray | torch.Tensor,
+                      chunk: int) -> tuple[int, int]:
         """Build the crop entries of every chunk of one utterance (context crop, crop_starts
         chunks): starts ``0, chunk, 2 chunk, ...`` while a whole chunk fits, or one entry of
         the whole utterance when it is shorter than ``chunk`` (what training crops can be).
 
         Returns:
-            How many entries were computed now (existing ones are skipped).
+            ``(computed, chunks)``: entries computed now (existing ones are skipped) and the
+            utterance's number of chunks.
         """
         waveform = torch.as_tensor(waveform)
         total = int(waveform.shape[0])
@@ -366,7 +368,7 @@ class TeacherFeatureCache:
             if not path.exists():
                 self.write(path, self.compute(waveform[start : start + n]))
                 computed += 1
-        return computed
+        return computed, len(starts)
 
     def _read(self, path: Path, first: int, frames: int) -> torch.Tensor:
         """Frames ``[first, first + frames)`` of an entry, ``(K, frames, D)``; only those bytes
@@ -526,9 +528,8 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
                 unusable += 1
                 continue
             if tc.context == "crop":  # every chunk a training or validation crop can be
-                chunk = cache.chunk_samples(dataset)
-                total = len(range(0, max(len(waveform) - chunk, 0) + 1, chunk))
-                made = cache.ensure_chunks(content_key(waveform), waveform, chunk)
+                made, total = cache.ensure_chunks(content_key(waveform), waveform,
+                                                  cache.chunk_samples(dataset))
                 computed, skipped = computed + made, skipped + total - made
             elif cache.ensure(content_key(waveform), lambda w=waveform: w):
                 computed += 1
