@@ -54,7 +54,7 @@ def _real_frames(hidden: torch.Tensor, frame_lengths: torch.Tensor) -> list[torc
 
 
 def hidden_state_stats(
-    hidden_states: Sequence[torch.Tensor], frame_lengths: torch.Tensor | Sequence[torch.Tensor]
+    hidden_states: Sequence[torch.Tensor], frame_lengths: torch.Tensor | Sequence[int]
 ) -> list[HiddenStateStats]:
     """Per-layer :class:`HiddenStateStats`.
 

@@ -69,8 +69,8 @@ def probe_state(run: _Run, utterances, noisy: dict, teacher_targets, layers) -> 
     run.model.eval()
     out = {"conditions": {}}
     clean, lengths = batch([w for _, w in utterances])
-    # one utterance at a time: the group-norm CNN has no attention mask, and all are the same
-    # length here anyway, so a batch gives the same values
+    # one batch: every utterance is cut to the same length, so there is no padding for the
+    # group-norm CNN (which has no attention mask) to see
     s = student(clean, lengths)
     out["student_clean"] = [x.as_dict() for x in hidden_state_stats(s.hidden_states,
                                                                      s.frame_lengths)]
