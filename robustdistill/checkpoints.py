@@ -23,6 +23,8 @@ import re
 import shutil
 from pathlib import Path
 
+import torch
+
 __all__ = [
     "CHECKPOINT_PREFIX",
     "MANIFEST",
@@ -33,6 +35,8 @@ __all__ = [
     "publish_checkpoint",
     "remove_incomplete",
     "rotate_checkpoints",
+    "separate_packed_views",
+    "separate_packed_views_on_save",
     "temporary_checkpoint_dir",
     "verify_checkpoint",
     "write_manifest",
@@ -203,3 +207,44 @@ def remove_incomplete(folder: str | os.PathLike) -> list[Path]:
         removed.append(path)
         logger.warning("removed %s, left by an interrupted checkpoint write or rotation", path)
     return removed
+
+
+def separate_packed_views(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Give every tensor that is a distinct view into a shared buffer its own copy, in place.
+
+    On a GPU, cuDNN packs an ``nn.LSTM``'s weights and biases into one flat buffer and makes
+    each parameter a view into it (``flatten_parameters``). accelerate's safetensors writer
+    takes tensors that share storage for tied weights and keeps only the first name, so a
+    checkpoint of the enhancement head's BLSTM silently lost all but one of its weights and
+    could not be resumed. Views at *different* offsets or shapes are copied here (tied weights,
+    the same offset and shape, are left to the writer's de-duplication). The trainer applies
+    it to every ``save_state`` (:func:`separate_packed_views_on_save`).
+
+    Args:
+        state: a state dict (name -> tensor); modified in place.
+
+    Returns:
+        The same dict.
+    """
+    groups: dict[tuple, list[str]] = {}
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
+            key = (tensor.device, tensor.untyped_storage().data_ptr())
+            groups.setdefault(key, []).append(name)
+    for names in groups.values():
+        layouts = {(state[n].data_ptr(), tuple(state[n].shape), state[n].stride()) for n in names}
+        if len(layouts) > 1:  # distinct views of one buffer, not tied copies of one tensor
+            for name in names:
+                state[name] = state[name].clone()
+    return state
+
+
+def separate_packed_views_on_save(accelerator) -> None:
+    """Register :func:`separate_packed_views` as ``accelerator``'s ``save_state`` pre-hook.
+
+    Args:
+        accelerator: an ``accelerate.Accelerator``; every model state dict it saves from now on
+            has its packed views copied apart first.
+    """
+    accelerator.register_save_state_pre_hook(
+        lambda models, weights, output_dir: [separate_packed_views(w) for w in weights])

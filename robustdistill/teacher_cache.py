@@ -494,7 +494,9 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
         raise ValueError("teacher_cache.context crop with crop_starts frames is filled lazily "
                          "during training (its entries are random crops); prebuild context "
                          "utterance, or context crop with crop_starts chunks")
-    acc = Accelerator(cpu=cfg.training.cpu)
+    # the run's own precision: one process may build the cache, then train (accelerate keeps
+    # one state per process and refuses a second Accelerator with other settings)
+    acc = Accelerator(cpu=cfg.training.cpu, mixed_precision=cfg.training.mixed_precision)
     teacher = Upstream.from_pretrained(cfg.teacher, frozen=True,
                                        trust_remote_code=cfg.trust_remote_code)
     teacher.to(acc.device)

@@ -55,6 +55,7 @@ from .checkpoints import (
     publish_checkpoint,
     remove_incomplete,
     rotate_checkpoints,
+    separate_packed_views_on_save,
     temporary_checkpoint_dir,
     verify_checkpoint,
     write_manifest,
@@ -200,6 +201,7 @@ class _Run:
                 automatic_checkpoint_naming=False),  # named, published, rotated here
         )
         acc = self.accelerator
+        separate_packed_views_on_save(acc)  # cuDNN's packed LSTM weights share one buffer
         set_seed(cfg.seed)
         with acc.main_process_first():
             _prepare_models(cfg)

@@ -7,31 +7,44 @@
 #
 # Usage (from the repository root, after scripts/setup.sh and scripts/split_shared_data.sh):
 #   STEPS=1500 bash scripts/evidence_distill.sh [robust|plain ...]   # default: both, in parallel
-# Outputs: runs/ev/<variant>/ (checkpoints every 250 steps, all kept; metrics.jsonl; student/).
+# Outputs: runs/ev/<variant>/ (checkpoints every SAVE_EVERY steps, all kept; metrics.jsonl;
+# student/). On a GPU: CPU=false (cache built in one process, training on the GPU, fp32 as on
+# the CPU); TRAIN, VALID, NOISE_DIR, RIR_DIR, TEACHER, CACHE move the inputs, EVAL_EVERY and
+# SAVE_EVERY the checkpoint grid (docs/evidence.md, GPU rows).
 set -euo pipefail
 STEPS=${STEPS:-1500}
 OUT=${EVIDENCE_OUT:-runs/ev}
 TEACHER=${TEACHER:-../shared/models/whisper-tiny.en}
 CACHE=${CACHE:-runs/cache/whisper-tiny}
 LS=../shared/data/librispeech-mini
+TRAIN=${TRAIN:-$LS/train-clean-100}
+VALID=${VALID:-$LS/test-other}
+NOISE_DIR=${NOISE_DIR:-runs/data/noise_train}
+RIR_DIR=${RIR_DIR:-runs/data/rir_train}
+CPU=${CPU:-true}
+EVAL_EVERY=${EVAL_EVERY:-250}
+SAVE_EVERY=${SAVE_EVERY:-250}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1
 VARIANTS=("$@")
 [[ ${#VARIANTS[@]} -eq 0 ]] && VARIANTS=(robust plain)
 
 common=(--teacher "$TEACHER" --objectives.layerwise.teacher_layers null
-        --data.train_dir "$LS/train-clean-100" --data.validation_dir "$LS/test-other"
-        --augmentation.noise_dir runs/data/noise_train --augmentation.rir_dir runs/data/rir_train
+        --data.train_dir "$TRAIN" --data.validation_dir "$VALID"
+        --augmentation.noise_dir "$NOISE_DIR" --augmentation.rir_dir "$RIR_DIR"
         --training.max_steps "$STEPS" --data.batch_size 4 --data.max_length_s 2
-        --data.num_workers 0 --training.mixed_precision no --training.cpu true
-        --training.eval_every 250 --training.max_eval_batches 8 --training.save_every 250
+        --data.num_workers 0 --training.mixed_precision no --training.cpu "$CPU"
+        --training.eval_every "$EVAL_EVERY" --training.max_eval_batches 8
+        --training.save_every "$SAVE_EVERY"
         --training.keep_checkpoints 100 --training.log_every 10
         --teacher_cache.dir "$CACHE" --teacher_cache.context crop
         --teacher_cache.crop_starts chunks)
 
-# The cache is built once, in two processes (about 6 min here); a second call only checks it.
+# The cache is built once, in two CPU processes (about 6 min here) or on the GPU; a second call
+# only checks it.
 mkdir -p "$OUT"
-accelerate launch --multi_gpu --num_processes 2 -m robustdistill.cli cache-teacher \
-    --config configs/robust_wavlm_base_plus.yaml "${common[@]}" --training.cpu true \
+launcher=(accelerate launch --multi_gpu --num_processes 2 -m robustdistill.cli)
+[[ $CPU == true ]] || launcher=(python -m robustdistill.cli)
+"${launcher[@]}" cache-teacher --config configs/robust_wavlm_base_plus.yaml "${common[@]}" \
     --output_dir "$OUT/cache-build" > "$OUT/cache.log" 2>&1 || { tail -20 "$OUT/cache.log"; exit 1; }
 
 for variant in "${VARIANTS[@]}"; do
@@ -40,7 +53,7 @@ for variant in "${VARIANTS[@]}"; do
         plain) config=configs/distilhubert.yaml ;;
         *) echo "unknown variant '$variant' (robust|plain)" >&2; exit 2 ;;
     esac
-    robustdistill distill --config "$config" "${common[@]}" --teacher_cache.missing error \
+    python -m robustdistill.cli distill --config "$config" "${common[@]}" --teacher_cache.missing error \
         --output_dir "$OUT/$variant" > "$OUT/$variant.log" 2>&1 &
 done
 wait

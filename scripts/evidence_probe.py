@@ -126,7 +126,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = load_config(run_dir / "config.yaml", [
                 "--output_dir", tmp, "--teacher_cache.dir", "null",
-                "--training.report_to", "[]", "--training.resume_from", "null"])
+                "--training.report_to", "[]", "--training.resume_from", "null",
+                "--training.cpu", "true"])  # on the CPU wherever the run was trained
             run = _Run(cfg)  # same seed and config: the run's exact step-0 state
             layers = list(run.objectives["layerwise"].teacher_layers)
             if teacher_targets is None:  # the teacher is the same for every run

@@ -36,3 +36,13 @@ def tiny_hubert_dir(tmp_path_factory) -> Path:
     from robustdistill.teachers import make_random_teacher
 
     return make_random_teacher("hubert", "tiny", tmp_path_factory.mktemp("tiny_hubert"), seed=1)
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state: reset it around a run with other precision."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)

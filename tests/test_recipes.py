@@ -225,16 +225,6 @@ def test_optimizer_groups_and_eps_follow_the_config(tmp_path, tiny_wavlm_dir):
     assert any("layer_norm.weight" in n for n in decayed_names)  # s3prl decays them too
 
 
-@pytest.fixture
-def fresh_accelerator_state():
-    """accelerate keeps one process-wide state: reset it around a run with other precision."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
-
-
 def test_teacher_runs_outside_autocast_and_gives_float32_targets(
         tmp_path, tiny_wavlm_dir, fresh_accelerator_state):
     from robustdistill.trainer import _Run

@@ -20,6 +20,8 @@ from robustdistill.checkpoints import (
     publish_checkpoint,
     remove_incomplete,
     rotate_checkpoints,
+    separate_packed_views,
+    separate_packed_views_on_save,
     temporary_checkpoint_dir,
     verify_checkpoint,
     write_manifest,
@@ -198,3 +200,50 @@ def test_resume_refuses_folders_this_trainer_did_not_complete(tmp_path, tiny_wav
     (foreign / "model.safetensors").write_bytes(b"")
     with pytest.raises(CheckpointError, match="not a complete checkpoint"):
         run.resume(str(foreign))
+
+
+def _pack_like_cudnn(module: torch.nn.Module) -> None:
+    """Make every parameter a view into one flat buffer, as cuDNN does to an LSTM on a GPU."""
+    params = list(module.parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    offset = 0
+    for p in params:
+        p.data = flat[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+
+
+def test_packed_lstm_weights_are_saved_whole_and_resume_exactly(tmp_path):
+    """A BLSTM packed into one buffer (the enhancement head on a GPU) loses no weight in
+    save_state; loading the checkpoint into a fresh module gives the same weights."""
+    from accelerate import Accelerator
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    _pack_like_cudnn(lstm)
+    assert len({p.untyped_storage().data_ptr() for p in lstm.parameters()}) == 1
+    acc = Accelerator(cpu=True)
+    model = acc.prepare(lstm)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    separate_packed_views_on_save(acc)
+    acc.save_state(str(tmp_path / "ckpt"))
+    saved = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    assert saved.keys() == expected.keys() and len(saved) == 16
+    assert all(torch.equal(saved[k], expected[k]) for k in expected)
+    # the live module keeps its packing (only the saved copy was separated)
+    assert len({p.untyped_storage().data_ptr() for p in model.parameters()}) == 1
+    fresh = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    fresh.load_state_dict(saved)
+    assert all(torch.equal(fresh.state_dict()[k], expected[k]) for k in expected)
+
+
+def test_separate_packed_views_leaves_tied_weights_and_plain_tensors_alone():
+    buffer = torch.arange(10.0)
+    tied = torch.ones(3)
+    own = torch.zeros(2)
+    state = {"a": buffer[:4], "b": buffer[4:].view(2, 3), "tied1": tied, "tied2": tied,
+             "own": own}
+    separate_packed_views(state)
+    assert state["a"].untyped_storage().data_ptr() != state["b"].untyped_storage().data_ptr()
+    assert torch.equal(state["a"], torch.arange(4.0))
+    assert torch.equal(state["b"], torch.arange(4.0, 10.0).view(2, 3))
+    assert state["tied1"] is tied and state["tied2"] is tied and state["own"] is own

@@ -201,6 +201,20 @@ def test_build_cache_is_resumable_and_training_then_never_misses(tmp_path, tiny_
             **extra, "teacher_cache.context": "crop"}))
 
 
+def test_a_bf16_run_builds_its_cache_and_trains_in_one_process(
+        tmp_path, tiny_wavlm_dir, fresh_accelerator_state):
+    """build_cache's Accelerator takes the run's precision (accelerate refuses a second
+    Accelerator with another one in the same process; benchmarks/bench_gpu.py does this)."""
+    cfg = _config(tmp_path, tiny_wavlm_dir, "bf16", 1.5, **{
+        "teacher_cache.dir": str(tmp_path / "cache"), "teacher_cache.context": "utterance",
+        "teacher_cache.missing": "error", "training.mixed_precision": "bf16"})
+    assert build_cache(cfg)["computed"] == 8
+    run = _Run(cfg)
+    assert run.accelerator.mixed_precision == "bf16"
+    run.train_step(run._batches())
+    assert run.teacher_cache.misses == 0
+
+
 def test_chunk_crops_are_prebuilt_and_equal_teacher_every_step(tmp_path, tiny_wavlm_dir):
     """crop_starts chunks + context crop: every crop is one of an utterance's fixed chunks
     (starts at multiples of the crop length), cache-teacher builds all of them, training then
