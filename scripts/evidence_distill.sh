@@ -10,7 +10,8 @@
 # Outputs: runs/ev/<variant>/ (checkpoints every SAVE_EVERY steps, all kept; metrics.jsonl;
 # student/). On a GPU: CPU=false (cache built in one process, training on the GPU, fp32 as on
 # the CPU); TRAIN, VALID, NOISE_DIR, RIR_DIR, TEACHER, CACHE move the inputs, EVAL_EVERY and
-# SAVE_EVERY the checkpoint grid (docs/evidence.md, GPU rows).
+# SAVE_EVERY the checkpoint grid (docs/evidence.md, GPU rows); EXTRA_ARGS adds overrides to
+# both runs (e.g. EXTRA_ARGS="--student.preset fast --student.init_layers null").
 set -euo pipefail
 STEPS=${STEPS:-1500}
 OUT=${EVIDENCE_OUT:-runs/ev}
@@ -24,6 +25,7 @@ RIR_DIR=${RIR_DIR:-runs/data/rir_train}
 CPU=${CPU:-true}
 EVAL_EVERY=${EVAL_EVERY:-250}
 SAVE_EVERY=${SAVE_EVERY:-250}
+read -r -a EXTRA <<< "${EXTRA_ARGS:-}"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1
 VARIANTS=("$@")
 [[ ${#VARIANTS[@]} -eq 0 ]] && VARIANTS=(robust plain)
@@ -37,7 +39,7 @@ common=(--teacher "$TEACHER" --objectives.layerwise.teacher_layers null
         --training.save_every "$SAVE_EVERY"
         --training.keep_checkpoints 100 --training.log_every 10
         --teacher_cache.dir "$CACHE" --teacher_cache.context crop
-        --teacher_cache.crop_starts chunks)
+        --teacher_cache.crop_starts chunks ${EXTRA[@]+"${EXTRA[@]}"})
 
 # The cache is built once, in two CPU processes (about 6 min here) or on the GPU; a second call
 # only checks it.

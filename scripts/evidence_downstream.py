@@ -1,0 +1,103 @@
+"""Issue 9: the downstream tables of docs/evidence.md from ``downstream.cli compare`` outputs.
+
+For each task folder ``SUPERB_OUT/<task>/`` it reads ``compare/results.json`` (the upstreams'
+multi-seed aggregates and their paired comparisons) and, when present, ``teacher/results.json``
+(the teacher's row, which may have fewer seeds). It prints one markdown table per task (primary
+metric per condition: mean over seeds and its 95 % interval, stratified by seed) and the paired
+differences that are significant among the pairs asked for.
+
+Usage (from the repository root):
+    python scripts/evidence_downstream.py runs/ev/superb --tasks kws sid sv se \
+        --names random=runs/ev/robust/student_init plain=runs/ev/plain/student ... \
+        --pairs plain:random robust:random robust:plain > runs/ev/downstream.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+TASK_TITLES = {"kws": "KWS (FSDD digits)", "sid": "SID (LibriSpeech speakers)",
+               "sv": "SV (unseen LibriSpeech speakers)", "se": "SE (BLSTM mask head)",
+               "asr": "ASR (linear CTC head, Whisper transcripts)"}
+CONDITION_TITLES = {"clean": "clean", "snr-5": "-5 dB", "snr0": "0 dB", "snr5": "5 dB",
+                    "snr10": "10 dB", "snr20": "20 dB", "reverb": "room"}
+
+
+def display_name(result: dict, seen: set[str]) -> str:
+    """The name ``compare`` gave an upstream: its path, or the path's last part if unique."""
+    path = result["upstream"]
+    return path if path in seen else Path(path).name
+
+
+def fmt(value: float, low: float | None = None, high: float | None = None) -> str:
+    digits = 3 if abs(value) < 10 else 1
+    text = f"{value:.{digits}f}"
+    return text if low is None else f"{text} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def task_table(folder: Path, names: dict[str, str], pairs: list[tuple[str, str]]) -> list[str]:
+    compare = json.loads((folder / "compare" / "results.json").read_text())
+    results = compare["results"]
+    metric = results[0]["primary_metric"]
+    conditions = results[0]["conditions"]
+    by_path = {r["upstream"]: r for r in results}
+    compared = {c["a"] for c in compare["comparisons"]} | {c["b"] for c in compare["comparisons"]}
+    label_of = {}  # compare's display name -> our label
+    for label, path in names.items():
+        if path in by_path:
+            result = by_path[path]
+            label_of[path if path in compared else Path(path).name] = label
+    better = "higher" if results[0]["higher_is_better"] else "lower"
+    seeds = sorted({len(r["seeds"]) for r in results})
+    lines = [f"{metric}, {better} is better; mean over {'/'.join(map(str, seeds))} seeds "
+             "[95 % interval, bootstrap over test items stratified by seed]", "",
+             "| upstream | " + " | ".join(CONDITION_TITLES.get(c, c) for c in conditions) + " |",
+             "|---|" + "---|" * len(conditions)]
+    teacher_file = folder / "teacher" / "results.json"
+    if teacher_file.is_file():
+        teacher = json.loads(teacher_file.read_text())
+        n = len(teacher.get("seeds") or [teacher.get("seed")])
+        lines.append(f"| teacher ({n} seed{'s' if n > 1 else ''}) | " + " | ".join(
+            fmt(teacher["metrics"][c][metric]) for c in conditions) + " |")
+    for label, path in names.items():
+        if path not in by_path:
+            continue
+        r = by_path[path]
+        lines.append(f"| {label} | " + " | ".join(
+            fmt(r["metrics"][c][metric], *r["intervals"][c][metric]) for c in conditions) + " |")
+    significant = []
+    for c in compare["comparisons"]:
+        if c["metric"] != metric or not c["significant"]:
+            continue
+        a, b = label_of.get(c["a"]), label_of.get(c["b"])
+        for x, y, sign in ((a, b, 1), (b, a, -1)):
+            if (x, y) in pairs:
+                d, lo, hi = (sign * c["difference"], *sorted((sign * c["low"], sign * c["high"])))
+                significant.append(f"{x} - {y}, {CONDITION_TITLES.get(c['condition'])}: "
+                                   f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    lines += ["", "Significant paired differences (a - b, same test items): " +
+              ("; ".join(significant) if significant else "none") + "."]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("superb_out", type=Path)
+    parser.add_argument("--tasks", nargs="+", default=["kws", "sid", "sv", "se", "asr"])
+    parser.add_argument("--names", nargs="+", required=True, help="LABEL=UPSTREAM_PATH")
+    parser.add_argument("--pairs", nargs="+", default=[], help="A:B label pairs to report")
+    args = parser.parse_args()
+    names = dict(item.split("=", 1) for item in args.names)
+    pairs = [tuple(item.split(":", 1)) for item in args.pairs]
+    for task in args.tasks:
+        folder = args.superb_out / task
+        if not (folder / "compare" / "results.json").is_file():
+            continue
+        print(f"### {TASK_TITLES.get(task, task)}\n")
+        print("\n".join(task_table(folder, names, pairs)) + "\n")
+
+
+if __name__ == "__main__":
+    main()
