@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--preset", default="default")
+    parser.add_argument("--compile", action="store_true",
+                        help="training.compile_student (torch.compile of the student)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="peak dense bf16 TFLOP/s of the GPU (default: from its name)")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU check of the script")
@@ -104,7 +106,7 @@ def main() -> None:
         tmp = Path(tmp)
         teacher_dir = make_random_teacher("wavlm", "tiny" if args.smoke else "base",
                                           tmp / "teacher")
-        extra = {"student.preset": args.preset}
+        extra = {"student.preset": args.preset, "training.compile_student": args.compile}
         if args.preset != "default" or args.smoke:
             extra["student.init_layers"] = "null"
         cache = {"teacher_cache.dir": str(tmp / "cache"), "teacher_cache.missing": "error"}
@@ -153,7 +155,7 @@ def main() -> None:
               f"{args.crop_s:g} s ({gpu})", (
                   "run", "median s/step", "audio-hours per GPU-hour", "peak GPU memory GiB",
                   "TFLOP per step", "TFLOP/s", "share of peak bf16"), rows,
-              [f"`{args.preset}` student; WavLM Base+-shaped teacher (random weights); "
+              [f"`{args.preset}` student{' (torch.compile)' if args.compile else ''}; WavLM Base+-shaped teacher (random weights); "
                f"{args.repeats} interleaved steps per run; cache built in {build_s:.0f} s "
                f"(one-off). FLOP counted by FlopCounterMode (matmul/conv, forward + backward; "
                f"peak {peak} TFLOP/s assumed).",
