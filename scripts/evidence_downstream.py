@@ -21,14 +21,9 @@ from pathlib import Path
 TASK_TITLES = {"kws": "KWS (FSDD digits)", "sid": "SID (LibriSpeech speakers)",
                "sv": "SV (unseen LibriSpeech speakers)", "se": "SE (BLSTM mask head)",
                "asr": "ASR (linear CTC head, Whisper transcripts)"}
+EXTRA_METRICS = {"asr": ["wer", "cer"]}  # tasks shown with more than their primary metric
 CONDITION_TITLES = {"clean": "clean", "snr-5": "-5 dB", "snr0": "0 dB", "snr5": "5 dB",
                     "snr10": "10 dB", "snr20": "20 dB", "reverb": "room"}
-
-
-def display_name(result: dict, seen: set[str]) -> str:
-    """The name ``compare`` gave an upstream: its path, or the path's last part if unique."""
-    path = result["upstream"]
-    return path if path in seen else Path(path).name
 
 
 def fmt(value: float, low: float | None = None, high: float | None = None) -> str:
@@ -37,17 +32,18 @@ def fmt(value: float, low: float | None = None, high: float | None = None) -> st
     return text if low is None else f"{text} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def task_table(folder: Path, names: dict[str, str], pairs: list[tuple[str, str]]) -> list[str]:
+def task_table(folder: Path, names: dict[str, str], pairs: list[tuple[str, str]],
+               metric: str | None = None) -> list[str]:
+    """One task's table (``metric``, default the task's primary one) and its significant pairs."""
     compare = json.loads((folder / "compare" / "results.json").read_text())
     results = compare["results"]
-    metric = results[0]["primary_metric"]
+    metric = metric or results[0]["primary_metric"]
     conditions = results[0]["conditions"]
     by_path = {r["upstream"]: r for r in results}
     compared = {c["a"] for c in compare["comparisons"]} | {c["b"] for c in compare["comparisons"]}
-    label_of = {}  # compare's display name -> our label
+    label_of = {}  # compare's name for an upstream (its path, or the path's last part) -> label
     for label, path in names.items():
         if path in by_path:
-            result = by_path[path]
             label_of[path if path in compared else Path(path).name] = label
     better = "higher" if results[0]["higher_is_better"] else "lower"
     seeds = sorted({len(r["seeds"]) for r in results})
@@ -96,7 +92,8 @@ def main() -> None:
         if not (folder / "compare" / "results.json").is_file():
             continue
         print(f"### {TASK_TITLES.get(task, task)}\n")
-        print("\n".join(task_table(folder, names, pairs)) + "\n")
+        for metric in EXTRA_METRICS.get(task, [None]):
+            print("\n".join(task_table(folder, names, pairs, metric)) + "\n")
 
 
 if __name__ == "__main__":
