@@ -73,6 +73,9 @@ def task_table(folder: Path, names: dict[str, str], pairs: list[tuple[str, str]]
                 d, lo, hi = (sign * c["difference"], *sorted((sign * c["low"], sign * c["high"])))
                 significant.append(f"{x} - {y}, {CONDITION_TITLES.get(c['condition'])}: "
                                    f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    if not any(c["metric"] == metric for c in compare["comparisons"]):
+        return lines + ["", f"Paired differences are not computed for {metric}: "
+                        "`downstream.cli compare` pairs the primary metric only."]
     lines += ["", "Significant paired differences (a - b, same test items): " +
               ("; ".join(significant) if significant else "none") + "."]
     return lines
