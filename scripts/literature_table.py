@@ -9,9 +9,15 @@ For every student (the shared initial student and each run's exported student):
   the per-utterance mean ``1 - cos`` over frames, with a 95 % bootstrap interval over
   utterances. The same probe for every method, so the heads each objective trained (MLP
   heads, bottlenecks, projections) play no part.
+- the same distance *centred*: the teacher layer's mean frame (over the clean training crops)
+  is subtracted from the target and from the prediction before the cosine, so a prediction of
+  the mean frame scores 1, not about 0 (the uncentred cosine of Whisper's nearly parallel
+  frames rewards the mean frame).
 - a downstream probe: 10-speaker identification on test-other (100 utterances), mean-pooled
   concatenated layers, multinomial logistic regression, 5-fold cross-validation (2
   utterances per speaker per fold), accuracy with a 95 % Wilson interval.
+- paired differences of every method against (a) layer prediction, per test utterance (the
+  same noisy audio for every student), with 95 % bootstrap intervals.
 
 Usage: python scripts/literature_table.py [OUT] [--test-seconds 3] [--train-items 40]
        [--runs init a_layerwise ...] [--tag NAME]   (evaluate some students into eval_NAME.json)
@@ -32,7 +38,8 @@ from robustdistill.audio import list_audio_files, load_audio
 from robustdistill.augment.noise import mix_at_snr
 from robustdistill.upstream import Upstream
 
-RUNS = ["a_layerwise", "b_enhancement", "c_gram", "d_cosine", "e_tfckd"]
+RUNS = ["a_layerwise", "b_enhancement", "c_gram", "c2_gram_centred", "d_cosine", "e_tfckd"]
+BASELINE = "a_layerwise"
 LAYERS = [1, 3, 4]
 SNRS = [0, 10, 20]
 
@@ -91,14 +98,15 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float, float]:
     return p, centre - half, centre + half
 
 
-def speaker_probe(feats: torch.Tensor, labels: list[str], folds: int) -> int:
+def speaker_probe(feats: torch.Tensor, labels: list[str], folds: int) -> np.ndarray:
+    """Per-utterance correctness (0/1) of a cross-validated logistic-regression speaker ID."""
     classes = sorted(set(labels))
     y = torch.tensor([classes.index(s) for s in labels])
     rank = torch.zeros(len(y), dtype=torch.long)  # position of each utterance in its speaker
     for c in range(len(classes)):
         idx = (y == c).nonzero().flatten()
         rank[idx] = torch.arange(len(idx))
-    correct = 0
+    correct = np.zeros(len(y))
     for fold in range(folds):
         test = rank % folds == fold
         xtr, xte = feats[~test], feats[test]
@@ -117,7 +125,7 @@ def speaker_probe(feats: torch.Tensor, labels: list[str], folds: int) -> int:
 
         opt.step(closure)
         with torch.no_grad():
-            correct += int((lin(xte).argmax(1) == y[test]).sum())
+            correct[test.numpy()] = (lin(xte).argmax(1) == y[test]).float().numpy()
     return correct
 
 
@@ -184,38 +192,86 @@ def main() -> None:
         frames = [min(len(s[layers[0]]), len(t[LAYERS[0]]))
                   for s, t in zip(s_train, t_train, strict=True)]
         x = torch.cat([student_features(s, n) for s, n in zip(s_train, frames, strict=True)])
-        maps = {la: ridge(x, torch.cat([t[la][:n]
-                                        for t, n in zip(t_train, frames, strict=True)]))
-                for la in LAYERS}
+        targets = {la: torch.cat([t[la][:n] for t, n in zip(t_train, frames, strict=True)])
+                   for la in LAYERS}
+        maps = {la: ridge(x, targets[la]) for la in LAYERS}
+        centre = {la: targets[la].mean(0) for la in LAYERS}
+        per_utt_all = {}
         for snr in SNRS:
             s_test = forward(model, test_noisy[snr], layers)
             for la in LAYERS:
-                per_utt = []
+                per_utt, per_utt_c = [], []
                 for s, t in zip(s_test, t_test, strict=True):
                     n = min(len(s[layers[0]]), len(t[la]))
                     pred = apply(maps[la], student_features(s, n))
                     cos = torch.nn.functional.cosine_similarity(pred, t[la][:n], dim=-1)
                     per_utt.append(float((1 - cos).mean()))
+                    cos_c = torch.nn.functional.cosine_similarity(
+                        pred - centre[la], t[la][:n] - centre[la], dim=-1)
+                    per_utt_c.append(float((1 - cos_c).mean()))
                 row[f"L{la}@{snr}dB"] = bootstrap(np.array(per_utt))
+                row[f"cL{la}@{snr}dB"] = bootstrap(np.array(per_utt_c))
+                per_utt_all[f"L{la}@{snr}dB"] = per_utt
+                per_utt_all[f"cL{la}@{snr}dB"] = per_utt_c
             pooled = torch.stack([student_features(s, len(s[layers[0]])).mean(0) for s in s_test])
             folds = min(5, args.per_speaker)
-            row[f"spk@{snr}dB"] = wilson(speaker_probe(pooled, speakers, folds), len(speakers))
+            correct = speaker_probe(pooled, speakers, folds)
+            row[f"spk@{snr}dB"] = wilson(int(correct.sum()), len(speakers))
+            per_utt_all[f"spk@{snr}dB"] = correct.tolist()
+        row["per_utterance"] = per_utt_all
         results[name] = row
-        print(name, json.dumps(row), flush=True)
+        print(name, json.dumps({k: v for k, v in row.items() if k != "per_utterance"}), flush=True)
     (out / f"eval_{args.tag}.json").write_text(json.dumps(results, indent=1))
     write_table(out, results)
 
 
+def paired(a: list[float], b: list[float], seed: int = 0, n: int = 2000):
+    """Mean of ``a - b`` over the same test utterances and its 95 % bootstrap interval."""
+    return bootstrap(np.asarray(a) - np.asarray(b), seed=seed, n=n)
+
+
 def write_table(out: Path, results: dict) -> None:
-    cols = [f"L{la}@{snr}dB" for la in LAYERS for snr in SNRS]
-    head = "| student | " + " | ".join(f"1-cos {c}" for c in cols) + \
-        " | " + " | ".join(f"speaker acc @{snr} dB" for snr in SNRS) + " |"
-    lines = [head, "|" + "---|" * (1 + len(cols) + len(SNRS))]
-    for name, row in results.items():
-        cells = [f"{row[c][0]:.3f} [{row[c][1]:.3f}, {row[c][2]:.3f}]" for c in cols]
-        cells += [f"{row[f'spk@{s}dB'][0]:.2f} [{row[f'spk@{s}dB'][1]:.2f}, "
-                  f"{row[f'spk@{s}dB'][2]:.2f}]" for s in SNRS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    """``table.md``: uncentred and centred distances, speaker accuracy, differences to (a)."""
+    def cell(v, digits=3):
+        return f"{v[0]:.{digits}f} [{v[1]:.{digits}f}, {v[2]:.{digits}f}]"
+
+    lines = []
+    for prefix, title in (("", "1 - cos (uncentred) of the ridge prediction"),
+                          ("c", "1 - cos, centred on the teacher layer's mean frame")):
+        cols = [f"{prefix}L{la}@{snr}dB" for la in LAYERS for snr in SNRS]
+        if not all(c in row for row in results.values() for c in cols):
+            continue
+        lines += [f"**{title}** (lower is closer; 95 % bootstrap interval over test utterances)",
+                  "", "| student | " + " | ".join(
+                      f"L{la} {snr} dB" for la in LAYERS for snr in SNRS) + " |",
+                  "|" + "---|" * (1 + len(cols))]
+        lines += [f"| {name} | " + " | ".join(cell(row[c]) for c in cols) + " |"
+                  for name, row in results.items()]
+        lines.append("")
+    lines += ["**Speaker identification** (accuracy, 95 % Wilson interval)", "",
+              "| student | " + " | ".join(f"{snr} dB" for snr in SNRS) + " |",
+              "|" + "---|" * (1 + len(SNRS))]
+    lines += [f"| {name} | " + " | ".join(cell(row[f"spk@{s}dB"], 2) for s in SNRS) + " |"
+              for name, row in results.items()]
+    base = results.get(BASELINE, {}).get("per_utterance")
+    if base:
+        cols = [f"cL{la}@{snr}dB" for la in LAYERS for snr in SNRS] + \
+            [f"spk@{snr}dB" for snr in SNRS]
+        lines += ["", f"**Paired differences to {BASELINE}** (method - {BASELINE}, same test "
+                  "utterances; centred 1 - cos: negative is closer to the teacher; speaker "
+                  "accuracy: positive is better; **bold**: the 95 % interval excludes 0)", "",
+                  "| student | " + " | ".join(c.replace("cL", "L").replace("@", " ")
+                                              .replace("spk", "spk acc") for c in cols) + " |",
+                  "|" + "---|" * (1 + len(cols))]
+        for name, row in results.items():
+            if name == BASELINE or "per_utterance" not in row:
+                continue
+            cells = []
+            for c in cols:
+                d = paired(row["per_utterance"][c], base[c])
+                text = f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]"
+                cells.append(f"**{text}**" if d[1] > 0 or d[2] < 0 else text)
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Issue 10 comparison: the same Whisper tiny.en teacher, student, data and step budget,
 # trained with (a) layer prediction, (b) + enhancement head, (c) + Gram KD, (d) cosine
-# alignment through a linear inverted bottleneck, (e) I2RF-TFCKD. Distils on
+# alignment through a linear inverted bottleneck, (e) I2RF-TFCKD; c2 is (c) with our
+# `center: true` option (the paper's Gram loss is uncentred). Distils on
 # librispeech-mini/train-clean-100 with runs/data/{noise,rir}_train only; the evaluation
 # (scripts/literature_table.py) uses test-other with runs/data/noise_test only.
 # Usage: bash scripts/literature_table.sh [STEPS] [OUT] [RUN...]   (defaults 30, runs/lit10,
-# all five runs); a finished run (final_state.json) is skipped.
+# all six runs); a finished run (final_state.json) is skipped.
 set -euo pipefail
 STEPS=${1:-30}
 OUT=${2:-runs/lit10}
@@ -15,12 +16,13 @@ declare -A OBJ=(
   [a_layerwise]="{layerwise: {}}"
   [b_enhancement]="{layerwise: {}, enhancement: {}}"
   [c_gram]="{layerwise: {}, enhancement: {}, gram_kd: {layer_pairs: [[1, 1], [4, 2]]}}"
+  [c2_gram_centred]="{layerwise: {}, enhancement: {}, gram_kd: {layer_pairs: [[1, 1], [4, 2]], center: true}}"
   [d_cosine]="{cosine_alignment: {teacher_layers: [1, 3, 4]}}"
   [e_tfckd]="{tfckd: {teacher_layers: [1, 2, 3, 4], student_layers: [1, 2], num_sets: 2}}"
 )
 shift $(( $# < 2 ? $# : 2 ))
 RUNS=("$@")
-[ ${#RUNS[@]} -gt 0 ] || RUNS=(a_layerwise b_enhancement c_gram d_cosine e_tfckd)
+[ ${#RUNS[@]} -gt 0 ] || RUNS=(a_layerwise b_enhancement c_gram c2_gram_centred d_cosine e_tfckd)
 for name in "${RUNS[@]}"; do
   [ -f "$OUT/$name/final_state.json" ] && continue
   robustdistill distill --teacher "$SHARED/models/whisper-tiny.en" --output_dir "$OUT/$name" \
