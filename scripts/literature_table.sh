@@ -6,9 +6,10 @@
 # librispeech-mini/train-clean-100 with runs/data/{noise,rir}_train only; the evaluation
 # (scripts/literature_table.py) uses test-other with runs/data/noise_test only.
 # Usage: bash scripts/literature_table.sh [STEPS] [OUT] [RUN...]   (defaults 30, runs/lit10,
-# all six runs); a finished run (final_state.json) is skipped.
+# all six runs); a finished run (final_state.json) is skipped. SEED=1 ... for another training seed.
 set -euo pipefail
 STEPS=${1:-30}
+SEED=${SEED:-0}   # the training seed (initial student, data order, corruption draws)
 OUT=${2:-runs/lit10}
 SHARED=${SHARED:-../shared}
 export HF_HUB_OFFLINE=1
@@ -26,7 +27,7 @@ RUNS=("$@")
 for name in "${RUNS[@]}"; do
   [ -f "$OUT/$name/final_state.json" ] && continue
   robustdistill distill --teacher "$SHARED/models/whisper-tiny.en" --output_dir "$OUT/$name" \
-    --seed 0 --objectives "${OBJ[$name]}" \
+    --seed "$SEED" --objectives "${OBJ[$name]}" \
     --data.train_dir "$SHARED/data/librispeech-mini/train-clean-100" \
     --data.validation_fraction 0.02 --data.batch_size 4 --data.max_length_s 2 \
     --data.min_length_s 2 \
