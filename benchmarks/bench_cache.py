@@ -14,6 +14,12 @@ Usage::
 
     python benchmarks/bench_cache.py --teacher wavlm-base [--threads 2 --batch-size 2 --crop-s 4]
     python benchmarks/bench_cache.py --teacher whisper-tiny.en --presets default
+    python benchmarks/bench_cache.py --set student.feature_grad_mult=0   # any config override
+
+``--set KEY=VALUE`` (repeatable) overrides a config key in every run of the table (both sides),
+e.g. ``student.feature_grad_mult=0`` (the student's CNN frozen, the reference code's
+``feature_grad_mult: 0``) or ``training.mixed_precision=bf16`` (CPU autocast); the table's
+notes list them.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ def _config(args, teacher_dir: Path, tmp: Path, out: str, recipe: str = "distilh
         "data.validation_dir": "null", "data.validation_fraction": 0.01,
         "training.cpu": True, "training.report_to": "[]", "training.mixed_precision": "no",
         "training.max_steps": 10_000, "student.preset": preset, **extra,
+        **dict(item.split("=", 1) for item in getattr(args, "set", ())),
     }
     if preset != "default":  # shapes differ from the teacher's: nothing to copy
         overrides["student.init_layers"] = "null"
@@ -84,8 +91,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4, help="steps per side (after 1 warm-up)")
     parser.add_argument("--recipes", nargs="+", default=["distilhubert", "robust_wavlm_base_plus"])
     parser.add_argument("--presets", nargs="+", default=["default", "fast"])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every run (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="append the table to this file")
     args = parser.parse_args()
+    if bad := [item for item in args.set if "=" not in item]:
+        parser.error(f"--set takes KEY=VALUE, got {bad}")
     quiet()
     torch.set_num_threads(args.threads)
     from robustdistill.teacher_cache import build_cache
@@ -112,7 +123,9 @@ def main() -> None:
             f"Teacher: {args.teacher} "
             f"({sum(p.numel() for p in cache.teacher.parameters()) / 1e6:.1f} M params, layers "
             f"{cache.teacher_cache.layers} cached); batch {args.batch_size} x {args.crop_s:g} s "
-            f"crops, fp32 training, {args.repeats} interleaved steps per side after one warm-up.",
+            f"crops, {cache.cfg.training.mixed_precision.replace('no', 'fp32')} training, "
+            f"{args.repeats} interleaved steps per side after one warm-up.",
+            f"Overrides on both sides: {', '.join(args.set) or 'none'}.",
             f"Corpus: {len(cache.train_set)} utterances, {audio_s:.0f} s "
             f"({'LibriSpeech train-clean-100' if (SHARED_DATA / 'librispeech-mini').is_dir() else 'generated'}).",
             f"Cache build (one-off, `build_cache`, 1 process): {build_s:.1f} s for {audio_s:.0f} s "

@@ -7,7 +7,12 @@ runs ``--steps`` distillation steps and reports the peak resident set size (``ru
 the growth over the resident memory before the first step (activations, gradients and AdamW
 states: what the batch size and checkpointing change).
 
-Usage: ``python benchmarks/bench_memory.py [--batch-sizes 1 2 4 8 --crop-s 4 --threads 2]``
+``--feature-grad-mults 0.1 0`` adds rows with the student's CNN frozen (``student.feature_grad_mult:
+0``, run under no_grad as the reference code does): checkpointing covers only the transformer
+layers, a frozen CNN keeps none of its activations.
+
+Usage: ``python benchmarks/bench_memory.py [--batch-sizes 1 2 4 8 --crop-s 4 --threads 2
+--feature-grad-mults 0.1 0]``
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ def child(args) -> None:
             "data.num_workers": 0, "student.preset": args.preset,
             "training.cpu": True, "training.report_to": "[]", "training.mixed_precision": "no",
             "training.gradient_checkpointing": args.checkpointing, "training.max_steps": 100,
+            "student.feature_grad_mult": args.feature_grad_mult,
         }
         if args.preset != "default":
             overrides["student.init_layers"] = "null"
@@ -72,7 +78,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--preset", default="default")
     parser.add_argument("--out", type=Path, default=None, help="append the table to this file")
+    parser.add_argument("--feature-grad-mults", type=float, nargs="+", default=[0.1],
+                        help="student.feature_grad_mult values (0: frozen CNN)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--feature-grad-mult", type=float, default=0.1, help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--checkpointing", default="false", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -81,17 +90,19 @@ def main() -> None:
         return
     rows = []
     for batch_size in args.batch_sizes:
-        for checkpointing in ("false", "true"):
-            cmd = [sys.executable, __file__, "--child", "--batch-size", str(batch_size),
-                   "--checkpointing", checkpointing, "--crop-s", str(args.crop_s),
-                   "--steps", str(args.steps), "--threads", str(args.threads),
-                   "--preset", args.preset]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            result = json.loads(out.strip().splitlines()[-1])
-            rows.append((f"{batch_size} x {args.crop_s:g} s", checkpointing,
-                         f"{result['peak']:.0f}", f"{result['peak'] - result['before']:.0f}"))
+        for mult in args.feature_grad_mults:
+            for checkpointing in ("false", "true"):
+                cmd = [sys.executable, __file__, "--child", "--batch-size", str(batch_size),
+                       "--checkpointing", checkpointing, "--crop-s", str(args.crop_s),
+                       "--steps", str(args.steps), "--threads", str(args.threads),
+                       "--preset", args.preset, "--feature-grad-mult", str(mult)]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                result = json.loads(out.strip().splitlines()[-1])
+                rows.append((f"{batch_size} x {args.crop_s:g} s",
+                             f"{mult:g}" + (" (CNN frozen)" if mult == 0 else ""), checkpointing,
+                             f"{result['peak']:.0f}", f"{result['peak'] - result['before']:.0f}"))
     table(f"Peak CPU memory per batch size (`{args.preset}` student)", (
-        "batch", "gradient checkpointing", "peak RSS MiB", "growth during the steps MiB"),
+        "batch", "feature_grad_mult", "gradient checkpointing", "peak RSS MiB", "growth during the steps MiB"),
         rows, [f"distilhubert recipe shape (layer-wise MLP heads), WavLM Base+-shaped teacher "
                f"(random weights, fp32), {args.steps} steps per child process; RSS includes "
                "both models, the interpreter and libraries; growth = peak minus RSS before "

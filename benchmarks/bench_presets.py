@@ -5,9 +5,14 @@ real shape), the ``default`` and ``fast`` students created from it
 (:data:`robustdistill.student.STUDENT_PRESETS`), each behind the upstream contract
 (``Upstream``, all hidden states), batch 1 x 10 s, ``torch.inference_mode``, interleaved,
 median of ``--repeats``. ``--compile`` adds ``nn.Module.compile`` variants of the students
-(inductor; the first call compiles and is not timed).
+(inductor; the first call compiles and is not timed). ``--dtypes float32 bfloat16`` times every
+model at each precision in the same interleaved run (bfloat16: CPU autocast, i.e. convolutions
+and matrix products in bf16, weights kept in fp32, as ``Upstream`` users get with
+``torch.autocast("cpu", dtype=torch.bfloat16)``); each row's speed-up is against the teacher at
+the same precision, and the bf16 rows also give the factor over the same model in fp32.
 
-Usage: ``python benchmarks/bench_presets.py [--threads 2 --repeats 7 --compile]``
+Usage: ``python benchmarks/bench_presets.py [--threads 2 --repeats 7 --compile
+--dtypes float32 bfloat16]``
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--compile", action="store_true", help="also time compiled students")
+    parser.add_argument("--dtypes", nargs="+", default=["float32"],
+                        choices=["float32", "bfloat16"],
+                        help="precisions to time (bfloat16: CPU autocast)")
     parser.add_argument("--out", type=Path, default=None, help="append the table to this file")
     args = parser.parse_args()
     quiet()
@@ -49,30 +57,59 @@ def main() -> None:
     wave = torch.randn(1, samples, generator=torch.Generator().manual_seed(0)) * 0.1
     lengths = torch.tensor([samples])
 
-    def call(model):
-        with torch.inference_mode():
+    def call(model, dtype):
+        with torch.inference_mode(), torch.autocast(
+                "cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
             model(wave, lengths)
 
-    times = interleaved({name: (lambda m=m: call(m)) for name, m in models.items()},
-                        args.repeats, warmup=2)
-    base = median(times["teacher (WavLM Base+ shape)"])
+    def call_cnn(model, dtype):  # the convolutional feature encoder alone
+        with torch.inference_mode(), torch.autocast(
+                "cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            model.model.feature_extractor(wave)
+
+    calls = {(name, dtype): (lambda m=m, d=dtype: call(m, d))
+             for dtype in args.dtypes for name, m in models.items()}
+    calls.update({(name, dtype, "cnn"): (lambda m=m, d=dtype: call_cnn(m, d))
+                  for dtype in args.dtypes for name, m in models.items()
+                  if "compiled" not in name})
+    times = interleaved(calls, args.repeats, warmup=2)
     rows = []
-    for name, model in models.items():
-        cfg = model.config
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        shape = (f"{cfg.model_type}, CNN {cfg.conv_dim[0]}, {cfg.num_hidden_layers} x "
-                 f"{cfg.hidden_size}, {cfg._attn_implementation}")
-        t = median(times[name])
-        rows.append((name, shape, f"{params:.1f} M", f"{t:.3f} ({min(times[name]):.3f}-"
-                     f"{max(times[name]):.3f})", f"{base / t:.2f}x", f"{args.seconds / t:.0f}x"))
+    for dtype in args.dtypes:
+        base = median(times[("teacher (WavLM Base+ shape)", dtype)])
+        for name, model in models.items():
+            cfg = model.config
+            params = sum(p.numel() for p in model.parameters()) / 1e6
+            shape = (f"{cfg.model_type}, CNN {cfg.conv_dim[0]}, {cfg.num_hidden_layers} x "
+                     f"{cfg.hidden_size}, {cfg._attn_implementation}")
+            ts = times[(name, dtype)]
+            t = median(ts)
+            # paired: teacher and model timed in the same round, so a slow round hits both
+            ratios = sorted(a / b for a, b in zip(times[("teacher (WavLM Base+ shape)", dtype)],
+                                                  ts, strict=True))
+            q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
+            vs_fp32 = (f"{median(times[(name, 'float32')]) / t:.2f}x"
+                       if dtype != "float32" and "float32" in args.dtypes else "")
+            cnn = times.get((name, dtype, "cnn"))
+            cnn_share = f"{median(cnn) / t:.0%}" if cnn else ""
+            rows.append((name, dtype, shape, f"{params:.1f} M", cnn_share,
+                         f"{t:.3f} ({min(ts):.3f}-{max(ts):.3f})", f"{base / t:.2f}x",
+                         f"{median(ratios):.2f}x ({q1:.2f}-{q3:.2f})",
+                         f"{args.seconds / t:.0f}x", vs_fp32))
     table(f"Student presets: CPU inference, {args.seconds:g} s of audio, {args.threads} threads",
-          ("model", "shape (family, CNN channels, layers x width, attention)", "params",
-           "median s (min-max)", "speed-up vs teacher", "x real time"), rows,
-          [f"Batch 1, fp32, `torch.inference_mode`, all hidden states returned; "
-           f"{args.repeats} interleaved calls per model after 2 warm-up calls.",
+          ("model", "precision", "shape (family, CNN channels, layers x width, attention)",
+           "params", "CNN share", "median s (min-max)", "speed-up vs teacher (same precision)",
+           "per-round speed-up, median (quartiles)",
+           "x real time", "speed-up vs its fp32"), rows,
+          [f"Batch 1, `torch.inference_mode`, all hidden states returned; {args.repeats} "
+           f"interleaved calls per model and precision after 2 warm-up calls.",
+           "CNN share: median time of the convolutional feature encoder alone (timed in the "
+           "same rounds) over the model's median time.",
+           "Speed-up: ratio of medians; per-round: the teacher's time over the model's in "
+           "each interleaved round (one round = every model once), median and quartiles.",
+           "bfloat16: `torch.autocast('cpu', dtype=torch.bfloat16)` around the call "
+           "(weights stay fp32).",
            "Random weights (speed does not depend on them)."],
           threads=args.threads, out=args.out)
-
 
 if __name__ == "__main__":
     main()

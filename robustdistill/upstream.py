@@ -145,7 +145,9 @@ class Upstream(nn.Module):
         frozen: eval mode, ``requires_grad=False`` on all parameters, forward under no_grad.
         feature_grad_mult: factor on the gradient flowing back into the convolutional
             feature encoder (wav2vec 2.0 / DistilHuBERT ``feature_grad_mult``; 1: unchanged,
-            0: the CNN gets no gradient). Also applies to the returned ``extract_features``.
+            0: the CNN runs under no_grad, as in fairseq and s3prl, so it is frozen, saves no
+            activations and costs no backward pass). Also applies to the returned
+            ``extract_features``.
         whisper_frames: where a Whisper encoder's frames are placed: ``"native"`` (its own
             frames, centred at ``320 k`` samples; ``ceil(S / 320)`` of them) or ``"ssl"``
             (interpolated at ``320 k + 200``, the centres of a wav2vec 2.0-style CNN's frames,
@@ -345,10 +347,19 @@ class Upstream(nn.Module):
         waveforms = waveforms * sample_mask  # padding is exactly zero
         captured = {}
         handles = []
-        if self.feature_grad_mult != 1.0 and torch.is_grad_enabled():
+        grad_enabled = torch.is_grad_enabled()
+        if self.feature_grad_mult == 0.0 and grad_enabled:
+            # the CNN under no_grad, as the reference code (fairseq / s3prl: feature_grad_mult
+            # 0): no graph, no saved activations, no backward through it
+            def no_grad_in(_module, _inputs):
+                torch.set_grad_enabled(False)
+
+            def grad_out(_module, _inputs, _output):
+                torch.set_grad_enabled(True)
+            handles.append(self.model.feature_extractor.register_forward_pre_hook(no_grad_in))
+            handles.append(self.model.feature_extractor.register_forward_hook(grad_out))
+        elif self.feature_grad_mult != 1.0 and grad_enabled:
             def scale_grad(_module, _inputs, output):
-                if self.feature_grad_mult == 0.0:
-                    return output.detach()
                 return _GradMultiply.apply(output, self.feature_grad_mult)
             handles.append(self.model.feature_extractor.register_forward_hook(scale_grad))
         if return_extract_features:  # registered after scale_grad: sees its output
@@ -365,6 +376,7 @@ class Upstream(nn.Module):
         finally:
             for handle in handles:
                 handle.remove()
+            torch.set_grad_enabled(grad_enabled)  # also when the CNN raised under no_grad
         hidden_states = tuple(out.hidden_states)
         frame_lengths = self.frame_lengths(lengths).clamp(max=hidden_states[-1].shape[1])
         mask = lengths_to_mask(frame_lengths, hidden_states[-1].shape[1])

@@ -187,6 +187,23 @@ def test_feature_grad_mult_scales_the_gradient_into_the_cnn(tiny_hubert_dir, use
     assert torch.count_nonzero(_cnn_grads(tiny_hubert_dir, 0.0, use_features)) == 0
 
 
+def test_feature_grad_mult_zero_runs_the_cnn_without_a_graph(tiny_hubert_dir):
+    """0 freezes the CNN as the reference code does (under no_grad: no saved activations);
+    the layers above it still train, and grad mode is restored after the call."""
+    up = Upstream.from_pretrained(tiny_hubert_dir, frozen=False)
+    up.feature_grad_mult = 0.0
+    inside = []  # does the first conv layer's output join a graph?
+    up.model.feature_extractor.conv_layers[0].register_forward_hook(
+        lambda _m, _i, output: inside.append(output.requires_grad))
+    out = up(torch.randn(2, 4000), torch.tensor([4000, 3000]), return_extract_features=True)
+    assert inside == [False]
+    assert out.extract_features.grad_fn is None and not out.extract_features.requires_grad
+    out.hidden_states[-1].pow(2).mean().backward()
+    assert up.model.feature_extractor.conv_layers[0].conv.weight.grad is None
+    assert up.model.encoder.layers[0].attention.q_proj.weight.grad is not None
+    assert torch.is_grad_enabled()
+
+
 def test_students_get_the_recipes_feature_grad_mult(tmp_path, tiny_wavlm_dir):
     from robustdistill.trainer import _Run
 
