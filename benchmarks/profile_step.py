@@ -1,49 +1,85 @@
-"""Where one distillation step spends its time: cProfile of one step (after a warm-up step).
+"""Where one distillation step spends its time, one run.
 
-Same run as ``bench_cache.py`` (its ``_config``: RobustDistiller recipe, real LibriSpeech,
-training noise and rooms), teacher on every step; prints the teacher's forward time alone and
-the 35 most expensive calls by cumulative time.
+Same run as ``bench_cache.py`` (its ``_config``: real LibriSpeech, training noise and rooms,
+batch 2 x 4 s), teacher on every step or, with ``--cached``, targets from a prebuilt cache.
+Prints the teacher's forward time alone, then either the 35 most expensive Python calls by
+cumulative time (cProfile, the default) or, with ``--ops``, PyTorch's operator table
+(``torch.profiler``, self CPU time over ``--steps`` steps) with the share of the step spent in
+the convolutions' forward and backward.
 
-Usage: ``python benchmarks/profile_step.py whisper-tiny.en`` (or ``wavlm-base``)
+Usage::
+
+    python benchmarks/profile_step.py whisper-tiny.en             # RobustDistiller recipe
+    python benchmarks/profile_step.py wavlm-base --recipe distilhubert --cached --ops
 """
 
 from __future__ import annotations
 
+import argparse
 import cProfile
 import pstats
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import bench_cache
 import torch
-from _common import quiet
-
-
-class _Options:
-    items, batch_size, crop_s = 4, 2, 4.0
-    teacher = sys.argv[1] if len(sys.argv) > 1 else "whisper-tiny.en"
+from _common import machine, quiet
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("teacher", nargs="?", default="whisper-tiny.en",
+                        choices=["wavlm-base", "whisper-tiny.en"])
+    parser.add_argument("--recipe", default="robust_wavlm_base_plus",
+                        choices=["robust_wavlm_base_plus", "distilhubert"])
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--cached", action="store_true", help="targets from a prebuilt cache")
+    parser.add_argument("--ops", action="store_true", help="torch.profiler operator table")
+    parser.add_argument("--steps", type=int, default=2, help="profiled steps (--ops)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override (repeatable)")
+    args = parser.parse_args()
+    args.items, args.batch_size, args.crop_s = 4, 2, 4.0
     quiet()
     torch.set_num_threads(2)
+    from robustdistill.teacher_cache import build_cache
     from robustdistill.trainer import _Run
 
     tmp = Path(tempfile.mkdtemp())
-    teacher_dir = bench_cache._teacher_dir(_Options.teacher, tmp)
-    run = _Run(bench_cache._config(_Options, teacher_dir, tmp, "p", "robust_wavlm_base_plus"))
+    teacher_dir = bench_cache._teacher_dir(args.teacher, tmp)
+    extra = bench_cache._cache_options(args, tmp) if args.cached else {}
+    cfg = bench_cache._config(args, teacher_dir, tmp, "p", args.recipe, args.preset, **extra)
+    if args.cached:
+        build_cache(cfg, splits=["train"])
+    run = _Run(cfg)
     batches = run._batches()
     run.train_step(batches)
     batch = next(batches)
     start = time.perf_counter()
     with torch.no_grad():
         run.teacher(batch["waveforms"], batch["lengths"])
-    print(f"teacher forward alone: {time.perf_counter() - start:.2f} s")
-    profile = cProfile.Profile()
-    profile.runcall(run.train_step, batches)
-    pstats.Stats(profile).sort_stats("cumulative").print_stats(35)
+    print(f"{machine(2)}\nteacher forward alone: {time.perf_counter() - start:.2f} s "
+          f"({args.recipe}, `{args.preset}`, {'cached' if args.cached else 'teacher every step'}"
+          f", overrides {args.set or 'none'})")
+    if not args.ops:
+        profile = cProfile.Profile()
+        profile.runcall(run.train_step, batches)
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(35)
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.steps):
+            run.train_step(batches)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    conv = {name: sum(e.self_cpu_time_total for e in events if e.key == name)
+            for name in ("aten::mkldnn_convolution", "aten::convolution_backward")}
+    print(events.table(sort_by="self_cpu_time_total", row_limit=20))
+    print(f"per step: {total / args.steps / 1e6:.2f} s of operator time; convolutions forward "
+          f"{conv['aten::mkldnn_convolution'] / total:.0%}, backward "
+          f"{conv['aten::convolution_backward'] / total:.0%}")
 
 
 if __name__ == "__main__":
