@@ -11,6 +11,11 @@ Usage::
 
     python benchmarks/profile_step.py whisper-tiny.en             # RobustDistiller recipe
     python benchmarks/profile_step.py wavlm-base --recipe distilhubert --cached --ops
+    python benchmarks/profile_step.py --conv-layers    # the 7 CNN layers alone, 2 x 4 s
+
+``--conv-layers`` times each layer of the wav2vec 2.0 / WavLM CNN (random weights, fp32) on a
+2 x 4 s batch: forward, weight gradient, and input gradient (the transposed convolution that
+carries the gradient down to the layer below), medians of 5 interleaved calls.
 """
 
 from __future__ import annotations
@@ -39,7 +44,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="profiled steps (--ops)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override (repeatable)")
+    parser.add_argument("--conv-layers", action="store_true",
+                        help="time each CNN layer's forward and gradients, then stop")
     args = parser.parse_args()
+    if args.conv_layers:
+        conv_layers()
+        return
     args.items, args.batch_size, args.crop_s = 4, 2, 4.0
     quiet()
     torch.set_num_threads(2)
@@ -80,6 +90,39 @@ def main() -> None:
     print(f"per step: {total / args.steps / 1e6:.2f} s of operator time; convolutions forward "
           f"{conv['aten::mkldnn_convolution'] / total:.0%}, backward "
           f"{conv['aten::convolution_backward'] / total:.0%}")
+
+
+def conv_layers(batch: int = 2, samples: int = 64_000, repeats: int = 5) -> None:
+    """Per layer of the 7-layer CNN: forward, weight-gradient and input-gradient times."""
+    import torch.nn.functional as F
+    from _common import interleaved, median, table
+
+    torch.set_num_threads(2)
+    gen = torch.Generator().manual_seed(0)
+    specs = [(1, 512, 10, 5)] + [(512, 512, 3, 2)] * 4 + [(512, 512, 2, 2)] * 2
+    x = torch.randn(batch, 1, samples, generator=gen)
+    rows = []
+    for i, (c_in, c_out, k, stride) in enumerate(specs):
+        w = (torch.randn(c_out, c_in, k, generator=gen) / (c_in * k) ** 0.5).requires_grad_()
+        x = x.detach().requires_grad_(i > 0)
+        y = F.conv1d(x, w, stride=stride)
+        g = torch.randn_like(y)
+        fns = {"forward": lambda x=x, w=w, s=stride: F.conv1d(x, w, stride=s).detach(),
+               "weight grad": lambda y=y, w=w, g=g: torch.autograd.grad(y, w, g,
+                                                                      retain_graph=True)}
+        if i > 0:
+            fns["input grad"] = lambda y=y, x=x, g=g: torch.autograd.grad(y, x, g,
+                                                                          retain_graph=True)
+        times = {name: median(t) * 1e3 for name, t in interleaved(fns, repeats).items()}
+        rows.append((i, f"{c_in} -> {c_out}, k {k}, stride {stride}", tuple(x.shape),
+                     f"{times['forward']:.1f}", f"{times['weight grad']:.1f}",
+                     f"{times['input grad']:.1f}" if i > 0 else "not needed",
+                     f"{(times['weight grad'] + times.get('input grad', 0)) / times['forward']:.2f}"))
+        x = y.detach()
+    table(f"CNN layers, batch {batch} x {samples / 16_000:g} s, fp32", (
+        "layer", "shape", "input", "forward ms", "weight grad ms", "input grad ms",
+        "backward / forward"), rows,
+        [f"medians of {repeats} interleaved calls after one warm-up; random weights"], threads=2)
 
 
 if __name__ == "__main__":
