@@ -265,8 +265,10 @@ class _Run:
         else:
             self.sampler = ShardedRandomSampler(len(train_set), cfg.seed, shuffle=True,
                                                 rank=rank, world_size=world)
+        collate = self._cache_reader(acc.device)
+        pin = acc.device.type == "cuda"  # page-locked batches: asynchronous host-to-device copies
         self.loader = build_dataloader(train_set, cfg.data.batch_size, self.sampler,
-                                       cfg.data.num_workers)
+                                       cfg.data.num_workers, collate_fn=collate, pin_memory=pin)
         if len(valid_set) < world:  # too few to shard: every rank evaluates all of them
             logger.warning("%d validation items for %d processes: each process evaluates all "
                            "(means are unchanged: sums and counts both scale)", len(valid_set), world)
@@ -275,7 +277,8 @@ class _Run:
         self.valid_sampler = ShardedRandomSampler(len(valid_set), cfg.seed, shuffle=False,
                                                   rank=valid_rank, world_size=valid_world)
         self.valid_loader = build_dataloader(valid_set, cfg.data.batch_size, self.valid_sampler,
-                                             cfg.data.num_workers)
+                                             cfg.data.num_workers, collate_fn=collate,
+                                             pin_memory=pin)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.progress = TrainingProgress()
         # Scheduler, progress and stream position go to training_state.json (save_checkpoint),
@@ -311,6 +314,24 @@ class _Run:
         return student, feature_extractor
 
     # ------------------------------------------------------------------ data
+    def _cache_reader(self, device: torch.device):
+        """The loaders' collate function: the cache's :class:`CacheReader` when
+        ``teacher_cache.read_in_workers`` (targets read in the workers; float32 for a CPU run,
+        the storage dtype for an accelerator, which converts them), else None (plain collate)."""
+        if self.teacher_cache is None or not self.cfg.teacher_cache.read_in_workers:
+            return None
+        longest = 0
+        for dataset in (self.train_set, self.valid_set):
+            lengths = getattr(dataset, "lengths", None)
+            if lengths is None or not len(lengths):
+                continue
+            crop = getattr(dataset, "_max_samples", None) or int(np.max(lengths))
+            longest = max(longest, min(crop, int(np.max(lengths))))
+        if not longest:
+            return None
+        dtype = torch.float32 if device.type == "cpu" else self.teacher_cache.dtype
+        return self.teacher_cache.reader(longest, dtype)
+
     def _batches(self) -> Iterator[dict]:
         """Training batches forever, epoch after epoch, tracking the position exactly."""
         p = self.progress

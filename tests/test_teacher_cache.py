@@ -252,3 +252,65 @@ def test_chunk_starts_need_a_whole_number_of_frames_and_whisper_needs_crop_conte
         TeacherFeatureCache(tmp_path, teacher, [1], crop_starts="random")
     with pytest.raises(ValueError, match="position embedding"):
         TeacherFeatureCache(tmp_path, SimpleNamespace(is_whisper=True), [1])
+
+
+# ---- targets read in the DataLoader workers (teacher_cache.read_in_workers) -----------------
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_targets_read_in_the_loader_equal_targets_read_in_the_step(tmp_path, tiny_wavlm_dir,
+                                                                   workers):
+    """The collate function (in the workers when num_workers > 0) reads every row of a built
+    cache; the step only moves the targets, and the losses equal those of in-step reads
+    bit for bit (the same stored bytes)."""
+    base = {"teacher_cache.dir": str(tmp_path / "cache"), "teacher_cache.missing": "error",
+            "data.num_workers": workers}
+    cfg = _config(tmp_path, tiny_wavlm_dir, "build", 1.5, **base)
+    build_cache(cfg, splits=["train", "validation"])
+    in_step, run_step = _losses(_config(tmp_path, tiny_wavlm_dir, "step", 1.5, **base,
+                                        **{"teacher_cache.read_in_workers": "false"}))
+    in_loader, run_loader = _losses(_config(tmp_path, tiny_wavlm_dir, "loader", 1.5, **base))
+    batch = next(iter(run_loader.loader))
+    assert bool(batch["cached_rows"].all()) and batch["cached_targets"].dtype == torch.float32
+    assert "cached_targets" not in next(iter(run_step.loader))
+    assert run_loader.teacher_cache.hits == run_step.teacher_cache.hits > 0
+    assert in_loader == in_step
+
+
+def test_reader_leaves_missing_and_off_grid_rows_to_the_step(tmp_path, teacher):
+    """A row whose entry is missing, whose start is off the grid or whose length is beyond
+    the reader's table is not read; the step then computes it (missing: compute), refuses it
+    (off the grid) or reads it itself, with the same values as without the reader."""
+    cache = TeacherFeatureCache(tmp_path / "c", teacher, [1, 2], dtype="float32")
+    rng = np.random.default_rng(0)
+    waves = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (4000, 3000)]
+    keys = [content_key(w) for w in waves]
+    for key, wave in zip(keys[:1], waves[:1], strict=True):  # only the first is cached
+        cache.write(cache.entry_path(key), cache.compute(torch.from_numpy(wave)))
+
+    def batch(offsets, lengths):
+        padded = torch.zeros(2, max(lengths))
+        for b, (w, o, n) in enumerate(zip(waves, offsets, lengths, strict=True)):
+            padded[b, :n] = torch.from_numpy(w[o : o + n])
+        return {"waveforms": padded, "lengths": torch.tensor(lengths),
+                "offsets": torch.tensor(offsets), "keys": keys, "indices": torch.tensor([0, 1])}
+
+    reader = cache.reader(4000)
+    plain = batch([640, 0], [2000, 3000])
+    read = reader.read(plain)
+    assert read["cached_rows"].tolist() == [True, False]  # the second entry is missing
+    assert read["cached_targets"].shape == (2, 2, int(teacher.frame_lengths(torch.tensor(
+        [3000]))), teacher.hidden_size)
+    full = lambda i: waves[i]  # noqa: E731
+    expected = cache.targets(plain, full)  # in-step: the first read, the second computed
+    got = cache.targets({**plain, **read}, full)
+    for layer in (1, 2):
+        torch.testing.assert_close(got.hidden_states[layer], expected.hidden_states[layer],
+                                   rtol=0, atol=0)
+    assert cache.reader(1999).read(plain)["cached_rows"].tolist() == [False, False]
+    off_grid = batch([100, 0], [2000, 3000])  # the step above wrote the second entry
+    assert reader.read(off_grid)["cached_rows"].tolist() == [False, True]
+    with pytest.raises(ValueError, match="frame grid"):
+        cache.targets({**off_grid, **reader.read(off_grid)}, full)
+    with pytest.raises(ValueError, match="max_samples"):
+        cache.reader(0)

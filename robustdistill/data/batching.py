@@ -56,8 +56,10 @@ def build_dataloader(
     num_workers: int = 0,
     drop_last: bool = False,
     pin_memory: bool = False,
+    collate_fn=None,
 ) -> DataLoader:
-    """A ``DataLoader`` with :func:`collate_waveforms`.
+    """A ``DataLoader`` with :func:`collate_waveforms` (or ``collate_fn``, which must return
+    what it returns, plus any extra keys: e.g. a teacher cache's ``CacheReader``).
 
     Args:
         dataset: a map-style dataset of this module, or a :class:`StreamingAudioDataset`.
@@ -80,7 +82,7 @@ def build_dataloader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate_waveforms,
+        collate_fn=collate_fn or collate_waveforms,
         drop_last=drop_last,
         pin_memory=pin_memory,
         # A private generator: creating an iterator draws the workers' base seed from it,
