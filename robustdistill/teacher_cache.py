@@ -342,6 +342,7 @@ class TeacherFeatureCache:
         else:
             _atomic_write_text(manifest, json.dumps(self.spec, indent=2, sort_keys=True))
         self.hits = 0
+        self.loader_hits = 0  # of the hits, rows a CacheReader read in the loader
         self.misses = 0
 
     @classmethod
@@ -513,6 +514,7 @@ class TeacherFeatureCache:
             read = None  # not this cache's reading: read again below
         if read is not None and bool(read.all()):  # every row read in the loader
             self.hits += len(lengths)
+            self.loader_hits += len(lengths)
             out = batch["cached_targets"].to(device, non_blocking=True).to(dtype)
             frame_lengths = frame_lengths.to(device)
             hidden = CachedLayers(self.teacher.num_layers + 1,
@@ -524,6 +526,7 @@ class TeacherFeatureCache:
             frames = int(frame_lengths[b])
             if read is not None and read[b]:
                 self.hits += 1
+                self.loader_hits += 1
                 out[:, b, :frames] = batch["cached_targets"][:, b, :frames].to(dtype)
                 continue
             if self.context == "utterance":
@@ -555,9 +558,11 @@ class TeacherFeatureCache:
         return UpstreamOutput(hidden, frame_lengths, lengths_to_mask(frame_lengths, max_frames))
 
     def stats(self) -> dict:
-        """``{"hits", "misses", "entries", "bytes"}`` of this process and folder."""
+        """``{"hits", "hits_read_in_loader", "misses", "entries", "bytes"}`` of this process
+        and folder."""
         files = list(self.path.glob("*/*.safetensors"))
-        return {"hits": self.hits, "misses": self.misses, "entries": len(files),
+        return {"hits": self.hits, "hits_read_in_loader": self.loader_hits,
+                "misses": self.misses, "entries": len(files),
                 "bytes": sum(f.stat().st_size for f in files)}
 
 

@@ -813,6 +813,8 @@ def train(cfg: DistillConfig) -> Path:
                    "skipped_audio": skipped_audio,
                    "parameter_sha256_per_rank": fingerprints,
                    "ranks_identical": len(set(fingerprints)) == 1}
+        if run.teacher_cache is not None:  # this process's lookups (training and validation)
+            summary["teacher_cache"] = run.teacher_cache.stats()
         (run.output_dir / "final_state.json").write_text(json.dumps(summary, indent=2))
         if not summary["ranks_identical"]:
             logger.error("parameters differ between ranks: %s", fingerprints)

@@ -274,6 +274,8 @@ def test_targets_read_in_the_loader_equal_targets_read_in_the_step(tmp_path, tin
     assert bool(batch["cached_rows"].all()) and batch["cached_targets"].dtype == torch.float32
     assert "cached_targets" not in next(iter(run_step.loader))
     assert run_loader.teacher_cache.hits == run_step.teacher_cache.hits > 0
+    assert run_loader.teacher_cache.loader_hits == run_loader.teacher_cache.hits
+    assert run_step.teacher_cache.loader_hits == 0
     assert in_loader == in_step
 
 
