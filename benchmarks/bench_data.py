@@ -11,6 +11,12 @@ waiting for data, one run.
    interleaved; the trainer's ``data_wait_seconds`` (time blocked on the loader) over the step
    time.
 
+3. Corruption of the GPU recipe's batch (``--only recipe-batch``; 24 x 15.6 s of real speech,
+   the RobustDistiller recipe's corruption settings and training noise/rooms): the time the
+   step spends in ``Corruptor.corrupt_batch`` (``augmentation.in_loader: false``, the default),
+   which ``augmentation.in_loader: true`` moves into the loader's workers (``LoaderCorruption``,
+   the same work per item, timed here too).
+
 Usage: ``python benchmarks/bench_data.py [--threads 2 --steps 4 --workers 2]``
 """
 
@@ -33,8 +39,14 @@ def _speech(seconds: float) -> np.ndarray:
     if not files:  # generated speech-like audio
         rng = np.random.default_rng(0)
         return (rng.standard_normal(round(seconds * 16_000)) * 0.1).astype(np.float32)
-    audio = np.concatenate([load_audio(f) for f in files[:4]])
-    return np.ascontiguousarray(audio[: round(seconds * 16_000)], dtype=np.float32)
+    samples, parts = round(seconds * 16_000), []
+    for f in files:  # as many files as the duration needs (tiled if the folder is short)
+        parts.append(load_audio(f))
+        if sum(map(len, parts)) >= samples:
+            break
+    audio = np.concatenate(parts)
+    audio = np.tile(audio, -(-samples // len(audio)))
+    return np.ascontiguousarray(audio[:samples], dtype=np.float32)
 
 
 def bench_augmentation(args) -> None:
@@ -109,6 +121,42 @@ def bench_data_wait(args) -> None:
             threads=args.threads, out=args.out)
 
 
+def bench_recipe_batch(args) -> None:
+    from _common import REPO
+
+    from robustdistill.augment import Corruptor, LoaderCorruption
+    from robustdistill.config import load_config
+
+    torch.set_num_threads(1)
+    cfg = load_config(REPO / "configs" / "robust_wavlm_base_plus.yaml", [])
+    options = cfg.augmentation
+    if (SPLIT / "noise_train").is_dir():
+        options.noise_dir, options.rir_dir = str(SPLIT / "noise_train"), str(SPLIT / "rir_train")
+    else:
+        options.noise_dir = options.rir_dir = None
+    corruptor = Corruptor.from_config(options, seed=0)
+    crop = round(15.6 * 16_000)
+    speech = _speech(24 * 15.6)
+    items = [{"waveform": speech[b * crop: (b + 1) * crop], "index": b, "epoch": 0}
+             for b in range(24)]
+    collate = LoaderCorruption(corruptor, seed=0)
+    batch = collate(items)
+    assert all(len(item["waveform"]) == crop for item in items)
+    fns = {"in the step: corrupt_batch": lambda: corruptor.corrupt_batch(
+               batch["waveforms"], batch["lengths"], np.random.default_rng(1)),
+           "in the loader: LoaderCorruption (collate + corruption)": lambda: collate(items)}
+    cpu = interleaved(fns, max(3, args.repeats // 4), warmup=1, timer=time.process_time)
+    rows = [(name, f"{median(t) * 1e3:.0f}", "yes" if "step" in name else
+             "no (workers, when num_workers > 0)") for name, t in cpu.items()]
+    table("Corrupting the GPU recipe's batch (24 x 15.6 s), one core", (
+        "where", "median CPU ms per batch", "on the step's critical path"), rows,
+        [f"robust_wavlm_base_plus.yaml corruption settings ({options.p_noise} noise, "
+         f"{options.p_reverb} reverberation, {options.p_noise_reverb} both, {options.p_none} "
+         f"none), {'real training noise and rooms' if options.noise_dir else 'generated noise, simulated rooms'}"
+         f"; CPU time of one core (`time.process_time`), interleaved, after one warm-up."],
+        threads=1, out=args.out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -119,7 +167,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop-s", type=float, default=4.0)
     parser.add_argument("--preset", default="fast")
-    parser.add_argument("--only", choices=["augmentation", "wait"], default=None)
+    parser.add_argument("--only", choices=["augmentation", "wait", "recipe-batch"], default=None)
     parser.add_argument("--out", type=Path, default=None, help="append the tables to this file")
     args = parser.parse_args()
     quiet()
@@ -127,6 +175,8 @@ def main() -> None:
         bench_augmentation(args)
     if args.only in (None, "wait"):
         bench_data_wait(args)
+    if args.only in (None, "recipe-batch"):
+        bench_recipe_batch(args)
 
 
 if __name__ == "__main__":

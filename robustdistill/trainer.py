@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from transformers import AutoFeatureExtractor, AutoModel, get_scheduler
 
 from .audio import SAMPLE_RATE, AudioError
-from .augment import Corruptor
+from .augment import Corruptor, LoaderCorruption
 from .checkpoints import (
     CheckpointError,
     checkpoint_index,
@@ -265,10 +265,18 @@ class _Run:
         else:
             self.sampler = ShardedRandomSampler(len(train_set), cfg.seed, shuffle=True,
                                                 rank=rank, world_size=world)
+        self.corruptor = Corruptor.from_config(cfg.augmentation, seed=cfg.seed)
         collate = self._cache_reader(acc.device)
         pin = acc.device.type == "cuda"  # page-locked batches: asynchronous host-to-device copies
+        train_collate = collate
+        if cfg.augmentation.in_loader:  # the student's input made in the workers
+            if self.sampler is None:
+                raise ConfigError("augmentation.in_loader needs a map-style dataset (data."
+                                  "streaming false): a stream's items carry no epoch")
+            train_collate = LoaderCorruption(self.corruptor, cfg.seed, collate)
         self.loader = build_dataloader(train_set, cfg.data.batch_size, self.sampler,
-                                       cfg.data.num_workers, collate_fn=collate, pin_memory=pin)
+                                       cfg.data.num_workers, collate_fn=train_collate,
+                                       pin_memory=pin)
         if len(valid_set) < world:  # too few to shard: every rank evaluates all of them
             logger.warning("%d validation items for %d processes: each process evaluates all "
                            "(means are unchanged: sums and counts both scale)", len(valid_set), world)
@@ -292,7 +300,6 @@ class _Run:
             skipped = getattr(dataset, "skipped", None)  # a stream only counts its skips
             if isinstance(skipped, dict):
                 self.skipped_audio.update(skipped)
-        self.corruptor = Corruptor.from_config(cfg.augmentation, seed=cfg.seed)
         self.metrics_path = self.output_dir / "metrics.jsonl"
         logger.info("teacher %s: %d layers, width %d; student: %d layers, width %d, %.1f M "
                     "params; %s train / %d validation utterances; %d process(es)",
@@ -374,7 +381,9 @@ class _Run:
         device = self.accelerator.device
         clean = batch["waveforms"]
         lengths = batch["lengths"]
-        noisy, _ = self.corruptor.corrupt_batch(clean, lengths, rng, step)
+        noisy = batch.get("noisy")  # made by the loader (augmentation.in_loader)
+        if noisy is None:
+            noisy, _ = self.corruptor.corrupt_batch(clean, lengths, rng, step)
         _check_finite_inputs(batch, clean, noisy)
         if self.teacher_cache is not None:
             dataset = self.train_set if dataset is None else dataset

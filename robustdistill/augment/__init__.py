@@ -50,7 +50,7 @@ Package layout (import everything from ``robustdistill.augment``):
 """
 
 from .config import KINDS, AugmentationConfig, CorruptionInfo
-from .corruption import Corruptor
+from .corruption import Corruptor, LoaderCorruption
 from .noise import NoiseBank, mix_at_snr, noise_segment
 from .rooms import RirBank, prepare_rir, reverberate, simulate_rir_bank
 
@@ -59,6 +59,7 @@ __all__ = [
     "AugmentationConfig",
     "CorruptionInfo",
     "Corruptor",
+    "LoaderCorruption",
     "NoiseBank",
     "RirBank",
     "mix_at_snr",

@@ -109,6 +109,17 @@ class AugmentationConfig:
         },
     )
 
+    in_loader: bool = field(
+        default=False,
+        metadata={
+            "help": "Corrupt training crops in the DataLoader's collate function (the workers, "
+            "off the step's critical path) with randomness from (seed, epoch, item index) "
+            "instead of in the step from (seed, step, rank, micro-batch). Same distribution, "
+            "another random stream; exact resume kept; needs a map-style dataset and "
+            "curriculum_steps 0. Validation is corrupted in the step either way."
+        },
+    )
+
     def __post_init__(self) -> None:
         probs = {
             "p_noise": self.p_noise,
@@ -151,6 +162,9 @@ class AugmentationConfig:
             raise ValueError(f"rir_direct_path_db must be >= 0 dB, got {self.rir_direct_path_db}")
         if self.curriculum_steps < 0:
             raise ValueError(f"curriculum_steps must be >= 0, got {self.curriculum_steps}")
+        if self.in_loader and self.curriculum_steps:
+            raise ValueError("in_loader corrupts in the DataLoader workers, which do not know "
+                             "the training step: it needs curriculum_steps 0")
         if self.rir_channels not in ("one", "mean"):
             raise ValueError(f"rir_channels must be 'one' or 'mean', got {self.rir_channels!r}")
         if self.noise_reverb_order not in ("reverb_first", "noise_first"):

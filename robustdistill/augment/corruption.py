@@ -238,3 +238,56 @@ class Corruptor:
             infos.append(info)
         out = torch.from_numpy(noisy).to(device=waveforms.device, dtype=waveforms.dtype)
         return out, infos
+
+
+#: Key of the loader's random stream, so it never coincides with a dataset's crop stream
+#: ``default_rng([seed, epoch, index])``.
+LOADER_STREAM = 0x5EED
+
+
+class LoaderCorruption:
+    """A ``DataLoader`` collate function that also corrupts every crop: the student's input
+    made in the workers, off the training step's critical path (``augmentation.in_loader``).
+
+    Calls ``collate`` (default :func:`robustdistill.data.collate_waveforms`), then adds
+    ``"noisy"``: ``(B, S)`` float32, row ``b`` = :meth:`Corruptor.corrupt` of the real samples
+    of row ``b`` with ``np.random.default_rng([seed, LOADER_STREAM, epoch_b, index_b])``, zero
+    past each length. The randomness is a pure function of the item and its epoch: the same
+    for any number of workers, and replayed exactly by a resumed run.
+
+    Args:
+        corruptor: a :class:`Corruptor` without curriculum.
+        seed: the run's seed.
+        collate: the collate function to extend.
+
+    Raises:
+        ValueError: in ``__init__``, a corruptor with a curriculum; in ``__call__``, items
+            without ``"epoch"`` (a streaming dataset).
+        AudioError: a non-finite crop (the datasets refuse such audio first).
+    """
+
+    def __init__(self, corruptor: Corruptor, seed: int, collate=None) -> None:
+        if corruptor.config.curriculum_steps:
+            raise ValueError("LoaderCorruption needs a corruptor without curriculum "
+                             "(the workers do not know the training step)")
+        self.corruptor = corruptor
+        self.seed = int(seed)
+        self.collate = collate
+
+    def __call__(self, items) -> dict:
+        from ..data.batching import collate_waveforms
+
+        if any("epoch" not in item for item in items):
+            raise ValueError("augmentation.in_loader needs items with an 'epoch' (a map-style "
+                             "dataset); a streaming dataset is corrupted in the step")
+        batch = (self.collate or collate_waveforms)(items)
+        clean = batch["waveforms"].numpy()
+        noisy = np.zeros_like(clean)
+        for b, (item, n) in enumerate(zip(items, batch["lengths"].tolist(), strict=True)):
+            if n == 0:
+                continue
+            rng = np.random.default_rng([self.seed, LOADER_STREAM, int(item["epoch"]),
+                                         int(batch["indices"][b])])
+            noisy[b, :n], _ = self.corruptor.corrupt(clean[b, :n], rng)
+        batch["noisy"] = torch.from_numpy(noisy)
+        return batch

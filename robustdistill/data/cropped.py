@@ -261,7 +261,8 @@ class _CroppedAudioDataset(torch.utils.data.Dataset):
                 (epoch 0).
 
         Returns:
-            ``{"waveform": (S,) float32 with S <= max_length samples, "index": int}``. The
+            ``{"waveform": (S,) float32 with S <= max_length samples, "index": int,
+            "epoch": int}``. The
             crop start comes from ``np.random.default_rng([seed, epoch, index])`` with
             ``random_crop=True``, from ``np.random.default_rng(index)`` (same every epoch and
             seed) with ``random_crop=False``. ``index`` is the item actually returned: a later
@@ -289,7 +290,7 @@ class _CroppedAudioDataset(torch.utils.data.Dataset):
             try:
                 window = self._read_window(candidate, epoch)
                 if window is not None:  # a long file: only the crop was read
-                    item = {"waveform": window, "index": candidate}
+                    item = {"waveform": window, "index": candidate, "epoch": epoch}
                     if skipped:
                         item["skipped"] = skipped
                     return item
@@ -314,7 +315,7 @@ class _CroppedAudioDataset(torch.utils.data.Dataset):
             else:
                 rng = np.random.default_rng(candidate)
             crop, start = _crop_at(waveform, self._max_samples, rng, self.crop_grid)
-            item = {"waveform": crop, "index": candidate}
+            item = {"waveform": crop, "index": candidate, "epoch": epoch}
             if skipped:  # carried to the batch, so the trainer counts them (DataLoader workers)
                 item["skipped"] = skipped
             if self.content_keys:

@@ -1,0 +1,128 @@
+"""augmentation.in_loader: the student's input corrupted in the DataLoader's collate function."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import robustdistill.trainer as trainer_module
+from robustdistill.augment import AugmentationConfig, Corruptor, LoaderCorruption
+from robustdistill.augment.corruption import LOADER_STREAM
+from robustdistill.config import ConfigError, load_config
+from robustdistill.trainer import _Run, train
+
+
+def _corruptor(**options) -> Corruptor:
+    cfg = AugmentationConfig(noise_dir=None, rir_dir=None, num_simulated_rooms=2,
+                             room_max_order=2, **options)
+    return Corruptor.from_config(cfg, seed=0)
+
+
+def test_each_row_is_its_items_own_corruption_whatever_the_batch():
+    """Row b is ``corrupt`` of item b's real samples with the rng of (seed, stream, epoch,
+    index): the same in any batch position and any batch, zero past the length."""
+    corruptor = _corruptor(p_noise=0.5, p_reverb=0.0, p_noise_reverb=0.5, p_none=0.0)
+    rng = np.random.default_rng(1)
+    items = [{"waveform": rng.standard_normal(n).astype(np.float32) * 0.1, "index": i,
+              "epoch": e} for n, i, e in ((1600, 3, 0), (1200, 7, 2))]
+    collate = LoaderCorruption(corruptor, seed=5)
+    batch = collate(items)
+    assert batch["noisy"].shape == batch["waveforms"].shape == (2, 1600)
+    for b, item in enumerate(items):
+        n = len(item["waveform"])
+        expected, _ = corruptor.corrupt(item["waveform"], np.random.default_rng(
+            [5, LOADER_STREAM, item["epoch"], item["index"]]))
+        np.testing.assert_array_equal(batch["noisy"][b, :n].numpy(), expected)
+        assert not np.allclose(expected, item["waveform"])  # corrupted, not copied
+    assert torch.count_nonzero(batch["noisy"][1, 1200:]) == 0
+    alone = collate(items[::-1])  # another position: the same rows
+    torch.testing.assert_close(alone["noisy"][1], batch["noisy"][0], rtol=0, atol=0)
+    again = LoaderCorruption(corruptor, seed=6)(items)  # another seed: other corruptions
+    assert not torch.equal(again["noisy"], batch["noisy"])
+
+
+def test_bad_uses_are_refused():
+    with pytest.raises(ValueError, match="curriculum_steps 0"):
+        AugmentationConfig(in_loader=True, curriculum_steps=10)
+    with pytest.raises(ValueError, match="without curriculum"):
+        LoaderCorruption(_corruptor(curriculum_steps=10), seed=0)
+    with pytest.raises(ValueError, match="map-style"):
+        LoaderCorruption(_corruptor(), seed=0)([{"waveform": np.zeros(800, np.float32),
+                                                 "index": 0}])
+
+
+def _config(tmp_path, teacher_dir, out, **extra):
+    overrides = {
+        "teacher": str(teacher_dir), "output_dir": str(tmp_path / out), "seed": 5,
+        "data.synthetic_items": 8, "data.synthetic_seconds": "[0.6, 1.0]",
+        "data.synthetic_dir": str(tmp_path / "corpus"), "data.batch_size": 2,
+        "data.max_length_s": 0.8, "data.min_length_s": 0.5, "data.validation_fraction": 0.25,
+        "augmentation.num_simulated_rooms": 2, "augmentation.room_max_order": 2,
+        "augmentation.in_loader": "true",
+        "objectives": "{layerwise: {teacher_layers: [1, 2]}, enhancement: {hidden_size: 8, "
+                      "num_layers: 1}}",
+        "training.learning_rate": 1e-3, "training.warmup_ratio": 0.0, "training.cpu": True,
+        "training.log_every": 1, "training.eval_every": 100, "training.report_to": "[]",
+        "training.eval_at_start": False, "training.export_student": False,
+        "training.max_steps": 3, **extra,
+    }
+    argv = [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
+    return load_config(None, argv)
+
+
+def _losses(cfg, steps=3):
+    run = _Run(cfg)
+    batches = run._batches()
+    values = [run.train_step(batches) for _ in range(steps)]
+    for v in values:
+        v.pop("data_wait_seconds")
+    return values
+
+
+def test_in_loader_losses_do_not_depend_on_workers_and_differ_from_in_step(
+        tmp_path, tiny_wavlm_dir):
+    """The corruption is a function of the items, not of the worker that made it; the
+    option is in effect (another random stream than the step's)."""
+    zero = _losses(_config(tmp_path, tiny_wavlm_dir, "w0", **{"data.num_workers": 0}))
+    two = _losses(_config(tmp_path, tiny_wavlm_dir, "w2", **{"data.num_workers": 2}))
+    in_step = _losses(_config(tmp_path, tiny_wavlm_dir, "s", **{"augmentation.in_loader": "false"}))
+    assert zero == two
+    assert [v["loss"] for v in zero] != [v["loss"] for v in in_step]
+
+
+def test_in_loader_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_wavlm_dir,
+                                                           monkeypatch):
+    """Killed while writing its third checkpoint, resumed from the second: the same final
+    parameters as a run that was never stopped (every corruption replayed from its item)."""
+    def sha(out):
+        state = json.loads((tmp_path / out / "final_state.json").read_text())
+        return state["parameter_sha256_per_rank"][0]
+
+    options = {"training.max_steps": 4, "training.save_every": 1}
+    train(_config(tmp_path, tiny_wavlm_dir, "full", **options))
+    real, calls = trainer_module.publish_checkpoint, []
+
+    def dying(tmp, final):
+        calls.append(final)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed while writing a checkpoint")
+        return real(tmp, final)
+
+    monkeypatch.setattr(trainer_module, "publish_checkpoint", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path, tiny_wavlm_dir, "part", **options))
+    monkeypatch.undo()
+    train(_config(tmp_path, tiny_wavlm_dir, "part", **options,
+                  **{"training.resume_from": "latest"}))
+    assert sha("part") == sha("full")
+
+
+def test_in_loader_refuses_a_streaming_dataset(tmp_path, tiny_wavlm_dir, monkeypatch):
+    cfg = _config(tmp_path, tiny_wavlm_dir, "stream")
+    monkeypatch.setattr(trainer_module, "ShardedRandomSampler",
+                        lambda *a, **k: None)  # what a streaming dataset leaves unset
+    with pytest.raises(ConfigError, match="map-style"):
+        _Run(cfg)
