@@ -83,6 +83,7 @@ class TrainingConfig:
     max_grad_norm: float = field(default=10.0, metadata={"help": "gradient clipping norm (0 disables)"})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (accelerate)"})
     cpu: bool = field(default=False, metadata={"help": "force CPU even when a GPU is present"})
+    tf32: bool = field(default=False, metadata={"help": "TF32 tensor cores for float32 matrix products and convolutions on NVIDIA GPUs (Ampere and later), e.g. the frozen teacher's float32 forward; float32 range, 10-bit mantissa in the products; no effect on CPU (transformers' TrainingArguments.tf32)"})
     log_every: int = field(default=10, metadata={"help": "steps between training log entries"})
     eval_every: int = field(default=1000, metadata={"help": "steps between validation runs (and at the end)"})
     eval_at_start: bool = field(default=True, metadata={"help": "validate before the first step (the baseline)"})

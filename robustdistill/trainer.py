@@ -201,6 +201,9 @@ class _Run:
                 automatic_checkpoint_naming=False),  # named, published, rotated here
         )
         acc = self.accelerator
+        if t.tf32:  # process-wide, as transformers' TrainingArguments(tf32=True)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         separate_packed_views_on_save(acc)  # cuDNN's packed LSTM weights share one buffer
         set_seed(cfg.seed)
         with acc.main_process_first():

@@ -120,9 +120,18 @@ def test_in_loader_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_wavlm_
     assert sha("part") == sha("full")
 
 
-def test_in_loader_refuses_a_streaming_dataset(tmp_path, tiny_wavlm_dir, monkeypatch):
+def test_in_loader_refuses_a_streaming_dataset(tmp_path, tiny_wavlm_dir):
+    """A `datasets` stream's items carry no epoch: a start-up error, not a crash mid-run."""
+    from datasets import Audio, Dataset
+
+    from robustdistill.synthetic import write_synthetic_corpus
+
+    files = write_synthetic_corpus(tmp_path / "wavs", 4, (0.6, 1.0), seed=5)
+    table = Dataset.from_dict({"audio": [str(f) for f in files]})
+    table.cast_column("audio", Audio(decode=False)).save_to_disk(str(tmp_path / "hf"))
     cfg = _config(tmp_path, tiny_wavlm_dir, "stream")
-    monkeypatch.setattr(trainer_module, "ShardedRandomSampler",
-                        lambda *a, **k: None)  # what a streaming dataset leaves unset
+    cfg.data.synthetic_items = None
+    cfg.data.train_dataset, cfg.data.streaming = str(tmp_path / "hf"), True
+    cfg.data.validation_dir = str(tmp_path / "wavs")
     with pytest.raises(ConfigError, match="map-style"):
         _Run(cfg)

@@ -218,3 +218,19 @@ def test_enhancement_head_on_cnn_features_trains(tmp_path, tiny_wavlm_dir):
     assert math.isfinite(values["enhancement/l1"]) and values["enhancement/l1"] > 0
     assert values["audio_seconds"] == pytest.approx(2 * 1.0, abs=0.5)  # 2 crops of <= 1 s
     assert run.model.objectives["enhancement"].head.lstm.weight_ih_l0.shape[1] == 32  # conv_dim
+
+
+def test_tf32_option_turns_on_tf32_matmuls_and_convolutions(tmp_path, tiny_wavlm_dir):
+    """``training.tf32`` sets both backend flags (as transformers' ``tf32=True``); off leaves
+    them as they were."""
+    from robustdistill.trainer import _Run
+
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        _Run(_config(tmp_path, tiny_wavlm_dir, "off", max_steps=1))
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        _Run(_config(tmp_path, tiny_wavlm_dir, "on", max_steps=1, tf32="true"))
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
