@@ -6,8 +6,8 @@
 #   RobustDistiller recipe: as is; corruption in the loader's workers (augmentation.in_loader);
 #   its CNN frozen.
 # Each table is appended to $OUT/gpu.md (or runs/perf/gpu.md) as soon as it ends, so a run cut
-# short keeps what it finished. On 2026-11-22 one bench_gpu.py run took about a minute on an
-# H100 (cache build included): pass --repeats 6 when the lease is short.
+# short keeps what it finished. One bench_gpu.py run is its start-up, a cache build (14-19 s on
+# the H100 of 2026-11-22) and 24 steps of 0.14-0.9 s: pass --repeats 6 when the lease is short.
 # SMOKE=1 checks the script on CPU (no figures).
 # Usage: bash benchmarks/gpu_suite.sh [extra bench_gpu.py options]
 set -euo pipefail
