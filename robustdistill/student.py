@@ -92,8 +92,8 @@ class StudentConfig:
             off keeps that projection randomly initialised.
         feature_grad_mult: factor on the gradient reaching the student's CNN during
             distillation (both reference codes: 0.1, fairseq's ``GradMultiply``; 1: plain
-            gradient; 0: frozen CNN, run under no_grad as the reference code does, about 1.75x
-            shorter CPU steps for the ``default`` student, see ``docs/performance.md``). A
+            gradient; 0: frozen CNN, run under no_grad as the reference code does, about 1.9x
+            shorter cached CPU steps for the ``default`` student, see ``docs/performance.md``). A
             training setting: the saved student does not hold it.
     """
 

@@ -89,8 +89,8 @@ from .upstream import Upstream, UpstreamOutput, lengths_to_mask
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CacheReader", "CachedLayers", "TeacherCacheConfig", "TeacherFeatureCache", "build_cache",
-           "cached_layers_of", "main", "teacher_fingerprint"]
+__all__ = ["CacheReader", "CachedLayers", "TeacherCacheConfig", "TeacherFeatureCache",
+           "build_cache", "cached_layers_of", "main", "teacher_fingerprint"]
 
 #: Bumped when the entry format changes (part of the spec hash).
 FORMAT_VERSION = 1
@@ -475,9 +475,6 @@ class TeacherFeatureCache:
                 computed += 1
         return computed, len(starts)
 
-    def _read(self, path: Path, first: int, frames: int) -> torch.Tensor:
-        return _read_frames(path, first, frames)
-
     # ------------------------------------------------------------------ lookups
     def targets(self, batch: dict, full_waveform: Callable[[int], np.ndarray] | None = None,
                 device: torch.device | str = "cpu",
@@ -516,13 +513,19 @@ class TeacherFeatureCache:
             self.hits += len(lengths)
             self.loader_hits += len(lengths)
             out = batch["cached_targets"].to(device, non_blocking=True).to(dtype)
-            frame_lengths = frame_lengths.to(device)
-            hidden = CachedLayers(self.teacher.num_layers + 1,
-                                  {layer: out[i] for i, layer in enumerate(self.layers)})
-            return UpstreamOutput(hidden, frame_lengths, lengths_to_mask(frame_lengths, max_frames))
+        else:
+            out = self._read_rows(batch, frame_lengths, read, shape, full_waveform, dtype)
+            out = out.to(device)
+        frame_lengths = frame_lengths.to(device)
+        hidden = CachedLayers(self.teacher.num_layers + 1,
+                              {layer: out[i] for i, layer in enumerate(self.layers)})
+        return UpstreamOutput(hidden, frame_lengths, lengths_to_mask(frame_lengths, max_frames))
+
+    def _read_rows(self, batch, frame_lengths, read, shape, full_waveform, dtype):
+        """The rows the loader did not read, from disk (computing misses); ``(K, B, T, D)``."""
         out = torch.zeros(shape, dtype=dtype)
         for b, (key, start, n) in enumerate(zip(batch["keys"], batch["offsets"].tolist(),
-                                               lengths.tolist(), strict=True)):
+                                               batch["lengths"].tolist(), strict=True)):
             frames = int(frame_lengths[b])
             if read is not None and read[b]:
                 self.hits += 1
@@ -550,12 +553,8 @@ class TeacherFeatureCache:
                         raise FileNotFoundError(f"teacher cache miss {path} and no way to read "
                                                 "the whole utterance")
                     self.ensure(key, lambda b=b: full_waveform(int(batch["indices"][b])))
-            out[:, b, :frames] = self._read(path, first, frames).to(dtype)
-        out = out.to(device)
-        frame_lengths = frame_lengths.to(device)
-        hidden = CachedLayers(self.teacher.num_layers + 1,
-                              {layer: out[i] for i, layer in enumerate(self.layers)})
-        return UpstreamOutput(hidden, frame_lengths, lengths_to_mask(frame_lengths, max_frames))
+            out[:, b, :frames] = _read_frames(path, first, frames).to(dtype)
+        return out
 
     def stats(self) -> dict:
         """``{"hits", "hits_read_in_loader", "misses", "entries", "bytes"}`` of this process
