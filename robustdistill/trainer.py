@@ -14,7 +14,8 @@ which averages per micro-batch.
 
 Exact resume: the sampler's order comes from ``(seed, epoch)`` (a streaming dataset instead
 saves its own position; exact with ``num_workers=0`` and no shuffle buffer), crops from
-``(seed, epoch, index)``, corruption from ``(seed, step, rank, micro-batch)``; the checkpoint
+``(seed, epoch, index)``, corruption from ``(seed, step, rank, micro-batch)`` (or, with
+``augmentation.in_loader``, from ``(seed, epoch, index)`` in the loader); the checkpoint
 (``accelerator.save_state``) holds model, optimizer, scheduler, RNG states and the
 :class:`TrainingProgress` (step, epoch, batches consumed), so a resumed run replays exactly
 the batches, corruptions and dropout masks of an uninterrupted one.
