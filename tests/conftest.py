@@ -46,3 +46,25 @@ def fresh_accelerator_state():
     AcceleratorState._reset_state(True)
     yield
     AcceleratorState._reset_state(True)
+
+
+@pytest.fixture
+def die_at_checkpoint(monkeypatch):
+    """``die_at_checkpoint(n)``: the trainer's ``n``-th checkpoint publication raises
+    ``KeyboardInterrupt`` after every file of it is written (a run killed mid-save); undone at
+    the end of the test or by ``monkeypatch.undo()``."""
+    import robustdistill.trainer as trainer_module
+
+    def arm(n: int) -> list:
+        real, calls = trainer_module.publish_checkpoint, []
+
+        def dying(tmp, final):
+            calls.append(final)
+            if len(calls) == n:
+                raise KeyboardInterrupt("killed while writing a checkpoint")
+            return real(tmp, final)
+
+        monkeypatch.setattr(trainer_module, "publish_checkpoint", dying)
+        return calls
+
+    return arm

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import robustdistill.trainer as trainer_module
 from robustdistill.augment import AugmentationConfig, Corruptor, LoaderCorruption
 from robustdistill.augment.corruption import LOADER_STREAM
 from robustdistill.config import ConfigError, load_config
@@ -94,7 +93,7 @@ def test_in_loader_losses_do_not_depend_on_workers_and_differ_from_in_step(
 
 
 def test_in_loader_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_wavlm_dir,
-                                                           monkeypatch):
+                                                           monkeypatch, die_at_checkpoint):
     """Killed while writing its third checkpoint, resumed from the second: the same final
     parameters as a run that was never stopped (every corruption replayed from its item)."""
     def sha(out):
@@ -103,15 +102,7 @@ def test_in_loader_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_wavlm_
 
     options = {"training.max_steps": 4, "training.save_every": 1}
     train(_config(tmp_path, tiny_wavlm_dir, "full", **options))
-    real, calls = trainer_module.publish_checkpoint, []
-
-    def dying(tmp, final):
-        calls.append(final)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("killed while writing a checkpoint")
-        return real(tmp, final)
-
-    monkeypatch.setattr(trainer_module, "publish_checkpoint", dying)
+    die_at_checkpoint(3)
     with pytest.raises(KeyboardInterrupt):
         train(_config(tmp_path, tiny_wavlm_dir, "part", **options))
     monkeypatch.undo()

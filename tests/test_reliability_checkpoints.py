@@ -112,7 +112,7 @@ def _final_sha(run_dir) -> str:
 
 @pytest.mark.slow
 def test_crash_during_a_checkpoint_write_then_resume_latest_is_exact(
-        tmp_path, tiny_wavlm_dir, monkeypatch):
+        tmp_path, tiny_wavlm_dir, monkeypatch, die_at_checkpoint):
     """A run dies while its third checkpoint is being written (after every file of it is on
     disk, before the rename): ``resume_from latest`` takes the second, and the resumed run
     ends with exactly the parameters of an uninterrupted one. Rotation keeps 2."""
@@ -127,16 +127,7 @@ def test_crash_during_a_checkpoint_write_then_resume_latest_is_exact(
                 "random_states_0.pkl"} <= set(manifest["files"])
         assert not list(path.glob("custom_checkpoint_*"))  # no pickled custom objects
 
-    real_publish = trainer_module.publish_checkpoint
-    calls = []
-
-    def dying_publish(tmp, final):
-        calls.append(final)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("killed while writing a checkpoint")
-        return real_publish(tmp, final)
-
-    monkeypatch.setattr(trainer_module, "publish_checkpoint", dying_publish)
+    die_at_checkpoint(3)
     part = tmp_path / "part"
     with pytest.raises(KeyboardInterrupt):
         train(_config(tmp_path, tiny_wavlm_dir, "part", max_steps=5, save_every=1,
