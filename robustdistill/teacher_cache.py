@@ -210,7 +210,12 @@ class CacheReader:
 
     def read(self, batch: dict) -> dict[str, torch.Tensor]:
         """``{"cached_targets": (K, B, T, D), "cached_rows": (B,) bool}`` of a batch with
-        ``lengths``, ``offsets`` and ``keys``; ``T`` is the batch's largest frame count."""
+        ``lengths`` (samples), ``offsets`` (crop starts, samples) and ``keys``; ``T`` is the
+        batch's largest frame count (20 ms frames).
+
+        Raises:
+            ValueError: an entry with fewer frames than its row needs (audio and key disagree).
+        """
         lengths = batch["lengths"]
         known = lengths < len(self.frame_table)
         frames = torch.where(known, self.frame_table[lengths.clamp(max=len(self.frame_table) - 1)],
