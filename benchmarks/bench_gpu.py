@@ -159,7 +159,8 @@ def main() -> None:
             rows.append((name, f"{median(times[name]):.3f}", f"{speed:,.1f}",
                          f"{peaks[name]:.1f}", f"{flops[name] / 1e12:.1f}",
                          f"{achieved:.0f}", share))
-        table(f"GPU distillation throughput, {args.recipe}, bf16, batch {args.batch_size} x "
+        precision = runs["cached targets"].cfg.training.mixed_precision.replace("no", "fp32")
+        table(f"GPU distillation throughput, {args.recipe}, {precision}, batch {args.batch_size} x "
               f"{args.crop_s:g} s ({gpu})", (
                   "run", "median s/step", "audio-hours per GPU-hour", "peak GPU memory GiB",
                   "TFLOP per step", "TFLOP/s", "share of peak bf16"), rows,
