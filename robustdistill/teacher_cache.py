@@ -84,6 +84,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .audio import AudioError
+from .data.batching import collate_waveforms
 from .data.cropped import content_key
 from .upstream import Upstream, UpstreamOutput, lengths_to_mask
 
@@ -201,8 +202,6 @@ class CacheReader:
     dtype: torch.dtype
 
     def __call__(self, items) -> dict:
-        from .data.batching import collate_waveforms
-
         batch = collate_waveforms(items)
         if "keys" in batch:
             batch.update(self.read(batch))

@@ -336,8 +336,9 @@ class _Run:
             lengths = getattr(dataset, "lengths", None)
             if lengths is None or not len(lengths):
                 continue
-            crop = getattr(dataset, "_max_samples", None) or int(np.max(lengths))
-            longest = max(longest, min(crop, int(np.max(lengths))))
+            utterance = int(np.max(lengths))  # a dataset's crops are at most this long
+            crop = getattr(dataset, "_max_samples", None) or utterance
+            longest = max(longest, min(crop, utterance))
         if not longest:
             return None
         dtype = torch.float32 if device.type == "cpu" else self.teacher_cache.dtype
