@@ -1,7 +1,7 @@
 """Student presets vs the WavLM Base+-shaped teacher: CPU inference on 10 s, one run.
 
 Teacher ``robustdistill make-teacher --family wavlm --preset base`` (random weights of the
-real shape), the ``default`` and ``fast`` students created from it
+real shape), every student preset created from it (``default``, ``pruned``, ``fast``)
 (:data:`robustdistill.student.STUDENT_PRESETS`), each behind the upstream contract
 (``Upstream``, all hidden states), batch 1 x 10 s, ``torch.inference_mode``, interleaved,
 median of ``--repeats``. ``--compile`` adds ``nn.Module.compile`` variants of the students
@@ -38,14 +38,14 @@ def main() -> None:
     args = parser.parse_args()
     quiet()
     torch.set_num_threads(args.threads)
-    from robustdistill.student import StudentConfig, create_student
+    from robustdistill.student import STUDENT_PRESETS, StudentConfig, create_student
     from robustdistill.teachers import make_random_teacher
     from robustdistill.upstream import Upstream
 
     with tempfile.TemporaryDirectory() as tmp:
         teacher = Upstream.from_pretrained(make_random_teacher("wavlm", "base", Path(tmp) / "t"))
     models = {"teacher (WavLM Base+ shape)": teacher}
-    for preset in ("default", "fast"):
+    for preset in STUDENT_PRESETS:
         models[f"student `{preset}`"] = Upstream(
             create_student(teacher, StudentConfig(preset=preset)), frozen=True)
     if args.compile:

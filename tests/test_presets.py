@@ -1,4 +1,4 @@
-"""Student presets (default, fast), SDPA attention, gradient checkpointing."""
+"""Student presets (default, pruned, fast), SDPA attention, gradient checkpointing."""
 
 from __future__ import annotations
 
@@ -27,8 +27,12 @@ def _params(config) -> int:
 def test_presets_give_the_documented_shapes(base_teacher):
     default = _student_config(base_teacher, StudentConfig())
     fast = _student_config(base_teacher, StudentConfig(preset="fast"))
+    pruned = _student_config(base_teacher, StudentConfig(preset="pruned"))
     assert (default.model_type, default.hidden_size, list(default.conv_dim)) == (
         "wavlm", 768, [512] * 7)
+    assert (pruned.model_type, pruned.hidden_size, pruned.num_attention_heads,
+            pruned.intermediate_size, list(pruned.conv_dim), pruned.num_hidden_layers) == (
+        "wavlm", 768, 12, 3072, [384] * 7, 2)
     assert (fast.model_type, fast.hidden_size, fast.num_attention_heads,
             fast.intermediate_size, list(fast.conv_dim), fast.num_hidden_layers) == (
         "hubert", 384, 6, 1536, [256] * 7, 2)
@@ -37,6 +41,7 @@ def test_presets_give_the_documented_shapes(base_teacher):
     assert fast.conv_kernel == base_teacher.config.conv_kernel
     assert round(_params(default) / 1e6, 1) == 23.5  # DistilHuBERT's size
     assert round(_params(fast) / 1e6, 1) == 5.9
+    assert round(_params(pruned) / 1e6, 1) == 21.6
     # The fast student's model type has SDPA attention in transformers; WavLM has not.
     with torch.device("meta"):
         assert AutoModel.from_config(fast).config._attn_implementation == "sdpa"
@@ -50,11 +55,11 @@ def test_explicit_fields_override_the_preset(base_teacher):
                                                         conv_dim=[128] * 7, num_layers=3))
     assert (wavlm.model_type, list(wavlm.conv_dim), wavlm.num_hidden_layers) == (
         "wavlm", [128] * 7, 3)
-    assert set(STUDENT_PRESETS) == {"default", "fast"}
+    assert set(STUDENT_PRESETS) == {"default", "pruned", "fast"}
 
 
 def test_bad_preset_is_named():
-    with pytest.raises(ValueError, match=r"student.preset must be one of \('default', 'fast'\)"):
+    with pytest.raises(ValueError, match=r"student.preset must be one of \('default', 'pruned', 'fast'\)"):
         StudentConfig(preset="tiny")
     with pytest.raises(ConfigError, match="student"):
         load_config(None, ["--teacher", "x", "--student.preset", "turbo"])
