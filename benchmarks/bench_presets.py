@@ -25,6 +25,19 @@ import torch
 from _common import interleaved, median, quiet, table
 
 
+def _channels(conv_dim) -> str:
+    """``512`` for a uniform CNN, else the per-layer list (``256-256-512x5``)."""
+    if len(set(conv_dim)) == 1:
+        return str(conv_dim[0])
+    runs: list[list[int]] = []
+    for width in conv_dim:
+        if runs and runs[-1][0] == width:
+            runs[-1][1] += 1
+        else:
+            runs.append([width, 1])
+    return "-".join(f"{w}x{n}" if n > 1 else str(w) for w, n in runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -79,7 +92,7 @@ def main() -> None:
         for name, model in models.items():
             cfg = model.config
             params = sum(p.numel() for p in model.parameters()) / 1e6
-            shape = (f"{cfg.model_type}, CNN {cfg.conv_dim[0]}, {cfg.num_hidden_layers} x "
+            shape = (f"{cfg.model_type}, CNN {_channels(cfg.conv_dim)}, {cfg.num_hidden_layers} x "
                      f"{cfg.hidden_size}, {cfg._attn_implementation}")
             ts = times[(name, dtype)]
             t = median(ts)

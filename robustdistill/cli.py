@@ -78,20 +78,32 @@ def distill_main(argv: list[str]) -> int:
 
 def create_student_main(argv: list[str]) -> int:
     """``robustdistill create-student``: write an initialised student folder."""
-    from .student import StudentConfig, create_student, save_student, student_feature_extractor
+    from .student import (
+        NARROW_CNN_INITS,
+        STUDENT_PRESETS,
+        StudentConfig,
+        create_student,
+        save_student,
+        student_feature_extractor,
+    )
     from .upstream import Upstream
 
     parser = argparse.ArgumentParser(prog="robustdistill create-student")
     parser.add_argument("--teacher", required=True, help="hub id or local folder")
     parser.add_argument("--out", required=True, help="folder to write the student to")
-    parser.add_argument("--preset", default="default", help="student shape: default or fast")
+    parser.add_argument("--preset", default="default", choices=list(STUDENT_PRESETS),
+                        help="student shape (docs/performance.md, section 2)")
     parser.add_argument("--family", default=None)
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--hidden-size", type=int, default=None)
     parser.add_argument("--num-attention-heads", type=int, default=None)
     parser.add_argument("--intermediate-size", type=int, default=None)
-    parser.add_argument("--conv-dim", type=int, nargs=7, default=None)
+    parser.add_argument("--conv-dim", type=int, nargs="+", default=None,
+                        help="CNN channels, one per teacher CNN layer")
     parser.add_argument("--init-layers", type=int, nargs="+", default=None)
+    parser.add_argument("--narrow-cnn-init", choices=NARROW_CNN_INITS, default=None,
+                        help="a CNN narrower than the teacher's: random, or pruned from it "
+                             "(default: the preset's, else random)")
     parser.add_argument("--random-init", action="store_true", help="do not copy teacher weights")
     parser.add_argument("--trust-remote-code", action="store_true")
     args = parser.parse_args(argv)
@@ -100,11 +112,15 @@ def create_student_main(argv: list[str]) -> int:
                             hidden_size=args.hidden_size,
                             num_attention_heads=args.num_attention_heads,
                             intermediate_size=args.intermediate_size, conv_dim=args.conv_dim,
-                            init_from_teacher=not args.random_init, init_layers=args.init_layers)
+                            init_from_teacher=not args.random_init, init_layers=args.init_layers,
+                            narrow_cnn_init=args.narrow_cnn_init)
     except ValueError as err:
         parser.error(str(err))
     teacher = Upstream.from_pretrained(args.teacher, trust_remote_code=args.trust_remote_code)
-    student = create_student(teacher, cfg)
+    try:
+        student = create_student(teacher, cfg)
+    except ValueError as err:  # e.g. a CNN wider than the teacher's cannot be pruned from it
+        parser.error(str(err))
     out = save_student(student, student_feature_extractor(teacher, student.config), args.out)
     params = sum(p.numel() for p in student.parameters()) / 1e6
     logger.info("student (%s, %d layers, %.1f M params) written to %s",

@@ -35,3 +35,23 @@ def test_distill_reports_a_config_typo_without_a_traceback(tmp_path, capsys):
 def test_unknown_subcommand_prints_usage(capsys):
     assert main(["distil"]) == 2
     assert "create-student" in capsys.readouterr().err
+
+
+def test_create_student_with_a_pruned_cnn(tmp_path, capsys):
+    assert main(["make-teacher", "--family", "wavlm", "--preset", "tiny",
+                 "--out", str(tmp_path / "teacher")]) == 0
+    assert main(["create-student", "--teacher", str(tmp_path / "teacher"), "--out",
+                 str(tmp_path / "student"), "--conv-dim", "16", "16", "8",
+                 "--narrow-cnn-init", "prune"]) == 0
+    student = AutoModel.from_pretrained(tmp_path / "student")
+    teacher = AutoModel.from_pretrained(tmp_path / "teacher")
+    assert list(student.config.conv_dim) == [16, 16, 8]
+    # every kept layer-0 filter is one of the teacher's
+    kept = student.feature_extractor.conv_layers[0].conv.weight
+    full = teacher.feature_extractor.conv_layers[0].conv.weight
+    assert all(any(k.equal(f) for f in full) for k in kept)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["create-student", "--teacher", str(tmp_path / "teacher"), "--out",
+              str(tmp_path / "wide"), "--conv-dim", "64", "16", "8", "--narrow-cnn-init", "prune"])
+    assert exit_info.value.code == 2
+    assert "wider than the teacher's" in capsys.readouterr().err

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Does a CNN pruned from a trained teacher CNN (student.narrow_cnn_init: prune) start and train
+# better than the same narrow CNN from random weights? No pretrained wav2vec-style CNN exists
+# offline, so a proxy teacher is trained first: the plain DistilHuBERT recipe from the real
+# Whisper tiny.en teacher (cached targets, 2 s chunks, CPU bf16), with the CNN's gradient
+# unscaled (feature_grad_mult 1) so that its CNN learns: a HuBERT model, CNN 512 x 7, 2 x 384.
+# Then, per seed, two students of the `pruned` preset's CNN (256, 256, 512 x 5) distil that
+# proxy's layers 1 and 2 on clean LibriSpeech: prune (its CNN sliced from the proxy's) and random
+# (the first three CNN layers random; all other tensors copied from the proxy in both). Prints
+# each run's validation loss (32 held-out test-other utterances) at every EVAL_EVERY steps.
+# docs/performance.md, section 2.
+# Usage: PROXY_STEPS=1500 STEPS=400 SEEDS="0 1" bash scripts/prune_check.sh   (OUT=runs/prune)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. .venv/bin/activate
+export HF_HUB_OFFLINE=1
+PROXY_STEPS=${PROXY_STEPS:-1500}
+STEPS=${STEPS:-400}
+SEEDS=${SEEDS:-0 1}
+EVAL_EVERY=${EVAL_EVERY:-50}
+OUT=${OUT:-runs/prune}
+LS=../shared/data/librispeech-mini
+mkdir -p "$OUT"
+data=(--data.train_dir $LS/train-clean-100 --data.validation_dir $LS/test-other
+      --data.batch_size 4 --data.max_length_s 2 --data.num_workers 0 --training.cpu true
+      --training.max_eval_batches 8 --training.save_every 0 --training.log_every 50
+      --training.mixed_precision bf16)
+whisper=(--teacher ../shared/models/whisper-tiny.en --objectives.layerwise.teacher_layers null
+         --teacher_cache.dir runs/cache/whisper-tiny --teacher_cache.context crop
+         --teacher_cache.crop_starts chunks)
+if [ ! -f "$OUT/proxy/final_state.json" ]; then
+    OMP_NUM_THREADS=1 accelerate launch --multi_gpu --num_processes 2 -m robustdistill.cli \
+        cache-teacher --config configs/distilhubert.yaml "${whisper[@]}" "${data[@]}" \
+        --training.max_steps "$PROXY_STEPS" --output_dir "$OUT/cache-build" > "$OUT/cache.log" 2>&1
+    python -m robustdistill.cli distill --config configs/distilhubert.yaml "${whisper[@]}" \
+        "${data[@]}" --teacher_cache.missing error --training.max_steps "$PROXY_STEPS" \
+        --training.eval_every "$PROXY_STEPS" --student.feature_grad_mult 1.0 \
+        --output_dir "$OUT/proxy" > "$OUT/proxy.log" 2>&1
+fi
+for seed in $SEEDS; do for init in prune random; do
+    [ -f "$OUT/s${seed}_$init/final_state.json" ] && continue
+    python -m robustdistill.cli distill --config configs/distilhubert.yaml "${data[@]}" \
+        --teacher "$OUT/proxy/student" --objectives.layerwise.teacher_layers null \
+        --student.conv_dim "[256, 256, 512, 512, 512, 512, 512]" --student.narrow_cnn_init "$init" \
+        --training.max_steps "$STEPS" --training.eval_every "$EVAL_EVERY" --seed "$seed" \
+        --output_dir "$OUT/s${seed}_$init" > "$OUT/s${seed}_$init.log" 2>&1
+done; done
+python - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+for run in sorted(p for p in out.iterdir() if (p / "metrics.jsonl").is_file()):
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    curve = " ".join(f"{r['step']}:{r['loss']:.4f}" for r in rows if r["split"] == "validation")
+    print(f"{run.name}: validation loss by step {curve}")
+PY
