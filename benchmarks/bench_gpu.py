@@ -164,7 +164,9 @@ def main() -> None:
               f"{args.crop_s:g} s ({gpu})", (
                   "run", "median s/step", "audio-hours per GPU-hour", "peak GPU memory GiB",
                   "TFLOP per step", "TFLOP/s", "share of peak bf16"), rows,
-              [f"`{args.preset}` student{' (torch.compile)' if args.compile else ''}; WavLM Base+-shaped teacher (random weights); "
+              [f"`{args.preset}` student{' (torch.compile)' if args.compile else ''}; "
+               f"{'the small 4 x 256 WavLM' if args.smoke else 'WavLM Base+-shaped'} teacher "
+               f"(random weights); "
                f"{args.repeats} interleaved steps per run; cache built in {build_s:.0f} s "
                f"(one-off). FLOP counted by FlopCounterMode (matmul/conv, forward + backward; "
                f"peak {peak} TFLOP/s assumed). Overrides: {', '.join(args.set) or 'none'}.",

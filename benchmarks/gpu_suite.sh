@@ -2,7 +2,7 @@
 # Every GPU row of docs/performance.md section 5 in one call (a lent GPU's time is short), each
 # bench_gpu.py run timing teacher-every-step against cached targets:
 #   DistilHuBERT recipe: default student; with TF32 for the float32 teacher; its CNN frozen
-#   (feature_grad_mult 0); the fast preset; the fast preset frozen;
+#   (feature_grad_mult 0); the pruned preset; the fast preset; the fast preset frozen;
 #   RobustDistiller recipe: as is; corruption in the loader's workers (augmentation.in_loader);
 #   its CNN frozen.
 # Each table is appended to $OUT/gpu.md (or runs/perf/gpu.md) as soon as it ends, so a run cut
@@ -20,6 +20,7 @@ run() { PYTHONUNBUFFERED=1 python benchmarks/bench_gpu.py "${smoke[@]}" --out "$
 run --recipe distilhubert "$@"
 run --recipe distilhubert --set training.tf32=true "$@"
 run --recipe distilhubert --set student.feature_grad_mult=0 "$@"
+run --recipe distilhubert --preset pruned "$@"
 run --recipe distilhubert --preset fast "$@"
 run --recipe distilhubert --preset fast --set student.feature_grad_mult=0 "$@"
 run --recipe robust_wavlm_base_plus "$@"

@@ -47,14 +47,15 @@ STUDENT_FAMILIES = ("hubert", "wavlm", "wav2vec2", "data2vec-audio")
 #: WavLM's gated relative position bias has only eager attention in ``transformers``). Its
 #: shapes differ from the teacher's, so it starts from random weights (nothing is pruned or
 #: sliced from the teacher unless ``narrow_cnn_init: prune``). ``pruned``: the ``default`` shape
-#: with the teacher's first two CNN layers pruned from 512 to 256 channels
-#: (:mod:`robustdistill.pruning`: DPHuBERT's slicing with a one-shot magnitude choice); these
-#: two layers run at 3,200 and 1,600 frames per second and take most of the CNN's time, so the
-#: student is about 3.2x faster than a Base teacher on CPU where ``default`` is 1.9x, and the
-#: later CNN layers and the projection stay the teacher's. CPU speed and downstream cost: ``docs/performance.md``.
+#: with the teacher's first two CNN layers pruned to half their channels (512 -> 256 for a Base
+#: teacher; ``conv_fraction``: each CNN layer's share of the teacher's channels, 1 for layers
+#: past the list) by :mod:`robustdistill.pruning` (DPHuBERT's slicing with a one-shot magnitude
+#: choice); these two layers run at 3,200 and 1,600 frames per second and take most of the
+#: CNN's time, so the student is about 3.1x faster than a Base teacher on CPU where ``default``
+#: is 1.9x, and the later CNN layers and the projection stay the teacher's. CPU speed and downstream cost: ``docs/performance.md``.
 STUDENT_PRESETS: dict[str, dict] = {
     "default": {},
-    "pruned": {"conv_dim": [256, 256, 512, 512, 512, 512, 512], "narrow_cnn_init": "prune"},
+    "pruned": {"conv_fraction": [0.5, 0.5], "narrow_cnn_init": "prune"},
     "fast": {"family": "hubert", "conv_dim": [256] * 7, "hidden_size": 384,
              "num_attention_heads": 6, "intermediate_size": 1536},
 }
@@ -168,7 +169,7 @@ def _student_config(teacher: Upstream, cfg: StudentConfig):
     preset = dict(STUDENT_PRESETS[cfg.preset])
     if cfg.hidden_size is not None:  # an explicit width: the preset's heads/FFN do not apply
         preset = {k: v for k, v in preset.items()
-                  if k in ("conv_dim", "family", "narrow_cnn_init")}
+                  if k in ("conv_dim", "conv_fraction", "family", "narrow_cnn_init")}
     hidden = cfg.hidden_size or preset.get("hidden_size") or teacher.hidden_size
     same_width = family == teacher_type and hidden == teacher.hidden_size
     config.hidden_size = hidden
@@ -179,6 +180,10 @@ def _student_config(teacher: Upstream, cfg: StudentConfig):
     config.intermediate_size = cfg.intermediate_size or preset.get("intermediate_size") or (
         teacher.config.intermediate_size if same_width else 4 * hidden)
     conv_dim = cfg.conv_dim if cfg.conv_dim is not None else preset.get("conv_dim")
+    if conv_dim is None and "conv_fraction" in preset:  # a share of the teacher's channels
+        shares = list(preset["conv_fraction"]) + [1.0] * len(config.conv_dim)
+        conv_dim = [max(1, round(share * width))
+                    for share, width in zip(shares, config.conv_dim, strict=False)]
     if conv_dim is not None:
         if len(conv_dim) != len(config.conv_stride):
             raise ValueError(

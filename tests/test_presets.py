@@ -47,6 +47,19 @@ def test_presets_give_the_documented_shapes(base_teacher):
         assert AutoModel.from_config(fast).config._attn_implementation == "sdpa"
 
 
+def test_pruned_preset_halves_the_first_two_cnn_layers_of_any_teacher():
+    with torch.device("meta"):
+        small = Upstream(WavLMModel(WavLMConfig(conv_dim=[256] * 7, hidden_size=256,
+                                                num_attention_heads=4, intermediate_size=1024)))
+        three = Upstream(WavLMModel(WavLMConfig(conv_dim=[30, 32, 32], conv_kernel=[8, 8, 8],
+                                                conv_stride=[4, 4, 4])))
+    assert list(_student_config(small, StudentConfig(preset="pruned")).conv_dim) == [128] * 2 + [256] * 5
+    assert list(_student_config(three, StudentConfig(preset="pruned")).conv_dim) == [15, 16, 32]
+    # an explicit conv_dim wins over the preset's fractions
+    explicit = _student_config(small, StudentConfig(preset="pruned", conv_dim=[64] * 7))
+    assert list(explicit.conv_dim) == [64] * 7
+
+
 def test_explicit_fields_override_the_preset(base_teacher):
     wide = _student_config(base_teacher, StudentConfig(preset="fast", hidden_size=512))
     assert (wide.hidden_size, wide.num_attention_heads, wide.intermediate_size) == (512, 8, 2048)

@@ -135,3 +135,13 @@ def test_pruned_student_saves_and_loads_exactly(teacher, tmp_path, caplog):
     assert list(loaded.config.conv_dim) == [24, 16, 8]
     for key, value in student.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_the_pruned_preset_prunes_the_teachers_cnn(teacher):
+    student = create_student(teacher, StudentConfig(preset="pruned"))
+    assert list(student.config.conv_dim) == [16, 16, 32]
+    kept = select_cnn_channels(teacher.model.state_dict(), [16, 16, 32])
+    assert kept[2].tolist() == list(range(32))
+    assert torch.equal(student.state_dict()[CONV.format(2)],
+                       teacher.model.state_dict()[CONV.format(2)][:, kept[1]])
+    assert torch.equal(student.state_dict()[PROJ], teacher.model.state_dict()[PROJ])
