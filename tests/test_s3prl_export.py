@@ -38,9 +38,12 @@ def s3prl_hidden(ckpt, wavs: list[torch.Tensor]) -> list[torch.Tensor]:
         return up(wavs)["hidden_states"]
 
 
-@pytest.mark.parametrize("norm", ["group", "layer"])
-def test_same_hidden_states_unpadded(tmp_path, norm):
-    model = tiny_hubert(feat_extract_norm=norm)
+@pytest.mark.parametrize(("norm", "conv_dim"), [
+    ("group", (24, 24, 24)), ("layer", (24, 24, 24)),
+    ("group", (12, 12, 24)),  # uneven widths, as the pruned preset's
+])
+def test_same_hidden_states_unpadded(tmp_path, norm, conv_dim):
+    model = tiny_hubert(feat_extract_norm=norm, conv_dim=conv_dim)
     ckpt = export_s3prl_distiller(Upstream(model), tmp_path / "s.ckpt",
                                   allow_normalization_mismatch=True)
     wavs = torch.randn(2, 4000)
