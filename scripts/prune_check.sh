@@ -4,10 +4,12 @@
 # offline, so a proxy teacher is trained first: the plain DistilHuBERT recipe from the real
 # Whisper tiny.en teacher (cached targets, 2 s chunks, CPU bf16), with the CNN's gradient
 # unscaled (feature_grad_mult 1) so that its CNN learns: a HuBERT model, CNN 512 x 7, 2 x 384.
-# Then, per seed, two students of the `pruned` preset's CNN (256, 256, 512 x 5) distil that
-# proxy's layers 1 and 2 on clean LibriSpeech: prune (its CNN sliced from the proxy's) and random
-# (the first three CNN layers random; all other tensors copied from the proxy in both). Prints
-# each run's validation loss (32 held-out test-other utterances) at every EVAL_EVERY steps.
+# Then, per seed, three students distil that proxy's layers 1 and 2 on clean LibriSpeech: full
+# (the `default` shape: the proxy's whole CNN copied), prune (the `pruned` preset's CNN, 256, 256,
+# 512 x 5, sliced from the proxy's) and random (that CNN with its first three layers random).
+# Every other tensor (CNN layers 3-6 in random, projection, positional convolution, both
+# transformer layers) is copied from the proxy in all three. Prints each run's validation loss
+# (32 held-out test-other utterances) at every EVAL_EVERY steps.
 # docs/performance.md, section 2.
 # Usage: PROXY_STEPS=1500 STEPS=400 SEEDS="0 1" bash scripts/prune_check.sh   (OUT=runs/prune)
 set -euo pipefail
@@ -37,11 +39,12 @@ if [ ! -f "$OUT/proxy/final_state.json" ]; then
         --training.eval_every "$PROXY_STEPS" --student.feature_grad_mult 1.0 \
         --output_dir "$OUT/proxy" > "$OUT/proxy.log" 2>&1
 fi
-for seed in $SEEDS; do for init in prune random; do
+for seed in $SEEDS; do for init in full prune random; do
     [ -f "$OUT/s${seed}_$init/final_state.json" ] && continue
+    cnn=(--student.conv_dim "[256, 256, 512, 512, 512, 512, 512]" --student.narrow_cnn_init "$init")
+    [ "$init" = full ] && cnn=()
     python -m robustdistill.cli distill --config configs/distilhubert.yaml "${data[@]}" \
-        --teacher "$OUT/proxy/student" --objectives.layerwise.teacher_layers null \
-        --student.conv_dim "[256, 256, 512, 512, 512, 512, 512]" --student.narrow_cnn_init "$init" \
+        --teacher "$OUT/proxy/student" --objectives.layerwise.teacher_layers null ${cnn[@]+"${cnn[@]}"} \
         --training.max_steps "$STEPS" --training.eval_every "$EVAL_EVERY" --seed "$seed" \
         --output_dir "$OUT/s${seed}_$init" > "$OUT/s${seed}_$init.log" 2>&1
 done; done
