@@ -11,14 +11,14 @@
 # transformer layers) is copied from the proxy in all three. Prints each run's validation loss
 # (32 held-out test-other utterances) at every EVAL_EVERY steps.
 # docs/performance.md, section 2.
-# Usage: PROXY_STEPS=1500 STEPS=400 SEEDS="0 1" bash scripts/prune_check.sh   (OUT=runs/prune)
+# Usage: PROXY_STEPS=1500 STEPS=400 SEEDS="0 1 2" bash scripts/prune_check.sh   (OUT=runs/prune)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1
 PROXY_STEPS=${PROXY_STEPS:-1500}
 STEPS=${STEPS:-400}
-SEEDS=${SEEDS:-0 1}
+SEEDS=${SEEDS:-0 1 2}
 EVAL_EVERY=${EVAL_EVERY:-50}
 OUT=${OUT:-runs/prune}
 LS=../shared/data/librispeech-mini
