@@ -71,6 +71,7 @@ from .objectives import (
     build_loss_schedule,
     build_objective,
 )
+from .processes import finish_processes
 from .student import create_student, save_student, student_feature_extractor
 from .teacher_cache import TeacherFeatureCache
 from .upstream import Upstream, lengths_to_mask
@@ -836,6 +837,5 @@ def train(cfg: DistillConfig) -> Path:
     if t.export_student and acc.is_main_process:
         out = export_run_student(acc.unwrap_model(run.model), run.feature_extractor,
                                  run.output_dir, cfg.to_dict())
-    acc.wait_for_everyone()
-    acc.end_training()
+    finish_processes(acc)
     return out
