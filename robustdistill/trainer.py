@@ -717,13 +717,24 @@ def _check_crop_covers_a_frame(data, teacher: Upstream, student: Upstream) -> No
                 f"allowed: >= {need / SAMPLE_RATE:.4f}")
 
 
-def _check_output_dir(output_dir: str | Path) -> Path:
+def _check_output_dir(output_dir: str | Path, resuming: bool = False) -> Path:
     """Create ``output_dir`` and prove it writable, before any model is loaded.
 
+    A fresh run (``resuming`` false) into a folder that holds an earlier run's checkpoints is
+    refused here, not at its first save, where it would fail after training for a while
+    (checkpoints are never overwritten).
+
     Raises:
-        ConfigError: naming ``output_dir`` and the operating system's reason.
+        ConfigError: naming ``output_dir`` and the operating system's reason, or the earlier
+            run's checkpoints and how to continue that run or start elsewhere.
     """
     path = Path(output_dir).expanduser()
+    earlier = sorted(p.name for p in (path / "checkpoints").glob("checkpoint_*") if p.is_dir())
+    if earlier and not resuming:
+        raise ConfigError(
+            f"output_dir {str(path)!r} holds checkpoints of an earlier run ({', '.join(earlier)}); "
+            "allowed: --training.resume_from latest (or auto) to continue it, another "
+            "output_dir, or remove that folder to start again")
     probe = path / f".write-test-{os.getpid()}"
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -772,7 +783,7 @@ def train(cfg: DistillConfig) -> Path:
         NonFiniteTrainingError: ``training.max_nonfinite_in_a_row`` steps in a row had a
             NaN/Inf loss or gradient (a checkpoint is saved first).
     """
-    _check_output_dir(cfg.output_dir)  # before any model is loaded
+    _check_output_dir(cfg.output_dir, resuming=bool(cfg.training.resume_from))  # before loading
     run = _Run(cfg)
     acc, t = run.accelerator, cfg.training
     if acc.is_main_process:

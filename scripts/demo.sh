@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1
 [ -f runs/demo-teacher/config.json ] || robustdistill make-teacher --family wavlm --preset small --out runs/demo-teacher
+rm -rf runs/demo  # the demo's own output: a second call starts again (a real run refuses)
 accelerate launch --cpu --num_processes 1 distill.py --config configs/demo.yaml "$@"
 python - <<'PY'
 import torch

@@ -71,6 +71,18 @@ def test_an_output_dir_that_cannot_be_written_fails_before_any_model_is_loaded(
         train(cfg)
 
 
+def test_a_fresh_run_into_an_earlier_runs_checkpoints_fails_before_any_model_is_loaded(
+        tmp_path, tiny_wavlm_dir, no_model_loading):
+    cfg = _config(tmp_path, tiny_wavlm_dir, "x")
+    (Path(cfg.output_dir) / "checkpoints" / "checkpoint_0").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"holds checkpoints of an earlier run \(checkpoint_0\); "
+                                          r"allowed: --training.resume_from latest"):
+        train(cfg)
+    cfg.training.resume_from = "latest"  # continuing it passes the check (then loads a model)
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        train(cfg)
+
+
 @pytest.mark.parametrize("change, error, message", [
     ({"objectives": {"layerwise": {"teacher_layers": [1, 3]}}}, ConfigError,
      r"layerwise\.teacher_layers \[3\] outside \[0, 2\]"),  # the tiny teacher has 2 layers
