@@ -120,9 +120,8 @@ def copy_pruned_cnn(student: torch.nn.Module, teacher: torch.nn.Module,
     for layer, out_idx in enumerate(kept):
         weight = source[_CONV.format(layer, "weight")][out_idx]
         sliced[_CONV.format(layer, "weight")] = weight if layer == 0 else weight[:, kept[layer - 1]]
-        for part in ("bias",):
-            if _CONV.format(layer, part) in source:
-                sliced[_CONV.format(layer, part)] = source[_CONV.format(layer, part)][out_idx]
+        if _CONV.format(layer, "bias") in source:  # conv_bias: true
+            sliced[_CONV.format(layer, "bias")] = source[_CONV.format(layer, "bias")][out_idx]
         for part in ("weight", "bias"):
             if _NORM.format(layer, part) in source:
                 sliced[_NORM.format(layer, part)] = source[_NORM.format(layer, part)][out_idx]

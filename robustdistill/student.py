@@ -52,7 +52,8 @@ STUDENT_FAMILIES = ("hubert", "wavlm", "wav2vec2", "data2vec-audio")
 #: past the list) by :mod:`robustdistill.pruning` (DPHuBERT's slicing with a one-shot magnitude
 #: choice); these two layers run at 3,200 and 1,600 frames per second and take most of the
 #: CNN's time, so the student is about 3.1x faster than a Base teacher on CPU where ``default``
-#: is 1.9x, and the later CNN layers and the projection stay the teacher's. CPU speed and downstream cost: ``docs/performance.md``.
+#: is 1.9x, and the later CNN layers and the projection stay the teacher's. CPU speed,
+#: downstream cost and the check of the pruned initialisation: ``docs/performance.md``.
 STUDENT_PRESETS: dict[str, dict] = {
     "default": {},
     "pruned": {"conv_fraction": [0.5, 0.5], "narrow_cnn_init": "prune"},
@@ -209,7 +210,8 @@ def create_student(teacher: Upstream, cfg: StudentConfig | None = None) -> PreTr
         A stock ``transformers`` model (``HubertModel``, ``WavLMModel``, ...).
 
     Raises:
-        ValueError: ``init_layers`` outside the teacher's layers, or a bad config.
+        ValueError: ``init_layers`` outside the teacher's layers, a bad config, or
+            ``narrow_cnn_init: prune`` with a student CNN layer wider than the teacher's.
     """
     cfg = cfg or StudentConfig()
     config = _student_config(teacher, cfg)
