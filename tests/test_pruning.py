@@ -145,3 +145,20 @@ def test_the_pruned_preset_prunes_the_teachers_cnn(teacher):
     assert torch.equal(student.state_dict()[CONV.format(2)],
                        teacher.model.state_dict()[CONV.format(2)][:, kept[1]])
     assert torch.equal(student.state_dict()[PROJ], teacher.model.state_dict()[PROJ])
+
+
+def test_a_layer_norm_cnn_with_biases_is_pruned_too():
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from robustdistill.teachers import PRESETS
+
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(**PRESETS["tiny"], conv_bias=True, feat_extract_norm="layer")
+    teacher = Upstream(Wav2Vec2Model(config), normalize=True)
+    student = create_student(teacher, StudentConfig(conv_dim=[16, 8, 32], narrow_cnn_init="prune"))
+    kept = select_cnn_channels(teacher.model.state_dict(), [16, 8, 32])
+    t, s = teacher.model.state_dict(), student.state_dict()
+    for layer in range(3):
+        for part in ("conv.bias", "layer_norm.weight", "layer_norm.bias"):
+            key = f"feature_extractor.conv_layers.{layer}.{part}"
+            assert torch.equal(s[key], t[key][kept[layer]]), key
