@@ -17,6 +17,28 @@ SHARED_DATA = SHARED / "data"
 WHISPER_DIR = SHARED / "models" / "whisper-tiny.en"
 
 
+def tiny_run_config(tmp_path: Path, teacher_dir: Path, out: str, **overrides):
+    """A 3-second robust distillation config on generated audio (tiny teacher, 8 clips, noise
+    and 2 simulated rooms, layer-wise and enhancement objectives, CPU). ``overrides``: dotted
+    config keys (``"training.max_steps": 3``) applied last."""
+    from robustdistill.config import load_config
+
+    settings = {
+        "teacher": str(teacher_dir), "output_dir": str(tmp_path / out), "seed": 5,
+        "data.synthetic_items": 8, "data.synthetic_seconds": "[0.6, 1.0]",
+        "data.synthetic_dir": str(tmp_path / "corpus"), "data.batch_size": 2,
+        "data.max_length_s": 0.8, "data.min_length_s": 0.5, "data.validation_fraction": 0.25,
+        "augmentation.num_simulated_rooms": 2, "augmentation.room_max_order": 2,
+        "objectives": "{layerwise: {teacher_layers: [1, 2]}, enhancement: {hidden_size: 8, "
+                      "num_layers: 1}}",
+        "training.learning_rate": 1e-3, "training.warmup_ratio": 0.0, "training.cpu": True,
+        "training.log_every": 1, "training.eval_every": 100, "training.report_to": "[]",
+        "training.eval_at_start": False, "training.export_student": False, **overrides,
+    }
+    return load_config(None, [item for key, value in settings.items()
+                              for item in (f"--{key}", str(value))])
+
+
 def require_shared_data() -> Path:
     """Skip the calling test when ../shared/data is absent."""
     if not SHARED_DATA.is_dir():

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_run_config
 
 from robustdistill.augment import AugmentationConfig, Corruptor, LoaderCorruption
 from robustdistill.augment.corruption import LOADER_STREAM
-from robustdistill.config import ConfigError, load_config
+from robustdistill.config import ConfigError
 from robustdistill.trainer import _Run, train
 
 
@@ -54,22 +55,8 @@ def test_bad_uses_are_refused():
 
 
 def _config(tmp_path, teacher_dir, out, **extra):
-    overrides = {
-        "teacher": str(teacher_dir), "output_dir": str(tmp_path / out), "seed": 5,
-        "data.synthetic_items": 8, "data.synthetic_seconds": "[0.6, 1.0]",
-        "data.synthetic_dir": str(tmp_path / "corpus"), "data.batch_size": 2,
-        "data.max_length_s": 0.8, "data.min_length_s": 0.5, "data.validation_fraction": 0.25,
-        "augmentation.num_simulated_rooms": 2, "augmentation.room_max_order": 2,
-        "augmentation.in_loader": "true",
-        "objectives": "{layerwise: {teacher_layers: [1, 2]}, enhancement: {hidden_size: 8, "
-                      "num_layers: 1}}",
-        "training.learning_rate": 1e-3, "training.warmup_ratio": 0.0, "training.cpu": True,
-        "training.log_every": 1, "training.eval_every": 100, "training.report_to": "[]",
-        "training.eval_at_start": False, "training.export_student": False,
-        "training.max_steps": 3, **extra,
-    }
-    argv = [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
-    return load_config(None, argv)
+    return tiny_run_config(tmp_path, teacher_dir, out, **{
+        "augmentation.in_loader": "true", "training.max_steps": 3, **extra})
 
 
 def _losses(cfg, steps=3):

@@ -9,6 +9,7 @@ import pickle
 
 import pytest
 import torch
+from conftest import tiny_run_config
 from safetensors.torch import load_file
 
 import robustdistill.trainer as trainer_module
@@ -26,7 +27,6 @@ from robustdistill.checkpoints import (
     verify_checkpoint,
     write_manifest,
 )
-from robustdistill.config import load_config
 from robustdistill.trainer import train
 
 
@@ -89,21 +89,8 @@ def test_verify_catches_truncated_missing_and_unfinished_checkpoints(tmp_path):
 
 
 def _config(tmp_path, teacher_dir, out: str, **training):
-    overrides = {
-        "teacher": str(teacher_dir), "output_dir": str(tmp_path / out), "seed": 5,
-        "data.synthetic_items": 8, "data.synthetic_seconds": "[0.6, 1.0]",
-        "data.synthetic_dir": str(tmp_path / "corpus"), "data.batch_size": 2,
-        "data.max_length_s": 0.8, "data.min_length_s": 0.5, "data.validation_fraction": 0.25,
-        "augmentation.num_simulated_rooms": 2, "augmentation.room_max_order": 2,
-        "objectives": "{layerwise: {teacher_layers: [1, 2]}, enhancement: {hidden_size: 8, "
-                      "num_layers: 1}}",
-        "training.learning_rate": 1e-3, "training.warmup_ratio": 0.0, "training.cpu": True,
-        "training.log_every": 1, "training.eval_every": 100, "training.report_to": "[]",
-        "training.eval_at_start": False, "training.export_student": False,
-        **{f"training.{k}": v for k, v in training.items()},
-    }
-    argv = [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
-    return load_config(None, argv)
+    return tiny_run_config(tmp_path, teacher_dir, out,
+                           **{f"training.{k}": v for k, v in training.items()})
 
 
 def _final_sha(run_dir) -> str:
