@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU row of docs/performance.md section 5 in one call (a lent GPU's time is short), each
 # bench_gpu.py run timing teacher-every-step against cached targets:
-#   DistilHuBERT recipe: default student; with TF32 for the float32 teacher; its CNN frozen
+#   DistilHuBERT recipe: default student; with TF32 for the float32 teacher; with cuDNN's
+#   algorithm search (training.cudnn_benchmark) for the CNNs' convolutions; its CNN frozen
 #   (feature_grad_mult 0); the pruned preset; the fast preset; the fast preset frozen;
 #   RobustDistiller recipe: as is; corruption in the loader's workers (augmentation.in_loader);
 #   its CNN frozen.
@@ -19,6 +20,7 @@ smoke=()
 run() { PYTHONUNBUFFERED=1 python benchmarks/bench_gpu.py "${smoke[@]}" --out "$out" "$@"; }
 run --recipe distilhubert "$@"
 run --recipe distilhubert --set training.tf32=true "$@"
+run --recipe distilhubert --set training.cudnn_benchmark=true "$@"
 run --recipe distilhubert --set student.feature_grad_mult=0 "$@"
 run --recipe distilhubert --preset pruned "$@"
 run --recipe distilhubert --preset fast "$@"

@@ -84,6 +84,7 @@ class TrainingConfig:
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (accelerate)"})
     cpu: bool = field(default=False, metadata={"help": "force CPU even when a GPU is present"})
     tf32: bool = field(default=False, metadata={"help": "TF32 tensor cores for float32 matrix products and convolutions on NVIDIA GPUs (Ampere and later), e.g. the frozen teacher's float32 forward; float32 range, 10-bit mantissa in the products; no effect on CPU (transformers' TrainingArguments.tf32)"})
+    cudnn_benchmark: bool = field(default=False, metadata={"help": "let cuDNN time its convolution algorithms on the first batch of each input shape and keep the fastest (torch.backends.cudnn.benchmark; PyTorch Lightning's Trainer(benchmark=True)): for the CNNs on raw audio at the recipes' fixed 15.6 s crops; every new batch length is timed again, and the chosen algorithms may differ between runs, so a resumed GPU run need not match an uninterrupted one bit for bit; no effect on CPU"})
     log_every: int = field(default=10, metadata={"help": "steps between training log entries"})
     eval_every: int = field(default=1000, metadata={"help": "steps between validation runs (and at the end)"})
     eval_at_start: bool = field(default=True, metadata={"help": "validate before the first step (the baseline)"})

@@ -206,6 +206,8 @@ class _Run:
         if t.tf32:  # process-wide, as transformers' TrainingArguments(tf32=True)
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        if t.cudnn_benchmark:  # process-wide, as Lightning's Trainer(benchmark=True)
+            torch.backends.cudnn.benchmark = True
         separate_packed_views_on_save(acc)  # cuDNN's packed LSTM weights share one buffer
         set_seed(cfg.seed)
         with acc.main_process_first():

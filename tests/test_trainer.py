@@ -234,3 +234,18 @@ def test_tf32_option_turns_on_tf32_matmuls_and_convolutions(tmp_path, tiny_wavlm
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_cudnn_benchmark_option_sets_the_backend_flag(tmp_path, tiny_wavlm_dir):
+    """``training.cudnn_benchmark`` turns on cuDNN's algorithm search; off leaves it as it was."""
+    from robustdistill.trainer import _Run
+
+    saved = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        _Run(_config(tmp_path, tiny_wavlm_dir, "off", max_steps=1))
+        assert not torch.backends.cudnn.benchmark
+        _Run(_config(tmp_path, tiny_wavlm_dir, "on", max_steps=1, cudnn_benchmark="true"))
+        assert torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cudnn.benchmark = saved
