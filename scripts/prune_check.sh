@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Does a CNN pruned from a trained teacher CNN (student.narrow_cnn_init: prune) start and train
 # better than the same narrow CNN from random weights? No pretrained wav2vec-style CNN exists
-# offline, so a proxy teacher is trained first: the plain DistilHuBERT recipe from the real
-# Whisper tiny.en teacher (cached targets, 2 s chunks, CPU bf16), with the CNN's gradient
-# unscaled (feature_grad_mult 1) so that its CNN learns: a HuBERT model, CNN 512 x 7, 2 x 384.
-# Then, per seed, three students distil that proxy's layers 1 and 2 on clean LibriSpeech: full
+# offline, so scripts/proxy_teacher.sh first distils a proxy teacher from the real Whisper
+# tiny.en (a HuBERT model, CNN 512 x 7, 2 x 384, whose CNN learned; PROXY=runs/proxy). Then,
+# per seed, three students distil that proxy's layers 1 and 2 on clean LibriSpeech: full
 # (the `default` shape: the proxy's whole CNN copied), prune (the `pruned` preset's CNN, 256, 256,
 # 512 x 5, sliced from the proxy's) and random (that CNN with its first three layers random).
 # Every other tensor (CNN layers 3-6 in random, projection, positional convolution, both
@@ -21,30 +20,20 @@ STEPS=${STEPS:-400}
 SEEDS=${SEEDS:-0 1 2}
 EVAL_EVERY=${EVAL_EVERY:-50}
 OUT=${OUT:-runs/prune}
+PROXY=${PROXY:-runs/proxy}
 LS=../shared/data/librispeech-mini
 mkdir -p "$OUT"
 data=(--data.train_dir $LS/train-clean-100 --data.validation_dir $LS/test-other
       --data.batch_size 4 --data.max_length_s 2 --data.num_workers 0 --training.cpu true
       --training.max_eval_batches 8 --training.save_every 0 --training.log_every 50
       --training.mixed_precision bf16)
-whisper=(--teacher ../shared/models/whisper-tiny.en --objectives.layerwise.teacher_layers null
-         --teacher_cache.dir runs/cache/whisper-tiny --teacher_cache.context crop
-         --teacher_cache.crop_starts chunks)
-if [ ! -f "$OUT/proxy/final_state.json" ]; then
-    OMP_NUM_THREADS=1 accelerate launch --multi_gpu --num_processes 2 -m robustdistill.cli \
-        cache-teacher --config configs/distilhubert.yaml "${whisper[@]}" "${data[@]}" \
-        --training.max_steps "$PROXY_STEPS" --output_dir "$OUT/cache-build" > "$OUT/cache.log" 2>&1
-    python -m robustdistill.cli distill --config configs/distilhubert.yaml "${whisper[@]}" \
-        "${data[@]}" --teacher_cache.missing error --training.max_steps "$PROXY_STEPS" \
-        --training.eval_every "$PROXY_STEPS" --student.feature_grad_mult 1.0 \
-        --output_dir "$OUT/proxy" > "$OUT/proxy.log" 2>&1
-fi
+PROXY_STEPS=$PROXY_STEPS PROXY=$PROXY bash scripts/proxy_teacher.sh
 for seed in $SEEDS; do for init in full prune random; do
     [ -f "$OUT/s${seed}_$init/final_state.json" ] && continue
     cnn=(--student.conv_dim "[256, 256, 512, 512, 512, 512, 512]" --student.narrow_cnn_init "$init")
     [ "$init" = full ] && cnn=()
     python -m robustdistill.cli distill --config configs/distilhubert.yaml "${data[@]}" \
-        --teacher "$OUT/proxy/student" --objectives.layerwise.teacher_layers null ${cnn[@]+"${cnn[@]}"} \
+        --teacher "$PROXY/student" --objectives.layerwise.teacher_layers null ${cnn[@]+"${cnn[@]}"} \
         --training.max_steps "$STEPS" --training.eval_every "$EVAL_EVERY" --seed "$seed" \
         --output_dir "$OUT/s${seed}_$init" > "$OUT/s${seed}_$init.log" 2>&1
 done; done

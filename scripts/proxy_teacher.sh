@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# A proxy for a pretrained wav2vec-style teacher, for the CNN checks (scripts/prune_check.sh,
+# scripts/frozen_check.sh): no pretrained waveform CNN exists offline, so the plain DistilHuBERT
+# recipe distils the real Whisper tiny.en teacher (cached targets, 2 s chunks, CPU bf16) into a
+# HuBERT model (CNN 512 x 7, 2 x 384) with the CNN's gradient unscaled (feature_grad_mult 1) so
+# that its CNN learns. Writes the run folder PROXY (its model: PROXY/student) and its logs
+# PROXY.log, PROXY-cache.log; does nothing when PROXY is a finished run.
+# docs/performance.md, section 2.
+# Usage: PROXY_STEPS=1500 PROXY=runs/proxy bash scripts/proxy_teacher.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. .venv/bin/activate
+export HF_HUB_OFFLINE=1
+PROXY_STEPS=${PROXY_STEPS:-1500}
+PROXY=${PROXY:-runs/proxy}
+LS=../shared/data/librispeech-mini
+[ -f "$PROXY/final_state.json" ] && exit 0
+mkdir -p "$(dirname "$PROXY")"
+data=(--data.train_dir $LS/train-clean-100 --data.validation_dir $LS/test-other
+      --data.batch_size 4 --data.max_length_s 2 --data.num_workers 0 --training.cpu true
+      --training.max_eval_batches 8 --training.save_every 0 --training.log_every 50
+      --training.mixed_precision bf16)
+whisper=(--teacher ../shared/models/whisper-tiny.en --objectives.layerwise.teacher_layers null
+         --teacher_cache.dir runs/cache/whisper-tiny --teacher_cache.context crop
+         --teacher_cache.crop_starts chunks)
+OMP_NUM_THREADS=1 accelerate launch --multi_gpu --num_processes 2 -m robustdistill.cli \
+    cache-teacher --config configs/distilhubert.yaml "${whisper[@]}" "${data[@]}" \
+    --training.max_steps "$PROXY_STEPS" --output_dir "$PROXY-cache-build" > "$PROXY-cache.log" 2>&1
+python -m robustdistill.cli distill --config configs/distilhubert.yaml "${whisper[@]}" \
+    "${data[@]}" --teacher_cache.missing error --training.max_steps "$PROXY_STEPS" \
+    --training.eval_every "$PROXY_STEPS" --student.feature_grad_mult 1.0 \
+    --output_dir "$PROXY" > "$PROXY.log" 2>&1
