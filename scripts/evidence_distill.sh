@@ -13,6 +13,8 @@
 # SAVE_EVERY the checkpoint grid (docs/evidence.md, GPU rows); EXTRA_ARGS adds overrides to
 # both runs (e.g. EXTRA_ARGS="--student.preset fast --student.init_layers null").
 set -euo pipefail
+# the project environment of scripts/setup.sh, unless one is active already
+[[ -z ${VIRTUAL_ENV:-} && -f .venv/bin/activate ]] && . .venv/bin/activate
 STEPS=${STEPS:-1500}
 OUT=${EVIDENCE_OUT:-runs/ev}
 TEACHER=${TEACHER:-../shared/models/whisper-tiny.en}

@@ -24,6 +24,8 @@
 # sequential, one thread each (OMP/MKL_NUM_THREADS=1: faster than two oversubscribed threads on a
 # 2-core machine).
 set -euo pipefail
+# the project environment of scripts/setup.sh, unless one is active already
+[[ -z ${VIRTUAL_ENV:-} && -f .venv/bin/activate ]] && . .venv/bin/activate
 
 UPSTREAMS=()  # "name:path" pairs
 if [[ ${1:-} == *=* ]]; then
