@@ -40,9 +40,9 @@ for seed in $SEEDS; do for arm in full frozen; do
         --training.save_every 0 --student.feature_grad_mult "$fgm" --seed "$seed" \
         --output_dir "$run" > "$run.log" 2>&1
 done; done
-[ -f "$OUT/probe.json" ] || python scripts/evidence_probe.py "${runs[@]}" --out "$OUT/probe.json" \
-    > "$OUT/probe.log" 2>&1
-python - "$OUT/probe.json" <<'PY'
+probe="$OUT/probe_seeds_${SEEDS// /-}.json"  # one probe per seed list
+[ -f "$probe" ] || python scripts/evidence_probe.py "${runs[@]}" --out "$probe" > "$probe.log" 2>&1
+python - "$probe" <<'PY'
 import json, sys
 import numpy as np
 from scipy import stats
