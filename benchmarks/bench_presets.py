@@ -18,6 +18,7 @@ Usage: ``python benchmarks/bench_presets.py [--threads 2 --repeats 7 --compile
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 from pathlib import Path
 
@@ -26,15 +27,10 @@ from _common import interleaved, median, quiet, table
 
 
 def _channels(conv_dim) -> str:
-    """``512`` for a uniform CNN, else the per-layer list (``256-256-512x5``)."""
-    if len(set(conv_dim)) == 1:
-        return str(conv_dim[0])
-    runs: list[list[int]] = []
-    for width in conv_dim:
-        if runs and runs[-1][0] == width:
-            runs[-1][1] += 1
-        else:
-            runs.append([width, 1])
+    """``512`` for a uniform CNN, else the per-layer list (``256x2-512x5``)."""
+    runs = [(width, len(list(group))) for width, group in itertools.groupby(conv_dim)]
+    if len(runs) == 1:
+        return str(runs[0][0])
     return "-".join(f"{w}x{n}" if n > 1 else str(w) for w, n in runs)
 
 

@@ -89,20 +89,20 @@ def select_cnn_channels(teacher_state: dict[str, torch.Tensor],
 
 @torch.no_grad()
 def copy_pruned_cnn(student: torch.nn.Module, teacher: torch.nn.Module,
-                    copy_projection: bool = True) -> int:
+                    projection: bool = True) -> int:
     """Copy the teacher's CNN into a student CNN with as many or fewer channels per layer.
 
     Slices, per layer, the convolution's output (and input) channels and its norm to the
-    channels :func:`select_cnn_channels` keeps, then the feature projection's layer norm and
-    input columns to the last layer's kept channels (the projection only when its output width
-    equals the student's and ``copy_projection`` allows it, as in ``create_student``).
+    channels :func:`select_cnn_channels` keeps, then (``projection``) the feature projection's
+    layer norm and input columns to the last layer's kept channels, where the student's shapes
+    then match (the projection's output width is the student's).
 
     Args:
         student: a ``transformers`` waveform model whose CNN has the teacher's layout
             (:func:`cnn_layout`) and ``config.conv_dim`` at most the teacher's.
         teacher: the teacher model (not the ``Upstream`` wrapper).
-        copy_projection: also copy the projection when the teacher has a layer norm before it
-            and the student does not (s3prl's distiller does).
+        projection: also slice the feature projection (``create_student`` decides, by
+            ``StudentConfig.copy_projection``).
 
     Returns:
         The number of student tensors written.
@@ -126,10 +126,9 @@ def copy_pruned_cnn(student: torch.nn.Module, teacher: torch.nn.Module,
             if _NORM.format(layer, part) in source:
                 sliced[_NORM.format(layer, part)] = source[_NORM.format(layer, part)][out_idx]
     last = kept[-1]
-    has_norm = _PROJ_NORM.format("weight") in target
-    if has_norm or copy_projection or _PROJ_NORM.format("weight") not in source:
+    if projection:
         for part in ("weight", "bias"):
-            if has_norm and _PROJ_NORM.format(part) in source:
+            if _PROJ_NORM.format(part) in source:  # kept below only if the student has it
                 sliced[_PROJ_NORM.format(part)] = source[_PROJ_NORM.format(part)][last]
         sliced[_PROJ.format("weight")] = source[_PROJ.format("weight")][:, last]
         sliced[_PROJ.format("bias")] = source[_PROJ.format("bias")]

@@ -231,18 +231,27 @@ def create_student(teacher: Upstream, cfg: StudentConfig | None = None) -> PreTr
                     config.model_type, teacher.config.model_type)
     narrow_init = cfg.narrow_cnn_init or STUDENT_PRESETS[cfg.preset].get("narrow_cnn_init", "random")
     if cfg.init_from_teacher and narrow_init == "prune":
-        if cnn_layout(config) is None or cnn_layout(config) != cnn_layout(teacher.config):
+        if cnn_layout(config) != cnn_layout(teacher.config):  # e.g. Whisper: no CNN
             logger.warning("student.narrow_cnn_init 'prune': the teacher (%s) has no CNN of "
                            "the student's layout; the student's CNN stays random",
                            teacher.config.model_type)
         else:
-            written = copy_pruned_cnn(student, teacher.model, cfg.copy_projection)
+            projection = _takes_projection(student, teacher.model.state_dict(),
+                                           cfg.copy_projection)
+            written = copy_pruned_cnn(student, teacher.model, projection)
             logger.info("student CNN %s pruned from the teacher's %s: %d tensors written",
                         list(config.conv_dim), list(teacher.config.conv_dim), written)
     return student
 
 
 _LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.(.*)$")
+
+
+def _takes_projection(student, teacher_state: dict, copy_projection: bool) -> bool:
+    """Whether the student takes the teacher's feature projection: always, unless
+    ``copy_projection`` is false and the projection follows a layer norm the student lacks."""
+    norm_key = "feature_projection.layer_norm.weight"
+    return copy_projection or norm_key not in teacher_state or norm_key in student.state_dict()
 
 
 @torch.no_grad()
@@ -256,8 +265,7 @@ def _copy_from_teacher(student, teacher, layers: list[int],
     lacks is not copied.
     """
     teacher_state = teacher.state_dict()
-    norm_key = "feature_projection.layer_norm.weight"
-    if not copy_projection and norm_key in teacher_state and norm_key not in student.state_dict():
+    if not _takes_projection(student, teacher_state, copy_projection):
         teacher_state = {k: v for k, v in teacher_state.items()
                          if not k.startswith("feature_projection.")}
     copied, skipped = 0, []

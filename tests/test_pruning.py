@@ -137,6 +137,26 @@ def test_pruned_student_saves_and_loads_exactly(teacher, tmp_path, caplog):
         assert torch.equal(loaded.state_dict()[key], value), key
 
 
+def test_pruning_follows_copy_projection_for_a_hubert_teacher(tmp_path):
+    """HuBERT's projection follows a layer norm the DistilHuBERT-style student lacks: it is
+    sliced and copied by default (as s3prl's distiller copies it), left random with
+    ``copy_projection: false``, as the plain copy does."""
+    from robustdistill.teachers import make_random_teacher
+
+    hubert = Upstream.from_pretrained(make_random_teacher("hubert", "tiny", tmp_path / "t"))
+    narrow = [width // 2 for width in hubert.config.conv_dim]
+    kept = select_cnn_channels(hubert.model.state_dict(), narrow)
+    t = hubert.model.state_dict()
+    taken = create_student(hubert, StudentConfig(num_layers=1, conv_dim=narrow,
+                                                 narrow_cnn_init="prune")).state_dict()
+    assert "feature_projection.layer_norm.weight" not in taken
+    assert torch.equal(taken[PROJ], t[PROJ][:, kept[-1]])
+    left = create_student(hubert, StudentConfig(num_layers=1, conv_dim=narrow, copy_projection=False,
+                                                narrow_cnn_init="prune")).state_dict()
+    assert not torch.equal(left[PROJ], t[PROJ][:, kept[-1]])
+    assert torch.equal(left[CONV.format(0)], t[CONV.format(0)][kept[0]])  # the CNN is pruned
+
+
 def test_the_pruned_preset_prunes_the_teachers_cnn(teacher):
     student = create_student(teacher, StudentConfig(preset="pruned"))
     assert list(student.config.conv_dim) == [16, 16, 32]
