@@ -153,3 +153,18 @@ def test_noise_baseline_is_reproducible_and_not_zero(tiny_teacher):
                            AttributionCache(None))
     assert np.array_equal(a[0][0].map, b[0][0].map)
     assert a[0][0].score_gap != z[0][0].score_gap  # F(baseline) differs from F(0)
+
+
+def test_noise_baseline_of_a_segment_does_not_depend_on_its_batch(tiny_teacher):
+    """A segment's noise is seeded from its own key: alone or after another crop, same map."""
+    noise = IGSettings(n_steps=4, baseline="noise", noise_dbfs=-20.0)
+    crop_a, crop_b = _crops(2, seed=5)
+    centroids = torch.randn(2, 8)
+    bounds = [(0, 3200)]
+    alone = attribute_segments(tiny_teacher, [crop_b], centroids[1:], bounds, noise,
+                               AttributionCache(None))
+    paired = attribute_segments(tiny_teacher, [crop_a, crop_b], centroids, bounds, noise,
+                                AttributionCache(None))
+    torch.testing.assert_close(torch.from_numpy(paired[1][0].map),
+                               torch.from_numpy(alone[0][0].map), rtol=1e-5, atol=1e-6)
+    assert paired[1][0].score_gap == pytest.approx(alone[0][0].score_gap, abs=1e-6)

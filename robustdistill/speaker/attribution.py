@@ -75,7 +75,9 @@ class IGSettings:
         """The settings that change a map (``internal_batch_size`` does not)."""
         out = {"n_steps": self.n_steps, "baseline": self.baseline, "method": self.method}
         if self.baseline == "noise":
-            out["noise_dbfs"] = self.noise_dbfs
+            # "per_segment": each segment's noise seeded from its own key (maps cached before
+            # that, seeded per captum call, get other keys and are not served)
+            out.update(noise_dbfs=self.noise_dbfs, noise_seed="per_segment")
         return out
 
 
@@ -236,13 +238,22 @@ class AttributionCache:
         return self.hits / total if total else 0.0
 
 
-def _noise_baseline(teacher, mels_like: torch.Tensor, num_samples: int, seed_key: str,
-                    dbfs: float) -> torch.Tensor:
-    seed = int(seed_key[:8], 16)
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(mels_like.shape[0], num_samples, generator=g)
+def _noise_baseline(teacher, num_samples: int, seed_keys: Sequence[str], dbfs: float,
+                    device: torch.device) -> torch.Tensor:
+    """Log-mel frames of white noise at ``dbfs``, one draw per segment.
+
+    Each segment's noise is seeded from that segment's own cache key, so its baseline (and
+    hence its map) does not depend on which other segments share the captum call.
+
+    Returns:
+        ``(S, ...)`` the teacher's mel frames of ``S = len(seed_keys)`` noises of
+        ``num_samples`` samples.
+    """
+    noise = torch.stack([torch.randn(num_samples,
+                                     generator=torch.Generator().manual_seed(int(k[:8], 16)))
+                         for k in seed_keys])
     noise = noise / noise.pow(2).mean(-1, keepdim=True).sqrt() * 10.0 ** (dbfs / 20.0)
-    return teacher.mel(noise.to(mels_like.device))
+    return teacher.mel(noise.to(device))
 
 
 def attribute_segments(teacher, crops: Sequence[np.ndarray], centroids: torch.Tensor,
@@ -298,8 +309,8 @@ def attribute_segments(teacher, crops: Sequence[np.ndarray], centroids: torch.Te
         if settings.baseline == "zero":
             base = torch.zeros_like(mels)
         else:
-            base = _noise_baseline(teacher, mels, length, keys[idx[0][0]][idx[0][1]],
-                                   settings.noise_dbfs)
+            base = _noise_baseline(teacher, length, [keys[c][i] for c, i in idx],
+                                   settings.noise_dbfs, mels.device)
         attr, delta = integrated_gradients(score, mels, base, settings, target)
         with torch.no_grad():
             gap = score(mels, target) - score(base, target)
