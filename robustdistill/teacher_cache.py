@@ -272,14 +272,24 @@ def cached_layers_of(objectives: Iterable) -> list[int]:
     return layers
 
 
+#: Config entries that name where and with what a teacher was loaded, not what it computes:
+#: the same weights by hub id, snapshot or moved folder, or under another ``transformers``,
+#: keep their cache.
+_NOT_IN_FINGERPRINT = ("_name_or_path", "transformers_version")
+
+
 def teacher_fingerprint(teacher: Upstream) -> str:
     """SHA-256 of the teacher's config, preprocessing and every parameter and buffer.
 
     Any change of weights, architecture, normalisation, attention-mask use or (Whisper)
-    feature extractor gives another fingerprint.
+    feature extractor gives another fingerprint; the path it was loaded from and the
+    ``transformers`` version do not (:data:`_NOT_IN_FINGERPRINT`).
     """
     digest = hashlib.sha256()
-    digest.update(teacher.config.to_json_string(use_diff=False).encode())
+    config = teacher.config.to_dict()
+    for name in _NOT_IN_FINGERPRINT:
+        config.pop(name, None)
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     digest.update(json.dumps({"normalize": bool(teacher.normalize),
                               "attention_mask": bool(teacher.use_attention_mask)}).encode())
     if teacher.feature_extractor is not None:
@@ -334,6 +344,8 @@ class TeacherFeatureCache:
         self.spec = {"format": FORMAT_VERSION, "teacher": teacher_fingerprint(teacher),
                      "layers": self.layers, "context": context, "dtype": dtype,
                      "samples_per_frame": self.grid}
+        if teacher.is_whisper:  # "native" and "ssl" place the same frames 200 samples apart
+            self.spec["whisper_frames"] = teacher.whisper_frames
         spec_hash = hashlib.sha256(json.dumps(self.spec, sort_keys=True).encode()).hexdigest()
         self.path = Path(root) / spec_hash[:16]
         self.path.mkdir(parents=True, exist_ok=True)
@@ -420,13 +432,26 @@ class TeacherFeatureCache:
 
     def compute(self, waveform: torch.Tensor) -> torch.Tensor:
         """Teacher targets of one unpadded waveform ``(S,)`` -> ``(K, T, D)`` in storage dtype
-        (CPU)."""
+        (CPU).
+
+        Raises:
+            ValueError: a finite target that the storage dtype cannot hold (beyond float16's
+                65504): stored as inf, it would make every step that reads it non-finite.
+        """
         device = next(self.teacher.parameters()).device
         wave = waveform.detach().to(device=device, dtype=torch.float32).reshape(1, -1)
         out = self.teacher(wave, torch.tensor([wave.shape[1]], device=device))
         frames = int(out.frame_lengths[0])
-        return torch.stack([out.hidden_states[x][0, :frames] for x in self.layers]).to(
-            device="cpu", dtype=self.dtype).contiguous()
+        layers = torch.stack([out.hidden_states[x][0, :frames] for x in self.layers])
+        stored = layers.to(device="cpu", dtype=self.dtype).contiguous()
+        overflow = torch.isfinite(layers).cpu() & ~torch.isfinite(stored)
+        if overflow.any():
+            bad = [x for x, o in zip(self.layers, overflow.flatten(1).any(1).tolist()) if o]
+            raise ValueError(
+                f"teacher layers {bad} reach |h| = {float(layers.abs().max()):.3g}, beyond "
+                f"teacher_cache.dtype {self.spec['dtype']}: set teacher_cache.dtype bfloat16 "
+                "or float32")
+        return stored
 
     def write(self, path: Path, layers: torch.Tensor) -> None:
         """Write an entry atomically (a temporary file renamed into place), so a killed
@@ -604,6 +629,7 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
 
     from .data import build_datasets
     from .objectives import build_objective
+    from .teachers import load_teacher
 
     tc = cfg.teacher_cache
     if not tc.dir:
@@ -615,8 +641,7 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
     # the run's own precision: one process may build the cache, then train (accelerate keeps
     # one state per process and refuses a second Accelerator with other settings)
     acc = Accelerator(cpu=cfg.training.cpu, mixed_precision=cfg.training.mixed_precision)
-    teacher = Upstream.from_pretrained(cfg.teacher, frozen=True,
-                                       trust_remote_code=cfg.trust_remote_code)
+    teacher = load_teacher(cfg)  # the run's teacher, Whisper frame placement included
     teacher.to(acc.device)
     layers = tc.layers
     if layers is None:

@@ -1,6 +1,9 @@
-"""Randomly initialised teachers of real shapes, for offline demos, tests and benchmarks.
+"""The run's teacher, and randomly initialised teachers of real shapes.
 
-No pretrained WavLM/HuBERT/wav2vec 2.0 weights can be downloaded here, so recipes that run
+:func:`load_teacher` loads a run's frozen teacher, the one rule shared by training and
+``cache-teacher`` (so a cache is built from exactly the teacher that trains with it).
+
+For offline demos, tests and benchmarks: no pretrained WavLM/HuBERT/wav2vec 2.0 weights can be downloaded here, so recipes that run
 offline point the teacher at a folder written by :func:`make_random_teacher`. Presets:
 ``base`` is the real Base shape (``WavLMConfig()``: 12 layers, 768 wide, 94.4 M parameters for
 WavLM Base+), ``small`` a 4-layer, 256-wide model for minute-long CPU demos, ``tiny`` a
@@ -10,11 +13,17 @@ WavLM Base+), ``small`` a 4-layer, 256-wide model for minute-long CPU demos, ``t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoConfig, AutoModel, Wav2Vec2FeatureExtractor
 
-__all__ = ["PRESETS", "make_random_teacher"]
+from .upstream import Upstream, has_layer_norm_cnn
+
+if TYPE_CHECKING:
+    from .config import DistillConfig
+
+__all__ = ["PRESETS", "load_teacher", "make_random_teacher"]
 
 PRESETS: dict[str, dict] = {
     "base": {},
@@ -25,6 +34,20 @@ PRESETS: dict[str, dict] = {
              "conv_stride": (4, 4, 4), "num_conv_pos_embeddings": 16,
              "num_conv_pos_embedding_groups": 2},
 }
+
+
+def load_teacher(cfg: DistillConfig) -> Upstream:
+    """The run's frozen teacher, on the CPU.
+
+    ``cfg.teacher`` by hub id or folder, with ``cfg.trust_remote_code``; a Whisper teacher
+    places its frames as ``cfg.whisper_teacher_frames`` says.
+
+    Raises:
+        OSError / ValueError: as :meth:`Upstream.from_pretrained`.
+    """
+    return Upstream.from_pretrained(cfg.teacher, frozen=True,
+                                    trust_remote_code=cfg.trust_remote_code,
+                                    whisper_frames=cfg.whisper_teacher_frames)
 
 
 def make_random_teacher(family: str, preset: str, out_dir: str | Path, seed: int = 0) -> Path:
@@ -45,7 +68,7 @@ def make_random_teacher(family: str, preset: str, out_dir: str | Path, seed: int
     torch.manual_seed(seed)
     config = AutoConfig.for_model(family, **PRESETS[preset])
     model = AutoModel.from_config(config)
-    layer_norm = getattr(config, "feat_extract_norm", "group") == "layer"
+    layer_norm = has_layer_norm_cnn(config)
     extractor = Wav2Vec2FeatureExtractor(do_normalize=layer_norm, return_attention_mask=layer_norm)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)

@@ -26,8 +26,8 @@ from .audio import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Upstream", "UpstreamOutput", "disable_train_randomness", "interpolate_frames",
-           "lengths_to_mask"]
+__all__ = ["Upstream", "UpstreamOutput", "disable_train_randomness", "has_layer_norm_cnn",
+           "interpolate_frames", "lengths_to_mask"]
 
 #: Whisper's encoder needs exactly 30 s of log-mel input (3000 frames of 10 ms).
 WHISPER_WINDOW_SAMPLES = 30 * SAMPLE_RATE
@@ -91,6 +91,19 @@ def lengths_to_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.
     max_len = int(lengths.max()) if max_len is None else max_len
     positions = torch.arange(max_len, device=lengths.device)
     return positions.unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def has_layer_norm_cnn(config) -> bool:
+    """Whether a waveform encoder's CNN normalises each frame (layer norm) rather than each
+    channel over the whole input (group norm, as WavLM/HuBERT/wav2vec 2.0 Base).
+
+    Only a layer-norm CNN gives padding-independent features, and only such checkpoints were
+    trained with normalised input and an attention mask (``transformers`` convention).
+    data2vec-audio's CNN always uses layer norm (its config has no ``feat_extract_norm``).
+    """
+    if getattr(config, "model_type", "") == "data2vec-audio":
+        return True
+    return getattr(config, "feat_extract_norm", "group") == "layer"
 
 
 def disable_train_randomness(config) -> None:
@@ -203,8 +216,11 @@ class Upstream(nn.Module):
         keep_train_randomness: bool = False,
         dtype: torch.dtype = torch.float32,
         revision: str | None = None,
+        whisper_frames: str = "native",
     ) -> Upstream:
         """Load an encoder by hub id (``microsoft/wavlm-base-plus``) or local folder.
+
+        ``whisper_frames`` is the constructor's (used by Whisper checkpoints only).
 
         LayerDrop and SpecAugment are switched off unless ``keep_train_randomness`` (never
         for a frozen upstream). Normalisation and attention-mask use follow the folder's
@@ -230,13 +246,14 @@ class Upstream(nn.Module):
         )
         feature_extractor = _load_feature_extractor(name_or_path, trust_remote_code, revision)
         if config.model_type == "whisper":
-            return cls(model, feature_extractor=feature_extractor, frozen=frozen)
+            return cls(model, feature_extractor=feature_extractor, frozen=frozen,
+                       whisper_frames=whisper_frames)
         if not hasattr(model, "_get_feat_extract_output_lengths"):
             raise ValueError(
                 f"{name_or_path}: {type(model).__name__} is not a waveform speech encoder "
                 "(expected WavLM, HuBERT, wav2vec 2.0, data2vec-audio or Whisper)"
             )
-        layer_norm = getattr(config, "feat_extract_norm", "group") == "layer"
+        layer_norm = has_layer_norm_cnn(config)
         normalize = getattr(feature_extractor, "do_normalize", layer_norm)
         use_mask = getattr(feature_extractor, "return_attention_mask", layer_norm)
         return cls(model, normalize=normalize, use_attention_mask=use_mask, frozen=frozen)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -316,3 +317,68 @@ def test_reader_leaves_missing_and_off_grid_rows_to_the_step(tmp_path, teacher):
         cache.targets({**off_grid, **reader.read(off_grid)}, full)
     with pytest.raises(ValueError, match="max_samples"):
         cache.reader(0)
+
+
+# ---- a Whisper teacher: where its frames sit is part of the cache --------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_whisper_dir(tmp_path_factory):
+    """A random 2-layer, 16-wide Whisper (encoder and decoder) with its feature extractor."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-whisper")
+    config = WhisperConfig(d_model=16, encoder_layers=2, encoder_attention_heads=2,
+                           decoder_layers=1, decoder_attention_heads=2, encoder_ffn_dim=32,
+                           decoder_ffn_dim=32, vocab_size=64, pad_token_id=0, bos_token_id=1,
+                           eos_token_id=2, decoder_start_token_id=1)
+    WhisperModel(config).save_pretrained(out)
+    WhisperFeatureExtractor().save_pretrained(out)
+    return out
+
+
+def test_whisper_cache_keeps_the_runs_frame_placement(tmp_path, tiny_whisper_dir):
+    """cache-teacher builds with the run's whisper_teacher_frames ("ssl" by default): training
+    from the prebuilt cache then equals teacher-every-step, and "native" is another folder."""
+    student = {"student.hidden_size": 32, "student.num_layers": 2,
+               "student.num_attention_heads": 2, "student.intermediate_size": 64,
+               "objectives": "{layerwise: {teacher_layers: [1, 2]}}"}
+    extra = {"teacher_cache.dir": str(tmp_path / "cache"), "teacher_cache.context": "crop",
+             "teacher_cache.crop_starts": "chunks", "teacher_cache.dtype": "float32",
+             "teacher_cache.missing": "error", **student}
+    cfg = _config(tmp_path, tiny_whisper_dir, "cached", 2.5, **extra)
+    built = build_cache(cfg)
+    assert json.loads((Path(built["path"]) / "manifest.json").read_text())["whisper_frames"] == "ssl"
+    cached, run = _losses(cfg, steps=2)
+    assert run.teacher_cache.misses == 0
+    reference, _ = _losses(_config(tmp_path, tiny_whisper_dir, "ref", 2.5, **student), steps=2,
+                           grid=16000)
+    for ref, got in zip(reference, cached, strict=True):
+        assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+    native = _config(tmp_path, tiny_whisper_dir, "native", 2.5, whisper_teacher_frames="native",
+                     **extra)
+    assert build_cache(native)["path"] != built["path"]
+
+
+def test_fingerprint_ignores_where_the_teacher_was_loaded_from(tmp_path, tiny_wavlm_dir):
+    """The same weights by another path (or under another transformers) keep their cache."""
+    import shutil
+
+    moved = shutil.copytree(tiny_wavlm_dir, tmp_path / "moved")
+    config = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**config, "transformers_version": "0.0.1"}))
+    here, there = Upstream.from_pretrained(tiny_wavlm_dir), Upstream.from_pretrained(moved)
+    assert here.config._name_or_path != there.config._name_or_path
+    assert teacher_fingerprint(here) == teacher_fingerprint(there)
+
+
+def test_targets_beyond_float16_are_refused_not_stored_as_inf(tmp_path, tiny_wavlm_dir):
+    teacher = Upstream.from_pretrained(tiny_wavlm_dir)
+    with torch.no_grad():  # one huge output channel of the last layer
+        teacher.model.encoder.layers[-1].final_layer_norm.bias[0] = 1e5
+    wave = torch.randn(4000) * 0.1
+    with pytest.raises(ValueError, match=r"teacher layers \[2\].*bfloat16"):
+        TeacherFeatureCache(tmp_path, teacher, [1, 2]).compute(wave)
+    stored = TeacherFeatureCache(tmp_path, teacher, [1, 2], dtype="bfloat16").compute(wave)
+    assert torch.isfinite(stored).all()
