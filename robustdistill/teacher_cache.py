@@ -446,7 +446,8 @@ class TeacherFeatureCache:
         stored = layers.to(device="cpu", dtype=self.dtype).contiguous()
         overflow = torch.isfinite(layers).cpu() & ~torch.isfinite(stored)
         if overflow.any():
-            bad = [x for x, o in zip(self.layers, overflow.flatten(1).any(1).tolist()) if o]
+            bad = [x for x, o in zip(self.layers, overflow.flatten(1).any(1).tolist(), strict=True)
+                   if o]
             raise ValueError(
                 f"teacher layers {bad} reach |h| = {float(layers.abs().max()):.3g}, beyond "
                 f"teacher_cache.dtype {self.spec['dtype']}: set teacher_cache.dtype bfloat16 "
