@@ -59,6 +59,9 @@ def distill_main(argv: list[str]) -> int:
                              "fresh when there is none (training.resume_from auto)")
     args, overrides = parser.parse_known_args(argv)
     if args.resume:
+        if any(o.split("=", 1)[0] == "--training.resume_from" for o in overrides):
+            parser.error("--resume and --training.resume_from both say where to resume from: "
+                         "give one")
         overrides = [*overrides, "--training.resume_from", "auto"]
     from .redact import redact
 

@@ -45,8 +45,9 @@ __all__ = ["ConfigError", "DistillConfig", "TrainingConfig", "load_config", "mer
 
 
 class _Yaml12Loader(yaml.SafeLoader):
-    """YAML with 1.2 booleans: only true/false are booleans (``mixed_precision: no`` stays
-    the string ``"no"``, not False as in YAML 1.1)."""
+    """YAML with 1.2 booleans and floats: only true/false are booleans (``mixed_precision:
+    no`` stays the string ``"no"``, not False as in YAML 1.1), and ``5e-4`` or ``1.0e5`` are
+    floats (YAML 1.1 reads an exponent without a dot or a sign as a string)."""
 
 
 _Yaml12Loader.yaml_implicit_resolvers = {
@@ -56,6 +57,14 @@ _Yaml12Loader.yaml_implicit_resolvers = {
 _Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
     list("tTfF"))
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"))
+
+#: ``transformers`` schedulers that need nothing but the warm-up and total steps.
+LR_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                "constant_with_warmup", "inverse_sqrt")
 
 
 def read_yaml(text: str):
@@ -78,7 +87,7 @@ class TrainingConfig:
     adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon (s3prl distiller and RobustDistiller: 1e-6)"})
     weight_decay_params: str = field(default="matrices", metadata={"help": "which parameters weight_decay applies to: 'matrices' (2+ dims) or 'non_bias' (every parameter whose name has no 'bias': s3prl's grouping)"})
     warmup_ratio: float = field(default=0.07, metadata={"help": "fraction of max_steps of linear warm-up"})
-    lr_schedule: str = field(default="linear", metadata={"help": "transformers scheduler name after warm-up: linear, cosine, constant_with_warmup"})
+    lr_schedule: str = field(default="linear", metadata={"help": "transformers scheduler after warm-up: linear, cosine, cosine_with_restarts, polynomial, constant (no warm-up), constant_with_warmup or inverse_sqrt"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     max_grad_norm: float = field(default=10.0, metadata={"help": "gradient clipping norm (0 disables)"})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (accelerate)"})
@@ -109,6 +118,15 @@ class TrainingConfig:
                 raise ConfigError(f"training.{name} must be >= 1, got {getattr(self, name)}")
         if self.save_every < 0:
             raise ConfigError(f"training.save_every must be >= 0, got {self.save_every}")
+        if self.max_eval_batches is not None and self.max_eval_batches < 1:
+            raise ConfigError(f"training.max_eval_batches must be >= 1 or null (all), got "
+                              f"{self.max_eval_batches}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"training.lr_schedule must be one of {LR_SCHEDULES}, got "
+                              f"{self.lr_schedule!r}")
+        if self.lr_schedule == "constant" and self.warmup_ratio > 0:
+            raise ConfigError("training.lr_schedule constant has no warm-up: use "
+                              "constant_with_warmup, or warmup_ratio 0")
         if self.resume_from not in (None, "latest", "auto") and not Path(
                 self.resume_from).expanduser().is_dir():
             raise ConfigError(f"training.resume_from {self.resume_from!r} is not an existing "

@@ -74,6 +74,7 @@ from .objectives import (
 from .processes import finish_processes
 from .student import create_student, save_student, student_feature_extractor
 from .teacher_cache import TeacherFeatureCache
+from .teachers import load_teacher
 from .upstream import Upstream, lengths_to_mask
 
 logger = logging.getLogger(__name__)
@@ -212,10 +213,7 @@ class _Run:
         set_seed(cfg.seed)
         with acc.main_process_first():
             _prepare_models(cfg)
-        self.teacher = Upstream.from_pretrained(cfg.teacher, frozen=True,
-                                                trust_remote_code=cfg.trust_remote_code)
-        if self.teacher.is_whisper:  # "ssl": targets at the student CNN's frame centres
-            self.teacher.whisper_frames = cfg.whisper_teacher_frames
+        self.teacher = load_teacher(cfg)
         self.teacher.to(acc.device)
         student, feature_extractor = self._build_student()
         self.feature_extractor = feature_extractor
@@ -353,14 +351,25 @@ class _Run:
         while True:
             if self.sampler is not None:
                 self.sampler.set_epoch(p.epoch)
-                self.sampler.set_start(p.batches_in_epoch * self.cfg.data.batch_size)
+                start = p.batches_in_epoch * self.cfg.data.batch_size
+                if start >= self.sampler.samples_per_rank:  # resumed at the epoch's end
+                    p.epoch, p.batches_in_epoch = p.epoch + 1, 0
+                    continue
+                self.sampler.set_start(start)
             elif not self._stream_resumed:  # a loaded stream state continues its epoch
                 self.train_set.set_epoch(p.epoch)
             self._stream_resumed = False
+            from_start = p.batches_in_epoch == 0
             for batch in self.loader:
                 p.batches_in_epoch += 1
                 self.note_skipped(batch)
                 yield batch
+            if from_start and p.batches_in_epoch == 0:
+                raise ConfigError(
+                    f"epoch {p.epoch} gave no training batch on rank "
+                    f"{self.accelerator.process_index}: every item was held out for "
+                    "validation (data.max_validation_items, data.validation_fraction) or "
+                    "skipped (shorter than data.min_length_s, unreadable)")
             p.epoch += 1
             p.batches_in_epoch = 0
 

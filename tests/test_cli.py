@@ -32,6 +32,15 @@ def test_distill_reports_a_config_typo_without_a_traceback(tmp_path, capsys):
     assert "did you mean 'max_steps'" in capsys.readouterr().err
 
 
+def test_resume_flag_and_an_explicit_checkpoint_are_refused_together(tmp_path, capsys):
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["distill", "--config", str(demo), "--resume",
+              f"--training.resume_from={tmp_path}"])
+    assert exit_info.value.code == 2
+    assert "give one" in capsys.readouterr().err
+
+
 def test_unknown_subcommand_prints_usage(capsys):
     assert main(["distil"]) == 2
     assert "create-student" in capsys.readouterr().err

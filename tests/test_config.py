@@ -33,6 +33,9 @@ def test_overrides_are_typed_and_nested():
     assert cfg.training.max_steps == 7 and cfg.training.mixed_precision == "no"
     assert cfg.objectives["layerwise"]["teacher_layers"] == [1, 2]
     assert parse_overrides(["--a.b", "null"]) == {"a": {"b": None}}
+    # YAML 1.2 floats: an exponent needs no dot and no sign
+    assert parse_overrides(["--x", "5e-4", "--y", "1.0e5", "--z", "1", "--w", "'5e-4'"]) == {
+        "x": 5e-4, "y": 1e5, "z": 1, "w": "5e-4"}
 
 
 @pytest.mark.parametrize("override, message", [
@@ -43,6 +46,11 @@ def test_overrides_are_typed_and_nested():
     (["--objectives.layerwize", "{}"], "objectives.'layerwize'.*layerwise"),
     (["--training.mixed_precision", "fp8"], "mixed_precision"),
     (["--augmentation.p_noise", "0.9"], "sum to 1|p_"),
+    (["--training.max_eval_batches", "0"], "max_eval_batches"),
+    (["--training.lr_schedule", "cosin"], "lr_schedule.*cosine"),
+    (["--training.lr_schedule", "reduce_lr_on_plateau"], "lr_schedule"),
+    (["--training.lr_schedule", "constant", "--training.warmup_ratio", "0.1"],
+     "constant_with_warmup"),
 ])
 def test_typos_and_bad_values_are_errors_that_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -59,6 +59,26 @@ def test_resume_from_mid_run_checkpoint_is_exact(tmp_path, tiny_wavlm_dir):
 
 
 @pytest.mark.slow
+def test_resume_from_a_checkpoint_at_an_epoch_end_after_a_partial_batch(tmp_path,
+                                                                        tiny_wavlm_dir):
+    """Batches of 4 from 9-10 training items: the third batch is partial and ends the epoch;
+    a checkpoint right after it resumes into the next epoch exactly."""
+    def config(out, **training):
+        cfg = _config(tmp_path, tiny_wavlm_dir, out, max_steps=5, save_every=3, **training)
+        cfg.data.batch_size = 4
+        return cfg
+
+    train(config("full"))
+    mid = tmp_path / "full" / "checkpoints" / "checkpoint_0"
+    progress = json.loads((mid / "training_state.json").read_text())["progress"]
+    assert (progress["epoch"], progress["batches_in_epoch"]) == (0, 3)
+    train(config("part", resume_from=str(mid)))
+    full, resumed = _student_state(tmp_path / "full"), _student_state(tmp_path / "part")
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+
+
+@pytest.mark.slow
 def test_export_round_trip_gives_the_trained_students_hidden_states(tmp_path, tiny_wavlm_dir):
     student_dir = train(_config(tmp_path, tiny_wavlm_dir, "run", max_steps=2, save_every=2))
     run = tmp_path / "run"
@@ -205,6 +225,26 @@ def test_streaming_dataset_trains_and_resumes_exactly(tmp_path, tiny_wavlm_dir):
     full, resumed = _student_state(tmp_path / "full"), _student_state(tmp_path / "part")
     for key in full:
         assert torch.equal(full[key], resumed[key]), key
+
+
+def test_an_empty_training_stream_is_an_error_not_a_hang(tmp_path, tiny_wavlm_dir):
+    """A 4-example stream whose examples are all held out for validation yields no batch."""
+    from datasets import Audio, Dataset
+
+    from robustdistill.config import ConfigError
+    from robustdistill.synthetic import write_synthetic_corpus
+    from robustdistill.trainer import _Run
+
+    files = write_synthetic_corpus(tmp_path / "wavs", 4, (0.6, 1.2), seed=5)
+    table = Dataset.from_dict({"audio": [str(f) for f in files]})
+    table.cast_column("audio", Audio(decode=False)).save_to_disk(str(tmp_path / "hf"))
+    cfg = _config(tmp_path, tiny_wavlm_dir, "empty", max_steps=2)
+    cfg.data.synthetic_items = None
+    cfg.data.train_dataset, cfg.data.streaming = str(tmp_path / "hf"), True
+    cfg.data.max_validation_items = 4
+    run = _Run(cfg)
+    with pytest.raises(ConfigError, match="no training batch"):
+        run.train_step(run._batches())
 
 
 def test_enhancement_head_on_cnn_features_trains(tmp_path, tiny_wavlm_dir):
