@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from robustdistill.upstream import Upstream
+from robustdistill.upstream import Upstream, has_layer_norm_cnn
 
 from .conditions import Condition, TestCorruptor
 from .data import DataConfig, Utterance
@@ -73,7 +73,8 @@ class TrainingConfig:
         steps: optimiser steps (the SUPERB protocol fixes the budget, not convergence).
         batch_size: utterances per step.
         learning_rate: AdamW learning rate of the head.
-        featurizer_learning_rate: AdamW learning rate of the layer weights (None: the head's).
+        featurizer_learning_rate: AdamW learning rate of the layer weights, >= 0 (None: the
+            head's; 0: the layer weights keep their initial values).
         weight_decay: AdamW weight decay, on head parameters with two or more dimensions only.
         eval_every: evaluate on dev every this many steps (and after the last step); the head
             with the best dev metric is kept.
@@ -96,6 +97,9 @@ class TrainingConfig:
                 raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise ValueError(f"training.learning_rate must be > 0, got {self.learning_rate}")
+        lr = self.featurizer_learning_rate
+        if lr is not None and not lr >= 0:
+            raise ValueError(f"training.featurizer_learning_rate must be >= 0 (or null), got {lr}")
 
 
 @dataclass
@@ -116,12 +120,13 @@ class TaskConfig:
             accuracy), so ``compare`` refuses to mix labels and plot titles use it. None: the
             task folder name.
         encode_padding: how utterances are batched for the upstream. ``"auto"``: batches
-            (sorted by length) when the upstream's features do not depend on padding (it takes
-            an attention mask, or it is Whisper, which pads every window to 30 s anyway), one
-            utterance per forward pass otherwise (group-norm CNN upstreams without attention
-            mask normalise over the padded length, so a test utterance's features would depend
-            on its batch neighbours); ``"single"``: always one at a time; ``"batch"``: always
-            batch (faster, padding-dependent for such upstreams).
+            (sorted by length) when the upstream's features do not depend on padding (a
+            layer-norm CNN with an attention mask, Whisper, which pads every window to 30 s
+            anyway, or FBANK), one utterance per forward pass otherwise (group-norm CNN
+            upstreams normalise over the padded length, attention mask or not, so a test
+            utterance's features would depend on its batch neighbours); ``"single"``: always
+            one at a time; ``"batch"``: always batch (faster, padding-dependent for such
+            upstreams).
     """
 
     data: DataConfig
@@ -364,12 +369,19 @@ def get_task(name: str) -> type[Task]:
 def padding_independent(upstream: Upstream) -> bool:
     """Whether a batched forward pass gives every utterance the features it gets alone.
 
-    True for Whisper (each 30 s window is padded to 3000 log-mel frames whatever the batch)
-    and for upstreams that pass an attention mask (the CNN of those models uses layer norm
-    per frame, and attention ignores padded frames). False for group-norm CNN upstreams
-    without attention mask (HuBERT / wav2vec 2.0 Base style, DistilHuBERT students): group norm
-    normalises each channel over all time steps including the padding."""
-    return bool(getattr(upstream, "is_whisper", False) or upstream.use_attention_mask)
+    An upstream's own ``padding_independent`` attribute decides when it has one (FBANK: each
+    utterance is computed on its real samples). Otherwise True for Whisper (each 30 s window
+    is padded to 3000 log-mel frames whatever the batch) and for layer-norm CNN upstreams that
+    pass an attention mask (layer norm per frame, attention ignores padded frames). False for
+    group-norm CNN upstreams (HuBERT / WavLM / wav2vec 2.0 Base style, DistilHuBERT students),
+    with or without attention mask: group norm normalises each channel over all time steps
+    including the padding."""
+    own = getattr(upstream, "padding_independent", None)
+    if own is not None:
+        return bool(own)
+    if getattr(upstream, "is_whisper", False):
+        return True
+    return bool(upstream.use_attention_mask and has_layer_norm_cnn(upstream.config))
 
 
 def encode_examples(

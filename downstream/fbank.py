@@ -120,6 +120,7 @@ class FbankUpstream(nn.Module):
 
     is_whisper = False
     use_attention_mask = True  # every utterance is computed on its real samples only
+    padding_independent = True
     num_layers = 0
 
     def __init__(self, config: FbankConfig | None = None) -> None:

@@ -5,8 +5,8 @@ intervals (rows: upstreams, columns: conditions) and one table of the paired dif
 
     python -m downstream.report runs/superb/kws/compare/results.json [--scale 100] [--names a=b]
 
-Percent metrics (accuracy, EER, WER) are shown x``scale``; ``*`` marks a paired difference whose
-95 % interval excludes 0.
+Percent metrics (accuracy, EER, WER) are shown x``scale``; values and interval bounds have
+``--digits`` decimals; ``*`` marks a paired difference whose 95 % interval excludes 0.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def report(path: str | Path, scale: float = 1.0, digits: int = 1,
                 text += f" ± {_num(std, scale, digits)}"
             iv = r.get("intervals", {}).get(c, {}).get(primary)
             if iv:
-                text += f" [{_num(iv[0], scale, 0)}, {_num(iv[1], scale, 0)}]"
+                text += f" [{_num(iv[0], scale, digits)}, {_num(iv[1], scale, digits)}]"
             cells.append(text)
         lines.append(f"| {names.get(label, label)} | " + " | ".join(cells) + " |")
     rows = data.get("comparisons") or []
@@ -67,8 +67,9 @@ def report(path: str | Path, scale: float = 1.0, digits: int = 1,
                 if row is None:
                     cells.append("-")
                     continue
-                text = (f"{row['difference'] * scale:+.{digits}f} [{row['low'] * scale:+.0f}, "
-                        f"{row['high'] * scale:+.0f}]" + ("*" if row["significant"] else ""))
+                text = (f"{row['difference'] * scale:+.{digits}f} "
+                        f"[{row['low'] * scale:+.{digits}f}, {row['high'] * scale:+.{digits}f}]"
+                        + ("*" if row["significant"] else ""))
                 if "mcnemar_p" in row:
                     text += f" ({row['mcnemar_p']:.2g})"
                 cells.append(text)

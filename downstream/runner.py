@@ -341,8 +341,8 @@ class _Encoder:
         single = mode == "single" or (mode == "auto" and not padding_independent(upstream))
         self.batch_size = 1 if single else task.config.encode_batch_size
         if single and mode == "auto":
-            logger.info("upstream features depend on padding (no attention mask, group-norm "
-                        "CNN): encoding one utterance at a time")
+            logger.info("upstream features depend on padding (group-norm CNN or no attention "
+                        "mask): encoding one utterance at a time")
 
     def get(self, split: str, condition: Condition) -> list[EncodedExample]:
         examples = [
@@ -424,7 +424,8 @@ def _optimizer(task: Task, featurizer: Featurizer, head: nn.Module) -> torch.opt
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
         {"params": list(featurizer.parameters()), "weight_decay": 0.0,
-         "lr": cfg.featurizer_learning_rate or cfg.learning_rate},
+         "lr": cfg.learning_rate if cfg.featurizer_learning_rate is None
+         else cfg.featurizer_learning_rate},
     ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
 

@@ -126,3 +126,41 @@ def test_trains_and_writes_results(setup_dirs, tmp_path, monkeypatch):
     assert saved["metrics"]["snr0"]["noisy_si_sdr"] == pytest.approx(0.0, abs=1.0)
     assert sum(saved["featurizer"]["weights"].values()) == pytest.approx(1.0, abs=1e-5)
     assert [h["step"] for h in results["dev"]["history"]] == [2, 4]
+
+
+def test_train_crop_keeps_whole_utterance_not_longer_than_crop():
+    """An utterance no longer than ``train_crop_seconds`` is kept whole from frame 0 (a 1-frame
+    one stays 1 frame); a longer one is cut to exactly the crop at a start in [0, n - crop]."""
+    from downstream.base import EncodedExample
+    from downstream.data import DataConfig, SourceConfig
+    from downstream.tasks.speech_enhancement.task import SpeechEnhancementConfig
+
+    task = SpeechEnhancementTask(SpeechEnhancementConfig(
+        data=DataConfig(source=SourceConfig(root=".")), train_crop_seconds=3.0))  # 150 frames
+    rng = np.random.default_rng(0)
+
+    def encoded(frames: int) -> EncodedExample:
+        wave = rng.standard_normal(320 * (frames - 1) + 400).astype(np.float32)
+        return EncodedExample(Example("k", wave, wave[::-1].copy()), torch.randn(2, frames, 4))
+
+    for frames in (1, 100, 150):
+        e = encoded(frames)
+        for seed in range(8):
+            batch = task.collate([e], True, np.random.default_rng(seed))
+            assert batch.frame_lengths.tolist() == [frames]
+            torch.testing.assert_close(batch.hidden[0, :, :frames], e.hidden)
+            np.testing.assert_array_equal(batch.examples[0].waveform,
+                                          e.example.waveform[: 320 * frames])
+            np.testing.assert_array_equal(batch.examples[0].target,
+                                          e.example.target[: 320 * frames])
+    e = encoded(160)
+    starts = set()
+    for seed in range(40):
+        batch = task.collate([e], True, np.random.default_rng(seed))
+        assert batch.frame_lengths.tolist() == [150]
+        start = next(s for s in range(11)
+                     if torch.equal(batch.hidden[0, :, :150], e.hidden[:, s:s + 150]))
+        np.testing.assert_array_equal(batch.examples[0].waveform,
+                                      e.example.waveform[320 * start: 320 * (start + 150)])
+        starts.add(start)
+    assert starts <= set(range(11)) and len(starts) > 1

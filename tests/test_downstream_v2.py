@@ -263,8 +263,6 @@ def test_group_norm_upstream_features_do_not_depend_on_batch(tiny_upstreams):
 
     upstream = Upstream.from_pretrained(tiny_upstreams["hubert"], frozen=True)
     assert not padding_independent(upstream)
-    assert padding_independent(Upstream.from_pretrained(tiny_upstreams["wavlm"], frozen=True)) \
-        == bool(Upstream.from_pretrained(tiny_upstreams["wavlm"]).use_attention_mask)
     rng = np.random.default_rng(0)
     short = Example("short", rng.standard_normal(4000).astype(np.float32), 0)
     long = Example("long", rng.standard_normal(16000).astype(np.float32), 0)
@@ -274,6 +272,46 @@ def test_group_norm_upstream_features_do_not_depend_on_batch(tiny_upstreams):
     single = encode_examples(upstream, featurizer, [short, long], 1, torch.float32)[0].hidden
     assert not torch.allclose(alone, batched, atol=1e-4)  # the problem is real
     torch.testing.assert_close(alone, single)
+
+
+def _tiny_wavlm_with_mask(path: Path, norm: str) -> Path:
+    """A tiny WavLM whose feature extractor returns an attention mask (WavLM Base layout)."""
+    import torch
+    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMModel
+
+    torch.manual_seed(0)
+    WavLMModel(WavLMConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(32, 32, 32), conv_kernel=(8, 8, 8), conv_stride=(4, 4, 4),
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, feat_extract_norm=norm,
+    )).save_pretrained(path)
+    Wav2Vec2FeatureExtractor(do_normalize=False, return_attention_mask=True).save_pretrained(path)
+    return path
+
+
+def test_attention_mask_makes_only_layer_norm_cnn_padding_independent(tmp_path):
+    """With an attention mask, a group-norm CNN still normalises over the padded length (batched
+    features differ): only a layer-norm CNN is padding-independent; FBANK keeps its own flag."""
+    import torch
+
+    from downstream.base import Example, encode_examples, padding_independent
+    from downstream.fbank import FbankUpstream
+    from downstream.featurizer import Featurizer
+    from robustdistill.upstream import Upstream
+
+    rng = np.random.default_rng(0)
+    short = Example("short", rng.standard_normal(4000).astype(np.float32), 0)
+    long = Example("long", rng.standard_normal(16000).astype(np.float32), 0)
+    for norm, expected in (("group", False), ("layer", True)):
+        upstream = Upstream.from_pretrained(_tiny_wavlm_with_mask(tmp_path / norm, norm),
+                                            frozen=True)
+        assert upstream.use_attention_mask
+        assert padding_independent(upstream) is expected
+        featurizer = Featurizer(upstream.num_layers + 1, upstream.hidden_size)
+        alone = encode_examples(upstream, featurizer, [short], 1, torch.float32)[0].hidden
+        batched = encode_examples(upstream, featurizer, [short, long], 2, torch.float32)[0].hidden
+        assert torch.allclose(alone, batched, atol=1e-4) is expected
+    assert padding_independent(FbankUpstream())
 
 
 def test_runner_auto_padding_mode(tmp_path, corpus, tiny_upstreams):
@@ -339,3 +377,75 @@ def test_fbank_baseline_upstream_end_to_end(tmp_path, corpus):
                                     "parameters": 0}
     assert list(res["featurizer"]["weights"]) == ["0"]
     assert 0.0 <= res["metrics"]["snr0"]["accuracy"] <= 1.0
+
+
+def test_report_intervals_use_the_value_digits(tmp_path):
+    """Interval bounds (result and paired-difference) have ``digits`` decimals like the values:
+    PESQ at scale 1 keeps its [2.12, 2.49], not [2, 2]."""
+    import json
+
+    from downstream.report import report
+
+    def result(upstream, value, low, high):
+        return {"upstream": upstream, "primary_metric": "pesq", "conditions": ["snr5"],
+                "metrics": {"snr5": {"pesq": value}}, "intervals": {"snr5": {"pesq": [low, high]}}}
+
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({
+        "results": [result("teacher", 2.31, 2.12, 2.49), result("student", 2.05, 1.904, 2.206)],
+        "comparisons": [{"a": "teacher", "b": "student", "condition": "snr5", "difference": 0.26,
+                         "low": 0.11, "high": 0.41, "significant": True}]}))
+    lines = report(path, scale=1.0, digits=2).splitlines()
+    assert "| teacher | 2.31 [2.12, 2.49] |" in lines
+    assert "| student | 2.05 [1.90, 2.21] |" in lines
+    assert "| teacher - student | +0.26 [+0.11, +0.41]* |" in lines
+    lines = report(path, scale=100.0, digits=1).splitlines()
+    assert "| student | 205.0 [190.4, 220.6] |" in lines
+    assert "| teacher - student | +26.0 [+11.0, +41.0]* |" in lines
+
+
+def test_featurizer_learning_rate_zero_freezes_layer_weights_and_negative_is_rejected():
+    """``featurizer_learning_rate: 0`` keeps the layer weights at their initial (uniform) values
+    while the head trains; None means the head's rate; a negative or NaN rate is a config
+    error naming the field, before any encoding."""
+    import torch
+
+    from downstream.base import TrainingConfig
+    from downstream.config import ConfigError, from_dict
+    from downstream.data import DataConfig, SourceConfig
+    from downstream.featurizer import Featurizer
+    from downstream.runner import _optimizer
+    from downstream.tasks.utterance_classification.task import (
+        UtteranceClassification,
+        UtteranceClassificationConfig,
+    )
+
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="featurizer_learning_rate"):
+            TrainingConfig(featurizer_learning_rate=bad)
+    with pytest.raises(ConfigError, match="training.*featurizer_learning_rate"):
+        from_dict(UtteranceClassificationConfig, {"data": {"source": {"root": "."}},
+                                                  "training": {"featurizer_learning_rate": -1}})
+
+    torch.manual_seed(0)
+    stacked = torch.randn(4, 3, 5, 8) * torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1)
+    for featurizer_lr, expected_lr in ((None, 1e-3), (0.05, 0.05), (0.0, 0.0)):
+        config = UtteranceClassificationConfig(
+            data=DataConfig(SourceConfig(root=".")),
+            training=TrainingConfig(featurizer_learning_rate=featurizer_lr))
+        task = UtteranceClassification(config)
+        task.classes = ["a", "b"]
+        featurizer, head = Featurizer(3, 8), task.build_head(8)
+        before = [p.detach().clone() for p in head.parameters()]
+        optimizer = _optimizer(task, featurizer, head)
+        assert optimizer.param_groups[-1]["params"] == [featurizer.weights]
+        assert optimizer.param_groups[-1]["lr"] == expected_lr
+        for _ in range(3):
+            loss = featurizer(stacked).pow(2).mean() + sum(p.pow(2).sum()
+                                                           for p in head.parameters())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            assert featurizer.weights.grad.abs().max() > 0
+            optimizer.step()
+        assert torch.equal(featurizer.weights.detach(), torch.zeros(3)) == (expected_lr == 0.0)
+        assert not all(torch.equal(a, b) for a, b in zip(before, head.parameters(), strict=True))

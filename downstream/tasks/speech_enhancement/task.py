@@ -296,7 +296,8 @@ class SpeechEnhancementTask(Task):
         frames = max(1, int(crop * self.frames_per_second))
         hidden, examples = [], []
         for e in encoded:
-            start = int(rng.integers(0, max(1, e.num_frames - frames) + 1))
+            n = e.num_frames
+            start = int(rng.integers(0, n - frames + 1)) if n > frames else 0
             h = e.hidden[:, start : start + frames]
             s0, s1 = start * spf, (start + h.shape[1]) * spf
             ex = e.example
