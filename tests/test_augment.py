@@ -26,6 +26,7 @@ from robustdistill.augment import (
     prepare_rir,
     reverberate,
     simulate_rir_bank,
+    white_if_silent,
 )
 
 SR = 16_000
@@ -136,6 +137,33 @@ def test_silent_speech_is_returned_unchanged_without_nan(caplog) -> None:
     out, info = corruptor.corrupt(silent, np.random.default_rng(0))
     np.testing.assert_array_equal(out, silent)
     assert info.kind == "noise" and info.snr_db is None
+
+
+def test_silent_noise_segment_becomes_seeded_white_noise(caplog) -> None:
+    noise = np.array([0.0, 0.0, 0.0, 0.5, -0.5], dtype=np.float32)
+    kept, replaced = white_if_silent(noise, np.random.default_rng(7), "n.wav")
+    assert kept is noise and not replaced
+    kept, replaced = white_if_silent(noise, np.random.default_rng(7), "n.wav", real=4)
+    assert kept is noise and not replaced
+    with caplog.at_level(logging.WARNING, logger="robustdistill.augment"):
+        white, replaced = white_if_silent(noise, np.random.default_rng(7), "n.wav", real=3)
+    assert replaced and "silent segment of n.wav" in caplog.text
+    np.testing.assert_array_equal(
+        white, np.random.default_rng(7).standard_normal(5, dtype=np.float32)
+    )
+    # The corruptor uses the same fallback: a recording silent but for its last sample.
+    wave = np.zeros(4_000, dtype=np.float32)
+    wave[-1] = 1.0
+    corruptor = Corruptor(
+        AugmentationConfig(p_noise=1.0, p_reverb=0.0, p_noise_reverb=0.0, p_none=0.0,
+                           noise_file_prob=1.0),
+        noise_bank=NoiseBank((wave,), ("n.wav",)),
+    )
+    x = speech_like(1_000)
+    out, info = corruptor.corrupt(x, np.random.default_rng(3))
+    assert info.noise_index is None
+    assert measured_snr(x, out) == pytest.approx(info.snr_db, abs=1e-3)
+    np.testing.assert_array_equal(out, corruptor.corrupt(x, np.random.default_rng(3))[0])
 
 
 def test_bad_audio_raises_audio_error() -> None:
@@ -433,6 +461,17 @@ def test_from_config_simulates_rooms_when_no_rir_dir() -> None:
     assert len(a.rir_bank) == 2 and a.noise_bank is None
     for ha, hb in zip(a.rir_bank.rirs, b.rir_bank.rirs, strict=True):
         np.testing.assert_array_equal(ha, hb)
+
+
+def test_probabilities_summing_to_one_within_tolerance_are_normalised() -> None:
+    # Accepted by the config (|sum - 1| = 1e-7 <= 1e-6) but beyond numpy's choice tolerance.
+    corruptor = tiny_corruptor(p_noise=0.3333333, p_reverb=0.0, p_noise_reverb=0.3333333,
+                               p_none=0.3333333)
+    probs = corruptor.probabilities()
+    assert probs == pytest.approx((1 / 3, 0.0, 1 / 3, 1 / 3), abs=1e-15)
+    rng = np.random.default_rng(0)
+    kinds = {corruptor.corrupt(speech_like(64), rng)[1].kind for _ in range(30)}
+    assert kinds == {"noise", "noise+reverb", "none"}
 
 
 # ---- configuration -------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -97,6 +98,39 @@ def test_pairs_are_a_function_of_seed_and_step(tmp_path):
     assert not torch.equal(a.batch(6, 2)[0], n1)
     snr = 10 * torch.log10(c1.square().sum(1) / (n1 - c1).square().sum(1))
     torch.testing.assert_close(snr, torch.zeros(2), atol=1e-3, rtol=0)  # exact SNR mixing
+
+
+def _write_half_silent_noise(root):
+    """Noise silent for 4 s, audible for its last 0.1 s: most drawn segments are silent."""
+    noise = np.zeros(65600, np.float32)
+    noise[-1600:] = 0.05 * np.random.default_rng(1).standard_normal(1600)
+    sf.write(root / "noise" / "n.wav", noise, 16000)
+
+
+def test_silent_noise_segment_is_replaced_by_seeded_white_noise(tmp_path, caplog):
+    _write_data(tmp_path)
+    _write_half_silent_noise(tmp_path)
+    cfg = PairConfig(speech_dir=str(tmp_path / "speech"), noise_dir=str(tmp_path / "noise"),
+                     rir_dir=None, reverb_prob=0.0, crop_seconds=0.5, snr_range=(0, 0))
+    with caplog.at_level(logging.WARNING, logger="robustdistill"):
+        noisy, clean, _ = PairMaker(cfg, 3).batch(0, 4)
+    assert "white noise used instead" in caplog.text
+    snr = 10 * torch.log10(clean.square().sum(1) / (noisy - clean).square().sum(1))
+    torch.testing.assert_close(snr, torch.zeros(4), atol=1e-3, rtol=0)
+    assert torch.equal(PairMaker(cfg, 3).batch(0, 4)[0], noisy)
+
+
+def test_test_pairs_survive_a_silent_noise_segment(tmp_path, caplog):
+    from robustdistill.se.evaluate import make_test_pairs
+
+    _write_data(tmp_path)
+    _write_half_silent_noise(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="robustdistill"):
+        pairs = make_test_pairs(tmp_path / "speech", tmp_path / "noise", snrs=(0.0,),
+                                per_speaker=1)
+    assert "white noise used instead" in caplog.text
+    x, y = pairs.clean[0], pairs.noisy[0.0][0]
+    assert 10 * np.log10(np.sum(x**2) / np.sum((y - x) ** 2)) == pytest.approx(0.0, abs=1e-3)
 
 
 def test_config_unknown_key_names_the_closest():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from robustdistill.speaker.train import (
     LossConfig,
     SpeakerKDConfig,
     evaluate_embeddings,
+    evaluate_student,
     map_targets,
     train_system,
 )
@@ -108,6 +111,38 @@ def test_student_frames_align_with_teacher_frames():
     batch = model(torch.cat([torch.nn.functional.pad(wav, (0, 1600)), torch.randn(1, 3200)]),
                   torch.tensor([1600, 3200])).embedding[:1]
     assert torch.allclose(alone, batch, atol=1e-5)
+
+
+class _DeviceProbe(torch.nn.Module):
+    """Records the devices of the tensors it is given; its parameter lives on ``meta`` (no GPU
+    in the tests: a meta model stands in for a CUDA one). As an encoder it stops the forward
+    (``raise_after``); as a student it returns CPU embeddings."""
+
+    output_size = 4
+    samples_per_frame = 160
+
+    def __init__(self, raise_after: bool = False):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.empty(1, device="meta"))
+        self.raise_after = raise_after
+        self.seen = []
+
+    def forward(self, waveforms, lengths):
+        self.seen.append((waveforms.device.type, lengths.device.type))
+        if self.raise_after:
+            raise StopIteration
+        return SimpleNamespace(embedding=torch.ones(waveforms.shape[0], 4))
+
+
+def test_inputs_and_default_lengths_follow_the_model_device():
+    encoder = _DeviceProbe(raise_after=True)
+    with pytest.raises(StopIteration):
+        SpeakerModel(encoder, num_speakers=2, embedding_dim=4)(torch.empty(2, 3200, device="meta"))
+    assert encoder.seen == [("meta", "meta")]
+    student = _DeviceProbe()
+    utts = [Utterance(f"s{i % 2}", f"u{i}", np.ones(1600, np.float32)) for i in range(4)]
+    evaluate_student(student, {"set": utts}, SpeakerKDConfig().data)
+    assert student.seen and set(student.seen) == {("meta", "meta")}
 
 
 def test_test_speakers_seen_in_training_are_refused(tiny, tmp_path):

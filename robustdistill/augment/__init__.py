@@ -43,7 +43,7 @@ Package layout (import everything from ``robustdistill.augment``):
 
 * :mod:`~robustdistill.augment.config`: :class:`AugmentationConfig`, :class:`CorruptionInfo`;
 * :mod:`~robustdistill.augment.noise`: :func:`noise_segment`, :func:`mix_at_snr`,
-  :class:`NoiseBank`;
+  :func:`white_if_silent`, :class:`NoiseBank`;
 * :mod:`~robustdistill.augment.rooms`: :func:`prepare_rir`, :func:`reverberate`,
   :class:`RirBank`, :func:`simulate_rir_bank`;
 * :mod:`~robustdistill.augment.corruption`: :class:`Corruptor`.
@@ -51,7 +51,7 @@ Package layout (import everything from ``robustdistill.augment``):
 
 from .config import KINDS, AugmentationConfig, CorruptionInfo
 from .corruption import Corruptor, LoaderCorruption
-from .noise import NoiseBank, mix_at_snr, noise_segment
+from .noise import NoiseBank, mix_at_snr, noise_segment, white_if_silent
 from .rooms import RirBank, prepare_rir, reverberate, simulate_rir_bank
 
 __all__ = [
@@ -67,4 +67,5 @@ __all__ = [
     "prepare_rir",
     "reverberate",
     "simulate_rir_bank",
+    "white_if_silent",
 ]

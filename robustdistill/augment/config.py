@@ -49,7 +49,8 @@ class AugmentationConfig:
     p_noise: float = field(default=0.25, metadata={"help": "Probability of additive noise only."})
     p_reverb: float = field(default=0.25, metadata={"help": "Probability of reverberation only."})
     p_noise_reverb: float = field(
-        default=0.25, metadata={"help": "Probability of reverberation followed by noise."}
+        default=0.25,
+        metadata={"help": "Probability of reverberation and noise (in noise_reverb_order)."},
     )
     p_none: float = field(default=0.25, metadata={"help": "Probability of the clean crop."})
     noise_file_prob: float = field(
@@ -75,7 +76,9 @@ class AugmentationConfig:
     )
     rir_normalization: RirNormalization = field(
         default="energy",
-        metadata={"help": "Scale RIRs to unit energy ('energy') or a unit direct path ('peak')."},
+        metadata={
+            "help": "Scale RIRs to unit energy ('energy') or to max |h| = 1 ('peak')."
+        },
     )
     rir_direct_path_db: float = field(
         default=20.0,

@@ -10,7 +10,7 @@ import torch
 
 from ..audio import AudioError
 from .config import KINDS, AugmentationConfig, CorruptionInfo
-from .noise import NoiseBank, mix_at_snr
+from .noise import NoiseBank, mix_at_snr, white_if_silent
 from .rooms import PreparedRirConvolver, RirBank, simulate_rir_bank
 from .signals import _check_signal, _power
 
@@ -102,17 +102,20 @@ class Corruptor:
         return min(step / steps, 1.0)
 
     def probabilities(self, step: int | None = None) -> tuple[float, float, float, float]:
-        """Probabilities of :data:`KINDS` at ``step`` (the configured ones without curriculum).
+        """Probabilities of :data:`KINDS` at ``step`` (the configured ones without curriculum),
+        divided by their sum: the configuration accepts sums within 1e-6 of 1, numpy's
+        ``Generator.choice`` only within about 1e-8.
 
         Raises:
             ValueError: the curriculum is on and ``step`` is None or negative.
         """
         c, t = self.config, self._progress(step)
+        total = c.p_noise + c.p_reverb + c.p_noise_reverb + c.p_none
         return (
-            c.p_noise + (1.0 - t) * c.p_noise_reverb,
-            t * c.p_reverb,
-            t * c.p_noise_reverb,
-            c.p_none + (1.0 - t) * c.p_reverb,
+            (c.p_noise + (1.0 - t) * c.p_noise_reverb) / total,
+            t * c.p_reverb / total,
+            t * c.p_noise_reverb / total,
+            (c.p_none + (1.0 - t) * c.p_reverb) / total,
         )
 
     def snr_range(self, step: int | None = None) -> tuple[float, float]:
@@ -135,12 +138,10 @@ class Corruptor:
         index = None
         if use_file:
             noise, index = self.noise_bank.draw(x.size, rng)
-            if _power(noise) == 0.0:
-                logger.warning(
-                    "silent segment of %s: white noise used instead", self.noise_bank.names[index]
-                )
+            noise, replaced = white_if_silent(noise, rng, self.noise_bank.names[index])
+            if replaced:
                 index = None
-        if index is None:
+        else:
             noise = rng.standard_normal(x.size, dtype=np.float32)
         if _power(x) == 0.0:
             logger.debug("silent speech (zero power): no noise added")

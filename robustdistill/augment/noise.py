@@ -90,6 +90,32 @@ def mix_at_snr(
     return mixed.astype(np.float32)
 
 
+def white_if_silent(
+    noise: np.ndarray, rng: np.random.Generator, source: str, real: int | None = None
+) -> tuple[np.ndarray, bool]:
+    """``noise``, or white Gaussian noise in its place when it is silent.
+
+    A noise recording may hold a digitally silent stretch, and a segment drawn from it cannot
+    be scaled to an SNR (:func:`mix_at_snr` raises); such a segment is replaced (logged as a
+    warning) by standard normal noise drawn from ``rng``, so the result is a function of the
+    generator's state.
+
+    Args:
+        noise: ``(N,)`` segment.
+        rng: the source of the white noise (consumed only when it is needed).
+        source: what the segment came from, for the warning (e.g. the file name).
+        real: only the first ``real`` samples must be audible (default: all ``N``).
+
+    Returns:
+        ``(segment, replaced)``: ``noise`` itself and False, or a ``(N,)`` float32 white-noise
+        segment and True when the first ``real`` samples of ``noise`` have zero power.
+    """
+    if _power(noise[:real]) > 0.0:
+        return noise, False
+    logger.warning("silent segment of %s: white noise used instead", source)
+    return rng.standard_normal(noise.size, dtype=np.float32), True
+
+
 @dataclass(frozen=True)
 class NoiseBank:
     """Noise recordings held in memory (mono float32 at the speech's rate).

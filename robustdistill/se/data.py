@@ -1,16 +1,18 @@
 """Noisy/clean pairs made on the fly from speech, noise and room folders.
 
-Each batch is a pure function of ``(seed, step)``: the random generator of batch ``step`` is
-``numpy.random.default_rng([seed, step])``, so a resumed run draws exactly the batches an
-uninterrupted one would, with no sampler state to save. Speech crops are read from disk with
-``soundfile`` (only the crop is decoded); noise and RIRs are held in memory.
+Each batch is a pure function of ``(seed, step, rank)``: the random generator of batch ``step``
+of process ``rank`` is ``numpy.random.default_rng([seed, step, rank])``, so a resumed run draws
+exactly the batches an uninterrupted one would, with no sampler state to save. Speech crops
+are read from disk with ``soundfile`` (only the crop is decoded); noise and RIRs are held in
+memory.
 
 Per item: a ``crop_seconds`` speech crop (a random file, a random offset; shorter files are
 zero padded at the end and their padding is not counted in the SNR), reverberated with
 probability ``reverb_prob`` by a random room (the target is then the reverberant speech:
 the students denoise, they do not dereverberate; ``target: dry`` keeps the dry speech as the
 target instead), plus a random noise segment at an SNR drawn uniformly from ``snr_range`` dB,
-measured over the crop's real samples.
+measured over the crop's real samples (a silent noise segment is replaced by white noise, see
+:func:`~robustdistill.augment.noise.white_if_silent`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import soundfile as sf
 import torch
 
 from ..audio import SAMPLE_RATE, AudioError, list_audio_files, probe_audio, resample, to_mono
-from ..augment.noise import NoiseBank, mix_at_snr
+from ..augment.noise import NoiseBank, mix_at_snr, white_if_silent
 from ..augment.rooms import RirBank, reverberate
 
 __all__ = ["PairConfig", "PairMaker", "SpeechIndex"]
@@ -48,8 +50,8 @@ class PairConfig:
         sample_rate: Hz.
         pool_size: 0 (default): every item is drawn afresh. ``N > 0``: ``N`` items are drawn
             once (generator ``[pool_seed]``, the same for every run) and each batch picks
-            items of that pool (generator ``[seed, step]``), so a frozen teacher's outputs on
-            the pool can be computed once and shared by many short runs.
+            items of that pool (generator ``[seed, step, rank]``), so a frozen teacher's
+            outputs on the pool can be computed once and shared by many short runs.
         pool_seed: seed of the pool.
     """
 
@@ -148,7 +150,7 @@ class SpeechIndex:
 
 
 class PairMaker:
-    """Batches of (noisy, clean) pairs, a pure function of ``(seed, step)``.
+    """Batches of (noisy, clean) pairs, a pure function of ``(seed, step, rank)``.
 
     Args:
         config: :class:`PairConfig`.
@@ -166,7 +168,11 @@ class PairMaker:
         self._pool: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def item(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """One ``(noisy, target)`` pair, each ``(length,)`` float32."""
+        """One ``(noisy, target)`` pair, each ``(length,)`` float32.
+
+        Raises:
+            AudioError: 10 silent or unusable speech crops in a row.
+        """
         c = self.config
         for _ in range(10):
             index = int(rng.integers(len(self.speech)))
@@ -187,7 +193,8 @@ class PairMaker:
             speech = wet
         target = speech if c.target == "reverberant" else dry
         snr = float(rng.uniform(*c.snr_range))
-        noise, _ = self.noise.draw(self.length, rng)
+        noise, k = self.noise.draw(self.length, rng)
+        noise, _ = white_if_silent(noise, rng, self.noise.names[k], real)
         noisy = np.zeros_like(speech)
         noisy[:real] = mix_at_snr(speech[:real], noise[:real], snr)
         if real < self.length:  # the padding gets the same noise at the same gain

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..audio import list_audio_files, load_audio
-from ..augment.noise import NoiseBank, mix_at_snr, noise_segment
+from ..augment.noise import NoiseBank, mix_at_snr, noise_segment, white_if_silent
 from .teachers.base import FrameModel
 
 __all__ = ["TestPairs", "make_test_pairs", "evaluate_model", "METRICS"]
@@ -46,7 +46,8 @@ def make_test_pairs(speech_dir: str | Path, noise_dir: str | Path,
                     snrs: tuple[float, ...] = (-5.0, 0.0, 5.0), per_speaker: int = 2,
                     max_seconds: float = 6.0, seed: int = 0) -> TestPairs:
     """Build the held-out pairs: the first ``per_speaker`` utterances (sorted) of each speaker
-    folder, cut to ``max_seconds``.
+    folder, cut to ``max_seconds``. A noise segment that is silent (a digitally silent stretch
+    of its recording) is replaced, with a warning, by white noise from the same generator.
 
     Raises:
         FileNotFoundError: no speech or noise files.
@@ -68,7 +69,8 @@ def make_test_pairs(speech_dir: str | Path, noise_dir: str | Path,
         x = load_audio(f)[: int(max_seconds * 16000)]
         rng = np.random.default_rng([seed, i])
         k = int(rng.integers(len(bank)))
-        seg = noise_segment(bank.waveforms[k], x.size, rng)
+        seg, _ = white_if_silent(noise_segment(bank.waveforms[k], x.size, rng), rng,
+                                 bank.names[k])
         clean.append(x)
         names.append(Path(f).name)
         for s in snrs:

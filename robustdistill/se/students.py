@@ -1,12 +1,12 @@
-"""Tiny causal SE students: NSNet2-shaped GRU mask networks with a width multiplier.
+"""Tiny causal SE students: NSNet2-shaped GRU mask networks of GRU width ``H``.
 
 Same front end as the NSNet2 teacher (log10 power of a 20 ms / 10 ms STFT, 161 bins), so
 teacher and student activations are frame-aligned for distillation:
 Linear(161, H) + ReLU -> GRU(H) x L -> Linear(H, H) + ReLU -> Linear(H, 161) + sigmoid, a gain
 per bin (floored at ``min_gain_db``) applied to the noisy spectrum. Parameters:
-``L=2: 13 H^2 + 336 H + 161``. ``H = round(400 * width)``; :func:`config_for_ratio` picks the
+``L=2: 13 H^2 + 336 H + 161`` (NSNet2: ``H = 400``). :func:`config_for_ratio` picks the
 widest student at most ``1/ratio`` of the teacher's size (16x -> H 101, 32x -> H 68,
-63x -> H 46 for NSNet2's 2,687,561 parameters). Causal: algorithmic latency one window (20 ms).
+63x -> H 45 for NSNet2's 2,687,561 parameters). Causal: algorithmic latency one window (20 ms).
 
 Saved as a folder: ``config.json`` + ``model.safetensors`` (``save_pretrained`` /
 ``from_pretrained``, like ``transformers``).

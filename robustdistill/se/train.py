@@ -253,8 +253,9 @@ def train_se(cfg: SETrainConfig) -> Path:
         noisy_pool, clean_pool = maker.pool()
         which = cfg.loss.teacher_input
         key = (json.dumps(cfg.to_dict()["data"], sort_keys=True), cfg.loss.teacher, which)
-        pooled = pooled_teacher(key, teacher, clean_pool if which == "clean" else noisy_pool,
-                                teacher_layers(cfg.loss), cfg.loss.output_kd_weight > 0)
+        pool_in = (clean_pool if which == "clean" else noisy_pool).to(acc.device)
+        pooled = pooled_teacher(key, teacher, pool_in, teacher_layers(cfg.loss),
+                                cfg.loss.output_kd_weight > 0)
     for step in range(start, t.max_steps):
         noisy, clean, idx = maker.batch(step, t.batch_size, acc.process_index)
         noisy, clean = noisy.to(acc.device), clean.to(acc.device)

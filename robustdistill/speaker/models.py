@@ -175,7 +175,8 @@ class SpeakerModel(nn.Module):
         if waveforms.dim() != 2:
             raise ValueError(f"expected (batch, samples) waveforms, got {tuple(waveforms.shape)}")
         if lengths is None:
-            lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long)
+            lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long,
+                                 device=waveforms.device)
         frames, frame_lengths = self.encoder(waveforms, lengths)
         embedding = self.embedding(self.pool(frames, frame_lengths))
         return SpeakerOutput(embedding, self.map_head(frames).squeeze(-1), frame_lengths)

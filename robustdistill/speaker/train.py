@@ -275,7 +275,8 @@ def _student_map_loss(map_logits: torch.Tensor, teacher_maps: list[torch.Tensor]
     segment's student frames; KL averaged over segments and crops."""
     losses = []
     for maps, matrix in zip(teacher_maps, assign, strict=True):
-        target = maps @ matrix  # (B, T_student)
+        matrix = matrix.to(map_logits.device)
+        target = maps.to(map_logits.device) @ matrix  # (B, T_student)
         frames = matrix.sum(0) > 0
         losses.append(map_kl(map_logits[:, frames], target[:, frames]))
     return torch.stack(losses).mean()
@@ -312,7 +313,7 @@ def embed_utterances(embed_fn, utterances: list[Utterance], batch_size: int = 16
         wav = torch.zeros(len(idx), int(lengths.max()))
         for r, j in enumerate(idx):
             wav[r, : lengths[r]] = torch.from_numpy(utterances[j].audio)
-        emb = F.normalize(embed_fn(wav, lengths), dim=-1).double().numpy()
+        emb = F.normalize(embed_fn(wav, lengths), dim=-1).double().cpu().numpy()
         for r, j in enumerate(idx):
             out[j] = emb[r]
     return np.stack(out)  # type: ignore[arg-type]
@@ -345,9 +346,10 @@ def evaluate_student(model: SpeakerModel, sets: dict[str, list[Utterance]], cfg:
                      ) -> dict[str, dict[str, float]]:
     """Student embeddings of whole utterances on each set."""
     model.eval()
+    device = next(model.parameters()).device
 
     def embed(wav, lengths):
-        return model(wav, lengths).embedding
+        return model(wav.to(device), lengths.to(device)).embedding
 
     return {name: evaluate_embeddings(embed_utterances(embed, utts), [u.speaker for u in utts],
                                       cfg) for name, utts in sets.items()}
