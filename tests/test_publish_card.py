@@ -306,3 +306,85 @@ def test_heads_come_from_beside_the_exported_student(run, tmp_path):
     copied = export / "student" / "heads"
     assert sorted(p.name for p in copied.iterdir()) == ["enhancement.safetensors"]
     assert "training-only heads (enhancement)" in (export / "student" / "README.md").read_text()
+
+
+def test_card_describes_the_objectives_and_seeds_of_the_run(run, tmp_path):
+    """A cosine-alignment + Gram run averaged over three downstream seeds: the card names
+    those objectives and layers and three seeds, never DistilHuBERT heads or one seed."""
+    config = yaml.safe_load((run["run"] / "config.yaml").read_text())
+    config["objectives"] = {"cosine_alignment": {"teacher_layers": [2]},
+                            "gram_kd": {"layer_pairs": [[2, -1], [1, 1]]}}
+    (run["run"] / "config.yaml").write_text(yaml.safe_dump(config))
+    path = tmp_path / "seeds.json"
+    path.write_text(json.dumps(_results(str(run["student"]), seed=[0, 1, 2], seeds=[0, 1, 2])))
+    text = build_card(run["student"], [path], run["run"], license="mit", speed=False,
+                      copy_plots=False).text
+    assert ("- Objectives: `cosine_alignment` on teacher layers 2 (cosine distance through a "
+            "linear inverted bottleneck, arXiv:2505.03442); `gram_kd` on teacher layers 1, 2 "
+            "(similarity-preserving KD of Gram matrices, arXiv:2309.08144)\n") in text
+    assert "DistilHuBERT prediction heads" not in text and "enhancement head" not in text
+    assert "50 test items per condition and 3 training seeds of the downstream head" in text
+    assert "one training seed" not in text
+    assert "seeds 0, 1, 2 (values are the mean over seeds)" in text
+
+
+def test_card_of_the_default_objectives_and_one_seed(run):
+    text = build_card(run["student"], [run["results"]], run["run"], license="mit",
+                      speed=False, copy_plots=False).text
+    # in the order of config.yaml (the fixture's keys are sorted)
+    assert ("- Objectives: `enhancement` (the clean spectrum predicted through an enhancement "
+            "head, RobustDistiller, arXiv:2302.09437); `layerwise` on teacher layers 1, 2 "
+            "(DistilHuBERT prediction heads, L1 + -log sigmoid cosine, arXiv:2110.01900)\n"
+            ) in text
+    assert "50 test items per condition and one training seed of the downstream head" in text
+    assert "items per condition: 50, seed 0, results file" in text
+
+
+def test_se_student_card_from_the_cli(tmp_path):
+    """An SE student folder (not a transformers model): the card counts its parameters from
+    the safetensors file and skips the speed measurement instead of crashing."""
+    from robustdistill.cli import main
+    from robustdistill.publish.provenance import model_facts
+    from robustdistill.se.students import GRUMaskStudent, StudentConfig
+
+    student = GRUMaskStudent(StudentConfig(hidden_size=16)).save_pretrained(tmp_path / "se")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"seed": 0}))
+    # H = 16, 161 bins, 2 GRUs: (161 * 16 + 16) + 2 * (6 * 16 * 16 + 6 * 16) + (16 * 16 + 16)
+    # + (16 * 161 + 161) = 2592 + 3264 + 272 + 2737
+    facts = model_facts(student)
+    assert (facts.parameters, facts.num_layers, facts.hidden_size) == (8865, 2, 16)
+    rc = main(["card", "--model", str(student), "--run", str(tmp_path / "run"),
+               "--license", "mit", "--kind", "se"])
+    assert rc == 0
+    text = (student / "README.md").read_text()
+    assert "- Parameters: 8,865 (0.0 M)." in text
+    assert "- Architecture: `robustdistill-se-gru-mask`, 2 layers, width 16." in text
+    assert "Speed was not measured for this card." in text
+    assert "- Objectives: none named in the run's config" in text
+
+
+def test_card_cli_malformed_results_is_a_clean_error(run, tmp_path, capsys):
+    from robustdistill.cli import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"task": "x"}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["card", "--model", str(run["student"]), "--results", str(bad), "--license",
+              "mit", "--no-speed"])
+    assert exit_info.value.code == 2
+    assert f"error: {bad}: not a downstream results file (missing" in capsys.readouterr().err
+
+
+def test_onnx_snippet_feeds_the_mask_the_graph_needs(run):
+    """An unreadable graph file: the snippet's inputs follow the feature extractor, as
+    export_onnx does (the real graphs are checked in test_publish_onnx)."""
+    (run["student"] / "onnx").mkdir()
+    (run["student"] / "onnx" / "model.onnx").write_bytes(b"graph")
+    config = json.loads((run["student"] / "preprocessor_config.json").read_text())
+    config["return_attention_mask"] = True
+    (run["student"] / "preprocessor_config.json").write_text(json.dumps(config))
+    text = build_card(run["student"], [], None, license="mit", speed=False).text
+    assert ('session.run(None, {"input_values": waveform, "attention_mask": attention_mask})'
+            in text)
+    assert "attention_mask = np.ones((1, 16000), dtype=np.int64)" in text

@@ -124,3 +124,45 @@ def test_export_and_check_on_a_real_audio_folder(tiny_wavlm_dir, tmp_path):
     report = __import__("json").loads((student / "onnx" / "parity.json").read_text())
     assert report["num_waveforms"] == 2 and report["passed"] is True
     assert report["max_abs_diff"] == parity.max_abs_diff and str(speaker) in report["audio"]
+
+
+def _layer_norm_student(folder):
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+    config = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=64, conv_dim=(32, 32, 32), conv_kernel=(8, 8, 8),
+                          conv_stride=(4, 4, 4), num_conv_pos_embeddings=16,
+                          num_conv_pos_embedding_groups=2, feat_extract_norm="layer",
+                          do_stable_layer_norm=True)
+    HubertModel(config).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(
+        folder)
+    return folder
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_card_onnx_snippet_runs_on_the_exported_graph(masked, tiny_wavlm_dir, tmp_path,
+                                                      monkeypatch):
+    """The card's onnxruntime snippet, run as written beside the exported graph: it feeds
+    the attention mask exactly when the graph takes one (layer-norm students)."""
+    from robustdistill.publish.card import build_card
+
+    student = tmp_path / "student"
+    if masked:
+        _layer_norm_student(student)
+    else:
+        shutil.copytree(tiny_wavlm_dir, student)
+    export_onnx(student)
+    text = build_card(student, license="mit", speed=False).text
+    start = text.index("```python\nimport numpy as np\nimport onnxruntime")
+    snippet = text[start + len("```python\n"):text.index("```", start + 3)]
+    assert ('"attention_mask": attention_mask' in snippet) is masked
+    monkeypatch.chdir(student)
+    scope: dict = {}
+    exec(snippet, scope)  # noqa: S102 - the card's own example
+    layers = 1 + __import__("json").loads((student / "config.json").read_text())[
+        "num_hidden_layers"]
+    # 1 s at 16 kHz through three conv layers of kernel 8, stride 4: 3999, 998, 248 frames
+    frames = 248
+    assert scope["hidden_states"].shape[:3] == (layers, 1, frames)
+    assert scope["last"].shape[:2] == (1, frames)

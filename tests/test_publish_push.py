@@ -14,6 +14,8 @@ from robustdistill.cli import main
 from robustdistill.publish.push import PushError, plan_upload, push
 
 FAKE_TOKEN = "hf_FAKEfakeFAKEfake0123456789abcdefXYZ"
+#: The library's own upload_folder (the ``hub`` fixture replaces it with a mock).
+_REAL_UPLOAD_FOLDER = huggingface_hub.HfApi.upload_folder
 
 
 @pytest.fixture()
@@ -77,7 +79,8 @@ def test_push_is_one_upload_folder_call(folder, hub, capsys, caplog):
     assert rc == 0
     hub["upload_folder"].assert_called_once_with(
         repo_id="org/tiny-robust", folder_path=str(folder), repo_type="model", revision="v1",
-        commit_message="Upload tiny-robust (robustdistill)", allow_patterns=EXPECTED)
+        commit_message="Upload tiny-robust (robustdistill)", allow_patterns=EXPECTED,
+        delete_patterns="*")
     hub["create_repo"].assert_called_once_with("org/tiny-robust", repo_type="model",
                                                private=True, exist_ok=True)
     hub["create_branch"].assert_called_once_with("org/tiny-robust", branch="v1",
@@ -99,6 +102,29 @@ def test_default_push_keeps_visibility_and_main(folder, hub):
                                                private=None, exist_ok=True)
     hub["create_branch"].assert_not_called()
     assert hub["upload_folder"].call_args.kwargs["revision"] is None
+
+
+def test_repush_replaces_stale_files_in_the_same_commit(folder, hub, monkeypatch):
+    """A repository holding an earlier push (an ONNX graph and a plot the folder no longer
+    has): the installed huggingface_hub's upload_folder, given push's arguments, makes one
+    commit that adds the folder's files and deletes the stale ones, keeping .gitattributes."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, hf_api
+
+    push(folder, "org/tiny-robust")
+    kwargs = hub["upload_folder"].call_args.kwargs
+    monkeypatch.setattr(hf_api, "is_xet_available", lambda: False)  # the one-commit path
+    monkeypatch.setattr(huggingface_hub.HfApi, "_validate_yaml", mock.Mock())
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", mock.Mock(return_value=[
+        ".gitattributes", "README.md", "config.json", "model.safetensors", "onnx/model.onnx",
+        "onnx/parity.json", "robustness_old.png"]))
+    _REAL_UPLOAD_FOLDER(huggingface_hub.HfApi(token=FAKE_TOKEN), **kwargs)
+    hub["create_commit"].assert_called_once()
+    operations = hub["create_commit"].call_args.kwargs["operations"]
+    deleted = sorted(op.path_in_repo for op in operations
+                     if isinstance(op, CommitOperationDelete))
+    added = sorted(op.path_in_repo for op in operations if isinstance(op, CommitOperationAdd))
+    assert deleted == ["onnx/model.onnx", "onnx/parity.json", "robustness_old.png"]
+    assert added == EXPECTED
 
 
 def test_hub_errors_never_show_the_token(folder, hub, capsys, caplog):

@@ -116,7 +116,7 @@ class _TaskView:
     primary_metric: str
     higher_is_better: bool
     n_test: Any
-    seed: Any
+    seed: str
     source: str
     sha1: str | None
     table: str
@@ -252,16 +252,43 @@ def heads_dir_for(model_dir: Path, run_dir: Path) -> Path | None:
     return None
 
 
-def _teacher_layers_text(run: RunSummary) -> str:
-    layers = ((run.config.get("objectives") or {}).get("layerwise") or {}).get("teacher_layers")
+#: Objective -> what it trains the student to do, as the card says it.
+_OBJECTIVE_TEXT = {
+    "layerwise": "DistilHuBERT prediction heads, L1 + -log sigmoid cosine, arXiv:2110.01900",
+    "enhancement": "the clean spectrum predicted through an enhancement head, RobustDistiller, "
+                   "arXiv:2302.09437",
+    "cosine_alignment": "cosine distance through a linear inverted bottleneck, "
+                        "arXiv:2505.03442",
+    "gram_kd": "similarity-preserving KD of Gram matrices, arXiv:2309.08144",
+    "tfckd": "intra/inter-set KD with time-frequency calibration, I2RF-TFCKD, "
+             "arXiv:2506.13127",
+}
+
+
+def _teacher_layers_text(name: str, options: dict[str, Any], run: RunSummary) -> str | None:
+    """The teacher layers one objective reads, as its config gives them (``layer_pairs`` of
+    ``gram_kd``: the teacher side); ``layerwise``'s default when it gives none; else None."""
+    layers = options.get("teacher_layers")
+    if name == "gram_kd" and options.get("layer_pairs"):
+        layers = sorted({pair[0] for pair in options["layer_pairs"]})
     if layers:
         return ", ".join(map(str, layers))
-    if run.teacher_facts and run.teacher_facts.num_layers:
+    if name == "layerwise" and run.teacher_facts and run.teacher_facts.num_layers:
         count = run.teacher_facts.num_layers
         default = sorted({max(1, round(k * count / 3)) for k in (1, 2, 3)})
-        return (", ".join(map(str, default))
-                + f" (the default for a {count}-layer teacher)")
-    return "chosen by the layer-wise objective's default"
+        return ", ".join(map(str, default)) + f" by default for a {count}-layer teacher"
+    return None
+
+
+def _objectives_text(run: RunSummary) -> str:
+    """Each objective of the run's config (``objectives``): its name, the teacher layers its
+    config gives, and what it does; empty when the config names none."""
+    items = []
+    for name, options in (run.config.get("objectives") or {}).items():
+        layers = _teacher_layers_text(name, options or {}, run)
+        item = f"`{name}`" + (f" on teacher layers {layers}" if layers else "")
+        items.append(item + (f" ({_OBJECTIVE_TEXT[name]})" if name in _OBJECTIVE_TEXT else ""))
+    return "; ".join(items)
 
 
 def _run_view(run: RunSummary, heads_dir: Path | None) -> dict[str, Any]:
@@ -293,10 +320,11 @@ def _run_view(run: RunSummary, heads_dir: Path | None) -> dict[str, Any]:
                       f"(step {run.last_validation.get('step')})")
     if state.get("skipped_updates"):
         result.append(f"{state['skipped_updates']} updates skipped (non-finite gradients)")
+    augmentation = cfg.get("augmentation") or {}
     return {
         "dir": str(run.run_dir),
-        "teacher_layers": _teacher_layers_text(run),
-        "enhancement": "enhancement" in objectives,
+        "objectives": _objectives_text(run),
+        "corrupted": bool(augmentation) and augmentation.get("enabled", True),
         "train_data": run.train_data, "validation_data": run.validation_data,
         "corruption": run.corruption, "optimisation": optimisation,
         "result": "; ".join(result) or "no final state recorded",
@@ -320,12 +348,34 @@ def _teacher_text(run: RunSummary | None, base_model: str | None) -> str:
         where = f"the local teacher folder `{run.teacher}`"
         details.append("not published on the Hub")
     if facts:
-        details.append(f"{facts.architecture}, {facts.num_layers} layers, width "
-                       f"{facts.hidden_size}, {facts.parameters / 1e6:.1f} M parameters")
+        parts = [facts.architecture]
+        parts += [f"{facts.num_layers} layers"] if facts.num_layers else []
+        parts += [f"width {facts.hidden_size}"] if facts.hidden_size else []
+        details.append(", ".join([*parts, f"{facts.parameters / 1e6:.1f} M parameters"]))
     return where + (f" ({'; '.join(details)})" if details else "")
 
 
-def _load_snippets(ref: str, library_transformers: bool, has_onnx: bool) -> tuple[str, str]:
+def _onnx_inputs(onnx_file: Path, model_dir: Path) -> list[str]:
+    """The input names of the exported graph; when the file cannot be read, those
+    :func:`~robustdistill.publish.onnx.export_onnx` gives it (``attention_mask`` too when
+    ``preprocessor_config.json`` has ``return_attention_mask``)."""
+    try:
+        import onnx
+
+        graph = onnx.load(str(onnx_file), load_external_data=False).graph
+        weights = {init.name for init in graph.initializer}
+        return [i.name for i in graph.input if i.name not in weights]
+    except Exception as err:  # onnx absent, or not a readable graph
+        logger.warning("could not read the inputs of %s (%s): assuming export_onnx's",
+                       onnx_file, err)
+    config = model_dir / "preprocessor_config.json"
+    extractor = json.loads(config.read_text()) if config.is_file() else {}
+    return ["input_values"] + (["attention_mask"] if extractor.get("return_attention_mask")
+                               else [])
+
+
+def _load_snippets(ref: str, library_transformers: bool,
+                   onnx_inputs: Sequence[str] | None) -> tuple[str, str]:
     if library_transformers:
         load = (
             "```python\nimport numpy as np\n"
@@ -340,14 +390,46 @@ def _load_snippets(ref: str, library_transformers: bool, has_onnx: bool) -> tupl
         load = ("```python\nfrom safetensors.torch import load_file\n\n"
                 'state = load_file("model.safetensors")  # see config.json for the shapes\n```')
     onnx = ""
-    if has_onnx:
+    if onnx_inputs is not None:
+        feed = '{"input_values": waveform}'
+        mask = ""
+        if "attention_mask" in onnx_inputs:
+            feed = '{"input_values": waveform, "attention_mask": attention_mask}'
+            mask = ("attention_mask = np.ones((1, 16000), dtype=np.int64)  # 1 on real samples, "
+                    "0 on padding\n")
         onnx = ("```python\nimport numpy as np\nimport onnxruntime as ort\n\n"
                 'session = ort.InferenceSession("onnx/model.onnx")\n'
                 "waveform = np.zeros((1, 16000), dtype=np.float32)  # (batch, samples), 16 kHz,\n"
                 "# after the feature extractor (see preprocessor_config.json)\n"
-                'last, hidden_states = session.run(None, {"input_values": waveform})\n'
+                f"{mask}last, hidden_states = session.run(None, {feed})\n"
                 "# hidden_states: (num_layers + 1, batch, frames, width)\n```")
     return load, onnx
+
+
+def _seeds(task: TaskResult) -> list[Any] | None:
+    """The downstream seeds of a result (``seeds``, else ``seed``), None when unrecorded."""
+    seeds = task.raw.get("seeds", task.seed)
+    if isinstance(seeds, list):
+        return seeds or None
+    return None if seeds is None else [seeds]
+
+
+def _seed_text(task: TaskResult) -> str:
+    seeds = _seeds(task)
+    if seeds is None:
+        return "seed not recorded"
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    return f"seeds {', '.join(map(str, seeds))} (values are the mean over seeds)"
+
+
+def _seed_count_text(tasks: Sequence[TaskResult]) -> str:
+    counts = sorted({len(seeds) for t in tasks if (seeds := _seeds(t))})
+    if not counts:
+        return "an unrecorded number of training seeds"
+    if counts == [1]:
+        return "one training seed"
+    return f"{' or '.join(map(str, counts))} training seeds"
 
 
 def _limitations(run: RunSummary | None, tasks: Sequence[TaskResult], student: ModelFacts,
@@ -371,8 +453,9 @@ def _limitations(run: RunSummary | None, tasks: Sequence[TaskResult], student: M
         sizes = sorted({t.num_items.get("test") for t in tasks if t.num_items.get("test")})
         if sizes:
             items.append(f"Downstream results come from {', '.join(map(str, sizes))} test items "
-                         "per condition and one training seed of the downstream head: the "
-                         "intervals are wide, and differences inside them are not resolved.")
+                         f"per condition and {_seed_count_text(tasks)} of the downstream head: "
+                         "the intervals are wide, and differences inside them are not "
+                         "resolved.")
         items.append("Robustness was measured only under the conditions listed, with the test "
                      "noises and rooms of those runs; other noises, rooms, microphones, "
                      "languages and accents are untested.")
@@ -412,8 +495,9 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
         datasets: Hub dataset ids for the metadata (the text always gives the data paths).
         language, tags: metadata; ``tags`` adds to the defaults.
         notes: extra limitations, one sentence each.
-        speed: True to time the model here (:func:`measure_speed`), False for none, or rows
-            as :func:`measure_speed` returns (e.g. from an idle benchmark machine).
+        speed: True to time the model here (:func:`measure_speed`; skipped, with a warning,
+            for a folder ``transformers`` cannot load such as an SE student), False for none,
+            or rows as :func:`measure_speed` returns (e.g. from an idle benchmark machine).
         match_upstream: the ``upstream`` string this model was evaluated under, when it is
             neither ``model_dir`` nor ``repo_id``.
         copy_plots: copy each results folder's ``robustness.png`` into ``model_dir``.
@@ -426,6 +510,7 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
 
     Raises:
         CardError: unknown kind, a results file without this model, or placeholder text left.
+        ValueError: a malformed results file, run config or model ``config.json``.
         FileNotFoundError: no model folder, results file or run config.
     """
     import jinja2
@@ -459,10 +544,14 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
             views.append(_TaskView(
                 label=r.label, task=r.task, dataset=r.dataset, primary_metric=r.primary_metric,
                 higher_is_better=r.higher_is_better, n_test=r.num_items.get("test", "unknown"),
-                seed=r.seed, source=str(path), sha1=r.test_set_sha1,
+                seed=_seed_text(r), source=str(path), sha1=r.test_set_sha1,
                 table=_primary_table(r, [o for o in others if o.task == r.task], run),
                 other_table=_other_table(r), plot=plot))
 
+    if speed is True and not library_transformers:
+        logger.warning("%s is not a transformers model: its speed is not measured for the card "
+                       "(pass rows with --speed-json)", model_dir)
+        speed = False
     if speed is True:
         rows = measure_speed(model_dir)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -473,8 +562,10 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
         rows = list(speed) if speed else []
         speed_source = "as supplied to `robustdistill card --speed-json`"
     ref = repo_id or str(model_dir)
+    onnx_file = model_dir / "onnx" / "model.onnx"
     load, onnx = _load_snippets(ref, library_transformers,
-                                (model_dir / "onnx" / "model.onnx").is_file())
+                                _onnx_inputs(onnx_file, model_dir) if onnx_file.is_file()
+                                else None)
     parity_file = model_dir / "onnx" / "parity.json"
     onnx_parity = ""
     if onnx and parity_file.is_file():
@@ -596,15 +687,15 @@ def card_main(argv: list[str]) -> int:
                        help="JSON list of {seconds, median_s, real_time_factor, threads}")
     args = parser.parse_args(argv)
     rows: bool | list = not args.no_speed
-    if args.speed_json:
-        rows = json.loads(Path(args.speed_json).read_text())
     try:
+        if args.speed_json:
+            rows = json.loads(Path(args.speed_json).read_text())
         path = write_card(args.model, args.results, args.run, license=args.license,
                           kind=args.kind, repo_id=args.repo_id, base_model=args.base_model,
                           datasets=args.dataset, language=args.language, tags=args.tag,
                           notes=args.note, speed=rows, match_upstream=args.match_upstream,
                           step=args.step)
-    except (CardError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:  # CardError, malformed results or config
         parser.error(str(err))
     print(path)
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -23,18 +24,22 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ModelFacts:
-    """Shape and size of a saved ``transformers`` encoder.
+    """Shape and size of a saved model folder (a ``transformers`` encoder or an SE student).
 
     Attributes:
         model_type: ``config.model_type`` (``wavlm``, ``hubert``, ``whisper``...).
         architecture: ``config.architectures[0]`` or the model type.
-        num_layers: transformer layers (encoder layers for Whisper).
-        hidden_size: width D of the hidden states.
+        num_layers: transformer layers (encoder layers for Whisper); the config's layer count,
+            or None, for other folders.
+        hidden_size: width D of the hidden states (the config's, or None, for other folders).
         parameters: parameter count (from the config on the ``meta`` device, no weights read;
-            the encoder only for encoder-decoder models such as Whisper).
+            the encoder only for encoder-decoder models such as Whisper; for a folder
+            ``transformers`` cannot read, the values stored in its safetensors files).
         frame_rate_hz: hidden-state frames per second of 16 kHz audio, when derivable.
         receptive_field: samples the CNN front end needs for one frame (400 for the
             wav2vec 2.0 CNN), when the config has ``conv_kernel`` / ``conv_stride``.
+        layer_kind: what ``num_layers`` counts (``"transformer"``); empty when only the
+            config's number is known (a folder ``transformers`` cannot read).
     """
 
     model_type: str
@@ -44,23 +49,61 @@ class ModelFacts:
     parameters: int
     frame_rate_hz: float | None = None
     receptive_field: int | None = None
+    layer_kind: str = "transformer"
+
+
+def _stored_facts(path: Path) -> ModelFacts:
+    """:class:`ModelFacts` of a folder ``transformers`` cannot read (an SE student): the
+    fields of its ``config.json`` and the values stored in its ``*.safetensors`` file(s)."""
+    from safetensors import safe_open
+
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path / 'config.json'} is not valid JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{path / 'config.json'} is not a JSON object")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise FileNotFoundError(f"{path} has no *.safetensors file: its parameters cannot be "
+                                "counted")
+    count = 0
+    for file in weights:
+        with safe_open(str(file), framework="numpy") as handle:
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
+                count += math.prod(handle.get_slice(key).get_shape())
+    model_type = str(config.get("model_type") or "unknown")
+    return ModelFacts(model_type=model_type,
+                      architecture=(config.get("architectures") or [model_type])[0],
+                      num_layers=config.get("num_hidden_layers") or config.get("num_layers"),
+                      hidden_size=config.get("hidden_size"), parameters=count, layer_kind="")
 
 
 def model_facts(name_or_path: str | Path) -> ModelFacts:
     """Read :class:`ModelFacts` from a local model folder (``config.json``).
 
-    Raises:
-        FileNotFoundError: the folder has no ``config.json``.
-    """
-    import math
+    A folder whose ``config.json`` ``transformers`` cannot read (an unknown ``model_type``,
+    e.g. an SE student) gets the config's ``model_type``, ``num_layers`` /
+    ``num_hidden_layers`` and ``hidden_size`` and, as ``parameters``, the number of values
+    stored in its ``*.safetensors`` file(s).
 
+    Raises:
+        FileNotFoundError: the folder has no ``config.json``, or neither a config
+            ``transformers`` reads nor a ``*.safetensors`` file.
+        ValueError: ``config.json`` is not a JSON object.
+    """
     import torch
     from transformers import AutoConfig, AutoModel
 
     path = Path(name_or_path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} has no config.json")
-    config = AutoConfig.from_pretrained(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        logger.info("transformers cannot read %s (%s): facts from config.json and the "
+                    "safetensors files", path, err)
+        return _stored_facts(path)
     with torch.device("meta"):
         model = AutoModel.from_config(config)
     encoder_cfg = getattr(config, "encoder", None) or config

@@ -4,8 +4,10 @@
 [--dry-run]`` uploads the folder written by ``robustdistill export`` and ``robustdistill
 card``: weights, ``config.json``, ``preprocessor_config.json``, the card (``README.md``) and its
 plots, ``heads/``, ``training_config.yaml`` and ``onnx/`` when present, with one
-``HfApi.upload_folder`` call (one commit). ``--dry-run`` lists exactly those files (the same
-list is passed to ``upload_folder`` as ``allow_patterns``) and contacts nothing.
+``HfApi.upload_folder`` call (one commit, which also deletes the files of an earlier push
+that the folder no longer has; ``.gitattributes`` stays). ``--dry-run`` lists exactly those
+files (the same list is passed to ``upload_folder`` as ``allow_patterns``) and contacts
+nothing.
 
 The token comes from ``huggingface_hub`` itself (``HF_TOKEN`` or the saved ``hf auth login``);
 it is never printed, logged, written into a file or put in an error message: errors from the
@@ -63,7 +65,8 @@ class UploadPlan:
                                                       else ", public")
         lines = [f"would upload {len(self.files)} files ({total / 1e6:.2f} MB) from "
                  f"{self.folder} to https://huggingface.co/{self.repo_id} "
-                 f"(revision {self.revision or 'main'}{visibility}) in one commit: "
+                 f"(revision {self.revision or 'main'}{visibility}) in one commit that "
+                 f"deletes the repository's other files (.gitattributes stays): "
                  f"{self.commit_message!r}"]
         lines += [f"  {self.sizes[f]:>12,d}  {f}" for f in self.files]
         return "\n".join(lines)
@@ -144,7 +147,10 @@ def _check_files_free_of(plan: UploadPlan, token: str) -> None:
 def push(model_dir: str | Path, repo_id: str, *, private: bool | None = None,
          revision: str | None = None, commit_message: str | None = None,
          dry_run: bool = False) -> UploadPlan:
-    """Upload a student folder in one commit (``HfApi.upload_folder``).
+    """Upload a student folder in one commit (``HfApi.upload_folder``) that replaces the
+    repository's files: files of an earlier push that the folder no longer has (an old
+    ``onnx/model.onnx``, a renamed plot) are deleted in the same commit (``delete_patterns``;
+    ``huggingface_hub`` always keeps ``.gitattributes``).
 
     Creates the repository if needed (``create_repo(exist_ok=True)``, ``private`` as given;
     None keeps an existing repository's visibility) and the branch ``revision`` when given.
@@ -182,7 +188,7 @@ def push(model_dir: str | Path, repo_id: str, *, private: bool | None = None,
         info = api.upload_folder(repo_id=repo_id, folder_path=str(plan.folder),
                                  repo_type="model", revision=revision,
                                  commit_message=plan.commit_message,
-                                 allow_patterns=list(plan.files))
+                                 allow_patterns=list(plan.files), delete_patterns="*")
     except Exception as err:  # any Hub or network error: never let the token out
         raise PushError(f"push to {repo_id} failed: {type(err).__name__}: "
                         f"{_scrub(str(err), token)}") from None
