@@ -62,6 +62,9 @@ def test_layerwise_equals_hand_computation_with_padding():
     assert terms["layer1_l1"].total.item() == pytest.approx(l1_sum, abs=1e-6)
     assert terms["layer1_cos"].total.item() == pytest.approx(cos_sum, abs=1e-6)
     assert terms["layer1_l1"].unit == "frames" and terms["layer1_cos"].weight == 0.5
+    # L_1 itself is logged, weight 0 (its parts carry the loss): l1 + lambda_cos * cos
+    assert terms["layer1"].total.item() == pytest.approx(l1_sum + 0.5 * cos_sum, abs=1e-6)
+    assert terms["layer1"].weight == 0.0
     # The trainer's mean over the 4 real frames: L = 4/4 + 0.5 * cos_sum / 4.
     loss = sum(t.weight * t.total for t in terms.values()) / 4
     assert loss.item() == pytest.approx(1.0 + 0.5 * cos_sum / 4, abs=1e-6)
@@ -131,9 +134,8 @@ def test_gradients_reach_heads_and_student_but_not_teacher():
     teacher = UpstreamOutput((teacher_hidden,) * 3, torch.tensor(frames), mask)
     student = UpstreamOutput((student_hidden,) * 3, torch.tensor(frames), mask)
     wave = torch.zeros(2, 8)
-    terms = objective(DistillationInputs(teacher.__class__(
-        tuple(h.detach() for h in teacher.hidden_states), teacher.frame_lengths, mask),
-        student, mask, wave, wave, torch.tensor([8, 8])))
+    terms = objective(DistillationInputs(teacher, student, mask, wave, wave,
+                                         torch.tensor([8, 8])))
     sum(t.total for t in terms.values()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.parameters())
     assert student_hidden.grad.abs().sum() > 0

@@ -165,9 +165,12 @@ class LayerwisePrediction(Objective):
         for layer, prediction in zip(self.teacher_layers, self.predict(source), strict=True):
             # In float32 even under autocast, as the references' L1Loss and cosine (which
             # autocast runs in float32) against the teacher's float32 targets.
-            target = inputs.teacher.hidden_states[layer][:, :frames].float()
+            target = inputs.teacher.hidden_states[layer][:, :frames].detach().float()
             l1, cos = layerwise_frame_losses(prediction.float(), target)
             terms[f"layer{layer}_l1"] = LossTerm((l1 * mask).sum(), "frames", scale)
             terms[f"layer{layer}_cos"] = LossTerm((cos * mask).sum(), "frames",
                                                   self.lambda_cos * scale)
+            # L_l itself, logged only (weight 0): its two parts above carry the loss
+            terms[f"layer{layer}"] = LossTerm(((l1 + self.lambda_cos * cos) * mask).sum(),
+                                              "frames", 0.0)
         return terms
