@@ -232,7 +232,8 @@ class _Run:
                     name, teacher_hidden_size=self.teacher.hidden_size,
                     teacher_num_layers=self.teacher.num_layers,
                     student_hidden_size=student_up.hidden_size,
-                    student_conv_dim=student_up.conv_dim, **options)
+                    student_conv_dim=student_up.conv_dim,
+                    student_num_layers=student_up.num_layers, **options)
             except (KeyError, TypeError, ValueError) as err:
                 raise ConfigError(str(err)) from err
         model = Distiller(student_up, objectives)

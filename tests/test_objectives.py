@@ -151,3 +151,19 @@ def test_registry_names_and_typos():
     with pytest.raises(TypeError, match="lambda_co"):
         build_objective("layerwise", teacher_hidden_size=4, teacher_num_layers=2,
                         student_hidden_size=3, student_conv_dim=None, lambda_co=1.0)
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    ("layerwise", {"student_layer": 3}),
+    ("cosine_alignment", {"student_layer": -4}),
+    ("gram_kd", {"layer_pairs": [[1, 3]]}),
+    ("tfckd", {"teacher_layers": [1, 2], "student_layers": [1, 3]}),
+])
+def test_a_student_layer_beyond_the_student_is_refused_at_build(name, options):
+    facts = {"teacher_hidden_size": 4, "teacher_num_layers": 2, "student_hidden_size": 4,
+             "student_conv_dim": None}
+    build_objective(name, **facts, **options)  # without the student's depth: not checked
+    with pytest.raises(ValueError, match=r"student layers \[-?\d\] outside"):
+        build_objective(name, **facts, student_num_layers=2, **options)
+    assert build_objective(name, **facts, student_num_layers=3, **{
+        k: v for k, v in options.items() if k != "student_layer"}) is not None

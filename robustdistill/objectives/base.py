@@ -89,6 +89,12 @@ class Objective(nn.Module):
     def forward(self, inputs: DistillationInputs) -> dict[str, LossTerm]:  # pragma: no cover
         raise NotImplementedError
 
+    def student_layers_read(self) -> list[int]:
+        """Indices into the student's ``hidden_states`` that :meth:`forward` reads (its
+        ``student_layer`` option by default; none when it has no such option)."""
+        layer = getattr(self, "student_layer", None)
+        return [] if layer is None else [int(layer)]
+
     def head_config(self) -> dict:
         """Constructor arguments needed to rebuild the heads (saved beside their weights)."""
         return {}
@@ -118,25 +124,37 @@ def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]
 
 def build_objective(name: str, *, teacher_hidden_size: int, teacher_num_layers: int,
                     student_hidden_size: int, student_conv_dim: int | None,
-                    **options) -> Objective:
+                    student_num_layers: int | None = None, **options) -> Objective:
     """Instantiate a registered objective.
 
     Args:
         name: registry key (``"layerwise"``, ``"enhancement"``, ...).
         teacher_hidden_size, teacher_num_layers, student_hidden_size, student_conv_dim:
             the model facts every objective may need.
+        student_num_layers: the student's transformer layers ``L_s``; when given, every
+            student layer the objective reads must index its ``L_s + 1`` hidden states.
         **options: the objective's own keyword arguments (from the config).
 
     Raises:
         KeyError: unknown name (the message lists the known ones).
         TypeError: an option the objective does not take (a config typo).
+        ValueError: a student layer outside ``[-(L_s + 1), L_s]``.
     """
     if name not in OBJECTIVES:
         raise KeyError(f"unknown objective {name!r}; known: {sorted(OBJECTIVES)}")
     cls = OBJECTIVES[name]
     try:
-        return cls(teacher_hidden_size=teacher_hidden_size, teacher_num_layers=teacher_num_layers,
-                   student_hidden_size=student_hidden_size, student_conv_dim=student_conv_dim,
-                   **options)
+        objective = cls(teacher_hidden_size=teacher_hidden_size,
+                        teacher_num_layers=teacher_num_layers,
+                        student_hidden_size=student_hidden_size,
+                        student_conv_dim=student_conv_dim, **options)
     except TypeError as err:
         raise TypeError(f"objective {name!r}: {err}") from err
+    if student_num_layers is not None:
+        bad = [x for x in objective.student_layers_read()
+               if not -(student_num_layers + 1) <= x <= student_num_layers]
+        if bad:
+            raise ValueError(f"objective {name!r}: student layers {bad} outside the student's "
+                             f"hidden states [0, {student_num_layers}] (or negative from the "
+                             "end)")
+    return objective

@@ -249,6 +249,9 @@ class GramKD(Objective):
         self.weight = float(weight)
         self.center = bool(center)
 
+    def student_layers_read(self) -> list[int]:
+        return [student for _, student in self.layer_pairs]
+
     def forward(self, inputs: DistillationInputs) -> dict[str, LossTerm]:
         """One term per layer pair, summed over utterances."""
         frames = inputs.num_frames

@@ -308,6 +308,9 @@ class TFCalibratedKD(Objective):
         return {"teacher_sets": self.teacher_sets, "student_sets": self.student_sets,
                 "student_hidden_size": self._dims[0], "teacher_hidden_size": self._dims[1]}
 
+    def student_layers_read(self) -> list[int]:
+        return list(self.student_layers)
+
     def forward(self, inputs: DistillationInputs) -> dict[str, LossTerm]:
         """``set{k}`` and ``inter`` terms, summed over utterances."""
         frames = inputs.num_frames
