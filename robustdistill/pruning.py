@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from .upstream import has_layer_norm_cnn
+
 __all__ = ["cnn_layout", "copy_pruned_cnn", "select_cnn_channels"]
 
 _CONV = "feature_extractor.conv_layers.{}.conv.{}"
@@ -40,7 +42,7 @@ def cnn_layout(config) -> tuple | None:
     if not hasattr(config, "conv_dim"):
         return None
     return (tuple(config.conv_kernel), tuple(config.conv_stride), config.conv_bias,
-            config.feat_extract_norm)
+            "layer" if has_layer_norm_cnn(config) else "group")
 
 
 def select_cnn_channels(teacher_state: dict[str, torch.Tensor],

@@ -148,10 +148,10 @@ class StudentConfig:
                 f"student.init_layers needs one teacher layer per student layer "
                 f"({self.num_layers}), got {self.init_layers}"
             )
-        if self.hidden_size is not None and self.hidden_size % (self.num_attention_heads or 64):
-            raise ValueError(
-                f"student.hidden_size {self.hidden_size} is not divisible by the number of heads"
-            )
+        if (self.hidden_size is not None and self.num_attention_heads is not None
+                and self.hidden_size % self.num_attention_heads):
+            raise ValueError(f"student.hidden_size {self.hidden_size} is not divisible by "
+                             f"student.num_attention_heads {self.num_attention_heads}")
 
 
 def _student_config(teacher: Upstream, cfg: StudentConfig):
@@ -180,6 +180,10 @@ def _student_config(teacher: Upstream, cfg: StudentConfig):
         teacher.config.num_attention_heads if same_width else max(1, hidden // 64))
     config.intermediate_size = cfg.intermediate_size or preset.get("intermediate_size") or (
         teacher.config.intermediate_size if same_width else 4 * hidden)
+    if hidden % config.num_attention_heads:
+        raise ValueError(f"student width {hidden} is not divisible by its "
+                         f"{config.num_attention_heads} attention heads: set "
+                         "student.num_attention_heads")
     conv_dim = cfg.conv_dim if cfg.conv_dim is not None else preset.get("conv_dim")
     if conv_dim is None and "conv_fraction" in preset:  # a share of the teacher's channels
         shares = list(preset["conv_fraction"]) + [1.0] * len(config.conv_dim)
@@ -193,7 +197,11 @@ def _student_config(teacher: Upstream, cfg: StudentConfig):
         config.conv_dim = list(conv_dim)
     if hasattr(config, "feat_proj_layer_norm"):
         config.feat_proj_layer_norm = cfg.projection_layer_norm
-    if not cfg.keep_train_randomness:
+    if cfg.keep_train_randomness:  # the teacher checkpoint's own (the loaded teacher has none)
+        for name, value in getattr(teacher, "checkpoint_train_randomness", {}).items():
+            if hasattr(config, name):
+                setattr(config, name, value)
+    else:
         disable_train_randomness(config)
     config.architectures = [AutoModel._model_mapping[type(config)].__name__]
     return config

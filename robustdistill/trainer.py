@@ -75,7 +75,7 @@ from .processes import finish_processes
 from .student import create_student, save_student, student_feature_extractor
 from .teacher_cache import TeacherFeatureCache
 from .teachers import load_teacher
-from .upstream import Upstream, lengths_to_mask
+from .upstream import Upstream, disable_train_randomness, lengths_to_mask
 
 logger = logging.getLogger(__name__)
 
@@ -318,6 +318,8 @@ class _Run:
         cfg = self.cfg
         if cfg.student_init:
             student = AutoModel.from_pretrained(cfg.student_init)
+            if not cfg.student.keep_train_randomness:  # as create_student's students
+                disable_train_randomness(student.config)
             feature_extractor = AutoFeatureExtractor.from_pretrained(cfg.student_init)
         else:
             student = create_student(self.teacher, cfg.student)

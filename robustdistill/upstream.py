@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +107,11 @@ def has_layer_norm_cnn(config) -> bool:
     return getattr(config, "feat_extract_norm", "group") == "layer"
 
 
+#: Config fields of train-mode randomness and their "off" values.
+TRAIN_RANDOMNESS = {"layerdrop": 0.0, "encoder_layerdrop": 0.0, "apply_spec_augment": False,
+                    "mask_time_prob": 0.0, "mask_feature_prob": 0.0}
+
+
 def disable_train_randomness(config) -> None:
     """Turn off the train-mode randomness of a speech SSL config in place.
 
@@ -113,14 +119,9 @@ def disable_train_randomness(config) -> None:
     SpecAugment (``apply_spec_augment``, ``mask_time_prob``, ``mask_feature_prob``) silently
     masks frames; a teacher must never do either, and a student only when asked.
     """
-    for name in ("layerdrop", "encoder_layerdrop"):
+    for name, off in TRAIN_RANDOMNESS.items():
         if hasattr(config, name):
-            setattr(config, name, 0.0)
-    if hasattr(config, "apply_spec_augment"):
-        config.apply_spec_augment = False
-    for name in ("mask_time_prob", "mask_feature_prob"):
-        if hasattr(config, name):
-            setattr(config, name, 0.0)
+            setattr(config, name, off)
 
 
 @dataclass
@@ -202,6 +203,9 @@ class Upstream(nn.Module):
         self.use_attention_mask = use_attention_mask
         self.feature_extractor = feature_extractor
         self.frozen = frozen
+        #: LayerDrop/SpecAugment settings of the checkpoint as stored (before
+        #: :func:`disable_train_randomness`); filled by :meth:`from_pretrained`.
+        self.checkpoint_train_randomness: dict = {}
         if frozen:
             self.freeze()
 
@@ -235,6 +239,8 @@ class Upstream(nn.Module):
         config = AutoConfig.from_pretrained(
             name_or_path, trust_remote_code=trust_remote_code, revision=revision
         )
+        checkpoint_randomness = {k: getattr(config, k) for k in TRAIN_RANDOMNESS
+                                 if hasattr(config, k)}
         if frozen or not keep_train_randomness:
             disable_train_randomness(config)
         model = AutoModel.from_pretrained(
@@ -246,17 +252,21 @@ class Upstream(nn.Module):
         )
         feature_extractor = _load_feature_extractor(name_or_path, trust_remote_code, revision)
         if config.model_type == "whisper":
-            return cls(model, feature_extractor=feature_extractor, frozen=frozen,
-                       whisper_frames=whisper_frames)
-        if not hasattr(model, "_get_feat_extract_output_lengths"):
+            upstream = cls(model, feature_extractor=feature_extractor, frozen=frozen,
+                           whisper_frames=whisper_frames)
+        elif not hasattr(model, "_get_feat_extract_output_lengths"):
             raise ValueError(
                 f"{name_or_path}: {type(model).__name__} is not a waveform speech encoder "
                 "(expected WavLM, HuBERT, wav2vec 2.0, data2vec-audio or Whisper)"
             )
-        layer_norm = has_layer_norm_cnn(config)
-        normalize = getattr(feature_extractor, "do_normalize", layer_norm)
-        use_mask = getattr(feature_extractor, "return_attention_mask", layer_norm)
-        return cls(model, normalize=normalize, use_attention_mask=use_mask, frozen=frozen)
+        else:
+            layer_norm = has_layer_norm_cnn(config)
+            normalize = getattr(feature_extractor, "do_normalize", layer_norm)
+            use_mask = getattr(feature_extractor, "return_attention_mask", layer_norm)
+            upstream = cls(model, normalize=normalize, use_attention_mask=use_mask,
+                           frozen=frozen)
+        upstream.checkpoint_train_randomness = checkpoint_randomness
+        return upstream
 
     def freeze(self) -> None:
         """Eval mode and no gradients for every parameter (a frozen teacher/upstream)."""
@@ -351,7 +361,7 @@ class Upstream(nn.Module):
         if not self.is_whisper and int(self.frame_lengths(lengths.min()).item()) < 1:
             raise ValueError(f"an utterance of {int(lengths.min())} samples is shorter than one "
                              f"frame of this encoder (its receptive field)")
-        context = torch.no_grad() if self.frozen else torch.enable_grad()
+        context = torch.no_grad() if self.frozen else nullcontext()  # the caller's grad mode
         with context:
             if self.is_whisper:
                 return self._forward_whisper(waveforms, lengths)

@@ -182,3 +182,19 @@ def test_a_layer_norm_cnn_with_biases_is_pruned_too():
         for part in ("conv.bias", "layer_norm.weight", "layer_norm.bias"):
             key = f"feature_extractor.conv_layers.{layer}.{part}"
             assert torch.equal(s[key], t[key][kept[layer]]), key
+
+
+def test_a_data2vec_audio_teacher_is_pruned_too():
+    """data2vec-audio's config has no feat_extract_norm (its CNN is always layer norm)."""
+    from transformers import Data2VecAudioConfig, Data2VecAudioModel
+
+    from robustdistill.teachers import PRESETS
+
+    torch.manual_seed(0)
+    teacher = Upstream(Data2VecAudioModel(Data2VecAudioConfig(**PRESETS["tiny"])),
+                       normalize=True)
+    student = create_student(teacher, StudentConfig(preset="pruned"))
+    kept = select_cnn_channels(teacher.model.state_dict(), [16, 16, 32])
+    t, s = teacher.model.state_dict(), student.state_dict()
+    assert torch.equal(s[CONV.format(1)], t[CONV.format(1)][kept[1]][:, kept[0]])
+    assert torch.equal(s[NORM.format(0)], t[NORM.format(0)][kept[0]])

@@ -37,6 +37,34 @@ def test_student_copies_the_chosen_teacher_layers_exactly(tmp_path):
     assert not student.config.apply_spec_augment
 
 
+@pytest.mark.parametrize("family", ["wavlm", "hubert"])
+def test_keep_train_randomness_restores_the_teacher_checkpoints_settings(tmp_path, family):
+    """The frozen teacher runs without LayerDrop/SpecAugment; a student that keeps them gets
+    the teacher checkpoint's values (same family or not), the default student none."""
+    teacher_dir = make_random_teacher("wavlm", "tiny", tmp_path / "t")
+    stored = AutoConfig.from_pretrained(teacher_dir)
+    assert (stored.layerdrop, stored.apply_spec_augment, stored.mask_time_prob) == (
+        0.1, True, 0.05)  # transformers' defaults, as the hub checkpoints
+    teacher = Upstream.from_pretrained(teacher_dir)
+    assert teacher.model.config.layerdrop == 0.0
+    kept = create_student(teacher, StudentConfig(family=family, keep_train_randomness=True))
+    assert (kept.config.layerdrop, kept.config.apply_spec_augment,
+            kept.config.mask_time_prob) == (0.1, True, 0.05)
+    plain = create_student(teacher, StudentConfig(family=family))
+    assert (plain.config.layerdrop, plain.config.apply_spec_augment,
+            plain.config.mask_time_prob) == (0.0, False, 0.0)
+
+
+def test_default_heads_need_not_divide_by_64_and_bad_heads_are_named(tmp_path):
+    teacher = Upstream.from_pretrained(make_random_teacher("wavlm", "tiny", tmp_path / "t"))
+    StudentConfig(hidden_size=96)  # one head by default: accepted
+    assert create_student(teacher, StudentConfig(hidden_size=96)).config.num_attention_heads == 1
+    with pytest.raises(ValueError, match="num_attention_heads 5"):
+        StudentConfig(hidden_size=96, num_attention_heads=5)
+    with pytest.raises(ValueError, match="not divisible by its 3 attention heads"):
+        create_student(teacher, StudentConfig(hidden_size=200))
+
+
 def test_distilhubert_shape_from_a_base_teacher_config(tmp_path):
     teacher_dir = make_random_teacher("hubert", "base", tmp_path / "base")
     teacher = Upstream.from_pretrained(teacher_dir)

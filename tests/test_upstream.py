@@ -52,6 +52,15 @@ def test_frozen_upstream_has_no_gradients_and_stays_in_eval(tiny_hubert_dir):
     assert upstream.model.config.layerdrop == 0.0 and not upstream.model.config.apply_spec_augment
 
 
+def test_a_trainable_upstream_follows_the_callers_grad_mode(tiny_hubert_dir):
+    """Validation runs the student under no_grad: no graph is built there."""
+    upstream = Upstream.from_pretrained(tiny_hubert_dir, frozen=False)
+    wave, lengths = torch.randn(1, 4000), torch.tensor([4000])
+    with torch.no_grad():
+        assert upstream(wave, lengths).hidden_states[-1].grad_fn is None
+    assert upstream(wave, lengths).hidden_states[-1].grad_fn is not None
+
+
 def test_bad_input_is_rejected(tiny_hubert_dir):
     upstream = Upstream.from_pretrained(tiny_hubert_dir)
     with pytest.raises(ValueError, match=r"\(B, S\)"):
