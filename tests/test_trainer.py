@@ -116,19 +116,30 @@ def test_export_round_trip_gives_the_trained_students_hidden_states(tmp_path, ti
     assert final["step"] == 2 and final["ranks_identical"]
 
 
-def test_loss_normalisation_does_not_depend_on_the_micro_batch_split(tmp_path, tiny_wavlm_dir):
+def test_loss_normalisation_does_not_depend_on_the_micro_batch_split(tmp_path):
     """One step of batch 4 equals one step of 2 x 2 accumulated micro-batches (same data).
 
-    Crops are all 1 s: this tiny teacher's group-norm CNN (like HuBERT Base) sees padding, so
-    equal lengths isolate the normalisation from the models' own padding sensitivity."""
+    Crops of unequal lengths (0.55-1.0 s), so the mean over every real frame of the step and
+    the mean of per-micro-batch means differ; a layer-norm CNN teacher with an attention mask
+    (as WavLM Large), whose student inherits both, so padding changes no model output."""
+    from transformers import AutoConfig, AutoModel, Wav2Vec2FeatureExtractor
+
+    from robustdistill.teachers import PRESETS
     from robustdistill.trainer import _Run
 
+    torch.manual_seed(0)
+    teacher_dir = tmp_path / "layer_norm_teacher"
+    config = AutoConfig.for_model("wavlm", **PRESETS["tiny"], feat_extract_norm="layer")
+    AutoModel.from_config(config).save_pretrained(teacher_dir)
+    Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(
+        teacher_dir)
+
     def first_step(batch_size, accumulation):
-        cfg = _config(tmp_path, tiny_wavlm_dir, f"norm{batch_size}", max_steps=1,
+        cfg = _config(tmp_path, teacher_dir, f"norm{batch_size}", max_steps=1,
                       gradient_accumulation_steps=accumulation)
         cfg.data.batch_size = batch_size
-        cfg.data.synthetic_seconds = [1.2, 1.2]
-        cfg.data.synthetic_dir = str(tmp_path / "equal_lengths")
+        cfg.data.synthetic_seconds = [0.55, 1.0]
+        cfg.data.synthetic_dir = str(tmp_path / "unequal_lengths")
         cfg.augmentation.enabled = False
         cfg.training.max_grad_norm = 0.0
         run = _Run(cfg)
@@ -141,7 +152,8 @@ def test_loss_normalisation_does_not_depend_on_the_micro_batch_split(tmp_path, t
         # sign-like and would amplify float noise in near-zero gradients).
         run.optimizer.optimizer = torch.optim.SGD(run.model.parameters(), lr=1.0)
         before = {k: v.detach().clone() for k, v in run.model.named_parameters()}
-        values = run.train_step(run._batches())
+        batches = run._batches()
+        values = run.train_step(batches)
         return values, {k: before[k] - v.detach() for k, v in run.model.named_parameters()}
 
     single, params_single = first_step(4, 1)
