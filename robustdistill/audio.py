@@ -145,7 +145,8 @@ def prepare_waveform(
             carries no speech, and an SNR mix with it is undefined).
 
     Returns:
-        ``(samples',)`` float32 mono at ``target_sr``.
+        ``(samples',)`` float32 mono at ``target_sr``: integer PCM scaled to [-1, 1), float
+        input unscaled.
 
     Raises:
         AudioError: empty audio (reason ``"empty"``), NaN or Inf samples (``"non-finite"``,
@@ -264,7 +265,8 @@ def load_audio(
         allow_silence: accept all-zero audio (see :func:`prepare_waveform`).
 
     Returns:
-        ``(samples,)`` float32 in [-1, 1].
+        ``(samples,)`` float32: integer PCM scaled to [-1, 1); floating-point files as
+        stored (full scale 1, but a float file may hold larger values; they are kept).
 
     Raises:
         AudioError: with :attr:`~AudioError.reason` ``"permission denied"``, ``"unreadable"``
