@@ -83,7 +83,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .audio import AudioError
+from .audio import SAMPLE_RATE, AudioError
 from .data.batching import collate_waveforms
 from .data.cropped import content_key
 from .upstream import Upstream, UpstreamOutput, lengths_to_mask
@@ -115,6 +115,9 @@ class TeacherCacheConfig:
         missing: ``"compute"`` (a miss is computed by the teacher and written) or ``"error"``
             (every entry must have been built by ``robustdistill cache-teacher``).
         crop_starts: ``"frames"`` or ``"chunks"`` (module docstring).
+        max_utterance_s: with context ``"utterance"``, the longest utterance (seconds) the
+            teacher encodes whole; a dataset with a longer one is refused at start-up (a miss
+            would run the teacher's attention over all its frames at once).
         read_in_workers: read each training batch's targets in the collate function, i.e. in
             the ``DataLoader`` workers when ``data.num_workers > 0``, so the step only moves
             them to the device (:class:`CacheReader`); the values are the same bytes either
@@ -132,6 +135,7 @@ class TeacherCacheConfig:
     layers: list[int] | None = field(default=None, metadata={"help": "teacher layers to store; default: the objectives' teacher_layers"})
     missing: str = field(default="compute", metadata={"help": "compute (lazy fill) or error (prebuilt only)"})
     crop_starts: str = field(default="frames", metadata={"help": "frames (a crop starts on any teacher frame) or chunks (only at multiples of the crop length: fixed chunks that recur, so context crop can be prebuilt)"})
+    max_utterance_s: float = field(default=120.0, metadata={"help": "context utterance: the longest utterance the teacher encodes whole, in seconds (its attention grows with the square of the length); a longer one is an error at start-up: use context crop with crop_starts chunks"})
     read_in_workers: bool = field(default=True, metadata={"help": "read a batch's cached targets in the DataLoader workers (collate), off the step's critical path; false: in the step"})
 
     def __post_init__(self) -> None:
@@ -146,6 +150,9 @@ class TeacherCacheConfig:
                              f"{self.crop_starts!r}")
         if self.layers is not None and not self.layers:
             raise ValueError("teacher_cache.layers must name at least one layer (or be null)")
+        if not self.max_utterance_s > 0:
+            raise ValueError(f"teacher_cache.max_utterance_s must be > 0, got "
+                             f"{self.max_utterance_s}")
 
 
 def _entry_path(root: Path, context: str, key: str, start: int = 0,
@@ -321,9 +328,11 @@ class TeacherFeatureCache:
 
     def __init__(self, root: str | Path, teacher: Upstream, layers: Sequence[int], *,
                  context: str = "utterance", dtype: str = "float16",
-                 missing: str = "compute", crop_starts: str = "frames") -> None:
+                 missing: str = "compute", crop_starts: str = "frames",
+                 max_utterance_s: float = 120.0) -> None:
         TeacherCacheConfig(dir=str(root), context=context, dtype=dtype, layers=list(layers),
-                           missing=missing, crop_starts=crop_starts)  # validates
+                           missing=missing, crop_starts=crop_starts,
+                           max_utterance_s=max_utterance_s)  # validates
         if context == "utterance" and getattr(teacher, "is_whisper", False):
             raise ValueError(
                 "teacher_cache.context utterance cannot be used with a Whisper teacher: its "
@@ -340,6 +349,7 @@ class TeacherFeatureCache:
         self.dtype = DTYPES[dtype]
         self.missing = missing
         self.crop_starts = crop_starts
+        self.max_utterance_s = float(max_utterance_s)
         self.grid = teacher.samples_per_frame
         self.spec = {"format": FORMAT_VERSION, "teacher": teacher_fingerprint(teacher),
                      "layers": self.layers, "context": context, "dtype": dtype,
@@ -373,7 +383,8 @@ class TeacherFeatureCache:
             raise ValueError("teacher_cache.dir is not set")
         layers = cfg.layers if cfg.layers is not None else cached_layers_of(objectives)
         return cls(cfg.dir, teacher, layers, context=cfg.context, dtype=cfg.dtype,
-                   missing=cfg.missing, crop_starts=cfg.crop_starts)
+                   missing=cfg.missing, crop_starts=cfg.crop_starts,
+                   max_utterance_s=cfg.max_utterance_s)
 
     # ------------------------------------------------------------------ datasets
     def prepare_dataset(self, dataset) -> None:
@@ -384,14 +395,35 @@ class TeacherFeatureCache:
         Raises:
             TypeError: a dataset without these options (a streaming dataset).
             ValueError: ``crop_starts: chunks`` without a crop length (``data.max_length_s``)
-                or with one that is not a whole number of teacher frames.
+                or with one that is not a whole number of teacher frames; see
+                :meth:`check_utterance_lengths`.
         """
         if not hasattr(dataset, "content_keys") or not hasattr(dataset, "crop_grid"):
             raise TypeError(f"{type(dataset).__name__} cannot be used with the teacher cache "
                             "(it has no content keys or crop grid); use a map-style dataset "
                             "(data.streaming false) or turn teacher_cache off")
+        self.check_utterance_lengths(dataset)
         dataset.crop_grid = self.chunk_samples(dataset) or self.grid
         dataset.content_keys = True
+
+    def check_utterance_lengths(self, dataset) -> None:
+        """With context ``"utterance"``, refuse a dataset whose longest utterance (its
+        ``lengths``, samples at 16 kHz) exceeds ``max_utterance_s``.
+
+        Raises:
+            ValueError: names how many utterances are too long and the longest.
+        """
+        lengths = getattr(dataset, "lengths", None)
+        if self.context != "utterance" or lengths is None or not len(lengths):
+            return
+        limit = self.max_utterance_s * SAMPLE_RATE
+        too_long = int(np.sum(np.asarray(lengths) > limit))
+        if too_long:
+            raise ValueError(
+                f"teacher_cache.context utterance: {too_long} utterances are longer than "
+                f"teacher_cache.max_utterance_s {self.max_utterance_s:g} s (longest "
+                f"{float(np.max(lengths)) / SAMPLE_RATE:.1f} s); the teacher would encode each "
+                "whole: use context crop with crop_starts chunks, or raise the limit")
 
     def chunk_samples(self, dataset) -> int | None:
         """The crop length in samples with ``crop_starts: chunks``, else None.
@@ -654,7 +686,8 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
                       for name, options in cfg.objectives.items()]
         layers = cached_layers_of(objectives)
     cache = TeacherFeatureCache(tc.dir, teacher, layers, context=tc.context, dtype=tc.dtype,
-                                missing="compute", crop_starts=tc.crop_starts)
+                                missing="compute", crop_starts=tc.crop_starts,
+                                max_utterance_s=tc.max_utterance_s)
     train_set, valid_set = build_datasets(cfg.data, cfg.seed)
     datasets = {"train": train_set, "validation": valid_set}
     computed = skipped = unusable = 0
@@ -663,6 +696,7 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
         if not hasattr(dataset, "full_waveform"):
             raise TypeError(f"{split}: {type(dataset).__name__} cannot be cached ahead "
                             "(no full_waveform: a streaming dataset?)")
+        cache.check_utterance_lengths(dataset)
         count = len(dataset) if limit is None else min(limit, len(dataset))
         mine = range(acc.process_index, count, acc.num_processes)
         bar = tqdm(mine, desc=f"cache-teacher {split}", disable=not acc.is_main_process)

@@ -382,3 +382,17 @@ def test_targets_beyond_float16_are_refused_not_stored_as_inf(tmp_path, tiny_wav
         TeacherFeatureCache(tmp_path, teacher, [1, 2]).compute(wave)
     stored = TeacherFeatureCache(tmp_path, teacher, [1, 2], dtype="bfloat16").compute(wave)
     assert torch.isfinite(stored).all()
+
+
+def test_utterances_longer_than_the_limit_are_refused_with_context_utterance(tmp_path,
+                                                                            tiny_wavlm_dir):
+    cfg = _config(tmp_path, tiny_wavlm_dir, "long", 1.5, **{
+        "teacher_cache.dir": str(tmp_path / "cache"), "teacher_cache.max_utterance_s": 1.2})
+    with pytest.raises(ValueError, match=r"6 utterances are longer than .* 1.2 s"):
+        build_cache(cfg)  # 8 utterances of 1.5 s, 6 of them for training
+    with pytest.raises(ValueError, match="longest 1.5 s"):
+        _Run(cfg)
+    crop = _config(tmp_path, tiny_wavlm_dir, "crop", 1.5, **{
+        "teacher_cache.dir": str(tmp_path / "cache"), "teacher_cache.max_utterance_s": 1.2,
+        "teacher_cache.context": "crop"})
+    _Run(crop)  # the teacher sees crops only: no limit
