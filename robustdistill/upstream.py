@@ -372,6 +372,7 @@ class Upstream(nn.Module):
         if self.normalize:
             waveforms = _normalize(waveforms, sample_mask)
         waveforms = waveforms * sample_mask  # padding is exactly zero
+        waveforms = waveforms.to(self.model.dtype)  # a model loaded in bf16/fp16 (dtype=)
         captured = {}
         handles = []
         grad_enabled = torch.is_grad_enabled()

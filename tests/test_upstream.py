@@ -61,6 +61,12 @@ def test_a_trainable_upstream_follows_the_callers_grad_mode(tiny_hubert_dir):
     assert upstream(wave, lengths).hidden_states[-1].grad_fn is not None
 
 
+def test_an_upstream_loaded_in_bfloat16_takes_float32_waveforms(tiny_hubert_dir):
+    upstream = Upstream.from_pretrained(tiny_hubert_dir, dtype=torch.bfloat16)
+    out = upstream(torch.randn(2, 4000), torch.tensor([4000, 3000]))
+    assert out.hidden_states[-1].dtype == torch.bfloat16
+
+
 def test_bad_input_is_rejected(tiny_hubert_dir):
     upstream = Upstream.from_pretrained(tiny_hubert_dir)
     with pytest.raises(ValueError, match=r"\(B, S\)"):
