@@ -586,7 +586,7 @@ class _Run:
         if acc.is_main_process:
             state = {"progress": self.progress.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "stream_per_rank": streams,
-                     "num_processes": acc.num_processes}
+                     "num_processes": acc.num_processes, "trajectory": self._trajectory()}
             (tmp / TRAINING_STATE).write_text(json.dumps(state))
             write_manifest(tmp, self.progress.step)
             publish_checkpoint(tmp, final)
@@ -595,6 +595,18 @@ class _Run:
         self._next_checkpoint = index + 1
         logger.info("checkpoint %s saved at step %d", final, self.progress.step)
         return final
+
+    def _trajectory(self) -> dict:
+        """What fixes which batches the steps see (saved with every checkpoint and compared
+        on resume): the seed, batch, accumulation, crop settings and training item count."""
+        cfg = self.cfg
+        out = {"seed": cfg.seed, "data.batch_size": cfg.data.batch_size,
+               "data.max_length_s": cfg.data.max_length_s,
+               "data.min_length_s": cfg.data.min_length_s,
+               "training.gradient_accumulation_steps": cfg.training.gradient_accumulation_steps}
+        if self.sampler is not None:
+            out["training items"] = self.sampler.num_samples
+        return out
 
     def resume(self, where: str) -> bool:
         """Load a checkpoint; the loop continues from its step.
@@ -611,7 +623,9 @@ class _Run:
             FileNotFoundError: ``"latest"`` with no complete checkpoint, or a missing folder.
             CheckpointError: the folder is incomplete, altered, or not written by this
                 trainer (no ``checkpoint.json`` or ``training_state.json``).
-            ValueError: the checkpoint was written with another number of processes.
+            ConfigError: the checkpoint was written with another number of processes, or with
+                another seed, batch, accumulation, crop length or training item count
+                (:meth:`_trajectory`).
         """
         acc = self.accelerator
         if where in ("latest", "auto"):
@@ -632,8 +646,14 @@ class _Run:
             raise CheckpointError(f"{path} has no {TRAINING_STATE}: not written by this trainer")
         state = json.loads((path / TRAINING_STATE).read_text())
         if state["num_processes"] != acc.num_processes:
-            raise ValueError(f"{path} was written by {state['num_processes']} process(es); this "
+            raise ConfigError(f"{path} was written by {state['num_processes']} process(es); this "
                              f"run has {acc.num_processes}: exact resume needs the same number")
+        saved, now = state.get("trajectory", {}), self._trajectory()
+        changed = {k: (saved[k], now.get(k)) for k in saved if saved[k] != now.get(k)}
+        if changed:
+            raise ConfigError(f"{path} was trained with other settings that fix the data order "
+                             "and the steps; resuming would not continue that run: " + "; ".join(
+                                 f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()))
         # accelerate would only log ("Could not load random states") and go on with other RNG
         # states, silently breaking exact resume: load this rank's file first, the same way.
         rng_file = path / f"random_states_{acc.process_index}.pkl"

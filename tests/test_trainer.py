@@ -316,3 +316,16 @@ def test_a_student_init_checkpoint_trains_without_its_layerdrop_and_specaugment(
         cfg.student_init, cfg.student.keep_train_randomness = str(init), keep
         config = _Run(cfg).model.student.model.config
         assert (config.layerdrop, config.apply_spec_augment) == expected
+
+
+def test_resume_with_another_batch_or_seed_is_refused(tmp_path, tiny_wavlm_dir):
+    from robustdistill.trainer import _Run
+
+    train(_config(tmp_path, tiny_wavlm_dir, "first", max_steps=2, save_every=2))
+    checkpoint = str(tmp_path / "first" / "checkpoints" / "checkpoint_0")
+    same = _Run(_config(tmp_path, tiny_wavlm_dir, "same", max_steps=4))
+    assert same.resume(checkpoint) and same.progress.step == 2
+    other = _config(tmp_path, tiny_wavlm_dir, "other", max_steps=4)
+    other.data.batch_size, other.seed = 3, 4
+    with pytest.raises(ValueError, match=r"seed 3 -> 4; data.batch_size 2 -> 3"):
+        _Run(other).resume(checkpoint)
