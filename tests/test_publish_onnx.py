@@ -61,17 +61,7 @@ def test_onnx_hidden_states_equal_pytorch_on_real_audio(tiny_wavlm_dir, tmp_path
 def test_onnx_with_attention_mask_layer_norm_student(tmp_path):
     """A layer-norm (large-style) student takes an attention mask: padding must not change
     the real frames, in PyTorch or in ONNX."""
-    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
-
-    student = tmp_path / "hubert_layer"
-    config = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=64, conv_dim=(32, 32, 32), conv_kernel=(8, 8, 8),
-                          conv_stride=(4, 4, 4), num_conv_pos_embeddings=16,
-                          num_conv_pos_embedding_groups=2, feat_extract_norm="layer",
-                          do_stable_layer_norm=True)
-    HubertModel(config).save_pretrained(student)
-    Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(
-        student)
+    student = _layer_norm_student(tmp_path / "hubert_layer")
     waveforms = _real_waveforms(3)
     path = export_onnx(student)
     assert [i.name for i in onnx.load(str(path)).graph.input] == ["input_values",
