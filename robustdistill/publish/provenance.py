@@ -1,7 +1,11 @@
 """What a model card says about where a student comes from: its run, teacher, data and size.
 
-Everything is read from files a distillation run writes (``config.yaml``, ``final_state.json``,
+Everything is read from files a training run writes (``config.yaml``, ``final_state.json``,
 ``metrics.jsonl``, see ``README.md``) and from the saved model folders; nothing is downloaded.
+Three trainers write runs, each with its own config layout (:func:`run_recipe`): ``robustdistill
+distill`` (SSL distillation, :class:`robustdistill.config.DistillConfig`), ``train-se``
+(:class:`robustdistill.se.train.SETrainConfig`) and ``train-speaker``
+(:class:`robustdistill.speaker.train.SpeakerKDConfig`).
 """
 
 from __future__ import annotations
@@ -17,9 +21,16 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ModelFacts", "RunSummary", "measure_speed", "model_facts", "summarise_run"]
+__all__ = ["NOT_RECORDED", "RECIPES", "ModelFacts", "RunSummary", "measure_speed", "model_facts",
+           "run_recipe", "summarise_run"]
 
 logger = logging.getLogger(__name__)
+
+#: What a card says for a value the run's config does not hold.
+NOT_RECORDED = "not recorded"
+
+#: The trainers whose runs a card describes (see :func:`run_recipe`).
+RECIPES = ("ssl", "se", "speaker")
 
 
 @dataclass
@@ -164,17 +175,21 @@ def measure_speed(model_dir: str | Path, seconds: tuple[float, ...] = (1.0, 10.0
 
 @dataclass
 class RunSummary:
-    """A distillation run, as the card describes it.
+    """A training run, as the card describes it.
 
     Attributes:
         run_dir: the run's ``output_dir``.
         config: the resolved ``config.yaml``.
-        teacher: the teacher as configured (hub id or path).
+        teacher: the teacher as configured (hub id or path; an SE teacher's name such as
+            ``nsnet2``; a speaker run's GE2E weights file); ``""`` when none is configured.
         teacher_facts: :class:`ModelFacts` of a local teacher folder, else None.
         final_state: ``final_state.json`` (step, best validation loss...), or ``{}``; for a
             checkpoint, ``{"step": step, "checkpoint": True}``.
         last_validation: the last ``split == "validation"`` record of ``metrics.jsonl``.
-        train_data, validation_data, corruption: one-line descriptions.
+        train_data, validation_data, corruption: one-line descriptions (``corruption``: what
+            was done to the student's input).
+        recipe: the trainer that wrote the run, one of :data:`RECIPES`.
+        last_train: the last other record of ``metrics.jsonl`` (a training step or epoch).
     """
 
     run_dir: Path
@@ -186,6 +201,112 @@ class RunSummary:
     train_data: str = ""
     validation_data: str = ""
     corruption: str = ""
+    recipe: str = "ssl"
+    last_train: dict[str, Any] = field(default_factory=dict)
+
+
+def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
+    value = config.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def run_recipe(config: dict[str, Any], default: str = "ssl") -> str:
+    """Which trainer wrote a run's ``config.yaml``, from the keys only that trainer writes.
+
+    ``"ssl"``: ``objectives`` or ``augmentation`` (``robustdistill distill``); ``"speaker"``:
+    ``loss.method``, ``ig`` or ``training.epochs`` (``train-speaker``); ``"se"``: any other
+    ``loss`` section, ``data.snr_range`` or ``data.speech_dir`` (``train-se``); ``default``
+    when the config holds none of them.
+
+    Raises:
+        ValueError: ``default`` is not one of :data:`RECIPES`.
+    """
+    if default not in RECIPES:
+        raise ValueError(f"unknown recipe {default!r}; known: {RECIPES}")
+    loss, data = _section(config, "loss"), _section(config, "data")
+    if "objectives" in config or "augmentation" in config:
+        return "ssl"
+    if "method" in loss or "ig" in config or "epochs" in _section(config, "training"):
+        return "speaker"
+    if loss or "snr_range" in data or "speech_dir" in data:
+        return "se"
+    return default
+
+
+def _value(section: dict[str, Any], key: str) -> Any:
+    value = section.get(key)
+    return NOT_RECORDED if value is None else value
+
+
+def _folder(section: dict[str, Any], key: str) -> str:
+    return f"`{section[key]}`" if section.get(key) else f"a folder {NOT_RECORDED}"
+
+
+def _snr_text(snr: Any) -> str:
+    if isinstance(snr, list | tuple) and len(snr) == 2 and all(
+            isinstance(v, int | float) for v in snr):
+        return f"an SNR drawn uniformly from {snr[0]:g} to {snr[1]:g} dB"
+    return f"an SNR range {NOT_RECORDED}"
+
+
+def _describe_se_data(data: dict[str, Any]) -> tuple[str, str, str]:
+    """Training data, validation data and the student's input of a ``train-se`` run
+    (:class:`robustdistill.se.data.PairConfig`)."""
+    valid = "none (`train-se` holds out no validation set)"
+    if not data:
+        return f"{NOT_RECORDED} in the run's config", valid, f"{NOT_RECORDED} in the run's config"
+    crop = data.get("crop_seconds")
+    train = (f"speech under {_folder(data, 'speech_dir')}, crops of "
+             + (f"{crop:g} s" if isinstance(crop, int | float) else f"a length {NOT_RECORDED}")
+             + f", mixed on the fly with noise under {_folder(data, 'noise_dir')}")
+    if data.get("pool_size"):
+        train += (f"; a fixed pool of {data['pool_size']} such items drawn once (pool seed "
+                  f"{_value(data, 'pool_seed')})")
+    prob = data.get("reverb_prob")
+    target = {"reverberant": "the speech as the room left it (it denoises, it does not "
+                             "dereverberate)",
+              "dry": "the dry speech before the room (it denoises and dereverberates)"
+              }.get(data.get("target"), NOT_RECORDED)
+    if not isinstance(prob, int | float):
+        reverb = f"reverberation {NOT_RECORDED}"
+    elif prob > 0 and data.get("rir_dir"):
+        reverb = (f"reverberated with probability {prob:g} by a room response under "
+                  f"`{data['rir_dir']}`")
+    else:
+        reverb, target = "no reverberation", "the clean speech"
+    student_input = (f"noisy mixtures: noise added to every item at "
+                     f"{_snr_text(data.get('snr_range'))}, {reverb}; the training target is "
+                     f"{target}")
+    return train, valid, student_input
+
+
+def _describe_speaker_data(data: dict[str, Any]) -> tuple[str, str, str]:
+    """Training data, verification sets and the student's input of a ``train-speaker`` run
+    (``DataConfig`` of :mod:`robustdistill.speaker.train`)."""
+    if not data:
+        return (f"{NOT_RECORDED} in the run's config", NOT_RECORDED,
+                "clean speech crops (the speaker trainer adds no noise or reverberation)")
+    crop = data.get("crop_seconds")
+    train = (f"{_value(data, 'crops_per_utterance')} fixed crop(s) of "
+             + (f"{crop:g} s" if isinstance(crop, int | float) else f"a length {NOT_RECORDED}")
+             + f" per utterance of the speech under {_folder(data, 'train_dir')} (speaker = "
+             "first field of the file name)")
+    sets = [f"`{data[k]}` ({name})" for k, name in (("test_other_dir", "LibriSpeech test-other"),
+                                                    ("fsdd_dir", "FSDD"))
+            if data.get(k)]
+    valid = ("none held out during training; verification after training on "
+             + (", ".join(sets) if sets else "no set") + ", speakers unseen in training")
+    return (train, valid, "the clean crops, volume-normalised to -30 dBFS, as the teacher got "
+            "them: no noise or reverberation was added in training")
+
+
+def _run_teacher(config: dict[str, Any], recipe: str) -> str:
+    if recipe == "se":
+        loss = _section(config, "loss")
+        teacher = loss.get("teacher") if "teacher" in loss else config.get("teacher")
+    else:
+        teacher = config.get("teacher")
+    return "" if teacher is None else str(teacher)
 
 
 def _describe_data(data: dict[str, Any]) -> tuple[str, str]:
@@ -231,18 +352,21 @@ def _describe_corruption(aug: dict[str, Any]) -> str:
             f"reverberation: {rooms}; probabilities {parts}")
 
 
-def summarise_run(run_dir: str | Path, step: int | None = None) -> RunSummary:
-    """Read a distillation run's output folder.
+def summarise_run(run_dir: str | Path, step: int | None = None,
+                  kind: str = "ssl") -> RunSummary:
+    """Read a training run's output folder.
 
     Args:
         run_dir: the run's ``output_dir``.
         step: the training step of the published weights when they are a checkpoint
             (``robustdistill export --checkpoint``) rather than the run's end: the final state
             is then ignored and the last validation is the last one at or before ``step``.
+        kind: the recipe (one of :data:`RECIPES`) assumed when the config's keys do not show
+            which trainer wrote it (:func:`run_recipe`).
 
     Raises:
         FileNotFoundError: no ``config.yaml`` in ``run_dir``.
-        ValueError: ``config.yaml`` is not a mapping.
+        ValueError: ``config.yaml`` is not a mapping; ``kind`` is not a recipe.
     """
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
@@ -256,24 +380,35 @@ def summarise_run(run_dir: str | Path, step: int | None = None) -> RunSummary:
     if (run_dir / "final_state.json").is_file():
         final_state = json.loads((run_dir / "final_state.json").read_text())
     last_validation: dict[str, Any] = {}
+    last_train: dict[str, Any] = {}
     if (run_dir / "metrics.jsonl").is_file():
         for line in (run_dir / "metrics.jsonl").read_text().splitlines():
             if line.strip():
                 record = json.loads(line)
-                if record.get("split") == "validation" and (
-                        step is None or record.get("step", 0) <= step):
+                if step is not None and record.get("step", 0) > step:
+                    continue
+                if record.get("split") == "validation":
                     last_validation = record
+                else:
+                    last_train = record
     if step is not None:
         final_state = {"step": step, "checkpoint": True}
-    teacher = str(config.get("teacher", ""))
+    recipe = run_recipe(config, kind)
+    teacher = _run_teacher(config, recipe)
     facts = None
-    if teacher and (Path(teacher) / "config.json").is_file():
+    if recipe == "ssl" and teacher and (Path(teacher) / "config.json").is_file():
         try:
             facts = model_facts(teacher)
         except (OSError, ValueError) as err:  # an unknown architecture: say less, not fail
             logger.warning("could not read the teacher %s: %s", teacher, err)
-    train, valid = _describe_data(config.get("data") or {})
+    if recipe == "se":
+        train, valid, corruption = _describe_se_data(_section(config, "data"))
+    elif recipe == "speaker":
+        train, valid, corruption = _describe_speaker_data(_section(config, "data"))
+    else:
+        train, valid = _describe_data(config.get("data") or {})
+        corruption = _describe_corruption(config.get("augmentation") or {})
     return RunSummary(run_dir=run_dir, config=config, teacher=teacher, teacher_facts=facts,
                       final_state=final_state, last_validation=last_validation,
-                      train_data=train, validation_data=valid,
-                      corruption=_describe_corruption(config.get("augmentation") or {}))
+                      train_data=train, validation_data=valid, corruption=corruption,
+                      recipe=recipe, last_train=last_train)
