@@ -4,7 +4,8 @@
 
     robustdistill evaluate --task TASK --upstream ID_OR_DIR|fbank --config FILE --out DIR
         [--conditions clean snr-5 snr0 snr5 snr10 snr20 reverb]
-        [--test-noise-dir D] [--test-rir-dir D] [--seed N | --seeds 0 1 2] [--device cpu]
+        [--test-noise-dir D] [--test-rir-dir D] [--test-rir-channels {mean,one}]
+        [--seed N | --seeds 0 1 2] [--device cpu]
         [-o section.key=value ...] [--evaluate-only OUT/head.pt]
 
 TASK is a folder under ``downstream/tasks`` or a SUPERB name: ``ks``, ``sid``, ``ic``, ``er``
@@ -21,7 +22,7 @@ import argparse
 import logging
 import sys
 
-from .conditions import DEFAULT_CONDITIONS
+from .conditions import DEFAULT_CONDITIONS, RIR_CHANNELS
 
 __all__ = ["aggregate_main", "compare_main", "evaluate_main", "main", "parse_overrides",
            "resolve_task"]
@@ -46,6 +47,11 @@ def _evaluate_parser() -> argparse.ArgumentParser:
                         f"(default: {' '.join(DEFAULT_CONDITIONS)})")
     parser.add_argument("--test-noise-dir", help="noise recordings for the snr conditions")
     parser.add_argument("--test-rir-dir", help="room impulse responses for reverb conditions")
+    parser.add_argument("--test-rir-channels", choices=RIR_CHANNELS, default="mean",
+                        help="multi-channel RIR files: 'mean' down-mixes the channels (default, "
+                        "as every published figure; a comb filter for a stereo pair), 'one' "
+                        "draws one channel per utterance's room (as the distillation's "
+                        "augmentation.rir_channels: one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="several seeds: one run per seed into OUT/seed<N>/, and OUT/results.json "
@@ -126,7 +132,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         options = RunOptions(
             task=task, upstream=args.upstream, config=args.config, out=args.out,
             conditions=args.conditions, test_noise_dir=args.test_noise_dir,
-            test_rir_dir=args.test_rir_dir, seed=args.seed, device=args.device,
+            test_rir_dir=args.test_rir_dir, test_rir_channels=args.test_rir_channels,
+            seed=args.seed, device=args.device,
             overrides=overrides or None, evaluate_only=args.evaluate_only,
             bootstrap_resamples=args.bootstrap_resamples, label=label,
         )

@@ -16,6 +16,11 @@ redrawing its noise mixed the two). Noise and room come from two separate genera
 or removing a reverberant condition does not change the noise of the others. The draws depend on
 the run seed and the utterance key only, so the corrupted audio is identical for every upstream
 evaluated with the same seed and data: upstreams are compared on identical audio.
+
+A multi-channel RIR file is down-mixed by default (``rir_channels="mean"``, the published
+figures); with ``"one"`` (``--test-rir-channels one``, as the distillation's
+``augmentation.rir_channels: one`` and RobustDistiller's reference code) the room generator draws
+the file, then one of its channels (:meth:`robustdistill.augment.RirBank.draw`).
 """
 
 from __future__ import annotations
@@ -30,18 +35,23 @@ from pathlib import Path
 import numpy as np
 
 from robustdistill.augment import NoiseBank, RirBank, mix_at_snr, reverberate
+from robustdistill.augment.config import RirChannels
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "CLEAN",
     "DEFAULT_CONDITIONS",
+    "RIR_CHANNELS",
     "Condition",
     "Draw",
     "TestCorruptor",
     "parse_condition",
     "parse_conditions",
 ]
+
+#: How ``--test-rir-channels`` may use a multi-channel test RIR file.
+RIR_CHANNELS = ("mean", "one")
 
 #: The default robustness matrix.
 DEFAULT_CONDITIONS = ("clean", "snr-5", "snr0", "snr5", "snr10", "snr20", "reverb")
@@ -136,16 +146,26 @@ class TestCorruptor:
 
     @classmethod
     def from_dirs(
-        cls, noise_dir: str | Path | None, rir_dir: str | Path | None, seed: int = 0
+        cls, noise_dir: str | Path | None, rir_dir: str | Path | None, seed: int = 0,
+        rir_channels: RirChannels = "mean",
     ) -> TestCorruptor:
-        """Load the banks once (any rate and channel count; resampled, down-mixed).
+        """Load the banks once (any rate and channel count; resampled; noise down-mixed).
+
+        Args:
+            rir_channels: ``"mean"`` (default, the published figures) down-mixes a
+                multi-channel RIR file into one response (for a stereo pair with direct paths
+                apart, a comb filter no microphone recorded); ``"one"`` keeps every channel,
+                each aligned on its own direct path, and each utterance's room is one channel.
 
         Raises:
             FileNotFoundError: a folder does not exist or holds no audio.
             robustdistill.audio.AudioError: no file of a folder could be used.
+            ValueError: ``rir_channels`` is neither ``"mean"`` nor ``"one"``.
         """
+        if rir_channels not in RIR_CHANNELS:
+            raise ValueError(f"--test-rir-channels must be 'mean' or 'one', got {rir_channels!r}")
         noise = NoiseBank.from_folder(noise_dir) if noise_dir else None
-        rirs = RirBank.from_folder(rir_dir) if rir_dir else None
+        rirs = RirBank.from_folder(rir_dir, channels=rir_channels) if rir_dir else None
         return cls(noise, rirs, seed)
 
     def check(self, conditions: list[Condition]) -> None:
@@ -175,9 +195,11 @@ class TestCorruptor:
 
         Returns:
             A :class:`Draw`; its noise is None without a noise bank, its RIR None without a
-            RIR bank. An all-zero noise segment is replaced by white noise (logged).
+            RIR bank. An all-zero noise segment is replaced by white noise (logged). The
+            room generator picks the RIR file, then (a bank loaded with ``"one"``) its
+            channel.
         """
-        noise = noise_name = rir = rir_name = None
+        noise = noise_name = rir = rir_name = channel = None
         if self.noise_bank is not None:
             rng = self.rng(key, "noise")
             noise, index = self.noise_bank.draw(length, rng)
@@ -188,9 +210,9 @@ class TestCorruptor:
                 noise = rng.standard_normal(length).astype(np.float32)
                 noise_name = "white"
         if self.rir_bank is not None:
-            index = int(self.rng(key, "room").integers(0, len(self.rir_bank)))
-            rir, rir_name = self.rir_bank.rirs[index], self.rir_bank.names[index]
-        return Draw(noise, noise_name, rir, rir_name)
+            rir, index, channel = self.rir_bank.draw(self.rng(key, "room"))
+            rir_name = self.rir_bank.names[index]
+        return Draw(noise, noise_name, rir, rir_name, channel)
 
     def apply(self, waveform: np.ndarray, condition: Condition, key: str) -> np.ndarray:
         """Corrupt one utterance.
@@ -220,7 +242,9 @@ class TestCorruptor:
 
     def fingerprint(self) -> str:
         """SHA-1 over the seed and the names and samples of every noise and RIR in the banks
-        (part of the test-set identity in results.json)."""
+        (part of the test-set identity in results.json). A RIR bank that keeps channels
+        (``rir_channels="one"``) adds the mode and every channel's samples; a down-mixed bank
+        hashes as before, so earlier results keep their identity."""
         digest = hashlib.sha1(f"corruption-v2 seed={self.seed}".encode())
         for kind, bank, arrays in (("noise", self.noise_bank, "waveforms"),
                                    ("rir", self.rir_bank, "rirs")):
@@ -230,6 +254,12 @@ class TestCorruptor:
             for name, wave in zip(bank.names, getattr(bank, arrays), strict=True):
                 digest.update(f"{kind}:{Path(str(name)).name}:".encode())
                 digest.update(np.ascontiguousarray(wave, dtype=np.float32).tobytes())
+        if self.rir_bank is not None and self.rir_bank.channels:
+            digest.update(b"rir-channels=one")
+            for name, chans in zip(self.rir_bank.names, self.rir_bank.channels, strict=True):
+                digest.update(f"rir:{Path(str(name)).name}:{len(chans)}:".encode())
+                for wave in chans:
+                    digest.update(np.ascontiguousarray(wave, dtype=np.float32).tobytes())
         return digest.hexdigest()
 
 
@@ -242,9 +272,12 @@ class Draw:
         noise_name: the recording it was cut from (``"white"`` for the silent-segment fallback).
         rir: ``(K,)`` float32 RIR, direct path at index 0, unit energy; or None.
         rir_name: the RIR's file.
+        rir_channel: the channel of that file, counting its non-silent channels
+            (``rir_channels="one"`` and a multi-channel file), else None.
     """
 
     noise: np.ndarray | None
     noise_name: str | None
     rir: np.ndarray | None
     rir_name: str | None
+    rir_channel: int | None = None

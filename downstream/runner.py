@@ -65,6 +65,9 @@ class RunOptions:
         conditions: test conditions (see :mod:`downstream.conditions`).
         test_noise_dir: noise recordings for ``snr*`` conditions.
         test_rir_dir: RIRs for ``reverb*`` conditions.
+        test_rir_channels: ``"mean"`` (default, the published figures) down-mixes a
+            multi-channel RIR file; ``"one"`` uses one channel per utterance's room
+            (:meth:`~downstream.conditions.TestCorruptor.from_dirs`).
         seed: seeds data splits, subsampling, corruption, trials, head initialisation, batches.
         device: torch device for the upstream and the head.
         overrides: nested dict merged over the YAML config (``-o key=value``).
@@ -82,6 +85,7 @@ class RunOptions:
     conditions: list[str] = field(default_factory=lambda: list(DEFAULT_CONDITIONS))
     test_noise_dir: str | None = None
     test_rir_dir: str | None = None
+    test_rir_channels: str = "mean"
     seed: int = 0
     device: str = "cpu"
     overrides: dict[str, Any] | None = None
@@ -111,7 +115,8 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
     config = load_config(options.config, task_class.config_class, options.overrides)
     task = task_class(config, seed=options.seed)
     conditions = parse_conditions(options.conditions)
-    corruptor = TestCorruptor.from_dirs(options.test_noise_dir, options.test_rir_dir, options.seed)
+    corruptor = TestCorruptor.from_dirs(options.test_noise_dir, options.test_rir_dir, options.seed,
+                                        options.test_rir_channels)
     corruptor.check(conditions)
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -207,6 +212,7 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
         "config": to_dict(config),
         "test_noise_dir": options.test_noise_dir,
         "test_rir_dir": options.test_rir_dir,
+        "test_rir_channels": options.test_rir_channels,
         "timing": {k: round(v, 3) for k, v in timing.items()},
         "versions": _versions(),
     }
@@ -219,7 +225,7 @@ def test_set_hash(keys: list[str], seed: int, conditions: list[str], corruption:
     """SHA-1 identifying a test set: the test utterance keys (in order), the seed (it draws the
     split, the noise segments and rooms), the condition names and the corruption fingerprint
     (:meth:`~downstream.conditions.TestCorruptor.fingerprint`: noise / RIR file names and
-    samples). Two runs with equal hashes heard identical test audio."""
+    samples, and the RIR channel mode). Two runs with equal hashes heard identical test audio."""
     text = "\n".join([f"seed={seed}", f"conditions={','.join(conditions)}",
                       f"corruption={corruption}", *keys])
     return hashlib.sha1(text.encode()).hexdigest()
@@ -372,10 +378,13 @@ class _Encoder:
         if self.cache_dir is None:
             return None
         digest = hashlib.sha1()
+        rirs = self.options.test_rir_dir
+        if self.options.test_rir_channels != "mean":  # "mean" keeps the keys of earlier caches
+            rirs = (rirs, self.options.test_rir_channels)
         for part in (
             self._upstream_id, self.task.name, split, condition.name, self.options.seed,
             self.featurizer.layers, self.task.config.cache_dtype,
-            self.options.test_noise_dir, self.options.test_rir_dir, self.batch_size,
+            self.options.test_noise_dir, rirs, self.batch_size,
         ):
             digest.update(repr(part).encode())
         for e in examples:

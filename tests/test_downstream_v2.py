@@ -449,3 +449,141 @@ def test_featurizer_learning_rate_zero_freezes_layer_weights_and_negative_is_rej
             optimizer.step()
         assert torch.equal(featurizer.weights.detach(), torch.zeros(3)) == (expected_lr == 0.0)
         assert not all(torch.equal(a, b) for a, b in zip(before, head.parameters(), strict=True))
+
+
+# ---------------------------------------------------------------------------- --test-rir-channels
+def _stereo_rir_dir(root: Path) -> Path:
+    """``room.wav``: stereo, direct paths 4 samples apart (channel 0: 1.0 at 10, 0.5 at 30;
+    channel 1: 0.8 at 14, -0.4 at 40); ``mono.wav``: 1.0 at 3, 0.3 at 7. 16 kHz float."""
+    import soundfile as sf
+
+    root.mkdir()
+    stereo = np.zeros((64, 2), np.float32)
+    stereo[[10, 30], 0] = [1.0, 0.5]
+    stereo[[14, 40], 1] = [0.8, -0.4]
+    mono = np.zeros(32, np.float32)
+    mono[[3, 7]] = [1.0, 0.3]
+    sf.write(root / "room.wav", stereo, 16000, subtype="FLOAT")
+    sf.write(root / "mono.wav", mono, 16000, subtype="FLOAT")
+    return root
+
+
+def _taps(length: int, taps: dict[int, float]) -> np.ndarray:
+    """Aligned, unit-energy RIR with ``taps`` (index -> value), by hand."""
+    h = np.zeros(length)
+    for i, v in taps.items():
+        h[i] = np.float32(v)
+    return h / np.sqrt(np.sum(h**2))
+
+
+#: what each test room must be after alignment on its direct path and energy normalisation
+_CH0 = _taps(54, {0: 1.0, 20: 0.5})
+_CH1 = _taps(50, {0: 0.8, 26: -0.4})
+_MEAN = _taps(54, {0: 0.5, 4: 0.4, 20: 0.25, 30: -0.2})  # the two channels averaged
+_MONO = _taps(29, {0: 1.0, 4: 0.3})
+
+
+def _is(rir, expected) -> bool:
+    return rir.shape == expected.shape and np.allclose(rir, expected, atol=1e-6)
+
+
+def test_test_rir_channels_one_draws_one_aligned_channel_never_the_mean(tmp_path):
+    rir_dir = _stereo_rir_dir(tmp_path / "rir")
+    one = TestCorruptor.from_dirs(None, rir_dir, seed=2, rir_channels="one")
+    seen = set()
+    for i in range(40):
+        drawn = one.draw(f"utt{i}", 1600)
+        if Path(drawn.rir_name).name == "mono.wav":
+            assert _is(drawn.rir, _MONO) and drawn.rir_channel is None
+            continue
+        assert Path(drawn.rir_name).name == "room.wav"
+        expected = (_CH0, _CH1)[drawn.rir_channel]
+        assert _is(drawn.rir, expected) and not _is(drawn.rir, _MEAN)
+        seen.add(drawn.rir_channel)
+    assert seen == {0, 1}
+    # the default is the down-mix, drawn as before: one file per (seed, key), its mean
+    mean = TestCorruptor.from_dirs(None, rir_dir, seed=2, rir_channels="mean")
+    assert mean.rir_bank.channels == ()
+    for i in range(40):
+        drawn = mean.draw(f"utt{i}", 1600)
+        index = int(mean.rng(f"utt{i}", "room").integers(0, 2))
+        assert drawn.rir_name == mean.rir_bank.names[index] and drawn.rir_channel is None
+        assert np.array_equal(drawn.rir, mean.rir_bank.rirs[index])
+        assert _is(drawn.rir, _MEAN if Path(drawn.rir_name).name == "room.wav" else _MONO)
+    with pytest.raises(ValueError, match="--test-rir-channels"):
+        TestCorruptor.from_dirs(None, rir_dir, rir_channels="first")
+
+
+def test_test_rir_channel_is_the_same_under_every_condition(tmp_path):
+    from robustdistill.augment import mix_at_snr, reverberate
+
+    rir_dir = _stereo_rir_dir(tmp_path / "rir")
+    noise, _ = _banks()
+    corruptor = TestCorruptor.from_dirs(None, rir_dir, seed=5, rir_channels="one")
+    corruptor.noise_bank = noise
+    alone = TestCorruptor.from_dirs(None, rir_dir, seed=5, rir_channels="one")
+    clean = np.sin(np.arange(1600) / 5.0).astype(np.float32)
+    for key in ("utt1", "utt2", "spk/utt3", "utt4"):
+        drawn = corruptor.draw(key, clean.size)
+        again = alone.draw(key, clean.size)  # no noise bank: the room does not depend on it
+        assert (again.rir_name, again.rir_channel) == (drawn.rir_name, drawn.rir_channel)
+        assert np.array_equal(again.rir, drawn.rir)
+        reverb = reverberate(clean, drawn.rir)
+        assert np.array_equal(corruptor.apply(clean, parse_condition("reverb"), key), reverb)
+        for snr in (-5.0, 10.0):
+            assert np.array_equal(
+                corruptor.apply(clean, parse_condition(f"reverb+snr{snr:g}"), key),
+                mix_at_snr(reverb, drawn.noise, snr).astype(np.float32))
+
+
+def test_test_rir_channels_in_fingerprint_cli_and_cache(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from downstream import runner
+    from downstream.cli import evaluate_main
+    from downstream.conditions import CLEAN
+
+    rir_dir = _stereo_rir_dir(tmp_path / "rir")
+    mean = TestCorruptor.from_dirs(None, rir_dir, seed=0).fingerprint()
+    one = TestCorruptor.from_dirs(None, rir_dir, seed=0, rir_channels="one").fingerprint()
+    assert mean != one
+    assert mean == TestCorruptor(None, RirBank.from_folder(rir_dir), seed=0).fingerprint()
+    (rir_dir / "room.wav").unlink()  # mono files only: same rooms, still another mode
+    assert (TestCorruptor.from_dirs(None, rir_dir, seed=0).fingerprint()
+            != TestCorruptor.from_dirs(None, rir_dir, seed=0, rir_channels="one").fingerprint())
+    hashes = {runner.test_set_hash(["a"], 0, ["reverb"], f) for f in (mean, one)}
+    assert len(hashes) == 2
+
+    captured = []
+
+    def fake_run(options):
+        captured.append(options)
+        return {"task": "ks", "primary_metric": "accuracy", "metrics": {}}
+
+    monkeypatch.setattr(runner, "run_evaluation", fake_run)
+    base = ["--task", "ks", "--upstream", "fbank", "--config", "c.yaml", "--out", "o"]
+    for extra, expected in (([], "mean"), (["--test-rir-channels", "one"], "one")):
+        assert evaluate_main(base + extra) == 0
+        assert captured.pop().test_rir_channels == expected
+    with pytest.raises(SystemExit):
+        evaluate_main([*base, "--test-rir-channels", "first"])
+
+    def cache_path(channels):
+        encoder = object.__new__(runner._Encoder)
+        encoder.cache_dir = tmp_path / "cache"
+        encoder.options = runner.RunOptions("ks", "fbank", "c.yaml", "o",
+                                            test_rir_dir=str(rir_dir), test_rir_channels=channels)
+        encoder._upstream_id = "up"
+        encoder.task = SimpleNamespace(name="ks", config=SimpleNamespace(cache_dtype="float16"))
+        encoder.featurizer = SimpleNamespace(layers=None)
+        encoder.batch_size = 1
+        return encoder._cache_path("test", CLEAN, [])
+
+    assert cache_path("mean") != cache_path("one")
+    # the default keeps the key of caches written before the option existed
+    import hashlib
+
+    digest = hashlib.sha1()
+    for part in ("up", "ks", "test", "clean", 0, None, "float16", None, str(rir_dir), 1):
+        digest.update(repr(part).encode())
+    assert cache_path("mean").name == f"test-clean-{digest.hexdigest()[:16]}.pt"
