@@ -4,9 +4,10 @@ The library never takes a token as a config key or argument: ``huggingface_hub``
 ``HF_TOKEN`` (or ``huggingface-cli login``'s file) itself, so tokens are not in
 ``config.yaml``, ``metrics.jsonl``, model cards or ``final_state.json``. What could still
 echo one is a message built from something that holds it (a URL with credentials, a
-third-party exception). :class:`RedactingFilter` (installed on the root logging handlers by
-:func:`install`, which the ``robustdistill`` command calls) replaces, in every log record and
-in uncaught exceptions' tracebacks:
+third-party exception). :class:`RedactingFilter` (installed by :func:`install`, which the
+``robustdistill`` command calls, on the root logging handlers and those ``transformers``,
+``datasets`` and ``huggingface_hub`` attach to their own loggers; ``warnings`` are routed
+through logging) replaces, in every log record and in uncaught exceptions' tracebacks:
 
 * the values of the environment variables in :data:`TOKEN_ENV_VARS`;
 * anything shaped like a Hugging Face token (``hf_`` followed by 30+ letters/digits);
@@ -63,9 +64,31 @@ def _excepthook(kind, value, tb) -> None:
     sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))
 
 
+#: Libraries that attach a handler of their own to their root logger (printed before the
+#: record reaches the root handlers).
+LIBRARY_LOGGERS = ("transformers", "datasets", "huggingface_hub")
+
+
+def _configure_library_loggers() -> None:
+    """Make each library create its own handler now (they do on first use), so it is there to
+    be filtered."""
+    import importlib
+
+    for name in LIBRARY_LOGGERS:
+        try:
+            importlib.import_module(f"{name}.utils.logging").get_logger()
+        except (ImportError, AttributeError):  # not installed, or no such helper
+            continue
+
+
 def install() -> None:
-    """Add :class:`RedactingFilter` to every root handler and redact uncaught tracebacks."""
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(RedactingFilter())
+    """Add :class:`RedactingFilter` to every root handler and to the handlers of
+    :data:`LIBRARY_LOGGERS`, route ``warnings`` through logging (``logging.captureWarnings``),
+    and redact uncaught tracebacks."""
+    _configure_library_loggers()
+    for name in ("", *LIBRARY_LOGGERS):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())
+    logging.captureWarnings(True)
     sys.excepthook = _excepthook

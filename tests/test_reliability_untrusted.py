@@ -113,6 +113,33 @@ def test_the_logging_filter_redacts_messages_arguments_and_tracebacks(monkeypatc
     assert records[0] == f"token is {MASK}" and "bad credentials ***" in records[1]
 
 
+def test_library_log_handlers_and_warnings_are_redacted_too(tmp_path):
+    """transformers, datasets and huggingface_hub print records through handlers of their own,
+    before the root handlers; warnings.warn bypasses logging unless captured."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "leak.py"
+    script.write_text(
+        "import logging, warnings\n"
+        "from robustdistill import cli\n"
+        "cli._setup_logging()\n"
+        "import os; tok = os.environ['HF_TOKEN']\n"
+        "for name in ('datasets.builder', 'huggingface_hub.file_download',\n"
+        "             'transformers.modeling_utils'):\n"
+        "    logging.getLogger(name).error('%s: %s', name, tok)\n"
+        "warnings.warn(f'warned {tok}')\n")
+    env = {**__import__("os").environ, "HF_TOKEN": FAKE_TOKEN}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    assert FAKE_TOKEN not in output
+    for name in ("datasets.builder", "huggingface_hub.file_download", "transformers",
+                 "warned"):
+        assert name in output  # each was printed, masked
+
+
 @pytest.mark.slow
 def test_a_run_with_a_token_in_the_environment_writes_it_nowhere(
         tmp_path, tiny_wavlm_dir, monkeypatch, caplog):
