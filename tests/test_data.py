@@ -563,6 +563,94 @@ def test_build_datasets_from_saved_dataset_dict_with_validation_split(tmp_path, 
     assert sorted(val_ids + train_ids) == list(range(6)) and len(train_ids) == 4
 
 
+def first_ids(items) -> list[int]:
+    return [int(round(float(x["waveform"][0]))) for x in items]
+
+
+@pytest.mark.parametrize("with_paths", [True, False])
+def test_streaming_hold_out_is_excluded_on_every_rank_and_worker(
+    tmp_path, no_torchcodec, with_paths
+):
+    # 4 parquet shards of 8 rows: the first 8 examples (shard 0) are held out. Skipping them
+    # would skip 8 / 4 = 2 rows of each shard once the stream is split by rank or worker.
+    table = streaming_table(32)
+    if not with_paths:
+        table = table.map(lambda ex: {"audio": {**ex["audio"], "path": None}})
+    (tmp_path / "pq").mkdir()
+    for shard in range(4):
+        table.select(range(8 * shard, 8 * shard + 8)).to_parquet(
+            str(tmp_path / "pq" / f"train-{shard:05d}-of-00004.parquet")
+        )
+    cfg = DataConfig(
+        train_dataset=str(tmp_path / "pq"),
+        streaming=True,
+        min_length_s=0.5,
+        max_length_s=2.0,
+        max_validation_items=8,
+        shuffle_buffer=0,
+    )
+    per_rank = []
+    for rank in range(2):
+        train, val = build_datasets(cfg, seed=0, rank=rank, world_size=2)
+        per_rank.append(first_ids(train))
+    assert first_ids(val[i] for i in range(len(val))) == list(range(8))
+    assert sorted(per_rank[0] + per_rank[1]) == list(range(8, 32))
+    # Each rank reads 2 whole shards (one of them the held-out shard 0): 8 and 16 items.
+    assert sorted(map(len, per_rank)) == [8, 16]
+
+    train, _ = build_datasets(cfg, seed=0)
+    batches = list(build_dataloader(train, batch_size=1, num_workers=2))
+    assert sorted(first_values(batches)) == list(range(8, 32))
+
+    # Exact resume of a rank's filtered stream.
+    train, _ = build_datasets(cfg, seed=0, rank=1, world_size=2)
+    reference = list(build_dataloader(train, batch_size=2))
+    loader = iter(build_dataloader(train, batch_size=2))
+    consumed = [next(loader), next(loader)]
+    state = train.state_dict()
+    resumed, _ = build_datasets(cfg, seed=0, rank=1, world_size=2)
+    resumed.load_state_dict(state)
+    rest = list(build_dataloader(resumed, batch_size=2))
+    assert first_values(consumed + rest) == first_values(reference) == per_rank[1]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_validation_split_of_a_single_saved_dataset_is_refused(tmp_path, no_torchcodec, streaming):
+    from datasets import NamedSplit
+
+    table = streaming_table(6)
+    table._split = NamedSplit("test")  # its own split name is served, as is "train"
+    table.save_to_disk(str(tmp_path / "single"))
+    cfg = DataConfig(
+        train_dataset=str(tmp_path / "single"),
+        validation_split="test",
+        min_length_s=0.5,
+        streaming=streaming,
+    )
+    with pytest.raises(ValueError, match=r"single\s+dataset \(one split\)"):
+        build_datasets(cfg)
+    cfg = DataConfig(
+        train_dataset=str(tmp_path / "single"),
+        min_length_s=0.5,
+        streaming=streaming,
+        max_validation_items=2,
+        shuffle_buffer=0,
+    )
+    _, val = build_datasets(cfg)  # the hold-out still works
+    assert len(val) == (2 if streaming else 1)
+
+
+def test_validation_dir_inside_train_dir_is_refused(tmp_path):
+    for i in range(6):
+        write(tmp_path / ("dev" if i >= 4 else "train") / f"{i}.wav", ramp(SR, offset=i))
+    cfg = DataConfig(train_dir=str(tmp_path), validation_dir=str(tmp_path / "dev"))
+    with pytest.raises(ValueError, match="validation_dir .*dev shares 2 of its 2"):
+        build_datasets(cfg)
+    cfg = DataConfig(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "dev"))
+    train, val = build_datasets(cfg)
+    assert (len(train), len(val)) == (4, 2)
+
+
 # ------------------------------------------------------------------------------------------
 # Synthetic audio
 # ------------------------------------------------------------------------------------------
@@ -617,9 +705,9 @@ def test_librispeech_mini_train_clean_100():
     root = LIBRISPEECH / "train-clean-100"
     if not root.is_dir():
         pytest.skip("../shared/data/librispeech-mini is absent (real audio for this test)")
-    cfg = DataConfig(train_dir=str(root), validation_dir=str(root), max_validation_items=4)
+    cfg = DataConfig(train_dir=str(root), max_validation_items=4)
     train, val = build_datasets(cfg, seed=0)
-    assert len(train) == 251 and len(val) == 4
+    assert len(train) == 251 - 4 and len(val) == 4  # a fixed-seed hold-out of 4 of 251 files
     for path, length in zip(train.files[:5], train.lengths[:5], strict=True):
         info = sf.info(path)
         assert info.samplerate == SR and info.channels == 1 and length == info.frames

@@ -14,7 +14,13 @@ from ..synthetic import write_synthetic_corpus
 from .config import DataConfig
 from .cropped import _CroppedAudioDataset
 from .files import AudioFileDataset
-from .hf_datasets import HFAudioDataset, _cast_audio, load_hf_split
+from .hf_datasets import (
+    HFAudioDataset,
+    _cast_audio,
+    _cell_identity,
+    is_single_saved_dataset,
+    load_hf_split,
+)
 from .streaming import StreamingAudioDataset
 
 logger = logging.getLogger(__name__)
@@ -54,18 +60,36 @@ def _hold_out(dataset: _CroppedAudioDataset, cfg: DataConfig):
     return dataset.subset(kept), dataset.subset(held, random_crop=False)
 
 
-def _materialize(stream, audio_column: str, num_items: int):
-    """The first ``num_items`` audio cells of a stream as an in-memory ``datasets.Dataset``.
+def _take_cells(stream, audio_column: str, num_items: int) -> list[Any]:
+    """The audio cells of the first ``num_items`` examples of a stream (unsharded, in order)."""
+    cells = [example[audio_column] for example in stream.take(num_items)]
+    if not cells:
+        raise ValueError("the validation stream is empty")
+    return cells
+
+
+def _materialize(cells: list[Any], audio_column: str):
+    """Audio cells as an in-memory ``datasets.Dataset`` with ``Audio(decode=False)``.
 
     Built from plain ``{"bytes", "path"}`` structs and then cast, because building a dataset
     with ``Audio`` features re-encodes each cell, which needs torchcodec.
     """
     import datasets
 
-    cells = [example[audio_column] for example in stream.take(num_items)]
-    if not cells:
-        raise ValueError("the validation stream is empty")
     return _cast_audio(datasets.Dataset.from_dict({audio_column: cells}), audio_column)
+
+
+class _NotHeldOut:
+    """Filter predicate: an audio cell whose :func:`_cell_identity` is not a held-out one.
+
+    A picklable class rather than a closure, so DataLoader workers can receive it.
+    """
+
+    def __init__(self, held_out_cells: list[Any]) -> None:
+        self.held_out = frozenset(_cell_identity(cell) for cell in held_out_cells)
+
+    def __call__(self, cell: Any) -> bool:
+        return _cell_identity(cell) not in self.held_out
 
 
 def build_datasets(cfg: DataConfig, seed: int = 0, rank: int = 0, world_size: int = 1):
@@ -80,7 +104,9 @@ def build_datasets(cfg: DataConfig, seed: int = 0, rank: int = 0, world_size: in
       spread evenly): ``validation_dir``; or ``validation_split`` (its first items when
       streaming); or else a hold-out of ``validation_fraction`` of the training items drawn
       with a fixed seed (logged). When streaming without ``validation_split``, the first
-      ``max_validation_items`` examples of the stream are held out and skipped by training.
+      ``max_validation_items`` examples of the (unsharded) stream are held out, and training
+      filters out every example whose audio cell has the same path and bytes as a held-out
+      one (on every rank and worker, whatever the sharding).
 
     Args:
         cfg: the data configuration.
@@ -91,13 +117,22 @@ def build_datasets(cfg: DataConfig, seed: int = 0, rank: int = 0, world_size: in
         ``(train_dataset, validation_dataset)``.
 
     Raises:
-        ValueError: no training source in ``cfg``, or no usable audio.
+        ValueError: no training source in ``cfg``, or no usable audio; ``validation_split``
+            of a ``save_to_disk`` folder holding a single dataset (it would be the training
+            data); a ``validation_dir`` file that is also a training file.
         FileNotFoundError: ``train_dir`` / ``validation_dir`` missing or holding no audio.
     """
     crop = {"max_length_s": cfg.max_length_s, "min_length_s": cfg.min_length_s, "seed": seed}
     if cfg.source is None:
         raise ValueError(
             "DataConfig has no training audio: set train_dir, train_dataset or synthetic_items"
+        )
+    if cfg.validation_split and is_single_saved_dataset(cfg.train_dataset):
+        raise ValueError(
+            f"train_dataset {cfg.train_dataset} is a save_to_disk folder holding a single "
+            f"dataset (one split), so validation_split {cfg.validation_split!r} would be the "
+            "training data; unset validation_split to hold out validation items "
+            "(validation_fraction / max_validation_items), or save a DatasetDict"
         )
     if cfg.streaming:
         return _build_streaming(cfg, crop, rank, world_size)
@@ -108,6 +143,7 @@ def build_datasets(cfg: DataConfig, seed: int = 0, rank: int = 0, world_size: in
     )
     if cfg.validation_dir:
         validation = _validation_from_dir(cfg, crop)
+        _check_disjoint_files(train, validation, cfg)
     elif cfg.validation_split:
         validation = HFAudioDataset.from_hub_or_disk(
             cfg.train_dataset,
@@ -148,17 +184,18 @@ def _build_streaming(cfg: DataConfig, crop: dict[str, Any], rank: int, world_siz
     if cfg.validation_dir:
         validation = _validation_from_dir(cfg, crop)
     else:
-        if cfg.validation_split:
-            val_stream = load(cfg.validation_split)
-        else:
-            val_stream, stream = stream, stream.skip(cfg.max_validation_items)
+        val_stream = load(cfg.validation_split) if cfg.validation_split else stream
+        cells = _take_cells(val_stream, cfg.audio_column, cfg.max_validation_items)
+        if not cfg.validation_split:
+            stream = stream.filter(_NotHeldOut(cells), input_columns=[cfg.audio_column])
             logger.info(
                 "streaming without validation_split: the first %d examples are held out for "
-                "validation and skipped by training",
-                cfg.max_validation_items,
+                "validation and filtered out of training (by audio path and bytes)",
+                len(cells),
             )
-        cells = _materialize(val_stream, cfg.audio_column, cfg.max_validation_items)
-        validation = HFAudioDataset(cells, cfg.audio_column, random_crop=False, **crop)
+        validation = HFAudioDataset(
+            _materialize(cells, cfg.audio_column), cfg.audio_column, random_crop=False, **crop
+        )
     train = StreamingAudioDataset(
         stream,
         cfg.audio_column,
@@ -174,3 +211,19 @@ def _validation_from_dir(cfg: DataConfig, crop: dict[str, Any]) -> AudioFileData
     files = list_audio_files(cfg.validation_dir)
     files = [files[i] for i in _evenly_spaced(len(files), cfg.max_validation_items)]
     return AudioFileDataset(files, random_crop=False, **crop)
+
+
+def _check_disjoint_files(train, validation: AudioFileDataset, cfg: DataConfig) -> None:
+    """Raise ValueError when a validation file (resolved path) is also a training file."""
+    if not isinstance(train, AudioFileDataset):
+        return
+    training = {f.resolve() for f in train.files}
+    shared = [f for f in validation.files if f.resolve() in training]
+    if shared:
+        where = cfg.train_dir or cfg.synthetic_dir or "the synthetic corpus"
+        raise ValueError(
+            f"validation_dir {cfg.validation_dir} shares {len(shared)} of its "
+            f"{len(validation.files)} validation file(s) with the training audio "
+            f"({where}), e.g. {shared[0]}: use a validation_dir outside train_dir, or no "
+            "validation_dir to hold out training items"
+        )

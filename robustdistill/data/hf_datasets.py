@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,22 @@ def _audio_value(value: Any) -> bytes | str:
     if isinstance(value, str | bytes):
         return value
     raise AudioError(f"unexpected audio cell of type {type(value).__name__}")
+
+
+def _cell_identity(value: Any) -> tuple[str | None, str | None]:
+    """``(path, blake2b hex digest of the bytes)`` of an audio cell, None where absent.
+
+    Identifies a streamed example whatever the sharding or order of the stream: two cells
+    share it only when both their paths and their encoded bytes are equal.
+    """
+    if isinstance(value, dict):
+        path, data = value.get("path"), value.get("bytes")
+    elif isinstance(value, bytes):
+        path, data = None, value
+    else:
+        path, data = value, None
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest() if data else None
+    return (str(path) if path else None), digest
 
 
 def _decode_cell(value: Any, name: str) -> np.ndarray:
@@ -125,6 +142,12 @@ def _cast_audio(dataset, audio_column: str):
 def _is_saved_dataset(path: Path) -> bool:
     """A folder written by ``save_to_disk`` (a ``DatasetDict`` or a single ``Dataset``)."""
     return path.is_dir() and any((path / f).exists() for f in ("dataset_dict.json", "state.json"))
+
+
+def is_single_saved_dataset(name: str) -> bool:
+    """Whether ``name`` is a ``save_to_disk`` folder holding one ``Dataset`` (no splits)."""
+    path = Path(name)
+    return _is_saved_dataset(path) and not (path / "dataset_dict.json").exists()
 
 
 def load_hf_split(
