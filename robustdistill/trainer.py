@@ -373,7 +373,9 @@ class _Run:
                     f"{self.accelerator.process_index}: every item was held out for "
                     "validation (data.max_validation_items, data.validation_fraction) or "
                     "skipped (shorter than data.min_length_s, unreadable)")
-            p.epoch += 1
+            # a stream's next epoch follows this rank's own (after a resume, ranks may be in
+            # other epochs than rank 0, whose progress the checkpoint holds)
+            p.epoch = (p.epoch if self.sampler is not None else self.train_set.epoch) + 1
             p.batches_in_epoch = 0
 
     def _unit_counts(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -667,6 +669,12 @@ class _Run:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.sampler is None:
             self.train_set.load_state_dict(state["stream_per_rank"][acc.process_index])
+            if self.cfg.data.shuffle_buffer or self.cfg.data.num_workers:
+                logger.warning(
+                    "resuming a streaming dataset with data.shuffle_buffer %d and "
+                    "data.num_workers %d is not exact: the examples in the shuffle buffer at the "
+                    "checkpoint are lost, and with workers the epoch restarts (exact: both 0)",
+                    self.cfg.data.shuffle_buffer, self.cfg.data.num_workers)
         self._stream_resumed = self.sampler is None
         indices = [checkpoint_index(p) for p in list_checkpoints(self.checkpoint_dir, False)]
         self._next_checkpoint = max([checkpoint_index(path) or 0, *indices]) + 1
@@ -863,7 +871,9 @@ def train(cfg: DistillConfig) -> Path:
     fingerprints = gather_object([_fingerprint(acc.unwrap_model(run.model))])
     skipped_audio = _skipped_summary(gather_object([run.skipped_audio]))
     if run.sampler is None:  # a stream's skips are counted, not named (per process)
-        skipped_audio["streamed_items_skipped"] = sum(gather_object([run.train_set.skipped]))
+        skipped_audio["streamed_items_skipped"] = (
+            sum(gather_object([run.train_set.skipped])) if not cfg.data.num_workers
+            else "not counted (the DataLoader workers hold the counts)")
     if acc.is_main_process:
         summary = {"step": run.progress.step, "epoch": run.progress.epoch,
                    "best_validation_loss": run.progress.best_validation_loss,

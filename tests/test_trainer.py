@@ -329,3 +329,59 @@ def test_resume_with_another_batch_or_seed_is_refused(tmp_path, tiny_wavlm_dir):
     other.data.batch_size, other.seed = 3, 4
     with pytest.raises(ValueError, match=r"seed 3 -> 4; data.batch_size 2 -> 3"):
         _Run(other).resume(checkpoint)
+
+
+def test_streaming_ranks_resume_each_in_its_own_epoch(tmp_path):
+    """Two streaming ranks with unequal shards (4 and 12 rows) are in different epochs when
+    rank 0 checkpoints; the checkpoint holds rank 0's progress and each rank's stream. After
+    the resume each rank's next epoch follows its own stream, as in the uninterrupted run."""
+    import io
+    import types
+
+    import numpy as np
+    import soundfile as sf
+    from datasets import Audio, Dataset
+
+    from robustdistill.data import StreamingAudioDataset, build_dataloader, load_hf_split
+    from robustdistill.trainer import TrainingProgress, _Run
+
+    def wav(i):
+        buffer = io.BytesIO()
+        sf.write(buffer, (i + np.arange(8000 + i) / 32000).astype(np.float32), 16000,
+                 format="WAV", subtype="FLOAT")
+        return buffer.getvalue()
+
+    cells = [{"bytes": wav(i), "path": f"{i}.wav"} for i in range(16)]
+    table = Dataset.from_dict({"audio": cells}).cast_column("audio", Audio(decode=False))
+    for shard, (a, b) in enumerate([(0, 2), (2, 8), (8, 10), (10, 16)]):
+        table.select(range(a, b)).to_parquet(str(tmp_path / f"train-{shard:05d}-of-00004.parquet"))
+    stream = load_hf_split(str(tmp_path), streaming=True)
+
+    def rank_run(rank):
+        data = StreamingAudioDataset(stream, max_length_s=0.1, min_length_s=0.1, seed=0,
+                                     rank=rank, world_size=2)
+        run = types.SimpleNamespace(
+            progress=TrainingProgress(), sampler=None, train_set=data, _stream_resumed=False,
+            loader=build_dataloader(data, 2), note_skipped=lambda batch: None,
+            cfg=types.SimpleNamespace(data=types.SimpleNamespace(batch_size=2)),
+            accelerator=types.SimpleNamespace(process_index=rank))
+        return run, _Run._batches(run)
+
+    steps, cut = 8, 5
+    reference = []
+    for rank in range(2):
+        _, batches = rank_run(rank)
+        reference.append([next(batches)["waveforms"] for _ in range(steps)])
+    runs = [rank_run(rank) for rank in range(2)]
+    first = [[next(batches)["waveforms"] for _ in range(cut)] for _, batches in runs]
+    progress = runs[0][0].progress.state_dict()  # the main process's only
+    streams = [run.train_set.state_dict() for run, _ in runs]
+    assert streams[0]["epoch"] != streams[1]["epoch"]
+    for rank in range(2):
+        run, batches = rank_run(rank)
+        run.progress.load_state_dict(progress)
+        run.train_set.load_state_dict(streams[rank])
+        run._stream_resumed = True
+        rest = [next(batches)["waveforms"] for _ in range(steps - cut)]
+        for got, expected in zip(first[rank] + rest, reference[rank], strict=True):
+            assert torch.equal(got, expected), rank
