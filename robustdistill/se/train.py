@@ -33,6 +33,7 @@ import torch
 import yaml
 
 from ..config import ConfigError, merge_config, parse_overrides, read_yaml
+from ..processes import finish_processes
 from .data import PairConfig, PairMaker
 from .losses import LossConfig, SELoss
 from .students import GRUMaskStudent, StudentConfig, config_for_ratio, count_parameters
@@ -298,7 +299,7 @@ def train_se(cfg: SETrainConfig) -> Path:
             "compression_vs_nsnet2": model.compression(), "latency_ms": model.latency_ms,
             "parameter_sha256": parameter_hash(model)}, indent=2) + "\n")
         metrics.close()
-    acc.end_training()
+    finish_processes(acc)  # the trainer's own end: a gloo rank cannot hang in teardown
     return out
 
 
