@@ -89,6 +89,51 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
     return times
 
 
+def items_for_steps(cfg, steps: int) -> int:
+    """Synthetic utterances to generate so that ``steps`` optimizer steps of one run all fall
+    in its first epoch with full batches (no epoch start, no short last batch among them).
+
+    ``cfg``: a :class:`~robustdistill.config.DistillConfig` (its ``data.batch_size``,
+    ``training.gradient_accumulation_steps`` and the validation hold-out of
+    ``robustdistill/data/build.py``: ``min(max_validation_items, max(1, round(
+    validation_fraction x n)), n - 1)`` of ``n`` items). Returns the smallest ``n`` leaving
+    ``batch_size x gradient_accumulation_steps x steps`` training items.
+    """
+    data = cfg.data
+    need = data.batch_size * cfg.training.gradient_accumulation_steps * steps
+    n = need + 1
+    while n - min(data.max_validation_items, max(1, round(data.validation_fraction * n)),
+                  n - 1) < need:
+        n += 1
+    return n
+
+
+def full_step_seconds(cfg) -> float:
+    """Audio seconds of one optimizer step of full batches of full crops:
+    ``batch_size x gradient_accumulation_steps x max_length_s`` (crop in whole samples)."""
+    crop = round(cfg.data.max_length_s * 16_000) / 16_000
+    return cfg.data.batch_size * cfg.training.gradient_accumulation_steps * crop
+
+
+def check_full_steps(name: str, run, audio_seconds: list[float]) -> None:
+    """Refuse a measurement whose steps were not all full and inside the first epoch.
+
+    ``run``: a ``robustdistill.trainer._Run`` after its steps; ``audio_seconds``: the
+    ``audio_seconds`` of the steps to check.
+
+    Raises:
+        RuntimeError: a step with less audio than :func:`full_step_seconds`, or the run
+            started a second epoch (DataLoader workers re-created inside the measurement).
+    """
+    full = full_step_seconds(run.cfg)
+    short = [round(float(s), 3) for s in audio_seconds if abs(float(s) - full) > 1e-6 * full]
+    if short or run.progress.epoch:
+        raise RuntimeError(
+            f"{name}: the measured steps must be full batches of one epoch ({full:g} s of audio "
+            f"each), got steps of {short or 'full size'} s and {run.progress.epoch} epoch "
+            "start(s); generate more utterances (items_for_steps)")
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

@@ -2,11 +2,15 @@
 
 Prints a Markdown table:
 - teacher vs student forward time on 10 s of audio (WavLM Base+ shape vs the DistilHuBERT-shape
-  student created from it; random weights, ``inference_mode``, median of ``--repeats``);
+  student created from it; random weights, ``inference_mode``, interleaved, median of
+  ``--repeats``);
 - distillation steps per second and audio seconds per second (the RobustDistiller recipe:
-  layer-wise prediction + enhancement head, batch ``--batch-size`` x ``--crop-s`` s);
-- augmentation speed as a multiple of real time (noise, reverberation, both), with the real
-  noise/RIR folders when ``../shared/data`` exists, else white noise and simulated rooms.
+  layer-wise prediction + enhancement head, batch ``--batch-size`` x ``--crop-s`` s; the
+  generated corpus is sized so that the warm-up and timed steps are full batches of the first
+  epoch, checked);
+- augmentation speed as a multiple of real time (noise, reverberation, both; interleaved), with
+  the real noise/RIR folders when ``../shared/data`` exists, else white noise and simulated
+  rooms.
 
 Usage: ``python benchmarks/bench_distill.py [--threads 2] [--steps 5] [--out docs/benchmarks.md]``
 """
@@ -16,26 +20,15 @@ from __future__ import annotations
 import argparse
 import logging
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import REPO, check_full_steps, interleaved, items_for_steps, median
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bench_forward(teacher_dir: Path, repeats: int) -> list[tuple[str, str]]:
@@ -45,11 +38,13 @@ def bench_forward(teacher_dir: Path, repeats: int) -> list[tuple[str, str]]:
     teacher = Upstream.from_pretrained(teacher_dir)
     student = Upstream(create_student(teacher), frozen=True)
     wave, lengths = torch.randn(1, 160_000) * 0.1, torch.tensor([160_000])
+    models = {"teacher (WavLM Base+ shape)": teacher, "student (2 layers)": student}
+    with torch.inference_mode():
+        times = interleaved({name: (lambda m=model: m(wave, lengths))
+                             for name, model in models.items()}, repeats)
+    timings = {name: median(values) for name, values in times.items()}
     rows = []
-    timings = {}
-    for name, model in (("teacher (WavLM Base+ shape)", teacher), ("student (2 layers)", student)):
-        with torch.inference_mode():
-            timings[name] = _median_time(lambda m=model: m(wave, lengths), repeats)
+    for name, model in models.items():
         params = sum(p.numel() for p in model.parameters()) / 1e6
         rows.append((f"forward 10 s, {name}, {params:.1f} M params", f"{timings[name]:.3f} s"))
     t, s = timings.values()
@@ -64,7 +59,7 @@ def bench_training(teacher_dir: Path, steps: int, batch_size: int, crop_s: float
 
     overrides = {
         "teacher": str(teacher_dir), "output_dir": str(workdir / "run"),
-        "data.synthetic_items": 4 * batch_size, "data.synthetic_seconds": f"[{crop_s}, {crop_s}]",
+        "data.synthetic_items": 1, "data.synthetic_seconds": f"[{crop_s}, {crop_s}]",
         "data.synthetic_dir": str(workdir / "corpus"), "data.batch_size": batch_size,
         "data.max_length_s": crop_s, "data.min_length_s": min(1.0, crop_s),
         "data.train_dir": "null", "data.validation_dir": "null", "data.num_workers": 0,
@@ -72,15 +67,20 @@ def bench_training(teacher_dir: Path, steps: int, batch_size: int, crop_s: float
         "augmentation.num_simulated_rooms": 4, "training.mixed_precision": "no",
         "training.cpu": True, "training.report_to": "[]", "training.max_steps": steps + 1,
     }
-    argv = [x for k, v in overrides.items() for x in (f"--{k}", str(v))]
-    run = _Run(load_config(REPO / "configs" / "robust_wavlm_base_plus.yaml", argv))
+    def config():
+        argv = [x for k, v in overrides.items() for x in (f"--{k}", str(v))]
+        return load_config(REPO / "configs" / "robust_wavlm_base_plus.yaml", argv)
+
+    overrides["data.synthetic_items"] = items_for_steps(config(), steps + 1)  # + the warm-up
+    run = _Run(config())
     batches = run._batches()
-    run.train_step(batches)  # warm-up
+    audio = [run.train_step(batches)["audio_seconds"]]  # warm-up
     start = time.perf_counter()
-    audio = 0.0
     for _ in range(steps):
-        audio += run.train_step(batches)["audio_seconds"]
+        audio.append(run.train_step(batches)["audio_seconds"])
     elapsed = time.perf_counter() - start
+    check_full_steps("distillation step", run, audio)
+    audio = sum(audio[1:])
     return [
         (f"distillation step (batch {batch_size} x {crop_s:g} s, layer-wise + enhancement)",
          f"{elapsed / steps:.2f} s/step"),
@@ -93,7 +93,8 @@ def bench_augmentation(repeats: int) -> list[tuple[str, str]]:
     from robustdistill.augment import AugmentationConfig, Corruptor
 
     real = SHARED.is_dir()
-    rows = []
+    clean = (np.random.default_rng(0).standard_normal(160_000) * 0.1).astype(np.float32)
+    fns = {}
     for kind, probs in (("noise", (1, 0, 0, 0)), ("reverberation", (0, 1, 0, 0)),
                         ("noise + reverberation", (0, 0, 1, 0))):
         cfg = AugmentationConfig(
@@ -101,13 +102,11 @@ def bench_augmentation(repeats: int) -> list[tuple[str, str]]:
             rir_dir=str(SHARED / "rir") if real else None,
             p_noise=probs[0], p_reverb=probs[1], p_noise_reverb=probs[2], p_none=probs[3],
             num_simulated_rooms=8)
-        corruptor = Corruptor.from_config(cfg, seed=0)
-        clean = (np.random.default_rng(0).standard_normal(160_000) * 0.1).astype(np.float32)
-        rng = np.random.default_rng(1)
-        seconds = _median_time(lambda c=corruptor, x=clean, g=rng: c.corrupt(x, g), repeats)
-        source = "real noise/RIR files" if real else "white noise/simulated rooms"
-        rows.append((f"augmentation, {kind}, 10 s ({source})", f"{10 / seconds:.0f}x real time"))
-    return rows
+        corruptor, rng = Corruptor.from_config(cfg, seed=0), np.random.default_rng(1)
+        fns[kind] = lambda c=corruptor, g=rng: c.corrupt(clean, g)
+    source = "real noise/RIR files" if real else "white noise/simulated rooms"
+    return [(f"augmentation, {kind}, 10 s ({source})", f"{10 / median(times):.0f}x real time")
+            for kind, times in interleaved(fns, repeats).items()]
 
 
 def main() -> None:

@@ -7,8 +7,11 @@
 #   RobustDistiller recipe: as is; corruption in the loader's workers (augmentation.in_loader);
 #   its CNN frozen.
 # Each table is appended to $OUT/gpu.md (or runs/perf/gpu.md) as soon as it ends, so a run cut
-# short keeps what it finished. One bench_gpu.py run is its start-up, a cache build (14-19 s on
-# the H100 of 2026-11-22) and 24 steps of 0.14-0.9 s: pass --repeats 6 when the lease is short.
+# short keeps what it finished. One bench_gpu.py run is its start-up, generating and caching a
+# corpus of batch x (repeats + 2) training utterances (303 of 15.6-23.4 s at the defaults, so no
+# epoch start or short batch falls among the measured steps; the cache build took 14-19 s for
+# 91 of them on the H100 of 2026-11-22, so expect about 3x) and 24 steps of 0.14-0.9 s: pass
+# --repeats 6 when the lease is short (202 utterances).
 # SMOKE=1 checks the script on CPU (no figures).
 # Usage: bash benchmarks/gpu_suite.sh [extra bench_gpu.py options]
 set -euo pipefail

@@ -44,13 +44,44 @@ LAYERS = [1, 3, 4]
 SNRS = [0, 10, 20]
 
 
-def crops(folder: Path, n: int | None, seconds: float) -> tuple[list[np.ndarray], list[str]]:
+def pick(folder: Path, n: int | None) -> list[str]:
+    """``n`` files of ``folder`` spread evenly over its sorted listing (all with None)."""
     files = sorted(list_audio_files(folder))
     if n is not None:
         step = max(1, len(files) // n)
         files = files[::step][:n]
+    return [str(f) for f in files]
+
+
+def crops(files: list[str], seconds: float) -> tuple[list[np.ndarray], list[str]]:
+    """The first ``seconds`` of each file and its speaker (the name's prefix)."""
     waves = [load_audio(f)[: int(seconds * 16000)] for f in files]
     return waves, [Path(f).name.split("-")[0] for f in files]
+
+
+def teacher_targets(cache: Path, teacher: Path, seconds: float, train: tuple[list, list],
+                    test: tuple[list, list]):
+    """The teacher's ``LAYERS`` on the clean train and test crops (``(files, waves)`` each,
+    ``seconds`` long): read from ``cache`` when it was made with the same teacher folder (path,
+    file sizes and times), crop length, layers and files, else computed and saved there with
+    those settings (an older cache without them is recomputed too)."""
+    if not teacher.is_dir():
+        raise SystemExit(f"teacher folder {teacher} not found (--shared)")
+    key = {"teacher": str(teacher.resolve()), "seconds": float(seconds), "layers": LAYERS,
+           "teacher_files": sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns]
+                                   for f in teacher.iterdir() if f.is_file()),
+           "train": [str(Path(f).resolve()) for f in train[0]],
+           "test": [str(Path(f).resolve()) for f in test[0]]}
+    if cache.exists():
+        saved = torch.load(cache, weights_only=True)
+        if isinstance(saved, dict) and saved.get("key") == key:
+            return saved["train"], saved["test"]
+        print(f"{cache}: made with other settings (teacher, --test-seconds, --shared, "
+              "--train-items or files): recomputing", flush=True)
+    model = Upstream.from_pretrained(teacher)
+    t_train, t_test = forward(model, train[1], LAYERS), forward(model, test[1], LAYERS)
+    torch.save({"key": key, "train": t_train, "test": t_test}, cache)
+    return t_train, t_test
 
 
 @torch.no_grad()
@@ -154,20 +185,15 @@ def main() -> None:
         return
     noise_train = [load_audio(f) for f in sorted(list_audio_files("runs/data/noise_train"))]
     noise_test = [load_audio(f) for f in sorted(list_audio_files("runs/data/noise_test"))]
-    train_clean, _ = crops(shared / "data/librispeech-mini/train-clean-100", args.train_items,
-                           args.test_seconds)
-    test_clean, speakers = crops(shared / "data/librispeech-mini/test-other", None,
-                                 args.test_seconds)
+    train_files = pick(shared / "data/librispeech-mini/train-clean-100", args.train_items)
+    test_files = pick(shared / "data/librispeech-mini/test-other", None)
+    train_clean, _ = crops(train_files, args.test_seconds)
+    test_clean, speakers = crops(test_files, args.test_seconds)
     train_noisy = noisy(train_clean, noise_train, None, seed=1)
     test_noisy = {snr: noisy(test_clean, noise_test, snr, seed=2) for snr in SNRS}
-    cache = out / "eval_teacher.pt"
-    if cache.exists():
-        t_train, t_test = torch.load(cache, weights_only=True)
-    else:
-        teacher = Upstream.from_pretrained(shared / "models/whisper-tiny.en")
-        t_train, t_test = forward(teacher, train_clean, LAYERS), forward(teacher, test_clean,
-                                                                           LAYERS)
-        torch.save((t_train, t_test), cache)
+    t_train, t_test = teacher_targets(out / "eval_teacher.pt", shared / "models/whisper-tiny.en",
+                                      args.test_seconds, (train_files, train_clean),
+                                      (test_files, test_clean))
     seen: dict[str, int] = {}
     keep = []
     for i, spk in enumerate(speakers):
