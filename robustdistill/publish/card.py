@@ -34,6 +34,7 @@ from .provenance import (
     NOT_RECORDED,
     ModelFacts,
     RunSummary,
+    config_section,
     measure_speed,
     model_facts,
     summarise_run,
@@ -340,11 +341,6 @@ def _ssl_view(run: RunSummary, heads_dir: Path | None) -> dict[str, Any]:
     }
 
 
-def _section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
-    value = cfg.get(name)
-    return value if isinstance(value, dict) else {}
-
-
 def _recorded(section: dict[str, Any], key: str) -> Any:
     value = section.get(key)
     return NOT_RECORDED if value is None else value
@@ -442,8 +438,8 @@ def _se_loss_text(loss: dict[str, Any]) -> str:
 def _se_view(run: RunSummary) -> dict[str, Any]:
     """The Training section of a ``train-se`` run
     (:class:`robustdistill.se.train.SETrainConfig`)."""
-    cfg, loss = run.config, _section(run.config, "loss")
-    training = _section(cfg, "training")
+    cfg, loss = run.config, config_section(run.config, "loss")
+    training = config_section(cfg, "training")
     optimisation = (f"steps {_recorded(training, 'max_steps')}, batch "
                     f"{_recorded(training, 'batch_size')}, Adam lr "
                     f"{_recorded(training, 'learning_rate')} (constant), gradient clipping "
@@ -502,8 +498,8 @@ def _speaker_loss_text(loss: dict[str, Any], student: dict[str, Any],
 def _speaker_view(run: RunSummary) -> dict[str, Any]:
     """The Training section of a ``train-speaker`` run
     (``SpeakerKDConfig`` of :mod:`robustdistill.speaker.train`)."""
-    cfg, loss = run.config, _section(run.config, "loss")
-    training, student = _section(cfg, "training"), _section(cfg, "student")
+    cfg, loss = run.config, config_section(run.config, "loss")
+    training, student = config_section(cfg, "training"), config_section(cfg, "student")
     optimisation = (f"epochs {_recorded(training, 'epochs')}, batch "
                     f"{_recorded(training, 'batch_size')}, AdamW lr "
                     f"{_recorded(training, 'lr')} (constant), weight decay "
@@ -520,7 +516,7 @@ def _speaker_view(run: RunSummary) -> dict[str, Any]:
         "recipe": "speaker", "distilled": loss.get("method") != "none",
         "dir": str(run.run_dir), "command": "robustdistill train-speaker",
         "lines": [("Student", _speaker_student_text(student)),
-                  ("Loss", _speaker_loss_text(loss, student, _section(cfg, "ig"))),
+                  ("Loss", _speaker_loss_text(loss, student, config_section(cfg, "ig"))),
                   ("Training data", run.train_data), ("Student's input", run.corruption),
                   ("Validation data", run.validation_data), ("Optimisation", optimisation),
                   ("Result", result)],
@@ -540,7 +536,7 @@ def _run_view(run: RunSummary, heads_dir: Path | None) -> dict[str, Any]:
 
 
 def _se_teacher_text(run: RunSummary) -> str:
-    loss = _section(run.config, "loss")
+    loss = config_section(run.config, "loss")
     if not run.teacher:
         if loss and not _se_uses_teacher(loss):
             return "none: trained supervised (task loss only)"
@@ -559,7 +555,7 @@ def _speaker_teacher_text(run: RunSummary) -> str:
              "weights of the installed `resemblyzer` package, frozen" if not run.teacher else
              f"a GE2E speaker encoder (arXiv:1710.10467) with the weights `{run.teacher}`, "
              "frozen")
-    if _section(run.config, "loss").get("method") == "none":
+    if config_section(run.config, "loss").get("method") == "none":
         where += "; unused by the loss (method `none`)"
     return where
 

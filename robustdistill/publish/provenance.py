@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["NOT_RECORDED", "RECIPES", "ModelFacts", "RunSummary", "measure_speed", "model_facts",
-           "run_recipe", "summarise_run"]
+__all__ = ["NOT_RECORDED", "RECIPES", "ModelFacts", "RunSummary", "config_section",
+           "measure_speed", "model_facts", "run_recipe", "summarise_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +205,8 @@ class RunSummary:
     last_train: dict[str, Any] = field(default_factory=dict)
 
 
-def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
+def config_section(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """``config[name]`` when it is a mapping (a config section), else ``{}``."""
     value = config.get(name)
     return value if isinstance(value, dict) else {}
 
@@ -223,10 +224,10 @@ def run_recipe(config: dict[str, Any], default: str = "ssl") -> str:
     """
     if default not in RECIPES:
         raise ValueError(f"unknown recipe {default!r}; known: {RECIPES}")
-    loss, data = _section(config, "loss"), _section(config, "data")
+    loss, data = config_section(config, "loss"), config_section(config, "data")
     if "objectives" in config or "augmentation" in config:
         return "ssl"
-    if "method" in loss or "ig" in config or "epochs" in _section(config, "training"):
+    if "method" in loss or "ig" in config or "epochs" in config_section(config, "training"):
         return "speaker"
     if loss or "snr_range" in data or "speech_dir" in data:
         return "se"
@@ -302,7 +303,7 @@ def _describe_speaker_data(data: dict[str, Any]) -> tuple[str, str, str]:
 
 def _run_teacher(config: dict[str, Any], recipe: str) -> str:
     if recipe == "se":
-        loss = _section(config, "loss")
+        loss = config_section(config, "loss")
         teacher = loss.get("teacher") if "teacher" in loss else config.get("teacher")
     else:
         teacher = config.get("teacher")
@@ -402,9 +403,9 @@ def summarise_run(run_dir: str | Path, step: int | None = None,
         except (OSError, ValueError) as err:  # an unknown architecture: say less, not fail
             logger.warning("could not read the teacher %s: %s", teacher, err)
     if recipe == "se":
-        train, valid, corruption = _describe_se_data(_section(config, "data"))
+        train, valid, corruption = _describe_se_data(config_section(config, "data"))
     elif recipe == "speaker":
-        train, valid, corruption = _describe_speaker_data(_section(config, "data"))
+        train, valid, corruption = _describe_speaker_data(config_section(config, "data"))
     else:
         train, valid = _describe_data(config.get("data") or {})
         corruption = _describe_corruption(config.get("augmentation") or {})
