@@ -100,6 +100,41 @@ def test_pairs_are_a_function_of_seed_and_step(tmp_path):
     torch.testing.assert_close(snr, torch.zeros(2), atol=1e-3, rtol=0)  # exact SNR mixing
 
 
+def test_rir_channels_one_reverberates_with_one_channel_of_a_stereo_rir(tmp_path):
+    """With rir_channels one, the reverberant target is the crop through one aligned channel;
+    mean (the default) through their average."""
+    from robustdistill.augment import reverberate
+
+    _write_data(tmp_path)
+    (tmp_path / "rir").mkdir()
+    stereo = np.zeros((400, 2), np.float32)
+    stereo[10, 0], stereo[14, 1], stereo[120, 1] = 1.0, 1.0, 0.6  # direct paths 4 apart
+    sf.write(tmp_path / "rir" / "room.wav", stereo, 16000)
+
+    def pairs(channels, target):
+        cfg = PairConfig(speech_dir=str(tmp_path / "speech"), noise_dir=str(tmp_path / "noise"),
+                         rir_dir=str(tmp_path / "rir"), reverb_prob=1.0, crop_seconds=0.5,
+                         snr_range=(0, 0), rir_channels=channels, target=target)
+        maker = PairMaker(cfg, 3)
+        return maker, maker.batch(0, 4)[1]
+
+    for channels in ("one", "mean"):
+        maker, wet = pairs(channels, "reverberant")
+        _, dry = pairs(channels, "dry")
+        bank = maker.rirs
+        responses = list(bank.channels[0]) if channels == "one" else [bank.rirs[0]]
+        assert len(responses) == (2 if channels == "one" else 1)
+        used = set()
+        for w, d in zip(wet, dry, strict=True):
+            matches = [k for k, rir in enumerate(responses)
+                       if np.allclose(w.numpy(), reverberate(d.numpy(), rir), atol=1e-5)]
+            assert len(matches) == 1
+            used.update(matches)
+        assert channels == "mean" or used == {0, 1}  # both channels drawn over 4 items
+    with pytest.raises(ValueError, match="rir_channels"):
+        PairConfig(rir_channels="left")
+
+
 def _write_half_silent_noise(root):
     """Noise silent for 4 s, audible for its last 0.1 s: most drawn segments are silent."""
     noise = np.zeros(65600, np.float32)

@@ -46,6 +46,11 @@ class PairConfig:
         crop_seconds: length of each item in seconds (> 0).
         snr_range: ``[low, high]`` SNR in dB, drawn uniformly.
         reverb_prob: probability of reverberating an item (needs ``rir_dir``).
+        rir_channels: a multi-channel RIR file is ``"mean"``: down-mixed into one response
+            (default, the published SE figures; for a stereo pair whose direct paths are apart,
+            a comb filter no microphone recorded) or ``"one"``: each reverberated item uses
+            one channel, drawn after the file (as distillation's ``augmentation.rir_channels:
+            one`` and RobustDistiller's reference code).
         target: ``"reverberant"`` (the speech the microphone got, default) or ``"dry"``.
         sample_rate: Hz.
         pool_size: 0 (default): every item is drawn afresh. ``N > 0``: ``N`` items are drawn
@@ -61,6 +66,7 @@ class PairConfig:
     crop_seconds: float = 2.0
     snr_range: tuple[float, float] = (-5.0, 20.0)
     reverb_prob: float = 0.25
+    rir_channels: str = "mean"
     target: str = "reverberant"
     sample_rate: int = SAMPLE_RATE
     pool_size: int = 0
@@ -76,6 +82,8 @@ class PairConfig:
             raise ValueError(f"reverb_prob must lie in [0, 1], got {self.reverb_prob}")
         if self.reverb_prob > 0 and not self.rir_dir:
             raise ValueError("reverb_prob > 0 needs rir_dir")
+        if self.rir_channels not in ("mean", "one"):
+            raise ValueError(f"rir_channels must be 'mean' or 'one', got {self.rir_channels!r}")
         if self.pool_size < 0:
             raise ValueError(f"pool_size must be >= 0, got {self.pool_size}")
         if self.target not in ("reverberant", "dry"):
@@ -162,7 +170,8 @@ class PairMaker:
         self.seed = seed
         self.speech = SpeechIndex(config.speech_dir, config.sample_rate)
         self.noise = NoiseBank.from_folder(config.noise_dir, config.sample_rate)
-        self.rirs = (RirBank.from_folder(config.rir_dir, sample_rate=config.sample_rate)
+        self.rirs = (RirBank.from_folder(config.rir_dir, sample_rate=config.sample_rate,
+                                         channels=config.rir_channels)
                      if config.rir_dir and config.reverb_prob > 0 else None)
         self.length = int(round(config.crop_seconds * config.sample_rate))
         self._pool: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -187,7 +196,7 @@ class PairMaker:
             raise AudioError("10 silent or unusable speech crops in a row: check speech_dir")
         dry = speech
         if self.rirs is not None and rng.random() < c.reverb_prob:
-            rir = self.rirs.rirs[int(rng.integers(len(self.rirs)))]
+            rir, _, _ = self.rirs.draw(rng)  # "mean": one integer draw, as before
             wet = np.zeros_like(speech)
             wet[:real] = reverberate(speech[:real], rir)
             speech = wet
