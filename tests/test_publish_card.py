@@ -221,6 +221,11 @@ def test_every_template_renders_without_placeholders(run, kind):
                       speed=False, copy_plots=False)
     check_no_placeholders(card.text)
     assert card.data.pipeline_tag == KINDS[kind][1]
+    references = card.text.split("## References", 1)[1]
+    expected = {"ssl": "arXiv:2110.01900", "se": "arXiv:2101.09249", "speaker": "arXiv:2409.09389"}
+    assert expected.pop(kind) in references  # each kind cites its own papers only
+    assert not any(arxiv in references for arxiv in expected.values())
+    assert references.rstrip().endswith(".")
 
 
 def test_card_without_run_or_results_says_so(run):

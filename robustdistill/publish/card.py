@@ -819,6 +819,7 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     run_view = _run_view(run, heads_dir_for(model_dir, run.run_dir)) if run else None
     context = {
         "card_data": card_data.to_yaml(), "model_name": model_name, "student": student,
+        "kind": kind,
         "teacher_text": _teacher_text(run, base_model),
         "distilled": run is None or run_view["distilled"],
         "teacher_params": run.teacher_facts.parameters if run and run.teacher_facts else None,
