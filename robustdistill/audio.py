@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -48,6 +49,15 @@ SAMPLE_RATE = 16_000
 
 #: libsndfile's frame count for streams of unknown length (e.g. some OGG/MP3 headers).
 SF_UNKNOWN_FRAMES = 2**62
+
+#: A WAV ``data`` or AIFF ``SSND`` chunk size of at least this many bytes is a writer's
+#: "length unknown" placeholder (0xFFFFFFFF from FFmpeg's pipe output, 0x7FFFF000 from
+#: others), not a claim about the file's length.
+_UNKNOWN_CHUNK_SIZE = 0x7FFF_F000
+
+#: libsndfile's header report of a sample chunk larger than the bytes present:
+#: ``data : 64000 (should be 31978)`` (WAV) or ``SSND : 3208 (should be 1581)`` (AIFF).
+_SHORT_CHUNK = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 
 #: File name extensions that :func:`list_audio_files` picks up (lower case).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
@@ -209,12 +219,32 @@ def _open_source(source: str | os.PathLike | bytes):
     return handle, name
 
 
+def _refuse_short_chunk(audio_info: str, name: str) -> None:
+    """Refuse a WAV/AIFF file cut short: its sample chunk announces more bytes than it holds.
+
+    libsndfile shrinks the frame count of such a file to the bytes present, so a WAV cut in
+    half would otherwise decode as a shorter clip without an error; its header report
+    (``SoundFile.extra_info``) still names the announced and the present sizes.
+
+    Raises:
+        AudioError: ``"unreadable"``, naming the announced and present byte counts.
+    """
+    match = _SHORT_CHUNK.search(audio_info)
+    if match is None:
+        return
+    chunk, announced, present = match.group(1), int(match.group(2)), int(match.group(3))
+    if present < announced < _UNKNOWN_CHUNK_SIZE:
+        raise AudioError(f"{name}: truncated: its '{chunk}' chunk announces {announced} bytes "
+                         f"of samples, the file holds {present}", "unreadable")
+
+
 def probe_audio(source: str | os.PathLike | bytes) -> AudioInfo:
     """Read only the header of an audio file (or its bytes).
 
     Raises:
         AudioError: ``"permission denied"``, ``"empty"`` (0 bytes), ``"unreadable"`` (not
-            audio, a corrupt header, a missing file).
+            audio, a corrupt header, a missing file, a WAV/AIFF file whose sample chunk is
+            cut short).
     """
     handle, name = _open_source(source)
     with handle:
@@ -222,6 +252,7 @@ def probe_audio(source: str | os.PathLike | bytes) -> AudioInfo:
             info = sf.info(handle)
         except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as err:
             raise AudioError(f"{name}: not readable as audio ({err})", "unreadable") from err
+    _refuse_short_chunk(info.extra_info, name)
     return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels))
 
 
@@ -233,17 +264,19 @@ def decode_audio(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
 
     Raises:
         AudioError: with :attr:`~AudioError.reason` ``"permission denied"``, ``"unreadable"``
-            (not audio, truncated or corrupt: a decode error, or fewer samples than the header
-            announces), ``"empty"`` (0 bytes).
+            (not audio, truncated or corrupt: a decode error, fewer samples than the header
+            announces, or a WAV/AIFF sample chunk cut short), ``"empty"`` (0 bytes).
     """
     handle, name = _open_source(source)
     with handle:
         try:
             with sf.SoundFile(handle) as audio:
                 announced, sr = audio.frames, audio.samplerate
+                header = audio.extra_info
                 data = audio.read(dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as err:
             raise AudioError(f"{name}: cannot decode audio ({err})", "unreadable") from err
+    _refuse_short_chunk(header, name)
     if 0 < announced < SF_UNKNOWN_FRAMES and len(data) < announced:
         raise AudioError(f"{name}: truncated: decoded {len(data)} of the {announced} frames "
                          "its header announces", "unreadable")
@@ -310,7 +343,8 @@ def load_audio_window(
     Raises:
         ValueError: a negative ``start`` or a non-positive ``num_samples``.
         AudioError: ``"unreadable"`` (also when the file holds fewer samples than the window
-            needs: truncated), ``"permission denied"``, ``"empty"``, ``"non-finite"``.
+            needs, or a WAV/AIFF sample chunk is cut short: truncated), ``"permission
+            denied"``, ``"empty"``, ``"non-finite"``.
     """
     if start < 0 or num_samples <= 0:
         raise ValueError(f"need start >= 0 and num_samples > 0, got {start}, {num_samples}")
@@ -318,6 +352,7 @@ def load_audio_window(
     with handle:
         try:
             with sf.SoundFile(handle) as audio:
+                _refuse_short_chunk(audio.extra_info, name)
                 sr = audio.samplerate
                 # Start on a frame that falls on the target grid (a multiple of
                 # sr / gcd frames = target_sr / gcd samples), with context before it.

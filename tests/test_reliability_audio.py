@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import stat
@@ -24,6 +25,7 @@ from robustdistill.data import AudioFileDataset, build_dataloader, collate_wavef
 #: name -> the reason it is skipped (None: unusual but valid, it must be used).
 BAD_KINDS: dict[str, str | None] = {
     "truncated.flac": "unreadable",  # a FLAC cut in the middle of a frame
+    "truncated.wav": "unreadable",  # a WAV cut in half (libsndfile shrinks its frame count)
     "empty_file.wav": "empty",  # 0 bytes
     "zero_samples.wav": "too short",  # a valid header with no data (0 s < min_length_s)
     "not_audio.wav": "unreadable",  # a text file named .wav
@@ -62,6 +64,10 @@ def write_bad_corpus(folder: Path, hour: bool = True) -> dict[str, str | None]:
     data = (folder / "full.flac").read_bytes()
     (folder / "truncated.flac").write_bytes(data[: len(data) // 2])
     (folder / "full.flac").unlink()
+    sf.write(folder / "full.wav", tone, sr)
+    data = (folder / "full.wav").read_bytes()
+    (folder / "truncated.wav").write_bytes(data[: len(data) // 2])
+    (folder / "full.wav").unlink()
     (folder / "empty_file.wav").write_bytes(b"")
     sf.write(folder / "zero_samples.wav", np.zeros(0, np.float32), sr)
     (folder / "not_audio.wav").write_text("this is not audio, just a text file named .wav\n" * 20)
@@ -118,6 +124,34 @@ def test_each_broken_file_raises_audio_error_with_its_reason(corpus, deny_unread
         load_audio(folder / name)
     assert info.value.reason == kinds[name]
     assert name in str(info.value)  # the message names the file
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "AIFF"])
+def test_a_cut_wav_or_aiff_is_refused_but_a_length_unknown_placeholder_is_not(tmp_path, fmt):
+    # libsndfile reports a cut WAV/AIFF as a shorter, valid file (frames = bytes present);
+    # only its header report shows the sample chunk announcing more bytes than it holds.
+    tone = _tone(2.0, SAMPLE_RATE)
+    buffer = io.BytesIO()
+    sf.write(buffer, tone, SAMPLE_RATE, format=fmt, subtype="PCM_16")
+    data = buffer.getvalue()
+    assert len(load_audio(data)) == len(tone)  # the whole file is fine
+    for cut in (data[: len(data) // 2], data[:-1]):
+        for read in (load_audio, probe_audio):
+            with pytest.raises(AudioError, match="truncated") as info:
+                read(cut)
+            assert info.value.reason == "unreadable"
+    path = tmp_path / f"cut.{fmt.lower()}"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioError, match="truncated"):
+        audio_module.load_audio_window(path, 0, 100)
+    if fmt == "WAV":
+        # Streaming writers that cannot seek back announce 0xFFFFFFFF ("length unknown"):
+        # the audio present is the file, nothing is cut.
+        chunk = data.find(b"data")
+        unknown = bytearray(data)
+        unknown[4:8] = unknown[chunk + 4: chunk + 8] = (0xFFFF_FFFF).to_bytes(4, "little")
+        assert np.array_equal(load_audio(bytes(unknown)), load_audio(data))
+        assert probe_audio(bytes(unknown)).frames == len(tone)
 
 
 def test_zero_samples_and_one_sample_decode_to_what_they_hold(corpus):
