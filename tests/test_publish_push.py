@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from unittest import mock
 
+import httpx2 as httpx
 import huggingface_hub
 import pytest
 
@@ -59,7 +60,14 @@ def test_dry_run_lists_every_file_and_contacts_nothing(folder, monkeypatch, caps
     def no_network(*args, **kwargs):
         raise AssertionError("the dry run contacted the Hub")
 
-    monkeypatch.setattr(huggingface_hub.HfApi, "__init__", no_network)
+    # Every request huggingface_hub makes goes through an httpx client's send; the Hub API's
+    # write methods and the token lookup are blocked too. (Constructing an HfApi is not a
+    # contact: importing huggingface_hub.hf_file_system, as the CLI's logging set-up does
+    # through datasets, builds one at import time.)
+    monkeypatch.setattr(httpx.Client, "send", no_network)
+    monkeypatch.setattr(httpx.AsyncClient, "send", no_network)
+    for name in ("upload_folder", "create_repo", "create_commit", "whoami", "repo_info"):
+        monkeypatch.setattr(huggingface_hub.HfApi, name, no_network)
     monkeypatch.setattr(huggingface_hub, "get_token", no_network)
     caplog.set_level(logging.DEBUG)
     rc = main(["push", "--model", str(folder), "--repo-id", "org/tiny-robust", "--dry-run"])
