@@ -1,0 +1,121 @@
+"""Mutation-testing additions for downstream.results / downstream.report: paired comparisons
+on hand-made per-item records (direction, significance, pairing by item), multi-seed
+intervals, and the report's per-condition cells."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from downstream.report import report
+from downstream.results import item_intervals, paired_comparisons, write_items
+from downstream.tasks.utterance_classification.task import UtteranceClassification
+
+
+def _result(tmp_path, name, task, metric, per_condition, higher=True):
+    """A results dict whose per-item records ``per_condition[cond]`` are written to disk."""
+    folder = tmp_path / name
+    (folder / "items").mkdir(parents=True)
+    metrics = {}
+    for cond, items in per_condition.items():
+        write_items(folder / "items" / f"{cond}.jsonl", items)
+        value = np.mean([r["correct"] for r in items]) if "correct" in items[0] else 0.0
+        metrics[cond] = {metric: float(value)}
+    return {"task": task, "upstream": f"/models/{name}", "primary_metric": metric,
+            "higher_is_better": higher, "conditions": list(per_condition), "metrics": metrics,
+            "source_dir": str(folder), "test_set_sha1": "same"}
+
+
+def _uc_items(correct, keys=None):
+    keys = keys or [f"u{i}" for i in range(len(correct))]
+    return [{"key": k, "target": "a", "prediction": "a" if c else "b", "correct": int(c)}
+            for k, c in zip(keys, correct, strict=True)]
+
+
+def test_paired_comparison_direction_significance_and_mcnemar(tmp_path):
+    # a is right on all 10 items; b only on the first 2 (also right for a). Every resample has
+    # acc(a) - acc(b) >= 0, and it is 0 only if all 10 draws hit the first 2 items.
+    a = _result(tmp_path, "a", "utterance_classification", "accuracy",
+                {"clean": _uc_items([1] * 10)})
+    b = _result(tmp_path, "b", "utterance_classification", "accuracy",
+                {"clean": _uc_items([1, 1] + [0] * 8)})
+    c = _result(tmp_path, "c", "utterance_classification", "accuracy",
+                {"clean": _uc_items([1, 1] + [0] * 8)})
+    rows, notes = paired_comparisons([a, b, c], resamples=200)
+    assert notes == []
+    by_pair = {(r["a"], r["b"]): r for r in rows}
+    ab = by_pair[("a", "b")]
+    assert ab["difference"] == pytest.approx(0.8)  # metric(a) - metric(b)
+    assert 0 < ab["low"] <= ab["high"] <= 1.0
+    assert ab["significant"] is True
+    # exact McNemar: 8 items right only for a, none only for b: p = 2 / 2**8
+    assert (ab["a_only"], ab["b_only"]) == (8, 0)
+    assert ab["mcnemar_p"] == pytest.approx(2 / 2**8)
+    bc = by_pair[("b", "c")]  # identical records: difference 0, not significant
+    assert bc["difference"] == 0 and bc["significant"] is False and bc["p_value"] == 1.0
+    ca = paired_comparisons([c, a], resamples=50)[0][0]
+    assert ca["difference"] == pytest.approx(-0.8) and ca["high"] < 0 and ca["significant"]
+
+
+def test_records_in_another_order_are_not_paired(tmp_path):
+    keys = [f"u{i}" for i in range(4)]
+    a = _result(tmp_path, "a", "utterance_classification", "accuracy",
+                {"clean": _uc_items([1, 0, 1, 0], keys)})
+    b = _result(tmp_path, "b", "utterance_classification", "accuracy",
+                {"clean": _uc_items([1, 0, 1, 0], keys[::-1])})
+    rows, notes = paired_comparisons([a, b], resamples=20)
+    assert rows == []
+    assert len(notes) == 1 and "different items" in notes[0]
+
+
+def test_speaker_trials_are_paired_by_enroll_and_test(tmp_path):
+    def trials(tests):
+        return [{"enroll": "e1", "test": t, "label": lab, "score": s}
+                for t, lab, s in zip(tests, [1, 0, 0], [0.9, 0.1, 0.2], strict=True)]
+
+    a = _result(tmp_path, "a", "speaker_verification", "eer", {"clean": trials(["t1", "t2", "t3"])},
+                higher=False)
+    b = _result(tmp_path, "b", "speaker_verification", "eer", {"clean": trials(["t1", "t4", "t5"])},
+                higher=False)
+    rows, notes = paired_comparisons([a, b], resamples=20)
+    assert rows == [] and "different items" in notes[0]  # same enroll keys, other test keys
+    same = _result(tmp_path, "c", "speaker_verification", "eer",
+                   {"clean": trials(["t1", "t2", "t3"])}, higher=False)
+    rows, notes = paired_comparisons([a, same], resamples=20)
+    assert notes == [] and len(rows) == 1 and rows[0]["difference"] == 0.0
+
+
+def test_multi_seed_intervals_average_the_seeds(tmp_path, caplog):
+    # seed 0: all right (accuracy 1), seed 1: all wrong (0). The run's metric is the mean over
+    # seeds, 0.5, and every stratified resample also gives exactly 0.5.
+    groups = [_uc_items([1] * 4), _uc_items([0] * 4)]
+    out = item_intervals(UtteranceClassification, groups, {"accuracy": 0.5}, resamples=30)
+    assert out == {"accuracy": [pytest.approx(0.5), pytest.approx(0.5)]}
+    # a reported value the records do not reproduce gets no interval (and a warning)
+    with caplog.at_level(logging.WARNING, logger="downstream.results"):
+        assert item_intervals(UtteranceClassification, groups, {"accuracy": 0.75},
+                              resamples=30) == {}
+    assert "reported 0.75" in caplog.text
+
+
+def test_report_cells_per_condition_and_scaled_std(tmp_path):
+    def res(name, clean, snr0):
+        return {"upstream": f"/m/{name}", "primary_metric": "accuracy",
+                "conditions": ["clean", "snr0"], "seeds": [0, 1],
+                "metrics": {"clean": {"accuracy": clean}, "snr0": {"accuracy": snr0}},
+                "metrics_std": {"clean": {"accuracy": 0.02}, "snr0": {"accuracy": 0.05}}}
+
+    rows = [{"a": "t", "b": "s", "condition": "clean", "difference": 0.1, "low": 0.05,
+             "high": 0.15, "significant": True},
+            {"a": "t", "b": "s", "condition": "snr0", "difference": -0.05, "low": -0.2,
+             "high": 0.1, "significant": False}]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"results": [res("t", 0.9, 0.6), res("s", 0.8, 0.65)],
+                                "comparisons": rows}))
+    lines = report(path, scale=100.0, digits=1).splitlines()
+    assert "| t | 90.0 ± 2.0 | 60.0 ± 5.0 |" in lines
+    assert "| s | 80.0 ± 2.0 | 65.0 ± 5.0 |" in lines
+    assert "| t - s | +10.0 [+5.0, +15.0]* | -5.0 [-20.0, +10.0] |" in lines

@@ -1,0 +1,210 @@
+"""Mutation-testing additions for the task metrics: utterance accuracy (micro) and its
+per-item macro statistic, speaker-verification scoring of trials, x-vector padding,
+AM-softmax, ASR WER/CER, SE per-utterance SI-SDRi and the PESQ/STOI argument order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from downstream.base import Example
+from downstream.data import DataConfig, SourceConfig
+
+
+def _data():
+    return DataConfig(SourceConfig(root="x"))
+
+
+class _Logits(nn.Module):
+    """Head stub: the features of frame 0 are the logits / the embedding."""
+
+    def forward(self, features, frame_lengths):
+        return features[:, 0]
+
+    def embed(self, features, frame_lengths):
+        return features[:, 0]
+
+
+# ---------------------------------------------------------------- utterance classification
+def test_accuracy_is_micro_and_macro_item_statistic_skips_absent_classes():
+    from downstream.tasks.utterance_classification import UtteranceClassificationConfig
+    from downstream.tasks.utterance_classification.task import UtteranceClassification
+
+    task = UtteranceClassification(UtteranceClassificationConfig(data=_data()))
+    task.classes = ["a", "b", "c"]
+    targets, predictions = [0, 0, 0, 1], [0, 0, 0, 0]
+    logits = torch.nn.functional.one_hot(torch.tensor(predictions), 3).float()[:, None]
+    examples = [Example(f"u{i}", np.zeros(1), t) for i, t in enumerate(targets)]
+    metrics = task.evaluate(_Logits(), [(logits, torch.ones(4, dtype=torch.long), examples)])
+    assert metrics["accuracy"] == pytest.approx(0.75)  # 3 of 4 items
+    assert metrics["macro_accuracy"] == pytest.approx(0.5)  # class a: 1, class b: 0
+    items = task.items()
+    assert [r["correct"] for r in items] == [1, 1, 1, 0]
+    macro = UtteranceClassification.item_statistic(items, "macro_accuracy")
+    assert macro(np.arange(4)) == pytest.approx(0.5)
+    # a resample holding only class-a items: the macro average is over the classes present
+    assert macro(np.array([0, 1, 1, 2])) == pytest.approx(1.0)
+    assert UtteranceClassification.item_statistic(items, "accuracy")(np.array([3, 3, 0])) == \
+        pytest.approx(1 / 3)
+
+
+# ---------------------------------------------------------------- speaker verification
+def _sv_task(**trials):
+    from downstream.tasks.speaker_verification.task import (
+        SpeakerVerification,
+        SpeakerVerificationConfig,
+        TrialsConfig,
+    )
+
+    return SpeakerVerification(SpeakerVerificationConfig(data=_data(),
+                                                         trials=TrialsConfig(**trials)))
+
+
+def _sv_batch():
+    # speaker A: (1, 0), (0.8, 0.6); speaker B: (0.6, 0.8), (0, 1). Cosine scores:
+    # target trials (A0, A1) 0.8, (B0, B1) 0.8; non-target (A0, B0) 0.6, (A0, B1) 0,
+    # (A1, B0) 0.96, (A1, B1) 0.6.
+    emb = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]])[:, None]
+    examples = [Example(k, np.zeros(1), None, s) for k, s in
+                (("a0", "A"), ("a1", "A"), ("b0", "B"), ("b1", "B"))]
+    return emb, torch.ones(4, dtype=torch.long), examples
+
+
+def test_speaker_verification_scores_trials_by_hand():
+    from downstream.tasks.speaker_verification.task import SpeakerVerification
+
+    task = _sv_task()
+    metrics = task.evaluate(_Logits(), [_sv_batch()])
+    items = task.items()
+    assert [(r["enroll"], r["test"], r["label"]) for r in items] == [
+        ("a0", "a1", 1), ("b0", "b1", 1), ("a0", "b0", 0), ("a0", "b1", 0), ("a1", "b0", 0),
+        ("a1", "b1", 0)]
+    np.testing.assert_allclose([r["score"] for r in items], [0.8, 0.8, 0.6, 0.0, 0.96, 0.6],
+                               atol=1e-6)
+    # (P_miss, P_fa): inf (1, 0); 0.96 (1, 1/4); 0.8 (0, 1/4); the crossing between 0.96 and
+    # 0.8 with alpha = (3/4) / (3/4 + 1/4): EER = 1/4.
+    assert metrics["eer"] == pytest.approx(0.25)
+    # minDCF, p_target 0.01: P_miss + 99 P_fa -> 1 (reject all) is the minimum
+    assert metrics["min_dcf"] == pytest.approx(1.0)
+    assert task.last_trials == {"target": 2, "nontarget": 4, "speakers": 2, "items": 4}
+    eer = SpeakerVerification.item_statistic(items, "eer")
+    assert eer(np.arange(6)) == pytest.approx(0.25)
+    assert np.isnan(eer(np.array([0, 1, 0])))  # no non-target trial in the resample
+    # the configured prior is used: p_target 0.5 -> P_miss + P_fa, minimum 1/4 at t = 0.8
+    task = _sv_task(p_target=0.5)
+    assert task.evaluate(_Logits(), [_sv_batch()])["min_dcf"] == pytest.approx(0.25)
+
+
+def test_xvector_embedding_ignores_padding_in_eval_mode():
+    from downstream.tasks.speaker_verification.head import XVectorHead
+
+    torch.manual_seed(0)
+    head = XVectorHead(3, 2, channels=4, kernel_sizes=[3, 3], dilations=[1, 2],
+                       embedding_dim=5).eval()
+    short = torch.randn(1, 6, 3)
+    batch = torch.cat([torch.cat([short, torch.zeros(1, 4, 3)], dim=1), torch.randn(1, 10, 3)])
+    with torch.no_grad():
+        alone = head.embed(short, torch.tensor([6]))
+        padded = head.embed(batch, torch.tensor([6, 10]))[:1]
+    torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_am_softmax_subtracts_the_margin_from_the_target_cosine():
+    from downstream.tasks.speaker_verification.head import AMSoftmax
+
+    loss = AMSoftmax(2, 2, margin=0.2, scale=10.0)
+    with torch.no_grad():
+        loss.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    # embedding along class 0: cosines (1, 0); logits 10 * (1 - 0.2) = 8 and 0
+    value = loss(torch.tensor([[3.0, 0.0]]), torch.tensor([0])).item()
+    assert value == pytest.approx(float(np.log1p(np.exp(-8.0))), rel=1e-4)
+
+
+# ---------------------------------------------------------------- ASR
+def _asr_task():
+    from downstream.tasks.asr.task import AsrConfig, AsrTask
+
+    return AsrTask(AsrConfig(data=_data()))
+
+
+def _paths(texts, frames=12):
+    """One-hot 'log-probs' whose greedy decoding is each text (blank between symbols)."""
+    from downstream.tasks.asr.task import ALPHABET
+
+    index = {c: i for i, c in enumerate(ALPHABET)}
+    out = torch.zeros(len(texts), frames, len(ALPHABET))
+    for b, text in enumerate(texts):
+        path = [s for ch in text for s in (index[ch], 0)]
+        path += [0] * (frames - len(path))
+        out[b] = torch.nn.functional.one_hot(torch.tensor(path), len(ALPHABET)).float()
+    return out
+
+
+def test_asr_wer_is_normalised_by_reference_words():
+    from downstream.tasks.asr.task import AsrTask, edit_distance
+
+    assert edit_distance(["A", "B", "C"], ["A", "X", "C"]) == 1  # one substitution
+    assert edit_distance(["A", "C"], ["A", "B", "C"]) == 1  # one deletion
+    assert edit_distance([], ["A", "B"]) == 2
+    task = _asr_task()
+    examples = [Example("u1", None, "A B C D"), Example("u2", None, "E F")]
+    # hypotheses "A B" (2 deletions of 4 words) and "E G F" (1 insertion of 2 words)
+    features = _paths(["A B", "E G F"])
+    metrics = task.evaluate(_Logits2(), [(features, torch.tensor([12, 12]), examples)])
+    # corpus WER = (2 + 1) / (4 + 2) reference words = 0.5 (by hypothesis words: 3 / 5)
+    assert metrics["wer"] == pytest.approx(0.5)
+    # CER: "A B" vs "A B C D": 4 deletions of 7 characters; "E G F" vs "E F": 2 insertions of
+    # 3 characters -> 6 / 10
+    assert metrics["cer"] == pytest.approx(0.6)
+    items = task.items()
+    assert [(r["word_errors"], r["words"], r["char_errors"], r["chars"]) for r in items] == [
+        (2, 4, 4, 7), (1, 2, 2, 3)]
+    for metric in ("wer", "cer"):
+        stat = AsrTask.item_statistic(items, metric)
+        assert stat(np.arange(2)) == pytest.approx(metrics[metric])
+    assert AsrTask.item_statistic(items, "wer")(np.array([0, 0])) == pytest.approx(0.5)
+
+
+class _Logits2(nn.Module):
+    """ASR head stub: the features are the log-probabilities."""
+
+    def forward(self, features, frame_lengths):
+        return features
+
+
+# ---------------------------------------------------------------- speech enhancement
+def test_se_records_the_si_sdr_improvement_of_each_utterance(monkeypatch):
+    import downstream.tasks.speech_enhancement.task as se
+
+    c = np.tile(np.array([1.0, -1.0, 1.0, -1.0], np.float32), 80)
+    e = np.tile(np.array([1.0, 1.0, -1.0, -1.0], np.float32), 80)
+    monkeypatch.setattr(se, "speech_metrics",
+                        lambda signal, reference, key="": {"pesq": 1.0, "stoi": 0.5,
+                                                           "si_sdr": 0.0})
+    task = se.SpeechEnhancementTask(se.SpeechEnhancementConfig(_data()))
+    monkeypatch.setattr(task, "enhance", lambda head, f, ex: [c + 0.1 * e])
+    # noisy c + e: 0 dB; enhanced c + 0.1 e: 20 dB -> +20 dB improvement
+    metrics = task.evaluate(None, [(None, None, [Example("u", c + e, c)])])
+    assert task.items()[0]["si_sdr_improvement"] == pytest.approx(20.0, abs=1e-4)
+    assert metrics["si_sdr_improvement"] == pytest.approx(20.0, abs=1e-4)
+
+
+def test_speech_metrics_pass_reference_first_to_pesq_and_stoi():
+    from pesq import pesq
+    from pystoi import stoi
+
+    from downstream.tasks.speech_enhancement.task import speech_metrics
+    from robustdistill.synthetic import synthetic_waveform
+
+    sr = 16000
+    rng = np.random.default_rng(0)
+    clean = synthetic_waveform(2.0, rng).astype(np.float64)
+    noisy = clean + 0.1 * np.std(clean) * rng.standard_normal(clean.size)
+    out = speech_metrics(noisy, clean)
+    assert out["pesq"] == pytest.approx(pesq(sr, clean, noisy, "wb"), abs=1e-6)
+    assert out["stoi"] == pytest.approx(stoi(clean, noisy, sr), abs=1e-6)
+    # the order matters for these signals (the check above would not see a swap otherwise)
+    assert abs(pesq(sr, noisy, clean, "wb") - out["pesq"]) > 0.3
+    assert abs(stoi(noisy, clean, sr) - out["stoi"]) > 0.01
