@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -50,16 +52,75 @@ def test_resume_equals_uninterrupted(tiny, tmp_path):
     straight = train_system(_setup(tmp_path, "a", 3), teacher, crops)
     train_system(_setup(tmp_path, "b", 3), teacher, crops, stop_after_epochs=1)
     resumed = train_system(_setup(tmp_path, "b", 3, resume=True), teacher, crops)
-    assert [e["epoch"] for e in resumed["epochs"]] == [2, 3]
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3]  # the whole run's log
     a = load_file(tmp_path / "a" / "checkpoints" / "epoch_3" / "model.safetensors")
     b = load_file(tmp_path / "b" / "checkpoints" / "epoch_3" / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert straight["epochs"][2]["loss"] == resumed["epochs"][1]["loss"]
+    assert [e["loss"] for e in straight["epochs"]] == [e["loss"] for e in resumed["epochs"]]
     # the maps were computed in the first epoch and read from the cache afterwards
     assert straight["epochs"][0]["cache_misses"] > 0 == straight["epochs"][0]["cache_hits"]
     assert straight["epochs"][1]["cache_misses"] == 0 < straight["epochs"][1]["cache_hits"]
+
+
+def _baseline_setup(tmp_path, out, epochs, resume=False):
+    cfg = _setup(tmp_path, out, epochs, resume)
+    cfg.loss.method = "none"  # no IG maps: the checkpoint logic is what is tested
+    return cfg
+
+
+def test_a_kill_while_saving_a_checkpoint_resumes_from_the_one_before(tiny, tmp_path,
+                                                                      monkeypatch):
+    """A kill inside save_state leaves only ``epoch_N.partial``: resume picks epoch N - 1,
+    replays epoch N exactly, and the log holds each epoch once."""
+    import accelerate
+
+    teacher, crops = tiny
+    straight = train_system(_baseline_setup(tmp_path, "a", 3), teacher, crops)
+    real_save = accelerate.Accelerator.save_state
+
+    def killed_in_epoch_2(self, output_dir=None, **kwargs):
+        if "epoch_2" in str(output_dir):
+            Path(output_dir).mkdir(parents=True)
+            (Path(output_dir) / "model.safetensors").write_bytes(b"half")
+            raise KeyboardInterrupt("killed while saving")
+        return real_save(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(accelerate.Accelerator, "save_state", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_system(_baseline_setup(tmp_path, "b", 3), teacher, crops)
+    monkeypatch.undo()
+    run = tmp_path / "b"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "epoch_1", "epoch_2.partial"]
+    assert [json.loads(line)["epoch"] for line in
+            (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]  # logged, not saved
+    resumed = train_system(_baseline_setup(tmp_path, "b", 3, resume=True), teacher, crops)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "epoch_1", "epoch_2", "epoch_3"]
+    assert [e["loss"] for e in resumed["epochs"]] == [e["loss"] for e in straight["epochs"]]
+    assert [json.loads(line)["epoch"] for line in
+            (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    a = load_file(tmp_path / "a" / "checkpoints" / "epoch_3" / "model.safetensors")
+    b = load_file(run / "checkpoints" / "epoch_3" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resuming_a_finished_run_keeps_its_log_and_evaluates_again(tiny, tmp_path):
+    teacher, crops = tiny
+    rng = np.random.default_rng(1)
+    sets = {"held": [Utterance(f"t{i % 2}", f"u{i}",
+                               (0.1 * rng.standard_normal(3200)).astype(np.float32))
+                     for i in range(4)]}
+    first = train_system(_baseline_setup(tmp_path, "f", 2), teacher, crops, sets)
+    for stop in (None, 1):  # stop_after_epochs on a finished run used to crash
+        again = train_system(_baseline_setup(tmp_path, "f", 2, resume=True), teacher, crops,
+                             sets, stop_after_epochs=stop)
+        assert again["epochs"] == first["epochs"]
+        assert again["eval"] == first["eval"]
+        saved = json.loads((tmp_path / "f" / "result.json").read_text())
+        assert [e["epoch"] for e in saved["epochs"]] == [1, 2]
 
 
 def test_map_targets_same_hop_is_shifted_identity_and_keeps_mass():

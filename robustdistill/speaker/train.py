@@ -33,6 +33,9 @@ import argparse
 import json
 import logging
 import math
+import os
+import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -356,10 +359,44 @@ def evaluate_student(model: SpeakerModel, sets: dict[str, list[Utterance]], cfg:
 
 
 # ---------------------------------------------------------------------------- training
+_CHECKPOINT = re.compile(r"epoch_(\d+)")
+
+
 def _last_checkpoint(output_dir: Path) -> tuple[Path, int] | None:
-    found = sorted((int(p.name.split("_")[-1]), p) for p in
-                    (output_dir / "checkpoints").glob("epoch_*") if p.is_dir())
+    """The newest complete checkpoint, ``(folder, epochs done)``; None if there is none.
+
+    Checkpoints are written as ``epoch_N.partial`` and renamed to ``epoch_N`` once complete
+    (:func:`_save_checkpoint`), so a folder a kill left half-written is never picked.
+    """
+    found = sorted((int(m.group(1)), p) for p in (output_dir / "checkpoints").glob("epoch_*")
+                   if p.is_dir() and (m := _CHECKPOINT.fullmatch(p.name)))
     return (found[-1][1], found[-1][0]) if found else None
+
+
+def _save_checkpoint(accelerator, output_dir: Path, epochs_done: int) -> None:
+    """``accelerator.save_state`` into ``checkpoints/epoch_N.partial``, then rename it to
+    ``epoch_N`` (a rename within one folder is atomic): a kill while saving leaves only a
+    ``.partial`` folder, which :func:`_last_checkpoint` ignores and the next save replaces."""
+    final = output_dir / "checkpoints" / f"epoch_{epochs_done}"
+    partial = final.with_name(final.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    accelerator.save_state(str(partial))
+    if final.exists():  # an older run's epoch N, beyond the checkpoint this run resumed from
+        shutil.rmtree(final)
+    os.replace(partial, final)
+
+
+def _logged_epochs(log_path: Path, epochs_done: int) -> list[dict[str, Any]]:
+    """The per-epoch records of ``metrics.jsonl`` up to ``epochs_done`` (the checkpoint a run
+    resumes from); the file is rewritten without later ones, which a run killed between its
+    log line and its checkpoint left behind."""
+    if not log_path.exists():
+        return []
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    kept = [r for r in records if r["epoch"] <= epochs_done]
+    log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return kept
 
 
 def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
@@ -405,9 +442,12 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
     optimizer = _optimizer(model, t)
     model, optimizer = accelerator.prepare(model, optimizer)
     start_epoch = 0
+    log_path = out_dir / "metrics.jsonl"
+    history = []
     if t.resume and (last := _last_checkpoint(out_dir)) is not None:
         accelerator.load_state(str(last[0]))
         start_epoch = last[1]
+        history = _logged_epochs(log_path, start_epoch)
         logger.info("resumed from %s (epoch %d)", last[0], start_epoch)
 
     weights = cfg.loss.weights()
@@ -419,8 +459,6 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
     student_frames = int(unwrapped.encoder.frame_lengths(torch.tensor([num_samples]))[0])
     assign = map_targets(bounds, student_frames, unwrapped.samples_per_frame)
     all_audio = torch.from_numpy(np.stack([c.audio for c in crops]))
-    log_path = out_dir / "metrics.jsonl"
-    history = []
     done_here = 0
     for epoch in range(start_epoch, t.epochs):
         model.train()
@@ -476,7 +514,7 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
         with log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         logger.info("epoch %s", json.dumps(record))
-        accelerator.save_state(str(out_dir / "checkpoints" / f"epoch_{epoch + 1}"))
+        _save_checkpoint(accelerator, out_dir, epoch + 1)
         done_here += 1
         if stop_after_epochs is not None and done_here >= stop_after_epochs:
             break
@@ -485,7 +523,7 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
               "params": sum(p.numel() for n, p in unwrapped.named_parameters()
                             if not n.startswith(("projection", "map_head", "classifier"))),
               "cache": {"hits": cache.hits, "misses": cache.misses}}
-    if eval_sets and (stop_after_epochs is None or epoch + 1 >= t.epochs):
+    if eval_sets and start_epoch + done_here >= t.epochs:
         result["eval"] = evaluate_student(unwrapped, eval_sets, cfg.data)
     (out_dir / "result.json").write_text(json.dumps(result, indent=1))
     return result
