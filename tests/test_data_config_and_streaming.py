@@ -1,0 +1,250 @@
+"""Mutation-testing additions for robustdistill.data: DataConfig's range checks, the streaming
+dataset's argument checks, shuffle reseeding, boundary length, resume state and set_epoch, the
+identity of a held-out streamed example (path and all its bytes), Hugging Face loading of
+decoded columns and single saved datasets, and the map-style hold-out size."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from robustdistill.data import (
+    DataConfig,
+    StreamingAudioDataset,
+    build_datasets,
+    load_hf_split,
+)
+
+SR = 16_000
+
+
+@pytest.fixture
+def no_torchcodec(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchcodec", None)
+
+
+def ramp(num_samples: int, offset: float = 0.0) -> np.ndarray:
+    return (offset + np.arange(num_samples) / (4 * num_samples)).astype(np.float32)
+
+
+def wav_bytes(waveform: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, waveform, SR, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
+
+
+def table(cells):
+    from datasets import Audio, Dataset
+
+    return Dataset.from_dict({"audio": cells}).cast_column("audio", Audio(decode=False))
+
+
+def ramp_table(num_items: int, first: int = 0):
+    return table([{"bytes": wav_bytes(ramp(SR + i, offset=i)), "path": f"{i}.wav"}
+                  for i in range(first, first + num_items)])
+
+
+def ids(items) -> list[int]:
+    return [int(round(float(x["waveform"][0]))) for x in items]
+
+
+# ---- DataConfig ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kwargs", "field_name"), [
+    ({"synthetic_items": -1}, "synthetic_items"),
+    ({"min_length_s": -0.5}, "min_length_s"),
+    ({"validation_fraction": 0.0}, "validation_fraction"),
+    ({"max_validation_items": 0}, "max_validation_items"),
+    ({"shuffle_buffer": -1}, "shuffle_buffer"),
+    ({"train_dataset": "d", "validation_split": "train"}, "validation_split"),
+    ({"audio_column": ""}, "audio_column"),
+    ({"synthetic_seconds": [0.0, 2.0]}, "synthetic_seconds"),
+    ({"synthetic_seconds": [1.0, 2.0, 3.0]}, "synthetic_seconds"),
+    ({"train_dir": "a", "dataset_config": "clean"}, "dataset_config"),
+])
+def test_data_config_rejects_out_of_range_values_naming_the_field(kwargs, field_name):
+    with pytest.raises(ValueError, match=rf"^DataConfig\.{field_name}:"):
+        DataConfig(**kwargs)
+
+
+def test_data_config_boundaries_that_are_allowed():
+    cfg = DataConfig(min_length_s=0.0, validation_fraction=1e-6, max_validation_items=1,
+                     shuffle_buffer=0, synthetic_seconds=[1.5, 1.5], max_length_s=1.0)
+    assert cfg.synthetic_seconds == [1.5, 1.5]
+    assert DataConfig(min_length_s=2.0, max_length_s=2.0).min_length_s == 2.0
+
+
+# ---- StreamingAudioDataset -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"rank": 2, "world_size": 2}, "rank < world_size"),
+    ({"rank": -1, "world_size": 2}, "rank < world_size"),
+    ({"min_length_s": 3.0, "max_length_s": 2.0}, "min_length_s 3.0 > max_length_s 2.0"),
+    ({"seed": -1}, "seed and shuffle_buffer must be >= 0"),
+    ({"shuffle_buffer": -2}, "seed and shuffle_buffer must be >= 0"),
+])
+def test_streaming_dataset_rejects_bad_arguments(kwargs, message, no_torchcodec):
+    with pytest.raises(ValueError, match=message):
+        StreamingAudioDataset(ramp_table(2).to_iterable_dataset(), **kwargs)
+
+
+def test_shuffle_buffer_order_depends_on_seed_and_epoch_and_repeats(no_torchcodec):
+    stream = ramp_table(16).to_iterable_dataset(num_shards=4)
+
+    def order(seed, epoch):
+        ds = StreamingAudioDataset(stream, max_length_s=None, min_length_s=0.5, seed=seed,
+                                   shuffle_buffer=8)
+        ds.set_epoch(epoch)
+        return ids(ds)
+
+    first = order(0, 0)
+    assert sorted(first) == list(range(16))
+    assert order(0, 0) == first  # deterministic
+    assert order(0, 1) != first  # the epoch reseeds the shuffle
+    assert order(1, 0) != first  # so does the seed
+
+
+def test_an_item_of_exactly_min_length_is_kept(no_torchcodec):
+    cells = [{"bytes": wav_bytes(ramp(SR // 2 + d, offset=i)), "path": f"{i}.wav"}
+             for i, d in enumerate((0, -1, 1))]
+    ds = StreamingAudioDataset(table(cells).to_iterable_dataset(), max_length_s=None,
+                               min_length_s=0.5)
+    assert [x["index"] for x in ds] == [0, 2] and ds.skipped == 1
+
+
+def test_resume_restores_the_skip_count_and_set_epoch_drops_a_loaded_state(no_torchcodec):
+    cells = [{"bytes": wav_bytes(ramp(SR, offset=i)), "path": f"{i}.wav"} for i in range(8)]
+    cells[1] = {"bytes": b"not audio", "path": "bad.wav"}
+    stream = table(cells).to_iterable_dataset(num_shards=1)
+    ds = StreamingAudioDataset(stream, max_length_s=None, min_length_s=0.5)
+    it = iter(ds)
+    consumed = [next(it) for _ in range(3)]  # items 0, 2, 3: the bad one was skipped
+    assert ids(consumed) == [0, 2, 3]
+    state = ds.state_dict()
+    assert state["skipped"] == 1 and state["position"] == 4
+
+    resumed = StreamingAudioDataset(stream, max_length_s=None, min_length_s=0.5)
+    resumed.load_state_dict(state)
+    assert resumed.skipped == 1
+    assert ids(resumed) == [4, 5, 6, 7] and resumed.skipped == 1
+
+    fresh = StreamingAudioDataset(stream, max_length_s=None, min_length_s=0.5)
+    fresh.load_state_dict(state)
+    fresh.set_epoch(0)  # (re)starting an epoch discards the loaded mid-epoch state
+    assert ids(fresh) == [0, 2, 3, 4, 5, 6, 7]
+    assert fresh.state_dict()["position"] == 8
+
+
+# ---- the streaming hold-out and its identity of examples -------------------------------------
+
+
+def _parquet_dataset(tmp_path, cells) -> str:
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    table(cells).to_parquet(str(folder / "train-00000-of-00001.parquet"))
+    return str(folder)
+
+
+def test_a_training_copy_of_a_held_out_file_under_another_path_stays_in_training(
+        tmp_path, no_torchcodec):
+    """Identity is (path, bytes): the same audio bytes under another path are another
+    example, kept for training."""
+    cells = [{"bytes": wav_bytes(ramp(SR + i, offset=i)), "path": f"{i}.wav"} for i in range(4)]
+    cells += [{"bytes": cells[0]["bytes"], "path": "copy/0.wav"},
+              {"bytes": cells[1]["bytes"], "path": "copy/1.wav"}]
+    cfg = DataConfig(train_dataset=_parquet_dataset(tmp_path, cells), streaming=True,
+                     min_length_s=0.5, max_validation_items=2,
+                     shuffle_buffer=0)
+    train, val = build_datasets(cfg)
+    assert ids(val[i] for i in range(len(val))) == [0, 1]
+    assert sorted(ids(train)) == [0, 1, 2, 3]  # 2, 3 and the two copies of 0 and 1
+
+
+def test_held_out_identity_uses_all_the_bytes(tmp_path, no_torchcodec):
+    """Path-less cells that differ only in their last sample are different examples."""
+    base = ramp(SR)
+    changed = base.copy()
+    changed[-1] = 0.9
+    cells = [{"bytes": wav_bytes(base), "path": None},
+             {"bytes": wav_bytes(ramp(SR, offset=2)), "path": None},
+             {"bytes": wav_bytes(changed), "path": None},
+             {"bytes": wav_bytes(base), "path": None}]  # an exact duplicate of the held-out one
+    cfg = DataConfig(train_dataset=_parquet_dataset(tmp_path, cells), streaming=True,
+                     min_length_s=0.5, max_validation_items=1, shuffle_buffer=0)
+    train, val = build_datasets(cfg)
+    kept = [x["waveform"] for x in train]
+    assert len(val) == 1 and len(kept) == 2
+    assert kept[1][-1] == pytest.approx(0.9)
+
+
+def test_streaming_validation_split_is_read_from_that_split(tmp_path, no_torchcodec):
+    from datasets import DatasetDict
+
+    DatasetDict({"train": ramp_table(5), "dev": ramp_table(3, first=10)}).save_to_disk(
+        str(tmp_path / "dd"))
+    cfg = DataConfig(train_dataset=str(tmp_path / "dd"), validation_split="dev",
+                     streaming=True, min_length_s=0.5, shuffle_buffer=0)
+    train, val = build_datasets(cfg)
+    assert ids(val[i] for i in range(len(val))) == [10, 11, 12]
+    assert sorted(ids(train)) == [0, 1, 2, 3, 4]
+
+
+# ---- Hugging Face loading ----------------------------------------------------------------------
+
+
+def test_a_decoding_audio_column_is_cast_to_undecoded(tmp_path, no_torchcodec):
+    """A column saved as ``Audio()`` (decode=True, torchcodec) is read without torchcodec."""
+    from datasets import Audio, Dataset
+
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"{i}.wav")
+        sf.write(files[-1], ramp(SR, offset=i), SR, subtype="FLOAT")
+    saved = tmp_path / "saved"
+    Dataset.from_dict({"audio": [str(f) for f in files]}).cast_column(
+        "audio", Audio()).save_to_disk(str(saved))
+    dataset = load_hf_split(str(saved))
+    assert dataset.features["audio"].decode is False
+    cfg = DataConfig(train_dataset=str(saved), min_length_s=0.5, max_validation_items=1)
+    train, val = build_datasets(cfg)
+    assert len(train) + len(val) == 3
+
+
+def test_a_single_saved_dataset_serves_its_own_split_name(tmp_path, no_torchcodec):
+    from datasets import NamedSplit
+
+    single = ramp_table(4)
+    single._split = NamedSplit("test")
+    single.save_to_disk(str(tmp_path / "single"))
+    assert len(load_hf_split(str(tmp_path / "single"), split="test")) == 4
+    assert len(load_hf_split(str(tmp_path / "single"), split="train")) == 4
+    with pytest.raises(ValueError, match="dataset_config 'clean' given for a saved dataset"):
+        load_hf_split(str(tmp_path / "single"), config="clean")
+
+
+# ---- map-style hold-out size -------------------------------------------------------------------
+
+
+def _folder(tmp_path, count: int) -> str:
+    for i in range(count):
+        sf.write(tmp_path / f"{i}.wav", ramp(SR, offset=i), SR, subtype="FLOAT")
+    return str(tmp_path)
+
+
+def test_hold_out_leaves_at_least_one_training_item(tmp_path):
+    cfg = DataConfig(train_dir=_folder(tmp_path, 2), validation_fraction=0.9)
+    train, val = build_datasets(cfg)
+    assert (len(train), len(val)) == (1, 1)
+
+
+def test_hold_out_is_capped_by_max_validation_items(tmp_path):
+    cfg = DataConfig(train_dir=_folder(tmp_path, 10), validation_fraction=0.5,
+                     max_validation_items=2)
+    train, val = build_datasets(cfg)
+    assert (len(train), len(val)) == (8, 2)
