@@ -63,6 +63,7 @@ from .checkpoints import (
 )
 from .config import ConfigError, DistillConfig, check_model_path
 from .data import ShardedRandomSampler, build_dataloader, build_datasets
+from .environment import record_environment
 from .export import export_run_student
 from .objectives import (
     DistillationInputs,
@@ -836,6 +837,8 @@ def train(cfg: DistillConfig) -> Path:
                                          "max_steps": t.max_steps, "lr": t.learning_rate})
     if t.resume_from:
         run.resume(t.resume_from)
+    if acc.is_main_process:
+        record_environment(run.output_dir, run.progress.step)
     if run.progress.step == 0 and t.eval_at_start:  # the step-0 baseline of the validation loss
         run.log("validation", run.validate())
     batches = run._batches()

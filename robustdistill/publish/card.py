@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from ..environment import ENVIRONMENT_FILE, describe_software
 from .provenance import (
     NOT_RECORDED,
     ModelFacts,
@@ -336,9 +337,16 @@ def _ssl_view(run: RunSummary, heads_dir: Path | None) -> dict[str, Any]:
         "train_data": run.train_data, "validation_data": run.validation_data,
         "corruption": run.corruption, "optimisation": optimisation,
         "result": "; ".join(result) or "no final state recorded",
+        "software": describe_software(run.environment),
         "heads": ", ".join(heads), "objectives_yaml": yaml.safe_dump(
             objectives, sort_keys=False, default_flow_style=None).strip(),
     }
+
+
+def _software_line(run: RunSummary) -> list[tuple[str, str]]:
+    """``[("Software", ...)]`` from the run's ``environment.json``; ``[]`` if it has none."""
+    text = describe_software(run.environment)
+    return [("Software", text)] if text else []
 
 
 def _recorded(section: dict[str, Any], key: str) -> Any:
@@ -460,7 +468,8 @@ def _se_view(run: RunSummary) -> dict[str, Any]:
         "lines": [("Loss", _se_loss_text(loss)), ("Training data", run.train_data),
                   ("Student's input", run.corruption),
                   ("Validation data", run.validation_data), ("Optimisation", optimisation),
-                  ("Result", "; ".join(result) or "no final state recorded")],
+                  ("Result", "; ".join(result) or "no final state recorded"),
+                  *_software_line(run)],
     }
 
 
@@ -519,7 +528,7 @@ def _speaker_view(run: RunSummary) -> dict[str, Any]:
                   ("Loss", _speaker_loss_text(loss, student, config_section(cfg, "ig"))),
                   ("Training data", run.train_data), ("Student's input", run.corruption),
                   ("Validation data", run.validation_data), ("Optimisation", optimisation),
-                  ("Result", result)],
+                  ("Result", result), *_software_line(run)],
     }
 
 
@@ -842,9 +851,10 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
 
 
 def copy_run_files(run_dir: str | Path, model_dir: str | Path) -> list[Path]:
-    """Copy the run's resolved config (as ``training_config.yaml``) and the heads saved with
-    these weights (:func:`heads_dir_for`) into the model folder, so that the folder is exactly
-    what is published.
+    """Copy the run's resolved config (as ``training_config.yaml``), its software record
+    (``environment.json``, as ``training_environment.json``, when the run has one) and the
+    heads saved with these weights (:func:`heads_dir_for`) into the model folder, so that the
+    folder is exactly what is published.
 
     Returns:
         The files written.
@@ -857,6 +867,9 @@ def copy_run_files(run_dir: str | Path, model_dir: str | Path) -> list[Path]:
         raise FileNotFoundError(f"{run_dir / 'config.yaml'} not found")
     written = [model_dir / "training_config.yaml"]
     shutil.copyfile(run_dir / "config.yaml", written[0])
+    if (run_dir / ENVIRONMENT_FILE).is_file():
+        written.append(model_dir / "training_environment.json")
+        shutil.copyfile(run_dir / ENVIRONMENT_FILE, written[-1])
     heads = heads_dir_for(model_dir, run_dir)
     if heads is not None and heads.resolve() != (model_dir / "heads").resolve():
         (model_dir / "heads").mkdir(exist_ok=True)

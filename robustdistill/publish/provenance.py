@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from ..environment import read_environment
+
 __all__ = ["NOT_RECORDED", "RECIPES", "ModelFacts", "RunSummary", "config_section",
            "measure_speed", "model_facts", "run_recipe", "summarise_run"]
 
@@ -190,6 +192,8 @@ class RunSummary:
             was done to the student's input).
         recipe: the trainer that wrote the run, one of :data:`RECIPES`.
         last_train: the last other record of ``metrics.jsonl`` (a training step or epoch).
+        environment: the records of ``environment.json`` (software versions at each start,
+            :mod:`robustdistill.environment`), ``[]`` for a run older than that file.
     """
 
     run_dir: Path
@@ -203,6 +207,7 @@ class RunSummary:
     corruption: str = ""
     recipe: str = "ssl"
     last_train: dict[str, Any] = field(default_factory=dict)
+    environment: list[dict[str, Any]] = field(default_factory=list)
 
 
 def config_section(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -412,4 +417,5 @@ def summarise_run(run_dir: str | Path, step: int | None = None,
     return RunSummary(run_dir=run_dir, config=config, teacher=teacher, teacher_facts=facts,
                       final_state=final_state, last_validation=last_validation,
                       train_data=train, validation_data=valid, corruption=corruption,
-                      recipe=recipe, last_train=last_train)
+                      recipe=recipe, last_train=last_train,
+                      environment=read_environment(run_dir))

@@ -33,6 +33,7 @@ import torch
 import yaml
 
 from ..config import ConfigError, merge_config, parse_overrides, read_yaml
+from ..environment import record_environment
 from ..processes import finish_processes
 from .data import PairConfig, PairMaker
 from .losses import LossConfig, SELoss
@@ -231,6 +232,7 @@ def train_se(cfg: SETrainConfig) -> Path:
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        record_environment(out, start)
     acc.init_trackers("se", config={"seed": cfg.seed, "max_steps": t.max_steps})
     metrics = (out / "metrics.jsonl").open("a") if acc.is_main_process else None
 

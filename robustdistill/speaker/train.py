@@ -49,6 +49,7 @@ import yaml
 from downstream.config import from_dict, load_config, to_dict
 from downstream.tasks.speaker_verification.task import build_trials
 from robustdistill.config import parse_overrides
+from robustdistill.environment import record_environment
 from robustdistill.metrics.verification import compute_eer, compute_min_dcf
 
 from .attribution import AttributionCache, IGSettings, attribute_segments, segment_bounds
@@ -449,6 +450,8 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
         start_epoch = last[1]
         history = _logged_epochs(log_path, start_epoch)
         logger.info("resumed from %s (epoch %d)", last[0], start_epoch)
+    if accelerator.is_main_process:
+        record_environment(out_dir, start_epoch, unit="epoch")
 
     weights = cfg.loss.weights()
     settings = cfg.ig.settings()

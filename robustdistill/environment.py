@@ -1,0 +1,143 @@
+"""The software a run used: package versions and the library's git commit.
+
+Every trainer (distillation, SE, speaker) appends one record to ``OUTPUT_DIR/environment.json``
+each time it starts or resumes, so that a published student says which code made it (the model
+card's Training section, :mod:`robustdistill.publish.card`), and a run resumed under other
+versions shows it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ENVIRONMENT_FILE", "PACKAGES", "describe_software", "git_state",
+           "read_environment", "record_environment", "software_environment"]
+
+#: The file a run's records are appended to, in its ``output_dir``.
+ENVIRONMENT_FILE = "environment.json"
+
+#: The distributions whose versions are recorded (None when one is not installed).
+PACKAGES = ("robustdistill", "torch", "transformers", "accelerate", "datasets",
+            "huggingface_hub", "numpy")
+
+#: Where this package's sources are (the git checkout, for an editable install).
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                              timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):  # no git, or it hung
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_state(package_dir: str | Path = _PACKAGE_DIR) -> dict[str, Any] | None:
+    """The commit of the checkout that holds ``package_dir``, when it is one.
+
+    Only a checkout whose top level holds the package directly counts (``TOP/robustdistill``),
+    so a package installed into a virtual environment inside some other repository does not
+    report that repository's commit.
+
+    Returns:
+        ``{"commit": 40 hex digits, "dirty": bool}`` (``dirty``: tracked files changed since
+        the commit), or None (not a git checkout, or git is not installed).
+    """
+    package_dir = Path(package_dir).resolve()
+    top = _git(["rev-parse", "--show-toplevel"], package_dir)
+    if top is None or Path(top).resolve() / package_dir.name != package_dir:
+        return None
+    commit = _git(["rev-parse", "HEAD"], package_dir)
+    status = _git(["status", "--porcelain", "--untracked-files=no"], package_dir)
+    if commit is None or status is None:
+        return None
+    return {"commit": commit, "dirty": bool(status)}
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def software_environment() -> dict[str, Any]:
+    """``{"python", "platform", "packages": {name: version or None}, "git": git_state()}``."""
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "packages": {name: _version(name) for name in PACKAGES}, "git": git_state()}
+
+
+def read_environment(output_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of ``output_dir``'s :data:`ENVIRONMENT_FILE`, oldest first (``[]`` if the
+    run predates it).
+
+    Raises:
+        ValueError: the file is not a JSON list.
+    """
+    path = Path(output_dir) / ENVIRONMENT_FILE
+    if not path.is_file():
+        return []
+    records = json.loads(path.read_text())
+    if not isinstance(records, list):
+        raise ValueError(f"{path} is not a JSON list of records")
+    return records
+
+
+def record_environment(output_dir: str | Path, start: int, unit: str = "step") -> dict[str, Any]:
+    """Append this process's :func:`software_environment` to ``output_dir``'s
+    :data:`ENVIRONMENT_FILE`, with where the run (re)started.
+
+    Args:
+        output_dir: the run's folder (created if missing).
+        start: the step (or epoch) the run starts from: 0, or the resumed checkpoint's.
+        unit: ``"step"`` or ``"epoch"``.
+
+    Returns:
+        The record written: ``{"start": {unit: start}, "time": ISO 8601 UTC, ...}``.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    record = {"start": {unit: int(start)},
+              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              **software_environment()}
+    records = read_environment(output_dir) + [record]
+    (output_dir / ENVIRONMENT_FILE).write_text(json.dumps(records, indent=1) + "\n")
+    return record
+
+
+def _software_text(record: dict[str, Any]) -> str:
+    packages = record.get("packages") or {}
+    parts = []
+    for name in ("robustdistill", "torch", "transformers", "accelerate"):
+        if packages.get(name):
+            text = f"{name} {packages[name]}"
+            git = record.get("git") if name == "robustdistill" else None
+            if git:
+                text += (f" (git {git['commit'][:10]}"
+                         + (", with uncommitted changes" if git.get("dirty") else "") + ")")
+            parts.append(text)
+    return ", ".join(parts) or "no versions recorded"
+
+
+def describe_software(records: list[dict[str, Any]]) -> str:
+    """One line for a model card: the first start's versions, and whether a resume used others.
+
+    Returns:
+        ``""`` when there is no record (a run older than :data:`ENVIRONMENT_FILE`).
+    """
+    if not records:
+        return ""
+    first = _software_text(records[0])
+    others = sorted({_software_text(r) for r in records[1:]} - {first})
+    if not others:
+        resumed = len(records) - 1
+        return first + (f"; resumed {resumed} time{'s' * (resumed != 1)} with the same software"
+                        if resumed else "")
+    return first + "; resumed with other software: " + "; ".join(others)

@@ -1,0 +1,104 @@
+"""The software record of a run (environment.json) and the card's Software line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from importlib import metadata
+
+import pytest
+import yaml
+
+from robustdistill.environment import (
+    ENVIRONMENT_FILE,
+    describe_software,
+    git_state,
+    read_environment,
+    record_environment,
+)
+from robustdistill.publish.card import copy_run_files, write_card
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+
+
+def _git(cwd, *args):
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+                        "HOME": str(cwd), "PATH": "/usr/bin:/bin"})
+
+
+@needs_git
+def test_git_state_is_the_commit_of_the_checkout_that_holds_the_package(tmp_path):
+    repo = tmp_path / "repo"
+    package = repo / "robustdistill"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("x = 1\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "one")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert git_state(package) == {"commit": head, "dirty": False}
+    (package / "__init__.py").write_text("x = 2\n")
+    assert git_state(package) == {"commit": head, "dirty": True}
+    # a package installed deeper inside some other repository is not that repository's code
+    nested = repo / ".venv" / "lib" / "site-packages" / "robustdistill"
+    nested.mkdir(parents=True)
+    assert git_state(nested) is None
+    assert git_state(tmp_path) is None  # not a checkout at all
+
+
+def test_each_start_appends_a_record_and_the_card_line_says_what_changed(tmp_path):
+    first = record_environment(tmp_path, 0)
+    assert first["start"] == {"step": 0}
+    assert first["packages"]["torch"] == metadata.version("torch")
+    assert first["packages"]["transformers"] == metadata.version("transformers")
+    record_environment(tmp_path, 40)
+    records = read_environment(tmp_path)
+    assert [r["start"] for r in records] == [{"step": 0}, {"step": 40}]
+    text = describe_software(records)
+    assert f"torch {metadata.version('torch')}" in text
+    assert text.endswith("; resumed 1 time with the same software")
+    # a resume under another torch is named
+    records[1]["packages"]["torch"] = "9.9.9"
+    (tmp_path / ENVIRONMENT_FILE).write_text(json.dumps(records))
+    assert "resumed with other software: " in describe_software(read_environment(tmp_path))
+    assert "torch 9.9.9" in describe_software(read_environment(tmp_path))
+    assert describe_software([]) == ""
+    (tmp_path / ENVIRONMENT_FILE).write_text("{}")
+    with pytest.raises(ValueError, match="JSON list"):
+        read_environment(tmp_path)
+
+
+def test_commit_and_uncommitted_changes_are_in_the_line():
+    record = {"packages": {"robustdistill": "0.1.0", "torch": "2.13.0"},
+              "git": {"commit": "0123456789abcdef" * 2 + "01234567", "dirty": True}}
+    assert describe_software([record]) == (
+        "robustdistill 0.1.0 (git 0123456789, with uncommitted changes), torch 2.13.0")
+
+
+def test_a_distillation_run_records_its_software_and_the_card_shows_it(tmp_path,
+                                                                        tiny_wavlm_dir):
+    from test_trainer import _config
+
+    from robustdistill.trainer import train
+
+    train(_config(tmp_path, tiny_wavlm_dir, "run", max_steps=1, export_student="false",
+                  eval_at_start="false"))
+    run = tmp_path / "run"
+    (record,) = read_environment(run)
+    assert record["start"] == {"step": 0}
+    assert record["packages"]["robustdistill"] == metadata.version("robustdistill")
+    student = tmp_path / "student"
+    shutil.copytree(tiny_wavlm_dir, student)
+    written = copy_run_files(run, student)
+    assert student / "training_environment.json" in written
+    assert json.loads((student / "training_environment.json").read_text()) == [record]
+    text = write_card(student, [], run, license="mit").read_text()
+    assert f"- Software: {describe_software([record])}\n" in text
+    # a run without the file (older than it) gets no Software line
+    (run / ENVIRONMENT_FILE).unlink()
+    assert "- Software:" not in write_card(student, [], run, license="mit").read_text()
+    assert yaml.safe_load((student / "training_config.yaml").read_text())
