@@ -812,7 +812,8 @@ def _loss_schedule(t, objectives: dict) -> tuple[LossSchedule, set[str]]:
 def train(cfg: DistillConfig) -> Path:
     """Run a distillation from a validated config.
 
-    Writes under ``cfg.output_dir``: ``config.yaml``, ``metrics.jsonl``, TensorBoard logs in
+    Writes under ``cfg.output_dir``: ``config.yaml``, ``environment.json`` (software versions
+    at each start, :mod:`robustdistill.environment`), ``metrics.jsonl``, TensorBoard logs in
     ``logs/``, checkpoints in ``checkpoints/``, and at the end the exported ``student/``
     (loads with ``AutoModel.from_pretrained``) and ``heads/``.
 

@@ -9,7 +9,8 @@ One YAML recipe plus ``--section.key value`` overrides (``configs/se_*.yaml``)::
     loss:     {teacher: nsnet2, schedule: two_step, kd_steps: 300, gram_weight: 100, ...}
     training: {max_steps: 600, batch_size: 8, learning_rate: 1.0e-3, ...}
 
-The run writes to ``output_dir``: ``config.yaml``, ``metrics.jsonl`` (one JSON object per
+The run writes to ``output_dir``: ``config.yaml``, ``environment.json`` (software versions at
+each start), ``metrics.jsonl`` (one JSON object per
 logged step: step, split, lr, every loss part), ``logs/`` (TensorBoard), ``checkpoints/
 checkpoint_N/`` (``accelerator.save_state`` + ``step.json``; resumed from the newest one
 automatically: batches are a pure function of ``(seed, step)`` and the student's and loss

@@ -16,7 +16,8 @@ training speakers (means of the normalised embeddings of their crops); the stude
 AM-softmax cosines times the scale, without margin. Training follows the trainer's conventions:
 ``accelerate`` (``Accelerator``, ``prepare``, ``save_state`` / ``load_state``), one checkpoint
 per epoch, exact resume (the batch order of epoch ``e`` is a permutation seeded by
-``(seed, e)``), ``metrics.jsonl`` (one JSON object per epoch), ``config.yaml``.
+``(seed, e)``), ``metrics.jsonl`` (one JSON object per epoch), ``config.yaml``,
+``environment.json`` (software versions at each start).
 
 Usage::
 
