@@ -90,3 +90,29 @@ def die_at_checkpoint(monkeypatch):
         return calls
 
     return arm
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher():
+    """A random 1-layer GE2E speaker encoder (hidden 8, embedding 8), frozen, in eval mode."""
+    from robustdistill.speaker.ge2e import GE2E
+
+    torch.manual_seed(0)
+    model = GE2E(hidden_size=8, embedding_size=8, num_layers=1).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_teacher):
+    """``(teacher, crops)`` for speaker training: :func:`tiny_teacher` and 6 white-noise crops of
+    0.2 s from 3 speakers."""
+    import numpy as np
+
+    from robustdistill.speaker.data import Crop
+
+    rng = np.random.default_rng(0)
+    crops = [Crop(f"s{i % 3}", f"k{i}", (0.1 * rng.standard_normal(3200)).astype(np.float32))
+             for i in range(6)]
+    return tiny_teacher, crops

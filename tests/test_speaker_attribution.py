@@ -18,15 +18,6 @@ from robustdistill.speaker.attribution import (
 from robustdistill.speaker.ge2e import GE2E
 
 
-@pytest.fixture(scope="module")
-def tiny_teacher() -> GE2E:
-    torch.manual_seed(0)
-    model = GE2E(hidden_size=8, embedding_size=8, num_layers=1).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
 def _crops(n: int, samples: int = 3200, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [(0.1 * rng.standard_normal(samples)).astype(np.float32) for _ in range(n)]

@@ -23,15 +23,6 @@ from robustdistill.speaker.ge2e import GE2E, partial_slices
 from robustdistill.speaker.train import _student_map_loss, map_targets, teacher_targets
 
 
-@pytest.fixture(scope="module")
-def tiny_teacher() -> GE2E:
-    torch.manual_seed(0)
-    model = GE2E(hidden_size=8, embedding_size=8, num_layers=1).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
 def test_map_targets_send_samples_past_the_end_to_the_last_student_frame():
     # Teacher frames of (0, 640) centre at 0, 160, 320, 480, 640; with a 320-sample hop the
     # student frames are 0, 0, 1, 1, 2, but the student has only 2 frames: the last one takes 2.

@@ -12,8 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from downstream.config import ConfigError, from_dict
-from robustdistill.speaker.data import Crop, Utterance
-from robustdistill.speaker.ge2e import GE2E
+from robustdistill.speaker.data import Utterance
 from robustdistill.speaker.models import AttentiveStatsPool, MelLSTMEncoder, SpeakerModel
 from robustdistill.speaker.train import (
     LossConfig,
@@ -33,18 +32,6 @@ def _setup(tmp_path, out: str, epochs: int, resume: bool = False) -> SpeakerKDCo
         "training": {"output_dir": str(tmp_path / out), "epochs": epochs, "batch_size": 4,
                      "resume": resume, "seed": 3},
     })
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    teacher = GE2E(hidden_size=8, embedding_size=8, num_layers=1).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    rng = np.random.default_rng(0)
-    crops = [Crop(f"s{i % 3}", f"k{i}", (0.1 * rng.standard_normal(3200)).astype(np.float32))
-             for i in range(6)]
-    return teacher, crops
 
 
 def test_resume_equals_uninterrupted(tiny, tmp_path):

@@ -19,7 +19,6 @@ import robustdistill.speaker.train as train_mod
 from downstream.config import from_dict, to_dict
 from downstream.tasks.speaker_verification.task import build_trials
 from robustdistill.speaker.data import Crop, Utterance
-from robustdistill.speaker.ge2e import GE2E
 from robustdistill.speaker.losses import batch_loss, class_loss, instance_loss
 from robustdistill.speaker.train import (
     DataConfig,
@@ -32,18 +31,6 @@ from robustdistill.speaker.train import (
     teacher_targets,
     train_system,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    teacher = GE2E(hidden_size=8, embedding_size=8, num_layers=1).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    rng = np.random.default_rng(0)
-    crops = [Crop(f"s{i % 3}", f"k{i}", (0.1 * rng.standard_normal(3200)).astype(np.float32))
-             for i in range(6)]
-    return teacher, crops
 
 
 def _tones(n=6):
