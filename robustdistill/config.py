@@ -152,23 +152,33 @@ class TrainingConfig:
 class DistillConfig:
     """The whole run: see the module docstring for the YAML layout."""
 
-    teacher: str
-    output_dir: str = "runs/distill"
-    seed: int = 0
-    trust_remote_code: bool = False
-    student_init: str | None = None  # an existing student folder instead of creating one
-    # "FAMILY/PRESET" (e.g. "wavlm/small"): write a random teacher of that shape (see
-    # robustdistill.teachers) at `teacher` when that folder does not exist yet (the demo).
-    make_teacher: str | None = None
-    # A Whisper teacher's frames: "ssl" interpolates them at the student CNN's frame centres
-    # (320 k + 200 samples; Whisper's are at 320 k), "native" keeps Whisper's own grid.
-    whisper_teacher_frames: str = "ssl"
+    teacher: str = field(metadata={"help": "hub id or local folder of the frozen teacher "
+                                           "(WavLM, HuBERT, wav2vec 2.0, data2vec-audio, "
+                                           "Whisper encoder); required"})
+    output_dir: str = field(default="runs/distill", metadata={
+        "help": "the run's folder: config.yaml, environment.json, metrics.jsonl, logs/, "
+                "checkpoints/, student/, heads/"})
+    seed: int = field(default=0, metadata={
+        "help": "seeds the student's new weights, the data order, crops and corruptions"})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "allow a hub teacher's own modelling code (transformers' trust_remote_code)"})
+    student_init: str | None = field(default=None, metadata={
+        "help": "an existing student folder to start from instead of creating one from the "
+                "teacher (student section)"})
+    make_teacher: str | None = field(default=None, metadata={
+        "help": "'FAMILY/PRESET' (e.g. 'wavlm/small'): write a random teacher of that shape at "
+                "`teacher` when that folder does not exist yet (the offline demo)"})
+    whisper_teacher_frames: str = field(default="ssl", metadata={
+        "help": "a Whisper teacher's frames: 'ssl' interpolates them at the student CNN's frame "
+                "centres (320 k + 200 samples), 'native' keeps Whisper's own grid (320 k)"})
     student: StudentConfig = field(default_factory=StudentConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     objectives: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {"layerwise": {}, "enhancement": {}}
-    )
+        default_factory=lambda: {"layerwise": {}, "enhancement": {}}, metadata={
+            "help": "objective name -> its options, e.g. {layerwise: {teacher_layers: [4, 8, "
+                    "12]}}; names: the registry robustdistill.objectives.OBJECTIVES "
+                    "(docs/objectives.md)"})
     training: TrainingConfig = field(default_factory=TrainingConfig)
     teacher_cache: TeacherCacheConfig = field(default_factory=TeacherCacheConfig)
 
