@@ -49,14 +49,14 @@ def _setup_logging() -> None:
 
 def distill_main(argv: list[str]) -> int:
     """``robustdistill distill --config FILE [--section.key value ...]``."""
-    from .config import ConfigError, load_config
+    from .config import ConfigError, DistillConfig, load_config
     from .config_reference import config_reference
 
     parser = argparse.ArgumentParser(
         prog="robustdistill distill", add_help=True,
         description="Run a distillation (see configs/). Every key of the recipe can be "
                     "overridden as --section.key value; the keys, their types and defaults:",
-        epilog=config_reference(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=config_reference(DistillConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML recipe; other --section.key value pairs override it")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest complete checkpoint of output_dir, or start "

@@ -50,7 +50,18 @@ logger = logging.getLogger(__name__)
 @dataclass
 class StudentOptions:
     """The student's shape: ``ratio`` (compression vs NSNet2, e.g. 16/32/63) or an explicit
-    ``hidden_size``; ``num_layers`` GRUs; ``min_gain_db`` gain floor."""
+    ``hidden_size``; ``num_layers`` GRUs; ``min_gain_db`` gain floor.
+
+    Attributes:
+        ratio: compression factor against NSNet2's 2,687,561 parameters (> 1): the widest GRU
+            student at most ``1/ratio`` of that size (16 -> H 101, 32 -> H 68, 63 -> H 45).
+            Set exactly one of ``ratio`` and ``hidden_size``; both None (the default) is an error.
+        hidden_size: explicit GRU width ``H`` (>= 1) instead of ``ratio``; None (default): use
+            ``ratio``.
+        num_layers: stacked GRUs (>= 1; default 2, as NSNet2).
+        min_gain_db: floor of the per-bin gain applied to the noisy spectrum, in dB (default
+            -80, as NSNet2).
+    """
 
     ratio: float | None = None
     hidden_size: int | None = None
@@ -103,7 +114,15 @@ class TrainingOptions:
 
 @dataclass
 class SETrainConfig:
-    """A whole SE training run (see the module docstring)."""
+    """A whole SE training run (see the module docstring).
+
+    Attributes:
+        output_dir: run folder (config, metrics, logs, checkpoints, the saved student); a
+            folder holding checkpoints is resumed from its newest one.
+        seed: seeds the student's and loss heads' initialisation (``accelerate.set_seed``) and
+            the batches (each a pure function of ``(seed, step, rank)``); default 0.
+        student / data / loss / training: the sections; see their classes.
+    """
 
     output_dir: str = "runs/se/default"
     seed: int = 0
@@ -308,8 +327,13 @@ def train_se(cfg: SETrainConfig) -> Path:
 
 def main(argv: list[str]) -> int:
     """``robustdistill train-se --config configs/se_*.yaml [--section.key value ...]``."""
-    parser = argparse.ArgumentParser(prog="robustdistill train-se",
-                                     description="Train a tiny causal SE student.")
+    from ..config_reference import config_reference
+
+    parser = argparse.ArgumentParser(
+        prog="robustdistill train-se", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a tiny causal SE student. Every key of the recipe can be "
+                    "overridden as --section.key value; the keys, their types and defaults:",
+        epilog=config_reference(SETrainConfig))
     parser.add_argument("--config", help="YAML recipe (configs/se_*.yaml)")
     args, overrides = parser.parse_known_args(argv)
     try:

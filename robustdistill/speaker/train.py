@@ -68,16 +68,23 @@ METHODS = ("none", "logit_kd", "embedding_kd", "imlkd")
 
 @dataclass
 class DataConfig:
-    """Attributes:
-    train_dir: LibriSpeech-style training folder (speaker = first field of the file name).
-    crop_seconds: training crop length (s).
-    crops_per_utterance: fixed crops per training utterance.
-    test_other_dir: ``<speaker>/<file>`` verification set (None: skipped).
-    fsdd_dir: FSDD folder, 8 kHz, resampled (None: skipped).
-    fsdd_per_speaker: FSDD utterances per speaker.
-    max_nontarget: non-target trials per set (all target trials are kept).
-    trials_seed: seed of the non-target sample (the same trials for every system).
-    p_target: minDCF target prior.
+    """Training crops and verification sets (:mod:`.data`); audio is 16 kHz.
+
+    Attributes:
+        train_dir: LibriSpeech-style training folder, flat or nested, files
+            ``<speaker>-<chapter>-<utt>.<ext>`` (speaker = first field of the file name).
+        crop_seconds: training crop length in seconds (> 0); a shorter utterance is zero-padded.
+        crops_per_utterance: at most this many fixed, evenly spaced, non-overlapping crops per
+            training utterance (>= 1; fewer when the utterance is short).
+        test_other_dir: ``<speaker>/<file>`` verification set (LibriSpeech test-other); its
+            speakers must not be training speakers. None: skipped.
+        fsdd_dir: FSDD folder (``{digit}_{speaker}_{take}.wav``, 8 kHz, resampled to 16 kHz);
+            None: skipped.
+        fsdd_per_speaker: FSDD utterances per speaker, the first in (take, digit) order (>= 2).
+        max_nontarget: non-target trials sampled per set, without replacement (all target
+            trials are kept).
+        trials_seed: seed of the non-target sample (the same trials for every system).
+        p_target: prior of a target trial for minDCF (costs 1 and 1; default 0.01, SUPERB's).
     """
 
     train_dir: str = "../shared/data/librispeech-mini/train-clean-100"
@@ -93,13 +100,20 @@ class DataConfig:
 
 @dataclass
 class StudentConfig:
-    """Attributes:
-    kind: ``lstm`` (:class:`MelLSTMEncoder`) or ``upstream`` (:class:`UpstreamEncoder`).
-    hidden_size / num_layers: LSTM shape (``lstm``).
-    upstream: local folder of a transformers encoder (``upstream``).
-    upstream_frozen: freeze the upstream (``upstream``).
-    embedding_dim: speaker embedding width.
-    margin / scale: AM-softmax m and s.
+    """The student: encoder -> attentive statistics pooling -> embedding -> AM-softmax.
+
+    Attributes:
+        kind: ``"lstm"`` (default: :class:`MelLSTMEncoder`, an LSTM over 40 log-mel bands,
+            10 ms frames) or ``"upstream"`` (:class:`UpstreamEncoder`, needs ``upstream``).
+        hidden_size: LSTM width (``kind: lstm`` only; GE2E's is 256).
+        num_layers: stacked LSTM layers (``kind: lstm`` only; GE2E has 3).
+        upstream: local folder (or hub id; ``HF_HUB_OFFLINE=1``: local only) of a
+            :class:`~robustdistill.upstream.Upstream`; required by ``kind: upstream``.
+        upstream_frozen: freeze the upstream's weights; only its layer weights and the head
+            train (``kind: upstream`` only).
+        embedding_dim: width ``E`` of the speaker embedding.
+        margin: AM-softmax additive cosine margin ``m`` (training loss only).
+        scale: AM-softmax logit scale ``s``; also scales the student's class-level KD logits.
     """
 
     kind: str = "lstm"
@@ -120,12 +134,23 @@ class StudentConfig:
 
 @dataclass
 class IGConfig:
-    """Attributes:
-    durations: segment durations (s); null = the whole crop (paper: 1 s, 2 s, whole).
-    n_steps / baseline / noise_dbfs / method / internal_batch_size: see
-        :class:`~robustdistill.speaker.attribution.IGSettings`.
-    cache_dir: the map cache (shared by runs: keyed by audio, teacher and settings).
-    use_cache: False recomputes every map every epoch (to time the cache's effect).
+    """Integrated-Gradients maps of the teacher (:mod:`.attribution`), for ``imlkd`` training
+    and the ``cache`` and ``gap`` commands.
+
+    Attributes:
+        durations: segment durations in seconds (> 0), each tiling the crop; null = the whole
+            crop; longer than the crop = the whole crop (default, as the paper: 1 s, 2 s, whole).
+        n_steps: IG integration steps (>= 2; default 32, the paper's); more steps shrink the
+            completeness gap.
+        baseline: IG baseline: ``"zero"`` (all-zero mel input, default, the paper's) or
+            ``"noise"`` (mel spectrogram of seeded white noise at ``noise_dbfs``).
+        noise_dbfs: level of the noise baseline in dB full scale (``baseline: noise`` only).
+        method: captum's quadrature (``"gausslegendre"``, default; ``"riemann_trapezoid"``, ...).
+        internal_batch_size: captum's chunking of the ``n_steps x segments`` forward passes
+            (memory only; not part of the cache key); null: all at once.
+        cache_dir: folder of the map cache (shared by runs: keyed by segment audio, teacher
+            weights, IG settings and target centroid).
+        use_cache: False: no cache, every map is recomputed every epoch (to time the cache).
     """
 
     durations: list[float | None] = field(default_factory=lambda: [1.0, 2.0, None])
@@ -144,14 +169,23 @@ class IGConfig:
 
 @dataclass
 class LossConfig:
-    """Attributes:
-    method: ``none``, ``logit_kd``, ``embedding_kd`` or ``imlkd`` (module docstring).
-    ce: weight of the AM-softmax loss.
-    map: weight of the integrated-input map KL.
-    instance: weight of ``1 - cos`` (student embedding projected to the teacher's width).
-    class_level: weight of ``tau^2 KL`` of the logits.
-    batch_level: weight of the Gram-matrix alignment.
-    tau: temperature of the class-level term.
+    """The system and its loss weights (:mod:`.losses`); a weight applies only to the terms
+    ``method`` uses.
+
+    Attributes:
+        method: ``"none"`` (AM-softmax only), ``"logit_kd"`` (+ class level),
+            ``"embedding_kd"`` (+ instance) or ``"imlkd"`` (default: + map, instance, class
+            and batch level); see ``docs/imlkd.md``.
+        ce: weight of the AM-softmax cross-entropy on the training speakers (every method).
+        map: weight of the integrated-input term, ``KL`` of the teacher's IG frame maps to the
+            student's predicted maps, averaged over segments (``imlkd``).
+        instance: weight of the instance-level term ``1 - cos`` between the student embedding,
+            projected to the teacher's width, and the teacher's (``embedding_kd``, ``imlkd``).
+        class_level: weight of the class-level term ``tau^2 KL`` of the softened teacher and
+            student logits over the training speakers (``logit_kd``, ``imlkd``).
+        batch_level: weight of the batch-level term, ``||G_s - G_t||_F^2 / B^2`` of the
+            row-normalised ``B x B`` Gram matrices of the embeddings (``imlkd``).
+        tau: temperature of the class-level term (> 0; default 2).
     """
 
     method: str = "imlkd"
@@ -181,13 +215,20 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """Attributes:
-    output_dir: run folder.
-    epochs / batch_size / lr / weight_decay: optimisation (AdamW; decay on >= 2-d weights).
-    seed: model initialisation and batch order.
-    cpu: force CPU.
-    resume: continue from the last checkpoint in ``output_dir/checkpoints``.
-    max_grad_norm: gradient clipping.
+    """Optimisation (AdamW, constant learning rate) and the run folder.
+
+    Attributes:
+        output_dir: run folder (``config.yaml``, ``metrics.jsonl``, ``checkpoints/epoch_N``,
+            ``result.json``); ignored by ``table``, which uses ``table.output_dir``.
+        epochs: passes over the training crops (one checkpoint each).
+        batch_size: crops per update; a last batch of fewer than 2 crops is skipped.
+        lr: AdamW learning rate, constant.
+        weight_decay: AdamW weight decay of the weights with >= 2 dimensions (others: 0).
+        seed: seeds the model's initialisation and the batch order (a permutation per epoch).
+        cpu: force CPU (default True); False: ``accelerate`` picks the device.
+        resume: continue from the newest complete checkpoint in ``output_dir/checkpoints``;
+            False (default): start at epoch 0.
+        max_grad_norm: clip the gradients' total L2 norm to this.
     """
 
     output_dir: str = "runs/imlkd_speaker/run"
@@ -203,10 +244,14 @@ class TrainConfig:
 
 @dataclass
 class TableConfig:
-    """Attributes:
-    methods: systems trained for the table (the teacher is always evaluated).
-    seeds: seeds per system.
-    output_dir: where runs, ``results.json`` and ``table.md`` go.
+    """What ``robustdistill train-speaker table`` trains and where.
+
+    Attributes:
+        methods: systems trained for the table, each a ``loss.method`` (default all four; the
+            teacher is always evaluated).
+        seeds: ``training.seed`` of each run; every method is trained once per seed.
+        output_dir: folder of the runs (``<method>_seed<seed>``), ``results.json`` and
+            ``table.md``; a finished run with the same config there is reused.
     """
 
     methods: list[str] = field(default_factory=lambda: list(METHODS))
@@ -692,7 +737,13 @@ def main(argv: list[str]) -> int:
     ``cache`` computes every training map into ``ig.cache_dir`` once and prints its time and
     completeness gaps; ``gap --steps 4,8,16,32 --crops 4`` prints the completeness gap of a few
     crops' maps at each ``n_steps``."""
-    parser = argparse.ArgumentParser(prog="robustdistill train-speaker")
+    from robustdistill.config_reference import config_reference
+
+    parser = argparse.ArgumentParser(
+        prog="robustdistill train-speaker", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="IML-KD speaker students. Every key of the recipe can be overridden as "
+                    "--section.key value; the keys, their types and defaults:",
+        epilog=config_reference(SpeakerKDConfig))
     parser.add_argument("action", choices=["train", "table", "cache", "gap"])
     parser.add_argument("--config", required=True)
     parser.add_argument("--steps", default="4,8,16,32", help="gap: n_steps values")
