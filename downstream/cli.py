@@ -35,6 +35,8 @@ def _evaluate_parser() -> argparse.ArgumentParser:
         prog="robustdistill evaluate",
         description="SUPERB-style downstream evaluation of a frozen upstream, with a "
         "robustness matrix (the head is trained on clean audio and tested under each condition).",
+        epilog="Every key of each task's config, with its type, default and meaning: "
+        "docs/config.md (python -m robustdistill.config_reference).",
     )
     parser.add_argument("--task", required=True,
                         help="task folder under downstream/tasks (e.g. utterance_classification, "

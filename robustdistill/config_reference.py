@@ -19,9 +19,13 @@ import json
 import re
 import sys
 import textwrap
+import types
+import typing
+from pathlib import Path
 from typing import Any
 
-__all__ = ["COMMANDS", "config_keys", "config_reference", "reference_document"]
+__all__ = ["COMMANDS", "Section", "config_keys", "config_reference", "downstream_tasks",
+           "reference_document", "root_config"]
 
 #: command -> (module, root config class, title) of each trainer's reference.
 COMMANDS = {
@@ -35,35 +39,70 @@ COMMANDS = {
 
 _HEADER = """# Configuration reference
 
-Every key of each trainer's recipe, with its type, default and meaning. A recipe sets any of
-them in its YAML section; the command line overrides one with `--section.key value` (values
-read as YAML: `200` an int, `[4, 8]` a list, `null` None). An unknown key is an error naming
+Every key of each trainer's recipe and of each downstream task's config, with its type,
+default and meaning. A recipe sets any of them in its YAML section; the trainers' command
+lines override one with `--section.key value`, `robustdistill evaluate` with `-o
+section.key=value` (values read as YAML: `200` an int, `[4, 8]` a list, `null` None). An unknown key is an error naming
 the closest known one. The distillation objectives' own options are in `docs/objectives.md`.
 
 Generated from the config dataclasses (`python -m robustdistill.config_reference >
 docs/config.md`); `tests/test_config_reference.py` fails when this file is out of date.
 """
 
-_ATTRIBUTE = re.compile(r"^    (\w+(?:, \w+)*)(?: \([^)]*\))?: (.*)$")
+_ENTRY = re.compile(r"^(\w+(?:\s*[,/]\s*\w+)*)(?: \([^)]*\))?: (.*)$")
 
 
 def _attribute_docs(cls: type) -> dict[str, str]:
-    """``{field: text}`` from the class docstring's Google-style ``Attributes:`` section."""
+    """``{field: text}`` from the Google-style ``Attributes:`` sections of the docstrings of
+    ``cls`` and its bases (the class's own entry wins). ``a / b: text`` and ``a, b: text``
+    document both fields."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass.__doc__:
+            docs.update(_docstring_attributes(klass.__doc__))
+    return docs
+
+
+def _docstring_attributes(docstring: str) -> dict[str, str]:
+    lines = inspect.cleandoc(docstring).splitlines()
+    starts = [i for i, line in enumerate(lines) if line.strip().endswith("Attributes:")]
+    if not starts:
+        return {}
     docs: dict[str, str] = {}
     current: list[str] = []
-    inside = False
-    for line in (inspect.getdoc(cls) or "").splitlines():
-        if line.strip() == "Attributes:":
-            inside = True
-        elif inside and line and not line.startswith(" "):
-            break  # the next section
-        elif inside and (match := _ATTRIBUTE.match(line)):
-            current = [name.strip() for name in match.group(1).split(",")]
+    indent = None
+    for line in lines[starts[0] + 1:]:
+        if not line.strip():
+            continue
+        depth = len(line) - len(line.lstrip())
+        if indent is None:
+            indent = depth
+        match = _ENTRY.match(line.strip()) if depth == indent else None
+        if match:
+            current = re.split(r"\s*[,/]\s*", match.group(1))
             docs.update({name: match.group(2).strip() for name in current})
-        elif inside and current and line.startswith("        "):
+        elif current and depth > indent:
             for name in current:
                 docs[name] += " " + line.strip()
+        else:
+            break  # the next section, or text after the entries
     return docs
+
+
+def _section_class(cls: type, f: dataclasses.Field) -> type | None:
+    """The dataclass a field holds (its default's, or its annotation's, ``X | None`` too)."""
+    value = _default_value(f)
+    if dataclasses.is_dataclass(value):
+        return type(value)
+    try:
+        hint = typing.get_type_hints(cls).get(f.name)
+    except (NameError, TypeError):  # an annotation that does not resolve
+        return None
+    options = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(
+        hint) in (typing.Union, types.UnionType) else [hint]
+    if len(options) == 1 and dataclasses.is_dataclass(options[0]):
+        return options[0]
+    return None
 
 
 def _plain(text: str) -> str:
@@ -98,36 +137,54 @@ def _json(value: Any) -> str:
     return json.dumps(value)  # JSON is YAML: true, null, [0.9, 0.98]
 
 
-def config_keys(root: type) -> list[tuple[str, list[tuple[str, str, str, str]]]]:
+class Section(typing.NamedTuple):
+    """One section of a config: its dotted name (``""``: top level), its keys as
+    ``(key, type, default, help)`` (defaults as JSON, which is YAML, or ``"required"``), and
+    a note (``"required"``, ``"optional: null leaves it out"``, or that it has the keys of an
+    earlier section, whose keys are then not repeated)."""
+
+    name: str
+    keys: list[tuple[str, str, str, str]]
+    note: str = ""
+
+
+def config_keys(root: type) -> list[Section]:
     """The keys of the config dataclass ``root``, by section.
 
-    A field whose default is a dataclass is a section (its fields are ``section.key``, nested
-    sections ``a.b.key``); every other field is a key.
-
-    Returns:
-        ``[(section, [(key, type, default, help), ...]), ...]``: section ``""`` holds the
-        top-level keys; keys appear in their dataclass's order, defaults as JSON (YAML) or
-        ``"required"``, help ``""`` when the field has none.
+    A field that holds a dataclass (its default is one, or its annotation is ``X`` or
+    ``X | None`` for a dataclass ``X``) is a section: its fields are ``section.key``, nested
+    ones ``a.b.key``. Every other field is a key. A second section of an already listed class
+    gets a note instead of its keys.
     """
-    sections: list[tuple[str, list[tuple[str, str, str, str]]]] = []
+    sections: list[Section] = []
+    seen: dict[type, str] = {}
 
-    def walk(cls: type, prefix: str) -> None:
+    def walk(cls: type, name: str, note: str) -> None:
+        if cls in seen:
+            sections.append(Section(name, [], "; ".join(
+                filter(None, [note, f"the keys of `{seen[cls]}`"]))))
+            return
+        seen[cls] = name
         docs = _attribute_docs(cls)
         keys, nested = [], []
+        prefix = f"{name}." if name else ""
         for f in dataclasses.fields(cls):
             value = _default_value(f)
-            if dataclasses.is_dataclass(value):
-                nested.append((type(value), f"{prefix}{f.name}."))
+            section = _section_class(cls, f)
+            if section is not None:
+                sub_note = ("required" if value is dataclasses.MISSING else
+                            "optional: null leaves it out" if value is None else "")
+                nested.append((section, prefix + f.name, sub_note))
                 continue
             default = "required" if value is dataclasses.MISSING else _json(value)
             keys.append((prefix + f.name, _type(cls, f), default,
                          _plain(f.metadata.get("help") or docs.get(f.name, ""))))
-        sections.append((prefix.rstrip("."), keys))
-        for cls_, prefix_ in nested:
-            walk(cls_, prefix_)
+        sections.append(Section(name, keys, note))
+        for args in nested:
+            walk(*args)
 
-    walk(root, "")
-    return [(name, keys) for name, keys in sections if keys]
+    walk(root, "", "")
+    return [s for s in sections if s.keys or s.note]
 
 
 def _cell(text: str) -> str:
@@ -139,11 +196,12 @@ def config_reference(root: type, markdown: bool = False, level: int = 2) -> str:
     below (``markdown=False``, for ``--help``) or one Markdown table per section under
     headings of ``level``."""
     out: list[str] = []
-    for section, keys in config_keys(root):
-        title = f"`{section}`" if section else "top level"
+    for section, keys, note in config_keys(root):
+        title = (f"`{section}`" if section else "top level") + (f" ({note})" if note else "")
         if markdown:
-            out += [f"{'#' * level} {title}", "", "| key | type | default | meaning |",
-                    "|---|---|---|---|"]
+            out += [f"{'#' * level} {title}", ""]
+            if keys:
+                out += ["| key | type | default | meaning |", "|---|---|---|---|"]
             out += [f"| `{key}` | `{_cell(kind)}` | `{_cell(default)}` | {_cell(help_)} |"
                     for key, kind, default, help_ in keys]
         else:
@@ -163,12 +221,27 @@ def root_config(command: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+def downstream_tasks() -> dict[str, type]:
+    """``{task folder name: its config class}`` of every task under ``downstream/tasks/``."""
+    import downstream.tasks
+    from downstream.base import get_task
+
+    folder = Path(downstream.tasks.__file__).parent
+    return {path.parent.name: get_task(path.parent.name).config_class
+            for path in sorted(folder.glob("*/__init__.py"))}
+
+
 def reference_document() -> str:
-    """``docs/config.md``: every trainer's :func:`config_reference` in Markdown."""
+    """``docs/config.md``: every trainer's and downstream task's :func:`config_reference` in
+    Markdown."""
     parts = [_HEADER]
     for command, (_, _, title) in COMMANDS.items():
         parts += [f"## {title}", "", config_reference(root_config(command), markdown=True,
                                                       level=3)]
+    for task, config_class in downstream_tasks().items():
+        parts += [f"## Downstream task `{task}`: `robustdistill evaluate --task {task}`", "",
+                  "Overrides: `-o key=value` (e.g. `-o training.steps=200`).", "",
+                  config_reference(config_class, markdown=True, level=3)]
     return "\n".join(parts).rstrip() + "\n"
 
 

@@ -25,15 +25,15 @@ def test_every_listed_key_is_accepted_with_its_listed_default():
     every key exists under that name, and every default is what the code uses."""
     base = load_config(None, ["--teacher", "t"]).to_dict()
     listed = 0
-    for _, keys in config_keys(DistillConfig):
-        for key, _, default, _ in keys:
+    for section in config_keys(DistillConfig):
+        for key, _, default, _ in section.keys:
             if default == "required":
                 continue
             value = json.dumps(json.loads(default))  # as YAML, which JSON is
             cfg = load_config(None, ["--teacher", "t", f"--{key}", value])
             assert cfg.to_dict() == base, key
             listed += 1
-    assert listed == sum(len(k) for _, k in config_keys(DistillConfig)) - 1  # not teacher
+    assert listed == sum(len(s.keys) for s in config_keys(DistillConfig)) - 1  # teacher
 
 
 def test_every_key_of_the_config_is_listed():
@@ -44,7 +44,7 @@ def test_every_key_of_the_config_is_listed():
             else:
                 yield prefix + k
 
-    listed = {key for _, keys in config_keys(DistillConfig) for key, *_ in keys}
+    listed = {key for section in config_keys(DistillConfig) for key, *_ in section.keys}
     assert listed == set(flatten(DistillConfig(teacher="t").to_dict()))
 
 
@@ -84,8 +84,8 @@ def test_se_and_speaker_keys_are_documented_and_accepted_with_their_defaults(com
                 else _load_speaker(overrides, tmp_path))
 
     base = load([])
-    for _, keys in config_keys(root_config(command)):
-        for key, _, default, help_ in keys:
+    for section in config_keys(root_config(command)):
+        for key, _, default, help_ in section.keys:
             assert help_, f"{command}: {key} has no help (metadata or Attributes: docstring)"
             assert default != "required", key
             assert load([f"--{key}", json.dumps(json.loads(default))]) == base, key
@@ -99,3 +99,29 @@ def test_se_and_speaker_help_lists_their_keys(command, capsys):
     out = capsys.readouterr().out
     key = "data.snr_range" if command == "train-se" else "ig.n_steps"
     assert f"  --{key} (" in out
+
+
+def test_downstream_task_keys_are_documented_and_accepted_with_their_defaults(tmp_path):
+    from downstream.config import load_config as load_downstream
+    from downstream.config import to_dict
+    from robustdistill.config import parse_overrides
+    from robustdistill.config_reference import downstream_tasks
+
+    recipe = tmp_path / "task.yaml"
+    recipe.write_text("data: {source: {root: corpus}}\n")
+    tasks = downstream_tasks()
+    assert set(tasks) == {"asr", "speaker_verification", "speech_enhancement",
+                          "utterance_classification"}
+    for task, config_class in tasks.items():
+        base = to_dict(load_downstream(recipe, config_class))
+        sections = config_keys(config_class)
+        assert [s.note for s in sections if s.name == "data.dev_source"] == [
+            "optional: null leaves it out; the keys of `data.source`"]
+        for section in sections:
+            for key, _, default, help_ in section.keys:
+                assert help_, f"{task}: {key} has no help"
+                if default == "required" or key == "data.source.root":
+                    continue  # the recipe's one source (null would leave none)
+                overridden = load_downstream(recipe, config_class, parse_overrides(
+                    [f"--{key}", json.dumps(json.loads(default))]))
+                assert to_dict(overridden) == base, (task, key)
