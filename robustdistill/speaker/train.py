@@ -145,7 +145,10 @@ class IGConfig:
         baseline: IG baseline: ``"zero"`` (all-zero mel input, default, the paper's) or
             ``"noise"`` (mel spectrogram of seeded white noise at ``noise_dbfs``).
         noise_dbfs: level of the noise baseline in dB full scale (``baseline: noise`` only).
-        method: captum's quadrature (``"gausslegendre"``, default; ``"riemann_trapezoid"``, ...).
+        method: captum's quadrature (``"gausslegendre"``, default, exact for a polynomial
+            integrand of degree < 2 n_steps; ``"riemann_trapezoid"``, ...). captum 0.9's
+            ``"riemann_trapezoid"`` weights sum to (n_steps - 1) / n_steps, so its maps come out
+            scaled by about that (0.97 at 32 steps for a cubic F); the completeness gap shows it.
         internal_batch_size: captum's chunking of the ``n_steps x segments`` forward passes
             (memory only; not part of the cache key); null: all at once.
         cache_dir: folder of the map cache (shared by runs: keyed by segment audio, teacher
