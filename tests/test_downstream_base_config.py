@@ -15,7 +15,6 @@ from downstream.base import (
     TrainingConfig,
     encode_examples,
     iterate_batches,
-    pad_hidden,
     padding_independent,
 )
 
@@ -44,18 +43,6 @@ def test_encode_examples_returns_input_order_and_only_real_frames():
         assert encoded.hidden.shape == alone.shape
         torch.testing.assert_close(encoded.hidden, alone)
     assert batched[1].num_frames < batched[2].num_frames < batched[0].num_frames
-
-
-def test_pad_hidden_pads_with_zeros_and_frame_mask_marks_real_frames():
-    from downstream.base import Batch
-
-    a, b = torch.full((2, 3, 4), 5.0), torch.full((2, 1, 4), 7.0)
-    hidden, lengths = pad_hidden([a, b])
-    assert hidden.shape == (2, 2, 3, 4) and lengths.tolist() == [3, 1]
-    assert torch.equal(hidden[1, :, 1:], torch.zeros(2, 2, 4))
-    assert torch.equal(hidden[1, :, :1], b) and torch.equal(hidden[0], a)
-    mask = Batch(hidden, lengths, []).frame_mask
-    assert mask.tolist() == [[True, True, True], [True, False, False]]
 
 
 def test_iterate_batches_orders_eval_in_order_and_train_by_the_rng():
