@@ -452,7 +452,9 @@ def _better(task: Task, value: float, best: float | None) -> bool:
 
 def _train(task: Task, featurizer: Featurizer, head: nn.Module, train_set, dev_set, options
            ) -> dict[str, Any]:
-    """AdamW on featurizer weights + head for ``training.steps`` steps; keep the best dev head.
+    """AdamW on featurizer weights + head for ``training.steps`` steps; keep the best dev head
+    (a later evaluation replaces it only when strictly better, as s3prl's ``>``: on a tie the
+    earlier head stays).
 
     Returns:
         ``{"best_step", "best_metric", "history": [{"step", "train_loss", <dev metrics>}]}``;
