@@ -58,18 +58,25 @@ class CheckpointError(RuntimeError):
     """A checkpoint folder that is incomplete or altered (missing or resized files)."""
 
 
-def checkpoint_index(path: str | os.PathLike) -> int | None:
-    """``N`` of a ``checkpoint_N`` folder name, else None."""
-    match = _NAME.match(Path(path).name)
+def checkpoint_index(path: str | os.PathLike, prefix: str = CHECKPOINT_PREFIX) -> int | None:
+    """``N`` of a ``{prefix}N`` folder name (``checkpoint_N`` by default), else None."""
+    name = Path(path).name
+    if prefix == CHECKPOINT_PREFIX:
+        match = _NAME.match(name)
+    else:
+        match = re.fullmatch(rf"{re.escape(prefix)}(\d+)", name)
     return int(match.group(1)) if match else None
 
 
-def temporary_checkpoint_dir(folder: str | os.PathLike, index: int) -> Path:
-    """Where checkpoint ``index`` is written before :func:`publish_checkpoint`."""
-    return Path(folder) / f"{TMP_PREFIX}{CHECKPOINT_PREFIX}{index}"
+def temporary_checkpoint_dir(folder: str | os.PathLike, index: int,
+                             prefix: str = CHECKPOINT_PREFIX) -> Path:
+    """Where checkpoint ``index`` is written before :func:`publish_checkpoint`
+    (``.tmp-{prefix}{index}``)."""
+    return Path(folder) / f"{TMP_PREFIX}{prefix}{index}"
 
 
-def list_checkpoints(folder: str | os.PathLike, require_manifest: bool = True) -> list[Path]:
+def list_checkpoints(folder: str | os.PathLike, require_manifest: bool = True,
+                     prefix: str = CHECKPOINT_PREFIX) -> list[Path]:
     """Complete checkpoints in ``folder``, oldest first (numeric order: 2 before 10).
 
     Args:
@@ -77,18 +84,22 @@ def list_checkpoints(folder: str | os.PathLike, require_manifest: bool = True) -
         require_manifest: only folders holding a :data:`MANIFEST` (every checkpoint this
             module published). False also lists folders written by plain
             ``accelerator.save_state`` (older runs), which may be incomplete.
+        prefix: the folder names' prefix: ``checkpoint_`` (distillation, per step) or
+            ``epoch_`` (speaker training, per epoch).
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if p.is_dir() and checkpoint_index(p) is not None
+    found = [p for p in folder.iterdir() if p.is_dir()
+             and checkpoint_index(p, prefix) is not None
              and (not require_manifest or (p / MANIFEST).is_file())]
-    return sorted(found, key=checkpoint_index)
+    return sorted(found, key=lambda p: checkpoint_index(p, prefix))
 
 
-def latest_checkpoint(folder: str | os.PathLike, require_manifest: bool = True) -> Path | None:
+def latest_checkpoint(folder: str | os.PathLike, require_manifest: bool = True,
+                      prefix: str = CHECKPOINT_PREFIX) -> Path | None:
     """The newest complete checkpoint in ``folder`` (see :func:`list_checkpoints`), or None."""
-    found = list_checkpoints(folder, require_manifest)
+    found = list_checkpoints(folder, require_manifest, prefix)
     return found[-1] if found else None
 
 

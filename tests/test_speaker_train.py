@@ -59,7 +59,7 @@ def _baseline_setup(tmp_path, out, epochs, resume=False):
 
 def test_a_kill_while_saving_a_checkpoint_resumes_from_the_one_before(tiny, tmp_path,
                                                                       monkeypatch):
-    """A kill inside save_state leaves only ``epoch_N.partial``: resume picks epoch N - 1,
+    """A kill inside save_state leaves only ``.tmp-epoch_N``: resume picks epoch N - 1,
     replays epoch N exactly, and the log holds each epoch once."""
     import accelerate
 
@@ -80,7 +80,7 @@ def test_a_kill_while_saving_a_checkpoint_resumes_from_the_one_before(tiny, tmp_
     monkeypatch.undo()
     run = tmp_path / "b"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "epoch_1", "epoch_2.partial"]
+        ".tmp-epoch_2", "epoch_1"]
     assert [json.loads(line)["epoch"] for line in
             (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]  # logged, not saved
     resumed = train_system(_baseline_setup(tmp_path, "b", 3, resume=True), teacher, crops)

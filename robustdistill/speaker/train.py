@@ -34,8 +34,6 @@ import argparse
 import json
 import logging
 import math
-import os
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -49,6 +47,14 @@ import yaml
 
 from downstream.config import from_dict, load_config, to_dict
 from downstream.tasks.speaker_verification.task import build_trials
+from robustdistill.checkpoints import (
+    checkpoint_index,
+    latest_checkpoint,
+    publish_checkpoint,
+    remove_incomplete,
+    temporary_checkpoint_dir,
+    write_manifest,
+)
 from robustdistill.config import parse_overrides
 from robustdistill.environment import record_environment
 from robustdistill.metrics.verification import compute_eer, compute_min_dcf
@@ -409,32 +415,36 @@ def evaluate_student(model: SpeakerModel, sets: dict[str, list[Utterance]], cfg:
 
 
 # ---------------------------------------------------------------------------- training
-_CHECKPOINT = re.compile(r"epoch_(\d+)")
+#: Speaker checkpoints are ``checkpoints/epoch_N`` (N epochs done), written and published as
+#: the distillation trainer's (:mod:`robustdistill.checkpoints`).
+_EPOCH_PREFIX = "epoch_"
 
 
 def _last_checkpoint(output_dir: Path) -> tuple[Path, int] | None:
     """The newest complete checkpoint, ``(folder, epochs done)``; None if there is none.
 
-    Checkpoints are written as ``epoch_N.partial`` and renamed to ``epoch_N`` once complete
-    (:func:`_save_checkpoint`), so a folder a kill left half-written is never picked.
+    Checkpoints with a manifest first (every one :func:`_save_checkpoint` published); else the
+    newest bare ``epoch_N`` folder, as runs older than the manifest wrote them.
     """
-    found = sorted((int(m.group(1)), p) for p in (output_dir / "checkpoints").glob("epoch_*")
-                   if p.is_dir() and (m := _CHECKPOINT.fullmatch(p.name)))
-    return (found[-1][1], found[-1][0]) if found else None
+    folder = output_dir / "checkpoints"
+    path = (latest_checkpoint(folder, prefix=_EPOCH_PREFIX)
+            or latest_checkpoint(folder, require_manifest=False, prefix=_EPOCH_PREFIX))
+    return (path, checkpoint_index(path, _EPOCH_PREFIX)) if path else None
 
 
 def _save_checkpoint(accelerator, output_dir: Path, epochs_done: int) -> None:
-    """``accelerator.save_state`` into ``checkpoints/epoch_N.partial``, then rename it to
-    ``epoch_N`` (a rename within one folder is atomic): a kill while saving leaves only a
-    ``.partial`` folder, which :func:`_last_checkpoint` ignores and the next save replaces."""
-    final = output_dir / "checkpoints" / f"epoch_{epochs_done}"
-    partial = final.with_name(final.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    accelerator.save_state(str(partial))
+    """``accelerator.save_state`` into ``checkpoints/.tmp-epoch_N``, then a manifest, then an
+    atomic rename to ``epoch_N`` (:func:`robustdistill.checkpoints.publish_checkpoint`): a kill
+    while saving leaves only the ``.tmp-`` folder, which :func:`_last_checkpoint` ignores and
+    the next start deletes (:func:`~robustdistill.checkpoints.remove_incomplete`)."""
+    folder = output_dir / "checkpoints"
+    tmp = temporary_checkpoint_dir(folder, epochs_done, _EPOCH_PREFIX)
+    accelerator.save_state(str(tmp))
+    write_manifest(tmp, epochs_done)
+    final = folder / f"{_EPOCH_PREFIX}{epochs_done}"
     if final.exists():  # an older run's epoch N, beyond the checkpoint this run resumed from
         shutil.rmtree(final)
-    os.replace(partial, final)
+    publish_checkpoint(tmp, final)
 
 
 def _logged_epochs(log_path: Path, epochs_done: int) -> list[dict[str, Any]]:
@@ -492,6 +502,8 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
     optimizer = _optimizer(model, t)
     model, optimizer = accelerator.prepare(model, optimizer)
     start_epoch = 0
+    if accelerator.is_main_process:
+        remove_incomplete(out_dir / "checkpoints")  # what a kill while saving left
     log_path = out_dir / "metrics.jsonl"
     history = []
     if t.resume and (last := _last_checkpoint(out_dir)) is not None:
