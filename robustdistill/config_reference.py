@@ -89,15 +89,20 @@ def _docstring_attributes(docstring: str) -> dict[str, str]:
     return docs
 
 
-def _section_class(cls: type, f: dataclasses.Field) -> type | None:
+def _type_hints(cls: type) -> dict[str, Any]:
+    """The class's resolved annotations; ``{}`` when one does not resolve."""
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):
+        return {}
+
+
+def _section_class(f: dataclasses.Field, hints: dict[str, Any]) -> type | None:
     """The dataclass a field holds (its default's, or its annotation's, ``X | None`` too)."""
     value = _default_value(f)
     if dataclasses.is_dataclass(value):
         return type(value)
-    try:
-        hint = typing.get_type_hints(cls).get(f.name)
-    except (NameError, TypeError):  # an annotation that does not resolve
-        return None
+    hint = hints.get(f.name)
     options = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(
         hint) in (typing.Union, types.UnionType) else [hint]
     if len(options) == 1 and dataclasses.is_dataclass(options[0]):
@@ -165,12 +170,12 @@ def config_keys(root: type) -> list[Section]:
                 filter(None, [note, f"the keys of `{seen[cls]}`"]))))
             return
         seen[cls] = name
-        docs = _attribute_docs(cls)
+        docs, hints = _attribute_docs(cls), _type_hints(cls)
         keys, nested = [], []
         prefix = f"{name}." if name else ""
         for f in dataclasses.fields(cls):
             value = _default_value(f)
-            section = _section_class(cls, f)
+            section = _section_class(f, hints)
             if section is not None:
                 sub_note = ("required" if value is dataclasses.MISSING else
                             "optional: null leaves it out" if value is None else "")

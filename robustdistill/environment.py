@@ -9,6 +9,8 @@ versions shows it.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import platform
 import subprocess
 import time
@@ -18,6 +20,8 @@ from typing import Any
 
 __all__ = ["ENVIRONMENT_FILE", "PACKAGES", "describe_software", "git_state",
            "read_environment", "record_environment", "software_environment"]
+
+logger = logging.getLogger(__name__)
 
 #: The file a run's records are appended to, in its ``output_dir``.
 ENVIRONMENT_FILE = "environment.json"
@@ -100,15 +104,26 @@ def record_environment(output_dir: str | Path, start: int, unit: str = "step") -
         unit: ``"step"`` or ``"epoch"``.
 
     Returns:
-        The record written: ``{"start": {unit: start}, "time": ISO 8601 UTC, ...}``.
+        The record written: ``{"start": {unit: start}, "time": ISO 8601 UTC, ...}``. An
+        unreadable earlier file is moved to ``environment.json.unreadable`` with a warning.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / ENVIRONMENT_FILE
     record = {"start": {unit: int(start)},
               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               **software_environment()}
-    records = read_environment(output_dir) + [record]
-    (output_dir / ENVIRONMENT_FILE).write_text(json.dumps(records, indent=1) + "\n")
+    try:
+        records = read_environment(output_dir)
+    except ValueError as err:  # not JSON, or not a list: keep it aside, never stop the run
+        aside = path.with_name(path.name + ".unreadable")
+        os.replace(path, aside)
+        logger.warning("%s is unreadable (%s): moved to %s, starting a new record", path, err,
+                       aside.name)
+        records = []
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(records + [record], indent=1) + "\n")
+    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous file whole
     return record
 
 

@@ -70,6 +70,13 @@ def test_each_start_appends_a_record_and_the_card_line_says_what_changed(tmp_pat
     (tmp_path / ENVIRONMENT_FILE).write_text("{}")
     with pytest.raises(ValueError, match="JSON list"):
         read_environment(tmp_path)
+    # a start never fails on it: the bad file is kept aside and a new record begins
+    (tmp_path / ENVIRONMENT_FILE).write_text('[{"start": ')  # cut mid-write by an old version
+    record_environment(tmp_path, 7)
+    assert [r["start"] for r in read_environment(tmp_path)] == [{"step": 7}]
+    assert (tmp_path / f"{ENVIRONMENT_FILE}.unreadable").read_text() == '[{"start": '
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ENVIRONMENT_FILE,
+                                                          f"{ENVIRONMENT_FILE}.unreadable"]
 
 
 def test_commit_and_uncommitted_changes_are_in_the_line():
