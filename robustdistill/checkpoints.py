@@ -12,6 +12,12 @@ leaves a half-deleted folder under a checkpoint's name.
 The same idea as ``transformers.Trainer``'s ``save_total_limit`` and accelerate's
 ``ProjectConfiguration(total_limit=...)``; accelerate's own rotation deletes in place and counts
 every entry of the folder, so the trainer names and rotates checkpoints itself.
+
+:func:`save_checkpoint` does all of it for an ``accelerate.Accelerator`` (the three trainers:
+``distill``, ``train-se``, ``train-speaker``). A trainer that appends to a log while it runs
+(``metrics.jsonl``) stores the log's size in the checkpoint and cuts the log back to it on resume
+(:func:`truncate_log`), so the lines a killed run wrote after its last checkpoint are not
+written twice.
 """
 
 from __future__ import annotations
@@ -35,9 +41,12 @@ __all__ = [
     "publish_checkpoint",
     "remove_incomplete",
     "rotate_checkpoints",
+    "save_checkpoint",
     "separate_packed_views",
     "separate_packed_views_on_save",
     "temporary_checkpoint_dir",
+    "tracker_resume_kwargs",
+    "truncate_log",
     "verify_checkpoint",
     "write_manifest",
 ]
@@ -176,11 +185,12 @@ def _delete(path: Path) -> None:
     shutil.rmtree(doomed)
 
 
-def rotate_checkpoints(folder: str | os.PathLike, keep: int) -> list[Path]:
+def rotate_checkpoints(folder: str | os.PathLike, keep: int,
+                       prefix: str = CHECKPOINT_PREFIX) -> list[Path]:
     """Delete all but the ``keep`` newest complete checkpoints.
 
-    Only complete checkpoints count and only they are rotated: a ``.tmp-`` folder never
-    pushes a complete one out.
+    Only complete checkpoints (``{prefix}N`` with a manifest) count and only they are rotated:
+    a ``.tmp-`` folder never pushes a complete one out.
 
     Returns:
         The deleted folders.
@@ -190,7 +200,7 @@ def rotate_checkpoints(folder: str | os.PathLike, keep: int) -> list[Path]:
     """
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
-    complete = list_checkpoints(folder)
+    complete = list_checkpoints(folder, prefix=prefix)
     doomed = complete[: max(0, len(complete) - keep)]
     for path in doomed:
         _delete(path)
@@ -218,6 +228,102 @@ def remove_incomplete(folder: str | os.PathLike) -> list[Path]:
         removed.append(path)
         logger.warning("removed %s, left by an interrupted checkpoint write or rotation", path)
     return removed
+
+
+def save_checkpoint(accelerator, folder: str | os.PathLike, index: int, step: int, *,
+                    state: dict[str, object] | None = None, keep: int | None = None,
+                    prefix: str = CHECKPOINT_PREFIX, replace: bool = False) -> Path:
+    """Write ``{folder}/{prefix}{index}`` with ``accelerator.save_state`` so that it is only
+    ever seen complete; call it on every process.
+
+    Every rank writes its part into ``.tmp-{prefix}{index}``; the main process adds ``state``
+    (one JSON file per entry), the manifest (:func:`write_manifest`), flushes and renames the
+    folder (:func:`publish_checkpoint`), and keeps the ``keep`` newest complete checkpoints
+    (:func:`rotate_checkpoints`). Packed parameter views (cuDNN's LSTM / GRU weights on a GPU)
+    are saved whole (:func:`separate_packed_views_on_save`, registered on first use).
+
+    Args:
+        accelerator: the run's ``accelerate.Accelerator`` (model, optimizer prepared).
+        folder: the run's ``checkpoints/`` folder.
+        index: the ``N`` of the folder name.
+        step: recorded in the manifest (the optimizer step, or the epochs done).
+        state: file name -> JSON-serialisable object, written by the main process.
+        keep: newest complete checkpoints kept (None: all).
+        prefix: folder-name prefix (``checkpoint_``, ``epoch_``).
+        replace: delete a complete ``{prefix}{index}`` first (a later checkpoint of an older
+            run, beyond the one this run resumed from) instead of raising.
+
+    Returns:
+        The published folder.
+
+    Raises:
+        CheckpointError: the folder exists and ``replace`` is false.
+    """
+    folder = Path(folder)
+    tmp = temporary_checkpoint_dir(folder, index, prefix)
+    final = folder / f"{prefix}{index}"
+    if not getattr(accelerator, "_separates_packed_views", False):
+        separate_packed_views_on_save(accelerator)
+        accelerator._separates_packed_views = True
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for name, value in (state or {}).items():
+            (tmp / name).write_text(json.dumps(value))
+        write_manifest(tmp, step)
+        if replace and final.exists():
+            _delete(final)
+            logger.info("replaced %s, left by an earlier run beyond this run's resume point",
+                        final)
+        publish_checkpoint(tmp, final)
+        if keep is not None:
+            rotate_checkpoints(folder, keep, prefix)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def truncate_log(path: str | os.PathLike, size: int | None) -> int:
+    """Cut an append-only log (JSON lines) back to ``size`` bytes, its size when the checkpoint
+    a run resumes from was written: what a killed run logged after that checkpoint goes, and
+    the resumed run logs it again.
+
+    Nothing is cut, with a warning, when ``size`` is beyond the file's end (the log was
+    shortened by hand) or not at a line's end; ``size`` None (a checkpoint older than this
+    record) leaves the file as it is.
+
+    Args:
+        path: the log (may not exist: nothing to do).
+        size: bytes to keep.
+
+    Returns:
+        The number of lines removed.
+    """
+    path = Path(path)
+    if size is None or not path.is_file():
+        return 0
+    data = path.read_bytes()
+    if size > len(data) or (size > 0 and data[size - 1 : size] != b"\n"):
+        logger.warning("%s: not cut back to the checkpoint's %d bytes (the file has %d, and "
+                       "byte %d does not end a line): lines logged after the checkpoint may "
+                       "appear twice", path, size, len(data), size)
+        return 0
+    dropped = data[size:].count(b"\n") + (not data.endswith(b"\n") and len(data) > size)
+    if dropped:
+        with path.open("r+b") as handle:
+            handle.truncate(size)
+        logger.info("%s: removed %d line(s) logged after the checkpoint", path, dropped)
+    return dropped
+
+
+def tracker_resume_kwargs(step: int) -> dict[str, dict]:
+    """``init_kwargs`` for ``Accelerator.init_trackers`` in a run that resumes at ``step``.
+
+    TensorBoard is told to hide what a killed run logged after its last checkpoint
+    (``SummaryWriter(purge_step=step + 1)``: the resumed run logs those steps again); a fresh
+    start (``step`` 0) needs nothing.
+    """
+    return {"tensorboard": {"purge_step": step + 1}} if step > 0 else {}
 
 
 def separate_packed_views(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

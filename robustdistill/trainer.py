@@ -53,13 +53,11 @@ from .checkpoints import (
     checkpoint_index,
     latest_checkpoint,
     list_checkpoints,
-    publish_checkpoint,
     remove_incomplete,
-    rotate_checkpoints,
-    separate_packed_views_on_save,
-    temporary_checkpoint_dir,
+    save_checkpoint,
+    tracker_resume_kwargs,
+    truncate_log,
     verify_checkpoint,
-    write_manifest,
 )
 from .config import ConfigError, DistillConfig, check_model_path
 from .data import ShardedRandomSampler, build_dataloader, build_datasets
@@ -210,7 +208,6 @@ class _Run:
             torch.backends.cudnn.allow_tf32 = True
         if t.cudnn_benchmark:  # process-wide, as Lightning's Trainer(benchmark=True)
             torch.backends.cudnn.benchmark = True
-        separate_packed_views_on_save(acc)  # cuDNN's packed LSTM weights share one buffer
         set_seed(cfg.seed)
         with acc.main_process_first():
             _prepare_models(cfg)
@@ -570,31 +567,25 @@ class _Run:
 
         Every rank writes its part (``accelerator.save_state``: model as safetensors,
         optimizer, RNG states) into ``checkpoints/.tmp-checkpoint_N``; the main process adds
-        ``training_state.json`` (progress, scheduler, each rank's stream position) and the
-        manifest, flushes everything to disk, renames the folder to ``checkpoint_N`` and
-        deletes all but the ``training.keep_checkpoints`` newest complete checkpoints
-        (:mod:`robustdistill.checkpoints`).
+        ``training_state.json`` (progress, scheduler, each rank's stream position, the size of
+        ``metrics.jsonl``) and the manifest, flushes everything to disk, renames the folder to
+        ``checkpoint_N`` and deletes all but the ``training.keep_checkpoints`` newest complete
+        checkpoints (:func:`robustdistill.checkpoints.save_checkpoint`).
 
         Returns:
             The checkpoint folder.
         """
         acc = self.accelerator
         index = self._next_checkpoint
-        tmp = temporary_checkpoint_dir(self.checkpoint_dir, index)
-        final = self.checkpoint_dir / f"checkpoint_{index}"
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
         streams = gather_object([self.train_set.state_dict()]) if self.sampler is None else None
-        acc.wait_for_everyone()
+        state = None
         if acc.is_main_process:
-            state = {"progress": self.progress.state_dict(),
-                     "scheduler": self.scheduler.state_dict(), "stream_per_rank": streams,
-                     "num_processes": acc.num_processes, "trajectory": self._trajectory()}
-            (tmp / TRAINING_STATE).write_text(json.dumps(state))
-            write_manifest(tmp, self.progress.step)
-            publish_checkpoint(tmp, final)
-            rotate_checkpoints(self.checkpoint_dir, self.cfg.training.keep_checkpoints)
-        acc.wait_for_everyone()
+            state = {TRAINING_STATE: {
+                "progress": self.progress.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "stream_per_rank": streams, "num_processes": acc.num_processes,
+                "trajectory": self._trajectory(), "metrics_bytes": _size(self.metrics_path)}}
+        final = save_checkpoint(acc, self.checkpoint_dir, index, self.progress.step, state=state,
+                                keep=self.cfg.training.keep_checkpoints)
         self._next_checkpoint = index + 1
         logger.info("checkpoint %s saved at step %d", final, self.progress.step)
         return final
@@ -668,6 +659,8 @@ class _Run:
         acc.load_state(str(path))  # weights_only loads only (safetensors, tensors, RNG arrays)
         self.progress.load_state_dict(state["progress"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if acc.is_main_process:  # what a killed run logged after this checkpoint
+            truncate_log(self.metrics_path, state.get("metrics_bytes"))
         if self.sampler is None:
             self.train_set.load_state_dict(state["stream_per_rank"][acc.process_index])
             if self.cfg.data.shuffle_buffer or self.cfg.data.num_workers:
@@ -682,6 +675,11 @@ class _Run:
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", path,
                     self.progress.step, self.progress.epoch, self.progress.batches_in_epoch)
         return True
+
+
+def _size(path: Path) -> int:
+    """Bytes of ``path``; 0 when it does not exist."""
+    return path.stat().st_size if path.is_file() else 0
 
 
 def _check_finite_inputs(batch: dict, clean: torch.Tensor, noisy: torch.Tensor) -> None:
@@ -834,10 +832,11 @@ def train(cfg: DistillConfig) -> Path:
         run.output_dir.mkdir(parents=True, exist_ok=True)
         remove_incomplete(run.checkpoint_dir)  # what a killed run's last write left
         (run.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    acc.init_trackers("distill", config={"teacher": cfg.teacher, "seed": cfg.seed,
-                                         "max_steps": t.max_steps, "lr": t.learning_rate})
     if t.resume_from:
         run.resume(t.resume_from)
+    acc.init_trackers("distill", config={"teacher": cfg.teacher, "seed": cfg.seed,
+                                         "max_steps": t.max_steps, "lr": t.learning_rate},
+                      init_kwargs=tracker_resume_kwargs(run.progress.step))
     if acc.is_main_process:
         record_environment(run.output_dir, run.progress.step)
     if run.progress.step == 0 and t.eval_at_start:  # the step-0 baseline of the validation loss

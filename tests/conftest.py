@@ -72,13 +72,13 @@ def fresh_accelerator_state():
 
 @pytest.fixture
 def die_at_checkpoint(monkeypatch):
-    """``die_at_checkpoint(n)``: the trainer's ``n``-th checkpoint publication raises
+    """``die_at_checkpoint(n)``: the ``n``-th checkpoint publication (any trainer's) raises
     ``KeyboardInterrupt`` after every file of it is written (a run killed mid-save); undone at
     the end of the test or by ``monkeypatch.undo()``."""
-    import robustdistill.trainer as trainer_module
+    import robustdistill.checkpoints as checkpoints_module
 
     def arm(n: int) -> list:
-        real, calls = trainer_module.publish_checkpoint, []
+        real, calls = checkpoints_module.publish_checkpoint, []
 
         def dying(tmp, final):
             calls.append(final)
@@ -86,7 +86,7 @@ def die_at_checkpoint(monkeypatch):
                 raise KeyboardInterrupt("killed while writing a checkpoint")
             return real(tmp, final)
 
-        monkeypatch.setattr(trainer_module, "publish_checkpoint", dying)
+        monkeypatch.setattr(checkpoints_module, "publish_checkpoint", dying)
         return calls
 
     return arm

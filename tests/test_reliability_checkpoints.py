@@ -21,9 +21,12 @@ from robustdistill.checkpoints import (
     publish_checkpoint,
     remove_incomplete,
     rotate_checkpoints,
+    save_checkpoint,
     separate_packed_views,
     separate_packed_views_on_save,
     temporary_checkpoint_dir,
+    tracker_resume_kwargs,
+    truncate_log,
     verify_checkpoint,
     write_manifest,
 )
@@ -97,15 +100,34 @@ def _final_sha(run_dir) -> str:
     return json.loads((run_dir / "final_state.json").read_text())["parameter_sha256_per_rank"][0]
 
 
+def _records(run_dir) -> list[dict]:
+    """``metrics.jsonl`` without its wall-clock fields."""
+    clock = {"audio_seconds_per_second", "data_wait_share"}
+    return [{k: v for k, v in json.loads(line).items() if k not in clock}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _tensorboard_steps(run_dir) -> list[int]:
+    """The steps of ``train/loss`` as TensorBoard shows them (purged events hidden)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir / "logs" / "distill"))  # not the hparams
+    accumulator.Reload()
+    return [e.step for e in accumulator.Scalars("train/loss")]
+
+
 @pytest.mark.slow
 def test_crash_during_a_checkpoint_write_then_resume_latest_is_exact(
         tmp_path, tiny_wavlm_dir, monkeypatch, die_at_checkpoint):
     """A run dies while its third checkpoint is being written (after every file of it is on
     disk, before the rename): ``resume_from latest`` takes the second, and the resumed run
-    ends with exactly the parameters of an uninterrupted one. Rotation keeps 2."""
+    ends with exactly the parameters of an uninterrupted one. Rotation keeps 2. The step the
+    killed run logged after its last checkpoint is not logged twice, in ``metrics.jsonl``
+    nor in TensorBoard."""
     full = tmp_path / "full"
+    tb = {"report_to": "[tensorboard]"}
     train(_config(tmp_path, tiny_wavlm_dir, "full", max_steps=5, save_every=1,
-                  keep_checkpoints=2))
+                  keep_checkpoints=2, **tb))
     assert sorted(p.name for p in (full / "checkpoints").iterdir()) == [
         "checkpoint_3", "checkpoint_4"]
     for path in list_checkpoints(full / "checkpoints"):
@@ -118,13 +140,16 @@ def test_crash_during_a_checkpoint_write_then_resume_latest_is_exact(
     part = tmp_path / "part"
     with pytest.raises(KeyboardInterrupt):
         train(_config(tmp_path, tiny_wavlm_dir, "part", max_steps=5, save_every=1,
-                      keep_checkpoints=2))
+                      keep_checkpoints=2, **tb))
     monkeypatch.undo()
     names = sorted(p.name for p in (part / "checkpoints").iterdir())
     assert names == [".tmp-checkpoint_2", "checkpoint_0", "checkpoint_1"]
     assert latest_checkpoint(part / "checkpoints").name == "checkpoint_1"
+    assert [r["step"] for r in _records(part)] == [1, 2, 3]  # step 3 logged, never saved
     train(_config(tmp_path, tiny_wavlm_dir, "part", max_steps=5, save_every=1,
-                  keep_checkpoints=2, resume_from="latest"))
+                  keep_checkpoints=2, resume_from="latest", **tb))
+    assert _records(part) == _records(full)
+    assert _tensorboard_steps(part) == _tensorboard_steps(full) == [1, 2, 3, 4, 5]
     assert sorted(p.name for p in (part / "checkpoints").iterdir()) == [
         "checkpoint_3", "checkpoint_4"]  # the leftover was removed, numbering went on
     assert _final_sha(part) == _final_sha(full)
@@ -225,3 +250,58 @@ def test_separate_packed_views_leaves_tied_weights_and_plain_tensors_alone():
     assert torch.equal(state["a"], torch.arange(4.0))
     assert torch.equal(state["b"], torch.arange(4.0, 10.0).view(2, 3))
     assert state["tied1"] is tied and state["tied2"] is tied and state["own"] is own
+
+
+def test_truncate_log_cuts_back_to_the_checkpoint_and_refuses_a_cut_mid_line(tmp_path, caplog):
+    log = tmp_path / "metrics.jsonl"
+    log.write_bytes(b'{"step": 1}\n{"step": 2}\n{"step": 3}\n{"st')  # killed mid-write
+    assert truncate_log(log, 24) == 2  # one whole line and the torn one
+    assert log.read_bytes() == b'{"step": 1}\n{"step": 2}\n'
+    assert truncate_log(log, 24) == 0 and truncate_log(log, None) == 0
+    assert truncate_log(tmp_path / "absent.jsonl", 10) == 0
+    assert truncate_log(log, 0) == 2 and log.read_bytes() == b""
+    log.write_bytes(b'{"step": 1}\n{"step": 2}\n')
+    with caplog.at_level("WARNING", logger="robustdistill.checkpoints"):
+        assert truncate_log(log, 5) == 0  # not a line's end
+        assert truncate_log(log, 99) == 0  # beyond the end: shortened by hand
+    assert log.read_bytes() == b'{"step": 1}\n{"step": 2}\n'
+    assert caplog.text.count("may appear twice") == 2
+
+
+def test_tracker_resume_kwargs_purge_what_follows_the_resumed_step():
+    assert tracker_resume_kwargs(0) == {}
+    assert tracker_resume_kwargs(7) == {"tensorboard": {"purge_step": 8}}
+
+
+def test_save_checkpoint_publishes_state_rotates_by_prefix_and_keeps_packed_gru_whole(tmp_path):
+    """The one writer of the three trainers: a GRU packed as cuDNN packs it (the SE student
+    on a GPU) is saved whole; ``state`` files join the manifest; rotation counts its own
+    prefix only; an existing folder is replaced only when asked."""
+    from accelerate import Accelerator
+
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(3, 4, num_layers=2)
+    _pack_like_cudnn(gru)
+    acc = Accelerator(cpu=True)
+    model = acc.prepare(gru)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    folder = tmp_path / "checkpoints"
+    _fake_checkpoint(folder, 0, step=0)  # another prefix: never rotated by epoch_ saves
+    for epoch in (1, 2, 3):
+        final = save_checkpoint(acc, folder, epoch, epoch * 10, state={"s.json": {"e": epoch}},
+                                keep=2, prefix="epoch_")
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint_0", "epoch_2", "epoch_3"]
+    manifest = verify_checkpoint(final)
+    assert manifest["step"] == 30 and "s.json" in manifest["files"]
+    assert json.loads((final / "s.json").read_text()) == {"e": 3}
+    saved = load_file(str(final / "model.safetensors"))
+    assert saved.keys() == expected.keys() and len(saved) == 8
+    assert all(torch.equal(saved[k], expected[k]) for k in expected)
+    with pytest.raises(CheckpointError, match="exists already"):
+        save_checkpoint(acc, folder, 3, 30, prefix="epoch_")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".tmp-epoch_3", "checkpoint_0", "epoch_2", "epoch_3"]
+    remove_incomplete(folder)
+    save_checkpoint(acc, folder, 3, 31, prefix="epoch_", replace=True)
+    assert verify_checkpoint(folder / "epoch_3")["step"] == 31
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint_0", "epoch_2", "epoch_3"]

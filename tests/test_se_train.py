@@ -208,3 +208,72 @@ def test_resume_equals_uninterrupted(tmp_path, recipe):
     rows = [json.loads(x) for x in (part / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert (part / "student" / "model.safetensors").is_file() and (part / "config.yaml").is_file()
+
+
+# ------------------------------------------------------------- checkpoints and resume
+def _se_args(root, out, steps, *extra):
+    return ["--student.hidden_size", "8", "--data.speech_dir", str(root / "speech"),
+            "--data.noise_dir", str(root / "noise"), "--data.rir_dir", "null",
+            "--data.reverb_prob", "0", "--data.crop_seconds", "0.25",
+            "--training.batch_size", "2", "--training.log_every", "1",
+            "--training.save_every", "1", "--training.report_to", "none",
+            "--output_dir", str(out), "--training.max_steps", str(steps), *extra]
+
+
+def test_kill_while_saving_then_resume_equals_uninterrupted_with_the_same_log(
+        tmp_path, monkeypatch, die_at_checkpoint):
+    """Killed while publishing the step-3 checkpoint (steps 1-3 logged): the next start
+    removes the ``.tmp-`` folder, resumes from step 2, cuts ``metrics.jsonl`` back to step 2
+    and ends with the uninterrupted run's weights and, byte for byte, its log."""
+    _write_data(tmp_path)
+    train_se(load_se_config(None, _se_args(tmp_path, tmp_path / "full", 4)))
+    die_at_checkpoint(3)
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        train_se(load_se_config(None, _se_args(tmp_path, part, 4)))
+    monkeypatch.undo()
+    assert sorted(p.name for p in (part / "checkpoints").iterdir()) == [
+        ".tmp-checkpoint_3", "checkpoint_1", "checkpoint_2"]
+    assert [json.loads(x)["step"] for x in (part / "metrics.jsonl").read_text().splitlines()
+            ] == [1, 2, 3]
+    train_se(load_se_config(None, _se_args(tmp_path, part, 4)))
+    full_state = json.loads((tmp_path / "full" / "final_state.json").read_text())
+    part_state = json.loads((part / "final_state.json").read_text())
+    assert part_state["parameter_sha256"] == full_state["parameter_sha256"]
+    assert (part / "metrics.jsonl").read_bytes() == (tmp_path / "full" / "metrics.jsonl"
+                                                     ).read_bytes()
+    assert sorted(p.name for p in (part / "checkpoints").iterdir()) == [
+        "checkpoint_3", "checkpoint_4"]  # keep_checkpoints 2; the leftover is gone
+    manifest = json.loads((part / "checkpoints" / "checkpoint_4" / "checkpoint.json").read_text())
+    assert manifest["step"] == 4 and "training_state.json" in manifest["files"]
+
+
+def test_a_checkpoint_written_before_the_manifest_still_resumes_exactly(tmp_path):
+    """An older run's ``checkpoint_N`` (save_state plus ``step.json``, no manifest)."""
+    _write_data(tmp_path)
+    train_se(load_se_config(None, _se_args(tmp_path, tmp_path / "full", 4)))
+    part = tmp_path / "part"
+    train_se(load_se_config(None, _se_args(tmp_path, part, 2)))
+    for path in (part / "checkpoints").iterdir():  # as the old trainer left them
+        (path / "checkpoint.json").unlink()
+        (path / "training_state.json").unlink()
+        (path / "step.json").write_text(json.dumps({"step": int(path.name.split("_")[1])}))
+    train_se(load_se_config(None, _se_args(tmp_path, part, 4)))
+    a = json.loads((tmp_path / "full" / "final_state.json").read_text())
+    b = json.loads((part / "final_state.json").read_text())
+    assert a["parameter_sha256"] == b["parameter_sha256"]
+    names = sorted(p.name for p in (part / "checkpoints").iterdir())
+    assert names == ["checkpoint_1", "checkpoint_2", "checkpoint_3", "checkpoint_4"]
+
+
+def test_starting_a_finished_run_again_changes_nothing(tmp_path):
+    _write_data(tmp_path)
+    out = tmp_path / "r"
+    train_se(load_se_config(None, _se_args(tmp_path, out, 2)))
+    before = {p.name: p.read_bytes() for p in (out / "checkpoints" / "checkpoint_2").iterdir()}
+    log = (out / "metrics.jsonl").read_bytes()
+    sha = json.loads((out / "final_state.json").read_text())["parameter_sha256"]
+    train_se(load_se_config(None, _se_args(tmp_path, out, 2)))
+    after = {p.name: p.read_bytes() for p in (out / "checkpoints" / "checkpoint_2").iterdir()}
+    assert after == before and (out / "metrics.jsonl").read_bytes() == log
+    assert json.loads((out / "final_state.json").read_text())["parameter_sha256"] == sha

@@ -207,12 +207,14 @@ def test_checkpoints_keep_the_newest_and_the_last_step_is_logged(tmp_path):
     assert [r["step"] for r in rows] == [3, 4]
 
 
-def test_newest_checkpoint_is_the_highest_complete_step(tmp_path):
+def test_newest_legacy_checkpoint_is_the_highest_complete_step(tmp_path):
+    """Runs before the manifest: ``step.json`` (written after save_state) marks completion."""
     for step in (2, 9, 10, 11):
         (tmp_path / f"checkpoint_{step}").mkdir()
         if step != 11:  # 11 was interrupted before its step.json
-            (tmp_path / f"checkpoint_{step}" / "step.json").write_text('{"step": 1}')
-    assert se_train._newest_checkpoint(tmp_path).name == "checkpoint_10"
+            (tmp_path / f"checkpoint_{step}" / "step.json").write_text(f'{{"step": {step}}}')
+    path, state = se_train._newest_checkpoint(tmp_path)
+    assert path.name == "checkpoint_10" and state == {"step": 10}
 
 
 # ---------------------------------------------------------------------------- teacher pool

@@ -12,10 +12,12 @@ One YAML recipe plus ``--section.key value`` overrides (``configs/se_*.yaml``)::
 The run writes to ``output_dir``: ``config.yaml``, ``environment.json`` (software versions at
 each start), ``metrics.jsonl`` (one JSON object per
 logged step: step, split, lr, every loss part), ``logs/`` (TensorBoard), ``checkpoints/
-checkpoint_N/`` (``accelerator.save_state`` + ``step.json``; resumed from the newest one
-automatically: batches are a pure function of ``(seed, step)`` and the student's and loss
-heads' weights and the optimizer state are restored, so a resumed run equals an uninterrupted
-one), and at the end ``student/`` (``save_pretrained``) and ``final_state.json`` (step and a
+checkpoint_N/`` (N the step: ``accelerator.save_state`` plus ``training_state.json``, written,
+published and rotated by :func:`robustdistill.checkpoints.save_checkpoint`, so a kill while
+saving never leaves a half-written ``checkpoint_N``; resumed from the newest one automatically:
+batches are a pure function of ``(seed, step)``, the student's and loss heads' weights and the
+optimizer state are restored, and ``metrics.jsonl`` is cut back to the checkpoint, so a resumed
+run equals an uninterrupted one), and at the end ``student/`` (``save_pretrained``) and ``final_state.json`` (step and a
 SHA-256 of the student's parameters). The teacher is frozen and never saved.
 """
 
@@ -26,13 +28,22 @@ import dataclasses
 import hashlib
 import json
 import logging
-import shutil
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 
+from ..checkpoints import (
+    latest_checkpoint,
+    list_checkpoints,
+    remove_incomplete,
+    save_checkpoint,
+    tracker_resume_kwargs,
+    truncate_log,
+    verify_checkpoint,
+)
 from ..config import ConfigError, merge_config, parse_overrides, read_yaml
 from ..environment import record_environment
 from ..processes import finish_processes
@@ -45,6 +56,9 @@ __all__ = ["SETrainConfig", "TrainingOptions", "StudentOptions", "load_se_config
            "main", "parameter_hash"]
 
 logger = logging.getLogger(__name__)
+
+#: The trainer's state in every checkpoint: ``{"step", "metrics_bytes"}``.
+_STATE = "training_state.json"
 
 
 @dataclass
@@ -94,7 +108,8 @@ class TrainingOptions:
         max_grad_norm: gradient clipping (L2 norm).
         log_every: steps between ``metrics.jsonl`` / TensorBoard lines.
         save_every: steps between checkpoints (0: only at the end).
-        keep_checkpoints: newest checkpoints kept.
+        keep_checkpoints: newest complete checkpoints kept (checkpoints of runs older than the
+            manifest, with a ``step.json``, are resumed from but never deleted).
         report_to: ``"tensorboard"`` or ``"none"``.
         cpu: force CPU.
         threads: ``torch.set_num_threads`` (0: leave it).
@@ -205,9 +220,25 @@ def teacher_layers(loss: LossConfig) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
-def _newest_checkpoint(folder: Path) -> Path | None:
-    found = [p for p in folder.glob("checkpoint_*") if (p / "step.json").is_file()]
-    return max(found, key=lambda p: int(p.name.split("_")[1])) if found else None
+def _newest_checkpoint(folder: Path) -> tuple[Path, dict] | None:
+    """The newest complete checkpoint and its training state (``{"step", "metrics_bytes"}``),
+    or None.
+
+    Checkpoints with a manifest first (:func:`robustdistill.checkpoints.save_checkpoint`);
+    else the newest ``checkpoint_N`` holding a ``step.json``, as runs before the manifest wrote
+    them (its ``step.json`` was written after ``save_state``: its presence marks it complete).
+
+    Raises:
+        CheckpointError: the newest checkpoint with a manifest is altered (a file missing or
+            resized).
+    """
+    path = latest_checkpoint(folder)
+    if path is not None:
+        verify_checkpoint(path)
+        return path, json.loads((path / _STATE).read_text())
+    legacy = [p for p in list_checkpoints(folder, require_manifest=False)
+              if (p / "step.json").is_file()]
+    return (legacy[-1], json.loads((legacy[-1] / "step.json").read_text())) if legacy else None
 
 
 def train_se(cfg: SETrainConfig) -> Path:
@@ -243,28 +274,30 @@ def train_se(cfg: SETrainConfig) -> Path:
     maker = PairMaker(cfg.data, seed=cfg.seed)
 
     ckpt_dir = out / "checkpoints"
+    if acc.is_main_process:
+        remove_incomplete(ckpt_dir)  # what a kill while saving left
     start = 0
     newest = _newest_checkpoint(ckpt_dir)
     if newest is not None:
-        acc.load_state(str(newest))
-        start = json.loads((newest / "step.json").read_text())["step"]
-        logger.info("resumed from %s (step %d)", newest, start)
+        acc.load_state(str(newest[0]))
+        start = newest[1]["step"]
+        if acc.is_main_process:  # what a killed run logged after this checkpoint
+            truncate_log(out / "metrics.jsonl", newest[1].get("metrics_bytes"))
+        logger.info("resumed from %s (step %d)", newest[0], start)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         record_environment(out, start)
-    acc.init_trackers("se", config={"seed": cfg.seed, "max_steps": t.max_steps})
+    acc.init_trackers("se", config={"seed": cfg.seed, "max_steps": t.max_steps},
+                      init_kwargs=tracker_resume_kwargs(start))
     metrics = (out / "metrics.jsonl").open("a") if acc.is_main_process else None
 
     def save(step: int) -> None:
-        path = ckpt_dir / f"checkpoint_{step}"
-        acc.save_state(str(path))
-        if acc.is_main_process:
-            (path / "step.json").write_text(json.dumps({"step": step}) + "\n")
-            old = sorted((p for p in ckpt_dir.glob("checkpoint_*")),
-                         key=lambda p: int(p.name.split("_")[1]))
-            for p in old[: -t.keep_checkpoints]:
-                shutil.rmtree(p, ignore_errors=True)
+        state = None
+        if metrics:  # flushed after every line
+            state = {_STATE: {"step": step, "metrics_bytes": os.fstat(metrics.fileno()).st_size}}
+        save_checkpoint(acc, ckpt_dir, step, step, state=state, keep=t.keep_checkpoints,
+                        replace=True)
 
     bar = tqdm(total=t.max_steps, initial=start, desc="train-se",
                disable=not acc.is_main_process)
@@ -311,7 +344,8 @@ def train_se(cfg: SETrainConfig) -> Path:
         if t.save_every and done % t.save_every == 0 and done < t.max_steps:
             save(done)
     bar.close()
-    save(t.max_steps)
+    if start < t.max_steps:  # else this is a finished run started again: nothing new to save
+        save(t.max_steps)
     acc.wait_for_everyone()
     if acc.is_main_process:
         model = acc.unwrap_model(student)

@@ -34,7 +34,6 @@ import argparse
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,10 +49,8 @@ from downstream.tasks.speaker_verification.task import build_trials
 from robustdistill.checkpoints import (
     checkpoint_index,
     latest_checkpoint,
-    publish_checkpoint,
     remove_incomplete,
-    temporary_checkpoint_dir,
-    write_manifest,
+    save_checkpoint,
 )
 from robustdistill.config import parse_overrides
 from robustdistill.environment import record_environment
@@ -433,18 +430,12 @@ def _last_checkpoint(output_dir: Path) -> tuple[Path, int] | None:
 
 
 def _save_checkpoint(accelerator, output_dir: Path, epochs_done: int) -> None:
-    """``accelerator.save_state`` into ``checkpoints/.tmp-epoch_N``, then a manifest, then an
-    atomic rename to ``epoch_N`` (:func:`robustdistill.checkpoints.publish_checkpoint`): a kill
-    while saving leaves only the ``.tmp-`` folder, which :func:`_last_checkpoint` ignores and
-    the next start deletes (:func:`~robustdistill.checkpoints.remove_incomplete`)."""
-    folder = output_dir / "checkpoints"
-    tmp = temporary_checkpoint_dir(folder, epochs_done, _EPOCH_PREFIX)
-    accelerator.save_state(str(tmp))
-    write_manifest(tmp, epochs_done)
-    final = folder / f"{_EPOCH_PREFIX}{epochs_done}"
-    if final.exists():  # an older run's epoch N, beyond the checkpoint this run resumed from
-        shutil.rmtree(final)
-    publish_checkpoint(tmp, final)
+    """``checkpoints/epoch_N`` through :func:`robustdistill.checkpoints.save_checkpoint`
+    (``.tmp-epoch_N``, a manifest, an atomic rename): a kill while saving leaves only the
+    ``.tmp-`` folder, which :func:`_last_checkpoint` ignores and the next start deletes. An
+    ``epoch_N`` of an older run, beyond the checkpoint this run resumed from, is replaced."""
+    save_checkpoint(accelerator, output_dir / "checkpoints", epochs_done, epochs_done,
+                    prefix=_EPOCH_PREFIX, replace=True)
 
 
 def _logged_epochs(log_path: Path, epochs_done: int) -> list[dict[str, Any]]:
