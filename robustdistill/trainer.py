@@ -659,8 +659,8 @@ class _Run:
         acc.load_state(str(path))  # weights_only loads only (safetensors, tensors, RNG arrays)
         self.progress.load_state_dict(state["progress"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if acc.is_main_process:  # what a killed run logged after this checkpoint
-            truncate_log(self.metrics_path, state.get("metrics_bytes"))
+        if acc.is_main_process and path.parent.resolve() == self.checkpoint_dir.resolve():
+            truncate_log(self.metrics_path, state.get("metrics_bytes"))  # logged after it
         if self.sampler is None:
             self.train_set.load_state_dict(state["stream_per_rank"][acc.process_index])
             if self.cfg.data.shuffle_buffer or self.cfg.data.num_workers:

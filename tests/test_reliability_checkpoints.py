@@ -305,3 +305,21 @@ def test_save_checkpoint_publishes_state_rotates_by_prefix_and_keeps_packed_gru_
     save_checkpoint(acc, folder, 3, 31, prefix="epoch_", replace=True)
     assert verify_checkpoint(folder / "epoch_3")["step"] == 31
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint_0", "epoch_2", "epoch_3"]
+
+
+def test_resuming_from_another_runs_checkpoint_leaves_this_runs_log_alone(
+        tmp_path, tiny_wavlm_dir):
+    """The size recorded in a checkpoint is that of its own run's log: resuming run B from
+    run A's checkpoint cuts nothing of B's ``metrics.jsonl``."""
+    train(_config(tmp_path, tiny_wavlm_dir, "a", max_steps=2, save_every=1))
+    checkpoint = tmp_path / "a" / "checkpoints" / "checkpoint_0"
+    size = json.loads((checkpoint / "training_state.json").read_text())["metrics_bytes"]
+    b = tmp_path / "b"
+    b.mkdir()
+    first = '{"note": "' + "x" * (size - 13) + '"}\n'  # a line ends where A's log was cut
+    earlier = first + '{"note": "B\'s second line"}\n'
+    assert len(first) == size
+    (b / "metrics.jsonl").write_text(earlier)
+    train(_config(tmp_path, tiny_wavlm_dir, "b", max_steps=2, resume_from=str(checkpoint)))
+    lines = (b / "metrics.jsonl").read_text().splitlines(keepends=True)
+    assert "".join(lines[:2]) == earlier and [json.loads(x)["step"] for x in lines[2:]] == [2, 2]
