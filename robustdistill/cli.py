@@ -159,7 +159,10 @@ def export_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="robustdistill export")
     parser.add_argument("--run", required=True, help="the run's output_dir")
     parser.add_argument("--checkpoint", default=None, help="default: the newest checkpoint")
-    parser.add_argument("--out", default=None, help="default: RUN/student")
+    parser.add_argument("--out", default=None,
+                        help="default: RUN/student for the newest checkpoint, "
+                             "RUN/exports/CHECKPOINT/student for --checkpoint "
+                             "(heads go next to it, in ../heads)")
     parser.add_argument("--onnx", action="store_true",
                         help="also write OUT/onnx/model.onnx, checked with onnxruntime")
     parser.add_argument("--onnx-check-audio", default=None,

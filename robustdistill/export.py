@@ -74,7 +74,9 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
         run_dir: the run's ``output_dir`` (holds ``student_init/``, ``config.yaml`` and
             ``checkpoints/``).
         checkpoint: a checkpoint folder; default the newest under ``run_dir/checkpoints``.
-        out_dir: where to write; default ``run_dir/student``.
+        out_dir: where to write; default ``run_dir/student`` for the newest checkpoint, and
+            ``run_dir/exports/<checkpoint name>/student`` for a ``checkpoint`` given, so that
+            an earlier checkpoint never replaces the run's final student (and its card).
 
     Returns:
         The student folder; heads go to ``<out_dir>/../heads``.
@@ -87,6 +89,7 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
     init = run_dir / "student_init"
     if not (init / "config.json").is_file():
         raise FileNotFoundError(f"{init} has no config.json: is {run_dir} a distillation run?")
+    chosen = checkpoint is not None
     if checkpoint is None:
         # The newest complete checkpoint (robustdistill.checkpoints); runs from before
         # checkpoints had manifests: the newest checkpoint_N folder.
@@ -105,7 +108,10 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
     if missing or unexpected:
         raise RuntimeError(f"checkpoint does not match the student: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "student"
+    if out_dir is None:
+        out_dir = (run_dir / "exports" / Path(checkpoint).name / "student" if chosen
+                   else run_dir / "student")
+    out_dir = Path(out_dir)
     save_student(student, AutoFeatureExtractor.from_pretrained(init), out_dir)
     heads: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():

@@ -259,6 +259,23 @@ def test_export_from_checkpoint_writes_the_checkpoints_weights_and_heads(tmp_pat
     assert recipe["options"] == {"teacher_layers": [1, 2]}
 
 
+def test_export_of_a_chosen_checkpoint_leaves_the_runs_own_student_alone(tmp_path,
+                                                                        tiny_wavlm_dir):
+    """Without ``out_dir``: the newest checkpoint goes to ``RUN/student``, a checkpoint given
+    by name to ``RUN/exports/<name>/student`` (heads beside it), never over the final one."""
+    from robustdistill.export import export_from_checkpoint
+
+    run, trained, _ = _fake_run(tmp_path, tiny_wavlm_dir)
+    (run / "student").mkdir()
+    (run / "student" / "README.md").write_text("the final student's card")
+    chosen = export_from_checkpoint(run, run / "checkpoints" / "checkpoint_2")
+    assert chosen == run / "exports" / "checkpoint_2" / "student"
+    assert (run / "exports" / "checkpoint_2" / "heads" / "layerwise.safetensors").is_file()
+    assert sorted(p.name for p in (run / "student").iterdir()) == ["README.md"]
+    assert not (run / "heads").exists()
+    assert export_from_checkpoint(run) == run / "student"  # the newest: the run's own
+
+
 def test_export_from_checkpoint_refuses_a_checkpoint_missing_student_weights(tmp_path,
                                                                              tiny_wavlm_dir):
     from robustdistill.export import export_from_checkpoint
