@@ -267,6 +267,25 @@ def test_se_table_rows_per_method_and_size_and_the_paired_claim_check():
     assert f"[{1 - half:.2f}, {1 + half:.2f}] dB" in claim
 
 
+def test_se_table_merge_takes_the_snrs_of_the_merged_results(tmp_path, capsys):
+    """Seed folders run with ``--snrs -5 0`` merge without repeating ``--snrs`` (it used to
+    look for the default 5 dB column and fail with KeyError '5')."""
+    from robustdistill.se.table import main as table_main
+
+    for seed, value in ((0, 1.0), (1, 3.0)):
+        folder = tmp_path / f"s{seed}"
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps({f"mixture_63x_s{seed}": {
+            "parameters": 100, "results": {"0": _scores(value), "-5": _scores(value - 1)}}}))
+    assert table_main(["--merge", str(tmp_path / "s0"), str(tmp_path / "s1"),
+                       "--out", str(tmp_path / "m"), "--methods", "mixture",
+                       "--sizes", "63"]) == 0
+    text = (tmp_path / "m" / "table.md").read_text()
+    assert text.index("Input SNR -5 dB") < text.index("Input SNR 0 dB")
+    assert "Input SNR 5 dB" not in text
+    assert "| mixture 63x | 100 | 2 | 1.00 ± 1.41 |" in text  # -5 dB: values 0 and 2
+
+
 # ---------------------------------------------------------------------------- SSL enhancer
 def test_ssl_enhancer_masks_from_the_last_hidden_layer(tmp_path):
     from safetensors.torch import save_file

@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool-size", type=int, default=1024)
     parser.add_argument("--per-speaker", type=int, default=2)
     parser.add_argument("--max-seconds", type=float, default=6.0)
-    parser.add_argument("--snrs", nargs="+", type=float, default=[-5.0, 0.0, 5.0])
+    parser.add_argument("--snrs", nargs="+", type=float, default=None,
+                        help="input SNRs in dB (default -5 0 5; with --merge: those of the "
+                             "merged results)")
     parser.add_argument("--test-speech", default="../shared/data/librispeech-mini/test-other")
     parser.add_argument("--test-noise", default="runs/data/noise_test")
     parser.add_argument("--threads", type=int, default=1)
@@ -116,10 +118,14 @@ def main(argv: list[str] | None = None) -> int:
             merged.update(json.loads((Path(folder) / "results.json").read_text()))
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "results.json").write_text(json.dumps(merged, indent=1))
-        text = render_table(merged, [f"{s:g}" for s in args.snrs], args.methods, args.sizes)
+        snrs = ([f"{s:g}" for s in args.snrs] if args.snrs else
+                sorted(set.intersection(*(set(r["results"]) for r in merged.values())),
+                       key=float))
+        text = render_table(merged, snrs, args.methods, args.sizes)
         (Path(args.out) / "table.md").write_text(text)
         print(text)
         return 0
+    args.snrs = args.snrs or [-5.0, 0.0, 5.0]
     import torch
 
     torch.set_num_threads(args.threads)

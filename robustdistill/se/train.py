@@ -372,7 +372,13 @@ def main(argv: list[str]) -> int:
     args, overrides = parser.parse_known_args(argv)
     try:
         cfg = load_se_config(args.config, overrides)
-    except (ConfigError, FileNotFoundError) as err:
+        cfg.student.build()  # exactly one of ratio / hidden_size
+    except (ConfigError, FileNotFoundError, ValueError) as err:
         parser.error(str(err))
-    train_se(cfg)
+    try:
+        train_se(cfg)
+    except FileNotFoundError as err:  # a data folder, found at start-up: a message, no traceback
+        hint = ("; the recipes' runs/data/* folders are made once by "
+                "`bash scripts/split_shared_data.sh`" if "runs/data/" in str(err) else "")
+        parser.error(f"{err}{hint}")
     return 0

@@ -755,7 +755,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", default="4,8,16,32", help="gap: n_steps values")
     parser.add_argument("--crops", type=int, default=4, help="gap: number of crops")
     args, rest = parser.parse_known_args(argv)
-    cfg = load_config(args.config, SpeakerKDConfig, parse_overrides(rest))
+    try:
+        cfg = load_config(args.config, SpeakerKDConfig, parse_overrides(rest))
+    except (ValueError, FileNotFoundError) as err:  # ConfigError is a ValueError
+        parser.error(str(err))
     if args.action == "gap":
         steps = [int(x) for x in args.steps.split(",")]
         print(json.dumps(completeness_by_steps(cfg, steps, args.crops), indent=1))
