@@ -364,7 +364,14 @@ def test_se_student_card_from_the_cli(tmp_path):
                "--license", "mit", "--kind", "se"])
     assert rc == 0
     text = (student / "README.md").read_text()
-    assert "- Parameters: 8,865 (0.0 M)." in text
+    assert "- Parameters: 8,865." in text and "(robustdistill-se-gru-mask, 8,865 parameters)" in text
+    # How to use: the SE student's own loader, and the snippet runs as printed
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "GRUMaskStudent.from_pretrained(folder)" in code and "load_file" not in code
+    scope: dict = {}
+    exec(code, scope)
+    assert scope["enhanced"].shape == (1, 16000)
+    assert "robustdistill enhance noisy.wav enhanced.wav --model FOLDER" in text
     assert "- Architecture: `robustdistill-se-gru-mask`, 2 layers, width 16." in text
     assert "Speed was not measured for this card." in text
     assert "- Loss: not recorded in the run's config\n" in text

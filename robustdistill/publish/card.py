@@ -590,7 +590,7 @@ def _teacher_text(run: RunSummary | None, base_model: str | None) -> str:
         parts = [facts.architecture]
         parts += [f"{facts.num_layers} layers"] if facts.num_layers else []
         parts += [f"width {facts.hidden_size}"] if facts.hidden_size else []
-        details.append(", ".join([*parts, f"{facts.parameters / 1e6:.1f} M parameters"]))
+        details.append(", ".join([*parts, f"{parameter_count(facts.parameters)} parameters"]))
     return where + (f" ({'; '.join(details)})" if details else "")
 
 
@@ -613,9 +613,42 @@ def _onnx_inputs(onnx_file: Path, model_dir: Path) -> list[str]:
                                else [])
 
 
+def parameter_count(n: int) -> str:
+    """``23.5 M`` from 1e6 parameters up, else the exact count with thousands separators
+    (``41,606``): a tiny SE student is not "0.0 M"."""
+    return f"{n / 1e6:.1f} M" if n >= 1_000_000 else f"{n:,}"
+
+
+def _is_transformers_config(model_dir: Path) -> bool:
+    """Whether ``config.json`` names a model type ``transformers`` knows (checked without
+    ``AutoConfig``, which logs advice to upgrade transformers for any other folder)."""
+    from transformers import CONFIG_MAPPING
+
+    try:
+        model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(model_type, str) and model_type in CONFIG_MAPPING
+
+
 def _load_snippets(ref: str, library_transformers: bool,
-                   onnx_inputs: Sequence[str] | None) -> tuple[str, str]:
-    if library_transformers:
+                   onnx_inputs: Sequence[str] | None, kind: str = "ssl") -> tuple[str, str]:
+    if kind == "se" and not library_transformers:
+        local = Path(ref).is_dir() or ref.startswith(("/", "."))
+        get = f'folder = "{ref}"' if local else f'folder = snapshot_download("{ref}")'
+        imports = "" if local else "from huggingface_hub import snapshot_download\n"
+        load = (
+            "```python\nimport torch\n" + imports
+            + "from robustdistill.se.students import GRUMaskStudent\n\n"
+            + get + "\n"
+            "model = GRUMaskStudent.from_pretrained(folder)  # eval mode\n"
+            "noisy = torch.zeros(1, 16000)  # (batch, samples) of 16 kHz mono audio\n"
+            "with torch.no_grad():\n"
+            "    enhanced = model(noisy).enhanced  # (batch, samples)\n```\n\n"
+            "Or on files and folders (any sample rate and channel count, written back the "
+            "same):\n\n"
+            "```bash\nrobustdistill enhance noisy.wav enhanced.wav --model FOLDER\n```")
+    elif library_transformers:
         load = (
             "```python\nimport numpy as np\n"
             "from transformers import AutoFeatureExtractor, AutoModel\n\n"
@@ -757,7 +790,6 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     """
     import jinja2
     from huggingface_hub import ModelCard, ModelCardData
-    from transformers import AutoConfig
 
     if kind not in KINDS:
         raise CardError(f"unknown card kind {kind!r}; known: {sorted(KINDS)}")
@@ -767,11 +799,7 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} has no config.json: not a saved student folder")
     student = model_facts(model_dir)
-    try:
-        AutoConfig.from_pretrained(model_dir)
-        library_transformers = True
-    except (OSError, ValueError):
-        library_transformers = False
+    library_transformers = _is_transformers_config(model_dir)
     run = summarise_run(run_dir, step=step, kind=kind) if run_dir is not None else None
     if base_model is None and run is not None and _is_hub_id(run.teacher):
         base_model = run.teacher
@@ -807,7 +835,7 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     onnx_file = model_dir / "onnx" / "model.onnx"
     load, onnx = _load_snippets(ref, library_transformers,
                                 _onnx_inputs(onnx_file, model_dir) if onnx_file.is_file()
-                                else None)
+                                else None, kind)
     parity_file = model_dir / "onnx" / "parity.json"
     onnx_parity = ""
     if onnx and parity_file.is_file():
@@ -841,6 +869,7 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              autoescape=False)
+    env.filters["parameter_count"] = parameter_count
     try:
         text = env.get_template(KINDS[kind][0]).render(**context)
     except jinja2.UndefinedError as err:
