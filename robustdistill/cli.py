@@ -5,7 +5,7 @@ Subcommands::
     robustdistill distill --config configs/demo.yaml [--resume] [--section.key value ...]
     robustdistill create-student --teacher ID_OR_DIR --out DIR [--num-layers 2 ...]
     robustdistill make-teacher --family wavlm --preset small --out DIR
-    robustdistill export --run OUTPUT_DIR [--checkpoint DIR] [--out DIR]
+    robustdistill export --run OUTPUT_DIR [--checkpoint DIR] [--out DIR] [--onnx]
     robustdistill evaluate --task TASK --upstream ID_OR_DIR --config FILE --out DIR
     robustdistill compare RESULT.json ... --out DIR
     robustdistill export-s3prl --student DIR --out OUT.ckpt   (s3prl's distiller format)
@@ -47,6 +47,18 @@ def _setup_logging() -> None:
     install()  # tokens never reach the logs or a traceback
 
 
+def hub_error(err: OSError) -> str | None:
+    """One line for ``transformers``' failure to reach the Hugging Face Hub (offline, a typo in
+    an id), with what to do; None for any other ``OSError`` (re-raised by the caller)."""
+    text = str(err)
+    if "huggingface.co" not in text:
+        return None
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return (f"{first} A hub id needs the network, or a copy in the Hugging Face cache "
+            "(HF_HUB_OFFLINE=1 reads only the cache); or give a local folder written by "
+            "save_pretrained.")
+
+
 def distill_main(argv: list[str]) -> int:
     """``robustdistill distill --config FILE [--section.key value ...]``."""
     from .config import ConfigError, DistillConfig, load_config
@@ -79,6 +91,10 @@ def distill_main(argv: list[str]) -> int:
         out = train(cfg)
     except (ConfigError, FileNotFoundError) as err:  # found at start-up: a message, no traceback
         parser.error(redact(str(err)))
+    except OSError as err:  # a teacher or student hub id that cannot be reached
+        if (message := hub_error(err)) is None:
+            raise
+        parser.error(redact(message))
     logger.info("done: %s", out)
     return 0
 
@@ -123,7 +139,12 @@ def create_student_main(argv: list[str]) -> int:
                             narrow_cnn_init=args.narrow_cnn_init)
     except ValueError as err:
         parser.error(str(err))
-    teacher = Upstream.from_pretrained(args.teacher, trust_remote_code=args.trust_remote_code)
+    try:
+        teacher = Upstream.from_pretrained(args.teacher, trust_remote_code=args.trust_remote_code)
+    except OSError as err:
+        if (message := hub_error(err)) is None:
+            raise
+        parser.error(message)
     try:
         student = create_student(teacher, cfg)
     except ValueError as err:  # e.g. a CNN wider than the teacher's cannot be pruned from it
@@ -211,9 +232,14 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``robustdistill`` console script."""
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    if not argv or argv[0] not in COMMANDS:
+        if argv:
+            print(f"robustdistill: unknown command {argv[0]!r}", file=sys.stderr)
         print(__doc__.strip(), file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        return 2
     _setup_logging()
     return COMMANDS[argv[0]](argv[1:])
 

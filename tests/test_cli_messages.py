@@ -1,0 +1,51 @@
+"""The top-level command's help and errors: help on stdout, unknown commands named, and an
+unreachable Hugging Face Hub as one line with what to do."""
+
+from __future__ import annotations
+
+import pytest
+
+from robustdistill import cli
+
+HUB_DOWN = ("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't "
+            "find them in the cached files.\nCheck your internet connection or see ...")
+
+
+def test_help_goes_to_stdout_and_an_unknown_command_is_named(capsys):
+    assert cli.main(["--help"]) == 0
+    out, err = capsys.readouterr()
+    assert "robustdistill distill --config" in out and err == ""
+    assert cli.main(["distil"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("robustdistill: unknown command 'distil'\n")
+    assert cli.main([]) == 2
+
+
+def test_hub_error_is_one_line_and_only_for_the_hub():
+    message = cli.hub_error(OSError(HUB_DOWN))
+    assert "\n" not in message
+    assert message.startswith("We couldn't connect to 'https://huggingface.co'")
+    assert "HF_HUB_OFFLINE=1" in message and "local folder" in message
+    assert cli.hub_error(OSError("No space left on device")) is None
+
+
+def test_create_student_with_an_unreachable_hub_id_exits_with_one_line(
+        tmp_path, monkeypatch, capsys):
+    from robustdistill.upstream import Upstream
+
+    def offline(*args, **kwargs):
+        raise OSError(HUB_DOWN)
+
+    monkeypatch.setattr(Upstream, "from_pretrained", offline)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["create-student", "--teacher", "org/model", "--out", str(tmp_path / "s")])
+    assert stop.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("robustdistill create-student: error: We couldn't connect")
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Upstream, "from_pretrained", disk_full)
+    with pytest.raises(OSError, match="No space left"):  # not a Hub problem: the traceback
+        cli.main(["create-student", "--teacher", "org/model", "--out", str(tmp_path / "s")])
