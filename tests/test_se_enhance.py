@@ -113,3 +113,29 @@ def test_ssl_student_with_enhancement_head(tmp_path):
     sf.write(tmp_path / "in.wav", _noise(8000, 2, seed=4), 8000)
     main([str(tmp_path / "in.wav"), str(tmp_path / "out.wav"), "--model", str(run)])
     assert sf.info(tmp_path / "out.wav").channels == 2
+    assert isinstance(load_enhancer(run / "student"), SSLHeadEnhancer)  # the run's student/
+    other = tmp_path / "other" / "student"  # a transformers folder with no head beside it
+    make_random_teacher("wavlm", "tiny", other)
+    with pytest.raises(ValueError):
+        load_enhancer(other)
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "in.wav"), str(tmp_path / "o2.wav"), "--model", str(other)])
+
+
+def test_enhance_output_names_are_checked_before_any_work(tmp_path, student_dir, capsys,
+                                                         monkeypatch):
+    import robustdistill.se.enhance as enhance_module
+
+    sf.write(tmp_path / "in.wav", _noise(4000), 16000)
+    ran = []
+    monkeypatch.setattr(enhance_module, "enhance_file", lambda *a, **k: ran.append(a))
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "in.wav"), str(tmp_path / "out.mp3x"), "--model",
+              str(student_dir)])
+    assert stop.value.code == 2 and not ran
+    assert "unknown audio file extension '.mp3x'" in capsys.readouterr().err
+    monkeypatch.undo()
+    # a name ending in "/" is a folder: the input's name inside it
+    assert main([str(tmp_path / "in.wav"), str(tmp_path / "new") + "/", "--model",
+                 str(student_dir)]) == 0
+    assert sf.info(tmp_path / "new" / "in.wav").frames == 4000

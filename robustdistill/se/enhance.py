@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,8 @@ def load_enhancer(model: str | Path):
 
     Raises:
         FileNotFoundError: neither a teacher name nor a folder holding an SE student.
+        ValueError: a model folder that is not an SE student's (``config.json`` of another
+            model).
     """
     from .ssl_head import SSLHeadEnhancer, is_ssl_run
     from .students import GRUMaskStudent
@@ -45,8 +48,9 @@ def load_enhancer(model: str | Path):
     if str(model) in TEACHERS:
         return load_teacher(str(model))
     folder = Path(model)
-    if is_ssl_run(folder):
-        return SSLHeadEnhancer.from_run(folder)
+    for run in (folder, folder.parent):  # an SSL distillation run, or its student/ folder
+        if is_ssl_run(run) and (run == folder or folder.name == "student"):
+            return SSLHeadEnhancer.from_run(run)
     for candidate in (folder, folder / "student"):
         if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
             return GRUMaskStudent.from_pretrained(candidate).eval()
@@ -135,7 +139,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("input", help="an audio file or a folder (searched recursively)")
     parser.add_argument("output", help="output file (for a file) or folder (for a folder)")
     parser.add_argument("--model", required=True,
-                        help="SE student folder, training run folder, 'nsnet2' or 'dtln'")
+                        help="an SE student folder or train-se run folder, a distill run folder "
+                             "with an enhancement head (or its student/), 'nsnet2' or 'dtln'")
     parser.add_argument("--chunk-seconds", type=float, default=10.0,
                         help="streaming chunk (memory bound; the output does not depend on it)")
     args = parser.parse_args(argv)
@@ -144,7 +149,7 @@ def main(argv: list[str]) -> int:
         parser.error(f"input {src} does not exist")
     try:
         model = load_enhancer(args.model)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
     if src.is_dir():
         files = list_audio_files(src)
@@ -152,17 +157,23 @@ def main(argv: list[str]) -> int:
             parser.error(f"no audio files below {src}")
         pairs = [(Path(f), dst / Path(f).relative_to(src)) for f in files]
     else:
-        if dst.is_dir():
+        if dst.is_dir() or args.output.endswith(("/", os.sep)):
             dst = dst / src.name
         pairs = [(src, dst)]
-    durations = {}
+    for _, b in pairs:  # before any work: soundfile picks the container by the extension
+        if b.suffix[1:].upper() not in sf.available_formats():
+            parser.error(f"output {b}: unknown audio file extension {b.suffix!r}; allowed: "
+                         + ", ".join(f".{f.lower()}" for f in sorted(sf.available_formats())))
+    seconds = {}  # audio seconds to process: every channel of every file
     for a, _ in pairs:
         try:
-            durations[a] = sf.info(str(a)).duration
+            info = sf.info(str(a))
+            seconds[a] = info.duration * info.channels
         except (sf.LibsndfileError, RuntimeError, OSError):
-            durations[a] = 0.0  # enhance_file names the problem below
+            seconds[a] = 0.0  # enhance_file names the problem below
     skipped: dict[str, str] = {}
-    with tqdm(total=sum(durations.values()), unit="s", desc="enhance") as bar:
+    with tqdm(total=sum(seconds.values()), unit="s", unit_scale=True,
+              desc="enhance (audio seconds x channels)") as bar:
         for a, b in pairs:
             try:
                 enhance_file(model, a, b, args.chunk_seconds, bar)
