@@ -253,7 +253,7 @@ def check_model_path(name: str | Path, role: str, how_to_make: str) -> None:
 def _unknown_key(where: str, key: str, known) -> ConfigError:
     close = difflib.get_close_matches(key, list(known), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {sorted(known)}"
-    return ConfigError(f"unknown config key {where}{key!r}{hint}")
+    return ConfigError(f"unknown config key {where + key!r}{hint}")
 
 
 def parse_overrides(argv: list[str]) -> dict[str, Any]:

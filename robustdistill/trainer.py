@@ -774,7 +774,7 @@ def _check_output_dir(output_dir: str | Path, resuming: bool = False) -> Path:
     if earlier and not resuming:
         raise ConfigError(
             f"output_dir {str(path)!r} holds checkpoints of an earlier run ({', '.join(earlier)}); "
-            "allowed: --training.resume_from latest (or auto) to continue it, another "
+            "allowed: --resume (or --training.resume_from latest) to continue it, another "
             "output_dir, or remove that folder to start again")
     probe = path / f".write-test-{os.getpid()}"
     try:

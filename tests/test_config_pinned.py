@@ -29,7 +29,7 @@ def test_dashes_in_override_keys_mean_underscores():
 
 
 def test_model_facts_are_not_objective_options():
-    with pytest.raises(ConfigError, match=r"objectives\.layerwise\.'teacher_hidden_size'"):
+    with pytest.raises(ConfigError, match=r"'objectives\.layerwise\.teacher_hidden_size'"):
         load_config(DEMO, ["--objectives.layerwise.teacher_hidden_size", "5"])
 
 
