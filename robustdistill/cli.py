@@ -161,12 +161,18 @@ def make_teacher_main(argv: list[str]) -> int:
     for offline demos, tests and benchmarks."""
     from .teachers import PRESETS, make_random_teacher
 
-    parser = argparse.ArgumentParser(prog="robustdistill make-teacher")
+    parser = argparse.ArgumentParser(
+        prog="robustdistill make-teacher",
+        description="Write a randomly initialised encoder of a real shape (save_pretrained), for "
+                    "offline demos, tests and speed benchmarks: it has learned nothing.")
     parser.add_argument("--family", default="wavlm",
-                        choices=["wavlm", "hubert", "wav2vec2", "data2vec-audio"])
-    parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--seed", type=int, default=0)
+                        choices=["wavlm", "hubert", "wav2vec2", "data2vec-audio"],
+                        help="transformers model family")
+    parser.add_argument("--preset", default="small", choices=sorted(PRESETS),
+                        help="shape: 'base' is WavLM Base+ / HuBERT Base (12 x 768); the others "
+                             "are smaller, for quick runs")
+    parser.add_argument("--out", required=True, help="folder to write the model to")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     args = parser.parse_args(argv)
     out = make_random_teacher(args.family, args.preset, args.out, seed=args.seed)
     logger.info("random %s-%s teacher written to %s", args.family, args.preset, out)

@@ -729,10 +729,15 @@ def main(argv: list[str]) -> int:
     Fills ``teacher_cache.dir`` for the recipe's teacher, layers and data (both splits by
     default). Several processes: ``accelerate launch -m robustdistill.cli cache-teacher ...``.
     """
-    from .config import ConfigError, load_config
+    from .config import ConfigError, DistillConfig, load_config
+    from .config_reference import config_reference
 
-    parser = argparse.ArgumentParser(prog="robustdistill cache-teacher",
-                                     description="Precompute the teacher's target layers.")
+    parser = argparse.ArgumentParser(
+        prog="robustdistill cache-teacher", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Precompute the teacher's target layers into teacher_cache.dir (give it as "
+                    "--teacher_cache.dir DIR). Every key of the distillation recipe can be "
+                    "overridden as --section.key value; the keys, their types and defaults:",
+        epilog=config_reference(DistillConfig))
     parser.add_argument("--config", help="distillation YAML recipe (teacher, data, objectives)")
     parser.add_argument("--splits", nargs="+", default=["train", "validation"],
                         choices=["train", "validation"])

@@ -752,7 +752,8 @@ def main(argv: list[str]) -> int:
         epilog=config_reference(SpeakerKDConfig))
     parser.add_argument("action", choices=["train", "table", "cache", "gap"])
     parser.add_argument("--config", required=True)
-    parser.add_argument("--steps", default="4,8,16,32", help="gap: n_steps values")
+    parser.add_argument("--steps", default="4,8,16,32",
+                        help="gap: the IG n_steps values, comma-separated")
     parser.add_argument("--crops", type=int, default=4, help="gap: number of crops")
     args, rest = parser.parse_known_args(argv)
     try:
