@@ -531,7 +531,7 @@ def test_se_card_says_not_recorded_for_what_the_config_lacks(tmp_path):
     assert "- Result: no final state recorded\n" in training and "?" not in training
 
 
-def test_speaker_card_of_a_real_speaker_run(tmp_path, tiny_wavlm_dir):
+def test_speaker_card_of_a_real_speaker_run(tmp_path):
     """A real IML-KD run (tiny GE2E, 2 epochs): the Training section gives the GE2E teacher,
     every loss term with its weight, the clean crops, epochs, batch, AdamW settings and seed."""
     import numpy as np
@@ -557,9 +557,14 @@ def test_speaker_card_of_a_real_speaker_run(tmp_path, tiny_wavlm_dir):
         "training": {"output_dir": str(run), "epochs": 2, "batch_size": 4, "seed": 3,
                      "lr": 0.01}})
     result = train_system(cfg, teacher, crops)
-    model = tmp_path / "model"
-    shutil.copytree(tiny_wavlm_dir, model)
+    model = run / "student"  # the run's exported embedder
     text = build_card(model, [], run, license="mit", kind="speaker", speed=False).text
+    assert f"(SpeakerEmbedder, {result['params']:,} parameters)" in text
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "SpeakerEmbedder.from_pretrained(folder)" in code
+    scope: dict = {}
+    exec(code, scope)  # the How to use snippet runs as printed
+    assert scope["score"].shape == (1,)
     training = _training_section(text)
     ge2e = ("the GE2E speaker encoder (Wan et al., arXiv:1710.10467) with the pretrained "
             "weights of the installed `resemblyzer` package, frozen")

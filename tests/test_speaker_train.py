@@ -17,6 +17,7 @@ from robustdistill.speaker.models import AttentiveStatsPool, MelLSTMEncoder, Spe
 from robustdistill.speaker.train import (
     LossConfig,
     SpeakerKDConfig,
+    build_student,
     evaluate_embeddings,
     evaluate_student,
     map_targets,
@@ -229,3 +230,37 @@ def test_table_format_and_run_reuse_key():
     assert _run_key(base) == _run_key(other)  # maps do not matter without map loss
     base["loss"]["method"] = other["loss"]["method"] = "imlkd"
     assert _run_key(base) != _run_key(other)
+
+
+def test_a_finished_run_exports_its_embedder_and_it_reloads_exactly(tiny, tmp_path):
+    """``RUN/student``: the trained encoder, pooling and embedding only (no classifier, map head
+    or projection), equal to the final checkpoint's and giving the trained model's embeddings;
+    an interrupted run exports nothing."""
+    from robustdistill.speaker.models import SpeakerEmbedder
+
+    teacher, crops = tiny
+    train_system(_baseline_setup(tmp_path, "cut", 2), teacher, crops, stop_after_epochs=1)
+    assert not (tmp_path / "cut" / "student").exists()
+    result = train_system(_baseline_setup(tmp_path, "r", 2), teacher, crops)
+    student = tmp_path / "r" / "student"
+    config = json.loads((student / "config.json").read_text())
+    assert config["model_type"] == "robustdistill-speaker-lstm"
+    assert (config["hidden_size"], config["num_layers"], config["embedding_dim"]) == (8, 1, 8)
+    exported = load_file(student / "model.safetensors")
+    final = load_file(tmp_path / "r" / "checkpoints" / "epoch_2" / "model.safetensors")
+    assert exported.keys() == {k for k in final if k.startswith(("encoder.", "pool.",
+                                                                   "embedding."))}
+    assert all(torch.equal(exported[k], final[k]) for k in exported)
+    assert sum(v.numel() for k, v in exported.items()
+               if not k.startswith("encoder.mel.")) == result["params"]
+    embedder = SpeakerEmbedder.from_pretrained(student)
+    trained = build_student(_baseline_setup(tmp_path, "r", 2), 3, 8)
+    trained.load_state_dict(final)
+    x = torch.from_numpy(np.stack([c.audio for c in crops[:2]]))
+    with torch.no_grad():
+        torch.testing.assert_close(embedder(x), trained.eval()(x).embedding, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not 'robustdistill-speaker-lstm'"):
+        (tmp_path / "bad").mkdir()
+        (tmp_path / "bad" / "config.json").write_text('{"model_type": "wavlm"}')
+        (tmp_path / "bad" / "model.safetensors").write_bytes(b"")
+        SpeakerEmbedder.from_pretrained(tmp_path / "bad")

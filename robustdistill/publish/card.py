@@ -633,21 +633,32 @@ def _is_transformers_config(model_dir: Path) -> bool:
 
 def _load_snippets(ref: str, library_transformers: bool,
                    onnx_inputs: Sequence[str] | None, kind: str = "ssl") -> tuple[str, str]:
-    if kind == "se" and not library_transformers:
+    if kind in ("se", "speaker") and not library_transformers:
         local = Path(ref).is_dir() or ref.startswith(("/", "."))
         get = f'folder = "{ref}"' if local else f'folder = snapshot_download("{ref}")'
         imports = "" if local else "from huggingface_hub import snapshot_download\n"
-        load = (
-            "```python\nimport torch\n" + imports
-            + "from robustdistill.se.students import GRUMaskStudent\n\n"
-            + get + "\n"
-            "model = GRUMaskStudent.from_pretrained(folder)  # eval mode\n"
-            "noisy = torch.zeros(1, 16000)  # (batch, samples) of 16 kHz mono audio\n"
-            "with torch.no_grad():\n"
-            "    enhanced = model(noisy).enhanced  # (batch, samples)\n```\n\n"
-            "Or on files and folders (any sample rate and channel count, written back the "
-            "same):\n\n"
-            "```bash\nrobustdistill enhance noisy.wav enhanced.wav --model FOLDER\n```")
+        if kind == "se":
+            load = (
+                "```python\nimport torch\n" + imports
+                + "from robustdistill.se.students import GRUMaskStudent\n\n"
+                + get + "\n"
+                "model = GRUMaskStudent.from_pretrained(folder)  # eval mode\n"
+                "noisy = torch.zeros(1, 16000)  # (batch, samples) of 16 kHz mono audio\n"
+                "with torch.no_grad():\n"
+                "    enhanced = model(noisy).enhanced  # (batch, samples)\n```\n\n"
+                "Or on files and folders (any sample rate and channel count, written back the "
+                "same):\n\n"
+                "```bash\nrobustdistill enhance noisy.wav enhanced.wav --model FOLDER\n```")
+        else:
+            load = (
+                "```python\nimport torch\n" + imports
+                + "from robustdistill.speaker.models import SpeakerEmbedder\n\n"
+                + get + "\n"
+                "model = SpeakerEmbedder.from_pretrained(folder)  # eval mode\n"
+                "a, b = torch.zeros(1, 32000), torch.zeros(1, 32000)  # 2 s of 16 kHz mono audio\n"
+                "with torch.no_grad():\n"
+                "    score = torch.cosine_similarity(model(a), model(b))  # (batch,); higher: "
+                "same speaker\n```")
     elif library_transformers:
         load = (
             "```python\nimport numpy as np\n"

@@ -19,7 +19,9 @@ width, ``K`` training speakers.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,8 +31,8 @@ from downstream.tasks.speaker_verification.head import AMSoftmax
 
 from .ge2e import HOP, MelSpectrogram
 
-__all__ = ["AttentiveStatsPool", "MelLSTMEncoder", "SpeakerModel", "SpeakerOutput",
-           "UpstreamEncoder"]
+__all__ = ["SPEAKER_MODEL_TYPE", "AttentiveStatsPool", "MelLSTMEncoder", "SpeakerEmbedder",
+           "SpeakerModel", "SpeakerOutput", "UpstreamEncoder"]
 
 
 class AttentiveStatsPool(nn.Module):
@@ -194,3 +196,96 @@ class SpeakerModel(nn.Module):
         if self.projection is None:
             raise RuntimeError("this SpeakerModel has no projection (teacher_dim was None)")
         return self.projection(embedding)
+
+
+#: ``config.json`` ``model_type`` of an exported speaker student (a folder of this library,
+#: not a ``transformers`` model).
+SPEAKER_MODEL_TYPE = "robustdistill-speaker-lstm"
+#: The parts of a :class:`SpeakerModel` that compute the embedding (its state-dict prefixes).
+EMBEDDER_PARTS = ("encoder.", "pool.", "embedding.")
+
+
+class SpeakerEmbedder(nn.Module):
+    """The inference part of an LSTM :class:`SpeakerModel`: log-mel LSTM encoder, attentive
+    statistics pooling and the linear embedding; what ``robustdistill train-speaker`` exports
+    to ``RUN/student``. The AM-softmax classifier over the training speakers, the map head and
+    the projection to the teacher's width serve training only and are not part of it.
+
+    Args:
+        hidden_size / num_layers: the LSTM's shape.
+        embedding_dim: ``E``.
+
+    Forward: ``(B, N)`` zero-padded 16 kHz waveforms and ``(B,)`` sample lengths (default: all
+    ``N``) -> ``(B, E)`` embeddings, not normalised (compare them by cosine similarity).
+    """
+
+    def __init__(self, hidden_size: int, num_layers: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.encoder = MelLSTMEncoder(hidden_size, num_layers)
+        self.pool = AttentiveStatsPool(hidden_size)
+        self.embedding = nn.Linear(2 * hidden_size, embedding_dim)
+        self.shape = {"hidden_size": hidden_size, "num_layers": num_layers,
+                      "embedding_dim": embedding_dim}
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        if waveforms.dim() != 2:
+            raise ValueError(f"expected (batch, samples) waveforms, got {tuple(waveforms.shape)}")
+        if lengths is None:
+            lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long,
+                                 device=waveforms.device)
+        frames, frame_lengths = self.encoder(waveforms, lengths)
+        return self.embedding(self.pool(frames, frame_lengths))
+
+    @classmethod
+    def from_speaker_model(cls, model: SpeakerModel) -> SpeakerEmbedder:
+        """The embedder of a trained LSTM student, with its weights (copied).
+
+        Raises:
+            ValueError: the student's encoder is not a :class:`MelLSTMEncoder` (``kind:
+                upstream`` students are not exported).
+        """
+        if not isinstance(model.encoder, MelLSTMEncoder):
+            raise ValueError(f"only LSTM speaker students are exported, not a "
+                             f"{type(model.encoder).__name__}")
+        lstm = model.encoder.lstm
+        embedder = cls(lstm.hidden_size, lstm.num_layers, model.embedding.out_features)
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()
+                 if k.startswith(EMBEDDER_PARTS)}
+        embedder.load_state_dict(state, strict=True)
+        return embedder.eval()
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``folder`` (created)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {"model_type": SPEAKER_MODEL_TYPE, "architectures": [type(self).__name__],
+                  **self.shape, "sampling_rate": 16000, "hop_samples": HOP}
+        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> SpeakerEmbedder:
+        """Load a folder written by :meth:`save_pretrained` (in ``eval`` mode).
+
+        Raises:
+            FileNotFoundError: ``config.json`` or ``model.safetensors`` missing.
+            ValueError: the config is not an exported speaker student's.
+        """
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        for name in ("config.json", "model.safetensors"):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder / name} not found: not a speaker student folder")
+        config = json.loads((folder / "config.json").read_text())
+        if config.get("model_type") != SPEAKER_MODEL_TYPE:
+            raise ValueError(f"{folder}: model_type {config.get('model_type')!r} is not "
+                             f"{SPEAKER_MODEL_TYPE!r}")
+        model = cls(config["hidden_size"], config["num_layers"], config["embedding_dim"])
+        model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+        return model.eval()

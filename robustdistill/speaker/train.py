@@ -60,7 +60,7 @@ from .attribution import AttributionCache, IGSettings, attribute_segments, segme
 from .data import Crop, Utterance, check_disjoint, load_fsdd, load_speaker_folders, load_train_crops
 from .ge2e import GE2E, HOP
 from .losses import batch_loss, class_loss, instance_loss, map_kl
-from .models import MelLSTMEncoder, SpeakerModel, UpstreamEncoder
+from .models import MelLSTMEncoder, SpeakerEmbedder, SpeakerModel, UpstreamEncoder
 
 __all__ = ["SpeakerKDConfig", "evaluate_embeddings", "main", "map_targets", "train_system"]
 
@@ -578,10 +578,24 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
               "params": sum(p.numel() for n, p in unwrapped.named_parameters()
                             if not n.startswith(("projection", "map_head", "classifier"))),
               "cache": {"hits": cache.hits, "misses": cache.misses}}
-    if eval_sets and start_epoch + done_here >= t.epochs:
+    finished = start_epoch + done_here >= t.epochs
+    if eval_sets and finished:
         result["eval"] = evaluate_student(unwrapped, eval_sets, cfg.data)
+    if finished and accelerator.is_main_process:
+        _export_student(unwrapped, out_dir / "student")
     (out_dir / "result.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def _export_student(model: SpeakerModel, folder: Path) -> None:
+    """``RUN/student``: the trained embedder (:class:`SpeakerEmbedder`), for ``robustdistill
+    card --kind speaker`` and for use; ``kind: upstream`` students are not exported (logged)."""
+    if not isinstance(model.encoder, MelLSTMEncoder):
+        logger.info("student not exported to %s: only LSTM speaker students are (this one is "
+                    "kind: upstream)", folder)
+        return
+    SpeakerEmbedder.from_speaker_model(model).save_pretrained(folder)
+    logger.info("student (embedder) written to %s", folder)
 
 
 # ---------------------------------------------------------------------------- table
