@@ -558,7 +558,19 @@ def test_speaker_card_of_a_real_speaker_run(tmp_path):
                      "lr": 0.01}})
     result = train_system(cfg, teacher, crops)
     model = run / "student"  # the run's exported embedder
+    no_eval = _training_section(build_card(model, [], run, license="mit", kind="speaker",
+                                           speed=False).text)
+    assert ("- Verification: not recorded: `result.json` of the run holds no evaluation"
+            in no_eval)
+    stored = json.loads((run / "result.json").read_text())
+    stored["eval"] = {"test_other": {"eer": 0.123456, "min_dcf": 0.5678, "target_trials": 1234,
+                                     "nontarget_trials": 5000},
+                      "fsdd": {"eer": 0.05, "min_dcf": 0.25}}
+    (run / "result.json").write_text(json.dumps(stored))
     text = build_card(model, [], run, license="mit", kind="speaker", speed=False).text
+    assert ("- Verification: cosine scores of whole-utterance embeddings, speakers unseen in "
+            "training: `test_other` EER 12.35 %, minDCF 0.568 (1,234 target and 5,000 "
+            "non-target trials); `fsdd` EER 5.00 %, minDCF 0.250\n") in text
     assert f"(SpeakerEmbedder, {result['params']:,} parameters)" in text
     code = text.split("```python\n", 1)[1].split("```", 1)[0]
     assert "SpeakerEmbedder.from_pretrained(folder)" in code
