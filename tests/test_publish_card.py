@@ -602,3 +602,13 @@ def test_speaker_card_of_a_real_speaker_run(tmp_path):
         in training
     for wrong in ("?", "Objectives", "Corruption", "5% of the training items", "not recorded"):
         assert wrong not in training, wrong
+
+
+def test_paths_under_the_home_folder_are_written_with_a_tilde(tmp_path, monkeypatch):
+    from robustdistill.publish.card import _abbreviate_home
+
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: Path("/home/alice")))
+    text = ("run `/home/alice/runs/a`; data under /home/alice/data\nand /home/alice\n"
+            "not /home/alicebob/x nor /srv/home/alice/y")
+    assert _abbreviate_home(text) == ("run `~/runs/a`; data under ~/data\nand ~\n"
+                                      "not /home/alicebob/x nor /srv/home/alice/y")

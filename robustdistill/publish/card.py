@@ -179,6 +179,15 @@ def _other_table(mine: TaskResult) -> str:
     return "\n".join(lines)
 
 
+def _abbreviate_home(text: str) -> str:
+    """Local paths under the user's home folder written as ``~/...``: a card is published, and
+    ``/home/<user>`` names the person who wrote it."""
+    home = str(Path.home()).rstrip("/")
+    if len(home) <= 1:
+        return text
+    return re.sub(r"(?<![\w./-])" + re.escape(home) + r"(?=[/`'\")\s]|$)", "~", text)
+
+
 def _split_results(paths: Sequence[str | Path], model_dir: Path, repo_id: str | None,
                    match_upstream: str | None):
     """Per results file: (this model's entries, the other upstreams' entries)."""
@@ -912,6 +921,7 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     except jinja2.UndefinedError as err:
         raise CardError(f"template {KINDS[kind][0]} uses an unknown field: {err}") from err
     text = re.sub(r"\n{3,}", "\n\n", text)
+    text = _abbreviate_home(text)
     check_no_placeholders(text)
     return ModelCard(text, ignore_metadata_errors=False)
 
