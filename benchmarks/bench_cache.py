@@ -82,7 +82,7 @@ def _config(args, teacher_dir: Path, tmp: Path, out: str, recipe: str = "distilh
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="wavlm-base", choices=["wavlm-base", "whisper-tiny.en"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--items", type=int, default=12, help="utterances in the corpus")

@@ -27,7 +27,7 @@ from _common import interleaved, median, quiet, table
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=24)
     parser.add_argument("--crop-s", type=float, default=15.6)
     parser.add_argument("--repeats", type=int, default=7)

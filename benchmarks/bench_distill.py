@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import REPO, check_full_steps, interleaved, items_for_steps, median
+from _common import REPO, check_full_steps, interleaved, items_for_steps, machine, median
 
 SHARED = REPO.parent / "shared" / "data"
 
@@ -110,7 +109,7 @@ def bench_augmentation(repeats: int) -> list[tuple[str, str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3)
@@ -131,8 +130,7 @@ def main() -> None:
         rows = bench_forward(teacher_dir, args.repeats)
         rows += bench_training(teacher_dir, args.steps, args.batch_size, args.crop_s, tmp)
         rows += bench_augmentation(max(args.repeats, 5))
-    header = (f"CPU: {platform.processor() or platform.machine()}, {args.threads} torch "
-              f"thread(s), torch {torch.__version__}, transformers {transformers.__version__}")
+    header = machine(args.threads)
     lines = [header, "", "| measurement | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in rows]
     text = "\n".join(lines)

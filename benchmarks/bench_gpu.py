@@ -170,7 +170,7 @@ def _step_flops(run, batches) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="robust_wavlm_base_plus",
                         choices=["robust_wavlm_base_plus", "distilhubert"])
     parser.add_argument("--batch-size", type=int, default=24)

@@ -33,7 +33,7 @@ from _common import machine, quiet
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("teacher", nargs="?", default="whisper-tiny.en",
                         choices=["wavlm-base", "whisper-tiny.en"])
     parser.add_argument("--recipe", default="robust_wavlm_base_plus",

@@ -31,6 +31,10 @@ read -r -a EXTRA <<< "${EXTRA_ARGS:-}"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1
 VARIANTS=("$@")
 [[ ${#VARIANTS[@]} -eq 0 ]] && VARIANTS=(robust plain)
+for variant in "${VARIANTS[@]}"; do  # before the minutes the cache takes
+    [[ $variant == robust || $variant == plain ]] || {
+        echo "unknown variant '$variant' (robust|plain)" >&2; exit 2; }
+done
 
 common=(--teacher "$TEACHER" --objectives.layerwise.teacher_layers null
         --data.train_dir "$TRAIN" --data.validation_dir "$VALID"

@@ -13,7 +13,7 @@
 # Usage: STEPS=1000 SEEDS="0 1 2" bash scripts/frozen_check.sh   (OUT=runs/frozen)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. .venv/bin/activate
+[[ -z ${VIRTUAL_ENV:-} && -f .venv/bin/activate ]] && . .venv/bin/activate
 export HF_HUB_OFFLINE=1
 PROXY_STEPS=${PROXY_STEPS:-1500}
 STEPS=${STEPS:-1000}

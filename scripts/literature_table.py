@@ -59,15 +59,39 @@ def crops(files: list[str], seconds: float) -> tuple[list[np.ndarray], list[str]
     return waves, [Path(f).name.split("-")[0] for f in files]
 
 
+def trained_frames(out: Path, runs: list[str]) -> str:
+    """The Whisper frame grid (``whisper_teacher_frames``) the runs under ``out`` trained on,
+    from their ``config.yaml`` (default ``ssl``), so that the ridge maps are fitted on the same
+    grid.
+
+    Raises:
+        SystemExit: the runs used different grids.
+    """
+    import yaml
+
+    found = {}
+    for name in runs:
+        config = out / name / "config.yaml"
+        if config.is_file():
+            found[name] = (yaml.safe_load(config.read_text()) or {}).get(
+                "whisper_teacher_frames", "ssl")
+    if len(set(found.values())) > 1:
+        raise SystemExit(f"the runs trained on different Whisper frame grids: {found}; give "
+                         "--whisper-frames")
+    return next(iter(found.values()), "ssl")
+
+
 def teacher_targets(cache: Path, teacher: Path, seconds: float, train: tuple[list, list],
-                    test: tuple[list, list]):
+                    test: tuple[list, list], frames: str = "ssl"):
     """The teacher's ``LAYERS`` on the clean train and test crops (``(files, waves)`` each,
-    ``seconds`` long): read from ``cache`` when it was made with the same teacher folder (path,
-    file sizes and times), crop length, layers and files, else computed and saved there with
-    those settings (an older cache without them is recomputed too)."""
+    ``seconds`` long), on the Whisper frame grid ``frames``: read from ``cache`` when it was
+    made with the same teacher folder (path, file sizes and times), grid, crop length, layers
+    and files, else computed and saved there with those settings (an older cache without them
+    is recomputed too)."""
     if not teacher.is_dir():
         raise SystemExit(f"teacher folder {teacher} not found (--shared)")
-    key = {"teacher": str(teacher.resolve()), "seconds": float(seconds), "layers": LAYERS,
+    key = {"teacher": str(teacher.resolve()), "frames": frames, "seconds": float(seconds),
+           "layers": LAYERS,
            "teacher_files": sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns]
                                    for f in teacher.iterdir() if f.is_file()),
            "train": [str(Path(f).resolve()) for f in train[0]],
@@ -78,7 +102,7 @@ def teacher_targets(cache: Path, teacher: Path, seconds: float, train: tuple[lis
             return saved["train"], saved["test"]
         print(f"{cache}: made with other settings (teacher, --test-seconds, --shared, "
               "--train-items or files): recomputing", flush=True)
-    model = Upstream.from_pretrained(teacher)
+    model = Upstream.from_pretrained(teacher, whisper_frames=frames)
     t_train, t_test = forward(model, train[1], LAYERS), forward(model, test[1], LAYERS)
     torch.save({"key": key, "train": t_train, "test": t_test}, cache)
     return t_train, t_test
@@ -161,7 +185,8 @@ def speaker_probe(feats: torch.Tensor, labels: list[str], folds: int) -> np.ndar
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", nargs="?", default="runs/lit10")
     parser.add_argument("--shared", default="../shared")
     parser.add_argument("--test-seconds", type=float, default=3.0)
@@ -173,6 +198,10 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=["init", *RUNS])
     parser.add_argument("--tag", default="all")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--whisper-frames", choices=["ssl", "native"], default=None,
+                        help="the teacher's frame grid for the ridge targets (default: the "
+                             "runs' whisper_teacher_frames; runs whose teacher cache predates "
+                             "2026-12-06 trained on native whatever their config says)")
     args = parser.parse_args()
     torch.manual_seed(0)
     out, shared = Path(args.out), Path(args.shared)
@@ -193,7 +222,8 @@ def main() -> None:
     test_noisy = {snr: noisy(test_clean, noise_test, snr, seed=2) for snr in SNRS}
     t_train, t_test = teacher_targets(out / "eval_teacher.pt", shared / "models/whisper-tiny.en",
                                       args.test_seconds, (train_files, train_clean),
-                                      (test_files, test_clean))
+                                      (test_files, test_clean),
+                                      args.whisper_frames or trained_frames(out, args.runs))
     seen: dict[str, int] = {}
     keep = []
     for i, spk in enumerate(speakers):

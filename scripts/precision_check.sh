@@ -7,7 +7,7 @@
 # Usage: STEPS=400 SEEDS="0 1" bash scripts/precision_check.sh   (OUT=runs/bf16chk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. .venv/bin/activate
+[[ -z ${VIRTUAL_ENV:-} && -f .venv/bin/activate ]] && . .venv/bin/activate
 export HF_HUB_OFFLINE=1
 STEPS=${STEPS:-400}
 SEEDS=${SEEDS:-0 1}

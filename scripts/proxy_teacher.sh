@@ -9,7 +9,7 @@
 # Usage: PROXY_STEPS=1500 PROXY=runs/proxy bash scripts/proxy_teacher.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. .venv/bin/activate
+[[ -z ${VIRTUAL_ENV:-} && -f .venv/bin/activate ]] && . .venv/bin/activate
 export HF_HUB_OFFLINE=1
 PROXY_STEPS=${PROXY_STEPS:-1500}
 PROXY=${PROXY:-runs/proxy}

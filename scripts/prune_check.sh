@@ -13,7 +13,7 @@
 # Usage: PROXY_STEPS=1500 STEPS=400 SEEDS="0 1 2" bash scripts/prune_check.sh   (OUT=runs/prune)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. .venv/bin/activate
+[[ -z ${VIRTUAL_ENV:-} && -f .venv/bin/activate ]] && . .venv/bin/activate
 export HF_HUB_OFFLINE=1
 PROXY_STEPS=${PROXY_STEPS:-1500}
 STEPS=${STEPS:-400}

@@ -20,7 +20,8 @@
 # test utterance (the same across SNRs) and the head's initialisation and batches; all upstreams
 # of a seed hear identical test audio. Seeds run outermost, so stopping early leaves complete
 # seeds; after each seed the aggregates and comparisons are refreshed.
-# Set SUPERB_OUT (default runs/superb) and NOISE_TEST / RIR_TEST to move things. Runs are
+# Each task's compare/ covers every upstream aggregated under SUPERB_OUT/<task>, from this call
+# or an earlier one. Set SUPERB_OUT (default runs/superb) and NOISE_TEST / RIR_TEST to move things. Runs are
 # sequential, one thread each (OMP/MKL_NUM_THREADS=1: faster than two oversubscribed threads on a
 # 2-core machine).
 set -euo pipefail
@@ -68,14 +69,19 @@ task_of() {  # short name -> "--task value:config"
     esac
 }
 
-summarise() {  # aggregate the seeds done so far per upstream, then compare the upstreams
-    local short=$1 name runs found=()
+summarise() {  # aggregate this call's upstreams' seeds so far, then compare every upstream
+    # aggregated under $OUT/<task> (earlier calls' too: a call with other upstreams adds to the
+    # comparison instead of replacing it)
+    local short=$1 name runs dir found=()
     for pair in "${UPSTREAMS[@]}"; do
         name=${pair%%:*}
         mapfile -t runs < <(ls "$OUT/$short/$name"/seed*/results.json 2>/dev/null)
         [[ ${#runs[@]} -eq 0 ]] && continue
         "$PYTHON" -m downstream.cli aggregate "${runs[@]}" --out "$OUT/$short/$name"
-        found+=("$OUT/$short/$name/results.json")
+    done
+    for dir in "$OUT/$short"/*/; do
+        [[ $(basename "$dir") == compare ]] && continue
+        [[ -f $dir/results.json ]] && found+=("${dir%/}/results.json")
     done
     if [[ ${#found[@]} -gt 0 ]]; then
         "$PYTHON" -m downstream.cli compare "${found[@]}" --out "$OUT/$short/compare"
