@@ -180,12 +180,16 @@ def _other_table(mine: TaskResult) -> str:
 
 
 def _abbreviate_home(text: str) -> str:
-    """Local paths under the user's home folder written as ``~/...``: a card is published, and
-    ``/home/<user>`` names the person who wrote it."""
+    """Local paths under the user's home folder written as ``~/...`` in the card's prose: a
+    card is published, and ``/home/<user>`` names the person who wrote it. Code blocks keep
+    their paths, since ``from_pretrained`` does not expand ``~`` (a card made for a Hub repo
+    has its id there, not a local path)."""
     home = str(Path.home()).rstrip("/")
     if len(home) <= 1:
         return text
-    return re.sub(r"(?<![\w./-])" + re.escape(home) + r"(?=[/`'\")\s]|$)", "~", text)
+    pattern = re.compile(r"(?<![\w./-])" + re.escape(home) + r"(?=[/`'\")\s]|$)")
+    parts = re.split(r"(```.*?```)", text, flags=re.DOTALL)  # odd items: fenced code blocks
+    return "".join(part if i % 2 else pattern.sub("~", part) for i, part in enumerate(parts))
 
 
 def _split_results(paths: Sequence[str | Path], model_dir: Path, repo_id: str | None,

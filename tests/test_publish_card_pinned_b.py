@@ -1,0 +1,82 @@
+"""Model cards: parameter counts, home paths, layer counts, the speaker Verification line: pins found by mutation testing (2026-12-06)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import yaml
+
+
+# ---------------------------------------------------------------------------- cards
+def test_parameter_count_switches_to_millions_at_one_million():
+    from robustdistill.publish.card import parameter_count
+
+    assert parameter_count(999_999) == "999,999"
+    assert parameter_count(1_000_000) == "1.0 M"
+    assert parameter_count(23_456_789) == "23.5 M"
+
+
+def test_card_writes_home_paths_with_a_tilde_and_one_layer_in_the_singular(tmp_path,
+                                                                         monkeypatch):
+    from robustdistill.publish.card import build_card
+    from robustdistill.se.students import GRUMaskStudent, StudentConfig
+
+    student = GRUMaskStudent(StudentConfig(hidden_size=16, num_layers=1)).save_pretrained(
+        tmp_path / "se")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"seed": 0}))
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: tmp_path))
+    text = build_card(student, [], tmp_path / "run", license="mit", kind="se",
+                      speed=False).text
+    assert "from the run `~/run`." in text
+    prose = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    assert str(tmp_path) not in prose
+    # the How to use snippet keeps a path from_pretrained can open (it does not expand ~)
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert f'folder = "{student}"' in code
+    scope: dict = {}
+    exec(code, scope)
+    assert scope["enhanced"].shape == (1, 16000)
+    assert "- Architecture: `robustdistill-se-gru-mask`, 1 layer, width 16." in text
+
+
+def test_a_home_folder_of_slash_abbreviates_nothing(monkeypatch):
+    """``HOME=/`` (a service account, some containers): no "/" of the card becomes "~"."""
+    from robustdistill.publish.card import _abbreviate_home
+
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: Path("/")))
+    text = "EER / minDCF, `/` and /\n"
+    assert _abbreviate_home(text) == text
+
+
+def test_ssl_card_gives_a_small_teachers_exact_parameter_count(tmp_path, tiny_wavlm_dir,
+                                                              tiny_hubert_dir):
+    from robustdistill.publish.card import build_card
+    from robustdistill.publish.provenance import model_facts
+
+    student = tmp_path / "run" / "student"
+    shutil.copytree(tiny_wavlm_dir, student)
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(
+        {"teacher": str(tiny_hubert_dir), "seed": 0}))
+    n = model_facts(tiny_hubert_dir).parameters
+    assert n < 1_000_000
+    text = build_card(student, [], tmp_path / "run", license="mit", speed=False).text
+    assert f"{n:,} parameters)" in text and "0.1 M parameters" not in text
+
+
+def test_speaker_verification_text_skips_incomplete_entries_and_unreadable_results(tmp_path):
+    from robustdistill.publish.card import NOT_RECORDED, _speaker_verification_text
+
+    run = SimpleNamespace(run_dir=str(tmp_path))
+    (tmp_path / "result.json").write_text(json.dumps({"eval": {
+        "half": {"eer": 0.3}, "fsdd": {"eer": 0.05, "min_dcf": 0.25}}}))
+    assert _speaker_verification_text(run) == (
+        "cosine scores of whole-utterance embeddings, speakers unseen in training: "
+        "`fsdd` EER 5.00 %, minDCF 0.250")
+    for broken in ('{"eval": {"fsdd": {"eer": 0.0', "[1, 2]"):  # killed mid-write; a list
+        (tmp_path / "result.json").write_text(broken)
+        assert _speaker_verification_text(run).startswith(f"{NOT_RECORDED}: `result.json`")

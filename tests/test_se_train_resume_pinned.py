@@ -1,0 +1,200 @@
+"""train-se checkpoints and resume, its command's errors, and the SE table's merge: pins found by mutation testing (2026-12-06), each failing on a planted bug the other tests let through."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from robustdistill.checkpoints import CheckpointError, verify_checkpoint
+from robustdistill.se.train import load_se_config, train_se
+
+
+# ---------------------------------------------------------------------------- train-se
+def _write_se_data(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    t = np.arange(24000) / 16000
+    (root / "speech" / "spk").mkdir(parents=True)
+    (root / "noise").mkdir()
+    for i in range(3):
+        x = 0.1 * np.sin(2 * np.pi * (150 + 40 * i) * t) * (1 + np.sin(2 * np.pi * 3 * t))
+        sf.write(root / "speech" / "spk" / f"u{i}.flac", x.astype(np.float32), 16000)
+    sf.write(root / "noise" / "n.wav", (0.05 * rng.standard_normal(20000)).astype(np.float32),
+             16000)
+
+
+def _se_args(root: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    return ["--student.hidden_size", "8", "--data.speech_dir", str(root / "speech"),
+            "--data.noise_dir", str(root / "noise"), "--data.rir_dir", "null",
+            "--data.reverb_prob", "0", "--data.crop_seconds", "0.25",
+            "--training.batch_size", "2", "--training.log_every", "1",
+            "--training.save_every", "1", "--training.report_to", "none",
+            "--output_dir", str(out), "--training.max_steps", str(steps), *extra]
+
+
+def test_se_refuses_to_resume_from_an_altered_checkpoint(tmp_path):
+    """The newest checkpoint is verified against its manifest before it is loaded."""
+    _write_se_data(tmp_path)
+    out = tmp_path / "r"
+    train_se(load_se_config(None, _se_args(tmp_path, out, 2)))
+    state = out / "checkpoints" / "checkpoint_2" / "training_state.json"
+    state.write_text(state.read_text() + " ")  # still valid JSON, one byte longer
+    with pytest.raises(CheckpointError):
+        train_se(load_se_config(None, _se_args(tmp_path, out, 3)))
+
+
+def test_se_start_removes_tmp_leftovers_it_never_writes_again(tmp_path):
+    """A ``.tmp-`` folder a kill left goes at the next start even when no checkpoint of that
+    number is written again."""
+    _write_se_data(tmp_path)
+    out = tmp_path / "r"
+    leftover = out / "checkpoints" / ".tmp-checkpoint_7"
+    leftover.mkdir(parents=True)
+    (leftover / "model.safetensors").write_bytes(b"half")
+    train_se(load_se_config(None, _se_args(tmp_path, out, 2)))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "checkpoint_1", "checkpoint_2"]
+
+
+def test_se_resume_from_legacy_checkpoints_replaces_an_unfinished_legacy_folder(tmp_path):
+    """An old run killed between ``save_state`` and ``step.json`` left ``checkpoint_3``
+    without ``step.json``: the run resumes from ``checkpoint_2`` and writes a complete
+    ``checkpoint_3`` over the unfinished one."""
+    _write_se_data(tmp_path)
+    out = tmp_path / "r"
+    train_se(load_se_config(None, _se_args(tmp_path, out, 2)))
+    ckpts = out / "checkpoints"
+    for path in ckpts.iterdir():  # as the trainer before the manifest left them
+        (path / "checkpoint.json").unlink()
+        (path / "training_state.json").unlink()
+        (path / "step.json").write_text(json.dumps({"step": int(path.name.split("_")[1])}))
+    shutil.copytree(ckpts / "checkpoint_2", ckpts / "checkpoint_3")
+    (ckpts / "checkpoint_3" / "step.json").unlink()  # killed before its step.json
+    train_se(load_se_config(None, _se_args(tmp_path, out, 4, "--training.keep_checkpoints",
+                                           "5")))
+    assert verify_checkpoint(ckpts / "checkpoint_3")["step"] == 3
+    assert verify_checkpoint(ckpts / "checkpoint_4")["step"] == 4
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_se_starting_a_finished_run_again_writes_no_checkpoint(tmp_path, monkeypatch):
+    """Nothing is saved (and the last checkpoint never deleted to be written again)."""
+    import robustdistill.checkpoints as checkpoints_module
+
+    _write_se_data(tmp_path)
+    out = tmp_path / "r"
+    train_se(load_se_config(None, _se_args(tmp_path, out, 2)))
+    published = []
+    real = checkpoints_module.publish_checkpoint
+    monkeypatch.setattr(checkpoints_module, "publish_checkpoint",
+                        lambda tmp, final: published.append(final) or real(tmp, final))
+    train_se(load_se_config(None, _se_args(tmp_path, out, 2)))
+    assert published == []
+
+
+def test_se_resumed_run_shows_each_step_once_in_tensorboard(tmp_path, monkeypatch,
+                                                           die_at_checkpoint):
+    """Killed while saving step 3 (step 3 already logged): the resumed run's TensorBoard
+    hides the killed run's step 3 (``purge_step``), so every step appears once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _write_se_data(tmp_path)
+    out = tmp_path / "r"
+    args = _se_args(tmp_path, out, 4, "--training.report_to", "tensorboard")
+    die_at_checkpoint(3)
+    with pytest.raises(KeyboardInterrupt):
+        train_se(load_se_config(None, args))
+    monkeypatch.undo()
+    train_se(load_se_config(None, args))
+    accumulator = EventAccumulator(str(out / "logs" / "se"))
+    accumulator.Reload()
+    assert [e.step for e in accumulator.Scalars("train/loss")] == [1, 2, 3, 4]
+
+
+def test_se_main_refuses_both_ratio_and_hidden_size_as_a_usage_error(tmp_path, capsys):
+    from robustdistill.se.train import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--student.ratio", "63", "--student.hidden_size", "8",
+              "--output_dir", str(tmp_path / "r")])
+    assert stop.value.code == 2
+    assert "set exactly one of student.ratio and student.hidden_size" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_se_main_names_a_missing_data_folder_and_the_split_script_for_runs_data(
+        tmp_path, capsys):
+    from robustdistill.se.train import main
+
+    _write_se_data(tmp_path)
+    missing = tmp_path / "runs" / "data" / "speech_train"
+    args = _se_args(tmp_path, tmp_path / "r", 1)
+    args[args.index("--data.speech_dir") + 1] = str(missing)
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "bash scripts/split_shared_data.sh" in err
+    args[args.index("--data.speech_dir") + 1] = str(tmp_path / "elsewhere")
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "elsewhere") in err and "split_shared_data" not in err
+
+# ---------------------------------------------------------------------------- SE table
+def _scores(si_sdr):
+    return {"si_sdr": si_sdr, "si_sdr_i": si_sdr + 5, "pesq": 2.0, "pesq_i": 0.5, "stoi": 0.8,
+            "stoi_i": 0.1}
+
+
+def _table_folders(tmp_path, snrs_per_seed):
+    folders = []
+    for seed, snrs in enumerate(snrs_per_seed):
+        folder = tmp_path / f"s{seed}"
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps({f"mixture_63x_s{seed}": {
+            "parameters": 100, "results": {s: _scores(float(s)) for s in snrs}}}))
+        folders.append(str(folder))
+    return folders
+
+
+def test_se_table_merge_orders_snrs_numerically_and_keeps_only_shared_ones(tmp_path):
+    from robustdistill.se.table import main as table_main
+
+    folders = _table_folders(tmp_path, [["5", "10", "-5"], ["10", "5"]])
+    assert table_main(["--merge", *folders, "--out", str(tmp_path / "m"), "--methods",
+                       "mixture", "--sizes", "63"]) == 0
+    text = (tmp_path / "m" / "table.md").read_text()
+    assert text.index("Input SNR 5 dB") < text.index("Input SNR 10 dB")
+    assert "Input SNR -5 dB" not in text
+
+
+def test_se_table_merge_keeps_the_snrs_asked_for(tmp_path):
+    from robustdistill.se.table import main as table_main
+
+    folders = _table_folders(tmp_path, [["0", "-5"], ["0", "-5"]])
+    assert table_main(["--merge", *folders, "--out", str(tmp_path / "m"), "--methods",
+                       "mixture", "--sizes", "63", "--snrs", "0"]) == 0
+    text = (tmp_path / "m" / "table.md").read_text()
+    assert "Input SNR 0 dB" in text and "Input SNR -5 dB" not in text
+
+
+def test_se_table_default_snrs_are_minus_5_0_5(tmp_path, monkeypatch):
+    import robustdistill.se.table as table
+
+    asked = []
+
+    def stop(speech, noise, snrs, *rest):
+        asked.append(snrs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(table, "make_test_pairs", stop)
+    with pytest.raises(KeyboardInterrupt):
+        table.main(["--out", str(tmp_path / "t")])
+    assert asked == [(-5.0, 0.0, 5.0)]

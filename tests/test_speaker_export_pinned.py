@@ -1,0 +1,92 @@
+"""train-speaker checkpoints, its command's errors and the exported embedder: pins found by mutation testing (2026-12-06)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from robustdistill.checkpoints import verify_checkpoint
+
+
+# ---------------------------------------------------------------------------- train-speaker
+def _speaker_cfg(tmp_path, out: str, epochs: int, resume: bool = False):
+    from downstream.config import from_dict
+    from robustdistill.speaker.train import SpeakerKDConfig
+
+    return from_dict(SpeakerKDConfig, {
+        "student": {"hidden_size": 8, "num_layers": 1, "embedding_dim": 8},
+        "ig": {"durations": [0.1, None], "n_steps": 2, "cache_dir": str(tmp_path / "cache")},
+        "loss": {"method": "none"},
+        "training": {"output_dir": str(tmp_path / out), "epochs": epochs, "batch_size": 4,
+                     "resume": resume, "seed": 3},
+    })
+
+
+def test_speaker_fresh_run_replaces_an_earlier_runs_epoch_checkpoints(tiny, tmp_path):
+    """``resume: false`` into a folder holding an earlier run's ``epoch_1``/``epoch_2``: the
+    new run writes its own over them instead of failing."""
+    from robustdistill.speaker.train import train_system
+
+    teacher, crops = tiny
+    train_system(_speaker_cfg(tmp_path, "r", 2), teacher, crops)
+    result = train_system(_speaker_cfg(tmp_path, "r", 2), teacher, crops)
+    assert len(result["epochs"]) == 2
+    ckpts = tmp_path / "r" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["epoch_1", "epoch_2"]
+    assert verify_checkpoint(ckpts / "epoch_2")["step"] == 2
+
+
+def test_speaker_main_reports_a_config_typo_as_a_usage_error(tmp_path, capsys):
+    from robustdistill.speaker.train import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"training": {"epochs": 1}}))
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--config", str(config), "--training.epochz", "2"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown config key" in err and "epochz" in err
+
+
+def _two_layer_speaker_model():
+    from robustdistill.speaker.models import MelLSTMEncoder, SpeakerModel
+
+    torch.manual_seed(0)
+    return SpeakerModel(MelLSTMEncoder(8, 2), num_speakers=3, embedding_dim=6, teacher_dim=4)
+
+
+def test_speaker_embedder_of_a_two_layer_student_round_trips_in_eval_mode(tmp_path):
+    from robustdistill.speaker.models import SpeakerEmbedder
+
+    model = _two_layer_speaker_model().eval()
+    embedder = SpeakerEmbedder.from_speaker_model(model)
+    assert embedder.shape == {"hidden_size": 8, "num_layers": 2, "embedding_dim": 6}
+    assert not embedder.training
+    x = torch.randn(2, 3200, generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([3200, 2000])
+    with torch.no_grad():
+        expected = model(x, lengths).embedding
+        torch.testing.assert_close(embedder(x, lengths), expected, rtol=0, atol=0)
+    embedder.save_pretrained(tmp_path / "s")
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert (config["hidden_size"], config["num_layers"], config["embedding_dim"]) == (8, 2, 6)
+    loaded = SpeakerEmbedder.from_pretrained(tmp_path / "s")
+    assert not loaded.training
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, lengths), expected, rtol=0, atol=0)
+
+
+def test_speaker_embedder_refuses_weights_with_a_tensor_missing(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from robustdistill.speaker.models import SpeakerEmbedder
+
+    SpeakerEmbedder.from_speaker_model(_two_layer_speaker_model()).save_pretrained(tmp_path)
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    del weights["embedding.bias"]
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    with pytest.raises(RuntimeError, match="embedding.bias"):
+        SpeakerEmbedder.from_pretrained(tmp_path)
