@@ -80,3 +80,22 @@ def test_speaker_verification_text_skips_incomplete_entries_and_unreadable_resul
     for broken in ('{"eval": {"fsdd": {"eer": 0.0', "[1, 2]"):  # killed mid-write; a list
         (tmp_path / "result.json").write_text(broken)
         assert _speaker_verification_text(run).startswith(f"{NOT_RECORDED}: `result.json`")
+
+
+def test_library_folders_are_told_from_transformers_ones_without_upgrade_advice(
+        tmp_path, tiny_wavlm_dir, caplog):
+    """An SE student's folder is read from its own config.json and safetensors; transformers'
+    "pip install --upgrade transformers" advice never reaches the log."""
+    import logging
+
+    from robustdistill.publish.provenance import is_transformers_config, model_facts
+    from robustdistill.se.students import GRUMaskStudent, StudentConfig
+
+    student = GRUMaskStudent(StudentConfig(hidden_size=16)).save_pretrained(tmp_path / "se")
+    assert is_transformers_config(tiny_wavlm_dir) and not is_transformers_config(student)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("[1, 2")
+    assert not is_transformers_config(tmp_path / "bad")
+    with caplog.at_level(logging.DEBUG):
+        assert model_facts(student).parameters == 8865
+    assert "upgrade" not in caplog.text

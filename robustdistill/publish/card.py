@@ -36,6 +36,7 @@ from .provenance import (
     ModelFacts,
     RunSummary,
     config_section,
+    is_transformers_config,
     measure_speed,
     model_facts,
     summarise_run,
@@ -658,18 +659,6 @@ def parameter_count(n: int) -> str:
     return f"{n / 1e6:.1f} M" if n >= 1_000_000 else f"{n:,}"
 
 
-def _is_transformers_config(model_dir: Path) -> bool:
-    """Whether ``config.json`` names a model type ``transformers`` knows (checked without
-    ``AutoConfig``, which logs advice to upgrade transformers for any other folder)."""
-    from transformers import CONFIG_MAPPING
-
-    try:
-        model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return isinstance(model_type, str) and model_type in CONFIG_MAPPING
-
-
 def _load_snippets(ref: str, library_transformers: bool,
                    onnx_inputs: Sequence[str] | None, kind: str = "ssl") -> tuple[str, str]:
     if kind in ("se", "speaker") and not library_transformers:
@@ -849,7 +838,7 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} has no config.json: not a saved student folder")
     student = model_facts(model_dir)
-    library_transformers = _is_transformers_config(model_dir)
+    library_transformers = is_transformers_config(model_dir)
     run = summarise_run(run_dir, step=step, kind=kind) if run_dir is not None else None
     if base_model is None and run is not None and _is_hub_id(run.teacher):
         base_model = run.teacher
