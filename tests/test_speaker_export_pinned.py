@@ -63,7 +63,8 @@ def test_speaker_embedder_of_a_two_layer_student_round_trips_in_eval_mode(tmp_pa
 
     model = _two_layer_speaker_model().eval()
     embedder = SpeakerEmbedder.from_speaker_model(model)
-    assert embedder.shape == {"hidden_size": 8, "num_layers": 2, "embedding_dim": 6}
+    assert (embedder.encoder.lstm.hidden_size, embedder.encoder.lstm.num_layers,
+            embedder.embedding.out_features) == (8, 2, 6)
     assert not embedder.training
     x = torch.randn(2, 3200, generator=torch.Generator().manual_seed(1))
     lengths = torch.tensor([3200, 2000])
@@ -90,3 +91,38 @@ def test_speaker_embedder_refuses_weights_with_a_tensor_missing(tmp_path):
     save_file(weights, str(tmp_path / "model.safetensors"))
     with pytest.raises(RuntimeError, match="embedding.bias"):
         SpeakerEmbedder.from_pretrained(tmp_path)
+
+
+def test_an_upstream_speaker_student_exports_its_upstream_and_reloads_exactly(
+        tmp_path, tiny_wavlm_dir):
+    """``kind: upstream``: the upstream goes to ``student/upstream`` (save_pretrained),
+    ``model.safetensors`` holds the layer weights, pooling and embedding; the reloaded embedder
+    gives the trained model's embeddings, and the card counts every weight."""
+    from robustdistill.publish.provenance import model_facts
+    from robustdistill.speaker.models import SpeakerEmbedder, SpeakerModel, UpstreamEncoder
+
+    torch.manual_seed(0)
+    model = SpeakerModel(UpstreamEncoder(str(tiny_wavlm_dir)), num_speakers=3, embedding_dim=6,
+                         teacher_dim=4).eval()
+    with torch.no_grad():
+        model.encoder.layer_weights.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        for p in model.encoder.upstream.parameters():
+            p.add_(0.01)  # trained away from the folder's weights
+    embedder = SpeakerEmbedder.from_speaker_model(model)
+    embedder.save_pretrained(tmp_path / "s")
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert config["model_type"] == "robustdistill-speaker-upstream"
+    assert (tmp_path / "s" / "upstream" / "config.json").is_file()
+    from safetensors.torch import load_file
+
+    stored = load_file(str(tmp_path / "s" / "model.safetensors"))
+    assert not any(k.startswith("encoder.upstream.") for k in stored)
+    assert "encoder.layer_weights" in stored
+    loaded = SpeakerEmbedder.from_pretrained(tmp_path / "s")
+    x = torch.randn(2, 3200, generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([3200, 2000])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, lengths), model(x, lengths).embedding,
+                                   rtol=0, atol=0)
+    assert model_facts(tmp_path / "s").parameters == sum(
+        p.numel() for p in embedder.parameters())

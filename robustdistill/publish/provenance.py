@@ -67,8 +67,9 @@ class ModelFacts:
 
 
 def _stored_facts(path: Path) -> ModelFacts:
-    """:class:`ModelFacts` of a folder ``transformers`` cannot read (an SE student): the
-    fields of its ``config.json`` and the values stored in its ``*.safetensors`` file(s)."""
+    """:class:`ModelFacts` of a folder ``transformers`` cannot read (an SE or speaker student):
+    the fields of its ``config.json`` and the values stored in its ``*.safetensors`` file(s),
+    those of its subfolders included (a speaker student's ``upstream/``)."""
     from safetensors import safe_open
 
     try:
@@ -77,7 +78,7 @@ def _stored_facts(path: Path) -> ModelFacts:
         raise ValueError(f"{path / 'config.json'} is not valid JSON ({err})") from err
     if not isinstance(config, dict):
         raise ValueError(f"{path / 'config.json'} is not a JSON object")
-    weights = sorted(path.glob("*.safetensors"))
+    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*/*.safetensors"))
     if not weights:
         raise FileNotFoundError(f"{path} has no *.safetensors file: its parameters cannot be "
                                 "counted")

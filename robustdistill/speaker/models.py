@@ -19,6 +19,7 @@ width, ``K`` training speakers.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from downstream.tasks.speaker_verification.head import AMSoftmax
 
 from .ge2e import HOP, MelSpectrogram
 
-__all__ = ["SPEAKER_MODEL_TYPE", "AttentiveStatsPool", "MelLSTMEncoder", "SpeakerEmbedder",
+__all__ = ["SPEAKER_MODEL_TYPE", "SPEAKER_UPSTREAM_MODEL_TYPE", "AttentiveStatsPool", "MelLSTMEncoder", "SpeakerEmbedder",
            "SpeakerModel", "SpeakerOutput", "UpstreamEncoder"]
 
 
@@ -199,33 +200,37 @@ class SpeakerModel(nn.Module):
 
 
 #: ``config.json`` ``model_type`` of an exported speaker student (a folder of this library,
-#: not a ``transformers`` model).
+#: not a ``transformers`` model): an LSTM one, and one on an upstream (its encoder saved with
+#: ``save_pretrained`` in the subfolder ``upstream/``).
 SPEAKER_MODEL_TYPE = "robustdistill-speaker-lstm"
+SPEAKER_UPSTREAM_MODEL_TYPE = "robustdistill-speaker-upstream"
 #: The parts of a :class:`SpeakerModel` that compute the embedding (its state-dict prefixes).
 EMBEDDER_PARTS = ("encoder.", "pool.", "embedding.")
+_UPSTREAM_DIR = "upstream"
+_UPSTREAM_KEYS = "encoder.upstream."
 
 
 class SpeakerEmbedder(nn.Module):
-    """The inference part of an LSTM :class:`SpeakerModel`: log-mel LSTM encoder, attentive
-    statistics pooling and the linear embedding; what ``robustdistill train-speaker`` exports
-    to ``RUN/student``. The AM-softmax classifier over the training speakers, the map head and
-    the projection to the teacher's width serve training only and are not part of it.
+    """The inference part of a :class:`SpeakerModel`: its encoder (log-mel LSTM, or an
+    upstream and its learned weighted sum of layers), attentive statistics pooling and the
+    linear embedding; what ``robustdistill train-speaker`` exports to ``RUN/student``. The
+    AM-softmax classifier over the training speakers, the map head and the projection to the
+    teacher's width serve training only and are not part of it.
 
     Args:
-        hidden_size / num_layers: the LSTM's shape.
+        encoder: :class:`MelLSTMEncoder` or :class:`UpstreamEncoder`.
         embedding_dim: ``E``.
 
     Forward: ``(B, N)`` zero-padded 16 kHz waveforms and ``(B,)`` sample lengths (default: all
     ``N``) -> ``(B, E)`` embeddings, not normalised (compare them by cosine similarity).
     """
 
-    def __init__(self, hidden_size: int, num_layers: int, embedding_dim: int) -> None:
+    def __init__(self, encoder: nn.Module, embedding_dim: int) -> None:
         super().__init__()
-        self.encoder = MelLSTMEncoder(hidden_size, num_layers)
-        self.pool = AttentiveStatsPool(hidden_size)
-        self.embedding = nn.Linear(2 * hidden_size, embedding_dim)
-        self.shape = {"hidden_size": hidden_size, "num_layers": num_layers,
-                      "embedding_dim": embedding_dim}
+        self.encoder = encoder
+        width = encoder.output_size
+        self.pool = AttentiveStatsPool(width)
+        self.embedding = nn.Linear(2 * width, embedding_dim)
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
                 ) -> torch.Tensor:
@@ -239,32 +244,46 @@ class SpeakerEmbedder(nn.Module):
 
     @classmethod
     def from_speaker_model(cls, model: SpeakerModel) -> SpeakerEmbedder:
-        """The embedder of a trained LSTM student, with its weights (copied).
+        """The embedder of a trained student, with its weights (copied).
 
         Raises:
-            ValueError: the student's encoder is not a :class:`MelLSTMEncoder` (``kind:
-                upstream`` students are not exported).
+            ValueError: an encoder other than :class:`MelLSTMEncoder` or
+                :class:`UpstreamEncoder`.
         """
-        if not isinstance(model.encoder, MelLSTMEncoder):
-            raise ValueError(f"only LSTM speaker students are exported, not a "
-                             f"{type(model.encoder).__name__}")
-        lstm = model.encoder.lstm
-        embedder = cls(lstm.hidden_size, lstm.num_layers, model.embedding.out_features)
+        if not isinstance(model.encoder, MelLSTMEncoder | UpstreamEncoder):
+            raise ValueError(f"cannot export a speaker student with a "
+                             f"{type(model.encoder).__name__} encoder")
+        embedder = cls(copy.deepcopy(model.encoder), model.embedding.out_features)
         state = {k: v.detach().clone() for k, v in model.state_dict().items()
                  if k.startswith(EMBEDDER_PARTS)}
         embedder.load_state_dict(state, strict=True)
         return embedder.eval()
 
     def save_pretrained(self, folder: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``folder`` (created)."""
+        """Write ``config.json`` and ``model.safetensors`` into ``folder`` (created); an
+        upstream encoder goes to ``folder/upstream`` (``save_pretrained``: its config, weights
+        and feature extractor), and ``model.safetensors`` holds the rest."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        config = {"model_type": SPEAKER_MODEL_TYPE, "architectures": [type(self).__name__],
-                  **self.shape, "sampling_rate": 16000, "hop_samples": HOP}
-        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        config = {"architectures": [type(self).__name__],
+                  "embedding_dim": self.embedding.out_features, "sampling_rate": 16000,
+                  "hop_samples": self.encoder.samples_per_frame}
+        if isinstance(self.encoder, UpstreamEncoder):
+            upstream = self.encoder.upstream
+            upstream.model.save_pretrained(folder / _UPSTREAM_DIR)
+            if upstream.feature_extractor is not None:
+                upstream.feature_extractor.save_pretrained(folder / _UPSTREAM_DIR)
+            state = {k: v for k, v in state.items() if not k.startswith(_UPSTREAM_KEYS)}
+            config.update(model_type=SPEAKER_UPSTREAM_MODEL_TYPE, upstream=_UPSTREAM_DIR,
+                          num_layers=upstream.num_layers, hidden_size=upstream.hidden_size)
+        else:
+            lstm = self.encoder.lstm
+            config.update(model_type=SPEAKER_MODEL_TYPE, hidden_size=lstm.hidden_size,
+                          num_layers=lstm.num_layers)
+        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
         return folder
 
@@ -274,7 +293,8 @@ class SpeakerEmbedder(nn.Module):
 
         Raises:
             FileNotFoundError: ``config.json`` or ``model.safetensors`` missing.
-            ValueError: the config is not an exported speaker student's.
+            ValueError: the config is not an exported speaker student's, or the weights do not
+                fit it.
         """
         from safetensors.torch import load_file
 
@@ -283,9 +303,21 @@ class SpeakerEmbedder(nn.Module):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder / name} not found: not a speaker student folder")
         config = json.loads((folder / "config.json").read_text())
-        if config.get("model_type") != SPEAKER_MODEL_TYPE:
-            raise ValueError(f"{folder}: model_type {config.get('model_type')!r} is not "
-                             f"{SPEAKER_MODEL_TYPE!r}")
-        model = cls(config["hidden_size"], config["num_layers"], config["embedding_dim"])
-        model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+        kind = config.get("model_type")
+        if kind not in (SPEAKER_MODEL_TYPE, SPEAKER_UPSTREAM_MODEL_TYPE):
+            raise ValueError(f"{folder}: model_type {kind!r} is not {SPEAKER_MODEL_TYPE!r} or "
+                             f"{SPEAKER_UPSTREAM_MODEL_TYPE!r}")
+        state = load_file(str(folder / "model.safetensors"))
+        if kind == SPEAKER_MODEL_TYPE:
+            model = cls(MelLSTMEncoder(config["hidden_size"], config["num_layers"]),
+                        config["embedding_dim"])
+            model.load_state_dict(state, strict=True)
+        else:
+            model = cls(UpstreamEncoder(str(folder / config["upstream"]), frozen=True),
+                        config["embedding_dim"])
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            wrong = [k for k in missing if not k.startswith(_UPSTREAM_KEYS)] + unexpected
+            if wrong:
+                raise ValueError(f"{folder}: model.safetensors does not fit the config "
+                                 f"(missing or unexpected: {wrong[:5]})")
         return model.eval()

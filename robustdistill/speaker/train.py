@@ -589,11 +589,7 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
 
 def _export_student(model: SpeakerModel, folder: Path) -> None:
     """``RUN/student``: the trained embedder (:class:`SpeakerEmbedder`), for ``robustdistill
-    card --kind speaker`` and for use; ``kind: upstream`` students are not exported (logged)."""
-    if not isinstance(model.encoder, MelLSTMEncoder):
-        logger.info("student not exported to %s: only LSTM speaker students are (this one is "
-                    "kind: upstream)", folder)
-        return
+    card --kind speaker`` and for use."""
     SpeakerEmbedder.from_speaker_model(model).save_pretrained(folder)
     logger.info("student (embedder) written to %s", folder)
 
