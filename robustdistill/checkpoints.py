@@ -258,10 +258,19 @@ def save_checkpoint(accelerator, folder: str | os.PathLike, index: int, step: in
 
     Raises:
         CheckpointError: the folder exists and ``replace`` is false.
+        ValueError: ``keep < 1``.
+        OSError: the disk refused a write.
+
+    Both errors are raised on every process before anything is written, so no rank is left
+    waiting for the main one.
     """
     folder = Path(folder)
     tmp = temporary_checkpoint_dir(folder, index, prefix)
     final = folder / f"{prefix}{index}"
+    if keep is not None and keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    if final.exists() and not replace:
+        raise CheckpointError(f"checkpoint {final} exists already; not overwriting it")
     if not getattr(accelerator, "_separates_packed_views", False):
         separate_packed_views_on_save(accelerator)
         accelerator._separates_packed_views = True

@@ -142,9 +142,11 @@ def create_student_main(argv: list[str]) -> int:
     try:
         teacher = Upstream.from_pretrained(args.teacher, trust_remote_code=args.trust_remote_code)
     except OSError as err:
+        from .redact import redact
+
         if (message := hub_error(err)) is None:
             raise
-        parser.error(message)
+        parser.error(redact(message))
     try:
         student = create_student(teacher, cfg)
     except ValueError as err:  # e.g. a CNN wider than the teacher's cannot be pruned from it

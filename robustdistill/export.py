@@ -109,8 +109,8 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
         raise RuntimeError(f"checkpoint does not match the student: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
     if out_dir is None:
-        out_dir = (run_dir / "exports" / Path(checkpoint).name / "student" if chosen
-                   else run_dir / "student")
+        out_dir = (run_dir / "exports" / Path(checkpoint).resolve().name / "student"
+                   if chosen else run_dir / "student")
     out_dir = Path(out_dir)
     save_student(student, AutoFeatureExtractor.from_pretrained(init), out_dir)
     heads: dict[str, dict[str, torch.Tensor]] = {}

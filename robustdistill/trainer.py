@@ -305,6 +305,7 @@ class _Run:
             if isinstance(skipped, dict):
                 self.skipped_audio.update(skipped)
         self.metrics_path = self.output_dir / "metrics.jsonl"
+        self.resumed_own_checkpoint = False  # set by resume()
         logger.info("teacher %s: %d layers, width %d; student: %d layers, width %d, %.1f M "
                     "params; %s train / %d validation utterances; %d process(es)",
                     cfg.teacher, self.teacher.num_layers, self.teacher.hidden_size,
@@ -659,8 +660,11 @@ class _Run:
         acc.load_state(str(path))  # weights_only loads only (safetensors, tensors, RNG arrays)
         self.progress.load_state_dict(state["progress"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if acc.is_main_process and path.parent.resolve() == self.checkpoint_dir.resolve():
-            truncate_log(self.metrics_path, state.get("metrics_bytes"))  # logged after it
+        # What this run logged after its own checkpoint goes (metrics.jsonl now, TensorBoard
+        # when the trackers start); another run's checkpoint leaves this run's logs alone.
+        self.resumed_own_checkpoint = path.parent.resolve() == self.checkpoint_dir.resolve()
+        if acc.is_main_process and self.resumed_own_checkpoint:
+            truncate_log(self.metrics_path, state.get("metrics_bytes"))
         if self.sampler is None:
             self.train_set.load_state_dict(state["stream_per_rank"][acc.process_index])
             if self.cfg.data.shuffle_buffer or self.cfg.data.num_workers:
@@ -836,7 +840,8 @@ def train(cfg: DistillConfig) -> Path:
         run.resume(t.resume_from)
     acc.init_trackers("distill", config={"teacher": cfg.teacher, "seed": cfg.seed,
                                          "max_steps": t.max_steps, "lr": t.learning_rate},
-                      init_kwargs=tracker_resume_kwargs(run.progress.step))
+                      init_kwargs=tracker_resume_kwargs(run.progress.step)
+                      if run.resumed_own_checkpoint else {})
     if acc.is_main_process:
         record_environment(run.output_dir, run.progress.step)
     if run.progress.step == 0 and t.eval_at_start:  # the step-0 baseline of the validation loss

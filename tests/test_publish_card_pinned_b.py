@@ -66,6 +66,7 @@ def test_ssl_card_gives_a_small_teachers_exact_parameter_count(tmp_path, tiny_wa
     assert n < 1_000_000
     text = build_card(student, [], tmp_path / "run", license="mit", speed=False).text
     assert f"{n:,} parameters)" in text and "0.1 M parameters" not in text
+    assert f"the teacher has {n:,}," in text and "(0.0 M)" not in text and "(0.1 M)" not in text
 
 
 def test_speaker_verification_text_skips_incomplete_entries_and_unreadable_results(tmp_path):
@@ -77,7 +78,8 @@ def test_speaker_verification_text_skips_incomplete_entries_and_unreadable_resul
     assert _speaker_verification_text(run) == (
         "cosine scores of whole-utterance embeddings, speakers unseen in training: "
         "`fsdd` EER 5.00 %, minDCF 0.250")
-    for broken in ('{"eval": {"fsdd": {"eer": 0.0', "[1, 2]"):  # killed mid-write; a list
+    for broken in ('{"eval": {"fsdd": {"eer": 0.0', "[1, 2]",  # killed mid-write; a list
+                   '{"eval": [1, 2]}'):  # an "eval" that is not a mapping
         (tmp_path / "result.json").write_text(broken)
         assert _speaker_verification_text(run).startswith(f"{NOT_RECORDED}: `result.json`")
 

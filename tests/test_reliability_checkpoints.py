@@ -297,11 +297,11 @@ def test_save_checkpoint_publishes_state_rotates_by_prefix_and_keeps_packed_gru_
     saved = load_file(str(final / "model.safetensors"))
     assert saved.keys() == expected.keys() and len(saved) == 8
     assert all(torch.equal(saved[k], expected[k]) for k in expected)
-    with pytest.raises(CheckpointError, match="exists already"):
+    with pytest.raises(CheckpointError, match="exists already"):  # before anything is written
         save_checkpoint(acc, folder, 3, 30, prefix="epoch_")
-    assert sorted(p.name for p in folder.iterdir()) == [
-        ".tmp-epoch_3", "checkpoint_0", "epoch_2", "epoch_3"]
-    remove_incomplete(folder)
+    with pytest.raises(ValueError, match="keep must be >= 1"):
+        save_checkpoint(acc, folder, 4, 40, keep=0, prefix="epoch_")
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint_0", "epoch_2", "epoch_3"]
     save_checkpoint(acc, folder, 3, 31, prefix="epoch_", replace=True)
     assert verify_checkpoint(folder / "epoch_3")["step"] == 31
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint_0", "epoch_2", "epoch_3"]
@@ -310,7 +310,8 @@ def test_save_checkpoint_publishes_state_rotates_by_prefix_and_keeps_packed_gru_
 def test_resuming_from_another_runs_checkpoint_leaves_this_runs_log_alone(
         tmp_path, tiny_wavlm_dir):
     """The size recorded in a checkpoint is that of its own run's log: resuming run B from
-    run A's checkpoint cuts nothing of B's ``metrics.jsonl``."""
+    run A's checkpoint cuts nothing of B's ``metrics.jsonl`` and hides none of B's
+    TensorBoard points."""
     train(_config(tmp_path, tiny_wavlm_dir, "a", max_steps=2, save_every=1))
     checkpoint = tmp_path / "a" / "checkpoints" / "checkpoint_0"
     size = json.loads((checkpoint / "training_state.json").read_text())["metrics_bytes"]
@@ -320,6 +321,13 @@ def test_resuming_from_another_runs_checkpoint_leaves_this_runs_log_alone(
     earlier = first + '{"note": "B\'s second line"}\n'
     assert len(first) == size
     (b / "metrics.jsonl").write_text(earlier)
-    train(_config(tmp_path, tiny_wavlm_dir, "b", max_steps=2, resume_from=str(checkpoint)))
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(b / "logs" / "distill")) as writer:  # B's own earlier points
+        for step in (1, 5, 9):
+            writer.add_scalar("train/loss", 1.0, step)
+    train(_config(tmp_path, tiny_wavlm_dir, "b", max_steps=2, resume_from=str(checkpoint),
+                  report_to="[tensorboard]"))
     lines = (b / "metrics.jsonl").read_text().splitlines(keepends=True)
     assert "".join(lines[:2]) == earlier and [json.loads(x)["step"] for x in lines[2:]] == [2, 2]
+    assert 9 in _tensorboard_steps(b)  # not hidden by a purge from A's step

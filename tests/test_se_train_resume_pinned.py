@@ -157,7 +157,7 @@ def _table_folders(tmp_path, snrs_per_seed):
     folders = []
     for seed, snrs in enumerate(snrs_per_seed):
         folder = tmp_path / f"s{seed}"
-        folder.mkdir()
+        folder.mkdir(parents=True)
         (folder / "results.json").write_text(json.dumps({f"mixture_63x_s{seed}": {
             "parameters": 100, "results": {s: _scores(float(s)) for s in snrs}}}))
         folders.append(str(folder))
@@ -198,3 +198,32 @@ def test_se_table_default_snrs_are_minus_5_0_5(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         table.main(["--out", str(tmp_path / "t")])
     assert asked == [(-5.0, 0.0, 5.0)]
+
+
+@pytest.mark.parametrize(("key", "value"), [("keep_checkpoints", "0"), ("log_every", "0"),
+                                            ("max_steps", "0"), ("save_every", "-1")])
+def test_se_training_counts_below_their_minimum_are_refused_at_load(key, value):
+    """``keep_checkpoints 0`` used to be accepted (and kept every checkpoint); ``log_every 0``
+    failed after the first step (division by zero)."""
+    from robustdistill.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{key} must be >= "):
+        load_se_config(None, ["--student.ratio", "63", f"--training.{key}", value])
+    with pytest.raises(ConfigError, match=r"unknown config key 'training\.max_step'"):
+        load_se_config(None, ["--training.max_step", "3"])
+
+
+def test_se_table_merge_refuses_results_that_share_no_snr_and_names_dropped_ones(
+        tmp_path, caplog):
+    import logging
+
+    from robustdistill.se.table import main as table_main
+
+    with pytest.raises(SystemExit):
+        table_main(["--merge", *_table_folders(tmp_path / "a", [["0"], ["5"]]),
+                    "--out", str(tmp_path / "m1")])
+    with caplog.at_level(logging.WARNING):
+        assert table_main(["--merge", *_table_folders(tmp_path / "b", [["0", "5"], ["0"]]),
+                           "--out", str(tmp_path / "m2"), "--methods", "mixture",
+                           "--sizes", "63"]) == 0
+    assert "SNRs 5 dB are not in every merged result" in caplog.text

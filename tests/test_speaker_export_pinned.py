@@ -89,8 +89,58 @@ def test_speaker_embedder_refuses_weights_with_a_tensor_missing(tmp_path):
     weights = load_file(str(tmp_path / "model.safetensors"))
     del weights["embedding.bias"]
     save_file(weights, str(tmp_path / "model.safetensors"))
-    with pytest.raises(RuntimeError, match="embedding.bias"):
+    with pytest.raises(ValueError, match="embedding.bias"):
         SpeakerEmbedder.from_pretrained(tmp_path)
+    weights["embedding.bias"] = torch.zeros(7)  # another shape
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="does not fit the config"):
+        SpeakerEmbedder.from_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["embedding_dim"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="has no 'embedding_dim'"):
+        SpeakerEmbedder.from_pretrained(tmp_path)
+
+
+def test_a_whisper_upstream_student_is_not_exported_and_the_run_goes_on(tmp_path, caplog):
+    """Whisper's encoder saved alone would reload with random weights: refused, and the
+    trainer's export step only logs it."""
+    import logging
+
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    from robustdistill.speaker.models import SpeakerEmbedder, SpeakerModel, UpstreamEncoder
+    from robustdistill.speaker.train import _export_student
+
+    torch.manual_seed(0)
+    config = WhisperConfig(d_model=16, encoder_layers=1, decoder_layers=1,
+                           encoder_attention_heads=2, decoder_attention_heads=2,
+                           encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=64,
+                           pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                           decoder_start_token_id=1)
+    WhisperModel(config).save_pretrained(tmp_path / "whisper")
+    WhisperFeatureExtractor().save_pretrained(tmp_path / "whisper")
+    model = SpeakerModel(UpstreamEncoder(str(tmp_path / "whisper")), 3, 6, 4)
+    with pytest.raises(ValueError, match="Whisper upstream are not exported"):
+        SpeakerEmbedder.from_speaker_model(model)
+    with caplog.at_level(logging.WARNING, logger="robustdistill.speaker"):
+        _export_student(model, tmp_path / "student")
+    assert "student not exported" in caplog.text and not (tmp_path / "student").exists()
+
+
+def test_exporting_an_lstm_student_over_an_upstream_one_drops_the_stale_upstream(
+        tmp_path, tiny_wavlm_dir):
+    from robustdistill.publish.provenance import model_facts
+    from robustdistill.speaker.models import SpeakerEmbedder, SpeakerModel, UpstreamEncoder
+
+    torch.manual_seed(0)
+    upstream_student = SpeakerModel(UpstreamEncoder(str(tiny_wavlm_dir)), 3, 6, 4)
+    SpeakerEmbedder.from_speaker_model(upstream_student).save_pretrained(tmp_path / "s")
+    assert (tmp_path / "s" / "upstream").is_dir()
+    lstm = SpeakerEmbedder.from_speaker_model(_two_layer_speaker_model())
+    lstm.save_pretrained(tmp_path / "s")
+    assert not (tmp_path / "s" / "upstream").exists()
+    assert model_facts(tmp_path / "s").parameters == sum(p.numel() for p in lstm.parameters())
 
 
 def test_an_upstream_speaker_student_exports_its_upstream_and_reloads_exactly(

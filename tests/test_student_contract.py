@@ -276,6 +276,16 @@ def test_export_of_a_chosen_checkpoint_leaves_the_runs_own_student_alone(tmp_pat
     assert export_from_checkpoint(run) == run / "student"  # the newest: the run's own
 
 
+def test_export_of_the_checkpoint_in_the_current_folder_is_named_after_it(
+        tmp_path, tiny_wavlm_dir, monkeypatch):
+    from robustdistill.export import export_from_checkpoint
+
+    run, _, _ = _fake_run(tmp_path, tiny_wavlm_dir)
+    monkeypatch.chdir(run / "checkpoints" / "checkpoint_2")
+    out = export_from_checkpoint(run, ".")
+    assert out == run / "exports" / "checkpoint_2" / "student"
+
+
 def test_export_from_checkpoint_refuses_a_checkpoint_missing_student_weights(tmp_path,
                                                                              tiny_wavlm_dir):
     from robustdistill.export import export_from_checkpoint

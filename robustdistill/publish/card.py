@@ -556,6 +556,8 @@ def _speaker_verification_text(run: RunSummary) -> str:
         sets = json.loads(path.read_text()).get("eval") or {}
     except (OSError, ValueError, AttributeError):
         sets = {}
+    if not isinstance(sets, dict):
+        sets = {}
     parts = []
     for name, m in sets.items():
         if not isinstance(m, dict) or "eer" not in m or "min_dcf" not in m:

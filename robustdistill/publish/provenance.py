@@ -69,7 +69,7 @@ class ModelFacts:
 def _stored_facts(path: Path) -> ModelFacts:
     """:class:`ModelFacts` of a folder ``transformers`` cannot read (an SE or speaker student):
     the fields of its ``config.json`` and the values stored in its ``*.safetensors`` file(s),
-    those of its subfolders included (a speaker student's ``upstream/``)."""
+    with those of the subfolder its config names as ``upstream`` (a speaker student's)."""
     from safetensors import safe_open
 
     try:
@@ -78,7 +78,9 @@ def _stored_facts(path: Path) -> ModelFacts:
         raise ValueError(f"{path / 'config.json'} is not valid JSON ({err})") from err
     if not isinstance(config, dict):
         raise ValueError(f"{path / 'config.json'} is not a JSON object")
-    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*/*.safetensors"))
+    weights = sorted(path.glob("*.safetensors"))
+    if isinstance(config.get("upstream"), str):  # a speaker student's upstream/ subfolder
+        weights += sorted((path / config["upstream"]).glob("*.safetensors"))
     if not weights:
         raise FileNotFoundError(f"{path} has no *.safetensors file: its parameters cannot be "
                                 "counted")

@@ -118,9 +118,18 @@ def main(argv: list[str] | None = None) -> int:
             merged.update(json.loads((Path(folder) / "results.json").read_text()))
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "results.json").write_text(json.dumps(merged, indent=1))
+        if not merged:
+            parser.error(f"nothing to merge: the results.json of {args.merge} are empty")
+        per_entry = [set(r["results"]) for r in merged.values()]
         snrs = ([f"{s:g}" for s in args.snrs] if args.snrs else
-                sorted(set.intersection(*(set(r["results"]) for r in merged.values())),
-                       key=float))
+                sorted(set.intersection(*per_entry), key=float))
+        if not snrs:
+            parser.error("the merged results share no input SNR; give --snrs")
+        dropped = sorted(set.union(*per_entry) - set(snrs), key=float)
+        if dropped:
+            logging.getLogger(__name__).warning(
+                "SNRs %s dB are not in every merged result: left out of the table",
+                ", ".join(dropped))
         text = render_table(merged, snrs, args.methods, args.sizes)
         (Path(args.out) / "table.md").write_text(text)
         print(text)

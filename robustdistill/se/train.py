@@ -44,7 +44,7 @@ from ..checkpoints import (
     truncate_log,
     verify_checkpoint,
 )
-from ..config import ConfigError, merge_config, parse_overrides, read_yaml
+from ..config import ConfigError, _unknown_key, merge_config, parse_overrides, read_yaml
 from ..environment import record_environment
 from ..processes import finish_processes
 from .data import PairConfig, PairMaker
@@ -126,6 +126,13 @@ class TrainingOptions:
     cpu: bool = True
     threads: int = 0
 
+    def __post_init__(self) -> None:
+        """Raises: ValueError: a count below its minimum (named, with the allowed range)."""
+        for name, least in (("max_steps", 1), ("batch_size", 1), ("log_every", 1),
+                            ("save_every", 0), ("keep_checkpoints", 1), ("threads", 0)):
+            if getattr(self, name) < least:
+                raise ValueError(f"{name} must be >= {least}, got {getattr(self, name)}")
+
 
 @dataclass
 class SETrainConfig:
@@ -161,24 +168,18 @@ _SECTIONS = {"student": StudentOptions, "data": PairConfig, "loss": LossConfig,
 
 
 def _build(raw: dict) -> SETrainConfig:
-    import difflib
-
     kwargs = {}
     for key, value in raw.items():
         if key in ("output_dir", "seed"):
             kwargs[key] = value
             continue
         if key not in _SECTIONS:
-            close = difflib.get_close_matches(key, [*_SECTIONS, "output_dir", "seed"], n=1)
-            raise ConfigError(f"unknown config key {key!r}" + (f"; did you mean {close[0]!r}?"
-                                                               if close else ""))
+            raise _unknown_key("", key, [*_SECTIONS, "output_dir", "seed"])
         cls = _SECTIONS[key]
         known = {f.name for f in dataclasses.fields(cls)}
         for k in value or {}:
             if k not in known:
-                close = difflib.get_close_matches(k, known, n=1)
-                raise ConfigError(f"unknown config key {key}.{k!r}"
-                                  + (f"; did you mean {close[0]!r}?" if close else ""))
+                raise _unknown_key(f"{key}.", k, known)
         try:
             kwargs[key] = cls(**(value or {}))
         except (TypeError, ValueError) as err:

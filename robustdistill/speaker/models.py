@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,11 +249,15 @@ class SpeakerEmbedder(nn.Module):
 
         Raises:
             ValueError: an encoder other than :class:`MelLSTMEncoder` or
-                :class:`UpstreamEncoder`.
+                :class:`UpstreamEncoder`, or an upstream on Whisper (its encoder alone, which
+                ``save_pretrained`` writes in a layout ``from_pretrained`` would not read back).
         """
         if not isinstance(model.encoder, MelLSTMEncoder | UpstreamEncoder):
             raise ValueError(f"cannot export a speaker student with a "
                              f"{type(model.encoder).__name__} encoder")
+        if isinstance(model.encoder, UpstreamEncoder) and model.encoder.upstream.is_whisper:
+            raise ValueError("speaker students on a Whisper upstream are not exported: its "
+                             "encoder saved alone would reload with random weights")
         embedder = cls(copy.deepcopy(model.encoder), model.embedding.out_features)
         state = {k: v.detach().clone() for k, v in model.state_dict().items()
                  if k.startswith(EMBEDDER_PARTS)}
@@ -271,6 +276,9 @@ class SpeakerEmbedder(nn.Module):
         config = {"architectures": [type(self).__name__],
                   "embedding_dim": self.embedding.out_features, "sampling_rate": 16000,
                   "hop_samples": self.encoder.samples_per_frame}
+        stale = folder / _UPSTREAM_DIR
+        if stale.is_dir():  # an earlier export's upstream: never counted or read with this one
+            shutil.rmtree(stale)
         if isinstance(self.encoder, UpstreamEncoder):
             upstream = self.encoder.upstream
             upstream.model.save_pretrained(folder / _UPSTREAM_DIR)
@@ -293,8 +301,8 @@ class SpeakerEmbedder(nn.Module):
 
         Raises:
             FileNotFoundError: ``config.json`` or ``model.safetensors`` missing.
-            ValueError: the config is not an exported speaker student's, or the weights do not
-                fit it.
+            ValueError: the config is not an exported speaker student's (another
+                ``model_type``, a missing field), or the weights do not fit it.
         """
         from safetensors.torch import load_file
 
@@ -308,16 +316,22 @@ class SpeakerEmbedder(nn.Module):
             raise ValueError(f"{folder}: model_type {kind!r} is not {SPEAKER_MODEL_TYPE!r} or "
                              f"{SPEAKER_UPSTREAM_MODEL_TYPE!r}")
         state = load_file(str(folder / "model.safetensors"))
-        if kind == SPEAKER_MODEL_TYPE:
-            model = cls(MelLSTMEncoder(config["hidden_size"], config["num_layers"]),
-                        config["embedding_dim"])
-            model.load_state_dict(state, strict=True)
-        else:
-            model = cls(UpstreamEncoder(str(folder / config["upstream"]), frozen=True),
-                        config["embedding_dim"])
+        try:
+            if kind == SPEAKER_MODEL_TYPE:
+                encoder = MelLSTMEncoder(config["hidden_size"], config["num_layers"])
+            else:
+                encoder = UpstreamEncoder(str(folder / config["upstream"]), frozen=True)
+            model = cls(encoder, config["embedding_dim"])
+        except KeyError as err:
+            raise ValueError(f"{folder / 'config.json'} has no {err}") from None
+        try:
             missing, unexpected = model.load_state_dict(state, strict=False)
-            wrong = [k for k in missing if not k.startswith(_UPSTREAM_KEYS)] + unexpected
-            if wrong:
-                raise ValueError(f"{folder}: model.safetensors does not fit the config "
-                                 f"(missing or unexpected: {wrong[:5]})")
+        except RuntimeError as err:  # a tensor of another shape
+            raise ValueError(f"{folder}: model.safetensors does not fit the config ({err})"
+                             ) from None
+        if kind == SPEAKER_UPSTREAM_MODEL_TYPE:  # the upstream's weights are in upstream/
+            missing = [k for k in missing if not k.startswith(_UPSTREAM_KEYS)]
+        if missing or unexpected:
+            raise ValueError(f"{folder}: model.safetensors does not fit the config (missing "
+                             f"{missing[:5]}, unexpected {unexpected[:5]})")
         return model.eval()

@@ -589,8 +589,14 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
 
 def _export_student(model: SpeakerModel, folder: Path) -> None:
     """``RUN/student``: the trained embedder (:class:`SpeakerEmbedder`), for ``robustdistill
-    card --kind speaker`` and for use."""
-    SpeakerEmbedder.from_speaker_model(model).save_pretrained(folder)
+    card --kind speaker`` and for use; a student that cannot be exported (on a Whisper
+    upstream) is logged, and the run's results stand."""
+    try:
+        embedder = SpeakerEmbedder.from_speaker_model(model)
+    except ValueError as err:
+        logger.warning("student not exported to %s: %s", folder, err)
+        return
+    embedder.save_pretrained(folder)
     logger.info("student (embedder) written to %s", folder)
 
 
