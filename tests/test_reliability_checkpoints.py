@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import time
 
 import pytest
 import torch
@@ -107,6 +108,14 @@ def _records(run_dir) -> list[dict]:
             for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def _resume_later() -> None:
+    """TensorBoard reads a folder's event files in name order, and a name holds the second it
+    was made and a per-process counter: a resume in the same process and second as the killed
+    run (only in a test) could sort first once the counter reaches another digit. A real
+    resume is a later process."""
+    time.sleep(1.1)
+
+
 def _tensorboard_steps(run_dir) -> list[int]:
     """The steps of ``train/loss`` as TensorBoard shows them (purged events hidden)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -146,6 +155,7 @@ def test_crash_during_a_checkpoint_write_then_resume_latest_is_exact(
     assert names == [".tmp-checkpoint_2", "checkpoint_0", "checkpoint_1"]
     assert latest_checkpoint(part / "checkpoints").name == "checkpoint_1"
     assert [r["step"] for r in _records(part)] == [1, 2, 3]  # step 3 logged, never saved
+    _resume_later()
     train(_config(tmp_path, tiny_wavlm_dir, "part", max_steps=5, save_every=1,
                   keep_checkpoints=2, resume_from="latest", **tb))
     assert _records(part) == _records(full)

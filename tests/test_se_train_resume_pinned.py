@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,7 @@ def test_se_resumed_run_shows_each_step_once_in_tensorboard(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         train_se(load_se_config(None, args))
     monkeypatch.undo()
+    time.sleep(1.1)  # see _resume_later in test_reliability_checkpoints.py
     train_se(load_se_config(None, args))
     accumulator = EventAccumulator(str(out / "logs" / "se"))
     accumulator.Reload()
