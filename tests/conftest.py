@@ -144,3 +144,50 @@ def se_train_args(root: Path, out: Path, steps: int, *extra: str) -> list[str]:
             "--training.batch_size", "2", "--training.log_every", "1",
             "--training.save_every", "1", "--training.report_to", "none",
             "--output_dir", str(out), "--training.max_steps", str(steps), *extra]
+
+
+def write_ssl_enhancement_run(run: Path, prepare=None):
+    """A distillation run folder as ``robustdistill enhance`` reads it: a tiny random WavLM
+    ``run/student`` and an enhancement head (BLSTM 8 x 1, 257 bins) in ``run/heads``.
+
+    Args:
+        run: the run folder (created).
+        prepare: called with the head before it is saved (e.g. to set its weights).
+
+    Returns:
+        The saved :class:`~robustdistill.objectives.enhancement.EnhancementHead`.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    from robustdistill.objectives.enhancement import EnhancementHead
+    from robustdistill.teachers import make_random_teacher
+
+    make_random_teacher("wavlm", "tiny", run / "student")
+    hidden = json.loads((run / "student" / "config.json").read_text())["hidden_size"]
+    head = EnhancementHead(hidden, 257, 8, 1)
+    if prepare is not None:
+        prepare(head)
+    (run / "heads").mkdir()
+    save_file({f"head.{k}": v for k, v in head.state_dict().items()},
+              str(run / "heads" / "enhancement.safetensors"))
+    (run / "heads" / "enhancement.json").write_text(json.dumps(
+        {"objective": "enhancement", "options": {}, "head_config": {}}))
+    return head
+
+
+def speaker_kd_config(tmp_path: Path, out: str, epochs: int, resume: bool = False,
+                      method: str = "imlkd"):
+    """A ``train-speaker`` config for the :func:`tiny` crops: a width-8 LSTM student, 2 IG
+    steps over 0.1 s and whole-crop segments, batch 4, seed 3, output ``tmp_path/out``."""
+    from downstream.config import from_dict
+    from robustdistill.speaker.train import SpeakerKDConfig
+
+    return from_dict(SpeakerKDConfig, {
+        "student": {"hidden_size": 8, "num_layers": 1, "embedding_dim": 8},
+        "ig": {"durations": [0.1, None], "n_steps": 2, "cache_dir": str(tmp_path / "cache")},
+        "loss": {"method": method},
+        "training": {"output_dir": str(tmp_path / out), "epochs": epochs, "batch_size": 4,
+                     "resume": resume, "seed": 3},
+    })

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -42,22 +41,13 @@ def test_distill_with_an_unreachable_hub_teacher_exits_with_one_line(monkeypatch
 def test_enhance_model_in_another_subfolder_of_an_ssl_run_is_not_the_runs_student(tmp_path):
     """Only ``RUN/student`` stands for the SSL run; another folder inside the run (its
     ``heads/``, an ``exports/`` tree) is not silently replaced by the run's final student."""
-    from safetensors.torch import save_file
+    from conftest import write_ssl_enhancement_run
 
-    from robustdistill.objectives.enhancement import EnhancementHead
     from robustdistill.se.enhance import load_enhancer
     from robustdistill.se.ssl_head import SSLHeadEnhancer
-    from robustdistill.teachers import make_random_teacher
 
     run = tmp_path / "run"
-    make_random_teacher("wavlm", "tiny", run / "student")
-    hidden = json.loads((run / "student" / "config.json").read_text())["hidden_size"]
-    head = EnhancementHead(hidden, 257, 8, 1)
-    (run / "heads").mkdir()
-    save_file({f"head.{k}": v for k, v in head.state_dict().items()},
-              str(run / "heads" / "enhancement.safetensors"))
-    (run / "heads" / "enhancement.json").write_text(json.dumps(
-        {"objective": "enhancement", "options": {}, "head_config": {}}))
+    write_ssl_enhancement_run(run)
     assert isinstance(load_enhancer(run / "student"), SSLHeadEnhancer)
     (run / "exports").mkdir()
     for other in (run / "heads", run / "exports"):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import write_ssl_enhancement_run
 
 from robustdistill.se.enhance import enhance_waveform, load_enhancer, main
 from robustdistill.se.students import GRUMaskStudent, StudentConfig
@@ -85,26 +86,16 @@ def test_onnx_export_parity(tmp_path, student_dir):
 def test_ssl_student_with_enhancement_head(tmp_path):
     """A distillation run's SSL student + enhancement head enhances through the same CLI; a
     head that outputs a mask of 1 gives back the input (STFT round trip)."""
-    import json
-
-    from safetensors.torch import save_file
-
-    from robustdistill.objectives.enhancement import EnhancementHead
     from robustdistill.se.ssl_head import SSLHeadEnhancer
     from robustdistill.teachers import make_random_teacher
 
+    def identity_mask(head):
+        with torch.no_grad():
+            head.proj.weight.zero_()
+            head.proj.bias.fill_(50.0)  # sigmoid -> 1: the identity mask
+
     run = tmp_path / "run"
-    make_random_teacher("wavlm", "tiny", run / "student")
-    hidden = json.loads((run / "student" / "config.json").read_text())["hidden_size"]
-    head = EnhancementHead(hidden, 257, 8, 1)
-    with torch.no_grad():
-        head.proj.weight.zero_()
-        head.proj.bias.fill_(50.0)  # sigmoid -> 1: the identity mask
-    (run / "heads").mkdir()
-    save_file({f"head.{k}": v for k, v in head.state_dict().items()},
-              str(run / "heads" / "enhancement.safetensors"))
-    (run / "heads" / "enhancement.json").write_text(json.dumps(
-        {"objective": "enhancement", "options": {}, "head_config": {}}))
+    write_ssl_enhancement_run(run, identity_mask)
     model = load_enhancer(run)
     assert isinstance(model, SSLHeadEnhancer)
     x = _noise(8000, seed=3)

@@ -288,22 +288,13 @@ def test_se_table_merge_takes_the_snrs_of_the_merged_results(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------- SSL enhancer
 def test_ssl_enhancer_masks_from_the_last_hidden_layer(tmp_path):
-    from safetensors.torch import save_file
+    from conftest import write_ssl_enhancement_run
 
-    from robustdistill.objectives.enhancement import EnhancementHead
     from robustdistill.se.ssl_head import SSLHeadEnhancer
-    from robustdistill.teachers import make_random_teacher
 
     run = tmp_path / "run"
-    make_random_teacher("wavlm", "tiny", run / "student")
-    hidden = json.loads((run / "student" / "config.json").read_text())["hidden_size"]
     torch.manual_seed(0)
-    head = EnhancementHead(hidden, 257, 8, 1)
-    (run / "heads").mkdir()
-    save_file({f"head.{k}": v for k, v in head.state_dict().items()},
-              str(run / "heads" / "enhancement.safetensors"))
-    (run / "heads" / "enhancement.json").write_text(json.dumps(
-        {"objective": "enhancement", "options": {}, "head_config": {}}))
+    head = write_ssl_enhancement_run(run)
     model = SSLHeadEnhancer.from_run(run)
     x = 0.1 * torch.randn(1, 8000, generator=torch.Generator().manual_seed(2))
     out = model(x, return_activations=True)

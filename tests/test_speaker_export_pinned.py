@@ -7,22 +7,14 @@ import json
 import pytest
 import torch
 import yaml
+from conftest import speaker_kd_config
 
 from robustdistill.checkpoints import verify_checkpoint
 
 
 # ---------------------------------------------------------------------------- train-speaker
 def _speaker_cfg(tmp_path, out: str, epochs: int, resume: bool = False):
-    from downstream.config import from_dict
-    from robustdistill.speaker.train import SpeakerKDConfig
-
-    return from_dict(SpeakerKDConfig, {
-        "student": {"hidden_size": 8, "num_layers": 1, "embedding_dim": 8},
-        "ig": {"durations": [0.1, None], "n_steps": 2, "cache_dir": str(tmp_path / "cache")},
-        "loss": {"method": "none"},
-        "training": {"output_dir": str(tmp_path / out), "epochs": epochs, "batch_size": 4,
-                     "resume": resume, "seed": 3},
-    })
+    return speaker_kd_config(tmp_path, out, epochs, resume, method="none")
 
 
 def test_speaker_fresh_run_replaces_an_earlier_runs_epoch_checkpoints(tiny, tmp_path):

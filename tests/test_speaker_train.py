@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import speaker_kd_config
 from safetensors.torch import load_file
 
 from downstream.config import ConfigError, from_dict
@@ -26,13 +27,7 @@ from robustdistill.speaker.train import (
 
 
 def _setup(tmp_path, out: str, epochs: int, resume: bool = False) -> SpeakerKDConfig:
-    return from_dict(SpeakerKDConfig, {
-        "student": {"hidden_size": 8, "num_layers": 1, "embedding_dim": 8},
-        "ig": {"durations": [0.1, None], "n_steps": 2, "cache_dir": str(tmp_path / "cache")},
-        "loss": {"method": "imlkd"},
-        "training": {"output_dir": str(tmp_path / out), "epochs": epochs, "batch_size": 4,
-                     "resume": resume, "seed": 3},
-    })
+    return speaker_kd_config(tmp_path, out, epochs, resume)
 
 
 def test_resume_equals_uninterrupted(tiny, tmp_path):
