@@ -70,7 +70,7 @@ def test_ssl_card_gives_a_small_teachers_exact_parameter_count(tmp_path, tiny_wa
 
 
 def test_speaker_verification_text_skips_incomplete_entries_and_unreadable_results(tmp_path):
-    from robustdistill.publish.card import NOT_RECORDED, _speaker_verification_text
+    from robustdistill.publish.card_training import NOT_RECORDED, _speaker_verification_text
 
     run = SimpleNamespace(run_dir=str(tmp_path))
     (tmp_path / "result.json").write_text(json.dumps({"eval": {

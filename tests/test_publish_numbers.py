@@ -82,7 +82,7 @@ def test_an_interval_reaching_chance_is_noted_even_when_the_value_is_above_it(st
 
 
 def test_layerwise_default_teacher_layers_are_thirds_of_the_teacher():
-    from robustdistill.publish.card import _teacher_layers_text
+    from robustdistill.publish.card_training import _teacher_layers_text
 
     run = types.SimpleNamespace(teacher_facts=types.SimpleNamespace(num_layers=12))
     assert _teacher_layers_text("layerwise", {}, run) == (

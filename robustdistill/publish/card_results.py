@@ -1,0 +1,266 @@
+"""The Results section of a model card: this model's downstream results, the other upstreams
+of the same results files as comparison rows, intervals and what they can resolve, and the
+``model-index`` entries (``huggingface_hub.EvalResult``) of the card's metadata.
+
+Results files are read by :mod:`robustdistill.publish.results`; :mod:`robustdistill.publish.card`
+assembles the card.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .provenance import RunSummary
+from .results import TaskResult, load_task_results
+
+__all__ = ["TASK_TYPES", "CardError", "TaskView", "chance_notes", "eval_results_for",
+           "interval_note", "seed_count_text", "task_views"]
+
+logger = logging.getLogger(__name__)
+
+
+class CardError(ValueError):
+    """The card cannot be written honestly from the given inputs (the message says why)."""
+
+
+#: Downstream task -> Hub ``model-index`` task type.
+TASK_TYPES = {
+    "utterance_classification": "audio-classification",
+    "speaker_verification": "audio-classification",
+    "speech_enhancement": "audio-to-audio",
+    "asr": "automatic-speech-recognition",
+}
+
+def eval_results_for(tasks: Sequence[TaskResult], model_name: str):
+    """``huggingface_hub.EvalResult`` per task, condition and metric (test split).
+
+    The condition is the ``dataset_config`` (so each condition is its own ``model-index``
+    entry) and appears in ``metric_name``; values are rounded to 6 decimals (they come from
+    float32); the interval is in the card's text, not here.
+    """
+    from huggingface_hub import EvalResult
+
+    out = []
+    for t in tasks:
+        for cond in t.conditions:
+            for metric, mv in t.metrics.get(cond, {}).items():
+                out.append(EvalResult(
+                    task_type=TASK_TYPES.get(t.task, t.task.replace("_", "-")),
+                    task_name=f"{t.label} ({t.task})", dataset_type=t.dataset,
+                    dataset_name=f"{t.dataset} ({cond})", dataset_config=cond,
+                    dataset_split="test", metric_type=metric,
+                    metric_value=round(mv.value, 6),
+                    metric_name=f"{metric} ({cond})"))
+    return out
+
+
+@dataclass
+class TaskView:
+    """One task as the template shows it."""
+
+    label: str
+    task: str
+    dataset: str
+    primary_metric: str
+    higher_is_better: bool
+    n_test: Any
+    seed: str
+    source: str
+    sha1: str | None
+    table: str
+    other_table: str = ""
+    plot: str | None = None
+
+
+def _short(upstream: str) -> str:
+    return Path(upstream.rstrip("/")).name or upstream
+
+
+def _role(upstream: str, run: RunSummary | None) -> str:
+    """``upstream`` with what it is in the run: the teacher, or the student before
+    distillation (``student_init``)."""
+    name = f"`{_short(upstream)}`"
+    if run is None:
+        return name
+    here = Path(upstream)
+    if upstream == run.teacher or (run.teacher and here.exists() and Path(run.teacher).exists()
+                                   and here.resolve() == Path(run.teacher).resolve()):
+        return name + " (teacher)"
+    init = run.run_dir / "student_init"
+    if here.exists() and init.exists() and here.resolve() == init.resolve():
+        return name + " (this student before distillation)"
+    return name
+
+
+def _primary_table(mine: TaskResult, others: Sequence[TaskResult],
+                   run: RunSummary | None = None) -> str:
+    conditions = list(mine.conditions)
+    for o in others:
+        conditions += [c for c in o.conditions if c not in conditions]
+    lines = ["| upstream | " + " | ".join(f"`{c}`" for c in conditions) + " |",
+             "|---|" + "---|" * len(conditions)]
+    for i, r in enumerate([mine, *others]):
+        name = "**this model**" if i == 0 else _role(r.upstream, run)
+        cells = [r.metrics.get(c, {}).get(mine.primary_metric) for c in conditions]
+        lines.append(f"| {name} | " + " | ".join(m.text() if m else "-" for m in cells) + " |")
+    return "\n".join(lines)
+
+
+def _other_table(mine: TaskResult) -> str:
+    names = [m for m in mine.metric_names() if m != mine.primary_metric]
+    if not names:
+        return ""
+    lines = ["| metric | " + " | ".join(f"`{c}`" for c in mine.conditions) + " |",
+             "|---|" + "---|" * len(mine.conditions)]
+    for name in names:
+        cells = [mine.metrics.get(c, {}).get(name) for c in mine.conditions]
+        lines.append(f"| {name} | " + " | ".join(m.text() if m else "-" for m in cells) + " |")
+    return "\n".join(lines)
+
+
+def _split_results(paths: Sequence[str | Path], model_dir: Path, repo_id: str | None,
+                   match_upstream: str | None):
+    """Per results file: (this model's entries, the other upstreams' entries)."""
+    groups = []
+    for path in paths:
+        entries = load_task_results(path)
+        names = {str(model_dir), str(model_dir.resolve())} | {n for n in (repo_id,
+                                                                          match_upstream) if n}
+
+        def is_mine(r: TaskResult, _names=names) -> bool:
+            if r.upstream in _names:
+                return True
+            local = Path(r.upstream)
+            return local.exists() and local.resolve() == model_dir.resolve()
+
+        mine = [r for r in entries if is_mine(r)]
+        if not mine:
+            raise CardError(
+                f"{path} holds no result for {model_dir} (its upstreams: "
+                f"{sorted({r.upstream for r in entries})}); evaluate this model, or pass "
+                "--match-upstream NAME if the model was evaluated under another name")
+        groups.append((path, mine, [r for r in entries if not is_mine(r)]))
+    return groups
+
+
+def _copy_plot(results_path: Path, label: str, model_dir: Path) -> str | None:
+    source = Path(results_path).parent / "robustness.png"
+    if not source.is_file():
+        logger.warning("no robustness.png beside %s: the card has no plot for %s",
+                       results_path, label)
+        return None
+    name = f"robustness_{re.sub(r'[^A-Za-z0-9_.-]', '_', label)}.png"
+    shutil.copyfile(source, model_dir / name)
+    return name
+
+
+def interval_note(tasks: Sequence[TaskResult]) -> str:
+    """Where the intervals of ``tasks`` come from (the results file's own, or Wilson score
+    intervals over test items), as one clause for the card's text."""
+    sources = sorted({mv.interval_source for t in tasks for per in t.metrics.values()
+                      for mv in per.values() if mv.interval and mv.interval_source})
+    if not sources:
+        return "none were available: the results files give none"
+    notes = []
+    for source in sources:
+        if source.startswith("results file: "):
+            notes.append(f"from the results file: {source[len('results file: '):]}")
+        elif source.startswith("Wilson"):
+            note = ("Wilson score 95 % intervals over the test items where the results file "
+                    "gives none; they count test-set sampling only, not training seeds")
+            if note not in notes:
+                notes.append(note)
+        else:
+            notes.append(source)
+    return "; ".join(notes)
+
+
+def chance_notes(tasks: Sequence[TaskResult]) -> list[str]:
+    """One limitation per accuracy task whose interval reaches chance level (1 / classes) under
+    some condition: the model is not shown to beat guessing there."""
+    notes = []
+    for t in tasks:
+        classes = (t.raw.get("task_summary") or {}).get("num_classes")
+        if not classes or t.primary_metric not in ("accuracy", "macro_accuracy"):
+            continue
+        chance = 1.0 / classes
+        at_chance = [c for c in t.conditions
+                     if (mv := t.metrics.get(c, {}).get(t.primary_metric)) and mv.interval
+                     and mv.interval[0] <= chance]
+        if at_chance:
+            notes.append(f"{t.label}: the {t.primary_metric} interval includes chance level "
+                         f"({chance:.2f}, {classes} classes) under "
+                         + ", ".join(f"`{c}`" for c in at_chance)
+                         + ": the model is not shown to be better than guessing there.")
+    return notes
+
+
+def _seeds(task: TaskResult) -> list[Any] | None:
+    """The downstream seeds of a result (``seeds``, else ``seed``), None when unrecorded."""
+    seeds = task.raw.get("seeds", task.seed)
+    if isinstance(seeds, list):
+        return seeds or None
+    return None if seeds is None else [seeds]
+
+
+def _seed_text(task: TaskResult) -> str:
+    seeds = _seeds(task)
+    if seeds is None:
+        return "seed not recorded"
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    return f"seeds {', '.join(map(str, seeds))} (values are the mean over seeds)"
+
+
+def seed_count_text(tasks: Sequence[TaskResult]) -> str:
+    """How many downstream training seeds the results hold (``one training seed``...)."""
+    counts = sorted({len(seeds) for t in tasks if (seeds := _seeds(t))})
+    if not counts:
+        return "an unrecorded number of training seeds"
+    if counts == [1]:
+        return "one training seed"
+    return f"{' or '.join(map(str, counts))} training seeds"
+
+
+def task_views(paths: Sequence[str | Path], model_dir: Path, repo_id: str | None,
+               match_upstream: str | None, run: RunSummary | None,
+               copy_plots: bool = True) -> tuple[list[TaskResult], list[TaskView]]:
+    """This model's results in ``paths`` and their views for the card's template.
+
+    Args:
+        paths: downstream ``results.json`` files; each must hold this model (its other
+            upstreams become comparison rows of the same task).
+        model_dir: the student folder; a result is this model's when its ``upstream`` is this
+            folder, ``repo_id`` or ``match_upstream``.
+        repo_id: the Hub repository the card is for, or None.
+        match_upstream: the name this model was evaluated under, or None.
+        run: the training run (names the teacher's and the initial student's rows), or None.
+        copy_plots: copy each results folder's ``robustness.png`` into ``model_dir``.
+
+    Returns:
+        ``(tasks, views)``: this model's results, and one :class:`TaskView` each.
+
+    Raises:
+        CardError: a results file without this model.
+        ValueError: a malformed results file.
+        FileNotFoundError: a missing results file.
+    """
+    tasks: list[TaskResult] = []
+    views: list[TaskView] = []
+    for path, mine, others in _split_results(list(paths), model_dir, repo_id, match_upstream):
+        for r in mine:
+            tasks.append(r)
+            plot = _copy_plot(Path(path), r.label, model_dir) if copy_plots else None
+            views.append(TaskView(
+                label=r.label, task=r.task, dataset=r.dataset, primary_metric=r.primary_metric,
+                higher_is_better=r.higher_is_better, n_test=r.num_items.get("test", "unknown"),
+                seed=_seed_text(r), source=str(path), sha1=r.test_set_sha1,
+                table=_primary_table(r, [o for o in others if o.task == r.task], run),
+                other_table=_other_table(r), plot=plot))
+    return tasks, views

