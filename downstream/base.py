@@ -80,6 +80,11 @@ class TrainingConfig:
             with the best dev metric is kept.
         grad_clip: clip the global gradient norm to this (None: no clipping).
         eval_batch_size: utterances per batch when evaluating.
+
+    Raises:
+        ValueError: (on construction) ``steps``, ``batch_size``, ``eval_every`` or
+            ``eval_batch_size`` below 1, ``learning_rate <= 0``, or a negative
+            ``featurizer_learning_rate``.
     """
 
     steps: int = 500
@@ -175,6 +180,7 @@ class EncodedExample:
 
     @property
     def num_frames(self) -> int:
+        """``T``, the real frames of :attr:`hidden` (its axis 1)."""
         return int(self.hidden.shape[1])
 
 
@@ -437,7 +443,14 @@ def iterate_batches(
     train: bool = False,
     rng: np.random.Generator | None = None,
 ) -> Iterator[Batch]:
-    """Batches over ``encoded``: shuffled by ``rng`` when ``train``, else in order."""
+    """Batches over ``encoded``: shuffled by ``rng`` when ``train``, else in order.
+
+    Each batch is ``task.collate`` of up to ``batch_size`` examples (``hidden`` of shape
+    ``(B, N, T, D)``).
+
+    Raises:
+        ValueError: (on the first ``next``; this is a generator) ``train`` without ``rng``.
+    """
     order = np.arange(len(encoded))
     if train:
         if rng is None:

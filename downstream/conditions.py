@@ -75,6 +75,7 @@ class Condition:
 
     @property
     def is_clean(self) -> bool:
+        """Whether the condition adds neither noise nor reverberation."""
         return self.snr_db is None and not self.reverb
 
 

@@ -96,6 +96,10 @@ class SourceConfig:
             (``speaker_column`` / ``text_column`` may be absent from the dataset); for
             manifests, ``label_column`` may join several columns with ``+`` (Fluent Speech
             Commands intents: ``action+object+location`` gives labels ``"activate|lights|none"``).
+
+    Raises:
+        ValueError: (on construction) not exactly one of ``root``, ``manifest``, ``dataset``
+            given, or a ``pattern`` that is not a valid regular expression.
     """
 
     root: str | None = None

@@ -61,6 +61,7 @@ class FbankConfig:
     model_type: str = "fbank"
 
     def to_json_string(self) -> str:
+        """Every field (``model_type`` included) as one line of JSON, keys sorted."""
         return json.dumps(asdict(self), sort_keys=True)
 
 
@@ -74,8 +75,17 @@ def kaldi_mel_banks(num_bins: int, n_fft: int, sample_rate: float, low_freq: flo
     """``(num_bins, n_fft // 2 + 1)`` triangular filters, triangles linear on Kaldi's mel scale
     (the Nyquist bin gets zero weight, as Kaldi).
 
+    Args:
+        num_bins: number of filters.
+        n_fft: FFT size in samples.
+        sample_rate: in Hz.
+        low_freq, high_freq: the lowest and highest filter edges, in Hz.
+
+    Returns:
+        ``(num_bins, n_fft // 2 + 1)`` float32.
+
     Raises:
-        ValueError: ``low_freq >= high_freq``.
+        ValueError: ``low_freq`` negative or ``>= high_freq``.
     """
     if not 0 <= low_freq < high_freq:
         raise ValueError(f"need 0 <= low_freq < high_freq, got {low_freq}, {high_freq}")
@@ -116,6 +126,10 @@ class FbankUpstream(nn.Module):
 
     Shapes: ``waveforms (B, S)`` float at 16 kHz, ``lengths (B,)`` samples ->
     ``hidden_states[0] (B, T, num_mel_bins * (1 + delta_order))`` at 100 Hz.
+
+    Raises:
+        ValueError: ``delta_order`` not 0, 1 or 2, or ``low_freq`` negative or not below the
+            Nyquist frequency (8000 Hz).
     """
 
     is_whisper = False
@@ -138,10 +152,12 @@ class FbankUpstream(nn.Module):
 
     @property
     def hidden_size(self) -> int:
+        """Features per frame: ``num_mel_bins * (1 + delta_order)`` (240 by default)."""
         return self.config.num_mel_bins * (1 + self.config.delta_order)
 
     @property
     def samples_per_frame(self) -> int:
+        """The hop in samples at 16 kHz (``frame_shift``; 160 = 10 ms by default)."""
         return self.config.frame_shift
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
@@ -174,6 +190,17 @@ class FbankUpstream(nn.Module):
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
                 ) -> UpstreamOutput:
+        """Features of each utterance's real samples.
+
+        Args:
+            waveforms: ``(B, S)`` float, 16 kHz, zero-padded.
+            lengths: ``(B,)`` real samples (default: all ``S``).
+
+        Returns:
+            :class:`~robustdistill.upstream.UpstreamOutput` with one hidden state
+            ``(B, T, hidden_size)`` (zero past each utterance's frames), ``frame_lengths``
+            ``(B,)``, ``frame_mask`` ``(B, T)`` and no CNN features.
+        """
         if lengths is None:
             lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long)
         feats = [self.features(w[: int(n)]) for w, n in zip(waveforms, lengths, strict=True)]

@@ -77,7 +77,11 @@ class Featurizer(nn.Module):
 
     def select(self, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
         """Stack the selected layers of an upstream output: ``L + 1`` x ``(B, T, D)`` ->
-        ``(B, N, T, D)`` (the form the feature cache stores)."""
+        ``(B, N, T, D)`` (the form the feature cache stores).
+
+        Raises:
+            ValueError: not ``num_hidden_states`` hidden states.
+        """
         if len(hidden_states) != self.num_hidden_states:
             raise ValueError(
                 f"expected {self.num_hidden_states} hidden states, got {len(hidden_states)}"

@@ -28,7 +28,9 @@ def report(path: str | Path, scale: float = 1.0, digits: int = 1,
     """The two markdown tables of one merged ``compare`` results.json.
 
     Raises:
-        FileNotFoundError: no such file. KeyError: not a compare output.
+        FileNotFoundError: no such file.
+        ValueError: the file is not JSON (``json.JSONDecodeError``).
+        KeyError: not a compare output.
     """
     data = json.loads(Path(path).read_text())
     results = data.get("results", [data])
@@ -80,6 +82,19 @@ def report(path: str | Path, scale: float = 1.0, digits: int = 1,
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: print :func:`report` of a results.json to stdout.
+
+    Args:
+        argv: the arguments (default ``sys.argv[1:]``): ``results`` and the options
+            ``--scale``, ``--digits``, ``--names FOLDER=NAME ...``.
+
+    Returns:
+        0.
+
+    Raises:
+        SystemExit: bad arguments (argparse) or ``--help``.
+        ValueError: a ``--names`` entry without ``=``.
+    """
     parser = argparse.ArgumentParser(prog="python -m downstream.report", description=__doc__)
     parser.add_argument("results", help="a compare output's results.json")
     parser.add_argument("--scale", type=float, default=1.0, help="e.g. 100 for percent")

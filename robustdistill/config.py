@@ -78,7 +78,16 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainingConfig:
-    """Optimisation, logging and checkpointing (DistilHuBERT defaults where it has them)."""
+    """Optimisation, logging and checkpointing (DistilHuBERT defaults where it has them).
+
+    Raises:
+        ConfigError: (on construction) a step count or interval below 1, a negative
+            ``save_every``, ``max_eval_batches`` below 1, an unknown ``lr_schedule``,
+            ``mixed_precision`` or ``weight_decay_params``, warm-up with the ``constant``
+            schedule, ``warmup_ratio`` outside ``[0, 1)``, a ``resume_from`` that is neither
+            ``latest``, ``auto`` nor an existing folder, ``adam_betas`` not two values,
+            ``adam_eps <= 0``, or a loss schedule its options reject.
+    """
 
     max_steps: int = field(default=200_000, metadata={"help": "optimizer steps"})
     learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (AdamW)"})
@@ -150,7 +159,12 @@ class TrainingConfig:
 
 @dataclass
 class DistillConfig:
-    """The whole run: see the module docstring for the YAML layout."""
+    """The whole run: see the module docstring for the YAML layout.
+
+    Raises:
+        ConfigError: (on construction) ``whisper_teacher_frames`` not ``ssl`` or ``native``,
+            or a ``make_teacher`` that is not ``FAMILY/PRESET``.
+    """
 
     teacher: str = field(metadata={"help": "hub id or local folder of the frozen teacher "
                                            "(WavLM, HuBERT, wav2vec 2.0, data2vec-audio, "

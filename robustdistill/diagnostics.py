@@ -43,6 +43,7 @@ class HiddenStateStats:
     frames: int
 
     def as_dict(self) -> dict[str, float]:
+        """The fields as a plain ``{name: value}`` dict (e.g. for a JSON line)."""
         return asdict(self)
 
 
@@ -103,6 +104,7 @@ class PredictionDistance:
     frames: int
 
     def as_dict(self) -> dict[str, float]:
+        """The fields as a plain ``{name: value}`` dict (e.g. for a JSON line)."""
         return asdict(self)
 
 

@@ -50,6 +50,12 @@ class RedactingFilter(logging.Filter):
     """A handler filter that redacts the formatted message (and exception text) of records."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Redact ``record`` in place and keep it (always returns True).
+
+        A message that contained a secret is replaced by its formatted, redacted text
+        (``args`` cleared); an attached exception is formatted, redacted into ``exc_text``
+        and its ``exc_info`` dropped.
+        """
         message = record.getMessage()
         clean = redact(message)
         if clean != message:

@@ -113,6 +113,12 @@ class StudentConfig:
             gradient; 0: frozen CNN, run under no_grad as the reference code does, about 1.9x
             shorter cached CPU steps for the ``default`` student, see ``docs/performance.md``). A
             training setting: the saved student does not hold it.
+
+    Raises:
+        ValueError: (on construction) an unknown ``preset``, ``family`` or
+            ``narrow_cnn_init``, ``num_layers`` below 1, a negative ``feature_grad_mult``,
+            ``init_layers`` not one per student layer, or a ``hidden_size`` not divisible by
+            ``num_attention_heads``.
     """
 
     preset: str = field(default="default", metadata={"help": f"student shape preset, one of {tuple(STUDENT_PRESETS)}; explicit fields override it"})

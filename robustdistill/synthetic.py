@@ -114,7 +114,8 @@ def synthetic_waveform(
         sample_rate: in Hz (default 16 kHz).
 
     Returns:
-        ``(round(seconds * sample_rate),)`` float32, peak about 0.5 (-6 dBFS), never above 1.
+        ``(max(1, round(seconds * sample_rate)),)`` float32, peak about 0.5 (-6 dBFS), never
+        above 1.
 
     Raises:
         ValueError: non-positive ``seconds`` or ``sample_rate``.

@@ -319,9 +319,12 @@ class TeacherFeatureCache:
         dtype: storage dtype name (a key of :data:`DTYPES`).
         missing: ``"compute"`` or ``"error"``.
         crop_starts: ``"frames"`` or ``"chunks"`` (see the module docstring).
+        max_utterance_s: context ``"utterance"``: the longest utterance, in seconds, the
+            teacher encodes whole (> 0).
 
     Raises:
-        ValueError: bad context/dtype, a layer outside ``[0, L]``, a Whisper teacher with
+        ValueError: a bad ``context``, ``dtype``, ``missing``, ``crop_starts`` or
+            ``max_utterance_s``, no layer or a layer outside ``[0, L]``, a Whisper teacher with
             context ``"utterance"`` (its absolute position embedding: module docstring), or a
             folder whose manifest disagrees with this spec.
     """
@@ -488,7 +491,12 @@ class TeacherFeatureCache:
 
     def write(self, path: Path, layers: torch.Tensor) -> None:
         """Write an entry atomically (a temporary file renamed into place), so a killed
-        build never leaves a truncated entry and concurrent writers cannot corrupt one."""
+        build never leaves a truncated entry and concurrent writers cannot corrupt one.
+
+        Args:
+            path: the entry's file (parent folders created).
+            layers: ``(K, T, D)`` targets in storage dtype, as :meth:`compute` returns.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
@@ -656,6 +664,7 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
     Raises:
         ValueError: no cache dir, or context ``crop`` with ``crop_starts: frames`` (its
             entries depend on the random crops of training, so it can only be filled lazily).
+        TypeError: a split whose dataset has no ``full_waveform`` (a streaming dataset).
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm

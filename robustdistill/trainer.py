@@ -126,9 +126,12 @@ class TrainingProgress:
     scaler_skipped_steps: int = 0  # fp16: steps whose update the GradScaler skipped (inf/NaN)
 
     def state_dict(self) -> dict:
+        """Every field as a ``{name: value}`` dict (a shallow copy)."""
         return dict(vars(self))
 
     def load_state_dict(self, state: dict) -> None:
+        """Set each field named in ``state`` (a :meth:`state_dict`); fields it omits keep
+        their current value. Keys are not checked: an unknown key becomes a new attribute."""
         for key, value in state.items():
             setattr(self, key, value)
 

@@ -282,6 +282,7 @@ class Upstream(nn.Module):
     # ------------------------------------------------------------------ shape facts
     @property
     def config(self):
+        """The wrapped model's ``transformers`` config (``self.model.config``)."""
         return self.model.config
 
     @property

@@ -212,7 +212,16 @@ class RirBank:
                  direct_path_db: float = 20.0) -> RirBank:
         """This bank with every RIR (and channel) passed through :func:`prepare_rir` with
         these settings: the same values for a bank loaded or simulated with them
-        (``prepare_rir`` is idempotent), the right ones for a bank built otherwise."""
+        (``prepare_rir`` is idempotent), the right ones for a bank built otherwise.
+
+        Args:
+            normalization: ``"energy"`` or ``"peak"`` (see :func:`prepare_rir`).
+            direct_path_db: onset threshold in dB below the largest sample (>= 0).
+
+        Raises:
+            AudioError: an empty, non-finite or all-zero RIR.
+            ValueError: unknown ``normalization`` or negative ``direct_path_db``.
+        """
         def prep(h: np.ndarray) -> np.ndarray:
             return prepare_rir(h, normalization, direct_path_db)
 

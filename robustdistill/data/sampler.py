@@ -64,7 +64,11 @@ class ShardedRandomSampler(Sampler):
         return self.num_samples // self.world_size
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's permutation and reset the start to 0."""
+        """Select the epoch's permutation and reset the start to 0.
+
+        Raises:
+            ValueError: ``epoch`` is negative.
+        """
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         self.epoch = int(epoch)

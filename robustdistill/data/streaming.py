@@ -45,6 +45,10 @@ class StreamingAudioDataset(torch.utils.data.IterableDataset):
         rank, world_size: this process and the number of processes.
         shuffle_buffer: shuffle buffer size in examples; 0: no buffer shuffle (``datasets``
             may still reorder whole shards from epoch 1 on, deterministically).
+
+    Raises:
+        ValueError: ``rank`` outside ``[0, world_size)``, ``min_length_s > max_length_s``, or
+            a negative ``seed`` or ``shuffle_buffer``.
     """
 
     _MAX_LOGGED_SKIPS = 5

@@ -87,6 +87,19 @@ class Objective(nn.Module):
     needs_extract_features: bool = False
 
     def forward(self, inputs: DistillationInputs) -> dict[str, LossTerm]:  # pragma: no cover
+        """The objective's loss terms on one micro-batch.
+
+        Args:
+            inputs: teacher and student outputs, the ``(B, T)`` frame mask and the ``(B, S)``
+                clean / noisy waveforms (16 kHz samples) with their ``(B,)`` lengths.
+
+        Returns:
+            ``{term: LossTerm}``; each ``total`` is a scalar summed over the real units named
+            by its ``unit``.
+
+        Raises:
+            NotImplementedError: always, on the base class (subclasses implement it).
+        """
         raise NotImplementedError
 
     def student_layers_read(self) -> list[int]:
@@ -110,7 +123,13 @@ OBJECTIVES: dict[str, type[Objective]] = {}
 
 
 def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]]:
-    """Class decorator: make an objective selectable from a config by ``name``."""
+    """Class decorator: make an objective selectable from a config by ``name``.
+
+    Sets the class's ``name`` and adds it to :data:`OBJECTIVES`.
+
+    Raises:
+        ValueError: (when the decorator is applied) ``name`` is already registered.
+    """
 
     def wrap(cls: type[Objective]) -> type[Objective]:
         if name in OBJECTIVES:

@@ -132,10 +132,10 @@ def cosine_distance_per_frame(student: torch.Tensor, teacher: torch.Tensor,
         eps: floor of the norms (``F.cosine_similarity``).
 
     Returns:
-        ``(B, T)`` in ``[0, 2]``.
+        ``(B, T)`` float32 in ``[0, 2]``.
 
     Raises:
-        ValueError: shapes that differ.
+        ValueError: shapes that differ, or a rank other than 3 or 4.
     """
     if student.shape != teacher.shape:
         raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} "
@@ -158,7 +158,8 @@ def cosine_alignment_loss(student: torch.Tensor, teacher: torch.Tensor,
         Scalar float32: the mean over all real frames of the batch.
 
     Raises:
-        ValueError: shapes that differ, a mask of the wrong shape, or no real frame.
+        ValueError: shapes that differ, a rank other than 3 or 4, a mask of the wrong shape,
+            or no real frame.
     """
     dist = cosine_distance_per_frame(student, teacher)
     if mask is None:
@@ -175,6 +176,9 @@ def cosine_alignment_loss(student: torch.Tensor, teacher: torch.Tensor,
 class CosineAlignment(Objective):
     """Align chosen teacher layers with a student layer by cosine distance, through a linear
     inverted bottleneck per target (arXiv 2505.03442).
+
+    Paper: "Knowledge Distillation for Speech Denoising by Latent Representation Alignment
+    with Cosine Distance" (arXiv 2505.03442).
 
     For target ``l`` with bottleneck ``W_l``: the student's real frames of ``H_s[k]`` are
     resampled to the teacher's real frame count when the two differ (linear interpolation,
@@ -222,6 +226,7 @@ class CosineAlignment(Objective):
                         "teacher_hidden_size": teacher_hidden_size}
 
     def head_config(self) -> dict:
+        """The bottlenecks' layout: target layers, student layer, ``expanded_size``, widths."""
         return dict(self._config)
 
     def forward(self, inputs: DistillationInputs) -> dict[str, LossTerm]:

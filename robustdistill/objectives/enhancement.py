@@ -103,6 +103,10 @@ class EnhancementHead(nn.Module):
 class MaskEnhancement(Objective):
     """Recover the clean magnitude spectrum from the student's features of noisy speech.
 
+    RobustDistiller's multi-task enhancement objective: "RobustDistiller: Compressing
+    Universal Speech Representations for Enhanced Environment Robustness" (arXiv 2302.09437;
+    extended in arXiv 2403.08654).
+
     ``L_enh = mean_{real STFT frames} mean_bins | M * |Y| - |X| |`` with ``Y`` the noisy and
     ``X`` the clean STFT (n_fft 512, hop 160, window 400) and ``M`` the head's mask. The
     training loss adds ``lambda_enh * L_enh`` (default 2).
@@ -118,7 +122,8 @@ class MaskEnhancement(Objective):
         n_fft, hop_length, win_length: STFT (default 512, 160, 400).
 
     Raises:
-        ValueError: unknown ``input``, or ``"cnn"`` without CNN features (Whisper student).
+        ValueError: unknown ``input``, ``"cnn"`` without CNN features (Whisper student), or
+            ``dropout`` outside ``[0, 1)``.
     """
 
     def __init__(self, *, teacher_hidden_size: int, teacher_num_layers: int,
@@ -143,10 +148,15 @@ class MaskEnhancement(Objective):
                         "num_layers": num_layers, "dropout": dropout, **self.stft}
 
     def head_config(self) -> dict:
+        """The head's layout: ``input``, its width, BiLSTM size, dropout and STFT settings."""
         return dict(self._config)
 
     def count_units(self, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Real STFT frames of a micro-batch, for the trainer's normalisation."""
+        """Real STFT frames of a micro-batch, for the trainer's normalisation.
+
+        ``lengths``: ``(B,)`` samples; returns ``{"stft_frames": scalar}`` (sum over the batch
+        of ``lengths // hop_length + 1``).
+        """
         return {"stft_frames": stft_frame_lengths(lengths, self.stft["hop_length"]).sum()}
 
     def forward(self, inputs: DistillationInputs) -> dict[str, LossTerm]:

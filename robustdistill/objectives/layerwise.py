@@ -44,6 +44,9 @@ def layerwise_frame_losses(
 class LayerwisePrediction(Objective):
     """Predict chosen teacher layers from one student layer (DistilHuBERT, arXiv 2110.01900).
 
+    Paper: "DistilHuBERT: Speech Representation Learning by Layer-wise Distillation of
+    Hidden-unit BERT" (arXiv 2110.01900).
+
     Heads (``head``):
 
     * ``"linear"``: one ``Linear(D_s, D_t)`` per target layer.
@@ -108,6 +111,7 @@ class LayerwisePrediction(Objective):
         self._dims = (student_hidden_size, teacher_hidden_size)
 
     def head_config(self) -> dict:
+        """The heads' layout: target layers, student layer, ``D_s``, ``D_t`` and ``head``."""
         return {"teacher_layers": self.teacher_layers, "student_layer": self.student_layer,
                 "student_hidden_size": self._dims[0], "teacher_hidden_size": self._dims[1],
                 "head": self.head}

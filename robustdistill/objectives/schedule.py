@@ -40,6 +40,9 @@ class ScheduleWeights:
 class LossSchedule:
     """Per-step weights of the KD and task losses.
 
+    ``"two_step"`` is the schedule of "Two-Step Knowledge Distillation for Tiny Speech
+    Enhancement" (arXiv 2309.08144); ``"mixture"`` is the baseline it is compared against.
+
     Args:
         kind: ``"sum"``, ``"two_step"`` or ``"mixture"`` (module docstring).
         kd_steps: steps of phase 1 for ``"two_step"`` (``>= 1``).

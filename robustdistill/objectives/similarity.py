@@ -205,6 +205,9 @@ def _pairs(layer_pairs, teacher_num_layers: int) -> list[tuple[int, int]]:
 class GramKD(Objective):
     """Fine-grained similarity-preserving KD between teacher and student hidden states.
 
+    Paper: "Two-Step Knowledge Distillation for Tiny Speech Enhancement" (arXiv 2309.08144),
+    building on "Similarity-Preserving Knowledge Distillation" (arXiv 1907.09682).
+
     For each configured pair ``(l, k)`` and each utterance ``b``:
     ``L_{l,k,b} = sum_a || G_a(H_s[k][b]) - G_a(H_t[l][b]) ||_F^2 / N_a^2`` (see
     :func:`gram_kd_per_utterance`) over the common real frames of teacher and student. Each
@@ -223,8 +226,10 @@ class GramKD(Objective):
         weight: factor on every term (default 1).
 
     Raises:
-        ValueError: a teacher layer outside ``[0, L_t]``, an unknown axis, or ``"feature"``
-            with ``D_s != D_t`` or ``"channel"`` (hidden states have no channel axis).
+        ValueError: a teacher layer outside ``[0, L_t]``, an empty ``layer_pairs`` or
+            ``axes``, a pair that is not ``[teacher_layer, student_layer]``, an unknown axis,
+            or ``"feature"`` with ``D_s != D_t`` or ``"channel"`` (hidden states have no
+            channel axis).
     """
 
     def __init__(self, *, teacher_hidden_size: int, teacher_num_layers: int,
@@ -250,6 +255,7 @@ class GramKD(Objective):
         self.center = bool(center)
 
     def student_layers_read(self) -> list[int]:
+        """The student layer of each pair, in ``layer_pairs`` order (repeats kept)."""
         return [student for _, student in self.layer_pairs]
 
     def forward(self, inputs: DistillationInputs) -> dict[str, LossTerm]:

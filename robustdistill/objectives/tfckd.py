@@ -241,6 +241,9 @@ def contiguous_sets(layers: Sequence[int], num_sets: int) -> list[list[int]]:
 class TFCalibratedKD(Objective):
     """I2RF-TFCKD on SSL hidden states ``(B, T, D)`` (arXiv 2506.13127).
 
+    Paper: "I2RF-TFCKD: Intra-Inter Representation Fusion with Time-Frequency Calibration
+    Knowledge Distillation for Speech Enhancement" (arXiv 2506.13127).
+
     Each selected student layer has its own ``Linear(D_s, D_t)`` projection; teacher and
     student layers are split into ``num_sets`` contiguous sets (:func:`contiguous_sets`), or
     given explicitly. Terms, summed over utterances (unit ``"utterances"``): ``set{k}`` for
@@ -259,7 +262,8 @@ class TFCalibratedKD(Objective):
 
     Raises:
         ValueError: a teacher layer outside ``[0, L_t]``, one of the explicit sets given
-            without the other, different numbers of sets, or a bad option.
+            without the other, different numbers of sets, an empty set, ``num_sets`` outside
+            ``[1, min(len(teacher_layers), len(student_layers))]``, or a bad option.
     """
 
     def __init__(self, *, teacher_hidden_size: int, teacher_num_layers: int,
@@ -305,10 +309,12 @@ class TFCalibratedKD(Objective):
         self._dims = (student_hidden_size, teacher_hidden_size)
 
     def head_config(self) -> dict:
+        """The projections' layout: teacher and student sets, ``D_s`` and ``D_t``."""
         return {"teacher_sets": self.teacher_sets, "student_sets": self.student_sets,
                 "student_hidden_size": self._dims[0], "teacher_hidden_size": self._dims[1]}
 
     def student_layers_read(self) -> list[int]:
+        """Every student layer of the sets, sorted, each once."""
         return list(self.student_layers)
 
     def forward(self, inputs: DistillationInputs) -> dict[str, LossTerm]:

@@ -58,6 +58,12 @@ class PairConfig:
             items of that pool (generator ``[seed, step, rank]``), so a frozen teacher's
             outputs on the pool can be computed once and shared by many short runs.
         pool_seed: seed of the pool.
+
+    Raises:
+        ValueError: (on construction) ``snr_range`` not ``[low, high]`` with ``low <= high``,
+            ``crop_seconds <= 0``, ``reverb_prob`` outside ``[0, 1]`` or > 0 without
+            ``rir_dir``, an unknown ``rir_channels`` or ``target``, or a negative
+            ``pool_size``.
     """
 
     speech_dir: str = "../shared/data/librispeech-mini/train-clean-100"
@@ -135,7 +141,11 @@ class SpeechIndex:
         """A random ``length``-sample crop of file ``index`` at ``sample_rate``.
 
         Returns:
-            ``(crop (length,), real)`` where ``real`` samples are speech and the rest zeros.
+            ``(crop (length,), real)``: float32 mono; the first ``real`` samples are speech
+            and the rest zeros.
+
+        Raises:
+            AudioError: the file cannot be decoded, or the crop holds NaN/Inf samples.
         """
         rate = self.rates[index]
         need = int(math.ceil(length * rate / self.sample_rate))
@@ -213,7 +223,12 @@ class PairMaker:
         return noisy, target
 
     def pool(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The fixed pool ``(noisy, clean)``, each ``(pool_size, length)`` (built once)."""
+        """The fixed pool ``(noisy, clean)``, each ``(pool_size, length)`` (built once).
+
+        Raises:
+            ValueError: ``pool_size`` is 0.
+            AudioError: see :meth:`item`.
+        """
         if not self.config.pool_size:
             raise ValueError("pool_size is 0: there is no pool")
         if self._pool is None:

@@ -106,6 +106,19 @@ def enhance_file(model, src: str | Path, dst: str | Path,
                  chunk_seconds: float = 10.0, progress=None) -> Path:
     """Enhance one audio file into ``dst`` (parent folders created).
 
+    Args:
+        model: an SE teacher or student (see :func:`enhance_waveform`).
+        src: the input file (any rate, mono or multi-channel; each channel enhanced alone).
+        dst: the output file (format from its extension), at the input's sample rate and
+            channel count; the input's subtype is kept where soundfile accepts it, with
+            16-bit PCM as the fallback.
+        chunk_seconds: seconds of audio per streaming step of a frame model (memory and
+            progress granularity only: the output does not depend on it).
+        progress: optional ``tqdm``-like bar, updated with seconds of audio done.
+
+    Returns:
+        ``dst``.
+
     Raises:
         AudioError: unreadable, empty or non-finite input (nothing is written).
     """

@@ -49,6 +49,17 @@ def make_test_pairs(speech_dir: str | Path, noise_dir: str | Path,
     folder, cut to ``max_seconds``. A noise segment that is silent (a digitally silent stretch
     of its recording) is replaced, with a warning, by white noise from the same generator.
 
+    Args:
+        speech_dir: folder of clean speech, one subfolder per speaker (searched recursively).
+        noise_dir: folder of test noise recordings.
+        snrs: SNRs in dB; each utterance is mixed with the same noise segment at each.
+        per_speaker: utterances kept per speaker folder.
+        max_seconds: cut of each utterance, in seconds (at 16 kHz).
+        seed: seeds each utterance's noise draw (``default_rng([seed, i])``).
+
+    Returns:
+        :class:`TestPairs`.
+
     Raises:
         FileNotFoundError: no speech or noise files.
     """

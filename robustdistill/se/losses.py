@@ -78,6 +78,11 @@ class LossConfig:
         cosine_pairs: ``[[student_layer, teacher_layer], ...]``.
         tfckd_weight: weight of the I2RF-TFCKD term (0: off).
         tfckd_student_sets, tfckd_teacher_sets: correlated sets of layer names (same count).
+
+    Raises:
+        ValueError: (on construction) a schedule :class:`LossSchedule` rejects, an unknown
+            ``teacher_input``, a KD weight > 0 without ``teacher``, ``output_kd`` with
+            ``teacher_input: clean``, or student and teacher sets of different counts.
     """
 
     schedule: str = "sum"
@@ -129,6 +134,9 @@ class SELoss(nn.Module):
         config: :class:`LossConfig`.
         student_widths, teacher_widths: activation name -> width ``D``.
 
+    Raises:
+        ValueError: the ``tfckd`` teacher layers do not share one width.
+
     Call: ``loss(step, student_out, clean, teacher_out) -> (total, parts)`` where the outputs
     are :class:`~robustdistill.se.teachers.base.SEOutput` with activations ``(B, K, D)``
     (teacher and student on the same frame grid), ``clean`` is ``(B, N)``, ``parts`` maps
@@ -154,7 +162,18 @@ class SELoss(nn.Module):
                 self.projections[s] = nn.Linear(student_widths[s], width)
 
     def task_loss(self, enhanced: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-        """``-SI-SDR`` (+ ``spectral_weight`` * L1 of 512-point magnitude spectra)."""
+        """``-SI-SDR`` in dB (+ ``spectral_weight`` * L1 of 512-point magnitude spectra,
+        hop 128, Hann window), batch mean.
+
+        Args:
+            enhanced, clean: ``(B, N)`` waveforms (samples).
+
+        Returns:
+            Scalar tensor.
+
+        Raises:
+            ValueError: shapes differ.
+        """
         loss = neg_si_sdr(enhanced, clean)
         if self.config.spectral_weight > 0:
             win = torch.hann_window(512, device=enhanced.device)
@@ -184,6 +203,26 @@ class SELoss(nn.Module):
         return terms
 
     def forward(self, step: int, student_out, clean: torch.Tensor, teacher_out=None):
+        """The scheduled total loss of optimizer step ``step``.
+
+        Args:
+            step: optimizer step (picks the schedule's KD / task weights).
+            student_out: the student's :class:`~robustdistill.se.teachers.base.SEOutput`:
+                ``enhanced`` ``(B, N)`` samples, activations ``(B, K, D)``.
+            clean: ``(B, N)`` clean target waveform (samples).
+            teacher_out: the teacher's ``SEOutput`` on the same frame grid; may be None when
+                :meth:`needs_teacher` is False for ``step``.
+
+        Returns:
+            ``(total, parts)``: the scalar loss to minimise and ``{term: scalar}`` with the
+            unweighted task loss (``"task"``, negative SI-SDR in dB, when its weight is > 0
+            or no KD term is on) and each KD term that is on.
+
+        Raises:
+            ValueError: a KD term is on at ``step`` but ``teacher_out`` is None, or
+                ``enhanced`` and ``clean`` differ in shape.
+            KeyError: a configured layer is not among the student's or teacher's activations.
+        """
         c = self.config
         w = c.schedule_obj.weights(step)
         parts: dict[str, torch.Tensor] = {}

@@ -61,6 +61,11 @@ class StftConfig:
         hop_length: hop in samples (NSNet2: 160 = 10 ms); must divide ``win_length``.
         n_fft: FFT size (>= ``win_length``); ``n_fft // 2 + 1`` bins.
         window: see :func:`make_window`.
+
+    Raises:
+        ValueError: (on construction) ``sample_rate <= 0``, a ``hop_length`` that is not
+            positive or does not divide ``win_length``, ``n_fft < win_length``, or a window
+            :func:`make_window` rejects.
     """
 
     sample_rate: int = 16000

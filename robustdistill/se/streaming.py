@@ -74,8 +74,8 @@ class StreamingEnhancer:
     @torch.no_grad()
     def flush(self) -> torch.Tensor:
         """End the stream: zero-pad the last partial hop, then feed ``win - hop`` zeros so
-        every real sample is covered by all its frames; returns the remaining output. The
-        stream is then reset."""
+        every real sample is covered by all its frames; returns the remaining output,
+        ``(B, m)`` samples with ``m`` a multiple of the hop. The stream is then reset."""
         pad = (-self._pending.shape[1]) % self.hop + self.win - self.hop
         out = self.push(torch.zeros(self.batch_size, pad))
         self.reset()

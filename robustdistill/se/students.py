@@ -41,6 +41,11 @@ class StudentConfig:
         num_layers: stacked GRUs (>= 1; NSNet2 has 2).
         min_gain_db: lower limit of the gain in dB (NSNet2: -80).
         stft: the framing (default NSNet2's with the periodic, perfectly reconstructing window).
+
+    Raises:
+        ValueError: (on construction) ``hidden_size`` or ``num_layers`` below 1, or ``stft``
+            values :class:`StftConfig` rejects.
+        TypeError: an ``stft`` dict with a key :class:`StftConfig` does not have.
     """
 
     hidden_size: int = 64

@@ -27,6 +27,9 @@ class PooledTeacher:
         layers: activation names to keep.
         keep_enhanced: also keep the enhanced waveforms.
         chunk: pool items per teacher forward.
+
+    Raises:
+        KeyError: a name of ``layers`` is not among the teacher's activations.
     """
 
     def __init__(self, teacher: FrameModel, inputs: torch.Tensor, layers: tuple[str, ...],
@@ -54,7 +57,17 @@ class PooledTeacher:
 
 def pooled_teacher(key: tuple, teacher: FrameModel, inputs: torch.Tensor,
                    layers: tuple[str, ...], keep_enhanced: bool) -> PooledTeacher:
-    """The :class:`PooledTeacher` for ``key`` (built on first use, then reused in-process)."""
+    """The :class:`PooledTeacher` for ``key`` (built on first use, then reused in-process).
+
+    Args:
+        key: identifies the pool and the teacher (the caller's: ``inputs`` is not hashed, so
+            ``key`` must determine it).
+        teacher, layers, keep_enhanced: see :class:`PooledTeacher`.
+        inputs: ``(P, N)`` pool waveforms the teacher sees.
+
+    Raises:
+        KeyError: see :class:`PooledTeacher`.
+    """
     full = (*key, tuple(sorted(layers)), keep_enhanced)
     if full not in _CACHE:
         _CACHE[full] = PooledTeacher(teacher, inputs, tuple(layers), keep_enhanced)

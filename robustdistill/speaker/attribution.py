@@ -57,6 +57,9 @@ class IGSettings:
         noise_dbfs: level of the noise baseline, dB full scale.
         method: captum's quadrature (``"gausslegendre"``, ``"riemann_trapezoid"``, ...).
         internal_batch_size: captum's chunking of the ``n_steps x S`` forward passes (memory).
+
+    Raises:
+        ValueError: (on construction) ``n_steps`` below 2 or an unknown ``baseline``.
     """
 
     n_steps: int = 32
@@ -135,12 +138,17 @@ def integrated_gradients(forward: Callable[..., torch.Tensor], inputs: torch.Ten
     Args:
         forward: ``(S, ...), *extra -> (S,)`` scores.
         inputs / baselines: ``(S, ...)`` of the same shape.
+        settings: ``n_steps``, ``method`` and ``internal_batch_size`` are used (the
+            baseline is the caller's ``baselines``).
         extra: per-example tensors ``(S, ...)`` passed to ``forward`` unchanged (captum's
             ``additional_forward_args``, repeated along the integration steps).
 
     Returns:
         ``(attributions (S, ...), delta (S,))``: ``delta = sum(attr) - (F(x) - F(baseline))``,
         the completeness gap.
+
+    Raises:
+        ValueError: ``inputs`` and ``baselines`` differ in shape.
     """
     from captum.attr import IntegratedGradients
 
@@ -196,7 +204,19 @@ class AttributionCache:
     def key(audio: np.ndarray, start: int, stop: int, teacher: str, settings: IGSettings,
             target: np.ndarray | None = None) -> str:
         """SHA-256 of the segment's samples (float32 bytes), its range, the teacher's
-        fingerprint, the IG settings and the scored target (the speaker centroid, float32)."""
+        fingerprint, the IG settings and the scored target (the speaker centroid, float32).
+
+        Args:
+            audio: ``(N,)`` the whole crop (16 kHz samples); only ``audio[start:stop]`` is
+                hashed.
+            start, stop: the segment's sample range.
+            teacher: the teacher's fingerprint.
+            settings: the IG settings (:meth:`IGSettings.key`).
+            target: ``(E,)`` the scored speaker centroid, or None.
+
+        Returns:
+            64 hex digits.
+        """
         h = hashlib.sha256()
         h.update(np.ascontiguousarray(audio[start:stop], dtype=np.float32).tobytes())
         if target is not None:

@@ -92,8 +92,12 @@ def load_train_crops(folder: str | Path, crop_seconds: float, crops_per_utteranc
 def load_speaker_folders(folder: str | Path, sample_rate: int = 16_000) -> list[Utterance]:
     """``<folder>/<speaker>/<file>`` (LibriSpeech test-other layout), whole utterances.
 
+    Each is decoded to mono at ``sample_rate`` Hz (default 16 kHz) and its level raised to
+    -30 dBFS when below (:func:`~robustdistill.speaker.ge2e.normalize_volume`).
+
     Raises:
         FileNotFoundError: no speaker folder with audio.
+        AudioError: a file that cannot be used (:func:`robustdistill.audio.load_audio`).
     """
     out = []
     for spk in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
@@ -107,12 +111,15 @@ def load_speaker_folders(folder: str | Path, sample_rate: int = 16_000) -> list[
 
 def load_fsdd(folder: str | Path, per_speaker: int, sample_rate: int = 16_000
               ) -> list[Utterance]:
-    """FSDD recordings ``{digit}_{speaker}_{take}.wav`` resampled to 16 kHz: per speaker, the
-    first ``per_speaker`` files in (take, digit) order, so every digit is represented.
+    """FSDD recordings ``{digit}_{speaker}_{take}.wav`` resampled to ``sample_rate`` Hz
+    (default 16 kHz): per speaker, the first ``per_speaker`` files in (take, digit) order, so
+    every digit is represented. Levels below -30 dBFS are raised to it, as in
+    :func:`load_speaker_folders`.
 
     Raises:
         FileNotFoundError: no FSDD file in ``folder``.
         ValueError: ``per_speaker < 2`` (no target trial).
+        AudioError: a file that cannot be used (:func:`robustdistill.audio.load_audio`).
     """
     if per_speaker < 2:
         raise ValueError(f"per_speaker must be >= 2 for target trials, got {per_speaker}")

@@ -101,6 +101,11 @@ def mel_filters(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int 
     """Slaney-normalised triangular mel filters, as ``librosa.filters.mel(sr, n_fft, n_mels)``
     (``fmin = 0``, ``fmax = sr / 2``, ``htk=False``, ``norm="slaney"``).
 
+    Args:
+        sample_rate: in Hz (default 16 kHz).
+        n_fft: FFT size in samples (default 400).
+        n_mels: number of mel bands (default 40).
+
     Returns:
         ``(n_mels, n_fft // 2 + 1)`` float32.
     """
@@ -133,6 +138,11 @@ class MelSpectrogram(nn.Module):
         self.register_buffer("window", torch.hann_window(N_FFT, periodic=True), persistent=False)
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """``(B, N)`` 16 kHz waveforms -> ``(B, T, 40)`` float32 mel power (``T = 1 + N // 160``).
+
+        Raises:
+            ValueError: ``waveforms`` is not ``(batch, samples)``.
+        """
         if waveforms.dim() != 2:
             raise ValueError(f"expected (batch, samples) waveforms, got {tuple(waveforms.shape)}")
         spec = torch.stft(waveforms.float(), N_FFT, HOP, window=self.window, center=True,
@@ -147,12 +157,19 @@ def partial_slices(num_samples: int, rate: float = 1.3, min_coverage: float = 0.
     ``compute_partial_slices``): a partial every ``1 / rate`` s; the last one is kept if at
     least ``min_coverage`` of it lies inside the audio (always at least one).
 
+    Args:
+        num_samples: length of the utterance in samples (16 kHz).
+        rate: partials per second.
+        min_coverage: fraction of the last partial that must lie inside the audio.
+
     Returns:
-        ``[(start_frame, stop_frame), ...]``; the waveform must be zero-padded to
-        ``stop_frame * 160`` samples of the last one.
+        ``[(start_frame, stop_frame), ...]`` in 10 ms mel frames; the waveform must be
+        zero-padded to ``stop_frame * 160`` samples of the last one.
 
     Raises:
-        ValueError: ``min_coverage`` outside (0, 1], or a rate outside [0.625, 100] per second.
+        ValueError: ``min_coverage`` outside (0, 1], or a ``rate`` whose step between
+            partials, ``round(100 / rate)`` frames, is not in ``1..160`` (a rate outside
+            about [0.623, 200) per second).
     """
     if not 0 < min_coverage <= 1:
         raise ValueError(f"min_coverage must lie in (0, 1], got {min_coverage}")
@@ -171,6 +188,8 @@ def partial_slices(num_samples: int, rate: float = 1.3, min_coverage: float = 0.
 
 class GE2E(nn.Module):
     """GE2E speaker encoder: LSTM(40 -> 256) x 3, linear 256 -> 256, ReLU, L2 norm.
+
+    Paper: "Generalized End-to-End Loss for Speaker Verification" (arXiv:1710.10467).
 
     ``similarity_weight`` / ``similarity_bias`` are GE2E's learned scale and offset of the
     cosine similarity (``S = w cos + b``, section 2.1 of arXiv:1710.10467); they turn cosines to
@@ -222,7 +241,11 @@ class GE2E(nn.Module):
         return h.hexdigest()[:16]
 
     def embed_mels(self, mels: torch.Tensor) -> torch.Tensor:
-        """``(B, T, F)`` mel frames -> ``(B, E)`` L2-normalised embeddings (non-negative)."""
+        """``(B, T, F)`` mel frames -> ``(B, E)`` L2-normalised embeddings (non-negative).
+
+        Raises:
+            ValueError: ``mels`` is not ``(batch, frames, 40)``.
+        """
         if mels.dim() != 3 or mels.shape[-1] != N_MELS:
             raise ValueError(f"expected (batch, frames, {N_MELS}) mels, got {tuple(mels.shape)}")
         _, (hidden, _) = self.lstm(mels)
@@ -246,9 +269,15 @@ class GE2E(nn.Module):
 
         Args:
             waveform: ``(N,)`` 16 kHz (volume normalisation is the caller's choice).
+            rate: partials per second (one every ``1 / rate`` s); see :func:`partial_slices`.
+            min_coverage: fraction of the last partial that must lie inside the audio.
 
         Returns:
             ``(E,)``.
+
+        Raises:
+            ValueError: ``waveform`` not 1-D or empty, or a ``rate`` / ``min_coverage``
+                :func:`partial_slices` rejects.
         """
         if waveform.dim() != 1 or waveform.numel() == 0:
             raise ValueError(f"expected a non-empty (samples,) waveform, got {tuple(waveform.shape)}")

@@ -38,7 +38,8 @@ __all__ = ["SPEAKER_MODEL_TYPE", "SPEAKER_UPSTREAM_MODEL_TYPE", "AttentiveStatsP
 
 
 class AttentiveStatsPool(nn.Module):
-    """Attentive statistics pooling (arXiv:1803.10963): frame weights
+    """Attentive statistics pooling ("Attentive Statistics Pooling for Deep Speaker
+    Embedding", arXiv:1803.10963): frame weights
     ``alpha = softmax_t(v^T tanh(W h_t + b) + k)`` over real frames, then the weighted mean and
     standard deviation, concatenated.
 
@@ -56,6 +57,11 @@ class AttentiveStatsPool(nn.Module):
         self.eps = eps
 
     def forward(self, frames: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        """Pool ``frames`` ``(B, T, H)`` over their first ``frame_lengths`` ``(B,)`` frames.
+
+        Returns:
+            ``(B, 2 H)``: the attention-weighted mean, then ``sqrt(var + eps)``.
+        """
         mask = frame_mask(frame_lengths, frames.shape[1])
         scores = self.attention(frames).squeeze(-1).masked_fill(~mask, float("-inf"))
         alpha = torch.softmax(scores, dim=1).unsqueeze(-1)
@@ -83,9 +89,20 @@ class MelLSTMEncoder(nn.Module):
         self.output_size = hidden_size
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Real 10 ms frames, ``1 + n // 160``, of ``(B,)`` sample counts ``n``; ``(B,)``."""
         return 1 + torch.div(lengths, HOP, rounding_mode="floor")
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor):
+        """Encode ``(B, N)`` zero-padded 16 kHz waveforms with ``(B,)`` sample lengths.
+
+        Returns:
+            ``(frames, frame_lengths)``: ``(B, T, H)`` LSTM outputs (``T = 1 + N // 160``,
+            ``H = hidden_size``; zero past each utterance's real frames) and ``(B,)`` real
+            frames.
+
+        Raises:
+            ValueError: ``waveforms`` is not ``(batch, samples)``.
+        """
         frame_lengths = self.frame_lengths(lengths)
         logmel = torch.log(self.mel(waveforms) + 1e-6)
         mask = frame_mask(frame_lengths, logmel.shape[1]).unsqueeze(-1).to(logmel.dtype)
@@ -120,9 +137,18 @@ class UpstreamEncoder(nn.Module):
         self.output_size = self.upstream.hidden_size
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Real upstream frames of ``(B,)`` sample counts; ``(B,)``. See
+        :meth:`robustdistill.upstream.Upstream.frame_lengths`."""
         return self.upstream.frame_lengths(lengths)
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor):
+        """Encode ``(B, N)`` zero-padded 16 kHz waveforms with ``(B,)`` sample lengths.
+
+        Returns:
+            ``(frames, frame_lengths)``: ``(B, T, H)`` softmax-weighted sum of the upstream's
+            ``L + 1`` hidden states (20 ms frames, ``H`` the upstream's hidden size) and
+            ``(B,)`` real frames.
+        """
         out = self.upstream(waveforms, lengths)
         stacked = torch.stack(out.hidden_states, dim=0)  # (L + 1, B, T, H)
         weights = torch.softmax(self.layer_weights, dim=0).view(-1, 1, 1, 1)
@@ -163,6 +189,9 @@ class SpeakerModel(nn.Module):
     frame-level map head (IML-KD's integrated input) and an optional projection of the
     embedding to the teacher's width (instance-level alignment).
 
+    IML-KD: "Integrated Multi-Level Knowledge Distillation for Enhanced Speaker
+    Verification" (arXiv:2409.09389).
+
     Args:
         encoder: :class:`MelLSTMEncoder` or :class:`UpstreamEncoder`.
         num_speakers: ``K``.
@@ -185,11 +214,21 @@ class SpeakerModel(nn.Module):
 
     @property
     def samples_per_frame(self) -> int:
+        """The encoder's hop in samples at 16 kHz (160 for the log-mel LSTM, 320 for an
+        upstream)."""
         return self.encoder.samples_per_frame
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
                 ) -> SpeakerOutput:
-        """``(B, N)`` waveforms (16 kHz, zero-padded) and ``(B,)`` lengths (default: all N)."""
+        """``(B, N)`` waveforms (16 kHz, zero-padded) and ``(B,)`` lengths (default: all N).
+
+        Returns:
+            :class:`SpeakerOutput`: ``(B, E)`` embedding, ``(B, T)`` map logits and ``(B,)``
+            frame lengths.
+
+        Raises:
+            ValueError: ``waveforms`` is not ``(batch, samples)``.
+        """
         lengths = _checked_lengths(waveforms, lengths)
         frames, frame_lengths = self.encoder(waveforms, lengths)
         embedding = self.embedding(self.pool(frames, frame_lengths))
@@ -245,6 +284,12 @@ class SpeakerEmbedder(nn.Module):
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
                 ) -> torch.Tensor:
+        """``(B, N)`` zero-padded 16 kHz waveforms, ``(B,)`` sample lengths (default: all
+        ``N``) -> ``(B, E)`` embeddings (not normalised).
+
+        Raises:
+            ValueError: ``waveforms`` is not ``(batch, samples)``.
+        """
         lengths = _checked_lengths(waveforms, lengths)
         frames, frame_lengths = self.encoder(waveforms, lengths)
         return self.embedding(self.pool(frames, frame_lengths))

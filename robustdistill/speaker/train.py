@@ -117,6 +117,10 @@ class StudentConfig:
         embedding_dim: width ``E`` of the speaker embedding.
         margin: AM-softmax additive cosine margin ``m`` (training loss only).
         scale: AM-softmax logit scale ``s``; also scales the student's class-level KD logits.
+
+    Raises:
+        ValueError: (on construction) ``kind`` not ``lstm`` or ``upstream``, or ``kind:
+            upstream`` without ``upstream``.
     """
 
     kind: str = "lstm"
@@ -169,6 +173,12 @@ class IGConfig:
     use_cache: bool = True
 
     def settings(self) -> IGSettings:
+        """The IG settings of this config (``durations`` and the cache fields are not part
+        of them).
+
+        Raises:
+            ValueError: ``n_steps`` below 2 or an unknown ``baseline``.
+        """
         return IGSettings(self.n_steps, self.baseline, self.noise_dbfs, self.method,
                           self.internal_batch_size)
 
@@ -192,6 +202,9 @@ class LossConfig:
         batch_level: weight of the batch-level term, ``||G_s - G_t||_F^2 / B^2`` of the
             row-normalised ``B x B`` Gram matrices of the embeddings (``imlkd``).
         tau: temperature of the class-level term (> 0; default 2).
+
+    Raises:
+        ValueError: (on construction) an unknown ``method``.
     """
 
     method: str = "imlkd"
@@ -302,7 +315,19 @@ class TeacherTargets:
 @torch.no_grad()
 def teacher_targets(teacher: GE2E, crops: list[Crop], labels: torch.Tensor, num_speakers: int,
                     batch_size: int = 64) -> TeacherTargets:
-    """Embeddings of every crop, speaker centroids and the logits against them."""
+    """Embeddings of every crop, speaker centroids and the logits against them.
+
+    Args:
+        teacher: frozen GE2E.
+        crops: ``M`` training crops of one length (16 kHz samples).
+        labels: ``(M,)`` long speaker index of each crop, in ``[0, num_speakers)``.
+        num_speakers: ``K``.
+        batch_size: crops per teacher forward pass.
+
+    Returns:
+        :class:`TeacherTargets`: ``(M, E_t)`` embeddings, ``(K, E_t)`` centroids (normalised
+        sum of each speaker's crop embeddings) and ``(M, K)`` logits.
+    """
     emb = torch.cat([teacher(torch.from_numpy(np.stack([c.audio for c in crops[i:i + batch_size]])))
                      for i in range(0, len(crops), batch_size)])
     centroids = torch.zeros(num_speakers, emb.shape[1]).index_add_(0, labels, emb)
@@ -378,7 +403,19 @@ def embed_utterances(embed_fn, utterances: list[Utterance], batch_size: int = 16
 def evaluate_embeddings(embeddings: np.ndarray, speakers: list[str], cfg: DataConfig
                         ) -> dict[str, float]:
     """Cosine-scored trials (every target pair, ``max_nontarget`` non-target pairs): EER and
-    minDCF (``p_target``), as fractions; plus the trial counts."""
+    minDCF (``p_target``), as fractions; plus the trial counts.
+
+    Args:
+        embeddings: ``(U, E)`` L2-normalised embeddings (a dot product is their cosine).
+        speakers: the speaker of each of the ``U`` utterances.
+        cfg: ``max_nontarget``, ``trials_seed`` and ``p_target``.
+
+    Returns:
+        ``{"eer", "min_dcf", "target_trials", "nontarget_trials"}``.
+
+    Raises:
+        ValueError: no target or no non-target trial (:func:`build_trials`).
+    """
     pairs, labels = build_trials(speakers, cfg.max_nontarget, cfg.trials_seed)
     scores = np.einsum("pd,pd->p", embeddings[pairs[:, 0]], embeddings[pairs[:, 1]])
     tar, non = scores[labels == 1], scores[labels == 0]
@@ -464,10 +501,14 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
             call, as an interrupted run would (for resume tests).
 
     Returns:
-        ``{"method", "seed", "epochs": [per-epoch logs], "eval": {set: metrics}, "params"}``.
+        ``{"method", "seed", "config", "epochs": [per-epoch logs], "params", "cache":
+        {"hits", "misses"}}``, plus ``"eval": {set: metrics}`` once every epoch is done and
+        ``eval_sets`` is given (also written to ``output_dir/result.json``).
 
     Raises:
         ValueError: crops of different lengths, a test speaker seen in training.
+        FloatingPointError: an epoch whose summed losses are not finite (NaN/Inf); the
+            epoch is neither logged nor checkpointed.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed

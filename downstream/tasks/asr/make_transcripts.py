@@ -171,7 +171,11 @@ def iter_transcripts(
 
 def main(argv: list[str] | None = None) -> None:
     """Command line (see the module docstring). An existing OUT is resumed: files already in it
-    are not transcribed again and new rows are appended."""
+    are not transcribed again and new rows are appended.
+
+    Raises:
+        SystemExit: no audio file under ``audio_dir``, bad arguments (argparse) or ``--help``.
+    """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("audio_dir")
     parser.add_argument("out")

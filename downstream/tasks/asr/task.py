@@ -109,6 +109,10 @@ class AsrHeadConfig:
         dropout: dropout on the head's input and between BLSTM layers.
         project_dim: width of a linear projection of the features before the BLSTM (s3prl's
             ASR ``project_dim: 1024``); 0: none.
+
+    Raises:
+        ValueError: (on construction) a negative ``num_layers`` or ``project_dim``,
+            ``hidden_size`` below 1, or ``dropout`` outside ``[0, 1)``.
     """
 
     hidden_size: int = 256
@@ -137,6 +141,10 @@ class AsrConfig(TaskConfig):
         tokens: ``"characters"`` (each character of the transcript is a symbol) or
             ``"words"`` (space-separated symbols: phone sequences ``"HH AH L OW"``). With
             ``"words"`` the reported ``wer`` is the symbol error rate (PER for phones).
+
+    Raises:
+        ValueError: (on construction) an empty ``vocabulary``, repeated symbols, a
+            ``<blank>`` symbol, or (``tokens: words``) an empty symbol or one with a space.
     """
 
     head: AsrHeadConfig = field(default_factory=AsrHeadConfig)
@@ -230,12 +238,14 @@ class AsrTask(Task):
         return self._normalize(utterance.text)
 
     def build_head(self, input_size: int) -> nn.Module:
+        """A :class:`CtcHead` over the vocabulary (blank included)."""
         return CtcHead(input_size, self.config.head, len(self.vocabulary))
 
     def training_loss(self, head: nn.Module, features: torch.Tensor, frame_lengths: torch.Tensor,
                       examples: list[Example]) -> torch.Tensor:
-        """CTC loss, summed over each utterance and divided by its number of characters, then
-        averaged over the batch (``reduction="mean"``). Utterances too short for their
+        """CTC loss, summed over each utterance and divided by its number of target symbols
+        (characters, or space-separated symbols with ``tokens: words``), then averaged over
+        the batch (``reduction="mean"``). Utterances too short for their
         transcript give an infinite loss that is zeroed (``zero_infinity``)."""
         log_probs = head(features, frame_lengths)
         targets = [torch.tensor(encode_text(e.target, self.vocabulary, self.config.tokens),
@@ -285,6 +295,8 @@ class AsrTask(Task):
         return rate
 
     def summary(self) -> dict:
+        """The output symbols (blank excluded), ``tokens``, the training set's characters
+        (normalised transcripts; 0 before :meth:`setup`) and where the transcripts come from."""
         vocab = self.vocabulary[1:]
         return {"alphabet": "".join(vocab) if self.config.tokens == "characters"
                 else " ".join(vocab), "tokens": self.config.tokens,

@@ -26,13 +26,17 @@ __all__ = ["AMSoftmax", "XVectorHead"]
 
 
 class AMSoftmax(nn.Module):
-    """Additive-margin softmax loss (arXiv:1801.05599).
+    """Additive-margin softmax loss ("Additive Margin Softmax for Face Verification",
+    arXiv:1801.05599).
 
     Args:
         embedding_dim: ``E``.
         num_classes: ``K``.
         margin: additive cosine margin ``m``.
         scale: logit scale ``s``.
+
+    Raises:
+        ValueError: ``num_classes`` below 2.
     """
 
     def __init__(self, embedding_dim: int, num_classes: int, margin: float = 0.2,

@@ -141,6 +141,8 @@ class SpeakerVerification(Task):
         self.last_trials: dict[str, int] = {}
 
     def make_example(self, utterance, waveform, split, condition, corruptor) -> Example:
+        """The corrupted waveform; the target is the speaker's index in training, None in
+        dev and test (scored by trials, not classes)."""
         audio = corruptor.apply(waveform, condition, utterance.key)
         target = self.index[utterance.speaker] if split == "train" else None
         return Example(utterance.key, audio, target, utterance.speaker)
@@ -160,11 +162,14 @@ class SpeakerVerification(Task):
         return Batch(padded, lengths, [e.example for e in encoded])
 
     def build_head(self, input_size: int) -> nn.Module:
+        """An :class:`XVectorHead` with an AM-softmax over the training speakers."""
         h = self.config.head
         return XVectorHead(input_size, len(self.speakers), h.channels, h.kernel_sizes,
                            h.dilations, h.embedding_dim, h.margin, h.scale)
 
     def training_loss(self, head, features, frame_lengths, examples: list[Example]) -> torch.Tensor:
+        """Scalar AM-softmax loss of the head's embeddings with the speaker indices, batch
+        mean."""
         targets = torch.tensor([e.target for e in examples], device=features.device)
         return head(features, frame_lengths, targets)
 

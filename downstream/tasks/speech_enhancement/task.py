@@ -75,6 +75,10 @@ class StftConfig:
         hop_length: hop in samples (160 = 10 ms: twice the 50 Hz upstream frame rate); None:
             the upstream's frame hop (s3prl's SE: one STFT frame per upstream frame).
         win_length: Hann window length in samples.
+
+    Raises:
+        ValueError: (on construction) ``hop_length`` outside ``(0, win_length]`` or
+            ``win_length`` outside ``(0, n_fft]``.
     """
 
     n_fft: int = 512
@@ -102,6 +106,9 @@ class SEHeadConfig:
             applies its dropout there too).
         mask_activation: ``"sigmoid"`` (mask in [0, 1]) or ``"relu"`` (s3prl's SE: an
             unbounded non-negative mask).
+
+    Raises:
+        ValueError: (on construction) ``hidden_size`` or ``num_layers`` below 1.
     """
 
     hidden_size: int = 256
@@ -146,6 +153,11 @@ class SpeechEnhancementConfig(TaskConfig):
             ``|S| * max(0, cos(angle(Y) - angle(S)))`` (Kolbaek et al., arXiv:1703.06284),
             summed over bins and frames, divided by the utterance's frames, averaged over the
             batch).
+
+    Raises:
+        ValueError: (on construction) a negative ``early_reflection_ms``, ``train_snr_db``
+            not ``[low, high]`` with ``low <= high``, ``train_reverb_prob`` outside ``[0, 1]``
+            or > 0 without ``train_rir_dir``, or ``train_crop_seconds <= 0``.
     """
 
     stft: StftConfig = field(default_factory=StftConfig)
@@ -309,6 +321,7 @@ class SpeechEnhancementTask(Task):
 
     # ---- model ------------------------------------------------------------------------------
     def build_head(self, input_size: int) -> nn.Module:
+        """A :class:`MaskHead` over ``n_fft // 2 + 1`` STFT bins, upsampled to the STFT hop."""
         stft = self.config.stft
         upsample = max(1, round(SAMPLE_RATE / self.hop_length / self.frames_per_second))
         return MaskHead(input_size, stft.n_fft // 2 + 1, upsample, self.config.head)
@@ -401,6 +414,7 @@ class SpeechEnhancementTask(Task):
         return mean
 
     def summary(self) -> dict:
+        """The training noise (file names or ``"white"``), RIR file names and SNR range (dB)."""
         return {
             "train_noise": list(self.noise_bank.names) if self.noise_bank else "white",
             "train_rirs": list(self.rir_bank.names) if self.rir_bank else [],

@@ -75,6 +75,7 @@ class MeanPoolClassifier(nn.Module):
         self.classifier = nn.Linear(projector_dim or input_size, num_classes)
 
     def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        """``(B, T, D)`` features, ``(B,)`` real frames -> ``(B, C)`` logits (padding ignored)."""
         pooled = masked_mean(self.projector(features), frame_lengths)
         return self.classifier(self.dropout(pooled))
 
@@ -109,6 +110,7 @@ class UtteranceClassification(Task):
         self.index = {label: i for i, label in enumerate(self.classes)}
 
     def target(self, utterance: Utterance) -> int:
+        """The index of the utterance's label in :attr:`classes` (set by :meth:`setup`)."""
         return self.index[utterance.label]
 
     def collate(self, encoded: Sequence[EncodedExample], train: bool, rng: np.random.Generator
@@ -122,10 +124,12 @@ class UtteranceClassification(Task):
         return Batch(pooled, lengths, [e.example for e in encoded])
 
     def build_head(self, input_size: int) -> nn.Module:
+        """A :class:`MeanPoolClassifier` over the training classes."""
         head = self.config.head
         return MeanPoolClassifier(input_size, len(self.classes), head.projector_dim, head.dropout)
 
     def training_loss(self, head, features, frame_lengths, examples: list[Example]) -> torch.Tensor:
+        """Scalar cross-entropy of the head's logits with the class indices, batch mean."""
         targets = torch.tensor([e.target for e in examples], device=features.device)
         return F.cross_entropy(head(features, frame_lengths), targets)
 
@@ -167,4 +171,5 @@ class UtteranceClassification(Task):
         return None
 
     def summary(self) -> dict[str, Any]:
+        """The number of classes and their labels (sorted; index order)."""
         return {"num_classes": len(self.classes), "classes": self.classes}

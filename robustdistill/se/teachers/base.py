@@ -48,11 +48,19 @@ class FrameModel(nn.Module):
                        return_activations: bool = False
                        ) -> tuple[torch.Tensor, tuple, dict[str, torch.Tensor]]:
         """Analysis frames ``(B, K, win)`` -> synthesis frames ``(B, K, win)`` (already
-        multiplied by the synthesis window), the state after frame ``K - 1``, activations."""
+        multiplied by the synthesis window), the state after frame ``K - 1``, activations.
+
+        Raises:
+            NotImplementedError: on the base class (subclasses implement it).
+        """
         raise NotImplementedError
 
     def initial_state(self, batch_size: int) -> tuple:
-        """The zero state for ``batch_size`` streams."""
+        """The zero state for ``batch_size`` streams.
+
+        Raises:
+            NotImplementedError: on the base class (subclasses implement it).
+        """
         raise NotImplementedError
 
     def forward(self, noisy: torch.Tensor, return_activations: bool = False,

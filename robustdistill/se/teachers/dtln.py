@@ -71,6 +71,7 @@ class InstantLayerNorm(nn.Module):
         self.beta = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``x`` ``(..., D)`` over its last axis; returns ``(..., D)``."""
         mean = x.mean(-1, keepdim=True)
         var = (x - mean).square().mean(-1, keepdim=True)
         return (x - mean) / torch.sqrt(var + self.eps) * self.gamma + self.beta
