@@ -81,7 +81,7 @@ def test_metrics_hand_values():
 
 def test_mask_head_upsamples_to_stft_frames():
     head = MaskHead(8, 257, 2, SEHeadConfig(hidden_size=4, num_layers=1))
-    mask = head(torch.randn(2, 10, 8), torch.tensor([21, 15]))
+    mask = head(torch.randn(2, 10, 8), torch.tensor([10, 7]), torch.tensor([21, 15]))
     assert mask.shape == (2, 21, 257)
     assert float(mask.detach().min()) >= 0 and float(mask.detach().max()) <= 1
 
@@ -96,12 +96,12 @@ def test_ideal_mask_reconstruction_is_exact():
     task.window = torch.hann_window(400)
 
     class Ones(torch.nn.Module):
-        def forward(self, features, k):
+        def forward(self, features, frame_lengths, k):
             return torch.ones(features.shape[0], int(k.max()), 257)
 
     wave = np.random.default_rng(0).standard_normal(12345).astype(np.float32)
     ex = Example("a", wave, wave)
-    (out,) = task.enhance(Ones(), torch.zeros(1, 39, 4), [ex])
+    (out,) = task.enhance(Ones(), torch.zeros(1, 39, 4), torch.tensor([39]), [ex])
     np.testing.assert_allclose(out, wave, atol=1e-5)
 
 

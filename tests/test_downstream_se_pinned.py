@@ -42,12 +42,11 @@ def _numpy_stft(x: np.ndarray, n_fft=512, hop=160, win=400) -> np.ndarray:
 
 
 def _padded_stfts(waves):
-    """Each wave's STFT as the task computes it: zero-padded to the batch's longest first."""
-    n = max(len(w) for w in waves)
-    return [_numpy_stft(np.pad(w, (0, n - len(w))))[: len(w) // 160 + 1] for w in waves]
+    """Each wave's STFT as the task computes it: on its own, as s3prl's SE dataset does."""
+    return [_numpy_stft(w) for w in waves]
 
 
-def test_stft_is_superbs_512_160_400_periodic_hann_centred():
+def test_stft_is_superbs_512_160_400_periodic_hann_centred_per_utterance():
     task = _task()
     rng = np.random.default_rng(0)
     waves = [rng.standard_normal(4000).astype(np.float32),
@@ -55,8 +54,12 @@ def test_stft_is_superbs_512_160_400_periodic_hann_centred():
     spec, k = task._stft(waves, "cpu")
     assert k.tolist() == [26, 16] and spec.shape == (2, 26, 257)
     np.testing.assert_allclose(spec[0].numpy(), _numpy_stft(waves[0]), atol=2e-3)
-    # the shorter wave is zero-padded to the batch length before the (reflect-)centred STFT
-    np.testing.assert_allclose(spec[1, :16].numpy(), _padded_stfts(waves)[1], atol=2e-3)
+    # the shorter wave is transformed alone (reflect-centred at its own end), not zero-padded
+    # to the batch's length first, and is zero after its frames
+    np.testing.assert_allclose(spec[1, :16].numpy(), _numpy_stft(waves[1]), atol=2e-3)
+    assert not spec[1, 16:].abs().any()
+    alone, _ = task._stft(waves[1:], "cpu")
+    torch.testing.assert_close(spec[1, :16], alone[0], atol=0, rtol=0)
 
 
 def test_build_head_upsamples_50hz_features_to_the_stft_hop():
@@ -78,20 +81,35 @@ def _manual_mask(head: MaskHead, features: torch.Tensor, k: int, activation) -> 
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "relu"])
-def test_mask_head_equals_repeat_each_frame_then_pad_with_the_last(activation):
+def test_mask_head_equals_repeat_each_frame_then_pad_with_the_utterances_last(activation):
     torch.manual_seed(0)
     head = MaskHead(3, 7, 2, SEHeadConfig(hidden_size=4, num_layers=1,
                                           mask_activation=activation)).eval()
     features = torch.randn(2, 5, 3)
-    k = torch.tensor([13, 6])  # 13 > 2 * 5: three frames of padding with frame 4
+    features[1, 3:] = 0.0  # utterance 1 has 3 real frames, then zero padding
+    frames = torch.tensor([5, 3])
+    k = torch.tensor([13, 8])  # 13 > 2 * 5 and 8 > 2 * 3: padded with frame 4, and frame 2
     act = torch.sigmoid if activation == "sigmoid" else torch.relu
     with torch.no_grad():
-        mask = head(features, k)
+        mask = head(features, frames, k)
         assert mask.shape == (2, 13, 7)
         torch.testing.assert_close(mask[0], _manual_mask(head, features[0], 13, act),
                                    atol=1e-6, rtol=0)
-        torch.testing.assert_close(mask[1, :6], _manual_mask(head, features[1, :3], 6, act),
+        torch.testing.assert_close(mask[1, :8], _manual_mask(head, features[1, :3], 8, act),
                                    atol=1e-6, rtol=0)
+
+
+def test_mask_head_gives_an_utterance_the_same_mask_alone_and_beside_a_longer_one():
+    """The batch's zero padding must not reach a shorter utterance's last STFT frames."""
+    torch.manual_seed(1)
+    head = MaskHead(3, 7, 2, SEHeadConfig(hidden_size=4, num_layers=1)).eval()
+    short = torch.randn(1, 50, 3)
+    batch = torch.cat([torch.randn(1, 100, 3), torch.cat([short, torch.zeros(1, 50, 3)], 1)])
+    k_short = 50 * 320 // 160 + 1  # 101 STFT frames of 16,000 samples: one past 2 x 50
+    with torch.no_grad():
+        alone = head(short, torch.tensor([50]), torch.tensor([k_short]))
+        beside = head(batch, torch.tensor([100, 50]), torch.tensor([201, k_short]))
+    torch.testing.assert_close(beside[1, :k_short], alone[0], atol=1e-6, rtol=0)
 
 
 def test_mask_head_output_dropout_acts_in_training():
@@ -99,7 +117,7 @@ def test_mask_head_output_dropout_acts_in_training():
     torch.manual_seed(0)
     head = MaskHead(3, 5, 2, SEHeadConfig(hidden_size=4, num_layers=1, output_dropout=1.0))
     head.train()
-    mask = head(torch.randn(1, 4, 3), torch.tensor([8]))
+    mask = head(torch.randn(1, 4, 3), torch.tensor([4]), torch.tensor([8]))
     torch.testing.assert_close(mask[0], torch.sigmoid(head.proj.bias).expand(8, 5))
 
 
@@ -108,7 +126,7 @@ class _ConstantMask(torch.nn.Module):
         super().__init__()
         self.value = value
 
-    def forward(self, features, k):
+    def forward(self, features, frame_lengths, k):
         return torch.full((features.shape[0], int(k.max()), 257), self.value)
 
 
@@ -125,7 +143,8 @@ def _pairs():
 def test_log1p_mse_is_over_real_frames_and_bins_against_the_clean_target():
     task = _task()
     examples = _pairs()
-    loss = float(task.training_loss(_ConstantMask(0.3), torch.zeros(2, 10, 4), None, examples))
+    loss = float(task.training_loss(_ConstantMask(0.3), torch.zeros(2, 10, 4), torch.tensor([10, 6]),
+                                    examples))
     num, den = 0.0, 0
     ys = _padded_stfts([e.waveform for e in examples])
     ss = _padded_stfts([e.target for e in examples])
@@ -139,7 +158,8 @@ def test_log1p_mse_is_over_real_frames_and_bins_against_the_clean_target():
 def test_npsm_mse_uses_the_phase_sensitive_target_clipped_at_zero():
     task = _task(loss="npsm_mse")
     examples = _pairs()
-    loss = float(task.training_loss(_ConstantMask(0.3), torch.zeros(2, 10, 4), None, examples))
+    loss = float(task.training_loss(_ConstantMask(0.3), torch.zeros(2, 10, 4), torch.tensor([10, 6]),
+                                    examples))
     per_utt = []
     ys = _padded_stfts([e.waveform for e in examples])
     ss = _padded_stfts([e.target for e in examples])

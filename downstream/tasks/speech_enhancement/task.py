@@ -187,8 +187,12 @@ class SpeechEnhancementConfig(TaskConfig):
 class MaskHead(nn.Module):
     """BLSTM -> linear -> sigmoid: a ``(B, K, F)`` magnitude mask from ``(B, T, D)`` features.
 
-    The 50 Hz features are repeated ``upsample`` times to the STFT frame rate and cut (or
-    padded with their last frame) to ``K`` STFT frames.
+    The 50 Hz features are repeated ``upsample`` times to the STFT frame rate and cut to ``K``
+    STFT frames; where an utterance has more STFT frames than repeated features (the STFT's
+    centred last frames), its own last real feature frame is repeated, so an utterance's mask
+    does not depend on the other utterances of its batch. (s3prl's ``_match_length`` pads a
+    batch with the batch's last frame, which is zero padding for all but the longest
+    utterance; its test loader uses batches of one, where the two agree.)
 
     Args:
         input_size: ``D``.
@@ -207,14 +211,17 @@ class MaskHead(nn.Module):
         self.proj = nn.Linear(2 * config.hidden_size, num_bins)
         self.activation = torch.sigmoid if config.mask_activation == "sigmoid" else torch.relu
 
-    def forward(self, features: torch.Tensor, stft_lengths: torch.Tensor) -> torch.Tensor:
-        """``(B, T, D)`` features, ``(B,)`` STFT frame counts -> ``(B, max K, F)`` mask in
-        ``[0, 1]`` (sigmoid) or ``[0, inf)`` (relu); values past each length are padding."""
-        x = features.repeat_interleave(self.upsample, dim=1)
+    def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor,
+                stft_lengths: torch.Tensor) -> torch.Tensor:
+        """``(B, T, D)`` features with ``(B,)`` real frames, and ``(B,)`` STFT frame counts ->
+        ``(B, max K, F)`` mask in ``[0, 1]`` (sigmoid) or ``[0, inf)`` (relu); values past each
+        length are padding."""
         k = int(stft_lengths.max())
-        if x.shape[1] < k:
-            x = torch.cat([x, x[:, -1:].expand(-1, k - x.shape[1], -1)], dim=1)
-        x = x[:, :k]
+        # STFT frame j of utterance b reads feature frame min(j // upsample, T_b - 1)
+        steps = torch.arange(k, device=features.device) // self.upsample
+        last = (frame_lengths.to(features.device) - 1).clamp(min=0)
+        index = torch.minimum(steps[None, :], last[:, None])  # (B, K)
+        x = features.gather(1, index.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
         packed = pack_padded_sequence(x, stft_lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=k)
@@ -327,19 +334,27 @@ class SpeechEnhancementTask(Task):
         return MaskHead(input_size, stft.n_fft // 2 + 1, upsample, self.config.head)
 
     def _stft(self, waves: list[np.ndarray], device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded ``(B, S)`` waves -> complex ``(B, max K, F)`` STFT and ``(B,)`` frame counts."""
-        cfg = self.config.stft
-        lengths = torch.tensor([len(w) for w in waves])
-        padded = torch.zeros(len(waves), int(lengths.max()))
-        for i, w in enumerate(waves):
-            padded[i, : len(w)] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
-        spec = torch.stft(padded.to(device), cfg.n_fft, self.hop_length, cfg.win_length,
-                          self.window.to(device), center=True, return_complex=True)
-        return spec.transpose(1, 2), (lengths // self.hop_length + 1).to(device)
+        """``B`` waves of ``S_i`` samples -> complex ``(B, max K, F)`` STFT, zero after each
+        utterance's ``K_i = S_i // hop + 1`` frames, and ``(B,)`` frame counts.
 
-    def _masked(self, head, features, examples):
+        Each wave is transformed on its own (centred, reflect padding at both of its ends), so
+        its frames do not depend on the batch: a batch's zero padding would otherwise be
+        reflected into the last frames of its shorter utterances.
+        """
+        cfg = self.config.stft
+        window = self.window.to(device)
+        specs = [torch.stft(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).to(device),
+                            cfg.n_fft, self.hop_length, cfg.win_length, window, center=True,
+                            return_complex=True).transpose(0, 1) for w in waves]
+        lengths = torch.tensor([s.shape[0] for s in specs], device=device)
+        out = specs[0].new_zeros(len(specs), int(lengths.max()), specs[0].shape[1])
+        for i, s in enumerate(specs):
+            out[i, : s.shape[0]] = s
+        return out, lengths
+
+    def _masked(self, head, features, frame_lengths, examples):
         noisy_spec, k = self._stft([e.waveform for e in examples], features.device)
-        mask = head(features, k)
+        mask = head(features, frame_lengths, k)
         return noisy_spec, mask, k
 
     def training_loss(self, head: nn.Module, features: torch.Tensor, frame_lengths: torch.Tensor,
@@ -347,7 +362,7 @@ class SpeechEnhancementTask(Task):
         """``loss: log1p_mse``: MSE between ``log1p`` magnitudes of masked noisy and clean
         speech over real frames. ``loss: npsm_mse``: s3prl's SE loss (see
         :class:`SpeechEnhancementConfig`)."""
-        noisy_spec, mask, k = self._masked(head, features, examples)
+        noisy_spec, mask, k = self._masked(head, features, frame_lengths, examples)
         clean_spec, _ = self._stft([e.target for e in examples], features.device)
         valid = (torch.arange(mask.shape[1], device=k.device)[None] < k[:, None]).unsqueeze(-1)
         if self.config.loss == "npsm_mse":
@@ -360,11 +375,12 @@ class SpeechEnhancementTask(Task):
         squared = (estimate - target) ** 2 * valid
         return squared.sum() / (valid.sum() * mask.shape[-1])
 
-    def enhance(self, head: nn.Module, features: torch.Tensor, examples: list[Example]
-                ) -> list[np.ndarray]:
-        """Enhanced ``(S_i,)`` float32 waveforms (noisy phase, ``torch.istft``)."""
+    def enhance(self, head: nn.Module, features: torch.Tensor, frame_lengths: torch.Tensor,
+                examples: list[Example]) -> list[np.ndarray]:
+        """Enhanced ``(S_i,)`` float32 waveforms (noisy phase, ``torch.istft``) from ``(B, T, D)``
+        features with ``(B,)`` real frames."""
         cfg = self.config.stft
-        noisy_spec, mask, k = self._masked(head, features, examples)
+        noisy_spec, mask, k = self._masked(head, features, frame_lengths, examples)
         out = []
         for i, e in enumerate(examples):
             spec = (mask[i, : k[i]] * noisy_spec[i, : k[i]]).transpose(0, 1)  # (F, K)
@@ -384,8 +400,9 @@ class SpeechEnhancementTask(Task):
         difference of means over different subsets.
         """
         self.last_items = []
-        for features, _, examples in batches:
-            for e, enhanced in zip(examples, self.enhance(head, features, examples), strict=True):
+        for features, frame_lengths, examples in batches:
+            enhanced_waves = self.enhance(head, features, frame_lengths, examples)
+            for e, enhanced in zip(examples, enhanced_waves, strict=True):
                 record: dict = {"key": e.key}
                 for prefix, signal in (("", enhanced), ("noisy_", e.waveform)):
                     for name, value in speech_metrics(signal, e.target, e.key).items():
