@@ -93,7 +93,8 @@ def parse_condition(name: str) -> Condition:
     if text == "clean":
         return CLEAN
     match = _PATTERN.match(text)
-    if not text or match is None or (match["reverb"] is None and match["snr"] is None):
+    if (not text or text.startswith("+") or match is None
+            or (match["reverb"] is None and match["snr"] is None)):
         raise ValueError(
             f"unknown condition {name!r}; use clean, snr<dB> (e.g. snr-5, snr10), reverb "
             "or reverb+snr<dB>"

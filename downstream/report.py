@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         0.
 
     Raises:
-        SystemExit: bad arguments (argparse) or ``--help``.
-        ValueError: a ``--names`` entry without ``=``.
+        SystemExit: bad arguments (argparse, a ``--names`` entry without ``=`` included) or
+            ``--help``.
     """
     parser = argparse.ArgumentParser(prog="python -m downstream.report", description=__doc__)
     parser.add_argument("results", help="a compare output's results.json")
@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--names", nargs="*", default=[], metavar="FOLDER=NAME",
                         help="row names for upstream folder names")
     args = parser.parse_args(argv)
+    if bad := [n for n in args.names if "=" not in n]:
+        parser.error(f"--names takes FOLDER=NAME entries, got {bad}")
     names = dict(n.split("=", 1) for n in args.names)
     sys.stdout.write(report(args.results, args.scale, args.digits, names))
     return 0

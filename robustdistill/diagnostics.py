@@ -42,7 +42,7 @@ class HiddenStateStats:
     rms: float
     frames: int
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | int]:
         """The fields as a plain ``{name: value}`` dict (e.g. for a JSON line)."""
         return asdict(self)
 
@@ -103,7 +103,7 @@ class PredictionDistance:
     cosine: float
     frames: int
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | int]:
         """The fields as a plain ``{name: value}`` dict (e.g. for a JSON line)."""
         return asdict(self)
 

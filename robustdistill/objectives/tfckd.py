@@ -262,7 +262,8 @@ class TFCalibratedKD(Objective):
 
     Raises:
         ValueError: a teacher layer outside ``[0, L_t]``, one of the explicit sets given
-            without the other, different numbers of sets, an empty set, ``num_sets`` outside
+            without the other, an empty ``teacher_layers`` or ``student_layers``, different
+            numbers of sets, an empty set, ``num_sets`` outside
             ``[1, min(len(teacher_layers), len(student_layers))]``, or a bad option.
     """
 
@@ -277,6 +278,10 @@ class TFCalibratedKD(Objective):
         super().__init__()
         if (teacher_sets is None) != (student_sets is None):
             raise ValueError("tfckd: give both teacher_sets and student_sets, or neither")
+        for name, given in (("teacher_layers", teacher_layers),
+                            ("student_layers", student_layers)):
+            if given is not None and len(given) == 0:
+                raise ValueError(f"tfckd: {name} is empty; leave it out for the default")
         if teacher_sets is None:
             t_layers = list(teacher_layers or range(1, teacher_num_layers + 1))
             s_layers = list(student_layers or [-2, -1])

@@ -204,7 +204,8 @@ class LossConfig:
         tau: temperature of the class-level term (> 0; default 2).
 
     Raises:
-        ValueError: (on construction) an unknown ``method``.
+        ValueError: (on construction) an unknown ``method``, ``tau <= 0`` or a negative
+            weight.
     """
 
     method: str = "imlkd"
@@ -218,6 +219,11 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"loss.method must be one of {METHODS}, got {self.method!r}")
+        if not self.tau > 0:
+            raise ValueError(f"loss.tau must be > 0, got {self.tau}")
+        for name in ("ce", "map", "instance", "class_level", "batch_level"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
 
     def weights(self) -> dict[str, float]:
         """The active terms of ``method`` and their weights."""

@@ -122,7 +122,9 @@ class AsrHeadConfig:
 
     def __post_init__(self) -> None:
         if self.num_layers < 0 or self.hidden_size < 1 or self.project_dim < 0:
-            raise ValueError("head.num_layers must be >= 0 and head.hidden_size >= 1")
+            raise ValueError("head.num_layers and head.project_dim must be >= 0 and "
+                             f"head.hidden_size >= 1, got {self.num_layers}, "
+                             f"{self.project_dim} and {self.hidden_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"head.dropout must lie in [0, 1), got {self.dropout}")
 

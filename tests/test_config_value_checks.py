@@ -1,0 +1,51 @@
+"""Values a config or command line can get wrong are refused with a message that names them."""
+
+from __future__ import annotations
+
+import pytest
+
+from downstream.conditions import parse_condition
+from downstream.report import main as report_main
+from downstream.tasks.asr.task import AsrHeadConfig
+from robustdistill.objectives.tfckd import TFCalibratedKD
+from robustdistill.speaker.train import LossConfig
+
+
+@pytest.mark.parametrize("name", ["+snr5", "+reverb", "reverbsnr5", "snr", ""])
+def test_malformed_conditions_are_refused(name):
+    with pytest.raises(ValueError, match="condition"):
+        parse_condition(name)
+
+
+def test_well_formed_conditions_still_parse():
+    assert parse_condition("reverb+snr5").name == "reverb+snr5"
+    assert parse_condition("snr-5").snr_db == -5.0
+
+
+def test_report_refuses_a_names_entry_without_an_equals_sign(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        report_main([str(tmp_path / "results.json"), "--names", "student"])
+    assert exit_info.value.code == 2
+    assert "FOLDER=NAME" in capsys.readouterr().err
+
+
+def test_asr_head_names_a_negative_projection():
+    with pytest.raises(ValueError, match="project_dim"):
+        AsrHeadConfig(project_dim=-1)
+
+
+@pytest.mark.parametrize("field", ["teacher_layers", "student_layers"])
+def test_tfckd_refuses_an_empty_layer_list_instead_of_taking_the_default(field):
+    with pytest.raises(ValueError, match=f"{field} is empty"):
+        TFCalibratedKD(teacher_hidden_size=4, teacher_num_layers=3, student_hidden_size=4,
+                       **{field: []})
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"tau": 0.0}, "loss.tau"), ({"tau": -1.0}, "loss.tau"),
+    ({"map": -0.5}, "loss.map"), ({"ce": float("nan")}, "loss.ce"),
+])
+def test_speaker_loss_refuses_a_bad_temperature_or_negative_weight(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        LossConfig(**overrides)
+    LossConfig(tau=0.5, map=0.0)  # the edges that are allowed
