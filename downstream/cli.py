@@ -121,8 +121,11 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     """``robustdistill evaluate``; returns the exit status (0 on success).
 
     Bad arguments, configs, conditions or data end with a one-line error (exit status 2)
-    before the upstream runs.
+    before the upstream runs; so does a launch among several processes (``torchrun``,
+    ``accelerate launch``): the evaluation runs in one process.
     """
+    from robustdistill.processes import require_single_process
+
     from .config import ConfigError
     from .runner import RunOptions, run_evaluation, run_seeds
 
@@ -130,6 +133,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     task, label = resolve_task(args.task)
     try:
+        require_single_process("robustdistill evaluate")
         overrides = parse_overrides(args.override)
         options = RunOptions(
             task=task, upstream=args.upstream, config=args.config, out=args.out,

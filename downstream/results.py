@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from robustdistill.files import atomic_write_text
+
 from .stats import bootstrap_interval, mcnemar, paired_bootstrap
 
 logger = logging.getLogger(__name__)
@@ -474,8 +476,9 @@ def write_outputs(results: Sequence[dict[str, Any]], out: str | Path,
     payload: dict[str, Any] = results[0] if len(results) == 1 else {"results": list(results)}
     if comparisons is not None:
         payload = {**payload, "comparisons": comparisons[0], "comparison_notes": comparisons[1]}
-    (out / "results.json").write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
-    (out / "results.md").write_text(results_table(results, comparisons))
+    atomic_write_text(out / "results.json", json.dumps(payload, indent=2, default=_jsonable)
+                      + "\n")
+    atomic_write_text(out / "results.md", results_table(results, comparisons))
     plot_robustness(results, out / "robustness.png")
 
 

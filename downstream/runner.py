@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustdistill.audio import SAMPLE_RATE, AudioError
+from robustdistill.files import atomic_path
 from robustdistill.upstream import SSL_RECEPTIVE_FIELD, Upstream
 
 from .base import (
@@ -369,9 +370,9 @@ class _Encoder:
         seconds = time.perf_counter() - tic
         self.timing[f"encode_{split}_{condition.name}_s"] = seconds
         self.timing.setdefault("encode_s_per_utterance", seconds / max(1, len(examples)))
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save([e.hidden for e in encoded], path)
+        if path is not None:  # atomic: another process may read the cache
+            with atomic_path(path) as tmp:
+                torch.save([e.hidden for e in encoded], tmp)
         return encoded
 
     def _cache_path(self, split, condition, examples) -> Path | None:

@@ -18,6 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .files import atomic_write_text
+
 __all__ = ["ENVIRONMENT_FILE", "PACKAGES", "describe_software", "git_state",
            "read_environment", "record_environment", "software_environment"]
 
@@ -121,9 +123,8 @@ def record_environment(output_dir: str | Path, start: int, unit: str = "step") -
         logger.warning("%s is unreadable (%s): moved to %s, starting a new record", path, err,
                        aside.name)
         records = []
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(records + [record], indent=1) + "\n")
-    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous file whole
+    # atomic: a kill mid-write leaves the previous file whole
+    atomic_write_text(path, json.dumps(records + [record], indent=1) + "\n")
     return record
 
 

@@ -1,12 +1,42 @@
-"""Ending a multi-process run so that every process exits."""
+"""Processes of a run: refusing a launch a command does not support, and ending a
+multi-process run so that every process exits."""
 
 from __future__ import annotations
 
+import os
 import time
 
 from accelerate import Accelerator
 
-__all__ = ["finish_processes"]
+__all__ = ["finish_processes", "launched_processes", "require_single_process"]
+
+
+def launched_processes() -> int:
+    """The number of processes this one was launched among: ``WORLD_SIZE``, which
+    ``torchrun`` and ``accelerate launch`` set (1 when unset)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def require_single_process(command: str) -> None:
+    """Refuse a multi-process launch of a command that runs in one process.
+
+    Such a command launched among N processes would run N times over the same data, the N
+    copies writing the same files at once: N times the cost, and files that may be read while
+    another process writes them.
+
+    Args:
+        command: the command's name, for the message (``robustdistill evaluate``).
+
+    Raises:
+        ValueError: launched among more than one process (``WORLD_SIZE`` > 1).
+    """
+    if (n := launched_processes()) > 1:
+        raise ValueError(f"{command} runs in one process, but was launched among {n} "
+                         "(torchrun or accelerate launch): run it with python or robustdistill "
+                         "directly")
 
 #: How long the main thread releases the GIL before the process group is torn down (seconds).
 SETTLE_S = 0.1

@@ -31,6 +31,7 @@ import soundfile as sf
 from scipy.signal import istft, lfilter, stft
 
 from .audio import SAMPLE_RATE
+from .files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -206,9 +207,8 @@ def write_synthetic_corpus(
         seconds = rng.uniform(seconds_range[0], seconds_range[1])
         waveform = synthetic_waveform(seconds, rng, sample_rate)
         path = out_dir / f"synthetic_{i:05d}.wav"
-        tmp = out_dir / f".{path.name}.{os.getpid()}.tmp"
-        sf.write(tmp, waveform, sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            sf.write(tmp, waveform, sample_rate, subtype="PCM_16", format="WAV")
         paths.append(path)
     logger.info(
         "wrote %d synthetic utterances (%.1f-%.1f s) to %s", num_items, *seconds_range, out_dir

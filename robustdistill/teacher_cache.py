@@ -72,8 +72,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +84,7 @@ from safetensors.torch import save_file
 from .audio import SAMPLE_RATE, AudioError
 from .data.batching import collate_waveforms
 from .data.cropped import content_key
+from .files import atomic_path, atomic_write_text
 from .upstream import Upstream, UpstreamOutput, lengths_to_mask
 
 logger = logging.getLogger(__name__)
@@ -369,7 +368,7 @@ class TeacherFeatureCache:
                 raise ValueError(f"{manifest} describes another cache ({found}); expected "
                                  f"{self.spec}: remove the folder")
         else:
-            _atomic_write_text(manifest, json.dumps(self.spec, indent=2, sort_keys=True))
+            atomic_write_text(manifest, json.dumps(self.spec, indent=2, sort_keys=True))
         self.hits = 0
         self.loader_hits = 0  # of the hits, rows a CacheReader read in the loader
         self.misses = 0
@@ -497,15 +496,8 @@ class TeacherFeatureCache:
             path: the entry's file (parent folders created).
             layers: ``(K, T, D)`` targets in storage dtype, as :meth:`compute` returns.
         """
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"layers": layers}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            save_file({"layers": layers}, str(tmp))
 
     def ensure(self, key: str, waveform: Callable[[], np.ndarray | torch.Tensor]) -> bool:
         """Build the utterance entry ``key`` unless present (context utterance).
@@ -633,13 +625,6 @@ class TeacherFeatureCache:
         return {"hits": self.hits, "hits_read_in_loader": self.loader_hits,
                 "misses": self.misses, "entries": len(files),
                 "bytes": sum(f.stat().st_size for f in files)}
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------- building

@@ -158,7 +158,9 @@ class SELoss(nn.Module):
             if len(widths) != 1:
                 raise ValueError(f"tfckd teacher layers must share one width, got {widths}")
             width = widths.pop()
-            for s in {s for ss in config.tfckd_student_sets for s in ss}:
+            # config order, not a set's: a set of strings is ordered by the process's hash
+            # seed, and parameter order must agree across processes and resumed runs
+            for s in dict.fromkeys(s for ss in config.tfckd_student_sets for s in ss):
                 self.projections[s] = nn.Linear(student_widths[s], width)
 
     def task_loss(self, enhanced: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
@@ -239,6 +241,24 @@ class SELoss(nn.Module):
                 parts[name] = value
                 total = total + w.kd * weights[name] * value
         return total, parts
+
+    def student_needs(self, step: int) -> tuple[bool, tuple[str, ...]]:
+        """What the loss of step ``step`` reads of the student: ``(enhanced output?, activation
+        names)``. The task loss and output KD read the output; the feature KD terms read their
+        student layers, and only while the schedule's KD weight is above 0."""
+        c = self.config
+        w = c.schedule_obj.weights(step)
+        kd = c.uses_teacher and w.kd > 0
+        output = w.task > 0 or not c.uses_teacher or (kd and c.output_kd_weight > 0)
+        layers: list[str] = []
+        if kd:
+            if c.gram_weight > 0:
+                layers += [s for s, _ in c.gram_pairs]
+            if c.cosine_weight > 0:
+                layers += [s for s, _ in c.cosine_pairs]
+            if c.tfckd_weight > 0:
+                layers += [s for ss in c.tfckd_student_sets for s in ss]
+        return output, tuple(dict.fromkeys(layers))
 
     def needs_teacher(self, step: int) -> bool:
         """Whether step ``step`` uses the teacher (two-step phase 2 does not)."""

@@ -250,16 +250,25 @@ def train_se(cfg: SETrainConfig) -> Path:
         FileNotFoundError: a data folder is missing.
     """
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
+    from accelerate.utils import (
+        DistributedDataParallelKwargs,
+        ProjectConfiguration,
+        gather_object,
+        set_seed,
+    )
     from tqdm.auto import tqdm
 
     t = cfg.training
     if t.threads:
         torch.set_num_threads(t.threads)
     out = Path(cfg.output_dir)
+    # find_unused_parameters: a schedule's phase can leave parameters without a gradient
+    # (two_step: the student's output layers while it distils, the bottlenecks afterwards)
     acc = Accelerator(cpu=t.cpu, log_with=None if t.report_to == "none" else t.report_to,
                       project_config=ProjectConfiguration(project_dir=str(out),
-                                                          logging_dir=str(out / "logs")))
+                                                          logging_dir=str(out / "logs")),
+                      kwargs_handlers=[DistributedDataParallelKwargs(
+                          find_unused_parameters=True)])
     set_seed(cfg.seed)
     student = GRUMaskStudent(cfg.student.build())
     teacher = load_teacher(cfg.loss.teacher).to(acc.device) if cfg.loss.uses_teacher else None
@@ -271,7 +280,11 @@ def train_se(cfg: SETrainConfig) -> Path:
     loss_fn = SELoss(cfg.loss, s_widths, t_widths)
     params = list(student.parameters()) + list(loss_fn.parameters())
     optimizer = torch.optim.Adam(params, lr=t.learning_rate)
-    student, loss_fn, optimizer = acc.prepare(student, loss_fn, optimizer)
+    if any(p.requires_grad for p in loss_fn.parameters()):  # bottlenecks or projections
+        student, loss_fn, optimizer = acc.prepare(student, loss_fn, optimizer)
+    else:  # DDP refuses a module with nothing to train
+        student, optimizer = acc.prepare(student, optimizer)
+        loss_fn = loss_fn.to(acc.device)
     maker = PairMaker(cfg.data, seed=cfg.seed)
 
     ckpt_dir = out / "checkpoints"
@@ -324,7 +337,9 @@ def train_se(cfg: SETrainConfig) -> Path:
                 with torch.no_grad():
                     t_in = clean if cfg.loss.teacher_input == "clean" else noisy
                     teacher_out = teacher(t_in, return_activations=True)
-        s_out = student(noisy, return_activations=True)
+        # only what this step's loss reads keeps its graph (DDP: the rest trains nothing)
+        wants_output, layers = acc.unwrap_model(loss_fn).student_needs(step)
+        s_out = student(noisy, return_activations=layers, trained_outputs=wants_output)
         total, parts = loss_fn(step, s_out, clean, teacher_out)
         acc.backward(total)
         grad_norm = acc.clip_grad_norm_(params, t.max_grad_norm)
@@ -333,9 +348,14 @@ def train_se(cfg: SETrainConfig) -> Path:
         bar.update(1)
         done = step + 1
         if done % t.log_every == 0 or done == t.max_steps:
+            # means over the processes' batches (every rank takes part in the reduce)
+            names = ["loss", *parts]
+            values = acc.reduce(torch.stack([total.detach(), *(v.detach() for v in
+                                                                parts.values())]).float(),
+                                reduction="mean").tolist()
+            means = dict(zip(names, values, strict=True))
             row = {"step": done, "split": "train", "lr": t.learning_rate,
-                   "loss": float(total.detach()), "grad_norm": float(grad_norm),
-                   **{k: float(v.detach()) for k, v in parts.items()}}
+                   "loss": means.pop("loss"), "grad_norm": float(grad_norm), **means}
             acc.log({f"train/{k}": v for k, v in row.items() if k not in ("step", "split")},
                     step=done)
             if metrics:
@@ -348,13 +368,17 @@ def train_se(cfg: SETrainConfig) -> Path:
     if start < t.max_steps:  # else this is a finished run started again: nothing new to save
         save(t.max_steps)
     acc.wait_for_everyone()
+    model = acc.unwrap_model(student)
+    per_rank = gather_object([parameter_hash(model) + "/"
+                              + parameter_hash(acc.unwrap_model(loss_fn))])
     if acc.is_main_process:
-        model = acc.unwrap_model(student)
         model.save_pretrained(out / "student")
         (out / "final_state.json").write_text(json.dumps({
             "step": t.max_steps, "parameters": count_parameters(model),
             "compression_vs_nsnet2": model.compression(), "latency_ms": model.latency_ms,
-            "parameter_sha256": parameter_hash(model)}, indent=2) + "\n")
+            "parameter_sha256": parameter_hash(model), "num_processes": acc.num_processes,
+            "parameter_sha256_per_rank": per_rank,
+            "ranks_identical": len(set(per_rank)) == 1}, indent=2) + "\n")
         metrics.close()
     finish_processes(acc)  # the trainer's own end: a gloo rank cannot hang in teardown
     return out

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..files import atomic_path
+
 __all__ = [
     "AttributionCache",
     "IGSettings",
@@ -244,12 +246,9 @@ class AttributionCache:
         """Store atomically (write to a temporary file, then rename)."""
         if self.root is None:
             return
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, start=item.start, stop=item.stop, map=item.map.astype(np.float32),
-                 delta=item.delta, score_gap=item.score_gap)
-        os.replace(tmp, path)
+        with atomic_path(self._path(key), suffix=".tmp.npz") as tmp:
+            np.savez(tmp, start=item.start, stop=item.stop, map=item.map.astype(np.float32),
+                     delta=item.delta, score_gap=item.score_gap)
 
     @property
     def hit_rate(self) -> float:

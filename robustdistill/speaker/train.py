@@ -55,6 +55,7 @@ from robustdistill.checkpoints import (
 from robustdistill.config import parse_overrides
 from robustdistill.environment import record_environment
 from robustdistill.metrics.verification import compute_eer, compute_min_dcf
+from robustdistill.processes import require_single_process
 
 from .attribution import AttributionCache, IGSettings, attribute_segments, segment_bounds
 from .data import Crop, Utterance, check_disjoint, load_fsdd, load_speaker_folders, load_train_crops
@@ -512,13 +513,16 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
         ``eval_sets`` is given (also written to ``output_dir/result.json``).
 
     Raises:
-        ValueError: crops of different lengths, a test speaker seen in training.
+        ValueError: crops of different lengths, a test speaker seen in training, or a launch
+            among several processes (it runs in one:
+            :func:`robustdistill.processes.require_single_process`).
         FloatingPointError: an epoch whose summed losses are not finite (NaN/Inf); the
             epoch is neither logged nor checkpointed.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    require_single_process("robustdistill train-speaker")
     t = cfg.training
     out_dir = Path(t.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -820,6 +824,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--crops", type=int, default=4, help="gap: number of crops")
     args, rest = parser.parse_known_args(argv)
     try:
+        require_single_process("robustdistill train-speaker")
         cfg = load_config(args.config, SpeakerKDConfig, parse_overrides(rest))
     except (ValueError, FileNotFoundError) as err:  # ConfigError is a ValueError
         parser.error(str(err))

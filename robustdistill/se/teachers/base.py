@@ -8,6 +8,7 @@ two agree exactly. Teachers expose intermediate activations by name for distilla
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -63,14 +64,19 @@ class FrameModel(nn.Module):
         """
         raise NotImplementedError
 
-    def forward(self, noisy: torch.Tensor, return_activations: bool = False,
-                state: tuple | None = None) -> SEOutput:
+    def forward(self, noisy: torch.Tensor, return_activations: bool | Collection[str] = False,
+                state: tuple | None = None, trained_outputs: bool = True) -> SEOutput:
         """Enhance whole waveforms.
 
         Args:
             noisy: ``(B, N)`` waveforms at ``self.stft.sample_rate`` Hz (or ``(N,)``).
-            return_activations: also return the per-frame activations.
+            return_activations: also return the per-frame activations: all of them (True), or
+                only those named.
             state: recurrent state to start from (default: zeros).
+            trained_outputs: False returns ``enhanced`` and ``state`` detached. A training step
+                whose loss reads only activations says so, so that DDP (which looks for the
+                parameters a step trains in the graph of what ``forward`` returns) does not
+                wait for gradients of the layers after them.
 
         Returns:
             :class:`SEOutput` with ``enhanced`` of the input's shape.
@@ -83,8 +89,12 @@ class FrameModel(nn.Module):
         if x.dim() != 2 or x.shape[-1] == 0:
             raise ValueError(f"expected (batch, samples) audio, got shape {tuple(noisy.shape)}")
         frames = frame_signal(x, self.stft.win_length, self.stft.hop_length)
-        out, new_state, acts = self.process_frames(frames, state, return_activations)
+        out, new_state, acts = self.process_frames(frames, state, bool(return_activations))
+        if not isinstance(return_activations, bool):
+            acts = {name: acts[name] for name in return_activations}
         y = overlap_add(out, self.stft.hop_length, x.shape[-1])
+        if not trained_outputs:
+            y, new_state = y.detach(), tuple(s.detach() for s in new_state)
         return SEOutput(y[0] if squeeze else y, acts, new_state)
 
 

@@ -1,0 +1,48 @@
+"""Writing a file so that no reader, and no kill, ever sees half of it.
+
+Caches, logs of record and results are read by other processes (DataLoader workers, the other
+ranks of a run, a resumed run) while they may be written: each is written to a temporary file in
+the same folder, then renamed over the target with ``os.replace``, which is atomic on one file
+system. A failed write removes its temporary file and leaves the target as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["atomic_path", "atomic_write_text"]
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; on a normal exit of the ``with`` block it
+    replaces ``path`` atomically, on an exception it is deleted and ``path`` is left as it was.
+
+    Args:
+        path: the file to (re)write; its folder is created.
+        suffix: the temporary file's suffix (for writers that pick a format by extension,
+            e.g. ``".tmp.npz"`` for ``numpy.savez``).
+
+    Yields:
+        The temporary path (a unique, hidden name in the same folder; the file exists, empty).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
