@@ -137,7 +137,7 @@ def test_superb_presets_build_and_train_one_step(name):
         features = torch.randn(1, 10, 16)
         loss = task.training_loss(head, features, torch.tensor([10]), examples)
         # one STFT frame per upstream frame: 3200 // 320 + 1 = 11 frames, mask from 10 + padding
-        mask = head(features, torch.tensor([11]))
+        mask = head(features, torch.tensor([10]), torch.tensor([11]))
         assert mask.shape == (1, 11, 257) and bool((mask >= 0).all())
     else:
         text = "HH AH L OW" if name == "pr_librispeech" else "HELLO WORLD"

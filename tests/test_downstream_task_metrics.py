@@ -184,7 +184,7 @@ def test_se_records_the_si_sdr_improvement_of_each_utterance(monkeypatch):
                         lambda signal, reference, key="": {"pesq": 1.0, "stoi": 0.5,
                                                            "si_sdr": 0.0})
     task = se.SpeechEnhancementTask(se.SpeechEnhancementConfig(_data()))
-    monkeypatch.setattr(task, "enhance", lambda head, f, ex: [c + 0.1 * e])
+    monkeypatch.setattr(task, "enhance", lambda head, f, lengths, ex: [c + 0.1 * e])
     # noisy c + e: 0 dB; enhanced c + 0.1 e: 20 dB -> +20 dB improvement
     metrics = task.evaluate(None, [(None, None, [Example("u", c + e, c)])])
     assert task.items()[0]["si_sdr_improvement"] == pytest.approx(20.0, abs=1e-4)

@@ -125,7 +125,8 @@ def test_pesq_improvement_pairs_utterances(monkeypatch):
     task = se.SpeechEnhancementTask(se.SpeechEnhancementConfig(DataConfig(SourceConfig(root="x"))))
     examples = [Example(k, np.zeros(320, np.float32), np.ones(320, np.float32) * 0.5)
                 for k in ("u1", "u2")]
-    monkeypatch.setattr(task, "enhance", lambda head, f, ex: [np.ones(320, np.float32)] * len(ex))
+    monkeypatch.setattr(task, "enhance",
+                        lambda head, f, lengths, ex: [np.ones(320, np.float32)] * len(ex))
     metrics = task.evaluate(None, [(None, None, examples)])
     assert metrics["pesq"] == 2.0 and metrics["noisy_pesq"] == 2.0  # means over 1 and 2 items
     assert metrics["pesq_improvement"] == 1.0  # the only pair: 2 - 1 (old code: 2 - 2 = 0)
