@@ -180,6 +180,9 @@ def prepare_waveform(
         bad = int(mono.size - finite.sum())
         raise AudioError(f"{name}: {bad} of {mono.size} samples are NaN or Inf", "non-finite")
     if not allow_silence and not np.any(mono):
+        if np.any(waveform):  # the channels cancel: not a silent recording
+            raise AudioError(f"{name}: its channels cancel when averaged to mono (anti-phase "
+                             f"channels; all {mono.size} mono samples are 0)", "silent")
         raise AudioError(f"{name}: digital silence (all {mono.size} samples are 0)", "silent")
     try:
         out = resample(mono, int(sample_rate), target_sr)

@@ -291,3 +291,14 @@ def test_long_files_are_read_crop_by_crop_with_the_same_crops(corpus, monkeypatc
     with pytest.raises(AudioError, match="truncated") as info:
         load_audio_window(path, len(full) - 10, 100)
     assert info.value.reason == "unreadable"
+
+
+def test_anti_phase_stereo_is_named_as_cancelling_channels_not_as_silence():
+    from robustdistill.audio import AudioError, prepare_waveform
+
+    tone = np.sin(np.linspace(0, 100, 1600)).astype(np.float32)
+    with pytest.raises(AudioError, match="channels cancel") as err:
+        prepare_waveform(np.stack([tone, -tone], axis=1), 16000, 16000, name="anti.wav")
+    assert err.value.reason == "silent"
+    with pytest.raises(AudioError, match="digital silence"):
+        prepare_waveform(np.zeros((1600, 2), np.float32), 16000, 16000, name="zero.wav")
