@@ -182,7 +182,12 @@ def make_teacher_main(argv: list[str]) -> int:
 
 
 def export_main(argv: list[str]) -> int:
-    """``robustdistill export``: the student of a run's checkpoint as a stock checkpoint."""
+    """``robustdistill export``: the student of a run's checkpoint as a stock checkpoint.
+
+    A missing run or checkpoint, a damaged checkpoint (``CheckpointError``, named), an ONNX
+    check folder with no usable audio and an ONNX parity failure exit 2 with one line.
+    """
+    from .checkpoints import CheckpointError
     from .export import export_from_checkpoint
 
     parser = argparse.ArgumentParser(prog="robustdistill export")
@@ -197,12 +202,22 @@ def export_main(argv: list[str]) -> int:
     parser.add_argument("--onnx-check-audio", default=None,
                         help="audio folder for the ONNX parity check (default: generated noise)")
     args = parser.parse_args(argv)
-    out = export_from_checkpoint(args.run, args.checkpoint, args.out)
+    if args.onnx_check_audio is not None and not args.onnx:
+        parser.error("--onnx-check-audio is for the ONNX parity check: add --onnx")
+    try:
+        out = export_from_checkpoint(args.run, args.checkpoint, args.out)
+    except (FileNotFoundError, CheckpointError) as err:
+        parser.error(str(err))
     logger.info("student written to %s", out)
     if args.onnx:
         from .publish.onnx import export_and_check
 
-        export_and_check(out, args.onnx_check_audio)
+        try:
+            export_and_check(out, args.onnx_check_audio)
+        except (FileNotFoundError, ValueError) as err:
+            parser.error(f"{err} (the student is exported in {out})")
+        except AssertionError as err:  # parity outside the tolerance; the graph stays
+            parser.error(f"ONNX check failed: {err}")
     return 0
 
 

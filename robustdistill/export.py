@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
-from .checkpoints import latest_checkpoint
+from .checkpoints import MANIFEST, CheckpointError, latest_checkpoint, verify_checkpoint
 from .student import save_student
 
 logger = logging.getLogger(__name__)
@@ -70,10 +71,16 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
                            out_dir: str | Path | None = None) -> Path:
     """Export the student of any saved checkpoint of a run, without loading the teacher.
 
+    The checkpoint is checked against its manifest first (as ``--resume`` does): a damaged
+    newest checkpoint is refused, naming it, not replaced by an older one silently; export an
+    earlier one with ``checkpoint``.
+
     Args:
         run_dir: the run's ``output_dir`` (holds ``student_init/``, ``config.yaml`` and
             ``checkpoints/``).
-        checkpoint: a checkpoint folder; default the newest under ``run_dir/checkpoints``.
+        checkpoint: a checkpoint folder; default the newest complete one (with a manifest)
+            under ``run_dir/checkpoints``, else, for runs from before manifests, the newest
+            ``checkpoint_N`` folder.
         out_dir: where to write; default ``run_dir/student`` for the newest checkpoint, and
             ``run_dir/exports/<checkpoint name>/student`` for a ``checkpoint`` given, so that
             an earlier checkpoint never replaces the run's final student (and its card).
@@ -82,10 +89,15 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
         The student folder; heads go to ``<out_dir>/../heads``.
 
     Raises:
-        FileNotFoundError: no ``student_init`` or no checkpoint.
-        RuntimeError: the checkpoint's student weights do not match the student config.
+        FileNotFoundError: no ``run_dir``, no ``student_init``, no checkpoint, or a
+            checkpoint folder without ``model.safetensors``.
+        CheckpointError: (a ``RuntimeError``) the checkpoint is damaged (a file missing or of
+            another size than its manifest says, or weights that cannot be read), or its
+            student weights do not match the student config.
     """
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
     init = run_dir / "student_init"
     if not (init / "config.json").is_file():
         raise FileNotFoundError(f"{init} has no config.json: is {run_dir} a distillation run?")
@@ -97,17 +109,31 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
                       or latest_checkpoint(run_dir / "checkpoints", require_manifest=False))
         if checkpoint is None:
             raise FileNotFoundError(f"no checkpoint under {run_dir / 'checkpoints'}")
-    weights = Path(checkpoint) / "model.safetensors"
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {checkpoint} does not exist")
+    if (checkpoint / MANIFEST).is_file():
+        try:
+            verify_checkpoint(checkpoint)
+        except CheckpointError as err:
+            raise CheckpointError(f"damaged checkpoint: {err}; export an earlier one with "
+                                  "--checkpoint DIR") from err
+    weights = checkpoint / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found")
-    state = load_file(str(weights))
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as err:  # truncated or corrupt, or unreadable
+        raise CheckpointError(f"damaged checkpoint: {weights} cannot be read "
+                              f"({type(err).__name__}: {err}); export an earlier one with "
+                              "--checkpoint DIR") from err
     student = AutoModel.from_config(AutoConfig.from_pretrained(init))
     student_state = {k[len(_STUDENT_PREFIX):]: v for k, v in state.items()
                      if k.startswith(_STUDENT_PREFIX)}
     missing, unexpected = student.load_state_dict(student_state, strict=False)
     if missing or unexpected:
-        raise RuntimeError(f"checkpoint does not match the student: missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}")
+        raise CheckpointError(f"{checkpoint} does not match the student in {init}: missing "
+                              f"{missing[:5]}, unexpected {unexpected[:5]}")
     if out_dir is None:
         out_dir = (run_dir / "exports" / Path(checkpoint).resolve().name / "student"
                    if chosen else run_dir / "student")

@@ -238,6 +238,52 @@ def check_onnx_parity(model_dir: str | Path, waveforms: list[np.ndarray],
     return result
 
 
+def _receptive_field(model_dir: Path) -> int:
+    """Samples in one output frame of the student's CNN (400 for the usual one)."""
+    config = json.loads((model_dir / "config.json").read_text())
+    field = 1
+    for kernel, stride in reversed(list(zip(config.get("conv_kernel", [400]),
+                                            config.get("conv_stride", [320]), strict=False))):
+        field = (field - 1) * int(stride) + int(kernel)
+    return field
+
+
+def _check_audio(model_dir: Path, audio_dir: str | Path,
+                 max_files: int) -> tuple[list[np.ndarray], list[Path]]:
+    """The first ``max_files`` usable files under ``audio_dir`` as 16 kHz mono waveforms, and
+    their paths; the unusable ones are logged (name and reason) and skipped.
+
+    Raises:
+        FileNotFoundError: ``audio_dir`` missing, or no audio file (by extension) in it;
+            ``model_dir`` without ``config.json``.
+        ValueError: none of the audio files is usable.
+    """
+    from ..audio import AudioError, list_audio_files, load_audio
+
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} has no config.json: not a saved student folder")
+    shortest = _receptive_field(model_dir)
+    waveforms, used, skipped = [], [], 0
+    for file in list_audio_files(audio_dir):
+        if len(used) == max_files:
+            break
+        try:
+            wave = load_audio(file)
+            if wave.size < shortest:
+                raise AudioError(f"{file}: {wave.size} samples at 16 kHz is shorter than one "
+                                 f"frame of the student ({shortest} samples)", "too short")
+        except AudioError as err:
+            skipped += 1
+            logger.warning("ONNX check audio: skipping %s [%s]: %s", file, err.reason, err)
+            continue
+        waveforms.append(wave)
+        used.append(file)
+    if not waveforms:
+        raise ValueError(f"no usable audio file under {audio_dir} for the ONNX check "
+                         f"({skipped} skipped, see the warnings above)")
+    return waveforms, used
+
+
 def export_and_check(model_dir: str | Path, audio_dir: str | Path | None = None, *,
                      max_files: int = 6, atol: float = DEFAULT_ATOL,
                      rtol: float = DEFAULT_RTOL) -> tuple[Path, OnnxParity]:
@@ -246,24 +292,25 @@ def export_and_check(model_dir: str | Path, audio_dir: str | Path | None = None,
 
     Args:
         model_dir: the student folder.
-        audio_dir: real audio for the check (the first ``max_files`` files, sorted, any
-            rate, resampled to 16 kHz); None for three seeded Gaussian-noise signals of
-            1.0, 2.3 and 3.7 s.
-        max_files: files read from ``audio_dir``.
+        audio_dir: real audio for the check (the first ``max_files`` usable files, sorted,
+            any rate, resampled to 16 kHz); a file that cannot be used (unreadable, empty,
+            NaN/Inf, silent, shorter than the encoder's receptive field) is skipped with a
+            warning naming it. None for three seeded Gaussian-noise signals of 1.0, 2.3 and
+            3.7 s.
+        max_files: files used from ``audio_dir``.
         atol, rtol: as :func:`check_onnx_parity`.
 
     Raises:
         AssertionError: parity outside the tolerance (the ONNX file stays, for inspection).
-        FileNotFoundError: no model folder, or no audio under ``audio_dir``.
+        FileNotFoundError: no model folder, or no audio file under ``audio_dir``.
+        ValueError: no usable audio file under ``audio_dir`` (checked before exporting).
     """
-    path = export_onnx(model_dir)
+    model_dir = Path(model_dir)
     if audio_dir is not None:
-        from ..audio import list_audio_files, load_audio
-
-        files = list_audio_files(audio_dir)[:max_files]
-        waveforms = [load_audio(f) for f in files]
-        audio = f"the first {len(files)} files under `{audio_dir}`"
-    else:
+        waveforms, files = _check_audio(model_dir, audio_dir, max_files)
+        audio = f"the first {len(files)} usable files under `{audio_dir}`"
+    path = export_onnx(model_dir)
+    if audio_dir is None:
         rng = np.random.default_rng(0)
         waveforms = [0.1 * rng.standard_normal(int(s * 16000)).astype(np.float32)
                      for s in (1.0, 2.3, 3.7)]

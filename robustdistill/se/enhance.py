@@ -11,12 +11,21 @@ recursively, mirroring its layout under ``OUT``. A progress bar counts seconds o
 its ``student/`` is used), ``nsnet2`` or ``dtln`` (the pretrained teachers), or a
 distillation run folder with an SSL student and its enhancement head (``student/`` +
 ``heads/enhancement.*``; see :mod:`robustdistill.se.ssl_head`; whole channels, not streamed).
+
+A model works at one rate (:func:`model_rate`; 16 kHz for the teachers and the SSL head):
+input at a higher rate is resampled down to it and the result back up, so the output holds
+nothing above half that rate (8 kHz), which is logged once per run. A file the
+model cannot use (unreadable, empty, non-finite, shorter than the model's receptive field) or
+whose enhanced audio is not finite is skipped with a warning naming it and the reason, and
+nothing is written for it; the run goes on with the other files and exits 1 only when no file
+was written. An output that would overwrite its input is refused before any work.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -29,9 +38,29 @@ from .streaming import StreamingEnhancer
 from .teachers import TEACHERS, load_teacher
 from .teachers.base import FrameModel
 
-__all__ = ["load_enhancer", "enhance_waveform", "enhance_file", "main"]
+__all__ = ["EnhanceError", "load_enhancer", "model_rate", "enhance_waveform", "enhance_file",
+           "main"]
 
 logger = logging.getLogger(__name__)
+
+
+class EnhanceError(ValueError):
+    """Audio that the model cannot enhance, or whose enhanced result is unusable.
+
+    Args:
+        message: the problem (prefixed with the file's name by :func:`enhance_file`).
+        reason: short, what a run counts: ``"too short"`` (fewer samples at the model's rate
+            than its receptive field) or ``"non-finite output"`` (NaN or Inf in the result).
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def model_rate(model) -> int:
+    """The sample rate, in Hz, at which ``model`` (from :func:`load_enhancer`) works."""
+    return int(model.stft.sample_rate if isinstance(model, FrameModel) else model.sample_rate)
 
 
 def load_enhancer(model: str | Path):
@@ -64,7 +93,13 @@ def enhance_waveform(model, waveform: np.ndarray, sample_rate: int,
                      chunk_seconds: float = 10.0, progress=None) -> np.ndarray:
     """Enhance ``(N,)`` or ``(N, C)`` audio at ``sample_rate`` Hz; same shape and rate out.
 
+    Each channel is resampled to :func:`model_rate` (16 kHz for the teachers) and back, so for
+    input above that rate the result has no content over ``model_rate / 2`` Hz.
+
     Raises:
+        EnhanceError: a channel shorter than the model's receptive field at its rate (reason
+            ``"too short"``), or NaN / Inf in the enhanced audio (``"non-finite output"``,
+            e.g. from huge finite samples that overflow the model's arithmetic).
         ValueError: empty, non-finite or more than 2-D audio.
     """
     x = np.asarray(waveform, dtype=np.float32)
@@ -74,12 +109,18 @@ def enhance_waveform(model, waveform: np.ndarray, sample_rate: int,
         raise ValueError("audio contains NaN or Inf")
     chans = x[:, None] if x.ndim == 1 else x
     streaming = isinstance(model, FrameModel)
-    rate = model.stft.sample_rate if streaming else model.sample_rate
+    rate = model_rate(model)
+    shortest = max(1, int(getattr(model, "min_samples", 1)))
     out = np.zeros_like(chans)
     for c in range(chans.shape[1]):
         sig = chans[:, c]
         if sample_rate != rate:
             sig = resample(sig, sample_rate, rate)
+        if sig.size < shortest:
+            at_rate = f" ({sig.size} at {rate} Hz)" if sample_rate != rate else ""
+            raise EnhanceError(f"{chans.shape[0]} sample(s) at {sample_rate} Hz{at_rate} is "
+                               f"shorter than the model's receptive field ({shortest} samples "
+                               f"at {rate} Hz)", "too short")
         if streaming:
             stream = StreamingEnhancer(model)
             chunk = max(int(chunk_seconds * rate), model.stft.hop_length)
@@ -99,6 +140,11 @@ def enhance_waveform(model, waveform: np.ndarray, sample_rate: int,
             y = resample(y, rate, sample_rate)
             y = np.pad(y, (0, max(0, chans.shape[0] - y.size)))[: chans.shape[0]]
         out[:, c] = y
+    if not np.isfinite(out).all():
+        bad = int(out.size - np.isfinite(out).sum())
+        raise EnhanceError(f"the enhanced audio has {bad} NaN or Inf of {out.size} samples "
+                           f"(input peak |x| = {float(np.abs(x).max()):.3g})",
+                           "non-finite output")
     return out[:, 0] if x.ndim == 1 else out
 
 
@@ -121,6 +167,8 @@ def enhance_file(model, src: str | Path, dst: str | Path,
 
     Raises:
         AudioError: unreadable, empty or non-finite input (nothing is written).
+        EnhanceError: input too short for the model, or a non-finite result (nothing is
+            written; the message names ``src``).
     """
     probe_audio(src)  # AudioError naming permission, empty and non-audio files
     try:
@@ -132,7 +180,10 @@ def enhance_file(model, src: str | Path, dst: str | Path,
     if not np.isfinite(data).all():
         raise AudioError(f"{src}: NaN or Inf samples", "non-finite")
     info = sf.info(str(src))
-    y = enhance_waveform(model, data, rate, chunk_seconds, progress)
+    try:
+        y = enhance_waveform(model, data, rate, chunk_seconds, progress)
+    except EnhanceError as err:
+        raise EnhanceError(f"{src}: {err}", err.reason) from err
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     subtype = info.subtype if info.subtype in sf.available_subtypes(info.format) else None
@@ -143,8 +194,35 @@ def enhance_file(model, src: str | Path, dst: str | Path,
     return dst
 
 
+def _positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number of seconds > 0")
+    return value
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether writing ``b`` would replace ``a`` (same path, or a link to the same file)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def main(argv: list[str]) -> int:
-    """``robustdistill enhance IN OUT --model DIR [--chunk-seconds S]``."""
+    """``robustdistill enhance IN OUT --model DIR [--chunk-seconds S]``.
+
+    Returns:
+        0 when at least one file was written, 1 when every file was skipped (each logged
+        with its reason). Usage errors (missing input, no audio files, an output that is the
+        input, a bad ``--chunk-seconds``, an unknown output extension) exit 2 with one line.
+    """
     from tqdm.auto import tqdm
 
     parser = argparse.ArgumentParser(prog="robustdistill enhance",
@@ -154,7 +232,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--model", required=True,
                         help="an SE student folder or train-se run folder, a distill run folder "
                              "with an enhancement head (or its student/), 'nsnet2' or 'dtln'")
-    parser.add_argument("--chunk-seconds", type=float, default=10.0,
+    parser.add_argument("--chunk-seconds", type=_positive_seconds, default=10.0,
                         help="streaming chunk (memory bound; the output does not depend on it)")
     args = parser.parse_args(argv)
     src, dst = Path(args.input), Path(args.output)
@@ -165,34 +243,52 @@ def main(argv: list[str]) -> int:
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
     if src.is_dir():
-        files = list_audio_files(src)
-        if not files:
-            parser.error(f"no audio files below {src}")
+        if dst.exists() and _same_file(src, dst):
+            parser.error(f"output folder {dst} is the input folder: enhancing would overwrite "
+                         "the originals; give another output folder")
+        try:
+            files = list_audio_files(src)
+        except FileNotFoundError as err:
+            parser.error(str(err))
         pairs = [(Path(f), dst / Path(f).relative_to(src)) for f in files]
     else:
         if dst.is_dir() or args.output.endswith(("/", os.sep)):
             dst = dst / src.name
         pairs = [(src, dst)]
+    for a, b in pairs:
+        if _same_file(a, b):
+            parser.error(f"output {b} is the input file {a}: enhancing would overwrite it; "
+                         "give another output")
     for _, b in pairs:  # before any work: soundfile picks the container by the extension
         if b.suffix[1:].upper() not in sf.available_formats():
             parser.error(f"output {b}: unknown audio file extension {b.suffix!r}; allowed: "
                          + ", ".join(f".{f.lower()}" for f in sorted(sf.available_formats())))
     seconds = {}  # audio seconds to process: every channel of every file
+    above: dict[int, Path] = {}  # input rates over the model's (one example file each)
+    rate = model_rate(model)
     for a, _ in pairs:
         try:
             info = sf.info(str(a))
             seconds[a] = info.duration * info.channels
+            if info.samplerate > rate:
+                above.setdefault(info.samplerate, a)
         except (sf.LibsndfileError, RuntimeError, OSError):
             seconds[a] = 0.0  # enhance_file names the problem below
+    if above:
+        logger.warning("the model works at %d Hz: input at %s Hz (e.g. %s) is resampled to it "
+                       "and back, so the output has no content above %d Hz", rate,
+                       ", ".join(str(r) for r in sorted(above)), above[max(above)], rate // 2)
     skipped: dict[str, str] = {}
     with tqdm(total=sum(seconds.values()), unit="s", unit_scale=True,
               desc="enhance (audio seconds x channels)") as bar:
         for a, b in pairs:
             try:
                 enhance_file(model, a, b, args.chunk_seconds, bar)
-            except AudioError as err:  # one bad file does not stop a folder
+            except (AudioError, EnhanceError) as err:  # one bad file does not stop a folder
                 skipped[str(a)] = err.reason
                 logger.warning("skipping %s [%s]: %s", a, err.reason, err)
-    logger.info("%d file(s) enhanced into %s; %d skipped", len(pairs) - len(skipped), dst,
-                len(skipped))
+    reasons = {r: list(skipped.values()).count(r) for r in sorted(set(skipped.values()))}
+    logger.info("%d file(s) enhanced into %s; %d skipped%s", len(pairs) - len(skipped), dst,
+                len(skipped),
+                f" ({', '.join(f'{r}: {n}' for r, n in reasons.items())})" if reasons else "")
     return 0 if len(skipped) < len(pairs) else 1

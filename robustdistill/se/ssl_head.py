@@ -27,6 +27,14 @@ def is_ssl_run(folder: str | Path) -> bool:
     return (folder / "heads" / "enhancement.json").is_file() and (folder / "student").is_dir()
 
 
+def _min_samples(upstream: nn.Module, limit: int = 160000) -> int:
+    """The fewest 16 kHz samples ``upstream`` turns into one frame (its receptive field: 400
+    for the usual CNN); ``limit + 1`` if even ``limit`` samples give none."""
+    lengths = torch.arange(1, limit + 1)
+    ok = torch.nonzero(upstream.frame_lengths(lengths) >= 1)
+    return int(lengths[ok[0, 0]]) if ok.numel() else limit + 1
+
+
 class SSLHeadEnhancer(nn.Module):
     """SSL student + enhancement head as a whole-file enhancer (16 kHz).
 
@@ -34,6 +42,10 @@ class SSLHeadEnhancer(nn.Module):
         upstream: a :class:`robustdistill.upstream.Upstream`.
         head: the :class:`robustdistill.objectives.enhancement.EnhancementHead`.
         head_config: ``heads/enhancement.json``'s ``head_config`` (``input``, STFT).
+
+    Attributes:
+        min_samples: the shortest input, in 16 kHz samples, that gives the encoder one frame
+            (its receptive field, 400 samples = 25 ms for the usual CNN); shorter input raises.
     """
 
     sample_rate = 16000
@@ -45,6 +57,8 @@ class SSLHeadEnhancer(nn.Module):
         self.n_fft = int(head_config.get("n_fft", 512))
         self.hop = int(head_config.get("hop_length", 160))
         self.win = int(head_config.get("win_length", 400))
+        self.min_samples = _min_samples(upstream)
+
 
     @classmethod
     def from_run(cls, folder: str | Path) -> SSLHeadEnhancer:
@@ -80,9 +94,17 @@ class SSLHeadEnhancer(nn.Module):
     @torch.no_grad()
     def forward(self, noisy: torch.Tensor, return_activations: bool = False) -> SEOutput:
         """``(B, N)`` (or ``(N,)``) 16 kHz -> :class:`SEOutput` with ``enhanced`` of the same
-        shape (activations: ``mask`` ``(B, F, 257)``)."""
+        shape (activations: ``mask`` ``(B, F, 257)``).
+
+        Raises:
+            ValueError: ``N`` below :attr:`min_samples` (shorter than one encoder frame).
+        """
         squeeze = noisy.dim() == 1
         x = noisy[None] if squeeze else noisy
+        if x.shape[-1] < self.min_samples:
+            raise ValueError(f"{x.shape[-1]} samples at {self.sample_rate} Hz is shorter than one "
+                             f"frame of this encoder ({self.min_samples} samples, "
+                             f"{1000 * self.min_samples / self.sample_rate:g} ms)")
         lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
         out = self.upstream(x, lengths, return_extract_features=self.input == "cnn")
         feats = out.extract_features if self.input == "cnn" else out.hidden_states[-1]

@@ -1,0 +1,131 @@
+"""``robustdistill export`` errors: a missing run or checkpoint, a damaged newest checkpoint
+(refused and named, as ``--resume`` refuses it), unusable ``--onnx-check-audio`` files
+(skipped by name; one line when none is usable), and ``python -m robustdistill``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from safetensors.torch import save_file
+
+from robustdistill import cli
+from robustdistill.checkpoints import CheckpointError, write_manifest
+from robustdistill.export import export_from_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(tmp_path: Path, manifests: bool = True) -> Path:
+    """A run folder as export reads it: ``student_init/`` (tiny random WavLM) and
+    ``checkpoints/checkpoint_{1,2}`` holding its weights (with manifests unless told)."""
+    from transformers import AutoModel
+
+    from robustdistill.teachers import make_random_teacher
+
+    run = tmp_path / "run"
+    init = make_random_teacher("wavlm", "tiny", run / "student_init", seed=0)
+    state = AutoModel.from_pretrained(init).state_dict()
+    for step in (1, 2):
+        folder = run / "checkpoints" / f"checkpoint_{step}"
+        folder.mkdir(parents=True)
+        save_file({f"student.model.{k}": v.contiguous() for k, v in state.items()},
+                  str(folder / "model.safetensors"))
+        if manifests:
+            write_manifest(folder, step)
+    return run
+
+
+def _truncate(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(1000)
+
+
+def _one_line_error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as stop:
+        cli.export_main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("robustdistill export: error:")]
+    return line
+
+
+def test_missing_run_or_checkpoint_is_one_line(tmp_path, capsys):
+    assert "run folder" in _one_line_error(capsys, ["--run", str(tmp_path / "nope")])
+    run = _run(tmp_path)
+    line = _one_line_error(capsys, ["--run", str(run), "--checkpoint", str(tmp_path / "gone")])
+    assert "gone" in line and "does not exist" in line
+    # --onnx-check-audio alone would be ignored silently: refused before any work
+    assert "add --onnx" in _one_line_error(capsys, ["--run", str(run), "--onnx-check-audio",
+                                                    str(tmp_path)])
+    assert not (run / "student").exists()
+    (run / "student_init" / "config.json").unlink()
+    assert "student_init" in _one_line_error(capsys, ["--run", str(run)])
+
+
+def test_truncated_newest_checkpoint_is_named_and_nothing_is_written(tmp_path, capsys):
+    run = _run(tmp_path)
+    _truncate(run / "checkpoints" / "checkpoint_2" / "model.safetensors")
+    with pytest.raises(CheckpointError, match="checkpoint_2.*model.safetensors"):
+        export_from_checkpoint(run)
+    line = _one_line_error(capsys, ["--run", str(run)])
+    assert "damaged checkpoint" in line and "checkpoint_2" in line and "--checkpoint" in line
+    assert not (run / "student").exists()
+    # the earlier, intact checkpoint still exports on request
+    out = export_from_checkpoint(run, run / "checkpoints" / "checkpoint_1")
+    assert (out / "model.safetensors").is_file()
+
+
+def test_truncated_checkpoint_without_manifest_is_a_checkpoint_error(tmp_path, capsys):
+    run = _run(tmp_path, manifests=False)
+    _truncate(run / "checkpoints" / "checkpoint_2" / "model.safetensors")
+    with pytest.raises(CheckpointError, match="checkpoint_2.*cannot be read"):
+        export_from_checkpoint(run)
+    assert "cannot be read" in _one_line_error(capsys, ["--run", str(run)])
+
+
+def test_onnx_check_audio_skips_bad_files_and_refuses_none_usable(tmp_path, capsys, caplog):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    run = _run(tmp_path)
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    (audio / "a_not_audio.wav").write_bytes(b"RIFFjunk")
+    (audio / "b_empty.wav").write_bytes(b"")
+    sf.write(audio / "c_silent.wav", np.zeros(16000, np.float32), 16000)
+    none_usable = _one_line_error(capsys, ["--run", str(run), "--out", str(tmp_path / "x"),
+                                           "--onnx", "--onnx-check-audio", str(audio)])
+    assert "no usable audio file" in none_usable
+    (tmp_path / "none").mkdir()
+    no_audio = _one_line_error(capsys, ["--run", str(run), "--out", str(tmp_path / "y"),
+                                        "--onnx", "--onnx-check-audio", str(tmp_path / "none")])
+    assert "no audio files" in no_audio
+    sf.write(audio / "d_good.wav",
+             (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000)
+    with caplog.at_level(logging.WARNING, logger="robustdistill.publish.onnx"):
+        assert cli.export_main(["--run", str(run), "--out", str(tmp_path / "s" / "student"),
+                                "--onnx", "--onnx-check-audio", str(audio)]) == 0
+    skipped = " ".join(r.getMessage() for r in caplog.records)
+    for name in ("a_not_audio.wav", "b_empty.wav", "c_silent.wav"):
+        assert name in skipped
+    report = (tmp_path / "s" / "student" / "onnx" / "parity.json").read_text()
+    assert '"num_waveforms": 1' in report and '"passed": true' in report
+
+
+def test_python_dash_m_robustdistill_runs_the_cli(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "robustdistill", "--help"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "robustdistill export --run" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "robustdistill", "export", "--run",
+                           str(tmp_path / "nope")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "run folder" in done.stderr
