@@ -13,6 +13,11 @@ the students denoise, they do not dereverberate; ``target: dry`` keeps the dry s
 target instead), plus a random noise segment at an SNR drawn uniformly from ``snr_range`` dB,
 measured over the crop's real samples (a silent noise segment is replaced by white noise, see
 :func:`~robustdistill.augment.noise.white_if_silent`).
+
+Speech files are decoded once, whole, when they are indexed: a file that cannot be decoded,
+holds NaN/Inf, is digitally silent, or peaks above :data:`MAX_SPEECH_PEAK` is dropped from the
+draw pool then (logged by name, listed in :attr:`SpeechIndex.skipped`), so no draw ever lands
+on it and the batches stay a pure function of ``(seed, step, rank)``.
 """
 
 from __future__ import annotations
@@ -30,9 +35,21 @@ from ..audio import SAMPLE_RATE, AudioError, list_audio_files, probe_audio, resa
 from ..augment.noise import NoiseBank, mix_at_snr, white_if_silent
 from ..augment.rooms import RirBank, reverberate
 
-__all__ = ["PairConfig", "PairMaker", "SpeechIndex"]
+__all__ = ["MAX_SPEECH_PEAK", "PairConfig", "PairMaker", "SpeechIndex"]
 
 logger = logging.getLogger(__name__)
+
+#: The largest absolute sample value a speech file may hold (full scale is 1.0; 100 is 40 dB
+#: above it). Only a float file can exceed full scale, and one that does by this much is
+#: corrupt (a 1e30 sample passes the NaN/Inf check but overflows the SNR mixing and the loss).
+MAX_SPEECH_PEAK = 100.0
+
+#: Random crops drawn for one item before it falls back to the loudest crop of the last file
+#: drawn (:meth:`SpeechIndex.loudest_crop`).
+_CROP_TRIES = 10
+
+#: Frames decoded at a time when a speech file is checked at indexing.
+_SCAN_BLOCK = 1 << 16
 
 
 @dataclass
@@ -99,34 +116,47 @@ class PairConfig:
 class SpeechIndex:
     """Speech files and their lengths; reads random crops without decoding whole files.
 
-    Files whose header cannot be read (empty, not audio, no permission) or that hold no
-    sample are dropped, each logged once with its reason and recorded in :attr:`skipped`
-    (``{path: reason}``, reasons of :data:`robustdistill.audio.AUDIO_ERROR_REASONS`);
-    :meth:`crop` raises :class:`AudioError` for a crop that cannot be decoded or holds NaN/Inf.
+    Every file is decoded once, whole, at indexing (:func:`scan_speech_file`). Files whose
+    header cannot be read (empty, not audio, no permission), that hold no sample, cannot be
+    decoded, hold NaN/Inf, are digitally silent (every sample zero) or peak above
+    :data:`MAX_SPEECH_PEAK` are dropped from the draw pool, each logged once with its name and
+    reason and recorded in :attr:`skipped` (``{path: reason}``, reasons of
+    :data:`robustdistill.audio.AUDIO_ERROR_REASONS`); :meth:`crop` raises :class:`AudioError`
+    for a crop that cannot be decoded or holds NaN/Inf (a file changed after indexing).
+
+    Attributes:
+        files / rates / frames: the usable files, their rates (Hz) and lengths (frames).
+        loudest: per usable file, the frame of its largest absolute sample.
+        skipped: ``{path: reason}`` of every file dropped (or found bad later).
 
     Raises:
         FileNotFoundError: no audio file below ``root``.
-        AudioError: no usable file below ``root``.
+        AudioError: no usable file below ``root`` (the message names skipped files).
     """
 
     def __init__(self, root: str | Path, sample_rate: int = SAMPLE_RATE):
         self.sample_rate = sample_rate
         self.skipped: dict[str, str] = {}
-        self.files, self.rates, self.frames = [], [], []
+        self.files, self.rates, self.frames, self.loudest = [], [], [], []
         for path in list_audio_files(root):
             try:
                 info = probe_audio(path)
                 if info.frames < 1:
                     raise AudioError(f"{path}: no samples", "empty")
+                loudest = scan_speech_file(path)
             except AudioError as err:
                 self.mark_bad(path, err)
                 continue
             self.files.append(path)
             self.rates.append(info.sample_rate)
             self.frames.append(info.frames)
+            self.loudest.append(loudest)
+        if self.skipped:
+            logger.warning("%d of %d speech files below %s dropped (names logged above)",
+                           len(self.skipped), len(self.skipped) + len(self.files), root)
         if not self.files:
             raise AudioError(f"no usable speech file below {root}: {len(self.skipped)} skipped "
-                             f"({sorted(set(self.skipped.values()))})")
+                             f"({_name_some(self.skipped)})")
 
     def mark_bad(self, path: str | Path, err: AudioError) -> None:
         """Record a skipped file in :attr:`skipped`, logging it the first time only."""
@@ -147,12 +177,27 @@ class SpeechIndex:
         Raises:
             AudioError: the file cannot be decoded, or the crop holds NaN/Inf samples.
         """
+        need = self._source_frames(index, length)
+        start = int(rng.integers(0, max(self.frames[index] - need, 0) + 1))
+        return self._read(index, start, length)
+
+    def loudest_crop(self, index: int, length: int) -> tuple[np.ndarray, int]:
+        """The ``length``-sample crop of file ``index`` centred (where the file allows) on its
+        largest sample: never silent. Same returns and errors as :meth:`crop`."""
+        need = self._source_frames(index, length)
+        start = min(max(self.loudest[index] - need // 2, 0), max(self.frames[index] - need, 0))
+        return self._read(index, start, length)
+
+    def _source_frames(self, index: int, length: int) -> int:
+        """Frames of file ``index`` (at its own rate) that give ``length`` samples."""
+        return int(math.ceil(length * self.rates[index] / self.sample_rate))
+
+    def _read(self, index: int, start: int, length: int) -> tuple[np.ndarray, int]:
+        """Decode, down-mix, check and resample a crop from frame ``start``; see :meth:`crop`."""
         rate = self.rates[index]
-        need = int(math.ceil(length * rate / self.sample_rate))
-        total = self.frames[index]
-        start = int(rng.integers(0, max(total - need, 0) + 1))
         try:
-            x, _ = sf.read(str(self.files[index]), start=start, frames=need, dtype="float32",
+            x, _ = sf.read(str(self.files[index]), start=start,
+                           frames=self._source_frames(index, length), dtype="float32",
                            always_2d=True)
         except (sf.LibsndfileError, RuntimeError, OSError) as err:
             raise AudioError(f"{self.files[index]}: cannot decode ({err})", "unreadable") from err
@@ -165,6 +210,46 @@ class SpeechIndex:
         out = np.zeros(length, np.float32)
         out[:real] = x[:real]
         return out, real
+
+
+def scan_speech_file(path: str | Path) -> int:
+    """Decode a speech file whole (a block at a time) and check that it can be trained on.
+
+    Returns:
+        The frame of its largest absolute sample (over every channel).
+
+    Raises:
+        AudioError: ``"unreadable"`` (a decode error), ``"non-finite"`` (a NaN/Inf sample),
+            ``"silent"`` (every sample is zero) or ``"invalid"`` (a sample beyond
+            :data:`MAX_SPEECH_PEAK` in absolute value); the message names the file.
+    """
+    peak, loudest, offset = 0.0, 0, 0
+    try:
+        for block in sf.blocks(str(path), blocksize=_SCAN_BLOCK, dtype="float32",
+                               always_2d=True):
+            if not np.isfinite(block).all():
+                raise AudioError(f"{path}: NaN or Inf samples", "non-finite")
+            frame_peaks = np.abs(block).max(axis=1)
+            k = int(frame_peaks.argmax())
+            if frame_peaks[k] > peak:
+                peak, loudest = float(frame_peaks[k]), offset + k
+            offset += len(block)
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
+        raise AudioError(f"{path}: cannot decode ({err})", "unreadable") from err
+    if peak == 0.0:
+        raise AudioError(f"{path}: silent (every sample is zero)", "silent")
+    if peak > MAX_SPEECH_PEAK:
+        raise AudioError(f"{path}: a sample of absolute value {peak:.3g} (more than "
+                         f"{MAX_SPEECH_PEAK:g} times full scale): a corrupt float file",
+                         "invalid")
+    return loudest
+
+
+def _name_some(skipped: dict[str, str], limit: int = 5) -> str:
+    """``"a.wav [silent], b.wav [unreadable], ... (3 more)"``: the first ``limit`` entries."""
+    named = ", ".join(f"{path} [{reason}]" for path, reason in list(skipped.items())[:limit])
+    more = len(skipped) - limit
+    return named + (f", ... ({more} more)" if more > 0 else "")
 
 
 class PairMaker:
@@ -190,20 +275,11 @@ class PairMaker:
         """One ``(noisy, target)`` pair, each ``(length,)`` float32.
 
         Raises:
-            AudioError: 10 silent or unusable speech crops in a row.
+            AudioError: :data:`_CROP_TRIES` crops in a row could not be read (files that
+                changed since indexing; the message names them).
         """
         c = self.config
-        for _ in range(10):
-            index = int(rng.integers(len(self.speech)))
-            try:
-                speech, real = self.speech.crop(index, self.length, rng)
-            except AudioError as err:  # undecodable or non-finite: logged once, drawn again
-                self.speech.mark_bad(self.speech.files[index], err)
-                continue
-            if np.any(speech[:real]):
-                break
-        else:
-            raise AudioError("10 silent or unusable speech crops in a row: check speech_dir")
+        speech, real = self._speech_crop(rng)
         dry = speech
         if self.rirs is not None and rng.random() < c.reverb_prob:
             rir, _, _ = self.rirs.draw(rng)  # "mean": one integer draw, as before
@@ -221,6 +297,32 @@ class PairMaker:
                            / max(float(np.mean(noise[:real] ** 2)), 1e-20))
             noisy[real:] = gain * noise[real:]
         return noisy, target
+
+    def _speech_crop(self, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """A non-silent speech crop ``(length,)`` and its real samples: random files and offsets
+        are drawn until a crop holds a non-zero sample (a silent stretch inside a good file is
+        drawn again); after :data:`_CROP_TRIES` draws, the loudest crop of the last good file
+        drawn.
+
+        Raises:
+            AudioError: every draw hit a file that cannot be read any more (named).
+        """
+        silent_index, unreadable = None, []
+        for _ in range(_CROP_TRIES):
+            index = int(rng.integers(len(self.speech)))
+            try:
+                speech, real = self.speech.crop(index, self.length, rng)
+            except AudioError as err:  # changed since indexing: logged once, drawn again
+                self.speech.mark_bad(self.speech.files[index], err)
+                unreadable.append(str(self.speech.files[index]))
+                continue
+            if np.any(speech[:real]):
+                return speech, real
+            silent_index = index
+        if silent_index is not None:
+            return self.speech.loudest_crop(silent_index, self.length)
+        raise AudioError(f"{_CROP_TRIES} speech crops in a row could not be read: "
+                         f"{', '.join(sorted(set(unreadable)))}", "unreadable")
 
     def pool(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The fixed pool ``(noisy, clean)``, each ``(pool_size, length)`` (built once).

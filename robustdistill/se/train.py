@@ -17,8 +17,15 @@ published and rotated by :func:`robustdistill.checkpoints.save_checkpoint`, so a
 saving never leaves a half-written ``checkpoint_N``; resumed from the newest one automatically:
 batches are a pure function of ``(seed, step)``, the student's and loss heads' weights and the
 optimizer state are restored, and ``metrics.jsonl`` is cut back to the checkpoint, so a resumed
-run equals an uninterrupted one), and at the end ``student/`` (``save_pretrained``) and ``final_state.json`` (step and a
-SHA-256 of the student's parameters). The teacher is frozen and never saved.
+run equals an uninterrupted one), and at the end ``student/`` (``save_pretrained``) and ``final_state.json`` (step, a
+SHA-256 of the student's parameters, ``skipped_updates`` and the speech files dropped). The
+teacher is frozen and never saved.
+
+A step whose loss (on any process) or gradient norm is NaN/Inf changes nothing: its update is
+skipped (gradients zeroed, no optimizer step), counted and logged as a warning;
+``training.max_nonfinite_in_a_row`` such steps in a row save a checkpoint (of the last finite
+weights), write ``stopped.json`` and raise :class:`~robustdistill.trainer.NonFiniteTrainingError`,
+as ``robustdistill distill`` does.
 """
 
 from __future__ import annotations
@@ -28,13 +35,18 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 
+from downstream.config import from_dict
+
+from ..audio import AudioError
 from ..checkpoints import (
     latest_checkpoint,
     list_checkpoints,
@@ -47,8 +59,10 @@ from ..checkpoints import (
 from ..config import ConfigError, _unknown_key, merge_config, parse_overrides, read_yaml
 from ..environment import record_environment
 from ..processes import finish_processes
+from ..trainer import NonFiniteTrainingError
 from .data import PairConfig, PairMaker
 from .losses import LossConfig, SELoss
+from .stft import StftConfig
 from .students import GRUMaskStudent, StudentConfig, config_for_ratio, count_parameters
 from .teachers import load_teacher
 
@@ -57,7 +71,8 @@ __all__ = ["SETrainConfig", "TrainingOptions", "StudentOptions", "load_se_config
 
 logger = logging.getLogger(__name__)
 
-#: The trainer's state in every checkpoint: ``{"step", "metrics_bytes"}``.
+#: The trainer's state in every checkpoint: ``{"step", "metrics_bytes", "skipped_updates",
+#: "nonfinite_losses", "nonfinite_in_a_row"}`` (older checkpoints lack the counters: 0).
 _STATE = "training_state.json"
 
 
@@ -97,6 +112,10 @@ class StudentOptions:
                              min_gain_db=self.min_gain_db)
 
 
+#: The values of ``training.report_to``.
+_TRACKERS = ("tensorboard", "none")
+
+
 @dataclass
 class TrainingOptions:
     """Optimisation and logging.
@@ -113,6 +132,9 @@ class TrainingOptions:
         report_to: ``"tensorboard"`` or ``"none"``.
         cpu: force CPU.
         threads: ``torch.set_num_threads`` (0: leave it).
+        max_nonfinite_in_a_row: stop (with a checkpoint of the last finite weights) after this
+            many optimizer steps in a row with a NaN/Inf loss or gradient norm; each such step
+            is skipped and counted (default 20, as ``distill``'s).
     """
 
     max_steps: int = 600
@@ -125,13 +147,18 @@ class TrainingOptions:
     report_to: str = "tensorboard"
     cpu: bool = True
     threads: int = 0
+    max_nonfinite_in_a_row: int = 20
 
     def __post_init__(self) -> None:
-        """Raises: ValueError: a count below its minimum (named, with the allowed range)."""
+        """Raises: ValueError: a count below its minimum (named, with the allowed range), or an
+        unknown ``report_to``."""
         for name, least in (("max_steps", 1), ("batch_size", 1), ("log_every", 1),
-                            ("save_every", 0), ("keep_checkpoints", 1), ("threads", 0)):
+                            ("save_every", 0), ("keep_checkpoints", 1), ("threads", 0),
+                            ("max_nonfinite_in_a_row", 1)):
             if getattr(self, name) < least:
                 raise ValueError(f"{name} must be >= {least}, got {getattr(self, name)}")
+        if self.report_to not in _TRACKERS:
+            raise ValueError(f"report_to must be one of {list(_TRACKERS)}, got {self.report_to!r}")
 
 
 @dataclass
@@ -142,8 +169,14 @@ class SETrainConfig:
         output_dir: run folder (config, metrics, logs, checkpoints, the saved student); a
             folder holding checkpoints is resumed from its newest one.
         seed: seeds the student's and loss heads' initialisation (``accelerate.set_seed``) and
-            the batches (each a pure function of ``(seed, step, rank)``); default 0.
+            the batches (each a pure function of ``(seed, step, rank)``); >= 0, default 0.
         student / data / loss / training: the sections; see their classes.
+
+    Raises:
+        ValueError: (on construction) a negative ``seed``, or a ``data.sample_rate`` other
+            than the student's STFT rate (16000 Hz: the student, the NSNet2 teacher and
+            ``enhance`` all work at that rate, so pairs at another rate would train a student
+            that is then used on audio resampled to 16 kHz).
     """
 
     output_dir: str = "runs/se/default"
@@ -152,6 +185,15 @@ class SETrainConfig:
     data: PairConfig = field(default_factory=PairConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     training: TrainingOptions = field(default_factory=TrainingOptions)
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0 (numpy seeds), got {self.seed}")
+        rate = StftConfig().sample_rate  # every SE student's (StudentOptions has no stft)
+        if self.data.sample_rate != rate:
+            raise ValueError(f"data.sample_rate must be the student's STFT rate, {rate} Hz, got "
+                             f"{self.data.sample_rate} (speech at other rates is resampled to "
+                             f"{rate} Hz: leave data.sample_rate at {rate})")
 
     def to_dict(self) -> dict:
         """Plain nested dict (``config.yaml``)."""
@@ -168,23 +210,29 @@ _SECTIONS = {"student": StudentOptions, "data": PairConfig, "loss": LossConfig,
 
 
 def _build(raw: dict) -> SETrainConfig:
-    kwargs = {}
+    """A recipe's nested dict -> :class:`SETrainConfig`: unknown keys are named with the
+    closest known one; values are type-checked by :func:`downstream.config.from_dict` (the
+    checks ``train-speaker`` uses); an empty section (``training:``) takes its defaults.
+
+    Raises:
+        ConfigError: an unknown key, a section that is not a mapping, a value of the wrong
+            type or one a section rejects (one line naming the key).
+    """
     for key, value in raw.items():
         if key in ("output_dir", "seed"):
-            kwargs[key] = value
             continue
         if key not in _SECTIONS:
             raise _unknown_key("", key, [*_SECTIONS, "output_dir", "seed"])
-        cls = _SECTIONS[key]
-        known = {f.name for f in dataclasses.fields(cls)}
-        for k in value or {}:
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"config section {key!r} must be a mapping, got {value!r}")
+        known = {f.name for f in dataclasses.fields(_SECTIONS[key])}
+        for k in value:
             if k not in known:
                 raise _unknown_key(f"{key}.", k, known)
-        try:
-            kwargs[key] = cls(**(value or {}))
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{key}: {err}") from err
-    return SETrainConfig(**kwargs)
+    return from_dict(SETrainConfig, {k: v for k, v in raw.items() if v is not None
+                                     or k not in _SECTIONS})
 
 
 def load_se_config(path: str | Path | None, overrides: list[str] | None = None
@@ -192,12 +240,20 @@ def load_se_config(path: str | Path | None, overrides: list[str] | None = None
     """Read a recipe and apply ``--section.key value`` overrides.
 
     Raises:
-        ConfigError: unknown keys (with the closest known one) or invalid values.
+        ConfigError: invalid YAML, a top level that is not a mapping, unknown keys (with the
+            closest known one) or invalid values (see :func:`_build`).
         FileNotFoundError: ``path`` does not exist.
     """
-    raw = read_yaml(Path(path).read_text()) if path else {}
-    raw = merge_config(raw or {}, parse_overrides(overrides or []))
-    return _build(raw)
+    raw = {}
+    if path:
+        try:
+            raw = read_yaml(Path(path).read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML ({' '.join(str(err).split())})") from err
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping, got "
+                              f"{type(raw).__name__}")
+    return _build(merge_config(raw, parse_overrides(overrides or [])))
 
 
 def parameter_hash(model: torch.nn.Module) -> str:
@@ -219,6 +275,64 @@ def teacher_layers(loss: LossConfig) -> tuple[str, ...]:
     if loss.tfckd_weight > 0:
         names |= {t for ts in loss.tfckd_teacher_sets for t in ts}
     return tuple(sorted(names))
+
+
+@dataclass
+class NonFiniteCounts:
+    """Steps whose update was skipped (saved in every checkpoint's ``training_state.json``).
+
+    Attributes:
+        skipped_updates: steps with a NaN/Inf loss (on any process) or gradient norm, whose
+            update was skipped.
+        nonfinite_losses: those of them whose loss was NaN/Inf (on any process).
+        nonfinite_in_a_row: consecutive skipped steps up to now (reset by a finite one).
+    """
+
+    skipped_updates: int = 0
+    nonfinite_losses: int = 0
+    nonfinite_in_a_row: int = 0
+
+    @classmethod
+    def from_state(cls, state: dict) -> NonFiniteCounts:
+        """The counters of a checkpoint's training state (0 where it has none)."""
+        return cls(**{f.name: int(state.get(f.name, 0)) for f in dataclasses.fields(cls)})
+
+    def record(self, step: int, bad_loss: bool, bad_step: bool, grad_norm: float) -> None:
+        """Count step ``step`` (0-based): a skipped one is counted and logged as a warning,
+        a finite one resets :attr:`nonfinite_in_a_row`."""
+        if not bad_step:
+            self.nonfinite_in_a_row = 0
+            return
+        self.skipped_updates += 1
+        self.nonfinite_losses += bad_loss
+        self.nonfinite_in_a_row += 1
+        logger.warning("step %d: non-finite %s (grad norm %s); update skipped (%d in a row, %d "
+                       "in all)", step, "loss" if bad_loss else "gradient", grad_norm,
+                       self.nonfinite_in_a_row, self.skipped_updates)
+
+
+def nonfinite_step(acc, total: torch.Tensor, grad_norm: torch.Tensor | float
+                   ) -> tuple[bool, bool]:
+    """Whether this step's update must be skipped, the same answer on every process.
+
+    The gradient norm (after DDP's all-reduce) is the same on every process, but a loss can be
+    NaN/Inf on one process only with finite gradients (a term without a gradient path), so
+    the loss flag is summed over the processes.
+
+    Args:
+        acc: the run's ``Accelerator``.
+        total: this process's scalar loss.
+        grad_norm: the clipped gradients' total norm (before clipping), from
+            ``clip_grad_norm_``.
+
+    Returns:
+        ``(bad_loss, bad_step)``: the loss is NaN/Inf on some process; the update must be
+        skipped (``bad_loss`` or a NaN/Inf gradient norm).
+    """
+    local = torch.tensor([0.0 if torch.isfinite(total.detach()).all() else 1.0],
+                         device=acc.device)
+    bad_loss = bool(acc.reduce(local, reduction="sum").item() > 0)
+    return bad_loss, bad_loss or not math.isfinite(float(grad_norm))
 
 
 def _newest_checkpoint(folder: Path) -> tuple[Path, dict] | None:
@@ -248,6 +362,10 @@ def train_se(cfg: SETrainConfig) -> Path:
     Raises:
         TeacherUnavailable: the recipe needs a teacher whose package is not installed.
         FileNotFoundError: a data folder is missing.
+        AudioError: no usable speech, noise or RIR file (found at start-up).
+        NonFiniteTrainingError: ``training.max_nonfinite_in_a_row`` steps in a row had a
+            NaN/Inf loss or gradient norm (a checkpoint of the last finite weights and
+            ``stopped.json`` are written first).
     """
     from accelerate import Accelerator
     from accelerate.utils import (
@@ -290,11 +408,11 @@ def train_se(cfg: SETrainConfig) -> Path:
     ckpt_dir = out / "checkpoints"
     if acc.is_main_process:
         remove_incomplete(ckpt_dir)  # what a kill while saving left
-    start = 0
+    start, counts = 0, NonFiniteCounts()
     newest = _newest_checkpoint(ckpt_dir)
     if newest is not None:
         acc.load_state(str(newest[0]))
-        start = newest[1]["step"]
+        start, counts = newest[1]["step"], NonFiniteCounts.from_state(newest[1])
         if acc.is_main_process:  # what a killed run logged after this checkpoint
             truncate_log(out / "metrics.jsonl", newest[1].get("metrics_bytes"))
         logger.info("resumed from %s (step %d)", newest[0], start)
@@ -306,12 +424,13 @@ def train_se(cfg: SETrainConfig) -> Path:
                       init_kwargs=tracker_resume_kwargs(start))
     metrics = (out / "metrics.jsonl").open("a") if acc.is_main_process else None
 
-    def save(step: int) -> None:
+    def save(step: int) -> Path:
         state = None
         if metrics:  # flushed after every line
-            state = {_STATE: {"step": step, "metrics_bytes": os.fstat(metrics.fileno()).st_size}}
-        save_checkpoint(acc, ckpt_dir, step, step, state=state, keep=t.keep_checkpoints,
-                        replace=True)
+            state = {_STATE: {"step": step, "metrics_bytes": os.fstat(metrics.fileno()).st_size,
+                              **dataclasses.asdict(counts)}}
+        return save_checkpoint(acc, ckpt_dir, step, step, state=state,
+                               keep=t.keep_checkpoints, replace=True)
 
     bar = tqdm(total=t.max_steps, initial=start, desc="train-se",
                disable=not acc.is_main_process)
@@ -343,10 +462,19 @@ def train_se(cfg: SETrainConfig) -> Path:
         total, parts = loss_fn(step, s_out, clean, teacher_out)
         acc.backward(total)
         grad_norm = acc.clip_grad_norm_(params, t.max_grad_norm)
-        optimizer.step()
+        bad_loss, bad_step = nonfinite_step(acc, total, grad_norm)
+        if not bad_step:  # a skipped step changes neither the weights nor Adam's state
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        counts.record(step, bad_loss, bad_step, float(grad_norm))
         bar.update(1)
         done = step + 1
+        if counts.nonfinite_in_a_row >= t.max_nonfinite_in_a_row:
+            bar.close()
+            checkpoint = save(done)
+            finish_processes(acc)  # every rank stops here (the decision is the same on all)
+            _stop_nonfinite(out, done, counts, t.max_nonfinite_in_a_row, checkpoint,
+                            acc.is_main_process)
         if done % t.log_every == 0 or done == t.max_steps:
             # means over the processes' batches (every rank takes part in the reduce)
             names = ["loss", *parts]
@@ -378,10 +506,32 @@ def train_se(cfg: SETrainConfig) -> Path:
             "compression_vs_nsnet2": model.compression(), "latency_ms": model.latency_ms,
             "parameter_sha256": parameter_hash(model), "num_processes": acc.num_processes,
             "parameter_sha256_per_rank": per_rank,
-            "ranks_identical": len(set(per_rank)) == 1}, indent=2) + "\n")
+            "ranks_identical": len(set(per_rank)) == 1, **dataclasses.asdict(counts),
+            "skipped_speech_files": maker.speech.skipped}, indent=2) + "\n")
         metrics.close()
     finish_processes(acc)  # the trainer's own end: a gloo rank cannot hang in teardown
     return out
+
+
+def _stop_nonfinite(out: Path, step: int, counts: NonFiniteCounts, limit: int,
+                    checkpoint: Path, main_process: bool) -> None:
+    """Write ``stopped.json`` (main process) and raise; ``checkpoint`` (just saved) holds the
+    last finite weights, as skipped steps change nothing.
+
+    Raises:
+        NonFiniteTrainingError: always (one line naming the step, the limit and the checkpoint).
+    """
+    message = (f"stopped at step {step}: {counts.nonfinite_in_a_row} optimizer steps in a row "
+               f"had a NaN/Inf loss or gradient (training.max_nonfinite_in_a_row={limit}; "
+               f"{counts.skipped_updates} skipped in all). The weights in {checkpoint} are "
+               f"those of the last finite step: lower training.learning_rate, set "
+               f"training.max_grad_norm, or check the data, then resume from it")
+    if main_process:
+        (out / "stopped.json").write_text(json.dumps(
+            {"step": step, "reason": "non-finite", "message": message,
+             "checkpoint": str(checkpoint), **dataclasses.asdict(counts)}, indent=2))
+    logger.error(message)
+    raise NonFiniteTrainingError(message)
 
 
 def main(argv: list[str]) -> int:
@@ -406,4 +556,7 @@ def main(argv: list[str]) -> int:
         hint = ("; the recipes' runs/data/* folders are made once by "
                 "`bash scripts/split_shared_data.sh`" if "runs/data/" in str(err) else "")
         parser.error(f"{err}{hint}")
+    except (AudioError, NonFiniteTrainingError) as err:  # no usable audio; a run that diverged
+        print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
     return 0

@@ -1,0 +1,225 @@
+"""train-se under bad data and bad values: non-finite steps are skipped (and stop the run when
+they persist), unusable speech files are dropped at indexing, config values are type-checked,
+and start-up audio errors are one-line messages."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import se_train_args, write_se_data
+from safetensors.torch import load_file
+
+from robustdistill.audio import AudioError
+from robustdistill.config import ConfigError
+from robustdistill.se import train as se_train
+from robustdistill.se.data import PairConfig, PairMaker, SpeechIndex
+from robustdistill.se.losses import SELoss
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _weights(run: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(run / "checkpoints" / f"checkpoint_{step}" / "model.safetensors")
+
+
+def _nan_loss_at(monkeypatch, steps: set[int]) -> None:
+    """SELoss returns a NaN loss at ``steps`` whose gradients stay finite (a NaN constant)."""
+    forward = SELoss.forward
+
+    def patched(self, step, *args, **kwargs):
+        total, parts = forward(self, step, *args, **kwargs)
+        return (total + torch.tensor(float("nan")) if step in steps else total), parts
+
+    monkeypatch.setattr(SELoss, "forward", patched)
+
+
+def test_a_nan_loss_skips_the_update_even_with_finite_gradients(tmp_path, monkeypatch, caplog):
+    write_se_data(tmp_path)
+    _nan_loss_at(monkeypatch, {1, 2})
+    out = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):
+        assert se_train.main(se_train_args(tmp_path, out, 5, "--training.keep_checkpoints",
+                                           "10")) == 0
+    final = json.loads((out / "final_state.json").read_text())
+    assert (final["skipped_updates"], final["nonfinite_losses"]) == (2, 2)
+    assert "step 1: non-finite loss" in caplog.text and "update skipped" in caplog.text
+    # steps 1 and 2 (0-based) changed nothing: checkpoints 1, 2 and 3 hold the same weights
+    one, three, four = _weights(out, 1), _weights(out, 3), _weights(out, 4)
+    assert all(torch.equal(one[k], three[k]) for k in one)
+    assert not all(torch.equal(three[k], four[k]) for k in three)
+
+
+def test_nonfinite_steps_in_a_row_stop_the_run_keeping_the_last_finite_weights(
+        tmp_path, monkeypatch, capsys):
+    write_se_data(tmp_path)
+    batch = PairMaker.batch
+
+    def inf_from_step_2(self, step, *args, **kwargs):
+        noisy, clean, idx = batch(self, step, *args, **kwargs)
+        return (noisy * float("inf") if step >= 2 else noisy), clean, idx
+
+    monkeypatch.setattr(PairMaker, "batch", inf_from_step_2)
+    out = tmp_path / "run"
+    rc = se_train.main(se_train_args(tmp_path, out, 10, "--training.max_nonfinite_in_a_row",
+                                     "3", "--training.keep_checkpoints", "10"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and "stopped at step 5" in err[-1]
+    assert "max_nonfinite_in_a_row=3" in err[-1]
+    stopped = json.loads((out / "stopped.json").read_text())
+    assert stopped["skipped_updates"] == 3 and stopped["nonfinite_in_a_row"] == 3
+    assert not (out / "student").exists() and not (out / "final_state.json").exists()
+    last_good, saved = _weights(out, 2), _weights(out, 5)
+    assert all(torch.isfinite(v).all() and torch.equal(v, last_good[k])
+               for k, v in saved.items())
+    state = json.loads((out / "checkpoints" / "checkpoint_5" / "training_state.json")
+                       .read_text())
+    assert state["skipped_updates"] == 3
+
+
+def _speech_folder(root: Path, good: int, silent: int) -> Path:
+    folder = root / "speech"
+    folder.mkdir()
+    t = np.arange(8000) / 16000
+    for i in range(good):
+        sf.write(folder / f"good{i}.wav", (0.1 * np.sin(2 * np.pi * 200 * t)).astype(np.float32),
+                 16000)
+    for i in range(silent):
+        sf.write(folder / f"zero{i}.wav", np.zeros(8000, np.float32), 16000)
+    return folder
+
+
+def _maker(tmp_path: Path, speech: Path) -> PairMaker:
+    (tmp_path / "noise").mkdir(exist_ok=True)
+    sf.write(tmp_path / "noise" / "n.wav",
+             (0.05 * np.random.default_rng(0).standard_normal(20000)).astype(np.float32), 16000)
+    return PairMaker(PairConfig(speech_dir=str(speech), noise_dir=str(tmp_path / "noise"),
+                                rir_dir=None, reverb_prob=0.0, crop_seconds=0.25))
+
+
+def test_silent_files_are_dropped_at_indexing_and_never_drawn(tmp_path, caplog):
+    speech = _speech_folder(tmp_path, good=1, silent=8)
+    with caplog.at_level(logging.WARNING):
+        maker = _maker(tmp_path, speech)
+    assert [Path(f).name for f in maker.speech.files] == ["good0.wav"]
+    assert set(maker.speech.skipped.values()) == {"silent"} and len(maker.speech.skipped) == 8
+    assert "zero3.wav" in caplog.text
+    for step in range(40):  # the old code drew silent files 10 times in a row and stopped
+        _, clean, _ = maker.batch(step, 2)
+        assert bool((clean.abs().amax(dim=1) > 0).all())
+
+
+def test_silent_crops_inside_a_good_file_are_drawn_again_never_failing(tmp_path):
+    speech = tmp_path / "speech"
+    speech.mkdir()
+    x = np.zeros(160000, np.float32)  # 10 s, speech only in its first 0.1 s
+    x[:1600] = 0.1 * np.sin(2 * np.pi * 200 * np.arange(1600) / 16000)
+    sf.write(speech / "mostly_silent.wav", x, 16000)
+    maker = _maker(tmp_path, speech)
+    for step in range(30):
+        _, clean, _ = maker.batch(step, 2)
+        assert bool((clean.abs().amax(dim=1) > 0).all())
+
+
+def test_a_folder_with_no_usable_speech_names_its_files(tmp_path):
+    speech = _speech_folder(tmp_path, good=0, silent=2)
+    with pytest.raises(AudioError, match=r"zero0\.wav \[silent\].*zero1\.wav \[silent\]"):
+        SpeechIndex(speech)
+
+
+def test_a_corrupt_float_file_is_dropped_and_the_run_stays_finite(tmp_path):
+    write_se_data(tmp_path)
+    x = (0.1 * np.random.default_rng(1).standard_normal(24000)).astype(np.float32)
+    x[100] = 1e30  # finite, but it overflows the mixing and the loss
+    bad = tmp_path / "speech" / "spk" / "corrupt.wav"
+    sf.write(bad, x, 16000, subtype="FLOAT")
+    out = tmp_path / "run"
+    assert se_train.main(se_train_args(tmp_path, out, 3, "--training.save_every", "0")) == 0
+    final = json.loads((out / "final_state.json").read_text())
+    assert final["skipped_speech_files"] == {str(bad): "invalid"}
+    assert final["skipped_updates"] == 0
+    student = load_file(out / "student" / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in student.values())
+
+
+def test_main_reports_a_folder_without_usable_speech_in_one_line(tmp_path, capsys):
+    write_se_data(tmp_path)
+    for f in (tmp_path / "speech" / "spk").iterdir():
+        sf.write(f, np.zeros(8000, np.float32), 16000)
+    rc = se_train.main(se_train_args(tmp_path, tmp_path / "run", 2))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) >= 1
+    assert err[-1].startswith("robustdistill train-se: error: no usable speech file")
+    assert "u0.flac [silent]" in err[-1]
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    (["--training.learning_rate", "fast"], "training.learning_rate"),
+    (["--seed", "abc"], "seed"),
+    (["--seed", "-1"], "seed"),
+    (["--training.batch_size", "2.5"], "training.batch_size"),
+    (["--training.max_steps", "three"], "training.max_steps"),
+    (["--training.cpu", "no"], "training.cpu"),
+    (["--training.report_to", "tensorbord"], "report_to"),
+    (["--training", "5"], "'training' must be a mapping"),
+    (["--data.sample_rate", "8000"], "data.sample_rate"),
+    (["--training.max_nonfinite_in_a_row", "0"], "max_nonfinite_in_a_row must be >= 1"),
+])
+def test_bad_config_values_are_refused_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as info:
+        se_train.load_se_config(None, ["--student.ratio", "63", *override])
+    assert key in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_recipe_that_is_not_a_mapping_is_a_one_line_usage_error(tmp_path, capsys):
+    recipe = tmp_path / "list.yaml"
+    recipe.write_text("- a\n- b\n")
+    with pytest.raises(SystemExit) as info:
+        se_train.main(["--config", str(recipe)])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "the top level must be a mapping, got list")
+
+
+def test_an_empty_section_takes_its_defaults(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("student: {ratio: 63}\ntraining:\n")
+    cfg = se_train.load_se_config(recipe, ["--training.learning_rate", "1"])
+    assert cfg.training.learning_rate == 1.0 and isinstance(cfg.training.learning_rate, float)
+    assert cfg.training.max_nonfinite_in_a_row == 20
+
+
+def test_a_nan_loss_on_one_process_only_is_skipped_on_both(tmp_path):
+    """DDP all-reduces gradients, so a NaN loss with finite gradients on rank 1 alone must
+    still skip the update on rank 0: the ranks would differ otherwise."""
+    write_se_data(tmp_path)
+    script = tmp_path / "nan_on_rank_1.py"
+    script.write_text(
+        "import os, sys, torch\n"
+        "from robustdistill.se import train\n"
+        "from robustdistill.se.losses import SELoss\n"
+        "forward = SELoss.forward\n"
+        "def patched(self, step, *a, **k):\n"
+        "    total, parts = forward(self, step, *a, **k)\n"
+        "    bad = step == 1 and os.environ.get('RANK') == '1'\n"
+        "    return (total + torch.tensor(float('nan')) if bad else total), parts\n"
+        "SELoss.forward = patched\n"
+        "sys.exit(train.main(sys.argv[1:]))\n")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+           "2", "--main_process_port", "29547", str(script),
+           *se_train_args(tmp_path, out, 3, "--training.save_every", "0")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = json.loads((out / "final_state.json").read_text())
+    assert final["num_processes"] == 2 and final["ranks_identical"], final
+    assert final["skipped_updates"] == 1 and final["nonfinite_losses"] == 1
