@@ -124,6 +124,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     before the upstream runs; so does a launch among several processes (``torchrun``,
     ``accelerate launch``): the evaluation runs in one process.
     """
+    from robustdistill.cli import hub_error
     from robustdistill.processes import require_single_process
 
     from .config import ConfigError
@@ -146,6 +147,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         results = run_seeds(options, args.seeds) if args.seeds else run_evaluation(options)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         parser.error(str(err))
+    except OSError as err:  # the upstream could not be loaded
+        if (message := hub_error(err)) is None:
+            raise
+        parser.error(message)
     primary = results["primary_metric"]
     summary = ", ".join(f"{c} {m[primary]:.4f}" for c, m in results["metrics"].items())
     logger.info("%s %s: %s", results["task"], primary, summary)

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import pickle
 import platform
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustdistill.audio import SAMPLE_RATE, AudioError
+from robustdistill.config import check_model_path
 from robustdistill.files import atomic_path
 from robustdistill.upstream import SSL_RECEPTIVE_FIELD, Upstream
 
@@ -106,8 +108,9 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
         ValueError / ConfigError: unknown task, bad config, unknown condition, a condition
             whose noise/RIR folder is missing, unusable splits. All are raised before the
             upstream runs.
-        FileNotFoundError: missing data, config or folders.
-        OSError: the upstream cannot be loaded.
+        FileNotFoundError: missing data, config, folders, upstream folder or head file (the
+            last two before any audio is decoded).
+        OSError: the upstream cannot be loaded (before any audio is decoded).
     """
     started = time.perf_counter()
     timing: dict[str, float] = {}
@@ -119,19 +122,25 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
     corruptor = TestCorruptor.from_dirs(options.test_noise_dir, options.test_rir_dir, options.seed,
                                         options.test_rir_channels)
     corruptor.check(conditions)
+    if options.evaluate_only and not Path(options.evaluate_only).is_file():
+        raise FileNotFoundError(f"head file not found: {options.evaluate_only}")
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
+
+    # the upstream before the audio: a typo in its name costs seconds, not a decoding pass
+    tic = time.perf_counter()
+    if not is_fbank(options.upstream):
+        check_model_path(options.upstream, "upstream",
+                         "a folder written by save_pretrained (robustdistill export), or a hub id")
+    upstream = (FbankUpstream() if is_fbank(options.upstream)
+                else Upstream.from_pretrained(options.upstream, frozen=True)).to(options.device)
+    timing["load_upstream_s"] = time.perf_counter() - tic
 
     splits = load_splits(config.data, options.seed)
     task.setup(splits)
     tic = time.perf_counter()
     waveforms, skipped = _decode_all(splits, config.data.max_seconds)
     timing["decode_s"] = time.perf_counter() - tic
-
-    tic = time.perf_counter()
-    upstream = (FbankUpstream() if is_fbank(options.upstream)
-                else Upstream.from_pretrained(options.upstream, frozen=True)).to(options.device)
-    timing["load_upstream_s"] = time.perf_counter() - tic
     featurizer = Featurizer(
         upstream.num_layers + 1,
         upstream.hidden_size,
@@ -259,13 +268,18 @@ def load_head(path: str | Path, task: Task, featurizer: Featurizer, head: nn.Mod
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a head file, another task, or a different class / speaker list (the
-            config or seed differ from the run that trained it).
+        ValueError: not a readable head file, another task, a different class / speaker list
+            (the config or seed differ from the run that trained it), or weights that do not
+            fit ``featurizer`` and ``head`` (another upstream or head config).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"head file not found: {path}")
-    saved = torch.load(path, map_location=options.device, weights_only=True)
+    try:
+        saved = torch.load(path, map_location=options.device, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:  # truncated...
+        raise ValueError(f"{path} cannot be read as a head file ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from err
     if not isinstance(saved, dict) or saved.get("format") != "robustdistill-downstream-head/1":
         raise ValueError(f"{path} is not a head saved by robustdistill evaluate")
     if saved["task"] != options.task:
@@ -278,8 +292,12 @@ def load_head(path: str | Path, task: Task, featurizer: Featurizer, head: nn.Mod
     if str(saved["upstream"]) != str(options.upstream):
         logger.warning("head %s was trained on upstream %s, evaluating on %s", path,
                        saved["upstream"], options.upstream)
-    featurizer.load_state_dict(saved["featurizer"])
-    head.load_state_dict(saved["head"])
+    try:
+        featurizer.load_state_dict(saved["featurizer"])
+        head.load_state_dict(saved["head"])
+    except RuntimeError as err:  # another upstream's layer count or width, another head shape
+        raise ValueError(f"{path} does not fit this upstream and task config (trained on "
+                         f"{saved['upstream']}; {str(err).splitlines()[0]})") from err
     return {**saved["training"], "loaded_from": str(path)}
 
 

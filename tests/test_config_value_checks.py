@@ -49,3 +49,35 @@ def test_speaker_loss_refuses_a_bad_temperature_or_negative_weight(overrides, me
     with pytest.raises(ValueError, match=message):
         LossConfig(**overrides)
     LossConfig(tau=0.5, map=0.0)  # the edges that are allowed
+
+
+def _evaluate(tmp_path, *extra):
+    from robustdistill.cli import main
+
+    config = tmp_path / "ks.yaml"
+    config.write_text("data:\n  source:\n    root: /nonexistent-audio-root\n")
+    return main(["evaluate", "--task", "ks", "--config", str(config), "--out",
+                 str(tmp_path / "out"), "--conditions", "clean", *extra])
+
+
+def test_evaluate_names_a_mistyped_upstream_folder_before_reading_any_audio(tmp_path, capsys):
+    """The data root does not exist: the upstream's check must come first, in one line."""
+    with pytest.raises(SystemExit) as exit_info:
+        _evaluate(tmp_path, "--upstream", str(tmp_path / "studnet"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "upstream folder" in err and "studnet" in err and "Traceback" not in err
+
+
+def test_evaluate_only_names_a_missing_or_unreadable_head_file(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _evaluate(tmp_path, "--upstream", "fbank", "--evaluate-only", str(tmp_path / "no.pt"))
+    assert "head file not found" in capsys.readouterr().err
+    from downstream.runner import RunOptions, load_head
+
+    broken = tmp_path / "head.pt"
+    broken.write_bytes(b"PK\x03\x04 not a whole zip")
+    options = RunOptions(task="utterance_classification", upstream="fbank", config="x",
+                         out=str(tmp_path))
+    with pytest.raises(ValueError, match="cannot be read as a head file"):
+        load_head(broken, None, None, None, options)
