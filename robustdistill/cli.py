@@ -26,6 +26,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -100,7 +101,11 @@ def distill_main(argv: list[str]) -> int:
 
 
 def create_student_main(argv: list[str]) -> int:
-    """``robustdistill create-student``: write an initialised student folder."""
+    """``robustdistill create-student``: write an initialised student folder.
+
+    A bad shape value, a local-looking ``--teacher`` that is not a folder, an ``--out`` that
+    is an existing file, or an unreachable hub id end in a one-line parser error (exit 2)."""
+    from .config import check_model_path
     from .student import (
         NARROW_CNN_INITS,
         STUDENT_PRESETS,
@@ -139,12 +144,25 @@ def create_student_main(argv: list[str]) -> int:
                             narrow_cnn_init=args.narrow_cnn_init)
     except ValueError as err:
         parser.error(str(err))
+    out_path = Path(args.out).expanduser()
+    existing = next(p for p in (out_path, *out_path.parents) if p.exists())
+    if not existing.is_dir():
+        parser.error(f"--out {args.out!r}: {str(existing)!r} is an existing file, not a folder; "
+                     "give a folder to write the student to")
     try:
+        check_model_path(args.teacher, "--teacher",
+                         "robustdistill make-teacher --out DIR, or a hub id such as "
+                         "microsoft/wavlm-base-plus")
         teacher = Upstream.from_pretrained(args.teacher, trust_remote_code=args.trust_remote_code)
-    except OSError as err:
+    except FileNotFoundError as err:
+        parser.error(str(err))
+    except (OSError, ValueError) as err:  # transformers: OSError, or ValueError (no model_type)
         from .redact import redact
 
-        if (message := hub_error(err)) is None:
+        if Path(args.teacher).expanduser().is_dir():  # a folder, but no model in it
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            parser.error(redact(f"--teacher {args.teacher!r} is not a model folder: {first}"))
+        if not isinstance(err, OSError) or (message := hub_error(err)) is None:
             raise
         parser.error(redact(message))
     try:

@@ -40,8 +40,8 @@ from .objectives import OBJECTIVES, build_loss_schedule
 from .student import StudentConfig
 from .teacher_cache import TeacherCacheConfig
 
-__all__ = ["ConfigError", "DistillConfig", "TrainingConfig", "load_config", "merge_config",
-           "parse_overrides", "read_yaml"]
+__all__ = ["ConfigError", "DistillConfig", "InvalidYAMLError", "TrainingConfig", "load_config",
+           "merge_config", "parse_overrides", "read_config_file", "read_yaml"]
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -67,13 +67,60 @@ LR_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "const
                 "constant_with_warmup", "inverse_sqrt")
 
 
-def read_yaml(text: str):
-    """Parse YAML text with 1.2 booleans (see ``_Yaml12Loader``)."""
-    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
-
-
 class ConfigError(ValueError):
     """A config file or override that cannot be used (unknown key, bad value)."""
+
+
+class InvalidYAMLError(ConfigError, yaml.YAMLError):
+    """YAML text that does not parse. A :class:`ConfigError` (so every command's handler prints
+    its one line) and a ``yaml.YAMLError`` (so callers that catch that still do)."""
+
+
+def read_yaml(text: str, source: str | Path | None = None):
+    """Parse YAML text with 1.2 booleans (see ``_Yaml12Loader``).
+
+    Args:
+        text: the YAML document.
+        source: where it comes from (a file name), for the error message.
+
+    Returns:
+        the parsed value (None for an empty document or one of comments only).
+
+    Raises:
+        InvalidYAMLError: a syntax error; the one-line message names ``source``, the line
+            and column (1-based) and the problem.
+    """
+    try:
+        return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        where = f"{source}: " if source is not None else ""
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+        context = getattr(err, "context", None)
+        detail = f"{problem} ({context})" if context else problem
+        raise InvalidYAMLError(f"{where}invalid YAML{at}: {detail}") from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ConfigError: invalid YAML (:class:`InvalidYAMLError`, naming the file and the line),
+            an empty file (nothing but blanks or comments: almost surely a mistake, so it is
+            not read as "all defaults"), or a top level that is not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    raw = read_yaml(path.read_text(), source=path)
+    if raw is None:
+        raise ConfigError(f"{path}: the config file is empty (no keys); give a recipe, e.g. "
+                          "one of configs/*.yaml")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+    return raw
 
 
 @dataclass
@@ -274,7 +321,8 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
     """``["--training.max_steps", "200", "--teacher=x"]`` -> nested dict.
 
     Raises:
-        ConfigError: an argument that is not ``--key value`` or ``--key=value``.
+        ConfigError: an argument that is not ``--key value`` or ``--key=value``, or a value
+            that is not valid YAML.
     """
     result: dict[str, Any] = {}
     i = 0
@@ -294,7 +342,10 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
         parts = key.replace("-", "_").split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = read_yaml(raw)
+        try:
+            node[parts[-1]] = read_yaml(raw)
+        except InvalidYAMLError as err:
+            raise ConfigError(f"override --{key} {raw!r}: {err}") from None
     return result
 
 
@@ -404,16 +455,16 @@ def build_config(raw: dict[str, Any]) -> DistillConfig:
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> DistillConfig:
     """Read a YAML config, apply ``--key value`` overrides, validate.
 
+    Args:
+        path: the YAML file; None: the config is the overrides alone.
+        overrides: ``["--section.key", "value", ...]`` (:func:`parse_overrides`).
+
     Raises:
         FileNotFoundError: the YAML file does not exist.
-        ConfigError: see :func:`build_config`.
+        ConfigError: a file that is not valid YAML (naming the file and the line), empty, or
+            not a mapping (:func:`read_config_file`); see also :func:`build_config`.
     """
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        raw = read_yaml(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
+        raw = read_config_file(path)
     return build_config(merge_config(raw, parse_overrides(overrides or [])))

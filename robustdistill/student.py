@@ -114,11 +114,16 @@ class StudentConfig:
             shorter cached CPU steps for the ``default`` student, see ``docs/performance.md``). A
             training setting: the saved student does not hold it.
 
+    The shape fields ``hidden_size``, ``num_attention_heads``, ``intermediate_size`` and
+    ``conv_dim`` take None (not 0) for "the preset's, else the teacher's / derived".
+
     Raises:
-        ValueError: (on construction) an unknown ``preset``, ``family`` or
-            ``narrow_cnn_init``, ``num_layers`` below 1, a negative ``feature_grad_mult``,
-            ``init_layers`` not one per student layer, or a ``hidden_size`` not divisible by
-            ``num_attention_heads``.
+        ValueError: (on construction, naming the key) an unknown ``preset``, ``family`` or
+            ``narrow_cnn_init``, ``num_layers`` below 1, ``hidden_size``,
+            ``num_attention_heads``, ``intermediate_size`` or a ``conv_dim`` entry below 1
+            (None is the only "default" value), a negative ``init_layers`` entry or
+            ``feature_grad_mult``, ``init_layers`` not one per student layer, or a
+            ``hidden_size`` not divisible by ``num_attention_heads``.
     """
 
     preset: str = field(default="default", metadata={"help": f"student shape preset, one of {tuple(STUDENT_PRESETS)}; explicit fields override it"})
@@ -147,6 +152,17 @@ class StudentConfig:
             raise ValueError(f"student.family must be one of {STUDENT_FAMILIES}, got {self.family!r}")
         if self.num_layers < 1:
             raise ValueError(f"student.num_layers must be >= 1, got {self.num_layers}")
+        for name in ("hidden_size", "num_attention_heads", "intermediate_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"student.{name} must be >= 1, or null for the default, got "
+                                 f"{value}")
+        if self.conv_dim is not None and (not self.conv_dim or min(self.conv_dim) < 1):
+            raise ValueError(f"student.conv_dim needs channel counts >= 1 (or null: the "
+                             f"teacher's), got {self.conv_dim}")
+        if self.init_layers is not None and any(i < 0 for i in self.init_layers):
+            raise ValueError(f"student.init_layers are 0-based teacher layers (>= 0), got "
+                             f"{self.init_layers}")
         if not self.feature_grad_mult >= 0:
             raise ValueError(f"student.feature_grad_mult must be >= 0, got {self.feature_grad_mult}")
         if self.init_layers is not None and len(self.init_layers) != self.num_layers:
@@ -158,6 +174,12 @@ class StudentConfig:
                 and self.hidden_size % self.num_attention_heads):
             raise ValueError(f"student.hidden_size {self.hidden_size} is not divisible by "
                              f"student.num_attention_heads {self.num_attention_heads}")
+
+
+def _first_set(*values):
+    """The first value that is not None (None means "not set"; 0 is a value, refused by
+    :class:`StudentConfig`)."""
+    return next(v for v in values if v is not None)
 
 
 def _student_config(teacher: Upstream, cfg: StudentConfig):
@@ -177,14 +199,16 @@ def _student_config(teacher: Upstream, cfg: StudentConfig):
     if cfg.hidden_size is not None:  # an explicit width: the preset's heads/FFN do not apply
         preset = {k: v for k, v in preset.items()
                   if k in ("conv_dim", "conv_fraction", "family", "narrow_cnn_init")}
-    hidden = cfg.hidden_size or preset.get("hidden_size") or teacher.hidden_size
+    hidden = _first_set(cfg.hidden_size, preset.get("hidden_size"), teacher.hidden_size)
     same_width = family == teacher_type and hidden == teacher.hidden_size
     config.hidden_size = hidden
     config.num_hidden_layers = cfg.num_layers
     # Same family and width: keep the teacher's heads and FFN so its layers can be copied.
-    config.num_attention_heads = cfg.num_attention_heads or preset.get("num_attention_heads") or (
+    config.num_attention_heads = _first_set(
+        cfg.num_attention_heads, preset.get("num_attention_heads"),
         teacher.config.num_attention_heads if same_width else max(1, hidden // 64))
-    config.intermediate_size = cfg.intermediate_size or preset.get("intermediate_size") or (
+    config.intermediate_size = _first_set(
+        cfg.intermediate_size, preset.get("intermediate_size"),
         teacher.config.intermediate_size if same_width else 4 * hidden)
     if hidden % config.num_attention_heads:
         raise ValueError(f"student width {hidden} is not divisible by its "

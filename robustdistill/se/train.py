@@ -56,7 +56,13 @@ from ..checkpoints import (
     truncate_log,
     verify_checkpoint,
 )
-from ..config import ConfigError, _unknown_key, merge_config, parse_overrides, read_yaml
+from ..config import (
+    ConfigError,
+    _unknown_key,
+    merge_config,
+    parse_overrides,
+    read_config_file,
+)
 from ..environment import record_environment
 from ..processes import finish_processes
 from ..trainer import NonFiniteTrainingError
@@ -240,19 +246,12 @@ def load_se_config(path: str | Path | None, overrides: list[str] | None = None
     """Read a recipe and apply ``--section.key value`` overrides.
 
     Raises:
-        ConfigError: invalid YAML, a top level that is not a mapping, unknown keys (with the
-            closest known one) or invalid values (see :func:`_build`).
+        ConfigError: invalid YAML (naming the file and line), an empty file, a top level that
+            is not a mapping (:func:`robustdistill.config.read_config_file`), unknown keys
+            (with the closest known one) or invalid values (see :func:`_build`).
         FileNotFoundError: ``path`` does not exist.
     """
-    raw = {}
-    if path:
-        try:
-            raw = read_yaml(Path(path).read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML ({' '.join(str(err).split())})") from err
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping, got "
-                              f"{type(raw).__name__}")
+    raw = read_config_file(path) if path else {}
     return _build(merge_config(raw, parse_overrides(overrides or [])))
 
 

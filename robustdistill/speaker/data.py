@@ -10,22 +10,38 @@
 
 Every waveform is volume-normalised to -30 dBFS (raise only), the GE2E teacher's input
 convention; teacher and student see the same audio.
+
+A file that cannot be used (not audio, truncated, empty, NaN/Inf, digital silence: an
+:class:`~robustdistill.audio.AudioError`) is skipped with a warning naming it and the reason, and
+recorded in the ``skipped`` mapping the loaders take (``{path: reason}``); a set left empty, a
+verification speaker left with fewer than two usable utterances, or a verification set with no
+target or no non-target trial raises :class:`SpeakerDataError` (one line).
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from robustdistill.audio import list_audio_files, load_audio
+from robustdistill.audio import AudioError, list_audio_files, load_audio
 
 from .ge2e import normalize_volume
 
-__all__ = ["Crop", "Utterance", "check_disjoint", "load_fsdd", "load_speaker_folders",
-           "load_train_crops"]
+__all__ = ["Crop", "SpeakerDataError", "Utterance", "check_disjoint", "load_fsdd",
+           "load_speaker_folders", "load_train_crops", "skipped_counts"]
+
+logger = logging.getLogger("robustdistill.speaker")
+
+
+class SpeakerDataError(ValueError):
+    """A training or verification set that cannot be used once its unusable files are skipped:
+    no usable file, a verification speaker left with fewer than two utterances, or no target
+    or no non-target trial. The message names the folder and the skipped counts."""
 
 
 @dataclass
@@ -51,22 +67,62 @@ def _prepare(audio: np.ndarray) -> np.ndarray:
     return normalize_volume(torch.from_numpy(audio)).numpy().astype(np.float32)
 
 
+def _load(path: Path, sample_rate: int, skipped: dict[str, str], set_name: str
+          ) -> np.ndarray | None:
+    """``(N,)`` float32 prepared audio, or None for a file that cannot be used (logged with
+    its reason and recorded in ``skipped`` as ``{str(path): reason}``)."""
+    try:
+        return _prepare(load_audio(path, sample_rate))
+    except AudioError as err:
+        skipped[str(path)] = err.reason
+        logger.warning("%s: skipping %s [%s]: %s", set_name, path, err.reason, err)
+        return None
+
+
+def skipped_counts(skipped: dict[str, str]) -> dict[str, int]:
+    """``{reason: number of files}`` of a ``skipped`` mapping (``{path: reason}``)."""
+    return dict(sorted(Counter(skipped.values()).items()))
+
+
+def _summary(skipped: dict[str, str]) -> str:
+    counts = skipped_counts(skipped)
+    return ", ".join(f"{n} {reason}" for reason, n in counts.items()) or "none"
+
+
+def _check_trials(utterances: list[Utterance], folder, skipped: dict[str, str]) -> None:
+    """Raise :class:`SpeakerDataError` when a verification set has no target trial (no
+    speaker with two utterances) or no non-target trial (one speaker), as
+    :func:`downstream.tasks.speaker_verification.task.build_trials` would after training."""
+    counts = Counter(u.speaker for u in utterances)
+    if len(counts) < 2 or max(counts.values()) < 2:
+        raise SpeakerDataError(
+            f"{folder}: {len(utterances)} usable utterances of {len(counts)} speakers give no "
+            f"target or no non-target trial (need 2+ speakers, one with 2+ utterances); skipped "
+            f"files: {_summary(skipped)}")
+
+
 def load_train_crops(folder: str | Path, crop_seconds: float, crops_per_utterance: int,
-                     sample_rate: int = 16_000) -> list[Crop]:
-    """Fixed crops of every utterance of a LibriSpeech-style folder (flat or nested).
+                     sample_rate: int = 16_000, skipped: dict[str, str] | None = None
+                     ) -> list[Crop]:
+    """Fixed crops of every usable utterance of a LibriSpeech-style folder (flat or nested).
 
     Args:
         folder: audio files named ``<speaker>-<chapter>-<utt>.<ext>``.
         crop_seconds: crop length (s).
         crops_per_utterance: at most this many crops, evenly spaced, never overlapping; fewer
             when the utterance is short (at least one).
+        sample_rate: Hz of the crops (default 16 kHz).
+        skipped: if given, filled with ``{path: reason}`` of every file skipped as unusable
+            (reasons: :data:`robustdistill.audio.AUDIO_ERROR_REASONS`); each is also logged.
 
     Returns:
-        crops ordered by file then position.
+        crops ordered by file then position, each ``round(crop_seconds * sample_rate)``
+        samples.
 
     Raises:
-        FileNotFoundError: no audio in ``folder``.
+        FileNotFoundError: ``folder`` does not exist or holds no audio file.
         ValueError: non-positive ``crop_seconds`` or ``crops_per_utterance``.
+        SpeakerDataError: no file of ``folder`` is usable.
     """
     if crop_seconds <= 0 or crops_per_utterance < 1:
         raise ValueError(f"need crop_seconds > 0 and crops_per_utterance >= 1, got "
@@ -75,9 +131,12 @@ def load_train_crops(folder: str | Path, crop_seconds: float, crops_per_utteranc
     if not files:
         raise FileNotFoundError(f"no audio files in {folder}")
     length = int(round(crop_seconds * sample_rate))
+    skipped = {} if skipped is None else skipped
     crops = []
     for path in files:
-        audio = _prepare(load_audio(path, sample_rate))
+        audio = _load(path, sample_rate, skipped, "train")
+        if audio is None:
+            continue
         speaker = Path(path).name.split("-")[0]
         n = max(1, min(crops_per_utterance, len(audio) // length))
         if len(audio) < length:
@@ -86,40 +145,71 @@ def load_train_crops(folder: str | Path, crop_seconds: float, crops_per_utteranc
             (len(audio) - length) // 2]
         for s in starts:
             crops.append(Crop(speaker, f"{Path(path).name}:{int(s)}", audio[s:s + length].copy()))
+    if not crops:
+        raise SpeakerDataError(f"no usable training audio in {folder}: all {len(files)} files "
+                               f"skipped ({_summary(skipped)})")
+    if skipped:
+        logger.warning("train: %d of %d files in %s skipped (%s)", len(skipped), len(files),
+                       folder, _summary(skipped))
     return crops
 
 
-def load_speaker_folders(folder: str | Path, sample_rate: int = 16_000) -> list[Utterance]:
+def load_speaker_folders(folder: str | Path, sample_rate: int = 16_000,
+                         skipped: dict[str, str] | None = None) -> list[Utterance]:
     """``<folder>/<speaker>/<file>`` (LibriSpeech test-other layout), whole utterances.
 
     Each is decoded to mono at ``sample_rate`` Hz (default 16 kHz) and its level raised to
-    -30 dBFS when below (:func:`~robustdistill.speaker.ge2e.normalize_volume`).
+    -30 dBFS when below (:func:`~robustdistill.speaker.ge2e.normalize_volume`). A file that
+    cannot be used (:func:`robustdistill.audio.load_audio` raises
+    :class:`~robustdistill.audio.AudioError`) is skipped, logged and recorded in ``skipped``
+    (``{path: reason}``) when given.
 
     Raises:
-        FileNotFoundError: no speaker folder with audio.
-        AudioError: a file that cannot be used (:func:`robustdistill.audio.load_audio`).
+        FileNotFoundError: ``folder`` is not a folder, or has no speaker folder with audio.
+        SpeakerDataError: no usable file; a speaker whose skipped files leave it fewer than 2
+            usable utterances; or no target or no non-target trial.
     """
-    out = []
-    for spk in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
-        for path in list_audio_files(spk):
-            out.append(Utterance(spk.name, Path(path).name,
-                                 _prepare(load_audio(path, sample_rate))))
-    if not out:
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"verification folder does not exist: {folder}")
+    skipped = {} if skipped is None else skipped
+    out, total = [], 0
+    for spk in sorted(p for p in root.iterdir() if p.is_dir()):
+        try:
+            files = list_audio_files(spk)
+        except FileNotFoundError:  # a speaker folder without audio
+            continue
+        total += len(files)
+        usable = [Utterance(spk.name, Path(path).name, audio) for path in files
+                  if (audio := _load(path, sample_rate, skipped, str(folder))) is not None]
+        if len(usable) < min(2, len(files)):
+            own = {p: r for p, r in skipped.items() if Path(p).parent == spk}
+            raise SpeakerDataError(
+                f"{spk}: {len(usable)} of {len(files)} utterances usable, too few for a target "
+                f"trial (skipped: {_summary(own)})")
+        out += usable
+    if not total:
         raise FileNotFoundError(f"no <speaker>/<audio> folders in {folder}")
+    _check_trials(out, folder, skipped)
+    if skipped:
+        logger.warning("%s: %d of %d files skipped (%s)", folder, len(skipped), total,
+                       _summary(skipped))
     return out
 
 
-def load_fsdd(folder: str | Path, per_speaker: int, sample_rate: int = 16_000
-              ) -> list[Utterance]:
+def load_fsdd(folder: str | Path, per_speaker: int, sample_rate: int = 16_000,
+              skipped: dict[str, str] | None = None) -> list[Utterance]:
     """FSDD recordings ``{digit}_{speaker}_{take}.wav`` resampled to ``sample_rate`` Hz
-    (default 16 kHz): per speaker, the first ``per_speaker`` files in (take, digit) order, so
-    every digit is represented. Levels below -30 dBFS are raised to it, as in
-    :func:`load_speaker_folders`.
+    (default 16 kHz): per speaker, the first ``per_speaker`` usable files in (take, digit)
+    order, so every digit is represented. Levels below -30 dBFS are raised to it, as in
+    :func:`load_speaker_folders`. A file that cannot be used is skipped (logged, recorded in
+    ``skipped`` as ``{path: reason}`` when given) and the speaker's next file taken instead.
 
     Raises:
-        FileNotFoundError: no FSDD file in ``folder``.
+        FileNotFoundError: ``folder`` does not exist or holds no FSDD file.
         ValueError: ``per_speaker < 2`` (no target trial).
-        AudioError: a file that cannot be used (:func:`robustdistill.audio.load_audio`).
+        SpeakerDataError: a speaker whose skipped files leave it fewer than 2 usable ones, or
+            no target or no non-target trial.
     """
     if per_speaker < 2:
         raise ValueError(f"per_speaker must be >= 2 for target trials, got {per_speaker}")
@@ -131,10 +221,24 @@ def load_fsdd(folder: str | Path, per_speaker: int, sample_rate: int = 16_000
         by_speaker.setdefault(parts[1], []).append((int(parts[2]), int(parts[0]), Path(path)))
     if not by_speaker:
         raise FileNotFoundError(f"no FSDD files ({{digit}}_{{speaker}}_{{take}}.wav) in {folder}")
+    skipped = {} if skipped is None else skipped
     out = []
     for spk in sorted(by_speaker):
-        for _, _, path in sorted(by_speaker[spk])[:per_speaker]:
-            out.append(Utterance(spk, path.name, _prepare(load_audio(path, sample_rate))))
+        taken = []
+        for _, _, path in sorted(by_speaker[spk]):
+            if len(taken) == per_speaker:
+                break
+            if (audio := _load(path, sample_rate, skipped, str(folder))) is not None:
+                taken.append(Utterance(spk, path.name, audio))
+        if len(taken) < min(2, len(by_speaker[spk])):
+            raise SpeakerDataError(
+                f"{folder}: FSDD speaker {spk!r} has {len(taken)} usable files of "
+                f"{len(by_speaker[spk])}, too few for a target trial (skipped files: "
+                f"{_summary(skipped)})")
+        out += taken
+    _check_trials(out, folder, skipped)
+    if skipped:
+        logger.warning("%s: %d FSDD files skipped (%s)", folder, len(skipped), _summary(skipped))
     return out
 
 

@@ -52,13 +52,22 @@ from robustdistill.checkpoints import (
     remove_incomplete,
     save_checkpoint,
 )
-from robustdistill.config import parse_overrides
+from robustdistill.config import check_model_path, parse_overrides, read_config_file
 from robustdistill.environment import record_environment
 from robustdistill.metrics.verification import compute_eer, compute_min_dcf
 from robustdistill.processes import require_single_process
 
 from .attribution import AttributionCache, IGSettings, attribute_segments, segment_bounds
-from .data import Crop, Utterance, check_disjoint, load_fsdd, load_speaker_folders, load_train_crops
+from .data import (
+    Crop,
+    SpeakerDataError,
+    Utterance,
+    check_disjoint,
+    load_fsdd,
+    load_speaker_folders,
+    load_train_crops,
+    skipped_counts,
+)
 from .ge2e import GE2E, HOP
 from .losses import batch_loss, class_loss, instance_loss, map_kl
 from .models import MelLSTMEncoder, SpeakerEmbedder, SpeakerModel, UpstreamEncoder
@@ -68,6 +77,13 @@ __all__ = ["SpeakerKDConfig", "evaluate_embeddings", "main", "map_targets", "tra
 logger = logging.getLogger("robustdistill.speaker")
 
 METHODS = ("none", "logit_kd", "embedding_kd", "imlkd")
+
+
+def _at_least(section: str, cfg: Any, **minimums: int) -> None:
+    """Raise ValueError naming ``section.key`` for the first field below its minimum."""
+    for name, minimum in minimums.items():
+        if getattr(cfg, name) < minimum:
+            raise ValueError(f"{section}.{name} must be >= {minimum}, got {getattr(cfg, name)}")
 
 
 @dataclass
@@ -89,6 +105,12 @@ class DataConfig:
             trials are kept).
         trials_seed: seed of the non-target sample (the same trials for every system).
         p_target: prior of a target trial for minDCF (costs 1 and 1; default 0.01, SUPERB's).
+
+    Raises:
+        ValueError: (on construction) an empty ``train_dir``, ``crop_seconds <= 0``,
+            ``crops_per_utterance < 1``, ``fsdd_per_speaker < 2``, ``max_nontarget < 1``, a
+            negative ``trials_seed`` or ``p_target`` outside ``(0, 1)``; the message names the
+            key.
     """
 
     train_dir: str = "../shared/data/librispeech-mini/train-clean-100"
@@ -100,6 +122,16 @@ class DataConfig:
     max_nontarget: int = 5000
     trials_seed: int = 0
     p_target: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not self.train_dir:
+            raise ValueError("data.train_dir must name the training folder")
+        if not self.crop_seconds > 0:
+            raise ValueError(f"data.crop_seconds must be > 0, got {self.crop_seconds}")
+        _at_least("data", self, crops_per_utterance=1, fsdd_per_speaker=2, max_nontarget=1,
+                  trials_seed=0)
+        if not 0 < self.p_target < 1:
+            raise ValueError(f"data.p_target must lie in (0, 1), got {self.p_target}")
 
 
 @dataclass
@@ -120,8 +152,9 @@ class StudentConfig:
         scale: AM-softmax logit scale ``s``; also scales the student's class-level KD logits.
 
     Raises:
-        ValueError: (on construction) ``kind`` not ``lstm`` or ``upstream``, or ``kind:
-            upstream`` without ``upstream``.
+        ValueError: (on construction) ``kind`` not ``lstm`` or ``upstream``, ``kind:
+            upstream`` without ``upstream``, ``hidden_size``, ``num_layers`` or
+            ``embedding_dim`` below 1, a negative ``margin`` or ``scale <= 0``.
     """
 
     kind: str = "lstm"
@@ -138,6 +171,11 @@ class StudentConfig:
             raise ValueError(f"student.kind must be 'lstm' or 'upstream', got {self.kind!r}")
         if self.kind == "upstream" and not self.upstream:
             raise ValueError("student.kind 'upstream' needs student.upstream (a model folder)")
+        _at_least("student", self, hidden_size=1, num_layers=1, embedding_dim=1)
+        if not self.margin >= 0:
+            raise ValueError(f"student.margin must be >= 0, got {self.margin}")
+        if not self.scale > 0:
+            raise ValueError(f"student.scale must be > 0, got {self.scale}")
 
 
 @dataclass
@@ -162,6 +200,10 @@ class IGConfig:
         cache_dir: folder of the map cache (shared by runs: keyed by segment audio, teacher
             weights, IG settings and target centroid).
         use_cache: False: no cache, every map is recomputed every epoch (to time the cache).
+
+    Raises:
+        ValueError: (on construction) no ``durations`` or one ``<= 0``, ``n_steps < 2``, an
+            unknown ``baseline``, or ``internal_batch_size < 1``.
     """
 
     durations: list[float | None] = field(default_factory=lambda: [1.0, 2.0, None])
@@ -172,6 +214,18 @@ class IGConfig:
     internal_batch_size: int | None = 512
     cache_dir: str = "runs/imlkd_cache"
     use_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.durations or any(d is not None and not d > 0 for d in self.durations):
+            raise ValueError(f"ig.durations must be positive seconds or null (the whole crop), "
+                             f"got {self.durations}")
+        if self.internal_batch_size is not None and self.internal_batch_size < 1:
+            raise ValueError(f"ig.internal_batch_size must be >= 1 or null, got "
+                             f"{self.internal_batch_size}")
+        try:
+            self.settings()
+        except ValueError as err:
+            raise ValueError(f"ig: {err}") from None
 
     def settings(self) -> IGSettings:
         """The IG settings of this config (``durations`` and the cache fields are not part
@@ -254,7 +308,12 @@ class TrainConfig:
         cpu: force CPU (default True); False: ``accelerate`` picks the device.
         resume: continue from the newest complete checkpoint in ``output_dir/checkpoints``;
             False (default): start at epoch 0.
-        max_grad_norm: clip the gradients' total L2 norm to this.
+        max_grad_norm: clip the gradients' total L2 norm to this (> 0).
+
+    Raises:
+        ValueError: (on construction) ``epochs < 1``, ``batch_size < 2`` (a batch of one crop
+            is skipped, so nothing would train), ``lr <= 0``, a negative ``weight_decay`` or
+            ``seed``, or ``max_grad_norm <= 0``; the message names the key.
     """
 
     output_dir: str = "runs/imlkd_speaker/run"
@@ -267,6 +326,14 @@ class TrainConfig:
     resume: bool = False
     max_grad_norm: float = 5.0
 
+    def __post_init__(self) -> None:
+        _at_least("training", self, epochs=1, batch_size=2, seed=0)
+        for name in ("lr", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"training.{name} must be > 0, got {getattr(self, name)}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"training.weight_decay must be >= 0, got {self.weight_decay}")
+
 
 @dataclass
 class TableConfig:
@@ -278,11 +345,24 @@ class TableConfig:
         seeds: ``training.seed`` of each run; every method is trained once per seed.
         output_dir: folder of the runs (``<method>_seed<seed>``), ``results.json`` and
             ``table.md``; a finished run with the same config there is reused.
+
+    Raises:
+        ValueError: (on construction) no ``methods`` or an unknown one, no ``seeds`` or a
+            negative one.
     """
 
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     output_dir: str = "runs/imlkd_speaker"
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if not self.methods or bad:
+            raise ValueError(f"table.methods must be a non-empty list of {METHODS}, got "
+                             f"{self.methods}")
+        if not self.seeds or min(self.seeds) < 0:
+            raise ValueError(f"table.seeds must be a non-empty list of seeds >= 0, got "
+                             f"{self.seeds}")
 
 
 @dataclass
@@ -496,7 +576,8 @@ def _logged_epochs(log_path: Path, epochs_done: int) -> list[dict[str, Any]]:
 
 def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
                  eval_sets: dict[str, list[Utterance]] | None = None,
-                 stop_after_epochs: int | None = None) -> dict[str, Any]:
+                 stop_after_epochs: int | None = None,
+                 skipped_files: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """Train one student (``cfg.loss.method``) and evaluate it.
 
     Args:
@@ -506,11 +587,14 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
         eval_sets: name -> utterances of speakers unseen in training (None: no evaluation).
         stop_after_epochs: stop (after checkpointing) once this many epochs are done in this
             call, as an interrupted run would (for resume tests).
+        skipped_files: ``{set name: {path: reason}}`` of the input files the loaders skipped
+            (:func:`load_inputs`); recorded as counts.
 
     Returns:
         ``{"method", "seed", "config", "epochs": [per-epoch logs], "params", "cache":
         {"hits", "misses"}}``, plus ``"eval": {set: metrics}`` once every epoch is done and
-        ``eval_sets`` is given (also written to ``output_dir/result.json``).
+        ``eval_sets`` is given, and ``"skipped_files": {set: {reason: count}}`` when
+        ``skipped_files`` names any (also written to ``output_dir/result.json``).
 
     Raises:
         ValueError: crops of different lengths, a test speaker seen in training, or a launch
@@ -629,6 +713,9 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
               "params": sum(p.numel() for n, p in unwrapped.named_parameters()
                             if not n.startswith(("projection", "map_head", "classifier"))),
               "cache": {"hits": cache.hits, "misses": cache.misses}}
+    if any((skipped_files or {}).values()):
+        result["skipped_files"] = {name: skipped_counts(files)
+                                   for name, files in skipped_files.items() if files}
     finished = start_epoch + done_here >= t.epochs
     if eval_sets and finished:
         result["eval"] = evaluate_student(unwrapped, eval_sets, cfg.data)
@@ -652,14 +739,87 @@ def _export_student(model: SpeakerModel, folder: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- table
-def load_eval_sets(cfg: DataConfig) -> dict[str, list[Utterance]]:
-    """The configured verification sets (``test_other``, ``fsdd``)."""
+def load_eval_sets(cfg: DataConfig, skipped: dict[str, dict[str, str]] | None = None
+                   ) -> dict[str, list[Utterance]]:
+    """The configured verification sets (``test_other``, ``fsdd``).
+
+    Args:
+        cfg: the data section.
+        skipped: if given, ``skipped[set name]`` is filled with ``{path: reason}`` of the
+            files skipped as unusable (each is also logged).
+
+    Raises:
+        FileNotFoundError: a configured folder that does not exist or holds no audio.
+        SpeakerDataError: a set unusable once its bad files are skipped (:mod:`.data`).
+    """
+    skipped = {} if skipped is None else skipped
     sets = {}
     if cfg.test_other_dir:
-        sets["test_other"] = load_speaker_folders(cfg.test_other_dir)
+        sets["test_other"] = load_speaker_folders(
+            cfg.test_other_dir, skipped=skipped.setdefault("test_other", {}))
     if cfg.fsdd_dir:
-        sets["fsdd"] = load_fsdd(cfg.fsdd_dir, cfg.fsdd_per_speaker)
+        sets["fsdd"] = load_fsdd(cfg.fsdd_dir, cfg.fsdd_per_speaker,
+                                 skipped=skipped.setdefault("fsdd", {}))
     return sets
+
+
+class TeacherLoadError(ValueError):
+    """A ``teacher`` file that is not GE2E weights (not a PyTorch file, or another model)."""
+
+
+def load_teacher(path: str | Path | None) -> GE2E:
+    """The frozen GE2E teacher (:meth:`GE2E.from_resemblyzer`), with one-line errors.
+
+    Args:
+        path: a GE2E ``pretrained.pt``; None: the installed resemblyzer package's.
+
+    Raises:
+        FileNotFoundError: no such file.
+        TeacherLoadError: the file is not GE2E weights (the message names it).
+    """
+    if path is not None and not Path(path).expanduser().is_file():
+        raise FileNotFoundError(f"teacher file not found: {path} (a GE2E pretrained.pt; null: "
+                                "the installed resemblyzer package's)")
+    try:
+        return GE2E.from_resemblyzer(None if path is None else Path(path).expanduser())
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - torch.load of a foreign file raises anything
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise TeacherLoadError(f"teacher {path or '(resemblyzer)'} is not a GE2E weights file "
+                               f"({type(err).__name__}: {first[:200]})") from err
+
+
+def load_inputs(cfg: SpeakerKDConfig, skipped: dict[str, dict[str, str]] | None = None
+                ) -> tuple[list[Crop], dict[str, list[Utterance]]]:
+    """The training crops and verification sets of ``cfg.data``, checked at start-up: the
+    sets' speakers must not be training speakers.
+
+    Args:
+        cfg: the recipe.
+        skipped: if given, filled with ``{set name: {path: reason}}`` (``train``,
+            ``test_other``, ``fsdd``) of the files skipped as unusable.
+
+    Returns:
+        ``(crops, sets)``.
+
+    Raises:
+        FileNotFoundError: a configured folder that does not exist or holds no audio.
+        SpeakerDataError: a set unusable once its bad files are skipped, or a verification
+            speaker that is also a training speaker.
+    """
+    skipped = {} if skipped is None else skipped
+    d = cfg.data
+    crops = load_train_crops(d.train_dir, d.crop_seconds, d.crops_per_utterance,
+                             skipped=skipped.setdefault("train", {}))
+    sets = load_eval_sets(d, skipped)
+    speakers = {c.speaker for c in crops}
+    for name, utts in sets.items():
+        try:
+            check_disjoint(speakers, [u.speaker for u in utts], name)
+        except ValueError as err:
+            raise SpeakerDataError(str(err)) from None
+    return crops, sets
 
 
 def _mean_std(values: list[float]) -> str:
@@ -714,15 +874,16 @@ def run_table(cfg: SpeakerKDConfig) -> dict[str, Any]:
 
     root = Path(cfg.table.output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    teacher = GE2E.from_resemblyzer(cfg.teacher)
-    crops = load_train_crops(cfg.data.train_dir, cfg.data.crop_seconds,
-                             cfg.data.crops_per_utterance)
-    sets = load_eval_sets(cfg.data)
+    teacher = load_teacher(cfg.teacher)
+    skipped: dict[str, dict[str, str]] = {}
+    crops, sets = load_inputs(cfg, skipped)
     results: dict[str, Any] = {
         "teacher": {"params": sum(p.numel() for p in teacher.parameters()),
                     "eval": evaluate_teacher(teacher, sets, cfg.data)},
         "systems": {}, "train_crops": len(crops),
         "eval_items": {k: len(v) for k, v in sets.items()}}
+    if any(skipped.values()):
+        results["skipped_files"] = {k: skipped_counts(v) for k, v in skipped.items() if v}
     logger.info("teacher %s", results["teacher"])
     for seed in cfg.table.seeds:  # seed-major: an interrupted table has every system
         for method in cfg.table.methods:
@@ -737,7 +898,7 @@ def run_table(cfg: SpeakerKDConfig) -> dict[str, Any]:
                 logger.info("reusing the finished run %s", done.parent)
                 result = previous
             else:
-                result = train_system(run_cfg, teacher, crops, sets)
+                result = train_system(run_cfg, teacher, crops, sets, skipped_files=skipped)
             results["systems"].setdefault(method, []).append(result)
             (root / "results.json").write_text(json.dumps(results, indent=1))
     (root / "table.md").write_text(format_table(results))
@@ -751,7 +912,7 @@ def fill_cache(cfg: SpeakerKDConfig, batch_size: int = 32) -> dict[str, Any]:
         ``{"seconds", "hits", "misses", "maps", "relative_gap_mean", "relative_gap_max"}``;
         the relative gap is ``|delta| / |F(x) - F(baseline)|`` (completeness).
     """
-    teacher = GE2E.from_resemblyzer(cfg.teacher)
+    teacher = load_teacher(cfg.teacher)
     teacher.cached_fingerprint = teacher.fingerprint
     crops = load_train_crops(cfg.data.train_dir, cfg.data.crop_seconds,
                              cfg.data.crops_per_utterance)
@@ -778,7 +939,7 @@ def completeness_by_steps(cfg: SpeakerKDConfig, steps: list[int], num_crops: int
     """Completeness gap ``|delta| / |F(x) - F(baseline)|`` of the maps of the first
     ``num_crops`` training crops (one per utterance) at each ``n_steps`` (no cache): mean and max
     over segments, and the mean L1 distance of the maps to those of the largest ``n_steps``."""
-    teacher = GE2E.from_resemblyzer(cfg.teacher)
+    teacher = load_teacher(cfg.teacher)
     teacher.cached_fingerprint = teacher.fingerprint
     crops = load_train_crops(cfg.data.train_dir, cfg.data.crop_seconds, 1)[:num_crops]
     speakers = sorted({c.speaker for c in crops})
@@ -809,7 +970,13 @@ def main(argv: list[str]) -> int:
 
     ``cache`` computes every training map into ``ig.cache_dir`` once and prints its time and
     completeness gaps; ``gap --steps 4,8,16,32 --crops 4`` prints the completeness gap of a few
-    crops' maps at each ``n_steps``."""
+    crops' maps at each ``n_steps``.
+
+    Start-up problems end in a one-line parser error (exit 2), before any training: a config
+    that is missing, empty, not valid YAML or holds a bad value; a missing or foreign teacher
+    file; a missing ``student.upstream`` folder; a missing data folder; a set unusable once its
+    bad files are skipped; a verification speaker seen in training. Unusable audio files are
+    skipped with a warning naming each (counted in ``result.json``'s ``skipped_files``)."""
     from robustdistill.config_reference import config_reference
 
     parser = argparse.ArgumentParser(
@@ -825,24 +992,33 @@ def main(argv: list[str]) -> int:
     args, rest = parser.parse_known_args(argv)
     try:
         require_single_process("robustdistill train-speaker")
+        read_config_file(args.config)  # refuses an empty file rather than run the defaults
         cfg = load_config(args.config, SpeakerKDConfig, parse_overrides(rest))
+        if cfg.student.kind == "upstream":
+            check_model_path(cfg.student.upstream, "student.upstream",
+                             "robustdistill create-student --teacher ID_OR_DIR --out DIR")
     except (ValueError, FileNotFoundError) as err:  # ConfigError is a ValueError
         parser.error(str(err))
-    if args.action == "gap":
-        steps = [int(x) for x in args.steps.split(",")]
-        print(json.dumps(completeness_by_steps(cfg, steps, args.crops), indent=1))
-        return 0
-    if args.action == "cache":
-        print(json.dumps(fill_cache(cfg), indent=1))
-        return 0
-    if args.action == "table":
-        results = run_table(cfg)
-        print(format_table(results))
-        return 0
-    teacher = GE2E.from_resemblyzer(cfg.teacher)
-    crops = load_train_crops(cfg.data.train_dir, cfg.data.crop_seconds,
-                             cfg.data.crops_per_utterance)
-    result = train_system(cfg, teacher, crops, load_eval_sets(cfg.data))
+    # Input errors found while loading (before any training) end in one line, not a traceback.
+    input_errors = (FileNotFoundError, TeacherLoadError, SpeakerDataError)
+    try:
+        if args.action == "gap":
+            steps = [int(x) for x in args.steps.split(",")]
+            print(json.dumps(completeness_by_steps(cfg, steps, args.crops), indent=1))
+            return 0
+        if args.action == "cache":
+            print(json.dumps(fill_cache(cfg), indent=1))
+            return 0
+        if args.action == "table":
+            results = run_table(cfg)
+            print(format_table(results))
+            return 0
+        teacher = load_teacher(cfg.teacher)
+        skipped: dict[str, dict[str, str]] = {}
+        crops, sets = load_inputs(cfg, skipped)
+    except input_errors as err:
+        parser.error(str(err))
+    result = train_system(cfg, teacher, crops, sets, skipped_files=skipped)
     print(json.dumps(result.get("eval", {}), indent=1))
     return 0
 

@@ -1,0 +1,195 @@
+"""``train-speaker`` and its loaders on bad input: unusable audio files are skipped with a log
+line naming each and counted (``result.json``'s ``skipped_files``); a set left unusable, a bad
+config value, a missing or foreign teacher file, a missing data or upstream folder and an empty
+config end in one line (exit 2), before any training."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from robustdistill.speaker.data import (
+    SpeakerDataError,
+    load_fsdd,
+    load_speaker_folders,
+    load_train_crops,
+)
+
+SR = 16_000
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _noise(path: Path, seconds: float = 0.5, seed: int = 0, sr: int = SR) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    sf.write(path, (0.1 * rng.standard_normal(int(seconds * sr))).astype(np.float32), sr)
+
+
+def _silent(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.zeros(SR // 2, np.float32), SR)
+
+
+def _data(root: Path) -> tuple[Path, Path]:
+    """``root/train``: 3 speakers x 2 utterances; ``root/test``: 2 speakers x 2 utterances."""
+    for i, spk in enumerate((19, 26, 32)):
+        for u in range(2):
+            _noise(root / "train" / f"{spk}-100-000{u}.wav", seed=10 * i + u)
+    for i, spk in enumerate((40, 41)):
+        for u in range(2):
+            _noise(root / "test" / str(spk) / f"{spk}-1-{u}.wav", seed=100 + 10 * i + u)
+    return root / "train", root / "test"
+
+
+def test_train_crops_skip_a_text_file_named_wav_and_say_so(tmp_path, caplog):
+    train, _ = _data(tmp_path)
+    bad = train / "19-999-0000.wav"
+    bad.write_text("hello\n")
+    skipped: dict[str, str] = {}
+    with caplog.at_level(logging.WARNING, logger="robustdistill.speaker"):
+        crops = load_train_crops(train, 0.2, 1, skipped=skipped)
+    assert len(crops) == 6 and {c.speaker for c in crops} == {"19", "26", "32"}
+    assert not any(c.key.startswith("19-999-0000") for c in crops)
+    assert skipped == {str(bad): "unreadable"}
+    assert any(str(bad) in r.getMessage() and "unreadable" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_train_crops_with_no_usable_file_raise_one_line(tmp_path):
+    (tmp_path / "19-1-0.wav").write_text("x")
+    _silent(tmp_path / "26-1-0.wav")
+    with pytest.raises(SpeakerDataError, match=r"no usable training audio .*2 files skipped "
+                                               r"\(1 silent, 1 unreadable\)") as err:
+        load_train_crops(tmp_path, 0.2, 1)
+    assert "\n" not in str(err.value)
+
+
+def test_speaker_folders_skip_a_silent_file(tmp_path, caplog):
+    _, test = _data(tmp_path)
+    bad = test / "40" / "40-1-9.wav"
+    _silent(bad)
+    skipped: dict[str, str] = {}
+    with caplog.at_level(logging.WARNING, logger="robustdistill.speaker"):
+        utts = load_speaker_folders(test, skipped=skipped)
+    assert sorted(u.key for u in utts) == ["40-1-0.wav", "40-1-1.wav", "41-1-0.wav", "41-1-1.wav"]
+    assert skipped == {str(bad): "silent"}
+    assert any(str(bad) in r.getMessage() for r in caplog.records)
+
+
+def test_a_speaker_left_with_one_usable_utterance_is_refused(tmp_path):
+    _, test = _data(tmp_path)
+    _silent(test / "41" / "41-1-1.wav")  # replaces a good one: 41 keeps one utterance
+    with pytest.raises(SpeakerDataError, match=r"41: 1 of 2 utterances usable.*1 silent"):
+        load_speaker_folders(test)
+
+
+def test_a_verification_set_without_trials_is_refused_at_load_time(tmp_path):
+    _noise(tmp_path / "40" / "a.wav")
+    _noise(tmp_path / "40" / "b.wav", seed=1)  # one speaker: no non-target trial
+    with pytest.raises(SpeakerDataError, match="no target or no non-target trial"):
+        load_speaker_folders(tmp_path)
+
+
+def test_fsdd_skips_a_bad_file_and_takes_the_speakers_next_one(tmp_path):
+    for spk in ("jackson", "theo"):
+        for take in range(2):
+            for digit in range(2):
+                _noise(tmp_path / f"{digit}_{spk}_{take}.wav", sr=8000, seed=take * 2 + digit)
+    bad = tmp_path / "0_jackson_0.wav"
+    bad.write_bytes(b"\x00" * 10)
+    skipped: dict[str, str] = {}
+    utts = load_fsdd(tmp_path, 2, skipped=skipped)
+    assert [(u.speaker, u.key) for u in utts] == [
+        ("jackson", "1_jackson_0.wav"), ("jackson", "0_jackson_1.wav"),
+        ("theo", "0_theo_0.wav"), ("theo", "1_theo_0.wav")]
+    assert skipped == {str(bad): "unreadable"}
+
+
+# ------------------------------------------------------------------------------ the command
+def _tiny_args(root: Path, train: Path, test: Path) -> list[str]:
+    return ["--data.train_dir", str(train), "--data.test_other_dir", str(test),
+            "--data.fsdd_dir", "null", "--data.crop_seconds", "0.2",
+            "--data.crops_per_utterance", "1", "--student.hidden_size", "8",
+            "--student.num_layers", "1", "--student.embedding_dim", "8",
+            "--ig.durations", "[0.1, null]", "--ig.n_steps", "2",
+            "--ig.cache_dir", str(root / "cache"), "--training.epochs", "1",
+            "--training.batch_size", "4", "--training.output_dir", str(root / "out")]
+
+
+def _resemblyzer():
+    pytest.importorskip("resemblyzer")
+
+
+def _main_error(argv: list[str], capsys) -> str:
+    from robustdistill.speaker.train import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_train_speaker_runs_past_bad_files_and_counts_them(tmp_path, monkeypatch):
+    _resemblyzer()
+    from robustdistill.speaker.train import main
+
+    monkeypatch.chdir(REPO)
+    train, test = _data(tmp_path)
+    (train / "19-999-0000.wav").write_text("hello\n")
+    _silent(test / "40" / "40-1-9.wav")
+    assert main(["train", "--config", "configs/imlkd_speaker.yaml",
+                 *_tiny_args(tmp_path, train, test)]) == 0
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["skipped_files"] == {"train": {"unreadable": 1}, "test_other": {"silent": 1}}
+    assert result["eval"]["test_other"]["target_trials"] == 2  # the silent file is not in it
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--teacher", "{root}/nope.pt"], "teacher file not found: {root}/nope.pt"),
+    (["--teacher", "{root}/notmodel.pt"], "teacher {root}/notmodel.pt is not a GE2E weights"),
+    (["--student.kind", "upstream", "--student.upstream", "{root}/no_upstream"],
+     "student.upstream folder '{root}/no_upstream' does not exist"),
+    (["--data.train_dir", "{root}/no_train"], "audio path does not exist: {root}/no_train"),
+    (["--data.test_other_dir", "{root}/no_test"], "verification folder does not exist"),
+    (["--training.batch_size", "0"], "training.batch_size must be >= 2, got 0"),
+    (["--training.batch_size", "1"], "training.batch_size must be >= 2, got 1"),
+    (["--training.lr", "-1"], "training.lr must be > 0, got -1"),
+    (["--data.crop_seconds", "0"], "data.crop_seconds must be > 0, got 0"),
+    (["--data.fsdd_per_speaker", "1"], "data.fsdd_per_speaker must be >= 2, got 1"),
+    (["--student.hidden_size", "0"], "student.hidden_size must be >= 1, got 0"),
+    (["--ig.n_steps", "1"], "n_steps must be >= 2"),
+    (["--table.methods", "[imlkdd]"], "table.methods must be a non-empty list"),
+])
+def test_train_speaker_start_up_errors_are_one_line(tmp_path, monkeypatch, capsys, extra,
+                                                    message):
+    _resemblyzer()
+    monkeypatch.chdir(REPO)
+    train, test = _data(tmp_path)
+    (tmp_path / "notmodel.pt").write_text("hello\n")
+    argv = ["train", "--config", "configs/imlkd_speaker.yaml",
+            *_tiny_args(tmp_path, train, test), *[e.format(root=tmp_path) for e in extra]]
+    line = _main_error(argv, capsys)
+    assert line.startswith("robustdistill train-speaker: error:")
+    assert message.format(root=tmp_path) in line
+    assert not (tmp_path / "out" / "checkpoints").exists()  # nothing started
+
+
+def test_train_speaker_refuses_an_empty_config(tmp_path, capsys):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing but a comment\n")
+    line = _main_error(["train", "--config", str(empty)], capsys)
+    assert f"{empty}: the config file is empty" in line
+
+
+def test_train_speaker_yaml_syntax_error_names_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  train_dir: [a\nx: 1\n")
+    line = _main_error(["train", "--config", str(bad)], capsys)
+    assert f"{bad}" in line and "invalid YAML" in line and "line 3" in line
