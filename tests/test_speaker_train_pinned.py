@@ -217,7 +217,7 @@ def test_weight_decay_only_on_matrices(tmp_path):
 
 def test_reported_params_exclude_the_training_only_heads(tiny, tmp_path):
     teacher, crops = tiny
-    result = train_system(_cfg(tmp_path, "params", epochs=0), teacher, crops)
+    result = train_system(_cfg(tmp_path, "params", epochs=1), teacher, crops)
     model = train_mod.build_student(_cfg(tmp_path, "x"), 3, 8)
     expected = sum(p.numel() for m in (model.encoder, model.pool, model.embedding)
                    for p in m.parameters())
@@ -237,7 +237,7 @@ def test_run_table_trains_every_method_and_seed_and_reuses_only_evaluated_runs(
     teacher, crops = tiny
     calls = []
 
-    def fake_train(cfg, teacher, crops, sets):
+    def fake_train(cfg, teacher, crops, sets, **kwargs):
         calls.append((cfg.loss.method, cfg.training.seed, cfg.training.output_dir))
         result = {"method": cfg.loss.method, "seed": cfg.training.seed, "config": to_dict(cfg),
                   "params": 5, "eval": {"s": {"eer": 0.1 * (1 + cfg.training.seed),
@@ -247,8 +247,8 @@ def test_run_table_trains_every_method_and_seed_and_reuses_only_evaluated_runs(
         return result
 
     monkeypatch.setattr(train_mod.GE2E, "from_resemblyzer", staticmethod(lambda path: teacher))
-    monkeypatch.setattr(train_mod, "load_train_crops", lambda *a: crops)
-    monkeypatch.setattr(train_mod, "load_eval_sets", lambda cfg: {})
+    monkeypatch.setattr(train_mod, "load_train_crops", lambda *a, **k: crops)
+    monkeypatch.setattr(train_mod, "load_eval_sets", lambda *a, **k: {})
     monkeypatch.setattr(train_mod, "evaluate_teacher",
                         lambda *a: {"s": {"eer": 0.01, "min_dcf": 0.1}})
     monkeypatch.setattr(train_mod, "train_system", fake_train)
