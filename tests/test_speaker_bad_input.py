@@ -60,6 +60,18 @@ def test_train_crops_skip_a_text_file_named_wav_and_say_so(tmp_path, caplog):
                for r in caplog.records)
 
 
+def test_a_training_file_not_named_speaker_chapter_utterance_is_skipped(tmp_path, caplog):
+    """Its speaker label would be its whole name: one extra training class, silently."""
+    train, _ = _data(tmp_path)
+    _noise(train / "stray_recording.wav", seed=7)
+    skipped: dict[str, str] = {}
+    with caplog.at_level(logging.WARNING):
+        crops = load_train_crops(train, 0.25, 1, skipped=skipped)
+    assert sorted({c.speaker for c in crops}) == ["19", "26", "32"]
+    assert skipped == {str(train / "stray_recording.wav"): "invalid"}
+    assert "stray_recording.wav" in caplog.text and "<speaker>-<chapter>-<utt>" in caplog.text
+
+
 def test_train_crops_with_no_usable_file_raise_one_line(tmp_path):
     (tmp_path / "19-1-0.wav").write_text("x")
     _silent(tmp_path / "26-1-0.wav")

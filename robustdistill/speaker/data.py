@@ -21,6 +21,7 @@ target or no non-target trial raises :class:`SpeakerDataError` (one line).
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,10 @@ class Utterance:
 
 def _prepare(audio: np.ndarray) -> np.ndarray:
     return normalize_volume(torch.from_numpy(audio)).numpy().astype(np.float32)
+
+
+#: A LibriSpeech file stem, ``<speaker>-<chapter>-<utterance>``: the training speaker labels.
+_LIBRISPEECH_NAME = re.compile(r"[^-]+-[^-]+-[^-]+")
 
 
 def _load(path: Path, sample_rate: int, skipped: dict[str, str], set_name: str
@@ -113,7 +118,9 @@ def load_train_crops(folder: str | Path, crop_seconds: float, crops_per_utteranc
             when the utterance is short (at least one).
         sample_rate: Hz of the crops (default 16 kHz).
         skipped: if given, filled with ``{path: reason}`` of every file skipped as unusable
-            (reasons: :data:`robustdistill.audio.AUDIO_ERROR_REASONS`); each is also logged.
+            (reasons: :data:`robustdistill.audio.AUDIO_ERROR_REASONS`; ``"invalid"`` also for
+            a file not named ``<speaker>-<chapter>-<utt>``, whose speaker is unknown); each is
+            also logged.
 
     Returns:
         crops ordered by file then position, each ``round(crop_seconds * sample_rate)``
@@ -134,6 +141,11 @@ def load_train_crops(folder: str | Path, crop_seconds: float, crops_per_utteranc
     skipped = {} if skipped is None else skipped
     crops = []
     for path in files:
+        if not _LIBRISPEECH_NAME.fullmatch(Path(path).stem):  # its speaker label is unknown
+            skipped[str(path)] = "invalid"
+            logger.warning("train: skipping %s [invalid]: not named <speaker>-<chapter>-<utt>, "
+                           "so its speaker is unknown", path)
+            continue
         audio = _load(path, sample_rate, skipped, "train")
         if audio is None:
             continue
