@@ -15,9 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
-from robustdistill.config import ConfigError, merge_config, read_yaml
+from robustdistill.config import ConfigError, merge_config, read_config_file
 
 __all__ = ["ConfigError", "from_dict", "load_config", "to_dict"]
 
@@ -34,17 +32,12 @@ def load_config(path: str | Path, config_class: type[T], overrides: dict | None 
 
     Raises:
         FileNotFoundError: no such file.
-        ConfigError: not a mapping, unknown key (named, with a suggestion), wrong value type.
+        ConfigError: invalid YAML (naming the line), an empty file, not a mapping
+            (:func:`robustdistill.config.read_config_file`), unknown key (named, with a
+            suggestion), wrong value type.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        raw = read_yaml(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML ({err})") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+    raw = read_config_file(path)
     if overrides:
         raw = merge_config(raw, overrides)
     try:

@@ -81,3 +81,15 @@ def test_evaluate_only_names_a_missing_or_unreadable_head_file(tmp_path, capsys)
                          out=str(tmp_path))
     with pytest.raises(ValueError, match="cannot be read as a head file"):
         load_head(broken, None, None, None, options)
+
+
+def test_evaluate_refuses_an_empty_task_config(tmp_path, capsys):
+    from robustdistill.cli import main
+
+    config = tmp_path / "empty.yaml"
+    config.write_text("# nothing here\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--task", "ks", "--upstream", "fbank", "--config", str(config),
+              "--out", str(tmp_path / "out"), "--conditions", "clean"])
+    assert exit_info.value.code == 2
+    assert "the config file is empty" in capsys.readouterr().err
