@@ -223,3 +223,40 @@ def test_a_nan_loss_on_one_process_only_is_skipped_on_both(tmp_path):
     final = json.loads((out / "final_state.json").read_text())
     assert final["num_processes"] == 2 and final["ranks_identical"], final
     assert final["skipped_updates"] == 1 and final["nonfinite_losses"] == 1
+
+
+def test_scan_cache_decodes_only_new_or_changed_files_and_keeps_failures(tmp_path, monkeypatch):
+    import os
+
+    import numpy as np
+    import soundfile as sf
+
+    import robustdistill.se.data as se_data
+
+    speech = tmp_path / "speech"
+    speech.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        sf.write(speech / f"u{i}.wav", (0.1 * rng.standard_normal(8000)).astype(np.float32),
+                 16000)
+    sf.write(speech / "silent.wav", np.zeros(8000, np.float32), 16000)
+    decoded = []
+    real_scan = se_data.scan_speech_file
+    monkeypatch.setattr(se_data, "scan_speech_file",
+                        lambda path: decoded.append(Path(path).name) or real_scan(path))
+    cache = tmp_path / "scan_cache"
+    first = se_data.SpeechIndex(speech, scan_cache_dir=cache)
+    assert sorted(decoded) == ["silent.wav", "u0.wav", "u1.wav", "u2.wav"]
+    decoded.clear()
+    second = se_data.SpeechIndex(speech, scan_cache_dir=cache)
+    assert decoded == []  # every check read back, the failure included
+    assert (second.files, second.loudest, second.skipped) == (
+        first.files, first.loudest, first.skipped)
+    assert second.skipped == {str(speech / "silent.wav"): "silent"}
+    louder = (0.5 * rng.standard_normal(8000)).astype(np.float32)
+    sf.write(speech / "u1.wav", louder, 16000)
+    os.utime(speech / "u1.wav", ns=(1, 1))  # another modification time
+    third = se_data.SpeechIndex(speech, scan_cache_dir=cache)
+    assert decoded == ["u1.wav"]
+    stored, _ = sf.read(speech / "u1.wav", dtype="float32")  # 16-bit: as decoded
+    assert third.loudest[1] == int(np.abs(stored).argmax()) != first.loudest[1]

@@ -22,8 +22,11 @@ on it and the batches stay a pure function of ``(seed, step, rank)``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +37,9 @@ import torch
 from ..audio import SAMPLE_RATE, AudioError, list_audio_files, probe_audio, resample, to_mono
 from ..augment.noise import NoiseBank, mix_at_snr, white_if_silent
 from ..augment.rooms import RirBank, reverberate
+from ..files import atomic_write_text
 
-__all__ = ["MAX_SPEECH_PEAK", "PairConfig", "PairMaker", "SpeechIndex"]
+__all__ = ["MAX_SPEECH_PEAK", "PairConfig", "PairMaker", "SpeechIndex", "SpeechScanCache"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +79,9 @@ class PairConfig:
             items of that pool (generator ``[seed, step, rank]``), so a frozen teacher's
             outputs on the pool can be computed once and shared by many short runs.
         pool_seed: seed of the pool.
+        scan_cache_dir: a folder that keeps the whole-file check of every speech file
+            (:class:`SpeechScanCache`), so that the next start decodes only new or changed
+            files; None (default): every start decodes every file.
 
     Raises:
         ValueError: (on construction) ``snr_range`` not ``[low, high]`` with ``low <= high``,
@@ -94,6 +101,7 @@ class PairConfig:
     sample_rate: int = SAMPLE_RATE
     pool_size: int = 0
     pool_seed: int = 1234
+    scan_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         self.snr_range = tuple(float(v) for v in self.snr_range)
@@ -134,16 +142,19 @@ class SpeechIndex:
         AudioError: no usable file below ``root`` (the message names skipped files).
     """
 
-    def __init__(self, root: str | Path, sample_rate: int = SAMPLE_RATE):
+    def __init__(self, root: str | Path, sample_rate: int = SAMPLE_RATE,
+                 scan_cache_dir: str | Path | None = None):
         self.sample_rate = sample_rate
         self.skipped: dict[str, str] = {}
         self.files, self.rates, self.frames, self.loudest = [], [], [], []
+        cache = SpeechScanCache(scan_cache_dir, root) if scan_cache_dir is not None else None
+        started = time.perf_counter()
         for path in list_audio_files(root):
             try:
                 info = probe_audio(path)
                 if info.frames < 1:
                     raise AudioError(f"{path}: no samples", "empty")
-                loudest = scan_speech_file(path)
+                loudest = cache.scan(path) if cache is not None else scan_speech_file(path)
             except AudioError as err:
                 self.mark_bad(path, err)
                 continue
@@ -151,6 +162,12 @@ class SpeechIndex:
             self.rates.append(info.sample_rate)
             self.frames.append(info.frames)
             self.loudest.append(loudest)
+        seconds = time.perf_counter() - started
+        if cache is not None:
+            cache.save()
+        elif seconds > 30:
+            logger.info("checking the speech files took %.0f s; data.scan_cache_dir keeps the "
+                        "result for the next start", seconds)
         if self.skipped:
             logger.warning("%d of %d speech files below %s dropped (names logged above)",
                            len(self.skipped), len(self.skipped) + len(self.files), root)
@@ -245,6 +262,68 @@ def scan_speech_file(path: str | Path) -> int:
     return loudest
 
 
+class SpeechScanCache:
+    """The results of :func:`scan_speech_file` for the files of one speech folder, kept in
+    ``<folder>/<SHA-1 of the speech folder's resolved path>.json`` and keyed by each file's
+    resolved path, size (bytes) and modification time (ns): a file that changed is checked
+    again. Written atomically (:func:`robustdistill.files.atomic_write_text`), so processes
+    that index the same folder at once never read half a file.
+
+    Args:
+        folder: where the cache files live (created on :meth:`save`).
+        root: the speech folder indexed.
+    """
+
+    def __init__(self, folder: str | Path, root: str | Path):
+        digest = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()
+        self.path = Path(folder).expanduser() / f"{digest}.json"
+        self.entries: dict[str, dict] = {}
+        if self.path.is_file():
+            try:
+                self.entries = json.loads(self.path.read_text())["files"]
+            except (ValueError, KeyError, TypeError) as err:
+                logger.warning("%s is unreadable (%s): checking every speech file again",
+                               self.path, err)
+        self.hits = self.misses = 0
+        self._changed = False
+
+    @staticmethod
+    def _key(path: str | Path) -> tuple[str, list[int]]:
+        stat = Path(path).stat()
+        return str(Path(path).resolve()), [stat.st_size, stat.st_mtime_ns]
+
+    def scan(self, path: str | Path) -> int:
+        """:func:`scan_speech_file` of ``path``, from the cache when the file is unchanged.
+
+        Raises:
+            AudioError: as :func:`scan_speech_file` (a cached failure is raised again, with
+                its reason and message).
+        """
+        name, stamp = self._key(path)
+        entry = self.entries.get(name)
+        if entry is not None and entry["stamp"] == stamp:
+            self.hits += 1
+            if "reason" in entry:
+                raise AudioError(entry["message"], entry["reason"])
+            return int(entry["loudest"])
+        self.misses += 1
+        self._changed = True
+        try:
+            loudest = scan_speech_file(path)
+        except AudioError as err:
+            self.entries[name] = {"stamp": stamp, "reason": err.reason, "message": str(err)}
+            raise
+        self.entries[name] = {"stamp": stamp, "loudest": loudest}
+        return loudest
+
+    def save(self) -> None:
+        """Write the cache if a file was checked (again) since it was read."""
+        if self._changed:
+            atomic_write_text(self.path, json.dumps({"version": 1, "files": self.entries}))
+        logger.info("speech file checks: %d from %s, %d decoded", self.hits, self.path,
+                    self.misses)
+
+
 def _name_some(skipped: dict[str, str], limit: int = 5) -> str:
     """``"a.wav [silent], b.wav [unreadable], ... (3 more)"``: the first ``limit`` entries."""
     named = ", ".join(f"{path} [{reason}]" for path, reason in list(skipped.items())[:limit])
@@ -263,7 +342,8 @@ class PairMaker:
     def __init__(self, config: PairConfig, seed: int = 0):
         self.config = config
         self.seed = seed
-        self.speech = SpeechIndex(config.speech_dir, config.sample_rate)
+        self.speech = SpeechIndex(config.speech_dir, config.sample_rate,
+                                  config.scan_cache_dir)
         self.noise = NoiseBank.from_folder(config.noise_dir, config.sample_rate)
         self.rirs = (RirBank.from_folder(config.rir_dir, sample_rate=config.sample_rate,
                                          channels=config.rir_channels)
