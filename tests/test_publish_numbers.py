@@ -159,3 +159,17 @@ def test_a_yaml_file_holding_the_token_is_refused(folder, monkeypatch):
     with pytest.raises(PushError, match="training_config.yaml contains the Hugging Face token"):
         push(folder, "org/x")
     upload.assert_not_called()
+
+
+def test_a_nan_metric_is_left_out_with_a_warning_naming_it(tmp_path, caplog):
+    import logging
+
+    entry = _entry("s")
+    entry["metrics"]["snr0"]["loss"] = float("nan")
+    entry["metrics"]["reverb"]["loss"] = {"value": float("nan"), "low": 0.1, "high": 0.2}
+    path = _write(tmp_path, entry)
+    with caplog.at_level(logging.WARNING):
+        (result,) = load_task_results(path)
+    assert "loss" not in result.metrics["snr0"] and "loss" not in result.metrics["reverb"]
+    assert "loss under snr0 is NaN" in caplog.text and "loss under reverb is NaN" in caplog.text
+    assert "under clean" not in caplog.text

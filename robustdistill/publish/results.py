@@ -16,6 +16,7 @@ E. B. Wilson, "Probable inference, the law of succession, and statistical infere
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,16 @@ class TaskResult:
         return names
 
 
+logger = logging.getLogger(__name__)
+
+
+def _is_nan(value: Any) -> bool:
+    """A NaN number, or a dict whose value (``_VALUE_KEYS``) is NaN."""
+    if isinstance(value, dict):
+        return any(_is_nan(value[k]) for k in _VALUE_KEYS if k in value)
+    return isinstance(value, float) and math.isnan(value)
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -196,6 +207,9 @@ def _normalise(entry: dict[str, Any], source: Path) -> TaskResult:
         for name, value in entry["metrics"][cond].items():
             mv = _metric(value, (separate.get(cond) or {}).get(name), method)
             if mv is None:
+                if _is_nan(value):  # e.g. PESQ failed on every utterance
+                    logger.warning("%s: %s under %s is NaN: the card shows it as '-' and its "
+                                   "model-index leaves it out", source, name, cond)
                 continue
             if (mv.interval is None and name in _PROPORTIONS and n_test
                     and 0.0 <= mv.value <= 1.0):
