@@ -72,6 +72,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -643,8 +644,9 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
 
     Returns:
         ``{"computed": int, "skipped": int (already cached), "unusable": int (audio that
-        failed to decode: NaN/Inf, silent, truncated; each logged once), "path": str}`` of
-        this process.
+        failed to decode: NaN/Inf, silent, truncated; each logged once), "path": str,
+        "num_processes": int, "per_process": [{"computed", "skipped", "unusable"}, ...]}``:
+        the counts summed over every process, and each process's own.
 
     Raises:
         ValueError: no cache dir, or context ``crop`` with ``crop_starts: frames`` (its
@@ -652,6 +654,7 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
         TypeError: a split whose dataset has no ``full_waveform`` (a streaming dataset).
     """
     from accelerate import Accelerator
+    from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
     from .data import build_datasets
@@ -711,10 +714,15 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
                 skipped += 1
             bar.set_postfix(computed=computed, skipped=skipped)
     acc.wait_for_everyone()
-    logger.info("teacher cache %s: %d computed, %d already there, %d unusable audio "
-                "(process %d)", cache.path, computed, skipped, unusable, acc.process_index)
-    return {"computed": computed, "skipped": skipped, "unusable": unusable,
-            "path": str(cache.path)}
+    per_process = gather_object([{"computed": computed, "skipped": skipped,
+                                  "unusable": unusable}])
+    totals = {key: sum(p[key] for p in per_process) for key in per_process[0]}
+    if acc.is_main_process:
+        logger.info("teacher cache %s: %d computed, %d already there, %d unusable audio "
+                    "(%d process(es))", cache.path, totals["computed"], totals["skipped"],
+                    totals["unusable"], acc.num_processes)
+    return {**totals, "path": str(cache.path), "num_processes": acc.num_processes,
+            "per_process": per_process}
 
 
 def main(argv: list[str]) -> int:
@@ -742,5 +750,6 @@ def main(argv: list[str]) -> int:
         result = build_cache(cfg, splits=args.splits, limit=args.limit)
     except (ConfigError, FileNotFoundError, ValueError, TypeError) as err:
         parser.error(str(err))
-    print(json.dumps(result))
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary, the counts of every process
+        print(json.dumps(result))
     return 0

@@ -195,6 +195,8 @@ def test_build_cache_is_resumable_and_training_then_never_misses(tmp_path, tiny_
     assert (first["computed"], first["skipped"]) == (4, 0)  # 2 train + 2 validation
     second = build_cache(cfg)
     assert second["skipped"] == 4 and second["computed"] == 8 - 4  # 6 train + 2 validation
+    assert second["num_processes"] == 1
+    assert second["per_process"] == [{"computed": 4, "skipped": 4, "unusable": 0}]
     _, run = _losses(cfg, steps=3)  # missing: error would raise on any miss
     assert run.teacher_cache.misses == 0 and run.teacher_cache.hits >= 6
     with pytest.raises(ValueError, match="filled lazily"):
