@@ -29,6 +29,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
 
     Yields:
         The temporary path (a unique, hidden name in the same folder; the file exists, empty).
+
+    The file gets the mode a plain write would give it: the target's, when it exists, else
+    ``0o666`` less the umask (``mkstemp`` alone would leave it readable by its owner only).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,9 +40,20 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, _mode_for(path))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _mode_for(path: Path) -> int:
+    """The permission bits a new write of ``path`` would have."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

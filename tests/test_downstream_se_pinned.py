@@ -235,3 +235,14 @@ def test_training_crop_cuts_waveform_and_target_at_the_same_samples_over_every_s
         np.testing.assert_array_equal(ex.waveform, wave[320 * start: 320 * (start + 5)])
         np.testing.assert_array_equal(ex.target, -2 * ex.waveform)
     assert starts == {0, 1, 2, 3}
+
+
+def test_stft_of_a_wave_shorter_than_half_the_window_is_zero_padded_not_an_error():
+    task = _task(stft=StftConfig(n_fft=1024, hop_length=160, win_length=400))
+    wave = np.random.default_rng(1).standard_normal(450).astype(np.float32)  # < 1024 // 2
+    spec, k = task._stft([wave], "cpu")
+    window = torch.hann_window(400)
+    expected = torch.stft(torch.from_numpy(wave), 1024, 160, 400, window, center=True,
+                          pad_mode="constant", return_complex=True).transpose(0, 1)
+    assert int(k[0]) == 450 // 160 + 1
+    torch.testing.assert_close(spec[0], expected)

@@ -107,3 +107,18 @@ def test_atomic_path_replaces_on_success_and_leaves_the_target_on_failure(tmp_pa
         tmp.write_text("second")
     assert target.read_text() == "second"
     assert sorted(p.name for p in target.parent.iterdir()) == ["results.json"]
+
+
+def test_atomic_writes_get_the_mode_a_plain_write_would(tmp_path):
+    old = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fresh.json"
+        atomic_write_text(fresh, "{}")
+        assert fresh.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0o600
+        kept = tmp_path / "kept.json"
+        kept.write_text("old")
+        kept.chmod(0o640)
+        atomic_write_text(kept, "new")
+        assert kept.stat().st_mode & 0o777 == 0o640 and kept.read_text() == "new"
+    finally:
+        os.umask(old)

@@ -260,3 +260,74 @@ def test_scan_cache_decodes_only_new_or_changed_files_and_keeps_failures(tmp_pat
     assert decoded == ["u1.wav"]
     stored, _ = sf.read(speech / "u1.wav", dtype="float32")  # 16-bit: as decoded
     assert third.loudest[1] == int(np.abs(stored).argmax()) != first.loudest[1]
+
+
+def test_an_unreadable_or_unwritable_scan_cache_costs_a_rescan_not_the_run(
+        tmp_path, monkeypatch, caplog):
+    import numpy as np
+    import soundfile as sf
+
+    import robustdistill.se.data as se_data
+
+    speech = tmp_path / "speech"
+    speech.mkdir()
+    sf.write(speech / "u0.wav", (0.1 * np.random.default_rng(0).standard_normal(8000))
+             .astype(np.float32), 16000)
+    cache = tmp_path / "scan_cache"
+    se_data.SpeechIndex(speech, scan_cache_dir=cache)
+    (entry,) = cache.iterdir()
+    real_read = Path.read_text
+
+    def deny(self, *args, **kwargs):
+        if self == entry:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", deny)
+
+    def refuse(path, text):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(se_data, "atomic_write_text", refuse)
+    with caplog.at_level(logging.WARNING):
+        index = se_data.SpeechIndex(speech, scan_cache_dir=cache)
+    assert [str(f) for f in index.files] == [str(speech / "u0.wav")]
+    assert "is unreadable" in caplog.text and "could not write" in caplog.text
+
+
+def test_a_read_error_is_not_kept_in_the_scan_cache(tmp_path, monkeypatch):
+    import numpy as np
+    import soundfile as sf
+
+    import robustdistill.se.data as se_data
+
+    speech = tmp_path / "speech"
+    speech.mkdir()
+    for i in range(2):
+        sf.write(speech / f"u{i}.wav", (0.1 * np.random.default_rng(i).standard_normal(8000))
+                 .astype(np.float32), 16000)
+    real_scan = se_data.scan_speech_file
+
+    def flaky(path):
+        if Path(path).name == "u1.wav":
+            raise se_data.AudioError(f"{path}: cannot decode (I/O error)", "unreadable")
+        return real_scan(path)
+
+    monkeypatch.setattr(se_data, "scan_speech_file", flaky)
+    first = se_data.SpeechIndex(speech, scan_cache_dir=tmp_path / "c")
+    assert list(first.skipped.values()) == ["unreadable"]
+    monkeypatch.setattr(se_data, "scan_speech_file", real_scan)
+    second = se_data.SpeechIndex(speech, scan_cache_dir=tmp_path / "c")
+    assert second.skipped == {} and len(second.files) == 2
+
+
+@pytest.mark.parametrize(("value", "ok"), [("wandb", True), ("none", True),
+                                           ("tensorbord", False)])
+def test_train_se_report_to_takes_accelerates_trackers(value, ok):
+    from robustdistill.se.train import TrainingOptions
+
+    if ok:
+        assert TrainingOptions(report_to=value).report_to == value
+    else:
+        with pytest.raises(ValueError, match="report_to must be one of"):
+            TrainingOptions(report_to=value)

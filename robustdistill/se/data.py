@@ -281,7 +281,7 @@ class SpeechScanCache:
         if self.path.is_file():
             try:
                 self.entries = json.loads(self.path.read_text())["files"]
-            except (ValueError, KeyError, TypeError) as err:
+            except (OSError, ValueError, KeyError, TypeError) as err:
                 logger.warning("%s is unreadable (%s): checking every speech file again",
                                self.path, err)
         self.hits = self.misses = 0
@@ -311,7 +311,9 @@ class SpeechScanCache:
         try:
             loudest = scan_speech_file(path)
         except AudioError as err:
-            self.entries[name] = {"stamp": stamp, "reason": err.reason, "message": str(err)}
+            if err.reason != "unreadable":  # a read error may pass: checked again next time
+                self.entries[name] = {"stamp": stamp, "reason": err.reason,
+                                      "message": str(err)}
             raise
         self.entries[name] = {"stamp": stamp, "loudest": loudest}
         return loudest
@@ -319,7 +321,11 @@ class SpeechScanCache:
     def save(self) -> None:
         """Write the cache if a file was checked (again) since it was read."""
         if self._changed:
-            atomic_write_text(self.path, json.dumps({"version": 1, "files": self.entries}))
+            try:
+                atomic_write_text(self.path, json.dumps({"version": 1, "files": self.entries}))
+            except OSError as err:  # a folder this user cannot write: the run goes on
+                logger.warning("could not write %s (%s): the next start checks the speech "
+                               "files again", self.path, err)
         logger.info("speech file checks: %d from %s, %d decoded", self.hits, self.path,
                     self.misses)
 

@@ -118,8 +118,11 @@ class StudentOptions:
                              min_gain_db=self.min_gain_db)
 
 
-#: The values of ``training.report_to``.
-_TRACKERS = ("tensorboard", "none")
+def _trackers() -> tuple[str, ...]:
+    """The values of ``training.report_to``: ``"none"`` and accelerate's trackers."""
+    from accelerate.utils import LoggerType
+
+    return ("none", *(t.value for t in LoggerType))
 
 
 @dataclass
@@ -135,7 +138,7 @@ class TrainingOptions:
         save_every: steps between checkpoints (0: only at the end).
         keep_checkpoints: newest complete checkpoints kept (checkpoints of runs older than the
             manifest, with a ``step.json``, are resumed from but never deleted).
-        report_to: ``"tensorboard"`` or ``"none"``.
+        report_to: an accelerate tracker (``"tensorboard"``, ``"wandb"``...) or ``"none"``.
         cpu: force CPU.
         threads: ``torch.set_num_threads`` (0: leave it).
         max_nonfinite_in_a_row: stop (with a checkpoint of the last finite weights) after this
@@ -163,8 +166,9 @@ class TrainingOptions:
                             ("max_nonfinite_in_a_row", 1)):
             if getattr(self, name) < least:
                 raise ValueError(f"{name} must be >= {least}, got {getattr(self, name)}")
-        if self.report_to not in _TRACKERS:
-            raise ValueError(f"report_to must be one of {list(_TRACKERS)}, got {self.report_to!r}")
+        if self.report_to not in _trackers():
+            raise ValueError(f"report_to must be one of {list(_trackers())}, got "
+                             f"{self.report_to!r}")
 
 
 @dataclass

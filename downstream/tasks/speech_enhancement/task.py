@@ -343,8 +343,10 @@ class SpeechEnhancementTask(Task):
         """
         cfg = self.config.stft
         window = self.window.to(device)
+        # reflect padding needs more samples than n_fft // 2: a shorter wave is zero-padded
         specs = [torch.stft(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).to(device),
                             cfg.n_fft, self.hop_length, cfg.win_length, window, center=True,
+                            pad_mode="reflect" if len(w) > cfg.n_fft // 2 else "constant",
                             return_complex=True).transpose(0, 1) for w in waves]
         lengths = torch.tensor([s.shape[0] for s in specs], device=device)
         out = specs[0].new_zeros(len(specs), int(lengths.max()), specs[0].shape[1])
