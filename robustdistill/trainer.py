@@ -63,6 +63,7 @@ from .config import ConfigError, DistillConfig, check_model_path
 from .data import ShardedRandomSampler, build_dataloader, build_datasets
 from .environment import record_environment
 from .export import export_run_student
+from .nonfinite import NonFiniteTrainingError, any_process, stop_nonfinite
 from .objectives import (
     DistillationInputs,
     LossSchedule,
@@ -82,11 +83,6 @@ __all__ = ["Distiller", "NonFiniteTrainingError", "TrainingProgress", "train"]
 
 #: The trainer's own state in every checkpoint (JSON: no pickle to load on resume).
 TRAINING_STATE = "training_state.json"
-
-
-class NonFiniteTrainingError(RuntimeError):
-    """Too many optimizer steps in a row had a NaN/Inf loss or gradient
-    (``training.max_nonfinite_in_a_row``); a checkpoint of the last good weights was saved."""
 
 
 class Distiller(nn.Module):
@@ -556,10 +552,9 @@ class _Run:
 
     def _nonfinite_on_any_rank(self, sums: dict) -> bool:
         """True when a loss term of this step is NaN/Inf on any rank (the same on all ranks)."""
-        local = any(not bool(torch.isfinite(v)) for k, v in sums.items()
-                    if not k.startswith("_unit/"))
-        flag = torch.tensor([float(local)], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        return any_process(self.accelerator, any(not bool(torch.isfinite(v))
+                                                 for k, v in sums.items()
+                                                 if not k.startswith("_unit/")))
 
     def note_skipped(self, batch: dict) -> None:
         """Record the audio items a batch's dataset skipped (``batch["skipped"]``)."""
@@ -725,20 +720,12 @@ def _stop_nonfinite(run: _Run) -> None:
     Raises:
         NonFiniteTrainingError: always.
     """
-    p, t = run.progress, run.cfg.training
-    path = run.save_checkpoint()
-    message = (f"stopped at step {p.step}: {p.nonfinite_in_a_row} optimizer steps in a row had "
-               f"a NaN/Inf loss or gradient (training.max_nonfinite_in_a_row="
-               f"{t.max_nonfinite_in_a_row}; {p.skipped_updates} skipped in all). The weights in "
-               f"{path} are those of the last finite step: lower training.learning_rate, set "
-               f"training.max_grad_norm, or check the data, then resume from it")
-    if run.accelerator.is_main_process:
-        (run.output_dir / "stopped.json").write_text(json.dumps(
-            {"step": p.step, "reason": "non-finite", "message": message,
-             "checkpoint": str(path), "skipped_updates": p.skipped_updates,
-             "nonfinite_losses": p.nonfinite_losses}, indent=2))
-    logger.error(message)
-    raise NonFiniteTrainingError(message)
+    p = run.progress
+    stop_nonfinite(run.output_dir, p.step, in_a_row=p.nonfinite_in_a_row,
+                   skipped_updates=p.skipped_updates, nonfinite_losses=p.nonfinite_losses,
+                   limit=run.cfg.training.max_nonfinite_in_a_row,
+                   checkpoint=run.save_checkpoint(),
+                   main_process=run.accelerator.is_main_process)
 
 
 def _min_samples_for_a_frame(upstream: Upstream) -> int:

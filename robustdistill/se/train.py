@@ -24,7 +24,7 @@ teacher is frozen and never saved.
 A step whose loss (on any process) or gradient norm is NaN/Inf changes nothing: its update is
 skipped (gradients zeroed, no optimizer step), counted and logged as a warning;
 ``training.max_nonfinite_in_a_row`` such steps in a row save a checkpoint (of the last finite
-weights), write ``stopped.json`` and raise :class:`~robustdistill.trainer.NonFiniteTrainingError`,
+weights), write ``stopped.json`` and raise :class:`~robustdistill.nonfinite.NonFiniteTrainingError`,
 as ``robustdistill distill`` does.
 """
 
@@ -64,8 +64,8 @@ from ..config import (
     read_config_file,
 )
 from ..environment import record_environment
+from ..nonfinite import NonFiniteTrainingError, any_process, stop_nonfinite
 from ..processes import finish_processes
-from ..trainer import NonFiniteTrainingError
 from .data import PairConfig, PairMaker
 from .losses import LossConfig, SELoss
 from .stft import StftConfig
@@ -332,9 +332,7 @@ def nonfinite_step(acc, total: torch.Tensor, grad_norm: torch.Tensor | float
         ``(bad_loss, bad_step)``: the loss is NaN/Inf on some process; the update must be
         skipped (``bad_loss`` or a NaN/Inf gradient norm).
     """
-    local = torch.tensor([0.0 if torch.isfinite(total.detach()).all() else 1.0],
-                         device=acc.device)
-    bad_loss = bool(acc.reduce(local, reduction="sum").item() > 0)
+    bad_loss = any_process(acc, not bool(torch.isfinite(total.detach()).all()))
     return bad_loss, bad_loss or not math.isfinite(float(grad_norm))
 
 
@@ -476,8 +474,11 @@ def train_se(cfg: SETrainConfig) -> Path:
             bar.close()
             checkpoint = save(done)
             finish_processes(acc)  # every rank stops here (the decision is the same on all)
-            _stop_nonfinite(out, done, counts, t.max_nonfinite_in_a_row, checkpoint,
-                            acc.is_main_process)
+            stop_nonfinite(out, done, in_a_row=counts.nonfinite_in_a_row,
+                           skipped_updates=counts.skipped_updates,
+                           nonfinite_losses=counts.nonfinite_losses,
+                           limit=t.max_nonfinite_in_a_row, checkpoint=checkpoint,
+                           main_process=acc.is_main_process)
         if done % t.log_every == 0 or done == t.max_steps:
             # means over the processes' batches (every rank takes part in the reduce)
             names = ["loss", *parts]
@@ -514,27 +515,6 @@ def train_se(cfg: SETrainConfig) -> Path:
         metrics.close()
     finish_processes(acc)  # the trainer's own end: a gloo rank cannot hang in teardown
     return out
-
-
-def _stop_nonfinite(out: Path, step: int, counts: NonFiniteCounts, limit: int,
-                    checkpoint: Path, main_process: bool) -> None:
-    """Write ``stopped.json`` (main process) and raise; ``checkpoint`` (just saved) holds the
-    last finite weights, as skipped steps change nothing.
-
-    Raises:
-        NonFiniteTrainingError: always (one line naming the step, the limit and the checkpoint).
-    """
-    message = (f"stopped at step {step}: {counts.nonfinite_in_a_row} optimizer steps in a row "
-               f"had a NaN/Inf loss or gradient (training.max_nonfinite_in_a_row={limit}; "
-               f"{counts.skipped_updates} skipped in all). The weights in {checkpoint} are "
-               f"those of the last finite step: lower training.learning_rate, set "
-               f"training.max_grad_norm, or check the data, then resume from it")
-    if main_process:
-        (out / "stopped.json").write_text(json.dumps(
-            {"step": step, "reason": "non-finite", "message": message,
-             "checkpoint": str(checkpoint), **dataclasses.asdict(counts)}, indent=2))
-    logger.error(message)
-    raise NonFiniteTrainingError(message)
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,64 @@
+"""Steps with a NaN/Inf loss or gradient: agreeing on them across processes, and stopping a
+run that keeps producing them. Shared by ``distill`` (:mod:`robustdistill.trainer`) and
+``train-se`` (:mod:`robustdistill.se.train`).
+
+A skipped step changes no weight, so the checkpoint a stopped run saves holds the weights of
+its last finite step, and the run can be resumed from it with other settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+__all__ = ["NonFiniteTrainingError", "any_process", "stop_nonfinite"]
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Too many optimizer steps in a row had a NaN/Inf loss or gradient
+    (``training.max_nonfinite_in_a_row``); a checkpoint of the last good weights was saved."""
+
+
+def any_process(accelerator: Accelerator, flag: bool) -> bool:
+    """True when ``flag`` is True on any process: the same answer on every process (a
+    collective: every process must call it at the same point)."""
+    local = torch.tensor([float(flag)], device=accelerator.device)
+    return bool(accelerator.reduce(local, reduction="sum").item() > 0)
+
+
+def stop_nonfinite(output_dir: str | Path, step: int, *, in_a_row: int, skipped_updates: int,
+                   nonfinite_losses: int, limit: int, checkpoint: str | Path,
+                   main_process: bool) -> None:
+    """Write ``OUTPUT_DIR/stopped.json`` (main process only) and raise.
+
+    Args:
+        output_dir: the run's folder.
+        step: the optimizer step the run stopped at.
+        in_a_row: skipped steps in a row (at least ``limit``).
+        skipped_updates, nonfinite_losses: the run's totals.
+        limit: ``training.max_nonfinite_in_a_row``.
+        checkpoint: the checkpoint just saved (the last finite weights).
+        main_process: whether this process writes ``stopped.json``.
+
+    Raises:
+        NonFiniteTrainingError: always, with one line naming the step, the limit and the
+            checkpoint to resume from.
+    """
+    message = (f"stopped at step {step}: {in_a_row} optimizer steps in a row had a NaN/Inf "
+               f"loss or gradient (training.max_nonfinite_in_a_row={limit}; {skipped_updates} "
+               f"skipped in all). The weights in {checkpoint} are those of the last finite "
+               f"step: lower training.learning_rate, set training.max_grad_norm, or check the "
+               f"data, then resume from it")
+    if main_process:
+        (Path(output_dir) / "stopped.json").write_text(json.dumps(
+            {"step": step, "reason": "non-finite", "message": message,
+             "checkpoint": str(checkpoint), "skipped_updates": skipped_updates,
+             "nonfinite_losses": nonfinite_losses, "nonfinite_in_a_row": in_a_row}, indent=2))
+    logger.error(message)
+    raise NonFiniteTrainingError(message)
