@@ -52,7 +52,7 @@ from robustdistill.checkpoints import (
     remove_incomplete,
     save_checkpoint,
 )
-from robustdistill.config import check_model_path, parse_overrides, read_config_file
+from robustdistill.config import check_model_path, parse_overrides
 from robustdistill.environment import record_environment
 from robustdistill.metrics.verification import compute_eer, compute_min_dcf
 from robustdistill.processes import require_single_process
@@ -992,7 +992,6 @@ def main(argv: list[str]) -> int:
     args, rest = parser.parse_known_args(argv)
     try:
         require_single_process("robustdistill train-speaker")
-        read_config_file(args.config)  # refuses an empty file rather than run the defaults
         cfg = load_config(args.config, SpeakerKDConfig, parse_overrides(rest))
         if cfg.student.kind == "upstream":
             check_model_path(cfg.student.upstream, "student.upstream",
