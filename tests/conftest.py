@@ -191,3 +191,15 @@ def speaker_kd_config(tmp_path: Path, out: str, epochs: int, resume: bool = Fals
         "training": {"output_dir": str(tmp_path / out), "epochs": epochs, "batch_size": 4,
                      "resume": resume, "seed": 3},
     })
+
+
+@pytest.fixture(scope="module")
+def gru_student_dir(tmp_path_factory):
+    """A saved width-8 :class:`~robustdistill.se.students.GRUMaskStudent` (seed 0): the tiny
+    SE model of the ``enhance`` tests."""
+    from robustdistill.se.students import GRUMaskStudent, StudentConfig
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("student")
+    GRUMaskStudent(StudentConfig(hidden_size=8)).save_pretrained(folder)
+    return folder

@@ -10,19 +10,10 @@ import logging
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from conftest import require_shared_data, write_ssl_enhancement_run
 
 from robustdistill.se.enhance import EnhanceError, enhance_waveform, main
-from robustdistill.se.students import GRUMaskStudent, StudentConfig
-
-
-@pytest.fixture(scope="module")
-def student_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("student")
-    GRUMaskStudent(StudentConfig(hidden_size=8)).save_pretrained(folder)
-    return folder
+from robustdistill.se.students import GRUMaskStudent
 
 
 def _noise(n, seed=0):
@@ -61,25 +52,25 @@ def test_only_too_short_files_exit_1(tmp_path):
     assert not (tmp_path / "o.wav").exists()
 
 
-def test_non_finite_enhancement_is_refused_not_written(tmp_path, student_dir, caplog):
+def test_non_finite_enhancement_is_refused_not_written(tmp_path, gru_student_dir, caplog):
     x = _noise(16000)
     x[1000] = 1e30  # finite, but overflows the model's float32 STFT power
     with pytest.raises(EnhanceError) as err:
-        enhance_waveform(GRUMaskStudent.from_pretrained(student_dir).eval(), x, 16000)
+        enhance_waveform(GRUMaskStudent.from_pretrained(gru_student_dir).eval(), x, 16000)
     assert err.value.reason == "non-finite output"
     src = tmp_path / "in"
     src.mkdir()
     sf.write(src / "huge.wav", x, 16000, subtype="FLOAT")
     sf.write(src / "ok.wav", _noise(16000, seed=2), 16000, subtype="FLOAT")
     with caplog.at_level(logging.INFO, logger="robustdistill.se.enhance"):
-        assert main([str(src), str(tmp_path / "out"), "--model", str(student_dir)]) == 0
+        assert main([str(src), str(tmp_path / "out"), "--model", str(gru_student_dir)]) == 0
     assert not (tmp_path / "out" / "huge.wav").exists()
     assert np.isfinite(sf.read(tmp_path / "out" / "ok.wav")[0]).all()
     (skip,) = _skips(caplog)
     assert "huge.wav" in skip and "[non-finite output]" in skip
     # a single file: nothing written, exit 1
     assert main([str(src / "huge.wav"), str(tmp_path / "h.wav"), "--model",
-                 str(student_dir)]) == 1
+                 str(gru_student_dir)]) == 1
     assert not (tmp_path / "h.wav").exists()
 
 
@@ -97,16 +88,16 @@ def test_nsnet2_on_real_speech_with_one_huge_sample_writes_no_nan(tmp_path):
     assert not (tmp_path / "out.wav").exists()
 
 
-def test_empty_folder_is_one_line(tmp_path, student_dir, capsys):
+def test_empty_folder_is_one_line(tmp_path, gru_student_dir, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as stop:
-        main([str(tmp_path / "empty"), str(tmp_path / "out"), "--model", str(student_dir)])
+        main([str(tmp_path / "empty"), str(tmp_path / "out"), "--model", str(gru_student_dir)])
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "error: no audio files" in err and "Traceback" not in err
 
 
-def test_output_that_is_the_input_is_refused(tmp_path, student_dir, capsys):
+def test_output_that_is_the_input_is_refused(tmp_path, gru_student_dir, capsys):
     src = tmp_path / "in"
     src.mkdir()
     x = _noise(4000)
@@ -116,30 +107,30 @@ def test_output_that_is_the_input_is_refused(tmp_path, student_dir, capsys):
              (src / "a.wav", str(src) + "/")]  # a file into its own folder
     for source, out in cases:
         with pytest.raises(SystemExit) as stop:
-            main([str(source), str(out), "--model", str(student_dir)])
+            main([str(source), str(out), "--model", str(gru_student_dir)])
         assert stop.value.code == 2
         assert "overwrite" in capsys.readouterr().err
     np.testing.assert_array_equal(sf.read(src / "a.wav", dtype="float32")[0], x)
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])
-def test_bad_chunk_seconds_is_an_argparse_error(tmp_path, student_dir, capsys, value):
+def test_bad_chunk_seconds_is_an_argparse_error(tmp_path, gru_student_dir, capsys, value):
     sf.write(tmp_path / "a.wav", _noise(4000), 16000)
     with pytest.raises(SystemExit) as stop:
-        main([str(tmp_path / "a.wav"), str(tmp_path / "o.wav"), "--model", str(student_dir),
+        main([str(tmp_path / "a.wav"), str(tmp_path / "o.wav"), "--model", str(gru_student_dir),
               "--chunk-seconds", value])
     assert stop.value.code == 2
     assert "--chunk-seconds" in capsys.readouterr().err
     assert not (tmp_path / "o.wav").exists()
 
 
-def test_input_above_16k_logs_the_band_limit_once(tmp_path, student_dir, caplog):
+def test_input_above_16k_logs_the_band_limit_once(tmp_path, gru_student_dir, caplog):
     src = tmp_path / "in"
     src.mkdir()
     sf.write(src / "a.wav", _noise(44100), 44100)
     sf.write(src / "b.wav", _noise(44100, seed=1), 44100)
     with caplog.at_level(logging.INFO, logger="robustdistill.se.enhance"):
-        assert main([str(src), str(tmp_path / "out"), "--model", str(student_dir)]) == 0
+        assert main([str(src), str(tmp_path / "out"), "--model", str(gru_student_dir)]) == 0
     notes = [r.getMessage() for r in caplog.records if "no content above" in r.getMessage()]
     assert len(notes) == 1
     assert "16000 Hz" in notes[0] and "44100 Hz" in notes[0] and "8000 Hz" in notes[0]
@@ -151,5 +142,5 @@ def test_input_above_16k_logs_the_band_limit_once(tmp_path, student_dir, caplog)
     caplog.clear()
     sf.write(tmp_path / "c.wav", _noise(16000), 16000)
     with caplog.at_level(logging.INFO, logger="robustdistill.se.enhance"):
-        main([str(tmp_path / "c.wav"), str(tmp_path / "c_out.wav"), "--model", str(student_dir)])
+        main([str(tmp_path / "c.wav"), str(tmp_path / "c_out.wav"), "--model", str(gru_student_dir)])
     assert not [r for r in caplog.records if "no content above" in r.getMessage()]

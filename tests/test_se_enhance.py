@@ -7,15 +7,7 @@ import torch
 from conftest import write_ssl_enhancement_run
 
 from robustdistill.se.enhance import enhance_waveform, load_enhancer, main
-from robustdistill.se.students import GRUMaskStudent, StudentConfig
-
-
-@pytest.fixture(scope="module")
-def student_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("student")
-    GRUMaskStudent(StudentConfig(hidden_size=8)).save_pretrained(folder)
-    return folder
+from robustdistill.se.students import GRUMaskStudent
 
 
 def _noise(n, channels=None, seed=0):
@@ -24,58 +16,58 @@ def _noise(n, channels=None, seed=0):
     return (0.1 * g.standard_normal(shape)).astype(np.float32)
 
 
-def test_enhance_16k_mono_file_equals_whole_file(tmp_path, student_dir):
+def test_enhance_16k_mono_file_equals_whole_file(tmp_path, gru_student_dir):
     x = _noise(12345)
     sf.write(tmp_path / "in.wav", x, 16000, subtype="FLOAT")
     assert main([str(tmp_path / "in.wav"), str(tmp_path / "out.wav"), "--model",
-                 str(student_dir), "--chunk-seconds", "0.07"]) == 0
+                 str(gru_student_dir), "--chunk-seconds", "0.07"]) == 0
     y, rate = sf.read(tmp_path / "out.wav", dtype="float32")
-    model = GRUMaskStudent.from_pretrained(student_dir)
+    model = GRUMaskStudent.from_pretrained(gru_student_dir)
     with torch.no_grad():
         ref = model(torch.from_numpy(x)[None]).enhanced[0].numpy()
     assert rate == 16000 and y.shape == x.shape
     np.testing.assert_allclose(y, ref, atol=1e-6, rtol=0)
 
 
-def test_enhance_keeps_rate_and_channels(tmp_path, student_dir):
+def test_enhance_keeps_rate_and_channels(tmp_path, gru_student_dir):
     x = _noise(44100, channels=2, seed=1)
     sf.write(tmp_path / "st.flac", x, 44100)
-    main([str(tmp_path / "st.flac"), str(tmp_path / "st_out.flac"), "--model", str(student_dir)])
+    main([str(tmp_path / "st.flac"), str(tmp_path / "st_out.flac"), "--model", str(gru_student_dir)])
     info = sf.info(tmp_path / "st_out.flac")
     assert (info.samplerate, info.channels, info.frames) == (44100, 2, 44100)
     # chunking never changes the result
-    model = load_enhancer(student_dir)
+    model = load_enhancer(gru_student_dir)
     a = enhance_waveform(model, x, 44100, chunk_seconds=0.05)
     b = enhance_waveform(model, x, 44100, chunk_seconds=100)
     np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
     assert not np.allclose(a[:, 0], a[:, 1])  # channels enhanced separately
 
 
-def test_enhance_folder_mirrors_layout(tmp_path, student_dir):
+def test_enhance_folder_mirrors_layout(tmp_path, gru_student_dir):
     (tmp_path / "in" / "sub").mkdir(parents=True)
     sf.write(tmp_path / "in" / "a.wav", _noise(8000), 8000)
     sf.write(tmp_path / "in" / "sub" / "b.wav", _noise(4000, seed=2), 16000)
-    main([str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(student_dir)])
+    main([str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(gru_student_dir)])
     assert sf.info(tmp_path / "out" / "a.wav").samplerate == 8000
     assert sf.info(tmp_path / "out" / "sub" / "b.wav").frames == 4000
 
 
-def test_enhance_errors(tmp_path, student_dir):
+def test_enhance_errors(tmp_path, gru_student_dir):
     with pytest.raises(FileNotFoundError, match="no SE student folder"):
         load_enhancer(tmp_path)
     with pytest.raises(SystemExit):
         main([str(tmp_path / "missing.wav"), str(tmp_path / "o.wav"), "--model",
-              str(student_dir)])
-    model = load_enhancer(student_dir)
+              str(gru_student_dir)])
+    model = load_enhancer(gru_student_dir)
     with pytest.raises(ValueError, match="NaN"):
         enhance_waveform(model, np.array([0.0, np.nan], np.float32), 16000)
 
 
-def test_onnx_export_parity(tmp_path, student_dir):
+def test_onnx_export_parity(tmp_path, gru_student_dir):
     pytest.importorskip("onnxruntime")
     from robustdistill.se.onnx import check_onnx_parity, export_onnx
 
-    model = GRUMaskStudent.from_pretrained(student_dir)
+    model = GRUMaskStudent.from_pretrained(gru_student_dir)
     path = export_onnx(model, tmp_path / "student.onnx")
     g = torch.Generator().manual_seed(0)
     # dynamic batch and frames: a batch of whole files, and one streaming frame
@@ -113,7 +105,7 @@ def test_ssl_student_with_enhancement_head(tmp_path):
         main([str(tmp_path / "in.wav"), str(tmp_path / "o2.wav"), "--model", str(other)])
 
 
-def test_enhance_output_names_are_checked_before_any_work(tmp_path, student_dir, capsys,
+def test_enhance_output_names_are_checked_before_any_work(tmp_path, gru_student_dir, capsys,
                                                          monkeypatch):
     import robustdistill.se.enhance as enhance_module
 
@@ -122,11 +114,11 @@ def test_enhance_output_names_are_checked_before_any_work(tmp_path, student_dir,
     monkeypatch.setattr(enhance_module, "enhance_file", lambda *a, **k: ran.append(a))
     with pytest.raises(SystemExit) as stop:
         main([str(tmp_path / "in.wav"), str(tmp_path / "out.mp3x"), "--model",
-              str(student_dir)])
+              str(gru_student_dir)])
     assert stop.value.code == 2 and not ran
     assert "unknown audio file extension '.mp3x'" in capsys.readouterr().err
     monkeypatch.undo()
     # a name ending in "/" is a folder: the input's name inside it
     assert main([str(tmp_path / "in.wav"), str(tmp_path / "new") + "/", "--model",
-                 str(student_dir)]) == 0
+                 str(gru_student_dir)]) == 0
     assert sf.info(tmp_path / "new" / "in.wav").frames == 4000
