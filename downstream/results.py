@@ -181,6 +181,34 @@ def aggregate_seeds(runs: Sequence[dict[str, Any]], dirs: Sequence[str | Path],
     return merged
 
 
+_NUMERIC_KEYS = ("metrics", "metrics_std", "intervals", "per_seed")
+"""Keys of a result whose leaves are numbers: an undefined value (NaN) is stored as ``null``
+and read back as NaN."""
+
+
+def _null_for_nonfinite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-inf) replaced by ``None``, so that the file
+    is strict JSON (``NaN`` is not JSON; ``jq`` and JavaScript refuse it)."""
+    if isinstance(value, dict):
+        return {k: _null_for_nonfinite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_null_for_nonfinite(v) for v in value]
+    if hasattr(value, "tolist"):
+        return _null_for_nonfinite(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _nan_for_null(value: Any) -> Any:
+    """Inverse of :func:`_null_for_nonfinite` on a numeric subtree: ``None`` leaves become NaN."""
+    if isinstance(value, dict):
+        return {k: _nan_for_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_for_null(v) for v in value]
+    return float("nan") if value is None else value
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
@@ -217,6 +245,9 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
         if absent:
             raise ValueError(f"{path}: no metrics for conditions {absent}")
         entry.setdefault("source_dir", str(path.parent.resolve()))
+        for key in _NUMERIC_KEYS:
+            if isinstance(entry.get(key), dict):
+                entry[key] = _nan_for_null(entry[key])
     return entries
 
 
@@ -470,14 +501,20 @@ def plot_robustness(results: Sequence[dict[str, Any]], path: str | Path) -> None
 def write_outputs(results: Sequence[dict[str, Any]], out: str | Path,
                   comparisons: tuple[list[dict[str, Any]], list[str]] | None = None) -> None:
     """Write ``results.json`` (the single result, or ``{"results": [...], "comparisons":
-    [...]}`` for several), ``results.md`` and ``robustness.png`` into ``out`` (created)."""
+    [...]}`` for several), ``results.md`` and ``robustness.png`` into ``out`` (created).
+
+    ``results.json`` is strict JSON: an undefined value (NaN, e.g. an EER without impostor
+    trials or a p-value without finite resamples) is written as ``null``, and
+    :func:`load_results` reads a metric or interval stored so back as NaN.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = results[0] if len(results) == 1 else {"results": list(results)}
     if comparisons is not None:
         payload = {**payload, "comparisons": comparisons[0], "comparison_notes": comparisons[1]}
-    atomic_write_text(out / "results.json", json.dumps(payload, indent=2, default=_jsonable)
-                      + "\n")
+    atomic_write_text(out / "results.json",
+                      json.dumps(_null_for_nonfinite(payload), indent=2, default=_jsonable,
+                                 allow_nan=False) + "\n")
     atomic_write_text(out / "results.md", results_table(results, comparisons))
     plot_robustness(results, out / "robustness.png")
 

@@ -119,3 +119,33 @@ def test_report_cells_per_condition_and_scaled_std(tmp_path):
     assert "| t | 90.0 ± 2.0 | 60.0 ± 5.0 |" in lines
     assert "| s | 80.0 ± 2.0 | 65.0 ± 5.0 |" in lines
     assert "| t - s | +10.0 [+5.0, +15.0]* | -5.0 [-20.0, +10.0] |" in lines
+
+
+def _strict_json(text):
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_results_json_is_strict_json_and_nan_reads_back_as_nan(tmp_path):
+    from downstream.results import load_results, write_outputs
+
+    a = _result(tmp_path, "a", "utterance_classification", "accuracy",
+                {"clean": _uc_items([1, 0, 1, 0]), "snr0": _uc_items([1, 1, 0, 0])})
+    a["metrics"]["snr0"]["accuracy"] = float("nan")
+    a["metrics_std"] = {"clean": {"accuracy": np.float32("nan")}}
+    a["intervals"] = {"clean": {"accuracy": [float("-inf"), 0.75]}}
+    rows = [{"a": "a", "b": "b", "condition": "clean", "metric": "accuracy", "difference": 0.0,
+             "low": 0.0, "high": 0.0, "p_value": float("nan"), "significant": False}]
+    write_outputs([a], tmp_path / "out", (rows, []))
+    text = (tmp_path / "out" / "results.json").read_text()
+    stored = _strict_json(text)  # NaN / Infinity would raise here
+    assert stored["metrics"]["snr0"]["accuracy"] is None
+    assert stored["comparisons"][0]["p_value"] is None
+    assert stored["intervals"]["clean"]["accuracy"] == [None, 0.75]
+    (loaded,) = load_results(tmp_path / "out" / "results.json")
+    assert np.isnan(loaded["metrics"]["snr0"]["accuracy"])
+    assert loaded["metrics"]["clean"]["accuracy"] == 0.5
+    assert np.isnan(loaded["metrics_std"]["clean"]["accuracy"])
+    assert np.isnan(loaded["intervals"]["clean"]["accuracy"][0])
+    assert loaded["upstream"] == "/models/a"  # non-numeric fields are not touched

@@ -173,3 +173,15 @@ def test_a_nan_metric_is_left_out_with_a_warning_naming_it(tmp_path, caplog):
     assert "loss" not in result.metrics["snr0"] and "loss" not in result.metrics["reverb"]
     assert "loss under snr0 is NaN" in caplog.text and "loss under reverb is NaN" in caplog.text
     assert "under clean" not in caplog.text
+
+
+def test_a_null_metric_from_strict_json_is_named_like_nan(tmp_path, caplog):
+    import logging
+
+    entry = _entry("s")
+    entry["metrics"]["snr0"]["loss"] = None  # downstream writes NaN as null
+    path = _write(tmp_path, entry)
+    with caplog.at_level(logging.WARNING):
+        (result,) = load_task_results(path)
+    assert "loss" not in result.metrics["snr0"]
+    assert "loss under snr0 is NaN" in caplog.text

@@ -124,10 +124,11 @@ logger = logging.getLogger(__name__)
 
 
 def _is_nan(value: Any) -> bool:
-    """A NaN number, or a dict whose value (``_VALUE_KEYS``) is NaN."""
+    """A NaN number or ``null`` (how downstream writes NaN in strict JSON), or a dict whose
+    value (``_VALUE_KEYS``) is one."""
     if isinstance(value, dict):
         return any(_is_nan(value[k]) for k in _VALUE_KEYS if k in value)
-    return isinstance(value, float) and math.isnan(value)
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _number(value: Any) -> float | None:
@@ -208,7 +209,7 @@ def _normalise(entry: dict[str, Any], source: Path) -> TaskResult:
             mv = _metric(value, (separate.get(cond) or {}).get(name), method)
             if mv is None:
                 if _is_nan(value):  # e.g. PESQ failed on every utterance
-                    logger.warning("%s: %s under %s is NaN: the card shows it as '-' and its "
+                    logger.warning("%s: %s under %s is NaN (undefined): the card shows it as '-' and its "
                                    "model-index leaves it out", source, name, cond)
                 continue
             if (mv.interval is None and name in _PROPORTIONS and n_test
