@@ -205,3 +205,22 @@ def test_train_speaker_yaml_syntax_error_names_file_and_line(tmp_path, capsys):
     bad.write_text("data:\n  train_dir: [a\nx: 1\n")
     line = _main_error(["train", "--config", str(bad)], capsys)
     assert f"{bad}" in line and "invalid YAML" in line and "line 3" in line
+
+
+def test_train_speaker_table_error_during_training_keeps_its_traceback(tmp_path, monkeypatch):
+    # Only start-up errors become one usage line; a FileNotFoundError raised while training
+    # (a cache folder deleted hours in) must surface as itself, not as "error: ..." exit 2.
+    _resemblyzer()
+    from robustdistill.speaker import train as train_mod
+
+    monkeypatch.chdir(REPO)
+    train, test = _data(tmp_path)
+
+    def vanished(*args, **kwargs):
+        raise FileNotFoundError("attribution cache folder vanished")
+
+    monkeypatch.setattr(train_mod, "train_system", vanished)
+    with pytest.raises(FileNotFoundError, match="vanished"):
+        train_mod.main(["table", "--config", "configs/imlkd_speaker.yaml",
+                        *_tiny_args(tmp_path, train, test), "--table.output_dir",
+                        str(tmp_path / "table"), "--table.seeds", "[0]"])

@@ -865,18 +865,32 @@ def _run_key(config: dict | None) -> dict | None:
     return key
 
 
-def run_table(cfg: SpeakerKDConfig) -> dict[str, Any]:
+def run_table(cfg: SpeakerKDConfig,
+              inputs: tuple[Any, list[Any], dict[str, Any], dict[str, dict[str, str]]]
+              | None = None) -> dict[str, Any]:
     """Teacher + every ``table.methods`` x ``table.seeds``; writes ``results.json`` and
     ``table.md`` in ``table.output_dir``. A run whose ``result.json`` holds an evaluation and
     the same resolved config is reused, not retrained (a rerun of the table only trains what
-    is missing)."""
+    is missing).
+
+    Args:
+        inputs: ``(teacher, crops, sets, skipped)`` already loaded (:func:`load_teacher`,
+            :func:`load_inputs`), so that a caller can report input errors before any training;
+            ``None`` loads them here.
+
+    Raises:
+        FileNotFoundError / TeacherLoadError / SpeakerDataError: while loading ``inputs``.
+    """
     import copy
 
     root = Path(cfg.table.output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    teacher = load_teacher(cfg.teacher)
-    skipped: dict[str, dict[str, str]] = {}
-    crops, sets = load_inputs(cfg, skipped)
+    if inputs is None:
+        skipped: dict[str, dict[str, str]] = {}
+        teacher = load_teacher(cfg.teacher)
+        crops, sets = load_inputs(cfg, skipped)
+    else:
+        teacher, crops, sets, skipped = inputs
     results: dict[str, Any] = {
         "teacher": {"params": sum(p.numel() for p in teacher.parameters()),
                     "eval": evaluate_teacher(teacher, sets, cfg.data)},
@@ -1008,15 +1022,15 @@ def main(argv: list[str]) -> int:
         if args.action == "cache":
             print(json.dumps(fill_cache(cfg), indent=1))
             return 0
-        if args.action == "table":
-            results = run_table(cfg)
-            print(format_table(results))
-            return 0
         teacher = load_teacher(cfg.teacher)
         skipped: dict[str, dict[str, str]] = {}
         crops, sets = load_inputs(cfg, skipped)
     except input_errors as err:
         parser.error(str(err))
+    # Training is outside the one-line handler: an error hours in keeps its traceback.
+    if args.action == "table":
+        print(format_table(run_table(cfg, (teacher, crops, sets, skipped))))
+        return 0
     result = train_system(cfg, teacher, crops, sets, skipped_files=skipped)
     print(json.dumps(result.get("eval", {}), indent=1))
     return 0
