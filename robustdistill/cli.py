@@ -203,7 +203,9 @@ def export_main(argv: list[str]) -> int:
     """``robustdistill export``: the student of a run's checkpoint as a stock checkpoint.
 
     A missing run or checkpoint, a damaged checkpoint (``CheckpointError``, named), an ONNX
-    check folder with no usable audio and an ONNX parity failure exit 2 with one line.
+    check folder that is missing or holds no audio file (found before anything is written) or
+    no usable one (``OnnxCheckError``), and an ONNX parity failure exit 2 with one line; any
+    other error from the ONNX export keeps its traceback.
     """
     from .checkpoints import CheckpointError
     from .export import export_from_checkpoint
@@ -222,17 +224,24 @@ def export_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.onnx_check_audio is not None and not args.onnx:
         parser.error("--onnx-check-audio is for the ONNX parity check: add --onnx")
+    if args.onnx_check_audio is not None:
+        from .audio import list_audio_files
+
+        try:  # a missing or audio-less folder is found before anything is written
+            list_audio_files(args.onnx_check_audio)
+        except FileNotFoundError as err:
+            parser.error(f"--onnx-check-audio: {err}")
     try:
         out = export_from_checkpoint(args.run, args.checkpoint, args.out)
     except (FileNotFoundError, CheckpointError) as err:
         parser.error(str(err))
     logger.info("student written to %s", out)
     if args.onnx:
-        from .publish.onnx import export_and_check
+        from .publish.onnx import OnnxCheckError, export_and_check
 
         try:
             export_and_check(out, args.onnx_check_audio)
-        except (FileNotFoundError, ValueError) as err:
+        except (FileNotFoundError, OnnxCheckError) as err:
             parser.error(f"{err} (the student is exported in {out})")
         except AssertionError as err:  # parity outside the tolerance; the graph stays
             parser.error(f"ONNX check failed: {err}")

@@ -107,6 +107,7 @@ def test_onnx_check_audio_skips_bad_files_and_refuses_none_usable(tmp_path, caps
     no_audio = _one_line_error(capsys, ["--run", str(run), "--out", str(tmp_path / "y"),
                                         "--onnx", "--onnx-check-audio", str(tmp_path / "none")])
     assert "no audio files" in no_audio
+    assert not (tmp_path / "y").exists()  # found before the student is written
     sf.write(audio / "d_good.wav",
              (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000)
     with caplog.at_level(logging.WARNING, logger="robustdistill.publish.onnx"):
@@ -117,6 +118,21 @@ def test_onnx_check_audio_skips_bad_files_and_refuses_none_usable(tmp_path, caps
         assert name in skipped
     report = (tmp_path / "s" / "student" / "onnx" / "parity.json").read_text()
     assert '"num_waveforms": 1' in report and '"passed": true' in report
+
+
+def test_an_error_inside_the_onnx_export_keeps_its_traceback(tmp_path, monkeypatch):
+    # Only the user's errors (check audio, a foreign graph) are one line; a ValueError from the
+    # exporter itself is a bug to report, with its traceback.
+    from robustdistill.publish import onnx
+
+    run = _run(tmp_path)
+
+    def broken(model_dir, *args, **kwargs):
+        raise ValueError("unsupported operator inside the exporter")
+
+    monkeypatch.setattr(onnx, "export_onnx", broken)
+    with pytest.raises(ValueError, match="unsupported operator"):
+        cli.export_main(["--run", str(run), "--out", str(tmp_path / "s"), "--onnx"])
 
 
 def test_python_dash_m_robustdistill_runs_the_cli(tmp_path):

@@ -36,6 +36,12 @@ __all__ = ["OnnxParity", "check_onnx_parity", "export_and_check", "export_onnx",
 logger = logging.getLogger(__name__)
 
 #: Default ONNX opset (onnxruntime 1.31 runs up to opset 23; 17 is the oldest with LayerNorm).
+class OnnxCheckError(ValueError):
+    """The ONNX parity check cannot run on what it was given (no usable check audio, or a graph
+    exported for another feature extractor): a user error, reported by ``robustdistill export``
+    in one line, unlike an error from inside the ONNX export itself."""
+
+
 DEFAULT_OPSET = 17
 #: Default tolerance: ``|onnx - torch| <= ATOL + RTOL * |torch|`` elementwise, on every layer.
 DEFAULT_ATOL = 1e-4
@@ -173,6 +179,7 @@ def check_onnx_parity(model_dir: str | Path, waveforms: list[np.ndarray],
 
     Raises:
         ValueError: no waveforms, or a waveform that is not 1-D.
+        OnnxCheckError: the graph has inputs other than the extractor's (a ValueError).
         FileNotFoundError: no ONNX file.
         AssertionError: outside the tolerance (when ``raise_on_failure``), with the worst
             difference.
@@ -210,7 +217,7 @@ def check_onnx_parity(model_dir: str | Path, waveforms: list[np.ndarray],
             torch_args.append(torch.from_numpy(feed["attention_mask"]))
         unknown = set(feed) - feed_names
         if unknown:
-            raise ValueError(f"{onnx_path} has no input(s) {sorted(unknown)}: it was exported "
+            raise OnnxCheckError(f"{onnx_path} has no input(s) {sorted(unknown)}: it was exported "
                              "for a different feature extractor; export it again")
         with torch.inference_mode():
             _, ref = wrapper(*torch_args)
@@ -256,7 +263,7 @@ def _check_audio(model_dir: Path, audio_dir: str | Path,
     Raises:
         FileNotFoundError: ``audio_dir`` missing, or no audio file (by extension) in it;
             ``model_dir`` without ``config.json``.
-        ValueError: none of the audio files is usable.
+        OnnxCheckError: none of the audio files is usable (a ValueError).
     """
     from ..audio import AudioError, list_audio_files, load_audio
 
@@ -279,7 +286,7 @@ def _check_audio(model_dir: Path, audio_dir: str | Path,
         waveforms.append(wave)
         used.append(file)
     if not waveforms:
-        raise ValueError(f"no usable audio file under {audio_dir} for the ONNX check "
+        raise OnnxCheckError(f"no usable audio file under {audio_dir} for the ONNX check "
                          f"({skipped} skipped, see the warnings above)")
     return waveforms, used
 
@@ -303,7 +310,8 @@ def export_and_check(model_dir: str | Path, audio_dir: str | Path | None = None,
     Raises:
         AssertionError: parity outside the tolerance (the ONNX file stays, for inspection).
         FileNotFoundError: no model folder, or no audio file under ``audio_dir``.
-        ValueError: no usable audio file under ``audio_dir`` (checked before exporting).
+        OnnxCheckError: no usable audio file under ``audio_dir`` (checked before exporting),
+            or a graph exported for another feature extractor (a ValueError).
     """
     model_dir = Path(model_dir)
     if audio_dir is not None:
