@@ -1,6 +1,7 @@
 """``robustdistill enhance`` on input the model cannot use: a file too short for an SSL
 encoder, audio whose enhancement is not finite, an empty folder, an output that is the input,
-a bad ``--chunk-seconds``, and input above the model's 16 kHz (logged once)."""
+a bad ``--chunk-seconds``, input above the model's 16 kHz (logged once), and an output folder
+inside the input folder (its files are not inputs)."""
 
 from __future__ import annotations
 
@@ -111,6 +112,29 @@ def test_output_that_is_the_input_is_refused(tmp_path, gru_student_dir, capsys):
         assert stop.value.code == 2
         assert "overwrite" in capsys.readouterr().err
     np.testing.assert_array_equal(sf.read(src / "a.wav", dtype="float32")[0], x)
+
+
+def test_an_output_folder_inside_the_input_leaves_earlier_outputs_out(tmp_path, gru_student_dir,
+                                                                      capsys):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    sf.write(src / "a.wav", _noise(4000), 16000, subtype="FLOAT")
+    sf.write(src / "sub" / "b.wav", _noise(4000, 1), 16000, subtype="FLOAT")
+    args = [str(src), str(src / "enhanced"), "--model", str(gru_student_dir)]
+    assert main(args) == 0
+    first = sorted(p.relative_to(src) for p in src.rglob("*.wav"))
+    assert [str(p) for p in first] == ["a.wav", "enhanced/a.wav", "enhanced/sub/b.wav",
+                                       "sub/b.wav"]
+    assert main(args) == 0  # a rerun does not enhance its own outputs into enhanced/enhanced/
+    assert sorted(p.relative_to(src) for p in src.rglob("*.wav")) == first
+    # a folder whose only audio is under the output folder is a usage error
+    only = tmp_path / "only"
+    (only / "out").mkdir(parents=True)
+    sf.write(only / "out" / "c.wav", _noise(4000), 16000, subtype="FLOAT")
+    with pytest.raises(SystemExit) as stop:
+        main([str(only), str(only / "out"), "--model", str(gru_student_dir)])
+    assert stop.value.code == 2
+    assert "outside the output folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])

@@ -222,6 +222,8 @@ def main(argv: list[str]) -> int:
         0 when at least one file was written, 1 when every file was skipped (each logged
         with its reason). Usage errors (missing input, no audio files, an output that is the
         input, a bad ``--chunk-seconds``, an unknown output extension) exit 2 with one line.
+        An output folder inside the input folder is allowed; the audio files already under it
+        (earlier outputs) are not inputs.
     """
     from tqdm.auto import tqdm
 
@@ -250,6 +252,14 @@ def main(argv: list[str]) -> int:
             files = list_audio_files(src)
         except FileNotFoundError as err:
             parser.error(str(err))
+        if dst.resolve().is_relative_to(src.resolve()):  # e.g. enhance data data/enhanced
+            inside = [f for f in files if f.resolve().is_relative_to(dst.resolve())]
+            if inside:  # earlier outputs are not inputs (a rerun would enhance them again)
+                logger.info("leaving out %d file(s) under the output folder %s", len(inside),
+                            dst)
+                files = [f for f in files if f not in inside]
+            if not files:
+                parser.error(f"no audio files in {src} outside the output folder {dst}")
         pairs = [(Path(f), dst / Path(f).relative_to(src)) for f in files]
     else:
         if dst.is_dir() or args.output.endswith(("/", os.sep)):
