@@ -619,13 +619,20 @@ class TeacherFeatureCache:
             out[:, b, :frames] = _read_frames(path, first, frames).to(dtype)
         return out
 
+    def lookups(self) -> dict:
+        """``{"hits", "hits_read_in_loader", "misses"}``: this process's lookups so far."""
+        return {"hits": self.hits, "hits_read_in_loader": self.loader_hits,
+                "misses": self.misses}
+
+    def folder_stats(self) -> dict:
+        """``{"entries", "bytes"}``: what the cache folder holds (all processes' entries)."""
+        files = list(self.path.glob("*/*.safetensors"))
+        return {"entries": len(files), "bytes": sum(f.stat().st_size for f in files)}
+
     def stats(self) -> dict:
         """``{"hits", "hits_read_in_loader", "misses", "entries", "bytes"}`` of this process
         and folder."""
-        files = list(self.path.glob("*/*.safetensors"))
-        return {"hits": self.hits, "hits_read_in_loader": self.loader_hits,
-                "misses": self.misses, "entries": len(files),
-                "bytes": sum(f.stat().st_size for f in files)}
+        return {**self.lookups(), **self.folder_stats()}
 
 
 # ---------------------------------------------------------------------- building

@@ -872,6 +872,8 @@ def train(cfg: DistillConfig) -> Path:
         skipped_audio["streamed_items_skipped"] = (
             sum(gather_object([run.train_set.skipped])) if not cfg.data.num_workers
             else "not counted (the DataLoader workers hold the counts)")
+    cache_lookups = (gather_object([run.teacher_cache.lookups()])
+                     if run.teacher_cache is not None else None)
     if acc.is_main_process:
         summary = {"step": run.progress.step, "epoch": run.progress.epoch,
                    "best_validation_loss": run.progress.best_validation_loss,
@@ -881,8 +883,10 @@ def train(cfg: DistillConfig) -> Path:
                    "skipped_audio": skipped_audio,
                    "parameter_sha256_per_rank": fingerprints,
                    "ranks_identical": len(set(fingerprints)) == 1}
-        if run.teacher_cache is not None:  # this process's lookups (training and validation)
-            summary["teacher_cache"] = run.teacher_cache.stats()
+        if cache_lookups is not None:  # lookups of every process, training and validation
+            summary["teacher_cache"] = {
+                **{key: sum(p[key] for p in cache_lookups) for key in cache_lookups[0]},
+                **run.teacher_cache.folder_stats(), "per_process": cache_lookups}
         (run.output_dir / "final_state.json").write_text(json.dumps(summary, indent=2))
         if not summary["ranks_identical"]:
             logger.error("parameters differ between ranks: %s", fingerprints)

@@ -186,13 +186,20 @@ def test_two_cpu_processes_end_with_identical_parameters(tmp_path, tiny_wavlm_di
            "--objectives.layerwise.teacher_layers", "[1, 2]",
            "--objectives.enhancement.hidden_size", "8", "--training.max_steps", "3",
            "--training.eval_every", "3", "--training.save_every", "3",
-           "--training.gradient_accumulation_steps", "2", "--training.report_to", "[]"]
+           "--training.gradient_accumulation_steps", "2", "--training.report_to", "[]",
+           "--teacher_cache.dir", str(tmp_path / "cache"), "--teacher_cache.context", "crop"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     final = json.loads((out / "final_state.json").read_text())
     assert final["step"] == 3 and len(final["parameter_sha256_per_rank"]) == 2
     assert final["ranks_identical"]
+    # the lazily filled cache's lookups are every rank's, not rank 0's alone
+    cache = final["teacher_cache"]
+    assert len(cache["per_process"]) == 2 and all(p["misses"] > 0 for p in cache["per_process"])
+    for key in ("hits", "hits_read_in_loader", "misses"):
+        assert cache[key] == sum(p[key] for p in cache["per_process"])
+    assert cache["entries"] == len(list((tmp_path / "cache").rglob("*.safetensors")))
 
 
 def test_a_non_finite_gradient_skips_the_update_instead_of_poisoning_the_weights(
