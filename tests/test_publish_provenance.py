@@ -83,3 +83,32 @@ def test_model_facts_frame_rate_is_16k_over_the_product_of_the_strides(tiny_wavl
     facts = model_facts(tiny_wavlm_dir)  # conv strides (4, 4, 4)
     assert facts.frame_rate_hz == 16000 / 64
     assert facts.num_layers == 2 and facts.hidden_size == 32
+
+
+def test_relative_local_teacher_is_found_from_another_working_directory(
+        tmp_path, tiny_wavlm_dir, monkeypatch):
+    """A run made in WORK with ``teacher: runs/teacher`` and ``output_dir: runs/demo``, read
+    from elsewhere (``card --run ../runs/demo``): the teacher is still the local folder, not a
+    hub id the card would name as ``base_model``."""
+    import shutil
+
+    from robustdistill.publish.card_training import teacher_text
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_wavlm_dir, work / "runs" / "teacher")
+    run_dir = work / "runs" / "demo"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(
+        {"teacher": "runs/teacher", "output_dir": "runs/demo",
+         "objectives": {"layerwise": {}}}))
+    elsewhere = work / "sub"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    summary = summarise_run("../runs/demo")
+    assert summary.teacher == "runs/teacher"  # as configured, no local absolute path
+    assert summary.teacher_dir is not None and summary.teacher_facts is not None
+    assert teacher_text(summary, None).startswith("the local teacher folder `runs/teacher`")
+    # moved away from where it was made: no local folder is found, as before
+    other = tmp_path / "moved"
+    shutil.copytree(run_dir, other)
+    assert summarise_run(other).teacher_dir is None

@@ -195,7 +195,8 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     student = model_facts(model_dir)
     library_transformers = is_transformers_config(model_dir)
     run = summarise_run(run_dir, step=step, kind=kind) if run_dir is not None else None
-    if base_model is None and run is not None and is_hub_id(run.teacher):
+    if base_model is None and run is not None and run.teacher_dir is None \
+            and is_hub_id(run.teacher):
         base_model = run.teacher
     model_name = repo_id.split("/")[-1] if repo_id else model_dir.resolve().name
 

@@ -89,8 +89,9 @@ def _role(upstream: str, run: RunSummary | None) -> str:
     if run is None:
         return name
     here = Path(upstream)
-    if upstream == run.teacher or (run.teacher and here.exists() and Path(run.teacher).exists()
-                                   and here.resolve() == Path(run.teacher).resolve()):
+    teacher = run.teacher_dir or (Path(run.teacher) if run.teacher else None)
+    if upstream == run.teacher or (teacher is not None and here.exists() and teacher.exists()
+                                   and here.resolve() == teacher.resolve()):
         return name + " (teacher)"
     init = run.run_dir / "student_init"
     if here.exists() and init.exists() and here.resolve() == init.resolve():

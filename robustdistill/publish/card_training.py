@@ -388,7 +388,7 @@ def teacher_text(run: RunSummary | None, base_model: str | None) -> str:
         where = f"`{base_model}`"
         if base_model != run.teacher:
             details.append(f"loaded from `{run.teacher}`")
-    elif is_hub_id(run.teacher):
+    elif run.teacher_dir is None and is_hub_id(run.teacher):
         where = f"`{run.teacher}`"
     else:
         where = f"the local teacher folder `{run.teacher}`"

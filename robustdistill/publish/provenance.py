@@ -213,6 +213,8 @@ class RunSummary:
         last_train: the last other record of ``metrics.jsonl`` (a training step or epoch).
         environment: the records of ``environment.json`` (software versions at each start,
             :mod:`robustdistill.environment`), ``[]`` for a run older than that file.
+        teacher_dir: the local teacher folder, when ``teacher`` is one that exists (relative
+            to here or to the folder the run was started from), else None (a hub id).
     """
 
     run_dir: Path
@@ -227,6 +229,7 @@ class RunSummary:
     recipe: str = "ssl"
     last_train: dict[str, Any] = field(default_factory=dict)
     environment: list[dict[str, Any]] = field(default_factory=list)
+    teacher_dir: Path | None = None
 
 
 def config_section(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -325,6 +328,26 @@ def _describe_speaker_data(data: dict[str, Any]) -> tuple[str, str, str]:
             "them: no noise or reverberation was added in training")
 
 
+def _local_teacher(teacher: str, run_dir: Path, config: dict[str, Any]) -> Path | None:
+    """The folder of a local teacher (one with a ``config.json``), or None.
+
+    A relative ``teacher`` is relative to the folder the run was started from, which need not
+    be the current one: when ``output_dir`` is relative too, that folder is ``run_dir`` less
+    ``output_dir``'s parts (``runs/demo-teacher`` of a run ``runs/demo`` read as
+    ``../runs/demo`` is ``../runs/demo-teacher``).
+    """
+    if not teacher:
+        return None
+    candidates = [Path(teacher).expanduser()]
+    out = Path(str(config.get("output_dir") or ""))
+    if not candidates[0].is_absolute() and out.parts and not out.is_absolute() \
+            and ".." not in out.parts:
+        resolved = run_dir.resolve()
+        if resolved.parts[-len(out.parts):] == out.parts:
+            candidates.append(resolved.parents[len(out.parts) - 1] / teacher)
+    return next((c for c in candidates if (c / "config.json").is_file()), None)
+
+
 def _run_teacher(config: dict[str, Any], recipe: str) -> str:
     if recipe == "se":
         loss = config_section(config, "loss")
@@ -420,10 +443,11 @@ def summarise_run(run_dir: str | Path, step: int | None = None,
         final_state = {"step": step, "checkpoint": True}
     recipe = run_recipe(config, kind)
     teacher = _run_teacher(config, recipe)
+    teacher_dir = _local_teacher(teacher, run_dir, config) if recipe == "ssl" else None
     facts = None
-    if recipe == "ssl" and teacher and (Path(teacher) / "config.json").is_file():
+    if teacher_dir is not None:
         try:
-            facts = model_facts(teacher)
+            facts = model_facts(teacher_dir)
         except (OSError, ValueError) as err:  # an unknown architecture: say less, not fail
             logger.warning("could not read the teacher %s: %s", teacher, err)
     if recipe == "se":
@@ -437,4 +461,4 @@ def summarise_run(run_dir: str | Path, step: int | None = None,
                       final_state=final_state, last_validation=last_validation,
                       train_data=train, validation_data=valid, corruption=corruption,
                       recipe=recipe, last_train=last_train,
-                      environment=read_environment(run_dir))
+                      environment=read_environment(run_dir), teacher_dir=teacher_dir)
