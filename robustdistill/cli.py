@@ -17,7 +17,8 @@ Subcommands::
     robustdistill train-speaker {train,table,cache,gap} --config configs/imlkd_speaker.yaml
 
 For several processes use ``accelerate launch distill.py --config ...`` (``distill.py`` is
-``robustdistill distill``).
+``robustdistill distill``), or, from an installed package (no checkout, no ``distill.py``),
+``accelerate launch -m robustdistill distill --config ...``.
 """
 
 from __future__ import annotations
