@@ -34,6 +34,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -369,6 +370,27 @@ def get_task(name: str) -> type[Task]:
     if not (isinstance(task, type) and issubclass(task, Task)):
         raise ValueError(f"downstream/tasks/{name}/__init__.py must define TASK = <Task subclass>")
     return task
+
+
+def task_config_path(task: str, config: str | Path) -> Path:
+    """The YAML file ``--config`` names: a path as given, or, when no such file exists and the
+    value is a bare file name, the config of that name shipped with the task
+    (``downstream/tasks/<task>/<name>``, ``.yaml`` optional), so that an installed package's
+    configs can be named without their path (``--task ks --config kws_fsdd_cpu``).
+
+    Raises:
+        FileNotFoundError: neither exists (the task's shipped configs are listed).
+    """
+    path = Path(config)
+    if path.is_file() or path.parent != Path("."):
+        return path
+    folder = Path(__file__).resolve().parent / "tasks" / task
+    for name in (path.name, f"{path.name}.yaml"):
+        if (folder / name).is_file():
+            return folder / name
+    shipped = sorted(p.name for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    raise FileNotFoundError(f"config file not found: {config} (neither a file here nor one of "
+                            f"task {task}'s configs: {', '.join(shipped) or 'none'})")
 
 
 # ---------------------------------------------------------------------------- shared runner pieces

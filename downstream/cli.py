@@ -42,7 +42,9 @@ def _evaluate_parser() -> argparse.ArgumentParser:
                         help="task folder under downstream/tasks (e.g. utterance_classification, "
                         "speaker_verification, speech_enhancement, asr)")
     parser.add_argument("--upstream", required=True, help="hub id or local model folder")
-    parser.add_argument("--config", required=True, help="the task's YAML config")
+    parser.add_argument("--config", required=True,
+                        help="the task's YAML config: a path, or the name of one shipped in "
+                        "downstream/tasks/<task>/ (e.g. kws_fsdd_cpu)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--conditions", nargs="+", default=list(DEFAULT_CONDITIONS),
                         help="test conditions: clean, snr<dB>, reverb, reverb+snr<dB> "

@@ -41,6 +41,7 @@ from .base import (
     get_task,
     iterate_batches,
     padding_independent,
+    task_config_path,
 )
 from .conditions import CLEAN, DEFAULT_CONDITIONS, Condition, TestCorruptor, parse_conditions
 from .config import load_config, to_dict
@@ -116,7 +117,8 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
     timing: dict[str, float] = {}
     torch.manual_seed(options.seed)
     task_class = get_task(options.task)
-    config = load_config(options.config, task_class.config_class, options.overrides)
+    config_path = task_config_path(options.task, options.config)
+    config = load_config(config_path, task_class.config_class, options.overrides)
     task = task_class(config, seed=options.seed)
     conditions = parse_conditions(options.conditions)
     corruptor = TestCorruptor.from_dirs(options.test_noise_dir, options.test_rir_dir, options.seed,
@@ -218,7 +220,7 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
         "skipped_items": skipped,
         "seed": options.seed,
         "device": options.device,
-        "config_path": str(options.config),
+        "config_path": str(config_path),
         "config": to_dict(config),
         "test_noise_dir": options.test_noise_dir,
         "test_rir_dir": options.test_rir_dir,

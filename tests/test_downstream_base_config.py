@@ -179,3 +179,24 @@ def test_superb_names_and_seeds(captured):
     assert evaluate_main(["--task", "asv", *BASE, "--seeds", "2", "0"]) == 0
     (options, seeds), = captured
     assert seeds == [2, 0] and options.task == "speaker_verification" and options.label == "asv"
+
+
+def test_a_bare_config_name_finds_the_tasks_shipped_config(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from downstream.base import task_config_path
+
+    monkeypatch.chdir(tmp_path)  # not the repository: an installed package's situation
+    shipped = Path(__file__).resolve().parents[1] / "downstream" / "tasks"
+    found = task_config_path("utterance_classification", "kws_fsdd_cpu")
+    assert found == shipped / "utterance_classification" / "kws_fsdd_cpu.yaml"
+    assert task_config_path("utterance_classification", "kws_fsdd_cpu.yaml") == found
+    # a file in the working directory wins over a shipped one of the same name
+    (tmp_path / "kws_fsdd_cpu.yaml").write_text("a: 1\n")
+    assert task_config_path("utterance_classification", "kws_fsdd_cpu.yaml") == Path(
+        "kws_fsdd_cpu.yaml")
+    with pytest.raises(FileNotFoundError, match="kws_fsdd.yaml, kws_fsdd_cpu.yaml"):
+        task_config_path("utterance_classification", "kws_typo")
+    # a path with a folder is never looked up elsewhere
+    assert task_config_path("utterance_classification", "sub/kws_fsdd_cpu.yaml") == Path(
+        "sub/kws_fsdd_cpu.yaml")
