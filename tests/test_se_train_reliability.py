@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import se_train_args, write_se_data
+from conftest import free_port, se_train_args, write_se_data
 from safetensors.torch import load_file
 
 from robustdistill.audio import AudioError
@@ -215,7 +215,7 @@ def test_a_nan_loss_on_one_process_only_is_skipped_on_both(tmp_path):
         "sys.exit(train.main(sys.argv[1:]))\n")
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-           "2", "--main_process_port", "29547", str(script),
+           "2", "--main_process_port", str(free_port()), str(script),
            *se_train_args(tmp_path, out, 3, "--training.save_every", "0")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)

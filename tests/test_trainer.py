@@ -173,10 +173,12 @@ def test_two_cpu_processes_end_with_identical_parameters(tmp_path, tiny_wavlm_di
     import sys
     from pathlib import Path
 
+    from conftest import free_port
+
     repo = Path(__file__).resolve().parents[1]
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-           "2", "--main_process_port", "29533", str(repo / "distill.py"),
+           "2", "--main_process_port", str(free_port()), str(repo / "distill.py"),
            "--config", str(repo / "configs" / "demo.yaml"), "--teacher", str(tiny_wavlm_dir),
            "--output_dir", str(out), "--data.synthetic_items", "16",
            "--data.synthetic_seconds", "[0.6, 1.2]", "--data.synthetic_dir", str(tmp_path / "c"),
