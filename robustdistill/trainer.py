@@ -880,6 +880,7 @@ def train(cfg: DistillConfig) -> Path:
                    "skipped_updates": run.progress.skipped_updates,
                    "scaler_skipped_steps": run.progress.scaler_skipped_steps,
                    "nonfinite_losses": run.progress.nonfinite_losses,
+                   "nonfinite_in_a_row": run.progress.nonfinite_in_a_row,
                    "skipped_audio": skipped_audio,
                    "parameter_sha256_per_rank": fingerprints,
                    "ranks_identical": len(set(fingerprints)) == 1}

@@ -74,3 +74,4 @@ def test_too_many_nonfinite_steps_in_a_row_stop_with_a_usable_checkpoint(
     train(resumed)
     final = json.loads((run_dir / "final_state.json").read_text())
     assert final["step"] == 7 and final["skipped_updates"] == 3 and final["nonfinite_losses"] == 3
+    assert final["nonfinite_in_a_row"] == 0  # the finite steps after the resume reset it
