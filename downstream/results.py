@@ -526,10 +526,20 @@ def compare(paths: Sequence[str | Path], out: str | Path, resamples: int = 1000
     paired comparisons of every pair of upstreams on the same test items
     (:func:`paired_comparisons`).
 
+    ``out``'s own ``results.json`` among ``paths`` (a glob such as ``runs/kws_*/results.json``
+    with ``--out runs/kws_compare`` matches the previous comparison) is left out with a warning:
+    read back, every upstream would appear twice and be compared with itself.
+
     Raises:
         FileNotFoundError / ValueError: as :func:`load_results`; results of different tasks or
-            labels (e.g. KWS and SID, both accuracy).
+            labels (e.g. KWS and SID, both accuracy); no input left but ``out``'s own.
     """
+    own = (Path(out) / "results.json").resolve()
+    if any(Path(p).resolve() == own for p in paths):
+        logger.warning("leaving out %s: it is this comparison's own output (an earlier run)", own)
+        paths = [p for p in paths if Path(p).resolve() != own]
+        if not paths:
+            raise ValueError(f"no results to compare besides the output's own {own}")
     results = [r for p in paths for r in load_results(p)]
     _check_same_task(results)
     if _different_test_sets(results):

@@ -149,3 +149,23 @@ def test_results_json_is_strict_json_and_nan_reads_back_as_nan(tmp_path):
     assert np.isnan(loaded["metrics_std"]["clean"]["accuracy"])
     assert np.isnan(loaded["intervals"]["clean"]["accuracy"][0])
     assert loaded["upstream"] == "/models/a"  # non-numeric fields are not touched
+
+
+def test_compare_leaves_out_its_own_earlier_output(tmp_path, caplog):
+    # `compare runs/kws_*/results.json --out runs/kws_compare`, run twice: the glob now matches
+    # the first comparison's results.json, whose upstreams would each appear twice.
+    from downstream.results import compare, write_outputs
+
+    for name, correct in (("a", [1, 1, 0, 0]), ("b", [1, 0, 0, 0])):
+        result = _result(tmp_path, name, "utterance_classification", "accuracy",
+                         {"clean": _uc_items(correct)})
+        write_outputs([result], tmp_path / f"kws_{name}")
+    inputs = [tmp_path / "kws_a" / "results.json", tmp_path / "kws_b" / "results.json"]
+    out = tmp_path / "kws_compare"
+    assert len(compare(inputs, out, 20)) == 2
+    with caplog.at_level(logging.WARNING, logger="downstream.results"):
+        again = compare([*inputs, out / "results.json"], out, 20)
+    assert [r["upstream"] for r in again] == ["/models/a", "/models/b"]
+    assert "own output" in caplog.text
+    with pytest.raises(ValueError, match="besides the output's own"):
+        compare([out / "results.json"], out, 20)
