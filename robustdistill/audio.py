@@ -33,6 +33,8 @@ __all__ = [
     "SAMPLE_RATE",
     "AudioError",
     "AudioInfo",
+    "MAX_CHANNELS",
+    "check_channels_last",
     "decode_audio",
     "list_audio_files",
     "load_audio",
@@ -96,6 +98,26 @@ class AudioError(ValueError):
         return type(self), (str(self), self.reason)
 
 
+#: More channels than this (and than samples) in a 2-D array means a ``(channels, samples)``
+#: array (torchaudio's layout), not ``(samples, channels)``.
+MAX_CHANNELS = 64
+
+
+def check_channels_last(waveform: np.ndarray) -> None:
+    """Refuse a 2-D array that is ``(channels, samples)`` rather than ``(samples, channels)``.
+
+    Averaging such an array over its last axis would silently return one "sample" per channel
+    (e.g. a 1-sample waveform from torchaudio's ``(1, N)``).
+
+    Raises:
+        AudioError: (``"invalid"``) a 2-D array with more than :data:`MAX_CHANNELS` columns
+            and more columns than rows.
+    """
+    if waveform.ndim == 2 and waveform.shape[1] > max(MAX_CHANNELS, waveform.shape[0]):
+        raise AudioError(f"shape {waveform.shape} looks like (channels, samples); "
+                         "expected (samples,) or (samples, channels) (transpose it)")
+
+
 def to_mono(waveform: np.ndarray) -> np.ndarray:
     """Down-mix to one channel by averaging channels.
 
@@ -106,12 +128,14 @@ def to_mono(waveform: np.ndarray) -> np.ndarray:
         ``(samples,)`` float32.
 
     Raises:
-        AudioError: for arrays with more than two dimensions.
+        AudioError: for arrays with more than two dimensions, or a 2-D array laid out as
+            ``(channels, samples)`` (see :func:`check_channels_last`).
     """
     waveform = np.asarray(waveform, dtype=np.float32)
     if waveform.ndim == 1:
         return waveform
     if waveform.ndim == 2:
+        check_channels_last(waveform)
         return waveform.mean(axis=1, dtype=np.float32)
     raise AudioError(f"expected (samples,) or (samples, channels) audio, got shape {waveform.shape}")
 
@@ -161,7 +185,8 @@ def prepare_waveform(
     Raises:
         AudioError: empty audio (reason ``"empty"``), NaN or Inf samples (``"non-finite"``,
             checked before and after resampling), every sample zero (``"silent"``, unless
-            ``allow_silence``), more than two dimensions or a bad rate (``"invalid"``).
+            ``allow_silence``), more than two dimensions, a ``(channels, samples)`` array
+            (:func:`check_channels_last`) or a bad rate (``"invalid"``).
     """
     waveform = np.asarray(waveform)
     if waveform.dtype.kind == "u":  # unsigned (8-bit) PCM: centred on 2**(bits-1)

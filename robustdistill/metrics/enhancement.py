@@ -11,7 +11,11 @@ import numpy as np
 import torch
 from torchmetrics.functional.audio import scale_invariant_signal_distortion_ratio
 
-__all__ = ["si_sdr", "si_sdr_improvement"]
+__all__ = ["SilentSignalError", "si_sdr", "si_sdr_improvement"]
+
+
+class SilentSignalError(ValueError):
+    """A silent (all-zero or, with ``zero_mean``, constant) signal: SI-SDR is undefined."""
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:
@@ -36,10 +40,20 @@ def si_sdr(estimate, reference, zero_mean: bool = True) -> torch.Tensor:
 
     Raises:
         ValueError: shape mismatch, empty or non-finite signals.
+        SilentSignalError: (a ``ValueError``) a silent reference or estimate (all zeros; with
+            ``zero_mean``, constant): SI-SDR is undefined there (0 / 0), and torchmetrics'
+            epsilon would report about -199 dB for a silent reference and 0 dB for a silent
+            estimate.
     """
     est, ref = _as_tensor(estimate, "estimate"), _as_tensor(reference, "reference")
     if est.shape != ref.shape:
         raise ValueError(f"estimate {tuple(est.shape)} and reference {tuple(ref.shape)} differ")
+    for name, x in (("reference", ref), ("estimate", est)):
+        centred = x - x.mean(dim=-1, keepdim=True) if zero_mean else x
+        # zero up to float64 rounding of the mean (a constant signal, a 1-sample signal)
+        if bool((centred.abs().amax(dim=-1) <= 1e-12 * x.abs().amax(dim=-1)).any()):
+            what = "constant" if zero_mean else "all zeros"
+            raise SilentSignalError(f"{name} is silent ({what}): SI-SDR is undefined")
     return scale_invariant_signal_distortion_ratio(est, ref, zero_mean=zero_mean)
 
 
@@ -57,5 +71,6 @@ def si_sdr_improvement(estimate, noisy, clean, zero_mean: bool = True) -> torch.
 
     Raises:
         ValueError: shape mismatch, empty or non-finite signals.
+        SilentSignalError: a silent signal (see :func:`si_sdr`).
     """
     return si_sdr(estimate, clean, zero_mean) - si_sdr(noisy, clean, zero_mean)

@@ -44,6 +44,13 @@ class DistillationInputs:
         clean: ``(B, S)`` clean waveforms (what the teacher saw), zero-padded.
         noisy: ``(B, S)`` corrupted waveforms (what the student saw), zero-padded.
         lengths: ``(B,)`` real samples per utterance.
+
+    Raises:
+        ValueError: (on construction) shapes that do not agree: a ``frame_mask`` that is not
+            ``(B, T)`` bool (or 0/1) with ``T`` at most both models' frames, ``clean`` and
+            ``noisy`` not the same ``(B, S)``, ``lengths`` not ``(B,)``, or teacher / student
+            outputs of another batch size. (Objectives would otherwise broadcast a
+            ``(1, T)`` mask over the batch or weight frames by a fractional mask.)
     """
 
     teacher: UpstreamOutput
@@ -52,6 +59,26 @@ class DistillationInputs:
     clean: torch.Tensor
     noisy: torch.Tensor
     lengths: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.clean.dim() != 2 or self.clean.shape != self.noisy.shape:
+            raise ValueError(f"clean {tuple(self.clean.shape)} and noisy "
+                             f"{tuple(self.noisy.shape)} must be the same (B, S)")
+        batch = self.clean.shape[0]
+        if tuple(self.lengths.shape) != (batch,):
+            raise ValueError(f"lengths must be ({batch},), got {tuple(self.lengths.shape)}")
+        mask = self.frame_mask
+        if mask.dim() != 2 or mask.shape[0] != batch:
+            raise ValueError(f"frame_mask must be ({batch}, T), got {tuple(mask.shape)}")
+        for who, out in (("teacher", self.teacher), ("student", self.student)):
+            if out.frame_lengths.shape[0] != batch:
+                raise ValueError(f"{who} output has batch {out.frame_lengths.shape[0]}, "
+                                 f"the waveforms {batch}")
+            if mask.shape[1] > out.frame_mask.shape[1]:
+                raise ValueError(f"frame_mask has {mask.shape[1]} frames, the {who} only "
+                                 f"{out.frame_mask.shape[1]}")
+        if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
+            raise ValueError("frame_mask must be bool (or 0/1): True on real frames")
 
     @property
     def num_frames(self) -> int:

@@ -166,6 +166,8 @@ def cosine_alignment_loss(student: torch.Tensor, teacher: torch.Tensor,
         return dist.mean()
     if tuple(mask.shape) != tuple(dist.shape):
         raise ValueError(f"mask must be (B, T) = {tuple(dist.shape)}, got {tuple(mask.shape)}")
+    if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError("mask must be bool (or 0/1): True on real frames")
     m = mask.to(dist.dtype)
     if float(m.sum()) == 0:
         raise ValueError("mask has no real frame")

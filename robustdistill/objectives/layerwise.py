@@ -34,7 +34,13 @@ def layerwise_frame_losses(
     Returns:
         ``(l1, cos)``, each ``(B, T)``: ``mean_d |P - H|`` and ``-log sigmoid(cos(P, H))``
         (cosine over the feature axis).
+
+    Raises:
+        ValueError: shapes that differ (no broadcasting of ``(B, 1, D)`` or ``(T, D)``).
     """
+    if prediction.shape != target.shape:
+        raise ValueError(f"prediction {tuple(prediction.shape)} and target "
+                         f"{tuple(target.shape)} must have the same (B, T, D_t) shape")
     l1 = (prediction - target).abs().mean(dim=-1)
     cos = -F.logsigmoid(F.cosine_similarity(prediction, target, dim=-1))
     return l1, cos

@@ -33,7 +33,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from ..audio import AudioError, list_audio_files, probe_audio, resample
+from ..audio import AudioError, check_channels_last, list_audio_files, probe_audio, resample
 from .streaming import StreamingEnhancer
 from .teachers import TEACHERS, load_teacher
 from .teachers.base import FrameModel
@@ -100,11 +100,18 @@ def enhance_waveform(model, waveform: np.ndarray, sample_rate: int,
         EnhanceError: a channel shorter than the model's receptive field at its rate (reason
             ``"too short"``), or NaN / Inf in the enhanced audio (``"non-finite output"``,
             e.g. from huge finite samples that overflow the model's arithmetic).
-        ValueError: empty, non-finite or more than 2-D audio.
+        ValueError: empty, non-finite, integer or more than 2-D audio.
+        AudioError: a ``(channels, samples)`` array (see
+            :func:`robustdistill.audio.check_channels_last`).
     """
-    x = np.asarray(waveform, dtype=np.float32)
+    x = np.asarray(waveform)
+    if x.dtype.kind in "iu":
+        raise ValueError(f"expected float audio in [-1, 1], got {x.dtype} (scale integer PCM "
+                         "first, e.g. robustdistill.audio.prepare_waveform)")
+    x = x.astype(np.float32, copy=False)
     if x.ndim not in (1, 2) or x.shape[0] == 0:
         raise ValueError(f"expected (samples,) or (samples, channels) audio, got {x.shape}")
+    check_channels_last(x)
     if not np.isfinite(x).all():
         raise ValueError("audio contains NaN or Inf")
     chans = x[:, None] if x.ndim == 1 else x

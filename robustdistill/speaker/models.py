@@ -159,13 +159,20 @@ def _checked_lengths(waveforms: torch.Tensor, lengths: torch.Tensor | None) -> t
     """``(B,)`` sample lengths of ``(B, N)`` waveforms (default: all ``N``).
 
     Raises:
-        ValueError: waveforms that are not ``(batch, samples)``.
+        ValueError: waveforms that are not ``(batch, samples)``; lengths that are not a
+            ``(batch,)`` integer tensor with values in ``[1, samples]``.
     """
     if waveforms.dim() != 2:
         raise ValueError(f"expected (batch, samples) waveforms, got {tuple(waveforms.shape)}")
     if lengths is None:
-        lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long,
-                             device=waveforms.device)
+        return torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long,
+                          device=waveforms.device)
+    lengths = torch.as_tensor(lengths, device=waveforms.device)
+    if tuple(lengths.shape) != (waveforms.shape[0],) or lengths.is_floating_point():
+        raise ValueError(f"lengths must be ({waveforms.shape[0]},) integers, got shape "
+                         f"{tuple(lengths.shape)} {lengths.dtype}")
+    if int(lengths.min()) < 1 or int(lengths.max()) > waveforms.shape[1]:
+        raise ValueError(f"lengths must lie in [1, {waveforms.shape[1]}], got {lengths.tolist()}")
     return lengths
 
 
@@ -227,7 +234,8 @@ class SpeakerModel(nn.Module):
             frame lengths.
 
         Raises:
-            ValueError: ``waveforms`` is not ``(batch, samples)``.
+            ValueError: ``waveforms`` is not ``(batch, samples)``, or ``lengths`` is not
+                ``(batch,)`` integers in ``[1, samples]``.
         """
         lengths = _checked_lengths(waveforms, lengths)
         frames, frame_lengths = self.encoder(waveforms, lengths)
@@ -288,7 +296,8 @@ class SpeakerEmbedder(nn.Module):
         ``N``) -> ``(B, E)`` embeddings (not normalised).
 
         Raises:
-            ValueError: ``waveforms`` is not ``(batch, samples)``.
+            ValueError: ``waveforms`` is not ``(batch, samples)``, or ``lengths`` is not
+                ``(batch,)`` integers in ``[1, samples]``.
         """
         lengths = _checked_lengths(waveforms, lengths)
         frames, frame_lengths = self.encoder(waveforms, lengths)

@@ -51,6 +51,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from robustdistill.audio import SAMPLE_RATE
 from robustdistill.augment import NoiseBank, RirBank, mix_at_snr, reverberate
 from robustdistill.metrics import si_sdr, si_sdr_improvement
+from robustdistill.metrics.enhancement import SilentSignalError
 
 from ...base import Batch, EncodedExample, Example, Task, TaskConfig, pad_hidden
 from ...conditions import Condition, TestCorruptor
@@ -409,8 +410,13 @@ class SpeechEnhancementTask(Task):
                 for prefix, signal in (("", enhanced), ("noisy_", e.waveform)):
                     for name, value in speech_metrics(signal, e.target, e.key).items():
                         record[prefix + name] = value
-                record["si_sdr_improvement"] = float(
-                    si_sdr_improvement(enhanced, e.waveform, e.target))
+                try:
+                    record["si_sdr_improvement"] = float(
+                        si_sdr_improvement(enhanced, e.waveform, e.target))
+                except SilentSignalError as err:  # SI-SDR undefined (logged)
+                    logger.warning("SI-SDR improvement undefined on %s (%s); left out of the "
+                                   "mean", e.key, err)
+                    record["si_sdr_improvement"] = float("nan")
                 for name in ("pesq", "stoi"):
                     record[f"{name}_improvement"] = record[name] - record[f"noisy_{name}"]
                 self.last_items.append(record)
@@ -480,7 +486,8 @@ def speech_metrics(estimate: np.ndarray, reference: np.ndarray, key: str = "") -
 
     Returns:
         ``{"pesq", "stoi", "si_sdr"}``; ``pesq`` is NaN (logged) when PESQ cannot score the
-        pair (e.g. no speech detected).
+        pair (e.g. no speech detected), ``si_sdr`` is NaN (logged) when either signal is
+        silent (SI-SDR undefined; torchmetrics would report 0 dB for a silent estimate).
 
     Raises:
         ValueError: different lengths.
@@ -493,5 +500,10 @@ def speech_metrics(estimate: np.ndarray, reference: np.ndarray, key: str = "") -
     if score < 0:
         logger.warning("PESQ failed on %s (code %s); left out of the mean", key, score)
         score = float("nan")
+    try:
+        sdr = float(si_sdr(estimate, reference))
+    except SilentSignalError as err:  # a silent signal: undefined, not 0 dB
+        logger.warning("SI-SDR undefined on %s (%s); left out of the mean", key, err)
+        sdr = float("nan")
     return {"pesq": float(score), "stoi": float(stoi(reference, estimate, SAMPLE_RATE)),
-            "si_sdr": float(si_sdr(estimate, reference))}
+            "si_sdr": sdr}

@@ -1,0 +1,175 @@
+"""Python API on input that violates its docstring: a clear error, never a silent number.
+
+Each test fails without its fix: a ``(channels, samples)`` array down-mixed to one "sample"
+per channel, integer PCM enhanced unscaled, SI-SDR of a silent signal (-199 dB or 0 dB),
+frame lengths broadcast over the batch or past the features, speaker lengths that drop
+utterances, distillation inputs whose mask broadcasts or weights frames, and losses that
+broadcast ``(B, 1, D)`` targets or take fractional masks.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from robustdistill.audio import AudioError, prepare_waveform, to_mono
+from robustdistill.metrics import si_sdr, si_sdr_improvement
+from robustdistill.objectives import (
+    DistillationInputs,
+    calibrated_set_loss,
+    cosine_alignment_loss,
+    gram_kd_loss,
+)
+from robustdistill.objectives.layerwise import layerwise_frame_losses
+from robustdistill.upstream import UpstreamOutput, lengths_to_mask
+
+
+def _tone(n=16000):
+    return (0.1 * np.sin(np.arange(n) * 0.05)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- audio layout
+@pytest.mark.parametrize("channels", [1, 2, 8])
+def test_a_channels_first_array_is_refused_not_averaged_to_one_sample_per_channel(channels):
+    wave = np.stack([_tone()] * channels)  # (C, N), torchaudio's layout
+    with pytest.raises(AudioError, match="channels, samples"):
+        prepare_waveform(wave, 16000)
+    with pytest.raises(AudioError, match="channels, samples"):
+        to_mono(wave)
+
+
+def test_channels_last_and_one_sample_stereo_are_still_down_mixed():
+    wave = np.stack([_tone(), -0.5 * _tone()], axis=1)  # (N, 2)
+    np.testing.assert_allclose(prepare_waveform(wave, 16000), wave.mean(axis=1), atol=1e-7)
+    assert to_mono(np.array([[0.2, 0.4]], np.float32)).tolist() == pytest.approx([0.3])
+
+
+def test_enhance_waveform_refuses_channels_first_and_integer_audio():
+    from robustdistill.se.enhance import enhance_waveform
+    from robustdistill.se.students import GRUMaskStudent, StudentConfig
+
+    model = GRUMaskStudent(StudentConfig(hidden_size=4, num_layers=1)).eval()
+    x = _tone(4000)
+    with pytest.raises(AudioError, match="channels, samples"):
+        enhance_waveform(model, np.stack([x, x]), 16000)
+    with pytest.raises(ValueError, match="int16"):
+        enhance_waveform(model, (x * 32767).astype(np.int16), 16000)
+    assert enhance_waveform(model, np.stack([x, x], axis=1), 16000).shape == (4000, 2)
+
+
+# ---------------------------------------------------------------------------- SI-SDR
+def test_si_sdr_of_a_silent_reference_or_estimate_is_an_error_not_a_number():
+    rng = np.random.default_rng(0)
+    clean = rng.standard_normal(1600)
+    noisy = clean + 0.3 * rng.standard_normal(1600)
+    with pytest.raises(ValueError, match="reference is silent"):
+        si_sdr(noisy, np.zeros(1600))  # was -198.9 dB
+    with pytest.raises(ValueError, match="reference is silent"):
+        si_sdr(noisy, np.full(1600, 0.1))  # constant: zero after removing the mean
+    with pytest.raises(ValueError, match="estimate is silent"):
+        si_sdr(np.zeros(1600), clean)  # was 0 dB
+    with pytest.raises(ValueError, match="estimate is silent"):
+        si_sdr_improvement(np.zeros(1600), noisy, clean)  # was +10 dB over the noisy input
+    with pytest.raises(ValueError, match="silent"):
+        si_sdr(noisy[:1], clean[:1])  # one sample: zero after removing the mean
+    # without mean removal a constant (non-zero) signal is a valid reference
+    assert np.isfinite(float(si_sdr(noisy[:4], np.full(4, 0.1), zero_mean=False)))
+    assert np.isfinite(float(si_sdr(noisy, clean)))
+
+
+def test_speech_metrics_leave_a_silent_estimate_out_with_a_warning(caplog):
+    from downstream.tasks.speech_enhancement.task import speech_metrics
+
+    clean = np.random.default_rng(0).standard_normal(16000) * 0.1
+    with caplog.at_level(logging.WARNING):
+        scores = speech_metrics(np.zeros(16000), clean, "utt1")
+    assert np.isnan(scores["si_sdr"])
+    assert any("SI-SDR undefined on utt1" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="NaN"):  # non-finite input is still an error
+        speech_metrics(np.r_[clean[:-1], np.nan], clean)
+
+
+# ---------------------------------------------------------------------------- pooling
+def test_pooling_refuses_lengths_that_do_not_match_the_features():
+    from downstream.pooling import masked_mean, masked_mean_std
+
+    x = torch.randn(3, 5, 2)
+    for pool in (masked_mean, masked_mean_std):
+        with pytest.raises(ValueError, match=r"\(B,\) frame lengths"):
+            pool(x, torch.tensor([2]))  # was broadcast to all 3 utterances
+        with pytest.raises(ValueError, match=r"\(B,\) frame lengths"):
+            pool(x, torch.tensor([[2], [3], [5]]))  # was a (3, 5, 2) "pooled" output
+        with pytest.raises(ValueError, match="exceed the 5 frames"):
+            pool(x, torch.tensor([9, 5, 5]))  # was silently cut to 5
+        with pytest.raises(ValueError, match="integer"):
+            pool(x, torch.tensor([2.5, 3.0, 5.0]))
+    torch.testing.assert_close(masked_mean(x, torch.tensor([2, 5, 1])),
+                               torch.stack([x[0, :2].mean(0), x[1].mean(0), x[2, 0]]))
+
+
+def test_speaker_models_refuse_lengths_of_another_batch_or_range():
+    from robustdistill.speaker.models import MelLSTMEncoder, SpeakerEmbedder, SpeakerModel
+
+    torch.manual_seed(0)
+    model = SpeakerModel(MelLSTMEncoder(8, 1), num_speakers=3, embedding_dim=4).eval()
+    embedder = SpeakerEmbedder.from_speaker_model(model)
+    waves = torch.from_numpy(np.stack([_tone(3200), _tone(3200)]))
+    for bad in (torch.tensor([3200]), torch.tensor([3200, 6400]), torch.tensor([3200, 0]),
+                torch.tensor([3200.0, 1600.0])):
+        with pytest.raises(ValueError, match="lengths"):
+            model(waves, bad)  # (1,) used to return one embedding for two waveforms
+        with pytest.raises(ValueError, match="lengths"):
+            embedder(waves, bad)
+    assert model(waves, torch.tensor([3200, 1600])).embedding.shape == (2, 4)
+    assert embedder(waves).shape == (2, 4)
+
+
+# ---------------------------------------------------------------------------- objectives
+def _inputs(**changes):
+    lengths = torch.tensor([10, 7])
+    out = UpstreamOutput(tuple(torch.randn(2, 10, 4) for _ in range(3)), lengths,
+                         lengths_to_mask(lengths, 10))
+    wave = torch.randn(2, 3200)
+    args = {"teacher": out, "student": out, "frame_mask": lengths_to_mask(lengths, 10),
+            "clean": wave, "noisy": wave, "lengths": torch.tensor([3200, 2240])}
+    args.update(changes)
+    return DistillationInputs(**args)
+
+
+def test_distillation_inputs_refuse_masks_and_waveforms_that_do_not_agree():
+    mask = lengths_to_mask(torch.tensor([10, 7]), 10)
+    with pytest.raises(ValueError, match="frame_mask must be"):
+        _inputs(frame_mask=mask[:1])  # was broadcast over the batch by layerwise
+    with pytest.raises(ValueError, match="frame_mask must be bool"):
+        _inputs(frame_mask=mask.float() * 0.5)  # was half the loss
+    with pytest.raises(ValueError, match="the teacher only 10"):
+        _inputs(frame_mask=lengths_to_mask(torch.tensor([10, 7]), 13))
+    with pytest.raises(ValueError, match="lengths must be"):
+        _inputs(lengths=torch.tensor([3200]))  # was broadcast by the enhancement loss
+    with pytest.raises(ValueError, match="same"):
+        _inputs(noisy=torch.randn(2, 1000))
+    assert _inputs(frame_mask=mask.float()).num_frames == 10  # 0/1 floats are fine
+
+
+def test_layerwise_frame_losses_refuse_to_broadcast_the_target():
+    prediction = torch.randn(2, 5, 4)
+    for target in (torch.randn(2, 1, 4), torch.randn(5, 4)):
+        with pytest.raises(ValueError, match="same"):
+            layerwise_frame_losses(prediction, target)
+
+
+def test_kd_losses_refuse_fractional_masks():
+    student, teacher = torch.randn(2, 5, 4), torch.randn(2, 5, 4)
+    for mask in (torch.full((2, 5), 0.5), torch.full((2, 5), 2.0)):
+        with pytest.raises(ValueError, match="bool"):
+            gram_kd_loss(student, teacher, mask)  # a mask of 2s used to change the loss
+        with pytest.raises(ValueError, match="bool"):
+            cosine_alignment_loss(student, teacher, mask)
+        with pytest.raises(ValueError, match="bool"):
+            calibrated_set_loss([student], [teacher], mask)
+    ones = torch.ones(2, 5, dtype=torch.long)
+    torch.testing.assert_close(gram_kd_loss(student, teacher, ones),
+                               gram_kd_loss(student, teacher))
