@@ -19,8 +19,10 @@ from pathlib import Path
 __all__ = ["main", "report"]
 
 
-def _num(value: float, scale: float, digits: int) -> str:
-    return "-" if value is None or value != value else f"{value * scale:.{digits}f}"
+def _num(value: float | None, scale: float, digits: int, sign: str = "") -> str:
+    """``value * scale`` with ``digits`` decimals (``sign`` "+" shows it); "-" for an undefined
+    value: NaN, or ``null`` as results.json stores it (strict JSON)."""
+    return "-" if value is None or value != value else f"{value * scale:{sign}.{digits}f}"
 
 
 def report(path: str | Path, scale: float = 1.0, digits: int = 1,
@@ -69,10 +71,11 @@ def report(path: str | Path, scale: float = 1.0, digits: int = 1,
                 if row is None:
                     cells.append("-")
                     continue
-                text = (f"{row['difference'] * scale:+.{digits}f} "
-                        f"[{row['low'] * scale:+.{digits}f}, {row['high'] * scale:+.{digits}f}]"
+                text = (f"{_num(row['difference'], scale, digits, '+')} "
+                        f"[{_num(row['low'], scale, digits, '+')}, "
+                        f"{_num(row['high'], scale, digits, '+')}]"
                         + ("*" if row["significant"] else ""))
-                if "mcnemar_p" in row:
+                if row.get("mcnemar_p") is not None:
                     text += f" ({row['mcnemar_p']:.2g})"
                 cells.append(text)
             lines.append(f"| {names.get(a, a)} - {names.get(b, b)} | " + " | ".join(cells) + " |")

@@ -183,7 +183,8 @@ def aggregate_seeds(runs: Sequence[dict[str, Any]], dirs: Sequence[str | Path],
 
 _NUMERIC_KEYS = ("metrics", "metrics_std", "intervals", "per_seed")
 """Keys of a result whose leaves are numbers: an undefined value (NaN) is stored as ``null``
-and read back as NaN."""
+and read back as NaN (so are the featurizer's layer weights; ``featurizer.layers`` may be a
+real ``null``)."""
 
 
 def _null_for_nonfinite(value: Any) -> Any:
@@ -248,6 +249,9 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
         for key in _NUMERIC_KEYS:
             if isinstance(entry.get(key), dict):
                 entry[key] = _nan_for_null(entry[key])
+        featurizer = entry.get("featurizer")
+        if isinstance(featurizer, dict) and isinstance(featurizer.get("weights"), dict):
+            entry["featurizer"] = {**featurizer, "weights": _nan_for_null(featurizer["weights"])}
     return entries
 
 

@@ -26,10 +26,13 @@ CONDITION_TITLES = {"clean": "clean", "snr-5": "-5 dB", "snr0": "0 dB", "snr5": 
                     "snr10": "10 dB", "snr20": "20 dB", "reverb": "room"}
 
 
-def fmt(value: float, low: float | None = None, high: float | None = None) -> str:
+def fmt(value: float | None, *interval: float | None) -> str:
+    """``value`` or ``value [low, high]``; an undefined value (NaN, which results.json stores as
+    ``null``) is ``nan``."""
+    value, *interval = (float("nan") if v is None else v for v in (value, *interval))
     digits = 3 if abs(value) < 10 else 1
     text = f"{value:.{digits}f}"
-    return text if low is None else f"{text} [{low:.{digits}f}, {high:.{digits}f}]"
+    return text if not interval else f"{text} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
 
 
 def task_table(folder: Path, names: dict[str, str], pairs: list[tuple[str, str]],

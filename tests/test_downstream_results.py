@@ -169,3 +169,56 @@ def test_compare_leaves_out_its_own_earlier_output(tmp_path, caplog):
     assert "own output" in caplog.text
     with pytest.raises(ValueError, match="besides the output's own"):
         compare([out / "results.json"], out, 20)
+
+
+def test_report_of_a_compare_with_an_undefined_difference(tmp_path):
+    # PESQ failing on every utterance of a condition: the paired difference, its interval and
+    # p-value are NaN, stored as null; the report shows "-" where it used to show "nan".
+    from downstream.results import compare, write_outputs
+
+    paths = []
+    for name, pesq in (("a", [2.0, 2.5, 3.0]), ("b", [1.5, 2.0, 2.5])):
+        folder = tmp_path / name
+        (folder / "items").mkdir(parents=True)
+        write_items(folder / "items" / "clean.jsonl",
+                    [{"key": f"u{i}", "pesq": v} for i, v in enumerate(pesq)])
+        write_items(folder / "items" / "snr-5.jsonl",
+                    [{"key": f"u{i}", "pesq": float("nan")} for i in range(3)])
+        write_outputs([{"task": "speech_enhancement", "upstream": f"/models/{name}",
+                        "primary_metric": "pesq", "higher_is_better": True,
+                        "conditions": ["clean", "snr-5"], "test_set_sha1": "same",
+                        "metrics": {"clean": {"pesq": float(np.mean(pesq))},
+                                    "snr-5": {"pesq": float("nan")}}}], folder)
+        paths.append(folder / "results.json")
+    compare(paths, tmp_path / "cmp", 20)
+    lines = report(tmp_path / "cmp" / "results.json").splitlines()
+    assert "| a - b | +0.5 [+0.5, +0.5]* | - [-, -] |" in lines
+    assert "| a | 2.5 | - |" in lines
+
+
+def test_nan_featurizer_weights_read_back_as_nan(tmp_path):
+    from downstream.results import compare, load_results, write_outputs
+
+    a = _result(tmp_path, "a", "utterance_classification", "accuracy",
+                {"clean": _uc_items([1, 0, 1, 0])})
+    a["featurizer"] = {"layers": None, "weights": {"0": float("nan"), "1": 0.5}}
+    write_outputs([a], tmp_path / "out")
+    (loaded,) = load_results(tmp_path / "out" / "results.json")
+    assert loaded["featurizer"]["layers"] is None  # a real null stays one
+    assert np.isnan(loaded["featurizer"]["weights"]["0"])
+    compare([tmp_path / "out" / "results.json"], tmp_path / "cmp", 20)  # the table formats it
+    assert "0: nan, 1: 0.500" in (tmp_path / "cmp" / "results.md").read_text()
+
+
+def test_evidence_script_formats_a_null_metric_as_nan():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "evidence_downstream.py"
+    spec = importlib.util.spec_from_file_location("evidence_downstream", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.fmt(None) == "nan"  # strict JSON stores NaN as null
+    assert module.fmt(None, None, None) == "nan [nan, nan]"
+    assert module.fmt(0.5, 0.25, 0.75) == "0.500 [0.250, 0.750]"
+    assert module.fmt(12.34) == "12.3"
