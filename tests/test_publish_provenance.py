@@ -112,3 +112,43 @@ def test_relative_local_teacher_is_found_from_another_working_directory(
     other = tmp_path / "moved"
     shutil.copytree(run_dir, other)
     assert summarise_run(other).teacher_dir is None
+
+
+def _run_made_in(work, teacher_src):
+    """A run made in ``work`` with ``teacher: runs/teacher`` and ``output_dir: runs/demo``."""
+    import shutil
+
+    shutil.copytree(teacher_src, work / "runs" / "teacher")
+    run_dir = work / "runs" / "demo"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(
+        {"teacher": "runs/teacher", "output_dir": "runs/demo",
+         "objectives": {"layerwise": {}}}))
+    return run_dir
+
+
+def test_relative_local_teacher_is_found_through_a_symlinked_runs_folder(
+        tmp_path, tiny_wavlm_dir, monkeypatch):
+    """``runs/`` a link to a bigger disk (``runs -> /disk/experiments``): the run folder's
+    resolved path does not end with ``runs/demo``, its path as named does."""
+    disk = tmp_path / "disk" / "experiments"
+    disk.mkdir(parents=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "runs").symlink_to(disk)
+    _run_made_in(work, tiny_wavlm_dir)
+    (work / "sub").mkdir()
+    monkeypatch.chdir(work / "sub")
+    summary = summarise_run("../runs/demo")
+    assert summary.teacher_dir is not None and summary.teacher_facts is not None
+
+
+def test_relative_local_teacher_is_the_one_of_the_runs_start_folder(
+        tmp_path, tiny_wavlm_dir, monkeypatch):
+    """Card run from another checkout that has its own ``runs/teacher``: the run's teacher is
+    the one next to the run, not the current folder's namesake."""
+    a = _run_made_in(tmp_path / "a", tiny_wavlm_dir)
+    _run_made_in(tmp_path / "b", tiny_wavlm_dir)
+    monkeypatch.chdir(tmp_path / "b")
+    summary = summarise_run(a)
+    assert summary.teacher_dir.resolve() == (tmp_path / "a" / "runs" / "teacher").resolve()

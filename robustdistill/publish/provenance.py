@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -338,13 +339,17 @@ def _local_teacher(teacher: str, run_dir: Path, config: dict[str, Any]) -> Path 
     """
     if not teacher:
         return None
-    candidates = [Path(teacher).expanduser()]
+    here = Path(teacher).expanduser()
+    candidates = []
     out = Path(str(config.get("output_dir") or ""))
-    if not candidates[0].is_absolute() and out.parts and not out.is_absolute() \
+    if not here.is_absolute() and out.parts and not out.is_absolute() \
             and ".." not in out.parts:
-        resolved = run_dir.resolve()
-        if resolved.parts[-len(out.parts):] == out.parts:
-            candidates.append(resolved.parents[len(out.parts) - 1] / teacher)
+        # the run folder as named (a symlinked ``runs/`` keeps its name) and with links resolved
+        for full in (Path(os.path.abspath(run_dir)), run_dir.resolve()):
+            if full.parts[-len(out.parts):] == out.parts:
+                candidates.append(full.parents[len(out.parts) - 1] / here)
+    candidates.append(here)  # relative to the current folder (the start folder's, if card
+    # runs there): after the run's own start folder, which a relative teacher was relative to
     return next((c for c in candidates if (c / "config.json").is_file()), None)
 
 
