@@ -35,13 +35,13 @@ __all__ = ["OnnxParity", "check_onnx_parity", "export_and_check", "export_onnx",
 
 logger = logging.getLogger(__name__)
 
-#: Default ONNX opset (onnxruntime 1.31 runs up to opset 23; 17 is the oldest with LayerNorm).
 class OnnxCheckError(ValueError):
     """The ONNX parity check cannot run on what it was given (no usable check audio, or a graph
     exported for another feature extractor): a user error, reported by ``robustdistill export``
     in one line, unlike an error from inside the ONNX export itself."""
 
 
+#: Default ONNX opset (onnxruntime 1.31 runs up to opset 23; 17 is the oldest with LayerNorm).
 DEFAULT_OPSET = 17
 #: Default tolerance: ``|onnx - torch| <= ATOL + RTOL * |torch|`` elementwise, on every layer.
 DEFAULT_ATOL = 1e-4
