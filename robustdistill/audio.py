@@ -412,7 +412,7 @@ def list_audio_files(
 
     Args:
         root: a folder, or a single audio file.
-        extensions: lower-case suffixes to accept.
+        extensions: lower-case suffixes to accept (one suffix may be given as a string).
 
     Raises:
         FileNotFoundError: ``root`` does not exist or holds no audio file.
@@ -420,6 +420,8 @@ def list_audio_files(
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"audio path does not exist: {root}")
+    if isinstance(extensions, str):  # ".flac" would be read as ".", "f", "l", "a", "c"
+        extensions = (extensions,)
     suffixes = tuple(ext.lower() for ext in extensions)
     if root.is_file():
         files = [root] if root.suffix.lower() in suffixes else []

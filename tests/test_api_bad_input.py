@@ -173,3 +173,39 @@ def test_kd_losses_refuse_fractional_masks():
     ones = torch.ones(2, 5, dtype=torch.long)
     torch.testing.assert_close(gram_kd_loss(student, teacher, ones),
                                gram_kd_loss(student, teacher))
+
+
+# ---------------------------------------------------------------- follow-ups (reported, fixed)
+def test_map_kl_refuses_negative_teacher_entries_that_sum_to_one():
+    from robustdistill.speaker.losses import map_kl
+
+    with pytest.raises(ValueError, match="non-negative"):
+        map_kl(torch.zeros(1, 2), torch.tensor([[1.5, -0.5]]))
+
+
+def test_class_loss_refuses_a_nan_temperature():
+    from robustdistill.speaker.losses import class_loss
+
+    with pytest.raises(ValueError, match="tau"):
+        class_loss(torch.zeros(2, 3), torch.zeros(2, 3), tau=float("nan"))
+
+
+def test_a_string_of_axes_is_refused_not_read_letter_by_letter():
+    from robustdistill.objectives.similarity import gram_kd_loss
+    from robustdistill.se.losses import LossConfig
+
+    x = torch.randn(2, 5, 4)
+    with pytest.raises(ValueError, match="not a string"):
+        gram_kd_loss(x, x, axes="time")
+    with pytest.raises(ValueError, match="gram_axes"):
+        LossConfig(gram_axes="time")
+
+
+def test_list_audio_files_takes_one_extension_as_a_string(tmp_path):
+    import soundfile as sf
+
+    from robustdistill.audio import list_audio_files
+
+    sf.write(tmp_path / "a.flac", np.zeros(160, np.float32), 16000)
+    sf.write(tmp_path / "b.wav", np.zeros(160, np.float32), 16000)
+    assert list_audio_files(tmp_path, ".flac") == [tmp_path / "a.flac"]

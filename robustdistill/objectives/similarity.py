@@ -142,6 +142,8 @@ def gram_kd_per_utterance(student: torch.Tensor, teacher: torch.Tensor,
             axis whose length differs between teacher and student (e.g. ``"feature"`` with
             ``D_s != D_t``); a mask of the wrong shape or with an utterance of no real frame.
     """
+    if isinstance(axes, str):  # "time" would be read as the axes "t", "i", "m", "e"
+        raise ValueError(f"axes must be a sequence of axis names, e.g. ({axes!r},), not a string")
     if not axes:
         raise ValueError("gram_kd needs at least one axis")
     if student.dim() != teacher.dim():
@@ -243,6 +245,8 @@ class GramKD(Objective):
         self.layer_pairs = _pairs(layer_pairs, teacher_num_layers)
         #: Teacher layers read (what a teacher cache stores).
         self.teacher_layers = sorted({layer for layer, _ in self.layer_pairs})
+        if isinstance(axes, str):
+            raise ValueError(f"gram_kd.axes must be a list of axis names, e.g. [{axes}]")
         self.axes = list(axes) if axes is not None else ["time"]
         if not self.axes:
             raise ValueError("gram_kd.axes must name at least one axis")

@@ -82,7 +82,9 @@ class LossConfig:
     Raises:
         ValueError: (on construction) a schedule :class:`LossSchedule` rejects, an unknown
             ``teacher_input``, a KD weight > 0 without ``teacher``, ``output_kd`` with
-            ``teacher_input: clean``, or student and teacher sets of different counts.
+            ``teacher_input: clean``, student and teacher sets of different counts, or
+            ``gram_axes`` that is not a non-empty list (a bare string would be read letter by
+            letter).
     """
 
     schedule: str = "sum"
@@ -113,6 +115,9 @@ class LossConfig:
                              "teacher_input 'noisy'")
         if len(self.tfckd_student_sets) != len(self.tfckd_teacher_sets):
             raise ValueError("tfckd_student_sets and tfckd_teacher_sets need the same length")
+        if not isinstance(self.gram_axes, list | tuple) or not self.gram_axes:
+            raise ValueError(f"gram_axes must be a non-empty list of axis names, e.g. [time], "
+                             f"got {self.gram_axes!r}")
 
     @property
     def uses_teacher(self) -> bool:

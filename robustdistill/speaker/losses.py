@@ -43,10 +43,10 @@ def class_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: 
     """``tau^2 mean_b KL(softmax(z_t / tau) || softmax(z_s / tau))`` for ``(B, K)`` logits.
 
     Raises:
-        ValueError: shapes differ or ``tau <= 0``.
+        ValueError: shapes differ or ``tau`` is not a number above 0 (NaN included).
     """
     _check_batch(student_logits, teacher_logits, "class loss")
-    if tau <= 0:
+    if not tau > 0:  # also refuses NaN
         raise ValueError(f"temperature tau must be positive, got {tau}")
     log_p_t = F.log_softmax(teacher_logits / tau, dim=-1)
     log_p_s = F.log_softmax(student_logits / tau, dim=-1)
@@ -78,9 +78,12 @@ def map_kl(student_logits: torch.Tensor, teacher_maps: torch.Tensor) -> torch.Te
         teacher_maps: ``(S, T)`` non-negative, each row summing to one (zero entries add 0).
 
     Raises:
-        ValueError: shapes differ, or a teacher row does not sum to one (tolerance 1e-3).
+        ValueError: shapes differ, a negative teacher entry, or a teacher row that does not
+            sum to one (tolerance 1e-3).
     """
     _check_batch(student_logits, teacher_maps, "map KL")
+    if bool((teacher_maps < 0).any()):
+        raise ValueError("teacher maps must be non-negative (a distribution per segment)")
     sums = teacher_maps.sum(-1)
     if not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
         raise ValueError(f"teacher maps must sum to one per segment, got sums {sums.tolist()}")
