@@ -27,8 +27,21 @@ __all__ = [
     "Objective",
     "OBJECTIVES",
     "build_objective",
+    "check_binary_mask",
     "register_objective",
 ]
+
+
+def check_binary_mask(mask: torch.Tensor, name: str = "frame_mask") -> None:
+    """Refuse a mask whose values are not 0/1 (bool masks pass without a device sync).
+
+    A fractional mask would weight frames instead of selecting them.
+
+    Raises:
+        ValueError: a value other than 0 and 1.
+    """
+    if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError(f"{name} must be bool (or 0/1): True on real frames")
 
 
 @dataclass
@@ -77,8 +90,7 @@ class DistillationInputs:
             if mask.shape[1] > out.frame_mask.shape[1]:
                 raise ValueError(f"frame_mask has {mask.shape[1]} frames, the {who} only "
                                  f"{out.frame_mask.shape[1]}")
-        if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
-            raise ValueError("frame_mask must be bool (or 0/1): True on real frames")
+        check_binary_mask(mask)
 
     @property
     def num_frames(self) -> int:

@@ -20,7 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import DistillationInputs, LossTerm, Objective, register_objective
+from .base import (
+    DistillationInputs,
+    LossTerm,
+    Objective,
+    check_binary_mask,
+    register_objective,
+)
 
 __all__ = ["CosineAlignment", "LinearInvertedBottleneck", "cosine_alignment_loss",
            "cosine_distance_per_frame", "frames_last", "resample_frames"]
@@ -166,8 +172,7 @@ def cosine_alignment_loss(student: torch.Tensor, teacher: torch.Tensor,
         return dist.mean()
     if tuple(mask.shape) != tuple(dist.shape):
         raise ValueError(f"mask must be (B, T) = {tuple(dist.shape)}, got {tuple(mask.shape)}")
-    if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
-        raise ValueError("mask must be bool (or 0/1): True on real frames")
+    check_binary_mask(mask, "mask")
     m = mask.to(dist.dtype)
     if float(m.sum()) == 0:
         raise ValueError("mask has no real frame")

@@ -22,7 +22,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .base import DistillationInputs, LossTerm, Objective, register_objective
+from .base import (
+    DistillationInputs,
+    LossTerm,
+    Objective,
+    check_binary_mask,
+    register_objective,
+)
 
 __all__ = ["GRAM_AXES", "GramKD", "gram_kd_loss", "gram_kd_per_utterance", "gram_matrix"]
 
@@ -47,8 +53,7 @@ def _check_mask(mask: torch.Tensor | None, batch: int, frames: int,
         return torch.ones(batch, frames, device=device)
     if tuple(mask.shape) != (batch, frames):
         raise ValueError(f"mask must be (B, T) = {(batch, frames)}, got {tuple(mask.shape)}")
-    if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
-        raise ValueError("mask must be bool (or 0/1): True on real frames")
+    check_binary_mask(mask, "mask")
     mask = mask.to(device=device, dtype=torch.float32)
     if bool((mask.sum(dim=1) == 0).any()):
         raise ValueError("mask has an utterance with no real frame; its Gram loss is undefined")

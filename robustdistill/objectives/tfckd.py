@@ -36,7 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import DistillationInputs, LossTerm, Objective, register_objective
+from .base import (
+    DistillationInputs,
+    LossTerm,
+    Objective,
+    check_binary_mask,
+    register_objective,
+)
 
 __all__ = ["TFCalibratedKD", "calibrated_set_loss", "contiguous_sets", "frequency_profile",
            "residual_fusion", "tfckd_loss", "time_profile"]
@@ -51,8 +57,7 @@ def _mask(mask: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
         return torch.ones(batch, frames, device=x.device)
     if tuple(mask.shape) != (batch, frames):
         raise ValueError(f"mask must be (B, T) = {(batch, frames)}, got {tuple(mask.shape)}")
-    if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
-        raise ValueError("mask must be bool (or 0/1): True on real frames")
+    check_binary_mask(mask, "mask")
     mask = mask.to(device=x.device, dtype=torch.float32)
     if bool((mask.sum(dim=1) == 0).any()):
         raise ValueError("mask has an utterance with no real frame")
