@@ -318,17 +318,20 @@ class Upstream(nn.Module):
             lengths: ``(B,)`` integer sample counts.
 
         Returns:
-            ``(B,)`` long frame counts.
+            ``(B,)`` long frame counts, never negative: 0 for an utterance shorter than the
+            SSL encoder's receptive field (the convolution arithmetic alone gives -1 for a
+            few samples) and for 0 samples.
         """
         lengths = torch.as_tensor(lengths)
         if self.is_whisper and self.whisper_frames == "ssl":
             # Frames whose centre 320 k + 200 lies within the utterance's real Whisper frames.
-            return (torch.div(lengths - SSL_RECEPTIVE_FIELD, WHISPER_SAMPLES_PER_FRAME,
-                              rounding_mode="floor") + 1).clamp(min=1).long()
+            frames = (torch.div(lengths - SSL_RECEPTIVE_FIELD, WHISPER_SAMPLES_PER_FRAME,
+                                rounding_mode="floor") + 1).clamp(min=1).long()
+            return torch.where(lengths > 0, frames, torch.zeros_like(frames))
         if self.is_whisper:
             return torch.div(lengths + WHISPER_SAMPLES_PER_FRAME - 1, WHISPER_SAMPLES_PER_FRAME,
                              rounding_mode="floor").long()
-        return self.model._get_feat_extract_output_lengths(lengths).long()
+        return self.model._get_feat_extract_output_lengths(lengths).long().clamp(min=0)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -349,11 +352,16 @@ class Upstream(nn.Module):
             :class:`UpstreamOutput`.
 
         Raises:
-            ValueError: wrongly shaped input, lengths outside ``[1, S]``, or an utterance
-                shorter than one frame (400 samples for the Base CNN).
+            ValueError: wrongly shaped input, integer (or bool) waveforms (e.g. int16 PCM,
+                which would be read as samples of +-32768: scale it to [-1, 1) first with
+                :func:`robustdistill.audio.prepare_waveform`), lengths outside ``[1, S]``, or
+                an utterance shorter than one frame (400 samples for the Base CNN).
         """
         if waveforms.dim() != 2:
             raise ValueError(f"waveforms must be (B, S), got shape {tuple(waveforms.shape)}")
+        if not waveforms.is_floating_point():
+            raise ValueError(f"waveforms must be float in [-1, 1], got {waveforms.dtype} (scale "
+                             "integer PCM first, e.g. robustdistill.audio.prepare_waveform)")
         lengths = torch.as_tensor(lengths, device=waveforms.device).long()
         if lengths.shape != (waveforms.shape[0],):
             raise ValueError(f"lengths must be ({waveforms.shape[0]},), got {tuple(lengths.shape)}")

@@ -4,7 +4,9 @@ Each test fails without its fix: a ``(channels, samples)`` array down-mixed to o
 per channel, integer PCM enhanced unscaled, SI-SDR of a silent signal (-199 dB or 0 dB),
 frame lengths broadcast over the batch or past the features, speaker lengths that drop
 utterances, distillation inputs whose mask broadcasts or weights frames, and losses that
-broadcast ``(B, 1, D)`` targets or take fractional masks.
+broadcast ``(B, 1, D)`` targets or take fractional masks; then (second audit) integer PCM fed
+to the upstream and SE models, lengths of another batch, empty losses that were NaN and crashes
+deep inside pystoi, TFCKD and the speaker helpers.
 """
 
 from __future__ import annotations
@@ -209,3 +211,105 @@ def test_list_audio_files_takes_one_extension_as_a_string(tmp_path):
     sf.write(tmp_path / "a.flac", np.zeros(160, np.float32), 16000)
     sf.write(tmp_path / "b.wav", np.zeros(160, np.float32), 16000)
     assert list_audio_files(tmp_path, ".flac") == [tmp_path / "a.flac"]
+
+
+# ---------------------------------------------------------------- follow-ups (second audit)
+def _tiny_upstream():
+    from transformers import HubertConfig, HubertModel
+
+    from robustdistill.upstream import Upstream
+
+    torch.manual_seed(0)
+    return Upstream(HubertModel(HubertConfig(
+        hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8,
+        conv_dim=[4] * 7, num_conv_pos_embeddings=2, num_conv_pos_embedding_groups=1)))
+
+
+def test_upstream_refuses_integer_pcm_and_counts_no_negative_frames():
+    upstream = _tiny_upstream()
+    wave = torch.from_numpy(_tone(1600))[None]
+    with pytest.raises(ValueError, match="prepare_waveform"):
+        upstream((wave * 32767).to(torch.int16), torch.tensor([1600]))  # was read as +-32768
+    assert upstream(wave, torch.tensor([1600])).frame_lengths.tolist() == [4]
+    # 0 samples has 0 frames (the convolution arithmetic gave -1); valid counts unchanged
+    assert upstream.frame_lengths(torch.tensor([0, 5, 399, 400, 720])).tolist() == [0, 0, 0, 1, 2]
+
+
+def test_se_models_refuse_integer_or_other_dtype_audio_and_take_one_activation_name():
+    from robustdistill.se.students import GRUMaskStudent, StudentConfig
+
+    model = GRUMaskStudent(StudentConfig(hidden_size=4, num_layers=1)).eval()
+    x = torch.from_numpy(_tone(1600))
+    with pytest.raises(ValueError, match="prepare_waveform"):
+        model((x * 32767).to(torch.int16))  # was enhanced as samples of +-32768
+    with pytest.raises(ValueError, match="float64.*float32"):
+        model(x.double())  # was "mat1 and mat2 must have the same dtype"
+    assert list(model(x, return_activations="gru1").activations) == ["gru1"]  # was KeyError 'g'
+    with pytest.raises(KeyError, match="fc_in"):  # an unknown name lists the known ones
+        model(x, return_activations=["gru9"])
+    assert list(model(x, return_activations=["mask", "gru1"]).activations) == ["mask", "gru1"]
+
+
+def test_resample_frames_refuses_lengths_of_another_batch_or_fractional():
+    from robustdistill.objectives.cosine_alignment import resample_frames
+
+    x = torch.randn(2, 5, 3)
+    ok = torch.tensor([5, 4])
+    for bad in (torch.tensor([5, 4, 3]), torch.tensor([5]), torch.tensor([[5, 4]])):
+        with pytest.raises(ValueError, match=r"must be \(B,\)"):
+            resample_frames(x, bad, ok)  # extra entries were ignored, too few an IndexError
+        with pytest.raises(ValueError, match=r"must be \(B,\)"):
+            resample_frames(x, ok, bad)
+    with pytest.raises(ValueError, match="integer"):
+        resample_frames(x, torch.tensor([4.7, 4.0]), ok)  # was truncated to 4
+    with pytest.raises(ValueError, match="integer"):
+        resample_frames(x, ok, torch.tensor([5.5, 5.0]))
+    assert resample_frames(x, ok, torch.tensor([3, 5])).shape == (2, 5, 3)
+
+
+def test_kd_losses_of_no_frame_or_no_utterance_are_errors_not_nan():
+    for shape in ((2, 0, 4), (0, 5, 4)):
+        with pytest.raises(ValueError, match="no frame"):
+            cosine_alignment_loss(torch.randn(shape), torch.randn(shape))  # was NaN
+    with pytest.raises(ValueError, match="empty batch"):
+        gram_kd_loss(torch.randn(0, 5, 4), torch.randn(0, 5, 4))  # was NaN
+    x = torch.randn(2, 5, 4)
+    assert torch.isfinite(cosine_alignment_loss(x, x)) and torch.isfinite(gram_kd_loss(x, x))
+
+
+def test_speech_metrics_refuse_short_empty_and_two_dimensional_signals():
+    from downstream.tasks.speech_enhancement.task import MIN_METRIC_SAMPLES, speech_metrics
+
+    clean = np.random.default_rng(0).standard_normal(16000) * 0.1
+    for n in (0, 10, MIN_METRIC_SAMPLES - 1):  # AxisError / "zero-size array" from pystoi
+        with pytest.raises(ValueError, match=f"at least {MIN_METRIC_SAMPLES} samples"):
+            speech_metrics(0.9 * clean[:n], clean[:n])
+    with pytest.raises(ValueError, match=r"\(S,\) mono"):
+        speech_metrics(np.stack([clean, clean]), np.stack([clean, clean]))
+    assert np.isfinite(speech_metrics(0.9 * clean[:MIN_METRIC_SAMPLES],
+                                      clean[:MIN_METRIC_SAMPLES])["stoi"])
+
+
+def test_tfckd_loss_refuses_a_flat_list_of_features():
+    from robustdistill.objectives.tfckd import tfckd_loss
+
+    feats = [torch.randn(2, 1, 5, 4) for _ in range(2)]
+    with pytest.raises(ValueError, match="list of sets"):
+        tfckd_loss(feats, feats)  # was "Boolean value of Tensor ... is ambiguous"
+    assert torch.isfinite(tfckd_loss([feats], [feats]))
+
+
+def test_speaker_attribution_helpers_refuse_empty_maps_and_sub_sample_segments():
+    from robustdistill.speaker.attribution import frame_map, segment_bounds
+    from robustdistill.speaker.losses import batch_loss
+
+    with pytest.raises(ValueError, match="no frame"):
+        frame_map(torch.zeros(2, 0, 3))  # was ZeroDivisionError
+    for d in (1e-9, float("nan")):
+        with pytest.raises(ValueError, match="one sample|positive"):
+            segment_bounds(160, [d])  # was "range() arg 3 must not be zero"
+    assert segment_bounds(160, [1 / 16000]) == [(i, i + 1) for i in range(160)]
+    for shape in ((4,), (2, 3, 4)):
+        with pytest.raises(ValueError, match=r"\(B, E\)"):
+            batch_loss(torch.randn(shape), torch.randn(shape))  # IndexError / size mismatch
+    assert torch.isfinite(batch_loss(torch.randn(3, 4), torch.randn(3, 5)))

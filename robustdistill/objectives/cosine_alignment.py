@@ -108,8 +108,18 @@ def resample_frames(x: torch.Tensor, lengths: torch.Tensor, target_lengths: torc
         ``(B, num_frames, D)``, differentiable with respect to ``x``.
 
     Raises:
-        ValueError: a length below 1 or above the available / requested frames.
+        ValueError: ``x`` not 3-D, ``lengths`` or ``target_lengths`` not ``(B,)`` integer
+            tensors, a length below 1 or above the available / requested frames.
     """
+    if x.dim() != 3:
+        raise ValueError(f"resample_frames: x must be (B, T, D), got {tuple(x.shape)}")
+    for name, value in (("lengths", lengths), ("target_lengths", target_lengths)):
+        if tuple(value.shape) != (x.shape[0],):
+            raise ValueError(f"resample_frames: {name} must be (B,) = ({x.shape[0]},), got "
+                             f"{tuple(value.shape)}")
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise ValueError(f"resample_frames: {name} must be integer frame counts, got "
+                             f"{value.dtype}")
     lengths, target_lengths = lengths.long().cpu(), target_lengths.long().cpu()
     if num_frames is None:
         num_frames = int(target_lengths.max())
@@ -165,10 +175,14 @@ def cosine_alignment_loss(student: torch.Tensor, teacher: torch.Tensor,
 
     Raises:
         ValueError: shapes that differ, a rank other than 3 or 4, a mask of the wrong shape,
-            or no real frame.
+            or no real frame (also without a mask: ``B = 0`` or ``T = 0``, whose mean would
+            be NaN).
     """
     dist = cosine_distance_per_frame(student, teacher)
     if mask is None:
+        if dist.numel() == 0:
+            raise ValueError(f"no frame to align: student and teacher are "
+                             f"{tuple(student.shape)} (B = 0 or T = 0)")
         return dist.mean()
     if tuple(mask.shape) != tuple(dist.shape):
         raise ValueError(f"mask must be (B, T) = {tuple(dist.shape)}, got {tuple(mask.shape)}")

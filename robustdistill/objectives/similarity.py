@@ -180,16 +180,24 @@ def gram_kd_loss(student: torch.Tensor, teacher: torch.Tensor,
                  axes: Sequence[str] = ("time",), center: bool = False) -> torch.Tensor:
     """Batch mean of :func:`gram_kd_per_utterance` (the paper's loss for one layer pair).
 
-    Args and errors: see :func:`gram_kd_per_utterance`.
+    Args: see :func:`gram_kd_per_utterance`.
 
     Returns:
         Scalar float32 tensor.
+
+    Raises:
+        ValueError: an empty batch (``B = 0``: its mean would be NaN), or see
+            :func:`gram_kd_per_utterance`.
 
     Example (an NSNet2-like teacher and a narrower student)::
 
         loss = gram_kd_loss(student_act, teacher_act, mask, axes=("time", "frequency"))
     """
-    return gram_kd_per_utterance(student, teacher, mask, axes, center).mean()
+    losses = gram_kd_per_utterance(student, teacher, mask, axes, center)
+    if losses.numel() == 0:
+        raise ValueError(f"gram_kd_loss of an empty batch: student {tuple(student.shape)} "
+                         f"and teacher {tuple(teacher.shape)} have B = 0")
+    return losses.mean()
 
 
 def _pairs(layer_pairs, teacher_num_layers: int) -> list[tuple[int, int]]:

@@ -208,7 +208,9 @@ def tfckd_loss(student_sets: Sequence[Sequence[torch.Tensor]],
         Scalar float32.
 
     Raises:
-        ValueError: different numbers of sets, or see :func:`calibrated_set_loss`.
+        ValueError: different numbers of sets, a set that is a tensor rather than a list of
+            tensors (e.g. a flat list of features instead of a list of sets: wrap it,
+            ``[features]``, for one set), or see :func:`calibrated_set_loss`.
 
     Example (speech-enhancement activations ``(B, C, T, F)``, one 1x1 conv per student
     layer mapping its channels to the teacher's)::
@@ -218,6 +220,10 @@ def tfckd_loss(student_sets: Sequence[Sequence[torch.Tensor]],
     if len(student_sets) != len(teacher_sets) or not student_sets:
         raise ValueError(f"need the same non-zero number of student and teacher sets, got "
                          f"{len(student_sets)} and {len(teacher_sets)}")
+    for side, sets in (("student_sets", student_sets), ("teacher_sets", teacher_sets)):
+        if isinstance(sets, torch.Tensor) or any(isinstance(x, torch.Tensor) for x in sets):
+            raise ValueError(f"{side} must be a list of sets, each a list of tensors, got a "
+                             f"tensor where a set belongs (for one set pass [features])")
     intra = sum(calibrated_set_loss(s, t, mask, **options)
                 for s, t in zip(student_sets, teacher_sets, strict=True))
     fused_s = [residual_fusion(s) for s in student_sets]

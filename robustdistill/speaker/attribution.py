@@ -102,15 +102,19 @@ def segment_bounds(num_samples: int, durations: Sequence[float | None], sample_r
         e.g. a 2 s segment of a 2 s crop and the whole crop, appear once).
 
     Raises:
-        ValueError: empty crop or a non-positive duration.
+        ValueError: empty crop, a non-positive duration, or one shorter than half a sample
+            (it rounds to 0 samples at ``sample_rate``).
     """
     if num_samples < 1:
         raise ValueError(f"a crop needs samples, got {num_samples}")
     out: list[tuple[int, int]] = []
     for d in durations:
-        if d is not None and d <= 0:
+        if d is not None and not d > 0:  # also refuses NaN
             raise ValueError(f"segment durations must be positive seconds, got {d}")
         length = num_samples if d is None else min(num_samples, int(round(d * sample_rate)))
+        if length < 1:
+            raise ValueError(f"a segment of {d} s is shorter than one sample at "
+                             f"{sample_rate} Hz (rounds to 0 samples)")
         for start in range(0, num_samples - length + 1, length):
             if (start, start + length) not in out:
                 out.append((start, start + length))
@@ -125,7 +129,14 @@ def frame_map(attributions: torch.Tensor) -> torch.Tensor:
 
     Returns:
         ``(S, T)``, non-negative, each row summing to one (uniform for an all-zero row).
+
+    Raises:
+        ValueError: ``attributions`` not 3-D, or no frame (``T = 0``: no map to normalise).
     """
+    if attributions.dim() != 3:
+        raise ValueError(f"attributions must be (S, T, F), got {tuple(attributions.shape)}")
+    if attributions.shape[1] == 0:
+        raise ValueError(f"attributions {tuple(attributions.shape)} have no frame (T = 0)")
     mass = attributions.abs().sum(dim=-1)
     total = mass.sum(dim=-1, keepdim=True)
     uniform = torch.full_like(mass, 1.0 / mass.shape[-1])

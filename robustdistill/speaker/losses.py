@@ -59,8 +59,13 @@ def batch_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     embeddings (widths may differ: only the ``B x B`` Gram matrices are compared).
 
     Raises:
-        ValueError: different batch sizes.
+        ValueError: an input that is not ``(B, E)`` (e.g. one ``(E,)`` embedding or
+            ``(B, T, E)`` frame features), or different batch sizes.
     """
+    for name, x in (("student", student), ("teacher", teacher)):
+        if x.dim() != 2:
+            raise ValueError(f"batch loss: {name} embeddings must be (B, E), got "
+                             f"{tuple(x.shape)}")
     if student.shape[0] != teacher.shape[0]:
         raise ValueError(f"batch loss: {student.shape[0]} student and {teacher.shape[0]} "
                          "teacher embeddings")

@@ -476,6 +476,11 @@ def early_reverb_reference(clean: np.ndarray, rir: np.ndarray, early_ms: float =
     return fftconvolve(clean, taps, mode="full")[: clean.size].astype(np.float32)
 
 
+#: Shortest pair :func:`speech_metrics` scores: one 256-sample STOI frame at 10 kHz, i.e.
+#: 410 samples at 16 kHz (pystoi fails with an AxisError on fewer).
+MIN_METRIC_SAMPLES = 410
+
+
 def speech_metrics(estimate: np.ndarray, reference: np.ndarray, key: str = "") -> dict[str, float]:
     """PESQ (wide-band, ITU-T P.862.2), STOI and SI-SDR (dB) of one 16 kHz utterance.
 
@@ -489,13 +494,25 @@ def speech_metrics(estimate: np.ndarray, reference: np.ndarray, key: str = "") -
         pair (e.g. no speech detected), ``si_sdr`` is NaN (logged) when either signal is
         silent (SI-SDR undefined; torchmetrics would report 0 dB for a silent estimate).
 
+    Length: at least ``MIN_METRIC_SAMPLES`` (410 samples, 25.6 ms: one 256-sample STOI frame
+    at STOI's 10 kHz; pystoi crashes on less). PESQ needs 0.25 s (4000 samples) and scores
+    shorter pairs NaN (logged, code -6); STOI needs 30 of its frames (about 0.4 s) of speech
+    and returns 1e-5 (with a warning) for fewer.
+
     Raises:
-        ValueError: different lengths.
+        ValueError: not 1-D, different lengths, fewer than ``MIN_METRIC_SAMPLES`` samples
+            (empty included), or NaN / Inf samples.
     """
     estimate = np.asarray(estimate, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
+    if estimate.ndim != 1 or reference.ndim != 1:
+        raise ValueError(f"expected (S,) mono signals, got estimate {estimate.shape} and "
+                         f"reference {reference.shape}")
     if estimate.shape != reference.shape:
         raise ValueError(f"estimate {estimate.shape} and reference {reference.shape} differ")
+    if estimate.size < MIN_METRIC_SAMPLES:
+        raise ValueError(f"{key or 'utterance'}: {estimate.size} samples is too short for "
+                         f"STOI/PESQ (at least {MIN_METRIC_SAMPLES} samples at {SAMPLE_RATE} Hz)")
     score = pesq(SAMPLE_RATE, reference, estimate, "wb", on_error=PesqError.RETURN_VALUES)
     if score < 0:
         logger.warning("PESQ failed on %s (code %s); left out of the mean", key, score)

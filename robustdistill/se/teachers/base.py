@@ -71,7 +71,7 @@ class FrameModel(nn.Module):
         Args:
             noisy: ``(B, N)`` waveforms at ``self.stft.sample_rate`` Hz (or ``(N,)``).
             return_activations: also return the per-frame activations: all of them (True), or
-                only those named.
+                only those named (a collection of names, or one name as a string).
             state: recurrent state to start from (default: zeros).
             trained_outputs: False returns ``enhanced`` and ``state`` detached. A training step
                 whose loss reads only activations says so, so that DDP (which looks for the
@@ -82,15 +82,32 @@ class FrameModel(nn.Module):
             :class:`SEOutput` with ``enhanced`` of the input's shape.
 
         Raises:
-            ValueError: input not 1-D/2-D or empty.
+            ValueError: input not 1-D/2-D or empty; integer (or bool) input, e.g. int16 PCM,
+                which would be enhanced as samples of +-32768 (scale it to [-1, 1) first with
+                :func:`robustdistill.audio.prepare_waveform`); a floating dtype other than the
+                model's parameters' (e.g. float64 input to a float32 model: cast one of them).
+            KeyError: a name in ``return_activations`` the model does not have (the message
+                lists those it has).
         """
         squeeze = noisy.dim() == 1
         x = noisy.unsqueeze(0) if squeeze else noisy
         if x.dim() != 2 or x.shape[-1] == 0:
             raise ValueError(f"expected (batch, samples) audio, got shape {tuple(noisy.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"expected float audio in [-1, 1], got {x.dtype} (scale integer "
+                             "PCM first, e.g. robustdistill.audio.prepare_waveform)")
+        param = next(self.parameters(), None)
+        if param is not None and x.dtype != param.dtype:
+            raise ValueError(f"audio is {x.dtype} but the model's parameters are {param.dtype}: "
+                             f"cast one of them (e.g. noisy.to({param.dtype}))")
+        if isinstance(return_activations, str):  # one name, not its letters
+            return_activations = (return_activations,)
         frames = frame_signal(x, self.stft.win_length, self.stft.hop_length)
         out, new_state, acts = self.process_frames(frames, state, bool(return_activations))
         if not isinstance(return_activations, bool):
+            unknown = [name for name in return_activations if name not in acts]
+            if unknown:
+                raise KeyError(f"no activation(s) {unknown}; this model has {list(acts)}")
             acts = {name: acts[name] for name in return_activations}
         y = overlap_add(out, self.stft.hop_length, x.shape[-1])
         if not trained_outputs:
