@@ -37,6 +37,7 @@ __all__ = [
     "check_channels_last",
     "decode_audio",
     "list_audio_files",
+    "require_float_audio",
     "load_audio",
     "load_audio_window",
     "probe_audio",
@@ -116,6 +117,25 @@ def check_channels_last(waveform: np.ndarray) -> None:
     if waveform.ndim == 2 and waveform.shape[1] > max(MAX_CHANNELS, waveform.shape[0]):
         raise AudioError(f"shape {waveform.shape} looks like (channels, samples); "
                          "expected (samples,) or (samples, channels) (transpose it)")
+
+
+def require_float_audio(waveform) -> None:
+    """Refuse integer (or bool) audio where float samples in [-1, 1] are expected: int16 PCM
+    would otherwise be read as samples of +-32768.
+
+    Args:
+        waveform: a NumPy array or a torch tensor, any shape.
+
+    Raises:
+        ValueError: a non-floating dtype (the message points to :func:`prepare_waveform`,
+            which scales integer PCM).
+    """
+    dtype = waveform.dtype
+    floating = (dtype.is_floating_point if hasattr(dtype, "is_floating_point")
+                else np.issubdtype(dtype, np.floating))
+    if not floating:
+        raise ValueError(f"expected float audio in [-1, 1], got {dtype} (scale integer PCM "
+                         "first, e.g. robustdistill.audio.prepare_waveform)")
 
 
 def to_mono(waveform: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, PreTrainedModel
 
-from .audio import SAMPLE_RATE
+from .audio import SAMPLE_RATE, require_float_audio
 
 logger = logging.getLogger(__name__)
 
@@ -359,9 +359,7 @@ class Upstream(nn.Module):
         """
         if waveforms.dim() != 2:
             raise ValueError(f"waveforms must be (B, S), got shape {tuple(waveforms.shape)}")
-        if not waveforms.is_floating_point():
-            raise ValueError(f"waveforms must be float in [-1, 1], got {waveforms.dtype} (scale "
-                             "integer PCM first, e.g. robustdistill.audio.prepare_waveform)")
+        require_float_audio(waveforms)
         lengths = torch.as_tensor(lengths, device=waveforms.device).long()
         if lengths.shape != (waveforms.shape[0],):
             raise ValueError(f"lengths must be ({waveforms.shape[0]},), got {tuple(lengths.shape)}")

@@ -33,7 +33,14 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from ..audio import AudioError, check_channels_last, list_audio_files, probe_audio, resample
+from ..audio import (
+    AudioError,
+    check_channels_last,
+    list_audio_files,
+    probe_audio,
+    require_float_audio,
+    resample,
+)
 from .streaming import StreamingEnhancer
 from .teachers import TEACHERS, load_teacher
 from .teachers.base import FrameModel
@@ -105,9 +112,7 @@ def enhance_waveform(model, waveform: np.ndarray, sample_rate: int,
             :func:`robustdistill.audio.check_channels_last`).
     """
     x = np.asarray(waveform)
-    if x.dtype.kind in "iu":
-        raise ValueError(f"expected float audio in [-1, 1], got {x.dtype} (scale integer PCM "
-                         "first, e.g. robustdistill.audio.prepare_waveform)")
+    require_float_audio(x)
     x = x.astype(np.float32, copy=False)
     if x.ndim not in (1, 2) or x.shape[0] == 0:
         raise ValueError(f"expected (samples,) or (samples, channels) audio, got {x.shape}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ...audio import require_float_audio
 from ..stft import StftConfig, frame_signal, overlap_add
 
 __all__ = ["SEOutput", "FrameModel", "HookedTeacher"]
@@ -93,9 +94,7 @@ class FrameModel(nn.Module):
         x = noisy.unsqueeze(0) if squeeze else noisy
         if x.dim() != 2 or x.shape[-1] == 0:
             raise ValueError(f"expected (batch, samples) audio, got shape {tuple(noisy.shape)}")
-        if not x.is_floating_point():
-            raise ValueError(f"expected float audio in [-1, 1], got {x.dtype} (scale integer "
-                             "PCM first, e.g. robustdistill.audio.prepare_waveform)")
+        require_float_audio(x)
         param = next(self.parameters(), None)
         if param is not None and x.dtype != param.dtype:
             raise ValueError(f"audio is {x.dtype} but the model's parameters are {param.dtype}: "
