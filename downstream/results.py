@@ -111,14 +111,49 @@ def _source_dirs(result: dict[str, Any]) -> list[Path]:
     return [base / d for d in result.get("seed_dirs", ["."])]
 
 
-def item_groups(result: dict[str, Any], condition: str) -> list[list[dict[str, Any]]]:
+def _result_seeds(result: dict[str, Any]) -> list[int]:
+    """The seeds of a result, in the order of its ``seed_dirs`` (one seed for a single run)."""
+    seeds = result.get("seeds")
+    return [int(s) for s in seeds] if seeds else [int(result["seed"])]
+
+
+def item_groups(result: dict[str, Any], condition: str, seeds: Sequence[int] | None = None
+                ) -> list[list[dict[str, Any]]]:
     """The per-item records of one condition of a result, one list per seed.
+
+    Args:
+        seeds: only these seeds' records, in this order (default: all, in the result's order).
 
     Raises:
         FileNotFoundError: the ``items/`` files are missing.
+        KeyError: a seed the result did not run.
     """
+    dirs = _source_dirs(result)
+    if seeds is not None:
+        index = {s: i for i, s in enumerate(_result_seeds(result))}
+        dirs = [dirs[index[s]] for s in seeds]
     return [read_items(d / result.get("items_dir", "items") / f"{condition}.jsonl")
-            for d in _source_dirs(result)]
+            for d in dirs]
+
+
+def _seed_test_sets(result: dict[str, Any]) -> dict[int, str] | None:
+    """``{seed: test_set_sha1}`` of each seed's test set, or None when unknown (a multi-seed
+    result written before ``per_seed_test_set_sha1`` existed, or a run without a hash)."""
+    if "per_seed_test_set_sha1" in result:
+        return {int(s): h for s, h in result["per_seed_test_set_sha1"].items() if h}
+    if "seed_dirs" not in result and isinstance(result.get("seed"), int) \
+            and result.get("test_set_sha1"):
+        return {result["seed"]: result["test_set_sha1"]}
+    return None
+
+
+def _shared_seeds(a: dict[str, Any], b: dict[str, Any]) -> list[int]:
+    """The seeds two results both ran on the same test set (by per-seed hash), in ``a``'s
+    order; empty when either result's per-seed hashes are unknown."""
+    ha, hb = _seed_test_sets(a), _seed_test_sets(b)
+    if not ha or not hb:
+        return []
+    return [s for s in _result_seeds(a) if s in hb and ha.get(s) == hb[s]]
 
 
 def aggregate_seeds(runs: Sequence[dict[str, Any]], dirs: Sequence[str | Path],
@@ -171,6 +206,7 @@ def aggregate_seeds(runs: Sequence[dict[str, Any]], dirs: Sequence[str | Path],
                             f"seed (mean over {len(seeds)} seeds), 95 %, {resamples} resamples"
                             if len(seeds) > 1 else first.get("interval_method")),
         "per_seed": {str(r["seed"]): r["metrics"] for r in runs},
+        "per_seed_test_set_sha1": {str(r["seed"]): r.get("test_set_sha1") for r in runs},
         "test_set_sha1": hashlib.sha1("\n".join(r.get("test_set_sha1", "")
                                                 for r in runs).encode()).hexdigest(),
         "featurizer": {"weights": {k: float(np.mean([r["featurizer"]["weights"][k]
@@ -394,13 +430,17 @@ def paired_comparisons(results: Sequence[dict[str, Any]], resamples: int = 1000,
     """Every pair of upstreams, every condition, the primary metric: paired bootstrap of the
     difference on the same items (and McNemar for accuracy-type records with ``correct``).
 
-    Pairs whose test sets differ (hash, seeds, or item keys) are skipped with a note.
+    Two multi-seed results with different seed sets (e.g. a one-seed teacher beside
+    three-seed students) are compared on the seeds both ran with the same test set (per-seed
+    ``test_set_sha1``), with a note naming them; the rows' ``seeds`` say which. Pairs that share
+    no such seed, or whose item keys differ, are skipped with a note.
 
     Returns:
         ``(rows, notes)``: rows ``{"a", "b", "condition", "metric", "difference", "low",
-        "high", "p_value", "significant"[, "mcnemar_p", "a_only", "b_only"]}`` with
-        ``difference = metric(a) - metric(b)`` and ``significant`` when the 95 % interval
-        excludes 0; notes are human-readable reasons for skipped pairs.
+        "high", "p_value", "significant", "seeds"[, "mcnemar_p", "a_only", "b_only"]}`` with
+        ``difference = metric(a) - metric(b)`` over ``seeds`` (for a multi-seed pair, the
+        difference of the means over those seeds) and ``significant`` when the 95 % interval
+        excludes 0; notes are human-readable reasons for skipped or restricted pairs.
     """
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -410,14 +450,21 @@ def paired_comparisons(results: Sequence[dict[str, Any]], resamples: int = 1000,
     conditions = _ordered_conditions(results)
     for (ia, a), (ib, b) in itertools.combinations(enumerate(results), 2):
         pair = f"{labels[ia]} vs {labels[ib]}"
+        seeds = None  # all, when the test sets agree
         if a.get("test_set_sha1") != b.get("test_set_sha1"):
-            notes.append(f"{pair}: different test sets (test_set_sha1), no paired test")
-            continue
+            seeds = _shared_seeds(a, b)
+            if not seeds:
+                notes.append(f"{pair}: different test sets (test_set_sha1), no paired test")
+                continue
+            notes.append(f"{pair}: compared on seed{'s' if len(seeds) > 1 else ''} "
+                         f"{', '.join(map(str, seeds))} only, the seeds both ran "
+                         f"({labels[ia]}: {', '.join(map(str, _result_seeds(a)))}; "
+                         f"{labels[ib]}: {', '.join(map(str, _result_seeds(b)))})")
         for cond in conditions:
             if cond not in a["metrics"] or cond not in b["metrics"]:
                 continue
             try:
-                ga, gb = item_groups(a, cond), item_groups(b, cond)
+                ga, gb = item_groups(a, cond, seeds), item_groups(b, cond, seeds)
                 _check_paired(ga, gb)
             except (FileNotFoundError, TestSetMismatch) as err:
                 notes.append(f"{pair} {cond}: {err}")
@@ -428,7 +475,8 @@ def paired_comparisons(results: Sequence[dict[str, Any]], resamples: int = 1000,
                 break
             test = paired_bootstrap(sa, sb, [len(g) for g in ga], resamples, seed)
             row = {"a": labels[ia], "b": labels[ib], "condition": cond, "metric": metric, **test,
-                   "significant": bool(test["low"] > 0 or test["high"] < 0)}
+                   "significant": bool(test["low"] > 0 or test["high"] < 0),
+                   "seeds": seeds if seeds is not None else a.get("seeds", [a.get("seed")])}
             if all("correct" in r for g in ga + gb for r in g):
                 mc = mcnemar([r["correct"] for g in ga for r in g],
                              [r["correct"] for g in gb for r in g])

@@ -222,3 +222,41 @@ def test_evidence_script_formats_a_null_metric_as_nan():
     assert module.fmt(None, None, None) == "nan [nan, nan]"
     assert module.fmt(0.5, 0.25, 0.75) == "0.500 [0.250, 0.750]"
     assert module.fmt(12.34) == "12.3"
+
+
+def _seed_run(tmp_path, name, seed, correct, test_set=None):
+    """One single-seed run on disk (items + the fields aggregate_seeds reads); its test-set hash
+    depends on the seed, as the runner's does."""
+    r = _result(tmp_path, f"{name}/seed{seed}", "utterance_classification", "accuracy",
+                {"clean": _uc_items(correct)})
+    r.update(seed=seed, label="kws", upstream=f"/models/{name}", test_set_sha1=test_set or f"test-set-of-seed-{seed}",
+             featurizer={"weights": {"0": 1.0}}, timing={"total_s": 1.0})
+    return r
+
+
+def test_different_seed_sets_are_compared_on_the_shared_seeds(tmp_path):
+    from downstream.results import aggregate_seeds
+
+    # a: three seeds, each right on items 0-3 of 4 only for seed 1; b: seed 1 alone, all wrong.
+    runs = [_seed_run(tmp_path, "a", s, c) for s, c in
+            ((0, [0, 0, 0, 0]), (1, [1, 1, 1, 1]), (2, [0, 0, 0, 0]))]
+    a = aggregate_seeds(runs, [tmp_path / "a" / f"seed{s}" for s in (0, 1, 2)], resamples=10)
+    a["label"] = "a"
+    assert a["per_seed_test_set_sha1"] == {str(s): f"test-set-of-seed-{s}" for s in (0, 1, 2)}
+    b = _seed_run(tmp_path, "b", 1, [0, 0, 0, 0])
+    b["label"] = "b"
+    rows, notes = paired_comparisons([a, b], resamples=20)
+    # on seed 1 alone a is right on all 4 items and b on none (over all of a's seeds: 1 / 3)
+    assert len(rows) == 1 and rows[0]["seeds"] == [1]
+    assert rows[0]["difference"] == pytest.approx(1.0)
+    assert len(notes) == 1 and "seed 1 only" in notes[0] and "a: 0, 1, 2; b: 1" in notes[0]
+    # the same seed on another test set (another noise folder, say), or no shared seed: skipped
+    for other in (_seed_run(tmp_path, "c", 1, [0] * 4, test_set="other"),
+                  _seed_run(tmp_path, "d", 5, [0] * 4)):
+        other["label"] = "x"
+        rows, notes = paired_comparisons([a, other], resamples=20)
+        assert rows == [] and "different test sets" in notes[0]
+    # a multi-seed result written before per-seed hashes were recorded: skipped, as before
+    old = {k: v for k, v in a.items() if k != "per_seed_test_set_sha1"}
+    rows, notes = paired_comparisons([old, b], resamples=20)
+    assert rows == [] and "different test sets" in notes[0]
