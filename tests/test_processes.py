@@ -49,6 +49,10 @@ def test_train_se_in_two_processes_keeps_the_ranks_identical_and_logs_once(
     assert final["num_processes"] == 2 and final["ranks_identical"]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    # both ranks checked the speech files and wrote the default scan cache: one whole file,
+    # no temporary file left
+    (cache,) = (out / "scan_cache").iterdir()
+    assert len(json.loads(cache.read_text())["files"]) == 3
 
 
 def test_tfckd_projections_follow_the_config_order_whatever_the_hash_seed():

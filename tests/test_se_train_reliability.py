@@ -161,6 +161,24 @@ def test_main_reports_a_folder_without_usable_speech_in_one_line(tmp_path, capsy
     assert "u0.flac [silent]" in err[-1]
 
 
+def test_a_missing_data_folder_is_one_line_but_a_later_file_error_keeps_its_traceback(
+        tmp_path, capsys, monkeypatch):
+    write_se_data(tmp_path)
+    args = se_train_args(tmp_path, tmp_path / "run", 2)
+    missing = ["--data.noise_dir", str(tmp_path / "no_such_noise")]
+    with pytest.raises(SystemExit) as info:
+        se_train.main(args + missing)
+    assert info.value.code == 2
+    assert "no_such_noise" in capsys.readouterr().err.strip().splitlines()[-1]
+
+    def gone(*_args, **_kwargs):  # a checkpoint folder deleted while the run trains
+        raise FileNotFoundError("checkpoints/checkpoint_1 vanished")
+
+    monkeypatch.setattr(se_train, "save_checkpoint", gone)
+    with pytest.raises(FileNotFoundError, match="vanished"):
+        se_train.main(args)
+
+
 @pytest.mark.parametrize(("override", "key"), [
     (["--training.learning_rate", "fast"], "training.learning_rate"),
     (["--seed", "abc"], "seed"),
@@ -319,6 +337,65 @@ def test_a_read_error_is_not_kept_in_the_scan_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(se_data, "scan_speech_file", real_scan)
     second = se_data.SpeechIndex(speech, scan_cache_dir=tmp_path / "c")
     assert second.skipped == {} and len(second.files) == 2
+
+
+def _count_decodes(monkeypatch) -> list[str]:
+    """The names of the speech files decoded whole from now on (the scan cache's misses)."""
+    import robustdistill.se.data as se_data
+
+    decoded: list[str] = []
+    real_scan = se_data.scan_speech_file
+    monkeypatch.setattr(se_data, "scan_speech_file",
+                        lambda path: decoded.append(Path(path).name) or real_scan(path))
+    return decoded
+
+
+def test_train_se_keeps_the_speech_checks_in_the_run_folder_by_default(tmp_path, monkeypatch):
+    """Without data.scan_cache_dir a resume of the run decodes no speech file again."""
+    import yaml
+
+    write_se_data(tmp_path)
+    decoded = _count_decodes(monkeypatch)
+    out = tmp_path / "run"
+    assert se_train.main(se_train_args(tmp_path, out, 1)) == 0
+    assert sorted(decoded) == ["u0.flac", "u1.flac", "u2.flac"]
+    (cache,) = (out / se_train.SCAN_CACHE_FOLDER).iterdir()
+    assert len(json.loads(cache.read_text())["files"]) == 3
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["scan_cache_dir"] is None
+    decoded.clear()
+    assert se_train.main(se_train_args(tmp_path, out, 2)) == 0  # resumes from step 1
+    assert decoded == []
+    assert json.loads((out / "final_state.json").read_text())["step"] == 2
+    assert not any(se_train.SCAN_CACHE_FOLDER in p.parts for p in (out / "student").rglob("*"))
+
+
+@pytest.mark.parametrize("off", ["off", "''"])
+def test_train_se_scan_cache_off_decodes_every_file_at_every_start(tmp_path, monkeypatch, off):
+    monkeypatch.chdir(tmp_path)  # a cache misread as the relative folder "off" would land here
+    write_se_data(tmp_path)
+    decoded = _count_decodes(monkeypatch)
+    out = tmp_path / "run"
+    for steps in (1, 2):
+        decoded.clear()
+        assert se_train.main(se_train_args(tmp_path, out, steps,
+                                           "--data.scan_cache_dir", off)) == 0
+        assert sorted(decoded) == ["u0.flac", "u1.flac", "u2.flac"]
+    assert not (out / se_train.SCAN_CACHE_FOLDER).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["noise", "run", "speech"]
+
+
+def test_an_explicit_scan_cache_dir_is_used_as_given(tmp_path, monkeypatch):
+    write_se_data(tmp_path)
+    decoded = _count_decodes(monkeypatch)
+    out, shared = tmp_path / "run", tmp_path / "shared_cache"
+    assert se_train.main(se_train_args(tmp_path, out, 1, "--data.scan_cache_dir",
+                                       str(shared))) == 0
+    assert len(decoded) == 3 and len(list(shared.glob("*.json"))) == 1
+    assert not (out / se_train.SCAN_CACHE_FOLDER).exists()
+    decoded.clear()  # another run over the same speech folder reads the same cache
+    assert se_train.main(se_train_args(tmp_path, tmp_path / "run2", 1,
+                                       "--data.scan_cache_dir", str(shared))) == 0
+    assert decoded == []
 
 
 @pytest.mark.parametrize(("value", "ok"), [("wandb", True), ("none", True),

@@ -224,3 +224,51 @@ def test_train_speaker_table_error_during_training_keeps_its_traceback(tmp_path,
         train_mod.main(["table", "--config", "configs/imlkd_speaker.yaml",
                         *_tiny_args(tmp_path, train, test), "--table.output_dir",
                         str(tmp_path / "table"), "--table.seeds", "[0]"])
+
+
+@pytest.mark.parametrize("action", ["cache", "gap"])
+@pytest.mark.parametrize("extra, message", [
+    (["--data.train_dir", "{root}/no_train"], "audio path does not exist: {root}/no_train"),
+    (["--teacher", "{root}/nope.pt"], "teacher file not found: {root}/nope.pt"),
+])
+def test_train_speaker_cache_and_gap_input_errors_are_one_line(tmp_path, monkeypatch, capsys,
+                                                               action, extra, message):
+    _resemblyzer()
+    monkeypatch.chdir(REPO)
+    train, test = _data(tmp_path)
+    argv = [action, "--config", "configs/imlkd_speaker.yaml", *_tiny_args(tmp_path, train, test),
+            "--steps", "2,4", "--crops", "2", *[e.format(root=tmp_path) for e in extra]]
+    line = _main_error(argv, capsys)
+    assert line.startswith("robustdistill train-speaker: error:")
+    assert message.format(root=tmp_path) in line
+    assert not (tmp_path / "cache").exists()  # nothing attributed
+
+
+def test_train_speaker_gap_refuses_bad_steps_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    line = _main_error(["gap", "--config", "configs/imlkd_speaker.yaml", "--steps", "4,x"],
+                       capsys)
+    assert "invalid literal for int()" in line and "'x'" in line
+
+
+@pytest.mark.parametrize("action", ["cache", "gap"])
+def test_train_speaker_cache_and_gap_errors_during_the_work_keep_their_traceback(
+        tmp_path, monkeypatch, action):
+    # Only input errors become one usage line; a FileNotFoundError raised once the maps are
+    # being computed (a cache folder deleted hours in) must surface as itself, not exit 2.
+    _resemblyzer()
+    from robustdistill.speaker import train as train_mod
+
+    monkeypatch.chdir(REPO)
+    train, test = _data(tmp_path)
+    calls = []
+
+    def vanished(*args, **kwargs):
+        calls.append(args)
+        raise FileNotFoundError("attribution cache folder vanished")
+
+    monkeypatch.setattr(train_mod, "attribute_segments", vanished)
+    with pytest.raises(FileNotFoundError, match="vanished"):
+        train_mod.main([action, "--config", "configs/imlkd_speaker.yaml",
+                        *_tiny_args(tmp_path, train, test), "--steps", "2,4", "--crops", "2"])
+    assert len(calls) == 1  # the inputs loaded, the work started

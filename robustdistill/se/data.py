@@ -39,7 +39,8 @@ from ..augment.noise import NoiseBank, mix_at_snr, white_if_silent
 from ..augment.rooms import RirBank, reverberate
 from ..files import atomic_write_text
 
-__all__ = ["MAX_SPEECH_PEAK", "PairConfig", "PairMaker", "SpeechIndex", "SpeechScanCache"]
+__all__ = ["MAX_SPEECH_PEAK", "SCAN_CACHE_OFF", "PairConfig", "PairMaker", "SpeechIndex",
+           "SpeechScanCache"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ _CROP_TRIES = 10
 
 #: Frames decoded at a time when a speech file is checked at indexing.
 _SCAN_BLOCK = 1 << 16
+
+#: ``scan_cache_dir`` values that turn the speech scan cache off.
+SCAN_CACHE_OFF = ("off", "")
 
 
 @dataclass
@@ -81,7 +85,11 @@ class PairConfig:
         pool_seed: seed of the pool.
         scan_cache_dir: a folder that keeps the whole-file check of every speech file
             (:class:`SpeechScanCache`), so that the next start decodes only new or changed
-            files; None (default): every start decodes every file.
+            files. None (default): ``train-se`` keeps it in the run's
+            ``<output_dir>/scan_cache`` (a resume reads it; ``student/``, which ``card`` and
+            ``push`` use, never holds it); a ``PairMaker`` built directly keeps none.
+            ``off`` (or an empty string): none, every start decodes every file (a folder
+            named ``off`` is ``./off``).
 
     Raises:
         ValueError: (on construction) ``snr_range`` not ``[low, high]`` with ``low <= high``,
@@ -147,7 +155,8 @@ class SpeechIndex:
         self.sample_rate = sample_rate
         self.skipped: dict[str, str] = {}
         self.files, self.rates, self.frames, self.loudest = [], [], [], []
-        cache = SpeechScanCache(scan_cache_dir, root) if scan_cache_dir is not None else None
+        cache = (None if scan_cache_dir is None or str(scan_cache_dir) in SCAN_CACHE_OFF
+                 else SpeechScanCache(scan_cache_dir, root))
         started = time.perf_counter()
         for path in list_audio_files(root):
             try:
@@ -166,8 +175,8 @@ class SpeechIndex:
         if cache is not None:
             cache.save()
         elif seconds > 30:
-            logger.info("checking the speech files took %.0f s; data.scan_cache_dir keeps the "
-                        "result for the next start", seconds)
+            logger.info("checking the speech files took %.0f s; a data.scan_cache_dir (not "
+                        "off) keeps the result for the next start", seconds)
         if self.skipped:
             logger.warning("%d of %d speech files below %s dropped (names logged above)",
                            len(self.skipped), len(self.skipped) + len(self.files), root)
@@ -266,8 +275,11 @@ class SpeechScanCache:
     """The results of :func:`scan_speech_file` for the files of one speech folder, kept in
     ``<folder>/<SHA-1 of the speech folder's resolved path>.json`` and keyed by each file's
     resolved path, size (bytes) and modification time (ns): a file that changed is checked
-    again. Written atomically (:func:`robustdistill.files.atomic_write_text`), so processes
-    that index the same folder at once never read half a file.
+    again. Written atomically (:func:`robustdistill.files.atomic_write_text`: a temporary file
+    of a unique name, renamed over the cache), so processes that index the same folder at once
+    (the ranks of a multi-process run, each of which checks the files it does not find) never
+    read half a file, and concurrent writers leave one of their complete files, each holding
+    every file of the folder.
 
     Args:
         folder: where the cache files live (created on :meth:`save`).

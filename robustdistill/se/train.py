@@ -10,7 +10,8 @@ One YAML recipe plus ``--section.key value`` overrides (``configs/se_*.yaml``)::
     training: {max_steps: 600, batch_size: 8, learning_rate: 1.0e-3, ...}
 
 The run writes to ``output_dir``: ``config.yaml``, ``environment.json`` (software versions at
-each start), ``metrics.jsonl`` (one JSON object per
+each start), ``scan_cache/`` (the speech files' checks, unless ``data.scan_cache_dir`` puts
+them elsewhere or is ``off``), ``metrics.jsonl`` (one JSON object per
 logged step: step, split, lr, every loss part), ``logs/`` (TensorBoard), ``checkpoints/
 checkpoint_N/`` (N the step: ``accelerator.save_state`` plus ``training_state.json``, written,
 published and rotated by :func:`robustdistill.checkpoints.save_checkpoint`, so a kill while
@@ -72,8 +73,8 @@ from .stft import StftConfig
 from .students import GRUMaskStudent, StudentConfig, config_for_ratio, count_parameters
 from .teachers import load_teacher
 
-__all__ = ["SETrainConfig", "TrainingOptions", "StudentOptions", "load_se_config", "train_se",
-           "main", "parameter_hash"]
+__all__ = ["DataFolderError", "SETrainConfig", "TrainingOptions", "StudentOptions",
+           "load_se_config", "train_se", "main", "parameter_hash"]
 
 logger = logging.getLogger(__name__)
 
@@ -357,12 +358,36 @@ def _newest_checkpoint(folder: Path) -> tuple[Path, dict] | None:
     return (legacy[-1], json.loads((legacy[-1] / "step.json").read_text())) if legacy else None
 
 
+#: The folder of ``output_dir`` that keeps the speech files' checks when
+#: ``data.scan_cache_dir`` is unset (:func:`data_config`).
+SCAN_CACHE_FOLDER = "scan_cache"
+
+
+def data_config(cfg: SETrainConfig) -> PairConfig:
+    """The run's ``data`` section as its :class:`PairMaker` uses it: an unset
+    ``data.scan_cache_dir`` is the run's ``<output_dir>/scan_cache``, so a resume (or a start
+    again) of the run decodes only new or changed speech files (``cfg`` is left as it is:
+    ``config.yaml`` keeps ``null``). Every rank checks the files it does not find there and
+    writes the cache atomically (:class:`~robustdistill.se.data.SpeechScanCache`); the folder
+    is outside ``student/``, so ``card`` and ``push`` never take it."""
+    if cfg.data.scan_cache_dir is not None:
+        return cfg.data
+    return dataclasses.replace(cfg.data,
+                               scan_cache_dir=str(Path(cfg.output_dir) / SCAN_CACHE_FOLDER))
+
+
+class DataFolderError(FileNotFoundError):
+    """A speech, noise or RIR folder of the recipe is missing or holds no audio file (found at
+    start-up, before any training step)."""
+
+
 def train_se(cfg: SETrainConfig) -> Path:
     """Run (or resume) a training run; returns ``output_dir``.
 
     Raises:
         TeacherUnavailable: the recipe needs a teacher whose package is not installed.
-        FileNotFoundError: a data folder is missing.
+        DataFolderError: (a ``FileNotFoundError``) a data folder is missing or holds no audio
+            file (found at start-up).
         AudioError: no usable speech, noise or RIR file (found at start-up).
         NonFiniteTrainingError: ``training.max_nonfinite_in_a_row`` steps in a row had a
             NaN/Inf loss or gradient norm (a checkpoint of the last finite weights and
@@ -404,7 +429,10 @@ def train_se(cfg: SETrainConfig) -> Path:
     else:  # DDP refuses a module with nothing to train
         student, optimizer = acc.prepare(student, optimizer)
         loss_fn = loss_fn.to(acc.device)
-    maker = PairMaker(cfg.data, seed=cfg.seed)
+    try:
+        maker = PairMaker(data_config(cfg), seed=cfg.seed)
+    except FileNotFoundError as err:
+        raise DataFolderError(str(err)) from err
 
     ckpt_dir = out / "checkpoints"
     if acc.is_main_process:
@@ -535,7 +563,8 @@ def main(argv: list[str]) -> int:
         parser.error(str(err))
     try:
         train_se(cfg)
-    except FileNotFoundError as err:  # a data folder, found at start-up: a message, no traceback
+    except DataFolderError as err:  # found at start-up: a message, no traceback (a
+        # FileNotFoundError once training runs, a checkpoint folder deleted, keeps its traceback)
         hint = ("; the recipes' runs/data/* folders are made once by "
                 "`bash scripts/split_shared_data.sh`" if "runs/data/" in str(err) else "")
         parser.error(f"{err}{hint}")

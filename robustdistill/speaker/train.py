@@ -35,9 +35,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -74,6 +75,7 @@ from .models import MelLSTMEncoder, SpeakerEmbedder, SpeakerModel, UpstreamEncod
 
 __all__ = ["SpeakerKDConfig", "evaluate_embeddings", "main", "map_targets", "train_system"]
 
+T = TypeVar("T")
 logger = logging.getLogger("robustdistill.speaker")
 
 METHODS = ("none", "logit_kd", "embedding_kd", "imlkd")
@@ -822,6 +824,21 @@ def load_inputs(cfg: SpeakerKDConfig, skipped: dict[str, dict[str, str]] | None 
     return crops, sets
 
 
+def load_run_inputs(cfg: SpeakerKDConfig
+                    ) -> tuple[GE2E, list[Crop], dict[str, list[Utterance]],
+                               dict[str, dict[str, str]]]:
+    """What ``train`` and ``table`` work on: ``(teacher, crops, sets, skipped)``
+    (:func:`load_teacher`, :func:`load_inputs`; ``skipped`` as filled by the latter).
+
+    Raises:
+        FileNotFoundError / TeacherLoadError / SpeakerDataError: as those two.
+    """
+    skipped: dict[str, dict[str, str]] = {}
+    teacher = load_teacher(cfg.teacher)
+    crops, sets = load_inputs(cfg, skipped)
+    return teacher, crops, sets, skipped
+
+
 def _mean_std(values: list[float]) -> str:
     a = 100.0 * np.asarray(values)
     return f"{a.mean():.2f} ± {a.std(ddof=1):.2f}" if len(a) > 1 else f"{a.mean():.2f}"
@@ -874,9 +891,9 @@ def run_table(cfg: SpeakerKDConfig,
     is missing).
 
     Args:
-        inputs: ``(teacher, crops, sets, skipped)`` already loaded (:func:`load_teacher`,
-            :func:`load_inputs`), so that a caller can report input errors before any training;
-            ``None`` loads them here.
+        inputs: ``(teacher, crops, sets, skipped)`` already loaded (:func:`load_run_inputs`),
+            so that a caller can report input errors before any training; ``None`` loads them
+            here.
 
     Raises:
         FileNotFoundError / TeacherLoadError / SpeakerDataError: while loading ``inputs``.
@@ -885,12 +902,7 @@ def run_table(cfg: SpeakerKDConfig,
 
     root = Path(cfg.table.output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    if inputs is None:
-        skipped: dict[str, dict[str, str]] = {}
-        teacher = load_teacher(cfg.teacher)
-        crops, sets = load_inputs(cfg, skipped)
-    else:
-        teacher, crops, sets, skipped = inputs
+    teacher, crops, sets, skipped = load_run_inputs(cfg) if inputs is None else inputs
     results: dict[str, Any] = {
         "teacher": {"params": sum(p.numel() for p in teacher.parameters()),
                     "eval": evaluate_teacher(teacher, sets, cfg.data)},
@@ -919,27 +931,60 @@ def run_table(cfg: SpeakerKDConfig,
     return results
 
 
-def fill_cache(cfg: SpeakerKDConfig, batch_size: int = 32) -> dict[str, Any]:
+def load_ig_inputs(cfg: SpeakerKDConfig, crops_per_utterance: int | None = None
+                   ) -> tuple[GE2E, list[Crop]]:
+    """What ``cache`` and ``gap`` attribute: the teacher (its fingerprint computed once) and
+    the training crops.
+
+    Args:
+        cfg: the recipe.
+        crops_per_utterance: None: ``cfg.data.crops_per_utterance``.
+
+    Raises:
+        FileNotFoundError / TeacherLoadError / SpeakerDataError: as :func:`load_teacher` and
+            :func:`~.data.load_train_crops`.
+    """
+    teacher = load_teacher(cfg.teacher)
+    teacher.cached_fingerprint = teacher.fingerprint
+    per_utterance = (cfg.data.crops_per_utterance if crops_per_utterance is None
+                     else crops_per_utterance)
+    crops = load_train_crops(cfg.data.train_dir, cfg.data.crop_seconds, per_utterance)
+    return teacher, crops
+
+
+def _attribution_targets(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop]
+                         ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """``(centroid of each crop's speaker, segment bounds)``: what the maps of ``crops``
+    explain (the teacher runs on every crop)."""
+    speakers = sorted({c.speaker for c in crops})
+    labels = torch.tensor([speakers.index(c.speaker) for c in crops])
+    targets = teacher_targets(teacher, crops, labels, len(speakers))
+    return targets.centroids[labels], segment_bounds(len(crops[0].audio), cfg.ig.durations)
+
+
+def fill_cache(cfg: SpeakerKDConfig, batch_size: int = 32,
+               inputs: tuple[GE2E, list[Crop]] | None = None) -> dict[str, Any]:
     """Compute (or find) the teacher's map of every segment of every training crop.
+
+    Args:
+        inputs: ``(teacher, crops)`` already loaded (:func:`load_ig_inputs`), so that a caller
+            can report input errors before any work; ``None`` loads them here.
 
     Returns:
         ``{"seconds", "hits", "misses", "maps", "relative_gap_mean", "relative_gap_max"}``;
         the relative gap is ``|delta| / |F(x) - F(baseline)|`` (completeness).
+
+    Raises:
+        FileNotFoundError / TeacherLoadError / SpeakerDataError: while loading ``inputs``.
     """
-    teacher = load_teacher(cfg.teacher)
-    teacher.cached_fingerprint = teacher.fingerprint
-    crops = load_train_crops(cfg.data.train_dir, cfg.data.crop_seconds,
-                             cfg.data.crops_per_utterance)
-    speakers = sorted({c.speaker for c in crops})
-    labels = torch.tensor([speakers.index(c.speaker) for c in crops])
-    targets = teacher_targets(teacher, crops, labels, len(speakers))
-    bounds = segment_bounds(len(crops[0].audio), cfg.ig.durations)
+    teacher, crops = load_ig_inputs(cfg) if inputs is None else inputs
+    centroids, bounds = _attribution_targets(cfg, teacher, crops)
     cache = AttributionCache(cfg.ig.cache_dir)
     gaps, t0 = [], time.perf_counter()
     for i in range(0, len(crops), batch_size):
         idx = torch.arange(i, min(i + batch_size, len(crops)))
-        maps = attribute_segments(teacher, [crops[j].audio for j in idx],
-                                  targets.centroids[labels[idx]], bounds, cfg.ig.settings(), cache)
+        maps = attribute_segments(teacher, [crops[j].audio for j in idx], centroids[idx],
+                                  bounds, cfg.ig.settings(), cache)
         gaps += [abs(m.delta) / max(abs(m.score_gap), 1e-12) for row in maps for m in row]
         logger.info("maps of %d / %d crops, %.0f s", int(idx[-1]) + 1, len(crops),
                     time.perf_counter() - t0)
@@ -948,25 +993,30 @@ def fill_cache(cfg: SpeakerKDConfig, batch_size: int = 32) -> dict[str, Any]:
             "relative_gap_max": float(np.max(gaps))}
 
 
-def completeness_by_steps(cfg: SpeakerKDConfig, steps: list[int], num_crops: int
+def completeness_by_steps(cfg: SpeakerKDConfig, steps: list[int], num_crops: int,
+                          inputs: tuple[GE2E, list[Crop]] | None = None
                           ) -> dict[int, dict[str, float]]:
     """Completeness gap ``|delta| / |F(x) - F(baseline)|`` of the maps of the first
     ``num_crops`` training crops (one per utterance) at each ``n_steps`` (no cache): mean and max
-    over segments, and the mean L1 distance of the maps to those of the largest ``n_steps``."""
-    teacher = load_teacher(cfg.teacher)
-    teacher.cached_fingerprint = teacher.fingerprint
-    crops = load_train_crops(cfg.data.train_dir, cfg.data.crop_seconds, 1)[:num_crops]
-    speakers = sorted({c.speaker for c in crops})
-    labels = torch.tensor([speakers.index(c.speaker) for c in crops])
-    targets = teacher_targets(teacher, crops, labels, len(speakers))
-    bounds = segment_bounds(len(crops[0].audio), cfg.ig.durations)
+    over segments, and the mean L1 distance of the maps to those of the largest ``n_steps``.
+
+    Args:
+        inputs: ``(teacher, crops)`` already loaded (:func:`load_ig_inputs` with one crop per
+            utterance); ``None`` loads them here.
+
+    Raises:
+        FileNotFoundError / TeacherLoadError / SpeakerDataError: while loading ``inputs``.
+    """
+    teacher, crops = load_ig_inputs(cfg, 1) if inputs is None else inputs
+    crops = crops[:num_crops]
+    centroids, bounds = _attribution_targets(cfg, teacher, crops)
     maps, out = {}, {}
     for n in sorted(steps):
         settings = IGSettings(n, cfg.ig.baseline, cfg.ig.noise_dbfs, cfg.ig.method,
                               cfg.ig.internal_batch_size)
         t0 = time.perf_counter()
-        rows = attribute_segments(teacher, [c.audio for c in crops], targets.centroids[labels],
-                                  bounds, settings, AttributionCache(None))
+        rows = attribute_segments(teacher, [c.audio for c in crops], centroids, bounds,
+                                  settings, AttributionCache(None))
         gaps = [abs(m.delta) / max(abs(m.score_gap), 1e-12) for row in rows for m in row]
         maps[n] = [m.map for row in rows for m in row]
         out[n] = {"relative_gap_mean": float(np.mean(gaps)),
@@ -980,17 +1030,19 @@ def completeness_by_steps(cfg: SpeakerKDConfig, steps: list[int], num_crops: int
 
 
 def main(argv: list[str]) -> int:
-    """``robustdistill train-speaker {train,table,cache} --config FILE [--section.key value]``.
+    """``robustdistill train-speaker {train,table,cache,gap} --config FILE [--section.key value]``.
 
     ``cache`` computes every training map into ``ig.cache_dir`` once and prints its time and
     completeness gaps; ``gap --steps 4,8,16,32 --crops 4`` prints the completeness gap of a few
     crops' maps at each ``n_steps``.
 
-    Start-up problems end in a one-line parser error (exit 2), before any training: a config
-    that is missing, empty, not valid YAML or holds a bad value; a missing or foreign teacher
-    file; a missing ``student.upstream`` folder; a missing data folder; a set unusable once its
-    bad files are skipped; a verification speaker seen in training. Unusable audio files are
-    skipped with a warning naming each (counted in ``result.json``'s ``skipped_files``)."""
+    Start-up problems end in a one-line parser error (exit 2), before any training or
+    attribution, in every action: a config that is missing, empty, not valid YAML or holds a
+    bad value; a missing or foreign teacher file (or no resemblyzer package); a missing
+    ``student.upstream`` folder; a missing data folder; a set unusable once its bad files are
+    skipped; a verification speaker seen in training. An error once the work has started (a
+    ``FileNotFoundError`` hours in) keeps its traceback. Unusable audio files are skipped with
+    a warning naming each (counted in ``result.json``'s ``skipped_files``)."""
     from robustdistill.config_reference import config_reference
 
     parser = argparse.ArgumentParser(
@@ -1010,30 +1062,36 @@ def main(argv: list[str]) -> int:
         if cfg.student.kind == "upstream":
             check_model_path(cfg.student.upstream, "student.upstream",
                              "robustdistill create-student --teacher ID_OR_DIR --out DIR")
+        steps = [int(x) for x in args.steps.split(",")] if args.action == "gap" else []
     except (ValueError, FileNotFoundError) as err:  # ConfigError is a ValueError
         parser.error(str(err))
-    # Input errors found while loading (before any training) end in one line, not a traceback.
-    input_errors = (FileNotFoundError, TeacherLoadError, SpeakerDataError)
-    try:
-        if args.action == "gap":
-            steps = [int(x) for x in args.steps.split(",")]
-            print(json.dumps(completeness_by_steps(cfg, steps, args.crops), indent=1))
-            return 0
-        if args.action == "cache":
-            print(json.dumps(fill_cache(cfg), indent=1))
-            return 0
-        teacher = load_teacher(cfg.teacher)
-        skipped: dict[str, dict[str, str]] = {}
-        crops, sets = load_inputs(cfg, skipped)
-    except input_errors as err:
-        parser.error(str(err))
-    # Training is outside the one-line handler: an error hours in keeps its traceback.
-    if args.action == "table":
-        print(format_table(run_table(cfg, (teacher, crops, sets, skipped))))
+    # Inputs are loaded first: an input error ends in one line, not a traceback. The work runs
+    # outside that handler, so an error hours in (a cache folder deleted) keeps its traceback.
+    if args.action == "gap":
+        inputs = _load_or_exit(parser, lambda: load_ig_inputs(cfg, 1))
+        print(json.dumps(completeness_by_steps(cfg, steps, args.crops, inputs), indent=1))
         return 0
+    if args.action == "cache":
+        inputs = _load_or_exit(parser, lambda: load_ig_inputs(cfg))
+        print(json.dumps(fill_cache(cfg, inputs=inputs), indent=1))
+        return 0
+    run_inputs = _load_or_exit(parser, lambda: load_run_inputs(cfg))
+    if args.action == "table":
+        print(format_table(run_table(cfg, run_inputs)))
+        return 0
+    teacher, crops, sets, skipped = run_inputs
     result = train_system(cfg, teacher, crops, sets, skipped_files=skipped)
     print(json.dumps(result.get("eval", {}), indent=1))
     return 0
+
+
+def _load_or_exit(parser: argparse.ArgumentParser, load: Callable[[], T]) -> T:
+    """``load()``; an input error (a missing folder or teacher, no usable audio, resemblyzer
+    not installed) ends the command in one usage line (exit 2) instead of a traceback."""
+    try:
+        return load()
+    except (FileNotFoundError, TeacherLoadError, SpeakerDataError) as err:
+        parser.error(str(err))
 
 
 _ = from_dict  # re-exported for tests building configs from dicts
