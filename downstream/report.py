@@ -6,7 +6,9 @@ intervals (rows: upstreams, columns: conditions) and one table of the paired dif
     python -m downstream.report runs/superb/kws/compare/results.json [--scale 100] [--names a=b]
 
 Percent metrics (accuracy, EER, WER) are shown x``scale``; values and interval bounds have
-``--digits`` decimals; ``*`` marks a paired difference whose 95 % interval excludes 0.
+``--digits`` decimals; ``*`` marks a paired difference whose 95 % interval excludes 0;
+``(n unscored)`` follows a value that leaves out ``n`` test items the metric could not score
+(results.json ``unscored``, e.g. PESQ failures), with a note under the table.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from .results import unscored_count, unscored_note
 
 __all__ = ["main", "report"]
 
@@ -27,7 +31,11 @@ def _num(value: float | None, scale: float, digits: int, sign: str = "") -> str:
 
 def report(path: str | Path, scale: float = 1.0, digits: int = 1,
            names: dict[str, str] | None = None) -> str:
-    """The two markdown tables of one merged ``compare`` results.json.
+    """The two markdown tables of one merged ``compare`` results.json (or of one run's).
+
+    A primary-metric cell of a condition with unscored test items (``unscored``) ends in
+    ``(n unscored)`` and a note follows the table; results.json files written before
+    ``unscored`` existed render as before.
 
     Raises:
         FileNotFoundError: no such file.
@@ -52,8 +60,12 @@ def report(path: str | Path, scale: float = 1.0, digits: int = 1,
             iv = r.get("intervals", {}).get(c, {}).get(primary)
             if iv:
                 text += f" [{_num(iv[0], scale, digits)}, {_num(iv[1], scale, digits)}]"
+            if count := unscored_count(r, c, primary):
+                text += f" ({count} unscored)"
             cells.append(text)
         lines.append(f"| {names.get(label, label)} | " + " | ".join(cells) + " |")
+    if note := unscored_note(results):
+        lines += ["", f"Note: {note}"]
     rows = data.get("comparisons") or []
     if rows:
         pairs = list(dict.fromkeys((row["a"], row["b"]) for row in rows))

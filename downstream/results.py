@@ -6,7 +6,9 @@ one plot with a line per upstream.
 
 Per-item results: a run writes ``OUT/items/<condition>.jsonl``, one JSON record per test
 utterance (prediction, per-utterance scores, errors) or per trial (speaker verification scores),
-as s3prl writes its predict / score files. From them every metric the task can recompute gets a
+as s3prl writes its predict / score files (strict JSON: an undefined score is ``null``). They
+also count, per condition and metric, the items a metric could not score (``unscored``, e.g. a
+failed PESQ), which its mean leaves out. From them every metric the task can recompute gets a
 bootstrap 95 % interval (:mod:`downstream.stats`), and :func:`compare` tests each pair of
 upstreams **on the same items**: paired bootstrap interval of the difference and its p-value, plus
 the exact McNemar test for accuracy. A multi-seed run (:func:`aggregate_seeds`) reports the mean
@@ -21,7 +23,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["TestSetMismatch", "aggregate_seeds", "compare", "item_groups", "item_intervals",
            "load_results", "paired_comparisons", "plot_robustness", "read_items",
-           "results_table", "write_items", "write_outputs"]
+           "results_table", "unscored_count", "unscored_counts", "unscored_note", "write_items",
+           "write_outputs"]
 
 
 class TestSetMismatch(ValueError):
@@ -46,14 +49,27 @@ class TestSetMismatch(ValueError):
 
 # ---------------------------------------------------------------------------- per-item records
 def write_items(path: str | Path, items: Sequence[dict[str, Any]]) -> None:
-    """Write per-item records as JSON lines (``path``'s folder must exist)."""
+    """Write per-item records as JSON lines (``path``'s folder must exist).
+
+    Every line is strict JSON: a non-finite float (NaN, e.g. a failed PESQ or an undefined
+    SI-SDR; +-inf), at any depth of a record, is written as ``null``, which :func:`read_items`
+    reads back as NaN (``jq`` and JavaScript refuse the bare ``NaN`` token). A record should
+    therefore not hold a real ``None``: it would read back as NaN too (no task writes one).
+
+    Raises:
+        TypeError: a value JSON cannot hold (numpy arrays and paths are converted).
+    """
     with open(path, "w") as f:
         for record in items:
-            f.write(json.dumps(record, default=_jsonable) + "\n")
+            f.write(json.dumps(_null_for_nonfinite(record), default=_jsonable,
+                               allow_nan=False) + "\n")
 
 
 def read_items(path: str | Path) -> list[dict[str, Any]]:
-    """Read a :func:`write_items` file.
+    """Read a :func:`write_items` file: one record per non-empty line, in file order, with
+    every ``null`` leaf read back as NaN (so a consumer sees the NaN the task recorded; an
+    infinity, written as ``null`` too, reads back as NaN). Files written before ``null``, with
+    bare ``NaN`` / ``Infinity`` tokens, still read (as NaN / inf).
 
     Raises:
         FileNotFoundError: no such file (the run predates per-item results, or was moved
@@ -62,7 +78,46 @@ def read_items(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"per-item results not found: {path}")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [_nan_for_null(json.loads(line)) for line in path.read_text().splitlines()
+            if line.strip()]
+
+
+def _is_unscored(value: Any) -> bool:
+    """A score the task could not compute: a non-finite number, or ``None`` (``null``)."""
+    if value is None:
+        return True
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        return False
+    return not math.isfinite(float(value))
+
+
+def unscored_counts(items: Sequence[dict[str, Any]], metrics: Iterable[str]
+                    ) -> dict[str, int]:
+    """How many per-item records could not score each metric.
+
+    Generic over tasks whose records carry the metric names as keys (speech enhancement:
+    ``pesq``, ``si_sdr``...): a record counts for ``metric`` when it holds that key with a
+    non-finite value (NaN, +-inf, or ``null`` / None). Such items are left out of the
+    metric's mean (e.g. :meth:`SpeechEnhancementTask.item_statistic
+    <downstream.tasks.speech_enhancement.task.SpeechEnhancementTask.item_statistic>`), so the
+    count says how much of the test set the mean does not cover.
+
+    Args:
+        items: the per-item records of one condition (:meth:`Task.items
+            <downstream.base.Task.items>` or :func:`read_items`).
+        metrics: metric names, e.g. the condition's reported metrics.
+
+    Returns:
+        ``{metric: count}`` with only the metrics whose count is above 0, in ``metrics``
+        order (``{}`` when every item scored every metric, or the records hold no metric
+        keys, as for accuracy, EER or WER records).
+    """
+    out = {}
+    for metric in metrics:
+        count = sum(1 for r in items if metric in r and _is_unscored(r[metric]))
+        if count:
+            out[metric] = count
+    return out
 
 
 def _task_class(result: dict[str, Any]):
@@ -162,7 +217,10 @@ def aggregate_seeds(runs: Sequence[dict[str, Any]], dirs: Sequence[str | Path],
 
     ``metrics`` become the mean over seeds, ``metrics_std`` the sample standard deviation
     (ddof 1; 0 for one seed), ``intervals`` a bootstrap of the mean resampling the test items
-    within each seed, ``per_seed`` the seeds' own metrics.
+    within each seed, ``per_seed`` the seeds' own metrics. ``unscored`` (``{condition:
+    {metric: count}}``, :func:`unscored_counts`) is **summed over seeds**: the number of
+    (seed, test item) scores left out of the seeds' means; it is recounted from the per-item
+    files, so runs written before ``unscored`` existed get it too.
 
     Raises:
         ValueError: runs of different tasks / upstreams / conditions, or duplicate seeds.
@@ -181,7 +239,7 @@ def aggregate_seeds(runs: Sequence[dict[str, Any]], dirs: Sequence[str | Path],
     dirs = [Path(d).resolve() for d in dirs]
     common = Path(os.path.commonpath([str(d) for d in dirs]))
     task_class = _task_class(first)
-    metrics, std, intervals = {}, {}, {}
+    metrics, std, intervals, unscored = {}, {}, {}, {}
     for cond in first["conditions"]:
         names = list(first["metrics"][cond])
         values = {m: np.array([r["metrics"][cond][m] for r in runs], dtype=np.float64)
@@ -192,6 +250,8 @@ def aggregate_seeds(runs: Sequence[dict[str, Any]], dirs: Sequence[str | Path],
         groups = [read_items(d / r.get("items_dir", "items") / f"{cond}.jsonl")
                   for d, r in zip(dirs, runs, strict=True)]
         intervals[cond] = item_intervals(task_class, groups, metrics[cond], resamples, 0)
+        per_seed = [unscored_counts(g, names) for g in groups]
+        unscored[cond] = {m: n for m in names if (n := sum(c.get(m, 0) for c in per_seed))}
     merged = {k: v for k, v in first.items() if k not in
               ("metrics", "intervals", "seed", "dev", "timing", "featurizer", "source_dir")}
     merged.update({
@@ -202,6 +262,7 @@ def aggregate_seeds(runs: Sequence[dict[str, Any]], dirs: Sequence[str | Path],
         "metrics": metrics,
         "metrics_std": std,
         "intervals": intervals,
+        "unscored": unscored,
         "interval_method": (f"bootstrap over test {first.get('item_unit', 'item')}s stratified by "
                             f"seed (mean over {len(seeds)} seeds), 95 %, {resamples} resamples"
                             if len(seeds) > 1 else first.get("interval_method")),
@@ -314,26 +375,55 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def unscored_count(result: dict[str, Any], cond: str, metric: str) -> int:
+    """The result's ``unscored`` count of ``metric`` under ``cond`` (0 when none is recorded,
+    as in results written before the count existed)."""
+    per = result.get("unscored")
+    per = per.get(cond) if isinstance(per, dict) else None
+    count = per.get(metric) if isinstance(per, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
+
+
 def _interval_cell(result: dict[str, Any], cond: str, metric: str) -> str:
-    """``value [low, high]`` (``mean ± std [low, high]`` for several seeds)."""
+    """``value [low, high]`` (``mean ± std [low, high]`` for several seeds), followed by
+    ``(n unscored)`` when ``n`` test items could not be scored (left out of the value)."""
     value = result["metrics"].get(cond, {}).get(metric)
     text = _cell(value)
-    if text == "-":
-        return text
-    std = result.get("metrics_std", {}).get(cond, {}).get(metric)
-    if std is not None and len(result.get("seeds", [])) > 1:
-        text += f" ± {std:.4f}"
-    interval = result.get("intervals", {}).get(cond, {}).get(metric)
-    if interval:
-        text += f" [{_cell(interval[0])}, {_cell(interval[1])}]"
+    if text != "-":
+        std = result.get("metrics_std", {}).get(cond, {}).get(metric)
+        if std is not None and len(result.get("seeds", [])) > 1:
+            text += f" ± {std:.4f}"
+        interval = result.get("intervals", {}).get(cond, {}).get(metric)
+        if interval:
+            text += f" [{_cell(interval[0])}, {_cell(interval[1])}]"
+    if count := unscored_count(result, cond, metric):
+        text += f" ({count} unscored)"
     return text
+
+
+def unscored_note(results: Sequence[dict[str, Any]]) -> str | None:
+    """One sentence explaining the ``(n unscored)`` marks of :func:`results_table` and
+    :func:`downstream.report.report`, or None when no result records an unscored item."""
+    counted = [r for r in results if isinstance(r.get("unscored"), dict)
+               and any(unscored_count(r, cond, metric) for cond, per in r["unscored"].items()
+                       if isinstance(per, dict) for metric in per)]
+    if not counted:
+        return None
+    unit = "/".join(sorted({str(r.get("item_unit", "item")) for r in counted}))
+    seeds = any(len(r.get("seeds", [])) > 1 for r in counted)
+    return (f'"(n unscored)" counts the test {unit}s of that condition on which the metric '
+            "could not be computed (e.g. PESQ failed, or SI-SDR is undefined for a silent "
+            "output)" + (", summed over seeds" if seeds else "") + "; the value leaves them "
+            "out, which favours a model that fails on them.")
 
 
 def results_table(results: Sequence[dict[str, Any]],
                   comparisons: tuple[list[dict[str, Any]], list[str]] | None = None) -> str:
     """Markdown: one table per metric, a row per upstream, a column per condition; each cell
     the value with its bootstrap 95 % interval (and ± the standard deviation over seeds for
-    multi-seed runs); then the paired comparisons when given (:func:`paired_comparisons`).
+    multi-seed runs) and ``(n unscored)`` when a result's ``unscored`` counts test items the
+    metric could not score (explained by a warning line under the header); then the paired
+    comparisons when given (:func:`paired_comparisons`).
 
     Raises:
         ValueError: results of different tasks.
@@ -360,6 +450,8 @@ def results_table(results: Sequence[dict[str, Any]],
         lines += ["", "Cells: value [95 % interval: " + "; ".join(methods) + "]"
                   + (" ; ± standard deviation over seeds" if any(len(r.get("seeds", [])) > 1
                                                                   for r in results) else "")]
+    if note := unscored_note(results):
+        lines += ["", f"**Warning: {note}**"]
     if _different_test_sets(results):
         lines += ["", "**Warning: these upstreams were tested on different test sets (data, seed, "
                   "conditions or noise/RIR files differ); their numbers are not directly "

@@ -48,7 +48,13 @@ from .config import load_config, to_dict
 from .data import SPLITS, Utterance, load_splits, load_waveform
 from .fbank import FbankUpstream, is_fbank
 from .featurizer import Featurizer
-from .results import aggregate_seeds, item_intervals, write_items, write_outputs
+from .results import (
+    aggregate_seeds,
+    item_intervals,
+    unscored_counts,
+    write_items,
+    write_outputs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +106,14 @@ class RunOptions:
 
 def run_evaluation(options: RunOptions) -> dict[str, Any]:
     """Run one task for one upstream and write ``results.json``, ``results.md`` and
-    ``robustness.png`` to ``options.out``.
+    ``robustness.png`` to ``options.out``, and ``items/<condition>.jsonl``
+    (:func:`~downstream.results.write_items`).
+
+    results.json's ``unscored`` is ``{condition: {metric: count}}`` for every condition: the
+    test items whose per-item record holds that metric as a non-finite value (a failed PESQ,
+    an undefined SI-SDR...), which the metric's mean leaves out
+    (:func:`~downstream.results.unscored_counts`; only counts above 0, ``{}`` when all scored).
+    ``skipped_items`` counts, per split, the utterances that could not be decoded at all.
 
     Returns:
         The results dict (as written to results.json).
@@ -168,6 +181,7 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
 
     metrics: dict[str, dict[str, float]] = {}
     intervals: dict[str, dict[str, list[float]]] = {}
+    unscored: dict[str, dict[str, int]] = {}
     items_dir = out / "items"
     items_dir.mkdir(exist_ok=True)
     tic = time.perf_counter()
@@ -179,6 +193,11 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
         intervals[condition.name] = item_intervals(
             type(task), [items], metrics[condition.name], options.bootstrap_resamples,
             options.seed)
+        unscored[condition.name] = unscored_counts(items, metrics[condition.name])
+        for metric, count in unscored[condition.name].items():
+            logger.warning("%s: %s could not be scored on %d of %d test %ss (left out of its "
+                           "mean; counted in results.json 'unscored')", condition.name, metric,
+                           count, len(items), task.item_unit)
         logger.info("test %-12s %s", condition.name, _fmt(metrics[condition.name]))
         del test_set
     timing["test_s"] = time.perf_counter() - tic
@@ -218,6 +237,7 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
                                        [c.name for c in conditions], corruptor.fingerprint()),
         "corruption_sha1": corruptor.fingerprint(),
         "skipped_items": skipped,
+        "unscored": unscored,
         "seed": options.seed,
         "device": options.device,
         "config_path": str(config_path),

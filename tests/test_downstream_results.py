@@ -260,3 +260,149 @@ def test_different_seed_sets_are_compared_on_the_shared_seeds(tmp_path):
     old = {k: v for k, v in a.items() if k != "per_seed_test_set_sha1"}
     rows, notes = paired_comparisons([old, b], resamples=20)
     assert rows == [] and "different test sets" in notes[0]
+
+# ---------------------------------------------------------------------------- unscored items
+def _se_items(pesq, si_sdr):
+    """SE-like records: ``key`` and two per-utterance scores (NaN where undefined)."""
+    return [{"key": f"u{i}", "pesq": p, "si_sdr": s}
+            for i, (p, s) in enumerate(zip(pesq, si_sdr, strict=True))]
+
+
+def test_items_files_are_strict_json_and_nan_reads_back(tmp_path):
+    from downstream.results import read_items
+
+    nan, inf = float("nan"), float("inf")
+    records = [{"key": "u0", "pesq": nan, "si_sdr": np.float32(3.5), "scores": [1.0, nan]},
+               {"key": "u1", "pesq": 2.0, "si_sdr": -inf, "nested": {"x": np.float64("nan")}},
+               {"key": "u2", "pesq": 1.5, "si_sdr": 4, "ok": True}]
+    path = tmp_path / "clean.jsonl"
+    write_items(path, records)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3
+    parsed = [_strict_json(line) for line in lines]  # a bare NaN / -Infinity would raise here
+    assert parsed[0] == {"key": "u0", "pesq": None, "si_sdr": 3.5, "scores": [1.0, None]}
+    assert parsed[1]["si_sdr"] is None and parsed[1]["nested"] == {"x": None}
+    back = read_items(path)
+    assert np.isnan(back[0]["pesq"]) and back[0]["si_sdr"] == 3.5
+    assert back[0]["scores"][0] == 1.0 and np.isnan(back[0]["scores"][1])
+    assert np.isnan(back[1]["si_sdr"]) and np.isnan(back[1]["nested"]["x"])  # inf: NaN
+    assert back[2] == {"key": "u2", "pesq": 1.5, "si_sdr": 4, "ok": True}
+
+
+def test_old_items_files_with_bare_nan_still_read(tmp_path):
+    from downstream.results import read_items
+    from downstream.tasks.speech_enhancement.task import SpeechEnhancementTask
+
+    path = tmp_path / "snr0.jsonl"
+    path.write_text('{"key": "u0", "pesq": NaN, "si_sdr": 1.0}\n\n'
+                    '{"key": "u1", "pesq": 3.0, "si_sdr": Infinity}\n')
+    old = read_items(path)
+    assert np.isnan(old[0]["pesq"]) and old[1]["si_sdr"] == float("inf")
+    write_items(tmp_path / "new.jsonl", old)  # rewritten strict: the statistics are unchanged
+    new = read_items(tmp_path / "new.jsonl")
+    for metric in ("pesq", "si_sdr"):
+        idx = np.arange(2)
+        a = SpeechEnhancementTask.item_statistic(old, metric)(idx)
+        b = SpeechEnhancementTask.item_statistic(new, metric)(idx)
+        assert a == b  # 3.0 (pesq of u1 only), 1.0 (si_sdr of u0 only)
+
+
+def test_paired_comparison_of_items_with_nan_is_unchanged_by_null(tmp_path):
+    # the same records written the old way (bare NaN) and the new way (null) give the same test
+    pesq_a, pesq_b = [2.0, float("nan"), 3.0, 2.5], [1.5, 2.0, float("nan"), 2.0]
+    results = []
+    for name, pesq in (("a", pesq_a), ("b", pesq_b)):
+        r = _result(tmp_path, name, "speech_enhancement", "pesq",
+                    {"clean": _se_items(pesq, [1.0] * 4)})
+        results.append(r)
+    new_rows, _ = paired_comparisons(results, resamples=100)
+    for name, pesq in (("a", pesq_a), ("b", pesq_b)):
+        path = tmp_path / name / "items" / "clean.jsonl"
+        path.write_text("".join(json.dumps(rec) + "\n" for rec in _se_items(pesq, [1.0] * 4)))
+        assert "NaN" in path.read_text()
+    old_rows, _ = paired_comparisons(results, resamples=100)
+    assert new_rows == old_rows
+    # mean over each upstream's finite items: a (2 + 3 + 2.5) / 3, b (1.5 + 2 + 2) / 3
+    assert new_rows[0]["difference"] == pytest.approx(7.5 / 3 - 5.5 / 3)
+
+
+def test_unscored_counts_by_hand():
+    from downstream.results import unscored_counts
+
+    nan = float("nan")
+    items = [{"key": "u0", "pesq": nan, "si_sdr": 1.0, "stoi": 0.9},
+             {"key": "u1", "pesq": 2.0, "si_sdr": nan, "stoi": 0.8},
+             {"key": "u2", "pesq": None, "si_sdr": float("-inf"), "stoi": 0.7},
+             {"key": "u3", "pesq": np.float32("nan"), "si_sdr": 2.0}]  # no stoi key: not counted
+    assert unscored_counts(items, ["pesq", "si_sdr", "stoi", "noisy_pesq"]) == {
+        "pesq": 3, "si_sdr": 2}
+    assert list(unscored_counts(items, ["si_sdr", "pesq"])) == ["si_sdr", "pesq"]
+    assert unscored_counts(_uc_items([1, 0, 1]), ["accuracy", "macro_accuracy"]) == {}
+    assert unscored_counts([], ["pesq"]) == {}
+
+
+def _aggregate_run(tmp_path, seed, per_condition):
+    folder = tmp_path / f"seed{seed}"
+    (folder / "items").mkdir(parents=True)
+    metrics = {}
+    for cond, items in per_condition.items():
+        write_items(folder / "items" / f"{cond}.jsonl", items)
+        metrics[cond] = {m: float(np.nanmean([r[m] for r in items])) for m in ("pesq", "si_sdr")}
+    return {"task": "speech_enhancement", "upstream": "/m/a", "label": "se",
+            "primary_metric": "pesq", "higher_is_better": True,
+            "conditions": list(per_condition), "metrics": metrics, "seed": seed,
+            "item_unit": "utterance", "featurizer": {"weights": {"0": 0.5, "1": 0.5}},
+            "timing": {"total_s": 1.0}, "num_items": {"test": 4}}, folder
+
+
+def test_aggregate_seeds_sums_unscored_and_tables_show_it(tmp_path):
+    from downstream.results import aggregate_seeds, load_results, results_table, write_outputs
+
+    nan = float("nan")
+    # seed 0: clean all scored; snr0: 2 PESQ failures, 1 silent output (SI-SDR undefined)
+    # seed 1: clean 1 PESQ failure; snr0: 1 PESQ failure, 0 SI-SDR
+    r0, d0 = _aggregate_run(tmp_path, 0, {
+        "clean": _se_items([3.0, 3.5, 4.0, 2.5], [10.0, 12.0, 11.0, 9.0]),
+        "snr0": _se_items([nan, 1.5, nan, 2.0], [nan, 3.0, 4.0, 5.0])})
+    r1, d1 = _aggregate_run(tmp_path, 1, {
+        "clean": _se_items([3.0, nan, 4.0, 2.5], [10.0, 12.0, 11.0, 9.0]),
+        "snr0": _se_items([1.0, 1.5, nan, 2.0], [2.0, 3.0, 4.0, 5.0])})
+    merged = aggregate_seeds([r0, r1], [d0, d1], resamples=20)
+    assert merged["unscored"] == {"clean": {"pesq": 1}, "snr0": {"pesq": 3, "si_sdr": 1}}
+    write_outputs([merged], tmp_path / "agg")
+    (loaded,) = load_results(tmp_path / "agg" / "results.json")
+    assert loaded["unscored"] == merged["unscored"]
+    table = (tmp_path / "agg" / "results.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| a |")
+               and "(3 unscored)" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1].endswith("(1 unscored)") and cells[2].endswith("(3 unscored)")
+    assert "summed over seeds" in table and "could not be computed" in table
+    si_row = [line for line in table.splitlines() if line.startswith("| a |")][1]
+    assert "unscored" not in si_row.split("|")[2] and si_row.split("|")[3].strip().endswith(
+        "(1 unscored)")
+    # a result without the key (written before it existed) renders as before: no mark, no note
+    old = {k: v for k, v in loaded.items() if k != "unscored"}
+    assert "unscored" not in results_table([old])
+
+
+def test_report_marks_unscored_primary_cells_and_old_files_are_unchanged(tmp_path):
+    def res(name, unscored=None):
+        out = {"upstream": f"/m/{name}", "primary_metric": "pesq", "conditions": ["clean", "snr0"],
+               "item_unit": "utterance",
+               "metrics": {"clean": {"pesq": 3.0, "si_sdr": 10.0},
+                           "snr0": {"pesq": 1.5, "si_sdr": None}}}
+        if unscored is not None:
+            out["unscored"] = unscored
+        return out
+
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"results": [
+        res("a", {"clean": {}, "snr0": {"pesq": 2, "si_sdr": 200}}), res("b", {"clean": {}})]}))
+    lines = report(path, digits=2).splitlines()
+    assert "| a | 3.00 | 1.50 (2 unscored) |" in lines  # only the primary metric is shown
+    assert "| b | 3.00 | 1.50 |" in lines
+    assert any(line.startswith("Note: ") and "test utterances" in line for line in lines)
+    path.write_text(json.dumps({"results": [res("a"), res("b")]}))  # an old file
+    old = report(path, digits=2)
+    assert "| a | 3.00 | 1.50 |" in old.splitlines() and "unscored" not in old

@@ -164,3 +164,49 @@ def test_train_crop_keeps_whole_utterance_not_longer_than_crop():
                                       e.example.waveform[320 * start: 320 * (start + 150)])
         starts.add(start)
     assert starts <= set(range(11)) and len(starts) > 1
+
+
+def test_silent_outputs_are_counted_as_unscored_in_results(setup_dirs, tmp_path, monkeypatch):
+    """A head that outputs silence on one test utterance under snr0: SI-SDR is undefined there
+    (NaN, left out of the mean), and results.json, results.md and the strict-JSON items file
+    say so."""
+    from downstream.results import read_items
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root = setup_dirs
+    enhance = SpeechEnhancementTask.enhance
+
+    def silent_first_under_snr0(self, head, features, frame_lengths, examples):
+        out = enhance(self, head, features, frame_lengths, examples)
+        if examples[0].extras.get("snr_db") == 0.0:  # test snr0 (train/dev SNRs are drawn)
+            out[0] = np.zeros_like(out[0])
+        return out
+
+    monkeypatch.setattr(SpeechEnhancementTask, "enhance", silent_first_under_snr0)
+    run_evaluation(RunOptions(
+        task="speech_enhancement", upstream=str(root / "up"), config=str(root / "se.yaml"),
+        out=str(tmp_path / "out"), conditions=["clean", "snr0"],
+        test_noise_dir=str(root / "noise"), bootstrap_resamples=20,
+    ))
+    text = (tmp_path / "out" / "items" / "snr0.jsonl").read_text()
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    records = [json.loads(line, parse_constant=refuse) for line in text.splitlines()]
+    assert len(records) == 3  # 12 utterances, test 0.25
+    assert records[0]["si_sdr"] is None and records[0]["si_sdr_improvement"] is None
+    assert all(r["si_sdr"] is not None for r in records[1:])
+    saved = json.loads((tmp_path / "out" / "results.json").read_text(), parse_constant=refuse)
+    pesq_failed = sum(r["pesq"] is None for r in records)  # PESQ of silence may fail too
+    expected = {"si_sdr": 1, "si_sdr_improvement": 1}
+    if pesq_failed:
+        expected.update({"pesq": pesq_failed, "pesq_improvement": pesq_failed})
+    assert saved["unscored"]["snr0"] == expected
+    assert saved["unscored"]["clean"] == {}
+    assert saved["metrics"]["snr0"]["si_sdr"] == pytest.approx(
+        np.mean([r["si_sdr"] for r in records[1:]]))
+    back = read_items(tmp_path / "out" / "items" / "snr0.jsonl")
+    assert np.isnan(back[0]["si_sdr"])
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "(1 unscored)" in table and "could not be computed" in table

@@ -185,3 +185,50 @@ def test_a_null_metric_from_strict_json_is_named_like_nan(tmp_path, caplog):
         (result,) = load_task_results(path)
     assert "loss" not in result.metrics["snr0"]
     assert "loss under snr0 is NaN" in caplog.text
+
+
+def _se_entry(upstream: str, seeds=None, **extra):
+    entry = {"task": "speech_enhancement", "upstream": upstream, "primary_metric": "pesq",
+             "higher_is_better": True, "conditions": CONDITIONS, "item_unit": "utterance",
+             "metrics": {c: {"pesq": p, "si_sdr": s} for c, p, s in
+                         zip(CONDITIONS, (3.0, 1.8, 2.0), (12.0, 4.0, 1.0), strict=True)},
+             "num_items": {"train": 100, "test": 40}, "seed": 0, **extra}
+    if seeds is not None:
+        entry["seeds"] = seeds
+    return entry
+
+
+def test_unscored_items_are_named_in_a_warning_and_the_card(student, tmp_path, caplog):
+    import logging
+
+    unscored = {"clean": {}, "snr0": {"pesq": 2, "si_sdr": 1}, "reverb": {"si_sdr": 3}}
+    path = _write(tmp_path, _se_entry(str(student), unscored=unscored))
+    with caplog.at_level(logging.WARNING):
+        (result,) = load_task_results(path)
+    assert result.unscored == {"snr0": {"pesq": 2, "si_sdr": 1}, "reverb": {"si_sdr": 3}}
+    assert "pesq under snr0 could not be scored on 2 test utterance" in caplog.text
+    assert "si_sdr under snr0 could not be scored on 1 test utterance" in caplog.text
+    assert "si_sdr under reverb could not be scored on 3 test utterance" in caplog.text
+    assert "under clean" not in caplog.text
+    text = _card(student, path).text
+    assert ("pesq under `snr0` on 2 of 40; si_sdr under `snr0` on 1 of 40; si_sdr under "
+            "`reverb` on 3 of 40.") in text
+    # three seeds: the counts are sums over seeds, not "of 40"
+    path = _write(tmp_path, _se_entry(str(student), seeds=[0, 1, 2],
+                                      unscored={"snr0": {"pesq": 5}}), "three.json")
+    text = _card(student, path).text
+    assert "pesq under `snr0` on 5 (summed over seeds)." in text
+
+
+def test_results_without_or_with_a_malformed_unscored_still_card(student, tmp_path, caplog):
+    import logging
+
+    for name, extra in (("old.json", {}), ("bad.json", {"unscored": ["pesq"]}),
+                        ("odd.json", {"unscored": {"snr0": {"pesq": "2", "si_sdr": 0,
+                                                            "stoi": True}}})):
+        path = _write(tmp_path, _se_entry(str(student), **extra), name)
+        with caplog.at_level(logging.WARNING):
+            (result,) = load_task_results(path)
+        assert result.unscored == {}
+        assert "could not be scored" not in caplog.text
+        assert "could not be scored" not in _card(student, path).text

@@ -39,6 +39,7 @@ from .card_results import (
     interval_note,
     seed_count_text,
     task_views,
+    unscored_notes,
 )
 from .card_training import heads_dir_for, is_hub_id, parameter_count, run_view, teacher_text
 from .card_usage import load_snippets, onnx_inputs
@@ -127,6 +128,7 @@ def _limitations(run: RunSummary | None, tasks: Sequence[TaskResult], student: M
                      "noises and rooms of those runs; other noises, rooms, microphones, "
                      "languages and accents are untested.")
         items += chance_notes(tasks)
+        items += unscored_notes(tasks)
     else:
         items.append("No downstream results were given: its usefulness is not measured here.")
     if student.receptive_field:

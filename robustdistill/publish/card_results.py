@@ -20,7 +20,7 @@ from .provenance import RunSummary
 from .results import TaskResult, load_task_results
 
 __all__ = ["TASK_TYPES", "CardError", "TaskView", "chance_notes", "eval_results_for",
-           "interval_note", "seed_count_text", "task_views"]
+           "interval_note", "seed_count_text", "task_views", "unscored_notes"]
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +199,28 @@ def chance_notes(tasks: Sequence[TaskResult]) -> list[str]:
                          f"({chance:.2f}, {classes} classes) under "
                          + ", ".join(f"`{c}`" for c in at_chance)
                          + ": the model is not shown to be better than guessing there.")
+    return notes
+
+
+def unscored_notes(tasks: Sequence[TaskResult]) -> list[str]:
+    """One limitation per task with test items a metric could not score (the results file's
+    ``unscored``: e.g. PESQ failed, or SI-SDR is undefined for a silent output), naming each
+    condition, metric and count: its value leaves them out and so flatters the model."""
+    notes = []
+    for t in tasks:
+        if not t.unscored:
+            continue
+        unit = str(t.raw.get("item_unit") or "item")
+        seeds = _seeds(t)
+        total = (f" of {t.num_items['test']}" if t.num_items.get("test")
+                 and (seeds is None or len(seeds) == 1) else "")
+        parts = [f"{metric} under `{cond}` on {count}{total}"
+                 for cond in t.conditions for metric, count in t.unscored.get(cond, {}).items()]
+        notes.append(f"{t.label}: some test {unit}s could not be scored and are left out of "
+                     f"the value shown: " + "; ".join(parts)
+                     + (" (summed over seeds)" if seeds and len(seeds) > 1 else "")
+                     + ". A model that fails (e.g. outputs silence) on some items gets a "
+                     "better mean than it deserves there.")
     return notes
 
 

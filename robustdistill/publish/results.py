@@ -94,6 +94,9 @@ class TaskResult:
             id), for the card's ``model-index``.
         num_items: items per split, e.g. ``{"train": 100, "dev": 50, "test": 50}``.
         seed, test_set_sha1, source: provenance; ``source`` is the results file.
+        unscored: condition -> metric -> number of test items (utterances; summed over seeds
+            for a multi-seed result) the metric could not score and its value leaves out
+            (the file's ``unscored``; only counts above 0; empty for files without it).
         raw: the entry as read.
     """
 
@@ -109,6 +112,7 @@ class TaskResult:
     seed: int | None = None
     test_set_sha1: str | None = None
     source: str = ""
+    unscored: dict[str, dict[str, int]] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def metric_names(self) -> list[str]:
@@ -218,6 +222,7 @@ def _normalise(entry: dict[str, Any], source: Path) -> TaskResult:
                 mv.interval_source = f"Wilson 95 %, n = {n_test}"
             per[name] = mv
         metrics[cond] = per
+    unscored = _unscored(entry, source)
     primary = entry["primary_metric"]
     if not any(primary in m for m in metrics.values()):
         raise ValueError(f"{source}: primary metric {primary!r} has no numeric value")
@@ -226,7 +231,28 @@ def _normalise(entry: dict[str, Any], source: Path) -> TaskResult:
                       higher_is_better=bool(entry.get("higher_is_better", True)),
                       conditions=list(entry["conditions"]), metrics=metrics,
                       dataset=_dataset_name(entry), num_items=items, seed=entry.get("seed"),
-                      test_set_sha1=entry.get("test_set_sha1"), source=str(source), raw=entry)
+                      test_set_sha1=entry.get("test_set_sha1"), source=str(source),
+                      unscored=unscored, raw=entry)
+
+
+def _unscored(entry: dict[str, Any], source: Path) -> dict[str, dict[str, int]]:
+    """The entry's ``unscored`` counts (``{condition: {metric: count > 0}}``; malformed parts
+    are ignored), each logged as a warning naming condition, metric and count."""
+    raw = entry.get("unscored")
+    unit = str(entry.get("item_unit") or "item")
+    out: dict[str, dict[str, int]] = {}
+    for cond in entry["conditions"]:
+        per = raw.get(cond) if isinstance(raw, dict) else None
+        if not isinstance(per, dict):
+            continue
+        counts = {m: int(n) for m, n in per.items()
+                  if isinstance(n, int) and not isinstance(n, bool) and n > 0}
+        for metric, count in counts.items():
+            logger.warning("%s: %s under %s could not be scored on %d test %s(s): its value "
+                           "leaves them out", source, metric, cond, count, unit)
+        if counts:
+            out[cond] = counts
+    return out
 
 
 def load_task_results(path: str | Path) -> list[TaskResult]:

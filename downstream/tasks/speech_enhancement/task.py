@@ -21,8 +21,11 @@ speech is meaningless under reverberation and a magnitude mask cannot undo early
 Metrics (per utterance, averaged): PESQ wide-band (``pesq``), STOI (``pystoi``), SI-SDR
 (zero-mean, :func:`robustdistill.metrics.si_sdr`), each for the enhanced output and the noisy
 input, and the improvement (enhanced minus noisy; SI-SDRi from
-:func:`robustdistill.metrics.si_sdr_improvement`). PESQ failures (e.g. no speech found) are
-logged and left out of the mean.
+:func:`robustdistill.metrics.si_sdr_improvement`). PESQ failures (e.g. no speech found) and
+undefined SI-SDRs (a silent estimate or reference, ``SilentSignalError``) are logged, recorded
+as NaN in the utterance's record (``null`` in ``items/<condition>.jsonl``) and left out of the
+mean; the runner counts them per condition and metric in results.json's ``unscored``
+(:func:`downstream.results.unscored_counts`), shown beside the value in the tables and cards.
 Under the ``clean`` test condition the "noisy" input is the clean speech itself, so its scores
 are the ceiling (PESQ 4.64, STOI 1, SI-SDR about 180 dB, the limit set by torchmetrics' eps) and
 the improvements there only show how much the head degrades clean speech.
@@ -397,8 +400,9 @@ class SpeechEnhancementTask(Task):
                  ) -> dict[str, float]:
         """Mean PESQ (wb), STOI, SI-SDR of enhanced and noisy speech, and the improvements.
 
-        Every score is per utterance (records in ``last_items``); a mean is over the utterances
-        where that score is finite, and an improvement is the mean of per-utterance
+        Every score is per utterance (records in ``last_items``: ``key`` and every name of
+        ``_SE_METRICS``, NaN where undefined); a mean is over the utterances where that score
+        is finite (the others are counted as ``unscored`` by the runner), and an improvement is the mean of per-utterance
         differences (enhanced minus noisy of the **same** utterance, both finite), never a
         difference of means over different subsets.
         """
@@ -427,7 +431,9 @@ class SpeechEnhancementTask(Task):
     @classmethod
     def item_statistic(cls, items, metric):
         """Any per-utterance score (``pesq``, ``noisy_stoi``, ``pesq_improvement``...): the
-        mean over the resampled utterances where it is finite (NaN PESQ failures left out)."""
+        mean over the resampled utterances where it is finite (NaN PESQ failures and undefined
+        SI-SDRs left out; :func:`downstream.results.unscored_counts` counts them); NaN when
+        none is finite."""
         if metric not in _SE_METRICS:
             return None
         values = np.array([r[metric] for r in items], dtype=np.float64)
