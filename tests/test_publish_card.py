@@ -411,6 +411,13 @@ def _training_section(text: str) -> str:
     return text[text.index("## Training"):text.index("## Limitations")]
 
 
+def _section(text: str, heading: str) -> str:
+    """From ``heading`` (a ``## `` line) to the next ``## `` heading."""
+    start = text.index(heading + "\n")
+    end = text.find("\n## ", start + len(heading))
+    return text[start:] if end < 0 else text[start:end + 1]
+
+
 def _tiny_se_run(root: Path, *overrides: str) -> Path:
     """A real ``train-se`` run (2 steps, 0.25 s crops, tonal speech, white noise, one room)."""
     import numpy as np
@@ -531,9 +538,9 @@ def test_se_card_says_not_recorded_for_what_the_config_lacks(tmp_path):
     assert "- Result: no final state recorded\n" in training and "?" not in training
 
 
-def test_speaker_card_of_a_real_speaker_run(tmp_path):
-    """A real IML-KD run (tiny GE2E, 2 epochs): the Training section gives the GE2E teacher,
-    every loss term with its weight, the clean crops, epochs, batch, AdamW settings and seed."""
+def _tiny_speaker_run(tmp_path: Path, train_dir: str = "speech/train") -> tuple[Path, dict]:
+    """A real IML-KD ``train-speaker`` run (tiny GE2E, 2 epochs, 6 noise crops of 3
+    speakers), finished and exported, without verification sets: ``(run, result)``."""
     import numpy as np
     import torch
 
@@ -549,28 +556,34 @@ def test_speaker_card_of_a_real_speaker_run(tmp_path):
              for i in range(6)]
     run = tmp_path / "run"
     cfg = from_dict(SpeakerKDConfig, {
-        "data": {"train_dir": "speech/train", "crop_seconds": 0.2, "crops_per_utterance": 1,
+        "data": {"train_dir": train_dir, "crop_seconds": 0.2, "crops_per_utterance": 1,
                  "fsdd_dir": None},
         "student": {"hidden_size": 8, "num_layers": 1, "embedding_dim": 8},
         "ig": {"durations": [0.1, None], "n_steps": 2, "cache_dir": str(tmp_path / "cache")},
         "loss": {"method": "imlkd", "instance": 0.5, "tau": 3.0},
         "training": {"output_dir": str(run), "epochs": 2, "batch_size": 4, "seed": 3,
                      "lr": 0.01}})
-    result = train_system(cfg, teacher, crops)
+    return run, train_system(cfg, teacher, crops)
+
+
+def test_speaker_card_of_a_real_speaker_run(tmp_path):
+    """A real IML-KD run (tiny GE2E, 2 epochs): the Training section gives the GE2E teacher,
+    every loss term with its weight, the clean crops, epochs, batch, AdamW settings and seed."""
+    run, result = _tiny_speaker_run(tmp_path)
     model = run / "student"  # the run's exported embedder
-    no_eval = _training_section(build_card(model, [], run, license="mit", kind="speaker",
-                                           speed=False).text)
-    assert ("- Verification: not recorded: `result.json` of the run holds no evaluation"
-            in no_eval)
+    no_eval = build_card(model, [], run, license="mit", kind="speaker", speed=False)
+    assert (f"## Evaluation\n\nSpeaker verification: not recorded. `result.json` of the run "
+            f"`{run}` holds no evaluation") in no_eval.text
+    assert no_eval.data.eval_results is None
     stored = json.loads((run / "result.json").read_text())
     stored["eval"] = {"test_other": {"eer": 0.123456, "min_dcf": 0.5678, "target_trials": 1234,
                                      "nontarget_trials": 5000},
                       "fsdd": {"eer": 0.05, "min_dcf": 0.25}}
     (run / "result.json").write_text(json.dumps(stored))
     text = build_card(model, [], run, license="mit", kind="speaker", speed=False).text
-    assert ("- Verification: cosine scores of whole-utterance embeddings, speakers unseen in "
-            "training: `test_other` EER 12.35 %, minDCF 0.568 (1,234 target and 5,000 "
-            "non-target trials); `fsdd` EER 5.00 %, minDCF 0.250\n") in text
+    evaluation = _section(text, "## Evaluation")
+    assert ("| `test_other` | 12.35 % | 0.568 | 1,234 | 5,000 |\n"
+            "| `fsdd` | 5.00 % | 0.250 | not recorded | not recorded |\n") in evaluation
     assert f"(SpeakerEmbedder, {result['params']:,} parameters)" in text
     code = text.split("```python\n", 1)[1].split("```", 1)[0]
     assert "SpeakerEmbedder.from_pretrained(folder)" in code
@@ -594,13 +607,14 @@ def test_speaker_card_of_a_real_speaker_run(tmp_path):
             "got them: no noise or reverberation was added in training\n") in training
     assert ("- Validation data: none held out during training; verification after training "
             "on `../shared/data/librispeech-mini/test-other` (LibriSpeech test-other), "
-            "speakers unseen in training\n") in training
+            "speakers unseen in training (the Evaluation section)\n") in training
     assert ("- Optimisation: epochs 2, batch 4, AdamW lr 0.01 (constant), weight decay 0.0001 "
             "on weights of two or more dimensions, gradient clipping 5.0, seed 3\n") in training
     loss = result["epochs"][-1]["loss"]
     assert f"- Result: last logged epoch 2 of 2, mean training loss {loss:.4f} in that epoch\n" \
         in training
-    for wrong in ("?", "Objectives", "Corruption", "5% of the training items", "not recorded"):
+    for wrong in ("?", "Objectives", "Corruption", "5% of the training items", "not recorded",
+                  "EER", "minDCF", "Verification:", "12.35"):  # verification: in Evaluation
         assert wrong not in training, wrong
 
 
@@ -612,3 +626,190 @@ def test_paths_under_the_home_folder_are_written_with_a_tilde(tmp_path, monkeypa
             "not /home/alicebob/x nor /srv/home/alice/y")
     assert _abbreviate_home(text) == ("run `~/runs/a`; data under ~/data\nand ~\n"
                                       "not /home/alicebob/x nor /srv/home/alice/y")
+
+
+# ---- the speaker card's Evaluation section ------------------------------------------------------
+
+def _speaker_results(model: Path) -> dict:
+    """A downstream (SUPERB-protocol) speaker verification results entry of ``model``."""
+    return {"task": "speaker_verification", "upstream": str(model), "primary_metric": "eer",
+            "higher_is_better": False, "conditions": ["clean", "snr0"],
+            "metrics": {"clean": {"eer": 0.2, "min_dcf": 0.7},
+                        "snr0": {"eer": 0.3, "min_dcf": 0.9}},
+            "num_items": {"train": 200, "dev": 50, "test": 100}, "seed": 0,
+            "config_path": "downstream/tasks/speaker_verification/sv_cpu.yaml",
+            "config": {"data": {"source": {"root": "../shared/data/librispeech-mini/"
+                                                   "test-other"}}}}
+
+
+def test_speaker_verification_is_its_own_evaluation_section_and_in_the_model_index(tmp_path):
+    """``train-speaker``'s EER and minDCF get an Evaluation section that describes how that
+    trainer scores (its test sets, trials, cosine of whole-utterance embeddings, the minDCF
+    prior), not the SUPERB protocol, and ``model-index`` entries that read back; the Training
+    section holds none of it, and downstream results of the same model keep their own SUPERB
+    section."""
+    from huggingface_hub import ModelCard
+
+    run, _ = _tiny_speaker_run(tmp_path)
+    model = run / "student"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"].update(max_nontarget=4500, trials_seed=2, p_target=0.05,
+                          fsdd_dir="../shared/data/fsdd", fsdd_per_speaker=12)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    stored = json.loads((run / "result.json").read_text())
+    stored["eval"] = {"test_other": {"eer": 0.123456, "min_dcf": 0.5678, "target_trials": 450,
+                                     "nontarget_trials": 4500},
+                      "fsdd": {"eer": 0.25, "min_dcf": 0.875, "target_trials": 396,
+                               "nontarget_trials": 2376}}
+    stored["skipped_files"] = {"fsdd": {"empty": 2}}
+    (run / "result.json").write_text(json.dumps(stored))
+    (tmp_path / "sv").mkdir()
+    (tmp_path / "sv" / "results.json").write_text(json.dumps(_speaker_results(model)))
+
+    path = write_card(model, [tmp_path / "sv" / "results.json"], run, license="mit",
+                      kind="speaker", speed=False, copy_plots=False)
+    text = path.read_text()
+    check_no_placeholders(text)
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headings == ["## How to use", "## Evaluation", "## Downstream results",
+                        "## Size and speed", "## Training", "## Limitations", "## References"]
+    evaluation = _section(text, "## Evaluation")
+    assert "### Testing data, trials and metrics\n" in evaluation
+    assert "### Results\n" in evaluation
+    assert ("- Testing data: `test_other`: `../shared/data/librispeech-mini/test-other`, every "
+            "usable utterance of its `<speaker>/<file>` folders (the LibriSpeech test-other "
+            "layout), whole; `fsdd`: `../shared/data/fsdd` (FSDD, spoken digits, 8 kHz "
+            "resampled to 16 kHz), the first 12 usable recordings of each speaker in (take, "
+            "digit) order, whole.") in evaluation
+    assert "files skipped as unusable: `fsdd` 2 (empty: 2).\n" in evaluation
+    assert ("- Trials: per set, every pair of utterances of one speaker (target trials) and "
+            "4,500 pairs of different speakers drawn without replacement (all of them when "
+            "there are fewer), seeded by `data.trials_seed` (2)") in evaluation
+    assert "a trial's score is the cosine of its two embeddings" in evaluation
+    assert "p_target 0.05 and C_miss = C_fa = 1" in evaluation
+    assert ("| `test_other` | 12.35 % | 0.568 | 450 | 4,500 |\n"
+            "| `fsdd` | 25.00 % | 0.875 | 396 | 2,376 |\n") in evaluation
+    assert "not the SUPERB protocol" in evaluation
+    assert "weighted sum" not in evaluation and "head trained" not in evaluation
+    downstream = _section(text, "## Downstream results")
+    assert "SUPERB-style: frozen upstream" in downstream and "0.2000" in downstream
+    assert "12.35" not in downstream and "cosine" not in downstream
+    training = _section(text, "## Training")
+    assert "EER" not in training and "minDCF" not in training and "12.35" not in training
+    assert ("Speaker verification was measured on clean recordings only (no noise or "
+            "reverberation), on `test_other`, `fsdd`") in _section(text, "## Limitations")
+
+    data = ModelCard.load(path).data
+    got = {(r.task_name, r.dataset_type, r.dataset_config, r.metric_type): r.metric_value
+           for r in data.eval_results}
+    name = "Speaker verification (train-speaker, cosine scoring)"
+    trials = "train-speaker-trials"  # not merged with the downstream results on test-other
+    assert got[(name, "test-other", trials, "eer")] == 0.123456
+    assert got[(name, "test-other", trials, "min_dcf")] == 0.5678
+    assert got[(name, "fsdd", trials, "eer")] == 0.25
+    assert got[(name, "fsdd", trials, "min_dcf")] == 0.875
+    downstream_name = "sv_cpu (speaker_verification)"
+    assert got[(downstream_name, "test-other", "clean", "eer")] == 0.2
+    assert got[(downstream_name, "test-other", "snr0", "min_dcf")] == 0.9
+    assert len(got) == 8
+    assert {r.dataset_split for r in data.eval_results} == {"test"}
+    assert data.metrics == ["eer", "min_dcf"]
+
+    # a checkpoint of the run: the run evaluated its final weights, not these
+    card = build_card(model, [], run, license="mit", kind="speaker", speed=False, step=1)
+    assert card.data.eval_results is None
+    assert "not the step-1 checkpoint this card describes" in card.text
+    assert "## Downstream results" not in card.text  # none given: no empty SUPERB section
+
+
+# ---- the language metadata ----------------------------------------------------------------------
+
+def _ssl_run(root: Path, data: dict) -> Path:
+    root.mkdir()
+    (root / "config.yaml").write_text(yaml.safe_dump(
+        {"teacher": "org/teacher", "data": data, "objectives": {"layerwise": {}}}))
+    return root
+
+
+@pytest.mark.parametrize(("data", "language"), [
+    ({"synthetic_items": 64, "synthetic_seconds": [2.0, 5.0]}, None),
+    ({"train_dir": "../shared/data/librispeech-mini/train-clean-100"}, ["en"]),
+    ({"train_dir": "/data/LibriSpeech/train-960"}, ["en"]),
+    ({"train_dataset": "openslr/librispeech_asr", "dataset_config": "clean"}, ["en"]),
+    ({"train_dataset": "facebook/multilingual_librispeech", "dataset_config": "german"}, None),
+    ({"train_dir": "../shared/data/fsdd"}, ["en"]),
+    ({"train_dir": "runs/data/speech"}, None),
+    ({}, None),
+])
+def test_language_comes_from_the_runs_training_data(run, tmp_path, data, language):
+    card = build_card(run["student"], [], _ssl_run(tmp_path / "r", data), license="mit",
+                      speed=False)
+    assert card.data.language == language
+    assert ("language:" in card.data.to_yaml()) == bool(language)
+    tagged_none = "- No language is tagged: " in card.text
+    assert tagged_none == (language is None)
+
+
+def test_no_run_no_language_and_explicit_language_wins(run, tmp_path):
+    assert build_card(run["student"], [], None, license="mit", speed=False).data.language is None
+    synthetic = _ssl_run(tmp_path / "r", {"synthetic_items": 64})  # no synthetic_seconds
+    card = build_card(run["student"], [], synthetic, license="mit", speed=False,
+                      language="de")
+    assert card.data.language == ["de"] and "No language is tagged" not in card.text
+    assert "64 generated speech-like signals of a length not recorded" in card.text
+    english = build_card(run["student"], [], run["run"], license="mit", speed=False,
+                         language=())
+    assert english.data.language is None
+
+
+def test_training_language_of_se_and_speaker_runs(tmp_path):
+    from robustdistill.publish.provenance import summarise_run, training_language
+
+    cases = [({"loss": {"teacher": "nsnet2"}, "data": {"speech_dir": "../shared/data/"
+                                                       "librispeech-mini/train-clean-100"}},
+              "se", ("en",)),
+             ({"loss": {"teacher": "nsnet2"}, "data": {"speech_dir": "runs/tones"}}, "se", ()),
+             ({"loss": {"method": "none"}, "data": {"train_dir": "../shared/data/"
+                                                    "librispeech-mini/train-clean-100"}},
+              "speaker", ("en",)),
+             ({"loss": {"method": "none"}, "data": {"train_dir": "speech/train"}}, "speaker",
+              ())]
+    for i, (config, recipe, languages) in enumerate(cases):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "config.yaml").write_text(yaml.safe_dump(config))
+        summary = summarise_run(tmp_path / str(i))
+        assert summary.recipe == recipe
+        found = training_language(summary)
+        assert found.languages == languages and not found.synthetic, config
+    assert "`runs/tones` is not recorded" in training_language(
+        summarise_run(tmp_path / "1")).reason
+
+
+def test_card_cli_of_the_demo_config_tags_no_language(run, tmp_path):
+    """The offline demo's config (generated audio): no ``language`` in the card's metadata and
+    a limitation that says why; ``--language`` given always wins, with no code for none."""
+    from huggingface_hub import ModelCard
+
+    from robustdistill.cli import main
+
+    demo = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+                          .read_text())
+    demo["data"]["synthetic_seconds"] = [2.0, 5.0]  # as the run resolves it (the default)
+    run_dir = tmp_path / "demo"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(demo))
+    args = ["card", "--model", str(run["student"]), "--run", str(run_dir), "--license", "mit",
+            "--no-speed"]
+    assert main(args) == 0
+    readme = run["student"] / "README.md"
+    header = readme.read_text().split("\n---\n", 1)[0]
+    assert "language" not in header
+    assert ModelCard.load(readme).data.language is None
+    assert ("- No language is tagged: the training audio was generated speech-like signals, "
+            "not speech in any language.\n") in readme.read_text()
+    assert main([*args, "--language", "en"]) == 0
+    assert ModelCard.load(readme).data.language == ["en"]
+    assert main([*args[:4], str(run["run"]), *args[5:], "--language"]) == 0  # LibriSpeech run
+    assert ModelCard.load(readme).data.language is None
+    assert main([*args, "--language", "de", "fr"]) == 0
+    assert ModelCard.load(readme).data.language == ["de", "fr"]

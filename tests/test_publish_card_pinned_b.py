@@ -1,4 +1,4 @@
-"""Model cards: parameter counts, home paths, layer counts, the speaker Verification line: pins found by mutation testing (2026-12-06)."""
+"""Model cards: parameter counts, home paths, layer counts, the speaker verification results: pins found by mutation testing (2026-12-06)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import yaml
 
@@ -69,19 +68,23 @@ def test_ssl_card_gives_a_small_teachers_exact_parameter_count(tmp_path, tiny_wa
     assert f"the teacher has {n:,}," in text and "(0.0 M)" not in text and "(0.1 M)" not in text
 
 
-def test_speaker_verification_text_skips_incomplete_entries_and_unreadable_results(tmp_path):
-    from robustdistill.publish.card_training import NOT_RECORDED, _speaker_verification_text
+def test_speaker_verification_results_skip_incomplete_entries_and_unreadable_files(tmp_path):
+    from robustdistill.publish.card_evaluation import verification_results, verification_view
+    from robustdistill.publish.provenance import RunSummary
 
-    run = SimpleNamespace(run_dir=str(tmp_path))
+    run = RunSummary(run_dir=tmp_path, config={"data": {"fsdd_dir": "x/fsdd"}}, teacher="",
+                     teacher_facts=None, recipe="speaker")
     (tmp_path / "result.json").write_text(json.dumps({"eval": {
-        "half": {"eer": 0.3}, "fsdd": {"eer": 0.05, "min_dcf": 0.25}}}))
-    assert _speaker_verification_text(run) == (
-        "cosine scores of whole-utterance embeddings, speakers unseen in training: "
-        "`fsdd` EER 5.00 %, minDCF 0.250")
-    for broken in ('{"eval": {"fsdd": {"eer": 0.0', "[1, 2]",  # killed mid-write; a list
-                   '{"eval": [1, 2]}'):  # an "eval" that is not a mapping
+        "half": {"eer": 0.3}, "flag": {"eer": True, "min_dcf": 0.1},
+        "fsdd": {"eer": 0.05, "min_dcf": 0.25}}}))
+    rows = verification_results(run)
+    assert [(r.name, r.dataset, r.eer, r.min_dcf, r.target_trials) for r in rows] == [
+        ("fsdd", "fsdd", 0.05, 0.25, None)]
+    for broken in ('{"eval": {"fsdd": {"eer": 0.0', "[1, 2]", '{"eval": [1, 2]}'):
         (tmp_path / "result.json").write_text(broken)
-        assert _speaker_verification_text(run).startswith(f"{NOT_RECORDED}: `result.json`")
+        assert verification_results(run) == []
+        assert verification_view(run)["missing"].startswith("Speaker verification: not "
+                                                            "recorded. `result.json`")
 
 
 def test_library_folders_are_told_from_transformers_ones_without_upgrade_advice(

@@ -2,9 +2,10 @@
 
 ``robustdistill card --model DIR --results R.json [R2.json ...] --run RUN_DIR --license L``
 writes ``DIR/README.md``: YAML metadata (``ModelCardData``: licence, ``library_name``,
-``base_model``, datasets, tags, metrics and a ``model-index`` with one ``EvalResult`` per task,
-condition and metric) and a Markdown body rendered from a template in
-``robustdistill/publish/templates`` (the repository's ``hub_cards/`` is the same folder):
+``base_model``, datasets, language, tags, metrics and a ``model-index`` with one ``EvalResult``
+per task, condition and metric, and per speaker verification set and metric) and a Markdown
+body rendered from a template in ``robustdistill/publish/templates`` (the repository's
+``hub_cards/`` is the same folder):
 ``ssl_student.md``, ``se_student.md``, ``speaker_student.md``. The body gives the results
 with intervals, the robustness plot (copied beside the card), size and measured speed, the
 training recipe and data provenance, how to load the model, its limits and the papers
@@ -13,10 +14,16 @@ training recipe and data provenance, how to load the model, its limits and the p
 Templates are rendered with ``jinja2.StrictUndefined`` and the result is checked for leftover
 template syntax or placeholder text, so a card never ships with a hole in it.
 
+The ``language`` metadata comes from the run unless given
+(:func:`~robustdistill.publish.provenance.training_language`): none for generated audio or for
+speech whose language the run does not record, ``en`` for a known English corpus (LibriSpeech,
+FSDD...); no run, no language.
+
 This module assembles the card; each section's text comes from its own module:
 :mod:`~robustdistill.publish.card_results` (Results and the ``model-index``),
-:mod:`~robustdistill.publish.card_training` (the teacher and the Training section) and
-:mod:`~robustdistill.publish.card_usage` (How to use).
+:mod:`~robustdistill.publish.card_evaluation` (a speaker card's Evaluation: its verification
+results and their ``model-index`` entries), :mod:`~robustdistill.publish.card_training` (the
+teacher and the Training section) and :mod:`~robustdistill.publish.card_usage` (How to use).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..environment import ENVIRONMENT_FILE
+from .card_evaluation import VerificationResult, verification_eval_results, verification_view
 from .card_results import (
     CardError,
     chance_notes,
@@ -44,12 +52,15 @@ from .card_results import (
 from .card_training import heads_dir_for, is_hub_id, parameter_count, run_view, teacher_text
 from .card_usage import load_snippets, onnx_inputs
 from .provenance import (
+    DataLanguage,
     ModelFacts,
     RunSummary,
+    is_synthetic_data,
     is_transformers_config,
     measure_speed,
     model_facts,
     summarise_run,
+    training_language,
 )
 from .results import TaskResult
 
@@ -99,17 +110,33 @@ def _abbreviate_home(text: str) -> str:
     return "".join(part if i % 2 else pattern.sub("~", part) for i, part in enumerate(parts))
 
 
+def _language(language: Sequence[str] | str | None, run: RunSummary | None
+              ) -> tuple[list[str], DataLanguage | None]:
+    """The card's ``language`` metadata, and the run's :class:`DataLanguage` when the
+    metadata comes from it (``language`` None); an explicit ``language`` always wins."""
+    derived = training_language(run) if run is not None else None
+    if language is None:
+        return list(derived.languages) if derived else [], derived
+    given = [language] if isinstance(language, str) else list(language)
+    if given and derived is not None and derived.synthetic:
+        logger.warning("language %s given for a run trained on generated audio, not speech",
+                       given)
+    return given, None
+
+
 def _limitations(run: RunSummary | None, tasks: Sequence[TaskResult], student: ModelFacts,
-                 notes: Sequence[str]) -> list[str]:
+                 notes: Sequence[str], language: DataLanguage | None = None,
+                 verification: Sequence[VerificationResult] = (), kind: str = "ssl"
+                 ) -> list[str]:
     items = list(notes)
     if run is not None:
-        data = run.config.get("data") or {}
         steps = run.final_state.get("step") if run.final_state.get("checkpoint") else (
             run.config.get("training") or {}).get("max_steps")
-        if not data.get("train_dir") and not data.get("train_dataset") and data.get(
-                "synthetic_items"):
+        if is_synthetic_data(run.config):
             items.append("It was distilled on generated speech-like signals, not on speech: "
                          "its features are not expected to be useful for real speech tasks.")
+        if language is not None and not language.languages:
+            items.append(f"No language is tagged: {language.reason}.")
         if isinstance(steps, int) and steps < 10000:
             items.append(f"It was trained for only {steps} steps (a CPU-sized run)"
                          + ("; the papers' recipes train for about 200k steps."
@@ -129,8 +156,16 @@ def _limitations(run: RunSummary | None, tasks: Sequence[TaskResult], student: M
                      "languages and accents are untested.")
         items += chance_notes(tasks)
         items += unscored_notes(tasks)
+    elif kind == "speaker" and verification:
+        items.append("No downstream (SUPERB) results were given: it is measured only by the "
+                     "speaker verification of the Evaluation section.")
     else:
         items.append("No downstream results were given: its usefulness is not measured here.")
+    if verification:
+        items.append("Speaker verification was measured on clean recordings only (no noise or "
+                     "reverberation), on " + ", ".join(f"`{r.name}`" for r in verification)
+                     + ", with one set of trials and no interval: small sets resolve only "
+                     "large differences in EER and minDCF.")
     if student.receptive_field:
         items.append(f"It expects 16 kHz mono audio; its CNN front end gives no frame for inputs "
                      f"shorter than its receptive field ({student.receptive_field} samples, "
@@ -143,7 +178,7 @@ def _limitations(run: RunSummary | None, tasks: Sequence[TaskResult], student: M
 def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
                run_dir: str | Path | None = None, *, license: str, kind: str = "ssl",
                repo_id: str | None = None, base_model: str | None = None,
-               datasets: Sequence[str] = (), language: Sequence[str] = ("en",),
+               datasets: Sequence[str] = (), language: Sequence[str] | str | None = None,
                tags: Sequence[str] = (), notes: Sequence[str] = (),
                speed: bool | Sequence[dict[str, float]] = True,
                match_upstream: str | None = None, copy_plots: bool = True,
@@ -164,7 +199,11 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
         repo_id: the Hub repository the card is for (names it in the loading code).
         base_model: Hub id of the teacher; default the run's teacher when it is a hub id.
         datasets: Hub dataset ids for the metadata (the text always gives the data paths).
-        language, tags: metadata; ``tags`` adds to the defaults.
+        language: ISO 639-1 codes for the metadata; None (the default) takes them from the
+            run (:func:`~robustdistill.publish.provenance.training_language`: none for
+            generated audio or speech of unrecorded language, ``en`` for a known English
+            corpus such as LibriSpeech or FSDD; none without a run); ``()`` for no language.
+        tags: metadata; adds to the defaults.
         notes: extra limitations, one sentence each.
         speed: True to time the model here (:func:`measure_speed`; skipped, with a warning,
             for a folder ``transformers`` cannot load such as an SE student), False for none,
@@ -177,7 +216,8 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
 
     Returns:
         A ``ModelCard`` whose ``data.eval_results`` holds one ``EvalResult`` per task,
-        condition and metric of this model.
+        condition and metric of this model, and (``kind="speaker"``) per verification set and
+        metric of the run's ``result.json``.
 
     Raises:
         CardError: unknown kind, a results file without this model, or placeholder text left.
@@ -231,14 +271,19 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
                        f"difference {report['max_abs_diff']:.2g} for values up to "
                        f"{report['max_abs_value']:.2g} (tolerance {report['atol']:g} + "
                        f"{report['rtol']:g} x |value|, elementwise, every layer).")
-    metric_names = sorted({m for t in tasks for per in t.metrics.values() for m in per})
+    languages, derived_language = _language(language, run)
+    verification = verification_view(run) if kind == "speaker" else None
+    eval_results = eval_results_for(tasks, model_name) + (
+        verification_eval_results(run) if verification else [])
+    metric_names = sorted({m for t in tasks for per in t.metrics.values() for m in per}
+                          | {r.metric_type for r in eval_results})
     card_data = ModelCardData(
         license=license, library_name="transformers" if library_transformers else None,
-        base_model=base_model, datasets=list(datasets) or None, language=list(language) or None,
+        base_model=base_model, datasets=list(datasets) or None, language=languages or None,
         metrics=metric_names or None, pipeline_tag=KINDS[kind][1], model_name=model_name,
         tags=list(dict.fromkeys(["audio", "speech", "knowledge-distillation", "robustdistill",
                                  "noise-robust", student.model_type, *KINDS[kind][2], *tags])),
-        eval_results=eval_results_for(tasks, model_name) or None)
+        eval_results=eval_results or None)
     training = run_view(run, heads_dir_for(model_dir, run.run_dir)) if run else None
     context = {
         "card_data": card_data.to_yaml(), "model_name": model_name, "student": student,
@@ -247,10 +292,12 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
         "distilled": run is None or training["distilled"],
         "teacher_params": run.teacher_facts.parameters if run and run.teacher_facts else None,
         "load_snippet": load, "onnx_snippet": onnx, "onnx_parity": onnx_parity,
-        "tasks": views,
+        "tasks": views, "verification": verification,
+        "results_title": "Downstream results" if kind == "speaker" else "Results",
         "interval_note": interval_note(tasks), "speed": rows, "speed_source": speed_source,
         "run": training,
-        "limitations": _limitations(run, tasks, student, notes),
+        "limitations": _limitations(run, tasks, student, notes, derived_language,
+                                    verification["rows"] if verification else (), kind),
     }
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
@@ -339,7 +386,11 @@ def card_main(argv: list[str]) -> int:
     parser.add_argument("--repo-id", default=None, help="ORG/NAME the card is for")
     parser.add_argument("--base-model", default=None, help="the teacher's Hub id")
     parser.add_argument("--dataset", action="append", default=[], help="Hub dataset id (repeat)")
-    parser.add_argument("--language", nargs="*", default=["en"])
+    parser.add_argument("--language", nargs="*", default=None,
+                        help="ISO 639-1 code(s) for the metadata; default from the run: none "
+                             "for generated audio or speech of unrecorded language, en for a "
+                             "known English corpus (LibriSpeech, FSDD); --language with no "
+                             "code: none")
     parser.add_argument("--tag", action="append", default=[], help="extra tag (repeat)")
     parser.add_argument("--note", action="append", default=[], help="extra limitation (repeat)")
     parser.add_argument("--match-upstream", default=None,

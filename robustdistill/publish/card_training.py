@@ -8,7 +8,6 @@ Values a run did not record are written as :data:`NOT_RECORDED`, never guessed.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -304,36 +303,8 @@ def _speaker_view(run: RunSummary) -> dict[str, Any]:
                   ("Loss", _speaker_loss_text(loss, student, config_section(cfg, "ig"))),
                   ("Training data", run.train_data), ("Student's input", run.corruption),
                   ("Validation data", run.validation_data), ("Optimisation", optimisation),
-                  ("Result", result), ("Verification", _speaker_verification_text(run)),
-                  *_software_line(run)],
+                  ("Result", result), *_software_line(run)],
     }
-
-
-def _speaker_verification_text(run: RunSummary) -> str:
-    """EER and minDCF per evaluation set from the run's ``result.json`` (``train-speaker``
-    evaluates a finished run on speakers unseen in training), with the trial counts that bound
-    what they can resolve."""
-    path = Path(run.run_dir) / "result.json"
-    try:
-        sets = json.loads(path.read_text()).get("eval") or {}
-    except (OSError, ValueError, AttributeError):
-        sets = {}
-    if not isinstance(sets, dict):
-        sets = {}
-    parts = []
-    for name, m in sets.items():
-        if not isinstance(m, dict) or "eer" not in m or "min_dcf" not in m:
-            continue
-        trials = ""
-        if "target_trials" in m and "nontarget_trials" in m:
-            trials = (f" ({m['target_trials']:,} target and {m['nontarget_trials']:,} "
-                      "non-target trials)")
-        parts.append(f"`{name}` EER {100 * m['eer']:.2f} %, minDCF {m['min_dcf']:.3f}{trials}")
-    if not parts:
-        return (f"{NOT_RECORDED}: `result.json` of the run holds no evaluation (the run was "
-                "not finished, or had no evaluation sets)")
-    return ("cosine scores of whole-utterance embeddings, speakers unseen in training: "
-            + "; ".join(parts))
 
 
 def run_view(run: RunSummary, heads_dir: Path | None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -24,9 +25,9 @@ import yaml
 
 from ..environment import read_environment
 
-__all__ = ["NOT_RECORDED", "RECIPES", "ModelFacts", "RunSummary", "config_section",
-           "is_transformers_config", "measure_speed", "model_facts", "run_recipe",
-           "summarise_run"]
+__all__ = ["ENGLISH_CORPORA", "NOT_RECORDED", "RECIPES", "DataLanguage", "ModelFacts",
+           "RunSummary", "config_section", "is_synthetic_data", "is_transformers_config",
+           "measure_speed", "model_facts", "run_recipe", "summarise_run", "training_language"]
 
 logger = logging.getLogger(__name__)
 
@@ -324,7 +325,8 @@ def _describe_speaker_data(data: dict[str, Any]) -> tuple[str, str, str]:
                                                     ("fsdd_dir", "FSDD"))
             if data.get(k)]
     valid = ("none held out during training; verification after training on "
-             + (", ".join(sets) if sets else "no set") + ", speakers unseen in training")
+             + (", ".join(sets) + ", speakers unseen in training (the Evaluation section)"
+                if sets else "no set"))
     return (train, valid, "the clean crops, volume-normalised to -30 dBFS, as the teacher got "
             "them: no noise or reverberation was added in training")
 
@@ -370,8 +372,11 @@ def _describe_data(data: dict[str, Any]) -> tuple[str, str]:
         train = (f"the `{data['train_dataset']}` dataset{config}, split "
                  f"`{data.get('train_split', 'train')}`")
     elif data.get("synthetic_items"):
-        low, high = data.get("synthetic_seconds", [None, None])
-        train = (f"{data['synthetic_items']} generated speech-like signals of {low:g}-{high:g} s "
+        seconds = data.get("synthetic_seconds")
+        span = (f"{seconds[0]:g}-{seconds[1]:g} s" if isinstance(seconds, list | tuple)
+                and len(seconds) == 2 and all(isinstance(v, int | float) for v in seconds)
+                else f"a length {NOT_RECORDED}")
+        train = (f"{data['synthetic_items']} generated speech-like signals of {span} "
                  "(`robustdistill.synthetic`), no real speech")
     else:
         train = "not recorded in the run's config"
@@ -467,3 +472,76 @@ def summarise_run(run_dir: str | Path, step: int | None = None,
                       train_data=train, validation_data=valid, corruption=corruption,
                       recipe=recipe, last_train=last_train,
                       environment=read_environment(run_dir), teacher_dir=teacher_dir)
+
+
+#: Speech corpora known to be English, found (case-insensitive) in the name of a run's training
+#: data, a folder path or a ``datasets`` id: (pattern, the corpus as the card names it).
+ENGLISH_CORPORA: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"libri[-_ ]?speech"), "LibriSpeech"),
+    (re.compile(r"libri[-_ ]?tts"), "LibriTTS"),
+    (re.compile(r"libri[-_ ]?light"), "Libri-Light"),
+    (re.compile(r"(?<![a-z0-9])fsdd(?![a-z0-9])|free[-_ ]?spoken[-_ ]?digit"), "FSDD"),
+)
+
+#: Names that are not English although they contain one of :data:`ENGLISH_CORPORA`
+#: (Multilingual LibriSpeech, ``facebook/multilingual_librispeech``).
+_NOT_ENGLISH = re.compile(r"multi[-_ ]?lingual|(?<![a-z0-9])mls(?![a-z0-9])")
+
+
+@dataclass(frozen=True)
+class DataLanguage:
+    """The language of a run's training speech, as far as the run records it.
+
+    Attributes:
+        languages: ISO 639-1 codes for the card's ``language`` metadata; ``()`` when no
+            language is known (or the audio is not speech).
+        reason: why, as one sentence's clause (quoted in the card's limitations when
+            ``languages`` is empty).
+        synthetic: the run trained on generated audio (``data.synthetic_items``), not speech.
+    """
+
+    languages: tuple[str, ...]
+    reason: str
+    synthetic: bool = False
+
+
+def is_synthetic_data(config: dict[str, Any]) -> bool:
+    """Whether a run's config trained on generated audio: ``data.synthetic_items > 0`` and
+    neither ``data.train_dir`` nor ``data.train_dataset`` (``robustdistill distill``, the
+    offline demo; :attr:`robustdistill.data.config.DataConfig.source` ``"synthetic"``)."""
+    data = config_section(config, "data")
+    items = data.get("synthetic_items")
+    return (not data.get("train_dir") and not data.get("train_dataset")
+            and isinstance(items, int | float) and items > 0)
+
+
+def training_language(run: RunSummary) -> DataLanguage:
+    """The language of the speech ``run`` trained on, from its config.
+
+    Generated audio (:func:`is_synthetic_data`) has none. Real speech is English (``en``)
+    when the name of its source (``data.train_dir`` or ``data.train_dataset`` and
+    ``dataset_config`` of ``distill``, ``data.speech_dir`` of ``train-se``, ``data.train_dir``
+    of ``train-speaker``) names a corpus of :data:`ENGLISH_CORPORA` (LibriSpeech, LibriTTS,
+    Libri-Light, FSDD) and no multilingual one (Multilingual LibriSpeech); any other source's
+    language is unknown: nothing in a run records it, and a card should not guess.
+    """
+    data = config_section(run.config, "data")
+    if is_synthetic_data(run.config):
+        return DataLanguage((), "the training audio was generated speech-like signals, not "
+                                "speech in any language", synthetic=True)
+    if run.recipe == "ssl":
+        source = data.get("train_dir") or data.get("train_dataset")
+        extra = data.get("dataset_config") if data.get("train_dataset") else None
+    else:
+        source = data.get("speech_dir" if run.recipe == "se" else "train_dir")
+        extra = None
+    if not source:
+        return DataLanguage((), "the run's config does not record its training speech")
+    name = f"{source} {extra or ''}".lower()
+    if not _NOT_ENGLISH.search(name):
+        for pattern, corpus in ENGLISH_CORPORA:
+            if pattern.search(name):
+                return DataLanguage(("en",), f"the training speech `{source}` is {corpus}, "
+                                             "English")
+    return DataLanguage((), f"the language of the training speech `{source}` is not recorded "
+                            "in the run")
