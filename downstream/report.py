@@ -8,7 +8,15 @@ intervals (rows: upstreams, columns: conditions) and one table of the paired dif
 Percent metrics (accuracy, EER, WER) are shown x``scale``; values and interval bounds have
 ``--digits`` decimals; ``*`` marks a paired difference whose 95 % interval excludes 0;
 ``(n unscored)`` follows a value that leaves out ``n`` test items the metric could not score
-(results.json ``unscored``, e.g. PESQ failures), with a note under the table.
+(results.json ``unscored``, e.g. PESQ failures), with a note under the table; ``(n left out)``
+follows a paired difference computed without the ``n`` test items that either upstream could
+not score (the comparison's ``excluded_items``), with a note under the table.
+
+Rows are named as in ``results.md`` (``downstream.results.upstream_labels``): the upstream's
+folder name, or its full path where folder names collide (``runs/a/student`` and
+``runs/b/student``), with ``#i`` appended where whole paths collide too (``fbank #1``).
+``--names FOLDER=NAME`` renames a row given its label, its full upstream path, or its folder
+name where that is unambiguous.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import json
 import sys
 from pathlib import Path
 
-from .results import unscored_count, unscored_note
+from .results import unscored_count, unscored_note, upstream_labels
 
 __all__ = ["main", "report"]
 
@@ -35,7 +43,19 @@ def report(path: str | Path, scale: float = 1.0, digits: int = 1,
 
     A primary-metric cell of a condition with unscored test items (``unscored``) ends in
     ``(n unscored)`` and a note follows the table; results.json files written before
-    ``unscored`` existed render as before.
+    ``unscored`` existed render as before. A paired difference that left out test items
+    either upstream could not score (the row's ``excluded_items`` > 0) ends in
+    ``(n left out)``, with a note; comparisons written before ``excluded_items`` existed
+    render as before.
+
+    Args:
+        path: a results.json.
+        scale: factor applied to values, intervals and differences (100: percent).
+        digits: decimals of every number.
+        names: row renaming ``{key: name}``, the key being a row's label
+            (:func:`downstream.results.upstream_labels`, as in ``results.md``), its full
+            ``upstream`` path, or its folder name when no other row shares it; a shared
+            folder name renames no row (logged warning).
 
     Raises:
         FileNotFoundError: no such file.
@@ -47,9 +67,11 @@ def report(path: str | Path, scale: float = 1.0, digits: int = 1,
     names = names or {}
     primary = results[0]["primary_metric"]
     conditions = list(dict.fromkeys(c for r in results for c in r["conditions"]))
+    labels = upstream_labels(results)
+    shown = upstream_labels(results, names)
+    display = dict(zip(labels, shown, strict=True))  # comparison rows name upstreams by label
     lines = ["| upstream | " + " | ".join(conditions) + " |", "|---|" + "---:|" * len(conditions)]
-    for r in results:
-        label = Path(str(r["upstream"]).rstrip("/")).name
+    for r, name in zip(results, shown, strict=True):
         cells = []
         for c in conditions:
             value = r["metrics"].get(c, {}).get(primary)
@@ -63,7 +85,7 @@ def report(path: str | Path, scale: float = 1.0, digits: int = 1,
             if count := unscored_count(r, c, primary):
                 text += f" ({count} unscored)"
             cells.append(text)
-        lines.append(f"| {names.get(label, label)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if note := unscored_note(results):
         lines += ["", f"Note: {note}"]
     rows = data.get("comparisons") or []
@@ -89,8 +111,15 @@ def report(path: str | Path, scale: float = 1.0, digits: int = 1,
                         + ("*" if row["significant"] else ""))
                 if row.get("mcnemar_p") is not None:
                     text += f" ({row['mcnemar_p']:.2g})"
+                if excluded := row.get("excluded_items"):
+                    text += f" ({excluded} left out)"
                 cells.append(text)
-            lines.append(f"| {names.get(a, a)} - {names.get(b, b)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {display.get(a, names.get(a, a))} - "
+                         f"{display.get(b, names.get(b, b))} | " + " | ".join(cells) + " |")
+        if any(row.get("excluded_items") for row in rows):
+            lines += ["", 'Note: "(n left out)": the paired difference leaves out the n test '
+                      f"items on which either upstream could not score {primary} (e.g. a failed "
+                      "PESQ); it is over the items both scored."]
     for note in data.get("comparison_notes") or []:
         lines.append(f"\n- {note}")
     return "\n".join(lines) + "\n"
@@ -101,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
 
     Args:
         argv: the arguments (default ``sys.argv[1:]``): ``results`` and the options
-            ``--scale``, ``--digits``, ``--names FOLDER=NAME ...``.
+            ``--scale``, ``--digits``, ``--names FOLDER=NAME ...`` (FOLDER: any ``names``
+            key of :func:`report`).
 
     Returns:
         0.
@@ -115,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="e.g. 100 for percent")
     parser.add_argument("--digits", type=int, default=1)
     parser.add_argument("--names", nargs="*", default=[], metavar="FOLDER=NAME",
-                        help="row names for upstream folder names")
+                        help="row names: FOLDER is a row's label as printed (the upstream's "
+                             "folder name, or its full path where folder names collide), its "
+                             "full upstream path, or its folder name where unambiguous")
     args = parser.parse_args(argv)
     if bad := [n for n in args.names if "=" not in n]:
         parser.error(f"--names takes FOLDER=NAME entries, got {bad}")

@@ -11,7 +11,8 @@ also count, per condition and metric, the items a metric could not score (``unsc
 failed PESQ), which its mean leaves out. From them every metric the task can recompute gets a
 bootstrap 95 % interval (:mod:`downstream.stats`), and :func:`compare` tests each pair of
 upstreams **on the same items**: paired bootstrap interval of the difference and its p-value, plus
-the exact McNemar test for accuracy. A multi-seed run (:func:`aggregate_seeds`) reports the mean
+the exact McNemar test for accuracy. An item that either upstream could not score is left out of
+that pair's comparison on both sides (:func:`jointly_scored`; counted as ``excluded_items``). A multi-seed run (:func:`aggregate_seeds`) reports the mean
 over seeds with a standard deviation and an interval from a bootstrap stratified by seed.
 """
 
@@ -36,9 +37,9 @@ from .stats import bootstrap_interval, mcnemar, paired_bootstrap
 logger = logging.getLogger(__name__)
 
 __all__ = ["TestSetMismatch", "aggregate_seeds", "compare", "item_groups", "item_intervals",
-           "load_results", "paired_comparisons", "plot_robustness", "read_items",
-           "results_table", "unscored_count", "unscored_counts", "unscored_note", "write_items",
-           "write_outputs"]
+           "jointly_scored", "load_results", "paired_comparisons", "plot_robustness",
+           "read_items", "results_table", "unscored_count", "unscored_counts", "unscored_note",
+           "upstream_labels", "write_items", "write_outputs"]
 
 
 class TestSetMismatch(ValueError):
@@ -352,12 +353,51 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
     return entries
 
 
-def _labels(results: Sequence[dict[str, Any]]) -> list[str]:
-    """Short, unique upstream labels (folder name; the full id when names collide)."""
-    short = [Path(str(r["upstream"]).rstrip("/")).name or str(r["upstream"]) for r in results]
+def _short_label(result: dict[str, Any]) -> str:
+    """The upstream's folder name (last path component), or the whole id when it has none."""
+    return Path(str(result["upstream"]).rstrip("/")).name or str(result["upstream"])
+
+
+def upstream_labels(results: Sequence[dict[str, Any]], names: dict[str, str] | None = None
+                    ) -> list[str]:
+    """Short, unique row labels of the upstreams, as :func:`results_table`, the paired
+    comparisons' ``a`` / ``b`` and :func:`downstream.report.report` name them.
+
+    The label is the upstream's folder name (``runs/x/student`` -> ``student``); where two
+    results share it (``runs/a/student`` and ``runs/b/student``), their full ``upstream`` ids;
+    where those are equal too (two ``fbank`` runs), the id followed by a space and ``#i``,
+    ``i`` the 1-based position in ``results`` (``fbank #1``).
+
+    Args:
+        results: one entry per upstream (each needs ``upstream``).
+        names: optional renaming ``{key: name}``; a result's key is, in this order of
+            precedence, its label, its full ``upstream`` id, or its folder name when no other
+            result shares that folder name (so names given as folder names keep working).
+            A folder-name key that several results share renames none of them (with a logged
+            warning): give their labels instead.
+
+    Returns:
+        One label (or its new name) per result, in ``results`` order.
+    """
+    short = [_short_label(r) for r in results]
     labels = [s if short.count(s) == 1 else str(r["upstream"]) for s, r in zip(short, results,
                                                                               strict=True)]
-    return [lab if labels.count(lab) == 1 else f"{lab} #{i + 1}" for i, lab in enumerate(labels)]
+    labels = [lab if labels.count(lab) == 1 else f"{lab} #{i + 1}"
+              for i, lab in enumerate(labels)]
+    if not names:
+        return labels
+    out, warned = [], set()
+    for r, s, lab in zip(results, short, labels, strict=True):
+        keys = [lab, str(r["upstream"])] + ([s] if short.count(s) == 1 else [])
+        key = next((k for k in keys if k in names), None)
+        if key is None and s in names and s not in warned:
+            warned.add(s)
+            logger.warning("name %r=%r not used: %d upstreams have the folder name %r; name "
+                           "them by their labels (%s)", s, names[s], short.count(s), s,
+                           ", ".join(repr(x) for x, y in zip(labels, short, strict=True)
+                                     if y == s))
+        out.append(names[key] if key is not None else lab)
+    return out
 
 
 def _ordered_conditions(results: Sequence[dict[str, Any]]) -> list[str]:
@@ -423,7 +463,9 @@ def results_table(results: Sequence[dict[str, Any]],
     the value with its bootstrap 95 % interval (and ± the standard deviation over seeds for
     multi-seed runs) and ``(n unscored)`` when a result's ``unscored`` counts test items the
     metric could not score (explained by a warning line under the header); then the paired
-    comparisons when given (:func:`paired_comparisons`).
+    comparisons when given (:func:`paired_comparisons`), with an ``items left out`` column and
+    a line explaining it when a pair left out items that one of its upstreams could not score
+    (``excluded_items``). Rows are named by :func:`upstream_labels`.
 
     Raises:
         ValueError: results of different tasks.
@@ -440,7 +482,7 @@ def results_table(results: Sequence[dict[str, Any]],
     label = _task_label(results[0])
     title = label if label == results[0]["task"] else f"{label} ({results[0]['task']})"
     lines = [f"# {title}", ""]
-    for r, name in zip(results, _labels(results), strict=True):
+    for r, name in zip(results, upstream_labels(results), strict=True):
         items = r.get("num_items", {})
         lines.append(f"- **{name}**: `{r['upstream']}`, seed {r.get('seed')}, items "
                      + ", ".join(f"{k} {v}" for k, v in items.items())
@@ -461,7 +503,7 @@ def results_table(results: Sequence[dict[str, Any]],
         note = f" ({direction})" if metric == primary else ""
         lines += [f"## {metric}{note}", "", "| upstream | " + " | ".join(conditions) + " |",
                   "|---|" + "---|" * len(conditions)]
-        for r, name in zip(results, _labels(results), strict=True):
+        for r, name in zip(results, upstream_labels(results), strict=True):
             cells = [_interval_cell(r, c, metric) for c in conditions]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -470,20 +512,28 @@ def results_table(results: Sequence[dict[str, Any]],
         lines += [f"## paired comparisons ({primary}: a minus b, same test items)", ""]
         if rows:
             has_mc = any("mcnemar_p" in row for row in rows)
+            has_ex = any(row.get("excluded_items") for row in rows)
             lines += ["| a | b | condition | difference [95 % interval] | bootstrap p |"
-                      + (" McNemar p (a only / b only) |" if has_mc else "") + " significant |",
-                      "|---|---|---|---|---|" + ("---|" if has_mc else "") + "---|"]
+                      + (" McNemar p (a only / b only) |" if has_mc else "")
+                      + (" items left out |" if has_ex else "") + " significant |",
+                      "|---|---|---|---|---|" + ("---|" if has_mc else "")
+                      + ("---|" if has_ex else "") + "---|"]
             for row in rows:
                 mc = (f" {row['mcnemar_p']:.3g} ({row['a_only']} / {row['b_only']}) |"
                       if "mcnemar_p" in row else (" - |" if has_mc else ""))
+                ex = f" {row.get('excluded_items') or 0} |" if has_ex else ""
                 lines.append(
                     f"| {row['a']} | {row['b']} | {row['condition']} | {row['difference']:+.4f} "
-                    f"[{row['low']:+.4f}, {row['high']:+.4f}] | {row['p_value']:.3g} |{mc} "
+                    f"[{row['low']:+.4f}, {row['high']:+.4f}] | {row['p_value']:.3g} |{mc}{ex} "
                     f"{'yes' if row['significant'] else 'no'} |")
+            if has_ex:
+                lines += ["", '**"items left out": test items on which either upstream '
+                          f"could not score {primary} (e.g. a failed PESQ); the difference and "
+                          "its interval are over the items both scored.**", ""]
         lines += [f"- {n}" for n in notes]
         lines.append("")
     weights = [(name, r["featurizer"]["weights"]) for r, name in
-               zip(results, _labels(results), strict=True) if "featurizer" in r]
+               zip(results, upstream_labels(results), strict=True) if "featurizer" in r]
     if weights:
         lines += ["## featurizer layer weights", ""]
         for name, w in weights:
@@ -517,28 +567,84 @@ def _check_same_task(results: Sequence[dict[str, Any]]) -> None:
         raise ValueError(f"cannot combine results of different tasks: {sorted(tasks)}")
 
 
+def jointly_scored(ga: Sequence[Sequence[dict[str, Any]]], gb: Sequence[Sequence[dict[str, Any]]],
+                   metric: str) -> tuple[list[list[dict[str, Any]]], list[list[dict[str, Any]]],
+                                         int]:
+    """Restrict two upstreams' paired per-item records to the items **both** scored.
+
+    Generic over tasks whose records carry the metric's per-item value under its name (speech
+    enhancement: ``pesq``, ``si_sdr``...): item ``i`` of a seed is kept only when neither
+    ``ga[seed][i]`` nor ``gb[seed][i]`` holds ``metric`` as an unscored value (NaN, +-inf,
+    ``null`` / None; :func:`unscored_counts`). A statistic that averages the finite values
+    (:meth:`SpeechEnhancementTask.item_statistic
+    <downstream.tasks.speech_enhancement.task.SpeechEnhancementTask.item_statistic>`) would
+    otherwise average A and B over different items. Records without a ``metric`` key
+    (accuracy from ``correct``, EER from trial scores, WER from error counts) are all kept.
+
+    Args:
+        ga / gb: per seed, the records of A and of B, already paired item by item (same
+            length and keys, as :func:`paired_comparisons` checks).
+        metric: the compared metric.
+
+    Returns:
+        ``(ga', gb', excluded)``: the kept records of each seed, in their order, and the
+        number of (seed, item) records left out (0: ``ga`` and ``gb`` unchanged). A seed may
+        be left with no item.
+
+    Raises:
+        ValueError: a seed's two record lists differ in length.
+    """
+    out_a: list[list[dict[str, Any]]] = []
+    out_b: list[list[dict[str, Any]]] = []
+    excluded = 0
+    for a, b in zip(ga, gb, strict=True):
+        if len(a) != len(b):
+            raise ValueError(f"unpaired records: {len(a)} vs {len(b)} items")
+        keep = [i for i, (ra, rb) in enumerate(zip(a, b, strict=True))
+                if not any(metric in r and _is_unscored(r[metric]) for r in (ra, rb))]
+        excluded += len(a) - len(keep)
+        out_a.append([a[i] for i in keep])
+        out_b.append([b[i] for i in keep])
+    return out_a, out_b, excluded
+
+
 def paired_comparisons(results: Sequence[dict[str, Any]], resamples: int = 1000, seed: int = 0
                        ) -> tuple[list[dict[str, Any]], list[str]]:
     """Every pair of upstreams, every condition, the primary metric: paired bootstrap of the
     difference on the same items (and McNemar for accuracy-type records with ``correct``).
 
+    Only the items **both** upstreams scored are compared (:func:`jointly_scored`): where A's
+    PESQ failed on an utterance (NaN) and B's did not, that utterance is left out of both
+    sides, of the observed difference and of every resample, so the difference is the mean
+    over the jointly scored items of ``a - b`` for a mean metric. The row's
+    ``excluded_items`` counts them (summed over seeds) and a note per pair names the
+    conditions; the per-upstream values of the results table still average each upstream
+    over all the items it scored. Metrics not held per item (accuracy, EER, WER) leave out
+    nothing.
+
     Two multi-seed results with different seed sets (e.g. a one-seed teacher beside
     three-seed students) are compared on the seeds both ran with the same test set (per-seed
     ``test_set_sha1``), with a note naming them; the rows' ``seeds`` say which. Pairs that share
-    no such seed, or whose item keys differ, are skipped with a note.
+    no such seed, or whose item keys differ, are skipped with a note. Where a seed has no item
+    both scored (e.g. PESQ failed on every utterance), the row's difference, interval and
+    p-value are NaN.
 
     Returns:
         ``(rows, notes)``: rows ``{"a", "b", "condition", "metric", "difference", "low",
-        "high", "p_value", "significant", "seeds"[, "mcnemar_p", "a_only", "b_only"]}`` with
-        ``difference = metric(a) - metric(b)`` over ``seeds`` (for a multi-seed pair, the
-        difference of the means over those seeds) and ``significant`` when the 95 % interval
-        excludes 0; notes are human-readable reasons for skipped or restricted pairs.
+        "high", "p_value", "resamples", "significant", "seeds", "excluded_items"[,
+        "mcnemar_p", "a_only", "b_only"]}`` with ``difference = metric(a) - metric(b)`` over
+        ``seeds`` and the jointly scored items (for a multi-seed pair, the difference of the
+        means over those seeds), ``significant`` when the 95 % interval excludes 0, and
+        ``excluded_items`` the (seed, item) records left out (0 when none); ``a`` / ``b``
+        are :func:`upstream_labels`. Notes are human-readable reasons for skipped or
+        restricted pairs.
     """
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
-    labels = _labels(results)
+    labels = upstream_labels(results)
     task_class = _task_class(results[0])
     metric = results[0]["primary_metric"]
+    unit = results[0].get("item_unit", "item")
     conditions = _ordered_conditions(results)
     for (ia, a), (ib, b) in itertools.combinations(enumerate(results), 2):
         pair = f"{labels[ia]} vs {labels[ib]}"
@@ -552,6 +658,7 @@ def paired_comparisons(results: Sequence[dict[str, Any]], resamples: int = 1000,
                          f"{', '.join(map(str, seeds))} only, the seeds both ran "
                          f"({labels[ia]}: {', '.join(map(str, _result_seeds(a)))}; "
                          f"{labels[ib]}: {', '.join(map(str, _result_seeds(b)))})")
+        left_out = []
         for cond in conditions:
             if cond not in a["metrics"] or cond not in b["metrics"]:
                 continue
@@ -561,20 +668,34 @@ def paired_comparisons(results: Sequence[dict[str, Any]], resamples: int = 1000,
             except (FileNotFoundError, TestSetMismatch) as err:
                 notes.append(f"{pair} {cond}: {err}")
                 continue
+            total = sum(len(g) for g in ga)
+            ga, gb, excluded = jointly_scored(ga, gb, metric)
+            if excluded:
+                left_out.append(f"{cond} {excluded} of {total}")
             sa, sb = _group_stat(task_class, ga, metric), _group_stat(task_class, gb, metric)
             if sa is None or sb is None:
                 notes.append(f"{pair}: {metric} cannot be recomputed from the items")
                 break
-            test = paired_bootstrap(sa, sb, [len(g) for g in ga], resamples, seed)
+            if all(ga):
+                test = paired_bootstrap(sa, sb, [len(g) for g in ga], resamples, seed)
+            else:  # a seed without a jointly scored item: its metric, so the mean, undefined
+                test = {"difference": float("nan"), "low": float("nan"), "high": float("nan"),
+                        "p_value": float("nan"), "resamples": 0}
             row = {"a": labels[ia], "b": labels[ib], "condition": cond, "metric": metric, **test,
                    "significant": bool(test["low"] > 0 or test["high"] < 0),
-                   "seeds": seeds if seeds is not None else a.get("seeds", [a.get("seed")])}
-            if all("correct" in r for g in ga + gb for r in g):
+                   "seeds": seeds if seeds is not None else a.get("seeds", [a.get("seed")]),
+                   "excluded_items": excluded}
+            if all(ga) and all("correct" in r for g in ga + gb for r in g):
                 mc = mcnemar([r["correct"] for g in ga for r in g],
                              [r["correct"] for g in gb for r in g])
                 row.update({"mcnemar_p": mc["p_value"], "a_only": mc["a_only"],
                             "b_only": mc["b_only"]})
             rows.append(row)
+        if left_out:
+            several = len(seeds if seeds is not None else a.get("seeds") or [0]) > 1
+            notes.append(f"{pair}: {metric} compared on the test {unit}s both scored only; left "
+                         "out, as one or both could not score them: " + ", ".join(left_out)
+                         + (" (seed x item records, summed over seeds)" if several else ""))
     return rows, notes
 
 
@@ -609,7 +730,7 @@ def plot_robustness(results: Sequence[dict[str, Any]], path: str | Path) -> None
     axis = line + others
     primary = results[0]["primary_metric"]
     fig, ax = plt.subplots(figsize=(1.2 * len(axis) + 3, 4))
-    for r, label in zip(results, _labels(results), strict=True):
+    for r, label in zip(results, upstream_labels(results), strict=True):
         def value(c, _r=r):
             return _r["metrics"].get(c, {}).get(primary, float("nan"))
         def bars(cs, _r=r):

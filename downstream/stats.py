@@ -97,13 +97,24 @@ def paired_bootstrap(stat_a: Stat, stat_b: Stat, sizes: Sequence[int], resamples
     """Paired bootstrap of ``metric(A) - metric(B)`` on the same items.
 
     Both statistics index the same items (item ``i`` of group ``g`` is the same utterance or
-    trial for A and B), so every resample is applied to both.
+    trial for A and B), so every resample is applied to both. For the difference to be paired,
+    each statistic must also **use** the same items: a statistic that skips the items its own
+    upstream could not score (a mean over finite PESQ values) needs the items either upstream
+    could not score removed from both beforehand (:func:`downstream.results.jointly_scored`).
+
+    Args:
+        stat_a / stat_b: ``stat(list of index arrays, one per group) -> metric`` of A / B.
+        sizes: items per group (one group per seed), the same for A and B.
+        resamples: bootstrap resamples.
+        seed: seeds the resampling.
+        level: coverage of the interval.
 
     Returns:
         ``{"difference", "low", "high", "p_value", "resamples"}``: the observed difference, its
         percentile interval, and the two-sided p-value ``min(1, 2 * min(P(d <= 0), P(d >= 0)))``
         over the resampled differences ``d`` (0 is the smallest value it can report:
-        ``1 / resamples`` is its resolution).
+        ``1 / resamples`` is its resolution); ``resamples`` counts the resamples with a
+        finite difference (those the interval and p-value use).
 
     Raises:
         ValueError: as :func:`bootstrap_interval`.

@@ -173,7 +173,8 @@ def test_compare_leaves_out_its_own_earlier_output(tmp_path, caplog):
 
 def test_report_of_a_compare_with_an_undefined_difference(tmp_path):
     # PESQ failing on every utterance of a condition: the paired difference, its interval and
-    # p-value are NaN, stored as null; the report shows "-" where it used to show "nan".
+    # p-value are NaN, stored as null; the report shows "-" where it used to show "nan", and
+    # that the comparison left out the 3 utterances neither upstream scored.
     from downstream.results import compare, write_outputs
 
     paths = []
@@ -192,7 +193,7 @@ def test_report_of_a_compare_with_an_undefined_difference(tmp_path):
         paths.append(folder / "results.json")
     compare(paths, tmp_path / "cmp", 20)
     lines = report(tmp_path / "cmp" / "results.json").splitlines()
-    assert "| a - b | +0.5 [+0.5, +0.5]* | - [-, -] |" in lines
+    assert "| a - b | +0.5 [+0.5, +0.5]* | - [-, -] (3 left out) |" in lines
     assert "| a | 2.5 | - |" in lines
 
 
@@ -322,8 +323,10 @@ def test_paired_comparison_of_items_with_nan_is_unchanged_by_null(tmp_path):
         assert "NaN" in path.read_text()
     old_rows, _ = paired_comparisons(results, resamples=100)
     assert new_rows == old_rows
-    # mean over each upstream's finite items: a (2 + 3 + 2.5) / 3, b (1.5 + 2 + 2) / 3
-    assert new_rows[0]["difference"] == pytest.approx(7.5 / 3 - 5.5 / 3)
+    # over the items both scored (u0, u3), not each upstream's own finite items (which gave
+    # (2 + 3 + 2.5) / 3 - (1.5 + 2 + 2) / 3 over different utterances)
+    assert new_rows[0]["difference"] == pytest.approx(((2.0 - 1.5) + (2.5 - 2.0)) / 2)
+    assert new_rows[0]["excluded_items"] == 2
 
 
 def test_unscored_counts_by_hand():

@@ -433,7 +433,10 @@ class SpeechEnhancementTask(Task):
         """Any per-utterance score (``pesq``, ``noisy_stoi``, ``pesq_improvement``...): the
         mean over the resampled utterances where it is finite (NaN PESQ failures and undefined
         SI-SDRs left out; :func:`downstream.results.unscored_counts` counts them); NaN when
-        none is finite."""
+        none is finite. Each upstream's mean so covers its own scored utterances; a paired
+        comparison of two upstreams first keeps the utterances both scored
+        (:func:`downstream.results.jointly_scored`), so that both means are over the same
+        ones."""
         if metric not in _SE_METRICS:
             return None
         values = np.array([r[metric] for r in items], dtype=np.float64)
