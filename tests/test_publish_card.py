@@ -101,10 +101,12 @@ def test_card_from_real_results_reads_back(run):
     assert data.base_model == "microsoft/wavlm-base-plus"
     assert data.datasets == ["openslr/librispeech_asr"]
     assert "robustdistill" in data.tags and "wavlm" in data.tags
+    assert "noise-robust" in data.tags  # the run corrupted the student's input
     got = {(r.dataset_config, r.metric_type): r.metric_value for r in data.eval_results}
-    assert got == {("clean", "accuracy"): 0.8, ("clean", "loss"): 0.2,
-                   ("snr0", "accuracy"): 0.5, ("snr0", "loss"): 0.5,
-                   ("reverb", "accuracy"): 0.6, ("reverb", "loss"): 0.4}
+    assert got == {("kws_fsdd_cpu-clean", "accuracy"): 0.8, ("kws_fsdd_cpu-clean", "loss"): 0.2,
+                   ("kws_fsdd_cpu-snr0", "accuracy"): 0.5, ("kws_fsdd_cpu-snr0", "loss"): 0.5,
+                   ("kws_fsdd_cpu-reverb", "accuracy"): 0.6,
+                   ("kws_fsdd_cpu-reverb", "loss"): 0.4}
     assert {r.task_type for r in data.eval_results} == {"audio-classification"}
     assert {r.dataset_type for r in data.eval_results} == {"fsdd"}
     assert {r.dataset_split for r in data.eval_results} == {"test"}
@@ -495,7 +497,9 @@ def test_se_card_of_a_real_distilled_se_run(tmp_path):
 def test_se_card_of_a_real_supervised_se_run(tmp_path):
     """No KD weight: the card says the student was trained without a teacher."""
     run = _tiny_se_run(tmp_path, "--data.target", "dry")
-    text = build_card(run / "student", [], run, license="mit", kind="se", speed=False).text
+    card = build_card(run / "student", [], run, license="mit", kind="se", speed=False)
+    assert "noise-robust" in card.data.tags  # train-se adds noise to every item
+    text = card.text
     training = _training_section(text)
     assert "trained with robustdistill without distillation: it maps noisy" in text
     assert "Trained with robustdistill (`robustdistill train-se`)" in training
@@ -606,8 +610,9 @@ def test_speaker_card_of_a_real_speaker_run(tmp_path):
     assert ("- Student's input: the clean crops, volume-normalised to -30 dBFS, as the teacher "
             "got them: no noise or reverberation was added in training\n") in training
     assert ("- Validation data: none held out during training; verification after training "
-            "on `../shared/data/librispeech-mini/test-other` (LibriSpeech test-other), "
-            "speakers unseen in training (the Evaluation section)\n") in training
+            "on `../shared/data/librispeech-mini/test-other` (LibriSpeech test-other), the "
+            "`fsdd` set (FSDD), speakers unseen in training (the Evaluation section)\n"
+            ) in training  # the sets result.json evaluated (fsdd_dir is not in the config)
     assert ("- Optimisation: epochs 2, batch 4, AdamW lr 0.01 (constant), weight decay 0.0001 "
             "on weights of two or more dimensions, gradient clipping 5.0, seed 3\n") in training
     loss = result["epochs"][-1]["loss"]
@@ -709,8 +714,8 @@ def test_speaker_verification_is_its_own_evaluation_section_and_in_the_model_ind
     assert got[(name, "fsdd", trials, "eer")] == 0.25
     assert got[(name, "fsdd", trials, "min_dcf")] == 0.875
     downstream_name = "sv_cpu (speaker_verification)"
-    assert got[(downstream_name, "test-other", "clean", "eer")] == 0.2
-    assert got[(downstream_name, "test-other", "snr0", "min_dcf")] == 0.9
+    assert got[(downstream_name, "test-other", "sv_cpu-clean", "eer")] == 0.2
+    assert got[(downstream_name, "test-other", "sv_cpu-snr0", "min_dcf")] == 0.9
     assert len(got) == 8
     assert {r.dataset_split for r in data.eval_results} == {"test"}
     assert data.metrics == ["eer", "min_dcf"]
@@ -813,3 +818,187 @@ def test_card_cli_of_the_demo_config_tags_no_language(run, tmp_path):
     assert ModelCard.load(readme).data.language is None
     assert main([*args, "--language", "de", "fr"]) == 0
     assert ModelCard.load(readme).data.language == ["de", "fr"]
+
+
+# ---- model-index entries of several downstream tasks ---------------------------------------------
+
+def _task_results(model: Path, label: str, task: str, metric: str, values) -> dict:
+    """A downstream results entry of ``model`` on FSDD (its folder ``fsdd``)."""
+    return {"task": task, "upstream": str(model), "label": label, "primary_metric": metric,
+            "higher_is_better": metric == "accuracy", "conditions": ["clean", "snr0"],
+            "metrics": {c: {metric: v} for c, v in zip(["clean", "snr0"], values, strict=True)},
+            "num_items": {"train": 100, "dev": 50, "test": 50}, "seed": 0,
+            "config": {"data": {"source": {"root": "../shared/data/fsdd"}}}}
+
+
+def test_downstream_tasks_on_one_folder_stay_apart_in_the_model_index(run, tmp_path):
+    """Keyword spotting, speaker identification (both ``audio-classification``) and speaker
+    verification (``audio-classification`` too) on one data folder, under the same conditions:
+    the Hub groups entries by task type, dataset type, config and split and names a group after
+    its first entry, so with the condition alone as the config the three read back as one task.
+    With the task label in the config each reads back under its own name and values."""
+    import yaml as _yaml
+    from huggingface_hub import ModelCard
+
+    paths = []
+    for label, task, metric, values in (
+            ("ks", "utterance_classification", "accuracy", (0.8, 0.5)),
+            ("sid", "utterance_classification", "accuracy", (0.6, 0.3)),
+            ("asv", "speaker_verification", "eer", (0.2, 0.35))):
+        (tmp_path / label).mkdir()
+        paths.append(tmp_path / label / "results.json")
+        paths[-1].write_text(json.dumps(_task_results(run["student"], label, task, metric,
+                                                      values)))
+    path = write_card(run["student"], paths, None, license="mit", speed=False,
+                      copy_plots=False)
+    loaded = ModelCard.load(path).data.eval_results
+    got = {(r.task_name, r.dataset_type, r.dataset_config, r.metric_type): r.metric_value
+           for r in loaded}
+    assert got == {
+        ("ks (utterance_classification)", "fsdd", "ks-clean", "accuracy"): 0.8,
+        ("ks (utterance_classification)", "fsdd", "ks-snr0", "accuracy"): 0.5,
+        ("sid (utterance_classification)", "fsdd", "sid-clean", "accuracy"): 0.6,
+        ("sid (utterance_classification)", "fsdd", "sid-snr0", "accuracy"): 0.3,
+        ("asv (speaker_verification)", "fsdd", "asv-clean", "eer"): 0.2,
+        ("asv (speaker_verification)", "fsdd", "asv-snr0", "eer"): 0.35}
+    assert len(loaded) == 6
+    assert {r.task_type for r in loaded} == {"audio-classification"}
+    assert {r.dataset_name for r in loaded if r.dataset_config == "sid-snr0"} == {
+        "fsdd (sid, snr0)"}
+    # one model-index entry per task and condition, each with one value per metric type
+    header = _yaml.safe_load(path.read_text().split("---\n")[1])
+    entries = header["model-index"][0]["results"]
+    assert len(entries) == 6
+    assert all(len(e["metrics"]) == 1 for e in entries)
+
+
+def test_a_card_whose_model_index_entries_merge_is_refused(run, tmp_path, monkeypatch):
+    """Entries built as before (the condition alone as the config) merge on a read-back: the
+    card's own check sees the second task's entries come back under the first task's name."""
+    from huggingface_hub import EvalResult
+
+    paths = []
+    for label, values in (("ks", (0.8, 0.5)), ("sid", (0.6, 0.3))):
+        (tmp_path / label).mkdir()
+        paths.append(tmp_path / label / "results.json")
+        paths[-1].write_text(json.dumps(_task_results(
+            run["student"], label, "utterance_classification", "accuracy", values)))
+
+    def by_condition_only(tasks, model_name):
+        return [EvalResult(task_type="audio-classification", task_name=f"{t.label} ({t.task})",
+                           dataset_type=t.dataset, dataset_name=f"{t.dataset} ({c})",
+                           dataset_config=c, dataset_split="test", metric_type=m,
+                           metric_value=mv.value, metric_name=f"{m} ({c})")
+                for t in tasks for c in t.conditions for m, mv in t.metrics[c].items()]
+
+    monkeypatch.setattr(card_mod, "eval_results_for", by_condition_only)
+    with pytest.raises(CardError, match="does not read back as written.*'sid "):
+        write_card(run["student"], paths, None, license="mit", speed=False, copy_plots=False)
+
+
+def test_write_card_compares_task_and_dataset_on_the_read_back(run, monkeypatch):
+    """A saved card read back with another task name or dataset is refused, not only one with
+    another config, metric or value."""
+    from huggingface_hub import ModelCard
+
+    real_load = ModelCard.load.__func__
+    for field, value in (("task_name", "sid (utterance_classification)"),
+                         ("dataset_type", "test-other"), ("dataset_name", "fsdd (other)"),
+                         ("task_type", "automatic-speech-recognition")):
+        def renamed_load(cls, *args, _field=field, _value=value, **kwargs):
+            card = real_load(cls, *args, **kwargs)
+            setattr(card.data.eval_results[0], _field, _value)
+            return card
+
+        monkeypatch.setattr(ModelCard, "load", classmethod(renamed_load))
+        with pytest.raises(CardError, match="does not read back"):
+            write_card(run["student"], [run["results"]], None, license="mit", speed=False,
+                       copy_plots=False)
+
+
+# ---- the noise-robust tag -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("augmentation", "tagged"), [
+    ({"enabled": True, "p_noise": 0.25, "p_reverb": 0.25, "p_noise_reverb": 0.25,
+      "p_none": 0.25}, True),
+    ({"enabled": True, "p_noise": 0.0, "p_reverb": 0.1, "p_noise_reverb": 0.0,
+      "p_none": 0.9}, True),
+    ({"snr_min": 0.0, "snr_max": 20.0}, True),  # configs/demo.yaml's: the defaults corrupt
+    ({"enabled": False, "p_noise": 0.25, "p_reverb": 0.25, "p_noise_reverb": 0.25,
+      "p_none": 0.25}, False),
+    ({"enabled": True, "p_noise": 0.0, "p_reverb": 0.0, "p_noise_reverb": 0.0,
+      "p_none": 1.0}, False),
+    (None, False),  # not recorded: no claim
+])
+def test_noise_robust_tag_only_when_the_distill_run_corrupted_the_students_input(
+        run, augmentation, tagged):
+    config = yaml.safe_load((run["run"] / "config.yaml").read_text())
+    if augmentation is None:
+        del config["augmentation"]
+    else:
+        config["augmentation"] = augmentation
+    (run["run"] / "config.yaml").write_text(yaml.safe_dump(config))
+    card = build_card(run["student"], [], run["run"], license="mit", speed=False)
+    assert ("noise-robust" in card.data.tags) == tagged
+    training = _training_section(card.text)
+    assert ("the student a corrupted copy" in training) == tagged
+    if not tagged:
+        assert "the student the same clean audio" in training
+        assert "- Corruption of the student's input: none (the student saw clean audio" \
+            in training
+
+
+def test_noise_robust_tag_of_se_speaker_and_no_run(run, tmp_path):
+    """An SE student's input is noisy by construction (``train-se`` adds noise to every item);
+    a speaker student trains on clean crops; without a run nothing is known."""
+    from robustdistill.se.students import GRUMaskStudent, StudentConfig
+
+    assert "noise-robust" not in build_card(run["student"], [], None, license="mit",
+                                            speed=False).data.tags
+    se_student = GRUMaskStudent(StudentConfig(hidden_size=8)).save_pretrained(tmp_path / "se")
+    (tmp_path / "se_run").mkdir()
+    (tmp_path / "se_run" / "config.yaml").write_text(yaml.safe_dump(
+        {"loss": {"teacher": "nsnet2"}, "data": {"snr_range": [0, 5], "reverb_prob": 0.0}}))
+    se = build_card(se_student, [], tmp_path / "se_run", license="mit", kind="se", speed=False)
+    assert "noise-robust" in se.data.tags and "speech-enhancement" in se.data.tags
+    speaker_run, _ = _tiny_speaker_run(tmp_path)
+    speaker = build_card(speaker_run / "student", [], speaker_run, license="mit",
+                         kind="speaker", speed=False)
+    assert "noise-robust" not in speaker.data.tags
+    assert "speaker-verification" in speaker.data.tags
+    tagged = build_card(speaker_run / "student", [], speaker_run, license="mit",
+                        kind="speaker", speed=False, tags=["noise-robust"])
+    assert "noise-robust" in tagged.data.tags  # --tag still adds it
+
+
+# ---- the speaker card's Training section without an evaluation -------------------------------
+
+def test_speaker_training_section_follows_the_evaluation_result_json_recorded(tmp_path):
+    """A finished run without verification sets (its config still names the default
+    test-other folder): the Training section says no verification was recorded, not that one
+    ran after training; with an evaluation in ``result.json`` it names the sets evaluated."""
+    run, _ = _tiny_speaker_run(tmp_path)
+    assert "eval" not in json.loads((run / "result.json").read_text())
+
+    def validation_line() -> str:
+        text = build_card(run / "student", [], run, license="mit", kind="speaker",
+                          speed=False).text
+        return next(line for line in _training_section(text).splitlines()
+                    if line.startswith("- Validation data: "))
+
+    line = validation_line()
+    assert line == ("- Validation data: none held out during training; no verification "
+                    "recorded: the run's `result.json` holds no evaluation (the run was not "
+                    "finished, or had no verification sets); its config names "
+                    "`../shared/data/librispeech-mini/test-other` (LibriSpeech test-other)")
+    assert "verification after training" not in line
+    (run / "result.json").unlink()
+    assert "no verification recorded: the run has no `result.json` (it was not finished)" \
+        in validation_line()
+    (run / "result.json").write_text(json.dumps(
+        {"eval": {"test_other": {"eer": 0.1, "min_dcf": 0.5},
+                  "fsdd": {"eer": 0.2}}}))  # fsdd incomplete: not an evaluation
+    assert validation_line() == (
+        "- Validation data: none held out during training; verification after training on "
+        "`../shared/data/librispeech-mini/test-other` (LibriSpeech test-other), speakers "
+        "unseen in training (the Evaluation section)")

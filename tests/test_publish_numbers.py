@@ -53,8 +53,8 @@ def test_model_index_values_are_the_results_files_to_six_decimals(student, tmp_p
     path = _write(tmp_path, _entry(str(student), accuracy=(0.123456789, 0.5, 0.6)))
     card = _card(student, path)
     got = {(r.dataset_config, r.metric_type): r.metric_value for r in card.data.eval_results}
-    assert got[("clean", "accuracy")] == 0.123457
-    assert got[("clean", "loss")] == 0.876543
+    assert got[("utterance_classification-clean", "accuracy")] == 0.123457
+    assert got[("utterance_classification-clean", "loss")] == 0.876543
     assert "| **this model** | 0.1235 [" in card.text  # the text: 4 decimals
 
 

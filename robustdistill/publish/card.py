@@ -17,7 +17,9 @@ template syntax or placeholder text, so a card never ships with a hole in it.
 The ``language`` metadata comes from the run unless given
 (:func:`~robustdistill.publish.provenance.training_language`): none for generated audio or for
 speech whose language the run does not record, ``en`` for a known English corpus (LibriSpeech,
-FSDD...); no run, no language.
+FSDD...); no run, no language. The ``noise-robust`` tag, likewise, only when the run gave the
+student corrupted input (:func:`~robustdistill.publish.provenance.student_input_corrupted`):
+never without a run.
 
 This module assembles the card; each section's text comes from its own module:
 :mod:`~robustdistill.publish.card_results` (Results and the ``model-index``),
@@ -43,6 +45,7 @@ from .card_evaluation import VerificationResult, verification_eval_results, veri
 from .card_results import (
     CardError,
     chance_notes,
+    check_eval_results,
     eval_results_for,
     interval_note,
     seed_count_text,
@@ -59,6 +62,7 @@ from .provenance import (
     is_transformers_config,
     measure_speed,
     model_facts,
+    student_input_corrupted,
     summarise_run,
     training_language,
 )
@@ -216,11 +220,16 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
 
     Returns:
         A ``ModelCard`` whose ``data.eval_results`` holds one ``EvalResult`` per task,
-        condition and metric of this model, and (``kind="speaker"``) per verification set and
-        metric of the run's ``result.json``.
+        condition and metric of this model (dataset config ``<task label>-<condition>``,
+        :func:`~robustdistill.publish.card_results.task_config`), and (``kind="speaker"``) per
+        verification set and metric of the run's ``result.json``. Its tags hold
+        ``noise-robust`` only when the run corrupted the student's input
+        (:func:`~robustdistill.publish.provenance.student_input_corrupted`).
 
     Raises:
-        CardError: unknown kind, a results file without this model, or placeholder text left.
+        CardError: unknown kind, a results file without this model, placeholder text left, or
+            ``model-index`` entries that do not read back from the card's metadata as built
+            (two of them merged into one Hub group).
         ValueError: a malformed results file, run config or model ``config.json``.
         FileNotFoundError: no model folder, results file or run config.
     """
@@ -282,7 +291,9 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
         base_model=base_model, datasets=list(datasets) or None, language=languages or None,
         metrics=metric_names or None, pipeline_tag=KINDS[kind][1], model_name=model_name,
         tags=list(dict.fromkeys(["audio", "speech", "knowledge-distillation", "robustdistill",
-                                 "noise-robust", student.model_type, *KINDS[kind][2], *tags])),
+                                 *(["noise-robust"] if run is not None
+                                   and student_input_corrupted(run) else []),
+                                 student.model_type, *KINDS[kind][2], *tags])),
         eval_results=eval_results or None)
     training = run_view(run, heads_dir_for(model_dir, run.run_dir)) if run else None
     context = {
@@ -310,7 +321,11 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     text = re.sub(r"\n{3,}", "\n\n", text)
     text = _abbreviate_home(text)
     check_no_placeholders(text)
-    return ModelCard(text, ignore_metadata_errors=False)
+    card = ModelCard(text, ignore_metadata_errors=False)
+    # the metadata as the Hub reads it: model-index entries merged into another's group would
+    # come back under that entry's task name
+    check_eval_results(eval_results, card.data.eval_results or [], "the card's metadata")
+    return card
 
 
 def copy_run_files(run_dir: str | Path, model_dir: str | Path) -> list[Path]:
@@ -347,7 +362,9 @@ def write_card(model_dir: str | Path, results: Sequence[str | Path] = (),
                run_dir: str | Path | None = None, **kwargs) -> Path:
     """:func:`build_card`, then save it as ``MODEL_DIR/README.md`` (with the run's
     ``training_config.yaml`` and ``heads/`` copied beside it, :func:`copy_run_files`) and check
-    that ``ModelCard.load`` reads the same ``model-index`` back.
+    that ``ModelCard.load`` reads the same ``model-index`` back: every entry's task type and
+    name, dataset type, name, config and split, metric type and name, and value
+    (:func:`~robustdistill.publish.card_results.check_eval_results`).
 
     Returns:
         The README path.
@@ -363,12 +380,8 @@ def write_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     path = Path(model_dir) / "README.md"
     card.save(path)
     loaded = ModelCard.load(path)
-    expected = [(r.dataset_config, r.metric_type, r.metric_value)
-                for r in card.data.eval_results or []]
-    got = [(r.dataset_config, r.metric_type, r.metric_value)
-           for r in loaded.data.eval_results or []]
-    if sorted(map(str, expected)) != sorted(map(str, got)):
-        raise CardError(f"{path}: the model-index does not read back as written")
+    got = loaded.data.eval_results or []
+    check_eval_results(card.data.eval_results or [], got, str(path))
     logger.info("model card written to %s (%d eval results)", path, len(got))
     return path
 

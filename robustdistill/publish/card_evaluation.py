@@ -10,13 +10,19 @@ embeddings are scored directly, with nothing trained on or for the test sets.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .card_results import TASK_TYPES
-from .provenance import NOT_RECORDED, RunSummary, config_section
+from .provenance import (
+    NOT_RECORDED,
+    SPEAKER_SETS,
+    RunSummary,
+    config_section,
+    evaluated_sets,
+    read_run_result,
+)
 
 __all__ = ["VerificationResult", "verification_eval_results", "verification_results",
            "verification_view"]
@@ -24,9 +30,10 @@ __all__ = ["VerificationResult", "verification_eval_results", "verification_resu
 #: The ``model-index`` dataset config of the verification results: their trial list. The Hub
 #: groups ``model-index`` entries by task type, dataset type, config and split, and speaker
 #: verification has no task type of its own (``audio-classification``, as downstream results):
-#: downstream results on the same folder under the ``clean`` condition would otherwise be
-#: merged with these under one task name. The trial list is what sets a verification benchmark
-#: apart (as VoxCeleb1-O, -E and -H on one corpus); the condition, clean, is in the name.
+#: the config keeps these apart from downstream results on the same folder (whose configs are
+#: ``<task label>-<condition>``, :func:`~.card_results.task_config`). The trial list is what
+#: sets a verification benchmark apart (as VoxCeleb1-O, -E and -H on one corpus); the
+#: condition, clean, is in the name.
 TRIALS_CONFIG = "train-speaker-trials"
 
 
@@ -51,15 +58,11 @@ class VerificationResult:
 
 
 def _read_result(run: RunSummary) -> dict[str, Any]:
-    try:
-        result = json.loads((Path(run.run_dir) / "result.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return result if isinstance(result, dict) else {}
+    return read_run_result(run.run_dir) or {}
 
 
 def _set_dir(name: str, data: dict[str, Any]) -> str | None:
-    value = data.get({"test_other": "test_other_dir", "fsdd": "fsdd_dir"}.get(name, ""))
+    value = data.get(SPEAKER_SETS.get(name, ("", ""))[0])
     return str(value) if value else None
 
 
@@ -71,19 +74,15 @@ def verification_results(run: RunSummary) -> list[VerificationResult]:
     """The complete entries (``eer`` and ``min_dcf``) of ``result.json``'s ``eval``; ``[]``
     when the run has none (not finished, no verification set, or an unreadable file)."""
     result = _read_result(run)
-    sets = result.get("eval")
-    if not isinstance(sets, dict):
-        return []
     data = config_section(run.config, "data")
     out = []
-    for name, m in sets.items():
-        if not isinstance(m, dict) or not _number(m.get("eer")) or not _number(m.get("min_dcf")):
-            continue
-        folder = _set_dir(str(name), data)
+    for name in evaluated_sets(result):
+        m = result["eval"][name]
+        folder = _set_dir(name, data)
         counts = [m.get(k) if isinstance(m.get(k), int) else None
                   for k in ("target_trials", "nontarget_trials")]
-        out.append(VerificationResult(str(name), Path(folder.rstrip("/")).name if folder
-                                      else str(name), float(m["eer"]), float(m["min_dcf"]),
+        out.append(VerificationResult(name, Path(folder.rstrip("/")).name if folder
+                                      else name, float(m["eer"]), float(m["min_dcf"]),
                                       *counts))
     return out
 

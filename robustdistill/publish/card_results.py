@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,9 @@ from typing import Any
 from .provenance import RunSummary
 from .results import TaskResult, load_task_results
 
-__all__ = ["TASK_TYPES", "CardError", "TaskView", "chance_notes", "eval_results_for",
-           "interval_note", "seed_count_text", "task_views", "unscored_notes"]
+__all__ = ["TASK_TYPES", "CardError", "TaskView", "chance_notes", "check_eval_results",
+           "eval_results_for", "interval_note", "seed_count_text", "task_config", "task_views",
+           "unscored_notes"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +39,29 @@ TASK_TYPES = {
     "asr": "automatic-speech-recognition",
 }
 
+
+def task_config(task: TaskResult, condition: str) -> str:
+    """The ``model-index`` ``dataset.config`` of ``task``'s results under ``condition``:
+    ``<label>-<condition>`` (``ks-clean``, ``sid-snr0``; whitespace in the label becomes ``_``).
+
+    The Hub groups ``model-index`` entries by task type, dataset type, config and split and
+    names each group after its first entry: two downstream tasks of one task type on one data
+    folder (keyword spotting and speaker identification, both ``audio-classification``, on
+    FSDD) under one condition would otherwise be merged under the first task's name. The task
+    label is what sets them apart (as the Hub's ``superb`` dataset names its configs ``ks``,
+    ``si``...); the condition keeps each condition an entry of its own, so a metric type
+    appears once per entry."""
+    label = re.sub(r"\s+", "_", task.label.strip())
+    return f"{label}-{condition}"
+
+
 def eval_results_for(tasks: Sequence[TaskResult], model_name: str):
     """``huggingface_hub.EvalResult`` per task, condition and metric (test split).
 
-    The condition is the ``dataset_config`` (so each condition is its own ``model-index``
-    entry) and appears in ``metric_name``; values are rounded to 6 decimals (they come from
-    float32); the interval is in the card's text, not here.
+    The task label and the condition are the ``dataset_config`` (:func:`task_config`), so each
+    task and condition is its own ``model-index`` entry, named after its task on a read-back;
+    the condition is also in ``dataset_name`` and ``metric_name``; values are rounded to 6
+    decimals (they come from float32); the interval is in the card's text, not here.
     """
     from huggingface_hub import EvalResult
 
@@ -53,11 +72,42 @@ def eval_results_for(tasks: Sequence[TaskResult], model_name: str):
                 out.append(EvalResult(
                     task_type=TASK_TYPES.get(t.task, t.task.replace("_", "-")),
                     task_name=f"{t.label} ({t.task})", dataset_type=t.dataset,
-                    dataset_name=f"{t.dataset} ({cond})", dataset_config=cond,
+                    dataset_name=f"{t.dataset} ({t.label}, {cond})",
+                    dataset_config=task_config(t, cond),
                     dataset_split="test", metric_type=metric,
                     metric_value=round(mv.value, 6),
                     metric_name=f"{metric} ({cond})"))
     return out
+
+
+def _eval_key(r) -> tuple[str, ...]:
+    """What a ``model-index`` entry says: task, dataset, metric and value."""
+    return tuple(str(v) for v in (r.task_type, r.task_name, r.dataset_type, r.dataset_name,
+                                  r.dataset_config, r.dataset_split, r.metric_type,
+                                  r.metric_name, r.metric_value))
+
+
+def check_eval_results(expected: Sequence[Any], got: Sequence[Any], where: str) -> None:
+    """Raise :class:`CardError` unless ``got`` (``EvalResult`` as read back from a card's
+    metadata) says what ``expected`` does, in any order: task type and name, dataset type,
+    name, config and split, metric type and name, and value. A merge of entries of two tasks
+    into one ``model-index`` group (the Hub names a group after its first entry) changes the
+    task name of the others, and is caught."""
+    want, have = Counter(map(_eval_key, expected)), Counter(map(_eval_key, got))
+    if want == have:
+        return
+
+    def first(keys: Counter) -> str:
+        if not keys:
+            return "none"
+        k = min(keys)
+        return (f"task {k[1]!r} ({k[0]}), dataset {k[2]!r} config {k[4]!r} split {k[5]!r}, "
+                f"metric {k[7]!r} = {k[8]}")
+
+    raise CardError(f"{where}: the model-index does not read back as written "
+                    f"({sum(want.values())} entries written, {sum(have.values())} read); "
+                    f"written, not read back: {first(want - have)}; read back, not written: "
+                    f"{first(have - want)}")
 
 
 @dataclass

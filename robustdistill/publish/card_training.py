@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from ..environment import describe_software
-from .provenance import NOT_RECORDED, RunSummary, config_section
+from .provenance import NOT_RECORDED, RunSummary, config_section, ssl_input_corrupted
 
 __all__ = ["NOT_RECORDED", "heads_dir_for", "is_hub_id", "parameter_count", "run_view",
            "teacher_text"]
@@ -108,7 +108,7 @@ def _ssl_view(run: RunSummary, heads_dir: Path | None) -> dict[str, Any]:
     return {
         "recipe": "ssl", "distilled": True, "dir": str(run.run_dir),
         "objectives": _objectives_text(run),
-        "corrupted": bool(augmentation) and augmentation.get("enabled", True),
+        "corrupted": ssl_input_corrupted(augmentation),
         "train_data": run.train_data, "validation_data": run.validation_data,
         "corruption": run.corruption, "optimisation": optimisation,
         "result": "; ".join(result) or "no final state recorded",

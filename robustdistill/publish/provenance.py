@@ -10,6 +10,7 @@ distill`` (SSL distillation, :class:`robustdistill.config.DistillConfig`), ``tra
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -26,8 +27,10 @@ import yaml
 from ..environment import read_environment
 
 __all__ = ["ENGLISH_CORPORA", "NOT_RECORDED", "RECIPES", "DataLanguage", "ModelFacts",
-           "RunSummary", "config_section", "is_synthetic_data", "is_transformers_config",
-           "measure_speed", "model_facts", "run_recipe", "summarise_run", "training_language"]
+           "RunSummary", "config_section", "evaluated_sets", "is_synthetic_data",
+           "is_transformers_config", "measure_speed", "model_facts", "read_run_result",
+           "run_recipe", "ssl_input_corrupted", "student_input_corrupted", "summarise_run",
+           "training_language"]
 
 logger = logging.getLogger(__name__)
 
@@ -310,23 +313,69 @@ def _describe_se_data(data: dict[str, Any]) -> tuple[str, str, str]:
     return train, valid, student_input
 
 
-def _describe_speaker_data(data: dict[str, Any]) -> tuple[str, str, str]:
+#: A ``train-speaker`` verification set's config key (its folder) and what the card calls it.
+SPEAKER_SETS = {"test_other": ("test_other_dir", "LibriSpeech test-other"),
+                "fsdd": ("fsdd_dir", "FSDD")}
+
+
+def read_run_result(run_dir: str | Path) -> dict[str, Any] | None:
+    """A ``train-speaker`` run's ``result.json``; None when it is missing, unreadable or not a
+    JSON object (the run has not finished an epoch, or is not a speaker run)."""
+    try:
+        result = json.loads((Path(run_dir) / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) else None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def evaluated_sets(result: dict[str, Any] | None) -> list[str]:
+    """The verification sets of ``result.json``'s ``eval`` with both an ``eer`` and a
+    ``min_dcf`` (the sets the run evaluated), in the file's order; ``[]`` when it has none."""
+    sets = (result or {}).get("eval")
+    if not isinstance(sets, dict):
+        return []
+    return [str(name) for name, m in sets.items() if isinstance(m, dict)
+            and _is_number(m.get("eer")) and _is_number(m.get("min_dcf"))]
+
+
+def _speaker_set_text(name: str, data: dict[str, Any]) -> str:
+    key, label = SPEAKER_SETS.get(name, ("", ""))
+    if key and data.get(key):
+        return f"`{data[key]}` ({label})"
+    return f"the `{name}` set" + (f" ({label})" if label else "")
+
+
+def _describe_speaker_data(data: dict[str, Any], result: dict[str, Any] | None = None
+                           ) -> tuple[str, str, str]:
     """Training data, verification sets and the student's input of a ``train-speaker`` run
-    (``DataConfig`` of :mod:`robustdistill.speaker.train`)."""
+    (``DataConfig`` of :mod:`robustdistill.speaker.train`); the verification sets are those
+    the run's ``result.json`` (``result``, None when it has none) evaluated, never assumed
+    from the config."""
+    evaluated = evaluated_sets(result)
+    if evaluated:
+        valid = ("none held out during training; verification after training on "
+                 + ", ".join(_speaker_set_text(n, data) for n in evaluated)
+                 + ", speakers unseen in training (the Evaluation section)")
+    else:
+        configured = [_speaker_set_text(name, data) for name, (key, _) in SPEAKER_SETS.items()
+                      if data.get(key)]
+        why = ("the run has no `result.json` (it was not finished)" if result is None else
+               "the run's `result.json` holds no evaluation (the run was not finished, or had "
+               "no verification sets)")
+        valid = (f"none held out during training; no verification recorded: {why}"
+                 + (f"; its config names {', '.join(configured)}" if configured else ""))
     if not data:
-        return (f"{NOT_RECORDED} in the run's config", NOT_RECORDED,
+        return (f"{NOT_RECORDED} in the run's config", valid,
                 "clean speech crops (the speaker trainer adds no noise or reverberation)")
     crop = data.get("crop_seconds")
     train = (f"{_value(data, 'crops_per_utterance')} fixed crop(s) of "
              + (f"{crop:g} s" if isinstance(crop, int | float) else f"a length {NOT_RECORDED}")
              + f" per utterance of the speech under {_folder(data, 'train_dir')} (speaker = "
              "first field of the file name)")
-    sets = [f"`{data[k]}` ({name})" for k, name in (("test_other_dir", "LibriSpeech test-other"),
-                                                    ("fsdd_dir", "FSDD"))
-            if data.get(k)]
-    valid = ("none held out during training; verification after training on "
-             + (", ".join(sets) + ", speakers unseen in training (the Evaluation section)"
-                if sets else "no set"))
     return (train, valid, "the clean crops, volume-normalised to -30 dBFS, as the teacher got "
             "them: no noise or reverberation was added in training")
 
@@ -396,9 +445,42 @@ def _describe_data(data: dict[str, Any]) -> tuple[str, str]:
     return train + crops, valid
 
 
+#: The probabilities of the corruption kinds that change the student's input.
+_CORRUPTING = ("p_noise", "p_reverb", "p_noise_reverb")
+
+
+def ssl_input_corrupted(aug: dict[str, Any]) -> bool:
+    """Whether a ``distill`` run's ``augmentation`` section corrupted the student's input:
+    ``enabled`` and a probability above 0 of noise, reverberation or both (the
+    ``AugmentationConfig`` default for a key the section lacks). An empty section (nothing
+    recorded), ``enabled: false`` or ``p_none: 1`` with the others 0: False."""
+    if not aug or not aug.get("enabled", True):
+        return False
+    from ..augment.config import AugmentationConfig  # imports torch: only when asked
+
+    defaults = {f.name: f.default for f in dataclasses.fields(AugmentationConfig)}
+    return any(isinstance(p := aug.get(k, defaults[k]), int | float)
+               and not isinstance(p, bool) and p > 0 for k in _CORRUPTING)
+
+
+def student_input_corrupted(run: RunSummary) -> bool:
+    """Whether the run trained its student on corrupted input (what the ``noise-robust`` tag
+    claims): a ``distill`` run by its ``augmentation`` (:func:`ssl_input_corrupted`); a
+    ``train-se`` run always (noise is added to every item, :class:`robustdistill.se.data.
+    PairConfig`); a ``train-speaker`` run never (clean crops only)."""
+    if run.recipe == "se":
+        return True
+    if run.recipe == "speaker":
+        return False
+    return ssl_input_corrupted(config_section(run.config, "augmentation"))
+
+
 def _describe_corruption(aug: dict[str, Any]) -> str:
     if not aug or not aug.get("enabled", True):
         return "none (the student saw clean audio)"
+    if not ssl_input_corrupted(aug):
+        return ("none (the student saw clean audio: `augmentation` is enabled, but its "
+                "probabilities of noise, reverberation and both are 0)")
     noise = (f"recordings under `{aug['noise_dir']}` ({aug.get('noise_file_prob', 0.7):.0%}) or "
              "white Gaussian noise" if aug.get("noise_dir") else "white Gaussian noise")
     rooms = (f"measured room responses under `{aug['rir_dir']}`" if aug.get("rir_dir") else
@@ -463,7 +545,8 @@ def summarise_run(run_dir: str | Path, step: int | None = None,
     if recipe == "se":
         train, valid, corruption = _describe_se_data(config_section(config, "data"))
     elif recipe == "speaker":
-        train, valid, corruption = _describe_speaker_data(config_section(config, "data"))
+        train, valid, corruption = _describe_speaker_data(config_section(config, "data"),
+                                                          read_run_result(run_dir))
     else:
         train, valid = _describe_data(config.get("data") or {})
         corruption = _describe_corruption(config.get("augmentation") or {})
