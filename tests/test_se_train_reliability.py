@@ -339,6 +339,75 @@ def test_a_read_error_is_not_kept_in_the_scan_cache(tmp_path, monkeypatch):
     assert second.skipped == {} and len(second.files) == 2
 
 
+def _cached_names(cache: Path) -> list[str]:
+    (entry,) = cache.glob("*.json")
+    return sorted(Path(name).name for name in json.loads(entry.read_text())["files"])
+
+
+def test_the_scan_cache_forgets_files_no_longer_in_the_folder(tmp_path, monkeypatch):
+    """A corpus reorganised again and again: the cache holds the files there now, not every
+    path it ever saw; a deletion alone (every other check read back) is written too."""
+    import numpy as np
+    import soundfile as sf
+
+    import robustdistill.se.data as se_data
+
+    speech, cache = tmp_path / "speech", tmp_path / "scan_cache"
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        (speech / "a").mkdir(parents=True, exist_ok=True)
+        sf.write(speech / "a" / f"u{i}.wav", (0.1 * rng.standard_normal(8000))
+                 .astype(np.float32), 16000)
+    decoded = _count_decodes(monkeypatch)
+    se_data.SpeechIndex(speech, scan_cache_dir=cache)
+    for layout in ("b", "c", "d"):  # every file moved to another folder: all new paths
+        (speech / layout).mkdir()
+        for f in sorted(speech.rglob("*.wav")):
+            f.rename(speech / layout / f.name)
+        decoded.clear()
+        index = se_data.SpeechIndex(speech, scan_cache_dir=cache)
+        assert len(decoded) == 3 and len(index) == 3
+        (entry,) = cache.glob("*.json")
+        assert sorted(json.loads(entry.read_text())["files"]) == sorted(
+            str(Path(f).resolve()) for f in index.files)
+    (speech / "d" / "u1.wav").unlink()
+    decoded.clear()
+    index = se_data.SpeechIndex(speech, scan_cache_dir=cache)
+    assert decoded == [] and len(index) == 2
+    assert _cached_names(cache) == ["u0.wav", "u2.wav"]
+
+
+def test_concurrent_scan_cache_writers_each_leave_every_current_file(tmp_path):
+    """Two processes index the folder at once from the same old cache (holding a deleted
+    file): whichever rename lands last, the cache holds exactly the files there now."""
+    import numpy as np
+    import soundfile as sf
+
+    import robustdistill.se.data as se_data
+
+    speech, cache = tmp_path / "speech", tmp_path / "scan_cache"
+    speech.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("gone", "u0", "u1"):
+        sf.write(speech / f"{name}.wav", (0.1 * rng.standard_normal(8000)).astype(np.float32),
+                 16000)
+    se_data.SpeechIndex(speech, scan_cache_dir=cache)
+    (entry,) = cache.glob("*.json")
+    before = entry.read_text()
+    (speech / "gone.wav").unlink()
+    sf.write(speech / "new.wav", (0.1 * rng.standard_normal(8000)).astype(np.float32), 16000)
+    for last in (0, 1):
+        entry.write_text(before)
+        writers = [se_data.SpeechScanCache(cache, speech) for _ in range(2)]
+        for w in writers:  # both read the old cache before either writes
+            for f in sorted(speech.glob("*.wav")):
+                w.scan(f)
+        writers[1 - last].save()
+        writers[last].save()
+        assert _cached_names(cache) == ["new.wav", "u0.wav", "u1.wav"]
+        assert not [p for p in cache.iterdir() if p.suffix != ".json"]  # no temporary file
+
+
 def _count_decodes(monkeypatch) -> list[str]:
     """The names of the speech files decoded whole from now on (the scan cache's misses)."""
     import robustdistill.se.data as se_data
@@ -396,6 +465,59 @@ def test_an_explicit_scan_cache_dir_is_used_as_given(tmp_path, monkeypatch):
     assert se_train.main(se_train_args(tmp_path, tmp_path / "run2", 1,
                                        "--data.scan_cache_dir", str(shared))) == 0
     assert decoded == []
+
+
+@pytest.mark.parametrize("setting", [None, "off", "own"])
+def test_the_se_table_runs_share_one_scan_cache_unless_the_recipe_sets_one(
+        tmp_path, monkeypatch, setting):
+    """Each table run is a train-se run of its own folder: by default they share
+    ``<table out>/scan_cache``, so only the first decodes the speech folder; a recipe's
+    ``data.scan_cache_dir`` (a folder, or off) is kept."""
+    import yaml
+
+    from robustdistill.se import table
+
+    write_se_data(tmp_path)
+    recipe = {"student": {"ratio": 63},
+              "data": {"speech_dir": str(tmp_path / "speech"),
+                       "noise_dir": str(tmp_path / "noise"), "rir_dir": None,
+                       "reverb_prob": 0.0},
+              "loss": {"schedule": "sum"}, "training": {"report_to": "none"}}
+    if setting is not None:
+        recipe["data"]["scan_cache_dir"] = (setting if setting == "off"
+                                            else str(tmp_path / "own_cache"))
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "se_supervised.yaml").write_text(yaml.safe_dump(recipe))
+    decoded = _count_decodes(monkeypatch)
+    per_run = []
+    real_train = se_train.train_se
+
+    def counting(cfg):
+        start = len(decoded)
+        out = real_train(cfg)
+        per_run.append(len(decoded) - start)
+        return out
+
+    monkeypatch.setattr(se_train, "train_se", counting)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the table sets --threads
+    out = tmp_path / "table"
+    assert table.main(["--out", str(out), "--configs", str(tmp_path / "configs"),
+                       "--methods", "supervised", "--sizes", "63", "--seeds", "0", "1",
+                       "--steps", "1", "--batch-size", "2", "--crop-seconds", "0.25",
+                       "--pool-size", "2", "--snrs", "0", "--per-speaker", "1",
+                       "--max-seconds", "0.5", "--test-speech", str(tmp_path / "speech"),
+                       "--test-noise", str(tmp_path / "noise"), "--skip-teachers"]) == 0
+    shared = out / se_train.SCAN_CACHE_FOLDER
+    runs = [out / "runs" / f"supervised_63x_s{seed}" for seed in (0, 1)]
+    assert not any((run / se_train.SCAN_CACHE_FOLDER).exists() for run in runs)
+    if setting is None:
+        assert per_run == [3, 0]  # the second run reads the first's checks
+        assert len(list(shared.glob("*.json"))) == 1
+    elif setting == "off":
+        assert per_run == [3, 3] and not shared.exists()
+    else:
+        assert per_run == [3, 0] and not shared.exists()
+        assert len(list((tmp_path / "own_cache").glob("*.json"))) == 1
 
 
 @pytest.mark.parametrize(("value", "ok"), [("wandb", True), ("none", True),

@@ -244,11 +244,80 @@ def test_train_speaker_cache_and_gap_input_errors_are_one_line(tmp_path, monkeyp
     assert not (tmp_path / "cache").exists()  # nothing attributed
 
 
-def test_train_speaker_gap_refuses_bad_steps_in_one_line(tmp_path, monkeypatch, capsys):
+def _no_inputs(monkeypatch) -> None:
+    """Loading the teacher or the audio fails the test: the error must come before it."""
+    from robustdistill.speaker import train as train_mod
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the inputs were loaded before the argument error")
+
+    monkeypatch.setattr(train_mod, "load_ig_inputs", loaded)
+    monkeypatch.setattr(train_mod, "load_run_inputs", loaded)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--steps", "4,x"], "--steps must be comma-separated integers >= 2 (IG n_steps), got '4,x'"),
+    (["--steps", ""], "--steps must be comma-separated integers >= 2 (IG n_steps), got ''"),
+    (["--steps", "4,,8"], "got '4,,8'"),
+    (["--steps", "0"], "got '0'"),
+    (["--steps", "1,4"], "got '1,4'"),
+    (["--steps=-3"], "got '-3'"),
+    (["--crops", "0"], "--crops must be >= 1, got 0"),
+    (["--crops", "-2"], "--crops must be >= 1, got -2"),
+])
+def test_train_speaker_gap_refuses_bad_steps_and_crops_in_one_line(monkeypatch, capsys, extra,
+                                                                   message):
     monkeypatch.chdir(REPO)
-    line = _main_error(["gap", "--config", "configs/imlkd_speaker.yaml", "--steps", "4,x"],
-                       capsys)
-    assert "invalid literal for int()" in line and "'x'" in line
+    _no_inputs(monkeypatch)
+    line = _main_error(["gap", "--config", "configs/imlkd_speaker.yaml", *extra], capsys)
+    assert line.startswith("robustdistill train-speaker: error: --") and message in line
+
+
+def test_completeness_by_steps_refuses_no_crops_or_steps_before_loading(monkeypatch):
+    from robustdistill.speaker import train as train_mod
+
+    _no_inputs(monkeypatch)
+    cfg = train_mod.SpeakerKDConfig()
+    with pytest.raises(ValueError, match="num_crops must be >= 1, got 0"):
+        train_mod.completeness_by_steps(cfg, [4, 8], 0)
+    for steps in ([], [1, 4]):
+        with pytest.raises(ValueError, match="steps must be IG n_steps values >= 2"):
+            train_mod.completeness_by_steps(cfg, steps, 2)
+
+
+def test_train_speaker_gap_steps_are_sorted_once():
+    from robustdistill.speaker.train import parse_gap_steps
+
+    assert parse_gap_steps(" 16,4,8,4") == [4, 8, 16]
+
+
+@pytest.mark.parametrize("action, extra, message", [  # "''": YAML's empty string
+    ("cache", ["--ig.cache_dir", "''"], "ig.cache_dir must name a folder"),
+    ("cache", ["--ig.use_cache", "false"], "cache fills ig.cache_dir, but ig.use_cache is false"),
+    ("cache", ["--ig.cache_dir", "{root}/afile"], "{root}/afile is a file, not a folder"),
+    ("cache", ["--ig.cache_dir", "{root}/afile/maps"], "{root}/afile is a file, not a folder"),
+    ("table", ["--table.output_dir", "''"], "table.output_dir must name a folder"),
+    ("table", ["--table.output_dir", "{root}/afile"], "{root}/afile is a file, not a folder"),
+    ("table", ["--ig.cache_dir", "{root}/afile"], "{root}/afile is a file, not a folder"),
+    ("table", ["--table.seeds", "[0, 1, 0]"], "table.seeds must not repeat an entry"),
+    ("table", ["--table.methods", "[none, imlkd, none]"],
+     "table.methods must not repeat an entry"),
+    ("train", ["--training.output_dir", "{root}/afile"], "{root}/afile is a file, not a folder"),
+    ("train", ["--training.output_dir", "''"], "training.output_dir must name a folder"),
+])
+def test_train_speaker_cache_and_table_bad_folders_and_lists_are_one_line(
+        tmp_path, monkeypatch, capsys, action, extra, message):
+    # an empty folder name would be the working folder: the maps or runs would land there
+    monkeypatch.chdir(tmp_path)
+    _no_inputs(monkeypatch)
+    train, test = _data(tmp_path)
+    (tmp_path / "afile").write_text("not a folder\n")
+    argv = [action, "--config", str(REPO / "configs" / "imlkd_speaker.yaml"),
+            *_tiny_args(tmp_path, train, test), *[e.format(root=tmp_path) for e in extra]]
+    line = _main_error(argv, capsys)
+    assert line.startswith("robustdistill train-speaker: error:")
+    assert message.format(root=tmp_path) in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "test", "train"]
 
 
 @pytest.mark.parametrize("action", ["cache", "gap"])

@@ -87,7 +87,8 @@ class PairConfig:
             (:class:`SpeechScanCache`), so that the next start decodes only new or changed
             files. None (default): ``train-se`` keeps it in the run's
             ``<output_dir>/scan_cache`` (a resume reads it; ``student/``, which ``card`` and
-            ``push`` use, never holds it); a ``PairMaker`` built directly keeps none.
+            ``push`` use, never holds it), and the SE table's runs share its
+            ``<out>/scan_cache``; a ``PairMaker`` built directly keeps none.
             ``off`` (or an empty string): none, every start decodes every file (a folder
             named ``off`` is ``./off``).
 
@@ -275,11 +276,14 @@ class SpeechScanCache:
     """The results of :func:`scan_speech_file` for the files of one speech folder, kept in
     ``<folder>/<SHA-1 of the speech folder's resolved path>.json`` and keyed by each file's
     resolved path, size (bytes) and modification time (ns): a file that changed is checked
-    again. Written atomically (:func:`robustdistill.files.atomic_write_text`: a temporary file
-    of a unique name, renamed over the cache), so processes that index the same folder at once
-    (the ranks of a multi-process run, each of which checks the files it does not find) never
-    read half a file, and concurrent writers leave one of their complete files, each holding
-    every file of the folder.
+    again. A save keeps only the entries of the files checked (:meth:`scan`) since the cache was
+    read, the files the index found this time: the entry of a file deleted, moved or no longer
+    probed is dropped, so the cache holds the folder as it is, not every file it ever held.
+    Written atomically (:func:`robustdistill.files.atomic_write_text`: a temporary file of a
+    unique name, renamed over the cache), so processes that index the same folder at once (the
+    ranks of a multi-process run, each of which checks every file, decoding those it does not
+    find) never read half a file, and concurrent writers leave one of their complete files,
+    each holding every file of the folder.
 
     Args:
         folder: where the cache files live (created on :meth:`save`).
@@ -298,6 +302,7 @@ class SpeechScanCache:
                                self.path, err)
         self.hits = self.misses = 0
         self._changed = False
+        self._seen: set[str] = set()
 
     @staticmethod
     def _key(path: str | Path) -> tuple[str, list[int]]:
@@ -312,6 +317,7 @@ class SpeechScanCache:
                 its reason and message).
         """
         name, stamp = self._key(path)
+        self._seen.add(name)
         entry = self.entries.get(name)
         if entry is not None and entry["stamp"] == stamp:
             self.hits += 1
@@ -331,8 +337,14 @@ class SpeechScanCache:
         return loudest
 
     def save(self) -> None:
-        """Write the cache if a file was checked (again) since it was read."""
-        if self._changed:
+        """Write the cache, with the entries of the files checked since it was read only, if
+        a file was checked (again) or an entry is dropped."""
+        stale = self.entries.keys() - self._seen
+        if stale:
+            self.entries = {k: v for k, v in self.entries.items() if k in self._seen}
+            logger.info("%s: dropping the checks of %d speech files not indexed this time "
+                        "(deleted, moved or unreadable)", self.path, len(stale))
+        if self._changed or stale:
             try:
                 atomic_write_text(self.path, json.dumps({"version": 1, "files": self.entries}))
             except OSError as err:  # a folder this user cannot write: the run goes on

@@ -10,6 +10,10 @@ every student and the NSNet2 and DTLN teachers on the held-out pairs of
 ``table.md`` (mean and standard deviation over seeds, and the paired check of the two-step
 paper's claim). Runs whose ``results`` are already in ``results.json`` are skipped, so an
 interrupted table resumes.
+
+The runs share one speech scan cache, ``<out>/scan_cache`` (:class:`~robustdistill.se.data.
+SpeechScanCache`), so only the table's first run decodes the speech folder; a recipe that sets
+``data.scan_cache_dir`` (a folder, or ``off``) keeps its own setting.
 """
 
 from __future__ import annotations
@@ -140,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from .students import GRUMaskStudent, count_parameters
     from .teachers import load_teacher
-    from .train import load_se_config, train_se
+    from .train import SCAN_CACHE_FOLDER, load_se_config, train_se
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -180,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                 if method == "two_step_gram":
                     overrides += ["--loss.kd_steps", str(int(args.steps * args.kd_fraction))]
                 cfg = load_se_config(Path(args.configs) / f"se_{method}.yaml", overrides)
+                if cfg.data.scan_cache_dir is None:  # not the run's own <run_dir>/scan_cache
+                    cfg.data.scan_cache_dir = str(out / SCAN_CACHE_FOLDER)
                 if not (run_dir / "student" / "model.safetensors").is_file():
                     train_se(cfg)
                 train_s = time.perf_counter() - t0

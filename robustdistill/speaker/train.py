@@ -205,7 +205,8 @@ class IGConfig:
 
     Raises:
         ValueError: (on construction) no ``durations`` or one ``<= 0``, ``n_steps < 2``, an
-            unknown ``baseline``, or ``internal_batch_size < 1``.
+            unknown ``baseline``, ``internal_batch_size < 1``, or an empty ``cache_dir`` (it
+            would be the working folder; ``use_cache: false`` is no cache).
     """
 
     durations: list[float | None] = field(default_factory=lambda: [1.0, 2.0, None])
@@ -224,6 +225,9 @@ class IGConfig:
         if self.internal_batch_size is not None and self.internal_batch_size < 1:
             raise ValueError(f"ig.internal_batch_size must be >= 1 or null, got "
                              f"{self.internal_batch_size}")
+        if not self.cache_dir:
+            raise ValueError("ig.cache_dir must name a folder (for no cache: ig.use_cache "
+                             "false)")
         try:
             self.settings()
         except ValueError as err:
@@ -315,7 +319,8 @@ class TrainConfig:
     Raises:
         ValueError: (on construction) ``epochs < 1``, ``batch_size < 2`` (a batch of one crop
             is skipped, so nothing would train), ``lr <= 0``, a negative ``weight_decay`` or
-            ``seed``, or ``max_grad_norm <= 0``; the message names the key.
+            ``seed``, ``max_grad_norm <= 0``, or an empty ``output_dir``; the message names the
+            key.
     """
 
     output_dir: str = "runs/imlkd_speaker/run"
@@ -329,6 +334,8 @@ class TrainConfig:
     max_grad_norm: float = 5.0
 
     def __post_init__(self) -> None:
+        if not self.output_dir:
+            raise ValueError("training.output_dir must name a folder")
         _at_least("training", self, epochs=1, batch_size=2, seed=0)
         for name in ("lr", "max_grad_norm"):
             if not getattr(self, name) > 0:
@@ -349,8 +356,9 @@ class TableConfig:
             ``table.md``; a finished run with the same config there is reused.
 
     Raises:
-        ValueError: (on construction) no ``methods`` or an unknown one, no ``seeds`` or a
-            negative one.
+        ValueError: (on construction) no ``methods``, an unknown or repeated one, no ``seeds``,
+            a negative or repeated one (a repeated run would count twice in the mean and
+            standard deviation), or an empty ``output_dir``.
     """
 
     methods: list[str] = field(default_factory=lambda: list(METHODS))
@@ -365,6 +373,13 @@ class TableConfig:
         if not self.seeds or min(self.seeds) < 0:
             raise ValueError(f"table.seeds must be a non-empty list of seeds >= 0, got "
                              f"{self.seeds}")
+        for key in ("methods", "seeds"):
+            values = getattr(self, key)
+            if len(set(values)) < len(values):
+                raise ValueError(f"table.{key} must not repeat an entry (each run would count "
+                                 f"twice in the table), got {values}")
+        if not self.output_dir:
+            raise ValueError("table.output_dir must name a folder")
 
 
 @dataclass
@@ -993,20 +1008,45 @@ def fill_cache(cfg: SpeakerKDConfig, batch_size: int = 32,
             "relative_gap_max": float(np.max(gaps))}
 
 
+def parse_gap_steps(text: str) -> list[int]:
+    """The ``n_steps`` values of ``gap --steps`` (``"4,8,16,32"``), sorted, each once.
+
+    Raises:
+        ValueError: no value, or one that is not an integer ``>= 2`` (captum's quadratures
+            need two points); the message names ``--steps``.
+    """
+    try:
+        steps = [int(x) for x in text.split(",")]
+    except ValueError:
+        steps = []
+    if not steps or min(steps) < 2:
+        raise ValueError(f"--steps must be comma-separated integers >= 2 (IG n_steps), got "
+                         f"{text!r}")
+    return sorted(set(steps))
+
+
 def completeness_by_steps(cfg: SpeakerKDConfig, steps: list[int], num_crops: int,
                           inputs: tuple[GE2E, list[Crop]] | None = None
                           ) -> dict[int, dict[str, float]]:
     """Completeness gap ``|delta| / |F(x) - F(baseline)|`` of the maps of the first
-    ``num_crops`` training crops (one per utterance) at each ``n_steps`` (no cache): mean and max
-    over segments, and the mean L1 distance of the maps to those of the largest ``n_steps``.
+    ``num_crops`` training crops (one per utterance; all of them when there are fewer) at each
+    ``n_steps`` (no cache): mean and max over segments, and the mean L1 distance of the maps to
+    those of the largest ``n_steps``.
 
     Args:
+        steps: the ``n_steps`` values (each ``>= 2``).
+        num_crops: how many crops (``>= 1``).
         inputs: ``(teacher, crops)`` already loaded (:func:`load_ig_inputs` with one crop per
             utterance); ``None`` loads them here.
 
     Raises:
+        ValueError: no ``steps``, one below 2, or ``num_crops < 1`` (before any loading).
         FileNotFoundError / TeacherLoadError / SpeakerDataError: while loading ``inputs``.
     """
+    if not steps or min(steps) < 2:
+        raise ValueError(f"steps must be IG n_steps values >= 2, got {steps}")
+    if num_crops < 1:
+        raise ValueError(f"num_crops must be >= 1, got {num_crops}")
     teacher, crops = load_ig_inputs(cfg, 1) if inputs is None else inputs
     crops = crops[:num_crops]
     centroids, bounds = _attribution_targets(cfg, teacher, crops)
@@ -1034,13 +1074,15 @@ def main(argv: list[str]) -> int:
 
     ``cache`` computes every training map into ``ig.cache_dir`` once and prints its time and
     completeness gaps; ``gap --steps 4,8,16,32 --crops 4`` prints the completeness gap of a few
-    crops' maps at each ``n_steps``.
+    crops' maps at each ``n_steps`` (``--steps`` and ``--crops`` are read by ``gap`` only).
 
     Start-up problems end in a one-line parser error (exit 2), before any training or
     attribution, in every action: a config that is missing, empty, not valid YAML or holds a
-    bad value; a missing or foreign teacher file (or no resemblyzer package); a missing
-    ``student.upstream`` folder; a missing data folder; a set unusable once its bad files are
-    skipped; a verification speaker seen in training. An error once the work has started (a
+    bad value; ``gap``'s ``--steps`` not integers ``>= 2`` or ``--crops`` below 1; ``cache``
+    with ``ig.use_cache false``; an output or cache folder that is a file; a missing or foreign
+    teacher file (or no resemblyzer package); a missing ``student.upstream`` folder; a missing
+    data folder; a set unusable once its bad files are skipped; a verification speaker seen in
+    training. An error once the work has started (a
     ``FileNotFoundError`` hours in) keeps its traceback. Unusable audio files are skipped with
     a warning naming each (counted in ``result.json``'s ``skipped_files``)."""
     from robustdistill.config_reference import config_reference
@@ -1053,8 +1095,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("action", choices=["train", "table", "cache", "gap"])
     parser.add_argument("--config", required=True)
     parser.add_argument("--steps", default="4,8,16,32",
-                        help="gap: the IG n_steps values, comma-separated")
-    parser.add_argument("--crops", type=int, default=4, help="gap: number of crops")
+                        help="gap: the IG n_steps values (each >= 2), comma-separated")
+    parser.add_argument("--crops", type=int, default=4, help="gap: number of crops (>= 1)")
     args, rest = parser.parse_known_args(argv)
     try:
         require_single_process("robustdistill train-speaker")
@@ -1062,7 +1104,15 @@ def main(argv: list[str]) -> int:
         if cfg.student.kind == "upstream":
             check_model_path(cfg.student.upstream, "student.upstream",
                              "robustdistill create-student --teacher ID_OR_DIR --out DIR")
-        steps = [int(x) for x in args.steps.split(",")] if args.action == "gap" else []
+        steps: list[int] = []
+        if args.action == "gap":
+            steps = parse_gap_steps(args.steps)
+            if args.crops < 1:
+                raise ValueError(f"--crops must be >= 1, got {args.crops}")
+        if args.action == "cache" and not cfg.ig.use_cache:
+            raise ValueError("cache fills ig.cache_dir, but ig.use_cache is false")
+        for key, folder in _folders_written(cfg, args.action):
+            _check_folder(key, folder)
     except (ValueError, FileNotFoundError) as err:  # ConfigError is a ValueError
         parser.error(str(err))
     # Inputs are loaded first: an input error ends in one line, not a traceback. The work runs
@@ -1083,6 +1133,30 @@ def main(argv: list[str]) -> int:
     result = train_system(cfg, teacher, crops, sets, skipped_files=skipped)
     print(json.dumps(result.get("eval", {}), indent=1))
     return 0
+
+
+def _folders_written(cfg: SpeakerKDConfig, action: str) -> list[tuple[str, str]]:
+    """``(key, folder)`` of each folder ``action`` creates (``gap`` creates none; every run
+    of ``train`` and ``table`` opens the map cache, whatever its method)."""
+    if action == "gap":
+        return []
+    out = [("ig.cache_dir", cfg.ig.cache_dir)] if cfg.ig.use_cache else []
+    if action == "train":
+        out.append(("training.output_dir", cfg.training.output_dir))
+    if action == "table":
+        out.append(("table.output_dir", cfg.table.output_dir))
+    return out
+
+
+def _check_folder(key: str, folder: str) -> None:
+    """Raise ValueError naming ``key`` when ``folder`` or the nearest of its existing parents
+    is not a folder (``mkdir`` would fail with a traceback once the work starts)."""
+    path = Path(folder)
+    for q in (path, *path.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise ValueError(f"{key} {folder!r}: {q} is a file, not a folder")
+            return
 
 
 def _load_or_exit(parser: argparse.ArgumentParser, load: Callable[[], T]) -> T:
