@@ -374,7 +374,7 @@ def upstream_labels(results: Sequence[dict[str, Any]], names: dict[str, str] | N
             precedence, its label, its full ``upstream`` id, or its folder name when no other
             result shares that folder name (so names given as folder names keep working).
             A folder-name key that several results share renames none of them (with a logged
-            warning): give their labels instead.
+            warning): give their labels instead. A key that matches no result is logged too.
 
     Returns:
         One label (or its new name) per result, in ``results`` order.
@@ -386,7 +386,7 @@ def upstream_labels(results: Sequence[dict[str, Any]], names: dict[str, str] | N
               for i, lab in enumerate(labels)]
     if not names:
         return labels
-    out, warned = [], set()
+    out, warned, used = [], set(), set()
     for r, s, lab in zip(results, short, labels, strict=True):
         keys = [lab, str(r["upstream"])] + ([s] if short.count(s) == 1 else [])
         key = next((k for k in keys if k in names), None)
@@ -396,7 +396,11 @@ def upstream_labels(results: Sequence[dict[str, Any]], names: dict[str, str] | N
                            "them by their labels (%s)", s, names[s], short.count(s), s,
                            ", ".join(repr(x) for x, y in zip(labels, short, strict=True)
                                      if y == s))
+        used.add(key)
         out.append(names[key] if key is not None else lab)
+    if unknown := [k for k in names if k not in used and k not in warned]:
+        logger.warning("names %s match no upstream (labels: %s)", unknown,
+                       ", ".join(map(repr, labels)))
     return out
 
 

@@ -18,6 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
+from downstream.results import upstream_labels
+
 TASK_TITLES = {"kws": "KWS (FSDD digits)", "sid": "SID (LibriSpeech speakers)",
                "sv": "SV (unseen LibriSpeech speakers)", "se": "SE (BLSTM mask head)",
                "asr": "ASR (linear CTC head, Whisper transcripts)"}
@@ -43,11 +45,9 @@ def task_table(folder: Path, names: dict[str, str], pairs: list[tuple[str, str]]
     metric = metric or results[0]["primary_metric"]
     conditions = results[0]["conditions"]
     by_path = {r["upstream"]: r for r in results}
-    compared = {c["a"] for c in compare["comparisons"]} | {c["b"] for c in compare["comparisons"]}
-    label_of = {}  # compare's name for an upstream (its path, or the path's last part) -> label
-    for label, path in names.items():
-        if path in by_path:
-            label_of[path if path in compared else Path(path).name] = label
+    compare_label = dict(zip((r["upstream"] for r in results), upstream_labels(results),
+                             strict=True))  # as compare named the upstreams in its rows
+    label_of = {compare_label[path]: label for label, path in names.items() if path in by_path}
     better = "higher" if results[0]["higher_is_better"] else "lower"
     seeds = sorted({len(r["seeds"]) for r in results})
     lines = [f"{metric}, {better} is better; mean over {'/'.join(map(str, seeds))} seeds "

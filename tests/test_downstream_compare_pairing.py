@@ -216,3 +216,8 @@ def test_report_names_match_labels_paths_and_unambiguous_folder_names(tmp_path, 
         text = report(path, scale=100, names={"student": "S"})
     assert "| S |" not in text and "| runs/a/student | 90.0 |" in text
     assert "2 upstreams have the folder name 'student'" in caplog.text
+    assert "match no upstream" not in caplog.text  # warned once, as a shared folder name
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="downstream.results"):
+        report(path, scale=100, names={"runs/a/studnet": "A", "whisper-tiny.en": "T"})
+    assert "names ['runs/a/studnet'] match no upstream" in caplog.text

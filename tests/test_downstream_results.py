@@ -225,12 +225,48 @@ def test_evidence_script_formats_a_null_metric_as_nan():
     assert module.fmt(12.34) == "12.3"
 
 
+def test_evidence_script_finds_pairs_of_upstreams_with_the_same_folder_name(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "evidence_downstream.py"
+    spec = importlib.util.spec_from_file_location("evidence_downstream", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def result(upstream, value):
+        return {"upstream": upstream, "seeds": [0, 1], "conditions": ["clean"],
+                "primary_metric": "accuracy", "higher_is_better": True,
+                "metrics": {"clean": {"accuracy": value}},
+                "intervals": {"clean": {"accuracy": [value - 0.1, value + 0.1]}}}
+
+    # three upstreams: two share the folder name `student` (compare names them by path), the
+    # third is `student_init` (compare names it by folder name)
+    results = [result("runs/ev/plain/student", 0.6), result("runs/ev/robust/student", 0.8),
+               result("runs/ev/robust/student_init", 0.2)]
+    row = {"metric": "accuracy", "condition": "clean", "significant": True}
+    comparisons = [{**row, "a": "runs/ev/robust/student", "b": "student_init",
+                    "difference": 0.6, "low": 0.4, "high": 0.8},
+                   {**row, "a": "runs/ev/plain/student", "b": "runs/ev/robust/student",
+                    "difference": -0.2, "low": -0.3, "high": -0.1}]
+    (tmp_path / "kws" / "compare").mkdir(parents=True)
+    (tmp_path / "kws" / "compare" / "results.json").write_text(
+        json.dumps({"results": results, "comparisons": comparisons}))
+    names = {"plain": "runs/ev/plain/student", "robust": "runs/ev/robust/student",
+             "random": "runs/ev/robust/student_init"}
+    text = "\n".join(module.task_table(tmp_path / "kws", names,
+                                       [("robust", "random"), ("robust", "plain")]))
+    assert "robust - random, clean: +0.600 [+0.400, +0.800]" in text
+    assert "robust - plain, clean: +0.200 [+0.100, +0.300]" in text
+
+
 def _seed_run(tmp_path, name, seed, correct, test_set=None):
     """One single-seed run on disk (items + the fields aggregate_seeds reads); its test-set hash
     depends on the seed, as the runner's does."""
     r = _result(tmp_path, f"{name}/seed{seed}", "utterance_classification", "accuracy",
                 {"clean": _uc_items(correct)})
-    r.update(seed=seed, label="kws", upstream=f"/models/{name}", test_set_sha1=test_set or f"test-set-of-seed-{seed}",
+    r.update(seed=seed, label="kws", upstream=f"/models/{name}",
+             test_set_sha1=test_set or f"test-set-of-seed-{seed}",
              featurizer={"weights": {"0": 1.0}}, timing={"total_s": 1.0})
     return r
 
@@ -242,10 +278,8 @@ def test_different_seed_sets_are_compared_on_the_shared_seeds(tmp_path):
     runs = [_seed_run(tmp_path, "a", s, c) for s, c in
             ((0, [0, 0, 0, 0]), (1, [1, 1, 1, 1]), (2, [0, 0, 0, 0]))]
     a = aggregate_seeds(runs, [tmp_path / "a" / f"seed{s}" for s in (0, 1, 2)], resamples=10)
-    a["label"] = "a"
     assert a["per_seed_test_set_sha1"] == {str(s): f"test-set-of-seed-{s}" for s in (0, 1, 2)}
     b = _seed_run(tmp_path, "b", 1, [0, 0, 0, 0])
-    b["label"] = "b"
     rows, notes = paired_comparisons([a, b], resamples=20)
     # on seed 1 alone a is right on all 4 items and b on none (over all of a's seeds: 1 / 3)
     assert len(rows) == 1 and rows[0]["seeds"] == [1]
@@ -254,7 +288,6 @@ def test_different_seed_sets_are_compared_on_the_shared_seeds(tmp_path):
     # the same seed on another test set (another noise folder, say), or no shared seed: skipped
     for other in (_seed_run(tmp_path, "c", 1, [0] * 4, test_set="other"),
                   _seed_run(tmp_path, "d", 5, [0] * 4)):
-        other["label"] = "x"
         rows, notes = paired_comparisons([a, other], resamples=20)
         assert rows == [] and "different test sets" in notes[0]
     # a multi-seed result written before per-seed hashes were recorded: skipped, as before

@@ -195,3 +195,9 @@ def test_evaluate_model_means_scores_and_improvements_per_snr():
         expected = np.mean([m[k] - b[k] for m, b in zip(enhanced, scores[0.0], strict=True)])
         assert out["0"][f"{k}_i"] == pytest.approx(expected, abs=1e-6)
     assert out["0"]["si_sdr_i"] > 5  # 12 dB less noise
+    assert out["0"]["unscored"] == {}
+    # a silent output on the first utterance: SI-SDR undefined, counted, not averaged in
+    silent = evaluate_model(_Oracle([np.zeros_like(estimates[0]), estimates[1]]), pairs)["0"]
+    assert silent["unscored"]["si_sdr"] == 1 and silent["unscored"]["si_sdr_i"] == 1
+    assert silent["n"] == 2
+    assert silent["si_sdr"] == pytest.approx(enhanced[1]["si_sdr"], abs=1e-6)

@@ -267,6 +267,20 @@ def test_se_table_rows_per_method_and_size_and_the_paired_claim_check():
     assert f"[{1 - half:.2f}, {1 + half:.2f}] dB" in claim
 
 
+def test_se_table_names_the_unscored_utterances():
+    results = {"noisy": {"results": {"-5": _scores(-5.0)}},
+               "mixture_63x_s0": {"parameters": 100, "results": {"-5": {
+                   **_scores(1.0), "n": 24, "unscored": {"pesq": 2, "si_sdr": 1}}}},
+               "mixture_63x_s1": {"parameters": 100, "results": {"-5": {
+                   **_scores(2.0), "n": 24, "unscored": {}}}}}
+    text = render_table(results, ["-5"], ["mixture"], [63])
+    assert ("Unscored utterances, left out of the means above" in text
+            and "mixture_63x_s0 at -5 dB: pesq 2 of 24, si_sdr 1 of 24." in text)
+    assert "mixture_63x_s1" not in text  # nothing unscored: not listed
+    del results["mixture_63x_s0"]["results"]["-5"]["unscored"]  # written before the count
+    assert "Unscored" not in render_table(results, ["-5"], ["mixture"], [63])
+
+
 def test_se_table_merge_takes_the_snrs_of_the_merged_results(tmp_path, capsys):
     """Seed folders run with ``--snrs -5 0`` merge without repeating ``--snrs`` (it used to
     look for the default 5 dB column and fail with KeyError '5')."""

@@ -96,8 +96,11 @@ def evaluate_model(model: FrameModel, pairs: TestPairs) -> dict:
     """Per-SNR means of every metric and improvement.
 
     Returns:
-        ``{snr: {"si_sdr", "pesq", "stoi", "si_sdr_i", "pesq_i", "stoi_i", "n"}}`` (SNR as a
-        string key, e.g. ``"-5"``); PESQ failures (NaN) are left out of its means.
+        ``{snr: {"si_sdr", "pesq", "stoi", "si_sdr_i", "pesq_i", "stoi_i", "n", "unscored"}}``
+        (SNR as a string key, e.g. ``"-5"``; ``n`` utterances). A score that cannot be computed
+        (a PESQ failure; SI-SDR of a silent output) is NaN, left out of its mean and counted in
+        ``unscored`` (``{metric: count}``, only counts above 0), since leaving it out favours
+        a model that fails on it.
     """
     from downstream.tasks.speech_enhancement.task import speech_metrics
 
@@ -110,8 +113,12 @@ def evaluate_model(model: FrameModel, pairs: TestPairs) -> dict:
             m = speech_metrics(enh, x, pairs.names[i])
             base = pairs.noisy_scores[snr][i]
             rows.append({**m, **{f"{k}_i": m[k] - base[k] for k in METRICS}})
-        agg = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
+        values = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]}
+        agg: dict = {k: float(v[np.isfinite(v)].mean()) if np.isfinite(v).any()
+                     else float("nan") for k, v in values.items()}
         agg["n"] = len(rows)
+        agg["unscored"] = {k: int(n) for k, v in values.items()
+                           if (n := np.count_nonzero(~np.isfinite(v)))}
         out[f"{snr:g}"] = agg
     return out
 

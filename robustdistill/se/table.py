@@ -69,6 +69,14 @@ def render_table(results: dict, snrs: list[str], methods: list[str], sizes: list
                 row = [_fmt([r["results"][snr][c] for r in runs], d) for c, d in cols]
                 lines.append(f"| {method} {size}x | {runs[0]['parameters']} | {len(runs)} | "
                              + " | ".join(row) + " |")
+    unscored = [f"{name} at {snr} dB: " + ", ".join(f"{m} {n} of {r['results'][snr]['n']}"
+                                                   for m, n in counts.items())
+                for name, r in results.items() for snr in snrs
+                if (counts := r["results"].get(snr, {}).get("unscored"))]
+    if unscored:
+        lines += ["", "Unscored utterances, left out of the means above (a PESQ failure, or "
+                      "SI-SDR of a silent output; leaving them out favours the model): "
+                  + "; ".join(unscored) + "."]
     # the two-step paper's claim: at -5 dB and 63x, two-step + Gram beats the mixture by ~1 dB
     a = {k.split("_s")[-1]: v for k, v in results.items() if k.startswith("two_step_gram_63x_s")}
     b = {k.split("_s")[-1]: v for k, v in results.items() if k.startswith("mixture_63x_s")}
@@ -194,9 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "parameters": count_parameters(student),
                                 "train_seconds": round(train_s, 1),
                                 "results": evaluate_model(student, pairs)}
-                logger.info("%s: SI-SDR at -5 dB %.2f (%.0f s)", key,
-                            results[key]["results"].get("-5", {}).get("si_sdr", float("nan")),
-                            time.perf_counter() - t0)
+                lowest = min(results[key]["results"], key=float)  # the hardest input SNR
+                logger.info("%s: SI-SDR at %s dB %.2f (%.0f s)", key, lowest,
+                            results[key]["results"][lowest]["si_sdr"], time.perf_counter() - t0)
                 save()
     save()
     print((out / "table.md").read_text())
