@@ -86,7 +86,7 @@ def report(path: str | Path, scale: float = 1.0, digits: int = 1,
                 text += f" ({count} unscored)"
             cells.append(text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if note := unscored_note(results):
+    if note := unscored_note(results, primary):
         lines += ["", f"Note: {note}"]
     rows = data.get("comparisons") or []
     if rows:

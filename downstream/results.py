@@ -445,12 +445,13 @@ def _interval_cell(result: dict[str, Any], cond: str, metric: str) -> str:
     return text
 
 
-def unscored_note(results: Sequence[dict[str, Any]]) -> str | None:
-    """One sentence explaining the ``(n unscored)`` marks of :func:`results_table` and
-    :func:`downstream.report.report`, or None when no result records an unscored item."""
+def unscored_note(results: Sequence[dict[str, Any]], metric: str | None = None) -> str | None:
+    """One sentence explaining the ``(n unscored)`` marks of :func:`results_table` (every
+    metric) and :func:`downstream.report.report` (``metric``, the primary one, alone), or None
+    when no result records an unscored item (of ``metric``, when given)."""
     counted = [r for r in results if isinstance(r.get("unscored"), dict)
-               and any(unscored_count(r, cond, metric) for cond, per in r["unscored"].items()
-                       if isinstance(per, dict) for metric in per)]
+               and any(unscored_count(r, cond, m) for cond, per in r["unscored"].items()
+                       if isinstance(per, dict) for m in per if metric in (None, m))]
     if not counted:
         return None
     unit = "/".join(sorted({str(r.get("item_unit", "item")) for r in counted}))
@@ -546,10 +547,18 @@ def results_table(results: Sequence[dict[str, Any]],
     return "\n".join(lines)
 
 
+def _test_set_id(result: dict[str, Any]) -> Any:
+    """What identifies a result's test audio: its seeds' test-set hashes as a set of
+    ``(seed, sha1)`` (the same seeds aggregated in another order, or one seed aggregated, is
+    the same test set), or, where those are unknown, its ``test_set_sha1``."""
+    per_seed = _seed_test_sets(result)
+    return frozenset(per_seed.items()) if per_seed else result.get("test_set_sha1")
+
+
 def _different_test_sets(results: Sequence[dict[str, Any]]) -> bool:
-    """True when two results record different test-set hashes (results without one, written
-    before the hash existed, are not counted)."""
-    return len({r["test_set_sha1"] for r in results if r.get("test_set_sha1")}) > 1
+    """True when two results were tested on different test audio (:func:`_test_set_id`;
+    results without a hash, written before the hash existed, are not counted)."""
+    return len({_test_set_id(r) for r in results if r.get("test_set_sha1")}) > 1
 
 
 def _task_label(result: dict[str, Any]) -> str:
@@ -652,16 +661,17 @@ def paired_comparisons(results: Sequence[dict[str, Any]], resamples: int = 1000,
     conditions = _ordered_conditions(results)
     for (ia, a), (ib, b) in itertools.combinations(enumerate(results), 2):
         pair = f"{labels[ia]} vs {labels[ib]}"
-        seeds = None  # all, when the test sets agree
+        seeds = None  # all, in each result's own order, when the test sets agree
         if a.get("test_set_sha1") != b.get("test_set_sha1"):
             seeds = _shared_seeds(a, b)
             if not seeds:
                 notes.append(f"{pair}: different test sets (test_set_sha1), no paired test")
                 continue
-            notes.append(f"{pair}: compared on seed{'s' if len(seeds) > 1 else ''} "
-                         f"{', '.join(map(str, seeds))} only, the seeds both ran "
-                         f"({labels[ia]}: {', '.join(map(str, _result_seeds(a)))}; "
-                         f"{labels[ib]}: {', '.join(map(str, _result_seeds(b)))})")
+            if _test_set_id(a) != _test_set_id(b):  # not merely the same seeds in another order
+                notes.append(f"{pair}: compared on seed{'s' if len(seeds) > 1 else ''} "
+                             f"{', '.join(map(str, seeds))} only, the seeds both ran "
+                             f"({labels[ia]}: {', '.join(map(str, _result_seeds(a)))}; "
+                             f"{labels[ib]}: {', '.join(map(str, _result_seeds(b)))})")
         left_out = []
         for cond in conditions:
             if cond not in a["metrics"] or cond not in b["metrics"]:

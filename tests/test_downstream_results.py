@@ -442,3 +442,29 @@ def test_report_marks_unscored_primary_cells_and_old_files_are_unchanged(tmp_pat
     path.write_text(json.dumps({"results": [res("a"), res("b")]}))  # an old file
     old = report(path, digits=2)
     assert "| a | 3.00 | 1.50 |" in old.splitlines() and "unscored" not in old
+    # only a metric the report does not show is unscored: no mark, so no note explaining one
+    path.write_text(json.dumps({"results": [res("a", {"snr0": {"si_sdr": 3}}), res("b")]}))
+    assert "unscored" not in report(path, digits=2)
+
+
+def test_the_same_seeds_in_another_order_are_the_same_test_set(tmp_path):
+    from downstream.results import aggregate_seeds, results_table
+
+    def aggregate(name, order, correct):
+        runs = [_seed_run(tmp_path, name, s, correct[s]) for s in order]
+        return aggregate_seeds(runs, [tmp_path / name / f"seed{s}" for s in order], resamples=10)
+
+    # a right on everything of seed 0 only; b right on nothing; b aggregated as 2, 1, 0
+    a = aggregate("a", (0, 1, 2), {0: [1] * 4, 1: [0] * 4, 2: [0] * 4})
+    b = aggregate("b", (2, 1, 0), {0: [0] * 4, 1: [0] * 4, 2: [0] * 4})
+    assert a["test_set_sha1"] != b["test_set_sha1"]  # hashes of the seeds in run order
+    rows, notes = paired_comparisons([a, b], resamples=20)
+    assert notes == [] and len(rows) == 1 and rows[0]["seeds"] == [0, 1, 2]
+    assert rows[0]["difference"] == pytest.approx(1 / 3)  # seed by seed, in a's order
+    assert "different test sets" not in results_table([a, b])
+    # one seed aggregated beside the plain run of that seed: the same test set too
+    one = aggregate("c", (0,), {0: [0] * 4})
+    plain = _seed_run(tmp_path, "d", 0, [1] * 4)
+    rows, notes = paired_comparisons([one, plain], resamples=20)
+    assert notes == [] and rows[0]["difference"] == pytest.approx(-1.0)
+    assert "different test sets" not in results_table([one, plain])

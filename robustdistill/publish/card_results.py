@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from downstream.results import upstream_labels
+
 from .provenance import RunSummary
 from .results import TaskResult, load_task_results
 
@@ -132,10 +134,10 @@ def _short(upstream: str) -> str:
     return Path(upstream.rstrip("/")).name or upstream
 
 
-def _role(upstream: str, run: RunSummary | None) -> str:
-    """``upstream`` with what it is in the run: the teacher, or the student before
-    distillation (``student_init``)."""
-    name = f"`{_short(upstream)}`"
+def _role(upstream: str, run: RunSummary | None, label: str | None = None) -> str:
+    """``upstream`` (shown as ``label``, default its folder name) with what it is in the run:
+    the teacher, or the student before distillation (``student_init``)."""
+    name = f"`{label or _short(upstream)}`"
     if run is None:
         return name
     here = Path(upstream)
@@ -156,8 +158,11 @@ def _primary_table(mine: TaskResult, others: Sequence[TaskResult],
         conditions += [c for c in o.conditions if c not in conditions]
     lines = ["| upstream | " + " | ".join(f"`{c}`" for c in conditions) + " |",
              "|---|" + "---|" * len(conditions)]
+    # the other upstreams named as results.md and compare's rows name them (folder name, or
+    # the full id where two share a folder name)
+    labels = upstream_labels([{"upstream": r.upstream} for r in (mine, *others)])
     for i, r in enumerate([mine, *others]):
-        name = "**this model**" if i == 0 else _role(r.upstream, run)
+        name = "**this model**" if i == 0 else _role(r.upstream, run, labels[i])
         cells = [r.metrics.get(c, {}).get(mine.primary_metric) for c in conditions]
         lines.append(f"| {name} | " + " | ".join(m.text() if m else "-" for m in cells) + " |")
     return "\n".join(lines)

@@ -72,6 +72,7 @@ from .losses import LossConfig, SELoss
 from .stft import StftConfig
 from .students import GRUMaskStudent, StudentConfig, config_for_ratio, count_parameters
 from .teachers import load_teacher
+from .teachers.onnx_weights import TeacherUnavailable
 
 __all__ = ["DataFolderError", "SETrainConfig", "TrainingOptions", "StudentOptions",
            "load_se_config", "train_se", "main", "parameter_hash"]
@@ -563,8 +564,9 @@ def main(argv: list[str]) -> int:
         parser.error(str(err))
     try:
         train_se(cfg)
-    except DataFolderError as err:  # found at start-up: a message, no traceback (a
-        # FileNotFoundError once training runs, a checkpoint folder deleted, keeps its traceback)
+    except (DataFolderError, TeacherUnavailable) as err:  # found at start-up: a message, no
+        # traceback (a FileNotFoundError once training runs, a checkpoint folder deleted, keeps
+        # its traceback)
         hint = ("; the recipes' runs/data/* folders are made once by "
                 "`bash scripts/split_shared_data.sh`" if "runs/data/" in str(err) else "")
         parser.error(f"{err}{hint}")

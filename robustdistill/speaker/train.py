@@ -225,7 +225,7 @@ class IGConfig:
         if self.internal_batch_size is not None and self.internal_batch_size < 1:
             raise ValueError(f"ig.internal_batch_size must be >= 1 or null, got "
                              f"{self.internal_batch_size}")
-        if not self.cache_dir:
+        if self.use_cache and not self.cache_dir:
             raise ValueError("ig.cache_dir must name a folder (for no cache: ig.use_cache "
                              "false)")
         try:
