@@ -26,7 +26,7 @@ import json
 import sys
 from pathlib import Path
 
-from .results import unscored_count, unscored_note, upstream_labels
+from .results import interval_cell, unscored_note, upstream_labels
 
 __all__ = ["main", "report"]
 
@@ -72,19 +72,8 @@ def report(path: str | Path, scale: float = 1.0, digits: int = 1,
     display = dict(zip(labels, shown, strict=True))  # comparison rows name upstreams by label
     lines = ["| upstream | " + " | ".join(conditions) + " |", "|---|" + "---:|" * len(conditions)]
     for r, name in zip(results, shown, strict=True):
-        cells = []
-        for c in conditions:
-            value = r["metrics"].get(c, {}).get(primary)
-            text = _num(value, scale, digits)
-            std = r.get("metrics_std", {}).get(c, {}).get(primary)
-            if std is not None and len(r.get("seeds", [])) > 1:
-                text += f" ± {_num(std, scale, digits)}"
-            iv = r.get("intervals", {}).get(c, {}).get(primary)
-            if iv:
-                text += f" [{_num(iv[0], scale, digits)}, {_num(iv[1], scale, digits)}]"
-            if count := unscored_count(r, c, primary):
-                text += f" ({count} unscored)"
-            cells.append(text)
+        cells = [interval_cell(r, c, primary, lambda v: _num(v, scale, digits))
+                 for c in conditions]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if note := unscored_note(results, primary):
         lines += ["", f"Note: {note}"]

@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,10 @@ from .stats import bootstrap_interval, mcnemar, paired_bootstrap
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TestSetMismatch", "aggregate_seeds", "compare", "item_groups", "item_intervals",
-           "jointly_scored", "load_results", "paired_comparisons", "plot_robustness",
-           "read_items", "results_table", "unscored_count", "unscored_counts", "unscored_note",
-           "upstream_labels", "write_items", "write_outputs"]
+__all__ = ["TestSetMismatch", "aggregate_seeds", "compare", "interval_cell", "item_groups",
+           "item_intervals", "jointly_scored", "load_results", "paired_comparisons",
+           "plot_robustness", "read_items", "results_table", "unscored_count", "unscored_counts",
+           "unscored_note", "upstream_labels", "write_items", "write_outputs"]
 
 
 class TestSetMismatch(ValueError):
@@ -428,18 +428,24 @@ def unscored_count(result: dict[str, Any], cond: str, metric: str) -> int:
     return count if isinstance(count, int) and not isinstance(count, bool) else 0
 
 
-def _interval_cell(result: dict[str, Any], cond: str, metric: str) -> str:
-    """``value [low, high]`` (``mean ± std [low, high]`` for several seeds), followed by
-    ``(n unscored)`` when ``n`` test items could not be scored (left out of the value)."""
+def interval_cell(result: dict[str, Any], cond: str, metric: str,
+                  number: Callable[[Any], str] = _cell) -> str:
+    """One table cell: ``value [low, high]`` (``mean ± std [low, high]`` for several seeds),
+    followed by ``(n unscored)`` when ``n`` test items could not be scored (left out of the
+    value); an undefined value is ``-``, without its spread.
+
+    Args:
+        number: formats each number (default 4 decimals; ``-`` for None / NaN).
+    """
     value = result["metrics"].get(cond, {}).get(metric)
-    text = _cell(value)
+    text = number(value)
     if text != "-":
         std = result.get("metrics_std", {}).get(cond, {}).get(metric)
         if std is not None and len(result.get("seeds", [])) > 1:
-            text += f" ± {std:.4f}"
+            text += f" ± {number(std)}"
         interval = result.get("intervals", {}).get(cond, {}).get(metric)
         if interval:
-            text += f" [{_cell(interval[0])}, {_cell(interval[1])}]"
+            text += f" [{number(interval[0])}, {number(interval[1])}]"
     if count := unscored_count(result, cond, metric):
         text += f" ({count} unscored)"
     return text
@@ -509,7 +515,7 @@ def results_table(results: Sequence[dict[str, Any]],
         lines += [f"## {metric}{note}", "", "| upstream | " + " | ".join(conditions) + " |",
                   "|---|" + "---|" * len(conditions)]
         for r, name in zip(results, upstream_labels(results), strict=True):
-            cells = [_interval_cell(r, c, metric) for c in conditions]
+            cells = [interval_cell(r, c, metric) for c in conditions]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     if comparisons is not None:
