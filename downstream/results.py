@@ -269,7 +269,7 @@ def aggregate_seeds(runs: Sequence[dict[str, Any]], dirs: Sequence[str | Path],
                             if len(seeds) > 1 else first.get("interval_method")),
         "per_seed": {str(r["seed"]): r["metrics"] for r in runs},
         "per_seed_test_set_sha1": {str(r["seed"]): r.get("test_set_sha1") for r in runs},
-        "test_set_sha1": hashlib.sha1("\n".join(r.get("test_set_sha1", "")
+        "test_set_sha1": hashlib.sha1("\n".join(r.get("test_set_sha1") or ""
                                                 for r in runs).encode()).hexdigest(),
         "featurizer": {"weights": {k: float(np.mean([r["featurizer"]["weights"][k]
                                                      for r in runs]))
@@ -553,18 +553,21 @@ def results_table(results: Sequence[dict[str, Any]],
     return "\n".join(lines)
 
 
-def _test_set_id(result: dict[str, Any]) -> Any:
-    """What identifies a result's test audio: its seeds' test-set hashes as a set of
-    ``(seed, sha1)`` (the same seeds aggregated in another order, or one seed aggregated, is
-    the same test set), or, where those are unknown, its ``test_set_sha1``."""
-    per_seed = _seed_test_sets(result)
-    return frozenset(per_seed.items()) if per_seed else result.get("test_set_sha1")
+def _same_test_set(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two results were tested on the same test audio: equal ``test_set_sha1``, or
+    every seed of both has a recorded hash and those agree seed by seed (the same seeds
+    aggregated in another order, or one seed aggregated beside its plain run)."""
+    if a.get("test_set_sha1") == b.get("test_set_sha1"):
+        return True
+    ha, hb = _seed_test_sets(a), _seed_test_sets(b)
+    return bool(ha) and ha == hb and set(ha) == set(_result_seeds(a)) == set(_result_seeds(b))
 
 
 def _different_test_sets(results: Sequence[dict[str, Any]]) -> bool:
-    """True when two results were tested on different test audio (:func:`_test_set_id`;
+    """True when two results were tested on different test audio (:func:`_same_test_set`;
     results without a hash, written before the hash existed, are not counted)."""
-    return len({_test_set_id(r) for r in results if r.get("test_set_sha1")}) > 1
+    hashed = [r for r in results if r.get("test_set_sha1")]
+    return any(not _same_test_set(a, b) for a, b in itertools.combinations(hashed, 2))
 
 
 def _task_label(result: dict[str, Any]) -> str:
@@ -673,7 +676,7 @@ def paired_comparisons(results: Sequence[dict[str, Any]], resamples: int = 1000,
             if not seeds:
                 notes.append(f"{pair}: different test sets (test_set_sha1), no paired test")
                 continue
-            if _test_set_id(a) != _test_set_id(b):  # not merely the same seeds in another order
+            if not _same_test_set(a, b):  # not merely the same seeds in another order
                 notes.append(f"{pair}: compared on seed{'s' if len(seeds) > 1 else ''} "
                              f"{', '.join(map(str, seeds))} only, the seeds both ran "
                              f"({labels[ia]}: {', '.join(map(str, _result_seeds(a)))}; "

@@ -468,3 +468,28 @@ def test_the_same_seeds_in_another_order_are_the_same_test_set(tmp_path):
     rows, notes = paired_comparisons([one, plain], resamples=20)
     assert notes == [] and rows[0]["difference"] == pytest.approx(-1.0)
     assert "different test sets" not in results_table([one, plain])
+
+
+def test_an_aggregate_without_per_seed_hashes_beside_a_new_one_of_the_same_runs(tmp_path):
+    from downstream.results import aggregate_seeds, results_table
+
+    runs = [_seed_run(tmp_path, "a", s, [1, 0, 1, 0]) for s in (0, 1)]
+    new = aggregate_seeds(runs, [tmp_path / "a" / f"seed{s}" for s in (0, 1)], resamples=10)
+    old = {k: v for k, v in new.items() if k != "per_seed_test_set_sha1"}  # written before
+    assert "different test sets" not in results_table([new, old])  # equal combined hashes
+    rows, notes = paired_comparisons([new, old], resamples=20)
+    assert notes == [] and len(rows) == 1
+
+
+def test_a_seed_without_a_recorded_hash_keeps_the_restricted_seed_note(tmp_path):
+    from downstream.results import aggregate_seeds, results_table
+
+    runs = [_seed_run(tmp_path, "a", s, [1] * 4) for s in (0, 1)]
+    del runs[1]["test_set_sha1"]  # seed 1's hash not recorded (a run from before the hash)
+    a = aggregate_seeds(runs, [tmp_path / "a" / f"seed{s}" for s in (0, 1)], resamples=10)
+    b = aggregate_seeds([_seed_run(tmp_path, "b", 0, [0] * 4)], [tmp_path / "b" / "seed0"],
+                        resamples=10)
+    rows, notes = paired_comparisons([a, b], resamples=20)
+    assert rows[0]["seeds"] == [0]  # seed 1 cannot be paired
+    assert len(notes) == 1 and "seed 0 only" in notes[0]  # a's table value is over 0 and 1
+    assert "different test sets" in results_table([a, b])

@@ -201,6 +201,13 @@ def test_comparison_rows_with_one_folder_name_are_told_apart_as_in_results_md(ru
                       copy_plots=False)
     assert "| `runs/a/student` | 0.3000" in card.text  # both were `student` before
     assert "| `runs/b/student` | 0.4000" in card.text
+    # two runs of one upstream id, before this model in the file: numbered as results.md does
+    path.write_text(json.dumps({"results": [_results("fbank", accuracy=(0.3, 0.2, 0.1)),
+                                            _results("fbank", accuracy=(0.4, 0.2, 0.1)),
+                                            _results(str(run["student"]))]}))
+    card = build_card(run["student"], [path], run["run"], license="mit", speed=False,
+                      copy_plots=False)
+    assert "| `fbank #1` | 0.3000" in card.text and "| `fbank #2` | 0.4000" in card.text
 
 
 def test_results_of_another_model_are_refused(run, tmp_path):

@@ -201,3 +201,11 @@ def test_evaluate_model_means_scores_and_improvements_per_snr():
     assert silent["unscored"]["si_sdr"] == 1 and silent["unscored"]["si_sdr_i"] == 1
     assert silent["n"] == 2
     assert silent["si_sdr"] == pytest.approx(enhanced[1]["si_sdr"], abs=1e-6)
+    # a failed noisy PESQ is the noisy row's unscored item (and every model's pesq_i's)
+    from robustdistill.se.evaluate import noisy_summary
+
+    scores[0.0][0] = {**scores[0.0][0], "pesq": float("nan")}
+    noisy = noisy_summary(pairs)["0"]
+    assert noisy["unscored"] == {"pesq": 1} and noisy["n"] == 2
+    assert noisy["pesq"] == pytest.approx(scores[0.0][1]["pesq"])
+    assert evaluate_model(_Oracle(estimates), pairs)["0"]["unscored"] == {"pesq_i": 1}

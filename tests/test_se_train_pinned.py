@@ -279,6 +279,12 @@ def test_se_table_names_the_unscored_utterances():
     assert "mixture_63x_s1" not in text  # nothing unscored: not listed
     del results["mixture_63x_s0"]["results"]["-5"]["unscored"]  # written before the count
     assert "Unscored" not in render_table(results, ["-5"], ["mixture"], [63])
+    # the noisy row's own failures are named; a run the table does not show is not
+    results["noisy"]["results"]["-5"].update(n=24, unscored={"pesq": 1})
+    results["mixture_16x_s0"] = {"parameters": 400, "results": {"-5": {
+        **_scores(1.0), "n": 24, "unscored": {"pesq": 5}}}}
+    text = render_table(results, ["-5"], ["mixture"], [63])
+    assert "noisy at -5 dB: pesq 1 of 24." in text and "mixture_16x" not in text
 
 
 def test_se_table_merge_takes_the_snrs_of_the_merged_results(tmp_path, capsys):

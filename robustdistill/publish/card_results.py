@@ -152,17 +152,17 @@ def _role(upstream: str, run: RunSummary | None, label: str | None = None) -> st
 
 
 def _primary_table(mine: TaskResult, others: Sequence[TaskResult],
-                   run: RunSummary | None = None) -> str:
+                   run: RunSummary | None = None, labels: dict[int, str] | None = None) -> str:
+    """This model's primary metric per condition, then the other upstreams' rows, named by
+    ``labels`` (``id(entry)`` -> the label results.md of their file gives them)."""
     conditions = list(mine.conditions)
     for o in others:
         conditions += [c for c in o.conditions if c not in conditions]
     lines = ["| upstream | " + " | ".join(f"`{c}`" for c in conditions) + " |",
              "|---|" + "---|" * len(conditions)]
-    # the other upstreams named as results.md and compare's rows name them (folder name, or
-    # the full id where two share a folder name)
-    labels = upstream_labels([{"upstream": r.upstream} for r in (mine, *others)])
+    labels = labels or {}
     for i, r in enumerate([mine, *others]):
-        name = "**this model**" if i == 0 else _role(r.upstream, run, labels[i])
+        name = "**this model**" if i == 0 else _role(r.upstream, run, labels.get(id(r)))
         cells = [r.metrics.get(c, {}).get(mine.primary_metric) for c in conditions]
         lines.append(f"| {name} | " + " | ".join(m.text() if m else "-" for m in cells) + " |")
     return "\n".join(lines)
@@ -182,7 +182,9 @@ def _other_table(mine: TaskResult) -> str:
 
 def _split_results(paths: Sequence[str | Path], model_dir: Path, repo_id: str | None,
                    match_upstream: str | None):
-    """Per results file: (this model's entries, the other upstreams' entries)."""
+    """Per results file: ``(path, this model's entries, the other upstreams' entries,
+    labels)``, ``labels`` mapping ``id(entry)`` to the label results.md and compare's rows give
+    it (:func:`downstream.results.upstream_labels` over the file's entries, in file order)."""
     groups = []
     for path in paths:
         entries = load_task_results(path)
@@ -201,7 +203,9 @@ def _split_results(paths: Sequence[str | Path], model_dir: Path, repo_id: str | 
                 f"{path} holds no result for {model_dir} (its upstreams: "
                 f"{sorted({r.upstream for r in entries})}); evaluate this model, or pass "
                 "--match-upstream NAME if the model was evaluated under another name")
-        groups.append((path, mine, [r for r in entries if not is_mine(r)]))
+        labels = upstream_labels([{"upstream": r.upstream} for r in entries])
+        groups.append((path, mine, [r for r in entries if not is_mine(r)],
+                       {id(r): label for r, label in zip(entries, labels, strict=True)}))
     return groups
 
 
@@ -331,7 +335,8 @@ def task_views(paths: Sequence[str | Path], model_dir: Path, repo_id: str | None
     """
     tasks: list[TaskResult] = []
     views: list[TaskView] = []
-    for path, mine, others in _split_results(list(paths), model_dir, repo_id, match_upstream):
+    for path, mine, others, labels in _split_results(list(paths), model_dir, repo_id,
+                                                     match_upstream):
         for r in mine:
             tasks.append(r)
             plot = _copy_plot(Path(path), r.label, model_dir) if copy_plots else None
@@ -339,6 +344,6 @@ def task_views(paths: Sequence[str | Path], model_dir: Path, repo_id: str | None
                 label=r.label, task=r.task, dataset=r.dataset, primary_metric=r.primary_metric,
                 higher_is_better=r.higher_is_better, n_test=r.num_items.get("test", "unknown"),
                 seed=_seed_text(r), source=str(path), sha1=r.test_set_sha1,
-                table=_primary_table(r, [o for o in others if o.task == r.task], run),
+                table=_primary_table(r, [o for o in others if o.task == r.task], run, labels),
                 other_table=_other_table(r), plot=plot))
     return tasks, views

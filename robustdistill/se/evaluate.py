@@ -113,22 +113,29 @@ def evaluate_model(model: FrameModel, pairs: TestPairs) -> dict:
             m = speech_metrics(enh, x, pairs.names[i])
             base = pairs.noisy_scores[snr][i]
             rows.append({**m, **{f"{k}_i": m[k] - base[k] for k in METRICS}})
-        values = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]}
-        agg: dict = {k: float(v[np.isfinite(v)].mean()) if np.isfinite(v).any()
-                     else float("nan") for k, v in values.items()}
-        agg["n"] = len(rows)
-        agg["unscored"] = {k: int(n) for k, v in values.items()
-                           if (n := np.count_nonzero(~np.isfinite(v)))}
-        out[f"{snr:g}"] = agg
+        out[f"{snr:g}"] = _scored_means(rows)
     return out
 
 
+def _scored_means(rows: list[dict[str, float]]) -> dict:
+    """Each score's mean over the rows where it is finite, ``n`` rows, and ``unscored``:
+    ``{score: rows where it is not finite}`` (only counts above 0)."""
+    values = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]}
+    agg: dict = {k: float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else float("nan")
+                 for k, v in values.items()}
+    agg["n"] = len(rows)
+    agg["unscored"] = {k: int(n) for k, v in values.items()
+                       if (n := np.count_nonzero(~np.isfinite(v)))}
+    return agg
+
+
 def noisy_summary(pairs: TestPairs) -> dict:
-    """The noisy inputs' per-SNR mean scores (improvements 0)."""
+    """The noisy inputs' per-SNR mean scores (improvements 0), with ``n`` and ``unscored`` as
+    :func:`evaluate_model` gives them: a PESQ failure on a noisy input also leaves that
+    utterance out of every model's ``pesq_i``."""
     out = {}
     for snr, rows in pairs.noisy_scores.items():
-        agg = {k: float(np.nanmean([r[k] for r in rows])) for k in METRICS}
+        agg = _scored_means([{k: r[k] for k in METRICS} for r in rows])
         agg.update({f"{k}_i": 0.0 for k in METRICS})
-        agg["n"] = len(rows)
         out[f"{snr:g}"] = agg
     return out

@@ -69,14 +69,18 @@ def render_table(results: dict, snrs: list[str], methods: list[str], sizes: list
                 row = [_fmt([r["results"][snr][c] for r in runs], d) for c, d in cols]
                 lines.append(f"| {method} {size}x | {runs[0]['parameters']} | {len(runs)} | "
                              + " | ".join(row) + " |")
-    unscored = [f"{name} at {snr} dB: " + ", ".join(f"{m} {n} of {r['results'][snr]['n']}"
-                                                   for m, n in counts.items())
-                for name, r in results.items() for snr in snrs
-                if (counts := r["results"].get(snr, {}).get("unscored"))]
+    shown = [name for name in ("noisy", "nsnet2", "dtln") if name in results] + [
+        k for size in sizes for method in methods for k in results
+        if k.startswith(f"{method}_{size}x_s")]
+    unscored = [f"{name} at {snr} dB: " + ", ".join(f"{m} {n} of {scores['n']}"
+                                                   for m, n in scores["unscored"].items())
+                for name in shown for snr in snrs
+                if (scores := results[name]["results"].get(snr, {})).get("unscored")]
     if unscored:
         lines += ["", "Unscored utterances, left out of the means above (a PESQ failure, or "
-                      "SI-SDR of a silent output; leaving them out favours the model): "
-                  + "; ".join(unscored) + "."]
+                      "SI-SDR of a silent output; an improvement is also unscored where the "
+                      "noisy input's score failed, as the noisy row shows; leaving them out "
+                      "favours the model): " + "; ".join(unscored) + "."]
     # the two-step paper's claim: at -5 dB and 63x, two-step + Gram beats the mixture by ~1 dB
     a = {k.split("_s")[-1]: v for k, v in results.items() if k.startswith("two_step_gram_63x_s")}
     b = {k.split("_s")[-1]: v for k, v in results.items() if k.startswith("mixture_63x_s")}

@@ -205,8 +205,8 @@ class IGConfig:
 
     Raises:
         ValueError: (on construction) no ``durations`` or one ``<= 0``, ``n_steps < 2``, an
-            unknown ``baseline``, ``internal_batch_size < 1``, or an empty ``cache_dir`` (it
-            would be the working folder; ``use_cache: false`` is no cache).
+            unknown ``baseline``, ``internal_batch_size < 1``, or an empty ``cache_dir`` with
+            ``use_cache`` (it would be the working folder; ``use_cache: false`` is no cache).
     """
 
     durations: list[float | None] = field(default_factory=lambda: [1.0, 2.0, None])
