@@ -396,7 +396,7 @@ def upstream_labels(results: Sequence[dict[str, Any]], names: dict[str, str] | N
                            "them by their labels (%s)", s, names[s], short.count(s), s,
                            ", ".join(repr(x) for x, y in zip(labels, short, strict=True)
                                      if y == s))
-        used.add(key)
+        used.update(k for k in keys if k in names)  # a lower-priority key matched a row too
         out.append(names[key] if key is not None else lab)
     if unknown := [k for k in names if k not in used and k not in warned]:
         logger.warning("names %s match no upstream (labels: %s)", unknown,

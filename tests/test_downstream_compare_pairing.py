@@ -221,3 +221,7 @@ def test_report_names_match_labels_paths_and_unambiguous_folder_names(tmp_path, 
     with caplog.at_level(logging.WARNING, logger="downstream.results"):
         report(path, scale=100, names={"runs/a/studnet": "A", "whisper-tiny.en": "T"})
     assert "names ['runs/a/studnet'] match no upstream" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="downstream.results"):  # two keys, one row
+        text = report(path, scale=100, names={"whisper-tiny.en": "T", "/m/whisper-tiny.en": "U"})
+    assert "| T | 95.0 |" in text and "match no upstream" not in caplog.text
