@@ -107,6 +107,7 @@ def create_student_main(argv: list[str]) -> int:
     A bad shape value, a local-looking ``--teacher`` that is not a folder, an ``--out`` that
     is an existing file, or an unreachable hub id end in a one-line parser error (exit 2)."""
     from .config import check_model_path
+    from .files import file_blocking_folder
     from .student import (
         NARROW_CNN_INITS,
         STUDENT_PRESETS,
@@ -146,8 +147,7 @@ def create_student_main(argv: list[str]) -> int:
     except ValueError as err:
         parser.error(str(err))
     out_path = Path(args.out).expanduser()
-    existing = next(p for p in (out_path, *out_path.parents) if p.exists())
-    if not existing.is_dir():
+    if (existing := file_blocking_folder(out_path)) is not None:
         parser.error(f"--out {args.out!r}: {str(existing)!r} is an existing file, not a folder; "
                      "give a folder to write the student to")
     try:

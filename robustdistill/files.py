@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_text", "file_blocking_folder"]
 
 
 @contextmanager
@@ -60,3 +60,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_path`."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def file_blocking_folder(path: str | os.PathLike) -> Path | None:
+    """The existing file that stops ``path`` from being (or being made) a folder: ``path``
+    itself or the nearest of its existing parents when that is not a folder; None when
+    ``mkdir(parents=True)`` could make it (or it already is a folder).
+
+    Checked before long work starts, so that a folder given where a file stands is a one-line
+    error rather than a ``FileExistsError`` traceback once the work writes there.
+    """
+    path = Path(path).expanduser()
+    existing = next((q for q in (path, *path.parents) if q.exists()), None)
+    return existing if existing is not None and not existing.is_dir() else None

@@ -55,6 +55,7 @@ from robustdistill.checkpoints import (
 )
 from robustdistill.config import check_model_path, parse_overrides
 from robustdistill.environment import record_environment
+from robustdistill.files import file_blocking_folder
 from robustdistill.metrics.verification import compute_eer, compute_min_dcf
 from robustdistill.processes import require_single_process
 
@@ -1151,12 +1152,8 @@ def _folders_written(cfg: SpeakerKDConfig, action: str) -> list[tuple[str, str]]
 def _check_folder(key: str, folder: str) -> None:
     """Raise ValueError naming ``key`` when ``folder`` or the nearest of its existing parents
     is not a folder (``mkdir`` would fail with a traceback once the work starts)."""
-    path = Path(folder)
-    for q in (path, *path.parents):
-        if q.exists():
-            if not q.is_dir():
-                raise ValueError(f"{key} {folder!r}: {q} is a file, not a folder")
-            return
+    if (blocking := file_blocking_folder(folder)) is not None:
+        raise ValueError(f"{key} {folder!r}: {blocking} is a file, not a folder")
 
 
 def _load_or_exit(parser: argparse.ArgumentParser, load: Callable[[], T]) -> T:
