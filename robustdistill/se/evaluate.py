@@ -10,6 +10,7 @@ project); improvements are the enhanced score minus the noisy input's score.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,21 @@ class TestPairs:
     noisy: dict
     names: list
     noisy_scores: dict
+
+    def sha1(self) -> str:
+        """The test set's identity: SHA-1 of the utterance names, the clean waveforms and the
+        noisy waveforms at each SNR (in SNR order), so two folders' results are comparable
+        only when it is equal (another speech or noise folder, ``per_speaker``,
+        ``max_seconds``, seed or SNR list changes it)."""
+        h = hashlib.sha1()
+        for name, x in zip(self.names, self.clean, strict=True):
+            h.update(f"{name}\0{np.size(x)}\0".encode())
+            h.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+        for snr in sorted(self.noisy):
+            h.update(f"snr {snr:g}\0".encode())
+            for y in self.noisy[snr]:
+                h.update(np.ascontiguousarray(y, dtype=np.float32).tobytes())
+        return h.hexdigest()
 
 
 def make_test_pairs(speech_dir: str | Path, noise_dir: str | Path,

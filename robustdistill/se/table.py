@@ -11,6 +11,13 @@ every student and the NSNet2 and DTLN teachers on the held-out pairs of
 paper's claim). Runs whose ``results`` are already in ``results.json`` are skipped, so an
 interrupted table resumes.
 
+Every entry records the test set it was scored on (``test_set_sha1``, :meth:`~robustdistill.
+se.evaluate.TestPairs.sha1`). A resume on another test set (other ``--snrs``, ``--test-speech``,
+``--test-noise``, ``--per-speaker`` or ``--max-seconds``, or changed files) drops the entries
+scored on the old one, with a warning, and scores the models again (a trained student is
+loaded from its run folder, not trained again), so one table never mixes test sets.
+``--merge`` refuses folders scored on different test sets.
+
 The runs share one speech scan cache, ``<out>/scan_cache`` (:class:`~robustdistill.se.data.
 SpeechScanCache`), so only the table's first run decodes the speech folder; a recipe that sets
 ``data.scan_cache_dir`` (a folder, or ``off``) keeps its own setting.
@@ -48,7 +55,23 @@ def _fmt(values: list[float], digits: int) -> str:
 
 
 def render_table(results: dict, snrs: list[str], methods: list[str], sizes: list[int]) -> str:
-    """Markdown: one table per SNR (mean ± sample std over seeds), then the claim check."""
+    """Markdown: one table per SNR (mean ± sample std over seeds), then the claim check.
+
+    Args:
+        results: ``results.json``'s mapping, entry name -> ``{"results": {snr: scores}, ...}``.
+        snrs: the input SNRs shown, as the results' keys (e.g. ``"-5"``).
+        methods / sizes: the student rows shown (entries ``<method>_<size>x_s<seed>``).
+
+    Raises:
+        ValueError: a shown entry has no results at one of ``snrs``.
+    """
+    shown = [name for name in ("noisy", "nsnet2", "dtln") if name in results] + [
+        k for size in sizes for method in methods for k in results
+        if k.startswith(f"{method}_{size}x_s")]
+    for name in shown:
+        missing = [snr for snr in snrs if snr not in results[name]["results"]]
+        if missing:
+            raise ValueError(f"{name} has no results at input SNR {', '.join(missing)} dB")
     lines = []
     cols = [("si_sdr", 2), ("si_sdr_i", 2), ("pesq", 2), ("pesq_i", 2), ("stoi", 3),
             ("stoi_i", 3)]
@@ -69,9 +92,6 @@ def render_table(results: dict, snrs: list[str], methods: list[str], sizes: list
                 row = [_fmt([r["results"][snr][c] for r in runs], d) for c, d in cols]
                 lines.append(f"| {method} {size}x | {runs[0]['parameters']} | {len(runs)} | "
                              + " | ".join(row) + " |")
-    shown = [name for name in ("noisy", "nsnet2", "dtln") if name in results] + [
-        k for size in sizes for method in methods for k in results
-        if k.startswith(f"{method}_{size}x_s")]
     unscored = [f"{name} at {snr} dB: " + ", ".join(f"{m} {n} of {scores['n']}"
                                                    for m, n in scores["unscored"].items())
                 for name in shown for snr in snrs
@@ -130,8 +150,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.merge:
         merged: dict = {}
+        test_sets: dict[str, list[str]] = {}  # test_set_sha1 -> folders
+        unhashed = []
         for folder in args.merge:
-            merged.update(json.loads((Path(folder) / "results.json").read_text()))
+            entries = json.loads((Path(folder) / "results.json").read_text())
+            for name, entry in entries.items():
+                if entry.get("test_set_sha1"):
+                    test_sets.setdefault(entry["test_set_sha1"], []).append(f"{folder}:{name}")
+                else:
+                    unhashed.append(f"{folder}:{name}")
+            merged.update(entries)
+        if len(test_sets) > 1:
+            parser.error("the folders were scored on different test sets; merge only folders "
+                         "built with the same --test-speech, --test-noise, --snrs, "
+                         "--per-speaker and --max-seconds: " + "; ".join(
+                             f"{', '.join(names)} on {sha[:10]}"
+                             for sha, names in test_sets.items()))
+        if unhashed:
+            logger.warning("%s predate test-set hashes: that they share one test set is not "
+                           "checked", ", ".join(unhashed))
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "results.json").write_text(json.dumps(merged, indent=1))
         if not merged:
@@ -141,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
                 sorted(set.intersection(*per_entry), key=float))
         if not snrs:
             parser.error("the merged results share no input SNR; give --snrs")
+        lacking = [f"{name} ({', '.join(s for s in snrs if s not in r['results'])} dB)"
+                   for name, r in merged.items() if not set(snrs) <= set(r["results"])]
+        if lacking:
+            parser.error("--snrs asks for input SNRs some merged results lack: "
+                         + "; ".join(lacking))
         dropped = sorted(set.union(*per_entry) - set(snrs), key=float)
         if dropped:
             logging.getLogger(__name__).warning(
@@ -170,11 +212,21 @@ def main(argv: list[str] | None = None) -> int:
 
     pairs = make_test_pairs(args.test_speech, args.test_noise, tuple(args.snrs),
                             args.per_speaker, args.max_seconds)
-    results["noisy"] = {"results": noisy_summary(pairs)}
+    test_set = pairs.sha1()
+    stale = sorted(k for k, r in results.items()
+                   if k != "noisy" and r.get("test_set_sha1") != test_set)
+    known_train_s: dict = {}
+    if stale:
+        logger.warning("entries of %s scored on another test set (or before the table "
+                       "recorded one), dropped and scored again when asked for: %s",
+                       res_path, ", ".join(stale))
+        known_train_s = {k: results[k].get("train_seconds") for k in stale}
+        results = {k: r for k, r in results.items() if k not in stale}
+    results["noisy"] = {"test_set_sha1": test_set, "results": noisy_summary(pairs)}
     for name in () if args.skip_teachers else ("nsnet2", "dtln"):
         if name not in results:
             model = load_teacher(name)
-            results[name] = {"parameters": count_parameters(model),
+            results[name] = {"parameters": count_parameters(model), "test_set_sha1": test_set,
                              "results": evaluate_model(model, pairs)}
             save()
     for size in args.sizes:
@@ -198,13 +250,17 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = load_se_config(Path(args.configs) / f"se_{method}.yaml", overrides)
                 if cfg.data.scan_cache_dir is None:  # not the run's own <run_dir>/scan_cache
                     cfg.data.scan_cache_dir = str(out / SCAN_CACHE_FOLDER)
-                if not (run_dir / "student" / "model.safetensors").is_file():
+                trained = (run_dir / "student" / "model.safetensors").is_file()
+                if not trained:
                     train_se(cfg)
-                train_s = time.perf_counter() - t0
+                # a student trained by an earlier call: its time is known only from a
+                # dropped entry
+                train_s = (known_train_s.get(key) if trained
+                           else round(time.perf_counter() - t0, 1))
                 student = GRUMaskStudent.from_pretrained(run_dir / "student")
                 results[key] = {"method": method, "size": size, "seed": seed,
                                 "parameters": count_parameters(student),
-                                "train_seconds": round(train_s, 1),
+                                "train_seconds": train_s, "test_set_sha1": test_set,
                                 "results": evaluate_model(student, pairs)}
                 lowest = min(results[key]["results"], key=float)  # the hardest input SNR
                 logger.info("%s: SI-SDR at %s dB %.2f (%.0f s)", key, lowest,

@@ -1,0 +1,146 @@
+"""The SE comparison table never mixes test sets: each entry records the test set it was
+scored on (``TestPairs.sha1``), a resume on another one scores the models again, and a merge
+of folders scored on different test sets is refused."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from robustdistill.se.evaluate import TestPairs as Pairs  # not a pytest class
+
+
+def _pairs(snrs=(-5.0, 0.0), names=("a.flac", "b.flac"), scale=1.0) -> Pairs:
+    rng = np.random.default_rng(0)
+    clean = [scale * rng.standard_normal(160).astype(np.float32) for _ in names]
+    noisy = {s: [x + 10 ** (-s / 20) * 0.1 for x in clean] for s in snrs}
+    return Pairs(clean, noisy, list(names), {s: [{"si_sdr": 0.0, "pesq": 1.5, "stoi": 0.7}
+                                                    for _ in names] for s in snrs})
+
+
+def _scores(si_sdr):
+    return {"si_sdr": si_sdr, "si_sdr_i": 1.0, "pesq": 2.0, "pesq_i": 0.5, "stoi": 0.8,
+            "stoi_i": 0.1, "n": 2, "unscored": {}}
+
+
+def test_the_test_set_hash_changes_with_snrs_names_and_audio_only():
+    base = _pairs().sha1()
+    assert _pairs().sha1() == base
+    assert _pairs(snrs=(-5.0, 5.0)).sha1() != base
+    assert _pairs(names=("a.flac", "c.flac")).sha1() != base
+    assert _pairs(scale=0.5).sha1() != base
+    reordered = _pairs()
+    reordered.noisy = dict(reversed(list(reordered.noisy.items())))  # same set, other order
+    assert reordered.sha1() == base
+
+
+def test_render_table_names_an_entry_without_an_asked_snr():
+    from robustdistill.se.table import render_table
+
+    results = {"mixture_63x_s0": {"parameters": 1, "results": {"0": _scores(1.0)}}}
+    with pytest.raises(ValueError, match=r"mixture_63x_s0 has no results at input SNR -5 dB"):
+        render_table(results, ["-5", "0"], ["mixture"], [63])
+
+
+def _folder(tmp_path, name, sha, snrs=("0",)):
+    folder = tmp_path / name
+    folder.mkdir()
+    entry = {"parameters": 1, "results": {s: _scores(1.0) for s in snrs}}
+    if sha:
+        entry["test_set_sha1"] = sha
+    (folder / "results.json").write_text(json.dumps({f"mixture_63x_s{name}": entry}))
+    return str(folder)
+
+
+def test_merge_refuses_folders_scored_on_different_test_sets(tmp_path, capsys):
+    from robustdistill.se.table import main
+
+    folders = [_folder(tmp_path, "0", "aaaa"), _folder(tmp_path, "1", "bbbb")]
+    with pytest.raises(SystemExit) as stop:
+        main(["--merge", *folders, "--out", str(tmp_path / "m"), "--methods", "mixture",
+              "--sizes", "63"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "different test sets" in err and "mixture_63x_s0 on aaaa" in err
+    assert not (tmp_path / "m" / "table.md").exists()
+
+
+def test_merge_of_one_test_set_renders_and_unhashed_folders_are_named(tmp_path, caplog):
+    from robustdistill.se.table import main
+
+    folders = [_folder(tmp_path, "0", "aaaa"), _folder(tmp_path, "1", "aaaa"),
+               _folder(tmp_path, "2", None)]
+    with caplog.at_level(logging.WARNING):
+        assert main(["--merge", *folders, "--out", str(tmp_path / "m"), "--methods",
+                     "mixture", "--sizes", "63"]) == 0
+    assert "| mixture 63x | 1 | 3 |" in (tmp_path / "m" / "table.md").read_text()
+    assert f"{folders[2]}:mixture_63x_s2 predate test-set hashes" in caplog.text
+    assert "s0 predate" not in caplog.text
+
+
+def test_merge_refuses_an_asked_snr_that_a_result_lacks(tmp_path, capsys):
+    """Before: a KeyError traceback from the table's rendering."""
+    from robustdistill.se.table import main
+
+    folders = [_folder(tmp_path, "0", "aaaa", ("0", "-5")), _folder(tmp_path, "1", "aaaa")]
+    with pytest.raises(SystemExit) as stop:
+        main(["--merge", *folders, "--out", str(tmp_path / "m"), "--methods", "mixture",
+              "--sizes", "63", "--snrs", "-5", "0"])
+    assert stop.value.code == 2
+    assert "mixture_63x_s1 (-5 dB)" in capsys.readouterr().err
+
+
+def test_a_resume_on_another_test_set_scores_again_and_keeps_one_test_set(
+        tmp_path, monkeypatch, caplog):
+    import robustdistill.se.students as students
+    import robustdistill.se.table as table
+
+    pairs = _pairs(snrs=(-5.0, 0.0))
+    new = pairs.sha1()
+    out = tmp_path / "t"
+    for seed in (0, 2):  # trained by an earlier call
+        (out / "runs" / f"mixture_63x_s{seed}" / "student").mkdir(parents=True)
+        (out / "runs" / f"mixture_63x_s{seed}" / "student" / "model.safetensors").write_text("")
+    old = {"parameters": 7, "test_set_sha1": "old", "train_seconds": 12.5,
+           "results": {"5": _scores(9.0)}}
+    (out / "results.json").write_text(json.dumps({
+        "noisy": {"results": {"5": _scores(0.0)}},
+        "nsnet2": {**old, "train_seconds": None},
+        "mixture_63x_s0": old,                                       # stale: scored again
+        "mixture_63x_s1": {**old, "results": {"5": _scores(8.0)}},   # stale, not asked
+        "mixture_63x_s2": {**old, "test_set_sha1": new,              # fresh: kept as it is
+                           "results": {"-5": _scores(3.0), "0": _scores(4.0)}},
+    }))
+    monkeypatch.setattr(table, "make_test_pairs", lambda *a, **k: pairs)
+    scored = []
+
+    def evaluate(model, p):
+        assert p is pairs
+        scored.append(model)
+        return {"-5": _scores(1.0), "0": _scores(2.0)}
+
+    def no_training(cfg):
+        raise AssertionError("a trained student was trained again")
+
+    monkeypatch.setattr(table, "evaluate_model", evaluate)
+    monkeypatch.setattr("robustdistill.se.train.train_se", no_training)
+    monkeypatch.setattr(students.GRUMaskStudent, "from_pretrained",
+                        classmethod(lambda cls, path: f"student {path.parent.name}"))
+    monkeypatch.setattr(students, "count_parameters", lambda model: 5)
+    with caplog.at_level(logging.WARNING):
+        assert table.main(["--out", str(out), "--snrs", "-5", "0", "--skip-teachers",
+                           "--methods", "mixture", "--sizes", "63", "--seeds", "0", "2"]) == 0
+    assert ("scored on another test set (or before the table recorded one), dropped and "
+            "scored again when asked for: mixture_63x_s0, mixture_63x_s1, nsnet2") in caplog.text
+    assert scored == ["student mixture_63x_s0"]
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(results) == ["mixture_63x_s0", "mixture_63x_s2", "noisy"]
+    assert {r["test_set_sha1"] for r in results.values()} == {new}
+    assert results["mixture_63x_s0"]["results"]["-5"]["si_sdr"] == 1.0
+    assert results["mixture_63x_s0"]["train_seconds"] == 12.5  # known from the old entry
+    assert results["mixture_63x_s2"]["results"]["-5"]["si_sdr"] == 3.0
+    table_md = (out / "table.md").read_text()
+    assert "Input SNR 5 dB" not in table_md and "| mixture 63x | 7 | 2 |" in table_md
