@@ -287,6 +287,46 @@ def test_card_cli(run, capsys):
         main(["card", "--model", str(run["student"]), "--license", "mit", "--kind", "nope"])
 
 
+def test_card_cli_takes_only_hub_licence_ids(run, capsys):
+    """An unknown licence is a one-line error naming the closest Hub id; case is ignored;
+    ``other`` needs a name and a link (a URL, or the licence's file in the model folder)."""
+    from huggingface_hub import ModelCard
+
+    from robustdistill.cli import main
+
+    readme = run["student"] / "README.md"
+    args = ["card", "--model", str(run["student"]), "--no-speed", "--license"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "apache2"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "robustdistill card: error: licence 'apache2' is not a Hub licence id (did you mean "
+        "'apache-2.0'?); see https://huggingface.co/docs/hub/repositories-licenses, or use "
+        "'other' with --license-name and --license-link")
+    assert not readme.exists()  # nothing written
+    assert main([*args, " Apache-2.0"]) == 0
+    assert ModelCard.load(readme).data.license == "apache-2.0"
+    assert "license: apache-2.0\n" in readme.read_text()
+
+    other = [*args, "other", "--license-name", "teacher-licence"]
+    for extra, error in (([], "licence 'other' needs --license-name"),
+                         (["--license-link", "LICENSE"],
+                          "--license-link 'LICENSE' is neither an http(s) URL nor a file in "
+                          "the model folder")):
+        with pytest.raises(SystemExit):
+            main([*other, *extra])
+        assert error in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "mit", "--license-name", "teacher-licence"])
+    assert "only for --license other" in capsys.readouterr().err
+    (run["student"] / "LICENSE").write_text("the teacher's terms")
+    for link in ("LICENSE", "https://example.org/licence"):
+        assert main([*other, "--license-link", link]) == 0
+        data = ModelCard.load(readme).data
+        assert (data.license, data.license_name, data.license_link) == (
+            "other", "teacher-licence", link)
+
+
 def test_measure_speed_rows(tiny_wavlm_dir):
     from robustdistill.publish.provenance import measure_speed, model_facts
 
@@ -889,6 +929,37 @@ def test_downstream_tasks_on_one_folder_stay_apart_in_the_model_index(run, tmp_p
     entries = header["model-index"][0]["results"]
     assert len(entries) == 6
     assert all(len(e["metrics"]) == 1 for e in entries)
+
+
+def test_task_labels_become_safe_configs_and_labels_that_clash_are_refused(run, tmp_path):
+    """``dataset.config`` is a slug (lower-case letters, digits, ``-``, ``_``, ``.``) of the
+    label and the condition; two labels with one slug are refused before anything is written,
+    whether they differ in whitespace (merged by the Hub before), in punctuation or in case."""
+    from huggingface_hub import ModelCard
+
+    def write(labels, conditions=("clean", "snr0")):
+        paths = []
+        for i, label in enumerate(labels):
+            entry = _task_results(run["student"], label, "utterance_classification",
+                                  "accuracy", (0.8, 0.5))
+            entry["conditions"] = list(conditions)
+            entry["metrics"] = dict(zip(conditions, entry["metrics"].values(), strict=True))
+            paths.append(tmp_path / f"results_{i}.json")
+            paths[-1].write_text(json.dumps(entry))
+        return write_card(run["student"], paths, None, license="mit", speed=False,
+                          copy_plots=False)
+
+    loaded = ModelCard.load(write(["KS v2/fsdd:#1", "sid"], ("clean", "reverb+snr5")))
+    assert {(r.task_name, r.dataset_config) for r in loaded.data.eval_results} == {
+        ("KS v2/fsdd:#1 (utterance_classification)", "ks_v2_fsdd_1-clean"),
+        ("KS v2/fsdd:#1 (utterance_classification)", "ks_v2_fsdd_1-reverb_snr5"),
+        ("sid (utterance_classification)", "sid-clean"),
+        ("sid (utterance_classification)", "sid-reverb_snr5")}
+    for first, second in (("ks a", "ks_a"), ("ks/a", "ks_a"), ("ks:a", "KS#a")):
+        with pytest.raises(CardError, match=(
+                f"task label '{first}' under 'clean' and task label '{second}' under 'clean' "
+                "both give the model-index config 'ks_a-clean'")):
+            write([first, second])
 
 
 def test_a_card_whose_model_index_entries_merge_is_refused(run, tmp_path, monkeypatch):

@@ -220,6 +220,30 @@ def test_unscored_items_are_named_in_a_warning_and_the_card(student, tmp_path, c
     assert "pesq under `snr0` on 5 (summed over seeds)." in text
 
 
+def test_comparison_rows_are_marked_unscored_as_in_results_md(student, tmp_path):
+    """Every row of the card's results table, not only this model's, carries results.md's
+    ``(n unscored)`` marks (its cells come from ``interval_cell``), with results.md's note."""
+    from downstream.results import interval_cell, unscored_note
+
+    teacher = _se_entry("runs/teacher", unscored={"snr0": {"pesq": 3, "si_sdr": 2}})
+    mine = _se_entry(str(student))
+    text = _card(student, _write(tmp_path, {"results": [mine, teacher]})).text
+    cells = [interval_cell(teacher, c, "pesq") for c in CONDITIONS]
+    assert cells[1] == "1.8000 (3 unscored)"
+    assert "| `teacher` | " + " | ".join(cells) + " |" in text
+    assert "| **this model** | 3.0000 | 1.8000 | 2.0000 |" in text
+    assert f"**Warning: {unscored_note([teacher])}**" in text
+    assert "could not be scored" not in text  # this model's own limitation: none to note
+    # this model's marks, in both of its tables
+    mine["unscored"] = {"snr0": {"pesq": 1}, "reverb": {"si_sdr": 4}}
+    text = _card(student, _write(tmp_path, {"results": [mine]}, "mine.json")).text
+    assert "| **this model** | 3.0000 | 1.8000 (1 unscored) | 2.0000 |" in text
+    assert "| si_sdr | 12.0000 | 4.0000 | 1.0000 (4 unscored) |" in text
+    assert f"**Warning: {unscored_note([mine])}**" in text
+    assert "**Warning" not in _card(student, _write(tmp_path, _se_entry(str(student)),
+                                                    "none.json")).text
+
+
 def test_results_without_or_with_a_malformed_unscored_still_card(student, tmp_path, caplog):
     import logging
 

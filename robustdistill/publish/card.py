@@ -1,7 +1,9 @@
 """Model cards for students, from real results: ``huggingface_hub.ModelCard`` + a template.
 
 ``robustdistill card --model DIR --results R.json [R2.json ...] --run RUN_DIR --license L``
-writes ``DIR/README.md``: YAML metadata (``ModelCardData``: licence, ``library_name``,
+writes ``DIR/README.md``: YAML metadata (``ModelCardData``: licence, a Hub licence id or
+``other`` with ``--license-name`` and ``--license-link``, see
+:func:`~robustdistill.publish.licenses.hub_license`; ``library_name``,
 ``base_model``, datasets, language, tags, metrics and a ``model-index`` with one ``EvalResult``
 per task, condition and metric, and per speaker verification set and metric) and a Markdown
 body rendered from a template in ``robustdistill/publish/templates`` (the repository's
@@ -54,6 +56,7 @@ from .card_results import (
 )
 from .card_training import heads_dir_for, is_hub_id, parameter_count, run_view, teacher_text
 from .card_usage import load_snippets, onnx_inputs
+from .licenses import hub_license
 from .provenance import (
     DataLanguage,
     ModelFacts,
@@ -180,7 +183,9 @@ def _limitations(run: RunSummary | None, tasks: Sequence[TaskResult], student: M
 
 
 def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
-               run_dir: str | Path | None = None, *, license: str, kind: str = "ssl",
+               run_dir: str | Path | None = None, *, license: str,
+               license_name: str | None = None, license_link: str | None = None,
+               kind: str = "ssl",
                repo_id: str | None = None, base_model: str | None = None,
                datasets: Sequence[str] = (), language: Sequence[str] | str | None = None,
                tags: Sequence[str] = (), notes: Sequence[str] = (),
@@ -197,8 +202,14 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
             ``metrics.jsonl``, ``heads/``) of ``robustdistill distill``, ``train-se`` or
             ``train-speaker`` (told apart by the config's keys, else taken from ``kind``); None
             to leave the recipe out (the card says so).
-        license: Hub licence id (``apache-2.0``, ``mit``...); a student distilled from a teacher
-            is bound by the teacher's licence.
+        license: Hub licence id (``apache-2.0``, ``mit``... or ``other``; case is ignored and
+            the card writes it lower-case, :func:`~robustdistill.publish.licenses.hub_license`);
+            a student distilled from a teacher is bound by the teacher's licence.
+        license_name: with ``license="other"`` (and only then, required): the licence's name,
+            the card's ``license_name``.
+        license_link: with ``license="other"`` (and only then, required): an ``http(s)`` URL
+            of the licence's text or the path of its file in ``model_dir``, the card's
+            ``license_link``.
         kind: a key of :data:`KINDS` (template and pipeline tag).
         repo_id: the Hub repository the card is for (names it in the loading code).
         base_model: Hub id of the teacher; default the run's teacher when it is a hub id.
@@ -227,9 +238,12 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
         (:func:`~robustdistill.publish.provenance.student_input_corrupted`).
 
     Raises:
-        CardError: unknown kind, a results file without this model, placeholder text left, or
-            ``model-index`` entries that do not read back from the card's metadata as built
-            (two of them merged into one Hub group).
+        CardError: unknown kind; a licence that is not a Hub id, or ``other`` without a name
+            and a link (:func:`~robustdistill.publish.licenses.hub_license`); a results file
+            without this model; two task labels or conditions that give one ``model-index``
+            config (:func:`~robustdistill.publish.card_results.eval_results_for`); placeholder
+            text left; or ``model-index`` entries that do not read back from the card's
+            metadata as built (two of them merged into one Hub group).
         ValueError: a malformed results file, run config or model ``config.json``.
         FileNotFoundError: no model folder, results file or run config.
     """
@@ -238,9 +252,8 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
 
     if kind not in KINDS:
         raise CardError(f"unknown card kind {kind!r}; known: {sorted(KINDS)}")
-    if not license or not isinstance(license, str):
-        raise CardError("a licence is required (the teacher's licence binds its students)")
     model_dir = Path(model_dir)
+    license = hub_license(license, license_name, license_link, model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} has no config.json: not a saved student folder")
     student = model_facts(model_dir)
@@ -252,6 +265,7 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     model_name = repo_id.split("/")[-1] if repo_id else model_dir.resolve().name
 
     tasks, views = task_views(results, model_dir, repo_id, match_upstream, run, copy_plots)
+    task_results = eval_results_for(tasks, model_name)  # before timing: refuses config clashes
 
     if speed is True and not library_transformers:
         logger.warning("%s is not a transformers model: its speed is not measured for the card "
@@ -282,12 +296,12 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
                        f"{report['rtol']:g} x |value|, elementwise, every layer).")
     languages, derived_language = _language(language, run)
     verification = verification_view(run) if kind == "speaker" else None
-    eval_results = eval_results_for(tasks, model_name) + (
-        verification_eval_results(run) if verification else [])
+    eval_results = task_results + (verification_eval_results(run) if verification else [])
     metric_names = sorted({m for t in tasks for per in t.metrics.values() for m in per}
                           | {r.metric_type for r in eval_results})
     card_data = ModelCardData(
-        license=license, library_name="transformers" if library_transformers else None,
+        license=license, license_name=license_name, license_link=license_link,
+        library_name="transformers" if library_transformers else None,
         base_model=base_model, datasets=list(datasets) or None, language=languages or None,
         metrics=metric_names or None, pipeline_tag=KINDS[kind][1], model_name=model_name,
         tags=list(dict.fromkeys(["audio", "speech", "knowledge-distillation", "robustdistill",
@@ -394,7 +408,14 @@ def card_main(argv: list[str]) -> int:
     parser.add_argument("--model", required=True, help="the student folder")
     parser.add_argument("--results", nargs="*", default=[], help="downstream results.json files")
     parser.add_argument("--run", default=None, help="the distillation run's output_dir")
-    parser.add_argument("--license", required=True, help="Hub licence id, e.g. apache-2.0")
+    parser.add_argument("--license", required=True,
+                        help="Hub licence id, e.g. apache-2.0 (case is ignored), or other with "
+                             "--license-name and --license-link")
+    parser.add_argument("--license-name", default=None,
+                        help="with --license other: the licence's short name")
+    parser.add_argument("--license-link", default=None,
+                        help="with --license other: a URL of the licence's text, or its file "
+                             "in the model folder (e.g. LICENSE)")
     parser.add_argument("--kind", default="ssl", choices=sorted(KINDS))
     parser.add_argument("--repo-id", default=None, help="ORG/NAME the card is for")
     parser.add_argument("--base-model", default=None, help="the teacher's Hub id")
@@ -420,6 +441,7 @@ def card_main(argv: list[str]) -> int:
         if args.speed_json:
             rows = json.loads(Path(args.speed_json).read_text())
         path = write_card(args.model, args.results, args.run, license=args.license,
+                          license_name=args.license_name, license_link=args.license_link,
                           kind=args.kind, repo_id=args.repo_id, base_model=args.base_model,
                           datasets=args.dataset, language=args.language, tags=args.tag,
                           notes=args.note, speed=rows, match_upstream=args.match_upstream,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from downstream.results import upstream_labels
+from downstream.results import unscored_note, upstream_labels
 
 from .provenance import RunSummary
 from .results import TaskResult, load_task_results
@@ -42,9 +42,18 @@ TASK_TYPES = {
 }
 
 
+def _slug(text: str) -> str:
+    """``text`` lower-case, each run of characters other than ``a-z``, ``0-9``, ``-``, ``_`` and
+    ``.`` (whitespace, ``/``, ``:``, ``#``, ``+``...) replaced by one ``_``."""
+    return re.sub(r"[^a-z0-9._-]+", "_", text.strip().lower())
+
+
 def task_config(task: TaskResult, condition: str) -> str:
     """The ``model-index`` ``dataset.config`` of ``task``'s results under ``condition``:
-    ``<label>-<condition>`` (``ks-clean``, ``sid-snr0``; whitespace in the label becomes ``_``).
+    ``<label>-<condition>`` as a slug of lower-case letters, digits, ``-``, ``_`` and ``.``
+    (``ks-clean``, ``sid-snr0``; ``KS v2/fsdd`` under ``reverb+snr5`` gives
+    ``ks_v2_fsdd-reverb_snr5``: each run of other characters becomes ``_``). Two labels may
+    give one config; :func:`eval_results_for` refuses that.
 
     The Hub groups ``model-index`` entries by task type, dataset type, config and split and
     names each group after its first entry: two downstream tasks of one task type on one data
@@ -53,8 +62,7 @@ def task_config(task: TaskResult, condition: str) -> str:
     label is what sets them apart (as the Hub's ``superb`` dataset names its configs ``ks``,
     ``si``...); the condition keeps each condition an entry of its own, so a metric type
     appears once per entry."""
-    label = re.sub(r"\s+", "_", task.label.strip())
-    return f"{label}-{condition}"
+    return f"{_slug(task.label)}-{_slug(condition)}"
 
 
 def eval_results_for(tasks: Sequence[TaskResult], model_name: str):
@@ -64,18 +72,33 @@ def eval_results_for(tasks: Sequence[TaskResult], model_name: str):
     task and condition is its own ``model-index`` entry, named after its task on a read-back;
     the condition is also in ``dataset_name`` and ``metric_name``; values are rounded to 6
     decimals (they come from float32); the interval is in the card's text, not here.
+
+    Raises:
+        CardError: two task labels (or conditions) that differ, even only in case, whitespace
+            or punctuation (``ks/a``, ``KS a``, ``ks_a``), but give one config: the Hub would
+            merge their entries, or a reader could not tell them apart; give the results
+            files labels that differ in more than that.
     """
     from huggingface_hub import EvalResult
 
     out = []
+    configs: dict[str, tuple[str, str]] = {}
     for t in tasks:
         for cond in t.conditions:
+            config = task_config(t, cond)
+            other = configs.setdefault(config, (t.label, cond))
+            if other != (t.label, cond):
+                raise CardError(
+                    f"task label {other[0]!r} under {other[1]!r} and task label {t.label!r} "
+                    f"under {cond!r} both give the model-index config {config!r}; give the "
+                    "results files labels that differ in more than case, whitespace or "
+                    "punctuation")
             for metric, mv in t.metrics.get(cond, {}).items():
                 out.append(EvalResult(
                     task_type=TASK_TYPES.get(t.task, t.task.replace("_", "-")),
                     task_name=f"{t.label} ({t.task})", dataset_type=t.dataset,
                     dataset_name=f"{t.dataset} ({t.label}, {cond})",
-                    dataset_config=task_config(t, cond),
+                    dataset_config=config,
                     dataset_split="test", metric_type=metric,
                     metric_value=round(mv.value, 6),
                     metric_name=f"{metric} ({cond})"))
@@ -128,6 +151,7 @@ class TaskView:
     table: str
     other_table: str = ""
     plot: str | None = None
+    unscored_note: str = ""
 
 
 def _short(upstream: str) -> str:
@@ -151,10 +175,33 @@ def _role(upstream: str, run: RunSummary | None, label: str | None = None) -> st
     return name
 
 
+def _cell(result: TaskResult, cond: str, metric: str) -> str:
+    """One table cell: the value and interval (``-`` when undefined), then ``(n unscored)``
+    when ``n`` test items could not be scored, as results.md's cells
+    (:func:`downstream.results.interval_cell`)."""
+    mv = result.metrics.get(cond, {}).get(metric)
+    text = mv.text() if mv else "-"
+    if count := result.unscored.get(cond, {}).get(metric):
+        text += f" ({count} unscored)"
+    return text
+
+
+def _unscored_note(mine: TaskResult, others: Sequence[TaskResult]) -> str:
+    """results.md's sentence explaining ``(n unscored)``
+    (:func:`downstream.results.unscored_note`), when a cell of this model's tables (every
+    metric) or of a comparison row (the primary metric) has the mark; else ``""``."""
+    primary = mine.primary_metric
+    shown = [dict(mine.raw, unscored=mine.unscored)] + [
+        dict(o.raw, unscored={c: {primary: per[primary]} for c, per in o.unscored.items()
+                              if primary in per}) for o in others]
+    return unscored_note(shown) or ""
+
+
 def _primary_table(mine: TaskResult, others: Sequence[TaskResult],
                    run: RunSummary | None = None, labels: dict[int, str] | None = None) -> str:
     """This model's primary metric per condition, then the other upstreams' rows, named by
-    ``labels`` (``id(entry)`` -> the label results.md of their file gives them)."""
+    ``labels`` (``id(entry)`` -> the label results.md of their file gives them); every row's
+    cells marked ``(n unscored)`` as in results.md (:func:`_cell`)."""
     conditions = list(mine.conditions)
     for o in others:
         conditions += [c for c in o.conditions if c not in conditions]
@@ -163,8 +210,8 @@ def _primary_table(mine: TaskResult, others: Sequence[TaskResult],
     labels = labels or {}
     for i, r in enumerate([mine, *others]):
         name = "**this model**" if i == 0 else _role(r.upstream, run, labels.get(id(r)))
-        cells = [r.metrics.get(c, {}).get(mine.primary_metric) for c in conditions]
-        lines.append(f"| {name} | " + " | ".join(m.text() if m else "-" for m in cells) + " |")
+        cells = [_cell(r, c, mine.primary_metric) for c in conditions]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -175,8 +222,8 @@ def _other_table(mine: TaskResult) -> str:
     lines = ["| metric | " + " | ".join(f"`{c}`" for c in mine.conditions) + " |",
              "|---|" + "---|" * len(mine.conditions)]
     for name in names:
-        cells = [mine.metrics.get(c, {}).get(name) for c in mine.conditions]
-        lines.append(f"| {name} | " + " | ".join(m.text() if m else "-" for m in cells) + " |")
+        cells = [_cell(mine, c, name) for c in mine.conditions]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -340,10 +387,12 @@ def task_views(paths: Sequence[str | Path], model_dir: Path, repo_id: str | None
         for r in mine:
             tasks.append(r)
             plot = _copy_plot(Path(path), r.label, model_dir) if copy_plots else None
+            compared = [o for o in others if o.task == r.task]
             views.append(TaskView(
                 label=r.label, task=r.task, dataset=r.dataset, primary_metric=r.primary_metric,
                 higher_is_better=r.higher_is_better, n_test=r.num_items.get("test", "unknown"),
                 seed=_seed_text(r), source=str(path), sha1=r.test_set_sha1,
-                table=_primary_table(r, [o for o in others if o.task == r.task], run, labels),
-                other_table=_other_table(r), plot=plot))
+                table=_primary_table(r, compared, run, labels),
+                other_table=_other_table(r), plot=plot,
+                unscored_note=_unscored_note(r, compared)))
     return tasks, views
