@@ -4,7 +4,15 @@ For each task folder ``SUPERB_OUT/<task>/`` it reads ``compare/results.json`` (t
 multi-seed aggregates and their paired comparisons) and, when present, ``teacher/results.json``
 (the teacher's row, which may have fewer seeds). It prints one markdown table per task (primary
 metric per condition: mean over seeds and its 95 % interval, stratified by seed) and the paired
-differences that are significant among the pairs asked for.
+differences that are significant among the pairs asked for, each ending in ``(n left out)``
+where the comparison left out test items one side could not score (the row's
+``excluded_items``, as ``python -m downstream.report`` shows it), then compare's notes on the
+pairs asked for (e.g. a pair compared on the seeds both ran only), as results.md lists them.
+
+Two results of one upstream path (the same model compared twice) are both shown: the label that
+``--names`` gives the path is followed by `` #i``, ``i`` the result's 1-based position among
+compare's results (results.md names it ``PATH #i``), and the pairs asked for with that label are
+reported for each.
 
 Usage (from the repository root):
     python scripts/evidence_downstream.py runs/ev/superb --tasks kws sid sv se \
@@ -39,15 +47,29 @@ def fmt(value: float | None, *interval: float | None) -> str:
 
 def task_table(folder: Path, names: dict[str, str], pairs: list[tuple[str, str]],
                metric: str | None = None) -> list[str]:
-    """One task's table (``metric``, default the task's primary one) and its significant pairs."""
+    """One task's table (``metric``, default the task's primary one), its significant pairs and
+    compare's notes on the pairs asked for.
+
+    Args:
+        folder: the task's folder (``compare/results.json``, optional ``teacher/results.json``).
+        names: ``{label: upstream path}``, the rows in this order; a path with several results
+            gives one row per result, labelled ``label #i`` (``i`` as in compare's ``PATH #i``).
+        pairs: the ``(a, b)`` labels (as in ``names``) whose significant ``a - b`` are listed.
+        metric: the metric shown; compare pairs the primary metric only.
+
+    Returns:
+        The markdown lines.
+    """
     compare = json.loads((folder / "compare" / "results.json").read_text())
     results = compare["results"]
     metric = metric or results[0]["primary_metric"]
     conditions = results[0]["conditions"]
-    by_path = {r["upstream"]: r for r in results}
-    compare_label = dict(zip((r["upstream"] for r in results), upstream_labels(results),
-                             strict=True))  # as compare named the upstreams in its rows
-    label_of = {compare_label[path]: label for label, path in names.items() if path in by_path}
+    compare_labels = upstream_labels(results)  # as compare named the upstreams in its rows
+    rows = []  # (label shown, label in --names, index in results), in --names order
+    for label, path in names.items():
+        hits = [i for i, r in enumerate(results) if r["upstream"] == path]
+        rows += [(label if len(hits) == 1 else f"{label} #{i + 1}", label, i) for i in hits]
+    label_of = {compare_labels[i]: (shown, label) for shown, label, i in rows}
     better = "higher" if results[0]["higher_is_better"] else "lower"
     seeds = sorted({len(r["seeds"]) for r in results})
     lines = [f"{metric}, {better} is better; mean over {'/'.join(map(str, seeds))} seeds "
@@ -60,27 +82,45 @@ def task_table(folder: Path, names: dict[str, str], pairs: list[tuple[str, str]]
         n = len(teacher.get("seeds") or [teacher.get("seed")])
         lines.append(f"| teacher ({n} seed{'s' if n > 1 else ''}) | " + " | ".join(
             fmt(teacher["metrics"][c][metric]) for c in conditions) + " |")
-    for label, path in names.items():
-        if path not in by_path:
-            continue
-        r = by_path[path]
-        lines.append(f"| {label} | " + " | ".join(
+    for shown, _, i in rows:
+        r = results[i]
+        lines.append(f"| {shown} | " + " | ".join(
             fmt(r["metrics"][c][metric], *r["intervals"][c][metric]) for c in conditions) + " |")
-    significant = []
-    for c in compare["comparisons"]:
-        if c["metric"] != metric or not c["significant"]:
-            continue
-        a, b = label_of.get(c["a"]), label_of.get(c["b"])
-        for x, y, sign in ((a, b, 1), (b, a, -1)):
-            if (x, y) in pairs:
-                d, lo, hi = (sign * c["difference"], *sorted((sign * c["low"], sign * c["high"])))
-                significant.append(f"{x} - {y}, {CONDITION_TITLES.get(c['condition'])}: "
-                                   f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
     if not any(c["metric"] == metric for c in compare["comparisons"]):
         return lines + ["", f"Paired differences are not computed for {metric}: "
                         "`downstream.cli compare` pairs the primary metric only."]
+    significant, left_out = [], False
+    for c in compare["comparisons"]:
+        if (c["metric"] != metric or not c["significant"] or c["a"] not in label_of
+                or c["b"] not in label_of):
+            continue
+        (a, asked_a), (b, asked_b) = label_of[c["a"]], label_of[c["b"]]
+        for x, y, asked, sign in ((a, b, (asked_a, asked_b), 1), (b, a, (asked_b, asked_a), -1)):
+            if asked in pairs:
+                d, lo, hi = (sign * c["difference"], *sorted((sign * c["low"], sign * c["high"])))
+                excluded = c.get("excluded_items") or 0  # absent in older compare outputs
+                left_out |= excluded > 0
+                significant.append(f"{x} - {y}, {CONDITION_TITLES.get(c['condition'])}: "
+                                   f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+                                   + (f" ({excluded} left out)" if excluded else ""))
     lines += ["", "Significant paired differences (a - b, same test items): " +
               ("; ".join(significant) if significant else "none") + "."]
+    if left_out:
+        lines += ["", '"(n left out)": the paired difference leaves out the n test items on which '
+                  f"either upstream could not score {metric} (e.g. a failed PESQ); it is over "
+                  "the items both scored."]
+    asked = {f"{compare_labels[min(i, j)]} vs {compare_labels[max(i, j)]}"  # compare's order
+             for _, a, i in rows for _, b, j in rows if (a, b) in pairs and i != j}
+    # compare starts each note with its pair: "A vs B: ..." or "A vs B CONDITION: ..."
+    suffixes = ["", *(f" {c}" for c in dict.fromkeys(c for r in results for c in r["conditions"]))]
+    starts = tuple(f"{p}{suffix}:" for p in asked for suffix in suffixes)
+    notes = [n for n in compare.get("comparison_notes") or [] if n.startswith(starts)]
+    if notes:
+        renamed = ", ".join(f"{shown} = {compare_labels[i]}" for shown, _, i in rows
+                            if shown != compare_labels[i])
+        lines += ["", "Notes of `downstream.cli compare` on these pairs"
+                  + (f" (its names: {renamed})" if renamed else "") + ":", "",
+                  *(f"- {n}" for n in notes)]
     return lines
 
 

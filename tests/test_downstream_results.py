@@ -211,7 +211,8 @@ def test_nan_featurizer_weights_read_back_as_nan(tmp_path):
     assert "0: nan, 1: 0.500" in (tmp_path / "cmp" / "results.md").read_text()
 
 
-def test_evidence_script_formats_a_null_metric_as_nan():
+def _evidence_script():
+    """``scripts/evidence_downstream.py`` as a module."""
     import importlib.util
     from pathlib import Path
 
@@ -219,45 +220,137 @@ def test_evidence_script_formats_a_null_metric_as_nan():
     spec = importlib.util.spec_from_file_location("evidence_downstream", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_evidence_script_formats_a_null_metric_as_nan():
+    module = _evidence_script()
     assert module.fmt(None) == "nan"  # strict JSON stores NaN as null
     assert module.fmt(None, None, None) == "nan [nan, nan]"
     assert module.fmt(0.5, 0.25, 0.75) == "0.500 [0.250, 0.750]"
     assert module.fmt(12.34) == "12.3"
 
 
-def test_evidence_script_finds_pairs_of_upstreams_with_the_same_folder_name(tmp_path):
-    import importlib.util
-    from pathlib import Path
+def _evidence_result(upstream, value):
+    """A compare entry as the evidence script reads it: accuracy on ``clean``, two seeds."""
+    return {"upstream": upstream, "seeds": [0, 1], "conditions": ["clean"],
+            "primary_metric": "accuracy", "higher_is_better": True,
+            "metrics": {"clean": {"accuracy": value}},
+            "intervals": {"clean": {"accuracy": [value - 0.1, value + 0.1]}}}
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "evidence_downstream.py"
-    spec = importlib.util.spec_from_file_location("evidence_downstream", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
 
-    def result(upstream, value):
-        return {"upstream": upstream, "seeds": [0, 1], "conditions": ["clean"],
-                "primary_metric": "accuracy", "higher_is_better": True,
-                "metrics": {"clean": {"accuracy": value}},
-                "intervals": {"clean": {"accuracy": [value - 0.1, value + 0.1]}}}
+def _evidence_comparison(a, b, difference, excluded=0):
+    """A significant accuracy row of compare on ``clean`` (interval difference +- 0.1)."""
+    return {"metric": "accuracy", "condition": "clean", "significant": True, "a": a, "b": b,
+            "difference": difference, "low": difference - 0.1, "high": difference + 0.1,
+            "excluded_items": excluded}
 
-    # three upstreams: two share the folder name `student` (compare names them by path), the
-    # third is `student_init` (compare names it by folder name)
-    results = [result("runs/ev/plain/student", 0.6), result("runs/ev/robust/student", 0.8),
-               result("runs/ev/robust/student_init", 0.2)]
-    row = {"metric": "accuracy", "condition": "clean", "significant": True}
-    comparisons = [{**row, "a": "runs/ev/robust/student", "b": "student_init",
-                    "difference": 0.6, "low": 0.4, "high": 0.8},
-                   {**row, "a": "runs/ev/plain/student", "b": "runs/ev/robust/student",
-                    "difference": -0.2, "low": -0.3, "high": -0.1}]
+
+def _evidence_table(tmp_path, results, comparisons, names, pairs, notes=None):
+    """The evidence script's lines for one task folder holding this compare output."""
     (tmp_path / "kws" / "compare").mkdir(parents=True)
-    (tmp_path / "kws" / "compare" / "results.json").write_text(
-        json.dumps({"results": results, "comparisons": comparisons}))
-    names = {"plain": "runs/ev/plain/student", "robust": "runs/ev/robust/student",
+    payload = {"results": results, "comparisons": comparisons}
+    if notes is not None:
+        payload["comparison_notes"] = notes
+    (tmp_path / "kws" / "compare" / "results.json").write_text(json.dumps(payload))
+    return _evidence_script().task_table(tmp_path / "kws", names, pairs)
+
+
+def test_evidence_script_tells_apart_upstreams_with_the_same_folder_name(tmp_path):
+    from downstream.results import upstream_labels
+
+    # two upstreams share the folder name `student` (compare names them by path), the third is
+    # `student_init` (named by folder name); the rows' names are compare's own
+    results = [_evidence_result("runs/ev/plain/student", 0.6),
+               _evidence_result("runs/ev/robust/student", 0.8),
+               _evidence_result("runs/ev/robust/student_init", 0.2)]
+    plain, robust, init = upstream_labels(results)
+    assert plain != robust  # what the script must not merge into one "student"
+    comparisons = [_evidence_comparison(robust, init, 0.6),
+                   _evidence_comparison(plain, robust, -0.2),
+                   _evidence_comparison(plain, init, 0.4)]
+    # robust before plain: a mapping by folder name would give both rows one label
+    names = {"robust": "runs/ev/robust/student", "plain": "runs/ev/plain/student",
              "random": "runs/ev/robust/student_init"}
-    text = "\n".join(module.task_table(tmp_path / "kws", names,
-                                       [("robust", "random"), ("robust", "plain")]))
-    assert "robust - random, clean: +0.600 [+0.400, +0.800]" in text
-    assert "robust - plain, clean: +0.200 [+0.100, +0.300]" in text
+    lines = _evidence_table(tmp_path, results, comparisons, names,
+                            [("robust", "random"), ("robust", "plain"), ("plain", "random")])
+    assert lines[4:7] == ["| robust | 0.800 [0.700, 0.900] |", "| plain | 0.600 [0.500, 0.700] |",
+                          "| random | 0.200 [0.100, 0.300] |"]
+    assert lines[-1] == ("Significant paired differences (a - b, same test items): "
+                         "robust - random, clean: +0.600 [+0.500, +0.700]; "
+                         "robust - plain, clean: +0.200 [+0.100, +0.300]; "
+                         "plain - random, clean: +0.400 [+0.300, +0.500].")
+
+
+def test_evidence_script_shows_both_results_of_one_upstream_path(tmp_path):
+    from downstream.results import upstream_labels
+
+    # the same student compared twice (a re-run beside the first run): both rows are shown,
+    # numbered as compare numbers them (`PATH #1`, `PATH #2`), not the last one silently
+    results = [_evidence_result("runs/ev/plain/student", 0.6),
+               _evidence_result("runs/ev/robust/student_init", 0.2),
+               _evidence_result("runs/ev/plain/student", 0.7)]
+    first, init, second = upstream_labels(results)
+    assert (first, second) == ("runs/ev/plain/student #1", "runs/ev/plain/student #3")
+    comparisons = [_evidence_comparison(first, init, 0.4), _evidence_comparison(first, second, -0.1),
+                   _evidence_comparison(init, second, -0.5)]
+    names = {"plain": "runs/ev/plain/student", "random": "runs/ev/robust/student_init"}
+    lines = _evidence_table(tmp_path, results, comparisons, names, [("plain", "random")])
+    assert lines[4:7] == ["| plain #1 | 0.600 [0.500, 0.700] |",
+                          "| plain #3 | 0.700 [0.600, 0.800] |",
+                          "| random | 0.200 [0.100, 0.300] |"]
+    assert lines[-1] == ("Significant paired differences (a - b, same test items): "
+                         "plain #1 - random, clean: +0.400 [+0.300, +0.500]; "
+                         "plain #3 - random, clean: +0.500 [+0.400, +0.600].")
+
+
+def test_evidence_script_shows_items_left_out_and_compares_notes_on_the_pairs(tmp_path):
+    results = [_evidence_result("/m/a", 0.8), _evidence_result("/m/b", 0.5),
+               _evidence_result("/m/c", 0.4)]
+    comparisons = [_evidence_comparison("a", "b", 0.3, excluded=2),
+                   _evidence_comparison("a", "c", 0.4),
+                   _evidence_comparison("b", "c", 0.1, excluded=5)]
+    notes = ["a vs b: accuracy compared on the test items both scored only; left out, as one or "
+             "both could not score them: clean 2 of 10",
+             "a vs c: compared on seed 1 only, the seeds both ran (a: 0, 1; c: 1)",
+             "b vs c: compared on seed 1 only, the seeds both ran (b: 0, 1; c: 1)",
+             "b vs c clean: test items differ", "a vs c clean: test items differ"]
+    names = {"A": "/m/a", "B": "/m/b", "C": "/m/c"}
+    lines = _evidence_table(tmp_path, results, comparisons, names, [("A", "B"), ("C", "A")],
+                            notes)
+    text = "\n".join(lines)
+    assert ("Significant paired differences (a - b, same test items): "
+            "A - B, clean: +0.300 [+0.200, +0.400] (2 left out); "
+            "C - A, clean: -0.400 [-0.500, -0.300].") in lines
+    assert '"(n left out)": the paired difference leaves out the n test items' in text
+    # compare's notes on the pairs asked for, as results.md lists them; B - C was not asked for
+    assert lines[-5:] == ["Notes of `downstream.cli compare` on these pairs (its names: A = a, "
+                          "B = b, C = c):", "", f"- {notes[0]}", f"- {notes[1]}", f"- {notes[4]}"]
+    # no excluded items and no notes (or an output written before they existed): as before
+    plain = _evidence_table(tmp_path / "old", results,
+                            [{k: v for k, v in c.items() if k != "excluded_items"}
+                             for c in comparisons], names, [("A", "B")])
+    assert plain[-1].endswith("A - B, clean: +0.300 [+0.200, +0.400].")
+    assert "left out" not in "\n".join(plain) and "Notes" not in "\n".join(plain)
+
+
+def test_evidence_script_reads_compares_real_notes(tmp_path):
+    from downstream.results import aggregate_seeds
+
+    # a: seeds 0-2, right on all 4 items of seed 1; b: seed 1 alone, all wrong; c: seed 5 alone
+    a = aggregate_seeds([_seed_run(tmp_path, "a", s, c) for s, c in
+                         ((0, [0] * 4), (1, [1] * 4), (2, [0] * 4))],
+                        [tmp_path / "a" / f"seed{s}" for s in (0, 1, 2)], resamples=10)
+    b, c = (aggregate_seeds([_seed_run(tmp_path, name, s, [0] * 4)],
+                            [tmp_path / name / f"seed{s}"], resamples=10)
+            for name, s in (("b", 1), ("c", 5)))
+    rows, notes = paired_comparisons([a, b, c], resamples=20)
+    lines = _evidence_table(tmp_path, [a, b, c], rows, {"a": "/models/a", "b": "/models/b"},
+                            [("b", "a")], notes)
+    assert lines[-5].endswith(": b - a, clean: -1.000 [-1.000, -1.000].")
+    assert lines[-3] == "Notes of `downstream.cli compare` on these pairs:"
+    assert lines[-1] == "- a vs b: compared on seed 1 only, the seeds both ran (a: 0, 1, 2; b: 1)"
+    assert sum(line.startswith("- ") for line in lines) == 1  # not a vs c nor b vs c
 
 
 def _seed_run(tmp_path, name, seed, correct, test_set=None):

@@ -236,8 +236,9 @@ def test_train_speaker_cache_and_gap_input_errors_are_one_line(tmp_path, monkeyp
     _resemblyzer()
     monkeypatch.chdir(REPO)
     train, test = _data(tmp_path)
+    gap_only = ["--steps", "2,4", "--crops", "2"] if action == "gap" else []
     argv = [action, "--config", "configs/imlkd_speaker.yaml", *_tiny_args(tmp_path, train, test),
-            "--steps", "2,4", "--crops", "2", *[e.format(root=tmp_path) for e in extra]]
+            *gap_only, *[e.format(root=tmp_path) for e in extra]]
     line = _main_error(argv, capsys)
     assert line.startswith("robustdistill train-speaker: error:")
     assert message.format(root=tmp_path) in line
@@ -271,6 +272,42 @@ def test_train_speaker_gap_refuses_bad_steps_and_crops_in_one_line(monkeypatch, 
     _no_inputs(monkeypatch)
     line = _main_error(["gap", "--config", "configs/imlkd_speaker.yaml", *extra], capsys)
     assert line.startswith("robustdistill train-speaker: error: --") and message in line
+
+
+@pytest.mark.parametrize("action", ["train", "table", "cache"])
+@pytest.mark.parametrize("extra, given", [
+    (["--steps", "2,4"], "--steps is"),
+    (["--steps", "4,8,16,32"], "--steps is"),  # gap's default, but given: refused all the same
+    (["--crops", "4"], "--crops is"),
+    (["--crops=0"], "--crops is"),  # refused for the action, whatever the value
+    (["--crops", "2", "--steps", "8"], "--steps and --crops are"),
+])
+def test_train_speaker_refuses_steps_and_crops_outside_gap(tmp_path, monkeypatch, capsys, action,
+                                                           extra, given):
+    # only gap reads them: ignored by the other actions, a user would believe they took effect
+    monkeypatch.chdir(tmp_path)
+    _no_inputs(monkeypatch)
+    train, test = _data(tmp_path)
+    argv = [action, "--config", str(REPO / "configs" / "imlkd_speaker.yaml"),
+            *_tiny_args(tmp_path, train, test), *extra]
+    line = _main_error(argv, capsys)
+    assert line == f"robustdistill train-speaker: error: {given} read by gap only, not by {action}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test", "train"]  # nothing started
+
+
+def test_train_speaker_gap_defaults_apply_when_steps_and_crops_are_not_given(monkeypatch):
+    from robustdistill.speaker import train as train_mod
+
+    calls = []
+    monkeypatch.setattr(train_mod, "load_ig_inputs", lambda cfg, per_utterance=None: ("t", ["c"]))
+    monkeypatch.setattr(train_mod, "completeness_by_steps",
+                        lambda cfg, steps, num_crops, inputs=None: calls.append((steps,
+                                                                                 num_crops)) or {})
+    config = str(REPO / "configs" / "imlkd_speaker.yaml")
+    assert train_mod.main(["gap", "--config", config]) == 0
+    assert train_mod.main(["gap", "--config", config, "--crops", "2"]) == 0
+    assert train_mod.main(["gap", "--config", config, "--steps", "16,2"]) == 0
+    assert calls == [([4, 8, 16, 32], 4), ([4, 8, 16, 32], 2), ([2, 16], 4)]
 
 
 def test_completeness_by_steps_refuses_no_crops_or_steps_before_loading(monkeypatch):
@@ -345,7 +382,8 @@ def test_train_speaker_cache_and_gap_errors_during_the_work_keep_their_traceback
         raise FileNotFoundError("attribution cache folder vanished")
 
     monkeypatch.setattr(train_mod, "attribute_segments", vanished)
+    gap_only = ["--steps", "2,4", "--crops", "2"] if action == "gap" else []
     with pytest.raises(FileNotFoundError, match="vanished"):
         train_mod.main([action, "--config", "configs/imlkd_speaker.yaml",
-                        *_tiny_args(tmp_path, train, test), "--steps", "2,4", "--crops", "2"])
+                        *_tiny_args(tmp_path, train, test), *gap_only])
     assert len(calls) == 1  # the inputs loaded, the work started

@@ -1009,6 +1009,10 @@ def fill_cache(cfg: SpeakerKDConfig, batch_size: int = 32,
             "relative_gap_max": float(np.max(gaps))}
 
 
+GAP_STEPS = "4,8,16,32"  # ``gap --steps`` when not given
+GAP_CROPS = 4  # ``gap --crops`` when not given
+
+
 def parse_gap_steps(text: str) -> list[int]:
     """The ``n_steps`` values of ``gap --steps`` (``"4,8,16,32"``), sorted, each once.
 
@@ -1075,11 +1079,14 @@ def main(argv: list[str]) -> int:
 
     ``cache`` computes every training map into ``ig.cache_dir`` once and prints its time and
     completeness gaps; ``gap --steps 4,8,16,32 --crops 4`` prints the completeness gap of a few
-    crops' maps at each ``n_steps`` (``--steps`` and ``--crops`` are read by ``gap`` only).
+    crops' maps at each ``n_steps`` (defaults :data:`GAP_STEPS`, :data:`GAP_CROPS`; all the
+    crops when there are fewer). ``--steps`` and ``--crops`` are read by ``gap`` only: the other
+    actions refuse them rather than ignore them.
 
     Start-up problems end in a one-line parser error (exit 2), before any training or
     attribution, in every action: a config that is missing, empty, not valid YAML or holds a
-    bad value; ``gap``'s ``--steps`` not integers ``>= 2`` or ``--crops`` below 1; ``cache``
+    bad value; ``--steps`` or ``--crops`` given to an action other than ``gap``; ``gap``'s
+    ``--steps`` not integers ``>= 2`` or ``--crops`` below 1; ``cache``
     with ``ig.use_cache false``; an output or cache folder that is a file; a missing or foreign
     teacher file (or no resemblyzer package); a missing ``student.upstream`` folder; a missing
     data folder; a set unusable once its bad files are skipped; a verification speaker seen in
@@ -1095,10 +1102,16 @@ def main(argv: list[str]) -> int:
         epilog=config_reference(SpeakerKDConfig))
     parser.add_argument("action", choices=["train", "table", "cache", "gap"])
     parser.add_argument("--config", required=True)
-    parser.add_argument("--steps", default="4,8,16,32",
-                        help="gap: the IG n_steps values (each >= 2), comma-separated")
-    parser.add_argument("--crops", type=int, default=4, help="gap: number of crops (>= 1)")
+    parser.add_argument("--steps", help="gap only: the IG n_steps values (each >= 2), "
+                        f"comma-separated (default {GAP_STEPS})")
+    parser.add_argument("--crops", type=int, help=f"gap only: number of crops (>= 1, default "
+                        f"{GAP_CROPS}; all of them when there are fewer)")
     args, rest = parser.parse_known_args(argv)
+    # None: not given. Only gap reads them; elsewhere they would be ignored, silently.
+    if args.action != "gap" and (given := [f"--{k}" for k in ("steps", "crops")
+                                           if getattr(args, k) is not None]):
+        parser.error(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} read by gap "
+                     f"only, not by {args.action}")
     try:
         require_single_process("robustdistill train-speaker")
         cfg = load_config(args.config, SpeakerKDConfig, parse_overrides(rest))
@@ -1106,10 +1119,11 @@ def main(argv: list[str]) -> int:
             check_model_path(cfg.student.upstream, "student.upstream",
                              "robustdistill create-student --teacher ID_OR_DIR --out DIR")
         steps: list[int] = []
+        num_crops = GAP_CROPS if args.crops is None else args.crops
         if args.action == "gap":
-            steps = parse_gap_steps(args.steps)
-            if args.crops < 1:
-                raise ValueError(f"--crops must be >= 1, got {args.crops}")
+            steps = parse_gap_steps(GAP_STEPS if args.steps is None else args.steps)
+            if num_crops < 1:
+                raise ValueError(f"--crops must be >= 1, got {num_crops}")
         if args.action == "cache" and not cfg.ig.use_cache:
             raise ValueError("cache fills ig.cache_dir, but ig.use_cache is false")
         for key, folder in _folders_written(cfg, args.action):
@@ -1120,7 +1134,7 @@ def main(argv: list[str]) -> int:
     # outside that handler, so an error hours in (a cache folder deleted) keeps its traceback.
     if args.action == "gap":
         inputs = _load_or_exit(parser, lambda: load_ig_inputs(cfg, 1))
-        print(json.dumps(completeness_by_steps(cfg, steps, args.crops, inputs), indent=1))
+        print(json.dumps(completeness_by_steps(cfg, steps, num_crops, inputs), indent=1))
         return 0
     if args.action == "cache":
         inputs = _load_or_exit(parser, lambda: load_ig_inputs(cfg))
