@@ -86,25 +86,29 @@ def task_table(folder: Path, names: dict[str, str], pairs: list[tuple[str, str]]
         r = results[i]
         lines.append(f"| {shown} | " + " | ".join(
             fmt(r["metrics"][c][metric], *r["intervals"][c][metric]) for c in conditions) + " |")
-    if not any(c["metric"] == metric for c in compare["comparisons"]):
+    if metric != results[0]["primary_metric"]:
         return lines + ["", f"Paired differences are not computed for {metric}: "
                         "`downstream.cli compare` pairs the primary metric only."]
-    significant, left_out = [], False
+    significant, left_out, tested = [], False, False
     for c in compare["comparisons"]:
-        if (c["metric"] != metric or not c["significant"] or c["a"] not in label_of
-                or c["b"] not in label_of):
+        if c["metric"] != metric or c["a"] not in label_of or c["b"] not in label_of:
             continue
         (a, asked_a), (b, asked_b) = label_of[c["a"]], label_of[c["b"]]
         for x, y, asked, sign in ((a, b, (asked_a, asked_b), 1), (b, a, (asked_b, asked_a), -1)):
-            if asked in pairs:
+            if asked not in pairs:
+                continue
+            tested = True
+            if c["significant"]:
                 d, lo, hi = (sign * c["difference"], *sorted((sign * c["low"], sign * c["high"])))
                 excluded = c.get("excluded_items") or 0  # absent in older compare outputs
                 left_out |= excluded > 0
                 significant.append(f"{x} - {y}, {CONDITION_TITLES.get(c['condition'])}: "
                                    f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
                                    + (f" ({excluded} left out)" if excluded else ""))
+            break  # one direction per comparison, also for a pair asked both ways
     lines += ["", "Significant paired differences (a - b, same test items): " +
-              ("; ".join(significant) if significant else "none") + "."]
+              ("; ".join(significant) if significant else "none") + "." if tested else
+              "No paired difference was computed for these pairs."]
     if left_out:
         lines += ["", '"(n left out)": the paired difference leaves out the n test items on which '
                   f"either upstream could not score {metric} (e.g. a failed PESQ); it is over "

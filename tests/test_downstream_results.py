@@ -353,6 +353,43 @@ def test_evidence_script_reads_compares_real_notes(tmp_path):
     assert sum(line.startswith("- ") for line in lines) == 1  # not a vs c nor b vs c
 
 
+def test_evidence_script_gives_compares_note_when_it_tested_no_pair(tmp_path):
+    """compare skipped the pair (different test sets): no row, the note says why. Before, the
+    script blamed the metric ("pairs the primary metric only") and left the note out."""
+    from downstream.results import aggregate_seeds
+
+    a, b = (aggregate_seeds([_seed_run(tmp_path, name, s, [0] * 4)],
+                            [tmp_path / name / f"seed{s}"], resamples=10)
+            for name, s in (("a", 0), ("b", 5)))
+    rows, notes = paired_comparisons([a, b], resamples=20)
+    assert rows == [] and len(notes) == 1
+    lines = _evidence_table(tmp_path, [a, b], rows, {"a": "/models/a", "b": "/models/b"},
+                            [("a", "b")], notes)
+    assert "primary metric only" not in "\n".join(lines)
+    assert lines[-6:] == ["", "No paired difference was computed for these pairs.", "",
+                          "Notes of `downstream.cli compare` on these pairs:", "",
+                          f"- {notes[0]}"]
+    # a pair compare tested without a significant difference is still "none"
+    (tmp_path / "kws").rename(tmp_path / "kws_1")
+    insignificant = [{**_evidence_comparison("a", "b", 0.0), "significant": False}]
+    lines = _evidence_table(tmp_path, [_evidence_result("/m/a", 0.5),
+                                       _evidence_result("/m/b", 0.5)],
+                            insignificant, {"A": "/m/a", "B": "/m/b"}, [("A", "B")])
+    assert lines[-1] == "Significant paired differences (a - b, same test items): none."
+
+
+def test_evidence_script_lists_a_pair_of_one_upstreams_results_once(tmp_path):
+    from downstream.results import upstream_labels
+
+    results = [_evidence_result("runs/ev/plain/student", 0.6),
+               _evidence_result("runs/ev/plain/student", 0.7)]
+    first, second = upstream_labels(results)
+    lines = _evidence_table(tmp_path, results, [_evidence_comparison(first, second, -0.1)],
+                            {"plain": "runs/ev/plain/student"}, [("plain", "plain")])
+    assert lines[-1] == ("Significant paired differences (a - b, same test items): "
+                         "plain #1 - plain #2, clean: -0.100 [-0.200, +0.000].")
+
+
 def _seed_run(tmp_path, name, seed, correct, test_set=None):
     """One single-seed run on disk (items + the fields aggregate_seeds reads); its test-set hash
     depends on the seed, as the runner's does."""

@@ -35,6 +35,9 @@ def test_the_test_set_hash_changes_with_snrs_names_and_audio_only():
     reordered = _pairs()
     reordered.noisy = dict(reversed(list(reordered.noisy.items())))  # same set, other order
     assert reordered.sha1() == base
+    rescored = _pairs()  # the noisy inputs' scores follow from the audio: not hashed
+    rescored.noisy_scores[-5.0][0]["pesq"] = 4.0
+    assert rescored.sha1() == base
 
 
 def test_render_table_names_an_entry_without_an_asked_snr():
@@ -91,6 +94,10 @@ def test_merge_refuses_an_asked_snr_that_a_result_lacks(tmp_path, capsys):
               "--sizes", "63", "--snrs", "-5", "0"])
     assert stop.value.code == 2
     assert "mixture_63x_s1 (-5 dB)" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()  # nothing written on a refusal
+    # an entry the table does not show (another method) may lack it
+    assert main(["--merge", *folders, "--out", str(tmp_path / "m"), "--methods", "mixture",
+                 "--sizes", "32", "--snrs", "-5", "0"]) == 0
 
 
 def test_a_resume_on_another_test_set_scores_again_and_keeps_one_test_set(
@@ -101,7 +108,7 @@ def test_a_resume_on_another_test_set_scores_again_and_keeps_one_test_set(
     pairs = _pairs(snrs=(-5.0, 0.0))
     new = pairs.sha1()
     out = tmp_path / "t"
-    for seed in (0, 2):  # trained by an earlier call
+    for seed in (0, 1, 2):  # trained by an earlier call
         (out / "runs" / f"mixture_63x_s{seed}" / "student").mkdir(parents=True)
         (out / "runs" / f"mixture_63x_s{seed}" / "student" / "model.safetensors").write_text("")
     old = {"parameters": 7, "test_set_sha1": "old", "train_seconds": 12.5,
@@ -144,3 +151,40 @@ def test_a_resume_on_another_test_set_scores_again_and_keeps_one_test_set(
     assert results["mixture_63x_s2"]["results"]["-5"]["si_sdr"] == 3.0
     table_md = (out / "table.md").read_text()
     assert "Input SNR 5 dB" not in table_md and "| mixture 63x | 7 | 2 |" in table_md
+    # the dropped seed 1, asked for later, keeps the training time its old entry had
+    assert table.main(["--out", str(out), "--snrs", "-5", "0", "--skip-teachers",
+                       "--methods", "mixture", "--sizes", "63", "--seeds", "1"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["mixture_63x_s1"]["train_seconds"] == 12.5
+    assert results["mixture_63x_s1"]["test_set_sha1"] == new
+
+
+def test_a_trained_students_time_is_kept_beside_it(tmp_path, monkeypatch):
+    import robustdistill.se.students as students
+    import robustdistill.se.table as table
+
+    pairs = _pairs()
+    out = tmp_path / "t"
+    monkeypatch.setattr(table, "make_test_pairs", lambda *a, **k: pairs)
+    monkeypatch.setattr(table, "evaluate_model", lambda model, p: {"-5": _scores(1.0),
+                                                                  "0": _scores(2.0)})
+
+    def train(cfg):
+        student = tmp_path / "t" / "runs" / "mixture_63x_s0" / "student"
+        student.mkdir(parents=True)
+        (student / "model.safetensors").write_text("")
+
+    monkeypatch.setattr("robustdistill.se.train.train_se", train)
+    monkeypatch.setattr(students.GRUMaskStudent, "from_pretrained",
+                        classmethod(lambda cls, path: "student"))
+    monkeypatch.setattr(students, "count_parameters", lambda model: 5)
+    args = ["--out", str(out), "--snrs", "-5", "0", "--skip-teachers", "--methods", "mixture",
+            "--sizes", "63", "--seeds", "0"]
+    assert table.main(args) == 0
+    first = json.loads((out / "results.json").read_text())["mixture_63x_s0"]["train_seconds"]
+    kept = json.loads((out / "runs" / "mixture_63x_s0" / "train_seconds.json").read_text())
+    assert isinstance(first, float) and kept == {"train_seconds": first}
+    (out / "results.json").unlink()  # e.g. a table folder scored again from scratch
+    assert table.main(args) == 0
+    assert json.loads((out / "results.json").read_text())["mixture_63x_s0"][
+        "train_seconds"] == first

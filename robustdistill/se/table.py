@@ -14,9 +14,11 @@ interrupted table resumes.
 Every entry records the test set it was scored on (``test_set_sha1``, :meth:`~robustdistill.
 se.evaluate.TestPairs.sha1`). A resume on another test set (other ``--snrs``, ``--test-speech``,
 ``--test-noise``, ``--per-speaker`` or ``--max-seconds``, or changed files) drops the entries
-scored on the old one, with a warning, and scores the models again (a trained student is
-loaded from its run folder, not trained again), so one table never mixes test sets.
-``--merge`` refuses folders scored on different test sets.
+scored on the old one, with a warning, and scores the models again when they are asked for (a
+trained student is loaded from its run folder, not trained again; its training time is kept
+in ``<out>/runs/<entry>/train_seconds.json``), so one table never mixes test sets. A
+``results.json`` written before the hash was recorded is scored again in full, teachers
+included, once. ``--merge`` refuses folders scored on different test sets.
 
 The runs share one speech scan cache, ``<out>/scan_cache`` (:class:`~robustdistill.se.data.
 SpeechScanCache`), so only the table's first run decodes the speech folder; a recipe that sets
@@ -37,7 +39,7 @@ import numpy as np
 from .evaluate import evaluate_model, make_test_pairs, noisy_summary
 from .losses import METHODS
 
-__all__ = ["main", "render_table"]
+__all__ = ["main", "render_table", "shown_entries"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,32 @@ def _fmt(values: list[float], digits: int) -> str:
     return f"{np.mean(v):.{digits}f} ± {np.std(v, ddof=1):.{digits}f}"
 
 
+TRAIN_SECONDS = "train_seconds.json"  # in a student's run folder: its training time
+
+
+def shown_entries(results: dict, methods: list[str], sizes: list[int]) -> list[str]:
+    """The entries of ``results`` that :func:`render_table` shows: ``noisy``, ``nsnet2`` and
+    ``dtln`` when present, then every seed's ``<method>_<size>x_s<seed>`` in the order of
+    ``sizes`` and ``methods``."""
+    return [name for name in ("noisy", "nsnet2", "dtln") if name in results] + [
+        k for size in sizes for method in methods for k in results
+        if k.startswith(f"{method}_{size}x_s")]
+
+
+def _record_train_seconds(run_dir: Path, seconds: float | None) -> None:
+    """Keep a dropped entry's training time beside its student, unless unknown, the student's
+    folder is gone, or a time is already kept there."""
+    path = run_dir / TRAIN_SECONDS
+    if seconds is not None and run_dir.is_dir() and not path.is_file():
+        path.write_text(json.dumps({"train_seconds": seconds}))
+
+
+def _recorded_train_seconds(run_dir: Path) -> float | None:
+    """The training time :func:`_record_train_seconds` kept, or None."""
+    path = run_dir / TRAIN_SECONDS
+    return json.loads(path.read_text())["train_seconds"] if path.is_file() else None
+
+
 def render_table(results: dict, snrs: list[str], methods: list[str], sizes: list[int]) -> str:
     """Markdown: one table per SNR (mean ± sample std over seeds), then the claim check.
 
@@ -65,9 +93,7 @@ def render_table(results: dict, snrs: list[str], methods: list[str], sizes: list
     Raises:
         ValueError: a shown entry has no results at one of ``snrs``.
     """
-    shown = [name for name in ("noisy", "nsnet2", "dtln") if name in results] + [
-        k for size in sizes for method in methods for k in results
-        if k.startswith(f"{method}_{size}x_s")]
+    shown = shown_entries(results, methods, sizes)
     for name in shown:
         missing = [snr for snr in snrs if snr not in results[name]["results"]]
         if missing:
@@ -160,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     unhashed.append(f"{folder}:{name}")
             merged.update(entries)
+        if not merged:
+            parser.error(f"nothing to merge: the results.json of {args.merge} are empty")
         if len(test_sets) > 1:
             parser.error("the folders were scored on different test sets; merge only folders "
                          "built with the same --test-speech, --test-noise, --snrs, "
@@ -169,20 +197,19 @@ def main(argv: list[str] | None = None) -> int:
         if unhashed:
             logger.warning("%s predate test-set hashes: that they share one test set is not "
                            "checked", ", ".join(unhashed))
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "results.json").write_text(json.dumps(merged, indent=1))
-        if not merged:
-            parser.error(f"nothing to merge: the results.json of {args.merge} are empty")
         per_entry = [set(r["results"]) for r in merged.values()]
         snrs = ([f"{s:g}" for s in args.snrs] if args.snrs else
                 sorted(set.intersection(*per_entry), key=float))
         if not snrs:
             parser.error("the merged results share no input SNR; give --snrs")
-        lacking = [f"{name} ({', '.join(s for s in snrs if s not in r['results'])} dB)"
-                   for name, r in merged.items() if not set(snrs) <= set(r["results"])]
+        lacking = [f"{name} ({', '.join(s for s in snrs if s not in merged[name]['results'])}"
+                   " dB)" for name in shown_entries(merged, args.methods, args.sizes)
+                   if not set(snrs) <= set(merged[name]["results"])]
         if lacking:
             parser.error("--snrs asks for input SNRs some merged results lack: "
                          + "; ".join(lacking))
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "results.json").write_text(json.dumps(merged, indent=1))
         dropped = sorted(set.union(*per_entry) - set(snrs), key=float)
         if dropped:
             logging.getLogger(__name__).warning(
@@ -215,12 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     test_set = pairs.sha1()
     stale = sorted(k for k, r in results.items()
                    if k != "noisy" and r.get("test_set_sha1") != test_set)
-    known_train_s: dict = {}
     if stale:
         logger.warning("entries of %s scored on another test set (or before the table "
                        "recorded one), dropped and scored again when asked for: %s",
                        res_path, ", ".join(stale))
-        known_train_s = {k: results[k].get("train_seconds") for k in stale}
+        for k in stale:  # the time is known only from the entry: keep it beside the student
+            _record_train_seconds(out / "runs" / k, results[k].get("train_seconds"))
         results = {k: r for k, r in results.items() if k not in stale}
     results["noisy"] = {"test_set_sha1": test_set, "results": noisy_summary(pairs)}
     for name in () if args.skip_teachers else ("nsnet2", "dtln"):
@@ -253,10 +280,11 @@ def main(argv: list[str] | None = None) -> int:
                 trained = (run_dir / "student" / "model.safetensors").is_file()
                 if not trained:
                     train_se(cfg)
-                # a student trained by an earlier call: its time is known only from a
-                # dropped entry
-                train_s = (known_train_s.get(key) if trained
-                           else round(time.perf_counter() - t0, 1))
+                if trained:  # by an earlier call
+                    train_s = _recorded_train_seconds(run_dir)
+                else:
+                    train_s = round(time.perf_counter() - t0, 1)
+                    (run_dir / TRAIN_SECONDS).write_text(json.dumps({"train_seconds": train_s}))
                 student = GRUMaskStudent.from_pretrained(run_dir / "student")
                 results[key] = {"method": method, "size": size, "seed": seed,
                                 "parameters": count_parameters(student),
