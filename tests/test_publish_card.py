@@ -327,6 +327,43 @@ def test_card_cli_takes_only_hub_licence_ids(run, capsys):
             "other", "teacher-licence", link)
 
 
+def test_license_link_must_be_a_file_push_uploads(run, tmp_path):
+    """A relative ``--license-link`` must name a file that ``push`` uploads (push's own filter,
+    not a copy of its rules): a hidden file or one in a cache folder would leave the card's
+    link pointing at nothing on the Hub. A URL's scheme is taken in any case."""
+    from huggingface_hub import ModelCard
+
+    from robustdistill.publish.licenses import hub_license
+    from robustdistill.publish.push import plan_upload
+
+    student = run["student"]
+    write_card(student, [], None, license="mit", speed=False)  # README.md, for plan_upload
+    for link, why in ((".LICENSE", "'.LICENSE' is hidden"),
+                      ("legal/.terms/LICENSE", "'.terms' is hidden"),
+                      ("__pycache__/LICENSE", "'__pycache__' is a cache folder"),
+                      (".cache/LICENSE", "'.cache' is a cache folder")):
+        (student / link).parent.mkdir(parents=True, exist_ok=True)
+        (student / link).write_text("the teacher's terms")
+        assert link not in plan_upload(student, "org/x").files
+        with pytest.raises(CardError, match=(
+                f"--license-link '{link}' names a file that robustdistill push does not "
+                f"upload \\({why}\\)")):
+            hub_license("other", "teacher-licence", link, student)
+    outside = tmp_path / "terms.txt"
+    outside.write_text("the teacher's terms")
+    (student / "LICENSE.txt").symlink_to(outside)
+    with pytest.raises(CardError, match="push would refuse the folder for this file: "
+                                        "LICENSE.txt is a link to outside"):
+        hub_license("other", "teacher-licence", "LICENSE.txt", student)
+    (student / "LICENSE.txt").unlink()
+    (student / "legal" / "LICENSE").write_text("the teacher's terms")
+    assert "legal/LICENSE" in plan_upload(student, "org/x").files
+    for link in ("legal/LICENSE", "HTTPS://example.org/licence", "Http://example.org/l"):
+        card = ModelCard.load(write_card(student, [], None, license="other", speed=False,
+                                         license_name="teacher-licence", license_link=link))
+        assert (card.data.license, card.data.license_link) == ("other", link)
+
+
 def test_measure_speed_rows(tiny_wavlm_dir):
     from robustdistill.publish.provenance import measure_speed, model_facts
 
@@ -932,7 +969,7 @@ def test_downstream_tasks_on_one_folder_stay_apart_in_the_model_index(run, tmp_p
 
 
 def test_task_labels_become_safe_configs_and_labels_that_clash_are_refused(run, tmp_path):
-    """``dataset.config`` is a slug (lower-case letters, digits, ``-``, ``_``, ``.``) of the
+    """``dataset.config`` is a slug (lower-case letters and digits, ``-``, ``_``, ``.``) of the
     label and the condition; two labels with one slug are refused before anything is written,
     whether they differ in whitespace (merged by the Hub before), in punctuation or in case."""
     from huggingface_hub import ModelCard
@@ -960,6 +997,142 @@ def test_task_labels_become_safe_configs_and_labels_that_clash_are_refused(run, 
                 f"task label '{first}' under 'clean' and task label '{second}' under 'clean' "
                 "both give the model-index config 'ks_a-clean'")):
             write([first, second])
+
+
+def _write_results(tmp_path: Path, model: Path, specs) -> list[Path]:
+    """One results folder per ``(label, task, metric, dataset, plot)`` with a results file of
+    ``model`` (conditions ``clean`` and ``snr0``) and, when ``plot`` is bytes, a
+    ``robustness.png`` holding them."""
+    paths = []
+    for i, (label, task, metric, dataset, plot) in enumerate(specs):
+        folder = tmp_path / f"results_{i}"
+        folder.mkdir(parents=True)
+        entry = _task_results(model, label, task, metric, (0.8, 0.5))
+        entry["config"]["data"]["source"]["root"] = f"../shared/data/{dataset}"
+        paths.append(folder / "results.json")
+        paths[-1].write_text(json.dumps(entry))
+        if plot is not None:
+            (folder / "robustness.png").write_bytes(plot)
+    return paths
+
+
+def test_task_labels_of_any_script_keep_their_letters_in_the_config(run, tmp_path):
+    """A label's letters and digits of any script (with their combining marks) stay in its
+    config, lower-case: non-ASCII labels no longer all become ``_``; still, labels that differ
+    only in case, whitespace or punctuation (or in Unicode normalisation) are refused."""
+    from huggingface_hub import ModelCard
+
+    labels = {"ключевые слова": "ключевые_слова", "Диктор": "диктор", "キーワード": "キーワード",
+              "話者": "話者", "Wörter": "wörter", "Wärter": "wärter", "किट": "किट",
+              "कीट": "कीट"}
+    specs = [(label, "utterance_classification", "accuracy", "fsdd", None) for label in labels]
+    loaded = ModelCard.load(write_card(run["student"], _write_results(tmp_path, run["student"],
+                                                                      specs),
+                                       None, license="mit", speed=False)).data.eval_results
+    assert {(r.task_name, r.dataset_config) for r in loaded} == {
+        (f"{label} (utterance_classification)", f"{slug}-{cond}")
+        for label, slug in labels.items() for cond in ("clean", "snr0")}
+    for i, (first, second, config) in enumerate((
+            ("Ключевые слова", "ключевые/слова", "ключевые_слова-clean"),
+            ("Wo\u0308rter", "wörter", "wörter-clean"))):
+        paths = _write_results(tmp_path / str(i), run["student"], [
+            (label, "utterance_classification", "accuracy", "fsdd", None)
+            for label in (first, second)])
+        with pytest.raises(CardError, match=(
+                f"task label '{first}' under 'clean' and task label '{second}' under 'clean' "
+                f"both give the model-index config '{config}' \\(audio-classification on "
+                "'fsdd', where the Hub would merge them\\): their task labels differ only in "
+                "case, whitespace or punctuation")):
+            write_card(run["student"], paths, None, license="mit", speed=False)
+
+
+def test_one_config_in_two_hub_groups_is_no_clash(run, tmp_path):
+    """The Hub groups entries by task type, dataset type, config and split: labels with one
+    config on other data folders or of other task types stay apart and are kept (each with its
+    own plot); within one group they are refused (two tasks of ``audio-classification``)."""
+    from huggingface_hub import ModelCard
+
+    student = run["student"]
+    paths = _write_results(tmp_path, student, [
+        ("ks a", "utterance_classification", "accuracy", "fsdd", b"\x89PNG 1"),
+        ("ks/a", "utterance_classification", "accuracy", "speechcommands", b"\x89PNG 2"),
+        ("KS a", "asr", "wer", "fsdd", b"\x89PNG 3")])
+    path = write_card(student, paths, None, license="mit", speed=False)
+    got = {(r.task_type, r.task_name, r.dataset_type, r.dataset_config): r.metric_value
+           for r in ModelCard.load(path).data.eval_results}
+    assert got == {
+        (task_type, name, dataset, f"ks_a-{cond}"): value
+        for task_type, name, dataset in (
+            ("audio-classification", "ks a (utterance_classification)", "fsdd"),
+            ("audio-classification", "ks/a (utterance_classification)", "speechcommands"),
+            ("automatic-speech-recognition", "KS a (asr)", "fsdd"))
+        for cond, value in (("clean", 0.8), ("snr0", 0.5))}
+    # one plot each: "ks a" and "ks/a" share a file name, so the second is numbered, and so is
+    # "KS a", whose name differs only in case (one file on a case-insensitive file system)
+    text = path.read_text()
+    for label, name, plot in (("ks a", "robustness_ks_a.png", b"\x89PNG 1"),
+                              ("ks/a", "robustness_ks_a_2.png", b"\x89PNG 2"),
+                              ("KS a", "robustness_KS_a_3.png", b"\x89PNG 3")):
+        assert f"![{label} robustness]({name})" in text
+        assert (student / name).read_bytes() == plot
+
+    paths = _write_results(tmp_path / "clash", student, [
+        ("ks a", "utterance_classification", "accuracy", "fsdd", None),
+        ("ks/a", "speaker_verification", "eer", "fsdd", None)])
+    with pytest.raises(CardError, match=(
+            "task label 'ks a' under 'clean' and task label 'ks/a' under 'clean' both give "
+            "the model-index config 'ks_a-clean' \\(audio-classification on 'fsdd'")):
+        write_card(student, paths, None, license="mit", speed=False)
+
+
+def test_two_results_of_one_label_and_condition_are_refused(run, tmp_path):
+    """Two results files of one task label on one data folder (e.g. two seeds' runs carded
+    side by side) would be merged by the Hub into one entry holding two values of each
+    metric; the read-back check cannot see that (each value reads back), so it is refused."""
+    student = run["student"]
+    paths = _write_results(tmp_path, student, [
+        ("ks", "utterance_classification", "accuracy", "fsdd", None),
+        ("ks", "utterance_classification", "accuracy", "fsdd", None)])
+    with pytest.raises(CardError, match=(
+            "two results of this model give task label 'ks' under 'clean' "
+            r"\(audio-classification on 'fsdd'; .*results_0.* and .*results_1")):
+        write_card(student, paths, None, license="mit", speed=False)
+    assert not (student / "README.md").exists()
+    # one label on two data folders: two Hub groups, kept
+    paths = _write_results(tmp_path / "apart", student, [
+        ("ks", "utterance_classification", "accuracy", "fsdd", None),
+        ("ks", "utterance_classification", "accuracy", "speechcommands", None)])
+    write_card(student, paths, None, license="mit", speed=False)
+
+
+def test_a_refused_card_leaves_the_model_folder_as_it_was(run, tmp_path, monkeypatch):
+    """``push`` uploads every file of the model folder, so a refused card writes none there:
+    the robustness plots are copied only once the card has passed every check (a label clash,
+    or a check as late as the placeholder one)."""
+    student = run["student"]
+
+    def contents() -> dict[str, bytes]:
+        return {p.relative_to(student).as_posix(): p.read_bytes()
+                for p in sorted(student.rglob("*")) if p.is_file()}
+
+    before = contents()
+    clash = _write_results(tmp_path, student, [
+        ("ks a", "utterance_classification", "accuracy", "fsdd", b"\x89PNG 1"),
+        ("KS/a", "utterance_classification", "accuracy", "fsdd", b"\x89PNG 2")])
+    with pytest.raises(CardError, match="both give the model-index config 'ks_a-clean'"):
+        write_card(student, clash, None, license="mit", speed=False)
+    assert contents() == before
+
+    def refuse(text):
+        raise CardError("placeholder left")
+
+    monkeypatch.setattr(card_mod, "check_no_placeholders", refuse)
+    with pytest.raises(CardError, match="placeholder left"):
+        write_card(student, clash[:1], None, license="mit", speed=False)
+    assert contents() == before
+    monkeypatch.undo()
+    write_card(student, clash[:1], None, license="mit", speed=False)
+    assert (student / "robustness_ks_a.png").read_bytes() == b"\x89PNG 1"
 
 
 def test_a_card_whose_model_index_entries_merge_is_refused(run, tmp_path, monkeypatch):

@@ -48,6 +48,7 @@ from .card_results import (
     CardError,
     chance_notes,
     check_eval_results,
+    copy_plot_files,
     eval_results_for,
     interval_note,
     seed_count_text,
@@ -208,8 +209,8 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
         license_name: with ``license="other"`` (and only then, required): the licence's name,
             the card's ``license_name``.
         license_link: with ``license="other"`` (and only then, required): an ``http(s)`` URL
-            of the licence's text or the path of its file in ``model_dir``, the card's
-            ``license_link``.
+            of the licence's text or the path of its file in ``model_dir`` (one that ``push``
+            uploads), the card's ``license_link``.
         kind: a key of :data:`KINDS` (template and pipeline tag).
         repo_id: the Hub repository the card is for (names it in the loading code).
         base_model: Hub id of the teacher; default the run's teacher when it is a hub id.
@@ -225,7 +226,9 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
             or rows as :func:`measure_speed` returns (e.g. from an idle benchmark machine).
         match_upstream: the ``upstream`` string this model was evaluated under, when it is
             neither ``model_dir`` nor ``repo_id``.
-        copy_plots: copy each results folder's ``robustness.png`` into ``model_dir``.
+        copy_plots: copy each results folder's ``robustness.png`` into ``model_dir`` (as
+            ``robustness_<label>.png``), once the card has passed every check: a refused card
+            writes nothing into ``model_dir``.
         step: the training step of the weights when they are a checkpoint of ``run_dir``,
             not its end (see :func:`~robustdistill.publish.provenance.summarise_run`).
 
@@ -238,12 +241,14 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
         (:func:`~robustdistill.publish.provenance.student_input_corrupted`).
 
     Raises:
-        CardError: unknown kind; a licence that is not a Hub id, or ``other`` without a name
-            and a link (:func:`~robustdistill.publish.licenses.hub_license`); a results file
-            without this model; two task labels or conditions that give one ``model-index``
-            config (:func:`~robustdistill.publish.card_results.eval_results_for`); placeholder
-            text left; or ``model-index`` entries that do not read back from the card's
-            metadata as built (two of them merged into one Hub group).
+        CardError: unknown kind; a licence that is not a Hub id, ``other`` without a name
+            and a link, or a link to a file ``push`` does not upload
+            (:func:`~robustdistill.publish.licenses.hub_license`); a results file without this
+            model; two task labels or conditions that give one ``model-index`` config in one
+            Hub group (:func:`~robustdistill.publish.card_results.eval_results_for`);
+            placeholder text left; or ``model-index`` entries that do not read back from the
+            card's metadata as built (two of them merged into one Hub group). Nothing is
+            written into ``model_dir`` then.
         ValueError: a malformed results file, run config or model ``config.json``.
         FileNotFoundError: no model folder, results file or run config.
     """
@@ -339,6 +344,7 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     # the metadata as the Hub reads it: model-index entries merged into another's group would
     # come back under that entry's task name
     check_eval_results(eval_results, card.data.eval_results or [], "the card's metadata")
+    copy_plot_files(views, model_dir)  # only now: a refused card leaves the folder as it was
     return card
 
 
@@ -415,7 +421,7 @@ def card_main(argv: list[str]) -> int:
                         help="with --license other: the licence's short name")
     parser.add_argument("--license-link", default=None,
                         help="with --license other: a URL of the licence's text, or its file "
-                             "in the model folder (e.g. LICENSE)")
+                             "in the model folder that push uploads (e.g. LICENSE)")
     parser.add_argument("--kind", default="ssl", choices=sorted(KINDS))
     parser.add_argument("--repo-id", default=None, help="ORG/NAME the card is for")
     parser.add_argument("--base-model", default=None, help="the teacher's Hub id")

@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,8 @@ from .provenance import RunSummary
 from .results import TaskResult, load_task_results
 
 __all__ = ["TASK_TYPES", "CardError", "TaskView", "chance_notes", "check_eval_results",
-           "eval_results_for", "interval_note", "seed_count_text", "task_config", "task_views",
-           "unscored_notes"]
+           "copy_plot_files", "eval_results_for", "interval_note", "seed_count_text",
+           "task_config", "task_views", "unscored_notes"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +44,31 @@ TASK_TYPES = {
 }
 
 
+def _kept(char: str) -> bool:
+    """Whether :func:`_slug` keeps ``char``: a letter or digit of any script (with its
+    combining marks: the vowel signs of Devanagari, a decomposed accent), ``-``, ``_`` or
+    ``.``."""
+    return char.isalnum() or char in "-_." or unicodedata.category(char).startswith("M")
+
+
 def _slug(text: str) -> str:
-    """``text`` lower-case, each run of characters other than ``a-z``, ``0-9``, ``-``, ``_`` and
-    ``.`` (whitespace, ``/``, ``:``, ``#``, ``+``...) replaced by one ``_``."""
-    return re.sub(r"[^a-z0-9._-]+", "_", text.strip().lower())
+    """``text`` lower-case (Unicode NFC), each run of characters other than letters, digits,
+    ``-``, ``_`` and ``.`` (whitespace, ``/``, ``:``, ``#``, ``+``...) replaced by one ``_``.
+
+    Letters and digits of every script are kept (``ключевые слова`` gives
+    ``ключевые_слова``, ``Wörter`` gives ``wörter``), so two texts give one slug only when
+    they differ in case, whitespace or punctuation (or in Unicode normalisation alone)."""
+    text = unicodedata.normalize("NFC", text.strip().lower())
+    return "".join("".join(run) if kept else "_" for kept, run in groupby(text, key=_kept))
 
 
 def task_config(task: TaskResult, condition: str) -> str:
     """The ``model-index`` ``dataset.config`` of ``task``'s results under ``condition``:
-    ``<label>-<condition>`` as a slug of lower-case letters, digits, ``-``, ``_`` and ``.``
-    (``ks-clean``, ``sid-snr0``; ``KS v2/fsdd`` under ``reverb+snr5`` gives
-    ``ks_v2_fsdd-reverb_snr5``: each run of other characters becomes ``_``). Two labels may
-    give one config; :func:`eval_results_for` refuses that.
+    ``<label>-<condition>`` as a slug of lower-case letters and digits (of any script), ``-``,
+    ``_`` and ``.`` (``ks-clean``, ``sid-snr0``; ``KS v2/fsdd`` under ``reverb+snr5`` gives
+    ``ks_v2_fsdd-reverb_snr5``: each run of other characters becomes ``_``; ``ключевые слова``
+    gives ``ключевые_слова-clean``). Two labels that differ only in case, whitespace or
+    punctuation give one config; :func:`eval_results_for` refuses that within one Hub group.
 
     The Hub groups ``model-index`` entries by task type, dataset type, config and split and
     names each group after its first entry: two downstream tasks of one task type on one data
@@ -65,6 +80,25 @@ def task_config(task: TaskResult, condition: str) -> str:
     return f"{_slug(task.label)}-{_slug(condition)}"
 
 
+def _clash(first: tuple[str, str], second: tuple[str, str], config: str, task_type: str,
+           dataset: str) -> CardError:
+    """The error for two (label, condition) pairs that give one ``config`` in one Hub group,
+    saying why they do (case, whitespace or punctuation, or the ``-`` that joins a label to its
+    condition)."""
+    (label_a, cond_a), (label_b, cond_b) = first, second
+    differ = " and ".join(name for name, a, b in (("task labels", label_a, label_b),
+                                                  ("conditions", cond_a, cond_b)) if a != b)
+    if _slug(label_a) == _slug(label_b) and _slug(cond_a) == _slug(cond_b):
+        why = f"their {differ} differ only in case, whitespace or punctuation"
+    else:
+        why = "the '-' that joins a label to its condition makes them one"
+    fix = ("give the results files labels that set them apart" if label_a != label_b
+           else "name the conditions apart")
+    return CardError(f"task label {label_a!r} under {cond_a!r} and task label {label_b!r} under "
+                     f"{cond_b!r} both give the model-index config {config!r} ({task_type} on "
+                     f"{dataset!r}, where the Hub would merge them): {why}; {fix}")
+
+
 def eval_results_for(tasks: Sequence[TaskResult], model_name: str):
     """``huggingface_hub.EvalResult`` per task, condition and metric (test split).
 
@@ -74,28 +108,36 @@ def eval_results_for(tasks: Sequence[TaskResult], model_name: str):
     decimals (they come from float32); the interval is in the card's text, not here.
 
     Raises:
-        CardError: two task labels (or conditions) that differ, even only in case, whitespace
-            or punctuation (``ks/a``, ``KS a``, ``ks_a``), but give one config: the Hub would
-            merge their entries, or a reader could not tell them apart; give the results
-            files labels that differ in more than that.
+        CardError: two task labels (or conditions) that give one config within one Hub group
+            (one task type and dataset type, the split being ``test``): they differ only in
+            case, whitespace or punctuation (``ks/a``, ``KS a``, ``ks_a``), or the ``-``
+            joining label and condition makes them one (``ks-a`` under ``clean``, ``ks`` under
+            ``a-clean``); the Hub would merge their entries. One config in two groups (another
+            dataset or task type) is no clash: the Hub keeps those entries apart. Also two
+            results of one task label and condition in one group (two results files, or two
+            runs in one), which the Hub would merge as well.
     """
     from huggingface_hub import EvalResult
 
     out = []
-    configs: dict[str, tuple[str, str]] = {}
+    seen: dict[tuple[str, str, str], tuple[str, str, TaskResult]] = {}
     for t in tasks:
+        task_type = TASK_TYPES.get(t.task, t.task.replace("_", "-"))
         for cond in t.conditions:
             config = task_config(t, cond)
-            other = configs.setdefault(config, (t.label, cond))
-            if other != (t.label, cond):
+            # the Hub's group: task type, dataset type, config (and split, always "test")
+            *other, first = seen.setdefault((task_type, t.dataset, config), (t.label, cond, t))
+            if first is not t and tuple(other) == (t.label, cond):
                 raise CardError(
-                    f"task label {other[0]!r} under {other[1]!r} and task label {t.label!r} "
-                    f"under {cond!r} both give the model-index config {config!r}; give the "
-                    "results files labels that differ in more than case, whitespace or "
-                    "punctuation")
+                    f"two results of this model give task label {t.label!r} under {cond!r} "
+                    f"({task_type} on {t.dataset!r}; {first.source} and {t.source}): the Hub "
+                    "would merge them into one entry with two values of each metric; card one "
+                    "of them, or give the results files distinct labels")
+            if first is not t:
+                raise _clash(tuple(other), (t.label, cond), config, task_type, t.dataset)
             for metric, mv in t.metrics.get(cond, {}).items():
                 out.append(EvalResult(
-                    task_type=TASK_TYPES.get(t.task, t.task.replace("_", "-")),
+                    task_type=task_type,
                     task_name=f"{t.label} ({t.task})", dataset_type=t.dataset,
                     dataset_name=f"{t.dataset} ({t.label}, {cond})",
                     dataset_config=config,
@@ -152,6 +194,8 @@ class TaskView:
     other_table: str = ""
     plot: str | None = None
     unscored_note: str = ""
+    #: the results folder's ``robustness.png``, copied as ``plot`` by :func:`copy_plot_files`
+    plot_source: Path | None = None
 
 
 def _short(upstream: str) -> str:
@@ -256,15 +300,39 @@ def _split_results(paths: Sequence[str | Path], model_dir: Path, repo_id: str | 
     return groups
 
 
-def _copy_plot(results_path: Path, label: str, model_dir: Path) -> str | None:
+def _plot(results_path: Path, label: str, taken: set[str]) -> tuple[str, Path] | None:
+    """The name (``robustness_<label>.png``, ``_2``, ``_3``... after it when a task before
+    this one has that name, compared without case) and the source of the robustness plot beside ``results_path``,
+    or None (with a warning) when there is none. Nothing is copied here
+    (:func:`copy_plot_files`)."""
     source = Path(results_path).parent / "robustness.png"
     if not source.is_file():
         logger.warning("no robustness.png beside %s: the card has no plot for %s",
                        results_path, label)
         return None
-    name = f"robustness_{re.sub(r'[^A-Za-z0-9_.-]', '_', label)}.png"
-    shutil.copyfile(source, model_dir / name)
-    return name
+    stem = f"robustness_{re.sub(r'[^A-Za-z0-9_.-]', '_', label)}"
+    name, n = f"{stem}.png", 1
+    while name.lower() in taken:  # one file on a case-insensitive file system (or the Hub's)
+        n += 1
+        name = f"{stem}_{n}.png"
+    taken.add(name.lower())
+    return name, source
+
+
+def copy_plot_files(views: Sequence[TaskView], model_dir: str | Path) -> list[Path]:
+    """Copy each view's robustness plot into ``model_dir`` under its ``plot`` name; called by
+    :func:`~robustdistill.publish.card.build_card` once the card has passed its checks, so that
+    a refused card leaves no file in the folder (``push`` uploads all of them).
+
+    Returns:
+        The files written.
+    """
+    written = []
+    for view in views:
+        if view.plot and view.plot_source is not None:
+            written.append(Path(model_dir) / view.plot)
+            shutil.copyfile(view.plot_source, written[-1])
+    return written
 
 
 def interval_note(tasks: Sequence[TaskResult]) -> str:
@@ -370,7 +438,9 @@ def task_views(paths: Sequence[str | Path], model_dir: Path, repo_id: str | None
         repo_id: the Hub repository the card is for, or None.
         match_upstream: the name this model was evaluated under, or None.
         run: the training run (names the teacher's and the initial student's rows), or None.
-        copy_plots: copy each results folder's ``robustness.png`` into ``model_dir``.
+        copy_plots: give each view the results folder's ``robustness.png`` as its plot, named
+            ``robustness_<label>.png`` (:func:`_plot`); nothing is copied into ``model_dir``
+            here: :func:`copy_plot_files` does it once the card is checked.
 
     Returns:
         ``(tasks, views)``: this model's results, and one :class:`TaskView` each.
@@ -382,17 +452,19 @@ def task_views(paths: Sequence[str | Path], model_dir: Path, repo_id: str | None
     """
     tasks: list[TaskResult] = []
     views: list[TaskView] = []
+    taken: set[str] = set()
     for path, mine, others, labels in _split_results(list(paths), model_dir, repo_id,
                                                      match_upstream):
         for r in mine:
             tasks.append(r)
-            plot = _copy_plot(Path(path), r.label, model_dir) if copy_plots else None
+            plot = _plot(Path(path), r.label, taken) if copy_plots else None
             compared = [o for o in others if o.task == r.task]
             views.append(TaskView(
                 label=r.label, task=r.task, dataset=r.dataset, primary_metric=r.primary_metric,
                 higher_is_better=r.higher_is_better, n_test=r.num_items.get("test", "unknown"),
                 seed=_seed_text(r), source=str(path), sha1=r.test_set_sha1,
                 table=_primary_table(r, compared, run, labels),
-                other_table=_other_table(r), plot=plot,
+                other_table=_other_table(r), plot=plot[0] if plot else None,
+                plot_source=plot[1] if plot else None,
                 unscored_note=_unscored_note(r, compared)))
     return tasks, views

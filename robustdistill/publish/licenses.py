@@ -14,6 +14,7 @@ import difflib
 from pathlib import Path
 
 from .card_results import CardError
+from .push import upload_refusal, upload_skip
 
 __all__ = ["HUB_LICENSES", "hub_license"]
 
@@ -46,8 +47,10 @@ def hub_license(license: str, name: str | None = None, link: str | None = None,
         license: a Hub licence id (:data:`HUB_LICENSES`), e.g. ``apache-2.0`` or ``other``.
         name: ``license_name``, a short name of the licence; only with ``other``, and then
             required.
-        link: ``license_link``, an ``http(s)`` URL of the licence's text or the relative path
-            of its file in ``model_dir`` (which is uploaded with it); only with ``other``, and
+        link: ``license_link``, an ``http(s)`` URL of the licence's text (the scheme in any
+            case, ``HTTPS://`` too) or the relative path of its file in ``model_dir``, which
+            ``robustdistill push`` must upload with it (not a hidden file or one in a cache
+            folder, :func:`~robustdistill.publish.push.upload_skip`); only with ``other``, and
             then required.
         model_dir: the student folder a relative ``link`` must name a file of.
 
@@ -56,8 +59,9 @@ def hub_license(license: str, name: str | None = None, link: str | None = None,
 
     Raises:
         CardError: no licence; one that is not a Hub id (the closest id is suggested); ``other``
-            without a name or a link, or a relative link to no file in ``model_dir``; a name or
-            a link with another licence.
+            without a name or a link, or a relative link to no file in ``model_dir`` or to one
+            that ``push`` leaves out (``.LICENSE``, ``__pycache__/LICENSE``) or refuses; a name
+            or a link with another licence.
     """
     if not license or not isinstance(license, str) or not license.strip():
         raise CardError("a licence is required (the teacher's licence binds its students)")
@@ -77,10 +81,18 @@ def hub_license(license: str, name: str | None = None, link: str | None = None,
         raise CardError("licence 'other' needs --license-name (a short name of the licence) "
                         "and --license-link (a URL of its text, or its file in the model "
                         "folder)")
-    if not link.startswith(("https://", "http://")):
+    if not link.lower().startswith(("https://", "http://")):  # a URL's scheme has no case
         path = Path(link)
         if (path.is_absolute() or ".." in path.parts or model_dir is None
                 or not (Path(model_dir) / path).is_file()):
             raise CardError(f"--license-link {link!r} is neither an http(s) URL nor a file in "
                             f"the model folder {model_dir}")
+        # push's own filter: a link to a file it does not upload points at nothing on the Hub
+        if skipped := upload_skip(path):
+            raise CardError(f"--license-link {link!r} names a file that robustdistill push "
+                            f"does not upload ({skipped}); put the licence's text in a file it "
+                            "uploads, e.g. LICENSE")
+        if refused := upload_refusal(model_dir, path):
+            raise CardError(f"--license-link {link!r}: robustdistill push would refuse the "
+                            f"folder for this file: {refused}")
     return key

@@ -22,9 +22,10 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
-__all__ = ["PushError", "UploadPlan", "plan_upload", "push", "push_main"]
+__all__ = ["PushError", "UploadPlan", "plan_upload", "push", "push_main", "upload_refusal",
+           "upload_skip"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,17 +77,41 @@ def _has_glob_chars(name: str) -> bool:
     return any(c in name for c in "*?[]")
 
 
+def upload_skip(rel: str | PurePath) -> str | None:
+    """Why :func:`push` leaves out the path ``rel`` (relative to the model folder): a hidden
+    file or folder (``.*``) or a cache folder (``__pycache__``...) on it; None when it is not
+    left out for its name. :func:`plan_upload`'s filter, and the check of a card's
+    ``license_link`` (:func:`~robustdistill.publish.licenses.hub_license`)."""
+    for part in PurePath(rel).parts:
+        if part in _SKIP_DIRS:
+            return f"{part!r} is a cache folder"
+        if part.startswith("."):
+            return f"{part!r} is hidden"
+    return None
+
+
+def upload_refusal(folder: str | Path, rel: str | PurePath) -> str | None:
+    """Why :func:`plan_upload` refuses the folder for its file ``rel``: a symlink leaving
+    ``folder`` or a name with glob characters; None when it does not."""
+    folder, rel = Path(folder), PurePath(rel)
+    if folder.resolve() not in (folder / rel).resolve().parents:
+        return f"{rel} is a link to outside {folder}; copy the file in instead"
+    if _has_glob_chars(rel.as_posix()):
+        return f"file name {rel.as_posix()!r} has glob characters (*?[]); rename it"
+    return None
+
+
 def plan_upload(model_dir: str | Path, repo_id: str, *, revision: str | None = None,
                 private: bool | None = None, commit_message: str | None = None) -> UploadPlan:
     """List what :func:`push` would upload, checking the folder first (no network).
 
     Every regular file under ``model_dir`` is uploaded, except hidden files and caches
-    (``.*``, ``__pycache__``...).
+    (``.*``, ``__pycache__``...: :func:`upload_skip`).
 
     Raises:
         PushError: a malformed repo id; a missing ``config.json``, ``README.md`` (run
-            ``robustdistill card`` first) or weights file; a file name with glob characters;
-            a symlink leaving the folder.
+            ``robustdistill card`` first) or weights file; a file name with glob characters or
+            a symlink leaving the folder (:func:`upload_refusal`).
         FileNotFoundError: no such folder.
     """
     folder = Path(model_dir)
@@ -102,18 +127,13 @@ def plan_upload(model_dir: str | Path, repo_id: str, *, revision: str | None = N
         raise PushError(f"{folder} has no weights ({' or '.join(_WEIGHTS)})")
     files: list[str] = []
     sizes: dict[str, int] = {}
-    root = folder.resolve()
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
-        if any(part.startswith(".") or part in _SKIP_DIRS for part in rel.parts):
+        if upload_skip(rel) or not path.is_file():
             continue
-        if not path.is_file():
-            continue
-        if root not in path.resolve().parents:
-            raise PushError(f"{rel} is a link to outside {folder}; copy the file in instead")
+        if refusal := upload_refusal(folder, rel):
+            raise PushError(refusal)
         name = rel.as_posix()
-        if _has_glob_chars(name):
-            raise PushError(f"file name {name!r} has glob characters (*?[]); rename it")
         files.append(name)
         sizes[name] = path.stat().st_size
     for name in ("preprocessor_config.json", "training_config.yaml"):
