@@ -98,8 +98,9 @@ def test_a_distillation_run_records_its_software_and_the_card_shows_it(tmp_path,
     (record,) = read_environment(run)
     assert record["start"] == {"step": 0}
     assert record["packages"]["robustdistill"] == metadata.version("robustdistill")
-    student = tmp_path / "student"
-    shutil.copytree(tiny_wavlm_dir, student)
+    from robustdistill.export import export_from_checkpoint
+
+    student = export_from_checkpoint(run, None, tmp_path / "student")  # the run's weights
     written = copy_run_files(run, student)
     assert student / "training_environment.json" in written
     assert json.loads((student / "training_environment.json").read_text()) == [record]

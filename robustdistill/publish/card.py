@@ -71,6 +71,7 @@ from .provenance import (
     training_language,
 )
 from .results import TaskResult
+from .run_weights import check_run_weights
 
 __all__ = ["KINDS", "CardError", "build_card", "card_main", "check_no_placeholders",
            "copy_run_files", "eval_results_for", "heads_dir_for", "templates_dir",
@@ -243,8 +244,10 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     Raises:
         CardError: unknown kind; a licence that is not a Hub id, ``other`` without a name
             and a link, or a link to a file ``push`` does not upload
-            (:func:`~robustdistill.publish.licenses.hub_license`); a results file without this
-            model; two task labels or conditions that give one ``model-index`` config in one
+            (:func:`~robustdistill.publish.licenses.hub_license`); weights that are not the
+            student ``run_dir`` trained (at ``step``;
+            :func:`~robustdistill.publish.run_weights.check_run_weights`); a results file
+            without this model; two task labels or conditions that give one ``model-index`` config in one
             Hub group (:func:`~robustdistill.publish.card_results.eval_results_for`);
             placeholder text left; or ``model-index`` entries that do not read back from the
             card's metadata as built (two of them merged into one Hub group). Nothing is
@@ -264,6 +267,8 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     student = model_facts(model_dir)
     library_transformers = is_transformers_config(model_dir)
     run = summarise_run(run_dir, step=step, kind=kind) if run_dir is not None else None
+    if run is not None:  # refuses another run's training (a mistyped --run)
+        logger.info("%s", check_run_weights(model_dir, run, step))
     if base_model is None and run is not None and run.teacher_dir is None \
             and is_hub_id(run.teacher):
         base_model = run.teacher

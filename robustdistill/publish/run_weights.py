@@ -1,0 +1,112 @@
+"""Whether a model folder holds the weights its ``--run`` trained, so that a card never
+describes another run's training (a mistyped ``--run``, or a folder overwritten since).
+
+Only ``distill`` runs are checked: their student is saved by ``save_pretrained`` at the end
+(``<run>/student``) and in every checkpoint (``<run>/checkpoints/checkpoint_N``, the
+student's tensors under :data:`STUDENT_PREFIX`), so the weights of any step can be read
+without building a model. The comparison is exact (every tensor's name and bytes).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..checkpoints import MANIFEST, list_checkpoints
+from .card_results import CardError
+from .provenance import RunSummary
+
+__all__ = ["STUDENT_PREFIX", "check_run_weights"]
+
+
+#: The student's tensors' prefix in a ``distill`` checkpoint's ``model.safetensors``.
+STUDENT_PREFIX = "student.model."
+
+
+def _checkpoint_of_step(run_dir: Path, step: int) -> Path | None:
+    """The complete checkpoint whose manifest records ``step``, or None."""
+    for folder in list_checkpoints(run_dir / "checkpoints"):
+        if json.loads((folder / MANIFEST).read_text()).get("step") == step:
+            return folder
+    return None
+
+
+def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None = None) -> str:
+    """Check that ``model_dir/model.safetensors`` holds the student ``run`` trained, at its end
+    or at checkpoint ``step``.
+
+    The reference: without ``step``, the run's own export ``<run>/student``, else (a run that
+    did not export) its newest checkpoint; with ``step``, the checkpoint whose manifest records
+    that step.
+
+    Args:
+        model_dir: the student folder the card is for.
+        run: the run given as ``--run`` (:func:`~robustdistill.publish.provenance.
+            summarise_run`).
+        step: ``--step``, the training step of the weights when they are a checkpoint's.
+
+    Returns:
+        What was checked, for the log (``"not checked: ..."`` when nothing could be: another
+        recipe than ``distill``, no ``model.safetensors`` in ``model_dir``, or no reference
+        weights in the run).
+
+    Raises:
+        CardError: the weights differ from the reference (another tensor, name or value).
+    """
+    model_dir = Path(model_dir)
+    weights = model_dir / "model.safetensors"
+    if run.recipe != "ssl":
+        return f"not checked: not a distill run (recipe {run.recipe!r})"
+    if not weights.is_file():
+        return f"not checked: no {weights}"
+    exported = run.run_dir / "student" / "model.safetensors"
+    if step is None:
+        if exported.is_file():
+            reference, what = exported, f"the final student of {run.run_dir} ({exported.parent})"
+        else:
+            found = list_checkpoints(run.run_dir / "checkpoints")
+            if not found:
+                return f"not checked: {run.run_dir} has no student folder and no checkpoint"
+            reference, what = found[-1] / "model.safetensors", f"the student of {found[-1]}"
+    else:
+        checkpoint = _checkpoint_of_step(run.run_dir, step)
+        if checkpoint is None:
+            return f"not checked: no checkpoint of step {step} under {run.run_dir}"
+        reference, what = checkpoint / "model.safetensors", f"the student of {checkpoint}"
+    if reference.resolve() == weights.resolve():
+        return f"the card's weights are {what}"
+    from safetensors.torch import load_file
+
+    mine = load_file(str(weights))
+    differ = _differing(mine, _student_tensors(reference))
+    if differ:
+        hint = "--step N if they are the export of checkpoint N"
+        if step is None:  # name the checkpoint they are, when they are one
+            for folder in list_checkpoints(run.run_dir / "checkpoints"):
+                if not _differing(mine, _student_tensors(folder / "model.safetensors")):
+                    hint = (f"--step {json.loads((folder / MANIFEST).read_text())['step']}: "
+                            f"they are the student of {folder}")
+                    break
+        raise CardError(
+            f"the weights in {model_dir} are not {what} ({len(differ)} tensors differ, e.g. "
+            f"{differ[0]!r}): the card would describe another training; pass the run that "
+            f"trained them as --run, and {hint}")
+    return f"the card's weights are {what}"
+
+
+def _student_tensors(path: Path) -> dict:
+    """The student's tensors in a saved student's or a checkpoint's ``model.safetensors``."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    if path.parent.parent.name != "checkpoints":
+        return tensors
+    return {k[len(STUDENT_PREFIX):]: v for k, v in tensors.items() if k.startswith(STUDENT_PREFIX)}
+
+
+def _differing(a: dict, b: dict) -> list[str]:
+    """Names of the tensors not in both, else of those with other shapes or values."""
+    import torch
+
+    return sorted(set(a) ^ set(b)) or [
+        k for k in a if a[k].shape != b[k].shape or not torch.equal(a[k], b[k])]
