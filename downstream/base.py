@@ -121,7 +121,7 @@ class TaskConfig:
         cache_dtype: storage type of the kept hidden states (float16 halves the memory).
         disk_cache: also save the extracted hidden states under ``OUT/cache/`` and reuse them
             when the same upstream, data, condition and seed come again.
-        label: what the run measures (``kws``, ``sid``, ``ic``...): several SUPERB tasks share
+        label: what the run measures (``ks``, ``sid``, ``ic``...): several SUPERB tasks share
             one task folder and metric (keyword spotting and speaker identification are both
             accuracy), so ``compare`` refuses to mix labels and plot titles use it. None: the
             task folder name.

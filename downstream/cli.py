@@ -45,7 +45,9 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True,
                         help="the task's YAML config: a path, or the name of one shipped in "
                         "downstream/tasks/<task>/ (e.g. kws_fsdd_cpu)")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True,
+                        help="output folder: new, or one holding this task and upstream's "
+                        "earlier results (replaced); another upstream's is refused")
     parser.add_argument("--conditions", nargs="+", default=list(DEFAULT_CONDITIONS),
                         help="test conditions: clean, snr<dB>, reverb, reverb+snr<dB> "
                         f"(default: {' '.join(DEFAULT_CONDITIONS)})")
@@ -56,20 +58,41 @@ def _evaluate_parser() -> argparse.ArgumentParser:
                         "as every published figure; a comb filter for a stereo pair), 'one' "
                         "draws one channel per utterance's room (as the distillation's "
                         "augmentation.rir_channels: one)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seeds", type=int, nargs="+",
-                        help="several seeds: one run per seed into OUT/seed<N>/, and OUT/results.json "
-                        "with the mean, the standard deviation and intervals over seeds")
-    parser.add_argument("--device", default="cpu")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=None, help="the run's seed (default 0)")
+    seeds.add_argument("--seeds", type=int, nargs="+",
+                       help="several seeds: one run per seed into OUT/seed<N>/, and OUT/results.json "
+                       "with the mean, the standard deviation and intervals over seeds")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device (cpu, cuda, cuda:1, mps), checked before any work")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, dotted key, YAML value "
-                        "(e.g. -o training.steps=50 -o head.dropout=0.1); repeatable")
+                        "(e.g. -o training.steps=50 -o head.dropout=0.1); a mapping merges into "
+                        "the config's (-o 'a={x: 1}' is -o a.x=1); repeatable")
     parser.add_argument("--evaluate-only", metavar="HEAD",
                         help="a head.pt saved by an earlier run: skip training, test it on "
                         "--conditions (with --seeds, '{seed}' in the path is replaced)")
-    parser.add_argument("--bootstrap-resamples", type=int, default=1000,
+    parser.add_argument("--bootstrap-resamples", type=_resamples(0), default=1000,
                         help="resamples of the per-item bootstrap intervals (0: none)")
     return parser
+
+
+def _resamples(minimum: int):
+    """The argparse ``type`` of ``--bootstrap-resamples``: an integer ``>= minimum`` (0: no
+    intervals, where allowed), else argparse's one-line error (``--bootstrap-resamples -5``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"must be >= {minimum}" + (" (0: no intervals)" if minimum == 0 else "")
+                + f", got {value}")
+        return value
+
+    return parse
 
 
 #: SUPERB task names -> (task folder, label).
@@ -122,9 +145,10 @@ def parse_overrides(pairs: list[str]) -> dict:
 def evaluate_main(argv: list[str] | None = None) -> int:
     """``robustdistill evaluate``; returns the exit status (0 on success).
 
-    Bad arguments, configs, conditions or data end with a one-line error (exit status 2)
-    before the upstream runs; so does a launch among several processes (``torchrun``,
-    ``accelerate launch``): the evaluation runs in one process.
+    Bad arguments, configs, conditions or data, an unusable ``--device``, and an ``--out``
+    that is a file or holds other results (:func:`downstream.results.check_evaluation_folder`)
+    end with a one-line error (exit status 2) before the upstream runs; so does a launch among
+    several processes (``torchrun``, ``accelerate launch``): the evaluation runs in one process.
     """
     from robustdistill.cli import hub_error
     from robustdistill.processes import require_single_process
@@ -142,7 +166,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             task=task, upstream=args.upstream, config=args.config, out=args.out,
             conditions=args.conditions, test_noise_dir=args.test_noise_dir,
             test_rir_dir=args.test_rir_dir, test_rir_channels=args.test_rir_channels,
-            seed=args.seed, device=args.device,
+            seed=0 if args.seed is None else args.seed, device=args.device,
             overrides=overrides or None, evaluate_only=args.evaluate_only,
             bootstrap_resamples=args.bootstrap_resamples, label=label,
         )
@@ -161,7 +185,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
 def compare_main(argv: list[str] | None = None) -> int:
     """``robustdistill compare RESULT.json ... --out DIR``: one table and one plot with a line
-    per upstream; returns the exit status."""
+    per upstream; returns the exit status. An ``--out`` that is a file or holds an evaluation,
+    and unreadable inputs, end with a one-line error (:func:`downstream.results.compare`)."""
     from .results import compare
 
     parser = argparse.ArgumentParser(
@@ -171,8 +196,10 @@ def compare_main(argv: list[str] | None = None) -> int:
         "McNemar for accuracy) of every pair of upstreams on the same test items.",
     )
     parser.add_argument("results", nargs="+", help="results.json files")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--bootstrap-resamples", type=int, default=1000,
+    parser.add_argument("--out", required=True,
+                        help="output folder of its own (an earlier comparison there is "
+                        "replaced; an evaluation's folder is refused)")
+    parser.add_argument("--bootstrap-resamples", type=_resamples(1), default=1000,
                         help="resamples of the paired bootstrap")
     args = parser.parse_args(argv)
     try:
@@ -187,7 +214,13 @@ def aggregate_main(argv: list[str] | None = None) -> int:
     """``python -m downstream.cli aggregate OUT/seed0/results.json ... --out OUT``: merge runs of
     one task and upstream made with different ``--seed`` (e.g. run one seed at a time) into the
     multi-seed result ``--seeds`` writes; returns the exit status."""
-    from .results import aggregate_seeds, load_results, write_outputs
+    from .results import (
+        aggregate_seeds,
+        check_evaluation_folder,
+        check_output_folder,
+        load_results,
+        write_outputs,
+    )
 
     parser = argparse.ArgumentParser(
         prog="python -m downstream.cli aggregate",
@@ -195,11 +228,15 @@ def aggregate_main(argv: list[str] | None = None) -> int:
         "runs of one task and upstream with different seeds.")
     parser.add_argument("results", nargs="+", help="results.json of single-seed runs")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--bootstrap-resamples", type=int, default=1000)
+    parser.add_argument("--bootstrap-resamples", type=_resamples(0), default=1000,
+                        help="resamples of the stratified bootstrap intervals (0: none)")
     args = parser.parse_args(argv)
     try:
+        check_output_folder(args.out)
         runs = [r for p in args.results for r in load_results(p)]
         merged = aggregate_seeds(runs, [r["source_dir"] for r in runs], args.bootstrap_resamples)
+        check_evaluation_folder(args.out, merged["task"], merged.get("label") or merged["task"],
+                                merged["upstream"])
         write_outputs([merged], args.out)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))

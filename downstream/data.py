@@ -160,7 +160,10 @@ class DataConfig:
         split: see :class:`SplitConfig`.
         max_items_per_split: keep at most this many items per split (balanced over labels,
             seeded): one number for every split, or per split (``{train: 60, test: 10}``;
-            splits not named keep all); None keeps all.
+            splits not named keep all); None keeps all. A mapping given with ``-o`` merges
+            into the config's, as ``-o data.max_items_per_split.train=40`` does: over
+            ``{train: 100, dev: 50, test: 50}``, ``-o 'data.max_items_per_split={train: 40}'``
+            gives ``{train: 40, dev: 50, test: 50}`` (name every split to set each).
         max_seconds: crop each utterance to its first ``max_seconds`` seconds (None: no crop).
     """
 

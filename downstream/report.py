@@ -22,13 +22,15 @@ name where that is unambiguous.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from .results import interval_cell, unscored_note, upstream_labels
+from .results import interval_cell, load_results_file, unscored_note, upstream_labels
 
 __all__ = ["main", "report"]
+
+_REQUIRED = ("upstream", "primary_metric", "conditions", "metrics")
+"""The keys of a result that :func:`report` reads."""
 
 
 def _num(value: float | None, scale: float, digits: int, sign: str = "") -> str:
@@ -59,11 +61,10 @@ def report(path: str | Path, scale: float = 1.0, digits: int = 1,
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not JSON (``json.JSONDecodeError``).
-        KeyError: not a compare output.
+        ValueError: the file is not JSON, or not a downstream results file (one line naming
+            it, as ``compare`` says it: :func:`downstream.results.load_results_file`).
     """
-    data = json.loads(Path(path).read_text())
-    results = data.get("results", [data])
+    data, results = load_results_file(path, _REQUIRED)
     names = names or {}
     primary = results[0]["primary_metric"]
     conditions = list(dict.fromkeys(c for r in results for c in r["conditions"]))
@@ -126,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         0.
 
     Raises:
-        SystemExit: bad arguments (argparse, a ``--names`` entry without ``=`` included) or
-            ``--help``.
+        SystemExit: bad arguments (argparse, a ``--names`` entry without ``=`` included), a
+            missing or unreadable results file (one line, exit status 2) or ``--help``.
     """
     parser = argparse.ArgumentParser(prog="python -m downstream.report", description=__doc__)
     parser.add_argument("results", help="a compare output's results.json")
@@ -141,7 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     if bad := [n for n in args.names if "=" not in n]:
         parser.error(f"--names takes FOLDER=NAME entries, got {bad}")
     names = dict(n.split("=", 1) for n in args.names)
-    sys.stdout.write(report(args.results, args.scale, args.digits, names))
+    try:
+        text = report(args.results, args.scale, args.digits, names)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    sys.stdout.write(text)
     return 0
 
 

@@ -30,14 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from robustdistill.files import atomic_write_text
+from robustdistill.files import atomic_write_text, file_blocking_folder
 
 from .stats import bootstrap_interval, mcnemar, paired_bootstrap
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TestSetMismatch", "aggregate_seeds", "compare", "interval_cell", "item_groups",
-           "item_intervals", "jointly_scored", "load_results", "paired_comparisons",
+__all__ = ["TestSetMismatch", "aggregate_seeds", "check_evaluation_folder",
+           "check_output_folder", "compare", "folder_results", "interval_cell", "item_groups",
+           "item_intervals", "jointly_scored", "load_results", "load_results_file",
+           "paired_comparisons",
            "plot_robustness", "read_items", "results_table", "unscored_count", "unscored_counts",
            "unscored_note", "upstream_labels", "write_items", "write_outputs"]
 
@@ -223,9 +225,14 @@ def aggregate_seeds(runs: Sequence[dict[str, Any]], dirs: Sequence[str | Path],
     (seed, test item) scores left out of the seeds' means; it is recounted from the per-item
     files, so runs written before ``unscored`` existed get it too.
 
+    ``resamples`` 0 gives no intervals (``interval_method`` None).
+
     Raises:
-        ValueError: runs of different tasks / upstreams / conditions, or duplicate seeds.
+        ValueError: runs of different tasks / upstreams / conditions, duplicate seeds, or
+            ``resamples < 0``.
     """
+    if resamples < 0:
+        raise ValueError(f"--bootstrap-resamples must be >= 0 (0: no intervals), got {resamples}")
     if not runs or len(runs) != len(dirs):
         raise ValueError("aggregate_seeds needs one folder per run")
     first = runs[0]
@@ -264,7 +271,8 @@ def aggregate_seeds(runs: Sequence[dict[str, Any]], dirs: Sequence[str | Path],
         "metrics_std": std,
         "intervals": intervals,
         "unscored": unscored,
-        "interval_method": (f"bootstrap over test {first.get('item_unit', 'item')}s stratified by "
+        "interval_method": (None if resamples < 1 else
+                            f"bootstrap over test {first.get('item_unit', 'item')}s stratified by "
                             f"seed (mean over {len(seeds)} seeds), 95 %, {resamples} resamples"
                             if len(seeds) > 1 else first.get("interval_method")),
         "per_seed": {str(r["seed"]): r["metrics"] for r in runs},
@@ -328,16 +336,52 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
         FileNotFoundError: no such file.
         ValueError: not JSON, or keys missing (named), or a listed condition without metrics.
     """
+    return load_results_file(path)[1]
+
+
+def load_results_file(path: str | Path, required: Sequence[str] = _REQUIRED
+                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """:func:`load_results`, also returning the whole file: ``(payload, results)``, the
+    payload holding a compare output's ``comparisons`` and ``comparison_notes``.
+
+    Args:
+        required: the keys every result must have (default: those :func:`compare` needs;
+            a reader that uses fewer may ask for fewer).
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`load_results` (one line, naming the file).
+    """
     path = Path(path)
+    payload = _read_json(path)
+    return payload, _check_entries(payload, path, required)
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON content of a results file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not UTF-8 JSON (the file and the decoder's message named).
+    """
     if not path.is_file():
         raise FileNotFoundError(f"results file not found: {path}")
     try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
-    entries = results["results"] if isinstance(results, dict) and "results" in results else [results]
+
+
+def _check_entries(payload: Any, path: Path, required: Sequence[str] = _REQUIRED
+                   ) -> list[dict[str, Any]]:
+    """The results a results.json ``payload`` holds, checked, with ``source_dir`` set (the
+    file's folder, when absent) and ``null`` numbers read back as NaN (in place)."""
+    entries = payload["results"] if isinstance(payload, dict) and "results" in payload \
+        else [payload]
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: not a downstream results file ('results' is not a "
+                         "non-empty list)")
     for entry in entries:
-        missing = [k for k in _REQUIRED if not isinstance(entry, dict) or k not in entry]
+        missing = [k for k in required if not isinstance(entry, dict) or k not in entry]
         if missing:
             raise ValueError(f"{path}: not a downstream results file (missing {missing})")
         absent = [c for c in entry["conditions"] if c not in entry["metrics"]]
@@ -351,6 +395,89 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
         if isinstance(featurizer, dict) and isinstance(featurizer.get("weights"), dict):
             entry["featurizer"] = {**featurizer, "weights": _nan_for_null(featurizer["weights"])}
     return entries
+
+
+# ---------------------------------------------------------------------------- output folders
+def check_output_folder(out: str | Path) -> Path:
+    """``out`` as a path, once it is known that it is (or can be made) a folder.
+
+    Raises:
+        ValueError: ``out``, or one of its parents, is an existing file
+            (:func:`robustdistill.files.file_blocking_folder`).
+    """
+    out = Path(out).expanduser()
+    if (blocking := file_blocking_folder(out)) is not None:
+        raise ValueError(f"--out {str(out)!r}: {str(blocking)!r} is an existing file, not a "
+                         "folder; give a folder")
+    return out
+
+
+def folder_results(folder: str | Path) -> tuple[str | None, list[dict[str, Any]]]:
+    """What ``folder/results.json`` holds, for commands about to write there.
+
+    Returns:
+        ``(None, [])`` without a results.json; ``("evaluation", [result])`` for the result of
+        an ``evaluate`` run written into this folder (one run, or the ``--seeds`` / aggregate
+        result of one upstream); ``("comparison", results)`` for a ``compare`` output (a
+        ``{"results": [...]}`` file, or, as compare wrote one result before, a single result
+        read from another folder: its ``source_dir`` is elsewhere and it has no seeds).
+
+    Raises:
+        ValueError: a results.json that is not a downstream results file (named).
+    """
+    path = Path(folder).expanduser() / "results.json"
+    if not path.is_file():
+        return None, []
+    payload = _read_json(path)
+    merged = isinstance(payload, dict) and "results" in payload
+    if not merged and isinstance(payload, dict) and payload.get("source_dir") \
+            and "seed_dirs" not in payload:
+        merged = Path(payload["source_dir"]).resolve() != path.parent.resolve()
+    return ("comparison" if merged else "evaluation"), _check_entries(payload, path)
+
+
+def _same_upstream(a: Any, b: Any) -> bool:
+    """Whether two ``upstream`` values name the same model: equal ids, or paths of the same
+    existing folder (``runs/x/student`` and ``./runs/x/student/``)."""
+    if str(a) == str(b):
+        return True
+    pa, pb = Path(str(a)).expanduser(), Path(str(b)).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def check_evaluation_folder(out: str | Path, task: str, label: str, upstream: str) -> Path:
+    """Refuse to write one upstream's results over a folder that holds something else.
+
+    ``evaluate`` (and ``aggregate``) may replace an earlier result of the same task, label
+    and upstream in ``out`` (a re-run); they refuse a folder whose results.json holds another
+    upstream's, task's or label's result, or a ``compare`` output, so that no results.json
+    and head.pt of one upstream stand beside another's per-item files.
+
+    Returns:
+        ``out`` as a path.
+
+    Raises:
+        ValueError: as :func:`check_output_folder`; ``out`` holds a comparison, another
+            evaluation, or a results.json that is not a downstream results file.
+    """
+    out = check_output_folder(out)
+    try:
+        kind, held = folder_results(out)
+    except ValueError as err:
+        raise ValueError(f"--out {str(out)!r} holds a results.json this run would replace, "
+                         f"but {err}; remove it or give another folder") from None
+    if kind == "comparison":
+        raise ValueError(f"--out {str(out)!r} holds a comparison of {len(held)} result(s) "
+                         "(robustdistill compare); give the evaluation a folder of its own")
+    if kind == "evaluation":
+        old = held[0]
+        if old["task"] != task or _task_label(old) != label \
+                or not _same_upstream(old["upstream"], upstream):
+            raise ValueError(
+                f"--out {str(out)!r} holds the results of upstream {old['upstream']!r} on task "
+                f"{_task_label(old)!r}, not of {upstream!r} on {label!r}; give this run a folder "
+                "of its own (or remove that one to replace it)")
+    return out
 
 
 def _short_label(result: dict[str, Any]) -> str:
@@ -571,7 +698,7 @@ def _different_test_sets(results: Sequence[dict[str, Any]]) -> bool:
 
 
 def _task_label(result: dict[str, Any]) -> str:
-    """The task label (``kws``, ``sid``...; results written before labels: the task folder)."""
+    """The task label (``ks``, ``sid``...; results written before labels: the task folder)."""
     return str(result.get("label") or result["task"])
 
 
@@ -787,17 +914,23 @@ def plot_robustness(results: Sequence[dict[str, Any]], path: str | Path) -> None
 
 
 def write_outputs(results: Sequence[dict[str, Any]], out: str | Path,
-                  comparisons: tuple[list[dict[str, Any]], list[str]] | None = None) -> None:
+                  comparisons: tuple[list[dict[str, Any]], list[str]] | None = None,
+                  merged: bool = False) -> None:
     """Write ``results.json`` (the single result, or ``{"results": [...], "comparisons":
     [...]}`` for several), ``results.md`` and ``robustness.png`` into ``out`` (created).
 
     ``results.json`` is strict JSON: an undefined value (NaN, e.g. an EER without impostor
     trials or a p-value without finite resamples) is written as ``null``, and
     :func:`load_results` reads a metric or interval stored so back as NaN.
+
+    Args:
+        merged: write the ``{"results": [...]}`` form even for one result (``compare``'s
+            output, which :func:`folder_results` tells from an evaluation by it).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    payload: dict[str, Any] = results[0] if len(results) == 1 else {"results": list(results)}
+    payload: dict[str, Any] = (results[0] if len(results) == 1 and not merged
+                               else {"results": list(results)})
     if comparisons is not None:
         payload = {**payload, "comparisons": comparisons[0], "comparison_notes": comparisons[1]}
     atomic_write_text(out / "results.json",
@@ -812,26 +945,51 @@ def compare(paths: Sequence[str | Path], out: str | Path, resamples: int = 1000
             ) -> list[dict[str, Any]]:
     """Merge several results.json (same task and label, one per upstream) into ``out``, with
     paired comparisons of every pair of upstreams on the same test items
-    (:func:`paired_comparisons`).
+    (:func:`paired_comparisons`). The output's results.json is always a ``{"results": [...]}``
+    file, even for one input.
 
-    ``out``'s own ``results.json`` among ``paths`` (a glob such as ``runs/kws_*/results.json``
-    with ``--out runs/kws_compare`` matches the previous comparison) is left out with a warning:
-    read back, every upstream would appear twice and be compared with itself.
+    ``out`` may hold an earlier comparison, which is replaced; it may not hold an evaluation
+    (:func:`folder_results`): its results.json and results.md would be replaced by the
+    comparison's while its ``items/`` and ``head.pt`` stayed. An earlier comparison's own
+    ``results.json`` among ``paths`` (a glob such as ``runs/kws_*/results.json`` with
+    ``--out runs/kws_compare`` matches it) is left out with a warning: read back, every upstream
+    would appear twice and be compared with itself. A file given twice is compared once (with a
+    warning).
 
     Raises:
-        FileNotFoundError / ValueError: as :func:`load_results`; results of different tasks or
-            labels (e.g. KWS and SID, both accuracy); no input left but ``out``'s own.
+        FileNotFoundError / ValueError: as :func:`load_results`; ``out`` is a file or holds an
+            evaluation, or a results.json that is not a results file; results of different
+            tasks or labels (e.g. KWS and SID, both accuracy); no input left but ``out``'s own;
+            ``resamples < 1``.
     """
-    own = (Path(out) / "results.json").resolve()
-    if any(Path(p).resolve() == own for p in paths):
+    if resamples < 1:
+        raise ValueError(f"--bootstrap-resamples must be >= 1, got {resamples}")
+    out = check_output_folder(out)
+    try:
+        kind, held = folder_results(out)
+    except ValueError as err:
+        raise ValueError(f"--out {str(out)!r} holds a results.json compare would replace, but "
+                         f"{err}; remove it or give another folder") from None
+    if kind == "evaluation":
+        suggestion = out.parent / f"{_task_label(held[0])}_compare"
+        raise ValueError(f"--out {str(out)!r} holds the evaluation of {held[0]['upstream']!r} "
+                         f"({_task_label(held[0])}): compare would replace its results.json; "
+                         f"give the comparison a folder of its own (e.g. {str(suggestion)!r})")
+    unique: dict[Path, str | Path] = {}
+    for p in paths:
+        if Path(p).resolve() in unique:
+            logger.warning("%s is given twice: compared once", p)
+        unique.setdefault(Path(p).resolve(), p)
+    own = (out / "results.json").resolve()
+    if own in unique:
         logger.warning("leaving out %s: it is this comparison's own output (an earlier run)", own)
-        paths = [p for p in paths if Path(p).resolve() != own]
-        if not paths:
+        del unique[own]
+        if not unique:
             raise ValueError(f"no results to compare besides the output's own {own}")
-    results = [r for p in paths for r in load_results(p)]
+    results = [r for p in unique.values() for r in load_results(p)]
     _check_same_task(results)
     if _different_test_sets(results):
         logger.warning("the results were tested on different test sets; not directly comparable")
     comparisons = paired_comparisons(results, resamples) if len(results) > 1 else None
-    write_outputs(results, out, comparisons)
+    write_outputs(results, out, comparisons, merged=True)
     return results

@@ -50,6 +50,7 @@ from .fbank import FbankUpstream, is_fbank
 from .featurizer import Featurizer
 from .results import (
     aggregate_seeds,
+    check_evaluation_folder,
     item_intervals,
     unscored_counts,
     write_items,
@@ -58,7 +59,8 @@ from .results import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunOptions", "load_head", "run_evaluation", "run_seeds", "save_head", "test_set_hash"]
+__all__ = ["RunOptions", "check_device", "load_head", "run_evaluation", "run_seeds", "save_head",
+           "test_set_hash"]
 
 RESULTS_FORMAT = "robustdistill-downstream-results/1"
 
@@ -115,23 +117,33 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
     (:func:`~downstream.results.unscored_counts`; only counts above 0, ``{}`` when all scored).
     ``skipped_items`` counts, per split, the utterances that could not be decoded at all.
 
+    ``options.out`` may hold an earlier run of the same task, label and upstream, which is
+    replaced: per-item files of conditions this run does not test are removed with it, so
+    every ``items/*.jsonl`` belongs to the results.json beside it (an earlier ``head.pt`` stays
+    when ``evaluate_only`` loads another one). Any other results folder is refused
+    (:func:`~downstream.results.check_evaluation_folder`).
+
     Returns:
         The results dict (as written to results.json).
 
     Raises:
         ValueError / ConfigError: unknown task, bad config, unknown condition, a condition
-            whose noise/RIR folder is missing, unusable splits. All are raised before the
-            upstream runs.
+            whose noise/RIR folder is missing, unusable splits, a device this torch cannot
+            use (:func:`check_device`), ``bootstrap_resamples < 0``, an ``out`` that is a
+            file or holds other results. All are raised before the upstream runs.
         FileNotFoundError: missing data, config, folders, upstream folder or head file (the
             last two before any audio is decoded).
         OSError: the upstream cannot be loaded (before any audio is decoded).
     """
     started = time.perf_counter()
     timing: dict[str, float] = {}
+    check_device(options.device)
+    if options.bootstrap_resamples < 0:
+        raise ValueError("--bootstrap-resamples must be >= 0 (0: no intervals), got "
+                         f"{options.bootstrap_resamples}")
     torch.manual_seed(options.seed)
-    task_class = get_task(options.task)
-    config_path = task_config_path(options.task, options.config)
-    config = load_config(config_path, task_class.config_class, options.overrides)
+    task_class, config_path, config = _load_task_config(options)
+    label = config.label or options.label or options.task
     task = task_class(config, seed=options.seed)
     conditions = parse_conditions(options.conditions)
     corruptor = TestCorruptor.from_dirs(options.test_noise_dir, options.test_rir_dir, options.seed,
@@ -139,7 +151,7 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
     corruptor.check(conditions)
     if options.evaluate_only and not Path(options.evaluate_only).is_file():
         raise FileNotFoundError(f"head file not found: {options.evaluate_only}")
-    out = Path(options.out)
+    out = check_evaluation_folder(options.out, options.task, label, options.upstream)
     out.mkdir(parents=True, exist_ok=True)
 
     # the upstream before the audio: a typo in its name costs seconds, not a decoding pass
@@ -214,14 +226,15 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
             "hidden_size": upstream.hidden_size,
             "parameters": sum(p.numel() for p in upstream.parameters()),
         },
-        "label": config.label or options.label or options.task,
+        "label": label,
         "primary_metric": task.primary_metric,
         "higher_is_better": task.higher_is_better,
         "conditions": [c.name for c in conditions],
         "metrics": metrics,
         "intervals": intervals,
-        "interval_method": f"percentile bootstrap over test {task.item_unit}s, 95 %, "
-                           f"{options.bootstrap_resamples} resamples",
+        "interval_method": (f"percentile bootstrap over test {task.item_unit}s, 95 %, "
+                            f"{options.bootstrap_resamples} resamples"
+                            if options.bootstrap_resamples > 0 else None),
         "item_unit": task.item_unit,
         "items_dir": "items",
         "evaluate_only": options.evaluate_only,
@@ -249,8 +262,56 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
         "versions": _versions(),
     }
     write_outputs([results], out)
+    _remove_stale_items(items_dir, results["conditions"])
     logger.info("wrote %s", out / "results.json")
     return results
+
+
+def _load_task_config(options: RunOptions) -> tuple[type[Task], Path, Any]:
+    """``(task class, config path, config)`` of a run: the task's YAML with the overrides.
+
+    Raises:
+        ValueError / ConfigError / FileNotFoundError: unknown task, missing or bad config.
+    """
+    task_class = get_task(options.task)
+    config_path = task_config_path(options.task, options.config)
+    return task_class, config_path, load_config(config_path, task_class.config_class,
+                                                options.overrides)
+
+
+def _remove_stale_items(items_dir: Path, conditions: list[str]) -> None:
+    """Delete ``items_dir/*.jsonl`` of conditions not in ``conditions`` (an earlier run's, which
+    the new results.json does not describe)."""
+    if not items_dir.is_dir():
+        return
+    for path in sorted(items_dir.glob("*.jsonl")):
+        if path.stem not in conditions:
+            path.unlink()
+            logger.info("removed %s: an earlier run's per-item results, of a condition this run "
+                        "did not test", path)
+
+
+def check_device(device: str) -> None:
+    """Check, before any work, that torch can put a tensor on ``device``.
+
+    Raises:
+        ValueError: not a torch device name (``gpu``), or one this torch or machine cannot use
+            (``cuda`` on a CPU-only torch or without a GPU, ``cuda:3`` with fewer GPUs, ``mps``
+            off a Mac): one line naming the device, with torch's reason.
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, "
+                         "mps)") from None
+    try:
+        torch.zeros(1, device=parsed)  # allocates and runs a kernel: a bad ordinal fails here
+    except (AssertionError, RuntimeError) as err:  # "Torch not compiled with CUDA enabled"...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = reason.split(". ")[0]  # torch's dispatcher lists every backend after this
+        raise ValueError(f"--device {device!r} cannot be used here: {reason} (torch "
+                         f"{torch.__version__}, CUDA available: {torch.cuda.is_available()}); "
+                         "use --device cpu or a device this machine has") from None
 
 
 def test_set_hash(keys: list[str], seed: int, conditions: list[str], corruption: str) -> str:
@@ -329,11 +390,17 @@ def run_seeds(options: RunOptions, seeds: list[int]) -> dict[str, Any]:
     (mean and standard deviation over seeds, stratified-bootstrap intervals of the mean) to
     ``OUT/results.json``; see :func:`downstream.results.aggregate_seeds`.
 
+    ``OUT`` and every ``OUT/seed<N>/`` are checked as :func:`run_evaluation` checks its folder
+    before the first seed runs; ``OUT/items/`` of an earlier single run there is removed once
+    the aggregate is written (seed folders of an earlier ``--seeds`` run that this one does not
+    list are kept).
+
     Raises:
         ValueError: fewer than one seed or repeated seeds; as :func:`run_evaluation`.
     """
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds needs distinct seeds, got {seeds}")
+    _check_seed_folders(options, seeds)
     runs = []
     for seed in seeds:
         sub = dataclasses.replace(options, seed=seed, out=str(Path(options.out) / f"seed{seed}"))
@@ -343,7 +410,24 @@ def run_seeds(options: RunOptions, seeds: list[int]) -> dict[str, Any]:
     merged = aggregate_seeds(runs, [Path(options.out) / f"seed{s}" for s in seeds],
                              options.bootstrap_resamples)
     write_outputs([merged], options.out)
+    _remove_stale_items(Path(options.out) / "items", [])  # a single run's, written there before
     return merged
+
+
+def _check_seed_folders(options: RunOptions, seeds: list[int]) -> None:
+    """Before the first seed runs: the device, and ``OUT`` and every ``OUT/seed<N>/`` as
+    :func:`run_evaluation` checks its folder (a refusal at the last seed would lose the others'
+    work).
+
+    Raises:
+        ValueError / ConfigError / FileNotFoundError: as :func:`check_device`,
+            :func:`_load_task_config` and :func:`~downstream.results.check_evaluation_folder`.
+    """
+    check_device(options.device)
+    _, _, config = _load_task_config(options)
+    label = config.label or options.label or options.task
+    for folder in [options.out, *(Path(options.out) / f"seed{s}" for s in seeds)]:
+        check_evaluation_folder(folder, options.task, label, options.upstream)
 
 
 # ---------------------------------------------------------------------------- decoding

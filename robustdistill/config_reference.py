@@ -245,7 +245,9 @@ def reference_document() -> str:
                                                       level=3)]
     for task, config_class in downstream_tasks().items():
         parts += [f"## Downstream task `{task}`: `robustdistill evaluate --task {task}`", "",
-                  "Overrides: `-o key=value` (e.g. `-o training.steps=200`).", "",
+                  "Overrides: `-o key=value` (e.g. `-o training.steps=200`); a mapping "
+                  "value merges into the config's mapping, as dotted keys do "
+                  "(`-o 'a={x: 1}'` is `-o a.x=1`).", "",
                   config_reference(config_class, markdown=True, level=3)]
     return "\n".join(parts).rstrip() + "\n"
 

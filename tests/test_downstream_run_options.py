@@ -145,6 +145,7 @@ def test_run_seeds_substitutes_the_seed_in_the_head_path_and_refuses_repeats(mon
     monkeypatch.setattr(runner, "aggregate_seeds", lambda runs, dirs, n: {"runs": runs,
                                                                           "dirs": dirs})
     monkeypatch.setattr(runner, "write_outputs", lambda results, out: None)
+    monkeypatch.setattr(runner, "_check_seed_folders", lambda options, seeds: None)  # no config
     options = runner.RunOptions("ks", "up", "c.yaml", str(tmp_path),
                                 evaluate_only=str(tmp_path / "seed{seed}" / "head.pt"))
     merged = runner.run_seeds(options, [4, 1])
