@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from robustdistill.files import atomic_write_text, file_blocking_folder
+from robustdistill.files import OutputFolderError, atomic_write_text, unblocked_folder
 
 from .stats import bootstrap_interval, mcnemar, paired_bootstrap
 
@@ -403,13 +403,12 @@ def check_output_folder(out: str | Path) -> Path:
 
     Raises:
         ValueError: ``out``, or one of its parents, is an existing file
-            (:func:`robustdistill.files.file_blocking_folder`).
+            (:func:`robustdistill.files.unblocked_folder`).
     """
-    out = Path(out).expanduser()
-    if (blocking := file_blocking_folder(out)) is not None:
-        raise ValueError(f"--out {str(out)!r}: {str(blocking)!r} is an existing file, not a "
-                         "folder; give a folder")
-    return out
+    try:
+        return unblocked_folder(out, "--out")
+    except OutputFolderError as err:  # the downstream commands report ValueErrors in one line
+        raise ValueError(str(err)) from err
 
 
 def folder_results(folder: str | Path) -> tuple[str | None, list[dict[str, Any]]]:

@@ -3,9 +3,9 @@
 Subcommands::
 
     robustdistill distill --config configs/demo.yaml [--resume] [--section.key value ...]
-    robustdistill create-student --teacher ID_OR_DIR --out DIR [--num-layers 2 ...]
-    robustdistill make-teacher --family wavlm --preset small --out DIR
-    robustdistill export --run OUTPUT_DIR [--checkpoint DIR] [--out DIR] [--onnx]
+    robustdistill create-student --teacher ID_OR_DIR --out DIR [--num-layers 2 ...] [--overwrite]
+    robustdistill make-teacher --family wavlm --preset small --out DIR [--overwrite]
+    robustdistill export --run OUTPUT_DIR [--checkpoint DIR] [--out DIR] [--overwrite] [--onnx]
     robustdistill evaluate --task TASK --upstream ID_OR_DIR --config FILE --out DIR
     robustdistill compare RESULT.json ... --out DIR
     robustdistill export-s3prl --student DIR --out OUT.ckpt   (s3prl's distiller format)
@@ -105,9 +105,11 @@ def create_student_main(argv: list[str]) -> int:
     """``robustdistill create-student``: write an initialised student folder.
 
     A bad shape value, a local-looking ``--teacher`` that is not a folder, an ``--out`` that
-    is an existing file, or an unreachable hub id end in a one-line parser error (exit 2)."""
+    is an existing file or a folder that holds files (without ``--overwrite``, which empties it
+    first, never when it holds the teacher), or an unreachable hub id end in a one-line parser
+    error (exit 2), before anything is written."""
     from .config import check_model_path
-    from .files import file_blocking_folder
+    from .files import OutputFolderError, check_output_folder, empty_folder, name_list
     from .student import (
         NARROW_CNN_INITS,
         STUDENT_PRESETS,
@@ -120,7 +122,9 @@ def create_student_main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="robustdistill create-student")
     parser.add_argument("--teacher", required=True, help="hub id or local folder")
-    parser.add_argument("--out", required=True, help="folder to write the student to")
+    parser.add_argument("--out", required=True,
+                        help="folder to write the student to: new or empty (see --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     parser.add_argument("--preset", default="default", choices=list(STUDENT_PRESETS),
                         help="student shape (docs/performance.md, section 2)")
     parser.add_argument("--family", default=None)
@@ -146,10 +150,11 @@ def create_student_main(argv: list[str]) -> int:
                             narrow_cnn_init=args.narrow_cnn_init)
     except ValueError as err:
         parser.error(str(err))
-    out_path = Path(args.out).expanduser()
-    if (existing := file_blocking_folder(out_path)) is not None:
-        parser.error(f"--out {args.out!r}: {str(existing)!r} is an existing file, not a folder; "
-                     "give a folder to write the student to")
+    try:
+        out_path = check_output_folder(args.out, "--out", overwrite=args.overwrite,
+                                       inputs=_local(args.teacher))
+    except OutputFolderError as err:
+        parser.error(str(err))
     try:
         check_model_path(args.teacher, "--teacher",
                          "robustdistill make-teacher --out DIR, or a hub id such as "
@@ -170,7 +175,9 @@ def create_student_main(argv: list[str]) -> int:
         student = create_student(teacher, cfg)
     except ValueError as err:  # e.g. a CNN wider than the teacher's cannot be pruned from it
         parser.error(str(err))
-    out = save_student(student, student_feature_extractor(teacher, student.config), args.out)
+    if args.overwrite and (removed := empty_folder(out_path)):
+        logger.info("--overwrite: removed %s from %s", name_list(removed), out_path)
+    out = save_student(student, student_feature_extractor(teacher, student.config), out_path)
     params = sum(p.numel() for p in student.parameters()) / 1e6
     logger.info("student (%s, %d layers, %.1f M params) written to %s",
                 student.config.model_type, student.config.num_hidden_layers, params, out)
@@ -179,7 +186,11 @@ def create_student_main(argv: list[str]) -> int:
 
 def make_teacher_main(argv: list[str]) -> int:
     """``robustdistill make-teacher``: a randomly initialised encoder of a given shape,
-    for offline demos, tests and benchmarks."""
+    for offline demos, tests and benchmarks.
+
+    An ``--out`` that is an existing file, or a folder that holds files (without
+    ``--overwrite``, which empties it first), is a one-line parser error (exit 2)."""
+    from .files import OutputFolderError, check_output_folder, empty_folder, name_list
     from .teachers import PRESETS, make_random_teacher
 
     parser = argparse.ArgumentParser(
@@ -192,10 +203,18 @@ def make_teacher_main(argv: list[str]) -> int:
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS),
                         help="shape: 'base' is WavLM Base+ / HuBERT Base (12 x 768); the others "
                              "are smaller, for quick runs")
-    parser.add_argument("--out", required=True, help="folder to write the model to")
+    parser.add_argument("--out", required=True,
+                        help="folder to write the model to: new or empty (see --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     args = parser.parse_args(argv)
-    out = make_random_teacher(args.family, args.preset, args.out, seed=args.seed)
+    try:
+        out_path = check_output_folder(args.out, "--out", overwrite=args.overwrite)
+    except OutputFolderError as err:
+        parser.error(str(err))
+    if args.overwrite and (removed := empty_folder(out_path)):
+        logger.info("--overwrite: removed %s from %s", name_list(removed), out_path)
+    out = make_random_teacher(args.family, args.preset, out_path, seed=args.seed)
     logger.info("random %s-%s teacher written to %s", args.family, args.preset, out)
     return 0
 
@@ -203,21 +222,26 @@ def make_teacher_main(argv: list[str]) -> int:
 def export_main(argv: list[str]) -> int:
     """``robustdistill export``: the student of a run's checkpoint as a stock checkpoint.
 
-    A missing run or checkpoint, a damaged checkpoint (``CheckpointError``, named), an ONNX
-    check folder that is missing or holds no audio file (found before anything is written) or
-    no usable one (``OnnxCheckError``), and an ONNX parity failure exit 2 with one line; any
-    other error from the ONNX export keeps its traceback.
+    A missing run or checkpoint, a damaged checkpoint (``CheckpointError``, named), an output
+    folder that is a file or holds files (without ``--overwrite``; ``OutputFolderError``), an
+    ONNX check folder that is missing or holds no audio file (all found before anything is
+    written) or no usable one (``OnnxCheckError``), and an ONNX parity failure exit 2 with one
+    line; any other error from the ONNX export keeps its traceback.
     """
     from .checkpoints import CheckpointError
     from .export import export_from_checkpoint
+    from .files import OutputFolderError
 
     parser = argparse.ArgumentParser(prog="robustdistill export")
     parser.add_argument("--run", required=True, help="the run's output_dir")
     parser.add_argument("--checkpoint", default=None, help="default: the newest checkpoint")
     parser.add_argument("--out", default=None,
-                        help="default: RUN/student for the newest checkpoint, "
-                             "RUN/exports/CHECKPOINT/student for --checkpoint "
-                             "(heads go next to it, in ../heads)")
+                        help="a new or empty folder (see --overwrite); default: the run's own "
+                             "RUN/student for the newest checkpoint, RUN/exports/CHECKPOINT/"
+                             "student for --checkpoint, written again (what other weights left "
+                             "there, such as a card, is removed with a warning). The heads go "
+                             "beside a folder named student (../heads), else inside it (heads/)")
+    parser.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     parser.add_argument("--onnx", action="store_true",
                         help="also write OUT/onnx/model.onnx, checked with onnxruntime")
     parser.add_argument("--onnx-check-audio", default=None,
@@ -233,8 +257,8 @@ def export_main(argv: list[str]) -> int:
         except FileNotFoundError as err:
             parser.error(f"--onnx-check-audio: {err}")
     try:
-        out = export_from_checkpoint(args.run, args.checkpoint, args.out)
-    except (FileNotFoundError, CheckpointError) as err:
+        out = export_from_checkpoint(args.run, args.checkpoint, args.out, args.overwrite)
+    except (FileNotFoundError, OutputFolderError, CheckpointError) as err:
         parser.error(str(err))
     logger.info("student written to %s", out)
     if args.onnx:
@@ -247,6 +271,15 @@ def export_main(argv: list[str]) -> int:
         except AssertionError as err:  # parity outside the tolerance; the graph stays
             parser.error(f"ONNX check failed: {err}")
     return 0
+
+
+_OVERWRITE_HELP = ("replace what --out holds: remove everything in it (a card, plots, heads, other "
+                   "files) before writing, instead of refusing a folder that holds files")
+
+
+def _local(name: str) -> list[str]:
+    """``[name]`` when it is an existing local path (an input ``--overwrite`` must not delete)."""
+    return [name] if Path(name).expanduser().exists() else []
 
 
 def _lazy(target: str):

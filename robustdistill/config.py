@@ -159,7 +159,7 @@ class TrainingConfig:
     resume_from: str | None = field(default=None, metadata={"help": "'latest' (newest complete checkpoint of output_dir), 'auto' (the same, or start fresh when there is none: for restart loops) or a checkpoint folder"})
     max_nonfinite_in_a_row: int = field(default=20, metadata={"help": "stop (with a checkpoint of the last finite weights) after this many optimizer steps in a row with a NaN/Inf loss or gradient; each such step is skipped and counted"})
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": "accelerate trackers"})
-    export_student: bool = field(default=True, metadata={"help": "export OUTPUT_DIR/student and heads/ at the end"})
+    export_student: bool = field(default=True, metadata={"help": "export OUTPUT_DIR/student and heads/ at the end, both emptied first (what an earlier export left there, such as a card, is removed with a warning)"})
     loss_schedule: str = field(default="sum", metadata={"help": "sum (all losses, weight 1), two_step (KD objectives only for kd_steps, then task_objectives only; arXiv 2309.08144) or mixture (mixture_alpha * KD + (1 - mixture_alpha) * task)"})
     kd_steps: int = field(default=0, metadata={"help": "two_step: optimizer steps of the KD-only phase 1"})
     mixture_alpha: float = field(default=0.5, metadata={"help": "mixture: weight of the KD objectives, in [0, 1]"})

@@ -4,13 +4,29 @@
 ``preprocessor_config.json``: it loads with ``AutoModel.from_pretrained`` and
 ``AutoFeatureExtractor.from_pretrained``, no custom code. The objectives' heads (prediction
 heads, enhancement head) are training-only and go to ``OUTPUT_DIR/heads/<objective>.safetensors``
-with a ``<objective>.json`` that says how to rebuild them.
+with a ``<objective>.json`` that says how to rebuild them and which student weights they were
+saved with (``student_weights``: the SHA-256 of the student's ``*.safetensors``, the step and
+the checkpoint), so that ``robustdistill card`` never ships heads of other weights
+(:func:`heads_match`).
+
+Where the heads go (:func:`export_heads_dir`): beside a student folder named ``student``
+(``PARENT/student`` + ``PARENT/heads``, the run's own layout, which ``enhance --model PARENT``
+reads), else inside it (``OUT/heads``, where ``card`` puts them for publishing), so that two
+exports never share one ``heads/``.
+
+Every export writes a clean folder: ``export --out`` refuses one that already holds files
+(unless ``overwrite``), and the run's own folders (the trainer's ``RUN/student`` and
+``RUN/heads``, ``export``'s defaults) are emptied before they are written again, with a warning
+naming what was written beside the earlier export (a card, plots, copied heads, an ONNX graph).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -20,18 +36,60 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
 from .checkpoints import MANIFEST, CheckpointError, latest_checkpoint, verify_checkpoint
+from .files import check_output_folder, empty_folder, folder_entries, name_list
 from .student import save_student
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["export_from_checkpoint", "export_run_student", "save_heads"]
+__all__ = ["export_from_checkpoint", "export_heads_dir", "export_run_student", "heads_match",
+           "heads_records", "not_export_files", "save_heads", "weights_sha256"]
 
 _STUDENT_PREFIX = "student.model."
 _OBJECTIVES_PREFIX = "objectives."
 
 
+def export_heads_dir(student_dir: str | Path) -> Path:
+    """Where the heads of the student exported to ``student_dir`` go: ``PARENT/heads`` for a
+    folder named ``student`` (the run layout, ``RUN/student`` + ``RUN/heads``), else
+    ``student_dir/heads``."""
+    student_dir = Path(student_dir)
+    return student_dir.parent / "heads" if student_dir.name == "student" else student_dir / "heads"
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_sha256(model_dir: str | Path) -> str | None:
+    """A SHA-256 of the ``*.safetensors`` files of ``model_dir`` (not its subfolders): over
+    each file's name and the SHA-256 of its bytes, in name order; None when it has none."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(file.name.encode())
+        digest.update(_file_sha256(str(file.resolve()), stat.st_size, stat.st_mtime_ns).encode())
+    return digest.hexdigest()
+
+
+def not_export_files(student_dir: str | Path) -> list[str]:
+    """What ``student_dir`` holds that an export does not write there (a card, plots,
+    ``heads/`` copied by ``card``, ``onnx/``, ...): every entry but ``config.json``,
+    ``preprocessor_config.json``, ``*.safetensors`` and ``*.safetensors.index.json``."""
+    own = ("config.json", "preprocessor_config.json")
+    return [n for n in folder_entries(student_dir)
+            if n not in own and not n.endswith((".safetensors", ".safetensors.index.json"))]
+
+
 def save_heads(objective_states: dict[str, dict[str, torch.Tensor]], head_configs: dict[str, dict],
-               options: dict[str, dict], out_dir: Path) -> Path:
+               options: dict[str, dict], out_dir: Path, weights: dict | None = None) -> Path:
     """Write each objective's head weights and rebuild recipe.
 
     Args:
@@ -39,6 +97,9 @@ def save_heads(objective_states: dict[str, dict[str, torch.Tensor]], head_config
         head_configs: objective name -> ``Objective.head_config()``.
         options: objective name -> the options it was built with (from the run config).
         out_dir: the ``heads/`` folder.
+        weights: the student weights these heads were saved with (``sha256`` from
+            :func:`weights_sha256`, ``step``, ``checkpoint``), written into each recipe as
+            ``student_weights``; None writes no record.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, state in objective_states.items():
@@ -46,34 +107,105 @@ def save_heads(objective_states: dict[str, dict[str, torch.Tensor]], head_config
                   str(out_dir / f"{name}.safetensors"))
         recipe = {"objective": name, "options": options.get(name, {}),
                   "head_config": head_configs.get(name, {})}
+        if weights is not None:
+            recipe["student_weights"] = weights
         (out_dir / f"{name}.json").write_text(json.dumps(recipe, indent=2))
     return out_dir
 
 
+def heads_records(heads_dir: str | Path) -> dict[str, dict | None]:
+    """Head name -> the ``student_weights`` record of its ``<name>.json`` (None when it has
+    none or cannot be read), for every ``<name>.safetensors`` in ``heads_dir``."""
+    records: dict[str, dict | None] = {}
+    for weights in sorted(Path(heads_dir).glob("*.safetensors")):
+        try:
+            recipe = json.loads(weights.with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            recipe = None
+        record = recipe.get("student_weights") if isinstance(recipe, dict) else None
+        records[weights.stem] = record if isinstance(record, dict) else None
+    return records
+
+
+def heads_match(heads_dir: str | Path, model_dir: str | Path) -> tuple[bool | None, str]:
+    """Whether the heads in ``heads_dir`` were saved with the weights in ``model_dir``.
+
+    Returns:
+        ``(True, "")`` when every head records ``model_dir``'s :func:`weights_sha256`;
+        ``(None, "")`` when no head records any weights (exported before heads carried a
+        record, or written by hand) or ``heads_dir`` holds no heads; else ``(False, what)``,
+        ``what`` saying which weights they record (e.g. ``"step 60, checkpoint_1"``).
+    """
+    records = heads_records(heads_dir)
+    if not records or all(r is None for r in records.values()):
+        return None, ""
+    sha = weights_sha256(model_dir)
+    others = [r for r in records.values() if r is None or sha is None or r.get("sha256") != sha]
+    if not others:
+        return True, ""
+    return False, "; ".join(sorted({_describe(r) for r in others}))
+
+
+def _describe(record: dict | None) -> str:
+    """``"step 60, checkpoint_1"`` for a ``student_weights`` record."""
+    if record is None:
+        return "no record"
+    parts = [f"step {record['step']}" if record.get("step") is not None else "",
+             str(record.get("checkpoint") or "")]
+    return ", ".join(x for x in parts if x) or "other weights"
+
+
+def _replace_run_folders(student_dir: Path, heads_dir: Path, heads: Iterable[str]) -> None:
+    """Empty the run's own ``student_dir`` and ``heads_dir`` before an export writes them again,
+    warning about what was written beside the earlier export (what this export does not write:
+    a card, plots, copied heads, an ONNX graph, heads of objectives it does not have)."""
+    written = {f"{n}{ext}" for n in heads for ext in (".safetensors", ".json")}
+    stale = [f"{student_dir.name}/{n}" for n in not_export_files(student_dir)]
+    stale += [f"{heads_dir.name}/{n}" for n in folder_entries(heads_dir) if n not in written]
+    empty_folder(student_dir)
+    empty_folder(heads_dir)
+    if stale:
+        logger.warning("removed what was written beside the earlier export in %s: %s (a card "
+                       "or files made for the weights exported then; write the card again with "
+                       "robustdistill card)", student_dir.parent, name_list(stale))
+
+
 def export_run_student(distiller, feature_extractor, output_dir: str | Path,
-                       config: dict) -> Path:
-    """Export the student and heads of a trained :class:`~robustdistill.trainer.Distiller`.
+                       config: dict, step: int | None = None) -> Path:
+    """Export the student and heads of a trained :class:`~robustdistill.trainer.Distiller`
+    into ``output_dir/student`` and ``output_dir/heads``.
+
+    Both folders are emptied first: what was written beside the earlier export (a card, plots,
+    copied heads, an ONNX graph: :func:`not_export_files`), made for the weights exported then,
+    is removed with a warning naming it.
+
+    Args:
+        step: the training step of the weights, recorded with the heads.
 
     Returns:
         ``output_dir / "student"``.
     """
     output_dir = Path(output_dir)
-    student_dir = save_student(distiller.student.model, feature_extractor, output_dir / "student")
+    student_dir, heads_dir = output_dir / "student", output_dir / "heads"
     objectives = dict(distiller.objectives.items())
+    _replace_run_folders(student_dir, heads_dir, objectives)
+    save_student(distiller.student.model, feature_extractor, student_dir)
     save_heads({n: o.state_dict() for n, o in objectives.items()},
                {n: o.head_config() for n, o in objectives.items()},
-               config.get("objectives", {}), output_dir / "heads")
-    logger.info("student exported to %s (heads in %s)", student_dir, output_dir / "heads")
+               config.get("objectives", {}), heads_dir,
+               {"sha256": weights_sha256(student_dir), "step": step, "checkpoint": None})
+    logger.info("student exported to %s (heads in %s)", student_dir, heads_dir)
     return student_dir
 
 
 def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None,
-                           out_dir: str | Path | None = None) -> Path:
+                           out_dir: str | Path | None = None, overwrite: bool = False) -> Path:
     """Export the student of any saved checkpoint of a run, without loading the teacher.
 
     The checkpoint is checked against its manifest first (as ``--resume`` does): a damaged
     newest checkpoint is refused, naming it, not replaced by an older one silently; export an
-    earlier one with ``checkpoint``.
+    earlier one with ``checkpoint``. Every output folder is checked before anything is read or
+    written.
 
     Args:
         run_dir: the run's ``output_dir`` (holds ``student_init/``, ``config.yaml`` and
@@ -81,16 +213,26 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
         checkpoint: a checkpoint folder; default the newest complete one (with a manifest)
             under ``run_dir/checkpoints``, else, for runs from before manifests, the newest
             ``checkpoint_N`` folder.
-        out_dir: where to write; default ``run_dir/student`` for the newest checkpoint, and
+        out_dir: where to write; it must be new or empty unless ``overwrite``. Default: the
+            run's own ``run_dir/student`` for the newest checkpoint, and
             ``run_dir/exports/<checkpoint name>/student`` for a ``checkpoint`` given, so that
-            an earlier checkpoint never replaces the run's final student (and its card).
+            an earlier checkpoint never replaces the run's final student (and its card); these
+            are emptied and written again, as the trainer's export does (what was written beside
+            the earlier export is removed, with a warning naming it).
+        overwrite: empty ``out_dir`` (and its heads folder) first instead of refusing one that
+            holds files.
 
     Returns:
-        The student folder; heads go to ``<out_dir>/../heads``.
+        The student folder; the heads go to :func:`export_heads_dir` of it (``../heads`` for
+        a folder named ``student``, else ``<out_dir>/heads``), with a record of these weights.
 
     Raises:
         FileNotFoundError: no ``run_dir``, no ``student_init``, no checkpoint, or a
             checkpoint folder without ``model.safetensors``.
+        OutputFolderError: (a ``FileExistsError``) an existing file where the student or heads
+            folder would be; ``out_dir`` or its heads folder holds files and ``overwrite`` is
+            false; or, with ``overwrite``, one of them is or holds the run, the checkpoint or the
+            current folder.
         CheckpointError: (a ``RuntimeError``) the checkpoint is damaged (a file missing or of
             another size than its manifest says, or weights that cannot be read), or its
             student weights do not match the student config.
@@ -112,6 +254,16 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"checkpoint folder {checkpoint} does not exist")
+    own = out_dir is None  # the run's own folders: written again, as the trainer does
+    if own:
+        out_dir = (run_dir / "exports" / Path(checkpoint).resolve().name / "student"
+                   if chosen else run_dir / "student")
+    out_dir = Path(out_dir).expanduser()
+    heads_dir = export_heads_dir(out_dir)
+    for folder, what in ((out_dir, "student folder" if own else "--out"),
+                         (heads_dir, "heads folder")):
+        check_output_folder(folder, what, overwrite=overwrite or own,
+                            inputs=(run_dir, checkpoint))
     if (checkpoint / MANIFEST).is_file():
         try:
             verify_checkpoint(checkpoint)
@@ -134,11 +286,6 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
     if missing or unexpected:
         raise CheckpointError(f"{checkpoint} does not match the student in {init}: missing "
                               f"{missing[:5]}, unexpected {unexpected[:5]}")
-    if out_dir is None:
-        out_dir = (run_dir / "exports" / Path(checkpoint).resolve().name / "student"
-                   if chosen else run_dir / "student")
-    out_dir = Path(out_dir)
-    save_student(student, AutoFeatureExtractor.from_pretrained(init), out_dir)
     heads: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         if key.startswith(_OBJECTIVES_PREFIX):
@@ -147,6 +294,25 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
     config = {}
     if (run_dir / "config.yaml").is_file():
         config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    save_heads(heads, {}, config.get("objectives", {}), out_dir.parent / "heads")
-    logger.info("exported %s -> %s", checkpoint, out_dir)
+    if own:
+        _replace_run_folders(out_dir, heads_dir, heads)
+    elif overwrite:
+        removed = [f"{out_dir.name}/{n}" for n in empty_folder(out_dir)]
+        removed += [f"{heads_dir.name}/{n}" for n in empty_folder(heads_dir)]  # [] if inside
+        if removed:
+            logger.info("--overwrite: removed %s", name_list(removed))
+    save_student(student, AutoFeatureExtractor.from_pretrained(init), out_dir)
+    save_heads(heads, {}, config.get("objectives", {}), heads_dir,
+               {"sha256": weights_sha256(out_dir), "step": _checkpoint_step(checkpoint),
+                "checkpoint": checkpoint.resolve().name})
+    logger.info("exported %s -> %s (heads in %s)", checkpoint, out_dir, heads_dir)
     return out_dir
+
+
+def _checkpoint_step(checkpoint: Path) -> int | None:
+    """The training step the checkpoint's manifest records, or None (no manifest)."""
+    try:
+        step = json.loads((checkpoint / MANIFEST).read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None

@@ -1,20 +1,29 @@
-"""Writing a file so that no reader, and no kill, ever sees half of it.
+"""Writing a file so that no reader, and no kill, ever sees half of it; output folders that
+hold nothing of an earlier write.
 
 Caches, logs of record and results are read by other processes (DataLoader workers, the other
 ranks of a run, a resumed run) while they may be written: each is written to a temporary file in
 the same folder, then renamed over the target with ``os.replace``, which is atomic on one file
 system. A failed write removes its temporary file and leaves the target as it was.
+
+The commands that write a model folder (``create-student``, ``make-teacher``, ``export``)
+check it with :func:`check_output_folder` before any work: a folder that already holds files is
+refused unless they were asked to overwrite it, and then :func:`empty_folder` removes what was
+there before the new model is written, so that no card, plot or head of other weights stays
+beside it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "file_blocking_folder"]
+__all__ = ["OutputFolderError", "atomic_path", "atomic_write_text", "check_output_folder",
+           "empty_folder", "file_blocking_folder", "folder_entries", "name_list", "unblocked_folder"]
 
 
 @contextmanager
@@ -73,3 +82,94 @@ def file_blocking_folder(path: str | os.PathLike) -> Path | None:
     path = Path(path).expanduser()
     existing = next((q for q in (path, *path.parents) if q.exists()), None)
     return existing if existing is not None and not existing.is_dir() else None
+
+
+class OutputFolderError(FileExistsError):
+    """An output folder a command will not write into: a file stands where it would be, it
+    already holds files and no overwrite was asked for, or overwriting it would delete one of
+    the command's inputs (or the current folder)."""
+
+
+def folder_entries(path: str | os.PathLike) -> list[str]:
+    """The names in folder ``path``, sorted, folders with a trailing ``/``; ``[]`` when
+    ``path`` does not exist or is not a folder. Links are listed as files, not followed."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        return []
+    return sorted(e.name + ("/" if e.is_dir() and not e.is_symlink() else "")
+                  for e in path.iterdir())
+
+
+def name_list(names: Iterable[str], limit: int = 6) -> str:
+    """``"a, b, c"``, or the first ``limit`` names and ``"and N more"``."""
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def unblocked_folder(path: str | os.PathLike, what: str) -> Path:
+    """``path`` (``~`` expanded) once no file stands where it or one of its parents goes
+    (:func:`file_blocking_folder`); what it holds is not looked at.
+
+    Raises:
+        OutputFolderError: naming ``what`` (e.g. ``"--out"``) and the file in the way.
+    """
+    path = Path(path).expanduser()
+    if (blocking := file_blocking_folder(path)) is not None:
+        raise OutputFolderError(f"{what} {str(path)!r}: {str(blocking)!r} is an existing file, "
+                                "not a folder; give a folder")
+    return path
+
+
+def check_output_folder(path: str | os.PathLike, what: str, *, overwrite: bool = False,
+                        inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Check, before any work, that folder ``path`` can take a command's output.
+
+    Args:
+        path: the folder to write (it may not exist yet).
+        what: how the message names it, e.g. ``"--out"``.
+        overwrite: whether the command will empty the folder (:func:`empty_folder`) first.
+        inputs: paths the command reads; with ``overwrite`` the folder may be none of them and
+            hold none of them (nor the current folder), since emptying it would delete them.
+
+    Returns:
+        ``path``, ``~`` expanded.
+
+    Raises:
+        OutputFolderError: ``path`` or one of its parents is an existing file; ``path`` holds
+            files (named) and ``overwrite`` is false; or, with ``overwrite``, ``path`` is or
+            holds one of ``inputs`` or the current folder.
+    """
+    path = unblocked_folder(path, what)
+    entries = folder_entries(path)
+    if not entries:
+        return path
+    if not overwrite:
+        raise OutputFolderError(f"{what} {str(path)!r} is not empty ({name_list(entries)}); "
+                                "give a new or empty folder, or --overwrite to replace what it "
+                                "holds")
+    resolved = path.resolve()
+    kept = [(Path(p).expanduser().resolve(), f"{str(p)!r}, an input of this command")
+            for p in inputs] + [(Path.cwd(), "the current folder")]
+    for other, named in kept:
+        if resolved == other or resolved in other.parents:
+            raise OutputFolderError(f"{what} {str(path)!r} is or holds {named}, which "
+                                    "--overwrite would delete; give another folder")
+    return path
+
+
+def empty_folder(path: str | os.PathLike) -> list[str]:
+    """Remove everything inside folder ``path`` (the folder itself stays; a link inside is
+    removed, not followed).
+
+    Returns:
+        What was removed, as :func:`folder_entries` names it (``[]`` for a missing folder).
+    """
+    path = Path(path).expanduser()
+    removed = folder_entries(path)
+    for entry in path.iterdir() if path.is_dir() else ():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return removed

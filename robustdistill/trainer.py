@@ -62,7 +62,8 @@ from .checkpoints import (
 from .config import ConfigError, DistillConfig, check_model_path
 from .data import ShardedRandomSampler, build_dataloader, build_datasets
 from .environment import record_environment
-from .export import export_run_student
+from .export import export_run_student, not_export_files
+from .files import name_list
 from .nonfinite import NonFiniteTrainingError, any_process, stop_nonfinite
 from .objectives import (
     DistillationInputs,
@@ -807,7 +808,10 @@ def train(cfg: DistillConfig) -> Path:
     Writes under ``cfg.output_dir``: ``config.yaml``, ``environment.json`` (software versions
     at each start, :mod:`robustdistill.environment`), ``metrics.jsonl``, TensorBoard logs in
     ``logs/``, checkpoints in ``checkpoints/``, and at the end the exported ``student/``
-    (loads with ``AutoModel.from_pretrained``) and ``heads/``.
+    (loads with ``AutoModel.from_pretrained``) and ``heads/``. Both are emptied before they are
+    written (:func:`~robustdistill.export.export_run_student`): a resumed run that trains on
+    removes what an earlier export left there (a card, plots, copied heads, an ONNX graph),
+    warning at the start and when it removes them.
 
     Returns:
         The exported student folder (or the output dir when export is off).
@@ -826,6 +830,10 @@ def train(cfg: DistillConfig) -> Path:
         run.output_dir.mkdir(parents=True, exist_ok=True)
         remove_incomplete(run.checkpoint_dir)  # what a killed run's last write left
         (run.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if t.export_student and (extra := not_export_files(run.output_dir / "student")):
+            logger.warning("%s holds files written beside the earlier export (%s): this run "
+                           "removes them when it exports its student at the end (then write the "
+                           "card again)", run.output_dir / "student", name_list(extra))
     if t.resume_from:
         run.resume(t.resume_from)
     acc.init_trackers("distill", config={"teacher": cfg.teacher, "seed": cfg.seed,
@@ -894,6 +902,6 @@ def train(cfg: DistillConfig) -> Path:
     out = run.output_dir
     if t.export_student and acc.is_main_process:
         out = export_run_student(acc.unwrap_model(run.model), run.feature_extractor,
-                                 run.output_dir, cfg.to_dict())
+                                 run.output_dir, cfg.to_dict(), step=run.progress.step)
     finish_processes(acc)
     return out

@@ -8,6 +8,7 @@ Values a run did not record are written as :data:`NOT_RECORDED`, never guessed.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,10 @@ from typing import Any
 import yaml
 
 from ..environment import describe_software
+from .card_results import CardError
 from .provenance import NOT_RECORDED, RunSummary, config_section, ssl_input_corrupted
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["NOT_RECORDED", "heads_dir_for", "is_hub_id", "parameter_count", "run_view",
            "teacher_text"]
@@ -28,12 +32,58 @@ def is_hub_id(name: str) -> bool:
 
 
 def heads_dir_for(model_dir: Path, run_dir: Path) -> Path | None:
-    """The heads saved with these weights: ``export`` writes them beside the student folder
-    (``MODEL_DIR/../heads``); else the run's ``heads/``; None when neither exists."""
-    for candidate in (Path(model_dir).parent / "heads", Path(run_dir) / "heads"):
-        if candidate.is_dir() and any(candidate.glob("*.safetensors")):
+    """The heads saved with these weights: the first of ``MODEL_DIR/heads`` (where ``card``
+    copies them, and ``export --out`` writes them for a folder not named ``student``),
+    ``MODEL_DIR/../heads`` (the run layout ``RUN/student`` + ``RUN/heads``) and the run's
+    ``heads/`` whose heads record the SHA-256 of ``MODEL_DIR``'s weights
+    (:func:`robustdistill.export.heads_match`). Heads that record no weights (exported before
+    heads carried a record) are used, in the same order, only where their owner is known to
+    hold these weights: ``MODEL_DIR/heads``, or a ``heads/`` beside a ``student/`` folder with
+    the same weights (``RUN/heads`` for a copy of ``RUN/student``). Other heads are never used.
+    None when no folder qualifies (a warning then names the folders passed over and why).
+
+    Raises:
+        CardError: ``MODEL_DIR/heads`` holds heads recorded with other weights (they would be
+            published beside these).
+    """
+    from ..export import heads_match, weights_sha256
+
+    model_dir = Path(model_dir)
+    inside = (model_dir / "heads").resolve()
+    candidates: dict[Path, Path] = {}  # resolved -> as found, the first of equal paths
+    for folder in (model_dir / "heads", model_dir.parent / "heads", Path(run_dir) / "heads"):
+        if folder.is_dir() and any(folder.glob("*.safetensors")):
+            candidates.setdefault(folder.resolve(), folder)
+    unrecorded, refused = [], []
+    for resolved, candidate in candidates.items():
+        match, other = heads_match(candidate, model_dir)
+        if match:
             return candidate
+        if match is False and resolved == inside:
+            raise CardError(f"{candidate} holds heads saved with other weights ({other}) than "
+                            f"{model_dir}; remove that folder (card copies the right heads, "
+                            "when it finds them, into it)")
+        if match is False:
+            refused.append((candidate, f"saved with other weights ({other})"))
+            continue
+        owner = candidate.parent / "student"  # the run layout: PARENT/student + PARENT/heads
+        if (resolved == inside or owner.resolve() == model_dir.resolve()
+                or (weights_sha256(owner) or "-") == weights_sha256(model_dir)):
+            unrecorded.append(candidate)
+        else:
+            refused.append((candidate, "that record no weights, beside no student/ with these "
+                                       "weights"))
+    if unrecorded:
+        return unrecorded[0]
+    for candidate, why in refused:
+        if (candidate, model_dir) not in _WARNED:
+            _WARNED.add((candidate, model_dir))
+            logger.warning("%s holds heads %s: not used for %s", candidate, why, model_dir)
     return None
+
+
+#: (heads folder, model folder) pairs already warned about (a card looks its heads up twice).
+_WARNED: set[tuple[Path, Path]] = set()
 
 
 #: Objective -> what it trains the student to do, as the card says it.
