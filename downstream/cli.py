@@ -67,8 +67,9 @@ def _evaluate_parser() -> argparse.ArgumentParser:
                         help="torch device (cpu, cuda, cuda:1, mps), checked before any work")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, dotted key, YAML value "
-                        "(e.g. -o training.steps=50 -o head.dropout=0.1); a mapping merges into "
-                        "the config's (-o 'a={x: 1}' is -o a.x=1); repeatable")
+                        "(e.g. -o training.steps=50 -o head.dropout=0.1); a mapping replaces "
+                        "the config's, as in a YAML file (-o a.x=1 changes one entry); "
+                        "repeatable")
     parser.add_argument("--evaluate-only", metavar="HEAD",
                         help="a head.pt saved by an earlier run: skip training, test it on "
                         "--conditions (with --seeds, '{seed}' in the path is replaced)")
@@ -120,12 +121,16 @@ def resolve_task(name: str) -> tuple[str, str | None]:
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a": {"b": 1}, "c": [1, 2]}`` (values read as YAML).
+    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a": {"b": 1}, "c": [1, 2]}`` (values read as YAML; a
+    mapping value is a :class:`robustdistill.config.ReplacingMapping`, which replaces the
+    config's mapping instead of merging into it, as in a YAML file).
 
     Raises:
         ValueError: an item without ``=`` or with an empty key.
     """
     import yaml
+
+    from robustdistill.config import ReplacingMapping
 
     out: dict = {}
     for pair in pairs:
@@ -138,7 +143,9 @@ def parse_overrides(pairs: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {pair!r} conflicts with an earlier one")
-        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+        parsed = yaml.safe_load(value) if value.strip() else None
+        # a mapping replaces the config's, as the key's line in a YAML file would
+        node[parts[-1]] = ReplacingMapping(parsed) if isinstance(parsed, dict) else parsed
     return out
 
 

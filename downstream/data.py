@@ -160,10 +160,11 @@ class DataConfig:
         split: see :class:`SplitConfig`.
         max_items_per_split: keep at most this many items per split (balanced over labels,
             seeded): one number for every split, or per split (``{train: 60, test: 10}``;
-            splits not named keep all); None keeps all. A mapping given with ``-o`` merges
-            into the config's, as ``-o data.max_items_per_split.train=40`` does: over
-            ``{train: 100, dev: 50, test: 50}``, ``-o 'data.max_items_per_split={train: 40}'``
-            gives ``{train: 40, dev: 50, test: 50}`` (name every split to set each).
+            splits not named keep all); None keeps all. A mapping given with ``-o`` replaces
+            the config's, as in a YAML file (``-o 'data.max_items_per_split={train: 40}'``
+            over ``{train: 100, dev: 50, test: 50}`` gives ``{train: 40}``); a dotted key
+            changes one split (``-o data.max_items_per_split.train=40`` gives ``{train: 40,
+            dev: 50, test: 50}``).
         max_seconds: crop each utterance to its first ``max_seconds`` seconds (None: no crop).
     """
 
@@ -323,7 +324,8 @@ def load_waveform(utterance: Utterance, max_seconds: float | None = None) -> np.
     ``max_seconds`` seconds when given.
 
     Raises:
-        robustdistill.audio.AudioError: unreadable, empty or non-finite audio.
+        robustdistill.audio.AudioError: unreadable, empty, non-finite or silent audio, or a
+            corrupt float file (a sample beyond :data:`robustdistill.audio.MAX_PEAK`).
     """
     waveform = load_audio(utterance.audio, SAMPLE_RATE)
     if max_seconds is not None:

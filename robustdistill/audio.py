@@ -2,8 +2,9 @@
 
 Every waveform that enters the library passes through :func:`load_audio` (files) or
 :func:`prepare_waveform` (arrays already in memory), so the checks live in one place:
-unreadable, empty, truncated or non-audio files, NaN/Inf samples, digital silence and wrong
-channel layouts raise :class:`AudioError` with the file name and a short
+unreadable, empty, truncated or non-audio files, NaN/Inf samples, digital silence, samples
+beyond :data:`MAX_PEAK` (a corrupt float file) and wrong channel layouts raise
+:class:`AudioError` with the file name and a short
 :attr:`AudioError.reason` (one of :data:`AUDIO_ERROR_REASONS`, what run summaries count)
 instead of producing silent wrong results. Unusual but valid audio is converted, not refused:
 8-bit or 24-bit PCM, any sample rate (96 kHz, 8 kHz, ...), any number of channels (averaged),
@@ -34,7 +35,9 @@ __all__ = [
     "AudioError",
     "AudioInfo",
     "MAX_CHANNELS",
+    "MAX_PEAK",
     "check_channels_last",
+    "check_peak",
     "decode_audio",
     "list_audio_files",
     "require_float_audio",
@@ -44,7 +47,6 @@ __all__ = [
     "prepare_waveform",
     "resample",
     "to_mono",
-    "decode_audio",
 ]
 
 #: The sample rate (Hz) of every SSL speech encoder the library handles.
@@ -74,8 +76,16 @@ AUDIO_ERROR_REASONS = (
     "non-finite",  # NaN or Inf samples
     "silent",  # every sample is exactly zero (digital silence)
     "too short",  # shorter than a dataset's min_length_s (set by the datasets)
-    "invalid",  # anything else: bad shape, bad sample rate
+    "invalid",  # anything else: bad shape, bad sample rate, samples beyond MAX_PEAK
 )
+
+#: The largest absolute sample value usable audio may hold (full scale is 1.0; 100 is 40 dB
+#: above it). Only a floating-point file can exceed full scale, and one that does by this much
+#: is corrupt, or holds integer-scaled samples (+-32768) stored as floats: a 1e30 sample passes
+#: the NaN/Inf check but overflows SNR mixing, features and losses (NaN gradients, non-finite
+#: downstream features). One limit for every reader (:func:`check_peak`): the datasets of
+#: ``distill``, ``evaluate``'s data, and ``train-se``'s speech index.
+MAX_PEAK = 100.0
 
 
 class AudioError(ValueError):
@@ -117,6 +127,24 @@ def check_channels_last(waveform: np.ndarray) -> None:
     if waveform.ndim == 2 and waveform.shape[1] > max(MAX_CHANNELS, waveform.shape[0]):
         raise AudioError(f"shape {waveform.shape} looks like (channels, samples); "
                          "expected (samples,) or (samples, channels) (transpose it)")
+
+
+def check_peak(waveform: np.ndarray, name: str = "<array>") -> None:
+    """Refuse audio with a sample beyond :data:`MAX_PEAK` in absolute value.
+
+    Args:
+        waveform: float samples, any shape (NaN/Inf are for the caller's finiteness check).
+        name: the file or item, for the message.
+
+    Raises:
+        AudioError: ``"invalid"``, naming ``name``, the peak and the limit.
+    """
+    waveform = np.asarray(waveform)
+    peak = float(np.max(np.abs(waveform))) if waveform.size else 0.0
+    if peak > MAX_PEAK:
+        raise AudioError(f"{name}: a sample of absolute value {peak:.3g} (more than "
+                         f"{MAX_PEAK:g} times full scale): a corrupt float file, or float "
+                         "samples at integer scale", "invalid")
 
 
 def require_float_audio(waveform) -> None:
@@ -200,13 +228,14 @@ def prepare_waveform(
 
     Returns:
         ``(samples',)`` float32 mono at ``target_sr``: integer PCM scaled to [-1, 1), float
-        input unscaled.
+        input unscaled (up to :data:`MAX_PEAK`).
 
     Raises:
         AudioError: empty audio (reason ``"empty"``), NaN or Inf samples (``"non-finite"``,
             checked before and after resampling), every sample zero (``"silent"``, unless
             ``allow_silence``), more than two dimensions, a ``(channels, samples)`` array
-            (:func:`check_channels_last`) or a bad rate (``"invalid"``).
+            (:func:`check_channels_last`), a bad rate, or a mono sample beyond
+            :data:`MAX_PEAK` (:func:`check_peak`; all ``"invalid"``).
     """
     waveform = np.asarray(waveform)
     if waveform.dtype.kind == "u":  # unsigned (8-bit) PCM: centred on 2**(bits-1)
@@ -236,6 +265,7 @@ def prepare_waveform(
     if not np.isfinite(out).all():  # huge finite samples can overflow float32 when filtered
         raise AudioError(f"{name}: resampling produced NaN or Inf (samples too large?)",
                          "non-finite")
+    check_peak(out, name)
     return out
 
 
@@ -347,11 +377,13 @@ def load_audio(
 
     Returns:
         ``(samples,)`` float32: integer PCM scaled to [-1, 1); floating-point files as
-        stored (full scale 1, but a float file may hold larger values; they are kept).
+        stored (full scale 1; a float file may hold larger values, which are kept up to
+        :data:`MAX_PEAK`).
 
     Raises:
         AudioError: with :attr:`~AudioError.reason` ``"permission denied"``, ``"unreadable"``
-            (not audio, truncated or corrupt), ``"empty"``, ``"non-finite"``, ``"silent"``.
+            (not audio, truncated or corrupt), ``"empty"``, ``"non-finite"``, ``"silent"``,
+            ``"invalid"`` (a sample beyond :data:`MAX_PEAK`, :func:`check_peak`).
     """
     data, sr = decode_audio(source)
     name = "<bytes>" if isinstance(source, bytes) else str(source)
@@ -392,7 +424,8 @@ def load_audio_window(
         ValueError: a negative ``start`` or a non-positive ``num_samples``.
         AudioError: ``"unreadable"`` (also when the file holds fewer samples than the window
             needs, or a WAV/AIFF sample chunk is cut short: truncated), ``"permission
-            denied"``, ``"empty"``, ``"non-finite"``.
+            denied"``, ``"empty"``, ``"non-finite"``, ``"invalid"`` (a sample of the window
+            beyond :data:`MAX_PEAK`).
     """
     if start < 0 or num_samples <= 0:
         raise ValueError(f"need start >= 0 and num_samples > 0, got {start}, {num_samples}")

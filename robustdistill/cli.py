@@ -62,7 +62,12 @@ def hub_error(err: OSError) -> str | None:
 
 
 def distill_main(argv: list[str]) -> int:
-    """``robustdistill distill --config FILE [--section.key value ...]``."""
+    """``robustdistill distill --config FILE [--section.key value ...]``.
+
+    A bad config, argument or start-up check ends in a one-line parser error (exit 2); a run
+    stopped with a checkpoint (unreadable data, too many non-finite steps in a row; see
+    ``stopped.json``) in one line on stderr and exit status 1.
+    """
     from .config import ConfigError, DistillConfig, load_config
     from .config_reference import config_reference
 
@@ -87,12 +92,15 @@ def distill_main(argv: list[str]) -> int:
         cfg = load_config(args.config, overrides)
     except (ConfigError, FileNotFoundError) as err:
         parser.error(redact(str(err)))
-    from .trainer import train
+    from .trainer import DataReadError, NonFiniteTrainingError, train
 
     try:
         out = train(cfg)
     except (ConfigError, FileNotFoundError) as err:  # found at start-up: a message, no traceback
         parser.error(redact(str(err)))
+    except (DataReadError, NonFiniteTrainingError) as err:  # stopped with a checkpoint
+        print(f"{parser.prog}: error: {redact(' '.join(str(err).split()))}", file=sys.stderr)
+        return 1
     except OSError as err:  # a teacher or student hub id that cannot be reached
         if (message := hub_error(err)) is None:
             raise

@@ -16,14 +16,21 @@ that names the key and the closest known one)::
     training:     {max_steps: 200000, learning_rate: 2.0e-4}  # TrainingConfig
 
 Overrides: ``--training.max_steps 200 --data.train_dir path --teacher path``; values are
-read as YAML (``200`` is an int, ``[4, 8]`` a list, ``null`` None).
+read as YAML (``200`` is an int, ``[4, 8]`` a list, ``null`` None). An override sets the value
+of its key, as that key's line in the YAML would: a mapping given as a value
+(``--objectives '{layerwise: {}}'``, ``--training '{max_steps: 5}'``) replaces the key's whole
+mapping, and a dotted key (``--objectives.layerwise.teacher_layers [4, 8]``) changes one entry
+of it, the rest kept. ``--objectives.NAME null`` removes objective NAME (inside a mapping, as
+in the YAML, ``NAME: null`` or ``NAME: {}`` is the objective with its default options).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import inspect
+import math
 import re
 import types
 import typing
@@ -40,8 +47,9 @@ from .objectives import OBJECTIVES, build_loss_schedule
 from .student import StudentConfig
 from .teacher_cache import TeacherCacheConfig
 
-__all__ = ["ConfigError", "DistillConfig", "InvalidYAMLError", "TrainingConfig", "load_config",
-           "merge_config", "parse_overrides", "read_config_file", "read_yaml"]
+__all__ = ["DEFAULT_OBJECTIVES", "ConfigError", "DistillConfig", "InvalidYAMLError",
+           "ReplacingMapping", "TrainingConfig", "load_config", "merge_config", "parse_overrides",
+           "read_config_file", "read_yaml"]
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -61,6 +69,9 @@ _Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
     list("-+.0123456789"))
+
+#: The objectives of a config that names none (name -> options).
+DEFAULT_OBJECTIVES: dict[str, dict[str, Any]] = {"layerwise": {}, "enhancement": {}}
 
 #: ``transformers`` schedulers that need nothing but the warm-up and total steps.
 LR_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
@@ -132,14 +143,16 @@ class TrainingConfig:
             ``save_every``, ``max_eval_batches`` below 1, an unknown ``lr_schedule``,
             ``mixed_precision`` or ``weight_decay_params``, warm-up with the ``constant``
             schedule, ``warmup_ratio`` outside ``[0, 1)``, a ``resume_from`` that is neither
-            ``latest``, ``auto`` nor an existing folder, ``adam_betas`` not two values,
-            ``adam_eps <= 0``, or a loss schedule its options reject.
+            ``latest``, ``auto`` nor an existing folder, ``adam_betas`` not two values in
+            ``[0, 1)``, ``adam_eps <= 0``, ``learning_rate <= 0``, a negative
+            ``weight_decay`` (values AdamW refuses, or NaN), or a loss schedule its options
+            reject.
     """
 
     max_steps: int = field(default=200_000, metadata={"help": "optimizer steps"})
-    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (AdamW)"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay, on parameters with 2+ dims only"})
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98], metadata={"help": "AdamW betas"})
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (AdamW), > 0"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (>= 0), on parameters with 2+ dims only"})
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98], metadata={"help": "AdamW betas, each in [0, 1)"})
     adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon (s3prl distiller and RobustDistiller: 1e-6)"})
     weight_decay_params: str = field(default="matrices", metadata={"help": "which parameters weight_decay applies to: 'matrices' (2+ dims) or 'non_bias' (every parameter whose name has no 'bias': s3prl's grouping)"})
     warmup_ratio: float = field(default=0.07, metadata={"help": "fraction of max_steps of linear warm-up"})
@@ -193,6 +206,14 @@ class TrainingConfig:
             raise ConfigError(f"training.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if len(self.adam_betas) != 2:
             raise ConfigError(f"training.adam_betas needs two values, got {self.adam_betas}")
+        if not all(0 <= beta < 1 for beta in self.adam_betas):
+            raise ConfigError(f"training.adam_betas must each lie in [0, 1), got {self.adam_betas}")
+        if not 0 < self.learning_rate < math.inf:
+            raise ConfigError(f"training.learning_rate must be a number > 0, got "
+                              f"{self.learning_rate}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"training.weight_decay must be a number >= 0, got "
+                              f"{self.weight_decay}")
         try:
             build_loss_schedule(self.loss_schedule, self.kd_steps, self.mixture_alpha)
         except ValueError as err:
@@ -236,10 +257,12 @@ class DistillConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     objectives: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {"layerwise": {}, "enhancement": {}}, metadata={
+        default_factory=lambda: copy.deepcopy(DEFAULT_OBJECTIVES), metadata={
             "help": "objective name -> its options, e.g. {layerwise: {teacher_layers: [4, 8, "
                     "12]}}; names: the registry robustdistill.objectives.OBJECTIVES "
-                    "(docs/objectives.md)"})
+                    "(docs/objectives.md). On the command line --objectives '{...}' replaces "
+                    "the mapping, --objectives.NAME.KEY VALUE changes one option and "
+                    "--objectives.NAME null removes objective NAME"})
     training: TrainingConfig = field(default_factory=TrainingConfig)
     teacher_cache: TeacherCacheConfig = field(default_factory=TeacherCacheConfig)
 
@@ -311,18 +334,43 @@ def check_model_path(name: str | Path, role: str, how_to_make: str) -> None:
         )
 
 
-def _unknown_key(where: str, key: str, known) -> ConfigError:
+def _unknown_key(where: str, key: str, known, list_known: bool = False) -> ConfigError:
+    """The error for an unknown key: the closest known key, else (or with ``list_known``,
+    for short lists such as the objectives' names) all of them."""
     close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {sorted(known)}"
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    if list_known or not close:
+        hint += f"{' K' if close else '; k'}nown keys: {sorted(known)}"
     return ConfigError(f"unknown config key {where + key!r}{hint}")
+
+
+class ReplacingMapping(dict):
+    """A mapping given as one command-line value (``--objectives '{layerwise: {}}'``):
+    :func:`merge_config` puts it in place of the base's value for that key, as the key's line
+    in a YAML file would, instead of merging it into the base's mapping (what the nested dicts
+    of dotted keys, ``--objectives.layerwise.teacher_layers [4, 8]``, do). Equal to the plain
+    dict of the same items; :func:`merge_config`'s result holds plain dicts only."""
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every :class:`ReplacingMapping` in it turned into a plain dict."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
 
 
 def parse_overrides(argv: list[str]) -> dict[str, Any]:
     """``["--training.max_steps", "200", "--teacher=x"]`` -> nested dict.
 
+    Dotted keys become nested dicts; a value that is itself a mapping (``--objectives
+    '{layerwise: {}}'``) is a :class:`ReplacingMapping`, so :func:`merge_config` replaces the
+    key's value with it rather than merging into it. A later override wins over an earlier
+    one of the same key; a dotted key after a mapping value changes that mapping's entry.
+
     Raises:
-        ConfigError: an argument that is not ``--key value`` or ``--key=value``, or a value
-            that is not valid YAML.
+        ConfigError: an argument that is not ``--key value`` or ``--key=value``, a value
+            that is not valid YAML, or a dotted key below an earlier override's value that
+            is not a mapping (``--training 5 --training.max_steps 3``).
     """
     result: dict[str, Any] = {}
     i = 0
@@ -342,22 +390,62 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
         parts = key.replace("-", "_").split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override --{key} is below an earlier override's value "
+                                  f"{node!r}, which is not a mapping")
         try:
-            node[parts[-1]] = read_yaml(raw)
+            value = read_yaml(raw)
         except InvalidYAMLError as err:
             raise ConfigError(f"override --{key} {raw!r}: {err}") from None
+        node[parts[-1]] = ReplacingMapping(value) if isinstance(value, dict) else value
     return result
 
 
 def merge_config(base: dict, override: dict) -> dict:
-    """Recursive dict merge: ``override``'s leaves replace ``base``'s (neither is modified)."""
+    """Recursive dict merge: ``override``'s leaves replace ``base``'s (neither is modified).
+
+    A plain dict in ``override`` is merged into ``base``'s mapping at its key (the nested
+    dicts of dotted command-line keys); a :class:`ReplacingMapping` (a mapping given as one
+    command-line value) and any other value replace it. The result holds plain dicts only.
+    """
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if (isinstance(value, dict) and not isinstance(value, ReplacingMapping)
+                and isinstance(merged.get(key), dict)):
             merged[key] = merge_config(merged[key], value)
         else:
-            merged[key] = value
+            merged[key] = _plain(value)
     return merged
+
+
+def _apply_objective_overrides(raw: dict[str, Any], overrides: dict[str, Any]
+                               ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``raw`` and ``overrides`` with the dotted ``objectives`` overrides resolved.
+
+    Dotted keys change the objectives the config has, or :data:`DEFAULT_OBJECTIVES` when it
+    names none; ``--objectives.NAME null`` removes objective NAME from them (neither argument
+    is modified).
+
+    Raises:
+        ConfigError: ``NAME`` is no registered objective (the message lists them), or not
+            one of the run's objectives (the message lists those).
+    """
+    given = overrides.get("objectives")
+    if not isinstance(given, dict) or isinstance(given, ReplacingMapping):
+        return raw, overrides  # absent, or a whole mapping / value that replaces the config's
+    base = raw["objectives"] if "objectives" in raw else copy.deepcopy(DEFAULT_OBJECTIVES)
+    dropped = [name for name, value in given.items() if value is None]
+    for name in dropped:
+        if name not in OBJECTIVES:
+            raise _unknown_key("objectives.", name, OBJECTIVES, list_known=True)
+        if not isinstance(base, dict) or name not in base:
+            have = ", ".join(base) if isinstance(base, dict) and base else "none"
+            raise ConfigError(f"--objectives.{name} null removes objective {name!r}, but the "
+                              f"config's objectives do not include it (they are: {have})")
+    if isinstance(base, dict):
+        base = {name: options for name, options in base.items() if name not in dropped}
+    kept = {name: value for name, value in given.items() if value is not None}
+    return {**raw, "objectives": base}, {**overrides, "objectives": kept}
 
 
 def _type_error(where: str, expected: str, value: Any) -> ConfigError:
@@ -433,13 +521,17 @@ def build_config(raw: dict[str, Any]) -> DistillConfig:
             (sections[name],) = HfArgumentParser(cls).parse_dict(values)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"config section {name!r}: {err}") from err
-    objectives = raw.get("objectives", {"layerwise": {}, "enhancement": {}})
+    objectives = raw.get("objectives", copy.deepcopy(DEFAULT_OBJECTIVES))
     if not isinstance(objectives, dict) or not objectives:
         raise ConfigError("objectives must be a non-empty mapping: name -> options")
-    objectives = {name: dict(options or {}) for name, options in objectives.items()}
     for name, options in objectives.items():
         if name not in OBJECTIVES:
-            raise _unknown_key("objectives.", name, OBJECTIVES)
+            raise _unknown_key("objectives.", name, OBJECTIVES, list_known=True)
+        if options is not None and not isinstance(options, dict):
+            raise ConfigError(f"objectives.{name} must be a mapping of options (or null / {{}} "
+                              f"for the defaults), got {options!r}")
+    objectives = {name: dict(options or {}) for name, options in objectives.items()}
+    for name, options in objectives.items():
         accepted = inspect.signature(OBJECTIVES[name].__init__).parameters
         for key in options:
             if key not in accepted or key in _MODEL_FACTS:
@@ -459,12 +551,19 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         path: the YAML file; None: the config is the overrides alone.
         overrides: ``["--section.key", "value", ...]`` (:func:`parse_overrides`).
 
+    An override sets its key's value as the key's line in the YAML would: a mapping value
+    replaces the config's mapping, a dotted key changes one entry of it
+    (:func:`merge_config`); ``--objectives.NAME null`` removes an objective
+    (:func:`_apply_objective_overrides`).
+
     Raises:
         FileNotFoundError: the YAML file does not exist.
         ConfigError: a file that is not valid YAML (naming the file and the line), empty, or
-            not a mapping (:func:`read_config_file`); see also :func:`build_config`.
+            not a mapping (:func:`read_config_file`); ``--objectives.NAME null`` for an
+            objective the config lacks or an unknown name; see also :func:`build_config`.
     """
     raw: dict[str, Any] = {}
     if path is not None:
         raw = read_config_file(path)
-    return build_config(merge_config(raw, parse_overrides(overrides or [])))
+    raw, given = _apply_objective_overrides(raw, parse_overrides(overrides or []))
+    return build_config(merge_config(raw, given))

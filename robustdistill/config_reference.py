@@ -45,6 +45,15 @@ lines override one with `--section.key value`, `robustdistill evaluate` with `-o
 section.key=value` (values read as YAML: `200` an int, `[4, 8]` a list, `null` None). An unknown key is an error naming
 the closest known one. The distillation objectives' own options are in `docs/objectives.md`.
 
+A trainer's `--key value` sets that key as its line in the YAML would: a mapping given as the
+value replaces the key's whole mapping (`--objectives '{layerwise: {teacher_layers: [4, 8]}}'`
+leaves no other objective; `--training '{max_steps: 5}'` gives every other `training` key its
+default), and a dotted key changes one entry and keeps the rest
+(`--objectives.layerwise.teacher_layers [4, 8]`, `--training.max_steps 5`); the later of two
+overrides of one key wins. `--objectives.NAME null` removes objective NAME (an unknown or absent
+NAME is an error naming the choices); inside a mapping, as in a YAML file, `NAME: null` or
+`NAME: {}` is the objective with its default options.
+
 Generated from the config dataclasses (`python -m robustdistill.config_reference >
 docs/config.md`); `tests/test_config_reference.py` fails when this file is out of date.
 """
@@ -246,8 +255,8 @@ def reference_document() -> str:
     for task, config_class in downstream_tasks().items():
         parts += [f"## Downstream task `{task}`: `robustdistill evaluate --task {task}`", "",
                   "Overrides: `-o key=value` (e.g. `-o training.steps=200`); a mapping "
-                  "value merges into the config's mapping, as dotted keys do "
-                  "(`-o 'a={x: 1}'` is `-o a.x=1`).", "",
+                  "value replaces the config's mapping, as in a YAML file; a dotted key "
+                  "(`-o a.x=1`) changes one entry.", "",
                   config_reference(config_class, markdown=True, level=3)]
     return "\n".join(parts).rstrip() + "\n"
 

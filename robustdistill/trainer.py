@@ -24,10 +24,12 @@ the batches, corruptions and dropout masks of an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
 import os
+import re
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -80,10 +82,17 @@ from .upstream import Upstream, disable_train_randomness, lengths_to_mask
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Distiller", "NonFiniteTrainingError", "TrainingProgress", "train"]
+__all__ = ["DataReadError", "Distiller", "NonFiniteTrainingError", "TrainingProgress", "train"]
 
 #: The trainer's own state in every checkpoint (JSON: no pickle to load on resume).
 TRAINING_STATE = "training_state.json"
+
+
+class DataReadError(RuntimeError):
+    """A training or validation batch could not be read: its dataset gave up after
+    :data:`~robustdistill.data.cropped.MAX_READ_FAILURES` items in a row (or all of them)
+    failed at read time (NaN/Inf, silent or corrupt samples: what the header scan cannot
+    see). :func:`train` raises it after saving a checkpoint and writing ``stopped.json``."""
 
 
 class Distiller(nn.Module):
@@ -248,10 +257,8 @@ class _Run:
         try:
             train_set, valid_set = build_datasets(cfg.data, cfg.seed, rank=rank,
                                                   world_size=world)
-        except AudioError:
-            raise
-        except ValueError as err:  # e.g. a folder with no usable audio: a start-up message
-            raise ConfigError(f"data: {err}") from err
+        except ValueError as err:  # a folder with no usable audio, no readable validation
+            raise ConfigError(f"data: {err}") from err  # item (AudioError too): start-up lines
         self.train_set, self.valid_set = train_set, valid_set
         self.teacher_cache = None
         if cfg.teacher_cache.dir:  # targets read from disk instead of a teacher forward
@@ -269,7 +276,10 @@ class _Run:
         else:
             self.sampler = ShardedRandomSampler(len(train_set), cfg.seed, shuffle=True,
                                                 rank=rank, world_size=world)
-        self.corruptor = Corruptor.from_config(cfg.augmentation, seed=cfg.seed)
+        try:
+            self.corruptor = Corruptor.from_config(cfg.augmentation, seed=cfg.seed)
+        except AudioError as err:  # no usable file in noise_dir / rir_dir: a start-up message
+            raise ConfigError(f"augmentation: {err} (reasons in the warnings above)") from err
         collate = self._cache_reader(acc.device)
         pin = acc.device.type == "cuda"  # page-locked batches: asynchronous host-to-device copies
         train_collate = collate
@@ -306,6 +316,8 @@ class _Run:
                 self.skipped_audio.update(skipped)
         self.metrics_path = self.output_dir / "metrics.jsonl"
         self.resumed_own_checkpoint = False  # set by resume()
+        #: ``(step, folder)`` of this run's newest checkpoint (saved, or resumed from).
+        self.last_checkpoint: tuple[int, Path] | None = None
         logger.info("teacher %s: %d layers, width %d; student: %d layers, width %d, %.1f M "
                     "params; %s train / %d validation utterances; %d process(es)",
                     cfg.teacher, self.teacher.num_layers, self.teacher.hidden_size,
@@ -458,9 +470,16 @@ class _Run:
         all ranks), the weighted ``loss``, ``grad_norm`` and ``audio_seconds``.
         """
         acc, t = self.accelerator, self.cfg.training
+        p = self.progress
+        position = p.epoch, p.batches_in_epoch
         waited = time.perf_counter()
-        window = [next(batches) for _ in range(t.gradient_accumulation_steps)]
+        try:
+            window = [next(batches) for _ in range(t.gradient_accumulation_steps)]
+            failure = None
+        except AudioError as err:  # the dataset gave up: MAX_READ_FAILURES in a row, or all
+            failure = err
         waited = time.perf_counter() - waited  # time blocked on the data loader
+        self._agree_on_data(failure, "training", position)
         counts = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
         for batch in window:
             for unit, value in self._unit_counts(batch).items():
@@ -525,14 +544,24 @@ class _Run:
         counts = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
         limit = self.cfg.training.max_eval_batches
         self.valid_sampler.set_epoch(0)
-        for i, batch in enumerate(self.valid_loader):
+        batches = iter(self.valid_loader)
+        failure = None
+        for i in itertools.count():
             if limit is not None and i >= limit:
+                break
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except AudioError as err:  # read at start-up (build_datasets), so changed since
+                failure = err
                 break
             self.note_skipped(batch)
             for unit, value in self._unit_counts(batch).items():
                 counts[unit] = counts[unit] + value
             rng = _rng(self.cfg.seed, 2**31 - 1, acc.process_index, i)
             self._add_sums(sums, self._loss(batch, rng, self.corruptor.target_step, self.valid_set))
+        self._agree_on_data(failure, "validation")
         # ``loss`` with the factors of the step the run is at (phase 1 or 2 of two_step)
         means = self._means(sums, self._reduce_counts(dict(counts)),
                             self._factors(self.progress.step))
@@ -556,6 +585,28 @@ class _Run:
         return any_process(self.accelerator, any(not bool(torch.isfinite(v))
                                                  for k, v in sums.items()
                                                  if not k.startswith("_unit/")))
+
+    def _agree_on_data(self, failure: AudioError | None, split: str,
+                       position: tuple[int, int] | None = None) -> None:
+        """Raise :class:`DataReadError` on every process when any process's ``split`` batch
+        could not be read (a collective: every process calls it at the same point).
+
+        ``position`` (``(epoch, batches_in_epoch)`` before the step's batches were drawn) is
+        restored first, so a checkpoint saved on the way out resumes at the failed step.
+        """
+        failed = failure is not None
+        if self.accelerator.num_processes > 1:  # one process: no collective, no device sync
+            failed = any_process(self.accelerator, failed)
+        if not failed:
+            return
+        if position is not None:
+            self.progress.epoch, self.progress.batches_in_epoch = position
+        if failure is None:
+            raise DataReadError(f"another process could not read its {split} audio")
+        lines = str(failure).strip().splitlines()  # a DataLoader worker's error holds its
+        detail = lines[-1] if lines else type(failure).__name__  # traceback: its last line,
+        detail = re.sub(r"^[\w.]*AudioError: ", "", detail)  # less the exception's name
+        raise DataReadError(f"no {split} audio could be read: {detail}") from failure
 
     def note_skipped(self, batch: dict) -> None:
         """Record the audio items a batch's dataset skipped (``batch["skipped"]``)."""
@@ -587,6 +638,7 @@ class _Run:
         final = save_checkpoint(acc, self.checkpoint_dir, index, self.progress.step, state=state,
                                 keep=self.cfg.training.keep_checkpoints)
         self._next_checkpoint = index + 1
+        self.last_checkpoint = (self.progress.step, final)
         logger.info("checkpoint %s saved at step %d", final, self.progress.step)
         return final
 
@@ -662,6 +714,8 @@ class _Run:
         # What this run logged after its own checkpoint goes (metrics.jsonl now, TensorBoard
         # when the trackers start); another run's checkpoint leaves this run's logs alone.
         self.resumed_own_checkpoint = path.parent.resolve() == self.checkpoint_dir.resolve()
+        if self.resumed_own_checkpoint:
+            self.last_checkpoint = (self.progress.step, path)
         if acc.is_main_process and self.resumed_own_checkpoint:
             truncate_log(self.metrics_path, state.get("metrics_bytes"))
         if self.sampler is None:
@@ -727,6 +781,41 @@ def _stop_nonfinite(run: _Run) -> None:
                    limit=run.cfg.training.max_nonfinite_in_a_row,
                    checkpoint=run.save_checkpoint(),
                    main_process=run.accelerator.is_main_process)
+
+
+def _stop_unreadable(run: _Run, err: DataReadError) -> None:
+    """Save a checkpoint (unless nothing was trained yet), write ``stopped.json`` with the
+    audio skipped so far, and raise one line. A collective: every process calls it.
+
+    Raises:
+        DataReadError: always, naming the step, the data error and the checkpoint.
+    """
+    acc, p = run.accelerator, run.progress
+    checkpoint = None
+    if run.last_checkpoint is not None and run.last_checkpoint[0] == p.step:
+        checkpoint = run.last_checkpoint[1]  # saved (or resumed from) at this very step
+    elif p.step > 0:
+        checkpoint = run.save_checkpoint()
+    skipped = dict(run.skipped_audio)
+    for dataset in (run.train_set, run.valid_set):  # the failed call's skips (no batch came)
+        if isinstance(getattr(dataset, "skipped", None), dict):
+            skipped.update(dataset.skipped)
+    details = gather_object([str(err)])
+    skipped_audio = _skipped_summary(gather_object([skipped]))
+    detail = next((d for d in details if not d.startswith("another process")), details[0])
+    then = (f"checkpoint {checkpoint} holds the weights of step {p.step}; replace or fix "
+            "them and resume (--resume)" if checkpoint is not None
+            else "nothing was trained; replace or fix them and run again")
+    message = (f"stopped at step {p.step}: {detail}. Files skipped so far, with their reasons: "
+               f"{run.output_dir / 'stopped.json'}; {then}")
+    if acc.is_main_process:
+        (run.output_dir / "stopped.json").write_text(json.dumps(
+            {"step": p.step, "reason": "unreadable audio", "message": message,
+             "checkpoint": str(checkpoint) if checkpoint is not None else None,
+             "skipped_audio": skipped_audio}, indent=2))
+    logger.error(message)
+    finish_processes(acc)
+    raise DataReadError(message) from err
 
 
 def _min_samples_for_a_frame(upstream: Upstream) -> int:
@@ -802,51 +891,18 @@ def _loss_schedule(t, objectives: dict) -> tuple[LossSchedule, set[str]]:
     return schedule, tasks
 
 
-def train(cfg: DistillConfig) -> Path:
-    """Run a distillation from a validated config.
-
-    Writes under ``cfg.output_dir``: ``config.yaml``, ``environment.json`` (software versions
-    at each start, :mod:`robustdistill.environment`), ``metrics.jsonl``, TensorBoard logs in
-    ``logs/``, checkpoints in ``checkpoints/``, and at the end the exported ``student/``
-    (loads with ``AutoModel.from_pretrained``) and ``heads/``. Both are emptied before they are
-    written (:func:`~robustdistill.export.export_run_student`): a resumed run that trains on
-    removes what an earlier export left there (a card, plots, copied heads, an ONNX graph),
-    warning at the start and when it removes them.
-
-    Returns:
-        The exported student folder (or the output dir when export is off).
+def _loop(run: _Run, bar) -> None:
+    """Validate at step 0 (``eval_at_start``), then train to ``max_steps``: log, validate and
+    save on their schedules.
 
     Raises:
-        ConfigError: objectives or options that do not fit the models, a crop shorter than
-            one frame, an ``output_dir`` that cannot be written (checked first).
-        FileNotFoundError: missing data, noise/RIR folder, or checkpoint to resume.
-        NonFiniteTrainingError: ``training.max_nonfinite_in_a_row`` steps in a row had a
-            NaN/Inf loss or gradient (a checkpoint is saved first).
+        NonFiniteTrainingError: see :func:`_stop_nonfinite`.
+        DataReadError: a training or validation batch could not be read.
     """
-    _check_output_dir(cfg.output_dir, resuming=bool(cfg.training.resume_from))  # before loading
-    run = _Run(cfg)
-    acc, t = run.accelerator, cfg.training
-    if acc.is_main_process:
-        run.output_dir.mkdir(parents=True, exist_ok=True)
-        remove_incomplete(run.checkpoint_dir)  # what a killed run's last write left
-        (run.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        if t.export_student and (extra := not_export_files(run.output_dir / "student")):
-            logger.warning("%s holds files written beside the earlier export (%s): this run "
-                           "removes them when it exports its student at the end (then write the "
-                           "card again)", run.output_dir / "student", name_list(extra))
-    if t.resume_from:
-        run.resume(t.resume_from)
-    acc.init_trackers("distill", config={"teacher": cfg.teacher, "seed": cfg.seed,
-                                         "max_steps": t.max_steps, "lr": t.learning_rate},
-                      init_kwargs=tracker_resume_kwargs(run.progress.step)
-                      if run.resumed_own_checkpoint else {})
-    if acc.is_main_process:
-        record_environment(run.output_dir, run.progress.step)
+    acc, t = run.accelerator, run.cfg.training
     if run.progress.step == 0 and t.eval_at_start:  # the step-0 baseline of the validation loss
         run.log("validation", run.validate())
     batches = run._batches()
-    bar = tqdm(total=t.max_steps, initial=run.progress.step, desc="distill",
-               disable=not acc.is_main_process, dynamic_ncols=True)
     started, done_audio, waited = time.perf_counter(), 0.0, 0.0
     while run.progress.step < t.max_steps:
         values = run.train_step(batches)
@@ -872,6 +928,60 @@ def train(cfg: DistillConfig) -> Path:
                 bar.write(f"step {step}: validation loss {valid['loss']:.4f}")
         if (t.save_every and step % t.save_every == 0) or step == t.max_steps:
             run.save_checkpoint()
+
+
+def train(cfg: DistillConfig) -> Path:
+    """Run a distillation from a validated config.
+
+    Writes under ``cfg.output_dir``: ``config.yaml``, ``environment.json`` (software versions
+    at each start, :mod:`robustdistill.environment`), ``metrics.jsonl``, TensorBoard logs in
+    ``logs/``, checkpoints in ``checkpoints/``, and at the end the exported ``student/``
+    (loads with ``AutoModel.from_pretrained``) and ``heads/``. Both are emptied before they are
+    written (:func:`~robustdistill.export.export_run_student`): a resumed run that trains on
+    removes what an earlier export left there (a card, plots, copied heads, an ONNX graph),
+    warning at the start and when it removes them.
+
+    Returns:
+        The exported student folder (or the output dir when export is off).
+
+    Raises:
+        ConfigError: objectives or options that do not fit the models, a crop shorter than
+            one frame, an ``output_dir`` that cannot be written (checked first), a data folder
+            with no usable audio or a validation set with no readable item (each validation
+            item is read at start-up), a noise or RIR folder with no usable file.
+        FileNotFoundError: missing data, noise/RIR folder, or checkpoint to resume.
+        NonFiniteTrainingError: ``training.max_nonfinite_in_a_row`` steps in a row had a
+            NaN/Inf loss or gradient (a checkpoint is saved first).
+        DataReadError: a training or validation batch could not be read (every item its
+            dataset tried failed at read time); a checkpoint of the last step is saved first
+            (none at step 0) and ``stopped.json`` names the skipped files.
+    """
+    _check_output_dir(cfg.output_dir, resuming=bool(cfg.training.resume_from))  # before loading
+    run = _Run(cfg)
+    acc, t = run.accelerator, cfg.training
+    if acc.is_main_process:
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+        remove_incomplete(run.checkpoint_dir)  # what a killed run's last write left
+        (run.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if t.export_student and (extra := not_export_files(run.output_dir / "student")):
+            logger.warning("%s holds files written beside the earlier export (%s): this run "
+                           "removes them when it exports its student at the end (then write the "
+                           "card again)", run.output_dir / "student", name_list(extra))
+    if t.resume_from:
+        run.resume(t.resume_from)
+    acc.init_trackers("distill", config={"teacher": cfg.teacher, "seed": cfg.seed,
+                                         "max_steps": t.max_steps, "lr": t.learning_rate},
+                      init_kwargs=tracker_resume_kwargs(run.progress.step)
+                      if run.resumed_own_checkpoint else {})
+    if acc.is_main_process:
+        record_environment(run.output_dir, run.progress.step)
+    bar = tqdm(total=t.max_steps, initial=run.progress.step, desc="distill",
+               disable=not acc.is_main_process, dynamic_ncols=True)
+    try:
+        _loop(run, bar)
+    except DataReadError as err:  # the data broke mid-run: keep what was trained
+        bar.close()
+        _stop_unreadable(run, err)
     bar.close()
     acc.wait_for_everyone()
     fingerprints = gather_object([_fingerprint(acc.unwrap_model(run.model))])

@@ -20,10 +20,14 @@ resumes exactly from ``(epoch, samples consumed)`` with :meth:`ShardedRandomSamp
 Bad audio never stops a run. Files that are unreadable or shorter than ``min_length_s`` are
 dropped when the dataset is built, with one warning giving the count and the first names. A
 file that fails at read time (corrupt since the scan, NaN/Inf samples, which a header scan
-cannot see) is logged (once per process) and replaced by the next readable item (``index + 1``,
+cannot see; digital silence; a corrupt float file, see :data:`robustdistill.audio.MAX_PEAK`)
+is logged (once per process) and replaced by the next readable item (``index + 1``,
 ``index + 2``, ...), so the batch stays full and deterministic; only when
-:data:`MAX_READ_FAILURES` items in a row fail does :class:`~robustdistill.audio.AudioError`
-stop the run, since the data is then broken, not noisy.
+:data:`MAX_READ_FAILURES` items in a row (or all items) fail does the dataset raise
+:class:`~robustdistill.audio.AudioError`, since the data is then broken, not noisy: the trainer
+then stops with a checkpoint and one line (:class:`robustdistill.trainer.DataReadError`).
+Validation items are each read once when the datasets are built, so a validation set with no
+readable item is an error at start-up and one with some is used without them.
 
 Tensor legend (lhotse style):
 

@@ -107,6 +107,10 @@ def build_datasets(cfg: DataConfig, seed: int = 0, rank: int = 0, world_size: in
       ``max_validation_items`` examples of the (unsharded) stream are held out, and training
       filters out every example whose audio cell has the same path and bytes as a held-out
       one (on every rank and worker, whatever the sharding).
+    * Every validation item is read once here (:meth:`~robustdistill.data.cropped.
+      _CroppedAudioDataset.readable`): items whose samples cannot be used (NaN/Inf, digital
+      silence, a corrupt float file: what only decoding shows) are dropped, each logged with
+      its reason and recorded in the dataset's ``skipped``.
 
     Args:
         cfg: the data configuration.
@@ -117,7 +121,8 @@ def build_datasets(cfg: DataConfig, seed: int = 0, rank: int = 0, world_size: in
         ``(train_dataset, validation_dataset)``.
 
     Raises:
-        ValueError: no training source in ``cfg``, or no usable audio; ``validation_split``
+        ValueError: no training source in ``cfg``, or no usable audio (no validation item
+            can be read, counting the reasons); ``validation_split``
             of a ``save_to_disk`` folder holding a single dataset (it would be the training
             data); a ``validation_dir`` file that is also a training file.
         FileNotFoundError: ``train_dir`` / ``validation_dir`` missing or holding no audio.
@@ -156,7 +161,7 @@ def build_datasets(cfg: DataConfig, seed: int = 0, rank: int = 0, world_size: in
         validation = validation.subset(_evenly_spaced(len(validation), cfg.max_validation_items))
     else:
         train, validation = _hold_out(train, cfg)
-    return train, validation
+    return train, validation.readable()
 
 
 def _build_map_style_train(cfg: DataConfig, crop: dict[str, Any]) -> _CroppedAudioDataset:
@@ -204,7 +209,7 @@ def _build_streaming(cfg: DataConfig, crop: dict[str, Any], rank: int, world_siz
         shuffle_buffer=cfg.shuffle_buffer,
         **crop,
     )
-    return train, validation
+    return train, validation.readable()
 
 
 def _validation_from_dir(cfg: DataConfig, crop: dict[str, Any]) -> AudioFileDataset:

@@ -253,6 +253,76 @@ class _CroppedAudioDataset(torch.utils.data.Dataset):
             raise IndexError(f"position {position} out of range for {len(self)} items")
         return self._decode(self._sources[position])
 
+    def _read(self, candidate: int, epoch: int) -> dict[str, Any]:
+        """Decode and crop item ``candidate`` alone (no fallback to another item); the item
+        :meth:`__getitem__` returns for it (see there).
+
+        Raises:
+            AudioError: the item cannot be read (its reason), or decodes shorter than
+                ``min_length_s`` (``"too short"``).
+        """
+        window = self._read_window(candidate, epoch)
+        if window is not None:  # a long file: only the crop was read
+            return {"waveform": window, "index": candidate, "epoch": epoch}
+        source = self._sources[candidate]
+        waveform = self._decode(source)
+        if len(waveform) < self._min_samples:
+            raise AudioError(
+                f"{self._name(source)}: decoded {len(waveform) / SAMPLE_RATE:.2f} s, "
+                f"shorter than min_length_s={self.min_length_s}",
+                "too short",
+            )
+        if self.random_crop:
+            rng = np.random.default_rng([self.seed, epoch, candidate])
+        else:
+            rng = np.random.default_rng(candidate)
+        crop, start = _crop_at(waveform, self._max_samples, rng, self.crop_grid)
+        item = {"waveform": crop, "index": candidate, "epoch": epoch}
+        if self.content_keys:
+            item.update(offset=start, key=content_key(waveform))
+        return item
+
+    def readable(self, what: str = "validation"):
+        """This dataset without the items that fail at read time, each read once now.
+
+        The header scan finds files that cannot be opened; NaN/Inf, silent or corrupt float
+        samples (:func:`robustdistill.audio.load_audio`) show only when an item is decoded.
+        For a small set read again and again (validation: at most ``max_validation_items``
+        crops) reading every item at start-up finds them before any training: each failing
+        item is logged once with its reason and recorded in :attr:`skipped`.
+
+        Args:
+            what: what the set is, for the messages.
+
+        Returns:
+            ``self`` when every item can be read, else a :meth:`subset` of the readable ones.
+
+        Raises:
+            ValueError: no item can be read (the message counts the reasons).
+        """
+        good: list[int] = []
+        failed: dict[str, int] = {}
+        for position in range(len(self)):
+            try:
+                self._read(position, 0)
+            except AudioError as err:
+                name = self._name(self._sources[position])
+                self._skip(name, err.reason, f"{what} item {position} at read time: {err}")
+                failed[err.reason] = failed.get(err.reason, 0) + 1
+                continue
+            good.append(position)
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(failed.items()))
+        if not good:
+            raise ValueError(
+                f"{what}: none of the {len(self)} {type(self).__name__} items can be read "
+                f"({reasons}); see the warnings above"
+            )
+        if len(good) == len(self):
+            return self
+        logger.warning("%s: dropped %d of %d items that cannot be read (%s)", what,
+                       len(self) - len(good), len(self), reasons)
+        return self.subset(good)
+
     def __getitem__(self, key: Any) -> dict[str, Any]:
         """Decode and crop one item.
 
@@ -286,40 +356,20 @@ class _CroppedAudioDataset(torch.utils.data.Dataset):
             candidate = (index + offset) % n
             if candidate in self._bad:
                 continue
-            source = self._sources[candidate]
             try:
-                window = self._read_window(candidate, epoch)
-                if window is not None:  # a long file: only the crop was read
-                    item = {"waveform": window, "index": candidate, "epoch": epoch}
-                    if skipped:
-                        item["skipped"] = skipped
-                    return item
-                waveform = self._decode(source)
-                if len(waveform) < self._min_samples:
-                    raise AudioError(
-                        f"{self._name(source)}: decoded {len(waveform) / SAMPLE_RATE:.2f} s, "
-                        f"shorter than min_length_s={self.min_length_s}",
-                        "too short",
-                    )
+                item = self._read(candidate, epoch)
             except AudioError as err:
                 self._bad.add(candidate)
                 last_error = str(err)
-                self._skip(self._name(source), err.reason, f"item {candidate} at read time: {err}")
-                skipped.append((self._name(source), err.reason))
+                name = self._name(self._sources[candidate])
+                self._skip(name, err.reason, f"item {candidate} at read time: {err}")
+                skipped.append((name, err.reason))
                 failures += 1
                 if failures >= MAX_READ_FAILURES:
                     break
                 continue
-            if self.random_crop:
-                rng = np.random.default_rng([self.seed, epoch, candidate])
-            else:
-                rng = np.random.default_rng(candidate)
-            crop, start = _crop_at(waveform, self._max_samples, rng, self.crop_grid)
-            item = {"waveform": crop, "index": candidate, "epoch": epoch}
             if skipped:  # carried to the batch, so the trainer counts them (DataLoader workers)
                 item["skipped"] = skipped
-            if self.content_keys:
-                item.update(offset=start, key=content_key(waveform))
             return item
         raise AudioError(
             f"{type(self).__name__}: no item from index {index} on could be read: "

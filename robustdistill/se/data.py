@@ -34,7 +34,16 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from ..audio import SAMPLE_RATE, AudioError, list_audio_files, probe_audio, resample, to_mono
+from ..audio import (
+    MAX_PEAK,
+    SAMPLE_RATE,
+    AudioError,
+    check_peak,
+    list_audio_files,
+    probe_audio,
+    resample,
+    to_mono,
+)
 from ..augment.noise import NoiseBank, mix_at_snr, white_if_silent
 from ..augment.rooms import RirBank, reverberate
 from ..files import atomic_write_text
@@ -44,10 +53,10 @@ __all__ = ["MAX_SPEECH_PEAK", "SCAN_CACHE_OFF", "PairConfig", "PairMaker", "Spee
 
 logger = logging.getLogger(__name__)
 
-#: The largest absolute sample value a speech file may hold (full scale is 1.0; 100 is 40 dB
-#: above it). Only a float file can exceed full scale, and one that does by this much is
-#: corrupt (a 1e30 sample passes the NaN/Inf check but overflows the SNR mixing and the loss).
-MAX_SPEECH_PEAK = 100.0
+#: The largest absolute sample value a speech file may hold: the limit every reader shares,
+#: :data:`robustdistill.audio.MAX_PEAK` (a 1e30 sample passes the NaN/Inf check but overflows
+#: the SNR mixing and the loss).
+MAX_SPEECH_PEAK = MAX_PEAK
 
 #: Random crops drawn for one item before it falls back to the loudest crop of the last file
 #: drawn (:meth:`SpeechIndex.loudest_crop`).
@@ -256,6 +265,7 @@ def scan_speech_file(path: str | Path) -> int:
                                always_2d=True):
             if not np.isfinite(block).all():
                 raise AudioError(f"{path}: NaN or Inf samples", "non-finite")
+            check_peak(block, str(path))  # the shared limit, MAX_SPEECH_PEAK
             frame_peaks = np.abs(block).max(axis=1)
             k = int(frame_peaks.argmax())
             if frame_peaks[k] > peak:
@@ -265,10 +275,6 @@ def scan_speech_file(path: str | Path) -> int:
         raise AudioError(f"{path}: cannot decode ({err})", "unreadable") from err
     if peak == 0.0:
         raise AudioError(f"{path}: silent (every sample is zero)", "silent")
-    if peak > MAX_SPEECH_PEAK:
-        raise AudioError(f"{path}: a sample of absolute value {peak:.3g} (more than "
-                         f"{MAX_SPEECH_PEAK:g} times full scale): a corrupt float file",
-                         "invalid")
     return loudest
 
 
