@@ -87,6 +87,37 @@ def test_other_weights_are_refused_and_a_checkpoints_step_is_named(tmp_path):
         check_run_weights(at_30, summarise_run(run_dir, step=60), step=60)
 
 
+def test_any_checkpoint_of_the_step_may_hold_them(tmp_path):
+    """A run resumed from checkpoint_0 (step 30) and trained past step 60 again has two
+    checkpoints of step 60 with other weights: the export of either is the run's at --step 60
+    (before, only the oldest was compared, and the card suggested a --step it then refused)."""
+    run_dir = _run(tmp_path)
+    again = run_dir / "checkpoints" / "checkpoint_2"
+    again.mkdir()
+    save_file({STUDENT_PREFIX + k: v for k, v in _tensors(5.0).items()},
+              again / "model.safetensors")
+    (again / "checkpoint.json").write_text(json.dumps({"format": 1, "step": 60, "files": {}}))
+    run = summarise_run(run_dir, step=60)
+    for value, folder in ((2.0, "checkpoint_1"), (5.0, "checkpoint_2")):
+        model = _model(tmp_path, f"step60_{value:g}", _tensors(value))
+        assert check_run_weights(model, run, step=60).endswith(folder)
+    with pytest.raises(CardError, match=r"--step 60: they are the student of .*checkpoint_2"):
+        check_run_weights(tmp_path / "step60_5", summarise_run(run_dir))
+    with pytest.raises(CardError, match=r"not the student of any of .*checkpoint_1, .*checkpoint_2"):
+        check_run_weights(_model(tmp_path, "other", _tensors(3.0)), run, step=60)
+
+
+def test_the_runs_student_init_is_named_as_such(tmp_path):
+    run_dir = _run(tmp_path)
+    init = run_dir / "student_init"
+    init.mkdir()
+    save_file(_tensors(0.0), init / "model.safetensors")
+    with pytest.raises(CardError, match=(
+            r"are the undistilled student .*run started from \(.*student_init\), not the final "
+            r"student .*: card them without --run")):
+        check_run_weights(init, summarise_run(run_dir))
+
+
 def test_what_cannot_be_checked_is_said_not_refused(tmp_path):
     run_dir = _run(tmp_path)
     other = _model(tmp_path, "other", _tensors(3.0))

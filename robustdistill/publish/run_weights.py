@@ -23,12 +23,15 @@ __all__ = ["STUDENT_PREFIX", "check_run_weights"]
 STUDENT_PREFIX = "student.model."
 
 
-def _checkpoint_of_step(run_dir: Path, step: int) -> Path | None:
-    """The complete checkpoint whose manifest records ``step``, or None."""
-    for folder in list_checkpoints(run_dir / "checkpoints"):
-        if json.loads((folder / MANIFEST).read_text()).get("step") == step:
-            return folder
-    return None
+def _checkpoint_step(folder: Path) -> int | None:
+    """The step a complete checkpoint's manifest records."""
+    return json.loads((folder / MANIFEST).read_text()).get("step")
+
+
+def _checkpoints_of_step(run_dir: Path, step: int) -> list[Path]:
+    """The complete checkpoints whose manifest records ``step``, oldest first: more than one
+    when the run was resumed from an earlier checkpoint and trained past ``step`` again."""
+    return [f for f in list_checkpoints(run_dir / "checkpoints") if _checkpoint_step(f) == step]
 
 
 def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None = None) -> str:
@@ -36,8 +39,8 @@ def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None =
     or at checkpoint ``step``.
 
     The reference: without ``step``, the run's own export ``<run>/student``, else (a run that
-    did not export) its newest checkpoint; with ``step``, the checkpoint whose manifest records
-    that step.
+    did not export) its newest checkpoint; with ``step``, the checkpoints whose manifest records
+    that step (any of them: a run resumed from an earlier checkpoint has two of one step).
 
     Args:
         model_dir: the student folder the card is for.
@@ -69,23 +72,36 @@ def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None =
                 return f"not checked: {run.run_dir} has no student folder and no checkpoint"
             reference, what = found[-1] / "model.safetensors", f"the student of {found[-1]}"
     else:
-        checkpoint = _checkpoint_of_step(run.run_dir, step)
-        if checkpoint is None:
+        candidates = _checkpoints_of_step(run.run_dir, step)
+        if not candidates:
             return f"not checked: no checkpoint of step {step} under {run.run_dir}"
-        reference, what = checkpoint / "model.safetensors", f"the student of {checkpoint}"
+        reference, what = (candidates[-1] / "model.safetensors",
+                           f"the student of {candidates[-1]}")
     if reference.resolve() == weights.resolve():
         return f"the card's weights are {what}"
     from safetensors.torch import load_file
 
     mine = load_file(str(weights))
     differ = _differing(mine, _student_tensors(reference))
+    if differ and step is not None:  # another checkpoint of that step may hold them
+        for folder in candidates[:-1]:
+            if not _differing(mine, _student_tensors(folder / "model.safetensors")):
+                return f"the card's weights are the student of {folder}"
+        if len(candidates) > 1:
+            what = f"the student of any of {', '.join(str(f) for f in candidates)}"
     if differ:
+        init = run.run_dir / "student_init" / "model.safetensors"
+        if init.is_file() and not _differing(mine, _student_tensors(init)):
+            raise CardError(
+                f"the weights in {model_dir} are the undistilled student {run.run_dir} started "
+                f"from ({init.parent}), not {what}: card them without --run (no training to "
+                "describe), or card the trained student")
         hint = "--step N if they are the export of checkpoint N"
         if step is None:  # name the checkpoint they are, when they are one
             for folder in list_checkpoints(run.run_dir / "checkpoints"):
                 if not _differing(mine, _student_tensors(folder / "model.safetensors")):
-                    hint = (f"--step {json.loads((folder / MANIFEST).read_text())['step']}: "
-                            f"they are the student of {folder}")
+                    hint = (f"--step {_checkpoint_step(folder)}: they are the student of "
+                            f"{folder}")
                     break
         raise CardError(
             f"the weights in {model_dir} are not {what} ({len(differ)} tensors differ, e.g. "
