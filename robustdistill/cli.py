@@ -231,10 +231,11 @@ def export_main(argv: list[str]) -> int:
     """``robustdistill export``: the student of a run's checkpoint as a stock checkpoint.
 
     A missing run or checkpoint, a damaged checkpoint (``CheckpointError``, named), an output
-    folder that is a file or holds files (without ``--overwrite``; ``OutputFolderError``), an
-    ONNX check folder that is missing or holds no audio file (all found before anything is
-    written) or no usable one (``OnnxCheckError``), and an ONNX parity failure exit 2 with one
-    line; any other error from the ONNX export keeps its traceback.
+    folder that is a file or holds files (without ``--overwrite``) or, with it, is or holds one
+    of the command's inputs (the run, its ``student_init``, the checkpoint, the ONNX check audio;
+    ``OutputFolderError``), an ONNX check folder that is missing or holds no audio file (all
+    found before anything is written) or no usable one (``OnnxCheckError``), and an ONNX parity
+    failure exit 2 with one line; any other error from the ONNX export keeps its traceback.
     """
     from .checkpoints import CheckpointError
     from .export import export_from_checkpoint
@@ -265,7 +266,8 @@ def export_main(argv: list[str]) -> int:
         except FileNotFoundError as err:
             parser.error(f"--onnx-check-audio: {err}")
     try:
-        out = export_from_checkpoint(args.run, args.checkpoint, args.out, args.overwrite)
+        out = export_from_checkpoint(args.run, args.checkpoint, args.out, args.overwrite,
+                                     inputs=[args.onnx_check_audio] if args.onnx_check_audio else [])
     except (FileNotFoundError, OutputFolderError, CheckpointError) as err:
         parser.error(str(err))
     logger.info("student written to %s", out)

@@ -20,8 +20,9 @@ read as YAML (``200`` is an int, ``[4, 8]`` a list, ``null`` None). An override 
 of its key, as that key's line in the YAML would: a mapping given as a value
 (``--objectives '{layerwise: {}}'``, ``--training '{max_steps: 5}'``) replaces the key's whole
 mapping, and a dotted key (``--objectives.layerwise.teacher_layers [4, 8]``) changes one entry
-of it, the rest kept. ``--objectives.NAME null`` removes objective NAME (inside a mapping, as
-in the YAML, ``NAME: null`` or ``NAME: {}`` is the objective with its default options).
+of it, the rest kept. ``--objectives.NAME null`` removes objective NAME, also from an earlier
+``--objectives`` mapping (inside a mapping, as in the YAML, ``NAME: null`` or ``NAME: {}`` is the
+objective with its default options).
 """
 
 from __future__ import annotations
@@ -359,18 +360,36 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _check_objective_to_drop(name: str, objectives: Any, whose: str) -> None:
+    """Check that ``--objectives.NAME null`` can remove ``name`` from ``objectives``.
+
+    Raises:
+        ConfigError: ``name`` is no registered objective (the message lists them), or not
+            one of ``objectives`` (the message says ``whose`` objectives and lists them).
+    """
+    if name not in OBJECTIVES:
+        raise _unknown_key("objectives.", name, OBJECTIVES, list_known=True)
+    if not isinstance(objectives, dict) or name not in objectives:
+        have = ", ".join(objectives) if isinstance(objectives, dict) and objectives else "none"
+        raise ConfigError(f"--objectives.{name} null removes objective {name!r}, but {whose} "
+                          f"objectives do not include it (they are: {have})")
+
+
 def parse_overrides(argv: list[str]) -> dict[str, Any]:
     """``["--training.max_steps", "200", "--teacher=x"]`` -> nested dict.
 
     Dotted keys become nested dicts; a value that is itself a mapping (``--objectives
     '{layerwise: {}}'``) is a :class:`ReplacingMapping`, so :func:`merge_config` replaces the
     key's value with it rather than merging into it. A later override wins over an earlier
-    one of the same key; a dotted key after a mapping value changes that mapping's entry.
+    one of the same key; a dotted key after a mapping value changes that mapping's entry, and
+    ``--objectives.NAME null`` after an ``--objectives`` mapping removes NAME from it (as it
+    removes NAME from the config's objectives, :func:`_apply_objective_overrides`).
 
     Raises:
         ConfigError: an argument that is not ``--key value`` or ``--key=value``, a value
-            that is not valid YAML, or a dotted key below an earlier override's value that
-            is not a mapping (``--training 5 --training.max_steps 3``).
+            that is not valid YAML, a dotted key below an earlier override's value that
+            is not a mapping (``--training 5 --training.max_steps 3``), or
+            ``--objectives.NAME null`` after an ``--objectives`` mapping without NAME.
     """
     result: dict[str, Any] = {}
     i = 0
@@ -397,6 +416,10 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
             value = read_yaml(raw)
         except InvalidYAMLError as err:
             raise ConfigError(f"override --{key} {raw!r}: {err}") from None
+        if value is None and parts[:-1] == ["objectives"] and isinstance(node, ReplacingMapping):
+            _check_objective_to_drop(parts[-1], node, "the earlier --objectives value's")
+            del node[parts[-1]]  # the mapping replaces the config's: drop NAME from it now
+            continue
         node[parts[-1]] = ReplacingMapping(value) if isinstance(value, dict) else value
     return result
 
@@ -424,7 +447,8 @@ def _apply_objective_overrides(raw: dict[str, Any], overrides: dict[str, Any]
 
     Dotted keys change the objectives the config has, or :data:`DEFAULT_OBJECTIVES` when it
     names none; ``--objectives.NAME null`` removes objective NAME from them (neither argument
-    is modified).
+    is modified). After an ``--objectives`` mapping, :func:`parse_overrides` has already
+    removed NAME from that mapping, which replaces the config's objectives.
 
     Raises:
         ConfigError: ``NAME`` is no registered objective (the message lists them), or not
@@ -436,12 +460,7 @@ def _apply_objective_overrides(raw: dict[str, Any], overrides: dict[str, Any]
     base = raw["objectives"] if "objectives" in raw else copy.deepcopy(DEFAULT_OBJECTIVES)
     dropped = [name for name, value in given.items() if value is None]
     for name in dropped:
-        if name not in OBJECTIVES:
-            raise _unknown_key("objectives.", name, OBJECTIVES, list_known=True)
-        if not isinstance(base, dict) or name not in base:
-            have = ", ".join(base) if isinstance(base, dict) and base else "none"
-            raise ConfigError(f"--objectives.{name} null removes objective {name!r}, but the "
-                              f"config's objectives do not include it (they are: {have})")
+        _check_objective_to_drop(name, base, "the config's")
     if isinstance(base, dict):
         base = {name: options for name, options in base.items() if name not in dropped}
     kept = {name: value for name, value in given.items() if value is not None}

@@ -50,9 +50,9 @@ value replaces the key's whole mapping (`--objectives '{layerwise: {teacher_laye
 leaves no other objective; `--training '{max_steps: 5}'` gives every other `training` key its
 default), and a dotted key changes one entry and keeps the rest
 (`--objectives.layerwise.teacher_layers [4, 8]`, `--training.max_steps 5`); the later of two
-overrides of one key wins. `--objectives.NAME null` removes objective NAME (an unknown or absent
-NAME is an error naming the choices); inside a mapping, as in a YAML file, `NAME: null` or
-`NAME: {}` is the objective with its default options.
+overrides of one key wins. `--objectives.NAME null` removes objective NAME, also from an earlier
+`--objectives '{...}'` value (an unknown or absent NAME is an error naming the choices); inside a
+mapping, as in a YAML file, `NAME: null` or `NAME: {}` is the objective with its default options.
 
 Generated from the config dataclasses (`python -m robustdistill.config_reference >
 docs/config.md`); `tests/test_config_reference.py` fails when this file is out of date.

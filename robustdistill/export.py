@@ -42,7 +42,8 @@ from .student import save_student
 logger = logging.getLogger(__name__)
 
 __all__ = ["export_from_checkpoint", "export_heads_dir", "export_run_student", "heads_match",
-           "heads_records", "not_export_files", "save_heads", "weights_sha256"]
+           "heads_records", "not_export_files", "run_export_of_step", "save_heads",
+           "weights_sha256"]
 
 _STUDENT_PREFIX = "student.model."
 _OBJECTIVES_PREFIX = "objectives."
@@ -146,6 +147,20 @@ def heads_match(heads_dir: str | Path, model_dir: str | Path) -> tuple[bool | No
     return False, "; ".join(sorted({_describe(r) for r in others}))
 
 
+def run_export_of_step(output_dir: str | Path, step: int, heads: Iterable[str]) -> bool:
+    """Whether the run's own ``output_dir/student`` and ``output_dir/heads`` are already the
+    export of its weights at ``step``: the student folder holds ``config.json`` and weights,
+    ``heads/`` holds exactly the heads named ``heads``, and every one records those weights
+    (:func:`heads_match`) and ``step``. A resumed run that trains no step keeps such folders
+    (and what was written beside them) instead of exporting the same weights again."""
+    student_dir, heads_dir = Path(output_dir) / "student", Path(output_dir) / "heads"
+    if not (student_dir / "config.json").is_file():
+        return False
+    records = heads_records(heads_dir)
+    return (set(records) == set(heads) and heads_match(heads_dir, student_dir)[0] is True
+            and all(r.get("step") == step for r in records.values()))
+
+
 def _describe(record: dict | None) -> str:
     """``"step 60, checkpoint_1"`` for a ``student_weights`` record."""
     if record is None:
@@ -199,7 +214,8 @@ def export_run_student(distiller, feature_extractor, output_dir: str | Path,
 
 
 def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None,
-                           out_dir: str | Path | None = None, overwrite: bool = False) -> Path:
+                           out_dir: str | Path | None = None, overwrite: bool = False,
+                           inputs: Iterable[str | Path] = ()) -> Path:
     """Export the student of any saved checkpoint of a run, without loading the teacher.
 
     The checkpoint is checked against its manifest first (as ``--resume`` does): a damaged
@@ -221,6 +237,8 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
             the earlier export is removed, with a warning naming it).
         overwrite: empty ``out_dir`` (and its heads folder) first instead of refusing one that
             holds files.
+        inputs: other paths the caller reads after the export (e.g. the ONNX check audio),
+            protected as the run, its ``student_init`` and the checkpoint are.
 
     Returns:
         The student folder; the heads go to :func:`export_heads_dir` of it (``../heads`` for
@@ -231,8 +249,8 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
             checkpoint folder without ``model.safetensors``.
         OutputFolderError: (a ``FileExistsError``) an existing file where the student or heads
             folder would be; ``out_dir`` or its heads folder holds files and ``overwrite`` is
-            false; or, with ``overwrite``, one of them is or holds the run, the checkpoint or the
-            current folder.
+            false; or, with ``overwrite``, one of them is or holds the run, its ``student_init``,
+            the checkpoint, one of ``inputs`` or the current folder.
         CheckpointError: (a ``RuntimeError``) the checkpoint is damaged (a file missing or of
             another size than its manifest says, or weights that cannot be read), or its
             student weights do not match the student config.
@@ -263,7 +281,7 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
     for folder, what in ((out_dir, "student folder" if own else "--out"),
                          (heads_dir, "heads folder")):
         check_output_folder(folder, what, overwrite=overwrite or own,
-                            inputs=(run_dir, checkpoint))
+                            inputs=(run_dir, init, checkpoint, *inputs))
     if (checkpoint / MANIFEST).is_file():
         try:
             verify_checkpoint(checkpoint)

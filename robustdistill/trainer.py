@@ -64,7 +64,7 @@ from .checkpoints import (
 from .config import ConfigError, DistillConfig, check_model_path
 from .data import ShardedRandomSampler, build_dataloader, build_datasets
 from .environment import record_environment
-from .export import export_run_student, not_export_files
+from .export import export_run_student, not_export_files, run_export_of_step
 from .files import name_list
 from .nonfinite import NonFiniteTrainingError, any_process, stop_nonfinite
 from .objectives import (
@@ -937,9 +937,12 @@ def train(cfg: DistillConfig) -> Path:
     at each start, :mod:`robustdistill.environment`), ``metrics.jsonl``, TensorBoard logs in
     ``logs/``, checkpoints in ``checkpoints/``, and at the end the exported ``student/``
     (loads with ``AutoModel.from_pretrained``) and ``heads/``. Both are emptied before they are
-    written (:func:`~robustdistill.export.export_run_student`): a resumed run that trains on
-    removes what an earlier export left there (a card, plots, copied heads, an ONNX graph),
-    warning at the start and when it removes them.
+    written (:func:`~robustdistill.export.export_run_student`): a resumed run removes what an
+    earlier export left there (a card, plots, copied heads, an ONNX graph), warning at the start
+    and when it removes them, except a run resumed at ``max_steps`` (no step left to train)
+    whose ``student/`` and ``heads/`` already are that step's export
+    (:func:`~robustdistill.export.run_export_of_step`): it keeps both as they are, card
+    included, and exports nothing.
 
     Returns:
         The exported student folder (or the output dir when export is off).
@@ -963,12 +966,22 @@ def train(cfg: DistillConfig) -> Path:
         run.output_dir.mkdir(parents=True, exist_ok=True)
         remove_incomplete(run.checkpoint_dir)  # what a killed run's last write left
         (run.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        if t.export_student and (extra := not_export_files(run.output_dir / "student")):
-            logger.warning("%s holds files written beside the earlier export (%s): this run "
-                           "removes them when it exports its student at the end (then write the "
-                           "card again)", run.output_dir / "student", name_list(extra))
     if t.resume_from:
         run.resume(t.resume_from)
+    # A resumed run with no step left to train whose student/ and heads/ already are the export
+    # of this step keeps them (and the card, plots or ONNX graph beside them): same weights.
+    keep_export = (t.export_student and acc.is_main_process and run.progress.step >= t.max_steps
+                   and run_export_of_step(run.output_dir, run.progress.step,
+                                          acc.unwrap_model(run.model).objectives.keys()))
+    if keep_export:
+        logger.info("step %d: nothing left to train; %s and %s already hold this step's export "
+                    "and are kept as they are", run.progress.step, run.output_dir / "student",
+                    run.output_dir / "heads")
+    elif (t.export_student and acc.is_main_process
+          and (extra := not_export_files(run.output_dir / "student"))):
+        logger.warning("%s holds files written beside the earlier export (%s): this run "
+                       "removes them when it exports its student at the end (then write the "
+                       "card again)", run.output_dir / "student", name_list(extra))
     acc.init_trackers("distill", config={"teacher": cfg.teacher, "seed": cfg.seed,
                                          "max_steps": t.max_steps, "lr": t.learning_rate},
                       init_kwargs=tracker_resume_kwargs(run.progress.step)
@@ -1010,7 +1023,9 @@ def train(cfg: DistillConfig) -> Path:
         if not summary["ranks_identical"]:
             logger.error("parameters differ between ranks: %s", fingerprints)
     out = run.output_dir
-    if t.export_student and acc.is_main_process:
+    if keep_export:
+        out = run.output_dir / "student"
+    elif t.export_student and acc.is_main_process:
         out = export_run_student(acc.unwrap_model(run.model), run.feature_extractor,
                                  run.output_dir, cfg.to_dict(), step=run.progress.step)
     finish_processes(acc)

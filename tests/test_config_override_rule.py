@@ -89,6 +89,31 @@ def test_later_overrides_win_and_a_conflict_is_one_line():
         load_config(DEMO, ["--training", "5", "--training.max_steps", "3"])
 
 
+def test_null_after_an_objectives_mapping_removes_the_objective_from_it():
+    # in command-line order: the dotted null removes NAME from the earlier mapping value
+    cfg = load_config(DEMO, ["--objectives", "{layerwise: {teacher_layers: [2, 4]}, enhancement: {}}",
+                             "--objectives.enhancement", "null"])
+    assert cfg.objectives == {"layerwise": {"teacher_layers": [2, 4]}}
+    cfg = load_config(DEMO, ["--objectives", "{layerwise: {}, enhancement: {}}",
+                             "--objectives.enhancement=null", "--objectives.layerwise.lambda_cos", "2"])
+    assert cfg.objectives == {"layerwise": {"lambda_cos": 2.0}}
+    # absent from that mapping (though in the config): the documented error, nothing added
+    with pytest.raises(ConfigError, match=r"--objectives\.enhancement null removes objective "
+                                          r"'enhancement', but .* \(they are: layerwise\)"):
+        load_config(DEMO, ["--objectives", "{layerwise: {teacher_layers: [2, 4]}}",
+                           "--objectives.enhancement", "null"])
+    with pytest.raises(ConfigError, match=r"'objectives\.enhancment'; did you mean 'enhancement'"):
+        load_config(DEMO, ["--objectives", "{enhancement: {}}", "--objectives.enhancment", "null"])
+    # a later mapping value still replaces everything before it, the null included
+    cfg = load_config(DEMO, ["--objectives", "{layerwise: {}}", "--objectives.layerwise", "null",
+                             "--objectives", "{enhancement: {}}"])
+    assert cfg.objectives == {"enhancement": {}}
+    # and a later dotted value after the null puts the objective back, with those options
+    cfg = load_config(DEMO, ["--objectives", "{layerwise: {}, enhancement: {}}",
+                             "--objectives.enhancement", "null", "--objectives.enhancement", "{}"])
+    assert cfg.objectives == {"layerwise": {}, "enhancement": {}}
+
+
 def test_parse_overrides_marks_mapping_values_and_merge_config_returns_plain_dicts():
     given = parse_overrides(["--a", "{x: 1}", "--b.c", "{y: 2}", "--d.e", "3"])
     assert given == {"a": {"x": 1}, "b": {"c": {"y": 2}}, "d": {"e": 3}}

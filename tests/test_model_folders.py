@@ -21,6 +21,7 @@ from robustdistill.export import (
     export_heads_dir,
     export_run_student,
     heads_match,
+    run_export_of_step,
     weights_sha256,
 )
 from robustdistill.files import OutputFolderError, check_output_folder
@@ -150,6 +151,34 @@ def test_export_out_that_holds_files_is_refused_before_anything_is_written(tmp_p
     assert (run / "checkpoints" / "checkpoint_1" / "model.safetensors").is_file()
 
 
+def test_export_overwrite_never_deletes_the_runs_student_init(tmp_path, capsys):
+    """``student_init`` is read to build the student: an --out that is it (or holds it) is
+    refused before anything is emptied, and the run can still be exported."""
+    run = _run(tmp_path)
+    init = run / "student_init"
+    before = sorted(p.name for p in init.iterdir())
+    line = _error(capsys, "export", ["--run", str(run), "--out", str(init), "--overwrite"])
+    assert "student_init" in line and "--overwrite would delete" in line
+    assert sorted(p.name for p in init.iterdir()) == before
+    assert cli.main(["export", "--run", str(run)]) == 0
+    # a folder inside the run (not the run, not student_init) is still fine
+    assert cli.main(["export", "--run", str(run), "--out", str(run / "mine"), "--overwrite"]) == 0
+
+
+def test_export_overwrite_never_deletes_the_onnx_check_audio(tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    run = _run(tmp_path)
+    out = tmp_path / "od"
+    (out / "audio").mkdir(parents=True)
+    sf.write(out / "audio" / "a.wav", np.zeros(16000, dtype=np.float32), 16000)
+    line = _error(capsys, "export", ["--run", str(run), "--out", str(out), "--overwrite", "--onnx",
+                                     "--onnx-check-audio", str(out / "audio")])
+    assert "audio" in line and "--overwrite would delete" in line
+    assert sorted(p.name for p in out.rglob("*")) == ["a.wav", "audio"]  # nothing written
+
+
 def test_export_into_the_runs_own_student_removes_a_card_of_other_weights(tmp_path, caplog):
     run = _run(tmp_path)
     export_from_checkpoint(run, run / "checkpoints" / "checkpoint_0", run / "student")
@@ -208,6 +237,24 @@ def test_the_trainers_export_writes_clean_folders_and_records_the_step(tmp_path,
         assert name in caplog.text
     record = json.loads((run / "heads" / "layerwise.json").read_text())["student_weights"]
     assert record == {"sha256": weights_sha256(run / "student"), "step": 90, "checkpoint": None}
+
+
+def test_run_export_of_step_is_the_exported_step_of_these_weights_and_heads(tmp_path,
+                                                                            tiny_wavlm_dir):
+    """What lets a resumed run with no step to train keep RUN/student and its card."""
+    from transformers import AutoFeatureExtractor, AutoModel
+
+    model = AutoModel.from_pretrained(tiny_wavlm_dir)
+    extractor = AutoFeatureExtractor.from_pretrained(tiny_wavlm_dir)
+    run = tmp_path / "run"
+    assert not run_export_of_step(run, 60, ["layerwise"])  # nothing exported yet
+    export_run_student(_Distiller(model, 1.0), extractor, run, {}, step=60)
+    _carded(run / "student")  # files beside the export do not matter
+    assert run_export_of_step(run, 60, ["layerwise"])
+    assert not run_export_of_step(run, 90, ["layerwise"])  # another step
+    assert not run_export_of_step(run, 60, ["layerwise", "enhancement"])  # a head missing
+    (run / "student" / "model.safetensors").write_bytes(b"other weights")
+    assert not run_export_of_step(run, 60, ["layerwise"])
 
 
 # ---- defect 2: each export's heads belong to its own weights ----------------------------------
@@ -298,8 +345,9 @@ def test_a_file_where_the_heads_go_is_one_line_and_nothing_is_written(tmp_path, 
 @pytest.mark.slow
 def test_a_resumed_run_warns_at_start_and_exports_clean_folders(tmp_path, caplog,
                                                                 tiny_wavlm_dir):
-    """Resuming with more steps re-exports RUN/student: the card written for the earlier step
-    is named at the start and removed at the export, never left beside the new weights."""
+    """Resuming a finished run (no step to train) keeps RUN/student and its card; resuming with
+    more steps re-exports RUN/student: the card written for the earlier step is named at the
+    start and removed at the export, never left beside the new weights."""
     from robustdistill.config import load_config
     from robustdistill.trainer import train
 
@@ -316,6 +364,16 @@ def test_a_resumed_run_warns_at_start_and_exports_clean_folders(tmp_path, caplog
 
     train(config("--training.max_steps", "2"))
     _carded(run / "student")
+    carded = sorted(p.name for p in (run / "student").iterdir())
+    weights = weights_sha256(run / "student")
+    # a finished run resumed: no step to train, the same weights: student/ is kept, card included
+    with caplog.at_level(logging.INFO):
+        train(config("--training.max_steps", "2", "--training.resume_from", "latest"))
+    assert "removes them" not in caplog.text and "removed what was written" not in caplog.text
+    assert "nothing left to train" in caplog.text
+    assert sorted(p.name for p in (run / "student").iterdir()) == carded
+    assert weights_sha256(run / "student") == weights
+    caplog.clear()
     with caplog.at_level(logging.WARNING):
         train(config("--training.max_steps", "3", "--training.resume_from", "latest"))
     start = [r.getMessage() for r in caplog.records if r.name == "robustdistill.trainer"]
