@@ -444,6 +444,22 @@ def _same_upstream(a: Any, b: Any) -> bool:
     return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
+def _held_results(out: str | Path, writer: str) -> tuple[Path, str | None, list]:
+    """``out`` (:func:`check_output_folder`) and what it holds (:func:`folder_results`).
+
+    Raises:
+        ValueError: as :func:`check_output_folder`; a results.json in ``out`` that ``writer``
+            (``"compare"``, ``"this run"``) would replace is not a downstream results file.
+    """
+    out = check_output_folder(out)
+    try:
+        kind, held = folder_results(out)
+    except ValueError as err:
+        raise ValueError(f"--out {str(out)!r} holds a results.json {writer} would replace, but "
+                         f"{err}; remove it or give another folder") from None
+    return out, kind, held
+
+
 def check_evaluation_folder(out: str | Path, task: str, label: str, upstream: str) -> Path:
     """Refuse to write one upstream's results over a folder that holds something else.
 
@@ -459,12 +475,7 @@ def check_evaluation_folder(out: str | Path, task: str, label: str, upstream: st
         ValueError: as :func:`check_output_folder`; ``out`` holds a comparison, another
             evaluation, or a results.json that is not a downstream results file.
     """
-    out = check_output_folder(out)
-    try:
-        kind, held = folder_results(out)
-    except ValueError as err:
-        raise ValueError(f"--out {str(out)!r} holds a results.json this run would replace, "
-                         f"but {err}; remove it or give another folder") from None
+    out, kind, held = _held_results(out, "this run")
     if kind == "comparison":
         raise ValueError(f"--out {str(out)!r} holds a comparison of {len(held)} result(s) "
                          "(robustdistill compare); give the evaluation a folder of its own")
@@ -963,12 +974,7 @@ def compare(paths: Sequence[str | Path], out: str | Path, resamples: int = 1000
     """
     if resamples < 1:
         raise ValueError(f"--bootstrap-resamples must be >= 1, got {resamples}")
-    out = check_output_folder(out)
-    try:
-        kind, held = folder_results(out)
-    except ValueError as err:
-        raise ValueError(f"--out {str(out)!r} holds a results.json compare would replace, but "
-                         f"{err}; remove it or give another folder") from None
+    out, kind, held = _held_results(out, "compare")
     if kind == "evaluation":
         suggestion = out.parent / f"{_task_label(held[0])}_compare"
         raise ValueError(f"--out {str(out)!r} holds the evaluation of {held[0]['upstream']!r} "
