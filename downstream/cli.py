@@ -156,11 +156,15 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     that is a file or holds other results (:func:`downstream.results.check_evaluation_folder`)
     end with a one-line error (exit status 2) before the upstream runs; so does a launch among
     several processes (``torchrun``, ``accelerate launch``): the evaluation runs in one process.
+    A single run into a seed folder that the parent folder's aggregate lists (one seed run
+    again) ends with a warning that the aggregate is stale
+    (:func:`downstream.results.aggregate_listing`).
     """
     from robustdistill.cli import hub_error
     from robustdistill.processes import require_single_process
 
     from .config import ConfigError
+    from .results import aggregate_listing
     from .runner import RunOptions, run_evaluation, run_seeds
 
     parser = _evaluate_parser()
@@ -187,6 +191,11 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     primary = results["primary_metric"]
     summary = ", ".join(f"{c} {m[primary]:.4f}" for c, m in results["metrics"].items())
     logger.info("%s %s: %s", results["task"], primary, summary)
+    if not args.seeds and (stale := aggregate_listing(args.out)) is not None:
+        parent = stale.parent
+        logger.warning("%s aggregates an earlier run of %s: aggregate again before comparing it "
+                       "(python -m downstream.cli aggregate %s/seed*/results.json --out %s)",
+                       stale, args.out, parent, parent)
     return 0
 
 

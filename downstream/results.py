@@ -36,7 +36,7 @@ from .stats import bootstrap_interval, mcnemar, paired_bootstrap
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TestSetMismatch", "aggregate_seeds", "check_evaluation_folder",
+__all__ = ["TestSetMismatch", "aggregate_listing", "aggregate_seeds", "check_evaluation_folder",
            "check_output_folder", "compare", "folder_results", "interval_cell", "item_groups",
            "item_intervals", "jointly_scored", "load_results", "load_results_file",
            "paired_comparisons",
@@ -458,6 +458,26 @@ def _held_results(out: str | Path, writer: str) -> tuple[Path, str | None, list]
         raise ValueError(f"--out {str(out)!r} holds a results.json {writer} would replace, but "
                          f"{err}; remove it or give another folder") from None
     return out, kind, held
+
+
+def aggregate_listing(folder: str | Path) -> Path | None:
+    """The multi-seed ``results.json`` in ``folder``'s parent that lists ``folder`` among its
+    seed folders (``seed_dirs``), or None: after a new run into ``folder`` (one seed run again)
+    that aggregate holds the earlier run's figures and names per-item files the new run may
+    have removed, until it is aggregated again."""
+    folder = Path(folder).expanduser().resolve()
+    path = folder.parent / "results.json"
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    entries = payload.get("results", [payload]) if isinstance(payload, dict) else []
+    for entry in entries:
+        seed_dirs = entry.get("seed_dirs") if isinstance(entry, dict) else None
+        if isinstance(seed_dirs, list) and any(
+                (folder.parent / str(d)).resolve() == folder for d in seed_dirs):
+            return path
+    return None
 
 
 def check_evaluation_folder(out: str | Path, task: str, label: str, upstream: str) -> Path:

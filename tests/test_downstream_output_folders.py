@@ -265,3 +265,22 @@ def test_a_mapping_override_replaces_as_the_reference_says(tmp_path):
     assert dotted.data.max_items_per_split == {"train": 40, "dev": 50, "test": 50}
     assert "a mapping value replaces the config's mapping, as in a YAML file" \
         in reference_document()
+
+
+def test_running_one_seed_again_says_the_aggregate_is_stale(two_runs, corpus, tmp_path, caplog):
+    """One seed run again into ``OUT/seed<N>`` (the documented one-seed-at-a-time layout) may
+    remove per-item files ``OUT/results.json`` still lists, and changes that seed's figures:
+    the run says to aggregate again (an ``--seeds`` run, which aggregates itself, does not)."""
+    _, config = two_runs
+    out = tmp_path / "kws"
+    with caplog.at_level(logging.WARNING):
+        _evaluate(corpus, "fbank", config, out, "--seeds", "0", "1", conditions=("clean",))
+    assert "aggregate again" not in caplog.text
+    assert results.aggregate_listing(out / "seed0") == out / "results.json"
+    assert results.aggregate_listing(out / "seed7") is None  # a seed the aggregate lacks
+    assert results.aggregate_listing(out) is None
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _evaluate(corpus, "fbank", config, out / "seed0", conditions=("clean",))
+    assert (f"{out / 'results.json'} aggregates an earlier run of {out / 'seed0'}: aggregate "
+            "again before comparing it") in caplog.text
