@@ -34,8 +34,10 @@ import torch
 __all__ = [
     "CHECKPOINT_PREFIX",
     "MANIFEST",
+    "STUDENT_PREFIX",
     "CheckpointError",
     "checkpoint_index",
+    "checkpoint_step",
     "latest_checkpoint",
     "list_checkpoints",
     "publish_checkpoint",
@@ -59,6 +61,9 @@ CHECKPOINT_PREFIX = "checkpoint_"
 TMP_PREFIX = ".tmp-"
 #: The manifest, written last into a checkpoint.
 MANIFEST = "checkpoint.json"
+#: The student's tensors' prefix in a ``distill`` checkpoint's ``model.safetensors`` (the
+#: distiller's ``student.model``); the objectives' heads are under ``objectives.``.
+STUDENT_PREFIX = "student.model."
 
 _NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
@@ -150,6 +155,16 @@ def publish_checkpoint(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike)
     os.rename(tmp_dir, final_dir)
     _fsync(final_dir.parent)
     return final_dir
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The training step a checkpoint's manifest records, or None (no manifest, an unreadable
+    one, or no integer step: a checkpoint from before manifests)."""
+    try:
+        step = json.loads((Path(path) / MANIFEST).read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 def verify_checkpoint(path: str | os.PathLike) -> dict:

@@ -35,7 +35,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
-from .checkpoints import MANIFEST, CheckpointError, latest_checkpoint, verify_checkpoint
+from .checkpoints import (
+    MANIFEST,
+    STUDENT_PREFIX,
+    CheckpointError,
+    checkpoint_step,
+    latest_checkpoint,
+    verify_checkpoint,
+)
 from .files import check_output_folder, empty_folder, folder_entries, name_list
 from .student import save_student
 
@@ -45,7 +52,6 @@ __all__ = ["export_from_checkpoint", "export_heads_dir", "export_run_student", "
            "heads_records", "not_export_files", "run_export_of_step", "save_heads",
            "weights_sha256"]
 
-_STUDENT_PREFIX = "student.model."
 _OBJECTIVES_PREFIX = "objectives."
 
 
@@ -298,8 +304,8 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
                               f"({type(err).__name__}: {err}); export an earlier one with "
                               "--checkpoint DIR") from err
     student = AutoModel.from_config(AutoConfig.from_pretrained(init))
-    student_state = {k[len(_STUDENT_PREFIX):]: v for k, v in state.items()
-                     if k.startswith(_STUDENT_PREFIX)}
+    student_state = {k[len(STUDENT_PREFIX):]: v for k, v in state.items()
+                     if k.startswith(STUDENT_PREFIX)}
     missing, unexpected = student.load_state_dict(student_state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{checkpoint} does not match the student in {init}: missing "
@@ -321,16 +327,9 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
             logger.info("--overwrite: removed %s", name_list(removed))
     save_student(student, AutoFeatureExtractor.from_pretrained(init), out_dir)
     save_heads(heads, {}, config.get("objectives", {}), heads_dir,
-               {"sha256": weights_sha256(out_dir), "step": _checkpoint_step(checkpoint),
+               {"sha256": weights_sha256(out_dir), "step": checkpoint_step(checkpoint),
                 "checkpoint": checkpoint.resolve().name})
     logger.info("exported %s -> %s (heads in %s)", checkpoint, out_dir, heads_dir)
     return out_dir
 
 
-def _checkpoint_step(checkpoint: Path) -> int | None:
-    """The training step the checkpoint's manifest records, or None (no manifest)."""
-    try:
-        step = json.loads((checkpoint / MANIFEST).read_text()).get("step")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return step if isinstance(step, int) else None

@@ -52,7 +52,7 @@ def _model(tmp_path, name, tensors):
 def test_the_prefix_is_the_one_export_reads():
     from robustdistill import export
 
-    assert export._STUDENT_PREFIX == STUDENT_PREFIX
+    assert export.STUDENT_PREFIX == STUDENT_PREFIX
 
 
 def test_the_runs_own_weights_pass_at_its_end_and_at_a_checkpoint(tmp_path):

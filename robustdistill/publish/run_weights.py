@@ -3,35 +3,25 @@ describes another run's training (a mistyped ``--run``, or a folder overwritten 
 
 Only ``distill`` runs are checked: their student is saved by ``save_pretrained`` at the end
 (``<run>/student``) and in every checkpoint (``<run>/checkpoints/checkpoint_N``, the
-student's tensors under :data:`STUDENT_PREFIX`), so the weights of any step can be read
+student's tensors under :data:`robustdistill.checkpoints.STUDENT_PREFIX`), so the weights of any step can be read
 without building a model. The comparison is exact (every tensor's name and bytes).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..checkpoints import MANIFEST, list_checkpoints
+from ..checkpoints import STUDENT_PREFIX, checkpoint_step, list_checkpoints
 from .card_results import CardError
 from .provenance import RunSummary
 
-__all__ = ["STUDENT_PREFIX", "check_run_weights"]
-
-
-#: The student's tensors' prefix in a ``distill`` checkpoint's ``model.safetensors``.
-STUDENT_PREFIX = "student.model."
-
-
-def _checkpoint_step(folder: Path) -> int | None:
-    """The step a complete checkpoint's manifest records."""
-    return json.loads((folder / MANIFEST).read_text()).get("step")
+__all__ = ["STUDENT_PREFIX", "check_run_weights"]  # STUDENT_PREFIX: re-exported
 
 
 def _checkpoints_of_step(run_dir: Path, step: int) -> list[Path]:
     """The complete checkpoints whose manifest records ``step``, oldest first: more than one
     when the run was resumed from an earlier checkpoint and trained past ``step`` again."""
-    return [f for f in list_checkpoints(run_dir / "checkpoints") if _checkpoint_step(f) == step]
+    return [f for f in list_checkpoints(run_dir / "checkpoints") if checkpoint_step(f) == step]
 
 
 def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None = None) -> str:
@@ -100,7 +90,7 @@ def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None =
         if step is None:  # name the checkpoint they are, when they are one
             for folder in list_checkpoints(run.run_dir / "checkpoints"):
                 if not _differing(mine, _student_tensors(folder / "model.safetensors")):
-                    hint = (f"--step {_checkpoint_step(folder)}: they are the student of "
+                    hint = (f"--step {checkpoint_step(folder)}: they are the student of "
                             f"{folder}")
                     break
         raise CardError(
