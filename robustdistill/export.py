@@ -287,7 +287,9 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
     for folder, what in ((out_dir, "student folder" if own else "--out"),
                          (heads_dir, "heads folder")):
         check_output_folder(folder, what, overwrite=overwrite or own,
-                            inputs=(run_dir, init, checkpoint, *inputs))
+                            inputs=(run_dir, init, checkpoint, *inputs),
+                            emptied_by="--overwrite" if overwrite or not own
+                            else "the export (it writes the run's own folder again)")
     if (checkpoint / MANIFEST).is_file():
         try:
             verify_checkpoint(checkpoint)

@@ -122,7 +122,8 @@ def unblocked_folder(path: str | os.PathLike, what: str) -> Path:
 
 
 def check_output_folder(path: str | os.PathLike, what: str, *, overwrite: bool = False,
-                        inputs: Iterable[str | os.PathLike] = ()) -> Path:
+                        inputs: Iterable[str | os.PathLike] = (),
+                        emptied_by: str = "--overwrite") -> Path:
     """Check, before any work, that folder ``path`` can take a command's output.
 
     Args:
@@ -131,6 +132,8 @@ def check_output_folder(path: str | os.PathLike, what: str, *, overwrite: bool =
         overwrite: whether the command will empty the folder (:func:`empty_folder`) first.
         inputs: paths the command reads; with ``overwrite`` the folder may be none of them and
             hold none of them (nor the current folder), since emptying it would delete them.
+        emptied_by: what empties the folder, as the message names it (e.g. ``"--overwrite"``,
+            or ``"the export"`` for a folder a command always writes again).
 
     Returns:
         ``path``, ``~`` expanded.
@@ -154,7 +157,7 @@ def check_output_folder(path: str | os.PathLike, what: str, *, overwrite: bool =
     for other, named in kept:
         if resolved == other or resolved in other.parents:
             raise OutputFolderError(f"{what} {str(path)!r} is or holds {named}, which "
-                                    "--overwrite would delete; give another folder")
+                                    f"{emptied_by} would delete; give another folder")
     return path
 
 

@@ -179,6 +179,23 @@ def test_export_overwrite_never_deletes_the_onnx_check_audio(tmp_path, capsys):
     assert sorted(p.name for p in out.rglob("*")) == ["a.wav", "audio"]  # nothing written
 
 
+def test_export_without_out_names_the_export_not_overwrite_as_what_would_delete(tmp_path,
+                                                                               capsys):
+    """The run's own student folder is always written again: check audio inside it is refused
+    without blaming an --overwrite that was not given."""
+    import numpy as np
+    import soundfile as sf
+
+    run = _run(tmp_path)
+    (run / "student" / "audio").mkdir(parents=True)
+    sf.write(run / "student" / "audio" / "a.wav", np.zeros(16000, dtype=np.float32), 16000)
+    line = _error(capsys, "export", ["--run", str(run), "--onnx",
+                                     "--onnx-check-audio", str(run / "student" / "audio")])
+    assert "which the export (it writes the run's own folder again) would delete" in line
+    assert "--overwrite" not in line
+    assert (run / "student" / "audio" / "a.wav").is_file()
+
+
 def test_export_into_the_runs_own_student_removes_a_card_of_other_weights(tmp_path, caplog):
     run = _run(tmp_path)
     export_from_checkpoint(run, run / "checkpoints" / "checkpoint_0", run / "student")

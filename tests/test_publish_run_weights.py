@@ -126,7 +126,12 @@ def test_what_cannot_be_checked_is_said_not_refused(tmp_path):
     assert check_run_weights(tmp_path, summarise_run(run_dir)) == (
         f"not checked: no {tmp_path / 'model.safetensors'}")
     se_run = _run(tmp_path / "se", kind="se")
-    assert check_run_weights(other, summarise_run(se_run)) == "not checked: not a distill run (recipe 'se')"
+    assert check_run_weights(other, summarise_run(se_run, step=30), step=30) == (
+        "not checked: --step 30 of a 'se' run (only distill checkpoints are read)")
+    shutil.rmtree(se_run / "student")
+    assert check_run_weights(other, summarise_run(se_run)) == (
+        f"not checked: {se_run} has no exported student "
+        f"({se_run / 'student' / 'model.safetensors'})")
     shutil.rmtree(run_dir / "student")  # a run that did not export: its newest checkpoint
     run = summarise_run(run_dir)
     assert check_run_weights(_model(tmp_path, "final", _tensors(2.0)), run) == (
@@ -149,3 +154,21 @@ def test_the_card_command_refuses_another_runs_weights_and_writes_nothing(tmp_pa
     assert stop.value.code == 2
     assert "are not the final student of" in capsys.readouterr().err
     assert sorted(p.name for p in other.iterdir()) == before
+
+
+@pytest.mark.parametrize("kind", ["se", "speaker"])
+def test_se_and_speaker_runs_check_the_final_student(tmp_path, kind):
+    """Every trainer exports ``RUN/student``: a card of an SE or speaker run refuses weights that
+    are not that student, and accepts a copy of it."""
+    run_dir = _run(tmp_path, kind=kind)
+    if kind == "speaker":
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(
+            {"ig": {"n_steps": 2}, "student": {"hidden_size": 8}, "data": {"train_dir": "x"}}))
+    run = summarise_run(run_dir)
+    assert run.recipe == kind
+    copy = _model(tmp_path, "copy", _tensors(2.0))
+    assert check_run_weights(copy, run) == (
+        f"the card's weights are the final student of {run_dir} ({run_dir / 'student'})")
+    with pytest.raises(CardError, match=r"are not the final student .* \(1 tensors differ, e.g. "
+                                        r"'encoder.w'\).*pass the run that trained them"):
+        check_run_weights(_model(tmp_path, "other", _tensors(3.0)), run)

@@ -105,6 +105,41 @@ def test_ssl_student_with_enhancement_head(tmp_path):
         main([str(tmp_path / "in.wav"), str(tmp_path / "o2.wav"), "--model", str(other)])
 
 
+def test_ssl_student_exported_with_heads_inside_enhances(tmp_path, caplog):
+    """``export --out OUT`` puts the heads inside ``OUT``: ``--model OUT`` uses them; heads
+    recording other student weights are refused; heads recording none are used with a
+    warning."""
+    import json
+    import shutil
+
+    from robustdistill.export import weights_sha256
+    from robustdistill.se.ssl_head import SSLHeadEnhancer
+
+    run = tmp_path / "run"
+    write_ssl_enhancement_run(run)
+    out = tmp_path / "export"
+    shutil.copytree(run / "student", out)
+    shutil.copytree(run / "heads", out / "heads")
+    recipe_path = out / "heads" / "enhancement.json"
+    recipe = json.loads(recipe_path.read_text())
+    recipe["student_weights"] = {"sha256": weights_sha256(out), "step": 7, "checkpoint": None}
+    recipe_path.write_text(json.dumps(recipe))
+    x = _noise(8000, seed=3)
+    reference = enhance_waveform(load_enhancer(run), x, 16000)
+    model = load_enhancer(out)
+    assert isinstance(model, SSLHeadEnhancer)
+    np.testing.assert_array_equal(enhance_waveform(model, x, 16000), reference)
+    recipe["student_weights"] = {"sha256": "0" * 64, "step": 3, "checkpoint": "checkpoint_0"}
+    recipe_path.write_text(json.dumps(recipe))
+    with pytest.raises(ValueError, match=r"other student weights \(step 3, checkpoint_0\)"):
+        load_enhancer(out)
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "in.wav"), str(tmp_path / "o.wav"), "--model", str(out)])
+    with caplog.at_level("WARNING"):
+        load_enhancer(run)  # written by hand: no record
+    assert "records no student weights" in caplog.text
+
+
 def test_enhance_output_names_are_checked_before_any_work(tmp_path, gru_student_dir, capsys,
                                                          monkeypatch):
     import robustdistill.se.enhance as enhance_module

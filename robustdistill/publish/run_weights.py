@@ -1,10 +1,13 @@
 """Whether a model folder holds the weights its ``--run`` trained, so that a card never
 describes another run's training (a mistyped ``--run``, or a folder overwritten since).
 
-Only ``distill`` runs are checked: their student is saved by ``save_pretrained`` at the end
-(``<run>/student``) and in every checkpoint (``<run>/checkpoints/checkpoint_N``, the
-student's tensors under :data:`robustdistill.checkpoints.STUDENT_PREFIX`), so the weights of any step can be read
-without building a model. The comparison is exact (every tensor's name and bytes).
+Every trainer saves its student with ``save_pretrained`` at the end (``<run>/student``), so the
+final weights of a ``distill``, ``train-se`` or ``train-speaker`` run are checked. A
+``distill`` run also keeps the student in every checkpoint (``<run>/checkpoints/checkpoint_N``,
+the student's tensors under :data:`robustdistill.checkpoints.STUDENT_PREFIX`), so the weights of
+any step can be read without building a model; the SE and speaker trainers' checkpoints are not
+read (``--step`` there is not checked). The comparison is exact (every tensor's name and
+bytes).
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None =
     """Check that ``model_dir/model.safetensors`` holds the student ``run`` trained, at its end
     or at checkpoint ``step``.
 
-    The reference: without ``step``, the run's own export ``<run>/student``, else (a run that
-    did not export) its newest checkpoint; with ``step``, the checkpoints whose manifest records
-    that step (any of them: a run resumed from an earlier checkpoint has two of one step).
+    The reference: without ``step``, the run's own export ``<run>/student``, else (a
+    ``distill`` run that did not export) its newest checkpoint; with ``step`` (``distill``
+    runs only), the checkpoints whose manifest records that step (any of them: a run resumed
+    from an earlier checkpoint has two of one step).
 
     Args:
         model_dir: the student folder the card is for.
@@ -39,20 +43,35 @@ def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None =
         step: ``--step``, the training step of the weights when they are a checkpoint's.
 
     Returns:
-        What was checked, for the log (``"not checked: ..."`` when nothing could be: another
-        recipe than ``distill``, no ``model.safetensors`` in ``model_dir``, or no reference
-        weights in the run).
+        What was checked, for the log (``"not checked: ..."`` when nothing could be: no
+        ``model.safetensors`` in ``model_dir``, no reference weights in the run, or ``step``
+        with an SE or speaker run).
 
     Raises:
         CardError: the weights differ from the reference (another tensor, name or value).
     """
     model_dir = Path(model_dir)
     weights = model_dir / "model.safetensors"
-    if run.recipe != "ssl":
-        return f"not checked: not a distill run (recipe {run.recipe!r})"
     if not weights.is_file():
         return f"not checked: no {weights}"
     exported = run.run_dir / "student" / "model.safetensors"
+    if run.recipe != "ssl":
+        if step is not None:
+            return (f"not checked: --step {step} of a {run.recipe!r} run (only distill "
+                    "checkpoints are read)")
+        if not exported.is_file():
+            return f"not checked: {run.run_dir} has no exported student ({exported})"
+        what = f"the final student of {run.run_dir} ({exported.parent})"
+        if exported.resolve() != weights.resolve():
+            from safetensors.torch import load_file
+
+            differ = _differing(load_file(str(weights)), load_file(str(exported)))
+            if differ:
+                raise CardError(
+                    f"the weights in {model_dir} are not {what} ({len(differ)} tensors differ, "
+                    f"e.g. {differ[0]!r}): the card would describe another training; pass the "
+                    "run that trained them as --run")
+        return f"the card's weights are {what}"
     if step is None:
         if exported.is_file():
             reference, what = exported, f"the final student of {run.run_dir} ({exported.parent})"

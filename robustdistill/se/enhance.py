@@ -8,9 +8,11 @@ channel count (same container; PCM_16 for formats without float). A folder is pr
 recursively, mirroring its layout under ``OUT``. A progress bar counts seconds of audio.
 
 ``--model`` is an SE student folder (``save_pretrained``; a training run's folder also works:
-its ``student/`` is used), ``nsnet2`` or ``dtln`` (the pretrained teachers), or a
-distillation run folder with an SSL student and its enhancement head (``student/`` +
-``heads/enhancement.*``; see :mod:`robustdistill.se.ssl_head`; whole channels, not streamed).
+its ``student/`` is used), ``nsnet2`` or ``dtln`` (the pretrained teachers), or an SSL student
+with its enhancement head: a distillation run folder (``student/`` + ``heads/enhancement.*``),
+its ``student/``, or an ``export --out`` folder (heads inside); see
+:mod:`robustdistill.se.ssl_head` (whole channels, not streamed; a head saved with other
+student weights is refused).
 
 A model works at one rate (:func:`model_rate`; 16 kHz for the teachers and the SSL head):
 input at a higher rate is resampled down to it and the result back up, so the output holds
@@ -76,17 +78,16 @@ def load_enhancer(model: str | Path):
     Raises:
         FileNotFoundError: neither a teacher name nor a folder holding an SE student.
         ValueError: a model folder that is not an SE student's (``config.json`` of another
-            model).
+            model), or an enhancement head saved with other student weights.
     """
-    from .ssl_head import SSLHeadEnhancer, is_ssl_run
+    from .ssl_head import SSLHeadEnhancer, ssl_folders
     from .students import GRUMaskStudent
 
     if str(model) in TEACHERS:
         return load_teacher(str(model))
     folder = Path(model)
-    for run in (folder, folder.parent):  # an SSL distillation run, or its student/ folder
-        if is_ssl_run(run) and (run == folder or folder.name == "student"):
-            return SSLHeadEnhancer.from_run(run)
+    if ssl_folders(folder) is not None:  # an SSL student with its enhancement head
+        return SSLHeadEnhancer.from_run(folder)
     for candidate in (folder, folder / "student"):
         if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
             return GRUMaskStudent.from_pretrained(candidate).eval()

@@ -2,8 +2,10 @@
 
 A distillation run with the ``enhancement`` objective (RobustDistiller, arXiv 2302.09437)
 leaves ``student/`` (a stock ``transformers`` encoder) and ``heads/enhancement.safetensors``
-+ ``heads/enhancement.json`` (the BiLSTM mask head and how to rebuild it). Together they are
-an enhancer: the head's sigmoid mask on the noisy STFT (Hann window 400, hop 160, n_fft 512,
++ ``heads/enhancement.json`` (the BiLSTM mask head and how to rebuild it); ``robustdistill
+export --out OUT`` writes the student into ``OUT`` and its heads into ``OUT/heads``
+(:func:`robustdistill.export.export_heads_dir`). Together they are an enhancer, used only when
+the head records the student's weights or records none (:func:`ssl_folders`): the head's sigmoid mask on the noisy STFT (Hann window 400, hop 160, n_fft 512,
 centred frames, as in training) gives the enhanced spectrum, inverted with the noisy phase.
 Not causal (bidirectional LSTM, centred frames): whole files only, no streaming.
 """
@@ -11,6 +13,7 @@ Not causal (bidirectional LSTM, centred frames): whole files only, no streaming.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -18,13 +21,35 @@ from torch import nn
 
 from .teachers.base import SEOutput
 
-__all__ = ["SSLHeadEnhancer", "is_ssl_run"]
+__all__ = ["SSLHeadEnhancer", "is_ssl_run", "ssl_folders"]
+
+logger = logging.getLogger(__name__)
 
 
 def is_ssl_run(folder: str | Path) -> bool:
     """Whether ``folder`` holds ``student/`` and ``heads/enhancement.json``."""
     folder = Path(folder)
     return (folder / "heads" / "enhancement.json").is_file() and (folder / "student").is_dir()
+
+
+def ssl_folders(folder: str | Path) -> tuple[Path, Path] | None:
+    """The ``(student_dir, heads_dir)`` of an SSL student with an enhancement head at ``folder``.
+
+    ``folder`` may be a run (``folder/student`` + ``folder/heads``), a run's ``student/``
+    (heads in ``../heads``) or an export with its heads inside (``folder/heads``, where
+    ``export --out`` and ``card`` put them).
+
+    Returns:
+        The pair, or None when no ``heads/enhancement.json`` goes with a student there.
+    """
+    folder = Path(folder)
+    candidates = [(folder / "student", folder / "heads"), (folder, folder / "heads")]
+    if folder.name == "student":
+        candidates.append((folder, folder.parent / "heads"))
+    for student_dir, heads_dir in candidates:
+        if (heads_dir / "enhancement.json").is_file() and (student_dir / "config.json").is_file():
+            return student_dir, heads_dir
+    return None
 
 
 def _min_samples(upstream: nn.Module, limit: int = 160000) -> int:
@@ -62,23 +87,36 @@ class SSLHeadEnhancer(nn.Module):
 
     @classmethod
     def from_run(cls, folder: str | Path) -> SSLHeadEnhancer:
-        """Load ``folder/student`` and ``folder/heads/enhancement.*`` (in ``eval`` mode).
+        """Load the student and ``heads/enhancement.*`` found at ``folder`` by
+        :func:`ssl_folders` (in ``eval`` mode).
 
         Raises:
-            FileNotFoundError: the run has no enhancement head.
+            FileNotFoundError: no student with an enhancement head at ``folder``.
+            ValueError: the head records other student weights than the student's (e.g. a
+                student exported again from another checkpoint beside old heads).
         """
         from safetensors.torch import load_file
 
+        from ..export import heads_match
         from ..objectives.enhancement import EnhancementHead
         from ..upstream import Upstream
 
-        folder = Path(folder)
-        if not is_ssl_run(folder):
+        found = ssl_folders(folder)
+        if found is None:
             raise FileNotFoundError(f"{folder}: no student/ and heads/enhancement.json (train "
                                     "with the 'enhancement' objective)")
-        recipe = json.loads((folder / "heads" / "enhancement.json").read_text())
+        student_dir, heads_dir = found
+        match, other = heads_match(heads_dir, student_dir)
+        if match is False:
+            raise ValueError(f"{heads_dir}: the enhancement head was saved with other student "
+                             f"weights ({other}) than {student_dir}'s: export the student and "
+                             "its heads together again (robustdistill export)")
+        if match is None:
+            logger.warning("%s: the enhancement head records no student weights, so it is not "
+                           "checked against %s", heads_dir, student_dir)
+        recipe = json.loads((heads_dir / "enhancement.json").read_text())
         state = {k.removeprefix("head."): v for k, v in
-                 load_file(str(folder / "heads" / "enhancement.safetensors")).items()}
+                 load_file(str(heads_dir / "enhancement.safetensors")).items()}
         # the shapes come from the weights (a checkpoint export may leave head_config empty)
         cfg = {**recipe.get("options", {}), **recipe.get("head_config", {})}
         layers = sum(1 for k in state if k.startswith("lstm.weight_ih_l")
@@ -88,7 +126,7 @@ class SSLHeadEnhancer(nn.Module):
                                state["lstm.weight_hh_l0"].shape[1], layers,
                                max(1, round(320 / hop)), float(cfg.get("dropout", 0.0)))
         head.load_state_dict(state)
-        upstream = Upstream.from_pretrained(folder / "student")
+        upstream = Upstream.from_pretrained(student_dir)
         return cls(upstream, head, cfg).eval()
 
     @torch.no_grad()
