@@ -246,6 +246,8 @@ class _Run:
         model = Distiller(student_up, objectives)
         self.objectives = objectives
         self.schedule, self.task_objectives = _loss_schedule(t, objectives)
+        if (note := self.schedule.single_phase_note(t.max_steps)) is not None:
+            logger.warning("training.%s", note)
         optimizer = torch.optim.AdamW(_param_groups(model, t.weight_decay, t.weight_decay_params),
                                       lr=t.learning_rate, betas=tuple(t.adam_betas),
                                       eps=t.adam_eps)

@@ -321,6 +321,11 @@ def test_two_step_schedule_switches_once_at_kd_steps():
     assert [(w.kd, w.task, w.phase) for w in weights] == [
         (1.0, 0.0, 1), (1.0, 0.0, 1), (1.0, 0.0, 1), (0.0, 1.0, 2), (0.0, 1.0, 2)]
     assert [schedule.switches_at(step) for step in range(5)] == [False, False, False, True, False]
+    assert schedule.single_phase_note(4) is None  # phase 2 is step 3
+    assert schedule.single_phase_note(3) == (
+        "two_step: kd_steps (3) >= max_steps (3), so this run never reaches phase 2 and its "
+        "task losses never train (resume with more steps to train them)")
+    assert LossSchedule("mixture").single_phase_note(1) is None
     mixture = LossSchedule("mixture", alpha=0.25)
     assert (mixture.weights(0).kd, mixture.weights(10**6).task) == (0.25, 0.75)
     assert LossSchedule().weights(7).kd == LossSchedule().weights(7).task == 1.0
@@ -362,7 +367,7 @@ def _records(run_dir) -> list[dict]:
 
 
 def test_two_step_schedule_in_the_trainer_switches_logs_and_resumes_exactly(
-        tmp_path, tiny_wavlm_dir):
+        tmp_path, tiny_wavlm_dir, caplog):
     from safetensors.torch import load_file
 
     from robustdistill.trainer import train
@@ -397,7 +402,9 @@ def test_two_step_schedule_in_the_trainer_switches_logs_and_resumes_exactly(
     first = load_file(str(mid / "model.safetensors"))
     init_run = _run_config(tmp_path, tiny_wavlm_dir, "init", max_steps=1,
                            loss_schedule="two_step", kd_steps=5)
-    train(init_run)
+    with caplog.at_level("WARNING", logger="robustdistill.trainer"):
+        train(init_run)
+    assert "training.two_step: kd_steps (5) >= max_steps (1)" in caplog.text
     after_one = state("init")
     enh = [k for k in first if "enhancement" in k]
     assert enh and all(torch.equal(first[k], after_one[k]) for k in enh)

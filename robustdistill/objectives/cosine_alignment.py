@@ -25,6 +25,7 @@ from .base import (
     LossTerm,
     Objective,
     check_binary_mask,
+    check_no_repeats,
     register_objective,
 )
 
@@ -217,8 +218,8 @@ class CosineAlignment(Objective):
         weight: factor on every term (default 1).
 
     Raises:
-        ValueError: a target layer outside ``[0, L_t]``, an empty list, or a bottleneck that
-            cannot be built (see :class:`LinearInvertedBottleneck`).
+        ValueError: a target layer outside ``[0, L_t]``, an empty list, a layer listed twice,
+            or a bottleneck that cannot be built (see :class:`LinearInvertedBottleneck`).
     """
 
     def __init__(self, *, teacher_hidden_size: int, teacher_num_layers: int,
@@ -234,6 +235,7 @@ class CosineAlignment(Objective):
         if bad:
             raise ValueError(f"cosine_alignment.teacher_layers {bad} outside "
                              f"[0, {teacher_num_layers}]")
+        check_no_repeats(layers, "cosine_alignment.teacher_layers")
         self.teacher_layers = layers
         self.student_layer = int(student_layer)
         self.weight = float(weight)

@@ -12,7 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import DistillationInputs, LossTerm, Objective, register_objective
+from .base import (
+    DistillationInputs,
+    LossTerm,
+    Objective,
+    check_no_repeats,
+    register_objective,
+)
 
 __all__ = ["HEAD_TYPES", "REDUCTIONS", "LayerwisePrediction", "layerwise_frame_losses"]
 
@@ -82,8 +88,8 @@ class LayerwisePrediction(Objective):
         reduction: ``"mean"`` (default; what both references compute) or ``"sum"``.
 
     Raises:
-        ValueError: a target layer outside ``[0, L_t]``, an empty target list, an unknown
-            ``head`` or ``reduction``.
+        ValueError: a target layer outside ``[0, L_t]``, an empty target list, a layer listed
+            twice, an unknown ``head`` or ``reduction``.
     """
 
     def __init__(self, *, teacher_hidden_size: int, teacher_num_layers: int,
@@ -99,6 +105,7 @@ class LayerwisePrediction(Objective):
         bad = [layer for layer in teacher_layers if not 0 <= layer <= teacher_num_layers]
         if bad:
             raise ValueError(f"layerwise.teacher_layers {bad} outside [0, {teacher_num_layers}]")
+        check_no_repeats(list(teacher_layers), "layerwise.teacher_layers")
         if head not in HEAD_TYPES:
             raise ValueError(f"layerwise.head must be one of {HEAD_TYPES}, got {head!r}")
         if reduction not in REDUCTIONS:

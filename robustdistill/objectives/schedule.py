@@ -87,6 +87,16 @@ class LossSchedule:
             return ScheduleWeights(self.alpha, 1.0 - self.alpha, 0)
         return ScheduleWeights(1.0, 1.0, 0)
 
+    def single_phase_note(self, max_steps: int) -> str | None:
+        """A warning for a ``"two_step"`` run of ``max_steps`` that never reaches phase 2
+        (``kd_steps >= max_steps``: its task losses have factor 0 throughout, which
+        suits only a KD-only run to be resumed with more steps), else None."""
+        if self.kind != "two_step" or self.kd_steps < max_steps:
+            return None
+        return (f"two_step: kd_steps ({self.kd_steps}) >= max_steps ({max_steps}), so this run "
+                "never reaches phase 2 and its task losses never train (resume with more "
+                "steps to train them)")
+
     def switches_at(self, step: int) -> bool:
         """True for the first step of phase 2 (``step == kd_steps`` of ``"two_step"``)."""
         return self.kind == "two_step" and step == self.kd_steps

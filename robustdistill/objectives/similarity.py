@@ -27,6 +27,7 @@ from .base import (
     LossTerm,
     Objective,
     check_binary_mask,
+    check_no_repeats,
     register_objective,
 )
 
@@ -73,7 +74,8 @@ def gram_matrix(activation: torch.Tensor, axis: str = "time",
     and columns of ``G`` are zero.
 
     Args:
-        activation: ``(B, T, D)`` or ``(B, C, T, F)``, any float dtype (computed in fp32).
+        activation: ``(B, T, D)`` or ``(B, C, T, F)``, any float dtype (computed in fp32,
+            also under autocast).
         axis: ``"time"`` (``G`` is ``T x T``), ``"feature"`` / ``"frequency"`` (last axis,
             ``D x D`` or ``F x F``) or ``"channel"`` (``C x C``, 4-D activations only).
         mask: ``(B, T)``, True on real frames; None means every frame is real.
@@ -106,8 +108,12 @@ def gram_matrix(activation: torch.Tensor, axis: str = "time",
         unfolded = x.permute(0, 3, 1, 2).reshape(batch, bins, channels * frames)
     else:
         unfolded = x.reshape(batch, channels, frames * bins)
-    gram = unfolded @ unfolded.transpose(1, 2)
-    return F.normalize(gram, p=2.0, dim=-1, eps=eps)
+    # float32 also under autocast, which would run the product in bf16 / fp16: rows of an
+    # uncentred Gram matrix differ by less than bf16's precision, and A A^T can exceed fp16's
+    # range (65504)
+    with torch.autocast(x.device.type, enabled=False):
+        gram = unfolded @ unfolded.transpose(1, 2)
+        return F.normalize(gram, p=2.0, dim=-1, eps=eps)
 
 
 def _axis_size(x: torch.Tensor, axis: str) -> int:
@@ -215,6 +221,7 @@ def _pairs(layer_pairs, teacher_num_layers: int) -> list[tuple[int, int]]:
         pairs.append((teacher_layer, student_layer))
     if not pairs:
         raise ValueError("gram_kd.layer_pairs must name at least one pair")
+    check_no_repeats([list(pair) for pair in pairs], "gram_kd.layer_pairs")
     return pairs
 
 
@@ -244,7 +251,8 @@ class GramKD(Objective):
 
     Raises:
         ValueError: a teacher layer outside ``[0, L_t]``, an empty ``layer_pairs`` or
-            ``axes``, a pair that is not ``[teacher_layer, student_layer]``, an unknown axis,
+            ``axes``, a pair that is not ``[teacher_layer, student_layer]`` or is listed twice,
+            an unknown axis,
             or ``"feature"`` with ``D_s != D_t`` or ``"channel"`` (hidden states have no
             channel axis).
     """

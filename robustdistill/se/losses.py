@@ -72,10 +72,13 @@ class LossConfig:
         teacher_input: ``"noisy"`` (what the student sees) or ``"clean"`` (arXiv 2505.03442).
         output_kd_weight: weight of the output KD term (0: off).
         gram_weight: weight of the Gram KD term (0: off).
-        gram_pairs: ``[[student_layer, teacher_layer], ...]`` activation names.
+        gram_pairs: ``[[student_layer, teacher_layer], ...]`` activation names (note the
+            order: the registry's ``gram_kd.layer_pairs`` is ``[teacher, student]``); the
+            term is the sum over pairs, as the paper's sum over distilled layers.
         gram_axes: Gram axes (``"time"``; ``"feature"`` needs equal widths).
         cosine_weight: weight of the cosine-alignment term (0: off).
-        cosine_pairs: ``[[student_layer, teacher_layer], ...]``.
+        cosine_pairs: ``[[student_layer, teacher_layer], ...]``; the term is the mean over
+            pairs.
         tfckd_weight: weight of the I2RF-TFCKD term (0: off).
         tfckd_student_sets, tfckd_teacher_sets: correlated sets of layer names (same count).
 

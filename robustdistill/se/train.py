@@ -414,6 +414,8 @@ def train_se(cfg: SETrainConfig) -> Path:
                                                           logging_dir=str(out / "logs")),
                       kwargs_handlers=[DistributedDataParallelKwargs(
                           find_unused_parameters=True)])
+    if (note := cfg.loss.schedule_obj.single_phase_note(t.max_steps)) is not None:
+        logger.warning("loss.%s", note)
     set_seed(cfg.seed)
     student = GRUMaskStudent(cfg.student.build())
     teacher = load_teacher(cfg.loss.teacher).to(acc.device) if cfg.loss.uses_teacher else None
