@@ -159,3 +159,33 @@ def test_noise_baseline_of_a_segment_does_not_depend_on_its_batch(tiny_teacher):
     torch.testing.assert_close(torch.from_numpy(paired[1][0].map),
                                torch.from_numpy(alone[0][0].map), rtol=1e-5, atol=1e-6)
     assert paired[1][0].score_gap == pytest.approx(alone[0][0].score_gap, abs=1e-6)
+
+
+def test_ig_methods_are_captums_and_others_are_refused_on_construction():
+    from captum.attr._utils.approximation_methods import SUPPORTED_METHODS
+
+    from robustdistill.speaker.attribution import IG_METHODS
+
+    assert sorted(IG_METHODS) == sorted(SUPPORTED_METHODS)
+    with pytest.raises(ValueError, match="method must be one of"):
+        IGSettings(method="gauss_legendre")
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", b"not a zip at all"])
+def test_an_unreadable_cache_entry_is_a_miss_named_and_rewritten(tmp_path, caplog, content):
+    """A damaged ``.npz`` (a full disk, a copy cut short) used to end the run in a
+    ``BadZipFile`` traceback naming no file, at every rerun."""
+    from robustdistill.speaker.attribution import SegmentMap
+
+    cache = AttributionCache(tmp_path)
+    item = SegmentMap(0, 160, np.full(2, 0.5, np.float32), 0.01, 0.3)
+    cache.put("ab" + "0" * 62, item)
+    path = tmp_path / "ab" / ("ab" + "0" * 62 + ".npz")
+    path.write_bytes(content)
+    with caplog.at_level("WARNING"):
+        assert cache.get("ab" + "0" * 62) is None
+    assert (cache.hits, cache.misses) == (0, 1)
+    assert str(path) in caplog.text and "recomputed" in caplog.text
+    cache.put("ab" + "0" * 62, item)  # the recomputed map replaces it
+    got = cache.get("ab" + "0" * 62)
+    assert got is not None and np.array_equal(got.map, item.map) and cache.hits == 1

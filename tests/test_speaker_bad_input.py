@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -177,6 +178,8 @@ def test_train_speaker_runs_past_bad_files_and_counts_them(tmp_path, monkeypatch
     (["--data.fsdd_per_speaker", "1"], "data.fsdd_per_speaker must be >= 2, got 1"),
     (["--student.hidden_size", "0"], "student.hidden_size must be >= 1, got 0"),
     (["--ig.n_steps", "1"], "n_steps must be >= 2"),
+    # used to pass the config and end in captum's AssertionError traceback at the first batch
+    (["--ig.method", "gauss_legendre"], "ig: method must be one of"),
     (["--table.methods", "[imlkdd]"], "table.methods must be a non-empty list"),
 ])
 def test_train_speaker_start_up_errors_are_one_line(tmp_path, monkeypatch, capsys, extra,
@@ -387,3 +390,24 @@ def test_train_speaker_cache_and_gap_errors_during_the_work_keep_their_traceback
         train_mod.main([action, "--config", "configs/imlkd_speaker.yaml",
                         *_tiny_args(tmp_path, train, test), *gap_only])
     assert len(calls) == 1  # the inputs loaded, the work started
+
+
+def test_train_speaker_refuses_a_used_run_folder_in_one_line(tmp_path, monkeypatch, capsys):
+    """A fresh run into a run folder with checkpoints, or a resume with other settings, ends
+    in one usage line before any input is loaded."""
+    _resemblyzer()
+    from robustdistill.speaker.train import main
+
+    monkeypatch.chdir(REPO)
+    train, test = _data(tmp_path)
+    args = ["train", "--config", "configs/imlkd_speaker.yaml", *_tiny_args(tmp_path, train, test),
+            "--loss.method", "none"]
+    assert main(args) == 0
+    line = _main_error(args, capsys)
+    assert "holds checkpoints of an earlier run" in line and "--training.resume true" in line
+    line = _main_error([*args, "--training.resume", "true", "--training.lr", "0.5"], capsys)
+    assert "was trained with other settings" in line and "training.lr" in line
+    # the same training folder spelt relative to the working folder is the same setting
+    relative = os.path.relpath(train, REPO)
+    assert main([*args, "--data.train_dir", relative, "--training.resume", "true",
+                 "--training.epochs", "2"]) == 0

@@ -17,18 +17,20 @@ def _speaker_cfg(tmp_path, out: str, epochs: int, resume: bool = False):
     return speaker_kd_config(tmp_path, out, epochs, resume, method="none")
 
 
-def test_speaker_fresh_run_replaces_an_earlier_runs_epoch_checkpoints(tiny, tmp_path):
-    """``resume: false`` into a folder holding an earlier run's ``epoch_1``/``epoch_2``: the
-    new run writes its own over them instead of failing."""
+def test_speaker_fresh_run_into_an_earlier_runs_folder_is_refused(tiny, tmp_path):
+    """``resume: false`` into a folder holding an earlier run's ``epoch_1``/``epoch_2`` is
+    refused and leaves that run intact (it used to train over it: the two runs' logs mixed, and
+    an earlier checkpoint beyond the new run's last was later resumed as the new run's)."""
     from robustdistill.speaker.train import train_system
 
     teacher, crops = tiny
     train_system(_speaker_cfg(tmp_path, "r", 2), teacher, crops)
-    result = train_system(_speaker_cfg(tmp_path, "r", 2), teacher, crops)
-    assert len(result["epochs"]) == 2
+    with pytest.raises(ValueError, match="holds checkpoints of an earlier run"):
+        train_system(_speaker_cfg(tmp_path, "r", 2), teacher, crops)
     ckpts = tmp_path / "r" / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["epoch_1", "epoch_2"]
     assert verify_checkpoint(ckpts / "epoch_2")["step"] == 2
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_speaker_main_reports_a_config_typo_as_a_usage_error(tmp_path, capsys):

@@ -259,3 +259,45 @@ def test_a_finished_run_exports_its_embedder_and_it_reloads_exactly(tiny, tmp_pa
         (tmp_path / "bad" / "config.json").write_text('{"model_type": "wavlm"}')
         (tmp_path / "bad" / "model.safetensors").write_bytes(b"")
         SpeakerEmbedder.from_pretrained(tmp_path / "bad")
+
+
+def test_a_fresh_run_into_a_folder_with_an_earlier_runs_checkpoints_is_refused(tiny, tmp_path):
+    """A fresh start used to append to the earlier run's metrics.jsonl and leave its later
+    checkpoints, which a resume then took as this run's (result.json epochs [1, 2, 3, 1, 2, 4])."""
+    teacher, crops = tiny
+    train_system(_baseline_setup(tmp_path, "r", 3), teacher, crops)
+    with pytest.raises(ValueError, match=r"earlier run \(epoch_1, epoch_2, epoch_3\).*"
+                                         r"training\.resume true"):
+        train_system(_baseline_setup(tmp_path, "r", 2), teacher, crops)
+    log = [json.loads(line)["epoch"] for line in
+           (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3]  # untouched
+
+
+def test_a_fresh_run_clears_a_log_left_without_a_checkpoint(tiny, tmp_path):
+    teacher, crops = tiny
+    run = tmp_path / "k"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "loss": 9.0}) + "\n")
+    result = train_system(_baseline_setup(tmp_path, "k", 1), teacher, crops)
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert log == result["epochs"] and len(log) == 1 and log[0]["loss"] != 9.0
+
+
+@pytest.mark.parametrize("key, value", [("loss.method", "logit_kd"), ("training.lr", 0.05),
+                                        ("training.batch_size", 3), ("student.margin", 0.3)])
+def test_resume_with_other_training_settings_is_refused(tiny, tmp_path, key, value):
+    """Resuming used to continue the run with the new settings and write them to result.json
+    as if the whole run had used them (a table rerun then reported the old model)."""
+    teacher, crops = tiny
+    train_system(_baseline_setup(tmp_path, "c", 1), teacher, crops)
+    cfg = _baseline_setup(tmp_path, "c", 2, resume=True)
+    section, name = key.split(".")
+    setattr(getattr(cfg, section), name, value)
+    with pytest.raises(ValueError, match=rf"epoch_1 was trained with other settings.*{key}"):
+        train_system(cfg, teacher, crops)
+    # more epochs, a new evaluation set or another cache folder are fine
+    cfg = _baseline_setup(tmp_path, "c", 2, resume=True)
+    cfg.ig.cache_dir = str(tmp_path / "other_cache")
+    cfg.data.max_nontarget = 7
+    assert [e["epoch"] for e in train_system(cfg, teacher, crops)["epochs"]] == [1, 2]

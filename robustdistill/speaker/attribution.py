@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +38,10 @@ import torch.nn.functional as F
 
 from ..files import atomic_path
 
+logger = logging.getLogger("robustdistill.speaker")
+
 __all__ = [
+    "IG_METHODS",
     "AttributionCache",
     "IGSettings",
     "SegmentMap",
@@ -45,6 +50,11 @@ __all__ = [
     "integrated_gradients",
     "segment_bounds",
 ]
+
+
+#: captum's Integrated-Gradients quadratures (``captum.attr.IntegratedGradients``'s ``method``).
+IG_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle",
+              "riemann_trapezoid")
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,8 @@ class IGSettings:
         internal_batch_size: captum's chunking of the ``n_steps x S`` forward passes (memory).
 
     Raises:
-        ValueError: (on construction) ``n_steps`` below 2 or an unknown ``baseline``.
+        ValueError: (on construction) ``n_steps`` below 2, an unknown ``baseline`` or a
+            ``method`` not in :data:`IG_METHODS`.
     """
 
     n_steps: int = 32
@@ -75,6 +86,9 @@ class IGSettings:
             raise ValueError(f"n_steps must be >= 2 (captum's quadratures), got {self.n_steps}")
         if self.baseline not in ("zero", "noise"):
             raise ValueError(f"baseline must be 'zero' or 'noise', got {self.baseline!r}")
+        if self.method not in IG_METHODS:  # captum would only assert at the first map
+            raise ValueError(f"method must be one of {IG_METHODS} (captum's quadratures), got "
+                             f"{self.method!r}")
 
     def key(self) -> dict:
         """The settings that change a map (``internal_batch_size`` does not)."""
@@ -244,12 +258,21 @@ class AttributionCache:
         return self.root / key[:2] / f"{key}.npz"
 
     def get(self, key: str) -> SegmentMap | None:
-        """The stored map, or None (counted as a miss)."""
-        if self.root is not None and self._path(key).is_file():
-            with np.load(self._path(key)) as z:
+        """The stored map, or None (counted as a miss). An entry that cannot be read (cut
+        short, not an ``.npz``, a field missing) is logged with its path and counted as a
+        miss: the caller recomputes the map and :meth:`put` replaces the entry."""
+        path = self._path(key) if self.root is not None else None
+        if path is not None and path.is_file():
+            try:
+                with np.load(path) as z:
+                    item = SegmentMap(int(z["start"]), int(z["stop"]), z["map"].copy(),
+                                      float(z["delta"]), float(z["score_gap"]))
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+                logger.warning("map cache entry %s cannot be read (%s: %s); recomputed",
+                               path, type(err).__name__, err)
+            else:
                 self.hits += 1
-                return SegmentMap(int(z["start"]), int(z["stop"]), z["map"].copy(),
-                                  float(z["delta"]), float(z["score_gap"]))
+                return item
         self.misses += 1
         return None
 

@@ -206,8 +206,9 @@ class IGConfig:
 
     Raises:
         ValueError: (on construction) no ``durations`` or one ``<= 0``, ``n_steps < 2``, an
-            unknown ``baseline``, ``internal_batch_size < 1``, or an empty ``cache_dir`` with
-            ``use_cache`` (it would be the working folder; ``use_cache: false`` is no cache).
+            unknown ``baseline`` or ``method``, ``internal_batch_size < 1``, or an empty
+            ``cache_dir`` with ``use_cache`` (it would be the working folder; ``use_cache:
+            false`` is no cache).
     """
 
     durations: list[float | None] = field(default_factory=lambda: [1.0, 2.0, None])
@@ -239,7 +240,7 @@ class IGConfig:
         of them).
 
         Raises:
-            ValueError: ``n_steps`` below 2 or an unknown ``baseline``.
+            ValueError: ``n_steps`` below 2, an unknown ``baseline`` or ``method``.
         """
         return IGSettings(self.n_steps, self.baseline, self.noise_dbfs, self.method,
                           self.internal_batch_size)
@@ -313,8 +314,9 @@ class TrainConfig:
         weight_decay: AdamW weight decay of the weights with >= 2 dimensions (others: 0).
         seed: seeds the model's initialisation and the batch order (a permutation per epoch).
         cpu: force CPU (default True); False: ``accelerate`` picks the device.
-        resume: continue from the newest complete checkpoint in ``output_dir/checkpoints``;
-            False (default): start at epoch 0.
+        resume: continue from the newest complete checkpoint in ``output_dir/checkpoints``
+            (refused when it was trained with other settings); False (default): start at epoch
+            0 (refused when ``output_dir`` holds an earlier run's checkpoints).
         max_grad_norm: clip the gradients' total L2 norm to this (> 0).
 
     Raises:
@@ -571,24 +573,101 @@ def _last_checkpoint(output_dir: Path) -> tuple[Path, int] | None:
     return (path, checkpoint_index(path, _EPOCH_PREFIX)) if path else None
 
 
-def _save_checkpoint(accelerator, output_dir: Path, epochs_done: int) -> None:
+#: The file in each checkpoint holding :func:`_run_settings` of the run that wrote it.
+_RUN_SETTINGS = "speaker_run.json"
+
+
+def _same_place(value: Any) -> Any:
+    """An existing path as its resolved absolute form (the same folder given relative or
+    absolute, or through a link, is one setting); anything else (a teacher name) as it is."""
+    if not isinstance(value, str) or not value:
+        return value
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.exists() else value
+
+
+def _run_settings(cfg: SpeakerKDConfig) -> dict[str, Any]:
+    """What the trained weights depend on, flattened to ``{"section.key": value}``: the
+    teacher, the training crops, the student, the active loss terms (and ``ig``'s map settings
+    for ``imlkd``) and the optimisation, but not ``training.epochs`` (a resume may extend a
+    run), the evaluation sets, the cache folder, the device or the output folder."""
+    full = to_dict(cfg)
+    out: dict[str, Any] = {"teacher": _same_place(full["teacher"])}
+    for key in ("train_dir", "crop_seconds", "crops_per_utterance"):
+        out[f"data.{key}"] = full["data"][key]
+    out["data.train_dir"] = _same_place(out["data.train_dir"])
+    out.update({f"student.{k}": v for k, v in full["student"].items()})
+    out["loss.method"] = cfg.loss.method
+    out.update({f"loss.{k}": v for k, v in cfg.loss.weights().items()})
+    if "class_level" in cfg.loss.weights():
+        out["loss.tau"] = cfg.loss.tau
+    if cfg.loss.method == "imlkd":
+        out.update({f"ig.{k}": v for k, v in cfg.ig.settings().key().items()})
+        out["ig.durations"] = full["ig"]["durations"]
+    out.update({f"training.{k}": full["training"][k]
+                for k in ("batch_size", "lr", "weight_decay", "seed", "max_grad_norm")})
+    return out
+
+
+def check_run_folder(cfg: SpeakerKDConfig) -> tuple[Path, int] | None:
+    """The checkpoint ``cfg`` resumes from (``(folder, epochs done)``; None: a fresh start),
+    checked before any work.
+
+    Raises:
+        ValueError: (one line) a fresh run (``training.resume`` false) into a folder holding
+            an earlier run's checkpoints (its log and its later checkpoints would mix with
+            this run's), or a resume whose checkpoint was trained with other settings
+            (:func:`_run_settings`; the run would go on with the new ones and be reported as
+            if it had used them throughout).
+    """
+    out_dir = Path(cfg.training.output_dir)
+    last = _last_checkpoint(out_dir)
+    if last is None:
+        return None
+    if not cfg.training.resume:
+        earlier = sorted((p.name for p in (out_dir / "checkpoints").glob(f"{_EPOCH_PREFIX}*")
+                          if checkpoint_index(p, _EPOCH_PREFIX) is not None),
+                         key=lambda n: checkpoint_index(n, _EPOCH_PREFIX))
+        raise ValueError(
+            f"training.output_dir {str(out_dir)!r} holds checkpoints of an earlier run "
+            f"({', '.join(earlier)}); allowed: --training.resume true to continue it, another "
+            "output_dir, or remove that folder to start again")
+    saved_file = last[0] / _RUN_SETTINGS
+    if saved_file.is_file():  # checkpoints written before it was stored are not checked
+        saved, now = json.loads(saved_file.read_text()), _run_settings(cfg)
+        # another loss.method has other terms: its weights are not listed one by one
+        changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in sorted(saved.keys() & now.keys())
+                   if saved[k] != now[k]]
+        if changed:
+            raise ValueError(f"{last[0]} was trained with other settings; resuming would not "
+                             f"continue that run: {'; '.join(changed)} (allowed: the same "
+                             "settings, or another training.output_dir)")
+    return last
+
+
+def _save_checkpoint(accelerator, output_dir: Path, epochs_done: int,
+                     settings: dict[str, Any]) -> None:
     """``checkpoints/epoch_N`` through :func:`robustdistill.checkpoints.save_checkpoint`
     (``.tmp-epoch_N``, a manifest, an atomic rename): a kill while saving leaves only the
     ``.tmp-`` folder, which :func:`_last_checkpoint` ignores and the next start deletes. An
-    ``epoch_N`` of an older run, beyond the checkpoint this run resumed from, is replaced."""
+    ``epoch_N`` of an older run, beyond the checkpoint this run resumed from, is replaced.
+    ``settings`` (:func:`_run_settings`) is stored with it for :func:`check_run_folder`."""
     save_checkpoint(accelerator, output_dir / "checkpoints", epochs_done, epochs_done,
-                    prefix=_EPOCH_PREFIX, replace=True)
+                    state={_RUN_SETTINGS: settings}, prefix=_EPOCH_PREFIX, replace=True)
 
 
 def _logged_epochs(log_path: Path, epochs_done: int) -> list[dict[str, Any]]:
     """The per-epoch records of ``metrics.jsonl`` up to ``epochs_done`` (the checkpoint a run
-    resumes from); the file is rewritten without later ones, which a run killed between its
-    log line and its checkpoint left behind."""
+    resumes from; 0 for a fresh start); the file is rewritten without later ones, which a run
+    killed between its log line and its checkpoint left behind. Lines without an ``epoch``
+    (another tool's log in the same folder) are kept, first, and not returned."""
     if not log_path.exists():
         return []
     records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    kept = [r for r in records if r["epoch"] <= epochs_done]
-    log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    ours = [isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in records]
+    kept = [r for r, mine in zip(records, ours, strict=True) if mine and r["epoch"] <= epochs_done]
+    other = [r for r, mine in zip(records, ours, strict=True) if not mine]
+    log_path.write_text("".join(json.dumps(r) + "\n" for r in other + kept))
     return kept
 
 
@@ -615,8 +694,9 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
         ``skipped_files`` names any (also written to ``output_dir/result.json``).
 
     Raises:
-        ValueError: crops of different lengths, a test speaker seen in training, or a launch
-            among several processes (it runs in one:
+        ValueError: crops of different lengths, a test speaker seen in training, a run folder
+            :func:`check_run_folder` refuses (before anything is written), or a launch among
+            several processes (it runs in one:
             :func:`robustdistill.processes.require_single_process`).
         FloatingPointError: an epoch whose summed losses are not finite (NaN/Inf); the
             epoch is neither logged nor checkpointed.
@@ -627,6 +707,7 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
     require_single_process("robustdistill train-speaker")
     t = cfg.training
     out_dir = Path(t.output_dir)
+    last = check_run_folder(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     lengths = {len(c.audio) for c in crops}
@@ -650,11 +731,13 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
         remove_incomplete(out_dir / "checkpoints")  # what a kill while saving left
     log_path = out_dir / "metrics.jsonl"
     history = []
-    if t.resume and (last := _last_checkpoint(out_dir)) is not None:
+    if last is not None:  # check_run_folder: resuming this run with its own settings
         accelerator.load_state(str(last[0]))
         start_epoch = last[1]
         history = _logged_epochs(log_path, start_epoch)
         logger.info("resumed from %s (epoch %d)", last[0], start_epoch)
+    elif accelerator.is_main_process:
+        _logged_epochs(log_path, 0)  # a log left by a run killed before its first checkpoint
     if accelerator.is_main_process:
         record_environment(out_dir, start_epoch, unit="epoch")
 
@@ -722,7 +805,7 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
         with log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         logger.info("epoch %s", json.dumps(record))
-        _save_checkpoint(accelerator, out_dir, epoch + 1)
+        _save_checkpoint(accelerator, out_dir, epoch + 1, _run_settings(cfg))
         done_here += 1
         if stop_after_epochs is not None and done_here >= stop_after_epochs:
             break
@@ -898,6 +981,32 @@ def _run_key(config: dict | None) -> dict | None:
     return key
 
 
+def _table_runs(cfg: SpeakerKDConfig) -> list[tuple[str, SpeakerKDConfig]]:
+    """``(method, run config)`` of every run of the table, seed-major; each run's folder is
+    ``table.output_dir/<method>_seed<seed>``."""
+    import copy
+
+    runs = []
+    for seed in cfg.table.seeds:
+        for method in cfg.table.methods:
+            run_cfg = copy.deepcopy(cfg)
+            run_cfg.loss.method = method
+            run_cfg.training.seed = seed
+            run_cfg.training.output_dir = str(Path(cfg.table.output_dir) / f"{method}_seed{seed}")
+            runs.append((method, run_cfg))
+    return runs
+
+
+def _finished_run(run_cfg: SpeakerKDConfig) -> dict[str, Any] | None:
+    """The ``result.json`` of a finished, evaluated run with the same config (:func:`_run_key`)
+    in ``run_cfg.training.output_dir``, which the table reuses; else None."""
+    done = Path(run_cfg.training.output_dir) / "result.json"
+    previous = json.loads(done.read_text()) if done.is_file() else {}
+    if previous.get("eval") and _run_key(previous.get("config")) == _run_key(to_dict(run_cfg)):
+        return previous
+    return None
+
+
 def run_table(cfg: SpeakerKDConfig,
               inputs: tuple[Any, list[Any], dict[str, Any], dict[str, dict[str, str]]]
               | None = None) -> dict[str, Any]:
@@ -914,8 +1023,6 @@ def run_table(cfg: SpeakerKDConfig,
     Raises:
         FileNotFoundError / TeacherLoadError / SpeakerDataError: while loading ``inputs``.
     """
-    import copy
-
     root = Path(cfg.table.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     teacher, crops, sets, skipped = load_run_inputs(cfg) if inputs is None else inputs
@@ -927,22 +1034,14 @@ def run_table(cfg: SpeakerKDConfig,
     if any(skipped.values()):
         results["skipped_files"] = {k: skipped_counts(v) for k, v in skipped.items() if v}
     logger.info("teacher %s", results["teacher"])
-    for seed in cfg.table.seeds:  # seed-major: an interrupted table has every system
-        for method in cfg.table.methods:
-            run_cfg = copy.deepcopy(cfg)
-            run_cfg.loss.method = method
-            run_cfg.training.seed = seed
-            run_cfg.training.output_dir = str(root / f"{method}_seed{seed}")
-            done = Path(run_cfg.training.output_dir) / "result.json"
-            previous = json.loads(done.read_text()) if done.is_file() else {}
-            if previous.get("eval") and _run_key(previous.get("config")) == _run_key(
-                    to_dict(run_cfg)):
-                logger.info("reusing the finished run %s", done.parent)
-                result = previous
-            else:
-                result = train_system(run_cfg, teacher, crops, sets, skipped_files=skipped)
-            results["systems"].setdefault(method, []).append(result)
-            (root / "results.json").write_text(json.dumps(results, indent=1))
+    for method, run_cfg in _table_runs(cfg):  # seed-major: an interrupted table has every system
+        result = _finished_run(run_cfg)
+        if result is not None:
+            logger.info("reusing the finished run %s", run_cfg.training.output_dir)
+        else:
+            result = train_system(run_cfg, teacher, crops, sets, skipped_files=skipped)
+        results["systems"].setdefault(method, []).append(result)
+        (root / "results.json").write_text(json.dumps(results, indent=1))
     (root / "table.md").write_text(format_table(results))
     return results
 
@@ -1090,8 +1189,9 @@ def main(argv: list[str]) -> int:
     with ``ig.use_cache false``; an output or cache folder that is a file; a missing or foreign
     teacher file (or no resemblyzer package); a missing ``student.upstream`` folder; a missing
     data folder; a set unusable once its bad files are skipped; a verification speaker seen in
-    training. An error once the work has started (a
-    ``FileNotFoundError`` hours in) keeps its traceback. Unusable audio files are skipped with
+    training; a fresh run into a run folder with an earlier run's checkpoints, or a resume of
+    one trained with other settings (:func:`check_run_folder`). An error once the work has
+    started (a ``FileNotFoundError`` hours in) keeps its traceback. Unusable audio files are skipped with
     a warning naming each (counted in ``result.json``'s ``skipped_files``)."""
     from robustdistill.config_reference import config_reference
 
@@ -1128,6 +1228,13 @@ def main(argv: list[str]) -> int:
             raise ValueError("cache fills ig.cache_dir, but ig.use_cache is false")
         for key, folder in _folders_written(cfg, args.action):
             _check_folder(key, folder)
+        # a run folder holding another run: refused now, not after the inputs are loaded
+        if args.action == "train":
+            check_run_folder(cfg)
+        if args.action == "table":
+            for _, run_cfg in _table_runs(cfg):
+                if _finished_run(run_cfg) is None:
+                    check_run_folder(run_cfg)
     except (ValueError, FileNotFoundError) as err:  # ConfigError is a ValueError
         parser.error(str(err))
     # Inputs are loaded first: an input error ends in one line, not a traceback. The work runs
