@@ -21,7 +21,8 @@ from typing import Any
 from .files import atomic_write_text
 
 __all__ = ["ENVIRONMENT_FILE", "PACKAGES", "describe_software", "git_state",
-           "read_environment", "record_environment", "software_environment"]
+           "read_environment", "record_environment", "software_environment",
+           "describe_config_changes"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ def read_environment(output_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def record_environment(output_dir: str | Path, start: int, unit: str = "step") -> dict[str, Any]:
+def record_environment(output_dir: str | Path, start: int, unit: str = "step",
+                       config_changes: list[str] | None = None) -> dict[str, Any]:
     """Append this process's :func:`software_environment` to ``output_dir``'s
     :data:`ENVIRONMENT_FILE`, with where the run (re)started.
 
@@ -104,6 +106,9 @@ def record_environment(output_dir: str | Path, start: int, unit: str = "step") -
         output_dir: the run's folder (created if missing).
         start: the step (or epoch) the run starts from: 0, or the resumed checkpoint's.
         unit: ``"step"`` or ``"epoch"``.
+        config_changes: for a resume, how its settings differ from those the run was started
+            (or last resumed) with (:func:`robustdistill.run_settings.config_changes`); written
+            as ``config_changes`` when there are any.
 
     Returns:
         The record written: ``{"start": {unit: start}, "time": ISO 8601 UTC, ...}``. An
@@ -115,6 +120,8 @@ def record_environment(output_dir: str | Path, start: int, unit: str = "step") -
     record = {"start": {unit: int(start)},
               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               **software_environment()}
+    if config_changes:
+        record["config_changes"] = list(config_changes)
     try:
         records = read_environment(output_dir)
     except ValueError as err:  # not JSON, or not a list: keep it aside, never stop the run
@@ -157,3 +164,17 @@ def describe_software(records: list[dict[str, Any]]) -> str:
         return first + (f"; resumed {resumed} time{'s' * (resumed != 1)} with the same software"
                         if resumed else "")
     return first + "; resumed with other software: " + "; ".join(others)
+
+
+def describe_config_changes(records: list[dict[str, Any]]) -> str:
+    """One line for a model card: the settings each resume changed (``config_changes`` of
+    :func:`record_environment`), e.g. ``"at step 2: training.learning_rate 0.001 -> 0.0005"``;
+    ``""`` when no resume changed any (the card's config is then the whole run's)."""
+    parts = []
+    for record in records:
+        changes = record.get("config_changes")
+        if changes:
+            start = record.get("start") or {}
+            where = ", ".join(f"{unit} {value}" for unit, value in start.items()) or "a resume"
+            parts.append(f"at {where}: " + "; ".join(str(c) for c in changes))
+    return "; ".join(parts)

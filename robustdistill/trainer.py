@@ -75,6 +75,7 @@ from .objectives import (
     build_objective,
 )
 from .processes import finish_processes
+from .run_settings import saved_config_changes
 from .student import create_student, save_student, student_feature_extractor
 from .teacher_cache import TeacherFeatureCache
 from .teachers import load_teacher
@@ -844,6 +845,11 @@ def _check_crop_covers_a_frame(data, teacher: Upstream, student: Upstream) -> No
                 f"allowed: >= {need / SAMPLE_RATE:.4f}")
 
 
+#: Keys a resume may change without a word: where the run lives and whether and how far it
+#: resumes (``max_steps``: a resume that trains on), and its trackers.
+_RESUME_FREE = ("output_dir", "training.resume_from", "training.max_steps", "training.report_to")
+
+
 def _check_output_dir(output_dir: str | Path, resuming: bool = False) -> Path:
     """Create ``output_dir`` and prove it writable, before any model is loaded.
 
@@ -964,12 +970,19 @@ def train(cfg: DistillConfig) -> Path:
     _check_output_dir(cfg.output_dir, resuming=bool(cfg.training.resume_from))  # before loading
     run = _Run(cfg)
     acc, t = run.accelerator, cfg.training
+    # the settings the run was last started with, before config.yaml is written again
+    changes = saved_config_changes(run.output_dir, cfg.to_dict(), _RESUME_FREE)
     if acc.is_main_process:
         run.output_dir.mkdir(parents=True, exist_ok=True)
         remove_incomplete(run.checkpoint_dir)  # what a killed run's last write left
         (run.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if t.resume_from:
         run.resume(t.resume_from)
+    changes = changes if run.resumed_own_checkpoint else []
+    if changes and acc.is_main_process:
+        logger.warning("resumed with settings other than the run's config.yaml: %s (the steps "
+                       "before %d used the old ones; environment.json keeps this list)",
+                       "; ".join(changes), run.progress.step)
     # A resumed run with no step left to train whose student/ and heads/ already are the export
     # of this step keeps them (and the card, plots or ONNX graph beside them): same weights.
     keep_export = (t.export_student and acc.is_main_process and run.progress.step >= t.max_steps
@@ -989,7 +1002,7 @@ def train(cfg: DistillConfig) -> Path:
                       init_kwargs=tracker_resume_kwargs(run.progress.step)
                       if run.resumed_own_checkpoint else {})
     if acc.is_main_process:
-        record_environment(run.output_dir, run.progress.step)
+        record_environment(run.output_dir, run.progress.step, config_changes=changes)
     bar = tqdm(total=t.max_steps, initial=run.progress.step, desc="distill",
                disable=not acc.is_main_process, dynamic_ncols=True)
     try:

@@ -1,7 +1,9 @@
 """``robustdistill enhance`` on input the model cannot use: a file too short for an SSL
 encoder, audio whose enhancement is not finite, an empty folder, an output that is the input,
-a bad ``--chunk-seconds``, input above the model's 16 kHz (logged once), and an output folder
-inside the input folder (its files are not inputs)."""
+a bad ``--chunk-seconds``, input above the model's 16 kHz (logged once), an output folder
+inside the input folder (its files are not inputs), a float file beyond ``MAX_PEAK`` (refused),
+output samples clipped by an integer output format (logged), an output container that does not
+take the input's subtype, and a file as the output of a folder."""
 
 from __future__ import annotations
 
@@ -67,8 +69,8 @@ def test_non_finite_enhancement_is_refused_not_written(tmp_path, gru_student_dir
         assert main([str(src), str(tmp_path / "out"), "--model", str(gru_student_dir)]) == 0
     assert not (tmp_path / "out" / "huge.wav").exists()
     assert np.isfinite(sf.read(tmp_path / "out" / "ok.wav")[0]).all()
-    (skip,) = _skips(caplog)
-    assert "huge.wav" in skip and "[non-finite output]" in skip
+    (skip,) = _skips(caplog)  # the file is refused before the model (beyond MAX_PEAK)
+    assert "huge.wav" in skip and "[invalid]" in skip
     # a single file: nothing written, exit 1
     assert main([str(src / "huge.wav"), str(tmp_path / "h.wav"), "--model",
                  str(gru_student_dir)]) == 1
@@ -168,3 +170,73 @@ def test_input_above_16k_logs_the_band_limit_once(tmp_path, gru_student_dir, cap
     with caplog.at_level(logging.INFO, logger="robustdistill.se.enhance"):
         main([str(tmp_path / "c.wav"), str(tmp_path / "c_out.wav"), "--model", str(gru_student_dir)])
     assert not [r for r in caplog.records if "no content above" in r.getMessage()]
+
+
+def test_a_float_file_beyond_max_peak_is_refused_not_enhanced(tmp_path, gru_student_dir, caplog):
+    # 150 x full scale passes the NaN check and the model gives a finite output, which was
+    # written (exit 0) although every other reader refuses such a file (audio.MAX_PEAK)
+    x = _noise(16000)
+    x[1000] = 150.0
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "corrupt_float.wav", x, 16000, subtype="FLOAT")
+    sf.write(src / "ok.wav", _noise(16000, seed=2), 16000, subtype="FLOAT")
+    with caplog.at_level(logging.INFO, logger="robustdistill.se.enhance"):
+        assert main([str(src), str(tmp_path / "out"), "--model", str(gru_student_dir)]) == 0
+    assert not (tmp_path / "out" / "corrupt_float.wav").exists()
+    assert (tmp_path / "out" / "ok.wav").exists()
+    (skip,) = _skips(caplog)
+    assert "corrupt_float.wav" in skip and "[invalid]" in skip and "150" in skip
+
+
+def test_samples_clipped_by_an_integer_output_format_are_logged(tmp_path, gru_student_dir,
+                                                                 caplog):
+    # float input above full scale written to FLAC (integer PCM): libsndfile clips to +-1
+    x = 10.0 * _noise(16000)
+    sf.write(tmp_path / "hot.wav", x, 16000, subtype="FLOAT")
+    model = GRUMaskStudent.from_pretrained(gru_student_dir).eval()
+    over = int(np.count_nonzero(np.abs(enhance_waveform(model, x, 16000)) > 1.0))
+    assert over > 0
+    with caplog.at_level(logging.INFO, logger="robustdistill.se.enhance"):
+        assert main([str(tmp_path / "hot.wav"), str(tmp_path / "hot.flac"), "--model",
+                     str(gru_student_dir)]) == 0
+    assert np.abs(sf.read(tmp_path / "hot.flac")[0]).max() <= 1.0
+    (clip,) = [r.getMessage() for r in caplog.records if "clipped to" in r.getMessage()]
+    assert "hot.flac" in clip and f"{over} of 16000 samples" in clip and "PCM_16" in clip
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="robustdistill.se.enhance"):  # float: kept
+        assert main([str(tmp_path / "hot.wav"), str(tmp_path / "hot_out.wav"), "--model",
+                     str(gru_student_dir)]) == 0
+    assert not [r for r in caplog.records if "clipped to" in r.getMessage()]
+    assert np.abs(sf.read(tmp_path / "hot_out.wav")[0]).max() > 1.0
+
+
+@pytest.mark.parametrize("ext, subtype", [(".ogg", "VORBIS"), (".wav", "PCM_16")])
+def test_a_file_output_in_another_container_takes_that_containers_subtype(
+        tmp_path, gru_student_dir, ext, subtype):
+    # FLAC's PCM_16 is not an Ogg subtype: the write raised ValueError (a traceback, after the
+    # enhancement) instead of writing Ogg Vorbis
+    sf.write(tmp_path / "in.flac", _noise(16000), 16000)
+    out = tmp_path / f"out{ext}"
+    assert main([str(tmp_path / "in.flac"), str(out), "--model", str(gru_student_dir)]) == 0
+    assert sf.info(out).subtype == subtype and sf.info(out).frames == 16000
+
+
+def test_a_headerless_raw_output_is_written(tmp_path, gru_student_dir):
+    sf.write(tmp_path / "in.wav", _noise(1600), 16000)
+    assert main([str(tmp_path / "in.wav"), str(tmp_path / "out.raw"), "--model",
+                 str(gru_student_dir)]) == 0
+    assert (tmp_path / "out.raw").stat().st_size == 2 * 1600  # 16-bit PCM, no header
+
+
+def test_a_folder_input_with_a_file_as_output_is_one_line_before_any_work(
+        tmp_path, gru_student_dir, capsys):
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "a.wav", _noise(1600), 16000)
+    sf.write(tmp_path / "out.wav", _noise(160), 16000)  # FileExistsError traceback before
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "in"), str(tmp_path / "out.wav"), "--model", str(gru_student_dir)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "out.wav is a file" in err and "output folder" in err
+    assert sf.info(tmp_path / "out.wav").frames == 160  # untouched

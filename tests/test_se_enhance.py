@@ -53,7 +53,11 @@ def test_enhance_folder_mirrors_layout(tmp_path, gru_student_dir):
 
 
 def test_enhance_errors(tmp_path, gru_student_dir):
-    with pytest.raises(FileNotFoundError, match="no SE student folder"):
+    with pytest.raises(FileNotFoundError, match=r"no SE student folder .*student\)?$"):
+        load_enhancer(tmp_path)
+    (tmp_path / "checkpoints" / "checkpoint_1").mkdir(parents=True)  # a run still training
+    with pytest.raises(FileNotFoundError, match="holds checkpoints/ but no student/: a training "
+                                                "run exports its student when it finishes"):
         load_enhancer(tmp_path)
     with pytest.raises(SystemExit):
         main([str(tmp_path / "missing.wav"), str(tmp_path / "o.wav"), "--model",

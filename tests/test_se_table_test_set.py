@@ -188,3 +188,81 @@ def test_a_trained_students_time_is_kept_beside_it(tmp_path, monkeypatch):
     assert table.main(args) == 0
     assert json.loads((out / "results.json").read_text())["mixture_63x_s0"][
         "train_seconds"] == first
+
+
+def test_a_student_trained_with_other_settings_is_refused_not_shown_as_these(
+        tmp_path, monkeypatch, capsys):
+    """A rerun in the same --out with another --steps (or batch, crop, pool, KD share) loaded
+    the student trained with the old settings and showed it as trained with the new ones."""
+    import yaml
+
+    import robustdistill.se.students as students
+    import robustdistill.se.table as table
+    from robustdistill.se.train import load_se_config
+
+    out = tmp_path / "t"
+    run = out / "runs" / "two_step_gram_63x_s0"
+    (run / "student").mkdir(parents=True)
+    (run / "student" / "model.safetensors").write_text("")
+    args = ["--out", str(out), "--snrs", "-5", "0", "--skip-teachers", "--methods",
+            "two_step_gram", "--sizes", "63", "--seeds", "0", "--batch-size", "2",
+            "--pool-size", "8"]
+    trained = load_se_config("configs/se_two_step_gram.yaml", [
+        "--output_dir", "elsewhere", "--student.ratio", "63", "--training.max_steps", "4",
+        "--training.batch_size", "2", "--training.save_every", "0", "--training.log_every",
+        "20", "--training.threads", "3", "--data.crop_seconds", "1.0", "--data.pool_size", "8",
+        "--loss.kd_steps", "2"])
+    (run / "config.yaml").write_text(yaml.safe_dump(trained.to_dict(), sort_keys=False))
+    monkeypatch.setattr(table, "make_test_pairs", lambda *a, **k: _pairs())
+    monkeypatch.setattr(table, "evaluate_model", lambda model, p: {"-5": _scores(1.0),
+                                                                  "0": _scores(2.0)})
+    monkeypatch.setattr("robustdistill.se.train.train_se", lambda cfg: 1 / 0)
+    monkeypatch.setattr(students.GRUMaskStudent, "from_pretrained",
+                        classmethod(lambda cls, path: "student"))
+    monkeypatch.setattr(students, "count_parameters", lambda model: 5)
+    with pytest.raises(SystemExit) as stop:
+        table.main([*args, "--steps", "8"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "two_step_gram_63x_s0" in err and "training.max_steps 4 -> 8" in err
+    assert "loss.kd_steps 2 -> 4" in err and "threads" not in err and "output_dir" not in err
+    assert not (out / "results.json").exists()  # refused before any scoring
+    # the same settings (its output_dir and threads aside): loaded, not trained again
+    assert table.main([*args, "--steps", "4"]) == 0
+    assert "two_step_gram_63x_s0" in json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.parametrize("method, extra, message", [
+    ("supervised", ["--steps", "0"], "max_steps must be >= 1"),
+    ("two_step_gram", ["--steps", "4", "--kd-fraction", "0.1"], "two_step needs kd_steps >= 1"),
+    ("supervised", ["--sizes", "1"], "ratio must be > 1"),
+])
+def test_bad_table_settings_are_one_line_before_any_work(tmp_path, capsys, method, extra,
+                                                         message):
+    from robustdistill.se.table import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--out", str(tmp_path / "t"), "--methods", method, "--seeds", "0",
+              "--skip-teachers", *extra])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"python -m robustdistill.se.table: error: {method}_")
+    assert message in err
+    assert not (tmp_path / "t").exists()
+
+
+def test_claim_interval_uses_students_t_for_any_number_of_seeds():
+    """Over 10 seeds the interval used 2.0 instead of Student's t (2.228 for 10 degrees of
+    freedom): too narrow, silently."""
+    from robustdistill.se.table import render_table
+
+    diffs = [0.5, 1.5] * 5 + [1.0]  # 11 seeds: mean 1.0, sample std sqrt(0.25 * 10 / 10) = 0.5
+    results = {}
+    for seed, d in enumerate(diffs):
+        results[f"mixture_63x_s{seed}"] = {"parameters": 1, "results": {"-5": _scores(0.0)}}
+        results[f"two_step_gram_63x_s{seed}"] = {"parameters": 1,
+                                                "results": {"-5": _scores(d)}}
+    std = float(np.std(diffs, ddof=1))
+    half = 2.228138851986274 * std / np.sqrt(11)  # t(0.975, 10 dof), by hand
+    text = render_table(results, ["-5"], ["mixture", "two_step_gram"], [63])
+    assert f"95% t-interval [{1.0 - half:.2f}, {1.0 + half:.2f}] dB" in text

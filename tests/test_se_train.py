@@ -76,6 +76,28 @@ def test_loss_config_errors():
         LossConfig(teacher_input="both")
 
 
+def test_kd_teacher_and_layer_names_are_checked_with_the_config():
+    # each of these was a traceback only at the first step (KeyError: 'lstm1', a frame-axis
+    # mismatch inside gram_kd_loss) or at start-up (unknown teacher), after the data scan
+    with pytest.raises(ValueError, match="unknown SE teacher 'nsnet3'"):
+        LossConfig(teacher="nsnet3", output_kd_weight=1.0)
+    for term in ({"gram_weight": 1.0}, {"cosine_weight": 1.0}, {"tfckd_weight": 1.0}):
+        with pytest.raises(ValueError, match="needs loss.teacher 'nsnet2'"):
+            LossConfig(teacher="dtln", **term)
+    LossConfig(teacher="dtln", output_kd_weight=1.0)  # output KD: any teacher
+    with pytest.raises(ValueError, match=r"teacher layer\(s\) \['gru9'\].*'fc_out1'"):
+        LossConfig(teacher="nsnet2", gram_weight=1.0, gram_pairs=[["gru1", "gru9"]])
+    with pytest.raises(ValueError, match=r"teacher layer\(s\) \['lstm1'\]"):
+        LossConfig(teacher="nsnet2", tfckd_weight=1.0, tfckd_teacher_sets=[["lstm1"], ["gru2"]])
+    with pytest.raises(ValueError, match=r"student layer\(s\) \['gru3'\].*'fc_hidden'"):
+        load_se_config(None, ["--student.ratio", "63", "--loss.teacher", "nsnet2",
+                              "--loss.cosine_weight", "1", "--loss.cosine_pairs",
+                              "[[gru3, gru2]]"])
+    load_se_config(None, ["--student.ratio", "63", "--student.num_layers", "3",
+                          "--loss.teacher", "nsnet2", "--loss.cosine_weight", "1",
+                          "--loss.cosine_pairs", "[[gru3, gru2]]"])
+
+
 def test_pairs_are_a_function_of_seed_and_step(tmp_path):
     write_se_data(tmp_path)
     cfg = PairConfig(speech_dir=str(tmp_path / "speech"), noise_dir=str(tmp_path / "noise"),
@@ -261,3 +283,14 @@ def test_starting_a_finished_run_again_changes_nothing(tmp_path):
     after = {p.name: p.read_bytes() for p in (out / "checkpoints" / "checkpoint_2").iterdir()}
     assert after == before and (out / "metrics.jsonl").read_bytes() == log
     assert json.loads((out / "final_state.json").read_text())["parameter_sha256"] == sha
+
+
+def test_a_schedule_with_no_kd_term_is_said(tmp_path, caplog):
+    """``mixture`` / ``two_step`` without a KD weight trains the task loss alone at weight 1
+    (by design): said at start-up, not silent."""
+    write_se_data(tmp_path)
+    with caplog.at_level("WARNING", logger="robustdistill.se.train"):
+        train_se(load_se_config(None, se_train_args(tmp_path, tmp_path / "run", 1,
+                                                    "--loss.schedule", "mixture")))
+    assert ("loss.schedule mixture has no KD term to schedule (every KD weight is 0): the "
+            "student trains on the task loss alone, at weight 1") in caplog.text

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from ..environment import describe_software
+from ..environment import describe_config_changes, describe_software
 from .card_results import CardError
 from .provenance import NOT_RECORDED, RunSummary, config_section, ssl_input_corrupted
 
@@ -163,15 +163,24 @@ def _ssl_view(run: RunSummary, heads_dir: Path | None) -> dict[str, Any]:
         "corruption": run.corruption, "optimisation": optimisation,
         "result": "; ".join(result) or "no final state recorded",
         "software": describe_software(run.environment),
+        "resume_changes": describe_config_changes(run.environment),
         "heads": ", ".join(heads), "objectives_yaml": yaml.safe_dump(
             objectives, sort_keys=False, default_flow_style=None).strip(),
     }
 
 
 def _software_line(run: RunSummary) -> list[tuple[str, str]]:
-    """``[("Software", ...)]`` from the run's ``environment.json``; ``[]`` if it has none."""
+    """``[("Software", ...)]`` from the run's ``environment.json`` (``[]`` if it has none),
+    and ``("Settings changed at a resume", ...)`` when a resume changed any (the config beside
+    the card holds the last ones)."""
     text = describe_software(run.environment)
-    return [("Software", text)] if text else []
+    changes = describe_config_changes(run.environment)
+    return (([("Software", text)] if text else [])
+            + ([(_RESUME_CHANGES, changes)] if changes else []))
+
+
+#: The card's label for the settings a resume changed.
+_RESUME_CHANGES = "Settings changed at a resume (training_config.yaml holds the last ones)"
 
 
 def _recorded(section: dict[str, Any], key: str) -> Any:

@@ -1,10 +1,13 @@
 """``robustdistill enhance IN OUT --model DIR``: enhance a file or a folder of files.
 
 Any sample rate and channel count in: each channel is resampled to the model's rate (soxr),
-enhanced by streaming with carried state in chunks of ``--chunk-seconds`` (constant memory for
-long files; the result equals whole-file enhancement exactly, see
+enhanced by streaming with carried state in chunks of ``--chunk-seconds`` (this bounds the
+model's working memory; the file, its resampled copy and the output are held whole, about four
+times the file's float32 size; the result equals whole-file enhancement exactly, see
 :mod:`robustdistill.se.streaming`), resampled back, and written at the input's rate and
-channel count (same container; PCM_16 for formats without float). A folder is processed
+channel count (the container of OUT's extension, with the input's subtype where that container
+takes it, else the container's default: Ogg Vorbis, 16-bit PCM WAV/FLAC; integer output clips
+samples beyond full scale, logged with their count). A folder is processed
 recursively, mirroring its layout under ``OUT``. A progress bar counts seconds of audio.
 
 ``--model`` is an SE student folder (``save_pretrained``; a training run's folder also works:
@@ -17,7 +20,8 @@ student weights is refused).
 A model works at one rate (:func:`model_rate`; 16 kHz for the teachers and the SSL head):
 input at a higher rate is resampled down to it and the result back up, so the output holds
 nothing above half that rate (8 kHz), which is logged once per run. A file the
-model cannot use (unreadable, empty, non-finite, shorter than the model's receptive field) or
+model cannot use (unreadable, empty, non-finite, a sample beyond ``audio.MAX_PEAK``, shorter
+than the model's receptive field) or
 whose enhanced audio is not finite is skipped with a warning naming it and the reason, and
 nothing is written for it; the run goes on with the other files and exits 1 only when no file
 was written. An output that would overwrite its input is refused before any work.
@@ -38,6 +42,7 @@ import torch
 from ..audio import (
     AudioError,
     check_channels_last,
+    check_peak,
     list_audio_files,
     probe_audio,
     require_float_audio,
@@ -91,9 +96,12 @@ def load_enhancer(model: str | Path):
     for candidate in (folder, folder / "student"):
         if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
             return GRUMaskStudent.from_pretrained(candidate).eval()
+    unfinished = ("; it holds checkpoints/ but no student/: a training run exports its student "
+                  "when it finishes (resume it to finish)"
+                  if (folder / "checkpoints").is_dir() else "")
     raise FileNotFoundError(f"--model {model}: not {' / '.join(TEACHERS)} and no SE student "
                             f"folder (config.json + model.safetensors) at {folder} or "
-                            f"{folder / 'student'}")
+                            f"{folder / 'student'}{unfinished}")
 
 
 @torch.no_grad()
@@ -165,12 +173,17 @@ def enhance_file(model, src: str | Path, dst: str | Path,
                  chunk_seconds: float = 10.0, progress=None) -> Path:
     """Enhance one audio file into ``dst`` (parent folders created).
 
+    An integer output format (PCM, as for an integer input) cannot hold samples beyond
+    full scale: libsndfile clips them to [-1, 1], which is logged as a warning with their
+    count (a float input above full scale written as FLAC, or a model raising a clipped
+    input's peak).
+
     Args:
         model: an SE teacher or student (see :func:`enhance_waveform`).
         src: the input file (any rate, mono or multi-channel; each channel enhanced alone).
         dst: the output file (format from its extension), at the input's sample rate and
-            channel count; the input's subtype is kept where soundfile accepts it, with
-            16-bit PCM as the fallback.
+            channel count; the input's subtype is kept where that format takes it, else the
+            format's default subtype (Ogg: Vorbis; 16-bit PCM where there is none).
         chunk_seconds: seconds of audio per streaming step of a frame model (memory and
             progress granularity only: the output does not depend on it).
         progress: optional ``tqdm``-like bar, updated with seconds of audio done.
@@ -179,7 +192,9 @@ def enhance_file(model, src: str | Path, dst: str | Path,
         ``dst``.
 
     Raises:
-        AudioError: unreadable, empty or non-finite input (nothing is written).
+        AudioError: unreadable, empty or non-finite input, or a sample beyond
+            :data:`robustdistill.audio.MAX_PEAK` (``"invalid"``: a corrupt float file, as
+            every reader refuses it; nothing is written).
         EnhanceError: input too short for the model, or a non-finite result (nothing is
             written; the message names ``src``).
     """
@@ -192,6 +207,7 @@ def enhance_file(model, src: str | Path, dst: str | Path,
         raise AudioError(f"{src}: empty audio (0 samples)", "empty")
     if not np.isfinite(data).all():
         raise AudioError(f"{src}: NaN or Inf samples", "non-finite")
+    check_peak(data, str(src))
     info = sf.info(str(src))
     try:
         y = enhance_waveform(model, data, rate, chunk_seconds, progress)
@@ -199,11 +215,20 @@ def enhance_file(model, src: str | Path, dst: str | Path,
         raise EnhanceError(f"{src}: {err}", err.reason) from err
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    subtype = info.subtype if info.subtype in sf.available_subtypes(info.format) else None
+    fmt = dst.suffix[1:].upper()  # soundfile picks the container by the extension
+    subtype = "PCM_16"  # e.g. RAW, which has no default
+    if fmt in sf.available_formats():  # the input's subtype where the container takes it
+        subtype = (info.subtype if sf.check_format(fmt, info.subtype)
+                   else sf.default_subtype(fmt)) or subtype
     try:
         sf.write(str(dst), y, rate, subtype=subtype)
     except (RuntimeError, TypeError, ValueError):
-        sf.write(str(dst), y, rate, subtype="PCM_16")
+        subtype = "PCM_16"
+        sf.write(str(dst), y, rate, subtype=subtype)
+    over = int(np.count_nonzero(np.abs(y) > 1.0))
+    if over and subtype.startswith(("PCM_", "ULAW", "ALAW")):  # integer samples
+        logger.warning("%s: %d of %d samples beyond full scale (peak %.3g) clipped to [-1, 1] "
+                       "in its %s output", dst, over, y.size, float(np.abs(y).max()), subtype)
     return dst
 
 
@@ -234,7 +259,8 @@ def main(argv: list[str]) -> int:
     Returns:
         0 when at least one file was written, 1 when every file was skipped (each logged
         with its reason). Usage errors (missing input, no audio files, an output that is the
-        input, a bad ``--chunk-seconds``, an unknown output extension) exit 2 with one line.
+        input, a file as the output of a folder, a bad ``--chunk-seconds``, an unknown output
+        extension) exit 2 with one line.
         An output folder inside the input folder is allowed; the audio files already under it
         (earlier outputs) are not inputs.
     """
@@ -248,7 +274,8 @@ def main(argv: list[str]) -> int:
                         help="an SE student folder or train-se run folder, a distill run folder "
                              "with an enhancement head (or its student/), 'nsnet2' or 'dtln'")
     parser.add_argument("--chunk-seconds", type=_positive_seconds, default=10.0,
-                        help="streaming chunk (memory bound; the output does not depend on it)")
+                        help="streaming chunk in seconds (bounds the model's working memory; the "
+                             "file is held whole; the output does not depend on it)")
     args = parser.parse_args(argv)
     src, dst = Path(args.input), Path(args.output)
     if not src.exists():
@@ -258,6 +285,8 @@ def main(argv: list[str]) -> int:
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
     if src.is_dir():
+        if dst.exists() and not dst.is_dir():
+            parser.error(f"output {dst} is a file: a folder input needs an output folder")
         if dst.exists() and _same_file(src, dst):
             parser.error(f"output folder {dst} is the input folder: enhancing would overwrite "
                          "the originals; give another output folder")

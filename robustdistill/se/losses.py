@@ -35,6 +35,8 @@ from ..objectives.cosine_alignment import LinearInvertedBottleneck, cosine_align
 from ..objectives.schedule import LossSchedule
 from ..objectives.similarity import gram_kd_loss
 from ..objectives.tfckd import tfckd_loss
+from .teachers import TEACHERS
+from .teachers.nsnet2 import NSNet2
 
 __all__ = ["LossConfig", "SELoss", "neg_si_sdr", "METHODS"]
 
@@ -68,7 +70,8 @@ class LossConfig:
         kd_steps: phase-1 steps of ``"two_step"``.
         alpha: KD share of ``"mixture"``.
         spectral_weight: weight of an extra L1 magnitude loss in the task loss (0: SI-SDR only).
-        teacher: ``"nsnet2"`` (frame-aligned with the students) or None for no teacher.
+        teacher: ``"nsnet2"`` (frame-aligned with the students) or None for no teacher;
+            ``"dtln"`` (8 ms frames) only for ``output_kd``.
         teacher_input: ``"noisy"`` (what the student sees) or ``"clean"`` (arXiv 2505.03442).
         output_kd_weight: weight of the output KD term (0: off).
         gram_weight: weight of the Gram KD term (0: off).
@@ -87,7 +90,9 @@ class LossConfig:
             ``teacher_input``, a KD weight > 0 without ``teacher``, ``output_kd`` with
             ``teacher_input: clean``, student and teacher sets of different counts, or
             ``gram_axes`` that is not a non-empty list (a bare string would be read letter by
-            letter).
+            letter), an unknown ``teacher``, a Gram / cosine / TFCKD term with a teacher other
+            than NSNet2, or a teacher layer that is not an NSNet2 activation (student layers:
+            :class:`~robustdistill.se.train.SETrainConfig`, which knows the student's depth).
     """
 
     schedule: str = "sum"
@@ -121,6 +126,33 @@ class LossConfig:
         if not isinstance(self.gram_axes, list | tuple) or not self.gram_axes:
             raise ValueError(f"gram_axes must be a non-empty list of axis names, e.g. [time], "
                              f"got {self.gram_axes!r}")
+        if self.teacher is not None and self.teacher not in TEACHERS:
+            raise ValueError(f"unknown SE teacher {self.teacher!r}; known: "
+                             f"{', '.join(TEACHERS)}")
+        feature_kd = [name for name in ("gram", "cosine", "tfckd")
+                      if getattr(self, f"{name}_weight") > 0]
+        if feature_kd and self.teacher != "nsnet2":
+            raise ValueError(f"{' / '.join(feature_kd)} KD needs loss.teacher 'nsnet2' (its "
+                             f"10 ms frames are the students'; {self.teacher!r} distils through "
+                             "output_kd only)")
+        unknown = sorted(set(self.layers("teacher")) - set(NSNet2.activation_names))
+        if unknown:
+            raise ValueError(f"teacher layer(s) {unknown} are not NSNet2 activations "
+                             f"{list(NSNet2.activation_names)}")
+
+    def layers(self, who: str) -> tuple[str, ...]:
+        """The ``"student"`` or ``"teacher"`` activation names the KD terms that are on read
+        (config order, each once)."""
+        side = 0 if who == "student" else 1
+        names = []
+        if self.gram_weight > 0:
+            names += [pair[side] for pair in self.gram_pairs]
+        if self.cosine_weight > 0:
+            names += [pair[side] for pair in self.cosine_pairs]
+        if self.tfckd_weight > 0:
+            sets = self.tfckd_student_sets if who == "student" else self.tfckd_teacher_sets
+            names += [name for names_ in sets for name in names_]
+        return tuple(dict.fromkeys(names))
 
     @property
     def uses_teacher(self) -> bool:

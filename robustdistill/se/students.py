@@ -26,7 +26,7 @@ from .teachers.base import FrameModel
 from .teachers.nsnet2 import log_power
 
 __all__ = ["StudentConfig", "GRUMaskStudent", "config_for_ratio", "count_parameters",
-           "NSNET2_PARAMETERS"]
+           "NSNET2_PARAMETERS", "student_activation_names"]
 
 #: Parameters of the NSNet2 16 kHz teacher (the reference for the compression ratios).
 NSNET2_PARAMETERS = 2_687_561
@@ -99,6 +99,12 @@ def config_for_ratio(ratio: float, teacher_parameters: int = NSNET2_PARAMETERS,
     return StudentConfig(hidden_size=h, num_layers=num_layers, **kwargs)
 
 
+def student_activation_names(num_layers: int) -> tuple[str, ...]:
+    """The activations of a :class:`GRUMaskStudent` with ``num_layers`` GRUs, in order."""
+    return ("features", "fc_in", *(f"gru{i + 1}" for i in range(num_layers)), "fc_hidden",
+            "mask")
+
+
 class GRUMaskStudent(FrameModel):
     """Causal GRU mask student (see the module docstring).
 
@@ -119,9 +125,7 @@ class GRUMaskStudent(FrameModel):
         self.fc_mask = nn.Linear(h, bins)
         self.register_buffer("window", make_window(config.stft.window, config.stft.win_length),
                              persistent=False)
-        self.activation_names = ("features", "fc_in",
-                                 *(f"gru{i + 1}" for i in range(config.num_layers)),
-                                 "fc_hidden", "mask")
+        self.activation_names = student_activation_names(config.num_layers)
 
     def initial_state(self, batch_size: int) -> tuple:
         """``L`` zero tensors ``(1, B, H)``."""

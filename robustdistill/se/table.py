@@ -23,6 +23,11 @@ included, once. ``--merge`` refuses folders scored on different test sets.
 The runs share one speech scan cache, ``<out>/scan_cache`` (:class:`~robustdistill.se.data.
 SpeechScanCache`), so only the table's first run decodes the speech folder; a recipe that sets
 ``data.scan_cache_dir`` (a folder, or ``off``) keeps its own setting.
+
+A student already in ``<out>/runs/`` is used only when its ``config.yaml`` is the training
+config asked for now (other ``--steps``, ``--batch-size``, ``--crop-seconds``,
+``--pool-size``, ``--kd-fraction`` or recipe are refused before any work, with the keys that
+differ: its results would otherwise be shown as trained with the new settings).
 """
 
 from __future__ import annotations
@@ -36,15 +41,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..run_settings import saved_config_changes
 from .evaluate import evaluate_model, make_test_pairs, noisy_summary
 from .losses import METHODS
 
 __all__ = ["main", "render_table", "shown_entries"]
 
 logger = logging.getLogger(__name__)
-
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-         9: 2.262}
 
 
 def _fmt(values: list[float], digits: int) -> str:
@@ -80,6 +83,18 @@ def _recorded_train_seconds(run_dir: Path) -> float | None:
     """The training time :func:`_record_train_seconds` kept, or None."""
     path = run_dir / TRAIN_SECONDS
     return json.loads(path.read_text())["train_seconds"] if path.is_file() else None
+
+
+#: Keys of a run's config that do not change what it trains: where it lives, the speech scan
+#: cache and the CPU threads.
+_NOT_TRAINING = ("output_dir", "data.scan_cache_dir", "training.threads", "training.report_to")
+
+
+def _changed_training(run_dir: Path, cfg) -> list[str]:
+    """``["section.key OLD -> NEW", ...]``: how the training config ``cfg`` the table asks for
+    now differs from the ``config.yaml`` of the run already in ``run_dir`` (apart from
+    :data:`_NOT_TRAINING`); empty when there is no such run or nothing differs."""
+    return saved_config_changes(run_dir, cfg.to_dict(), _NOT_TRAINING)
 
 
 def render_table(results: dict, snrs: list[str], methods: list[str], sizes: list[int]) -> str:
@@ -135,7 +150,10 @@ def render_table(results: dict, snrs: list[str], methods: list[str], sizes: list
         d = [a[s]["results"]["-5"]["si_sdr"] - b[s]["results"]["-5"]["si_sdr"] for s in seeds]
         mean = float(np.mean(d))
         if len(d) > 1:
-            half = _T975.get(len(d) - 1, 2.0) * float(np.std(d, ddof=1)) / math.sqrt(len(d))
+            from scipy.stats import t as student_t
+
+            half = (float(student_t.ppf(0.975, len(d) - 1)) * float(np.std(d, ddof=1))
+                    / math.sqrt(len(d)))
             ci = f"95% t-interval [{mean - half:.2f}, {mean + half:.2f}] dB"
         else:
             ci = "one seed: no interval"
@@ -223,11 +241,43 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    from ..config import ConfigError
     from .students import GRUMaskStudent, count_parameters
     from .teachers import load_teacher
     from .train import SCAN_CACHE_FOLDER, load_se_config, train_se
 
     out = Path(args.out)
+    planned = []  # (key, run folder, training config, (method, size, seed)), checked first
+    for size in args.sizes:
+        for method in args.methods:
+            for seed in args.seeds:
+                key = f"{method}_{size}x_s{seed}"
+                run_dir = out / "runs" / key
+                overrides = ["--output_dir", str(run_dir), "--seed", str(seed),
+                             "--student.ratio", str(size),
+                             "--training.max_steps", str(args.steps),
+                             "--training.batch_size", str(args.batch_size),
+                             "--training.save_every", "0", "--training.log_every", "20",
+                             "--training.threads", str(args.threads),
+                             "--data.crop_seconds", str(args.crop_seconds),
+                             "--data.pool_size", str(args.pool_size)]
+                if method == "two_step_gram":
+                    overrides += ["--loss.kd_steps", str(int(args.steps * args.kd_fraction))]
+                try:
+                    cfg = load_se_config(Path(args.configs) / f"se_{method}.yaml", overrides)
+                    cfg.student.build()  # e.g. --sizes 1
+                except (ConfigError, FileNotFoundError, ValueError) as err:  # e.g. --steps 0
+                    parser.error(f"{key} (--steps {args.steps}, --kd-fraction "
+                                 f"{args.kd_fraction:g}): {err}")
+                if cfg.data.scan_cache_dir is None:  # not the run's own <run_dir>/scan_cache
+                    cfg.data.scan_cache_dir = str(out / SCAN_CACHE_FOLDER)
+                changed = _changed_training(run_dir, cfg)
+                if changed:
+                    parser.error(f"{run_dir} was trained with other settings ("
+                                 f"{'; '.join(changed)}): its results would be shown as "
+                                 "trained with these; give another --out, or the same "
+                                 "settings")
+                planned.append((key, run_dir, cfg, (method, size, seed)))
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.is_file() else {}
@@ -256,44 +306,27 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = {"parameters": count_parameters(model), "test_set_sha1": test_set,
                              "results": evaluate_model(model, pairs)}
             save()
-    for size in args.sizes:
-        for method in args.methods:
-            for seed in args.seeds:
-                key = f"{method}_{size}x_s{seed}"
-                if key in results:
-                    continue
-                t0 = time.perf_counter()
-                run_dir = out / "runs" / key
-                overrides = ["--output_dir", str(run_dir), "--seed", str(seed),
-                             "--student.ratio", str(size),
-                             "--training.max_steps", str(args.steps),
-                             "--training.batch_size", str(args.batch_size),
-                             "--training.save_every", "0", "--training.log_every", "20",
-                             "--training.threads", str(args.threads),
-                             "--data.crop_seconds", str(args.crop_seconds),
-                             "--data.pool_size", str(args.pool_size)]
-                if method == "two_step_gram":
-                    overrides += ["--loss.kd_steps", str(int(args.steps * args.kd_fraction))]
-                cfg = load_se_config(Path(args.configs) / f"se_{method}.yaml", overrides)
-                if cfg.data.scan_cache_dir is None:  # not the run's own <run_dir>/scan_cache
-                    cfg.data.scan_cache_dir = str(out / SCAN_CACHE_FOLDER)
-                trained = (run_dir / "student" / "model.safetensors").is_file()
-                if not trained:
-                    train_se(cfg)
-                if trained:  # by an earlier call
-                    train_s = _recorded_train_seconds(run_dir)
-                else:
-                    train_s = round(time.perf_counter() - t0, 1)
-                    (run_dir / TRAIN_SECONDS).write_text(json.dumps({"train_seconds": train_s}))
-                student = GRUMaskStudent.from_pretrained(run_dir / "student")
-                results[key] = {"method": method, "size": size, "seed": seed,
-                                "parameters": count_parameters(student),
-                                "train_seconds": train_s, "test_set_sha1": test_set,
-                                "results": evaluate_model(student, pairs)}
-                lowest = min(results[key]["results"], key=float)  # the hardest input SNR
-                logger.info("%s: SI-SDR at %s dB %.2f (%.0f s)", key, lowest,
-                            results[key]["results"][lowest]["si_sdr"], time.perf_counter() - t0)
-                save()
+    for key, run_dir, cfg, (method, size, seed) in planned:
+        if key in results:
+            continue
+        t0 = time.perf_counter()
+        trained = (run_dir / "student" / "model.safetensors").is_file()
+        if not trained:
+            train_se(cfg)
+        if trained:  # by an earlier call
+            train_s = _recorded_train_seconds(run_dir)
+        else:
+            train_s = round(time.perf_counter() - t0, 1)
+            (run_dir / TRAIN_SECONDS).write_text(json.dumps({"train_seconds": train_s}))
+        student = GRUMaskStudent.from_pretrained(run_dir / "student")
+        results[key] = {"method": method, "size": size, "seed": seed,
+                        "parameters": count_parameters(student),
+                        "train_seconds": train_s, "test_set_sha1": test_set,
+                        "results": evaluate_model(student, pairs)}
+        lowest = min(results[key]["results"], key=float)  # the hardest input SNR
+        logger.info("%s: SI-SDR at %s dB %.2f (%.0f s)", key, lowest,
+                    results[key]["results"][lowest]["si_sdr"], time.perf_counter() - t0)
+        save()
     save()
     print((out / "table.md").read_text())
     return 0

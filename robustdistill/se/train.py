@@ -67,14 +67,21 @@ from ..config import (
 from ..environment import record_environment
 from ..nonfinite import NonFiniteTrainingError, any_process, stop_nonfinite
 from ..processes import finish_processes
+from ..run_settings import saved_config_changes
 from .data import PairConfig, PairMaker
 from .losses import LossConfig, SELoss
 from .stft import StftConfig
-from .students import GRUMaskStudent, StudentConfig, config_for_ratio, count_parameters
+from .students import (
+    GRUMaskStudent,
+    StudentConfig,
+    config_for_ratio,
+    count_parameters,
+    student_activation_names,
+)
 from .teachers import load_teacher
 from .teachers.onnx_weights import TeacherUnavailable
 
-__all__ = ["DataFolderError", "SETrainConfig", "TrainingOptions", "StudentOptions",
+__all__ = ["DataFolderError", "ResumeSettingsError", "SETrainConfig", "TrainingOptions", "StudentOptions",
            "load_se_config", "train_se", "main", "parameter_hash"]
 
 logger = logging.getLogger(__name__)
@@ -188,7 +195,9 @@ class SETrainConfig:
         ValueError: (on construction) a negative ``seed``, or a ``data.sample_rate`` other
             than the student's STFT rate (16000 Hz: the student, the NSNet2 teacher and
             ``enhance`` all work at that rate, so pairs at another rate would train a student
-            that is then used on audio resampled to 16 kHz).
+            that is then used on audio resampled to 16 kHz),
+            or a KD student layer that is not an activation of the student (e.g. ``gru3`` of
+            a 2-layer one).
     """
 
     output_dir: str = "runs/se/default"
@@ -206,6 +215,11 @@ class SETrainConfig:
             raise ValueError(f"data.sample_rate must be the student's STFT rate, {rate} Hz, got "
                              f"{self.data.sample_rate} (speech at other rates is resampled to "
                              f"{rate} Hz: leave data.sample_rate at {rate})")
+        known = student_activation_names(self.student.num_layers)
+        unknown = sorted(set(self.loss.layers("student")) - set(known))
+        if unknown:
+            raise ValueError(f"student layer(s) {unknown} are not activations of a "
+                             f"{self.student.num_layers}-layer student {list(known)}")
 
     def to_dict(self) -> dict:
         """Plain nested dict (``config.yaml``)."""
@@ -377,6 +391,38 @@ def data_config(cfg: SETrainConfig) -> PairConfig:
                                scan_cache_dir=str(Path(cfg.output_dir) / SCAN_CACHE_FOLDER))
 
 
+class ResumeSettingsError(ConfigError):
+    """A resume whose student settings differ from the run's: its checkpoint cannot be loaded."""
+
+
+#: Keys that a resume may change without a word: where the run lives, its scan cache, CPU
+#: threads, trackers, and ``max_steps`` (a resume that trains on).
+_RESUME_FREE = ("output_dir", "data.scan_cache_dir", "training.threads", "training.report_to",
+                "training.max_steps")
+
+
+def _resume_changes(cfg: SETrainConfig) -> list[str]:
+    """How ``cfg`` differs from the ``config.yaml`` of the run it resumes (``[]`` for a fresh
+    start), apart from :data:`_RESUME_FREE`.
+
+    Raises:
+        ResumeSettingsError: a ``student`` key differs (the weights would not fit the model).
+        CheckpointError: the newest checkpoint is altered (see :func:`_newest_checkpoint`).
+    """
+    out = Path(cfg.output_dir)
+    newest = _newest_checkpoint(out / "checkpoints")
+    if newest is None:
+        return []
+    changes = saved_config_changes(out, cfg.to_dict(), _RESUME_FREE)
+    student = [c for c in changes if c.startswith("student.")]
+    if student:
+        raise ResumeSettingsError(
+            f"output_dir {str(out)!r} holds a run of another student ({'; '.join(student)}): "
+            f"{newest[0].name} cannot be loaded into this one; resume with the run's student "
+            "settings, or give another output_dir")
+    return changes
+
+
 class DataFolderError(FileNotFoundError):
     """A speech, noise or RIR folder of the recipe is missing or holds no audio file (found at
     start-up, before any training step)."""
@@ -393,6 +439,8 @@ def train_se(cfg: SETrainConfig) -> Path:
         NonFiniteTrainingError: ``training.max_nonfinite_in_a_row`` steps in a row had a
             NaN/Inf loss or gradient norm (a checkpoint of the last finite weights and
             ``stopped.json`` are written first).
+        ResumeSettingsError: (a ``ConfigError``) a resume whose ``student`` settings differ
+            from the run's ``config.yaml`` (the checkpoint's weights would not fit).
     """
     from accelerate import Accelerator
     from accelerate.utils import (
@@ -407,6 +455,7 @@ def train_se(cfg: SETrainConfig) -> Path:
     if t.threads:
         torch.set_num_threads(t.threads)
     out = Path(cfg.output_dir)
+    changes = _resume_changes(cfg)  # before any work: a student of another shape is refused
     # find_unused_parameters: a schedule's phase can leave parameters without a gradient
     # (two_step: the student's output layers while it distils, the bottlenecks afterwards)
     acc = Accelerator(cpu=t.cpu, log_with=None if t.report_to == "none" else t.report_to,
@@ -416,6 +465,10 @@ def train_se(cfg: SETrainConfig) -> Path:
                           find_unused_parameters=True)])
     if (note := cfg.loss.schedule_obj.single_phase_note(t.max_steps)) is not None:
         logger.warning("loss.%s", note)
+    if cfg.loss.schedule != "sum" and not cfg.loss.uses_teacher:
+        logger.warning("loss.schedule %s has no KD term to schedule (every KD weight is 0): "
+                       "the student trains on the task loss alone, at weight 1",
+                       cfg.loss.schedule)
     set_seed(cfg.seed)
     student = GRUMaskStudent(cfg.student.build())
     teacher = load_teacher(cfg.loss.teacher).to(acc.device) if cfg.loss.uses_teacher else None
@@ -448,10 +501,14 @@ def train_se(cfg: SETrainConfig) -> Path:
         if acc.is_main_process:  # what a killed run logged after this checkpoint
             truncate_log(out / "metrics.jsonl", newest[1].get("metrics_bytes"))
         logger.info("resumed from %s (step %d)", newest[0], start)
+        if changes and acc.is_main_process:
+            logger.warning("resumed with settings other than the run's config.yaml: %s (the "
+                           "steps before %d used the old ones; environment.json keeps this "
+                           "list)", "; ".join(changes), start)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        record_environment(out, start)
+        record_environment(out, start, config_changes=changes if newest is not None else None)
     acc.init_trackers("se", config={"seed": cfg.seed, "max_steps": t.max_steps},
                       init_kwargs=tracker_resume_kwargs(start))
     metrics = (out / "metrics.jsonl").open("a") if acc.is_main_process else None
@@ -566,9 +623,9 @@ def main(argv: list[str]) -> int:
         parser.error(str(err))
     try:
         train_se(cfg)
-    except (DataFolderError, TeacherUnavailable) as err:  # found at start-up: a message, no
-        # traceback (a FileNotFoundError once training runs, a checkpoint folder deleted, keeps
-        # its traceback)
+    except (DataFolderError, TeacherUnavailable, ResumeSettingsError) as err:
+        # found at start-up: a message, no traceback (a FileNotFoundError once training runs, a
+        # checkpoint folder deleted, keeps its traceback)
         hint = ("; the recipes' runs/data/* folders are made once by "
                 "`bash scripts/split_shared_data.sh`" if "runs/data/" in str(err) else "")
         parser.error(f"{err}{hint}")

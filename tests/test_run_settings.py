@@ -1,0 +1,102 @@
+"""A resume with other settings is said, and kept in ``environment.json``, not silent: the
+trainers write ``config.yaml`` again at every start, which used to lose the settings of the
+steps before the resume. ``train-se`` refuses a student of another shape in one line (it used
+to end in a ``size mismatch`` traceback from ``load_state_dict``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import se_train_args, tiny_run_config, write_se_data
+
+from robustdistill.run_settings import config_changes, flatten, saved_config_changes
+
+
+def test_config_changes_by_hand(tmp_path):
+    old = {"seed": 1, "training": {"lr": 0.001, "steps": 4, "pairs": [["a", "b"]]},
+           "data": {"dir": "x", "cache": "c1"}, "gone": 3}
+    new = {"seed": 1, "training": {"lr": 0.002, "steps": 8, "pairs": (("a", "b"),)},
+           "data": {"dir": "x", "cache": "c2"}, "added": None, "extra": {"k": 0}}
+    assert flatten(old)["training.pairs"] == [["a", "b"]]
+    # a tuple equals the list YAML wrote for it; a missing key counts as None
+    assert config_changes(old, new) == [
+        "data.cache c1 -> c2", "extra.k None -> 0", "gone 3 -> None",
+        "training.lr 0.001 -> 0.002", "training.steps 4 -> 8"]
+    assert config_changes(old, new, ignore=("training.steps", "data.", "extra.", "gone")) == [
+        "training.lr 0.001 -> 0.002"]
+    # an exact key is not a prefix: training.steps does not hide training.steps_x
+    assert config_changes({"training": {"steps_x": 1}}, {"training": {"steps_x": 2}},
+                          ignore=("training.steps",)) == ["training.steps_x 1 -> 2"]
+    assert saved_config_changes(tmp_path, new) == []  # no config.yaml: nothing to compare
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert saved_config_changes(tmp_path, old) == []
+    (tmp_path / "config.yaml").write_text("- a list\n")
+    assert saved_config_changes(tmp_path, new) == []
+
+
+def _environment(run) -> list[dict]:
+    return json.loads((run / "environment.json").read_text())
+
+
+def test_distill_resume_with_another_learning_rate_is_logged_and_recorded(
+        tmp_path, tiny_wavlm_dir, caplog):
+    from robustdistill.trainer import train
+
+    run = tmp_path / "run"
+    train(tiny_run_config(tmp_path, tiny_wavlm_dir, "run", **{
+        "training.max_steps": 2, "training.save_every": 2}))
+    with caplog.at_level("WARNING", logger="robustdistill.trainer"):
+        train(tiny_run_config(tmp_path, tiny_wavlm_dir, "run", **{
+            "training.max_steps": 3, "training.save_every": 2, "training.resume_from": "latest",
+            "training.learning_rate": 5e-4}))
+    assert ("resumed with settings other than the run's config.yaml: training.learning_rate "
+            "0.001 -> 0.0005 (the steps before 2 used the old ones" in caplog.text)
+    records = _environment(run)
+    assert [r["start"]["step"] for r in records] == [0, 2]
+    assert "config_changes" not in records[0]
+    # max_steps and resume_from are how a resume is asked for: not changes
+    assert records[1]["config_changes"] == ["training.learning_rate 0.001 -> 0.0005"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["training"]["learning_rate"] == 5e-4
+    # the card says so: its training_config.yaml holds the resumed settings only
+    from robustdistill.environment import describe_config_changes
+    from robustdistill.export import export_from_checkpoint
+    from robustdistill.publish.card import write_card
+
+    assert describe_config_changes(records) == (
+        "at step 2: training.learning_rate 0.001 -> 0.0005")
+    student = export_from_checkpoint(run, None, tmp_path / "student")
+    text = write_card(student, [], run, license="mit").read_text()
+    assert ("- Settings changed at a resume (training_config.yaml holds the last ones): at step "
+            "2: training.learning_rate 0.001 -> 0.0005\n") in text
+
+
+def test_train_se_resume_logs_changes_and_refuses_another_student(tmp_path, caplog, capsys):
+    from robustdistill.se.train import load_se_config, main, train_se
+
+    write_se_data(tmp_path)
+    run = tmp_path / "run"
+    train_se(load_se_config(None, se_train_args(tmp_path, run, 1)))
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    with pytest.raises(SystemExit) as stop:
+        main(se_train_args(tmp_path, run, 2, "--student.hidden_size", "12"))
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.endswith(f"output_dir {str(run)!r} holds a run of another student "
+                         "(student.hidden_size 8 -> 12): checkpoint_1 cannot be loaded into "
+                         "this one; resume with the run's student settings, or give another "
+                         "output_dir")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+    assert len(_environment(run)) == 1  # refused before anything was written
+    with caplog.at_level("WARNING", logger="robustdistill.se.train"):
+        train_se(load_se_config(None, se_train_args(tmp_path, run, 2,
+                                                    "--training.learning_rate", "0.002")))
+    assert "resumed with settings other than the run's config.yaml: training.learning_rate " \
+           "0.001 -> 0.002" in caplog.text
+    assert _environment(run)[-1]["config_changes"] == ["training.learning_rate 0.001 -> 0.002"]
+    from robustdistill.publish.card import write_card
+
+    text = write_card(run / "student", [], run, license="mit").read_text()
+    assert ("- Settings changed at a resume (training_config.yaml holds the last ones): at step "
+            "1: training.learning_rate 0.001 -> 0.002\n") in text
