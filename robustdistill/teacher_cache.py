@@ -79,7 +79,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .audio import SAMPLE_RATE, AudioError
@@ -91,7 +91,8 @@ from .upstream import Upstream, UpstreamOutput, lengths_to_mask
 logger = logging.getLogger(__name__)
 
 __all__ = ["CacheReader", "CachedLayers", "TeacherCacheConfig", "TeacherFeatureCache",
-           "build_cache", "cached_layers_of", "main", "teacher_fingerprint"]
+           "UnreadableEntryError", "build_cache", "cached_layers_of", "main",
+           "teacher_fingerprint"]
 
 #: Bumped when the entry format changes (part of the spec hash).
 FORMAT_VERSION = 1
@@ -161,15 +162,48 @@ def _entry_path(root: Path, context: str, key: str, start: int = 0,
     return root / key[:2] / f"{name}.safetensors"
 
 
+class UnreadableEntryError(ValueError):
+    """A cache entry that exists but cannot be read: truncated (a partial copy, a file system
+    that lost the end of a write) or otherwise not a safetensors file with ``"layers"``."""
+
+
+def _open_layers(handle, path: Path):
+    """The ``"layers"`` slice of an open entry.
+
+    Raises:
+        UnreadableEntryError: there is no such tensor.
+    """
+    try:
+        return handle.get_slice("layers")
+    except (SafetensorError, KeyError) as err:
+        raise UnreadableEntryError(f"{path}: {err}") from err
+
+
+def _entry_readable(path: Path) -> bool:
+    """True when ``path`` exists and is a whole entry (its header opens and covers the file,
+    with a ``"layers"`` tensor); reads only the header."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            _open_layers(handle, path)
+    except (SafetensorError, OSError, UnreadableEntryError):
+        return False
+    return True
+
+
 def _read_frames(path: Path, first: int, frames: int) -> torch.Tensor:
     """Frames ``[first, first + frames)`` of an entry, ``(K, frames, D)`` in storage dtype;
     only those bytes are read (safetensors slices the memory-mapped file).
 
     Raises:
+        UnreadableEntryError: the file is truncated or not an entry.
         ValueError: the entry has fewer frames (the audio does not match its key).
     """
-    with safe_open(str(path), framework="pt") as handle:
-        part = handle.get_slice("layers")
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except SafetensorError as err:  # e.g. "incomplete metadata, file not fully covered"
+        raise UnreadableEntryError(f"{path}: {err}") from err
+    with handle:
+        part = _open_layers(handle, path)
         total = part.get_shape()[1]
         if first + frames > total:
             raise ValueError(f"{path}: frames [{first}, {first + frames}) asked of a "
@@ -186,7 +220,7 @@ class CacheReader:
     ``"cached_targets"`` ``(K, B, T, D)`` (zero past each row's frames) and ``"cached_rows"``
     ``(B,)`` bool (rows read). A row is left to :meth:`TeacherFeatureCache.targets` in the
     step, which computes, reports or refuses it exactly as without this reader, when its
-    entry is missing, its crop start is off the frame grid or its length is beyond
+    entry is missing or unreadable, its crop start is off the frame grid or its length is beyond
     ``frame_table``.
 
     Attributes:
@@ -237,7 +271,11 @@ class CacheReader:
             if not path.exists():
                 continue
             first = start // self.grid if self.context == "utterance" else 0
-            out[:, b, : int(frames[b])] = _read_frames(path, first, int(frames[b])).to(self.dtype)
+            try:
+                part = _read_frames(path, first, int(frames[b]))
+            except (UnreadableEntryError, FileNotFoundError):
+                continue  # the step rebuilds it (missing: compute) or names it (error)
+            out[:, b, : int(frames[b])] = part.to(self.dtype)
             rows[b] = True
         return {"cached_targets": out, "cached_rows": rows}
 
@@ -325,8 +363,11 @@ class TeacherFeatureCache:
     Raises:
         ValueError: a bad ``context``, ``dtype``, ``missing``, ``crop_starts`` or
             ``max_utterance_s``, no layer or a layer outside ``[0, L]``, a Whisper teacher with
-            context ``"utterance"`` (its absolute position embedding: module docstring), or a
-            folder whose manifest disagrees with this spec.
+            context ``"utterance"`` (its absolute position embedding: module docstring), a
+            folder whose manifest disagrees with this spec, a ``root`` that is itself one
+            spec's folder (the ``path`` that ``cache-teacher`` prints), or
+            ``missing: "error"`` with no folder of this spec under ``root`` (the message says
+            what the folders there differ in: another teacher, layers, context or dtype).
     """
 
     def __init__(self, root: str | Path, teacher: Upstream, layers: Sequence[int], *,
@@ -360,9 +401,15 @@ class TeacherFeatureCache:
         if teacher.is_whisper:  # "native" and "ssl" place the same frames 200 samples apart
             self.spec["whisper_frames"] = teacher.whisper_frames
         spec_hash = hashlib.sha256(json.dumps(self.spec, sort_keys=True).encode()).hexdigest()
+        if (Path(root) / "manifest.json").exists():  # the "path" cache-teacher prints
+            raise ValueError(f"{root} is the folder of one cache spec (it holds manifest.json), "
+                             f"not a cache root: give its parent {Path(root).parent} as "
+                             "teacher_cache.dir (a cache inside it would be built anew)")
         self.path = Path(root) / spec_hash[:16]
-        self.path.mkdir(parents=True, exist_ok=True)
         manifest = self.path / "manifest.json"
+        if missing == "error" and not manifest.exists():
+            raise ValueError(self._no_such_cache(Path(root)))
+        self.path.mkdir(parents=True, exist_ok=True)
         if manifest.exists():
             found = json.loads(manifest.read_text())
             if found != self.spec:
@@ -374,17 +421,45 @@ class TeacherFeatureCache:
         self.loader_hits = 0  # of the hits, rows a CacheReader read in the loader
         self.misses = 0
 
+    def _no_such_cache(self, root: Path) -> str:
+        """The message for ``missing: error`` when ``root`` holds no folder of this spec:
+        what differs in each folder it does hold (another teacher, layers, ...)."""
+        others = []
+        for found in sorted(root.glob("*/manifest.json")):
+            try:
+                spec = json.loads(found.read_text())
+            except (OSError, ValueError):
+                continue
+            differ = [key for key in sorted({*spec, *self.spec})
+                      if spec.get(key) != self.spec.get(key)]
+            others.append(f"{found.parent.name} (other {', '.join(differ)})")
+        held = f"it holds {'; '.join(others)}" if others else "it holds no cache"
+        return (f"{root} has no cache for this teacher, layers {self.layers}, context "
+                f"{self.context} and dtype {self.spec['dtype']} (missing: error, so every "
+                f"lookup would miss); {held}: build it with `robustdistill cache-teacher` and "
+                "the run's settings, or set teacher_cache.missing compute")
+
     @classmethod
     def from_config(cls, cfg: TeacherCacheConfig, teacher: Upstream,
                     objectives: Iterable) -> TeacherFeatureCache:
         """The cache of a run: ``cfg.layers`` or the objectives' teacher layers.
 
         Raises:
-            ValueError: ``cfg.dir`` unset, or see the class.
+            ValueError: ``cfg.dir`` unset, ``cfg.layers`` without a layer an objective reads
+                (found here, not as a ``KeyError`` at the first step), or see the class.
         """
         if not cfg.dir:
             raise ValueError("teacher_cache.dir is not set")
+        objectives = list(objectives)
+        slots = teacher.num_layers + 1  # hidden_states: negative indices count from the end
+        read = sorted({int(x) % slots for o in objectives
+                       for x in (getattr(o, "teacher_layers", None) or [])})
         layers = cfg.layers if cfg.layers is not None else cached_layers_of(objectives)
+        absent = [x for x in read if x not in {int(y) for y in layers}]
+        if absent:
+            raise ValueError(f"layers {list(layers)} leave out teacher layers {absent} that the "
+                             f"objectives read (they read {read}): add them, or leave "
+                             "teacher_cache.layers null (the objectives' layers)")
         return cls(cfg.dir, teacher, layers, context=cfg.context, dtype=cfg.dtype,
                    missing=cfg.missing, crop_starts=cfg.crop_starts,
                    max_utterance_s=cfg.max_utterance_s)
@@ -508,13 +583,25 @@ class TeacherFeatureCache:
             waveform: returns the whole utterance ``(S,)`` (called only on a miss).
 
         Returns:
-            True when the entry was computed now, False when it existed.
+            True when the entry was computed now (missing or unreadable), False when it
+            existed whole.
         """
         path = self.entry_path(key)
-        if path.exists():
+        if self._present(path):
             return False
         self.write(path, self.compute(torch.as_tensor(waveform())))
         return True
+
+    def _present(self, path: Path) -> bool:
+        """True when the entry ``path`` is there and whole; an unreadable one (truncated,
+        corrupt) is logged, to be written again."""
+        if not path.exists():
+            return False
+        if _entry_readable(path):
+            return True
+        logger.warning("teacher cache entry %s is unreadable (truncated or corrupt): "
+                       "computing it again", path)
+        return False
 
     def ensure_chunks(self, key: str, waveform: np.ndarray | torch.Tensor,
                       chunk: int) -> tuple[int, int]:
@@ -533,7 +620,7 @@ class TeacherFeatureCache:
         for start in starts:
             n = min(chunk, total)
             path = self.entry_path(key, start, n)
-            if not path.exists():
+            if not self._present(path):
                 self.write(path, self.compute(waveform[start : start + n]))
                 computed += 1
         return computed, len(starts)
@@ -560,7 +647,9 @@ class TeacherFeatureCache:
             KeyError: the batch has no ``keys``/``offsets`` (dataset not prepared).
             ValueError: a crop start off the frame grid, or a cached entry shorter than the
                 crop (audio and key disagree).
-            FileNotFoundError: a miss with ``missing: error``.
+            FileNotFoundError: a miss, or an unreadable (truncated, corrupt) entry, with
+                ``missing: error``; with ``missing: compute`` such an entry is computed again
+                and replaces the bad file, with a warning naming it.
         """
         if "keys" not in batch or "offsets" not in batch:
             raise KeyError("batch has no 'keys'/'offsets': call TeacherFeatureCache."
@@ -602,7 +691,19 @@ class TeacherFeatureCache:
                 path, first = self.entry_path(key), start // self.grid
             else:
                 path, first = self.entry_path(key, start, n), 0
+            part = None
             if path.exists():
+                try:
+                    part = _read_frames(path, first, frames)
+                except UnreadableEntryError as err:
+                    if self.missing == "error":
+                        raise FileNotFoundError(
+                            f"teacher cache entry {path} is unreadable (truncated or corrupt: "
+                            f"{err.__cause__ or err}); run `robustdistill cache-teacher` again "
+                            "(it rebuilds unreadable entries)") from err
+                    logger.warning("teacher cache entry %s is unreadable (truncated or "
+                                   "corrupt): computing it again", path)
+            if part is not None:
                 self.hits += 1
             else:
                 self.misses += 1
@@ -615,8 +716,10 @@ class TeacherFeatureCache:
                     if full_waveform is None:
                         raise FileNotFoundError(f"teacher cache miss {path} and no way to read "
                                                 "the whole utterance")
-                    self.ensure(key, lambda b=b: full_waveform(int(batch["indices"][b])))
-            out[:, b, :frames] = _read_frames(path, first, frames).to(dtype)
+                    whole = full_waveform(int(batch["indices"][b]))
+                    self.write(path, self.compute(torch.as_tensor(whole)))
+                part = _read_frames(path, first, frames)
+            out[:, b, :frames] = part.to(dtype)
         return out
 
     def lookups(self) -> dict:
@@ -642,7 +745,8 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
     context crop with ``crop_starts: chunks``: every chunk of every utterance).
 
     Runs under ``accelerate``: process ``r`` of ``N`` computes items ``r, r + N, ...`` of each
-    split; existing entries are skipped, so an interrupted build resumes where it stopped.
+    split; existing entries are skipped, so an interrupted build resumes where it stopped, and
+    an unreadable one (truncated, corrupt: only its header is read) is computed again.
 
     Args:
         cfg: a :class:`~robustdistill.config.DistillConfig` with ``teacher_cache.dir`` set.

@@ -299,6 +299,10 @@ class _Run:
                            "(means are unchanged: sums and counts both scale)", len(valid_set), world)
         valid_rank, valid_world = (rank, world) if len(valid_set) >= world else (0, 1)
         # Sharding drops the last len % world items so every rank runs the same batches.
+        if (left_out := len(valid_set) % valid_world) and rank == 0:
+            logger.warning("validation: the last %d of %d items are not evaluated on %d "
+                           "processes (each process evaluates the same number; a multiple of "
+                           "%d items evaluates all)", left_out, len(valid_set), world, world)
         self.valid_sampler = ShardedRandomSampler(len(valid_set), cfg.seed, shuffle=False,
                                                   rank=valid_rank, world_size=valid_world)
         self.valid_loader = build_dataloader(valid_set, cfg.data.batch_size, self.valid_sampler,
@@ -647,7 +651,9 @@ class _Run:
 
     def _trajectory(self) -> dict:
         """What fixes which batches the steps see (saved with every checkpoint and compared
-        on resume): the seed, batch, accumulation, crop settings and training item count."""
+        on resume): the seed, batch, accumulation, crop settings (the crop grid in samples
+        too: a teacher cache puts crop starts on the teacher's frames, or on whole chunks)
+        and training item count."""
         cfg = self.cfg
         out = {"seed": cfg.seed, "data.batch_size": cfg.data.batch_size,
                "data.max_length_s": cfg.data.max_length_s,
@@ -655,6 +661,7 @@ class _Run:
                "training.gradient_accumulation_steps": cfg.training.gradient_accumulation_steps}
         if self.sampler is not None:
             out["training items"] = self.sampler.num_samples
+            out["crop grid (samples; set by teacher_cache)"] = int(self.train_set.crop_grid)
         return out
 
     def resume(self, where: str) -> bool:

@@ -121,6 +121,7 @@ def test_utterance_context_slices_on_the_frame_grid(tmp_path, teacher):
 
 
 def test_missing_error_mode_and_unprepared_batches(tmp_path, teacher):
+    TeacherFeatureCache(tmp_path, teacher, [2])  # the folder of this spec, with no entry yet
     cache = TeacherFeatureCache(tmp_path, teacher, [2], missing="error")
     batch = {"waveforms": torch.zeros(1, 4000), "lengths": torch.tensor([4000]),
              "offsets": torch.tensor([0]), "keys": ["ab" * 32], "indices": torch.tensor([0])}
@@ -166,6 +167,28 @@ def test_cache_is_invalidated_by_teacher_layers_context_and_dtype(tmp_path, tiny
         TeacherFeatureCache(tmp_path, teacher, [1, 2])
 
 
+
+def test_missing_error_without_a_cache_of_this_spec_is_refused_at_start_saying_why(
+        tmp_path, tiny_wavlm_dir, teacher):
+    """missing: error on a folder that holds only another teacher's cache (or nothing) is
+    refused when the cache is made, naming what differs; before, it made an empty folder of
+    this spec and every run failed at its first lookup with a bare "teacher cache miss"."""
+    with pytest.raises(ValueError, match="holds no cache"):
+        TeacherFeatureCache(tmp_path, teacher, [1, 2], missing="error")
+    assert not list(tmp_path.iterdir())  # nothing written
+    built = TeacherFeatureCache(tmp_path, teacher, [1, 2])
+    other = Upstream.from_pretrained(make_random_teacher("wavlm", "tiny", tmp_path / "t", seed=1))
+    with pytest.raises(ValueError, match=rf"{built.path.name} \(other teacher\)"):
+        TeacherFeatureCache(tmp_path, other, [1, 2], missing="error")
+    with pytest.raises(ValueError, match=r"other context, layers\)"):
+        TeacherFeatureCache(tmp_path, teacher, [2], context="crop", missing="error")
+    assert TeacherFeatureCache(tmp_path, teacher, [1, 2], missing="error").path == built.path
+    # The folder cache-teacher prints as "path" given as the root: refused in both modes
+    # (missing: compute built a second cache inside it, silently recomputing everything).
+    for missing in ("compute", "error"):
+        with pytest.raises(ValueError, match=rf"give its parent {tmp_path}"):
+            TeacherFeatureCache(built.path, teacher, [1, 2], missing=missing)
+
 def test_cached_layers_and_bad_options(teacher, tmp_path):
     layers = CachedLayers(3, {2: torch.ones(1)})
     assert len(layers) == 3 and layers[-1] is layers[2]
@@ -176,6 +199,24 @@ def test_cached_layers_and_bad_options(teacher, tmp_path):
     with pytest.raises(ValueError, match="context"):
         TeacherFeatureCache(tmp_path, teacher, [1], context="window")
 
+
+
+def test_cache_layers_must_hold_every_layer_the_objectives_read(tmp_path, teacher):
+    """teacher_cache.layers [1] with objectives reading [1, 2] is refused when the cache is
+    made (a one-line start-up error), not by a KeyError traceback at the first step."""
+    from types import SimpleNamespace
+
+    from robustdistill.teacher_cache import TeacherCacheConfig
+
+    objectives = [SimpleNamespace(teacher_layers=[1, 2]), SimpleNamespace()]
+    cfg = TeacherCacheConfig(dir=str(tmp_path), layers=[1])
+    with pytest.raises(ValueError, match=r"leave out teacher layers \[2\]"):
+        TeacherFeatureCache.from_config(cfg, teacher, objectives)
+    cfg.layers = [0, 1, 2]  # more than the objectives read is fine
+    assert TeacherFeatureCache.from_config(cfg, teacher, objectives).layers == [0, 1, 2]
+    cfg.layers = [2]  # layer -1 is layer 2 of this 2-layer teacher
+    assert TeacherFeatureCache.from_config(
+        cfg, teacher, [SimpleNamespace(teacher_layers=[-1])]).layers == [2]
 
 def test_crop_grid_keeps_the_old_draw_and_lands_on_the_grid():
     wave = np.arange(10_000, dtype=np.float32)
@@ -320,6 +361,47 @@ def test_reader_leaves_missing_and_off_grid_rows_to_the_step(tmp_path, teacher):
     with pytest.raises(ValueError, match="max_samples"):
         cache.reader(0)
 
+
+
+@pytest.mark.parametrize("context", ["utterance", "crop"])
+def test_an_unreadable_entry_is_computed_again_or_named_never_a_traceback(tmp_path, teacher,
+                                                                         context, caplog):
+    """A truncated entry (a partial copy; a rename that outlived a crash before its data
+    reached the disk) is computed again by a lookup with missing: compute and by
+    cache-teacher's resume, left by the loader's reader to the step, and named in the error
+    of missing: error; before, every read raised safetensors' own error (no file name), at the
+    same batch again after each resume, and cache-teacher counted it as already there."""
+    cache = TeacherFeatureCache(tmp_path / "c", teacher, [1, 2], context=context,
+                                dtype="float32")
+    wave = (np.random.default_rng(1).standard_normal(4000) * 0.1).astype(np.float32)
+    key = content_key(wave)
+    batch = {"waveforms": torch.from_numpy(wave)[None], "lengths": torch.tensor([4000]),
+             "offsets": torch.tensor([0]), "keys": [key], "indices": torch.tensor([0])}
+    expected = cache.targets(batch, full_waveform=lambda i: wave).hidden_states[2]
+    path = cache.entry_path(key, 0, 4000)
+    whole = path.read_bytes()
+
+    def truncate():
+        path.write_bytes(whole[: len(whole) // 2])
+
+    truncate()
+    assert cache.reader(4000).read(batch)["cached_rows"].tolist() == [False]
+    got = cache.targets(batch, full_waveform=lambda i: wave).hidden_states[2]
+    assert torch.equal(got, expected) and path.read_bytes() == whole
+    assert "unreadable" in caplog.text and str(path) in caplog.text
+    truncate()
+    strict = TeacherFeatureCache(tmp_path / "c", teacher, [1, 2], context=context,
+                                 dtype="float32", missing="error")
+    with pytest.raises(FileNotFoundError, match=f"{path}.*unreadable.*cache-teacher"):
+        strict.targets(batch, full_waveform=lambda i: wave)
+    if context == "utterance":  # cache-teacher's resume rebuilds it, skips a whole one
+        assert cache.ensure(key, lambda: wave) and path.read_bytes() == whole
+        assert not cache.ensure(key, lambda: wave)
+    else:
+        chunked = TeacherFeatureCache(tmp_path / "c", teacher, [1, 2], context=context,
+                                      dtype="float32", crop_starts="chunks")
+        assert chunked.ensure_chunks(key, wave, 4000) == (1, 1) and path.read_bytes() == whole
+        assert chunked.ensure_chunks(key, wave, 4000) == (0, 1)
 
 # ---- a Whisper teacher: where its frames sit is part of the cache --------------------------
 

@@ -183,7 +183,7 @@ def test_two_cpu_processes_end_with_identical_parameters(tmp_path, tiny_wavlm_di
            "--output_dir", str(out), "--data.synthetic_items", "16",
            "--data.synthetic_seconds", "[0.6, 1.2]", "--data.synthetic_dir", str(tmp_path / "c"),
            "--data.max_length_s", "1.0", "--data.min_length_s", "0.5",
-           "--data.validation_fraction", "0.25", "--data.batch_size", "2",
+           "--data.validation_fraction", "0.1875", "--data.batch_size", "2",
            "--augmentation.num_simulated_rooms", "2", "--augmentation.room_max_order", "3",
            "--objectives.layerwise.teacher_layers", "[1, 2]",
            "--objectives.enhancement.hidden_size", "8", "--training.max_steps", "3",
@@ -193,6 +193,9 @@ def test_two_cpu_processes_end_with_identical_parameters(tmp_path, tiny_wavlm_di
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    # 3 validation items on 2 processes: the one sharding drops is said, once
+    assert result.stderr.count("validation: the last 1 of 3 items are not evaluated on 2 "
+                               "processes") == 1
     final = json.loads((out / "final_state.json").read_text())
     assert final["step"] == 3 and len(final["parameter_sha256_per_rank"]) == 2
     assert final["ranks_identical"]
@@ -338,6 +341,12 @@ def test_resume_with_another_batch_or_seed_is_refused(tmp_path, tiny_wavlm_dir):
     other.data.batch_size, other.seed = 3, 4
     with pytest.raises(ValueError, match=r"seed 3 -> 4; data.batch_size 2 -> 3"):
         _Run(other).resume(checkpoint)
+    # A teacher cache turned on at the resume moves every later crop onto the teacher's
+    # 64-sample frames (the same command otherwise): refused, not silently other crops.
+    cached = _config(tmp_path, tiny_wavlm_dir, "cached", max_steps=4)
+    cached.teacher_cache.dir = str(tmp_path / "cache")
+    with pytest.raises(ValueError, match=r"crop grid \(samples; set by teacher_cache\) 1 -> 64"):
+        _Run(cached).resume(checkpoint)
 
 
 def test_streaming_ranks_resume_each_in_its_own_epoch(tmp_path):
