@@ -73,7 +73,7 @@ def test_other_weights_are_refused_and_a_checkpoints_step_is_named(tmp_path):
     other = _model(tmp_path, "other", _tensors(3.0))
     with pytest.raises(CardError, match=(
             r"the weights in .*other are not the final student of .*run \(.*student\) "
-            r"\(1 tensors differ, e.g. 'encoder.w'\): .*pass the run that trained them as "
+            r"\(1 tensor differs, e.g. 'encoder.w'\): .*pass the run that trained them as "
             r"--run, and --step N if they are the export of checkpoint N")):
         check_run_weights(other, run)
     renamed = _model(tmp_path, "renamed", {"encoder.v": torch.full((2, 3), 2.0),
@@ -169,6 +169,6 @@ def test_se_and_speaker_runs_check_the_final_student(tmp_path, kind):
     copy = _model(tmp_path, "copy", _tensors(2.0))
     assert check_run_weights(copy, run) == (
         f"the card's weights are the final student of {run_dir} ({run_dir / 'student'})")
-    with pytest.raises(CardError, match=r"are not the final student .* \(1 tensors differ, e.g. "
+    with pytest.raises(CardError, match=r"are not the final student .* \(1 tensor differs, e.g. "
                                         r"'encoder.w'\).*pass the run that trained them"):
         check_run_weights(_model(tmp_path, "other", _tensors(3.0)), run)

@@ -174,7 +174,10 @@ def test_train_speaker_runs_past_bad_files_and_counts_them(tmp_path, monkeypatch
     (["--training.batch_size", "0"], "training.batch_size must be >= 2, got 0"),
     (["--training.batch_size", "1"], "training.batch_size must be >= 2, got 1"),
     (["--training.lr", "-1"], "training.lr must be > 0, got -1"),
-    (["--data.crop_seconds", "0"], "data.crop_seconds must be > 0, got 0"),
+    (["--data.crop_seconds", "0"], "data.crop_seconds must be at least 0.025 s"),
+    # 16 samples used to train without a word (less than one 25 ms window)
+    (["--data.crop_seconds", "0.001"], "data.crop_seconds must be at least 0.025 s (one 25 ms "
+                                       "analysis window"),
     (["--data.fsdd_per_speaker", "1"], "data.fsdd_per_speaker must be >= 2, got 1"),
     (["--student.hidden_size", "0"], "student.hidden_size must be >= 1, got 0"),
     (["--ig.n_steps", "1"], "n_steps must be >= 2"),

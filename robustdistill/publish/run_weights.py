@@ -67,10 +67,7 @@ def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None =
 
             differ = _differing(load_file(str(weights)), load_file(str(exported)))
             if differ:
-                raise CardError(
-                    f"the weights in {model_dir} are not {what} ({len(differ)} tensors differ, "
-                    f"e.g. {differ[0]!r}): the card would describe another training; pass the "
-                    "run that trained them as --run")
+                raise _other_weights(model_dir, what, differ)
         return f"the card's weights are {what}"
     if step is None:
         if exported.is_file():
@@ -112,11 +109,17 @@ def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None =
                     hint = (f"--step {checkpoint_step(folder)}: they are the student of "
                             f"{folder}")
                     break
-        raise CardError(
-            f"the weights in {model_dir} are not {what} ({len(differ)} tensors differ, e.g. "
-            f"{differ[0]!r}): the card would describe another training; pass the run that "
-            f"trained them as --run, and {hint}")
+        raise _other_weights(model_dir, what, differ, hint)
     return f"the card's weights are {what}"
+
+
+def _other_weights(model_dir: Path, what: str, differ: list[str],
+                   hint: str | None = None) -> CardError:
+    """The refusal of weights that are not ``what`` (``differ``: the tensors that differ)."""
+    count = "1 tensor differs" if len(differ) == 1 else f"{len(differ)} tensors differ"
+    return CardError(f"the weights in {model_dir} are not {what} ({count}, e.g. "
+                     f"{differ[0]!r}): the card would describe another training; pass the run "
+                     f"that trained them as --run" + (f", and {hint}" if hint else ""))
 
 
 def _student_tensors(path: Path) -> dict:

@@ -89,6 +89,11 @@ def _at_least(section: str, cfg: Any, **minimums: int) -> None:
             raise ValueError(f"{section}.{name} must be >= {minimum}, got {getattr(cfg, name)}")
 
 
+#: The shortest training crop (s): one 25 ms window, the GE2E teacher's mel frame and an
+#: upstream student's first CNN frame (400 samples at 16 kHz).
+MIN_CROP_SECONDS = 0.025
+
+
 @dataclass
 class DataConfig:
     """Training crops and verification sets (:mod:`.data`); audio is 16 kHz.
@@ -96,7 +101,8 @@ class DataConfig:
     Attributes:
         train_dir: LibriSpeech-style training folder, flat or nested, files
             ``<speaker>-<chapter>-<utt>.<ext>`` (speaker = first field of the file name).
-        crop_seconds: training crop length in seconds (> 0); a shorter utterance is zero-padded.
+        crop_seconds: training crop length in seconds (at least :data:`MIN_CROP_SECONDS`, one
+            25 ms window); a shorter utterance is zero-padded.
         crops_per_utterance: at most this many fixed, evenly spaced, non-overlapping crops per
             training utterance (>= 1; fewer when the utterance is short).
         test_other_dir: ``<speaker>/<file>`` verification set (LibriSpeech test-other); its
@@ -110,7 +116,8 @@ class DataConfig:
         p_target: prior of a target trial for minDCF (costs 1 and 1; default 0.01, SUPERB's).
 
     Raises:
-        ValueError: (on construction) an empty ``train_dir``, ``crop_seconds <= 0``,
+        ValueError: (on construction) an empty ``train_dir``, ``crop_seconds`` below
+            :data:`MIN_CROP_SECONDS`,
             ``crops_per_utterance < 1``, ``fsdd_per_speaker < 2``, ``max_nontarget < 1``, a
             negative ``trials_seed`` or ``p_target`` outside ``(0, 1)``; the message names the
             key.
@@ -129,8 +136,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not self.train_dir:
             raise ValueError("data.train_dir must name the training folder")
-        if not self.crop_seconds > 0:
-            raise ValueError(f"data.crop_seconds must be > 0, got {self.crop_seconds}")
+        if not self.crop_seconds >= MIN_CROP_SECONDS:
+            raise ValueError(f"data.crop_seconds must be at least {MIN_CROP_SECONDS} s (one "
+                             "25 ms analysis window: the teacher's mel frame, an upstream "
+                             f"student's first frame), got {self.crop_seconds}")
         _at_least("data", self, crops_per_utterance=1, fsdd_per_speaker=2, max_nontarget=1,
                   trials_seed=0)
         if not 0 < self.p_target < 1:
