@@ -47,7 +47,7 @@ from .conditions import CLEAN, DEFAULT_CONDITIONS, Condition, TestCorruptor, par
 from .config import load_config, to_dict
 from .data import SPLITS, Utterance, load_splits, load_waveform
 from .fbank import FbankUpstream, is_fbank
-from .featurizer import Featurizer
+from .featurizer import Featurizer, resolve_layers
 from .results import (
     aggregate_seeds,
     check_evaluation_folder,
@@ -352,8 +352,10 @@ def load_head(path: str | Path, task: Task, featurizer: Featurizer, head: nn.Mod
     Raises:
         FileNotFoundError: no such file.
         ValueError: not a readable head file, another task, a different class / speaker list
-            (the config or seed differ from the run that trained it), or weights that do not
-            fit ``featurizer`` and ``head`` (another upstream or head config).
+            (the config or seed differ from the run that trained it), other settings of what
+            the weights compute (:func:`_model_setting_differences`: featurizer layers or
+            layer norm, head, STFT), or weights that do not fit ``featurizer`` and ``head``
+            (another upstream or head config).
     """
     path = Path(path)
     if not path.is_file():
@@ -372,6 +374,11 @@ def load_head(path: str | Path, task: Task, featurizer: Featurizer, head: nn.Mod
         if key in summary and summary[key] != saved["task_summary"].get(key):
             raise ValueError(f"{path}: its {key} differ from this run's (trained with another "
                              "config or seed?)")
+    differences = _model_setting_differences(saved.get("config") or {}, to_dict(task.config),
+                                             featurizer)
+    if differences:
+        raise ValueError(f"{path} was trained with other settings than this run's config: "
+                         f"{'; '.join(differences)}; test it with the config it was trained with")
     if str(saved["upstream"]) != str(options.upstream):
         logger.warning("head %s was trained on upstream %s, evaluating on %s", path,
                        saved["upstream"], options.upstream)
@@ -382,6 +389,36 @@ def load_head(path: str | Path, task: Task, featurizer: Featurizer, head: nn.Mod
         raise ValueError(f"{path} does not fit this upstream and task config (trained on "
                          f"{saved['upstream']}; {str(err).splitlines()[0]})") from err
     return {**saved["training"], "loaded_from": str(path)}
+
+
+def _model_setting_differences(saved: dict[str, Any], current: dict[str, Any],
+                               featurizer: Featurizer) -> list[str]:
+    """``"section.key (head's value, this run's)"`` for each setting that decides what a saved
+    featurizer + head compute and differs between the head's training config ``saved`` and this
+    run's ``current`` (:func:`~downstream.config.to_dict` form): the featurizer's layers (as
+    indices into ``featurizer``'s hidden states) and layer norm, and every key of the ``head``
+    and ``stft`` sections except dropout (training only). Weights of the same shape loaded
+    under other such settings give other numbers with no error."""
+    differences = []
+    feat = saved.get("featurizer") or {}
+    try:
+        layers = resolve_layers(feat.get("layers"), featurizer.num_hidden_states)
+    except ValueError:
+        layers = feat.get("layers")
+    if layers != featurizer.layers:
+        differences.append(f"featurizer.layers ({layers} in the head, {featurizer.layers} here)")
+    if bool(feat.get("layer_norm", False)) != featurizer.layer_norm:
+        differences.append(f"featurizer.layer_norm ({bool(feat.get('layer_norm', False))} in the "
+                           f"head, {featurizer.layer_norm} here)")
+    for section in ("head", "stft"):
+        old, new = saved.get(section), current.get(section)
+        if not (isinstance(old, dict) and isinstance(new, dict)):
+            continue
+        for key in sorted(set(old) | set(new)):
+            if "dropout" not in key and old.get(key) != new.get(key):
+                differences.append(f"{section}.{key} ({old.get(key)!r} in the head, "
+                                   f"{new.get(key)!r} here)")
+    return differences
 
 
 # ---------------------------------------------------------------------------- several seeds

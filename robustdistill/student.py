@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from .pruning import cnn_layout, copy_pruned_cnn
-from .upstream import Upstream, disable_train_randomness
+from .upstream import Upstream, disable_train_randomness, has_layer_norm_cnn
 
 logger = logging.getLogger(__name__)
 
@@ -325,12 +325,21 @@ def _copy_from_teacher(student, teacher, layers: list[int],
 
 def student_feature_extractor(teacher: Upstream, student_config) -> Wav2Vec2FeatureExtractor:
     """The student's preprocessor: the teacher's waveform convention when the teacher is a
-    waveform SSL model, else the ``transformers`` convention for the student's CNN norm."""
+    waveform SSL model (its normalisation, and its attention mask, which a normalising student
+    always takes, so that ``AutoFeatureExtractor`` batches equal the trainer's), else the
+    ``transformers`` convention for the student's CNN norm (normalised input and an attention
+    mask exactly for a layer-norm CNN,
+    :func:`~robustdistill.upstream.has_layer_norm_cnn`: ``feat_extract_norm: layer``, and
+    every data2vec-audio CNN, whose config has no ``feat_extract_norm``)."""
     if teacher.is_whisper:
-        layer_norm = getattr(student_config, "feat_extract_norm", "group") == "layer"
+        layer_norm = has_layer_norm_cnn(student_config)
         normalize, attention_mask = layer_norm, layer_norm
     else:
-        normalize, attention_mask = teacher.normalize, teacher.use_attention_mask
+        # A normalising extractor without a mask (facebook/wav2vec2-base's) normalises a padded
+        # batch over the padding too, unlike the trainer (real samples only, zeros after them):
+        # with a mask it normalises as the trainer, and the student is trained with that mask.
+        normalize = teacher.normalize
+        attention_mask = teacher.use_attention_mask or normalize
     return Wav2Vec2FeatureExtractor(
         feature_size=1,
         sampling_rate=16_000,

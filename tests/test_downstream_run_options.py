@@ -138,6 +138,43 @@ def test_a_head_trained_with_another_class_list_is_refused(tmp_path):
         runner.load_head(tmp_path / "head.pt", *make(["lo", "up"]), options)
 
 
+@pytest.mark.parametrize("change, named", [
+    ({"featurizer": {"layer_norm": True}}, "featurizer.layer_norm"),
+    ({"featurizer": {"layers": [1, 2, 3]}}, "featurizer.layers"),  # same count, other layers
+    ({"stft": {"hop_length": 80}}, "stft.hop_length"),
+    ({"head": {"mask_activation": "relu"}}, "head.mask_activation"),
+])
+def test_a_head_trained_with_other_model_settings_is_refused(tmp_path, change, named):
+    """--evaluate-only with a config whose featurizer, head or STFT settings differ from the
+    head's loaded the weights and tested them under the new settings (a head trained without
+    layer norm, tested with it: KWS accuracy 0.90 -> 0.65, silently)."""
+    from downstream.data import DataConfig, SourceConfig
+    from downstream.featurizer import Featurizer, FeaturizerConfig
+    from downstream.tasks.speech_enhancement.task import (
+        SEHeadConfig,
+        SpeechEnhancementConfig,
+        SpeechEnhancementTask,
+        StftConfig,
+    )
+
+    def make(featurizer=None, stft=None, head=None):
+        featurizer = {"layers": [0, 1, 2], "layer_norm": False, **(featurizer or {})}
+        config = SpeechEnhancementConfig(
+            data=DataConfig(SourceConfig(root=".")), featurizer=FeaturizerConfig(**featurizer),
+            stft=StftConfig(**(stft or {})), head=SEHeadConfig(hidden_size=4, num_layers=1,
+                                                               **(head or {})))
+        task = SpeechEnhancementTask(config)
+        return task, Featurizer(5, 8, featurizer["layers"], featurizer["layer_norm"]), \
+            task.build_head(8)
+
+    options = runner.RunOptions("speech_enhancement", "up", "c.yaml", str(tmp_path))
+    runner.save_head(tmp_path / "head.pt", *make(), {"best_step": 1}, options)
+    assert runner.load_head(tmp_path / "head.pt", *make(head={"dropout": 0.5}),
+                            options)["best_step"] == 1  # training-only settings may differ
+    with pytest.raises(ValueError, match=named.replace(".", r"\.")):
+        runner.load_head(tmp_path / "head.pt", *make(**change), options)
+
+
 def test_run_seeds_substitutes_the_seed_in_the_head_path_and_refuses_repeats(monkeypatch,
                                                                               tmp_path):
     calls = []

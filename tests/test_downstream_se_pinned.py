@@ -71,6 +71,29 @@ def test_build_head_upsamples_50hz_features_to_the_stft_hop():
     assert native.hop_length == 320 and native.build_head(4).upsample == 1
 
 
+@pytest.mark.parametrize("upstream_hop, stft_hop", [(320, 256), (320, 128), (64, 160)])
+def test_mask_frames_read_the_feature_frame_at_their_own_time(upstream_hop, stft_hop):
+    """STFT frame ``j`` (at ``j * stft_hop`` samples) reads the feature frame covering that
+    time, ``floor(j * stft_hop / upstream_hop)``, also when the hops are not integer multiples
+    (a rounded ratio read frame j of a 256 hop at 320 samples per frame: 0.8 s late by 3.2 s;
+    a 64-sample upstream read only its first 40 %)."""
+    task = _task(stft=StftConfig(hop_length=stft_hop))
+    task.frames_per_second = SR / upstream_hop
+    head = task.build_head(1)
+    samples = 6 * SR
+    frames = samples // upstream_hop
+    k = samples // stft_hop + 1
+    features = torch.arange(frames, dtype=torch.float32).view(1, frames, 1)
+    seen = []
+    head.lstm.register_forward_hook(lambda _m, args, _o: seen.append(args[0]))
+    with torch.no_grad():
+        head(features, torch.tensor([frames]), torch.tensor([k]))
+    read, _ = torch.nn.utils.rnn.pad_packed_sequence(seen[0], batch_first=True)
+    j = torch.arange(k)
+    expected = torch.clamp(j * stft_hop // upstream_hop, max=frames - 1).float()
+    torch.testing.assert_close(read[0, :, 0], expected, atol=0, rtol=0)
+
+
 def _manual_mask(head: MaskHead, features: torch.Tensor, k: int, activation) -> torch.Tensor:
     """One utterance: each frame repeated ``upsample`` times, padded with the last frame."""
     x = torch.cat([f.repeat(head.upsample, 1) for f in features])  # frame-major repeat

@@ -189,3 +189,23 @@ def test_symlink_out_of_the_folder_is_refused(folder, tmp_path):
     (folder / "link.txt").symlink_to(outside)
     with pytest.raises(PushError, match="link to outside"):
         plan_upload(folder, "org/x")
+
+
+@pytest.mark.parametrize("name", ["LICENSE", "train.log", "setup.cfg", "heads/notes.ini"])
+def test_a_token_in_a_file_of_any_name_is_refused(folder, hub, name):
+    """Every uploaded file is searched, not only .md/.json/.yaml/.txt/.py: a LICENSE (which a
+    card's --license-link may name) or a log is text too."""
+    (folder / name).write_text(f"HF_TOKEN={FAKE_TOKEN}\n")
+    with pytest.raises(PushError, match=f"{name} contains the Hugging Face token") as err:
+        push(folder, "org/tiny-robust")
+    assert FAKE_TOKEN not in str(err.value)
+    hub["upload_folder"].assert_not_called()
+
+
+def test_a_token_across_a_read_chunk_boundary_is_found(tmp_path):
+    from robustdistill.publish.push import _holds
+
+    path = tmp_path / "blob.bin"
+    path.write_bytes(b"\x00" * 10 + FAKE_TOKEN.encode() + b"\x00" * 10)
+    assert _holds(path, FAKE_TOKEN.encode(), chunk=16)  # the token spans three chunks
+    assert not _holds(path, b"hf_other", chunk=16)

@@ -75,10 +75,12 @@ def test_projection_with_its_layer_norm_is_copied_when_copy_projection_is_off(tm
 
 def test_feature_extractor_keeps_the_teachers_normalize_and_mask_separately(tiny_hubert_dir):
     model = AutoModel.from_pretrained(tiny_hubert_dir)
-    for normalize, mask in ((True, False), (False, True)):
+    # (True, False) -> a mask too: test_a_normalising_students_batches_equal_the_trainers
+    for (normalize, mask), want in (((True, False), (True, True)), ((False, True), (False, True)),
+                                    ((False, False), (False, False))):
         teacher = Upstream(model, normalize=normalize, use_attention_mask=mask)
         fe = student_feature_extractor(teacher, model.config)
-        assert (fe.do_normalize, fe.return_attention_mask) == (normalize, mask)
+        assert (fe.do_normalize, fe.return_attention_mask) == want
 
 
 # ---- pruning.py ------------------------------------------------------------------------------
@@ -294,3 +296,47 @@ def test_export_from_checkpoint_refuses_a_checkpoint_missing_student_weights(tmp
                           drop_key="encoder.layers.0.attention.q_proj.weight")
     with pytest.raises(RuntimeError, match="missing"):
         export_from_checkpoint(run, out_dir=tmp_path / "out" / "student")
+
+
+def test_a_whisper_teachers_data2vec_student_takes_the_layer_norm_convention():
+    """data2vec-audio's CNN is always layer-normed (its config has no feat_extract_norm): a
+    student of a Whisper teacher normalises its input and takes an attention mask, as
+    make-teacher's data2vec-audio and the transformers checkpoints do; a group-norm HuBERT
+    student takes neither."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+
+    whisper = SimpleNamespace(is_whisper=True)
+    data2vec = AutoConfig.for_model("data2vec-audio")
+    assert not hasattr(data2vec, "feat_extract_norm")
+    fe = student_feature_extractor(whisper, data2vec)
+    assert (fe.do_normalize, fe.return_attention_mask) == (True, True)
+    fe = student_feature_extractor(whisper, AutoConfig.for_model("hubert"))
+    assert (fe.do_normalize, fe.return_attention_mask) == (False, False)
+
+
+def test_a_normalising_students_batches_equal_the_trainers(tiny_hubert_dir):
+    """A teacher that normalises its input without an attention mask (facebook/wav2vec2-base's
+    preprocessor): the student's saved feature extractor must give, for a padded batch, the
+    input the trainer's Upstream gives the student (zero mean and unit variance over each
+    utterance's real samples, zeros after them). Without a mask, Wav2Vec2FeatureExtractor
+    normalises over the padded length, padding included."""
+    model = AutoModel.from_pretrained(tiny_hubert_dir)
+    teacher = Upstream(model, normalize=True, use_attention_mask=False)
+    torch.manual_seed(0)
+    student = create_student(teacher).eval()
+    fe = student_feature_extractor(teacher, student.config)
+    assert fe.do_normalize
+    trainer_view = Upstream(student, normalize=fe.do_normalize,
+                            use_attention_mask=fe.return_attention_mask, frozen=False).eval()
+    g = torch.Generator().manual_seed(0)
+    a, b = 0.1 * torch.randn(4000, generator=g) + 0.2, 0.3 * torch.randn(2500, generator=g)
+    waves = torch.zeros(2, 4000)
+    waves[0], waves[1, :2500] = a, b
+    inputs = fe([a.numpy(), b.numpy()], sampling_rate=16000, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours = trainer_view(waves, torch.tensor([4000, 2500])).hidden_states
+        theirs = student(**inputs, output_hidden_states=True).hidden_states
+    for o, t in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(t, o, atol=1e-5, rtol=1e-5)

@@ -12,7 +12,7 @@ nothing.
 The token comes from ``huggingface_hub`` itself (``HF_TOKEN`` or the saved ``hf auth login``);
 it is never printed, logged, written into a file or put in an error message: errors from the
 Hub are re-raised with any occurrence of the token replaced by ``***``, and the upload is
-refused if a text file to upload contains the token.
+refused if any file to upload contains the token.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 _REQUIRED = ("config.json", "README.md")
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-_TEXT_SUFFIXES = {".md", ".json", ".yaml", ".yml", ".txt", ".py"}
 _SKIP_DIRS = {"__pycache__", ".git", ".cache", ".ipynb_checkpoints"}
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 
@@ -157,10 +156,26 @@ def _scrub(text: str, token: str | None) -> str:
     return text.replace(token, "***") if token else text
 
 
+def _holds(path: Path, needle: bytes, chunk: int = 1 << 22) -> bool:
+    """Whether the bytes of ``path`` contain ``needle`` (read in chunks that overlap by
+    ``len(needle) - 1`` bytes, so a match across a chunk boundary is found)."""
+    keep = len(needle) - 1
+    tail = b""
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            window = tail + block
+            if needle in window:
+                return True
+            tail = window[-keep:] if keep else b""
+    return False
+
+
 def _check_files_free_of(plan: UploadPlan, token: str) -> None:
+    """Refuse the upload when any file to upload holds the token: every file, whatever its
+    name (a ``LICENSE``, ``train.log`` or ``setup.cfg`` is text too), as UTF-8 bytes."""
+    needle = token.encode()
     for name in plan.files:
-        path = plan.folder / name
-        if path.suffix in _TEXT_SUFFIXES and token in path.read_text(errors="ignore"):
+        if _holds(plan.folder / name, needle):
             raise PushError(f"{name} contains the Hugging Face token; refusing to upload it")
 
 

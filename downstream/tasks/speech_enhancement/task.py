@@ -41,6 +41,7 @@ import logging
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Literal
 
 import numpy as np
@@ -191,22 +192,32 @@ class SpeechEnhancementConfig(TaskConfig):
 class MaskHead(nn.Module):
     """BLSTM -> linear -> sigmoid: a ``(B, K, F)`` magnitude mask from ``(B, T, D)`` features.
 
-    The 50 Hz features are repeated ``upsample`` times to the STFT frame rate and cut to ``K``
-    STFT frames; where an utterance has more STFT frames than repeated features (the STFT's
-    centred last frames), its own last real feature frame is repeated, so an utterance's mask
-    does not depend on the other utterances of its batch. (s3prl's ``_match_length`` pads a
+    STFT frame ``j`` (at ``j * hop`` samples) reads the feature frame covering that time,
+    ``floor(j / upsample)``: the 50 Hz features are repeated ``upsample`` times to the STFT
+    frame rate (any ratio: 1.25 for a 256-sample hop, 0.4 for an upstream with 4 ms frames,
+    whose features are then read every 2.5 frames) and cut to ``K`` STFT frames; where an
+    utterance has more STFT frames than repeated features (the STFT's centred last frames),
+    its own last real feature frame is repeated, so an utterance's mask does not depend on the
+    other utterances of its batch. (s3prl's ``_match_length`` pads a
     batch with the batch's last frame, which is zero padding for all but the longest
     utterance; its test loader uses batches of one, where the two agree.)
 
     Args:
         input_size: ``D``.
         num_bins: ``F``.
-        upsample: STFT frames per upstream frame (2 for 20 ms frames and a 10 ms hop).
+        upsample: STFT frames per upstream frame, ``upstream hop / STFT hop`` (2 for 20 ms
+            frames and a 10 ms hop); an int or an exact :class:`fractions.Fraction`.
         config: see :class:`SEHeadConfig`.
+
+    Raises:
+        ValueError: ``upsample`` not above 0.
     """
 
-    def __init__(self, input_size: int, num_bins: int, upsample: int, config: SEHeadConfig):
+    def __init__(self, input_size: int, num_bins: int, upsample: int | Fraction,
+                 config: SEHeadConfig):
         super().__init__()
+        if not upsample > 0:
+            raise ValueError(f"upsample must be > 0, got {upsample}")
         self.upsample = upsample
         self.lstm = nn.LSTM(input_size, config.hidden_size, config.num_layers, batch_first=True,
                             bidirectional=True,
@@ -221,8 +232,9 @@ class MaskHead(nn.Module):
         ``(B, max K, F)`` mask in ``[0, 1]`` (sigmoid) or ``[0, inf)`` (relu); values past each
         length are padding."""
         k = int(stft_lengths.max())
-        # STFT frame j of utterance b reads feature frame min(j // upsample, T_b - 1)
-        steps = torch.arange(k, device=features.device) // self.upsample
+        # STFT frame j of utterance b reads feature frame min(floor(j / upsample), T_b - 1)
+        ratio = Fraction(self.upsample)
+        steps = torch.arange(k, device=features.device) * ratio.denominator // ratio.numerator
         last = (frame_lengths.to(features.device) - 1).clamp(min=0)
         index = torch.minimum(steps[None, :], last[:, None])  # (B, K)
         x = features.gather(1, index.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
@@ -332,9 +344,11 @@ class SpeechEnhancementTask(Task):
 
     # ---- model ------------------------------------------------------------------------------
     def build_head(self, input_size: int) -> nn.Module:
-        """A :class:`MaskHead` over ``n_fft // 2 + 1`` STFT bins, upsampled to the STFT hop."""
+        """A :class:`MaskHead` over ``n_fft // 2 + 1`` STFT bins; STFT frame ``j`` reads the
+        feature frame at its time (``upsample = upstream hop / STFT hop``, exact, not rounded:
+        a rounded 1.25 or 2.5 read frames seconds away from their STFT frame)."""
         stft = self.config.stft
-        upsample = max(1, round(SAMPLE_RATE / self.hop_length / self.frames_per_second))
+        upsample = Fraction(int(round(SAMPLE_RATE / self.frames_per_second)), self.hop_length)
         return MaskHead(input_size, stft.n_fft // 2 + 1, upsample, self.config.head)
 
     def _stft(self, waves: list[np.ndarray], device) -> tuple[torch.Tensor, torch.Tensor]:
