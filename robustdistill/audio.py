@@ -463,9 +463,13 @@ def list_audio_files(
 ) -> list[Path]:
     """All audio files below ``root``, recursively, sorted by path (deterministic order).
 
+    Symbolic links to folders are followed (a corpus folder made of links to its subsets),
+    each real folder searched once: a link back up the tree (a loop) or a second link to a
+    folder already searched adds nothing; a link that cannot be resolved is skipped.
+
     Args:
         root: a folder, or a single audio file.
-        extensions: lower-case suffixes to accept (one suffix may be given as a string).
+        extensions: suffixes to accept, in any case (one suffix may be given as a string).
 
     Raises:
         FileNotFoundError: ``root`` does not exist or holds no audio file.
@@ -479,7 +483,29 @@ def list_audio_files(
     if root.is_file():
         files = [root] if root.suffix.lower() in suffixes else []
     else:
-        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+        files = sorted(p for p in _walk_files(root) if p.suffix.lower() in suffixes)
     if not files:
         raise FileNotFoundError(f"no audio files ({', '.join(suffixes)}) found under {root}")
+    return files
+
+
+def _walk_files(root: Path) -> list[Path]:
+    """Every file below the folder ``root``, through symbolic links to folders, each real
+    folder (device, inode) visited once, folders in sorted order (which path a folder reached
+    twice is listed under does not depend on the file system's listing order)."""
+    files: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(folder)
+        except OSError:  # a link that cannot be resolved (a loop of links, a dangling one)
+            subfolders[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            subfolders[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        subfolders.sort()
+        files.extend(Path(folder) / name for name in names
+                     if os.path.isfile(os.path.join(folder, name)))
     return files

@@ -35,6 +35,7 @@ __all__ = [
     "CHECKPOINT_PREFIX",
     "MANIFEST",
     "STUDENT_PREFIX",
+    "TRAINING_STATE",
     "CheckpointError",
     "checkpoint_index",
     "checkpoint_step",
@@ -64,6 +65,9 @@ MANIFEST = "checkpoint.json"
 #: The student's tensors' prefix in a ``distill`` checkpoint's ``model.safetensors`` (the
 #: distiller's ``student.model``); the objectives' heads are under ``objectives.``.
 STUDENT_PREFIX = "student.model."
+#: The distillation trainer's own state in every checkpoint (JSON: no pickle to load on
+#: resume): progress, scheduler, trajectory, the heads' layouts (``head_configs``).
+TRAINING_STATE = "training_state.json"
 
 _NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 

@@ -120,6 +120,8 @@ def create_student_main(argv: list[str]) -> int:
     from .files import OutputFolderError, check_output_folder, empty_folder, name_list
     from .student import (
         NARROW_CNN_INITS,
+        STUDENT_CONFIG_HELP,
+        STUDENT_FAMILIES,
         STUDENT_PRESETS,
         StudentConfig,
         create_student,
@@ -135,14 +137,20 @@ def create_student_main(argv: list[str]) -> int:
     parser.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     parser.add_argument("--preset", default="default", choices=list(STUDENT_PRESETS),
                         help="student shape (docs/performance.md, section 2)")
-    parser.add_argument("--family", default=None)
-    parser.add_argument("--num-layers", type=int, default=2)
-    parser.add_argument("--hidden-size", type=int, default=None)
-    parser.add_argument("--num-attention-heads", type=int, default=None)
-    parser.add_argument("--intermediate-size", type=int, default=None)
+    described = STUDENT_CONFIG_HELP.get  # each option's StudentConfig help
+    parser.add_argument("--family", default=None, choices=list(STUDENT_FAMILIES),
+                        help="student model type; default: the teacher's when it is one of "
+                             "these, else hubert")
+    parser.add_argument("--num-layers", type=int, default=2, help=described("num_layers"))
+    parser.add_argument("--hidden-size", type=int, default=None, help=described("hidden_size"))
+    parser.add_argument("--num-attention-heads", type=int, default=None,
+                        help=described("num_attention_heads"))
+    parser.add_argument("--intermediate-size", type=int, default=None,
+                        help=described("intermediate_size"))
     parser.add_argument("--conv-dim", type=int, nargs="+", default=None,
                         help="CNN channels, one per teacher CNN layer")
-    parser.add_argument("--init-layers", type=int, nargs="+", default=None)
+    parser.add_argument("--init-layers", type=int, nargs="+", default=None,
+                        help=described("init_layers"))
     parser.add_argument("--narrow-cnn-init", choices=NARROW_CNN_INITS, default=None,
                         help="a CNN narrower than the teacher's: random, or pruned from it "
                              "(default: the preset's, else random)")

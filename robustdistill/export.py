@@ -38,6 +38,7 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 from .checkpoints import (
     MANIFEST,
     STUDENT_PREFIX,
+    TRAINING_STATE,
     CheckpointError,
     checkpoint_step,
     latest_checkpoint,
@@ -219,6 +220,18 @@ def export_run_student(distiller, feature_extractor, output_dir: str | Path,
     return student_dir
 
 
+def _saved_head_configs(checkpoint: Path) -> dict[str, dict]:
+    """The heads' layouts the trainer saved in ``checkpoint``'s :data:`TRAINING_STATE`
+    (``head_configs``), or ``{}`` for a checkpoint from before they were saved (the heads'
+    recipes then carry their options only, whose defaults rebuild the same heads)."""
+    try:
+        state = json.loads((checkpoint / TRAINING_STATE).read_text())
+    except (OSError, ValueError):
+        return {}
+    configs = state.get("head_configs") if isinstance(state, dict) else None
+    return configs if isinstance(configs, dict) else {}
+
+
 def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None,
                            out_dir: str | Path | None = None, overwrite: bool = False,
                            inputs: Iterable[str | Path] = ()) -> Path:
@@ -328,7 +341,7 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
         if removed:
             logger.info("--overwrite: removed %s", name_list(removed))
     save_student(student, AutoFeatureExtractor.from_pretrained(init), out_dir)
-    save_heads(heads, {}, config.get("objectives", {}), heads_dir,
+    save_heads(heads, _saved_head_configs(checkpoint), config.get("objectives", {}), heads_dir,
                {"sha256": weights_sha256(out_dir), "step": checkpoint_step(checkpoint),
                 "checkpoint": checkpoint.resolve().name})
     logger.info("exported %s -> %s (heads in %s)", checkpoint, out_dir, heads_dir)

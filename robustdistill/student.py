@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -31,8 +31,8 @@ from .upstream import Upstream, disable_train_randomness, has_layer_norm_cnn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NARROW_CNN_INITS", "STUDENT_PRESETS", "StudentConfig", "create_student", "save_student",
-           "student_feature_extractor"]
+__all__ = ["NARROW_CNN_INITS", "STUDENT_CONFIG_HELP", "STUDENT_PRESETS", "StudentConfig",
+           "create_student", "save_student", "student_feature_extractor"]
 
 #: Student families: ``transformers`` model types whose models are stock waveform encoders.
 STUDENT_FAMILIES = ("hubert", "wavlm", "wav2vec2", "data2vec-audio")
@@ -174,6 +174,10 @@ class StudentConfig:
                 and self.hidden_size % self.num_attention_heads):
             raise ValueError(f"student.hidden_size {self.hidden_size} is not divisible by "
                              f"student.num_attention_heads {self.num_attention_heads}")
+
+
+#: Each :class:`StudentConfig` field's help text, by field name (for command-line options).
+STUDENT_CONFIG_HELP = {f.name: f.metadata.get("help", "") for f in fields(StudentConfig)}
 
 
 def _first_set(*values):

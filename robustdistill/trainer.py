@@ -51,6 +51,7 @@ from transformers import AutoFeatureExtractor, AutoModel, get_scheduler
 from .audio import SAMPLE_RATE, AudioError
 from .augment import Corruptor, LoaderCorruption
 from .checkpoints import (
+    TRAINING_STATE,
     CheckpointError,
     checkpoint_index,
     latest_checkpoint,
@@ -85,8 +86,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DataReadError", "Distiller", "NonFiniteTrainingError", "TrainingProgress", "train"]
 
-#: The trainer's own state in every checkpoint (JSON: no pickle to load on resume).
-TRAINING_STATE = "training_state.json"
 
 
 class DataReadError(RuntimeError):
@@ -641,7 +640,11 @@ class _Run:
             state = {TRAINING_STATE: {
                 "progress": self.progress.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "stream_per_rank": streams, "num_processes": acc.num_processes,
-                "trajectory": self._trajectory(), "metrics_bytes": _size(self.metrics_path)}}
+                "trajectory": self._trajectory(), "metrics_bytes": _size(self.metrics_path),
+                # each head's layout, so that `robustdistill export` of this checkpoint writes
+                # the same rebuild recipe as the trainer's own export
+                "head_configs": {name: objective.head_config()
+                                 for name, objective in self.objectives.items()}}}
         final = save_checkpoint(acc, self.checkpoint_dir, index, self.progress.step, state=state,
                                 keep=self.cfg.training.keep_checkpoints)
         self._next_checkpoint = index + 1

@@ -49,3 +49,19 @@ def test_create_student_with_an_unreachable_hub_id_exits_with_one_line(
     monkeypatch.setattr(Upstream, "from_pretrained", disk_full)
     with pytest.raises(OSError, match="No space left"):  # not a Hub problem: the traceback
         cli.main(["create-student", "--teacher", "org/model", "--out", str(tmp_path / "s")])
+
+
+def test_create_student_help_names_the_families_and_each_shape_option(capsys):
+    """``--family`` used to show no values (a wrong one was refused only after the teacher
+    loaded); every shape option now has its StudentConfig help."""
+    with pytest.raises(SystemExit):
+        cli.main(["create-student", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--family {hubert,wavlm,wav2vec2,data2vec-audio}" in text
+    for option, described in (("--num-layers", "transformer layers of the student"),
+                              ("--hidden-size", "student width; default the teacher's")):
+        assert f"{option.upper().lstrip('-').replace('-', '_')} {described}" in text, option
+    assert "[INIT_LAYERS ...] teacher layers (0-based) copied" in text
+    with pytest.raises(SystemExit):
+        cli.main(["create-student", "--teacher", "t", "--out", "o", "--family", "wavlmm"])
+    assert "invalid choice: 'wavlmm'" in capsys.readouterr().err

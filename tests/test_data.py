@@ -715,3 +715,56 @@ def test_librispeech_mini_train_clean_100():
     batch = next(iter(build_dataloader(train, batch_size=4, sampler=sampler)))
     assert batch["waveforms"].shape[0] == 4 and batch["waveforms"].shape[1] <= 4 * SR
     assert torch.all(batch["lengths"] <= 4 * SR) and torch.all(batch["lengths"] >= SR)
+
+
+def test_hf_read_time_failures_keep_their_reason(no_torchcodec):
+    """A row that fails only when decoded is recorded with its own reason (what run summaries
+    count), as a file of a folder is: silent, non-finite, not all "invalid"."""
+    from datasets import Audio, Dataset
+
+    silent = wav_bytes(np.zeros(SR, dtype=np.float32))
+    nan = ramp(SR, offset=1)
+    nan[5] = np.nan
+    cells = [{"bytes": wav_bytes(ramp(SR, offset=0)), "path": "0.wav"},
+             {"bytes": silent, "path": "silent.wav"},
+             {"bytes": wav_bytes(nan), "path": "nan.wav"}]
+    table = Dataset.from_dict({"audio": cells}).cast_column("audio", Audio(decode=False))
+    ds = HFAudioDataset(table, max_length_s=None, min_length_s=0.5)
+    item = ds[1]  # rows 1 and 2 fail at read time; row 0 replaces them
+    assert item["index"] == 0
+    assert item["skipped"] == [("row 1", "silent"), ("row 2", "non-finite")]
+    assert ds.skipped == {"row 1": "silent", "row 2": "non-finite"}
+
+
+def test_an_audio_column_of_decoded_arrays_is_refused_in_one_line(no_torchcodec):
+    """``{"array", "sampling_rate"}`` cells are not encoded audio: casting them to
+    ``Audio(decode=False)`` would need torchcodec; the column is refused, named, instead."""
+    from datasets import Dataset
+
+    table = Dataset.from_dict({"speech": [{"array": ramp(SR).tolist(), "sampling_rate": SR}]})
+    with pytest.raises(ValueError, match="audio_column 'speech' holds decoded arrays"):
+        HFAudioDataset(table, "speech", max_length_s=None, min_length_s=0.5)
+    with pytest.raises(ValueError, match="audio_column 'speech' holds decoded arrays"):
+        StreamingAudioDataset(table.to_iterable_dataset(), "speech", max_length_s=None,
+                              min_length_s=0.5)
+
+
+def test_audio_below_symlinked_folders_is_listed_once_and_loops_end(tmp_path):
+    """A corpus folder made of links to subsets (LibriSpeech train-960 -> train-clean-100, ...)
+    is searched through its links; a link back up the tree (a loop) or a second link to a
+    folder already searched adds nothing, and a link to itself is skipped."""
+    store = tmp_path / "store"
+    a = write(store / "clean-100" / "spk" / "a.wav", ramp(SR))
+    b = write(store / "other-500" / "b.wav", ramp(SR))
+    corpus = tmp_path / "train-960"
+    (corpus / "real").mkdir(parents=True)
+    c = write(corpus / "real" / "c.WAV", ramp(SR))
+    (corpus / "clean-100").symlink_to(store / "clean-100")
+    (corpus / "other-500").symlink_to(store / "other-500")
+    (corpus / "again").symlink_to(store / "other-500")  # the same folder a second time
+    (corpus / "real" / "up").symlink_to(corpus)  # a loop
+    (corpus / "self").symlink_to(corpus / "self")  # a link to itself
+    files = list_audio_files(corpus)
+    assert files == sorted(files)
+    assert sorted(f.resolve() for f in files) == sorted(p.resolve() for p in (a, b, c))
+    assert corpus / "clean-100" / "spk" / "a.wav" in files

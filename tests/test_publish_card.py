@@ -729,6 +729,30 @@ def test_paths_under_the_home_folder_are_written_with_a_tilde(tmp_path, monkeypa
                                       "not /home/alicebob/x nor /srv/home/alice/y")
 
 
+def test_the_published_training_config_writes_home_paths_with_a_tilde(tmp_path, monkeypatch):
+    """``training_config.yaml`` is pushed with the card: it used to keep ``/home/<user>``
+    that the card's prose hides. The run's own config.yaml keeps the whole paths."""
+    from robustdistill.publish.card import copy_run_files
+
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: Path("/home/alice")))
+    run, model = tmp_path / "run", tmp_path / "model"
+    run.mkdir()
+    model.mkdir()
+    original = ("teacher: /home/alice/teachers/wavlm\ndata:\n  train_dir: '/home/alice/data'\n"
+                "  validation_dir: /home/alicebob/dev\noutput_dir: /home/alice\n")
+    (run / "config.yaml").write_text(original)
+    (run / "environment.json").write_text(
+        '[{"start": {"step": 2}, "config_changes": ["augmentation.noise_dir /home/alice/n -> '
+        '/home/alice/n2"]}]\n')
+    copy_run_files(run, model)
+    assert (model / "training_environment.json").read_text() == (
+        '[{"start": {"step": 2}, "config_changes": ["augmentation.noise_dir ~/n -> ~/n2"]}]\n')
+    published = (model / "training_config.yaml").read_text()
+    assert published == ("teacher: ~/teachers/wavlm\ndata:\n  train_dir: '~/data'\n"
+                         "  validation_dir: /home/alicebob/dev\noutput_dir: ~\n")
+    assert (run / "config.yaml").read_text() == original
+
+
 # ---- the speaker card's Evaluation section ------------------------------------------------------
 
 def _speaker_results(model: Path) -> dict:

@@ -112,6 +112,13 @@ def test_export_round_trip_gives_the_trained_students_hidden_states(tmp_path, ti
     again = export_from_checkpoint(run, out_dir=tmp_path / "again" / "student")
     for key, value in load_file(str(again / "model.safetensors")).items():
         assert torch.equal(value, exported[key]), key
+    # and the same heads' rebuild recipes (their layouts were empty before the checkpoint
+    # kept them)
+    for name in ("layerwise", "enhancement"):
+        mine = json.loads((tmp_path / "again" / "heads" / f"{name}.json").read_text())
+        trainers = json.loads((run / "heads" / f"{name}.json").read_text())
+        assert mine["head_config"] == trainers["head_config"] != {}
+        assert mine["options"] == trainers["options"]
     final = json.loads((run / "final_state.json").read_text())
     assert final["step"] == 2 and final["ranks_identical"]
 

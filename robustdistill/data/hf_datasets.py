@@ -49,10 +49,16 @@ def _cell_identity(value: Any) -> tuple[str | None, str | None]:
 
 
 def _decode_cell(value: Any, name: str) -> np.ndarray:
+    """Decode one audio cell (see :func:`_audio_value`) to ``(S,)`` float32 at 16 kHz.
+
+    Raises:
+        AudioError: naming ``name``, with the reason :func:`~robustdistill.audio.load_audio`
+            gave (``"silent"``, ``"non-finite"``, ...; what run summaries count).
+    """
     try:
         return load_audio(_audio_value(value))
     except AudioError as err:
-        raise AudioError(f"{name}: {err}") from err
+        raise AudioError(f"{name}: {err}", err.reason) from err
 
 
 def _probe_cell(value: Any) -> tuple[int, int]:
@@ -126,7 +132,12 @@ class HFAudioDataset(_CroppedAudioDataset):
 
 
 def _cast_audio(dataset, audio_column: str):
-    """Check the column exists and cast it to ``Audio(decode=False)`` (no torchcodec)."""
+    """Check the column exists and cast it to ``Audio(decode=False)`` (no torchcodec).
+
+    Raises:
+        ValueError: ``audio_column`` is not a column, or holds decoded ``{"array",
+            "sampling_rate"}`` structs (casting those re-encodes them, which needs torchcodec).
+    """
     from datasets import Audio
 
     columns = dataset.column_names
@@ -136,6 +147,11 @@ def _cast_audio(dataset, audio_column: str):
     current = features.get(audio_column) if features is not None else None
     if isinstance(current, Audio) and not current.decode:
         return dataset
+    if isinstance(current, dict) and "array" in current:
+        raise ValueError(
+            f"audio_column {audio_column!r} holds decoded arrays ({sorted(current)}), not "
+            "encoded audio: store the files' bytes or paths (Audio(decode=False) cells)"
+        )
     return dataset.cast_column(audio_column, Audio(decode=False))
 
 

@@ -111,12 +111,20 @@ def _abbreviate_home(text: str) -> str:
     card is published, and ``/home/<user>`` names the person who wrote it. Code blocks keep
     their paths, since ``from_pretrained`` does not expand ``~`` (a card made for a Hub repo
     has its id there, not a local path)."""
-    home = str(Path.home()).rstrip("/")
-    if len(home) <= 1:
+    pattern = _home_pattern()
+    if pattern is None:
         return text
-    pattern = re.compile(r"(?<![\w./-])" + re.escape(home) + r"(?=[/`'\")\s]|$)")
     parts = re.split(r"(```.*?```)", text, flags=re.DOTALL)  # odd items: fenced code blocks
     return "".join(part if i % 2 else pattern.sub("~", part) for i, part in enumerate(parts))
+
+
+def _home_pattern() -> re.Pattern | None:
+    """The user's home folder as a whole path component (``/home/alice`` in
+    ``/home/alice/data``, not in ``/home/alicex``), or None for a home of ``/``."""
+    home = str(Path.home()).rstrip("/")
+    if len(home) <= 1:
+        return None
+    return re.compile(r"(?<![\w./-])" + re.escape(home) + r"(?=[/`'\")\s]|$)", re.MULTILINE)
 
 
 def _language(language: Sequence[str] | str | None, run: RunSummary | None
@@ -357,7 +365,8 @@ def copy_run_files(run_dir: str | Path, model_dir: str | Path) -> list[Path]:
     """Copy the run's resolved config (as ``training_config.yaml``), its software record
     (``environment.json``, as ``training_environment.json``, when the run has one) and the
     heads saved with these weights (:func:`heads_dir_for`) into the model folder, so that the
-    folder is exactly what is published.
+    folder is exactly what is published. In both files, paths under the user's home folder
+    are written ``~/...``, as in the card's prose (the run's own files keep them whole).
 
     Returns:
         The files written.
@@ -368,11 +377,14 @@ def copy_run_files(run_dir: str | Path, model_dir: str | Path) -> list[Path]:
     run_dir, model_dir = Path(run_dir), Path(model_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir / 'config.yaml'} not found")
-    written = [model_dir / "training_config.yaml"]
-    shutil.copyfile(run_dir / "config.yaml", written[0])
-    if (run_dir / ENVIRONMENT_FILE).is_file():
-        written.append(model_dir / "training_environment.json")
-        shutil.copyfile(run_dir / ENVIRONMENT_FILE, written[-1])
+    pattern = _home_pattern()  # published: /home/<user> names its author, as in the card
+    written = []
+    for source, name in (("config.yaml", "training_config.yaml"),
+                         (ENVIRONMENT_FILE, "training_environment.json")):
+        if (run_dir / source).is_file():  # the environment (with any config_changes): if any
+            text = (run_dir / source).read_text()
+            written.append(model_dir / name)
+            written[-1].write_text(text if pattern is None else pattern.sub("~", text))
     heads = heads_dir_for(model_dir, run_dir)
     if heads is not None and heads.resolve() != (model_dir / "heads").resolve():
         (model_dir / "heads").mkdir(exist_ok=True)

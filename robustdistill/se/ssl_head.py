@@ -117,7 +117,8 @@ class SSLHeadEnhancer(nn.Module):
         recipe = json.loads((heads_dir / "enhancement.json").read_text())
         state = {k.removeprefix("head."): v for k, v in
                  load_file(str(heads_dir / "enhancement.safetensors")).items()}
-        # the shapes come from the weights (a checkpoint export may leave head_config empty)
+        # the shapes come from the weights (an export of a checkpoint saved before checkpoints
+        # kept the heads' layouts has an empty head_config)
         cfg = {**recipe.get("options", {}), **recipe.get("head_config", {})}
         layers = sum(1 for k in state if k.startswith("lstm.weight_ih_l")
                      and not k.endswith("_reverse"))
