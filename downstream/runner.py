@@ -391,14 +391,20 @@ def load_head(path: str | Path, task: Task, featurizer: Featurizer, head: nn.Mod
     return {**saved["training"], "loaded_from": str(path)}
 
 
+#: Head settings of the training loss only (speaker verification's AM-softmax): a head
+#: trained with other values is tested the same way.
+_TRAINING_ONLY_HEAD_KEYS = ("margin", "scale")
+
+
 def _model_setting_differences(saved: dict[str, Any], current: dict[str, Any],
                                featurizer: Featurizer) -> list[str]:
     """``"section.key (head's value, this run's)"`` for each setting that decides what a saved
     featurizer + head compute and differs between the head's training config ``saved`` and this
     run's ``current`` (:func:`~downstream.config.to_dict` form): the featurizer's layers (as
     indices into ``featurizer``'s hidden states) and layer norm, and every key of the ``head``
-    and ``stft`` sections except dropout (training only). Weights of the same shape loaded
-    under other such settings give other numbers with no error."""
+    and ``stft`` sections except those of training only (dropout; the AM-softmax ``margin``
+    and ``scale`` of speaker verification, whose test scores the embeddings). Weights of the
+    same shape loaded under other such settings give other numbers with no error."""
     differences = []
     feat = saved.get("featurizer") or {}
     try:
@@ -415,7 +421,8 @@ def _model_setting_differences(saved: dict[str, Any], current: dict[str, Any],
         if not (isinstance(old, dict) and isinstance(new, dict)):
             continue
         for key in sorted(set(old) | set(new)):
-            if "dropout" not in key and old.get(key) != new.get(key):
+            if ("dropout" not in key and key not in _TRAINING_ONLY_HEAD_KEYS
+                    and old.get(key) != new.get(key)):
                 differences.append(f"{section}.{key} ({old.get(key)!r} in the head, "
                                    f"{new.get(key)!r} here)")
     return differences

@@ -11,6 +11,7 @@ student of another shape; the SE table refuses to show a run trained otherwise.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,14 +38,27 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any],
     missing on one side counts as ``None``), sorted, leaving out ``ignore`` (dotted keys, or
     section prefixes ending in ``.``).
 
-    Both sides go through JSON first, so a tuple equals the list YAML wrote for it.
+    Both sides go through JSON first, so a tuple equals the list YAML wrote for it, and two
+    strings naming one existing file or folder (``runs/x``, ``./runs/x``, its absolute path or a
+    link to it; relative paths from the current folder) are no change.
     """
     ignore = tuple(ignore)
     sections = tuple(k for k in ignore if k.endswith("."))
     a = flatten(json.loads(json.dumps(dict(old), default=str)))
     b = flatten(json.loads(json.dumps(dict(new), default=str)))
     return [f"{key} {a.get(key)} -> {b.get(key)}" for key in sorted(a.keys() | b.keys())
-            if key not in ignore and not key.startswith(sections) and a.get(key) != b.get(key)]
+            if key not in ignore and not key.startswith(sections) and a.get(key) != b.get(key)
+            and not _same_path(a.get(key), b.get(key))]
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are both strings naming the same existing file or folder."""
+    if not (isinstance(a, str) and isinstance(b, str) and a and b):
+        return False
+    try:
+        return os.path.samefile(os.path.expanduser(a), os.path.expanduser(b))
+    except (OSError, ValueError):  # either does not exist (a hub id, a name), or a bad path
+        return False
 
 
 def saved_config_changes(output_dir: str | Path, new: Mapping[str, Any],

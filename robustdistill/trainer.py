@@ -222,7 +222,8 @@ class _Run:
             _prepare_models(cfg)
         self.teacher = load_teacher(cfg)
         self.teacher.to(acc.device)
-        student, feature_extractor = self._build_student()
+        with acc.main_process_first():  # rank 0 writes student_init/, which a resume reads
+            student, feature_extractor = self._build_student()
         self.feature_extractor = feature_extractor
         if t.gradient_checkpointing:  # transformers' own recomputation of encoder layers
             student.activation_checkpointing_enable({"use_reentrant": False})
@@ -246,7 +247,8 @@ class _Run:
         model = Distiller(student_up, objectives)
         self.objectives = objectives
         self.schedule, self.task_objectives = _loss_schedule(t, objectives)
-        if (note := self.schedule.single_phase_note(t.max_steps)) is not None:
+        note = self.schedule.single_phase_note(t.max_steps)
+        if note is not None and acc.is_main_process:
             logger.warning("training.%s", note)
         optimizer = torch.optim.AdamW(_param_groups(model, t.weight_decay, t.weight_decay_params),
                                       lr=t.learning_rate, betas=tuple(t.adam_betas),
@@ -340,10 +342,38 @@ class _Run:
             feature_extractor = AutoFeatureExtractor.from_pretrained(cfg.student_init)
         else:
             student = create_student(self.teacher, cfg.student)
-            feature_extractor = student_feature_extractor(self.teacher, student.config)
+            feature_extractor = self._own_input_convention(
+                student_feature_extractor(self.teacher, student.config))
         if self.accelerator.is_main_process:  # the exported student's config and preprocessor
             save_student(student, feature_extractor, self.output_dir / "student_init")
         return student, feature_extractor
+
+    def _own_input_convention(self, made):
+        """``made`` (the preprocessor :func:`student_feature_extractor` gives now), or, for a
+        resume of this run's own checkpoint, the one its first start saved in
+        ``student_init/`` when their normalisation or attention mask differ (a run created
+        before 2026-12-06 from a teacher that normalises without a mask, e.g.
+        ``facebook/wav2vec2-base``): a resumed run keeps the input convention its steps so far
+        were trained with, with a warning."""
+        where, saved = self.cfg.training.resume_from, self.output_dir / "student_init"
+        own = self.output_dir / "checkpoints"
+        if not where or not (saved / "preprocessor_config.json").is_file():
+            return made
+        if where in ("latest", "auto"):
+            if latest_checkpoint(own) is None:
+                return made
+        elif Path(where).resolve().parent != own.resolve():
+            return made
+        kept = AutoFeatureExtractor.from_pretrained(saved)
+        before = (bool(kept.do_normalize), bool(getattr(kept, "return_attention_mask", False)))
+        if before == (bool(made.do_normalize), bool(made.return_attention_mask)):
+            return made
+        if self.accelerator.is_main_process:
+            logger.warning("resuming with the run's own student input convention (%s: "
+                           "do_normalize %s, return_attention_mask %s), which this version "
+                           "would now choose otherwise (%s, %s)", saved, *before,
+                           made.do_normalize, made.return_attention_mask)
+        return kept
 
     # ------------------------------------------------------------------ data
     def _cache_reader(self, device: torch.device):
@@ -985,9 +1015,10 @@ def train(cfg: DistillConfig) -> Path:
     if acc.is_main_process:
         run.output_dir.mkdir(parents=True, exist_ok=True)
         remove_incomplete(run.checkpoint_dir)  # what a killed run's last write left
-        (run.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if t.resume_from:
         run.resume(t.resume_from)
+    if acc.is_main_process:  # after the resume: a refused one leaves the run's settings
+        (run.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     changes = changes if run.resumed_own_checkpoint else []
     if changes and acc.is_main_process:
         logger.warning("resumed with settings other than the run's config.yaml: %s (the steps "

@@ -175,6 +175,21 @@ def test_a_head_trained_with_other_model_settings_is_refused(tmp_path, change, n
         runner.load_head(tmp_path / "head.pt", *make(**change), options)
 
 
+def test_training_only_head_settings_may_differ_at_evaluate_only():
+    """A speaker-verification head is tested on its embeddings: the AM-softmax margin and scale
+    of its training loss do not change them (--evaluate-only with another margin was refused)."""
+    from downstream.featurizer import Featurizer
+
+    featurizer = Featurizer(5, 8, [0, 1, 2], False)
+    saved = {"featurizer": {"layers": [0, 1, 2], "layer_norm": False},
+             "head": {"channels": 128, "margin": 0.2, "scale": 30.0, "dropout": 0.0}}
+    now = {"head": {"channels": 128, "margin": 0.4, "scale": 20.0, "dropout": 0.1}}
+    assert runner._model_setting_differences(saved, now, featurizer) == []
+    now["head"]["channels"] = 64
+    assert runner._model_setting_differences(saved, now, featurizer) == [
+        "head.channels (128 in the head, 64 here)"]
+
+
 def test_run_seeds_substitutes_the_seed_in_the_head_path_and_refuses_repeats(monkeypatch,
                                                                               tmp_path):
     calls = []

@@ -100,3 +100,70 @@ def test_train_se_resume_logs_changes_and_refuses_another_student(tmp_path, capl
     text = write_card(run / "student", [], run, license="mit").read_text()
     assert ("- Settings changed at a resume (training_config.yaml holds the last ones): at step "
             "1: training.learning_rate 0.001 -> 0.002\n") in text
+
+
+def test_one_file_or_folder_spelled_otherwise_is_no_change(tmp_path, monkeypatch):
+    """A resume that names the run's teacher or data folder by another path (absolute for
+    relative, ``./x``, a link) changed nothing: it used to be logged, kept in
+    ``environment.json`` and printed on the model card as a changed setting."""
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "teacher")
+    monkeypatch.chdir(tmp_path)
+    old = {"teacher": "teacher", "data": {"dir": "teacher"}}
+    for spelling in (str(tmp_path / "teacher"), "./teacher/", "link", str(tmp_path / "link")):
+        assert config_changes(old, {"teacher": spelling, "data": {"dir": "teacher"}}) == []
+    # another folder, or names that are no path here (a hub id), still differ
+    (tmp_path / "other").mkdir()
+    assert config_changes(old, {"teacher": "other", "data": {"dir": "teacher"}}) == [
+        "teacher teacher -> other"]
+    assert config_changes({"teacher": "org/a"}, {"teacher": "org/b"}) == [
+        "teacher org/a -> org/b"]
+
+
+def test_a_refused_resume_leaves_the_runs_settings_for_the_next_one(
+        tmp_path, tiny_wavlm_dir, caplog):
+    """``distill`` wrote ``config.yaml`` before the resume was checked: a resume refused for
+    another batch size left that batch size there, and the next, correct resume was logged and
+    carded as having changed it back (and a teacher named by another path, as changed)."""
+    from robustdistill.config import ConfigError
+    from robustdistill.trainer import train
+
+    run = tmp_path / "run"
+    train(tiny_run_config(tmp_path, tiny_wavlm_dir, "run", **{
+        "training.max_steps": 2, "training.save_every": 2}))
+    with pytest.raises(ConfigError, match="data.batch_size 2 -> 4"):
+        train(tiny_run_config(tmp_path, tiny_wavlm_dir, "run", **{
+            "training.max_steps": 3, "training.save_every": 2,
+            "training.resume_from": "latest", "data.batch_size": 4}))
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["batch_size"] == 2
+    with caplog.at_level("WARNING", logger="robustdistill.trainer"):
+        train(tiny_run_config(tmp_path, f"{tiny_wavlm_dir}/.", "run", **{
+            "training.max_steps": 3, "training.save_every": 2,
+            "training.resume_from": "latest"}))
+    assert "resumed with settings other" not in caplog.text
+    assert [("config_changes" in r) for r in _environment(run)] == [False, False]
+
+
+def test_start_up_warnings_come_from_the_main_process_only(tmp_path, tiny_wavlm_dir,
+                                                           monkeypatch, caplog):
+    """Under ``accelerate launch --num_processes N`` every process logs warnings: the
+    two_step and no-KD-term notes of ``distill`` and ``train-se`` came N times."""
+    from accelerate import Accelerator
+
+    from robustdistill.se.train import load_se_config, train_se
+    from robustdistill.trainer import _Run
+
+    write_se_data(tmp_path)
+    se_args = ("--loss.schedule", "two_step", "--loss.kd_steps", "1")
+    for main_process in (True, False):
+        monkeypatch.setattr(Accelerator, "is_main_process", property(lambda _, m=main_process: m))
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            _Run(tiny_run_config(tmp_path, tiny_wavlm_dir, f"d{main_process}", **{
+                "training.max_steps": 2, "training.loss_schedule": "two_step",
+                "training.kd_steps": 2, "training.task_objectives": "[enhancement]"}))
+            train_se(load_se_config(None, se_train_args(tmp_path, tmp_path / f"s{main_process}",
+                                                        1, *se_args)))
+        notes = [r.getMessage() for r in caplog.records if "never reaches phase 2" in r.message
+                 or "no KD term" in r.message]
+        assert len(notes) == (3 if main_process else 0), notes

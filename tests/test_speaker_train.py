@@ -225,6 +225,16 @@ def test_table_format_and_run_reuse_key():
     assert _run_key(base) == _run_key(other)  # maps do not matter without map loss
     base["loss"]["method"] = other["loss"]["method"] = "imlkd"
     assert _run_key(base) != _run_key(other)
+    # a table continued with --training.resume true (after an interrupted run) reuses the runs
+    # it had finished, and the table command without it reuses them again (it used to retrain
+    # them, then refuse: their folders hold checkpoints)
+    done = {"loss": {"method": "none"}, "training": {"output_dir": "a", "resume": False,
+                                                     "epochs": 3}}
+    again = {"loss": {"method": "none"}, "training": {"output_dir": "b", "resume": True,
+                                                      "epochs": 3}}
+    assert _run_key(done) == _run_key(again)
+    again["training"]["epochs"] = 4
+    assert _run_key(done) != _run_key(again)
 
 
 def test_a_finished_run_exports_its_embedder_and_it_reloads_exactly(tiny, tmp_path):
@@ -301,3 +311,7 @@ def test_resume_with_other_training_settings_is_refused(tiny, tmp_path, key, val
     cfg.ig.cache_dir = str(tmp_path / "other_cache")
     cfg.data.max_nontarget = 7
     assert [e["epoch"] for e in train_system(cfg, teacher, crops)["epochs"]] == [1, 2]
+    # fewer epochs than the checkpoint's: its 2-epoch model was reported as a 1-epoch run
+    with pytest.raises(ValueError, match="epoch_2 has trained 2 epochs, more than "
+                                         "training.epochs 1"):
+        train_system(_baseline_setup(tmp_path, "c", 1, resume=True), teacher, crops)

@@ -340,3 +340,32 @@ def test_a_normalising_students_batches_equal_the_trainers(tiny_hubert_dir):
         theirs = student(**inputs, output_hidden_states=True).hidden_states
     for o, t in zip(ours, theirs, strict=True):
         torch.testing.assert_close(t, o, atol=1e-5, rtol=1e-5)
+
+
+def test_a_resumed_run_keeps_the_input_convention_it_was_trained_with(tmp_path, tiny_wavlm_dir,
+                                                                      caplog):
+    """A run created before the mask rule (a teacher that normalises without a mask, e.g.
+    wav2vec2-base) resumed under it was switched to an attention mask for its later steps
+    (and its student_init/ rewritten): the padded utterances' features change, silently.
+    Simulated here by flipping the saved convention of a run's first start."""
+    from conftest import tiny_run_config
+
+    from robustdistill.trainer import _Run, train
+
+    run = tmp_path / "run"
+    train(tiny_run_config(tmp_path, tiny_wavlm_dir, "run", **{
+        "training.max_steps": 2, "training.save_every": 2}))
+    saved = run / "student_init" / "preprocessor_config.json"
+    first = json.loads(saved.read_text())
+    old = not first["return_attention_mask"]  # what an older version chose
+    saved.write_text(json.dumps({**first, "return_attention_mask": old}))
+    with caplog.at_level("WARNING", logger="robustdistill.trainer"):
+        resumed = _Run(tiny_run_config(tmp_path, tiny_wavlm_dir, "run", **{
+            "training.max_steps": 3, "training.resume_from": "latest"}))
+    assert resumed.feature_extractor.return_attention_mask is old
+    assert json.loads(saved.read_text())["return_attention_mask"] is old
+    assert "resuming with the run's own student input convention" in caplog.text
+    # a fresh run, or one resuming another run's checkpoint, takes today's rule
+    fresh = _Run(tiny_run_config(tmp_path, tiny_wavlm_dir, "fresh", **{
+        "training.max_steps": 3, "training.resume_from": "auto"}))
+    assert fresh.feature_extractor.return_attention_mask is first["return_attention_mask"]

@@ -97,8 +97,8 @@ def white_if_silent(
 
     A noise recording may hold a digitally silent stretch, and a segment drawn from it cannot
     be scaled to an SNR (:func:`mix_at_snr` raises); such a segment is replaced (logged as a
-    warning) by standard normal noise drawn from ``rng``, so the result is a function of the
-    generator's state.
+    warning, once per ``source`` and process) by standard normal noise drawn from ``rng``, so
+    the result is a function of the generator's state.
 
     Args:
         noise: ``(N,)`` segment.
@@ -112,8 +112,15 @@ def white_if_silent(
     """
     if _power(noise[:real]) > 0.0:
         return noise, False
-    logger.warning("silent segment of %s: white noise used instead", source)
+    if source not in _SAID_SILENT:  # once per file and process: a file with long silent
+        _SAID_SILENT.add(source)     # stretches would log at every draw
+        logger.warning("silent segment of %s: white noise used instead (said once per file; "
+                       "a file with long silent stretches is better trimmed or removed)", source)
     return rng.standard_normal(noise.size, dtype=np.float32), True
+
+
+#: The sources :func:`white_if_silent` has warned about in this process.
+_SAID_SILENT: set[str] = set()
 
 
 @dataclass(frozen=True)

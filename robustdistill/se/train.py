@@ -463,9 +463,10 @@ def train_se(cfg: SETrainConfig) -> Path:
                                                           logging_dir=str(out / "logs")),
                       kwargs_handlers=[DistributedDataParallelKwargs(
                           find_unused_parameters=True)])
-    if (note := cfg.loss.schedule_obj.single_phase_note(t.max_steps)) is not None:
+    note = cfg.loss.schedule_obj.single_phase_note(t.max_steps)
+    if note is not None and acc.is_main_process:
         logger.warning("loss.%s", note)
-    if cfg.loss.schedule != "sum" and not cfg.loss.uses_teacher:
+    if cfg.loss.schedule != "sum" and not cfg.loss.uses_teacher and acc.is_main_process:
         logger.warning("loss.schedule %s has no KD term to schedule (every KD weight is 0): "
                        "the student trains on the task loss alone, at weight 1",
                        cfg.loss.schedule)

@@ -625,9 +625,10 @@ def check_run_folder(cfg: SpeakerKDConfig) -> tuple[Path, int] | None:
     Raises:
         ValueError: (one line) a fresh run (``training.resume`` false) into a folder holding
             an earlier run's checkpoints (its log and its later checkpoints would mix with
-            this run's), or a resume whose checkpoint was trained with other settings
+            this run's), a resume whose checkpoint was trained with other settings
             (:func:`_run_settings`; the run would go on with the new ones and be reported as
-            if it had used them throughout).
+            if it had used them throughout), or one whose checkpoint is past
+            ``training.epochs`` (its model would be reported as trained for fewer epochs).
     """
     out_dir = Path(cfg.training.output_dir)
     last = _last_checkpoint(out_dir)
@@ -641,6 +642,11 @@ def check_run_folder(cfg: SpeakerKDConfig) -> tuple[Path, int] | None:
             f"training.output_dir {str(out_dir)!r} holds checkpoints of an earlier run "
             f"({', '.join(earlier)}); allowed: --training.resume true to continue it, another "
             "output_dir, or remove that folder to start again")
+    if last[1] > cfg.training.epochs:
+        raise ValueError(f"{last[0]} has trained {last[1]} epochs, more than training.epochs "
+                         f"{cfg.training.epochs}: resuming would report it as a "
+                         f"{cfg.training.epochs}-epoch run (allowed: training.epochs >= "
+                         f"{last[1]}, or another training.output_dir)")
     saved_file = last[0] / _RUN_SETTINGS
     if saved_file.is_file():  # checkpoints written before it was stored are not checked
         saved, now = json.loads(saved_file.read_text()), _run_settings(cfg)
@@ -981,12 +987,15 @@ def format_table(results: dict[str, Any]) -> str:
 
 def _run_key(config: dict | None) -> dict | None:
     """What identifies a run: its config without the ``table`` section, the output folder (the
-    run is found there), and ``ig`` for the systems that use no maps."""
+    run is found there), ``training.resume`` (how the run got to its end, not what it trained:
+    a table continued with ``--training.resume true`` reuses the runs it had finished, and
+    they are reused again without it) and ``ig`` for the systems that use no maps."""
     if config is None:
         return None
     drop = {"table"} if config["loss"]["method"] == "imlkd" else {"table", "ig"}
     key = {k: v for k, v in config.items() if k not in drop}
-    key["training"] = {k: v for k, v in key.get("training", {}).items() if k != "output_dir"}
+    key["training"] = {k: v for k, v in key.get("training", {}).items()
+                       if k not in ("output_dir", "resume")}
     return key
 
 
