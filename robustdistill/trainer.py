@@ -714,7 +714,7 @@ class _Run:
                 trainer (no ``checkpoint.json`` or ``training_state.json``).
             ConfigError: the checkpoint was written with another number of processes, or with
                 another seed, batch, accumulation, crop length or training item count
-                (:meth:`_trajectory`).
+                (:meth:`_trajectory`), or is past ``training.max_steps``.
         """
         acc = self.accelerator
         if where in ("latest", "auto"):
@@ -737,6 +737,14 @@ class _Run:
         if state["num_processes"] != acc.num_processes:
             raise ConfigError(f"{path} was written by {state['num_processes']} process(es); this "
                              f"run has {acc.num_processes}: exact resume needs the same number")
+        step = int((state.get("progress") or {}).get("step", 0))
+        if step > self.cfg.training.max_steps:
+            raise ConfigError(
+                f"{path} is at step {step}, past training.max_steps "
+                f"{self.cfg.training.max_steps}: a resume cannot shorten a run (its config and "
+                f"card would say {self.cfg.training.max_steps} steps); allowed: max_steps >= "
+                f"{step}, or `robustdistill export --run RUN --checkpoint DIR` of an earlier "
+                "checkpoint")
         saved, now = state.get("trajectory", {}), self._trajectory()
         changed = {k: (saved[k], now.get(k)) for k in saved if saved[k] != now.get(k)}
         if changed:

@@ -89,9 +89,17 @@ def test_train_se_resume_logs_changes_and_refuses_another_student(tmp_path, capl
                          "output_dir")
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
     assert len(_environment(run)) == 1  # refused before anything was written
+    # the same shape (a gain floor, or the width given as the ratio it comes from) is no
+    # other student: it resumes, with the change said and recorded
+    with caplog.at_level("WARNING", logger="robustdistill.se.train"):
+        train_se(load_se_config(None, se_train_args(tmp_path, run, 1,
+                                                    "--student.min_gain_db", "-60")))
+    assert "student.min_gain_db -80.0 -> -60.0" in caplog.text
+    caplog.clear()
     with caplog.at_level("WARNING", logger="robustdistill.se.train"):
         train_se(load_se_config(None, se_train_args(tmp_path, run, 2,
-                                                    "--training.learning_rate", "0.002")))
+                                                    "--training.learning_rate", "0.002",
+                                                    "--student.min_gain_db", "-60")))
     assert "resumed with settings other than the run's config.yaml: training.learning_rate " \
            "0.001 -> 0.002" in caplog.text
     assert _environment(run)[-1]["config_changes"] == ["training.learning_rate 0.001 -> 0.002"]
@@ -99,7 +107,8 @@ def test_train_se_resume_logs_changes_and_refuses_another_student(tmp_path, capl
 
     text = write_card(run / "student", [], run, license="mit").read_text()
     assert ("- Settings changed at a resume (training_config.yaml holds the last ones): at step "
-            "1: training.learning_rate 0.001 -> 0.002\n") in text
+            "1: student.min_gain_db -80.0 -> -60.0; at step 1: training.learning_rate 0.001 -> "
+            "0.002\n") in text
 
 
 def test_one_file_or_folder_spelled_otherwise_is_no_change(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -266,3 +267,24 @@ def test_claim_interval_uses_students_t_for_any_number_of_seeds():
     half = 2.228138851986274 * std / np.sqrt(11)  # t(0.975, 10 dof), by hand
     text = render_table(results, ["-5"], ["mixture", "two_step_gram"], [63])
     assert f"95% t-interval [{1.0 - half:.2f}, {1.0 + half:.2f}] dB" in text
+
+
+def test_a_missing_test_noise_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    """It used to end in a FileNotFoundError traceback; runs/data/* gets the split hint."""
+    import soundfile as sf
+
+    from robustdistill.se.table import main
+
+    speech = tmp_path / "speech" / "spk"
+    speech.mkdir(parents=True)
+    sf.write(speech / "a.wav", 0.1 * np.sin(np.arange(16000) / 10.0), 16000)
+    monkeypatch.chdir(tmp_path)  # no runs/data here
+    with pytest.raises(SystemExit) as stop:
+        main(["--out", str(tmp_path / "t"), "--methods", "supervised", "--seeds", "0",
+              "--skip-teachers", "--test-speech", str(tmp_path / "speech"), "--test-noise",
+              "runs/data/noise_test", "--steps", "2",
+              "--configs", str(Path(__file__).resolve().parents[1] / "configs")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("python -m robustdistill.se.table: error: test set: ")
+    assert err.endswith("runs/data/* is made once by `bash scripts/split_shared_data.sh`")

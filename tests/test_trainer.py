@@ -354,6 +354,12 @@ def test_resume_with_another_batch_or_seed_is_refused(tmp_path, tiny_wavlm_dir):
     cached.teacher_cache.dir = str(tmp_path / "cache")
     with pytest.raises(ValueError, match=r"crop grid \(samples; set by teacher_cache\) 1 -> 64"):
         _Run(cached).resume(checkpoint)
+    # A resume cannot shorten the run: its config (and card) would say fewer steps than it
+    # trained. max_steps equal to the checkpoint's step (nothing left to train) is fine.
+    with pytest.raises(ValueError, match=r"checkpoint_0 is at step 2, past training.max_steps "
+                                         r"1: a resume cannot shorten a run"):
+        _Run(_config(tmp_path, tiny_wavlm_dir, "short", max_steps=1)).resume(checkpoint)
+    assert _Run(_config(tmp_path, tiny_wavlm_dir, "equal", max_steps=2)).resume(checkpoint)
 
 
 def test_streaming_ranks_resume_each_in_its_own_epoch(tmp_path):

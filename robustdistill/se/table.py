@@ -165,26 +165,38 @@ def render_table(results: dict, snrs: list[str], methods: list[str], sizes: list
 
 def main(argv: list[str] | None = None) -> int:
     """Build (or resume) the table."""
-    parser = argparse.ArgumentParser(prog="python -m robustdistill.se.table")
-    parser.add_argument("--out", default="runs/se_table")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--sizes", nargs="+", type=int, default=[63, 32, 16])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=200)
+    parser = argparse.ArgumentParser(prog="python -m robustdistill.se.table",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", default="runs/se_table",
+                        help="table folder: results.json, table.md, runs/<entry>/ (resumable)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                        help="recipes, configs/se_<method>.yaml")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[63, 32, 16],
+                        help="student compression ratios against NSNet2")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                        help="training seeds (one student per method, size and seed)")
+    parser.add_argument("--steps", type=int, default=200, help="optimizer steps per student")
     parser.add_argument("--kd-fraction", type=float, default=0.5,
                         help="share of the steps in two-step phase 1")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--crop-seconds", type=float, default=1.0)
-    parser.add_argument("--pool-size", type=int, default=1024)
-    parser.add_argument("--per-speaker", type=int, default=2)
-    parser.add_argument("--max-seconds", type=float, default=6.0)
+    parser.add_argument("--batch-size", type=int, default=8, help="training batch size")
+    parser.add_argument("--crop-seconds", type=float, default=1.0,
+                        help="training crop length (s)")
+    parser.add_argument("--pool-size", type=int, default=1024,
+                        help="noisy/clean training pairs made once and drawn from "
+                             "(data.pool_size)")
+    parser.add_argument("--per-speaker", type=int, default=2,
+                        help="test utterances per test speaker")
+    parser.add_argument("--max-seconds", type=float, default=6.0,
+                        help="test utterances cut to this length (s)")
     parser.add_argument("--snrs", nargs="+", type=float, default=None,
                         help="input SNRs in dB (default -5 0 5; with --merge: those of the "
                              "merged results)")
-    parser.add_argument("--test-speech", default="../shared/data/librispeech-mini/test-other")
-    parser.add_argument("--test-noise", default="runs/data/noise_test")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--configs", default="configs")
+    parser.add_argument("--test-speech", default="../shared/data/librispeech-mini/test-other",
+                        help="test speech, one subfolder per speaker")
+    parser.add_argument("--test-noise", default="runs/data/noise_test",
+                        help="test noise (held out from training: scripts/split_shared_data.sh)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per training run")
+    parser.add_argument("--configs", default="configs", help="folder of the se_*.yaml recipes")
     parser.add_argument("--skip-teachers", action="store_true",
                         help="do not evaluate NSNet2 and DTLN (another table folder does)")
     parser.add_argument("--merge", nargs="+", default=None, metavar="DIR",
@@ -287,8 +299,13 @@ def main(argv: list[str] | None = None) -> int:
         snrs = [f"{s:g}" for s in args.snrs]
         (out / "table.md").write_text(render_table(results, snrs, args.methods, args.sizes))
 
-    pairs = make_test_pairs(args.test_speech, args.test_noise, tuple(args.snrs),
-                            args.per_speaker, args.max_seconds)
+    try:
+        pairs = make_test_pairs(args.test_speech, args.test_noise, tuple(args.snrs),
+                                args.per_speaker, args.max_seconds)
+    except FileNotFoundError as err:  # a test folder missing or without audio: one line
+        hint = ("; runs/data/* is made once by `bash scripts/split_shared_data.sh`"
+                if "runs/data/" in str(err) else "")
+        parser.error(f"test set: {err}{hint}")
     test_set = pairs.sha1()
     stale = sorted(k for k, r in results.items()
                    if k != "noisy" and r.get("test_set_sha1") != test_set)

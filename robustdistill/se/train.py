@@ -406,7 +406,9 @@ def _resume_changes(cfg: SETrainConfig) -> list[str]:
     start), apart from :data:`_RESUME_FREE`.
 
     Raises:
-        ResumeSettingsError: a ``student`` key differs (the weights would not fit the model).
+        ResumeSettingsError: a ``student`` key differs and so do the student's parameter
+            shapes (the checkpoint's weights would not fit: another width or depth; a
+            ``min_gain_db``, or a ``ratio`` spelt as its ``hidden_size``, is only a change).
         CheckpointError: the newest checkpoint is altered (see :func:`_newest_checkpoint`).
     """
     out = Path(cfg.output_dir)
@@ -415,12 +417,25 @@ def _resume_changes(cfg: SETrainConfig) -> list[str]:
         return []
     changes = saved_config_changes(out, cfg.to_dict(), _RESUME_FREE)
     student = [c for c in changes if c.startswith("student.")]
-    if student:
+    if student and not _same_shapes(out, cfg.student):
         raise ResumeSettingsError(
             f"output_dir {str(out)!r} holds a run of another student ({'; '.join(student)}): "
             f"{newest[0].name} cannot be loaded into this one; resume with the run's student "
             "settings, or give another output_dir")
     return changes
+
+
+def _same_shapes(out: Path, now: StudentOptions) -> bool:
+    """Whether the student of ``out/config.yaml`` and ``now`` have the same parameter names and
+    shapes (False when the saved student section cannot be built)."""
+    try:
+        saved = yaml.safe_load((out / "config.yaml").read_text())["student"]
+        before = GRUMaskStudent(from_dict(StudentOptions, saved).build()).state_dict()
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return False
+    after = GRUMaskStudent(now.build()).state_dict()
+    return ({k: tuple(v.shape) for k, v in before.items()}
+            == {k: tuple(v.shape) for k, v in after.items()})
 
 
 class DataFolderError(FileNotFoundError):
