@@ -749,7 +749,9 @@ def test_the_published_training_config_writes_home_paths_with_a_tilde(tmp_path, 
         '[{"start": {"step": 2}, "config_changes": ["augmentation.noise_dir ~/n -> ~/n2"]}]\n')
     published = (model / "training_config.yaml").read_text()
     assert published == ("teacher: ~/teachers/wavlm\ndata:\n  train_dir: '~/data'\n"
-                         "  validation_dir: /home/alicebob/dev\noutput_dir: ~\n")
+                         "  validation_dir: /home/alicebob/dev\noutput_dir: ~/\n")
+    # the home folder itself is `~/`: a bare `~` is YAML's null (output_dir: None)
+    assert yaml.safe_load(published)["output_dir"] == "~/"
     assert (run / "config.yaml").read_text() == original
 
 

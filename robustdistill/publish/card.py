@@ -127,6 +127,13 @@ def _home_pattern() -> re.Pattern | None:
     return re.compile(r"(?<![\w./-])" + re.escape(home) + r"(?=[/`'\")\s]|$)", re.MULTILINE)
 
 
+def _tilde(match: re.Match) -> str:
+    """``~`` for the home folder in a path (``~/data``), ``~/`` for the home folder itself: a
+    bare ``~`` is YAML's null (``output_dir: ~`` would load as None)."""
+    rest = match.string[match.end():match.end() + 1]
+    return "~" if rest == "/" else "~/"
+
+
 def _language(language: Sequence[str] | str | None, run: RunSummary | None
               ) -> tuple[list[str], DataLanguage | None]:
     """The card's ``language`` metadata, and the run's :class:`DataLanguage` when the
@@ -384,7 +391,7 @@ def copy_run_files(run_dir: str | Path, model_dir: str | Path) -> list[Path]:
         if (run_dir / source).is_file():  # the environment (with any config_changes): if any
             text = (run_dir / source).read_text()
             written.append(model_dir / name)
-            written[-1].write_text(text if pattern is None else pattern.sub("~", text))
+            written[-1].write_text(text if pattern is None else pattern.sub(_tilde, text))
     heads = heads_dir_for(model_dir, run_dir)
     if heads is not None and heads.resolve() != (model_dir / "heads").resolve():
         (model_dir / "heads").mkdir(exist_ok=True)
