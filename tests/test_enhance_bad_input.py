@@ -27,6 +27,22 @@ def _skips(caplog):
     return [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping ")]
 
 
+def _enhance_folder_with(tmp_path, name, x, model, caplog) -> str:
+    """Enhance ``tmp_path/in`` holding ``name`` (float samples ``x``) and a good ``ok.wav`` into
+    ``tmp_path/out``: the run succeeds, ``name`` is skipped and not written, ``ok.wav`` is
+    written. Returns the one skip line."""
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / name, x, 16000, subtype="FLOAT")
+    sf.write(src / "ok.wav", _noise(16000, seed=2), 16000, subtype="FLOAT")
+    with caplog.at_level(logging.INFO, logger="robustdistill.se.enhance"):
+        assert main([str(src), str(tmp_path / "out"), "--model", str(model)]) == 0
+    assert not (tmp_path / "out" / name).exists()
+    assert (tmp_path / "out" / "ok.wav").exists()
+    (skip,) = _skips(caplog)
+    return skip
+
+
 def test_a_file_shorter_than_the_ssl_encoder_frame_is_skipped_and_the_rest_enhanced(
         tmp_path, caplog):
     run = tmp_path / "run"
@@ -62,15 +78,9 @@ def test_non_finite_enhancement_is_refused_not_written(tmp_path, gru_student_dir
         enhance_waveform(GRUMaskStudent.from_pretrained(gru_student_dir).eval(), x, 16000)
     assert err.value.reason == "non-finite output"
     src = tmp_path / "in"
-    src.mkdir()
-    sf.write(src / "huge.wav", x, 16000, subtype="FLOAT")
-    sf.write(src / "ok.wav", _noise(16000, seed=2), 16000, subtype="FLOAT")
-    with caplog.at_level(logging.INFO, logger="robustdistill.se.enhance"):
-        assert main([str(src), str(tmp_path / "out"), "--model", str(gru_student_dir)]) == 0
-    assert not (tmp_path / "out" / "huge.wav").exists()
+    skip = _enhance_folder_with(tmp_path, "huge.wav", x, gru_student_dir, caplog)
     assert np.isfinite(sf.read(tmp_path / "out" / "ok.wav")[0]).all()
-    (skip,) = _skips(caplog)  # the file is refused before the model (beyond MAX_PEAK)
-    assert "huge.wav" in skip and "[invalid]" in skip
+    assert "huge.wav" in skip and "[invalid]" in skip  # refused before the model (MAX_PEAK)
     # a single file: nothing written, exit 1
     assert main([str(src / "huge.wav"), str(tmp_path / "h.wav"), "--model",
                  str(gru_student_dir)]) == 1
@@ -177,15 +187,7 @@ def test_a_float_file_beyond_max_peak_is_refused_not_enhanced(tmp_path, gru_stud
     # written (exit 0) although every other reader refuses such a file (audio.MAX_PEAK)
     x = _noise(16000)
     x[1000] = 150.0
-    src = tmp_path / "in"
-    src.mkdir()
-    sf.write(src / "corrupt_float.wav", x, 16000, subtype="FLOAT")
-    sf.write(src / "ok.wav", _noise(16000, seed=2), 16000, subtype="FLOAT")
-    with caplog.at_level(logging.INFO, logger="robustdistill.se.enhance"):
-        assert main([str(src), str(tmp_path / "out"), "--model", str(gru_student_dir)]) == 0
-    assert not (tmp_path / "out" / "corrupt_float.wav").exists()
-    assert (tmp_path / "out" / "ok.wav").exists()
-    (skip,) = _skips(caplog)
+    skip = _enhance_folder_with(tmp_path, "corrupt_float.wav", x, gru_student_dir, caplog)
     assert "corrupt_float.wav" in skip and "[invalid]" in skip and "150" in skip
 
 
