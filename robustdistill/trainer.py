@@ -46,7 +46,7 @@ from accelerate.utils.other import load as accelerate_load
 from torch import nn
 from torch.utils.data import IterableDataset
 from tqdm.auto import tqdm
-from transformers import AutoFeatureExtractor, AutoModel, get_scheduler
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, get_scheduler
 
 from .audio import SAMPLE_RATE, AudioError
 from .augment import Corruptor, LoaderCorruption
@@ -344,9 +344,29 @@ class _Run:
             student = create_student(self.teacher, cfg.student)
             feature_extractor = self._own_input_convention(
                 student_feature_extractor(self.teacher, student.config))
+        saved = self.output_dir / "student_init"
+        if self._resuming_own_run() and (saved / "config.json").is_file():
+            # the run's student, as its first start wrote it: kept, never replaced by another
+            differ = _student_differences(saved, student.config)
+            if differ:
+                raise ConfigError(
+                    f"{saved} holds this run's student, and the settings given make another "
+                    f"({'; '.join(differ)}): its checkpoints would not fit; resume with the "
+                    "run's student settings, or give another output_dir")
+            return student, feature_extractor
         if self.accelerator.is_main_process:  # the exported student's config and preprocessor
-            save_student(student, feature_extractor, self.output_dir / "student_init")
+            save_student(student, feature_extractor, saved)
         return student, feature_extractor
+
+    def _resuming_own_run(self) -> bool:
+        """Whether ``training.resume_from`` resumes a checkpoint of this run's own folder
+        (``latest`` / ``auto`` with one there, or a folder under ``output_dir/checkpoints``)."""
+        where, own = self.cfg.training.resume_from, self.output_dir / "checkpoints"
+        if not where:
+            return False
+        if where in ("latest", "auto"):
+            return latest_checkpoint(own) is not None
+        return Path(where).resolve().parent == own.resolve()
 
     def _own_input_convention(self, made):
         """``made`` (the preprocessor :func:`student_feature_extractor` gives now), or, for a
@@ -355,14 +375,8 @@ class _Run:
         before 2026-12-06 from a teacher that normalises without a mask, e.g.
         ``facebook/wav2vec2-base``): a resumed run keeps the input convention its steps so far
         were trained with, with a warning."""
-        where, saved = self.cfg.training.resume_from, self.output_dir / "student_init"
-        own = self.output_dir / "checkpoints"
-        if not where or not (saved / "preprocessor_config.json").is_file():
-            return made
-        if where in ("latest", "auto"):
-            if latest_checkpoint(own) is None:
-                return made
-        elif Path(where).resolve().parent != own.resolve():
+        saved = self.output_dir / "student_init"
+        if not (saved / "preprocessor_config.json").is_file() or not self._resuming_own_run():
             return made
         kept = AutoFeatureExtractor.from_pretrained(saved)
         before = (bool(kept.do_normalize), bool(getattr(kept, "return_attention_mask", False)))
@@ -896,6 +910,21 @@ def _check_crop_covers_a_frame(data, teacher: Upstream, student: Upstream) -> No
 #: Keys a resume may change without a word: where the run lives and whether and how far it
 #: resumes (``max_steps``: a resume that trains on), and its trackers.
 _RESUME_FREE = ("output_dir", "training.resume_from", "training.max_steps", "training.report_to")
+
+
+def _student_differences(saved: Path, config) -> list[str]:
+    """``"key saved -> now"`` for each student config value in which ``config`` (a
+    ``transformers`` config) differs from the one saved in ``saved/config.json``
+    (:data:`_NOT_THE_STUDENT` aside)."""
+    old = AutoConfig.from_pretrained(saved).to_dict()
+    new = config.to_dict()
+    return [f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
+            if key not in _NOT_THE_STUDENT and old.get(key) != new.get(key)]
+
+
+#: Config keys that say where a student was loaded from, by which library version and in which
+#: storage dtype (set when it is saved), not what the student is.
+_NOT_THE_STUDENT = ("_name_or_path", "transformers_version", "dtype", "torch_dtype")
 
 
 def _check_output_dir(output_dir: str | Path, resuming: bool = False) -> Path:

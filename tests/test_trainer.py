@@ -362,6 +362,29 @@ def test_resume_with_another_batch_or_seed_is_refused(tmp_path, tiny_wavlm_dir):
     assert _Run(_config(tmp_path, tiny_wavlm_dir, "equal", max_steps=2)).resume(checkpoint)
 
 
+
+def test_a_resume_keeps_the_runs_student_init_and_refuses_another_student(tmp_path,
+                                                                          tiny_wavlm_dir):
+    """Every start wrote ``student_init`` again: a resume with another student shape replaced
+    it before failing on the checkpoint, so the run's checkpoints no longer fitted its
+    ``student_init`` (export and card then refused the run)."""
+    from robustdistill.config import ConfigError
+    from robustdistill.trainer import _Run
+
+    train(_config(tmp_path, tiny_wavlm_dir, "run", max_steps=2, save_every=2))
+    init = tmp_path / "run" / "student_init"
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in init.iterdir()}
+    other = _config(tmp_path, tiny_wavlm_dir, "run", max_steps=4, resume_from="latest")
+    other.student.num_layers = 1
+    with pytest.raises(ConfigError, match=r"holds this run's student, and the settings given "
+                                          r"make another \(num_hidden_layers 2 -> 1\)"):
+        _Run(other)
+    same = _Run(_config(tmp_path, tiny_wavlm_dir, "run", max_steps=4, resume_from="latest"))
+    assert same.resume("latest") and same.progress.step == 2
+    # neither start rewrote it (same bytes, same modification time)
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in init.iterdir()} == before
+
+
 def test_streaming_ranks_resume_each_in_its_own_epoch(tmp_path):
     """Two streaming ranks with unequal shards (4 and 12 rows) are in different epochs when
     rank 0 checkpoints; the checkpoint holds rank 0's progress and each rank's stream. After
