@@ -58,6 +58,7 @@ from robustdistill.environment import record_environment
 from robustdistill.files import file_blocking_folder
 from robustdistill.metrics.verification import compute_eer, compute_min_dcf
 from robustdistill.processes import require_single_process
+from robustdistill.run_settings import config_changes
 
 from .attribution import AttributionCache, IGSettings, attribute_segments, segment_bounds
 from .data import (
@@ -586,25 +587,15 @@ def _last_checkpoint(output_dir: Path) -> tuple[Path, int] | None:
 _RUN_SETTINGS = "speaker_run.json"
 
 
-def _same_place(value: Any) -> Any:
-    """An existing path as its resolved absolute form (the same folder given relative or
-    absolute, or through a link, is one setting); anything else (a teacher name) as it is."""
-    if not isinstance(value, str) or not value:
-        return value
-    path = Path(value).expanduser()
-    return str(path.resolve()) if path.exists() else value
-
-
 def _run_settings(cfg: SpeakerKDConfig) -> dict[str, Any]:
     """What the trained weights depend on, flattened to ``{"section.key": value}``: the
     teacher, the training crops, the student, the active loss terms (and ``ig``'s map settings
     for ``imlkd``) and the optimisation, but not ``training.epochs`` (a resume may extend a
     run), the evaluation sets, the cache folder, the device or the output folder."""
     full = to_dict(cfg)
-    out: dict[str, Any] = {"teacher": _same_place(full["teacher"])}
+    out: dict[str, Any] = {"teacher": full["teacher"]}
     for key in ("train_dir", "crop_seconds", "crops_per_utterance"):
         out[f"data.{key}"] = full["data"][key]
-    out["data.train_dir"] = _same_place(out["data.train_dir"])
     out.update({f"student.{k}": v for k, v in full["student"].items()})
     out["loss.method"] = cfg.loss.method
     out.update({f"loss.{k}": v for k, v in cfg.loss.weights().items()})
@@ -650,9 +641,10 @@ def check_run_folder(cfg: SpeakerKDConfig) -> tuple[Path, int] | None:
     saved_file = last[0] / _RUN_SETTINGS
     if saved_file.is_file():  # checkpoints written before it was stored are not checked
         saved, now = json.loads(saved_file.read_text()), _run_settings(cfg)
-        # another loss.method has other terms: its weights are not listed one by one
-        changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in sorted(saved.keys() & now.keys())
-                   if saved[k] != now[k]]
+        # another loss.method has other terms: its weights are not listed one by one; one
+        # folder spelt two ways (relative, absolute, a link) is no change (config_changes)
+        common = saved.keys() & now.keys()
+        changed = config_changes({k: saved[k] for k in common}, {k: now[k] for k in common})
         if changed:
             raise ValueError(f"{last[0]} was trained with other settings; resuming would not "
                              f"continue that run: {'; '.join(changed)} (allowed: the same "
