@@ -391,9 +391,10 @@ def load_head(path: str | Path, task: Task, featurizer: Featurizer, head: nn.Mod
     return {**saved["training"], "loaded_from": str(path)}
 
 
-#: Head settings of the training loss only (speaker verification's AM-softmax): a head
-#: trained with other values is tested the same way.
-_TRAINING_ONLY_HEAD_KEYS = ("margin", "scale")
+#: Head settings of training only (speaker verification's AM-softmax, and its batch norm
+#: statistics, which evaluation takes from the running ones either way): a head trained with
+#: other values is tested the same way.
+_TRAINING_ONLY_HEAD_KEYS = ("margin", "scale", "batch_norm")
 
 
 def _model_setting_differences(saved: dict[str, Any], current: dict[str, Any],
@@ -403,7 +404,8 @@ def _model_setting_differences(saved: dict[str, Any], current: dict[str, Any],
     run's ``current`` (:func:`~downstream.config.to_dict` form): the featurizer's layers (as
     indices into ``featurizer``'s hidden states) and layer norm, and every key of the ``head``
     and ``stft`` sections except those of training only (dropout; the AM-softmax ``margin``
-    and ``scale`` of speaker verification, whose test scores the embeddings). Weights of the
+    and ``scale`` of speaker verification, whose test scores the embeddings, and its
+    ``batch_norm`` statistics mode, which evaluation does not use). Weights of the
     same shape loaded under other such settings give other numbers with no error."""
     differences = []
     feat = saved.get("featurizer") or {}

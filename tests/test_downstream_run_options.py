@@ -177,13 +177,16 @@ def test_a_head_trained_with_other_model_settings_is_refused(tmp_path, change, n
 
 def test_training_only_head_settings_may_differ_at_evaluate_only():
     """A speaker-verification head is tested on its embeddings: the AM-softmax margin and scale
-    of its training loss do not change them (--evaluate-only with another margin was refused)."""
+    of its training loss do not change them (--evaluate-only with another margin was refused),
+    nor does its batch norm statistics mode (evaluation uses the running statistics), so a head
+    saved before ``head.batch_norm`` existed loads under the ``masked`` default."""
     from downstream.featurizer import Featurizer
 
     featurizer = Featurizer(5, 8, [0, 1, 2], False)
     saved = {"featurizer": {"layers": [0, 1, 2], "layer_norm": False},
              "head": {"channels": 128, "margin": 0.2, "scale": 30.0, "dropout": 0.0}}
-    now = {"head": {"channels": 128, "margin": 0.4, "scale": 20.0, "dropout": 0.1}}
+    now = {"head": {"channels": 128, "margin": 0.4, "scale": 20.0, "dropout": 0.1,
+                    "batch_norm": "masked"}}
     assert runner._model_setting_differences(saved, now, featurizer) == []
     now["head"]["channels"] = 64
     assert runner._model_setting_differences(saved, now, featurizer) == [

@@ -111,6 +111,61 @@ def test_xvector_embedding_ignores_padding_in_eval_mode():
     torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-6)
 
 
+def test_xvector_training_batch_norm_statistics_ignore_padding():
+    """In training, the batch norm statistics count real frames only (``batch_norm: masked``):
+    more zero padding after a short utterance changes neither the embeddings nor the running
+    statistics. ``batch_norm: padded`` keeps torch's BatchNorm1d, which counts the padding."""
+    from downstream.tasks.speaker_verification.head import XVectorHead
+
+    torch.manual_seed(0)
+    short, long = torch.randn(1, 4, 3), torch.randn(1, 10, 3)
+    lengths = torch.tensor([4, 10])
+
+    def run(mode, extra):
+        torch.manual_seed(1)
+        head = XVectorHead(3, 2, channels=4, kernel_sizes=[3, 3], dilations=[1, 2],
+                           embedding_dim=5, **({} if mode is None else {"batch_norm": mode}))
+        head.train()
+        pad = torch.zeros(1, 10 + extra - 4, 3)
+        batch = torch.cat([torch.cat([short, pad], 1),
+                           torch.cat([long, torch.zeros(1, extra, 3)], 1)])
+        emb = head.embed(batch, lengths)
+        return emb.detach(), head.tdnn[0][1].running_mean.clone()
+
+    emb, running = run(None, 0)  # the default: masked
+    emb_more, running_more = run(None, 6)
+    torch.testing.assert_close(emb_more, emb, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(running_more, running, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(run("masked", 6)[0], emb, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(run("padded", 6)[0], run("padded", 0)[0], atol=1e-3)
+
+
+def test_masked_batch_norm_equals_batch_norm_over_the_real_frames():
+    from downstream.tasks.speaker_verification.head import MaskedBatchNorm1d
+
+    torch.manual_seed(0)
+    x, lengths = torch.randn(3, 4, 7), torch.tensor([7, 4, 2])
+    mask = (torch.arange(7)[None] < lengths[:, None]).unsqueeze(1)
+    masked, ref = MaskedBatchNorm1d(4), nn.BatchNorm1d(4)
+    with torch.no_grad():
+        masked.weight.uniform_()
+        masked.bias.uniform_()
+    ref.load_state_dict(masked.state_dict())
+    real = torch.cat([x[b, :, :n] for b, n in enumerate(lengths.tolist())], dim=1)  # (C, 13)
+    out = masked(x, mask)
+    torch.testing.assert_close(
+        torch.cat([out[b, :, :n] for b, n in enumerate(lengths.tolist())], dim=1),
+        ref(real[None])[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(masked.running_mean, ref.running_mean)
+    torch.testing.assert_close(masked.running_var, ref.running_var)  # unbiased, as torch
+    masked.eval()
+    ref.eval()
+    torch.testing.assert_close(masked(x, mask), ref(x))  # eval: the running statistics
+    with pytest.raises(ValueError, match="batch_norm must be one of masked, padded"):
+        from downstream.tasks.speaker_verification.head import XVectorHead
+        XVectorHead(3, 2, batch_norm="none")
+
+
 def test_am_softmax_subtracts_the_margin_from_the_target_cosine():
     from downstream.tasks.speaker_verification.head import AMSoftmax
 

@@ -31,3 +31,29 @@ def test_si_sdr_improvement_removes_the_mean_by_default():
     # 10 log10(|c|^2 / (0.01 |e|^2 + 4 * 0.49)) = 10 log10(4 / 2) = 3.0103 dB (c has no DC).
     assert float(si_sdr(estimate, c, zero_mean=False)) == pytest.approx(
         10 * np.log10(4 / (0.04 + 1.96)), abs=1e-6)
+
+
+def test_eer_and_min_dcf_warn_when_the_scores_look_swapped(caplog):
+    # targets [0.9, 0.8], non-targets [0.3, 0.1]: EER 0, minDCF 0. Swapped (or a distance
+    # passed as a similarity) the same trials give EER 1 and minDCF 1 (the trivial system's),
+    # numbers that are not errors, so both warn; the right order does not.
+    from robustdistill.metrics import compute_min_dcf
+
+    tar, non = [0.9, 0.8], [0.3, 0.1]
+    with caplog.at_level("WARNING", logger="robustdistill.metrics.verification"):
+        assert compute_eer(tar, non)[0] == pytest.approx(0.0)
+        assert compute_min_dcf(tar, non)[0] == pytest.approx(0.0)
+        assert not caplog.records
+        assert compute_eer(non, tar)[0] == pytest.approx(1.0)
+        assert compute_min_dcf(non, tar)[0] == pytest.approx(1.0)
+        messages = [r.getMessage() for r in caplog.records]
+        assert len(messages) == 2
+        assert messages[0].startswith("EER: the EER of these scores is 1.000 > 0.5")
+        assert messages[1].startswith("minDCF: the EER of these scores is 1.000 > 0.5")
+        assert all("swapped" in m and "distance" in m for m in messages)
+        caplog.clear()
+        compute_eer(non, tar, warn=False)
+        compute_min_dcf(non, tar, warn=False)
+        # EER exactly 0.5 (a system at chance by construction) does not warn
+        compute_eer([0.9, 0.3], [0.5, 0.1])
+        assert not caplog.records

@@ -271,3 +271,16 @@ def test_run_table_trains_every_method_and_seed_and_reuses_only_evaluated_runs(
     done.write_text(json.dumps(unevaluated))
     train_mod.run_table(cfg)
     assert calls == [("imlkd", 1, str(root / "imlkd_seed1"))]
+
+
+@pytest.mark.parametrize("folder_key", ["training.output_dir", "table.output_dir"])
+def test_run_folder_refusals_offer_the_folder_setting_the_user_sets(tmp_path, folder_key):
+    """A table's run folders are made from table.output_dir: its refusals used to offer
+    "another training.output_dir", a setting the table overwrites."""
+    (tmp_path / "checkpoints" / "epoch_3").mkdir(parents=True)
+    cfg = from_dict(SpeakerKDConfig, {"training": {"output_dir": str(tmp_path), "epochs": 2}})
+    with pytest.raises(ValueError, match=rf"another {folder_key}, or remove that folder"):
+        train_mod.check_run_folder(cfg, folder_key)
+    cfg.training.resume = True
+    with pytest.raises(ValueError, match=rf"more than training.epochs 2:.*another {folder_key}\)"):
+        train_mod.check_run_folder(cfg, folder_key)

@@ -15,16 +15,26 @@ tied trials never changes the result), plus "reject everything" (threshold +inf:
   by ``min(C_miss * p_target, C_fa * (1 - p_target))``, the cost of the best trivial system
   ("The NIST Speaker Recognition Evaluation Plan", e.g. SRE 2010/2016; SUPERB SV uses
   ``p_target = 0.01``, ``C_miss = C_fa = 1``).
+
+Scores are similarities (higher = more likely the same speaker) and the target scores come
+first. Swapped arguments, or distances passed as similarities, give ``1 - EER`` (above 0.5)
+and a minDCF of about 1 (the trivial system's) with no error, so both functions log a warning
+when the EER of their scores is above 0.5 (a system that ranks non-target trials above target
+trials more often than not; a system at chance can land there too). ``warn=False`` silences it
+(bootstrap resamples of a near-chance system).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 __all__ = ["DetectionCurve", "compute_eer", "compute_min_dcf", "detection_curve", "split_scores"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,18 +99,8 @@ def detection_curve(target_scores, nontarget_scores) -> DetectionCurve:
     )
 
 
-def compute_eer(target_scores, nontarget_scores) -> tuple[float, float]:
-    """Equal error rate.
-
-    Returns:
-        ``(eer, threshold)``: the EER as a fraction in [0, 1] (interpolated at the crossing of
-        ``P_miss`` and ``P_fa``), and the threshold of the first operating point at or past the
-        crossing.
-
-    Raises:
-        ValueError: as :func:`detection_curve`.
-    """
-    curve = detection_curve(target_scores, nontarget_scores)
+def _eer(curve: DetectionCurve) -> tuple[float, float]:
+    """``(eer, threshold)`` of a detection curve (see :func:`compute_eer`)."""
     diff = curve.p_miss - curve.p_fa  # starts at 1, ends <= 0, non-increasing
     i = int(np.argmax(diff <= 0))
     if i == 0:  # cannot happen (diff[0] = 1), kept for safety
@@ -111,12 +111,44 @@ def compute_eer(target_scores, nontarget_scores) -> tuple[float, float]:
     return float(eer), float(curve.thresholds[i])
 
 
+def _warn_if_reversed(eer: float, metric: str) -> None:
+    if eer > 0.5:
+        logger.warning(
+            "%s: the EER of these scores is %.3f > 0.5 (non-target trials score above target "
+            "trials more often than not): are the target and non-target scores swapped, or a "
+            "distance used as a similarity (higher must mean same speaker)? A system at chance "
+            "can also land here", metric, eer)
+
+
+def compute_eer(target_scores, nontarget_scores, warn: bool = True) -> tuple[float, float]:
+    """Equal error rate.
+
+    Args:
+        target_scores / nontarget_scores: as :func:`detection_curve` (target first).
+        warn: log a warning when the EER is above 0.5 (swapped arguments or a distance give
+            ``1 - EER``; see the module docstring).
+
+    Returns:
+        ``(eer, threshold)``: the EER as a fraction in [0, 1] (interpolated at the crossing of
+        ``P_miss`` and ``P_fa``), and the threshold of the first operating point at or past the
+        crossing.
+
+    Raises:
+        ValueError: as :func:`detection_curve`.
+    """
+    eer, threshold = _eer(detection_curve(target_scores, nontarget_scores))
+    if warn:
+        _warn_if_reversed(eer, "EER")
+    return eer, threshold
+
+
 def compute_min_dcf(
     target_scores,
     nontarget_scores,
     p_target: float = 0.01,
     c_miss: float = 1.0,
     c_fa: float = 1.0,
+    warn: bool = True,
 ) -> tuple[float, float]:
     """Normalised minimum detection cost.
 
@@ -125,6 +157,8 @@ def compute_min_dcf(
         p_target: prior probability of a target trial (SUPERB: 0.01).
         c_miss: cost of a miss.
         c_fa: cost of a false alarm.
+        warn: log a warning when the EER of the scores is above 0.5 (swapped arguments or a
+            distance give a minDCF of about 1, which alone looks like a weak system).
 
     Returns:
         ``(min_dcf, threshold)``: the minimum of ``C_det / min(c_miss * p_target,
@@ -140,6 +174,8 @@ def compute_min_dcf(
     if not (c_miss > 0 and c_fa > 0 and math.isfinite(c_miss) and math.isfinite(c_fa)):
         raise ValueError(f"c_miss and c_fa must be positive, got {c_miss}, {c_fa}")
     curve = detection_curve(target_scores, nontarget_scores)
+    if warn:
+        _warn_if_reversed(_eer(curve)[0], "minDCF")
     cost = c_miss * p_target * curve.p_miss + c_fa * (1.0 - p_target) * curve.p_fa
     default = min(c_miss * p_target, c_fa * (1.0 - p_target))
     i = int(np.argmin(cost))

@@ -537,7 +537,7 @@ def evaluate_embeddings(embeddings: np.ndarray, speakers: list[str], cfg: DataCo
     scores = np.einsum("pd,pd->p", embeddings[pairs[:, 0]], embeddings[pairs[:, 1]])
     tar, non = scores[labels == 1], scores[labels == 0]
     return {"eer": compute_eer(tar, non)[0],
-            "min_dcf": compute_min_dcf(tar, non, cfg.p_target)[0],
+            "min_dcf": compute_min_dcf(tar, non, cfg.p_target, warn=False)[0],  # EER warns
             "target_trials": int(len(tar)), "nontarget_trials": int(len(non))}
 
 
@@ -609,9 +609,11 @@ def _run_settings(cfg: SpeakerKDConfig) -> dict[str, Any]:
     return out
 
 
-def check_run_folder(cfg: SpeakerKDConfig) -> tuple[Path, int] | None:
+def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_dir"
+                     ) -> tuple[Path, int] | None:
     """The checkpoint ``cfg`` resumes from (``(folder, epochs done)``; None: a fresh start),
-    checked before any work.
+    checked before any work. ``folder_key`` is the setting the messages offer to change
+    (``table.output_dir`` for a run of a table, whose run folders are made from it).
 
     Raises:
         ValueError: (one line) a fresh run (``training.resume`` false) into a folder holding
@@ -630,14 +632,14 @@ def check_run_folder(cfg: SpeakerKDConfig) -> tuple[Path, int] | None:
                           if checkpoint_index(p, _EPOCH_PREFIX) is not None),
                          key=lambda n: checkpoint_index(n, _EPOCH_PREFIX))
         raise ValueError(
-            f"training.output_dir {str(out_dir)!r} holds checkpoints of an earlier run "
-            f"({', '.join(earlier)}); allowed: --training.resume true to continue it, another "
-            "output_dir, or remove that folder to start again")
+            f"{folder_key.split('.')[0]} run folder {str(out_dir)!r} holds checkpoints of an "
+            f"earlier run ({', '.join(earlier)}); allowed: --training.resume true to continue "
+            f"it, another {folder_key}, or remove that folder to start again")
     if last[1] > cfg.training.epochs:
         raise ValueError(f"{last[0]} has trained {last[1]} epochs, more than training.epochs "
                          f"{cfg.training.epochs}: resuming would report it as a "
                          f"{cfg.training.epochs}-epoch run (allowed: training.epochs >= "
-                         f"{last[1]}, or another training.output_dir)")
+                         f"{last[1]}, or another {folder_key})")
     saved_file = last[0] / _RUN_SETTINGS
     if saved_file.is_file():  # checkpoints written before it was stored are not checked
         saved, now = json.loads(saved_file.read_text()), _run_settings(cfg)
@@ -648,7 +650,7 @@ def check_run_folder(cfg: SpeakerKDConfig) -> tuple[Path, int] | None:
         if changed:
             raise ValueError(f"{last[0]} was trained with other settings; resuming would not "
                              f"continue that run: {'; '.join(changed)} (allowed: the same "
-                             "settings, or another training.output_dir)")
+                             f"settings, or another {folder_key})")
     return last
 
 
@@ -1244,7 +1246,7 @@ def main(argv: list[str]) -> int:
         if args.action == "table":
             for _, run_cfg in _table_runs(cfg):
                 if _finished_run(run_cfg) is None:
-                    check_run_folder(run_cfg)
+                    check_run_folder(run_cfg, "table.output_dir")
     except (ValueError, FileNotFoundError) as err:  # ConfigError is a ValueError
         parser.error(str(err))
     # Inputs are loaded first: an input error ends in one line, not a traceback. The work runs

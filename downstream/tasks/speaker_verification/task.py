@@ -6,7 +6,10 @@ kept hidden states. Scoring: cosine similarity of the embeddings of whole uttera
 built from the speaker labels of a split: every same-speaker pair (target trials) and a seeded
 sample of different-speaker pairs (non-target trials). Metrics: EER and normalised minDCF
 (``p_target = 0.01``, ``C_miss = C_fa = 1``) from :mod:`robustdistill.metrics.verification`.
-Test speakers must be unseen in training (checked).
+Test speakers must be unseen in training (checked). Under a test condition every test
+utterance is corrupted, so both sides of a trial (enrolment and test) hear it, each with its
+own noise segment and room (drawn per utterance: a trial's two sides may share a room or noise
+recording or not, whatever their speakers). No score normalisation, no PLDA back end.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -39,6 +42,10 @@ class XVectorConfig:
     embedding_dim: speaker embedding width.
     margin: AM-softmax additive margin m.
     scale: AM-softmax scale s.
+    batch_norm: ``masked`` (training batch norm statistics over real frames only) or
+        ``padded`` (torch's BatchNorm1d: the zero-padded frames of utterances shorter than the
+        training crop count too; the behaviour before 2026-12-07). Training only: evaluation
+        uses the running statistics either way.
     """
 
     channels: int = 256
@@ -47,6 +54,7 @@ class XVectorConfig:
     embedding_dim: int = 128
     margin: float = 0.2
     scale: float = 30.0
+    batch_norm: Literal["masked", "padded"] = "masked"
 
 
 @dataclass
@@ -165,7 +173,7 @@ class SpeakerVerification(Task):
         """An :class:`XVectorHead` with an AM-softmax over the training speakers."""
         h = self.config.head
         return XVectorHead(input_size, len(self.speakers), h.channels, h.kernel_sizes,
-                           h.dilations, h.embedding_dim, h.margin, h.scale)
+                           h.dilations, h.embedding_dim, h.margin, h.scale, h.batch_norm)
 
     def training_loss(self, head, features, frame_lengths, examples: list[Example]) -> torch.Tensor:
         """Scalar AM-softmax loss of the head's embeddings with the speaker indices, batch
@@ -191,7 +199,8 @@ class SpeakerVerification(Task):
         tar, non = scores[labels == 1], scores[labels == 0]
         t = self.config.trials
         eer, _ = compute_eer(tar, non)
-        min_dcf, _ = compute_min_dcf(tar, non, t.p_target, t.c_miss, t.c_fa)
+        min_dcf, _ = compute_min_dcf(tar, non, t.p_target, t.c_miss, t.c_fa,
+                                     warn=False)  # the EER's warning covers both
         self.last_trials = {"target": int(len(tar)), "nontarget": int(len(non)),
                             "speakers": len(set(speakers)), "items": len(speakers)}
         return {"eer": eer, "min_dcf": min_dcf}
@@ -212,7 +221,7 @@ class SpeakerVerification(Task):
             s, lab = scores[idx], labels[idx]
             if lab.min() == lab.max():
                 return float("nan")
-            return float(compute_eer(s[lab == 1], s[lab == 0])[0])
+            return float(compute_eer(s[lab == 1], s[lab == 0], warn=False)[0])
         return eer
 
     def summary(self) -> dict[str, Any]:

@@ -22,6 +22,8 @@ Returns:
     threshold (float): the score threshold at the crossing.
 Raises:
     ValueError: no target or no non-target trial; labels other than 0/1; NaN scores.
+Warns (logging) when the EER of the scores is above 0.5: labels inverted, or distances given
+where similarities are expected (or a system at chance).
 Examples:
     >>> metric = robustdistill.metrics.load_metric("eer")
     >>> metric.compute(predictions=[0.9, 0.8, 0.4, 0.7, 0.3, 0.2, 0.1],

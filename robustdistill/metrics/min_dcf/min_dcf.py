@@ -26,6 +26,8 @@ Returns:
     threshold (float): the threshold reaching it (inf = reject all).
 Raises:
     ValueError: no target or no non-target trial; labels other than 0/1; bad p_target/costs.
+Warns (logging) when the EER of the scores is above 0.5: labels inverted, or distances given
+where similarities are expected (or a system at chance).
 Examples:
     >>> metric = robustdistill.metrics.load_metric("min_dcf")
     >>> round(metric.compute(predictions=[0.9, 0.8, 0.4, 0.7, 0.3, 0.2, 0.1],
