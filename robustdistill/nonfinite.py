@@ -8,12 +8,13 @@ its last finite step, and the run can be resumed from it with other settings.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+
+from .outcome import STOPPED, write_outcome
 
 __all__ = ["NonFiniteTrainingError", "any_process", "stop_nonfinite"]
 
@@ -35,7 +36,8 @@ def any_process(accelerator: Accelerator, flag: bool) -> bool:
 def stop_nonfinite(output_dir: str | Path, step: int, *, in_a_row: int, skipped_updates: int,
                    nonfinite_losses: int, limit: int, checkpoint: str | Path,
                    main_process: bool) -> None:
-    """Write ``OUTPUT_DIR/stopped.json`` (main process only) and raise.
+    """Write ``OUTPUT_DIR/stopped.json`` (main process only; an earlier segment's
+    ``final_state.json`` is removed: :func:`~robustdistill.outcome.write_outcome`) and raise.
 
     Args:
         output_dir: the run's folder.
@@ -56,9 +58,9 @@ def stop_nonfinite(output_dir: str | Path, step: int, *, in_a_row: int, skipped_
                f"step: lower training.learning_rate, set training.max_grad_norm, or check the "
                f"data, then resume from it")
     if main_process:
-        (Path(output_dir) / "stopped.json").write_text(json.dumps(
-            {"step": step, "reason": "non-finite", "message": message,
-             "checkpoint": str(checkpoint), "skipped_updates": skipped_updates,
-             "nonfinite_losses": nonfinite_losses, "nonfinite_in_a_row": in_a_row}, indent=2))
+        write_outcome(output_dir, STOPPED,
+                      {"step": step, "reason": "non-finite", "message": message,
+                       "checkpoint": str(checkpoint), "skipped_updates": skipped_updates,
+                       "nonfinite_losses": nonfinite_losses, "nonfinite_in_a_row": in_a_row})
     logger.error(message)
     raise NonFiniteTrainingError(message)

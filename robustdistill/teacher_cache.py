@@ -90,9 +90,9 @@ from .upstream import Upstream, UpstreamOutput, lengths_to_mask
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CacheReader", "CachedLayers", "TeacherCacheConfig", "TeacherFeatureCache",
-           "UnreadableEntryError", "build_cache", "cached_layers_of", "main",
-           "teacher_fingerprint"]
+__all__ = ["CacheReader", "CachedLayers", "MissingEntryError", "TeacherCacheConfig",
+           "TeacherFeatureCache", "UnreadableEntryError", "build_cache", "cached_layers_of",
+           "main", "teacher_fingerprint"]
 
 #: Bumped when the entry format changes (part of the spec hash).
 FORMAT_VERSION = 1
@@ -165,6 +165,11 @@ def _entry_path(root: Path, context: str, key: str, start: int = 0,
 class UnreadableEntryError(ValueError):
     """A cache entry that exists but cannot be read: truncated (a partial copy, a file system
     that lost the end of a write) or otherwise not a safetensors file with ``"layers"``."""
+
+
+class MissingEntryError(FileNotFoundError):
+    """With ``missing: "error"``, an entry a lookup needs is missing or unreadable; the message
+    names the entry, and the command that builds it."""
 
 
 def _open_layers(handle, path: Path):
@@ -614,16 +619,20 @@ class TeacherFeatureCache:
             utterance's number of chunks.
         """
         waveform = torch.as_tensor(waveform)
-        total = int(waveform.shape[0])
-        starts = range(0, max(total - chunk, 0) + 1, chunk)
+        entries = self.chunk_entries(key, int(waveform.shape[0]), chunk)
         computed = 0
-        for start in starts:
-            n = min(chunk, total)
-            path = self.entry_path(key, start, n)
+        for start, n, path in entries:
             if not self._present(path):
                 self.write(path, self.compute(waveform[start : start + n]))
                 computed += 1
-        return computed, len(starts)
+        return computed, len(entries)
+
+    def chunk_entries(self, key: str, samples: int, chunk: int) -> list[tuple[int, int, Path]]:
+        """``(start, length, path)`` of each chunk entry of an utterance of ``samples``
+        samples (see :meth:`ensure_chunks`)."""
+        n = min(chunk, samples)
+        return [(start, n, self.entry_path(key, start, n))
+                for start in range(0, max(samples - chunk, 0) + 1, chunk)]
 
     # ------------------------------------------------------------------ lookups
     def targets(self, batch: dict, full_waveform: Callable[[int], np.ndarray] | None = None,
@@ -647,9 +656,9 @@ class TeacherFeatureCache:
             KeyError: the batch has no ``keys``/``offsets`` (dataset not prepared).
             ValueError: a crop start off the frame grid, or a cached entry shorter than the
                 crop (audio and key disagree).
-            FileNotFoundError: a miss, or an unreadable (truncated, corrupt) entry, with
-                ``missing: error``; with ``missing: compute`` such an entry is computed again
-                and replaces the bad file, with a warning naming it.
+            MissingEntryError: a miss, or an unreadable (truncated, corrupt) entry, with
+                ``missing: error`` (a ``FileNotFoundError``); with ``missing: compute`` such an
+                entry is computed again and replaces the bad file, with a warning naming it.
         """
         if "keys" not in batch or "offsets" not in batch:
             raise KeyError("batch has no 'keys'/'offsets': call TeacherFeatureCache."
@@ -672,6 +681,43 @@ class TeacherFeatureCache:
         hidden = CachedLayers(self.teacher.num_layers + 1,
                               {layer: out[i] for i, layer in enumerate(self.layers)})
         return UpstreamOutput(hidden, frame_lengths, lengths_to_mask(frame_lengths, max_frames))
+
+    def check_entries(self, batch: dict, name: Callable[[int], str] | None = None) -> None:
+        """With ``missing: "error"``, refuse a batch that needs an entry that is missing or
+        unreadable, before any lookup (nothing is checked with ``missing: "compute"``).
+
+        A multi-process run checks each process's batches this way before the step's first
+        collective, so every process stops together (with a checkpoint) instead of one
+        process raising in its forward pass while the others wait for it. Rows read in the
+        loader (``cached_rows``) are whole; each other row's entry has its header read.
+
+        Args:
+            batch: a collated batch with ``keys``, ``offsets`` and ``lengths`` (samples) and
+                ``indices`` (dataset positions); an unprepared batch is left to
+                :meth:`targets`.
+            name: ``dataset position -> audio name`` (the dataset's file), for the message.
+
+        Raises:
+            MissingEntryError: naming the first such entry, its audio and the command that
+                builds it.
+        """
+        if self.missing != "error" or "keys" not in batch or "offsets" not in batch:
+            return
+        read = batch.get("cached_rows")
+        for b, (key, start, n) in enumerate(zip(batch["keys"], batch["offsets"].tolist(),
+                                               batch["lengths"].tolist(), strict=True)):
+            if read is not None and bool(read[b]):
+                continue
+            path = self.entry_path(key) if self.context == "utterance" else self.entry_path(
+                key, start, n)
+            if _entry_readable(path):
+                continue
+            position = int(batch["indices"][b])
+            audio = name(position) if name is not None else f"dataset item {position}"
+            what = "is unreadable (truncated or corrupt)" if path.exists() else "is missing"
+            raise MissingEntryError(
+                f"teacher cache entry {path} of {audio} {what} (missing: error); build it with "
+                "`robustdistill cache-teacher` and this run's config and overrides")
 
     def _read_rows(self, batch, frame_lengths, read, shape, full_waveform, dtype):
         """The rows the loader did not read, from disk (computing misses); ``(K, B, T, D)``."""
@@ -697,7 +743,7 @@ class TeacherFeatureCache:
                     part = _read_frames(path, first, frames)
                 except UnreadableEntryError as err:
                     if self.missing == "error":
-                        raise FileNotFoundError(
+                        raise MissingEntryError(
                             f"teacher cache entry {path} is unreadable (truncated or corrupt: "
                             f"{err.__cause__ or err}); run `robustdistill cache-teacher` again "
                             "(it rebuilds unreadable entries)") from err
@@ -708,7 +754,7 @@ class TeacherFeatureCache:
             else:
                 self.misses += 1
                 if self.missing == "error":
-                    raise FileNotFoundError(f"teacher cache miss {path} (missing: error); "
+                    raise MissingEntryError(f"teacher cache miss {path} (missing: error); "
                                             "build it with `robustdistill cache-teacher`")
                 if self.context == "crop":
                     self.write(path, self.compute(batch["waveforms"][b, :n]))
@@ -744,9 +790,12 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
     """Fill the cache of a distillation config ahead of training (context utterance, or
     context crop with ``crop_starts: chunks``: every chunk of every utterance).
 
-    Runs under ``accelerate``: process ``r`` of ``N`` computes items ``r, r + N, ...`` of each
-    split; existing entries are skipped, so an interrupted build resumes where it stopped, and
-    an unreadable one (truncated, corrupt: only its header is read) is computed again.
+    Runs under ``accelerate``, in two passes per split: process ``r`` of ``N`` reads items
+    ``r, r + N, ...`` and finds those whose entries are not all there (whole: only headers are
+    read; an unreadable entry, truncated or corrupt, is built again); then the items left on
+    every process are split between the processes again, ``r, r + N, ...`` of them, so an
+    interrupted build resumes where it stopped with its remaining work shared evenly (split
+    by position alone, one process could be left with all of it).
 
     Args:
         cfg: a :class:`~robustdistill.config.DistillConfig` with ``teacher_cache.dir`` set.
@@ -806,18 +855,36 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
                             "(no full_waveform: a streaming dataset?)")
         cache.check_utterance_lengths(dataset)
         count = len(dataset) if limit is None else min(limit, len(dataset))
-        mine = range(acc.process_index, count, acc.num_processes)
-        bar = tqdm(mine, desc=f"cache-teacher {split}", disable=not acc.is_main_process)
-        for position in bar:
+        chunk = cache.chunk_samples(dataset) if tc.context == "crop" else None
+        left = []  # this process's share by position, less what is built already
+        for position in tqdm(range(acc.process_index, count, acc.num_processes),
+                             desc=f"cache-teacher {split} (what is built)",
+                             disable=not acc.is_main_process):
             try:
                 waveform = dataset.full_waveform(position)
             except AudioError as err:  # NaN/Inf, silent, truncated: logged once, counted
                 dataset._skip(dataset._name(dataset._sources[position]), err.reason, err)
                 unusable += 1
                 continue
+            key = content_key(waveform)
+            paths = ([path for *_, path in cache.chunk_entries(key, len(waveform), chunk)]
+                     if chunk else [cache.entry_path(key)])
+            if all(_entry_readable(path) for path in paths):
+                skipped += len(paths)
+            else:
+                left.append(position)
+        left = sorted(gather_object(left))  # every process's, shared out again below
+        mine = left[acc.process_index :: acc.num_processes]
+        bar = tqdm(mine, desc=f"cache-teacher {split}", disable=not acc.is_main_process)
+        for position in bar:
+            try:
+                waveform = dataset.full_waveform(position)
+            except AudioError as err:  # read in the first pass: changed since
+                dataset._skip(dataset._name(dataset._sources[position]), err.reason, err)
+                unusable += 1
+                continue
             if tc.context == "crop":  # every chunk a training or validation crop can be
-                made, total = cache.ensure_chunks(content_key(waveform), waveform,
-                                                  cache.chunk_samples(dataset))
+                made, total = cache.ensure_chunks(content_key(waveform), waveform, chunk)
                 computed, skipped = computed + made, skipped + total - made
             elif cache.ensure(content_key(waveform), lambda w=waveform: w):
                 computed += 1

@@ -75,10 +75,11 @@ from .objectives import (
     build_loss_schedule,
     build_objective,
 )
+from .outcome import FINAL_STATE, STOPPED, write_outcome
 from .processes import finish_processes
 from .run_settings import saved_config_changes
 from .student import create_student, save_student, student_feature_extractor
-from .teacher_cache import TeacherFeatureCache
+from .teacher_cache import MissingEntryError, TeacherFeatureCache
 from .teachers import load_teacher
 from .upstream import Upstream, disable_train_randomness, lengths_to_mask
 
@@ -92,7 +93,9 @@ class DataReadError(RuntimeError):
     """A training or validation batch could not be read: its dataset gave up after
     :data:`~robustdistill.data.cropped.MAX_READ_FAILURES` items in a row (or all of them)
     failed at read time (NaN/Inf, silent or corrupt samples: what the header scan cannot
-    see). :func:`train` raises it after saving a checkpoint and writing ``stopped.json``."""
+    see), or, with ``teacher_cache.missing: error``, a teacher cache entry it needs is missing
+    or unreadable. :func:`train` raises it after saving a checkpoint and writing
+    ``stopped.json``."""
 
 
 class Distiller(nn.Module):
@@ -525,9 +528,11 @@ class _Run:
         waited = time.perf_counter()
         try:
             window = [next(batches) for _ in range(t.gradient_accumulation_steps)]
+            for batch in window:  # before the step's collectives, so every process stops
+                self._check_cache(batch, self.train_set)
             failure = None
-        except AudioError as err:  # the dataset gave up: MAX_READ_FAILURES in a row, or all
-            failure = err
+        except (AudioError, MissingEntryError) as err:  # the dataset gave up (MAX_READ_
+            failure = err  # FAILURES in a row, or all), or missing: error met a cache miss
         waited = time.perf_counter() - waited  # time blocked on the data loader
         self._agree_on_data(failure, "training", position)
         counts = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
@@ -601,10 +606,11 @@ class _Run:
                 break
             try:
                 batch = next(batches)
+                self._check_cache(batch, self.valid_set)
             except StopIteration:
                 break
-            except AudioError as err:  # read at start-up (build_datasets), so changed since
-                failure = err
+            except (AudioError, MissingEntryError) as err:  # audio read at start-up
+                failure = err  # (build_datasets), so changed since; or a cache miss
                 break
             self.note_skipped(batch)
             for unit, value in self._unit_counts(batch).items():
@@ -636,10 +642,23 @@ class _Run:
                                                  for k, v in sums.items()
                                                  if not k.startswith("_unit/")))
 
-    def _agree_on_data(self, failure: AudioError | None, split: str,
+    def _check_cache(self, batch: dict, dataset) -> None:
+        """With ``teacher_cache.missing: error``, refuse a batch whose cache entries are not
+        all there (:meth:`TeacherFeatureCache.check_entries`; ``dataset`` names the audio).
+
+        Raises:
+            MissingEntryError: naming the entry and its audio file.
+        """
+        if self.teacher_cache is not None:  # names listed only for a message
+            named = getattr(type(dataset), "names", None) is not None
+            self.teacher_cache.check_entries(batch, (lambda i: dataset.names[i]) if named
+                                             else None)
+
+    def _agree_on_data(self, failure: AudioError | MissingEntryError | None, split: str,
                        position: tuple[int, int] | None = None) -> None:
         """Raise :class:`DataReadError` on every process when any process's ``split`` batch
-        could not be read (a collective: every process calls it at the same point).
+        could not be read, or missed a teacher cache entry with ``missing: error`` (a
+        collective: every process calls it at the same point).
 
         ``position`` (``(epoch, batches_in_epoch)`` before the step's batches were drawn) is
         restored first, so a checkpoint saved on the way out resumes at the failed step.
@@ -652,7 +671,9 @@ class _Run:
         if position is not None:
             self.progress.epoch, self.progress.batches_in_epoch = position
         if failure is None:
-            raise DataReadError(f"another process could not read its {split} audio")
+            raise DataReadError(f"another process could not read its {split} batch")
+        if isinstance(failure, MissingEntryError):
+            raise DataReadError(f"{split} batch: {failure}") from failure
         lines = str(failure).strip().splitlines()  # a DataLoader worker's error holds its
         detail = lines[-1] if lines else type(failure).__name__  # traceback: its last line,
         detail = re.sub(r"^[\w.]*AudioError: ", "", detail)  # less the exception's name
@@ -849,8 +870,9 @@ def _stop_nonfinite(run: _Run) -> None:
 
 
 def _stop_unreadable(run: _Run, err: DataReadError) -> None:
-    """Save a checkpoint (unless nothing was trained yet), write ``stopped.json`` with the
-    audio skipped so far, and raise one line. A collective: every process calls it.
+    """Save a checkpoint (unless nothing was trained yet), write ``stopped.json`` (its
+    ``reason``: ``unreadable audio`` or ``teacher cache miss``) with the audio skipped so far,
+    and raise one line. A collective: every process calls it.
 
     Raises:
         DataReadError: always, naming the step, the data error and the checkpoint.
@@ -865,19 +887,26 @@ def _stop_unreadable(run: _Run, err: DataReadError) -> None:
     for dataset in (run.train_set, run.valid_set):  # the failed call's skips (no batch came)
         if isinstance(getattr(dataset, "skipped", None), dict):
             skipped.update(dataset.skipped)
-    details = gather_object([str(err)])
+    missed = isinstance(err.__cause__, MissingEntryError)
+    details = gather_object([("teacher cache miss" if missed else "unreadable audio",
+                              str(err))])
     skipped_audio = _skipped_summary(gather_object([skipped]))
-    detail = next((d for d in details if not d.startswith("another process")), details[0])
-    then = (f"checkpoint {checkpoint} holds the weights of step {p.step}; replace or fix "
-            "them and resume (--resume)" if checkpoint is not None
-            else "nothing was trained; replace or fix them and run again")
-    message = (f"stopped at step {p.step}: {detail}. Files skipped so far, with their reasons: "
-               f"{run.output_dir / 'stopped.json'}; {then}")
+    reason, detail = next((d for d in details if not d[1].startswith("another process")),
+                          details[0])
+    fix = "build it" if reason == "teacher cache miss" else "replace or fix them"
+    then = (f"checkpoint {checkpoint} holds the weights of step {p.step}; {fix} and resume "
+            "(--resume)" if checkpoint is not None else f"nothing was trained; {fix} and run "
+            "again")
+    if reason == "teacher cache miss":
+        message = f"stopped at step {p.step}: {detail}; {then}"
+    else:
+        message = (f"stopped at step {p.step}: {detail}. Files skipped so far, with their "
+                   f"reasons: {run.output_dir / 'stopped.json'}; {then}")
     if acc.is_main_process:
-        (run.output_dir / "stopped.json").write_text(json.dumps(
-            {"step": p.step, "reason": "unreadable audio", "message": message,
-             "checkpoint": str(checkpoint) if checkpoint is not None else None,
-             "skipped_audio": skipped_audio}, indent=2))
+        write_outcome(run.output_dir, STOPPED,
+                      {"step": p.step, "reason": reason, "message": message,
+                       "checkpoint": str(checkpoint) if checkpoint is not None else None,
+                       "skipped_audio": skipped_audio})
     logger.error(message)
     finish_processes(acc)
     raise DataReadError(message) from err
@@ -1112,7 +1141,7 @@ def train(cfg: DistillConfig) -> Path:
             summary["teacher_cache"] = {
                 **{key: sum(p[key] for p in cache_lookups) for key in cache_lookups[0]},
                 **run.teacher_cache.folder_stats(), "per_process": cache_lookups}
-        (run.output_dir / "final_state.json").write_text(json.dumps(summary, indent=2))
+        write_outcome(run.output_dir, FINAL_STATE, summary)
         if not summary["ranks_identical"]:
             logger.error("parameters differ between ranks: %s", fingerprints)
     out = run.output_dir

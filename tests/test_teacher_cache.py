@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -480,3 +481,134 @@ def test_utterances_longer_than_the_limit_are_refused_with_context_utterance(tmp
         "teacher_cache.dir": str(tmp_path / "cache"), "teacher_cache.max_utterance_s": 1.2,
         "teacher_cache.context": "crop"})
     _Run(crop)  # the teacher sees crops only: no limit
+
+
+def _entry_of_item_at_step(cfg, cache_path: str, step: int, rank: int = 0, world: int = 1) -> Path:
+    """The utterance entry of the first item that process ``rank`` of ``world`` draws for
+    ``step`` (1-based, first epoch): the training loop's own sampler order."""
+    from robustdistill.data import ShardedRandomSampler, build_datasets
+
+    train_set, _ = build_datasets(cfg.data, cfg.seed)
+    sampler = ShardedRandomSampler(len(train_set), cfg.seed, shuffle=True, rank=rank,
+                                   world_size=world)
+    sampler.set_epoch(0)
+    position = list(sampler)[(step - 1) * cfg.data.batch_size][0]
+    key = content_key(train_set.full_waveform(position))
+    return Path(cache_path) / key[:2] / f"{key}.safetensors"
+
+
+def test_a_cache_miss_with_missing_error_stops_with_a_checkpoint_and_resumes_exactly(
+        tmp_path, tiny_wavlm_dir):
+    """missing: error and an entry absent that step 3 needs: the run stops at step 2 with a
+    checkpoint, stopped.json and a message naming the entry, its audio and cache-teacher
+    (before: a FileNotFoundError from the forward pass, and the steps since the last
+    checkpoint were lost); built and resumed, it ends as an uninterrupted run."""
+    from conftest import tiny_run_config
+
+    from robustdistill.trainer import DataReadError, train
+
+    def config(out, **extra):
+        return tiny_run_config(tmp_path, tiny_wavlm_dir, out, **{
+            "training.max_steps": 4, "training.save_every": 0, "teacher_cache.dir":
+            str(tmp_path / "cache"), "teacher_cache.missing": "error", **extra})
+
+    built = build_cache(config("full"))
+    train(config("full"))
+    entry = _entry_of_item_at_step(config("full"), built["path"], step=3)
+    entry.unlink()
+    message = (rf"stopped at step 2: training batch: teacher cache entry {re.escape(str(entry))} "
+               r"of .*\.wav is missing \(missing: error\); build it with `robustdistill "
+               r"cache-teacher`.*checkpoint_0 holds the weights of step 2; build it and resume")
+    with pytest.raises(DataReadError, match=message):
+        train(config("part"))
+    part = tmp_path / "part"
+    stopped = json.loads((part / "stopped.json").read_text())
+    assert stopped["reason"] == "teacher cache miss" and stopped["step"] == 2
+    assert build_cache(config("part"))["computed"] == 1
+    train(config("part", **{"training.resume_from": "latest"}))
+    full_state = json.loads((tmp_path / "full" / "final_state.json").read_text())
+    part_state = json.loads((part / "final_state.json").read_text())
+    assert part_state["parameter_sha256_per_rank"] == full_state["parameter_sha256_per_rank"]
+    assert not (part / "stopped.json").exists()  # the run finished: its stop is over
+
+
+@pytest.mark.slow
+def test_a_cache_miss_on_one_process_stops_every_process_with_a_checkpoint(
+        tmp_path, tiny_wavlm_dir):
+    """Two CPU processes (gloo), missing: error, and the entry of an item only rank 1 draws
+    (at step 3) absent: both processes agree on the miss before the step's collectives, save
+    the checkpoint of step 2 together and exit 1 with rank 1's reason (before: rank 1 alone
+    raised, rank 0 died on a closed connection, and steps 1-2 were lost)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import free_port
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "ddp"
+    args = ["--config", str(repo / "configs" / "demo.yaml"), "--teacher", str(tiny_wavlm_dir),
+            "--output_dir", str(out), "--data.synthetic_items", "16",
+            "--data.synthetic_seconds", "[0.6, 1.2]", "--data.synthetic_dir", str(tmp_path / "c"),
+            "--data.max_length_s", "1.0", "--data.min_length_s", "0.5",
+            "--data.validation_fraction", "0.25", "--data.batch_size", "2",
+            "--augmentation.num_simulated_rooms", "2", "--augmentation.room_max_order", "3",
+            "--objectives", "{layerwise: {teacher_layers: [1, 2]}}",
+            "--training.max_steps", "4", "--training.eval_at_start", "false",
+            "--training.save_every", "0", "--training.report_to", "[]",
+            "--training.cpu", "true", "--teacher_cache.dir", str(tmp_path / "cache"),
+            "--teacher_cache.missing", "error"]
+    cfg = load_config(args[1], args[2:])  # the launched run's config
+    built = build_cache(cfg)
+    entry = _entry_of_item_at_step(cfg, built["path"], step=3, rank=1, world=2)
+    entry.unlink()
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+           "2", "--main_process_port", str(free_port()), str(repo / "distill.py"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert (f"robustdistill distill: error: stopped at step 2: training batch: teacher cache "
+            f"entry {entry} of ") in result.stderr, result.stderr[-3000:]
+    assert "Connection closed by peer" not in result.stderr
+    stopped = json.loads((out / "stopped.json").read_text())
+    assert stopped["reason"] == "teacher cache miss" and stopped["step"] == 2
+    assert "another process" not in stopped["message"]  # rank 1's own reason, gathered
+    assert (out / "checkpoints" / "checkpoint_0" / "random_states_1.pkl").is_file()
+
+
+@pytest.mark.slow
+def test_a_resumed_two_process_build_shares_what_is_left_evenly(tmp_path, tiny_wavlm_dir):
+    """An earlier build left the odd training items unbuilt (all of them process 1's by
+    position): the second build on two processes shares them out again, 2 and 1 (before:
+    process 1 built all 3 while process 0 waited)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import free_port
+
+    from robustdistill.data import build_datasets
+
+    args = ["--teacher", str(tiny_wavlm_dir), "--seed", "5", "--data.synthetic_items", "8",
+            "--data.synthetic_seconds", "[0.8, 0.8]", "--data.synthetic_dir",
+            str(tmp_path / "corpus"), "--data.max_length_s", "1.0", "--data.min_length_s", "0.5",
+            "--data.validation_fraction", "0.25", "--objectives",
+            "{layerwise: {teacher_layers: [1, 2]}}", "--training.cpu", "true",
+            "--teacher_cache.dir", str(tmp_path / "cache")]
+    cfg = load_config(None, args)
+    built = build_cache(cfg)
+    train_set, _ = build_datasets(cfg.data, cfg.seed)
+    assert len(train_set) == 6
+    for position in (1, 3, 5):
+        key = content_key(train_set.full_waveform(position))
+        (Path(built["path"]) / key[:2] / f"{key}.safetensors").unlink()
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+           "2", "--main_process_port", str(free_port()), "-m", "robustdistill.cli",
+           "cache-teacher", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (summary["computed"], summary["skipped"]) == (3, 5)  # 3 of 6 train + 2 validation
+    assert [p["computed"] for p in summary["per_process"]] == [2, 1]

@@ -66,6 +66,7 @@ from ..config import (
 )
 from ..environment import record_environment
 from ..nonfinite import NonFiniteTrainingError, any_process, stop_nonfinite
+from ..outcome import FINAL_STATE, write_outcome
 from ..processes import finish_processes
 from ..run_settings import saved_config_changes
 from .data import PairConfig, PairMaker
@@ -609,13 +610,13 @@ def train_se(cfg: SETrainConfig) -> Path:
                               + parameter_hash(acc.unwrap_model(loss_fn))])
     if acc.is_main_process:
         model.save_pretrained(out / "student")
-        (out / "final_state.json").write_text(json.dumps({
+        write_outcome(out, FINAL_STATE, {
             "step": t.max_steps, "parameters": count_parameters(model),
             "compression_vs_nsnet2": model.compression(), "latency_ms": model.latency_ms,
             "parameter_sha256": parameter_hash(model), "num_processes": acc.num_processes,
             "parameter_sha256_per_rank": per_rank,
             "ranks_identical": len(set(per_rank)) == 1, **dataclasses.asdict(counts),
-            "skipped_speech_files": maker.speech.skipped}, indent=2) + "\n")
+            "skipped_speech_files": maker.speech.skipped})
         metrics.close()
     finish_processes(acc)  # the trainer's own end: a gloo rank cannot hang in teardown
     return out

@@ -1,0 +1,44 @@
+"""How a training run ended, in one file of its folder: ``final_state.json`` (it reached its
+last step) or ``stopped.json`` (it stopped early: non-finite steps, unreadable audio, a teacher
+cache miss), never both.
+
+A run resumed after a stop that then finishes, or a finished run resumed with more steps that
+then stops, would otherwise keep the earlier segment's file beside the new one (a
+``stopped.json`` saying "stopped at step 3" beside a ``final_state.json`` at step 4).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .files import atomic_write_text
+
+__all__ = ["FINAL_STATE", "STOPPED", "write_outcome"]
+
+FINAL_STATE = "final_state.json"
+STOPPED = "stopped.json"
+
+
+def write_outcome(output_dir: str | Path, name: str, record: dict[str, Any]) -> Path:
+    """Write ``record`` as ``output_dir/name`` (indented JSON, atomically) and remove the other
+    outcome file of an earlier segment of the run, if any. Main process only.
+
+    Args:
+        output_dir: the run's folder.
+        name: :data:`FINAL_STATE` or :data:`STOPPED`.
+        record: JSON-serialisable.
+
+    Returns:
+        The file written.
+
+    Raises:
+        ValueError: ``name`` is not an outcome file.
+    """
+    if name not in (FINAL_STATE, STOPPED):
+        raise ValueError(f"an outcome file is {FINAL_STATE} or {STOPPED}, got {name!r}")
+    path = Path(output_dir) / name
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    (Path(output_dir) / (STOPPED if name == FINAL_STATE else FINAL_STATE)).unlink(missing_ok=True)
+    return path
