@@ -92,6 +92,7 @@ def distill_main(argv: list[str]) -> int:
         cfg = load_config(args.config, overrides)
     except (ConfigError, FileNotFoundError) as err:
         parser.error(redact(str(err)))
+    from .processes import print_stop
     from .trainer import DataReadError, NonFiniteTrainingError, train
 
     try:
@@ -99,7 +100,7 @@ def distill_main(argv: list[str]) -> int:
     except (ConfigError, FileNotFoundError) as err:  # found at start-up: a message, no traceback
         parser.error(redact(str(err)))
     except (DataReadError, NonFiniteTrainingError) as err:  # stopped with a checkpoint
-        print(f"{parser.prog}: error: {redact(' '.join(str(err).split()))}", file=sys.stderr)
+        print_stop(parser.prog, redact(str(err)))
         return 1
     except OSError as err:  # a teacher or student hub id that cannot be reached
         if (message := hub_error(err)) is None:
@@ -155,7 +156,9 @@ def create_student_main(argv: list[str]) -> int:
                         help="a CNN narrower than the teacher's: random, or pruned from it "
                              "(default: the preset's, else random)")
     parser.add_argument("--random-init", action="store_true", help="do not copy teacher weights")
-    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow a hub teacher's own modelling code (transformers' "
+                             "trust_remote_code)")
     args = parser.parse_args(argv)
     try:
         cfg = StudentConfig(preset=args.preset, family=args.family, num_layers=args.num_layers,

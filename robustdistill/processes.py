@@ -1,14 +1,15 @@
-"""Processes of a run: refusing a launch a command does not support, and ending a
-multi-process run so that every process exits."""
+"""Processes of a run: refusing a launch a command does not support, saying once why a run
+stopped, and ending a multi-process run so that every process exits."""
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from accelerate import Accelerator
 
-__all__ = ["finish_processes", "launched_processes", "require_single_process"]
+__all__ = ["finish_processes", "launched_processes", "print_stop", "require_single_process"]
 
 
 def launched_processes() -> int:
@@ -18,6 +19,15 @@ def launched_processes() -> int:
         return max(1, int(os.environ.get("WORLD_SIZE", "1")))
     except ValueError:
         return 1
+
+
+def print_stop(prog: str, message: str) -> None:
+    """Print ``PROG: error: MESSAGE`` (whitespace collapsed to one line) on stderr, from the
+    first launched process only (``RANK`` 0 or unset): a stop that every process agrees on
+    (unreadable data, non-finite steps) is raised by each of them with the same message, which
+    would otherwise be printed once per process."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
 
 
 def require_single_process(command: str) -> None:

@@ -773,6 +773,13 @@ class TeacherFeatureCache:
         return {"hits": self.hits, "hits_read_in_loader": self.loader_hits,
                 "misses": self.misses}
 
+    def restore_lookups(self, counts: dict) -> None:
+        """Start counting from ``counts`` (a :meth:`lookups` dict saved with a checkpoint), so
+        a resumed run's totals are the whole run's, not those since its last start."""
+        self.hits = int(counts.get("hits", 0))
+        self.loader_hits = int(counts.get("hits_read_in_loader", 0))
+        self.misses = int(counts.get("misses", 0))
+
     def folder_stats(self) -> dict:
         """``{"entries", "bytes"}``: what the cache folder holds (all processes' entries)."""
         files = list(self.path.glob("*/*.safetensors"))
@@ -920,7 +927,8 @@ def main(argv: list[str]) -> int:
         epilog=config_reference(DistillConfig))
     parser.add_argument("--config", help="distillation YAML recipe (teacher, data, objectives)")
     parser.add_argument("--splits", nargs="+", default=["train", "validation"],
-                        choices=["train", "validation"])
+                        choices=["train", "validation"],
+                        help="which splits to cache (default: both)")
     parser.add_argument("--limit", type=int, default=None, help="at most N items per split")
     args, overrides = parser.parse_known_args(argv)
     try:

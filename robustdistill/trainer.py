@@ -700,12 +700,16 @@ class _Run:
         acc = self.accelerator
         index = self._next_checkpoint
         streams = gather_object([self.train_set.state_dict()]) if self.sampler is None else None
+        lookups = (gather_object([self.teacher_cache.lookups()])
+                   if self.teacher_cache is not None else None)
         state = None
         if acc.is_main_process:
             state = {TRAINING_STATE: {
                 "progress": self.progress.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "stream_per_rank": streams, "num_processes": acc.num_processes,
                 "trajectory": self._trajectory(), "metrics_bytes": _size(self.metrics_path),
+                # each rank's teacher cache lookups so far: final_state.json sums the whole run
+                "teacher_cache_lookups": lookups,
                 # each head's layout, so that `robustdistill export` of this checkpoint writes
                 # the same rebuild recipe as the trainer's own export
                 "head_configs": {name: objective.head_config()
@@ -804,6 +808,9 @@ class _Run:
             self.last_checkpoint = (self.progress.step, path)
         if acc.is_main_process and self.resumed_own_checkpoint:
             truncate_log(self.metrics_path, state.get("metrics_bytes"))
+        lookups = state.get("teacher_cache_lookups")  # None: no cache then, or an older run
+        if self.resumed_own_checkpoint and self.teacher_cache is not None and lookups:
+            self.teacher_cache.restore_lookups(lookups[acc.process_index])
         if self.sampler is None:
             self.train_set.load_state_dict(state["stream_per_rank"][acc.process_index])
             if self.cfg.data.shuffle_buffer or self.cfg.data.num_workers:
@@ -840,15 +847,16 @@ def _check_finite_inputs(batch: dict, clean: torch.Tensor, noisy: torch.Tensor) 
                                "refusing to feed it to the models")
 
 
-def _skipped_summary(per_rank: list[dict[str, str]]) -> dict:
-    """``{"count", "by_reason": {reason: n}, "items": {name: reason}}`` over all ranks."""
+def _skipped_summary(per_rank: list[dict[str, str]], log: bool = True) -> dict:
+    """``{"count", "by_reason": {reason: n}, "items": {name: reason}}`` over all ranks,
+    logged as a warning when ``log`` (the main process: every process has the same summary)."""
     items: dict[str, str] = {}
     for skipped in per_rank:
         items.update(skipped)
     by_reason: dict[str, int] = {}
     for reason in items.values():
         by_reason[reason] = by_reason.get(reason, 0) + 1
-    if items:
+    if items and log:
         logger.warning("%d audio item(s) skipped: %s (names in final_state.json)", len(items),
                        ", ".join(f"{n} {r}" for r, n in sorted(by_reason.items())))
     return {"count": len(items), "by_reason": by_reason, "items": dict(sorted(items.items()))}
@@ -890,7 +898,7 @@ def _stop_unreadable(run: _Run, err: DataReadError) -> None:
     missed = isinstance(err.__cause__, MissingEntryError)
     details = gather_object([("teacher cache miss" if missed else "unreadable audio",
                               str(err))])
-    skipped_audio = _skipped_summary(gather_object([skipped]))
+    skipped_audio = _skipped_summary(gather_object([skipped]), acc.is_main_process)
     reason, detail = next((d for d in details if not d[1].startswith("another process")),
                           details[0])
     fix = "build it" if reason == "teacher cache miss" else "replace or fix them"
@@ -1120,7 +1128,7 @@ def train(cfg: DistillConfig) -> Path:
     bar.close()
     acc.wait_for_everyone()
     fingerprints = gather_object([_fingerprint(acc.unwrap_model(run.model))])
-    skipped_audio = _skipped_summary(gather_object([run.skipped_audio]))
+    skipped_audio = _skipped_summary(gather_object([run.skipped_audio]), acc.is_main_process)
     if run.sampler is None:  # a stream's skips are counted, not named (per process)
         skipped_audio["streamed_items_skipped"] = (
             sum(gather_object([run.train_set.skipped])) if not cfg.data.num_workers

@@ -65,3 +65,29 @@ def test_create_student_help_names_the_families_and_each_shape_option(capsys):
     with pytest.raises(SystemExit):
         cli.main(["create-student", "--teacher", "t", "--out", "o", "--family", "wavlmm"])
     assert "invalid choice: 'wavlmm'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["create-student", "make-teacher", "export", "export-s3prl",
+                                     "cache-teacher", "card", "push", "enhance", "compare",
+                                     "evaluate"])
+def test_every_option_of_a_subcommand_has_help(monkeypatch, command):
+    """``--help`` of each subcommand says what every option does (``card --kind``, ``push
+    --commit-message``, ``cache-teacher --splits`` and ``create-student --trust-remote-code``
+    showed a bare name)."""
+    import argparse
+
+    class Parsed(Exception):
+        pass
+
+    parsers = []
+
+    def capture(self, *args, **kwargs):
+        parsers.append(self)
+        raise Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", capture)
+    with pytest.raises(Parsed):
+        cli.main([command, "--help"])
+    bare = [a.option_strings[0] for a in parsers[0]._actions
+            if a.option_strings and a.help is None]
+    assert bare == [], f"{command}: no help for {bare}"

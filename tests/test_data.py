@@ -477,6 +477,15 @@ def test_data_config_parses_with_hf_argument_parser():
     assert DataConfig().source is None
 
 
+def test_synthetic_items_beside_a_train_dir_names_the_way_out():
+    """configs/demo.yaml sets synthetic_items 64: `--data.train_dir DIR` over it was refused
+    without naming the key to turn it off (and `--data.synthetic_items null` is not an int)."""
+    with pytest.raises(ValueError, match=r"DataConfig\.synthetic_items: synthetic audio cannot "
+                                         r"be combined with train_dir; allowed: synthetic_items "
+                                         r"0 with train_dir \(--data\.synthetic_items 0 "):
+        DataConfig(train_dir="a", synthetic_items=64)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field_name"),
     [

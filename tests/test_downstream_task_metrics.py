@@ -50,6 +50,25 @@ def test_accuracy_is_micro_and_macro_item_statistic_skips_absent_classes():
         pytest.approx(1 / 3)
 
 
+def test_macro_accuracy_of_a_run_counts_only_the_classes_among_its_targets():
+    """A class predicted but never a target (c here) used to count as 0 in the run's macro
+    accuracy (torchmetrics' macro average: (1/2 + 1 + 0) / 3 = 0.5), while its interval and
+    compare used the per-item statistic over the target classes: (1/2 + 1) / 2 = 0.75."""
+    from downstream.tasks.utterance_classification import UtteranceClassificationConfig
+    from downstream.tasks.utterance_classification.task import UtteranceClassification
+
+    task = UtteranceClassification(UtteranceClassificationConfig(data=_data()))
+    task.classes = ["a", "b", "c"]
+    targets, predictions = [0, 0, 1], [0, 2, 1]
+    logits = torch.nn.functional.one_hot(torch.tensor(predictions), 3).float()[:, None]
+    examples = [Example(f"u{i}", np.zeros(1), t) for i, t in enumerate(targets)]
+    metrics = task.evaluate(_Logits(), [(logits, torch.ones(3, dtype=torch.long), examples)])
+    assert metrics["macro_accuracy"] == pytest.approx(0.75)
+    assert metrics["accuracy"] == pytest.approx(2 / 3)
+    macro = UtteranceClassification.item_statistic(task.items(), "macro_accuracy")
+    assert macro(np.arange(3)) == metrics["macro_accuracy"]
+
+
 # ---------------------------------------------------------------- speaker verification
 def _sv_task(**trials):
     from downstream.tasks.speaker_verification.task import (

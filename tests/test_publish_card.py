@@ -1229,6 +1229,8 @@ def test_noise_robust_tag_only_when_the_distill_run_corrupted_the_students_input
     (run["run"] / "config.yaml").write_text(yaml.safe_dump(config))
     card = build_card(run["student"], [], run["run"], license="mit", speed=False)
     assert ("noise-robust" in card.data.tags) == tagged
+    # the intro claims robustness exactly when the tag does (a clean run's card claimed it)
+    assert ("to be robust to noise and reverberation" in card.text) == tagged
     training = _training_section(card.text)
     assert ("the student a corrupted copy" in training) == tagged
     if not tagged:
@@ -1242,8 +1244,9 @@ def test_noise_robust_tag_of_se_speaker_and_no_run(run, tmp_path):
     a speaker student trains on clean crops; without a run nothing is known."""
     from robustdistill.se.students import GRUMaskStudent, StudentConfig
 
-    assert "noise-robust" not in build_card(run["student"], [], None, license="mit",
-                                            speed=False).data.tags
+    no_run = build_card(run["student"], [], None, license="mit", speed=False)
+    assert "noise-robust" not in no_run.data.tags
+    assert "robust to noise" not in no_run.text  # no run: no claim in the text either
     se_student = GRUMaskStudent(StudentConfig(hidden_size=8)).save_pretrained(tmp_path / "se")
     (tmp_path / "se_run").mkdir()
     (tmp_path / "se_run" / "config.yaml").write_text(yaml.safe_dump(

@@ -250,6 +250,10 @@ def test_the_cli_reports_a_stopped_run_in_one_line(monkeypatch, capsys, error):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["robustdistill distill: error: stopped at step 7: no training audio could be "
                    "read: x.wav second line"]
+    # every process of a launch stops with that message: only the first one prints it
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(["distill", "--config", str(DEMO)]) == 1
+    assert capsys.readouterr().err == ""
 
 
 # ---- start-up errors that were tracebacks -------------------------------------------------

@@ -81,7 +81,7 @@ def test_a_kill_while_saving_a_checkpoint_resumes_from_the_one_before(tiny, tmp_
             (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]  # logged, not saved
     resumed = train_system(_baseline_setup(tmp_path, "b", 3, resume=True), teacher, crops)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "epoch_1", "epoch_2", "epoch_3"]
+        "epoch_2", "epoch_3"]  # training.keep_checkpoints 2
     assert [e["loss"] for e in resumed["epochs"]] == [e["loss"] for e in straight["epochs"]]
     assert [json.loads(line)["epoch"] for line in
             (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
@@ -276,12 +276,45 @@ def test_a_fresh_run_into_a_folder_with_an_earlier_runs_checkpoints_is_refused(t
     checkpoints, which a resume then took as this run's (result.json epochs [1, 2, 3, 1, 2, 4])."""
     teacher, crops = tiny
     train_system(_baseline_setup(tmp_path, "r", 3), teacher, crops)
-    with pytest.raises(ValueError, match=r"earlier run \(epoch_1, epoch_2, epoch_3\).*"
+    with pytest.raises(ValueError, match=r"earlier run \(epoch_2, epoch_3\).*"
                                          r"training\.resume true"):
         train_system(_baseline_setup(tmp_path, "r", 2), teacher, crops)
     log = [json.loads(line)["epoch"] for line in
            (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert log == [1, 2, 3]  # untouched
+
+
+def test_checkpoints_rotate_to_keep_checkpoints_and_a_rotated_run_resumes_exactly(tiny,
+                                                                                tmp_path):
+    """Every epoch's checkpoint used to stay (a soak run of 20 epochs: 20 folders, 3.8 MB
+    each; the IML-KD table's 12 runs of 30 epochs, 1.4 GB); the ``training.keep_checkpoints``
+    newest stay, and a bare ``epoch_N`` of a run older than the manifest is never deleted."""
+    from robustdistill.speaker.train import TrainConfig, _run_key
+
+    teacher, crops = tiny
+    straight = train_system(_baseline_setup(tmp_path, "a", 4), teacher, crops)
+    assert sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir()) == [
+        "epoch_3", "epoch_4"]  # the default, 2
+    cfg = _baseline_setup(tmp_path, "b", 4)
+    cfg.training.keep_checkpoints = 1
+    train_system(cfg, teacher, crops, stop_after_epochs=2)
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["epoch_2"]
+    (tmp_path / "b" / "checkpoints" / "epoch_0").mkdir()  # no manifest: an older run's
+    cfg.training.resume = True
+    resumed = train_system(cfg, teacher, crops)
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == [
+        "epoch_0", "epoch_4"]
+    assert [e["loss"] for e in resumed["epochs"]] == [e["loss"] for e in straight["epochs"]]
+    a = load_file(tmp_path / "a" / "checkpoints" / "epoch_4" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "checkpoints" / "epoch_4" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="training.keep_checkpoints must be >= 1, got 0"):
+        TrainConfig(keep_checkpoints=0)
+    # what stays on disk does not identify a run: a table's runs of before are reused
+    done = {"loss": {"method": "none"}, "training": {"output_dir": "a", "epochs": 3}}
+    again = {"loss": {"method": "none"}, "training": {"output_dir": "a", "epochs": 3,
+                                                      "keep_checkpoints": 5}}
+    assert _run_key(done) == _run_key(again)
 
 
 def test_a_fresh_run_clears_a_log_left_without_a_checkpoint(tiny, tmp_path):

@@ -385,6 +385,31 @@ def test_a_resume_keeps_the_runs_student_init_and_refuses_another_student(tmp_pa
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in init.iterdir()} == before
 
 
+def test_final_state_counts_the_whole_runs_teacher_cache_lookups_across_resumes(
+        tmp_path, tiny_wavlm_dir):
+    """A resumed run's ``final_state.json`` counted the teacher cache lookups since its last
+    start only: a finished run launched again with ``--resume`` (nothing left to train)
+    replaced the run's counts with zeros (soak test, real audio: 80 steps, then 0 hits)."""
+    def cfg(out, max_steps, **training):
+        c = _config(tmp_path, tiny_wavlm_dir, out, max_steps=max_steps, save_every=2,
+                    eval_every=2, **training)  # both runs validate at steps 2 and 4
+        c.teacher_cache.dir = str(tmp_path / f"cache_{out}")  # each run fills its own
+        return c
+
+    def lookups(out):
+        final = json.loads((tmp_path / out / "final_state.json").read_text())
+        return {k: final["teacher_cache"][k] for k in ("hits", "hits_read_in_loader", "misses")}
+
+    train(cfg("straight", 4))
+    whole = lookups("straight")
+    assert whole["misses"] > 0 and whole["hits"] > 0
+    train(cfg("resumed", 2))
+    train(cfg("resumed", 4, resume_from="auto"))  # steps 3 and 4
+    assert lookups("resumed") == whole
+    train(cfg("resumed", 4, resume_from="auto"))  # launched again: nothing to train
+    assert lookups("resumed") == whole
+
+
 def test_streaming_ranks_resume_each_in_its_own_epoch(tmp_path):
     """Two streaming ranks with unequal shards (4 and 12 rows) are in different epochs when
     rank 0 checkpoints; the checkpoint holds rank 0's progress and each rank's stream. After

@@ -100,7 +100,9 @@ class DataConfig:
         if self.synthetic_items < 0:
             fail("synthetic_items", f"must be >= 0, got {self.synthetic_items}")
         if self.synthetic_items > 0 and sources:
-            fail("synthetic_items", f"synthetic audio cannot be combined with {sources[0]}")
+            fail("synthetic_items", f"synthetic audio cannot be combined with {sources[0]}; "
+                 f"allowed: synthetic_items 0 with {sources[0]} (--data.synthetic_items 0 over "
+                 "a recipe that sets it, such as configs/demo.yaml)")
         if not self.train_dataset:
             for name in ("dataset_config", "validation_split"):
                 if getattr(self, name):

@@ -324,21 +324,22 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     eval_results = task_results + (verification_eval_results(run) if verification else [])
     metric_names = sorted({m for t in tasks for per in t.metrics.values() for m in per}
                           | {r.metric_type for r in eval_results})
+    # the tag and the intro's robustness claim: only for a run that corrupted the student's input
+    noise_robust = run is not None and student_input_corrupted(run)
     card_data = ModelCardData(
         license=license, license_name=license_name, license_link=license_link,
         library_name="transformers" if library_transformers else None,
         base_model=base_model, datasets=list(datasets) or None, language=languages or None,
         metrics=metric_names or None, pipeline_tag=KINDS[kind][1], model_name=model_name,
         tags=list(dict.fromkeys(["audio", "speech", "knowledge-distillation", "robustdistill",
-                                 *(["noise-robust"] if run is not None
-                                   and student_input_corrupted(run) else []),
+                                 *(["noise-robust"] if noise_robust else []),
                                  student.model_type, *KINDS[kind][2], *tags])),
         eval_results=eval_results or None)
     training = run_view(run, heads_dir_for(model_dir, run.run_dir)) if run else None
     context = {
         "card_data": card_data.to_yaml(), "model_name": model_name, "student": student,
         "kind": kind,
-        "teacher_text": teacher_text(run, base_model),
+        "teacher_text": teacher_text(run, base_model), "noise_robust": noise_robust,
         "distilled": run is None or training["distilled"],
         "teacher_params": run.teacher_facts.parameters if run and run.teacher_facts else None,
         "load_snippet": load, "onnx_snippet": onnx, "onnx_parity": onnx_parity,
@@ -446,7 +447,9 @@ def card_main(argv: list[str]) -> int:
     parser.add_argument("--license-link", default=None,
                         help="with --license other: a URL of the licence's text, or its file "
                              "in the model folder that push uploads (e.g. LICENSE)")
-    parser.add_argument("--kind", default="ssl", choices=sorted(KINDS))
+    parser.add_argument("--kind", default="ssl", choices=sorted(KINDS),
+                        help="the card's template: ssl (a distill student, default), se (a "
+                             "train-se student) or speaker (a train-speaker student)")
     parser.add_argument("--repo-id", default=None, help="ORG/NAME the card is for")
     parser.add_argument("--base-model", default=None, help="the teacher's Hub id")
     parser.add_argument("--dataset", action="append", default=[], help="Hub dataset id (repeat)")

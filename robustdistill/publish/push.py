@@ -243,7 +243,8 @@ def push_main(argv: list[str]) -> int:
     parser.add_argument("--private", action="store_true", default=None,
                         help="create the repository private")
     parser.add_argument("--revision", default=None, help="branch (default main)")
-    parser.add_argument("--commit-message", default=None)
+    parser.add_argument("--commit-message", default=None,
+                        help="default: 'Upload NAME (robustdistill)'")
     parser.add_argument("--dry-run", action="store_true",
                         help="list what would be uploaded; contact nothing")
     args = parser.parse_args(argv)

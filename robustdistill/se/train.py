@@ -38,7 +38,6 @@ import json
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,7 +66,7 @@ from ..config import (
 from ..environment import record_environment
 from ..nonfinite import NonFiniteTrainingError, any_process, stop_nonfinite
 from ..outcome import FINAL_STATE, write_outcome
-from ..processes import finish_processes
+from ..processes import finish_processes, print_stop
 from ..run_settings import saved_config_changes
 from .data import PairConfig, PairMaker
 from .losses import LossConfig, SELoss
@@ -647,6 +646,6 @@ def main(argv: list[str]) -> int:
                 "`bash scripts/split_shared_data.sh`" if "runs/data/" in str(err) else "")
         parser.error(f"{err}{hint}")
     except (AudioError, NonFiniteTrainingError) as err:  # no usable audio; a run that diverged
-        print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print_stop(parser.prog, str(err))
         return 1
     return 0

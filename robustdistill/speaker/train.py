@@ -319,6 +319,11 @@ class TrainConfig:
         output_dir: run folder (``config.yaml``, ``metrics.jsonl``, ``checkpoints/epoch_N``,
             ``result.json``); ignored by ``table``, which uses ``table.output_dir``.
         epochs: passes over the training crops (one checkpoint each).
+        keep_checkpoints: newest complete checkpoints kept (>= 1); older ones are deleted after
+            each save, as ``train-se``'s (every epoch's used to stay: 30 epochs of an LSTM
+            student are 114 MB a run, of an upstream student its weights and AdamW state 30
+            times). Bare ``epoch_N`` folders of runs older than the manifest are resumed from
+            but never deleted.
         batch_size: crops per update; a last batch of fewer than 2 crops is skipped.
         lr: AdamW learning rate, constant.
         weight_decay: AdamW weight decay of the weights with >= 2 dimensions (others: 0).
@@ -331,9 +336,9 @@ class TrainConfig:
 
     Raises:
         ValueError: (on construction) ``epochs < 1``, ``batch_size < 2`` (a batch of one crop
-            is skipped, so nothing would train), ``lr <= 0``, a negative ``weight_decay`` or
-            ``seed``, ``max_grad_norm <= 0``, or an empty ``output_dir``; the message names the
-            key.
+            is skipped, so nothing would train), ``keep_checkpoints < 1``, ``lr <= 0``, a
+            negative ``weight_decay`` or ``seed``, ``max_grad_norm <= 0``, or an empty
+            ``output_dir``; the message names the key.
     """
 
     output_dir: str = "runs/imlkd_speaker/run"
@@ -345,11 +350,12 @@ class TrainConfig:
     cpu: bool = True
     resume: bool = False
     max_grad_norm: float = 5.0
+    keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
         if not self.output_dir:
             raise ValueError("training.output_dir must name a folder")
-        _at_least("training", self, epochs=1, batch_size=2, seed=0)
+        _at_least("training", self, epochs=1, batch_size=2, seed=0, keep_checkpoints=1)
         for name in ("lr", "max_grad_norm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"training.{name} must be > 0, got {getattr(self, name)}")
@@ -655,14 +661,16 @@ def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_di
 
 
 def _save_checkpoint(accelerator, output_dir: Path, epochs_done: int,
-                     settings: dict[str, Any]) -> None:
+                     settings: dict[str, Any], keep: int) -> None:
     """``checkpoints/epoch_N`` through :func:`robustdistill.checkpoints.save_checkpoint`
     (``.tmp-epoch_N``, a manifest, an atomic rename): a kill while saving leaves only the
     ``.tmp-`` folder, which :func:`_last_checkpoint` ignores and the next start deletes. An
     ``epoch_N`` of an older run, beyond the checkpoint this run resumed from, is replaced.
-    ``settings`` (:func:`_run_settings`) is stored with it for :func:`check_run_folder`."""
+    ``settings`` (:func:`_run_settings`) is stored with it for :func:`check_run_folder`; the
+    ``keep`` newest complete checkpoints stay (``training.keep_checkpoints``)."""
     save_checkpoint(accelerator, output_dir / "checkpoints", epochs_done, epochs_done,
-                    state={_RUN_SETTINGS: settings}, prefix=_EPOCH_PREFIX, replace=True)
+                    state={_RUN_SETTINGS: settings}, keep=keep, prefix=_EPOCH_PREFIX,
+                    replace=True)
 
 
 def _logged_epochs(log_path: Path, epochs_done: int) -> list[dict[str, Any]]:
@@ -814,7 +822,8 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
         with log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         logger.info("epoch %s", json.dumps(record))
-        _save_checkpoint(accelerator, out_dir, epoch + 1, _run_settings(cfg))
+        _save_checkpoint(accelerator, out_dir, epoch + 1, _run_settings(cfg),
+                         t.keep_checkpoints)
         done_here += 1
         if stop_after_epochs is not None and done_here >= stop_after_epochs:
             break
@@ -983,13 +992,15 @@ def _run_key(config: dict | None) -> dict | None:
     """What identifies a run: its config without the ``table`` section, the output folder (the
     run is found there), ``training.resume`` (how the run got to its end, not what it trained:
     a table continued with ``--training.resume true`` reuses the runs it had finished, and
-    they are reused again without it) and ``ig`` for the systems that use no maps."""
+    they are reused again without it), ``training.keep_checkpoints`` (what stays on disk, not
+    what was trained; runs written before it existed are reused) and ``ig`` for the systems
+    that use no maps."""
     if config is None:
         return None
     drop = {"table"} if config["loss"]["method"] == "imlkd" else {"table", "ig"}
     key = {k: v for k, v in config.items() if k not in drop}
     key["training"] = {k: v for k, v in key.get("training", {}).items()
-                       if k not in ("output_dir", "resume")}
+                       if k not in ("output_dir", "resume", "keep_checkpoints")}
     return key
 
 

@@ -135,7 +135,9 @@ class UtteranceClassification(Task):
 
     def evaluate(self, head, batches: Iterable) -> dict[str, float]:
         """Accuracy (micro) and class-averaged (macro) accuracy over the split; per-item
-        records ``{key, target, prediction, correct}`` (labels as strings) in ``last_items``."""
+        records ``{key, target, prediction, correct}`` (labels as strings) in ``last_items``.
+        Macro accuracy is the mean, over the classes among the split's targets, of each one's
+        accuracy (balanced accuracy; a class only ever predicted does not count)."""
         predictions, targets, keys = [], [], []
         for features, frame_lengths, examples in batches:
             predictions.append(head(features, frame_lengths).argmax(dim=-1).cpu())
@@ -148,9 +150,13 @@ class UtteranceClassification(Task):
             for k, t, p in zip(keys, target.tolist(), preds.tolist(), strict=True)
         ]
         n = len(self.classes)
+        # macro: the per-item statistic over every item, so that the run's number and its
+        # interval share one definition (torchmetrics' macro average also counts a class that
+        # was predicted but is not among the test targets, as 0)
+        every_item = np.arange(len(self.last_items))
         return {
             "accuracy": float(multiclass_accuracy(preds, target, n, average="micro")),
-            "macro_accuracy": float(multiclass_accuracy(preds, target, n, average="macro")),
+            "macro_accuracy": self.item_statistic(self.last_items, "macro_accuracy")(every_item),
         }
 
     @classmethod
