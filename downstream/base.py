@@ -335,6 +335,11 @@ class Task(ABC):
     # ---- per-item results -------------------------------------------------------------------
     #: What one per-item record is: ``"utterance"`` or ``"trial"`` (speaker verification).
     item_unit: ClassVar[str] = "utterance"
+    #: What the bootstrap intervals and paired comparisons resample: the independent unit.
+    #: The items themselves for most tasks; ``"speaker"`` for speaker verification, whose
+    #: trials share utterances and speakers (speakers, then utterances within each drawn
+    #: speaker: :meth:`resample_units`).
+    resample_unit: ClassVar[str] = "utterance"
 
     def items(self) -> list[dict[str, Any]]:
         """The per-item records of the last :meth:`evaluate` call (JSON-serialisable dicts,
@@ -344,11 +349,23 @@ class Task(ABC):
         return list(getattr(self, "last_items", []))
 
     @classmethod
+    def resample_units(cls, items: Sequence[dict[str, Any]]) -> list[tuple[str, ...]] | None:
+        """The clusters a two-stage bootstrap draws from ``items`` when it does not draw the
+        items themselves: one tuple of member ids per cluster (speaker verification: a
+        speaker's utterance keys); the statistic of :meth:`item_statistic` then takes the
+        ``(copy, member)`` rows of :func:`downstream.stats.resample_indices`, members numbered
+        in this order. Two upstreams' records with equal clusters are resampled alike.
+        Default: None, the items themselves."""
+        return None
+
+    @classmethod
     def item_statistic(cls, items: Sequence[dict[str, Any]], metric: str
                        ) -> Callable[[np.ndarray], float] | None:
         """``f(indices) -> metric`` over the records ``items[indices]`` (indices may repeat:
         bootstrap resamples), or None when ``metric`` cannot be computed from the records.
-        ``f(arange(len(items)))`` equals the metric :meth:`evaluate` reported. Default: None."""
+        ``f(arange(len(items)))`` equals the metric :meth:`evaluate` reported. A task with
+        :meth:`resample_units` takes their ``(copy, member)`` rows instead
+        (:func:`downstream.stats.full_indices` gives the reported metric). Default: None."""
         return None
 
 

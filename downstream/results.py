@@ -9,7 +9,9 @@ utterance (prediction, per-utterance scores, errors) or per trial (speaker verif
 as s3prl writes its predict / score files (strict JSON: an undefined score is ``null``). They
 also count, per condition and metric, the items a metric could not score (``unscored``, e.g. a
 failed PESQ), which its mean leaves out. From them every metric the task can recompute gets a
-bootstrap 95 % interval (:mod:`downstream.stats`), and :func:`compare` tests each pair of
+bootstrap 95 % interval (:mod:`downstream.stats`; resampling the task's ``resample_unit``: the
+items, or for speaker verification the test speakers and then utterances within each drawn
+speaker, each trial weighted by the draws of its two utterances, since 2026-12-07), and :func:`compare` tests each pair of
 upstreams **on the same items**: paired bootstrap interval of the difference and its p-value, plus
 the exact McNemar test for accuracy. An item that either upstream could not score is left out of
 that pair's comparison on both sides (:func:`jointly_scored`; counted as ``excluded_items``). A multi-seed run (:func:`aggregate_seeds`) reports the mean
@@ -32,15 +34,15 @@ import numpy as np
 
 from robustdistill.files import OutputFolderError, atomic_write_text, unblocked_folder
 
-from .stats import bootstrap_interval, mcnemar, paired_bootstrap
+from .stats import bootstrap_interval, full_indices, mcnemar, paired_bootstrap
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["TestSetMismatch", "aggregate_listing", "aggregate_seeds", "check_evaluation_folder",
-           "check_output_folder", "compare", "folder_results", "interval_cell", "item_groups",
-           "item_intervals", "jointly_scored", "load_results", "load_results_file",
-           "paired_comparisons",
-           "plot_robustness", "read_items", "results_table", "unscored_count", "unscored_counts",
+           "check_output_folder", "compare", "current_intervals", "folder_results",
+           "interval_cell", "interval_method", "item_groups", "item_intervals", "jointly_scored",
+           "load_results", "load_results_file", "paired_comparisons", "plot_robustness",
+           "read_items", "resample_sizes", "results_table", "unscored_count", "unscored_counts",
            "unscored_note", "upstream_labels", "write_items", "write_outputs"]
 
 
@@ -137,10 +139,40 @@ def _group_stat(task_class, groups: Sequence[Sequence[dict]], metric: str):
     return lambda idx: float(np.mean([f(i) for f, i in zip(fns, idx, strict=True)]))
 
 
+def resample_sizes(task_class, groups: Sequence[Sequence[dict]]) -> list[int | tuple[int, ...]]:
+    """What the bootstrap draws from in each group (:func:`downstream.stats.resample_indices`):
+    its item count, or, where :meth:`Task.resample_units
+    <downstream.base.Task.resample_units>` gives clusters (speaker verification: test
+    speakers, each a tuple of its utterances), the cluster sizes (a two-stage draw)."""
+    out: list[int | tuple[int, ...]] = []
+    for g in groups:
+        units = task_class.resample_units(g)
+        out.append(len(g) if units is None else tuple(len(u) for u in units))
+    return out
+
+
+def interval_method(task_class, resamples: int, seeds: int = 1) -> str | None:
+    """The ``interval_method`` of results.json: what the bootstrap resamples (the task's
+    ``resample_unit``), the seeds it is stratified by and the resamples; None for
+    ``resamples < 1`` (no intervals)."""
+    if resamples < 1:
+        return None
+    unit = f"test {task_class.resample_unit}s"
+    if task_class.resample_unit == "speaker":
+        unit = ("test speakers, then utterances within each drawn speaker (two-stage; each "
+                "trial counted as often as its pair of utterances is drawn; since 2026-12-07)")
+    if seeds > 1:
+        return (f"bootstrap over {unit} stratified by seed (mean over {seeds} seeds), 95 %, "
+                f"{resamples} resamples")
+    return f"percentile bootstrap over {unit}, 95 %, {resamples} resamples"
+
+
 def item_intervals(task_class, groups: Sequence[Sequence[dict]], metrics: dict[str, float],
                    resamples: int = 1000, seed: int = 0) -> dict[str, list[float]]:
     """Bootstrap 95 % intervals ``{metric: [low, high]}`` of every metric in ``metrics`` that
-    ``task_class.item_statistic`` can recompute from the records (one group per seed).
+    ``task_class.item_statistic`` can recompute from the records (one group per seed),
+    resampling ``task_class.resample_unit`` (:func:`resample_sizes`; the items, or for speaker
+    verification test speakers and then utterances within each drawn speaker).
 
     A metric whose recomputation from the records differs from the reported value (e.g.
     torchmetrics' macro average over classes absent from the test items) gets no interval, with
@@ -149,18 +181,19 @@ def item_intervals(task_class, groups: Sequence[Sequence[dict]], metrics: dict[s
     if resamples < 1 or not groups or not all(groups):
         return {}
     out = {}
+    sizes = resample_sizes(task_class, groups)
     for metric in metrics:
         stat = _group_stat(task_class, groups, metric)
         if stat is None:
             continue
-        full = stat([np.arange(len(g)) for g in groups])
+        full = stat(full_indices(sizes))
         reported = metrics[metric]
         if not (math.isclose(full, reported, rel_tol=1e-6, abs_tol=1e-9)
                 or (math.isnan(full) and math.isnan(reported))):
             logger.warning("%s: per-item records give %s, the run reported %s; no interval",
                            metric, full, reported)
             continue
-        out[metric] = list(bootstrap_interval(stat, [len(g) for g in groups], resamples, seed))
+        out[metric] = list(bootstrap_interval(stat, sizes, resamples, seed))
     return out
 
 
@@ -271,10 +304,8 @@ def aggregate_seeds(runs: Sequence[dict[str, Any]], dirs: Sequence[str | Path],
         "metrics_std": std,
         "intervals": intervals,
         "unscored": unscored,
-        "interval_method": (None if resamples < 1 else
-                            f"bootstrap over test {first.get('item_unit', 'item')}s stratified by "
-                            f"seed (mean over {len(seeds)} seeds), 95 %, {resamples} resamples"
-                            if len(seeds) > 1 else first.get("interval_method")),
+        "interval_method": interval_method(task_class, resamples, len(seeds)),
+        "resample_unit": task_class.resample_unit,
         "per_seed": {str(r["seed"]): r["metrics"] for r in runs},
         "per_seed_test_set_sha1": {str(r["seed"]): r.get("test_set_sha1") for r in runs},
         "test_set_sha1": hashlib.sha1("\n".join(r.get("test_set_sha1") or ""
@@ -677,7 +708,11 @@ def results_table(results: Sequence[dict[str, Any]],
         lines.append("")
     if comparisons is not None:
         rows, notes = comparisons
-        lines += [f"## paired comparisons ({primary}: a minus b, same test items)", ""]
+        units = sorted({row.get("resample_unit") for row in rows} - {None, "utterance"})
+        lines += [f"## paired comparisons ({primary}: a minus b, same test items"
+                  + "".join(f"; the bootstrap resamples test {u}s"
+                            + (" and their utterances" if u == "speaker" else "")
+                            for u in units) + ")", ""]
         if rows:
             has_mc = any("mcnemar_p" in row for row in rows)
             has_ex = any(row.get("excluded_items") for row in rows)
@@ -810,13 +845,15 @@ def paired_comparisons(results: Sequence[dict[str, Any]], resamples: int = 1000,
 
     Returns:
         ``(rows, notes)``: rows ``{"a", "b", "condition", "metric", "difference", "low",
-        "high", "p_value", "resamples", "significant", "seeds", "excluded_items"[,
-        "mcnemar_p", "a_only", "b_only"]}`` with ``difference = metric(a) - metric(b)`` over
-        ``seeds`` and the jointly scored items (for a multi-seed pair, the difference of the
-        means over those seeds), ``significant`` when the 95 % interval excludes 0, and
-        ``excluded_items`` the (seed, item) records left out (0 when none); ``a`` / ``b``
-        are :func:`upstream_labels`. Notes are human-readable reasons for skipped or
-        restricted pairs.
+        "high", "p_value", "resamples", "significant", "seeds", "excluded_items",
+        "resample_unit"[, "mcnemar_p", "a_only", "b_only"]}`` with ``difference =
+        metric(a) - metric(b)`` over ``seeds`` and the jointly scored items (for a multi-seed
+        pair, the difference of the means over those seeds), ``significant`` when the 95 %
+        interval excludes 0, ``excluded_items`` the (seed, item) records left out (0 when
+        none), ``resample_unit`` what the bootstrap drew (the task's; ``"speaker"`` for speaker
+        verification: the same speakers and utterances for A and B in every resample, each
+        trial weighted by its utterances' draws); ``a`` / ``b`` are :func:`upstream_labels`. Notes are
+        human-readable reasons for skipped or restricted pairs.
     """
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -844,7 +881,7 @@ def paired_comparisons(results: Sequence[dict[str, Any]], resamples: int = 1000,
                 continue
             try:
                 ga, gb = item_groups(a, cond, seeds), item_groups(b, cond, seeds)
-                _check_paired(ga, gb)
+                _check_paired(ga, gb, task_class)
             except (FileNotFoundError, TestSetMismatch) as err:
                 notes.append(f"{pair} {cond}: {err}")
                 continue
@@ -856,15 +893,15 @@ def paired_comparisons(results: Sequence[dict[str, Any]], resamples: int = 1000,
             if sa is None or sb is None:
                 notes.append(f"{pair}: {metric} cannot be recomputed from the items")
                 break
-            if all(ga):
-                test = paired_bootstrap(sa, sb, [len(g) for g in ga], resamples, seed)
+            if all(ga):  # one resample of the units (SV: speakers) for A and B alike
+                test = paired_bootstrap(sa, sb, resample_sizes(task_class, ga), resamples, seed)
             else:  # a seed without a jointly scored item: its metric, so the mean, undefined
                 test = {"difference": float("nan"), "low": float("nan"), "high": float("nan"),
                         "p_value": float("nan"), "resamples": 0}
             row = {"a": labels[ia], "b": labels[ib], "condition": cond, "metric": metric, **test,
                    "significant": bool(test["low"] > 0 or test["high"] < 0),
                    "seeds": seeds if seeds is not None else a.get("seeds", [a.get("seed")]),
-                   "excluded_items": excluded}
+                   "excluded_items": excluded, "resample_unit": task_class.resample_unit}
             if all(ga) and all("correct" in r for g in ga + gb for r in g):
                 mc = mcnemar([r["correct"] for g in ga for r in g],
                              [r["correct"] for g in gb for r in g])
@@ -883,12 +920,24 @@ def _item_id(record: dict[str, Any]) -> str:
     return str(record.get("key", (record.get("enroll"), record.get("test"))))
 
 
-def _check_paired(ga: Sequence[Sequence[dict]], gb: Sequence[Sequence[dict]]) -> None:
+def _check_paired(ga: Sequence[Sequence[dict]], gb: Sequence[Sequence[dict]],
+                  task_class=None) -> None:
+    """Refuse records that are not the same items in the same order, or (``task_class``
+    given) whose resample units differ (SV: the speakers the target trials define, with their
+    utterances), since a paired resample must draw the same units for both.
+
+    Raises:
+        TestSetMismatch: as above (one line).
+    """
     if len(ga) != len(gb):
         raise TestSetMismatch(f"{len(ga)} vs {len(gb)} seeds")
     for a, b in zip(ga, gb, strict=True):
         if [_item_id(r) for r in a] != [_item_id(r) for r in b]:
             raise TestSetMismatch("the per-item records hold different items")
+        if task_class is not None \
+                and task_class.resample_units(a) != task_class.resample_units(b):
+            raise TestSetMismatch(f"the per-item records group their items into different "
+                                  f"{task_class.resample_unit}s")
 
 
 def plot_robustness(results: Sequence[dict[str, Any]], path: str | Path) -> None:
@@ -971,12 +1020,47 @@ def write_outputs(results: Sequence[dict[str, Any]], out: str | Path,
 
 
 
+def current_intervals(result: dict[str, Any], resamples: int = 1000) -> dict[str, Any]:
+    """``result`` with intervals of the task's current ``resample_unit``.
+
+    A speaker verification result written before 2026-12-07 (no ``resample_unit`` key) holds
+    intervals that resampled trials; they are recomputed from its per-item files, resampling
+    test speakers and their utterances (:func:`item_intervals`, stratified by seed for a multi-seed result), with
+    ``interval_method`` and ``resample_unit`` to match. Other results, and results whose
+    items files are missing (logged), are returned unchanged.
+    """
+    task_class = _task_class(result)
+    if task_class.resample_unit == task_class.item_unit \
+            or result.get("resample_unit") == task_class.resample_unit \
+            or not result.get("intervals"):
+        return result
+    seed = result.get("seed") if isinstance(result.get("seed"), int) else 0
+    try:
+        intervals = {cond: item_intervals(task_class, item_groups(result, cond),
+                                          result["metrics"][cond], resamples, seed)
+                     for cond in result["conditions"]}
+    except FileNotFoundError as err:
+        logger.warning("%s: its intervals resampled %ss, not %ss, and cannot be recomputed (%s)",
+                       result["upstream"], result.get("item_unit"), task_class.resample_unit,
+                       err)
+        return result
+    logger.info("%s: intervals recomputed as %s (the file's resampled %ss)", result["upstream"],
+                interval_method(task_class, resamples, len(_result_seeds(result))),
+                result.get("item_unit"))
+    return {**result, "intervals": intervals, "resample_unit": task_class.resample_unit,
+            "interval_method": interval_method(task_class, resamples,
+                                               len(_result_seeds(result)))}
+
+
 def compare(paths: Sequence[str | Path], out: str | Path, resamples: int = 1000
             ) -> list[dict[str, Any]]:
     """Merge several results.json (same task and label, one per upstream) into ``out``, with
     paired comparisons of every pair of upstreams on the same test items
     (:func:`paired_comparisons`). The output's results.json is always a ``{"results": [...]}``
     file, even for one input.
+
+    Speaker verification results written before 2026-12-07 get intervals resampling test
+    speakers, as new ones (:func:`current_intervals`).
 
     ``out`` may hold an earlier comparison, which is replaced; it may not hold an evaluation
     (:func:`folder_results`): its results.json and results.md would be replaced by the
@@ -1011,7 +1095,8 @@ def compare(paths: Sequence[str | Path], out: str | Path, resamples: int = 1000
         del unique[own]
         if not unique:
             raise ValueError(f"no results to compare besides the output's own {own}")
-    results = [r for p in unique.values() for r in load_results(p)]
+    results = [current_intervals(r, resamples) for p in unique.values()
+               for r in load_results(p)]
     _check_same_task(results)
     if _different_test_sets(results):
         logger.warning("the results were tested on different test sets; not directly comparable")

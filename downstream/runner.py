@@ -51,6 +51,7 @@ from .featurizer import Featurizer, resolve_layers
 from .results import (
     aggregate_seeds,
     check_evaluation_folder,
+    interval_method,
     item_intervals,
     unscored_counts,
     write_items,
@@ -232,10 +233,9 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
         "conditions": [c.name for c in conditions],
         "metrics": metrics,
         "intervals": intervals,
-        "interval_method": (f"percentile bootstrap over test {task.item_unit}s, 95 %, "
-                            f"{options.bootstrap_resamples} resamples"
-                            if options.bootstrap_resamples > 0 else None),
+        "interval_method": interval_method(type(task), options.bootstrap_resamples),
         "item_unit": task.item_unit,
+        "resample_unit": task.resample_unit,
         "items_dir": "items",
         "evaluate_only": options.evaluate_only,
         "dev": training,

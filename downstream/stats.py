@@ -3,7 +3,11 @@
 A downstream metric is a function of the test items (utterances, or trials for speaker
 verification): accuracy is the mean of 0/1 correctness, WER the errors summed over utterances
 divided by their words, EER a function of the trial scores. The test sets here are small, so a
-bare number hides how much of it is sampling noise. This module resamples the items:
+bare number hides how much of it is sampling noise. This module resamples the independent
+units of the test set: the items themselves for most tasks; for speaker verification, whose
+trials share utterances and speakers and so are not independent, the test speakers and then the
+utterances within each drawn speaker (a two-stage draw; the task's ``resample_unit`` and
+``resample_units``; since 2026-12-07, trials before):
 
 * :func:`bootstrap_interval`: percentile bootstrap 95 % interval of one run's metric (resample
   the items with replacement, recompute the metric; Efron & Tibshirani, "An Introduction to the
@@ -20,8 +24,13 @@ draws items with replacement **within** each seed (a stratified bootstrap), so t
 covers test-item sampling; the spread over seeds is reported separately as a standard deviation.
 
 A statistic is given as ``stat(indices) -> float``: the metric over the items at those indices
-(with repeats). For several seeds it is ``stat(list_of_index_arrays)``. Resamples whose metric is
-undefined (NaN, e.g. an EER resample without a target trial) are dropped from the percentiles.
+(with repeats). For several seeds it is ``stat(list_of_index_arrays)``. A group's size is its
+item count ``n``; or, for a two-stage draw, a tuple of cluster sizes ``(n_1, ..., n_S)``
+(members numbered cluster by cluster), whose index array is ``(M, 2)``: one row ``(copy,
+member)`` per drawn member, ``copy`` the position of its cluster's draw (two draws of one
+cluster are two copies) (:func:`resample_indices`, :func:`full_indices`). Resamples whose
+metric is undefined (NaN, e.g. an EER resample without a target trial) are dropped from the
+percentiles.
 """
 
 from __future__ import annotations
@@ -31,24 +40,66 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy.stats import binomtest
 
-__all__ = ["bootstrap_interval", "mcnemar", "paired_bootstrap", "resample_indices"]
+__all__ = ["bootstrap_interval", "full_indices", "mcnemar", "paired_bootstrap",
+           "resample_indices"]
 
 Stat = Callable[[list[np.ndarray]], float]
 
 
-def resample_indices(sizes: Sequence[int], rng: np.random.Generator) -> list[np.ndarray]:
-    """One stratified bootstrap draw: for each group of ``n`` items, ``n`` indices in
-    ``[0, n)`` with replacement.
+Size = int | tuple[int, ...]
+
+
+def _check_sizes(sizes: Sequence[Size]) -> None:
+    for n in sizes:
+        if (min(n, default=0) if isinstance(n, tuple) else n) < 1:
+            raise ValueError(f"every group (and cluster) needs at least one item, got sizes "
+                             f"{list(sizes)}")
+
+
+def resample_indices(sizes: Sequence[Size], rng: np.random.Generator) -> list[np.ndarray]:
+    """One stratified bootstrap draw, per group: for ``n`` items, ``n`` indices in ``[0, n)``
+    with replacement; for clusters ``(n_1, ..., n_S)`` (two-stage), ``S`` clusters with
+    replacement, then ``n_c`` members of each drawn cluster ``c`` from its own with
+    replacement, as ``(sum of the drawn n_c, 2)`` rows ``(copy, member)`` (members numbered
+    cluster by cluster: cluster ``c``'s are ``n_1 + ... + n_(c-1)`` onwards).
 
     Raises:
-        ValueError: an empty group.
+        ValueError: an empty group or cluster.
     """
-    if any(n < 1 for n in sizes):
-        raise ValueError(f"every group needs at least one item, got sizes {list(sizes)}")
-    return [rng.integers(0, n, size=n) for n in sizes]
+    _check_sizes(sizes)
+    out = []
+    for n in sizes:
+        if not isinstance(n, tuple):
+            out.append(rng.integers(0, n, size=n))
+            continue
+        offsets = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(int)
+        rows = []
+        for copy, c in enumerate(rng.integers(0, len(n), size=len(n))):
+            members = offsets[c] + rng.integers(0, n[c], size=n[c])
+            rows.append(np.stack([np.full(n[c], copy), members], axis=1))
+        out.append(np.concatenate(rows))
+    return out
 
 
-def _draws(stat_fns: Sequence[Stat], sizes: Sequence[int], resamples: int, seed: int
+def full_indices(sizes: Sequence[Size]) -> list[np.ndarray]:
+    """The draw that is the sample itself: ``arange(n)`` for a group of ``n`` items; every
+    cluster once with each of its members once (``(copy, member)`` rows, copy = cluster) for
+    a group of clusters.
+
+    Raises:
+        ValueError: an empty group or cluster.
+    """
+    _check_sizes(sizes)
+    out = []
+    for n in sizes:
+        if not isinstance(n, tuple):
+            out.append(np.arange(n))
+            continue
+        out.append(np.stack([np.repeat(np.arange(len(n)), n), np.arange(sum(n))], axis=1))
+    return out
+
+
+def _draws(stat_fns: Sequence[Stat], sizes: Sequence[Size], resamples: int, seed: int
            ) -> np.ndarray:
     """``(resamples, len(stat_fns))``: every statistic on the same resamples."""
     if resamples < 1:
@@ -70,13 +121,14 @@ def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def bootstrap_interval(stat: Stat, sizes: Sequence[int], resamples: int = 1000, seed: int = 0,
+def bootstrap_interval(stat: Stat, sizes: Sequence[Size], resamples: int = 1000, seed: int = 0,
                        level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of ``stat`` over items.
 
     Args:
         stat: ``stat(list of index arrays, one per group) -> metric``.
-        sizes: items per group (one group per seed).
+        sizes: items per group (one group per seed), or its cluster sizes (two-stage;
+            :func:`resample_indices`).
         resamples: bootstrap resamples.
         seed: seeds the resampling (the interval is reproducible).
         level: coverage (0.95: the 2.5 and 97.5 percentiles).
@@ -85,14 +137,14 @@ def bootstrap_interval(stat: Stat, sizes: Sequence[int], resamples: int = 1000, 
         ``(low, high)``; NaNs when no resample gives a finite metric.
 
     Raises:
-        ValueError: ``resamples < 1``, an empty group, ``level`` outside (0, 1).
+        ValueError: ``resamples < 1``, an empty group or cluster, ``level`` outside (0, 1).
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     return _percentiles(_draws([stat], sizes, resamples, seed)[:, 0], level)
 
 
-def paired_bootstrap(stat_a: Stat, stat_b: Stat, sizes: Sequence[int], resamples: int = 1000,
+def paired_bootstrap(stat_a: Stat, stat_b: Stat, sizes: Sequence[Size], resamples: int = 1000,
                      seed: int = 0, level: float = 0.95) -> dict[str, float]:
     """Paired bootstrap of ``metric(A) - metric(B)`` on the same items.
 
@@ -104,7 +156,7 @@ def paired_bootstrap(stat_a: Stat, stat_b: Stat, sizes: Sequence[int], resamples
 
     Args:
         stat_a / stat_b: ``stat(list of index arrays, one per group) -> metric`` of A / B.
-        sizes: items per group (one group per seed), the same for A and B.
+        sizes: items (or cluster sizes) per group (one group per seed), the same for A and B.
         resamples: bootstrap resamples.
         seed: seeds the resampling.
         level: coverage of the interval.
@@ -121,7 +173,7 @@ def paired_bootstrap(stat_a: Stat, stat_b: Stat, sizes: Sequence[int], resamples
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level}")
-    full = [np.arange(n) for n in sizes]
+    full = full_indices(sizes)
     observed = float(stat_a(full)) - float(stat_b(full))
     draws = _draws([stat_a, stat_b], sizes, resamples, seed)
     diff = draws[:, 0] - draws[:, 1]

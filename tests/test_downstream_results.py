@@ -623,3 +623,131 @@ def test_a_seed_without_a_recorded_hash_keeps_the_restricted_seed_note(tmp_path)
     assert rows[0]["seeds"] == [0]  # seed 1 cannot be paired
     assert len(notes) == 1 and "seed 0 only" in notes[0]  # a's table value is over 0 and 1
     assert "different test sets" in results_table([a, b])
+
+
+def _shared_utterance_trials(seed=0, speakers=6, per_speaker=5):
+    """Every trial of ``speakers x per_speaker`` utterances, scored ``label * (1 + g_s) + o_e +
+    o_t`` plus small noise: each utterance's offset ``o`` (sd 0.3) moves all its trials
+    together, and each speaker's ``g_s`` (sd 0.3) all its target trials."""
+    rng = np.random.default_rng(seed)
+    keys = [f"s{s}/u{u}" for s in range(speakers) for u in range(per_speaker)]
+    offset = dict(zip(keys, rng.normal(0.0, 0.3, len(keys)), strict=True))
+    gain = rng.normal(0.0, 0.3, speakers)
+    items = []
+    for i, e in enumerate(keys):
+        for t in keys[i + 1:]:
+            label = int(e.split("/")[0] == t.split("/")[0])
+            items.append({"enroll": e, "test": t, "label": label,
+                          "score": float(label * (1 + gain[int(e[1:].split("/")[0])])
+                                         + offset[e] + offset[t] + 0.1 * rng.normal())})
+    return items
+
+
+def _old_sv_result(tmp_path, name, items, resamples=300):
+    """A speaker verification results.json as runs wrote it before 2026-12-07: intervals from
+    a bootstrap over trials, no ``resample_unit``."""
+    from downstream.stats import bootstrap_interval
+    from robustdistill.metrics.verification import compute_eer
+
+    folder = tmp_path / name
+    (folder / "items").mkdir(parents=True)
+    write_items(folder / "items" / "clean.jsonl", items)
+    scores = np.array([r["score"] for r in items])
+    labels = np.array([r["label"] for r in items])
+
+    def trial_eer(idx):
+        s, lab = scores[idx[0]], labels[idx[0]]
+        return float("nan") if lab.min() == lab.max() else compute_eer(s[lab == 1],
+                                                                        s[lab == 0])[0]
+    eer = trial_eer([np.arange(len(items))])
+    result = {"task": "speaker_verification", "label": "asv", "upstream": f"/models/{name}",
+              "primary_metric": "eer", "higher_is_better": False, "conditions": ["clean"],
+              "metrics": {"clean": {"eer": eer}}, "seed": 0, "test_set_sha1": "same",
+              "intervals": {"clean": {"eer": list(bootstrap_interval(
+                  trial_eer, [len(items)], resamples, 0))}},
+              "interval_method": f"percentile bootstrap over test trials, 95 %, {resamples} "
+                                 "resamples", "item_unit": "trial"}
+    (folder / "results.json").write_text(json.dumps(result))
+    return folder / "results.json", {**result, "source_dir": str(folder)}
+
+
+def test_sv_intervals_resample_speakers_and_are_wider_than_the_trial_bootstrap(tmp_path):
+    from downstream.results import compare, read_items
+    from downstream.tasks.speaker_verification.task import SpeakerVerification
+
+    items = _shared_utterance_trials()
+    a_path, old = _old_sv_result(tmp_path, "a", items)
+    noisier = [{**r, "score": r["score"] + 0.5 * np.sin(7.0 * k)}
+               for k, r in enumerate(items)]
+    b_path, _ = _old_sv_result(tmp_path, "b", noisier)
+    compare([a_path, b_path], tmp_path / "cmp", resamples=300)
+    data = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    trial = old["intervals"]["clean"]["eer"]
+    new = data["results"][0]["intervals"]["clean"]["eer"]
+    # 6 speakers x 5 utterances, 435 trials: the new bootstrap draws 6 speakers and their
+    # utterances, the trial bootstrap 435 trials, though trials sharing an utterance or a
+    # speaker move together
+    assert new[1] - new[0] > 1.5 * (trial[1] - trial[0])
+    assert new[0] <= old["metrics"]["clean"]["eer"] <= new[1]
+    assert new == item_intervals(SpeakerVerification, [read_items(a_path.parent / "items"
+                                                                  / "clean.jsonl")],
+                                 old["metrics"]["clean"], resamples=300, seed=0)["eer"]
+    assert data["results"][0]["resample_unit"] == "speaker"
+    assert "over test speakers" in data["results"][0]["interval_method"]
+    assert data["comparisons"][0]["resample_unit"] == "speaker"
+    assert "resamples test speakers" in (tmp_path / "cmp" / "results.md").read_text()
+    # the file compared is left as it was (its own intervals until aggregated again)
+    assert json.loads(a_path.read_text())["intervals"] == old["intervals"]
+
+
+def test_sv_paired_comparison_draws_the_same_speakers_for_both(tmp_path, monkeypatch):
+    from downstream.tasks.speaker_verification.task import SpeakerVerification
+
+    items = _shared_utterance_trials(seed=1)
+    _, a = _old_sv_result(tmp_path, "a", items, resamples=10)
+    # B's scores are a monotone map of A's: the same EER on every common resample
+    _, b = _old_sv_result(tmp_path, "b", [{**r, "score": 3.0 * r["score"] - 1.0}
+                                          for r in items], resamples=10)
+    drawn: dict[str, list[np.ndarray]] = {}
+    original = SpeakerVerification.item_statistic.__func__
+
+    def spy(cls, records, metric):
+        stat = original(cls, records, metric)
+        log = drawn.setdefault(records[0]["upstream_tag"], [])
+
+        def logged(idx):
+            log.append(np.array(idx))
+            return stat(idx)
+        return logged
+
+    monkeypatch.setattr(SpeakerVerification, "item_statistic", classmethod(spy))
+    import downstream.results as results_module
+    real_groups = results_module.item_groups
+
+    def tagged(result, cond, seeds=None):
+        return [[{**r, "upstream_tag": result["upstream"]} for r in g]
+                for g in real_groups(result, cond, seeds)]
+    monkeypatch.setattr(results_module, "item_groups", tagged)
+    rows, notes = paired_comparisons([a, b], resamples=40)
+    assert notes == [] and len(rows) == 1
+    row = rows[0]
+    assert row["resample_unit"] == "speaker" and row["resamples"] == 40
+    assert (row["difference"], row["low"], row["high"], row["p_value"]) == (0.0, 0.0, 0.0, 1.0)
+    draws_a, draws_b = drawn["/models/a"], drawn["/models/b"]
+    assert len(draws_a) == len(draws_b) == 41  # the whole set, then 40 resamples
+    # (copy, utterance) rows: 6 speaker copies x 5 utterances each
+    assert all(x.shape == (30, 2) and x[:, 0].max() == 5 and x[:, 1].max() < 30
+               for x in draws_a)
+    assert all(np.array_equal(x, y) for x, y in zip(draws_a, draws_b, strict=True))
+    assert any(len(set(x[:, 1].tolist())) < 30 for x in draws_a[1:])  # real resamples
+
+
+def test_sv_records_grouping_utterances_into_other_speakers_are_not_paired(tmp_path):
+    items = _shared_utterance_trials(seed=2)
+    _, a = _old_sv_result(tmp_path, "a", items, resamples=10)
+    # B labels one cross-speaker pair a target trial: speakers s0 and s1 become one
+    relabelled = [{**r, "label": 1} if (r["enroll"], r["test"]) == ("s0/u0", "s1/u0") else r
+                  for r in items]
+    _, b = _old_sv_result(tmp_path, "b", relabelled, resamples=10)
+    rows, notes = paired_comparisons([a, b], resamples=10)
+    assert rows == [] and "different speakers" in notes[0]

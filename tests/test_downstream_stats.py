@@ -65,3 +65,29 @@ def test_resamples_draw_every_item_with_replacement():
 def test_all_resamples_undefined_gives_nan_interval():
     low, high = bootstrap_interval(lambda i: float("nan"), [3], resamples=5)
     assert math.isnan(low) and math.isnan(high)
+
+
+def test_two_stage_draw_picks_clusters_then_members_within_each():
+    from downstream.stats import full_indices
+
+    sizes = [(2, 3), 4]  # group 0: clusters of 2 and 3 members (0-1, 2-4); group 1: 4 items
+    full = full_indices(sizes)
+    np.testing.assert_array_equal(full[0], [[0, 0], [0, 1], [1, 2], [1, 3], [1, 4]])
+    np.testing.assert_array_equal(full[1], np.arange(4))
+    rng = np.random.default_rng(3)
+    seen = set()
+    for _ in range(200):
+        rows, flat = resample_indices(sizes, rng)
+        assert flat.shape == (4,)
+        copies = rows[:, 0]
+        assert set(copies.tolist()) == {0, 1}  # two clusters drawn, each a copy
+        for copy in (0, 1):
+            members = rows[copies == copy, 1]
+            cluster = 0 if members.max() < 2 else 1
+            # all of a copy's members come from one cluster, as many as it has
+            assert len(members) == (2, 3)[cluster]
+            assert members.min() >= (0, 2)[cluster] and members.max() <= (1, 4)[cluster]
+            seen.add((cluster, tuple(sorted(members.tolist()))))
+    assert (0, (0, 0)) in seen and (1, (2, 3, 4)) in seen  # with replacement, and whole
+    with pytest.raises(ValueError, match="at least one item"):
+        resample_indices([(2, 0)], rng)

@@ -108,12 +108,63 @@ def test_speaker_verification_scores_trials_by_hand():
     # minDCF, p_target 0.01: P_miss + 99 P_fa -> 1 (reject all) is the minimum
     assert metrics["min_dcf"] == pytest.approx(1.0)
     assert task.last_trials == {"target": 2, "nontarget": 4, "speakers": 2, "items": 4}
-    eer = SpeakerVerification.item_statistic(items, "eer")
-    assert eer(np.arange(6)) == pytest.approx(0.25)
-    assert np.isnan(eer(np.array([0, 1, 0])))  # no non-target trial in the resample
+    assert SpeakerVerification.resample_units(items) == [("a0", "a1"), ("b0", "b1")]
+    eer = SpeakerVerification.item_statistic(items, "eer")  # (copy, utterance) rows
+    assert eer(np.array([[0, 0], [0, 1], [1, 2], [1, 3]])) == pytest.approx(0.25)
+    # speaker A twice: no non-target trial
+    assert np.isnan(eer(np.array([[0, 0], [0, 1], [1, 0], [1, 1]])))
     # the configured prior is used: p_target 0.5 -> P_miss + P_fa, minimum 1/4 at t = 0.8
     task = _sv_task(p_target=0.5)
     assert task.evaluate(_Logits(), [_sv_batch()])["min_dcf"] == pytest.approx(0.25)
+
+
+def _three_speaker_trials():
+    """Speakers A (a0, a1), B (b0, b1), C (c0, c1): every target trial, three non-target."""
+    rows = [("a0", "a1", 1, 0.9), ("b0", "b1", 1, 0.5), ("c0", "c1", 1, 0.8),
+            ("a0", "b0", 0, 0.7), ("a0", "c0", 0, 0.3), ("b0", "c0", 0, 0.2)]
+    return [{"enroll": e, "test": t, "label": lab, "score": s} for e, t, lab, s in rows]
+
+
+def test_speaker_verification_resamples_speakers_then_utterances_with_multiplicities():
+    from downstream.stats import full_indices
+    from downstream.tasks.speaker_verification.task import SpeakerVerification
+    from robustdistill.metrics.verification import compute_eer
+
+    items = _three_speaker_trials()
+    assert SpeakerVerification.resample_units(items) == [("a0", "a1"), ("b0", "b1"),
+                                                         ("c0", "c1")]
+    eer = SpeakerVerification.item_statistic(items, "eer")
+    # utterances a0 a1 b0 b1 c0 c1 = 0..5; rows (copy, utterance).
+    # The sample itself: target 0.9, 0.8, 0.5, non-target 0.7, 0.3, 0.2; (P_miss, P_fa) at
+    # 0.9 (2/3, 0), 0.8 (1/3, 0), 0.7 (1/3, 1/3): EER 1/3
+    assert eer(full_indices([(2, 2, 2)])[0]) == pytest.approx(1 / 3)
+    # A once, B twice (both copies with both utterances), C not drawn: target (a0, a1) x1,
+    # (b0, b1) x2 (once per copy); non-target (a0, b0) x 1 * 2, the trials with C x0. Target
+    # 0.9, 0.5, 0.5, non-target 0.7, 0.7: (P_miss, P_fa) at 0.9 (2/3, 0), at 0.7 (2/3, 1),
+    # crossing at alpha = 2/3: EER 2/3, the unweighted EER of that repeated list
+    b_twice = np.array([[0, 0], [0, 1], [1, 2], [1, 3], [2, 2], [2, 3]])
+    assert eer(b_twice) == pytest.approx(2 / 3)
+    assert eer(b_twice) == pytest.approx(compute_eer([0.9, 0.5, 0.5], [0.7, 0.7])[0])
+    assert eer(b_twice[::-1]) == pytest.approx(2 / 3)  # the order of the rows is irrelevant
+    # copy 0 of A drew a0 twice, a1 once; copy 1 of B drew b0, b1: target (a0, a1) x 2 * 1,
+    # (b0, b1) x1; non-target (a0, b0) x 2 * 1 -> target 0.9, 0.9, 0.5, non-target 0.7, 0.7:
+    # (P_miss, P_fa) at 0.9 (1/3, 0), 0.7 (1/3, 1), alpha 1/3: EER 1/3
+    assert eer(np.array([[0, 0], [0, 0], [0, 1], [1, 2], [1, 3]])) == pytest.approx(1 / 3)
+    # copy 0 of A drew a0 twice (no (a0, a0) trial: A has no target trial), copy 1 of B b0
+    # and b1: target 0.5, non-target (a0, b0) x2 = 0.7, 0.7 above it: EER 1
+    assert eer(np.array([[0, 0], [0, 0], [1, 2], [1, 3]])) == pytest.approx(1.0)
+    # a0 in copy 0 and a1 in copy 1 of A: no target pair within one copy, and the pair
+    # across the copies has no score (same speaker): no trial at all
+    assert np.isnan(eer(np.array([[0, 0], [1, 1]])))
+    assert SpeakerVerification.item_statistic(items, "min_dcf") is None
+
+
+def test_speaker_verification_units_refuse_inconsistent_trial_labels():
+    from downstream.tasks.speaker_verification.task import SpeakerVerification
+
+    items = _three_speaker_trials() + [{"enroll": "a1", "test": "a0", "label": 0, "score": 0.1}]
+    with pytest.raises(ValueError, match="inconsistent trial labels"):
+        SpeakerVerification.item_statistic(items, "eer")
 
 
 def test_xvector_embedding_ignores_padding_in_eval_mode():

@@ -45,6 +45,11 @@ def test_resume_equals_uninterrupted(tiny, tmp_path):
     # the maps were computed in the first epoch and read from the cache afterwards
     assert straight["epochs"][0]["cache_misses"] > 0 == straight["epochs"][0]["cache_hits"]
     assert straight["epochs"][1]["cache_misses"] == 0 < straight["epochs"][1]["cache_hits"]
+    # the run's cache totals span its epochs before the resume too (they counted since the
+    # resume: the first epoch's hits were missing)
+    assert resumed["cache"] == {"hits": sum(e["cache_hits"] for e in resumed["epochs"]),
+                                "misses": sum(e["cache_misses"] for e in resumed["epochs"])}
+    assert resumed["epochs"][0]["cache_hits"] > 0
 
 
 def _baseline_setup(tmp_path, out, epochs, resume=False):

@@ -706,7 +706,7 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
 
     Returns:
         ``{"method", "seed", "config", "epochs": [per-epoch logs], "params", "cache":
-        {"hits", "misses"}}``, plus ``"eval": {set: metrics}`` once every epoch is done and
+        {"hits", "misses"}}`` (the IG map cache lookups of every epoch, before a resume too), plus ``"eval": {set: metrics}`` once every epoch is done and
         ``eval_sets`` is given, and ``"skipped_files": {set: {reason: count}}`` when
         ``skipped_files`` names any (also written to ``output_dir/result.json``).
 
@@ -831,7 +831,9 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
               "epochs": history,
               "params": sum(p.numel() for n, p in unwrapped.named_parameters()
                             if not n.startswith(("projection", "map_head", "classifier"))),
-              "cache": {"hits": cache.hits, "misses": cache.misses}}
+              # the whole run's lookups (history holds the epochs before a resume too)
+              "cache": {"hits": sum(e.get("cache_hits", 0) for e in history),
+                        "misses": sum(e.get("cache_misses", 0) for e in history)}}
     if any((skipped_files or {}).values()):
         result["skipped_files"] = {name: skipped_counts(files)
                                    for name, files in skipped_files.items() if files}
