@@ -100,6 +100,8 @@ class StudentConfig:
             default the first ``num_layers`` (as DistilHuBERT).
         keep_train_randomness: keep the teacher's LayerDrop/SpecAugment settings for the
             student (default off: no layer is skipped and no frame masked silently).
+            ``distill`` refuses a kept LayerDrop (> 0): transformers leaves a skipped layer
+            out of ``hidden_states``, which shifts the layers the objectives read.
         projection_layer_norm: ``feat_proj_layer_norm`` of HuBERT students (the only family
             whose config has it). Default off, as DistilHuBERT (``ntu-spml/distilhubert``) and s3prl's distiller
             have it (so the student exports to s3prl).
@@ -136,7 +138,7 @@ class StudentConfig:
     narrow_cnn_init: str | None = field(default=None, metadata={"help": f"a narrower student CNN starts {NARROW_CNN_INITS}: random, or pruned from the teacher's; default the preset's, else random"})
     init_from_teacher: bool = field(default=True, metadata={"help": "copy teacher CNN and layers where shapes allow"})
     init_layers: list[int] | None = field(default=None, metadata={"help": "teacher layers (0-based) copied into the student layers"})
-    keep_train_randomness: bool = field(default=False, metadata={"help": "keep LayerDrop/SpecAugment in the student"})
+    keep_train_randomness: bool = field(default=False, metadata={"help": "keep the teacher's LayerDrop/SpecAugment settings in the student (distill refuses a LayerDrop above 0: a skipped layer is missing from hidden_states; the references train without it)"})
     projection_layer_norm: bool = field(default=False, metadata={"help": "HuBERT students: layer norm before the feature projection (off: DistilHuBERT layout, exportable to s3prl)"})
     copy_projection: bool = field(default=True, metadata={"help": "copy the teacher's feature projection even without its layer norm (s3prl's distiller does)"})
     feature_grad_mult: float = field(default=0.1, metadata={"help": "gradient factor into the student's CNN (DistilHuBERT/RobustDistiller: 0.1; 0 freezes it)"})

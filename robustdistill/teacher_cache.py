@@ -826,7 +826,7 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
 
     from .data import build_datasets
     from .objectives import build_objective
-    from .teachers import load_teacher
+    from .teachers import load_teacher, prepare_teacher
 
     tc = cfg.teacher_cache
     if not tc.dir:
@@ -838,6 +838,8 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
     # the run's own precision: one process may build the cache, then train (accelerate keeps
     # one state per process and refuses a second Accelerator with other settings)
     acc = Accelerator(cpu=cfg.training.cpu, mixed_precision=cfg.training.mixed_precision)
+    with acc.main_process_first():  # make_teacher writes it, as distill does, on rank 0 first
+        prepare_teacher(cfg.teacher, cfg.make_teacher)
     teacher = load_teacher(cfg)  # the run's teacher, Whisper frame placement included
     teacher.to(acc.device)
     layers = tc.layers

@@ -12,6 +12,7 @@ WavLM Base+), ``small`` a 4-layer, 256-wide model for minute-long CPU demos, ``t
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,9 @@ from .upstream import Upstream, has_layer_norm_cnn
 if TYPE_CHECKING:
     from .config import DistillConfig
 
-__all__ = ["PRESETS", "load_teacher", "make_random_teacher"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["PRESETS", "load_teacher", "make_random_teacher", "prepare_teacher"]
 
 PRESETS: dict[str, dict] = {
     "base": {},
@@ -48,6 +51,30 @@ def load_teacher(cfg: DistillConfig) -> Upstream:
     return Upstream.from_pretrained(cfg.teacher, frozen=True,
                                     trust_remote_code=cfg.trust_remote_code,
                                     whisper_frames=cfg.whisper_teacher_frames)
+
+
+def prepare_teacher(teacher: str, make_teacher: str | None) -> None:
+    """Write the teacher when ``make_teacher`` (``FAMILY/PRESET``) asks for it and its folder
+    is missing (a random teacher, seed 0: :func:`make_random_teacher`); then fail with a clear
+    message for a local-looking teacher folder that is missing. Every command that reads a
+    recipe's teacher (``distill``, ``cache-teacher``) calls it first, on the main process
+    before the others.
+
+    Raises:
+        FileNotFoundError: ``teacher`` looks local, is not a folder and ``make_teacher`` is
+            not set; the message says how to make it.
+    """
+    from .config import check_model_path
+
+    if make_teacher and not Path(teacher).expanduser().is_dir():
+        family, _, preset = make_teacher.partition("/")
+        logger.info("teacher folder %s is missing: writing a random %s %s teacher there "
+                    "(make_teacher)", teacher, family, preset)
+        make_random_teacher(family, preset, Path(teacher).expanduser(), seed=0)
+    check_model_path(teacher, "teacher",
+                     f"robustdistill make-teacher --family wavlm --preset small --out "
+                     f"{teacher} (a random teacher; scripts/demo.sh does this for the demo), "
+                     f"or set make_teacher: FAMILY/PRESET in the config, or use a hub id")
 
 
 def make_random_teacher(family: str, preset: str, out_dir: str | Path, seed: int = 0) -> Path:

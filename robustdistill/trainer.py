@@ -80,7 +80,7 @@ from .processes import finish_processes
 from .run_settings import saved_config_changes
 from .student import create_student, save_student, student_feature_extractor
 from .teacher_cache import MissingEntryError, TeacherFeatureCache
-from .teachers import load_teacher
+from .teachers import load_teacher, prepare_teacher
 from .upstream import Upstream, disable_train_randomness, lengths_to_mask
 
 logger = logging.getLogger(__name__)
@@ -167,19 +167,10 @@ def _param_groups(model: nn.Module, weight_decay: float, which: str = "matrices"
 
 
 def _prepare_models(cfg: DistillConfig) -> None:
-    """Write the teacher when ``make_teacher`` asks for it and its folder is missing; then
-    fail with a clear message for a local-looking teacher / student_init that is missing."""
-    if cfg.make_teacher and not Path(cfg.teacher).expanduser().is_dir():
-        from .teachers import make_random_teacher
-
-        family, _, preset = cfg.make_teacher.partition("/")
-        logger.info("teacher folder %s is missing: writing a random %s %s teacher there "
-                    "(make_teacher)", cfg.teacher, family, preset)
-        make_random_teacher(family, preset, Path(cfg.teacher).expanduser(), seed=0)
-    check_model_path(cfg.teacher, "teacher",
-                     f"robustdistill make-teacher --family wavlm --preset small --out "
-                     f"{cfg.teacher} (a random teacher; scripts/demo.sh does this for the demo), "
-                     f"or set make_teacher: FAMILY/PRESET in the config, or use a hub id")
+    """Write the teacher when ``make_teacher`` asks for it and its folder is missing
+    (:func:`~robustdistill.teachers.prepare_teacher`); then fail with a clear message for a
+    local-looking teacher / student_init that is missing."""
+    prepare_teacher(cfg.teacher, cfg.make_teacher)
     if cfg.student_init:
         check_model_path(cfg.student_init, "student_init",
                          f"robustdistill create-student --teacher {cfg.teacher} --out "
@@ -215,6 +206,10 @@ class _Run:
                 automatic_checkpoint_naming=False),  # named, published, rotated here
         )
         acc = self.accelerator
+        if t.mixed_precision == "fp16" and acc.scaler is None:  # accelerate: no fp16 on a CPU
+            logger.warning("training.mixed_precision fp16 runs in float32 on %s (no fp16 autocast "
+                           "or gradient scaler there); bf16 is the CPU's mixed precision",
+                           acc.device.type)
         if t.tf32:  # process-wide, as transformers' TrainingArguments(tf32=True)
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -344,9 +339,19 @@ class _Run:
                 disable_train_randomness(student.config)
             feature_extractor = AutoFeatureExtractor.from_pretrained(cfg.student_init)
         else:
-            student = create_student(self.teacher, cfg.student)
+            try:  # e.g. a preset's CNN with more layers than the teacher's
+                student = create_student(self.teacher, cfg.student)
+            except ValueError as err:
+                raise ConfigError(f"student: {err}") from err
             feature_extractor = self._own_input_convention(
                 student_feature_extractor(self.teacher, student.config))
+        layerdrop = getattr(student.config, "layerdrop", 0.0) or 0.0
+        if layerdrop > 0:  # transformers records no hidden state for a skipped layer
+            raise ConfigError(
+                f"the student keeps LayerDrop (layerdrop {layerdrop}, student.keep_train_"
+                "randomness or student_init), and a skipped layer is left out of its "
+                "hidden_states, so the layers the objectives read would shift or be missing: "
+                "set student.keep_train_randomness false, or a student_init with layerdrop 0")
         saved = self.output_dir / "student_init"
         if self._resuming_own_run() and (saved / "config.json").is_file():
             # the run's student, as its first start wrote it: kept, never replaced by another
@@ -559,8 +564,9 @@ class _Run:
                                         t.max_grad_norm if t.max_grad_norm > 0 else math.inf)
         bad_loss = self._nonfinite_on_any_rank(sums)
         bad_step = bad_loss or not torch.isfinite(grad_norm)
-        # fp16's GradScaler skips non-finite steps itself (and must see them to lower its scale).
-        if bad_step and t.mixed_precision != "fp16":
+        # fp16's GradScaler skips non-finite steps itself (and must see them to lower its scale);
+        # fp16 on a CPU has no scaler (accelerate runs it in float32), so the step is ours to skip.
+        if bad_step and acc.scaler is None:
             self.progress.nonfinite_losses += bad_loss
             self.progress.skipped_updates += 1
             self.progress.nonfinite_in_a_row += 1

@@ -75,3 +75,21 @@ def test_too_many_nonfinite_steps_in_a_row_stop_with_a_usable_checkpoint(
     final = json.loads((run_dir / "final_state.json").read_text())
     assert final["step"] == 7 and final["skipped_updates"] == 3 and final["nonfinite_losses"] == 3
     assert final["nonfinite_in_a_row"] == 0  # the finite steps after the resume reset it
+
+
+def test_fp16_without_a_gradient_scaler_still_skips_a_nonfinite_step(
+        tmp_path, tiny_wavlm_dir, monkeypatch, fresh_accelerator_state, caplog):
+    """fp16 on a CPU: accelerate runs float32 with no GradScaler, so nothing else would keep a
+    NaN gradient out of the weights (it did: the step was left to a scaler that is not there)."""
+    cfg = _config(tmp_path, tiny_wavlm_dir, "run", max_steps=3, mixed_precision="fp16")
+    _poison_losses_from(monkeypatch, 1, 1, value=math.inf)
+    run = trainer_module._Run(cfg)
+    assert run.accelerator.scaler is None  # the premise: a CPU run has no scaler
+    assert "fp16 runs in float32 on cpu" in caplog.text
+    batches = run._batches()
+    run.train_step(batches)
+    before = {k: v.detach().clone() for k, v in run.model.named_parameters()}
+    run.train_step(batches)
+    for key, value in run.model.named_parameters():
+        assert torch.equal(value, before[key]), key
+    assert (run.progress.skipped_updates, run.progress.nonfinite_losses) == (1, 1)

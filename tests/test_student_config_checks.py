@@ -131,3 +131,25 @@ def test_read_yaml_error_is_still_a_yaml_error_for_callers_that_catch_that():
 
     with pytest.raises(yaml.YAMLError):
         read_yaml("a: [1,\n", source=Path("x.yaml"))
+
+
+def test_distill_with_a_preset_cnn_that_does_not_fit_the_teacher_is_one_line(
+        tiny_wavlm_dir, tmp_path, capsys):
+    """The fast preset's 7 CNN layers against a 3-layer teacher CNN: found while the student is
+    built (after the config), a start-up line, not a traceback."""
+    err = _cli_error(["distill", "--teacher", str(tiny_wavlm_dir), "--output_dir",
+                      str(tmp_path / "run"), "--student.preset", "fast", "--training.cpu", "true",
+                      "--data.synthetic_items", "4"], capsys)
+    assert "student: student.conv_dim needs 3 entries" in err
+
+
+def test_distill_refuses_a_student_that_keeps_layerdrop_in_one_line(
+        tiny_wavlm_dir, tmp_path, capsys):
+    """transformers 5 leaves a LayerDrop-skipped layer out of ``hidden_states`` (a 2-layer
+    student gave 2 states, not 3): layer indices would shift, or an objective's index crash."""
+    err = _cli_error(["distill", "--teacher", str(tiny_wavlm_dir), "--output_dir",
+                      str(tmp_path / "run"), "--student.keep_train_randomness", "true",
+                      "--training.cpu", "true", "--data.synthetic_items", "4",
+                      "--training.max_steps", "1"], capsys)
+    assert "keeps LayerDrop (layerdrop 0.1" in err
+    assert not (tmp_path / "run" / "student_init").exists()

@@ -612,3 +612,24 @@ def test_a_resumed_two_process_build_shares_what_is_left_evenly(tmp_path, tiny_w
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert (summary["computed"], summary["skipped"]) == (3, 5)  # 3 of 6 train + 2 validation
     assert [p["computed"] for p in summary["per_process"]] == [2, 1]
+
+
+def test_cache_teacher_makes_the_recipes_teacher_as_distill_does(tmp_path, capsys):
+    """configs/demo.yaml names runs/demo-teacher with make_teacher: wavlm/small; distill
+    writes that teacher when it is missing, cache-teacher used to fail with a huggingface.co
+    traceback (the missing folder taken for a hub id). Without make_teacher it is one line."""
+    from conftest import tiny_run_config
+
+    from robustdistill.teacher_cache import main
+
+    teacher = tmp_path / "made-teacher"
+    cfg = tiny_run_config(tmp_path, teacher, "unused", **{
+        "make_teacher": "wavlm/tiny", "teacher_cache.dir": str(tmp_path / "cache")})
+    built = build_cache(cfg, limit=1)
+    assert (teacher / "config.json").is_file() and built["computed"] >= 1
+    with pytest.raises(SystemExit):
+        main(["--teacher", str(tmp_path / "absent-teacher"), "--teacher_cache.dir",
+              str(tmp_path / "cache2"), "--data.synthetic_items", "2", "--data.synthetic_dir",
+              str(tmp_path / "corpus")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "teacher folder" in err and "does not exist" in err and "make_teacher" in err

@@ -325,16 +325,21 @@ def test_cudnn_benchmark_option_sets_the_backend_flag(tmp_path, tiny_wavlm_dir):
 def test_a_student_init_checkpoint_trains_without_its_layerdrop_and_specaugment(
         tmp_path, tiny_wavlm_dir):
     """student_init loads a checkpoint as stored (LayerDrop 0.1, SpecAugment on): the run
-    switches both off, as for a created student, unless student.keep_train_randomness."""
+    switches both off, as for a created student; with student.keep_train_randomness the kept
+    LayerDrop is refused (a skipped layer is missing from hidden_states)."""
+    from robustdistill.config import ConfigError
     from robustdistill.teachers import make_random_teacher
     from robustdistill.trainer import _Run
 
     init = make_random_teacher("wavlm", "tiny", tmp_path / "init", seed=4)
-    for keep, expected in ((False, (0.0, False)), (True, (0.1, True))):
-        cfg = _config(tmp_path, tiny_wavlm_dir, f"init{keep}", max_steps=1)
-        cfg.student_init, cfg.student.keep_train_randomness = str(init), keep
-        config = _Run(cfg).model.student.model.config
-        assert (config.layerdrop, config.apply_spec_augment) == expected
+    cfg = _config(tmp_path, tiny_wavlm_dir, "init", max_steps=1)
+    cfg.student_init = str(init)
+    config = _Run(cfg).model.student.model.config
+    assert (config.layerdrop, config.apply_spec_augment) == (0.0, False)
+    cfg = _config(tmp_path, tiny_wavlm_dir, "keep", max_steps=1)
+    cfg.student_init, cfg.student.keep_train_randomness = str(init), True
+    with pytest.raises(ConfigError, match=r"keeps LayerDrop \(layerdrop 0.1"):
+        _Run(cfg)
 
 
 def test_resume_with_another_batch_or_seed_is_refused(tmp_path, tiny_wavlm_dir):
