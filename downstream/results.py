@@ -11,7 +11,8 @@ also count, per condition and metric, the items a metric could not score (``unsc
 failed PESQ), which its mean leaves out. From them every metric the task can recompute gets a
 bootstrap 95 % interval (:mod:`downstream.stats`; resampling the task's ``resample_unit``: the
 items, or for speaker verification the test speakers and then utterances within each drawn
-speaker, each trial weighted by the draws of its two utterances, since 2026-12-07), and :func:`compare` tests each pair of
+speaker, each trial weighted by the draws of its two utterances, since 2026-12-07), and
+:func:`compare` tests each pair of
 upstreams **on the same items**: paired bootstrap interval of the difference and its p-value, plus
 the exact McNemar test for accuracy. An item that either upstream could not score is left out of
 that pair's comparison on both sides (:func:`jointly_scored`; counted as ``excluded_items``). A multi-seed run (:func:`aggregate_seeds`) reports the mean
@@ -852,7 +853,8 @@ def paired_comparisons(results: Sequence[dict[str, Any]], resamples: int = 1000,
         interval excludes 0, ``excluded_items`` the (seed, item) records left out (0 when
         none), ``resample_unit`` what the bootstrap drew (the task's; ``"speaker"`` for speaker
         verification: the same speakers and utterances for A and B in every resample, each
-        trial weighted by its utterances' draws); ``a`` / ``b`` are :func:`upstream_labels`. Notes are
+        trial weighted by its utterances' draws); ``a`` / ``b`` are :func:`upstream_labels`.
+        Notes are
         human-readable reasons for skipped or restricted pairs.
     """
     rows: list[dict[str, Any]] = []
@@ -1025,7 +1027,8 @@ def current_intervals(result: dict[str, Any], resamples: int = 1000) -> dict[str
 
     A speaker verification result written before 2026-12-07 (no ``resample_unit`` key) holds
     intervals that resampled trials; they are recomputed from its per-item files, resampling
-    test speakers and their utterances (:func:`item_intervals`, stratified by seed for a multi-seed result), with
+    test speakers and their utterances (:func:`item_intervals`, stratified by seed for a
+    multi-seed result), with
     ``interval_method`` and ``resample_unit`` to match. Other results, and results whose
     items files are missing (logged), are returned unchanged.
     """

@@ -21,12 +21,15 @@ def launched_processes() -> int:
         return 1
 
 
-def print_stop(prog: str, message: str) -> None:
-    """Print ``PROG: error: MESSAGE`` (whitespace collapsed to one line) on stderr, from the
-    first launched process only (``RANK`` 0 or unset): a stop that every process agrees on
-    (unreadable data, non-finite steps) is raised by each of them with the same message, which
-    would otherwise be printed once per process."""
-    if os.environ.get("RANK", "0") == "0":
+def print_stop(prog: str, message: str, agreed: bool = True) -> None:
+    """Print ``PROG: error: MESSAGE`` (whitespace collapsed to one line) on stderr.
+
+    ``agreed``: a stop every process agrees on (unreadable data, non-finite steps), raised by
+    each of them with the same message, is printed from the first launched process only
+    (``RANK`` 0 or unset), not once per process. ``agreed=False`` (an error one process may
+    meet alone, e.g. ``train-se``'s speech crops that can no longer be read) prints from every
+    process: the other processes only see a lost peer."""
+    if not agreed or os.environ.get("RANK", "0") == "0":
         print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
 
 

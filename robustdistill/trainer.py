@@ -242,6 +242,8 @@ class _Run:
                     student_num_layers=student_up.num_layers, **options)
             except (KeyError, TypeError, ValueError) as err:
                 raise ConfigError(str(err)) from err
+        _check_student_is_trained(objectives, student_up.num_layers,
+                                  cfg.student.feature_grad_mult, warn=acc.is_main_process)
         model = Distiller(student_up, objectives)
         self.objectives = objectives
         self.schedule, self.task_objectives = _loss_schedule(t, objectives)
@@ -948,6 +950,36 @@ def _check_crop_covers_a_frame(data, teacher: Upstream, student: Upstream) -> No
                 f"data.{key}={value} s is shorter than one frame of the teacher/student "
                 f"({need} samples = {need / SAMPLE_RATE:.4f} s at {SAMPLE_RATE} Hz); "
                 f"allowed: >= {need / SAMPLE_RATE:.4f}")
+
+
+def _check_student_is_trained(objectives: dict, num_layers: int, feature_grad_mult: float, *,
+                              warn: bool = True) -> None:
+    """Start-up check of what the objectives train in the student: the hidden states they read
+    (``student_layers_read``, indices into the ``L + 1`` hidden states) train the layers up to
+    the highest one; CNN features (``needs_extract_features``) train the CNN alone, and only with
+    ``feature_grad_mult`` above 0. Warns when transformer layers above every read one get no
+    gradient (they are exported as initialised) when ``warn`` (the main process).
+
+    Raises:
+        ConfigError: no objective sends a gradient into the student (only their heads would
+            learn; the exported student would equal its initialisation).
+    """
+    slots = num_layers + 1
+    read = {int(x) % slots for o in objectives.values() for x in o.student_layers_read()}
+    cnn = sorted(name for name, o in objectives.items() if o.needs_extract_features)
+    if not read and not (cnn and feature_grad_mult > 0):
+        reads = (f"objectives {cnn} read only the CNN features and student.feature_grad_mult is "
+                 "0" if cnn else "no objective reads the student's hidden states")
+        raise ConfigError(f"{reads}: no gradient reaches the student, so only the objectives' "
+                          "heads would learn and the exported student would equal its "
+                          "initialisation; add an objective on a student layer (e.g. layerwise) "
+                          "or set student.feature_grad_mult above 0")
+    top = max(read, default=0 if cnn else None)
+    if warn and top is not None and top < num_layers:
+        logger.warning("student layers %d..%d are read by no objective (%s): they get no "
+                       "gradient and are exported as initialised", top + 1, num_layers,
+                       f"the highest hidden state read is {top}" if read
+                       else f"{cnn} read only the CNN features")
 
 
 #: Keys a resume may change without a word: where the run lives and whether and how far it

@@ -9,7 +9,12 @@ import math
 import pytest
 import torch
 
-from robustdistill.objectives import DistillationInputs, LayerwisePrediction, MaskEnhancement
+from robustdistill.objectives import (
+    DistillationInputs,
+    LayerwisePrediction,
+    MaskEnhancement,
+    build_objective,
+)
 from robustdistill.objectives.enhancement import magnitude_stft
 from robustdistill.upstream import UpstreamOutput, lengths_to_mask
 
@@ -103,3 +108,37 @@ def test_cnn_input_reads_extract_features():
     expected = (m * magnitude_stft(noisy) - magnitude_stft(clean)).abs().mean(-1).sum()
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
     assert m.shape == (1, 11, 257)
+
+
+def _objectives(**options):
+    return {name: build_objective(name, teacher_hidden_size=4, teacher_num_layers=4,
+                                  student_hidden_size=4, student_conv_dim=3,
+                                  student_num_layers=2, **kwargs)
+            for name, kwargs in options.items()}
+
+
+def test_a_student_no_objective_trains_is_refused():
+    """Enhancement on the CNN alone with feature_grad_mult 0: only its head would learn."""
+    from robustdistill.config import ConfigError
+    from robustdistill.trainer import _check_student_is_trained
+
+    only_cnn = _objectives(enhancement={"input": "cnn", "hidden_size": 4, "num_layers": 1})
+    with pytest.raises(ConfigError, match=r"\['enhancement'\] read only the CNN features and "
+                                          r"student.feature_grad_mult is 0"):
+        _check_student_is_trained(only_cnn, 2, 0.0)
+    _check_student_is_trained(only_cnn, 2, 0.1)  # the CNN learns: allowed (a warning)
+    last = _objectives(enhancement={"hidden_size": 4, "num_layers": 1})
+    assert last["enhancement"].student_layers_read() == [-1]
+    _check_student_is_trained(last, 2, 0.0)  # input last: every layer gets a gradient
+
+
+def test_student_layers_no_objective_reads_are_named(caplog):
+    from robustdistill.trainer import _check_student_is_trained
+
+    caplog.set_level("WARNING", logger="robustdistill.trainer")
+    _check_student_is_trained(_objectives(layerwise={"teacher_layers": [2], "student_layer": 1}),
+                              2, 0.1)
+    assert "student layers 2..2 are read by no objective" in caplog.text
+    caplog.clear()
+    _check_student_is_trained(_objectives(layerwise={"teacher_layers": [2]}), 2, 0.1)
+    assert caplog.text == ""  # the last hidden state: every layer trains

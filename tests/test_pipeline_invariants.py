@@ -125,7 +125,8 @@ def test_two_processes_take_the_same_gradient_as_one_process_with_their_whole_ba
     """DDP averages gradients over ranks while the loss is divided by the frames of *all*
     ranks, so each rank's loss is scaled by the number of processes: the first step's loss
     and gradient norm on 2 CPU processes of batch 1 equal one process's on the same 2 crops
-    as one batch of 2 (equal 1 s crops, no padding; no corruption and no dropout, so no draw differs)."""
+    as one batch of 2 (equal 1 s crops, no padding; no corruption and no dropout, so no draw
+    differs)."""
     import json
     import os
     import shutil

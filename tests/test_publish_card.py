@@ -1207,20 +1207,26 @@ def test_write_card_compares_task_and_dataset_on_the_read_back(run, monkeypatch)
 
 # ---- the noise-robust tag -------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("augmentation", "tagged"), [
+@pytest.mark.parametrize(("augmentation", "robust_to"), [
     ({"enabled": True, "p_noise": 0.25, "p_reverb": 0.25, "p_noise_reverb": 0.25,
-      "p_none": 0.25}, True),
+      "p_none": 0.25}, "noise and reverberation"),
     ({"enabled": True, "p_noise": 0.0, "p_reverb": 0.1, "p_noise_reverb": 0.0,
-      "p_none": 0.9}, True),
-    ({"snr_min": 0.0, "snr_max": 20.0}, True),  # configs/demo.yaml's: the defaults corrupt
+      "p_none": 0.9}, "reverberation"),
+    ({"enabled": True, "p_noise": 0.4, "p_reverb": 0.0, "p_noise_reverb": 0.0,
+      "p_none": 0.6}, "noise"),
+    ({"enabled": True, "p_noise": 0.0, "p_reverb": 0.0, "p_noise_reverb": 0.2,
+      "p_none": 0.8}, "noise and reverberation"),
+    # configs/demo.yaml's: the defaults corrupt
+    ({"snr_min": 0.0, "snr_max": 20.0}, "noise and reverberation"),
     ({"enabled": False, "p_noise": 0.25, "p_reverb": 0.25, "p_noise_reverb": 0.25,
-      "p_none": 0.25}, False),
+      "p_none": 0.25}, None),
     ({"enabled": True, "p_noise": 0.0, "p_reverb": 0.0, "p_noise_reverb": 0.0,
-      "p_none": 1.0}, False),
-    (None, False),  # not recorded: no claim
+      "p_none": 1.0}, None),
+    (None, None),  # not recorded: no claim
 ])
 def test_noise_robust_tag_only_when_the_distill_run_corrupted_the_students_input(
-        run, augmentation, tagged):
+        run, augmentation, robust_to):
+    tagged = robust_to is not None
     config = yaml.safe_load((run["run"] / "config.yaml").read_text())
     if augmentation is None:
         del config["augmentation"]
@@ -1229,8 +1235,11 @@ def test_noise_robust_tag_only_when_the_distill_run_corrupted_the_students_input
     (run["run"] / "config.yaml").write_text(yaml.safe_dump(config))
     card = build_card(run["student"], [], run["run"], license="mit", speed=False)
     assert ("noise-robust" in card.data.tags) == tagged
-    # the intro claims robustness exactly when the tag does (a clean run's card claimed it)
-    assert ("to be robust to noise and reverberation" in card.text) == tagged
+    # the intro claims robustness exactly when the tag does (a clean run's card claimed it),
+    # to what the run corrupted with (a noise-only run's card claimed reverberation too)
+    assert ("to be robust to" in card.text) == tagged
+    if tagged:
+        assert f"to be robust to {robust_to}. It is a stock" in card.text
     training = _training_section(card.text)
     assert ("the student a corrupted copy" in training) == tagged
     if not tagged:

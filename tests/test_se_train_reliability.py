@@ -548,3 +548,20 @@ def test_train_se_report_to_takes_accelerates_trackers(value, ok):
     else:
         with pytest.raises(ValueError, match="report_to must be one of"):
             TrainingOptions(report_to=value)
+
+
+def test_a_crop_failure_on_one_process_is_printed_by_that_process(tmp_path, capsys,
+                                                                   monkeypatch):
+    """A speech crop that can no longer be read is one process's own (not agreed across
+    processes): a process other than rank 0 prints it (the others only see a lost peer)."""
+    from robustdistill.audio import AudioError
+
+    def fail(cfg):
+        raise AudioError("10 speech crops in a row could not be read: x.wav", "unreadable")
+
+    monkeypatch.setattr(se_train, "train_se", fail)
+    monkeypatch.setenv("RANK", "1")
+    rc = se_train.main(se_train_args(tmp_path, tmp_path / "run", 2))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1] == ("robustdistill train-se: error: 10 speech crops in a row "
+                                   "could not be read: x.wav")

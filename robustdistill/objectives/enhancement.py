@@ -159,6 +159,11 @@ class MaskEnhancement(Objective):
         """
         return {"stft_frames": stft_frame_lengths(lengths, self.stft["hop_length"]).sum()}
 
+    def student_layers_read(self) -> list[int]:
+        """``[-1]`` (the last hidden state) for input ``"last"``; none for ``"cnn"`` (it reads
+        ``extract_features``, below every transformer layer)."""
+        return [-1] if self.input == "last" else []
+
     def forward(self, inputs: DistillationInputs) -> dict[str, LossTerm]:
         """One term, ``l1``, summed over real STFT frames (unit ``stft_frames``)."""
         noisy = magnitude_stft(inputs.noisy, **self.stft)

@@ -62,10 +62,12 @@ from .provenance import (
     DataLanguage,
     ModelFacts,
     RunSummary,
+    config_section,
     is_synthetic_data,
     is_transformers_config,
     measure_speed,
     model_facts,
+    ssl_corruption_kinds,
     student_input_corrupted,
     summarise_run,
     training_language,
@@ -326,6 +328,9 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
                           | {r.metric_type for r in eval_results})
     # the tag and the intro's robustness claim: only for a run that corrupted the student's input
     noise_robust = run is not None and student_input_corrupted(run)
+    # what the intro says the student is robust to: the kinds a distill run corrupted with
+    robust_to = (" and ".join(ssl_corruption_kinds(config_section(run.config, "augmentation")))
+                 if noise_robust and kind == "ssl" else "")
     card_data = ModelCardData(
         license=license, license_name=license_name, license_link=license_link,
         library_name="transformers" if library_transformers else None,
@@ -339,7 +344,7 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     context = {
         "card_data": card_data.to_yaml(), "model_name": model_name, "student": student,
         "kind": kind,
-        "teacher_text": teacher_text(run, base_model), "noise_robust": noise_robust,
+        "teacher_text": teacher_text(run, base_model), "noise_robust": noise_robust, "robust_to": robust_to,
         "distilled": run is None or training["distilled"],
         "teacher_params": run.teacher_facts.parameters if run and run.teacher_facts else None,
         "load_snippet": load, "onnx_snippet": onnx, "onnx_parity": onnx_parity,

@@ -29,7 +29,7 @@ from ..environment import read_environment
 __all__ = ["ENGLISH_CORPORA", "NOT_RECORDED", "RECIPES", "DataLanguage", "ModelFacts",
            "RunSummary", "config_section", "evaluated_sets", "is_synthetic_data",
            "is_transformers_config", "measure_speed", "model_facts", "read_run_result",
-           "run_recipe", "ssl_input_corrupted", "student_input_corrupted", "summarise_run",
+           "run_recipe", "ssl_corruption_kinds", "ssl_input_corrupted", "student_input_corrupted", "summarise_run",
            "training_language"]
 
 logger = logging.getLogger(__name__)
@@ -449,18 +449,28 @@ def _describe_data(data: dict[str, Any]) -> tuple[str, str]:
 _CORRUPTING = ("p_noise", "p_reverb", "p_noise_reverb")
 
 
-def ssl_input_corrupted(aug: dict[str, Any]) -> bool:
-    """Whether a ``distill`` run's ``augmentation`` section corrupted the student's input:
-    ``enabled`` and a probability above 0 of noise, reverberation or both (the
-    ``AugmentationConfig`` default for a key the section lacks). An empty section (nothing
-    recorded), ``enabled: false`` or ``p_none: 1`` with the others 0: False."""
+def ssl_corruption_kinds(aug: dict[str, Any]) -> tuple[str, ...]:
+    """What a ``distill`` run's ``augmentation`` section corrupted the student's input with:
+    ``"noise"`` (a probability above 0 of noise, or of noise + reverberation) and / or
+    ``"reverberation"`` (of reverberation, or of both), the ``AugmentationConfig`` default for
+    a key the section lacks. An empty section (nothing recorded), ``enabled: false`` or
+    ``p_none: 1`` with the others 0: ``()``."""
     if not aug or not aug.get("enabled", True):
-        return False
+        return ()
     from ..augment.config import AugmentationConfig  # imports torch: only when asked
 
     defaults = {f.name: f.default for f in dataclasses.fields(AugmentationConfig)}
-    return any(isinstance(p := aug.get(k, defaults[k]), int | float)
-               and not isinstance(p, bool) and p > 0 for k in _CORRUPTING)
+    used = {k for k in _CORRUPTING if isinstance(p := aug.get(k, defaults[k]), int | float)
+            and not isinstance(p, bool) and p > 0}
+    return tuple(kind for kind, keys in (("noise", {"p_noise", "p_noise_reverb"}),
+                                         ("reverberation", {"p_reverb", "p_noise_reverb"}))
+                 if used & keys)
+
+
+def ssl_input_corrupted(aug: dict[str, Any]) -> bool:
+    """Whether a ``distill`` run's ``augmentation`` section corrupted the student's input
+    (:func:`ssl_corruption_kinds` is not empty)."""
+    return bool(ssl_corruption_kinds(aug))
 
 
 def student_input_corrupted(run: RunSummary) -> bool:

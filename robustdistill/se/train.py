@@ -645,7 +645,10 @@ def main(argv: list[str]) -> int:
         hint = ("; the recipes' runs/data/* folders are made once by "
                 "`bash scripts/split_shared_data.sh`" if "runs/data/" in str(err) else "")
         parser.error(f"{err}{hint}")
-    except (AudioError, NonFiniteTrainingError) as err:  # no usable audio; a run that diverged
+    except NonFiniteTrainingError as err:  # a run that diverged (every process agrees)
         print_stop(parser.prog, str(err))
+        return 1
+    except AudioError as err:  # no usable audio; or, mid-run, one process's own crops failed
+        print_stop(parser.prog, str(err), agreed=False)
         return 1
     return 0

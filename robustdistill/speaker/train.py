@@ -706,7 +706,8 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
 
     Returns:
         ``{"method", "seed", "config", "epochs": [per-epoch logs], "params", "cache":
-        {"hits", "misses"}}`` (the IG map cache lookups of every epoch, before a resume too), plus ``"eval": {set: metrics}`` once every epoch is done and
+        {"hits", "misses"}}`` (the IG map cache lookups of every epoch, before a resume too),
+        plus ``"eval": {set: metrics}`` once every epoch is done and
         ``eval_sets`` is given, and ``"skipped_files": {set: {reason: count}}`` when
         ``skipped_files`` names any (also written to ``output_dir/result.json``).
 
