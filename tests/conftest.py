@@ -70,6 +70,22 @@ def tiny_hubert_dir(tmp_path_factory) -> Path:
     return make_random_teacher("hubert", "tiny", tmp_path_factory.mktemp("tiny_hubert"), seed=1)
 
 
+@pytest.fixture(scope="session")
+def tiny_whisper_dir(tmp_path_factory) -> Path:
+    """A random 2-layer, 16-wide Whisper (encoder and decoder) with its feature extractor."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-whisper")
+    config = WhisperConfig(d_model=16, encoder_layers=2, encoder_attention_heads=2,
+                           decoder_layers=1, decoder_attention_heads=2, encoder_ffn_dim=32,
+                           decoder_ffn_dim=32, vocab_size=64, pad_token_id=0, bos_token_id=1,
+                           eos_token_id=2, decoder_start_token_id=1)
+    WhisperModel(config).save_pretrained(out)
+    WhisperFeatureExtractor().save_pretrained(out)
+    return out
+
+
 @pytest.fixture
 def fresh_accelerator_state():
     """accelerate keeps one process-wide state: reset it around a run with other precision."""

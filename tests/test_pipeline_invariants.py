@@ -77,22 +77,6 @@ def test_objectives_see_only_frames_real_for_both_teacher_and_student():
     assert record.mask.tolist() == [[True] * 4, [True, True, False, False]]
 
 
-@pytest.fixture(scope="module")
-def tiny_whisper_dir(tmp_path_factory):
-    """A random 2-layer, 16-wide Whisper with its feature extractor."""
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny-whisper")
-    config = WhisperConfig(d_model=16, encoder_layers=2, encoder_attention_heads=2,
-                           decoder_layers=1, decoder_attention_heads=2, encoder_ffn_dim=32,
-                           decoder_ffn_dim=32, vocab_size=64, pad_token_id=0, bos_token_id=1,
-                           eos_token_id=2, decoder_start_token_id=1)
-    WhisperModel(config).save_pretrained(out)
-    WhisperFeatureExtractor().save_pretrained(out)
-    return out
-
-
 @pytest.mark.parametrize("grid, expected", [
     ("native", [51, 26, 1, 1, 3]),  # ceil(n / 320): a started 20 ms frame is real
     ("ssl", [49, 25, 1, 1, 1]),  # max(1, (n - 400) // 320 + 1): the Base CNN's count

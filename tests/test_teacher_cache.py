@@ -168,7 +168,6 @@ def test_cache_is_invalidated_by_teacher_layers_context_and_dtype(tmp_path, tiny
         TeacherFeatureCache(tmp_path, teacher, [1, 2])
 
 
-
 def test_missing_error_without_a_cache_of_this_spec_is_refused_at_start_saying_why(
         tmp_path, tiny_wavlm_dir, teacher):
     """missing: error on a folder that holds only another teacher's cache (or nothing) is
@@ -199,7 +198,6 @@ def test_cached_layers_and_bad_options(teacher, tmp_path):
         TeacherFeatureCache(tmp_path, teacher, [3])
     with pytest.raises(ValueError, match="context"):
         TeacherFeatureCache(tmp_path, teacher, [1], context="window")
-
 
 
 def test_cache_layers_must_hold_every_layer_the_objectives_read(tmp_path, teacher):
@@ -363,7 +361,6 @@ def test_reader_leaves_missing_and_off_grid_rows_to_the_step(tmp_path, teacher):
         cache.reader(0)
 
 
-
 @pytest.mark.parametrize("context", ["utterance", "crop"])
 def test_an_unreadable_entry_is_computed_again_or_named_never_a_traceback(tmp_path, teacher,
                                                                          context, caplog):
@@ -404,23 +401,8 @@ def test_an_unreadable_entry_is_computed_again_or_named_never_a_traceback(tmp_pa
         assert chunked.ensure_chunks(key, wave, 4000) == (1, 1) and path.read_bytes() == whole
         assert chunked.ensure_chunks(key, wave, 4000) == (0, 1)
 
+
 # ---- a Whisper teacher: where its frames sit is part of the cache --------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_whisper_dir(tmp_path_factory):
-    """A random 2-layer, 16-wide Whisper (encoder and decoder) with its feature extractor."""
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny-whisper")
-    config = WhisperConfig(d_model=16, encoder_layers=2, encoder_attention_heads=2,
-                           decoder_layers=1, decoder_attention_heads=2, encoder_ffn_dim=32,
-                           decoder_ffn_dim=32, vocab_size=64, pad_token_id=0, bos_token_id=1,
-                           eos_token_id=2, decoder_start_token_id=1)
-    WhisperModel(config).save_pretrained(out)
-    WhisperFeatureExtractor().save_pretrained(out)
-    return out
 
 
 def test_whisper_cache_keeps_the_runs_frame_placement(tmp_path, tiny_whisper_dir):
