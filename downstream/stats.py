@@ -66,19 +66,19 @@ def resample_indices(sizes: Sequence[Size], rng: np.random.Generator) -> list[np
     Raises:
         ValueError: an empty group or cluster.
     """
-    _check_sizes(sizes)
-    out = []
-    for n in sizes:
-        if not isinstance(n, tuple):
-            out.append(rng.integers(0, n, size=n))
-            continue
-        offsets = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(int)
-        rows = []
-        for copy, c in enumerate(rng.integers(0, len(n), size=len(n))):
-            members = offsets[c] + rng.integers(0, n[c], size=n[c])
-            rows.append(np.stack([np.full(n[c], copy), members], axis=1))
-        out.append(np.concatenate(rows))
-    return out
+    _check_sizes(sizes)  # groups in order: one generator, drawn group after group
+    return [_draw_clusters(n, rng) if isinstance(n, tuple) else rng.integers(0, n, size=n)
+            for n in sizes]
+
+
+def _draw_clusters(sizes: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """``(copy, member)`` rows of one two-stage draw of clusters of ``sizes`` members."""
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
+    rows = []
+    for copy, c in enumerate(rng.integers(0, len(sizes), size=len(sizes))):
+        members = offsets[c] + rng.integers(0, sizes[c], size=sizes[c])
+        rows.append(np.stack([np.full(sizes[c], copy), members], axis=1))
+    return np.concatenate(rows)
 
 
 def full_indices(sizes: Sequence[Size]) -> list[np.ndarray]:
@@ -90,13 +90,8 @@ def full_indices(sizes: Sequence[Size]) -> list[np.ndarray]:
         ValueError: an empty group or cluster.
     """
     _check_sizes(sizes)
-    out = []
-    for n in sizes:
-        if not isinstance(n, tuple):
-            out.append(np.arange(n))
-            continue
-        out.append(np.stack([np.repeat(np.arange(len(n)), n), np.arange(sum(n))], axis=1))
-    return out
+    return [np.stack([np.repeat(np.arange(len(n)), n), np.arange(sum(n))], axis=1)
+            if isinstance(n, tuple) else np.arange(n) for n in sizes]
 
 
 def _draws(stat_fns: Sequence[Stat], sizes: Sequence[Size], resamples: int, seed: int
