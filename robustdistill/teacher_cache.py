@@ -792,17 +792,51 @@ class TeacherFeatureCache:
 
 
 # ---------------------------------------------------------------------- building
+def _left_to_build(cache: TeacherFeatureCache, dataset, share: Sequence[int],
+                   chunk: int | None, acc) -> tuple[list[int], int, int]:
+    """The first pass of a resumed multi-process :func:`build_cache` over one split: which of
+    this process's ``share`` (dataset positions) lack an entry (whole: only headers are read;
+    an unreadable one is built again), then every process's such positions shared out again,
+    ``r, r + N, ...`` of them (by position alone, a build stopped after process 0 had finished
+    its share would leave all the rest to process 1). A collective.
+
+    Returns:
+        ``(positions this process builds, entries found built, unusable audio items)``.
+    """
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    left, found, bad = [], 0, 0
+    for position in tqdm(share, desc="cache-teacher (what is built)",
+                         disable=not acc.is_main_process):
+        try:
+            waveform = dataset.full_waveform(position)
+        except AudioError as err:  # NaN/Inf, silent, truncated: logged once, counted
+            dataset._skip(dataset._name(dataset._sources[position]), err.reason, err)
+            bad += 1
+            continue
+        key = content_key(waveform)
+        paths = ([path for *_, path in cache.chunk_entries(key, len(waveform), chunk)]
+                 if chunk else [cache.entry_path(key)])
+        if all(_entry_readable(path) for path in paths):
+            found += len(paths)
+        else:
+            left.append(position)
+    left = sorted(gather_object(left))
+    return left[acc.process_index :: acc.num_processes], found, bad
+
+
 def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
                 limit: int | None = None) -> dict:
     """Fill the cache of a distillation config ahead of training (context utterance, or
     context crop with ``crop_starts: chunks``: every chunk of every utterance).
 
-    Runs under ``accelerate``, in two passes per split: process ``r`` of ``N`` reads items
-    ``r, r + N, ...`` and finds those whose entries are not all there (whole: only headers are
-    read; an unreadable entry, truncated or corrupt, is built again); then the items left on
-    every process are split between the processes again, ``r, r + N, ...`` of them, so an
-    interrupted build resumes where it stopped with its remaining work shared evenly (split
-    by position alone, one process could be left with all of it).
+    Runs under ``accelerate``: process ``r`` of ``N`` builds items ``r, r + N, ...`` of each
+    split; existing entries are skipped and an unreadable one (truncated, corrupt) is built
+    again, so an interrupted build resumes where it stopped. A resumed build on several
+    processes first finds what is left and shares that out evenly (:func:`_left_to_build`;
+    by position alone, one process could be left with all of it); one process, or an empty
+    cache, skips that pass (it would decode every item twice).
 
     Args:
         cfg: a :class:`~robustdistill.config.DistillConfig` with ``teacher_cache.dir`` set.
@@ -825,6 +859,7 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
     from tqdm.auto import tqdm
 
     from .data import build_datasets
+    from .nonfinite import any_process
     from .objectives import build_objective
     from .teachers import load_teacher, prepare_teacher
 
@@ -857,6 +892,11 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
     train_set, valid_set = build_datasets(cfg.data, cfg.seed)
     datasets = {"train": train_set, "validation": valid_set}
     computed = skipped = unusable = 0
+    # A resumed build on several processes finds what is left first (a decode per item); one
+    # process, or an empty cache, has an even share by position already. Agreed before any
+    # process writes an entry (a collective: the first pass gathers).
+    resumed = acc.num_processes > 1 and any_process(
+        acc, next(cache.path.glob("*/*.safetensors"), None) is not None)
     for split in splits:
         dataset = datasets[split]
         if not hasattr(dataset, "full_waveform"):
@@ -865,30 +905,15 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
         cache.check_utterance_lengths(dataset)
         count = len(dataset) if limit is None else min(limit, len(dataset))
         chunk = cache.chunk_samples(dataset) if tc.context == "crop" else None
-        left = []  # this process's share by position, less what is built already
-        for position in tqdm(range(acc.process_index, count, acc.num_processes),
-                             desc=f"cache-teacher {split} (what is built)",
-                             disable=not acc.is_main_process):
-            try:
-                waveform = dataset.full_waveform(position)
-            except AudioError as err:  # NaN/Inf, silent, truncated: logged once, counted
-                dataset._skip(dataset._name(dataset._sources[position]), err.reason, err)
-                unusable += 1
-                continue
-            key = content_key(waveform)
-            paths = ([path for *_, path in cache.chunk_entries(key, len(waveform), chunk)]
-                     if chunk else [cache.entry_path(key)])
-            if all(_entry_readable(path) for path in paths):
-                skipped += len(paths)
-            else:
-                left.append(position)
-        left = sorted(gather_object(left))  # every process's, shared out again below
-        mine = left[acc.process_index :: acc.num_processes]
+        mine = range(acc.process_index, count, acc.num_processes)
+        if resumed:
+            mine, found, bad = _left_to_build(cache, dataset, mine, chunk, acc)
+            skipped, unusable = skipped + found, unusable + bad
         bar = tqdm(mine, desc=f"cache-teacher {split}", disable=not acc.is_main_process)
         for position in bar:
             try:
                 waveform = dataset.full_waveform(position)
-            except AudioError as err:  # read in the first pass: changed since
+            except AudioError as err:  # NaN/Inf, silent, truncated: logged once, counted
                 dataset._skip(dataset._name(dataset._sources[position]), err.reason, err)
                 unusable += 1
                 continue
