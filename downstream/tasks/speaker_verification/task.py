@@ -227,24 +227,20 @@ class SpeakerVerification(Task):
             tuples: the clusters of a two-stage draw (:func:`downstream.stats.resample_indices`;
             utterances numbered in this order).
         """
-        parent: dict[str, str] = {}
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
 
-        def root(k):
-            while parent[k] != k:
-                parent[k] = parent[parent[k]]
-                k = parent[k]
-            return k
-
-        for r in items:
-            for k in (r["enroll"], r["test"]):
-                parent.setdefault(k, k)
-            if r["label"] == 1:
-                a, b = root(r["enroll"]), root(r["test"])
-                parent[max(a, b)] = min(a, b)
-        groups: dict[str, list[str]] = {}
-        for k in parent:
-            groups.setdefault(root(k), []).append(k)
-        return sorted(tuple(sorted(g)) for g in groups.values())
+        keys = sorted({k for r in items for k in (r["enroll"], r["test"])})
+        index = {k: i for i, k in enumerate(keys)}
+        pairs = np.array([(index[r["enroll"]], index[r["test"]]) for r in items
+                          if r["label"] == 1], dtype=int).reshape(-1, 2)
+        links = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
+                           shape=(len(keys), len(keys)))
+        _, speaker = connected_components(links, directed=False)
+        groups: dict[int, list[str]] = {}
+        for k, group in zip(keys, speaker.tolist(), strict=True):
+            groups.setdefault(group, []).append(k)
+        return sorted(tuple(g) for g in groups.values())  # keys sorted: each group is too
 
     @classmethod
     def item_statistic(cls, items, metric):
