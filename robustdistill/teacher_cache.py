@@ -792,6 +792,17 @@ class TeacherFeatureCache:
 
 
 # ---------------------------------------------------------------------- building
+def _whole_utterance(dataset, position: int) -> np.ndarray | None:
+    """The whole utterance at ``position`` (``(samples,)`` float32, 16 kHz), or None for unusable
+    audio (NaN/Inf, silent, truncated), skipped through the dataset (logged once, named in its
+    ``skipped``)."""
+    try:
+        return dataset.full_waveform(position)
+    except AudioError as err:
+        dataset._skip(dataset._name(dataset._sources[position]), err.reason, err)
+        return None
+
+
 def _left_to_build(cache: TeacherFeatureCache, dataset, share: Sequence[int],
                    chunk: int | None, acc) -> tuple[list[int], int, int]:
     """The first pass of a resumed multi-process :func:`build_cache` over one split: which of
@@ -809,10 +820,7 @@ def _left_to_build(cache: TeacherFeatureCache, dataset, share: Sequence[int],
     left, found, bad = [], 0, 0
     for position in tqdm(share, desc="cache-teacher (what is built)",
                          disable=not acc.is_main_process):
-        try:
-            waveform = dataset.full_waveform(position)
-        except AudioError as err:  # NaN/Inf, silent, truncated: logged once, counted
-            dataset._skip(dataset._name(dataset._sources[position]), err.reason, err)
+        if (waveform := _whole_utterance(dataset, position)) is None:
             bad += 1
             continue
         key = content_key(waveform)
@@ -911,10 +919,7 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
             skipped, unusable = skipped + found, unusable + bad
         bar = tqdm(mine, desc=f"cache-teacher {split}", disable=not acc.is_main_process)
         for position in bar:
-            try:
-                waveform = dataset.full_waveform(position)
-            except AudioError as err:  # NaN/Inf, silent, truncated: logged once, counted
-                dataset._skip(dataset._name(dataset._sources[position]), err.reason, err)
+            if (waveform := _whole_utterance(dataset, position)) is None:
                 unusable += 1
                 continue
             if tc.context == "crop":  # every chunk a training or validation crop can be
