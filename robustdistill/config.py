@@ -167,7 +167,7 @@ class TrainingConfig:
     log_every: int = field(default=10, metadata={"help": "steps between training log entries"})
     eval_every: int = field(default=1000, metadata={"help": "steps between validation runs (and at the end)"})
     eval_at_start: bool = field(default=True, metadata={"help": "validate before the first step (the baseline)"})
-    max_eval_batches: int | None = field(default=None, metadata={"help": "cap on validation batches per run"})
+    max_eval_batches: int | None = field(default=None, metadata={"help": "cap on validation batches per process and validation (its items then depend on the process count and batch size)"})
     save_every: int = field(default=5000, metadata={"help": "steps between checkpoints (0: only at the end)"})
     keep_checkpoints: int = field(default=3, metadata={"help": "newest complete checkpoints kept on disk (transformers' save_total_limit); older ones are deleted after each save"})
     resume_from: str | None = field(default=None, metadata={"help": "'latest' (newest complete checkpoint of output_dir), 'auto' (the same, or start fresh when there is none: for restart loops) or a checkpoint folder"})

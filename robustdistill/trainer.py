@@ -15,7 +15,8 @@ which averages per micro-batch.
 Exact resume: the sampler's order comes from ``(seed, epoch)`` (a streaming dataset instead
 saves its own position; exact with ``num_workers=0`` and no shuffle buffer), crops from
 ``(seed, epoch, index)``, corruption from ``(seed, step, rank, micro-batch)`` (or, with
-``augmentation.in_loader``, from ``(seed, epoch, index)`` in the loader); the checkpoint
+``augmentation.in_loader``, from ``(seed, epoch, index)`` in the loader; validation's from
+``(seed, index)`` alone, see :meth:`_Run.validate`); the checkpoint
 (``accelerator.save_state``) holds model, optimizer, scheduler, RNG states and the
 :class:`TrainingProgress` (step, epoch, batches consumed), so a resumed run replays exactly
 the batches, corruptions and dropout masks of an uninterrupted one.
@@ -190,6 +191,12 @@ def _rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([seed, *keys])
 
 
+#: Key of the validation corruption streams, ``_rng(seed, VALIDATION_STREAM, index)`` per
+#: validation item: a step no run reaches, so never a training key ``(seed, step, rank,
+#: micro-batch)`` (numpy's seeding ignores trailing zero keys), nor an epoch of a crop key.
+VALIDATION_STREAM = 2**31 - 1
+
+
 class _Run:
     """Everything one ``train`` call builds; methods are the loop's steps."""
 
@@ -295,17 +302,10 @@ class _Run:
         self.loader = build_dataloader(train_set, cfg.data.batch_size, self.sampler,
                                        cfg.data.num_workers, collate_fn=train_collate,
                                        pin_memory=pin)
-        if len(valid_set) < world:  # too few to shard: every rank evaluates all of them
-            logger.warning("%d validation items for %d processes: each process evaluates all "
-                           "(means are unchanged: sums and counts both scale)", len(valid_set), world)
-        valid_rank, valid_world = (rank, world) if len(valid_set) >= world else (0, 1)
-        # Sharding drops the last len % world items so every rank runs the same batches.
-        if (left_out := len(valid_set) % valid_world) and rank == 0:
-            logger.warning("validation: the last %d of %d items are not evaluated on %d "
-                           "processes (each process evaluates the same number; a multiple of "
-                           "%d items evaluates all)", left_out, len(valid_set), world, world)
+        # Every validation item once, on one rank (ranks may get one item, or a batch, fewer:
+        # validate's collectives come after its loop, so they stay matched)
         self.valid_sampler = ShardedRandomSampler(len(valid_set), cfg.seed, shuffle=False,
-                                                  rank=valid_rank, world_size=valid_world)
+                                                  rank=rank, world_size=world, drop_last=False)
         self.valid_loader = build_dataloader(valid_set, cfg.data.batch_size, self.valid_sampler,
                                              cfg.data.num_workers, collate_fn=collate,
                                              pin_memory=pin)
@@ -468,9 +468,12 @@ class _Run:
         return dict(zip(keys, total.tolist(), strict=True))
 
     # ------------------------------------------------------------------ forward
-    def _loss(self, batch: dict, rng: np.random.Generator, step: int | None, dataset=None):
+    def _loss(self, batch: dict, rng: np.random.Generator | list[np.random.Generator],
+              step: int | None, dataset=None, model: nn.Module | None = None):
         """Teacher on clean (or its cached targets), student on corrupted; returns the
-        objectives' terms. ``dataset`` (default the training set) fills cache misses."""
+        objectives' terms. ``rng``: one generator for the batch or one per row
+        (:meth:`Corruptor.corrupt_batch`). ``dataset`` (default the training set) fills cache
+        misses; ``model`` (default the prepared, DDP-wrapped one) runs the student."""
         device = self.accelerator.device
         clean = batch["waveforms"]
         lengths = batch["lengths"]
@@ -485,7 +488,7 @@ class _Run:
         if self.teacher_cache is None:  # outside autocast: float32 targets, as both references
             teacher = self.teacher(clean, lengths)
         with self.accelerator.autocast():
-            return self.model(noisy, clean, lengths, teacher)
+            return (self.model if model is None else model)(noisy, clean, lengths, teacher)
 
     def _factors(self, step: int) -> dict[str, float]:
         """Each objective's factor at ``step`` from the loss schedule (1 with ``sum``)."""
@@ -599,10 +602,24 @@ class _Run:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean loss terms over the validation set, with a fixed corruption per batch (the
-        full target distribution, no curriculum) so values are comparable across steps."""
+        """Mean loss terms over the validation set (the full target distribution of the
+        corruption, no curriculum), comparable across steps, process counts and batch sizes.
+
+        Every item is evaluated once, on one rank (none is dropped to even out the ranks). Its
+        corruption comes from its own stream ``default_rng([seed, VALIDATION_STREAM, index])``
+        (``index``: the item's position in the validation set), so it is the same at every
+        step, on any number of processes, in any batch. The sums and unit counts are reduced
+        over ranks in float64. What remains of the batching: float32 rounding of the models and
+        of each objective's per-batch sum (about 1e-6 relative), a model whose output depends
+        on the padding (no attention mask, or a group-norm CNN as WavLM/HuBERT Base: items
+        shorter than ``data.max_length_s`` batched with longer ones), an objective whose terms
+        couple the utterances of a batch (none of the built-in ones: every term is a sum over
+        utterances or frames), and ``training.max_eval_batches``, a cap per process (its items
+        depend on the process count and batch size).
+        """
         acc = self.accelerator
-        self.model.eval()
+        model = acc.unwrap_model(self.model)  # no DDP hooks: ranks may run unequal batches
+        model.eval()
         sums = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
         counts = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
         limit = self.cfg.training.max_eval_batches
@@ -623,14 +640,31 @@ class _Run:
             self.note_skipped(batch)
             for unit, value in self._unit_counts(batch).items():
                 counts[unit] = counts[unit] + value
-            rng = _rng(self.cfg.seed, 2**31 - 1, acc.process_index, i)
-            self._add_sums(sums, self._loss(batch, rng, self.corruptor.target_step, self.valid_set))
+            rngs = [_rng(self.cfg.seed, VALIDATION_STREAM, int(index))
+                    for index in batch["indices"]]
+            self._add_sums(sums, self._loss(batch, rngs, self.corruptor.target_step,
+                                            self.valid_set, model))
         self._agree_on_data(failure, "validation")
+        if acc.num_processes > 1:  # a rank with fewer batches (or none) reduces the same keys
+            self._same_keys_on_all_ranks(sums, counts)
         # ``loss`` with the factors of the step the run is at (phase 1 or 2 of two_step)
         means = self._means(sums, self._reduce_counts(dict(counts)),
                             self._factors(self.progress.step))
         self.model.train()
         return means
+
+    @staticmethod
+    def _same_keys_on_all_ranks(sums: defaultdict, counts: defaultdict) -> None:
+        """Add, as zeros, the term and unit keys other ranks have and this one lacks (a rank
+        that evaluated no item knows no term), so that every rank's reductions stack the same
+        keys in the same order (a collective: every process calls it at the same point)."""
+        mine = ({k: v for k, v in sums.items() if k.startswith("_unit/")}, sorted(counts))
+        for units, unit_names in gather_object([mine]):
+            for key, unit in units.items():
+                sums.setdefault(key, unit)
+                sums.setdefault(key.removeprefix("_unit/"), torch.zeros((), dtype=torch.float64))
+            for name in unit_names:
+                counts.setdefault(name, torch.zeros((), dtype=torch.float64))
 
     # ------------------------------------------------------------------ logging
     def log(self, split: str, values: dict[str, float]) -> None:

@@ -411,6 +411,27 @@ def test_same_seed_identical_different_seed_differs() -> None:
     assert not torch.equal(a, c)
 
 
+def test_a_generator_per_row_makes_each_row_depend_on_its_own_generator_alone() -> None:
+    """Validation's path: row b drawn from rngs[b] is corrupt(row b, rngs[b]), whatever the
+    other rows or the row's place in the batch; one shared generator stays the training path."""
+    corruptor = tiny_corruptor()
+    rows = [speech_like(2_000, s) for s in range(3)]
+    lengths = torch.tensor([2_000, 1_500, 2_000])
+    batch = torch.from_numpy(np.stack(rows))
+    batch[1, 1_500:] = 0
+    noisy, infos = corruptor.corrupt_batch(
+        batch, lengths, [np.random.default_rng([5, b]) for b in range(3)])
+    for b, n in enumerate(lengths.tolist()):
+        alone, info = corruptor.corrupt(rows[b][:n], np.random.default_rng([5, b]))
+        assert torch.equal(noisy[b, :n], torch.from_numpy(alone)) and infos[b] == info
+    # the same rows in another order and batch size: the same corruption per row
+    pair, _ = corruptor.corrupt_batch(batch[[2, 0]], lengths[[2, 0]],
+                                      [np.random.default_rng([5, 2]), np.random.default_rng([5, 0])])
+    assert torch.equal(pair[0], noisy[2]) and torch.equal(pair[1], noisy[0])
+    with pytest.raises(ValueError, match="one per row"):
+        corruptor.corrupt_batch(batch, lengths, [np.random.default_rng(0)] * 2)
+
+
 def test_kind_probabilities_are_respected() -> None:
     probs = (0.1, 0.2, 0.3, 0.4)
     corruptor = tiny_corruptor(

@@ -118,3 +118,18 @@ def test_a_file_with_no_samples_is_dropped_at_the_scan_even_with_no_minimum_leng
     ds = AudioFileDataset([empty, good], max_length_s=None, min_length_s=0.0)
     assert ds.files == [good] and ds.lengths.tolist() == [100]
     assert ds.skipped == {str(empty): "too short"}
+
+
+@pytest.mark.parametrize(("n", "world_size"), [(7, 2), (10, 3), (2, 3)])
+def test_sampler_without_drop_last_gives_every_item_once_strided(n, world_size):
+    """Validation's sharding (``drop_last=False``, no shuffle): rank r takes r, r + world, ...
+    of all n items, so ranks hold 1 item apart at most (none when n < world_size)."""
+    seen = []
+    for rank in range(world_size):
+        s = ShardedRandomSampler(n, seed=11, shuffle=False, rank=rank, world_size=world_size,
+                                 drop_last=False)
+        s.set_epoch(0)
+        items = [i for i, _ in s]
+        assert items == list(range(rank, n, world_size)) and len(s) == len(items)
+        seen += items
+    assert sorted(seen) == list(range(n))

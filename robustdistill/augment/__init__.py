@@ -36,8 +36,9 @@ its cache), which breaks per-utterance seeding from a caller's generator and loa
 ``ApplyImpulseResponse`` also keeps the RIR's direct-path delay, shifting the student's input.
 
 Every random choice comes from a :class:`numpy.random.Generator` that the caller passes in (the
-trainer derives it from seed, step, rank and micro-batch), so the same generator state gives
-bit-identical output; no global random state is used.
+trainer derives it from seed, step, rank and micro-batch in training, and one per utterance from
+seed and the item's index in validation), so the same generator state gives bit-identical
+output; no global random state is used.
 
 Package layout (import everything from ``robustdistill.augment``):
 

@@ -192,7 +192,7 @@ class Corruptor:
         self,
         waveforms: torch.Tensor,
         lengths: torch.Tensor | Sequence[int],
-        rng: np.random.Generator,
+        rng: np.random.Generator | Sequence[np.random.Generator],
         step: int | None = None,
     ) -> tuple[torch.Tensor, list[CorruptionInfo]]:
         """Corrupt a padded batch, each utterance on its real samples only.
@@ -200,7 +200,11 @@ class Corruptor:
         Args:
             waveforms: ``(B, S)`` floating tensor of clean speech at 16 kHz, zero-padded.
             lengths: ``(B,)`` real lengths in samples, each in ``[0, S]``.
-            rng: the source of every random choice; utterances consume it in batch order.
+            rng: the source of every random choice: one generator, which the utterances
+                consume in batch order (a row's corruption depends on the rows before it), or
+                ``B`` generators, row ``b`` drawing from ``rng[b]`` alone (a row's corruption
+                then depends on its own generator only, whatever the batch: validation keys
+                them by dataset index).
             step: the training step; required when the curriculum is on.
 
         Returns:
@@ -209,7 +213,8 @@ class Corruptor:
             :class:`CorruptionInfo` per utterance (``kind="none"`` for zero-length rows).
 
         Raises:
-            ValueError: bad shapes, dtype or lengths; curriculum on and ``step`` missing.
+            ValueError: bad shapes, dtype or lengths; not ``B`` generators; curriculum on and
+                ``step`` missing.
             AudioError: NaN/Inf in an utterance's real samples.
         """
         if waveforms.ndim != 2 or not waveforms.is_floating_point():
@@ -225,6 +230,10 @@ class Corruptor:
             raise ValueError(f"lengths must be ({batch},) integers, got {lens.shape} {lens.dtype}")
         if lens.size and (lens.min() < 0 or lens.max() > samples):
             raise ValueError(f"lengths must be in [0, {samples}], got {lens.tolist()}")
+        rngs = [rng] * batch if isinstance(rng, np.random.Generator) else list(rng)
+        if len(rngs) != batch:
+            raise ValueError(f"rng must be one generator or {batch} (one per row), got "
+                             f"{len(rngs)}")
         clean = waveforms.detach().to(device="cpu", dtype=torch.float32).numpy()
         noisy = np.zeros((batch, samples), dtype=np.float32)
         infos = []
@@ -233,7 +242,7 @@ class Corruptor:
                 infos.append(CorruptionInfo("none"))
                 continue
             try:
-                noisy[b, :n], info = self.corrupt(clean[b, :n], rng, step)
+                noisy[b, :n], info = self.corrupt(clean[b, :n], rngs[b], step)
             except AudioError as err:
                 raise AudioError(f"batch row {b}: {err}") from err
             infos.append(info)

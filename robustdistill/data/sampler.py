@@ -18,7 +18,10 @@ class ShardedRandomSampler(Sampler):
     ``np.random.default_rng([seed, epoch])`` (identity when ``shuffle=False``), truncates it to
     ``world_size * (num_samples // world_size)`` so every rank gets the same number of samples
     (the remainder, different every epoch when shuffled, is dropped), and rank ``r`` takes
-    positions ``r, r + world_size, ...``. The ranks' samples are disjoint.
+    positions ``r, r + world_size, ...``. The ranks' samples are disjoint. With
+    ``drop_last=False`` nothing is dropped: the ranks' samples cover every index once, and the
+    first ``num_samples % world_size`` ranks get one sample more than the others (validation,
+    which evaluates every item; ranks may then run different numbers of batches).
 
     Resume: after ``set_epoch(e)``, ``set_start(k)`` skips the first ``k`` samples of this rank's
     epoch (``k = batches consumed * batch size``); ``set_epoch`` resets the start to 0, so call
@@ -29,9 +32,11 @@ class ShardedRandomSampler(Sampler):
         seed: permutation seed (>= 0).
         shuffle: False yields ``0, 1, 2, ...`` (validation).
         rank, world_size: this process and the number of processes.
+        drop_last: True (default) cuts the order to a multiple of ``world_size``.
 
     Raises:
-        ValueError: ``num_samples < world_size`` (a rank would get nothing), bad rank.
+        ValueError: ``num_samples < world_size`` with ``drop_last`` (a rank would get
+            nothing), bad rank.
     """
 
     def __init__(
@@ -41,10 +46,11 @@ class ShardedRandomSampler(Sampler):
         shuffle: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        drop_last: bool = True,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world {world_size}")
-        if num_samples < world_size:
+        if num_samples < world_size and drop_last:
             raise ValueError(
                 f"num_samples {num_samples} < world_size {world_size}: some rank gets no sample"
             )
@@ -55,13 +61,16 @@ class ShardedRandomSampler(Sampler):
         self.shuffle = shuffle
         self.rank = rank
         self.world_size = world_size
+        self.drop_last = bool(drop_last)
         self.epoch = 0
         self.start = 0
 
     @property
     def samples_per_rank(self) -> int:
-        """Samples each rank gets per epoch (before :meth:`set_start`)."""
-        return self.num_samples // self.world_size
+        """Samples this rank gets per epoch (before :meth:`set_start`)."""
+        if self.drop_last:
+            return self.num_samples // self.world_size
+        return len(range(self.rank, self.num_samples, self.world_size))
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's permutation and reset the start to 0.
@@ -89,8 +98,8 @@ class ShardedRandomSampler(Sampler):
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
         else:
             order = np.arange(self.num_samples)
-        total = self.samples_per_rank * self.world_size
-        return order[:total][self.rank :: self.world_size]
+        total = self.num_samples // self.world_size * self.world_size
+        return order[: total if self.drop_last else None][self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for index in self._rank_indices()[self.start :]:
