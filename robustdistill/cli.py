@@ -35,6 +35,11 @@ logger = logging.getLogger("robustdistill")
 
 
 def _setup_logging() -> None:
+    """Log to stderr (INFO on the first process, WARNING on the others), redacting tokens.
+
+    A stop the run logs and the command then prints (``PROG: error: ...``,
+    :func:`~robustdistill.processes.print_stop`) is left out of the stderr log, so a terminal
+    shows it once; a handler to anything else (a log file) still records it."""
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(
         level=logging.INFO if rank == "0" else logging.WARNING,
@@ -44,8 +49,13 @@ def _setup_logging() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    from .processes import PrintedStopFilter
     from .redact import install
 
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "stream", None) is sys.stderr and not any(
+                isinstance(f, PrintedStopFilter) for f in handler.filters):
+            handler.addFilter(PrintedStopFilter())
     install()  # tokens never reach the logs or a traceback
 
 

@@ -15,6 +15,7 @@ import torch
 from accelerate import Accelerator
 
 from .outcome import STOPPED, write_outcome
+from .processes import STOP_RECORD
 
 __all__ = ["NonFiniteTrainingError", "any_process", "stop_nonfinite"]
 
@@ -62,5 +63,5 @@ def stop_nonfinite(output_dir: str | Path, step: int, *, in_a_row: int, skipped_
                       {"step": step, "reason": "non-finite", "message": message,
                        "checkpoint": str(checkpoint), "skipped_updates": skipped_updates,
                        "nonfinite_losses": nonfinite_losses, "nonfinite_in_a_row": in_a_row})
-    logger.error(message)
+    logger.error(message, extra=STOP_RECORD)  # a command prints it (processes.print_stop)
     raise NonFiniteTrainingError(message)

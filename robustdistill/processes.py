@@ -3,13 +3,29 @@ stopped, and ending a multi-process run so that every process exits."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
 
 from accelerate import Accelerator
 
-__all__ = ["finish_processes", "launched_processes", "print_stop", "require_single_process"]
+__all__ = ["STOP_RECORD", "PrintedStopFilter", "finish_processes", "launched_processes",
+           "print_stop", "require_single_process"]
+
+#: ``extra`` of the log record of a stop (``logger.error(message, extra=STOP_RECORD)``) that
+#: the command then prints with :func:`print_stop`: the command's stderr handler leaves it out
+#: (:class:`PrintedStopFilter`), so a terminal shows the stop once; any other handler (a log
+#: file) keeps it.
+STOP_RECORD = {"printed_stop": True}
+
+
+class PrintedStopFilter(logging.Filter):
+    """Leave out the log records of stops (:data:`STOP_RECORD`) on the handler it is added to:
+    a command's stderr handler (``robustdistill.cli``), where :func:`print_stop` shows them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "printed_stop", False)
 
 
 def launched_processes() -> int:
@@ -28,7 +44,9 @@ def print_stop(prog: str, message: str, agreed: bool = True) -> None:
     each of them with the same message, is printed from the first launched process only
     (``RANK`` 0 or unset), not once per process. ``agreed=False`` (an error one process may
     meet alone, e.g. ``train-se``'s speech crops that can no longer be read) prints from every
-    process: the other processes only see a lost peer."""
+    process: the other processes only see a lost peer. A stop the run also logged
+    (:data:`STOP_RECORD`) is left out of the command's stderr log (:class:`PrintedStopFilter`):
+    this line is the one the terminal shows."""
     if not agreed or os.environ.get("RANK", "0") == "0":
         print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
 

@@ -99,6 +99,9 @@ FORMAT_VERSION = 1
 CONTEXTS = ("utterance", "crop")
 CROP_STARTS = ("frames", "chunks")
 DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
+#: How many entries :meth:`TeacherFeatureCache.check_entries` remembers as whole (about 70
+#: bytes each, 70 MB in all); past it, it forgets them all and reads their headers again.
+_KNOWN_WHOLE_LIMIT = 2**20
 
 
 @dataclass
@@ -425,6 +428,9 @@ class TeacherFeatureCache:
         self.hits = 0
         self.loader_hits = 0  # of the hits, rows a CacheReader read in the loader
         self.misses = 0
+        #: entries :meth:`check_entries` found whole, each as the hash of its path and what
+        #: ``os.stat`` said of it then (:meth:`_known_whole`)
+        self._whole: set[int] = set()
 
     def _no_such_cache(self, root: Path) -> str:
         """The message for ``missing: error`` when ``root`` holds no folder of this spec:
@@ -689,7 +695,9 @@ class TeacherFeatureCache:
         A multi-process run checks each process's batches this way before the step's first
         collective, so every process stops together (with a checkpoint) instead of one
         process raising in its forward pass while the others wait for it. Rows read in the
-        loader (``cached_rows``) are whole; each other row's entry has its header read.
+        loader (``cached_rows``) are whole; each other row's entry has its header opened, which
+        also checks that the file holds all the data the header describes (safetensors refuses
+        a file shorter or longer than that), once per file: see :meth:`_known_whole`.
 
         Args:
             batch: a collated batch with ``keys``, ``offsets`` and ``lengths`` (samples) and
@@ -710,7 +718,7 @@ class TeacherFeatureCache:
                 continue
             path = self.entry_path(key) if self.context == "utterance" else self.entry_path(
                 key, start, n)
-            if _entry_readable(path):
+            if self._known_whole(path):
                 continue
             position = int(batch["indices"][b])
             audio = name(position) if name is not None else f"dataset item {position}"
@@ -718,6 +726,31 @@ class TeacherFeatureCache:
             raise MissingEntryError(
                 f"teacher cache entry {path} of {audio} {what} (missing: error); build it with "
                 "`robustdistill cache-teacher` and this run's config and overrides")
+
+    def _known_whole(self, path: Path) -> bool:
+        """Whether the entry ``path`` is there and whole (:func:`_entry_readable`), reading its
+        header only the first time this file is seen: then one ``os.stat`` per call.
+
+        Entries are written once, atomically (a new file renamed into place, so another
+        inode), and again only where missing or unreadable (``cache-teacher``, ``missing:
+        compute``); a run that checks (``missing: error``) writes none. A whole entry thus
+        stays whole unless something else deletes, replaces or rewrites it, which changes
+        what ``stat`` returns (inode, size, modification time), and the header is read again.
+        At most :data:`_KNOWN_WHOLE_LIMIT` files are remembered.
+        """
+        try:
+            found = os.stat(path)
+        except OSError:  # missing (or not reachable): the caller names it
+            return False
+        seen = hash((str(path), found.st_ino, found.st_size, found.st_mtime_ns))
+        if seen in self._whole:
+            return True
+        if not _entry_readable(path):
+            return False
+        if len(self._whole) >= _KNOWN_WHOLE_LIMIT:
+            self._whole.clear()
+        self._whole.add(seen)
+        return True
 
     def _read_rows(self, batch, frame_lengths, read, shape, full_waveform, dtype):
         """The rows the loader did not read, from disk (computing misses); ``(K, B, T, D)``."""

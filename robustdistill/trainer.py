@@ -77,7 +77,7 @@ from .objectives import (
     build_objective,
 )
 from .outcome import FINAL_STATE, STOPPED, write_outcome
-from .processes import finish_processes
+from .processes import STOP_RECORD, finish_processes
 from .run_settings import saved_config_changes
 from .student import create_student, save_student, student_feature_extractor
 from .teacher_cache import MissingEntryError, TeacherFeatureCache
@@ -227,8 +227,7 @@ class _Run:
             _prepare_models(cfg)
         self.teacher = load_teacher(cfg)
         self.teacher.to(acc.device)
-        with acc.main_process_first():  # rank 0 writes student_init/, which a resume reads
-            student, feature_extractor = self._build_student()
+        student, feature_extractor, save_init = self._build_student()
         self.feature_extractor = feature_extractor
         if t.gradient_checkpointing:  # transformers' own recomputation of encoder layers
             student.activation_checkpointing_enable({"use_reentrant": False})
@@ -309,6 +308,8 @@ class _Run:
         self.valid_loader = build_dataloader(valid_set, cfg.data.batch_size, self.valid_sampler,
                                              cfg.data.num_workers, collate_fn=collate,
                                              pin_memory=pin)
+        if save_init and acc.is_main_process:  # every start-up check passed (a refused run
+            save_student(student, feature_extractor, self.output_dir / "student_init")  # left none)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.progress = TrainingProgress()
         # Scheduler, progress and stream position go to training_state.json (save_checkpoint),
@@ -334,6 +335,17 @@ class _Run:
                     "streamed" if self.sampler is None else len(train_set), len(valid_set), world)
 
     def _build_student(self):
+        """``(student, feature_extractor, save)``: the run's student and its preprocessor
+        (``student_init``, or made from the teacher); ``save``: whether
+        ``OUTPUT_DIR/student_init/`` is to be written, once every start-up check has passed
+        (not for a resume of this run, whose first start wrote it). Saving draws no random
+        number and nothing before it changes the student's weights or config, so writing it
+        after the checks changes no run.
+
+        Raises:
+            ConfigError: a student that does not fit the teacher, keeps LayerDrop, or differs
+                from the one a resumed run was started with.
+        """
         cfg = self.cfg
         if cfg.student_init:
             student = AutoModel.from_pretrained(cfg.student_init)
@@ -363,10 +375,8 @@ class _Run:
                     f"{saved} holds this run's student, and the settings given make another "
                     f"({'; '.join(differ)}): its checkpoints would not fit; resume with the "
                     "run's student settings, or give another output_dir")
-            return student, feature_extractor
-        if self.accelerator.is_main_process:  # the exported student's config and preprocessor
-            save_student(student, feature_extractor, saved)
-        return student, feature_extractor
+            return student, feature_extractor, False
+        return student, feature_extractor, True  # the exported student's config, preprocessor
 
     def _resuming_own_run(self) -> bool:
         """Whether ``training.resume_from`` resumes a checkpoint of this run's own folder
@@ -957,7 +967,7 @@ def _stop_unreadable(run: _Run, err: DataReadError) -> None:
                       {"step": p.step, "reason": reason, "message": message,
                        "checkpoint": str(checkpoint) if checkpoint is not None else None,
                        "skipped_audio": skipped_audio})
-    logger.error(message)
+    logger.error(message, extra=STOP_RECORD)  # the command prints it (processes.print_stop)
     finish_processes(acc)
     raise DataReadError(message) from err
 

@@ -67,14 +67,16 @@ def test_create_student_help_names_the_families_and_each_shape_option(capsys):
     assert "invalid choice: 'wavlmm'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["create-student", "make-teacher", "export", "export-s3prl",
-                                     "cache-teacher", "card", "push", "enhance", "compare",
-                                     "evaluate"])
-def test_every_option_of_a_subcommand_has_help(monkeypatch, command):
-    """``--help`` of each subcommand says what every option does (``card --kind``, ``push
-    --commit-message``, ``cache-teacher --splits`` and ``create-student --trust-remote-code``
-    showed a bare name)."""
+@pytest.mark.parametrize("command", [*cli.COMMANDS, "se.table"])
+def test_every_option_of_a_subcommand_has_help_with_one_default(monkeypatch, command):
+    """``--help`` of each subcommand (and of ``python -m robustdistill.se.table``) says what
+    every option does (``card --kind``, ``push --commit-message``, ``cache-teacher --splits``,
+    ``create-student --trust-remote-code`` and ``train-speaker --config`` showed a bare
+    name), and says its default once: a help that states a default gets no second one from an
+    ``ArgumentDefaultsHelpFormatter`` (``se.table --snrs`` read "(default -5 0 5; ...)
+    (default: None)")."""
     import argparse
+    import importlib
 
     class Parsed(Exception):
         pass
@@ -87,7 +89,15 @@ def test_every_option_of_a_subcommand_has_help(monkeypatch, command):
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", capture)
     with pytest.raises(Parsed):
-        cli.main([command, "--help"])
-    bare = [a.option_strings[0] for a in parsers[0]._actions
-            if a.option_strings and a.help is None]
+        if command == "se.table":
+            importlib.import_module("robustdistill.se.table").main(["--help"])
+        else:
+            cli.main([command, "--help"])
+    options = [a for a in parsers[0]._actions if a.option_strings and a.help != argparse.SUPPRESS]
+    bare = [a.option_strings[0] for a in options if a.help is None]
     assert bare == [], f"{command}: no help for {bare}"
+    formatter = parsers[0]._get_formatter()  # what --help shows: a default added, or not
+    doubled = [a.option_strings[0] for a in options
+               if "default" in a.help.lower() and "%(default)" not in a.help
+               and "%(default)" in formatter._get_help_string(a)]
+    assert doubled == [], f"{command}: two defaults in the help of {doubled}"

@@ -126,3 +126,40 @@ def test_atomic_writes_get_the_mode_a_plain_write_would(tmp_path):
         assert kept.stat().st_mode & 0o777 == 0o640 and kept.read_text() == "new"
     finally:
         os.umask(old)
+
+
+_STOPS = r'''
+import logging, sys
+import robustdistill.trainer as trainer
+from robustdistill import cli
+from robustdistill.nonfinite import stop_nonfinite
+
+def stop(cfg):  # the run's own stop: stopped.json, the ERROR record, the exception
+    stop_nonfinite(cfg.output_dir, 7, in_a_row=3, skipped_updates=3, nonfinite_losses=3,
+                   limit=3, checkpoint="CKPT", main_process=True)
+
+trainer.train = stop
+log_file = logging.FileHandler(sys.argv[1])  # a log file of the library's records
+logging.getLogger("robustdistill").addHandler(log_file)
+sys.exit(cli.main(["distill", "--config", sys.argv[2], "--output_dir", sys.argv[3]]))
+'''
+
+
+def test_a_stop_shows_once_on_the_terminal_and_stays_in_a_log_file(tmp_path):
+    """A stopped run (non-finite steps, unreadable data, a cache miss) logged the stop at
+    ERROR on stderr and the command printed it as ``PROG: error: ...``: the same message twice
+    in one terminal (once more per other process). The stderr log leaves it out; a log file
+    keeps the record."""
+    script = tmp_path / "stops.py"
+    script.write_text(_STOPS)
+    log = tmp_path / "run.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, str(script), str(log), str(REPO / "configs" /
+                             "demo.yaml"), str(tmp_path / "run")], env=env, capture_output=True,
+                            text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.count("stopped at step 7") == 1, result.stderr[-3000:]
+    assert "robustdistill distill: error: stopped at step 7: 3 optimizer steps" in result.stderr
+    assert log.read_text().count("stopped at step 7") == 1
+    assert "stopped at step 7" in json.loads((tmp_path / "run" / "stopped.json").read_text())[
+        "message"]

@@ -153,3 +153,18 @@ def test_distill_refuses_a_student_that_keeps_layerdrop_in_one_line(
                       "--training.max_steps", "1"], capsys)
     assert "keeps LayerDrop (layerdrop 0.1" in err
     assert not (tmp_path / "run" / "student_init").exists()
+
+
+def test_distill_refusing_objectives_that_train_no_student_leaves_the_output_folder_empty(
+        tiny_wavlm_dir, tmp_path, capsys):
+    """Objectives that send no gradient into the student are refused after the student is
+    built; ``student_init/`` was written before that check (and before the later start-up
+    checks), so the refused run left it behind. It is written once they have all passed."""
+    out = tmp_path / "run"
+    err = _cli_error(["distill", "--teacher", str(tiny_wavlm_dir), "--output_dir", str(out),
+                      "--objectives", "{enhancement: {input: cnn, hidden_size: 8, num_layers: 1}}",
+                      "--student.feature_grad_mult", "0", "--training.cpu", "true",
+                      "--data.synthetic_items", "4", "--data.synthetic_dir",
+                      str(tmp_path / "corpus"), "--training.max_steps", "1"], capsys)
+    assert "no gradient reaches the student" in err
+    assert list(out.iterdir()) == []  # the folder made by the writability check, nothing in it

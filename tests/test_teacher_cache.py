@@ -14,6 +14,7 @@ from robustdistill.config import load_config
 from robustdistill.data.cropped import _crop, _crop_at, content_key
 from robustdistill.teacher_cache import (
     CachedLayers,
+    MissingEntryError,
     TeacherFeatureCache,
     build_cache,
     teacher_fingerprint,
@@ -400,6 +401,42 @@ def test_an_unreadable_entry_is_computed_again_or_named_never_a_traceback(tmp_pa
                                       dtype="float32", crop_starts="chunks")
         assert chunked.ensure_chunks(key, wave, 4000) == (1, 1) and path.read_bytes() == whole
         assert chunked.ensure_chunks(key, wave, 4000) == (0, 1)
+
+
+def test_check_entries_refuses_a_cut_entry_and_reads_a_whole_ones_header_once(
+        tmp_path, teacher, monkeypatch):
+    """missing: error checks each batch's entries before the step's collectives. An entry cut
+    within its data (header intact) or padded is refused there like a missing one (the header
+    must cover the file exactly), not in one process's forward pass. A whole entry's header is
+    read once: later checks only ``stat`` it, and read it again once it is deleted, replaced
+    or rewritten (before: every check opened every entry, about 25-45 us a row)."""
+    import robustdistill.teacher_cache as cache_module
+
+    TeacherFeatureCache(tmp_path, teacher, [2])  # the folder of this spec
+    cache = TeacherFeatureCache(tmp_path, teacher, [2], missing="error")
+    wave = torch.randn(4000) * 0.1
+    key = content_key(wave.numpy())
+    path = cache.entry_path(key)
+    cache.write(path, cache.compute(wave))
+    whole = path.read_bytes()
+    batch = {"keys": [key, key], "offsets": torch.tensor([0, 320]),
+             "lengths": torch.tensor([4000, 3000]), "indices": torch.tensor([3, 3])}
+    opened = []
+    real = cache_module._entry_readable
+    monkeypatch.setattr(cache_module, "_entry_readable", lambda p: opened.append(p) or real(p))
+    cache.check_entries(batch)
+    cache.check_entries(batch)
+    assert opened == [path]  # two rows, two checks: one header read
+    for damaged in (whole[:-1], whole[: len(whole) // 2], whole + b"\0"):  # in place
+        path.write_bytes(damaged)
+        with pytest.raises(MissingEntryError, match=f"{path} of dataset item 3 is unreadable"):
+            cache.check_entries(batch)
+    cache.write(path, cache.compute(wave))  # rebuilt (renamed into place): whole again
+    cache.check_entries(batch)
+    path.unlink()
+    with pytest.raises(MissingEntryError, match="is missing"):
+        cache.check_entries(batch)
+    assert len(opened) == 5
 
 
 # ---- a Whisper teacher: where its frames sit is part of the cache --------------------------

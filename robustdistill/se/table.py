@@ -163,10 +163,18 @@ def render_table(results: dict, snrs: list[str], methods: list[str], sizes: list
     return "\n".join(lines) + "\n"
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's help ends in ``(default: X)``, except an option whose default is None:
+    its help says what it does when not given (``--snrs``: -5 0 5, or the merged results')."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build (or resume) the table."""
     parser = argparse.ArgumentParser(prog="python -m robustdistill.se.table",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=_DefaultsHelp)
     parser.add_argument("--out", default="runs/se_table",
                         help="table folder: results.json, table.md, runs/<entry>/ (resumable)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),

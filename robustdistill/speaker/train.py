@@ -1227,7 +1227,9 @@ def main(argv: list[str]) -> int:
                     "--section.key value; the keys, their types and defaults:",
         epilog=config_reference(SpeakerKDConfig))
     parser.add_argument("action", choices=["train", "table", "cache", "gap"])
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config", required=True,
+                        help="YAML recipe (configs/imlkd_speaker.yaml); other --section.key "
+                             "value pairs override it")
     parser.add_argument("--steps", help="gap only: the IG n_steps values (each >= 2), "
                         f"comma-separated (default {GAP_STEPS})")
     parser.add_argument("--crops", type=int, help=f"gap only: number of crops (>= 1, default "
