@@ -13,7 +13,8 @@ split or the number of processes. That is why accumulation is explicit here (wit
 which averages per micro-batch.
 
 Exact resume: the sampler's order comes from ``(seed, epoch)`` (a streaming dataset instead
-saves its own position; exact with ``num_workers=0`` and no shuffle buffer), crops from
+saves the batches each worker gave and replays its stream up to there, shuffle buffer and
+workers included: :class:`~robustdistill.data.StreamingAudioDataset`), crops from
 ``(seed, epoch, index)``, corruption from ``(seed, step, rank, micro-batch)`` (or, with
 ``augmentation.in_loader``, from ``(seed, epoch, index)`` in the loader; validation's from
 ``(seed, index)`` alone, see :meth:`_Run.validate`); the checkpoint
@@ -444,7 +445,9 @@ class _Run:
                 self.train_set.set_epoch(p.epoch)
             self._stream_resumed = False
             from_start = p.batches_in_epoch == 0
-            for batch in self.loader:
+            # a stream records the batches consumed (its resume position) as they are taken
+            loader = self.loader if self.sampler is not None else self.train_set.track(self.loader)
+            for batch in loader:
                 p.batches_in_epoch += 1
                 self.note_skipped(batch)
                 yield batch
@@ -805,7 +808,8 @@ class _Run:
                 trainer (no ``checkpoint.json`` or ``training_state.json``).
             ConfigError: the checkpoint was written with another number of processes, or with
                 another seed, batch, accumulation, crop length or training item count
-                (:meth:`_trajectory`), or is past ``training.max_steps``.
+                (:meth:`_trajectory`), or is past ``training.max_steps``; a streaming dataset's
+                checkpoint written with another ``data.num_workers``.
         """
         acc = self.accelerator
         if where in ("latest", "auto"):
@@ -864,13 +868,10 @@ class _Run:
         if self.resumed_own_checkpoint and self.teacher_cache is not None and lookups:
             self.teacher_cache.restore_lookups(lookups[acc.process_index])
         if self.sampler is None:
-            self.train_set.load_state_dict(state["stream_per_rank"][acc.process_index])
-            if self.cfg.data.shuffle_buffer or self.cfg.data.num_workers:
-                logger.warning(
-                    "resuming a streaming dataset with data.shuffle_buffer %d and "
-                    "data.num_workers %d is not exact: the examples in the shuffle buffer at the "
-                    "checkpoint are lost, and with workers the epoch restarts (exact: both 0)",
-                    self.cfg.data.shuffle_buffer, self.cfg.data.num_workers)
+            try:  # replays the stream up to its position (shuffle buffer and workers too)
+                self.train_set.load_state_dict(state["stream_per_rank"][acc.process_index])
+            except ValueError as err:  # saved with another data.num_workers
+                raise ConfigError(f"{path}: {err} (data.num_workers)") from err
         self._stream_resumed = self.sampler is None
         indices = [checkpoint_index(p) for p in list_checkpoints(self.checkpoint_dir, False)]
         self._next_checkpoint = max([checkpoint_index(path) or 0, *indices]) + 1

@@ -422,14 +422,14 @@ def test_streaming_shards_by_rank_and_resumes_exactly(no_torchcodec):
     ds.set_epoch(1)
     reference = list(build_dataloader(ds, batch_size=2))
     ds.set_epoch(1)
-    loader = iter(build_dataloader(ds, batch_size=2))
+    loader = ds.track(build_dataloader(ds, batch_size=2))  # records what was consumed
     consumed = [next(loader), next(loader)]
     state = ds.state_dict()
-    assert state["epoch"] == 1 and state["position"] == 4
+    assert state["epoch"] == 1 and state["consumed"] == [[2, 2, 4]]
 
     resumed = StreamingAudioDataset(stream, max_length_s=0.5, min_length_s=0.5, seed=3)
     resumed.load_state_dict(state)
-    rest = list(build_dataloader(resumed, batch_size=2))
+    rest = list(resumed.track(build_dataloader(resumed, batch_size=2)))
     assert first_values(consumed + rest) == first_values(reference)
     for a, b in zip(consumed + rest, reference, strict=True):
         assert torch.equal(a["waveforms"], b["waveforms"]) and torch.equal(
@@ -438,7 +438,8 @@ def test_streaming_shards_by_rank_and_resumes_exactly(no_torchcodec):
     # The loaded state applies once: the next pass is the whole epoch again.
     assert first_values(build_dataloader(resumed, batch_size=2)) == first_values(reference)
     resumed.set_epoch(2)  # a new epoch forgets the old stream position
-    assert resumed.state_dict() == {"epoch": 2, "position": 0, "skipped": 0, "stream": None}
+    assert resumed.state_dict() == {"epoch": 2, "num_workers": 0, "skipped": 0,
+                                    "consumed": [[0, 0, 0]]}
 
 
 def test_streaming_skips_bad_items_with_a_log(caplog, no_torchcodec):
@@ -614,12 +615,12 @@ def test_streaming_hold_out_is_excluded_on_every_rank_and_worker(
     # Exact resume of a rank's filtered stream.
     train, _ = build_datasets(cfg, seed=0, rank=1, world_size=2)
     reference = list(build_dataloader(train, batch_size=2))
-    loader = iter(build_dataloader(train, batch_size=2))
+    loader = train.track(build_dataloader(train, batch_size=2))
     consumed = [next(loader), next(loader)]
     state = train.state_dict()
     resumed, _ = build_datasets(cfg, seed=0, rank=1, world_size=2)
     resumed.load_state_dict(state)
-    rest = list(build_dataloader(resumed, batch_size=2))
+    rest = list(resumed.track(build_dataloader(resumed, batch_size=2)))
     assert first_values(consumed + rest) == first_values(reference) == per_rank[1]
 
 

@@ -6,15 +6,18 @@ decoded columns and single saved datasets, and the map-style hold-out size."""
 from __future__ import annotations
 
 import io
+import json
 import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from robustdistill.data import (
     DataConfig,
     StreamingAudioDataset,
+    build_dataloader,
     build_datasets,
     load_hf_split,
 )
@@ -52,6 +55,10 @@ def ids(items) -> list[int]:
     return [int(round(float(x["waveform"][0]))) for x in items]
 
 
+def batch_ids(batches) -> list[int]:
+    return [int(round(float(w[0]))) for b in batches for w in b["waveforms"]]
+
+
 # ---- DataConfig ------------------------------------------------------------------------------
 
 
@@ -86,8 +93,9 @@ def test_data_config_boundaries_that_are_allowed():
     ({"rank": 2, "world_size": 2}, "rank < world_size"),
     ({"rank": -1, "world_size": 2}, "rank < world_size"),
     ({"min_length_s": 3.0, "max_length_s": 2.0}, "min_length_s 3.0 > max_length_s 2.0"),
-    ({"seed": -1}, "seed and shuffle_buffer must be >= 0"),
-    ({"shuffle_buffer": -2}, "seed and shuffle_buffer must be >= 0"),
+    ({"seed": -1}, "seed, shuffle_buffer and num_workers must be >= 0"),
+    ({"shuffle_buffer": -2}, "seed, shuffle_buffer and num_workers must be >= 0"),
+    ({"num_workers": -1}, "seed, shuffle_buffer and num_workers must be >= 0"),
 ])
 def test_streaming_dataset_rejects_bad_arguments(kwargs, message, no_torchcodec):
     with pytest.raises(ValueError, match=message):
@@ -123,11 +131,11 @@ def test_resume_restores_the_skip_count_and_set_epoch_drops_a_loaded_state(no_to
     cells[1] = {"bytes": b"not audio", "path": "bad.wav"}
     stream = table(cells).to_iterable_dataset(num_shards=1)
     ds = StreamingAudioDataset(stream, max_length_s=None, min_length_s=0.5)
-    it = iter(ds)
-    consumed = [next(it) for _ in range(3)]  # items 0, 2, 3: the bad one was skipped
-    assert ids(consumed) == [0, 2, 3]
+    batches = ds.track(build_dataloader(ds, 1))
+    consumed = [next(batches) for _ in range(3)]  # items 0, 2, 3: the bad one was skipped
+    assert batch_ids(consumed) == [0, 2, 3]
     state = ds.state_dict()
-    assert state["skipped"] == 1 and state["position"] == 4
+    assert state == {"epoch": 0, "num_workers": 0, "skipped": 1, "consumed": [[3, 3, 4]]}
 
     resumed = StreamingAudioDataset(stream, max_length_s=None, min_length_s=0.5)
     resumed.load_state_dict(state)
@@ -138,7 +146,62 @@ def test_resume_restores_the_skip_count_and_set_epoch_drops_a_loaded_state(no_to
     fresh.load_state_dict(state)
     fresh.set_epoch(0)  # (re)starting an epoch discards the loaded mid-epoch state
     assert ids(fresh) == [0, 2, 3, 4, 5, 6, 7]
-    assert fresh.state_dict()["position"] == 8
+    assert fresh.state_dict()["consumed"] == [[0, 0, 0]]
+
+    older = StreamingAudioDataset(stream, max_length_s=None, min_length_s=0.5)
+    older.load_state_dict({"epoch": 0, "position": 4, "skipped": 1, "stream": {}})  # before
+    assert ids(older) == [4, 5, 6, 7]  # replay: continues at the saved position
+    other = StreamingAudioDataset(stream, max_length_s=None, min_length_s=0.5, num_workers=2)
+    with pytest.raises(ValueError, match="saved with 0 DataLoader worker.*read by 2"):
+        other.load_state_dict(state)
+    with pytest.raises(ValueError, match="DataLoader has 0 worker.*num_workers=2"):
+        next(other.track(build_dataloader(other, 1)))  # its state would name the wrong workers
+
+
+@pytest.mark.parametrize(("shuffle_buffer", "num_workers"), [(4, 0), (0, 2), (4, 2)])
+def test_a_stream_resumed_after_any_batch_gives_the_uninterrupted_batches(
+        shuffle_buffer, num_workers, no_torchcodec):
+    """Exact replay: 18 rows in 3 shards shared by 2 workers (one reads two shards: the other
+    runs out turns earlier), an unreadable and a too-short row; cut after every batch of epoch
+    1 (shards reordered),
+    resume in a new dataset and loader: the batches (crops, indices, workers) equal the
+    uninterrupted epoch's. Before replay, the shuffle buffer's examples were lost and a run
+    with workers restarted the epoch."""
+    cells = [{"bytes": wav_bytes(ramp(SR + i, offset=i)), "path": f"{i}.wav"}
+             for i in range(18)]
+    cells[1] = {"bytes": b"not audio", "path": "bad.wav"}
+    cells[8] = {"bytes": wav_bytes(ramp(SR // 10, offset=8)), "path": "short.wav"}
+    stream = table(cells).to_iterable_dataset(num_shards=3)
+
+    def dataset():
+        return StreamingAudioDataset(stream, max_length_s=0.5, min_length_s=0.5, seed=3,
+                                     shuffle_buffer=shuffle_buffer, num_workers=num_workers)
+
+    def batches(ds):
+        return ds.track(build_dataloader(ds, 2, num_workers=num_workers))
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in ("waveforms", "indices", "workers"))
+
+    ds = dataset()
+    ds.set_epoch(1)
+    reference = list(batches(ds))
+    assert sorted(batch_ids(reference)) == [
+        i for i in range(18) if i not in (1, 8)]
+    if num_workers:  # one worker runs out 2 or more turns before the other
+        workers = [int(b["workers"][0]) for b in reference]
+        assert abs(workers.count(0) - workers.count(1)) >= 2
+    for cut in range(len(reference) + 1):
+        ds = dataset()
+        ds.set_epoch(1)
+        taken = batches(ds)
+        first = [next(taken) for _ in range(cut)]
+        state = json.loads(json.dumps(ds.state_dict()))  # as training_state.json keeps it
+        resumed = dataset()
+        resumed.load_state_dict(state)
+        rest = list(batches(resumed))
+        assert len(first) + len(rest) == len(reference), cut
+        assert all(same(a, b) for a, b in zip(first + rest, reference, strict=True)), cut
 
 
 # ---- the streaming hold-out and its identity of examples -------------------------------------

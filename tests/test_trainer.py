@@ -346,6 +346,49 @@ def test_streaming_dataset_trains_and_resumes_exactly(tmp_path, tiny_wavlm_dir):
         assert torch.equal(full[key], resumed[key]), key
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_shuffled_stream_resumes_exactly_with_and_without_workers(tmp_path, tiny_wavlm_dir,
+                                                                    num_workers):
+    """data.shuffle_buffer 8, and 2 DataLoader workers (11 one-row shards: 6 and 5 rows): a
+    resume after step 3 (inside a turn of the workers) gives the uninterrupted run's losses
+    and weights, across the epoch boundary. Before exact replay the buffer's examples were
+    lost (and with workers the epoch restarted): the losses differed from step 4 on. A resume
+    with another data.num_workers is refused."""
+    from datasets import Audio, Dataset
+
+    from robustdistill.config import ConfigError
+    from robustdistill.synthetic import write_synthetic_corpus
+
+    files = write_synthetic_corpus(tmp_path / "wavs", 11, (0.6, 1.2), seed=5)
+    table = Dataset.from_dict({"audio": [str(f) for f in files]})
+    table.cast_column("audio", Audio(decode=False)).save_to_disk(str(tmp_path / "hf"))
+
+    def cfg(out, workers=num_workers, **training):
+        config = _config(tmp_path, tiny_wavlm_dir, out, max_steps=8, save_every=3,
+                         **training)
+        config.data.synthetic_items = None
+        config.data.train_dataset, config.data.streaming = str(tmp_path / "hf"), True
+        config.data.shuffle_buffer, config.data.num_workers = 8, workers
+        config.data.validation_dir = str(tmp_path / "wavs")
+        config.data.max_validation_items = 2
+        return config
+
+    def losses(out):
+        lines = (tmp_path / out / "metrics.jsonl").read_text().splitlines()
+        return {r["step"]: r["loss"] for r in map(json.loads, lines) if r["split"] == "train"}
+
+    train(cfg("full"))  # 8 batches of 2 from 11 items: the stream crosses an epoch
+    mid = tmp_path / "full" / "checkpoints" / "checkpoint_0"
+    train(cfg("part", resume_from=str(mid)))
+    full, resumed = _student_state(tmp_path / "full"), _student_state(tmp_path / "part")
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+    assert {s: v for s, v in losses("full").items() if s > 3} == losses("part")
+    with pytest.raises(ConfigError, match=f"saved with {num_workers} DataLoader worker"):
+        train(cfg("other", workers=2 - num_workers, resume_from=str(mid)))
+
+
 def test_an_empty_training_stream_is_an_error_not_a_hang(tmp_path, tiny_wavlm_dir):
     """A 4-example stream whose examples are all held out for validation yields no batch."""
     from datasets import Audio, Dataset

@@ -22,8 +22,9 @@ def collate_waveforms(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor
     Returns:
         ``{"waveforms": (B, S_max) float32, zero past each length, "lengths": (B,) int64,
         "indices": (B,) int64}``; when every item has a ``"key"`` also ``"offsets"`` ``(B,)``
-        int64 (crop starts in samples) and ``"keys"`` (list of B content hashes); when items
-        replaced unreadable ones, ``"skipped"``: list of ``(name, reason)`` pairs.
+        int64 (crop starts in samples) and ``"keys"`` (list of B content hashes); when every
+        item has a ``"worker"`` (a stream's), ``"workers"`` ``(B,)`` int64; when items replaced
+        unreadable ones, ``"skipped"``: list of ``(name, reason)`` pairs.
 
     Raises:
         ValueError: no items, or a waveform that is not one-dimensional.
@@ -43,6 +44,8 @@ def collate_waveforms(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor
     skipped = [pair for item in items for pair in item.get("skipped", ())]
     if skipped:  # (name, reason) of items that failed to decode and were replaced
         batch["skipped"] = skipped
+    if all("worker" in item for item in items):  # the DataLoader worker that read each item
+        batch["workers"] = torch.tensor([int(item["worker"]) for item in items], dtype=torch.long)
     if all("key" in item for item in items):  # a teacher feature cache's lookup keys
         batch["offsets"] = torch.tensor([int(item["offset"]) for item in items], dtype=torch.long)
         batch["keys"] = [item["key"] for item in items]

@@ -207,6 +207,7 @@ def _build_streaming(cfg: DataConfig, crop: dict[str, Any], rank: int, world_siz
         rank=rank,
         world_size=world_size,
         shuffle_buffer=cfg.shuffle_buffer,
+        num_workers=cfg.num_workers,
         **crop,
     )
     return train, validation.readable()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -24,19 +25,25 @@ class StreamingAudioDataset(torch.utils.data.IterableDataset):
     across ranks with ``datasets.distributed.split_dataset_by_node``; DataLoader workers then
     share this rank's shards (``datasets`` does that itself). Items that fail to decode or
     are shorter than ``min_length_s`` are skipped: the first few with a warning each, then
-    counted in :attr:`skipped`.
+    counted in :attr:`skipped` (in the process that reads them: the workers', with workers).
 
-    ``index`` in each item is its position in this rank's (and worker's) stream for the epoch;
-    the crop start comes from ``np.random.default_rng([seed, epoch, rank, worker, index])``.
+    ``index`` in each item is its position in this rank's (and worker's) stream for the epoch,
+    skipped examples included; ``worker`` is the DataLoader worker that read it (0 without
+    workers). The crop start comes from ``np.random.default_rng([seed, epoch, rank, worker,
+    index])``.
 
-    Resume guarantees (:meth:`state_dict` / :meth:`load_state_dict`, which wrap those of
-    ``datasets.IterableDataset``): with ``num_workers=0`` and no shuffle buffer, resuming
-    yields exactly the items that were not yet consumed, with the same crops. With a shuffle
-    buffer, the examples that were in the buffer at the checkpoint are lost (``datasets``
-    refills it). With ``num_workers > 0`` the iteration runs in the worker processes and this
-    object's :meth:`state_dict` records only the epoch, so resuming restarts that epoch
-    (``torchdata``'s ``StatefulDataLoader`` collects per-worker states; not tested here). A
-    loaded state applies to the next iteration only; :meth:`set_epoch` discards it.
+    Exact resume, with or without a shuffle buffer and workers: the stream of an epoch is a
+    function of (seed, epoch, rank, worker), so a resume replays it: each worker's stream is
+    built again and the examples before its resume position are passed over undecoded (their
+    bytes are still read: the cost of a resume grows with the position in the epoch). The
+    position comes from the batches the training loop consumed, which it reports by iterating
+    the loader through :meth:`track` (a worker's prefetched batches are not consumed). The
+    DataLoader (``in_order``, torch's default) hands out whole batches in turn (worker 0, 1,
+    ..., passing over a worker whose stream has ended); a resumed loader starts again at
+    worker 0, so when the checkpoint fell inside a turn, the workers that had already given
+    their batch of that turn give it again and :meth:`track` drops those batches (at most
+    ``num_workers - 1``). A resume needs the same ``num_workers``. A loaded state applies to
+    the next iteration only; :meth:`set_epoch` discards it.
 
     Args:
         dataset: a ``datasets.IterableDataset`` (see :func:`load_hf_split`).
@@ -45,10 +52,12 @@ class StreamingAudioDataset(torch.utils.data.IterableDataset):
         rank, world_size: this process and the number of processes.
         shuffle_buffer: shuffle buffer size in examples; 0: no buffer shuffle (``datasets``
             may still reorder whole shards from epoch 1 on, deterministically).
+        num_workers: the DataLoader workers that read it (0: the main process); recorded by
+            :meth:`state_dict` and checked on resume.
 
     Raises:
         ValueError: ``rank`` outside ``[0, world_size)``, ``min_length_s > max_length_s``, or
-            a negative ``seed`` or ``shuffle_buffer``.
+            a negative ``seed``, ``shuffle_buffer`` or ``num_workers``.
     """
 
     _MAX_LOGGED_SKIPS = 5
@@ -64,13 +73,15 @@ class StreamingAudioDataset(torch.utils.data.IterableDataset):
         world_size: int = 1,
         shuffle_buffer: int = 0,
         random_crop: bool = True,
+        num_workers: int = 0,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world {world_size}")
         if max_length_s is not None and min_length_s > max_length_s:
             raise ValueError(f"min_length_s {min_length_s} > max_length_s {max_length_s}")
-        if seed < 0 or shuffle_buffer < 0:
-            raise ValueError(f"seed and shuffle_buffer must be >= 0, got {seed}, {shuffle_buffer}")
+        if seed < 0 or shuffle_buffer < 0 or num_workers < 0:
+            raise ValueError("seed, shuffle_buffer and num_workers must be >= 0, got "
+                             f"{seed}, {shuffle_buffer}, {num_workers}")
         stream = _cast_audio(dataset, audio_column)
         if shuffle_buffer > 0:
             stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer)
@@ -82,44 +93,46 @@ class StreamingAudioDataset(torch.utils.data.IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.random_crop = random_crop
+        self.num_workers = int(num_workers)
         self._max_samples = _to_samples(max_length_s)
         self._min_samples = _to_samples(min_length_s)
         self.epoch = 0
-        self.position = 0  # raw examples consumed from this rank's stream this epoch
         self.skipped = 0
-        self._stream = None
-        self._pending_state: dict | None = None
-        self._resuming = False
+        #: per worker ``[batches, first index of its last batch, index after it]`` consumed
+        #: this epoch (see :meth:`track`)
+        self._consumed = self._nothing_consumed()
+        self._replay: list[int] | None = None  # per worker: the index its next stream starts at
+        self._drop = 0  # leading batches of the resumed loader that were consumed already
+
+    def _nothing_consumed(self) -> list[list[int]]:
+        return [[0, 0, 0] for _ in range(max(self.num_workers, 1))]
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch``: reseeds the shuffle and the crops, drops a loaded state."""
         self.epoch = int(epoch)
-        self.position = 0
-        self._stream = None
-        self._pending_state = None
-        self._resuming = False
+        self._consumed = self._nothing_consumed()
+        self._replay, self._drop = None, 0
 
-    def _build_stream(self):
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker = torch.utils.data.get_worker_info()
+        worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 0)
+        start = 0
+        if self._replay is not None:  # a loaded state: this iteration continues its epoch
+            if workers != self.num_workers:
+                raise ValueError(
+                    f"the resumed stream position was saved with {self.num_workers} DataLoader "
+                    f"worker(s); this loader has {workers}: exact resume needs the same number")
+            start, self._replay = self._replay[worker_id], None
+        return self._items(worker_id, start)
+
+    def _items(self, worker_id: int, start: int) -> Iterator[dict[str, Any]]:
         from datasets.distributed import split_dataset_by_node
 
         stream = split_dataset_by_node(self._base, rank=self.rank, world_size=self.world_size)
         stream.set_epoch(self.epoch)
-        if self._pending_state is not None:
-            stream.load_state_dict(self._pending_state)
-            self._pending_state = None
-        return stream
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        worker = torch.utils.data.get_worker_info()
-        worker_id = worker.id if worker is not None else 0
-        if not self._resuming:
-            self.position = 0
-        self._resuming = False
-        self._stream = self._build_stream()
         logged = 0
-        for example in self._stream:
-            position = self.position
-            self.position += 1
+        # the examples before `start` were consumed before the checkpoint: passed over undecoded
+        for position, example in enumerate(islice(stream, start, None), start):
             name = f"example {position} of rank {self.rank}"
             try:
                 waveform = _decode_cell(example[self.audio_column], name)
@@ -142,23 +155,78 @@ class StreamingAudioDataset(torch.utils.data.IterableDataset):
             else:
                 key = [self.rank, worker_id, position]
             rng = np.random.default_rng(key)
-            yield {"waveform": _crop(waveform, self._max_samples, rng), "index": position}
+            yield {"waveform": _crop(waveform, self._max_samples, rng), "index": position,
+                   "worker": worker_id}
+
+    def track(self, loader: Iterable[dict]) -> Iterator[dict]:
+        """Iterate ``loader`` (a DataLoader over this dataset, collated by
+        :func:`collate_waveforms`) and record each batch taken from it as consumed, for
+        :meth:`state_dict`; after :meth:`load_state_dict`, first drop the batches the resumed
+        workers give again (see the class docstring).
+
+        Raises:
+            ValueError: a DataLoader with another ``num_workers`` than this dataset's, a batch
+                without ``workers`` and ``indices``, or from a worker beyond ``num_workers``.
+        """
+        workers = getattr(loader, "num_workers", self.num_workers)
+        if workers != self.num_workers:
+            raise ValueError(f"the DataLoader has {workers} worker(s), the dataset was given "
+                             f"num_workers={self.num_workers}: its resume state would be wrong")
+        drop, batches = self._drop, iter(loader)  # the workers have their copies of the state
+        self._replay, self._drop = None, 0
+        for batch in batches:
+            workers, indices = batch.get("workers"), batch.get("indices")
+            if workers is None or indices is None or not len(workers):
+                raise ValueError("track() needs batches of collate_waveforms (workers, indices)")
+            worker = int(workers[0])
+            if worker >= len(self._consumed):
+                raise ValueError(f"a batch from DataLoader worker {worker}, but num_workers is "
+                                 f"{self.num_workers}: give the dataset the loader's num_workers")
+            if drop:
+                drop -= 1
+                continue
+            done = self._consumed[worker]
+            done[:] = [done[0] + 1, int(indices[0]), int(indices[-1]) + 1]
+            yield batch
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"epoch", "position", "skipped", "stream"}``: where this rank's stream stands."""
-        stream = self._stream.state_dict() if self._stream is not None else self._pending_state
-        return {
-            "epoch": self.epoch,
-            "position": self.position,
-            "skipped": self.skipped,
-            "stream": stream,
-        }
+        """``{"epoch", "num_workers", "skipped", "consumed"}``: what this rank consumed of its
+        stream this epoch, per worker ``[batches, first index of the last batch, index after
+        it]`` (JSON-ready)."""
+        return {"epoch": self.epoch, "num_workers": self.num_workers, "skipped": self.skipped,
+                "consumed": [list(done) for done in self._consumed]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from :meth:`state_dict`; the next iteration continues that epoch."""
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
-        self.skipped = int(state["skipped"])
-        self._stream = None
-        self._pending_state = state["stream"]
-        self._resuming = True
+        """Resume from :meth:`state_dict`; the next iteration continues that epoch.
+
+        A state of the earlier format (``{"epoch", "position", "skipped", "stream"}``, which
+        ``datasets`` resumed) continues at its ``position`` in worker 0's stream (exact for a
+        run without workers; with workers that position was 0: the epoch restarts).
+
+        Raises:
+            ValueError: the state was saved with another ``num_workers``.
+        """
+        if "consumed" in state:
+            saved = int(state["num_workers"])
+            consumed = [[int(x) for x in done] for done in state["consumed"]]
+        else:  # before exact replay: the main process's position in the epoch
+            saved, position = self.num_workers, int(state["position"])
+            consumed = self._nothing_consumed()
+            consumed[0] = [int(position > 0), position, position]
+            if self.num_workers:
+                logger.warning("a stream position saved before exact resume, with DataLoader "
+                               "workers: it holds none of the workers' progress, so epoch %d "
+                               "restarts", int(state["epoch"]))
+        if saved != self.num_workers:
+            raise ValueError(f"the stream position was saved with {saved} DataLoader worker(s), "
+                             f"this dataset is read by {self.num_workers}: exact resume needs "
+                             "the same number")
+        self.epoch, self.skipped = int(state["epoch"]), int(state["skipped"])
+        self._consumed = consumed
+        # The loader deals batches in turns from worker 0. A checkpoint inside a turn (some
+        # workers one batch further than others): the workers ahead give that batch again.
+        turns = max(done[0] for done in consumed)
+        ahead = [done[0] == turns for done in consumed]
+        self._drop = 0 if all(ahead) else sum(ahead)
+        self._replay = [done[1] if ahead[w] and self._drop else done[2]
+                        for w, done in enumerate(consumed)]
