@@ -624,8 +624,10 @@ class _Run:
         step, on any number of processes, in any batch. The sums and unit counts are reduced
         over ranks in float64. What remains of the batching: float32 rounding of the models and
         of each objective's per-batch sum (about 1e-6 relative), a model whose output depends
-        on the padding (no attention mask, or a group-norm CNN as WavLM/HuBERT Base: items
-        shorter than ``data.max_length_s`` batched with longer ones), an objective whose terms
+        on the padding (no attention mask, a group-norm CNN as WavLM/HuBERT Base, or
+        data2vec-audio, whose positional convolutions carry the padding into the last real
+        frames even with a mask: items shorter than ``data.max_length_s`` batched with longer
+        ones), an objective whose terms
         couple the utterances of a batch (none of the built-in ones: every term is a sum over
         utterances or frames), and ``training.max_eval_batches``, a cap per process (its items
         depend on the process count and batch size).

@@ -98,9 +98,11 @@ def has_layer_norm_cnn(config) -> bool:
     """Whether a waveform encoder's CNN normalises each frame (layer norm) rather than each
     channel over the whole input (group norm, as WavLM/HuBERT/wav2vec 2.0 Base).
 
-    Only a layer-norm CNN gives padding-independent features, and only such checkpoints were
-    trained with normalised input and an attention mask (``transformers`` convention).
-    data2vec-audio's CNN always uses layer norm (its config has no ``feat_extract_norm``).
+    Only a layer-norm CNN gives padding-independent CNN features, and only such checkpoints
+    were trained with normalised input and an attention mask (``transformers`` convention).
+    data2vec-audio's CNN always uses layer norm (its config has no ``feat_extract_norm``), but
+    its stack of positional convolutions still carries the padding into the last real frames of
+    its hidden states, mask or not.
     """
     if getattr(config, "model_type", "") == "data2vec-audio":
         return True

@@ -162,6 +162,60 @@ def test_student_frames_align_with_teacher_frames():
     assert torch.allclose(alone, batch, atol=1e-5)
 
 
+@pytest.mark.parametrize(("encoder", "batched"), [("lstm", True), ("hubert", False),
+                                                  ("wavlm-layer", True),
+                                                  ("data2vec-audio", False)])
+def test_verification_embeds_each_utterance_as_it_is_alone(encoder, batched, tmp_path,
+                                                           monkeypatch):
+    """The metrics do not depend on which utterances share a batch: every embedding scored is
+    the utterance's lone one. The LSTM and a layer-norm WavLM with an attention mask ignore
+    padding and are batched; a group-norm upstream (HuBERT Base shape) and data2vec-audio (its
+    positional convolutions see the padding, mask or not) would not, so their utterances go one
+    at a time (batched, their embeddings move by 1e-2 and more)."""
+    import robustdistill.speaker.train as speaker_train
+    from robustdistill.speaker.models import UpstreamEncoder
+    from robustdistill.teachers import make_random_teacher
+
+    torch.manual_seed(0)
+    if encoder == "lstm":
+        enc = MelLSTMEncoder(8, 1)
+    elif encoder == "wavlm-layer":  # as WavLM Large: normalised input, an attention mask
+        from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMModel
+
+        from robustdistill.teachers import PRESETS
+
+        WavLMModel(WavLMConfig(**PRESETS["tiny"], feat_extract_norm="layer",
+                               do_stable_layer_norm=True)).save_pretrained(tmp_path / encoder)
+        Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(
+            tmp_path / encoder)
+        enc = UpstreamEncoder(str(tmp_path / encoder), frozen=True)
+    else:
+        enc = UpstreamEncoder(str(make_random_teacher(encoder, "tiny", tmp_path / encoder)),
+                              frozen=True)
+    assert speaker_train.ignores_padding(enc) is batched
+    model = SpeakerModel(enc, num_speakers=3, embedding_dim=8).eval()
+    rng = np.random.default_rng(0)
+    utts = [Utterance(f"s{i % 2}", f"u{i}",
+                      (0.1 * rng.standard_normal(int(n))).astype(np.float32))
+            for i, n in enumerate(rng.integers(1_600, 8_000, 6))]
+    scored, calls, real = [], [], speaker_train.embed_utterances
+
+    def spy(embed_fn, utterances, batch_size=16):
+        def counted(wav, lengths):
+            calls.append(len(lengths))
+            return embed_fn(wav, lengths)
+        scored.append(out := real(counted, utterances, batch_size))
+        return out
+
+    monkeypatch.setattr(speaker_train, "embed_utterances", spy)
+    evaluate_student(model, {"set": utts}, SpeakerKDConfig().data)
+    with torch.no_grad():
+        alone = torch.cat([torch.nn.functional.normalize(
+            model(torch.from_numpy(u.audio)[None]).embedding, dim=-1) for u in utts])
+    np.testing.assert_allclose(scored[0], alone.double().numpy(), atol=1e-5)
+    assert calls == ([6] if batched else [1] * 6)
+
+
 class _DeviceProbe(torch.nn.Module):
     """Records the devices of the tensors it is given; its parameter lives on ``meta`` (no GPU
     in the tests: a meta model stands in for a CUDA one). As an encoder it stops the forward

@@ -178,8 +178,11 @@ def verification_view(run: RunSummary | None) -> dict[str, Any]:
                    "list: every system of the recipe gets the same trials"),
         ("Scoring", "each whole utterance goes through the student once (batched with "
                     "utterances of similar length, zero-padded, its true length given to the "
-                    "model), its embedding is L2-normalised, and a trial's score is the cosine "
-                    "of its two embeddings; no score normalisation, no trained back end"),
+                    "model, when the student's output ignores the padding; alone otherwise, "
+                    "as for an upstream with a group-norm CNN: its embedding is the one it "
+                    "gets on its own), its embedding is L2-normalised, and a trial's score is "
+                    "the cosine of its two embeddings; no score normalisation, no trained back "
+                    "end"),
         ("Metrics", "EER, the rate at which misses equal false alarms (interpolated between "
                     "thresholds); minDCF, the minimum over thresholds of the detection cost "
                     f"with p_target {p_text} and C_miss = C_fa = 1, normalised by that of the "

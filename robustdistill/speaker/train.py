@@ -558,17 +558,56 @@ def evaluate_teacher(teacher: GE2E, sets: dict[str, list[Utterance]], cfg: DataC
                                       cfg) for name, utts in sets.items()}
 
 
+#: Utterances per forward pass of :func:`evaluate_student` for a student whose embedding of an
+#: utterance does not depend on the padding (:func:`ignores_padding`); others get one each.
+EVAL_BATCH = 16
+
+
+def ignores_padding(encoder: torch.nn.Module) -> bool:
+    """Whether an encoder's frames of an utterance are those it gives the utterance alone,
+    whatever the zero padding a batch adds after it (float rounding aside).
+
+    True for the log-mel LSTM (per-utterance masked mean, packed sequences), a Whisper upstream
+    (each utterance cut into its own 30 s windows) and a WavLM, HuBERT or wav2vec 2.0 upstream
+    with a layer-norm CNN given an attention mask. False for any other encoder: a group-norm
+    CNN (the Base shapes) normalises each channel over the padded input, a transformer without
+    an attention mask attends to the padding, and data2vec-audio's stack of positional
+    convolutions carries the padding into the real frames even with one (cosines of 0.98-0.99
+    between an utterance's batched and lone embeddings on a random HuBERT Base-shaped student).
+    """
+    if isinstance(encoder, MelLSTMEncoder):
+        return True
+    if not isinstance(encoder, UpstreamEncoder):
+        return False
+    from robustdistill.upstream import has_layer_norm_cnn  # transformers: only for upstreams
+
+    upstream = encoder.upstream
+    config = upstream.model.config
+    return upstream.is_whisper or (upstream.use_attention_mask and has_layer_norm_cnn(config)
+                                   and config.model_type in ("wavlm", "hubert", "wav2vec2"))
+
+
 def evaluate_student(model: SpeakerModel, sets: dict[str, list[Utterance]], cfg: DataConfig
                      ) -> dict[str, dict[str, float]]:
-    """Student embeddings of whole utterances on each set."""
+    """Student embeddings of whole utterances on each set, scored by
+    :func:`evaluate_embeddings`.
+
+    Each utterance's embedding is the one the student gives it alone: batches of
+    :data:`EVAL_BATCH` utterances of similar length when the encoder
+    :func:`ignores_padding`, one utterance per forward pass otherwise, so the metrics do not
+    depend on which utterances share a batch (they do depend on the whole set: EER and minDCF
+    are computed over all of its trials).
+    """
     model.eval()
     device = next(model.parameters()).device
+    batch = EVAL_BATCH if ignores_padding(getattr(model, "encoder", None)) else 1
 
     def embed(wav, lengths):
         return model(wav.to(device), lengths.to(device)).embedding
 
-    return {name: evaluate_embeddings(embed_utterances(embed, utts), [u.speaker for u in utts],
-                                      cfg) for name, utts in sets.items()}
+    return {name: evaluate_embeddings(embed_utterances(embed, utts, batch),
+                                      [u.speaker for u in utts], cfg)
+            for name, utts in sets.items()}
 
 
 # ---------------------------------------------------------------------------- training
