@@ -119,6 +119,8 @@ def test_export_round_trip_gives_the_trained_students_hidden_states(tmp_path, ti
         trainers = json.loads((run / "heads" / f"{name}.json").read_text())
         assert mine["head_config"] == trainers["head_config"] != {}
         assert mine["options"] == trainers["options"]
+        # the trainer's export records the weights of its last step (the card's "step 2")
+        assert trainers["student_weights"]["step"] == 2
     final = json.loads((run / "final_state.json").read_text())
     assert final["step"] == 2 and final["ranks_identical"]
 
@@ -314,6 +316,7 @@ def test_a_non_finite_gradient_skips_the_update_instead_of_poisoning_the_weights
     handle.remove()
     assert not math.isfinite(values["grad_norm"])
     assert run.progress.skipped_updates == 1 and run.progress.step == 1
+    assert run.progress.nonfinite_losses == 0  # the loss was finite: a gradient skip
     for key, value in run.model.named_parameters():
         assert torch.equal(value, before[key]), key
     assert math.isfinite(run.train_step(run._batches())["grad_norm"])  # and training goes on
