@@ -311,3 +311,15 @@ def test_hold_out_is_capped_by_max_validation_items(tmp_path):
                      max_validation_items=2)
     train, val = build_datasets(cfg)
     assert (len(train), len(val)) == (8, 2)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_folder_of_audio_files_as_a_dataset_without_torchcodec_is_one_clear_error(
+        tmp_path, no_torchcodec, streaming):
+    # datasets reads a folder of audio files with its audiofolder builder, which encodes each
+    # path with torchcodec: an error at load time (a stream's only at its first row, which
+    # used to be the first training step, in a DataLoader worker), now one ValueError at start-up
+    for i in range(2):
+        sf.write(tmp_path / f"{i}.wav", ramp(SR), SR)
+    with pytest.raises(ValueError, match=r"without torchcodec .*data\.train_dir"):
+        load_hf_split(str(tmp_path), split="train", streaming=streaming)

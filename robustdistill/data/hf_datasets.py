@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -191,8 +192,12 @@ def load_hf_split(
         ``datasets.Dataset``, or ``datasets.IterableDataset`` when ``streaming``.
 
     Raises:
-        ValueError: unknown split of a saved dataset, missing audio column.
-        Errors of ``datasets.load_dataset`` (unknown name, no network) propagate unchanged.
+        ValueError: unknown split of a saved dataset, missing audio column; a dataset that
+            ``datasets`` reads only with torchcodec (not installed: e.g. a folder of audio
+            files, which its ``audiofolder`` builder encodes), found for a stream by reading
+            its first row.
+        Other errors of ``datasets.load_dataset`` (unknown name, no network) propagate
+        unchanged.
     """
     import datasets
 
@@ -215,5 +220,31 @@ def load_hf_split(
         if streaming:
             dataset = dataset.to_iterable_dataset(num_shards=max(1, min(len(dataset), 64)))
     else:
-        dataset = datasets.load_dataset(name, config, split=split, streaming=streaming)
-    return _cast_audio(dataset, audio_column)
+        with _torchcodec_needed(name):
+            dataset = datasets.load_dataset(name, config, split=split, streaming=streaming)
+    dataset = _cast_audio(dataset, audio_column)
+    if streaming:  # a stream encodes lazily: read its first row now, not in the first step
+        with _torchcodec_needed(name):
+            next(iter(dataset.take(1)), None)
+    return dataset
+
+
+@contextmanager
+def _torchcodec_needed(name: str):
+    """Turn ``datasets``' failure to import torchcodec (the cause of its error, or the error
+    itself) into a ``ValueError`` that says what to do: ``datasets`` reads a folder of audio
+    files with its ``audiofolder`` builder, which encodes each file's path with torchcodec."""
+    try:
+        yield
+    except Exception as err:
+        cause = err
+        while cause is not None and not (isinstance(cause, ImportError)
+                                         and "torchcodec" in str(cause)):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise ValueError(
+            f"datasets cannot read {name} without torchcodec ({cause}): a folder of audio files "
+            "goes in data.train_dir / data.validation_dir instead; a datasets dataset needs its "
+            "audio as Audio(decode=False) cells (save_to_disk, parquet), or torchcodec "
+            "installed") from err
