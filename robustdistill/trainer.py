@@ -309,8 +309,8 @@ class _Run:
         self.valid_loader = build_dataloader(valid_set, cfg.data.batch_size, self.valid_sampler,
                                              cfg.data.num_workers, collate_fn=collate,
                                              pin_memory=pin)
-        if save_init and acc.is_main_process:  # every start-up check passed (a refused run
-            save_student(student, feature_extractor, self.output_dir / "student_init")  # left none)
+        # written once every start-up check has passed, a resume's included (write_student_init)
+        self._student_init = (student, feature_extractor) if save_init else None
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.progress = TrainingProgress()
         # Scheduler, progress and stream position go to training_state.json (save_checkpoint),
@@ -479,6 +479,14 @@ class _Run:
         stacked = torch.stack([counts[k] for k in keys]).to(self.accelerator.device)
         total = self.accelerator.reduce(stacked, reduction="sum").cpu()
         return dict(zip(keys, total.tolist(), strict=True))
+
+    def write_student_init(self) -> None:
+        """Write ``OUTPUT_DIR/student_init/`` (the student as built, before any step) when the
+        run is to write it, once: after every start-up check, a resume's included, so a run
+        refused at start-up leaves none, and before a resumed checkpoint's weights load."""
+        if self._student_init is not None and self.accelerator.is_main_process:
+            save_student(*self._student_init, self.output_dir / "student_init")
+        self._student_init = None
 
     # ------------------------------------------------------------------ forward
     def _loss(self, batch: dict, rng: np.random.Generator | list[np.random.Generator],
@@ -856,6 +864,7 @@ class _Run:
         except Exception as err:
             raise CheckpointError(f"{rng_file}: not a tensor-only RNG state file ({err}); "
                                   "refusing to resume from it") from err
+        self.write_student_init()  # the checks passed; before the checkpoint's weights load
         acc.load_state(str(path))  # weights_only loads only (safetensors, tensors, RNG arrays)
         self.progress.load_state_dict(state["progress"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -1176,6 +1185,7 @@ def train(cfg: DistillConfig) -> Path:
         remove_incomplete(run.checkpoint_dir)  # what a killed run's last write left
     if t.resume_from:
         run.resume(t.resume_from)
+    run.write_student_init()  # unless the resume wrote it (or the run has its own)
     if acc.is_main_process:  # after the resume: a refused one leaves the run's settings
         (run.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     changes = changes if run.resumed_own_checkpoint else []

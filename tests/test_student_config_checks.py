@@ -168,3 +168,23 @@ def test_distill_refusing_objectives_that_train_no_student_leaves_the_output_fol
                       str(tmp_path / "corpus"), "--training.max_steps", "1"], capsys)
     assert "no gradient reaches the student" in err
     assert list(out.iterdir()) == []  # the folder made by the writability check, nothing in it
+
+
+def test_distill_refusing_a_resume_leaves_the_new_output_folder_empty(tiny_wavlm_dir, tmp_path,
+                                                                       capsys):
+    """A resume from another run's checkpoint with another seed is refused by the resume's
+    checks, which come after the start-up checks: ``student_init/`` is written only once they
+    have passed too (and before the checkpoint's weights load)."""
+    common = ["distill", "--teacher", str(tiny_wavlm_dir), "--training.cpu", "true",
+              "--data.synthetic_items", "4", "--data.synthetic_dir", str(tmp_path / "corpus"),
+              "--data.batch_size", "2", "--training.max_steps", "2", "--training.save_every", "1",
+              "--training.eval_at_start", "false", "--objectives",
+              "{layerwise: {teacher_layers: [1]}}"]
+    cli.main([*common, "--output_dir", str(tmp_path / "a")])
+    first = tmp_path / "a" / "checkpoints" / "checkpoint_0"
+    assert first.is_dir() and (tmp_path / "a" / "student_init").is_dir()
+    out = tmp_path / "b"
+    err = _cli_error([*common, "--output_dir", str(out), "--seed", "4",
+                      "--training.resume_from", str(first)], capsys)
+    assert "seed 0 -> 4" in err
+    assert list(out.iterdir()) == []  # the folder made by the writability check, nothing in it
