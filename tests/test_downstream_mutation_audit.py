@@ -11,24 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from test_downstream_task_metrics import _data, _Logits
 
 from downstream.base import Example
-from downstream.data import DataConfig, SourceConfig
-
-
-def _data():
-    return DataConfig(SourceConfig(root="x"))
-
-
-class _Logits(nn.Module):
-    """Head stub: the features of frame 0 are the logits / the embedding."""
-
-    def forward(self, features, frame_lengths):
-        return features[:, 0]
-
-    def embed(self, features, frame_lengths):
-        return features[:, 0]
 
 
 def test_classification_items_name_the_predicted_and_the_true_label():

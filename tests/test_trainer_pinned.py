@@ -33,6 +33,11 @@ def _clipped_gradient(tmp_path, teacher_dir, out, max_grad_norm):
                   max_grad_norm=max_grad_norm)
     run = _Run(cfg)
     _no_dropout(run)
+    return _step_gradient(run)
+
+
+def _step_gradient(run) -> tuple[dict, dict[str, torch.Tensor]]:
+    """One step's values and the gradients the optimizer is given (no step taken)."""
     grads = {}
 
     def record(*args, **kwargs):

@@ -5,23 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from test_trainer import _config
-from test_trainer_pinned import _no_dropout
+from test_trainer_pinned import _no_dropout, _step_gradient
 
 from robustdistill.trainer import _Run
-
-
-def _step_gradient(run) -> tuple[dict, dict[str, torch.Tensor]]:
-    """One step's values and the gradients the optimizer is given (no step taken)."""
-    grads = {}
-
-    def record(*args, **kwargs):
-        grads.update({k: v.grad.detach().clone() for k, v in run.model.named_parameters()
-                      if v.grad is not None})
-
-    run.optimizer.optimizer.step = record
-    values = run.train_step(run._batches())
-    assert grads
-    return values, grads
 
 
 def test_each_rank_scales_its_loss_by_the_number_of_processes(tmp_path, tiny_wavlm_dir,
