@@ -631,14 +631,14 @@ class _Run:
         (``index``: the item's position in the validation set), so it is the same at every
         step, on any number of processes, in any batch. The sums and unit counts are reduced
         over ranks in float64. What remains of the batching: float32 rounding of the models and
-        of each objective's per-batch sum (about 1e-6 relative), a model whose output depends
+        of each objective's per-batch sum (about 1e-6 relative); a model whose output depends
         on the padding (no attention mask, a group-norm CNN as WavLM/HuBERT Base, or
         data2vec-audio, whose positional convolutions carry the padding into the last real
-        frames even with a mask: items shorter than ``data.max_length_s`` batched with longer
-        ones), an objective whose terms
-        couple the utterances of a batch (none of the built-in ones: every term is a sum over
-        utterances or frames), and ``training.max_eval_batches``, a cap per process (its items
-        depend on the process count and batch size).
+        frames even with a mask), for items shorter than ``data.max_length_s`` batched with
+        longer ones; an objective whose terms couple the utterances of a batch (none of the
+        built-in ones: every term is a sum over utterances or frames); and
+        ``training.max_eval_batches``, a cap per process (its items then depend on the process
+        count and batch size).
         """
         acc = self.accelerator
         model = acc.unwrap_model(self.model)  # no DDP hooks: ranks may run unequal batches
@@ -864,6 +864,11 @@ class _Run:
         except Exception as err:
             raise CheckpointError(f"{rng_file}: not a tensor-only RNG state file ({err}); "
                                   "refusing to resume from it") from err
+        if self.sampler is None:  # before anything is written or loaded: it may refuse
+            try:  # replays the stream up to its position (shuffle buffer and workers too)
+                self.train_set.load_state_dict(state["stream_per_rank"][acc.process_index])
+            except ValueError as err:  # saved with another data.num_workers
+                raise ConfigError(f"{path}: {err} (data.num_workers)") from err
         self.write_student_init()  # the checks passed; before the checkpoint's weights load
         acc.load_state(str(path))  # weights_only loads only (safetensors, tensors, RNG arrays)
         self.progress.load_state_dict(state["progress"])
@@ -878,11 +883,6 @@ class _Run:
         lookups = state.get("teacher_cache_lookups")  # None: no cache then, or an older run
         if self.resumed_own_checkpoint and self.teacher_cache is not None and lookups:
             self.teacher_cache.restore_lookups(lookups[acc.process_index])
-        if self.sampler is None:
-            try:  # replays the stream up to its position (shuffle buffer and workers too)
-                self.train_set.load_state_dict(state["stream_per_rank"][acc.process_index])
-            except ValueError as err:  # saved with another data.num_workers
-                raise ConfigError(f"{path}: {err} (data.num_workers)") from err
         self._stream_resumed = self.sampler is None
         indices = [checkpoint_index(p) for p in list_checkpoints(self.checkpoint_dir, False)]
         self._next_checkpoint = max([checkpoint_index(path) or 0, *indices]) + 1
