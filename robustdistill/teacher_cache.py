@@ -86,6 +86,7 @@ from .audio import SAMPLE_RATE, AudioError
 from .data.batching import collate_waveforms
 from .data.cropped import content_key
 from .files import atomic_path, atomic_write_text
+from .processes import finish_processes
 from .upstream import Upstream, UpstreamOutput, lengths_to_mask
 
 logger = logging.getLogger(__name__)
@@ -877,7 +878,8 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
     again, so an interrupted build resumes where it stopped. A resumed build on several
     processes first finds what is left and shares that out evenly (:func:`_left_to_build`;
     by position alone, one process could be left with all of it); one process, or an empty
-    cache, skips that pass (it would decode every item twice).
+    cache, skips that pass (it would decode every item twice). On several processes it ends
+    by destroying the process group (:func:`~robustdistill.processes.finish_processes`).
 
     Args:
         cfg: a :class:`~robustdistill.config.DistillConfig` with ``teacher_cache.dir`` set.
@@ -971,6 +973,8 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
         logger.info("teacher cache %s: %d computed, %d already there, %d unusable audio "
                     "(%d process(es))", cache.path, totals["computed"], totals["skipped"],
                     totals["unusable"], acc.num_processes)
+    if acc.num_processes > 1:  # a rank exiting with its gloo process group alive can abort
+        finish_processes(acc)  # ("terminate called without an active exception", CI 12-07)
     return {**totals, "path": str(cache.path), "num_processes": acc.num_processes,
             "per_process": per_process}
 
