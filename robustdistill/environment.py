@@ -111,15 +111,17 @@ def record_environment(output_dir: str | Path, start: int, unit: str = "step",
             as ``config_changes`` when there are any.
 
     Returns:
-        The record written: ``{"start": {unit: start}, "time": ISO 8601 UTC, ...}``. An
-        unreadable earlier file is moved to ``environment.json.unreadable`` with a warning.
+        The record written: ``{"start": {unit: start}, "time": ISO 8601 UTC, "cwd": the
+        folder the command ran in (relative paths of ``config.yaml`` are from there:
+        :func:`robustdistill.run_settings.saved_config_changes`), ...}``. An unreadable
+        earlier file is moved to ``environment.json.unreadable`` with a warning.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / ENVIRONMENT_FILE
     record = {"start": {unit: int(start)},
               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              **software_environment()}
+              "cwd": os.getcwd(), **software_environment()}
     if config_changes:
         record["config_changes"] = list(config_changes)
     try:

@@ -33,42 +33,91 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(old: Mapping[str, Any], new: Mapping[str, Any],
-                   ignore: Iterable[str] = ()) -> list[str]:
+                   ignore: Iterable[str] = (), old_folder: str | None = None) -> list[str]:
     """``["section.key OLD -> NEW", ...]`` for every dotted key whose value differs (a key
     missing on one side counts as ``None``), sorted, leaving out ``ignore`` (dotted keys, or
     section prefixes ending in ``.``).
 
     Both sides go through JSON first, so a tuple equals the list YAML wrote for it, and two
     strings naming one existing file or folder (``runs/x``, ``./runs/x``, its absolute path or a
-    link to it; relative paths from the current folder) are no change.
+    link to it) are no change. Relative paths in ``new`` are from the current folder, those in
+    ``old`` from ``old_folder`` (the folder the run was started in; None: the current folder,
+    as for runs before 2026-12-07). So the same relative spelling naming another existing file
+    or folder from here is a change, written ``key data (in /old) -> data (in /new)``.
     """
     ignore = tuple(ignore)
     sections = tuple(k for k in ignore if k.endswith("."))
     a = flatten(json.loads(json.dumps(dict(old), default=str)))
     b = flatten(json.loads(json.dumps(dict(new), default=str)))
-    return [f"{key} {a.get(key)} -> {b.get(key)}" for key in sorted(a.keys() | b.keys())
-            if key not in ignore and not key.startswith(sections) and a.get(key) != b.get(key)
-            and not _same_path(a.get(key), b.get(key))]
+    here = os.getcwd()
+    changes = []
+    for key in sorted(a.keys() | b.keys()):
+        if key in ignore or key.startswith(sections):
+            continue
+        before, now = a.get(key), b.get(key)
+        if before != now:
+            if not _same_path(before, now, old_folder):
+                changes.append(f"{key} {before} -> {now}")
+        elif old_folder is not None and _other_place(before, old_folder):
+            changes.append(f"{key} {before} (in {old_folder}) -> {now} (in {here})")
+    return changes
 
 
-def _same_path(a: Any, b: Any) -> bool:
-    """Whether ``a`` and ``b`` are both strings naming the same existing file or folder."""
+def _from(value: str, folder: str | None) -> str:
+    """``value`` (a path, ``~`` expanded) as seen from ``folder`` (None: the current one)."""
+    path = os.path.expanduser(value)
+    return os.path.join(folder, path) if folder is not None else path
+
+
+def _same_path(a: Any, b: Any, folder_a: str | None = None) -> bool:
+    """Whether ``a`` (a path from ``folder_a``) and ``b`` (from the current folder) are both
+    strings naming the same existing file or folder."""
     if not (isinstance(a, str) and isinstance(b, str) and a and b):
         return False
     try:
-        return os.path.samefile(os.path.expanduser(a), os.path.expanduser(b))
+        return os.path.samefile(_from(a, folder_a), _from(b, None))
     except (OSError, ValueError):  # either does not exist (a hub id, a name), or a bad path
+        return False
+
+
+def _other_place(value: Any, folder: str) -> bool:
+    """Whether ``value``, a relative path, names an existing file or folder from ``folder``
+    and another existing one from the current folder (a name that exists on one side only,
+    such as a hub id, is no change)."""
+    if not (isinstance(value, str) and value) or os.path.isabs(os.path.expanduser(value)):
+        return False
+    there, here = _from(value, folder), _from(value, None)
+    try:
+        return (os.path.exists(there) and os.path.exists(here)
+                and not os.path.samefile(there, here))
+    except (OSError, ValueError):
         return False
 
 
 def saved_config_changes(output_dir: str | Path, new: Mapping[str, Any],
                          ignore: Iterable[str] = ()) -> list[str]:
     """:func:`config_changes` from ``output_dir/config.yaml`` (the settings the run was last
-    started with) to ``new``; ``[]`` when there is no such file or it is not a YAML mapping
-    (nothing to compare with)."""
+    started with; its relative paths from the folder that start ran in, ``cwd`` of the last
+    record of ``environment.json``, when there is one) to ``new``; ``[]`` when there is no
+    such file or it is not a YAML mapping (nothing to compare with)."""
     path = Path(output_dir) / "config.yaml"
     try:
         old = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
         return []
-    return config_changes(old, new, ignore) if isinstance(old, dict) else []
+    if not isinstance(old, dict):
+        return []
+    return config_changes(old, new, ignore, old_folder=_started_in(output_dir))
+
+
+def _started_in(output_dir: str | Path) -> str | None:
+    """The folder the run's last start ran in (its last ``environment.json`` record's
+    ``cwd``), or None: no record, an unreadable file, or a run before 2026-12-07."""
+    from .environment import read_environment
+
+    try:
+        records = read_environment(output_dir)
+    except (OSError, ValueError):  # json.JSONDecodeError is a ValueError
+        return None
+    cwd = records[-1].get("cwd") if records and isinstance(records[-1], dict) else None
+    return cwd if isinstance(cwd, str) and os.path.isabs(cwd) else None

@@ -483,7 +483,12 @@ class _Run:
     def write_student_init(self) -> None:
         """Write ``OUTPUT_DIR/student_init/`` (the student as built, before any step) when the
         run is to write it, once: after every start-up check, a resume's included, so a run
-        refused at start-up leaves none, and before a resumed checkpoint's weights load."""
+        refused at start-up leaves none, and before a resumed checkpoint's weights load.
+
+        Rank 0 writes; the other ranks read ``student_init/`` only in :meth:`_build_student`,
+        before ``accelerator.prepare``, whose DDP wrap is a collective (shapes gathered,
+        parameters broadcast): every rank has read before rank 0 gets here (checked on 2
+        processes with rank 1's reads delayed 16 s: rank 0 waited)."""
         if self._student_init is not None and self.accelerator.is_main_process:
             save_student(*self._student_init, self.output_dir / "student_init")
         self._student_init = None
@@ -1186,9 +1191,11 @@ def train(cfg: DistillConfig) -> Path:
     if t.resume_from:
         run.resume(t.resume_from)
     run.write_student_init()  # unless the resume wrote it (or the run has its own)
+    changes = changes if run.resumed_own_checkpoint else []
     if acc.is_main_process:  # after the resume: a refused one leaves the run's settings
         (run.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    changes = changes if run.resumed_own_checkpoint else []
+        # with it, the folder its relative paths are from (the record's cwd)
+        record_environment(run.output_dir, run.progress.step, config_changes=changes)
     if changes and acc.is_main_process:
         logger.warning("resumed with settings other than the run's config.yaml: %s (the steps "
                        "before %d used the old ones; environment.json keeps this list)",
@@ -1211,8 +1218,6 @@ def train(cfg: DistillConfig) -> Path:
                                          "max_steps": t.max_steps, "lr": t.learning_rate},
                       init_kwargs=tracker_resume_kwargs(run.progress.step)
                       if run.resumed_own_checkpoint else {})
-    if acc.is_main_process:
-        record_environment(run.output_dir, run.progress.step, config_changes=changes)
     bar = tqdm(total=t.max_steps, initial=run.progress.step, desc="distill",
                disable=not acc.is_main_process, dynamic_ncols=True)
     try:
@@ -1224,10 +1229,13 @@ def train(cfg: DistillConfig) -> Path:
     acc.wait_for_everyone()
     fingerprints = gather_object([_fingerprint(acc.unwrap_model(run.model))])
     skipped_audio = _skipped_summary(gather_object([run.skipped_audio]), acc.is_main_process)
-    if run.sampler is None:  # a stream's skips are counted, not named (per process)
+    if run.sampler is None:  # a stream's skips among the examples consumed: counted, not named
+        counts = gather_object([(run.train_set.skipped, run.train_set.skipped_complete)])
+        total = sum(count for count, _ in counts)
         skipped_audio["streamed_items_skipped"] = (
-            sum(gather_object([run.train_set.skipped])) if not cfg.data.num_workers
-            else "not counted (the DataLoader workers hold the counts)")
+            total if all(complete for _, complete in counts) else
+            f"at least {total} (resumed from a checkpoint written before the DataLoader "
+            "workers' skips were counted: the ones before it are not included)")
     cache_lookups = (gather_object([run.teacher_cache.lookups()])
                      if run.teacher_cache is not None else None)
     if acc.is_main_process:

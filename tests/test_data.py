@@ -439,7 +439,7 @@ def test_streaming_shards_by_rank_and_resumes_exactly(no_torchcodec):
     assert first_values(build_dataloader(resumed, batch_size=2)) == first_values(reference)
     resumed.set_epoch(2)  # a new epoch forgets the old stream position
     assert resumed.state_dict() == {"epoch": 2, "num_workers": 0, "skipped": 0,
-                                    "consumed": [[0, 0, 0]]}
+                                    "skipped_complete": True, "consumed": [[0, 0, 0]]}
 
 
 def test_streaming_skips_bad_items_with_a_log(caplog, no_torchcodec):

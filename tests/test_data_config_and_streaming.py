@@ -135,7 +135,8 @@ def test_resume_restores_the_skip_count_and_set_epoch_drops_a_loaded_state(no_to
     consumed = [next(batches) for _ in range(3)]  # items 0, 2, 3: the bad one was skipped
     assert batch_ids(consumed) == [0, 2, 3]
     state = ds.state_dict()
-    assert state == {"epoch": 0, "num_workers": 0, "skipped": 1, "consumed": [[3, 3, 4]]}
+    assert state == {"epoch": 0, "num_workers": 0, "skipped": 1, "skipped_complete": True,
+                     "consumed": [[3, 3, 4]]}
 
     resumed = StreamingAudioDataset(stream, max_length_s=None, min_length_s=0.5)
     resumed.load_state_dict(state)
@@ -188,6 +189,7 @@ def test_a_stream_resumed_after_any_batch_gives_the_uninterrupted_batches(
     reference = list(batches(ds))
     assert sorted(batch_ids(reference)) == [
         i for i in range(18) if i not in (1, 8)]
+    assert ds.skipped == 2  # with workers too (before 2026-12-07: 0, the workers' counts)
     if num_workers:  # one worker runs out 2 or more turns before the other
         workers = [int(b["workers"][0]) for b in reference]
         assert abs(workers.count(0) - workers.count(1)) >= 2
@@ -201,7 +203,40 @@ def test_a_stream_resumed_after_any_batch_gives_the_uninterrupted_batches(
         resumed.load_state_dict(state)
         rest = list(batches(resumed))
         assert len(first) + len(rest) == len(reference), cut
+        assert resumed.skipped == 2, cut  # each skip once, a batch given again or not
         assert all(same(a, b) for a, b in zip(first + rest, reference, strict=True)), cut
+
+
+def test_a_stream_read_by_workers_counts_the_skips_of_the_examples_consumed(no_torchcodec):
+    """Two workers, one shard each, unreadable and too-short rows inside and at the end of
+    each worker's stream: the skips before a worker's last consumed batch are counted as it is
+    taken, the ones after its last item when the epoch ends; the state keeps the count."""
+    cells = [{"bytes": wav_bytes(ramp(SR + i, offset=i)), "path": f"{i}.wav"}
+             for i in range(8)]
+    for i in (1, 3):  # worker 0's stream: 0, bad, 2, bad (after its last item)
+        cells[i] = {"bytes": b"not audio", "path": f"bad{i}.wav"}
+    for i in (5, 7):  # worker 1's stream: 4, short, 6, short (after its last item)
+        cells[i] = {"bytes": wav_bytes(ramp(SR // 10, offset=i)), "path": f"short{i}.wav"}
+    stream = table(cells).to_iterable_dataset(num_shards=2)
+
+    def dataset():
+        return StreamingAudioDataset(stream, max_length_s=None, min_length_s=0.5,
+                                     num_workers=2)
+
+    ds = dataset()
+    taken = ds.track(build_dataloader(ds, 2, num_workers=2))
+    first = next(taken)  # worker 0: positions 0 and 2, the bad one between
+    assert first["indices"].tolist() == [0, 2] and ds.skipped == 1
+    state = ds.state_dict()
+    assert (state["skipped"], state["skipped_complete"]) == (1, True)
+    assert [b["indices"].tolist() for b in taken] == [[0, 2]] and ds.skipped == 4
+    resumed = dataset()
+    resumed.load_state_dict(json.loads(json.dumps(state)))
+    assert len(list(resumed.track(build_dataloader(resumed, 2, num_workers=2)))) == 1
+    assert resumed.skipped == 4
+    older = dataset()  # a state saved with workers before they were counted: not complete
+    older.load_state_dict({k: v for k, v in state.items() if k != "skipped_complete"})
+    assert not older.skipped_complete
 
 
 # ---- the streaming hold-out and its identity of examples -------------------------------------

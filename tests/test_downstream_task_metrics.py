@@ -118,6 +118,31 @@ def test_speaker_verification_scores_trials_by_hand():
     assert task.evaluate(_Logits(), [_sv_batch()])["min_dcf"] == pytest.approx(0.25)
 
 
+def test_speaker_verification_warns_of_an_eer_above_half_once_per_set_of_utterances(caplog):
+    """A head at chance (or reversed) was warned about at every dev evaluation; now once per
+    set of utterances (dev, test), each evaluation's EER still returned."""
+    # A0 = B0 = (1, 0), A1 = B1 = (0, 1): target trials (A0, A1), (B0, B1) score 0; non-target
+    # (A0, B0) 1, (A0, B1) 0, (A1, B0) 0, (A1, B1) 1. (P_miss, P_fa): inf (1, 0); 1 (1, 1/2);
+    # 0 (0, 1): the crossing between 1 and 0 at alpha = (1/2) / (1/2 + 1) = 1/3, so
+    # EER = 1/2 + 1/3 * 1/2 = 2/3.
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])[:, None]
+
+    def batch(prefix):
+        return emb, torch.ones(4, dtype=torch.long), [
+            Example(f"{prefix}{k}", np.zeros(1), None, s)
+            for k, s in (("a0", "A"), ("a1", "A"), ("b0", "B"), ("b1", "B"))]
+
+    task = _sv_task()
+    with caplog.at_level("WARNING"):
+        dev = [task.evaluate(_Logits(), [batch("dev/")])["eer"] for _ in range(3)]
+        test = [task.evaluate(_Logits(), [batch("test/")])["eer"] for _ in range(2)]
+    assert dev + test == [pytest.approx(2 / 3)] * 5
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2, warnings  # before: 5, one per evaluation
+    assert warnings[0].startswith("EER 0.667 > 0.5 on these 4 utterances")
+    assert "Said once for these utterances" in warnings[0]
+
+
 def _three_speaker_trials():
     """Speakers A (a0, a1), B (b0, b1), C (c0, c1): every target trial, three non-target."""
     rows = [("a0", "a1", 1, 0.9), ("b0", "b1", 1, 0.5), ("c0", "c1", 1, 0.8),

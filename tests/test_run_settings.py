@@ -129,6 +129,38 @@ def test_one_file_or_folder_spelled_otherwise_is_no_change(tmp_path, monkeypatch
         "teacher org/a -> org/b"]
 
 
+def test_relative_paths_of_the_saved_config_are_from_the_folder_the_run_started_in(
+        tmp_path, monkeypatch):
+    """A run started in A with ``data`` and resumed from B: before 2026-12-07 the saved
+    relative path was read from the current folder, so B's own ``data`` (other audio) was no
+    change and ``../A/data`` (the same folder) was one. ``environment.json`` records where
+    each start ran (``cwd``); the comparison reads the saved paths from there."""
+    from robustdistill.environment import record_environment
+
+    for folder in ("A", "B"):
+        (tmp_path / folder / "data").mkdir(parents=True)
+    run = tmp_path / "run"
+    monkeypatch.chdir(tmp_path / "A")
+    saved = {"teacher": "org/model", "data": {"train_dir": "data"}}
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    record_environment(run, 0)
+    assert _environment(run)[-1]["cwd"] == str(tmp_path / "A")
+    assert saved_config_changes(run, saved) == []  # resumed where it started
+    monkeypatch.chdir(tmp_path / "B")
+    assert saved_config_changes(run, saved) == [
+        f"data.train_dir data (in {tmp_path / 'A'}) -> data (in {tmp_path / 'B'})"]
+    assert saved_config_changes(run, {**saved, "data": {"train_dir": "../A/data"}}) == []
+    assert saved_config_changes(run, {**saved, "data": {"train_dir": str(
+        tmp_path / "A" / "data")}}) == []
+    # a name that is no path on one side (a hub id) is compared as text, as before
+    assert saved_config_changes(run, {"teacher": "org/other", "data": {
+        "train_dir": "../A/data"}}) == ["teacher org/model -> org/other"]
+    # a run written before the record had cwd: the current folder, as before
+    (run / "environment.json").write_text(json.dumps([{"start": {"step": 0}}]))
+    assert saved_config_changes(run, saved) == []
+
+
 def test_a_refused_resume_leaves_the_runs_settings_for_the_next_one(
         tmp_path, tiny_wavlm_dir, caplog):
     """``distill`` wrote ``config.yaml`` before the resume was checked: a resume refused for

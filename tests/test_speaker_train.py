@@ -376,6 +376,28 @@ def test_checkpoints_rotate_to_keep_checkpoints_and_a_rotated_run_resumes_exactl
     assert _run_key(done) == _run_key(again)
 
 
+def test_a_resume_from_another_folder_reads_the_runs_relative_paths_from_its_own(
+        tiny, tmp_path, monkeypatch):
+    """data.train_dir ``data`` given in A, the run resumed from B: ``../A/data`` is the same
+    folder (refused before 2026-12-07, the saved path read from B) and B's own ``data`` is
+    another (accepted before: the run went on with other audio under the same settings)."""
+    teacher, crops = tiny
+    for folder in ("A", "B"):
+        (tmp_path / folder / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "A")
+    cfg = _baseline_setup(tmp_path, "d", 1)
+    cfg.data.train_dir = "data"  # train_system takes the crops given; the path is recorded
+    train_system(cfg, teacher, crops)
+    monkeypatch.chdir(tmp_path / "B")
+    cfg = _baseline_setup(tmp_path, "d", 2, resume=True)
+    cfg.data.train_dir = "data"
+    with pytest.raises(ValueError, match=rf"other settings.*data.train_dir data \(in "
+                                         rf"{tmp_path / 'A'}\) -> data \(in {tmp_path / 'B'}\)"):
+        train_system(cfg, teacher, crops)
+    cfg.data.train_dir = "../A/data"
+    assert [e["epoch"] for e in train_system(cfg, teacher, crops)["epochs"]] == [1, 2]
+
+
 def test_a_fresh_run_clears_a_log_left_without_a_checkpoint(tiny, tmp_path):
     teacher, crops = tiny
     run = tmp_path / "k"

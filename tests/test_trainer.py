@@ -388,6 +388,9 @@ def test_a_shuffled_stream_resumes_exactly_with_and_without_workers(tmp_path, ti
     for key in full:
         assert torch.equal(full[key], resumed[key]), key
     assert {s: v for s, v in losses("full").items() if s > 3} == losses("part")
+    for out in ("full", "part"):  # counted with workers too (before: "not counted")
+        final = json.loads((tmp_path / out / "final_state.json").read_text())
+        assert final["skipped_audio"]["streamed_items_skipped"] == 0
     with pytest.raises(ConfigError, match=f"saved with {num_workers} DataLoader worker"):
         train(cfg("other", workers=2 - num_workers, resume_from=str(mid)))
 

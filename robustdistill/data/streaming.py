@@ -25,7 +25,14 @@ class StreamingAudioDataset(torch.utils.data.IterableDataset):
     across ranks with ``datasets.distributed.split_dataset_by_node``; DataLoader workers then
     share this rank's shards (``datasets`` does that itself). Items that fail to decode or
     are shorter than ``min_length_s`` are skipped: the first few with a warning each, then
-    counted in :attr:`skipped` (in the process that reads them: the workers', with workers).
+    counted in :attr:`skipped`. Without workers the process that reads them counts them; with
+    workers :meth:`track` counts, from the positions of the batches consumed, the examples
+    skipped before each worker's last consumed batch, and at the end of an epoch the ones after
+    it (each worker leaves that count in shared memory when its stream ends). So the count is
+    the skipped examples among those the run consumed, with or without workers (a worker's
+    prefetched batches are not counted; a batch given again at a resume is counted once).
+    :attr:`skipped_complete` is False after a resume from a state saved with workers before
+    they were counted (2026-12-07): that count starts at the resumed position.
 
     ``index`` in each item is its position in this rank's (and worker's) stream for the epoch,
     skipped examples included; ``worker`` is the DataLoader worker that read it (0 without
@@ -98,6 +105,9 @@ class StreamingAudioDataset(torch.utils.data.IterableDataset):
         self._min_samples = _to_samples(min_length_s)
         self.epoch = 0
         self.skipped = 0
+        self.skipped_complete = True  # False: resumed from a state without the workers' skips
+        # per worker: the examples skipped after its last item, written when its stream ends
+        self._trailing = torch.zeros(max(self.num_workers, 1), dtype=torch.long).share_memory_()
         #: per worker ``[batches, first index of its last batch, index after it]`` consumed
         #: this epoch (see :meth:`track`)
         self._consumed = self._nothing_consumed()
@@ -130,7 +140,7 @@ class StreamingAudioDataset(torch.utils.data.IterableDataset):
 
         stream = split_dataset_by_node(self._base, rank=self.rank, world_size=self.world_size)
         stream.set_epoch(self.epoch)
-        logged = 0
+        logged = trailing = 0  # trailing: skipped since the last item given
         # the examples before `start` were consumed before the checkpoint: passed over undecoded
         for position, example in enumerate(islice(stream, start, None), start):
             name = f"example {position} of rank {self.rank}"
@@ -143,6 +153,7 @@ class StreamingAudioDataset(torch.utils.data.IterableDataset):
                     )
             except AudioError as err:
                 self.skipped += 1
+                trailing += 1
                 if logged < self._MAX_LOGGED_SKIPS:
                     logged += 1
                     more = " (further skips are counted, not logged)" * (
@@ -155,8 +166,11 @@ class StreamingAudioDataset(torch.utils.data.IterableDataset):
             else:
                 key = [self.rank, worker_id, position]
             rng = np.random.default_rng(key)
+            trailing = 0
             yield {"waveform": _crop(waveform, self._max_samples, rng), "index": position,
                    "worker": worker_id}
+        if worker_id < len(self._trailing):  # for track(), at the end of the epoch (a loader
+            self._trailing[worker_id] = trailing  # of more workers than given: not tracked)
 
     def track(self, loader: Iterable[dict]) -> Iterator[dict]:
         """Iterate ``loader`` (a DataLoader over this dataset, collated by
@@ -172,6 +186,7 @@ class StreamingAudioDataset(torch.utils.data.IterableDataset):
         if workers != self.num_workers:
             raise ValueError(f"the DataLoader has {workers} worker(s), the dataset was given "
                              f"num_workers={self.num_workers}: its resume state would be wrong")
+        self._trailing.zero_()  # before iter(loader) starts the workers
         drop, batches = self._drop, iter(loader)  # the workers have their copies of the state
         self._replay, self._drop = None, 0
         for batch in batches:
@@ -186,14 +201,19 @@ class StreamingAudioDataset(torch.utils.data.IterableDataset):
                 drop -= 1
                 continue
             done = self._consumed[worker]
+            if self.num_workers:  # the examples this worker skipped up to this batch's last
+                self.skipped += int(indices[-1]) + 1 - done[2] - len(indices)
             done[:] = [done[0] + 1, int(indices[0]), int(indices[-1]) + 1]
             yield batch
+        if self.num_workers:  # every worker's stream ended: the examples after its last item
+            self.skipped += int(self._trailing.sum())
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"epoch", "num_workers", "skipped", "consumed"}``: what this rank consumed of its
-        stream this epoch, per worker ``[batches, first index of the last batch, index after
-        it]`` (JSON-ready)."""
+        """``{"epoch", "num_workers", "skipped", "skipped_complete", "consumed"}``: what this
+        rank consumed of its stream this epoch, per worker ``[batches, first index of the last
+        batch, index after it]``, and the examples skipped among those consumed (JSON-ready)."""
         return {"epoch": self.epoch, "num_workers": self.num_workers, "skipped": self.skipped,
+                "skipped_complete": self.skipped_complete,
                 "consumed": [list(done) for done in self._consumed]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -222,6 +242,8 @@ class StreamingAudioDataset(torch.utils.data.IterableDataset):
                              f"this dataset is read by {self.num_workers}: exact resume needs "
                              "the same number")
         self.epoch, self.skipped = int(state["epoch"]), int(state["skipped"])
+        # before 2026-12-07 a state saved with workers held none of their skips (always 0)
+        self.skipped_complete = bool(state.get("skipped_complete", not self.num_workers))
         self._consumed = consumed
         # The loader deals batches in turns from worker 0. A checkpoint inside a turn (some
         # workers one batch further than others): the workers ahead give that batch again.

@@ -34,6 +34,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -630,6 +631,8 @@ def _last_checkpoint(output_dir: Path) -> tuple[Path, int] | None:
 
 #: The file in each checkpoint holding :func:`_run_settings` of the run that wrote it.
 _RUN_SETTINGS = "speaker_run.json"
+#: The key in it of the folder the run was in (the relative paths' folder), not a setting.
+_STARTED_IN = "_cwd"
 
 
 def _run_settings(cfg: SpeakerKDConfig) -> dict[str, Any]:
@@ -688,10 +691,13 @@ def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_di
     saved_file = last[0] / _RUN_SETTINGS
     if saved_file.is_file():  # checkpoints written before it was stored are not checked
         saved, now = json.loads(saved_file.read_text()), _run_settings(cfg)
+        # relative paths are from the folder that run was in (none before 2026-12-07: here)
+        started_in = saved.pop(_STARTED_IN, None)
         # another loss.method has other terms: its weights are not listed one by one; one
         # folder spelt two ways (relative, absolute, a link) is no change (config_changes)
         common = saved.keys() & now.keys()
-        changed = config_changes({k: saved[k] for k in common}, {k: now[k] for k in common})
+        changed = config_changes({k: saved[k] for k in common}, {k: now[k] for k in common},
+                                 old_folder=started_in if isinstance(started_in, str) else None)
         if changed:
             raise ValueError(f"{last[0]} was trained with other settings; resuming would not "
                              f"continue that run: {'; '.join(changed)} (allowed: the same "
@@ -706,10 +712,11 @@ def _save_checkpoint(accelerator, output_dir: Path, epochs_done: int,
     ``.tmp-`` folder, which :func:`_last_checkpoint` ignores and the next start deletes. An
     ``epoch_N`` of an older run, beyond the checkpoint this run resumed from, is replaced.
     ``settings`` (:func:`_run_settings`) is stored with it for :func:`check_run_folder`; the
-    ``keep`` newest complete checkpoints stay (``training.keep_checkpoints``)."""
+    ``keep`` newest complete checkpoints stay (``training.keep_checkpoints``), with the
+    folder the run is in (:data:`_STARTED_IN`: its relative paths are from there)."""
     save_checkpoint(accelerator, output_dir / "checkpoints", epochs_done, epochs_done,
-                    state={_RUN_SETTINGS: settings}, keep=keep, prefix=_EPOCH_PREFIX,
-                    replace=True)
+                    state={_RUN_SETTINGS: {**settings, _STARTED_IN: os.getcwd()}}, keep=keep,
+                    prefix=_EPOCH_PREFIX, replace=True)
 
 
 def _logged_epochs(log_path: Path, epochs_done: int) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ fixed trial list enters each resample with multiplicities
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from robustdistill.metrics.verification import compute_eer, compute_min_dcf
 from .head import XVectorHead
 
 __all__ = ["SpeakerVerification", "SpeakerVerificationConfig", "build_trials"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -136,6 +139,10 @@ class SpeakerVerification(Task):
     primary_metric = "eer"
     higher_is_better = False
 
+    def __init__(self, config: SpeakerVerificationConfig, seed: int = 0) -> None:
+        super().__init__(config, seed)
+        self._warned_above_half: set[int] = set()  # utterance sets whose EER > 0.5 was told
+
     def setup(self, splits: dict[str, list[Utterance]]) -> None:
         """Index the training speakers; check speaker labels and disjointness.
 
@@ -188,7 +195,12 @@ class SpeakerVerification(Task):
         return head(features, frame_lengths, targets)
 
     def evaluate(self, head, batches: Iterable) -> dict[str, float]:
-        """Cosine-scored trials over the split: EER and normalised minDCF."""
+        """Cosine-scored trials over the split: EER and normalised minDCF.
+
+        An EER above 0.5 (a system at chance, or scores reversed) is warned about once per set
+        of utterances (the dev split, evaluated at each ``eval_every``; the test split, under
+        each condition), not at each evaluation: the EER of every one is in the log's dev and
+        test lines and in ``results.json``."""
         embeddings, speakers, keys = [], [], []
         for features, frame_lengths, examples in batches:
             embeddings.append(F.normalize(head.embed(features, frame_lengths), dim=-1).cpu())
@@ -204,9 +216,17 @@ class SpeakerVerification(Task):
         ]
         tar, non = scores[labels == 1], scores[labels == 0]
         t = self.config.trials
-        eer, _ = compute_eer(tar, non)
-        min_dcf, _ = compute_min_dcf(tar, non, t.p_target, t.c_miss, t.c_fa,
-                                     warn=False)  # the EER's warning covers both
+        eer, _ = compute_eer(tar, non, warn=False)  # warned once per split below
+        min_dcf, _ = compute_min_dcf(tar, non, t.p_target, t.c_miss, t.c_fa, warn=False)
+        split = zlib.crc32("\n".join(sorted(keys)).encode())
+        if eer > 0.5 and split not in self._warned_above_half:
+            self._warned_above_half.add(split)
+            logger.warning(
+                "EER %.3f > 0.5 on these %d utterances (non-target trials score above target "
+                "trials more often than not): a system at chance, or target and non-target "
+                "scores swapped / a distance used as a similarity? Said once for these "
+                "utterances; each evaluation's EER is in the dev / test lines and results.json",
+                eer, len(keys))
         self.last_trials = {"target": int(len(tar)), "nontarget": int(len(non)),
                             "speakers": len(set(speakers)), "items": len(speakers)}
         return {"eer": eer, "min_dcf": min_dcf}
