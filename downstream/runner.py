@@ -522,13 +522,24 @@ class _Encoder:
                         "mask): encoding one utterance at a time")
 
     def get(self, split: str, condition: Condition) -> list[EncodedExample]:
+        """The encoded examples of ``split`` under ``condition``: from ``OUT/cache/`` when a
+        readable file of the same examples is there (an unreadable one is logged and written
+        again), else encoded now (and saved there with ``disk_cache``)."""
         examples = [
             self.task.make_example(utt, wave, split, condition, self.corruptor)
             for utt, wave in self.waveforms[split]
         ]
         path = self._cache_path(split, condition, examples)
         if path is not None and path.is_file():
-            hidden = torch.load(path, weights_only=True)
+            try:
+                hidden = torch.load(path, weights_only=True)
+            except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+                # a cut or damaged file (a copy stopped halfway, a crash before it reached the
+                # disk): a cache, so encoded again and written anew, not a failed run
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                logger.warning("cached hidden states %s are unreadable (%s: %s): encoding "
+                               "again", path, type(err).__name__, reason)
+                hidden = []
             if len(hidden) == len(examples):
                 logger.info("reusing cached hidden states %s", path)
                 return [EncodedExample(e, h) for e, h in zip(examples, hidden, strict=True)]

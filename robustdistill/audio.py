@@ -316,6 +316,23 @@ def _refuse_short_chunk(audio_info: str, name: str) -> None:
                          f"of samples, the file holds {present}", "unreadable")
 
 
+def _sound_file(handle) -> sf.SoundFile:
+    """``soundfile.SoundFile`` over an :func:`_open_source` handle: over its file descriptor
+    when it has one (left open: ``handle`` closes it), else (bytes) over the object itself.
+
+    With a file object, libsndfile reads through Python callbacks, and cffi swallows an
+    exception raised in one ("Exception ignored from cffi callback"): a Ctrl-C during a
+    decode was lost and the command went on (``cache-teacher`` ran to its end). Over a
+    descriptor no Python runs inside the read, so the ``KeyboardInterrupt`` comes as it
+    returns.
+    """
+    try:
+        fd = handle.fileno()
+    except (AttributeError, OSError):  # io.BytesIO: io.UnsupportedOperation, an OSError
+        return sf.SoundFile(handle)
+    return sf.SoundFile(fd, closefd=False)
+
+
 def probe_audio(source: str | os.PathLike | bytes) -> AudioInfo:
     """Read only the header of an audio file (or its bytes).
 
@@ -348,7 +365,7 @@ def decode_audio(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
     handle, name = _open_source(source)
     with handle:
         try:
-            with sf.SoundFile(handle) as audio:
+            with _sound_file(handle) as audio:
                 announced, sr = audio.frames, audio.samplerate
                 header = audio.extra_info
                 data = audio.read(dtype="float32", always_2d=True)
@@ -432,7 +449,7 @@ def load_audio_window(
     handle, name = _open_source(source)
     with handle:
         try:
-            with sf.SoundFile(handle) as audio:
+            with _sound_file(handle) as audio:
                 _refuse_short_chunk(audio.extra_info, name)
                 sr = audio.samplerate
                 # Start on a frame that falls on the target grid (a multiple of

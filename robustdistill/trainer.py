@@ -1163,7 +1163,9 @@ def train(cfg: DistillConfig) -> Path:
     and when it removes them, except a run resumed at ``max_steps`` (no step left to train)
     whose ``student/`` and ``heads/`` already are that step's export
     (:func:`~robustdistill.export.run_export_of_step`): it keeps both as they are, card
-    included, and exports nothing.
+    included, and exports nothing. A run that starts at step 0 (no checkpoint resumed, also
+    ``resume_from auto`` finding none) empties a ``metrics.jsonl`` left by a run killed before
+    its first checkpoint and hides that run's TensorBoard points, so each step is logged once.
 
     Returns:
         The exported student folder (or the output dir when export is off).
@@ -1188,8 +1190,9 @@ def train(cfg: DistillConfig) -> Path:
     if acc.is_main_process:
         run.output_dir.mkdir(parents=True, exist_ok=True)
         remove_incomplete(run.checkpoint_dir)  # what a killed run's last write left
-    if t.resume_from:
-        run.resume(t.resume_from)
+    resumed = bool(t.resume_from) and run.resume(t.resume_from)
+    if acc.is_main_process and not resumed:  # a log left by a run killed before its first
+        truncate_log(run.metrics_path, 0)  # checkpoint (resume_from auto found none)
     run.write_student_init()  # unless the resume wrote it (or the run has its own)
     changes = changes if run.resumed_own_checkpoint else []
     if acc.is_main_process:  # after the resume: a refused one leaves the run's settings
@@ -1217,7 +1220,8 @@ def train(cfg: DistillConfig) -> Path:
     acc.init_trackers("distill", config={"teacher": cfg.teacher, "seed": cfg.seed,
                                          "max_steps": t.max_steps, "lr": t.learning_rate},
                       init_kwargs=tracker_resume_kwargs(run.progress.step)
-                      if run.resumed_own_checkpoint else {})
+                      if run.resumed_own_checkpoint
+                      else {} if resumed else {"tensorboard": {"purge_step": 0}})
     bar = tqdm(total=t.max_steps, initial=run.progress.step, desc="distill",
                disable=not acc.is_main_process, dynamic_ncols=True)
     try:

@@ -140,6 +140,29 @@ def test_utterance_classification_end_to_end(tmp_path, corpus, tiny_upstreams):
     assert second["featurizer"]["weights"] == results["featurizer"]["weights"]
 
 
+def test_an_unreadable_cached_file_is_encoded_again_not_a_failed_run(
+        tmp_path, corpus, tiny_upstreams, caplog):
+    """A hidden-state cache file cut in half (a copy stopped halfway, a crash before it reached
+    the disk) is logged, encoded again and rewritten; the run's numbers are those of the first
+    run. It was a ``PytorchStreamReader`` traceback after the upstream had loaded and every
+    file was decoded."""
+    config = _write_config(tmp_path / "uc.yaml", _uc_config(corpus))
+    out = tmp_path / "uc"
+    _evaluate(corpus, tiny_upstreams["wavlm"], "utterance_classification", config, out)
+    first = json.loads((out / "results.json").read_text())
+    cached = next((out / "cache").glob("train-clean-*.pt"))
+    whole = cached.read_bytes()
+    cached.write_bytes(whole[: len(whole) // 2])
+    with caplog.at_level("WARNING", logger="downstream.runner"):
+        _evaluate(corpus, tiny_upstreams["wavlm"], "utterance_classification", config, out)
+    assert f"cached hidden states {cached} are unreadable" in caplog.text
+    second = json.loads((out / "results.json").read_text())
+    assert second["metrics"] == first["metrics"]
+    assert [k for k in second["timing"] if k.startswith("encode_")] == [
+        "encode_train_clean_s", "encode_s_per_utterance"]  # that file alone, encoded again
+    assert cached.stat().st_size == len(whole)
+
+
 def test_speaker_verification_end_to_end(tmp_path, corpus, tiny_upstreams):
     config = {
         "data": {

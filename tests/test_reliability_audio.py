@@ -302,3 +302,33 @@ def test_anti_phase_stereo_is_named_as_cancelling_channels_not_as_silence():
     assert err.value.reason == "silent"
     with pytest.raises(AudioError, match="digital silence"):
         prepare_waveform(np.zeros((1600, 2), np.float32), 16000, 16000, name="zero.wav")
+
+
+@pytest.mark.parametrize("kind", ["whole", "window"])
+def test_ctrl_c_during_a_decode_reaches_the_caller(tmp_path, kind):
+    """A SIGINT (Ctrl-C) while libsndfile decodes raises ``KeyboardInterrupt`` out of the read.
+    The file used to be read through Python callbacks, where cffi swallowed it ("Exception
+    ignored from cffi callback"): ``cache-teacher`` interrupted twice ran on to its end."""
+    import signal
+    import threading
+    import time
+
+    path = tmp_path / "long.wav"
+    rng = np.random.default_rng(0)
+    sf.write(path, (0.1 * rng.standard_normal(SAMPLE_RATE * 600)).astype(np.float32),
+             SAMPLE_RATE, subtype="PCM_16")  # 10 minutes: a decode of a few tenths of a second
+    read = {"whole": lambda: load_audio(path),
+            "window": lambda: audio_module.load_audio_window(path, 0, SAMPLE_RATE * 590)}[kind]
+    interrupted = 0
+    for _ in range(3):
+        timer = threading.Timer(0.02, os.kill, (os.getpid(), signal.SIGINT))
+        started = time.perf_counter()
+        timer.start()
+        try:
+            read()
+        except KeyboardInterrupt:
+            interrupted += 1
+        finally:
+            timer.join()
+        assert time.perf_counter() - started > 0.02  # the signal came during the read
+    assert interrupted == 3

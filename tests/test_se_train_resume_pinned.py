@@ -126,6 +126,75 @@ def test_se_main_names_a_missing_data_folder_and_the_split_script_for_runs_data(
     err = capsys.readouterr().err
     assert str(tmp_path / "elsewhere") in err and "split_shared_data" not in err
 
+def test_se_killed_before_its_first_checkpoint_starts_again_logging_each_step_once(
+        tmp_path, monkeypatch, die_at_checkpoint):
+    """Killed while publishing its first checkpoint (steps 1-2 logged, no checkpoint): the
+    next start begins at step 0 and its ``metrics.jsonl`` equals an uninterrupted run's byte for
+    byte, TensorBoard showing each step once (before 2026-12-07 the killed run's lines stayed:
+    steps 1, 2, 1, 2, 3, 4)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    write_se_data(tmp_path)
+    full, part = tmp_path / "full", tmp_path / "part"
+    extra = ("--training.save_every", "2", "--training.report_to", "tensorboard")
+    train_se(load_se_config(None, se_train_args(tmp_path, full, 4, *extra)))
+    die_at_checkpoint(1)
+    with pytest.raises(KeyboardInterrupt):
+        train_se(load_se_config(None, se_train_args(tmp_path, part, 4, *extra)))
+    monkeypatch.undo()
+    assert [json.loads(x)["step"] for x in (part / "metrics.jsonl").read_text().splitlines()
+            ] == [1, 2]
+    time.sleep(1.1)  # a new TensorBoard event file name (see test_reliability_checkpoints.py)
+    train_se(load_se_config(None, se_train_args(tmp_path, part, 4, *extra)))
+    assert (part / "metrics.jsonl").read_bytes() == (full / "metrics.jsonl").read_bytes()
+    assert (json.loads((part / "final_state.json").read_text())["parameter_sha256"]
+            == json.loads((full / "final_state.json").read_text())["parameter_sha256"])
+    accumulator = EventAccumulator(str(part / "logs" / "se"))
+    accumulator.Reload()
+    assert [e.step for e in accumulator.Scalars("train/loss")] == [1, 2, 3, 4]
+
+
+def test_se_main_refuses_a_truncated_newest_checkpoint_in_one_line(tmp_path, capsys):
+    """A newest checkpoint whose ``model.safetensors`` was cut short is refused by name, in
+    one usage line (exit 2) saying how to go on; it was a ``CheckpointError`` traceback."""
+    from robustdistill.se.train import main
+
+    write_se_data(tmp_path)
+    out = tmp_path / "r"
+    assert main(se_train_args(tmp_path, out, 2)) == 0
+    weights = out / "checkpoints" / "checkpoint_2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(se_train_args(tmp_path, out, 3))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    assert "checkpoint_2: model.safetensors has 100 bytes" in err[-1]
+    assert "remove that folder to resume from the checkpoint before it" in err[-1]
+    assert weights.stat().st_size == 100 and (out / "checkpoints" / "checkpoint_1").is_dir()
+
+
+def test_se_resume_past_max_steps_is_refused_in_one_line(tmp_path, capsys):
+    """A run whose checkpoint is at step 2 started again with ``max_steps 1``: refused, as
+    ``distill`` refuses it. It exited 0 writing ``final_state.json`` with step 1 beside the
+    2-step student, and said nothing."""
+    from robustdistill.se.train import main
+
+    write_se_data(tmp_path)
+    out = tmp_path / "r"
+    assert main(se_train_args(tmp_path, out, 2)) == 0
+    final = (out / "final_state.json").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(se_train_args(tmp_path, out, 1))
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "checkpoint_2 is at step 2, past training.max_steps 1: a resume cannot shorten a " \
+           "run" in line and "allowed: training.max_steps >= 2" in line
+    assert (out / "final_state.json").read_text() == final and json.loads(final)["step"] == 2
+
+
 # ---------------------------------------------------------------------------- SE table
 def _scores(si_sdr):
     return {"si_sdr": si_sdr, "si_sdr_i": si_sdr + 5, "pesq": 2.0, "pesq_i": 0.5, "stoi": 0.8,

@@ -429,3 +429,20 @@ def test_resume_with_other_training_settings_is_refused(tiny, tmp_path, key, val
     with pytest.raises(ValueError, match="epoch_2 has trained 2 epochs, more than "
                                          "training.epochs 1"):
         train_system(_baseline_setup(tmp_path, "c", 1, resume=True), teacher, crops)
+
+
+def test_a_truncated_newest_checkpoint_is_refused_by_name_before_any_work(tiny, tmp_path):
+    """The newest ``epoch_N`` is checked against its manifest before a resume: a
+    ``model.safetensors`` cut short was loaded as it was, and the command died with a
+    safetensors traceback after the inputs were loaded and ``config.yaml`` rewritten."""
+    teacher, crops = tiny
+    train_system(_baseline_setup(tmp_path, "t", 2), teacher, crops)
+    run = tmp_path / "t"
+    weights = run / "checkpoints" / "epoch_2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    config = (run / "config.yaml").read_text()
+    with pytest.raises(ValueError, match=r"epoch_2: model\.safetensors has 100 bytes.*remove "
+                                         "that folder to resume from the checkpoint before it"):
+        train_system(_baseline_setup(tmp_path, "t", 3, resume=True), teacher, crops)
+    assert (run / "config.yaml").read_text() == config
+    assert weights.stat().st_size == 100

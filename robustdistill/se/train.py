@@ -48,6 +48,7 @@ from downstream.config import from_dict
 
 from ..audio import AudioError
 from ..checkpoints import (
+    CheckpointError,
     latest_checkpoint,
     list_checkpoints,
     remove_incomplete,
@@ -81,7 +82,8 @@ from .students import (
 from .teachers import load_teacher
 from .teachers.onnx_weights import TeacherUnavailable
 
-__all__ = ["DataFolderError", "ResumeSettingsError", "SETrainConfig", "TrainingOptions", "StudentOptions",
+__all__ = ["DamagedCheckpointError", "DataFolderError", "ResumeSettingsError", "SETrainConfig",
+           "TrainingOptions", "StudentOptions",
            "load_se_config", "train_se", "main", "parameter_hash"]
 
 logger = logging.getLogger(__name__)
@@ -361,12 +363,18 @@ def _newest_checkpoint(folder: Path) -> tuple[Path, dict] | None:
     them (its ``step.json`` was written after ``save_state``: its presence marks it complete).
 
     Raises:
-        CheckpointError: the newest checkpoint with a manifest is altered (a file missing or
-            resized).
+        DamagedCheckpointError: (a ``CheckpointError``) the newest checkpoint with a manifest
+            is altered (a file missing or resized: a truncated ``model.safetensors``); it is
+            refused by name, not replaced by an older one without a word.
     """
     path = latest_checkpoint(folder)
     if path is not None:
-        verify_checkpoint(path)
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as err:
+            raise DamagedCheckpointError(
+                f"{err}: refusing to resume from it (allowed: remove that folder to resume "
+                "from the checkpoint before it, or give another output_dir)") from err
         return path, json.loads((path / _STATE).read_text())
     legacy = [p for p in list_checkpoints(folder, require_manifest=False)
               if (p / "step.json").is_file()]
@@ -391,8 +399,14 @@ def data_config(cfg: SETrainConfig) -> PairConfig:
                                scan_cache_dir=str(Path(cfg.output_dir) / SCAN_CACHE_FOLDER))
 
 
+class DamagedCheckpointError(CheckpointError):
+    """The newest checkpoint of ``output_dir`` does not match its manifest (found at start-up,
+    before any work; ``train-se`` says it in one line)."""
+
+
 class ResumeSettingsError(ConfigError):
-    """A resume whose student settings differ from the run's: its checkpoint cannot be loaded."""
+    """A resume whose student settings differ from the run's (its checkpoint cannot be
+    loaded), or whose checkpoint is past ``training.max_steps`` (a run cannot be shortened)."""
 
 
 #: Keys that a resume may change without a word: where the run lives, its scan cache, CPU
@@ -408,13 +422,23 @@ def _resume_changes(cfg: SETrainConfig) -> list[str]:
     Raises:
         ResumeSettingsError: a ``student`` key differs and so do the student's parameter
             shapes (the checkpoint's weights would not fit: another width or depth; a
-            ``min_gain_db``, or a ``ratio`` spelt as its ``hidden_size``, is only a change).
-        CheckpointError: the newest checkpoint is altered (see :func:`_newest_checkpoint`).
+            ``min_gain_db``, or a ``ratio`` spelt as its ``hidden_size``, is only a change);
+            or the checkpoint is past ``training.max_steps`` (its weights would be saved as
+            a shorter run's).
+        DamagedCheckpointError: the newest checkpoint is altered (see
+            :func:`_newest_checkpoint`).
     """
     out = Path(cfg.output_dir)
     newest = _newest_checkpoint(out / "checkpoints")
     if newest is None:
         return []
+    step = int(newest[1]["step"])
+    if step > cfg.training.max_steps:
+        raise ResumeSettingsError(
+            f"{newest[0]} is at step {step}, past training.max_steps {cfg.training.max_steps}: "
+            "a resume cannot shorten a run (its student and final_state.json would say "
+            f"{cfg.training.max_steps} steps); allowed: training.max_steps >= {step}, or "
+            "another output_dir")
     changes = saved_config_changes(out, cfg.to_dict(), _RESUME_FREE)
     student = [c for c in changes if c.startswith("student.")]
     if student and not _same_shapes(out, cfg.student):
@@ -455,7 +479,14 @@ def train_se(cfg: SETrainConfig) -> Path:
             NaN/Inf loss or gradient norm (a checkpoint of the last finite weights and
             ``stopped.json`` are written first).
         ResumeSettingsError: (a ``ConfigError``) a resume whose ``student`` settings differ
-            from the run's ``config.yaml`` (the checkpoint's weights would not fit).
+            from the run's ``config.yaml`` (the checkpoint's weights would not fit), or whose
+            checkpoint is past ``training.max_steps``.
+        DamagedCheckpointError: the newest checkpoint does not match its manifest (a
+            truncated ``model.safetensors``), found before any work.
+
+    A fresh start (no checkpoint) empties a ``metrics.jsonl`` left by a run killed before
+    its first checkpoint, and hides that run's TensorBoard points (``purge_step`` 1), so
+    each step is logged once.
     """
     from accelerate import Accelerator
     from accelerate.utils import (
@@ -521,12 +552,16 @@ def train_se(cfg: SETrainConfig) -> Path:
             logger.warning("resumed with settings other than the run's config.yaml: %s (the "
                            "steps before %d used the old ones; environment.json keeps this "
                            "list)", "; ".join(changes), start)
+    elif acc.is_main_process:  # a log left by a run killed before its first checkpoint
+        truncate_log(out / "metrics.jsonl", 0)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         record_environment(out, start, config_changes=changes if newest is not None else None)
+    # a fresh start hides what a run killed before its first checkpoint logged (steps >= 1)
     acc.init_trackers("se", config={"seed": cfg.seed, "max_steps": t.max_steps},
-                      init_kwargs=tracker_resume_kwargs(start))
+                      init_kwargs=tracker_resume_kwargs(start) if newest is not None
+                      else {"tensorboard": {"purge_step": 1}})
     metrics = (out / "metrics.jsonl").open("a") if acc.is_main_process else None
 
     def save(step: int) -> Path:
@@ -639,7 +674,8 @@ def main(argv: list[str]) -> int:
         parser.error(str(err))
     try:
         train_se(cfg)
-    except (DataFolderError, TeacherUnavailable, ResumeSettingsError) as err:
+    except (DataFolderError, TeacherUnavailable, ResumeSettingsError,
+            DamagedCheckpointError) as err:
         # found at start-up: a message, no traceback (a FileNotFoundError once training runs, a
         # checkpoint folder deleted, keeps its traceback)
         hint = ("; the recipes' runs/data/* folders are made once by "

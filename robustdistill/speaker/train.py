@@ -49,10 +49,13 @@ import yaml
 from downstream.config import from_dict, load_config, to_dict
 from downstream.tasks.speaker_verification.task import build_trials
 from robustdistill.checkpoints import (
+    MANIFEST,
+    CheckpointError,
     checkpoint_index,
     latest_checkpoint,
     remove_incomplete,
     save_checkpoint,
+    verify_checkpoint,
 )
 from robustdistill.config import check_model_path, parse_overrides
 from robustdistill.environment import record_environment
@@ -666,7 +669,9 @@ def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_di
     Raises:
         ValueError: (one line) a fresh run (``training.resume`` false) into a folder holding
             an earlier run's checkpoints (its log and its later checkpoints would mix with
-            this run's), a resume whose checkpoint was trained with other settings
+            this run's), a resume whose newest checkpoint does not match its manifest (a
+            truncated ``model.safetensors``: refused by name, not replaced by an older one),
+            a resume whose checkpoint was trained with other settings
             (:func:`_run_settings`; the run would go on with the new ones and be reported as
             if it had used them throughout), or one whose checkpoint is past
             ``training.epochs`` (its model would be reported as trained for fewer epochs).
@@ -683,6 +688,13 @@ def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_di
             f"{folder_key.split('.')[0]} run folder {str(out_dir)!r} holds checkpoints of an "
             f"earlier run ({', '.join(earlier)}); allowed: --training.resume true to continue "
             f"it, another {folder_key}, or remove that folder to start again")
+    if (last[0] / MANIFEST).is_file():  # a bare epoch_N of an older run has none
+        try:
+            verify_checkpoint(last[0])
+        except CheckpointError as err:
+            raise ValueError(f"{err}: refusing to resume from it (allowed: remove that folder "
+                             "to resume from the checkpoint before it, or another "
+                             f"{folder_key})") from err
     if last[1] > cfg.training.epochs:
         raise ValueError(f"{last[0]} has trained {last[1]} epochs, more than training.epochs "
                          f"{cfg.training.epochs}: resuming would report it as a "
