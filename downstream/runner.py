@@ -328,8 +328,9 @@ def test_set_hash(keys: list[str], seed: int, conditions: list[str], corruption:
 def save_head(path: Path, task: Task, featurizer: Featurizer, head: nn.Module,
               training: dict[str, Any], options: RunOptions) -> None:
     """Save the selected (dev-best) featurizer + head with what identifies them (task, config,
-    seed, upstream, task summary such as the class list), for ``--evaluate-only``."""
-    torch.save({
+    seed, upstream, task summary such as the class list), for ``--evaluate-only``. Written to a
+    temporary name and renamed: a run killed while saving leaves the earlier ``head.pt`` whole."""
+    payload = {
         "format": "robustdistill-downstream-head/1",
         "task": options.task,
         "upstream": options.upstream,
@@ -339,7 +340,9 @@ def save_head(path: Path, task: Task, featurizer: Featurizer, head: nn.Module,
         "training": training,
         "featurizer": featurizer.state_dict(),
         "head": head.state_dict(),
-    }, path)
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_head(path: str | Path, task: Task, featurizer: Featurizer, head: nn.Module,

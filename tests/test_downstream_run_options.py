@@ -6,6 +6,7 @@ the encode batch size, the saved head's class check and run_seeds."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -136,6 +137,35 @@ def test_a_head_trained_with_another_class_list_is_refused(tmp_path):
     assert torch.equal(same[2].classifier.weight, head.classifier.weight)  # loaded
     with pytest.raises(ValueError, match="classes differ"):  # same count, other labels
         runner.load_head(tmp_path / "head.pt", *make(["lo", "up"]), options)
+
+
+def test_a_head_save_that_fails_halfway_leaves_the_earlier_head_whole(tmp_path, monkeypatch):
+    """head.pt was written in place: a run killed while saving left a truncated file beside
+    the earlier results.json. Now a failed save leaves the earlier head.pt as it was."""
+    from downstream.data import DataConfig, SourceConfig
+    from downstream.featurizer import Featurizer
+    from downstream.tasks.utterance_classification.task import (
+        UtteranceClassification,
+        UtteranceClassificationConfig,
+    )
+
+    task = UtteranceClassification(UtteranceClassificationConfig(
+        data=DataConfig(SourceConfig(root="."))))
+    task.classes = ["hi", "lo"]
+    featurizer, head = Featurizer(3, 8), task.build_head(8)
+    options = runner.RunOptions("utterance_classification", "up", "c.yaml", str(tmp_path))
+    runner.save_head(tmp_path / "head.pt", task, featurizer, head, {"best_step": 1}, options)
+    before = (tmp_path / "head.pt").read_bytes()
+
+    def killed(obj, f):  # half the bytes reach the file, then the process dies
+        Path(f).write_bytes(before[: len(before) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        runner.save_head(tmp_path / "head.pt", task, featurizer, head, {"best_step": 2}, options)
+    assert (tmp_path / "head.pt").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head.pt"]  # no temporary left
 
 
 @pytest.mark.parametrize("change, named", [
