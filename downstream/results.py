@@ -366,7 +366,8 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not JSON, or keys missing (named), or a listed condition without metrics.
+        ValueError: not JSON, or keys missing (named), or a listed condition without metrics,
+            or a metric of a listed condition that is not a number or ``null`` (named).
     """
     return load_results_file(path)[1]
 
@@ -419,6 +420,16 @@ def _check_entries(payload: Any, path: Path, required: Sequence[str] = _REQUIRED
         absent = [c for c in entry["conditions"] if c not in entry["metrics"]]
         if absent:
             raise ValueError(f"{path}: no metrics for conditions {absent}")
+        for cond in entry["conditions"]:  # a hand-edited "0.3" would fail only in the plot
+            metrics = entry["metrics"][cond]
+            if not isinstance(metrics, dict):
+                raise ValueError(f"{path}: metrics of {cond!r} are not a mapping of metric "
+                                 f"to number, got {type(metrics).__name__}")
+            for name, value in metrics.items():
+                if value is not None and (isinstance(value, bool)
+                                          or not isinstance(value, int | float)):
+                    raise ValueError(f"{path}: metric {name!r} under {cond!r} is not a "
+                                     f"number or null, got {value!r}")
         entry.setdefault("source_dir", str(path.parent.resolve()))
         for key in _NUMERIC_KEYS:
             if isinstance(entry.get(key), dict):

@@ -227,7 +227,14 @@ def _zero_heads(hidden: int, n_tasks: int, final_dim: int) -> dict[str, torch.Te
 
 def _load_heads(heads, hidden: int) -> tuple[list[int], dict[str, torch.Tensor], int]:
     if isinstance(heads, str | Path):
-        heads = torch.load(heads, map_location="cpu", weights_only=True)
+        try:
+            heads = torch.load(heads, map_location="cpu", weights_only=True)
+        except OSError:
+            raise
+        except Exception as err:  # noqa: BLE001 - torch.load of a foreign file raises anything
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ValueError(f"heads {heads}: not a torch.save'd heads file "
+                             f"({type(err).__name__}: {first[:200]})") from err
     if not isinstance(heads, Mapping) or "pred_layer_id" not in heads or "state_dict" not in heads:
         raise ValueError("heads must be a dict {'pred_layer_id': [...], 'state_dict': {...}}")
     layers = [int(i) for i in heads["pred_layer_id"]]
@@ -266,7 +273,8 @@ def export_s3prl_distiller(
 
     Raises:
         ValueError: not a HuBERT model, an architecture s3prl's distiller cannot reproduce,
-            a student that expects normalised input, or badly shaped heads.
+            a student that expects normalised input, or badly shaped heads, or a heads path
+            that ``torch.load`` cannot read (named).
         OSError: the folder cannot be read.
     """
     upstream = student_dir_or_model
@@ -323,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns:
         0 on success; exits with status 2 and a one-line message for a student s3prl cannot
-        reproduce or a missing folder.
+        reproduce, a missing folder, an ``--out`` that is a folder or would overwrite an input
+        (inside ``--student``, or ``--heads`` itself), or ``--heads`` that is missing or not a
+        ``torch.save``'d file.
     """
     import argparse
 
@@ -342,6 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not Path(args.student).is_dir():
         parser.error(f"student folder not found: {args.student}")
+    if Path(args.out).is_dir():  # torch.save would fail with a RuntimeError traceback
+        parser.error(f"--out {args.out} is a folder: give the .ckpt file to write")
+    out = Path(args.out).expanduser().resolve()
+    student = Path(args.student).expanduser().resolve()
+    if student in out.parents or (args.heads and out == Path(args.heads).expanduser().resolve()):
+        parser.error(f"--out {args.out} would overwrite an input (it is inside --student or is "
+                     "--heads): give a path outside them")
     try:
         path = export_s3prl_distiller(args.student, args.out, args.heads,
                                       allow_normalization_mismatch=args.allow_normalization_mismatch)

@@ -85,7 +85,7 @@ from safetensors.torch import save_file
 from .audio import SAMPLE_RATE, AudioError
 from .data.batching import collate_waveforms
 from .data.cropped import content_key
-from .files import atomic_path, atomic_write_text
+from .files import atomic_path, atomic_write_text, file_blocking_folder
 from .processes import finish_processes
 from .upstream import Upstream, UpstreamOutput, lengths_to_mask
 
@@ -131,7 +131,8 @@ class TeacherCacheConfig:
             with a small ``/dev/shm`` needs it raised, or this option off.
 
     Raises:
-        ValueError: in ``__post_init__``, an unknown context, dtype or ``missing`` mode.
+        ValueError: in ``__post_init__``, an unknown context, dtype or ``missing`` mode, or a
+            ``dir`` where a file stands (itself or one of its parents).
     """
 
     dir: str | None = field(default=None, metadata={"help": "cache root; null: teacher on every step"})
@@ -158,6 +159,11 @@ class TeacherCacheConfig:
         if not self.max_utterance_s > 0:
             raise ValueError(f"teacher_cache.max_utterance_s must be > 0, got "
                              f"{self.max_utterance_s}")
+        if self.dir and (blocking := file_blocking_folder(self.dir)) is not None:
+            # found when the config is read, not as a NotADirectoryError once the teacher and
+            # the data are loaded
+            raise ValueError(f"teacher_cache.dir {self.dir!r}: {str(blocking)!r} is a file, "
+                             "not a folder")
 
 
 def _entry_path(root: Path, context: str, key: str, start: int = 0,

@@ -45,3 +45,15 @@ def test_model_facts_are_not_objective_options():
 def test_bad_values_are_refused_when_the_config_is_read(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(DEMO, override)
+
+
+def test_a_teacher_cache_dir_where_a_file_stands_is_refused_when_the_config_is_read(tmp_path):
+    """It was a NotADirectoryError traceback once the teacher and the data were loaded, in
+    ``distill`` and ``cache-teacher`` alike."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    for where in (afile, afile / "cache"):
+        with pytest.raises(ConfigError, match=rf"teacher_cache.dir '{where}': '{afile}' is a "
+                                              "file, not a folder"):
+            load_config(DEMO, ["--teacher_cache.dir", str(where)])
+    assert load_config(DEMO, ["--teacher_cache.dir", str(tmp_path / "new")]).teacher_cache.dir

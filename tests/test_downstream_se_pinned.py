@@ -136,9 +136,12 @@ def test_mask_head_gives_an_utterance_the_same_mask_alone_and_beside_a_longer_on
 
 
 def test_mask_head_output_dropout_acts_in_training():
-    """p = 1 drops the whole BLSTM output: the mask is the sigmoid of the bias alone."""
+    """p = 1 drops the whole BLSTM output: the mask is the sigmoid of the bias alone (a
+    config refuses p = 1, which trains nothing: it is set after construction to pin this)."""
     torch.manual_seed(0)
-    head = MaskHead(3, 5, 2, SEHeadConfig(hidden_size=4, num_layers=1, output_dropout=1.0))
+    config = SEHeadConfig(hidden_size=4, num_layers=1)
+    config.output_dropout = 1.0
+    head = MaskHead(3, 5, 2, config)
     head.train()
     mask = head(torch.randn(1, 4, 3), torch.tensor([4]), torch.tensor([8]))
     torch.testing.assert_close(mask[0], torch.sigmoid(head.proj.bias).expand(8, 5))

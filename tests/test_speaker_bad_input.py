@@ -169,6 +169,9 @@ def test_train_speaker_runs_past_bad_files_and_counts_them(tmp_path, monkeypatch
     (["--teacher", "{root}/notmodel.pt"], "teacher {root}/notmodel.pt is not a GE2E weights"),
     (["--student.kind", "upstream", "--student.upstream", "{root}/no_upstream"],
      "student.upstream folder '{root}/no_upstream' does not exist"),
+    # a folder with no model's config.json: once a traceback after the teacher's targets
+    (["--student.kind", "upstream", "--student.upstream", "{root}"],
+     "student.upstream '{root}' is not a model folder: Unrecognized model"),
     (["--data.train_dir", "{root}/no_train"], "audio path does not exist: {root}/no_train"),
     (["--data.test_other_dir", "{root}/no_test"], "verification folder does not exist"),
     (["--training.batch_size", "0"], "training.batch_size must be >= 2, got 0"),

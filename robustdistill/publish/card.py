@@ -436,6 +436,50 @@ def write_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     return path
 
 
+#: The numbers each ``--speed-json`` row needs (what :func:`measure_speed` writes), all > 0.
+SPEED_KEYS = ("seconds", "median_s", "real_time_factor")
+
+
+def read_speed_rows(path: str | Path) -> list[dict[str, float]]:
+    """The rows of a ``--speed-json`` file, checked before they are published in a card.
+
+    Returns:
+        A non-empty list of ``{"seconds", "median_s", "real_time_factor", ...}`` dicts as
+        :func:`measure_speed` returns them (``threads``, when given, an integer >= 1).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not JSON, not a non-empty list of objects, or a row whose ``seconds``,
+            ``median_s`` or ``real_time_factor`` is missing or not a finite number > 0
+            (a NaN or negative timing was printed into the card as it was), or whose
+            ``threads`` is not an integer >= 1; the file and the row named.
+    """
+    import math
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--speed-json file not found: {path}")
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"--speed-json {path}: not valid JSON ({err})") from err
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"--speed-json {path}: expected a non-empty JSON list of "
+                         "{seconds, median_s, real_time_factor, threads} objects")
+    for i, row in enumerate(rows):
+        for key in SPEED_KEYS:
+            value = row.get(key)
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not math.isfinite(value) or value <= 0):
+                raise ValueError(f"--speed-json {path}: row {i}: {key} must be a finite number "
+                                 f"> 0, got {value!r}")
+        threads = row.get("threads", 1)
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"--speed-json {path}: row {i}: threads must be an integer >= 1, "
+                             f"got {threads!r}")
+    return rows
+
+
 def card_main(argv: list[str]) -> int:
     """``robustdistill card --model DIR --results R.json ... --run RUN_DIR --license L``."""
     parser = argparse.ArgumentParser(prog="robustdistill card",
@@ -477,7 +521,7 @@ def card_main(argv: list[str]) -> int:
     rows: bool | list = not args.no_speed
     try:
         if args.speed_json:
-            rows = json.loads(Path(args.speed_json).read_text())
+            rows = read_speed_rows(args.speed_json)
         path = write_card(args.model, args.results, args.run, license=args.license,
                           license_name=args.license_name, license_link=args.license_link,
                           kind=args.kind, repo_id=args.repo_id, base_model=args.base_model,

@@ -215,6 +215,10 @@ def _normalise(entry: dict[str, Any], source: Path) -> TaskResult:
                 if _is_nan(value):  # e.g. PESQ failed on every utterance
                     logger.warning("%s: %s under %s is NaN (undefined): the card shows it as '-' and its "
                                    "model-index leaves it out", source, name, cond)
+                else:  # e.g. a hand-edited "0.3": not silently shown as '-'
+                    logger.warning("%s: %s under %s is not a number (%r): the card shows it as "
+                                   "'-' and its model-index leaves it out", source, name, cond,
+                                   value)
                 continue
             if (mv.interval is None and name in _PROPORTIONS and n_test
                     and 0.0 <= mv.value <= 1.0):

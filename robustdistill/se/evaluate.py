@@ -11,19 +11,22 @@ project); improvements are the enhanced score minus the noisy input's score.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..audio import list_audio_files, load_audio
+from ..audio import AudioError, list_audio_files, load_audio
 from ..augment.noise import NoiseBank, mix_at_snr, noise_segment, white_if_silent
 from .teachers.base import FrameModel
 
 __all__ = ["TestPairs", "make_test_pairs", "evaluate_model", "METRICS"]
 
 METRICS = ("si_sdr", "pesq", "stoi")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,9 +64,14 @@ class TestPairs:
 def make_test_pairs(speech_dir: str | Path, noise_dir: str | Path,
                     snrs: tuple[float, ...] = (-5.0, 0.0, 5.0), per_speaker: int = 2,
                     max_seconds: float = 6.0, seed: int = 0) -> TestPairs:
-    """Build the held-out pairs: the first ``per_speaker`` utterances (sorted) of each speaker
-    folder, cut to ``max_seconds``. A noise segment that is silent (a digitally silent stretch
-    of its recording) is replaced, with a warning, by white noise from the same generator.
+    """Build the held-out pairs: the first ``per_speaker`` usable utterances (sorted) of each
+    speaker folder, cut to ``max_seconds``. An unusable file (unreadable, empty, NaN/Inf,
+    silent: :class:`~robustdistill.audio.AudioError`; shorter than the metrics'
+    ``MIN_METRIC_SAMPLES``; or digitally silent once cut, whose STOI of 0 would be averaged
+    in) is skipped with a warning naming it and its reason, and the
+    speaker's next file taken instead (the names, hence :meth:`TestPairs.sha1`, record which).
+    A noise segment that is silent (a digitally silent stretch of its recording) is replaced,
+    with a warning, by white noise from the same generator.
 
     Args:
         speech_dir: folder of clean speech, one subfolder per speaker (searched recursively).
@@ -77,9 +85,10 @@ def make_test_pairs(speech_dir: str | Path, noise_dir: str | Path,
         :class:`TestPairs`.
 
     Raises:
-        FileNotFoundError: no speech or noise files.
+        FileNotFoundError: no speech or noise files, or no usable speech file (each skipped
+            one is logged).
     """
-    from downstream.tasks.speech_enhancement.task import speech_metrics
+    from downstream.tasks.speech_enhancement.task import MIN_METRIC_SAMPLES, speech_metrics
 
     files = list_audio_files(speech_dir)
     if not files:
@@ -87,13 +96,38 @@ def make_test_pairs(speech_dir: str | Path, noise_dir: str | Path,
     by_speaker: dict[str, list] = {}
     for f in files:
         by_speaker.setdefault(Path(f).parent.name, []).append(f)
-    chosen = [f for spk in sorted(by_speaker) for f in sorted(by_speaker[spk])[:per_speaker]]
     bank = NoiseBank.from_folder(noise_dir)
+    chosen: list[tuple[Path, np.ndarray]] = []
+    skipped = 0
+    for spk in sorted(by_speaker):
+        taken = 0
+        for f in sorted(by_speaker[spk]):
+            if taken == per_speaker:
+                break
+            try:
+                x = load_audio(f)[: int(max_seconds * 16000)]
+                if x.size < MIN_METRIC_SAMPLES:
+                    raise AudioError(f"{f}: {x.size} samples, fewer than the metrics' "
+                                     f"{MIN_METRIC_SAMPLES}", "too short")
+                if not np.any(x):  # its STOI would be 0 and averaged in as a score
+                    raise AudioError(f"{f}: digital silence in its first {max_seconds:g} s "
+                                     "(max_seconds)", "silent")
+            except AudioError as err:
+                skipped += 1
+                logger.warning("test speech: skipping %s [%s]: %s", f, err.reason, err)
+                continue
+            chosen.append((Path(f), x))
+            taken += 1
+    if skipped:
+        logger.warning("test speech: %d unusable file(s) below %s skipped (named above); each "
+                       "speaker's next file taken instead", skipped, speech_dir)
+    if not chosen:
+        raise FileNotFoundError(f"no usable speech below {speech_dir} ({skipped} file(s) "
+                                "skipped, named above)")
     clean, names = [], []
     noisy: dict[float, list] = {s: [] for s in snrs}
     scores: dict[float, list] = {s: [] for s in snrs}
-    for i, f in enumerate(chosen):
-        x = load_audio(f)[: int(max_seconds * 16000)]
+    for i, (f, x) in enumerate(chosen):
         rng = np.random.default_rng([seed, i])
         k = int(rng.integers(len(bank)))
         seg, _ = white_if_silent(noise_segment(bank.waveforms[k], x.size, rng), rng,

@@ -28,6 +28,11 @@ A student already in ``<out>/runs/`` is used only when its ``config.yaml`` is th
 config asked for now (other ``--steps``, ``--batch-size``, ``--crop-seconds``,
 ``--pool-size``, ``--kd-fraction`` or recipe are refused before any work, with the keys that
 differ: its results would otherwise be shown as trained with the new settings).
+
+An unusable test speech file (unreadable, silent, NaN/Inf, too short) is skipped with a warning
+and its speaker's next file taken (:func:`~robustdistill.se.evaluate.make_test_pairs`); a
+recipe's speech, noise or RIR folder that is missing or holds no audio (for a student still to
+train) is a one-line error before the teachers are scored or any student trained.
 """
 
 from __future__ import annotations
@@ -217,7 +222,18 @@ def main(argv: list[str] | None = None) -> int:
         test_sets: dict[str, list[str]] = {}  # test_set_sha1 -> folders
         unhashed = []
         for folder in args.merge:
-            entries = json.loads((Path(folder) / "results.json").read_text())
+            path = Path(folder) / "results.json"
+            try:
+                entries = json.loads(path.read_text())
+            except FileNotFoundError:
+                parser.error(f"--merge: {path} does not exist (not a table folder?)")
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                parser.error(f"--merge: {path} is not valid JSON ({err})")
+            if not isinstance(entries, dict) or not all(
+                    isinstance(e, dict) and isinstance(e.get("results"), dict)
+                    for e in entries.values()):
+                parser.error(f"--merge: {path} is not a table's results.json (a mapping of "
+                             "entry to {'results': {snr: scores}, ...})")
             for name, entry in entries.items():
                 if entry.get("test_set_sha1"):
                     test_sets.setdefault(entry["test_set_sha1"], []).append(f"{folder}:{name}")
@@ -261,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    from ..audio import list_audio_files
     from ..config import ConfigError
     from .students import GRUMaskStudent, count_parameters
     from .teachers import load_teacher
@@ -314,6 +331,19 @@ def main(argv: list[str] | None = None) -> int:
         hint = ("; runs/data/* is made once by `bash scripts/split_shared_data.sh`"
                 if "runs/data/" in str(err) else "")
         parser.error(f"test set: {err}{hint}")
+    checked: set[str] = set()  # the recipes' data folders: missing or audio-less is one line
+    for key, run_dir, cfg, _ in planned:  # before the teachers are scored or a student trained
+        if (run_dir / "student" / "model.safetensors").is_file():
+            continue  # trained by an earlier call: its data is not read again
+        for folder in (cfg.data.speech_dir, cfg.data.noise_dir, cfg.data.rir_dir):
+            if folder is not None and folder not in checked:
+                checked.add(folder)
+                try:
+                    list_audio_files(folder)
+                except FileNotFoundError as err:
+                    hint = ("; runs/data/* is made once by `bash scripts/split_shared_data.sh`"
+                            if "runs/data/" in str(err) else "")
+                    parser.error(f"{key}: {err}{hint}")
     test_set = pairs.sha1()
     stale = sorted(k for k, r in results.items()
                    if k != "noisy" and r.get("test_set_sha1") != test_set)

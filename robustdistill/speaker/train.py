@@ -1271,7 +1271,8 @@ def main(argv: list[str]) -> int:
     bad value; ``--steps`` or ``--crops`` given to an action other than ``gap``; ``gap``'s
     ``--steps`` not integers ``>= 2`` or ``--crops`` below 1; ``cache``
     with ``ig.use_cache false``; an output or cache folder that is a file; a missing or foreign
-    teacher file (or no resemblyzer package); a missing ``student.upstream`` folder; a missing
+    teacher file (or no resemblyzer package); a missing ``student.upstream`` folder, or one that
+    is not a model folder (no readable ``config.json``); a missing
     data folder; a set unusable once its bad files are skipped; a verification speaker seen in
     training; a fresh run into a run folder with an earlier run's checkpoints, or a resume of
     one trained with other settings (:func:`check_run_folder`). An error once the work has
@@ -1304,6 +1305,7 @@ def main(argv: list[str]) -> int:
         if cfg.student.kind == "upstream":
             check_model_path(cfg.student.upstream, "student.upstream",
                              "robustdistill create-student --teacher ID_OR_DIR --out DIR")
+            _check_model_folder(cfg.student.upstream, "student.upstream")
         steps: list[int] = []
         num_crops = GAP_CROPS if args.crops is None else args.crops
         if args.action == "gap":
@@ -1361,6 +1363,22 @@ def _check_folder(key: str, folder: str) -> None:
     is not a folder (``mkdir`` would fail with a traceback once the work starts)."""
     if (blocking := file_blocking_folder(folder)) is not None:
         raise ValueError(f"{key} {folder!r}: {blocking} is a file, not a folder")
+
+
+def _check_model_folder(name: str, key: str) -> None:
+    """Raise ValueError naming ``key`` when ``name`` is a local folder whose ``config.json``
+    ``transformers`` cannot read as a model's (no config, no ``model_type``, an architecture it
+    does not know, such as a train-se student): found at start-up, not once the teacher's
+    targets are computed and the student is built."""
+    if not Path(name).expanduser().is_dir():
+        return  # a hub id: resolved when the student is built
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{key} {name!r} is not a model folder: {first}") from err
 
 
 def _load_or_exit(parser: argparse.ArgumentParser, load: Callable[[], T]) -> T:

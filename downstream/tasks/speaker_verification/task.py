@@ -55,6 +55,11 @@ class XVectorConfig:
         ``padded`` (torch's BatchNorm1d: the zero-padded frames of utterances shorter than the
         training crop count too; the behaviour before 2026-12-07). Training only: evaluation
         uses the running statistics either way.
+
+    Raises:
+        ValueError: (on construction) ``channels``, ``embedding_dim``, a kernel size or a
+            dilation below 1, or ``scale <= 0`` (an all-zero logit: the head would not train,
+            and its random embeddings be scored; a 0-wide embedding scored every trial 0).
     """
 
     channels: int = 256
@@ -64,6 +69,16 @@ class XVectorConfig:
     margin: float = 0.2
     scale: float = 30.0
     batch_norm: Literal["masked", "padded"] = "masked"
+
+    def __post_init__(self) -> None:
+        for name in ("channels", "embedding_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"head.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("kernel_sizes", "dilations"):
+            if any(v < 1 for v in getattr(self, name)):
+                raise ValueError(f"head.{name} must all be >= 1, got {getattr(self, name)}")
+        if not self.scale > 0:
+            raise ValueError(f"head.scale must be > 0, got {self.scale}")
 
 
 @dataclass
@@ -89,11 +104,20 @@ class SpeakerVerificationConfig(TaskConfig):
         head: see :class:`XVectorConfig`.
         trials: see :class:`TrialsConfig`.
         train_crop_seconds: random crop length (seconds) of training utterances; None: whole.
+
+    Raises:
+        ValueError: (on construction) ``train_crop_seconds <= 0`` (it trained on one-frame
+            crops).
     """
 
     head: XVectorConfig = field(default_factory=XVectorConfig)
     trials: TrialsConfig = field(default_factory=TrialsConfig)
     train_crop_seconds: float | None = 3.0
+
+    def __post_init__(self) -> None:
+        if self.train_crop_seconds is not None and not self.train_crop_seconds > 0:
+            raise ValueError(f"train_crop_seconds must be > 0 (or null: whole utterances), got "
+                             f"{self.train_crop_seconds}")
 
 
 def build_trials(speakers: Sequence[str], max_nontarget: int, seed: int

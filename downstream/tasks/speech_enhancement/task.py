@@ -113,7 +113,9 @@ class SEHeadConfig:
             unbounded non-negative mask).
 
     Raises:
-        ValueError: (on construction) ``hidden_size`` or ``num_layers`` below 1.
+        ValueError: (on construction) ``hidden_size`` or ``num_layers`` below 1, or
+            ``dropout`` or ``output_dropout`` outside ``[0, 1)`` (1 zeroes every training
+            input of the mask layer: nothing trains).
     """
 
     hidden_size: int = 256
@@ -125,6 +127,9 @@ class SEHeadConfig:
     def __post_init__(self) -> None:
         if self.hidden_size < 1 or self.num_layers < 1:
             raise ValueError("head.hidden_size and head.num_layers must be >= 1")
+        for name in ("dropout", "output_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"head.{name} must lie in [0, 1), got {getattr(self, name)}")
 
 
 @dataclass
@@ -515,7 +520,10 @@ def speech_metrics(estimate: np.ndarray, reference: np.ndarray, key: str = "") -
     Returns:
         ``{"pesq", "stoi", "si_sdr"}``; ``pesq`` is NaN (logged) when PESQ cannot score the
         pair (e.g. no speech detected), ``si_sdr`` is NaN (logged) when either signal is
-        silent (SI-SDR undefined; torchmetrics would report 0 dB for a silent estimate).
+        silent (SI-SDR undefined; torchmetrics would report 0 dB for a silent estimate),
+        ``stoi`` is NaN (logged) when the reference is silent (all zeros, e.g. an utterance
+        whose first ``max_seconds`` are silence: pystoi returns 1e-5, averaged in as a score
+        before).
 
     Length: at least ``MIN_METRIC_SAMPLES`` (410 samples, 25.6 ms: one 256-sample STOI frame
     at STOI's 10 kHz; pystoi crashes on less). PESQ needs 0.25 s (4000 samples) and scores
@@ -545,5 +553,10 @@ def speech_metrics(estimate: np.ndarray, reference: np.ndarray, key: str = "") -
     except SilentSignalError as err:  # a silent signal: undefined, not 0 dB
         logger.warning("SI-SDR undefined on %s (%s); left out of the mean", key, err)
         sdr = float("nan")
-    return {"pesq": float(score), "stoi": float(stoi(reference, estimate, SAMPLE_RATE)),
-            "si_sdr": sdr}
+    if np.any(reference):
+        intelligibility = float(stoi(reference, estimate, SAMPLE_RATE))
+    else:  # pystoi finds no speech frame and returns 1e-5, which a mean would take as a score
+        logger.warning("STOI undefined on %s (the reference is silent); left out of the mean",
+                       key)
+        intelligibility = float("nan")
+    return {"pesq": float(score), "stoi": intelligibility, "si_sdr": sdr}

@@ -39,10 +39,20 @@ class ClassifierHeadConfig:
     projector_dim: width of the linear projection before pooling (s3prl's default 256);
         0 pools the featurizer output directly.
     dropout: dropout on the pooled vector during training.
+
+    Raises:
+        ValueError: (on construction) a negative ``projector_dim``, or ``dropout`` outside
+            ``[0, 1)``.
     """
 
     projector_dim: int = 256
     dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.projector_dim < 0:
+            raise ValueError(f"head.projector_dim must be >= 0, got {self.projector_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"head.dropout must lie in [0, 1), got {self.dropout}")
 
 
 @dataclass
