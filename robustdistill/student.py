@@ -220,6 +220,12 @@ def _student_config(teacher: Upstream, cfg: StudentConfig):
         raise ValueError(f"student width {hidden} is not divisible by its "
                          f"{config.num_attention_heads} attention heads: set "
                          "student.num_attention_heads")
+    groups = getattr(config, "num_conv_pos_embedding_groups", 1)
+    if hidden % groups:  # torch's message ("in_channels must be divisible by groups") names none
+        raise ValueError(f"student width {hidden} is not divisible by the "
+                         f"{groups} groups of the positional convolution "
+                         "(num_conv_pos_embedding_groups, the teacher's): set student.hidden_size "
+                         f"to a multiple of {groups}")
     conv_dim = cfg.conv_dim if cfg.conv_dim is not None else preset.get("conv_dim")
     if conv_dim is None and "conv_fraction" in preset:  # a share of the teacher's channels
         shares = list(preset["conv_fraction"]) + [1.0] * len(config.conv_dim)

@@ -63,6 +63,10 @@ def test_default_heads_need_not_divide_by_64_and_bad_heads_are_named(tmp_path):
         StudentConfig(hidden_size=96, num_attention_heads=5)
     with pytest.raises(ValueError, match="not divisible by its 3 attention heads"):
         create_student(teacher, StudentConfig(hidden_size=200))
+    # the tiny teacher's positional convolution has 2 groups: torch's own error named no option
+    with pytest.raises(ValueError, match="width 97 is not divisible by the 2 groups of the "
+                                         "positional convolution"):
+        create_student(teacher, StudentConfig(hidden_size=97, num_attention_heads=1))
 
 
 def test_distilhubert_shape_from_a_base_teacher_config(tmp_path):
