@@ -25,6 +25,7 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import random
 import re
 from collections import defaultdict
@@ -166,6 +167,10 @@ class DataConfig:
             changes one split (``-o data.max_items_per_split.train=40`` gives ``{train: 40,
             dev: 50, test: 50}``).
         max_seconds: crop each utterance to its first ``max_seconds`` seconds (None: no crop).
+
+    Raises:
+        ValueError: (on construction) ``max_seconds`` not a finite number above 0 (0 left
+            every utterance one sample long: "no usable audio" named no setting).
     """
 
     source: SourceConfig
@@ -175,6 +180,13 @@ class DataConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     max_items_per_split: int | dict[str, int] | None = None
     max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_seconds is not None and not (
+                isinstance(self.max_seconds, int | float) and math.isfinite(self.max_seconds)
+                and self.max_seconds > 0):
+            raise ValueError(f"data.max_seconds must be a number of seconds above 0 (or null: "
+                             f"no crop), got {self.max_seconds!r}")
 
 
 # ---------------------------------------------------------------------------- reading sources

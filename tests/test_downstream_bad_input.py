@@ -85,18 +85,24 @@ def test_a_head_file_that_is_text_is_a_value_error_not_a_key_error(tmp_path):
     ("speech_enhancement", {"head": {"output_dropout": 1.0}},
      "head.output_dropout must lie in [0, 1)"),
     ("speech_enhancement", {"head": {"dropout": -0.1}}, "head.dropout must lie in [0, 1)"),
+    ("utterance_classification", {"data": {"max_seconds": 0}},
+     "data.max_seconds must be a number of seconds above 0"),
+    ("speaker_verification", {"data": {"max_seconds": float("nan")}},
+     "data.max_seconds must be a number of seconds above 0"),
 ])
 def test_head_values_that_train_nothing_are_refused_at_load(task, values, message):
     """Accepted before: scale 0 (all-zero logits, no gradient: the random head was scored),
     embedding_dim 0 (every trial scored 0, EER 0.5), train_crop_seconds 0 (one-frame crops),
-    dropout 1 (every training input zeroed): each ran to a results.json without a word."""
+    dropout 1 (every training input zeroed), data.max_seconds 0 (one-sample utterances: "no
+    usable audio" naming no setting): each ran to a results.json, or failed, without a word."""
     from downstream.base import get_task
     from downstream.config import from_dict
 
     config_class = get_task(task).config_class
     data = {"data": {"source": {"root": "x", "pattern": "(?P<speaker>.+)"}}}
     with pytest.raises(ValueError, match=re.escape(message)):
-        from_dict(config_class, data | values)
+        from_dict(config_class, {"data": data["data"] | values.get("data", {})}
+                  | {k: v for k, v in values.items() if k != "data"})
     from_dict(config_class, data)  # the defaults stand
 
 
