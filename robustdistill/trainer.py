@@ -86,6 +86,8 @@ from .teachers import load_teacher, prepare_teacher
 from .upstream import Upstream, disable_train_randomness, lengths_to_mask
 
 logger = logging.getLogger(__name__)
+# the trajectory key (checkpoints' training_state.json) of the training crops' start grid
+CROP_GRID = "crop grid (samples; set by teacher_cache)"
 
 __all__ = ["DataReadError", "Distiller", "NonFiniteTrainingError", "TrainingProgress", "train"]
 
@@ -803,7 +805,7 @@ class _Run:
                "training.gradient_accumulation_steps": cfg.training.gradient_accumulation_steps}
         if self.sampler is not None:
             out["training items"] = self.sampler.num_samples
-            out["crop grid (samples; set by teacher_cache)"] = int(self.train_set.crop_grid)
+            out[CROP_GRID] = int(self.train_set.crop_grid)
         return out
 
     def resume(self, where: str) -> bool:

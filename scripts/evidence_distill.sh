@@ -55,6 +55,7 @@ launcher=(accelerate launch --multi_gpu --num_processes 2 -m robustdistill.cli)
 "${launcher[@]}" cache-teacher --config configs/robust_wavlm_base_plus.yaml "${common[@]}" \
     --output_dir "$OUT/cache-build" > "$OUT/cache.log" 2>&1 || { tail -20 "$OUT/cache.log"; exit 1; }
 
+pids=()
 for variant in "${VARIANTS[@]}"; do
     case $variant in
         robust) config=configs/robust_wavlm_base_plus.yaml ;;
@@ -63,5 +64,13 @@ for variant in "${VARIANTS[@]}"; do
     esac
     python -m robustdistill.cli distill --config "$config" "${common[@]}" --teacher_cache.missing error \
         --output_dir "$OUT/$variant" > "$OUT/$variant.log" 2>&1 &
+    pids+=("$!")
 done
-wait
+# a run that fails (e.g. one refusing an output_dir that holds an earlier run) fails the script,
+# with the end of its log
+failed=0
+for i in "${!pids[@]}"; do
+    wait "${pids[$i]}" || { log="$OUT/${VARIANTS[$i]}.log"
+        echo "${VARIANTS[$i]} failed; the end of $log:" >&2; tail -3 "$log" >&2; failed=1; }
+done
+exit $failed

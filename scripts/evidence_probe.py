@@ -33,10 +33,10 @@ import torch
 
 from downstream.conditions import TestCorruptor, parse_conditions
 from robustdistill.audio import load_audio
-from robustdistill.checkpoints import checkpoint_index, list_checkpoints
+from robustdistill.checkpoints import TRAINING_STATE, checkpoint_index, list_checkpoints
 from robustdistill.config import load_config
 from robustdistill.diagnostics import hidden_state_stats, linear_cka, prediction_distance
-from robustdistill.trainer import _Run
+from robustdistill.trainer import CROP_GRID, _Run
 
 logger = logging.getLogger("evidence_probe")
 SR = 16000
@@ -59,6 +59,25 @@ def held_out_items(folder: Path, count: int, seconds: float) -> list[tuple[str, 
 def batch(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """Equal-length utterances -> ``(B, S)`` and lengths ``(B,)``."""
     return torch.from_numpy(np.stack(waves)), torch.full((len(waves),), waves[0].shape[0])
+
+
+def resume_weights(run: _Run, checkpoint: Path) -> None:
+    """Load ``checkpoint`` into ``run``, the trained run rebuilt with its teacher cache off
+    (the probe runs the teacher itself, wherever the run was trained).
+
+    A cache with ``crop_starts: chunks`` put the training crops on a grid of whole chunks,
+    which the rebuilt run does not have; resume refuses a checkpoint of another crop grid
+    (it fixes the data order, which the probe never reads), so the rebuilt run takes the
+    checkpoint's grid first.
+
+    Raises:
+        ConfigError: the checkpoint differs from the run in anything else resume checks.
+    """
+    state = json.loads((checkpoint / TRAINING_STATE).read_text())
+    grid = state.get("trajectory", {}).get(CROP_GRID)
+    if grid is not None:
+        run.train_set.crop_grid = grid
+    run.resume(str(checkpoint))
 
 
 @torch.no_grad()
@@ -142,7 +161,7 @@ def main() -> None:
             states = {"0": probe_state(run, items, noisy, teacher_targets, layers)}
             logger.info("%s step 0 done", run_dir)
             for path in sorted(list_checkpoints(run_dir / "checkpoints"), key=checkpoint_index):
-                run.resume(str(path))
+                resume_weights(run, path)
                 step = run.progress.step
                 states[str(step)] = probe_state(run, items, noisy, teacher_targets, layers)
                 logger.info("%s step %d done", run_dir, step)

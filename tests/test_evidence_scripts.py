@@ -1,0 +1,92 @@
+"""The evidence scripts: ``evidence_probe.py`` reads the checkpoints of runs trained from a
+teacher cache; ``evidence_distill.sh`` fails when one of its runs fails."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustdistill.config import ConfigError, load_config
+from robustdistill.teacher_cache import build_cache
+from robustdistill.trainer import _Run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _probe_script():
+    """``scripts/evidence_probe.py`` as a module."""
+    path = ROOT / "scripts" / "evidence_probe.py"
+    spec = importlib.util.spec_from_file_location("evidence_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _config(tmp_path, teacher_dir, out, **extra):
+    overrides = {
+        "teacher": str(teacher_dir), "output_dir": str(tmp_path / out), "seed": 5,
+        "data.synthetic_items": 8, "data.synthetic_seconds": "[2.5, 2.5]",
+        "data.synthetic_dir": str(tmp_path / "corpus"), "data.batch_size": 2,
+        "data.max_length_s": 1.0, "data.min_length_s": 0.5, "data.validation_fraction": 0.25,
+        "augmentation.num_simulated_rooms": 2, "augmentation.room_max_order": 3,
+        "objectives": "{layerwise: {teacher_layers: [1, 2]}, enhancement: {hidden_size: 8, num_layers: 1}}",
+        "training.cpu": True, "training.report_to": "[]", "training.max_steps": 3,
+        **extra,
+    }
+    argv = [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
+    return load_config(None, argv)
+
+
+def test_the_probe_resumes_a_run_trained_on_cached_chunks(tmp_path, tiny_wavlm_dir):
+    """A run trained with ``crop_starts: chunks`` (as scripts/evidence_distill.sh trains) has
+    the chunk length as its crop grid; the probe rebuilds it with the cache off (grid 1), which
+    a plain resume refuses. The probe takes the checkpoint's grid and gets its exact weights."""
+    cfg = _config(tmp_path, tiny_wavlm_dir, "run", **{
+        "teacher_cache.dir": str(tmp_path / "cache"), "teacher_cache.context": "crop",
+        "teacher_cache.crop_starts": "chunks", "teacher_cache.dtype": "float32"})
+    build_cache(cfg)
+    run = _Run(cfg)
+    run.train_step(run._batches())
+    checkpoint = run.save_checkpoint()
+    trained = {k: v.clone() for k, v in run.model.student.state_dict().items()}
+
+    def rebuilt():  # what the probe builds: the run's config with the cache off
+        return _Run(_config(tmp_path, tiny_wavlm_dir, "probe", **{"teacher_cache.dir": "null"}))
+
+    with pytest.raises(ConfigError, match="crop grid"):
+        rebuilt().resume(str(checkpoint))
+    probe = rebuilt()
+    _probe_script().resume_weights(probe, checkpoint)
+    assert probe.progress.step == 1
+    for name, value in probe.model.student.state_dict().items():
+        assert torch.equal(value, trained[name]), name
+
+
+def test_evidence_distill_fails_when_one_of_its_runs_fails(tmp_path):
+    """The script trains its variants in the background; one that fails (a stub ``python``
+    refusing the plain run, as distill refuses an output_dir holding an earlier run) fails the
+    script with the end of that run's log. A bare ``wait`` had returned 0, in silence."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    (stubs / "accelerate").write_text("#!/bin/sh\nexit 0\n")  # the cache build
+    (stubs / "python").write_text(
+        '#!/bin/sh\ncase "$*" in *distilhubert*) echo "distill: error: refused"; exit 1;; esac\n')
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}",
+           "VIRTUAL_ENV": str(tmp_path), "EVIDENCE_OUT": str(tmp_path / "ev"), "STEPS": "1"}
+
+    def run(*variants):
+        return subprocess.run(["bash", str(ROOT / "scripts" / "evidence_distill.sh"), *variants],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+    failed = run()
+    assert failed.returncode == 1, failed.stderr
+    assert "plain failed" in failed.stderr and "distill: error: refused" in failed.stderr
+    assert "robust failed" not in failed.stderr
+    assert run("robust").returncode == 0
