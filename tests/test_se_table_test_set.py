@@ -179,6 +179,7 @@ def test_a_trained_students_time_is_kept_beside_it(tmp_path, monkeypatch):
     monkeypatch.setattr(students.GRUMaskStudent, "from_pretrained",
                         classmethod(lambda cls, path: "student"))
     monkeypatch.setattr(students, "count_parameters", lambda model: 5)
+    monkeypatch.setattr("robustdistill.audio.list_audio_files", lambda folder: [])  # stubbed
     args = ["--out", str(out), "--snrs", "-5", "0", "--skip-teachers", "--methods", "mixture",
             "--sizes", "63", "--seeds", "0"]
     assert table.main(args) == 0
