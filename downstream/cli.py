@@ -211,7 +211,9 @@ def compare_main(argv: list[str] | None = None) -> int:
         "results.json, results.md and robustness.png, with paired bootstrap intervals (and "
         "McNemar for accuracy) of every pair of upstreams on the same test items.",
     )
-    parser.add_argument("results", nargs="+", help="results.json files")
+    parser.add_argument("results", nargs="+",
+                        help="results.json files (a run given by several, e.g. an evaluation "
+                        "and an earlier comparison, is compared once, with a warning)")
     parser.add_argument("--out", required=True,
                         help="output folder of its own (an earlier comparison there is "
                         "replaced; an evaluation's folder is refused)")

@@ -1066,6 +1066,57 @@ def current_intervals(result: dict[str, Any], resamples: int = 1000) -> dict[str
                                                len(_result_seeds(result)))}
 
 
+def _run_key(result: dict[str, Any]) -> tuple[str, tuple[str, ...], str]:
+    """What names one run's result: its upstream, its seeds and the folder of the run
+    (``source_dir``, which a comparison keeps for every result it holds)."""
+    seeds = result.get("seeds") or [result.get("seed")]
+    return (str(result["upstream"]), tuple(str(s) for s in seeds),
+            str(Path(str(result["source_dir"])).expanduser().resolve()))
+
+
+def _distinct_runs(loaded: Sequence[tuple[str | Path, Any, list[dict[str, Any]]]]
+                  ) -> list[dict[str, Any]]:
+    """The results of several results.json files, each run once, in the files' order.
+
+    A run (same upstream, seeds and run folder: :func:`_run_key`) given by several files, e.g. an
+    evaluation's results.json and an earlier comparison holding it (``compare
+    runs/kws_*/results.json --out elsewhere`` once ``runs/kws_compare`` exists), is kept from an
+    evaluation's file rather than a comparison's (whose copy may predate a re-run of the
+    evaluation), else from the first file. Every copy left out is named in a warning (saying
+    when its figures differ from the kept one's); a file none of whose results is kept is named
+    once, as left out.
+
+    Args:
+        loaded: ``(path, payload, results)`` per file, as :func:`load_results_file` returns
+            them (``source_dir`` set).
+    """
+    def merged(payload: Any) -> bool:
+        return isinstance(payload, dict) and "results" in payload
+
+    keeper: dict[tuple, tuple[int, int]] = {}  # run -> (file index, result index)
+    for i in sorted(range(len(loaded)), key=lambda i: merged(loaded[i][1])):  # stable
+        for j, result in enumerate(loaded[i][2]):
+            keeper.setdefault(_run_key(result), (i, j))
+    kept: list[dict[str, Any]] = []
+    for i, (path, _, results) in enumerate(loaded):
+        dropped = [(j, r) for j, r in enumerate(results) if keeper[_run_key(r)] != (i, j)]
+        kept += [r for j, r in enumerate(results) if keeper[_run_key(r)] == (i, j)]
+        if dropped and len(dropped) == len(results):
+            given_by = sorted({str(loaded[keeper[_run_key(r)][0]][0]) for _, r in dropped})
+            logger.warning("leaving out %s: every result in it is given by %s", path,
+                           ", ".join(given_by))
+            continue
+        for _, result in dropped:
+            k, m = keeper[_run_key(result)]
+            differ = _null_for_nonfinite(result["metrics"]) != \
+                _null_for_nonfinite(loaded[k][2][m]["metrics"])
+            logger.warning("leaving out the result of %r (seed %s, run %s) in %s: given by %s%s",
+                           result["upstream"], result.get("seeds") or result.get("seed"),
+                           result["source_dir"], path, loaded[k][0],
+                           " (its figures differ: an older copy)" if differ else "")
+    return kept
+
+
 def compare(paths: Sequence[str | Path], out: str | Path, resamples: int = 1000
             ) -> list[dict[str, Any]]:
     """Merge several results.json (same task and label, one per upstream) into ``out``, with
@@ -1082,7 +1133,8 @@ def compare(paths: Sequence[str | Path], out: str | Path, resamples: int = 1000
     ``results.json`` among ``paths`` (a glob such as ``runs/kws_*/results.json`` with
     ``--out runs/kws_compare`` matches it) is left out with a warning: read back, every upstream
     would appear twice and be compared with itself. A file given twice is compared once (with a
-    warning).
+    warning), and so is a run's result given by several files, such as an evaluation's and
+    another comparison's that holds it (:func:`_distinct_runs`).
 
     Raises:
         FileNotFoundError / ValueError: as :func:`load_results`; ``out`` is a file or holds an
@@ -1109,8 +1161,8 @@ def compare(paths: Sequence[str | Path], out: str | Path, resamples: int = 1000
         del unique[own]
         if not unique:
             raise ValueError(f"no results to compare besides the output's own {own}")
-    results = [current_intervals(r, resamples) for p in unique.values()
-               for r in load_results(p)]
+    loaded = [(p, *load_results_file(p)) for p in unique.values()]
+    results = [current_intervals(r, resamples) for r in _distinct_runs(loaded)]
     _check_same_task(results)
     if _different_test_sets(results):
         logger.warning("the results were tested on different test sets; not directly comparable")

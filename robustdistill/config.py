@@ -336,10 +336,12 @@ def check_model_path(name: str | Path, role: str, how_to_make: str) -> None:
 
 
 def _unknown_key(where: str, key: str, known, list_known: bool = False) -> ConfigError:
-    """The error for an unknown key: the closest known key, else (or with ``list_known``,
-    for short lists such as the objectives' names) all of them."""
+    """The error for an unknown key ``where + key`` (``where``: its section with a trailing dot,
+    ``"training."``, or ``""``): the closest known key, with its section (``'training.max_steps'``,
+    as it is typed after ``--``), else (or with ``list_known``, for short lists such as the
+    objectives' names) all of the section's keys."""
     close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = f"; did you mean {where + close[0]!r}?" if close else ""
     if list_known or not close:
         hint += f"{' K' if close else '; k'}nown keys: {sorted(known)}"
     return ConfigError(f"unknown config key {where + key!r}{hint}")

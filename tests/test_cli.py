@@ -29,7 +29,7 @@ def test_distill_reports_a_config_typo_without_a_traceback(tmp_path, capsys):
         demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
         main(["distill", "--config", str(demo), "--training.max_stepz", "3"])
     assert exit_info.value.code == 2
-    assert "did you mean 'max_steps'" in capsys.readouterr().err
+    assert "did you mean 'training.max_steps'" in capsys.readouterr().err
 
 
 def test_resume_flag_and_an_explicit_checkpoint_are_refused_together(tmp_path, capsys):

@@ -39,11 +39,13 @@ def test_overrides_are_typed_and_nested():
 
 
 @pytest.mark.parametrize("override, message", [
-    (["--training.max_step", "3"], "'training.max_step'.*did you mean 'max_steps'"),
-    (["--trainig.max_steps", "3"], "'trainig'.*did you mean 'training'"),
-    (["--data.batch_sise", "3"], "'data.batch_sise'.*batch_size"),
-    (["--objectives.layerwise.lambda_cosine", "1"], "'objectives.layerwise.lambda_cosine'.*lambda_cos"),
-    (["--objectives.layerwize", "{}"], "'objectives.layerwize'.*layerwise"),
+    (["--training.max_step", "3"], r"'training\.max_step'; did you mean 'training\.max_steps'\?"),
+    (["--trainig.max_steps", "3"], r"'trainig'; did you mean 'training'\?"),
+    (["--data.batch_sise", "3"], r"'data\.batch_sise'; did you mean 'data\.batch_size'\?"),
+    (["--objectives.layerwise.lambda_cosine", "1"],
+     r"'objectives\.layerwise\.lambda_cosine'; did you mean 'objectives\.layerwise\.lambda_cos'"),
+    (["--objectives.layerwize", "{}"],
+     r"'objectives\.layerwize'; did you mean 'objectives\.layerwise'\?"),
     (["--training.mixed_precision", "fp8"], "mixed_precision"),
     (["--augmentation.p_noise", "0.9"], "sum to 1|p_"),
     (["--training.max_eval_batches", "0"], "max_eval_batches"),

@@ -171,6 +171,51 @@ def test_compare_leaves_out_its_own_earlier_output(tmp_path, caplog):
         compare([out / "results.json"], out, 20)
 
 
+def test_compare_leaves_out_another_comparisons_copies_of_the_runs_given(tmp_path, caplog):
+    # `compare runs/kws_*/results.json --out runs/kws_compare` once, then the same glob with
+    # another --out: kws_compare/results.json is an input like the evaluations, and every
+    # upstream appeared twice (#3, #4 copies of #1, #2), each compared with itself.
+    from downstream.results import compare, load_results, write_outputs
+
+    for name, correct in (("a", [1, 1, 0, 0]), ("b", [1, 0, 0, 0])):
+        result = _result(tmp_path, name, "utterance_classification", "accuracy",
+                         {"clean": _uc_items(correct)})
+        write_outputs([{**result, "seed": 0}], tmp_path / f"kws_{name}")
+    first = tmp_path / "kws_compare"
+    compare([tmp_path / "kws_a" / "results.json", tmp_path / "kws_b" / "results.json"], first, 20)
+    glob = sorted(tmp_path.glob("kws_*/results.json"))
+    assert [p.parent.name for p in glob] == ["kws_a", "kws_b", "kws_compare"]
+    with caplog.at_level(logging.WARNING, logger="downstream.results"):
+        again = compare(glob, tmp_path / "elsewhere", 20)
+    assert [r["upstream"] for r in again] == ["/models/a", "/models/b"]
+    assert f"leaving out {first / 'results.json'}: every result in it is given by" in caplog.text
+    stored = json.loads((tmp_path / "elsewhere" / "results.json").read_text())
+    assert len(stored["results"]) == 2 and len(stored["comparisons"]) == 1  # a vs b only
+
+    # the evaluation's own file wins over a comparison's (older) copy, whatever the order;
+    # a run only the comparison holds stays
+    a = load_results(tmp_path / "kws_a" / "results.json")[0]
+    write_outputs([{**a, "metrics": {"clean": {"accuracy": 0.75}}}], tmp_path / "kws_a")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="downstream.results"):
+        mixed = compare([first / "results.json", tmp_path / "kws_a" / "results.json"],
+                        tmp_path / "mixed", 20)
+    assert [(r["upstream"], r["metrics"]["clean"]["accuracy"]) for r in mixed] == \
+        [("/models/b", 0.25), ("/models/a", 0.75)]
+    assert "leaving out the result of '/models/a' (seed 0" in caplog.text
+    assert "its figures differ: an older copy" in caplog.text
+
+    # the same run's results.json under two names (a copy): compared once, with a warning
+    copy = tmp_path / "kws_a" / "copy.json"
+    copy.write_text((tmp_path / "kws_a" / "results.json").read_text())
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="downstream.results"):
+        once = compare([tmp_path / "kws_a" / "results.json", copy], tmp_path / "once", 20)
+    assert len(once) == 1 and f"leaving out {copy}" in caplog.text
+    # a comparison alone is still compared (read back, e.g. with new intervals)
+    assert len(compare([first / "results.json"], tmp_path / "alone", 20)) == 2
+
+
 def test_report_of_a_compare_with_an_undefined_difference(tmp_path):
     # PESQ failing on every utterance of a condition: the paired difference, its interval and
     # p-value are NaN, stored as null; the report shows "-" where it used to show "nan", and

@@ -180,9 +180,9 @@ def test_test_pairs_survive_a_silent_noise_segment(tmp_path, caplog):
 
 
 def test_config_unknown_key_names_the_closest():
-    with pytest.raises(ConfigError, match="did you mean 'max_steps'"):
+    with pytest.raises(ConfigError, match=r"did you mean 'training\.max_steps'"):
         load_se_config(None, ["--training.max_step", "3"])
-    with pytest.raises(ConfigError, match="did you mean 'ratio'"):
+    with pytest.raises(ConfigError, match=r"did you mean 'student\.ratio'"):
         load_se_config(None, ["--student.rati", "63"])
     with pytest.raises(ValueError, match="exactly one of"):
         load_se_config(None, ["--student.ratio", "63", "--student.hidden_size", "4"]
