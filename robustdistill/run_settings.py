@@ -5,7 +5,8 @@ Every trainer writes its resolved config to ``<output_dir>/config.yaml`` at each
 resume with other settings would replace the record of the ones its first steps used. The
 trainers compare first (:func:`saved_config_changes`): ``distill`` and ``train-se`` log the
 changes and keep them in ``environment.json``'s record of the resume; ``train-se`` refuses a
-student of another shape; the SE table refuses to show a run trained otherwise.
+change of what its batches are drawn from (seed, batch size, data settings) and a student or loss
+heads of another shape; the SE table refuses to show a run trained otherwise.
 """
 
 from __future__ import annotations

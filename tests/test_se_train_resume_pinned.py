@@ -195,6 +195,162 @@ def test_se_resume_past_max_steps_is_refused_in_one_line(tmp_path, capsys):
     assert (out / "final_state.json").read_text() == final and json.loads(final)["step"] == 2
 
 
+@pytest.mark.parametrize(("extra", "change"), [
+    (["--seed", "1"], "seed 0 -> 1"),
+    (["--training.batch_size", "3"], "training.batch_size 2 -> 3"),
+    (["--data.crop_seconds", "0.5"], "data.crop_seconds 0.25 -> 0.5"),
+    (["--data.snr_range", "[0, 10]"], "data.snr_range [-5.0, 20.0] -> [0.0, 10.0]"),
+    (["--data.pool_size", "4"], "data.pool_size 0 -> 4"),
+])
+def test_se_resume_that_would_draw_other_batches_is_refused_in_one_line(tmp_path, capsys,
+                                                                         extra, change):
+    """A resume with another seed, batch size or data setting draws other crops, noises and
+    SNRs from its first step on (each batch is a function of ``(seed, step, rank)`` and the
+    data settings): refused before any work, naming the change and what is allowed, as
+    ``distill`` refuses its seed, batch and crop. Until 2026-12-07 it resumed with a warning
+    and ended as a run whose weights no run with either setting gives (seed 0 -> 1 on real
+    LibriSpeech: final SHA-256 3e40c7f0... instead of the uninterrupted 8bc66771...)."""
+    from robustdistill.se.train import main
+
+    write_se_data(tmp_path)
+    out = tmp_path / "r"
+    assert main(se_train_args(tmp_path, out, 1)) == 0
+    state = {p: p.read_bytes() for p in (out / "checkpoints").rglob("*") if p.is_file()}
+    config = (out / "config.yaml").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(se_train_args(tmp_path, out, 2, *extra))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    assert err[-1].endswith(
+        f"checkpoint_1 was trained with other settings that fix its batches (the crops, noises, "
+        f"SNRs and rooms each step draws); resuming would not continue that run: {change} "
+        "(allowed: the run's seed, training.batch_size and data settings, with other changes "
+        "such as the data folders' places, a learning rate, a loss weight or a larger "
+        "training.max_steps said and recorded in environment.json; or another output_dir)")
+    # nothing was written: the run goes on as it was with its own settings
+    assert {p: p.read_bytes() for p in (out / "checkpoints").rglob("*") if p.is_file()} == state
+    assert (out / "config.yaml").read_text() == config
+    assert len(json.loads((out / "environment.json").read_text())) == 1
+    assert not (out / "final_state.json").exists() or json.loads(
+        (out / "final_state.json").read_text())["step"] == 1
+
+
+def test_se_resume_may_move_the_data_folders_with_a_warning(tmp_path, caplog):
+    """The speech, noise and RIR folders may change at a resume (data moved to another place),
+    as ``distill`` allows its folders: said, and kept in ``environment.json``."""
+    import shutil
+
+    write_se_data(tmp_path)
+    shutil.copytree(tmp_path / "noise", tmp_path / "moved")
+    out = tmp_path / "r"
+    train_se(load_se_config(None, se_train_args(tmp_path, out, 1)))
+    with caplog.at_level("WARNING", logger="robustdistill.se.train"):
+        train_se(load_se_config(None, se_train_args(
+            tmp_path, out, 2, "--data.noise_dir", str(tmp_path / "moved"))))
+    change = f"data.noise_dir {tmp_path / 'noise'} -> {tmp_path / 'moved'}"
+    assert json.loads((out / "environment.json").read_text())[-1]["config_changes"] == [change]
+    assert change in caplog.text
+    assert json.loads((out / "final_state.json").read_text())["step"] == 2
+
+
+def test_se_resume_on_another_process_count_is_refused_before_the_teacher_loads(
+        tmp_path, monkeypatch):
+    """Each rank draws its own batches from ``(seed, step, rank)``: a resume on another number
+    of processes would train on other batches (nothing refused it; ``distill`` does). The
+    checkpoint records its count; a resume on another one is refused before the teacher
+    loads, and one on the same count goes on."""
+    from accelerate import Accelerator
+
+    from robustdistill.se import train as se_train
+
+    write_se_data(tmp_path)
+    out = tmp_path / "r"
+    train_se(load_se_config(None, se_train_args(tmp_path, out, 1)))
+    state = json.loads((out / "checkpoints" / "checkpoint_1" / "training_state.json").read_text())
+    assert state["num_processes"] == 1
+    monkeypatch.setattr(Accelerator, "num_processes", property(lambda self: 2))
+    monkeypatch.setattr(se_train, "load_teacher", lambda *a: pytest.fail("teacher loaded"))
+    with pytest.raises(se_train.ResumeSettingsError,
+                       match=r"checkpoint_1 was trained on 1 process\(es\), this resume runs 2: "):
+        train_se(load_se_config(None, se_train_args(tmp_path, out, 2)))
+    monkeypatch.undo()
+    train_se(load_se_config(None, se_train_args(tmp_path, out, 2)))
+    assert json.loads((out / "final_state.json").read_text())["step"] == 2
+
+
+def test_se_resume_names_every_refused_change_at_once(tmp_path, capsys):
+    """Several changes that move the batches are named together, sorted, in one line."""
+    from robustdistill.se.train import main
+
+    write_se_data(tmp_path)
+    out = tmp_path / "r"
+    assert main(se_train_args(tmp_path, out, 1)) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(se_train_args(tmp_path, out, 2, "--seed", "3", "--training.batch_size", "1",
+                           "--training.learning_rate", "0.002"))
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "resuming would not continue that run: seed 0 -> 3; training.batch_size 2 -> 1 " \
+           "(allowed:" in line
+    assert "learning_rate" not in line.split("(allowed:")[0]  # allowed: not named as refused
+
+
+def test_se_resume_changing_only_cadence_and_free_keys_equals_the_uninterrupted_run(
+        tmp_path, caplog):
+    """What may change at a resume changes no weight: another logging and checkpoint cadence,
+    kept checkpoints, threads and trackers, and the noise folder named through a link, resume
+    to the uninterrupted run's parameters; the cadence changes are said and recorded, the free
+    keys (``training.threads``, ``report_to``, ``max_steps``) and the same folder are not."""
+    write_se_data(tmp_path)
+    (tmp_path / "noise_link").symlink_to(tmp_path / "noise")
+    full, part = tmp_path / "full", tmp_path / "part"
+    train_se(load_se_config(None, se_train_args(tmp_path, full, 4)))
+    train_se(load_se_config(None, se_train_args(tmp_path, part, 2)))
+    with caplog.at_level("WARNING", logger="robustdistill.se.train"):
+        train_se(load_se_config(None, se_train_args(
+            tmp_path, part, 4, "--training.log_every", "2", "--training.save_every", "2",
+            "--training.keep_checkpoints", "1", "--training.threads", "1",
+            "--data.noise_dir", str(tmp_path / "noise_link"))))
+    a = json.loads((full / "final_state.json").read_text())
+    b = json.loads((part / "final_state.json").read_text())
+    assert a["parameter_sha256"] == b["parameter_sha256"]
+    recorded = ["training.keep_checkpoints 2 -> 1", "training.log_every 1 -> 2",
+                "training.save_every 1 -> 2"]
+    assert json.loads((part / "environment.json").read_text())[-1]["config_changes"] == recorded
+    assert "resumed with settings other than the run's config.yaml: " + "; ".join(recorded) \
+        in caplog.text
+
+
+def test_se_resume_with_other_loss_heads_is_refused_before_the_teacher_loads(
+        tmp_path, capsys, monkeypatch):
+    """A KD term whose trainable heads the checkpoint lacks (cosine bottlenecks) cannot be
+    loaded into: refused in one line naming the changes, before the teacher is loaded. It
+    loaded the teacher, then ended in a ``FileNotFoundError: .../pytorch_model_1.bin``
+    traceback from accelerate's ``load_state``."""
+    from robustdistill.se import train as se_train
+
+    write_se_data(tmp_path)
+    out = tmp_path / "r"
+    assert se_train.main(se_train_args(tmp_path, out, 1)) == 0
+
+    def no_teacher(name):
+        raise AssertionError("the teacher was loaded before the refusal")
+
+    monkeypatch.setattr(se_train, "load_teacher", no_teacher)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        se_train.main(se_train_args(tmp_path, out, 2, "--loss.teacher", "nsnet2",
+                                    "--loss.cosine_weight", "10"))
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.endswith(f"output_dir {str(out)!r} holds a run of other loss heads "
+                         "(loss.cosine_weight 0.0 -> 10.0; loss.teacher None -> nsnet2): "
+                         "checkpoint_1 cannot be loaded into this one; resume with the run's "
+                         "loss settings, or give another output_dir")
+
+
 # ---------------------------------------------------------------------------- SE table
 def _scores(si_sdr):
     return {"si_sdr": si_sdr, "si_sdr_i": si_sdr + 5, "pesq": 2.0, "pesq_i": 0.5, "stoi": 0.8,

@@ -405,14 +405,39 @@ class DamagedCheckpointError(CheckpointError):
 
 
 class ResumeSettingsError(ConfigError):
-    """A resume whose student settings differ from the run's (its checkpoint cannot be
-    loaded), or whose checkpoint is past ``training.max_steps`` (a run cannot be shortened)."""
+    """A resume that would not continue the run: its checkpoint was trained with another seed,
+    batch size or ``data`` setting (:data:`_RESUME_REFUSED`: the batches would change), for
+    another student or other loss heads (its weights would not fit), or is past
+    ``training.max_steps`` (a run cannot be shortened)."""
 
 
 #: Keys that a resume may change without a word: where the run lives, its scan cache, CPU
-#: threads, trackers, and ``max_steps`` (a resume that trains on).
+#: threads, trackers, and ``max_steps`` (a resume that trains on; below the checkpoint's step it
+#: is refused).
 _RESUME_FREE = ("output_dir", "data.scan_cache_dir", "training.threads", "training.report_to",
                 "training.max_steps")
+
+#: Keys (``section.`` for a whole section, :data:`_RESUME_FREE` aside) that fix which batches
+#: the steps see: each batch is a pure function of ``(seed, step, rank)`` and these settings
+#: (the speech, noise and RIR files, crop length, SNR range, reverberation, target, pool), so a
+#: resume that changes one would draw other batches (other crops, noises, SNRs, rooms) from its
+#: first step on than the run it continues, and present that mixture as one run. Refused, as
+#: ``distill`` refuses its seed, batch, crop and item count. Any other key (a learning rate, a
+#: loss weight or schedule, the logging and checkpoint cadence) only changes what the steps do
+#: with those batches: allowed, said and kept in ``environment.json``'s record of the resume
+#: (and on the card), as ``distill`` allows it (e.g. a lower learning rate after a run stopped
+#: on non-finite steps).
+_RESUME_REFUSED = ("seed", "training.batch_size", "data.")
+
+#: ``data`` keys a resume may change with a warning, as ``distill`` allows its folders: the
+#: data moved to another place (another machine, another mount) is the usual reason, and a
+#: folder named by another path or a link is no change at all.
+_RESUME_FOLDERS = ("data.speech_dir", "data.noise_dir", "data.rir_dir")
+
+
+def _key(change: str) -> str:
+    """The dotted key of a :func:`~robustdistill.run_settings.config_changes` line."""
+    return change.split(" ", 1)[0]
 
 
 def _resume_changes(cfg: SETrainConfig) -> list[str]:
@@ -420,11 +445,15 @@ def _resume_changes(cfg: SETrainConfig) -> list[str]:
     start), apart from :data:`_RESUME_FREE`.
 
     Raises:
-        ResumeSettingsError: a ``student`` key differs and so do the student's parameter
-            shapes (the checkpoint's weights would not fit: another width or depth; a
-            ``min_gain_db``, or a ``ratio`` spelt as its ``hidden_size``, is only a change);
-            or the checkpoint is past ``training.max_steps`` (its weights would be saved as
-            a shorter run's).
+        ResumeSettingsError: (one line) a key of :data:`_RESUME_REFUSED` differs (but
+            :data:`_RESUME_FOLDERS`: a warning; each named,
+            ``old -> new``, with what is allowed); a ``student`` key differs and so do the
+            student's parameter shapes (the checkpoint's weights would not fit: another width
+            or depth; a ``min_gain_db``, or a ``ratio`` spelt as its ``hidden_size``, is only a
+            change); a ``loss`` key differs and so do the loss heads' parameter shapes (the
+            cosine bottlenecks or TF-CKD projections: a KD term turned on or off, other pairs);
+            or the checkpoint is past ``training.max_steps`` (its weights would be saved as a
+            shorter run's).
         DamagedCheckpointError: the newest checkpoint is altered (see
             :func:`_newest_checkpoint`).
     """
@@ -440,26 +469,64 @@ def _resume_changes(cfg: SETrainConfig) -> list[str]:
             f"{cfg.training.max_steps} steps); allowed: training.max_steps >= {step}, or "
             "another output_dir")
     changes = saved_config_changes(out, cfg.to_dict(), _RESUME_FREE)
-    student = [c for c in changes if c.startswith("student.")]
-    if student and not _same_shapes(out, cfg.student):
+    refused = [c for c in changes if _key(c) not in _RESUME_FOLDERS and (
+        _key(c) in _RESUME_REFUSED
+        or _key(c).startswith(tuple(k for k in _RESUME_REFUSED if k.endswith("."))))]
+    if refused:
         raise ResumeSettingsError(
-            f"output_dir {str(out)!r} holds a run of another student ({'; '.join(student)}): "
-            f"{newest[0].name} cannot be loaded into this one; resume with the run's student "
-            "settings, or give another output_dir")
+            f"{newest[0]} was trained with other settings that fix its batches (the crops, "
+            f"noises, SNRs and rooms each step draws); resuming would not continue that run: "
+            f"{'; '.join(refused)} (allowed: the run's seed, training.batch_size and data "
+            "settings, with other changes such as the data folders' places, a learning rate, "
+            "a loss weight or a larger training.max_steps said and recorded in "
+            "environment.json; or another output_dir)")
+    for section in ("student", "loss"):
+        differ = [c for c in changes if c.startswith(f"{section}.")]
+        if differ and not _same_shapes(out, cfg, section):
+            what = "another student" if section == "student" else "other loss heads"
+            raise ResumeSettingsError(
+                f"output_dir {str(out)!r} holds a run of {what} ({'; '.join(differ)}): "
+                f"{newest[0].name} cannot be loaded into this one; resume with the run's "
+                f"{section} settings, or give another output_dir")
     return changes
 
 
-def _same_shapes(out: Path, now: StudentOptions) -> bool:
-    """Whether the student of ``out/config.yaml`` and ``now`` have the same parameter names and
-    shapes (False when the saved student section cannot be built)."""
+def _parameter_shapes(student: StudentOptions, loss: LossConfig
+                      ) -> dict[str, dict[str, tuple[int, ...]]]:
+    """``{"student": {name: shape}, "loss": {name: shape}}`` of the modules a checkpoint holds
+    (the student, and the loss heads: cosine bottlenecks, TF-CKD projections).
+
+    Raises:
+        ValueError: settings that build no student or no loss heads.
+    """
+    model = GRUMaskStudent(student.build())
+    heads = SELoss(loss, *_widths(model.config, loss.teacher))
+    return {name: {k: tuple(v.shape) for k, v in module.state_dict().items()}
+            for name, module in (("student", model), ("loss", heads))}
+
+
+def _widths(student: StudentConfig, teacher: str | None
+            ) -> tuple[dict[str, int], dict[str, int]]:
+    """The student's and the teacher's activation widths (name -> ``D``) that the loss heads
+    are built for (the teacher's: NSNet2's layers; ``{}`` for no teacher)."""
+    s_widths = {"fc_in": student.hidden_size, "fc_hidden": student.hidden_size,
+                **{f"gru{i + 1}": student.hidden_size for i in range(student.num_layers)}}
+    t_widths = ({"fc_in": 400, "gru1": 400, "gru2": 400, "fc_out1": 600, "fc_out2": 600,
+                 "mask": 161} if teacher == "nsnet2" else {})
+    return s_widths, t_widths
+
+
+def _same_shapes(out: Path, now: SETrainConfig, section: str) -> bool:
+    """Whether the run of ``out/config.yaml`` and ``now`` have the same parameter names and
+    shapes in ``section`` (``"student"`` or ``"loss"``: its heads); False when the saved
+    settings cannot be built."""
     try:
-        saved = yaml.safe_load((out / "config.yaml").read_text())["student"]
-        before = GRUMaskStudent(from_dict(StudentOptions, saved).build()).state_dict()
+        saved = yaml.safe_load((out / "config.yaml").read_text())
+        before = _parameter_shapes(from_dict(StudentOptions, saved["student"]),
+                                   from_dict(LossConfig, saved["loss"]))
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
         return False
-    after = GRUMaskStudent(now.build()).state_dict()
-    return ({k: tuple(v.shape) for k, v in before.items()}
-            == {k: tuple(v.shape) for k, v in after.items()})
+    return before[section] == _parameter_shapes(now.student, now.loss)[section]
 
 
 class DataFolderError(FileNotFoundError):
@@ -478,9 +545,13 @@ def train_se(cfg: SETrainConfig) -> Path:
         NonFiniteTrainingError: ``training.max_nonfinite_in_a_row`` steps in a row had a
             NaN/Inf loss or gradient norm (a checkpoint of the last finite weights and
             ``stopped.json`` are written first).
-        ResumeSettingsError: (a ``ConfigError``) a resume whose ``student`` settings differ
-            from the run's ``config.yaml`` (the checkpoint's weights would not fit), or whose
-            checkpoint is past ``training.max_steps``.
+        ResumeSettingsError: (a ``ConfigError``, before any work) a resume whose seed,
+            ``training.batch_size`` or ``data`` settings differ from the run's ``config.yaml``
+            (:data:`_RESUME_REFUSED`: other batches), whose student or loss heads have other
+            parameter shapes (the checkpoint's weights would not fit), or whose checkpoint is
+            past ``training.max_steps``, or whose checkpoint was saved on another number of
+            processes (checked once the Accelerator is up, before the teacher loads). Other
+            changes are logged as a warning and kept in ``environment.json``.
         DamagedCheckpointError: the newest checkpoint does not match its manifest (a
             truncated ``model.safetensors``), found before any work.
 
@@ -501,7 +572,7 @@ def train_se(cfg: SETrainConfig) -> Path:
     if t.threads:
         torch.set_num_threads(t.threads)
     out = Path(cfg.output_dir)
-    changes = _resume_changes(cfg)  # before any work: a student of another shape is refused
+    changes = _resume_changes(cfg)  # before any work: other batches or shapes are refused
     # find_unused_parameters: a schedule's phase can leave parameters without a gradient
     # (two_step: the student's output layers while it distils, the bottlenecks afterwards)
     acc = Accelerator(cpu=t.cpu, log_with=None if t.report_to == "none" else t.report_to,
@@ -509,6 +580,13 @@ def train_se(cfg: SETrainConfig) -> Path:
                                                           logging_dir=str(out / "logs")),
                       kwargs_handlers=[DistributedDataParallelKwargs(
                           find_unused_parameters=True)])
+    saved = _newest_checkpoint(out / "checkpoints")  # read again: the process count is known now
+    before = saved[1].get("num_processes") if saved is not None else None
+    if before is not None and before != acc.num_processes:  # checkpoints before 2026-12-07: None
+        raise ResumeSettingsError(
+            f"{saved[0]} was trained on {before} process(es), this resume runs "
+            f"{acc.num_processes}: each rank draws its own batches from (seed, step, rank), so "
+            f"the steps would see other batches; resume on {before}, or give another output_dir")
     note = cfg.loss.schedule_obj.single_phase_note(t.max_steps)
     if note is not None and acc.is_main_process:
         logger.warning("loss.%s", note)
@@ -519,12 +597,7 @@ def train_se(cfg: SETrainConfig) -> Path:
     set_seed(cfg.seed)
     student = GRUMaskStudent(cfg.student.build())
     teacher = load_teacher(cfg.loss.teacher).to(acc.device) if cfg.loss.uses_teacher else None
-    s_widths = {"fc_in": student.config.hidden_size, "fc_hidden": student.config.hidden_size,
-                **{f"gru{i + 1}": student.config.hidden_size
-                   for i in range(student.config.num_layers)}}
-    t_widths = ({"fc_in": 400, "gru1": 400, "gru2": 400, "fc_out1": 600, "fc_out2": 600,
-                 "mask": 161} if cfg.loss.teacher == "nsnet2" else {})
-    loss_fn = SELoss(cfg.loss, s_widths, t_widths)
+    loss_fn = SELoss(cfg.loss, *_widths(student.config, cfg.loss.teacher))
     params = list(student.parameters()) + list(loss_fn.parameters())
     optimizer = torch.optim.Adam(params, lr=t.learning_rate)
     if any(p.requires_grad for p in loss_fn.parameters()):  # bottlenecks or projections
@@ -568,6 +641,7 @@ def train_se(cfg: SETrainConfig) -> Path:
         state = None
         if metrics:  # flushed after every line
             state = {_STATE: {"step": step, "metrics_bytes": os.fstat(metrics.fileno()).st_size,
+                              "num_processes": acc.num_processes,
                               **dataclasses.asdict(counts)}}
         return save_checkpoint(acc, ckpt_dir, step, step, state=state,
                                keep=t.keep_checkpoints, replace=True)
@@ -679,7 +753,8 @@ def main(argv: list[str]) -> int:
         # found at start-up: a message, no traceback (a FileNotFoundError once training runs, a
         # checkpoint folder deleted, keeps its traceback)
         hint = ("; the recipes' runs/data/* folders are made once by "
-                "`bash scripts/split_shared_data.sh`" if "runs/data/" in str(err) else "")
+                "`bash scripts/split_shared_data.sh`"
+                if isinstance(err, DataFolderError) and "runs/data/" in str(err) else "")
         parser.error(f"{err}{hint}")
     except NonFiniteTrainingError as err:  # a run that diverged (every process agrees)
         print_stop(parser.prog, str(err))
