@@ -332,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         0 on success; exits with status 2 and a one-line message for a student s3prl cannot
         reproduce, a missing folder, an ``--out`` that is a folder or would overwrite an input
-        (inside ``--student``, or ``--heads`` itself), or ``--heads`` that is missing or not a
+        (inside ``--student``, or ``--heads`` itself, or a hard link to one of their files:
+        torch.save truncates it in place), or ``--heads`` that is missing or not a
         ``torch.save``'d file.
     """
     import argparse
@@ -356,7 +357,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out {args.out} is a folder: give the .ckpt file to write")
     out = Path(args.out).expanduser().resolve()
     student = Path(args.student).expanduser().resolve()
-    if student in out.parents or (args.heads and out == Path(args.heads).expanduser().resolve()):
+    inputs = [f for f in student.rglob("*") if f.is_file()] + (
+        [Path(args.heads).expanduser()] if args.heads and Path(args.heads).is_file() else [])
+    if (student in out.parents or (args.heads and out == Path(args.heads).expanduser().resolve())
+            or (out.is_file() and any(out.samefile(f) for f in inputs))):  # a hard link too
         parser.error(f"--out {args.out} would overwrite an input (it is inside --student or is "
                      "--heads): give a path outside them")
     try:

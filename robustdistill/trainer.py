@@ -898,6 +898,33 @@ class _Run:
         return True
 
 
+def _drop_steps_after(path: Path, step: int) -> int:
+    """Rewrite the JSON-lines log ``path`` without its records of a ``"step"`` above ``step``
+    (other lines, another tool's notes or an unreadable line, are kept as they are).
+
+    Returns:
+        The number of lines removed (0 when ``path`` does not exist).
+    """
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        logged = record.get("step") if isinstance(record, dict) else None
+        if isinstance(logged, int) and not isinstance(logged, bool) and logged > step:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        path.write_text("".join(kept))
+        logger.info("%s: removed %d line(s) of steps after %d, logged by a start killed before "
+                    "its first checkpoint", path, dropped, step)
+    return dropped
+
+
 def _size(path: Path) -> int:
     """Bytes of ``path``; 0 when it does not exist."""
     return path.stat().st_size if path.is_file() else 0
@@ -1168,6 +1195,9 @@ def train(cfg: DistillConfig) -> Path:
     included, and exports nothing. A run that starts at step 0 (no checkpoint resumed, also
     ``resume_from auto`` finding none) empties a ``metrics.jsonl`` left by a run killed before
     its first checkpoint and hides that run's TensorBoard points, so each step is logged once.
+    A start from another run's checkpoint (``resume_from DIR``) into an ``output_dir`` with no
+    checkpoint of its own removes the ``metrics.jsonl`` records of steps after the loaded one
+    (a killed first try's; other lines stay); its TensorBoard points are not hidden.
 
     Returns:
         The exported student folder (or the output dir when export is off).
@@ -1195,6 +1225,11 @@ def train(cfg: DistillConfig) -> Path:
     resumed = bool(t.resume_from) and run.resume(t.resume_from)
     if acc.is_main_process and not resumed:  # a log left by a run killed before its first
         truncate_log(run.metrics_path, 0)  # checkpoint (resume_from auto found none)
+    elif (acc.is_main_process and not run.resumed_own_checkpoint
+          and not list_checkpoints(run.checkpoint_dir, require_manifest=False)):
+        # another run's checkpoint, none of this run's own: a start killed before its first
+        # checkpoint logged the steps after the loaded one, which this start logs again
+        _drop_steps_after(run.metrics_path, run.progress.step)
     run.write_student_init()  # unless the resume wrote it (or the run has its own)
     changes = changes if run.resumed_own_checkpoint else []
     if acc.is_main_process:  # after the resume: a refused one leaves the run's settings

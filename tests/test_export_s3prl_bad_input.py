@@ -66,3 +66,17 @@ def test_an_out_inside_the_student_folder_is_refused_before_it_overwrites_it(
                    str(weights)], capsys)
     assert "would overwrite an input (it is inside --student or is --heads)" in line
     assert weights.read_bytes() == before
+
+
+def test_an_out_hard_linked_to_the_students_weights_is_refused(tmp_path, monkeypatch, capsys):
+    """``--out`` a hard link to ``student/model.safetensors`` (outside the folder by name):
+    torch.save truncated the weights in place (a bus error, the student lost)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _student(tmp_path / "student")
+    weights = tmp_path / "student" / "model.safetensors"
+    before = weights.read_bytes()
+    (tmp_path / "linked.ckpt").hardlink_to(weights)
+    line = _error(["export-s3prl", "--student", str(tmp_path / "student"), "--out",
+                   str(tmp_path / "linked.ckpt")], capsys)
+    assert "would overwrite an input" in line
+    assert weights.read_bytes() == before

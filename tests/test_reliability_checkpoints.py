@@ -189,6 +189,29 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_logging_each_step_onc
     assert _final_sha(part) == _final_sha(tmp_path / "full")
 
 
+def test_a_start_from_another_runs_checkpoint_killed_before_its_own_first_one_logs_once(
+        tmp_path, tiny_wavlm_dir, monkeypatch, die_at_checkpoint):
+    """``resume_from`` another run's checkpoint (step 2) into a new ``output_dir``, killed
+    while writing its own first checkpoint (steps 3-4 logged), then started again the same
+    way: ``metrics.jsonl`` holds each step once, as an uninterrupted start's (until
+    2026-12-07 the killed start's lines stayed: 3, 4, 3, 4, 5, 6); a line that is not a
+    step's record stays."""
+    train(_config(tmp_path, tiny_wavlm_dir, "source", max_steps=2, save_every=2))
+    source = str(latest_checkpoint(tmp_path / "source" / "checkpoints"))
+    warm = {"resume_from": source, "max_steps": 6, "save_every": 2}
+    train(_config(tmp_path, tiny_wavlm_dir, "full", **warm))
+    die_at_checkpoint(1)
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path, tiny_wavlm_dir, "part", **warm))
+    monkeypatch.undo()
+    assert [r["step"] for r in _records(part)] == [3, 4]
+    with (part / "metrics.jsonl").open("a") as log:
+        log.write('{"note": "not a step"}\n')
+    train(_config(tmp_path, tiny_wavlm_dir, "part", **warm))
+    assert _records(part) == [{"note": "not a step"}, *_records(tmp_path / "full")]
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("touch /tmp/robustdistill-pwned",))
