@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,9 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any],
     link to it) are no change. Relative paths in ``new`` are from the current folder, those in
     ``old`` from ``old_folder`` (the folder the run was started in; None: the current folder,
     as for runs before 2026-12-07). So the same relative spelling naming another existing file
-    or folder from here is a change, written ``key data (in /old) -> data (in /new)``.
+    or folder from here is a change, written ``key data (in /old) -> data (in /new)``, for
+    a key that names a path (:func:`_names_a_path`: not ``data.target_column: clean`` because
+    both folders hold a ``clean/``).
     """
     ignore = tuple(ignore)
     sections = tuple(k for k in ignore if k.endswith("."))
@@ -59,7 +62,8 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any],
         if before != now:
             if not _same_path(before, now, old_folder):
                 changes.append(f"{key} {before} -> {now}")
-        elif old_folder is not None and _other_place(before, old_folder):
+        elif old_folder is not None and _names_a_path(key, before) \
+                and _other_place(before, old_folder):
             changes.append(f"{key} {before} (in {old_folder}) -> {now} (in {here})")
     return changes
 
@@ -79,6 +83,18 @@ def _same_path(a: Any, b: Any, folder_a: str | None = None) -> bool:
         return os.path.samefile(_from(a, folder_a), _from(b, None))
     except (OSError, ValueError):  # either does not exist (a hub id, a name), or a bad path
         return False
+
+
+#: The last part of a dotted key that holds a path (``data.train_dir``, ``teacher_cache.dir``,
+#: ``teacher``, ``student.upstream``, ``data.train_dataset``, ``output_dir``, ...).
+_PATH_KEY = re.compile(r"(^|_)(dir|path|file|dataset|teacher|upstream|model)$")
+
+
+def _names_a_path(key: str, value: Any) -> bool:
+    """Whether ``key``'s value is a path: a key named like one (:data:`_PATH_KEY`), or a value
+    holding a folder separator."""
+    return bool(_PATH_KEY.search(key.rsplit(".", 1)[-1])) or (
+        isinstance(value, str) and os.sep in value)
 
 
 def _other_place(value: Any, folder: str) -> bool:

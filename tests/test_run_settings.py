@@ -156,6 +156,12 @@ def test_relative_paths_of_the_saved_config_are_from_the_folder_the_run_started_
     # a name that is no path on one side (a hub id) is compared as text, as before
     assert saved_config_changes(run, {"teacher": "org/other", "data": {
         "train_dir": "../A/data"}}) == ["teacher org/model -> org/other"]
+    # a setting that is no path is not one because both folders hold a folder of its name
+    for folder in ("A", "B"):
+        (tmp_path / folder / "clean").mkdir()
+    words = {"data": {"train_dir": "data", "target_column": "clean"}}
+    assert config_changes(words, words, old_folder=str(tmp_path / "A")) == [
+        f"data.train_dir data (in {tmp_path / 'A'}) -> data (in {tmp_path / 'B'})"]
     # a run written before the record had cwd: the current folder, as before
     (run / "environment.json").write_text(json.dumps([{"start": {"step": 0}}]))
     assert saved_config_changes(run, saved) == []
