@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_teacher_cache import _config as cache_config
 
-from robustdistill.config import ConfigError, load_config
+from robustdistill.config import ConfigError
 from robustdistill.teacher_cache import build_cache
 from robustdistill.trainer import _Run
 
@@ -28,18 +29,8 @@ def _probe_script():
 
 
 def _config(tmp_path, teacher_dir, out, **extra):
-    overrides = {
-        "teacher": str(teacher_dir), "output_dir": str(tmp_path / out), "seed": 5,
-        "data.synthetic_items": 8, "data.synthetic_seconds": "[2.5, 2.5]",
-        "data.synthetic_dir": str(tmp_path / "corpus"), "data.batch_size": 2,
-        "data.max_length_s": 1.0, "data.min_length_s": 0.5, "data.validation_fraction": 0.25,
-        "augmentation.num_simulated_rooms": 2, "augmentation.room_max_order": 3,
-        "objectives": "{layerwise: {teacher_layers: [1, 2]}, enhancement: {hidden_size: 8, num_layers: 1}}",
-        "training.cpu": True, "training.report_to": "[]", "training.max_steps": 3,
-        **extra,
-    }
-    argv = [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
-    return load_config(None, argv)
+    """The teacher-cache tests' tiny distillation config, on 2.5 s synthetic utterances."""
+    return cache_config(tmp_path, teacher_dir, out, 2.5, **extra)
 
 
 def test_the_probe_resumes_a_run_trained_on_cached_chunks(tmp_path, tiny_wavlm_dir):
