@@ -168,13 +168,15 @@ def test_crash_during_a_checkpoint_write_then_resume_latest_is_exact(
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("resume_from", ["auto", None], ids=["auto", "none"])
 def test_a_run_killed_before_its_first_checkpoint_restarts_logging_each_step_once(
-        tmp_path, tiny_wavlm_dir, monkeypatch, die_at_checkpoint):
+        tmp_path, tiny_wavlm_dir, monkeypatch, die_at_checkpoint, resume_from):
     """Killed while writing its first checkpoint (steps 1-2 logged), then started again with
     ``resume_from auto`` (the restart loop of ``distill --resume``), which finds no checkpoint
-    and starts at step 0: ``metrics.jsonl`` and TensorBoard hold each step once, as an
-    uninterrupted run's (until 2026-12-07 the killed run's lines stayed: 1, 2, 1, 2, 3, 4)."""
-    tb = {"report_to": "[tensorboard]", "resume_from": "auto"}
+    and starts at step 0, or with no ``resume_from`` (the same command run again):
+    ``metrics.jsonl`` and TensorBoard hold each step once, as an uninterrupted run's (until
+    2026-12-07 the killed run's lines stayed: 1, 2, 1, 2, 3, 4)."""
+    tb = {"report_to": "[tensorboard]", **({"resume_from": resume_from} if resume_from else {})}
     train(_config(tmp_path, tiny_wavlm_dir, "full", max_steps=4, save_every=2, **tb))
     die_at_checkpoint(1)
     part = tmp_path / "part"

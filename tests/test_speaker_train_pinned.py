@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -284,3 +285,34 @@ def test_run_folder_refusals_offer_the_folder_setting_the_user_sets(tmp_path, fo
     cfg.training.resume = True
     with pytest.raises(ValueError, match=rf"more than training.epochs 2:.*another {folder_key}\)"):
         train_mod.check_run_folder(cfg, folder_key)
+
+
+def test_a_resume_reads_a_relative_train_dir_from_the_folder_the_run_started_in(
+        tmp_path, monkeypatch):
+    """A checkpoint keeps the folder its run was in (``_cwd`` in ``speaker_run.json``): a
+    resume from another folder that names the same ``data.train_dir`` otherwise is no change,
+    and one whose same relative spelling names another folder is refused (before 2026-12-07
+    both were judged from the current folder: the first refused, the second silently taken)."""
+    for folder in ("A", "B"):
+        (tmp_path / folder / "speech").mkdir(parents=True)
+    run = tmp_path / "run"
+    cfg = from_dict(SpeakerKDConfig, {"data": {"train_dir": "speech"}, "training": {
+        "output_dir": str(run), "epochs": 2, "resume": True}})
+    epoch = run / "checkpoints" / "epoch_1"
+    epoch.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "A")
+    (epoch / train_mod._RUN_SETTINGS).write_text(json.dumps(
+        {**train_mod._run_settings(cfg), train_mod._STARTED_IN: str(tmp_path / "A")}))
+    assert train_mod.check_run_folder(cfg) == (epoch, 1)  # resumed where it started
+    monkeypatch.chdir(tmp_path / "B")
+    with pytest.raises(ValueError, match=re.escape(
+            f"data.train_dir speech (in {tmp_path / 'A'}) -> speech (in {tmp_path / 'B'})")):
+        train_mod.check_run_folder(cfg)
+    cfg.data.train_dir = "../A/speech"  # the same folder, from here
+    assert train_mod.check_run_folder(cfg) == (epoch, 1)
+    # the checkpoint writer records the folder the run is in
+    saved = {}
+    monkeypatch.setattr(train_mod, "save_checkpoint",
+                        lambda *args, state, **kwargs: saved.update(state))
+    train_mod._save_checkpoint(None, run, 2, {"seed": 0}, keep=2)
+    assert saved[train_mod._RUN_SETTINGS] == {"seed": 0, train_mod._STARTED_IN: str(tmp_path / "B")}
