@@ -440,9 +440,9 @@ def _key(change: str) -> str:
     return change.split(" ", 1)[0]
 
 
-def _resume_changes(cfg: SETrainConfig) -> list[str]:
-    """How ``cfg`` differs from the ``config.yaml`` of the run it resumes (``[]`` for a fresh
-    start), apart from :data:`_RESUME_FREE`.
+def _resume_changes(cfg: SETrainConfig, num_processes: int) -> list[str]:
+    """How ``cfg``, run on ``num_processes`` processes, differs from the ``config.yaml`` of the
+    run it resumes (``[]`` for a fresh start), apart from :data:`_RESUME_FREE`.
 
     Raises:
         ResumeSettingsError: (one line) a key of :data:`_RESUME_REFUSED` differs (but
@@ -453,7 +453,8 @@ def _resume_changes(cfg: SETrainConfig) -> list[str]:
             change); a ``loss`` key differs and so do the loss heads' parameter shapes (the
             cosine bottlenecks or TF-CKD projections: a KD term turned on or off, other pairs);
             or the checkpoint is past ``training.max_steps`` (its weights would be saved as a
-            shorter run's).
+            shorter run's); or it was saved on another number of processes (each rank draws
+            its own batches; checkpoints before 2026-12-07 do not record it).
         DamagedCheckpointError: the newest checkpoint is altered (see
             :func:`_newest_checkpoint`).
     """
@@ -468,6 +469,12 @@ def _resume_changes(cfg: SETrainConfig) -> list[str]:
             "a resume cannot shorten a run (its student and final_state.json would say "
             f"{cfg.training.max_steps} steps); allowed: training.max_steps >= {step}, or "
             "another output_dir")
+    before = newest[1].get("num_processes", num_processes)
+    if before != num_processes:
+        raise ResumeSettingsError(
+            f"{newest[0]} was trained on {before} process(es), this resume runs "
+            f"{num_processes}: each rank draws its own batches from (seed, step, rank), so "
+            f"the steps would see other batches; resume on {before}, or give another output_dir")
     changes = saved_config_changes(out, cfg.to_dict(), _RESUME_FREE)
     refused = [c for c in changes if _key(c) not in _RESUME_FOLDERS and (
         _key(c) in _RESUME_REFUSED
@@ -550,7 +557,7 @@ def train_se(cfg: SETrainConfig) -> Path:
             (:data:`_RESUME_REFUSED`: other batches), whose student or loss heads have other
             parameter shapes (the checkpoint's weights would not fit), or whose checkpoint is
             past ``training.max_steps``, or whose checkpoint was saved on another number of
-            processes (checked once the Accelerator is up, before the teacher loads). Other
+            processes. Other
             changes are logged as a warning and kept in ``environment.json``.
         DamagedCheckpointError: the newest checkpoint does not match its manifest (a
             truncated ``model.safetensors``), found before any work.
@@ -572,7 +579,6 @@ def train_se(cfg: SETrainConfig) -> Path:
     if t.threads:
         torch.set_num_threads(t.threads)
     out = Path(cfg.output_dir)
-    changes = _resume_changes(cfg)  # before any work: other batches or shapes are refused
     # find_unused_parameters: a schedule's phase can leave parameters without a gradient
     # (two_step: the student's output layers while it distils, the bottlenecks afterwards)
     acc = Accelerator(cpu=t.cpu, log_with=None if t.report_to == "none" else t.report_to,
@@ -580,13 +586,9 @@ def train_se(cfg: SETrainConfig) -> Path:
                                                           logging_dir=str(out / "logs")),
                       kwargs_handlers=[DistributedDataParallelKwargs(
                           find_unused_parameters=True)])
-    saved = _newest_checkpoint(out / "checkpoints")  # read again: the process count is known now
-    before = saved[1].get("num_processes") if saved is not None else None
-    if before is not None and before != acc.num_processes:  # checkpoints before 2026-12-07: None
-        raise ResumeSettingsError(
-            f"{saved[0]} was trained on {before} process(es), this resume runs "
-            f"{acc.num_processes}: each rank draws its own batches from (seed, step, rank), so "
-            f"the steps would see other batches; resume on {before}, or give another output_dir")
+    # before any work (the Accelerator only gives the process count): other batches, shapes
+    # or process counts are refused
+    changes = _resume_changes(cfg, acc.num_processes)
     note = cfg.loss.schedule_obj.single_phase_note(t.max_steps)
     if note is not None and acc.is_main_process:
         logger.warning("loss.%s", note)
