@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from robustdistill.audio import SAMPLE_RATE, AudioError
 from robustdistill.config import check_model_path
 from robustdistill.files import atomic_path
+from robustdistill.messages import first_line
 from robustdistill.upstream import SSL_RECEPTIVE_FIELD, Upstream
 
 from .base import (
@@ -306,7 +307,7 @@ def check_device(device: str) -> None:
     try:
         torch.zeros(1, device=parsed)  # allocates and runs a kernel: a bad ordinal fails here
     except (AssertionError, RuntimeError) as err:  # "Torch not compiled with CUDA enabled"...
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err) or type(err).__name__
         reason = reason.split(". ")[0]  # torch's dispatcher lists every backend after this
         raise ValueError(f"--device {device!r} cannot be used here: {reason} (torch "
                          f"{torch.__version__}, CUDA available: {torch.cuda.is_available()}); "
@@ -366,7 +367,7 @@ def load_head(path: str | Path, task: Task, featurizer: Featurizer, head: nn.Mod
         saved = torch.load(path, map_location=options.device, weights_only=True)
     except Exception as err:  # noqa: BLE001 - truncated, not a zip, a text file (KeyError)...
         raise ValueError(f"{path} cannot be read as a head file ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''})") from err
+                         f"{first_line(err)})") from err
     if not isinstance(saved, dict) or saved.get("format") != "robustdistill-downstream-head/1":
         raise ValueError(f"{path} is not a head saved by robustdistill evaluate")
     if saved["task"] != options.task:
@@ -389,7 +390,7 @@ def load_head(path: str | Path, task: Task, featurizer: Featurizer, head: nn.Mod
         head.load_state_dict(saved["head"])
     except RuntimeError as err:  # another upstream's layer count or width, another head shape
         raise ValueError(f"{path} does not fit this upstream and task config (trained on "
-                         f"{saved['upstream']}; {str(err).splitlines()[0]})") from err
+                         f"{saved['upstream']}; {first_line(err)})") from err
     return {**saved["training"], "loaded_from": str(path)}
 
 
@@ -538,9 +539,8 @@ class _Encoder:
             except Exception as err:  # noqa: BLE001 - cut, not a zip, other bytes (KeyError)
                 # a cut or damaged file (a copy stopped halfway, a crash before it reached the
                 # disk): a cache, so encoded again and written anew, not a failed run
-                reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
                 logger.warning("cached hidden states %s are unreadable (%s: %s): encoding "
-                               "again", path, type(err).__name__, reason)
+                               "again", path, type(err).__name__, first_line(err))
                 hidden = []
             if len(hidden) == len(examples):
                 logger.info("reusing cached hidden states %s", path)

@@ -29,6 +29,8 @@ import os
 import sys
 from pathlib import Path
 
+from .messages import first_line
+
 __all__ = ["main"]
 
 logger = logging.getLogger("robustdistill")
@@ -65,7 +67,7 @@ def hub_error(err: OSError) -> str | None:
     text = str(err)
     if "huggingface.co" not in text:
         return None
-    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    first = first_line(err) or type(err).__name__
     return (f"{first} A hub id needs the network, or a copy in the Hugging Face cache "
             "(HF_HUB_OFFLINE=1 reads only the cache); or give a local folder written by "
             "save_pretrained.")
@@ -195,7 +197,7 @@ def create_student_main(argv: list[str]) -> int:
         from .redact import redact
 
         if Path(args.teacher).expanduser().is_dir():  # a folder, but no model in it
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first_line(err) or type(err).__name__
             parser.error(redact(f"--teacher {args.teacher!r} is not a model folder: {first}"))
         if not isinstance(err, OSError) or (message := hub_error(err)) is None:
             raise

@@ -44,6 +44,7 @@ from transformers import HfArgumentParser
 
 from .augment import AugmentationConfig
 from .data import DataConfig
+from .messages import first_line
 from .objectives import OBJECTIVES, build_loss_schedule
 from .student import StudentConfig
 from .teacher_cache import TeacherCacheConfig
@@ -108,7 +109,7 @@ def read_yaml(text: str, source: str | Path | None = None):
         where = f"{source}: " if source is not None else ""
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+        problem = getattr(err, "problem", None) or first_line(err)
         context = getattr(err, "context", None)
         detail = f"{problem} ({context})" if context else problem
         raise InvalidYAMLError(f"{where}invalid YAML{at}: {detail}") from None

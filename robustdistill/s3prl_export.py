@@ -62,6 +62,7 @@ from pathlib import Path
 import torch
 from transformers import HubertModel
 
+from .messages import first_line
 from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
@@ -232,9 +233,8 @@ def _load_heads(heads, hidden: int) -> tuple[list[int], dict[str, torch.Tensor],
         except OSError:
             raise
         except Exception as err:  # noqa: BLE001 - torch.load of a foreign file raises anything
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise ValueError(f"heads {heads}: not a torch.save'd heads file "
-                             f"({type(err).__name__}: {first[:200]})") from err
+                             f"({type(err).__name__}: {first_line(err)[:200]})") from err
     if not isinstance(heads, Mapping) or "pred_layer_id" not in heads or "state_dict" not in heads:
         raise ValueError("heads must be a dict {'pred_layer_id': [...], 'state_dict': {...}}")
     layers = [int(i) for i in heads["pred_layer_id"]]

@@ -60,6 +60,7 @@ from robustdistill.checkpoints import (
 from robustdistill.config import check_model_path, parse_overrides
 from robustdistill.environment import record_environment
 from robustdistill.files import file_blocking_folder
+from robustdistill.messages import first_line
 from robustdistill.metrics.verification import compute_eer, compute_min_dcf
 from robustdistill.processes import require_single_process
 from robustdistill.run_settings import config_changes
@@ -965,9 +966,8 @@ def load_teacher(path: str | Path | None) -> GE2E:
     except FileNotFoundError:
         raise
     except Exception as err:  # noqa: BLE001 - torch.load of a foreign file raises anything
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise TeacherLoadError(f"teacher {path or '(resemblyzer)'} is not a GE2E weights file "
-                               f"({type(err).__name__}: {first[:200]})") from err
+                               f"({type(err).__name__}: {first_line(err)[:200]})") from err
 
 
 def load_inputs(cfg: SpeakerKDConfig, skipped: dict[str, dict[str, str]] | None = None
@@ -1377,8 +1377,8 @@ def _check_model_folder(name: str, key: str) -> None:
     try:
         AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{key} {name!r} is not a model folder: {first}") from err
+        raise ValueError(f"{key} {name!r} is not a model folder: "
+                         f"{first_line(err) or type(err).__name__}") from err
 
 
 def _load_or_exit(parser: argparse.ArgumentParser, load: Callable[[], T]) -> T:
