@@ -55,6 +55,36 @@ def test_train_se_in_two_processes_keeps_the_ranks_identical_and_logs_once(
     assert len(json.loads(cache.read_text())["files"]) == 3
 
 
+def test_train_se_validation_in_two_processes_scores_every_item_once_as_one_process(
+        tmp_path):
+    """Two processes share the validation items (each scored once) and the main process
+    logs each validation once; the step-0 validation, before any step, equals one process's
+    (the items and the per-item scores do not depend on the process count)."""
+    import numpy as np
+    import soundfile as sf
+
+    from robustdistill.se.train import load_se_config, train_se
+
+    write_se_data(tmp_path)
+    (tmp_path / "vspeech" / "spk9").mkdir(parents=True)
+    t = np.arange(20000) / 16000
+    sf.write(tmp_path / "vspeech" / "spk9" / "v.flac",
+             (0.1 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), 16000)
+    extra = ["--training.save_every", "0", "--validation.speech_dir", str(tmp_path / "vspeech"),
+             "--validation.noise_dir", str(tmp_path / "noise"), "--validation.rir_dir", "null",
+             "--validation.items", "5", "--training.eval_every", "2"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    result = _launch_two(["train-se", *se_train_args(tmp_path, two, 4, *extra)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    train_se(load_se_config(None, se_train_args(tmp_path, one, 4, *extra)))
+    rows = {name: [r for r in (json.loads(x) for x in (run / "metrics.jsonl").read_text()
+                               .splitlines()) if r["split"] == "validation"]
+            for name, run in (("two", two), ("one", one))}
+    assert [r["step"] for r in rows["two"]] == [0, 2, 4]
+    assert all(r["n"] == 5 for r in rows["two"])
+    assert rows["two"][0] == rows["one"][0]
+
+
 def test_tfckd_projections_follow_the_config_order_whatever_the_hash_seed():
     """A set of layer names is ordered by the process's hash seed: parameter order (and with it
     the optimizer state a resume loads, and DDP's buckets) would differ between processes."""

@@ -91,8 +91,10 @@ def _recorded_train_seconds(run_dir: Path) -> float | None:
 
 
 #: Keys of a run's config that do not change what it trains: where it lives, the speech scan
-#: cache and the CPU threads.
-_NOT_TRAINING = ("output_dir", "data.scan_cache_dir", "training.threads", "training.report_to")
+#: cache, the CPU threads, the trackers and the validation (its pairs, cadence and baseline:
+#: a run trains the same weights with it on or off; runs before it have none of these keys).
+_NOT_TRAINING = ("output_dir", "data.scan_cache_dir", "training.threads", "training.report_to",
+                 "validation.", "training.eval_every", "training.eval_at_start")
 
 
 def _changed_training(run_dir: Path, cfg) -> list[str]:

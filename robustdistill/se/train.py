@@ -7,12 +7,15 @@ One YAML recipe plus ``--section.key value`` overrides (``configs/se_*.yaml``)::
     student:  {ratio: 63}                      # or {hidden_size: 45, num_layers: 2}
     data:     {crop_seconds: 2.0, snr_range: [-5, 20], ...}      # PairConfig
     loss:     {teacher: nsnet2, schedule: two_step, kd_steps: 300, gram_weight: 100, ...}
-    training: {max_steps: 600, batch_size: 8, learning_rate: 1.0e-3, ...}
+    training: {max_steps: 600, batch_size: 8, learning_rate: 1.0e-3, eval_every: 200, ...}
+    validation: {speech_dir: null, noise_dir: runs/data/noise_test, items: 32, ...}  # off
 
 The run writes to ``output_dir``: ``config.yaml``, ``environment.json`` (software versions at
 each start), ``scan_cache/`` (the speech files' checks, unless ``data.scan_cache_dir`` puts
 them elsewhere or is ``off``), ``metrics.jsonl`` (one JSON object per
-logged step: step, split, lr, every loss part), ``logs/`` (TensorBoard), ``checkpoints/
+logged step: step, split, lr, every loss part; and, with ``validation.speech_dir``, one per
+validation, split ``validation``: the loss parts, SI-SDR and STOI on held-out pairs and their
+improvements, :mod:`robustdistill.se.validation`), ``logs/`` (TensorBoard), ``checkpoints/
 checkpoint_N/`` (N the step: ``accelerator.save_state`` plus ``training_state.json``, written,
 published and rotated by :func:`robustdistill.checkpoints.save_checkpoint`, so a kill while
 saving never leaves a half-written ``checkpoint_N``; resumed from the newest one automatically:
@@ -81,6 +84,7 @@ from .students import (
 )
 from .teachers import load_teacher
 from .teachers.onnx_weights import TeacherUnavailable
+from .validation import ValidationOptions, make_validation_pairs, validate
 
 __all__ = ["DamagedCheckpointError", "DataFolderError", "ResumeSettingsError", "SETrainConfig",
            "TrainingOptions", "StudentOptions",
@@ -155,6 +159,10 @@ class TrainingOptions:
         max_nonfinite_in_a_row: stop (with a checkpoint of the last finite weights) after this
             many optimizer steps in a row with a NaN/Inf loss or gradient norm; each such step
             is skipped and counted (default 20, as ``distill``'s).
+        eval_every: steps between validations (and at the last step), as ``distill``'s; only
+            with ``validation.speech_dir`` (default 200: 10 validations in a 2000-step recipe).
+        eval_at_start: also validate before the first step (the baseline; default True, as
+            ``distill``'s).
     """
 
     max_steps: int = 600
@@ -168,13 +176,15 @@ class TrainingOptions:
     cpu: bool = True
     threads: int = 0
     max_nonfinite_in_a_row: int = 20
+    eval_every: int = 200
+    eval_at_start: bool = True
 
     def __post_init__(self) -> None:
         """Raises: ValueError: a count below its minimum (named, with the allowed range), or an
         unknown ``report_to``."""
         for name, least in (("max_steps", 1), ("batch_size", 1), ("log_every", 1),
                             ("save_every", 0), ("keep_checkpoints", 1), ("threads", 0),
-                            ("max_nonfinite_in_a_row", 1)):
+                            ("max_nonfinite_in_a_row", 1), ("eval_every", 1)):
             if getattr(self, name) < least:
                 raise ValueError(f"{name} must be >= {least}, got {getattr(self, name)}")
         if self.report_to not in _trackers():
@@ -191,7 +201,9 @@ class SETrainConfig:
             folder holding checkpoints is resumed from its newest one.
         seed: seeds the student's and loss heads' initialisation (``accelerate.set_seed``) and
             the batches (each a pure function of ``(seed, step, rank)``); >= 0, default 0.
-        student / data / loss / training: the sections; see their classes.
+        student / data / loss / training / validation: the sections; see their classes
+            (``validation``: :class:`~robustdistill.se.validation.ValidationOptions`, off by
+            default).
 
     Raises:
         ValueError: (on construction) a negative ``seed``, or a ``data.sample_rate`` other
@@ -208,6 +220,7 @@ class SETrainConfig:
     data: PairConfig = field(default_factory=PairConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     training: TrainingOptions = field(default_factory=TrainingOptions)
+    validation: ValidationOptions = field(default_factory=ValidationOptions)
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -226,7 +239,7 @@ class SETrainConfig:
     def to_dict(self) -> dict:
         """Plain nested dict (``config.yaml``)."""
         out = {"output_dir": self.output_dir, "seed": self.seed}
-        for name in ("student", "data", "loss", "training"):
+        for name in _SECTIONS:
             section = getattr(self, name)
             out[name] = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
         out["data"]["snr_range"] = list(out["data"]["snr_range"])
@@ -234,7 +247,7 @@ class SETrainConfig:
 
 
 _SECTIONS = {"student": StudentOptions, "data": PairConfig, "loss": LossConfig,
-             "training": TrainingOptions}
+             "training": TrainingOptions, "validation": ValidationOptions}
 
 
 def _build(raw: dict) -> SETrainConfig:
@@ -435,6 +448,12 @@ _RESUME_REFUSED = ("seed", "training.batch_size", "data.")
 _RESUME_FOLDERS = ("data.speech_dir", "data.noise_dir", "data.rir_dir")
 
 
+#: The keys of the validation (:mod:`robustdistill.se.validation`): never a change of the
+#: batches; while validation is off (no ``validation.speech_dir`` before or now) no change at all,
+#: so that a run started before these keys existed resumes without a word about them.
+_VALIDATION_KEYS = ("validation.", "training.eval_every", "training.eval_at_start")
+
+
 def _key(change: str) -> str:
     """The dotted key of a :func:`~robustdistill.run_settings.config_changes` line."""
     return change.split(" ", 1)[0]
@@ -476,6 +495,8 @@ def _resume_changes(cfg: SETrainConfig, num_processes: int) -> list[str]:
             f"{num_processes}: each rank draws its own batches from (seed, step, rank), so "
             f"the steps would see other batches; resume on {before}, or give another output_dir")
     changes = saved_config_changes(out, cfg.to_dict(), _RESUME_FREE)
+    if not cfg.validation.enabled and "validation.speech_dir" not in map(_key, changes):
+        changes = [c for c in changes if not _key(c).startswith(_VALIDATION_KEYS)]
     refused = [c for c in changes if _key(c) not in _RESUME_FOLDERS and (
         _key(c) in _RESUME_REFUSED
         or _key(c).startswith(tuple(k for k in _RESUME_REFUSED if k.endswith("."))))]
@@ -546,9 +567,12 @@ def train_se(cfg: SETrainConfig) -> Path:
 
     Raises:
         TeacherUnavailable: the recipe needs a teacher whose package is not installed.
-        DataFolderError: (a ``FileNotFoundError``) a data folder is missing or holds no audio
-            file (found at start-up).
-        AudioError: no usable speech, noise or RIR file (found at start-up).
+        DataFolderError: (a ``FileNotFoundError``) a data folder, or a validation folder
+            (``validation: ...``), is missing or holds no audio file (found at start-up).
+        AudioError: no usable speech, noise or RIR file, for training or validation (found at
+            start-up; each unusable file is logged by name and skipped).
+        ConfigError: a ``validation.speech_dir`` file is also a training speech file (found
+            at start-up).
         NonFiniteTrainingError: ``training.max_nonfinite_in_a_row`` steps in a row had a
             NaN/Inf loss or gradient norm (a checkpoint of the last finite weights and
             ``stopped.json`` are written first).
@@ -563,8 +587,14 @@ def train_se(cfg: SETrainConfig) -> Path:
             truncated ``model.safetensors``), found before any work.
 
     A fresh start (no checkpoint) empties a ``metrics.jsonl`` left by a run killed before
-    its first checkpoint, and hides that run's TensorBoard points (``purge_step`` 1), so
+    its first checkpoint, and hides that run's TensorBoard points (``purge_step`` 0), so
     each step is logged once.
+
+    With ``validation.speech_dir``, the held-out pairs are made at start-up and scored at step
+    0 (``training.eval_at_start``), every ``training.eval_every`` steps and at the last step
+    (:func:`~robustdistill.se.validation.validate`), before that step's checkpoint; each
+    validation is one ``metrics.jsonl`` line (split ``validation``) and TensorBoard's
+    ``validation/<value>`` points, written by the main process. It changes no weight.
     """
     from accelerate import Accelerator
     from accelerate.utils import (
@@ -611,6 +641,14 @@ def train_se(cfg: SETrainConfig) -> Path:
         maker = PairMaker(data_config(cfg), seed=cfg.seed)
     except FileNotFoundError as err:
         raise DataFolderError(str(err)) from err
+    pairs = None
+    if cfg.validation.enabled:  # made once, on every process (a bad folder stops them all)
+        try:
+            pairs = make_validation_pairs(data_config(cfg), cfg.validation, cfg.seed)
+        except FileNotFoundError as err:
+            raise DataFolderError(f"validation: {err}") from err
+        except AudioError as err:  # no usable file in a validation folder
+            raise AudioError(f"validation: {err}", err.reason) from err
 
     ckpt_dir = out / "checkpoints"
     if acc.is_main_process:
@@ -633,10 +671,11 @@ def train_se(cfg: SETrainConfig) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         record_environment(out, start, config_changes=changes if newest is not None else None)
-    # a fresh start hides what a run killed before its first checkpoint logged (steps >= 1)
+    # a fresh start hides what a run killed before its first checkpoint logged (steps >= 0:
+    # the step-0 validation too)
     acc.init_trackers("se", config={"seed": cfg.seed, "max_steps": t.max_steps},
                       init_kwargs=tracker_resume_kwargs(start) if newest is not None
-                      else {"tensorboard": {"purge_step": 1}})
+                      else {"tensorboard": {"purge_step": 0}})
     metrics = (out / "metrics.jsonl").open("a") if acc.is_main_process else None
 
     def save(step: int) -> Path:
@@ -650,6 +689,19 @@ def train_se(cfg: SETrainConfig) -> Path:
 
     bar = tqdm(total=t.max_steps, initial=start, desc="train-se",
                disable=not acc.is_main_process)
+
+    def log_validation(step: int) -> None:  # every process scores its share of the items
+        values = validate(acc, student, loss_fn, teacher, pairs, step, cfg.loss.teacher_input)
+        if values is None:  # not the main process
+            return
+        row = {"step": step, "split": "validation", "lr": t.learning_rate, **values}
+        acc.log({f"validation/{k}": v for k, v in row.items()
+                 if k not in ("step", "split") and isinstance(v, int | float)}, step=step)
+        metrics.write(json.dumps(row) + "\n")
+        metrics.flush()
+        bar.write(f"step {step}: validation loss {row['loss']:.3f}, SI-SDR "
+                  f"{row['si_sdr']:.2f} dB (SI-SDRi {row['si_sdr_i']:+.2f} dB)")
+
     student.train()
     pooled = None
     if teacher is not None and cfg.data.pool_size:
@@ -661,6 +713,8 @@ def train_se(cfg: SETrainConfig) -> Path:
         pool_in = (clean_pool if which == "clean" else noisy_pool).to(acc.device)
         pooled = pooled_teacher(key, teacher, pool_in, teacher_layers(cfg.loss),
                                 cfg.loss.output_kd_weight > 0)
+    if pairs is not None and start == 0 and t.eval_at_start:  # the step-0 baseline
+        log_validation(0)
     for step in range(start, t.max_steps):
         noisy, clean, idx = maker.batch(step, t.batch_size, acc.process_index)
         noisy, clean = noisy.to(acc.device), clean.to(acc.device)
@@ -709,6 +763,8 @@ def train_se(cfg: SETrainConfig) -> Path:
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
             bar.set_postfix(loss=f"{row['loss']:.3f}")
+        if pairs is not None and (done % t.eval_every == 0 or done == t.max_steps):
+            log_validation(done)  # before the checkpoint: its metrics_bytes keep this line
         if t.save_every and done % t.save_every == 0 and done < t.max_steps:
             save(done)
     bar.close()
@@ -750,8 +806,8 @@ def main(argv: list[str]) -> int:
         parser.error(str(err))
     try:
         train_se(cfg)
-    except (DataFolderError, TeacherUnavailable, ResumeSettingsError,
-            DamagedCheckpointError) as err:
+    except (DataFolderError, TeacherUnavailable, ConfigError,
+            DamagedCheckpointError) as err:  # ConfigError: ResumeSettingsError, validation
         # found at start-up: a message, no traceback (a FileNotFoundError once training runs, a
         # checkpoint folder deleted, keeps its traceback)
         hint = ("; the recipes' runs/data/* folders are made once by "
