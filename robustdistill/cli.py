@@ -337,7 +337,7 @@ COMMANDS = {
     "evaluate": _lazy("downstream.cli:evaluate_main"),
     "compare": _lazy("downstream.cli:compare_main"),
     "export-s3prl": _lazy("robustdistill.s3prl_export:main"),
-    "train-speaker": _lazy("robustdistill.speaker.train:main"),
+    "train-speaker": _lazy("robustdistill.speaker.cli:main"),
     "cache-teacher": _lazy("robustdistill.teacher_cache:main"),
     "card": _lazy("robustdistill.publish.card:card_main"),
     "push": _lazy("robustdistill.publish.push:push_main"),

@@ -1,7 +1,7 @@
 """Every key of a trainer's config, with its type, default and meaning.
 
 Generated from the config dataclasses (:class:`robustdistill.config.DistillConfig`,
-:class:`robustdistill.se.train.SETrainConfig`, :class:`robustdistill.speaker.train.
+:class:`robustdistill.se.train.SETrainConfig`, :class:`robustdistill.speaker.config.
 SpeakerKDConfig` and the dataclasses they nest), so it cannot drift from what the loaders
 accept: each field's help is its ``metadata["help"]`` or, failing that, its entry in its class
 docstring's ``Attributes:`` section. ``robustdistill distill --help`` (and ``train-se``,
@@ -33,7 +33,7 @@ COMMANDS = {
                 "Distillation: `robustdistill distill`, `accelerate launch distill.py`"),
     "train-se": ("robustdistill.se.train", "SETrainConfig",
                  "Speech enhancement students: `robustdistill train-se`"),
-    "train-speaker": ("robustdistill.speaker.train", "SpeakerKDConfig",
+    "train-speaker": ("robustdistill.speaker.config", "SpeakerKDConfig",
                       "Speaker students (IML-KD): `robustdistill train-speaker`"),
 }
 

@@ -208,7 +208,7 @@ def speaker_kd_config(tmp_path: Path, out: str, epochs: int, resume: bool = Fals
     """A ``train-speaker`` config for the :func:`tiny` crops: a width-8 LSTM student, 2 IG
     steps over 0.1 s and whole-crop segments, batch 4, seed 3, output ``tmp_path/out``."""
     from downstream.config import from_dict
-    from robustdistill.speaker.train import SpeakerKDConfig
+    from robustdistill.speaker.config import SpeakerKDConfig
 
     return from_dict(SpeakerKDConfig, {
         "student": {"hidden_size": 8, "num_layers": 1, "embedding_dim": 8},

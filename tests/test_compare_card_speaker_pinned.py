@@ -241,7 +241,7 @@ def test_verification_trial_counts_that_are_not_integers_are_not_recorded(tmp_pa
 # ------------------------------------------------------------------ train-speaker checks
 def test_gap_loads_one_crop_per_utterance_and_ignores_the_cache_folder(tmp_path, monkeypatch):
     # gap writes no map cache: an ig.cache_dir that is a file does not stop it
-    from robustdistill.speaker import train as train_mod
+    from robustdistill.speaker import cli as cli_mod
 
     afile = tmp_path / "afile"
     afile.write_text("not a folder\n")
@@ -255,46 +255,47 @@ def test_gap_loads_one_crop_per_utterance_and_ignores_the_cache_folder(tmp_path,
         calls["gap"] = (steps, num_crops, inputs)
         return {}
 
-    monkeypatch.setattr(train_mod, "load_ig_inputs", load_ig_inputs)
-    monkeypatch.setattr(train_mod, "completeness_by_steps", completeness_by_steps)
-    assert train_mod.main(["gap", "--config", str(REPO / "configs" / "imlkd_speaker.yaml"),
-                           "--ig.cache_dir", str(afile), "--steps", "8,2,8", "--crops",
-                           "3"]) == 0
+    monkeypatch.setattr(cli_mod, "load_ig_inputs", load_ig_inputs)
+    monkeypatch.setattr(cli_mod, "completeness_by_steps", completeness_by_steps)
+    assert cli_mod.main(["gap", "--config", str(REPO / "configs" / "imlkd_speaker.yaml"),
+                         "--ig.cache_dir", str(afile), "--steps", "8,2,8", "--crops",
+                         "3"]) == 0
     assert calls == {"load": 1, "gap": ([2, 8], 3, ("teacher", ["crop"]))}
 
 
 def test_train_without_the_map_cache_does_not_check_its_folder(tmp_path, monkeypatch):
-    from robustdistill.speaker import train as train_mod
+    from robustdistill.speaker import cli as cli_mod
 
     afile = tmp_path / "afile"
     afile.write_text("not a folder\n")
     trained = []
-    monkeypatch.setattr(train_mod, "load_run_inputs", lambda cfg: ("t", ["c"], {}, {}))
-    monkeypatch.setattr(train_mod, "train_system",
+    monkeypatch.setattr(cli_mod, "load_run_inputs", lambda cfg: ("t", ["c"], {}, {}))
+    monkeypatch.setattr(cli_mod, "train_system",
                         lambda cfg, *args, **kwargs: trained.append(cfg.ig.use_cache) or {})
     argv = ["train", "--config", str(REPO / "configs" / "imlkd_speaker.yaml"),
             "--ig.cache_dir", str(afile), "--training.output_dir", str(tmp_path / "out")]
-    assert train_mod.main([*argv, "--ig.use_cache", "false"]) == 0
+    assert cli_mod.main([*argv, "--ig.use_cache", "false"]) == 0
     assert trained == [False]
     with pytest.raises(SystemExit) as stop:  # with the cache on, the file is refused
-        train_mod.main(argv)
+        cli_mod.main(argv)
     assert stop.value.code == 2 and trained == [False]
 
 
 def test_load_ig_inputs_takes_the_crops_per_utterance_asked_for(monkeypatch):
     from types import SimpleNamespace
 
-    from robustdistill.speaker import train as train_mod
+    from robustdistill.speaker import ig as ig_mod
+    from robustdistill.speaker.config import SpeakerKDConfig
 
     asked = []
-    monkeypatch.setattr(train_mod, "load_teacher", lambda cfg: SimpleNamespace(fingerprint="f"))
-    monkeypatch.setattr(train_mod, "load_train_crops",
+    monkeypatch.setattr(ig_mod, "load_teacher", lambda cfg: SimpleNamespace(fingerprint="f"))
+    monkeypatch.setattr(ig_mod, "load_train_crops",
                         lambda folder, seconds, per: asked.append(per) or [])
-    cfg = train_mod.SpeakerKDConfig()
+    cfg = SpeakerKDConfig()
     assert cfg.data.crops_per_utterance == 2
-    teacher, crops = train_mod.load_ig_inputs(cfg, 1)
+    teacher, crops = ig_mod.load_ig_inputs(cfg, 1)
     assert teacher.cached_fingerprint == "f" and crops == []
-    train_mod.load_ig_inputs(cfg)
+    ig_mod.load_ig_inputs(cfg)
     assert asked == [1, 2]
 
 
@@ -302,7 +303,8 @@ def test_completeness_by_steps_attributes_only_the_first_num_crops(monkeypatch):
     import torch
 
     from downstream.config import from_dict
-    from robustdistill.speaker import train as train_mod
+    from robustdistill.speaker import ig as ig_mod
+    from robustdistill.speaker.config import SpeakerKDConfig
     from robustdistill.speaker.data import Crop
     from robustdistill.speaker.ge2e import GE2E
 
@@ -312,16 +314,16 @@ def test_completeness_by_steps_attributes_only_the_first_num_crops(monkeypatch):
     rng = np.random.default_rng(0)
     crops = [Crop(f"s{i % 2}", f"k{i}", (0.1 * rng.standard_normal(3200)).astype(np.float32))
              for i in range(4)]
-    cfg = from_dict(train_mod.SpeakerKDConfig, {"ig": {"durations": [None], "n_steps": 2,
-                                                       "use_cache": False}})
+    cfg = from_dict(SpeakerKDConfig, {"ig": {"durations": [None], "n_steps": 2,
+                                             "use_cache": False}})
     seen = []
-    real = train_mod.attribute_segments
+    real = ig_mod.attribute_segments
 
     def counting(model, audio, *args, **kwargs):
         seen.append(len(audio))
         return real(model, audio, *args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "attribute_segments", counting)
-    out = train_mod.completeness_by_steps(cfg, [4, 2], 2, (teacher, crops))
+    monkeypatch.setattr(ig_mod, "attribute_segments", counting)
+    out = ig_mod.completeness_by_steps(cfg, [4, 2], 2, (teacher, crops))
     assert seen == [2, 2] and sorted(out) == [2, 4]
     assert out[4]["map_l1_to_max_steps"] == 0.0

@@ -67,7 +67,7 @@ def _load_speaker(overrides, tmp_path):
     from downstream.config import load_config as load_downstream
     from downstream.config import to_dict
     from robustdistill.config import parse_overrides
-    from robustdistill.speaker.train import SpeakerKDConfig
+    from robustdistill.speaker.config import SpeakerKDConfig
 
     recipe = tmp_path / "empty.yaml"
     recipe.write_text("{}\n")

@@ -8,7 +8,7 @@ from downstream.conditions import parse_condition
 from downstream.report import main as report_main
 from downstream.tasks.asr.task import AsrHeadConfig
 from robustdistill.objectives.tfckd import TFCalibratedKD
-from robustdistill.speaker.train import LossConfig
+from robustdistill.speaker.config import LossConfig
 
 
 @pytest.mark.parametrize("name", ["+snr5", "+reverb", "reverbsnr5", "snr", ""])

@@ -645,9 +645,10 @@ def _tiny_speaker_run(tmp_path: Path, train_dir: str = "speech/train") -> tuple[
     import torch
 
     from downstream.config import from_dict
+    from robustdistill.speaker.config import SpeakerKDConfig
     from robustdistill.speaker.data import Crop
     from robustdistill.speaker.ge2e import GE2E
-    from robustdistill.speaker.train import SpeakerKDConfig, train_system
+    from robustdistill.speaker.train import train_system
 
     torch.manual_seed(0)
     teacher = GE2E(hidden_size=8, embedding_size=8, num_layers=1).eval().requires_grad_(False)

@@ -139,7 +139,7 @@ def _resemblyzer():
 
 
 def _main_error(argv: list[str], capsys) -> str:
-    from robustdistill.speaker.train import main
+    from robustdistill.speaker.cli import main
 
     with pytest.raises(SystemExit) as stop:
         main(argv)
@@ -151,7 +151,7 @@ def _main_error(argv: list[str], capsys) -> str:
 
 def test_train_speaker_runs_past_bad_files_and_counts_them(tmp_path, monkeypatch):
     _resemblyzer()
-    from robustdistill.speaker.train import main
+    from robustdistill.speaker.cli import main
 
     monkeypatch.chdir(REPO)
     train, test = _data(tmp_path)
@@ -220,7 +220,8 @@ def test_train_speaker_table_error_during_training_keeps_its_traceback(tmp_path,
     # Only start-up errors become one usage line; a FileNotFoundError raised while training
     # (a cache folder deleted hours in) must surface as itself, not as "error: ..." exit 2.
     _resemblyzer()
-    from robustdistill.speaker import train as train_mod
+    from robustdistill.speaker import table as table_mod
+    from robustdistill.speaker.cli import main
 
     monkeypatch.chdir(REPO)
     train, test = _data(tmp_path)
@@ -228,11 +229,11 @@ def test_train_speaker_table_error_during_training_keeps_its_traceback(tmp_path,
     def vanished(*args, **kwargs):
         raise FileNotFoundError("attribution cache folder vanished")
 
-    monkeypatch.setattr(train_mod, "train_system", vanished)
+    monkeypatch.setattr(table_mod, "train_system", vanished)
     with pytest.raises(FileNotFoundError, match="vanished"):
-        train_mod.main(["table", "--config", "configs/imlkd_speaker.yaml",
-                        *_tiny_args(tmp_path, train, test), "--table.output_dir",
-                        str(tmp_path / "table"), "--table.seeds", "[0]"])
+        main(["table", "--config", "configs/imlkd_speaker.yaml",
+              *_tiny_args(tmp_path, train, test), "--table.output_dir",
+              str(tmp_path / "table"), "--table.seeds", "[0]"])
 
 
 @pytest.mark.parametrize("action", ["cache", "gap"])
@@ -255,14 +256,19 @@ def test_train_speaker_cache_and_gap_input_errors_are_one_line(tmp_path, monkeyp
 
 
 def _no_inputs(monkeypatch) -> None:
-    """Loading the teacher or the audio fails the test: the error must come before it."""
-    from robustdistill.speaker import train as train_mod
+    """Loading the teacher or the audio fails the test: the error must come before it (in
+    main, and in the functions that load their own inputs when given none)."""
+    from robustdistill.speaker import cli as cli_mod
+    from robustdistill.speaker import ig as ig_mod
+    from robustdistill.speaker import table as table_mod
 
     def loaded(*args, **kwargs):
         raise AssertionError("the inputs were loaded before the argument error")
 
-    monkeypatch.setattr(train_mod, "load_ig_inputs", loaded)
-    monkeypatch.setattr(train_mod, "load_run_inputs", loaded)
+    for module in (cli_mod, ig_mod):
+        monkeypatch.setattr(module, "load_ig_inputs", loaded)
+    for module in (cli_mod, table_mod):
+        monkeypatch.setattr(module, "load_run_inputs", loaded)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -305,34 +311,35 @@ def test_train_speaker_refuses_steps_and_crops_outside_gap(tmp_path, monkeypatch
 
 
 def test_train_speaker_gap_defaults_apply_when_steps_and_crops_are_not_given(monkeypatch):
-    from robustdistill.speaker import train as train_mod
+    from robustdistill.speaker import cli as cli_mod
 
     calls = []
-    monkeypatch.setattr(train_mod, "load_ig_inputs", lambda cfg, per_utterance=None: ("t", ["c"]))
-    monkeypatch.setattr(train_mod, "completeness_by_steps",
+    monkeypatch.setattr(cli_mod, "load_ig_inputs", lambda cfg, per_utterance=None: ("t", ["c"]))
+    monkeypatch.setattr(cli_mod, "completeness_by_steps",
                         lambda cfg, steps, num_crops, inputs=None: calls.append((steps,
                                                                                  num_crops)) or {})
     config = str(REPO / "configs" / "imlkd_speaker.yaml")
-    assert train_mod.main(["gap", "--config", config]) == 0
-    assert train_mod.main(["gap", "--config", config, "--crops", "2"]) == 0
-    assert train_mod.main(["gap", "--config", config, "--steps", "16,2"]) == 0
+    assert cli_mod.main(["gap", "--config", config]) == 0
+    assert cli_mod.main(["gap", "--config", config, "--crops", "2"]) == 0
+    assert cli_mod.main(["gap", "--config", config, "--steps", "16,2"]) == 0
     assert calls == [([4, 8, 16, 32], 4), ([4, 8, 16, 32], 2), ([2, 16], 4)]
 
 
 def test_completeness_by_steps_refuses_no_crops_or_steps_before_loading(monkeypatch):
-    from robustdistill.speaker import train as train_mod
+    from robustdistill.speaker.config import SpeakerKDConfig
+    from robustdistill.speaker.ig import completeness_by_steps
 
     _no_inputs(monkeypatch)
-    cfg = train_mod.SpeakerKDConfig()
+    cfg = SpeakerKDConfig()
     with pytest.raises(ValueError, match="num_crops must be >= 1, got 0"):
-        train_mod.completeness_by_steps(cfg, [4, 8], 0)
+        completeness_by_steps(cfg, [4, 8], 0)
     for steps in ([], [1, 4]):
         with pytest.raises(ValueError, match="steps must be IG n_steps values >= 2"):
-            train_mod.completeness_by_steps(cfg, steps, 2)
+            completeness_by_steps(cfg, steps, 2)
 
 
 def test_train_speaker_gap_steps_are_sorted_once():
-    from robustdistill.speaker.train import parse_gap_steps
+    from robustdistill.speaker.ig import parse_gap_steps
 
     assert parse_gap_steps(" 16,4,8,4") == [4, 8, 16]
 
@@ -367,7 +374,7 @@ def test_train_speaker_cache_and_table_bad_folders_and_lists_are_one_line(
 
 
 def test_an_empty_ig_cache_dir_is_fine_without_a_cache():
-    from robustdistill.speaker.train import IGConfig
+    from robustdistill.speaker.config import IGConfig
 
     assert IGConfig(cache_dir="", use_cache=False).cache_dir == ""  # no cache: no folder needed
     with pytest.raises(ValueError, match="ig.cache_dir must name a folder"):
@@ -380,7 +387,8 @@ def test_train_speaker_cache_and_gap_errors_during_the_work_keep_their_traceback
     # Only input errors become one usage line; a FileNotFoundError raised once the maps are
     # being computed (a cache folder deleted hours in) must surface as itself, not exit 2.
     _resemblyzer()
-    from robustdistill.speaker import train as train_mod
+    from robustdistill.speaker import ig as ig_mod
+    from robustdistill.speaker.cli import main
 
     monkeypatch.chdir(REPO)
     train, test = _data(tmp_path)
@@ -390,11 +398,11 @@ def test_train_speaker_cache_and_gap_errors_during_the_work_keep_their_traceback
         calls.append(args)
         raise FileNotFoundError("attribution cache folder vanished")
 
-    monkeypatch.setattr(train_mod, "attribute_segments", vanished)
+    monkeypatch.setattr(ig_mod, "attribute_segments", vanished)
     gap_only = ["--steps", "2,4", "--crops", "2"] if action == "gap" else []
     with pytest.raises(FileNotFoundError, match="vanished"):
-        train_mod.main([action, "--config", "configs/imlkd_speaker.yaml",
-                        *_tiny_args(tmp_path, train, test), *gap_only])
+        main([action, "--config", "configs/imlkd_speaker.yaml",
+              *_tiny_args(tmp_path, train, test), *gap_only])
     assert len(calls) == 1  # the inputs loaded, the work started
 
 
@@ -402,7 +410,7 @@ def test_train_speaker_refuses_a_used_run_folder_in_one_line(tmp_path, monkeypat
     """A fresh run into a run folder with checkpoints, or a resume with other settings, ends
     in one usage line before any input is loaded."""
     _resemblyzer()
-    from robustdistill.speaker.train import main
+    from robustdistill.speaker.cli import main
 
     monkeypatch.chdir(REPO)
     train, test = _data(tmp_path)

@@ -34,7 +34,7 @@ def test_speaker_fresh_run_into_an_earlier_runs_folder_is_refused(tiny, tmp_path
 
 
 def test_speaker_main_reports_a_config_typo_as_a_usage_error(tmp_path, capsys):
-    from robustdistill.speaker.train import main
+    from robustdistill.speaker.cli import main
 
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"training": {"epochs": 1}}))

@@ -20,7 +20,7 @@ from robustdistill.speaker.attribution import (
 )
 from robustdistill.speaker.data import Crop
 from robustdistill.speaker.ge2e import GE2E, partial_slices
-from robustdistill.speaker.train import _student_map_loss, map_targets, teacher_targets
+from robustdistill.speaker.targets import _student_map_loss, map_targets, teacher_targets
 
 
 def test_map_targets_send_samples_past_the_end_to_the_last_student_frame():

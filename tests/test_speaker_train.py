@@ -13,17 +13,12 @@ from conftest import speaker_kd_config
 from safetensors.torch import load_file
 
 from downstream.config import ConfigError, from_dict
+from robustdistill.speaker.config import LossConfig, SpeakerKDConfig
 from robustdistill.speaker.data import Utterance
+from robustdistill.speaker.evaluation import evaluate_embeddings, evaluate_student
 from robustdistill.speaker.models import AttentiveStatsPool, MelLSTMEncoder, SpeakerModel
-from robustdistill.speaker.train import (
-    LossConfig,
-    SpeakerKDConfig,
-    build_student,
-    evaluate_embeddings,
-    evaluate_student,
-    map_targets,
-    train_system,
-)
+from robustdistill.speaker.targets import map_targets
+from robustdistill.speaker.train import build_student, train_system
 
 
 def _setup(tmp_path, out: str, epochs: int, resume: bool = False) -> SpeakerKDConfig:
@@ -172,7 +167,7 @@ def test_verification_embeds_each_utterance_as_it_is_alone(encoder, batched, tmp
     padding and are batched; a group-norm upstream (HuBERT Base shape) and data2vec-audio (its
     positional convolutions see the padding, mask or not) would not, so their utterances go one
     at a time (batched, their embeddings move by 1e-2 and more)."""
-    import robustdistill.speaker.train as speaker_train
+    import robustdistill.speaker.evaluation as speaker_evaluation
     from robustdistill.speaker.models import UpstreamEncoder
     from robustdistill.teachers import make_random_teacher
 
@@ -192,13 +187,13 @@ def test_verification_embeds_each_utterance_as_it_is_alone(encoder, batched, tmp
     else:
         enc = UpstreamEncoder(str(make_random_teacher(encoder, "tiny", tmp_path / encoder)),
                               frozen=True)
-    assert speaker_train.ignores_padding(enc) is batched
+    assert speaker_evaluation.ignores_padding(enc) is batched
     model = SpeakerModel(enc, num_speakers=3, embedding_dim=8).eval()
     rng = np.random.default_rng(0)
     utts = [Utterance(f"s{i % 2}", f"u{i}",
                       (0.1 * rng.standard_normal(int(n))).astype(np.float32))
             for i, n in enumerate(rng.integers(1_600, 8_000, 6))]
-    scored, calls, real = [], [], speaker_train.embed_utterances
+    scored, calls, real = [], [], speaker_evaluation.embed_utterances
 
     def spy(embed_fn, utterances, batch_size=16):
         def counted(wav, lengths):
@@ -207,7 +202,7 @@ def test_verification_embeds_each_utterance_as_it_is_alone(encoder, batched, tmp
         scored.append(out := real(counted, utterances, batch_size))
         return out
 
-    monkeypatch.setattr(speaker_train, "embed_utterances", spy)
+    monkeypatch.setattr(speaker_evaluation, "embed_utterances", spy)
     evaluate_student(model, {"set": utts}, SpeakerKDConfig().data)
     with torch.no_grad():
         alone = torch.cat([torch.nn.functional.normalize(
@@ -268,7 +263,7 @@ def test_upstream_student_trains_with_imlkd(tiny, tiny_wavlm_dir, tmp_path):
 
 
 def test_table_format_and_run_reuse_key():
-    from robustdistill.speaker.train import _run_key, format_table
+    from robustdistill.speaker.table import _run_key, format_table
 
     def run(eer, dcf):
         return {"params": 10, "eval": {"s": {"eer": eer, "min_dcf": dcf}}}
@@ -348,7 +343,8 @@ def test_checkpoints_rotate_to_keep_checkpoints_and_a_rotated_run_resumes_exactl
     """Every epoch's checkpoint used to stay (a soak run of 20 epochs: 20 folders, 3.8 MB
     each; the IML-KD table's 12 runs of 30 epochs, 1.4 GB); the ``training.keep_checkpoints``
     newest stay, and a bare ``epoch_N`` of a run older than the manifest is never deleted."""
-    from robustdistill.speaker.train import TrainConfig, _run_key
+    from robustdistill.speaker.config import TrainConfig
+    from robustdistill.speaker.table import _run_key
 
     teacher, crops = tiny
     straight = train_system(_baseline_setup(tmp_path, "a", 4), teacher, crops)

@@ -16,22 +16,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import robustdistill.speaker.evaluation as evaluation_mod
+import robustdistill.speaker.inputs as inputs_mod
+import robustdistill.speaker.run_folder as run_folder_mod
+import robustdistill.speaker.table as table_mod
 import robustdistill.speaker.train as train_mod
 from downstream.config import from_dict, to_dict
 from downstream.tasks.speaker_verification.task import build_trials
+from robustdistill.speaker.config import DataConfig, LossConfig, SpeakerKDConfig, TrainConfig
 from robustdistill.speaker.data import Crop, Utterance
+from robustdistill.speaker.evaluation import embed_utterances, evaluate_embeddings, evaluate_teacher
 from robustdistill.speaker.losses import batch_loss, class_loss, instance_loss
-from robustdistill.speaker.train import (
-    DataConfig,
-    LossConfig,
-    SpeakerKDConfig,
-    TrainConfig,
-    embed_utterances,
-    evaluate_embeddings,
-    evaluate_teacher,
-    teacher_targets,
-    train_system,
-)
+from robustdistill.speaker.targets import teacher_targets
+from robustdistill.speaker.train import train_system
 
 
 def _tones(n=6):
@@ -199,7 +196,7 @@ def test_teacher_embeds_each_utterance_without_its_batch_padding(tiny, monkeypat
         captured["emb"], captured["speakers"] = emb, speakers
         return {}
 
-    monkeypatch.setattr(train_mod, "evaluate_embeddings", fake_eval)
+    monkeypatch.setattr(evaluation_mod, "evaluate_embeddings", fake_eval)
     evaluate_teacher(teacher, {"set": utts}, DataConfig())
     expected = np.stack([F.normalize(teacher.embed_utterance(torch.from_numpy(u.audio)), dim=-1)
                          .double().numpy() for u in utts])
@@ -229,7 +226,7 @@ def test_reported_params_exclude_the_training_only_heads(tiny, tmp_path):
 def test_last_checkpoint_is_the_highest_epoch_number(tmp_path):
     for e in (2, 9, 10):
         (tmp_path / "checkpoints" / f"epoch_{e}").mkdir(parents=True)
-    path, epoch = train_mod._last_checkpoint(tmp_path)
+    path, epoch = run_folder_mod._last_checkpoint(tmp_path)
     assert epoch == 10 and path.name == "epoch_10"
 
 
@@ -247,30 +244,30 @@ def test_run_table_trains_every_method_and_seed_and_reuses_only_evaluated_runs(
         (Path(cfg.training.output_dir) / "result.json").write_text(json.dumps(result))
         return result
 
-    monkeypatch.setattr(train_mod.GE2E, "from_resemblyzer", staticmethod(lambda path: teacher))
-    monkeypatch.setattr(train_mod, "load_train_crops", lambda *a, **k: crops)
-    monkeypatch.setattr(train_mod, "load_eval_sets", lambda *a, **k: {})
-    monkeypatch.setattr(train_mod, "evaluate_teacher",
+    monkeypatch.setattr(inputs_mod.GE2E, "from_resemblyzer", staticmethod(lambda path: teacher))
+    monkeypatch.setattr(inputs_mod, "load_train_crops", lambda *a, **k: crops)
+    monkeypatch.setattr(inputs_mod, "load_eval_sets", lambda *a, **k: {})
+    monkeypatch.setattr(table_mod, "evaluate_teacher",
                         lambda *a: {"s": {"eer": 0.01, "min_dcf": 0.1}})
-    monkeypatch.setattr(train_mod, "train_system", fake_train)
+    monkeypatch.setattr(table_mod, "train_system", fake_train)
     cfg = from_dict(SpeakerKDConfig, {"table": {"methods": ["none", "imlkd"], "seeds": [0, 1],
                                                 "output_dir": str(tmp_path / "t")},
                                       "training": {"seed": 7}})
-    results = train_mod.run_table(cfg)
+    results = table_mod.run_table(cfg)
     root = tmp_path / "t"
     assert calls == [(m, s, str(root / f"{m}_seed{s}")) for s in (0, 1) for m in ("none", "imlkd")]
     assert [r["seed"] for r in results["systems"]["none"]] == [0, 1]
     assert "| student, no KD | 5 | 2 | 15.00 ± 7.07 |" in (root / "table.md").read_text()
     # a rerun reuses every evaluated run ...
     calls.clear()
-    train_mod.run_table(cfg)
+    table_mod.run_table(cfg)
     assert calls == []
     # ... but not one whose result holds no evaluation (a run that was interrupted)
     done = root / "imlkd_seed1" / "result.json"
     unevaluated = json.loads(done.read_text())
     del unevaluated["eval"]
     done.write_text(json.dumps(unevaluated))
-    train_mod.run_table(cfg)
+    table_mod.run_table(cfg)
     assert calls == [("imlkd", 1, str(root / "imlkd_seed1"))]
 
 
@@ -281,10 +278,10 @@ def test_run_folder_refusals_offer_the_folder_setting_the_user_sets(tmp_path, fo
     (tmp_path / "checkpoints" / "epoch_3").mkdir(parents=True)
     cfg = from_dict(SpeakerKDConfig, {"training": {"output_dir": str(tmp_path), "epochs": 2}})
     with pytest.raises(ValueError, match=rf"another {folder_key}, or remove that folder"):
-        train_mod.check_run_folder(cfg, folder_key)
+        run_folder_mod.check_run_folder(cfg, folder_key)
     cfg.training.resume = True
     with pytest.raises(ValueError, match=rf"more than training.epochs 2:.*another {folder_key}\)"):
-        train_mod.check_run_folder(cfg, folder_key)
+        run_folder_mod.check_run_folder(cfg, folder_key)
 
 
 def test_a_resume_reads_a_relative_train_dir_from_the_folder_the_run_started_in(
@@ -301,18 +298,18 @@ def test_a_resume_reads_a_relative_train_dir_from_the_folder_the_run_started_in(
     epoch = run / "checkpoints" / "epoch_1"
     epoch.mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "A")
-    (epoch / train_mod._RUN_SETTINGS).write_text(json.dumps(
-        {**train_mod._run_settings(cfg), train_mod._STARTED_IN: str(tmp_path / "A")}))
-    assert train_mod.check_run_folder(cfg) == (epoch, 1)  # resumed where it started
+    (epoch / run_folder_mod._RUN_SETTINGS).write_text(json.dumps(
+        {**run_folder_mod._run_settings(cfg), run_folder_mod._STARTED_IN: str(tmp_path / "A")}))
+    assert run_folder_mod.check_run_folder(cfg) == (epoch, 1)  # resumed where it started
     monkeypatch.chdir(tmp_path / "B")
     with pytest.raises(ValueError, match=re.escape(
             f"data.train_dir speech (in {tmp_path / 'A'}) -> speech (in {tmp_path / 'B'})")):
-        train_mod.check_run_folder(cfg)
+        run_folder_mod.check_run_folder(cfg)
     cfg.data.train_dir = "../A/speech"  # the same folder, from here
-    assert train_mod.check_run_folder(cfg) == (epoch, 1)
+    assert run_folder_mod.check_run_folder(cfg) == (epoch, 1)
     # the checkpoint writer records the folder the run is in
     saved = {}
-    monkeypatch.setattr(train_mod, "save_checkpoint",
+    monkeypatch.setattr(run_folder_mod, "save_checkpoint",
                         lambda *args, state, **kwargs: saved.update(state))
-    train_mod._save_checkpoint(None, run, 2, {"seed": 0}, keep=2)
-    assert saved[train_mod._RUN_SETTINGS] == {"seed": 0, train_mod._STARTED_IN: str(tmp_path / "B")}
+    run_folder_mod._save_checkpoint(None, run, 2, {"seed": 0}, keep=2)
+    assert saved[run_folder_mod._RUN_SETTINGS] == {"seed": 0, run_folder_mod._STARTED_IN: str(tmp_path / "B")}

@@ -1,6 +1,6 @@
 """The Evaluation section of a speaker card: the speaker verification that ``robustdistill
 train-speaker`` runs on a finished student (:func:`robustdistill.speaker.train.train_system`,
-``evaluate_student``), its protocol as the code runs it, its EER and minDCF per set from the
+:func:`robustdistill.speaker.evaluation.evaluate_student`), its protocol as the code runs it, its EER and minDCF per set from the
 run's ``result.json``, and their ``model-index`` entries.
 
 This is not the SUPERB protocol of the Results section (:mod:`.card_results`: a frozen upstream,

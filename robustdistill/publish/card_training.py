@@ -218,7 +218,7 @@ _SPEAKER_TERMS = {
     "batch_level": "batch-level KD, Gram-matrix alignment",
 }
 
-#: Speaker ``loss.method`` -> its active terms (``robustdistill.speaker.train.LossConfig``).
+#: Speaker ``loss.method`` -> its active terms (``robustdistill.speaker.config.LossConfig``).
 _SPEAKER_METHODS = {
     "none": ("ce",), "logit_kd": ("ce", "class_level"), "embedding_kd": ("ce", "instance"),
     "imlkd": ("ce", "class_level", "instance", "map", "batch_level"),
@@ -340,7 +340,7 @@ def _speaker_loss_text(loss: dict[str, Any], student: dict[str, Any],
 
 def _speaker_view(run: RunSummary) -> dict[str, Any]:
     """The Training section of a ``train-speaker`` run
-    (``SpeakerKDConfig`` of :mod:`robustdistill.speaker.train`)."""
+    (``SpeakerKDConfig`` of :mod:`robustdistill.speaker.config`)."""
     cfg, loss = run.config, config_section(run.config, "loss")
     training, student = config_section(cfg, "training"), config_section(cfg, "student")
     optimisation = (f"epochs {_recorded(training, 'epochs')}, batch "

@@ -5,7 +5,7 @@ Everything is read from files a training run writes (``config.yaml``, ``final_st
 Three trainers write runs, each with its own config layout (:func:`run_recipe`): ``robustdistill
 distill`` (SSL distillation, :class:`robustdistill.config.DistillConfig`), ``train-se``
 (:class:`robustdistill.se.train.SETrainConfig`) and ``train-speaker``
-(:class:`robustdistill.speaker.train.SpeakerKDConfig`).
+(:class:`robustdistill.speaker.config.SpeakerKDConfig`).
 """
 
 from __future__ import annotations
@@ -352,7 +352,7 @@ def _speaker_set_text(name: str, data: dict[str, Any]) -> str:
 def _describe_speaker_data(data: dict[str, Any], result: dict[str, Any] | None = None
                            ) -> tuple[str, str, str]:
     """Training data, verification sets and the student's input of a ``train-speaker`` run
-    (``DataConfig`` of :mod:`robustdistill.speaker.train`); the verification sets are those
+    (``DataConfig`` of :mod:`robustdistill.speaker.config`); the verification sets are those
     the run's ``result.json`` (``result``, None when it has none) evaluated, never assumed
     from the config."""
     evaluated = evaluated_sets(result)

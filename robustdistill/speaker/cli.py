@@ -1,0 +1,171 @@
+"""``robustdistill train-speaker {train,table,cache,gap}`` (:func:`main`): the command line,
+every check that can be made before any work (a one-line usage error, exit 2), the inputs, then
+:func:`.train.train_system`, :func:`.table.run_table`, :func:`.ig.fill_cache` or
+:func:`.ig.completeness_by_steps`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from downstream.config import load_config
+from robustdistill.config import check_model_path, parse_overrides
+from robustdistill.files import file_blocking_folder
+from robustdistill.messages import first_line
+from robustdistill.processes import require_single_process
+
+from .config import SpeakerKDConfig
+from .data import SpeakerDataError
+from .ig import (
+    GAP_CROPS,
+    GAP_STEPS,
+    completeness_by_steps,
+    fill_cache,
+    load_ig_inputs,
+    parse_gap_steps,
+)
+from .inputs import TeacherLoadError, load_run_inputs
+from .run_folder import check_run_folder
+from .table import _finished_run, _table_runs, format_table, run_table
+from .train import train_system
+
+__all__ = ["main"]
+
+T = TypeVar("T")
+
+
+def main(argv: list[str]) -> int:
+    """``robustdistill train-speaker {train,table,cache,gap} --config FILE [--section.key value]``.
+
+    ``cache`` computes every training map into ``ig.cache_dir`` once and prints its time and
+    completeness gaps; ``gap --steps 4,8,16,32 --crops 4`` prints the completeness gap of a few
+    crops' maps at each ``n_steps`` (defaults :data:`GAP_STEPS`, :data:`GAP_CROPS`; all the
+    crops when there are fewer). ``--steps`` and ``--crops`` are read by ``gap`` only: the other
+    actions refuse them rather than ignore them.
+
+    Start-up problems end in a one-line parser error (exit 2), before any training or
+    attribution, in every action: a config that is missing, empty, not valid YAML or holds a
+    bad value; ``--steps`` or ``--crops`` given to an action other than ``gap``; ``gap``'s
+    ``--steps`` not integers ``>= 2`` or ``--crops`` below 1; ``cache``
+    with ``ig.use_cache false``; an output or cache folder that is a file; a missing or foreign
+    teacher file (or no resemblyzer package); a missing ``student.upstream`` folder, or one that
+    is not a model folder (no readable ``config.json``); a missing
+    data folder; a set unusable once its bad files are skipped; a verification speaker seen in
+    training; a fresh run into a run folder with an earlier run's checkpoints, or a resume of
+    one trained with other settings (:func:`check_run_folder`). An error once the work has
+    started (a ``FileNotFoundError`` hours in) keeps its traceback. Unusable audio files are skipped with
+    a warning naming each (counted in ``result.json``'s ``skipped_files``)."""
+    from robustdistill.config_reference import config_reference
+
+    parser = argparse.ArgumentParser(
+        prog="robustdistill train-speaker", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="IML-KD speaker students. Every key of the recipe can be overridden as "
+                    "--section.key value; the keys, their types and defaults:",
+        epilog=config_reference(SpeakerKDConfig))
+    parser.add_argument("action", choices=["train", "table", "cache", "gap"])
+    parser.add_argument("--config", required=True,
+                        help="YAML recipe (configs/imlkd_speaker.yaml); other --section.key "
+                             "value pairs override it")
+    parser.add_argument("--steps", help="gap only: the IG n_steps values (each >= 2), "
+                        f"comma-separated (default {GAP_STEPS})")
+    parser.add_argument("--crops", type=int, help=f"gap only: number of crops (>= 1, default "
+                        f"{GAP_CROPS}; all of them when there are fewer)")
+    args, rest = parser.parse_known_args(argv)
+    # None: not given. Only gap reads them; elsewhere they would be ignored, silently.
+    if args.action != "gap" and (given := [f"--{k}" for k in ("steps", "crops")
+                                           if getattr(args, k) is not None]):
+        parser.error(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} read by gap "
+                     f"only, not by {args.action}")
+    try:
+        require_single_process("robustdistill train-speaker")
+        cfg = load_config(args.config, SpeakerKDConfig, parse_overrides(rest))
+        if cfg.student.kind == "upstream":
+            check_model_path(cfg.student.upstream, "student.upstream",
+                             "robustdistill create-student --teacher ID_OR_DIR --out DIR")
+            _check_model_folder(cfg.student.upstream, "student.upstream")
+        steps: list[int] = []
+        num_crops = GAP_CROPS if args.crops is None else args.crops
+        if args.action == "gap":
+            steps = parse_gap_steps(GAP_STEPS if args.steps is None else args.steps)
+            if num_crops < 1:
+                raise ValueError(f"--crops must be >= 1, got {num_crops}")
+        if args.action == "cache" and not cfg.ig.use_cache:
+            raise ValueError("cache fills ig.cache_dir, but ig.use_cache is false")
+        for key, folder in _folders_written(cfg, args.action):
+            _check_folder(key, folder)
+        # a run folder holding another run: refused now, not after the inputs are loaded
+        if args.action == "train":
+            check_run_folder(cfg)
+        if args.action == "table":
+            for _, run_cfg in _table_runs(cfg):
+                if _finished_run(run_cfg) is None:
+                    check_run_folder(run_cfg, "table.output_dir")
+    except (ValueError, FileNotFoundError) as err:  # ConfigError is a ValueError
+        parser.error(str(err))
+    # Inputs are loaded first: an input error ends in one line, not a traceback. The work runs
+    # outside that handler, so an error hours in (a cache folder deleted) keeps its traceback.
+    if args.action == "gap":
+        inputs = _load_or_exit(parser, lambda: load_ig_inputs(cfg, 1))
+        print(json.dumps(completeness_by_steps(cfg, steps, num_crops, inputs), indent=1))
+        return 0
+    if args.action == "cache":
+        inputs = _load_or_exit(parser, lambda: load_ig_inputs(cfg))
+        print(json.dumps(fill_cache(cfg, inputs=inputs), indent=1))
+        return 0
+    run_inputs = _load_or_exit(parser, lambda: load_run_inputs(cfg))
+    if args.action == "table":
+        print(format_table(run_table(cfg, run_inputs)))
+        return 0
+    teacher, crops, sets, skipped = run_inputs
+    result = train_system(cfg, teacher, crops, sets, skipped_files=skipped)
+    print(json.dumps(result.get("eval", {}), indent=1))
+    return 0
+
+
+def _folders_written(cfg: SpeakerKDConfig, action: str) -> list[tuple[str, str]]:
+    """``(key, folder)`` of each folder ``action`` creates (``gap`` creates none; every run
+    of ``train`` and ``table`` opens the map cache, whatever its method)."""
+    if action == "gap":
+        return []
+    out = [("ig.cache_dir", cfg.ig.cache_dir)] if cfg.ig.use_cache else []
+    if action == "train":
+        out.append(("training.output_dir", cfg.training.output_dir))
+    if action == "table":
+        out.append(("table.output_dir", cfg.table.output_dir))
+    return out
+
+
+def _check_folder(key: str, folder: str) -> None:
+    """Raise ValueError naming ``key`` when ``folder`` or the nearest of its existing parents
+    is not a folder (``mkdir`` would fail with a traceback once the work starts)."""
+    if (blocking := file_blocking_folder(folder)) is not None:
+        raise ValueError(f"{key} {folder!r}: {blocking} is a file, not a folder")
+
+
+def _check_model_folder(name: str, key: str) -> None:
+    """Raise ValueError naming ``key`` when ``name`` is a local folder whose ``config.json``
+    ``transformers`` cannot read as a model's (no config, no ``model_type``, an architecture it
+    does not know, such as a train-se student): found at start-up, not once the teacher's
+    targets are computed and the student is built."""
+    if not Path(name).expanduser().is_dir():
+        return  # a hub id: resolved when the student is built
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{key} {name!r} is not a model folder: "
+                         f"{first_line(err) or type(err).__name__}") from err
+
+
+def _load_or_exit(parser: argparse.ArgumentParser, load: Callable[[], T]) -> T:
+    """``load()``; an input error (a missing folder or teacher, no usable audio, resemblyzer
+    not installed) ends the command in one usage line (exit 2) instead of a traceback."""
+    try:
+        return load()
+    except (FileNotFoundError, TeacherLoadError, SpeakerDataError) as err:
+        parser.error(str(err))
