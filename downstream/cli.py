@@ -52,7 +52,9 @@ def _evaluate_parser() -> argparse.ArgumentParser:
                         help="test conditions: clean, snr<dB>, reverb, reverb+snr<dB> "
                         f"(default: {' '.join(DEFAULT_CONDITIONS)})")
     parser.add_argument("--test-noise-dir", help="noise recordings for the snr conditions")
-    parser.add_argument("--test-rir-dir", help="room impulse responses for reverb conditions")
+    parser.add_argument("--test-rir-dir", help="room impulse responses for reverb conditions "
+                        "(a file that is not one, such as speech or noise, is skipped with a "
+                        "warning)")
     parser.add_argument("--test-rir-channels", choices=RIR_CHANNELS, default="mean",
                         help="multi-channel RIR files: 'mean' down-mixes the channels (default, "
                         "as every published figure; a comb filter for a stereo pair), 'one' "
@@ -218,7 +220,8 @@ def compare_main(argv: list[str] | None = None) -> int:
                         help="output folder of its own (an earlier comparison there is "
                         "replaced; an evaluation's folder is refused)")
     parser.add_argument("--bootstrap-resamples", type=_resamples(1), default=1000,
-                        help="resamples of the paired bootstrap")
+                        help="resamples of the paired bootstrap (the cells' intervals stay "
+                        "each evaluation's own, with its own resamples)")
     args = parser.parse_args(argv)
     try:
         merged = compare(args.results, args.out, args.bootstrap_resamples)

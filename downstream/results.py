@@ -676,7 +676,10 @@ def results_table(results: Sequence[dict[str, Any]],
     metric could not score (explained by a warning line under the header); then the paired
     comparisons when given (:func:`paired_comparisons`), with an ``items left out`` column and
     a line explaining it when a pair left out items that one of its upstreams could not score
-    (``excluded_items``). Rows are named by :func:`upstream_labels`.
+    (``excluded_items``). Rows are named by :func:`upstream_labels`. The cells' intervals are
+    each evaluation's own (its ``interval_method``, e.g. 1000 resamples), the paired header
+    gives the comparison's own resamples (``compare --bootstrap-resamples``), and a line names
+    any row where fewer of them gave a finite difference.
 
     Raises:
         ValueError: results of different tasks.
@@ -700,7 +703,8 @@ def results_table(results: Sequence[dict[str, Any]],
                      + (f", total {r['timing']['total_s']:.0f} s" if "timing" in r else ""))
     methods = sorted({r["interval_method"] for r in results if r.get("interval_method")})
     if methods:
-        lines += ["", "Cells: value [95 % interval: " + "; ".join(methods) + "]"
+        lines += ["", "Cells: value [95 % interval, each evaluation's own: " + "; ".join(methods)
+                  + "]"
                   + (" ; ± standard deviation over seeds" if any(len(r.get("seeds", [])) > 1
                                                                   for r in results) else "")]
     if note := unscored_note(results):
@@ -724,7 +728,7 @@ def results_table(results: Sequence[dict[str, Any]],
         lines += [f"## paired comparisons ({primary}: a minus b, same test items"
                   + "".join(f"; the bootstrap resamples test {u}s"
                             + (" and their utterances" if u == "speaker" else "")
-                            for u in units) + ")", ""]
+                            for u in units) + _paired_resamples_note(rows) + ")", ""]
         if rows:
             has_mc = any("mcnemar_p" in row for row in rows)
             has_ex = any(row.get("excluded_items") for row in rows)
@@ -746,6 +750,10 @@ def results_table(results: Sequence[dict[str, Any]],
                           f"could not score {primary} (e.g. a failed PESQ); the difference and "
                           "its interval are over the items both scored.**", ""]
         lines += [f"- {n}" for n in notes]
+        lines += [f"- {row['a']} vs {row['b']} {row['condition']}: {row['resamples']} of "
+                  f"{row['bootstrap_resamples']} resamples gave a finite difference"
+                  for row in rows
+                  if 0 < row.get("resamples", 0) < row.get("bootstrap_resamples", 0)]
         lines.append("")
     weights = [(name, r["featurizer"]["weights"]) for r, name in
                zip(results, upstream_labels(results), strict=True) if "featurizer" in r]
@@ -755,6 +763,19 @@ def results_table(results: Sequence[dict[str, Any]],
             lines.append(f"- {name}: " + ", ".join(f"{k}: {v:.3f}" for k, v in w.items()))
         lines.append("")
     return "\n".join(lines)
+
+
+def _paired_resamples_note(rows: Sequence[dict[str, Any]]) -> str:
+    """``"; paired bootstrap: N resamples"`` for the header of :func:`results_table`'s paired
+    comparisons: the ``--bootstrap-resamples`` of ``compare`` (each row's
+    ``bootstrap_resamples``), which may differ from the resamples of the evaluations' own
+    intervals (their ``interval_method``). Rows written before 2026-12-07 lack the key: their
+    largest finite count (``resamples``) stands in. Empty when no row has any."""
+    counts = sorted({int(row.get("bootstrap_resamples", row.get("resamples") or 0))
+                     for row in rows} - {0})
+    if not counts:
+        return ""
+    return "; paired bootstrap: " + ", ".join(map(str, counts)) + " resamples"
 
 
 def _same_test_set(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -857,10 +878,12 @@ def paired_comparisons(results: Sequence[dict[str, Any]], resamples: int = 1000,
 
     Returns:
         ``(rows, notes)``: rows ``{"a", "b", "condition", "metric", "difference", "low",
-        "high", "p_value", "resamples", "significant", "seeds", "excluded_items",
-        "resample_unit"[, "mcnemar_p", "a_only", "b_only"]}`` with ``difference =
-        metric(a) - metric(b)`` over ``seeds`` and the jointly scored items (for a multi-seed
-        pair, the difference of the means over those seeds), ``significant`` when the 95 %
+        "high", "p_value", "resamples", "bootstrap_resamples", "significant", "seeds",
+        "excluded_items", "resample_unit"[, "mcnemar_p", "a_only", "b_only"]}`` with
+        ``difference = metric(a) - metric(b)`` over ``seeds`` and the jointly scored items (for
+        a multi-seed pair, the difference of the means over those seeds), ``bootstrap_resamples``
+        the resamples drawn (the argument ``resamples``) and ``resamples`` those with a finite
+        difference (:func:`~downstream.stats.paired_bootstrap`), ``significant`` when the 95 %
         interval excludes 0, ``excluded_items`` the (seed, item) records left out (0 when
         none), ``resample_unit`` what the bootstrap drew (the task's; ``"speaker"`` for speaker
         verification: the same speakers and utterances for A and B in every resample, each
@@ -912,6 +935,7 @@ def paired_comparisons(results: Sequence[dict[str, Any]], resamples: int = 1000,
                 test = {"difference": float("nan"), "low": float("nan"), "high": float("nan"),
                         "p_value": float("nan"), "resamples": 0}
             row = {"a": labels[ia], "b": labels[ib], "condition": cond, "metric": metric, **test,
+                   "bootstrap_resamples": resamples,
                    "significant": bool(test["low"] > 0 or test["high"] < 0),
                    "seeds": seeds if seeds is not None else a.get("seeds", [a.get("seed")]),
                    "excluded_items": excluded, "resample_unit": task_class.resample_unit}

@@ -8,7 +8,7 @@ Subcommands::
     robustdistill export --run OUTPUT_DIR [--checkpoint DIR] [--out DIR] [--overwrite] [--onnx]
     robustdistill evaluate --task TASK --upstream ID_OR_DIR --config FILE --out DIR
     robustdistill compare RESULT.json ... --out DIR
-    robustdistill export-s3prl --student DIR --out OUT.ckpt   (s3prl's distiller format)
+    robustdistill export-s3prl --student DIR --out OUT.ckpt [--overwrite]  (s3prl's distiller)
     robustdistill cache-teacher --config RECIPE --teacher_cache.dir DIR
     robustdistill card --model DIR --results R.json ... --run RUN --license L
     robustdistill push --model DIR --repo-id ORG/NAME [--dry-run]

@@ -325,16 +325,18 @@ def export_s3prl_distiller(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``robustdistill export-s3prl --student DIR --out FILE.ckpt [--heads FILE]
+    """``robustdistill export-s3prl --student DIR --out FILE.ckpt [--overwrite] [--heads FILE]
     [--allow-normalization-mismatch]``: write the s3prl distiller checkpoint of a HuBERT-family
     student folder and print the ``run_downstream.py`` flags to use with it.
 
     Returns:
-        0 on success; exits with status 2 and a one-line message for a student s3prl cannot
-        reproduce, a missing folder, an ``--out`` that is a folder or would overwrite an input
-        (inside ``--student``, or ``--heads`` itself, or a hard link to one of their files:
-        torch.save truncates it in place), or ``--heads`` that is missing or not a
-        ``torch.save``'d file.
+        0 on success; exits with status 2 and a one-line message, before anything is written,
+        for a student s3prl cannot reproduce, a missing folder, an ``--out`` that is a folder,
+        an ``--out`` that exists without ``--overwrite`` (as ``export``, ``create-student`` and
+        ``make-teacher`` refuse an output that holds files), an ``--out`` that would overwrite
+        an input even with ``--overwrite`` (inside ``--student``, ``--heads`` itself, or the
+        same file as one of their files through a hard link: torch.save truncates it in place),
+        or ``--heads`` that is missing or not a ``torch.save``'d file.
     """
     import argparse
 
@@ -345,7 +347,11 @@ def main(argv: list[str] | None = None) -> int:
         "-s hidden_states (weighted sum) or -s paper (last layer); never -s last_hidden_state "
         "(the zero prediction head).")
     parser.add_argument("--student", required=True, help="student folder (save_pretrained)")
-    parser.add_argument("--out", required=True, help="the .ckpt file to write")
+    parser.add_argument("--out", required=True,
+                        help="the .ckpt file to write: a new file (see --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out file instead of refusing it (never one "
+                             "of the inputs)")
     parser.add_argument("--heads", help="torch.save'd trained prediction heads (s3prl layout); "
                         "default: one all-zero head")
     parser.add_argument("--allow-normalization-mismatch", action="store_true",
@@ -355,14 +361,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"student folder not found: {args.student}")
     if Path(args.out).is_dir():  # torch.save would fail with a RuntimeError traceback
         parser.error(f"--out {args.out} is a folder: give the .ckpt file to write")
-    out = Path(args.out).expanduser().resolve()
-    student = Path(args.student).expanduser().resolve()
-    inputs = [f for f in student.rglob("*") if f.is_file()] + (
-        [Path(args.heads).expanduser()] if args.heads and Path(args.heads).is_file() else [])
-    if (student in out.parents or (args.heads and out == Path(args.heads).expanduser().resolve())
-            or (out.is_file() and any(out.samefile(f) for f in inputs))):  # a hard link too
-        parser.error(f"--out {args.out} would overwrite an input (it is inside --student or is "
-                     "--heads): give a path outside them")
+    if (clash := _input_clash(args.out, args.student, args.heads)) is not None:
+        parser.error(f"--out {args.out} would overwrite an input: it {clash}; give another "
+                     "file, outside --student")
+    if Path(args.out).expanduser().exists() and not args.overwrite:
+        parser.error(f"--out {args.out} exists; give a new file, or --overwrite to replace it")
     try:
         path = export_s3prl_distiller(args.student, args.out, args.heads,
                                       allow_normalization_mismatch=args.allow_normalization_mismatch)
@@ -372,3 +375,24 @@ def main(argv: list[str] | None = None) -> int:
           f"use: python run_downstream.py -m train -u distiller_local -k {path} -d TASK -n NAME "
           "-s hidden_states   (or -s paper for the last layer; not -s last_hidden_state: zeros)")
     return 0
+
+
+def _input_clash(out: str, student: str, heads: str | None) -> str | None:
+    """How writing ``out`` would overwrite an input of ``export-s3prl``, or None.
+
+    Returns ``"is inside --student DIR"`` (by its resolved path, symbolic links followed),
+    ``"is --heads FILE"``, or ``"is the same file as FILE (a hard link)"`` for a
+    file of ``student`` or ``heads`` that ``out`` names through another directory entry."""
+    out_path = Path(out).expanduser().resolve()
+    student_path = Path(student).expanduser().resolve()
+    if student_path in out_path.parents:
+        return f"is inside --student {student}"
+    heads_path = Path(heads).expanduser() if heads else None
+    if heads_path is not None and out_path == heads_path.resolve():
+        return f"is --heads {heads}"
+    if not out_path.is_file():
+        return None
+    inputs = [f for f in student_path.rglob("*") if f.is_file()] + (
+        [heads_path] if heads_path is not None and heads_path.is_file() else [])
+    same = next((f for f in inputs if out_path.samefile(f)), None)
+    return None if same is None else f"is the same file as {same} (a hard link)"

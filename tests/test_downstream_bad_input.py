@@ -75,6 +75,10 @@ def test_a_head_file_that_is_text_is_a_value_error_not_a_key_error(tmp_path):
 
 @pytest.mark.parametrize("task, values, message", [
     ("speaker_verification", {"head": {"scale": 0.0}}, "head.scale must be > 0, got 0.0"),
+    ("speaker_verification", {"head": {"margin": -0.5}},
+     "head.margin (the AM-softmax additive margin) must be >= 0, got -0.5"),
+    ("speaker_verification", {"head": {"margin": float("nan")}},
+     "head.margin (the AM-softmax additive margin) must be >= 0, got nan"),
     ("speaker_verification", {"head": {"embedding_dim": 0}}, "head.embedding_dim must be >= 1"),
     ("speaker_verification", {"head": {"channels": -1}}, "head.channels must be >= 1"),
     ("speaker_verification", {"head": {"dilations": [1, 0, 3]}}, "head.dilations must all be"),
@@ -92,6 +96,8 @@ def test_a_head_file_that_is_text_is_a_value_error_not_a_key_error(tmp_path):
 ])
 def test_head_values_that_train_nothing_are_refused_at_load(task, values, message):
     """Accepted before: scale 0 (all-zero logits, no gradient: the random head was scored),
+    a negative AM-softmax margin (a bonus to the target logit: a real run with margin -0.5 went
+    to a results.json),
     embedding_dim 0 (every trial scored 0, EER 0.5), train_crop_seconds 0 (one-frame crops),
     dropout 1 (every training input zeroed), data.max_seconds 0 (one-sample utterances: "no
     usable audio" naming no setting): each ran to a results.json, or failed, without a word."""

@@ -140,8 +140,9 @@ def test_each_condition_of_a_run_encodes_its_own_corrupted_test_audio(tmp_path, 
     sf.write(corpus / "noise" / "white.wav", rng.standard_normal(16000).astype(np.float32) * 0.1,
              16000)
     (corpus / "rir").mkdir()
-    sf.write(corpus / "rir" / "room.wav", np.r_[1.0, 0.0, 0.6, 0.0, -0.3].astype(np.float32),
-             16000)
+    # trailing zeros: a response that decays (robustdistill.augment.rir_implausibility)
+    sf.write(corpus / "rir" / "room.wav",
+             np.r_[1.0, 0.0, 0.6, 0.0, -0.3, np.zeros(45)].astype(np.float32), 16000)
     config = _uc_config(corpus)
     config["training"] = {"steps": 1, "batch_size": 4, "eval_every": 1}
     config["disk_cache"] = False

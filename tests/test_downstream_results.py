@@ -796,3 +796,42 @@ def test_sv_records_grouping_utterances_into_other_speakers_are_not_paired(tmp_p
     _, b = _old_sv_result(tmp_path, "b", relabelled, resamples=10)
     rows, notes = paired_comparisons([a, b], resamples=10)
     assert rows == [] and "different speakers" in notes[0]
+
+
+def test_compare_results_md_names_each_resample_count_for_what_it_is(tmp_path):
+    """``compare --bootstrap-resamples 50`` over evaluations with 1000-resample intervals: the
+    results.md said "1000 resamples" only, as if the paired tests had used them too."""
+    from downstream.cli import compare_main
+    from downstream.results import interval_method, write_outputs
+
+    for name, correct in (("a", [1, 1, 1, 0]), ("b", [1, 0, 0, 0])):
+        result = _result(tmp_path, name, "utterance_classification", "accuracy",
+                         {"clean": _uc_items(correct)})
+        result["interval_method"] = interval_method(UtteranceClassification, 1000)
+        write_outputs([result], tmp_path / f"kws_{name}")
+    assert compare_main([str(tmp_path / "kws_a" / "results.json"),
+                         str(tmp_path / "kws_b" / "results.json"), "--out",
+                         str(tmp_path / "cmp"), "--bootstrap-resamples", "50"]) == 0
+    lines = (tmp_path / "cmp" / "results.md").read_text().splitlines()
+    assert ("Cells: value [95 % interval, each evaluation's own: percentile bootstrap over test "
+            "utterances, 95 %, 1000 resamples]") in lines
+    assert ("## paired comparisons (accuracy: a minus b, same test items; paired bootstrap: "
+            "50 resamples)") in lines
+    (row,) = json.loads((tmp_path / "cmp" / "results.json").read_text())["comparisons"]
+    assert (row["bootstrap_resamples"], row["resamples"]) == (50, 50)
+
+
+def test_results_md_names_rows_with_fewer_finite_resamples(tmp_path):
+    from downstream.results import results_table
+
+    a = _result(tmp_path, "a", "utterance_classification", "accuracy",
+                {"clean": _uc_items([1, 0])})
+    b = {**a, "upstream": "/models/b"}
+    row = {"a": "a", "b": "b", "condition": "clean", "metric": "accuracy", "difference": 0.5,
+           "low": 0.0, "high": 1.0, "p_value": 0.5, "significant": False}
+    text = results_table([a, b], ([{**row, "resamples": 37, "bootstrap_resamples": 40}], []))
+    assert "; paired bootstrap: 40 resamples)" in text
+    assert "- a vs b clean: 37 of 40 resamples gave a finite difference" in text.splitlines()
+    # a row written before bootstrap_resamples existed: its finite count stands in
+    old = results_table([a, b], ([{**row, "resamples": 40}], []))
+    assert "; paired bootstrap: 40 resamples)" in old and "gave a finite" not in old

@@ -1,5 +1,6 @@
 """The evidence scripts: ``evidence_probe.py`` reads the checkpoints of runs trained from a
-teacher cache; ``evidence_distill.sh`` fails when one of its runs fails."""
+teacher cache; ``evidence_distill.sh`` fails when one of its runs fails; ``proxy_teacher.sh``
+builds its cache where ``PROXY_CACHE`` says and reuses one it completed."""
 
 from __future__ import annotations
 
@@ -81,3 +82,60 @@ def test_evidence_distill_fails_when_one_of_its_runs_fails(tmp_path):
     assert "plain failed" in failed.stderr and "distill: error: refused" in failed.stderr
     assert "robust failed" not in failed.stderr
     assert run("robust").returncode == 0
+
+
+def _proxy_stubs(tmp_path, cache_status=0):
+    """``accelerate`` (the cache build, exit ``cache_status``) and ``python`` (the
+    distillation) stubs that append their arguments to ``tmp_path / "calls"``."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir(exist_ok=True)
+    log = tmp_path / "calls"
+    (stubs / "accelerate").write_text(f'#!/bin/sh\necho "accelerate $*" >> "{log}"\n'
+                                      f"exit {cache_status}\n")
+    (stubs / "python").write_text(f'#!/bin/sh\necho "python $*" >> "{log}"\nexit 0\n')
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    return {**os.environ, "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}",
+            "VIRTUAL_ENV": str(tmp_path), "PROXY_STEPS": "1"}
+
+
+def _proxy(env, **extra):
+    return subprocess.run(["bash", str(ROOT / "scripts" / "proxy_teacher.sh")], cwd=ROOT,
+                          env={**env, **extra}, capture_output=True, text=True, timeout=60)
+
+
+def test_proxy_teacher_takes_a_cache_path_and_reuses_a_complete_cache(tmp_path):
+    """The script built its Whisper cache at a fixed path on every call (about 8 min): the
+    cache goes to PROXY_CACHE, and a cache it has filled for the same settings is reused."""
+    env = _proxy_stubs(tmp_path)
+    cache, log = tmp_path / "cache", tmp_path / "calls"
+    first = _proxy(env, PROXY=str(tmp_path / "a"), PROXY_CACHE=str(cache))
+    assert first.returncode == 0, first.stderr
+    calls = log.read_text().splitlines()
+    assert [c.split()[0] for c in calls] == ["accelerate", "python"]
+    assert all(f"--teacher_cache.dir {cache} " in c for c in calls)
+    assert "cache-teacher" in calls[0] and "--teacher_cache.missing error" in calls[1]
+    assert (cache / "proxy_teacher.complete").is_file()
+    # another proxy run on the same cache: no second build
+    second = _proxy(env, PROXY=str(tmp_path / "b"), PROXY_CACHE=str(cache))
+    assert second.returncode == 0, second.stderr
+    calls = log.read_text().splitlines()[2:]
+    assert [c.split()[0] for c in calls] == ["python"]
+    assert f"--output_dir {tmp_path / 'b'}" in calls[0]
+    assert "reusing the complete teacher cache" in (tmp_path / "b-cache.log").read_text()
+    # a marker of other settings (another cache path inside it) is not taken as complete
+    (cache / "proxy_teacher.complete").write_text("config other\n")
+    assert _proxy(env, PROXY=str(tmp_path / "c"), PROXY_CACHE=str(cache)).returncode == 0
+    assert [c.split()[0] for c in log.read_text().splitlines()[3:]] == ["accelerate", "python"]
+
+
+def test_proxy_teacher_marks_no_cache_complete_when_its_build_fails(tmp_path):
+    env = _proxy_stubs(tmp_path, cache_status=1)
+    failed = _proxy(env, PROXY=str(tmp_path / "a"), PROXY_CACHE=str(tmp_path / "cache"))
+    assert failed.returncode == 1
+    assert not (tmp_path / "cache" / "proxy_teacher.complete").exists()
+    # without PROXY_CACHE the cache path is the one it always was
+    assert _proxy(env, PROXY=str(tmp_path / "b")).returncode == 1
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert [c.split()[0] for c in calls] == ["accelerate", "accelerate"]  # no distillation
+    assert "--teacher_cache.dir runs/cache/whisper-tiny " in calls[1]

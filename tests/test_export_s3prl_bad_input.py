@@ -64,7 +64,12 @@ def test_an_out_inside_the_student_folder_is_refused_before_it_overwrites_it(
     before = weights.read_bytes()
     line = _error(["export-s3prl", "--student", str(tmp_path / "student"), "--out",
                    str(weights)], capsys)
-    assert "would overwrite an input (it is inside --student or is --heads)" in line
+    assert line == (f"robustdistill export-s3prl: error: --out {weights} would overwrite an input: "
+                    f"it is inside --student {tmp_path / 'student'}; give another file, outside "
+                    "--student")
+    assert weights.read_bytes() == before
+    assert _error(["export-s3prl", "--student", str(tmp_path / "student"), "--out", str(weights),
+                   "--overwrite"], capsys) == line  # --overwrite never replaces an input
     assert weights.read_bytes() == before
 
 
@@ -76,7 +81,44 @@ def test_an_out_hard_linked_to_the_students_weights_is_refused(tmp_path, monkeyp
     weights = tmp_path / "student" / "model.safetensors"
     before = weights.read_bytes()
     (tmp_path / "linked.ckpt").hardlink_to(weights)
-    line = _error(["export-s3prl", "--student", str(tmp_path / "student"), "--out",
-                   str(tmp_path / "linked.ckpt")], capsys)
-    assert "would overwrite an input" in line
-    assert weights.read_bytes() == before
+    for extra in ([], ["--overwrite"]):
+        line = _error(["export-s3prl", "--student", str(tmp_path / "student"), "--out",
+                       str(tmp_path / "linked.ckpt"), *extra], capsys)
+        assert line == (f"robustdistill export-s3prl: error: --out {tmp_path / 'linked.ckpt'} "
+                        f"would overwrite an input: it is the same file as {weights} (a hard "
+                        "link); give another file, outside --student")
+        assert weights.read_bytes() == before
+
+
+def test_an_out_that_is_the_heads_file_is_refused_even_with_overwrite(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _student(tmp_path / "student")
+    heads = tmp_path / "heads.pt"
+    torch.save({"pred_layer_id": [2], "state_dict": {}}, heads)
+    before = heads.read_bytes()
+    line = _error(["export-s3prl", "--student", str(tmp_path / "student"), "--out", str(heads),
+                   "--heads", str(heads), "--overwrite"], capsys)
+    assert line == (f"robustdistill export-s3prl: error: --out {heads} would overwrite an input: "
+                    f"it is --heads {heads}; give another file, outside --student")
+    assert heads.read_bytes() == before
+
+
+def test_an_existing_out_is_refused_without_overwrite_and_replaced_with_it(
+        tmp_path, monkeypatch, capsys):
+    """An existing ``--out`` (not an input) was silently replaced; now it needs ``--overwrite``,
+    as ``export``, ``create-student`` and ``make-teacher`` need it for a folder with files."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = _student(tmp_path / "student")
+    out = tmp_path / "results.ckpt"
+    out.write_text("an earlier export\n")
+    line = _error(["export-s3prl", "--student", str(tmp_path / "student"), "--out", str(out)],
+                  capsys)
+    assert line == (f"robustdistill export-s3prl: error: --out {out} exists; give a new file, or "
+                    "--overwrite to replace it")
+    assert out.read_text() == "an earlier export\n"
+    assert main(["export-s3prl", "--student", str(tmp_path / "student"), "--out", str(out),
+                 "--overwrite"]) == 0
+    ckpt = torch.load(out, map_location="cpu", weights_only=True)
+    assert torch.equal(ckpt["Distiller"]["post_extract_proj.weight"],
+                       model.feature_projection.projection.weight.detach())

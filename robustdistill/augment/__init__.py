@@ -20,7 +20,9 @@ Per utterance one kind is drawn: ``"noise"``, ``"reverb"``, ``"noise+reverb"`` o
   moved to index 0 and which is normalised to unit energy (default; ``"peak"``: unit largest
   sample), keeping the first ``len(x)`` samples, so the reverberant speech stays time-aligned
   with the clean speech and has about the same power. RIRs come from a folder or, without one,
-  from a bank of shoebox rooms simulated once with pyroomacoustics. A multi-channel RIR file
+  from a bank of shoebox rooms simulated once with pyroomacoustics; a file in the folder that
+  does not look like one (speech, noise: :func:`rir_implausibility`) is skipped with a warning
+  naming it. A multi-channel RIR file
   contributes one channel per draw, chosen with the caller's generator (``rir_channels="one"``,
   as RobustDistiller's reference code; ``"mean"`` averages the channels, which for a stereo
   measurement with direct paths ``d`` samples apart is a comb filter, not a room).
@@ -46,14 +48,14 @@ Package layout (import everything from ``robustdistill.augment``):
 * :mod:`~robustdistill.augment.noise`: :func:`noise_segment`, :func:`mix_at_snr`,
   :func:`white_if_silent`, :class:`NoiseBank`;
 * :mod:`~robustdistill.augment.rooms`: :func:`prepare_rir`, :func:`reverberate`,
-  :class:`RirBank`, :func:`simulate_rir_bank`;
+  :func:`rir_implausibility`, :class:`RirBank`, :func:`simulate_rir_bank`;
 * :mod:`~robustdistill.augment.corruption`: :class:`Corruptor`.
 """
 
 from .config import KINDS, AugmentationConfig, CorruptionInfo
 from .corruption import Corruptor, LoaderCorruption
 from .noise import NoiseBank, mix_at_snr, noise_segment, white_if_silent
-from .rooms import RirBank, prepare_rir, reverberate, simulate_rir_bank
+from .rooms import RirBank, prepare_rir, reverberate, rir_implausibility, simulate_rir_bank
 
 __all__ = [
     "KINDS",
@@ -66,6 +68,7 @@ __all__ = [
     "mix_at_snr",
     "noise_segment",
     "prepare_rir",
+    "rir_implausibility",
     "reverberate",
     "simulate_rir_bank",
     "white_if_silent",

@@ -42,8 +42,10 @@ class AugmentationConfig:
     rir_dir: str | None = field(
         default=None,
         metadata={
-            "help": "Folder of room impulse responses (any rate and channel count). Without it "
-            "a bank of rooms is simulated once with pyroomacoustics."
+            "help": "Folder of room impulse responses (any rate and channel count; a file that "
+            "does not peak within 50 ms of its direct path and decay by 20 dB, such as speech "
+            "or noise, is skipped with a warning). Without it a bank of rooms is simulated "
+            "once with pyroomacoustics."
         },
     )
     p_noise: float = field(default=0.25, metadata={"help": "Probability of additive noise only."})

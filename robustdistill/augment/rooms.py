@@ -67,6 +67,102 @@ def prepare_rir(
     return aligned.astype(np.float32)
 
 
+#: :func:`rir_implausibility` thresholds: the largest sample of a room impulse response lies
+#: within this many seconds of its direct path ...
+RIR_MAX_PEAK_DELAY_S = 0.050
+#: ... and its last tenth carries a mean power at least this many dB below the +-2.5 ms
+#: around that largest sample.
+RIR_MIN_TAIL_DROP_DB = 20.0
+
+
+def rir_implausibility(rir: np.ndarray, sample_rate: int = SAMPLE_RATE,
+                       direct_path_db: float = 20.0) -> str | None:
+    """Why ``rir`` does not look like a room impulse response, or None when it does.
+
+    A measured or simulated RIR is a direct-path impulse followed by reflections whose energy
+    decays; speech, noise or music is not. On the response aligned on its direct path as
+    :func:`prepare_rir` aligns it (the first sample within ``direct_path_db`` of the largest),
+    of ``K`` samples, both must hold:
+
+    1. **It peaks near the start**: the largest ``|h|`` lies at most
+       :data:`RIR_MAX_PEAK_DELAY_S` (50 ms) after the direct path.
+    2. **It decays**: the mean power of the last ``K // 10`` samples (at least one) is at least
+       :data:`RIR_MIN_TAIL_DROP_DB` (20 dB) below the mean power within 2.5 ms of the largest
+       sample.
+
+    Measured on 2026-12-07 at 16 kHz (each file loaded as :class:`RirBank` loads it), over every
+    RIR in ``shared/data/rir`` (hall, large_room, medium_room, small_room; the same files make
+    the ``runs/data/rir_train`` and ``rir_test`` folders of ``scripts/split_shared_data.sh``),
+    each down-mixed and each channel alone (12 responses): the largest sample 0.25-38.1 ms after
+    the direct path (hall channel 0 the latest: 11.9 ms of margin), the tail -59.8 to -80.6 dB
+    (39.8 dB of margin). 72 pyroomacoustics shoebox rooms (:func:`simulate_rir_bank`, RT60
+    0.1-3 s, image order capped at 30, so some stop before they have decayed far): at most
+    26.6 ms and -31.8 dB (11.8 dB of margin; 20 dB rather than a stricter 30 also leaves room
+    for a long response cut short). Rejected: 348 of the 351 LibriSpeech utterances of
+    ``shared/data/librispeech-mini`` and the 4 noise recordings (343 and 4 by condition 1: speech
+    and noise peak anywhere), and 10,043 of 10,062 random 100-sample crops (three per file) of
+    these and the FSDD files. Not rejected: a short word followed by silence is a burst that
+    decays (1,498 of the 3,000 FSDD digits pass). The check catches
+    a folder of speech or noise given as RIRs, and such files among RIRs, not every one.
+
+    Args:
+        rir: ``(K,)`` response at ``sample_rate`` Hz (any delay and scale).
+        sample_rate: its sample rate in Hz.
+        direct_path_db: the onset threshold of :func:`prepare_rir`.
+
+    Returns:
+        None, or a reason naming the condition that fails and its measured value.
+
+    Raises:
+        AudioError: empty, non-finite or all-zero ``rir`` (as :func:`prepare_rir`).
+    """
+    h = prepare_rir(rir, "peak", direct_path_db).astype(np.float64)
+    power = np.square(h)
+    size = h.size
+    peak = int(np.argmax(np.abs(h)))
+    if peak > RIR_MAX_PEAK_DELAY_S * sample_rate:
+        return (f"its largest sample is {1000 * peak / sample_rate:.1f} ms after its direct path "
+                f"(a room impulse response peaks within {1000 * RIR_MAX_PEAK_DELAY_S:.0f} ms)")
+    half_window = round(0.0025 * sample_rate)
+    peak_power = float(power[max(0, peak - half_window): peak + half_window + 1].mean())
+    tail_power = float(power[size - max(1, size // 10):].mean())
+    tail_db = 10.0 * math.log10(max(tail_power / peak_power, 1e-30))
+    if tail_db > -RIR_MIN_TAIL_DROP_DB:
+        return (f"its last tenth is only {max(0.0, -tail_db):.1f} dB below its peak (a room "
+                f"impulse response decays by at least {RIR_MIN_TAIL_DROP_DB:.0f} dB)")
+    return None
+
+
+def _plausible_files(root, names: list[str], responses: list[list[np.ndarray]],
+                     sample_rate: int, direct_path_db: float) -> list[int]:
+    """Indices of the files whose responses (every channel) all pass
+    :func:`rir_implausibility`; each other file is logged as skipped, by name and reason, then
+    one summary warning with the count.
+
+    Raises:
+        AudioError: no file passes (one line: the count and the first file's reason).
+    """
+    kept, skipped = [], []
+    for index, (name, chans) in enumerate(zip(names, responses, strict=True)):
+        reasons = [(c, why) for c, h in enumerate(chans)
+                   if (why := rir_implausibility(h, sample_rate, direct_path_db)) is not None]
+        if not reasons:
+            kept.append(index)
+            continue
+        channel, why = reasons[0]
+        where = f" (channel {channel})" if len(chans) > 1 else ""
+        skipped.append(f"{name}{where}: {why}")
+        logger.warning("skipping RIR file that is not a room impulse response: %s", skipped[-1])
+    if not kept:
+        raise AudioError(f"{root}: none of the {len(names)} usable RIR files looks like a room "
+                         f"impulse response (augment.rooms.rir_implausibility); first: "
+                         f"{skipped[0]}")
+    if skipped:
+        logger.warning("skipped %d of %d RIR files in %s that are not room impulse responses; "
+                       "kept %d", len(skipped), len(names), root, len(kept))
+    return kept
+
+
 def reverberate(
     clean: np.ndarray,
     rir: np.ndarray,
@@ -187,18 +283,28 @@ class RirBank:
                 (800 Hz for 20 samples at 16 kHz), a response no microphone recorded.
                 RobustDistiller's reference code picks one channel at random.
 
+        A file that does not look like a room impulse response (speech, noise:
+        :func:`rir_implausibility`; with ``channels="one"``, any of its channels) is skipped
+        with a warning naming it and why, then one warning counting them, as unreadable and
+        silent files are.
+
         Raises:
             FileNotFoundError: ``root`` does not exist or holds no audio file.
-            AudioError: no file could be used.
+            AudioError: no file could be used: none readable and non-silent, or none of those
+                looks like a room impulse response (one line).
             ValueError: unknown ``channels``.
         """
         if channels == "mean":
             waves, names = _load_folder(root, sample_rate, "RIR")
-            rirs = tuple(prepare_rir(w, normalization, direct_path_db) for w in waves)
-            return cls(rirs, tuple(names))
+            kept = _plausible_files(root, names, [[w] for w in waves], sample_rate,
+                                    direct_path_db)
+            rirs = tuple(prepare_rir(waves[i], normalization, direct_path_db) for i in kept)
+            return cls(rirs, tuple(names[i] for i in kept))
         if channels != "one":
             raise ValueError(f"channels must be 'mean' or 'one', got {channels!r}")
         per_file, names = _load_channels(root, sample_rate, "RIR")
+        kept = _plausible_files(root, names, per_file, sample_rate, direct_path_db)
+        per_file, names = [per_file[i] for i in kept], [names[i] for i in kept]
         prepared = tuple(
             tuple(prepare_rir(c, normalization, direct_path_db) for c in chans)
             for chans in per_file

@@ -76,7 +76,9 @@ class PairConfig:
     Attributes:
         speech_dir: folder of clean speech (searched recursively); training speakers only.
         noise_dir: folder of noise recordings (the training half).
-        rir_dir: folder of room impulse responses (training rooms) or None for no reverb.
+        rir_dir: folder of room impulse responses (training rooms) or None for no reverb; a
+            file that is not one (speech, noise) is skipped with a warning
+            (:func:`~robustdistill.augment.rir_implausibility`).
         crop_seconds: length of each item in seconds (> 0).
         snr_range: ``[low, high]`` SNR in dB, drawn uniformly.
         reverb_prob: probability of reverberating an item (needs ``rir_dir``).

@@ -49,8 +49,8 @@ class XVectorConfig:
     kernel_sizes: kernel size of each TDNN layer.
     dilations: dilation of each TDNN layer.
     embedding_dim: speaker embedding width.
-    margin: AM-softmax additive margin m.
-    scale: AM-softmax scale s.
+    margin: AM-softmax additive margin m, >= 0 (0: a plain normalised softmax).
+    scale: AM-softmax scale s, > 0.
     batch_norm: ``masked`` (training batch norm statistics over real frames only) or
         ``padded`` (torch's BatchNorm1d: the zero-padded frames of utterances shorter than the
         training crop count too; the behaviour before 2026-12-07). Training only: evaluation
@@ -58,8 +58,11 @@ class XVectorConfig:
 
     Raises:
         ValueError: (on construction) ``channels``, ``embedding_dim``, a kernel size or a
-            dilation below 1, or ``scale <= 0`` (an all-zero logit: the head would not train,
-            and its random embeddings be scored; a 0-wide embedding scored every trial 0).
+            dilation below 1, ``scale <= 0`` (an all-zero logit: the head would not train,
+            and its random embeddings be scored; a 0-wide embedding scored every trial 0), or
+            a ``margin`` below 0 or not a number (a negative margin adds to the target's logit
+            instead of taking from it: the loss then asks for no separation between speakers,
+            and the run scored the head without a word).
     """
 
     channels: int = 256
@@ -79,6 +82,9 @@ class XVectorConfig:
                 raise ValueError(f"head.{name} must all be >= 1, got {getattr(self, name)}")
         if not self.scale > 0:
             raise ValueError(f"head.scale must be > 0, got {self.scale}")
+        if not self.margin >= 0:  # NaN too
+            raise ValueError(f"head.margin (the AM-softmax additive margin) must be >= 0, got "
+                             f"{self.margin}")
 
 
 @dataclass
