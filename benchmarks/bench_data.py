@@ -17,6 +17,15 @@ waiting for data, one run.
    which ``augmentation.in_loader: true`` moves into the loader's workers (``LoaderCorruption``,
    the same work per item, timed here too).
 
+4. Epoch boundaries (``--only epochs``; LibriSpeech train-clean-100 of librispeech-mini, 251
+   files): the loader of a training run read for ``--epochs`` epochs, with ``num_workers`` 0
+   and ``--workers``: a streamed, shuffled Parquet copy (4 files written to a temporary
+   folder; ``data.shuffle_buffer`` 1000 and 64, ``data.stream_end_sleep`` true = ``datasets``'
+   own 5 s sleep at a stream's end, false = skipped), and the map-style folder (its workers
+   made again every epoch, against ``persistent_workers``). Per epoch: seconds, the longest
+   wait for a batch, and the boundary (``iter()`` to the first batch plus the last batch to
+   the end); medians over the epochs after the first.
+
 Usage: ``python benchmarks/bench_data.py [--threads 2 --steps 4 --workers 2]``
 """
 
@@ -157,6 +166,94 @@ def bench_recipe_batch(args) -> None:
         threads=1, out=args.out)
 
 
+def _epoch_times(epochs: int, start_epoch, batches) -> list[tuple[float, float, float]]:
+    """Per epoch ``(seconds, longest wait for a batch, boundary)``: ``start_epoch(e)`` then
+    iterate ``batches()``; boundary = ``iter()`` to the first batch + the last batch to the end
+    (worker start and shutdown, a stream's end)."""
+    times = []
+    for epoch in range(epochs):
+        start_epoch(epoch)
+        begin = last = time.perf_counter()
+        first, longest = None, 0.0
+        for _ in batches():
+            now = time.perf_counter()
+            first = now - begin if first is None else first
+            longest, last = max(longest, now - last), now
+        end = time.perf_counter()
+        times.append((end - begin, max(longest, end - last), (first or 0.0) + end - last))
+    return times
+
+
+def bench_epochs(args) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from robustdistill.data import (
+        DataConfig,
+        ShardedRandomSampler,
+        build_dataloader,
+        build_datasets,
+    )
+
+    files = sorted((SHARED_DATA / "librispeech-mini" / "train-clean-100").glob("*.flac"))
+    validation = SHARED_DATA / "librispeech-mini" / "test-other"
+    if not files:
+        print("epochs: no ../shared/data/librispeech-mini: skipped")
+        return
+    torch.set_num_threads(args.threads)
+    rows = []
+
+    def row(name, workers, setting, times):
+        later = times[1:] or times
+        rows.append((name, workers, setting,
+                     *(f"{median([t[i] for t in later]):.2f}" for i in range(3))))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "parquet" / "data"
+        folder.mkdir(parents=True)
+        cell = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+        for k in range(4):
+            cells = [{"bytes": f.read_bytes(), "path": f.name} for f in files[k::4]]
+            pq.write_table(pa.table({"audio": pa.array(cells, type=cell)}),
+                           folder / f"train-{k:05d}-of-00004.parquet", row_group_size=16)
+        for workers in sorted({0, args.workers}):
+            for buffer in (1000, 64):
+                for keep in (True, False):
+                    cfg = DataConfig(train_dataset=str(folder.parent), streaming=True,
+                                     shuffle_buffer=buffer, stream_end_sleep=keep,
+                                     num_workers=workers, batch_size=8,
+                                     validation_dir=str(validation), max_validation_items=4)
+                    train, _ = build_datasets(cfg, 0)
+                    loader = build_dataloader(train, 8, None, workers)
+                    row(f"stream, shuffle_buffer {buffer}", workers,
+                        f"stream_end_sleep {str(keep).lower()}",
+                        _epoch_times(args.epochs, train.set_epoch,
+                                     lambda train=train, loader=loader: train.track(loader)))
+        cfg = DataConfig(train_dir=str(files[0].parent), batch_size=8,
+                         validation_dir=str(validation), max_validation_items=4)
+        train, _ = build_datasets(cfg, 0)
+        sampler = ShardedRandomSampler(len(train), 0, shuffle=True)
+        for workers in sorted({0, args.workers}):
+            loader = build_dataloader(train, 8, sampler, workers)
+            row("map-style folder", workers, "workers made every epoch" if workers else "-",
+                _epoch_times(args.epochs, sampler.set_epoch, lambda loader=loader: loader))
+            if workers:
+                kept = torch.utils.data.DataLoader(
+                    train, batch_size=8, sampler=sampler, num_workers=workers,
+                    collate_fn=loader.collate_fn, persistent_workers=True,
+                    generator=torch.Generator().manual_seed(0))
+                row("map-style folder", workers, "persistent_workers (not used)",
+                    _epoch_times(args.epochs, sampler.set_epoch, lambda kept=kept: kept))
+    table("Epoch boundaries of the training loader", (
+        "data", "num_workers", "setting", "median s per epoch", "median longest wait s",
+        "median boundary s"), rows,
+        [f"{len(files)} FLAC files of librispeech-mini train-clean-100, batch 8, crops of 4 s, "
+         f"{args.epochs} epochs, medians over epochs 2-{args.epochs}; the stream is a 4-file "
+         "Parquet copy (datasets' Parquet builder) read through StreamingAudioDataset.track, "
+         "as the trainer does; the map-style folder through ShardedRandomSampler."],
+        threads=args.threads, out=args.out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -167,7 +264,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop-s", type=float, default=4.0)
     parser.add_argument("--preset", default="fast")
-    parser.add_argument("--only", choices=["augmentation", "wait", "recipe-batch"], default=None)
+    parser.add_argument("--epochs", type=int, default=4, help="--only epochs: epochs per setting")
+    parser.add_argument("--only", choices=["augmentation", "wait", "recipe-batch", "epochs"],
+                        default=None)
     parser.add_argument("--out", type=Path, default=None, help="append the tables to this file")
     args = parser.parse_args()
     quiet()
@@ -177,6 +276,8 @@ def main() -> None:
         bench_data_wait(args)
     if args.only in (None, "recipe-batch"):
         bench_recipe_batch(args)
+    if args.only in (None, "epochs"):
+        bench_epochs(args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Mutation-testing additions for robustdistill.data: DataConfig's range checks, the streaming
 dataset's argument checks, shuffle reseeding, boundary length, resume state and set_epoch, the
-identity of a held-out streamed example (path and all its bytes), Hugging Face loading of
-decoded columns and single saved datasets, and the map-style hold-out size."""
+identity of a held-out streamed example (path and all its bytes), datasets' sleep at the end of
+a shuffled Parquet stream, Hugging Face loading of decoded columns and single saved datasets,
+and the map-style hold-out size."""
 
 from __future__ import annotations
 
@@ -291,6 +292,109 @@ def test_streaming_validation_split_is_read_from_that_split(tmp_path, no_torchco
     train, val = build_datasets(cfg)
     assert ids(val[i] for i in range(len(val))) == [10, 11, 12]
     assert sorted(ids(train)) == [0, 1, 2, 3, 4]
+
+
+# ---- datasets' sleep at the end of a shuffled Parquet stream ----------------------------------
+
+
+class _Sleeps:
+    """Calls of ``time.sleep`` of a positive duration, recorded instead of slept, in shared
+    memory so that DataLoader workers (forked) record too: one row per process (the main one,
+    then each worker's), so that no two processes add to the same numbers."""
+
+    def __init__(self, processes: int = 4) -> None:
+        self.rows = torch.zeros(processes, 2, dtype=torch.float64).share_memory_()
+
+    def __call__(self, seconds: float) -> None:
+        if seconds > 0:
+            worker = torch.utils.data.get_worker_info()
+            self.rows[0 if worker is None else worker.id + 1] += torch.tensor([1.0, seconds])
+
+    def tolist(self) -> list[float]:
+        """``[calls, their total seconds]`` over all processes."""
+        return self.rows.sum(0).tolist()
+
+    def zero_(self) -> None:
+        self.rows.zero_()
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    """``time.sleep`` (the one ``datasets.iterable_dataset`` calls) replaced by a
+    :class:`_Sleeps` recorder."""
+    import datasets.iterable_dataset
+
+    recorder = _Sleeps()
+    monkeypatch.setattr(datasets.iterable_dataset.time, "sleep", recorder)
+    return recorder
+
+
+def _parquet_shards(tmp_path, num_files: int = 3, per_file: int = 4) -> str:
+    """A folder of ``num_files`` Parquet files, read by datasets' Parquet builder (the one
+    whose streams sleep when they end)."""
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for f in range(num_files):
+        first = f * per_file
+        ramp_table(per_file, first=first).to_parquet(
+            str(folder / f"train-{f:05d}-of-{num_files:05d}.parquet"))
+    return str(folder)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_shuffled_parquet_stream_ends_without_datasets_sleep(
+        tmp_path, sleeps, num_workers, no_torchcodec):
+    """datasets 5.x sleeps ``config.SLEEP_TIME_ON_THREADS_SHUTDOWN`` (5 s) whenever a
+    shuffled Parquet stream ends (its shard interleaver's ``finally``), in every process
+    reading one (here 3 files; 2 workers read 2 and 1): a stall per epoch. The dataset skips
+    it at a natural end (the same batches, in the same order); ``stream_end_sleep`` keeps it.
+    The first half fails when datasets changes that sleep: then re-read it and update
+    ``_no_sleep_at_stream_end``."""
+    import datasets
+
+    from robustdistill.data.streaming import _datasets_sleep_skippable
+
+    if not _datasets_sleep_skippable():
+        pytest.fail(f"datasets {datasets.__version__} is not a version whose end-of-stream "
+                    "sleep was checked (5.x, config.SLEEP_TIME_ON_THREADS_SHUTDOWN): re-read "
+                    "its iterable_dataset.py and update _SLEEP_SKIP_VERIFIED_MAJOR")
+    stream = load_hf_split(_parquet_shards(tmp_path), streaming=True)
+    streams = max(num_workers, 1)  # each worker reads (and ends) its own stream
+    seconds = datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN
+    assert seconds == 5  # datasets 5.2.0's
+
+    def epoch(keep: bool) -> list[dict]:
+        ds = StreamingAudioDataset(stream, max_length_s=0.5, min_length_s=0.5, seed=3,
+                                   shuffle_buffer=4, num_workers=num_workers,
+                                   stream_end_sleep=keep)
+        ds.set_epoch(1)
+        return list(ds.track(build_dataloader(ds, 2, num_workers=num_workers)))
+
+    kept = epoch(keep=True)  # datasets' own behaviour: the detector of a change in datasets
+    assert sleeps.tolist() == [streams, streams * seconds]
+    sleeps.zero_()
+    skipped = epoch(keep=False)
+    assert sleeps.tolist() == [0, 0]
+    assert seconds == datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN  # restored
+    assert sorted(batch_ids(skipped)) == list(range(12))
+    assert len(skipped) == len(kept) and all(
+        torch.equal(a[k], b[k]) for a, b in zip(skipped, kept, strict=True)
+        for k in ("waveforms", "indices", "workers"))
+
+
+def test_a_stream_closed_before_its_end_keeps_datasets_sleep(tmp_path, sleeps, no_torchcodec):
+    """Only a natural end skips the sleep: a stream abandoned part-way (its Parquet scans
+    unfinished: a run stopped mid-epoch) sleeps as datasets means it to, and the constant is
+    never left at 0 between items."""
+    import datasets
+
+    stream = load_hf_split(_parquet_shards(tmp_path), streaming=True)
+    ds = StreamingAudioDataset(stream, max_length_s=0.5, min_length_s=0.5, shuffle_buffer=4)
+    items = iter(ds)
+    next(items)
+    assert datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN == 5  # between items
+    items.close()
+    assert sleeps.tolist() == [1, 5]
 
 
 # ---- Hugging Face loading ----------------------------------------------------------------------

@@ -208,6 +208,7 @@ def _build_streaming(cfg: DataConfig, crop: dict[str, Any], rank: int, world_siz
         world_size=world_size,
         shuffle_buffer=cfg.shuffle_buffer,
         num_workers=cfg.num_workers,
+        stream_end_sleep=cfg.stream_end_sleep,
         **crop,
     )
     return train, validation.readable()

@@ -53,6 +53,15 @@ class DataConfig:
         default=1000,
         metadata={"help": "Streaming only: shuffle buffer size in examples (0: no shuffling)."},
     )
+    stream_end_sleep: bool = field(
+        default=False,
+        metadata={
+            "help": "Streaming only: keep the 5 s sleep datasets makes whenever a shuffled "
+            "Parquet stream ends (every epoch, in every worker); false skips it at a natural "
+            "end, where every Parquet scan has finished (datasets 5.x; a stream closed early "
+            "still sleeps). The stream's order is the same either way."
+        },
+    )
     validation_dir: str | None = field(
         default=None, metadata={"help": "Folder of validation audio (searched recursively)."}
     )

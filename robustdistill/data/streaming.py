@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from itertools import islice
+from contextlib import contextmanager
+from itertools import count, islice
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,51 @@ from .cropped import _crop, _to_samples
 from .hf_datasets import _cast_audio, _decode_cell
 
 logger = logging.getLogger(__name__)
+
+#: ``datasets`` major versions whose end-of-stream sleep was read and checked (5.2.0): outside
+#: them :func:`_no_sleep_at_stream_end` changes nothing and datasets sleeps as it would.
+_SLEEP_SKIP_VERIFIED_MAJOR = (5,)
+_END = object()
+
+
+def _datasets_sleep_skippable() -> bool:
+    """Whether this ``datasets`` has the end-of-stream sleep :func:`_no_sleep_at_stream_end`
+    knows: a verified major version with ``config.SLEEP_TIME_ON_THREADS_SHUTDOWN``."""
+    import datasets
+
+    major = int(datasets.__version__.split(".")[0])
+    return (major in _SLEEP_SKIP_VERIFIED_MAJOR
+            and hasattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN"))
+
+
+@contextmanager
+def _no_sleep_at_stream_end(enabled: bool):
+    """Set ``datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN`` to 0 inside the block when
+    ``enabled`` (the caller checks :func:`_datasets_sleep_skippable`), restoring it on leaving.
+
+    ``datasets`` (5.2.0, ``iterable_dataset.py`` lines 900-901 and 976-977) sleeps that long
+    (5 s) in the ``finally`` of ``CyclingMultiSourcesExamplesIterable``, which ``shuffle`` puts
+    over a stream's shards (``InterleavedShardsExamplesIterable``), whenever a Parquet stream
+    ends or is closed: "time to let PyArrow close threads gracefully" (apache/arrow#45214: a
+    Parquet scan abandoned part-way can hang or abort the interpreter at exit). At a natural end
+    every shard's scan has run to completion (datasets' own Parquet reader counts such a
+    fragment as closed) and the interleaver's threads are already joined, so there is nothing to
+    wait for; :class:`StreamingAudioDataset` enters this block only around its ``next()`` calls,
+    so a stream closed early (a run stopped mid-epoch) still sleeps. The constant is the
+    process's: another datasets stream ending in another thread during such a call would skip it
+    too (nothing in a run reads one so).
+    """
+    if not enabled:
+        yield
+        return
+    from datasets import config
+
+    saved = config.SLEEP_TIME_ON_THREADS_SHUTDOWN
+    config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
+    try:
+        yield
+    finally:
+        config.SLEEP_TIME_ON_THREADS_SHUTDOWN = saved
 
 
 class StreamingAudioDataset(torch.utils.data.IterableDataset):
@@ -61,6 +107,8 @@ class StreamingAudioDataset(torch.utils.data.IterableDataset):
             may still reorder whole shards from epoch 1 on, deterministically).
         num_workers: the DataLoader workers that read it (0: the main process); recorded by
             :meth:`state_dict` and checked on resume.
+        stream_end_sleep: keep ``datasets``' 5 s sleep when the stream ends (False: skipped
+            at a natural end; only ``datasets`` 5.x, see :func:`_no_sleep_at_stream_end`).
 
     Raises:
         ValueError: ``rank`` outside ``[0, world_size)``, ``min_length_s > max_length_s``, or
@@ -81,6 +129,7 @@ class StreamingAudioDataset(torch.utils.data.IterableDataset):
         shuffle_buffer: int = 0,
         random_crop: bool = True,
         num_workers: int = 0,
+        stream_end_sleep: bool = False,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world {world_size}")
@@ -101,6 +150,7 @@ class StreamingAudioDataset(torch.utils.data.IterableDataset):
         self.world_size = world_size
         self.random_crop = random_crop
         self.num_workers = int(num_workers)
+        self.stream_end_sleep = bool(stream_end_sleep)
         self._max_samples = _to_samples(max_length_s)
         self._min_samples = _to_samples(min_length_s)
         self.epoch = 0
@@ -142,7 +192,14 @@ class StreamingAudioDataset(torch.utils.data.IterableDataset):
         stream.set_epoch(self.epoch)
         logged = trailing = 0  # trailing: skipped since the last item given
         # the examples before `start` were consumed before the checkpoint: passed over undecoded
-        for position, example in enumerate(islice(stream, start, None), start):
+        examples = islice(stream, start, None)
+        skip_sleep = not self.stream_end_sleep and _datasets_sleep_skippable()
+        for position in count(start):
+            # datasets' sleep at the stream's end skipped there only, not at an early close
+            with _no_sleep_at_stream_end(skip_sleep):
+                example = next(examples, _END)
+            if example is _END:
+                break
             name = f"example {position} of rank {self.rank}"
             try:
                 waveform = _decode_cell(example[self.audio_column], name)
