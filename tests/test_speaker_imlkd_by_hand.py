@@ -20,7 +20,7 @@ from robustdistill.speaker.attribution import (
 )
 from robustdistill.speaker.data import Crop
 from robustdistill.speaker.ge2e import GE2E, partial_slices
-from robustdistill.speaker.targets import _student_map_loss, map_targets, teacher_targets
+from robustdistill.speaker.targets import map_targets, student_map_loss, teacher_targets
 
 
 def test_map_targets_send_samples_past_the_end_to_the_last_student_frame():
@@ -38,18 +38,18 @@ def test_student_map_loss_is_a_kl_over_the_segments_own_frames_only():
     # segment's 2 frames is (0.5, 0.5) -> KL 0 (over all 4 frames it would be log 2).
     assign = map_targets([(160, 320)], num_student_frames=4, student_hop=160)
     maps = [torch.tensor([[0.5, 0.5]])]
-    assert _student_map_loss(torch.zeros(1, 4), maps, assign).item() == pytest.approx(0, abs=1e-7)
+    assert student_map_loss(torch.zeros(1, 4), maps, assign).item() == pytest.approx(0, abs=1e-7)
     # Logits (9, 0, log 3, -9): over frames 1, 2 the student's q = (1/4, 3/4):
     # KL = 0.5 log(0.5 / 0.25) + 0.5 log(0.5 / 0.75). Frames 0 and 3 are never read.
     logits = torch.tensor([[9.0, 0.0, math.log(3.0), -9.0]])
     expected = 0.5 * math.log(2.0) + 0.5 * math.log(2.0 / 3.0)
-    assert _student_map_loss(logits, maps, assign).item() == pytest.approx(expected, abs=1e-6)
+    assert student_map_loss(logits, maps, assign).item() == pytest.approx(expected, abs=1e-6)
     # Two segments: the mean of the two KLs (second segment (0, 160): frames 0 and 1).
     assign2 = map_targets([(160, 320), (0, 160)], num_student_frames=4, student_hop=160)
     maps2 = maps + [torch.tensor([[1.0, 0.0]])]
     # second KL: 1 * log(1 / q0) with q over frames (0, 1) = softmax(9, 0)
     second = -F.log_softmax(torch.tensor([9.0, 0.0]), 0)[0].item()
-    got = _student_map_loss(logits, maps2, assign2).item()
+    got = student_map_loss(logits, maps2, assign2).item()
     assert got == pytest.approx((expected + second) / 2, abs=1e-6)
 
 

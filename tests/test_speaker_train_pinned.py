@@ -299,7 +299,7 @@ def test_a_resume_reads_a_relative_train_dir_from_the_folder_the_run_started_in(
     epoch.mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "A")
     (epoch / run_folder_mod._RUN_SETTINGS).write_text(json.dumps(
-        {**run_folder_mod._run_settings(cfg), run_folder_mod._STARTED_IN: str(tmp_path / "A")}))
+        {**run_folder_mod.weight_settings(cfg), run_folder_mod._STARTED_IN: str(tmp_path / "A")}))
     assert run_folder_mod.check_run_folder(cfg) == (epoch, 1)  # resumed where it started
     monkeypatch.chdir(tmp_path / "B")
     with pytest.raises(ValueError, match=re.escape(
@@ -311,5 +311,5 @@ def test_a_resume_reads_a_relative_train_dir_from_the_folder_the_run_started_in(
     saved = {}
     monkeypatch.setattr(run_folder_mod, "save_checkpoint",
                         lambda *args, state, **kwargs: saved.update(state))
-    run_folder_mod._save_checkpoint(None, run, 2, {"seed": 0}, keep=2)
+    run_folder_mod.save_epoch_checkpoint(None, run, 2, {"seed": 0}, keep=2)
     assert saved[run_folder_mod._RUN_SETTINGS] == {"seed": 0, run_folder_mod._STARTED_IN: str(tmp_path / "B")}

@@ -22,7 +22,7 @@ from ..audio import AudioError, list_audio_files, load_audio
 from ..augment.noise import NoiseBank, mix_at_snr, noise_segment, white_if_silent
 from .teachers.base import FrameModel
 
-__all__ = ["TestPairs", "make_test_pairs", "evaluate_model", "METRICS"]
+__all__ = ["TestPairs", "make_test_pairs", "evaluate_model", "METRICS", "scored_means"]
 
 METRICS = ("si_sdr", "pesq", "stoi")
 
@@ -163,11 +163,11 @@ def evaluate_model(model: FrameModel, pairs: TestPairs) -> dict:
             m = speech_metrics(enh, x, pairs.names[i])
             base = pairs.noisy_scores[snr][i]
             rows.append({**m, **{f"{k}_i": m[k] - base[k] for k in METRICS}})
-        out[f"{snr:g}"] = _scored_means(rows)
+        out[f"{snr:g}"] = scored_means(rows)
     return out
 
 
-def _scored_means(rows: list[dict[str, float]]) -> dict:
+def scored_means(rows: list[dict[str, float]]) -> dict:
     """Each score's mean over the rows where it is finite, ``n`` rows, and ``unscored``:
     ``{score: rows where it is not finite}`` (only counts above 0)."""
     values = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]}
@@ -185,7 +185,7 @@ def noisy_summary(pairs: TestPairs) -> dict:
     utterance out of every model's ``pesq_i``."""
     out = {}
     for snr, rows in pairs.noisy_scores.items():
-        agg = _scored_means([{k: r[k] for k in METRICS} for r in rows])
+        agg = scored_means([{k: r[k] for k in METRICS} for r in rows])
         agg.update({f"{k}_i": 0.0 for k in METRICS})
         out[f"{snr:g}"] = agg
     return out

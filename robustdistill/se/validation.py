@@ -41,7 +41,7 @@ from ..audio import list_audio_files
 from ..config import ConfigError
 from ..trainer import VALIDATION_STREAM
 from .data import PairConfig, PairMaker
-from .evaluate import _scored_means
+from .evaluate import scored_means
 
 __all__ = ["SCORES", "ValidationOptions", "ValidationPairs", "make_validation_pairs",
            "validate"]
@@ -220,4 +220,4 @@ def validate(acc, student, loss_fn, teacher, pairs: ValidationPairs, step: int,
     rows = gather_object(rows) if acc.num_processes > 1 else rows
     if not acc.is_main_process:
         return None
-    return _scored_means([row for _, row in sorted(rows, key=lambda r: r[0])])
+    return scored_means([row for _, row in sorted(rows, key=lambda r: r[0])])

@@ -30,7 +30,7 @@ from .ig import (
 )
 from .inputs import TeacherLoadError, load_run_inputs
 from .run_folder import check_run_folder
-from .table import _finished_run, _table_runs, format_table, run_table
+from .table import finished_run, format_table, run_table, table_runs
 from .train import train_system
 
 __all__ = ["main"]
@@ -101,8 +101,8 @@ def main(argv: list[str]) -> int:
         if args.action == "train":
             check_run_folder(cfg)
         if args.action == "table":
-            for _, run_cfg in _table_runs(cfg):
-                if _finished_run(run_cfg) is None:
+            for _, run_cfg in table_runs(cfg):
+                if finished_run(run_cfg) is None:
                     check_run_folder(run_cfg, "table.output_dir")
     except (ValueError, FileNotFoundError) as err:  # ConfigError is a ValueError
         parser.error(str(err))

@@ -1,8 +1,8 @@
 """A speaker run's folder (``training.output_dir``): its checkpoints ``checkpoints/epoch_N``
 (written and published through :mod:`robustdistill.checkpoints`), the settings stored with each
-(:func:`_run_settings`), the check that a fresh start or a resume may use the folder
+(:func:`weight_settings`), the check that a fresh start or a resume may use the folder
 (:func:`check_run_folder`, before any work), and ``metrics.jsonl`` cut back to the checkpoint a
-run resumes from (:func:`_logged_epochs`).
+run resumes from (:func:`logged_epochs`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from robustdistill.run_settings import config_changes
 
 from .config import SpeakerKDConfig
 
-__all__ = ["check_run_folder"]
+__all__ = ["check_run_folder", "logged_epochs", "save_epoch_checkpoint", "weight_settings"]
 
 
 #: Speaker checkpoints are ``checkpoints/epoch_N`` (N epochs done), written and published as
@@ -36,7 +36,7 @@ _EPOCH_PREFIX = "epoch_"
 def _last_checkpoint(output_dir: Path) -> tuple[Path, int] | None:
     """The newest complete checkpoint, ``(folder, epochs done)``; None if there is none.
 
-    Checkpoints with a manifest first (every one :func:`_save_checkpoint` published); else the
+    Checkpoints with a manifest first (every one :func:`save_epoch_checkpoint` published); else the
     newest bare ``epoch_N`` folder, as runs older than the manifest wrote them.
     """
     folder = output_dir / "checkpoints"
@@ -45,13 +45,13 @@ def _last_checkpoint(output_dir: Path) -> tuple[Path, int] | None:
     return (path, checkpoint_index(path, _EPOCH_PREFIX)) if path else None
 
 
-#: The file in each checkpoint holding :func:`_run_settings` of the run that wrote it.
+#: The file in each checkpoint holding :func:`weight_settings` of the run that wrote it.
 _RUN_SETTINGS = "speaker_run.json"
 #: The key in it of the folder the run was in (the relative paths' folder), not a setting.
 _STARTED_IN = "_cwd"
 
 
-def _run_settings(cfg: SpeakerKDConfig) -> dict[str, Any]:
+def weight_settings(cfg: SpeakerKDConfig) -> dict[str, Any]:
     """What the trained weights depend on, flattened to ``{"section.key": value}``: the
     teacher, the training crops, the student, the active loss terms (and ``ig``'s map settings
     for ``imlkd``) and the optimisation, but not ``training.epochs`` (a resume may extend a
@@ -85,7 +85,7 @@ def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_di
             this run's), a resume whose newest checkpoint does not match its manifest (a
             truncated ``model.safetensors``: refused by name, not replaced by an older one),
             a resume whose checkpoint was trained with other settings
-            (:func:`_run_settings`; the run would go on with the new ones and be reported as
+            (:func:`weight_settings`; the run would go on with the new ones and be reported as
             if it had used them throughout), or one whose checkpoint is past
             ``training.epochs`` (its model would be reported as trained for fewer epochs).
     """
@@ -115,7 +115,7 @@ def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_di
                          f"{last[1]}, or another {folder_key})")
     saved_file = last[0] / _RUN_SETTINGS
     if saved_file.is_file():  # checkpoints written before it was stored are not checked
-        saved, now = json.loads(saved_file.read_text()), _run_settings(cfg)
+        saved, now = json.loads(saved_file.read_text()), weight_settings(cfg)
         # relative paths are from the folder that run was in (none before 2026-12-07: here)
         started_in = saved.pop(_STARTED_IN, None)
         # another loss.method has other terms: its weights are not listed one by one; one
@@ -130,13 +130,13 @@ def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_di
     return last
 
 
-def _save_checkpoint(accelerator, output_dir: Path, epochs_done: int,
+def save_epoch_checkpoint(accelerator, output_dir: Path, epochs_done: int,
                      settings: dict[str, Any], keep: int) -> None:
     """``checkpoints/epoch_N`` through :func:`robustdistill.checkpoints.save_checkpoint`
     (``.tmp-epoch_N``, a manifest, an atomic rename): a kill while saving leaves only the
     ``.tmp-`` folder, which :func:`_last_checkpoint` ignores and the next start deletes. An
     ``epoch_N`` of an older run, beyond the checkpoint this run resumed from, is replaced.
-    ``settings`` (:func:`_run_settings`) is stored with it for :func:`check_run_folder`; the
+    ``settings`` (:func:`weight_settings`) is stored with it for :func:`check_run_folder`; the
     ``keep`` newest complete checkpoints stay (``training.keep_checkpoints``), with the
     folder the run is in (:data:`_STARTED_IN`: its relative paths are from there)."""
     save_checkpoint(accelerator, output_dir / "checkpoints", epochs_done, epochs_done,
@@ -144,7 +144,7 @@ def _save_checkpoint(accelerator, output_dir: Path, epochs_done: int,
                     prefix=_EPOCH_PREFIX, replace=True)
 
 
-def _logged_epochs(log_path: Path, epochs_done: int) -> list[dict[str, Any]]:
+def logged_epochs(log_path: Path, epochs_done: int) -> list[dict[str, Any]]:
     """The per-epoch records of ``metrics.jsonl`` up to ``epochs_done`` (the checkpoint a run
     resumes from; 0 for a fresh start); the file is rewritten without later ones, which a run
     killed between its log line and its checkpoint left behind. Lines without an ``epoch``

@@ -21,7 +21,7 @@ from .evaluation import evaluate_teacher
 from .inputs import load_run_inputs
 from .train import train_system
 
-__all__ = ["format_table", "run_table"]
+__all__ = ["finished_run", "format_table", "run_table", "table_runs"]
 
 logger = logging.getLogger("robustdistill.speaker")
 
@@ -74,7 +74,7 @@ def _run_key(config: dict | None) -> dict | None:
     return key
 
 
-def _table_runs(cfg: SpeakerKDConfig) -> list[tuple[str, SpeakerKDConfig]]:
+def table_runs(cfg: SpeakerKDConfig) -> list[tuple[str, SpeakerKDConfig]]:
     """``(method, run config)`` of every run of the table, seed-major; each run's folder is
     ``table.output_dir/<method>_seed<seed>``."""
     import copy
@@ -90,7 +90,7 @@ def _table_runs(cfg: SpeakerKDConfig) -> list[tuple[str, SpeakerKDConfig]]:
     return runs
 
 
-def _finished_run(run_cfg: SpeakerKDConfig) -> dict[str, Any] | None:
+def finished_run(run_cfg: SpeakerKDConfig) -> dict[str, Any] | None:
     """The ``result.json`` of a finished, evaluated run with the same config (:func:`_run_key`)
     in ``run_cfg.training.output_dir``, which the table reuses; else None."""
     done = Path(run_cfg.training.output_dir) / "result.json"
@@ -127,8 +127,8 @@ def run_table(cfg: SpeakerKDConfig,
     if any(skipped.values()):
         results["skipped_files"] = {k: skipped_counts(v) for k, v in skipped.items() if v}
     logger.info("teacher %s", results["teacher"])
-    for method, run_cfg in _table_runs(cfg):  # seed-major: an interrupted table has every system
-        result = _finished_run(run_cfg)
+    for method, run_cfg in table_runs(cfg):  # seed-major: an interrupted table has every system
+        result = finished_run(run_cfg)
         if result is not None:
             logger.info("reusing the finished run %s", run_cfg.training.output_dir)
         else:

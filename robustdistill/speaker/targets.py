@@ -1,7 +1,7 @@
 """What the frozen GE2E teacher gives a student to match: each training crop's embedding, the
 speaker centroids and the logits against them (:func:`teacher_targets`), and the teacher's IG
 frame maps moved onto the student's frames (:func:`map_targets`) for the map loss
-(:func:`_student_map_loss`).
+(:func:`student_map_loss`).
 
 Legend: ``M`` training crops, ``B`` batch, ``K`` training speakers, ``E_t`` the teacher's
 embedding width, ``T_seg`` teacher frames of a segment, ``T_student`` student frames of a crop.
@@ -19,7 +19,7 @@ from .data import Crop
 from .ge2e import GE2E, HOP
 from .losses import map_kl
 
-__all__ = ["TeacherTargets", "map_targets", "teacher_targets"]
+__all__ = ["TeacherTargets", "map_targets", "student_map_loss", "teacher_targets"]
 
 
 @dataclass
@@ -75,7 +75,7 @@ def map_targets(bounds: list[tuple[int, int]], num_student_frames: int,
     return out
 
 
-def _student_map_loss(map_logits: torch.Tensor, teacher_maps: list[torch.Tensor],
+def student_map_loss(map_logits: torch.Tensor, teacher_maps: list[torch.Tensor],
                       assign: list[torch.Tensor]) -> torch.Tensor:
     """Per segment: teacher map moved to student frames, student logits restricted to the
     segment's student frames; KL averaged over segments and crops."""

@@ -54,12 +54,12 @@ from .ge2e import GE2E
 from .losses import batch_loss, class_loss, instance_loss
 from .models import MelLSTMEncoder, SpeakerEmbedder, SpeakerModel, UpstreamEncoder
 from .run_folder import (
-    _logged_epochs,
-    _run_settings,
-    _save_checkpoint,
     check_run_folder,
+    logged_epochs,
+    save_epoch_checkpoint,
+    weight_settings,
 )
-from .targets import _student_map_loss, map_targets, teacher_targets
+from .targets import map_targets, student_map_loss, teacher_targets
 
 __all__ = ["build_student", "train_system"]
 
@@ -147,10 +147,10 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
     if last is not None:  # check_run_folder: resuming this run with its own settings
         accelerator.load_state(str(last[0]))
         start_epoch = last[1]
-        history = _logged_epochs(log_path, start_epoch)
+        history = logged_epochs(log_path, start_epoch)
         logger.info("resumed from %s (epoch %d)", last[0], start_epoch)
     elif accelerator.is_main_process:
-        _logged_epochs(log_path, 0)  # a log left by a run killed before its first checkpoint
+        logged_epochs(log_path, 0)  # a log left by a run killed before its first checkpoint
     if accelerator.is_main_process:
         record_environment(out_dir, start_epoch, unit="epoch")
 
@@ -196,7 +196,7 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
             if "batch_level" in weights:
                 parts["batch_level"] = batch_loss(emb, targets.embeddings[idx].to(emb.device))
             if "map" in weights:
-                parts["map"] = _student_map_loss(out.map_logits, teacher_maps, assign)
+                parts["map"] = student_map_loss(out.map_logits, teacher_maps, assign)
             loss = sum(weights[k] * v for k, v in parts.items())
             optimizer.zero_grad()
             accelerator.backward(loss)
@@ -218,7 +218,7 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
         with log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         logger.info("epoch %s", json.dumps(record))
-        _save_checkpoint(accelerator, out_dir, epoch + 1, _run_settings(cfg),
+        save_epoch_checkpoint(accelerator, out_dir, epoch + 1, weight_settings(cfg),
                          t.keep_checkpoints)
         done_here += 1
         if stop_after_epochs is not None and done_here >= stop_after_epochs:
