@@ -155,18 +155,18 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     """``robustdistill evaluate``; returns the exit status (0 on success).
 
     Bad arguments, configs, conditions or data, an unusable ``--device``, and an ``--out``
-    that is a file or holds other results (:func:`downstream.results.check_evaluation_folder`)
+    that is a file or holds other results (:func:`downstream.folders.check_evaluation_folder`)
     end with a one-line error (exit status 2) before the upstream runs; so does a launch among
     several processes (``torchrun``, ``accelerate launch``): the evaluation runs in one process.
     A single run into a seed folder that the parent folder's aggregate lists (one seed run
     again) ends with a warning that the aggregate is stale
-    (:func:`downstream.results.aggregate_listing`).
+    (:func:`downstream.folders.aggregate_listing`).
     """
     from robustdistill.cli import hub_error
     from robustdistill.processes import require_single_process
 
     from .config import ConfigError
-    from .results import aggregate_listing
+    from .folders import aggregate_listing
     from .runner import RunOptions, run_evaluation, run_seeds
 
     parser = _evaluate_parser()
@@ -204,8 +204,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 def compare_main(argv: list[str] | None = None) -> int:
     """``robustdistill compare RESULT.json ... --out DIR``: one table and one plot with a line
     per upstream; returns the exit status. An ``--out`` that is a file or holds an evaluation,
-    and unreadable inputs, end with a one-line error (:func:`downstream.results.compare`)."""
-    from .results import compare
+    and unreadable inputs, end with a one-line error (:func:`downstream.compare.compare`)."""
+    from .compare import compare
 
     parser = argparse.ArgumentParser(
         prog="robustdistill compare",
@@ -235,13 +235,10 @@ def aggregate_main(argv: list[str] | None = None) -> int:
     """``python -m downstream.cli aggregate OUT/seed0/results.json ... --out OUT``: merge runs of
     one task and upstream made with different ``--seed`` (e.g. run one seed at a time) into the
     multi-seed result ``--seeds`` writes; returns the exit status."""
-    from .results import (
-        aggregate_seeds,
-        check_evaluation_folder,
-        check_output_folder,
-        load_results,
-        write_outputs,
-    )
+    from .folders import check_evaluation_folder, check_output_folder
+    from .load import load_results
+    from .results import write_outputs
+    from .seeds import aggregate_seeds
 
     parser = argparse.ArgumentParser(
         prog="python -m downstream.cli aggregate",

@@ -12,7 +12,7 @@ Percent metrics (accuracy, EER, WER) are shown x``scale``; values and interval b
 follows a paired difference computed without the ``n`` test items that either upstream could
 not score (the comparison's ``excluded_items``), with a note under the table.
 
-Rows are named as in ``results.md`` (``downstream.results.upstream_labels``): the upstream's
+Rows are named as in ``results.md`` (``downstream.entries.upstream_labels``): the upstream's
 folder name, or its full path where folder names collide (``runs/a/student`` and
 ``runs/b/student``), with ``#i`` appended where whole paths collide too (``fbank #1``).
 ``--names FOLDER=NAME`` renames a row given its label, its full upstream path, or its folder
@@ -25,7 +25,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .results import interval_cell, load_results_file, unscored_note, upstream_labels
+from .entries import upstream_labels
+from .load import load_results_file
+from .table import interval_cell, unscored_note
 
 __all__ = ["main", "report"]
 
@@ -55,14 +57,14 @@ def report(path: str | Path, scale: float = 1.0, digits: int = 1,
         scale: factor applied to values, intervals and differences (100: percent).
         digits: decimals of every number.
         names: row renaming ``{key: name}``, the key being a row's label
-            (:func:`downstream.results.upstream_labels`, as in ``results.md``), its full
+            (:func:`downstream.entries.upstream_labels`, as in ``results.md``), its full
             ``upstream`` path, or its folder name when no other row shares it; a shared
             folder name renames no row (logged warning).
 
     Raises:
         FileNotFoundError: no such file.
         ValueError: the file is not JSON, or not a downstream results file (one line naming
-            it, as ``compare`` says it: :func:`downstream.results.load_results_file`).
+            it, as ``compare`` says it: :func:`downstream.load.load_results_file`).
     """
     data, results = load_results_file(path, _REQUIRED)
     names = names or {}

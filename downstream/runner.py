@@ -48,15 +48,11 @@ from .config import load_config, to_dict
 from .data import SPLITS, Utterance, load_splits, load_waveform
 from .fbank import FbankUpstream, is_fbank
 from .featurizer import Featurizer, resolve_layers
-from .results import (
-    aggregate_seeds,
-    check_evaluation_folder,
-    interval_method,
-    item_intervals,
-    unscored_counts,
-    write_items,
-    write_outputs,
-)
+from .folders import check_evaluation_folder
+from .intervals import interval_method, item_intervals
+from .items import unscored_counts, write_items
+from .results import write_outputs
+from .seeds import aggregate_seeds
 
 logger = logging.getLogger(__name__)
 
@@ -110,19 +106,19 @@ class RunOptions:
 def run_evaluation(options: RunOptions) -> dict[str, Any]:
     """Run one task for one upstream and write ``results.json``, ``results.md`` and
     ``robustness.png`` to ``options.out``, and ``items/<condition>.jsonl``
-    (:func:`~downstream.results.write_items`).
+    (:func:`~downstream.items.write_items`).
 
     results.json's ``unscored`` is ``{condition: {metric: count}}`` for every condition: the
     test items whose per-item record holds that metric as a non-finite value (a failed PESQ,
     an undefined SI-SDR...), which the metric's mean leaves out
-    (:func:`~downstream.results.unscored_counts`; only counts above 0, ``{}`` when all scored).
+    (:func:`~downstream.items.unscored_counts`; only counts above 0, ``{}`` when all scored).
     ``skipped_items`` counts, per split, the utterances that could not be decoded at all.
 
     ``options.out`` may hold an earlier run of the same task, label and upstream, which is
     replaced: per-item files of conditions this run does not test are removed with it, so
     every ``items/*.jsonl`` belongs to the results.json beside it (an earlier ``head.pt`` stays
     when ``evaluate_only`` loads another one). Any other results folder is refused
-    (:func:`~downstream.results.check_evaluation_folder`).
+    (:func:`~downstream.folders.check_evaluation_folder`).
 
     Returns:
         The results dict (as written to results.json).
@@ -437,7 +433,7 @@ def _model_setting_differences(saved: dict[str, Any], current: dict[str, Any],
 def run_seeds(options: RunOptions, seeds: list[int]) -> dict[str, Any]:
     """Run :func:`run_evaluation` once per seed into ``OUT/seed<N>/`` and write the aggregate
     (mean and standard deviation over seeds, stratified-bootstrap intervals of the mean) to
-    ``OUT/results.json``; see :func:`downstream.results.aggregate_seeds`.
+    ``OUT/results.json``; see :func:`downstream.seeds.aggregate_seeds`.
 
     ``OUT`` and every ``OUT/seed<N>/`` are checked as :func:`run_evaluation` checks its folder
     before the first seed runs; ``OUT/items/`` of an earlier single run there is removed once
@@ -470,7 +466,7 @@ def _check_seed_folders(options: RunOptions, seeds: list[int]) -> None:
 
     Raises:
         ValueError / ConfigError / FileNotFoundError: as :func:`check_device`,
-            :func:`_load_task_config` and :func:`~downstream.results.check_evaluation_folder`.
+            :func:`_load_task_config` and :func:`~downstream.folders.check_evaluation_folder`.
     """
     check_device(options.device)
     _, _, config = _load_task_config(options)

@@ -147,7 +147,7 @@ def paired_bootstrap(stat_a: Stat, stat_b: Stat, sizes: Sequence[Size], resample
     trial for A and B), so every resample is applied to both. For the difference to be paired,
     each statistic must also **use** the same items: a statistic that skips the items its own
     upstream could not score (a mean over finite PESQ values) needs the items either upstream
-    could not score removed from both beforehand (:func:`downstream.results.jointly_scored`).
+    could not score removed from both beforehand (:func:`downstream.paired.jointly_scored`).
 
     Args:
         stat_a / stat_b: ``stat(list of index arrays, one per group) -> metric`` of A / B.

@@ -26,7 +26,7 @@ import argparse
 import json
 from pathlib import Path
 
-from downstream.results import upstream_labels
+from downstream.entries import upstream_labels
 
 TASK_TITLES = {"kws": "KWS (FSDD digits)", "sid": "SID (LibriSpeech speakers)",
                "sv": "SV (unseen LibriSpeech speakers)", "se": "SE (BLSTM mask head)",

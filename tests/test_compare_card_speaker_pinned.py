@@ -13,14 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from downstream.entries import upstream_labels
+from downstream.items import write_items
+from downstream.paired import paired_comparisons
 from downstream.report import report
-from downstream.results import (
-    paired_comparisons,
-    unscored_count,
-    unscored_note,
-    upstream_labels,
-    write_items,
-)
+from downstream.table import unscored_count, unscored_note
 
 NAN = float("nan")
 REPO = Path(__file__).resolve().parents[1]

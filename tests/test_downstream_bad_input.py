@@ -12,7 +12,7 @@ import re
 import pytest
 
 from downstream.cli import compare_main
-from downstream.results import load_results
+from downstream.load import load_results
 
 
 def _result(upstream: str, eer) -> dict:

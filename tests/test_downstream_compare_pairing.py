@@ -10,15 +10,12 @@ import re
 
 import pytest
 
+from downstream.compare import compare
+from downstream.entries import upstream_labels
+from downstream.items import write_items
+from downstream.paired import jointly_scored, paired_comparisons
 from downstream.report import report
-from downstream.results import (
-    compare,
-    jointly_scored,
-    paired_comparisons,
-    results_table,
-    upstream_labels,
-    write_items,
-)
+from downstream.table import results_table
 
 NAN = float("nan")
 
@@ -212,16 +209,16 @@ def test_report_names_match_labels_paths_and_unambiguous_folder_names(tmp_path, 
     # the full upstream path works for a unique folder name too
     assert "| T | 95.0 |" in report(path, scale=100, names={"/m/whisper-tiny.en": "T"})
     # a folder name two upstreams share renames neither (it used to rename both alike)
-    with caplog.at_level(logging.WARNING, logger="downstream.results"):
+    with caplog.at_level(logging.WARNING, logger="downstream.entries"):
         text = report(path, scale=100, names={"student": "S"})
     assert "| S |" not in text and "| runs/a/student | 90.0 |" in text
     assert "2 upstreams have the folder name 'student'" in caplog.text
     assert "match no upstream" not in caplog.text  # warned once, as a shared folder name
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="downstream.results"):
+    with caplog.at_level(logging.WARNING, logger="downstream.entries"):
         report(path, scale=100, names={"runs/a/studnet": "A", "whisper-tiny.en": "T"})
     assert "names ['runs/a/studnet'] match no upstream" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="downstream.results"):  # two keys, one row
+    with caplog.at_level(logging.WARNING, logger="downstream.entries"):  # two keys, one row
         text = report(path, scale=100, names={"whisper-tiny.en": "T", "/m/whisper-tiny.en": "U"})
     assert "| T | 95.0 |" in text and "match no upstream" not in caplog.text

@@ -232,7 +232,7 @@ def test_aggregate_layer_weights_are_the_mean_over_seeds(tmp_path):
     still sum to one), not the first seed's."""
     from test_downstream_results import _seed_run
 
-    from downstream.results import aggregate_seeds
+    from downstream.seeds import aggregate_seeds
 
     runs = []
     for seed, weights in ((0, {"0": 0.6, "1": 0.4}), (1, {"0": 0.2, "1": 0.8})):
@@ -265,7 +265,7 @@ def test_results_of_two_labels_of_one_task_folder_are_not_tabled_together(tmp_pa
     (accuracy); their results in one table would compare a KWS model with a SID one."""
     from test_downstream_results import _result, _uc_items
 
-    from downstream.results import results_table
+    from downstream.table import results_table
 
     ks, sid = (_result(tmp_path, name, "utterance_classification", "accuracy",
                        {"clean": _uc_items([1, 0, 1])}) for name in ("ks_run", "sid_run"))

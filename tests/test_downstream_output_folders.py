@@ -15,7 +15,7 @@ import pytest
 import torch
 from test_downstream_tasks import _uc_config, _write_config, corpus, tiny_upstreams  # noqa: F401
 
-from downstream import results, runner
+from downstream import folders, results, runner
 from downstream.cli import aggregate_main, compare_main, evaluate_main, resolve_task
 from downstream.report import main as report_main
 
@@ -66,7 +66,7 @@ def test_compare_refuses_an_evaluation_folder_as_out(two_runs, tmp_path, capsys)
     assert "holds the evaluation of" in line and "kws_student" in line
     assert str(tmp_path / "ks_compare") in line  # a folder of its own is suggested
     assert (student / "results.json").read_text() == before  # nothing replaced
-    assert results.folder_results(student)[0] == "evaluation"
+    assert folders.folder_results(student)[0] == "evaluation"
 
 
 def test_compare_replaces_its_own_earlier_output_and_says_why(two_runs, tmp_path, caplog):
@@ -74,8 +74,8 @@ def test_compare_replaces_its_own_earlier_output_and_says_why(two_runs, tmp_path
     inputs = [str(root / "kws_student" / "results.json"), str(root / "kws_fbank" / "results.json")]
     out = tmp_path / "kws_compare"
     assert compare_main([*inputs, "--out", str(out)]) == 0
-    assert results.folder_results(out)[0] == "comparison"
-    with caplog.at_level(logging.WARNING, logger="downstream.results"):
+    assert folders.folder_results(out)[0] == "comparison"
+    with caplog.at_level(logging.WARNING, logger="downstream.compare"):
         assert compare_main([*inputs, str(out / "results.json"), "--out", str(out)]) == 0
     assert "this comparison's own output" in caplog.text
     assert len(json.loads((out / "results.json").read_text())["results"]) == 2
@@ -84,14 +84,14 @@ def test_compare_replaces_its_own_earlier_output_and_says_why(two_runs, tmp_path
     single = tmp_path / "single"
     assert compare_main([inputs[0], "--out", str(single)]) == 0
     assert len(json.loads((single / "results.json").read_text())["results"]) == 1
-    assert results.folder_results(single)[0] == "comparison"
+    assert folders.folder_results(single)[0] == "comparison"
     assert compare_main([*inputs, "--out", str(single)]) == 0
 
 
 def test_compare_of_one_file_given_twice_compares_it_once(two_runs, tmp_path, caplog):
     root, _ = two_runs
     a = str(root / "kws_student" / "results.json")
-    with caplog.at_level(logging.WARNING, logger="downstream.results"):
+    with caplog.at_level(logging.WARNING, logger="downstream.compare"):
         assert compare_main([a, a, "--out", str(tmp_path / "cmp")]) == 0
     assert "given twice" in caplog.text
     data = json.loads((tmp_path / "cmp" / "results.json").read_text())
@@ -104,10 +104,10 @@ def test_an_old_single_result_comparison_still_counts_as_one(two_runs, tmp_path)
     root, _ = two_runs
     result = json.loads((root / "kws_student" / "results.json").read_text())
     results.write_outputs([{**result, "source_dir": str(root / "kws_student")}], tmp_path / "old")
-    assert results.folder_results(tmp_path / "old")[0] == "comparison"
+    assert folders.folder_results(tmp_path / "old")[0] == "comparison"
     results.write_outputs([{**result, "source_dir": str(tmp_path / "own")}], tmp_path / "own")
-    assert results.folder_results(tmp_path / "own")[0] == "evaluation"
-    assert results.folder_results(tmp_path / "none") == (None, [])
+    assert folders.folder_results(tmp_path / "own")[0] == "evaluation"
+    assert folders.folder_results(tmp_path / "none") == (None, [])
 
 
 # ---------------------------------------------------------------------------- evaluate --out
@@ -276,9 +276,9 @@ def test_running_one_seed_again_says_the_aggregate_is_stale(two_runs, corpus, tm
     with caplog.at_level(logging.WARNING):
         _evaluate(corpus, "fbank", config, out, "--seeds", "0", "1", conditions=("clean",))
     assert "aggregate again" not in caplog.text
-    assert results.aggregate_listing(out / "seed0") == out / "results.json"
-    assert results.aggregate_listing(out / "seed7") is None  # a seed the aggregate lacks
-    assert results.aggregate_listing(out) is None
+    assert folders.aggregate_listing(out / "seed0") == out / "results.json"
+    assert folders.aggregate_listing(out / "seed7") is None  # a seed the aggregate lacks
+    assert folders.aggregate_listing(out) is None
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         _evaluate(corpus, "fbank", config, out / "seed0", conditions=("clean",))

@@ -10,8 +10,10 @@ import logging
 import numpy as np
 import pytest
 
+from downstream.intervals import item_intervals
+from downstream.items import write_items
+from downstream.paired import paired_comparisons
 from downstream.report import report
-from downstream.results import item_intervals, paired_comparisons, write_items
 from downstream.tasks.utterance_classification.task import UtteranceClassification
 
 
@@ -95,7 +97,7 @@ def test_multi_seed_intervals_average_the_seeds(tmp_path, caplog):
     out = item_intervals(UtteranceClassification, groups, {"accuracy": 0.5}, resamples=30)
     assert out == {"accuracy": [pytest.approx(0.5), pytest.approx(0.5)]}
     # a reported value the records do not reproduce gets no interval (and a warning)
-    with caplog.at_level(logging.WARNING, logger="downstream.results"):
+    with caplog.at_level(logging.WARNING, logger="downstream.intervals"):
         assert item_intervals(UtteranceClassification, groups, {"accuracy": 0.75},
                               resamples=30) == {}
     assert "reported 0.75" in caplog.text
@@ -128,7 +130,8 @@ def _strict_json(text):
 
 
 def test_results_json_is_strict_json_and_nan_reads_back_as_nan(tmp_path):
-    from downstream.results import load_results, write_outputs
+    from downstream.load import load_results
+    from downstream.results import write_outputs
 
     a = _result(tmp_path, "a", "utterance_classification", "accuracy",
                 {"clean": _uc_items([1, 0, 1, 0]), "snr0": _uc_items([1, 1, 0, 0])})
@@ -154,7 +157,8 @@ def test_results_json_is_strict_json_and_nan_reads_back_as_nan(tmp_path):
 def test_compare_leaves_out_its_own_earlier_output(tmp_path, caplog):
     # `compare runs/kws_*/results.json --out runs/kws_compare`, run twice: the glob now matches
     # the first comparison's results.json, whose upstreams would each appear twice.
-    from downstream.results import compare, write_outputs
+    from downstream.compare import compare
+    from downstream.results import write_outputs
 
     for name, correct in (("a", [1, 1, 0, 0]), ("b", [1, 0, 0, 0])):
         result = _result(tmp_path, name, "utterance_classification", "accuracy",
@@ -163,7 +167,7 @@ def test_compare_leaves_out_its_own_earlier_output(tmp_path, caplog):
     inputs = [tmp_path / "kws_a" / "results.json", tmp_path / "kws_b" / "results.json"]
     out = tmp_path / "kws_compare"
     assert len(compare(inputs, out, 20)) == 2
-    with caplog.at_level(logging.WARNING, logger="downstream.results"):
+    with caplog.at_level(logging.WARNING, logger="downstream.compare"):
         again = compare([*inputs, out / "results.json"], out, 20)
     assert [r["upstream"] for r in again] == ["/models/a", "/models/b"]
     assert "own output" in caplog.text
@@ -175,7 +179,9 @@ def test_compare_leaves_out_another_comparisons_copies_of_the_runs_given(tmp_pat
     # `compare runs/kws_*/results.json --out runs/kws_compare` once, then the same glob with
     # another --out: kws_compare/results.json is an input like the evaluations, and every
     # upstream appeared twice (#3, #4 copies of #1, #2), each compared with itself.
-    from downstream.results import compare, load_results, write_outputs
+    from downstream.compare import compare
+    from downstream.load import load_results
+    from downstream.results import write_outputs
 
     for name, correct in (("a", [1, 1, 0, 0]), ("b", [1, 0, 0, 0])):
         result = _result(tmp_path, name, "utterance_classification", "accuracy",
@@ -185,7 +191,7 @@ def test_compare_leaves_out_another_comparisons_copies_of_the_runs_given(tmp_pat
     compare([tmp_path / "kws_a" / "results.json", tmp_path / "kws_b" / "results.json"], first, 20)
     glob = sorted(tmp_path.glob("kws_*/results.json"))
     assert [p.parent.name for p in glob] == ["kws_a", "kws_b", "kws_compare"]
-    with caplog.at_level(logging.WARNING, logger="downstream.results"):
+    with caplog.at_level(logging.WARNING, logger="downstream.compare"):
         again = compare(glob, tmp_path / "elsewhere", 20)
     assert [r["upstream"] for r in again] == ["/models/a", "/models/b"]
     assert f"leaving out {first / 'results.json'}: every result in it is given by" in caplog.text
@@ -197,7 +203,7 @@ def test_compare_leaves_out_another_comparisons_copies_of_the_runs_given(tmp_pat
     a = load_results(tmp_path / "kws_a" / "results.json")[0]
     write_outputs([{**a, "metrics": {"clean": {"accuracy": 0.75}}}], tmp_path / "kws_a")
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="downstream.results"):
+    with caplog.at_level(logging.WARNING, logger="downstream.compare"):
         mixed = compare([first / "results.json", tmp_path / "kws_a" / "results.json"],
                         tmp_path / "mixed", 20)
     assert [(r["upstream"], r["metrics"]["clean"]["accuracy"]) for r in mixed] == \
@@ -209,7 +215,7 @@ def test_compare_leaves_out_another_comparisons_copies_of_the_runs_given(tmp_pat
     copy = tmp_path / "kws_a" / "copy.json"
     copy.write_text((tmp_path / "kws_a" / "results.json").read_text())
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="downstream.results"):
+    with caplog.at_level(logging.WARNING, logger="downstream.compare"):
         once = compare([tmp_path / "kws_a" / "results.json", copy], tmp_path / "once", 20)
     assert len(once) == 1 and f"leaving out {copy}" in caplog.text
     # a comparison alone is still compared (read back, e.g. with new intervals)
@@ -220,7 +226,8 @@ def test_report_of_a_compare_with_an_undefined_difference(tmp_path):
     # PESQ failing on every utterance of a condition: the paired difference, its interval and
     # p-value are NaN, stored as null; the report shows "-" where it used to show "nan", and
     # that the comparison left out the 3 utterances neither upstream scored.
-    from downstream.results import compare, write_outputs
+    from downstream.compare import compare
+    from downstream.results import write_outputs
 
     paths = []
     for name, pesq in (("a", [2.0, 2.5, 3.0]), ("b", [1.5, 2.0, 2.5])):
@@ -243,7 +250,9 @@ def test_report_of_a_compare_with_an_undefined_difference(tmp_path):
 
 
 def test_nan_featurizer_weights_read_back_as_nan(tmp_path):
-    from downstream.results import compare, load_results, write_outputs
+    from downstream.compare import compare
+    from downstream.load import load_results
+    from downstream.results import write_outputs
 
     a = _result(tmp_path, "a", "utterance_classification", "accuracy",
                 {"clean": _uc_items([1, 0, 1, 0])})
@@ -302,7 +311,7 @@ def _evidence_table(tmp_path, results, comparisons, names, pairs, notes=None):
 
 
 def test_evidence_script_tells_apart_upstreams_with_the_same_folder_name(tmp_path):
-    from downstream.results import upstream_labels
+    from downstream.entries import upstream_labels
 
     # two upstreams share the folder name `student` (compare names them by path), the third is
     # `student_init` (named by folder name); the rows' names are compare's own
@@ -328,7 +337,7 @@ def test_evidence_script_tells_apart_upstreams_with_the_same_folder_name(tmp_pat
 
 
 def test_evidence_script_shows_both_results_of_one_upstream_path(tmp_path):
-    from downstream.results import upstream_labels
+    from downstream.entries import upstream_labels
 
     # the same student compared twice (a re-run beside the first run): both rows are shown,
     # numbered as compare numbers them (`PATH #1`, `PATH #2`), not the last one silently
@@ -380,7 +389,7 @@ def test_evidence_script_shows_items_left_out_and_compares_notes_on_the_pairs(tm
 
 
 def test_evidence_script_reads_compares_real_notes(tmp_path):
-    from downstream.results import aggregate_seeds
+    from downstream.seeds import aggregate_seeds
 
     # a: seeds 0-2, right on all 4 items of seed 1; b: seed 1 alone, all wrong; c: seed 5 alone
     a = aggregate_seeds([_seed_run(tmp_path, "a", s, c) for s, c in
@@ -401,7 +410,7 @@ def test_evidence_script_reads_compares_real_notes(tmp_path):
 def test_evidence_script_gives_compares_note_when_it_tested_no_pair(tmp_path):
     """compare skipped the pair (different test sets): no row, the note says why. Before, the
     script blamed the metric ("pairs the primary metric only") and left the note out."""
-    from downstream.results import aggregate_seeds
+    from downstream.seeds import aggregate_seeds
 
     a, b = (aggregate_seeds([_seed_run(tmp_path, name, s, [0] * 4)],
                             [tmp_path / name / f"seed{s}"], resamples=10)
@@ -424,7 +433,7 @@ def test_evidence_script_gives_compares_note_when_it_tested_no_pair(tmp_path):
 
 
 def test_evidence_script_lists_a_pair_of_one_upstreams_results_once(tmp_path):
-    from downstream.results import upstream_labels
+    from downstream.entries import upstream_labels
 
     results = [_evidence_result("runs/ev/plain/student", 0.6),
                _evidence_result("runs/ev/plain/student", 0.7)]
@@ -447,7 +456,7 @@ def _seed_run(tmp_path, name, seed, correct, test_set=None):
 
 
 def test_different_seed_sets_are_compared_on_the_shared_seeds(tmp_path):
-    from downstream.results import aggregate_seeds
+    from downstream.seeds import aggregate_seeds
 
     # a: three seeds, each right on items 0-3 of 4 only for seed 1; b: seed 1 alone, all wrong.
     runs = [_seed_run(tmp_path, "a", s, c) for s, c in
@@ -478,7 +487,7 @@ def _se_items(pesq, si_sdr):
 
 
 def test_items_files_are_strict_json_and_nan_reads_back(tmp_path):
-    from downstream.results import read_items
+    from downstream.items import read_items
 
     nan, inf = float("nan"), float("inf")
     records = [{"key": "u0", "pesq": nan, "si_sdr": np.float32(3.5), "scores": [1.0, nan]},
@@ -499,7 +508,7 @@ def test_items_files_are_strict_json_and_nan_reads_back(tmp_path):
 
 
 def test_old_items_files_with_bare_nan_still_read(tmp_path):
-    from downstream.results import read_items
+    from downstream.items import read_items
     from downstream.tasks.speech_enhancement.task import SpeechEnhancementTask
 
     path = tmp_path / "snr0.jsonl"
@@ -538,7 +547,7 @@ def test_paired_comparison_of_items_with_nan_is_unchanged_by_null(tmp_path):
 
 
 def test_unscored_counts_by_hand():
-    from downstream.results import unscored_counts
+    from downstream.items import unscored_counts
 
     nan = float("nan")
     items = [{"key": "u0", "pesq": nan, "si_sdr": 1.0, "stoi": 0.9},
@@ -567,7 +576,10 @@ def _aggregate_run(tmp_path, seed, per_condition):
 
 
 def test_aggregate_seeds_sums_unscored_and_tables_show_it(tmp_path):
-    from downstream.results import aggregate_seeds, load_results, results_table, write_outputs
+    from downstream.load import load_results
+    from downstream.results import write_outputs
+    from downstream.seeds import aggregate_seeds
+    from downstream.table import results_table
 
     nan = float("nan")
     # seed 0: clean all scored; snr0: 2 PESQ failures, 1 silent output (SI-SDR undefined)
@@ -623,7 +635,8 @@ def test_report_marks_unscored_primary_cells_and_old_files_are_unchanged(tmp_pat
 
 
 def test_the_same_seeds_in_another_order_are_the_same_test_set(tmp_path):
-    from downstream.results import aggregate_seeds, results_table
+    from downstream.seeds import aggregate_seeds
+    from downstream.table import results_table
 
     def aggregate(name, order, correct):
         runs = [_seed_run(tmp_path, name, s, correct[s]) for s in order]
@@ -646,7 +659,8 @@ def test_the_same_seeds_in_another_order_are_the_same_test_set(tmp_path):
 
 
 def test_an_aggregate_without_per_seed_hashes_beside_a_new_one_of_the_same_runs(tmp_path):
-    from downstream.results import aggregate_seeds, results_table
+    from downstream.seeds import aggregate_seeds
+    from downstream.table import results_table
 
     runs = [_seed_run(tmp_path, "a", s, [1, 0, 1, 0]) for s in (0, 1)]
     new = aggregate_seeds(runs, [tmp_path / "a" / f"seed{s}" for s in (0, 1)], resamples=10)
@@ -657,7 +671,8 @@ def test_an_aggregate_without_per_seed_hashes_beside_a_new_one_of_the_same_runs(
 
 
 def test_a_seed_without_a_recorded_hash_keeps_the_restricted_seed_note(tmp_path):
-    from downstream.results import aggregate_seeds, results_table
+    from downstream.seeds import aggregate_seeds
+    from downstream.table import results_table
 
     runs = [_seed_run(tmp_path, "a", s, [1] * 4) for s in (0, 1)]
     del runs[1]["test_set_sha1"]  # seed 1's hash not recorded (a run from before the hash)
@@ -717,7 +732,8 @@ def _old_sv_result(tmp_path, name, items, resamples=300):
 
 
 def test_sv_intervals_resample_speakers_and_are_wider_than_the_trial_bootstrap(tmp_path):
-    from downstream.results import compare, read_items
+    from downstream.compare import compare
+    from downstream.items import read_items
     from downstream.tasks.speaker_verification.task import SpeakerVerification
 
     items = _shared_utterance_trials()
@@ -766,13 +782,13 @@ def test_sv_paired_comparison_draws_the_same_speakers_for_both(tmp_path, monkeyp
         return logged
 
     monkeypatch.setattr(SpeakerVerification, "item_statistic", classmethod(spy))
-    import downstream.results as results_module
-    real_groups = results_module.item_groups
+    import downstream.paired as paired_module  # paired_comparisons looks item_groups up there
+    real_groups = paired_module.item_groups
 
     def tagged(result, cond, seeds=None):
         return [[{**r, "upstream_tag": result["upstream"]} for r in g]
                 for g in real_groups(result, cond, seeds)]
-    monkeypatch.setattr(results_module, "item_groups", tagged)
+    monkeypatch.setattr(paired_module, "item_groups", tagged)
     rows, notes = paired_comparisons([a, b], resamples=40)
     assert notes == [] and len(rows) == 1
     row = rows[0]
@@ -802,7 +818,8 @@ def test_compare_results_md_names_each_resample_count_for_what_it_is(tmp_path):
     """``compare --bootstrap-resamples 50`` over evaluations with 1000-resample intervals: the
     results.md said "1000 resamples" only, as if the paired tests had used them too."""
     from downstream.cli import compare_main
-    from downstream.results import interval_method, write_outputs
+    from downstream.intervals import interval_method
+    from downstream.results import write_outputs
 
     for name, correct in (("a", [1, 1, 1, 0]), ("b", [1, 0, 0, 0])):
         result = _result(tmp_path, name, "utterance_classification", "accuracy",
@@ -822,7 +839,7 @@ def test_compare_results_md_names_each_resample_count_for_what_it_is(tmp_path):
 
 
 def test_results_md_names_rows_with_fewer_finite_resamples(tmp_path):
-    from downstream.results import results_table
+    from downstream.table import results_table
 
     a = _result(tmp_path, "a", "utterance_classification", "accuracy",
                 {"clean": _uc_items([1, 0])})
@@ -835,3 +852,13 @@ def test_results_md_names_rows_with_fewer_finite_resamples(tmp_path):
     # a row written before bootstrap_resamples existed: its finite count stands in
     old = results_table([a, b], ([{**row, "resamples": 40}], []))
     assert "; paired bootstrap: 40 resamples)" in old and "gave a finite" not in old
+
+
+def test_the_documented_readers_stay_importable_from_downstream_results():
+    """downstream/README.md names ``load_results`` and ``read_items`` as the readers of the
+    results files; since the split they live in ``downstream.load`` / ``downstream.items`` and
+    ``downstream.results`` keeps them importable (the same objects)."""
+    from downstream import items, load, results
+
+    assert results.load_results is load.load_results
+    assert results.read_items is items.read_items

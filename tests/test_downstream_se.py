@@ -170,7 +170,7 @@ def test_silent_outputs_are_counted_as_unscored_in_results(setup_dirs, tmp_path,
     """A head that outputs silence on one test utterance under snr0: SI-SDR is undefined there
     (NaN, left out of the mean), and results.json, results.md and the strict-JSON items file
     say so."""
-    from downstream.results import read_items
+    from downstream.items import read_items
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     root = setup_dirs

@@ -153,7 +153,7 @@ def _run(corpus, upstream, config, out, *extra, conditions=("clean", "snr0", "re
 def test_items_intervals_head_reuse_and_overrides(tmp_path, corpus, tiny_upstreams):
     import json
 
-    from downstream.results import read_items
+    from downstream.items import read_items
 
     config = _write_config(tmp_path / "uc.yaml", _uc_config(corpus))
     out = tmp_path / "run"

@@ -223,7 +223,7 @@ def test_unscored_items_are_named_in_a_warning_and_the_card(student, tmp_path, c
 def test_comparison_rows_are_marked_unscored_as_in_results_md(student, tmp_path):
     """Every row of the card's results table, not only this model's, carries results.md's
     ``(n unscored)`` marks (its cells come from ``interval_cell``), with results.md's note."""
-    from downstream.results import interval_cell, unscored_note
+    from downstream.table import interval_cell, unscored_note
 
     teacher = _se_entry("runs/teacher", unscored={"snr0": {"pesq": 3, "si_sdr": 2}})
     mine = _se_entry(str(student))

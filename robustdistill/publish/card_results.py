@@ -19,7 +19,8 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from downstream.results import unscored_note, upstream_labels
+from downstream.entries import upstream_labels
+from downstream.table import unscored_note
 
 from .provenance import RunSummary
 from .results import TaskResult, load_task_results
@@ -222,7 +223,7 @@ def _role(upstream: str, run: RunSummary | None, label: str | None = None) -> st
 def _cell(result: TaskResult, cond: str, metric: str) -> str:
     """One table cell: the value and interval (``-`` when undefined), then ``(n unscored)``
     when ``n`` test items could not be scored, as results.md's cells
-    (:func:`downstream.results.interval_cell`)."""
+    (:func:`downstream.table.interval_cell`)."""
     mv = result.metrics.get(cond, {}).get(metric)
     text = mv.text() if mv else "-"
     if count := result.unscored.get(cond, {}).get(metric):
@@ -232,7 +233,7 @@ def _cell(result: TaskResult, cond: str, metric: str) -> str:
 
 def _unscored_note(mine: TaskResult, others: Sequence[TaskResult]) -> str:
     """results.md's sentence explaining ``(n unscored)``
-    (:func:`downstream.results.unscored_note`), when a cell of this model's tables (every
+    (:func:`downstream.table.unscored_note`), when a cell of this model's tables (every
     metric) or of a comparison row (the primary metric) has the mark; else ``""``."""
     primary = mine.primary_metric
     shown = [dict(mine.raw, unscored=mine.unscored)] + [
@@ -275,7 +276,7 @@ def _split_results(paths: Sequence[str | Path], model_dir: Path, repo_id: str | 
                    match_upstream: str | None):
     """Per results file: ``(path, this model's entries, the other upstreams' entries,
     labels)``, ``labels`` mapping ``id(entry)`` to the label results.md and compare's rows give
-    it (:func:`downstream.results.upstream_labels` over the file's entries, in file order)."""
+    it (:func:`downstream.entries.upstream_labels` over the file's entries, in file order)."""
     groups = []
     for path in paths:
         entries = load_task_results(path)

@@ -25,7 +25,7 @@ input, and the improvement (enhanced minus noisy; SI-SDRi from
 undefined SI-SDRs (a silent estimate or reference, ``SilentSignalError``) are logged, recorded
 as NaN in the utterance's record (``null`` in ``items/<condition>.jsonl``) and left out of the
 mean; the runner counts them per condition and metric in results.json's ``unscored``
-(:func:`downstream.results.unscored_counts`), shown beside the value in the tables and cards.
+(:func:`downstream.items.unscored_counts`), shown beside the value in the tables and cards.
 Under the ``clean`` test condition the "noisy" input is the clean speech itself, so its scores
 are the ceiling (PESQ 4.64, STOI 1, SI-SDR about 180 dB, the limit set by torchmetrics' eps) and
 the improvements there only show how much the head degrades clean speech.
@@ -451,10 +451,10 @@ class SpeechEnhancementTask(Task):
     def item_statistic(cls, items, metric):
         """Any per-utterance score (``pesq``, ``noisy_stoi``, ``pesq_improvement``...): the
         mean over the resampled utterances where it is finite (NaN PESQ failures and undefined
-        SI-SDRs left out; :func:`downstream.results.unscored_counts` counts them); NaN when
+        SI-SDRs left out; :func:`downstream.items.unscored_counts` counts them); NaN when
         none is finite. Each upstream's mean so covers its own scored utterances; a paired
         comparison of two upstreams first keeps the utterances both scored
-        (:func:`downstream.results.jointly_scored`), so that both means are over the same
+        (:func:`downstream.paired.jointly_scored`), so that both means are over the same
         ones."""
         if metric not in _SE_METRICS:
             return None
