@@ -112,6 +112,33 @@ def test_head_values_that_train_nothing_are_refused_at_load(task, values, messag
     from_dict(config_class, data)  # the defaults stand
 
 
+def test_stoi_with_under_30_frames_of_speech_is_unscored_not_averaged_in(caplog):
+    """A reference with 0.3 s of speech in 1 s (a short crop, as ``train-se``'s validation
+    pairs of ``data.crop_seconds`` are) keeps 21 STOI frames once silence is removed, fewer
+    than STOI's 30: pystoi returns 1e-5, which was averaged in as a score (a 0.5 s validation
+    crop of test-other gave it to 15 of 128 items). It is NaN and said; 0.5 s of speech is
+    scored."""
+    import logging
+
+    import numpy as np
+
+    from downstream.tasks.speech_enhancement.task import speech_metrics
+
+    rng = np.random.default_rng(0)
+    t = np.arange(16000) / 16000
+    speech = 0.1 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))
+    short = np.where(t < 0.3, speech, 0.0)
+    noisy = short + 0.01 * rng.standard_normal(16000)
+    with caplog.at_level(logging.WARNING):
+        scores = speech_metrics(noisy, short, "crop 7")
+    assert np.isnan(scores["stoi"]) and np.isfinite(scores["si_sdr"])
+    assert ("STOI undefined on crop 7 (fewer than 30 STOI frames, about 0.4 s, of speech in "
+            "the reference)") in caplog.text
+    longer = np.where(t < 0.5, speech, 0.0)
+    assert 0.5 < speech_metrics(longer + 0.01 * rng.standard_normal(16000), longer,
+                                metrics=("stoi",))["stoi"] <= 1.0
+
+
 def test_stoi_of_a_silent_reference_is_unscored_not_averaged_in(caplog):
     """A test utterance silent in its first ``max_seconds`` (an all-zero reference) had STOI
     1e-5 (pystoi's value with no speech frame) averaged into the test STOI (0.705 instead of

@@ -578,7 +578,8 @@ def test_se_card_of_a_real_distilled_se_run(tmp_path):
             "uniformly from -3 to 12 dB, reverberated with probability 0.5 by a room response "
             f"under `{tmp_path / 'rooms'}`; the training target is the speech as the room left "
             "it (it denoises, it does not dereverberate)\n") in training
-    assert "- Validation data: none (`train-se` holds out no validation set)\n" in training
+    assert ("- Validation data: none (`train-se` held out no validation set: "
+            "`validation.speech_dir` unset)\n") in training
     assert ("- Optimisation: steps 2, batch 2, Adam lr 0.002 (constant), gradient clipping 5.0 "
             "(L2 norm), seed 7\n") in training
     assert (f"- Result: finished at step 2; last logged training loss {last['loss']:.4f} "
@@ -605,6 +606,39 @@ def test_se_card_of_a_real_supervised_se_run(tmp_path):
     assert ("the training target is the dry speech before the room (it denoises and "
             "dereverberates)\n") in training
     assert "distilled from" not in text and "clean audio" not in text
+
+
+def test_se_card_of_a_run_that_validated_names_its_set_and_last_scores(tmp_path):
+    """A run with ``validation.speech_dir`` (2026-12-07): the card said "Validation data: none
+    (`train-se` holds out no validation set)" and left the validation out of the result; it
+    names the held-out pairs and gives the last validation's SI-SDR and STOI with their
+    improvements over the noisy input, as ``metrics.jsonl`` has them."""
+    import numpy as np
+    import soundfile as sf
+
+    (tmp_path / "vspeech" / "spk9").mkdir(parents=True)
+    t = np.arange(16000) / 16000
+    sf.write(tmp_path / "vspeech" / "spk9" / "v.wav",
+             (0.1 * np.sin(2 * np.pi * 300 * t) * (1 + np.sin(2 * np.pi * 3 * t)))
+             .astype(np.float32), 16000)
+    run = _tiny_se_run(tmp_path, "--validation.speech_dir", str(tmp_path / "vspeech"),
+                       "--validation.noise_dir", str(tmp_path / "noise"),
+                       "--validation.rir_dir", str(tmp_path / "rooms"),
+                       "--validation.items", "3", "--training.eval_every", "1",
+                       "--data.crop_seconds", "1.0")  # STOI needs about 0.4 s of speech
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if r["split"] == "validation"][-1]
+    assert last["step"] == 2 and last["n"] == 3
+    training = _training_section(build_card(run / "student", [], run, license="mit",
+                                            kind="se", speed=False).text)
+    assert (f"- Validation data: 3 held-out pairs made once like the training items from "
+            f"speech under `{tmp_path / 'vspeech'}`, noise under `{tmp_path / 'noise'}`, "
+            f"rooms under `{tmp_path / 'rooms'}` with probability 0.5; scored every 1 steps "
+            "and at the last (SI-SDR, STOI, the loss)\n") in training
+    assert (f"; last validation (step 2, 3 held-out pairs): SI-SDR {last['si_sdr']:.2f} dB "
+            f"({last['si_sdr_i']:+.2f} dB over the noisy input), STOI {last['stoi']:.3f} "
+            f"({last['stoi_i']:+.3f} over the noisy input)\n") in training
+    assert "holds out no validation set" not in training
 
 
 def test_se_card_says_not_recorded_for_what_the_config_lacks(tmp_path):

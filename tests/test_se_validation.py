@@ -83,16 +83,20 @@ def test_validation_pairs_are_held_out_and_a_function_of_the_seed(data):
 
 
 def test_validation_scores_are_those_of_the_saved_student_by_hand(data):
-    """The last validation (step 2) scores the saved student: its -SI-SDR loss, SI-SDR and
-    SI-SDRi are the item means computed here from the student and the pairs."""
+    """The last validation (step 2) scores the saved student: its -SI-SDR loss, SI-SDR,
+    SI-SDRi, STOI and STOIi are the item means computed here from the student and the pairs
+    (1 s crops: STOI needs about 0.4 s of speech)."""
+    from pystoi import stoi
+
     run = data / "run"
-    train_se(load_se_config(None, se_train_args(data, run, 2, *_validation_args(data))))
+    args = se_train_args(data, run, 2, *_validation_args(data), "--data.crop_seconds", "1.0")
+    train_se(load_se_config(None, args))
     rows = _rows(run, "validation")
     assert [r["step"] for r in rows] == [0, 2]  # eval_at_start, then every 2 steps
     last = rows[-1]
     assert last["n"] == 3 and last["unscored"] == {}
     assert set(last) >= {"loss", "task", "si_sdr", "si_sdr_i", "stoi", "stoi_i", "lr"}
-    cfg = load_se_config(None, se_train_args(data, run, 2, *_validation_args(data)))
+    cfg = load_se_config(None, args)
     pairs = make_validation_pairs(cfg.data, cfg.validation, cfg.seed)
     student = GRUMaskStudent.from_pretrained(run / "student")
     with torch.no_grad():
@@ -101,8 +105,30 @@ def test_validation_scores_are_those_of_the_saved_student_by_hand(data):
     noisy = [float(si_sdr(pairs.noisy[i], pairs.clean[i])) for i in range(3)]
     assert last["si_sdr"] == pytest.approx(np.mean(sdr), abs=1e-6)
     assert last["si_sdr_i"] == pytest.approx(np.mean(sdr) - np.mean(noisy), abs=1e-6)
+    out, noisy_stoi = ([stoi(pairs.clean[i].double().numpy(), x[i].double().numpy(), 16000)
+                        for i in range(3)] for x in (enhanced, pairs.noisy))
+    assert last["stoi"] == pytest.approx(np.mean(out), abs=1e-9)
+    assert last["stoi_i"] == pytest.approx(np.mean(out) - np.mean(noisy_stoi), abs=1e-9)
     # supervised: the loss is -SI-SDR (torchmetrics in float32)
     assert last["loss"] == last["task"] == pytest.approx(-np.mean(sdr), abs=1e-3)
+
+
+def test_validation_stoi_of_crops_too_short_for_it_is_unscored(data, caplog):
+    """0.25 s crops hold fewer than STOI's 30 frames: pystoi's 1e-5 was each item's STOI and
+    0 its STOIi, averaged in; now they are NaN, counted in ``unscored``, and SI-SDR stays.
+    Each item is named once, when the pairs are made, not again at every validation."""
+    run = data / "run"
+    with caplog.at_level(logging.WARNING):
+        train_se(load_se_config(None, se_train_args(data, run, 2, *_validation_args(
+            data, 3, 1))))
+    rows = _rows(run, "validation")
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    for row in rows:
+        assert row["unscored"] == {"stoi": 3, "stoi_i": 3}
+        assert np.isnan(row["stoi"]) and np.isnan(row["stoi_i"])
+        assert np.isfinite(row["si_sdr"]) and row["n"] == 3
+    said = [r.getMessage() for r in caplog.records if "STOI undefined" in r.getMessage()]
+    assert len(said) == 3 and all("(noisy)" in m for m in said)
 
 
 @pytest.mark.parametrize("recipe", [

@@ -9,6 +9,7 @@ Values a run did not record are written as :data:`NOT_RECORDED`, never guessed.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,26 @@ def _se_loss_text(loss: dict[str, Any]) -> str:
             f"{_recorded(loss, 'teacher_input')} input")
 
 
+def _se_validation_result(row: dict[str, Any]) -> list[str]:
+    """The last ``train-se`` validation (a ``metrics.jsonl`` record of split ``validation``:
+    means over its pairs) as the card's result clause; ``[]`` when the run validated never."""
+    def score(key: str, unit: str, digits: int) -> str | None:
+        value, gain = row.get(key), row.get(f"{key}_i")
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            return None
+        text = f"{value:.{digits}f}{unit}"
+        if isinstance(gain, int | float) and math.isfinite(gain):
+            text += f" ({gain:+.{digits}f}{unit} over the noisy input)"
+        return text
+
+    parts = [f"{name} {text}" for name, text in (("SI-SDR", score("si_sdr", " dB", 2)),
+                                                 ("STOI", score("stoi", "", 3))) if text]
+    if not parts:
+        return []
+    return [f"last validation (step {row.get('step', NOT_RECORDED)}, "
+            f"{row.get('n', NOT_RECORDED)} held-out pairs): " + ", ".join(parts)]
+
+
 def _se_view(run: RunSummary) -> dict[str, Any]:
     """The Training section of a ``train-se`` run
     (:class:`robustdistill.se.train.SETrainConfig`)."""
@@ -296,6 +317,7 @@ def _se_view(run: RunSummary) -> dict[str, Any]:
     if run.last_train.get("loss") is not None:
         result.append(f"last logged training loss {run.last_train['loss']:.4f} "
                       f"(step {run.last_train.get('step')})")
+    result += _se_validation_result(run.last_validation)
     return {
         "recipe": "se", "distilled": _se_uses_teacher(loss) or not loss,
         "dir": str(run.run_dir), "command": "robustdistill train-se",

@@ -282,10 +282,29 @@ def _snr_text(snr: Any) -> str:
     return f"an SNR range {NOT_RECORDED}"
 
 
-def _describe_se_data(data: dict[str, Any]) -> tuple[str, str, str]:
-    """Training data, validation data and the student's input of a ``train-se`` run
-    (:class:`robustdistill.se.data.PairConfig`)."""
-    valid = "none (`train-se` holds out no validation set)"
+def _describe_se_validation(config: dict[str, Any]) -> str:
+    """The validation set of a ``train-se`` run (its ``validation`` section,
+    :class:`robustdistill.se.validation.ValidationOptions`; none unless ``speech_dir`` is set,
+    as in runs before 2026-12-07, which have no such section)."""
+    valid = config_section(config, "validation")
+    if not valid.get("speech_dir"):
+        return "none (`train-se` held out no validation set: `validation.speech_dir` unset)"
+    data, training = config_section(config, "data"), config_section(config, "training")
+    prob = data.get("reverb_prob")
+    rooms = (f"rooms under {_folder(valid, 'rir_dir')} with probability {prob:g}"
+             if valid.get("rir_dir") and isinstance(prob, int | float) and prob > 0
+             else "no reverberation")
+    return (f"{_value(valid, 'items')} held-out pairs made once like the training items from "
+            f"speech under {_folder(valid, 'speech_dir')}, noise under "
+            f"{_folder(valid, 'noise_dir')}, {rooms}; scored every "
+            f"{_value(training, 'eval_every')} steps and at the last (SI-SDR, STOI, the loss)")
+
+
+def _describe_se_data(config: dict[str, Any]) -> tuple[str, str, str]:
+    """Training data, validation data (:func:`_describe_se_validation`) and the student's
+    input of a ``train-se`` run's config (``data``: :class:`robustdistill.se.data.PairConfig`).
+    """
+    data, valid = config_section(config, "data"), _describe_se_validation(config)
     if not data:
         return f"{NOT_RECORDED} in the run's config", valid, f"{NOT_RECORDED} in the run's config"
     crop = data.get("crop_seconds")
@@ -553,7 +572,7 @@ def summarise_run(run_dir: str | Path, step: int | None = None,
         except (OSError, ValueError) as err:  # an unknown architecture: say less, not fail
             logger.warning("could not read the teacher %s: %s", teacher, err)
     if recipe == "se":
-        train, valid, corruption = _describe_se_data(config_section(config, "data"))
+        train, valid, corruption = _describe_se_data(config)
     elif recipe == "speaker":
         train, valid, corruption = _describe_speaker_data(config_section(config, "data"),
                                                           read_run_result(run_dir))

@@ -169,7 +169,21 @@ def evaluate_model(model: FrameModel, pairs: TestPairs) -> dict:
 
 def scored_means(rows: list[dict[str, float]]) -> dict:
     """Each score's mean over the rows where it is finite, ``n`` rows, and ``unscored``:
-    ``{score: rows where it is not finite}`` (only counts above 0)."""
+    ``{score: rows where it is not finite}`` (only counts above 0). The SE evaluation's and
+    ``train-se``'s validation's (:mod:`robustdistill.se.validation`) aggregate.
+
+    Args:
+        rows: one ``{score: value}`` per item (utterance or pair), each with the first's keys;
+            NaN / Inf for a score the item could not get.
+
+    Returns:
+        ``{score: mean (NaN when no row has it finite), "n": len(rows), "unscored": {...}}``.
+
+    Raises:
+        ValueError: no rows.
+    """
+    if not rows:
+        raise ValueError("scored_means needs at least one row")
     values = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]}
     agg: dict = {k: float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else float("nan")
                  for k, v in values.items()}

@@ -19,7 +19,9 @@ computed on it (:class:`~robustdistill.se.losses.SELoss`, the teacher on the ite
 step's loss reads it) with SI-SDR (dB) and STOI of the enhanced output against the target and
 their improvements over the noisy input
 (:func:`downstream.tasks.speech_enhancement.task.speech_metrics`, the project's one
-implementation). Items are spread over the processes (item ``i`` on rank ``i mod world``, each
+implementation; a score the noisy input cannot have, because the target is silent or holds
+under STOI's 30 frames (about 0.4 s) of speech, is NaN for the output too, counted in
+``unscored``). Items are spread over the processes (item ``i`` on rank ``i mod world``, each
 once, as ``distill`` does), gathered, and averaged in item order on the main process.
 Validation reads no random generator and changes no weight: a run trains the same weights with
 it on or off.
@@ -211,10 +213,14 @@ def validate(acc, student, loss_fn, teacher, pairs: ValidationPairs, step: int,
         s_out = model(noisy, return_activations=layers)
         total, parts = heads(step, s_out, clean, teacher_out)
         row = {"loss": float(total), **{k: float(v) for k, v in parts.items()}}
+        # a score the noisy input has not is undefined for any output, since the target
+        # decides it (silent, or under STOI's 30 frames of speech): NaN, said once at start-up
+        base = pairs.noisy_scores[i]
         scores = speech_metrics(s_out.enhanced[0].float().cpu().numpy(),
-                                pairs.clean[i].numpy(), f"validation item {i}", metrics=SCORES)
-        row.update({k: scores[k] for k in SCORES})
-        row.update({f"{k}_i": scores[k] - pairs.noisy_scores[i][k] for k in SCORES})
+                                pairs.clean[i].numpy(), f"validation item {i}",
+                                metrics=tuple(k for k in SCORES if np.isfinite(base[k])))
+        row.update({k: scores.get(k, float("nan")) for k in SCORES})
+        row.update({f"{k}_i": scores.get(k, float("nan")) - base[k] for k in SCORES})
         rows.append((i, row))
     model.train(was_training)
     rows = gather_object(rows) if acc.num_processes > 1 else rows

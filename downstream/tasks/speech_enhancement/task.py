@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -512,6 +513,28 @@ MIN_METRIC_SAMPLES = 410
 #: The scores :func:`speech_metrics` gives, in its order.
 SPEECH_METRICS = ("pesq", "stoi", "si_sdr")
 
+#: pystoi's value (with a ``RuntimeWarning``) when the reference keeps fewer than 30 STOI
+#: frames (384 ms at its 10 kHz) once its silent frames are removed: no score, but a mean
+#: would take it as one.
+_STOI_UNDEFINED = 1e-5
+
+
+def _stoi(estimate: np.ndarray, reference: np.ndarray, key: str) -> float:
+    """STOI of ``estimate`` against ``reference`` (``(S,)`` float64, 16 kHz), or NaN (logged)
+    when it is undefined: a silent reference, or one with fewer than 30 STOI frames of speech
+    (about 0.4 s; a short crop, or speech in only a fraction of it)."""
+    if not np.any(reference):
+        reason = "the reference is silent"
+    else:
+        with warnings.catch_warnings():  # said below, once per pair with its key
+            warnings.filterwarnings("ignore", "Not enough STFT frames", RuntimeWarning)
+            value = float(stoi(reference, estimate, SAMPLE_RATE))
+        if value != _STOI_UNDEFINED:
+            return value
+        reason = "fewer than 30 STOI frames, about 0.4 s, of speech in the reference"
+    logger.warning("STOI undefined on %s (%s); left out of the mean", key, reason)
+    return float("nan")
+
 
 def speech_metrics(estimate: np.ndarray, reference: np.ndarray, key: str = "",
                    metrics: Sequence[str] = SPEECH_METRICS) -> dict[str, float]:
@@ -525,17 +548,18 @@ def speech_metrics(estimate: np.ndarray, reference: np.ndarray, key: str = "",
             the slow one, about 0.13 s per 2 s pair on one CPU thread, STOI about 0.02 s).
 
     Returns:
-        ``{"pesq", "stoi", "si_sdr"}`` (those of ``metrics``); ``pesq`` is NaN (logged) when PESQ cannot score the
-        pair (e.g. no speech detected), ``si_sdr`` is NaN (logged) when either signal is
-        silent (SI-SDR undefined; torchmetrics would report 0 dB for a silent estimate),
-        ``stoi`` is NaN (logged) when the reference is silent (all zeros, e.g. an utterance
-        whose first ``max_seconds`` are silence: pystoi returns 1e-5, averaged in as a score
-        before).
+        ``{"pesq", "stoi", "si_sdr"}`` (those of ``metrics``); ``pesq`` is NaN (logged) when
+        PESQ cannot score the pair (e.g. no speech detected), ``si_sdr`` is NaN (logged) when
+        either signal is silent (SI-SDR undefined; torchmetrics would report 0 dB for a
+        silent estimate), ``stoi`` is NaN (logged) when the reference is silent (all zeros,
+        e.g. an utterance whose first ``max_seconds`` are silence) or holds fewer than 30
+        STOI frames (about 0.4 s) of speech (e.g. a short crop): pystoi returns 1e-5 for
+        both, which was averaged in as a score before.
 
     Length: at least ``MIN_METRIC_SAMPLES`` (410 samples, 25.6 ms: one 256-sample STOI frame
     at STOI's 10 kHz; pystoi crashes on less). PESQ needs 0.25 s (4000 samples) and scores
     shorter pairs NaN (logged, code -6); STOI needs 30 of its frames (about 0.4 s) of speech
-    and returns 1e-5 (with a warning) for fewer.
+    and is NaN (logged) for fewer.
 
     Raises:
         ValueError: not 1-D, different lengths, fewer than ``MIN_METRIC_SAMPLES`` samples
@@ -563,12 +587,7 @@ def speech_metrics(estimate: np.ndarray, reference: np.ndarray, key: str = "",
             score = float("nan")
         scores["pesq"] = float(score)
     if "stoi" in metrics:
-        if np.any(reference):
-            scores["stoi"] = float(stoi(reference, estimate, SAMPLE_RATE))
-        else:  # pystoi finds no speech frame and returns 1e-5, which a mean would take as a score
-            logger.warning("STOI undefined on %s (the reference is silent); left out of the "
-                           "mean", key)
-            scores["stoi"] = float("nan")
+        scores["stoi"] = _stoi(estimate, reference, key)
     if "si_sdr" in metrics:
         try:
             scores["si_sdr"] = float(si_sdr(estimate, reference))
