@@ -163,6 +163,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     (:func:`downstream.folders.aggregate_listing`).
     """
     from robustdistill.cli import hub_error
+    from robustdistill.interrupts import note
     from robustdistill.processes import require_single_process
 
     from .config import ConfigError
@@ -183,7 +184,9 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             overrides=overrides or None, evaluate_only=args.evaluate_only,
             bootstrap_resamples=args.bootstrap_resamples, label=label,
         )
-        results = run_seeds(options, args.seeds) if args.seeds else run_evaluation(options)
+        with note(lambda: f"; the hidden states cached in {args.out}/cache so far stay (each "
+                          "file is written whole): the same command reuses them"):
+            results = run_seeds(options, args.seeds) if args.seeds else run_evaluation(options)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     except OSError as err:  # the upstream could not be loaded
@@ -270,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    return commands[argv[0]](argv[1:])
+    from robustdistill.interrupts import handled
+
+    with handled(f"python -m downstream.cli {argv[0]}"):  # Ctrl-C, SIGTERM: one line
+        return commands[argv[0]](argv[1:])
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ __all__ = [
     "checkpoint_index",
     "checkpoint_step",
     "latest_checkpoint",
+    "newest_checkpoint_note",
     "list_checkpoints",
     "publish_checkpoint",
     "remove_incomplete",
@@ -119,6 +120,26 @@ def latest_checkpoint(folder: str | os.PathLike, require_manifest: bool = True,
     """The newest complete checkpoint in ``folder`` (see :func:`list_checkpoints`), or None."""
     found = list_checkpoints(folder, require_manifest, prefix)
     return found[-1] if found else None
+
+
+def newest_checkpoint_note(folder: str | os.PathLike, resume: str,
+                           prefix: str = CHECKPOINT_PREFIX, unit: str = "step") -> str:
+    """What an interrupted run's line says about its checkpoints
+    (:func:`robustdistill.interrupts.note`): ``the newest checkpoint is FOLDER/checkpoint_7
+    (step 35; RESUME)``, or, with none complete yet, that the same command starts again.
+
+    Args:
+        folder: the run's checkpoints folder (may not exist).
+        resume: how to go on from it (``resume with --resume``).
+        prefix: the checkpoint folders' prefix (``epoch_`` for speaker training).
+        unit: what the manifest's step counts (``epoch``).
+    """
+    newest = latest_checkpoint(folder, prefix=prefix)
+    if newest is None:
+        return "no checkpoint of this run yet: the same command starts it again"
+    step = checkpoint_step(newest)
+    return (f"the newest checkpoint is {newest} "
+            f"({'' if step is None else f'{unit} {step}; '}{resume})")
 
 
 def _fsync(path: Path) -> None:

@@ -347,7 +347,11 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``robustdistill`` console script."""
+    """Entry point of the ``robustdistill`` console script.
+
+    A Ctrl-C (SIGINT) or SIGTERM during a command ends it with one line naming where it stopped
+    (its newest checkpoint, for a trainer) and the signal's status, 130 or 143, instead of a
+    traceback (:func:`robustdistill.interrupts.handled`)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__.strip())
@@ -357,8 +361,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"robustdistill: unknown command {argv[0]!r}", file=sys.stderr)
         print(__doc__.strip(), file=sys.stderr)
         return 2
-    _setup_logging()
-    return COMMANDS[argv[0]](argv[1:])
+    from .interrupts import handled
+
+    with handled(f"robustdistill {argv[0]}"):  # Ctrl-C, SIGTERM: one line, status 130 / 143
+        _setup_logging()
+        return COMMANDS[argv[0]](argv[1:])
 
 
 if __name__ == "__main__":

@@ -903,6 +903,29 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
             entries depend on the random crops of training, so it can only be filled lazily).
         TypeError: a split whose dataset has no ``full_waveform`` (a streaming dataset).
     """
+    from .interrupts import note
+
+    counts: dict[str, int] = {}  # this process's, for the line of an interrupt
+    with note(lambda: _interrupt_note(cfg, counts)):
+        return _build_cache(cfg, splits, limit, counts)
+
+
+def _interrupt_note(cfg, counts: dict[str, int]) -> str:
+    """What an interrupted ``cache-teacher`` says (:func:`robustdistill.interrupts.note`): the
+    entries this process wrote, and that the same command builds only the rest."""
+    from .processes import launched_processes
+
+    whose = " by process 0" if launched_processes() > 1 else ""  # the one that prints
+    written = (f"after {counts['computed']} new entries{whose} ({counts['skipped']} were "
+               "there)" if counts else "while starting")
+    return (f"{written}; every entry complete in {cfg.teacher_cache.dir} stays (each is "
+            "written whole): the same command builds the rest")
+
+
+def _build_cache(cfg, splits: Sequence[str], limit: int | None,
+                 counts: dict[str, int]) -> dict:
+    """:func:`build_cache`; ``counts`` holds this process's entries computed and skipped so
+    far."""
     from accelerate import Accelerator
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
@@ -944,6 +967,7 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
     # A resumed build on several processes finds what is left first (a decode per item); one
     # process, or an empty cache, has an even share by position already. Agreed before any
     # process writes an entry (a collective: the first pass gathers).
+    counts.update(computed=0, skipped=0)  # started: the teacher is loaded
     resumed = acc.num_processes > 1 and any_process(
         acc, next(cache.path.glob("*/*.safetensors"), None) is not None)
     for split in splits:
@@ -971,6 +995,7 @@ def build_cache(cfg, *, splits: Sequence[str] = ("train", "validation"),
             else:
                 skipped += 1
             bar.set_postfix(computed=computed, skipped=skipped)
+            counts.update(computed=computed, skipped=skipped)
     acc.wait_for_everyone()
     per_process = gather_object([{"computed": computed, "skipped": skipped,
                                   "unusable": unusable}])

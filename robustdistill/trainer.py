@@ -58,6 +58,7 @@ from .checkpoints import (
     checkpoint_index,
     latest_checkpoint,
     list_checkpoints,
+    newest_checkpoint_note,
     remove_incomplete,
     save_checkpoint,
     tracker_resume_kwargs,
@@ -68,7 +69,8 @@ from .config import ConfigError, DistillConfig, check_model_path
 from .data import ShardedRandomSampler, build_dataloader, build_datasets
 from .environment import record_environment
 from .export import export_run_student, not_export_files, run_export_of_step
-from .files import name_list
+from .files import atomic_write_text, name_list
+from .interrupts import note
 from .nonfinite import NonFiniteTrainingError, any_process, stop_nonfinite
 from .objectives import (
     DistillationInputs,
@@ -1215,7 +1217,31 @@ def train(cfg: DistillConfig) -> Path:
             (none at step 0) and ``stopped.json`` names the skipped files.
     """
     _check_output_dir(cfg.output_dir, resuming=bool(cfg.training.resume_from))  # before loading
+    runs: list[_Run] = []  # the run once built, for the line of an interrupt
+    with note(lambda: _interrupt_note(cfg, runs[0] if runs else None)):
+        return _train(cfg, runs)
+
+
+def _interrupt_note(cfg: DistillConfig, run: _Run | None) -> str:
+    """Where an interrupted distillation stopped (:func:`robustdistill.interrupts.note`):
+    ``after step 37 of 60; the newest checkpoint is .../checkpoint_7 (step 35; resume with
+    --resume)``; a run started with ``--resume`` (``resume_from`` auto or latest) resumes with
+    the same command, one started from another run's checkpoint with ``resume_from latest``
+    (``--resume`` beside ``--training.resume_from`` is refused). Reads the checkpoints folder
+    only: no collective."""
+    at = (f"after step {run.progress.step} of {cfg.training.max_steps}" if run is not None
+          else "while starting")
+    where = cfg.training.resume_from
+    how = ("resume with --resume" if not where
+           else "run the same command again to resume" if where in ("auto", "latest")
+           else "resume with --training.resume_from latest in place of the checkpoint given")
+    return f"{at}; " + newest_checkpoint_note(Path(cfg.output_dir) / "checkpoints", how)
+
+
+def _train(cfg: DistillConfig, runs: list[_Run]) -> Path:
+    """:func:`train` once the output folder is checked; appends the run to ``runs``."""
     run = _Run(cfg)
+    runs.append(run)
     acc, t = run.accelerator, cfg.training
     # the settings the run was last started with, before config.yaml is written again
     changes = saved_config_changes(run.output_dir, cfg.to_dict(), _RESUME_FREE)
@@ -1233,7 +1259,8 @@ def train(cfg: DistillConfig) -> Path:
     run.write_student_init()  # unless the resume wrote it (or the run has its own)
     changes = changes if run.resumed_own_checkpoint else []
     if acc.is_main_process:  # after the resume: a refused one leaves the run's settings
-        (run.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(run.output_dir / "config.yaml",  # whole, even if interrupted
+                          yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         # with it, the folder its relative paths are from (the record's cwd)
         record_environment(run.output_dir, run.progress.step, config_changes=changes)
     if changes and acc.is_main_process:

@@ -46,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write_text
+from ..interrupts import note as interrupt_note
 from ..run_settings import saved_config_changes
 from .evaluate import evaluate_model, make_test_pairs, noisy_summary
 from .losses import METHODS
@@ -81,7 +83,7 @@ def _record_train_seconds(run_dir: Path, seconds: float | None) -> None:
     folder is gone, or a time is already kept there."""
     path = run_dir / TRAIN_SECONDS
     if seconds is not None and run_dir.is_dir() and not path.is_file():
-        path.write_text(json.dumps({"train_seconds": seconds}))
+        atomic_write_text(path, json.dumps({"train_seconds": seconds}))
 
 
 def _recorded_train_seconds(run_dir: Path) -> float | None:
@@ -265,17 +267,25 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--snrs asks for input SNRs some merged results lack: "
                          + "; ".join(lacking))
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "results.json").write_text(json.dumps(merged, indent=1))
+        atomic_write_text(Path(args.out) / "results.json", json.dumps(merged, indent=1))
         dropped = sorted(set.union(*per_entry) - set(snrs), key=float)
         if dropped:
             logging.getLogger(__name__).warning(
                 "SNRs %s dB are not in every merged result: left out of the table",
                 ", ".join(dropped))
         text = render_table(merged, snrs, args.methods, args.sizes)
-        (Path(args.out) / "table.md").write_text(text)
+        atomic_write_text(Path(args.out) / "table.md", text)
         print(text)
         return 0
     args.snrs = args.snrs or [-5.0, 0.0, 5.0]
+    with interrupt_note(lambda: f"; {Path(args.out) / 'results.json'} keeps the entries "
+                                "finished so far: the same command goes on from there"):
+        return _build(parser, args)
+
+
+def _build(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Train, score and tabulate what ``results.json`` lacks (:func:`main` without
+    ``--merge``)."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -321,10 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.is_file() else {}
 
-    def save() -> None:
-        res_path.write_text(json.dumps(results, indent=1))
+    def save() -> None:  # whole files: a Ctrl-C or a kill while saving keeps the last ones
+        atomic_write_text(res_path, json.dumps(results, indent=1))
         snrs = [f"{s:g}" for s in args.snrs]
-        (out / "table.md").write_text(render_table(results, snrs, args.methods, args.sizes))
+        atomic_write_text(out / "table.md", render_table(results, snrs, args.methods, args.sizes))
 
     try:
         pairs = make_test_pairs(args.test_speech, args.test_noise, tuple(args.snrs),
@@ -374,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             train_s = _recorded_train_seconds(run_dir)
         else:
             train_s = round(time.perf_counter() - t0, 1)
-            (run_dir / TRAIN_SECONDS).write_text(json.dumps({"train_seconds": train_s}))
+            atomic_write_text(run_dir / TRAIN_SECONDS, json.dumps({"train_seconds": train_s}))
         student = GRUMaskStudent.from_pretrained(run_dir / "student")
         results[key] = {"method": method, "size": size, "seed": seed,
                         "parameters": count_parameters(student),
@@ -390,4 +400,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from robustdistill.interrupts import handled
+
+    with handled("python -m robustdistill.se.table"):  # Ctrl-C, SIGTERM: one line, 130 / 143
+        raise SystemExit(main())

@@ -54,6 +54,7 @@ from ..checkpoints import (
     CheckpointError,
     latest_checkpoint,
     list_checkpoints,
+    newest_checkpoint_note,
     remove_incomplete,
     save_checkpoint,
     tracker_resume_kwargs,
@@ -68,6 +69,8 @@ from ..config import (
     read_config_file,
 )
 from ..environment import record_environment
+from ..files import atomic_write_text
+from ..interrupts import note as interrupt_note
 from ..nonfinite import NonFiniteTrainingError, any_process, stop_nonfinite
 from ..outcome import FINAL_STATE, write_outcome
 from ..processes import finish_processes, print_stop
@@ -596,6 +599,22 @@ def train_se(cfg: SETrainConfig) -> Path:
     validation is one ``metrics.jsonl`` line (split ``validation``) and TensorBoard's
     ``validation/<value>`` points, written by the main process. It changes no weight.
     """
+    done: list[int] = []  # the last step completed, for the line of an interrupt
+    with interrupt_note(lambda: _interrupt_note(cfg, done)):
+        return _train_se(cfg, done)
+
+
+def _interrupt_note(cfg: SETrainConfig, done: list[int]) -> str:
+    """Where an interrupted ``train-se`` stopped (:func:`robustdistill.interrupts.note`):
+    ``after step 37 of 200; the newest checkpoint is .../checkpoint_30 (step 30; run the same
+    command again to resume)``. Reads the checkpoints folder only: no collective."""
+    at = f"after step {done[-1]} of {cfg.training.max_steps}" if done else "while starting"
+    return f"{at}; " + newest_checkpoint_note(
+        Path(cfg.output_dir) / "checkpoints", "run the same command again to resume")
+
+
+def _train_se(cfg: SETrainConfig, done_steps: list[int]) -> Path:
+    """:func:`train_se`; ``done_steps`` holds the last step completed."""
     from accelerate import Accelerator
     from accelerate.utils import (
         DistributedDataParallelKwargs,
@@ -669,7 +688,8 @@ def train_se(cfg: SETrainConfig) -> Path:
         truncate_log(out / "metrics.jsonl", 0)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(out / "config.yaml",  # whole, even if interrupted
+                          yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         record_environment(out, start, config_changes=changes if newest is not None else None)
     # a fresh start hides what a run killed before its first checkpoint logged (steps >= 0:
     # the step-0 validation too)
@@ -739,6 +759,7 @@ def train_se(cfg: SETrainConfig) -> Path:
         counts.record(step, bad_loss, bad_step, float(grad_norm))
         bar.update(1)
         done = step + 1
+        done_steps[:] = [done]
         if counts.nonfinite_in_a_row >= t.max_nonfinite_in_a_row:
             bar.close()
             checkpoint = save(done)

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from downstream.config import load_config
+from robustdistill.checkpoints import newest_checkpoint_note
 from robustdistill.config import check_model_path, parse_overrides
 from robustdistill.files import file_blocking_folder
+from robustdistill.interrupts import note
 from robustdistill.messages import first_line
 from robustdistill.processes import require_single_process
 
@@ -29,7 +31,7 @@ from .ig import (
     parse_gap_steps,
 )
 from .inputs import TeacherLoadError, load_run_inputs
-from .run_folder import check_run_folder
+from .run_folder import EPOCH_PREFIX, check_run_folder
 from .table import finished_run, format_table, run_table, table_runs
 from .train import train_system
 
@@ -108,22 +110,45 @@ def main(argv: list[str]) -> int:
         parser.error(str(err))
     # Inputs are loaded first: an input error ends in one line, not a traceback. The work runs
     # outside that handler, so an error hours in (a cache folder deleted) keeps its traceback.
-    if args.action == "gap":
-        inputs = _load_or_exit(parser, lambda: load_ig_inputs(cfg, 1))
-        print(json.dumps(completeness_by_steps(cfg, steps, num_crops, inputs), indent=1))
+    # A Ctrl-C or SIGTERM: one line naming where the work is (robustdistill.interrupts).
+    with note(lambda: _interrupt_note(cfg, args.action)):
+        if args.action == "gap":
+            inputs = _load_or_exit(parser, lambda: load_ig_inputs(cfg, 1))
+            print(json.dumps(completeness_by_steps(cfg, steps, num_crops, inputs), indent=1))
+            return 0
+        if args.action == "cache":
+            inputs = _load_or_exit(parser, lambda: load_ig_inputs(cfg))
+            print(json.dumps(fill_cache(cfg, inputs=inputs), indent=1))
+            return 0
+        run_inputs = _load_or_exit(parser, lambda: load_run_inputs(cfg))
+        if args.action == "table":
+            print(format_table(run_table(cfg, run_inputs)))
+            return 0
+        teacher, crops, sets, skipped = run_inputs
+        result = train_system(cfg, teacher, crops, sets, skipped_files=skipped)
+        print(json.dumps(result.get("eval", {}), indent=1))
         return 0
-    if args.action == "cache":
-        inputs = _load_or_exit(parser, lambda: load_ig_inputs(cfg))
-        print(json.dumps(fill_cache(cfg, inputs=inputs), indent=1))
-        return 0
-    run_inputs = _load_or_exit(parser, lambda: load_run_inputs(cfg))
-    if args.action == "table":
-        print(format_table(run_table(cfg, run_inputs)))
-        return 0
-    teacher, crops, sets, skipped = run_inputs
-    result = train_system(cfg, teacher, crops, sets, skipped_files=skipped)
-    print(json.dumps(result.get("eval", {}), indent=1))
-    return 0
+
+
+def _interrupt_note(cfg: SpeakerKDConfig, action: str) -> str:
+    """The note of an interrupted ``train-speaker ACTION`` (:func:`robustdistill.interrupts.
+    note`): ``train``: the run's newest complete ``checkpoints/epoch_N`` and ``--training.resume
+    true``; ``table``: the finished runs of ``table.output_dir`` stay, and the same command with
+    ``--training.resume true`` reuses them and resumes the one interrupted; ``cache``: the maps
+    complete in ``ig.cache_dir`` stay (each is written whole), the same command computes the
+    rest; ``gap`` writes nothing. Reads the disk only."""
+    if action == "train":
+        return "; " + newest_checkpoint_note(Path(cfg.training.output_dir) / "checkpoints",
+                                             "resume with --training.resume true",
+                                             prefix=EPOCH_PREFIX, unit="epoch")
+    if action == "table":
+        return (f"; the finished runs in {cfg.table.output_dir} stay: the same command with "
+                "--training.resume true reuses them and resumes the interrupted one from its "
+                "newest checkpoint")
+    if action == "cache":
+        return (f"; the maps complete in {cfg.ig.cache_dir} stay (each is written whole): the "
+                "same command computes the rest")
+    return ""
 
 
 def _folders_written(cfg: SpeakerKDConfig, action: str) -> list[tuple[str, str]]:

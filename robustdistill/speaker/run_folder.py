@@ -25,12 +25,12 @@ from robustdistill.run_settings import config_changes
 
 from .config import SpeakerKDConfig
 
-__all__ = ["check_run_folder", "logged_epochs", "save_epoch_checkpoint", "weight_settings"]
+__all__ = ["EPOCH_PREFIX", "check_run_folder", "logged_epochs", "save_epoch_checkpoint", "weight_settings"]
 
 
 #: Speaker checkpoints are ``checkpoints/epoch_N`` (N epochs done), written and published as
 #: the distillation trainer's (:mod:`robustdistill.checkpoints`).
-_EPOCH_PREFIX = "epoch_"
+EPOCH_PREFIX = "epoch_"
 
 
 def _last_checkpoint(output_dir: Path) -> tuple[Path, int] | None:
@@ -40,9 +40,9 @@ def _last_checkpoint(output_dir: Path) -> tuple[Path, int] | None:
     newest bare ``epoch_N`` folder, as runs older than the manifest wrote them.
     """
     folder = output_dir / "checkpoints"
-    path = (latest_checkpoint(folder, prefix=_EPOCH_PREFIX)
-            or latest_checkpoint(folder, require_manifest=False, prefix=_EPOCH_PREFIX))
-    return (path, checkpoint_index(path, _EPOCH_PREFIX)) if path else None
+    path = (latest_checkpoint(folder, prefix=EPOCH_PREFIX)
+            or latest_checkpoint(folder, require_manifest=False, prefix=EPOCH_PREFIX))
+    return (path, checkpoint_index(path, EPOCH_PREFIX)) if path else None
 
 
 #: The file in each checkpoint holding :func:`weight_settings` of the run that wrote it.
@@ -94,9 +94,9 @@ def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_di
     if last is None:
         return None
     if not cfg.training.resume:
-        earlier = sorted((p.name for p in (out_dir / "checkpoints").glob(f"{_EPOCH_PREFIX}*")
-                          if checkpoint_index(p, _EPOCH_PREFIX) is not None),
-                         key=lambda n: checkpoint_index(n, _EPOCH_PREFIX))
+        earlier = sorted((p.name for p in (out_dir / "checkpoints").glob(f"{EPOCH_PREFIX}*")
+                          if checkpoint_index(p, EPOCH_PREFIX) is not None),
+                         key=lambda n: checkpoint_index(n, EPOCH_PREFIX))
         raise ValueError(
             f"{folder_key.split('.')[0]} run folder {str(out_dir)!r} holds checkpoints of an "
             f"earlier run ({', '.join(earlier)}); allowed: --training.resume true to continue "
@@ -141,7 +141,7 @@ def save_epoch_checkpoint(accelerator, output_dir: Path, epochs_done: int,
     folder the run is in (:data:`_STARTED_IN`: its relative paths are from there)."""
     save_checkpoint(accelerator, output_dir / "checkpoints", epochs_done, epochs_done,
                     state={_RUN_SETTINGS: {**settings, _STARTED_IN: os.getcwd()}}, keep=keep,
-                    prefix=_EPOCH_PREFIX, replace=True)
+                    prefix=EPOCH_PREFIX, replace=True)
 
 
 def logged_epochs(log_path: Path, epochs_done: int) -> list[dict[str, Any]]:

@@ -1,0 +1,205 @@
+"""Ctrl-C (SIGINT) and SIGTERM in a command: one line saying where the work stopped and how to
+go on, no traceback, and the exit status of the signal.
+
+    robustdistill distill: interrupted after step 37 of 60; the newest checkpoint is
+    runs/demo/checkpoints/checkpoint_7 (step 35; resume with --resume)
+
+:func:`handled` wraps a command (``robustdistill.cli.main`` wraps every subcommand, and
+``python -m robustdistill.se.table`` its own ``main``); a command says what it has done so far
+with :func:`note` around its work. The first signal raises ``KeyboardInterrupt`` (SIGTERM:
+:class:`Terminated`, a subclass) in the main thread, so the stack unwinds as for Python's own
+Ctrl-C: nothing is written on the way out, and what was written stays as it is (checkpoints,
+cache entries and hidden-state files are published atomically: a write cut short leaves a
+temporary name that the next start removes).
+
+Exit status: SIGINT ends the process by SIGINT once the interpreter has shut down (as Python
+does for an uncaught ``KeyboardInterrupt``): a shell shows 130, ``subprocess`` a return code of
+-2, and a shell loop around the command (``until robustdistill distill ... --resume; do sleep
+10; done``) stops as well. An ``exit(130)`` instead would tell bash that the command handled the
+Ctrl-C itself, and the loop would start it again. SIGTERM exits with status 143 (128 + 15, what
+``accelerate launch`` itself exits with on SIGTERM).
+
+A second signal stops the process at once (the default action, even inside a C call), except
+one that comes within :data:`REPEAT_GRACE_S` of the first: that is a launcher passing on the
+same Ctrl-C (``accelerate launch`` sends SIGTERM to its child, torchrun's agent the signal it
+got; a terminal's Ctrl-C reaches both), not a second one.
+
+On several processes the line is printed by the first launched process only (``RANK`` 0 or
+unset): every rank stops on the same signal, and their notes name the same checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+__all__ = ["REPEAT_GRACE_S", "Terminated", "handled", "interrupted", "note"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds after the first signal in which another is taken for the same interrupt passed on
+#: by a launcher, and ignored; any later one stops the process at once.
+REPEAT_GRACE_S = 1.0
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: The first signal received and when (``time.monotonic()``); None until one comes.
+_received: tuple[int, float] | None = None
+#: The innermost :func:`note` that an interrupt passed through (None: no note).
+_note: str | None = None
+#: The signals :func:`handled` handles (those at their default when it started).
+_installed: tuple[int, ...] = ()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's ``KeyboardInterrupt`` (a subclass, so
+    code that stops cleanly on Ctrl-C, such as torch's DataLoader workers, does the same)."""
+
+
+def interrupted() -> int | None:
+    """The signal number (``signal.SIGINT`` or ``signal.SIGTERM``) this process was stopped by
+    while a :func:`handled` command ran, else None."""
+    return None if _received is None else _received[0]
+
+
+def _on_signal(signum: int, frame) -> None:
+    """The handler of SIGINT and SIGTERM while a command runs."""
+    global _received
+    if _received is None:
+        _received = (signum, time.monotonic())
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
+    if time.monotonic() - _received[1] < REPEAT_GRACE_S:
+        return  # the same interrupt, passed on by a launcher
+    _stop_now(signum)
+
+
+def _stop_now(signum: int) -> None:
+    """End the process by ``signum``'s default action (a second Ctrl-C: no clean-up)."""
+    _default_handlers()
+    os.kill(os.getpid(), signum)
+    os._exit(128 + signum)  # only if the signal is blocked in this thread
+
+
+def _default_handlers() -> None:
+    """Any further SIGINT or SIGTERM ends the process at once, even inside a C call (one
+    that was ignored when the command started stays ignored)."""
+    for signum in _installed:
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def _is_interrupt(err: BaseException) -> bool:
+    """Whether ``err`` ends the command because of an interrupt: a ``KeyboardInterrupt``, or any
+    error while a signal was received (a collective failing because another process stopped,
+    a DataLoader worker that the terminal's Ctrl-C ended first)."""
+    return isinstance(err, KeyboardInterrupt) or _received is not None
+
+
+@contextmanager
+def note(describe: Callable[[], str]) -> Iterator[None]:
+    """Say where the work inside stopped if an interrupt passes through it.
+
+    Args:
+        describe: called once, only on an interrupt, while the exception passes; returns what
+            follows ``interrupted`` in the command's line (``after step 37 of 60; the newest
+            checkpoint is ... (resume with --resume)``). It must be cheap and must not wait
+            for other processes; an error in it leaves the line without a note.
+
+    The innermost note wins (``train-se`` inside ``se.table`` names its own checkpoint). Any
+    exception passes through unchanged.
+    """
+    global _note
+    try:
+        yield
+    except BaseException as err:
+        if _note is None and _is_interrupt(err):
+            try:
+                _note = describe()
+            except Exception:  # noqa: BLE001 - the line without a note beats a second traceback
+                logger.debug("interrupt note failed", exc_info=True)
+        raise
+
+
+def _print_line(prog: str, signum: int | None) -> None:
+    """Close open progress bars (so the line starts on its own line) and print the line."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001,S112 - a bar that cannot close stays as it is
+            continue
+    what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+    gap = "" if not _note or _note[0] in ",;" else " "
+    text = " ".join(f"{what}{gap}{_note or ''}".split())  # one line
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{prog}: {text}", file=sys.stderr, flush=True)
+
+
+def _quiet_excepthook(previous):
+    """A ``sys.excepthook`` that prints nothing for a ``KeyboardInterrupt`` :func:`handled`
+    already reported, and defers to ``previous`` for anything else."""
+
+    def hook(kind, value, tb):
+        if not getattr(value, "_robustdistill_reported", False):
+            previous(kind, value, tb)
+
+    hook._robustdistill = True  # installed once
+    return hook
+
+
+@contextmanager
+def handled(prog: str) -> Iterator[None]:
+    """Run a command with SIGINT and SIGTERM turned into one line and the signal's exit status.
+
+    Installs the handlers while the block runs (main thread only, and only over Python's
+    defaults: another program's handler is left alone), and restores the previous ones when the
+    block ends without an interrupt.
+
+    On an interrupt (a signal, or a ``KeyboardInterrupt`` raised otherwise) the line
+    ``PROG: interrupted [NOTE]`` is printed (``terminated (SIGTERM)`` for SIGTERM) and:
+
+    - SIGINT: the ``KeyboardInterrupt`` is raised on without its traceback; the interpreter
+      shuts down and ends the process by SIGINT (exit status 130 in a shell).
+    - SIGTERM: ``SystemExit(143)``.
+    - a ``KeyboardInterrupt`` with no signal (raised by code, e.g. a test): raised on as it is.
+
+    Any other exception passes through unchanged, unless a signal was received (then it is the
+    interrupt's consequence and ends the same way).
+    """
+    global _received, _note, _installed
+    _received, _note = None, None
+    installed = {}
+    if threading.current_thread() is threading.main_thread():  # where handlers can be set
+        for signum in _SIGNALS:
+            current = signal.getsignal(signum)
+            if current in (signal.default_int_handler, signal.SIG_DFL):
+                installed[signum] = current
+                signal.signal(signum, _on_signal)
+    _installed = tuple(installed)
+    try:
+        yield
+    except BaseException as err:
+        if not _is_interrupt(err):
+            raise
+        signum = interrupted()
+        if signum is not None:
+            _default_handlers()  # from here a second signal ends the process at once
+        _print_line(prog, signum)
+        if signum == signal.SIGTERM:
+            raise SystemExit(128 + signum) from None
+        if signum is None:
+            raise
+        # exactly KeyboardInterrupt: the interpreter then ends the process by SIGINT
+        stop = err if type(err) is KeyboardInterrupt else KeyboardInterrupt()
+        stop._robustdistill_reported = True
+        if not getattr(sys.excepthook, "_robustdistill", False):
+            sys.excepthook = _quiet_excepthook(sys.excepthook)
+        raise stop from None
+    finally:
+        if interrupted() is None:
+            for signum, previous in installed.items():
+                signal.signal(signum, previous)
