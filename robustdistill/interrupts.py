@@ -22,7 +22,9 @@ Ctrl-C itself, and the loop would start it again. SIGTERM exits with status 143 
 A second signal stops the process at once (the default action, even inside a C call), except
 one that comes within :data:`REPEAT_GRACE_S` of the first: that is a launcher passing on the
 same Ctrl-C (``accelerate launch`` sends SIGTERM to its child, torchrun's agent the signal it
-got; a terminal's Ctrl-C reaches both), not a second one.
+got; a terminal's Ctrl-C reaches both where the child shares the terminal's process group,
+as a one-process launch does; torch 2.13 starts each rank of several in its own session), not
+a second one.
 
 On several processes the line is printed by the first launched process only (``RANK`` 0 or
 unset): every rank stops on the same signal, and their notes name the same checkpoints.
@@ -85,6 +87,13 @@ def _stop_now(signum: int) -> None:
     os._exit(128 + signum)  # only if the signal is blocked in this thread
 
 
+def _a_repeat(err: BaseException) -> bool:
+    """Whether ``err`` is a ``KeyboardInterrupt`` within :data:`REPEAT_GRACE_S` of the first
+    signal (the same interrupt, passed on by a launcher)."""
+    return (isinstance(err, KeyboardInterrupt) and _received is not None
+            and time.monotonic() - _received[1] < REPEAT_GRACE_S)
+
+
 def _default_handlers() -> None:
     """Any further SIGINT or SIGTERM ends the process at once, even inside a C call (one
     that was ignored when the command started stays ignored)."""
@@ -140,12 +149,18 @@ def _print_line(prog: str, signum: int | None) -> None:
 
 
 def _quiet_excepthook(previous):
-    """A ``sys.excepthook`` that prints nothing for a ``KeyboardInterrupt`` :func:`handled`
-    already reported, and defers to ``previous`` for anything else."""
+    """A ``sys.excepthook`` for the ``KeyboardInterrupt`` :func:`handled` reported, reached only
+    when nothing caught it (the process is ending): prints nothing, and sets SIGINT and SIGTERM
+    to their default action, so a second signal while Python shuts down (DataLoader workers,
+    TensorBoard) ends the process at once. So does a ``KeyboardInterrupt`` raised within
+    :data:`REPEAT_GRACE_S` of the first signal (a launcher's repeat that came after
+    :func:`handled` gave the caller's handlers back). Anything else goes to ``previous``."""
 
     def hook(kind, value, tb):
-        if not getattr(value, "_robustdistill_reported", False):
+        if not (getattr(value, "_robustdistill_reported", False) or _a_repeat(value)):
             previous(kind, value, tb)
+            return
+        _default_handlers()
 
     hook._robustdistill = True  # installed once
     return hook
@@ -157,14 +172,17 @@ def handled(prog: str) -> Iterator[None]:
 
     Installs the handlers while the block runs (main thread only, and only over Python's
     defaults: another program's handler is left alone), and restores the previous ones when the
-    block ends without an interrupt.
+    block ends, also on a Ctrl-C (a program or notebook that calls ``robustdistill.cli.main``
+    and catches the ``KeyboardInterrupt`` keeps its own Ctrl-C).
 
     On an interrupt (a signal, or a ``KeyboardInterrupt`` raised otherwise) the line
     ``PROG: interrupted [NOTE]`` is printed (``terminated (SIGTERM)`` for SIGTERM) and:
 
-    - SIGINT: the ``KeyboardInterrupt`` is raised on without its traceback; the interpreter
-      shuts down and ends the process by SIGINT (exit status 130 in a shell).
-    - SIGTERM: ``SystemExit(143)``.
+    - SIGINT: the ``KeyboardInterrupt`` is raised on without its traceback (``sys.excepthook``
+      is wrapped once to print nothing for it, and to set SIGINT and SIGTERM to their default
+      action: a second signal while Python shuts down ends it at once); the interpreter shuts
+      down and ends the process by SIGINT (exit status 130 in a shell).
+    - SIGTERM: ``SystemExit(143)``; SIGINT and SIGTERM stay at their default action.
     - a ``KeyboardInterrupt`` with no signal (raised by code, e.g. a test): raised on as it is.
 
     Any other exception passes through unchanged, unless a signal was received (then it is the
@@ -180,6 +198,7 @@ def handled(prog: str) -> Iterator[None]:
                 installed[signum] = current
                 signal.signal(signum, _on_signal)
     _installed = tuple(installed)
+    terminated = False  # SIGTERM's SystemExit raised
     try:
         yield
     except BaseException as err:
@@ -187,9 +206,10 @@ def handled(prog: str) -> Iterator[None]:
             raise
         signum = interrupted()
         if signum is not None:
-            _default_handlers()  # from here a second signal ends the process at once
+            _default_handlers()  # while the line is written a second signal ends the process
         _print_line(prog, signum)
         if signum == signal.SIGTERM:
+            terminated = True
             raise SystemExit(128 + signum) from None
         if signum is None:
             raise
@@ -200,6 +220,10 @@ def handled(prog: str) -> Iterator[None]:
             sys.excepthook = _quiet_excepthook(sys.excepthook)
         raise stop from None
     finally:
-        if interrupted() is None:
+        # the caller's handlers again, also after a Ctrl-C: a notebook or a program that called
+        # main() and caught the KeyboardInterrupt gets its next Ctrl-C as before (they were left
+        # at SIG_DFL: that Ctrl-C killed it); a process ending on the Ctrl-C gets the default
+        # action from the excepthook. SIGTERM's SystemExit ends the process: they stay default.
+        if not terminated:
             for signum, previous in installed.items():
                 signal.signal(signum, previous)

@@ -341,3 +341,86 @@ def test_the_note_names_the_newest_complete_checkpoint_and_how_this_run_resumes(
         (checkpoints / name / "checkpoint.json").unlink()
     assert note(None) == ("after step 41 of 60; no checkpoint of this run yet: the same "
                           "command starts it again")
+
+
+_HOST = textwrap.dedent("""
+    import os, signal, sys, threading, time
+    from robustdistill import cli
+    def wait(argv):
+        time.sleep(60)
+        return 0
+    cli.COMMANDS["wait"] = wait
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        cli.main(["wait"])
+    except KeyboardInterrupt:
+        print("caught", flush=True)
+    print(signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+          signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, flush=True)
+    try:  # the program's own Ctrl-C, later
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(10)
+    except KeyboardInterrupt:
+        print("its own Ctrl-C", flush=True)
+""")
+
+
+def test_a_program_that_calls_main_and_catches_its_ctrl_c_keeps_its_own_ctrl_c(tmp_path):
+    """A program or notebook that calls ``robustdistill.cli.main`` and catches the
+    ``KeyboardInterrupt`` of a Ctrl-C gets its own handlers back: its next Ctrl-C is a
+    ``KeyboardInterrupt`` again. They were left at SIG_DFL: that Ctrl-C killed the program (a
+    Python or IPython session, a program that retries or goes on to other work)."""
+    script = tmp_path / "host.py"
+    script.write_text(_HOST)
+    done = subprocess.run([sys.executable, str(script)], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=60,
+                          preexec_fn=_default_sigint)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n") == ["caught", "True True", "its own Ctrl-C", ""]
+    assert _last_line(done.stderr) == "robustdistill wait: interrupted"
+
+
+_SLOW_EXIT = textwrap.dedent("""
+    import atexit, pathlib, sys, time
+    from robustdistill.interrupts import handled
+    atexit.register(time.sleep, 30)  # Python's shut-down is slow (workers, TensorBoard)
+    with handled("prog"):
+        pathlib.Path(sys.argv[1]).touch()
+        time.sleep(60)
+""")
+
+
+def test_a_second_ctrl_c_while_python_shuts_down_stops_the_process_at_once(tmp_path):
+    """After the line, Python shuts down (30 s here: an ``atexit`` call that sleeps); a second
+    Ctrl-C then ends the process by SIGINT at once, with no traceback (the excepthook sets the
+    default action once nothing caught the interrupt; the handlers themselves were given back
+    to the caller)."""
+    script, working = tmp_path / "slow_exit.py", tmp_path / "working"
+    script.write_text(_SLOW_EXIT)
+    started = time.monotonic()
+    code, err = _signal_when([sys.executable, str(script), str(working)], working.exists,
+                             signal.SIGINT, signal.SIGINT, gap_s=1.5)
+    assert code == -signal.SIGINT, err
+    assert time.monotonic() - started < 20
+    assert _last_line(err) == "prog: interrupted" and "Traceback" not in err, err
+
+
+def test_a_launchers_repeat_after_the_handlers_are_given_back_prints_no_traceback():
+    """A launcher's repeat of the same Ctrl-C that comes after :func:`handled` gave the
+    caller's handlers back raises a new ``KeyboardInterrupt`` on the way out: within
+    ``REPEAT_GRACE_S`` of the first signal the excepthook prints nothing for it either; a
+    ``KeyboardInterrupt`` later, or any other error, goes to the previous hook."""
+    from robustdistill import interrupts
+
+    seen = []
+    hook = interrupts._quiet_excepthook(lambda kind, value, tb: seen.append(kind))
+    saved = interrupts._received, interrupts._installed
+    try:
+        interrupts._received, interrupts._installed = (signal.SIGINT, time.monotonic()), ()
+        hook(KeyboardInterrupt, KeyboardInterrupt(), None)
+        hook(ValueError, ValueError(), None)
+        interrupts._received = (signal.SIGINT, time.monotonic() - 2 * interrupts.REPEAT_GRACE_S)
+        hook(KeyboardInterrupt, KeyboardInterrupt(), None)
+    finally:
+        interrupts._received, interrupts._installed = saved
+    assert seen == [ValueError, KeyboardInterrupt]
