@@ -30,7 +30,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import re
 import time
 from collections import defaultdict
@@ -48,7 +47,7 @@ from accelerate.utils.other import load as accelerate_load
 from torch import nn
 from torch.utils.data import IterableDataset
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, get_scheduler
+from transformers import AutoFeatureExtractor, AutoModel, get_scheduler
 
 from .audio import SAMPLE_RATE, AudioError
 from .augment import Corruptor, LoaderCorruption
@@ -65,26 +64,31 @@ from .checkpoints import (
     truncate_log,
     verify_checkpoint,
 )
-from .config import ConfigError, DistillConfig, check_model_path
+from .config import ConfigError, DistillConfig
 from .data import ShardedRandomSampler, build_dataloader, build_datasets
 from .environment import record_environment
 from .export import export_run_student, not_export_files, run_export_of_step
 from .files import atomic_write_text, name_list
 from .interrupts import note
+from .metrics_log import drop_steps_after, file_size
 from .nonfinite import NonFiniteTrainingError, any_process, stop_nonfinite
-from .objectives import (
-    DistillationInputs,
-    LossSchedule,
-    LossTerm,
-    build_loss_schedule,
-    build_objective,
-)
+from .objectives import DistillationInputs, LossTerm, build_objective
 from .outcome import FINAL_STATE, STOPPED, write_outcome
 from .processes import STOP_RECORD, finish_processes
+from .random_streams import VALIDATION_STREAM, keyed_rng
 from .run_settings import saved_config_changes
+from .startup_checks import (
+    RESUME_FREE,
+    check_crop_covers_a_frame,
+    check_output_dir,
+    check_student_is_trained,
+    loss_schedule,
+    prepare_models,
+    student_differences,
+)
 from .student import create_student, save_student, student_feature_extractor
 from .teacher_cache import MissingEntryError, TeacherFeatureCache
-from .teachers import load_teacher, prepare_teacher
+from .teachers import load_teacher
 from .upstream import Upstream, disable_train_randomness, lengths_to_mask
 
 logger = logging.getLogger(__name__)
@@ -172,17 +176,6 @@ def _param_groups(model: nn.Module, weight_decay: float, which: str = "matrices"
     ]
 
 
-def _prepare_models(cfg: DistillConfig) -> None:
-    """Write the teacher when ``make_teacher`` asks for it and its folder is missing
-    (:func:`~robustdistill.teachers.prepare_teacher`); then fail with a clear message for a
-    local-looking teacher / student_init that is missing."""
-    prepare_teacher(cfg.teacher, cfg.make_teacher)
-    if cfg.student_init:
-        check_model_path(cfg.student_init, "student_init",
-                         f"robustdistill create-student --teacher {cfg.teacher} --out "
-                         f"{cfg.student_init}")
-
-
 def _fingerprint(model: nn.Module) -> str:
     """SHA-256 of every parameter's bytes, in order: equal on all ranks after a DDP step."""
     digest = hashlib.sha256()
@@ -190,16 +183,6 @@ def _fingerprint(model: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(param.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def _rng(seed: int, *keys: int) -> np.random.Generator:
-    return np.random.default_rng([seed, *keys])
-
-
-#: Key of the validation corruption streams, ``_rng(seed, VALIDATION_STREAM, index)`` per
-#: validation item: a step no run reaches, so never a training key ``(seed, step, rank,
-#: micro-batch)`` (numpy's seeding ignores trailing zero keys), nor an epoch of a crop key.
-VALIDATION_STREAM = 2**31 - 1
 
 
 class _Run:
@@ -229,7 +212,7 @@ class _Run:
             torch.backends.cudnn.benchmark = True
         set_seed(cfg.seed)
         with acc.main_process_first():
-            _prepare_models(cfg)
+            prepare_models(cfg)
         self.teacher = load_teacher(cfg)
         self.teacher.to(acc.device)
         student, feature_extractor, save_init = self._build_student()
@@ -241,7 +224,7 @@ class _Run:
         student_up = Upstream(student, normalize=feature_extractor.do_normalize,
                               use_attention_mask=feature_extractor.return_attention_mask,
                               frozen=False, feature_grad_mult=cfg.student.feature_grad_mult)
-        _check_crop_covers_a_frame(cfg.data, self.teacher, student_up)
+        check_crop_covers_a_frame(cfg.data, self.teacher, student_up)
         objectives = {}
         for name, options in cfg.objectives.items():
             try:
@@ -253,11 +236,11 @@ class _Run:
                     student_num_layers=student_up.num_layers, **options)
             except (KeyError, TypeError, ValueError) as err:
                 raise ConfigError(str(err)) from err
-        _check_student_is_trained(objectives, student_up.num_layers,
-                                  cfg.student.feature_grad_mult, warn=acc.is_main_process)
+        check_student_is_trained(objectives, student_up.num_layers,
+                                 cfg.student.feature_grad_mult, warn=acc.is_main_process)
         model = Distiller(student_up, objectives)
         self.objectives = objectives
-        self.schedule, self.task_objectives = _loss_schedule(t, objectives)
+        self.schedule, self.task_objectives = loss_schedule(t, objectives)
         note = self.schedule.single_phase_note(t.max_steps)
         if note is not None and acc.is_main_process:
             logger.warning("training.%s", note)
@@ -374,7 +357,7 @@ class _Run:
         saved = self.output_dir / "student_init"
         if self._resuming_own_run() and (saved / "config.json").is_file():
             # the run's student, as its first start wrote it: kept, never replaced by another
-            differ = _student_differences(saved, student.config)
+            differ = student_differences(saved, student.config)
             if differ:
                 raise ConfigError(
                     f"{saved} holds this run's student, and the settings given make another "
@@ -589,7 +572,7 @@ class _Run:
         sums = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
         self.model.train()
         for i, batch in enumerate(window):
-            rng = _rng(self.cfg.seed, step, acc.process_index, i)
+            rng = keyed_rng(self.cfg.seed, step, acc.process_index, i)
             sync = i == len(window) - 1
             with nullcontext() if sync else acc.no_sync(self.model):
                 terms = self._loss(batch, rng, step)
@@ -672,7 +655,7 @@ class _Run:
             self.note_skipped(batch)
             for unit, value in self._unit_counts(batch).items():
                 counts[unit] = counts[unit] + value
-            rngs = [_rng(self.cfg.seed, VALIDATION_STREAM, int(index))
+            rngs = [keyed_rng(self.cfg.seed, VALIDATION_STREAM, int(index))
                     for index in batch["indices"]]
             self._add_sums(sums, self._loss(batch, rngs, self.corruptor.target_step,
                                             self.valid_set, model))
@@ -781,7 +764,7 @@ class _Run:
             state = {TRAINING_STATE: {
                 "progress": self.progress.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "stream_per_rank": streams, "num_processes": acc.num_processes,
-                "trajectory": self._trajectory(), "metrics_bytes": _size(self.metrics_path),
+                "trajectory": self._trajectory(), "metrics_bytes": file_size(self.metrics_path),
                 # each rank's teacher cache lookups so far: final_state.json sums the whole run
                 "teacher_cache_lookups": lookups,
                 # each head's layout, so that `robustdistill export` of this checkpoint writes
@@ -900,38 +883,6 @@ class _Run:
         return True
 
 
-def _drop_steps_after(path: Path, step: int) -> int:
-    """Rewrite the JSON-lines log ``path`` without its records of a ``"step"`` above ``step``
-    (other lines, another tool's notes or an unreadable line, are kept as they are).
-
-    Returns:
-        The number of lines removed (0 when ``path`` does not exist).
-    """
-    if not path.is_file():
-        return 0
-    kept, dropped = [], 0
-    for line in path.read_text().splitlines(keepends=True):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        logged = record.get("step") if isinstance(record, dict) else None
-        if isinstance(logged, int) and not isinstance(logged, bool) and logged > step:
-            dropped += 1
-        else:
-            kept.append(line)
-    if dropped:
-        path.write_text("".join(kept))
-        logger.info("%s: removed %d line(s) of steps after %d, logged by a start killed before "
-                    "its first checkpoint", path, dropped, step)
-    return dropped
-
-
-def _size(path: Path) -> int:
-    """Bytes of ``path``; 0 when it does not exist."""
-    return path.stat().st_size if path.is_file() else 0
-
-
 def _check_finite_inputs(batch: dict, clean: torch.Tensor, noisy: torch.Tensor) -> None:
     """Non-finite audio never reaches a model (the datasets refuse it; corruption keeps it
     finite): a last check before the teacher and the student.
@@ -1020,129 +971,6 @@ def _stop_unreadable(run: _Run, err: DataReadError) -> None:
     raise DataReadError(message) from err
 
 
-def _min_samples_for_a_frame(upstream: Upstream) -> int:
-    """The fewest samples for which ``upstream`` gives one output frame."""
-    lengths = torch.arange(1, 4 * SAMPLE_RATE + 1)
-    enough = (upstream.frame_lengths(lengths) >= 1).nonzero()
-    return int(lengths[enough[0, 0]]) if len(enough) else 4 * SAMPLE_RATE + 1
-
-
-def _check_crop_covers_a_frame(data, teacher: Upstream, student: Upstream) -> None:
-    """Crops (``data.max_length_s``) and kept utterances (``data.min_length_s``) must give
-    both models at least one frame.
-
-    Raises:
-        ConfigError: naming the key, its value and the smallest allowed value.
-    """
-    need = max(_min_samples_for_a_frame(teacher), _min_samples_for_a_frame(student))
-    for key in ("max_length_s", "min_length_s"):
-        value = getattr(data, key)
-        if value is not None and round(value * SAMPLE_RATE) < need:
-            raise ConfigError(
-                f"data.{key}={value} s is shorter than one frame of the teacher/student "
-                f"({need} samples = {need / SAMPLE_RATE:.4f} s at {SAMPLE_RATE} Hz); "
-                f"allowed: >= {need / SAMPLE_RATE:.4f}")
-
-
-def _check_student_is_trained(objectives: dict, num_layers: int, feature_grad_mult: float, *,
-                              warn: bool = True) -> None:
-    """Start-up check of what the objectives train in the student: the hidden states they read
-    (``student_layers_read``, indices into the ``L + 1`` hidden states) train the layers up to
-    the highest one; CNN features (``needs_extract_features``) train the CNN alone, and only with
-    ``feature_grad_mult`` above 0. Warns when transformer layers above every read one get no
-    gradient (they are exported as initialised) when ``warn`` (the main process).
-
-    Raises:
-        ConfigError: no objective sends a gradient into the student (only their heads would
-            learn; the exported student would equal its initialisation).
-    """
-    slots = num_layers + 1
-    read = {int(x) % slots for o in objectives.values() for x in o.student_layers_read()}
-    cnn = sorted(name for name, o in objectives.items() if o.needs_extract_features)
-    if not read and not (cnn and feature_grad_mult > 0):
-        reads = (f"objectives {cnn} read only the CNN features and student.feature_grad_mult is "
-                 "0" if cnn else "no objective reads the student's hidden states")
-        raise ConfigError(f"{reads}: no gradient reaches the student, so only the objectives' "
-                          "heads would learn and the exported student would equal its "
-                          "initialisation; add an objective on a student layer (e.g. layerwise) "
-                          "or set student.feature_grad_mult above 0")
-    top = max(read, default=0 if cnn else None)
-    if warn and top is not None and top < num_layers:
-        logger.warning("student layers %d..%d are read by no objective (%s): they get no "
-                       "gradient and are exported as initialised", top + 1, num_layers,
-                       f"the highest hidden state read is {top}" if read
-                       else f"{cnn} read only the CNN features")
-
-
-#: Keys a resume may change without a word: where the run lives and whether and how far it
-#: resumes (``max_steps``: a resume that trains on), and its trackers.
-_RESUME_FREE = ("output_dir", "training.resume_from", "training.max_steps", "training.report_to")
-
-
-def _student_differences(saved: Path, config) -> list[str]:
-    """``"key saved -> now"`` for each student config value in which ``config`` (a
-    ``transformers`` config) differs from the one saved in ``saved/config.json``
-    (:data:`_NOT_THE_STUDENT` aside)."""
-    old = AutoConfig.from_pretrained(saved).to_dict()
-    new = config.to_dict()
-    return [f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
-            if key not in _NOT_THE_STUDENT and old.get(key) != new.get(key)]
-
-
-#: Config keys that say where a student was loaded from, by which library version and in which
-#: storage dtype (set when it is saved), not what the student is.
-_NOT_THE_STUDENT = ("_name_or_path", "transformers_version", "dtype", "torch_dtype")
-
-
-def _check_output_dir(output_dir: str | Path, resuming: bool = False) -> Path:
-    """Create ``output_dir`` and prove it writable, before any model is loaded.
-
-    A fresh run (``resuming`` false) into a folder that holds an earlier run's checkpoints is
-    refused here, not at its first save, where it would fail after training for a while
-    (checkpoints are never overwritten).
-
-    Raises:
-        ConfigError: naming ``output_dir`` and the operating system's reason, or the earlier
-            run's checkpoints and how to continue that run or start elsewhere.
-    """
-    path = Path(output_dir).expanduser()
-    earlier = sorted(p.name for p in (path / "checkpoints").glob("checkpoint_*") if p.is_dir())
-    if earlier and not resuming:
-        raise ConfigError(
-            f"output_dir {str(path)!r} holds checkpoints of an earlier run ({', '.join(earlier)}); "
-            "allowed: --resume (or --training.resume_from latest) to continue it, another "
-            "output_dir, or remove that folder to start again")
-    probe = path / f".write-test-{os.getpid()}"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"output_dir {str(path)!r} cannot be written: "
-                          f"{err.strerror or err}; allowed: a folder this user can create and "
-                          "write") from err
-    return path
-
-
-def _loss_schedule(t, objectives: dict) -> tuple[LossSchedule, set[str]]:
-    """The run's :class:`LossSchedule` and its task objectives, checked against the config.
-
-    Raises:
-        ConfigError: a task objective the run does not have, or a ``two_step`` / ``mixture``
-            schedule without both a KD and a task objective.
-    """
-    schedule = build_loss_schedule(t.loss_schedule, t.kd_steps, t.mixture_alpha)
-    tasks = set(t.task_objectives)
-    unknown = sorted(tasks - set(objectives))
-    if unknown:
-        raise ConfigError(f"training.task_objectives {unknown} are not objectives of this run "
-                          f"({sorted(objectives)})")
-    if schedule.kind != "sum" and (not tasks or tasks == set(objectives)):
-        raise ConfigError(f"training.loss_schedule {schedule.kind} needs task_objectives naming "
-                          "some, not all, of the objectives (the rest are the KD losses)")
-    return schedule, tasks
-
-
 def _loop(run: _Run, bar) -> None:
     """Validate at step 0 (``eval_at_start``), then train to ``max_steps``: log, validate and
     save on their schedules.
@@ -1216,7 +1044,7 @@ def train(cfg: DistillConfig) -> Path:
             dataset tried failed at read time); a checkpoint of the last step is saved first
             (none at step 0) and ``stopped.json`` names the skipped files.
     """
-    _check_output_dir(cfg.output_dir, resuming=bool(cfg.training.resume_from))  # before loading
+    check_output_dir(cfg.output_dir, resuming=bool(cfg.training.resume_from))  # before loading
     runs: list[_Run] = []  # the run once built, for the line of an interrupt
     with note(lambda: _interrupt_note(cfg, runs[0] if runs else None)):
         return _train(cfg, runs)
@@ -1244,7 +1072,7 @@ def _train(cfg: DistillConfig, runs: list[_Run]) -> Path:
     runs.append(run)
     acc, t = run.accelerator, cfg.training
     # the settings the run was last started with, before config.yaml is written again
-    changes = saved_config_changes(run.output_dir, cfg.to_dict(), _RESUME_FREE)
+    changes = saved_config_changes(run.output_dir, cfg.to_dict(), RESUME_FREE)
     if acc.is_main_process:
         run.output_dir.mkdir(parents=True, exist_ok=True)
         remove_incomplete(run.checkpoint_dir)  # what a killed run's last write left
@@ -1255,7 +1083,7 @@ def _train(cfg: DistillConfig, runs: list[_Run]) -> Path:
           and not list_checkpoints(run.checkpoint_dir, require_manifest=False)):
         # another run's checkpoint, none of this run's own: a start killed before its first
         # checkpoint logged the steps after the loaded one, which this start logs again
-        _drop_steps_after(run.metrics_path, run.progress.step)
+        drop_steps_after(run.metrics_path, run.progress.step)
     run.write_student_init()  # unless the resume wrote it (or the run has its own)
     changes = changes if run.resumed_own_checkpoint else []
     if acc.is_main_process:  # after the resume: a refused one leaves the run's settings

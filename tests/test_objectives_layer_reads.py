@@ -120,25 +120,25 @@ def _objectives(**options):
 def test_a_student_no_objective_trains_is_refused():
     """Enhancement on the CNN alone with feature_grad_mult 0: only its head would learn."""
     from robustdistill.config import ConfigError
-    from robustdistill.trainer import _check_student_is_trained
+    from robustdistill.startup_checks import check_student_is_trained
 
     only_cnn = _objectives(enhancement={"input": "cnn", "hidden_size": 4, "num_layers": 1})
     with pytest.raises(ConfigError, match=r"\['enhancement'\] read only the CNN features and "
                                           r"student.feature_grad_mult is 0"):
-        _check_student_is_trained(only_cnn, 2, 0.0)
-    _check_student_is_trained(only_cnn, 2, 0.1)  # the CNN learns: allowed (a warning)
+        check_student_is_trained(only_cnn, 2, 0.0)
+    check_student_is_trained(only_cnn, 2, 0.1)  # the CNN learns: allowed (a warning)
     last = _objectives(enhancement={"hidden_size": 4, "num_layers": 1})
     assert last["enhancement"].student_layers_read() == [-1]
-    _check_student_is_trained(last, 2, 0.0)  # input last: every layer gets a gradient
+    check_student_is_trained(last, 2, 0.0)  # input last: every layer gets a gradient
 
 
 def test_student_layers_no_objective_reads_are_named(caplog):
-    from robustdistill.trainer import _check_student_is_trained
+    from robustdistill.startup_checks import check_student_is_trained
 
-    caplog.set_level("WARNING", logger="robustdistill.trainer")
-    _check_student_is_trained(_objectives(layerwise={"teacher_layers": [2], "student_layer": 1}),
-                              2, 0.1)
+    caplog.set_level("WARNING", logger="robustdistill.startup_checks")
+    check_student_is_trained(_objectives(layerwise={"teacher_layers": [2], "student_layer": 1}),
+                             2, 0.1)
     assert "student layers 2..2 are read by no objective" in caplog.text
     caplog.clear()
-    _check_student_is_trained(_objectives(layerwise={"teacher_layers": [2]}), 2, 0.1)
+    check_student_is_trained(_objectives(layerwise={"teacher_layers": [2]}), 2, 0.1)
     assert caplog.text == ""  # the last hidden state: every layer trains

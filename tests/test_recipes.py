@@ -437,16 +437,16 @@ def test_missing_local_teacher_says_so_and_how_to_make_it(tmp_path):
 
 
 def test_demo_config_makes_its_teacher_when_missing(tmp_path, monkeypatch):
-    from robustdistill.trainer import _prepare_models
+    from robustdistill.startup_checks import prepare_models
 
     cfg = load_config(REPO / "configs/demo.yaml", ["--teacher", str(tmp_path / "t")])
     assert cfg.make_teacher == "wavlm/small"
-    _prepare_models(cfg)
+    prepare_models(cfg)
     assert (tmp_path / "t" / "config.json").is_file()
     cfg = load_config(REPO / "configs/demo.yaml",
                       ["--teacher", str(tmp_path / "u"), "--make_teacher", "null"])
     with pytest.raises(FileNotFoundError, match="make-teacher"):
-        _prepare_models(cfg)
+        prepare_models(cfg)
 
 
 # ---- 10. the docs table covers every recipe setting ---------------------------------------------

@@ -116,7 +116,7 @@ def test_the_gradient_of_a_term_is_that_of_its_sum_over_its_own_units(tmp_path,
     """The enhancement head learns from its term alone: its gradient in a step is that of
     ``lambda_enh * sum / STFT frames`` (``n // hop + 1`` per crop), not of the sum over the
     step's transformer frames, whatever the logged means say."""
-    from robustdistill.trainer import _rng
+    from robustdistill.random_streams import keyed_rng
 
     def run_of(out):
         run = _Run(_config(tmp_path, tiny_wavlm_dir, out, max_steps=1, max_grad_norm=0.0))
@@ -126,7 +126,7 @@ def test_the_gradient_of_a_term_is_that_of_its_sum_over_its_own_units(tmp_path,
     _, grads = _step_gradient(run_of("step"))
     again = run_of("by_hand")  # same seed: same weights and the same first batch
     batch = next(again._batches())
-    terms = again._loss(batch, _rng(3, 0, 0, 0), 0)  # seed 3, step 0, rank 0, micro-batch 0
+    terms = again._loss(batch, keyed_rng(3, 0, 0, 0), 0)  # seed 3, step 0, rank 0, micro-batch 0
     term = terms["enhancement"]["l1"]
     hop = again.objectives["enhancement"].stft["hop_length"]
     stft_frames = sum(int(n) // hop + 1 for n in batch["lengths"])

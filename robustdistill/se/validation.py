@@ -7,7 +7,7 @@ mixed at an SNR drawn from ``data.snr_range``), but from held-out audio: the val
 (``validation.speech_dir``; its files may not be training files), the held-out noises
 (``validation.noise_dir``) and rooms (``validation.rir_dir``; none: no reverberation). Item ``i``
 is drawn from ``numpy.random.default_rng([seed, VALIDATION_STREAM, i])``
-(:data:`robustdistill.trainer.VALIDATION_STREAM`, the stream key of ``distill``'s validation),
+(:data:`robustdistill.random_streams.VALIDATION_STREAM`, the stream key of ``distill``'s validation),
 so the set is a function of the run's seed and settings alone: the same at every step, after a
 resume and on any number of processes, and its first ``k`` items are the same for any
 ``validation.items >= k``.
@@ -41,7 +41,7 @@ import torch
 
 from ..audio import list_audio_files
 from ..config import ConfigError
-from ..trainer import VALIDATION_STREAM
+from ..random_streams import VALIDATION_STREAM
 from .data import PairConfig, PairMaker
 from .evaluate import scored_means
 
