@@ -5,6 +5,7 @@
     robustdistill evaluate --task TASK --upstream ID_OR_DIR|fbank --config FILE --out DIR
         [--conditions clean snr-5 snr0 snr5 snr10 snr20 reverb]
         [--test-noise-dir D] [--test-rir-dir D] [--test-rir-channels {mean,one}]
+        [--no-test-rir-check]
         [--seed N | --seeds 0 1 2] [--device cpu]
         [-o section.key=value ...] [--evaluate-only OUT/head.pt]
 
@@ -60,6 +61,11 @@ def _evaluate_parser() -> argparse.ArgumentParser:
                         "as every published figure; a comb filter for a stereo pair), 'one' "
                         "draws one channel per utterance's room (as the distillation's "
                         "augmentation.rir_channels: one)")
+    parser.add_argument("--test-rir-check", action=argparse.BooleanOptionalAction, default=True,
+                        help="skip the --test-rir-dir files that do not look like room impulse "
+                        "responses (default); --no-test-rir-check keeps every readable file, "
+                        "e.g. a hall whose strongest reflection comes more than 50 ms after "
+                        "the direct path")
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=None, help="the run's seed (default 0)")
     seeds.add_argument("--seeds", type=int, nargs="+",
@@ -180,6 +186,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             task=task, upstream=args.upstream, config=args.config, out=args.out,
             conditions=args.conditions, test_noise_dir=args.test_noise_dir,
             test_rir_dir=args.test_rir_dir, test_rir_channels=args.test_rir_channels,
+            test_rir_check=args.test_rir_check,
             seed=0 if args.seed is None else args.seed, device=args.device,
             overrides=overrides or None, evaluate_only=args.evaluate_only,
             bootstrap_resamples=args.bootstrap_resamples, label=label,

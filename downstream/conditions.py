@@ -149,7 +149,7 @@ class TestCorruptor:
     @classmethod
     def from_dirs(
         cls, noise_dir: str | Path | None, rir_dir: str | Path | None, seed: int = 0,
-        rir_channels: RirChannels = "mean",
+        rir_channels: RirChannels = "mean", rir_check: bool = True,
     ) -> TestCorruptor:
         """Load the banks once (any rate and channel count; resampled; noise down-mixed).
 
@@ -158,6 +158,9 @@ class TestCorruptor:
                 multi-channel RIR file into one response (for a stereo pair with direct paths
                 apart, a comb filter no microphone recorded); ``"one"`` keeps every channel,
                 each aligned on its own direct path, and each utterance's room is one channel.
+            rir_check: skip the RIR files that do not look like room impulse responses
+                (default, :func:`~robustdistill.augment.rir_implausibility`); False
+                (``--no-test-rir-check``) keeps every readable file.
 
         Raises:
             FileNotFoundError: a folder does not exist or holds no audio.
@@ -167,7 +170,9 @@ class TestCorruptor:
         if rir_channels not in RIR_CHANNELS:
             raise ValueError(f"--test-rir-channels must be 'mean' or 'one', got {rir_channels!r}")
         noise = NoiseBank.from_folder(noise_dir) if noise_dir else None
-        rirs = RirBank.from_folder(rir_dir, channels=rir_channels) if rir_dir else None
+        rirs = (RirBank.from_folder(rir_dir, channels=rir_channels, check=rir_check,
+                                    check_option="--no-test-rir-check")
+                if rir_dir else None)
         return cls(noise, rirs, seed)
 
     def check(self, conditions: list[Condition]) -> None:

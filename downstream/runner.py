@@ -77,6 +77,8 @@ class RunOptions:
         test_rir_channels: ``"mean"`` (default, the published figures) down-mixes a
             multi-channel RIR file; ``"one"`` uses one channel per utterance's room
             (:meth:`~downstream.conditions.TestCorruptor.from_dirs`).
+        test_rir_check: skip the ``test_rir_dir`` files that do not look like room impulse
+            responses (default); False (``--no-test-rir-check``) keeps every readable file.
         seed: seeds data splits, subsampling, corruption, trials, head initialisation, batches.
         device: torch device for the upstream and the head.
         overrides: nested dict merged over the YAML config (``-o key=value``).
@@ -95,6 +97,7 @@ class RunOptions:
     test_noise_dir: str | None = None
     test_rir_dir: str | None = None
     test_rir_channels: str = "mean"
+    test_rir_check: bool = True
     seed: int = 0
     device: str = "cpu"
     overrides: dict[str, Any] | None = None
@@ -144,7 +147,7 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
     task = task_class(config, seed=options.seed)
     conditions = parse_conditions(options.conditions)
     corruptor = TestCorruptor.from_dirs(options.test_noise_dir, options.test_rir_dir, options.seed,
-                                        options.test_rir_channels)
+                                        options.test_rir_channels, options.test_rir_check)
     corruptor.check(conditions)
     if options.evaluate_only and not Path(options.evaluate_only).is_file():
         raise FileNotFoundError(f"head file not found: {options.evaluate_only}")
@@ -254,6 +257,7 @@ def run_evaluation(options: RunOptions) -> dict[str, Any]:
         "test_noise_dir": options.test_noise_dir,
         "test_rir_dir": options.test_rir_dir,
         "test_rir_channels": options.test_rir_channels,
+        "test_rir_check": options.test_rir_check,
         "timing": {k: round(v, 3) for k, v in timing.items()},
         "versions": _versions(),
     }

@@ -62,6 +62,7 @@ from pathlib import Path
 import torch
 from transformers import HubertModel
 
+from .files import atomic_path
 from .messages import first_line
 from .upstream import Upstream
 
@@ -262,7 +263,10 @@ def export_s3prl_distiller(
     Args:
         student_dir_or_model: a local folder written by ``save_pretrained`` (or hub id), a
             ``HubertModel``, or an :class:`~robustdistill.upstream.Upstream` wrapping one.
-        out_ckpt_path: the ``.ckpt`` file to write (parent folders are created).
+        out_ckpt_path: the ``.ckpt`` file to write (parent folders are created); written to a
+            temporary file in the same folder and renamed over it when whole
+            (:func:`~robustdistill.files.atomic_path`), so a failed write leaves an existing
+            file as it was.
         heads: trained prediction heads in s3prl's ``output_layer`` layout (see module
             docstring), or a path to a ``torch.save``'d dict of them; None writes one zero head.
         allow_normalization_mismatch: export a student that expects normalised waveforms even
@@ -317,8 +321,10 @@ def export_s3prl_distiller(
         },
     }
     out = Path(out_ckpt_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, out)
+    # a temporary file beside out, renamed over it once whole: a failed write (a full disk, an
+    # interrupt) leaves an earlier export as it was, never a cut one
+    with atomic_path(out) as tmp:
+        torch.save(checkpoint, tmp)
     logger.info("wrote s3prl distiller checkpoint %s (%d layers, %d heads)", out,
                 model.config.num_hidden_layers, len(layers))
     return out
@@ -335,8 +341,10 @@ def main(argv: list[str] | None = None) -> int:
         an ``--out`` that exists without ``--overwrite`` (as ``export``, ``create-student`` and
         ``make-teacher`` refuse an output that holds files), an ``--out`` that would overwrite
         an input even with ``--overwrite`` (inside ``--student``, ``--heads`` itself, or the
-        same file as one of their files through a hard link: torch.save truncates it in place),
-        or ``--heads`` that is missing or not a ``torch.save``'d file.
+        same file as one of their files through a hard link), or ``--heads`` that is missing or
+        not a ``torch.save``'d file. ``--overwrite`` writes a temporary file beside ``--out`` and
+        renames it over the old one when whole: an export that fails leaves the old file as it
+        was.
     """
     import argparse
 

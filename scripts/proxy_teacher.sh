@@ -8,9 +8,12 @@
 # The teacher cache (Whisper targets of every 2 s chunk of train-clean-100 and test-other, about
 # 8 min in two CPU processes) goes to PROXY_CACHE (default runs/cache/whisper-tiny). Once
 # cache-teacher has filled it, PROXY_CACHE/proxy_teacher.complete records the settings it was
-# built for; a later call with the same settings reuses it without running cache-teacher again
+# built for (the config's path and the SHA-256 of its contents, and the command-line
+# settings); a later call with the same settings reuses it without running cache-teacher again
 # (the distillation reads it with --teacher_cache.missing error, so an entry removed since is a
-# one-line stop, never a silent recompute). Delete that file to have cache-teacher check it.
+# one-line stop, never a silent recompute); one with other settings or an edited config runs
+# cache-teacher (which fills in the entries it lacks). Delete that file to have cache-teacher
+# check it.
 # docs/performance.md, section 2.
 # Usage: PROXY_STEPS=1500 PROXY=runs/proxy [PROXY_CACHE=runs/cache/whisper-tiny] \
 #        bash scripts/proxy_teacher.sh
@@ -31,20 +34,24 @@ data=(--data.train_dir $LS/train-clean-100 --data.validation_dir $LS/test-other
 whisper=(--teacher ../shared/models/whisper-tiny.en --objectives.layerwise.teacher_layers null
          --teacher_cache.dir "$PROXY_CACHE" --teacher_cache.context crop
          --teacher_cache.crop_starts chunks)
-# what the cache's entries depend on (not the steps or the run folder)
-built_for="config configs/distilhubert.yaml ${whisper[*]} ${data[*]}"
+# what the cache's entries depend on (not the steps or the run folder): the config's path and
+# its contents (an edited config gives other entries, which --teacher_cache.missing error would
+# stop on later), and the settings given on the command line
+config=configs/distilhubert.yaml
+config_sha256=$(sha256sum "$config" | cut -d' ' -f1)
+built_for="config $config sha256 $config_sha256 ${whisper[*]} ${data[*]}"
 complete=$PROXY_CACHE/proxy_teacher.complete
 if [[ -f $complete && $(cat "$complete") == "$built_for" ]]; then
     echo "reusing the complete teacher cache $PROXY_CACHE ($complete)" > "$PROXY-cache.log"
 else
     OMP_NUM_THREADS=1 accelerate launch --multi_gpu --num_processes 2 -m robustdistill.cli \
-        cache-teacher --config configs/distilhubert.yaml "${whisper[@]}" "${data[@]}" \
+        cache-teacher --config "$config" "${whisper[@]}" "${data[@]}" \
         --training.max_steps "$PROXY_STEPS" --output_dir "$PROXY-cache-build" \
         > "$PROXY-cache.log" 2>&1
     mkdir -p "$PROXY_CACHE"
     printf '%s\n' "$built_for" > "$complete"
 fi
-python -m robustdistill.cli distill --config configs/distilhubert.yaml "${whisper[@]}" \
+python -m robustdistill.cli distill --config "$config" "${whisper[@]}" \
     "${data[@]}" --teacher_cache.missing error --training.max_steps "$PROXY_STEPS" \
     --training.eval_every "$PROXY_STEPS" --student.feature_grad_mult 1.0 \
     --output_dir "$PROXY" > "$PROXY.log" 2>&1

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from robustdistill.audio import AudioError, load_audio
-from robustdistill.augment import RirBank, rir_implausibility, simulate_rir_bank
+from robustdistill.augment import RirBank, prepare_rir, rir_implausibility, simulate_rir_bank
 
 SR = 16_000
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -99,7 +99,8 @@ def test_noise_recordings_as_rirs_are_one_line(caplog) -> None:
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"{SHARED / 'noise'}: none of the 4 usable RIR files looks like a "
-                              "room impulse response (augment.rooms.rir_implausibility); first: ")
+                              "room impulse response (augment.rooms.rir_implausibility; "
+                              "check=False turns the check off); first: ")
     assert "doing_the_dishes.wav: its largest sample is" in message
     assert caplog.text.count("skipping RIR file that is not a room impulse response") == 4
 
@@ -124,3 +125,79 @@ def test_speech_and_noise_among_real_rirs_are_skipped_by_name_with_a_count(
         "speech.flac", "speech100.wav", "tap.wav"]
     assert (f"skipped 3 of 5 RIR files in {folder} that are not room impulse responses; "
             "kept 2") in caplog.text
+
+
+def _balcony_hall(folder: Path) -> np.ndarray:
+    """A hall (RT60 3 s, 1 s long) whose strongest reflection (a balcony echo, 1.5 x the
+    direct path) comes 60 ms after the direct path: a room impulse response the check refuses.
+    Written to ``folder/hall.wav``; returns the response."""
+    folder.mkdir()
+    h = _decaying_noise(3.0, 0.0, 1.0)
+    h[960] = 1.5 * h[0]
+    h = (0.9 * h / np.abs(h).max()).astype(np.float32)
+    sf.write(folder / "hall.wav", h, SR)
+    return h
+
+
+@pytest.mark.parametrize("channels", ["mean", "one"])
+def test_the_check_can_be_turned_off_for_a_hall_with_a_late_reflection(tmp_path,
+                                                                        channels) -> None:
+    """There was no way to keep a legitimate response the check refuses; ``check=False`` keeps
+    it (aligned on its direct path, not on the echo), and the one-line error of a folder the
+    check empties names the caller's option."""
+    h = _balcony_hall(tmp_path / "rirs")
+    assert rir_implausibility(h).startswith("its largest sample is 60.0 ms after")
+    with pytest.raises(AudioError) as info:
+        RirBank.from_folder(tmp_path / "rirs", channels=channels,
+                            check_option="augmentation.rir_check: false")
+    assert "\n" not in str(info.value)
+    assert ("(augment.rooms.rir_implausibility; augmentation.rir_check: false turns the check "
+            "off); first: ") in str(info.value)
+    bank = RirBank.from_folder(tmp_path / "rirs", channels=channels, check=False)
+    assert [Path(n).name for n in bank.names] == ["hall.wav"]
+    expected = prepare_rir(load_audio(tmp_path / "rirs" / "hall.wav"))
+    np.testing.assert_allclose(bank.rirs[0], expected, rtol=1e-5, atol=1e-7)
+    assert bank.rirs[0].size == h.size  # the direct path at sample 0 stays the onset
+
+
+def test_augmentation_rir_check_reaches_the_corruptor(tmp_path) -> None:
+    from robustdistill.augment import AugmentationConfig, Corruptor
+
+    _balcony_hall(tmp_path / "rirs")
+    with pytest.raises(AudioError, match="augmentation.rir_check: false turns the check off"):
+        Corruptor.from_config(AugmentationConfig(rir_dir=str(tmp_path / "rirs")))
+    corruptor = Corruptor.from_config(AugmentationConfig(rir_dir=str(tmp_path / "rirs"),
+                                                         rir_check=False))
+    assert [Path(n).name for n in corruptor.rir_bank.names] == ["hall.wav"]
+
+
+def test_data_rir_check_reaches_train_se_pairs(tmp_path) -> None:
+    from conftest import write_se_data
+
+    from robustdistill.se.data import PairConfig, PairMaker
+
+    write_se_data(tmp_path)
+    _balcony_hall(tmp_path / "rirs")
+
+    def config(**kw) -> PairConfig:
+        return PairConfig(speech_dir=str(tmp_path / "speech"), noise_dir=str(tmp_path / "noise"),
+                          rir_dir=str(tmp_path / "rirs"), reverb_prob=1.0, crop_seconds=0.5,
+                          **kw)
+
+    with pytest.raises(AudioError, match="data.rir_check: false turns the check off"):
+        PairMaker(config())
+    assert [Path(n).name for n in PairMaker(config(rir_check=False)).rirs.names] == ["hall.wav"]
+
+
+def test_no_test_rir_check_reaches_evaluate(tmp_path) -> None:
+    from downstream.cli import _evaluate_parser
+    from downstream.conditions import TestCorruptor
+
+    _balcony_hall(tmp_path / "rirs")
+    base = ["--task", "ks", "--upstream", "fbank", "--config", "c.yaml", "--out", "o"]
+    assert _evaluate_parser().parse_args(base).test_rir_check is True
+    assert _evaluate_parser().parse_args([*base, "--no-test-rir-check"]).test_rir_check is False
+    with pytest.raises(AudioError, match="; --no-test-rir-check turns the check off"):
+        TestCorruptor.from_dirs(None, tmp_path / "rirs")
+    corruptor = TestCorruptor.from_dirs(None, tmp_path / "rirs", rir_check=False)
+    assert [Path(n).name for n in corruptor.rir_bank.names] == ["hall.wav"]

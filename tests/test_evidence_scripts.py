@@ -4,8 +4,10 @@ builds its cache where ``PROXY_CACHE`` says and reuses one it completed."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -99,9 +101,13 @@ def _proxy_stubs(tmp_path, cache_status=0):
             "VIRTUAL_ENV": str(tmp_path), "PROXY_STEPS": "1"}
 
 
-def _proxy(env, **extra):
-    return subprocess.run(["bash", str(ROOT / "scripts" / "proxy_teacher.sh")], cwd=ROOT,
+def _proxy(env, root=ROOT, **extra):
+    return subprocess.run(["bash", str(root / "scripts" / "proxy_teacher.sh")], cwd=root,
                           env={**env, **extra}, capture_output=True, text=True, timeout=60)
+
+
+def _config_sha256(root=ROOT) -> str:
+    return hashlib.sha256((root / "configs" / "distilhubert.yaml").read_bytes()).hexdigest()
 
 
 def test_proxy_teacher_takes_a_cache_path_and_reuses_a_complete_cache(tmp_path):
@@ -115,7 +121,9 @@ def test_proxy_teacher_takes_a_cache_path_and_reuses_a_complete_cache(tmp_path):
     assert [c.split()[0] for c in calls] == ["accelerate", "python"]
     assert all(f"--teacher_cache.dir {cache} " in c for c in calls)
     assert "cache-teacher" in calls[0] and "--teacher_cache.missing error" in calls[1]
-    assert (cache / "proxy_teacher.complete").is_file()
+    marker = (cache / "proxy_teacher.complete").read_text()
+    assert marker.startswith(f"config configs/distilhubert.yaml sha256 {_config_sha256()} "
+                             "--teacher ../shared/models/whisper-tiny.en ")
     # another proxy run on the same cache: no second build
     second = _proxy(env, PROXY=str(tmp_path / "b"), PROXY_CACHE=str(cache))
     assert second.returncode == 0, second.stderr
@@ -127,6 +135,34 @@ def test_proxy_teacher_takes_a_cache_path_and_reuses_a_complete_cache(tmp_path):
     (cache / "proxy_teacher.complete").write_text("config other\n")
     assert _proxy(env, PROXY=str(tmp_path / "c"), PROXY_CACHE=str(cache)).returncode == 0
     assert [c.split()[0] for c in log.read_text().splitlines()[3:]] == ["accelerate", "python"]
+
+
+def test_proxy_teacher_rebuilds_the_cache_of_an_edited_config(tmp_path):
+    """The marker recorded the config's path, not its contents: after an edit of
+    configs/distilhubert.yaml the old cache was taken as complete and the distillation
+    (``--teacher_cache.missing error``) stopped on the first entry it lacked. The marker now
+    records the SHA-256 of the config's contents: an edit runs cache-teacher again."""
+    root = tmp_path / "repo"
+    for part in ("scripts/proxy_teacher.sh", "configs/distilhubert.yaml"):
+        (root / part).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / part, root / part)
+    env = _proxy_stubs(tmp_path)
+    cache, log = tmp_path / "cache", tmp_path / "calls"
+
+    def programs(run: str) -> list[str]:
+        assert _proxy(env, root, PROXY=str(tmp_path / run), PROXY_CACHE=str(cache)).returncode == 0
+        calls = log.read_text().splitlines()
+        log.unlink()
+        return [c.split()[0] for c in calls]
+
+    assert programs("a") == ["accelerate", "python"]
+    assert programs("b") == ["python"]  # the same config: reused
+    config = root / "configs" / "distilhubert.yaml"
+    config.write_text(config.read_text().replace("seed: 0\n", "seed: 1\n"))
+    assert _config_sha256(root) != _config_sha256()
+    assert programs("c") == ["accelerate", "python"]  # edited: built again
+    assert f" sha256 {_config_sha256(root)} " in (cache / "proxy_teacher.complete").read_text()
+    assert programs("d") == ["python"]
 
 
 def test_proxy_teacher_marks_no_cache_complete_when_its_build_fails(tmp_path):

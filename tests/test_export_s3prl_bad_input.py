@@ -122,3 +122,41 @@ def test_an_existing_out_is_refused_without_overwrite_and_replaced_with_it(
     ckpt = torch.load(out, map_location="cpu", weights_only=True)
     assert torch.equal(ckpt["Distiller"]["post_extract_proj.weight"],
                        model.feature_projection.projection.weight.detach())
+
+
+def test_a_failed_overwrite_keeps_the_earlier_export(tmp_path, monkeypatch, capsys):
+    """``--overwrite`` wrote in place: an export that failed while writing (here the disk
+    filling after 1,000 bytes) left a cut file where the earlier export was. Now it writes a
+    temporary file beside ``--out`` and renames it: the earlier export stays whole, no
+    temporary file is left, and a successful overwrite replaces it."""
+    import errno
+
+    from robustdistill import s3prl_export
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = _student(tmp_path / "student")
+    out = tmp_path / "exports" / "student.ckpt"
+    args = ["export-s3prl", "--student", str(tmp_path / "student"), "--out", str(out)]
+    assert main(args) == 0
+    earlier = out.read_bytes()
+    save = torch.save
+
+    def disk_full(obj, path):
+        with open(path, "wb") as f:
+            f.write(b"\0" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(s3prl_export.torch, "save", disk_full)
+    assert _error([*args, "--overwrite"], capsys) == ("robustdistill export-s3prl: error: "
+                                                      "[Errno 28] No space left on device")
+    assert out.read_bytes() == earlier
+    assert sorted(p.name for p in out.parent.iterdir()) == ["student.ckpt"]
+    monkeypatch.setattr(s3prl_export.torch, "save", save)
+    with torch.no_grad():
+        model.feature_projection.projection.weight.add_(1.0)
+    model.save_pretrained(tmp_path / "student")
+    assert main([*args, "--overwrite"]) == 0
+    ckpt = torch.load(out, map_location="cpu", weights_only=True)
+    assert torch.equal(ckpt["Distiller"]["post_extract_proj.weight"],
+                       model.feature_projection.projection.weight.detach())
+    assert sorted(p.name for p in out.parent.iterdir()) == ["student.ckpt"]

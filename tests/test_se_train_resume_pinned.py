@@ -431,3 +431,19 @@ def test_se_table_merge_refuses_results_that_share_no_snr_and_names_dropped_ones
                            "--out", str(tmp_path / "m2"), "--methods", "mixture",
                            "--sizes", "63"]) == 0
     assert "SNRs 5 dB are not in every merged result" in caplog.text
+
+
+def test_se_resume_may_turn_the_rir_check_off_with_a_warning_as_the_rir_folder(tmp_path, caplog):
+    """``data.rir_check`` changes which files of ``data.rir_dir`` are rooms, as a folder given
+    other files does: allowed with a warning as the folder is (``_RESUME_FOLDERS``), not
+    refused (a run from before the key existed resumes with ``None -> True`` said)."""
+    write_se_data(tmp_path)
+    out = tmp_path / "r"
+    train_se(load_se_config(None, se_train_args(tmp_path, out, 1)))
+    with caplog.at_level("WARNING", logger="robustdistill.se.train"):
+        train_se(load_se_config(None, se_train_args(tmp_path, out, 2,
+                                                    "--data.rir_check", "false")))
+    change = "data.rir_check True -> False"
+    assert json.loads((out / "environment.json").read_text())[-1]["config_changes"] == [change]
+    assert change in caplog.text
+    assert json.loads((out / "final_state.json").read_text())["step"] == 2

@@ -48,6 +48,14 @@ class AugmentationConfig:
             "once with pyroomacoustics."
         },
     )
+    rir_check: bool = field(
+        default=True,
+        metadata={
+            "help": "Skip the rir_dir files that do not look like room impulse responses "
+            "(augment.rooms.rir_implausibility); false keeps every readable file, e.g. a hall "
+            "whose strongest reflection comes more than 50 ms after the direct path."
+        },
+    )
     p_noise: float = field(default=0.25, metadata={"help": "Probability of additive noise only."})
     p_reverb: float = field(default=0.25, metadata={"help": "Probability of reverberation only."})
     p_noise_reverb: float = field(

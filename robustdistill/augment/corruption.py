@@ -70,6 +70,8 @@ class Corruptor:
                     config.rir_normalization,
                     config.rir_direct_path_db,
                     channels=config.rir_channels,
+                    check=config.rir_check,
+                    check_option="augmentation.rir_check: false",
                 )
             else:
                 rir_bank = simulate_rir_bank(

@@ -137,13 +137,14 @@ def rir_implausibility(rir: np.ndarray, sample_rate: int = SAMPLE_RATE,
 
 
 def _plausible_files(root, names: list[str], responses: list[list[np.ndarray]],
-                     sample_rate: int, direct_path_db: float) -> list[int]:
+                     sample_rate: int, direct_path_db: float, check_option: str) -> list[int]:
     """Indices of the files whose responses (every channel) all pass
     :func:`rir_implausibility`; each other file is logged as skipped, by name and reason, then
     one summary warning with the count.
 
     Raises:
-        AudioError: no file passes (one line: the count and the first file's reason).
+        AudioError: no file passes (one line: the count, the first file's reason and
+            ``check_option``, the caller's way to turn the check off).
     """
     kept, skipped = [], []
     for index, (name, chans) in enumerate(zip(names, responses, strict=True)):
@@ -158,8 +159,8 @@ def _plausible_files(root, names: list[str], responses: list[list[np.ndarray]],
         logger.warning("skipping RIR file that is not a room impulse response: %s", skipped[-1])
     if not kept:
         raise AudioError(f"{root}: none of the {len(names)} usable RIR files looks like a room "
-                         f"impulse response (augment.rooms.rir_implausibility); first: "
-                         f"{skipped[0]}")
+                         f"impulse response (augment.rooms.rir_implausibility; "
+                         f"{check_option} turns the check off); first: {skipped[0]}")
     if skipped:
         logger.warning("skipped %d of %d RIR files in %s that are not room impulse responses; "
                        "kept %d", len(skipped), len(names), root, len(kept))
@@ -274,10 +275,15 @@ class RirBank:
         direct_path_db: float = 20.0,
         sample_rate: int = SAMPLE_RATE,
         channels: RirChannels = "mean",
+        check: bool = True,
+        check_option: str = "check=False",
     ) -> RirBank:
         """Load all RIR files below ``root`` once (resampled, aligned, normalised).
 
         Args:
+            root: folder searched recursively for audio files (any rate and channel count).
+            normalization, direct_path_db: see :func:`prepare_rir`.
+            sample_rate: Hz the responses are resampled to.
             channels: ``"mean"`` (default) down-mixes a multi-channel file to one RIR;
                 ``"one"`` keeps every channel (each aligned on its own direct path) so that
                 :meth:`draw` uses one channel per draw. Averaging the two channels of a
@@ -285,28 +291,37 @@ class RirBank:
                 delayed copies of the room: a comb filter with notches every ``fs / d`` Hz
                 (800 Hz for 20 samples at 16 kHz), a response no microphone recorded.
                 RobustDistiller's reference code picks one channel at random.
+            check: skip the files that do not look like room impulse responses (default);
+                False keeps every readable, non-silent file (a legitimate response the check
+                refuses: a hall whose strongest reflection comes more than 50 ms after the
+                direct path).
+            check_option: how the caller's user turns ``check`` off (``"augmentation.rir_check:
+                false"``), named in the error when the check refuses every file.
 
-        A file that does not look like a room impulse response (speech, noise:
+        With ``check``, a file that does not look like a room impulse response (speech, noise:
         :func:`rir_implausibility`; with ``channels="one"``, any of its channels) is skipped
         with a warning naming it and why, then one warning counting them, as unreadable and
         silent files are.
 
         Raises:
             FileNotFoundError: ``root`` does not exist or holds no audio file.
-            AudioError: no file could be used: none readable and non-silent, or none of those
-                looks like a room impulse response (one line).
+            AudioError: no file could be used: none readable and non-silent, or (with
+                ``check``) none of those looks like a room impulse response (one line naming
+                ``check_option``).
             ValueError: unknown ``channels``.
         """
         if channels == "mean":
             waves, names = _load_folder(root, sample_rate, "RIR")
-            kept = _plausible_files(root, names, [[w] for w in waves], sample_rate,
-                                    direct_path_db)
+            kept = (_plausible_files(root, names, [[w] for w in waves], sample_rate,
+                                     direct_path_db, check_option)
+                    if check else range(len(names)))
             rirs = tuple(prepare_rir(waves[i], normalization, direct_path_db) for i in kept)
             return cls(rirs, tuple(names[i] for i in kept))
         if channels != "one":
             raise ValueError(f"channels must be 'mean' or 'one', got {channels!r}")
         per_file, names = _load_channels(root, sample_rate, "RIR")
-        kept = _plausible_files(root, names, per_file, sample_rate, direct_path_db)
+        kept = (_plausible_files(root, names, per_file, sample_rate, direct_path_db,
+                                 check_option) if check else range(len(names)))
         per_file, names = [per_file[i] for i in kept], [names[i] for i in kept]
         prepared = tuple(
             tuple(prepare_rir(c, normalization, direct_path_db) for c in chans)

@@ -78,7 +78,11 @@ class PairConfig:
         noise_dir: folder of noise recordings (the training half).
         rir_dir: folder of room impulse responses (training rooms) or None for no reverb; a
             file that is not one (speech, noise) is skipped with a warning
-            (:func:`~robustdistill.augment.rir_implausibility`).
+            (:func:`~robustdistill.augment.rir_implausibility`) unless ``rir_check`` is false.
+        rir_check: skip the ``rir_dir`` files that do not look like room impulse responses
+            (default); false keeps every readable file (a legitimate response the check
+            refuses, e.g. a hall whose strongest reflection comes more than 50 ms after the
+            direct path). Validation's rooms (``validation.rir_dir``) follow it too.
         crop_seconds: length of each item in seconds (> 0).
         snr_range: ``[low, high]`` SNR in dB, drawn uniformly.
         reverb_prob: probability of reverberating an item (needs ``rir_dir``).
@@ -113,6 +117,7 @@ class PairConfig:
     speech_dir: str = "../shared/data/librispeech-mini/train-clean-100"
     noise_dir: str = "runs/data/noise_train"
     rir_dir: str | None = "runs/data/rir_train"
+    rir_check: bool = True
     crop_seconds: float = 2.0
     snr_range: tuple[float, float] = (-5.0, 20.0)
     reverb_prob: float = 0.25
@@ -384,7 +389,9 @@ class PairMaker:
                                   config.scan_cache_dir)
         self.noise = NoiseBank.from_folder(config.noise_dir, config.sample_rate)
         self.rirs = (RirBank.from_folder(config.rir_dir, sample_rate=config.sample_rate,
-                                         channels=config.rir_channels)
+                                         channels=config.rir_channels,
+                                         check=config.rir_check,
+                                         check_option="data.rir_check: false")
                      if config.rir_dir and config.reverb_prob > 0 else None)
         self.length = int(round(config.crop_seconds * config.sample_rate))
         self._pool: tuple[torch.Tensor, torch.Tensor] | None = None

@@ -447,8 +447,10 @@ _RESUME_REFUSED = ("seed", "training.batch_size", "data.")
 
 #: ``data`` keys a resume may change with a warning, as ``distill`` allows its folders: the
 #: data moved to another place (another machine, another mount) is the usual reason, and a
-#: folder named by another path or a link is no change at all.
-_RESUME_FOLDERS = ("data.speech_dir", "data.noise_dir", "data.rir_dir")
+#: folder named by another path or a link is no change at all. ``data.rir_check`` goes with
+#: ``data.rir_dir``: like a folder given other files, it changes which of that folder's files
+#: are rooms (only when the check refused one), as ``distill`` allows ``augmentation.rir_check``.
+_RESUME_FOLDERS = ("data.speech_dir", "data.noise_dir", "data.rir_dir", "data.rir_check")
 
 
 #: The keys of the validation (:mod:`robustdistill.se.validation`): never a change of the
