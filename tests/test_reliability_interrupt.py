@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import se_train_args, write_se_data
+from conftest import se_train_args, small_distill_args, write_se_data
 
 from robustdistill.checkpoints import list_checkpoints
 from robustdistill.config import load_config
@@ -32,20 +32,7 @@ def _env() -> dict[str, str]:
 def _distill_args(tmp_path: Path, teacher: Path, out: str) -> list[str]:
     """A distillation of 12 steps of about 0.1 s each (the kill test's), a checkpoint every
     2 steps."""
-    overrides = {
-        "teacher": str(teacher), "output_dir": str(tmp_path / out), "seed": 11,
-        "data.synthetic_items": 10, "data.synthetic_seconds": "[0.6, 1.0]",
-        "data.synthetic_dir": str(tmp_path / "corpus"), "data.batch_size": 2,
-        "data.max_length_s": 0.8, "data.min_length_s": 0.5, "data.validation_fraction": 0.2,
-        "augmentation.num_simulated_rooms": 2, "augmentation.room_max_order": 2,
-        "objectives": "{layerwise: {teacher_layers: [1, 2]}, enhancement: {hidden_size: 8, "
-                      "num_layers: 1}}",
-        "training.max_steps": 12, "training.save_every": 2, "training.keep_checkpoints": 2,
-        "training.learning_rate": 1e-3, "training.warmup_ratio": 0.0, "training.cpu": True,
-        "training.log_every": 1, "training.eval_every": 100, "training.eval_at_start": False,
-        "training.report_to": "[]", "training.export_student": False,
-    }
-    return [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
+    return small_distill_args(tmp_path, teacher, out, **{"training.max_steps": 12})
 
 
 def _in_one_thread(function, *args):
