@@ -201,3 +201,24 @@ def test_no_test_rir_check_reaches_evaluate(tmp_path) -> None:
         TestCorruptor.from_dirs(None, tmp_path / "rirs")
     corruptor = TestCorruptor.from_dirs(None, tmp_path / "rirs", rir_check=False)
     assert [Path(n).name for n in corruptor.rir_bank.names] == ["hall.wav"]
+
+
+def test_train_rir_check_reaches_the_downstream_se_task(tmp_path) -> None:
+    from downstream.data import DataConfig, SourceConfig
+    from downstream.tasks.speech_enhancement.task import (
+        SpeechEnhancementConfig,
+        SpeechEnhancementTask,
+    )
+
+    _balcony_hall(tmp_path / "rirs")
+
+    def task(**kw) -> SpeechEnhancementTask:
+        return SpeechEnhancementTask(SpeechEnhancementConfig(
+            DataConfig(SourceConfig(root="x")), train_rir_dir=str(tmp_path / "rirs"),
+            train_reverb_prob=1.0, **kw))
+
+    with pytest.raises(AudioError, match="; train_rir_check: false turns the check off"):
+        task().setup({})
+    kept = task(train_rir_check=False)
+    kept.setup({})
+    assert [Path(n).name for n in kept.rir_bank.names] == ["hall.wav"]

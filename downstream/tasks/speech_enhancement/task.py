@@ -143,6 +143,9 @@ class SpeechEnhancementConfig(TaskConfig):
         train_noise_dir: training/dev noise recordings (should differ from the test noise);
             None: white Gaussian noise.
         train_rir_dir: training/dev RIRs, used with probability ``train_reverb_prob``.
+        train_rir_check: skip the ``train_rir_dir`` files that do not look like room impulse
+            responses (:func:`~robustdistill.augment.rir_implausibility`; default); False keeps
+            every readable, non-silent file.
         train_snr_db: ``[low, high]`` dB range of training/dev SNRs.
         train_reverb_prob: probability that a training/dev utterance is reverberated.
         train_crop_seconds: random crop of each training utterance (None: whole utterances).
@@ -175,6 +178,7 @@ class SpeechEnhancementConfig(TaskConfig):
     head: SEHeadConfig = field(default_factory=SEHeadConfig)
     train_noise_dir: str | None = None
     train_rir_dir: str | None = None
+    train_rir_check: bool = True
     train_snr_db: list[float] = field(default_factory=lambda: [-5.0, 20.0])
     train_reverb_prob: float = 0.0
     train_crop_seconds: float | None = 3.0
@@ -285,7 +289,8 @@ class SpeechEnhancementTask(Task):
         else:
             logger.warning("no train_noise_dir: training/dev pairs use white Gaussian noise")
         if cfg.train_rir_dir and cfg.train_reverb_prob > 0:
-            self.rir_bank = RirBank.from_folder(cfg.train_rir_dir)
+            self.rir_bank = RirBank.from_folder(cfg.train_rir_dir, check=cfg.train_rir_check,
+                                                check_option="train_rir_check: false")
 
     def make_example(self, utterance: Utterance, waveform: np.ndarray, split: str,
                      condition: Condition, corruptor: TestCorruptor) -> Example:
