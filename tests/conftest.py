@@ -17,24 +17,38 @@ SHARED_DATA = SHARED / "data"
 WHISPER_DIR = SHARED / "models" / "whisper-tiny.en"
 
 
+def _tiny_distill_settings(tmp_path: Path, teacher_dir: Path, out: str) -> dict[str, object]:
+    """The dotted settings both tiny distillations below share: generated audio, a tiny
+    teacher, noise and 2 simulated rooms, layer-wise and enhancement objectives, CPU."""
+    return {
+        "teacher": str(teacher_dir), "output_dir": str(tmp_path / out),
+        "data.synthetic_seconds": "[0.6, 1.0]",
+        "data.synthetic_dir": str(tmp_path / "corpus"), "data.batch_size": 2,
+        "data.max_length_s": 0.8, "data.min_length_s": 0.5,
+        "augmentation.num_simulated_rooms": 2, "augmentation.room_max_order": 2,
+        "objectives": "{layerwise: {teacher_layers: [1, 2]}, enhancement: {hidden_size: 8, "
+                      "num_layers: 1}}",
+        "training.learning_rate": 1e-3, "training.warmup_ratio": 0.0, "training.cpu": True,
+        "training.log_every": 1, "training.eval_every": 100, "training.eval_at_start": False,
+        "training.report_to": "[]", "training.export_student": False,
+    }
+
+
+def _as_args(settings: dict[str, object]) -> list[str]:
+    """``--key value`` command-line overrides of dotted settings."""
+    return [item for key, value in settings.items() for item in (f"--{key}", str(value))]
+
+
 def small_distill_args(tmp_path: Path, teacher_dir: Path, out: str, **changes) -> list[str]:
     """``--key value`` overrides of a 10-step distillation on generated audio (tiny teacher,
     10 clips, about 0.1 s a step, a checkpoint every 2 steps) that the kill and interrupt tests
     run in a subprocess; ``changes``: dotted keys replaced or added (``"training.max_steps"``)."""
-    settings = {
-        "teacher": str(teacher_dir), "output_dir": str(tmp_path / out), "seed": 11,
-        "data.synthetic_items": 10, "data.synthetic_seconds": "[0.6, 1.0]",
-        "data.synthetic_dir": str(tmp_path / "corpus"), "data.batch_size": 2,
-        "data.max_length_s": 0.8, "data.min_length_s": 0.5, "data.validation_fraction": 0.2,
-        "augmentation.num_simulated_rooms": 2, "augmentation.room_max_order": 2,
-        "objectives": "{layerwise: {teacher_layers: [1, 2]}, enhancement: {hidden_size: 8, "
-                      "num_layers: 1}}",
+    return _as_args({
+        **_tiny_distill_settings(tmp_path, teacher_dir, out), "seed": 11,
+        "data.synthetic_items": 10, "data.validation_fraction": 0.2,
         "training.max_steps": 10, "training.save_every": 2, "training.keep_checkpoints": 2,
-        "training.learning_rate": 1e-3, "training.warmup_ratio": 0.0, "training.cpu": True,
-        "training.log_every": 1, "training.eval_every": 100, "training.eval_at_start": False,
-        "training.report_to": "[]", "training.export_student": False, **changes,
-    }
-    return [item for key, value in settings.items() for item in (f"--{key}", str(value))]
+        **changes,
+    })
 
 
 def tiny_run_config(tmp_path: Path, teacher_dir: Path, out: str, **overrides):
@@ -43,20 +57,10 @@ def tiny_run_config(tmp_path: Path, teacher_dir: Path, out: str, **overrides):
     config keys (``"training.max_steps": 3``) applied last."""
     from robustdistill.config import load_config
 
-    settings = {
-        "teacher": str(teacher_dir), "output_dir": str(tmp_path / out), "seed": 5,
-        "data.synthetic_items": 8, "data.synthetic_seconds": "[0.6, 1.0]",
-        "data.synthetic_dir": str(tmp_path / "corpus"), "data.batch_size": 2,
-        "data.max_length_s": 0.8, "data.min_length_s": 0.5, "data.validation_fraction": 0.25,
-        "augmentation.num_simulated_rooms": 2, "augmentation.room_max_order": 2,
-        "objectives": "{layerwise: {teacher_layers: [1, 2]}, enhancement: {hidden_size: 8, "
-                      "num_layers: 1}}",
-        "training.learning_rate": 1e-3, "training.warmup_ratio": 0.0, "training.cpu": True,
-        "training.log_every": 1, "training.eval_every": 100, "training.report_to": "[]",
-        "training.eval_at_start": False, "training.export_student": False, **overrides,
-    }
-    return load_config(None, [item for key, value in settings.items()
-                              for item in (f"--{key}", str(value))])
+    return load_config(None, _as_args({
+        **_tiny_distill_settings(tmp_path, teacher_dir, out), "seed": 5,
+        "data.synthetic_items": 8, "data.validation_fraction": 0.25, **overrides,
+    }))
 
 
 def free_port() -> int:
