@@ -20,8 +20,9 @@ folder name, so ``--task <name>`` works with no registry to edit. A task impleme
 
 The runner (:mod:`downstream.runner`) does the rest: encode each (utterance, condition) once with
 the frozen upstream and keep the selected hidden states (:func:`encode_examples`, in memory and
-optionally on disk), batch them (:meth:`Task.collate`), train featurizer + head with AdamW for
-``training.steps`` steps, select on dev, evaluate every test condition, write the results.
+optionally on disk: :mod:`downstream.encoding`), batch them (:meth:`Task.collate`), train
+featurizer + head with AdamW for ``training.steps`` steps, select on dev
+(:mod:`downstream.training`), evaluate every test condition, write the results.
 
 Tensor legend: ``B`` batch, ``N`` selected hidden states, ``T`` frames, ``D`` hidden width,
 ``S`` samples at 16 kHz.

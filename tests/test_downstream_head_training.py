@@ -1,4 +1,4 @@
-"""Mutation-testing follow-ups (round 2) for downstream/runner.py's training loop: which dev
+"""Mutation-testing follow-ups (round 2) for downstream/training.py's training loop: which dev
 evaluation's state is kept, train/eval modes, seeds of the batch order, gradient clipping,
 the optimiser's parameter groups, the saved head's class check and run_seeds."""
 
@@ -15,7 +15,8 @@ from torch import nn
 from downstream.base import EncodedExample, Example, Task, TaskConfig, TrainingConfig
 from downstream.data import DataConfig, SourceConfig
 from downstream.featurizer import Featurizer
-from downstream.runner import RunOptions, _optimizer, _train
+from downstream.runner import RunOptions
+from downstream.training import _optimizer, train_head
 
 
 @dataclass
@@ -87,8 +88,8 @@ def _equal_states(a, b):
 ])
 def test_the_dev_best_evaluation_is_kept_and_its_state_restored(higher, scores, best):
     task, featurizer, head = _setup(scores, higher_is_better=higher)
-    record = _train(task, featurizer, head, _encoded(6), _encoded(4, 1),
-                    RunOptions("scripted", "x", "c", "o"))
+    record = train_head(task, featurizer, head, _encoded(6), _encoded(4, 1),
+                        RunOptions("scripted", "x", "c", "o"))
     assert [h["step"] for h in record["history"]] == [2, 4, 6]
     assert [h["score"] for h in record["history"]] == scores
     assert record["best_step"] == best
@@ -103,7 +104,8 @@ def test_the_dev_best_evaluation_is_kept_and_its_state_restored(higher, scores, 
 
 def test_training_steps_run_in_train_mode_and_dev_in_eval_mode_without_grad():
     task, featurizer, head = _setup([0.1, 0.2, 0.3])
-    _train(task, featurizer, head, _encoded(6), _encoded(4, 1), RunOptions("scripted", "x", "c", "o"))
+    train_head(task, featurizer, head, _encoded(6), _encoded(4, 1),
+               RunOptions("scripted", "x", "c", "o"))
     assert task.train_modes == [(True, True)] * 6
     assert task.eval_modes == [(False, False)] * 3
     assert task.eval_grad == [False] * 3
@@ -114,8 +116,8 @@ def test_training_batches_follow_the_run_seed(seed):
     """The batch order is ``default_rng(seed)``'s permutation, so seeds differ."""
     task, featurizer, head = _setup([0.0] * 3, steps=3, eval_every=3)
     train = _encoded(6)
-    _train(task, featurizer, head, train, _encoded(2, 1), RunOptions("scripted", "x", "c", "o",
-                                                                        seed=seed))
+    train_head(task, featurizer, head, train, _encoded(2, 1),
+               RunOptions("scripted", "x", "c", "o", seed=seed))
     order = np.random.default_rng(seed).permutation(6)
     assert task.batch_keys == [[f"u{i}" for i in order[s:s + 2]] for s in (0, 2, 4)]
 
@@ -123,8 +125,8 @@ def test_training_batches_follow_the_run_seed(seed):
 def test_grad_clip_is_applied_to_head_and_layer_weights():
     def final(grad_clip):
         task, featurizer, head = _setup([0.0], steps=3, eval_every=3, grad_clip=grad_clip)
-        _train(task, featurizer, head, _encoded(6), _encoded(2, 1),
-               RunOptions("scripted", "x", "c", "o"))
+        train_head(task, featurizer, head, _encoded(6), _encoded(2, 1),
+                   RunOptions("scripted", "x", "c", "o"))
         return featurizer.weights.detach().clone(), [p.detach().clone() for p in head.parameters()]
 
     free, clipped = final(None), final(1e-12)
@@ -139,7 +141,8 @@ def test_zero_grad_between_steps_gradients_do_not_accumulate():
     task, featurizer, head = _setup([0.0], steps=2, eval_every=2, grad_clip=None)
     twin_f, twin_h = copy.deepcopy(featurizer), copy.deepcopy(head)
     train = _encoded(4)
-    _train(task, featurizer, head, train, _encoded(2, 1), RunOptions("scripted", "x", "c", "o"))
+    train_head(task, featurizer, head, train, _encoded(2, 1),
+               RunOptions("scripted", "x", "c", "o"))
     twin_task = _Scripted(task.config, [0.0], twin_f)
     optimizer = _optimizer(twin_task, twin_f, twin_h)
     order = np.random.default_rng(0).permutation(4)

@@ -52,11 +52,12 @@ def test_the_last_step_is_evaluated_on_dev_when_eval_every_does_not_divide_steps
     is kept when it is the best; without that evaluation 1 step of training would be lost."""
     from test_downstream_head_training import _encoded, _equal_states, _setup
 
-    from downstream.runner import RunOptions, _train
+    from downstream.runner import RunOptions
+    from downstream.training import train_head
 
     task, featurizer, head = _setup([0.1, 0.2, 0.9], steps=5, eval_every=2)
-    record = _train(task, featurizer, head, _encoded(6), _encoded(4, 1),
-                    RunOptions("scripted", "x", "c", "o"))
+    record = train_head(task, featurizer, head, _encoded(6), _encoded(4, 1),
+                        RunOptions("scripted", "x", "c", "o"))
     assert [h["step"] for h in record["history"]] == [2, 4, 5]
     assert (record["best_step"], record["best_metric"]) == (5, 0.9)
     assert _equal_states(head.state_dict(), task.snapshots[-1][1])
@@ -127,7 +128,7 @@ def test_each_condition_of_a_run_encodes_its_own_corrupted_test_audio(tmp_path, 
     import soundfile as sf
     from test_downstream_tasks import _save_tiny, _tone, _uc_config, _write_config
 
-    from downstream import runner
+    from downstream import encoding, runner
     from downstream.conditions import TestCorruptor, parse_condition
 
     corpus = tmp_path / "corpus"
@@ -147,13 +148,13 @@ def test_each_condition_of_a_run_encodes_its_own_corrupted_test_audio(tmp_path, 
     config["training"] = {"steps": 1, "batch_size": 4, "eval_every": 1}
     config["disk_cache"] = False
     seen = {}
-    real = runner.encode_examples
+    real = encoding.encode_examples
 
     def encode(upstream, featurizer, examples, *args, desc="", **kwargs):
         seen[desc.removeprefix("encode ")] = {e.key: e.waveform.copy() for e in examples}
         return real(upstream, featurizer, examples, *args, desc=desc, **kwargs)
 
-    monkeypatch.setattr(runner, "encode_examples", encode)
+    monkeypatch.setattr(encoding, "encode_examples", encode)
     results = runner.run_evaluation(runner.RunOptions(
         task="utterance_classification", upstream=_save_tiny("hubert", tmp_path / "up"),
         config=_write_config(tmp_path / "uc.yaml", config), out=str(tmp_path / "out"),

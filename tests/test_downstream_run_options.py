@@ -1,6 +1,7 @@
 """Mutation-testing follow-ups (round 2) for downstream/runner.py at the run level: which split
-trains, selects and is tested, the head's seed, the label, the frozen upstream, the cache key,
-the encode batch size, the saved head's class check and run_seeds."""
+trains, selects and is tested, the head's seed, the label, the frozen upstream, the cache key and
+the encode batch size (downstream/encoding.py), the saved head's class check
+(downstream/head_file.py) and run_seeds."""
 
 # ruff: noqa: F811  (pytest fixtures imported from test_downstream_tasks)
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 import torch
 from test_downstream_tasks import _uc_config, _write_config, corpus, tiny_upstreams  # noqa: E402,F401
 
-from downstream import runner
+from downstream import encoding, head_file, runner
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def spied_run(tmp_path_factory, corpus, tiny_upstreams):
     config["disk_cache"] = False
     path = _write_config(tmp / "uc.yaml", config)
     seen: dict = {}
-    real_train, real_load = runner._train, runner.Upstream.from_pretrained
+    real_train, real_load = runner.train_head, runner.Upstream.from_pretrained
 
     def train(task, featurizer, head, train_set, dev_set, options):
         seen["train_keys"] = [e.example.key for e in train_set]
@@ -44,7 +45,7 @@ def spied_run(tmp_path_factory, corpus, tiny_upstreams):
         return upstream
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runner, "_train", train)
+        mp.setattr(runner, "train_head", train)
         mp.setattr(runner.Upstream, "from_pretrained", load)
         results = runner.run_evaluation(runner.RunOptions(
             task="utterance_classification", upstream=tiny_upstreams["hubert"], config=path,
@@ -100,8 +101,8 @@ def test_encode_batch_size_is_used_when_batching(tmp_path, corpus):
         config = load_config(path, task_class.config_class,
                              {"encode_padding": mode, "encode_batch_size": 3})
         options = runner.RunOptions("utterance_classification", "fbank", path, str(tmp_path))
-        encoder = runner._Encoder(task_class(config), FbankUpstream(), None, None, {}, tmp_path,
-                                  options)
+        encoder = encoding.Encoder(task_class(config), FbankUpstream(), None, None, {}, tmp_path,
+                                   options)
         assert encoder.batch_size == expected
 
 
@@ -109,10 +110,10 @@ def test_upstream_fingerprint_follows_the_weight_files(tmp_path):
     """A folder upstream retrained in place must not reuse the old cache."""
     upstream = SimpleNamespace(config=SimpleNamespace(to_json_string=lambda: "{}"))
     (tmp_path / "model.safetensors").write_bytes(b"abc")
-    first = runner._upstream_fingerprint(str(tmp_path), upstream)
-    assert first == runner._upstream_fingerprint(str(tmp_path), upstream)
+    first = encoding._upstream_fingerprint(str(tmp_path), upstream)
+    assert first == encoding._upstream_fingerprint(str(tmp_path), upstream)
     (tmp_path / "model.safetensors").write_bytes(b"abcd")
-    assert runner._upstream_fingerprint(str(tmp_path), upstream) != first
+    assert encoding._upstream_fingerprint(str(tmp_path), upstream) != first
 
 
 def test_a_head_trained_with_another_class_list_is_refused(tmp_path):
@@ -161,7 +162,7 @@ def test_a_head_save_that_fails_halfway_leaves_the_earlier_head_whole(tmp_path, 
         Path(f).write_bytes(before[: len(before) // 2])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner.torch, "save", killed)
+    monkeypatch.setattr(head_file.torch, "save", killed)
     with pytest.raises(KeyboardInterrupt):
         runner.save_head(tmp_path / "head.pt", task, featurizer, head, {"best_step": 2}, options)
     assert (tmp_path / "head.pt").read_bytes() == before
@@ -217,9 +218,9 @@ def test_training_only_head_settings_may_differ_at_evaluate_only():
              "head": {"channels": 128, "margin": 0.2, "scale": 30.0, "dropout": 0.0}}
     now = {"head": {"channels": 128, "margin": 0.4, "scale": 20.0, "dropout": 0.1,
                     "batch_norm": "masked"}}
-    assert runner._model_setting_differences(saved, now, featurizer) == []
+    assert head_file._model_setting_differences(saved, now, featurizer) == []
     now["head"]["channels"] = 64
-    assert runner._model_setting_differences(saved, now, featurizer) == [
+    assert head_file._model_setting_differences(saved, now, featurizer) == [
         "head.channels (128 in the head, 64 here)"]
 
 

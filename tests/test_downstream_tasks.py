@@ -153,7 +153,7 @@ def test_an_unreadable_cached_file_is_encoded_again_not_a_failed_run(
     cached = next((out / "cache").glob("train-clean-*.pt"))
     whole = cached.read_bytes()
     cached.write_bytes(whole[: len(whole) // 2])
-    with caplog.at_level("WARNING", logger="downstream.runner"):
+    with caplog.at_level("WARNING", logger="downstream.encoding"):
         _evaluate(corpus, tiny_upstreams["wavlm"], "utterance_classification", config, out)
     assert f"cached hidden states {cached} are unreadable" in caplog.text
     second = json.loads((out / "results.json").read_text())

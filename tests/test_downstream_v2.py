@@ -91,7 +91,7 @@ def test_bootstrap_and_mcnemar_hand_values():
 
 
 def test_nan_first_dev_metric_does_not_lock_selection():
-    from downstream.runner import _better
+    from downstream.training import _better
 
     class Up:
         higher_is_better = True
@@ -318,7 +318,8 @@ def test_attention_mask_makes_only_layer_norm_cnn_padding_independent(tmp_path):
 def test_runner_auto_padding_mode(tmp_path, corpus, tiny_upstreams):
     from downstream.base import get_task
     from downstream.config import load_config
-    from downstream.runner import RunOptions, _Encoder
+    from downstream.encoding import Encoder
+    from downstream.runner import RunOptions
     from robustdistill.upstream import Upstream
 
     config_path = _write_config(tmp_path / "uc.yaml", _uc_config(corpus))
@@ -329,7 +330,7 @@ def test_runner_auto_padding_mode(tmp_path, corpus, tiny_upstreams):
         upstream = Upstream.from_pretrained(tiny_upstreams[kind], frozen=True)
         options = RunOptions("utterance_classification", tiny_upstreams[kind], config_path,
                              str(tmp_path))
-        encoder = _Encoder(task_class(config), upstream, None, None, {}, tmp_path, options)
+        encoder = Encoder(task_class(config), upstream, None, None, {}, tmp_path, options)
         assert encoder.batch_size == expected
 
 
@@ -415,11 +416,11 @@ def test_featurizer_learning_rate_zero_freezes_layer_weights_and_negative_is_rej
     from downstream.config import ConfigError, from_dict
     from downstream.data import DataConfig, SourceConfig
     from downstream.featurizer import Featurizer
-    from downstream.runner import _optimizer
     from downstream.tasks.utterance_classification.task import (
         UtteranceClassification,
         UtteranceClassificationConfig,
     )
+    from downstream.training import _optimizer
 
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="featurizer_learning_rate"):
@@ -540,7 +541,7 @@ def test_test_rir_channel_is_the_same_under_every_condition(tmp_path):
 def test_test_rir_channels_in_fingerprint_cli_and_cache(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from downstream import runner
+    from downstream import encoding, runner
     from downstream.cli import evaluate_main
     from downstream.conditions import CLEAN
 
@@ -570,7 +571,7 @@ def test_test_rir_channels_in_fingerprint_cli_and_cache(tmp_path, monkeypatch):
         evaluate_main([*base, "--test-rir-channels", "first"])
 
     def cache_path(channels):
-        encoder = object.__new__(runner._Encoder)
+        encoder = object.__new__(encoding.Encoder)
         encoder.cache_dir = tmp_path / "cache"
         encoder.options = runner.RunOptions("ks", "fbank", "c.yaml", "o",
                                             test_rir_dir=str(rir_dir), test_rir_channels=channels)

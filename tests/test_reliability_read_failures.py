@@ -104,7 +104,7 @@ def test_distill_datasets_skip_a_corrupt_float_file_by_name(tmp_path):
 
 def test_evaluate_decoding_skips_and_counts_a_corrupt_float_file(tmp_path):
     from downstream.data import Utterance
-    from downstream.runner import _decode_all
+    from downstream.decoding import decode_all
 
     loud = _speech(1.0)
     loud[500] = 1e30
@@ -114,7 +114,7 @@ def test_evaluate_decoding_skips_and_counts_a_corrupt_float_file(tmp_path):
     splits = {split: [Utterance(f"{split}/ok{i}", str(tmp_path / f"ok{i}.wav"), label="a")
                       for i in range(2)] for split in ("train", "dev", "test")}
     splits["test"].append(Utterance("test/loud", str(tmp_path / "loud.wav"), label="a"))
-    waveforms, skipped = _decode_all(splits, None)
+    waveforms, skipped = decode_all(splits, None)
     assert skipped == {"train": 0, "dev": 0, "test": 1}
     assert [u.key for u, _ in waveforms["test"]] == ["test/ok0", "test/ok1"]
 
