@@ -287,7 +287,8 @@ def save_checkpoint(accelerator, folder: str | os.PathLike, index: int, step: in
         folder: the run's ``checkpoints/`` folder.
         index: the ``N`` of the folder name.
         step: recorded in the manifest (the optimizer step, or the epochs done).
-        state: file name -> JSON-serialisable object, written by the main process.
+        state: file name -> JSON-serialisable object (written as JSON) or ``bytes`` (written
+            as they are, e.g. a ``safetensors`` blob), written by the main process.
         keep: newest complete checkpoints kept (None: all).
         prefix: folder-name prefix (``checkpoint_``, ``epoch_``).
         replace: delete a complete ``{prefix}{index}`` first (a later checkpoint of an older
@@ -319,7 +320,10 @@ def save_checkpoint(accelerator, folder: str | os.PathLike, index: int, step: in
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         for name, value in (state or {}).items():
-            (tmp / name).write_text(json.dumps(value))
+            if isinstance(value, bytes):
+                (tmp / name).write_bytes(value)
+            else:
+                (tmp / name).write_text(json.dumps(value))
         write_manifest(tmp, step)
         if replace and final.exists():
             _delete(final)

@@ -634,7 +634,7 @@ def test_se_card_of_a_run_that_validated_names_its_set_and_last_scores(tmp_path)
     assert (f"- Validation data: 3 held-out pairs made once like the training items from "
             f"speech under `{tmp_path / 'vspeech'}`, noise under `{tmp_path / 'noise'}`, "
             f"rooms under `{tmp_path / 'rooms'}` with probability 0.5; scored every 1 steps "
-            "and at the last (SI-SDR, STOI, the loss)\n") in training
+            "and at the last (SI-SDR, STOI, the loss); the best step chosen by si_sdr\n") in training
     assert (f"; last validation (step 2, 3 held-out pairs): SI-SDR {last['si_sdr']:.2f} dB "
             f"({last['si_sdr_i']:+.2f} dB over the noisy input), STOI {last['stoi']:.3f} "
             f"({last['stoi_i']:+.3f} over the noisy input)\n") in training

@@ -33,6 +33,7 @@ teacher and the Training section) and :mod:`~robustdistill.publish.card_usage` (
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -73,7 +74,7 @@ from .provenance import (
     training_language,
 )
 from .results import TaskResult
-from .run_weights import check_run_weights
+from .run_weights import check_run_weights, is_best_student
 
 __all__ = ["KINDS", "CardError", "build_card", "card_main", "check_no_placeholders",
            "copy_run_files", "eval_results_for", "heads_dir_for", "templates_dir",
@@ -286,6 +287,9 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     run = summarise_run(run_dir, step=step, kind=kind) if run_dir is not None else None
     if run is not None:  # refuses another run's training (a mistyped --run)
         logger.info("%s", check_run_weights(model_dir, run, step))
+        if step is None and is_best_student(model_dir, run):  # the card says which step
+            run = dataclasses.replace(run, final_state={**run.final_state,
+                                                        "card_weights": "best_student"})
     if base_model is None and run is not None and run.teacher_dir is None \
             and is_hub_id(run.teacher):
         base_model = run.teacher

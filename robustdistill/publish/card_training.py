@@ -309,11 +309,21 @@ def _se_view(run: RunSummary) -> dict[str, Any]:
                     f"{_recorded(training, 'max_grad_norm')} (L2 norm), seed "
                     f"{_recorded(cfg, 'seed')}")
     state, result = run.final_state, []
-    if state.get("checkpoint"):
+    best = state.get("best_validation") if isinstance(state.get("best_validation"), dict) \
+        else {}
+    if state.get("card_weights") == "best_student" and best.get("step") is not None:
+        result.append(f"these weights are the student of the best validation, step "
+                      f"{best['step']} of the {_recorded(training, 'max_steps')}-step run "
+                      f"(`best_student/`)")
+    elif state.get("checkpoint"):
         result.append(f"these weights are the checkpoint at step {state['step']} of the "
                       f"{_recorded(training, 'max_steps')}-step run")
     elif "step" in state:
         result.append(f"finished at step {state['step']}")
+    if best.get("step") is not None and isinstance(best.get("value"), int | float):
+        result.append(f"best validation {best.get('metric')} {best['value']:.4g} at step "
+                      f"{best['step']} ({'higher' if best.get('mode') == 'max' else 'lower'} "
+                      "is better)")
     if run.last_train.get("loss") is not None:
         result.append(f"last logged training loss {run.last_train['loss']:.4f} "
                       f"(step {run.last_train.get('step')})")

@@ -297,7 +297,9 @@ def _describe_se_validation(config: dict[str, Any]) -> str:
     return (f"{_value(valid, 'items')} held-out pairs made once like the training items from "
             f"speech under {_folder(valid, 'speech_dir')}, noise under "
             f"{_folder(valid, 'noise_dir')}, {rooms}; scored every "
-            f"{_value(training, 'eval_every')} steps and at the last (SI-SDR, STOI, the loss)")
+            f"{_value(training, 'eval_every')} steps and at the last (SI-SDR, STOI, "
+            + ("PESQ, " if valid.get("pesq") else "") + "the loss); the best step chosen by "
+            f"{valid.get('best_metric', 'si_sdr')}")
 
 
 def _describe_se_data(config: dict[str, Any]) -> tuple[str, str, str]:

@@ -18,7 +18,7 @@ from ..checkpoints import STUDENT_PREFIX, checkpoint_step, list_checkpoints
 from .card_results import CardError
 from .provenance import RunSummary
 
-__all__ = ["STUDENT_PREFIX", "check_run_weights"]  # STUDENT_PREFIX: re-exported
+__all__ = ["BEST_STUDENT", "STUDENT_PREFIX", "check_run_weights", "is_best_student"]  # STUDENT_PREFIX: re-exported
 
 
 def _checkpoints_of_step(run_dir: Path, step: int) -> list[Path]:
@@ -31,7 +31,8 @@ def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None =
     """Check that ``model_dir/model.safetensors`` holds the student ``run`` trained, at its end
     or at checkpoint ``step``.
 
-    The reference: without ``step``, the run's own export ``<run>/student``, else (a
+    The reference: without ``step``, the run's own export ``<run>/student`` (for a
+    ``train-se`` run, its ``<run>/best_student`` too: the best validation step's), else (a
     ``distill`` run that did not export) its newest checkpoint; with ``step`` (``distill``
     runs only), the checkpoints whose manifest records that step (any of them: a run resumed
     from an earlier checkpoint has two of one step).
@@ -59,6 +60,9 @@ def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None =
         if step is not None:
             return (f"not checked: --step {step} of a {run.recipe!r} run (only distill "
                     "checkpoints are read)")
+        if is_best_student(model_dir, run):
+            return (f"the card's weights are the best validation student of {run.run_dir} "
+                    f"({run.run_dir / BEST_STUDENT})")
         if not exported.is_file():
             return f"not checked: {run.run_dir} has no exported student ({exported})"
         what = f"the final student of {run.run_dir} ({exported.parent})"
@@ -111,6 +115,24 @@ def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None =
                     break
         raise _other_weights(model_dir, what, differ, hint)
     return f"the card's weights are {what}"
+
+
+#: The folder of a ``train-se`` run that ``validation.keep_best`` exports the best validation
+#: step's student to (:data:`robustdistill.se.validation.BEST_STUDENT`).
+BEST_STUDENT = "best_student"
+
+
+def is_best_student(model_dir: str | Path, run: RunSummary) -> bool:
+    """Whether ``model_dir/model.safetensors`` holds exactly the weights of ``run``'s
+    ``best_student/`` (a ``train-se`` run with ``validation.keep_best``)."""
+    from safetensors.torch import load_file
+
+    mine, best = Path(model_dir) / "model.safetensors", run.run_dir / BEST_STUDENT
+    if run.recipe != "se" or not mine.is_file() or not (best / "model.safetensors").is_file():
+        return False
+    if mine.resolve() == (best / "model.safetensors").resolve():
+        return True
+    return not _differing(load_file(str(mine)), load_file(str(best / "model.safetensors")))
 
 
 def _other_weights(model_dir: Path, what: str, differ: list[str],

@@ -22,7 +22,9 @@ saving never leaves a half-written ``checkpoint_N``; resumed from the newest one
 batches are a pure function of ``(seed, step)``, the student's and loss heads' weights and the
 optimizer state are restored, and ``metrics.jsonl`` is cut back to the checkpoint, so a resumed
 run equals an uninterrupted one), and at the end ``student/`` (``save_pretrained``) and ``final_state.json`` (step, a
-SHA-256 of the student's parameters, ``skipped_updates`` and the speech files dropped). The
+SHA-256 of the student's parameters, ``skipped_updates``, the speech files dropped and, with
+validation, ``best_validation``: :class:`~robustdistill.se.validation.BestValidation`; with
+``validation.keep_best``, ``best_student/`` holds that step's student). The
 teacher is frozen and never saved.
 
 A step whose loss (on any process) or gradient norm is NaN/Inf changes nothing: its update is
@@ -87,7 +89,13 @@ from .students import (
 )
 from .teachers import load_teacher
 from .teachers.onnx_weights import TeacherUnavailable
-from .validation import ValidationOptions, make_validation_pairs, validate
+from .validation import (
+    BestValidation,
+    TeacherOutputs,
+    ValidationOptions,
+    make_validation_pairs,
+    validate,
+)
 
 __all__ = ["DamagedCheckpointError", "DataFolderError", "ResumeSettingsError", "SETrainConfig",
            "TrainingOptions", "StudentOptions",
@@ -238,6 +246,11 @@ class SETrainConfig:
         if unknown:
             raise ValueError(f"student layer(s) {unknown} are not activations of a "
                              f"{self.student.num_layers}-layer student {list(known)}")
+        if (self.validation.enabled and self.validation.best_metric == "loss"
+                and self.loss.schedule == "two_step" and self.loss.uses_teacher):
+            raise ValueError("validation.best_metric loss cannot compare two_step's phases (KD "
+                             "terms before loss.kd_steps, the task loss after): choose si_sdr, "
+                             "stoi or pesq")
 
     def to_dict(self) -> dict:
         """Plain nested dict (``config.yaml``)."""
@@ -670,6 +683,13 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int]) -> Path:
             raise DataFolderError(f"validation: {err}") from err
         except AudioError as err:  # no usable file in a validation folder
             raise AudioError(f"validation: {err}", err.reason) from err
+    best = teacher_outputs = None
+    if pairs is not None:
+        best = BestValidation(cfg.validation, acc.unwrap_model(student).config, out,
+                              pairs.set_sha1)
+        if teacher is not None:  # run once per item, at the first validation that reads it
+            teacher_outputs = TeacherOutputs(teacher_layers(cfg.loss),
+                                             cfg.loss.output_kd_weight > 0)
 
     ckpt_dir = out / "checkpoints"
     if acc.is_main_process:
@@ -693,6 +713,8 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int]) -> Path:
         atomic_write_text(out / "config.yaml",  # whole, even if interrupted
                           yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         record_environment(out, start, config_changes=changes if newest is not None else None)
+        if best is not None:  # the checkpoint's best validation, and best_student/ put right
+            best.resume(newest[0] if newest is not None else None)
     # a fresh start hides what a run killed before its first checkpoint logged (steps >= 0:
     # the step-0 validation too)
     acc.init_trackers("se", config={"seed": cfg.seed, "max_steps": t.max_steps},
@@ -706,6 +728,8 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int]) -> Path:
             state = {_STATE: {"step": step, "metrics_bytes": os.fstat(metrics.fileno()).st_size,
                               "num_processes": acc.num_processes,
                               **dataclasses.asdict(counts)}}
+            if best is not None:
+                state.update(best.checkpoint_files())
         return save_checkpoint(acc, ckpt_dir, step, step, state=state,
                                keep=t.keep_checkpoints, replace=True)
 
@@ -713,16 +737,19 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int]) -> Path:
                disable=not acc.is_main_process)
 
     def log_validation(step: int) -> None:  # every process scores its share of the items
-        values = validate(acc, student, loss_fn, teacher, pairs, step, cfg.loss.teacher_input)
+        values = validate(acc, student, loss_fn, teacher, pairs, step, cfg.loss.teacher_input,
+                          teacher_outputs)
         if values is None:  # not the main process
             return
+        new_best = best.update(step, values, acc.unwrap_model(student))
         row = {"step": step, "split": "validation", "lr": t.learning_rate, **values}
         acc.log({f"validation/{k}": v for k, v in row.items()
                  if k not in ("step", "split") and isinstance(v, int | float)}, step=step)
         metrics.write(json.dumps(row) + "\n")
         metrics.flush()
         bar.write(f"step {step}: validation loss {row['loss']:.3f}, SI-SDR "
-                  f"{row['si_sdr']:.2f} dB (SI-SDRi {row['si_sdr_i']:+.2f} dB)")
+                  f"{row['si_sdr']:.2f} dB (SI-SDRi {row['si_sdr_i']:+.2f} dB)"
+                  + (f"; best {best.metric} so far" if new_best else ""))
 
     student.train()
     pooled = None
@@ -805,7 +832,8 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int]) -> Path:
             "parameter_sha256": parameter_hash(model), "num_processes": acc.num_processes,
             "parameter_sha256_per_rank": per_rank,
             "ranks_identical": len(set(per_rank)) == 1, **dataclasses.asdict(counts),
-            "skipped_speech_files": maker.speech.skipped})
+            "skipped_speech_files": maker.speech.skipped,
+            "best_validation": best.state if best is not None else None})
         metrics.close()
     finish_processes(acc)  # the trainer's own end: a gloo rank cannot hang in teardown
     return out

@@ -32,7 +32,12 @@ Tensor legend: ``N`` items, ``S`` samples (``data.crop_seconds`` at 16 kHz).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
+import math
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,15 +50,23 @@ from ..random_streams import VALIDATION_STREAM
 from .data import PairConfig, PairMaker
 from .evaluate import scored_means
 
-__all__ = ["SCORES", "ValidationOptions", "ValidationPairs", "make_validation_pairs",
-           "validate"]
+__all__ = ["BEST_METRICS", "BEST_STUDENT", "SCORES", "BestValidation", "TeacherOutputs",
+           "ValidationOptions", "ValidationPairs", "make_validation_pairs", "validate"]
 
 logger = logging.getLogger(__name__)
 
 #: The speech scores of every validation (each also as an improvement over the noisy input,
-#: ``<score>_i``): SI-SDR in dB and STOI (PESQ, about 0.13 s a 2 s item, is left to
-#: ``robustdistill.se.table``).
+#: ``<score>_i``): SI-SDR in dB and STOI; ``validation.pesq`` adds wide-band PESQ
+#: (:attr:`ValidationOptions.scores`).
 SCORES = ("si_sdr", "stoi")
+
+#: The values ``validation.best_metric`` may select the best validation by, and which way is
+#: better: the mean SI-SDR (dB), STOI or PESQ of the enhanced items (higher), or the mean
+#: validation loss (lower).
+BEST_METRICS = {"si_sdr": "max", "stoi": "max", "pesq": "max", "loss": "min"}
+
+#: The folder of ``output_dir`` that ``validation.keep_best`` exports the best student to.
+BEST_STUDENT = "best_student"
 
 
 @dataclass
@@ -70,20 +83,47 @@ class ValidationOptions:
         rir_dir: the held-out rooms (default ``runs/data/rir_test``), used with
             ``data.reverb_prob``; None: the validation pairs are not reverberated.
         items: pairs made (>= 1; default 32). At 2 s crops on one busy CPU thread, 32 items
-            took 0.9 s a validation without a teacher and 4.3 s with NSNet2 (docs/se.md).
+            took 0.9 s a validation without a teacher and 4.3 s with NSNet2, 1.2 s once its
+            outputs are kept (:class:`TeacherOutputs`; docs/se.md).
+        pesq: also score wide-band PESQ (P.862.2) and its improvement ``pesq_i`` (default
+            False: 0.12 s an item of 2 s on one CPU thread, 3.9 s a validation of 32; docs/se.md). An item PESQ
+            cannot score (shorter than 0.25 s, no utterance found) is unscored and counted.
+        best_metric: the validation value that selects the best step: ``si_sdr``, ``stoi``,
+            ``pesq`` (higher is better; ``pesq`` needs ``pesq: true``) or ``loss`` (lower;
+            not with the ``two_step`` schedule, whose loss changes terms at ``kd_steps``).
+            Default ``si_sdr``. A tie keeps the earlier step; a validation whose value is NaN
+            (no item scored) is never the best.
+        keep_best: export the student of the best validation step to
+            ``<output_dir>/best_student`` (the same export as ``student/``), replaced at each
+            new best (default False).
 
     Raises:
-        ValueError: (on construction) ``items`` below 1.
+        ValueError: (on construction) ``items`` below 1, an unknown ``best_metric``, or
+            ``best_metric: pesq`` without ``pesq: true``.
     """
 
     speech_dir: str | None = None
     noise_dir: str = "runs/data/noise_test"
     rir_dir: str | None = "runs/data/rir_test"
     items: int = 32
+    pesq: bool = False
+    best_metric: str = "si_sdr"
+    keep_best: bool = False
 
     def __post_init__(self) -> None:
         if self.items < 1:
             raise ValueError(f"items must be >= 1, got {self.items}")
+        if self.best_metric not in BEST_METRICS:
+            raise ValueError(f"best_metric must be one of {list(BEST_METRICS)}, got "
+                             f"{self.best_metric!r}")
+        if self.best_metric == "pesq" and not self.pesq:
+            raise ValueError("best_metric pesq needs pesq: true (validation.pesq)")
+
+    @property
+    def scores(self) -> tuple[str, ...]:
+        """The speech scores of each validation: :data:`SCORES`, and ``pesq`` with
+        :attr:`pesq`."""
+        return (*SCORES, "pesq") if self.pesq else SCORES
 
     @property
     def enabled(self) -> bool:
@@ -99,7 +139,7 @@ class ValidationPairs:
         noisy: ``(N, S)`` float32 student inputs.
         clean: ``(N, S)`` float32 targets.
         noisy_scores: per item, ``{score: value}`` of the noisy input against the target
-            (:data:`SCORES`; NaN where undefined).
+            (:attr:`ValidationOptions.scores`; NaN where undefined).
     """
 
     noisy: torch.Tensor
@@ -108,6 +148,20 @@ class ValidationPairs:
 
     def __len__(self) -> int:
         return self.noisy.shape[0]
+
+    @property
+    def scores(self) -> tuple[str, ...]:
+        """The speech scores the pairs were made for (those of :attr:`noisy_scores`)."""
+        return tuple(self.noisy_scores[0])
+
+    @property
+    def set_sha1(self) -> str:
+        """SHA-1 of the pairs' samples (noisy and clean): the set a best validation was
+        chosen on (:class:`BestValidation`)."""
+        h = hashlib.sha1()
+        for x in (self.noisy, self.clean):
+            h.update(x.contiguous().numpy().tobytes())
+        return h.hexdigest()
 
 
 def _shared_files(a: str | Path, b: str | Path | None) -> list[Path]:
@@ -163,7 +217,7 @@ def make_validation_pairs(data: PairConfig, options: ValidationOptions, seed: in
              for i in range(options.items)]
     noisy = np.stack([noisy for noisy, _ in items])
     clean = np.stack([clean for _, clean in items])
-    scores = [speech_metrics(n, c, f"validation item {i} (noisy)", metrics=SCORES)
+    scores = [speech_metrics(n, c, f"validation item {i} (noisy)", metrics=options.scores)
               for i, (n, c) in enumerate(zip(noisy, clean, strict=True))]
     logger.info("validation: %d pairs of %.2f s from %s, noise %s, rooms %s", len(items),
                 data.crop_seconds, options.speech_dir, options.noise_dir,
@@ -171,9 +225,58 @@ def make_validation_pairs(data: PairConfig, options: ValidationOptions, seed: in
     return ValidationPairs(torch.from_numpy(noisy), torch.from_numpy(clean), scores)
 
 
+class TeacherOutputs:
+    """The frozen teacher's outputs on the validation items, computed at the first validation
+    that reads them and reused by the later ones (the teacher and the items never change, so
+    the losses are those of a teacher run at each validation, bit for bit: tested).
+
+    Only what the loss reads is kept, in float32 on the run's device: the enhanced waveform
+    when ``loss.output_kd_weight > 0`` (4 bytes a sample: 128 KB a 2 s item) and the distilled
+    activations (4 ``K D`` bytes each: NSNet2's fc_in, gru1 and gru2 over 201 frames, 965 KB a
+    2 s item). For 32 items of 2 s: 4.2 MB (output KD alone, ``se_mixture``), 35 MB (output KD
+    and Gram KD on three NSNet2 layers, ``se_two_step_gram``).
+
+    Args:
+        layers: the teacher activation names the loss distils.
+        keep_enhanced: keep the enhanced waveforms (output KD).
+    """
+
+    def __init__(self, layers: tuple[str, ...], keep_enhanced: bool):
+        self.layers, self.keep_enhanced = tuple(layers), keep_enhanced
+        self._items: dict[int, object] = {}
+
+    def __call__(self, i: int, teacher, waveform: torch.Tensor):
+        """The teacher's :class:`~robustdistill.se.teachers.base.SEOutput` on item ``i``
+        (``waveform``: its ``(1, S)`` input), run once and kept (trimmed to what the loss
+        reads).
+
+        Raises:
+            KeyError: a name of ``layers`` is not among the teacher's activations.
+        """
+        from .teachers.base import SEOutput
+
+        if i not in self._items:
+            out = teacher(waveform, return_activations=True)
+            missing = [k for k in self.layers if k not in out.activations]
+            if missing:
+                raise KeyError(f"teacher has no activation(s) {missing}; it has "
+                               f"{sorted(out.activations)}")
+            self._items[i] = SEOutput(out.enhanced if self.keep_enhanced else None,
+                                      {k: out.activations[k] for k in self.layers}, None)
+        return self._items[i]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (tensor storage)."""
+        return sum(t.numel() * t.element_size() for o in self._items.values()
+                   for t in [*([o.enhanced] if o.enhanced is not None else []),
+                             *o.activations.values()])
+
+
 @torch.no_grad()
 def validate(acc, student, loss_fn, teacher, pairs: ValidationPairs, step: int,
-             teacher_input: str = "noisy") -> dict | None:
+             teacher_input: str = "noisy", teacher_outputs: TeacherOutputs | None = None
+             ) -> dict | None:
     """Score the student on the held-out pairs (a collective: every process calls it at the
     same step).
 
@@ -187,12 +290,17 @@ def validate(acc, student, loss_fn, teacher, pairs: ValidationPairs, step: int,
             (the next step's, as ``distill``'s validation: phase 2 of ``two_step`` from
             ``kd_steps`` on).
         teacher_input: ``"noisy"`` or ``"clean"``: what the teacher hears (``loss.teacher_input``).
+        teacher_outputs: the teacher's outputs kept from an earlier validation of the same
+            pairs and teacher input (:class:`TeacherOutputs`; filled here); None: the teacher
+            runs on each item at each validation.
 
     Returns:
         On the main process, each value's mean over the items where it is finite: ``loss``
-        and the loss's parts (the names ``train`` rows use), ``si_sdr``, ``stoi`` and their
-        improvements ``si_sdr_i``, ``stoi_i``; ``n`` items and ``unscored`` (``{value:
-        items where it is NaN/Inf}``, only counts above 0). None on the other processes.
+        and the loss's parts (the names ``train`` rows use), the speech scores
+        (:attr:`ValidationPairs.scores`: ``si_sdr``, ``stoi``, with ``validation.pesq``
+        ``pesq``) and their improvements ``si_sdr_i``, ``stoi_i``, ``pesq_i``; ``n`` items and
+        ``unscored`` (``{value: items where it is NaN/Inf}``, only counts above 0). None on
+        the other processes.
     """
     from accelerate.utils import gather_object
 
@@ -201,14 +309,15 @@ def validate(acc, student, loss_fn, teacher, pairs: ValidationPairs, step: int,
     model, heads = acc.unwrap_model(student), acc.unwrap_model(loss_fn)
     was_training = model.training
     model.eval()
-    rows = []
+    rows, names = [], pairs.scores
     for i in range(acc.process_index, len(pairs), acc.num_processes):
         noisy = pairs.noisy[i:i + 1].to(acc.device)
         clean = pairs.clean[i:i + 1].to(acc.device)
         teacher_out = None
         if heads.needs_teacher(step):
-            teacher_out = teacher(clean if teacher_input == "clean" else noisy,
-                                  return_activations=True)
+            t_in = clean if teacher_input == "clean" else noisy
+            teacher_out = (teacher_outputs(i, teacher, t_in) if teacher_outputs is not None
+                           else teacher(t_in, return_activations=True))
         _, layers = heads.student_needs(step)
         s_out = model(noisy, return_activations=layers)
         total, parts = heads(step, s_out, clean, teacher_out)
@@ -218,12 +327,181 @@ def validate(acc, student, loss_fn, teacher, pairs: ValidationPairs, step: int,
         base = pairs.noisy_scores[i]
         scores = speech_metrics(s_out.enhanced[0].float().cpu().numpy(),
                                 pairs.clean[i].numpy(), f"validation item {i}",
-                                metrics=tuple(k for k in SCORES if np.isfinite(base[k])))
-        row.update({k: scores.get(k, float("nan")) for k in SCORES})
-        row.update({f"{k}_i": scores.get(k, float("nan")) - base[k] for k in SCORES})
+                                metrics=tuple(k for k in names if np.isfinite(base[k])))
+        row.update({k: scores.get(k, float("nan")) for k in names})
+        row.update({f"{k}_i": scores.get(k, float("nan")) - base[k] for k in names})
         rows.append((i, row))
     model.train(was_training)
     rows = gather_object(rows) if acc.num_processes > 1 else rows
     if not acc.is_main_process:
         return None
     return scored_means([row for _, row in sorted(rows, key=lambda r: r[0])])
+
+
+#: The files of the best validation in every checkpoint of a validating run: the record
+#: (JSON) and the best student's weights (safetensors, the state dict of ``student/``).
+BEST_RECORD_FILE, BEST_WEIGHTS_FILE = "best_validation.json", "best_student.safetensors"
+
+
+def _same_weights(folder: Path, weights: dict[str, torch.Tensor]) -> bool:
+    """Whether ``folder/model.safetensors`` holds exactly ``weights`` (names and bytes)."""
+    from safetensors.torch import load_file
+
+    try:
+        saved = load_file(str(folder / "model.safetensors"))
+    except (OSError, ValueError, RuntimeError):  # missing, truncated, not safetensors
+        return False
+    return saved.keys() == weights.keys() and all(
+        saved[k].dtype == weights[k].dtype and torch.equal(saved[k], weights[k]) for k in saved)
+
+
+class BestValidation:
+    """The best validation of a run by ``validation.best_metric``, and that step's student.
+
+    The record (:attr:`state`: ``metric``, ``mode`` ``max``/``min``, ``step``, ``value``, the
+    validation's values ``scores``, the pairs' ``set_sha1`` and the student's
+    ``parameter_sha256``) and the weights go into every checkpoint
+    (:meth:`checkpoint_files`), so a resumed run continues the selection where the
+    checkpoint left it and picks what an uninterrupted run picks. With
+    ``validation.keep_best`` the weights are exported to ``<output_dir>/best_student`` at each
+    new best (:meth:`export`, written whole in a temporary folder, then swapped in), and a
+    resume puts back the checkpoint's best there when the folder holds another student (a
+    later best of the killed run, or a half-done swap).
+
+    Args:
+        options: the ``validation`` section (``best_metric``, ``keep_best``).
+        student_config: the student's config (to export the weights as ``student/`` is).
+        output_dir: the run's folder.
+        set_sha1: :attr:`ValidationPairs.set_sha1` of this run's pairs.
+    """
+
+    def __init__(self, options: ValidationOptions, student_config, output_dir: str | Path,
+                 set_sha1: str):
+        self.metric, self.keep = options.best_metric, options.keep_best
+        self.mode = BEST_METRICS[self.metric]
+        self.student_config, self.out, self.set_sha1 = student_config, Path(output_dir), set_sha1
+        self.step: int | None = None
+        self.value: float | None = None
+        self.scores: dict = {}
+        self.parameter_sha256: str | None = None
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    @property
+    def folder(self) -> Path:
+        """``<output_dir>/best_student``."""
+        return self.out / BEST_STUDENT
+
+    def better(self, value: float) -> bool:
+        """Whether ``value`` beats the best so far (strictly: a tie keeps the earlier step;
+        NaN/Inf never does)."""
+        if not math.isfinite(value):
+            return False
+        if self.value is None:
+            return True
+        return value > self.value if self.mode == "max" else value < self.value
+
+    def update(self, step: int, values: dict, model: torch.nn.Module) -> bool:
+        """Record the validation at ``step`` (its values, :func:`validate`'s) if it is the new
+        best, keeping ``model``'s weights (and exporting them with ``keep_best``); returns
+        whether it was. Call on the main process."""
+        from .train import parameter_hash
+
+        value = values.get(self.metric, float("nan"))
+        if not self.better(value):
+            return False
+        self.step, self.value = step, float(value)
+        self.scores = {k: v if not isinstance(v, float) or math.isfinite(v) else None
+                       for k, v in values.items() if isinstance(v, int | float | dict)}
+        self.weights = {k: v.detach().cpu().clone().contiguous()
+                        for k, v in model.state_dict().items()}
+        self.parameter_sha256 = parameter_hash(model)
+        if self.keep:
+            self.export()
+        return True
+
+    @property
+    def state(self) -> dict:
+        """The record (JSON): ``metric``, ``mode``, ``step`` (None before any scored
+        validation), ``value``, ``scores`` (that validation's values, :func:`validate`'s, NaN
+        as None, with ``n`` and ``unscored``), ``set_sha1``, ``parameter_sha256``; with
+        ``keep_best`` also ``folder`` (``best_student``)."""
+        out = {"metric": self.metric, "mode": self.mode, "step": self.step, "value": self.value,
+               "scores": self.scores, "set_sha1": self.set_sha1,
+               "parameter_sha256": self.parameter_sha256}
+        if self.keep:
+            out["folder"] = BEST_STUDENT
+        return out
+
+    def checkpoint_files(self) -> dict[str, object]:
+        """The checkpoint's files of the best validation: the record, and (once there is a
+        best) the weights as safetensors bytes."""
+        from safetensors.torch import save
+
+        files: dict[str, object] = {BEST_RECORD_FILE: self.state}
+        if self.weights is not None:
+            files[BEST_WEIGHTS_FILE] = save(self.weights, metadata={"format": "pt"})
+        return files
+
+    def export(self) -> Path:
+        """Write the best weights to ``best_student/`` (``config.json`` +
+        ``model.safetensors``, as ``student/``): into ``.tmp-best_student``, then swapped
+        with the old folder by two renames (a kill between them leaves no ``best_student``,
+        put back by the next start)."""
+        from .students import GRUMaskStudent
+
+        model = GRUMaskStudent(self.student_config)
+        model.load_state_dict(self.weights)
+        tmp = self.out / f".tmp-{BEST_STUDENT}"
+        old = self.out / f".old-{BEST_STUDENT}"
+        for leftover in (tmp, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+        model.save_pretrained(tmp)
+        for name in ("config.json", "model.safetensors"):
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+        if self.folder.exists():
+            os.replace(self.folder, old)
+        os.replace(tmp, self.folder)
+        shutil.rmtree(old, ignore_errors=True)
+        return self.folder
+
+    def resume(self, checkpoint: Path | None) -> None:
+        """Take the best validation of ``checkpoint`` (None: a fresh start; a checkpoint of
+        a run without it, or of another ``best_metric`` or validation set: the selection
+        starts again, said in a warning), and with ``keep_best`` make ``best_student/`` hold
+        its weights (re-exported when the folder holds another student; removed, with a
+        warning, when there is no best yet). Call on the main process."""
+        from safetensors.torch import load_file
+
+        for leftover in (f".tmp-{BEST_STUDENT}", f".old-{BEST_STUDENT}"):
+            shutil.rmtree(self.out / leftover, ignore_errors=True)
+        record = None
+        if checkpoint is not None and (checkpoint / BEST_RECORD_FILE).is_file():
+            record = json.loads((checkpoint / BEST_RECORD_FILE).read_text())
+        if record is not None and record.get("step") is not None:
+            why = None
+            if record.get("metric") != self.metric:
+                why = f"validation.best_metric {record.get('metric')} -> {self.metric}"
+            elif record.get("set_sha1") != self.set_sha1:
+                why = "another validation set"
+            if why is not None:
+                logger.warning("%s: the best validation (step %s, %s %s) is not carried over "
+                               "(%s); the best is chosen again from this resume on",
+                               checkpoint, record["step"], record.get("metric"),
+                               record.get("value"), why)
+            else:
+                self.step, self.value = int(record["step"]), float(record["value"])
+                self.scores, self.parameter_sha256 = record["scores"], record["parameter_sha256"]
+                self.weights = load_file(str(checkpoint / BEST_WEIGHTS_FILE))
+        if not self.keep:
+            return
+        if self.weights is None:
+            if self.folder.exists():  # a killed run's best after this checkpoint, or another
+                logger.warning("%s holds a student chosen after %s (or by other settings): "
+                               "removed; the best is exported again when found",
+                               self.folder, checkpoint or "the start")
+                shutil.rmtree(self.folder)
+        elif not _same_weights(self.folder, self.weights):
+            logger.info("%s: putting back the best validation's student (step %d) from %s",
+                        self.folder, self.step, checkpoint)
+            self.export()
