@@ -275,8 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m downstream.cli {evaluate,compare,aggregate} ...``."""
     argv = sys.argv[1:] if argv is None else argv
     commands = {"evaluate": evaluate_main, "compare": compare_main, "aggregate": aggregate_main}
+    usage = ("usage: python -m downstream.cli {evaluate,compare,aggregate} ...\n"
+             "  (python -m downstream.cli COMMAND --help: that command's options)")
+    if argv[:1] in (["-h"], ["--help"]):  # asked for: stdout, exit 0, as argparse does
+        print(usage)
+        return 0
     if not argv or argv[0] not in commands:
-        print("usage: python -m downstream.cli {evaluate,compare,aggregate} ...", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

@@ -157,3 +157,18 @@ def test_stoi_of_a_silent_reference_is_unscored_not_averaged_in(caplog):
     assert "STOI undefined on late.flac (the reference is silent)" in caplog.text
     # a silent estimate of real speech is still scored: the model earned its low STOI
     assert np.isfinite(speech_metrics(np.zeros(16000), speech, "quiet")["stoi"])
+
+
+def test_help_of_the_downstream_command_prints_its_usage_and_exits_0(capsys):
+    """``python -m downstream.cli --help`` is a request, not an error: usage on stdout, exit 0
+    (it was the usage on stderr with exit status 2, as for an unknown command)."""
+    from downstream.cli import main
+
+    for flag in ("--help", "-h"):
+        assert main([flag]) == 0
+        out, err = capsys.readouterr()
+        assert out.startswith("usage: python -m downstream.cli {evaluate,compare,aggregate}")
+        assert "COMMAND --help" in out and err == ""
+    assert main(["evaluat"]) == 2  # a misspelt command stays an error
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("usage: python -m downstream.cli")
