@@ -40,7 +40,8 @@ def _evaluate_parser() -> argparse.ArgumentParser:
         "docs/config.md (python -m robustdistill.config_reference).",
     )
     parser.add_argument("--task", required=True,
-                        help="task folder under downstream/tasks (e.g. utterance_classification, "
+                        help="a SUPERB task name (ks, sid, ic, er, asv or sv, se, asr, pr) or a "
+                        "task folder under downstream/tasks (utterance_classification, "
                         "speaker_verification, speech_enhancement, asr)")
     parser.add_argument("--upstream", required=True, help="hub id or local model folder")
     parser.add_argument("--config", required=True,
