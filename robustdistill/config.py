@@ -172,6 +172,7 @@ class TrainingConfig:
     save_every: int = field(default=5000, metadata={"help": "steps between checkpoints (0: only at the end)"})
     keep_checkpoints: int = field(default=3, metadata={"help": "newest complete checkpoints kept on disk (transformers' save_total_limit); older ones are deleted after each save"})
     resume_from: str | None = field(default=None, metadata={"help": "'latest' (newest complete checkpoint of output_dir), 'auto' (the same, or start fresh when there is none: for restart loops) or a checkpoint folder"})
+    save_on_sigterm: bool = field(default=True, metadata={"help": "on SIGTERM (a scheduler's preemption or time limit, a launcher) finish the optimizer step under way, save a checkpoint of it (every process agrees on the step), then stop with exit status 143; false: stop at once, keeping only the last scheduled checkpoint. The grace period before SIGKILL must exceed one step plus one save (docs/reliability.md)"})
     max_nonfinite_in_a_row: int = field(default=20, metadata={"help": "stop (with a checkpoint of the last finite weights) after this many optimizer steps in a row with a NaN/Inf loss or gradient; each such step is skipped and counted"})
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": "accelerate trackers"})
     export_student: bool = field(default=True, metadata={"help": "export OUTPUT_DIR/student and heads/ at the end, both emptied first (what an earlier export left there, such as a card, is removed with a warning)"})

@@ -8,7 +8,8 @@ go on, no traceback, and the exit status of the signal.
 ``python -m robustdistill.se.table`` its own ``main``); a command says what it has done so far
 with :func:`note` around its work. The first signal raises ``KeyboardInterrupt`` (SIGTERM:
 :class:`Terminated`, a subclass) in the main thread, so the stack unwinds as for Python's own
-Ctrl-C: nothing is written on the way out, and what was written stays as it is (checkpoints,
+Ctrl-C: nothing is written on the way out (but see SIGTERM during training, below), and what
+was written stays as it is (checkpoints,
 cache entries and hidden-state files are published atomically: a write cut short leaves a
 temporary name that the next start removes).
 
@@ -28,6 +29,21 @@ a second one.
 
 On several processes the line is printed by the first launched process only (``RANK`` 0 or
 unset): every rank stops on the same signal, and their notes name the same checkpoints.
+
+SIGTERM during training (``distill``, ``train-se``; ``training.save_on_sigterm``, default
+true): schedulers and launchers send SIGTERM and, after a grace period, SIGKILL (Slurm's
+``KillWait``, 30 s by default; torch elastic's agent, 30 s). Inside :func:`sigterm_deferred`
+the first SIGTERM raises nothing: it is only recorded (:func:`sigterm_pending`), the trainer
+finishes the optimizer step under way, every process agrees at its next per-step agreement
+(an OR of the flag, riding on a collective the trainer already makes each step), all of them
+save a checkpoint of that step through the usual atomic path, and :func:`stop_terminated`
+raises :class:`Terminated`, so the command ends as for any SIGTERM (one line naming the
+checkpoint saved and how long it took, exit status 143). A process that stops because another
+one received the signal ends the same way. An error raised while such a SIGTERM is held is an
+error, not the interrupt's consequence. Ctrl-C is never deferred, and a second SIGTERM (or
+Ctrl-C) more than :data:`REPEAT_GRACE_S` after the first stops the process at once, as
+outside the block. Before and after the block (start-up, export), and in every other command
+(``evaluate``, ``cache-teacher``, ``train-speaker``), SIGTERM raises at once as above.
 """
 
 from __future__ import annotations
@@ -40,8 +56,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
-__all__ = ["REPEAT_GRACE_S", "Terminated", "handled", "interrupted", "note"]
+__all__ = ["REPEAT_GRACE_S", "Terminated", "handled", "interrupted", "note", "sigterm_deferred",
+           "sigterm_pending", "stop_terminated"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +74,10 @@ _received: tuple[int, float] | None = None
 _note: str | None = None
 #: The signals :func:`handled` handles (those at their default when it started).
 _installed: tuple[int, ...] = ()
+#: Whether a first SIGTERM is only recorded, not raised (inside :func:`sigterm_deferred`).
+_defer_sigterm = False
+#: Whether the SIGTERM received is held: recorded, not yet acted upon (:func:`stop_terminated`).
+_held = False
 
 
 class Terminated(KeyboardInterrupt):
@@ -69,11 +91,61 @@ def interrupted() -> int | None:
     return None if _received is None else _received[0]
 
 
+def sigterm_pending() -> bool:
+    """Whether, inside an active :func:`sigterm_deferred` block, this process holds a SIGTERM
+    not yet acted upon (:func:`stop_terminated`). Cheap: reads module variables, no system
+    call."""
+    return _defer_sigterm and _held
+
+
+@contextmanager
+def sigterm_deferred(enabled: bool = True) -> Iterator[None]:
+    """Inside the block, the first SIGTERM is recorded (:func:`sigterm_pending`) instead of
+    raised; the caller stops at a point of its choice with :func:`stop_terminated`.
+
+    Args:
+        enabled: False leaves SIGTERM as it is (raised at once: ``training.save_on_sigterm``
+            false).
+
+    Does nothing outside :func:`handled`, or where SIGTERM has another program's handler (a
+    trainer called from Python). A SIGTERM received before the block has already raised. The
+    caller checks :func:`sigterm_pending` last inside the block, after its last step, so that
+    a signal that came after its last per-step check is not lost.
+    """
+    global _defer_sigterm
+    if not enabled or signal.getsignal(signal.SIGTERM) is not _on_signal:
+        yield
+        return
+    _defer_sigterm = True
+    try:
+        yield
+    finally:
+        _defer_sigterm = False
+
+
+def stop_terminated() -> NoReturn:
+    """Raise :class:`Terminated` for the SIGTERM held by :func:`sigterm_deferred`, or for one
+    that another process received (all of them agreed to stop): this process then ends as if
+    it had received it (the line, exit status 143).
+
+    Raises:
+        Terminated: always.
+    """
+    global _received, _held
+    if _received is None:
+        _received = (signal.SIGTERM, time.monotonic())
+    _held = False
+    raise Terminated
+
+
 def _on_signal(signum: int, frame) -> None:
     """The handler of SIGINT and SIGTERM while a command runs."""
-    global _received
+    global _received, _held
     if _received is None:
         _received = (signum, time.monotonic())
+        if signum == signal.SIGTERM and _defer_sigterm:
+            _held = True  # the trainer stops after this step, with a checkpoint
+            return
         raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
     if time.monotonic() - _received[1] < REPEAT_GRACE_S:
         return  # the same interrupt, passed on by a launcher
@@ -104,8 +176,9 @@ def _default_handlers() -> None:
 def _is_interrupt(err: BaseException) -> bool:
     """Whether ``err`` ends the command because of an interrupt: a ``KeyboardInterrupt``, or any
     error while a signal was received (a collective failing because another process stopped,
-    a DataLoader worker that the terminal's Ctrl-C ended first)."""
-    return isinstance(err, KeyboardInterrupt) or _received is not None
+    a DataLoader worker that the terminal's Ctrl-C ended first), unless that signal is a
+    SIGTERM still held by :func:`sigterm_deferred` (then the error is the run's own)."""
+    return isinstance(err, KeyboardInterrupt) or (_received is not None and not _held)
 
 
 @contextmanager
@@ -188,8 +261,8 @@ def handled(prog: str) -> Iterator[None]:
     Any other exception passes through unchanged, unless a signal was received (then it is the
     interrupt's consequence and ends the same way).
     """
-    global _received, _note, _installed
-    _received, _note = None, None
+    global _received, _note, _installed, _held, _defer_sigterm
+    _received, _note, _held, _defer_sigterm = None, None, False, False
     installed = {}
     if threading.current_thread() is threading.main_thread():  # where handlers can be set
         for signum in _SIGNALS:

@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from .outcome import STOPPED, write_outcome
 from .processes import STOP_RECORD
 
-__all__ = ["NonFiniteTrainingError", "any_process", "stop_nonfinite"]
+__all__ = ["NonFiniteTrainingError", "any_process", "any_process_each", "stop_nonfinite"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,16 @@ def any_process(accelerator: Accelerator, flag: bool) -> bool:
     collective: every process must call it at the same point)."""
     local = torch.tensor([float(flag)], device=accelerator.device)
     return bool(accelerator.reduce(local, reduction="sum").item() > 0)
+
+
+def any_process_each(accelerator: Accelerator, *flags: bool) -> tuple[bool, ...]:
+    """For each flag, True when it is True on any process: the same answers on every process,
+    from one all-reduce of ``len(flags)`` numbers (a collective: every process must call it at
+    the same point with as many flags). Used to carry a held SIGTERM
+    (:func:`robustdistill.interrupts.sigterm_pending`) on a per-step agreement the trainer
+    makes anyway, at the cost of one more number in it."""
+    local = torch.tensor([float(f) for f in flags], device=accelerator.device)
+    return tuple(bool(v > 0) for v in accelerator.reduce(local, reduction="sum").tolist())
 
 
 def stop_nonfinite(output_dir: str | Path, step: int, *, in_a_row: int, skipped_updates: int,

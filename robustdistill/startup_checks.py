@@ -97,8 +97,9 @@ def check_student_is_trained(objectives: dict, num_layers: int, feature_grad_mul
 
 
 #: Keys a resume may change without a word: where the run lives and whether and how far it
-#: resumes (``max_steps``: a resume that trains on), and its trackers.
-RESUME_FREE = ("output_dir", "training.resume_from", "training.max_steps", "training.report_to")
+#: resumes (``max_steps``: a resume that trains on), its trackers, and what a SIGTERM does.
+RESUME_FREE = ("output_dir", "training.resume_from", "training.max_steps", "training.report_to",
+               "training.save_on_sigterm")
 
 
 def student_differences(saved: Path, config) -> list[str]:

@@ -69,9 +69,9 @@ from .data import ShardedRandomSampler, build_dataloader, build_datasets
 from .environment import record_environment
 from .export import export_run_student, not_export_files, run_export_of_step
 from .files import atomic_write_text, name_list
-from .interrupts import note
+from .interrupts import note, sigterm_deferred, sigterm_pending, stop_terminated
 from .metrics_log import drop_steps_after, file_size
-from .nonfinite import NonFiniteTrainingError, any_process, stop_nonfinite
+from .nonfinite import NonFiniteTrainingError, any_process, any_process_each, stop_nonfinite
 from .objectives import DistillationInputs, LossTerm, build_objective
 from .outcome import FINAL_STATE, STOPPED, write_outcome
 from .processes import STOP_RECORD, finish_processes
@@ -106,6 +106,11 @@ class DataReadError(RuntimeError):
     see), or, with ``teacher_cache.missing: error``, a teacher cache entry it needs is missing
     or unreadable. :func:`train` raises it after saving a checkpoint and writing
     ``stopped.json``."""
+
+
+class _SigtermStop(Exception):  # noqa: N818 - a stop, not an error
+    """Every process agreed to stop for a SIGTERM (one of them, or all, received it): raised
+    on every process by :meth:`_Run._agree_on_data`, before the step's collectives."""
 
 
 class Distiller(nn.Module):
@@ -143,6 +148,8 @@ class TrainingProgress:
     nonfinite_losses: int = 0  # steps whose loss was NaN/Inf (on any rank)
     nonfinite_in_a_row: int = 0  # consecutive non-finite steps (reset by a finite one)
     scaler_skipped_steps: int = 0  # fp16: steps whose update the GradScaler skipped (inf/NaN)
+    # this step's validation was due but cut short by a SIGTERM: the resumed run does it first
+    validation_due: bool = False
 
     def state_dict(self) -> dict:
         """Every field as a ``{name: value}`` dict (a shallow copy)."""
@@ -315,6 +322,14 @@ class _Run:
         self.resumed_own_checkpoint = False  # set by resume()
         #: ``(step, folder)`` of this run's newest checkpoint (saved, or resumed from).
         self.last_checkpoint: tuple[int, Path] | None = None
+        #: Whether a held SIGTERM stops the run (``training.save_on_sigterm``), and, once it
+        #: did, ``(folder, seconds)`` of the checkpoint saved for it (None: none was needed).
+        self.watch_sigterm = cfg.training.save_on_sigterm
+        self.sigterm_checkpoint: tuple[Path, float] | None = None
+        # a stream's position before the step's batches were drawn, and the one a stop put
+        # back for the checkpoint (see _agree_on_data)
+        self._stream_before_step: dict | None = None
+        self._stream_restored: dict | None = None
         logger.info("teacher %s: %d layers, width %d; student: %d layers, width %d, %.1f M "
                     "params; %s train / %d validation utterances; %d process(es)",
                     cfg.teacher, self.teacher.num_layers, self.teacher.hidden_size,
@@ -548,6 +563,9 @@ class _Run:
         acc, t = self.accelerator, self.cfg.training
         p = self.progress
         position = p.epoch, p.batches_in_epoch
+        # a stream records the batches taken as they come: its position before them, for a
+        # checkpoint of the previous step if the run stops before this one (a few small lists)
+        self._stream_before_step = self.train_set.state_dict() if self.sampler is None else None
         waited = time.perf_counter()
         try:
             window = [next(batches) for _ in range(t.gradient_accumulation_steps)]
@@ -644,6 +662,8 @@ class _Run:
         for i in itertools.count():
             if limit is not None and i >= limit:
                 break
+            if self.watch_sigterm and sigterm_pending():  # the pass stops; the agreement below
+                break  # stops every process (the checkpoint's step validates again on resume)
             try:
                 batch = next(batches)
                 self._check_cache(batch, self.valid_set)
@@ -659,7 +679,7 @@ class _Run:
                     for index in batch["indices"]]
             self._add_sums(sums, self._loss(batch, rngs, self.corruptor.target_step,
                                             self.valid_set, model))
-        self._agree_on_data(failure, "validation")
+        self._agree_on_data(failure, "validation", validation=True)
         if acc.num_processes > 1:  # a rank with fewer batches (or none) reduces the same keys
             self._same_keys_on_all_ranks(sums, counts)
         # ``loss`` with the factors of the step the run is at (phase 1 or 2 of two_step)
@@ -712,21 +732,35 @@ class _Run:
                                              else None)
 
     def _agree_on_data(self, failure: AudioError | MissingEntryError | None, split: str,
-                       position: tuple[int, int] | None = None) -> None:
+                       position: tuple[int, int] | None = None, validation: bool = False
+                       ) -> None:
         """Raise :class:`DataReadError` on every process when any process's ``split`` batch
-        could not be read, or missed a teacher cache entry with ``missing: error`` (a
-        collective: every process calls it at the same point).
+        could not be read, or missed a teacher cache entry with ``missing: error``; else
+        :class:`_SigtermStop` on every process when any process holds a SIGTERM
+        (``training.save_on_sigterm``). A collective: every process calls it at the same point.
+
+        Both flags ride on one all-reduce of two numbers, the one this agreement made before
+        SIGTERM was carried (one process: no collective, no device sync).
 
         ``position`` (``(epoch, batches_in_epoch)`` before the step's batches were drawn) is
-        restored first, so a checkpoint saved on the way out resumes at the failed step.
+        restored first, and a stream's position with it, so a checkpoint saved on the way out
+        resumes at the failed (or not started) step. ``validation``: a stop for SIGTERM marks
+        the step's validation as due (done first by the resumed run); at step 0 nothing is
+        saved, so nothing is marked.
         """
         failed = failure is not None
+        term = self.watch_sigterm and sigterm_pending()
         if self.accelerator.num_processes > 1:  # one process: no collective, no device sync
-            failed = any_process(self.accelerator, failed)
-        if not failed:
+            failed, term = any_process_each(self.accelerator, failed, term)
+        if not (failed or term):
             return
         if position is not None:
             self.progress.epoch, self.progress.batches_in_epoch = position
+            self._stream_restored = self._stream_before_step
+        if not failed:
+            if validation and self.progress.step > 0:
+                self.progress.validation_due = True
+            raise _SigtermStop(split)
         if failure is None:
             raise DataReadError(f"another process could not read its {split} batch")
         if isinstance(failure, MissingEntryError):
@@ -756,7 +790,9 @@ class _Run:
         """
         acc = self.accelerator
         index = self._next_checkpoint
-        streams = gather_object([self.train_set.state_dict()]) if self.sampler is None else None
+        streams = None
+        if self.sampler is None:  # before the batches of a step that did not run, if any
+            streams = gather_object([self._stream_restored or self.train_set.state_dict()])
         lookups = (gather_object([self.teacher_cache.lookups()])
                    if self.teacher_cache is not None else None)
         state = None
@@ -971,17 +1007,48 @@ def _stop_unreadable(run: _Run, err: DataReadError) -> None:
     raise DataReadError(message) from err
 
 
+def _stop_sigterm(run: _Run) -> None:
+    """Save a checkpoint of the step the run is at (unless one is there already, or nothing
+    was trained yet), say how long it took, and stop as the SIGTERM would have. A collective:
+    every process calls it (all agreed in :meth:`_Run._agree_on_data`).
+
+    Raises:
+        Terminated: always (:func:`robustdistill.interrupts.stop_terminated`: the command's
+            line names the checkpoint, exit status 143).
+    """
+    acc, p = run.accelerator, run.progress
+    if p.step > 0 and (run.last_checkpoint is None or run.last_checkpoint[0] != p.step):
+        started = time.perf_counter()
+        folder = run.save_checkpoint()
+        took = time.perf_counter() - started
+        run.sigterm_checkpoint = (folder, took)
+        if acc.is_main_process:
+            logger.warning("SIGTERM: checkpoint %s of step %d saved in %.2f s (the grace period "
+                           "before SIGKILL must exceed one step plus this)", folder, p.step, took)
+    finish_processes(acc)  # trackers closed (TensorBoard's last points written)
+    stop_terminated()
+
+
 def _loop(run: _Run, bar) -> None:
-    """Validate at step 0 (``eval_at_start``), then train to ``max_steps``: log, validate and
-    save on their schedules.
+    """Validate at step 0 (``eval_at_start``), or the resumed step's validation that a SIGTERM
+    cut short (``validation_due``), then train to ``max_steps``: log, validate and save on
+    their schedules.
 
     Raises:
         NonFiniteTrainingError: see :func:`_stop_nonfinite`.
         DataReadError: a training or validation batch could not be read.
+        _SigtermStop: a process holds a SIGTERM (``training.save_on_sigterm``): seen before
+            a step's collectives or, cutting it short, in a validation.
     """
     acc, t = run.accelerator, run.cfg.training
     if run.progress.step == 0 and t.eval_at_start:  # the step-0 baseline of the validation loss
         run.log("validation", run.validate())
+    elif run.progress.validation_due:  # as the uninterrupted run did before this checkpoint
+        valid = run.validate()
+        run.progress.best_validation_loss = min(run.progress.best_validation_loss,
+                                                valid["loss"])
+        run.progress.validation_due = False
+        run.log("validation", valid)
     batches = run._batches()
     started, done_audio, waited = time.perf_counter(), 0.0, 0.0
     while run.progress.step < t.max_steps:
@@ -1043,6 +1110,11 @@ def train(cfg: DistillConfig) -> Path:
         DataReadError: a training or validation batch could not be read (every item its
             dataset tried failed at read time); a checkpoint of the last step is saved first
             (none at step 0) and ``stopped.json`` names the skipped files.
+        robustdistill.interrupts.Terminated: a SIGTERM during training, with
+            ``training.save_on_sigterm``: the step under way finished, every process agreed to
+            stop after it, and a checkpoint of it was saved first (none at step 0; a
+            validation it cut short is done first by the resumed run); at start-up, or with
+            the option off, at once (docs/reliability.md, "SIGTERM during training").
     """
     check_output_dir(cfg.output_dir, resuming=bool(cfg.training.resume_from))  # before loading
     runs: list[_Run] = []  # the run once built, for the line of an interrupt
@@ -1053,16 +1125,23 @@ def train(cfg: DistillConfig) -> Path:
 def _interrupt_note(cfg: DistillConfig, run: _Run | None) -> str:
     """Where an interrupted distillation stopped (:func:`robustdistill.interrupts.note`):
     ``after step 37 of 60; the newest checkpoint is .../checkpoint_7 (step 35; resume with
-    --resume)``; a run started with ``--resume`` (``resume_from`` auto or latest) resumes with
-    the same command, one started from another run's checkpoint with ``resume_from latest``
-    (``--resume`` beside ``--training.resume_from`` is refused). Reads the checkpoints folder
-    only: no collective."""
+    --resume)``, or, after a SIGTERM that saved one (``training.save_on_sigterm``), ``after
+    step 37 of 60; saved checkpoint .../checkpoint_8 in 0.4 s (step 37; ...)``; a run started
+    with ``--resume`` (``resume_from`` auto or latest) resumes with the same command, one
+    started from another run's checkpoint with ``resume_from latest`` (``--resume`` beside
+    ``--training.resume_from`` is refused). Reads the checkpoints folder only: no
+    collective."""
     at = (f"after step {run.progress.step} of {cfg.training.max_steps}" if run is not None
           else "while starting")
     where = cfg.training.resume_from
     how = ("resume with --resume" if not where
            else "run the same command again to resume" if where in ("auto", "latest")
            else "resume with --training.resume_from latest in place of the checkpoint given")
+    saved = getattr(run, "sigterm_checkpoint", None)  # saved for this SIGTERM
+    if saved is not None:
+        folder, took = saved
+        return (f"{at}; saved checkpoint {folder} in {took:.1f} s (step {run.progress.step}; "
+                f"{how})")
     return f"{at}; " + newest_checkpoint_note(Path(cfg.output_dir) / "checkpoints", how)
 
 
@@ -1117,10 +1196,17 @@ def _train(cfg: DistillConfig, runs: list[_Run]) -> Path:
     bar = tqdm(total=t.max_steps, initial=run.progress.step, desc="distill",
                disable=not acc.is_main_process, dynamic_ncols=True)
     try:
-        _loop(run, bar)
+        with sigterm_deferred(t.save_on_sigterm):  # start-up above: a SIGTERM stops at once
+            _loop(run, bar)
+            # a SIGTERM after the last step's agreement: the last checkpoint is saved; the
+            # run stops before its export (a resume exports), every process together
+            run._agree_on_data(None, "training")
     except DataReadError as err:  # the data broke mid-run: keep what was trained
         bar.close()
         _stop_unreadable(run, err)
+    except _SigtermStop:  # preempted: keep the step under way
+        bar.close()
+        _stop_sigterm(run)
     bar.close()
     acc.wait_for_everyone()
     fingerprints = gather_object([_fingerprint(acc.unwrap_model(run.model))])

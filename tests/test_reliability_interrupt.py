@@ -132,8 +132,10 @@ def test_ctrl_c_mid_distillation_is_one_line_and_the_resume_ends_as_an_uninterru
 @pytest.mark.slow
 def test_sigterm_mid_distillation_is_one_line_and_exit_status_143(tmp_path, tiny_wavlm_dir):
     """SIGTERM (``kill``, a scheduler, a launcher): the same line with ``terminated
-    (SIGTERM)``, exit status 143 (128 + 15, as ``accelerate launch`` exits on SIGTERM). Before:
-    the default action, no line at all."""
+    (SIGTERM)``, exit status 143 (128 + 15, as ``accelerate launch`` exits on SIGTERM), and a
+    checkpoint of the step it stopped at (``training.save_on_sigterm``, default true: saved
+    for the signal, or by the schedule just before it). Before: the default action, no line at
+    all; until 2026-12-07 the steps since the last scheduled checkpoint were lost."""
     out = tmp_path / "part"
     cmd = [*PYTHON, "distill", *_distill_args(tmp_path, tiny_wavlm_dir, "part")]
     code, err = _signal_when(cmd, lambda: _lines(out / "metrics.jsonl") >= 3, signal.SIGTERM)
@@ -142,8 +144,30 @@ def test_sigterm_mid_distillation_is_one_line_and_exit_status_143(tmp_path, tiny
     newest, step = _newest(out / "checkpoints")
     line = _last_line(err)
     assert line.startswith("robustdistill distill: terminated (SIGTERM) after step "), line
+    stopped = int(line.split()[6])
+    assert step == stopped, line
+    assert (line.endswith(f" of 12; the newest checkpoint is {newest} (step {step}; resume "
+                          "with --resume)")
+            or (f" of 12; saved checkpoint {newest} in " in line
+                and line.endswith(f" s (step {step}; resume with --resume)"))), line
+
+
+@pytest.mark.slow
+def test_sigterm_with_save_on_sigterm_false_stops_at_once(tmp_path, tiny_wavlm_dir):
+    """``training.save_on_sigterm false``: SIGTERM stops at once, as before 2026-12-07: the
+    line names the newest scheduled checkpoint."""
+    out = tmp_path / "part"
+    cmd = [*PYTHON, "distill", *_distill_args(tmp_path, tiny_wavlm_dir, "part"),
+           "--training.save_on_sigterm", "false"]
+    code, err = _signal_when(cmd, lambda: _lines(out / "metrics.jsonl") >= 3, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    newest, step = _newest(out / "checkpoints")
+    line = _last_line(err)
+    assert line.startswith("robustdistill distill: terminated (SIGTERM) after step "), line
     assert line.endswith(f" of 12; the newest checkpoint is {newest} (step {step}; resume "
                          "with --resume)"), line
+    assert step % 2 == 0  # a scheduled one
 
 
 @pytest.mark.slow

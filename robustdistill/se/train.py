@@ -32,6 +32,12 @@ skipped (gradients zeroed, no optimizer step), counted and logged as a warning;
 ``training.max_nonfinite_in_a_row`` such steps in a row save a checkpoint (of the last finite
 weights), write ``stopped.json`` and raise :class:`~robustdistill.nonfinite.NonFiniteTrainingError`,
 as ``robustdistill distill`` does.
+
+A SIGTERM during the steps (``training.save_on_sigterm``, default true) finishes the step under
+way; every process agrees on it (the flag rides on the step's non-finite all-reduce), saves a
+checkpoint of it and stops with exit status 143 (:mod:`robustdistill.interrupts`); a validation
+that was due at that step is marked ``validation_due`` in the checkpoint and done first by the
+resumed run, so its ``metrics.jsonl`` stays the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,7 +80,8 @@ from ..config import (
 from ..environment import record_environment
 from ..files import atomic_write_text
 from ..interrupts import note as interrupt_note
-from ..nonfinite import NonFiniteTrainingError, any_process, stop_nonfinite
+from ..interrupts import sigterm_deferred, sigterm_pending, stop_terminated
+from ..nonfinite import NonFiniteTrainingError, any_process, any_process_each, stop_nonfinite
 from ..outcome import FINAL_STATE, write_outcome
 from ..processes import finish_processes, print_stop
 from ..run_settings import saved_config_changes
@@ -174,6 +182,10 @@ class TrainingOptions:
             with ``validation.speech_dir`` (default 200: 10 validations in a 2000-step recipe).
         eval_at_start: also validate before the first step (the baseline; default True, as
             ``distill``'s).
+        save_on_sigterm: on SIGTERM (a scheduler's preemption or time limit, a launcher)
+            finish the step under way, save a checkpoint of it (every process agrees on the
+            step), then stop with exit status 143 (default True, as ``distill``'s); False: stop
+            at once, keeping the last scheduled checkpoint.
     """
 
     max_steps: int = 600
@@ -189,6 +201,7 @@ class TrainingOptions:
     max_nonfinite_in_a_row: int = 20
     eval_every: int = 200
     eval_at_start: bool = True
+    save_on_sigterm: bool = True
 
     def __post_init__(self) -> None:
         """Raises: ValueError: a count below its minimum (named, with the allowed range), or an
@@ -361,26 +374,31 @@ class NonFiniteCounts:
                        self.nonfinite_in_a_row, self.skipped_updates)
 
 
-def nonfinite_step(acc, total: torch.Tensor, grad_norm: torch.Tensor | float
-                   ) -> tuple[bool, bool]:
-    """Whether this step's update must be skipped, the same answer on every process.
+def nonfinite_step(acc, total: torch.Tensor, grad_norm: torch.Tensor | float,
+                   sigterm: bool = False) -> tuple[bool, bool, bool]:
+    """Whether this step's update must be skipped, and whether the run stops after it, the same
+    answers on every process.
 
     The gradient norm (after DDP's all-reduce) is the same on every process, but a loss can be
     NaN/Inf on one process only with finite gradients (a term without a gradient path), so
-    the loss flag is summed over the processes.
+    the loss flag is summed over the processes; this process's held SIGTERM rides on the same
+    all-reduce (two numbers instead of one: no collective of its own).
 
     Args:
         acc: the run's ``Accelerator``.
         total: this process's scalar loss.
         grad_norm: the clipped gradients' total norm (before clipping), from
             ``clip_grad_norm_``.
+        sigterm: this process holds a SIGTERM (:func:`robustdistill.interrupts.
+            sigterm_pending`).
 
     Returns:
-        ``(bad_loss, bad_step)``: the loss is NaN/Inf on some process; the update must be
-        skipped (``bad_loss`` or a NaN/Inf gradient norm).
+        ``(bad_loss, bad_step, stop)``: the loss is NaN/Inf on some process; the update must
+        be skipped (``bad_loss`` or a NaN/Inf gradient norm); some process holds a SIGTERM.
     """
-    bad_loss = any_process(acc, not bool(torch.isfinite(total.detach()).all()))
-    return bad_loss, bad_loss or not math.isfinite(float(grad_norm))
+    bad_loss, stop = any_process_each(acc, not bool(torch.isfinite(total.detach()).all()),
+                                      sigterm)
+    return bad_loss, bad_loss or not math.isfinite(float(grad_norm)), stop
 
 
 def _newest_checkpoint(folder: Path) -> tuple[Path, dict] | None:
@@ -444,7 +462,7 @@ class ResumeSettingsError(ConfigError):
 #: threads, trackers, and ``max_steps`` (a resume that trains on; below the checkpoint's step it
 #: is refused).
 _RESUME_FREE = ("output_dir", "data.scan_cache_dir", "training.threads", "training.report_to",
-                "training.max_steps")
+                "training.max_steps", "training.save_on_sigterm")
 
 #: Keys (``section.`` for a whole section, :data:`_RESUME_FREE` aside) that fix which batches
 #: the steps see: each batch is a pure function of ``(seed, step, rank)`` and these settings
@@ -615,21 +633,32 @@ def train_se(cfg: SETrainConfig) -> Path:
     ``validation/<value>`` points, written by the main process. It changes no weight.
     """
     done: list[int] = []  # the last step completed, for the line of an interrupt
-    with interrupt_note(lambda: _interrupt_note(cfg, done)):
-        return _train_se(cfg, done)
+    saved: list[tuple[Path, float]] = []  # the checkpoint a SIGTERM saved, and its seconds
+    with interrupt_note(lambda: _interrupt_note(cfg, done, saved)):
+        return _train_se(cfg, done, saved)
 
 
-def _interrupt_note(cfg: SETrainConfig, done: list[int]) -> str:
+def _interrupt_note(cfg: SETrainConfig, done: list[int],
+                    saved: list[tuple[Path, float]] = ()) -> str:
     """Where an interrupted ``train-se`` stopped (:func:`robustdistill.interrupts.note`):
     ``after step 37 of 200; the newest checkpoint is .../checkpoint_30 (step 30; run the same
-    command again to resume)``. Reads the checkpoints folder only: no collective."""
+    command again to resume)``, or, with ``saved`` (the checkpoint a SIGTERM saved, and its
+    seconds), ``after step 37 of 200; saved checkpoint .../checkpoint_37 in 0.1 s (step 37;
+    ...)``. Reads the checkpoints folder only: no collective."""
     at = f"after step {done[-1]} of {cfg.training.max_steps}" if done else "while starting"
-    return f"{at}; " + newest_checkpoint_note(
-        Path(cfg.output_dir) / "checkpoints", "run the same command again to resume")
+    how = "run the same command again to resume"
+    if saved and done:
+        folder, took = saved[-1]
+        return f"{at}; saved checkpoint {folder} in {took:.1f} s (step {done[-1]}; {how})"
+    return f"{at}; " + newest_checkpoint_note(Path(cfg.output_dir) / "checkpoints", how)
 
 
-def _train_se(cfg: SETrainConfig, done_steps: list[int]) -> Path:
-    """:func:`train_se`; ``done_steps`` holds the last step completed."""
+def _train_se(cfg: SETrainConfig, done_steps: list[int],
+              sigterm_saved: list[tuple[Path, float]] | None = None) -> Path:
+    """:func:`train_se`; ``done_steps`` holds the last step completed, ``sigterm_saved`` the
+    checkpoint saved for a SIGTERM and how long it took."""
+    if sigterm_saved is None:
+        sigterm_saved = []
     from accelerate import Accelerator
     from accelerate.utils import (
         DistributedDataParallelKwargs,
@@ -722,7 +751,7 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int]) -> Path:
                       else {"tensorboard": {"purge_step": 0}})
     metrics = (out / "metrics.jsonl").open("a") if acc.is_main_process else None
 
-    def save(step: int) -> Path:
+    def save(step: int, validation_due: bool = False) -> Path:
         state = None
         if metrics:  # flushed after every line
             state = {_STATE: {"step": step, "metrics_bytes": os.fstat(metrics.fileno()).st_size,
@@ -730,6 +759,8 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int]) -> Path:
                               **dataclasses.asdict(counts)}}
             if best is not None:
                 state.update(best.checkpoint_files())
+            if validation_due:  # skipped for a SIGTERM: the resumed run validates this step
+                state[_STATE]["validation_due"] = True
         return save_checkpoint(acc, ckpt_dir, step, step, state=state,
                                keep=t.keep_checkpoints, replace=True)
 
@@ -764,62 +795,92 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int]) -> Path:
                                 cfg.loss.output_kd_weight > 0)
     if pairs is not None and start == 0 and t.eval_at_start:  # the step-0 baseline
         log_validation(0)
-    for step in range(start, t.max_steps):
-        noisy, clean, idx = maker.batch(step, t.batch_size, acc.process_index)
-        noisy, clean = noisy.to(acc.device), clean.to(acc.device)
-        teacher_out = None
-        if acc.unwrap_model(loss_fn).needs_teacher(step):
-            if pooled is not None:
-                teacher_out = pooled(idx, acc.device)
-            else:
-                with torch.no_grad():
-                    t_in = clean if cfg.loss.teacher_input == "clean" else noisy
-                    teacher_out = teacher(t_in, return_activations=True)
-        # only what this step's loss reads keeps its graph (DDP: the rest trains nothing)
-        wants_output, layers = acc.unwrap_model(loss_fn).student_needs(step)
-        s_out = student(noisy, return_activations=layers, trained_outputs=wants_output)
-        total, parts = loss_fn(step, s_out, clean, teacher_out)
-        acc.backward(total)
-        grad_norm = acc.clip_grad_norm_(params, t.max_grad_norm)
-        bad_loss, bad_step = nonfinite_step(acc, total, grad_norm)
-        if not bad_step:  # a skipped step changes neither the weights nor Adam's state
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        counts.record(step, bad_loss, bad_step, float(grad_norm))
-        bar.update(1)
-        done = step + 1
-        done_steps[:] = [done]
-        if counts.nonfinite_in_a_row >= t.max_nonfinite_in_a_row:
-            bar.close()
-            checkpoint = save(done)
-            finish_processes(acc)  # every rank stops here (the decision is the same on all)
-            stop_nonfinite(out, done, in_a_row=counts.nonfinite_in_a_row,
-                           skipped_updates=counts.skipped_updates,
-                           nonfinite_losses=counts.nonfinite_losses,
-                           limit=t.max_nonfinite_in_a_row, checkpoint=checkpoint,
-                           main_process=acc.is_main_process)
-        if done % t.log_every == 0 or done == t.max_steps:
-            # means over the processes' batches (every rank takes part in the reduce)
-            names = ["loss", *parts]
-            values = acc.reduce(torch.stack([total.detach(), *(v.detach() for v in
-                                                                parts.values())]).float(),
-                                reduction="mean").tolist()
-            means = dict(zip(names, values, strict=True))
-            row = {"step": done, "split": "train", "lr": t.learning_rate,
-                   "loss": means.pop("loss"), "grad_norm": float(grad_norm), **means}
-            acc.log({f"train/{k}": v for k, v in row.items() if k not in ("step", "split")},
-                    step=done)
-            if metrics:
-                metrics.write(json.dumps(row) + "\n")
-                metrics.flush()
-            bar.set_postfix(loss=f"{row['loss']:.3f}")
-        if pairs is not None and (done % t.eval_every == 0 or done == t.max_steps):
-            log_validation(done)  # before the checkpoint: its metrics_bytes keep this line
-        if t.save_every and done % t.save_every == 0 and done < t.max_steps:
-            save(done)
-    bar.close()
-    if start < t.max_steps:  # else this is a finished run started again: nothing new to save
-        save(t.max_steps)
+    elif pairs is not None and newest is not None and newest[1].get("validation_due"):
+        log_validation(start)  # a SIGTERM stopped the run before this step's validation
+
+    def stop_for_sigterm(step: int, validation_due: bool) -> None:
+        """Save a checkpoint of ``step`` (every process), say how long it took, and stop.
+
+        Raises:
+            Terminated: always (the line names the checkpoint; exit status 143).
+        """
+        bar.close()
+        started = time.perf_counter()
+        folder = save(step, validation_due)
+        took = time.perf_counter() - started
+        sigterm_saved[:] = [(folder, took)]
+        if acc.is_main_process:
+            logger.warning("SIGTERM: checkpoint %s of step %d saved in %.2f s (the grace period "
+                           "before SIGKILL must exceed one step plus this)", folder, step, took)
+        finish_processes(acc)
+        stop_terminated()
+
+    with sigterm_deferred(t.save_on_sigterm):  # start-up above: a SIGTERM stops at once
+        for step in range(start, t.max_steps):
+            noisy, clean, idx = maker.batch(step, t.batch_size, acc.process_index)
+            noisy, clean = noisy.to(acc.device), clean.to(acc.device)
+            teacher_out = None
+            if acc.unwrap_model(loss_fn).needs_teacher(step):
+                if pooled is not None:
+                    teacher_out = pooled(idx, acc.device)
+                else:
+                    with torch.no_grad():
+                        t_in = clean if cfg.loss.teacher_input == "clean" else noisy
+                        teacher_out = teacher(t_in, return_activations=True)
+            # only what this step's loss reads keeps its graph (DDP: the rest trains nothing)
+            wants_output, layers = acc.unwrap_model(loss_fn).student_needs(step)
+            s_out = student(noisy, return_activations=layers, trained_outputs=wants_output)
+            total, parts = loss_fn(step, s_out, clean, teacher_out)
+            acc.backward(total)
+            grad_norm = acc.clip_grad_norm_(params, t.max_grad_norm)
+            bad_loss, bad_step, stop = nonfinite_step(acc, total, grad_norm,
+                                                      t.save_on_sigterm and sigterm_pending())
+            if not bad_step:  # a skipped step changes neither the weights nor Adam's state
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            counts.record(step, bad_loss, bad_step, float(grad_norm))
+            bar.update(1)
+            done = step + 1
+            done_steps[:] = [done]
+            if counts.nonfinite_in_a_row >= t.max_nonfinite_in_a_row:
+                bar.close()
+                checkpoint = save(done)
+                finish_processes(acc)  # every rank stops here (the decision is the same on all)
+                stop_nonfinite(out, done, in_a_row=counts.nonfinite_in_a_row,
+                               skipped_updates=counts.skipped_updates,
+                               nonfinite_losses=counts.nonfinite_losses,
+                               limit=t.max_nonfinite_in_a_row, checkpoint=checkpoint,
+                               main_process=acc.is_main_process)
+            if done % t.log_every == 0 or done == t.max_steps:
+                # means over the processes' batches (every rank takes part in the reduce)
+                names = ["loss", *parts]
+                values = acc.reduce(torch.stack([total.detach(), *(v.detach() for v in
+                                                                    parts.values())]).float(),
+                                    reduction="mean").tolist()
+                means = dict(zip(names, values, strict=True))
+                row = {"step": done, "split": "train", "lr": t.learning_rate,
+                       "loss": means.pop("loss"), "grad_norm": float(grad_norm), **means}
+                acc.log({f"train/{k}": v for k, v in row.items() if k not in ("step", "split")},
+                        step=done)
+                if metrics:
+                    metrics.write(json.dumps(row) + "\n")
+                    metrics.flush()
+                bar.set_postfix(loss=f"{row['loss']:.3f}")
+            due = pairs is not None and (done % t.eval_every == 0 or done == t.max_steps)
+            if stop:  # some process holds a SIGTERM: this step is done; save it and stop
+                stop_for_sigterm(done, validation_due=due)
+            if due:
+                log_validation(done)  # before the checkpoint: its metrics_bytes keep this line
+            if t.save_every and done % t.save_every == 0 and done < t.max_steps:
+                save(done)
+        bar.close()
+        if start < t.max_steps:  # else this is a finished run started again: nothing new to save
+            save(t.max_steps)
+        # a SIGTERM after the last step's agreement: its checkpoint is saved; stop before the
+        # export, every process together (the same command then writes student/)
+        if any_process(acc, t.save_on_sigterm and sigterm_pending()):
+            finish_processes(acc)
+            stop_terminated()
     acc.wait_for_everyone()
     model = acc.unwrap_model(student)
     per_rank = gather_object([parameter_hash(model) + "/"
