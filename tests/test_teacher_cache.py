@@ -410,7 +410,7 @@ def test_check_entries_refuses_a_cut_entry_and_reads_a_whole_ones_header_once(
     must cover the file exactly), not in one process's forward pass. A whole entry's header is
     read once: later checks only ``stat`` it, and read it again once it is deleted, replaced
     or rewritten (before: every check opened every entry, about 25-45 us a row)."""
-    import robustdistill.teacher_cache.cache as cache_module
+    import robustdistill.teacher_cache.store as store_module
 
     TeacherFeatureCache(tmp_path, teacher, [2])  # the folder of this spec
     cache = TeacherFeatureCache(tmp_path, teacher, [2], missing="error")
@@ -422,8 +422,8 @@ def test_check_entries_refuses_a_cut_entry_and_reads_a_whole_ones_header_once(
     batch = {"keys": [key, key], "offsets": torch.tensor([0, 320]),
              "lengths": torch.tensor([4000, 3000]), "indices": torch.tensor([3, 3])}
     opened = []
-    real = cache_module.entry_readable
-    monkeypatch.setattr(cache_module, "entry_readable", lambda p: opened.append(p) or real(p))
+    real = store_module.entry_readable
+    monkeypatch.setattr(store_module, "entry_readable", lambda p: opened.append(p) or real(p))
     cache.check_entries(batch)
     cache.check_entries(batch)
     assert opened == [path]  # two rows, two checks: one header read

@@ -71,8 +71,11 @@ The package, one job per module; imports flow down this list, never up:
   (:class:`TeacherCacheConfig`) and the values its options may take.
 * :mod:`~robustdistill.teacher_cache.keys`: what identifies targets: the teacher's
   fingerprint, the cached layers, the format version; an entry's file from its content key.
-* :mod:`~robustdistill.teacher_cache.store`: entry files: reading a span of frames, telling a
-  whole entry from a truncated or corrupt one.
+* :mod:`~robustdistill.teacher_cache.folder`: one spec's folder under the cache root: its
+  name (the spec's hash) and manifest, and the refusal of a root that is not a cache root or
+  (``missing: error``) holds no folder of this spec.
+* :mod:`~robustdistill.teacher_cache.store`: entry files: writing one atomically, reading a
+  span of frames, telling a whole entry from a truncated or corrupt one.
 * :mod:`~robustdistill.teacher_cache.reader`: :class:`CacheReader`, a batch's targets read in
   the ``DataLoader`` workers.
 * :mod:`~robustdistill.teacher_cache.cache`: :class:`TeacherFeatureCache`, the cache a run

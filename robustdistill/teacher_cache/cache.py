@@ -1,5 +1,6 @@
 """The teacher cache a run uses (:class:`TeacherFeatureCache`): opens or creates one spec's
-folder, computes missing entries with the teacher and writes them, and looks a batch's targets up
+folder (:mod:`~robustdistill.teacher_cache.folder`), computes missing entries with the teacher and
+writes them (:mod:`~robustdistill.teacher_cache.store`), and looks a batch's targets up
 (:class:`CachedLayers`), or refuses a miss with ``missing: error`` (:class:`MissingEntryError`).
 
 Part of :mod:`robustdistill.teacher_cache`, whose docstring describes the cache.
@@ -7,30 +8,22 @@ Part of :mod:`robustdistill.teacher_cache`, whose docstring describes the cache.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from ..audio import SAMPLE_RATE
-from ..files import atomic_path, atomic_write_text
 from ..upstream import Upstream, UpstreamOutput, lengths_to_mask
+from .folder import open_spec_folder
 from .keys import FORMAT_VERSION, cached_layers_of, entry_file, teacher_fingerprint
 from .reader import CacheReader
 from .settings import DTYPES, TeacherCacheConfig
-from .store import UnreadableEntryError, entry_readable, read_frames
+from .store import KnownWholeEntries, UnreadableEntryError, entry_readable, read_frames, write_entry
 
 logger = logging.getLogger(__package__)  # the package's logger: log lines keep their name
-
-#: How many entries :meth:`TeacherFeatureCache.check_entries` remembers as whole (about 70
-#: bytes each, 70 MB in all); past it, it forgets them all and reads their headers again.
-_KNOWN_WHOLE_LIMIT = 2**20
 
 
 class MissingEntryError(FileNotFoundError):
@@ -116,47 +109,12 @@ class TeacherFeatureCache:
                      "samples_per_frame": self.grid}
         if teacher.is_whisper:  # "native" and "ssl" place the same frames 200 samples apart
             self.spec["whisper_frames"] = teacher.whisper_frames
-        spec_hash = hashlib.sha256(json.dumps(self.spec, sort_keys=True).encode()).hexdigest()
-        if (Path(root) / "manifest.json").exists():  # the "path" cache-teacher prints
-            raise ValueError(f"{root} is the folder of one cache spec (it holds manifest.json), "
-                             f"not a cache root: give its parent {Path(root).parent} as "
-                             "teacher_cache.dir (a cache inside it would be built anew)")
-        self.path = Path(root) / spec_hash[:16]
-        manifest = self.path / "manifest.json"
-        if missing == "error" and not manifest.exists():
-            raise ValueError(self._no_such_cache(Path(root)))
-        self.path.mkdir(parents=True, exist_ok=True)
-        if manifest.exists():
-            found = json.loads(manifest.read_text())
-            if found != self.spec:
-                raise ValueError(f"{manifest} describes another cache ({found}); expected "
-                                 f"{self.spec}: remove the folder")
-        else:
-            atomic_write_text(manifest, json.dumps(self.spec, indent=2, sort_keys=True))
+        self.path = open_spec_folder(root, self.spec, missing)
         self.hits = 0
         self.loader_hits = 0  # of the hits, rows a CacheReader read in the loader
         self.misses = 0
-        #: entries :meth:`check_entries` found whole, each as the hash of its path and what
-        #: ``os.stat`` said of it then (:meth:`_known_whole`)
-        self._whole: set[int] = set()
-
-    def _no_such_cache(self, root: Path) -> str:
-        """The message for ``missing: error`` when ``root`` holds no folder of this spec:
-        what differs in each folder it does hold (another teacher, layers, ...)."""
-        others = []
-        for found in sorted(root.glob("*/manifest.json")):
-            try:
-                spec = json.loads(found.read_text())
-            except (OSError, ValueError):
-                continue
-            differ = [key for key in sorted({*spec, *self.spec})
-                      if spec.get(key) != self.spec.get(key)]
-            others.append(f"{found.parent.name} (other {', '.join(differ)})")
-        held = f"it holds {'; '.join(others)}" if others else "it holds no cache"
-        return (f"{root} has no cache for this teacher, layers {self.layers}, context "
-                f"{self.context} and dtype {self.spec['dtype']} (missing: error, so every "
-                f"lookup would miss); {held}: build it with `robustdistill cache-teacher` and "
-                "the run's settings, or set teacher_cache.missing compute")
+        #: entries :meth:`check_entries` found whole (their headers are not read again)
+        self._known_whole = KnownWholeEntries()
 
     @classmethod
     def from_config(cls, cfg: TeacherCacheConfig, teacher: Upstream,
@@ -284,15 +242,13 @@ class TeacherFeatureCache:
         return stored
 
     def write(self, path: Path, layers: torch.Tensor) -> None:
-        """Write an entry atomically (a temporary file renamed into place), so a killed
-        build never leaves a truncated entry and concurrent writers cannot corrupt one.
+        """Write an entry atomically: :func:`~robustdistill.teacher_cache.store.write_entry`.
 
         Args:
             path: the entry's file (parent folders created).
             layers: ``(K, T, D)`` targets in storage dtype, as :meth:`compute` returns.
         """
-        with atomic_path(path) as tmp:
-            save_file({"layers": layers}, str(tmp))
+        write_entry(path, layers)
 
     def ensure(self, key: str, waveform: Callable[[], np.ndarray | torch.Tensor]) -> bool:
         """Build the utterance entry ``key`` unless present (context utterance).
@@ -405,7 +361,7 @@ class TeacherFeatureCache:
         process raising in its forward pass while the others wait for it. Rows read in the
         loader (``cached_rows``) are whole; each other row's entry has its header opened, which
         also checks that the file holds all the data the header describes (safetensors refuses
-        a file shorter or longer than that), once per file: see :meth:`_known_whole`.
+        a file shorter or longer than that), once per file: see :class:`~robustdistill.teacher_cache.store.KnownWholeEntries`.
 
         Args:
             batch: a collated batch with ``keys``, ``offsets`` and ``lengths`` (samples) and
@@ -426,7 +382,7 @@ class TeacherFeatureCache:
                 continue
             path = self.entry_path(key) if self.context == "utterance" else self.entry_path(
                 key, start, n)
-            if self._known_whole(path):
+            if self._known_whole.is_whole(path):
                 continue
             position = int(batch["indices"][b])
             audio = name(position) if name is not None else f"dataset item {position}"
@@ -434,31 +390,6 @@ class TeacherFeatureCache:
             raise MissingEntryError(
                 f"teacher cache entry {path} of {audio} {what} (missing: error); build it with "
                 "`robustdistill cache-teacher` and this run's config and overrides")
-
-    def _known_whole(self, path: Path) -> bool:
-        """Whether the entry ``path`` is there and whole (:func:`entry_readable`), reading its
-        header only the first time this file is seen: then one ``os.stat`` per call.
-
-        Entries are written once, atomically (a new file renamed into place, so another
-        inode), and again only where missing or unreadable (``cache-teacher``, ``missing:
-        compute``); a run that checks (``missing: error``) writes none. A whole entry thus
-        stays whole unless something else deletes, replaces or rewrites it, which changes
-        what ``stat`` returns (inode, size, modification time), and the header is read again.
-        At most :data:`_KNOWN_WHOLE_LIMIT` files are remembered.
-        """
-        try:
-            found = os.stat(path)
-        except OSError:  # missing (or not reachable): the caller names it
-            return False
-        seen = hash((str(path), found.st_ino, found.st_size, found.st_mtime_ns))
-        if seen in self._whole:
-            return True
-        if not entry_readable(path):
-            return False
-        if len(self._whole) >= _KNOWN_WHOLE_LIMIT:
-            self._whole.clear()
-        self._whole.add(seen)
-        return True
 
     def _read_rows(self, batch, frame_lengths, read, shape, full_waveform, dtype):
         """The rows the loader did not read, from disk (computing misses); ``(K, B, T, D)``."""
