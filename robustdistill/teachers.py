@@ -85,16 +85,21 @@ def make_random_teacher(family: str, preset: str, out_dir: str | Path, seed: int
             ``data2vec-audio``.
         preset: a key of :data:`PRESETS`.
         out_dir: folder to write.
-        seed: torch seed for the random weights.
+        seed: torch seed for the random weights, drawn from a forked CPU generator: the
+            caller's torch random state is left as it was (``distill`` with ``make_teacher``
+            makes the teacher after seeding its run, on the main process only; a reseeded
+            global generator made that run differ from the same command with the teacher
+            already written, and the main process's stream from the others').
 
     Raises:
         KeyError: unknown preset.
     """
     if preset not in PRESETS:
         raise KeyError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
-    torch.manual_seed(seed)
     config = AutoConfig.for_model(family, **PRESETS[preset])
-    model = AutoModel.from_config(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModel.from_config(config)
     layer_norm = has_layer_norm_cnn(config)
     extractor = Wav2Vec2FeatureExtractor(do_normalize=layer_norm, return_attention_mask=layer_norm)
     out_dir = Path(out_dir)
