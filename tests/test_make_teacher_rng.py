@@ -28,7 +28,7 @@ def test_a_run_that_makes_its_teacher_trains_as_the_same_run_with_the_teacher_pr
     """``make_teacher`` wrote the teacher after the trainer's ``set_seed`` and reseeded torch
     with 0: the heads and everything after drew from another stream than the same command
     run once the teacher existed (a restart killed before its first checkpoint differed)."""
-    from tests.conftest import tiny_run_config
+    from conftest import tiny_run_config
 
     from robustdistill.trainer import train
 
