@@ -1,6 +1,9 @@
 """train-se's best validation (robustdistill/se/validation.py BestValidation): selection by
-hand (direction, ties, NaN), exact resume, ``keep_best``'s export; PESQ as a validation score
-with unscored items; the teacher's validation outputs computed once (same losses, bit for bit)."""
+hand (direction, ties, NaN), exact resume, ``keep_best``'s export (one and two processes, no
+stale folder when turned off), the card's check of best_student against the record; PESQ as a
+validation score with unscored items; settings without a validation set refused; the
+teacher's validation outputs computed once (same losses, bit for bit; copies, not views of
+the teacher's buffers)."""
 
 from __future__ import annotations
 
@@ -246,3 +249,135 @@ def test_the_se_card_names_the_validation_set_and_the_best_student(data):
             f"{record['value']:.4g} at step {record['step']} (higher is better)") in training
     final = build_card(run / "student", [], run, license="mit", kind="se", speed=False).text
     assert "- Result: finished at step 3; best validation si_sdr" in final
+
+
+@pytest.mark.parametrize("override, message", [
+    (["--validation.keep_best", "true"], "keep_best set without speech_dir"),
+    (["--validation.pesq", "true"], "pesq set without speech_dir"),
+    (["--validation.best_metric", "loss"], "best_metric set without speech_dir"),
+])
+def test_validation_settings_without_a_validation_set_are_refused(data, override, message):
+    """keep_best, pesq or best_metric without validation.speech_dir would do nothing (no
+    best_student/, no PESQ): refused in one line instead of ignored."""
+    with pytest.raises((ConfigError, ValueError), match=message):
+        load_se_config(None, se_train_args(data, data / "r", 2, *override))
+
+
+def test_keep_best_turned_off_on_resume_leaves_no_stale_best_student(data, caplog):
+    """A run resumed with keep_best off keeps choosing the best (a later step here) but no
+    longer exports it: the best_student/ of the earlier start (step 0's student) is removed,
+    said in a warning, instead of being left to be taken for the recorded best."""
+    run = data / "run"
+    base = [*_validation_args(data, 3, 1), "--training.learning_rate", "0.05"]
+    train_se(load_se_config(None, se_train_args(data, run, 1, *base, "--validation.keep_best",
+                                                "true")))
+    first = json.loads((run / "final_state.json").read_text())["best_validation"]
+    assert (run / "best_student").is_dir()
+    train_se(load_se_config(None, se_train_args(data, run, 4, *base)))
+    record = json.loads((run / "final_state.json").read_text())["best_validation"]
+    assert record["step"] > first["step"]  # the best moved after the resume
+    assert not (run / "best_student").exists()
+    assert "validation.keep_best is off" in caplog.text
+
+
+def test_the_card_refuses_a_best_student_that_is_not_the_recorded_best(data):
+    """best_student/ holding other weights than final_state.json's best (a folder left from
+    an earlier best) is refused with the recorded step named, not carded as that step's
+    student; a copy of the recorded best elsewhere is carded as the best."""
+    from robustdistill.publish.card import build_card
+    from robustdistill.publish.card_results import CardError
+
+    run = data / "run"
+    train_se(load_se_config(None, se_train_args(data, run, 3, *_best_args(
+        data, "--training.eval_at_start", "false"))))
+    record = json.loads((run / "final_state.json").read_text())["best_validation"]
+    best = GRUMaskStudent.from_pretrained(run / "best_student")
+    best.save_pretrained(data / "copy")
+    card = build_card(data / "copy", [], run, license="mit", kind="se", speed=False).text
+    assert f"student of the best validation, step {record['step']} of the 3-step run" in card
+    # a run with no final_state.json (stopped by NaN steps, or killed after its newest
+    # checkpoint): the record of that checkpoint
+    (run / "final_state.json").rename(data / "final_state.json")
+    card = build_card(run / "best_student", [], run, license="mit", kind="se", speed=False).text
+    assert f"student of the best validation, step {record['step']} of the 3-step run" in card
+    (data / "final_state.json").rename(run / "final_state.json")
+    other = GRUMaskStudent(best.config)  # same shapes, other (random) weights
+    other.save_pretrained(run / "best_student")
+    with pytest.raises(CardError, match=rf"not the best validation student that .* records "
+                                        rf"\(step {record['step']}, parameter_sha256"):
+        build_card(run / "best_student", [], run, license="mit", kind="se", speed=False)
+
+
+def test_a_resume_from_a_checkpoint_without_a_best_record_says_so(data, caplog):
+    """Validation turned on at a resume (or a checkpoint saved before best_validation
+    existed): the selection starts at the resume, said in a warning."""
+    run = data / "run"
+    train_se(load_se_config(None, se_train_args(data, run, 2)))
+    train_se(load_se_config(None, se_train_args(data, run, 4, *_validation_args(data, 3, 1))))
+    assert "has no best_validation.json: the best validation is chosen from this resume on" \
+        in caplog.text
+    record = json.loads((run / "final_state.json").read_text())["best_validation"]
+    assert record["step"] in (3, 4)
+
+
+def test_a_best_that_is_no_trained_student_is_said_at_the_end(data, caplog):
+    """learning_rate 0: every validation ties with step 0's, so the best is the untrained
+    student (a tie keeps the earlier step): said in a warning at the end; no scored
+    validation (0.2 s crops, best by PESQ): no best, said too."""
+    run = data / "run"
+    train_se(load_se_config(None, se_train_args(data, run, 2, *_best_args(
+        data, "--training.learning_rate", "0"))))
+    assert json.loads((run / "final_state.json").read_text())["best_validation"]["step"] == 0
+    assert ("the best validation by si_sdr is step 0, before any training" in caplog.text
+            and "best_student/ holds the untrained student" in caplog.text)
+    caplog.clear()
+    train_se(load_se_config(None, se_train_args(
+        data, data / "short", 1, *_validation_args(data, 3, 1), "--data.crop_seconds", "0.2",
+        "--validation.pesq", "true", "--validation.best_metric", "pesq")))
+    assert "no validation scored pesq (every mean NaN): no best step" in caplog.text
+
+
+class _ViewTeacher(torch.nn.Module):
+    """Returns its enhanced waveform as a slice of a 4x padded buffer (as DTLN's overlap-add
+    output is) and an activation that is a view too."""
+
+    def forward(self, x, return_activations=False):
+        from robustdistill.se.teachers.base import SEOutput
+
+        n = x.shape[-1]
+        buffer = torch.zeros(1, 4 * n)
+        buffer[:, n:2 * n] = 2 * x
+        frames = torch.arange(40.0).reshape(1, 4, 10)
+        return SEOutput(buffer[:, n:2 * n], {"a": frames[:, :, :2]}, None)
+
+
+def test_teacher_outputs_keep_only_the_bytes_they_need_not_the_teachers_buffers():
+    """A teacher's output that is a view of a larger buffer is copied: the cache holds (and
+    nbytes counts) the waveform's and the activation's own bytes, not the buffers; the values
+    are unchanged."""
+    x = torch.arange(8.0)[None]
+    keep = TeacherOutputs(("a",), keep_enhanced=True)
+    kept = keep(0, _ViewTeacher(), x)
+    assert torch.equal(kept.enhanced, 2 * x) and torch.equal(
+        kept.activations["a"], torch.arange(40.0).reshape(1, 4, 10)[:, :, :2])
+    assert kept.enhanced.untyped_storage().nbytes() == 8 * 4
+    assert keep.nbytes == (8 + 8) * 4  # 8 samples and 4 x 2 activations, float32
+
+
+def test_keep_best_in_two_processes_exports_the_best_of_the_logged_validations(data):
+    """Two processes (DDP, gloo on CPU): the main process keeps the best; it is the first
+    maximum of the logged SI-SDRs and best_student/ holds that step's checkpoint student."""
+    from test_processes import _launch_two
+
+    run = data / "two"
+    result = _launch_two(["train-se", *se_train_args(data, run, 4, *_best_args(
+        data, "--training.eval_at_start", "false"))])
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = _rows(run, "validation")
+    step = rows[int(np.argmax([r["si_sdr"] for r in rows]))]["step"]
+    final = json.loads((run / "final_state.json").read_text())
+    assert final["num_processes"] == 2 and final["ranks_identical"]
+    assert final["best_validation"]["step"] == step
+    saved = load_file(str(run / "best_student" / "model.safetensors"))
+    ckpt = load_file(str(run / "checkpoints" / f"checkpoint_{step}" / "model.safetensors"))
+    assert saved.keys() == ckpt.keys() and all(torch.equal(saved[k], ckpt[k]) for k in saved)

@@ -74,7 +74,7 @@ from .provenance import (
     training_language,
 )
 from .results import TaskResult
-from .run_weights import check_run_weights, is_best_student
+from .run_weights import best_validation_record, check_run_weights, is_best_student
 
 __all__ = ["KINDS", "CardError", "build_card", "card_main", "check_no_placeholders",
            "copy_run_files", "eval_results_for", "heads_dir_for", "templates_dir",
@@ -288,8 +288,9 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     if run is not None:  # refuses another run's training (a mistyped --run)
         logger.info("%s", check_run_weights(model_dir, run, step))
         if step is None and is_best_student(model_dir, run):  # the card says which step
-            run = dataclasses.replace(run, final_state={**run.final_state,
-                                                        "card_weights": "best_student"})
+            run = dataclasses.replace(run, final_state={
+                **run.final_state, "card_weights": "best_student",
+                "best_validation": best_validation_record(run)})
     if base_model is None and run is not None and run.teacher_dir is None \
             and is_hub_id(run.teacher):
         base_model = run.teacher

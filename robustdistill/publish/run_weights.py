@@ -18,7 +18,8 @@ from ..checkpoints import STUDENT_PREFIX, checkpoint_step, list_checkpoints
 from .card_results import CardError
 from .provenance import RunSummary
 
-__all__ = ["BEST_STUDENT", "STUDENT_PREFIX", "check_run_weights", "is_best_student"]  # STUDENT_PREFIX: re-exported
+__all__ = ["BEST_STUDENT", "STUDENT_PREFIX", "best_validation_record", "check_run_weights",
+           "is_best_student"]  # STUDENT_PREFIX: re-exported
 
 
 def _checkpoints_of_step(run_dir: Path, step: int) -> list[Path]:
@@ -62,7 +63,9 @@ def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None =
                     "checkpoints are read)")
         if is_best_student(model_dir, run):
             return (f"the card's weights are the best validation student of {run.run_dir} "
-                    f"({run.run_dir / BEST_STUDENT})")
+                    f"(step {best_validation_record(run)['step']})")
+        if run.recipe == "se" and model_dir.resolve() == (run.run_dir / BEST_STUDENT).resolve():
+            raise CardError(_stale_best_student(model_dir, run))
         if not exported.is_file():
             return f"not checked: {run.run_dir} has no exported student ({exported})"
         what = f"the final student of {run.run_dir} ({exported.parent})"
@@ -122,17 +125,63 @@ def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None =
 BEST_STUDENT = "best_student"
 
 
-def is_best_student(model_dir: str | Path, run: RunSummary) -> bool:
-    """Whether ``model_dir/model.safetensors`` holds exactly the weights of ``run``'s
-    ``best_student/`` (a ``train-se`` run with ``validation.keep_best``)."""
-    from safetensors.torch import load_file
+def best_validation_record(run: RunSummary) -> dict | None:
+    """The best validation of a ``train-se`` run
+    (:class:`~robustdistill.se.validation.BestValidation`'s record): ``final_state.json``'s
+    ``best_validation``, or, for a run without ``final_state.json`` (stopped by NaN/Inf steps,
+    or killed), its newest checkpoint's ``best_validation.json``; None when neither names a
+    step and the student's ``parameter_sha256``."""
+    import json
 
-    mine, best = Path(model_dir) / "model.safetensors", run.run_dir / BEST_STUDENT
-    if run.recipe != "se" or not mine.is_file() or not (best / "model.safetensors").is_file():
+    record = run.final_state.get("best_validation")
+    if not run.final_state:
+        found = list_checkpoints(run.run_dir / "checkpoints")
+        path = found[-1] / "best_validation.json" if found else None
+        if path is not None and path.is_file():
+            record = json.loads(path.read_text())
+    if not isinstance(record, dict) or record.get("step") is None \
+            or not isinstance(record.get("parameter_sha256"), str):
+        return None
+    return record
+
+
+def _se_parameter_hash(model_dir: Path) -> str | None:
+    """:func:`robustdistill.se.train.parameter_hash` of the SE student saved in
+    ``model_dir``; None when it does not load as one."""
+    from ..se.students import GRUMaskStudent
+    from ..se.train import parameter_hash
+
+    try:
+        return parameter_hash(GRUMaskStudent.from_pretrained(model_dir))
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+        return None
+
+
+def is_best_student(model_dir: str | Path, run: RunSummary) -> bool:
+    """Whether ``model_dir`` holds the student of ``run``'s best validation: a ``train-se``
+    run with a best validation step (:func:`best_validation_record`), and weights whose
+    parameter SHA-256 is the record's (so a ``best_student/`` left from an earlier best, or
+    exported by a killed run after its newest checkpoint, is not)."""
+    record = best_validation_record(run)
+    if run.recipe != "se" or record is None \
+            or not (Path(model_dir) / "model.safetensors").is_file():
         return False
-    if mine.resolve() == (best / "model.safetensors").resolve():
-        return True
-    return not _differing(load_file(str(mine)), load_file(str(best / "model.safetensors")))
+    return _se_parameter_hash(Path(model_dir)) == record["parameter_sha256"]
+
+
+def _stale_best_student(model_dir: Path, run: RunSummary) -> str:
+    """The refusal of a ``best_student/`` whose weights are not the recorded best."""
+    record = best_validation_record(run)
+    if record is None:
+        return (f"{model_dir} cannot be checked: {run.run_dir} records no best validation step "
+                "(in final_state.json or its newest checkpoint: a run without validation, or "
+                "none scored)")
+    return (f"the weights in {model_dir} are not the best validation student that "
+            f"{run.run_dir} records (step {record['step']}, "
+            f"parameter_sha256 {record['parameter_sha256'][:12]}...): a student left from an "
+            "earlier best, or exported by a killed run after its newest checkpoint; run the "
+            "same train-se command again with validation.keep_best true to export the "
+            "recorded best, or card student/")
 
 
 def _other_weights(model_dir: Path, what: str, differ: list[str],

@@ -886,6 +886,8 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int],
     per_rank = gather_object([parameter_hash(model) + "/"
                               + parameter_hash(acc.unwrap_model(loss_fn))])
     if acc.is_main_process:
+        if best is not None and best.end_note() is not None:
+            logger.warning("validation: %s", best.end_note())
         model.save_pretrained(out / "student")
         write_outcome(out, FINAL_STATE, {
             "step": t.max_steps, "parameters": count_parameters(model),

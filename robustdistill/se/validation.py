@@ -98,8 +98,10 @@ class ValidationOptions:
             new best (default False).
 
     Raises:
-        ValueError: (on construction) ``items`` below 1, an unknown ``best_metric``, or
-            ``best_metric: pesq`` without ``pesq: true``.
+        ValueError: (on construction) ``items`` below 1, an unknown ``best_metric``,
+            ``best_metric: pesq`` without ``pesq: true``, or ``keep_best``, ``pesq`` or a
+            ``best_metric`` other than ``si_sdr`` without ``speech_dir`` (no validation: the
+            setting would do nothing).
     """
 
     speech_dir: str | None = None
@@ -118,6 +120,13 @@ class ValidationOptions:
                              f"{self.best_metric!r}")
         if self.best_metric == "pesq" and not self.pesq:
             raise ValueError("best_metric pesq needs pesq: true (validation.pesq)")
+        if self.speech_dir is None:
+            unused = [name for name, on in (("keep_best", self.keep_best), ("pesq", self.pesq),
+                                            ("best_metric", self.best_metric != "si_sdr"))
+                      if on]
+            if unused:
+                raise ValueError(f"{', '.join(unused)} set without speech_dir: there is no "
+                                 "validation (set validation.speech_dir, or drop them)")
 
     @property
     def scores(self) -> tuple[str, ...]:
@@ -261,14 +270,19 @@ class TeacherOutputs:
             if missing:
                 raise KeyError(f"teacher has no activation(s) {missing}; it has "
                                f"{sorted(out.activations)}")
-            self._items[i] = SEOutput(out.enhanced if self.keep_enhanced else None,
-                                      {k: out.activations[k] for k in self.layers}, None)
+            # copies: a teacher's tensor may be a view of a larger buffer (NSNet2's and
+            # DTLN's enhanced waveforms are slices of their padded overlap-add output, 2x and
+            # 4x the bytes), which a kept view would hold whole
+            self._items[i] = SEOutput(out.enhanced.clone() if self.keep_enhanced else None,
+                                      {k: out.activations[k].clone() for k in self.layers},
+                                      None)
         return self._items[i]
 
     @property
     def nbytes(self) -> int:
-        """Bytes held (tensor storage)."""
-        return sum(t.numel() * t.element_size() for o in self._items.values()
+        """Bytes held: the storage of the kept tensors (a view would hold its whole
+        buffer)."""
+        return sum(t.untyped_storage().nbytes() for o in self._items.values()
                    for t in [*([o.enhanced] if o.enhanced is not None else []),
                              *o.activations.values()])
 
@@ -442,6 +456,21 @@ class BestValidation:
             files[BEST_WEIGHTS_FILE] = save(self.weights, metadata={"format": "pt"})
         return files
 
+    def end_note(self) -> str | None:
+        """The warning for the end of a run whose best is no trained student: no validation
+        scored by the metric (no best; no ``best_student/``), or the best is step 0's
+        validation, before any update (``best_student/`` is the untrained student); None
+        otherwise."""
+        if self.step is None:
+            return (f"no validation scored {self.metric} (every mean NaN): no best step"
+                    + (f", no {BEST_STUDENT}/ written" if self.keep else ""))
+        if self.step == 0:
+            return (f"the best validation by {self.metric} is step 0, before any training "
+                    f"({self.metric} {self.value:.4g}): no trained student beat the untrained "
+                    "one" + (f"; {BEST_STUDENT}/ holds the untrained student" if self.keep
+                             else ""))
+        return None
+
     def export(self) -> Path:
         """Write the best weights to ``best_student/`` (``config.json`` +
         ``model.safetensors``, as ``student/``): into ``.tmp-best_student``, then swapped
@@ -470,7 +499,9 @@ class BestValidation:
         a run without it, or of another ``best_metric`` or validation set: the selection
         starts again, said in a warning), and with ``keep_best`` make ``best_student/`` hold
         its weights (re-exported when the folder holds another student; removed, with a
-        warning, when there is no best yet). Call on the main process."""
+        warning, when there is no best yet); without ``keep_best`` a ``best_student/`` left
+        by an earlier start is removed, with a warning (it would not follow the best). Call
+        on the main process."""
         from safetensors.torch import load_file
 
         for leftover in (f".tmp-{BEST_STUDENT}", f".old-{BEST_STUDENT}"):
@@ -478,6 +509,10 @@ class BestValidation:
         record = None
         if checkpoint is not None and (checkpoint / BEST_RECORD_FILE).is_file():
             record = json.loads((checkpoint / BEST_RECORD_FILE).read_text())
+        elif checkpoint is not None:  # saved without validation, or before best_validation
+            logger.warning("%s has no %s: the best validation is chosen from this resume on "
+                           "(the validations logged before it are not compared)", checkpoint,
+                           BEST_RECORD_FILE)
         if record is not None and record.get("step") is not None:
             why = None
             if record.get("metric") != self.metric:
@@ -494,6 +529,12 @@ class BestValidation:
                 self.scores, self.parameter_sha256 = record["scores"], record["parameter_sha256"]
                 self.weights = load_file(str(checkpoint / BEST_WEIGHTS_FILE))
         if not self.keep:
+            if self.folder.exists():  # it would no longer follow the best: a stale student
+                logger.warning("%s removed: validation.keep_best is off, so it would no longer "
+                               "hold the best validation's student (the checkpoints keep the "
+                               "best's weights: turn keep_best on to export them again)",
+                               self.folder)
+                shutil.rmtree(self.folder)
             return
         if self.weights is None:
             if self.folder.exists():  # a killed run's best after this checkpoint, or another
