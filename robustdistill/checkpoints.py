@@ -39,6 +39,7 @@ __all__ = [
     "CheckpointError",
     "checkpoint_index",
     "checkpoint_step",
+    "delete_checkpoint",
     "latest_checkpoint",
     "newest_checkpoint_note",
     "list_checkpoints",
@@ -218,8 +219,11 @@ def verify_checkpoint(path: str | os.PathLike) -> dict:
     return manifest
 
 
-def _delete(path: Path) -> None:
-    """Rename out of the checkpoint namespace first, then delete."""
+def delete_checkpoint(path: str | os.PathLike) -> None:
+    """Delete a checkpoint folder: renamed out of the checkpoint namespace first
+    (``.tmp-delete-NAME``), then deleted, so a kill while deleting never leaves a half-deleted
+    folder under a checkpoint's name."""
+    path = Path(path)
     doomed = path.with_name(f"{TMP_PREFIX}delete-{path.name}")
     os.rename(path, doomed)
     shutil.rmtree(doomed)
@@ -243,7 +247,7 @@ def rotate_checkpoints(folder: str | os.PathLike, keep: int,
     complete = list_checkpoints(folder, prefix=prefix)
     doomed = complete[: max(0, len(complete) - keep)]
     for path in doomed:
-        _delete(path)
+        delete_checkpoint(path)
         logger.info("rotated out %s (keeping the %d newest)", path, keep)
     return doomed
 
@@ -326,7 +330,7 @@ def save_checkpoint(accelerator, folder: str | os.PathLike, index: int, step: in
                 (tmp / name).write_text(json.dumps(value))
         write_manifest(tmp, step)
         if replace and final.exists():
-            _delete(final)
+            delete_checkpoint(final)
             logger.info("replaced %s, left by an earlier run beyond this run's resume point",
                         final)
         publish_checkpoint(tmp, final)

@@ -30,8 +30,8 @@ a second one.
 On several processes the line is printed by the first launched process only (``RANK`` 0 or
 unset): every rank stops on the same signal, and their notes name the same checkpoints.
 
-SIGTERM during training (``distill``, ``train-se``; ``training.save_on_sigterm``, default
-true): schedulers and launchers send SIGTERM and, after a grace period, SIGKILL (Slurm's
+SIGTERM during training (``distill``, ``train-se``, ``train-speaker``;
+``training.save_on_sigterm``, default true): schedulers and launchers send SIGTERM and, after a grace period, SIGKILL (Slurm's
 ``KillWait``, 30 s by default; torch elastic's agent, 30 s). Inside :func:`sigterm_deferred`
 the first SIGTERM raises nothing: it is only recorded (:func:`sigterm_pending`), the trainer
 finishes the optimizer step under way, every process agrees at its next per-step agreement
@@ -42,8 +42,10 @@ checkpoint saved and how long it took, exit status 143). A process that stops be
 one received the signal ends the same way. An error raised while such a SIGTERM is held is an
 error, not the interrupt's consequence. Ctrl-C is never deferred, and a second SIGTERM (or
 Ctrl-C) more than :data:`REPEAT_GRACE_S` after the first stops the process at once, as
-outside the block. Before and after the block (start-up, export), and in every other command
-(``evaluate``, ``cache-teacher``, ``train-speaker``), SIGTERM raises at once as above.
+outside the block. ``train-speaker`` runs in one process: it saves a mid-epoch checkpoint of
+the batch finished (``epoch_N_batch_B``) with nothing to agree on. Before and after the block
+(start-up, evaluation, export), and in every other command (``evaluate``, ``cache-teacher``,
+``train-speaker``'s ``cache`` and ``gap``), SIGTERM raises at once as above.
 """
 
 from __future__ import annotations

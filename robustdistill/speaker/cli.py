@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from downstream.config import load_config
-from robustdistill.checkpoints import newest_checkpoint_note
 from robustdistill.config import check_model_path, parse_overrides
 from robustdistill.files import file_blocking_folder
 from robustdistill.interrupts import note
@@ -31,7 +30,7 @@ from .ig import (
     parse_gap_steps,
 )
 from .inputs import TeacherLoadError, load_run_inputs
-from .run_folder import EPOCH_PREFIX, check_run_folder
+from .run_folder import check_run_folder, newest_checkpoint_note
 from .table import finished_run, format_table, run_table, table_runs
 from .train import train_system
 
@@ -132,15 +131,15 @@ def main(argv: list[str]) -> int:
 
 def _interrupt_note(cfg: SpeakerKDConfig, action: str) -> str:
     """The note of an interrupted ``train-speaker ACTION`` (:func:`robustdistill.interrupts.
-    note`): ``train``: the run's newest complete ``checkpoints/epoch_N`` and ``--training.resume
-    true``; ``table``: the finished runs of ``table.output_dir`` stay, and the same command with
+    note`): ``train``: the run's newest complete checkpoint (``checkpoints/epoch_N``, or
+    ``epoch_N_batch_B`` saved inside an epoch for a SIGTERM) and ``--training.resume true``
+    (a SIGTERM that :func:`.train.train_system` saved a checkpoint for gives its own note); ``table``: the finished runs of ``table.output_dir`` stay, and the same command with
     ``--training.resume true`` reuses them and resumes the one interrupted; ``cache``: the maps
     complete in ``ig.cache_dir`` stay (each is written whole), the same command computes the
     rest; ``gap`` writes nothing. Reads the disk only."""
     if action == "train":
-        return "; " + newest_checkpoint_note(Path(cfg.training.output_dir) / "checkpoints",
-                                             "resume with --training.resume true",
-                                             prefix=EPOCH_PREFIX, unit="epoch")
+        return "; " + newest_checkpoint_note(Path(cfg.training.output_dir),
+                                             "resume with --training.resume true")
     if action == "table":
         return (f"; the finished runs in {cfg.table.output_dir} stay: the same command with "
                 "--training.resume true reuses them and resumes the interrupted one from its "

@@ -257,8 +257,9 @@ class TrainConfig:
         keep_checkpoints: newest complete checkpoints kept (>= 1); older ones are deleted after
             each save, as ``train-se``'s (every epoch's used to stay: 30 epochs of an LSTM
             student are 114 MB a run, of an upstream student its weights and AdamW state 30
-            times). Bare ``epoch_N`` folders of runs older than the manifest are resumed from
-            but never deleted.
+            times). A mid-epoch ``epoch_N_batch_B`` saved for a SIGTERM is kept on top of them
+            while it is the newest, and deleted at the next save. Bare ``epoch_N`` folders of
+            runs older than the manifest are resumed from but never deleted.
         batch_size: crops per update; a last batch of fewer than 2 crops is skipped.
         lr: AdamW learning rate, constant.
         weight_decay: AdamW weight decay of the weights with >= 2 dimensions (others: 0).
@@ -268,6 +269,12 @@ class TrainConfig:
             (refused when it was trained with other settings); False (default): start at epoch
             0 (refused when ``output_dir`` holds an earlier run's checkpoints).
         max_grad_norm: clip the gradients' total L2 norm to this (> 0).
+        save_on_sigterm: on SIGTERM (a scheduler's preemption or time limit) finish the
+            batch under way (its optimizer step), save a mid-epoch checkpoint
+            ``epoch_N_batch_B`` (with the epoch's partial loss sums, so the resumed run logs
+            and ends as an uninterrupted one), then stop with exit status 143; false: stop at
+            once, losing the epoch so far. The grace period before SIGKILL must exceed one
+            batch (with its IG maps) plus one save (docs/reliability.md).
 
     Raises:
         ValueError: (on construction) ``epochs < 1``, ``batch_size < 2`` (a batch of one crop
@@ -286,6 +293,7 @@ class TrainConfig:
     resume: bool = False
     max_grad_norm: float = 5.0
     keep_checkpoints: int = 2
+    save_on_sigterm: bool = True
 
     def __post_init__(self) -> None:
         if not self.output_dir:

@@ -1,6 +1,8 @@
 """A speaker run's folder (``training.output_dir``): its checkpoints ``checkpoints/epoch_N``
-(written and published through :mod:`robustdistill.checkpoints`), the settings stored with each
-(:func:`weight_settings`), the check that a fresh start or a resume may use the folder
+(written and published through :mod:`robustdistill.checkpoints`) and, for a SIGTERM
+(``training.save_on_sigterm``), ``checkpoints/epoch_N_batch_B`` (N epochs and B batches of
+epoch N + 1 done: :func:`save_epoch_checkpoint` with ``partial``), the settings stored with
+each (:func:`weight_settings`), the check that a fresh start or a resume may use the folder
 (:func:`check_run_folder`, before any work), and ``metrics.jsonl`` cut back to the checkpoint a
 run resumes from (:func:`logged_epochs`).
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,7 @@ from downstream.config import to_dict
 from robustdistill.checkpoints import (
     MANIFEST,
     CheckpointError,
-    checkpoint_index,
-    latest_checkpoint,
+    delete_checkpoint,
     save_checkpoint,
     verify_checkpoint,
 )
@@ -25,24 +27,78 @@ from robustdistill.run_settings import config_changes
 
 from .config import SpeakerKDConfig
 
-__all__ = ["EPOCH_PREFIX", "check_run_folder", "logged_epochs", "save_epoch_checkpoint", "weight_settings"]
+__all__ = ["EPOCH_PREFIX", "EPOCH_PROGRESS", "check_run_folder", "epoch_progress",
+           "logged_epochs", "newest_checkpoint_note", "save_epoch_checkpoint",
+           "weight_settings"]
 
 
 #: Speaker checkpoints are ``checkpoints/epoch_N`` (N epochs done), written and published as
 #: the distillation trainer's (:mod:`robustdistill.checkpoints`).
 EPOCH_PREFIX = "epoch_"
+#: A checkpoint saved inside an epoch (for a SIGTERM) is ``epoch_N_batch_B``: N epochs and the
+#: first B batches of epoch N + 1 (1-based, as ``metrics.jsonl`` counts) done.
+_NAME = re.compile(rf"{EPOCH_PREFIX}(\d+)(?:_batch_(\d+))?")
+#: The file in a mid-epoch checkpoint holding where in the epoch it stopped and the epoch's
+#: partial sums (:func:`epoch_progress`).
+EPOCH_PROGRESS = "speaker_epoch.json"
+
+
+def _progress(path: Path) -> tuple[int, int] | None:
+    """``(epochs done, batches of the next epoch done)`` of a checkpoint folder's name
+    (``epoch_3`` -> ``(3, 0)``, ``epoch_3_batch_5`` -> ``(3, 5)``), None for any other name."""
+    match = _NAME.fullmatch(path.name)
+    if match is None or (match.group(2) is not None and int(match.group(2)) < 1):
+        return None
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def _checkpoints(output_dir: Path, require_manifest: bool = True) -> list[Path]:
+    """The run's checkpoint folders (both kinds; with a manifest unless ``require_manifest``
+    is false), in training order."""
+    folder = output_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and _progress(p) is not None
+             and (not require_manifest or (p / MANIFEST).is_file())]
+    return sorted(found, key=_progress)
 
 
 def _last_checkpoint(output_dir: Path) -> tuple[Path, int] | None:
     """The newest complete checkpoint, ``(folder, epochs done)``; None if there is none.
 
-    Checkpoints with a manifest first (every one :func:`save_epoch_checkpoint` published); else the
-    newest bare ``epoch_N`` folder, as runs older than the manifest wrote them.
+    Checkpoints with a manifest first (every one :func:`save_epoch_checkpoint` published, at an
+    epoch's end or inside one), in training order (``epoch_3_batch_5`` after ``epoch_3``);
+    else the newest bare ``epoch_N`` folder, as runs older than the manifest wrote them.
     """
-    folder = output_dir / "checkpoints"
-    path = (latest_checkpoint(folder, prefix=EPOCH_PREFIX)
-            or latest_checkpoint(folder, require_manifest=False, prefix=EPOCH_PREFIX))
-    return (path, checkpoint_index(path, EPOCH_PREFIX)) if path else None
+    complete = _checkpoints(output_dir)
+    if complete:
+        return complete[-1], _progress(complete[-1])[0]
+    bare = [p for p in _checkpoints(output_dir, require_manifest=False)
+            if _progress(p)[1] == 0]
+    return (bare[-1], _progress(bare[-1])[0]) if bare else None
+
+
+def epoch_progress(checkpoint: Path) -> dict[str, Any] | None:
+    """What a mid-epoch checkpoint (``epoch_N_batch_B``) holds of its unfinished epoch:
+    ``{"epochs_done", "batches", "crops", "steps", "sums", "seconds", "ig_seconds",
+    "cache_hits", "cache_misses", "ig_gaps"}`` (see :func:`robustdistill.speaker.train.
+    train_system`); None for an epoch's end checkpoint."""
+    file = Path(checkpoint) / EPOCH_PROGRESS
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def newest_checkpoint_note(output_dir: Path, resume: str) -> str:
+    """What an interrupted run's line says about its checkpoints
+    (:func:`robustdistill.interrupts.note`): ``the newest checkpoint is
+    RUN/checkpoints/epoch_3_batch_5 (5 batches into epoch 4; RESUME)`` (``(epoch 3; RESUME)``
+    for an epoch's end), or, with none complete yet, that the same command starts again. Reads the
+    disk only."""
+    complete = _checkpoints(Path(output_dir))
+    if not complete:
+        return "no checkpoint of this run yet: the same command starts it again"
+    epochs, batches = _progress(complete[-1])
+    where = f"{batches} batches into epoch {epochs + 1}" if batches else f"epoch {epochs}"
+    return f"the newest checkpoint is {complete[-1]} ({where}; {resume})"
 
 
 #: The file in each checkpoint holding :func:`weight_settings` of the run that wrote it.
@@ -75,8 +131,8 @@ def weight_settings(cfg: SpeakerKDConfig) -> dict[str, Any]:
 
 def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_dir"
                      ) -> tuple[Path, int] | None:
-    """The checkpoint ``cfg`` resumes from (``(folder, epochs done)``; None: a fresh start),
-    checked before any work. ``folder_key`` is the setting the messages offer to change
+    """The checkpoint ``cfg`` resumes from (``(folder, epochs done)``; None: a fresh start; a
+    mid-epoch ``epoch_N_batch_B`` also holds :func:`epoch_progress`), checked before any work. ``folder_key`` is the setting the messages offer to change
     (``table.output_dir`` for a run of a table, whose run folders are made from it).
 
     Raises:
@@ -87,16 +143,15 @@ def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_di
             a resume whose checkpoint was trained with other settings
             (:func:`weight_settings`; the run would go on with the new ones and be reported as
             if it had used them throughout), or one whose checkpoint is past
-            ``training.epochs`` (its model would be reported as trained for fewer epochs).
+            ``training.epochs`` (its model would be reported as trained for fewer epochs;
+            a mid-epoch checkpoint of epoch ``training.epochs + 1`` too).
     """
     out_dir = Path(cfg.training.output_dir)
     last = _last_checkpoint(out_dir)
     if last is None:
         return None
     if not cfg.training.resume:
-        earlier = sorted((p.name for p in (out_dir / "checkpoints").glob(f"{EPOCH_PREFIX}*")
-                          if checkpoint_index(p, EPOCH_PREFIX) is not None),
-                         key=lambda n: checkpoint_index(n, EPOCH_PREFIX))
+        earlier = [p.name for p in _checkpoints(out_dir, require_manifest=False)]
         raise ValueError(
             f"{folder_key.split('.')[0]} run folder {str(out_dir)!r} holds checkpoints of an "
             f"earlier run ({', '.join(earlier)}); allowed: --training.resume true to continue "
@@ -108,11 +163,15 @@ def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_di
             raise ValueError(f"{err}: refusing to resume from it (allowed: remove that folder "
                              "to resume from the checkpoint before it, or another "
                              f"{folder_key})") from err
-    if last[1] > cfg.training.epochs:
-        raise ValueError(f"{last[0]} has trained {last[1]} epochs, more than training.epochs "
+    batches = _progress(last[0])[1]
+    if last[1] > cfg.training.epochs or (batches and last[1] == cfg.training.epochs):
+        trained = f"{last[1]} epochs" + (f" and {batches} batches of epoch {last[1] + 1}"
+                                         if batches else "")
+        need = last[1] + (batches > 0)
+        raise ValueError(f"{last[0]} has trained {trained}, more than training.epochs "
                          f"{cfg.training.epochs}: resuming would report it as a "
                          f"{cfg.training.epochs}-epoch run (allowed: training.epochs >= "
-                         f"{last[1]}, or another {folder_key})")
+                         f"{need}, or another {folder_key})")
     saved_file = last[0] / _RUN_SETTINGS
     if saved_file.is_file():  # checkpoints written before it was stored are not checked
         saved, now = json.loads(saved_file.read_text()), weight_settings(cfg)
@@ -131,17 +190,56 @@ def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_di
 
 
 def save_epoch_checkpoint(accelerator, output_dir: Path, epochs_done: int,
-                     settings: dict[str, Any], keep: int) -> None:
+                          settings: dict[str, Any], keep: int,
+                          partial: dict[str, Any] | None = None) -> Path:
     """``checkpoints/epoch_N`` through :func:`robustdistill.checkpoints.save_checkpoint`
     (``.tmp-epoch_N``, a manifest, an atomic rename): a kill while saving leaves only the
-    ``.tmp-`` folder, which :func:`_last_checkpoint` ignores and the next start deletes. An
-    ``epoch_N`` of an older run, beyond the checkpoint this run resumed from, is replaced.
-    ``settings`` (:func:`weight_settings`) is stored with it for :func:`check_run_folder`; the
-    ``keep`` newest complete checkpoints stay (``training.keep_checkpoints``), with the
-    folder the run is in (:data:`_STARTED_IN`: its relative paths are from there)."""
-    save_checkpoint(accelerator, output_dir / "checkpoints", epochs_done, epochs_done,
-                    state={_RUN_SETTINGS: {**settings, _STARTED_IN: os.getcwd()}}, keep=keep,
-                    prefix=EPOCH_PREFIX, replace=True)
+    ``.tmp-`` folder, which :func:`_last_checkpoint` ignores and the next start deletes. A
+    checkpoint of an older run with the same name, beyond the checkpoint this run resumed from,
+    is replaced. ``settings`` (:func:`weight_settings`) is stored with it for
+    :func:`check_run_folder`, with the folder the run is in (:data:`_STARTED_IN`: its relative
+    paths are from there).
+
+    Args:
+        partial: inside an epoch (a SIGTERM): :func:`epoch_progress`'s record, whose
+            ``batches`` (>= 1) names the folder ``epoch_N_batch_B`` and which is stored in it
+            (:data:`EPOCH_PROGRESS`); None: the end of epoch ``epochs_done``.
+
+    Rotation (``keep``, ``training.keep_checkpoints``): the ``keep`` newest epoch-end
+    checkpoints stay; a mid-epoch checkpoint is a resume point only: it stays, beyond
+    ``keep``, while it is the newest, and goes once a later checkpoint is saved (so a SIGTERM
+    never deletes an epoch's checkpoint). Bare ``epoch_N`` folders of runs older than the
+    manifest are never deleted.
+
+    Returns:
+        The published folder.
+    """
+    state: dict[str, Any] = {_RUN_SETTINGS: {**settings, _STARTED_IN: os.getcwd()}}
+    prefix, index = EPOCH_PREFIX, epochs_done
+    if partial is not None:
+        if partial.get("batches", 0) < 1:
+            raise ValueError(f"a mid-epoch checkpoint needs batches >= 1, got {partial}")
+        prefix, index = f"{EPOCH_PREFIX}{epochs_done}_batch_", partial["batches"]
+        state[EPOCH_PROGRESS] = partial
+    folder = save_checkpoint(accelerator, output_dir / "checkpoints", index, epochs_done,
+                             state=state, prefix=prefix, replace=True)
+    if getattr(accelerator, "is_main_process", True):
+        _rotate(output_dir, keep)
+    return folder
+
+
+def _rotate(output_dir: Path, keep: int) -> list[Path]:
+    """Delete the mid-epoch checkpoints older than the newest checkpoint, and all but the
+    ``keep`` newest epoch-end ones (complete ones only). Returns the deleted folders."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    complete = _checkpoints(Path(output_dir))
+    partial = [p for p in complete[:-1] if _progress(p)[1] > 0]
+    ends = [p for p in complete if _progress(p)[1] == 0]
+    doomed = partial + ends[: max(0, len(ends) - keep)]
+    for path in doomed:
+        delete_checkpoint(path)
+    return doomed
 
 
 def logged_epochs(log_path: Path, epochs_done: int) -> list[dict[str, Any]]:

@@ -62,15 +62,17 @@ def _run_key(config: dict | None) -> dict | None:
     """What identifies a run: its config without the ``table`` section, the output folder (the
     run is found there), ``training.resume`` (how the run got to its end, not what it trained:
     a table continued with ``--training.resume true`` reuses the runs it had finished, and
-    they are reused again without it), ``training.keep_checkpoints`` (what stays on disk, not
-    what was trained; runs written before it existed are reused) and ``ig`` for the systems
+    they are reused again without it), ``training.keep_checkpoints`` and ``training.save_on_sigterm``
+    (what stays on disk and how a run stops, not what was trained; runs written before they
+    existed are reused) and ``ig`` for the systems
     that use no maps."""
     if config is None:
         return None
     drop = {"table"} if config["loss"]["method"] == "imlkd" else {"table", "ig"}
     key = {k: v for k, v in config.items() if k not in drop}
     key["training"] = {k: v for k, v in key.get("training", {}).items()
-                       if k not in ("output_dir", "resume", "keep_checkpoints")}
+                       if k not in ("output_dir", "resume", "keep_checkpoints",
+                                    "save_on_sigterm")}
     return key
 
 

@@ -17,7 +17,11 @@ AM-softmax cosines times the scale, without margin. Training follows the trainer
 ``accelerate`` (``Accelerator``, ``prepare``, ``save_state`` / ``load_state``), one checkpoint
 per epoch, exact resume (the batch order of epoch ``e`` is a permutation seeded by
 ``(seed, e)``), ``metrics.jsonl`` (one JSON object per epoch), ``config.yaml``,
-``environment.json`` (software versions at each start).
+``environment.json`` (software versions at each start). A SIGTERM
+(``training.save_on_sigterm``, default true) finishes the batch under way and saves a mid-epoch
+checkpoint ``epoch_N_batch_B`` holding the epoch's partial sums; the resume goes on from the
+next batch of that epoch and ends as the uninterrupted run (weights, ``metrics.jsonl``,
+``result.json``, wall-clock fields aside).
 
 Usage::
 
@@ -44,6 +48,7 @@ import yaml
 from downstream.config import to_dict
 from robustdistill.checkpoints import remove_incomplete
 from robustdistill.environment import record_environment
+from robustdistill.interrupts import note, sigterm_deferred, sigterm_pending, stop_terminated
 from robustdistill.processes import require_single_process
 
 from .attribution import AttributionCache, attribute_segments, segment_bounds
@@ -55,7 +60,9 @@ from .losses import batch_loss, class_loss, instance_loss
 from .models import MelLSTMEncoder, SpeakerEmbedder, SpeakerModel, UpstreamEncoder
 from .run_folder import (
     check_run_folder,
+    epoch_progress,
     logged_epochs,
+    newest_checkpoint_note,
     save_epoch_checkpoint,
     weight_settings,
 )
@@ -113,6 +120,20 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
             :func:`robustdistill.processes.require_single_process`).
         FloatingPointError: an epoch whose summed losses are not finite (NaN/Inf); the
             epoch is neither logged nor checkpointed.
+        ValueError: (also, before anything is written) a resume from a mid-epoch checkpoint
+            with another number of training crops (the rest of that epoch's batch order would
+            differ).
+        robustdistill.interrupts.Terminated: a SIGTERM inside the epochs, with
+            ``training.save_on_sigterm`` (inside :func:`robustdistill.interrupts.handled`, as
+            the command runs): the batch under way finished its optimizer step and, unless it
+            was its epoch's last (then that epoch's checkpoint is the one), a mid-epoch
+            checkpoint ``checkpoints/epoch_N_batch_B`` was saved (N epochs and B batches of
+            epoch N + 1 done, with the epoch's partial loss sums, step count, seconds, IG
+            seconds, cache hits and misses and IG gaps: :func:`.run_folder.epoch_progress`);
+            the command's line names it. ``--training.resume true`` skips the B batches done
+            and logs epoch N + 1 as the uninterrupted run does. One process only, so no other
+            process has to agree on the batch. Without the option (or outside ``handled``)
+            a SIGTERM stops the run at once and the epoch so far is lost.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -121,6 +142,13 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
     t = cfg.training
     out_dir = Path(t.output_dir)
     last = check_run_folder(cfg)
+    # a mid-epoch checkpoint (saved for a SIGTERM): the epoch's progress and partial sums
+    partial = epoch_progress(last[0]) if last is not None else None
+    if partial is not None and partial["crops"] != len(crops):
+        raise ValueError(f"{last[0]} was saved {partial['batches']} batches into epoch "
+                         f"{last[1] + 1} of {partial['crops']} training crops; this run has "
+                         f"{len(crops)}: the rest of that epoch's batch order would differ "
+                         "(allowed: the same training crops, or another training.output_dir)")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     lengths = {len(c.audio) for c in crops}
@@ -148,7 +176,9 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
         accelerator.load_state(str(last[0]))
         start_epoch = last[1]
         history = logged_epochs(log_path, start_epoch)
-        logger.info("resumed from %s (epoch %d)", last[0], start_epoch)
+        logger.info("resumed from %s (epoch %d%s)", last[0], start_epoch,
+                    f", {partial['batches']} batches into epoch {start_epoch + 1}"
+                    if partial is not None else "")
     elif accelerator.is_main_process:
         logged_epochs(log_path, 0)  # a log left by a run killed before its first checkpoint
     if accelerator.is_main_process:
@@ -163,66 +193,118 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
     student_frames = int(unwrapped.encoder.frame_lengths(torch.tensor([num_samples]))[0])
     assign = map_targets(bounds, student_frames, unwrapped.samples_per_frame)
     all_audio = torch.from_numpy(np.stack([c.audio for c in crops]))
+    num_batches = math.ceil(len(crops) / t.batch_size)
+    resume_how = "resume with --training.resume true"
     done_here = 0
-    for epoch in range(start_epoch, t.epochs):
-        model.train()
-        order = torch.randperm(len(crops), generator=torch.Generator().manual_seed(
-            t.seed * 100_003 + epoch))
-        hits0, misses0, t0 = cache.hits, cache.misses, time.perf_counter()
-        ig_seconds, sums, deltas, steps = 0.0, {}, [], 0
-        for i in range(0, len(order), t.batch_size):
-            idx = order[i:i + t.batch_size]
-            if len(idx) < 2:  # the batch-level loss and batch norm need two crops
-                continue
-            parts = {}
-            if "map" in weights:
-                t_ig = time.perf_counter()
-                maps = attribute_segments(teacher, [crops[j].audio for j in idx],
-                                          targets.centroids[labels[idx]], bounds, settings, cache)
-                ig_seconds += time.perf_counter() - t_ig
-                deltas += [abs(m.delta) / max(abs(m.score_gap), 1e-12) for row in maps
-                           for m in row]
-                teacher_maps = [torch.from_numpy(np.stack([row[s].map for row in maps]))
-                                for s in range(len(bounds))]
-            out = model(all_audio[idx].to(accelerator.device))
-            emb = out.embedding
-            parts["ce"] = unwrapped.classifier(emb, labels[idx].to(emb.device))
-            if "class_level" in weights:
-                parts["class_level"] = class_loss(unwrapped.logits(emb),
-                                                  targets.logits[idx].to(emb.device), cfg.loss.tau)
-            if "instance" in weights:
-                parts["instance"] = instance_loss(unwrapped.project(emb),
-                                                  targets.embeddings[idx].to(emb.device))
-            if "batch_level" in weights:
-                parts["batch_level"] = batch_loss(emb, targets.embeddings[idx].to(emb.device))
-            if "map" in weights:
-                parts["map"] = student_map_loss(out.map_logits, teacher_maps, assign)
-            loss = sum(weights[k] * v for k, v in parts.items())
-            optimizer.zero_grad()
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-            optimizer.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-            steps += 1
-        record = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
-                  "ig_seconds": ig_seconds, "cache_hits": cache.hits - hits0,
-                  "cache_misses": cache.misses - misses0,
-                  **{k: v / max(steps, 1) for k, v in sums.items()}}
-        if deltas:
-            record["ig_relative_gap"] = float(np.mean(deltas))
-        if not all(math.isfinite(v) for v in sums.values()):
-            raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}: {sums}")
-        history.append(record)
-        with log_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        logger.info("epoch %s", json.dumps(record))
-        save_epoch_checkpoint(accelerator, out_dir, epoch + 1, weight_settings(cfg),
-                         t.keep_checkpoints)
-        done_here += 1
-        if stop_after_epochs is not None and done_here >= stop_after_epochs:
-            break
+
+    def stop_for_sigterm(epoch: int, state: dict[str, Any] | None) -> None:
+        """Stop for the SIGTERM held since a step: save ``state`` (the epoch's progress,
+        :func:`epoch_progress`; None: epoch ``epoch + 1`` has just ended and been saved), say
+        where, and raise :class:`robustdistill.interrupts.Terminated` (exit status 143)."""
+        at = f"after epoch {epoch + 1} of {t.epochs}"
+        if state is None:
+            describe = f"{at}; " + newest_checkpoint_note(out_dir, resume_how)
+        else:
+            started = time.perf_counter()
+            folder = save_epoch_checkpoint(accelerator, out_dir, epoch, weight_settings(cfg),
+                                           t.keep_checkpoints, partial=state)
+            took = time.perf_counter() - started
+            logger.warning("SIGTERM: checkpoint %s (%d of %d batches of epoch %d) saved in "
+                           "%.2f s (the grace period before SIGKILL must exceed one batch plus "
+                           "this)", folder, state["batches"], num_batches, epoch + 1, took)
+            at = f"after batch {state['batches']} of {num_batches} of epoch {epoch + 1}"
+            describe = f"{at}; saved checkpoint {folder} in {took:.1f} s ({resume_how})"
+        with note(lambda: describe):
+            stop_terminated()
+
+    # the epochs: a SIGTERM is held until the batch under way has its optimizer step, then
+    # saved (training.save_on_sigterm); start-up above and the evaluation below stop at once
+    with sigterm_deferred(t.save_on_sigterm):
+        for epoch in range(start_epoch, t.epochs):
+            model.train()
+            order = torch.randperm(len(crops), generator=torch.Generator().manual_seed(
+                t.seed * 100_003 + epoch))
+            resumed = partial if epoch == start_epoch else None
+            # the epoch's sums so far: none, or those of the mid-epoch checkpoint resumed from
+            # (its log line then equals the uninterrupted run's; seconds add both parts)
+            skip = resumed["batches"] if resumed else 0
+            steps = resumed["steps"] if resumed else 0
+            sums = dict(resumed["sums"]) if resumed else {}
+            deltas = list(resumed["ig_gaps"]) if resumed else []
+            ig_seconds = resumed["ig_seconds"] if resumed else 0.0
+            hits0 = cache.hits - (resumed["cache_hits"] if resumed else 0)
+            misses0 = cache.misses - (resumed["cache_misses"] if resumed else 0)
+            t0 = time.perf_counter() - (resumed["seconds"] if resumed else 0.0)
+            for batch, i in enumerate(range(0, len(order), t.batch_size)):
+                if batch < skip:  # done before the SIGTERM that saved the checkpoint
+                    continue
+                idx = order[i:i + t.batch_size]
+                if len(idx) < 2:  # the batch-level loss and batch norm need two crops
+                    continue
+                parts = {}
+                if "map" in weights:
+                    t_ig = time.perf_counter()
+                    maps = attribute_segments(teacher, [crops[j].audio for j in idx],
+                                              targets.centroids[labels[idx]], bounds, settings,
+                                              cache)
+                    ig_seconds += time.perf_counter() - t_ig
+                    deltas += [abs(m.delta) / max(abs(m.score_gap), 1e-12) for row in maps
+                               for m in row]
+                    teacher_maps = [torch.from_numpy(np.stack([row[s].map for row in maps]))
+                                    for s in range(len(bounds))]
+                out = model(all_audio[idx].to(accelerator.device))
+                emb = out.embedding
+                parts["ce"] = unwrapped.classifier(emb, labels[idx].to(emb.device))
+                if "class_level" in weights:
+                    parts["class_level"] = class_loss(unwrapped.logits(emb),
+                                                      targets.logits[idx].to(emb.device),
+                                                      cfg.loss.tau)
+                if "instance" in weights:
+                    parts["instance"] = instance_loss(unwrapped.project(emb),
+                                                      targets.embeddings[idx].to(emb.device))
+                if "batch_level" in weights:
+                    parts["batch_level"] = batch_loss(emb,
+                                                      targets.embeddings[idx].to(emb.device))
+                if "map" in weights:
+                    parts["map"] = student_map_loss(out.map_logits, teacher_maps, assign)
+                loss = sum(weights[k] * v for k, v in parts.items())
+                optimizer.zero_grad()
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                optimizer.step()
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+                steps += 1
+                # one process (require_single_process): no other process to agree with
+                if t.save_on_sigterm and sigterm_pending() and batch + 1 < num_batches:
+                    stop_for_sigterm(epoch, {
+                        "epochs_done": epoch, "batches": batch + 1, "crops": len(crops),
+                        "steps": steps, "sums": sums,
+                        "seconds": time.perf_counter() - t0, "ig_seconds": ig_seconds,
+                        "cache_hits": cache.hits - hits0, "cache_misses": cache.misses - misses0,
+                        "ig_gaps": deltas})
+            record = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
+                      "ig_seconds": ig_seconds, "cache_hits": cache.hits - hits0,
+                      "cache_misses": cache.misses - misses0,
+                      **{k: v / max(steps, 1) for k, v in sums.items()}}
+            if deltas:
+                record["ig_relative_gap"] = float(np.mean(deltas))
+            if not all(math.isfinite(v) for v in sums.values()):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}: {sums}")
+            history.append(record)
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            logger.info("epoch %s", json.dumps(record))
+            save_epoch_checkpoint(accelerator, out_dir, epoch + 1, weight_settings(cfg),
+                                  t.keep_checkpoints)
+            done_here += 1
+            # last in the block: a SIGTERM held since this epoch's last batch, or that came
+            # while it was logged and saved, stops with that checkpoint
+            if t.save_on_sigterm and sigterm_pending():
+                stop_for_sigterm(epoch, None)
+            if stop_after_epochs is not None and done_here >= stop_after_epochs:
+                break
     result = {"method": cfg.loss.method, "seed": t.seed, "config": to_dict(cfg),
               "epochs": history,
               "params": sum(p.numel() for n, p in unwrapped.named_parameters()
