@@ -43,7 +43,10 @@ one received the signal ends the same way. An error raised while such a SIGTERM 
 error, not the interrupt's consequence. Ctrl-C is never deferred, and a second SIGTERM (or
 Ctrl-C) more than :data:`REPEAT_GRACE_S` after the first stops the process at once, as
 outside the block. ``train-speaker`` runs in one process: it saves a mid-epoch checkpoint of
-the batch finished (``epoch_N_batch_B``) with nothing to agree on. Before and after the block
+the batch finished (``epoch_N_batch_B``) with nothing to agree on. A DataLoader worker started
+inside the block outlives a SIGTERM that its trainer process did not send
+(:func:`worker_outlives_sigterm`: the signal of a whole process group or job step reaches the
+workers too, and the step under way still needs their batches). Before and after the block
 (start-up, evaluation, export), and in every other command (``evaluate``, ``cache-teacher``,
 ``train-speaker``'s ``cache`` and ``gap``), SIGTERM raises at once as above.
 """
@@ -61,7 +64,7 @@ from contextlib import contextmanager
 from typing import NoReturn
 
 __all__ = ["REPEAT_GRACE_S", "Terminated", "handled", "interrupted", "note", "sigterm_deferred",
-           "sigterm_pending", "stop_terminated"]
+           "sigterm_pending", "stop_terminated", "worker_outlives_sigterm"]
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +141,38 @@ def stop_terminated() -> NoReturn:
         _received = (signal.SIGTERM, time.monotonic())
     _held = False
     raise Terminated
+
+
+def worker_outlives_sigterm(worker_id: int) -> None:
+    """``DataLoader`` ``worker_init_fn``: a worker started inside an active
+    :func:`sigterm_deferred` block outlives a SIGTERM sent to every process of the run (a
+    scheduler's, ``timeout``'s or a terminal's process group: the trainer still needs its
+    batches to finish the step and stop by itself); one sent by its parent (the loader's own
+    shutdown) still ends it at once. Elsewhere (option off, other commands) the worker keeps
+    torch's handler, which dies of such a signal.
+
+    Without it torch's handler killed the worker with the run's signal, and the parent's
+    ``SIGCHLD`` handler raised ``RuntimeError: DataLoader worker ... is killed by signal:
+    Terminated`` in the middle of the step: a traceback and exit status 1 in place of the
+    checkpoint and 143. The worker still ends when its parent dies (torch's watchdog) or on
+    SIGKILL.
+
+    Args:
+        worker_id: the worker's index (unused).
+    """
+    if not _defer_sigterm:  # inherited from the parent (fork) as it was when the worker started
+        return
+    parent = os.getppid()
+    # SIGTERM is blocked in this thread (and the threads it starts later) and taken by a thread
+    # that sees the sender, which a Python signal handler does not
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def wait() -> None:
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+                os._exit(0)  # torch's worker handler does the same for its parent's SIGTERM
+
+    threading.Thread(target=wait, name="sigterm-from-parent", daemon=True).start()
 
 
 def _on_signal(signum: int, frame) -> None:

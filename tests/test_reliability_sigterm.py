@@ -292,3 +292,52 @@ def test_a_held_sigterm_raises_nothing_until_the_trainer_stops(capsys):
         assert stopped.value.code == 143
     with sigterm_deferred():  # outside handled: nothing to defer
         assert not sigterm_pending()
+
+
+class _SlowItems(torch.utils.data.Dataset):
+    """Six items, each its index, a few milliseconds to read (a worker busy when signalled)."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, index: int) -> int:
+        import time
+
+        time.sleep(0.02)
+        return index
+
+
+def _items(batch: list[int]) -> list[int]:
+    return batch
+
+
+def test_a_dataloader_worker_outlives_the_runs_sigterm_while_the_trainer_finishes_its_step(
+        capsys):
+    """A SIGTERM sent to every process of the run (``timeout``, a scheduler, a terminal's
+    process group) reaches the DataLoader workers too. Inside the trainers' deferral a worker
+    outlives it, so the step finishes (every batch comes) and the run stops with 143; without
+    this the worker died and torch raised ``DataLoader worker ... is killed by signal``
+    mid-step: a traceback and status 1 on LibriSpeech with ``data.num_workers 2``. The
+    parent's own SIGTERM (multiprocessing's ``terminate`` at exit) still ends the worker."""
+    from robustdistill.data.batching import build_dataloader
+    from robustdistill.interrupts import handled, sigterm_deferred, stop_terminated
+
+    with pytest.raises(SystemExit) as stopped, handled("prog"), sigterm_deferred():
+        loader = build_dataloader(_SlowItems(), 1, num_workers=1, collate_fn=_items)
+        batches = iter(loader)
+        got = [next(batches)]
+        worker = batches._workers[0]
+        # the group's signal, from another process (as timeout or slurmstepd sends it), to
+        # the worker and to this process
+        subprocess.run(["kill", "-TERM", str(worker.pid), str(os.getpid())], check=True)
+        worker.join(timeout=1.0)  # torch's handler: dead within a second
+        assert worker.is_alive()
+        got += [next(batches) for _ in range(5)]  # the iterator not ended: its worker runs
+        assert got == [[0], [1], [2], [3], [4], [5]]
+        os.kill(worker.pid, signal.SIGTERM)  # from its parent (multiprocessing's terminate)
+        worker.join(timeout=5.0)
+        assert worker.exitcode == 0  # ended at once, as torch's handler does
+        del batches
+        stop_terminated()
+    assert stopped.value.code == 143
+    assert capsys.readouterr().err == "prog: terminated (SIGTERM)\n"

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from ..interrupts import worker_outlives_sigterm
+
 logger = logging.getLogger(__name__)
 
 
@@ -69,7 +71,9 @@ def build_dataloader(
         batch_size: utterances per batch.
         sampler: for map-style datasets, usually a :class:`ShardedRandomSampler`; None reads in
             order. Must be None for a streaming dataset.
-        num_workers: worker processes (0: read in the main process).
+        num_workers: worker processes (0: read in the main process). Started inside the
+            trainers' SIGTERM deferral they outlive a SIGTERM sent to the whole process group
+            (:func:`robustdistill.interrupts.worker_outlives_sigterm`).
         drop_last: drop a last, smaller batch.
         pin_memory: pin batches (for GPU training).
 
@@ -88,6 +92,8 @@ def build_dataloader(
         collate_fn=collate_fn or collate_waveforms,
         drop_last=drop_last,
         pin_memory=pin_memory,
+        # inside the trainers' SIGTERM deferral, a worker outlives the run's own SIGTERM
+        worker_init_fn=worker_outlives_sigterm if num_workers else None,
         # A private generator: creating an iterator draws the workers' base seed from it,
         # never from the global torch RNG, so a resumed run's dropout masks stay exact.
         generator=torch.Generator().manual_seed(0),
