@@ -251,6 +251,25 @@ def test_the_se_card_names_the_validation_set_and_the_best_student(data):
     assert "- Result: finished at step 3; best validation si_sdr" in final
 
 
+def test_the_card_of_a_final_student_that_is_also_the_best_names_the_final_student(data):
+    """One validation (step 1 of 1): the final student is the best, so student/ and
+    best_student/ hold the same weights; a card of either says the final student, which is
+    also the best's, instead of naming ``best_student/`` on a card of ``student/``."""
+    from robustdistill.publish.card import build_card
+
+    run = data / "run"
+    train_se(load_se_config(None, se_train_args(data, run, 1, *_best_args(
+        data, "--training.eval_at_start", "false"))))
+    state = json.loads((run / "final_state.json").read_text())
+    assert state["best_validation"]["step"] == 1
+    assert state["best_validation"]["parameter_sha256"] == state["parameter_sha256"]
+    for folder in ("student", "best_student"):
+        card = build_card(run / folder, [], run, license="mit", kind="se", speed=False).text
+        assert ("- Result: these weights are the final student, step 1 of the 1-step run, "
+                "which is also the student of the best validation (step 1)") in card
+        assert "(`best_student/`)" not in card
+
+
 @pytest.mark.parametrize("override, message", [
     (["--validation.keep_best", "true"], "keep_best set without speech_dir"),
     (["--validation.pesq", "true"], "pesq set without speech_dir"),

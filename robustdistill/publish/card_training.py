@@ -312,9 +312,17 @@ def _se_view(run: RunSummary) -> dict[str, Any]:
     best = state.get("best_validation") if isinstance(state.get("best_validation"), dict) \
         else {}
     if state.get("card_weights") == "best_student" and best.get("step") is not None:
-        result.append(f"these weights are the student of the best validation, step "
-                      f"{best['step']} of the {_recorded(training, 'max_steps')}-step run "
-                      f"(`best_student/`)")
+        if state.get("parameter_sha256") is not None \
+                and state.get("parameter_sha256") == best.get("parameter_sha256"):
+            # the final student is the best one: ``student/`` and ``best_student/`` hold the
+            # same weights, and the card may be of either folder
+            result.append(f"these weights are the final student, step {state.get('step')} of "
+                          f"the {_recorded(training, 'max_steps')}-step run, which is also "
+                          f"the student of the best validation (step {best['step']})")
+        else:
+            result.append(f"these weights are the student of the best validation, step "
+                          f"{best['step']} of the {_recorded(training, 'max_steps')}-step run "
+                          f"(`best_student/`)")
     elif state.get("checkpoint"):
         result.append(f"these weights are the checkpoint at step {state['step']} of the "
                       f"{_recorded(training, 'max_steps')}-step run")
