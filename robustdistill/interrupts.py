@@ -64,7 +64,8 @@ from contextlib import contextmanager
 from typing import NoReturn
 
 __all__ = ["REPEAT_GRACE_S", "Terminated", "handled", "interrupted", "note", "sigterm_deferred",
-           "sigterm_pending", "stop_terminated", "worker_outlives_sigterm"]
+           "sigterm_pending", "stop_terminated", "worker_outlives_sigterm",
+           "workers_forked"]
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,22 @@ def stop_terminated() -> NoReturn:
     raise Terminated
 
 
+@contextmanager
+def workers_forked() -> Iterator[None]:
+    """Around the start of a ``DataLoader``'s worker processes: inside an active
+    :func:`sigterm_deferred` block the calling thread blocks SIGTERM meanwhile, so the workers
+    are forked with it blocked (a SIGTERM to this process waits the few milliseconds and is
+    then handled as usual); elsewhere it does nothing. See :func:`worker_outlives_sigterm`."""
+    if not _defer_sigterm:
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def worker_outlives_sigterm(worker_id: int) -> None:
     """``DataLoader`` ``worker_init_fn``: a worker started inside an active
     :func:`sigterm_deferred` block outlives a SIGTERM sent to every process of the run (a
@@ -157,15 +174,19 @@ def worker_outlives_sigterm(worker_id: int) -> None:
     checkpoint and 143. The worker still ends when its parent dies (torch's watchdog) or on
     SIGKILL.
 
+    The worker's first thread is forked with SIGTERM blocked (:func:`workers_forked`), so
+    every thread the worker starts before this function runs (an OpenMP pool with
+    ``OMP_NUM_THREADS`` > 1) blocks it too: the signal waits for the thread started here,
+    which sees the sender (a Python signal handler does not), instead of reaching a thread
+    where torch's handler dies of it.
+
     Args:
         worker_id: the worker's index (unused).
     """
     if not _defer_sigterm:  # inherited from the parent (fork) as it was when the worker started
         return
     parent = os.getppid()
-    # SIGTERM is blocked in this thread (and the threads it starts later) and taken by a thread
-    # that sees the sender, which a Python signal handler does not
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # (already, when forked so)
 
     def wait() -> None:
         while True:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ..interrupts import worker_outlives_sigterm
+from ..interrupts import worker_outlives_sigterm, workers_forked
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,15 @@ def collate_waveforms(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor
     return batch
 
 
+class _Loader(DataLoader):
+    """``DataLoader`` whose worker processes are forked with SIGTERM blocked inside the
+    trainers' SIGTERM deferral (:func:`robustdistill.interrupts.workers_forked`)."""
+
+    def _get_iterator(self):
+        with workers_forked():
+            return super()._get_iterator()
+
+
 def build_dataloader(
     dataset,
     batch_size: int,
@@ -84,7 +93,7 @@ def build_dataloader(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if isinstance(dataset, torch.utils.data.IterableDataset) and sampler is not None:
         raise ValueError("a streaming dataset takes no sampler (it shards itself by rank)")
-    return DataLoader(
+    return _Loader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
