@@ -31,10 +31,11 @@ On several processes the line is printed by the first launched process only (``R
 unset): every rank stops on the same signal, and their notes name the same checkpoints.
 
 SIGTERM during training (``distill``, ``train-se``, ``train-speaker``;
-``training.save_on_sigterm``, default true): schedulers and launchers send SIGTERM and, after a grace period, SIGKILL (Slurm's
-``KillWait``, 30 s by default; torch elastic's agent, 30 s). Inside :func:`sigterm_deferred`
-the first SIGTERM raises nothing: it is only recorded (:func:`sigterm_pending`), the trainer
-finishes the optimizer step under way, every process agrees at its next per-step agreement
+``training.save_on_sigterm``, default true): schedulers and launchers send SIGTERM and, after
+a grace period, SIGKILL (Slurm's ``KillWait``, 30 s by default; torch elastic's agent, 30 s).
+Inside :func:`sigterm_deferred` the first SIGTERM raises nothing: it is only recorded
+(:func:`sigterm_pending`), the trainer finishes the optimizer step under way, every process
+agrees at its next per-step agreement
 (an OR of the flag, riding on a collective the trainer already makes each step), all of them
 save a checkpoint of that step through the usual atomic path, and :func:`stop_terminated`
 raises :class:`Terminated`, so the command ends as for any SIGTERM (one line naming the

@@ -206,3 +206,29 @@ def test_mid_epoch_checkpoints_keep_the_resume_checks_and_rotate(tiny, tmp_path,
     train_system(_cfg(tmp_path, "whole"), teacher, crops)
     assert _sha256(tmp_path / "k" / "student") == _sha256(tmp_path / "whole" / "student")
     assert _result(tmp_path / "k") == _result(tmp_path / "whole")
+
+
+def test_sigterm_in_the_last_batch_trained_saves_the_epoch_when_a_one_crop_batch_follows(
+        tiny, tmp_path, monkeypatch, capsys):
+    """6 crops in batches of 5: the second batch (one crop) is never trained, so the first is
+    the epoch's last: a SIGTERM in it saves ``epoch_1``, not a needless ``epoch_0_batch_1``
+    (which used to say "after batch 1 of 2")."""
+    teacher, crops = tiny
+
+    def cfg(out, resume=False):
+        c = _cfg(tmp_path, out, resume)
+        c.training.batch_size = 5
+        return c
+
+    train_system(cfg("whole"), teacher, crops)
+    run = tmp_path / "part"
+    _terminated_in_forward(monkeypatch, 1)
+    line = _stopped(lambda: train_system(cfg("part"), teacher, crops), capsys)
+    monkeypatch.undo()
+    assert _names(run) == ["epoch_1"]
+    assert line == (f"{PROG}: terminated (SIGTERM) after epoch 1 of 3; the newest checkpoint is "
+                    f"{run / 'checkpoints' / 'epoch_1'} (epoch 1; resume with --training.resume "
+                    "true)"), line
+    train_system(cfg("part", resume=True), teacher, crops)
+    assert _sha256(run / "student") == _sha256(tmp_path / "whole" / "student")
+    assert _result(run) == _result(tmp_path / "whole")

@@ -133,7 +133,8 @@ def _interrupt_note(cfg: SpeakerKDConfig, action: str) -> str:
     """The note of an interrupted ``train-speaker ACTION`` (:func:`robustdistill.interrupts.
     note`): ``train``: the run's newest complete checkpoint (``checkpoints/epoch_N``, or
     ``epoch_N_batch_B`` saved inside an epoch for a SIGTERM) and ``--training.resume true``
-    (a SIGTERM that :func:`.train.train_system` saved a checkpoint for gives its own note); ``table``: the finished runs of ``table.output_dir`` stay, and the same command with
+    (a SIGTERM that :func:`.train.train_system` saved a checkpoint for gives its own note);
+    ``table``: the finished runs of ``table.output_dir`` stay, and the same command with
     ``--training.resume true`` reuses them and resumes the one interrupted; ``cache``: the maps
     complete in ``ig.cache_dir`` stay (each is written whole), the same command computes the
     rest; ``gap`` writes nothing. Reads the disk only."""

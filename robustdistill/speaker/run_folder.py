@@ -132,7 +132,8 @@ def weight_settings(cfg: SpeakerKDConfig) -> dict[str, Any]:
 def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_dir"
                      ) -> tuple[Path, int] | None:
     """The checkpoint ``cfg`` resumes from (``(folder, epochs done)``; None: a fresh start; a
-    mid-epoch ``epoch_N_batch_B`` also holds :func:`epoch_progress`), checked before any work. ``folder_key`` is the setting the messages offer to change
+    mid-epoch ``epoch_N_batch_B`` also holds :func:`epoch_progress`), checked before any
+    work. ``folder_key`` is the setting the messages offer to change
     (``table.output_dir`` for a run of a table, whose run folders are made from it).
 
     Raises:

@@ -62,10 +62,10 @@ def _run_key(config: dict | None) -> dict | None:
     """What identifies a run: its config without the ``table`` section, the output folder (the
     run is found there), ``training.resume`` (how the run got to its end, not what it trained:
     a table continued with ``--training.resume true`` reuses the runs it had finished, and
-    they are reused again without it), ``training.keep_checkpoints`` and ``training.save_on_sigterm``
-    (what stays on disk and how a run stops, not what was trained; runs written before they
-    existed are reused) and ``ig`` for the systems
-    that use no maps."""
+    they are reused again without it), ``training.keep_checkpoints`` and
+    ``training.save_on_sigterm`` (what stays on disk and how a run stops, not what was trained;
+    runs written before they existed are reused) and ``ig`` for the systems that use no
+    maps."""
     if config is None:
         return None
     drop = {"table"} if config["loss"]["method"] == "imlkd" else {"table", "ig"}

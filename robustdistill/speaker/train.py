@@ -193,7 +193,9 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
     student_frames = int(unwrapped.encoder.frame_lengths(torch.tensor([num_samples]))[0])
     assign = map_targets(bounds, student_frames, unwrapped.samples_per_frame)
     all_audio = torch.from_numpy(np.stack([c.audio for c in crops]))
-    num_batches = math.ceil(len(crops) / t.batch_size)
+    # the batches trained an epoch: a last one of a single crop is skipped (below), so the
+    # batch before it ends the epoch (a SIGTERM there saves the epoch's own checkpoint)
+    num_batches = len(crops) // t.batch_size + (len(crops) % t.batch_size >= 2)
     resume_how = "resume with --training.resume true"
     done_here = 0
 
