@@ -63,6 +63,18 @@ def tiny_run_config(tmp_path: Path, teacher_dir: Path, out: str, **overrides):
     }))
 
 
+def in_one_thread(function, *args):
+    """``function(*args)`` in this process with one torch thread, as the single-thread
+    subprocesses of the kill, interrupt and SIGTERM tests run (the same floating-point sums,
+    so the same parameters)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return function(*args)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def free_port() -> int:
     """A TCP port free on this machine now, for a multi-process launch's rendezvous (a fixed
     port collides with another test run on the same machine)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import se_train_args, small_distill_args, write_se_data
+from conftest import in_one_thread, se_train_args, small_distill_args, write_se_data
 
 from robustdistill.checkpoints import list_checkpoints
 from robustdistill.config import load_config
@@ -33,17 +33,6 @@ def _distill_args(tmp_path: Path, teacher: Path, out: str) -> list[str]:
     """A distillation of 12 steps of about 0.1 s each (the kill test's), a checkpoint every
     2 steps."""
     return small_distill_args(tmp_path, teacher, out, **{"training.max_steps": 12})
-
-
-def _in_one_thread(function, *args):
-    """``function(*args)`` in this process with the subprocesses' single thread (the same
-    floating-point sums, so the same parameters)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return function(*args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _lines(path: Path) -> int:
@@ -103,7 +92,7 @@ def test_ctrl_c_mid_distillation_is_one_line_and_the_resume_ends_as_an_uninterru
     uninterrupted run, each step logged once. Before: a ``KeyboardInterrupt`` traceback."""
     from robustdistill.trainer import train
 
-    _in_one_thread(train, load_config(None, _distill_args(tmp_path, tiny_wavlm_dir, "whole")))
+    in_one_thread(train, load_config(None, _distill_args(tmp_path, tiny_wavlm_dir, "whole")))
     out = tmp_path / "part"
     cmd = [*PYTHON, "distill", *_distill_args(tmp_path, tiny_wavlm_dir, "part")]
     code, err = _signal_when(cmd, lambda: _lines(out / "metrics.jsonl") >= 4, signal.SIGINT)
@@ -177,7 +166,7 @@ def test_ctrl_c_mid_train_se_is_one_line_and_the_same_command_resumes_exactly(tm
     from robustdistill.se.train import load_se_config, train_se
 
     write_se_data(tmp_path)
-    _in_one_thread(train_se, load_se_config(None, se_train_args(tmp_path, tmp_path / "whole",
+    in_one_thread(train_se, load_se_config(None, se_train_args(tmp_path, tmp_path / "whole",
                                                                 30)))
     out = tmp_path / "part"
     cmd = [*PYTHON, "train-se", *se_train_args(tmp_path, out, 30)]

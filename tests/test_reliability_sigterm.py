@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import se_train_args, small_distill_args, write_se_data
+from conftest import in_one_thread, se_train_args, small_distill_args, write_se_data
 
 from robustdistill.checkpoints import list_checkpoints
 from robustdistill.config import load_config
@@ -80,16 +80,6 @@ def _run(tmp_path: Path, argv: list[str], at: str) -> subprocess.CompletedProces
                           env=_env(SIGTERM_AT=at), capture_output=True, text=True, timeout=300)
 
 
-def _in_one_thread(function, *args):
-    """``function(*args)`` with the subprocesses' single thread (the same sums)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return function(*args)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _last_line(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.strip()]
     return lines[-1] if lines else ""
@@ -124,7 +114,7 @@ def test_sigterm_saves_the_step_under_way_and_the_resume_equals_an_uninterrupted
         tmp_path, tiny_wavlm_dir, at, saved):
     from robustdistill.trainer import train
 
-    _in_one_thread(train, load_config(None, _distill_args(tmp_path, tiny_wavlm_dir, "whole")))
+    in_one_thread(train, load_config(None, _distill_args(tmp_path, tiny_wavlm_dir, "whole")))
     out = tmp_path / "part"
     argv = ["distill", *_distill_args(tmp_path, tiny_wavlm_dir, "part")]
     part = _run(tmp_path, argv, at)
@@ -187,7 +177,7 @@ def test_train_se_sigterm_saves_the_step_under_way_and_resumes_exactly(tmp_path,
 
     write_se_data(tmp_path)
     extra = ["--training.save_every", "0", "--training.log_every", "1"]
-    _in_one_thread(train_se, load_se_config(None, se_train_args(tmp_path, tmp_path / "whole",
+    in_one_thread(train_se, load_se_config(None, se_train_args(tmp_path, tmp_path / "whole",
                                                                 10, *extra)))
     out = tmp_path / "part"
     argv = ["train-se", *se_train_args(tmp_path, out, 10, *extra,
@@ -235,7 +225,7 @@ def test_sigterm_with_a_streamed_dataset_puts_back_the_batches_of_the_step_not_r
               "--data.streaming", "true", "--data.shuffle_buffer", "8", "--data.num_workers",
               "2", "--data.validation_dir", str(tmp_path / "wavs"),
               "--data.max_validation_items", "2"]
-    _in_one_thread(train, load_config(None, _distill_args(tmp_path, tiny_wavlm_dir, "whole",
+    in_one_thread(train, load_config(None, _distill_args(tmp_path, tiny_wavlm_dir, "whole",
                                                           *stream)))
     argv = ["distill", *_distill_args(tmp_path, tiny_wavlm_dir, "part", *stream)]
     part = _run(tmp_path, argv, "loss:4")  # in step 5 (validations at 4 and 8)
