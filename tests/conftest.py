@@ -75,6 +75,20 @@ def in_one_thread(function, *args):
         torch.set_num_threads(threads)
 
 
+def resumed_equals_whole(tmp_path: Path, steps: int) -> dict[str, dict]:
+    """The ``final_state.json`` of the runs ``tmp_path/part`` (stopped, then resumed) and
+    ``tmp_path/whole`` (uninterrupted), by name, once the resumed run is checked to have
+    finished its ``steps`` with the uninterrupted run's parameters on every rank."""
+    import json
+
+    final = {name: json.loads((tmp_path / name / "final_state.json").read_text())
+             for name in ("part", "whole")}
+    assert final["part"]["step"] == steps
+    assert (final["part"]["parameter_sha256_per_rank"]
+            == final["whole"]["parameter_sha256_per_rank"])
+    return final
+
+
 def free_port() -> int:
     """A TCP port free on this machine now, for a multi-process launch's rendezvous (a fixed
     port collides with another test run on the same machine)."""

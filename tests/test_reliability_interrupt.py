@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import in_one_thread, se_train_args, small_distill_args, write_se_data
+from conftest import (
+    in_one_thread,
+    resumed_equals_whole,
+    se_train_args,
+    small_distill_args,
+    write_se_data,
+)
 
 from robustdistill.checkpoints import list_checkpoints
 from robustdistill.config import load_config
@@ -108,14 +114,25 @@ def test_ctrl_c_mid_distillation_is_one_line_and_the_resume_ends_as_an_uninterru
     resumed = subprocess.run([*cmd, "--resume"], cwd=REPO, env=_env(), capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    final = {name: json.loads((tmp_path / name / "final_state.json").read_text())
-             for name in ("part", "whole")}
-    assert final["part"]["step"] == 12
-    assert (final["part"]["parameter_sha256_per_rank"]
-            == final["whole"]["parameter_sha256_per_rank"])
+    resumed_equals_whole(tmp_path, steps=12)
     logged = [(r["split"], r["step"]) for r in map(json.loads, (out / "metrics.jsonl")
                                                     .read_text().splitlines())]
     assert logged == [("train", s) for s in range(1, 13)] + [("validation", 12)]
+
+
+def _terminated_distillation(tmp_path, teacher, *extra) -> tuple[str, Path, int]:
+    """SIGTERM a 12-step distillation (``extra``: more overrides) after its third logged line:
+    its last stderr line, newest checkpoint and that checkpoint's step, once the exit status
+    (143), no traceback and the line's start are checked."""
+    out = tmp_path / "part"
+    cmd = [*PYTHON, "distill", *_distill_args(tmp_path, teacher, "part"), *extra]
+    code, err = _signal_when(cmd, lambda: _lines(out / "metrics.jsonl") >= 3, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    newest, step = _newest(out / "checkpoints")
+    line = _last_line(err)
+    assert line.startswith("robustdistill distill: terminated (SIGTERM) after step "), line
+    return line, newest, step
 
 
 @pytest.mark.slow
@@ -125,14 +142,7 @@ def test_sigterm_mid_distillation_is_one_line_and_exit_status_143(tmp_path, tiny
     checkpoint of the step it stopped at (``training.save_on_sigterm``, default true: saved
     for the signal, or by the schedule just before it). Before: the default action, no line at
     all; until 2026-12-07 the steps since the last scheduled checkpoint were lost."""
-    out = tmp_path / "part"
-    cmd = [*PYTHON, "distill", *_distill_args(tmp_path, tiny_wavlm_dir, "part")]
-    code, err = _signal_when(cmd, lambda: _lines(out / "metrics.jsonl") >= 3, signal.SIGTERM)
-    assert code == 128 + signal.SIGTERM, err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
-    newest, step = _newest(out / "checkpoints")
-    line = _last_line(err)
-    assert line.startswith("robustdistill distill: terminated (SIGTERM) after step "), line
+    line, newest, step = _terminated_distillation(tmp_path, tiny_wavlm_dir)
     stopped = int(line.split()[6])
     assert step == stopped, line
     assert (line.endswith(f" of 12; the newest checkpoint is {newest} (step {step}; resume "
@@ -145,15 +155,8 @@ def test_sigterm_mid_distillation_is_one_line_and_exit_status_143(tmp_path, tiny
 def test_sigterm_with_save_on_sigterm_false_stops_at_once(tmp_path, tiny_wavlm_dir):
     """``training.save_on_sigterm false``: SIGTERM stops at once, as before 2026-12-07: the
     line names the newest scheduled checkpoint."""
-    out = tmp_path / "part"
-    cmd = [*PYTHON, "distill", *_distill_args(tmp_path, tiny_wavlm_dir, "part"),
-           "--training.save_on_sigterm", "false"]
-    code, err = _signal_when(cmd, lambda: _lines(out / "metrics.jsonl") >= 3, signal.SIGTERM)
-    assert code == 128 + signal.SIGTERM, err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
-    newest, step = _newest(out / "checkpoints")
-    line = _last_line(err)
-    assert line.startswith("robustdistill distill: terminated (SIGTERM) after step "), line
+    line, newest, step = _terminated_distillation(tmp_path, tiny_wavlm_dir,
+                                                  "--training.save_on_sigterm", "false")
     assert line.endswith(f" of 12; the newest checkpoint is {newest} (step {step}; resume "
                          "with --resume)"), line
     assert step % 2 == 0  # a scheduled one

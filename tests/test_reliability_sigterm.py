@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import in_one_thread, se_train_args, small_distill_args, write_se_data
+from conftest import (
+    in_one_thread,
+    resumed_equals_whole,
+    se_train_args,
+    small_distill_args,
+    write_se_data,
+)
 
 from robustdistill.checkpoints import list_checkpoints
 from robustdistill.config import load_config
@@ -139,11 +145,7 @@ def test_sigterm_saves_the_step_under_way_and_the_resume_equals_an_uninterrupted
     resumed = subprocess.run([sys.executable, "-m", "robustdistill", *argv, "--resume"],
                              cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    final = {name: json.loads((tmp_path / name / "final_state.json").read_text())
-             for name in ("part", "whole")}
-    assert final["part"]["step"] == 12
-    assert (final["part"]["parameter_sha256_per_rank"]
-            == final["whole"]["parameter_sha256_per_rank"])
+    final = resumed_equals_whole(tmp_path, steps=12)
     assert final["part"]["best_validation_loss"] == final["whole"]["best_validation_loss"]
     assert _records(out) == _records(tmp_path / "whole")
     assert [(r["split"], r["step"]) for r in _records(out) if r["split"] == "validation"] == [
