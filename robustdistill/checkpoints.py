@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from .strict_json import strict_dumps
+
 __all__ = [
     "CHECKPOINT_PREFIX",
     "MANIFEST",
@@ -291,8 +293,9 @@ def save_checkpoint(accelerator, folder: str | os.PathLike, index: int, step: in
         folder: the run's ``checkpoints/`` folder.
         index: the ``N`` of the folder name.
         step: recorded in the manifest (the optimizer step, or the epochs done).
-        state: file name -> JSON-serialisable object (written as JSON) or ``bytes`` (written
-            as they are, e.g. a ``safetensors`` blob), written by the main process.
+        state: file name -> JSON-serialisable object (written as strict JSON, a non-finite
+            number as ``null``: :mod:`robustdistill.strict_json`) or ``bytes`` (written as
+            they are, e.g. a ``safetensors`` blob), written by the main process.
         keep: newest complete checkpoints kept (None: all).
         prefix: folder-name prefix (``checkpoint_``, ``epoch_``).
         replace: delete a complete ``{prefix}{index}`` first (a later checkpoint of an older
@@ -327,7 +330,7 @@ def save_checkpoint(accelerator, folder: str | os.PathLike, index: int, step: in
             if isinstance(value, bytes):
                 (tmp / name).write_bytes(value)
             else:
-                (tmp / name).write_text(json.dumps(value))
+                (tmp / name).write_text(strict_dumps(value))
         write_manifest(tmp, step)
         if replace and final.exists():
             delete_checkpoint(final)

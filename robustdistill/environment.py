@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import atomic_write_text
+from .strict_json import strict_dumps
 
 __all__ = ["ENVIRONMENT_FILE", "PACKAGES", "describe_software", "git_state",
            "read_environment", "record_environment", "software_environment",
@@ -133,7 +134,7 @@ def record_environment(output_dir: str | Path, start: int, unit: str = "step",
                        aside.name)
         records = []
     # atomic: a kill mid-write leaves the previous file whole
-    atomic_write_text(path, json.dumps(records + [record], indent=1) + "\n")
+    atomic_write_text(path, strict_dumps(records + [record], indent=1) + "\n")
     return record
 
 

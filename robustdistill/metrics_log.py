@@ -1,7 +1,13 @@
 """``metrics.jsonl``, a run's JSON-lines log, on disk: its size (saved with every checkpoint,
 so a resume cuts what was logged after it: :func:`~robustdistill.checkpoints.truncate_log`)
-and the removal of records of steps a killed start logged past the checkpoint it started from.
-The records themselves are written by the trainer's ``log``.
+and the removal of records of steps a killed start logged past the checkpoint it started from;
+:func:`read_records` reads it back.
+
+The records themselves are written by the trainers (``distill``'s ``log``, ``train-se``,
+``train-speaker``), one strict JSON object per line (:mod:`robustdistill.strict_json`): a
+non-finite value (the loss of a skipped NaN step, an undefined validation score) is ``null``,
+under its own key. :func:`read_records` gives it back as NaN, as a log written before that rule
+(bare ``NaN`` / ``Infinity``, still read) gives it.
 """
 
 from __future__ import annotations
@@ -9,10 +15,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
+
+from .strict_json import nan_for_null
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["drop_steps_after", "file_size"]
+__all__ = ["drop_steps_after", "file_size", "read_records"]
 
 
 def drop_steps_after(path: Path, step: int) -> int:
@@ -45,3 +54,26 @@ def drop_steps_after(path: Path, step: int) -> int:
 def file_size(path: Path) -> int:
     """Bytes of ``path``; 0 when it does not exist."""
     return path.stat().st_size if path.is_file() else 0
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of the JSON-lines log ``path``, in order, each with its ``null`` values as
+    NaN (:func:`~robustdistill.strict_json.nan_for_null`: a ``metrics.jsonl`` record holds
+    numbers, and ``null`` is how a non-finite one is written). Blank lines are left out.
+
+    Raises:
+        OSError: ``path`` cannot be read (FileNotFoundError when it does not exist).
+        ValueError: a line is not a JSON object (the file and the line number named).
+    """
+    records = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as err:
+            raise ValueError(f"{path}: line {number} is not JSON ({err})") from err
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: line {number} is not a JSON object")
+        records.append(nan_for_null(record))
+    return records

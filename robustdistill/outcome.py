@@ -9,11 +9,11 @@ then stops, would otherwise keep the earlier segment's file beside the new one (
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from .files import atomic_write_text
+from .strict_json import strict_dumps
 
 __all__ = ["FINAL_STATE", "STOPPED", "write_outcome"]
 
@@ -28,7 +28,8 @@ def write_outcome(output_dir: str | Path, name: str, record: dict[str, Any]) -> 
     Args:
         output_dir: the run's folder.
         name: :data:`FINAL_STATE` or :data:`STOPPED`.
-        record: JSON-serialisable.
+        record: JSON-serialisable; written as strict JSON, a non-finite number as ``null``
+            (:mod:`robustdistill.strict_json`).
 
     Returns:
         The file written.
@@ -39,6 +40,6 @@ def write_outcome(output_dir: str | Path, name: str, record: dict[str, Any]) -> 
     if name not in (FINAL_STATE, STOPPED):
         raise ValueError(f"an outcome file is {FINAL_STATE} or {STOPPED}, got {name!r}")
     path = Path(output_dir) / name
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(path, strict_dumps(record, indent=2) + "\n")
     (Path(output_dir) / (STOPPED if name == FINAL_STATE else FINAL_STATE)).unlink(missing_ok=True)
     return path

@@ -86,6 +86,7 @@ from .startup_checks import (
     prepare_models,
     student_differences,
 )
+from .strict_json import strict_dumps
 from .student import create_student, save_student, student_feature_extractor
 from .teacher_cache import MissingEntryError, TeacherFeatureCache
 from .teachers import load_teacher
@@ -157,9 +158,13 @@ class TrainingProgress:
 
     def load_state_dict(self, state: dict) -> None:
         """Set each field named in ``state`` (a :meth:`state_dict`); fields it omits keep
-        their current value. Keys are not checked: an unknown key becomes a new attribute."""
+        their current value. Keys are not checked: an unknown key becomes a new attribute.
+        ``best_validation_loss`` ``null`` (strict JSON's infinity before any finite validation,
+        :mod:`robustdistill.strict_json`) is ``math.inf`` again."""
         for key, value in state.items():
             setattr(self, key, value)
+        if self.best_validation_loss is None:
+            self.best_validation_loss = math.inf
 
 
 def _param_groups(model: nn.Module, weight_decay: float, which: str = "matrices") -> list[dict]:
@@ -703,7 +708,8 @@ class _Run:
 
     # ------------------------------------------------------------------ logging
     def log(self, split: str, values: dict[str, float]) -> None:
-        """To the trackers (TensorBoard) and one JSON line of ``metrics.jsonl``."""
+        """To the trackers (TensorBoard) and one JSON line of ``metrics.jsonl`` (strict JSON:
+        a non-finite value, e.g. a loss term of a NaN step, is ``null`` under its key)."""
         acc = self.accelerator
         record = {"step": self.progress.step, "split": split,
                   "lr": self.scheduler.get_last_lr()[0], **values}
@@ -711,7 +717,7 @@ class _Run:
                 step=self.progress.step)
         if acc.is_main_process:
             with self.metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(strict_dumps(record) + "\n")
 
     def _nonfinite_on_any_rank(self, sums: dict) -> bool:
         """True when a loss term of this step is NaN/Inf on any rank (the same on all ranks)."""

@@ -174,6 +174,13 @@ def test_onnx_parity_report_goes_into_the_card(run):
     card = build_card(run["student"], [], None, license="mit", speed=False)
     assert 'ort.InferenceSession("onnx/model.onnx")' in card.text
     assert "on 6 waveforms (6 files of test-other): largest difference 2.5e-05" in card.text
+    # a non-finite difference, written null (strict JSON), is said as a bare NaN was
+    for nan in ("null", "NaN"):
+        (onnx_dir / "parity.json").write_text(
+            f'{{"audio": "noise", "num_waveforms": 3, "max_abs_diff": {nan}, '
+            '"max_abs_value": 5.68, "atol": 1e-4, "rtol": 1e-3, "passed": false}')
+        card = build_card(run["student"], [], None, license="mit", speed=False)
+        assert "on 3 waveforms (noise): largest difference nan" in card.text
 
 
 def test_other_upstreams_are_comparison_rows_not_model_index(run, tmp_path):
@@ -397,6 +404,36 @@ def test_card_of_a_checkpoint_reports_its_step(run):
     assert "checkpoint at step 100 of the 200-step run" in card.text
     assert "last validation loss 3.6000 (step 100)" in card.text
     assert "3.5733" not in card.text and "It was trained for only 100 steps" in card.text
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["null", "bare-NaN"])
+def test_card_of_a_run_stopped_by_nonfinite_steps_says_where_it_stopped(run, legacy):
+    """Stopped at step 120 of its 200 by 4 NaN steps in a row (stopped.json, no
+    final_state.json): the card says step 120 and whose weights the checkpoint holds, never
+    "step 120 of the 200-step run" or "trained for only 200 steps"; the last validation's
+    non-finite loss, ``null`` (strict JSON) or a bare ``NaN`` (older log), reads alike."""
+    (run["run"] / "final_state.json").unlink()
+    (run["run"] / "stopped.json").write_text(json.dumps({
+        "step": 120, "reason": "non-finite", "message": "stopped at step 120: ...",
+        "checkpoint": str(run["run"] / "checkpoints" / "checkpoint_1"), "skipped_updates": 4,
+        "nonfinite_losses": 4, "nonfinite_in_a_row": 4}))
+    nan = "NaN" if legacy else "null"
+    (run["run"] / "metrics.jsonl").write_text(
+        '{"step": 100, "split": "validation", "loss": 3.6}\n'
+        f'{{"step": 118, "split": "train", "loss": {nan}, "grad_norm": {nan}}}\n'
+        f'{{"step": 118, "split": "validation", "loss": {nan}}}\n')
+    stop = ("the run stopped at step 120 of its 200 configured steps (4 optimizer steps in a "
+            "row had a NaN/Inf loss or gradient; their updates were skipped)")
+    card = build_card(run["student"], [], run["run"], license="mit", speed=False, step=120)
+    assert (f"Result: these weights are the checkpoint at step 120, which holds the weights "
+            f"of step 116; {stop}; last validation loss nan (step 118)") in card.text
+    assert "200-step run" not in card.text and "It was trained for only 120 steps" in card.text
+    earlier = build_card(run["student"], [], run["run"], license="mit", speed=False, step=100)
+    assert (f"these weights are the checkpoint at step 100; {stop}; last validation loss "
+            "3.6000 (step 100)") in earlier.text
+    exported = build_card(run["student"], [], run["run"], license="mit", speed=False)
+    assert f"Result: {stop}; last validation loss nan (step 118)" in exported.text
+    assert "It was trained for only 120 steps" in exported.text
 
 
 def test_heads_come_from_beside_the_exported_student(run, tmp_path):

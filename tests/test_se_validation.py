@@ -4,7 +4,6 @@ scores by hand, no effect on training, exact resume, one process or two, and bad
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 
 import numpy as np
@@ -15,6 +14,7 @@ from conftest import se_train_args, write_se_data
 from safetensors.torch import load_file
 
 from robustdistill.metrics import si_sdr
+from robustdistill.metrics_log import read_records
 from robustdistill.se.data import PairConfig
 from robustdistill.se.students import GRUMaskStudent
 from robustdistill.se.train import load_se_config, train_se
@@ -44,8 +44,9 @@ def _validation_args(root, items=3, every=2, *extra):
 
 
 def _rows(run, split):
-    return [r for r in (json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines())
-            if r["split"] == split]
+    """The ``metrics.jsonl`` records of ``split``, a non-finite value (written ``null``) as
+    NaN (:func:`robustdistill.metrics_log.read_records`)."""
+    return [r for r in read_records(run / "metrics.jsonl") if r["split"] == split]
 
 
 @pytest.fixture

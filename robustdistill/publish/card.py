@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..environment import ENVIRONMENT_FILE
+from ..strict_json import nan_for_null
 from .card_evaluation import VerificationResult, verification_eval_results, verification_view
 from .card_results import (
     CardError,
@@ -157,8 +158,9 @@ def _limitations(run: RunSummary | None, tasks: Sequence[TaskResult], student: M
                  ) -> list[str]:
     items = list(notes)
     if run is not None:
+        # the checkpoint's step; the step a run that stopped early stopped at; else max_steps
         steps = run.final_state.get("step") if run.final_state.get("checkpoint") else (
-            run.config.get("training") or {}).get("max_steps")
+            run.stopped.get("step", (run.config.get("training") or {}).get("max_steps")))
         if is_synthetic_data(run.config):
             items.append("It was distilled on generated speech-like signals, not on speech: "
                          "its features are not expected to be useful for real speech tasks.")
@@ -320,7 +322,7 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     parity_file = model_dir / "onnx" / "parity.json"
     onnx_parity = ""
     if onnx and parity_file.is_file():
-        report = json.loads(parity_file.read_text())
+        report = nan_for_null(json.loads(parity_file.read_text()))  # null: non-finite
         onnx_parity = (f"Its hidden states were checked against PyTorch with onnxruntime on "
                        f"{report['num_waveforms']} waveforms ({report['audio']}): largest "
                        f"difference {report['max_abs_diff']:.2g} for values up to "

@@ -126,6 +126,40 @@ def _objectives_text(run: RunSummary) -> str:
     return "; ".join(items)
 
 
+def _stop(run: RunSummary) -> tuple[int, int | None, str] | None:
+    """``(stopped_at, weights_of, text)`` of a run that stopped early (``stopped.json``): the
+    step it stopped at; for a stop by non-finite steps the step whose weights its last
+    checkpoint holds (``stopped_at - nonfinite_in_a_row``: a skipped step changes no weight),
+    else None; and the clause the card says. None for a run that did not stop early."""
+    stopped = run.stopped
+    step = stopped.get("step")
+    if not isinstance(step, int) or isinstance(step, bool):
+        return None
+    max_steps = _recorded(config_section(run.config, "training"), "max_steps")
+    text = f"the run stopped at step {step} of its {max_steps} configured steps"
+    in_a_row = stopped.get("nonfinite_in_a_row")
+    if stopped.get("reason") == "non-finite" and isinstance(in_a_row, int) and in_a_row > 0:
+        return (step, step - in_a_row,
+                text + f" ({in_a_row} optimizer steps in a row had a NaN/Inf loss or gradient; "
+                       "their updates were skipped)")
+    reason = stopped.get("reason")
+    return step, None, text + (f" ({reason})" if isinstance(reason, str) and reason else "")
+
+
+def _checkpoint_text(run: RunSummary, step: Any, max_steps: Any) -> str:
+    """"these weights are the checkpoint at step N of the M-step run", or for a run that
+    stopped early the checkpoint's step and the step whose weights it holds (not the
+    configured ``max_steps``, which the run never reached)."""
+    stop = _stop(run)
+    if stop is None:
+        return f"these weights are the checkpoint at step {step} of the {max_steps}-step run"
+    stopped_at, weights_of, text = stop
+    held = (f", which holds the weights of step {weights_of}"
+            if weights_of is not None and isinstance(step, int) and weights_of < step <= stopped_at
+            else "")
+    return f"these weights are the checkpoint at step {step}{held}; {text}"
+
+
 def _ssl_view(run: RunSummary, heads_dir: Path | None) -> dict[str, Any]:
     cfg = run.config
     objectives = cfg.get("objectives") or {}
@@ -144,10 +178,11 @@ def _ssl_view(run: RunSummary, heads_dir: Path | None) -> dict[str, Any]:
     state = run.final_state
     result = []
     if state.get("checkpoint"):
-        result.append(f"these weights are the checkpoint at step {state['step']} of the "
-                      f"{training.get('max_steps', '?')}-step run")
+        result.append(_checkpoint_text(run, state["step"], training.get("max_steps", "?")))
     elif "step" in state:
         result.append(f"stopped at step {state['step']}")
+    elif (stop := _stop(run)) is not None:
+        result.append(stop[2])
     if state.get("best_validation_loss") is not None:
         result.append(f"best validation loss {state['best_validation_loss']:.4f}")
     if run.last_validation.get("loss") is not None:
@@ -319,15 +354,19 @@ def _se_view(run: RunSummary) -> dict[str, Any]:
             result.append(f"these weights are the final student, step {state.get('step')} of "
                           f"the {_recorded(training, 'max_steps')}-step run, which is also "
                           f"the student of the best validation (step {best['step']})")
+        elif (stop := _stop(run)) is not None:
+            result.append(f"these weights are the student of the best validation, step "
+                          f"{best['step']} (`best_student/`); {stop[2]}")
         else:
             result.append(f"these weights are the student of the best validation, step "
                           f"{best['step']} of the {_recorded(training, 'max_steps')}-step run "
                           f"(`best_student/`)")
     elif state.get("checkpoint"):
-        result.append(f"these weights are the checkpoint at step {state['step']} of the "
-                      f"{_recorded(training, 'max_steps')}-step run")
+        result.append(_checkpoint_text(run, state["step"], _recorded(training, "max_steps")))
     elif "step" in state:
         result.append(f"finished at step {state['step']}")
+    elif (stop := _stop(run)) is not None:
+        result.append(stop[2])
     if best.get("step") is not None and isinstance(best.get("value"), int | float):
         result.append(f"best validation {best.get('metric')} {best['value']:.4g} at step "
                       f"{best['step']} ({'higher' if best.get('mode') == 'max' else 'lower'} "

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..strict_json import strict_dumps
+
 __all__ = ["OnnxParity", "check_onnx_parity", "export_and_check", "export_onnx", "onnx_path_for"]
 
 logger = logging.getLogger(__name__)
@@ -325,5 +327,5 @@ def export_and_check(model_dir: str | Path, audio_dir: str | Path | None = None,
         audio = "seeded Gaussian noise of 1.0, 2.3 and 3.7 s"
     parity = check_onnx_parity(model_dir, waveforms, path, atol=atol, rtol=rtol)
     report = {"audio": audio, "num_waveforms": len(waveforms), **asdict(parity)}
-    (path.parent / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
+    (path.parent / "parity.json").write_text(strict_dumps(report, indent=2) + "\n")
     return path, parity

@@ -25,6 +25,8 @@ from typing import Any
 import yaml
 
 from ..environment import read_environment
+from ..metrics_log import read_records
+from ..strict_json import nan_for_null
 
 __all__ = ["ENGLISH_CORPORA", "NOT_RECORDED", "RECIPES", "DataLanguage", "ModelFacts",
            "RunSummary", "config_section", "evaluated_sets", "is_synthetic_data",
@@ -220,6 +222,9 @@ class RunSummary:
             :mod:`robustdistill.environment`), ``[]`` for a run older than that file.
         teacher_dir: the local teacher folder, when ``teacher`` is one that exists (relative
             to here or to the folder the run was started from), else None (a hub id).
+        stopped: ``stopped.json`` (the step the run stopped at before its last, the reason,
+            and for non-finite steps ``nonfinite_in_a_row``...), or ``{}`` for a run that
+            did not stop early or has a ``final_state.json`` (:mod:`robustdistill.outcome`).
     """
 
     run_dir: Path
@@ -235,6 +240,7 @@ class RunSummary:
     last_train: dict[str, Any] = field(default_factory=dict)
     environment: list[dict[str, Any]] = field(default_factory=list)
     teacher_dir: Path | None = None
+    stopped: dict[str, Any] = field(default_factory=dict)
 
 
 def config_section(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -341,12 +347,20 @@ SPEAKER_SETS = {"test_other": ("test_other_dir", "LibriSpeech test-other"),
 
 def read_run_result(run_dir: str | Path) -> dict[str, Any] | None:
     """A ``train-speaker`` run's ``result.json``; None when it is missing, unreadable or not a
-    JSON object (the run has not finished an epoch, or is not a speaker run)."""
+    JSON object (the run has not finished an epoch, or is not a speaker run). A ``null``
+    score of its ``eval`` sets (a non-finite EER or minDCF, :mod:`robustdistill.strict_json`)
+    is read as NaN, as a file written before that rule gives it."""
     try:
         result = json.loads((Path(run_dir) / "result.json").read_text())
     except (OSError, ValueError):
         return None
-    return result if isinstance(result, dict) else None
+    if not isinstance(result, dict):
+        return None
+    if isinstance(result.get("eval"), dict):
+        result["eval"] = {name: {k: nan_for_null(v) if k in ("eer", "min_dcf") else v
+                                 for k, v in scores.items()} if isinstance(scores, dict)
+                          else scores for name, scores in result["eval"].items()}
+    return result
 
 
 def _is_number(value: Any) -> bool:
@@ -537,7 +551,8 @@ def summarise_run(run_dir: str | Path, step: int | None = None,
 
     Raises:
         FileNotFoundError: no ``config.yaml`` in ``run_dir``.
-        ValueError: ``config.yaml`` is not a mapping; ``kind`` is not a recipe.
+        ValueError: ``config.yaml`` is not a mapping; ``kind`` is not a recipe; a line of
+            ``metrics.jsonl`` is not a JSON object.
     """
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
@@ -550,18 +565,19 @@ def summarise_run(run_dir: str | Path, step: int | None = None,
     final_state = {}
     if (run_dir / "final_state.json").is_file():
         final_state = json.loads((run_dir / "final_state.json").read_text())
+    stopped = {}  # beside a final_state.json (a run older than outcome.py) it is stale
+    if not final_state and (run_dir / "stopped.json").is_file():
+        stopped = json.loads((run_dir / "stopped.json").read_text())
     last_validation: dict[str, Any] = {}
     last_train: dict[str, Any] = {}
-    if (run_dir / "metrics.jsonl").is_file():
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                if step is not None and record.get("step", 0) > step:
-                    continue
-                if record.get("split") == "validation":
-                    last_validation = record
-                else:
-                    last_train = record
+    if (run_dir / "metrics.jsonl").is_file():  # null (a non-finite value) read as NaN
+        for record in read_records(run_dir / "metrics.jsonl"):
+            if step is not None and record.get("step", 0) > step:
+                continue
+            if record.get("split") == "validation":
+                last_validation = record
+            else:
+                last_train = record
     if step is not None:
         final_state = {"step": step, "checkpoint": True}
     recipe = run_recipe(config, kind)
@@ -585,7 +601,8 @@ def summarise_run(run_dir: str | Path, step: int | None = None,
                       final_state=final_state, last_validation=last_validation,
                       train_data=train, validation_data=valid, corruption=corruption,
                       recipe=recipe, last_train=last_train,
-                      environment=read_environment(run_dir), teacher_dir=teacher_dir)
+                      environment=read_environment(run_dir), teacher_dir=teacher_dir,
+                      stopped=stopped if isinstance(stopped, dict) else {})
 
 
 #: Speech corpora known to be English, found (case-insensitive) in the name of a run's training

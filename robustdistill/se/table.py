@@ -49,6 +49,7 @@ import numpy as np
 from ..files import atomic_write_text
 from ..interrupts import note as interrupt_note
 from ..run_settings import saved_config_changes
+from ..strict_json import nan_for_null, strict_dumps
 from .evaluate import evaluate_model, make_test_pairs, noisy_summary
 from .losses import METHODS
 
@@ -67,6 +68,23 @@ def _fmt(values: list[float], digits: int) -> str:
 
 
 TRAIN_SECONDS = "train_seconds.json"  # in a student's run folder: its training time
+
+
+def _read_results(path: Path) -> object:
+    """``results.json`` as written (strict JSON: an undefined score is ``null``,
+    :mod:`robustdistill.strict_json`), with every entry's per-SNR scores' ``null`` read as
+    NaN, as a file written before that rule (bare ``NaN``) gives them; a file that is not a
+    table's mapping is returned as it is, for the caller to refuse.
+
+    Raises:
+        OSError, ValueError: as ``Path.read_text`` and ``json.loads``.
+    """
+    entries = json.loads(path.read_text())
+    if isinstance(entries, dict):
+        for entry in entries.values():
+            if isinstance(entry, dict) and isinstance(entry.get("results"), dict):
+                entry["results"] = nan_for_null(entry["results"])
+    return entries
 
 
 def shown_entries(results: dict, methods: list[str], sizes: list[int]) -> list[str]:
@@ -228,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         for folder in args.merge:
             path = Path(folder) / "results.json"
             try:
-                entries = json.loads(path.read_text())
+                entries = _read_results(path)
             except FileNotFoundError:
                 parser.error(f"--merge: {path} does not exist (not a table folder?)")
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -267,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--snrs asks for input SNRs some merged results lack: "
                          + "; ".join(lacking))
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(args.out) / "results.json", json.dumps(merged, indent=1))
+        atomic_write_text(Path(args.out) / "results.json", strict_dumps(merged, indent=1))
         dropped = sorted(set.union(*per_entry) - set(snrs), key=float)
         if dropped:
             logging.getLogger(__name__).warning(
@@ -329,10 +347,10 @@ def _build(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 planned.append((key, run_dir, cfg, (method, size, seed)))
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / "results.json"
-    results = json.loads(res_path.read_text()) if res_path.is_file() else {}
+    results = _read_results(res_path) if res_path.is_file() else {}
 
     def save() -> None:  # whole files: a Ctrl-C or a kill while saving keeps the last ones
-        atomic_write_text(res_path, json.dumps(results, indent=1))
+        atomic_write_text(res_path, strict_dumps(results, indent=1))
         snrs = [f"{s:g}" for s in args.snrs]
         atomic_write_text(out / "table.md", render_table(results, snrs, args.methods, args.sizes))
 

@@ -85,6 +85,7 @@ from ..nonfinite import NonFiniteTrainingError, any_process, any_process_each, s
 from ..outcome import FINAL_STATE, write_outcome
 from ..processes import finish_processes, print_stop
 from ..run_settings import saved_config_changes
+from ..strict_json import strict_dumps
 from .data import PairConfig, PairMaker
 from .losses import LossConfig, SELoss
 from .stft import StftConfig
@@ -776,7 +777,7 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int],
         row = {"step": step, "split": "validation", "lr": t.learning_rate, **values}
         acc.log({f"validation/{k}": v for k, v in row.items()
                  if k not in ("step", "split") and isinstance(v, int | float)}, step=step)
-        metrics.write(json.dumps(row) + "\n")
+        metrics.write(strict_dumps(row) + "\n")
         metrics.flush()
         bar.write(f"step {step}: validation loss {row['loss']:.3f}, SI-SDR "
                   f"{row['si_sdr']:.2f} dB (SI-SDRi {row['si_sdr_i']:+.2f} dB)"
@@ -863,7 +864,7 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int],
                 acc.log({f"train/{k}": v for k, v in row.items() if k not in ("step", "split")},
                         step=done)
                 if metrics:
-                    metrics.write(json.dumps(row) + "\n")
+                    metrics.write(strict_dumps(row) + "\n")
                     metrics.flush()
                 bar.set_postfix(loss=f"{row['loss']:.3f}")
             due = pairs is not None and (done % t.eval_every == 0 or done == t.max_steps)

@@ -7,7 +7,6 @@ every check that can be made before any work (a one-line usage error, exit 2), t
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -18,6 +17,7 @@ from robustdistill.files import file_blocking_folder
 from robustdistill.interrupts import note
 from robustdistill.messages import first_line
 from robustdistill.processes import require_single_process
+from robustdistill.strict_json import strict_dumps
 
 from .config import SpeakerKDConfig
 from .data import SpeakerDataError
@@ -113,11 +113,11 @@ def main(argv: list[str]) -> int:
     with note(lambda: _interrupt_note(cfg, args.action)):
         if args.action == "gap":
             inputs = _load_or_exit(parser, lambda: load_ig_inputs(cfg, 1))
-            print(json.dumps(completeness_by_steps(cfg, steps, num_crops, inputs), indent=1))
+            print(strict_dumps(completeness_by_steps(cfg, steps, num_crops, inputs), indent=1))
             return 0
         if args.action == "cache":
             inputs = _load_or_exit(parser, lambda: load_ig_inputs(cfg))
-            print(json.dumps(fill_cache(cfg, inputs=inputs), indent=1))
+            print(strict_dumps(fill_cache(cfg, inputs=inputs), indent=1))
             return 0
         run_inputs = _load_or_exit(parser, lambda: load_run_inputs(cfg))
         if args.action == "table":
@@ -125,7 +125,7 @@ def main(argv: list[str]) -> int:
             return 0
         teacher, crops, sets, skipped = run_inputs
         result = train_system(cfg, teacher, crops, sets, skipped_files=skipped)
-        print(json.dumps(result.get("eval", {}), indent=1))
+        print(strict_dumps(result.get("eval", {}), indent=1))
         return 0
 
 

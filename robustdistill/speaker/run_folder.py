@@ -24,6 +24,7 @@ from robustdistill.checkpoints import (
     verify_checkpoint,
 )
 from robustdistill.run_settings import config_changes
+from robustdistill.strict_json import nan_for_null, strict_dumps
 
 from .config import SpeakerKDConfig
 
@@ -84,7 +85,13 @@ def epoch_progress(checkpoint: Path) -> dict[str, Any] | None:
     "cache_hits", "cache_misses", "ig_gaps"}`` (see :func:`robustdistill.speaker.train.
     train_system`); None for an epoch's end checkpoint."""
     file = Path(checkpoint) / EPOCH_PROGRESS
-    return json.loads(file.read_text()) if file.is_file() else None
+    if not file.is_file():
+        return None
+    progress = json.loads(file.read_text())
+    for key in ("sums", "ig_gaps"):  # a non-finite loss sum or gap is written null: NaN
+        if key in progress:
+            progress[key] = nan_for_null(progress[key])
+    return progress
 
 
 def newest_checkpoint_note(output_dir: Path, resume: str) -> str:
@@ -250,9 +257,10 @@ def logged_epochs(log_path: Path, epochs_done: int) -> list[dict[str, Any]]:
     (another tool's log in the same folder) are kept, first, and not returned."""
     if not log_path.exists():
         return []
-    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    records = [nan_for_null(json.loads(line)) for line in log_path.read_text().splitlines()
+               if line.strip()]  # a non-finite value is written null: NaN, as in an older log
     ours = [isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in records]
     kept = [r for r, mine in zip(records, ours, strict=True) if mine and r["epoch"] <= epochs_done]
     other = [r for r, mine in zip(records, ours, strict=True) if not mine]
-    log_path.write_text("".join(json.dumps(r) + "\n" for r in other + kept))
+    log_path.write_text("".join(strict_dumps(r) + "\n" for r in other + kept))
     return kept

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from downstream.config import to_dict
+from robustdistill.strict_json import nan_for_null, strict_dumps
 
 from .config import SpeakerKDConfig
 from .data import skipped_counts
@@ -94,11 +95,12 @@ def table_runs(cfg: SpeakerKDConfig) -> list[tuple[str, SpeakerKDConfig]]:
 
 def finished_run(run_cfg: SpeakerKDConfig) -> dict[str, Any] | None:
     """The ``result.json`` of a finished, evaluated run with the same config (:func:`_run_key`)
-    in ``run_cfg.training.output_dir``, which the table reuses; else None."""
+    in ``run_cfg.training.output_dir``, which the table reuses; else None. Its ``eval``
+    scores written ``null`` (non-finite: :mod:`robustdistill.strict_json`) are read as NaN."""
     done = Path(run_cfg.training.output_dir) / "result.json"
     previous = json.loads(done.read_text()) if done.is_file() else {}
     if previous.get("eval") and _run_key(previous.get("config")) == _run_key(to_dict(run_cfg)):
-        return previous
+        return {**previous, "eval": nan_for_null(previous["eval"])}
     return None
 
 
@@ -136,6 +138,6 @@ def run_table(cfg: SpeakerKDConfig,
         else:
             result = train_system(run_cfg, teacher, crops, sets, skipped_files=skipped)
         results["systems"].setdefault(method, []).append(result)
-        (root / "results.json").write_text(json.dumps(results, indent=1))
+        (root / "results.json").write_text(strict_dumps(results, indent=1))
     (root / "table.md").write_text(format_table(results))
     return results

@@ -50,6 +50,7 @@ from robustdistill.checkpoints import remove_incomplete
 from robustdistill.environment import record_environment
 from robustdistill.interrupts import note, sigterm_deferred, sigterm_pending, stop_terminated
 from robustdistill.processes import require_single_process
+from robustdistill.strict_json import strict_dumps
 
 from .attribution import AttributionCache, attribute_segments, segment_bounds
 from .config import SpeakerKDConfig, TrainConfig
@@ -296,7 +297,7 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
                 raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}: {sums}")
             history.append(record)
             with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(strict_dumps(record) + "\n")
             logger.info("epoch %s", json.dumps(record))
             save_epoch_checkpoint(accelerator, out_dir, epoch + 1, weight_settings(cfg),
                                   t.keep_checkpoints)
@@ -322,7 +323,7 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
         result["eval"] = evaluate_student(unwrapped, eval_sets, cfg.data)
     if finished and accelerator.is_main_process:
         _export_student(unwrapped, out_dir / "student")
-    (out_dir / "result.json").write_text(json.dumps(result, indent=1))
+    (out_dir / "result.json").write_text(strict_dumps(result, indent=1))
     return result
 
 
