@@ -36,7 +36,8 @@ from robustdistill.audio import load_audio
 from robustdistill.checkpoints import TRAINING_STATE, checkpoint_index, list_checkpoints
 from robustdistill.config import load_config
 from robustdistill.diagnostics import hidden_state_stats, linear_cka, prediction_distance
-from robustdistill.trainer import CROP_GRID, _Run
+from robustdistill.trainer import _Run
+from robustdistill.trainer_checkpoints import CROP_GRID
 
 logger = logging.getLogger("evidence_probe")
 SR = 16000
