@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from robustdistill.audio import AudioError
 from robustdistill.config import ConfigError
+from robustdistill.se import run_checkpoints
 from robustdistill.se import train as se_train
 from robustdistill.se.data import PairConfig, PairMaker, SpeechIndex
 from robustdistill.se.losses import SELoss
@@ -174,7 +175,7 @@ def test_a_missing_data_folder_is_one_line_but_a_later_file_error_keeps_its_trac
     def gone(*_args, **_kwargs):  # a checkpoint folder deleted while the run trains
         raise FileNotFoundError("checkpoints/checkpoint_1 vanished")
 
-    monkeypatch.setattr(se_train, "save_checkpoint", gone)
+    monkeypatch.setattr(run_checkpoints, "save_checkpoint", gone)  # what save_run_checkpoint calls
     with pytest.raises(FileNotFoundError, match="vanished"):
         se_train.main(args)
 

@@ -10,6 +10,11 @@ Modules (one job each):
 - :mod:`.data`: noisy/clean pairs made on the fly from speech, noise and rooms.
 - :mod:`.losses`: supervised signal losses and the KD recipes.
 - :mod:`.train`: the training loop (accelerate, exact resume, metrics.jsonl, TensorBoard).
+- :mod:`.config`: a ``train-se`` recipe (its sections, YAML plus overrides).
+- :mod:`.run_checkpoints`, :mod:`.resume_settings`: a run's checkpoints, and whether a resume
+  may continue from the newest one.
+- :mod:`.stops`: non-finite steps skipped and counted; the stops for them and for a SIGTERM.
+- :mod:`.final_state`: ``student/`` and ``final_state.json`` at the end of a run.
 - :mod:`.enhance`: the ``robustdistill enhance`` command.
 - :mod:`.onnx`: ONNX export of a student with an onnxruntime parity check.
 - :mod:`.evaluate`: SI-SDR / PESQ / STOI on held-out speech and noise; the comparison table.

@@ -21,11 +21,14 @@ The KD terms (each times its weight) are summed into ``KD``; the schedule
 (:class:`robustdistill.objectives.schedule.LossSchedule`) gives the total
 ``w.kd * KD + w.task * task``: ``"sum"``, ``"mixture"`` (``alpha * KD + (1 - alpha) * task``,
 the usual baseline) or ``"two_step"`` (KD only for ``kd_steps`` steps, then task only).
+The teacher activations a config distils (:func:`teacher_layers`) and the activation widths its
+heads are built for (:func:`_widths`) are the trainer's and the resume check's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -38,7 +41,10 @@ from ..objectives.tfckd import tfckd_loss
 from .teachers import TEACHERS
 from .teachers.nsnet2 import NSNet2
 
-__all__ = ["LossConfig", "SELoss", "neg_si_sdr", "METHODS"]
+if TYPE_CHECKING:
+    from .students import StudentConfig
+
+__all__ = ["LossConfig", "SELoss", "neg_si_sdr", "METHODS", "teacher_layers"]
 
 #: The methods compared in ``docs/se.md`` (a recipe each in ``configs/se_*.yaml``).
 METHODS = ("supervised", "mixture", "two_step_gram", "cosine_ib", "tfckd")
@@ -303,3 +309,26 @@ class SELoss(nn.Module):
     def needs_teacher(self, step: int) -> bool:
         """Whether step ``step`` uses the teacher (two-step phase 2 does not)."""
         return self.config.uses_teacher and self.config.schedule_obj.weights(step).kd > 0
+
+
+def teacher_layers(loss: LossConfig) -> tuple[str, ...]:
+    """The teacher activations a loss config distils."""
+    names: set[str] = set()
+    if loss.gram_weight > 0:
+        names |= {t for _, t in loss.gram_pairs}
+    if loss.cosine_weight > 0:
+        names |= {t for _, t in loss.cosine_pairs}
+    if loss.tfckd_weight > 0:
+        names |= {t for ts in loss.tfckd_teacher_sets for t in ts}
+    return tuple(sorted(names))
+
+
+def _widths(student: StudentConfig, teacher: str | None
+            ) -> tuple[dict[str, int], dict[str, int]]:
+    """The student's and the teacher's activation widths (name -> ``D``) that the loss heads
+    are built for (the teacher's: NSNet2's layers; ``{}`` for no teacher)."""
+    s_widths = {"fc_in": student.hidden_size, "fc_hidden": student.hidden_size,
+                **{f"gru{i + 1}": student.hidden_size for i in range(student.num_layers)}}
+    t_widths = ({"fc_in": 400, "gru1": 400, "gru2": 400, "fc_out1": 600, "fc_out2": 600,
+                 "mask": 161} if teacher == "nsnet2" else {})
+    return s_widths, t_widths
