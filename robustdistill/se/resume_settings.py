@@ -31,10 +31,11 @@ class ResumeSettingsError(ConfigError):
 
 
 #: Keys that a resume may change without a word: where the run lives, its scan cache, CPU
-#: threads, trackers, and ``max_steps`` (a resume that trains on; below the checkpoint's step it
-#: is refused).
+#: threads, trackers, the cap on the kept teacher outputs of the validation (it changes no
+#: score), and ``max_steps`` (a resume that trains on; below the checkpoint's step it is
+#: refused).
 _RESUME_FREE = ("output_dir", "data.scan_cache_dir", "training.threads", "training.report_to",
-                "training.max_steps", "training.save_on_sigterm")
+                "training.max_steps", "training.save_on_sigterm", "validation.teacher_cache_mb")
 
 
 #: Keys (``section.`` for a whole section, :data:`_RESUME_FREE` aside) that fix which batches

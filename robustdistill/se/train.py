@@ -223,7 +223,8 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int],
                               pairs.set_sha1)
         if teacher is not None:  # run once per item, at the first validation that reads it
             teacher_outputs = TeacherOutputs(teacher_layers(cfg.loss),
-                                             cfg.loss.output_kd_weight > 0)
+                                             cfg.loss.output_kd_weight > 0,
+                                             cfg.validation.teacher_cache_mb)
 
     # the run folder: resumed from its newest checkpoint, or started afresh
     start, counts, newest, metrics = resume_or_start(acc, cfg, changes, best)

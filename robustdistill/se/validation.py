@@ -96,9 +96,16 @@ class ValidationOptions:
         keep_best: export the student of the best validation step to
             ``<output_dir>/best_student`` (the same export as ``student/``), replaced at each
             new best (default False).
+        teacher_cache_mb: the most megabytes (10^6 bytes) of the teacher's validation outputs
+            kept in CPU memory between validations, per process (:class:`TeacherOutputs`;
+            default 1024). Items are kept in order while they fit; the teacher runs again at
+            each validation on the others (the scores are the same, bit for bit). 0: keep
+            none. About 1.1 MB an item of 2 s with ``se_two_step_gram``'s NSNet2 layers,
+            0.13 MB with output KD alone (``se_mixture``).
 
     Raises:
-        ValueError: (on construction) ``items`` below 1, an unknown ``best_metric``,
+        ValueError: (on construction) ``items`` below 1, a negative ``teacher_cache_mb``,
+            an unknown ``best_metric``,
             ``best_metric: pesq`` without ``pesq: true``, or ``keep_best``, ``pesq`` or a
             ``best_metric`` other than ``si_sdr`` without ``speech_dir`` (no validation: the
             setting would do nothing).
@@ -111,10 +118,14 @@ class ValidationOptions:
     pesq: bool = False
     best_metric: str = "si_sdr"
     keep_best: bool = False
+    teacher_cache_mb: float = 1024.0
 
     def __post_init__(self) -> None:
         if self.items < 1:
             raise ValueError(f"items must be >= 1, got {self.items}")
+        if not self.teacher_cache_mb >= 0:  # NaN too
+            raise ValueError(f"teacher_cache_mb must be >= 0 (0: keep no teacher output), got "
+                             f"{self.teacher_cache_mb}")
         if self.best_metric not in BEST_METRICS:
             raise ValueError(f"best_metric must be one of {list(BEST_METRICS)}, got "
                              f"{self.best_metric!r}")
@@ -239,52 +250,114 @@ class TeacherOutputs:
     that reads them and reused by the later ones (the teacher and the items never change, so
     the losses are those of a teacher run at each validation, bit for bit: tested).
 
-    Only what the loss reads is kept, in float32 on the run's device: the enhanced waveform
+    Only what the loss reads is kept, float32 copies in CPU memory (moved to the run's device
+    item by item when read, so a GPU run gives them none of its memory): the enhanced waveform
     when ``loss.output_kd_weight > 0`` (4 bytes a sample: 128 KB a 2 s item) and the distilled
     activations (4 ``K D`` bytes each: NSNet2's fc_in, gru1 and gru2 over 201 frames, 965 KB a
     2 s item). For 32 items of 2 s: 4.2 MB (output KD alone, ``se_mixture``), 35 MB (output KD
     and Gram KD on three NSNet2 layers, ``se_two_step_gram``).
 
+    At most ``cap_mb`` megabytes are kept (``validation.teacher_cache_mb``): items are kept in
+    the order they are first computed while the total fits; from the first item that would pass
+    the cap on, none is kept (the items of a run have one length, so all that fit are kept: a
+    cap of ``c`` bytes keeps ``floor(c / b)`` items of ``b`` bytes) and the teacher runs on the
+    others at each validation. :meth:`log_kept` says once what is kept.
+
     Args:
         layers: the teacher activation names the loss distils.
         keep_enhanced: keep the enhanced waveforms (output KD).
+        cap_mb: the most megabytes (10^6 bytes) kept, >= 0 (0: none).
+
+    Raises:
+        ValueError: ``cap_mb`` negative (or NaN).
     """
 
-    def __init__(self, layers: tuple[str, ...], keep_enhanced: bool):
+    def __init__(self, layers: tuple[str, ...], keep_enhanced: bool, cap_mb: float = 1024.0):
+        if not cap_mb >= 0:
+            raise ValueError(f"teacher_cache_mb must be >= 0, got {cap_mb}")
         self.layers, self.keep_enhanced = tuple(layers), keep_enhanced
+        self.cap_mb, self.cap_bytes = cap_mb, round(cap_mb * 1e6)
         self._items: dict[int, object] = {}
+        self._not_kept: set[int] = set()  # computed, but past the cap: run at each validation
+        self._kept_bytes = 0  # of the kept copies (each its own storage: what nbytes counts)
+        self._item_bytes = 0  # of one item's outputs (the last one computed)
+        self._logged = False
 
     def __call__(self, i: int, teacher, waveform: torch.Tensor):
         """The teacher's :class:`~robustdistill.se.teachers.base.SEOutput` on item ``i``
-        (``waveform``: its ``(1, S)`` input), run once and kept (trimmed to what the loss
-        reads).
+        (``waveform``: its ``(1, S)`` input) on ``waveform``'s device, trimmed to what the loss
+        reads: kept from an earlier call, or run now (and kept while the cap allows).
 
         Raises:
             KeyError: a name of ``layers`` is not among the teacher's activations.
         """
         from .teachers.base import SEOutput
 
-        if i not in self._items:
+        kept = self._items.get(i)
+        if kept is None:
             out = teacher(waveform, return_activations=True)
             missing = [k for k in self.layers if k not in out.activations]
             if missing:
                 raise KeyError(f"teacher has no activation(s) {missing}; it has "
                                f"{sorted(out.activations)}")
+            read = SEOutput(out.enhanced if self.keep_enhanced else None,
+                            {k: out.activations[k] for k in self.layers}, None)
+            self._item_bytes = sum(t.numel() * t.element_size() for t in _tensors(read))
+            if self._not_kept or self._kept_bytes + self._item_bytes > self.cap_bytes:
+                self._not_kept.add(i)  # this one, and every item computed after it
+                return read
             # copies: a teacher's tensor may be a view of a larger buffer (NSNet2's and
             # DTLN's enhanced waveforms are slices of their padded overlap-add output, 2x and
-            # 4x the bytes), which a kept view would hold whole
-            self._items[i] = SEOutput(out.enhanced.clone() if self.keep_enhanced else None,
-                                      {k: out.activations[k].clone() for k in self.layers},
-                                      None)
-        return self._items[i]
+            # 4x the bytes), which a kept view would hold whole; copy=True: a CPU run's too
+            kept = self._items[i] = SEOutput(
+                None if read.enhanced is None else read.enhanced.to("cpu", copy=True),
+                {k: t.to("cpu", copy=True) for k, t in read.activations.items()}, None)
+            self._kept_bytes += self._item_bytes
+        if waveform.device.type == "cpu":
+            return kept
+        return SEOutput(None if kept.enhanced is None else kept.enhanced.to(waveform.device),
+                        {k: t.to(waveform.device) for k, t in kept.activations.items()}, None)
 
     @property
     def nbytes(self) -> int:
         """Bytes held: the storage of the kept tensors (a view would hold its whole
         buffer)."""
         return sum(t.untyped_storage().nbytes() for o in self._items.values()
-                   for t in [*([o.enhanced] if o.enhanced is not None else []),
-                             *o.activations.values()])
+                   for t in _tensors(o))
+
+    @property
+    def kept_items(self) -> list[int]:
+        """The items whose outputs are kept, in order."""
+        return sorted(self._items)
+
+    def log_kept(self) -> None:
+        """Log, once (after the first validation that ran the teacher), how many items' outputs
+        are kept and their megabytes, and how many are recomputed at each validation."""
+        if self._logged or not (self._items or self._not_kept):
+            return
+        self._logged = True
+        kept, others = len(self._items), len(self._not_kept)
+        if not kept:
+            logger.info("validation: no teacher output kept (validation.teacher_cache_mb %g, "
+                        "%.2f MB an item): the teacher runs on the %d items at each validation",
+                        self.cap_mb, self._item_bytes / 1e6, others)
+        elif not others:
+            logger.info("validation: the teacher's outputs on all %d items kept in CPU memory "
+                        "(%.1f MB; validation.teacher_cache_mb %g)", kept, self.nbytes / 1e6,
+                        self.cap_mb)
+        else:
+            logger.info("validation: the teacher's outputs on %d of %d items kept in CPU "
+                        "memory (%.1f MB, %.2f MB an item; validation.teacher_cache_mb %g); "
+                        "the teacher runs on the other %d at each validation", kept,
+                        kept + others, self.nbytes / 1e6, self._item_bytes / 1e6,
+                        self.cap_mb, others)
+
+
+def _tensors(output) -> list[torch.Tensor]:
+    """The tensors of a trimmed :class:`~robustdistill.se.teachers.base.SEOutput`: its
+    enhanced waveform (when kept) and activations."""
+    return [*([output.enhanced] if output.enhanced is not None else []),
+            *output.activations.values()]
 
 
 @torch.no_grad()
@@ -305,8 +378,9 @@ def validate(acc, student, loss_fn, teacher, pairs: ValidationPairs, step: int,
             ``kd_steps`` on).
         teacher_input: ``"noisy"`` or ``"clean"``: what the teacher hears (``loss.teacher_input``).
         teacher_outputs: the teacher's outputs kept from an earlier validation of the same
-            pairs and teacher input (:class:`TeacherOutputs`; filled here); None: the teacher
-            runs on each item at each validation.
+            pairs and teacher input (:class:`TeacherOutputs`; filled here, up to its cap, and
+            its :meth:`~TeacherOutputs.log_kept` called); None: the teacher runs on each item
+            at each validation.
 
     Returns:
         On the main process, each value's mean over the items where it is finite: ``loss``
@@ -346,6 +420,8 @@ def validate(acc, student, loss_fn, teacher, pairs: ValidationPairs, step: int,
         row.update({f"{k}_i": scores.get(k, float("nan")) - base[k] for k in names})
         rows.append((i, row))
     model.train(was_training)
+    if teacher_outputs is not None:
+        teacher_outputs.log_kept()
     rows = gather_object(rows) if acc.num_processes > 1 else rows
     if not acc.is_main_process:
         return None
