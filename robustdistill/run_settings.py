@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from .strict_json import null_for_nonfinite
+
 __all__ = ["config_changes", "flatten", "saved_config_changes"]
 
 
@@ -47,7 +49,9 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any],
     as for runs before 2026-12-07). So the same relative spelling naming another existing file
     or folder from here is a change, written ``key data (in /old) -> data (in /new)``, for
     a key that names a path (:func:`_names_a_path`: not ``data.target_column: clean`` because
-    both folders hold a ``clean/``).
+    both folders hold a ``clean/``). A non-finite number and ``null`` are no change: a setting
+    of ``.inf`` (``train-speaker``'s ``training.max_grad_norm``, say) is ``null`` in the strict
+    JSON a checkpoint stores its settings in (:mod:`robustdistill.strict_json`).
     """
     ignore = tuple(ignore)
     sections = tuple(k for k in ignore if k.endswith("."))
@@ -59,7 +63,7 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any],
         if key in ignore or key.startswith(sections):
             continue
         before, now = a.get(key), b.get(key)
-        if before != now:
+        if before != now and null_for_nonfinite(before) != null_for_nonfinite(now):
             if not _same_path(before, now, old_folder):
                 changes.append(f"{key} {before} -> {now}")
         elif old_folder is not None and _names_a_path(key, before) \

@@ -23,6 +23,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from robustdistill.metrics_log import read_records  # noqa: E402
+
 RESAMPLES = 2000
 
 
@@ -36,8 +38,8 @@ def paired_interval(a: list[float], b: list[float], seed: int = 0) -> tuple[floa
 
 def validation_curve(run: Path) -> tuple[list[int], list[float], dict[str, list[float]]]:
     steps, losses, parts = [], [], {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    # a non-finite loss is written null (strict JSON): read_records gives it back as NaN
+    for record in read_records(run / "metrics.jsonl"):
         if record.get("split") != "validation":
             continue
         steps.append(record["step"])

@@ -432,7 +432,8 @@ def test_card_of_a_run_stopped_by_nonfinite_steps_says_where_it_stopped(run, leg
     assert (f"these weights are the checkpoint at step 100; {stop}; last validation loss "
             "3.6000 (step 100)") in earlier.text
     exported = build_card(run["student"], [], run["run"], license="mit", speed=False)
-    assert f"Result: {stop}; last validation loss nan (step 118)" in exported.text
+    assert (f"Result: {stop}; its last checkpoint holds the weights of step 116; last "
+            "validation loss nan (step 118)") in exported.text
     assert "It was trained for only 120 steps" in exported.text
 
 

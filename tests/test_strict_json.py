@@ -186,3 +186,105 @@ def test_speaker_files_read_null_as_nan_and_legacy_nan_too(tmp_path):
                                                        for r in kept)
     assert [_strict(line) for line in log.read_text().splitlines()] == [
         {"epoch": 1, "ig_relative_gap": None}, {"epoch": 2, "ig_relative_gap": None}]
+
+
+def test_a_speaker_run_with_an_infinite_setting_resumes_and_the_table_reuses_it(tiny, tmp_path):
+    """``training.max_grad_norm: .inf`` (no clipping; the config allows it) is ``null`` in the
+    checkpoint's strict ``speaker_run.json`` and in ``result.json``'s config: a resume is no
+    change of settings and ends as the uninterrupted run, and the table reuses the finished
+    run (before: "training.max_grad_norm None -> inf", resume refused; the table retrained)."""
+    from conftest import speaker_kd_config
+    from safetensors.torch import load_file
+
+    from robustdistill.run_settings import config_changes
+    from robustdistill.speaker.table import finished_run
+    from robustdistill.speaker.train import train_system
+
+    def config(out, resume=False):
+        cfg = speaker_kd_config(tmp_path, out, 2, resume, method="none")
+        cfg.training.max_grad_norm = math.inf
+        return cfg
+
+    teacher, crops = tiny
+    straight = train_system(config("a"), teacher, crops)
+    train_system(config("b"), teacher, crops, stop_after_epochs=1)
+    settings = _strict((tmp_path / "b" / "checkpoints" / "epoch_1" / "speaker_run.json")
+                       .read_text())
+    assert settings["training.max_grad_norm"] is None
+    resumed = train_system(config("b", resume=True), teacher, crops)
+    assert [e["loss"] for e in resumed["epochs"]] == [e["loss"] for e in straight["epochs"]]
+    a = load_file(tmp_path / "a" / "checkpoints" / "epoch_2" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "checkpoints" / "epoch_2" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    result = _strict((tmp_path / "a" / "result.json").read_text())
+    assert result["config"]["training"]["max_grad_norm"] is None
+    # as an evaluated run's (the tiny config names no evaluation set)
+    result["eval"] = {"fsdd": {"eer": 0.25, "min_dcf": 0.5}}
+    (tmp_path / "a" / "result.json").write_text(strict_dumps(result))
+    reused = finished_run(config("a"))
+    assert reused is not None and reused["epochs"] == straight["epochs"]
+    assert reused["eval"] == {"fsdd": {"eer": 0.25, "min_dcf": 0.5}}
+    # a real change is still one: a finite clip against the infinite one
+    assert config_changes({"training.max_grad_norm": None}, {"training.max_grad_norm": 5.0}) \
+        == ["training.max_grad_norm None -> 5.0"]
+    assert config_changes({"x": None, "y": [1.0, None]}, {"x": math.inf, "y": [1.0, -math.inf]}) \
+        == []
+
+
+def test_the_card_leaves_out_a_stop_the_run_was_resumed_past(tmp_path, tiny_wavlm_dir,
+                                                            monkeypatch, die_at_checkpoint):
+    """Stopped at step 5 by 3 NaN steps, resumed without them and killed while saving step 8
+    (a SIGTERM or a kill writes no outcome file): ``stopped.json`` still says step 5, but the
+    run went on to step 6. The card of the step-6 checkpoint is "step 6 of the 10-step run",
+    and without a step it says no stop (before: "the checkpoint at step 6; the run stopped at
+    step 5 ...", "trained for only 5 steps"); that of the step-5 checkpoint still says the
+    stop, true of its weights."""
+    from robustdistill.publish.card_training import run_view
+    from robustdistill.publish.provenance import summarise_run
+
+    settings = dict(max_steps=10, save_every=2, eval_every=100, max_nonfinite_in_a_row=3)
+    _poison_losses_from(monkeypatch, 2, 4)  # steps 3, 4 and 5
+    with pytest.raises(NonFiniteTrainingError):
+        train(_config(tmp_path, tiny_wavlm_dir, "run", **settings))
+    monkeypatch.undo()
+    run_dir = tmp_path / "run"
+    stop = ("the run stopped at step 5 of its 10 configured steps (3 optimizer steps in a row "
+            "had a NaN/Inf loss or gradient; their updates were skipped)")
+    at_stop = (f"these weights are the checkpoint at step 5, which holds the weights of step 2; "
+               f"{stop}")
+    assert run_view(summarise_run(run_dir), None)["result"] == (
+        f"{stop}; its last checkpoint holds the weights of step 2")
+    assert run_view(summarise_run(run_dir, step=5), None)["result"] == at_stop
+    die_at_checkpoint(2)  # the resumed run's checkpoints: step 6 saved, step 8 killed
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path, tiny_wavlm_dir, "run", resume_from="latest", **settings))
+    assert _strict((run_dir / "stopped.json").read_text())["step"] == 5  # still there
+    summary = summarise_run(run_dir, step=6)
+    assert summary.stopped == {}
+    assert run_view(summary, None)["result"] == (
+        "these weights are the checkpoint at step 6 of the 10-step run")
+    assert run_view(summarise_run(run_dir), None)["result"] == "no final state recorded"
+    assert run_view(summarise_run(run_dir, step=5), None)["result"] == at_stop  # still true
+
+
+def test_the_evidence_report_reads_a_null_validation_loss_as_nan(tmp_path):
+    """``scripts/evidence_report.py``'s validation curve from a ``metrics.jsonl`` whose NaN
+    validation loss is ``null`` (before: ``None`` reached ``f"{v:.4f}"``, a TypeError) or a
+    bare ``NaN`` (older log)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "evidence_report.py"
+    spec = importlib.util.spec_from_file_location("evidence_report", path)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    for nan in ("null", "NaN"):
+        (tmp_path / "metrics.jsonl").write_text(
+            '{"step": 0, "split": "validation", "loss": 1.5, "layerwise/l2": 0.5}\n'
+            '{"step": 3, "split": "train", "loss": 1.0}\n'
+            f'{{"step": 4, "split": "validation", "loss": {nan}, "layerwise/l2": {nan}}}\n')
+        steps, losses, parts = report.validation_curve(tmp_path)
+        assert steps == [0, 4] and losses[0] == 1.5 and math.isnan(losses[1])
+        assert parts["layerwise/l2"][0] == 0.5 and math.isnan(parts["layerwise/l2"][1])
+        assert ", ".join(f"{s}: {v:.4f}" for s, v in zip(steps, losses, strict=True)) == (
+            "0: 1.5000, 4: nan")

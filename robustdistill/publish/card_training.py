@@ -146,6 +146,15 @@ def _stop(run: RunSummary) -> tuple[int, int | None, str] | None:
     return step, None, text + (f" ({reason})" if isinstance(reason, str) and reason else "")
 
 
+def _stop_text(stop: tuple[int, int | None, str]) -> str:
+    """A :func:`_stop` clause for a card of no particular checkpoint: the stop, and for a stop
+    by non-finite steps the step whose weights its last checkpoint holds."""
+    stopped_at, weights_of, text = stop
+    if weights_of is None:
+        return text
+    return f"{text}; its last checkpoint holds the weights of step {weights_of}"
+
+
 def _checkpoint_text(run: RunSummary, step: Any, max_steps: Any) -> str:
     """"these weights are the checkpoint at step N of the M-step run", or for a run that
     stopped early the checkpoint's step and the step whose weights it holds (not the
@@ -182,7 +191,7 @@ def _ssl_view(run: RunSummary, heads_dir: Path | None) -> dict[str, Any]:
     elif "step" in state:
         result.append(f"stopped at step {state['step']}")
     elif (stop := _stop(run)) is not None:
-        result.append(stop[2])
+        result.append(_stop_text(stop))
     if state.get("best_validation_loss") is not None:
         result.append(f"best validation loss {state['best_validation_loss']:.4f}")
     if run.last_validation.get("loss") is not None:
@@ -366,7 +375,7 @@ def _se_view(run: RunSummary) -> dict[str, Any]:
     elif "step" in state:
         result.append(f"finished at step {state['step']}")
     elif (stop := _stop(run)) is not None:
-        result.append(stop[2])
+        result.append(_stop_text(stop))
     if best.get("step") is not None and isinstance(best.get("value"), int | float):
         result.append(f"best validation {best.get('metric')} {best['value']:.4g} at step "
                       f"{best['step']} ({'higher' if best.get('mode') == 'max' else 'lower'} "

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from ..checkpoints import checkpoint_step, list_checkpoints
 from ..environment import read_environment
 from ..metrics_log import read_records
 from ..strict_json import nan_for_null
@@ -224,7 +225,10 @@ class RunSummary:
             to here or to the folder the run was started from), else None (a hub id).
         stopped: ``stopped.json`` (the step the run stopped at before its last, the reason,
             and for non-finite steps ``nonfinite_in_a_row``...), or ``{}`` for a run that
-            did not stop early or has a ``final_state.json`` (:mod:`robustdistill.outcome`).
+            did not stop early or has a ``final_state.json`` (:mod:`robustdistill.outcome`),
+            and for weights of a step after the stop (``step`` past it; without ``step``, a
+            later step logged or checkpointed): the run was resumed past it, then killed or
+            stopped by a SIGTERM, which write no outcome file.
     """
 
     run_dir: Path
@@ -570,14 +574,28 @@ def summarise_run(run_dir: str | Path, step: int | None = None,
         stopped = json.loads((run_dir / "stopped.json").read_text())
     last_validation: dict[str, Any] = {}
     last_train: dict[str, Any] = {}
+    # the last step the run logged or saved a checkpoint of
+    reached = [s for p in list_checkpoints(run_dir / "checkpoints")
+               if (s := checkpoint_step(p)) is not None]
     if (run_dir / "metrics.jsonl").is_file():  # null (a non-finite value) read as NaN
         for record in read_records(run_dir / "metrics.jsonl"):
+            if isinstance(record.get("step"), int):
+                reached.append(record["step"])
             if step is not None and record.get("step", 0) > step:
                 continue
             if record.get("split") == "validation":
                 last_validation = record
             else:
                 last_train = record
+    # a stop the run was resumed past (then killed, or stopped by a SIGTERM: neither writes an
+    # outcome file) is no stop of the weights of a later step: of the checkpoint at ``step``,
+    # or without ``step`` of the last step the run logged or saved
+    later = step if step is not None else max(reached, default=0)
+    if isinstance(stopped, dict) and isinstance(stopped.get("step"), int) \
+            and later > stopped["step"]:
+        logger.info("%s: not said, the run was resumed past that stop (to step %d)",
+                    run_dir / "stopped.json", later)
+        stopped = {}
     if step is not None:
         final_state = {"step": step, "checkpoint": True}
     recipe = run_recipe(config, kind)

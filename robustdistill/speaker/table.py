@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from downstream.config import to_dict
-from robustdistill.strict_json import nan_for_null, strict_dumps
+from robustdistill.strict_json import nan_for_null, null_for_nonfinite, strict_dumps
 
 from .config import SpeakerKDConfig
 from .data import skipped_counts
@@ -96,10 +96,13 @@ def table_runs(cfg: SpeakerKDConfig) -> list[tuple[str, SpeakerKDConfig]]:
 def finished_run(run_cfg: SpeakerKDConfig) -> dict[str, Any] | None:
     """The ``result.json`` of a finished, evaluated run with the same config (:func:`_run_key`)
     in ``run_cfg.training.output_dir``, which the table reuses; else None. Its ``eval``
-    scores written ``null`` (non-finite: :mod:`robustdistill.strict_json`) are read as NaN."""
+    scores written ``null`` (non-finite: :mod:`robustdistill.strict_json`) are read as NaN.
+    Its config is compared with every non-finite number as ``null`` on both sides: a setting
+    of ``.inf`` (``training.max_grad_norm``, say) is written ``null`` there."""
     done = Path(run_cfg.training.output_dir) / "result.json"
     previous = json.loads(done.read_text()) if done.is_file() else {}
-    if previous.get("eval") and _run_key(previous.get("config")) == _run_key(to_dict(run_cfg)):
+    if previous.get("eval") and (_run_key(null_for_nonfinite(previous.get("config")))
+                                 == _run_key(null_for_nonfinite(to_dict(run_cfg)))):
         return {**previous, "eval": nan_for_null(previous["eval"])}
     return None
 
