@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -50,7 +51,8 @@ def from_dict(config_class: type[T], data: dict[str, Any], prefix: str = "") -> 
     """Build a (nested) dataclass from a dict; every key must be a field.
 
     Nested dataclass fields, ``X | None``, ``list[X]`` and ``dict[str, X]`` are converted
-    recursively; ints are accepted for float fields.
+    recursively; ints are accepted for float fields, which must be finite (YAML's ``.nan``
+    and ``.inf`` are refused).
 
     Raises:
         ConfigError: unknown key (with the dotted path and the closest valid key), or a value
@@ -116,6 +118,8 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return float(value)
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")  # .nan, .inf
     if isinstance(hint, type) and not isinstance(value, hint):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value

@@ -204,12 +204,20 @@ def load_source(config: SourceConfig) -> list[Utterance]:
     return _from_dataset(config)
 
 
+def _as_text(name: str) -> str:
+    """``name`` with the bytes of a file name that are not UTF-8 (Python's surrogate escapes)
+    written as ``\\xff`` text: keys, labels and speakers are hashed, written to JSON and
+    matched as UTF-8 text, where a surrogate raised ``UnicodeEncodeError`` once the head was
+    trained (the file itself is opened by its real path)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _from_folder(config: SourceConfig) -> list[Utterance]:
     root = Path(config.root)
     pattern = re.compile(config.pattern) if config.pattern else None
     utterances, skipped = [], []
     for path in list_audio_files(root):
-        rel = path.relative_to(root).as_posix() if root.is_dir() else path.name
+        rel = _as_text(path.relative_to(root).as_posix() if root.is_dir() else path.name)
         groups: dict[str, str] = {}
         if pattern is not None:
             match = pattern.search(rel)

@@ -7,7 +7,8 @@ beyond :data:`MAX_PEAK` (a corrupt float file) and wrong channel layouts raise
 :class:`AudioError` with the file name and a short
 :attr:`AudioError.reason` (one of :data:`AUDIO_ERROR_REASONS`, what run summaries count)
 instead of producing silent wrong results. Unusual but valid audio is converted, not refused:
-8-bit or 24-bit PCM, any sample rate (96 kHz, 8 kHz, ...), any number of channels (averaged),
+8-bit or 24-bit PCM, any sample rate from :data:`MIN_SAMPLE_RATE` (1 kHz) up (96 kHz, 8 kHz,
+...), any number of channels (averaged),
 any length (one sample; an hour). :func:`probe_audio` reads only a file's header.
 
 Decoding uses ``soundfile`` (libsndfile, bundled in its wheel: WAV, FLAC, OGG/Vorbis, MP3),
@@ -36,6 +37,7 @@ __all__ = [
     "AudioInfo",
     "MAX_CHANNELS",
     "MAX_PEAK",
+    "MIN_SAMPLE_RATE",
     "check_channels_last",
     "check_peak",
     "decode_audio",
@@ -51,6 +53,11 @@ __all__ = [
 
 #: The sample rate (Hz) of every SSL speech encoder the library handles.
 SAMPLE_RATE = 16_000
+
+#: The lowest sample rate (Hz) taken as audio. A header claiming less is corrupt: resampling
+#: its samples to 16 kHz would multiply them (a 14 s file read as 1 Hz asked for 3.6 billion
+#: samples, 14 GB, and the command died of memory).
+MIN_SAMPLE_RATE = 1_000
 
 #: libsndfile's frame count for streams of unknown length (e.g. some OGG/MP3 headers).
 SF_UNKNOWN_FRAMES = 2**62
@@ -200,10 +207,14 @@ def resample(waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -
         ``(round(samples * target_sr / orig_sr),)`` float32; the input itself when the rates match.
 
     Raises:
-        AudioError: for a non-positive sample rate.
+        AudioError: for a non-positive sample rate, or an ``orig_sr`` below
+            :data:`MIN_SAMPLE_RATE` (a corrupt header; ``"invalid"``).
     """
     if orig_sr <= 0 or target_sr <= 0:
         raise AudioError(f"sample rates must be positive, got {orig_sr} -> {target_sr}")
+    if orig_sr < MIN_SAMPLE_RATE and orig_sr != target_sr:
+        raise AudioError(f"a sample rate of {orig_sr} Hz is below {MIN_SAMPLE_RATE} Hz: a "
+                         "corrupt header, not audio to resample")
     if orig_sr == target_sr:
         return waveform
     return soxr.resample(waveform, orig_sr, target_sr, quality="VHQ").astype(np.float32, copy=False)
@@ -339,7 +350,7 @@ def probe_audio(source: str | os.PathLike | bytes) -> AudioInfo:
     Raises:
         AudioError: ``"permission denied"``, ``"empty"`` (0 bytes), ``"unreadable"`` (not
             audio, a corrupt header, a missing file, a WAV/AIFF file whose sample chunk is
-            cut short).
+            cut short), ``"invalid"`` (a sample rate below :data:`MIN_SAMPLE_RATE`).
     """
     handle, name = _open_source(source)
     with handle:
@@ -348,6 +359,9 @@ def probe_audio(source: str | os.PathLike | bytes) -> AudioInfo:
         except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as err:
             raise AudioError(f"{name}: not readable as audio ({err})", "unreadable") from err
     _refuse_short_chunk(info.extra_info, name)
+    if info.samplerate < MIN_SAMPLE_RATE:
+        raise AudioError(f"{name}: its header says {info.samplerate} Hz, below "
+                         f"{MIN_SAMPLE_RATE} Hz: a corrupt header", "invalid")
     return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels))
 
 
@@ -482,7 +496,10 @@ def list_audio_files(
 
     Symbolic links to folders are followed (a corpus folder made of links to its subsets),
     each real folder searched once: a link back up the tree (a loop) or a second link to a
-    folder already searched adds nothing; a link that cannot be resolved is skipped.
+    folder already searched adds nothing. A dangling link (its target deleted, or on a volume
+    not mounted) is listed when its name has an audio suffix, so that its reader names it and
+    counts it (``"unreadable"``: cannot open) instead of the file silently missing from the
+    corpus; a loop of links to files is left out.
 
     Args:
         root: a folder, or a single audio file.
@@ -509,7 +526,8 @@ def list_audio_files(
 def _walk_files(root: Path) -> list[Path]:
     """Every file below the folder ``root``, through symbolic links to folders, each real
     folder (device, inode) visited once, folders in sorted order (which path a folder reached
-    twice is listed under does not depend on the file system's listing order)."""
+    twice is listed under does not depend on the file system's listing order); also every
+    dangling link (:func:`_dangling`), for the reader to name."""
     files: list[Path] = []
     seen: set[tuple[int, int]] = set()
     for folder, subfolders, names in os.walk(root, followlinks=True):
@@ -524,5 +542,21 @@ def _walk_files(root: Path) -> list[Path]:
         seen.add((st.st_dev, st.st_ino))
         subfolders.sort()
         files.extend(Path(folder) / name for name in names
-                     if os.path.isfile(os.path.join(folder, name)))
+                     if os.path.isfile(path := os.path.join(folder, name))
+                     or _dangling(path))
     return files
+
+
+def _dangling(path: str) -> bool:
+    """Whether ``path`` is a symbolic link whose target does not exist (deleted, or on a
+    volume not mounted). A loop of links is not one: ``Path.resolve`` raises on it, and
+    readers resolve the files they are given."""
+    if not os.path.islink(path):
+        return False
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:  # ELOOP and the like
+        return False
+    return False

@@ -202,7 +202,9 @@ def verify_checkpoint(path: str | os.PathLike) -> dict:
         The manifest.
 
     Raises:
-        CheckpointError: no manifest, or a listed file missing or of another size.
+        CheckpointError: no manifest, a manifest that is not a JSON object with a ``files``
+            mapping (a damaged file: it was a ``JSONDecodeError`` traceback), or a listed file
+            missing or of another size.
     """
     path = Path(path)
     manifest_path = path / MANIFEST
@@ -210,8 +212,13 @@ def verify_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(
             f"{path} has no {MANIFEST}: not a complete checkpoint of this trainer (an "
             "interrupted write, or a folder written by another program)")
-    manifest = json.loads(manifest_path.read_text())
-    for name, size in manifest["files"].items():
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = dict(manifest["files"])
+    except (ValueError, TypeError, KeyError) as err:  # JSONDecodeError is a ValueError
+        raise CheckpointError(f"{path}: {MANIFEST} is damaged, not a manifest of this trainer "
+                              f"({type(err).__name__}: {err})") from err
+    for name, size in files.items():
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{path}: {name} listed in {MANIFEST} is missing")

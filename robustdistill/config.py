@@ -217,6 +217,9 @@ class TrainingConfig:
         if not 0 <= self.weight_decay < math.inf:
             raise ConfigError(f"training.weight_decay must be a number >= 0, got "
                               f"{self.weight_decay}")
+        if not self.max_grad_norm >= 0:  # a negative norm turned clipping off silently
+            raise ConfigError(f"training.max_grad_norm must be >= 0 (0 disables clipping), "
+                              f"got {self.max_grad_norm}")
         try:
             build_loss_schedule(self.loss_schedule, self.kd_steps, self.mixture_alpha)
         except ValueError as err:
@@ -477,8 +480,8 @@ def _type_error(where: str, expected: str, value: Any) -> ConfigError:
 
 
 def _check_value(where: str, annotation: Any, value: Any) -> Any:
-    """``value`` checked against a field's type (ints accepted as floats, and converted);
-    annotations it does not know are left to the dataclass."""
+    """``value`` checked against a field's type (ints accepted as floats, and converted; a
+    float must be finite); annotations it does not know are left to the dataclass."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -494,6 +497,8 @@ def _check_value(where: str, annotation: Any, value: Any) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _type_error(where, "a number", value)
+        if not math.isfinite(value):  # YAML's .nan / .inf: no setting means either
+            raise _type_error(where, "a finite number", value)
         return float(value)
     if annotation is str and not isinstance(value, str):
         raise _type_error(where, "a string", value)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoConfig, AutoModel, Wav2Vec2FeatureExtractor
 
-from .upstream import Upstream, has_layer_norm_cnn
+from .upstream import ModelFolderError, Upstream, has_layer_norm_cnn
 
 if TYPE_CHECKING:
     from .config import DistillConfig
@@ -46,11 +46,17 @@ def load_teacher(cfg: DistillConfig) -> Upstream:
     places its frames as ``cfg.whisper_teacher_frames`` says.
 
     Raises:
+        ConfigError: a local teacher folder that cannot be read (named).
         OSError / ValueError: as :meth:`Upstream.from_pretrained`.
     """
-    return Upstream.from_pretrained(cfg.teacher, frozen=True,
-                                    trust_remote_code=cfg.trust_remote_code,
-                                    whisper_frames=cfg.whisper_teacher_frames)
+    from .config import ConfigError
+
+    try:
+        return Upstream.from_pretrained(cfg.teacher, frozen=True,
+                                        trust_remote_code=cfg.trust_remote_code,
+                                        whisper_frames=cfg.whisper_teacher_frames)
+    except ModelFolderError as err:  # a message at start-up, not a traceback
+        raise ConfigError(f"teacher {err}") from err
 
 
 def prepare_teacher(teacher: str, make_teacher: str | None) -> None:

@@ -77,7 +77,12 @@ from .startup_checks import (
 from .strict_json import strict_dumps
 from .teacher_cache import MissingEntryError, TeacherFeatureCache
 from .teachers import load_teacher
-from .trainer_checkpoints import TrainingProgress, resume_run, save_run_checkpoint
+from .trainer_checkpoints import (
+    DamagedCheckpointError,
+    TrainingProgress,
+    resume_run,
+    save_run_checkpoint,
+)
 from .trainer_model import Distiller, _build_student, _param_groups, write_student_init
 from .trainer_stops import (
     DataReadError,
@@ -94,7 +99,8 @@ from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataReadError", "Distiller", "NonFiniteTrainingError", "TrainingProgress", "train"]
+__all__ = ["DamagedCheckpointError", "DataReadError", "Distiller", "NonFiniteTrainingError",
+           "TrainingProgress", "train"]
 
 
 class _Run:

@@ -38,10 +38,19 @@ from .trainer_model import write_student_init
 if TYPE_CHECKING:
     from .trainer import _Run
 
-__all__ = ["CROP_GRID", "TrainingProgress", "resume_run", "save_run_checkpoint"]
+__all__ = ["CROP_GRID", "DamagedCheckpointError", "TrainingProgress", "resume_run",
+           "save_run_checkpoint"]
 
 # the trainer's lines, under its logger name
 logger = logging.getLogger("robustdistill.trainer")
+
+
+class DamagedCheckpointError(CheckpointError, ConfigError):
+    """The checkpoint a resume would start from is not a complete one of this trainer (a file
+    cut short or missing, a damaged manifest): a ``ConfigError`` too, so ``distill`` names it
+    in one line before any work (it was a ``CheckpointError`` traceback)."""
+
+
 # the trajectory key (checkpoints' training_state.json) of the training crops' start grid
 CROP_GRID = "crop grid (samples; set by teacher_cache)"
 
@@ -145,8 +154,10 @@ def resume_run(run: _Run, where: str) -> bool:
 
     Raises:
         FileNotFoundError: ``"latest"`` with no complete checkpoint, or a missing folder.
-        CheckpointError: the folder is incomplete, altered, or not written by this
-            trainer (no ``checkpoint.json`` or ``training_state.json``).
+        DamagedCheckpointError: (a ``CheckpointError`` and a ``ConfigError``) the folder
+            is incomplete, altered, or not written by this trainer (no or a damaged
+            ``checkpoint.json``, no ``training_state.json``).
+        CheckpointError: an RNG state file that is not tensors only.
         ConfigError: the checkpoint was written with another number of processes, or with
             another seed, batch, accumulation, crop length or training item count
             (:func:`_trajectory`), or is past ``training.max_steps``; a streaming dataset's
@@ -166,9 +177,16 @@ def resume_run(run: _Run, where: str) -> bool:
         path = Path(where)
         if not path.is_dir():
             raise FileNotFoundError(f"resume_from: checkpoint folder {path} does not exist")
-    verify_checkpoint(path)
-    if not (path / TRAINING_STATE).is_file():
-        raise CheckpointError(f"{path} has no {TRAINING_STATE}: not written by this trainer")
+    try:
+        verify_checkpoint(path)
+        if not (path / TRAINING_STATE).is_file():
+            raise CheckpointError(f"{path} has no {TRAINING_STATE}: not written by this "
+                                  "trainer")
+    except CheckpointError as err:  # before any work: one line, not a traceback
+        raise DamagedCheckpointError(
+            f"{err}: refusing to resume from it (allowed: remove that folder to resume from "
+            "the checkpoint before it, or --training.resume_from an earlier checkpoint "
+            "folder)") from err
     state = json.loads((path / TRAINING_STATE).read_text())
     if state["num_processes"] != acc.num_processes:
         raise ConfigError(f"{path} was written by {state['num_processes']} process(es); this "

@@ -20,7 +20,13 @@ from .config import ConfigError
 from .objectives import DistillationInputs, LossTerm
 from .startup_checks import student_differences
 from .student import create_student, save_student, student_feature_extractor
-from .upstream import Upstream, disable_train_randomness, lengths_to_mask
+from .upstream import (
+    ModelFolderError,
+    Upstream,
+    disable_train_randomness,
+    lengths_to_mask,
+    model_folder_errors,
+)
 
 if TYPE_CHECKING:
     from .trainer import _Run
@@ -89,10 +95,14 @@ def _build_student(run: _Run):
     """
     cfg = run.cfg
     if cfg.student_init:
-        student = AutoModel.from_pretrained(cfg.student_init)
+        try:
+            with model_folder_errors(cfg.student_init):
+                student = AutoModel.from_pretrained(cfg.student_init)
+                feature_extractor = AutoFeatureExtractor.from_pretrained(cfg.student_init)
+        except ModelFolderError as err:
+            raise ConfigError(f"student_init {err}") from err
         if not cfg.student.keep_train_randomness:  # as create_student's students
             disable_train_randomness(student.config)
-        feature_extractor = AutoFeatureExtractor.from_pretrained(cfg.student_init)
     else:
         try:  # e.g. a preset's CNN with more layers than the teacher's
             student = create_student(run.teacher, cfg.student)

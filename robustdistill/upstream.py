@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, PreTrainedModel
 
@@ -27,8 +29,8 @@ from .audio import SAMPLE_RATE, require_float_audio
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Upstream", "UpstreamOutput", "disable_train_randomness", "has_layer_norm_cnn",
-           "interpolate_frames", "lengths_to_mask"]
+__all__ = ["ModelFolderError", "Upstream", "UpstreamOutput", "disable_train_randomness",
+           "has_layer_norm_cnn", "interpolate_frames", "lengths_to_mask", "model_folder_errors"]
 
 #: Whisper's encoder needs exactly 30 s of log-mel input (3000 frames of 10 ms).
 WHISPER_WINDOW_SAMPLES = 30 * SAMPLE_RATE
@@ -43,6 +45,31 @@ SSL_RECEPTIVE_FIELD = 400
 #: Whisper frame placements (``Upstream.whisper_frames``): Whisper's own grid, or
 #: interpolated at the centres of a wav2vec 2.0-style student's frames.
 WHISPER_FRAME_GRIDS = ("native", "ssl")
+
+
+class ModelFolderError(ValueError):
+    """A local model folder whose files ``transformers`` cannot read: a ``config.json`` that is
+    not JSON or has no ``model_type``, weights cut short (an interrupted copy or download)."""
+
+
+@contextmanager
+def model_folder_errors(name_or_path: str | Path) -> Iterator[None]:
+    """Turn ``transformers``' and ``safetensors``' errors while loading from the local folder
+    ``name_or_path`` into one :class:`ModelFolderError` naming the folder and the cause (on
+    one line) (a truncated ``model.safetensors`` raised ``SafetensorError``, a bad
+    ``config.json`` an ``OSError``: tracebacks in every command). A hub id's errors pass
+    unchanged (the commands explain an unreachable hub themselves).
+
+    Raises:
+        ModelFolderError: ``name_or_path`` is a folder and loading from it failed.
+    """
+    try:
+        yield
+    except (OSError, ValueError, SafetensorError) as err:
+        if isinstance(err, ModelFolderError) or not Path(name_or_path).is_dir():
+            raise
+        said = " ".join(str(err).split()) or type(err).__name__  # on one line, all of it
+        raise ModelFolderError(f"{name_or_path}: not a readable model folder ({said})") from err
 
 
 class _GradMultiply(torch.autograd.Function):
@@ -234,25 +261,28 @@ class Upstream(nn.Module):
         (both on exactly when ``feat_extract_norm == "layer"``).
 
         Raises:
-            OSError: the id or folder cannot be resolved (offline with no local copy, typo).
+            OSError: the id cannot be resolved (offline with no local copy, typo).
+            ModelFolderError: a local folder whose files cannot be read (a ValueError).
             ValueError: the checkpoint is not a speech encoder this contract supports.
         """
         name_or_path = str(name_or_path)
-        config = AutoConfig.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code, revision=revision
-        )
-        checkpoint_randomness = {k: getattr(config, k) for k in TRAIN_RANDOMNESS
-                                 if hasattr(config, k)}
-        if frozen or not keep_train_randomness:
-            disable_train_randomness(config)
-        model = AutoModel.from_pretrained(
-            name_or_path,
-            config=config,
-            trust_remote_code=trust_remote_code,
-            revision=revision,
-            dtype=dtype,
-        )
-        feature_extractor = _load_feature_extractor(name_or_path, trust_remote_code, revision)
+        with model_folder_errors(name_or_path):
+            config = AutoConfig.from_pretrained(
+                name_or_path, trust_remote_code=trust_remote_code, revision=revision
+            )
+            checkpoint_randomness = {k: getattr(config, k) for k in TRAIN_RANDOMNESS
+                                     if hasattr(config, k)}
+            if frozen or not keep_train_randomness:
+                disable_train_randomness(config)
+            model = AutoModel.from_pretrained(
+                name_or_path,
+                config=config,
+                trust_remote_code=trust_remote_code,
+                revision=revision,
+                dtype=dtype,
+            )
+            feature_extractor = _load_feature_extractor(name_or_path, trust_remote_code,
+                                                        revision)
         if config.model_type == "whisper":
             upstream = cls(model, feature_extractor=feature_extractor, frozen=frozen,
                            whisper_frames=whisper_frames)

@@ -261,7 +261,7 @@ def test_the_cli_reports_a_stopped_run_in_one_line(monkeypatch, capsys, error):
 
 @pytest.mark.parametrize("override, message", [
     (["--training.learning_rate", "-1"], r"training\.learning_rate must be a number > 0, got -1"),
-    (["--training.learning_rate", ".nan"], r"training\.learning_rate must be a number > 0"),
+    (["--training.learning_rate", ".nan"], r"training\.learning_rate must be a finite number, got nan"),
     (["--training.weight_decay", "-0.1"], r"training\.weight_decay must be a number >= 0"),
     (["--training.adam_betas", "[0.9, 1.0]"], r"training\.adam_betas must each lie in \[0, 1\)"),
 ])

@@ -122,6 +122,9 @@ def white_if_silent(
 #: The sources :func:`white_if_silent` has warned about in this process.
 _SAID_SILENT: set[str] = set()
 
+#: The recordings :meth:`NoiseBank.draw` has said it loops, in this process.
+_SAID_LOOPED: set[str] = set()
+
 
 @dataclass(frozen=True)
 class NoiseBank:
@@ -154,8 +157,18 @@ class NoiseBank:
     def draw(self, length: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         """A random recording's random ``(length,)`` segment (see :func:`noise_segment`).
 
+        A recording shorter than ``length`` is looped, and a warning says so once per
+        recording and process (a 10 ms file looped over a 2 s crop is a 100 Hz buzz, not the
+        noise the folder was meant to hold).
+
         Returns:
             ``(segment, index)``: the float32 segment and the recording's index in the bank.
         """
         index = int(rng.integers(0, len(self.waveforms)))
+        n, name = self.waveforms[index].size, self.names[index]
+        if n < length and name not in _SAID_LOOPED:
+            _SAID_LOOPED.add(name)
+            logger.warning("noise %s (%d samples) is shorter than the %d-sample segment drawn: "
+                           "looped (said once per file; a longer recording, or none this "
+                           "short, is better)", name, n, length)
         return noise_segment(self.waveforms[index], length, rng), index

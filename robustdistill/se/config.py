@@ -10,6 +10,7 @@ checked on construction), reading one from YAML plus ``--section.key value`` ove
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,13 +121,18 @@ class TrainingOptions:
     save_on_sigterm: bool = True
 
     def __post_init__(self) -> None:
-        """Raises: ValueError: a count below its minimum (named, with the allowed range), or an
-        unknown ``report_to``."""
+        """Raises: ValueError: a count below its minimum (named, with the allowed range), a
+        negative ``learning_rate`` (0 is allowed: an untrained baseline), a ``max_grad_norm``
+        that is not > 0, or an unknown ``report_to``."""
         for name, least in (("max_steps", 1), ("batch_size", 1), ("log_every", 1),
                             ("save_every", 0), ("keep_checkpoints", 1), ("threads", 0),
                             ("max_nonfinite_in_a_row", 1), ("eval_every", 1)):
             if getattr(self, name) < least:
                 raise ValueError(f"{name} must be >= {least}, got {getattr(self, name)}")
+        if not 0 <= self.learning_rate < math.inf:  # torch's Adam: a traceback
+            raise ValueError(f"learning_rate must be a number >= 0, got {self.learning_rate}")
+        if not 0 < self.max_grad_norm < math.inf:  # clipping to 0 silently trained nothing
+            raise ValueError(f"max_grad_norm must be a number > 0, got {self.max_grad_norm}")
         if self.report_to not in _trackers():
             raise ValueError(f"report_to must be one of {list(_trackers())}, got "
                              f"{self.report_to!r}")

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,7 +240,7 @@ class SpeechIndex:
         """Decode, down-mix, check and resample a crop from frame ``start``; see :meth:`crop`."""
         rate = self.rates[index]
         try:
-            x, _ = sf.read(str(self.files[index]), start=start,
+            x, _ = sf.read(os.fsencode(self.files[index]), start=start,
                            frames=self._source_frames(index, length), dtype="float32",
                            always_2d=True)
         except (sf.LibsndfileError, RuntimeError, OSError) as err:
@@ -263,16 +264,18 @@ def scan_speech_file(path: str | Path) -> int:
 
     Raises:
         AudioError: ``"unreadable"`` (a decode error), ``"non-finite"`` (a NaN/Inf sample),
-            ``"silent"`` (every sample is zero) or ``"invalid"`` (a sample beyond
+            ``"silent"`` (every sample is zero, or the channels cancel in the mono down-mix
+            the crops are) or ``"invalid"`` (a sample beyond
             :data:`MAX_SPEECH_PEAK` in absolute value); the message names the file.
     """
-    peak, loudest, offset = 0.0, 0, 0
+    peak, loudest, offset, mono_audible = 0.0, 0, 0, False
     try:
-        for block in sf.blocks(str(path), blocksize=_SCAN_BLOCK, dtype="float32",
+        for block in sf.blocks(os.fsencode(path), blocksize=_SCAN_BLOCK, dtype="float32",
                                always_2d=True):
             if not np.isfinite(block).all():
                 raise AudioError(f"{path}: NaN or Inf samples", "non-finite")
             check_peak(block, str(path))  # the shared limit, MAX_SPEECH_PEAK
+            mono_audible = mono_audible or bool(np.any(block.mean(axis=1)))  # crops are mono
             frame_peaks = np.abs(block).max(axis=1)
             k = int(frame_peaks.argmax())
             if frame_peaks[k] > peak:
@@ -282,6 +285,9 @@ def scan_speech_file(path: str | Path) -> int:
         raise AudioError(f"{path}: cannot decode ({err})", "unreadable") from err
     if peak == 0.0:
         raise AudioError(f"{path}: silent (every sample is zero)", "silent")
+    if not mono_audible:  # every crop of it would be silent, its loudest one too
+        raise AudioError(f"{path}: its channels cancel when averaged to mono (anti-phase "
+                         "channels)", "silent")
     return loudest
 
 

@@ -200,7 +200,7 @@ def enhance_file(model, src: str | Path, dst: str | Path,
     """
     probe_audio(src)  # AudioError naming permission, empty and non-audio files
     try:
-        data, rate = sf.read(str(src), dtype="float32", always_2d=False)
+        data, rate = sf.read(os.fsencode(src), dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError, OSError) as err:
         raise AudioError(f"{src}: cannot decode audio ({err})", "unreadable") from err
     if data.size == 0:
@@ -208,7 +208,7 @@ def enhance_file(model, src: str | Path, dst: str | Path,
     if not np.isfinite(data).all():
         raise AudioError(f"{src}: NaN or Inf samples", "non-finite")
     check_peak(data, str(src))
-    info = sf.info(str(src))
+    info = sf.info(os.fsencode(src))
     try:
         y = enhance_waveform(model, data, rate, chunk_seconds, progress)
     except EnhanceError as err:
@@ -221,10 +221,10 @@ def enhance_file(model, src: str | Path, dst: str | Path,
         subtype = (info.subtype if sf.check_format(fmt, info.subtype)
                    else sf.default_subtype(fmt)) or subtype
     try:
-        sf.write(str(dst), y, rate, subtype=subtype)
+        sf.write(os.fsencode(dst), y, rate, subtype=subtype)
     except (RuntimeError, TypeError, ValueError):
         subtype = "PCM_16"
-        sf.write(str(dst), y, rate, subtype=subtype)
+        sf.write(os.fsencode(dst), y, rate, subtype=subtype)
     over = int(np.count_nonzero(np.abs(y) > 1.0))
     if over and subtype.startswith(("PCM_", "ULAW", "ALAW")):  # integer samples
         logger.warning("%s: %d of %d samples beyond full scale (peak %.3g) clipped to [-1, 1] "
@@ -320,7 +320,7 @@ def main(argv: list[str]) -> int:
     rate = model_rate(model)
     for a, _ in pairs:
         try:
-            info = sf.info(str(a))
+            info = sf.info(os.fsencode(a))
             seconds[a] = info.duration * info.channels
             if info.samplerate > rate:
                 above.setdefault(info.samplerate, a)

@@ -175,14 +175,20 @@ def _check_model_folder(name: str, key: str) -> None:
     """Raise ValueError naming ``key`` when ``name`` is a local folder whose ``config.json``
     ``transformers`` cannot read as a model's (no config, no ``model_type``, an architecture it
     does not know, such as a train-se student): found at start-up, not once the teacher's
-    targets are computed and the student is built."""
+    targets are computed and the student is built; likewise a ``*.safetensors`` file whose
+    header cannot be read (weights cut short by an interrupted copy: a traceback once the IG
+    maps were computed)."""
     if not Path(name).expanduser().is_dir():
         return  # a hub id: resolved when the student is built
+    from safetensors import SafetensorError, safe_open
     from transformers import AutoConfig
 
     try:
         AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as err:
+        for weights in sorted(Path(name).expanduser().glob("*.safetensors")):
+            with safe_open(weights, "pt"):  # the header only: its sizes against the file's
+                pass
+    except (OSError, ValueError, SafetensorError) as err:
         raise ValueError(f"{key} {name!r} is not a model folder: "
                          f"{first_line(err) or type(err).__name__}") from err
 

@@ -1,0 +1,325 @@
+"""Bad input found by the adversarial sweep of 2026-12-07 (every command over a folder of broken
+files and configs; docs/reliability.md, "Bad audio" and "Bad configs and arguments"):
+
+* a dangling symbolic link named ``.wav`` (its target deleted, or on a volume not mounted)
+  was left out of every data folder without a word; it is now listed, and its reader names it
+  and counts it as ``unreadable``;
+* a file name that is not UTF-8 crashed ``train-se`` (its speech index) and ``enhance`` with
+  ``UnicodeEncodeError`` tracebacks (soundfile encodes a ``str`` path strictly), and
+  ``evaluate`` once the head was trained (item keys are hashed and written as UTF-8);
+* a local model folder that cannot be read (``model.safetensors`` cut short, a
+  ``config.json`` that is not JSON) was a traceback in ``distill`` (teacher, student_init),
+  ``cache-teacher``, ``evaluate`` and ``export-s3prl``;
+* YAML's ``.nan`` / ``.inf`` passed the type check of every float key: ``data.max_length_s
+  .nan`` was a traceback, ``training.max_grad_norm .nan`` turned clipping off silently;
+  ``train-se``'s negative ``learning_rate`` was torch's traceback and its ``max_grad_norm 0``
+  clipped every gradient to zero (nothing trained); ``distill``'s negative ``max_grad_norm``
+  turned clipping off silently;
+* a WAV header claiming 1 Hz was resampled to 16 kHz (billions of samples: the command died
+  of memory); sample rates below 1 kHz are refused as ``invalid``;
+* a noise recording shorter than the crop was looped without a word (10 ms: a 100 Hz buzz);
+  a warning now says so once per file;
+* ``distill --resume`` from a damaged newest checkpoint was a traceback (a ``checkpoint.json``
+  that is not JSON, a file cut short); it is one line naming it and how to go on.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from robustdistill.audio import AudioError, list_audio_files, load_audio, probe_audio
+
+SR = 16_000
+NOT_UTF8 = "bad\udcff"  # the str Python gives a file name holding the byte 0xff
+
+
+def _speech(seconds: float = 1.0, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    rng = np.random.default_rng(seed)
+    return (0.3 * np.sin(2 * np.pi * 220 * t) + 0.01 * rng.standard_normal(t.size)).astype(
+        np.float32)
+
+
+def _write(path: Path, x: np.ndarray, subtype: str = "PCM_16") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(os.fsencode(path), x, SR, subtype=subtype)
+    return path
+
+
+def _not_utf8_ok(tmp_path: Path) -> None:
+    try:
+        (tmp_path / NOT_UTF8).touch()
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses file names that are not UTF-8")
+    (tmp_path / NOT_UTF8).unlink()
+
+
+# ---------------------------------------------------------------- dangling symbolic links
+def test_a_dangling_link_is_listed_and_skipped_by_name_a_link_loop_is_left_out(tmp_path):
+    good = _write(tmp_path / "data" / "good.wav", _speech())
+    (tmp_path / "data" / "gone.wav").symlink_to(tmp_path / "elsewhere" / "gone.wav")
+    (tmp_path / "data" / "loop_a.wav").symlink_to(tmp_path / "data" / "loop_b.wav")
+    (tmp_path / "data" / "loop_b.wav").symlink_to(tmp_path / "data" / "loop_a.wav")
+    files = list_audio_files(tmp_path / "data")
+    assert files == [tmp_path / "data" / "gone.wav", good]
+    with pytest.raises(AudioError, match=r"gone\.wav: cannot open \(No such file") as err:
+        probe_audio(files[0])
+    assert err.value.reason == "unreadable"
+
+    from robustdistill.data.files import AudioFileDataset
+
+    dataset = AudioFileDataset(files, max_length_s=0.5, min_length_s=0.1, seed=0,
+                               random_crop=False)
+    assert dataset.files == [good]
+    assert {str(k): v for k, v in dataset.skipped.items()} == {
+        str(tmp_path / "data" / "gone.wav"): "unreadable"}
+
+
+def test_evaluate_data_counts_a_dangling_link(tmp_path):
+    from downstream.data import SourceConfig, load_source
+    from downstream.decoding import decode_all
+
+    for i in range(2):
+        _write(tmp_path / "ks" / f"{i}_a_0.wav", _speech(seed=i))
+    (tmp_path / "ks" / "1_a_1.wav").symlink_to(tmp_path / "nowhere.wav")
+    utterances = load_source(SourceConfig(
+        root=str(tmp_path / "ks"), pattern=r"(?P<label>\d)_(?P<speaker>[a-z]+)_\d+\.wav$"))
+    assert sorted(u.key for u in utterances) == ["0_a_0.wav", "1_a_0.wav", "1_a_1.wav"]
+    waveforms, skipped = decode_all({"train": utterances[:1], "dev": utterances[:1],
+                                     "test": utterances}, None)
+    assert sorted(u.key for u, _ in waveforms["test"]) == ["0_a_0.wav", "1_a_0.wav"]
+    assert skipped == {"train": 0, "dev": 0, "test": 1}
+
+
+# ---------------------------------------------------------------- file names that are not UTF-8
+def test_train_se_speech_index_reads_a_file_name_that_is_not_utf8(tmp_path):
+    _not_utf8_ok(tmp_path)
+    from robustdistill.se.data import SpeechIndex
+
+    x = np.linspace(-0.5, 0.5, SR, dtype=np.float32)  # a ramp: each sample tells its place
+    _write(tmp_path / "speech" / f"{NOT_UTF8}.wav", x, subtype="FLOAT")
+    nan = _speech(1.0, seed=1)
+    nan[10] = np.nan
+    _write(tmp_path / "speech" / f"{NOT_UTF8}_nan.wav", nan, subtype="FLOAT")
+    index = SpeechIndex(tmp_path / "speech", SR, scan_cache_dir="off")
+    assert [p.name for p in index.files] == [f"{NOT_UTF8}.wav"]
+    assert index.skipped == {str(tmp_path / "speech" / f"{NOT_UTF8}_nan.wav"): "non-finite"}
+    crop, real = index.crop(0, SR // 2, np.random.default_rng(0))
+    assert real == SR // 2
+    start = int(np.argmin(np.abs(x - crop[0])))
+    np.testing.assert_array_equal(crop, x[start:start + SR // 2])
+
+
+def test_enhance_writes_a_file_name_that_is_not_utf8(tmp_path, gru_student_dir):
+    _not_utf8_ok(tmp_path)
+    from robustdistill.se.enhance import main
+
+    _write(tmp_path / "in" / f"{NOT_UTF8}.wav", _speech(1.0))
+    assert main([str(tmp_path / "in"), str(tmp_path / "out"), "--model",
+                 str(gru_student_dir)]) == 0
+    y, rate = sf.read(os.fsencode(tmp_path / "out" / f"{NOT_UTF8}.wav"))
+    assert rate == SR and y.shape == (SR,) and np.isfinite(y).all() and np.any(y)
+
+
+def test_evaluate_item_keys_of_a_file_name_that_is_not_utf8_are_utf8_text(tmp_path):
+    _not_utf8_ok(tmp_path)
+    from downstream.data import SourceConfig, load_source
+
+    x = _speech(1.0)
+    _write(tmp_path / "ks" / NOT_UTF8 / "3_a_0.wav", x)
+    (u,) = load_source(SourceConfig(
+        root=str(tmp_path / "ks"), pattern=r"(?P<label>\d)_(?P<speaker>[a-z]+)_\d+\.wav$"))
+    assert u.key == "bad\\xff/3_a_0.wav"  # hashable and JSON-writable as UTF-8
+    u.key.encode("utf-8")
+    assert (u.label, u.speaker) == ("3", "a")
+    np.testing.assert_allclose(load_audio(u.audio), x, atol=1e-4)  # opened by its real name
+
+
+# ---------------------------------------------------------------- unreadable model folders
+@pytest.fixture
+def broken_models(tmp_path, tiny_wavlm_dir) -> dict[str, Path]:
+    """Copies of a tiny WavLM: weights cut in half, a config.json that is not JSON."""
+    cut = shutil.copytree(tiny_wavlm_dir, tmp_path / "cut")
+    weights = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    bad_config = shutil.copytree(tiny_wavlm_dir, tmp_path / "bad_config")
+    (bad_config / "config.json").write_text('{"model_type": "wavlm", ')
+    return {"cut": cut, "bad_config": bad_config}
+
+
+def test_an_unreadable_model_folder_is_one_error_naming_it(broken_models):
+    from robustdistill.upstream import ModelFolderError, Upstream
+
+    with pytest.raises(ModelFolderError, match=r"cut: not a readable model folder \(Error "
+                                                r"while deserializing header"):
+        Upstream.from_pretrained(broken_models["cut"])
+    with pytest.raises(ModelFolderError, match=r"bad_config: not a readable model folder "
+                                                r"\(It looks like the config file"):
+        Upstream.from_pretrained(broken_models["bad_config"])
+
+
+def test_distill_and_evaluate_report_an_unreadable_model_folder_in_one_line(
+        tmp_path, broken_models, tiny_wavlm_dir, capsys):
+    from robustdistill.cli import main
+    from robustdistill.config import ConfigError, DistillConfig
+    from robustdistill.teachers import load_teacher
+
+    with pytest.raises(ConfigError, match=r"^teacher .*cut: not a readable model folder"):
+        load_teacher(DistillConfig(teacher=str(broken_models["cut"])))
+    _write(tmp_path / "ks" / "0_a_0.wav", _speech())
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--task", "ks", "--upstream", str(broken_models["bad_config"]),
+              "--config", "kws_fsdd_cpu", "--out", str(tmp_path / "out"),
+              "-o", f"data.source.root={tmp_path / 'ks'}", "--conditions", "clean"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "not a readable model folder (It looks like the config file" in err
+    assert "Traceback" not in err
+
+
+def test_a_student_init_that_cannot_be_read_is_a_config_error(tmp_path, broken_models,
+                                                               tiny_wavlm_dir):
+    from conftest import tiny_run_config
+
+    from robustdistill.config import ConfigError
+    from robustdistill.trainer import train
+
+    cfg = tiny_run_config(tmp_path, tiny_wavlm_dir, "run", student_init=str(broken_models["cut"]))
+    with pytest.raises(ConfigError, match=r"^student_init .*cut: not a readable model folder"):
+        train(cfg)
+
+
+def test_train_speaker_refuses_an_upstream_with_cut_weights_at_start_up(broken_models,
+                                                                         tiny_wavlm_dir):
+    from robustdistill.speaker.cli import _check_model_folder
+
+    _check_model_folder(str(tiny_wavlm_dir), "student.upstream")  # a whole folder passes
+    with pytest.raises(ValueError, match=r"student.upstream '.*cut' is not a model folder: "
+                                         r"Error while deserializing header"):
+        _check_model_folder(str(broken_models["cut"]), "student.upstream")
+
+
+# ---------------------------------------------------------------- non-finite and bad numbers
+@pytest.mark.parametrize(("override", "message"), [
+    (["--data.max_length_s", ".nan"], "data.max_length_s must be a finite number, got nan"),
+    (["--training.max_grad_norm", ".nan"], "training.max_grad_norm must be a finite number"),
+    (["--augmentation.snr_max", ".inf"], "augmentation.snr_max must be a finite number, got inf"),
+    (["--training.max_grad_norm", "-1"], "training.max_grad_norm must be >= 0"),
+])
+def test_distill_refuses_nan_inf_and_a_negative_clipping_norm(override, message):
+    from robustdistill.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["--teacher", "t", *override])
+    load_config(None, ["--teacher", "t", "--training.max_grad_norm", "0"])  # 0: no clipping
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("learning_rate", ".nan", "training.learning_rate: expected a finite number, got nan"),
+    ("learning_rate", "-1", "learning_rate must be a number >= 0, got -1.0"),
+    ("max_grad_norm", "0", "max_grad_norm must be a number > 0, got 0.0"),
+    ("max_grad_norm", ".inf", "training.max_grad_norm: expected a finite number, got inf"),
+])
+def test_train_se_refuses_a_learning_rate_or_clipping_norm_that_trains_nothing(key, value,
+                                                                             message):
+    from robustdistill.config import ConfigError
+    from robustdistill.se.train import load_se_config
+
+    with pytest.raises((ConfigError, ValueError), match=message):
+        load_se_config(None, [f"--training.{key}", value])
+    load_se_config(None, ["--training.learning_rate", "0"])  # 0: an untrained baseline
+
+
+# ---------------------------------------------------------------- noise shorter than the crop
+def test_a_noise_recording_shorter_than_the_segment_is_looped_and_said_once(caplog):
+    import logging
+
+    from robustdistill.augment.noise import NoiseBank
+
+    short = np.array([0.1, -0.2, 0.3], np.float32)
+    bank = NoiseBank((short, np.ones(100, np.float32)), ("short.wav", "long.wav"))
+    rng = np.random.default_rng(0)
+    with caplog.at_level(logging.WARNING, logger="robustdistill.augment.noise"):
+        draws = [bank.draw(8, rng) for _ in range(20)]
+    segment = next(seg for seg, index in draws if index == 0)
+    start = int(np.flatnonzero(short == segment[0])[0])
+    np.testing.assert_array_equal(segment, np.take(short, np.arange(start, start + 8),
+                                                   mode="wrap"))  # looped
+    said = [r.getMessage() for r in caplog.records if "looped" in r.getMessage()]
+    assert said == ["noise short.wav (3 samples) is shorter than the 8-sample segment drawn: "
+                    "looped (said once per file; a longer recording, or none this short, is "
+                    "better)"]
+
+
+# ---------------------------------------------------------------- damaged checkpoints
+def test_a_damaged_checkpoint_is_refused_by_name_in_one_line_at_resume(tmp_path,
+                                                                        tiny_wavlm_dir):
+    from conftest import tiny_run_config
+
+    import robustdistill.trainer as trainer_module
+    from robustdistill.checkpoints import MANIFEST, CheckpointError, verify_checkpoint
+    from robustdistill.config import ConfigError
+
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / MANIFEST).write_text('{"files": {"model.safetensors": 1')  # cut short
+    with pytest.raises(CheckpointError, match=rf"damaged: {MANIFEST} is damaged, not a "
+                                              r"manifest of this trainer \(JSONDecodeError"):
+        verify_checkpoint(damaged)
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / MANIFEST).write_text('{"files": {"model.safetensors": 10}}')
+    (cut / "model.safetensors").write_bytes(b"abc")
+    run = trainer_module._Run(tiny_run_config(tmp_path, tiny_wavlm_dir, "run"))
+    for folder, what in ((damaged, f"{MANIFEST} is damaged"),
+                         (cut, "model.safetensors has 3 bytes")):
+        with pytest.raises(trainer_module.DamagedCheckpointError,
+                           match=rf"{folder.name}: {what}.*refusing to resume from it") as err:
+            run.resume(str(folder))
+        assert isinstance(err.value, ConfigError)  # distill prints it in one line, exit 2
+
+
+# ---------------------------------------------------------------- a corrupt sample rate
+def test_a_header_claiming_1_hz_is_refused_not_resampled_to_billions_of_samples(tmp_path):
+    import struct
+
+    from robustdistill.audio import MIN_SAMPLE_RATE, prepare_waveform
+    from robustdistill.data.files import AudioFileDataset
+
+    good = _write(tmp_path / "good.wav", _speech(1.0))
+    data = bytearray(good.read_bytes())
+    data[24:28] = struct.pack("<I", 1)  # the fmt chunk's sample rate: 1 Hz
+    data[28:32] = struct.pack("<I", 2)  # its byte rate
+    corrupt = tmp_path / "one_hz.wav"
+    corrupt.write_bytes(bytes(data))
+    assert sf.info(str(corrupt)).samplerate == 1  # libsndfile takes it as it is
+    for read, said in ((probe_audio, "its header says 1 Hz, below 1000 Hz: a corrupt header"),
+                       (load_audio, "a sample rate of 1 Hz is below 1000 Hz: a corrupt header")):
+        with pytest.raises(AudioError, match=rf"one_hz\.wav: {said}") as err:
+            read(corrupt)  # load_audio asked soxr for 256 million samples
+        assert err.value.reason == "invalid"
+    with pytest.raises(AudioError, match="a sample rate of 999 Hz is below 1000 Hz"):
+        prepare_waveform(_speech(0.1), MIN_SAMPLE_RATE - 1, name="array")
+    assert prepare_waveform(_speech(0.1), MIN_SAMPLE_RATE).size == 25_600  # the lowest taken
+    dataset = AudioFileDataset([corrupt, good], max_length_s=0.5, min_length_s=0.1, seed=0,
+                               random_crop=False)
+    assert dataset.files == [good] and dataset.skipped == {str(corrupt): "invalid"}
+
+
+def test_train_se_drops_a_speech_file_whose_channels_cancel_in_the_mono_mix(tmp_path):
+    from robustdistill.se.data import scan_speech_file
+
+    x = _speech(1.0)
+    anti = _write(tmp_path / "anti.wav", np.stack([x, -x], axis=1), subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"anti\.wav: its channels cancel when averaged to "
+                                         r"mono") as err:
+        scan_speech_file(anti)  # every crop of it was silent: no usable pair
+    assert err.value.reason == "silent"
+    half = _write(tmp_path / "half.wav", np.stack([x, -0.5 * x], axis=1), subtype="FLOAT")
+    assert scan_speech_file(half) == int(np.argmax(np.abs(x)))  # still the loudest frame
