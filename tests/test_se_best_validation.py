@@ -248,6 +248,50 @@ def test_teacher_outputs_keep_as_many_items_as_fit_the_cap_and_run_the_teacher_o
         TeacherOutputs(("a",), keep_enhanced=True, cap_mb=-1)
 
 
+def test_teacher_outputs_with_an_infinite_cap_keep_every_item(data):
+    """``validation.teacher_cache_mb: .inf`` passes the config check (it is >= 0) and means no
+    cap: every item is kept (it raised OverflowError from ``round(inf)`` when the run built its
+    :class:`TeacherOutputs`, a traceback after start-up)."""
+    cfg = load_se_config(None, se_train_args(data, data / "run", 1, *_validation_args(data, 3, 1),
+                                             "--validation.teacher_cache_mb", ".inf"))
+    assert cfg.validation.teacher_cache_mb == float("inf")
+    teacher, x = _CountingTeacher(), torch.arange(8.0)[None]
+    keep = TeacherOutputs(("a",), keep_enhanced=True, cap_mb=cfg.validation.teacher_cache_mb)
+    for _ in range(2):
+        for i in range(6):
+            keep(i, teacher, x + i)
+    assert keep.kept_items == [0, 1, 2, 3, 4, 5] and keep.nbytes == 6 * 48
+    assert teacher.calls == 6
+
+
+def test_teacher_outputs_log_line_says_its_counts_are_one_process_share(caplog):
+    """Under DDP only the main process logs, and its counts are its own items (``i mod
+    world``): the line says so, and how many items there are in all (it said "all 3 items"
+    of a run of 6 items on 2 processes)."""
+    teacher, x = _CountingTeacher(), torch.arange(8.0)[None]
+    shares = {"all": 1.0, "some": 100e-6, "none": 0.0}
+    said = {}
+    for name, cap_mb in shares.items():
+        keep = TeacherOutputs(("a",), keep_enhanced=True, cap_mb=cap_mb)
+        for i in range(0, 6, 2):  # process 0 of 2: items 0, 2, 4
+            keep(i, teacher, x + i)
+        with caplog.at_level(logging.INFO, logger="robustdistill.se.validation"):
+            caplog.clear()
+            keep.log_kept(0, 2, 6)
+            keep.log_kept(0, 2, 6)  # once only
+        (said[name],) = [r.getMessage() for r in caplog.records]
+    share = (" of process 0 (of 2 processes, 6 items in all; each process keeps its own under "
+             "the cap)")
+    assert said == {
+        "all": f"validation: the teacher's outputs on all 3 items{share} kept in CPU memory "
+               "(0.0 MB; validation.teacher_cache_mb 1)",
+        "some": f"validation: the teacher's outputs on 2 of 3 items{share} kept in CPU memory "
+                "(0.0 MB, 0.00 MB an item; validation.teacher_cache_mb 0.0001); the teacher "
+                "runs on the other 1 at each validation",
+        "none": "validation: no teacher output kept (validation.teacher_cache_mb 0, 0.00 MB an "
+                f"item): the teacher runs on the 3 items{share} at each validation"}
+
+
 def test_teacher_outputs_are_kept_in_cpu_memory_and_handed_out_on_the_runs_device():
     """A run on a GPU (faked: FakeTensorMode makes CUDA tensors without a GPU): the kept
     copies live in CPU memory, and each read moves them to the waveform's device."""

@@ -100,15 +100,14 @@ class ValidationOptions:
             kept in CPU memory between validations, per process (:class:`TeacherOutputs`;
             default 1024). Items are kept in order while they fit; the teacher runs again at
             each validation on the others (the scores are the same, bit for bit). 0: keep
-            none. About 1.1 MB an item of 2 s with ``se_two_step_gram``'s NSNet2 layers,
-            0.13 MB with output KD alone (``se_mixture``).
+            none; ``.inf``: no cap. About 1.1 MB an item of 2 s with ``se_two_step_gram``'s
+            NSNet2 layers, 0.13 MB with output KD alone (``se_mixture``).
 
     Raises:
-        ValueError: (on construction) ``items`` below 1, a negative ``teacher_cache_mb``,
-            an unknown ``best_metric``,
-            ``best_metric: pesq`` without ``pesq: true``, or ``keep_best``, ``pesq`` or a
-            ``best_metric`` other than ``si_sdr`` without ``speech_dir`` (no validation: the
-            setting would do nothing).
+        ValueError: (on construction) ``items`` below 1, a negative or NaN
+            ``teacher_cache_mb``, an unknown ``best_metric``, ``best_metric: pesq`` without
+            ``pesq: true``, or ``keep_best``, ``pesq`` or a ``best_metric`` other than
+            ``si_sdr`` without ``speech_dir`` (no validation: the setting would do nothing).
     """
 
     speech_dir: str | None = None
@@ -254,19 +253,20 @@ class TeacherOutputs:
     item by item when read, so a GPU run gives them none of its memory): the enhanced waveform
     when ``loss.output_kd_weight > 0`` (4 bytes a sample: 128 KB a 2 s item) and the distilled
     activations (4 ``K D`` bytes each: NSNet2's fc_in, gru1 and gru2 over 201 frames, 965 KB a
-    2 s item). For 32 items of 2 s: 4.2 MB (output KD alone, ``se_mixture``), 35 MB (output KD
+    2 s item). For 32 items of 2 s: 4.1 MB (output KD alone, ``se_mixture``), 35 MB (output KD
     and Gram KD on three NSNet2 layers, ``se_two_step_gram``).
 
     At most ``cap_mb`` megabytes are kept (``validation.teacher_cache_mb``): items are kept in
     the order they are first computed while the total fits; from the first item that would pass
     the cap on, none is kept (the items of a run have one length, so all that fit are kept: a
     cap of ``c`` bytes keeps ``floor(c / b)`` items of ``b`` bytes) and the teacher runs on the
-    others at each validation. :meth:`log_kept` says once what is kept.
+    others at each validation. :meth:`log_kept` says once what is kept. Under DDP each process
+    keeps its own items (``i mod world``) under its own cap.
 
     Args:
         layers: the teacher activation names the loss distils.
         keep_enhanced: keep the enhanced waveforms (output KD).
-        cap_mb: the most megabytes (10^6 bytes) kept, >= 0 (0: none).
+        cap_mb: the most megabytes (10^6 bytes) kept, >= 0 (0: none; ``inf``: no cap).
 
     Raises:
         ValueError: ``cap_mb`` negative (or NaN).
@@ -276,7 +276,8 @@ class TeacherOutputs:
         if not cap_mb >= 0:
             raise ValueError(f"teacher_cache_mb must be >= 0, got {cap_mb}")
         self.layers, self.keep_enhanced = tuple(layers), keep_enhanced
-        self.cap_mb, self.cap_bytes = cap_mb, round(cap_mb * 1e6)
+        self.cap_mb = cap_mb  # inf: no cap (round() of it would raise OverflowError)
+        self.cap_bytes = round(cap_mb * 1e6) if math.isfinite(cap_mb) else math.inf
         self._items: dict[int, object] = {}
         self._not_kept: set[int] = set()  # computed, but past the cap: run at each validation
         self._kept_bytes = 0  # of the kept copies (each its own storage: what nbytes counts)
@@ -330,26 +331,38 @@ class TeacherOutputs:
         """The items whose outputs are kept, in order."""
         return sorted(self._items)
 
-    def log_kept(self) -> None:
+    def log_kept(self, process_index: int = 0, num_processes: int = 1,
+                 items: int | None = None) -> None:
         """Log, once (after the first validation that ran the teacher), how many items' outputs
-        are kept and their megabytes, and how many are recomputed at each validation."""
+        are kept and their megabytes, and how many are recomputed at each validation.
+
+        Args:
+            process_index / num_processes: this process and the run's process count; with
+                several, the line says that its counts are this process's share (its items
+                ``i mod num_processes``, each process capped alone).
+            items: the validation items of all processes (said with several processes).
+        """
         if self._logged or not (self._items or self._not_kept):
             return
         self._logged = True
         kept, others = len(self._items), len(self._not_kept)
+        mine = "" if num_processes == 1 else (
+            f" of process {process_index} (of {num_processes} processes, "
+            f"{'?' if items is None else items} items in all; each process keeps its own "
+            "under the cap)")
         if not kept:
             logger.info("validation: no teacher output kept (validation.teacher_cache_mb %g, "
-                        "%.2f MB an item): the teacher runs on the %d items at each validation",
-                        self.cap_mb, self._item_bytes / 1e6, others)
+                        "%.2f MB an item): the teacher runs on the %d items%s at each "
+                        "validation", self.cap_mb, self._item_bytes / 1e6, others, mine)
         elif not others:
-            logger.info("validation: the teacher's outputs on all %d items kept in CPU memory "
-                        "(%.1f MB; validation.teacher_cache_mb %g)", kept, self.nbytes / 1e6,
-                        self.cap_mb)
+            logger.info("validation: the teacher's outputs on all %d items%s kept in CPU "
+                        "memory (%.1f MB; validation.teacher_cache_mb %g)", kept, mine,
+                        self.nbytes / 1e6, self.cap_mb)
         else:
-            logger.info("validation: the teacher's outputs on %d of %d items kept in CPU "
+            logger.info("validation: the teacher's outputs on %d of %d items%s kept in CPU "
                         "memory (%.1f MB, %.2f MB an item; validation.teacher_cache_mb %g); "
                         "the teacher runs on the other %d at each validation", kept,
-                        kept + others, self.nbytes / 1e6, self._item_bytes / 1e6,
+                        kept + others, mine, self.nbytes / 1e6, self._item_bytes / 1e6,
                         self.cap_mb, others)
 
 
@@ -421,7 +434,7 @@ def validate(acc, student, loss_fn, teacher, pairs: ValidationPairs, step: int,
         rows.append((i, row))
     model.train(was_training)
     if teacher_outputs is not None:
-        teacher_outputs.log_kept()
+        teacher_outputs.log_kept(acc.process_index, acc.num_processes, len(pairs))
     rows = gather_object(rows) if acc.num_processes > 1 else rows
     if not acc.is_main_process:
         return None
