@@ -20,6 +20,11 @@ from robustdistill.config import ConfigError, merge_config, read_config_file
 
 __all__ = ["ConfigError", "from_dict", "load_config", "to_dict"]
 
+#: The ``dataclasses.field`` metadata key of a float setting for which ``.inf`` is a value,
+#: mapped to what it means (``train-speaker``'s ``training.max_grad_norm``: no clipping); every
+#: other float must be finite, and ``.nan`` and ``-.inf`` are refused everywhere.
+INFINITE_OK = "infinite_ok"
+
 T = TypeVar("T")
 
 
@@ -52,7 +57,8 @@ def from_dict(config_class: type[T], data: dict[str, Any], prefix: str = "") -> 
 
     Nested dataclass fields, ``X | None``, ``list[X]`` and ``dict[str, X]`` are converted
     recursively; ints are accepted for float fields, which must be finite (YAML's ``.nan``
-    and ``.inf`` are refused).
+    and ``.inf`` are refused), but for a field whose metadata has :data:`INFINITE_OK`, which
+    also takes ``.inf``.
 
     Raises:
         ConfigError: unknown key (with the dotted path and the closest valid key), or a value
@@ -70,7 +76,9 @@ def from_dict(config_class: type[T], data: dict[str, Any], prefix: str = "") -> 
         raise ConfigError(
             f"unknown config key '{_join(prefix, key)}'{hint}; valid keys: {', '.join(fields)}"
         )
-    kwargs = {name: _convert(hints[name], value, _join(prefix, name)) for name, value in data.items()}
+    kwargs = {name: _convert(hints[name], value, _join(prefix, name),
+                             INFINITE_OK in fields[name].metadata)
+              for name, value in data.items()}
     try:
         return config_class(**kwargs)
     except (TypeError, ValueError) as err:  # missing required field, __post_init__ checks
@@ -81,7 +89,7 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else str(key)
 
 
-def _convert(hint: Any, value: Any, where: str) -> Any:
+def _convert(hint: Any, value: Any, where: str, infinite_ok: bool = False) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
@@ -92,7 +100,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _convert(arg, value, where)
+                return _convert(arg, value, where, infinite_ok)
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {hint}")
@@ -118,7 +126,8 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return float(value)
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
-    if hint is float and isinstance(value, float) and not math.isfinite(value):
+    if hint is float and isinstance(value, float) and not math.isfinite(value) \
+            and not (infinite_ok and value == math.inf):
         raise ConfigError(f"{where}: expected a finite number, got {value!r}")  # .nan, .inf
     if isinstance(hint, type) and not isinstance(value, hint):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")

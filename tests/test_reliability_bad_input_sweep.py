@@ -21,6 +21,12 @@ files and configs; docs/reliability.md, "Bad audio" and "Bad configs and argumen
   a warning now says so once per file;
 * ``distill --resume`` from a damaged newest checkpoint was a traceback (a ``checkpoint.json``
   that is not JSON, a file cut short); it is one line naming it and how to go on.
+
+Found in its review: the finite check refused ``train-speaker``'s documented
+``training.max_grad_norm: .inf`` (no clipping), so a run started with it could be neither
+resumed nor reused by the table; ``train-se``'s scan cache of a speech folder whose real name is
+not UTF-8 and its held-out test pairs' hash of such a file name were tracebacks; those pairs
+looped a short noise without the warning.
 """
 
 from __future__ import annotations
@@ -114,6 +120,45 @@ def test_train_se_speech_index_reads_a_file_name_that_is_not_utf8(tmp_path):
     assert real == SR // 2
     start = int(np.argmin(np.abs(x - crop[0])))
     np.testing.assert_array_equal(crop, x[start:start + SR // 2])
+
+
+def test_train_se_scan_cache_of_a_speech_folder_whose_real_name_is_not_utf8(tmp_path):
+    """``train-se``'s scan cache (on by default: ``<output_dir>/scan_cache``) is named by the
+    SHA-1 of the speech folder's resolved path: a folder (or a link to one) whose real name is
+    not UTF-8 was a ``UnicodeEncodeError`` traceback at start-up; a UTF-8 folder's cache file
+    keeps its name (the same bytes)."""
+    import hashlib
+
+    _not_utf8_ok(tmp_path)
+    from robustdistill.se.data import SpeechIndex
+
+    _write(tmp_path / NOT_UTF8 / "a.wav", _speech(1.0))
+    (tmp_path / "speech").symlink_to(tmp_path / NOT_UTF8)  # a YAML config names only the link
+    for _ in range(2):  # written, then read back
+        index = SpeechIndex(tmp_path / "speech", SR, scan_cache_dir=tmp_path / "cache")
+        assert [p.name for p in index.files] == ["a.wav"] and not index.skipped
+    digest = hashlib.sha1(os.fsencode(tmp_path / NOT_UTF8)).hexdigest()
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"{digest}.json"]
+    _write(tmp_path / "utf8" / "a.wav", _speech(1.0))
+    SpeechIndex(tmp_path / "utf8", SR, scan_cache_dir=tmp_path / "cache2")
+    digest = hashlib.sha1(str((tmp_path / "utf8").resolve()).encode()).hexdigest()
+    assert [p.name for p in (tmp_path / "cache2").iterdir()] == [f"{digest}.json"]
+
+
+def test_se_test_pairs_of_a_file_name_that_is_not_utf8_have_utf8_names_and_a_hash(tmp_path):
+    """``train-se``'s held-out pairs kept a name that is not UTF-8 as it was: their
+    :meth:`TestPairs.sha1` (the table's test set identity) was a ``UnicodeEncodeError``; the
+    name is now ``\\xff`` text, and a UTF-8 name is unchanged."""
+    _not_utf8_ok(tmp_path)
+    from robustdistill.se.evaluate import make_test_pairs
+
+    _write(tmp_path / "speech" / "s1" / f"{NOT_UTF8}.wav", _speech(1.0, seed=1))
+    _write(tmp_path / "speech" / "s2" / "ok ü.wav", _speech(1.0, seed=2))
+    _write(tmp_path / "noise" / "n.wav", _speech(2.0, seed=3))
+    pairs = make_test_pairs(tmp_path / "speech", tmp_path / "noise", snrs=(0.0,),
+                            per_speaker=1)
+    assert pairs.names == ["bad\\xff.wav", "ok ü.wav"]
+    assert len(pairs.sha1()) == 40
 
 
 def test_enhance_writes_a_file_name_that_is_not_utf8(tmp_path, gru_student_dir):
@@ -236,6 +281,28 @@ def test_train_se_refuses_a_learning_rate_or_clipping_norm_that_trains_nothing(k
     load_se_config(None, ["--training.learning_rate", "0"])  # 0: an untrained baseline
 
 
+def test_train_speaker_config_file_keeps_inf_as_no_clipping_and_refuses_other_nonfinite(
+        tmp_path):
+    """``train-speaker``'s ``training.max_grad_norm: .inf`` (no clipping: its only way off, as
+    the key must be > 0) is read from a config file, so a run started with it (strict JSON
+    stores it as ``null``, docs/reliability.md) can be resumed and reused by the table with the
+    same file; ``.nan`` and ``-.inf`` there, and ``.inf`` in any other float key, are refused."""
+    import math
+
+    from downstream.config import load_config
+    from robustdistill.config import ConfigError
+    from robustdistill.speaker.config import SpeakerKDConfig
+
+    path = tmp_path / "spk.yaml"
+    path.write_text("training:\n  max_grad_norm: .inf\n")
+    assert load_config(path, SpeakerKDConfig).training.max_grad_norm == math.inf
+    for key, value in (("max_grad_norm", ".nan"), ("max_grad_norm", "-.inf"), ("lr", ".inf"),
+                       ("weight_decay", ".inf")):
+        path.write_text(f"training:\n  {key}: {value}\n")
+        with pytest.raises(ConfigError, match=f"training.{key}: expected a finite number"):
+            load_config(path, SpeakerKDConfig)
+
+
 # ---------------------------------------------------------------- noise shorter than the crop
 def test_a_noise_recording_shorter_than_the_segment_is_looped_and_said_once(caplog):
     import logging
@@ -255,6 +322,35 @@ def test_a_noise_recording_shorter_than_the_segment_is_looped_and_said_once(capl
     assert said == ["noise short.wav (3 samples) is shorter than the 8-sample segment drawn: "
                     "looped (said once per file; a longer recording, or none this short, is "
                     "better)"]
+
+
+def test_se_test_pairs_say_once_that_they_loop_a_short_noise_and_mix_as_before(tmp_path,
+                                                                                caplog):
+    """``train-se``'s held-out pairs (:func:`robustdistill.se.evaluate.make_test_pairs`) drew
+    their noise without :meth:`NoiseBank.draw`, so a recording shorter than the utterance was
+    looped without the warning the other readers give; the same segments are drawn."""
+    import logging
+
+    from robustdistill.augment.noise import NoiseBank, mix_at_snr, noise_segment
+    from robustdistill.se.evaluate import make_test_pairs
+
+    for speaker, seed in (("s1", 1), ("s2", 2)):
+        _write(tmp_path / "speech" / speaker / "a.wav", _speech(1.0, seed))
+    rng = np.random.default_rng(9)
+    _write(tmp_path / "noise" / "short.wav", (0.1 * rng.standard_normal(SR // 4)).astype(
+        np.float32))
+    with caplog.at_level(logging.WARNING, logger="robustdistill.augment.noise"):
+        pairs = make_test_pairs(tmp_path / "speech", tmp_path / "noise", snrs=(0.0,),
+                                per_speaker=1)
+    said = [r.getMessage() for r in caplog.records if "looped" in r.getMessage()]
+    assert len(said) == 1 and "short.wav (4000 samples) is shorter than the 16000-sample" \
+        in said[0]
+    bank = NoiseBank.from_folder(tmp_path / "noise")
+    for i, x in enumerate(pairs.clean):  # the draws of before: index, then segment, per item
+        g = np.random.default_rng([0, i])
+        k = int(g.integers(len(bank)))
+        expected = mix_at_snr(x, noise_segment(bank.waveforms[k], x.size, g), 0.0)
+        np.testing.assert_array_equal(pairs.noisy[0.0][i], expected)
 
 
 # ---------------------------------------------------------------- damaged checkpoints

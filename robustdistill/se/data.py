@@ -310,7 +310,9 @@ class SpeechScanCache:
     """
 
     def __init__(self, folder: str | Path, root: str | Path):
-        digest = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()
+        # the path's bytes: a folder name that is not UTF-8 is a str with surrogate escapes,
+        # which str.encode refused (a traceback at train-se's start); UTF-8 names: same bytes
+        digest = hashlib.sha1(os.fsencode(Path(root).resolve())).hexdigest()
         self.path = Path(folder).expanduser() / f"{digest}.json"
         self.entries: dict[str, dict] = {}
         if self.path.is_file():

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..audio import AudioError, list_audio_files, load_audio
-from ..augment.noise import NoiseBank, mix_at_snr, noise_segment, white_if_silent
+from ..augment.noise import NoiseBank, mix_at_snr, white_if_silent
 from .teachers.base import FrameModel
 
 __all__ = ["TestPairs", "make_test_pairs", "evaluate_model", "METRICS", "scored_means"]
@@ -36,7 +36,8 @@ class TestPairs:
     Attributes:
         clean: one ``(N_i,)`` float32 array per utterance.
         noisy: SNR (dB) -> one ``(N_i,)`` array per utterance.
-        names: utterance file names.
+        names: utterance file names, as UTF-8 text (the bytes of a name that is not UTF-8
+            written as ``\\xff``).
         noisy_scores: SNR -> per-utterance ``{"si_sdr", "pesq", "stoi"}`` of the noisy input.
     """
 
@@ -71,7 +72,8 @@ def make_test_pairs(speech_dir: str | Path, noise_dir: str | Path,
     in) is skipped with a warning naming it and its reason, and the
     speaker's next file taken instead (the names, hence :meth:`TestPairs.sha1`, record which).
     A noise segment that is silent (a digitally silent stretch of its recording) is replaced,
-    with a warning, by white noise from the same generator.
+    with a warning, by white noise from the same generator; a recording shorter than the
+    utterance is looped, with a warning once per file (:meth:`NoiseBank.draw`).
 
     Args:
         speech_dir: folder of clean speech, one subfolder per speaker (searched recursively).
@@ -129,11 +131,13 @@ def make_test_pairs(speech_dir: str | Path, noise_dir: str | Path,
     scores: dict[float, list] = {s: [] for s in snrs}
     for i, (f, x) in enumerate(chosen):
         rng = np.random.default_rng([seed, i])
-        k = int(rng.integers(len(bank)))
-        seg, _ = white_if_silent(noise_segment(bank.waveforms[k], x.size, rng), rng,
-                                 bank.names[k])
+        drawn, k = bank.draw(x.size, rng)  # says once if it loops a recording shorter than x
+        seg, _ = white_if_silent(drawn, rng, bank.names[k])
         clean.append(x)
-        names.append(Path(f).name)
+        # as text: a name that is not UTF-8 (surrogate escapes) was a UnicodeEncodeError in
+        # sha1() and the results; written with \xff escapes (UTF-8 names unchanged)
+        names.append(Path(f).name.encode("utf-8", "surrogateescape")
+                     .decode("utf-8", "backslashreplace"))
         for s in snrs:
             y = mix_at_snr(x, seg, s)
             noisy[s].append(y)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from downstream.config import INFINITE_OK
+
 from .attribution import IGSettings
 
 __all__ = ["METHODS", "MIN_CROP_SECONDS", "DataConfig", "IGConfig", "LossConfig",
@@ -268,7 +270,7 @@ class TrainConfig:
         resume: continue from the newest complete checkpoint in ``output_dir/checkpoints``
             (refused when it was trained with other settings); False (default): start at epoch
             0 (refused when ``output_dir`` holds an earlier run's checkpoints).
-        max_grad_norm: clip the gradients' total L2 norm to this (> 0).
+        max_grad_norm: clip the gradients' total L2 norm to this (> 0; ``.inf``: no clipping).
         save_on_sigterm: on SIGTERM (a scheduler's preemption or time limit) finish the
             batch under way (its optimizer step), save a mid-epoch checkpoint
             ``epoch_N_batch_B`` (with the epoch's partial loss sums, so the resumed run logs
@@ -291,7 +293,7 @@ class TrainConfig:
     seed: int = 0
     cpu: bool = True
     resume: bool = False
-    max_grad_norm: float = 5.0
+    max_grad_norm: float = field(default=5.0, metadata={INFINITE_OK: "no clipping"})
     keep_checkpoints: int = 2
     save_on_sigterm: bool = True
 
