@@ -99,7 +99,8 @@ def read_environment(output_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def record_environment(output_dir: str | Path, start: int, unit: str = "step",
-                       config_changes: list[str] | None = None) -> dict[str, Any]:
+                       config_changes: list[str] | None = None,
+                       batch: int | None = None) -> dict[str, Any]:
     """Append this process's :func:`software_environment` to ``output_dir``'s
     :data:`ENVIRONMENT_FILE`, with where the run (re)started.
 
@@ -110,6 +111,10 @@ def record_environment(output_dir: str | Path, start: int, unit: str = "step",
         config_changes: for a resume, how its settings differ from those the run was started
             (or last resumed) with (:func:`robustdistill.run_settings.config_changes`); written
             as ``config_changes`` when there are any.
+        batch: for a resume from a mid-epoch checkpoint (``train-speaker``'s
+            ``epoch_N_batch_B``): the B batches of epoch N + 1 already done (``start`` is N
+            epochs), written as ``"start": {"epoch": N, "batch": B}``; None (default): the run
+            starts at a step or at an epoch's start, and the record has no ``batch``.
 
     Returns:
         The record written: ``{"start": {unit: start}, "time": ISO 8601 UTC, "cwd": the
@@ -120,7 +125,7 @@ def record_environment(output_dir: str | Path, start: int, unit: str = "step",
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / ENVIRONMENT_FILE
-    record = {"start": {unit: int(start)},
+    record = {"start": {unit: int(start), **({} if batch is None else {"batch": int(batch)})},
               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "cwd": os.getcwd(), **software_environment()}
     if config_changes:
@@ -171,13 +176,18 @@ def describe_software(records: list[dict[str, Any]]) -> str:
 
 def describe_config_changes(records: list[dict[str, Any]]) -> str:
     """One line for a model card: the settings each resume changed (``config_changes`` of
-    :func:`record_environment`), e.g. ``"at step 2: training.learning_rate 0.001 -> 0.0005"``;
+    :func:`record_environment`), e.g. ``"at step 2: training.learning_rate 0.001 -> 0.0005"``
+    (a mid-epoch resume, ``{"epoch": 2, "batch": 5}``: ``"after batch 5 of epoch 3: ..."``);
     ``""`` when no resume changed any (the card's config is then the whole run's)."""
     parts = []
     for record in records:
         changes = record.get("config_changes")
         if changes:
             start = record.get("start") or {}
-            where = ", ".join(f"{unit} {value}" for unit, value in start.items()) or "a resume"
-            parts.append(f"at {where}: " + "; ".join(str(c) for c in changes))
+            if isinstance(start.get("epoch"), int) and start.get("batch"):  # N epochs, B batches
+                where = f"after batch {start['batch']} of epoch {start['epoch'] + 1}"
+            else:
+                where = "at " + (", ".join(f"{unit} {value}" for unit, value in start.items())
+                                 or "a resume")
+            parts.append(f"{where}: " + "; ".join(str(c) for c in changes))
     return "; ".join(parts)

@@ -12,6 +12,7 @@ import yaml
 
 from robustdistill.environment import (
     ENVIRONMENT_FILE,
+    describe_config_changes,
     describe_software,
     git_state,
     read_environment,
@@ -77,6 +78,19 @@ def test_each_start_appends_a_record_and_the_card_line_says_what_changed(tmp_pat
     assert (tmp_path / f"{ENVIRONMENT_FILE}.unreadable").read_text() == '[{"start": '
     assert sorted(p.name for p in tmp_path.iterdir()) == [ENVIRONMENT_FILE,
                                                           f"{ENVIRONMENT_FILE}.unreadable"]
+
+
+def test_a_mid_epoch_resume_records_its_batch_and_the_card_line_names_it(tmp_path):
+    """``train-speaker``'s ``epoch_N_batch_B``: N epochs and B batches of epoch N + 1 done."""
+    record_environment(tmp_path, 0, unit="epoch")
+    record_environment(tmp_path, 2, unit="epoch", batch=5, config_changes=["a.b 1 -> 2"])
+    record_environment(tmp_path, 3, unit="epoch", config_changes=["a.b 2 -> 3"])
+    records = read_environment(tmp_path)
+    assert [r["start"] for r in records] == [{"epoch": 0}, {"epoch": 2, "batch": 5},
+                                             {"epoch": 3}]
+    # not "at epoch 2, batch 5": the resume went on inside epoch 3
+    assert describe_config_changes(records) == ("after batch 5 of epoch 3: a.b 1 -> 2; "
+                                                "at epoch 3: a.b 2 -> 3")
 
 
 def test_commit_and_uncommitted_changes_are_in_the_line():

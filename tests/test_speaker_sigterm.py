@@ -18,6 +18,7 @@ import pytest
 from conftest import speaker_kd_config
 
 from downstream.config import from_dict, to_dict
+from robustdistill.environment import read_environment
 from robustdistill.interrupts import handled
 from robustdistill.speaker import cli as cli_mod
 from robustdistill.speaker import run_folder as run_folder_mod
@@ -137,6 +138,11 @@ def test_sigterm_saves_the_batch_under_way_and_the_resume_equals_an_uninterrupte
                                .splitlines()]))
     assert _result(run) == _result(whole)
     assert _names(run) == ["epoch_2", "epoch_3"]  # keep_checkpoints 2; the partial one went
+    # environment.json: the start, then the resume at the checkpoint's epochs and batches done
+    # (the record used to say the epoch only, as if the resume had replayed the whole epoch)
+    resumed_at = ({"epoch": 2} if saved == "epoch_2"
+                  else {"epoch": call // 3, "batch": 2})
+    assert [r["start"] for r in read_environment(run)] == [{"epoch": 0}, resumed_at]
 
 
 def test_with_save_on_sigterm_false_sigterm_stops_at_once_and_loses_the_epoch(

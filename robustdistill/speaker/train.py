@@ -17,11 +17,11 @@ AM-softmax cosines times the scale, without margin. Training follows the trainer
 ``accelerate`` (``Accelerator``, ``prepare``, ``save_state`` / ``load_state``), one checkpoint
 per epoch, exact resume (the batch order of epoch ``e`` is a permutation seeded by
 ``(seed, e)``), ``metrics.jsonl`` (one JSON object per epoch), ``config.yaml``,
-``environment.json`` (software versions at each start). A SIGTERM
-(``training.save_on_sigterm``, default true) finishes the batch under way and saves a mid-epoch
-checkpoint ``epoch_N_batch_B`` holding the epoch's partial sums; the resume goes on from the
-next batch of that epoch and ends as the uninterrupted run (weights, ``metrics.jsonl``,
-``result.json``, wall-clock fields aside).
+``environment.json`` (software versions at each start and resume, and where: the epoch, and
+the batch for a mid-epoch one). A SIGTERM (``training.save_on_sigterm``, default true)
+finishes the batch under way and saves a mid-epoch checkpoint ``epoch_N_batch_B`` holding the
+epoch's partial sums; the resume goes on from the next batch of that epoch and ends as the
+uninterrupted run (weights, ``metrics.jsonl``, ``result.json``, wall-clock fields aside).
 
 Usage::
 
@@ -183,7 +183,8 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
     elif accelerator.is_main_process:
         logged_epochs(log_path, 0)  # a log left by a run killed before its first checkpoint
     if accelerator.is_main_process:
-        record_environment(out_dir, start_epoch, unit="epoch")
+        record_environment(out_dir, start_epoch, unit="epoch",
+                           batch=partial["batches"] if partial is not None else None)
 
     weights = cfg.loss.weights()
     settings = cfg.ig.settings()
