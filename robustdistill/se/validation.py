@@ -38,11 +38,13 @@ import logging
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from downstream.config import INFINITE_OK
 
 from ..audio import list_audio_files
 from ..config import ConfigError
@@ -117,7 +119,7 @@ class ValidationOptions:
     pesq: bool = False
     best_metric: str = "si_sdr"
     keep_best: bool = False
-    teacher_cache_mb: float = 1024.0
+    teacher_cache_mb: float = field(default=1024.0, metadata={INFINITE_OK: "no cap"})
 
     def __post_init__(self) -> None:
         if self.items < 1:
