@@ -18,6 +18,7 @@ resampling uses ``soxr`` (VHQ). No FFmpeg or torchaudio is needed.
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 import re
@@ -50,6 +51,8 @@ __all__ = [
     "resample",
     "to_mono",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: The sample rate (Hz) of every SSL speech encoder the library handles.
 SAMPLE_RATE = 16_000
@@ -496,10 +499,13 @@ def list_audio_files(
 
     Symbolic links to folders are followed (a corpus folder made of links to its subsets),
     each real folder searched once: a link back up the tree (a loop) or a second link to a
-    folder already searched adds nothing. A dangling link (its target deleted, or on a volume
-    not mounted) is listed when its name has an audio suffix, so that its reader names it and
-    counts it (``"unreadable"``: cannot open) instead of the file silently missing from the
-    corpus; a loop of links to files is left out.
+    folder already searched adds nothing. A link that cannot be followed (:func:`_dangling`:
+    its target deleted, or on a volume not mounted, or a loop of links) is listed when its
+    name has an audio suffix, so that its reader names it and counts it (``"unreadable"``:
+    cannot open) instead of the file silently missing from the corpus; one without (a link to
+    a folder no longer there) is named in a warning (once a process), as not searched.
+    Callers that compare listed files use :func:`os.path.realpath` (``Path.resolve`` raises
+    on a loop).
 
     Args:
         root: a folder, or a single audio file.
@@ -517,17 +523,28 @@ def list_audio_files(
     if root.is_file():
         files = [root] if root.suffix.lower() in suffixes else []
     else:
-        files = sorted(p for p in _walk_files(root) if p.suffix.lower() in suffixes)
+        listed = _walk_files(root)
+        files = sorted(p for p in listed if p.suffix.lower() in suffixes)
+        lost = sorted(str(p) for p in listed if p.suffix.lower() not in suffixes
+                      and _dangling(str(p)) and str(p) not in _SAID_BROKEN)
+        _SAID_BROKEN.update(lost)
+        if lost:  # e.g. a link to a corpus subset on a volume not mounted; said once a process
+            logger.warning("%s: %d symbolic link(s) that cannot be followed, not searched: %s",
+                           root, len(lost), "; ".join(lost[:5]))
     if not files:
         raise FileNotFoundError(f"no audio files ({', '.join(suffixes)}) found under {root}")
     return files
+
+
+#: Links without an audio suffix that cannot be followed, already named in a warning.
+_SAID_BROKEN: set[str] = set()
 
 
 def _walk_files(root: Path) -> list[Path]:
     """Every file below the folder ``root``, through symbolic links to folders, each real
     folder (device, inode) visited once, folders in sorted order (which path a folder reached
     twice is listed under does not depend on the file system's listing order); also every
-    dangling link (:func:`_dangling`), for the reader to name."""
+    link that cannot be followed (:func:`_dangling`), for the reader to name."""
     files: list[Path] = []
     seen: set[tuple[int, int]] = set()
     for folder, subfolders, names in os.walk(root, followlinks=True):
@@ -548,15 +565,12 @@ def _walk_files(root: Path) -> list[Path]:
 
 
 def _dangling(path: str) -> bool:
-    """Whether ``path`` is a symbolic link whose target does not exist (deleted, or on a
-    volume not mounted). A loop of links is not one: ``Path.resolve`` raises on it, and
-    readers resolve the files they are given."""
+    """Whether ``path`` is a symbolic link that cannot be followed: its target does not exist
+    (deleted, or on a volume not mounted), or a loop of links (ELOOP)."""
     if not os.path.islink(path):
         return False
     try:
         os.stat(path)
-    except FileNotFoundError:
+    except OSError:
         return True
-    except OSError:  # ELOOP and the like
-        return False
     return False

@@ -3,7 +3,8 @@ files and configs; docs/reliability.md, "Bad audio" and "Bad configs and argumen
 
 * a dangling symbolic link named ``.wav`` (its target deleted, or on a volume not mounted)
   was left out of every data folder without a word; it is now listed, and its reader names it
-  and counts it as ``unreadable``;
+  and counts it as ``unreadable``; so is a loop of links (later: ``Path.resolve`` raised on it
+  in ``train-se``'s validation and ``enhance``);
 * a file name that is not UTF-8 crashed ``train-se`` (its speech index) and ``enhance`` with
   ``UnicodeEncodeError`` tracebacks (soundfile encodes a ``str`` path strictly), and
   ``evaluate`` once the head was trained (item keys are hashed and written as UTF-8);
@@ -26,7 +27,8 @@ Found in its review: the finite check refused ``train-speaker``'s documented
 ``training.max_grad_norm: .inf`` (no clipping), so a run started with it could be neither
 resumed nor reused by the table; ``train-se``'s scan cache of a speech folder whose real name is
 not UTF-8 and its held-out test pairs' hash of such a file name were tracebacks; those pairs
-looped a short noise without the warning.
+looped a short noise without the warning. Later: a dataset's drop summary counted every item
+that was not too short as "unreadable" (``final_state.json`` had the real reasons).
 """
 
 from __future__ import annotations
@@ -67,16 +69,37 @@ def _not_utf8_ok(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- dangling symbolic links
-def test_a_dangling_link_is_listed_and_skipped_by_name_a_link_loop_is_left_out(tmp_path):
+def _link_loop(folder: Path) -> list[Path]:
+    """``loop_a.wav -> loop_b.wav -> loop_a.wav`` in ``folder``: opening either fails (ELOOP)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "loop_a.wav").symlink_to(folder / "loop_b.wav")
+    (folder / "loop_b.wav").symlink_to(folder / "loop_a.wav")
+    return [folder / "loop_a.wav", folder / "loop_b.wav"]
+
+
+def test_a_dangling_link_and_a_link_loop_are_listed_and_skipped_by_name(tmp_path, caplog):
+    """Both were left out of every folder without a word (the loop was left out because
+    ``Path.resolve`` raised on it in ``train-se``'s validation and ``enhance``); a link without
+    an audio suffix that cannot be followed (a subset folder on a volume not mounted) is named
+    in a warning, as not searched."""
+    import logging
+
     good = _write(tmp_path / "data" / "good.wav", _speech())
     (tmp_path / "data" / "gone.wav").symlink_to(tmp_path / "elsewhere" / "gone.wav")
-    (tmp_path / "data" / "loop_a.wav").symlink_to(tmp_path / "data" / "loop_b.wav")
-    (tmp_path / "data" / "loop_b.wav").symlink_to(tmp_path / "data" / "loop_a.wav")
-    files = list_audio_files(tmp_path / "data")
-    assert files == [tmp_path / "data" / "gone.wav", good]
+    loop = _link_loop(tmp_path / "data")
+    (tmp_path / "data" / "train-other-500").symlink_to(tmp_path / "unmounted" / "train-other")
+    with caplog.at_level(logging.WARNING, logger="robustdistill.audio"):
+        files = list_audio_files(tmp_path / "data")
+    assert files == [tmp_path / "data" / "gone.wav", good, *loop]
+    assert caplog.messages == [f"{tmp_path / 'data'}: 1 symbolic link(s) that cannot be "
+                               f"followed, not searched: {tmp_path / 'data' / 'train-other-500'}"]
     with pytest.raises(AudioError, match=r"gone\.wav: cannot open \(No such file") as err:
         probe_audio(files[0])
     assert err.value.reason == "unreadable"
+    for read in (probe_audio, load_audio):
+        with pytest.raises(AudioError, match=r"loop_a\.wav: cannot open \(") as err:
+            read(loop[0])
+        assert err.value.reason == "unreadable"
 
     from robustdistill.data.files import AudioFileDataset
 
@@ -84,7 +107,95 @@ def test_a_dangling_link_is_listed_and_skipped_by_name_a_link_loop_is_left_out(t
                                random_crop=False)
     assert dataset.files == [good]
     assert {str(k): v for k, v in dataset.skipped.items()} == {
-        str(tmp_path / "data" / "gone.wav"): "unreadable"}
+        str(p): "unreadable" for p in (tmp_path / "data" / "gone.wav", *loop)}
+
+
+def test_the_drop_summary_counts_the_items_by_their_reasons(tmp_path, caplog):
+    """It said "N unreadable" for every item dropped but too short (a 1 Hz header is
+    ``invalid``, a 0-byte file ``empty``); the reasons are those of ``skipped`` (and so of
+    ``final_state.json``)."""
+    import logging
+    import struct
+
+    from robustdistill.data.files import AudioFileDataset
+
+    good = _write(tmp_path / "good.wav", _speech(1.0))
+    data = bytearray(good.read_bytes())
+    data[24:28], data[28:32] = struct.pack("<I", 1), struct.pack("<I", 2)  # 1 Hz, 2 bytes/s
+    (tmp_path / "one_hz.wav").write_bytes(bytes(data))
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "text.flac").write_text("not audio\n")
+    _write(tmp_path / "short.wav", _speech(0.05))
+    files = list_audio_files(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="robustdistill.data"):
+        dataset = AudioFileDataset(files, max_length_s=0.5, min_length_s=0.1, seed=0)
+    assert dataset.files == [good]
+    assert dataset.skipped_counts() == {"empty": 1, "invalid": 1, "unreadable": 1,
+                                        "too short": 1}
+    (message,) = caplog.messages
+    assert message.startswith("AudioFileDataset: dropped 4 of 5 items: 1 shorter than "
+                              "min_length_s=0.10 s, 1 empty, 1 invalid, 1 unreadable; first: ")
+    assert all(f"{tmp_path / n} (" in message
+               for n in ("empty.wav", "one_hz.wav", "short.wav", "text.flac"))
+
+
+def test_distill_names_and_counts_a_link_loop_in_its_training_folder(tmp_path, tiny_wavlm_dir):
+    import json
+
+    from conftest import tiny_run_config
+
+    from robustdistill.trainer import train
+
+    for i in range(8):
+        _write(tmp_path / "train" / f"{i}.wav", _speech(1.0, seed=i))
+    loop = _link_loop(tmp_path / "train")
+    cfg = tiny_run_config(tmp_path, tiny_wavlm_dir, "run", **{
+        "data.synthetic_items": 0, "data.train_dir": str(tmp_path / "train"),
+        "training.max_steps": 2})
+    train(cfg)
+    final = json.loads((tmp_path / "run" / "final_state.json").read_text())
+    assert final["step"] == 2
+    assert final["skipped_audio"]["items"] == {str(p): "unreadable" for p in loop}
+    assert final["skipped_audio"]["by_reason"] == {"unreadable": 2}
+
+
+def test_train_se_names_and_counts_a_link_loop_in_its_validation_folder(tmp_path, caplog):
+    import logging
+
+    from conftest import se_train_args, write_se_data
+    from test_se_validation import _rows, _validation_args, _write_validation_data
+
+    from robustdistill.se.train import load_se_config, train_se
+
+    write_se_data(tmp_path)
+    _write_validation_data(tmp_path)
+    loop = _link_loop(tmp_path / "vspeech" / "spk9")
+    run = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):  # Path.resolve raised RuntimeError at start-up
+        train_se(load_se_config(None, se_train_args(tmp_path, run, 2,
+                                                    *_validation_args(tmp_path))))
+    for path in loop:
+        assert f"skipping speech file {path} [unreadable]: {path}: cannot open (" in caplog.text
+    assert f"2 of 4 speech files below {tmp_path / 'vspeech'} dropped" in caplog.text
+    assert len(_rows(run, "validation")) == 2
+
+
+def test_enhance_names_and_counts_a_link_loop_in_its_input_folder(tmp_path, gru_student_dir,
+                                                                  caplog):
+    import logging
+
+    from robustdistill.se.enhance import main
+
+    _write(tmp_path / "in" / "good.wav", _speech(1.0))
+    loop = _link_loop(tmp_path / "in" / "sub")
+    for out in (tmp_path / "out", tmp_path / "in" / "enhanced"):  # the second: inside the input
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="robustdistill.se.enhance"):
+            assert main([str(tmp_path / "in"), str(out), "--model", str(gru_student_dir)]) == 0
+        assert [p.name for p in out.rglob("*.wav")] == ["good.wav"]
+        for path in loop:
+            assert f"skipping {path} [unreadable]: {path}: cannot open (" in caplog.text
+        assert f"1 file(s) enhanced into {out}; 2 skipped (unreadable: 2)" in caplog.text
 
 
 def test_evaluate_data_counts_a_dangling_link(tmp_path):

@@ -244,8 +244,9 @@ def _positive_seconds(text: str) -> float:
 
 
 def _same_file(a: Path, b: Path) -> bool:
-    """Whether writing ``b`` would replace ``a`` (same path, or a link to the same file)."""
-    if a.resolve() == b.resolve():
+    """Whether writing ``b`` would replace ``a`` (same path, or a link to the same file).
+    ``os.path.realpath``: ``Path.resolve`` raises on a loop of links (listed, then skipped)."""
+    if os.path.realpath(a) == os.path.realpath(b):
         return True
     try:
         return b.exists() and os.path.samefile(a, b)
@@ -295,7 +296,8 @@ def main(argv: list[str]) -> int:
         except FileNotFoundError as err:
             parser.error(str(err))
         if dst.resolve().is_relative_to(src.resolve()):  # e.g. enhance data data/enhanced
-            inside = [f for f in files if f.resolve().is_relative_to(dst.resolve())]
+            inside = [f for f in files  # realpath: Path.resolve raises on a loop of links
+                      if Path(os.path.realpath(f)).is_relative_to(dst.resolve())]
             if inside:  # earlier outputs are not inputs (a rerun would enhance them again)
                 logger.info("leaving out %d file(s) under the output folder %s", len(inside),
                             dst)

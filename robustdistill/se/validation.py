@@ -187,11 +187,12 @@ class ValidationPairs:
 
 def _shared_files(a: str | Path, b: str | Path | None) -> list[Path]:
     """The audio files below ``a`` that are (resolved) also below ``b``; [] when ``b`` is
-    None or either folder is missing."""
+    None or either folder is missing. ``os.path.realpath``: ``Path.resolve`` raises on a
+    listed loop of links."""
     if b is None or not Path(a).is_dir() or not Path(b).is_dir():
         return []
-    other = {f.resolve() for f in list_audio_files(b)}
-    return [f for f in list_audio_files(a) if f.resolve() in other]
+    other = {os.path.realpath(f) for f in list_audio_files(b)}
+    return [f for f in list_audio_files(a) if os.path.realpath(f) in other]
 
 
 def make_validation_pairs(data: PairConfig, options: ValidationOptions, seed: int
