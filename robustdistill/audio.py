@@ -523,10 +523,10 @@ def list_audio_files(
     if root.is_file():
         files = [root] if root.suffix.lower() in suffixes else []
     else:
-        listed = _walk_files(root)
+        listed, broken = _walk_files(root)
         files = sorted(p for p in listed if p.suffix.lower() in suffixes)
-        lost = sorted(str(p) for p in listed if p.suffix.lower() not in suffixes
-                      and _dangling(str(p)) and str(p) not in _SAID_BROKEN)
+        lost = sorted(str(p) for p in broken if p.suffix.lower() not in suffixes
+                      and str(p) not in _SAID_BROKEN)
         _SAID_BROKEN.update(lost)
         if lost:  # e.g. a link to a corpus subset on a volume not mounted; said once a process
             logger.warning("%s: %d symbolic link(s) that cannot be followed, not searched: %s",
@@ -540,12 +540,18 @@ def list_audio_files(
 _SAID_BROKEN: set[str] = set()
 
 
-def _walk_files(root: Path) -> list[Path]:
+def _walk_files(root: Path) -> tuple[list[Path], list[Path]]:
     """Every file below the folder ``root``, through symbolic links to folders, each real
     folder (device, inode) visited once, folders in sorted order (which path a folder reached
     twice is listed under does not depend on the file system's listing order); also every
-    link that cannot be followed (:func:`_dangling`), for the reader to name."""
+    link that cannot be followed (:func:`_dangling`), for the reader to name.
+
+    Returns:
+        ``(files, broken)``: ``files`` includes the links that cannot be followed; ``broken``
+        is those links alone (found while listing: no second look at each file).
+    """
     files: list[Path] = []
+    broken: list[Path] = []
     seen: set[tuple[int, int]] = set()
     for folder, subfolders, names in os.walk(root, followlinks=True):
         try:
@@ -558,10 +564,14 @@ def _walk_files(root: Path) -> list[Path]:
             continue
         seen.add((st.st_dev, st.st_ino))
         subfolders.sort()
-        files.extend(Path(folder) / name for name in names
-                     if os.path.isfile(path := os.path.join(folder, name))
-                     or _dangling(path))
-    return files
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                files.append(Path(path))
+            elif _dangling(path):
+                files.append(Path(path))
+                broken.append(Path(path))
+    return files, broken
 
 
 def _dangling(path: str) -> bool:

@@ -139,6 +139,51 @@ def test_the_drop_summary_counts_the_items_by_their_reasons(tmp_path, caplog):
                for n in ("empty.wav", "one_hz.wav", "short.wav", "text.flac"))
 
 
+def test_the_drop_summary_leaves_out_a_zero_too_short_count(tmp_path, caplog):
+    """A folder whose only bad items are unreadable said "0 shorter than min_length_s=0.50 s,
+    2 unreadable" (review of the reasons' summary: zero counts are left out, this one too)."""
+    import logging
+
+    from robustdistill.data.files import AudioFileDataset
+
+    good = _write(tmp_path / "good.wav", _speech(1.0))
+    (tmp_path / "empty.wav").write_bytes(b"")
+    loop = _link_loop(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="robustdistill.data"):
+        dataset = AudioFileDataset(list_audio_files(tmp_path), max_length_s=0.5,
+                                   min_length_s=0.1, seed=0)
+    assert dataset.files == [good]
+    (message,) = caplog.messages
+    assert message.startswith("AudioFileDataset: dropped 3 of 4 items: 1 empty, "
+                              "2 unreadable; first: ")
+    assert all(f"{p} (" in message for p in (tmp_path / "empty.wav", *loop))
+
+
+def test_listing_a_folder_checks_for_broken_links_only_among_what_is_not_a_file(
+        tmp_path, monkeypatch):
+    """The warning about links without an audio suffix that cannot be followed re-checked
+    every listed file (an ``lstat`` each: 25 % slower over a folder of 20 000 ``.flac`` and
+    20 000 ``.txt``); the walk already knows which entries are broken links."""
+    import robustdistill.audio as audio
+
+    for i in range(3):
+        (tmp_path / f"{i}.txt").write_text("transcript\n")
+        _write(tmp_path / f"{i}.wav", _speech(0.1))
+    (tmp_path / "notes.txt").symlink_to(tmp_path / "gone" / "notes.txt")
+    loop = _link_loop(tmp_path)
+    checked: list[str] = []
+
+    def counting(path: str) -> bool:
+        checked.append(os.path.basename(path))
+        return real(path)
+
+    real = audio._dangling
+    monkeypatch.setattr(audio, "_dangling", counting)
+    files = list_audio_files(tmp_path)
+    assert files == sorted([tmp_path / f"{i}.wav" for i in range(3)] + loop)
+    assert sorted(checked) == sorted(["notes.txt", *(p.name for p in loop)])
+
+
 def test_distill_names_and_counts_a_link_loop_in_its_training_folder(tmp_path, tiny_wavlm_dir):
     import json
 

@@ -124,8 +124,8 @@ class _CroppedAudioDataset(torch.utils.data.Dataset):
     def _scan(self, sources: list[Any]) -> tuple[list[Any], np.ndarray]:
         """Read every header once; drop unreadable and too-short items, each logged once (INFO)
         with its reason and recorded in :attr:`skipped`, then one summary warning counting
-        them by reason (``"dropped 3 of 9 items: 1 shorter than min_length_s=0.50 s,
-        1 empty, 1 invalid; first: ..."``)."""
+        them by reason, zero counts left out (``"dropped 3 of 9 items: 1 shorter than
+        min_length_s=0.50 s, 1 empty, 1 invalid; first: ..."``)."""
         kept, lengths, too_short, unreadable = [], [], [], []
         reasons: dict[str, int] = {}  # of the items in ``unreadable``, as in :attr:`skipped`
         for source, probe in zip(sources, self._probe_all(sources), strict=True):
@@ -146,15 +146,15 @@ class _CroppedAudioDataset(torch.utils.data.Dataset):
             kept.append(source)
             lengths.append(length)
         if too_short or unreadable:
-            others = "".join(f", {n} {r}" for r, n in sorted(reasons.items()))
+            counts = [f"{len(too_short)} shorter than min_length_s={self.min_length_s:.2f} s"
+                      ] if too_short else []  # no zero counts
+            counts += [f"{n} {r}" for r, n in sorted(reasons.items())]
             logger.warning(
-                "%s: dropped %d of %d items: %d shorter than min_length_s=%.2f s%s; first: %s",
+                "%s: dropped %d of %d items: %s; first: %s",
                 type(self).__name__,
                 len(too_short) + len(unreadable),
                 len(sources),
-                len(too_short),
-                self.min_length_s,
-                others,
+                ", ".join(counts),
                 "; ".join((unreadable + too_short)[:_NAMES_IN_WARNING]),
             )
         if not kept:
