@@ -347,6 +347,15 @@ def _sound_file(handle) -> sf.SoundFile:
     return sf.SoundFile(fd, closefd=False)
 
 
+def _decode_error(err: Exception) -> str:
+    """The text of a decode error without libsndfile's "Error opening ...: " prefix, which
+    names what it was handed (a file descriptor, "Error opening 6", or a file object), not
+    the file: callers name the file themselves."""
+    if isinstance(err, sf.LibsndfileError):
+        return err.error_string
+    return str(err)
+
+
 def probe_audio(source: str | os.PathLike | bytes) -> AudioInfo:
     """Read only the header of an audio file (or its bytes).
 
@@ -360,7 +369,8 @@ def probe_audio(source: str | os.PathLike | bytes) -> AudioInfo:
         try:
             info = sf.info(handle)
         except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as err:
-            raise AudioError(f"{name}: not readable as audio ({err})", "unreadable") from err
+            raise AudioError(f"{name}: not readable as audio ({_decode_error(err)})",
+                             "unreadable") from err
     _refuse_short_chunk(info.extra_info, name)
     if info.samplerate < MIN_SAMPLE_RATE:
         raise AudioError(f"{name}: its header says {info.samplerate} Hz, below "
@@ -387,7 +397,8 @@ def decode_audio(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
                 header = audio.extra_info
                 data = audio.read(dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as err:
-            raise AudioError(f"{name}: cannot decode audio ({err})", "unreadable") from err
+            raise AudioError(f"{name}: cannot decode audio ({_decode_error(err)})",
+                             "unreadable") from err
     _refuse_short_chunk(header, name)
     if 0 < announced < SF_UNKNOWN_FRAMES and len(data) < announced:
         raise AudioError(f"{name}: truncated: decoded {len(data)} of the {announced} frames "
@@ -483,7 +494,8 @@ def load_audio_window(
                 audio.seek(first)
                 data = audio.read(frames, dtype="float32", always_2d=False)
         except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as err:
-            raise AudioError(f"{name}: cannot decode audio ({err})", "unreadable") from err
+            raise AudioError(f"{name}: cannot decode audio ({_decode_error(err)})",
+                             "unreadable") from err
     window = prepare_waveform(data, sr, target_sr, name=name, allow_silence=True)
     window = window[offset: offset + num_samples]
     if len(window) < num_samples:

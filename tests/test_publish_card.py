@@ -410,7 +410,8 @@ def test_card_of_a_checkpoint_reports_its_step(run):
 def test_card_of_a_run_stopped_by_nonfinite_steps_says_where_it_stopped(run, legacy):
     """Stopped at step 120 of its 200 by 4 NaN steps in a row (stopped.json, no
     final_state.json): the card says step 120 and whose weights the checkpoint holds, never
-    "step 120 of the 200-step run" or "trained for only 200 steps"; the last validation's
+    "step 120 of the 200-step run" or "trained for only 200 steps", nor "trained for only 120
+    steps" (steps 117-120 were skipped: the weights are of step 116); the last validation's
     non-finite loss, ``null`` (strict JSON) or a bare ``NaN`` (older log), reads alike."""
     (run["run"] / "final_state.json").unlink()
     (run["run"] / "stopped.json").write_text(json.dumps({
@@ -427,14 +428,18 @@ def test_card_of_a_run_stopped_by_nonfinite_steps_says_where_it_stopped(run, leg
     card = build_card(run["student"], [], run["run"], license="mit", speed=False, step=120)
     assert (f"Result: these weights are the checkpoint at step 120, which holds the weights "
             f"of step 116; {stop}; last validation loss nan (step 118)") in card.text
-    assert "200-step run" not in card.text and "It was trained for only 120 steps" in card.text
+    only = ("It was trained for only 116 steps (a CPU-sized run; steps 117-120 were skipped "
+            "for a NaN/Inf loss or gradient, and the run stopped at step 120); the papers'")
+    assert "200-step run" not in card.text and only in card.text
+    assert "trained for only 120 steps" not in card.text
     earlier = build_card(run["student"], [], run["run"], license="mit", speed=False, step=100)
     assert (f"these weights are the checkpoint at step 100; {stop}; last validation loss "
             "3.6000 (step 100)") in earlier.text
     exported = build_card(run["student"], [], run["run"], license="mit", speed=False)
     assert (f"Result: {stop}; its last checkpoint holds the weights of step 116; last "
             "validation loss nan (step 118)") in exported.text
-    assert "It was trained for only 120 steps" in exported.text
+    assert only in exported.text and "It was trained for only 100 steps (a CPU-sized run);" \
+        in earlier.text
 
 
 def test_heads_come_from_beside_the_exported_student(run, tmp_path):

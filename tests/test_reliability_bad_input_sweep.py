@@ -259,6 +259,30 @@ def test_evaluate_data_counts_a_dangling_link(tmp_path):
     assert skipped == {"train": 0, "dev": 0, "test": 1}
 
 
+def test_evaluate_names_the_file_not_a_descriptor_when_a_header_is_not_audio(tmp_path, caplog):
+    """Decoded over a file descriptor, libsndfile said "Error opening 6: Format not
+    recognised.": the skip names the file once, and no descriptor."""
+    import logging
+
+    from downstream.data import SourceConfig, load_source
+    from downstream.decoding import decode_all
+
+    _write(tmp_path / "ks" / "0_a_0.wav", _speech())
+    text = tmp_path / "ks" / "1_a_0.wav"
+    text.write_text("this is not audio\n" * 20)
+    utterances = load_source(SourceConfig(
+        root=str(tmp_path / "ks"), pattern=r"(?P<label>\d)_(?P<speaker>[a-z]+)_\d+\.wav$"))
+    with caplog.at_level(logging.WARNING):
+        waveforms, skipped = decode_all({"train": utterances[:1], "dev": utterances[:1],
+                                         "test": utterances}, None)
+    assert skipped == {"train": 0, "dev": 0, "test": 1}
+    assert (f"skipping 1_a_0.wav: {text}: cannot decode audio (Format not recognised.)"
+            in caplog.text)
+    assert "Error opening" not in caplog.text
+    with pytest.raises(AudioError, match=r"not readable as audio \(Format not recognised\.\)$"):
+        probe_audio(text)
+
+
 # ---------------------------------------------------------------- file names that are not UTF-8
 def test_train_se_speech_index_reads_a_file_name_that_is_not_utf8(tmp_path):
     _not_utf8_ok(tmp_path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -318,6 +319,15 @@ def test_validation_speech_shared_with_training_is_refused_in_one_line(data, cap
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "validation.speech_dir" in err and "shares 3 file(s) with data.speech_dir" in err
 
+
+
+def test_validation_speech_hard_linked_from_training_is_refused(data, capsys):
+    """A hard link is the same file under another name: its resolved path differs."""
+    training = sorted((data / "speech").rglob("*.flac"))[0]
+    os.link(training, data / "vspeech" / "spk9" / "linked.flac")
+    assert _main(se_train_args(data, data / "run", 2, *_validation_args(data))) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "shares 1 file(s) with data.speech_dir, e.g. " in err and "linked.flac" in err
 
 @pytest.mark.parametrize("override, key", [(("--validation.items", "0"), "items"),
                                            (("--training.eval_every", "0"), "eval_every")])

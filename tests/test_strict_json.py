@@ -238,10 +238,14 @@ def test_the_card_leaves_out_a_stop_the_run_was_resumed_past(tmp_path, tiny_wavl
     run went on to step 6. The card of the step-6 checkpoint is "step 6 of the 10-step run",
     and without a step it says no stop (before: "the checkpoint at step 6; the run stopped at
     step 5 ...", "trained for only 5 steps"); that of the step-5 checkpoint still says the
-    stop, true of its weights."""
+    stop, true of its weights, and that it was trained for only 2 steps (steps 3-5 skipped)."""
+    from types import SimpleNamespace
+
+    from robustdistill.publish.card import _limitations
     from robustdistill.publish.card_training import run_view
     from robustdistill.publish.provenance import summarise_run
 
+    student = SimpleNamespace(receptive_field=None)
     settings = dict(max_steps=10, save_every=2, eval_every=100, max_nonfinite_in_a_row=3)
     _poison_losses_from(monkeypatch, 2, 4)  # steps 3, 4 and 5
     with pytest.raises(NonFiniteTrainingError):
@@ -255,6 +259,12 @@ def test_the_card_leaves_out_a_stop_the_run_was_resumed_past(tmp_path, tiny_wavl
     assert run_view(summarise_run(run_dir), None)["result"] == (
         f"{stop}; its last checkpoint holds the weights of step 2")
     assert run_view(summarise_run(run_dir, step=5), None)["result"] == at_stop
+    only = ("It was trained for only 2 steps (a CPU-sized run; steps 3-5 were skipped for a "
+            "NaN/Inf loss or gradient, and the run stopped at step 5); the papers' recipes")
+    for step in (None, 5):  # before: "trained for only 5 steps", the skipped ones counted
+        (line,) = [item for item in _limitations(summarise_run(run_dir, step=step), [],
+                                                 student, []) if "trained for only" in item]
+        assert line.startswith(only)
     die_at_checkpoint(2)  # the resumed run's checkpoints: step 6 saved, step 8 killed
     with pytest.raises(KeyboardInterrupt):
         train(_config(tmp_path, tiny_wavlm_dir, "run", resume_from="latest", **settings))

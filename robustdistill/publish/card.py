@@ -57,7 +57,14 @@ from .card_results import (
     task_views,
     unscored_notes,
 )
-from .card_training import heads_dir_for, is_hub_id, parameter_count, run_view, teacher_text
+from .card_training import (
+    early_stop,
+    heads_dir_for,
+    is_hub_id,
+    parameter_count,
+    run_view,
+    teacher_text,
+)
 from .card_usage import load_snippets, onnx_inputs
 from .licenses import hub_license
 from .provenance import (
@@ -166,8 +173,18 @@ def _limitations(run: RunSummary | None, tasks: Sequence[TaskResult], student: M
                          "its features are not expected to be useful for real speech tasks.")
         if language is not None and not language.languages:
             items.append(f"No language is tagged: {language.reason}.")
+        stop = early_stop(run)  # skipped non-finite steps change no weight: not training
+        weights_of = stop[1] if stop is not None else None
+        if isinstance(steps, int) and weights_of is not None and weights_of < steps <= stop[0]:
+            skipped = (f"step {steps} was" if steps == weights_of + 1
+                       else f"steps {weights_of + 1}-{steps} were")
+            size = (f"a CPU-sized run; {skipped} skipped for a NaN/Inf loss or gradient, and "
+                    f"the run stopped at step {stop[0]}")
+            steps = weights_of
+        else:
+            size = "a CPU-sized run"
         if isinstance(steps, int) and steps < 10000:
-            items.append(f"It was trained for only {steps} steps (a CPU-sized run)"
+            items.append(f"It was trained for only {steps} steps ({size})"
                          + ("; the papers' recipes train for about 200k steps."
                             if run.recipe == "ssl" else "."))
     else:

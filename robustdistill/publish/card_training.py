@@ -22,7 +22,7 @@ from .provenance import NOT_RECORDED, RunSummary, config_section, ssl_input_corr
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NOT_RECORDED", "heads_dir_for", "is_hub_id", "parameter_count", "run_view",
+__all__ = ["NOT_RECORDED", "early_stop", "heads_dir_for", "is_hub_id", "parameter_count", "run_view",
            "teacher_text"]
 
 
@@ -126,7 +126,7 @@ def _objectives_text(run: RunSummary) -> str:
     return "; ".join(items)
 
 
-def _stop(run: RunSummary) -> tuple[int, int | None, str] | None:
+def early_stop(run: RunSummary) -> tuple[int, int | None, str] | None:
     """``(stopped_at, weights_of, text)`` of a run that stopped early (``stopped.json``): the
     step it stopped at; for a stop by non-finite steps the step whose weights its last
     checkpoint holds (``stopped_at - nonfinite_in_a_row``: a skipped step changes no weight),
@@ -147,7 +147,7 @@ def _stop(run: RunSummary) -> tuple[int, int | None, str] | None:
 
 
 def _stop_text(stop: tuple[int, int | None, str]) -> str:
-    """A :func:`_stop` clause for a card of no particular checkpoint: the stop, and for a stop
+    """A :func:`early_stop` clause for a card of no particular checkpoint: the stop, and for a stop
     by non-finite steps the step whose weights its last checkpoint holds."""
     stopped_at, weights_of, text = stop
     if weights_of is None:
@@ -159,7 +159,7 @@ def _checkpoint_text(run: RunSummary, step: Any, max_steps: Any) -> str:
     """"these weights are the checkpoint at step N of the M-step run", or for a run that
     stopped early the checkpoint's step and the step whose weights it holds (not the
     configured ``max_steps``, which the run never reached)."""
-    stop = _stop(run)
+    stop = early_stop(run)
     if stop is None:
         return f"these weights are the checkpoint at step {step} of the {max_steps}-step run"
     stopped_at, weights_of, text = stop
@@ -190,7 +190,7 @@ def _ssl_view(run: RunSummary, heads_dir: Path | None) -> dict[str, Any]:
         result.append(_checkpoint_text(run, state["step"], training.get("max_steps", "?")))
     elif "step" in state:
         result.append(f"stopped at step {state['step']}")
-    elif (stop := _stop(run)) is not None:
+    elif (stop := early_stop(run)) is not None:
         result.append(_stop_text(stop))
     if state.get("best_validation_loss") is not None:
         result.append(f"best validation loss {state['best_validation_loss']:.4f}")
@@ -363,7 +363,7 @@ def _se_view(run: RunSummary) -> dict[str, Any]:
             result.append(f"these weights are the final student, step {state.get('step')} of "
                           f"the {_recorded(training, 'max_steps')}-step run, which is also "
                           f"the student of the best validation (step {best['step']})")
-        elif (stop := _stop(run)) is not None:
+        elif (stop := early_stop(run)) is not None:
             result.append(f"these weights are the student of the best validation, step "
                           f"{best['step']} (`best_student/`); {stop[2]}")
         else:
@@ -374,7 +374,7 @@ def _se_view(run: RunSummary) -> dict[str, Any]:
         result.append(_checkpoint_text(run, state["step"], _recorded(training, "max_steps")))
     elif "step" in state:
         result.append(f"finished at step {state['step']}")
-    elif (stop := _stop(run)) is not None:
+    elif (stop := early_stop(run)) is not None:
         result.append(_stop_text(stop))
     if best.get("step") is not None and isinstance(best.get("value"), int | float):
         result.append(f"best validation {best.get('metric')} {best['value']:.4g} at step "

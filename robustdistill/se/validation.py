@@ -186,13 +186,24 @@ class ValidationPairs:
 
 
 def _shared_files(a: str | Path, b: str | Path | None) -> list[Path]:
-    """The audio files below ``a`` that are (resolved) also below ``b``; [] when ``b`` is
-    None or either folder is missing. ``os.path.realpath``: ``Path.resolve`` raises on a
-    listed loop of links."""
+    """The audio files below ``a`` that are also below ``b``: the same file (device, inode:
+    through a symbolic link or a hard link, ``os.link``) or, for a link that cannot be
+    followed, the same resolved path; [] when ``b`` is None or either folder is missing.
+    ``os.path.realpath``: ``Path.resolve`` raises on a listed loop of links."""
     if b is None or not Path(a).is_dir() or not Path(b).is_dir():
         return []
-    other = {os.path.realpath(f) for f in list_audio_files(b)}
-    return [f for f in list_audio_files(a) if os.path.realpath(f) in other]
+    other = {_file_identity(f) for f in list_audio_files(b)}
+    return [f for f in list_audio_files(a) if _file_identity(f) in other]
+
+
+def _file_identity(path: Path) -> tuple[int, int] | str:
+    """``(st_dev, st_ino)`` of the file ``path`` names (the same for each of its hard links);
+    its resolved path where it cannot be followed (a dangling link, a loop of links)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return (st.st_dev, st.st_ino)
 
 
 def make_validation_pairs(data: PairConfig, options: ValidationOptions, seed: int
