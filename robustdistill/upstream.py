@@ -339,6 +339,25 @@ class Upstream(nn.Module):
             return WHISPER_SAMPLES_PER_FRAME
         return math.prod(self.config.conv_stride)
 
+    @property
+    def first_frame_centre(self) -> int:
+        """Sample (16 kHz) at which output frame 0 is centred; frame ``k`` is centred at
+        ``first_frame_centre + k * samples_per_frame``.
+
+        An SSL CNN's frame ``k`` reads samples ``[k * stride, k * stride + field)`` (``field``
+        its receptive field, ``1 + sum((kernel_l - 1) * prod(strides before l))``): centre
+        ``field // 2``, 200 for the wav2vec 2.0 CNN (field 400, :data:`SSL_RECEPTIVE_FIELD`).
+        Whisper: 0 for its own frames (``whisper_frames="native"``),
+        :data:`SSL_FRAME_CENTRE_OFFSET` (200) when interpolated onto the SSL grid (``"ssl"``).
+        """
+        if self.is_whisper:
+            return SSL_FRAME_CENTRE_OFFSET if self.whisper_frames == "ssl" else 0
+        field, step = 1, 1
+        for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride, strict=True):
+            field += (kernel - 1) * step
+            step *= stride
+        return field // 2
+
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Real output frames for waveforms of ``lengths`` samples.
 

@@ -24,19 +24,22 @@ from robustdistill.speaker.targets import map_targets, student_map_loss, teacher
 
 
 def test_map_targets_send_samples_past_the_end_to_the_last_student_frame():
-    # Teacher frames of (0, 640) centre at 0, 160, 320, 480, 640; with a 320-sample hop the
-    # student frames are 0, 0, 1, 1, 2, but the student has only 2 frames: the last one takes 2.
-    (m,) = map_targets([(0, 640)], num_student_frames=2, student_hop=320)
+    # Teacher frames of (0, 640) centre at 0, 160, 320, 480, 640 and hold [0, 80), [80, 240),
+    # [240, 400), [400, 560), [560, 640); a wav2vec 2.0-style student (hop 320, frame k centred
+    # at 320 k + 200) holds [0, 360) and [360, 680), ... but has only 2 frames: the last one
+    # also takes every sample after it (frames 3 and 4; frame 2 is split 120 / 40 samples).
+    (m,) = map_targets([(0, 640)], num_student_frames=2, student_hop=320, student_centre=200)
     assert m.shape == (5, 2)
-    assert m.argmax(1).tolist() == [0, 0, 1, 1, 1]
-    assert torch.equal(m.sum(1), torch.ones(5))  # every teacher frame goes somewhere once
+    assert m.tolist() == [[1, 0], [1, 0], [0.75, 0.25], [0, 1], [0, 1]]
+    assert torch.equal(m.sum(1), torch.ones(5))  # every teacher frame's mass goes somewhere once
 
 
 def test_student_map_loss_is_a_kl_over_the_segments_own_frames_only():
     # 4 student frames (hop 160). Segment (160, 320): teacher frames at 160 and 320 -> student
     # frames 1 and 2. Teacher map (0.5, 0.5); student logits 0 on every frame: softmax over the
     # segment's 2 frames is (0.5, 0.5) -> KL 0 (over all 4 frames it would be log 2).
-    assign = map_targets([(160, 320)], num_student_frames=4, student_hop=160)
+    assign = map_targets([(160, 320)], num_student_frames=4, student_hop=160,
+                         student_centre=0)
     maps = [torch.tensor([[0.5, 0.5]])]
     assert student_map_loss(torch.zeros(1, 4), maps, assign).item() == pytest.approx(0, abs=1e-7)
     # Logits (9, 0, log 3, -9): over frames 1, 2 the student's q = (1/4, 3/4):
@@ -45,7 +48,8 @@ def test_student_map_loss_is_a_kl_over_the_segments_own_frames_only():
     expected = 0.5 * math.log(2.0) + 0.5 * math.log(2.0 / 3.0)
     assert student_map_loss(logits, maps, assign).item() == pytest.approx(expected, abs=1e-6)
     # Two segments: the mean of the two KLs (second segment (0, 160): frames 0 and 1).
-    assign2 = map_targets([(160, 320), (0, 160)], num_student_frames=4, student_hop=160)
+    assign2 = map_targets([(160, 320), (0, 160)], num_student_frames=4, student_hop=160,
+                          student_centre=0)
     maps2 = maps + [torch.tensor([[1.0, 0.0]])]
     # second KL: 1 * log(1 / q0) with q over frames (0, 1) = softmax(9, 0)
     second = -F.log_softmax(torch.tensor([9.0, 0.0]), 0)[0].item()

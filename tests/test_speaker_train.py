@@ -107,13 +107,14 @@ def test_resuming_a_finished_run_keeps_its_log_and_evaluates_again(tiny, tmp_pat
 
 
 def test_map_targets_same_hop_is_shifted_identity_and_keeps_mass():
-    (m,) = map_targets([(160, 480)], num_student_frames=5, student_hop=160)
+    (m,) = map_targets([(160, 480)], num_student_frames=5, student_hop=160, student_centre=0)
     assert torch.equal(m, torch.eye(5)[1:4])
-    (m2,) = map_targets([(0, 640)], num_student_frames=3, student_hop=320)
-    # teacher frames at samples 0,160,320,480,640 -> student frames 0,0,1,1,2
-    assert m2.argmax(1).tolist() == [0, 0, 1, 1, 2]
+    (m2,) = map_targets([(0, 640)], num_student_frames=3, student_hop=320, student_centre=200)
+    # teacher frames hold [0, 80), [80, 240), [240, 400), [400, 560), [560, 640); student
+    # frames (centres 200, 520, 840) hold [0, 360), [360, 680), [680, ...): frame 2 of the
+    # teacher is split 3/4 : 1/4, the third student frame lies past the segment
     p = torch.tensor([[0.1, 0.2, 0.3, 0.2, 0.2]])
-    assert torch.allclose(p @ m2, torch.tensor([[0.3, 0.5, 0.2]]))
+    assert torch.allclose(p @ m2, torch.tensor([[0.525, 0.475, 0.0]]))
 
 
 def test_loss_config_terms_per_method():

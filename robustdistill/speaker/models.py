@@ -77,10 +77,12 @@ class MelLSTMEncoder(nn.Module):
         hidden_size / num_layers: LSTM shape (GE2E: 256 x 3; students: smaller).
 
     Forward: ``(B, N)`` zero-padded waveforms, ``(B,)`` sample lengths ->
-    ``((B, T, H) frames, (B,) frame lengths)`` with ``T = 1 + N // 160``.
+    ``((B, T, H) frames, (B,) frame lengths)`` with ``T = 1 + N // 160``; frame ``k`` is
+    centred at sample ``160 k`` (centred STFT, as the GE2E teacher's).
     """
 
     samples_per_frame = HOP
+    first_frame_centre = 0
 
     def __init__(self, hidden_size: int = 128, num_layers: int = 2) -> None:
         super().__init__()
@@ -124,7 +126,9 @@ class UpstreamEncoder(nn.Module):
         name_or_path: a local folder or hub id (``HF_HUB_OFFLINE=1``: local only).
         frozen: freeze the upstream (only the layer weights and the head train).
 
-    Forward: as :class:`MelLSTMEncoder`, frames of ``samples_per_frame`` (320) samples.
+    Forward: as :class:`MelLSTMEncoder`, frames of ``samples_per_frame`` (320) samples, frame
+    ``k`` centred at sample ``first_frame_centre + k * samples_per_frame`` (200 for the
+    wav2vec 2.0 CNN: :attr:`robustdistill.upstream.Upstream.first_frame_centre`).
     """
 
     def __init__(self, name_or_path: str, frozen: bool = False) -> None:
@@ -133,6 +137,7 @@ class UpstreamEncoder(nn.Module):
 
         self.upstream = Upstream.from_pretrained(name_or_path, frozen=frozen)
         self.samples_per_frame = self.upstream.samples_per_frame
+        self.first_frame_centre = self.upstream.first_frame_centre
         self.layer_weights = nn.Parameter(torch.zeros(self.upstream.num_layers + 1))
         self.output_size = self.upstream.hidden_size
 
@@ -224,6 +229,13 @@ class SpeakerModel(nn.Module):
         """The encoder's hop in samples at 16 kHz (160 for the log-mel LSTM, 320 for an
         upstream)."""
         return self.encoder.samples_per_frame
+
+    @property
+    def first_frame_centre(self) -> int:
+        """The sample at which the encoder's frame 0 is centred (0 for the log-mel LSTM, 200
+        for a wav2vec 2.0-style CNN upstream); frame ``k`` at that ``+ k * samples_per_frame``.
+        """
+        return self.encoder.first_frame_centre
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
                 ) -> SpeakerOutput:

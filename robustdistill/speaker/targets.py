@@ -60,18 +60,61 @@ def teacher_targets(teacher: GE2E, crops: list[Crop], labels: torch.Tensor, num_
     return TeacherTargets(emb, centroids, teacher.scores(emb, centroids))
 
 
-def map_targets(bounds: list[tuple[int, int]], num_student_frames: int,
-                student_hop: int) -> list[torch.Tensor]:
-    """For each segment, the ``(T_seg, T_student)`` 0/1 matrix sending teacher frame ``i``
-    (centre at sample ``start + 160 i``) to the student frame holding that sample (the last
-    frame for samples past the end). Multiplying a teacher map by it keeps its sum; for a
-    student with the teacher's 10 ms hop it is a shifted identity."""
+def map_targets(bounds: list[tuple[int, int]], num_student_frames: int, student_hop: int,
+                student_centre: int) -> list[torch.Tensor]:
+    """For each segment, the ``(T_seg, T_student)`` matrix moving a teacher frame map onto the
+    student's frames by the samples they share.
+
+    Every sample goes to the teacher frame and to the student frame whose centre is nearest
+    (ties to the later frame): teacher frame ``i`` of segment ``[a, b)`` is centred at sample
+    ``a + 160 i`` (the GE2E mel frames, a centred STFT) and holds the segment's samples
+    ``[a + 160 i - 80, a + 160 i + 80)`` (the last one up to ``b``); student frame ``k`` is
+    centred at ``student_centre + student_hop * k`` and holds ``student_hop`` samples around
+    it (the first from the crop's start, the last to its end: samples the student's CNN drops
+    past its last frame go to that frame). Entry ``[i, k]`` is the fraction of teacher frame
+    ``i``'s samples that student frame ``k`` holds: each row sums to one, so a teacher map
+    times the matrix keeps its sum (its mass spread evenly over each teacher frame's samples).
+
+    Example, the wav2vec 2.0 CNN (hop 320, frame ``k`` reads samples ``[320 k, 320 k + 400)``,
+    centre ``320 k + 200``): student frame ``k`` holds ``[320 k + 40, 320 k + 360)``, so it
+    receives a quarter of teacher frame ``2 k``, all of ``2 k + 1`` and three quarters of
+    ``2 k + 2``. With the teacher's grid (hop 160, centre 0; segments starting on a multiple
+    of 160 samples) the matrix is a shifted 0/1 identity.
+
+    Args:
+        bounds: the segments' ``(start, stop)`` sample ranges in the crop
+            (:func:`~robustdistill.speaker.attribution.segment_bounds`).
+        num_student_frames: ``T_student``, the student's frames of the whole crop (from its
+            own convolution arithmetic, e.g. ``(N - 400) // 320 + 1``).
+        student_hop: samples between student frames (160 or 320).
+        student_centre: the sample at which student frame 0 is centred (0 for the log-mel
+            LSTM, 200 for the wav2vec 2.0 CNN).
+
+    Returns:
+        one float32 ``(1 + (stop - start) // 160, T_student)`` matrix per segment.
+
+    Raises:
+        ValueError: ``num_student_frames`` or ``student_hop`` below 1, or an empty or
+            negative segment range.
+    """
+    if num_student_frames < 1 or student_hop < 1:
+        raise ValueError(f"need at least one student frame and a hop of at least one sample, "
+                         f"got {num_student_frames} frames of hop {student_hop}")
+    # student cells [lo, hi): the nearest-centre samples, the outer two open-ended
+    lo_s = student_centre - student_hop // 2 + student_hop * torch.arange(num_student_frames)
+    hi_s = lo_s + student_hop
+    far = torch.iinfo(torch.int64).max // 4
+    lo_s[0], hi_s[-1] = -far, far
     out = []
     for a, b in bounds:
-        t = 1 + (b - a) // HOP
-        centre = a + HOP * torch.arange(t)
-        j = torch.clamp(torch.div(centre, student_hop, rounding_mode="floor"), max=num_student_frames - 1)
-        out.append(F.one_hot(j, num_student_frames).float())
+        if not 0 <= a < b:
+            raise ValueError(f"segment ({a}, {b}) is not a sample range of a crop")
+        centre = a + HOP * torch.arange(1 + (b - a) // HOP)
+        lo = (centre - HOP // 2).clamp(min=a)
+        hi = (centre + HOP // 2).clamp(max=b)
+        hi[-1] = b
+        shared = (torch.minimum(hi[:, None], hi_s[None]) - torch.maximum(lo[:, None], lo_s[None]))
+        out.append(shared.clamp(min=0).float() / (hi - lo)[:, None].float())
     return out
 
 

@@ -193,7 +193,8 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
     bounds = segment_bounds(num_samples, cfg.ig.durations)
     unwrapped = accelerator.unwrap_model(model)
     student_frames = int(unwrapped.encoder.frame_lengths(torch.tensor([num_samples]))[0])
-    assign = map_targets(bounds, student_frames, unwrapped.samples_per_frame)
+    assign = map_targets(bounds, student_frames, unwrapped.samples_per_frame,
+                         unwrapped.first_frame_centre)
     all_audio = torch.from_numpy(np.stack([c.audio for c in crops]))
     # the batches trained an epoch: a last one of a single crop is skipped (below), so the
     # batch before it ends the epoch (a SIGTERM there saves the epoch's own checkpoint)
