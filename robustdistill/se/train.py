@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -135,7 +136,13 @@ def train_se(cfg: SETrainConfig) -> Path:
     0 (``training.eval_at_start``), every ``training.eval_every`` steps and at the last step
     (:func:`~robustdistill.se.validation.validate`), before that step's checkpoint; each
     validation is one ``metrics.jsonl`` line (split ``validation``) and TensorBoard's
-    ``validation/<value>`` points, written by the main process. It changes no weight.
+    ``validation/<value>`` points, written by the main process. It changes no weight. With
+    ``two_step`` the teacher's kept validation outputs are freed at ``kd_steps`` (no later
+    validation reads them). A run extended past its old last step (a larger
+    ``training.max_steps``) drops that step's lines that its ``log_every`` and ``eval_every``
+    skip, and that validation's part in the best
+    (:func:`~robustdistill.se.run_checkpoints.resume_or_start`): it ends as an uninterrupted
+    run to the new ``max_steps``.
     """
     done: list[int] = []  # the last step completed, for the line of an interrupt
     saved: list[tuple[Path, float]] = []  # the checkpoint a SIGTERM saved, and its seconds
@@ -221,19 +228,32 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int],
     if pairs is not None:
         best = BestValidation(cfg.validation, acc.unwrap_model(student).config, out,
                               pairs.set_sha1)
-        if teacher is not None:  # run once per item, at the first validation that reads it
-            teacher_outputs = TeacherOutputs(teacher_layers(cfg.loss),
-                                             cfg.loss.output_kd_weight > 0,
-                                             cfg.validation.teacher_cache_mb)
 
     # the run folder: resumed from its newest checkpoint, or started afresh
     start, counts, newest, metrics = resume_or_start(acc, cfg, changes, best)
+    # the teacher run once per item, at the first validation that reads it; none kept in a
+    # run resumed at or past two_step's kd_steps: no schedule's KD weight rises again (sum and
+    # mixture keep theirs, two_step's drops to 0 at kd_steps), so no later validation reads it
+    if best is not None and teacher is not None and acc.unwrap_model(loss_fn).needs_teacher(start):
+        teacher_outputs = TeacherOutputs(teacher_layers(cfg.loss), cfg.loss.output_kd_weight > 0,
+                                         cfg.validation.teacher_cache_mb)
     ckpt_dir = out / "checkpoints"
+    # the bytes of metrics.jsonl holding the last step's lines, by split: a run extended past
+    # this step drops those its schedule skips (run_checkpoints._drop_last_step_rows)
+    last_step_rows: dict[str, list[int]] = {}
 
     def save(step: int, validation_due: bool = False) -> Path:
         return save_run_checkpoint(acc, ckpt_dir, step, metrics=metrics, counts=counts,
                                    best=best, keep=t.keep_checkpoints,
-                                   validation_due=validation_due)
+                                   validation_due=validation_due,
+                                   last_step_rows=last_step_rows if step == t.max_steps else None)
+
+    def write_row(row: dict) -> None:  # the main process: one metrics.jsonl line
+        begin = os.fstat(metrics.fileno()).st_size  # flushed after every line
+        metrics.write(strict_dumps(row) + "\n")
+        metrics.flush()
+        if row["step"] == t.max_steps:
+            last_step_rows[row["split"]] = [begin, os.fstat(metrics.fileno()).st_size]
 
     bar = tqdm(total=t.max_steps, initial=start, desc="train-se",
                disable=not acc.is_main_process)
@@ -243,12 +263,12 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int],
                           teacher_outputs)
         if values is None:  # not the main process
             return
-        new_best = best.update(step, values, acc.unwrap_model(student))
+        new_best = best.update(step, values, acc.unwrap_model(student),
+                               last_step=step == t.max_steps)
         row = {"step": step, "split": "validation", "lr": t.learning_rate, **values}
         acc.log({f"validation/{k}": v for k, v in row.items()
                  if k not in ("step", "split") and isinstance(v, int | float)}, step=step)
-        metrics.write(strict_dumps(row) + "\n")
-        metrics.flush()
+        write_row(row)
         bar.write(f"step {step}: validation loss {row['loss']:.3f}, SI-SDR "
                   f"{row['si_sdr']:.2f} dB (SI-SDRi {row['si_sdr_i']:+.2f} dB)"
                   + (f"; best {best.metric} so far" if new_best else ""))
@@ -266,8 +286,12 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int],
                                 cfg.loss.output_kd_weight > 0)
     if pairs is not None and start == 0 and t.eval_at_start:  # the step-0 baseline
         log_validation(0)
-    elif pairs is not None and newest is not None and newest[1].get("validation_due"):
-        log_validation(start)  # a SIGTERM stopped the run before this step's validation
+    elif (pairs is not None and newest is not None and newest[1].get("validation_due")
+          and (start % t.eval_every == 0 or start == t.max_steps)):
+        # a SIGTERM stopped the run before this step's validation (unless the step was its
+        # last, off eval_every, and this run is extended past it: an uninterrupted run to
+        # max_steps has no validation there)
+        log_validation(start)
 
     with sigterm_deferred(t.save_on_sigterm):  # start-up above: a SIGTERM stops at once
         for step in range(start, t.max_steps):
@@ -310,9 +334,11 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int],
                 acc.log({f"train/{k}": v for k, v in row.items() if k not in ("step", "split")},
                         step=done)
                 if metrics:
-                    metrics.write(strict_dumps(row) + "\n")
-                    metrics.flush()
+                    write_row(row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}")
+            if teacher_outputs is not None and not acc.unwrap_model(loss_fn).needs_teacher(done):
+                teacher_outputs.release(done)  # two_step at kd_steps: never read again
+                teacher_outputs = None
             due = pairs is not None and (done % t.eval_every == 0 or done == t.max_steps)
             if stop:  # some process holds a SIGTERM: this step is done; save it and stop
                 stop_for_sigterm(acc, done, due, save, bar, sigterm_saved)
