@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from robustdistill.nonfinite import largest_adam_learning_rate
 from robustdistill.upstream import Upstream, has_layer_norm_cnn
 
 from .conditions import Condition, TestCorruptor
@@ -85,8 +86,9 @@ class TrainingConfig:
 
     Raises:
         ValueError: (on construction) ``steps``, ``batch_size``, ``eval_every`` or
-            ``eval_batch_size`` below 1, ``learning_rate <= 0``, or a negative
-            ``featurizer_learning_rate``.
+            ``eval_batch_size`` below 1, ``learning_rate <= 0``, a negative
+            ``featurizer_learning_rate``, or either above 3.4e37 (AdamW's first step overflows
+            float32: :func:`robustdistill.nonfinite.largest_adam_learning_rate`).
     """
 
     steps: int = 500
@@ -107,6 +109,12 @@ class TrainingConfig:
         lr = self.featurizer_learning_rate
         if lr is not None and not lr >= 0:
             raise ValueError(f"training.featurizer_learning_rate must be >= 0 (or null), got {lr}")
+        most = largest_adam_learning_rate(0.9)  # torch.optim.AdamW's default betas
+        for name in ("learning_rate", "featurizer_learning_rate"):
+            if (value := getattr(self, name)) is not None and value > most:
+                raise ValueError(f"training.{name} must be at most {most:.4g}, the largest whose "
+                                 f"first AdamW step ({name} / (1 - beta1), beta1 = 0.9) fits "
+                                 f"in float32; got {value:g}")
 
 
 @dataclass

@@ -141,7 +141,7 @@ def create_student_main(argv: list[str]) -> int:
         save_student,
         student_feature_extractor,
     )
-    from .upstream import Upstream
+    from .upstream import CustomCodeError, Upstream
 
     parser = argparse.ArgumentParser(prog="robustdistill create-student")
     parser.add_argument("--teacher", required=True, help="hub id or local folder")
@@ -196,6 +196,10 @@ def create_student_main(argv: list[str]) -> int:
     except (OSError, ValueError) as err:  # transformers: OSError, or ValueError (no model_type)
         from .redact import redact
 
+        if isinstance(err, CustomCodeError):  # a model folder, of a model of its own code
+            allow = ("; --trust-remote-code runs that code, if you trust it" if err.has_code
+                     else "")
+            parser.error(redact(f"--teacher {err}{allow}"))
         if Path(args.teacher).expanduser().is_dir():  # a folder, but no model in it
             first = first_line(err) or type(err).__name__
             parser.error(redact(f"--teacher {args.teacher!r} is not a model folder: {first}"))

@@ -45,6 +45,7 @@ from transformers import HfArgumentParser
 from .augment import AugmentationConfig
 from .data import DataConfig
 from .messages import first_line
+from .nonfinite import largest_adam_learning_rate
 from .objectives import OBJECTIVES, build_loss_schedule
 from .student import StudentConfig
 from .teacher_cache import TeacherCacheConfig
@@ -146,13 +147,15 @@ class TrainingConfig:
             ``mixed_precision`` or ``weight_decay_params``, warm-up with the ``constant``
             schedule, ``warmup_ratio`` outside ``[0, 1)``, a ``resume_from`` that is neither
             ``latest``, ``auto`` nor an existing folder, ``adam_betas`` not two values in
-            ``[0, 1)``, ``adam_eps <= 0``, ``learning_rate <= 0``, a negative
+            ``[0, 1)``, ``adam_eps <= 0``, ``learning_rate <= 0`` or one whose first AdamW
+            step overflows float32 (:func:`~robustdistill.nonfinite.largest_adam_learning_rate`:
+            torch's traceback at step 1), a negative
             ``weight_decay`` (values AdamW refuses, or NaN), or a loss schedule its options
             reject.
     """
 
     max_steps: int = field(default=200_000, metadata={"help": "optimizer steps"})
-    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (AdamW), > 0"})
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (AdamW), > 0 and at most 3.4e38 * (1 - adam_betas[0]) (3.4e37 at beta1 0.9: AdamW's first step must fit in float32)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (>= 0), on parameters with 2+ dims only"})
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98], metadata={"help": "AdamW betas, each in [0, 1)"})
     adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon (s3prl distiller and RobustDistiller: 1e-6)"})
@@ -214,6 +217,11 @@ class TrainingConfig:
         if not 0 < self.learning_rate < math.inf:
             raise ConfigError(f"training.learning_rate must be a number > 0, got "
                               f"{self.learning_rate}")
+        if self.learning_rate > (most := largest_adam_learning_rate(self.adam_betas[0])):
+            raise ConfigError(f"training.learning_rate must be at most {most:.4g}, the "
+                              f"largest whose first AdamW step (learning_rate / (1 - "
+                              f"adam_betas[0]), adam_betas[0] = {self.adam_betas[0]:g}) fits in "
+                              f"float32; got {self.learning_rate:g}")
         if not 0 <= self.weight_decay < math.inf:
             raise ConfigError(f"training.weight_decay must be a number >= 0, got "
                               f"{self.weight_decay}")

@@ -17,7 +17,8 @@ from accelerate import Accelerator
 from .outcome import STOPPED, write_outcome
 from .processes import STOP_RECORD
 
-__all__ = ["NonFiniteTrainingError", "any_process", "any_process_each", "stop_nonfinite"]
+__all__ = ["NonFiniteTrainingError", "any_process", "any_process_each",
+           "largest_adam_learning_rate", "stop_nonfinite"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,22 @@ logger = logging.getLogger(__name__)
 class NonFiniteTrainingError(RuntimeError):
     """Too many optimizer steps in a row had a NaN/Inf loss or gradient
     (``training.max_nonfinite_in_a_row``); a checkpoint of the last good weights was saved."""
+
+
+def largest_adam_learning_rate(beta1: float) -> float:
+    """The largest learning rate torch's Adam / AdamW can apply to float32 weights, for the
+    first moment's decay ``beta1`` (in ``[0, 1)``).
+
+    Their first step's size is ``lr / (1 - beta1)`` (step 1's bias correction; later steps'
+    are smaller, a warm-up's too), passed to ``addcdiv_`` as a float32 scalar: above
+    float32's largest number (3.4e38) the step raises "value cannot be converted to type float
+    without overflow", a traceback at the first step. A rate just below it moves every weight
+    by about ``lr`` and the next step's loss is Inf or NaN: the non-finite stop.
+
+    Returns:
+        ``3.4028e38 * (1 - beta1)``: 3.4e37 for torch's default ``beta1`` 0.9.
+    """
+    return float(torch.finfo(torch.float32).max) * (1.0 - beta1)
 
 
 def any_process(accelerator: Accelerator, flag: bool) -> bool:

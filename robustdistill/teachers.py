@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoConfig, AutoModel, Wav2Vec2FeatureExtractor
 
-from .upstream import ModelFolderError, Upstream, has_layer_norm_cnn
+from .upstream import CustomCodeError, ModelFolderError, Upstream, has_layer_norm_cnn
 
 if TYPE_CHECKING:
     from .config import DistillConfig
@@ -46,7 +46,9 @@ def load_teacher(cfg: DistillConfig) -> Upstream:
     places its frames as ``cfg.whisper_teacher_frames`` says.
 
     Raises:
-        ConfigError: a local teacher folder that cannot be read (named).
+        ConfigError: a local teacher folder that cannot be read (named), or whose model needs
+            code of its own (:class:`~robustdistill.upstream.CustomCodeError`) while
+            ``cfg.trust_remote_code`` is off.
         OSError / ValueError: as :meth:`Upstream.from_pretrained`.
     """
     from .config import ConfigError
@@ -56,7 +58,9 @@ def load_teacher(cfg: DistillConfig) -> Upstream:
                                         trust_remote_code=cfg.trust_remote_code,
                                         whisper_frames=cfg.whisper_teacher_frames)
     except ModelFolderError as err:  # a message at start-up, not a traceback
-        raise ConfigError(f"teacher {err}") from err
+        allow = (" (allowed: trust_remote_code: true, to run that code if you trust it)"
+                 if isinstance(err, CustomCodeError) and err.has_code else "")
+        raise ConfigError(f"teacher {err}{allow}") from err
 
 
 def prepare_teacher(teacher: str, make_teacher: str | None) -> None:

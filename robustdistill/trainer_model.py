@@ -96,9 +96,10 @@ def _build_student(run: _Run):
     cfg = run.cfg
     if cfg.student_init:
         try:
-            with model_folder_errors(cfg.student_init):
-                student = AutoModel.from_pretrained(cfg.student_init)
-                feature_extractor = AutoFeatureExtractor.from_pretrained(cfg.student_init)
+            with model_folder_errors(cfg.student_init):  # a student is a stock model: no code
+                student = AutoModel.from_pretrained(cfg.student_init, trust_remote_code=False)
+                feature_extractor = AutoFeatureExtractor.from_pretrained(
+                    cfg.student_init, trust_remote_code=False)  # None: transformers asks y/N
         except ModelFolderError as err:
             raise ConfigError(f"student_init {err}") from err
         if not cfg.student.keep_train_randomness:  # as create_student's students

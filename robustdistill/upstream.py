@@ -13,6 +13,7 @@ input of the first transformer layer, as in ``transformers``).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Iterator
@@ -21,16 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers
 from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, PreTrainedModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 from .audio import SAMPLE_RATE, require_float_audio
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelFolderError", "Upstream", "UpstreamOutput", "disable_train_randomness",
-           "has_layer_norm_cnn", "interpolate_frames", "lengths_to_mask", "model_folder_errors"]
+__all__ = ["CustomCodeError", "ModelFolderError", "Upstream", "UpstreamOutput",
+           "custom_code_problem", "disable_train_randomness", "has_layer_norm_cnn",
+           "interpolate_frames", "lengths_to_mask", "model_folder_errors"]
 
 #: Whisper's encoder needs exactly 30 s of log-mel input (3000 frames of 10 ms).
 WHISPER_WINDOW_SAMPLES = 30 * SAMPLE_RATE
@@ -52,13 +56,61 @@ class ModelFolderError(ValueError):
     not JSON or has no ``model_type``, weights cut short (an interrupted copy or download)."""
 
 
+class CustomCodeError(ModelFolderError):
+    """A local model folder whose ``config.json`` names a ``model_type`` this ``transformers``
+    version does not know: a model defined by Python files of its own (``has_code``: its
+    ``auto_map`` names them; ``trust_remote_code`` would run them), or by a newer
+    ``transformers``. Was reported as "not a readable model folder"."""
+
+    def __init__(self, message: str, has_code: bool) -> None:
+        super().__init__(message)
+        self.has_code = has_code
+
+    def __reduce__(self):  # keep has_code if it is pickled (another process)
+        return type(self), (str(self), self.has_code)
+
+
+def custom_code_problem(folder: str | Path) -> tuple[str, bool] | None:
+    """Why ``transformers`` cannot load the local model ``folder`` by itself, when its
+    ``config.json`` names a ``model_type`` this version does not know; else None (no or an
+    unreadable ``config.json``, no ``model_type``, a known one). Reads ``config.json`` only.
+
+    Returns:
+        ``(reason, has_code)``: ``has_code`` when its ``auto_map`` names the folder's own
+        code (``"holds custom code: model_type 'x' is not known to transformers 5.25.0; its
+        config.json's auto_map names modeling_x.XModel; robustdistill runs no model folder's
+        own code (trust_remote_code is off)"``), else a model of a newer ``transformers``.
+    """
+    try:
+        config = json.loads((Path(folder).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not isinstance(model_type, str) or model_type in CONFIG_MAPPING_NAMES:
+        return None
+    known = f"model_type {model_type!r} is not known to transformers {transformers.__version__}"
+    auto_map = config.get("auto_map")
+    if isinstance(auto_map, dict) and auto_map:
+        names = [n for v in auto_map.values() for n in (v if isinstance(v, list) else [v]) if n]
+        code = ", ".join(dict.fromkeys(str(n) for n in names))
+        return (f"holds custom code: {known}; its config.json's auto_map names {code}; "
+                "robustdistill runs no model folder's own code (trust_remote_code is off)",
+                True)
+    return (f"{known} (a model of a newer transformers, or of code of its own, which "
+            "robustdistill does not run)", False)
+
+
 @contextmanager
-def model_folder_errors(name_or_path: str | Path) -> Iterator[None]:
+def model_folder_errors(name_or_path: str | Path, trust_remote_code: bool = False
+                        ) -> Iterator[None]:
     """Turn ``transformers``' and ``safetensors``' errors while loading from the local folder
     ``name_or_path`` into one :class:`ModelFolderError` naming the folder and the cause (on
     one line) (a truncated ``model.safetensors`` raised ``SafetensorError``, a bad
-    ``config.json`` an ``OSError``: tracebacks in every command). A hub id's errors pass
-    unchanged (the commands explain an unreachable hub themselves).
+    ``config.json`` an ``OSError``: tracebacks in every command). A folder whose model needs
+    code of its own (:func:`custom_code_problem`; unless ``trust_remote_code``, when the
+    error is that code's) is a :class:`CustomCodeError` saying so, not "not a readable model
+    folder". A hub id's errors pass unchanged (the commands explain an unreachable hub
+    themselves).
 
     Raises:
         ModelFolderError: ``name_or_path`` is a folder and loading from it failed.
@@ -68,6 +120,8 @@ def model_folder_errors(name_or_path: str | Path) -> Iterator[None]:
     except (OSError, ValueError, SafetensorError) as err:
         if isinstance(err, ModelFolderError) or not Path(name_or_path).is_dir():
             raise
+        if not trust_remote_code and (problem := custom_code_problem(name_or_path)):
+            raise CustomCodeError(f"{name_or_path}: {problem[0]}", problem[1]) from err
         said = " ".join(str(err).split()) or type(err).__name__  # on one line, all of it
         raise ModelFolderError(f"{name_or_path}: not a readable model folder ({said})") from err
 
@@ -262,11 +316,13 @@ class Upstream(nn.Module):
 
         Raises:
             OSError: the id cannot be resolved (offline with no local copy, typo).
-            ModelFolderError: a local folder whose files cannot be read (a ValueError).
+            ModelFolderError: a local folder whose files cannot be read (a ValueError);
+                :class:`CustomCodeError` when its model needs code of its own and
+                ``trust_remote_code`` is off.
             ValueError: the checkpoint is not a speech encoder this contract supports.
         """
         name_or_path = str(name_or_path)
-        with model_folder_errors(name_or_path):
+        with model_folder_errors(name_or_path, trust_remote_code):
             config = AutoConfig.from_pretrained(
                 name_or_path, trust_remote_code=trust_remote_code, revision=revision
             )

@@ -287,7 +287,7 @@ def test_load_ig_inputs_takes_the_crops_per_utterance_asked_for(monkeypatch):
     asked = []
     monkeypatch.setattr(ig_mod, "load_teacher", lambda cfg: SimpleNamespace(fingerprint="f"))
     monkeypatch.setattr(ig_mod, "load_train_crops",
-                        lambda folder, seconds, per: asked.append(per) or [])
+                        lambda folder, seconds, per, **kw: asked.append(per) or [])
     cfg = SpeakerKDConfig()
     assert cfg.data.crops_per_utterance == 2
     teacher, crops = ig_mod.load_ig_inputs(cfg, 1)

@@ -83,6 +83,18 @@ def test_training_counts_must_be_positive(field):
     TrainingConfig(**{field: 1})
 
 
+def test_a_learning_rate_whose_first_adamw_step_overflows_is_refused():
+    """``-o training.learning_rate=1.0e+38`` ended in torch's "value cannot be converted to
+    type float without overflow" traceback at the head's first step."""
+    with pytest.raises(ValueError, match=r"^training.learning_rate must be at most 3.403e\+37, "
+                                         r"the largest whose first AdamW step .* got 1e\+38$"):
+        TrainingConfig(learning_rate=1e38)
+    with pytest.raises(ValueError, match=r"^training.featurizer_learning_rate must be at most "
+                                         r"3.403e\+37"):
+        TrainingConfig(featurizer_learning_rate=1e38)
+    assert TrainingConfig(learning_rate=3.4e37).learning_rate == 3.4e37
+
+
 def test_learning_rate_must_be_positive():
     for bad in (0.0, -1e-3, float("nan")):
         with pytest.raises(ValueError, match="learning_rate must be > 0"):

@@ -483,6 +483,89 @@ def test_train_speaker_config_file_keeps_inf_as_no_clipping_and_refuses_other_no
             load_config(path, SpeakerKDConfig)
 
 
+# ------------------------------------------------- a learning rate torch's Adam cannot apply
+def test_the_largest_adam_learning_rate_is_where_torch_overflows():
+    """``lr / (1 - beta1)``, Adam's first step, is a float32 scalar in torch: at the limit the
+    step runs (every weight moves by about ``lr``), just above it torch raises."""
+    import torch
+
+    from robustdistill.nonfinite import largest_adam_learning_rate
+
+    assert largest_adam_learning_rate(0.9) == pytest.approx(3.4028235e37, rel=1e-6)
+    assert largest_adam_learning_rate(0.0) == pytest.approx(3.4028235e38, rel=1e-6)
+    for beta1 in (0.9, 0.5):
+        most = largest_adam_learning_rate(beta1)
+        for lr, fits in ((most, True), (most * 1.001, False)):
+            weight = torch.nn.Parameter(torch.zeros(2))
+            weight.grad = torch.tensor([1.0, -1.0])
+            step = torch.optim.AdamW([weight], lr=lr, betas=(beta1, 0.999)).step
+            if fits:
+                step()
+                assert weight.detach().abs().min() == pytest.approx(lr, rel=1e-3)
+            else:
+                with pytest.raises(RuntimeError, match="without overflow"):
+                    step()
+
+
+def test_every_trainer_refuses_a_learning_rate_whose_first_adam_step_overflows(tmp_path):
+    """``--training.learning_rate 1e38`` passed the config checks of ``distill`` and
+    ``train-se`` (``--training.lr`` of ``train-speaker``) and ended in torch's "value cannot be
+    converted to type float without overflow" traceback at the first step; the limit follows
+    ``distill``'s ``adam_betas[0]``."""
+    from downstream.config import load_config as load_speaker_config
+    from robustdistill.config import ConfigError, load_config
+    from robustdistill.se.train import load_se_config
+    from robustdistill.speaker.config import SpeakerKDConfig
+
+    with pytest.raises(ConfigError, match=r"^config section 'training': training.learning_rate "
+                                          r"must be at most 3.403e\+37, the largest whose first "
+                                          r"AdamW step .*adam_betas\[0\] = 0.9\) fits in "
+                                          r"float32; got 1e\+38$"):
+        load_config(None, ["--teacher", "t", "--training.learning_rate", "1e38"])
+    assert load_config(None, ["--teacher", "t", "--training.learning_rate", "3.4e37"])
+    assert load_config(None, ["--teacher", "t", "--training.learning_rate", "1e38",
+                              "--training.adam_betas", "[0.0, 0.98]"])  # limit 3.4e38
+    with pytest.raises(ValueError, match=r"learning_rate must be at most 3.403e\+37, the largest "
+                                         r"whose first Adam step .* got 1e\+38$"):
+        load_se_config(None, ["--training.learning_rate", "1e38"])
+    assert load_se_config(None, ["--training.learning_rate", "3.4e37"])
+    path = tmp_path / "spk.yaml"
+    path.write_text("training:\n  lr: 1.0e+38\n")
+    with pytest.raises(ValueError, match=r"training.lr must be at most 3.403e\+37, the largest "
+                                         r"whose first AdamW step .* got 1e\+38$"):
+        load_speaker_config(path, SpeakerKDConfig)
+    path.write_text("training:\n  lr: 3.4e+37\n")
+    assert load_speaker_config(path, SpeakerKDConfig).training.lr == 3.4e37
+
+
+def test_train_se_with_a_learning_rate_adam_cannot_apply_is_one_line_and_writes_nothing(
+        tmp_path, capsys):
+    """On real folders, so that without the check the run reaches its first step (torch's
+    overflow traceback there)."""
+    from conftest import require_shared_data
+
+    from robustdistill import cli
+
+    data = require_shared_data()
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train-se", "--config",
+                  str(Path(__file__).resolve().parents[1] / "configs" / "se_supervised.yaml"),
+                  "--data.speech_dir", str(data / "librispeech-mini" / "train-clean-100"),
+                  "--data.noise_dir", str(data / "noise"), "--data.rir_dir", str(data / "rir"),
+                  "--data.crop_seconds", "0.5", "--training.batch_size", "2",
+                  "--training.learning_rate", "1e38", "--training.max_steps", "3",
+                  "--output_dir", str(out)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "overflow" not in err
+    assert err.strip().splitlines()[-1] == (
+        "robustdistill train-se: error: training: learning_rate must be at most 3.403e+37, the "
+        "largest whose first Adam step (learning_rate / (1 - beta1), beta1 = 0.9) fits in "
+        "float32; got 1e+38")
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------- noise shorter than the crop
 def test_a_noise_recording_shorter_than_the_segment_is_looped_and_said_once(caplog):
     import logging

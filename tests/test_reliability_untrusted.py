@@ -81,6 +81,88 @@ def test_a_model_folder_with_custom_code_is_refused_and_its_code_never_runs(tmp_
     assert not marker.exists()
 
 
+def _custom_code_folder(tmp_path: Path, marker: Path) -> Path:
+    """A model folder whose config names a model_type transformers does not know and, in its
+    auto_map, the folder's own code (which writes ``marker`` if it ever runs)."""
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "my-wavlm-variant", "architectures": ["MyWavLMModel"],
+        "auto_map": {"AutoConfig": "configuration_my.MyConfig",
+                     "AutoModel": "modeling_my.MyWavLMModel",
+                     "AutoFeatureExtractor": "modeling_my.MyExtractor"}}))
+    for name in ("configuration_my.py", "modeling_my.py"):
+        (folder / name).write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    return folder
+
+
+def test_a_model_folder_with_custom_code_is_said_to_be_one_not_unreadable(tmp_path):
+    """It was "not a readable model folder (The repository ... contains custom code ...)"."""
+    import transformers
+
+    from robustdistill.speaker.cli import _check_model_folder
+    from robustdistill.upstream import CustomCodeError
+
+    marker = tmp_path / "code_ran"
+    folder = _custom_code_folder(tmp_path, marker)
+    with pytest.raises(CustomCodeError) as err:
+        Upstream.from_pretrained(folder)
+    assert str(err.value) == (
+        f"{folder}: holds custom code: model_type 'my-wavlm-variant' is not known to "
+        f"transformers {transformers.__version__}; its config.json's auto_map names "
+        "configuration_my.MyConfig, modeling_my.MyWavLMModel, modeling_my.MyExtractor; "
+        "robustdistill runs no model folder's own code (trust_remote_code is off)")
+    assert err.value.has_code and "not a readable" not in str(err.value)
+    with pytest.raises(ValueError, match=r"^student.upstream '.*custom' holds custom code: "
+                                         r"model_type 'my-wavlm-variant' is not known"):
+        _check_model_folder(str(folder), "student.upstream")
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    (newer / "config.json").write_text(json.dumps({"model_type": "wavlm-v9"}))
+    with pytest.raises(CustomCodeError, match=r"newer: model_type 'wavlm-v9' is not known to "
+                                              r"transformers .* \(a model of a newer "
+                                              r"transformers, or of code of its own") as err:
+        Upstream.from_pretrained(newer)
+    assert not err.value.has_code
+    assert not marker.exists()
+
+
+def test_distill_student_init_and_create_student_name_custom_code_and_ask_nothing(
+        tmp_path, tiny_wavlm_dir, monkeypatch, capsys):
+    """``AutoModel.from_pretrained(student_init)`` left ``trust_remote_code`` at None, so
+    transformers asked "Do you wish to run the custom code? [y/N]" on the terminal: a "y" ran
+    the folder's code (so did ``train-speaker``'s check of ``student.upstream``)."""
+    from conftest import tiny_run_config
+
+    from robustdistill import cli
+    from robustdistill.config import ConfigError, DistillConfig
+    from robustdistill.speaker.cli import _check_model_folder
+    from robustdistill.teachers import load_teacher
+
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda prompt="": asked.append(prompt) or "y")
+    marker = tmp_path / "code_ran"
+    folder = _custom_code_folder(tmp_path, marker)
+    cfg = tiny_run_config(tmp_path, tiny_wavlm_dir, "run", student_init=str(folder))
+    with pytest.raises(ConfigError, match=r"^student_init .*custom: holds custom code: "
+                                          r"model_type 'my-wavlm-variant'"):
+        train(cfg)
+    with pytest.raises(ValueError, match="holds custom code"):
+        _check_model_folder(str(folder), "student.upstream")
+    with pytest.raises(ConfigError, match=r"^teacher .*custom: holds custom code: .* \(allowed: "
+                                          r"trust_remote_code: true, to run that code if you "
+                                          r"trust it\)$"):
+        load_teacher(DistillConfig(teacher=str(folder)))
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["create-student", "--teacher", str(folder), "--out", str(tmp_path / "s")])
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"robustdistill create-student: error: --teacher {folder}: holds "
+                           "custom code: ")
+    assert line.endswith("; --trust-remote-code runs that code, if you trust it")
+    assert asked == [] and not marker.exists()
+
+
 def test_redact_masks_env_tokens_token_shapes_and_url_passwords(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "s3cret-value-123")
     text = (f"auth failed for s3cret-value-123 with {FAKE_TOKEN} at "

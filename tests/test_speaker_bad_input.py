@@ -123,10 +123,68 @@ def test_fsdd_skips_a_bad_file_and_takes_the_speakers_next_one(tmp_path):
     assert skipped == {str(bad): "unreadable"}
 
 
+def test_a_training_utterance_shorter_than_min_length_s_is_skipped_not_padded(tmp_path, caplog):
+    """A 10 ms file was zero-padded to a crop of (nearly) zeros and trained on, silently."""
+    train, _ = _data(tmp_path)
+    _noise(train / "19-100-0009.wav", seconds=0.01, seed=9)  # 160 samples
+    _noise(train / "26-100-0009.wav", seconds=0.1, seed=8)  # exactly min_length_s: kept
+    skipped: dict[str, str] = {}
+    with caplog.at_level(logging.WARNING, logger="robustdistill.speaker"):
+        crops = load_train_crops(train, 0.2, 1, skipped=skipped, min_length_s=0.1)
+    assert skipped == {str(train / "19-100-0009.wav"): "too short"}
+    assert sorted(c.key for c in crops if c.key.startswith(("19-", "26-"))) == [
+        "19-100-0000.wav:2400", "19-100-0001.wav:2400", "26-100-0000.wav:2400",
+        "26-100-0001.wav:2400", "26-100-0009.wav:0"]  # 0.1 s kept, padded to the 0.2 s crop
+    assert (f"train: skipping {train / '19-100-0009.wav'} [too short]: 0.0100 s < "
+            "data.min_length_s=0.1 s") in caplog.text
+    assert "1 of 8 files" in caplog.text and "(1 too short)" in caplog.text
+    assert len(load_train_crops(train, 0.2, 1)) == 8  # no minimum: padded, as before
+
+
+def test_a_verification_utterance_shorter_than_min_test_length_s_is_skipped(tmp_path, caplog):
+    """A 10 ms test utterance was scored (the teacher's embedding of a partial of zeros)."""
+    _, test = _data(tmp_path)
+    _noise(test / "40" / "40-1-2.wav", seconds=0.01, seed=5)
+    skipped: dict[str, str] = {}
+    with caplog.at_level(logging.WARNING, logger="robustdistill.speaker"):
+        utts = load_speaker_folders(test, skipped=skipped, min_length_s=0.1)
+    assert sorted(u.key for u in utts) == ["40-1-0.wav", "40-1-1.wav", "41-1-0.wav", "41-1-1.wav"]
+    assert skipped == {str(test / "40" / "40-1-2.wav"): "too short"}
+    assert "[too short]: 0.0100 s < data.min_test_length_s=0.1 s" in caplog.text
+    fsdd = tmp_path / "fsdd"
+    for spk in ("jackson", "theo"):
+        for take in range(2):
+            _noise(fsdd / f"0_{spk}_{take}.wav", sr=8000, seed=take,
+                   seconds=0.01 if (spk, take) == ("theo", 0) else 0.3)
+    fsdd_skipped: dict[str, str] = {}
+    with pytest.raises(SpeakerDataError, match=r"FSDD speaker 'theo' has 1 usable files of 2.*"
+                                               r"1 too short"):
+        load_fsdd(fsdd, 2, skipped=fsdd_skipped, min_length_s=0.1)
+    _noise(fsdd / "1_theo_0.wav", sr=8000, seed=3, seconds=0.3)  # theo's next file
+    utts = load_fsdd(fsdd, 2, skipped=fsdd_skipped, min_length_s=0.1)
+    assert [u.key for u in utts if u.speaker == "theo"] == ["1_theo_0.wav", "0_theo_1.wav"]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"min_length_s": 0.01}, "data.min_length_s must lie in [0.025, data.crop_seconds 2] s"),
+    ({"min_length_s": 2.5}, "data.min_length_s must lie in [0.025, data.crop_seconds 2] s (an "
+                            "utterance filling a crop is never too short), got 2.5"),
+    ({"min_test_length_s": 0.0}, "data.min_test_length_s must be at least 0.025 s (one 25 ms "
+                                 "analysis window), got 0.0"),
+])
+def test_the_minimum_lengths_are_checked_with_the_config(override, message):
+    from robustdistill.speaker.config import DataConfig
+
+    assert (DataConfig().min_length_s, DataConfig().min_test_length_s) == (1.0, 0.1)
+    with pytest.raises(ValueError) as err:
+        DataConfig(**override)
+    assert message in str(err.value)
+
+
 # ------------------------------------------------------------------------------ the command
 def _tiny_args(root: Path, train: Path, test: Path) -> list[str]:
     return ["--data.train_dir", str(train), "--data.test_other_dir", str(test),
-            "--data.fsdd_dir", "null", "--data.crop_seconds", "0.2",
+            "--data.fsdd_dir", "null", "--data.crop_seconds", "0.2", "--data.min_length_s", "0.1",
             "--data.crops_per_utterance", "1", "--student.hidden_size", "8",
             "--student.num_layers", "1", "--student.embedding_dim", "8",
             "--ig.durations", "[0.1, null]", "--ig.n_steps", "2",
@@ -162,6 +220,24 @@ def test_train_speaker_runs_past_bad_files_and_counts_them(tmp_path, monkeypatch
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["skipped_files"] == {"train": {"unreadable": 1}, "test_other": {"silent": 1}}
     assert result["eval"]["test_other"]["target_trials"] == 2  # the silent file is not in it
+
+
+def test_train_speaker_skips_and_counts_utterances_shorter_than_its_minimums(tmp_path,
+                                                                             monkeypatch):
+    _resemblyzer()
+    from robustdistill.speaker.cli import main
+
+    monkeypatch.chdir(REPO)
+    train, test = _data(tmp_path)
+    _noise(train / "19-999-0000.wav", seconds=0.01, seed=3)
+    _noise(test / "41" / "41-1-9.wav", seconds=0.01, seed=4)
+    assert main(["train", "--config", "configs/imlkd_speaker.yaml",
+                 *_tiny_args(tmp_path, train, test)]) == 0
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["skipped_files"] == {"train": {"too short": 1},
+                                       "test_other": {"too short": 1}}
+    assert result["eval"]["test_other"]["target_trials"] == 2  # 10 ms: in no trial
+    assert result["config"]["data"]["min_length_s"] == 0.1
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -23,14 +23,18 @@ from ..config import (
     parse_overrides,
     read_config_file,
 )
+from ..nonfinite import largest_adam_learning_rate
 from .data import PairConfig
 from .losses import LossConfig
 from .stft import StftConfig
 from .students import StudentConfig, config_for_ratio, student_activation_names
 from .validation import ValidationOptions
 
-__all__ = ["SCAN_CACHE_FOLDER", "SETrainConfig", "StudentOptions", "TrainingOptions",
-           "data_config", "load_se_config"]
+__all__ = ["ADAM_BETA1", "SCAN_CACHE_FOLDER", "SETrainConfig", "StudentOptions",
+           "TrainingOptions", "data_config", "load_se_config"]
+
+#: The first-moment decay of train-se's optimizer (``torch.optim.Adam``'s default betas).
+ADAM_BETA1 = 0.9
 
 
 @dataclass
@@ -83,7 +87,8 @@ class TrainingOptions:
     Attributes:
         max_steps: optimizer steps.
         batch_size: items per step (per process).
-        learning_rate: Adam learning rate, constant.
+        learning_rate: Adam learning rate, constant; >= 0 and at most 3.4e37 (Adam's first
+            step, ``learning_rate / (1 - 0.9)``, must fit in float32).
         max_grad_norm: gradient clipping (L2 norm).
         log_every: steps between ``metrics.jsonl`` / TensorBoard lines.
         save_every: steps between checkpoints (0: only at the end).
@@ -124,7 +129,9 @@ class TrainingOptions:
 
     def __post_init__(self) -> None:
         """Raises: ValueError: a count below its minimum (named, with the allowed range), a
-        negative ``learning_rate`` (0 is allowed: an untrained baseline), a ``max_grad_norm``
+        negative ``learning_rate`` (0 is allowed: an untrained baseline) or one whose first
+        Adam step overflows float32 (above 3.4e37:
+        :func:`~robustdistill.nonfinite.largest_adam_learning_rate`), a ``max_grad_norm``
         that is not > 0, or an unknown ``report_to``."""
         for name, least in (("max_steps", 1), ("batch_size", 1), ("log_every", 1),
                             ("save_every", 0), ("keep_checkpoints", 1), ("threads", 0),
@@ -133,6 +140,10 @@ class TrainingOptions:
                 raise ValueError(f"{name} must be >= {least}, got {getattr(self, name)}")
         if not 0 <= self.learning_rate < math.inf:  # torch's Adam: a traceback
             raise ValueError(f"learning_rate must be a number >= 0, got {self.learning_rate}")
+        if self.learning_rate > (most := largest_adam_learning_rate(ADAM_BETA1)):
+            raise ValueError(f"learning_rate must be at most {most:.4g}, the largest whose "
+                             f"first Adam step (learning_rate / (1 - beta1), beta1 = "
+                             f"{ADAM_BETA1:g}) fits in float32; got {self.learning_rate:g}")
         if not 0 < self.max_grad_norm < math.inf:  # clipping to 0 silently trained nothing
             raise ValueError(f"max_grad_norm must be a number > 0, got {self.max_grad_norm}")
         if self.report_to not in _trackers():

@@ -174,8 +174,9 @@ def _check_folder(key: str, folder: str) -> None:
 def _check_model_folder(name: str, key: str) -> None:
     """Raise ValueError naming ``key`` when ``name`` is a local folder whose ``config.json``
     ``transformers`` cannot read as a model's (no config, no ``model_type``, an architecture it
-    does not know, such as a train-se student): found at start-up, not once the teacher's
-    targets are computed and the student is built; likewise a ``*.safetensors`` file whose
+    does not know, such as a train-se student; one that needs code of its own is said to:
+    :func:`~robustdistill.upstream.custom_code_problem`): found at start-up, not once the
+    teacher's targets are computed and the student is built; likewise a ``*.safetensors`` file whose
     header cannot be read (weights cut short by an interrupted copy: a traceback once the IG
     maps were computed)."""
     if not Path(name).expanduser().is_dir():
@@ -183,12 +184,16 @@ def _check_model_folder(name: str, key: str) -> None:
     from safetensors import SafetensorError, safe_open
     from transformers import AutoConfig
 
+    from robustdistill.upstream import custom_code_problem
+
     try:
-        AutoConfig.from_pretrained(name)
+        AutoConfig.from_pretrained(name, trust_remote_code=False)  # None: transformers asks y/N
         for weights in sorted(Path(name).expanduser().glob("*.safetensors")):
             with safe_open(weights, "pt"):  # the header only: its sizes against the file's
                 pass
     except (OSError, ValueError, SafetensorError) as err:
+        if (problem := custom_code_problem(name)) is not None:
+            raise ValueError(f"{key} {name!r} {problem[0]}") from err
         raise ValueError(f"{key} {name!r} is not a model folder: "
                          f"{first_line(err) or type(err).__name__}") from err
 

@@ -11,13 +11,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from downstream.config import INFINITE_OK
+from robustdistill.nonfinite import largest_adam_learning_rate
 
 from .attribution import IGSettings
 
-__all__ = ["METHODS", "MIN_CROP_SECONDS", "DataConfig", "IGConfig", "LossConfig",
+__all__ = ["ADAM_BETA1", "METHODS", "MIN_CROP_SECONDS", "DataConfig", "IGConfig", "LossConfig",
            "SpeakerKDConfig", "StudentConfig", "TableConfig", "TrainConfig"]
 
 METHODS = ("none", "logit_kd", "embedding_kd", "imlkd")
+
+#: The first-moment decay of train-speaker's optimizer (``torch.optim.AdamW``'s default betas).
+ADAM_BETA1 = 0.9
 
 
 def _at_least(section: str, cfg: Any, **minimums: int) -> None:
@@ -40,7 +44,15 @@ class DataConfig:
         train_dir: LibriSpeech-style training folder, flat or nested, files
             ``<speaker>-<chapter>-<utt>.<ext>`` (speaker = first field of the file name).
         crop_seconds: training crop length in seconds (at least :data:`MIN_CROP_SECONDS`, one
-            25 ms window); a shorter utterance is zero-padded.
+            25 ms window); a shorter utterance is zero-padded (if not shorter than
+            ``min_length_s``).
+        min_length_s: training utterances shorter than this (seconds) are skipped with a
+            warning and counted as ``too short`` in ``result.json``'s ``skipped_files``, not
+            zero-padded to a crop of mostly zeros (a 10 ms file was a 2 s crop of zeros).
+            Default 1.0: ``distill``'s ``data.min_length_s``, and the IML-KD paper's shortest
+            map segment (``ig.durations``' 1 s), so a kept utterance fills at least that
+            segment of its crop (LibriSpeech train-clean-100's shortest in
+            ``librispeech-mini`` is 1.6 s). From :data:`MIN_CROP_SECONDS` to ``crop_seconds``.
         crops_per_utterance: at most this many fixed, evenly spaced, non-overlapping crops per
             training utterance (>= 1; fewer when the utterance is short).
         test_other_dir: ``<speaker>/<file>`` verification set (LibriSpeech test-other); its
@@ -48,6 +60,12 @@ class DataConfig:
         fsdd_dir: FSDD folder (``{digit}_{speaker}_{take}.wav``, 8 kHz, resampled to 16 kHz);
             None: skipped.
         fsdd_per_speaker: FSDD utterances per speaker, the first in (take, digit) order (>= 2).
+        min_test_length_s: verification utterances (``test_other_dir``, ``fsdd_dir``) shorter
+            than this (seconds) are skipped with a warning and counted as ``too short`` in
+            ``skipped_files`` (an FSDD speaker's next file is taken instead); they were scored
+            on a frame or two (the teacher's on a 1.6 s partial of zeros). Default 0.1: ten of
+            the student's 10 ms frames; FSDD's shortest digit is 0.144 s, LibriSpeech
+            test-other's 2 s. At least :data:`MIN_CROP_SECONDS`.
         max_nontarget: non-target trials sampled per set, without replacement (all target
             trials are kept).
         trials_seed: seed of the non-target sample (the same trials for every system).
@@ -55,7 +73,8 @@ class DataConfig:
 
     Raises:
         ValueError: (on construction) an empty ``train_dir``, ``crop_seconds`` below
-            :data:`MIN_CROP_SECONDS`,
+            :data:`MIN_CROP_SECONDS`, ``min_length_s`` outside ``[MIN_CROP_SECONDS,
+            crop_seconds]``, ``min_test_length_s`` below :data:`MIN_CROP_SECONDS`,
             ``crops_per_utterance < 1``, ``fsdd_per_speaker < 2``, ``max_nontarget < 1``, a
             negative ``trials_seed`` or ``p_target`` outside ``(0, 1)``; the message names the
             key.
@@ -64,9 +83,11 @@ class DataConfig:
     train_dir: str = "../shared/data/librispeech-mini/train-clean-100"
     crop_seconds: float = 2.0
     crops_per_utterance: int = 2
+    min_length_s: float = 1.0
     test_other_dir: str | None = "../shared/data/librispeech-mini/test-other"
     fsdd_dir: str | None = "../shared/data/fsdd"
     fsdd_per_speaker: int = 20
+    min_test_length_s: float = 0.1
     max_nontarget: int = 5000
     trials_seed: int = 0
     p_target: float = 0.01
@@ -78,6 +99,13 @@ class DataConfig:
             raise ValueError(f"data.crop_seconds must be at least {MIN_CROP_SECONDS} s (one "
                              "25 ms analysis window: the teacher's mel frame, an upstream "
                              f"student's first frame), got {self.crop_seconds}")
+        if not MIN_CROP_SECONDS <= self.min_length_s <= self.crop_seconds:
+            raise ValueError(f"data.min_length_s must lie in [{MIN_CROP_SECONDS}, "
+                             f"data.crop_seconds {self.crop_seconds:g}] s (an utterance "
+                             f"filling a crop is never too short), got {self.min_length_s}")
+        if not self.min_test_length_s >= MIN_CROP_SECONDS:
+            raise ValueError(f"data.min_test_length_s must be at least {MIN_CROP_SECONDS} s "
+                             f"(one 25 ms analysis window), got {self.min_test_length_s}")
         _at_least("data", self, crops_per_utterance=1, fsdd_per_speaker=2, max_nontarget=1,
                   trials_seed=0)
         if not 0 < self.p_target < 1:
@@ -263,7 +291,8 @@ class TrainConfig:
             while it is the newest, and deleted at the next save. Bare ``epoch_N`` folders of
             runs older than the manifest are resumed from but never deleted.
         batch_size: crops per update; a last batch of fewer than 2 crops is skipped.
-        lr: AdamW learning rate, constant.
+        lr: AdamW learning rate, constant; > 0 and at most 3.4e37 (AdamW's first step,
+            ``lr / (1 - 0.9)``, must fit in float32).
         weight_decay: AdamW weight decay of the weights with >= 2 dimensions (others: 0).
         seed: seeds the model's initialisation and the batch order (a permutation per epoch).
         cpu: force CPU (default True); False: ``accelerate`` picks the device.
@@ -280,7 +309,8 @@ class TrainConfig:
 
     Raises:
         ValueError: (on construction) ``epochs < 1``, ``batch_size < 2`` (a batch of one crop
-            is skipped, so nothing would train), ``keep_checkpoints < 1``, ``lr <= 0``, a
+            is skipped, so nothing would train), ``keep_checkpoints < 1``, ``lr <= 0`` or above
+            3.4e37 (:func:`~robustdistill.nonfinite.largest_adam_learning_rate`), a
             negative ``weight_decay`` or ``seed``, ``max_grad_norm <= 0``, or an empty
             ``output_dir``; the message names the key.
     """
@@ -304,6 +334,10 @@ class TrainConfig:
         for name in ("lr", "max_grad_norm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"training.{name} must be > 0, got {getattr(self, name)}")
+        if self.lr > (most := largest_adam_learning_rate(ADAM_BETA1)):
+            raise ValueError(f"training.lr must be at most {most:.4g}, the largest whose first "
+                             f"AdamW step (lr / (1 - beta1), beta1 = {ADAM_BETA1:g}) fits in "
+                             f"float32; got {self.lr:g}")
         if not self.weight_decay >= 0:
             raise ValueError(f"training.weight_decay must be >= 0, got {self.weight_decay}")
 

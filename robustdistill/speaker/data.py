@@ -4,16 +4,22 @@
   utterance per speaker, speaker = first field of the file name): ``crops_per_utterance``
   crops of ``crop_seconds`` at evenly spaced, fixed positions (fixed so that the teacher's maps
   are computed once and cached); an utterance shorter than a crop is zero-padded at the end
-  (as Resemblyzer pads its partials).
+  (as Resemblyzer pads its partials), one shorter than ``min_length_s`` is skipped as
+  ``too short`` (the recipe's ``data.min_length_s``, 1 s: a 10 ms file was a 2 s crop of
+  zeros, trained on silently).
 * Verification: LibriSpeech ``test-other`` (``<speaker>/<file>``) and FSDD
-  (``{digit}_{speaker}_{take}.wav``, 8 kHz, resampled to 16 kHz with soxr), whole utterances.
+  (``{digit}_{speaker}_{take}.wav``, 8 kHz, resampled to 16 kHz with soxr), whole utterances;
+  one shorter than ``min_length_s`` (the recipe's ``data.min_test_length_s``, 0.1 s) is
+  skipped as ``too short`` (it was scored on a frame or two, the teacher's on a partial of
+  zeros).
 
 Every waveform is volume-normalised to -30 dBFS (raise only), the GE2E teacher's input
 convention; teacher and student see the same audio.
 
 A file that cannot be used (not audio, truncated, empty, NaN/Inf, digital silence: an
-:class:`~robustdistill.audio.AudioError`) is skipped with a warning naming it and the reason, and
-recorded in the ``skipped`` mapping the loaders take (``{path: reason}``); a set left empty, a
+:class:`~robustdistill.audio.AudioError`; or too short) is skipped with a warning naming it and
+the reason, and recorded in the ``skipped`` mapping the loaders take (``{path: reason}``); a
+set left empty, a
 verification speaker left with fewer than two usable utterances, or a verification set with no
 target or no non-target trial raises :class:`SpeakerDataError` (one line).
 """
@@ -72,16 +78,24 @@ def _prepare(audio: np.ndarray) -> np.ndarray:
 _LIBRISPEECH_NAME = re.compile(r"[^-]+-[^-]+-[^-]+")
 
 
-def _load(path: Path, sample_rate: int, skipped: dict[str, str], set_name: str
-          ) -> np.ndarray | None:
-    """``(N,)`` float32 prepared audio, or None for a file that cannot be used (logged with
-    its reason and recorded in ``skipped`` as ``{str(path): reason}``)."""
+def _load(path: Path, sample_rate: int, skipped: dict[str, str], set_name: str,
+          min_length_s: float = 0.0, min_key: str = "min_length_s") -> np.ndarray | None:
+    """``(N,)`` float32 prepared audio, or None for a file that cannot be used or is shorter
+    than ``min_length_s`` seconds (reason ``too short``; ``min_key``: the setting the
+    warning names), logged with its reason and recorded in ``skipped`` as
+    ``{str(path): reason}``."""
     try:
-        return _prepare(load_audio(path, sample_rate))
+        audio = load_audio(path, sample_rate)
     except AudioError as err:
         skipped[str(path)] = err.reason
         logger.warning("%s: skipping %s [%s]: %s", set_name, path, err.reason, err)
         return None
+    if len(audio) < round(min_length_s * sample_rate):
+        skipped[str(path)] = "too short"
+        logger.warning("%s: skipping %s [too short]: %.4f s < %s=%g s", set_name, path,
+                       len(audio) / sample_rate, min_key, min_length_s)
+        return None
+    return _prepare(audio)
 
 
 def skipped_counts(skipped: dict[str, str]) -> dict[str, int]:
@@ -107,8 +121,8 @@ def _check_trials(utterances: list[Utterance], folder, skipped: dict[str, str]) 
 
 
 def load_train_crops(folder: str | Path, crop_seconds: float, crops_per_utterance: int,
-                     sample_rate: int = 16_000, skipped: dict[str, str] | None = None
-                     ) -> list[Crop]:
+                     sample_rate: int = 16_000, skipped: dict[str, str] | None = None,
+                     min_length_s: float = 0.0) -> list[Crop]:
     """Fixed crops of every usable utterance of a LibriSpeech-style folder (flat or nested).
 
     Args:
@@ -119,8 +133,11 @@ def load_train_crops(folder: str | Path, crop_seconds: float, crops_per_utteranc
         sample_rate: Hz of the crops (default 16 kHz).
         skipped: if given, filled with ``{path: reason}`` of every file skipped as unusable
             (reasons: :data:`robustdistill.audio.AUDIO_ERROR_REASONS`; ``"invalid"`` also for
-            a file not named ``<speaker>-<chapter>-<utt>``, whose speaker is unknown); each is
-            also logged.
+            a file not named ``<speaker>-<chapter>-<utt>``, whose speaker is unknown;
+            ``"too short"`` for one shorter than ``min_length_s``); each is also logged.
+        min_length_s: utterances shorter than this (s) are skipped, not zero-padded to a
+            crop (default 0: every one is kept; ``train-speaker`` passes
+            ``data.min_length_s``).
 
     Returns:
         crops ordered by file then position, each ``round(crop_seconds * sample_rate)``
@@ -146,7 +163,7 @@ def load_train_crops(folder: str | Path, crop_seconds: float, crops_per_utteranc
             logger.warning("train: skipping %s [invalid]: not named <speaker>-<chapter>-<utt>, "
                            "so its speaker is unknown", path)
             continue
-        audio = _load(path, sample_rate, skipped, "train")
+        audio = _load(path, sample_rate, skipped, "train", min_length_s, "data.min_length_s")
         if audio is None:
             continue
         speaker = Path(path).name.split("-")[0]
@@ -167,14 +184,16 @@ def load_train_crops(folder: str | Path, crop_seconds: float, crops_per_utteranc
 
 
 def load_speaker_folders(folder: str | Path, sample_rate: int = 16_000,
-                         skipped: dict[str, str] | None = None) -> list[Utterance]:
+                         skipped: dict[str, str] | None = None,
+                         min_length_s: float = 0.0) -> list[Utterance]:
     """``<folder>/<speaker>/<file>`` (LibriSpeech test-other layout), whole utterances.
 
     Each is decoded to mono at ``sample_rate`` Hz (default 16 kHz) and its level raised to
     -30 dBFS when below (:func:`~robustdistill.speaker.ge2e.normalize_volume`). A file that
     cannot be used (:func:`robustdistill.audio.load_audio` raises
-    :class:`~robustdistill.audio.AudioError`) is skipped, logged and recorded in ``skipped``
-    (``{path: reason}``) when given.
+    :class:`~robustdistill.audio.AudioError`), or is shorter than ``min_length_s`` seconds
+    (``too short``; default 0: none; ``train-speaker`` passes ``data.min_test_length_s``), is
+    skipped, logged and recorded in ``skipped`` (``{path: reason}``) when given.
 
     Raises:
         FileNotFoundError: ``folder`` is not a folder, or has no speaker folder with audio.
@@ -193,7 +212,8 @@ def load_speaker_folders(folder: str | Path, sample_rate: int = 16_000,
             continue
         total += len(files)
         usable = [Utterance(spk.name, Path(path).name, audio) for path in files
-                  if (audio := _load(path, sample_rate, skipped, str(folder))) is not None]
+                  if (audio := _load(path, sample_rate, skipped, str(folder), min_length_s,
+                                     "data.min_test_length_s")) is not None]
         if len(usable) < min(2, len(files)):
             own = {p: r for p, r in skipped.items() if Path(p).parent == spk}
             raise SpeakerDataError(
@@ -210,12 +230,14 @@ def load_speaker_folders(folder: str | Path, sample_rate: int = 16_000,
 
 
 def load_fsdd(folder: str | Path, per_speaker: int, sample_rate: int = 16_000,
-              skipped: dict[str, str] | None = None) -> list[Utterance]:
+              skipped: dict[str, str] | None = None, min_length_s: float = 0.0
+              ) -> list[Utterance]:
     """FSDD recordings ``{digit}_{speaker}_{take}.wav`` resampled to ``sample_rate`` Hz
     (default 16 kHz): per speaker, the first ``per_speaker`` usable files in (take, digit)
     order, so every digit is represented. Levels below -30 dBFS are raised to it, as in
-    :func:`load_speaker_folders`. A file that cannot be used is skipped (logged, recorded in
-    ``skipped`` as ``{path: reason}`` when given) and the speaker's next file taken instead.
+    :func:`load_speaker_folders`. A file that cannot be used, or shorter than ``min_length_s``
+    seconds (default 0: none), is skipped (logged, recorded in ``skipped`` as
+    ``{path: reason}`` when given) and the speaker's next file taken instead.
 
     Raises:
         FileNotFoundError: ``folder`` does not exist or holds no FSDD file.
@@ -240,7 +262,8 @@ def load_fsdd(folder: str | Path, per_speaker: int, sample_rate: int = 16_000,
         for _, _, path in sorted(by_speaker[spk]):
             if len(taken) == per_speaker:
                 break
-            if (audio := _load(path, sample_rate, skipped, str(folder))) is not None:
+            if (audio := _load(path, sample_rate, skipped, str(folder), min_length_s,
+                               "data.min_test_length_s")) is not None:
                 taken.append(Utterance(spk, path.name, audio))
         if len(taken) < min(2, len(by_speaker[spk])):
             raise SpeakerDataError(

@@ -33,7 +33,8 @@ def load_eval_sets(cfg: DataConfig, skipped: dict[str, dict[str, str]] | None = 
     Args:
         cfg: the data section.
         skipped: if given, ``skipped[set name]`` is filled with ``{path: reason}`` of the
-            files skipped as unusable (each is also logged).
+            files skipped as unusable or shorter than ``cfg.min_test_length_s`` (each is also
+            logged).
 
     Raises:
         FileNotFoundError: a configured folder that does not exist or holds no audio.
@@ -43,10 +44,12 @@ def load_eval_sets(cfg: DataConfig, skipped: dict[str, dict[str, str]] | None = 
     sets = {}
     if cfg.test_other_dir:
         sets["test_other"] = load_speaker_folders(
-            cfg.test_other_dir, skipped=skipped.setdefault("test_other", {}))
+            cfg.test_other_dir, skipped=skipped.setdefault("test_other", {}),
+            min_length_s=cfg.min_test_length_s)
     if cfg.fsdd_dir:
         sets["fsdd"] = load_fsdd(cfg.fsdd_dir, cfg.fsdd_per_speaker,
-                                 skipped=skipped.setdefault("fsdd", {}))
+                                 skipped=skipped.setdefault("fsdd", {}),
+                                 min_length_s=cfg.min_test_length_s)
     return sets
 
 
@@ -97,7 +100,8 @@ def load_inputs(cfg: SpeakerKDConfig, skipped: dict[str, dict[str, str]] | None 
     skipped = {} if skipped is None else skipped
     d = cfg.data
     crops = load_train_crops(d.train_dir, d.crop_seconds, d.crops_per_utterance,
-                             skipped=skipped.setdefault("train", {}))
+                             skipped=skipped.setdefault("train", {}),
+                             min_length_s=d.min_length_s)
     sets = load_eval_sets(d, skipped)
     speakers = {c.speaker for c in crops}
     for name, utts in sets.items():

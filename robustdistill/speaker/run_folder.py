@@ -121,7 +121,7 @@ def weight_settings(cfg: SpeakerKDConfig) -> dict[str, Any]:
     run), the evaluation sets, the cache folder, the device or the output folder."""
     full = to_dict(cfg)
     out: dict[str, Any] = {"teacher": full["teacher"]}
-    for key in ("train_dir", "crop_seconds", "crops_per_utterance"):
+    for key in ("train_dir", "crop_seconds", "crops_per_utterance", "min_length_s"):
         out[f"data.{key}"] = full["data"][key]
     out.update({f"student.{k}": v for k, v in full["student"].items()})
     out["loss.method"] = cfg.loss.method
