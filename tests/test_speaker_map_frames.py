@@ -10,6 +10,8 @@ lengths, and the frame centres the encoders report.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -207,3 +209,108 @@ def test_training_moves_the_maps_with_the_students_own_frame_grid(tiny, tiny_wav
     speaker_train.train_system(cfg, teacher, crops)
     speaker_train.train_system(speaker_kd_config(tmp_path, "lstm", 1), teacher, crops)
     assert calls == [(bounds, (n - 148) // 64 + 1, 64, 74), (bounds, 1 + n // 160, 160, 0)]
+    # both runs record the rule with their checkpoints and results (resume and table checks)
+    for out in ("up", "lstm"):
+        saved = json.loads((tmp_path / out / "checkpoints" / "epoch_1" / "speaker_run.json")
+                           .read_text())
+        result = json.loads((tmp_path / out / "result.json").read_text())
+        assert saved["ig.map_frames"] == result["map_frames"] == "nearest_centre_sample_share"
+
+
+def _imlkd_config(tmp_path, kind: str, durations: list, method: str = "imlkd"):
+    from downstream.config import from_dict
+    from robustdistill.speaker.config import SpeakerKDConfig
+
+    return from_dict(SpeakerKDConfig, {
+        "student": {"kind": kind, "upstream": "student-folder" if kind == "upstream" else None},
+        "ig": {"durations": durations}, "loss": {"method": method},
+        "training": {"output_dir": str(tmp_path / "run"), "epochs": 2, "resume": True}})
+
+
+# (student, ig.durations of 2 s crops, method, whether the rule before 2026-12-07 gave other
+# targets): always for an upstream student; for the LSTM (hop 160, centre 0) only with
+# segments off its 10 ms grid (0.0255 s = 408 samples: segments start at 408, 816, ...)
+OLD_RULE_CASES = [("upstream", [1.0, 2.0, None], "imlkd", True),
+                  ("lstm", [1.0, 2.0, None], "imlkd", False),
+                  ("lstm", [0.0255, None], "imlkd", True),
+                  ("upstream", [1.0, 2.0, None], "none", False)]
+
+
+@pytest.mark.parametrize(("kind", "durations", "method", "differs"), OLD_RULE_CASES)
+def test_a_resume_from_a_checkpoint_trained_on_the_old_frame_mapping_is_refused(
+        tmp_path, kind, durations, method, differs):
+    """A checkpoint written before 2026-12-07 has no ``ig.map_frames`` in its settings: a
+    resume with this code would train its later epochs on other map targets than its earlier
+    ones and report one run; refused where the targets differ, and only there."""
+    from robustdistill.speaker import run_folder
+
+    cfg = _imlkd_config(tmp_path, kind, durations, method)
+    epoch = tmp_path / "run" / "checkpoints" / "epoch_1"
+    epoch.mkdir(parents=True)
+    before = {k: v for k, v in run_folder.weight_settings(cfg).items() if k != "ig.map_frames"}
+    (epoch / "speaker_run.json").write_text(json.dumps(before))
+    if differs:
+        with pytest.raises(ValueError, match=r"epoch_1 was trained before 2026-12-07 on IML-KD "
+                                             r"map targets put on other student frames"):
+            run_folder.check_run_folder(cfg)
+    else:
+        assert run_folder.check_run_folder(cfg) == (epoch, 1)
+    # a checkpoint that records the rule (this code's) resumes
+    (epoch / "speaker_run.json").write_text(json.dumps(run_folder.weight_settings(cfg)))
+    assert run_folder.check_run_folder(cfg) == (epoch, 1)
+
+
+@pytest.mark.parametrize(("kind", "durations", "method", "differs"), OLD_RULE_CASES)
+def test_the_table_retrains_a_finished_run_of_the_old_frame_mapping(tmp_path, kind, durations,
+                                                                    method, differs):
+    """``table`` reuses a finished run's ``result.json``; one from before 2026-12-07 (no
+    ``map_frames``) whose map targets differ is trained again instead."""
+    from downstream.config import to_dict
+    from robustdistill.speaker.table import finished_run
+
+    cfg = _imlkd_config(tmp_path, kind, durations, method)
+    (tmp_path / "run").mkdir()
+    result = {"config": to_dict(cfg), "eval": {"test": {"eer": 0.1, "min_dcf": 0.5}}}
+    (tmp_path / "run" / "result.json").write_text(json.dumps(result))
+    assert (finished_run(cfg) is None) == differs
+    (tmp_path / "run" / "result.json").write_text(json.dumps(
+        {**result, "map_frames": "nearest_centre_sample_share"}))
+    assert finished_run(cfg)["eval"] == result["eval"]
+
+
+@pytest.mark.parametrize(("family", "kernels", "strides", "centre"), [
+    ("wavlm", (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2), 200),
+    ("hubert", (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2), 200),
+    ("wav2vec2", (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2), 200),
+    ("data2vec-audio", (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2), 200),
+    ("wavlm", (7, 3), (3, 2), 6),  # receptive field 13 (odd): frame k reads [6 k, 6 k + 13)
+])
+def test_first_frame_centre_of_each_family_by_single_sample_perturbation(family, kernels,
+                                                                         strides, centre):
+    """The real model classes (layer-norm CNN with bias, so nothing normalises across frames):
+    a change at sample ``s`` reaches exactly the frames ``k`` with ``hop k <= s < hop k +
+    field``, ``field = 2 centre`` (400 for the wav2vec 2.0 CNN) or ``2 centre + 1`` (odd)."""
+    from transformers import AutoConfig, AutoModel
+
+    from robustdistill.upstream import Upstream
+
+    config = AutoConfig.for_model(
+        family, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, conv_dim=(4,) * len(kernels),
+        conv_kernel=kernels, conv_stride=strides, conv_bias=True, feat_extract_norm="layer")
+    torch.manual_seed(0)
+    model = AutoModel.from_config(config).eval()
+    upstream = Upstream(model)
+    hop, field = upstream.samples_per_frame, 1 + sum(
+        (k - 1) * int(np.prod(strides[:i])) for i, k in enumerate(kernels))
+    assert upstream.first_frame_centre == centre == field // 2
+    x = torch.randn(1, 2000)
+    with torch.no_grad():
+        base = model.feature_extractor(x)
+        assert base.shape[-1] == int(upstream.frame_lengths(torch.tensor([2000]))[0])
+        for s in (0, centre, hop - 1, hop, field - 1, field, 999, 1999):
+            y = x.clone()
+            y[0, s] += 1.0
+            moved = (model.feature_extractor(y) - base).abs().sum(1)[0] > 0
+            assert torch.nonzero(moved).flatten().tolist() == [
+                k for k in range(base.shape[-1]) if hop * k <= s < hop * k + field], s

@@ -27,10 +27,12 @@ from robustdistill.run_settings import config_changes
 from robustdistill.strict_json import nan_for_null, strict_dumps
 
 from .config import SpeakerKDConfig
+from .ge2e import SAMPLE_RATE
+from .targets import MAP_FRAMES_RULE, floor_rule_targets_differ
 
 __all__ = ["EPOCH_PREFIX", "EPOCH_PROGRESS", "check_run_folder", "epoch_progress",
            "logged_epochs", "newest_checkpoint_note", "save_epoch_checkpoint",
-           "weight_settings"]
+           "map_targets_predate_rule", "weight_settings"]
 
 
 #: Speaker checkpoints are ``checkpoints/epoch_N`` (N epochs done), written and published as
@@ -112,13 +114,17 @@ def newest_checkpoint_note(output_dir: Path, resume: str) -> str:
 _RUN_SETTINGS = "speaker_run.json"
 #: The key in it of the folder the run was in (the relative paths' folder), not a setting.
 _STARTED_IN = "_cwd"
+#: The key in it of the rule IML-KD's maps were moved onto the student's frames with
+#: (:data:`~robustdistill.speaker.targets.MAP_FRAMES_RULE`; none before 2026-12-07).
+MAP_FRAMES_KEY = "ig.map_frames"
 
 
 def weight_settings(cfg: SpeakerKDConfig) -> dict[str, Any]:
     """What the trained weights depend on, flattened to ``{"section.key": value}``: the
     teacher, the training crops, the student, the active loss terms (and ``ig``'s map settings
-    for ``imlkd``) and the optimisation, but not ``training.epochs`` (a resume may extend a
-    run), the evaluation sets, the cache folder, the device or the output folder."""
+    for ``imlkd``, with the rule that moves the maps onto the student's frames:
+    :data:`MAP_FRAMES_KEY`) and the optimisation, but not ``training.epochs`` (a resume may
+    extend a run), the evaluation sets, the cache folder, the device or the output folder."""
     full = to_dict(cfg)
     out: dict[str, Any] = {"teacher": full["teacher"]}
     for key in ("train_dir", "crop_seconds", "crops_per_utterance", "min_length_s"):
@@ -131,6 +137,7 @@ def weight_settings(cfg: SpeakerKDConfig) -> dict[str, Any]:
     if cfg.loss.method == "imlkd":
         out.update({f"ig.{k}": v for k, v in cfg.ig.settings().key().items()})
         out["ig.durations"] = full["ig"]["durations"]
+        out[MAP_FRAMES_KEY] = MAP_FRAMES_RULE
     out.update({f"training.{k}": full["training"][k]
                 for k in ("batch_size", "lr", "weight_decay", "seed", "max_grad_norm")})
     return out
@@ -150,7 +157,9 @@ def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_di
             truncated ``model.safetensors``: refused by name, not replaced by an older one),
             a resume whose checkpoint was trained with other settings
             (:func:`weight_settings`; the run would go on with the new ones and be reported as
-            if it had used them throughout), or one whose checkpoint is past
+            if it had used them throughout; also an IML-KD checkpoint from before 2026-12-07
+            whose map targets the old frame mapping made differ:
+            :func:`map_targets_predate_rule`), or one whose checkpoint is past
             ``training.epochs`` (its model would be reported as trained for fewer epochs;
             a mid-epoch checkpoint of epoch ``training.epochs + 1`` too).
     """
@@ -194,7 +203,23 @@ def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_di
             raise ValueError(f"{last[0]} was trained with other settings; resuming would not "
                              f"continue that run: {'; '.join(changed)} (allowed: the same "
                              f"settings, or another {folder_key})")
+        if saved.get("loss.method") == "imlkd" and MAP_FRAMES_KEY not in saved \
+                and map_targets_predate_rule(cfg):
+            raise ValueError(
+                f"{last[0]} was trained before 2026-12-07 on IML-KD map targets put on other "
+                f"student frames (docs/imlkd.md, \"Teacher maps on the student's frames\"); "
+                f"resuming would train on two kinds of map targets as one run "
+                f"(allowed: another {folder_key}, or remove that folder to start again)")
     return last
+
+
+def map_targets_predate_rule(cfg: SpeakerKDConfig) -> bool:
+    """Whether an IML-KD run of ``cfg`` made before 2026-12-07 (no :data:`MAP_FRAMES_KEY`)
+    was trained on other map targets than this code's
+    (:func:`~robustdistill.speaker.targets.floor_rule_targets_differ` for its student, crop
+    length and ``ig.durations``)."""
+    return cfg.loss.method == "imlkd" and floor_rule_targets_differ(
+        cfg.student.kind, int(round(cfg.data.crop_seconds * SAMPLE_RATE)), cfg.ig.durations)
 
 
 def save_epoch_checkpoint(accelerator, output_dir: Path, epochs_done: int,

@@ -20,6 +20,7 @@ from .config import SpeakerKDConfig
 from .data import skipped_counts
 from .evaluation import evaluate_teacher
 from .inputs import load_run_inputs
+from .run_folder import map_targets_predate_rule
 from .train import train_system
 
 __all__ = ["finished_run", "format_table", "run_table", "table_runs"]
@@ -98,11 +99,18 @@ def finished_run(run_cfg: SpeakerKDConfig) -> dict[str, Any] | None:
     in ``run_cfg.training.output_dir``, which the table reuses; else None. Its ``eval``
     scores written ``null`` (non-finite: :mod:`robustdistill.strict_json`) are read as NaN.
     Its config is compared with every non-finite number as ``null`` on both sides: a setting
-    of ``.inf`` (``training.max_grad_norm``, say) is written ``null`` there."""
+    of ``.inf`` (``training.max_grad_norm``, say) is written ``null`` there. An IML-KD run
+    from before 2026-12-07 (no ``map_frames``) whose map targets the old frame mapping made
+    differ (:func:`~robustdistill.speaker.run_folder.map_targets_predate_rule`) is not reused
+    (logged)."""
     done = Path(run_cfg.training.output_dir) / "result.json"
     previous = json.loads(done.read_text()) if done.is_file() else {}
     if previous.get("eval") and (_run_key(null_for_nonfinite(previous.get("config")))
                                  == _run_key(null_for_nonfinite(to_dict(run_cfg)))):
+        if "map_frames" not in previous and map_targets_predate_rule(run_cfg):
+            logger.warning("not reusing %s: trained before 2026-12-07 on IML-KD map targets "
+                           "put on other student frames (docs/imlkd.md)", done)
+            return None
         return {**previous, "eval": nan_for_null(previous["eval"])}
     return None
 

@@ -19,7 +19,14 @@ from .data import Crop
 from .ge2e import GE2E, HOP
 from .losses import map_kl
 
-__all__ = ["TeacherTargets", "map_targets", "student_map_loss", "teacher_targets"]
+__all__ = ["MAP_FRAMES_RULE", "TeacherTargets", "floor_rule_targets_differ", "map_targets",
+           "student_map_loss", "teacher_targets"]
+
+#: The rule :func:`map_targets` moves the teacher's maps with, stored with every IML-KD
+#: checkpoint's settings (``ig.map_frames``) and ``result.json`` (``map_frames``). Runs before
+#: 2026-12-07 have none: each teacher frame went whole to student frame ``floor(centre / hop)``
+#: (:func:`floor_rule_targets_differ` says when that gave other targets).
+MAP_FRAMES_RULE = "nearest_centre_sample_share"
 
 
 @dataclass
@@ -116,6 +123,34 @@ def map_targets(bounds: list[tuple[int, int]], num_student_frames: int, student_
         shared = (torch.minimum(hi[:, None], hi_s[None]) - torch.maximum(lo[:, None], lo_s[None]))
         out.append(shared.clamp(min=0).float() / (hi - lo)[:, None].float())
     return out
+
+
+def floor_rule_targets_differ(student_kind: str, num_samples: int,
+                              durations: list[float | None]) -> bool:
+    """Whether the rule before 2026-12-07 (teacher frame ``i`` of ``[a, b)`` whole to student
+    frame ``floor((a + 160 i) / hop)``, clamped to the last) gave other map targets than
+    :func:`map_targets` for a run's crops: always for an upstream student (``student_kind``
+    not ``"lstm"``: it put every even teacher frame on the farther of its two neighbouring
+    CNN frames), for the log-mel LSTM (hop 160, centre 0) only when a segment does not start
+    and end on its 10 ms grid (both rules then give the same 0/1 matrices).
+
+    Args:
+        student_kind: ``student.kind`` (``"lstm"`` or ``"upstream"``).
+        num_samples: the training crops' length ``N``.
+        durations: ``ig.durations`` (seconds; None: the whole crop).
+    """
+    if student_kind != "lstm":
+        return True
+    from .attribution import segment_bounds
+
+    bounds = segment_bounds(num_samples, durations)
+    frames = 1 + num_samples // HOP
+    for (a, b), matrix in zip(bounds, map_targets(bounds, frames, HOP, 0), strict=True):
+        old = torch.clamp(torch.div(a + HOP * torch.arange(1 + (b - a) // HOP), HOP,
+                                    rounding_mode="floor"), max=frames - 1)
+        if not torch.equal(matrix, F.one_hot(old, frames).float()):
+            return True
+    return False
 
 
 def student_map_loss(map_logits: torch.Tensor, teacher_maps: list[torch.Tensor],

@@ -67,7 +67,7 @@ from .run_folder import (
     save_epoch_checkpoint,
     weight_settings,
 )
-from .targets import map_targets, student_map_loss, teacher_targets
+from .targets import MAP_FRAMES_RULE, map_targets, student_map_loss, teacher_targets
 
 __all__ = ["build_student", "train_system"]
 
@@ -317,6 +317,8 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
               # the whole run's lookups (history holds the epochs before a resume too)
               "cache": {"hits": sum(e.get("cache_hits", 0) for e in history),
                         "misses": sum(e.get("cache_misses", 0) for e in history)}}
+    if "map" in weights:  # how the maps were moved onto the student's frames (table reuse)
+        result["map_frames"] = MAP_FRAMES_RULE
     if any((skipped_files or {}).values()):
         result["skipped_files"] = {name: skipped_counts(files)
                                    for name, files in skipped_files.items() if files}
