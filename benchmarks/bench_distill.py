@@ -12,7 +12,8 @@ Prints a Markdown table:
   the real noise/RIR folders when ``../shared/data`` exists, else white noise and simulated
   rooms.
 
-Usage: ``python benchmarks/bench_distill.py [--threads 2] [--steps 5] [--out docs/benchmarks.md]``
+Usage: ``python benchmarks/bench_distill.py [--threads 2] [--steps 5] [--out runs/bench_distill.md]``
+(``--out`` writes the table alone: not over ``docs/benchmarks.md``, which keeps notes beside it)
 """
 
 from __future__ import annotations

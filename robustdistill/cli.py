@@ -152,8 +152,8 @@ def create_student_main(argv: list[str]) -> int:
                         help="student shape (docs/performance.md, section 2)")
     described = STUDENT_CONFIG_HELP.get  # each option's StudentConfig help
     parser.add_argument("--family", default=None, choices=list(STUDENT_FAMILIES),
-                        help="student model type; default: the teacher's when it is one of "
-                             "these, else hubert")
+                        help="student model type; default: the preset's (fast: hubert), else "
+                             "the teacher's when it is one of these, else hubert")
     parser.add_argument("--num-layers", type=int, default=2, help=described("num_layers"))
     parser.add_argument("--hidden-size", type=int, default=None, help=described("hidden_size"))
     parser.add_argument("--num-attention-heads", type=int, default=None,

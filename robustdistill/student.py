@@ -129,7 +129,7 @@ class StudentConfig:
     """
 
     preset: str = field(default="default", metadata={"help": f"student shape preset, one of {tuple(STUDENT_PRESETS)}; explicit fields override it"})
-    family: str | None = field(default=None, metadata={"help": f"student model type, one of {STUDENT_FAMILIES}; default: the teacher's"})
+    family: str | None = field(default=None, metadata={"help": f"student model type, one of {STUDENT_FAMILIES}; default: the preset's (fast: hubert), else the teacher's when it is one of these, else hubert"})
     num_layers: int = field(default=2, metadata={"help": "transformer layers of the student"})
     hidden_size: int | None = field(default=None, metadata={"help": "student width; default the teacher's"})
     num_attention_heads: int | None = field(default=None, metadata={"help": "default hidden_size // 64"})

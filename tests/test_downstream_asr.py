@@ -173,3 +173,27 @@ def test_phone_vocabulary_round_trip():
 
     with pytest.raises(ValueError, match="blank"):
         AsrConfig(DataConfig(SourceConfig(root="x")), vocabulary=["<blank>", "AH"])
+
+
+def test_make_transcripts_runs_as_a_module_without_runpy_warning_and_task_still_normalises():
+    """`python -m downstream.tasks.asr.make_transcripts` (the command the ASR configs give)
+    used to print runpy's "found in sys.modules ... unpredictable behaviour" RuntimeWarning,
+    because the package's task module imported make_transcripts at import time."""
+    import os
+    import subprocess
+    import sys
+
+    from downstream.data import DataConfig, SourceConfig, Utterance
+    from downstream.tasks.asr.task import AsrConfig, AsrTask
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONWARNINGS": "error::RuntimeWarning"}
+    proc = subprocess.run([sys.executable, "-P", "-m", "downstream.tasks.asr.make_transcripts",
+                           "--help"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "RuntimeWarning" not in proc.stderr and "sys.modules" not in proc.stderr
+    assert proc.stdout.startswith("usage: make_transcripts.py")
+    # the task's own normalisation (now imported where it is used) is unchanged
+    task = AsrTask(AsrConfig(DataConfig(SourceConfig(root="x"))), seed=0)
+    assert task.target(Utterance("u", "u.wav", text="It's 3rd—ok")) == "IT'S THIRD OK"

@@ -119,3 +119,24 @@ def test_gradient_checkpointing_gives_the_same_step(tmp_path, tiny_wavlm_dir):
     assert gc_losses == pytest.approx(plain_losses, rel=1e-6)
     for key in plain:
         torch.testing.assert_close(gc[key], plain[key], rtol=1e-5, atol=1e-6)
+
+
+def test_family_help_names_the_presets_family_as_create_student_resolves_it(base_teacher,
+                                                                             capsys):
+    """`--family`'s help (and `student.family`'s, in docs/config.md) used to say the default is
+    the teacher's, but the `fast` preset makes a HuBERT student from any teacher."""
+    from robustdistill.cli import main
+    from robustdistill.config import DistillConfig
+    from robustdistill.config_reference import config_reference
+
+    assert _student_config(base_teacher, StudentConfig(preset="fast")).model_type == "hubert"
+    assert _student_config(base_teacher, StudentConfig()).model_type == "wavlm"
+    with pytest.raises(SystemExit):
+        main(["create-student", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert ("--family {hubert,wavlm,wav2vec2,data2vec-audio} student model type; default: the "
+            "preset's (fast: hubert), else the teacher's when it is one of these, else hubert"
+            ) in help_text
+    row = next(line for line in config_reference(DistillConfig, markdown=True).splitlines()
+               if line.startswith("| `student.family`"))
+    assert "default: the preset's (fast: hubert), else the teacher's" in row

@@ -244,9 +244,16 @@ def test_bad_results_files(tmp_path):
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_every_template_renders_without_placeholders(run, kind):
-    card = build_card(run["student"], [run["results"]], run["run"], license="mit", kind=kind,
-                      speed=False, copy_plots=False)
+def test_every_template_renders_without_placeholders(run, kind, tmp_path):
+    run_dir = run["run"]
+    if kind != "ssl":  # the same student and logs under a config of the kind's own trainer
+        run_dir = tmp_path / f"{kind}_run"
+        shutil.copytree(run["run"], run_dir)
+        config = ({"loss": {"teacher": "nsnet2"}, "data": {"snr_range": [0, 5]}} if kind == "se"
+                  else {"loss": {"method": "imlkd"}, "training": {"epochs": 2}})
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    card = build_card(run_dir / "student", [run["results"]], run_dir, license="mit", kind=kind,
+                      speed=False, copy_plots=False, match_upstream=str(run["student"]))
     check_no_placeholders(card.text)
     assert card.data.pipeline_tag == KINDS[kind][1]
     references = card.text.split("## References", 1)[1]
@@ -1381,3 +1388,38 @@ def test_speaker_training_section_follows_the_evaluation_result_json_recorded(tm
         "- Validation data: none held out during training; verification after training on "
         "`../shared/data/librispeech-mini/test-other` (LibriSpeech test-other), speakers "
         "unseen in training (the Evaluation section)")
+
+
+def test_a_card_whose_kind_is_not_the_runs_trainer_is_refused_before_writing(tmp_path, run,
+                                                                            capsys):
+    """`card --run` of a train-se or train-speaker run without its `--kind` used to write the
+    default SSL card (a "self-supervised speech encoder ... load it with AutoModel" text and
+    no verification results) over the student's card: now one line naming the kind to give."""
+    from robustdistill.cli import main
+    from robustdistill.se.students import GRUMaskStudent, StudentConfig
+
+    se_student = GRUMaskStudent(StudentConfig(hidden_size=8)).save_pretrained(tmp_path / "se")
+    (tmp_path / "se_run").mkdir()
+    (tmp_path / "se_run" / "config.yaml").write_text(yaml.safe_dump(
+        {"loss": {"teacher": "nsnet2"}, "data": {"snr_range": [0, 5], "reverb_prob": 0.0}}))
+    with pytest.raises(CardError, match=r"se_run is a `train-se` run: its student's card is "
+                                        r"--kind se, not --kind ssl$"):
+        build_card(se_student, [], tmp_path / "se_run", license="mit", speed=False)
+    (tmp_path / "spk_run").mkdir()
+    (tmp_path / "spk_run" / "config.yaml").write_text(yaml.safe_dump(
+        {"loss": {"method": "imlkd"}, "training": {"epochs": 2}}))
+    with pytest.raises(CardError, match=r"is a `train-speaker` run: its student's card is "
+                                        r"--kind speaker, not --kind se$"):
+        build_card(se_student, [], tmp_path / "spk_run", license="mit", kind="se", speed=False)
+    with pytest.raises(SystemExit) as exit_info:  # the command: one usage line, nothing written
+        main(["card", "--model", str(se_student), "--run", str(tmp_path / "se_run"),
+              "--license", "mit", "--no-speed"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("robustdistill card: error: ") and err.endswith(
+        "is a `train-se` run: its student's card is --kind se, not --kind ssl")
+    assert not (se_student / "README.md").exists()
+    # the matching kind, and a distill run with the default kind, still build their cards
+    assert "speech-enhancement" in build_card(se_student, [], tmp_path / "se_run",
+                                              license="mit", kind="se", speed=False).data.tags
+    assert build_card(run["student"], [], run["run"], license="mit", speed=False).text

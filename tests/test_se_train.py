@@ -294,3 +294,15 @@ def test_a_schedule_with_no_kd_term_is_said(tmp_path, caplog):
                                                     "--loss.schedule", "mixture")))
     assert ("loss.schedule mixture has no KD term to schedule (every KD weight is 0): the "
             "student trains on the task loss alone, at weight 1") in caplog.text
+
+
+def test_a_finished_run_says_where_its_student_is(tmp_path, caplog):
+    """`train-se` used to end on its progress bar, without naming the folder it wrote (as
+    `distill`'s "done: RUN/student" does)."""
+    write_se_data(tmp_path)
+    out = tmp_path / "run"
+    with caplog.at_level("INFO", logger="robustdistill.se.train"):
+        train_se(load_se_config(None, se_train_args(tmp_path, out, 1)))
+    done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("done: ")]
+    assert done == [f"done: {out / 'student'} (final_state.json beside it)"]
+    assert (out / "student" / "model.safetensors").is_file()

@@ -279,9 +279,10 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
         (:func:`~robustdistill.publish.provenance.student_input_corrupted`).
 
     Raises:
-        CardError: unknown kind; a licence that is not a Hub id, ``other`` without a name
-            and a link, or a link to a file ``push`` does not upload
-            (:func:`~robustdistill.publish.licenses.hub_license`); weights that are not the
+        CardError: unknown kind, or a ``run_dir`` written by another trainer than ``kind``'s
+            (:func:`~robustdistill.publish.provenance.run_recipe`); a licence that is not a
+            Hub id, ``other`` without a name and a link, or a link to a file ``push`` does
+            not upload (:func:`~robustdistill.publish.licenses.hub_license`); weights that are not the
             student ``run_dir`` trained (at ``step``;
             :func:`~robustdistill.publish.run_weights.check_run_weights`); a results file
             without this model; two task labels or conditions that give one ``model-index`` config in one
@@ -304,6 +305,10 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     student = model_facts(model_dir)
     library_transformers = is_transformers_config(model_dir)
     run = summarise_run(run_dir, step=step, kind=kind) if run_dir is not None else None
+    if run is not None and run.recipe != kind:  # the template would describe another model
+        trainer = {"ssl": "distill", "se": "train-se", "speaker": "train-speaker"}[run.recipe]
+        raise CardError(f"{run_dir} is a `{trainer}` run: its student's card is --kind "
+                        f"{run.recipe}, not --kind {kind}")
     if run is not None:  # refuses another run's training (a mistyped --run)
         logger.info("%s", check_run_weights(model_dir, run, step))
         if step is None and is_best_student(model_dir, run):  # the card says which step

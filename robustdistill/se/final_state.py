@@ -64,3 +64,5 @@ def save_final_student(acc, out: Path, student, loss_fn, *, max_steps: int, coun
             "skipped_speech_files": maker.speech.skipped,
             "best_validation": best.state if best is not None else None})
         metrics.close()
+        # as `distill`'s "done: RUN/student": the command otherwise ends on a progress bar
+        logger.info("done: %s (%s beside it)", out / "student", FINAL_STATE)

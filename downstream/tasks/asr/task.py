@@ -31,7 +31,6 @@ from torchmetrics.functional.text import char_error_rate, word_error_rate
 
 from ...base import Example, Task, TaskConfig
 from ...data import Utterance
-from .make_transcripts import normalize_transcript
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +209,11 @@ class AsrTask(Task):
 
     def _normalize(self, text: str | None) -> str:
         if self.config.vocabulary is None:
+            # imported here, not at the top: `python -m downstream.tasks.asr.make_transcripts`
+            # imports this package first, and a module-level import of make_transcripts would
+            # load it a second time before it runs as __main__ (runpy's RuntimeWarning)
+            from .make_transcripts import normalize_transcript
+
             return normalize_transcript(text or "")
         return " ".join((text or "").split()) if self.config.tokens == "words" else (text or "")
 
