@@ -52,7 +52,9 @@ class DataConfig:
             Default 1.0: ``distill``'s ``data.min_length_s``, and the IML-KD paper's shortest
             map segment (``ig.durations``' 1 s), so a kept utterance fills at least that
             segment of its crop (LibriSpeech train-clean-100's shortest in
-            ``librispeech-mini`` is 1.6 s). From :data:`MIN_CROP_SECONDS` to ``crop_seconds``.
+            ``librispeech-mini`` is 1.6 s). At least :data:`MIN_CROP_SECONDS`; with crops
+            shorter than it, ``crop_seconds`` is the minimum (an utterance that fills a crop is
+            never too short: :attr:`min_train_seconds`).
         crops_per_utterance: at most this many fixed, evenly spaced, non-overlapping crops per
             training utterance (>= 1; fewer when the utterance is short).
         test_other_dir: ``<speaker>/<file>`` verification set (LibriSpeech test-other); its
@@ -73,8 +75,8 @@ class DataConfig:
 
     Raises:
         ValueError: (on construction) an empty ``train_dir``, ``crop_seconds`` below
-            :data:`MIN_CROP_SECONDS`, ``min_length_s`` outside ``[MIN_CROP_SECONDS,
-            crop_seconds]``, ``min_test_length_s`` below :data:`MIN_CROP_SECONDS`,
+            :data:`MIN_CROP_SECONDS`, ``min_length_s`` or ``min_test_length_s`` below
+            :data:`MIN_CROP_SECONDS`,
             ``crops_per_utterance < 1``, ``fsdd_per_speaker < 2``, ``max_nontarget < 1``, a
             negative ``trials_seed`` or ``p_target`` outside ``(0, 1)``; the message names the
             key.
@@ -99,10 +101,9 @@ class DataConfig:
             raise ValueError(f"data.crop_seconds must be at least {MIN_CROP_SECONDS} s (one "
                              "25 ms analysis window: the teacher's mel frame, an upstream "
                              f"student's first frame), got {self.crop_seconds}")
-        if not MIN_CROP_SECONDS <= self.min_length_s <= self.crop_seconds:
-            raise ValueError(f"data.min_length_s must lie in [{MIN_CROP_SECONDS}, "
-                             f"data.crop_seconds {self.crop_seconds:g}] s (an utterance "
-                             f"filling a crop is never too short), got {self.min_length_s}")
+        if not self.min_length_s >= MIN_CROP_SECONDS:
+            raise ValueError(f"data.min_length_s must be at least {MIN_CROP_SECONDS} s "
+                             f"(one 25 ms analysis window), got {self.min_length_s}")
         if not self.min_test_length_s >= MIN_CROP_SECONDS:
             raise ValueError(f"data.min_test_length_s must be at least {MIN_CROP_SECONDS} s "
                              f"(one 25 ms analysis window), got {self.min_test_length_s}")
@@ -110,6 +111,12 @@ class DataConfig:
                   trials_seed=0)
         if not 0 < self.p_target < 1:
             raise ValueError(f"data.p_target must lie in (0, 1), got {self.p_target}")
+
+    @property
+    def min_train_seconds(self) -> float:
+        """Training utterances shorter than this (seconds) are skipped: ``min_length_s``, or
+        ``crop_seconds`` when the crop is shorter (an utterance that fills a crop is kept)."""
+        return min(self.min_length_s, self.crop_seconds)
 
 
 @dataclass
