@@ -1394,7 +1394,8 @@ def test_a_card_whose_kind_is_not_the_runs_trainer_is_refused_before_writing(tmp
                                                                             capsys):
     """`card --run` of a train-se or train-speaker run without its `--kind` used to write the
     default SSL card (a "self-supervised speech encoder ... load it with AutoModel" text and
-    no verification results) over the student's card: now one line naming the kind to give."""
+    no verification results) over the student's card: now the kind is the run's trainer's,
+    and another kind given is refused in one line naming the kind to give."""
     from robustdistill.cli import main
     from robustdistill.se.students import GRUMaskStudent, StudentConfig
 
@@ -1402,18 +1403,21 @@ def test_a_card_whose_kind_is_not_the_runs_trainer_is_refused_before_writing(tmp
     (tmp_path / "se_run").mkdir()
     (tmp_path / "se_run" / "config.yaml").write_text(yaml.safe_dump(
         {"loss": {"teacher": "nsnet2"}, "data": {"snr_range": [0, 5], "reverb_prob": 0.0}}))
-    with pytest.raises(CardError, match=r"se_run is a `train-se` run: its student's card is "
-                                        r"--kind se, not --kind ssl$"):
-        build_card(se_student, [], tmp_path / "se_run", license="mit", speed=False)
+    # without a kind the run's trainer gives it: the SE card, not the SSL encoder's
+    card = build_card(se_student, [], tmp_path / "se_run", license="mit", speed=False)
+    assert card.data.pipeline_tag == KINDS["se"][1] and "speech-enhancement" in card.data.tags
     (tmp_path / "spk_run").mkdir()
     (tmp_path / "spk_run" / "config.yaml").write_text(yaml.safe_dump(
         {"loss": {"method": "imlkd"}, "training": {"epochs": 2}}))
     with pytest.raises(CardError, match=r"is a `train-speaker` run: its student's card is "
                                         r"--kind speaker, not --kind se$"):
         build_card(se_student, [], tmp_path / "spk_run", license="mit", kind="se", speed=False)
+    with pytest.raises(CardError, match=r"se_run is a `train-se` run: its student's card is "
+                                        r"--kind se, not --kind ssl$"):
+        build_card(se_student, [], tmp_path / "se_run", license="mit", kind="ssl", speed=False)
     with pytest.raises(SystemExit) as exit_info:  # the command: one usage line, nothing written
         main(["card", "--model", str(se_student), "--run", str(tmp_path / "se_run"),
-              "--license", "mit", "--no-speed"])
+              "--license", "mit", "--no-speed", "--kind", "ssl"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("robustdistill card: error: ") and err.endswith(

@@ -224,7 +224,7 @@ def _limitations(run: RunSummary | None, tasks: Sequence[TaskResult], student: M
 def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
                run_dir: str | Path | None = None, *, license: str,
                license_name: str | None = None, license_link: str | None = None,
-               kind: str = "ssl",
+               kind: str | None = None,
                repo_id: str | None = None, base_model: str | None = None,
                datasets: Sequence[str] = (), language: Sequence[str] | str | None = None,
                tags: Sequence[str] = (), notes: Sequence[str] = (),
@@ -249,7 +249,10 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
         license_link: with ``license="other"`` (and only then, required): an ``http(s)`` URL
             of the licence's text or the path of its file in ``model_dir`` (one that ``push``
             uploads), the card's ``license_link``.
-        kind: a key of :data:`KINDS` (template and pipeline tag).
+        kind: a key of :data:`KINDS` (template and pipeline tag); None (the default): the
+            trainer of ``run_dir`` (:func:`~robustdistill.publish.provenance.run_recipe`:
+            ``ssl`` for ``distill``, ``se`` for ``train-se``, ``speaker`` for
+            ``train-speaker``), ``ssl`` without a run.
         repo_id: the Hub repository the card is for (names it in the loading code).
         base_model: Hub id of the teacher; default the run's teacher when it is a hub id.
         datasets: Hub dataset ids for the metadata (the text always gives the data paths).
@@ -296,7 +299,7 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     import jinja2
     from huggingface_hub import ModelCard, ModelCardData
 
-    if kind not in KINDS:
+    if kind is not None and kind not in KINDS:
         raise CardError(f"unknown card kind {kind!r}; known: {sorted(KINDS)}")
     model_dir = Path(model_dir)
     license = hub_license(license, license_name, license_link, model_dir)
@@ -304,8 +307,11 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
         raise FileNotFoundError(f"{model_dir} has no config.json: not a saved student folder")
     student = model_facts(model_dir)
     library_transformers = is_transformers_config(model_dir)
-    run = summarise_run(run_dir, step=step, kind=kind) if run_dir is not None else None
-    if run is not None and run.recipe != kind:  # the template would describe another model
+    run = summarise_run(run_dir, step=step, kind=kind or "ssl") if run_dir is not None else None
+    if kind is None:  # the run's own trainer says which card its student gets
+        kind = run.recipe if run is not None else "ssl"
+        logger.info("card kind %s (%s)", kind, "the run's trainer" if run else "no run")
+    elif run is not None and run.recipe != kind:  # the template would describe another model
         trainer = {"ssl": "distill", "se": "train-se", "speaker": "train-speaker"}[run.recipe]
         raise CardError(f"{run_dir} is a `{trainer}` run: its student's card is --kind "
                         f"{run.recipe}, not --kind {kind}")
@@ -525,9 +531,10 @@ def card_main(argv: list[str]) -> int:
     parser.add_argument("--license-link", default=None,
                         help="with --license other: a URL of the licence's text, or its file "
                              "in the model folder that push uploads (e.g. LICENSE)")
-    parser.add_argument("--kind", default="ssl", choices=sorted(KINDS),
-                        help="the card's template: ssl (a distill student, default), se (a "
-                             "train-se student) or speaker (a train-speaker student)")
+    parser.add_argument("--kind", default=None, choices=sorted(KINDS),
+                        help="the card's template: ssl (a distill student), se (a train-se "
+                             "student) or speaker (a train-speaker student); default: the "
+                             "trainer of --run, ssl without --run")
     parser.add_argument("--repo-id", default=None, help="ORG/NAME the card is for")
     parser.add_argument("--base-model", default=None, help="the teacher's Hub id")
     parser.add_argument("--dataset", action="append", default=[], help="Hub dataset id (repeat)")
