@@ -130,16 +130,17 @@ def resolve_task(name: str) -> tuple[str, str | None]:
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a": {"b": 1}, "c": [1, 2]}`` (values read as YAML; a
+    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a": {"b": 1}, "c": [1, 2]}`` (values read as YAML
+    the way the config files and distill's overrides are, :func:`robustdistill.config.
+    read_yaml`: 1.2 booleans and floats, so ``1e38`` is a number and ``no`` a string; a
     mapping value is a :class:`robustdistill.config.ReplacingMapping`, which replaces the
     config's mapping instead of merging into it, as in a YAML file).
 
     Raises:
-        ValueError: an item without ``=`` or with an empty key.
+        ValueError: an item without ``=`` or with an empty key; a value that is not valid YAML
+            (:class:`robustdistill.config.InvalidYAMLError`, naming the key).
     """
-    import yaml
-
-    from robustdistill.config import ReplacingMapping
+    from robustdistill.config import ReplacingMapping, read_yaml
 
     out: dict = {}
     for pair in pairs:
@@ -152,7 +153,9 @@ def parse_overrides(pairs: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {pair!r} conflicts with an earlier one")
-        parsed = yaml.safe_load(value) if value.strip() else None
+        # read as a YAML file's value (1.2 booleans and floats, as distill's and train-se's
+        # --section.key overrides): 1e38 is a number, not the string YAML 1.1 makes of it
+        parsed = read_yaml(value, f"override {key.strip()}") if value.strip() else None
         # a mapping replaces the config's, as the key's line in a YAML file would
         node[parts[-1]] = ReplacingMapping(parsed) if isinstance(parsed, dict) else parsed
     return out

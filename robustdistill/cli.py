@@ -261,12 +261,15 @@ def export_main(argv: list[str]) -> int:
     folder that is a file or holds files (without ``--overwrite``) or, with it, is or holds one
     of the command's inputs (the run, its ``student_init``, the checkpoint, the ONNX check audio;
     ``OutputFolderError``), an ONNX check folder that is missing or holds no audio file (all
-    found before anything is written) or no usable one (``OnnxCheckError``), and an ONNX parity
+    found before anything is written) or no usable one (``OnnxCheckError``), a
+    ``student_init`` that is not a stock model folder (one with code of its own is said to
+    hold it, and none of it runs: ``ModelFolderError``), and an ONNX parity
     failure exit 2 with one line; any other error from the ONNX export keeps its traceback.
     """
     from .checkpoints import CheckpointError
     from .export import export_from_checkpoint
     from .files import OutputFolderError
+    from .upstream import ModelFolderError
 
     parser = argparse.ArgumentParser(prog="robustdistill export")
     parser.add_argument("--run", required=True, help="the run's output_dir")
@@ -295,7 +298,7 @@ def export_main(argv: list[str]) -> int:
     try:
         out = export_from_checkpoint(args.run, args.checkpoint, args.out, args.overwrite,
                                      inputs=[args.onnx_check_audio] if args.onnx_check_audio else [])
-    except (FileNotFoundError, OutputFolderError, CheckpointError) as err:
+    except (FileNotFoundError, OutputFolderError, CheckpointError, ModelFolderError) as err:
         parser.error(str(err))
     logger.info("student written to %s", out)
     if args.onnx:

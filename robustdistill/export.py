@@ -46,6 +46,7 @@ from .checkpoints import (
 )
 from .files import check_output_folder, empty_folder, folder_entries, name_list
 from .student import save_student
+from .upstream import model_folder_errors
 
 logger = logging.getLogger(__name__)
 
@@ -273,6 +274,10 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
         CheckpointError: (a ``RuntimeError``) the checkpoint is damaged (a file missing or of
             another size than its manifest says, or weights that cannot be read), or its
             student weights do not match the student config.
+        ModelFolderError: (a ``ValueError``) ``student_init`` cannot be read as a stock
+            model (:func:`~robustdistill.upstream.model_folder_errors`; one whose
+            ``config.json`` needs code of its own is a ``CustomCodeError`` saying so: that code
+            never runs).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -318,7 +323,11 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
         raise CheckpointError(f"damaged checkpoint: {weights} cannot be read "
                               f"({type(err).__name__}: {err}); export an earlier one with "
                               "--checkpoint DIR") from err
-    student = AutoModel.from_config(AutoConfig.from_pretrained(init))
+    # a student is a stock model: no code of its own runs (trust_remote_code None: transformers
+    # asks y/N on the terminal for a folder with code); both read before anything is written
+    with model_folder_errors(init):
+        student = AutoModel.from_config(AutoConfig.from_pretrained(init, trust_remote_code=False))
+        extractor = AutoFeatureExtractor.from_pretrained(init, trust_remote_code=False)
     student_state = {k[len(STUDENT_PREFIX):]: v for k, v in state.items()
                      if k.startswith(STUDENT_PREFIX)}
     missing, unexpected = student.load_state_dict(student_state, strict=False)
@@ -340,7 +349,7 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
         removed += [f"{heads_dir.name}/{n}" for n in empty_folder(heads_dir)]  # [] if inside
         if removed:
             logger.info("--overwrite: removed %s", name_list(removed))
-    save_student(student, AutoFeatureExtractor.from_pretrained(init), out_dir)
+    save_student(student, extractor, out_dir)
     save_heads(heads, _saved_head_configs(checkpoint), config.get("objectives", {}), heads_dir,
                {"sha256": weights_sha256(out_dir), "step": checkpoint_step(checkpoint),
                 "checkpoint": checkpoint.resolve().name})

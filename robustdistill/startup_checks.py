@@ -106,7 +106,7 @@ def student_differences(saved: Path, config) -> list[str]:
     """``"key saved -> now"`` for each student config value in which ``config`` (a
     ``transformers`` config) differs from the one saved in ``saved/config.json``
     (:data:`_NOT_THE_STUDENT` aside)."""
-    old = AutoConfig.from_pretrained(saved).to_dict()
+    old = AutoConfig.from_pretrained(saved, trust_remote_code=False).to_dict()
     new = config.to_dict()
     return [f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
             if key not in _NOT_THE_STUDENT and old.get(key) != new.get(key)]

@@ -152,7 +152,7 @@ def _own_input_convention(run: _Run, made):
     saved = run.output_dir / "student_init"
     if not (saved / "preprocessor_config.json").is_file() or not _resuming_own_run(run):
         return made
-    kept = AutoFeatureExtractor.from_pretrained(saved)
+    kept = AutoFeatureExtractor.from_pretrained(saved, trust_remote_code=False)
     before = (bool(kept.do_normalize), bool(getattr(kept, "return_attention_mask", False)))
     if before == (bool(made.do_normalize), bool(made.return_attention_mask)):
         return made

@@ -24,7 +24,8 @@ def main(run_dir: str, *audio_files: str) -> None:
     checkpoint = sorted((run / "checkpoints").glob("checkpoint_*"),
                         key=lambda p: int(p.name.split("_")[-1]))[-1]
     state = load_file(str(checkpoint / "model.safetensors"))
-    trained = AutoModel.from_config(AutoConfig.from_pretrained(run / "student_init"))
+    trained = AutoModel.from_config(AutoConfig.from_pretrained(run / "student_init",
+                                                                trust_remote_code=False))
     trained.load_state_dict({k[len("student.model."):]: v for k, v in state.items()
                              if k.startswith("student.model.")})
     exported = Upstream.from_pretrained(run / "student")

@@ -95,6 +95,31 @@ def test_a_learning_rate_whose_first_adamw_step_overflows_is_refused():
     assert TrainingConfig(learning_rate=3.4e37).learning_rate == 3.4e37
 
 
+def test_evaluate_overrides_read_numbers_and_booleans_as_the_config_files_do():
+    """``-o training.learning_rate=1e38`` was refused as "expected float, got '1e38'": YAML 1.1
+    (``yaml.safe_load``) reads an exponent without a dot as a string, where the config files
+    and distill's ``--section.key`` overrides read it as a number (YAML 1.2); ``no`` was
+    False there and the string "no" in a file. A value that is not YAML was a traceback."""
+    from downstream.base import get_task, task_config_path
+    from downstream.cli import parse_overrides
+    from downstream.config import load_config
+    from robustdistill.config import parse_overrides as distill_overrides
+
+    given = parse_overrides(["training.learning_rate=1e38", "a.b=5e-4", "a.c=no", "a.d=true"])
+    assert given == {"training": {"learning_rate": 1e38}, "a": {"b": 5e-4, "c": "no", "d": True}}
+    assert given["a"] == distill_overrides(["--b", "5e-4", "--c", "no", "--d", "true"])
+    task = get_task("utterance_classification")
+    path = task_config_path("utterance_classification", "kws_fsdd_cpu")
+    with pytest.raises(ValueError, match=r"training.learning_rate must be at most 3.403e\+37, "
+                                         r"the largest whose first AdamW step .* got 1e\+38$"):
+        load_config(path, task.config_class, parse_overrides(["training.learning_rate=1e38"]))
+    assert load_config(path, task.config_class, parse_overrides(
+        ["training.learning_rate=3e-4"])).training.learning_rate == 3e-4
+    with pytest.raises(ValueError, match=r"^override training.steps: invalid YAML at line 1, "
+                                         r"column 4: "):
+        parse_overrides(["training.steps=[1,"])
+
+
 def test_learning_rate_must_be_positive():
     for bad in (0.0, -1e-3, float("nan")):
         with pytest.raises(ValueError, match="learning_rate must be > 0"):

@@ -238,3 +238,61 @@ def test_a_run_with_a_token_in_the_environment_writes_it_nowhere(
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file():
             assert FAKE_TOKEN.encode() not in path.read_bytes(), path
+
+
+#: ``X.from_pretrained(...)`` calls that are not ``transformers``': this library's own classes,
+#: which run no model folder's code.
+_OWN_FROM_PRETRAINED = ("Upstream", "GRUMaskStudent", "SpeakerEmbedder", "cls")
+
+
+def test_every_transformers_load_passes_trust_remote_code():
+    """With ``trust_remote_code`` left at None, ``transformers`` asks "Do you wish to run the
+    custom code? [y/N]" on the terminal for a folder of its own code (``publish/onnx.py``,
+    ``publish/provenance.py``, ``export.py``, ``trainer_model.py`` and ``startup_checks.py``
+    left it so)."""
+    offenders = []
+    for path in _sources():
+        if path.name == "card_usage.py":  # the card's usage text, not a call
+            continue
+        code = _code(path)
+        for match in re.finditer(r"(\w+)\.from_pretrained\(", code):
+            if match.group(1) in _OWN_FROM_PRETRAINED:
+                continue
+            (args,) = _calls(code[match.start(1):], f"{match.group(1)}.from_pretrained")[:1]
+            if "trust_remote_code" not in args:
+                offenders.append(f"{path.relative_to(REPO)}: {match.group(0)}{args})")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_export_of_a_run_whose_student_init_holds_custom_code_is_one_line_and_asks_nothing(
+        tmp_path, monkeypatch, capsys):
+    """``export`` read ``RUN/student_init`` with ``AutoConfig.from_pretrained(init)``: for a
+    folder of its own code transformers asked "[y/N]" on the terminal, and a "y" ran that
+    code. Now one line (exit 2) saying the folder holds custom code; nothing asked or run."""
+    from safetensors.torch import save_file
+
+    from robustdistill import cli
+
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda prompt="": asked.append(prompt) or "y")
+    marker = tmp_path / "code_ran"
+    run = tmp_path / "run"
+    run.mkdir()
+    _custom_code_folder(tmp_path, marker).rename(run / "student_init")
+    (run / "checkpoints" / "checkpoint_1").mkdir(parents=True)
+    import torch
+
+    save_file({"student.model.w": torch.zeros(2)},
+              str(run / "checkpoints" / "checkpoint_1" / "model.safetensors"))
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["export", "--run", str(run), "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"robustdistill export: error: {run / 'student_init'}: holds custom code: model_type "
+        f"'my-wavlm-variant' is not known to transformers {__import__('transformers').__version__}"
+        "; its config.json's auto_map names configuration_my.MyConfig, modeling_my.MyWavLMModel, "
+        "modeling_my.MyExtractor; robustdistill runs no model folder's own code "
+        "(trust_remote_code is off)")
+    assert asked == [] and not marker.exists() and not (tmp_path / "out").exists()

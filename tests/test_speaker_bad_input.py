@@ -510,3 +510,152 @@ def test_train_speaker_refuses_a_used_run_folder_in_one_line(tmp_path, monkeypat
     relative = os.path.relpath(train, REPO)
     assert main([*args, "--data.train_dir", relative, "--training.resume", "true",
                  "--training.epochs", "2"]) == 0
+
+
+def test_train_speaker_with_a_diverging_learning_rate_stops_in_one_line(tmp_path, monkeypatch,
+                                                                        capsys):
+    """``--training.lr`` under the AdamW limit but absurd: the first epoch's last update turns
+    the weights NaN/Inf, with finite losses. The run went on to evaluate them (a "scores
+    contain NaN or Inf" traceback; a NaN loss was a ``FloatingPointError`` traceback after the
+    whole epoch); now one line, exit status 1, naming the step and the weights."""
+    _resemblyzer()
+    from robustdistill.speaker.cli import main
+
+    monkeypatch.chdir(REPO)
+    train, test = _data(tmp_path)
+    args = ["train", "--config", "configs/imlkd_speaker.yaml", *_tiny_args(tmp_path, train, test),
+            "--loss.method", "none", "--training.lr", "3e37"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("robustdistill train-speaker: error: stopped at epoch 1, batch 2 of "
+                           "2: its update made weights NaN/Inf (encoder.lstm.")
+    assert ", with training.lr=3e+37 and training.max_grad_norm=5; those weights were not saved" \
+        in line
+    assert line.endswith("no checkpoint of this run was saved: lower training.lr, set a smaller "
+                         "training.max_grad_norm or check the data, and start again (the same "
+                         "folder will do, it holds none)")
+    assert not (tmp_path / "out" / "checkpoints").exists()
+    assert not (tmp_path / "out" / "result.json").exists()
+
+
+def _as_before_min_lengths(run: Path) -> None:
+    """Make ``run`` a run finished before data.min_length_s / data.min_test_length_s: its
+    result.json's config and its checkpoints' settings without them."""
+    result = json.loads((run / "result.json").read_text())
+    for key in ("min_length_s", "min_test_length_s"):
+        result["config"]["data"].pop(key, None)
+    (run / "result.json").write_text(json.dumps(result))
+    for settings in (run / "checkpoints").glob("*/speaker_run.json"):
+        saved = json.loads(settings.read_text())
+        saved.pop("data.min_length_s", None)
+        settings.write_text(json.dumps(saved))
+        manifest = settings.parent / "checkpoint.json"  # its sizes, as that run wrote them
+        listed = json.loads(manifest.read_text())
+        listed["files"]["speaker_run.json"] = settings.stat().st_size
+        manifest.write_text(json.dumps(listed))
+
+
+def test_table_reuses_a_run_from_before_the_minimum_lengths_only_if_no_file_is_under_them(
+        tmp_path, monkeypatch, capsys, caplog):
+    """A table run finished before data.min_length_s / data.min_test_length_s lacks them in
+    its config: it was retrained (hours) though it would be unchanged. It is reused exactly
+    when no file of the inputs is under the minimums; else not (a too-short test file: a
+    resume evaluates it again, its weights being unchanged; a too-short training file: a
+    resume is refused, the weights trained on it zero-padded). Each is logged."""
+    _resemblyzer()
+    from robustdistill.speaker import table as table_mod
+    from robustdistill.speaker.cli import main
+
+    monkeypatch.chdir(REPO)
+    caplog.set_level(logging.INFO, logger="robustdistill.speaker")
+    train, test = _data(tmp_path)
+    args = ["table", "--config", "configs/imlkd_speaker.yaml", *_tiny_args(tmp_path, train, test),
+            "--table.methods", "[none]", "--table.seeds", "[0]",
+            "--table.output_dir", str(tmp_path / "table")]
+    assert main(args) == 0
+    run = tmp_path / "table" / "none_seed0"
+    before = json.loads((run / "result.json").read_text())
+    _as_before_min_lengths(run)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(table_mod, "train_system", no_training)
+    caplog.clear()
+    assert main(args) == 0  # nothing under the minimums: unchanged, reused
+    assert (f"reusing {run / 'result.json'}, made before data.min_length_s and "
+            "data.min_test_length_s (2026-12-07): none of its input files is shorter than that "
+            "now, so it is unchanged") in caplog.text
+    table = json.loads((tmp_path / "table" / "results.json").read_text())
+    assert table["systems"]["none"][0]["eval"] == before["eval"]
+
+    # a 10 ms test utterance: that run scored it; a run now skips it
+    _noise(test / "41" / "41-1-9.wav", seconds=0.01, seed=4)
+    caplog.clear()
+    line = _main_error(args, capsys)
+    assert (f"not reusing {run / 'result.json'}: it was made before data.min_length_s and "
+            "data.min_test_length_s (2026-12-07), and 1 of its input files is now shorter than "
+            "that (test_other 1), which it used and a run now skips") in caplog.text
+    assert "holds checkpoints of an earlier run" in line and "--training.resume true" in line
+    monkeypatch.undo()
+    monkeypatch.chdir(REPO)
+    assert main([*args, "--training.resume", "true"]) == 0  # its weights, evaluated again
+    after = json.loads((run / "result.json").read_text())
+    assert after["config"]["data"]["min_test_length_s"] == 0.1
+    assert after["skipped_files"] == {"test_other": {"too short": 1}}
+    assert after["epochs"] == before["epochs"]  # no epoch trained again
+    assert after["eval"]["test_other"]["target_trials"] == \
+        before["eval"]["test_other"]["target_trials"]  # 10 ms: in no trial
+
+    # a 10 ms training utterance: that run trained on it zero-padded: a resume is refused
+    _as_before_min_lengths(run)
+    _noise(train / "19-999-0000.wav", seconds=0.01, seed=3)
+    caplog.clear()
+    line = _main_error([*args, "--training.resume", "true"], capsys)
+    assert "2 of its input files are now shorter than that (train 1, test_other 1)" in caplog.text
+    assert line.endswith(f"{run / 'checkpoints' / 'epoch_1'} was trained before "
+                         "data.min_length_s (2026-12-07) on 1 training file(s) now skipped as "
+                         "shorter than 0.1 s (it used them zero-padded); a resume would report "
+                         "it as a run without them (allowed: another table.output_dir, or remove "
+                         "that folder to start again)")
+    # so does train's resume of that folder, once its inputs are loaded
+    line = _main_error(["train", "--config", "configs/imlkd_speaker.yaml",
+                        *_tiny_args(tmp_path, train, test), "--loss.method", "none",
+                        "--training.seed", "0", "--training.output_dir", str(run),
+                        "--training.resume", "true"], capsys)
+    assert line.startswith(f"robustdistill train-speaker: error: {run / 'checkpoints' / 'epoch_1'} "
+                           "was trained before data.min_length_s (2026-12-07) on 1 training")
+    assert line.endswith("(allowed: another training.output_dir, or remove that folder to start "
+                         "again)")
+
+
+@pytest.mark.parametrize(("missing", "short", "reused"), [
+    (["min_length_s", "min_test_length_s"], {}, True),
+    (["min_length_s", "min_test_length_s"], {"fsdd": "too short"}, False),
+    (["min_test_length_s"], {"train": "too short"}, True),  # it skipped them already
+    (["min_length_s"], {"test_other": "too short"}, True),
+    (["min_length_s"], {"train": "too short"}, False),
+    (["min_length_s", "min_test_length_s"], {"train": "silent"}, True),  # skipped before too
+    ([], {"train": "too short"}, True),  # a run of today: its config has the minimums
+])
+def test_finished_run_weighs_only_the_minimums_the_run_lacks(tmp_path, missing, short, reused):
+    from downstream.config import from_dict, to_dict
+    from robustdistill.speaker.config import SpeakerKDConfig
+    from robustdistill.speaker.table import finished_run, reuse_awaits_inputs
+
+    cfg = from_dict(SpeakerKDConfig, {"loss": {"method": "none"},
+                                      "training": {"output_dir": str(tmp_path / "run")}})
+    config = to_dict(cfg)
+    for key in missing:
+        del config["data"][key]
+    (tmp_path / "run").mkdir()
+    eval_ = {"test_other": {"eer": 0.1, "min_dcf": 0.5}}
+    (tmp_path / "run" / "result.json").write_text(json.dumps({"config": config, "eval": eval_}))
+    skipped = {name: {f"/data/{name}/x.wav": reason} for name, reason in short.items()}
+    assert reuse_awaits_inputs(cfg) == bool(missing)
+    assert (finished_run(cfg, skipped) is not None) == reused
+    assert (finished_run(cfg) is not None) == (not missing)  # inputs not loaded: undecided
+    cfg.data.crop_seconds = 1.5  # any other change still counts
+    assert finished_run(cfg, {}) is None and not reuse_awaits_inputs(cfg)

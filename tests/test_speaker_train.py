@@ -443,3 +443,67 @@ def test_a_truncated_newest_checkpoint_is_refused_by_name_before_any_work(tiny, 
         train_system(_baseline_setup(tmp_path, "t", 3, resume=True), teacher, crops)
     assert (run / "config.yaml").read_text() == config
     assert weights.stat().st_size == 100
+
+
+@pytest.mark.parametrize("bad", ["loss", "gradient"])
+def test_a_nonfinite_step_stops_the_run_before_its_update_and_keeps_the_earlier_epochs(
+        tiny, tmp_path, monkeypatch, bad):
+    """A NaN loss (or, with a finite loss, a NaN gradient) in epoch 2: the run stops at that
+    step with one line naming it and the newest checkpoint; epoch 1's checkpoint and log line
+    stay as they were. It was a ``FloatingPointError`` traceback after the whole epoch (its
+    NaN steps applied), with nothing naming the checkpoint."""
+    from robustdistill.nonfinite import NonFiniteTrainingError
+    from robustdistill.speaker import train as speaker_train
+
+    teacher, crops = tiny
+    real, calls = speaker_train.instance_loss, []
+
+    def instance_loss(student, target):  # the third call: epoch 2, batch 1 (2 batches an epoch)
+        value = real(student, target)
+        calls.append(1)
+        if len(calls) != 3:
+            return value
+        if bad == "loss":
+            return value * float("nan")
+        return value + torch.sqrt((student - student.detach()).abs()).sum()  # d/dx at 0: NaN
+
+    monkeypatch.setattr(speaker_train, "instance_loss", instance_loss)
+    cfg = speaker_kd_config(tmp_path, "run", 3, method="embedding_kd")
+    run = tmp_path / "run"
+    with pytest.raises(speaker_train.NonFiniteLossError) as err:
+        train_system(cfg, teacher, crops)
+    assert isinstance(err.value, NonFiniteTrainingError)  # what the commands print in one line
+    what = ("the loss was NaN/Inf (instance=nan, loss=nan)" if bad == "loss"
+            else "the gradient norm was nan (loss ")
+    assert str(err.value).startswith(f"stopped at epoch 2, batch 1 of 2: {what}")
+    assert (f"with training.lr=0.002 and training.max_grad_norm=5; that step was not applied, "
+            f"and nothing after the newest checkpoint, {run / 'checkpoints' / 'epoch_1'} "
+            "(epoch 1), was saved. The run is seeded, so --training.resume true would meet this "
+            "step again: lower training.lr") in str(err.value)
+    assert str(err.value).endswith("in another training.output_dir (a resume with other "
+                                   "settings is refused)")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_1"]
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1] and np.isfinite(log[0]["loss"])
+    # epoch 1's weights, which the stop left alone, are those of an uninterrupted epoch 1
+    monkeypatch.setattr(speaker_train, "instance_loss", real)
+    train_system(speaker_kd_config(tmp_path, "ref", 1, method="embedding_kd"), teacher, crops)
+    kept = load_file(run / "checkpoints" / "epoch_1" / "model.safetensors")
+    ref = load_file(tmp_path / "ref" / "checkpoints" / "epoch_1" / "model.safetensors")
+    assert all(torch.equal(kept[k], ref[k]) for k in ref) and kept.keys() == ref.keys()
+
+
+def test_a_nonfinite_step_in_the_first_epoch_says_no_checkpoint_was_saved(tiny, tmp_path):
+    teacher, crops = tiny
+    cfg = _baseline_setup(tmp_path, "run", 2)
+    cfg.training.lr = 3e37  # the first step moves every weight by about 3e37
+    from robustdistill.speaker.train import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match=r"^stopped at epoch 1, batch 2 of 2: the loss "
+                                                 r"was NaN/Inf \(ce=nan, loss=nan\), with "
+                                                 r"training.lr=3e\+37 .*; that step was not "
+                                                 r"applied; no checkpoint of this run was saved: "
+                                                 r"lower training.lr, .* and start again \(the "
+                                                 r"same folder will do, it holds none\)$"):
+        train_system(cfg, teacher, crops)
+    assert not (tmp_path / "run" / "checkpoints").exists()

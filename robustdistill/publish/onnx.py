@@ -75,8 +75,9 @@ def _load(model_dir: Path):
 
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} has no config.json: not a saved student folder")
-    model = AutoModel.from_pretrained(model_dir).eval()
-    extractor = AutoFeatureExtractor.from_pretrained(model_dir)
+    # trust_remote_code None: for a folder of its own code transformers asks y/N on the terminal
+    model = AutoModel.from_pretrained(model_dir, trust_remote_code=False).eval()
+    extractor = AutoFeatureExtractor.from_pretrained(model_dir, trust_remote_code=False)
     return model, extractor
 
 

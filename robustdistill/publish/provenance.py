@@ -139,7 +139,7 @@ def model_facts(name_or_path: str | Path) -> ModelFacts:
     if not is_transformers_config(path):  # an SE or speaker student of this library
         return _stored_facts(path)
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)  # None: asks y/N
     except (OSError, ValueError) as err:
         logger.info("transformers cannot read %s (%s): facts from config.json and the "
                     "safetensors files", path, err)
@@ -184,7 +184,7 @@ def measure_speed(model_dir: str | Path, seconds: tuple[float, ...] = (1.0, 10.0
     import torch
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(model_dir).eval()
+    model = AutoModel.from_pretrained(model_dir, trust_remote_code=False).eval()
     generator = torch.Generator().manual_seed(0)
     rows = []
     for length in seconds:

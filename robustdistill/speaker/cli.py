@@ -16,7 +16,7 @@ from robustdistill.config import check_model_path, parse_overrides
 from robustdistill.files import file_blocking_folder
 from robustdistill.interrupts import note
 from robustdistill.messages import first_line
-from robustdistill.processes import require_single_process
+from robustdistill.processes import print_stop, require_single_process
 from robustdistill.strict_json import strict_dumps
 
 from .config import SpeakerKDConfig
@@ -31,8 +31,8 @@ from .ig import (
 )
 from .inputs import TeacherLoadError, load_run_inputs
 from .run_folder import check_run_folder, newest_checkpoint_note
-from .table import finished_run, format_table, run_table, table_runs
-from .train import train_system
+from .table import finished_run, format_table, reuse_awaits_inputs, run_table, table_runs
+from .train import NonFiniteLossError, train_system
 
 __all__ = ["main"]
 
@@ -59,7 +59,12 @@ def main(argv: list[str]) -> int:
     training; a fresh run into a run folder with an earlier run's checkpoints, or a resume of
     one trained with other settings (:func:`check_run_folder`). An error once the work has
     started (a ``FileNotFoundError`` hours in) keeps its traceback. Unusable audio files are skipped with
-    a warning naming each (counted in ``result.json``'s ``skipped_files``)."""
+    a warning naming each (counted in ``result.json``'s ``skipped_files``). What depends on
+    those skips (a checkpoint or finished table run from before ``data.min_length_s`` /
+    ``data.min_test_length_s``) is checked once the inputs are loaded, before any training
+    (:func:`_check_run_folders_with_inputs`). A ``train`` or ``table`` run that diverges (a
+    NaN/Inf loss, gradient or weights: :class:`.train.NonFiniteLossError`) ends in one line
+    naming the step and the newest checkpoint, exit status 1."""
     from robustdistill.config_reference import config_reference
 
     parser = argparse.ArgumentParser(
@@ -101,9 +106,9 @@ def main(argv: list[str]) -> int:
         # a run folder holding another run: refused now, not after the inputs are loaded
         if args.action == "train":
             check_run_folder(cfg)
-        if args.action == "table":
+        if args.action == "table":  # a run from before data.min_length_s: once inputs load
             for _, run_cfg in table_runs(cfg):
-                if finished_run(run_cfg) is None:
+                if finished_run(run_cfg) is None and not reuse_awaits_inputs(run_cfg):
                     check_run_folder(run_cfg, "table.output_dir")
     except (ValueError, FileNotFoundError) as err:  # ConfigError is a ValueError
         parser.error(str(err))
@@ -120,13 +125,39 @@ def main(argv: list[str]) -> int:
             print(strict_dumps(fill_cache(cfg, inputs=inputs), indent=1))
             return 0
         run_inputs = _load_or_exit(parser, lambda: load_run_inputs(cfg))
-        if args.action == "table":
-            print(format_table(run_table(cfg, run_inputs)))
-            return 0
-        teacher, crops, sets, skipped = run_inputs
-        result = train_system(cfg, teacher, crops, sets, skipped_files=skipped)
+        _check_run_folders_with_inputs(parser, cfg, args.action, run_inputs[3])
+        try:
+            if args.action == "table":
+                print(format_table(run_table(cfg, run_inputs)))
+                return 0
+            teacher, crops, sets, skipped = run_inputs
+            result = train_system(cfg, teacher, crops, sets, skipped_files=skipped)
+        except NonFiniteLossError as err:  # a run that diverged: one line, its checkpoints kept
+            print_stop(parser.prog, str(err))
+            return 1
         print(strict_dumps(result.get("eval", {}), indent=1))
         return 0
+
+
+def _check_run_folders_with_inputs(parser: argparse.ArgumentParser, cfg: SpeakerKDConfig,
+                                   action: str, skipped: dict[str, dict[str, str]]) -> None:
+    """The run-folder checks that need the loaded inputs' skipped files (``too short`` ones:
+    a run or checkpoint from before ``data.min_length_s`` / ``data.min_test_length_s``):
+    ``train``'s resume (:func:`check_run_folder`), and ``table``'s runs of before those keys
+    (reused only when unchanged, :func:`.table.finished_run`; else checked as a run to train);
+    a refusal ends in one usage line (exit 2), before any training."""
+    try:
+        if action == "train":
+            check_run_folder(cfg, skipped=skipped)
+        for _, run_cfg in table_runs(cfg) if action == "table" else []:
+            if reuse_awaits_inputs(run_cfg) and finished_run(run_cfg, skipped, log=False) is None:
+                try:
+                    check_run_folder(run_cfg, "table.output_dir", skipped)
+                except ValueError:
+                    finished_run(run_cfg, skipped)  # logs why it is not reused (else: the table)
+                    raise
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def _interrupt_note(cfg: SpeakerKDConfig, action: str) -> str:

@@ -31,7 +31,7 @@ from .ge2e import SAMPLE_RATE
 from .targets import MAP_FRAMES_RULE, floor_rule_targets_differ
 
 __all__ = ["EPOCH_PREFIX", "EPOCH_PROGRESS", "check_run_folder", "epoch_progress",
-           "logged_epochs", "newest_checkpoint_note", "save_epoch_checkpoint",
+           "logged_epochs", "newest_checkpoint", "newest_checkpoint_note", "save_epoch_checkpoint",
            "map_targets_predate_rule", "weight_settings"]
 
 
@@ -96,18 +96,28 @@ def epoch_progress(checkpoint: Path) -> dict[str, Any] | None:
     return progress
 
 
+def newest_checkpoint(output_dir: Path) -> str | None:
+    """The run's newest complete checkpoint and how far it is: ``RUN/checkpoints/epoch_3_batch_5
+    (5 batches into epoch 4)``, ``RUN/checkpoints/epoch_3 (epoch 3)``; None when there is none.
+    Reads the disk only."""
+    complete = _checkpoints(Path(output_dir))
+    if not complete:
+        return None
+    epochs, batches = _progress(complete[-1])
+    return f"{complete[-1]} ({batches} batches into epoch {epochs + 1})" if batches else \
+        f"{complete[-1]} (epoch {epochs})"
+
+
 def newest_checkpoint_note(output_dir: Path, resume: str) -> str:
     """What an interrupted run's line says about its checkpoints
     (:func:`robustdistill.interrupts.note`): ``the newest checkpoint is
     RUN/checkpoints/epoch_3_batch_5 (5 batches into epoch 4; RESUME)`` (``(epoch 3; RESUME)``
     for an epoch's end), or, with none complete yet, that the same command starts again. Reads the
     disk only."""
-    complete = _checkpoints(Path(output_dir))
-    if not complete:
+    newest = newest_checkpoint(output_dir)
+    if newest is None:
         return "no checkpoint of this run yet: the same command starts it again"
-    epochs, batches = _progress(complete[-1])
-    where = f"{batches} batches into epoch {epochs + 1}" if batches else f"epoch {epochs}"
-    return f"the newest checkpoint is {complete[-1]} ({where}; {resume})"
+    return f"the newest checkpoint is {newest[:-1]}; {resume})"
 
 
 #: The file in each checkpoint holding :func:`weight_settings` of the run that wrote it.
@@ -143,12 +153,16 @@ def weight_settings(cfg: SpeakerKDConfig) -> dict[str, Any]:
     return out
 
 
-def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_dir"
+def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_dir",
+                     skipped: dict[str, dict[str, str]] | None = None
                      ) -> tuple[Path, int] | None:
     """The checkpoint ``cfg`` resumes from (``(folder, epochs done)``; None: a fresh start; a
     mid-epoch ``epoch_N_batch_B`` also holds :func:`epoch_progress`), checked before any
     work. ``folder_key`` is the setting the messages offer to change
     (``table.output_dir`` for a run of a table, whose run folders are made from it).
+    ``skipped``: the loaded inputs' skipped files (``{set name: {path: reason}}``,
+    :func:`~robustdistill.speaker.inputs.load_run_inputs`), once they are loaded: a checkpoint
+    from before ``data.min_length_s`` is then checked against them (below).
 
     Raises:
         ValueError: (one line) a fresh run (``training.resume`` false) into a folder holding
@@ -159,7 +173,9 @@ def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_di
             (:func:`weight_settings`; the run would go on with the new ones and be reported as
             if it had used them throughout; also an IML-KD checkpoint from before 2026-12-07
             whose map targets the old frame mapping made differ:
-            :func:`map_targets_predate_rule`), or one whose checkpoint is past
+            :func:`map_targets_predate_rule`; also, given ``skipped``, a checkpoint from
+            before ``data.min_length_s`` (2026-12-07) when training files are now skipped as
+            shorter than it: it trained on them zero-padded), or one whose checkpoint is past
             ``training.epochs`` (its model would be reported as trained for fewer epochs;
             a mid-epoch checkpoint of epoch ``training.epochs + 1`` too).
     """
@@ -210,6 +226,14 @@ def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_di
                 f"student frames (docs/imlkd.md, \"Teacher maps on the student's frames\"); "
                 f"resuming would train on two kinds of map targets as one run "
                 f"(allowed: another {folder_key}, or remove that folder to start again)")
+        short = sum(r == "too short" for r in (skipped or {}).get("train", {}).values())
+        if "data.min_length_s" not in saved and short:
+            raise ValueError(
+                f"{last[0]} was trained before data.min_length_s (2026-12-07) on {short} "
+                f"training file(s) now skipped as shorter than {cfg.data.min_train_seconds:g} s "
+                f"(it used them zero-padded); a resume would report it as a run without them "
+                f"(allowed: another "
+                f"{folder_key}, or remove that folder to start again)")
     return last
 
 

@@ -23,7 +23,8 @@ from .inputs import load_run_inputs
 from .run_folder import map_targets_predate_rule
 from .train import train_system
 
-__all__ = ["finished_run", "format_table", "run_table", "table_runs"]
+__all__ = ["MIN_LENGTH_KEYS", "finished_run", "format_table", "reuse_awaits_inputs", "run_table",
+           "table_runs", "too_short_under"]
 
 logger = logging.getLogger("robustdistill.speaker")
 
@@ -94,7 +95,52 @@ def table_runs(cfg: SpeakerKDConfig) -> list[tuple[str, SpeakerKDConfig]]:
     return runs
 
 
-def finished_run(run_cfg: SpeakerKDConfig) -> dict[str, Any] | None:
+#: The ``data`` keys added on 2026-12-07: the minimum durations of the training and the
+#: verification files (shorter ones are skipped as ``too short``; before, they were
+#: zero-padded and used). A finished run from before lacks them in its saved config.
+MIN_LENGTH_KEYS = {"min_length_s": ("train",), "min_test_length_s": ("test_other", "fsdd")}
+
+
+def _matching_run(run_cfg: SpeakerKDConfig) -> tuple[dict[str, Any], list[str]] | None:
+    """The ``result.json`` of a finished, evaluated run in ``run_cfg.training.output_dir``
+    whose config equals ``run_cfg``'s (:func:`_run_key`; non-finite numbers as ``null`` on both
+    sides) once the :data:`MIN_LENGTH_KEYS` its config lacks (a run from before them) are left
+    out of ``run_cfg``'s, with those keys; else None."""
+    done = Path(run_cfg.training.output_dir) / "result.json"
+    previous = json.loads(done.read_text()) if done.is_file() else {}
+    if not previous.get("eval"):
+        return None
+    old = _run_key(null_for_nonfinite(previous.get("config")))
+    new = _run_key(null_for_nonfinite(to_dict(run_cfg)))
+    saved_data = old.get("data") if isinstance(old, dict) else None
+    missing = [k for k in MIN_LENGTH_KEYS
+               if isinstance(saved_data, dict) and k not in saved_data]
+    new["data"] = {k: v for k, v in new["data"].items() if k not in missing}
+    return (previous, missing) if old == new else None
+
+
+def reuse_awaits_inputs(run_cfg: SpeakerKDConfig) -> bool:
+    """Whether ``run_cfg``'s folder holds a finished run from before :data:`MIN_LENGTH_KEYS`
+    that matches otherwise: :func:`finished_run` reuses it or not depending on the loaded
+    inputs (their ``too short`` files), so a check made before they are loaded leaves it."""
+    match = _matching_run(run_cfg)
+    return match is not None and bool(match[1])
+
+
+def too_short_under(skipped: dict[str, dict[str, str]], keys: list[str]) -> dict[str, int]:
+    """``{set name: number of files skipped as too short}`` of the sets that ``keys`` (of
+    :data:`MIN_LENGTH_KEYS`) apply to, those with any: the files a run from before those keys
+    used (zero-padded) and a run now skips."""
+    counts = {}
+    for key in keys:
+        for name in MIN_LENGTH_KEYS[key]:
+            if n := sum(r == "too short" for r in skipped.get(name, {}).values()):
+                counts[name] = n
+    return counts
+
+
+def finished_run(run_cfg: SpeakerKDConfig, skipped: dict[str, dict[str, str]] | None = None,
+                 log: bool = True) -> dict[str, Any] | None:
     """The ``result.json`` of a finished, evaluated run with the same config (:func:`_run_key`)
     in ``run_cfg.training.output_dir``, which the table reuses; else None. Its ``eval``
     scores written ``null`` (non-finite: :mod:`robustdistill.strict_json`) are read as NaN.
@@ -102,17 +148,52 @@ def finished_run(run_cfg: SpeakerKDConfig) -> dict[str, Any] | None:
     of ``.inf`` (``training.max_grad_norm``, say) is written ``null`` there. An IML-KD run
     from before 2026-12-07 (no ``map_frames``) whose map targets the old frame mapping made
     differ (:func:`~robustdistill.speaker.run_folder.map_targets_predate_rule`) is not reused
-    (logged)."""
+    (logged).
+
+    A run from before ``data.min_length_s`` / ``data.min_test_length_s`` (2026-12-07; its
+    config lacks them: :data:`MIN_LENGTH_KEYS`) is reused when it would be unchanged: when no
+    file of the inputs falls under the minimums it lacks (``skipped`` has no ``too short``
+    file in the sets they apply to: it trained and was evaluated on the files a run now
+    uses); else it is not (it used those files, zero-padded). Both are logged with the
+    reason (``log``).
+
+    Args:
+        run_cfg: one run of the table (:func:`table_runs`).
+        skipped: the loaded inputs' skipped files, ``{set name: {path: reason}}``
+            (:func:`~robustdistill.speaker.inputs.load_run_inputs`); None (not loaded yet):
+            a run from before the minimums is not reused (:func:`reuse_awaits_inputs` says
+            which runs wait for them).
+        log: log why a run is, or is not, reused where that is not plain (the two cases
+            above).
+    """
+    match = _matching_run(run_cfg)
+    if match is None:
+        return None
+    previous, missing = match
     done = Path(run_cfg.training.output_dir) / "result.json"
-    previous = json.loads(done.read_text()) if done.is_file() else {}
-    if previous.get("eval") and (_run_key(null_for_nonfinite(previous.get("config")))
-                                 == _run_key(null_for_nonfinite(to_dict(run_cfg)))):
-        if "map_frames" not in previous and map_targets_predate_rule(run_cfg):
+    if "map_frames" not in previous and map_targets_predate_rule(run_cfg):
+        if log:
             logger.warning("not reusing %s: trained before 2026-12-07 on IML-KD map targets "
                            "put on other student frames (docs/imlkd.md)", done)
+        return None
+    if missing:
+        if skipped is None:
             return None
-        return {**previous, "eval": nan_for_null(previous["eval"])}
-    return None
+        keys = " and ".join(f"data.{k}" for k in missing)
+        short = too_short_under(skipped, missing)
+        if short:
+            if log:
+                n = sum(short.values())
+                logger.warning(
+                    "not reusing %s: it was made before %s (2026-12-07), and %s of its input "
+                    "files %s now shorter than that (%s), which it used and a run now skips",
+                    done, keys, n, "is" if n == 1 else "are",
+                    ", ".join(f"{name} {k}" for name, k in short.items()))
+            return None
+        if log:
+            logger.info("reusing %s, made before %s (2026-12-07): none of its input files is "
+                        "shorter than that now, so it is unchanged", done, keys)
+    return {**previous, "eval": nan_for_null(previous["eval"])}
 
 
 def run_table(cfg: SpeakerKDConfig,
@@ -121,7 +202,8 @@ def run_table(cfg: SpeakerKDConfig,
     """Teacher + every ``table.methods`` x ``table.seeds``; writes ``results.json`` and
     ``table.md`` in ``table.output_dir``. A run whose ``result.json`` holds an evaluation and
     the same resolved config is reused, not retrained (a rerun of the table only trains what
-    is missing).
+    is missing; a run from before ``data.min_length_s`` / ``data.min_test_length_s`` when
+    none of the inputs' files is shorter than them: :func:`finished_run`).
 
     Args:
         inputs: ``(teacher, crops, sets, skipped)`` already loaded (:func:`load_run_inputs`),
@@ -143,11 +225,12 @@ def run_table(cfg: SpeakerKDConfig,
         results["skipped_files"] = {k: skipped_counts(v) for k, v in skipped.items() if v}
     logger.info("teacher %s", results["teacher"])
     for method, run_cfg in table_runs(cfg):  # seed-major: an interrupted table has every system
-        result = finished_run(run_cfg)
+        result = finished_run(run_cfg, skipped)
         if result is not None:
             logger.info("reusing the finished run %s", run_cfg.training.output_dir)
         else:
-            result = train_system(run_cfg, teacher, crops, sets, skipped_files=skipped)
+            result = train_system(run_cfg, teacher, crops, sets, skipped_files=skipped,
+                                  folder_key="table.output_dir")
         results["systems"].setdefault(method, []).append(result)
         (root / "results.json").write_text(strict_dumps(results, indent=1))
     (root / "table.md").write_text(format_table(results))

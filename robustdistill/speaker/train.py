@@ -34,12 +34,14 @@ embedding width.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -49,7 +51,8 @@ from downstream.config import to_dict
 from robustdistill.checkpoints import remove_incomplete
 from robustdistill.environment import record_environment
 from robustdistill.interrupts import note, sigterm_deferred, sigterm_pending, stop_terminated
-from robustdistill.processes import require_single_process
+from robustdistill.nonfinite import NonFiniteTrainingError
+from robustdistill.processes import STOP_RECORD, require_single_process
 from robustdistill.strict_json import strict_dumps
 
 from .attribution import AttributionCache, attribute_segments, segment_bounds
@@ -63,15 +66,70 @@ from .run_folder import (
     check_run_folder,
     epoch_progress,
     logged_epochs,
+    newest_checkpoint,
     newest_checkpoint_note,
     save_epoch_checkpoint,
     weight_settings,
 )
 from .targets import MAP_FRAMES_RULE, map_targets, student_map_loss, teacher_targets
 
-__all__ = ["build_student", "train_system"]
+__all__ = ["NonFiniteLossError", "build_student", "train_system"]
 
 logger = logging.getLogger("robustdistill.speaker")
+
+
+class NonFiniteLossError(NonFiniteTrainingError):
+    """A ``train-speaker`` step whose loss or gradient norm was NaN/Inf: the run stopped before
+    its update (:func:`train_system`); the command prints the message in one line, exit 1."""
+
+
+def _nonfinite_weights(model: torch.nn.Module) -> list[str]:
+    """The names of ``model``'s trained parameters holding a NaN/Inf value."""
+    return [name for name, p in model.named_parameters()
+            if p.requires_grad and not bool(torch.isfinite(p.detach()).all())]
+
+
+def _check_weights(model: torch.nn.Module, stop: Callable[..., NoReturn]) -> None:
+    """Call ``stop`` (:func:`_stop_nonfinite` of the step just done) when that step's update
+    left NaN/Inf in ``model``'s trained weights, naming the first three."""
+    if broken := _nonfinite_weights(model):
+        more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
+        stop(f"its update made weights NaN/Inf ({', '.join(broken[:3])}{more})", applied=True)
+
+
+def _stop_nonfinite(out_dir: Path, epoch: int, batch: int, num_batches: int, what: str,
+                    applied: bool, t: TrainConfig, folder_key: str = "training.output_dir"
+                    ) -> NoReturn:
+    """Stop a run at the step of (0-based) ``epoch`` and ``batch`` where ``what`` (``"the
+    loss was NaN/Inf (ce=nan, loss=nan)"``) was found: before its update (``applied`` false),
+    or after it, in the weights it left (then not saved). Log it as a stop
+    (:data:`~robustdistill.processes.STOP_RECORD`) and raise; ``folder_key``: the setting the
+    message offers to change.
+
+    A train-speaker run is seeded throughout (its batch order, the student's initialisation),
+    so resuming it with the same settings meets the same step again; a resume with another
+    ``training.lr`` or ``training.max_grad_norm`` is refused (:func:`check_run_folder`), so
+    the way on is a new run with them.
+
+    Raises:
+        NonFiniteLossError: always.
+    """
+    newest = newest_checkpoint(out_dir)
+    advice = ("lower training.lr, set a smaller training.max_grad_norm or check the data, and "
+              "start again")
+    if newest is None:
+        saved = (f"; no checkpoint of this run was saved: {advice} (the same folder will do, "
+                 "it holds none)")
+    else:
+        saved = (f", and nothing after the newest checkpoint, {newest}, was saved. The run is "
+                 f"seeded, so --training.resume true would meet this step again: {advice} in "
+                 f"another {folder_key} (a resume with other settings is refused)")
+    message = (f"stopped at epoch {epoch + 1}, batch {batch + 1} of {num_batches}: {what}, "
+               f"with training.lr={t.lr:g} and training.max_grad_norm={t.max_grad_norm:g}; "
+               f"{'those weights were not saved' if applied else 'that step was not applied'}"
+               f"{saved}")
+    logger.error(message, extra=STOP_RECORD)  # the command prints it (processes.print_stop)
+    raise NonFiniteLossError(message)
 
 
 def build_student(cfg: SpeakerKDConfig, num_speakers: int, teacher_dim: int) -> SpeakerModel:
@@ -94,7 +152,8 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
 def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
                  eval_sets: dict[str, list[Utterance]] | None = None,
                  stop_after_epochs: int | None = None,
-                 skipped_files: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+                 skipped_files: dict[str, dict[str, str]] | None = None,
+                 folder_key: str = "training.output_dir") -> dict[str, Any]:
     """Train one student (``cfg.loss.method``) and evaluate it.
 
     Args:
@@ -105,7 +164,10 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
         stop_after_epochs: stop (after checkpointing) once this many epochs are done in this
             call, as an interrupted run would (for resume tests).
         skipped_files: ``{set name: {path: reason}}`` of the input files the loaders skipped
-            (:func:`.inputs.load_inputs`); recorded as counts.
+            (:func:`.inputs.load_inputs`); recorded as counts, and checked against a
+            checkpoint resumed from (:func:`check_run_folder`).
+        folder_key: the setting a refusal or a stop offers to change (``table.output_dir``
+            for a run of a table).
 
     Returns:
         ``{"method", "seed", "config", "epochs": [per-epoch logs], "params", "cache":
@@ -119,8 +181,11 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
             :func:`check_run_folder` refuses (before anything is written), or a launch among
             several processes (it runs in one:
             :func:`robustdistill.processes.require_single_process`).
-        FloatingPointError: an epoch whose summed losses are not finite (NaN/Inf); the
-            epoch is neither logged nor checkpointed.
+        NonFiniteLossError: a step whose loss (a term or the total) or gradient norm is
+            NaN/Inf (one line naming them, the epoch and batch, and the newest checkpoint):
+            the run stops there, before that step's update; or an epoch's last update that
+            left NaN/Inf weights (checked before the epoch is logged and saved). Nothing after
+            the newest checkpoint is logged or saved; the checkpoints before stay.
         ValueError: (also, before anything is written) a resume from a mid-epoch checkpoint
             with another number of training crops (the rest of that epoch's batch order would
             differ).
@@ -142,7 +207,7 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
     require_single_process("robustdistill train-speaker")
     t = cfg.training
     out_dir = Path(t.output_dir)
-    last = check_run_folder(cfg)
+    last = check_run_folder(cfg, folder_key, skipped_files)
     # a mid-epoch checkpoint (saved for a SIGTERM): the epoch's progress and partial sums
     partial = epoch_progress(last[0]) if last is not None else None
     if partial is not None and partial["crops"] != len(crops):
@@ -240,6 +305,7 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
             hits0 = cache.hits - (resumed["cache_hits"] if resumed else 0)
             misses0 = cache.misses - (resumed["cache_misses"] if resumed else 0)
             t0 = time.perf_counter() - (resumed["seconds"] if resumed else 0.0)
+            last_step = None  # the stop naming the epoch's last step (its weights checked)
             for batch, i in enumerate(range(0, len(order), t.batch_size)):
                 if batch < skip:  # done before the SIGTERM that saved the checkpoint
                     continue
@@ -273,30 +339,43 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
                 if "map" in weights:
                     parts["map"] = student_map_loss(out.map_logits, teacher_maps, assign)
                 loss = sum(weights[k] * v for k, v in parts.items())
+                # a NaN/Inf loss or gradient stops the run before the update (one line):
+                # nothing after the newest checkpoint is saved, the earlier ones stay
+                values = {k: float(v.detach()) for k, v in {**parts, "loss": loss}.items()}
+                stop = functools.partial(_stop_nonfinite, out_dir, epoch, batch, num_batches,
+                                         t=t, folder_key=folder_key)
+                if bad := [f"{k}={v:g}" for k, v in values.items() if not math.isfinite(v)]:
+                    stop(f"the loss was NaN/Inf ({', '.join(bad)})", applied=False)
                 optimizer.zero_grad()
                 accelerator.backward(loss)
-                accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                if grad_norm is not None and not math.isfinite(float(grad_norm)):
+                    stop(f"the gradient norm was {float(grad_norm):g} (loss "
+                         f"{values['loss']:g})", applied=False)
                 optimizer.step()
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+                last_step = stop
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v
                 steps += 1
                 # one process (require_single_process): no other process to agree with
                 if t.save_on_sigterm and sigterm_pending() and batch + 1 < num_batches:
+                    _check_weights(unwrapped, stop)  # not saved NaN/Inf for a SIGTERM
                     stop_for_sigterm(epoch, {
                         "epochs_done": epoch, "batches": batch + 1, "crops": len(crops),
                         "steps": steps, "sums": sums,
                         "seconds": time.perf_counter() - t0, "ig_seconds": ig_seconds,
                         "cache_hits": cache.hits - hits0, "cache_misses": cache.misses - misses0,
                         "ig_gaps": deltas})
+            # weights an epoch's last update made NaN/Inf (a later step's loss shows the
+            # others): found before they are saved or evaluated
+            if last_step is not None:
+                _check_weights(unwrapped, last_step)
             record = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
                       "ig_seconds": ig_seconds, "cache_hits": cache.hits - hits0,
                       "cache_misses": cache.misses - misses0,
                       **{k: v / max(steps, 1) for k, v in sums.items()}}
             if deltas:
                 record["ig_relative_gap"] = float(np.mean(deltas))
-            if not all(math.isfinite(v) for v in sums.values()):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}: {sums}")
             history.append(record)
             with log_path.open("a") as f:
                 f.write(strict_dumps(record) + "\n")

@@ -129,8 +129,9 @@ def iter_transcripts(
     """
     stats = {} if stats is None else stats
     stats.update(files=0, skipped=0, audio_s=0.0, wall_s=0.0, real_time_factor=None)
-    processor = WhisperProcessor.from_pretrained(model_dir)
-    model = WhisperForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    processor = WhisperProcessor.from_pretrained(model_dir, trust_remote_code=False)
+    model = WhisperForConditionalGeneration.from_pretrained(
+        model_dir, dtype=torch.float32, trust_remote_code=False).eval()
     for b in tqdm(range(0, len(files), batch_size), desc="whisper", unit="batch"):
         items = []
         for path in files[b : b + batch_size]:
