@@ -651,28 +651,98 @@ def test_an_extended_run_does_not_make_the_validation_a_sigterm_put_off_at_the_o
     assert (ext / "metrics.jsonl").read_bytes() == (full / "metrics.jsonl").read_bytes()
 
 
-def test_an_extended_run_keeps_last_step_lines_it_cannot_find_where_recorded(tmp_path, caplog):
-    """The bytes recorded for the old last step's lines no longer hold them (the log edited by
-    hand): nothing is removed, with a warning; where they do, only the lines off the new
-    schedule go."""
+@pytest.mark.parametrize("eval_every, log_every", [(2, 2), (2, 1), (3, 2)])
+def test_an_extended_run_killed_before_its_next_checkpoint_resumes_to_the_uninterrupted_run(
+        data, monkeypatch, die_at_checkpoint, eval_every, log_every):
+    """A run to 3 steps extended to 6 with no checkpoint in between (save_every 0), killed
+    while publishing checkpoint 6 (its lines up to step 6 logged, step 3's off-schedule lines
+    already left out), then started again: the same metrics.jsonl, final_state.json and
+    best_student/ as the run to 6. Until the cut-back was made from the checkpoint's own
+    record of step 3's lines, the checkpoint's metrics_bytes (counting the lines left out) fell
+    among the killed run's lines: nothing was cut (a warning), and the lines of steps 4-6 were
+    logged twice, step 3's best kept."""
+    scores = {0: 1.0, 2: 2.0, 3: 9.0, 4: 3.0, 5: 0.5, 6: 4.0}
+    _step_scores(monkeypatch, scores)
+    args = [*_best_args(data), "--training.eval_every", str(eval_every),
+            "--training.log_every", str(log_every), "--training.save_every", "0"]
+    full, ext = data / "full", data / "ext"
+    train_se(load_se_config(None, se_train_args(data, full, 6, *args)))
+    train_se(load_se_config(None, se_train_args(data, ext, 3, *args)))
+    die_at_checkpoint(1)
+    with pytest.raises(KeyboardInterrupt):
+        train_se(load_se_config(None, se_train_args(data, ext, 6, *args)))
+    monkeypatch.undo()
+    assert not (ext / "final_state.json").read_text().count('"step": 6')
+    _step_scores(monkeypatch, scores)
+    train_se(load_se_config(None, se_train_args(data, ext, 6, *args)))
+    assert (ext / "metrics.jsonl").read_bytes() == (full / "metrics.jsonl").read_bytes()
+    final = json.loads((ext / "final_state.json").read_text())
+    assert final == json.loads((full / "final_state.json").read_text())
+    assert final["best_validation"]["step"] == (3 if eval_every == 3 else 6)
+    assert (ext / "best_student" / "model.safetensors").read_bytes() == (
+        full / "best_student" / "model.safetensors").read_bytes()
+
+
+def test_the_cut_back_to_a_last_step_is_the_same_whatever_an_earlier_start_did(tmp_path,
+                                                                                caplog):
+    """The cut-back to the checkpoint of a run's last step (3) depends on that checkpoint and
+    the new schedule alone: extended to 4 (eval_every 2), step 3's validation line is left
+    out, again after an extended start logged step 4 and was killed; started with 3 steps
+    again, step 3's lines are all back; a log whose lines are not where recorded (edited by
+    hand) is left to the usual cut-back, with a warning."""
     from types import SimpleNamespace
 
-    from robustdistill.se.run_checkpoints import _drop_last_step_rows
+    from robustdistill.se.run_checkpoints import _cut_back_log
 
     lines = [json.dumps({"step": s, "split": k}) + "\n"
-             for s, k in ((2, "train"), (2, "validation"), (3, "train"), (3, "validation"))]
+             for s, k in ((2, "train"), (2, "validation"), (3, "train"), (3, "validation"),
+                          (4, "train"), (4, "validation"))]
     log = tmp_path / "metrics.jsonl"
-    at = np.cumsum([0, *(len(x) for x in lines)]).tolist()
-    state = {"step": 3, "last_step_rows": {"train": at[2:4], "validation": at[3:5]}}
-    t = SimpleNamespace(max_steps=4, log_every=1, eval_every=2)
-    log.write_text("".join(lines))
-    assert _drop_last_step_rows(log, (tmp_path, state), t) == ["validation"]
+    state = {"step": 3, "metrics_bytes": len("".join(lines[:4])),
+             "last_step_lines": [["train", lines[2]], ["validation", lines[3]]]}
+    extended = SimpleNamespace(max_steps=4, log_every=1, eval_every=2)
+    log.write_text("".join(lines[:4]))
+    assert _cut_back_log(log, state, extended) == ["validation"]
     assert log.read_text() == "".join(lines[:3])
-    log.write_text("".join([lines[0], lines[1], lines[3], lines[2]]))  # moved by hand
+    log.write_text("".join([*lines[:3], lines[4], lines[5]]))  # then killed at step 4
+    assert _cut_back_log(log, state, extended) == ["validation"]
+    assert log.read_text() == "".join(lines[:3])
+    # started with 3 steps again: the lines of step 3 are those of the first run
+    again = SimpleNamespace(max_steps=3, log_every=1, eval_every=2)
+    assert _cut_back_log(log, state, again) == []
+    assert log.read_text() == "".join(lines[:4])
+    moved = "".join([lines[0], lines[1], lines[3], lines[2]])  # moved by hand
+    log.write_text(moved)
     with caplog.at_level(logging.WARNING, logger="robustdistill.se.train"):
-        assert _drop_last_step_rows(log, (tmp_path, state), t) == []
-    assert "the validation line of step 3" in caplog.text and "kept" in caplog.text
-    assert log.read_text() == "".join([lines[0], lines[1], lines[3], lines[2]])
-    # the same max_steps (a finished run started again): nothing to do
-    assert _drop_last_step_rows(log, (tmp_path, state), SimpleNamespace(
-        max_steps=3, log_every=1, eval_every=2)) == []
+        assert _cut_back_log(log, state, extended) is None
+    assert "the lines of step 3" in caplog.text and "those lines kept" in caplog.text
+    assert log.read_text() == moved
+    # a checkpoint without the record (not a last step's, or written before it): none
+    assert _cut_back_log(log, {"step": 3, "metrics_bytes": 10}, extended) is None
+
+
+def test_an_extended_run_from_a_checkpoint_without_the_last_step_record_says_it_keeps_them(
+        data, monkeypatch, caplog):
+    """The checkpoint of the last step (3) written as before 2026-12-07 (no
+    ``last_step_lines``): a run extended to 4 with eval_every 2 keeps step 3's validation line,
+    as then, and says so in a warning (it was silent)."""
+    import robustdistill.se.run_checkpoints as run_checkpoints
+
+    real = run_checkpoints.save_run_checkpoint
+
+    def old_format(*args, **kwargs):
+        return real(*args, **{**kwargs, "last_step_lines": None})
+
+    monkeypatch.setattr(se_train, "save_run_checkpoint", old_format)
+    args = [*_validation_args(data, 3, 2), "--training.log_every", "1"]
+    run = data / "run"
+    train_se(load_se_config(None, se_train_args(data, run, 3, *args)))
+    monkeypatch.undo()
+    state = json.loads((run / "checkpoints" / "checkpoint_3" / "training_state.json").read_text())
+    assert "last_step_lines" not in state
+    with caplog.at_level(logging.WARNING, logger="robustdistill.se.train"):
+        train_se(load_se_config(None, se_train_args(data, run, 4, *args)))
+    assert [r["step"] for r in _rows(run, "validation")] == [0, 2, 3, 4]
+    notes = [r.getMessage() for r in caplog.records if "keeps the" in r.getMessage()]
+    assert len(notes) == 1 and "the validation line(s) of step 3" in notes[0]
+    assert "the best validation may be that step's" in notes[0]

@@ -37,9 +37,10 @@ logger = logging.getLogger("robustdistill.se.train")  # train-se's: its log line
 
 #: The trainer's state in every checkpoint: ``{"step", "metrics_bytes", "skipped_updates",
 #: "nonfinite_losses", "nonfinite_in_a_row"}`` (older checkpoints lack the counters: 0); the
-#: checkpoint of a run's last step also ``"last_step_rows"``: ``{split: [start, end]}``, the
-#: bytes of ``metrics.jsonl`` holding that step's ``train`` and ``validation`` lines (logged at
-#: the last step whatever ``training.log_every`` and ``training.eval_every`` say).
+#: checkpoint of a run's last step also ``"last_step_lines"``: ``[[split, line], ...]``, that
+#: step's ``train`` and ``validation`` lines as written, the last ones of ``metrics.jsonl``
+#: before ``metrics_bytes`` (logged at the last step whatever ``training.log_every`` and
+#: ``training.eval_every`` say; :func:`_cut_back_log`).
 _STATE = "training_state.json"
 
 
@@ -77,7 +78,7 @@ class DamagedCheckpointError(CheckpointError):
 
 def save_run_checkpoint(acc, folder: Path, step: int, *, metrics: IO[str] | None, counts,
                         best, keep: int, validation_due: bool = False,
-                        last_step_rows: dict[str, list[int]] | None = None) -> Path:
+                        last_step_lines: list[list[str]] | None = None) -> Path:
     """Save ``folder/checkpoint_<step>`` (every process; the newest ``keep`` complete ones kept).
 
     Args:
@@ -91,10 +92,10 @@ def save_run_checkpoint(acc, folder: Path, step: int, *, metrics: IO[str] | None
             with the checkpoint) or None.
         validation_due: the validation due at ``step`` was skipped for a SIGTERM: the resumed
             run does it first.
-        last_step_rows: ``step`` is the run's last (``training.max_steps``): the byte ranges
-            ``[start, end)`` of ``metrics`` holding its ``train`` and ``validation`` lines, by
-            split (a run extended past ``step`` drops those off its own schedule,
-            :func:`resume_or_start`).
+        last_step_lines: ``step`` is the run's last (``training.max_steps``): its ``train``
+            and ``validation`` lines as written to ``metrics``, ``[split, line]`` in their
+            order, the last ones before the checkpoint (a run extended past ``step`` leaves
+            out those off its own schedule, :func:`resume_or_start`).
 
     Returns:
         The published checkpoint folder.
@@ -108,55 +109,109 @@ def save_run_checkpoint(acc, folder: Path, step: int, *, metrics: IO[str] | None
             state.update(best.checkpoint_files())
         if validation_due:  # skipped for a SIGTERM: the resumed run validates this step
             state[_STATE]["validation_due"] = True
-        if last_step_rows:
-            state[_STATE]["last_step_rows"] = last_step_rows
+        if last_step_lines:
+            state[_STATE]["last_step_lines"] = last_step_lines
     return save_checkpoint(acc, folder, step, step, state=state, keep=keep, replace=True)
 
 
-def _drop_last_step_rows(path: Path, newest: tuple[Path, dict], t) -> list[str]:
-    """In a run extended past its old last step (``newest``: the checkpoint of that step and
-    its training state, with ``last_step_rows``; ``t``: the ``training`` section, ``max_steps``
-    now larger), remove from ``metrics.jsonl`` (``path``, already cut back to the checkpoint)
-    that step's lines that the new schedule does not log: ``train`` off ``t.log_every``,
-    ``validation`` off ``t.eval_every``. Returns the splits removed ([]: nothing to do, or a
-    range that is not whole lines of the file, with a warning)."""
-    step, rows = newest[1]["step"], newest[1].get("last_step_rows") or {}
-    if step >= t.max_steps or not path.is_file():
-        return []
+def _cut_back_log(path: Path, state: dict, t) -> list[str] | None:
+    """Cut ``metrics.jsonl`` (``path``) back to a checkpoint of a run's last step N (``state``:
+    its training state, with ``last_step_lines``) for a run to ``t.max_steps`` (``t``: the
+    ``training`` section): the file up to N's lines, then those of N's lines that this run
+    logs (all when ``t.max_steps`` is N; in a run extended past N, ``train`` only on
+    ``t.log_every`` and ``validation`` only on ``t.eval_every``, as an uninterrupted run).
+
+    The result depends only on the checkpoint and ``t``, not on what an earlier start from the
+    same checkpoint did: an extended run killed before its next checkpoint, whose log has
+    lost N's lines and gained later ones, is cut back to the same bytes (:func:`truncate_log`
+    to the checkpoint's ``metrics_bytes`` would not: those bytes now end elsewhere).
+
+    Returns:
+        The splits of N's lines left out (``[]``: none), or None when the checkpoint records
+        no lines (not a last step's, or older than this record) or the file does not hold
+        them where recorded (edited by hand; said in a warning): then cut back as any other
+        checkpoint (:func:`truncate_log`).
+    """
+    step, size, lines = state["step"], state.get("metrics_bytes"), state.get("last_step_lines")
+    if not lines or size is None or not path.is_file():
+        return None
     every = {"train": t.log_every, "validation": t.eval_every}
-    drop = {split: span for split, span in rows.items() if step % every[split]}
-    if not drop:
-        return []
+    extended = t.max_steps > step
+    block = [(split, line.encode()) for split, line in lines]
+    begin = size - sum(len(line) for _, line in block)
     data = path.read_bytes()
-    for split, (a, b) in drop.items():
-        if not _is_line_of(data, a, b, step, split):
-            logger.warning("%s: the %s line of step %d (the end of the run extended here) is not "
-                           "at bytes %d-%d: kept (the log keeps lines an uninterrupted run has "
-                           "not)", path, split, step, a, b)
-            return []
-    for a, b in sorted(drop.values(), reverse=True):
-        data = data[:a] + data[b:]
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    logger.info("%s: removed the %s line(s) of step %d, logged because it was the last step of "
-                "the run now extended to %d steps (training.eval_every %d, log_every %d "
-                "skip it), so the log is an uninterrupted run's%s", path, " and ".join(drop),
-                step, t.max_steps, t.eval_every, t.log_every,
-                "; the best validation is chosen without it" if "validation" in drop else "")
-    return list(drop)
+    if not _holds_lines_of(data, begin, step, [line for _, line in block]):
+        logger.warning("%s: the lines of step %d, the last step of the run that saved its "
+                       "checkpoint, are not where it recorded them (from byte %d): cut back "
+                       "to its %d bytes, those lines kept (an extended run logs them where an "
+                       "uninterrupted run has none)", path, step, begin, size)
+        return None
+    dropped = [split for split, _ in block if extended and step % every[split]]
+    keep = b"".join(line for split, line in block if split not in dropped)
+    if data != data[:begin] + keep:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data[:begin] + keep)
+        logger.info("%s: cut back to checkpoint_%d (%d bytes)", path, step, begin + len(keep))
+    if dropped:
+        logger.info("%s: left out the %s line(s) of step %d, logged because it was the last "
+                    "step of the run now extended to %d steps (training.eval_every %d, "
+                    "log_every %d skip it), so the log is an uninterrupted run's%s", path,
+                    " and ".join(dropped), step, t.max_steps, t.eval_every, t.log_every,
+                    "; the best validation is chosen without it"
+                    if "validation" in dropped else "")
+    return dropped
 
 
-def _is_line_of(data: bytes, a: int, b: int, step: int, split: str) -> bool:
-    """Whether ``data[a:b]`` is one whole JSON line of ``metrics.jsonl`` with this ``step``
-    and ``split``."""
-    if not (0 <= a < b <= len(data) and data[b - 1:b] == b"\n"
-            and (a == 0 or data[a - 1:a] == b"\n") and b"\n" not in data[a:b - 1]):
+def _holds_lines_of(data: bytes, begin: int, step: int, lines: list[bytes]) -> bool:
+    """Whether ``data`` (``metrics.jsonl``) holds, from byte ``begin`` (a line's start), some
+    of ``lines`` (step ``step``'s, in their order: all, as written, or those a start extended
+    past ``step`` kept), then nothing or what a run resumed from there logged: a line of a
+    later step, or of ``step`` in a split ``lines`` lack (a validation a SIGTERM put off)."""
+    if not (0 <= begin <= len(data) and (begin == 0 or data[begin - 1:begin] == b"\n")):
         return False
+    rest = data[begin:].splitlines(keepends=True)
+    i = 0
+    for line in lines:
+        if i < len(rest) and rest[i] == line:
+            i += 1
+    if i == len(rest):
+        return True
     try:
-        row = json.loads(data[a:b])
-    except ValueError:
+        row = json.loads(rest[i])
+        splits = {json.loads(line)["split"] for line in lines}
+    except (ValueError, KeyError, TypeError):
         return False
-    return isinstance(row, dict) and row.get("step") == step and row.get("split") == split
+    return (isinstance(row, dict) and isinstance(row.get("step"), int)
+            and (row["step"] > step or row["step"] == step and row.get("split") not in splits))
+
+
+def _note_unrecorded_last_step(path: Path, step: int, t) -> None:
+    """Warn when ``metrics.jsonl`` (``path``, cut back to a checkpoint of ``step`` that records
+    no ``last_step_lines``: written before that record) ends with lines of ``step`` that this
+    run's schedule (``t``: the ``training`` section, ``max_steps`` past ``step``) skips: the
+    last step of an earlier start, whose lines an uninterrupted run has not; they are kept."""
+    if not path.is_file():
+        return
+    off = []
+    for line in reversed(path.read_bytes().splitlines()):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            break
+        if not isinstance(row, dict) or row.get("step") != step:
+            break
+        every = {"train": t.log_every, "validation": t.eval_every}.get(row.get("split"))
+        if every and step % every:
+            off.insert(0, row["split"])
+    if off:
+        logger.warning("%s keeps the %s line(s) of step %d (the last step of an earlier start, "
+                       "or logged under another schedule), which training.log_every %d / "
+                       "eval_every %d skip: its checkpoint records no last step's lines "
+                       "(written before 2026-12-07, or not at a last step), so this run to %d "
+                       "steps keeps them (an uninterrupted one has none%s)", path,
+                       " and ".join(off), step, t.log_every, t.eval_every, t.max_steps,
+                       "; the best validation may be that step's" if "validation" in off
+                       else "")
 
 
 def resume_or_start(acc, cfg: SETrainConfig, changes: list[str], best
@@ -195,13 +250,17 @@ def resume_or_start(acc, cfg: SETrainConfig, changes: list[str], best
     ckpt_dir = out / "checkpoints"
     if acc.is_main_process:
         remove_incomplete(ckpt_dir)  # what a kill while saving left
-    start, counts = 0, NonFiniteCounts()
+    start, counts, dropped = 0, NonFiniteCounts(), None
     newest = _newest_checkpoint(ckpt_dir)
     if newest is not None:
         acc.load_state(str(newest[0]))
         start, counts = newest[1]["step"], NonFiniteCounts.from_state(newest[1])
         if acc.is_main_process:  # what a killed run logged after this checkpoint
-            truncate_log(out / "metrics.jsonl", newest[1].get("metrics_bytes"))
+            dropped = _cut_back_log(out / "metrics.jsonl", newest[1], t)
+            if dropped is None:
+                truncate_log(out / "metrics.jsonl", newest[1].get("metrics_bytes"))
+                if start < t.max_steps:
+                    _note_unrecorded_last_step(out / "metrics.jsonl", start, t)
         logger.info("resumed from %s (step %d)", newest[0], start)
         if changes and acc.is_main_process:
             logger.warning("resumed with settings other than the run's config.yaml: %s (the "
@@ -214,10 +273,9 @@ def resume_or_start(acc, cfg: SETrainConfig, changes: list[str], best
         atomic_write_text(out / "config.yaml",  # whole, even if interrupted
                           yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         record_environment(out, start, config_changes=changes if newest is not None else None)
-        dropped = _drop_last_step_rows(out / "metrics.jsonl", newest, t) if newest else []
         if best is not None:  # the checkpoint's best validation, and best_student/ put right
             best.resume(newest[0] if newest is not None else None,
-                        before_last="validation" in dropped)
+                        before_last="validation" in (dropped or []))
     # a fresh start hides what a run killed before its first checkpoint logged (steps >= 0:
     # the step-0 validation too)
     acc.init_trackers("se", config={"seed": cfg.seed, "max_steps": t.max_steps},

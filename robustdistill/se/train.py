@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -238,22 +237,23 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int],
         teacher_outputs = TeacherOutputs(teacher_layers(cfg.loss), cfg.loss.output_kd_weight > 0,
                                          cfg.validation.teacher_cache_mb)
     ckpt_dir = out / "checkpoints"
-    # the bytes of metrics.jsonl holding the last step's lines, by split: a run extended past
-    # this step drops those its schedule skips (run_checkpoints._drop_last_step_rows)
-    last_step_rows: dict[str, list[int]] = {}
+    # the last step's metrics.jsonl lines, [split, line] as written: a run extended past this
+    # step leaves out those its schedule skips (run_checkpoints._cut_back_log)
+    last_step_lines: list[list[str]] = []
 
     def save(step: int, validation_due: bool = False) -> Path:
         return save_run_checkpoint(acc, ckpt_dir, step, metrics=metrics, counts=counts,
                                    best=best, keep=t.keep_checkpoints,
                                    validation_due=validation_due,
-                                   last_step_rows=last_step_rows if step == t.max_steps else None)
+                                   last_step_lines=last_step_lines if step == t.max_steps
+                                   else None)
 
     def write_row(row: dict) -> None:  # the main process: one metrics.jsonl line
-        begin = os.fstat(metrics.fileno()).st_size  # flushed after every line
-        metrics.write(strict_dumps(row) + "\n")
+        line = strict_dumps(row) + "\n"
+        metrics.write(line)
         metrics.flush()
         if row["step"] == t.max_steps:
-            last_step_rows[row["split"]] = [begin, os.fstat(metrics.fileno()).st_size]
+            last_step_lines.append([row["split"], line])
 
     bar = tqdm(total=t.max_steps, initial=start, desc="train-se",
                disable=not acc.is_main_process)
