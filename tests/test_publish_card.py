@@ -1427,3 +1427,48 @@ def test_a_card_whose_kind_is_not_the_runs_trainer_is_refused_before_writing(tmp
     assert "speech-enhancement" in build_card(se_student, [], tmp_path / "se_run",
                                               license="mit", kind="se", speed=False).data.tags
     assert build_card(run["student"], [], run["run"], license="mit", speed=False).text
+
+
+def test_without_a_run_that_shows_its_trainer_the_card_is_the_students_own_kind(tmp_path, run,
+                                                                                 caplog):
+    """`card --model` of a train-se / train-speaker student with no `--run`, or a `--run`
+    whose config.yaml shows no trainer (a hand-cut one), wrote the SSL card ("a small
+    self-supervised speech encoder ... a stock transformers model"): the student's own
+    model_type now gives the kind, and a --kind that contradicts it is refused."""
+    from robustdistill.publish.provenance import STUDENT_MODEL_TYPES, student_recipe
+    from robustdistill.se.students import GRUMaskStudent, StudentConfig
+    from robustdistill.speaker.models import (
+        SPEAKER_MODEL_TYPE,
+        SPEAKER_UPSTREAM_MODEL_TYPE,
+        MelLSTMEncoder,
+        SpeakerEmbedder,
+    )
+
+    se = GRUMaskStudent(StudentConfig(hidden_size=8)).save_pretrained(tmp_path / "se")
+    spk = SpeakerEmbedder(MelLSTMEncoder(8, 1), 8).save_pretrained(tmp_path / "spk")
+    assert {STUDENT_MODEL_TYPES[t] for t in (SPEAKER_MODEL_TYPE, SPEAKER_UPSTREAM_MODEL_TYPE)
+            } == {"speaker"}
+    assert [student_recipe(p) for p in (se, spk, run["student"], tmp_path)] == [
+        "se", "speaker", "ssl", None]
+    bare = tmp_path / "bare_run"  # a config.yaml with none of the keys that show a trainer
+    bare.mkdir()
+    (bare / "config.yaml").write_text("output_dir: x\nseed: 0\n")
+    for model, kind in ((se, "se"), (spk, "speaker")):
+        card = build_card(model, [], license="mit", speed=False)
+        assert card.data.pipeline_tag == KINDS[kind][1] and KINDS[kind][2][0] in card.data.tags
+        assert "self-supervised" not in card.text
+    with caplog.at_level("INFO", logger="robustdistill.publish.card"):
+        card = build_card(se, [], bare, license="mit", speed=False)
+    assert "speech-enhancement" in card.data.tags
+    assert "card kind se (the student's model_type robustdistill-se-gru-mask)" in caplog.text
+    with pytest.raises(CardError, match=r"/se holds a `train-se` student: its card is --kind se, "
+                                        r"not --kind ssl$"):
+        build_card(se, [], license="mit", kind="ssl", speed=False)
+    with pytest.raises(CardError, match=r"/spk holds a `train-speaker` student: its card is "
+                                        r"--kind speaker, not --kind ssl \(--run \S+run is a "
+                                        r"`distill` run\)$"):
+        build_card(spk, [], run["run"], license="mit", speed=False)
+    assert not (se / "README.md").exists() and not (spk / "README.md").exists()
+    # a distill student with no run is still the SSL card
+    assert build_card(run["student"], [], license="mit", speed=False).data.pipeline_tag == \
+        KINDS["ssl"][1]

@@ -190,6 +190,40 @@ def test_a_crop_shorter_than_min_length_s_is_the_minimum():
     assert DataConfig(crop_seconds=3.0, min_length_s=2.5).min_train_seconds == 2.5
 
 
+def test_the_too_short_warning_names_the_crop_when_the_crop_is_the_minimum(tmp_path, caplog,
+                                                                          monkeypatch):
+    """With 0.2 s crops and the recipe's 1 s data.min_length_s the minimum is the crop, and the
+    warning says so: it said "< data.min_length_s=0.2 s", a value that setting did not have.
+    Training (load_inputs) and the IG cache (load_ig_inputs) keep the same crops."""
+    from types import SimpleNamespace
+
+    from robustdistill.speaker import ig
+    from robustdistill.speaker.config import DataConfig, SpeakerKDConfig
+    from robustdistill.speaker.inputs import load_inputs
+
+    train, test = _data(tmp_path)
+    _noise(train / "19-999-0000.wav", seconds=0.15, seed=3)  # shorter than a crop
+    _noise(train / "26-999-0000.wav", seconds=0.5, seed=4)  # fills a crop: kept
+    cfg = SpeakerKDConfig(data=DataConfig(train_dir=str(train), test_other_dir=str(test),
+                                          fsdd_dir=None, crop_seconds=0.2,
+                                          crops_per_utterance=1))
+    assert (cfg.data.min_length_s, cfg.data.min_train_key) == (1.0, "data.crop_seconds")
+    skipped: dict = {}
+    with caplog.at_level(logging.WARNING, logger="robustdistill.speaker"):
+        crops, _ = load_inputs(cfg, skipped)
+    short = str(train / "19-999-0000.wav")
+    assert skipped["train"] == {short: "too short"}
+    said = [r.getMessage() for r in caplog.records if short in r.getMessage()]
+    assert said == [f"train: skipping {short} [too short]: 0.1500 s < data.crop_seconds=0.2 s"]
+    monkeypatch.setattr(ig, "load_teacher", lambda _: SimpleNamespace(fingerprint="t"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="robustdistill.speaker"):
+        _, ig_crops = ig.load_ig_inputs(cfg)
+    assert [c.key for c in ig_crops] == [c.key for c in crops] and len(crops) == 7
+    assert "< data.crop_seconds=0.2 s" in caplog.text
+    assert DataConfig(crop_seconds=2.0).min_train_key == "data.min_length_s"
+
+
 # ------------------------------------------------------------------------------ the command
 def _tiny_args(root: Path, train: Path, test: Path) -> list[str]:
     return ["--data.train_dir", str(train), "--data.test_other_dir", str(test),

@@ -71,6 +71,7 @@ from .provenance import (
     DataLanguage,
     ModelFacts,
     RunSummary,
+    config_recipe,
     config_section,
     is_synthetic_data,
     is_transformers_config,
@@ -78,6 +79,7 @@ from .provenance import (
     model_facts,
     ssl_corruption_kinds,
     student_input_corrupted,
+    student_recipe,
     summarise_run,
     training_language,
 )
@@ -252,7 +254,10 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
         kind: a key of :data:`KINDS` (template and pipeline tag); None (the default): the
             trainer of ``run_dir`` (:func:`~robustdistill.publish.provenance.run_recipe`:
             ``ssl`` for ``distill``, ``se`` for ``train-se``, ``speaker`` for
-            ``train-speaker``), ``ssl`` without a run.
+            ``train-speaker``); without a run, or one whose ``config.yaml`` does not show its
+            trainer, the student's ``model_type``
+            (:func:`~robustdistill.publish.provenance.student_recipe`: a ``train-se`` or
+            ``train-speaker`` student's own); else ``ssl``.
         repo_id: the Hub repository the card is for (names it in the loading code).
         base_model: Hub id of the teacher; default the run's teacher when it is a hub id.
         datasets: Hub dataset ids for the metadata (the text always gives the data paths).
@@ -282,10 +287,11 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
         (:func:`~robustdistill.publish.provenance.student_input_corrupted`).
 
     Raises:
-        CardError: unknown kind, or a ``run_dir`` written by another trainer than ``kind``'s
-            (:func:`~robustdistill.publish.provenance.run_recipe`); a licence that is not a
-            Hub id, ``other`` without a name and a link, or a link to a file ``push`` does
-            not upload (:func:`~robustdistill.publish.licenses.hub_license`); weights that are not the
+        CardError: unknown kind, a ``run_dir`` written by another trainer than ``kind``'s
+            (:func:`~robustdistill.publish.provenance.run_recipe`), or a ``train-se`` /
+            ``train-speaker`` student (its ``model_type``) with another ``kind``; a licence
+            that is not a Hub id, ``other`` without a name and a link, or a link to a file
+            ``push`` does not upload (:func:`~robustdistill.publish.licenses.hub_license`); weights that are not the
             student ``run_dir`` trained (at ``step``;
             :func:`~robustdistill.publish.run_weights.check_run_weights`); a results file
             without this model; two task labels or conditions that give one ``model-index`` config in one
@@ -307,14 +313,25 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
         raise FileNotFoundError(f"{model_dir} has no config.json: not a saved student folder")
     student = model_facts(model_dir)
     library_transformers = is_transformers_config(model_dir)
-    run = summarise_run(run_dir, step=step, kind=kind or "ssl") if run_dir is not None else None
-    if kind is None:  # the run's own trainer says which card its student gets
-        kind = run.recipe if run is not None else "ssl"
-        logger.info("card kind %s (%s)", kind, "the run's trainer" if run else "no run")
-    elif run is not None and run.recipe != kind:  # the template would describe another model
-        trainer = {"ssl": "distill", "se": "train-se", "speaker": "train-speaker"}[run.recipe]
-        raise CardError(f"{run_dir} is a `{trainer}` run: its student's card is --kind "
-                        f"{run.recipe}, not --kind {kind}")
+    trainers = {"ssl": "distill", "se": "train-se", "speaker": "train-speaker"}
+    saved = student_recipe(model_dir)  # a train-se / train-speaker student says so itself
+    given = kind
+    run = (summarise_run(run_dir, step=step, kind=kind or saved or "ssl")
+           if run_dir is not None else None)
+    if kind is None:  # the run's trainer, else the student's model_type, says which card
+        shown = config_recipe(run.config) if run is not None else None
+        kind = shown or saved or "ssl"
+        logger.info("card kind %s (%s)", kind, "the run's trainer" if shown else
+                    f"the student's model_type {student.model_type}" if saved else
+                    "neither a run nor the student's model_type shows a trainer: assumed")
+    if run is not None and run.recipe != kind:  # the template would describe another model
+        raise CardError(f"{run_dir} is a `{trainers[run.recipe]}` run: its student's card is "
+                        f"--kind {run.recipe}, not --kind {kind}")
+    if saved in ("se", "speaker") and saved != kind:  # an SSL card of an SE student, say
+        raise CardError(f"{model_dir} holds a `{trainers[saved]}` student: its card is --kind "
+                        f"{saved}, not --kind {kind}"
+                        + ("" if given else f" (--run {run_dir} is a "
+                                              f"`{trainers[kind]}` run)"))
     if run is not None:  # refuses another run's training (a mistyped --run)
         logger.info("%s", check_run_weights(model_dir, run, step))
         if step is None and is_best_student(model_dir, run):  # the card says which step
@@ -534,7 +551,8 @@ def card_main(argv: list[str]) -> int:
     parser.add_argument("--kind", default=None, choices=sorted(KINDS),
                         help="the card's template: ssl (a distill student), se (a train-se "
                              "student) or speaker (a train-speaker student); default: the "
-                             "trainer of --run, ssl without --run")
+                             "trainer of --run, else the student's own (a train-se or "
+                             "train-speaker student's model_type), else ssl")
     parser.add_argument("--repo-id", default=None, help="ORG/NAME the card is for")
     parser.add_argument("--base-model", default=None, help="the teacher's Hub id")
     parser.add_argument("--dataset", action="append", default=[], help="Hub dataset id (repeat)")

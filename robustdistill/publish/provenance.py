@@ -30,10 +30,10 @@ from ..metrics_log import read_records
 from ..strict_json import nan_for_null
 
 __all__ = ["ENGLISH_CORPORA", "NOT_RECORDED", "RECIPES", "DataLanguage", "ModelFacts",
-           "RunSummary", "config_section", "evaluated_sets", "is_synthetic_data",
+           "RunSummary", "config_recipe", "config_section", "evaluated_sets", "is_synthetic_data",
            "is_transformers_config", "measure_speed", "model_facts", "read_run_result",
-           "run_recipe", "ssl_corruption_kinds", "ssl_input_corrupted", "student_input_corrupted", "summarise_run",
-           "training_language"]
+           "run_recipe", "ssl_corruption_kinds", "ssl_input_corrupted", "student_input_corrupted",
+           "student_recipe", "summarise_run", "training_language"]
 
 logger = logging.getLogger(__name__)
 
@@ -253,19 +253,14 @@ def config_section(config: dict[str, Any], name: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def run_recipe(config: dict[str, Any], default: str = "ssl") -> str:
-    """Which trainer wrote a run's ``config.yaml``, from the keys only that trainer writes.
+def config_recipe(config: dict[str, Any]) -> str | None:
+    """Which trainer wrote a run's ``config.yaml``, from the keys only that trainer writes;
+    None when the config holds none of them (a hand-cut ``config.yaml``).
 
     ``"ssl"``: ``objectives`` or ``augmentation`` (``robustdistill distill``); ``"speaker"``:
     ``loss.method``, ``ig`` or ``training.epochs`` (``train-speaker``); ``"se"``: any other
-    ``loss`` section, ``data.snr_range`` or ``data.speech_dir`` (``train-se``); ``default``
-    when the config holds none of them.
-
-    Raises:
-        ValueError: ``default`` is not one of :data:`RECIPES`.
+    ``loss`` section, ``data.snr_range`` or ``data.speech_dir`` (``train-se``).
     """
-    if default not in RECIPES:
-        raise ValueError(f"unknown recipe {default!r}; known: {RECIPES}")
     loss, data = config_section(config, "loss"), config_section(config, "data")
     if "objectives" in config or "augmentation" in config:
         return "ssl"
@@ -273,7 +268,40 @@ def run_recipe(config: dict[str, Any], default: str = "ssl") -> str:
         return "speaker"
     if loss or "snr_range" in data or "speech_dir" in data:
         return "se"
-    return default
+    return None
+
+
+def run_recipe(config: dict[str, Any], default: str = "ssl") -> str:
+    """Which trainer wrote a run's ``config.yaml`` (:func:`config_recipe`); ``default`` when
+    the config holds none of the keys that show it.
+
+    Raises:
+        ValueError: ``default`` is not one of :data:`RECIPES`.
+    """
+    if default not in RECIPES:
+        raise ValueError(f"unknown recipe {default!r}; known: {RECIPES}")
+    return config_recipe(config) or default
+
+
+#: ``model_type`` of the students ``train-se`` and ``train-speaker`` save (their own
+#: ``config.json``: :mod:`robustdistill.se.students`, :mod:`robustdistill.speaker.models`).
+STUDENT_MODEL_TYPES = {"robustdistill-se-gru-mask": "se",
+                       "robustdistill-speaker-lstm": "speaker",
+                       "robustdistill-speaker-upstream": "speaker"}
+
+
+def student_recipe(model_dir: str | Path) -> str | None:
+    """Which trainer's student ``model_dir`` holds, from its ``config.json``'s ``model_type``:
+    ``"se"`` / ``"speaker"`` for :data:`STUDENT_MODEL_TYPES`, ``"ssl"`` for a model
+    ``transformers`` knows (a ``distill`` student is a stock one); None otherwise (no or an
+    unreadable ``config.json``, another ``model_type``)."""
+    try:
+        model_type = json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if model_type in STUDENT_MODEL_TYPES:
+        return STUDENT_MODEL_TYPES[model_type]
+    return "ssl" if is_transformers_config(model_dir) else None
 
 
 def _value(section: dict[str, Any], key: str) -> Any:

@@ -118,6 +118,14 @@ class DataConfig:
         ``crop_seconds`` when the crop is shorter (an utterance that fills a crop is kept)."""
         return min(self.min_length_s, self.crop_seconds)
 
+    @property
+    def min_train_key(self) -> str:
+        """The setting that is :attr:`min_train_seconds`, as the too-short warning names it:
+        ``data.min_length_s``, or ``data.crop_seconds`` when the crop is shorter (the warning
+        said ``data.min_length_s=0.2 s`` for a recipe whose ``min_length_s`` was 1)."""
+        return ("data.min_length_s" if self.min_length_s <= self.crop_seconds
+                else "data.crop_seconds")
+
 
 @dataclass
 class StudentConfig:

@@ -122,7 +122,8 @@ def _check_trials(utterances: list[Utterance], folder, skipped: dict[str, str]) 
 
 def load_train_crops(folder: str | Path, crop_seconds: float, crops_per_utterance: int,
                      sample_rate: int = 16_000, skipped: dict[str, str] | None = None,
-                     min_length_s: float = 0.0) -> list[Crop]:
+                     min_length_s: float = 0.0, min_key: str = "data.min_length_s"
+                     ) -> list[Crop]:
     """Fixed crops of every usable utterance of a LibriSpeech-style folder (flat or nested).
 
     Args:
@@ -137,7 +138,9 @@ def load_train_crops(folder: str | Path, crop_seconds: float, crops_per_utteranc
             ``"too short"`` for one shorter than ``min_length_s``); each is also logged.
         min_length_s: utterances shorter than this (s) are skipped, not zero-padded to a
             crop (default 0: every one is kept; ``train-speaker`` passes
-            ``data.min_length_s``).
+            ``DataConfig.min_train_seconds``).
+        min_key: the setting the too-short warning names as the minimum
+            (``DataConfig.min_train_key``: ``data.crop_seconds`` when the crop is it).
 
     Returns:
         crops ordered by file then position, each ``round(crop_seconds * sample_rate)``
@@ -163,7 +166,7 @@ def load_train_crops(folder: str | Path, crop_seconds: float, crops_per_utteranc
             logger.warning("train: skipping %s [invalid]: not named <speaker>-<chapter>-<utt>, "
                            "so its speaker is unknown", path)
             continue
-        audio = _load(path, sample_rate, skipped, "train", min_length_s, "data.min_length_s")
+        audio = _load(path, sample_rate, skipped, "train", min_length_s, min_key)
         if audio is None:
             continue
         speaker = Path(path).name.split("-")[0]

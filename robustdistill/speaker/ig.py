@@ -44,7 +44,8 @@ def load_ig_inputs(cfg: SpeakerKDConfig, crops_per_utterance: int | None = None
     per_utterance = (cfg.data.crops_per_utterance if crops_per_utterance is None
                      else crops_per_utterance)
     crops = load_train_crops(cfg.data.train_dir, cfg.data.crop_seconds, per_utterance,
-                             min_length_s=cfg.data.min_train_seconds)
+                             min_length_s=cfg.data.min_train_seconds,
+                             min_key=cfg.data.min_train_key)
     return teacher, crops
 
 

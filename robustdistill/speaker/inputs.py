@@ -101,7 +101,7 @@ def load_inputs(cfg: SpeakerKDConfig, skipped: dict[str, dict[str, str]] | None 
     d = cfg.data
     crops = load_train_crops(d.train_dir, d.crop_seconds, d.crops_per_utterance,
                              skipped=skipped.setdefault("train", {}),
-                             min_length_s=d.min_train_seconds)
+                             min_length_s=d.min_train_seconds, min_key=d.min_train_key)
     sets = load_eval_sets(d, skipped)
     speakers = {c.speaker for c in crops}
     for name, utts in sets.items():
