@@ -260,7 +260,8 @@ class DistillConfig:
         "help": "allow a hub teacher's own modelling code (transformers' trust_remote_code)"})
     student_init: str | None = field(default=None, metadata={
         "help": "an existing student folder to start from instead of creating one from the "
-                "teacher (student section)"})
+                "teacher (student section); its CNN must frame audio as the teacher's (same hop "
+                "and frame centre), or the run is refused"})
     make_teacher: str | None = field(default=None, metadata={
         "help": "'FAMILY/PRESET' (e.g. 'wavlm/small'): write a random teacher of that shape at "
                 "`teacher` when that folder does not exist yet (the offline demo)"})

@@ -3,7 +3,8 @@
 Each check raises :class:`~robustdistill.config.ConfigError` with a one-line message naming the
 key, the value and what is allowed (``robustdistill distill`` prints it as a usage error): the
 output folder (:func:`check_output_dir`, before any model loads), missing model folders
-(:func:`prepare_models`), crops shorter than a frame (:func:`check_crop_covers_a_frame`),
+(:func:`prepare_models`), crops shorter than a frame (:func:`check_crop_covers_a_frame`), a
+student whose frames are not the teacher's (:func:`check_frame_grids`),
 objectives that train nothing in the student (:func:`check_student_is_trained`), the loss
 schedule against the objectives (:func:`loss_schedule`), and a resume's student or settings
 against the run's own (:func:`student_differences`, :data:`RESUME_FREE`). Called by
@@ -27,7 +28,7 @@ from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RESUME_FREE", "check_crop_covers_a_frame", "check_output_dir",
+__all__ = ["RESUME_FREE", "check_crop_covers_a_frame", "check_frame_grids", "check_output_dir",
            "check_student_is_trained", "loss_schedule", "prepare_models", "student_differences"]
 
 
@@ -64,6 +65,33 @@ def check_crop_covers_a_frame(data, teacher: Upstream, student: Upstream) -> Non
                 f"data.{key}={value} s is shorter than one frame of the teacher/student "
                 f"({need} samples = {need / SAMPLE_RATE:.4f} s at {SAMPLE_RATE} Hz); "
                 f"allowed: >= {need / SAMPLE_RATE:.4f}")
+
+
+def check_frame_grids(teacher: Upstream, student: Upstream) -> None:
+    """The objectives pair teacher frame ``t`` with student frame ``t`` (over the frames both
+    have): both must be ``samples_per_frame`` apart and centred at the same sample
+    (``first_frame_centre``), so that frame ``t`` of both covers the same audio. A student
+    created from the teacher has the teacher's kernels and strides (only the channels of a
+    ``pruned`` / ``fast`` CNN differ), so only a ``student_init`` can differ. A Whisper teacher
+    on its own grid (``whisper_teacher_frames: native``, centred 200 samples before a
+    wav2vec 2.0-style student's frames) is the documented exception: only its hop is checked.
+
+    Raises:
+        ConfigError: a student with another frame hop or centre, naming both grids.
+    """
+    grids = {who: (up.samples_per_frame, up.first_frame_centre)
+             for who, up in (("teacher", teacher), ("student", student))}
+    native_whisper = teacher.is_whisper and teacher.whisper_frames == "native"
+    same = (grids["teacher"][0] == grids["student"][0] if native_whisper
+            else grids["teacher"] == grids["student"])
+    if not same:
+        (t_hop, t_centre), (s_hop, s_centre) = grids["teacher"], grids["student"]
+        raise ConfigError(
+            f"the student's frames (every {s_hop} samples, frame 0 centred at sample "
+            f"{s_centre}) are not the teacher's (every {t_hop}, centred at {t_centre}), and "
+            "the objectives pair frame t of one with frame t of the other: give a "
+            "student_init with the teacher's CNN kernels and strides, or leave student_init "
+            "unset (the student is then made from the teacher)")
 
 
 def check_student_is_trained(objectives: dict, num_layers: int, feature_grad_mult: float, *,

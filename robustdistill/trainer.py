@@ -69,6 +69,7 @@ from .run_settings import saved_config_changes
 from .startup_checks import (
     RESUME_FREE,
     check_crop_covers_a_frame,
+    check_frame_grids,
     check_output_dir,
     check_student_is_trained,
     loss_schedule,
@@ -143,6 +144,7 @@ class _Run:
                               use_attention_mask=feature_extractor.return_attention_mask,
                               frozen=False, feature_grad_mult=cfg.student.feature_grad_mult)
         check_crop_covers_a_frame(cfg.data, self.teacher, student_up)
+        check_frame_grids(self.teacher, student_up)
         objectives = {}
         for name, options in cfg.objectives.items():
             try:

@@ -50,6 +50,13 @@ class EnhancementHead(nn.Module):
     frame rate (hop 160 = 10 ms; the reference's ``repeat_interleave(feat, 2)``); STFT frames
     past the last real feature frame repeat it (the reference zero-fills them).
 
+    The pairing is approximate, as in the reference: STFT frame ``j`` (centred at ``160 j``,
+    window ``[160 j - 200, 160 j + 200)``) reads feature frame ``j // 2`` of a wav2vec
+    2.0-style CNN (samples ``[320 k, 320 k + 400)``, centred at ``320 k + 200``). An odd
+    ``j = 2 k + 1`` is 40 samples from its feature's centre; an even ``j = 2 k`` is 200
+    samples before it, and 120 samples after the centre of feature ``k - 1`` (the nearest).
+    The BiLSTM reads the whole sequence, so it can learn this fixed offset.
+
     Args:
         input_size: feature width (``D_s`` or CNN channels).
         num_bins: STFT bins (257 for ``n_fft = 512``).

@@ -202,7 +202,7 @@ class SpeechEnhancementConfig(TaskConfig):
 class MaskHead(nn.Module):
     """BLSTM -> linear -> sigmoid: a ``(B, K, F)`` magnitude mask from ``(B, T, D)`` features.
 
-    STFT frame ``j`` (at ``j * hop`` samples) reads the feature frame covering that time,
+    STFT frame ``j`` (centred at ``j * hop`` samples) reads feature frame
     ``floor(j / upsample)``: the 50 Hz features are repeated ``upsample`` times to the STFT
     frame rate (any ratio: 1.25 for a 256-sample hop, 0.4 for an upstream with 4 ms frames,
     whose features are then read every 2.5 frames) and cut to ``K`` STFT frames; where an
@@ -211,6 +211,14 @@ class MaskHead(nn.Module):
     other utterances of its batch. (s3prl's ``_match_length`` pads a
     batch with the batch's last frame, which is zero padding for all but the longest
     utterance; its test loader uses batches of one, where the two agree.)
+
+    The pairing is by index, not by nearest centre: a wav2vec 2.0-style upstream's frame ``k``
+    reads samples ``[320 k, 320 k + 400)`` (centred at ``320 k + 200``), so with a 160-sample
+    hop STFT frame ``2 k`` (centred at ``320 k``) reads frame ``k``, 200 samples later, not
+    frame ``k - 1``, 120 samples earlier; frame ``2 k + 1`` is 40 samples from its feature's
+    centre. s3prl's SE (one STFT frame per upstream frame) and RobustDistiller's head
+    (``repeat_interleave(feat, 2)``) pair the same way; the BLSTM can learn the fixed offset.
+    A Whisper upstream's frame ``k`` is centred at ``320 k``: there STFT frame ``2 k`` is on it.
 
     Args:
         input_size: ``D``.
