@@ -319,16 +319,22 @@ def test_ctrl_c_during_a_decode_reaches_the_caller(tmp_path, kind):
              SAMPLE_RATE, subtype="PCM_16")  # 10 minutes: a decode of a few tenths of a second
     read = {"whole": lambda: load_audio(path),
             "window": lambda: audio_module.load_audio_window(path, 0, SAMPLE_RATE * 590)}[kind]
+    # Python's own SIGINT handler: a shell starting pytest in the background (`cmd &`, no job
+    # control) hands it SIGINT ignored, and the signal would never arrive
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupted = 0
-    for _ in range(3):
-        timer = threading.Timer(0.02, os.kill, (os.getpid(), signal.SIGINT))
-        started = time.perf_counter()
-        timer.start()
-        try:
-            read()
-        except KeyboardInterrupt:
-            interrupted += 1
-        finally:
-            timer.join()
-        assert time.perf_counter() - started > 0.02  # the signal came during the read
+    try:
+        for _ in range(3):
+            timer = threading.Timer(0.02, os.kill, (os.getpid(), signal.SIGINT))
+            started = time.perf_counter()
+            timer.start()
+            try:
+                read()
+            except KeyboardInterrupt:
+                interrupted += 1
+            finally:
+                timer.join()
+            assert time.perf_counter() - started > 0.02  # the signal came during the read
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert interrupted == 3
