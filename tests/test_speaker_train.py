@@ -507,3 +507,29 @@ def test_a_nonfinite_step_in_the_first_epoch_says_no_checkpoint_was_saved(tiny, 
                                                  r"same folder will do, it holds none\)$"):
         train_system(cfg, teacher, crops)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_table_run_stopped_before_its_first_checkpoint_names_the_tables_other_runs(tiny,
+                                                                                      tmp_path):
+    """A table run that stops in its first epoch: 'the same folder will do' is true only
+    when no other run of the table holds checkpoints (a table with a lower training.lr refuses
+    their folders, checked on LibriSpeech); otherwise the line asks for another
+    table.output_dir and names them."""
+    from robustdistill.speaker.train import NonFiniteLossError
+
+    teacher, crops = tiny
+    first = _baseline_setup(tmp_path, "table/none_seed0", 1)
+    train_system(first, teacher, crops, folder_key="table.output_dir")
+    diverging = _baseline_setup(tmp_path, "table/none_seed1", 2)
+    diverging.training.lr = 3e37
+    with pytest.raises(NonFiniteLossError) as err:
+        train_system(diverging, teacher, crops, folder_key="table.output_dir")
+    assert str(err.value).endswith(
+        "no checkpoint of this run was saved: lower training.lr, set a smaller "
+        "training.max_grad_norm or check the data, and start again in another "
+        "table.output_dir (the table's runs none_seed0 there hold checkpoints of these "
+        "settings, which a table with other ones refuses)")
+    alone = _baseline_setup(tmp_path, "table2/none_seed0", 2)
+    alone.training.lr = 3e37
+    with pytest.raises(NonFiniteLossError, match=r"\(the same folder will do, it holds none\)$"):
+        train_system(alone, teacher, crops, folder_key="table.output_dir")

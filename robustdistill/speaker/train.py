@@ -111,13 +111,27 @@ def _stop_nonfinite(out_dir: Path, epoch: int, batch: int, num_batches: int, wha
     ``training.lr`` or ``training.max_grad_norm`` is refused (:func:`check_run_folder`), so
     the way on is a new run with them.
 
+    With no checkpoint of this run, the same folder will do, except in a table
+    (``folder_key`` ``table.output_dir``) whose other runs hold checkpoints: the message then
+    names them and asks for another ``table.output_dir``.
+
     Raises:
         NonFiniteLossError: always.
     """
     newest = newest_checkpoint(out_dir)
     advice = ("lower training.lr, set a smaller training.max_grad_norm or check the data, and "
               "start again")
-    if newest is None:
+    # a table's other runs (table.output_dir/<method>_seed<seed>) with checkpoints: a table
+    # with another training.lr or max_grad_norm refuses their folders, so its own is no way on
+    others = sorted(p.name for p in out_dir.parent.iterdir()
+                    if p.is_dir() and p != out_dir and newest_checkpoint(p) is not None
+                    ) if folder_key == "table.output_dir" else []
+    if newest is None and others:
+        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+        saved = (f"; no checkpoint of this run was saved: {advice} in another {folder_key} "
+                 f"(the table's runs {', '.join(others[:3])}{more} there hold checkpoints of "
+                 "these settings, which a table with other ones refuses)")
+    elif newest is None:
         saved = (f"; no checkpoint of this run was saved: {advice} (the same folder will do, "
                  "it holds none)")
     else:
