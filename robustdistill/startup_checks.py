@@ -29,6 +29,7 @@ from .upstream import Upstream
 logger = logging.getLogger(__name__)
 
 __all__ = ["RESUME_FREE", "check_crop_covers_a_frame", "check_frame_grids", "check_output_dir",
+           "missing_folders", "remove_new_empty_folders",
            "check_student_is_trained", "loss_schedule", "prepare_models", "student_differences"]
 
 
@@ -173,6 +174,29 @@ def check_output_dir(output_dir: str | Path, resuming: bool = False) -> Path:
                           f"{err.strerror or err}; allowed: a folder this user can create and "
                           "write") from err
     return path
+
+
+def missing_folders(output_dir: str | Path) -> list[Path]:
+    """``output_dir`` and those of its parents that do not exist yet, deepest first: the
+    folders :func:`check_output_dir` will create (none when ``output_dir`` exists)."""
+    path = Path(output_dir).expanduser().absolute()
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_new_empty_folders(created: list[Path]) -> None:
+    """Remove the folders of ``created`` (deepest first, :func:`missing_folders`) that are
+    still empty, after a run that made them failed: a failed start leaves no empty output
+    folder behind. A folder holding anything (a file, a folder) is kept, and so are its
+    parents; a folder that cannot be removed is left as it is (no error)."""
+    for path in created:
+        try:
+            path.rmdir()  # only an empty folder: never anything a run or the user wrote
+        except OSError:
+            return
 
 
 def loss_schedule(t, objectives: dict) -> tuple[LossSchedule, set[str]]:

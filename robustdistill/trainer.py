@@ -64,6 +64,7 @@ from .metrics_log import drop_steps_after
 from .nonfinite import NonFiniteTrainingError, any_process
 from .objectives import build_objective
 from .processes import finish_processes
+from .publish.card_training import parameter_count
 from .random_streams import keyed_rng
 from .run_settings import saved_config_changes
 from .startup_checks import (
@@ -73,7 +74,9 @@ from .startup_checks import (
     check_output_dir,
     check_student_is_trained,
     loss_schedule,
+    missing_folders,
     prepare_models,
+    remove_new_empty_folders,
 )
 from .strict_json import strict_dumps
 from .teacher_cache import MissingEntryError, TeacherFeatureCache
@@ -243,11 +246,11 @@ class _Run:
         # back for the checkpoint (see _agree_on_data)
         self._stream_before_step: dict | None = None
         self._stream_restored: dict | None = None
-        logger.info("teacher %s: %d layers, width %d; student: %d layers, width %d, %.1f M "
+        logger.info("teacher %s: %d layers, width %d; student: %d layers, width %d, %s "
                     "params; %s train / %d validation utterances; %d process(es)",
                     cfg.teacher, self.teacher.num_layers, self.teacher.hidden_size,
                     student_up.num_layers, student_up.hidden_size,
-                    sum(p.numel() for p in student.parameters()) / 1e6,
+                    parameter_count(sum(p.numel() for p in student.parameters())),
                     "streamed" if self.sampler is None else len(train_set), len(valid_set), world)
 
     # ------------------------------------------------------------------ data
@@ -593,7 +596,9 @@ def train(cfg: DistillConfig) -> Path:
     its first checkpoint and hides that run's TensorBoard points, so each step is logged once.
     A start from another run's checkpoint (``resume_from DIR``) into an ``output_dir`` with no
     checkpoint of its own removes the ``metrics.jsonl`` records of steps after the loaded one
-    (a killed first try's; other lines stay); its TensorBoard points are not hidden.
+    (a killed first try's; other lines stay); its TensorBoard points are not hidden. A call
+    that fails (a bad model folder, data folder or frame grid at start-up) removes the
+    ``output_dir`` it created, and parents it created, while they are still empty.
 
     Returns:
         The exported student folder (or the output dir when export is off).
@@ -615,10 +620,15 @@ def train(cfg: DistillConfig) -> Path:
             validation it cut short is done first by the resumed run); at start-up, or with
             the option off, at once (docs/reliability.md, "SIGTERM during training").
     """
+    created = missing_folders(cfg.output_dir)
     check_output_dir(cfg.output_dir, resuming=bool(cfg.training.resume_from))  # before loading
     runs: list[_Run] = []  # the run once built, for the line of an interrupt
-    with note(lambda: _interrupt_note(cfg, runs[0] if runs else None)):
-        return _train(cfg, runs)
+    try:
+        with note(lambda: _interrupt_note(cfg, runs[0] if runs else None)):
+            return _train(cfg, runs)
+    except BaseException:  # a failed start (bad model, data, frames) leaves no empty folder
+        remove_new_empty_folders(created)
+        raise
 
 
 def _train(cfg: DistillConfig, runs: list[_Run]) -> Path:

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CustomCodeError", "ModelFolderError", "Upstream", "UpstreamOutput",
            "custom_code_problem", "disable_train_randomness", "has_layer_norm_cnn",
+           "ignored_code_note",
            "interpolate_frames", "lengths_to_mask", "model_folder_errors"]
 
 #: Whisper's encoder needs exactly 30 s of log-mel input (3000 frames of 10 ms).
@@ -100,6 +101,39 @@ def custom_code_problem(folder: str | Path) -> tuple[str, bool] | None:
             "robustdistill does not run)", False)
 
 
+def ignored_code_note(folder: str | Path) -> str | None:
+    """Why the local model ``folder``'s own code is not run, when its ``config.json`` names a
+    ``model_type`` this ``transformers`` knows and its ``auto_map`` names code files the
+    folder holds (``modeling_x.py``): the stock class is loaded, that code ignored; else None
+    (no or an unreadable ``config.json``, no ``auto_map``, none of its files in ``folder``,
+    an unknown ``model_type``: :func:`custom_code_problem`). Reads ``config.json`` only.
+
+    Returns:
+        ``"FOLDER: its own code (modeling_x.py, named by config.json's auto_map) is not run
+        (trust_remote_code is off); the stock 'wavlm' class of transformers is used"``.
+    """
+    path = Path(folder).expanduser()
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    model_type, auto_map = config.get("model_type"), config.get("auto_map")
+    if model_type not in CONFIG_MAPPING_NAMES or not isinstance(auto_map, dict):
+        return None
+    names = [n for v in auto_map.values() for n in (v if isinstance(v, list) else [v])
+             if isinstance(n, str) and "." in n]
+    # "modeling_x.XModel" or a hub repo's "owner/repo--modeling_x.XModel": modeling_x.py
+    files = [f"{n.split('--')[-1].rsplit('.', 1)[0]}.py" for n in names]
+    shipped = [f for f in dict.fromkeys(files) if (path / f).is_file()]
+    if not shipped:
+        return None
+    return (f"{folder}: its own code ({', '.join(shipped)}, named by config.json's auto_map) "
+            f"is not run (trust_remote_code is off); the stock {model_type!r} class of "
+            "transformers is used")
+
+
 @contextmanager
 def model_folder_errors(name_or_path: str | Path, trust_remote_code: bool = False
                         ) -> Iterator[None]:
@@ -109,12 +143,16 @@ def model_folder_errors(name_or_path: str | Path, trust_remote_code: bool = Fals
     ``config.json`` an ``OSError``: tracebacks in every command). A folder whose model needs
     code of its own (:func:`custom_code_problem`; unless ``trust_remote_code``, when the
     error is that code's) is a :class:`CustomCodeError` saying so, not "not a readable model
-    folder". A hub id's errors pass unchanged (the commands explain an unreachable hub
+    folder". A folder of a known ``model_type`` that ships code of its own is loaded as the
+    stock model, with a warning that its code is not run (:func:`ignored_code_note`). A hub
+    id's errors pass unchanged (the commands explain an unreachable hub
     themselves).
 
     Raises:
         ModelFolderError: ``name_or_path`` is a folder and loading from it failed.
     """
+    if not trust_remote_code and (ignored := ignored_code_note(name_or_path)) is not None:
+        logger.warning("%s", ignored)
     try:
         yield
     except (OSError, ValueError, SafetensorError) as err:
