@@ -1,6 +1,8 @@
 """Steps with a NaN/Inf loss or gradient: agreeing on them across processes, and stopping a
 run that keeps producing them. Shared by ``distill`` (:mod:`robustdistill.trainer`) and
-``train-se`` (:mod:`robustdistill.se.train`).
+``train-se`` (:mod:`robustdistill.se.train`); ``train-speaker`` (:mod:`robustdistill.speaker.
+train`), which stops at its first such step, writes its stop through :func:`stop_with_record`
+too.
 
 A skipped step changes no weight, so the checkpoint a stopped run saves holds the weights of
 its last finite step, and the run can be resumed from it with other settings.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 from accelerate import Accelerator
@@ -18,7 +21,7 @@ from .outcome import STOPPED, write_outcome
 from .processes import STOP_RECORD
 
 __all__ = ["NonFiniteTrainingError", "any_process", "any_process_each",
-           "largest_adam_learning_rate", "stop_nonfinite"]
+           "largest_adam_learning_rate", "stop_nonfinite", "stop_with_record"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ def any_process_each(accelerator: Accelerator, *flags: bool) -> tuple[bool, ...]
 
 def stop_nonfinite(output_dir: str | Path, step: int, *, in_a_row: int, skipped_updates: int,
                    nonfinite_losses: int, limit: int, checkpoint: str | Path,
-                   main_process: bool) -> None:
+                   main_process: bool) -> NoReturn:
     """Write ``OUTPUT_DIR/stopped.json`` (main process only; an earlier segment's
     ``final_state.json`` is removed: :func:`~robustdistill.outcome.write_outcome`) and raise.
 
@@ -85,10 +88,40 @@ def stop_nonfinite(output_dir: str | Path, step: int, *, in_a_row: int, skipped_
                f"skipped in all). The weights in {checkpoint} are those of the last finite "
                f"step: lower training.learning_rate, set training.max_grad_norm, or check the "
                f"data, then resume from it")
+    stop_with_record(output_dir, {"step": step, "reason": "non-finite", "message": message,
+                                  "checkpoint": str(checkpoint),
+                                  "skipped_updates": skipped_updates,
+                                  "nonfinite_losses": nonfinite_losses,
+                                  "nonfinite_in_a_row": in_a_row},
+                     main_process=main_process)
+
+
+def stop_with_record(output_dir: str | Path, record: dict[str, Any], *, main_process: bool,
+                     error: type[NonFiniteTrainingError] = NonFiniteTrainingError) -> NoReturn:
+    """Stop a run for non-finite steps: write ``record`` as ``OUTPUT_DIR/stopped.json`` (main
+    process only; an earlier segment's ``final_state.json`` is removed:
+    :func:`~robustdistill.outcome.write_outcome`), log its ``message`` as a stop
+    (:data:`~robustdistill.processes.STOP_RECORD`: a command prints it in one line,
+    :func:`robustdistill.processes.print_stop`) and raise ``error`` with it.
+
+    Args:
+        output_dir: the run's folder.
+        record: what the readers of ``stopped.json`` need (the card,
+            :mod:`robustdistill.publish.provenance`): ``step`` (int), ``reason``
+            (``"non-finite"``), ``message`` (the line, str) and ``checkpoint`` (the folder
+            holding the weights to go on from, or None when none was saved), plus the
+            trainer's own fields.
+        main_process: whether this process writes ``stopped.json``.
+        error: the exception raised (``train-speaker``'s
+            :class:`~robustdistill.speaker.train.NonFiniteLossError`).
+
+    Raises:
+        ValueError: ``record`` lacks ``step``, ``reason``, ``message`` or ``checkpoint``.
+        NonFiniteTrainingError: otherwise always (``error``), with ``record["message"]``.
+    """
+    if missing := [k for k in ("step", "reason", "message", "checkpoint") if k not in record]:
+        raise ValueError(f"a stop record needs {', '.join(missing)}: {sorted(record)}")
     if main_process:
-        write_outcome(output_dir, STOPPED,
-                      {"step": step, "reason": "non-finite", "message": message,
-                       "checkpoint": str(checkpoint), "skipped_updates": skipped_updates,
-                       "nonfinite_losses": nonfinite_losses, "nonfinite_in_a_row": in_a_row})
-    logger.error(message, extra=STOP_RECORD)  # a command prints it (processes.print_stop)
-    raise NonFiniteTrainingError(message)
+        write_outcome(output_dir, STOPPED, record)
+    logger.error(record["message"], extra=STOP_RECORD)  # a command prints it (print_stop)
+    raise error(record["message"])

@@ -5,6 +5,11 @@ cache miss), never both.
 A run resumed after a stop that then finishes, or a finished run resumed with more steps that
 then stops, would otherwise keep the earlier segment's file beside the new one (a
 ``stopped.json`` saying "stopped at step 3" beside a ``final_state.json`` at step 4).
+
+``train-speaker`` writes ``stopped.json`` (its non-finite stop) but no ``final_state.json``
+(its end is ``result.json`` and ``student/``): each epoch it completes removes an earlier
+segment's ``stopped.json`` (:func:`remove_stopped`), so a run resumed past its stop, or started
+again in the folder of a run stopped before its first checkpoint, does not keep it.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 from .files import atomic_write_text
 from .strict_json import strict_dumps
 
-__all__ = ["FINAL_STATE", "STOPPED", "write_outcome"]
+__all__ = ["FINAL_STATE", "STOPPED", "remove_stopped", "write_outcome"]
 
 FINAL_STATE = "final_state.json"
 STOPPED = "stopped.json"
@@ -43,3 +48,17 @@ def write_outcome(output_dir: str | Path, name: str, record: dict[str, Any]) -> 
     atomic_write_text(path, strict_dumps(record, indent=2) + "\n")
     (Path(output_dir) / (STOPPED if name == FINAL_STATE else FINAL_STATE)).unlink(missing_ok=True)
     return path
+
+
+def remove_stopped(output_dir: str | Path) -> bool:
+    """Remove ``output_dir/stopped.json`` of an earlier segment of the run, for a trainer that
+    writes no ``final_state.json`` (``train-speaker``), once the run is past that stop. Main
+    process only.
+
+    Returns:
+        Whether there was one.
+    """
+    path = Path(output_dir) / STOPPED
+    existed = path.is_file()
+    path.unlink(missing_ok=True)
+    return existed

@@ -804,6 +804,77 @@ def test_speaker_card_of_a_real_speaker_run(tmp_path):
         assert wrong not in training, wrong
 
 
+def _checkpoint_embedder(checkpoint: Path, out: Path) -> Path:
+    """The embedder of a tiny speaker run's checkpoint (width-8 LSTM, 8-d), saved as
+    ``RUN/student`` is: what a card of a run that stopped early can describe."""
+    from safetensors.torch import load_file
+
+    from robustdistill.speaker.models import EMBEDDER_PARTS, MelLSTMEncoder, SpeakerEmbedder
+
+    embedder = SpeakerEmbedder(MelLSTMEncoder(8, 1), 8)
+    embedder.load_state_dict({k: v for k, v in load_file(checkpoint / "model.safetensors")
+                              .items() if k.startswith(EMBEDDER_PARTS)})
+    return embedder.save_pretrained(out)
+
+
+def test_speaker_card_of_a_run_stopped_by_a_nonfinite_step(tiny, tmp_path, monkeypatch):
+    """A ``train-speaker`` run that stopped at a NaN loss in epoch 2 (``stopped.json``): its
+    card says where it stopped, what was NaN and which checkpoint the weights are, and checks
+    them against that checkpoint; a run stopped before any checkpoint is refused (it saved no
+    weights). Until 2026-12-07 the card said "last logged epoch 1 of 3" and nothing of the
+    stop, with the weights unchecked."""
+    from conftest import speaker_kd_config
+
+    from robustdistill.publish.provenance import summarise_run
+    from robustdistill.publish.run_weights import check_run_weights
+    from robustdistill.speaker import train as speaker_train
+
+    teacher, crops = tiny
+    real, calls = speaker_train.instance_loss, []
+
+    def instance_loss(student, target):  # the third call: epoch 2, batch 1 of 2
+        calls.append(1)
+        return real(student, target) * (float("nan") if len(calls) == 3 else 1.0)
+
+    monkeypatch.setattr(speaker_train, "instance_loss", instance_loss)
+    run = tmp_path / "run"
+    with pytest.raises(speaker_train.NonFiniteLossError):
+        speaker_train.train_system(speaker_kd_config(tmp_path, "run", 3, method="embedding_kd"),
+                                   teacher, crops)
+    model = _checkpoint_embedder(run / "checkpoints" / "epoch_1", tmp_path / "model")
+    card = build_card(model, [], run, license="mit", kind="speaker", speed=False)
+    loss = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    assert (f"- Result: the run stopped at epoch 2 of its 3 configured epochs (batch 1 of 2: "
+            f"the loss was NaN/Inf (instance=nan, loss=nan)); the weights are those of its "
+            f"newest checkpoint, `epoch_1` (epoch 1), nothing after it was saved; last logged "
+            f"epoch 1 of 3, mean training loss {loss:.4f} in that epoch\n"
+            ) in _training_section(card.text)
+    summary = summarise_run(run)
+    assert check_run_weights(model, summary) == (
+        f"the card's weights are the student of {run / 'checkpoints' / 'epoch_1'}, the newest "
+        "checkpoint of a run that stopped early")
+    other = _checkpoint_embedder(run / "checkpoints" / "epoch_1", tmp_path / "other")
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(other / "model.safetensors")
+    tensors["embedding.bias"] = tensors["embedding.bias"] + 1.0
+    save_file(tensors, str(other / "model.safetensors"))
+    with pytest.raises(CardError, match=r"are not the student of .*epoch_1, the newest "
+                                        r"checkpoint of a run that stopped early \(1 tensor "
+                                        r"differs, e.g. 'embedding.bias'\)"):
+        check_run_weights(other, summary)
+    # stopped before its first checkpoint: no weights of it exist, the card is refused
+    monkeypatch.setattr(speaker_train, "instance_loss", real)
+    early = speaker_kd_config(tmp_path, "early", 2, method="embedding_kd")
+    early.training.lr = 3e37
+    with pytest.raises(speaker_train.NonFiniteLossError):
+        speaker_train.train_system(early, teacher, crops)
+    with pytest.raises(CardError, match=rf"^{tmp_path / 'early'} stopped at epoch 1, batch 2 "
+                                        r"\(a NaN/Inf step, .*stopped.json\) before its first "
+                                        r"checkpoint: it saved no trained weights"):
+        build_card(model, [], tmp_path / "early", license="mit", kind="speaker", speed=False)
+
+
 def test_paths_under_the_home_folder_are_written_with_a_tilde(tmp_path, monkeypatch):
     from robustdistill.publish.card import _abbreviate_home
 

@@ -509,6 +509,75 @@ def test_a_nonfinite_step_in_the_first_epoch_says_no_checkpoint_was_saved(tiny, 
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def _nan_in_epoch_2(monkeypatch):
+    """Make ``instance_loss``'s third call (epoch 2, batch 1 of 2 with the :func:`tiny` crops)
+    NaN; returns the real one."""
+    from robustdistill.speaker import train as speaker_train
+
+    real, calls = speaker_train.instance_loss, []
+
+    def instance_loss(student, target):
+        calls.append(1)
+        value = real(student, target)
+        return value * float("nan") if len(calls) == 3 else value
+
+    monkeypatch.setattr(speaker_train, "instance_loss", instance_loss)
+    return real
+
+
+def test_a_nonfinite_stop_writes_stopped_json_and_a_run_past_it_removes_it(tiny, tmp_path,
+                                                                           monkeypatch):
+    """The speaker stop records itself in ``stopped.json``, as ``distill`` and ``train-se``
+    do (through :func:`robustdistill.nonfinite.stop_with_record`): the step, epoch and batch,
+    what was NaN/Inf, the line, and the checkpoint holding the last saved weights. Until
+    2026-12-07 it wrote none: the card and outcome tools could not tell it from a kill. A
+    segment that completes an epoch past the stop removes it (a finished run never keeps
+    one)."""
+    from robustdistill.speaker import train as speaker_train
+
+    teacher, crops = tiny
+    real = _nan_in_epoch_2(monkeypatch)
+    run = tmp_path / "run"
+    with pytest.raises(speaker_train.NonFiniteLossError) as err:
+        train_system(speaker_kd_config(tmp_path, "run", 3, method="embedding_kd"), teacher,
+                     crops)
+    record = json.loads((run / "stopped.json").read_text())
+    assert record == {
+        "step": 3, "epoch": 2, "batch": 1, "batches_per_epoch": 2, "reason": "non-finite",
+        "message": str(err.value), "nonfinite": "the loss was NaN/Inf (instance=nan, loss=nan)",
+        "applied": False, "checkpoint": str(run / "checkpoints" / "epoch_1"),
+        "checkpoint_epochs": 1, "checkpoint_batches": 0}
+    assert not (run / "result.json").exists() and not (run / "student").exists()
+    # resumed (the step is finite this time) to its end: the stop no longer describes it
+    monkeypatch.setattr(speaker_train, "instance_loss", real)
+    result = train_system(speaker_kd_config(tmp_path, "run", 3, resume=True,
+                                            method="embedding_kd"), teacher, crops)
+    assert [e["epoch"] for e in result["epochs"]] == [1, 2, 3]
+    assert not (run / "stopped.json").exists() and (run / "student" / "config.json").is_file()
+
+
+def test_a_stop_before_the_first_checkpoint_records_none_and_a_new_start_removes_it(tiny,
+                                                                                   tmp_path):
+    teacher, crops = tiny
+    cfg = _baseline_setup(tmp_path, "run", 2)
+    cfg.training.lr = 3e37  # the first step moves every weight by about 3e37
+    from robustdistill.speaker.train import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError) as err:
+        train_system(cfg, teacher, crops)
+    record = json.loads((tmp_path / "run" / "stopped.json").read_text())
+    assert record == {
+        "step": 2, "epoch": 1, "batch": 2, "batches_per_epoch": 2, "reason": "non-finite",
+        "message": str(err.value), "nonfinite": "the loss was NaN/Inf (ce=nan, loss=nan)",
+        "applied": False, "checkpoint": None, "checkpoint_epochs": None,
+        "checkpoint_batches": None}
+    # "the same folder will do": a run there with a sane rate ends without the old stop
+    train_system(_baseline_setup(tmp_path, "run", 1), teacher, crops)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "checkpoints", "config.yaml", "environment.json", "metrics.jsonl", "result.json",
+        "student"]
+
+
 def test_a_table_run_stopped_before_its_first_checkpoint_names_the_tables_other_runs(tiny,
                                                                                       tmp_path):
     """A table run that stops in its first epoch: 'the same folder will do' is true only

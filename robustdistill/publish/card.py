@@ -168,8 +168,10 @@ def _limitations(run: RunSummary | None, tasks: Sequence[TaskResult], student: M
     items = list(notes)
     if run is not None:
         # the checkpoint's step; the step a run that stopped early stopped at; else max_steps
-        steps = run.final_state.get("step") if run.final_state.get("checkpoint") else (
-            run.stopped.get("step", (run.config.get("training") or {}).get("max_steps")))
+        # (none for train-speaker, which counts epochs: its stop's step is not its weights')
+        steps = run.final_state.get("step") if run.final_state.get("checkpoint") else None \
+            if run.recipe == "speaker" else (
+                run.stopped.get("step", (run.config.get("training") or {}).get("max_steps")))
         if is_synthetic_data(run.config):
             items.append("It was distilled on generated speech-like signals, not on speech: "
                          "its features are not expected to be useful for real speech tasks.")

@@ -130,11 +130,16 @@ def early_stop(run: RunSummary) -> tuple[int, int | None, str] | None:
     """``(stopped_at, weights_of, text)`` of a run that stopped early (``stopped.json``): the
     step it stopped at; for a stop by non-finite steps the step whose weights its last
     checkpoint holds (``stopped_at - nonfinite_in_a_row``: a skipped step changes no weight),
-    else None; and the clause the card says. None for a run that did not stop early."""
+    else None; and the clause the card says. None for a run that did not stop early.
+
+    A ``train-speaker`` run's stop (its first NaN/Inf step, no skipped steps) is said in
+    epochs (:func:`_speaker_stop_text`), ``weights_of`` None."""
     stopped = run.stopped
     step = stopped.get("step")
     if not isinstance(step, int) or isinstance(step, bool):
         return None
+    if run.recipe == "speaker":
+        return step, None, _speaker_stop_text(run)
     max_steps = _recorded(config_section(run.config, "training"), "max_steps")
     text = f"the run stopped at step {step} of its {max_steps} configured steps"
     in_a_row = stopped.get("nonfinite_in_a_row")
@@ -144,6 +149,28 @@ def early_stop(run: RunSummary) -> tuple[int, int | None, str] | None:
                        "their updates were skipped)")
     reason = stopped.get("reason")
     return step, None, text + (f" ({reason})" if isinstance(reason, str) and reason else "")
+
+
+def _speaker_stop_text(run: RunSummary) -> str:
+    """The clause of a ``train-speaker`` run's stop (``stopped.json`` of
+    :func:`robustdistill.speaker.train._stop_nonfinite`): where in which epoch, what was
+    NaN/Inf, and the checkpoint holding its last saved weights (or that it saved none)."""
+    stopped, training = run.stopped, config_section(run.config, "training")
+    text = (f"the run stopped at epoch {_recorded(stopped, 'epoch')} of its "
+            f"{_recorded(training, 'epochs')} configured epochs (batch "
+            f"{_recorded(stopped, 'batch')} of {_recorded(stopped, 'batches_per_epoch')}")
+    what = stopped.get("nonfinite")
+    text += f": {what})" if isinstance(what, str) and what else (
+        f", {stopped['reason']})" if isinstance(stopped.get("reason"), str) else ")")
+    saved, epochs = stopped.get("checkpoint"), stopped.get("checkpoint_epochs")
+    if not isinstance(saved, str) or not saved:
+        return text + "; it saved no checkpoint, so no trained weights"
+    batches = stopped.get("checkpoint_batches")
+    held = (f"{epochs} epochs and {batches} batches of epoch {epochs + 1}"
+            if isinstance(epochs, int) and isinstance(batches, int) and batches > 0
+            else f"epoch {epochs}" if isinstance(epochs, int) else NOT_RECORDED)
+    return (text + f"; the weights are those of its newest checkpoint, `{Path(saved).name}` "
+                   f"({held}), nothing after it was saved")
 
 
 def _stop_text(stop: tuple[int, int | None, str]) -> str:
@@ -443,6 +470,8 @@ def _speaker_view(run: RunSummary) -> dict[str, Any]:
         result = f"last logged epoch {last['epoch']} of {_recorded(training, 'epochs')}"
         if last.get("loss") is not None:
             result += f", mean training loss {last['loss']:.4f} in that epoch"
+    if (stop := early_stop(run)) is not None:  # a NaN/Inf step (stopped.json)
+        result = f"{stop[2]}; {result}"
     return {
         "recipe": "speaker", "distilled": loss.get("method") != "none",
         "dir": str(run.run_dir), "command": "robustdistill train-speaker",

@@ -224,7 +224,8 @@ class RunSummary:
         teacher_dir: the local teacher folder, when ``teacher`` is one that exists (relative
             to here or to the folder the run was started from), else None (a hub id).
         stopped: ``stopped.json`` (the step the run stopped at before its last, the reason,
-            and for non-finite steps ``nonfinite_in_a_row``...), or ``{}`` for a run that
+            and for non-finite steps ``nonfinite_in_a_row``...; a ``train-speaker`` run's also
+            ``epoch``, ``batch``, ``nonfinite`` and ``checkpoint_epochs``), or ``{}`` for a run that
             did not stop early or has a ``final_state.json`` (:mod:`robustdistill.outcome`),
             and for weights of a step after the stop (``step`` past it; without ``step``, a
             later step logged or checkpointed): the run was resumed past it, then killed or

@@ -44,13 +44,19 @@ def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None =
             summarise_run`).
         step: ``--step``, the training step of the weights when they are a checkpoint's.
 
+    A ``train-speaker`` run stopped by a non-finite step (``stopped.json``, reason
+    ``non-finite``) exported no student: its weights are those of the checkpoint its record
+    names (:func:`_check_stopped_speaker_weights`).
+
     Returns:
         What was checked, for the log (``"not checked: ..."`` when nothing could be: no
         ``model.safetensors`` in ``model_dir``, no reference weights in the run, or ``step``
         with an SE or speaker run).
 
     Raises:
-        CardError: the weights differ from the reference (another tensor, name or value).
+        CardError: the weights differ from the reference (another tensor, name or value); a
+            ``train-speaker`` run stopped by a non-finite step before its first checkpoint
+            (it saved no weights), or whose checkpoint is gone.
     """
     model_dir = Path(model_dir)
     weights = model_dir / "model.safetensors"
@@ -66,6 +72,8 @@ def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None =
                     f"(step {best_validation_record(run)['step']})")
         if run.recipe == "se" and model_dir.resolve() == (run.run_dir / BEST_STUDENT).resolve():
             raise CardError(_stale_best_student(model_dir, run))
+        if run.recipe == "speaker" and run.stopped.get("reason") == "non-finite":
+            return _check_stopped_speaker_weights(model_dir, run)
         if not exported.is_file():
             return f"not checked: {run.run_dir} has no exported student ({exported})"
         what = f"the final student of {run.run_dir} ({exported.parent})"
@@ -117,6 +125,49 @@ def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None =
                             f"{folder}")
                     break
         raise _other_weights(model_dir, what, differ, hint)
+    return f"the card's weights are {what}"
+
+
+def _check_stopped_speaker_weights(model_dir: Path, run: RunSummary) -> str:
+    """Check the weights of a card of a ``train-speaker`` run that stopped at a non-finite
+    step (``run.stopped``, written by :func:`robustdistill.speaker.train._stop_nonfinite`):
+    the embedder's tensors in ``model_dir/model.safetensors`` (an exported
+    :class:`~robustdistill.speaker.models.SpeakerEmbedder`: the encoder, pooling and
+    embedding, named as in the training model; an upstream's own weights are in
+    ``upstream/`` and not compared) must equal those of the checkpoint the stop names, which
+    holds the run's last saved weights (the run exported no ``student/``).
+
+    Returns:
+        What was checked, for the log.
+
+    Raises:
+        CardError: the run stopped before its first checkpoint (it saved no weights, so none
+            are its student), its checkpoint is no longer in ``RUN/checkpoints``, or the
+            weights differ from that checkpoint's.
+    """
+    from safetensors.torch import load_file
+
+    stopped = run.stopped
+    where = (f"{run.run_dir} stopped at epoch {stopped.get('epoch', '?')}, batch "
+             f"{stopped.get('batch', '?')} (a NaN/Inf step, {run.run_dir / 'stopped.json'})")
+    saved = stopped.get("checkpoint")
+    if not isinstance(saved, str) or not saved:
+        raise CardError(f"{where} before its first checkpoint: it saved no trained weights, so "
+                        f"those in {model_dir} are not its student; card them with the run that "
+                        "trained them as --run, or without --run")
+    # the record names the folder as the run was given it (relative to where it ran)
+    checkpoint = run.run_dir / "checkpoints" / Path(saved).name
+    if not (checkpoint / "model.safetensors").is_file():
+        raise CardError(f"{where}; the checkpoint holding its last saved weights, {checkpoint}, "
+                        "is gone: the card cannot say which weights these are")
+    mine = load_file(str(model_dir / "model.safetensors"))
+    reference = load_file(str(checkpoint / "model.safetensors"))
+    differ = sorted(set(mine) - set(reference)) or ([] if mine else ["(no tensors)"]) or [
+        k for k in mine if mine[k].shape != reference[k].shape
+        or not mine[k].equal(reference[k])]
+    what = f"the student of {checkpoint}, the newest checkpoint of a run that stopped early"
+    if differ:
+        raise _other_weights(model_dir, what, differ)
     return f"the card's weights are {what}"
 
 

@@ -64,7 +64,8 @@ def main(argv: list[str]) -> int:
     ``data.min_test_length_s``) is checked once the inputs are loaded, before any training
     (:func:`_check_run_folders_with_inputs`). A ``train`` or ``table`` run that diverges (a
     NaN/Inf loss, gradient or weights: :class:`.train.NonFiniteLossError`) ends in one line
-    naming the step and the newest checkpoint, exit status 1."""
+    naming the step and the newest checkpoint, exit status 1, recorded in the run's
+    ``stopped.json`` (:func:`.train._stop_nonfinite`)."""
     from robustdistill.config_reference import config_reference
 
     parser = argparse.ArgumentParser(

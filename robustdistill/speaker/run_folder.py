@@ -31,8 +31,9 @@ from .ge2e import SAMPLE_RATE
 from .targets import MAP_FRAMES_RULE, floor_rule_targets_differ
 
 __all__ = ["EPOCH_PREFIX", "EPOCH_PROGRESS", "check_run_folder", "epoch_progress",
-           "logged_epochs", "newest_checkpoint", "newest_checkpoint_note", "save_epoch_checkpoint",
-           "map_targets_predate_rule", "weight_settings"]
+           "logged_epochs", "newest_checkpoint", "newest_checkpoint_note",
+           "newest_complete_checkpoint", "save_epoch_checkpoint", "map_targets_predate_rule",
+           "weight_settings"]
 
 
 #: Speaker checkpoints are ``checkpoints/epoch_N`` (N epochs done), written and published as
@@ -96,16 +97,25 @@ def epoch_progress(checkpoint: Path) -> dict[str, Any] | None:
     return progress
 
 
-def newest_checkpoint(output_dir: Path) -> str | None:
-    """The run's newest complete checkpoint and how far it is: ``RUN/checkpoints/epoch_3_batch_5
-    (5 batches into epoch 4)``, ``RUN/checkpoints/epoch_3 (epoch 3)``; None when there is none.
+def newest_complete_checkpoint(output_dir: Path) -> tuple[Path, int, int] | None:
+    """The run's newest complete checkpoint (with a manifest), ``(folder, epochs done,
+    batches of the next epoch done)`` (batches 0 for an epoch's end); None when there is none.
     Reads the disk only."""
     complete = _checkpoints(Path(output_dir))
     if not complete:
         return None
-    epochs, batches = _progress(complete[-1])
-    return f"{complete[-1]} ({batches} batches into epoch {epochs + 1})" if batches else \
-        f"{complete[-1]} (epoch {epochs})"
+    return complete[-1], *_progress(complete[-1])
+
+
+def newest_checkpoint(output_dir: Path) -> str | None:
+    """The run's newest complete checkpoint and how far it is: ``RUN/checkpoints/epoch_3_batch_5
+    (5 batches into epoch 4)``, ``RUN/checkpoints/epoch_3 (epoch 3)``; None when there is none.
+    Reads the disk only."""
+    if (newest := newest_complete_checkpoint(output_dir)) is None:
+        return None
+    folder, epochs, batches = newest
+    return f"{folder} ({batches} batches into epoch {epochs + 1})" if batches else \
+        f"{folder} (epoch {epochs})"
 
 
 def newest_checkpoint_note(output_dir: Path, resume: str) -> str:

@@ -51,8 +51,9 @@ from downstream.config import to_dict
 from robustdistill.checkpoints import remove_incomplete
 from robustdistill.environment import record_environment
 from robustdistill.interrupts import note, sigterm_deferred, sigterm_pending, stop_terminated
-from robustdistill.nonfinite import NonFiniteTrainingError
-from robustdistill.processes import STOP_RECORD, require_single_process
+from robustdistill.nonfinite import NonFiniteTrainingError, stop_with_record
+from robustdistill.outcome import STOPPED, remove_stopped
+from robustdistill.processes import require_single_process
 from robustdistill.strict_json import strict_dumps
 
 from .attribution import AttributionCache, attribute_segments, segment_bounds
@@ -68,6 +69,7 @@ from .run_folder import (
     logged_epochs,
     newest_checkpoint,
     newest_checkpoint_note,
+    newest_complete_checkpoint,
     save_epoch_checkpoint,
     weight_settings,
 )
@@ -115,10 +117,23 @@ def _stop_nonfinite(out_dir: Path, epoch: int, batch: int, num_batches: int, wha
     (``folder_key`` ``table.output_dir``) whose other runs hold checkpoints: the message then
     names them and asks for another ``table.output_dir``.
 
+    The stop is recorded in ``out_dir/stopped.json`` (:func:`robustdistill.nonfinite.
+    stop_with_record`, as ``distill`` and ``train-se`` record theirs; the card and outcome
+    tools read it): ``{"step", "epoch", "batch", "batches_per_epoch", "reason": "non-finite",
+    "message", "nonfinite", "applied", "checkpoint", "checkpoint_epochs",
+    "checkpoint_batches"}``, where ``step`` is the optimizer step stopped at (1-based,
+    ``batches_per_epoch`` a completed epoch), ``epoch`` and ``batch`` are 1-based,
+    ``nonfinite`` is ``what``, and ``checkpoint`` is the newest complete checkpoint (the
+    weights to go on from: ``checkpoint_epochs`` epochs and ``checkpoint_batches`` batches of
+    the next one done) or None with the other two when none was saved. No
+    ``nonfinite_in_a_row``: no step was skipped, and the checkpoint's weights are those of its
+    own epoch, not of the step before the stop.
+
     Raises:
         NonFiniteLossError: always.
     """
     newest = newest_checkpoint(out_dir)
+    saved_at = newest_complete_checkpoint(out_dir)
     advice = ("lower training.lr, set a smaller training.max_grad_norm or check the data, and "
               "start again")
     # a table's other runs (table.output_dir/<method>_seed<seed>) with checkpoints: a table
@@ -142,8 +157,15 @@ def _stop_nonfinite(out_dir: Path, epoch: int, batch: int, num_batches: int, wha
                f"with training.lr={t.lr:g} and training.max_grad_norm={t.max_grad_norm:g}; "
                f"{'those weights were not saved' if applied else 'that step was not applied'}"
                f"{saved}")
-    logger.error(message, extra=STOP_RECORD)  # the command prints it (processes.print_stop)
-    raise NonFiniteLossError(message)
+    folder, epochs_done, batches_done = saved_at if saved_at is not None else (None, None, None)
+    # one process (require_single_process): it writes the record
+    stop_with_record(out_dir, {
+        "step": epoch * num_batches + batch + 1, "epoch": epoch + 1, "batch": batch + 1,
+        "batches_per_epoch": num_batches, "reason": "non-finite", "message": message,
+        "nonfinite": what, "applied": applied,
+        "checkpoint": None if folder is None else str(folder),
+        "checkpoint_epochs": epochs_done, "checkpoint_batches": batches_done},
+        main_process=True, error=NonFiniteLossError)
 
 
 def build_student(cfg: SpeakerKDConfig, num_speakers: int, teacher_dim: int) -> SpeakerModel:
@@ -199,7 +221,9 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
             NaN/Inf (one line naming them, the epoch and batch, and the newest checkpoint):
             the run stops there, before that step's update; or an epoch's last update that
             left NaN/Inf weights (checked before the epoch is logged and saved). Nothing after
-            the newest checkpoint is logged or saved; the checkpoints before stay.
+            the newest checkpoint is logged or saved; the checkpoints before stay; the stop is
+            recorded in ``output_dir/stopped.json`` (:func:`_stop_nonfinite`), which the next
+            epoch a later run in the folder completes removes.
         ValueError: (also, before anything is written) a resume from a mid-epoch checkpoint
             with another number of training crops (the rest of that epoch's batch order would
             differ).
@@ -396,6 +420,11 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
             logger.info("epoch %s", json.dumps(record))
             save_epoch_checkpoint(accelerator, out_dir, epoch + 1, weight_settings(cfg),
                                   t.keep_checkpoints)
+            # past the stop of an earlier segment (a stopped run saves nothing after its
+            # newest checkpoint, and a resume starts there): its stopped.json is stale
+            if remove_stopped(out_dir):
+                logger.info("%s of an earlier segment removed: epoch %d is past that stop",
+                            out_dir / STOPPED, epoch + 1)
             done_here += 1
             # last in the block: a SIGTERM held since this epoch's last batch, or that came
             # while it was logged and saved, stops with that checkpoint
