@@ -105,12 +105,15 @@ def main(argv: list[str]) -> int:
         for key, folder in _folders_written(cfg, args.action):
             _check_folder(key, folder)
         # a run folder holding another run: refused now, not after the inputs are loaded
-        if args.action == "train":
-            check_run_folder(cfg)
+        if args.action == "train":  # log=False: the run's own check logs (train_system)
+            check_run_folder(cfg, log=False)
         if args.action == "table":  # a run from before data.min_length_s: once inputs load
             for _, run_cfg in table_runs(cfg):
-                if finished_run(run_cfg) is None and not reuse_awaits_inputs(run_cfg):
-                    check_run_folder(run_cfg, "table.output_dir")
+                if finished_run(run_cfg, log=False) is not None:
+                    continue  # reused: the table logs why where that is not plain
+                finished_run(run_cfg)  # logs why a finished run is not reused
+                if not reuse_awaits_inputs(run_cfg):
+                    check_run_folder(run_cfg, "table.output_dir", log=False)
     except (ValueError, FileNotFoundError) as err:  # ConfigError is a ValueError
         parser.error(str(err))
     # Inputs are loaded first: an input error ends in one line, not a traceback. The work runs
@@ -149,11 +152,11 @@ def _check_run_folders_with_inputs(parser: argparse.ArgumentParser, cfg: Speaker
     a refusal ends in one usage line (exit 2), before any training."""
     try:
         if action == "train":
-            check_run_folder(cfg, skipped=skipped)
+            check_run_folder(cfg, skipped=skipped, log=False)
         for _, run_cfg in table_runs(cfg) if action == "table" else []:
             if reuse_awaits_inputs(run_cfg) and finished_run(run_cfg, skipped, log=False) is None:
                 try:
-                    check_run_folder(run_cfg, "table.output_dir", skipped)
+                    check_run_folder(run_cfg, "table.output_dir", skipped, log=False)
                 except ValueError:
                     finished_run(run_cfg, skipped)  # logs why it is not reused (else: the table)
                     raise

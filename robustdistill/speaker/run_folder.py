@@ -10,6 +10,7 @@ run resumes from (:func:`logged_epochs`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -26,15 +27,22 @@ from robustdistill.checkpoints import (
 from robustdistill.run_settings import config_changes
 from robustdistill.strict_json import nan_for_null, strict_dumps
 
+from .added_keys import (
+    MAP_FRAMES_KEY,
+    map_targets_predate_rule,
+    old_run_verdict,
+    predated,
+    same_effect,
+)
 from .config import SpeakerKDConfig
-from .ge2e import SAMPLE_RATE
-from .targets import MAP_FRAMES_RULE, floor_rule_targets_differ
+from .targets import MAP_FRAMES_RULE
 
 __all__ = ["EPOCH_PREFIX", "EPOCH_PROGRESS", "check_run_folder", "epoch_progress",
            "logged_epochs", "newest_checkpoint", "newest_checkpoint_note",
            "newest_complete_checkpoint", "save_epoch_checkpoint", "map_targets_predate_rule",
            "weight_settings"]
 
+logger = logging.getLogger("robustdistill.speaker")
 
 #: Speaker checkpoints are ``checkpoints/epoch_N`` (N epochs done), written and published as
 #: the distillation trainer's (:mod:`robustdistill.checkpoints`).
@@ -134,9 +142,8 @@ def newest_checkpoint_note(output_dir: Path, resume: str) -> str:
 _RUN_SETTINGS = "speaker_run.json"
 #: The key in it of the folder the run was in (the relative paths' folder), not a setting.
 _STARTED_IN = "_cwd"
-#: The key in it of the rule IML-KD's maps were moved onto the student's frames with
-#: (:data:`~robustdistill.speaker.targets.MAP_FRAMES_RULE`; none before 2026-12-07).
-MAP_FRAMES_KEY = "ig.map_frames"
+# The key in it of the rule IML-KD's maps were moved onto the student's frames with is
+# added_keys.MAP_FRAMES_KEY (none before 2026-12-07).
 
 
 def weight_settings(cfg: SpeakerKDConfig) -> dict[str, Any]:
@@ -164,7 +171,7 @@ def weight_settings(cfg: SpeakerKDConfig) -> dict[str, Any]:
 
 
 def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_dir",
-                     skipped: dict[str, dict[str, str]] | None = None
+                     skipped: dict[str, dict[str, str]] | None = None, log: bool = True
                      ) -> tuple[Path, int] | None:
     """The checkpoint ``cfg`` resumes from (``(folder, epochs done)``; None: a fresh start; a
     mid-epoch ``epoch_N_batch_B`` also holds :func:`epoch_progress`), checked before any
@@ -172,7 +179,12 @@ def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_di
     (``table.output_dir`` for a run of a table, whose run folders are made from it).
     ``skipped``: the loaded inputs' skipped files (``{set name: {path: reason}}``,
     :func:`~robustdistill.speaker.inputs.load_run_inputs`), once they are loaded: a checkpoint
-    from before ``data.min_length_s`` is then checked against them (below).
+    from before ``data.min_length_s`` is then checked against them (below). A setting
+    whose value changed but whose effect did not
+    (:data:`~robustdistill.speaker.added_keys.SAME_EFFECT`: ``data.min_length_s`` 3 -> 4 with
+    2 s crops, whose training minimum is the 2 s crop either way) is no change: logged
+    (``log``; the command line checks before the run with ``log`` false, so the run's own
+    check logs it once).
 
     Raises:
         ValueError: (one line) a fresh run (``training.resume`` false) into a folder holding
@@ -181,9 +193,11 @@ def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_di
             truncated ``model.safetensors``: refused by name, not replaced by an older one),
             a resume whose checkpoint was trained with other settings
             (:func:`weight_settings`; the run would go on with the new ones and be reported as
-            if it had used them throughout; also an IML-KD checkpoint from before 2026-12-07
-            whose map targets the old frame mapping made differ:
-            :func:`map_targets_predate_rule`; also, given ``skipped``, a checkpoint from
+            if it had used them throughout; also a checkpoint from before a setting added
+            later that its lacking changed,
+            :data:`~robustdistill.speaker.added_keys.ADDED_KEYS`: an IML-KD checkpoint from
+            before 2026-12-07 whose map targets the old frame mapping made differ,
+            :func:`map_targets_predate_rule`, and, given ``skipped``, a checkpoint from
             before ``data.min_length_s`` (2026-12-07) when training files are now skipped as
             shorter than it: it trained on them zero-padded), or one whose checkpoint is past
             ``training.epochs`` (its model would be reported as trained for fewer epochs;
@@ -222,38 +236,23 @@ def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_di
         started_in = saved.pop(_STARTED_IN, None)
         # another loss.method has other terms: its weights are not listed one by one; one
         # folder spelt two ways (relative, absolute, a link) is no change (config_changes)
-        common = saved.keys() & now.keys()
+        # a setting whose value changed but whose effect did not is no change (added_keys)
+        unchanged = same_effect(saved, now)
+        common = (saved.keys() & now.keys()) - {key for key, _ in unchanged}
         changed = config_changes({k: saved[k] for k in common}, {k: now[k] for k in common},
                                  old_folder=started_in if isinstance(started_in, str) else None)
         if changed:
             raise ValueError(f"{last[0]} was trained with other settings; resuming would not "
                              f"continue that run: {'; '.join(changed)} (allowed: the same "
                              f"settings, or another {folder_key})")
-        if saved.get("loss.method") == "imlkd" and MAP_FRAMES_KEY not in saved \
-                and map_targets_predate_rule(cfg):
-            raise ValueError(
-                f"{last[0]} was trained before 2026-12-07 on IML-KD map targets put on other "
-                f"student frames (docs/imlkd.md, \"Teacher maps on the student's frames\"); "
-                f"resuming would train on two kinds of map targets as one run "
-                f"(allowed: another {folder_key}, or remove that folder to start again)")
-        short = sum(r == "too short" for r in (skipped or {}).get("train", {}).values())
-        if "data.min_length_s" not in saved and short:
-            raise ValueError(
-                f"{last[0]} was trained before data.min_length_s (2026-12-07) on {short} "
-                f"training file(s) now skipped as shorter than {cfg.data.min_train_seconds:g} s "
-                f"(it used them zero-padded); a resume would report it as a run without them "
-                f"(allowed: another "
-                f"{folder_key}, or remove that folder to start again)")
+        # settings added after the checkpoint was written (added_keys.ADDED_KEYS)
+        verdict = old_run_verdict(cfg, predated(saved, now), skipped, resume=True)
+        if verdict.reuse is False:
+            raise ValueError(f"{last[0]} {verdict.reason} (allowed: another {folder_key}, or "
+                             "remove that folder to start again)")
+        for _, why in unchanged if log else []:
+            logger.info("resuming %s although %s, so the run is unchanged", last[0], why)
     return last
-
-
-def map_targets_predate_rule(cfg: SpeakerKDConfig) -> bool:
-    """Whether an IML-KD run of ``cfg`` made before 2026-12-07 (no :data:`MAP_FRAMES_KEY`)
-    was trained on other map targets than this code's
-    (:func:`~robustdistill.speaker.targets.floor_rule_targets_differ` for its student, crop
-    length and ``ig.durations``)."""
-    return cfg.loss.method == "imlkd" and floor_rule_targets_differ(
-        cfg.student.kind, int(round(cfg.data.crop_seconds * SAMPLE_RATE)), cfg.ig.durations)
 
 
 def save_epoch_checkpoint(accelerator, output_dir: Path, epochs_done: int,

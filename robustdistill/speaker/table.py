@@ -9,18 +9,28 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from downstream.config import to_dict
 from robustdistill.strict_json import nan_for_null, null_for_nonfinite, strict_dumps
 
+from .added_keys import (
+    MIN_LENGTH_KEYS,
+    AddedKeys,
+    awaits_inputs,
+    old_run_verdict,
+    predated,
+    result_settings,
+    run_record,
+    same_effect,
+    too_short_under,
+)
 from .config import SpeakerKDConfig
 from .data import skipped_counts
 from .evaluation import evaluate_teacher
 from .inputs import load_run_inputs
-from .run_folder import map_targets_predate_rule
 from .train import train_system
 
 __all__ = ["MIN_LENGTH_KEYS", "finished_run", "format_table", "reuse_awaits_inputs", "run_table",
@@ -95,48 +105,55 @@ def table_runs(cfg: SpeakerKDConfig) -> list[tuple[str, SpeakerKDConfig]]:
     return runs
 
 
-#: The ``data`` keys added on 2026-12-07: the minimum durations of the training and the
-#: verification files (shorter ones are skipped as ``too short``; before, they were
-#: zero-padded and used). A finished run from before lacks them in its saved config.
-MIN_LENGTH_KEYS = {"min_length_s": ("train",), "min_test_length_s": ("test_other", "fsdd")}
+class _Match(NamedTuple):
+    """A finished run that matches but for settings added later or compared by effect."""
+
+    previous: dict[str, Any]  # its result.json
+    lacking: list[tuple[AddedKeys, list[str]]]  # added_keys.predated
+    same_effect: list[tuple[str, str]]  # added_keys.same_effect
 
 
-def _matching_run(run_cfg: SpeakerKDConfig) -> tuple[dict[str, Any], list[str]] | None:
-    """The ``result.json`` of a finished, evaluated run in ``run_cfg.training.output_dir``
+def _without(config: dict[str, Any], dotted: str) -> None:
+    """Remove the dotted key ``dotted`` (``data.min_length_s``) from the nested ``config``,
+    if it is there."""
+    *sections, last = dotted.split(".")
+    for section in sections:
+        config = config.get(section) if isinstance(config, dict) else None
+    if isinstance(config, dict):
+        config.pop(last, None)
+
+
+def _matching_run(run_cfg: SpeakerKDConfig) -> _Match | None:
+    """The finished, evaluated run in ``run_cfg.training.output_dir`` (its ``result.json``)
     whose config equals ``run_cfg``'s (:func:`_run_key`; non-finite numbers as ``null`` on both
-    sides) once the :data:`MIN_LENGTH_KEYS` its config lacks (a run from before them) are left
-    out of ``run_cfg``'s, with those keys; else None."""
+    sides) once the keys added later that it lacks
+    (:func:`~robustdistill.speaker.added_keys.predated`) and the settings whose change does
+    nothing (:func:`~robustdistill.speaker.added_keys.same_effect`) are left out; else None."""
     done = Path(run_cfg.training.output_dir) / "result.json"
     previous = json.loads(done.read_text()) if done.is_file() else {}
     if not previous.get("eval"):
         return None
     old = _run_key(null_for_nonfinite(previous.get("config")))
     new = _run_key(null_for_nonfinite(to_dict(run_cfg)))
-    saved_data = old.get("data") if isinstance(old, dict) else None
-    missing = [k for k in MIN_LENGTH_KEYS
-               if isinstance(saved_data, dict) and k not in saved_data]
-    new["data"] = {k: v for k, v in new["data"].items() if k not in missing}
-    return (previous, missing) if old == new else None
+    if old is None:
+        return None
+    saved, now = result_settings(null_for_nonfinite(previous)), run_record(run_cfg)
+    lacking = predated(saved, now)
+    unchanged = same_effect(saved, now)
+    for key in [k for _, keys in lacking for k in keys] + [k for k, _ in unchanged]:
+        _without(old, key)
+        _without(new, key)
+    return _Match(previous, lacking, unchanged) if old == new else None
 
 
 def reuse_awaits_inputs(run_cfg: SpeakerKDConfig) -> bool:
-    """Whether ``run_cfg``'s folder holds a finished run from before :data:`MIN_LENGTH_KEYS`
-    that matches otherwise: :func:`finished_run` reuses it or not depending on the loaded
-    inputs (their ``too short`` files), so a check made before they are loaded leaves it."""
+    """Whether ``run_cfg``'s folder holds a finished run from before a setting added later
+    (:data:`~robustdistill.speaker.added_keys.ADDED_KEYS`: ``data.min_length_s`` /
+    ``data.min_test_length_s``) that matches otherwise and whose reuse depends on the loaded
+    inputs (their ``too short`` files; :func:`~robustdistill.speaker.added_keys.awaits_inputs`):
+    a check made before they are loaded leaves it."""
     match = _matching_run(run_cfg)
-    return match is not None and bool(match[1])
-
-
-def too_short_under(skipped: dict[str, dict[str, str]], keys: list[str]) -> dict[str, int]:
-    """``{set name: number of files skipped as too short}`` of the sets that ``keys`` (of
-    :data:`MIN_LENGTH_KEYS`) apply to, those with any: the files a run from before those keys
-    used (zero-padded) and a run now skips."""
-    counts = {}
-    for key in keys:
-        for name in MIN_LENGTH_KEYS[key]:
-            if n := sum(r == "too short" for r in skipped.get(name, {}).values()):
-                counts[name] = n
-    return counts
+    return match is not None and awaits_inputs(run_cfg, match.lacking)
 
 
 def finished_run(run_cfg: SpeakerKDConfig, skipped: dict[str, dict[str, str]] | None = None,
@@ -145,17 +162,20 @@ def finished_run(run_cfg: SpeakerKDConfig, skipped: dict[str, dict[str, str]] | 
     in ``run_cfg.training.output_dir``, which the table reuses; else None. Its ``eval``
     scores written ``null`` (non-finite: :mod:`robustdistill.strict_json`) are read as NaN.
     Its config is compared with every non-finite number as ``null`` on both sides: a setting
-    of ``.inf`` (``training.max_grad_norm``, say) is written ``null`` there. An IML-KD run
-    from before 2026-12-07 (no ``map_frames``) whose map targets the old frame mapping made
-    differ (:func:`~robustdistill.speaker.run_folder.map_targets_predate_rule`) is not reused
-    (logged).
+    of ``.inf`` (``training.max_grad_norm``, say) is written ``null`` there.
 
-    A run from before ``data.min_length_s`` / ``data.min_test_length_s`` (2026-12-07; its
-    config lacks them: :data:`MIN_LENGTH_KEYS`) is reused when it would be unchanged: when no
-    file of the inputs falls under the minimums it lacks (``skipped`` has no ``too short``
-    file in the sets they apply to: it trained and was evaluated on the files a run now
-    uses); else it is not (it used those files, zero-padded). Both are logged with the
-    reason (``log``).
+    A run from before a setting added later (its record lacks it:
+    :data:`~robustdistill.speaker.added_keys.ADDED_KEYS`) is reused when the entry's test says
+    that it would be unchanged, else not: an IML-KD run from before 2026-12-07 (no
+    ``map_frames``) whose map targets the old frame mapping made differ
+    (:func:`~robustdistill.speaker.added_keys.map_targets_predate_rule`) is not reused; a run
+    from before ``data.min_length_s`` / ``data.min_test_length_s`` (2026-12-07) is reused when
+    no file of the inputs falls under the minimums it lacks (``skipped`` has no ``too short``
+    file in the sets they apply to: :data:`MIN_LENGTH_KEYS`; it trained and was evaluated on
+    the files a run now uses), else not (it used those files, zero-padded). A run whose
+    ``data.min_length_s`` differs without changing the training minimum
+    (:data:`~robustdistill.speaker.added_keys.SAME_EFFECT`: 3 -> 4 with 2 s crops) is reused.
+    Each is logged with the reason (``log``).
 
     Args:
         run_cfg: one run of the table (:func:`table_runs`).
@@ -163,37 +183,22 @@ def finished_run(run_cfg: SpeakerKDConfig, skipped: dict[str, dict[str, str]] | 
             (:func:`~robustdistill.speaker.inputs.load_run_inputs`); None (not loaded yet):
             a run from before the minimums is not reused (:func:`reuse_awaits_inputs` says
             which runs wait for them).
-        log: log why a run is, or is not, reused where that is not plain (the two cases
-            above).
+        log: log why a run is, or is not, reused where that is not plain (the cases above).
     """
     match = _matching_run(run_cfg)
     if match is None:
         return None
-    previous, missing = match
     done = Path(run_cfg.training.output_dir) / "result.json"
-    if "map_frames" not in previous and map_targets_predate_rule(run_cfg):
-        if log:
-            logger.warning("not reusing %s: trained before 2026-12-07 on IML-KD map targets "
-                           "put on other student frames (docs/imlkd.md)", done)
+    verdict = old_run_verdict(run_cfg, match.lacking, skipped, resume=False)
+    if verdict.reuse is False and log:
+        logger.warning("not reusing %s: %s", done, verdict.reason)
+    if not verdict.reuse:
         return None
-    if missing:
-        if skipped is None:
-            return None
-        keys = " and ".join(f"data.{k}" for k in missing)
-        short = too_short_under(skipped, missing)
-        if short:
-            if log:
-                n = sum(short.values())
-                logger.warning(
-                    "not reusing %s: it was made before %s (2026-12-07), and %s of its input "
-                    "files %s now shorter than that (%s), which it used and a run now skips",
-                    done, keys, n, "is" if n == 1 else "are",
-                    ", ".join(f"{name} {k}" for name, k in short.items()))
-            return None
-        if log:
-            logger.info("reusing %s, made before %s (2026-12-07): none of its input files is "
-                        "shorter than that now, so it is unchanged", done, keys)
-    return {**previous, "eval": nan_for_null(previous["eval"])}
+    if log and verdict.reason:
+        logger.info("reusing %s, %s", done, verdict.reason)
+    for _, why in match.same_effect if log else []:
+        logger.info("reusing %s although %s, so it is unchanged", done, why)
+    return {**match.previous, "eval": nan_for_null(match.previous["eval"])}
 
 
 def run_table(cfg: SpeakerKDConfig,

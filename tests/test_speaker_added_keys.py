@@ -1,0 +1,210 @@
+"""``train-speaker``: runs made before a setting existed (``added_keys.ADDED_KEYS``, one table
+read by the table's reuse and by a resume) and ``data.min_length_s`` compared by what it does
+(``added_keys.SAME_EFFECT``: the training minimum is the smaller of it and
+``data.crop_seconds``, so with 2 s crops 3 s and 4 s train on the same files)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from test_speaker_bad_input import _data, _main_error, _resemblyzer, _tiny_args
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(tmp_path, **data):
+    from downstream.config import from_dict
+    from robustdistill.speaker.config import SpeakerKDConfig
+
+    return from_dict(SpeakerKDConfig, {
+        "data": {"crop_seconds": 2.0, **data}, "loss": {"method": "none"},
+        "training": {"output_dir": str(tmp_path / "run"), "epochs": 2, "resume": True}})
+
+
+def _finished(cfg) -> None:
+    """A finished, evaluated run of ``cfg`` in its folder (``result.json`` only)."""
+    from downstream.config import to_dict
+
+    Path(cfg.training.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.training.output_dir) / "result.json").write_text(json.dumps(
+        {"config": to_dict(cfg), "eval": {"test_other": {"eer": 0.1, "min_dcf": 0.5}}}))
+
+
+def _checkpoint(cfg, drop: tuple[str, ...] = ()) -> Path:
+    """``checkpoints/epoch_1`` of a run of ``cfg`` (its settings without ``drop``)."""
+    from robustdistill.speaker.run_folder import weight_settings
+
+    epoch = Path(cfg.training.output_dir) / "checkpoints" / "epoch_1"
+    epoch.mkdir(parents=True)
+    settings = {k: v for k, v in weight_settings(cfg).items() if k not in drop}
+    (epoch / "speaker_run.json").write_text(json.dumps(settings))
+    return epoch
+
+
+@pytest.mark.parametrize(("trained", "now", "crop", "same"), [
+    (3.0, 4.0, 2.0, True),   # the 2 s crop is the minimum either way
+    (2.0, 3.0, 2.0, True),   # min(2, 2) = min(3, 2)
+    (1.0, 1.5, 2.0, False),  # 1 s -> 1.5 s: other files may be skipped
+    (3.0, 1.5, 2.0, False),  # 2 s -> 1.5 s
+])
+def test_min_length_s_is_compared_by_the_training_minimum_it_gives(tmp_path, caplog, trained,
+                                                                   now, crop, same):
+    """A resume, and the table's reuse of a finished run, with another ``data.min_length_s``
+    go on exactly when ``min(min_length_s, crop_seconds)`` is unchanged (before: every change
+    was refused, a resume in one line and the table by training the run again), logged."""
+    from robustdistill.speaker.run_folder import check_run_folder
+    from robustdistill.speaker.table import finished_run
+
+    caplog.set_level(logging.INFO, logger="robustdistill.speaker")
+    old = _config(tmp_path, min_length_s=trained, crop_seconds=crop)
+    _finished(old)
+    epoch = _checkpoint(old)
+    cfg = _config(tmp_path, min_length_s=now, crop_seconds=crop)
+    why = (f"data.min_length_s {trained} -> {now}: with data.crop_seconds {crop:g}, training "
+           f"files shorter than {min(now, crop):g} s are skipped either way (the smaller of the "
+           "two: DataConfig.min_train_seconds)")
+    if same:
+        assert check_run_folder(cfg) == (epoch, 1)
+        assert finished_run(cfg, {})["eval"] == {"test_other": {"eer": 0.1, "min_dcf": 0.5}}
+        assert caplog.messages == [
+            f"resuming {epoch} although {why}, so the run is unchanged",
+            f"reusing {epoch.parents[1] / 'result.json'} although {why}, so it is unchanged"]
+        caplog.clear()
+        assert check_run_folder(cfg, log=False) == (epoch, 1)
+        assert finished_run(cfg, {}, log=False) is not None and caplog.messages == []
+    else:
+        with pytest.raises(ValueError, match=rf"epoch_1 was trained with other settings; "
+                                             rf"resuming would not continue that run: "
+                                             rf"data.min_length_s {trained} -> {now} \(allowed"):
+            check_run_folder(cfg)
+        assert finished_run(cfg, {}) is None and caplog.messages == []
+    # every other setting is compared as before: the crop too
+    cfg.data.crop_seconds = 1.0
+    with pytest.raises(ValueError, match=r"data.crop_seconds 2.0 -> 1.0"):
+        check_run_folder(cfg)
+    assert finished_run(cfg, {}) is None
+
+
+def test_a_key_added_later_is_one_entry_read_by_reuse_and_resume(tmp_path, monkeypatch, caplog):
+    """``ADDED_KEYS`` is the one place that knows of settings added later: an entry for a
+    third key (here ``data.crops_per_utterance``, as if new) is honoured by the table's reuse
+    and by a resume alike, its test's verdict and reason as written, with no other code."""
+    from robustdistill.speaker import added_keys
+    from robustdistill.speaker.run_folder import check_run_folder
+    from robustdistill.speaker.table import finished_run, reuse_awaits_inputs
+
+    caplog.set_level(logging.INFO, logger="robustdistill.speaker")
+    cfg = _config(tmp_path)
+    _finished(cfg)
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    del result["config"]["data"]["crops_per_utterance"]
+    (tmp_path / "run" / "result.json").write_text(json.dumps(result))
+    epoch = _checkpoint(cfg, drop=("data.crops_per_utterance",))
+    seen = []
+
+    def test(run_cfg, run):
+        seen.append((tuple(run.missing), run.added, run.resume))
+        if run.skipped is None:
+            return added_keys.Verdict(None)
+        if run.skipped.get("train"):
+            return added_keys.Verdict(False, "trained on other crops" if run.resume else
+                                      "it cut other crops")
+        return added_keys.Verdict(True, "" if run.resume else "its crops are the same")
+
+    entry = added_keys.AddedKeys(("data.crops_per_utterance",), "2027-01-01", test)
+    monkeypatch.setattr(added_keys, "ADDED_KEYS", (*added_keys.ADDED_KEYS, entry))
+    short = {"train": {"/x.wav": "too short"}}
+    done = tmp_path / "run" / "result.json"
+    assert reuse_awaits_inputs(cfg) and finished_run(cfg) is None
+    assert finished_run(cfg, {})["eval"] == result["eval"]
+    assert finished_run(cfg, short) is None
+    assert caplog.messages == [f"reusing {done}, its crops are the same",
+                               f"not reusing {done}: it cut other crops"]
+    assert check_run_folder(cfg) == (epoch, 1)  # inputs not loaded yet
+    with pytest.raises(ValueError) as refused:
+        check_run_folder(cfg, skipped=short)
+    assert str(refused.value) == (f"{epoch} trained on other crops (allowed: another "
+                                  "training.output_dir, or remove that folder to start again)")
+    assert {s[:2] for s in seen} == {(("data.crops_per_utterance",), "2027-01-01")}
+    assert {s[2] for s in seen} == {False, True}
+    # without the entry the key is an ordinary setting: the config differs, no reuse
+    monkeypatch.undo()
+    assert finished_run(cfg, {}) is None and not reuse_awaits_inputs(cfg)
+
+
+def test_train_resumes_after_a_min_length_s_change_that_changes_nothing_trained(
+        tmp_path, monkeypatch, capsys, caplog):
+    """``train-speaker train``: 1 epoch with ``data.min_length_s 0.3`` (0.2 s crops: the
+    minimum is 0.2 s), resumed to 2 epochs with 0.4, ends with the weights of 2 epochs with 0.4
+    straight, logging once why it went on (before: refused, "trained with other settings");
+    0.15, which lowers the minimum, is still refused."""
+    _resemblyzer()
+    from robustdistill.speaker.cli import main
+
+    monkeypatch.chdir(REPO)
+    caplog.set_level(logging.INFO, logger="robustdistill.speaker")
+    train, test = _data(tmp_path)
+    args = ["train", "--config", "configs/imlkd_speaker.yaml", *_tiny_args(tmp_path, train, test),
+            "--loss.method", "none"]
+    straight, part = tmp_path / "straight", tmp_path / "part"
+    assert main([*args, "--data.min_length_s", "0.4", "--training.epochs", "2",
+                 "--training.output_dir", str(straight)]) == 0
+    assert main([*args, "--data.min_length_s", "0.3", "--training.output_dir", str(part)]) == 0
+    resume = [*args, "--training.epochs", "2", "--training.resume", "true",
+              "--training.output_dir", str(part)]
+    line = _main_error([*resume, "--data.min_length_s", "0.15"], capsys)
+    assert line.endswith("epoch_1 was trained with other settings; resuming would not continue "
+                         "that run: data.min_length_s 0.3 -> 0.15 (allowed: the same settings, "
+                         "or another training.output_dir)")
+    caplog.clear()
+    assert main([*resume, "--data.min_length_s", "0.4"]) == 0
+    said = [m for m in caplog.messages if m.startswith("resuming ")]
+    assert said == [f"resuming {part / 'checkpoints' / 'epoch_1'} although data.min_length_s "
+                    "0.3 -> 0.4: with data.crop_seconds 0.2, training files shorter than 0.2 s "
+                    "are skipped either way (the smaller of the two: "
+                    "DataConfig.min_train_seconds), so the run is unchanged"]
+    a = load_file(straight / "student" / "model.safetensors")
+    b = load_file(part / "student" / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    result = json.loads((part / "result.json").read_text())
+    assert result["config"]["data"]["min_length_s"] == 0.4 and len(result["epochs"]) == 2
+    assert result["eval"] == json.loads((straight / "result.json").read_text())["eval"]
+
+
+def test_the_table_reuses_a_run_whose_min_length_s_change_changes_nothing(
+        tmp_path, monkeypatch, capsys, caplog):
+    """``train-speaker table`` with ``data.min_length_s`` 0.3 -> 0.4 (0.2 s crops) reuses the
+    finished run, logged (before: trained again, or refused for its checkpoints); with 0.15 it
+    is not reused and a fresh table is refused as before."""
+    _resemblyzer()
+    from robustdistill.speaker import table as table_mod
+    from robustdistill.speaker.cli import main
+
+    monkeypatch.chdir(REPO)
+    caplog.set_level(logging.INFO, logger="robustdistill.speaker")
+    train, test = _data(tmp_path)
+    args = ["table", "--config", "configs/imlkd_speaker.yaml", *_tiny_args(tmp_path, train, test),
+            "--table.methods", "[none]", "--table.seeds", "[0]",
+            "--table.output_dir", str(tmp_path / "table")]
+    assert main([*args, "--data.min_length_s", "0.3"]) == 0
+    run = tmp_path / "table" / "none_seed0"
+    before = json.loads((run / "result.json").read_text())
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(table_mod, "train_system", no_training)
+    caplog.clear()
+    assert main([*args, "--data.min_length_s", "0.4"]) == 0
+    said = (f"reusing {run / 'result.json'} although data.min_length_s 0.3 -> 0.4: with "
+            "data.crop_seconds 0.2, training files shorter than 0.2 s are skipped either way "
+            "(the smaller of the two: DataConfig.min_train_seconds), so it is unchanged")
+    assert caplog.messages.count(said) == 1  # once: not by the start-up checks too
+    table = json.loads((tmp_path / "table" / "results.json").read_text())
+    assert table["systems"]["none"][0]["eval"] == before["eval"]
+    line = _main_error([*args, "--data.min_length_s", "0.15"], capsys)
+    assert "holds checkpoints of an earlier run" in line
