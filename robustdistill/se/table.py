@@ -310,6 +310,7 @@ def _build(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from ..audio import list_audio_files
     from ..config import ConfigError
     from .students import GRUMaskStudent, count_parameters
+    from .teacher_pool import shared_pools
     from .teachers import load_teacher
     from .train import SCAN_CACHE_FOLDER, load_se_config, train_se
 
@@ -397,7 +398,8 @@ def _build(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         trained = (run_dir / "student" / "model.safetensors").is_file()
         if not trained:
-            train_se(cfg)
+            with shared_pools():  # the later runs of the same recipe read the same outputs
+                train_se(cfg)
         if trained:  # by an earlier call
             train_s = _recorded_train_seconds(run_dir)
         else:

@@ -5,17 +5,25 @@ With ``data.pool_size > 0`` every batch is drawn from the same pool of pairs (se
 activations the recipe distils can be computed once per process and shared by every run in
 it (the comparison table trains 45 students on 2 CPU cores). Activations are stored in
 float16 (about 1e-3 relative precision; the enhanced waveform in float32).
+
+A run that no longer reads its teacher (``two_step`` from ``loss.kd_steps`` on) drops the
+pool's outputs with :func:`release_pooled`; inside :func:`shared_pools` (the comparison table,
+whose later runs of the same recipe read the same outputs) they stay cached instead.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
 from .teachers.base import FrameModel, SEOutput
 
-__all__ = ["PooledTeacher", "pooled_teacher"]
+__all__ = ["PooledTeacher", "pooled_teacher", "release_pooled", "shared_pools"]
 
 _CACHE: dict[tuple, PooledTeacher] = {}
+_SHARED = [0]  # open shared_pools() blocks
 
 
 class PooledTeacher:
@@ -47,6 +55,18 @@ class PooledTeacher:
                     acts[name].append(out.activations[name].half())
         self.enhanced = torch.cat(enhanced) if keep_enhanced else None
         self.activations = {k: torch.cat(v) for k, v in acts.items()}
+        self._items = inputs.shape[0]
+
+    def __len__(self) -> int:
+        """The pool's items ``P``."""
+        return self._items
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the kept outputs (the enhanced waveforms and the activations)."""
+        return sum(t.untyped_storage().nbytes() for t in
+                   [*([self.enhanced] if self.enhanced is not None else []),
+                    *self.activations.values()])
 
     def __call__(self, indices: torch.Tensor, device=None) -> SEOutput:
         """:class:`SEOutput` of the items ``indices`` ``(B,)`` (activations as float32)."""
@@ -72,3 +92,27 @@ def pooled_teacher(key: tuple, teacher: FrameModel, inputs: torch.Tensor,
     if full not in _CACHE:
         _CACHE[full] = PooledTeacher(teacher, inputs, tuple(layers), keep_enhanced)
     return _CACHE[full]
+
+
+def release_pooled(pooled: PooledTeacher) -> bool:
+    """Drop ``pooled`` from the in-process cache (so that it is freed once its caller drops
+    it too), unless a :func:`shared_pools` block is open; returns whether it was dropped (a
+    later :func:`pooled_teacher` of its key computes it again)."""
+    if _SHARED[0]:
+        return False
+    for key in [k for k, v in _CACHE.items() if v is pooled]:
+        del _CACHE[key]
+    return True
+
+
+@contextlib.contextmanager
+def shared_pools() -> Iterator[None]:
+    """Keep every pool's outputs cached for the block's later runs, even those a run released
+    (:func:`release_pooled`): for a process that trains several students on the same pool and
+    teacher (``python -m robustdistill.se.table``), at the cost of holding them between
+    runs."""
+    _SHARED[0] += 1
+    try:
+        yield
+    finally:
+        _SHARED[0] -= 1

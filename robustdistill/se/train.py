@@ -25,7 +25,7 @@ run equals an uninterrupted one), and at the end ``student/`` (``save_pretrained
 SHA-256 of the student's parameters, ``skipped_updates``, the speech files dropped and, with
 validation, ``best_validation``: :class:`~robustdistill.se.validation.BestValidation`; with
 ``validation.keep_best``, ``best_student/`` holds that step's student). The
-teacher is frozen and never saved.
+teacher is frozen and never saved; with ``two_step`` it is freed at ``loss.kd_steps``.
 
 A step whose loss (on any process) or gradient norm is NaN/Inf changes nothing: its update is
 skipped (gradients zeroed, no optimizer step), counted and logged as a warning;
@@ -49,6 +49,7 @@ SIGTERM) :mod:`robustdistill.se.stops`, and ``student/`` plus ``final_state.json
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 from pathlib import Path
@@ -60,6 +61,7 @@ from ..checkpoints import newest_checkpoint_note
 from ..config import ConfigError
 from ..interrupts import note as interrupt_note
 from ..interrupts import sigterm_deferred, sigterm_pending, stop_terminated
+from ..memory import release_free_heap
 from ..nonfinite import NonFiniteTrainingError, any_process
 from ..processes import finish_processes, print_stop
 from ..strict_json import strict_dumps
@@ -73,7 +75,7 @@ from .config import (
 )
 from .data import PairMaker
 from .final_state import parameter_hash, save_final_student
-from .losses import SELoss, _widths, teacher_layers
+from .losses import LossConfig, SELoss, _widths, teacher_layers
 from .resume_settings import ResumeSettingsError, _resume_changes
 from .run_checkpoints import DamagedCheckpointError, resume_or_start, save_run_checkpoint
 from .run_checkpoints import _newest_checkpoint as _newest_checkpoint  # importable from here
@@ -136,8 +138,10 @@ def train_se(cfg: SETrainConfig) -> Path:
     (:func:`~robustdistill.se.validation.validate`), before that step's checkpoint; each
     validation is one ``metrics.jsonl`` line (split ``validation``) and TensorBoard's
     ``validation/<value>`` points, written by the main process. It changes no weight. With
-    ``two_step`` the teacher's kept validation outputs are freed at ``kd_steps`` (no later
-    validation reads them). A run extended past its old last step (a larger
+    ``two_step`` the teacher, its kept validation outputs and its pooled training outputs
+    (``data.pool_size``) are freed at ``kd_steps`` and the heap's free pages given back
+    (:func:`robustdistill.memory.release_free_heap`): no later step, validation or save reads
+    them. A run resumed at or past ``kd_steps`` loads no teacher at all. A run extended past its old last step (a larger
     ``training.max_steps``) drops that step's lines that its ``log_every`` and ``eval_every``
     skip, and that validation's part in the best
     (:func:`~robustdistill.se.run_checkpoints.resume_or_start`): it ends as an uninterrupted
@@ -163,6 +167,43 @@ def _interrupt_note(cfg: SETrainConfig, done: list[int],
         return f"{at}; saved checkpoint {folder} in {took:.1f} s (step {done[-1]}; {how})"
     return f"{at}; " + newest_checkpoint_note(Path(cfg.output_dir) / "checkpoints", how)
 
+
+
+def _resume_step(out: Path) -> int:
+    """The step of ``out``'s newest complete checkpoint (the step a run resumes at), 0 for a
+    fresh start. Raises as :func:`~robustdistill.se.run_checkpoints._newest_checkpoint`."""
+    newest = _newest_checkpoint(out / "checkpoints")
+    return 0 if newest is None else int(newest[1]["step"])
+
+
+def _reads_teacher_from(loss: LossConfig, step: int) -> bool:
+    """Whether a step from ``step`` on reads the teacher (in its loss or its validation): a KD
+    term is on and the schedule's KD factor at ``step`` is above 0. Every schedule's factor is
+    constant from there on but ``two_step``'s, which drops to 0 at ``kd_steps`` for good, so
+    False is for the rest of the run."""
+    return loss.uses_teacher and loss.schedule_obj.weights(step).kd > 0
+
+
+def _free_teacher_note(acc, name: str, teacher: torch.nn.Module, pooled, pool_freed: bool,
+                       step: int) -> None:
+    """Log (the main process) that the teacher, and the pooled training outputs ``pooled``
+    (None: no ``data.pool_size``) when ``pool_freed``, are freed at ``step``; with several
+    processes, that each frees its own copy."""
+    params = sum(p.numel() for p in teacher.parameters())
+    freed = kept = ""
+    if pooled is not None:
+        outputs = (f"its outputs on the {len(pooled)} pooled training pairs (data.pool_size; "
+                   f"{pooled.nbytes / 1e6:.1f} MB)")
+        if pool_freed:
+            freed = f" and {outputs}"
+        else:
+            kept = f" ({outputs} stay cached for this process's later runs)"
+    each = ("" if acc.num_processes == 1 else
+            f" (each of the {acc.num_processes} processes frees its own)")
+    if acc.is_main_process:
+        logger.info("the teacher (%s, %s parameters)%s freed at step %d%s%s: no step or "
+                    "validation from this step on reads it (two_step's phase 2)", name,
+                    f"{params:,}", freed, step, kept, each)
 
 
 def _train_se(cfg: SETrainConfig, done_steps: list[int],
@@ -202,7 +243,9 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int],
                        cfg.loss.schedule)
     set_seed(cfg.seed)
     student = GRUMaskStudent(cfg.student.build())
-    teacher = load_teacher(cfg.loss.teacher).to(acc.device) if cfg.loss.uses_teacher else None
+    # none for a run resumed at or past two_step's kd_steps: no step from there on reads it
+    teacher = (load_teacher(cfg.loss.teacher).to(acc.device)
+               if _reads_teacher_from(cfg.loss, _resume_step(out)) else None)
     loss_fn = SELoss(cfg.loss, *_widths(student.config, cfg.loss.teacher))
     params = list(student.parameters()) + list(loss_fn.parameters())
     optimizer = torch.optim.Adam(params, lr=t.learning_rate)
@@ -281,9 +324,9 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int],
         noisy_pool, clean_pool = maker.pool()
         which = cfg.loss.teacher_input
         key = (json.dumps(cfg.to_dict()["data"], sort_keys=True), cfg.loss.teacher, which)
-        pool_in = (clean_pool if which == "clean" else noisy_pool).to(acc.device)
-        pooled = pooled_teacher(key, teacher, pool_in, teacher_layers(cfg.loss),
-                                cfg.loss.output_kd_weight > 0)
+        pooled = pooled_teacher(key, teacher,
+                                (clean_pool if which == "clean" else noisy_pool).to(acc.device),
+                                teacher_layers(cfg.loss), cfg.loss.output_kd_weight > 0)
     if pairs is not None and start == 0 and t.eval_at_start:  # the step-0 baseline
         log_validation(0)
     elif (pairs is not None and newest is not None and newest[1].get("validation_due")
@@ -336,9 +379,19 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int],
                 if metrics:
                     write_row(row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}")
-            if teacher_outputs is not None and not acc.unwrap_model(loss_fn).needs_teacher(done):
-                teacher_outputs.release(done)  # two_step at kd_steps: never read again
-                teacher_outputs = None
+            if teacher is not None and not _reads_teacher_from(cfg.loss, done):
+                # two_step at kd_steps: no later step, validation or save reads the teacher
+                if teacher_outputs is not None:
+                    teacher_outputs.release(done, acc.process_index, acc.num_processes,
+                                            len(pairs))
+                from .teacher_pool import release_pooled
+
+                # kept instead inside the table's shared_pools(), for its later runs
+                pool_freed = pooled is not None and release_pooled(pooled)
+                _free_teacher_note(acc, cfg.loss.teacher, teacher, pooled, pool_freed, done)
+                teacher = pooled = teacher_outputs = teacher_out = None
+                gc.collect()  # a cycle through a hooked teacher's modules
+                release_free_heap()  # their pages back to the system, not the heap
             due = pairs is not None and (done % t.eval_every == 0 or done == t.max_steps)
             if stop:  # some process holds a SIGTERM: this step is done; save it and stop
                 stop_for_sigterm(acc, done, due, save, bar, sigterm_saved)

@@ -336,19 +336,35 @@ class TeacherOutputs:
         return SEOutput(None if kept.enhanced is None else kept.enhanced.to(waveform.device),
                         {k: t.to(waveform.device) for k, t in kept.activations.items()}, None)
 
-    def release(self, step: int) -> None:
-        """Drop every kept output (the validations from ``step`` on read no teacher), give the
-        freed heap pages back to the system (:func:`_trim_heap`) and log the megabytes freed
-        once any were kept; later calls run the teacher again (and keep again under the
-        cap)."""
-        if self._items:
-            logger.info("validation: the teacher's outputs on %d items (%.1f MB) freed at step "
-                        "%d: the validations from this step on read no teacher (two_step's "
-                        "phase 2)", len(self._items), self.nbytes / 1e6, step)
+    def release(self, step: int, process_index: int = 0, num_processes: int = 1,
+                items: int | None = None) -> None:
+        """Drop every kept output (the validations from ``step`` on read no teacher) and log
+        the megabytes dropped once any were kept; later calls run the teacher again (and keep
+        again under the cap). The caller gives the freed pages back to the system
+        (:func:`robustdistill.memory.release_free_heap`, as ``train-se`` does once it has
+        dropped the teacher too).
+
+        Args:
+            step: the step from which no validation reads the teacher (for the line).
+            process_index / num_processes: this process and the run's process count; with
+                several, the line says that its counts are this process's share (its items
+                ``i mod num_processes``; each process frees its own).
+            items: the validation items of all processes (said with several processes).
+        """
+        if self._items and num_processes == 1:
+            logger.info("validation: the teacher's outputs on %d items (%.1f MB) freed at "
+                        "step %d: the validations from this step on read no teacher "
+                        "(two_step's phase 2)", len(self._items), self.nbytes / 1e6, step)
+        elif self._items:
+            logger.info("validation: process %d's share of the teacher's outputs, on %d of the "
+                        "%s items (%.1f MB; each of the %d processes frees its own), freed at "
+                        "step %d: the validations from this step on read no teacher "
+                        "(two_step's phase 2)", process_index, len(self._items),
+                        "?" if items is None else items, self.nbytes / 1e6, num_processes,
+                        step)
         self._items.clear()
         self._not_kept.clear()
         self._kept_bytes = 0
-        _trim_heap()
 
     @property
     def nbytes(self) -> int:
@@ -395,18 +411,6 @@ class TeacherOutputs:
                         "the teacher runs on the other %d at each validation", kept,
                         kept + others, mine, self.nbytes / 1e6, self._item_bytes / 1e6,
                         self.cap_mb, others)
-
-
-def _trim_heap() -> None:
-    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing
-    elsewhere). Freed tensors of a few hundred KB go back to glibc's heap, not to the system:
-    without this, freeing 105 MB of NSNet2 outputs (96 items of 2 s) left the resident set at
-    705 MB for the rest of the run; with it, it fell by 107 MB (to 594 MB)."""
-    import contextlib
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):  # not glibc
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _tensors(output) -> list[torch.Tensor]:
