@@ -13,7 +13,6 @@ import logging
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,9 +24,6 @@ SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data"
 WHISPER_DIR = SHARED / "models" / "whisper-tiny.en"
 SPLIT = REPO / "runs" / "data"  # scripts/split_shared_data.sh
-
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 def quiet() -> None:

@@ -12,9 +12,9 @@ Also printed: the one-off cost of building the cache and its size per hour of au
 
 Usage::
 
-    python benchmarks/bench_cache.py --teacher wavlm-base [--threads 2 --batch-size 2 --crop-s 4]
-    python benchmarks/bench_cache.py --teacher whisper-tiny.en --presets default
-    python benchmarks/bench_cache.py --set student.feature_grad_mult=0   # any config override
+    python -m benchmarks.bench_cache --teacher wavlm-base [--threads 2 --batch-size 2 --crop-s 4]
+    python -m benchmarks.bench_cache --teacher whisper-tiny.en --presets default
+    python -m benchmarks.bench_cache --set student.feature_grad_mult=0   # any config override
 
 ``--set KEY=VALUE`` (repeatable) overrides a config key in every run of the table (both sides),
 e.g. ``student.feature_grad_mult=0`` (the student's CNN frozen, the reference code's
@@ -30,7 +30,17 @@ import time
 from pathlib import Path
 
 import torch
-from _common import REPO, SHARED_DATA, SPLIT, WHISPER_DIR, interleaved, median, quiet, table
+
+from benchmarks._common import (
+    REPO,
+    SHARED_DATA,
+    SPLIT,
+    WHISPER_DIR,
+    interleaved,
+    median,
+    quiet,
+    table,
+)
 
 
 def _teacher_dir(name: str, tmp: Path) -> Path:
@@ -47,8 +57,7 @@ def _teacher_dir(name: str, tmp: Path) -> Path:
 
 def _config(args, teacher_dir: Path, tmp: Path, out: str, recipe: str = "distilhubert",
             preset: str = "default", **extra):
-    from _common import subset_folder
-
+    from benchmarks._common import subset_folder
     from robustdistill.config import load_config
 
     overrides = {

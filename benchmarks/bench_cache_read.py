@@ -11,7 +11,7 @@ layers [4, 8, 12], fp16 cache, context ``utterance``). Interleaved, medians of `
   so an upper bound of what a GPU's step does after its host-to-device copy), float32 for a
   CPU run (nothing left to do).
 
-Usage: ``python benchmarks/bench_cache_read.py [--batch-size 24 --crop-s 15.6 --repeats 7]``
+Usage: ``python -m benchmarks.bench_cache_read [--batch-size 24 --crop-s 15.6 --repeats 7]``
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import bench_cache
 import torch
-from _common import interleaved, median, quiet, table
+
+from benchmarks import bench_cache
+from benchmarks._common import interleaved, median, quiet, table
 
 
 def main() -> None:

@@ -22,11 +22,12 @@ waiting for data, one run.
    and ``--workers``: a streamed, shuffled Parquet copy (4 files written to a temporary
    folder; ``data.shuffle_buffer`` 1000 and 64, ``data.stream_end_sleep`` true = ``datasets``'
    own 5 s sleep at a stream's end, false = skipped), and the map-style folder (its workers
-   made again every epoch, against ``persistent_workers``). Per epoch: seconds, the longest
+   made again every epoch, against ``persistent_workers``, which the trainer's map-style
+   training loader uses). Per epoch: seconds, the longest
    wait for a batch, and the boundary (``iter()`` to the first batch plus the last batch to
    the end); medians over the epochs after the first.
 
-Usage: ``python benchmarks/bench_data.py [--threads 2 --steps 4 --workers 2]``
+Usage: ``python -m benchmarks.bench_data [--threads 2 --steps 4 --workers 2]``
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import SHARED_DATA, SPLIT, interleaved, median, quiet, table
+
+from benchmarks._common import SHARED_DATA, SPLIT, interleaved, median, quiet, table
 
 
 def _speech(seconds: float) -> np.ndarray:
@@ -131,8 +133,7 @@ def bench_data_wait(args) -> None:
 
 
 def bench_recipe_batch(args) -> None:
-    from _common import REPO
-
+    from benchmarks._common import REPO
     from robustdistill.augment import Corruptor, LoaderCorruption
     from robustdistill.config import load_config
 
@@ -238,11 +239,8 @@ def bench_epochs(args) -> None:
             row("map-style folder", workers, "workers made every epoch" if workers else "-",
                 _epoch_times(args.epochs, sampler.set_epoch, lambda loader=loader: loader))
             if workers:
-                kept = torch.utils.data.DataLoader(
-                    train, batch_size=8, sampler=sampler, num_workers=workers,
-                    collate_fn=loader.collate_fn, persistent_workers=True,
-                    generator=torch.Generator().manual_seed(0))
-                row("map-style folder", workers, "persistent_workers (not used)",
+                kept = build_dataloader(train, 8, sampler, workers, persistent_workers=True)
+                row("map-style folder", workers, "persistent_workers (the trainer's)",
                     _epoch_times(args.epochs, sampler.set_epoch, lambda kept=kept: kept))
     table("Epoch boundaries of the training loader", (
         "data", "num_workers", "setting", "median s per epoch", "median longest wait s",

@@ -12,7 +12,7 @@ Prints a Markdown table:
   the real noise/RIR folders when ``../shared/data`` exists, else white noise and simulated
   rooms.
 
-Usage: ``python benchmarks/bench_distill.py [--threads 2] [--steps 5] [--out runs/bench_distill.md]``
+Usage: ``python -m benchmarks.bench_distill [--threads 2] [--steps 5] [--out runs/bench_distill.md]``
 (``--out`` writes the table alone: not over ``docs/benchmarks.md``, which keeps notes beside it)
 """
 
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import REPO, check_full_steps, interleaved, items_for_steps, machine, median
+
+from benchmarks._common import REPO, check_full_steps, interleaved, items_for_steps, machine, median
 
 SHARED = REPO.parent / "shared" / "data"
 

@@ -24,7 +24,7 @@ budget is roughly 550 per A100-hour).
 
 Usage (on a GPU machine)::
 
-    python benchmarks/bench_gpu.py [--recipe robust_wavlm_base_plus --batch-size 24 --crop-s 15.6]
+    python -m benchmarks.bench_gpu [--recipe robust_wavlm_base_plus --batch-size 24 --crop-s 15.6]
 
 ``--set KEY=VALUE`` overrides a config key in both runs (e.g. ``student.feature_grad_mult=0``).
 ``benchmarks/gpu_suite.sh`` runs every configuration of ``docs/performance.md`` section 5 in one
@@ -43,7 +43,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from _common import (
+from torch.nn.utils.rnn import PackedSequence
+
+from benchmarks._common import (
     REPO,
     SPLIT,
     check_full_steps,
@@ -54,7 +56,6 @@ from _common import (
     quiet,
     table,
 )
-from torch.nn.utils.rnn import PackedSequence
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 

@@ -11,7 +11,7 @@ states: what the batch size and checkpointing change).
 0``, run under no_grad as the reference code does): checkpointing covers only the transformer
 layers, a frozen CNN keeps none of its activations.
 
-Usage: ``python benchmarks/bench_memory.py [--batch-sizes 1 2 4 8 --crop-s 4 --threads 2
+Usage: ``python -m benchmarks.bench_memory [--batch-sizes 1 2 4 8 --crop-s 4 --threads 2
 --feature-grad-mults 0.1 0]``
 """
 
@@ -27,7 +27,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _common import quiet, table
+
+from benchmarks._common import REPO, quiet, table
 
 
 def _rss_mib() -> float:
@@ -36,8 +37,6 @@ def _rss_mib() -> float:
 
 
 def child(args) -> None:
-    from _common import REPO
-
     from robustdistill.config import load_config
     from robustdistill.teachers import make_random_teacher
     from robustdistill.trainer import _Run
@@ -92,11 +91,13 @@ def main() -> None:
     for batch_size in args.batch_sizes:
         for mult in args.feature_grad_mults:
             for checkpointing in ("false", "true"):
-                cmd = [sys.executable, __file__, "--child", "--batch-size", str(batch_size),
-                       "--checkpointing", checkpointing, "--crop-s", str(args.crop_s),
-                       "--steps", str(args.steps), "--threads", str(args.threads),
-                       "--preset", args.preset, "--feature-grad-mult", str(mult)]
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                cmd = [sys.executable, "-m", "benchmarks.bench_memory", "--child",
+                       "--batch-size", str(batch_size), "--checkpointing", checkpointing,
+                       "--crop-s", str(args.crop_s), "--steps", str(args.steps),
+                       "--threads", str(args.threads), "--preset", args.preset,
+                       "--feature-grad-mult", str(mult)]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                     cwd=REPO).stdout
                 result = json.loads(out.strip().splitlines()[-1])
                 rows.append((f"{batch_size} x {args.crop_s:g} s",
                              f"{mult:g}" + (" (CNN frozen)" if mult == 0 else ""), checkpointing,

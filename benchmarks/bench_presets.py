@@ -11,7 +11,7 @@ and matrix products in bf16, weights kept in fp32, as ``Upstream`` users get wit
 ``torch.autocast("cpu", dtype=torch.bfloat16)``); each row's speed-up is against the teacher at
 the same precision, and the bf16 rows also give the factor over the same model in fp32.
 
-Usage: ``python benchmarks/bench_presets.py [--threads 2 --repeats 7 --compile
+Usage: ``python -m benchmarks.bench_presets [--threads 2 --repeats 7 --compile
 --dtypes float32 bfloat16]``
 """
 
@@ -23,7 +23,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _common import interleaved, median, quiet, table
+
+from benchmarks._common import interleaved, median, quiet, table
 
 
 def _channels(conv_dim) -> str:

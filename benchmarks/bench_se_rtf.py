@@ -5,7 +5,7 @@ same white-noise signal hop by hop (10 ms; DTLN 8 ms) with carried state, as a h
 would run it. The figure is the median of ``processing time / audio duration`` (< 1 is faster
 than real time) and its ratio to NSNet2's, both in one run so machine load hits all alike.
 
-    python benchmarks/bench_se_rtf.py --seconds 3 --repeats 5 [--out docs/...]
+    python -m benchmarks.bench_se_rtf --seconds 3 --repeats 5 [--out docs/...]
 
 Skips a teacher whose package is not installed (see ../shared/docs/teachers.md).
 """
@@ -16,8 +16,8 @@ import argparse
 from pathlib import Path
 
 import torch
-from _common import interleaved, median, quiet, table
 
+from benchmarks._common import interleaved, median, quiet, table
 from robustdistill.se.streaming import StreamingEnhancer
 from robustdistill.se.students import GRUMaskStudent, config_for_ratio
 from robustdistill.se.teachers import load_teacher

@@ -20,7 +20,7 @@ out=${OUT:-runs/perf}/gpu.md
 mkdir -p "$(dirname "$out")"
 smoke=()
 [ "${SMOKE:-0}" = 1 ] && smoke=(--smoke)
-run() { PYTHONUNBUFFERED=1 python benchmarks/bench_gpu.py "${smoke[@]}" --out "$out" "$@"; }
+run() { PYTHONUNBUFFERED=1 python -m benchmarks.bench_gpu "${smoke[@]}" --out "$out" "$@"; }
 run --recipe distilhubert "$@"
 run --recipe distilhubert --set training.tf32=true "$@"
 run --recipe distilhubert --set training.cudnn_benchmark=true "$@"

@@ -9,9 +9,9 @@ the convolutions' forward and backward.
 
 Usage::
 
-    python benchmarks/profile_step.py whisper-tiny.en             # RobustDistiller recipe
-    python benchmarks/profile_step.py wavlm-base --recipe distilhubert --cached --ops
-    python benchmarks/profile_step.py --conv-layers    # the 7 CNN layers alone, 2 x 4 s
+    python -m benchmarks.profile_step whisper-tiny.en             # RobustDistiller recipe
+    python -m benchmarks.profile_step wavlm-base --recipe distilhubert --cached --ops
+    python -m benchmarks.profile_step --conv-layers    # the 7 CNN layers alone, 2 x 4 s
 
 ``--conv-layers`` times each layer of the wav2vec 2.0 / WavLM CNN (random weights, fp32) on a
 2 x 4 s batch: forward, weight gradient, and input gradient (the transposed convolution that
@@ -27,9 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import bench_cache
 import torch
-from _common import machine, quiet
+
+from benchmarks import bench_cache
+from benchmarks._common import machine, quiet
 
 
 def main() -> None:
@@ -95,7 +96,8 @@ def main() -> None:
 def conv_layers(batch: int = 2, samples: int = 64_000, repeats: int = 5) -> None:
     """Per layer of the 7-layer CNN: forward, weight-gradient and input-gradient times."""
     import torch.nn.functional as F
-    from _common import interleaved, median, table
+
+    from benchmarks._common import interleaved, median, table
 
     torch.set_num_threads(2)
     gen = torch.Generator().manual_seed(0)

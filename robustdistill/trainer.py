@@ -56,6 +56,7 @@ from .augment import Corruptor, LoaderCorruption
 from .checkpoints import list_checkpoints, remove_incomplete, tracker_resume_kwargs, truncate_log
 from .config import ConfigError, DistillConfig
 from .data import ShardedRandomSampler, build_dataloader, build_datasets
+from .data.batching import workers_beyond_cpus
 from .environment import record_environment
 from .export import export_run_student, not_export_files, run_export_of_step
 from .files import atomic_write_text, name_list
@@ -209,11 +210,17 @@ class _Run:
                 raise ConfigError("augmentation.in_loader needs a map-style dataset (data."
                                   "streaming false): a stream's items carry no epoch")
             train_collate = LoaderCorruption(self.corruptor, cfg.seed, collate)
+        if acc.is_main_process and (note := workers_beyond_cpus(cfg.data.num_workers)):
+            logger.warning(note)
+        # A map-style set's workers are kept across epochs (not restarted at each): its items
+        # are a function of the sampler's (index, epoch) keys, drawn in this process.
         self.loader = build_dataloader(train_set, cfg.data.batch_size, self.sampler,
                                        cfg.data.num_workers, collate_fn=train_collate,
-                                       pin_memory=pin)
+                                       pin_memory=pin,
+                                       persistent_workers=self.sampler is not None)
         # Every validation item once, on one rank (ranks may get one item, or a batch, fewer:
-        # validate's collectives come after its loop, so they stay matched)
+        # validate's collectives come after its loop, so they stay matched); its workers start
+        # at each validation (kept, they would sit idle between validations)
         self.valid_sampler = ShardedRandomSampler(len(valid_set), cfg.seed, shuffle=False,
                                                   rank=rank, world_size=world, drop_last=False)
         self.valid_loader = build_dataloader(valid_set, cfg.data.batch_size, self.valid_sampler,

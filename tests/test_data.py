@@ -323,6 +323,28 @@ def test_loader_with_workers_gives_the_same_batches(tmp_path):
         )
 
 
+
+def test_kept_workers_give_each_epochs_batches_and_a_stream_cannot_keep_them(tmp_path):
+    """persistent_workers: the workers' copy of the dataset is the one they started with;
+    a map-style set's epochs come from the sampler (main process), a stream's would not."""
+    files = [write(tmp_path / f"{i}.wav", ramp(SR + 700 * i, offset=i)) for i in range(6)]
+    ds = AudioFileDataset(files, max_length_s=0.5, min_length_s=0.5, seed=4)
+    sampler = ShardedRandomSampler(len(ds), seed=4)
+    kept = build_dataloader(ds, 3, sampler, num_workers=2, persistent_workers=True)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        main = list(build_dataloader(ds, 3, sampler))
+        for a, b in zip(main, kept, strict=True):
+            assert torch.equal(a["waveforms"], b["waveforms"])
+            assert torch.equal(a["indices"], b["indices"])
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield {"waveform": np.zeros(8, np.float32), "index": 0}
+
+    with pytest.raises(ValueError, match="streaming dataset cannot keep its workers"):
+        build_dataloader(Stream(), 2, num_workers=2, persistent_workers=True)
+
 # ------------------------------------------------------------------------------------------
 # datasets (Hugging Face)
 # ------------------------------------------------------------------------------------------

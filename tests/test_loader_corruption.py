@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
+import os
 
 import numpy as np
 import pytest
@@ -79,15 +82,69 @@ def test_in_loader_losses_do_not_depend_on_workers_and_differ_from_in_step(
     assert [v["loss"] for v in zero] != [v["loss"] for v in in_step]
 
 
+def _batches(run, count):
+    batches = run._batches()
+    return [{key: batch[key] for key in ("waveforms", "noisy", "indices")}
+            for batch in itertools.islice(batches, count)]
+
+
+def test_map_style_workers_start_once_and_give_the_batches_of_no_workers(
+        tmp_path, tiny_wavlm_dir, monkeypatch):
+    """Three epochs (6 training items, batch 2: 3 batches each) with 2 DataLoader workers:
+    2 workers started, not 2 per epoch (0.1-0.25 s each epoch, docs/performance.md), and the
+    batches, corruption made in the workers included, those of no workers."""
+    import robustdistill.data.batching as batching
+
+    started = tmp_path / "workers.txt"
+
+    def record(worker_id):  # in the forked worker
+        with started.open("a") as handle:
+            handle.write(f"{os.getpid()}\n")
+
+    monkeypatch.setattr(batching, "worker_outlives_sigterm", record)
+    two = _Run(_config(tmp_path, tiny_wavlm_dir, "w2", **{"data.num_workers": 2}))
+    kept = _batches(two, 9)
+    assert len(set(started.read_text().split())) == 2
+    assert two.progress.epoch == 2 and two.valid_loader.persistent_workers is False
+    zero = _batches(_Run(_config(tmp_path, tiny_wavlm_dir, "w0", **{"data.num_workers": 0})), 9)
+    for a, b in zip(kept, zero, strict=True):
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    assert len({tuple(b["indices"].tolist()) for b in zero}) > 3  # epochs differ
+
+
+def test_more_workers_than_cpus_are_kept_with_one_line_of_ours(tmp_path, tiny_wavlm_dir,
+                                                               monkeypatch, caplog, recwarn):
+    """A recipe's data.num_workers 8 on a smaller machine: torch warned twice per loader (a
+    UserWarning of three lines, at construction and when the workers start); now one start-up
+    line, and the configured number is used (a streamed run resumes only with it)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # a process on 1 CPU
+    with caplog.at_level(logging.WARNING, logger="robustdistill"):
+        run = _Run(_config(tmp_path, tiny_wavlm_dir, "w2", **{"data.num_workers": 2}))
+        _batches(run, 1)
+    assert run.loader.num_workers == 2
+    lines = [r.getMessage() for r in caplog.records if "num_workers" in r.getMessage()]
+    assert lines == ["data.num_workers 2 is more than the 1 CPUs this process may use: kept as "
+                     "configured (a streamed run resumes only with the number it started with), "
+                     "the workers share the CPUs; --data.num_workers 1 suits this machine if "
+                     "data_wait_share is high"]
+    assert not [w for w in recwarn if "worker processes" in str(w.message)]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
 def test_in_loader_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_wavlm_dir,
-                                                           monkeypatch, die_at_checkpoint):
+                                                           monkeypatch, die_at_checkpoint,
+                                                           num_workers):
     """Killed while writing its third checkpoint, resumed from the second: the same final
-    parameters as a run that was never stopped (every corruption replayed from its item)."""
+    parameters as a run that was never stopped (every corruption replayed from its item),
+    across two epoch ends (3 steps an epoch); with 2 workers, kept across the epochs in the
+    uninterrupted run, started again by the resumed one."""
     def sha(out):
         state = json.loads((tmp_path / out / "final_state.json").read_text())
         return state["parameter_sha256_per_rank"][0]
 
-    options = {"training.max_steps": 4, "training.save_every": 1}
+    options = {"training.max_steps": 7, "training.save_every": 1,
+               "data.num_workers": num_workers}
     train(_config(tmp_path, tiny_wavlm_dir, "full", **options))
     die_at_checkpoint(3)
     with pytest.raises(KeyboardInterrupt):

@@ -123,6 +123,29 @@ def test_fsdd_skips_a_bad_file_and_takes_the_speakers_next_one(tmp_path):
     assert skipped == {str(bad): "unreadable"}
 
 
+def test_an_fsdd_speaker_with_too_few_usable_files_names_its_own_skipped_files(tmp_path):
+    """The error gave the skip counts of the whole set (here 2 of jackson's files counted as
+    theo's): it names theo's skipped files in the order tried, up to 5, and counts the others."""
+    for spk in ("jackson", "theo"):
+        for take in range(4):
+            for digit in range(2):
+                _noise(tmp_path / f"{digit}_{spk}_{take}.wav", sr=8000, seed=take * 2 + digit,
+                       seconds=0.3)
+    (tmp_path / "0_jackson_0.wav").write_bytes(b"")
+    (tmp_path / "1_jackson_0.wav").write_bytes(b"")
+    for take in range(4):
+        for digit in range(2):
+            if (digit, take) != (1, 2):  # theo keeps one usable file of 8
+                (tmp_path / f"{digit}_theo_{take}.wav").write_bytes(b"\x00" * 10)
+    with pytest.raises(SpeakerDataError) as err:
+        load_fsdd(tmp_path, 2)
+    assert str(err.value) == (
+        f"{tmp_path}: FSDD speaker 'theo' has 1 usable files of 8, too few for a target trial; "
+        "its 7 skipped files (7 unreadable): 0_theo_0.wav [unreadable], 1_theo_0.wav "
+        "[unreadable], 0_theo_1.wav [unreadable], 1_theo_1.wav [unreadable], 0_theo_2.wav "
+        "[unreadable] and 2 more; 2 files of other speakers skipped")
+
+
 def test_a_training_utterance_shorter_than_min_length_s_is_skipped_not_padded(tmp_path, caplog):
     """A 10 ms file was zero-padded to a crop of (nearly) zeros and trained on, silently."""
     train, _ = _data(tmp_path)

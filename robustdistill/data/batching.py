@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,6 +55,32 @@ def collate_waveforms(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor
     return batch
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: ``len(os.sched_getaffinity(0))`` (a job's share of
+    the machine), ``os.cpu_count()`` where that call does not exist (macOS, Windows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def workers_beyond_cpus(num_workers: int, key: str = "data.num_workers") -> str | None:
+    """The start-up line for more DataLoader workers than :func:`usable_cpus`, or None.
+
+    The number is kept as configured, not capped: a recipe's is written for its GPU node, a
+    streamed run resumes only with the number it started with (a capped number would depend
+    on the machine), and a map-style set's batches are the same for any number. The workers
+    then share the CPUs.
+    """
+    cpus = usable_cpus()
+    if num_workers <= cpus:
+        return None
+    return (f"{key} {num_workers} is more than the {cpus} CPUs this process may use: kept as "
+            f"configured (a streamed run resumes only with the number it started with), the "
+            f"workers share the CPUs; --{key} {cpus} suits this machine if data_wait_share is "
+            f"high")
+
+
 class _Loader(DataLoader):
     """``DataLoader`` whose worker processes are forked with SIGTERM blocked inside the
     trainers' SIGTERM deferral (:func:`robustdistill.interrupts.workers_forked`)."""
@@ -61,6 +88,11 @@ class _Loader(DataLoader):
     def _get_iterator(self):
         with workers_forked():
             return super()._get_iterator()
+
+    def check_worker_number_rationality(self) -> None:
+        """Nothing: torch's multi-line UserWarning for more workers than CPUs, given at
+        construction and again when the workers start, is the trainer's one start-up line
+        here (:func:`workers_beyond_cpus`)."""
 
 
 def build_dataloader(
@@ -71,6 +103,7 @@ def build_dataloader(
     drop_last: bool = False,
     pin_memory: bool = False,
     collate_fn=None,
+    persistent_workers: bool = False,
 ) -> DataLoader:
     """A ``DataLoader`` with :func:`collate_waveforms` (or ``collate_fn``, which must return
     what it returns, plus any extra keys: e.g. a teacher cache's ``CacheReader``).
@@ -82,17 +115,28 @@ def build_dataloader(
             order. Must be None for a streaming dataset.
         num_workers: worker processes (0: read in the main process). Started inside the
             trainers' SIGTERM deferral they outlive a SIGTERM sent to the whole process group
-            (:func:`robustdistill.interrupts.worker_outlives_sigterm`).
+            (:func:`robustdistill.interrupts.worker_outlives_sigterm`). More than
+            :func:`usable_cpus` gives no torch warning here (the trainer logs
+            :func:`workers_beyond_cpus` once).
         drop_last: drop a last, smaller batch.
         pin_memory: pin batches (for GPU training).
+        persistent_workers: keep the workers from one iteration (epoch) to the next instead
+            of starting new ones (ignored without workers). Only for a map-style dataset whose
+            items are a function of the sampler's keys: a kept worker holds its copy of the
+            dataset as it was when it started (a stream's epoch, set in the main process,
+            would be stale).
 
     Raises:
-        ValueError: non-positive ``batch_size``, a sampler given with a streaming dataset.
+        ValueError: non-positive ``batch_size``, a sampler given with a streaming dataset,
+            ``persistent_workers`` with a streaming dataset.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if isinstance(dataset, torch.utils.data.IterableDataset) and sampler is not None:
         raise ValueError("a streaming dataset takes no sampler (it shards itself by rank)")
+    if isinstance(dataset, torch.utils.data.IterableDataset) and persistent_workers:
+        raise ValueError("a streaming dataset cannot keep its workers: its epoch is set in the "
+                         "main process, after the workers copied it")
     return _Loader(
         dataset,
         batch_size=batch_size,
@@ -101,6 +145,7 @@ def build_dataloader(
         collate_fn=collate_fn or collate_waveforms,
         drop_last=drop_last,
         pin_memory=pin_memory,
+        persistent_workers=persistent_workers and num_workers > 0,
         # inside the trainers' SIGTERM deferral, a worker outlives the run's own SIGTERM
         worker_init_fn=worker_outlives_sigterm if num_workers else None,
         # A private generator: creating an iterator draws the workers' base seed from it,

@@ -85,7 +85,13 @@ class DataConfig:
         default=1.0, metadata={"help": "Audio shorter than this (seconds) is dropped, with a log."}
     )
     batch_size: int = field(default=8, metadata={"help": "Utterances per batch and per process."})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    num_workers: int = field(
+        default=0,
+        metadata={"help": "DataLoader worker processes (0: read in the training process). A "
+                          "map-style training set keeps its workers from epoch to epoch. More "
+                          "than the CPUs this process may use is kept as configured, with one "
+                          "warning at start-up."},
+    )
     synthetic_items: int = field(
         default=0,
         metadata={"help": "Train on this many generated speech-like utterances (offline demo)."},

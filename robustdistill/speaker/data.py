@@ -108,6 +108,19 @@ def _summary(skipped: dict[str, str]) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in counts.items()) or "none"
 
 
+def _speaker_skips(skipped: dict[str, str], paths: list[Path], named: int = 5) -> str:
+    """One speaker's skipped files for an error: the first ``named`` of ``paths`` found in
+    ``skipped`` by name with their reasons, the rest counted, and the number of other files in
+    ``skipped`` (other speakers', named in the warnings logged when each was skipped)."""
+    own = {path: skipped[str(path)] for path in paths if str(path) in skipped}
+    names = ", ".join(f"{path.name} [{reason}]" for path, reason in list(own.items())[:named])
+    text = (f"its {len(own)} skipped files ({_summary({str(p): r for p, r in own.items()})}): "
+            f"{names}" + (f" and {len(own) - named} more" if len(own) > named else ""))
+    if others := len(skipped) - len(own):
+        text += f"; {others} files of other speakers skipped"
+    return text
+
+
 def _check_trials(utterances: list[Utterance], folder, skipped: dict[str, str]) -> None:
     """Raise :class:`SpeakerDataError` when a verification set has no target trial (no
     speaker with two utterances) or no non-target trial (one speaker), as
@@ -245,7 +258,8 @@ def load_fsdd(folder: str | Path, per_speaker: int, sample_rate: int = 16_000,
     Raises:
         FileNotFoundError: ``folder`` does not exist or holds no FSDD file.
         ValueError: ``per_speaker < 2`` (no target trial).
-        SpeakerDataError: a speaker whose skipped files leave it fewer than 2 usable ones, or
+        SpeakerDataError: a speaker whose skipped files leave it fewer than 2 usable ones (the
+            message names that speaker's skipped files, up to 5, and counts the others), or
             no target or no non-target trial.
     """
     if per_speaker < 2:
@@ -271,8 +285,8 @@ def load_fsdd(folder: str | Path, per_speaker: int, sample_rate: int = 16_000,
         if len(taken) < min(2, len(by_speaker[spk])):
             raise SpeakerDataError(
                 f"{folder}: FSDD speaker {spk!r} has {len(taken)} usable files of "
-                f"{len(by_speaker[spk])}, too few for a target trial (skipped files: "
-                f"{_summary(skipped)})")
+                f"{len(by_speaker[spk])}, too few for a target trial; "
+                f"{_speaker_skips(skipped, [path for *_, path in sorted(by_speaker[spk])])}")
         out += taken
     _check_trials(out, folder, skipped)
     if skipped:
