@@ -56,7 +56,7 @@ def test_min_length_s_is_compared_by_the_training_minimum_it_gives(tmp_path, cap
     """A resume, and the table's reuse of a finished run, with another ``data.min_length_s``
     go on exactly when ``min(min_length_s, crop_seconds)`` is unchanged (before: every change
     was refused, a resume in one line and the table by training the run again), logged."""
-    from robustdistill.speaker.run_folder import check_run_folder
+    from robustdistill.speaker.run_folder import check_run_folder, resume_changes
     from robustdistill.speaker.table import finished_run
 
     caplog.set_level(logging.INFO, logger="robustdistill.speaker")
@@ -76,6 +76,9 @@ def test_min_length_s_is_compared_by_the_training_minimum_it_gives(tmp_path, cap
         caplog.clear()
         assert check_run_folder(cfg, log=False) == (epoch, 1)
         assert finished_run(cfg, {}, log=False) is not None and caplog.messages == []
+        # the resume's environment.json record keeps the change (the card lists it)
+        assert resume_changes(cfg, epoch) == [f"data.min_length_s {trained} -> {now}"]
+        assert resume_changes(old, epoch) == []
     else:
         with pytest.raises(ValueError, match=rf"epoch_1 was trained with other settings; "
                                              rf"resuming would not continue that run: "
@@ -172,6 +175,14 @@ def test_train_resumes_after_a_min_length_s_change_that_changes_nothing_trained(
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     result = json.loads((part / "result.json").read_text())
     assert result["config"]["data"]["min_length_s"] == 0.4 and len(result["epochs"]) == 2
+    # config.yaml and result.json say 0.4; epoch 1 ran with 0.3: the resume's record says so,
+    # and so does the card (before: nothing on disk kept it once epoch_1 was rotated out)
+    from robustdistill.environment import describe_config_changes
+
+    records = json.loads((part / "environment.json").read_text())
+    assert [r.get("config_changes") for r in records] == [None, ["data.min_length_s 0.3 -> 0.4"]]
+    assert describe_config_changes(records) == "at epoch 1: data.min_length_s 0.3 -> 0.4"
+    assert "config_changes" not in json.loads((straight / "environment.json").read_text())[0]
     assert result["eval"] == json.loads((straight / "result.json").read_text())["eval"]
 
 

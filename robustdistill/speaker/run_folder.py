@@ -39,8 +39,8 @@ from .targets import MAP_FRAMES_RULE
 
 __all__ = ["EPOCH_PREFIX", "EPOCH_PROGRESS", "check_run_folder", "epoch_progress",
            "logged_epochs", "newest_checkpoint", "newest_checkpoint_note",
-           "newest_complete_checkpoint", "save_epoch_checkpoint", "map_targets_predate_rule",
-           "weight_settings"]
+           "newest_complete_checkpoint", "resume_changes", "save_epoch_checkpoint",
+           "map_targets_predate_rule", "weight_settings"]
 
 logger = logging.getLogger("robustdistill.speaker")
 
@@ -253,6 +253,23 @@ def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_di
         for _, why in unchanged if log else []:
             logger.info("resuming %s although %s, so the run is unchanged", last[0], why)
     return last
+
+
+def resume_changes(cfg: SpeakerKDConfig, checkpoint: Path) -> list[str]:
+    """``["data.min_length_s 3.0 -> 4.0", ...]``: the settings the weights depend on
+    (:func:`weight_settings`) that a resume of ``cfg`` from ``checkpoint`` changes and
+    :func:`check_run_folder` accepts, as their effect is the same
+    (:data:`~robustdistill.speaker.added_keys.SAME_EFFECT`). The resume's record in
+    ``environment.json`` keeps them (``config_changes``:
+    :func:`robustdistill.environment.record_environment`), so the run's card says that
+    ``config.yaml`` holds the last values, not the first epochs'. ``[]`` for a checkpoint
+    without ``speaker_run.json`` (written before it was stored) or one with the same values."""
+    saved_file = checkpoint / _RUN_SETTINGS
+    if not saved_file.is_file():
+        return []
+    saved, now = json.loads(saved_file.read_text()), weight_settings(cfg)
+    keys = [key for key, _ in same_effect(saved, now)]
+    return config_changes({k: saved[k] for k in keys}, {k: now[k] for k in keys})
 
 
 def save_epoch_checkpoint(accelerator, output_dir: Path, epochs_done: int,

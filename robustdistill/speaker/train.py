@@ -70,6 +70,7 @@ from .run_folder import (
     newest_checkpoint,
     newest_checkpoint_note,
     newest_complete_checkpoint,
+    resume_changes,
     save_epoch_checkpoint,
     weight_settings,
 )
@@ -286,8 +287,10 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
     elif accelerator.is_main_process:
         logged_epochs(log_path, 0)  # a log left by a run killed before its first checkpoint
     if accelerator.is_main_process:
+        # config_changes: what a resume changed that check_run_folder accepts
         record_environment(out_dir, start_epoch, unit="epoch",
-                           batch=partial["batches"] if partial is not None else None)
+                           batch=partial["batches"] if partial is not None else None,
+                           config_changes=resume_changes(cfg, last[0]) if last else None)
 
     weights = cfg.loss.weights()
     settings = cfg.ig.settings()
