@@ -219,3 +219,23 @@ def test_the_table_reuses_a_run_whose_min_length_s_change_changes_nothing(
     assert table["systems"]["none"][0]["eval"] == before["eval"]
     line = _main_error([*args, "--data.min_length_s", "0.15"], capsys)
     assert "holds checkpoints of an earlier run" in line
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("[1]", "holds a JSON list, not a result.json object"),
+    ('{"eval": ', "is not a readable result.json (Expecting value"),
+])
+def test_an_unreadable_result_json_is_one_error_naming_it(tmp_path, text, says):
+    """A ``result.json`` that is not JSON, or JSON but not an object, is refused naming the
+    file (a ``ValueError``, one usage line in the command), not an ``AttributeError`` or a
+    message without the path."""
+    from robustdistill.speaker.table import finished_run
+
+    cfg = _config(tmp_path)
+    _finished(cfg)
+    done = tmp_path / "run" / "result.json"
+    done.write_text(text)
+    with pytest.raises(ValueError) as refused:
+        finished_run(cfg, {})
+    assert str(refused.value).startswith(f"{done} {says}")
+    assert str(refused.value).endswith("move it away to train that run again")

@@ -123,6 +123,24 @@ def _without(config: dict[str, Any], dotted: str) -> None:
         config.pop(last, None)
 
 
+def _read_result(path: Path) -> dict[str, Any]:
+    """A run's ``result.json`` as a dict.
+
+    Raises:
+        ValueError: the file is not JSON, or not a JSON object (edited or written by something
+            else), naming it: the table cannot tell whether the run is finished.
+    """
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a readable result.json ({err}); move it away to "
+                         f"train that run again") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} holds a JSON {type(record).__name__}, not a result.json "
+                         f"object; move it away to train that run again")
+    return record
+
+
 def _matching_run(run_cfg: SpeakerKDConfig) -> _Match | None:
     """The finished, evaluated run in ``run_cfg.training.output_dir`` (its ``result.json``)
     whose config equals ``run_cfg``'s (:func:`_run_key`; non-finite numbers as ``null`` on both
@@ -130,7 +148,7 @@ def _matching_run(run_cfg: SpeakerKDConfig) -> _Match | None:
     (:func:`~robustdistill.speaker.added_keys.predated`) and the settings whose change does
     nothing (:func:`~robustdistill.speaker.added_keys.same_effect`) are left out; else None."""
     done = Path(run_cfg.training.output_dir) / "result.json"
-    previous = json.loads(done.read_text()) if done.is_file() else {}
+    previous = _read_result(done) if done.is_file() else {}
     if not previous.get("eval"):
         return None
     old = _run_key(null_for_nonfinite(previous.get("config")))
