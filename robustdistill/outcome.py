@@ -7,9 +7,11 @@ then stops, would otherwise keep the earlier segment's file beside the new one (
 ``stopped.json`` saying "stopped at step 3" beside a ``final_state.json`` at step 4).
 
 ``train-speaker`` writes ``stopped.json`` (its non-finite stop) but no ``final_state.json``
-(its end is ``result.json`` and ``student/``): each epoch it completes removes an earlier
-segment's ``stopped.json`` (:func:`remove_stopped`), so a run resumed past its stop, or started
-again in the folder of a run stopped before its first checkpoint, does not keep it.
+(its end is ``result.json`` and ``student/``): a later run in the folder removes an earlier
+segment's ``stopped.json`` (:func:`remove_stopped`) once past it (at a fresh start in the folder
+of a run stopped before its first checkpoint, at each epoch's end, and at a SIGTERM's mid-epoch
+checkpoint that holds the stop's batch: :func:`robustdistill.speaker.train._remove_passed_stop`),
+so it does not keep it.
 """
 
 from __future__ import annotations

@@ -238,3 +238,75 @@ def test_sigterm_in_the_last_batch_trained_saves_the_epoch_when_a_one_crop_batch
     train_system(cfg("part", resume=True), teacher, crops)
     assert _sha256(run / "student") == _sha256(tmp_path / "whole" / "student")
     assert _result(run) == _result(tmp_path / "whole")
+
+
+def _nan_instance_loss_at(monkeypatch, call: int) -> None:
+    """Make ``instance_loss``'s ``call``-th call (1-based: batch ``(call - 1) % 3 + 1`` of epoch
+    ``(call - 1) // 3 + 1`` with 6 crops in batches of 2) NaN."""
+    from robustdistill.speaker import train as speaker_train
+
+    real, calls = speaker_train.instance_loss, []
+
+    def instance_loss(student, target):
+        calls.append(1)
+        value = real(student, target)
+        return value * float("nan") if len(calls) == call else value
+
+    monkeypatch.setattr(speaker_train, "instance_loss", instance_loss)
+
+
+def _embedding_kd(tmp_path: Path, out: str, resume: bool = False, lr: float = 0.01):
+    cfg = speaker_kd_config(tmp_path, out, 3, resume, method="embedding_kd")
+    cfg.training.batch_size, cfg.training.lr = 2, lr
+    return cfg
+
+
+def test_a_fresh_start_replacing_a_run_stopped_before_any_checkpoint_drops_its_stop_record(
+        tiny, tmp_path, monkeypatch, capsys):
+    """A run stopped by a NaN/Inf step before its first checkpoint, then started again in the
+    same folder with a sane rate ("the same folder will do") and stopped by a SIGTERM inside
+    its first epoch: its ``stopped.json`` used to stay until an epoch ended, so the folder held
+    a mid-epoch checkpoint beside a record naming the other run's rate and "no checkpoint", and
+    ``card --run`` refused that checkpoint's weights as those of a run that saved none."""
+    from robustdistill.speaker.train import NonFiniteLossError
+
+    teacher, crops = tiny
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match="no checkpoint of this run was saved"):
+        train_system(_embedding_kd(tmp_path, "run", lr=3e37), teacher, crops)
+    assert json.loads((run / "stopped.json").read_text())["checkpoint"] is None
+    _terminated_in_forward(monkeypatch, 1)  # batch 1 of epoch 1: before the old stop's batch
+    _stopped(lambda: train_system(_embedding_kd(tmp_path, "run"), teacher, crops), capsys)
+    assert _names(run) == ["epoch_0_batch_1"]
+    assert not (run / "stopped.json").exists()
+
+
+@pytest.mark.parametrize(("nan_call", "term_call", "saved", "kept"), [
+    (4, 2, "epoch_1_batch_2", False),  # stop at batch 1 of epoch 2; SIGTERM after batch 2
+    (4, 1, "epoch_1_batch_1", False),  # ... SIGTERM in that very batch: it was trained
+    (5, 1, "epoch_1_batch_1", True),  # stop at batch 2 of epoch 2; SIGTERM before it
+])
+def test_a_mid_epoch_checkpoint_past_a_stop_drops_its_record_one_before_it_keeps_it(
+        tiny, tmp_path, monkeypatch, capsys, nan_call, term_call, saved, kept):
+    """A run stopped by a NaN/Inf step, resumed (the step is finite this time) and stopped by a
+    SIGTERM inside the epoch of the stop: a checkpoint holding the stop's batch is past it, and
+    the record goes (it used to stay until an epoch ended, so ``card --run`` said "the weights
+    are those of its newest checkpoint, `epoch_1`, nothing after it was saved" beside a newer
+    ``epoch_1_batch_2``, and refused that checkpoint's weights); one before it keeps it."""
+    from robustdistill.speaker.train import NonFiniteLossError
+
+    teacher, crops = tiny
+    run = tmp_path / "run"
+    _nan_instance_loss_at(monkeypatch, nan_call)
+    with pytest.raises(NonFiniteLossError):
+        train_system(_embedding_kd(tmp_path, "run"), teacher, crops)
+    record = json.loads((run / "stopped.json").read_text())
+    assert (record["epoch"], record["batch"]) == (2, nan_call - 3)
+    monkeypatch.undo()
+    _terminated_in_forward(monkeypatch, term_call)
+    _stopped(lambda: train_system(_embedding_kd(tmp_path, "run", resume=True), teacher, crops),
+             capsys)
+    assert _names(run) == ["epoch_1", saved]
+    assert (run / "stopped.json").exists() == kept
+    if kept:
+        assert json.loads((run / "stopped.json").read_text()) == record

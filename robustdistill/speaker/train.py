@@ -169,6 +169,46 @@ def _stop_nonfinite(out_dir: Path, epoch: int, batch: int, num_batches: int, wha
         main_process=True, error=NonFiniteLossError)
 
 
+def _remove_passed_stop(out_dir: Path, epochs_done: int | None, batches: int = 0) -> None:
+    """Remove ``out_dir/stopped.json``, the record of an earlier segment's stop
+    (:func:`_stop_nonfinite`), once it no longer describes the run (``train-speaker`` writes
+    no ``final_state.json`` to replace it: :mod:`robustdistill.outcome`).
+
+    Args:
+        out_dir: the run's folder.
+        epochs_done: None: a fresh start (no checkpoint to resume from), which replaces a run
+            that stopped before its first checkpoint: its record goes at once (that run saved
+            nothing, and its ``config.yaml`` has just been replaced), not at this run's first
+            checkpoint (a SIGTERM in the first epoch kept it, naming the other run's
+            settings and "no checkpoint" beside this run's). Else the checkpoint just saved:
+            ``epochs_done`` epochs and ``batches`` batches of the next one.
+        batches: 0: the end of epoch ``epochs_done``, always past the stop (a stopped run
+            saves nothing after its newest checkpoint, and a resume starts there). Else a
+            mid-epoch checkpoint (a SIGTERM): past the stop when it holds the stop's batch
+            (the record's 1-based ``epoch`` and ``batch``); before it the record stays, as
+            does one without them.
+    """
+    path = out_dir / STOPPED
+    if not path.is_file():
+        return
+    if epochs_done is None:
+        why = "it saved no checkpoint, and this run starts afresh"
+    elif batches == 0:
+        why = f"epoch {epochs_done} is past that stop"
+    else:
+        try:
+            record = json.loads(path.read_text())
+            at = (int(record["epoch"]), int(record["batch"]))
+        except (OSError, ValueError, TypeError, KeyError):
+            return
+        if (epochs_done + 1, batches) < at:
+            return
+        why = f"batch {batches} of epoch {epochs_done + 1} is past that stop"
+    if remove_stopped(out_dir):
+        logger.info("%s of an earlier %s removed: %s", path,
+                    "run" if epochs_done is None else "segment", why)
+
+
 def build_student(cfg: SpeakerKDConfig, num_speakers: int, teacher_dim: int) -> SpeakerModel:
     """The student of ``cfg.student``."""
     s = cfg.student
@@ -223,8 +263,9 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
             the run stops there, before that step's update; or an epoch's last update that
             left NaN/Inf weights (checked before the epoch is logged and saved). Nothing after
             the newest checkpoint is logged or saved; the checkpoints before stay; the stop is
-            recorded in ``output_dir/stopped.json`` (:func:`_stop_nonfinite`), which the next
-            epoch a later run in the folder completes removes.
+            recorded in ``output_dir/stopped.json`` (:func:`_stop_nonfinite`), which a later
+            run in the folder removes once past it (:func:`_remove_passed_stop`: at a fresh
+            start, at an epoch's end, or at a SIGTERM's checkpoint holding the stop's batch).
         ValueError: (also, before anything is written) a resume from a mid-epoch checkpoint
             with another number of training crops (the rest of that epoch's batch order would
             differ).
@@ -256,6 +297,8 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
                          "(allowed: the same training crops, or another training.output_dir)")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if last is None:  # a run stopped before its first checkpoint: this one replaces it
+        _remove_passed_stop(out_dir, None)
     lengths = {len(c.audio) for c in crops}
     if len(lengths) != 1:
         raise ValueError(f"training crops must share one length, got {sorted(lengths)}")
@@ -323,6 +366,7 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
             logger.warning("SIGTERM: checkpoint %s (%d of %d batches of epoch %d) saved in "
                            "%.2f s (the grace period before SIGKILL must exceed one batch plus "
                            "this)", folder, state["batches"], num_batches, epoch + 1, took)
+            _remove_passed_stop(out_dir, epoch, state["batches"])
             at = f"after batch {state['batches']} of {num_batches} of epoch {epoch + 1}"
             describe = f"{at}; saved checkpoint {folder} in {took:.1f} s ({resume_how})"
         with note(lambda: describe):
@@ -423,11 +467,7 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
             logger.info("epoch %s", json.dumps(record))
             save_epoch_checkpoint(accelerator, out_dir, epoch + 1, weight_settings(cfg),
                                   t.keep_checkpoints)
-            # past the stop of an earlier segment (a stopped run saves nothing after its
-            # newest checkpoint, and a resume starts there): its stopped.json is stale
-            if remove_stopped(out_dir):
-                logger.info("%s of an earlier segment removed: epoch %d is past that stop",
-                            out_dir / STOPPED, epoch + 1)
+            _remove_passed_stop(out_dir, epoch + 1)  # past an earlier segment's stop
             done_here += 1
             # last in the block: a SIGTERM held since this epoch's last batch, or that came
             # while it was logged and saved, stops with that checkpoint
