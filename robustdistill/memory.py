@@ -24,7 +24,8 @@ __all__ = ["release_free_heap"]
 @functools.cache
 def _malloc_trim():
     """glibc's ``malloc_trim`` (``int malloc_trim(size_t pad)``), or None where the C library
-    is not glibc (no ``libc.so.6``, or no such function in it)."""
+    is not glibc: no ``libc.so.6`` (macOS, Windows), or no such function in it (musl, whose
+    loader answers any ``libc.*`` name with musl itself)."""
     try:
         trim = ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):

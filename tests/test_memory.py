@@ -52,12 +52,24 @@ def test_release_free_heap_gives_freed_heap_pages_back():
     assert freed - trimmed > 25, (freed, trimmed)
 
 
-def test_release_free_heap_is_a_no_op_without_glibc(monkeypatch):
-    """No libc.so.6 (macOS, Windows, musl), or no malloc_trim in it: nothing done, no error."""
-    def no_glibc(name):
-        raise OSError(f"{name}: cannot open shared object file")
+class _Musl:
+    """What ``ctypes.CDLL("libc.so.6")`` gives on musl: its loader resolves any ``libc.*``
+    name to musl itself (``ldso/dynlink.c``, ``load_library``'s reserved names), and musl has
+    no ``malloc_trim``."""
 
-    monkeypatch.setattr(ctypes, "CDLL", no_glibc)
+    def __getattr__(self, name):
+        raise AttributeError(f"undefined symbol: {name}")
+
+
+def _no_libc_so_6(name):  # macOS, Windows: no such library
+    raise OSError(f"{name}: cannot open shared object file")
+
+
+@pytest.mark.parametrize("cdll", [_no_libc_so_6, lambda name: _Musl()],
+                         ids=["no libc.so.6 (macOS, Windows)", "no malloc_trim (musl)"])
+def test_release_free_heap_is_a_no_op_without_glibc(monkeypatch, cdll):
+    """No libc.so.6, or one without malloc_trim: nothing done, False, no error."""
+    monkeypatch.setattr(ctypes, "CDLL", cdll)
     memory._malloc_trim.cache_clear()
     try:
         assert memory.release_free_heap() is False

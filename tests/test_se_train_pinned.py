@@ -199,6 +199,55 @@ def test_the_kd_projections_are_trained(tmp_path, monkeypatch):
     assert all(not torch.equal(before[k], after[k]) for k in before), "projections not trained"
 
 
+def test_a_mixture_at_alpha_0_still_loads_its_teacher_and_starts_its_heads_as_before(
+        tmp_path, monkeypatch):
+    """``mixture`` with ``alpha`` 0 (a cosine term on, its KD factor 0 throughout) loads its
+    teacher as it always did: loading one draws from torch's global generator (NSNet2's and
+    DTLN's layers are initialised before their weights are read), so the loss heads made after
+    it start with the weights the same recipe at ``alpha`` 0.5 starts with; at ``alpha`` 0
+    they never train, and ``final_state.json``'s per-rank hash is theirs. Only ``two_step``'s
+    phase 2 goes without a teacher (a commit of 2026-12-07 also dropped it here, which changed
+    these heads and ``final_state.json``)."""
+    from robustdistill.se.final_state import parameter_hash
+    from robustdistill.se.students import GRUMaskStudent, StudentConfig
+
+    _write_data(tmp_path)
+    frames = GRUMaskStudent(StudentConfig(hidden_size=8))(
+        torch.zeros(1, 4000), return_activations=True).activations["gru2"].shape[1]
+    loads = []
+
+    def load_teacher(name):
+        loads.append(name)
+        torch.randn(64)  # as a real teacher's layer initialisation does
+        return _FakeTeacher(frames)
+
+    monkeypatch.setattr(se_train, "load_teacher", load_teacher)
+    made = []
+    real = se_train.SELoss
+
+    def capture(*args):
+        loss = real(*args)
+        made.append(copy.deepcopy(loss.state_dict()))
+        return loss
+
+    monkeypatch.setattr(se_train, "SELoss", capture)
+    for alpha in ("0", "0.5"):
+        train_se(load_se_config(None, _common(
+            tmp_path, "--output_dir", str(tmp_path / alpha), "--training.max_steps", "2",
+            "--loss.teacher", "nsnet2", "--loss.schedule", "mixture", "--loss.alpha", alpha,
+            "--loss.cosine_weight", "1")))
+    assert loads == ["nsnet2", "nsnet2"]
+    zero, half = made
+    assert zero and zero.keys() == half.keys()
+    assert all(torch.equal(zero[k], half[k]) for k in zero)
+    heads = real(load_se_config(None, _common(tmp_path, "--loss.teacher", "nsnet2",
+                                              "--loss.cosine_weight", "1")).loss,
+                 *se_train._widths(StudentConfig(hidden_size=8), "nsnet2"))
+    heads.load_state_dict(zero)
+    final = json.loads((tmp_path / "0" / "final_state.json").read_text())
+    assert final["parameter_sha256_per_rank"][0].endswith("/" + parameter_hash(heads))
+
+
 def test_checkpoints_keep_the_newest_and_the_last_step_is_logged(tmp_path):
     _write_data(tmp_path)
     out = tmp_path / "r"

@@ -141,9 +141,10 @@ def train_se(cfg: SETrainConfig) -> Path:
     ``two_step`` the teacher, its kept validation outputs and its pooled training outputs
     (``data.pool_size``) are freed at ``kd_steps`` and the heap's free pages given back
     (:func:`robustdistill.memory.release_free_heap`): no later step, validation or save reads
-    them. A run resumed at or past ``kd_steps`` loads no teacher at all. A run extended past its old last step (a larger
-    ``training.max_steps``) drops that step's lines that its ``log_every`` and ``eval_every``
-    skip, and that validation's part in the best
+    them. A run resumed at or past ``kd_steps`` loads no teacher at all (any other schedule
+    with a KD term loads it, even a ``mixture`` at ``alpha`` 0). A run extended past its old
+    last step (a larger ``training.max_steps``) drops that step's lines that its ``log_every``
+    and ``eval_every`` skip, and that validation's part in the best
     (:func:`~robustdistill.se.run_checkpoints.resume_or_start`): it ends as an uninterrupted
     run to the new ``max_steps``.
     """
@@ -176,12 +177,15 @@ def _resume_step(out: Path) -> int:
     return 0 if newest is None else int(newest[1]["step"])
 
 
-def _reads_teacher_from(loss: LossConfig, step: int) -> bool:
-    """Whether a step from ``step`` on reads the teacher (in its loss or its validation): a KD
-    term is on and the schedule's KD factor at ``step`` is above 0. Every schedule's factor is
-    constant from there on but ``two_step``'s, which drops to 0 at ``kd_steps`` for good, so
-    False is for the rest of the run."""
-    return loss.uses_teacher and loss.schedule_obj.weights(step).kd > 0
+def _keeps_teacher_from(loss: LossConfig, step: int) -> bool:
+    """Whether the run keeps its teacher from ``step`` on: a KD term is on and ``step`` is
+    not in ``two_step``'s phase 2 (from ``kd_steps`` on no step or validation reads it, for
+    the rest of the run). Only ``two_step`` drops it: a ``mixture`` with ``alpha`` 0, whose KD
+    factor is 0 throughout, keeps loading it, because loading a teacher draws from torch's
+    global generator before the loss heads are initialised, so leaving it out would change
+    those heads' initial weights (and ``final_state.json``) of such a run."""
+    schedule = loss.schedule_obj
+    return loss.uses_teacher and not (schedule.kind == "two_step" and step >= schedule.kd_steps)
 
 
 def _free_teacher_note(acc, name: str, teacher: torch.nn.Module, pooled, pool_freed: bool,
@@ -245,7 +249,7 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int],
     student = GRUMaskStudent(cfg.student.build())
     # none for a run resumed at or past two_step's kd_steps: no step from there on reads it
     teacher = (load_teacher(cfg.loss.teacher).to(acc.device)
-               if _reads_teacher_from(cfg.loss, _resume_step(out)) else None)
+               if _keeps_teacher_from(cfg.loss, _resume_step(out)) else None)
     loss_fn = SELoss(cfg.loss, *_widths(student.config, cfg.loss.teacher))
     params = list(student.parameters()) + list(loss_fn.parameters())
     optimizer = torch.optim.Adam(params, lr=t.learning_rate)
@@ -379,7 +383,7 @@ def _train_se(cfg: SETrainConfig, done_steps: list[int],
                 if metrics:
                     write_row(row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}")
-            if teacher is not None and not _reads_teacher_from(cfg.loss, done):
+            if teacher is not None and not _keeps_teacher_from(cfg.loss, done):
                 # two_step at kd_steps: no later step, validation or save reads the teacher
                 if teacher_outputs is not None:
                     teacher_outputs.release(done, acc.process_index, acc.num_processes,
