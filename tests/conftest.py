@@ -222,6 +222,29 @@ def se_train_args(root: Path, out: Path, steps: int, *extra: str) -> list[str]:
             "--output_dir", str(out), "--training.max_steps", str(steps), *extra]
 
 
+def record_se_training_steps(monkeypatch) -> list[int]:
+    """Record the 0-based step of every training loss ``train-se`` computes from now on
+    (``SELoss`` calls with gradients on; validation runs without). A resume from the step-N
+    checkpoint of a ``max_steps`` M run records ``N, ..., M - 1``; a rerun from scratch, which
+    ends with the same weights and log (same seed), records ``0, ..., M - 1``.
+
+    Returns:
+        The list the steps are appended to.
+    """
+    from robustdistill.se.losses import SELoss
+
+    steps: list[int] = []
+    forward = SELoss.forward
+
+    def recording(self, step, *args, **kwargs):
+        if torch.is_grad_enabled():
+            steps.append(step)
+        return forward(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(SELoss, "forward", recording)
+    return steps
+
+
 def write_ssl_enhancement_run(run: Path, prepare=None):
     """A distillation run folder as ``robustdistill enhance`` reads it: a tiny random WavLM
     ``run/student`` and an enhancement head (BLSTM 8 x 1, 257 bins) in ``run/heads``.

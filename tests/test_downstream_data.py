@@ -127,9 +127,11 @@ def test_condition_names():
     assert parse_condition("SNR10").name == "snr10"
     both = parse_condition("reverb+snr5")
     assert both.reverb and both.snr_db == 5.0
-    for bad in ("noisy", "snr", "reverbsnr5", ""):
-        with pytest.raises(ValueError):
+    for bad in ("noisy", "snr", ""):
+        with pytest.raises(ValueError, match=f"unknown condition '{bad}'; use clean, snr<dB>"):
             parse_condition(bad)
+    with pytest.raises(ValueError, match="did you mean 'reverb\\+snr5'"):
+        parse_condition("reverbsnr5")
     with pytest.raises(ValueError, match="duplicate"):
         parse_conditions(["clean", "clean"])
 

@@ -114,7 +114,7 @@ def test_verification_evaluates_the_trials_of_its_own_seed():
 
 def test_verification_setup_refuses_dev_speakers_seen_in_training():
     task = SpeakerVerification(SpeakerVerificationConfig(_data()))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"train and dev splits share speakers \['a'\]"):
         task.setup({"train": _utts("t", speakers=["a", "b"]), "dev": _utts("d", speakers=["a"]),
                     "test": _utts("e", speakers=["c"])})
 

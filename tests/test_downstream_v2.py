@@ -150,7 +150,7 @@ def _run(corpus, upstream, config, out, *extra, conditions=("clean", "snr0", "re
     return json.loads((out / "results.json").read_text())
 
 
-def test_items_intervals_head_reuse_and_overrides(tmp_path, corpus, tiny_upstreams):
+def test_items_intervals_head_reuse_and_overrides(tmp_path, corpus, tiny_upstreams, capsys):
     import json
 
     from downstream.items import read_items
@@ -187,13 +187,26 @@ def test_items_intervals_head_reuse_and_overrides(tmp_path, corpus, tiny_upstrea
     assert saved["dev"]["best_step"] in (3, 4)
     from downstream.cli import evaluate_main
 
+    capsys.readouterr()
+    # with this (classification) config the CLI stops at the config's head keys ...
     with pytest.raises(SystemExit):
         evaluate_main(["--task", "speaker_verification", "--upstream", tiny_upstreams["wavlm"],
                        "--config", config, "--out", str(tmp_path / "bad"),
                        "--conditions", "clean", "--evaluate-only", str(out / "head.pt")])
+    assert "unknown config key 'head.projector_dim'" in capsys.readouterr().err
+    # ... so the head file's own task check is asked directly (it reads options.task only)
+    from types import SimpleNamespace
+
+    from downstream.head_file import load_head
+
+    with pytest.raises(ValueError, match=r"head.pt holds a '(ks|utterance_classification)' head, "
+                                         r"not 'speaker_verification'"):
+        load_head(out / "head.pt", None, None, None,
+                  SimpleNamespace(task="speaker_verification", device="cpu"))
     with pytest.raises(SystemExit):
         evaluate_main(["--task", "ks", "--upstream", tiny_upstreams["wavlm"], "--config", config,
                        "--out", str(tmp_path / "bad2"), "-o", "training.steps"])
+    assert "override 'training.steps' must look like section.key=value" in capsys.readouterr().err
 
 
 def test_test_set_hash_covers_seed_conditions_and_noise():
@@ -208,7 +221,7 @@ def test_test_set_hash_covers_seed_conditions_and_noise():
         assert other != base
 
 
-def test_seeds_and_paired_compare(tmp_path, corpus, tiny_upstreams):
+def test_seeds_and_paired_compare(tmp_path, corpus, tiny_upstreams, capsys):
     import json
 
     from downstream.cli import compare_main
@@ -249,8 +262,12 @@ def test_seeds_and_paired_compare(tmp_path, corpus, tiny_upstreams):
     other = dict(second, label="sid")
     sid = tmp_path / "sid.json"
     sid.write_text(json.dumps(other))
+    capsys.readouterr()
     with pytest.raises(SystemExit):
         compare_main([paths["wavlm"], str(sid), "--out", str(tmp_path / "mixed")])
+    assert ("cannot combine results of different tasks: [('utterance_classification', 'ks', "
+            "'accuracy'), ('utterance_classification', 'sid', 'accuracy')]"
+            in capsys.readouterr().err)
 
 
 def test_group_norm_upstream_features_do_not_depend_on_batch(tiny_upstreams):

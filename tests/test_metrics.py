@@ -78,6 +78,10 @@ def test_all_targets_or_no_targets_raise():
         compute_eer([0.1, float("nan")], [0.2])
     with pytest.raises(ValueError, match="p_target"):
         compute_min_dcf(TAR, NON, p_target=1.0)
+    # a cost of 0 makes the normaliser 0 (0 / 0); a negative or infinite one is no cost
+    for c_miss, c_fa in ((0.0, 1.0), (1.0, -1.0), (float("inf"), 1.0), (1.0, float("nan"))):
+        with pytest.raises(ValueError, match="c_miss and c_fa must be positive"):
+            compute_min_dcf(TAR, NON, c_miss=c_miss, c_fa=c_fa)
     with pytest.raises(ValueError, match="0/1|1 \\(target"):
         split_scores([0.1, 0.2], [1, 2])
 

@@ -31,6 +31,10 @@ def test_si_sdr_improvement_removes_the_mean_by_default():
     # 10 log10(|c|^2 / (0.01 |e|^2 + 4 * 0.49)) = 10 log10(4 / 2) = 3.0103 dB (c has no DC).
     assert float(si_sdr(estimate, c, zero_mean=False)) == pytest.approx(
         10 * np.log10(4 / (0.04 + 1.96)), abs=1e-6)
+    # and so does the noisy side of the improvement: the noisy c + e + 0.3 against c keeps
+    # its offset too, 10 log10(4 / (|e|^2 + 4 * 0.09)) = 10 log10(4 / 4.36)
+    assert float(si_sdr_improvement(estimate, c + e + 0.3, c, zero_mean=False)) == pytest.approx(
+        10 * np.log10(4 / 2.0) - 10 * np.log10(4 / 4.36), abs=1e-6)
 
 
 def test_eer_and_min_dcf_warn_when_the_scores_look_swapped(caplog):

@@ -140,6 +140,48 @@ def test_output_kd_scores_the_student_against_the_teacher_and_trains_the_student
     assert teacher.grad is None  # the teacher's output is the reference
 
 
+def _si_sdr_pair():
+    """Clean ``c``, a student output ``2c + e`` and a teacher output ``2c + 2e`` (``e`` zero
+    mean, orthogonal to ``c``, ``|c|^2 = 4``, ``|e|^2 = 1``): SI-SDR(student, clean) =
+    10 log10(|2c|^2 / |e|^2) = 10 log10(16); SI-SDR(student, teacher): the projection is
+    (16 + 2) / (16 + 4) = 0.9 of the teacher, |0.9 t|^2 = 16.2, the rest 0.2c - 0.8e has
+    energy 0.16 + 0.64 = 0.8: 10 log10(20.25)."""
+    c = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
+    e = torch.tensor([[0.5, 0.5, -0.5, -0.5]])
+    task, kd = -10 * np.log10(16.0), -10 * np.log10(20.25)
+    return c, SEOutput(2 * c + e), SEOutput(2 * c + 2 * e), task, kd
+
+
+@pytest.mark.parametrize(("schedule", "step", "expected_parts", "kd_factor", "task_factor"), [
+    ("sum", 0, {"task", "output_kd"}, 1.0, 1.0),
+    ("mixture", 0, {"task", "output_kd"}, 0.25, 0.75),  # alpha KD + (1 - alpha) task
+    ("two_step", 0, {"output_kd"}, 1.0, 0.0),  # phase 1: KD only
+    ("two_step", 3, {"task"}, 0.0, 1.0),  # phase 2 (kd_steps 3): the task only
+])
+def test_total_is_the_scheduled_sum_of_task_and_weighted_kd_by_hand(
+        schedule, step, expected_parts, kd_factor, task_factor):
+    c, student, teacher, task, kd = _si_sdr_pair()
+    loss = SELoss(LossConfig(teacher="nsnet2", output_kd_weight=2.0, schedule=schedule,
+                             alpha=0.25, kd_steps=3), {}, {})
+    total, parts = loss(step, student, c, teacher if kd_factor > 0 else None)
+    assert set(parts) == expected_parts
+    if "task" in parts:
+        assert parts["task"].item() == pytest.approx(task, abs=1e-4)
+    if "output_kd" in parts:  # unweighted in parts
+        assert parts["output_kd"].item() == pytest.approx(kd, abs=1e-4)
+    assert total.item() == pytest.approx(kd_factor * 2.0 * kd + task_factor * task, abs=1e-4)
+
+
+def test_without_a_teacher_the_task_loss_counts_whole_whatever_the_schedule():
+    """A recipe with no KD term trains on the task loss alone, with factor 1 (a ``mixture``
+    schedule's ``1 - alpha`` would only shrink the learning rate)."""
+    c, student, _, task, _ = _si_sdr_pair()
+    loss = SELoss(LossConfig(schedule="mixture", alpha=0.25), {})
+    total, parts = loss(0, student, c)
+    assert set(parts) == {"task"}
+    assert total.item() == pytest.approx(task, abs=1e-4)
+
+
 # ---- enhance.py ------------------------------------------------------------------------------
 
 

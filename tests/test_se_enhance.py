@@ -79,7 +79,7 @@ def test_onnx_export_parity(tmp_path, gru_student_dir):
     assert check_onnx_parity(model, path, torch.randn(1, 1, 161, generator=g)) < 1e-5
 
 
-def test_ssl_student_with_enhancement_head(tmp_path):
+def test_ssl_student_with_enhancement_head(tmp_path, capsys):
     """A distillation run's SSL student + enhancement head enhances through the same CLI; a
     head that outputs a mask of 1 gives back the input (STFT round trip)."""
     from robustdistill.se.ssl_head import SSLHeadEnhancer
@@ -103,13 +103,16 @@ def test_ssl_student_with_enhancement_head(tmp_path):
     assert isinstance(load_enhancer(run / "student"), SSLHeadEnhancer)  # the run's student/
     other = tmp_path / "other" / "student"  # a transformers folder with no head beside it
     make_random_teacher("wavlm", "tiny", other)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="config.json is not a robustdistill SE student's"):
         load_enhancer(other)
+    capsys.readouterr()
     with pytest.raises(SystemExit):
         main([str(tmp_path / "in.wav"), str(tmp_path / "o2.wav"), "--model", str(other)])
+    assert "config.json is not a robustdistill SE student's" in capsys.readouterr().err
+    assert not (tmp_path / "o2.wav").exists()
 
 
-def test_ssl_student_exported_with_heads_inside_enhances(tmp_path, caplog):
+def test_ssl_student_exported_with_heads_inside_enhances(tmp_path, caplog, capsys):
     """``export --out OUT`` puts the heads inside ``OUT``: ``--model OUT`` uses them; heads
     recording other student weights are refused; heads recording none are used with a
     warning."""
@@ -137,8 +140,12 @@ def test_ssl_student_exported_with_heads_inside_enhances(tmp_path, caplog):
     recipe_path.write_text(json.dumps(recipe))
     with pytest.raises(ValueError, match=r"other student weights \(step 3, checkpoint_0\)"):
         load_enhancer(out)
+    sf.write(tmp_path / "in.wav", x, 16000)  # an input that exists: the model is why it stops
+    capsys.readouterr()
     with pytest.raises(SystemExit):
         main([str(tmp_path / "in.wav"), str(tmp_path / "o.wav"), "--model", str(out)])
+    assert "other student weights (step 3, checkpoint_0)" in capsys.readouterr().err
+    assert not (tmp_path / "o.wav").exists()
     with caplog.at_level("WARNING"):
         load_enhancer(run)  # written by hand: no record
     assert "records no student weights" in caplog.text

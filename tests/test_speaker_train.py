@@ -25,11 +25,28 @@ def _setup(tmp_path, out: str, epochs: int, resume: bool = False) -> SpeakerKDCo
     return speaker_kd_config(tmp_path, out, epochs, resume)
 
 
-def test_resume_equals_uninterrupted(tiny, tmp_path):
+def _count_updates(monkeypatch) -> list:
+    """Record every optimizer update of the training runs from now on (one per batch). A
+    resume from epoch N's checkpoint updates for the epochs after N only; a rerun from scratch
+    ends with the same weights and log (same seed) but updates for every epoch."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    updates, step = [], AcceleratedOptimizer.step
+    monkeypatch.setattr(AcceleratedOptimizer, "step",
+                        lambda self, *a, **k: updates.append(1) or step(self, *a, **k))
+    return updates
+
+
+def test_resume_equals_uninterrupted(tiny, tmp_path, monkeypatch):
     teacher, crops = tiny
+    steps = _count_updates(monkeypatch)
     straight = train_system(_setup(tmp_path, "a", 3), teacher, crops)
+    straight_steps = len(steps)
     train_system(_setup(tmp_path, "b", 3), teacher, crops, stop_after_epochs=1)
+    steps.clear()
     resumed = train_system(_setup(tmp_path, "b", 3, resume=True), teacher, crops)
+    # the resume trains epochs 2 and 3 only (equal weights alone would not show it)
+    assert straight_steps > 0 and len(steps) * 3 == straight_steps * 2
     assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3]  # the whole run's log
     a = load_file(tmp_path / "a" / "checkpoints" / "epoch_3" / "model.safetensors")
     b = load_file(tmp_path / "b" / "checkpoints" / "epoch_3" / "model.safetensors")
@@ -79,7 +96,9 @@ def test_a_kill_while_saving_a_checkpoint_resumes_from_the_one_before(tiny, tmp_
         ".tmp-epoch_2", "epoch_1"]
     assert [json.loads(line)["epoch"] for line in
             (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]  # logged, not saved
+    updates = _count_updates(monkeypatch)
     resumed = train_system(_baseline_setup(tmp_path, "b", 3, resume=True), teacher, crops)
+    assert len(updates) == 2 * 2  # epochs 2 and 3 (2 batches each), from epoch_1
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "epoch_2", "epoch_3"]  # training.keep_checkpoints 2
     assert [e["loss"] for e in resumed["epochs"]] == [e["loss"] for e in straight["epochs"]]
@@ -339,8 +358,8 @@ def test_a_fresh_run_into_a_folder_with_an_earlier_runs_checkpoints_is_refused(t
     assert log == [1, 2, 3]  # untouched
 
 
-def test_checkpoints_rotate_to_keep_checkpoints_and_a_rotated_run_resumes_exactly(tiny,
-                                                                                tmp_path):
+def test_checkpoints_rotate_to_keep_checkpoints_and_a_rotated_run_resumes_exactly(
+        tiny, tmp_path, monkeypatch):
     """Every epoch's checkpoint used to stay (a soak run of 20 epochs: 20 folders, 3.8 MB
     each; the IML-KD table's 12 runs of 30 epochs, 1.4 GB); the ``training.keep_checkpoints``
     newest stay, and a bare ``epoch_N`` of a run older than the manifest is never deleted."""
@@ -357,7 +376,9 @@ def test_checkpoints_rotate_to_keep_checkpoints_and_a_rotated_run_resumes_exactl
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["epoch_2"]
     (tmp_path / "b" / "checkpoints" / "epoch_0").mkdir()  # no manifest: an older run's
     cfg.training.resume = True
+    updates = _count_updates(monkeypatch)
     resumed = train_system(cfg, teacher, crops)
+    assert len(updates) == 2 * 2  # epochs 3 and 4 (2 batches each), from epoch_2
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == [
         "epoch_0", "epoch_4"]
     assert [e["loss"] for e in resumed["epochs"]] == [e["loss"] for e in straight["epochs"]]

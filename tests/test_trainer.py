@@ -76,6 +76,9 @@ def test_resume_from_a_checkpoint_at_an_epoch_end_after_a_partial_batch(tmp_path
     full, resumed = _student_state(tmp_path / "full"), _student_state(tmp_path / "part")
     for key in full:
         assert torch.equal(full[key], resumed[key]), key
+    # it went on from step 3 (a rerun from scratch, same seed, would end with these weights too)
+    logged = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if r["split"] == "train"] == [4, 5]
 
 
 @pytest.mark.slow
@@ -420,11 +423,22 @@ def test_enhancement_head_on_cnn_features_trains(tmp_path, tiny_wavlm_dir):
 
     cfg = _config(tmp_path, tiny_wavlm_dir, "cnn", max_steps=1)
     cfg.objectives["enhancement"]["input"] = "cnn"
+    cfg.data.max_length_s = 1.5  # whole 0.6-1.2 s items: crops of unequal length, padding
     run = _Run(cfg)
     assert run.model.needs_cnn
-    values = run.train_step(run._batches())
+    lengths = []
+
+    def recorded(batches):
+        for batch in batches:
+            lengths.append(batch["lengths"].clone())
+            yield batch
+
+    values = run.train_step(recorded(run._batches()))
     assert math.isfinite(values["enhancement/l1"]) and values["enhancement/l1"] > 0
-    assert values["audio_seconds"] == pytest.approx(2 * 1.0, abs=0.5)  # 2 crops of <= 1 s
+    # the real (unpadded) seconds of the step's crops: samples / 16 kHz, padding not counted
+    real = torch.cat(lengths)
+    assert real.numel() == 2 and int(real.min()) < int(real.max()) <= 1.2 * 16000  # padded
+    assert values["audio_seconds"] == pytest.approx(int(real.sum()) / 16000, rel=1e-6)  # fp32
     assert run.model.objectives["enhancement"].head.lstm.weight_ih_l0.shape[1] == 32  # conv_dim
 
 
