@@ -3,8 +3,10 @@ options, or a table asked to reuse a run trained otherwise).
 
 Every trainer writes its resolved config to ``<output_dir>/config.yaml`` at each start, so a
 resume with other settings would replace the record of the ones its first steps used. The
-trainers compare first (:func:`saved_config_changes`): ``distill`` and ``train-se`` log the
-changes and keep them in ``environment.json``'s record of the resume; ``train-se`` refuses a
+trainers compare first (:func:`saved_config_changes`): ``distill``, ``train-se`` and
+``train-speaker`` log the changes and keep them in ``environment.json``'s record of the resume
+(``train-speaker``: those its resume accepts, :func:`robustdistill.speaker.run_folder.
+resume_changes`); ``train-se`` refuses a
 change of what its batches are drawn from (seed, batch size, data settings) and a student or loss
 heads of another shape; the SE table refuses to show a run trained otherwise.
 """

@@ -16,6 +16,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from downstream.config import to_dict
 from robustdistill.checkpoints import (
     MANIFEST,
@@ -24,7 +26,7 @@ from robustdistill.checkpoints import (
     save_checkpoint,
     verify_checkpoint,
 )
-from robustdistill.run_settings import config_changes
+from robustdistill.run_settings import config_changes, saved_config_changes
 from robustdistill.strict_json import nan_for_null, strict_dumps
 
 from .added_keys import (
@@ -37,7 +39,7 @@ from .added_keys import (
 from .config import SpeakerKDConfig
 from .targets import MAP_FRAMES_RULE
 
-__all__ = ["EPOCH_PREFIX", "EPOCH_PROGRESS", "check_run_folder", "epoch_progress",
+__all__ = ["EPOCH_PREFIX", "EPOCH_PROGRESS", "RESUME_FREE", "check_run_folder", "epoch_progress",
            "logged_epochs", "newest_checkpoint", "newest_checkpoint_note",
            "newest_complete_checkpoint", "resume_changes", "save_epoch_checkpoint",
            "map_targets_predate_rule", "weight_settings"]
@@ -255,15 +257,45 @@ def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_di
     return last
 
 
+#: Keys a resume may change without a word, as ``distill``'s
+#: :data:`robustdistill.startup_checks.RESUME_FREE`: where the run lives, whether and how far it
+#: resumes (``training.epochs``: a resume that trains on), what a SIGTERM does, and the
+#: ``table`` section (the table's, not the run's: a table's run config carries it).
+RESUME_FREE = ("training.output_dir", "training.resume", "training.epochs",
+               "training.save_on_sigterm", "table.")
+
+
 def resume_changes(cfg: SpeakerKDConfig, checkpoint: Path) -> list[str]:
-    """``["data.min_length_s 3.0 -> 4.0", ...]``: the settings the weights depend on
-    (:func:`weight_settings`) that a resume of ``cfg`` from ``checkpoint`` changes and
-    :func:`check_run_folder` accepts, as their effect is the same
+    """``["data.max_nontarget 5000 -> 200", "data.min_length_s 3.0 -> 4.0", ...]``: every
+    setting a resume of ``cfg`` from ``checkpoint`` changes relative to the run folder's
+    ``config.yaml`` (the settings the run was last started with; relative paths from the folder
+    that start ran in: :func:`robustdistill.run_settings.saved_config_changes`), apart from
+    :data:`RESUME_FREE`, as ``distill`` and ``train-se`` compare. These are the changes
+    :func:`check_run_folder` accepts: the settings the weights do not depend on (the
+    evaluation sets, ``ig.cache_dir``, ``training.keep_checkpoints``, ...) and a
+    ``data.min_length_s`` of the same effect
     (:data:`~robustdistill.speaker.added_keys.SAME_EFFECT`). The resume's record in
     ``environment.json`` keeps them (``config_changes``:
     :func:`robustdistill.environment.record_environment`), so the run's card says that
-    ``config.yaml`` holds the last values, not the first epochs'. ``[]`` for a checkpoint
-    without ``speaker_run.json`` (written before it was stored) or one with the same values."""
+    ``config.yaml`` holds the last values, not the first epochs'. Call it before the resume
+    writes ``config.yaml`` again.
+
+    Without a readable ``config.yaml`` (removed, a run folder copied without it, or not a
+    YAML mapping: a warning): the settings the weights depend on that changed with the same
+    effect, from the checkpoint's ``speaker_run.json`` (``[]`` for a checkpoint written before
+    it was stored). ``[]`` when nothing changed."""
+    out_dir = Path(cfg.training.output_dir)
+    path = out_dir / "config.yaml"
+    if path.is_file():
+        try:
+            readable = isinstance(yaml.safe_load(path.read_text()), dict)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            readable = False
+        if readable:
+            return saved_config_changes(out_dir, to_dict(cfg), RESUME_FREE)
+        logger.warning("%s is not a readable YAML mapping: the settings this resume changes "
+                       "are taken from %s, which holds only those the weights depend on",
+                       path, checkpoint / _RUN_SETTINGS)
     saved_file = checkpoint / _RUN_SETTINGS
     if not saved_file.is_file():
         return []

@@ -50,6 +50,7 @@ import yaml
 from downstream.config import to_dict
 from robustdistill.checkpoints import remove_incomplete
 from robustdistill.environment import record_environment
+from robustdistill.files import atomic_write_text
 from robustdistill.interrupts import note, sigterm_deferred, sigterm_pending, stop_terminated
 from robustdistill.nonfinite import NonFiniteTrainingError, stop_with_record
 from robustdistill.outcome import STOPPED, remove_stopped
@@ -178,7 +179,7 @@ def _remove_passed_stop(out_dir: Path, epochs_done: int | None, batches: int = 0
         out_dir: the run's folder.
         epochs_done: None: a fresh start (no checkpoint to resume from), which replaces a run
             that stopped before its first checkpoint: its record goes at once (that run saved
-            nothing, and its ``config.yaml`` has just been replaced), not at this run's first
+            nothing, and this run's ``config.yaml`` replaces its), not at this run's first
             checkpoint (a SIGTERM in the first epoch kept it, naming the other run's
             settings and "no checkpoint" beside this run's). Else the checkpoint just saved:
             ``epochs_done`` epochs and ``batches`` batches of the next one.
@@ -296,7 +297,8 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
                          f"{len(crops)}: the rest of that epoch's batch order would differ "
                          "(allowed: the same training crops, or another training.output_dir)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    # what the resume changes, from config.yaml before this start writes it again (below)
+    changes = resume_changes(cfg, last[0]) if last is not None else None
     if last is None:  # a run stopped before its first checkpoint: this one replaces it
         _remove_passed_stop(out_dir, None)
     lengths = {len(c.audio) for c in crops}
@@ -330,10 +332,20 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
     elif accelerator.is_main_process:
         logged_epochs(log_path, 0)  # a log left by a run killed before its first checkpoint
     if accelerator.is_main_process:
-        # config_changes: what a resume changed that check_run_folder accepts
+        # config.yaml with the record of this start (its cwd: the folder config.yaml's
+        # relative paths are from), after the resume: a start that fails before (the teacher's
+        # targets, the checkpoint's state) leaves the last start's settings as they were;
+        # atomic: a kill mid-write leaves the file whole
+        atomic_write_text(out_dir / "config.yaml",
+                          yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        # config_changes: every setting the resume changed (check_run_folder accepted them)
         record_environment(out_dir, start_epoch, unit="epoch",
                            batch=partial["batches"] if partial is not None else None,
-                           config_changes=resume_changes(cfg, last[0]) if last else None)
+                           config_changes=changes)
+        if changes:
+            logger.warning("resumed with settings other than the run's config.yaml: %s (%s "
+                           "was trained with the old ones; environment.json keeps this list)",
+                           "; ".join(changes), last[0])
 
     weights = cfg.loss.weights()
     settings = cfg.ig.settings()
