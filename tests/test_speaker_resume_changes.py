@@ -115,3 +115,36 @@ def test_without_a_readable_config_yaml_the_checkpoints_settings_are_compared(
         f"{tmp_path / 'run' / 'config.yaml'} is not a readable YAML mapping: the settings this "
         f"resume changes are taken from {epoch / _RUN_SETTINGS}, which holds only those the "
         "weights depend on"])
+
+
+def test_a_fresh_start_that_fails_before_its_record_keeps_the_stopped_runs_record(
+        tiny, tmp_path, monkeypatch):
+    """A run stopped at a NaN/Inf step before its first checkpoint, then started afresh in the
+    same folder with a sane rate, which fails in the teacher's targets (an out-of-memory, a
+    Ctrl-C): the folder still holds the stopped run's ``config.yaml`` (written with the start's
+    record since 2026-12-07), so it keeps that run's ``stopped.json`` too (it was removed at
+    once, leaving the stopped run's settings with no word of its stop); the next fresh start
+    that gets past its start-up replaces both."""
+    from robustdistill.speaker.train import NonFiniteLossError
+
+    teacher, crops = tiny
+    run = tmp_path / "run"
+    stopped = speaker_kd_config(tmp_path, "run", 1, method="none")
+    stopped.training.lr = 3e37
+    with pytest.raises(NonFiniteLossError, match="no checkpoint of this run was saved"):
+        train_system(stopped, teacher, crops)
+    record = (run / "stopped.json").read_text()
+    cfg = speaker_kd_config(tmp_path, "run", 1, method="none")
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_mod, "teacher_targets", fail)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            train_system(cfg, teacher, crops)
+    assert yaml.safe_load((run / "config.yaml").read_text())["training"]["lr"] == 3e37
+    assert (run / "stopped.json").read_text() == record
+    train_system(cfg, teacher, crops)
+    assert yaml.safe_load((run / "config.yaml").read_text())["training"]["lr"] == 2e-3
+    assert not (run / "stopped.json").exists()

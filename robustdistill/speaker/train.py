@@ -178,8 +178,9 @@ def _remove_passed_stop(out_dir: Path, epochs_done: int | None, batches: int = 0
     Args:
         out_dir: the run's folder.
         epochs_done: None: a fresh start (no checkpoint to resume from), which replaces a run
-            that stopped before its first checkpoint: its record goes at once (that run saved
-            nothing, and this run's ``config.yaml`` replaces its), not at this run's first
+            that stopped before its first checkpoint: its record goes as this run's
+            ``config.yaml`` replaces that run's (that run saved nothing; a start that fails
+            before, in the teacher's targets, say, leaves both), not at this run's first
             checkpoint (a SIGTERM in the first epoch kept it, naming the other run's
             settings and "no checkpoint" beside this run's). Else the checkpoint just saved:
             ``epochs_done`` epochs and ``batches`` batches of the next one.
@@ -299,8 +300,6 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
     out_dir.mkdir(parents=True, exist_ok=True)
     # what the resume changes, from config.yaml before this start writes it again (below)
     changes = resume_changes(cfg, last[0]) if last is not None else None
-    if last is None:  # a run stopped before its first checkpoint: this one replaces it
-        _remove_passed_stop(out_dir, None)
     lengths = {len(c.audio) for c in crops}
     if len(lengths) != 1:
         raise ValueError(f"training crops must share one length, got {sorted(lengths)}")
@@ -338,6 +337,8 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
         # atomic: a kill mid-write leaves the file whole
         atomic_write_text(out_dir / "config.yaml",
                           yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if last is None:  # a run stopped before its first checkpoint: this one has replaced
+            _remove_passed_stop(out_dir, None)  # its config.yaml, so its stop record goes
         # config_changes: every setting the resume changed (check_run_folder accepted them)
         record_environment(out_dir, start_epoch, unit="epoch",
                            batch=partial["batches"] if partial is not None else None,
