@@ -23,7 +23,7 @@ from .strict_json import strict_dumps
 
 __all__ = ["ENVIRONMENT_FILE", "PACKAGES", "describe_software", "git_state",
            "read_environment", "record_environment", "software_environment",
-           "describe_config_changes"]
+           "describe_config_changes", "since_last_fresh_start"]
 
 logger = logging.getLogger(__name__)
 
@@ -157,12 +157,25 @@ def _software_text(record: dict[str, Any]) -> str:
     return ", ".join(parts) or "no versions recorded"
 
 
+def since_last_fresh_start(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of the run its folder holds: from the last start at step (or epoch) 0
+    with no batch done on. An earlier start saved no checkpoint this run went on from (a run
+    killed, or stopped on a NaN/Inf step, before its first checkpoint, then started again in
+    the same folder), so it is not a segment of this run, and a later start is no resume."""
+    fresh = [i for i, r in enumerate(records)
+             if isinstance(r.get("start"), dict) and "batch" not in r["start"]
+             and r["start"] and all(v == 0 for v in r["start"].values())]
+    return records[fresh[-1]:] if fresh else records
+
+
 def describe_software(records: list[dict[str, Any]]) -> str:
-    """One line for a model card: the first start's versions, and whether a resume used others.
+    """One line for a model card: the first start's versions, and whether a resume used others
+    (the starts of the run the folder holds: :func:`since_last_fresh_start`).
 
     Returns:
         ``""`` when there is no record (a run older than :data:`ENVIRONMENT_FILE`).
     """
+    records = since_last_fresh_start(records)
     if not records:
         return ""
     first = _software_text(records[0])
@@ -178,9 +191,10 @@ def describe_config_changes(records: list[dict[str, Any]]) -> str:
     """One line for a model card: the settings each resume changed (``config_changes`` of
     :func:`record_environment`), e.g. ``"at step 2: training.learning_rate 0.001 -> 0.0005"``
     (a mid-epoch resume, ``{"epoch": 2, "batch": 5}``: ``"after batch 5 of epoch 3: ..."``);
-    ``""`` when no resume changed any (the card's config is then the whole run's)."""
+    ``""`` when no resume changed any (the card's config is then the whole run's). Starts
+    before the last fresh one (:func:`since_last_fresh_start`) are not the run's."""
     parts = []
-    for record in records:
+    for record in since_last_fresh_start(records):
         changes = record.get("config_changes")
         if changes:
             start = record.get("start") or {}

@@ -17,6 +17,7 @@ from robustdistill.environment import (
     git_state,
     read_environment,
     record_environment,
+    since_last_fresh_start,
 )
 from robustdistill.publish.card import copy_run_files, write_card
 
@@ -124,3 +125,26 @@ def test_a_distillation_run_records_its_software_and_the_card_shows_it(tmp_path,
     (run / ENVIRONMENT_FILE).unlink()
     assert "- Software:" not in write_card(student, [], run, license="mit").read_text()
     assert yaml.safe_load((student / "training_config.yaml").read_text())
+
+
+def test_a_start_again_from_zero_begins_the_runs_records(tmp_path):
+    """A run killed (or stopped on a NaN/Inf step) before its first checkpoint and started
+    again in its folder appends a second record at 0: that start is no resume, and the card
+    counts, and lists the changes of, only the starts from the last one at 0 on. A mid-epoch
+    resume inside the first epoch (``{"epoch": 0, "batch": 3}``) is a resume."""
+    records = [{"start": {"epoch": 0}, "packages": {"torch": "1.0"}},
+               {"start": {"epoch": 0}, "packages": {"torch": "2.0"}},
+               {"start": {"epoch": 0, "batch": 3}, "packages": {"torch": "2.0"},
+                "config_changes": ["data.max_nontarget 5000 -> 200"]},
+               {"start": {"epoch": 2}, "packages": {"torch": "2.0"}}]
+    assert since_last_fresh_start(records) == records[1:]
+    assert describe_software(records) == "torch 2.0; resumed 2 times with the same software"
+    assert describe_config_changes(records) == ("after batch 3 of epoch 1: "
+                                                "data.max_nontarget 5000 -> 200")
+    # the abandoned start's changes are not the run's
+    records[0]["config_changes"] = ["training.lr 1e+30 -> 0.002"]
+    assert describe_config_changes(records) == ("after batch 3 of epoch 1: "
+                                                "data.max_nontarget 5000 -> 200")
+    assert describe_software(records[:2]) == "torch 2.0"
+    assert since_last_fresh_start(records[2:]) == records[2:]  # no fresh start recorded
+    assert since_last_fresh_start([]) == []
