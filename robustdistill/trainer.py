@@ -319,7 +319,7 @@ class _Run:
         frames = torch.minimum(self.teacher.frame_lengths(lengths).cpu(),
                                student.frame_lengths(lengths).cpu())
         counts = {"frames": frames.sum(), "utterances": torch.tensor(len(lengths)),
-                  "seconds": lengths.cpu().sum() / SAMPLE_RATE}
+                  "seconds": lengths.cpu().sum().double() / SAMPLE_RATE}  # float64: exact
         for objective in self.objectives.values():
             counts.update(objective.count_units(lengths.cpu()))
         return {k: v.double() for k, v in counts.items()}
