@@ -756,6 +756,9 @@ def test_speaker_card_of_a_real_speaker_run(tmp_path):
     every loss term with its weight, the clean crops, epochs, batch, AdamW settings and seed."""
     run, result = _tiny_speaker_run(tmp_path)
     model = run / "student"  # the run's exported embedder
+    with pytest.raises(CardError, match=r"^--step 2: a `train-speaker` run counts epochs, not "
+                       r"steps; card its student \("):  # was a card "trained for only 2 steps"
+        build_card(model, [], run, license="mit", kind="speaker", speed=False, step=2)
     no_eval = build_card(model, [], run, license="mit", kind="speaker", speed=False)
     assert (f"## Evaluation\n\nSpeaker verification: not recorded. `result.json` of the run "
             f"`{run}` holds no evaluation") in no_eval.text

@@ -291,7 +291,8 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
     Raises:
         CardError: unknown kind, a ``run_dir`` written by another trainer than ``kind``'s
             (:func:`~robustdistill.publish.provenance.run_recipe`), or a ``train-se`` /
-            ``train-speaker`` student (its ``model_type``) with another ``kind``; a licence
+            ``train-speaker`` student (its ``model_type``) with another ``kind``; ``step``
+            with a ``train-speaker`` run (it counts epochs); a licence
             that is not a Hub id, ``other`` without a name and a link, or a link to a file
             ``push`` does not upload (:func:`~robustdistill.publish.licenses.hub_license`); weights that are not the
             student ``run_dir`` trained (at ``step``;
@@ -334,6 +335,10 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
                         f"{saved}, not --kind {kind}"
                         + ("" if given else f" (--run {run_dir} is a "
                                               f"`{trainers[kind]}` run)"))
+    if run is not None and run.recipe == "speaker" and step is not None:
+        raise CardError(f"--step {step}: a `train-speaker` run counts epochs, not steps; card "
+                        f"its student ({run_dir}/student) without --step (a run that stopped "
+                        f"early is carded from its newest checkpoint, stopped.json)")
     if run is not None:  # refuses another run's training (a mistyped --run)
         logger.info("%s", check_run_weights(model_dir, run, step))
         if step is None and is_best_student(model_dir, run):  # the card says which step
