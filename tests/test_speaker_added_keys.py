@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-from test_speaker_bad_input import _data, _main_error, _resemblyzer, _tiny_args
+from test_speaker_bad_input import _data, _main_error, _resemblyzer, _tiny_args, _tiny_table_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -198,9 +198,7 @@ def test_the_table_reuses_a_run_whose_min_length_s_change_changes_nothing(
     monkeypatch.chdir(REPO)
     caplog.set_level(logging.INFO, logger="robustdistill.speaker")
     train, test = _data(tmp_path)
-    args = ["table", "--config", "configs/imlkd_speaker.yaml", *_tiny_args(tmp_path, train, test),
-            "--table.methods", "[none]", "--table.seeds", "[0]",
-            "--table.output_dir", str(tmp_path / "table")]
+    args = _tiny_table_args(tmp_path, train, test)
     assert main([*args, "--data.min_length_s", "0.3"]) == 0
     run = tmp_path / "table" / "none_seed0"
     before = json.loads((run / "result.json").read_text())

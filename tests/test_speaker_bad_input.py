@@ -258,6 +258,13 @@ def _tiny_args(root: Path, train: Path, test: Path) -> list[str]:
             "--training.batch_size", "4", "--training.output_dir", str(root / "out")]
 
 
+def _tiny_table_args(root: Path, train: Path, test: Path) -> list[str]:
+    """``table`` of one run (no KD, seed 0) in ``root/table``, on :func:`_tiny_args`."""
+    return ["table", "--config", "configs/imlkd_speaker.yaml", *_tiny_args(root, train, test),
+            "--table.methods", "[none]", "--table.seeds", "[0]",
+            "--table.output_dir", str(root / "table")]
+
+
 def _resemblyzer():
     pytest.importorskip("resemblyzer")
 
@@ -628,9 +635,7 @@ def test_table_reuses_a_run_from_before_the_minimum_lengths_only_if_no_file_is_u
     monkeypatch.chdir(REPO)
     caplog.set_level(logging.INFO, logger="robustdistill.speaker")
     train, test = _data(tmp_path)
-    args = ["table", "--config", "configs/imlkd_speaker.yaml", *_tiny_args(tmp_path, train, test),
-            "--table.methods", "[none]", "--table.seeds", "[0]",
-            "--table.output_dir", str(tmp_path / "table")]
+    args = _tiny_table_args(tmp_path, train, test)
     assert main(args) == 0
     run = tmp_path / "table" / "none_seed0"
     before = json.loads((run / "result.json").read_text())

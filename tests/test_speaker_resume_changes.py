@@ -17,6 +17,18 @@ from robustdistill.environment import describe_config_changes, read_environment
 from robustdistill.speaker.train import train_system
 
 
+def _start_failing_in_the_teachers_targets(monkeypatch, cfg, teacher, crops) -> None:
+    """A start of ``cfg`` that fails while the teacher's targets are computed (out of memory,
+    say): after the folder checks, before the checkpoint loads and ``config.yaml`` is written."""
+    def fail(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_mod, "teacher_targets", fail)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            train_system(cfg, teacher, crops)
+
+
 def test_a_resume_records_every_setting_it_changed_and_the_card_lists_them(
         tiny, tmp_path, monkeypatch):
     """1 epoch started in ``A``, resumed to 2 from ``B`` with another ``data.max_nontarget``,
@@ -74,14 +86,7 @@ def test_a_resume_that_fails_before_its_record_leaves_config_yaml_as_it_was(
     train_system(speaker_kd_config(tmp_path, "run", 1, method="none"), teacher, crops)
     cfg = speaker_kd_config(tmp_path, "run", 2, resume=True, method="none")
     cfg.data.max_nontarget = 200
-
-    def fail(*args, **kwargs):
-        raise RuntimeError("out of memory")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train_mod, "teacher_targets", fail)
-        with pytest.raises(RuntimeError, match="out of memory"):
-            train_system(cfg, teacher, crops)
+    _start_failing_in_the_teachers_targets(monkeypatch, cfg, teacher, crops)
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["max_nontarget"] == 5000
     assert len(read_environment(run)) == 1
     result = train_system(cfg, teacher, crops)
@@ -135,14 +140,7 @@ def test_a_fresh_start_that_fails_before_its_record_keeps_the_stopped_runs_recor
         train_system(stopped, teacher, crops)
     record = (run / "stopped.json").read_text()
     cfg = speaker_kd_config(tmp_path, "run", 1, method="none")
-
-    def fail(*args, **kwargs):
-        raise RuntimeError("out of memory")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train_mod, "teacher_targets", fail)
-        with pytest.raises(RuntimeError, match="out of memory"):
-            train_system(cfg, teacher, crops)
+    _start_failing_in_the_teachers_targets(monkeypatch, cfg, teacher, crops)
     assert yaml.safe_load((run / "config.yaml").read_text())["training"]["lr"] == 3e37
     assert (run / "stopped.json").read_text() == record
     train_system(cfg, teacher, crops)
