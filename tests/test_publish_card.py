@@ -1001,10 +1001,11 @@ def test_speaker_verification_is_its_own_evaluation_section_and_in_the_model_ind
     assert {r.dataset_split for r in data.eval_results} == {"test"}
     assert data.metrics == ["eer", "min_dcf"]
 
-    # a checkpoint of the run: the run evaluated its final weights, not these
-    card = build_card(model, [], run, license="mit", kind="speaker", speed=False, step=1)
-    assert card.data.eval_results is None
-    assert "not the step-1 checkpoint this card describes" in card.text
+    # a checkpoint of the run (--step) is refused: a speaker run counts epochs, and evaluated
+    # its final weights only
+    with pytest.raises(CardError, match="counts epochs, not steps"):
+        build_card(model, [], run, license="mit", kind="speaker", speed=False, step=1)
+    card = build_card(model, [], run, license="mit", kind="speaker", speed=False)
     assert "## Downstream results" not in card.text  # none given: no empty SUPERB section
 
 

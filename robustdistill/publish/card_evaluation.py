@@ -158,10 +158,7 @@ def verification_view(run: RunSummary | None) -> dict[str, Any]:
     seed = data.get("trials_seed")
     p_target = data.get("p_target")
     p_text = f"{p_target:g}" if _number(p_target) else NOT_RECORDED
-    weights = "this model's weights, as the run exported them"
-    if run.final_state.get("checkpoint"):
-        weights = (f"the weights at the end of the run, not the step-{run.final_state.get('step')}"
-                   " checkpoint this card describes: these figures are not this model's")
+    weights = "this model's weights, as the run exported them"  # card --step: refused
     intro = ("Speaker verification on speakers unseen in training, run by `robustdistill "
              f"train-speaker` once training finished, on {weights}. The student's own "
              "embeddings are scored directly: no downstream head is trained and nothing is "
