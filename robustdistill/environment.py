@@ -100,7 +100,8 @@ def read_environment(output_dir: str | Path) -> list[dict[str, Any]]:
 
 def record_environment(output_dir: str | Path, start: int, unit: str = "step",
                        config_changes: list[str] | None = None,
-                       batch: int | None = None) -> dict[str, Any]:
+                       batch: int | None = None,
+                       from_another_run: bool = False) -> dict[str, Any]:
     """Append this process's :func:`software_environment` to ``output_dir``'s
     :data:`ENVIRONMENT_FILE`, with where the run (re)started.
 
@@ -115,6 +116,9 @@ def record_environment(output_dir: str | Path, start: int, unit: str = "step",
             ``epoch_N_batch_B``): the B batches of epoch N + 1 already done (``start`` is N
             epochs), written as ``"start": {"epoch": N, "batch": B}``; None (default): the run
             starts at a step or at an epoch's start, and the record has no ``batch``.
+        from_another_run: the start loaded another run's checkpoint (``distill``'s
+            ``resume_from`` a folder), written as ``"from_another_run": true``: the run the
+            folder holds begins there (:func:`since_last_fresh_start`).
 
     Returns:
         The record written: ``{"start": {unit: start}, "time": ISO 8601 UTC, "cwd": the
@@ -130,6 +134,8 @@ def record_environment(output_dir: str | Path, start: int, unit: str = "step",
               "cwd": os.getcwd(), **software_environment()}
     if config_changes:
         record["config_changes"] = list(config_changes)
+    if from_another_run:
+        record["from_another_run"] = True
     try:
         records = read_environment(output_dir)
     except ValueError as err:  # not JSON, or not a list: keep it aside, never stop the run
@@ -159,12 +165,14 @@ def _software_text(record: dict[str, Any]) -> str:
 
 def since_last_fresh_start(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The records of the run its folder holds: from the last start at step (or epoch) 0
-    with no batch done on. An earlier start saved no checkpoint this run went on from (a run
-    killed, or stopped on a NaN/Inf step, before its first checkpoint, then started again in
-    the same folder), so it is not a segment of this run, and a later start is no resume."""
+    with no batch done on, or from another run's checkpoint (``from_another_run``). An earlier
+    start saved no checkpoint this run went on from (a run killed, or stopped on a NaN/Inf
+    step, before its first checkpoint, then started again in the same folder), so it is not a
+    segment of this run, and a later start is no resume."""
     fresh = [i for i, r in enumerate(records)
-             if isinstance(r.get("start"), dict) and "batch" not in r["start"]
-             and r["start"] and all(v == 0 for v in r["start"].values())]
+             if r.get("from_another_run") is True
+             or (isinstance(r.get("start"), dict) and "batch" not in r["start"]
+                 and r["start"] and all(v == 0 for v in r["start"].values()))]
     return records[fresh[-1]:] if fresh else records
 
 

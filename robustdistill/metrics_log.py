@@ -46,8 +46,9 @@ def drop_steps_after(path: Path, step: int) -> int:
             kept.append(line)
     if dropped:
         path.write_text("".join(kept))
-        logger.info("%s: removed %d line(s) of steps after %d, logged by a start killed before "
-                    "its first checkpoint", path, dropped, step)
+        logger.info("%s: removed %d line(s) of %s, logged by a start killed before its first "
+                    "checkpoint", path, dropped,
+                    f"steps after {step}" if step >= 0 else "every step")
     return dropped
 
 

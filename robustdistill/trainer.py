@@ -653,16 +653,19 @@ def _train(cfg: DistillConfig, runs: list[_Run]) -> Path:
         truncate_log(run.metrics_path, 0)  # checkpoint (resume_from auto found none)
     elif (acc.is_main_process and not run.resumed_own_checkpoint
           and not list_checkpoints(run.checkpoint_dir, require_manifest=False)):
-        # another run's checkpoint, none of this run's own: a start killed before its first
-        # checkpoint logged the steps after the loaded one, which this start logs again
-        drop_steps_after(run.metrics_path, run.progress.step)
+        # another run's checkpoint, none of this run's own: every step record in the log is a
+        # start's that saved no checkpoint (one from the same checkpoint logged the steps after
+        # it, which this start logs again; a fresh one killed before its first checkpoint
+        # logged steps from 1, which this run's weights never trained): all of them go
+        drop_steps_after(run.metrics_path, -1)
     write_student_init(run)  # unless the resume wrote it (or the run has its own)
     changes = changes if run.resumed_own_checkpoint else []
     if acc.is_main_process:  # after the resume: a refused one leaves the run's settings
         atomic_write_text(run.output_dir / "config.yaml",  # whole, even if interrupted
                           yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         # with it, the folder its relative paths are from (the record's cwd)
-        record_environment(run.output_dir, run.progress.step, config_changes=changes)
+        record_environment(run.output_dir, run.progress.step, config_changes=changes,
+                           from_another_run=resumed and not run.resumed_own_checkpoint)
     if changes and acc.is_main_process:
         logger.warning("resumed with settings other than the run's config.yaml: %s (the steps "
                        "before %d used the old ones; environment.json keeps this list)",

@@ -147,4 +147,9 @@ def test_a_start_again_from_zero_begins_the_runs_records(tmp_path):
                                                 "data.max_nontarget 5000 -> 200")
     assert describe_software(records[:2]) == "torch 2.0"
     assert since_last_fresh_start(records[2:]) == records[2:]  # no fresh start recorded
+    # a start from another run's checkpoint (distill's resume_from) begins the run too
+    other = [records[0], {"start": {"step": 500}, "from_another_run": True,
+                          "packages": {"torch": "2.0"}}, records[3]]
+    assert since_last_fresh_start(other) == other[1:]
+    assert describe_software(other) == "torch 2.0; resumed 1 time with the same software"
     assert since_last_fresh_start([]) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -1007,6 +1008,19 @@ def test_speaker_verification_is_its_own_evaluation_section_and_in_the_model_ind
         build_card(model, [], run, license="mit", kind="speaker", speed=False, step=1)
     card = build_card(model, [], run, license="mit", kind="speaker", speed=False)
     assert "## Downstream results" not in card.text  # none given: no empty SUPERB section
+
+    # a result.json that is not JSON, or not an object, is refused naming it (the card said
+    # the run "holds no evaluation (the run was not finished ...)", as the table refuses it)
+    good = (run / "result.json").read_text()
+    for text, what in (('{"eval": ', "is not a readable result.json"),
+                       ("[1, 2]", "holds a JSON list, not a result.json object")):
+        (run / "result.json").write_text(text)
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(run / 'result.json'))} {what}"):
+            build_card(model, [], run, license="mit", kind="speaker", speed=False)
+    (run / "result.json").unlink()  # missing: a run not finished, said as such
+    assert "holds no evaluation (the run was not finished" in build_card(
+        model, [], run, license="mit", kind="speaker", speed=False).text
+    (run / "result.json").write_text(good)
 
 
 # ---- the language metadata ----------------------------------------------------------------------

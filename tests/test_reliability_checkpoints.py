@@ -31,6 +31,7 @@ from robustdistill.checkpoints import (
     verify_checkpoint,
     write_manifest,
 )
+from robustdistill.environment import describe_software, read_environment, since_last_fresh_start
 from robustdistill.trainer import train
 
 
@@ -212,6 +213,34 @@ def test_a_start_from_another_runs_checkpoint_killed_before_its_own_first_one_lo
         log.write('{"note": "not a step"}\n')
     train(_config(tmp_path, tiny_wavlm_dir, "part", **warm))
     assert _records(part) == [{"note": "not a step"}, *_records(tmp_path / "full")]
+
+
+def test_a_fresh_start_killed_before_its_first_checkpoint_then_started_from_another_runs_logs_none_of_it(
+        tmp_path, tiny_wavlm_dir, monkeypatch, die_at_checkpoint):
+    """A fresh start killed while writing its first checkpoint (steps 1-2 logged), then started
+    again in its folder from another run's step-2 checkpoint (``resume_from``): the log holds
+    the new start's steps only, as a start from that checkpoint in a new folder (until
+    2026-12-07 the killed start's steps 1-2 stayed, records of weights this run never had)."""
+    train(_config(tmp_path, tiny_wavlm_dir, "source", max_steps=2, save_every=2))
+    source = str(latest_checkpoint(tmp_path / "source" / "checkpoints"))
+    warm = {"resume_from": source, "max_steps": 4, "save_every": 2}
+    train(_config(tmp_path, tiny_wavlm_dir, "full", **warm))
+    die_at_checkpoint(1)
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path, tiny_wavlm_dir, "part", max_steps=4, save_every=2,
+                      learning_rate=0.5))
+    monkeypatch.undo()
+    assert [r["step"] for r in _records(part) if r["split"] == "train"] == [1, 2]
+    train(_config(tmp_path, tiny_wavlm_dir, "part", **warm))
+    assert [r["step"] for r in _records(part)] == [3, 4, 4]
+    assert _records(part) == _records(tmp_path / "full")
+    # nor is the killed start a segment of the run on its card ("resumed 1 time" before)
+    records = read_environment(part)
+    assert [(r["start"], r.get("from_another_run")) for r in records] == [
+        ({"step": 0}, None), ({"step": 2}, True)]
+    assert since_last_fresh_start(records) == records[1:]
+    assert "resumed" not in describe_software(records)
 
 
 class _Evil:

@@ -72,7 +72,10 @@ def _number(value: Any) -> bool:
 
 def verification_results(run: RunSummary) -> list[VerificationResult]:
     """The complete entries (``eer`` and ``min_dcf``) of ``result.json``'s ``eval``; ``[]``
-    when the run has none (not finished, no verification set, or an unreadable file)."""
+    when the run has none (not finished, or no verification set).
+
+    Raises:
+        ValueError: an unreadable ``result.json`` (:func:`read_run_result`)."""
     result = _read_result(run)
     data = config_section(run.config, "data")
     out = []

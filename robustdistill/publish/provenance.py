@@ -379,16 +379,29 @@ SPEAKER_SETS = {"test_other": ("test_other_dir", "LibriSpeech test-other"),
 
 
 def read_run_result(run_dir: str | Path) -> dict[str, Any] | None:
-    """A ``train-speaker`` run's ``result.json``; None when it is missing, unreadable or not a
-    JSON object (the run has not finished an epoch, or is not a speaker run). A ``null``
-    score of its ``eval`` sets (a non-finite EER or minDCF, :mod:`robustdistill.strict_json`)
-    is read as NaN, as a file written before that rule gives it."""
+    """A ``train-speaker`` run's ``result.json``; None when it is missing (the run has not
+    finished an epoch, or is not a speaker run). A ``null`` score of its ``eval`` sets (a
+    non-finite EER or minDCF, :mod:`robustdistill.strict_json`) is read as NaN, as a file
+    written before that rule gives it.
+
+    Raises:
+        ValueError: the file cannot be read, is not JSON, or is not a JSON object, naming it
+            (a card would say the run holds no evaluation; the table refuses it alike:
+            :func:`robustdistill.speaker.table.finished_run`).
+    """
+    path = Path(run_dir) / "result.json"
+    if not path.is_file():
+        return None
     try:
-        result = json.loads((Path(run_dir) / "result.json").read_text())
-    except (OSError, ValueError):
-        return None
+        result = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # json.JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path} is not a readable result.json ({err}): whether the run "
+                         "was evaluated cannot be told; restore it, or train the run "
+                         "again") from None
     if not isinstance(result, dict):
-        return None
+        raise ValueError(f"{path} holds a JSON {type(result).__name__}, not a result.json "
+                         "object: whether the run was evaluated cannot be told; restore it, "
+                         "or train the run again")
     if isinstance(result.get("eval"), dict):
         result["eval"] = {name: {k: nan_for_null(v) if k in ("eer", "min_dcf") else v
                                  for k, v in scores.items()} if isinstance(scores, dict)
