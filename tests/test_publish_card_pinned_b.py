@@ -7,6 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
 
@@ -68,7 +69,7 @@ def test_ssl_card_gives_a_small_teachers_exact_parameter_count(tmp_path, tiny_wa
     assert f"the teacher has {n:,}," in text and "(0.0 M)" not in text and "(0.1 M)" not in text
 
 
-def test_speaker_verification_results_skip_incomplete_entries_and_unreadable_files(tmp_path):
+def test_speaker_verification_results_skip_incomplete_entries_and_refuse_unreadable_files(tmp_path):
     from robustdistill.publish.card_evaluation import verification_results, verification_view
     from robustdistill.publish.provenance import RunSummary
 
@@ -80,11 +81,17 @@ def test_speaker_verification_results_skip_incomplete_entries_and_unreadable_fil
     rows = verification_results(run)
     assert [(r.name, r.dataset, r.eer, r.min_dcf, r.target_trials) for r in rows] == [
         ("fsdd", "fsdd", 0.05, 0.25, None)]
-    for broken in ('{"eval": {"fsdd": {"eer": 0.0', "[1, 2]", '{"eval": [1, 2]}'):
+    # a file that is not JSON, or not an object, is refused naming it (until 2026-12-07 the
+    # card said the run "holds no evaluation"); an object without eval entries has none
+    for broken, says in (('{"eval": {"fsdd": {"eer": 0.0', "is not a readable result.json"),
+                         ("[1, 2]", "holds a JSON list, not a result.json object")):
         (tmp_path / "result.json").write_text(broken)
-        assert verification_results(run) == []
-        assert verification_view(run)["missing"].startswith("Speaker verification: not "
-                                                            "recorded. `result.json`")
+        with pytest.raises(ValueError, match="^" + re.escape(f"{tmp_path / 'result.json'} {says}")):
+            verification_results(run)
+    (tmp_path / "result.json").write_text('{"eval": [1, 2]}')
+    assert verification_results(run) == []
+    assert verification_view(run)["missing"].startswith("Speaker verification: not "
+                                                        "recorded. `result.json`")
 
 
 def test_library_folders_are_told_from_transformers_ones_without_upgrade_advice(
