@@ -144,8 +144,6 @@ def newest_checkpoint_note(output_dir: Path, resume: str) -> str:
 _RUN_SETTINGS = "speaker_run.json"
 #: The key in it of the folder the run was in (the relative paths' folder), not a setting.
 _STARTED_IN = "_cwd"
-# The key in it of the rule IML-KD's maps were moved onto the student's frames with is
-# added_keys.MAP_FRAMES_KEY (none before 2026-12-07).
 
 
 def weight_settings(cfg: SpeakerKDConfig) -> dict[str, Any]:
