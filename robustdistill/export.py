@@ -284,7 +284,11 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
     init = run_dir / "student_init"
     if not (init / "config.json").is_file():
-        raise FileNotFoundError(f"{init} has no config.json: is {run_dir} a distillation run?")
+        speaker = any((run_dir / "checkpoints").glob("epoch_*"))  # train-speaker's checkpoints
+        raise FileNotFoundError(
+            f"{init} has no config.json: is {run_dir} a distillation run?" + (
+                f" (its checkpoints are train-speaker's: robustdistill train-speaker export "
+                f"--run {run_dir})" if speaker else ""))
     chosen = checkpoint is not None
     if checkpoint is None:
         # The newest complete checkpoint (robustdistill.checkpoints); runs from before

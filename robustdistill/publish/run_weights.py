@@ -135,7 +135,9 @@ def _check_stopped_speaker_weights(model_dir: Path, run: RunSummary) -> str:
     :class:`~robustdistill.speaker.models.SpeakerEmbedder`: the encoder, pooling and
     embedding, named as in the training model; an upstream's own weights are in
     ``upstream/`` and not compared) must equal those of the checkpoint the stop names, which
-    holds the run's last saved weights (the run exported no ``student/``).
+    holds the run's last saved weights (the run exported no ``student/``; ``robustdistill
+    train-speaker export --run RUN`` writes that checkpoint's: :mod:`robustdistill.speaker.
+    export`).
 
     Returns:
         What was checked, for the log.
@@ -167,7 +169,9 @@ def _check_stopped_speaker_weights(model_dir: Path, run: RunSummary) -> str:
         or not mine[k].equal(reference[k])]
     what = f"the student of {checkpoint}, the newest checkpoint of a run that stopped early"
     if differ:
-        raise _other_weights(model_dir, what, differ)
+        raise CardError(f"{_other_weights(model_dir, what, differ)} (that checkpoint's student "
+                        f"is written by robustdistill train-speaker export --run {run.run_dir} "
+                        f"--checkpoint {checkpoint.name} --out DIR)")
     return f"the card's weights are {what}"
 
 

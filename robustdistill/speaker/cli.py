@@ -1,7 +1,7 @@
-"""``robustdistill train-speaker {train,table,cache,gap}`` (:func:`main`): the command line,
-every check that can be made before any work (a one-line usage error, exit 2), the inputs, then
-:func:`.train.train_system`, :func:`.table.run_table`, :func:`.ig.fill_cache` or
-:func:`.ig.completeness_by_steps`.
+"""``robustdistill train-speaker {train,table,cache,gap,export}`` (:func:`main`): the command
+line, every check that can be made before any work (a one-line usage error, exit 2), the inputs,
+then :func:`.train.train_system`, :func:`.table.run_table`, :func:`.ig.fill_cache`,
+:func:`.ig.completeness_by_steps` or :func:`.export.export_checkpoint`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,19 @@ T = TypeVar("T")
 
 
 def main(argv: list[str]) -> int:
-    """``robustdistill train-speaker {train,table,cache,gap} --config FILE [--section.key value]``.
+    """``robustdistill train-speaker {train,table,cache,gap} --config FILE [--section.key value]``,
+    ``robustdistill train-speaker export --run RUN [--checkpoint NAME] [--out DIR]
+    [--overwrite]``.
+
+    ``export`` writes the student of a checkpoint of run folder ``RUN`` (default its newest
+    complete one) as the model folder a finished run writes to ``RUN/student``
+    (:func:`.export.export_checkpoint`; default ``--out``: ``RUN/exports/NAME/student``), for
+    ``card --run RUN --kind speaker`` of a run stopped at a NaN/Inf step or by a SIGTERM; it
+    reads ``RUN/config.yaml``, so it takes no ``--config`` or ``--section.key`` overrides, and
+    ``--run``, ``--checkpoint``, ``--out`` and ``--overwrite`` are read by it only. Its errors
+    (a missing run, config or checkpoint, a checkpoint that is not one of the run's complete
+    ones, another method's or shape's checkpoint, an output folder that holds files or is
+    ``RUN/student``) are one usage line, exit 2, before anything is written.
 
     ``cache`` computes every training map into ``ig.cache_dir`` once and prints its time and
     completeness gaps; ``gap --steps 4,8,16,32 --crops 4`` prints the completeness gap of a few
@@ -73,20 +85,35 @@ def main(argv: list[str]) -> int:
         description="IML-KD speaker students. Every key of the recipe can be overridden as "
                     "--section.key value; the keys, their types and defaults:",
         epilog=config_reference(SpeakerKDConfig))
-    parser.add_argument("action", choices=["train", "table", "cache", "gap"])
-    parser.add_argument("--config", required=True,
+    parser.add_argument("action", choices=["train", "table", "cache", "gap", "export"])
+    parser.add_argument("--config",
                         help="YAML recipe (configs/imlkd_speaker.yaml); other --section.key "
-                             "value pairs override it")
+                             "value pairs override it (all actions but export)")
     parser.add_argument("--steps", help="gap only: the IG n_steps values (each >= 2), "
                         f"comma-separated (default {GAP_STEPS})")
     parser.add_argument("--crops", type=int, help=f"gap only: number of crops (>= 1, default "
                         f"{GAP_CROPS}; all of them when there are fewer)")
+    parser.add_argument("--run", help="export only: the run folder (training.output_dir)")
+    parser.add_argument("--checkpoint", help="export only: the checkpoint (epoch_N, "
+                        "epoch_N_batch_B, or its folder; default: the newest complete one)")
+    parser.add_argument("--out", help="export only: a new or empty folder (default "
+                        "RUN/exports/CHECKPOINT/student)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="export only: remove what --out holds before writing")
     args, rest = parser.parse_known_args(argv)
     # None: not given. Only gap reads them; elsewhere they would be ignored, silently.
     if args.action != "gap" and (given := [f"--{k}" for k in ("steps", "crops")
                                            if getattr(args, k) is not None]):
         parser.error(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} read by gap "
                      f"only, not by {args.action}")
+    if args.action == "export":
+        return _export(parser, args, rest)
+    if given := [f"--{k}" for k in ("run", "checkpoint", "out", "overwrite")
+                 if getattr(args, k) not in (None, False)]:
+        parser.error(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} read by "
+                     f"export only, not by {args.action}")
+    if args.config is None:
+        parser.error("the following arguments are required: --config")
     try:
         require_single_process("robustdistill train-speaker")
         cfg = load_config(args.config, SpeakerKDConfig, parse_overrides(rest))
@@ -141,6 +168,30 @@ def main(argv: list[str]) -> int:
             return 1
         print(strict_dumps(result.get("eval", {}), indent=1))
         return 0
+
+
+def _export(parser: argparse.ArgumentParser, args: argparse.Namespace, rest: list[str]) -> int:
+    """``train-speaker export``: :func:`.export.export_checkpoint` of ``--run``; prints what
+    it wrote as JSON. Every refusal is one usage line (exit 2), before anything is written."""
+    from robustdistill.files import OutputFolderError
+
+    from .export import export_checkpoint
+
+    if args.config is not None:
+        parser.error("export reads RUN/config.yaml, the run's own: --config is not read by "
+                     "export")
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)} (export builds the student as "
+                     "RUN/config.yaml describes it: no --section.key overrides)")
+    if args.run is None:
+        parser.error("export needs --run RUN, the run folder (training.output_dir)")
+    try:
+        require_single_process("robustdistill train-speaker")
+        done = export_checkpoint(args.run, args.checkpoint, args.out, args.overwrite)
+    except (ValueError, FileNotFoundError, OutputFolderError) as err:
+        parser.error(first_line(err))
+    print(strict_dumps(done, indent=1))
+    return 0
 
 
 def _check_run_folders_with_inputs(parser: argparse.ArgumentParser, cfg: SpeakerKDConfig,

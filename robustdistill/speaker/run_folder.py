@@ -39,8 +39,9 @@ from .added_keys import (
 from .config import SpeakerKDConfig
 from .targets import MAP_FRAMES_RULE
 
-__all__ = ["EPOCH_PREFIX", "EPOCH_PROGRESS", "RESUME_FREE", "check_run_folder", "epoch_progress",
-           "logged_epochs", "newest_checkpoint", "newest_checkpoint_note",
+__all__ = ["EPOCH_PREFIX", "EPOCH_PROGRESS", "RESUME_FREE", "check_run_folder",
+           "checkpoint_setting_changes", "checkpoint_started_in", "complete_checkpoints",
+           "epoch_progress", "logged_epochs", "newest_checkpoint", "newest_checkpoint_note",
            "newest_complete_checkpoint", "resume_changes", "save_epoch_checkpoint",
            "map_targets_predate_rule", "weight_settings"]
 
@@ -115,6 +116,13 @@ def newest_complete_checkpoint(output_dir: Path) -> tuple[Path, int, int] | None
     if not complete:
         return None
     return complete[-1], *_progress(complete[-1])
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """The run's complete checkpoints (``epoch_N`` and ``epoch_N_batch_B`` folders with a
+    manifest), in training order (``epoch_3_batch_5`` after ``epoch_3``); ``[]`` for none.
+    Reads the disk only."""
+    return _checkpoints(Path(output_dir))
 
 
 def newest_checkpoint(output_dir: Path) -> str | None:
@@ -253,6 +261,52 @@ def check_run_folder(cfg: SpeakerKDConfig, folder_key: str = "training.output_di
         for _, why in unchanged if log else []:
             logger.info("resuming %s although %s, so the run is unchanged", last[0], why)
     return last
+
+
+def checkpoint_started_in(checkpoint: Path) -> str | None:
+    """The folder the start that saved ``checkpoint`` ran in (its relative paths are from
+    there), from the checkpoint's settings file; None for a checkpoint written before it was
+    stored (2026-12-07), or an unreadable one."""
+    try:
+        started_in = json.loads((Path(checkpoint) / _RUN_SETTINGS).read_text()).get(_STARTED_IN)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return started_in if isinstance(started_in, str) else None
+
+
+def checkpoint_setting_changes(cfg: SpeakerKDConfig, checkpoint: Path) -> list[str]:
+    """``["loss.method none -> imlkd", "student.hidden_size 8 -> 16"]``: the settings the
+    weights depend on (:func:`weight_settings`) that ``cfg`` gives otherwise than the run that
+    saved ``checkpoint`` did: the method and its loss terms, the student's shape, the crops'
+    length and the optimisation. A setting of the same effect
+    (:func:`~robustdistill.speaker.added_keys.same_effect`), or one added after the checkpoint
+    was written, is no change; the folders (:data:`_FOLDER_KEYS`, relative to where each start
+    ran) are not compared. ``[]`` for a checkpoint written before its settings were stored
+    (nothing to compare).
+
+    Raises:
+        ValueError: the checkpoint's settings file is not a JSON object.
+    """
+    file = Path(checkpoint) / _RUN_SETTINGS
+    if not file.is_file():
+        return []
+    try:
+        saved = json.loads(file.read_text())
+    except ValueError as err:
+        raise ValueError(f"{file} is not readable JSON ({err})") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{file} holds a JSON {type(saved).__name__}, not the run's settings")
+    now = weight_settings(cfg)
+    unchanged = {key for key, _ in same_effect(saved, now)}
+    common = (saved.keys() & now.keys()) - unchanged - set(_FOLDER_KEYS)
+    return config_changes({k: saved[k] for k in common}, {k: now[k] for k in common})
+
+
+#: The settings of :func:`weight_settings` that name a file or folder: each relative to the
+#: folder its start ran in, so one path may be spelt two ways; not what
+#: :func:`checkpoint_setting_changes` checks (the student's shape is checked when its weights
+#: are loaded).
+_FOLDER_KEYS = ("teacher", "data.train_dir", "student.upstream")
 
 
 #: Keys a resume may change without a word, as ``distill``'s

@@ -509,14 +509,26 @@ def train_system(cfg: SpeakerKDConfig, teacher: GE2E, crops: list[Crop],
     return result
 
 
-def _export_student(model: SpeakerModel, folder: Path) -> None:
+def _export_student(model: SpeakerModel, folder: Path, strict: bool = False) -> Path | None:
     """``RUN/student``: the trained embedder (:class:`SpeakerEmbedder`), for ``robustdistill
     card --kind speaker`` and for use; a student that cannot be exported (on a Whisper
-    upstream) is logged, and the run's results stand."""
+    upstream) is logged, and the run's results stand (``strict``: raised instead, as
+    ``train-speaker export`` does, :func:`.export.export_checkpoint`).
+
+    Returns:
+        ``folder``, or None when the student was not exported.
+
+    Raises:
+        ValueError: (``strict`` only) a student that cannot be exported, before anything is
+            written.
+    """
     try:
         embedder = SpeakerEmbedder.from_speaker_model(model)
     except ValueError as err:
+        if strict:
+            raise
         logger.warning("student not exported to %s: %s", folder, err)
-        return
+        return None
     embedder.save_pretrained(folder)
     logger.info("student (embedder) written to %s", folder)
+    return folder

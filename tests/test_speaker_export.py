@@ -1,0 +1,286 @@
+"""``robustdistill train-speaker export``: the student of a ``train-speaker`` checkpoint as the
+model folder a finished run writes to ``RUN/student``, so that a run stopped at a NaN/Inf step
+or by a SIGTERM (checkpoints only) can be carded. Until 2026-12-07 no command wrote one: such
+a card needed a hand-written script."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import speaker_kd_config
+from safetensors.torch import load_file
+
+from robustdistill.speaker.models import EMBEDDER_PARTS
+from robustdistill.speaker.train import train_system
+
+PROG = "robustdistill train-speaker"
+
+
+def _export(capsys, *args: str) -> dict:
+    """``train-speaker export ARGS``: exit 0; what it printed (JSON)."""
+    from robustdistill.speaker.cli import main
+
+    assert main(["export", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _refused(capsys, *args: str, action: str = "export") -> str:
+    """``train-speaker ACTION ARGS`` refused: exit 2, one line and no traceback; that line."""
+    from robustdistill.speaker.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([action, *args])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def _embedder_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The embedder's tensors (encoder, pooling, embedding) of a checkpoint's model."""
+    return {k: v for k, v in load_file(checkpoint / "model.safetensors").items()
+            if k.startswith(EMBEDDER_PARTS)}
+
+
+def _assert_equal_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
+def test_exporting_a_finished_runs_last_checkpoint_gives_its_student_exactly(tiny, tmp_path,
+                                                                            capsys):
+    """The export of ``epoch_2`` of a finished 2-epoch IML-KD run is ``RUN/student``: every
+    tensor equal (and both files byte for byte), the same ``config.json``; ``epoch_1`` gives
+    that epoch's weights. K and the teacher's width come from the checkpoint's shapes."""
+    teacher, crops = tiny
+    run = tmp_path / "run"
+    train_system(speaker_kd_config(tmp_path, "run", 2), teacher, crops)
+    done = _export(capsys, "--run", str(run), "--out", str(tmp_path / "last"))
+    assert done == {"student": str(tmp_path / "last"),
+                    "checkpoint": str(run / "checkpoints" / "epoch_2"), "epochs_done": 2,
+                    "batches_done": 0, "num_speakers": 3, "teacher_dim": 8}
+    _assert_equal_tensors(load_file(tmp_path / "last" / "model.safetensors"),
+                          load_file(run / "student" / "model.safetensors"))
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "last" / name).read_bytes() == (run / "student" / name).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "last").iterdir()) == ["config.json",
+                                                                    "model.safetensors"]
+    # an earlier checkpoint, by name; default folder RUN/exports/NAME/student
+    done = _export(capsys, "--run", str(run), "--checkpoint", "epoch_1")
+    first = run / "exports" / "epoch_1" / "student"
+    assert done["student"] == str(first) and done["epochs_done"] == 1
+    exported = load_file(first / "model.safetensors")
+    _assert_equal_tensors(exported, _embedder_tensors(run / "checkpoints" / "epoch_1"))
+    final = load_file(run / "student" / "model.safetensors")
+    assert any(not torch.equal(exported[k], final[k]) for k in exported)
+
+
+def test_an_upstream_students_export_equals_its_student_folder(tiny, tiny_wavlm_dir, tmp_path,
+                                                               capsys, monkeypatch):
+    """An upstream student (relative ``student.upstream``, from the folder the run started
+    in): the export run from another folder writes the same ``upstream/`` and tensors."""
+    teacher, crops = tiny
+    monkeypatch.chdir(tiny_wavlm_dir.parent)
+    cfg = speaker_kd_config(tmp_path, "up", 1, method="none")
+    cfg.student.kind, cfg.student.upstream = "upstream", tiny_wavlm_dir.name
+    train_system(cfg, teacher, crops)
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "up"
+    _export(capsys, "--run", str(run), "--out", str(tmp_path / "x"))
+    for name in ("model.safetensors", "config.json", "upstream/model.safetensors",
+                 "upstream/config.json"):
+        assert (tmp_path / "x" / name).read_bytes() == (run / "student" / name).read_bytes(), name
+
+
+def _nan_in_epoch_2(monkeypatch) -> None:
+    """``instance_loss``'s third call (epoch 2, batch 1 of 2 with the tiny crops) NaN."""
+    from robustdistill.speaker import train as speaker_train
+
+    real, calls = speaker_train.instance_loss, []
+
+    def instance_loss(student, target):
+        calls.append(1)
+        return real(student, target) * (float("nan") if len(calls) == 3 else 1.0)
+
+    monkeypatch.setattr(speaker_train, "instance_loss", instance_loss)
+
+
+def test_a_run_stopped_by_a_nan_exports_its_newest_checkpoint_and_the_card_accepts_it(
+        tiny, tmp_path, monkeypatch, capsys):
+    """A NaN loss in epoch 2: ``stopped.json`` names ``epoch_1``, the export's default;
+    ``card --run`` takes those weights, refuses others, and its refusal names the command."""
+    from safetensors.torch import save_file
+
+    from robustdistill.cli import main as robustdistill
+    from robustdistill.speaker import train as speaker_train
+
+    teacher, crops = tiny
+    _nan_in_epoch_2(monkeypatch)
+    run = tmp_path / "run"
+    with pytest.raises(speaker_train.NonFiniteLossError):
+        train_system(speaker_kd_config(tmp_path, "run", 3, method="embedding_kd"), teacher,
+                     crops)
+    assert json.loads((run / "stopped.json").read_text())["checkpoint"] == str(
+        run / "checkpoints" / "epoch_1")
+    model = tmp_path / "model"
+    done = _export(capsys, "--run", str(run), "--out", str(model))
+    assert (done["checkpoint"], done["epochs_done"]) == (str(run / "checkpoints" / "epoch_1"), 1)
+    _assert_equal_tensors(load_file(model / "model.safetensors"),
+                          _embedder_tensors(run / "checkpoints" / "epoch_1"))
+    card = ["card", "--model", str(model), "--run", str(run), "--license", "mit", "--kind",
+            "speaker", "--no-speed"]
+    assert robustdistill(card) == 0
+    readme = (model / "README.md").read_text()
+    assert "the weights are those of its newest checkpoint, `epoch_1` (epoch 1)" in readme
+    # other weights: refused, naming the command that writes the checkpoint's student
+    tensors = load_file(model / "model.safetensors")
+    tensors["embedding.bias"] = tensors["embedding.bias"] + 1.0
+    save_file(tensors, str(model / "model.safetensors"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        robustdistill(card)
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "(1 tensor differs, e.g. 'embedding.bias')" in line
+    assert line.endswith(f"(that checkpoint's student is written by robustdistill "
+                         f"train-speaker export --run {run} --checkpoint epoch_1 --out DIR)"), line
+
+
+def test_a_mid_epoch_checkpoint_of_a_sigterm_is_exported(tiny, tmp_path, monkeypatch, capsys):
+    """A SIGTERM in batch 2 of 3 of epoch 2: ``epoch_1_batch_2`` is the newest checkpoint and
+    the default; the older ``epoch_1`` can be named by its folder."""
+    from robustdistill.interrupts import handled
+    from robustdistill.speaker.models import SpeakerModel
+
+    teacher, crops = tiny
+    cfg = speaker_kd_config(tmp_path, "run", 3, method="none")
+    cfg.training.batch_size = 2  # 3 batches an epoch
+    forward, calls = SpeakerModel.forward, []
+
+    def wrapped(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # epoch 2, batch 2
+            os.kill(os.getpid(), signal.SIGTERM)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(SpeakerModel, "forward", wrapped)
+    with pytest.raises(SystemExit), handled(PROG):
+        train_system(cfg, teacher, crops)
+    monkeypatch.undo()
+    run = tmp_path / "run"
+    capsys.readouterr()
+    done = _export(capsys, "--run", str(run), "--out", str(tmp_path / "a"))
+    assert (done["checkpoint"], done["epochs_done"], done["batches_done"]) == (
+        str(run / "checkpoints" / "epoch_1_batch_2"), 1, 2)
+    _assert_equal_tensors(load_file(tmp_path / "a" / "model.safetensors"),
+                          _embedder_tensors(run / "checkpoints" / "epoch_1_batch_2"))
+    done = _export(capsys, "--run", str(run), "--checkpoint", str(run / "checkpoints" / "epoch_1"),
+                   "--out", str(tmp_path / "b"))
+    assert done["checkpoint"] == str(run / "checkpoints" / "epoch_1")
+    _assert_equal_tensors(load_file(tmp_path / "b" / "model.safetensors"),
+                          _embedder_tensors(run / "checkpoints" / "epoch_1"))
+
+
+def test_export_errors_are_one_line_before_anything_is_written(tiny, tmp_path, capsys):
+    teacher, crops = tiny
+    run = tmp_path / "run"
+    train_system(speaker_kd_config(tmp_path, "run", 2, method="none"), teacher, crops)
+    out = tmp_path / "out"
+    cases = [
+        (["--run", str(tmp_path / "nope")], f"run folder {tmp_path / 'nope'} does not exist"),
+        (["--run", str(tmp_path)], f"{tmp_path / 'config.yaml'} not found: {tmp_path} is not "
+                                   "a train-speaker run folder"),
+        (["--run", str(run), "--checkpoint", "epoch_7"],
+         f"no complete checkpoint epoch_7 in {run / 'checkpoints'} (complete: epoch_1, "
+         "epoch_2)"),
+        (["--run", str(run), "--checkpoint", str(tmp_path / "epoch_1")],
+         f"--checkpoint {tmp_path / 'epoch_1'} is not in {run / 'checkpoints'} (complete: "
+         "epoch_1, epoch_2)"),
+        (["--run", str(run), "--out", str(run / "student")],
+         "is the folder a finished run exports its student to"),
+        (["--run", str(run), "--out", str(run)], f"--out {str(run)!r} is not empty ("),
+        (["--config", "configs/imlkd_speaker.yaml", "--run", str(run)],
+         "export reads RUN/config.yaml, the run's own: --config is not read by export"),
+        (["--run", str(run), "--loss.method", "imlkd"],
+         "unrecognized arguments: --loss.method imlkd (export builds the student as "
+         "RUN/config.yaml describes it"),
+        ([], "export needs --run RUN"),
+    ]
+    for args, message in cases:
+        line = _refused(capsys, *args, "--out", str(out)) if "--out" not in args else \
+            _refused(capsys, *args)
+        assert line.startswith(f"{PROG}: error: ") and message in line, (args, line)
+        assert not out.exists() and not (run / "exports").exists()
+    # robustdistill export (distill runs) names this command for a train-speaker run
+    from robustdistill.cli import main as robustdistill
+
+    with pytest.raises(SystemExit):
+        robustdistill(["export", "--run", str(run), "--out", str(out)])
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"is {run} a distillation run? (its checkpoints are train-speaker's: robustdistill "
+        f"train-speaker export --run {run})")
+    assert not out.exists()
+    # the export-only options are refused by the other actions
+    line = _refused(capsys, "--config", "configs/imlkd_speaker.yaml", "--run", str(run),
+                    action="train")
+    assert line.endswith("error: --run is read by export only, not by train")
+    assert _refused(capsys, action="train").endswith(
+        "the following arguments are required: --config")
+
+    # a config.yaml of another method than the checkpoints: refused by name
+    config = run / "config.yaml"
+    good = config.read_text()
+    config.write_text(good.replace("method: none", "method: imlkd"))
+    line = _refused(capsys, "--run", str(run), "--out", str(out))
+    assert f"{run / 'checkpoints' / 'epoch_2'} was trained with other settings than {config} " \
+           "gives: loss.method none -> imlkd" in line, line
+    # a checkpoint of another shape (its stored settings say so too: the same-size edit keeps
+    # its manifest whole): the tensors that do not fit are named
+    settings = run / "checkpoints" / "epoch_2" / "speaker_run.json"
+    saved = settings.read_text()
+    config.write_text(good.replace("hidden_size: 8", "hidden_size: 9"))
+    settings.write_text(saved.replace('"student.hidden_size": 8', '"student.hidden_size": 9'))
+    line = _refused(capsys, "--run", str(run), "--out", str(out))
+    assert f"{run / 'checkpoints' / 'epoch_2'} does not fit the student {config} describes " \
+           "(other shapes: embedding.weight (8, 16) (student: (8, 18)), encoder.lstm.bias_hh_l0 " \
+           "(32,) (student: (36,)), encoder.lstm.bias_ih_l0 (32,) (student: (36,)) ...): a " \
+           "checkpoint of another run?" in line, line
+    config.write_text(good)
+    settings.write_text(saved)
+    # a damaged checkpoint (cut short): named, with the ones to export instead
+    weights = run / "checkpoints" / "epoch_2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    line = _refused(capsys, "--run", str(run), "--out", str(out))
+    assert "damaged checkpoint: " in line and "export an earlier one with --checkpoint NAME " \
+           "(complete: epoch_1, epoch_2)" in line, line
+    assert not out.exists() and not (run / "exports").exists()
+    # a folder with files is refused; --overwrite replaces them
+    out.mkdir()
+    (out / "README.md").write_text("old card\n")
+    line = _refused(capsys, "--run", str(run), "--checkpoint", "epoch_1", "--out", str(out))
+    assert f"--out {str(out)!r} is not empty (README.md)" in line, line
+    _export(capsys, "--run", str(run), "--checkpoint", "epoch_1", "--out", str(out),
+            "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_a_run_stopped_before_its_first_checkpoint_has_nothing_to_export(tiny, tmp_path,
+                                                                        capsys):
+    from robustdistill.speaker.train import NonFiniteLossError
+
+    teacher, crops = tiny
+    cfg = speaker_kd_config(tmp_path, "run", 2, method="none")
+    cfg.training.lr = 3e37
+    with pytest.raises(NonFiniteLossError):
+        train_system(cfg, teacher, crops)
+    line = _refused(capsys, "--run", str(tmp_path / "run"), "--out", str(tmp_path / "out"))
+    assert line.endswith(f"{tmp_path / 'run' / 'checkpoints'} holds no complete checkpoint: "
+                         "nothing to export (a run stopped before its first checkpoint saved "
+                         "no weights)"), line
+    assert not (tmp_path / "out").exists()
