@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -217,20 +218,30 @@ def test_a_language_given_for_generated_audio_is_kept_with_a_warning(caplog):
     assert caplog.text == ""
 
 
-def test_verification_trial_counts_that_are_not_integers_are_not_recorded(tmp_path):
+def test_verification_trial_counts_that_are_not_integers_are_refused(tmp_path):
+    """A trial count that is not an integer is refused naming it (until 2026-12-08 the card
+    said "not recorded" for it); an absent count is not recorded; an empty count of skipped
+    files is no skipped file."""
     from robustdistill.publish.card_evaluation import verification_results, verification_view
 
-    (tmp_path / "result.json").write_text(json.dumps({
-        "eval": {"fsdd": {"eer": 0.1, "min_dcf": 0.2, "target_trials": 12.0,
-                          "nontarget_trials": "many"}},
-        "skipped_files": {"fsdd": {}}}))
     run = _run({"data": {"fsdd_dir": "x/fsdd"}}, "speaker", tmp_path)
+    done = tmp_path / "result.json"
+    for counts, field, value in (({"target_trials": 12.0, "nontarget_trials": 30},
+                                  "target_trials", "12.0 (a JSON number)"),
+                                 ({"target_trials": 12, "nontarget_trials": "many"},
+                                  "nontarget_trials", '"many" (a JSON string)')):
+        done.write_text(json.dumps({"eval": {"fsdd": {"eer": 0.1, "min_dcf": 0.2, **counts}}}))
+        with pytest.raises(ValueError, match="^" + re.escape(
+                f"{done} is not a result.json as train-speaker writes it: eval.fsdd.{field} "
+                f"is {value}, not an integer; the card cannot tell")):
+            verification_results(run)
+    done.write_text(json.dumps({"eval": {"fsdd": {"eer": 0.1, "min_dcf": 0.2}},
+                                "skipped_files": {"fsdd": {}}}))
     (row,) = verification_results(run)
     assert (row.target_trials, row.nontarget_trials) == (None, None)
     view = verification_view(run)
     assert "| `fsdd` | 10.00 % | 0.200 | not recorded | not recorded |" in view["table"]
     testing = dict(view["lines"])["Testing data"]
-    # an empty count of skipped files is no skipped file
     assert "skipped" not in testing
     assert testing.endswith("(checked before training)")
 

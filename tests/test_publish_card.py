@@ -1010,13 +1010,38 @@ def test_speaker_verification_is_its_own_evaluation_section_and_in_the_model_ind
     assert "## Downstream results" not in card.text  # none given: no empty SUPERB section
 
     # a result.json that is not JSON, or not an object, is refused naming it (the card said
-    # the run "holds no evaluation (the run was not finished ...)", as the table refuses it)
+    # the run "holds no evaluation (the run was not finished ...)", as the table refuses it);
+    # so is one whose fields the card reads are of another structure (a score it dropped, a
+    # count it called not recorded, skipped files it left out, until 2026-12-08)
     good = (run / "result.json").read_text()
-    for text, what in (('{"eval": ', "is not a readable result.json"),
-                       ("[1, 2]", "holds a JSON list, not a result.json object")):
+    damaged = [('{"eval": ', "is not a readable result.json (Expecting value"),
+               ("[1, 2]", "holds a JSON list, not a result.json object")]
+    wrong = "is not a result.json as train-speaker writes it: "
+    for field, value, says in (
+            ("eval", {"fsdd": {"eer": "0.05", "min_dcf": 0.25}},
+             'eval.fsdd.eer is "0.05" (a JSON string), not a number or null'),
+            ("eval", {"fsdd": {"eer": 0.05, "min_dcf": 0.25, "target_trials": "450"}},
+             'eval.fsdd.target_trials is "450" (a JSON string), not an integer'),
+            ("eval", {"fsdd": [0.05, 0.25]}, "eval.fsdd is a JSON array, not an object"),
+            ("skipped_files", {"fsdd": 2}, "skipped_files.fsdd is 2 (a JSON number), not an "
+                                           "object")):
+        damaged.append((json.dumps({**json.loads(good), field: value}), wrong + says))
+    for text, what in damaged:
         (run / "result.json").write_text(text)
-        with pytest.raises(ValueError, match=rf"^{re.escape(str(run / 'result.json'))} {what}"):
+        with pytest.raises(ValueError) as refused:
             build_card(model, [], run, license="mit", kind="speaker", speed=False)
+        assert str(refused.value).startswith(f"{run / 'result.json'} {what}")
+        assert str(refused.value).endswith("; the card cannot tell what the run evaluated: "
+                                           "restore it, or train the run again")
+        assert "\n" not in str(refused.value)
+    (run / "result.json").write_text(good)
+    (run / "result.json").rename(run / "good.json")
+    (run / "result.json").mkdir()  # a folder of that name: one line, not IsADirectoryError
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(run / 'result.json'))} is not a "
+                       r"readable result.json \(Is a directory\); the card cannot tell"):
+        build_card(model, [], run, license="mit", kind="speaker", speed=False)
+    (run / "result.json").rmdir()
+    (run / "good.json").rename(run / "result.json")
     (run / "result.json").unlink()  # missing: a run not finished, said as such
     assert "holds no evaluation (the run was not finished" in build_card(
         model, [], run, license="mit", kind="speaker", speed=False).text
@@ -1471,12 +1496,17 @@ def test_speaker_training_section_follows_the_evaluation_result_json_recorded(tm
     assert "no verification recorded: the run has no `result.json` (it was not finished)" \
         in validation_line()
     (run / "result.json").write_text(json.dumps(
-        {"eval": {"test_other": {"eer": 0.1, "min_dcf": 0.5},
-                  "fsdd": {"eer": 0.2}}}))  # fsdd incomplete: not an evaluation
+        {"eval": {"test_other": {"eer": 0.1, "min_dcf": 0.5}}}))
     assert validation_line() == (
         "- Validation data: none held out during training; verification after training on "
         "`../shared/data/librispeech-mini/test-other` (LibriSpeech test-other), speakers "
         "unseen in training (the Evaluation section)")
+    # a set without min_dcf is refused (until 2026-12-08 it was left out without a word)
+    (run / "result.json").write_text(json.dumps(
+        {"eval": {"test_other": {"eer": 0.1, "min_dcf": 0.5}, "fsdd": {"eer": 0.2}}}))
+    with pytest.raises(ValueError, match=r"result.json is not a result.json as train-speaker "
+                       r"writes it: eval.fsdd has no min_dcf; the card cannot tell"):
+        validation_line()
 
 
 def test_a_card_whose_kind_is_not_the_runs_trainer_is_refused_before_writing(tmp_path, run,

@@ -69,26 +69,35 @@ def test_ssl_card_gives_a_small_teachers_exact_parameter_count(tmp_path, tiny_wa
     assert f"the teacher has {n:,}," in text and "(0.0 M)" not in text and "(0.1 M)" not in text
 
 
-def test_speaker_verification_results_skip_incomplete_entries_and_refuse_unreadable_files(tmp_path):
+def test_speaker_verification_results_refuse_incomplete_entries_and_unreadable_files(tmp_path):
     from robustdistill.publish.card_evaluation import verification_results, verification_view
     from robustdistill.publish.provenance import RunSummary
 
     run = RunSummary(run_dir=tmp_path, config={"data": {"fsdd_dir": "x/fsdd"}}, teacher="",
                      teacher_facts=None, recipe="speaker")
     (tmp_path / "result.json").write_text(json.dumps({"eval": {
-        "half": {"eer": 0.3}, "flag": {"eer": True, "min_dcf": 0.1},
         "fsdd": {"eer": 0.05, "min_dcf": 0.25}}}))
     rows = verification_results(run)
     assert [(r.name, r.dataset, r.eer, r.min_dcf, r.target_trials) for r in rows] == [
         ("fsdd", "fsdd", 0.05, 0.25, None)]
     # a file that is not JSON, or not an object, is refused naming it (until 2026-12-07 the
-    # card said the run "holds no evaluation"); an object without eval entries has none
-    for broken, says in (('{"eval": {"fsdd": {"eer": 0.0', "is not a readable result.json"),
-                         ("[1, 2]", "holds a JSON list, not a result.json object")):
-        (tmp_path / "result.json").write_text(broken)
-        with pytest.raises(ValueError, match="^" + re.escape(f"{tmp_path / 'result.json'} {says}")):
+    # card said the run "holds no evaluation"); so is an entry the card would have dropped
+    # without a word (until 2026-12-08: an incomplete set, a boolean score, an eval list)
+    done = tmp_path / "result.json"
+    for broken, says in (
+            ('{"eval": {"fsdd": {"eer": 0.0', "is not a readable result.json"),
+            ("[1, 2]", "holds a JSON list, not a result.json object"),
+            ('{"eval": {"half": {"eer": 0.3}}}',
+             "is not a result.json as train-speaker writes it: eval.half has no min_dcf"),
+            ('{"eval": {"flag": {"eer": true, "min_dcf": 0.1}}}',
+             "is not a result.json as train-speaker writes it: eval.flag.eer is true (a JSON "
+             "boolean), not a number or null"),
+            ('{"eval": [1, 2]}', "is not a result.json as train-speaker writes it: eval is a "
+                                 "JSON array, not an object of verification sets")):
+        done.write_text(broken)
+        with pytest.raises(ValueError, match="^" + re.escape(f"{done} {says}")):
             verification_results(run)
-    (tmp_path / "result.json").write_text('{"eval": [1, 2]}')
+    done.write_text('{"eval": {}}')  # an object without eval entries has none
     assert verification_results(run) == []
     assert verification_view(run)["missing"].startswith("Speaker verification: not "
                                                         "recorded. `result.json`")

@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,6 +193,28 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_logging_each_step_onc
     assert _final_sha(part) == _final_sha(tmp_path / "full")
 
 
+def _killed_beside_a_start_from_another_run(tmp_path, tiny_wavlm_dir, monkeypatch,
+                                            die_at_checkpoint, max_steps: int,
+                                            killed: dict | None = None) -> tuple[Path, dict]:
+    """``source``: a run to its step-2 checkpoint; ``full``: an uninterrupted start from that
+    checkpoint (``resume_from``) in a new folder, to ``max_steps``; ``part``: a start killed
+    while writing its first checkpoint, with ``killed``'s settings (None: ``full``'s).
+
+    Returns:
+        ``(part's folder, full's settings)``: what ``part`` is started again with.
+    """
+    train(_config(tmp_path, tiny_wavlm_dir, "source", max_steps=2, save_every=2))
+    source = str(latest_checkpoint(tmp_path / "source" / "checkpoints"))
+    warm = {"resume_from": source, "max_steps": max_steps, "save_every": 2}
+    train(_config(tmp_path, tiny_wavlm_dir, "full", **warm))
+    die_at_checkpoint(1)
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path, tiny_wavlm_dir, "part", **(warm if killed is None else killed)))
+    monkeypatch.undo()
+    return part, warm
+
+
 def test_a_start_from_another_runs_checkpoint_killed_before_its_own_first_one_logs_once(
         tmp_path, tiny_wavlm_dir, monkeypatch, die_at_checkpoint):
     """``resume_from`` another run's checkpoint (step 2) into a new ``output_dir``, killed
@@ -199,15 +222,8 @@ def test_a_start_from_another_runs_checkpoint_killed_before_its_own_first_one_lo
     way: ``metrics.jsonl`` holds each step once, as an uninterrupted start's (until
     2026-12-07 the killed start's lines stayed: 3, 4, 3, 4, 5, 6); a line that is not a
     step's record stays."""
-    train(_config(tmp_path, tiny_wavlm_dir, "source", max_steps=2, save_every=2))
-    source = str(latest_checkpoint(tmp_path / "source" / "checkpoints"))
-    warm = {"resume_from": source, "max_steps": 6, "save_every": 2}
-    train(_config(tmp_path, tiny_wavlm_dir, "full", **warm))
-    die_at_checkpoint(1)
-    part = tmp_path / "part"
-    with pytest.raises(KeyboardInterrupt):
-        train(_config(tmp_path, tiny_wavlm_dir, "part", **warm))
-    monkeypatch.undo()
+    part, warm = _killed_beside_a_start_from_another_run(
+        tmp_path, tiny_wavlm_dir, monkeypatch, die_at_checkpoint, max_steps=6)
     assert [r["step"] for r in _records(part)] == [3, 4]
     with (part / "metrics.jsonl").open("a") as log:
         log.write('{"note": "not a step"}\n')
@@ -221,16 +237,9 @@ def test_a_fresh_start_killed_before_its_first_checkpoint_then_started_from_anot
     again in its folder from another run's step-2 checkpoint (``resume_from``): the log holds
     the new start's steps only, as a start from that checkpoint in a new folder (until
     2026-12-07 the killed start's steps 1-2 stayed, records of weights this run never had)."""
-    train(_config(tmp_path, tiny_wavlm_dir, "source", max_steps=2, save_every=2))
-    source = str(latest_checkpoint(tmp_path / "source" / "checkpoints"))
-    warm = {"resume_from": source, "max_steps": 4, "save_every": 2}
-    train(_config(tmp_path, tiny_wavlm_dir, "full", **warm))
-    die_at_checkpoint(1)
-    part = tmp_path / "part"
-    with pytest.raises(KeyboardInterrupt):
-        train(_config(tmp_path, tiny_wavlm_dir, "part", max_steps=4, save_every=2,
-                      learning_rate=0.5))
-    monkeypatch.undo()
+    part, warm = _killed_beside_a_start_from_another_run(
+        tmp_path, tiny_wavlm_dir, monkeypatch, die_at_checkpoint, max_steps=4,
+        killed={"max_steps": 4, "save_every": 2, "learning_rate": 0.5})
     assert [r["step"] for r in _records(part) if r["split"] == "train"] == [1, 2]
     train(_config(tmp_path, tiny_wavlm_dir, "part", **warm))
     assert [r["step"] for r in _records(part)] == [3, 4, 4]

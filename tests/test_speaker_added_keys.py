@@ -31,7 +31,8 @@ def _finished(cfg) -> None:
 
     Path(cfg.training.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.training.output_dir) / "result.json").write_text(json.dumps(
-        {"config": to_dict(cfg), "eval": {"test_other": {"eer": 0.1, "min_dcf": 0.5}}}))
+        {"config": to_dict(cfg), "params": 1000,
+         "eval": {"test_other": {"eer": 0.1, "min_dcf": 0.5}}}))
 
 
 def _checkpoint(cfg, drop: tuple[str, ...] = ()) -> Path:
@@ -219,21 +220,169 @@ def test_the_table_reuses_a_run_whose_min_length_s_change_changes_nothing(
     assert "holds checkpoints of an earlier run" in line
 
 
+_WRONG = "is not a result.json as train-speaker writes it: "
+
+
+def _damaged(cfg, field: str, value) -> str:
+    """The text of :func:`_finished`'s ``result.json`` with ``field`` (dotted) set to
+    ``value`` (removed for ``...``)."""
+    record = json.loads((Path(cfg.training.output_dir) / "result.json").read_text())
+    *sections, last = field.split(".")
+    inner = record
+    for section in sections:
+        inner = inner[section]
+    if value is ...:
+        del inner[last]
+    else:
+        inner[last] = value
+    return json.dumps(record)
+
+
 @pytest.mark.parametrize(("text", "says"), [
     ("[1]", "holds a JSON list, not a result.json object"),
     ('{"eval": ', "is not a readable result.json (Expecting value"),
+    (b"\xff\xfe", "is not a readable result.json ('utf-8' codec can't decode"),
+    # a field the table reads of another structure (until 2026-12-08: a KeyError or a
+    # TypeError when the table was written, or a score compared as a string)
+    (("eval.test_other.eer", "0.1"),
+     _WRONG + 'eval.test_other.eer is "0.1" (a JSON string), not a number or null'),
+    (("eval.test_other.min_dcf", ...), _WRONG + "eval.test_other has no min_dcf"),
+    (("eval.test_other", 0.1), _WRONG + "eval.test_other is 0.1 (a JSON number), not an object"),
+    (("eval", [0.1, 0.5]), _WRONG + "eval is a JSON array, not an object of verification sets"),
+    (("config", "none"), _WRONG + 'config is "none" (a JSON string), not an object'),
+    (("config.loss", ...), _WRONG + "config has no loss"),
+    (("config.loss.method", None), _WRONG + "config.loss.method is null, not a string"),
+    (("config.training", []), _WRONG + "config.training is a JSON array, not an object"),
+    (("params", ...), _WRONG + "it has no params"),
+    (("params", "1,000"), _WRONG + 'params is "1,000" (a JSON string), not an integer'),
 ])
 def test_an_unreadable_result_json_is_one_error_naming_it(tmp_path, text, says):
-    """A ``result.json`` that is not JSON, or JSON but not an object, is refused naming the
-    file (a ``ValueError``, one usage line in the command), not an ``AttributeError`` or a
-    message without the path."""
+    """A ``result.json`` that is not JSON, JSON but not an object, or an object whose fields
+    the table reads are missing (``params``) or of another structure, is refused naming the
+    file and the field (a ``ValueError``, one usage line in the command), not an
+    ``AttributeError``, a ``KeyError`` when the table is written or a message without the
+    path."""
     from robustdistill.speaker.table import finished_run
 
     cfg = _config(tmp_path)
     _finished(cfg)
     done = tmp_path / "run" / "result.json"
-    done.write_text(text)
+    if isinstance(text, bytes):
+        done.write_bytes(text)
+    else:
+        done.write_text(text if isinstance(text, str) else _damaged(cfg, *text))
     with pytest.raises(ValueError) as refused:
         finished_run(cfg, {})
     assert str(refused.value).startswith(f"{done} {says}")
-    assert str(refused.value).endswith("move it away to train that run again")
+    assert str(refused.value).endswith("; move it away to train that run again")
+    assert "\n" not in str(refused.value)
+
+
+def test_a_result_json_with_null_scores_and_no_optional_fields_is_reused(tmp_path):
+    """What :func:`_finished` writes, with a ``null`` (non-finite) EER and the trial counts:
+    reused, the EER read as NaN; fields the table does not need (``skipped_files``,
+    ``map_frames``) may be absent."""
+    import math
+
+    from robustdistill.speaker.table import finished_run
+
+    cfg = _config(tmp_path)
+    _finished(cfg)
+    done = tmp_path / "run" / "result.json"
+    done.write_text(_damaged(cfg, "eval.test_other", {"eer": None, "min_dcf": 0.5,
+                                                      "target_trials": 4,
+                                                      "nontarget_trials": 6}))
+    reused = finished_run(cfg, {})
+    assert math.isnan(reused["eval"]["test_other"]["eer"]) and reused["params"] == 1000
+    assert reused["eval"]["test_other"]["nontarget_trials"] == 6
+
+
+def _chmod_unreadable(path: Path) -> None:
+    """``chmod 000`` on ``path``; the test is skipped where the process reads it all the same
+    (root: ``os.geteuid() == 0`` with ``CAP_DAC_OVERRIDE``)."""
+    import os
+
+    path.chmod(0)
+    try:
+        path.read_bytes()
+    except PermissionError:
+        return
+    path.chmod(0o644)
+    pytest.skip(f"chmod 000 does not keep this process (euid {os.geteuid()}) from reading")
+
+
+def test_a_result_json_the_process_cannot_read_is_one_error_naming_it(tmp_path):
+    """A folder named ``result.json`` or a link to nothing (each was taken for a missing
+    file: the run was checked as one to train again) and a file without read permission (an
+    ``OSError`` traceback) are refused in one line naming them."""
+    from robustdistill.speaker.table import finished_run
+
+    cfg = _config(tmp_path)
+    _finished(cfg)
+    done = tmp_path / "run" / "result.json"
+    good = done.read_text()
+    done.unlink()
+    done.mkdir()
+    with pytest.raises(ValueError) as refused:
+        finished_run(cfg, {})
+    assert str(refused.value) == (f"{done} is not a readable result.json (Is a directory); "
+                                  "move it away to train that run again")
+    done.rmdir()
+    done.symlink_to(tmp_path / "elsewhere.json")  # a link to nothing: refused, not "missing"
+    with pytest.raises(ValueError) as refused:
+        finished_run(cfg, {})
+    assert str(refused.value) == (f"{done} is not a readable result.json (No such file or "
+                                  "directory); move it away to train that run again")
+    done.unlink()
+    done.write_text(good)
+    _chmod_unreadable(done)
+    try:
+        with pytest.raises(ValueError) as refused:
+            finished_run(cfg, {})
+    finally:
+        done.chmod(0o644)
+    assert str(refused.value) == (f"{done} is not a readable result.json (Permission denied); "
+                                  "move it away to train that run again")
+
+
+def test_the_card_refuses_an_unreadable_result_json_with_its_own_advice(tmp_path):
+    """The card reads ``result.json`` through the table's reader: the same first part, its
+    own advice."""
+    from robustdistill.publish.provenance import read_run_result
+    from robustdistill.speaker.table import finished_run
+
+    cfg = _config(tmp_path)
+    _finished(cfg)
+    done = tmp_path / "run" / "result.json"
+    done.write_text(_damaged(cfg, "eval.test_other.eer", True))
+    with pytest.raises(ValueError) as by_table:
+        finished_run(cfg, {})
+    with pytest.raises(ValueError) as by_card:
+        read_run_result(tmp_path / "run")
+    first = f"{done} {_WRONG}eval.test_other.eer is true (a JSON boolean), not a number or null"
+    assert str(by_table.value) == first + "; move it away to train that run again"
+    assert str(by_card.value) == (first + "; the card cannot tell what the run evaluated: "
+                                  "restore it, or train the run again")
+    _chmod_unreadable(done)
+    try:
+        with pytest.raises(ValueError, match=r"\(Permission denied\); the card cannot tell"):
+            read_run_result(tmp_path / "run")
+    finally:
+        done.chmod(0o644)
+
+
+def test_the_table_command_refuses_a_damaged_result_json_in_one_line(tmp_path, monkeypatch,
+                                                                    capsys):
+    """``train-speaker table`` checks each run's ``result.json`` before loading its inputs: a
+    damaged one is one usage line naming it and the field (exit 2), no traceback."""
+    monkeypatch.chdir(REPO)
+    train, test = _data(tmp_path)
+    run = tmp_path / "table" / "none_seed0"
+    run.mkdir(parents=True)
+    (run / "result.json").write_text(json.dumps(
+        {"config": {"loss": {"method": "none"}}, "params": 10,
+         "eval": {"test_other": {"eer": 0.1, "min_dcf": "0.5"}}}))
+    line = _main_error(_tiny_table_args(tmp_path, train, test), capsys)
+    assert line.endswith(f"{run / 'result.json'} {_WRONG}eval.test_other.min_dcf is \"0.5\" "
+                         "(a JSON string), not a number or null; move it away to train that "
+                         "run again")

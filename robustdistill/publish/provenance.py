@@ -27,7 +27,6 @@ import yaml
 from ..checkpoints import checkpoint_step, list_checkpoints
 from ..environment import read_environment
 from ..metrics_log import read_records
-from ..strict_json import nan_for_null
 
 __all__ = ["ENGLISH_CORPORA", "NOT_RECORDED", "RECIPES", "DataLanguage", "ModelFacts",
            "RunSummary", "config_recipe", "config_section", "evaluated_sets", "is_synthetic_data",
@@ -378,35 +377,29 @@ SPEAKER_SETS = {"test_other": ("test_other_dir", "LibriSpeech test-other"),
                 "fsdd": ("fsdd_dir", "FSDD")}
 
 
+#: What the card's refusal of a damaged ``result.json`` advises
+#: (:func:`robustdistill.speaker.run_folder.read_result`).
+CARD_RESULT_ADVICE = ("the card cannot tell what the run evaluated: restore it, or train the "
+                      "run again")
+
+
 def read_run_result(run_dir: str | Path) -> dict[str, Any] | None:
-    """A ``train-speaker`` run's ``result.json``; None when it is missing (the run has not
-    finished an epoch, or is not a speaker run). A ``null`` score of its ``eval`` sets (a
-    non-finite EER or minDCF, :mod:`robustdistill.strict_json`) is read as NaN, as a file
-    written before that rule gives it.
+    """A ``train-speaker`` run's ``result.json``; None when there is none (the run has not
+    finished an epoch, or is not a speaker run). Read and checked as the table reads it
+    (:func:`robustdistill.speaker.run_folder.read_result`): a ``null`` ``eer`` or ``min_dcf``
+    (non-finite, :mod:`robustdistill.strict_json`) is read as NaN.
 
     Raises:
-        ValueError: the file cannot be read, is not JSON, or is not a JSON object, naming it
-            (a card would say the run holds no evaluation; the table refuses it alike:
-            :func:`robustdistill.speaker.table.finished_run`).
+        ValueError: (one line naming the file, and the field for a structure fault) the
+            file cannot be read, is not JSON, is not a JSON object, or holds ``eval``,
+            ``config``, ``params`` or ``skipped_files`` of another structure (the card would
+            say the run holds no evaluation, or drop a set or a count without a word); the
+            line ends with :data:`CARD_RESULT_ADVICE`.
     """
-    path = Path(run_dir) / "result.json"
-    if not path.is_file():
-        return None
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, ValueError) as err:  # json.JSONDecodeError, UnicodeDecodeError
-        raise ValueError(f"{path} is not a readable result.json ({err}): whether the run "
-                         "was evaluated cannot be told; restore it, or train the run "
-                         "again") from None
-    if not isinstance(result, dict):
-        raise ValueError(f"{path} holds a JSON {type(result).__name__}, not a result.json "
-                         "object: whether the run was evaluated cannot be told; restore it, "
-                         "or train the run again")
-    if isinstance(result.get("eval"), dict):
-        result["eval"] = {name: {k: nan_for_null(v) if k in ("eer", "min_dcf") else v
-                                 for k, v in scores.items()} if isinstance(scores, dict)
-                          else scores for name, scores in result["eval"].items()}
-    return result
+    # imported here: the speaker package loads accelerate and transformers
+    from robustdistill.speaker.run_folder import read_result
+
+    return read_result(run_dir, CARD_RESULT_ADVICE)
 
 
 def _is_number(value: Any) -> bool:

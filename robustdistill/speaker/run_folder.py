@@ -3,8 +3,9 @@
 (``training.save_on_sigterm``), ``checkpoints/epoch_N_batch_B`` (N epochs and B batches of
 epoch N + 1 done: :func:`save_epoch_checkpoint` with ``partial``), the settings stored with
 each (:func:`weight_settings`), the check that a fresh start or a resume may use the folder
-(:func:`check_run_folder`, before any work), and ``metrics.jsonl`` cut back to the checkpoint a
-run resumes from (:func:`logged_epochs`).
+(:func:`check_run_folder`, before any work), ``metrics.jsonl`` cut back to the checkpoint a
+run resumes from (:func:`logged_epochs`), and the finished run's ``result.json``, read for the
+table's reuse and the model card alike (:func:`read_result`).
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ from .added_keys import (
 from .config import SpeakerKDConfig
 from .targets import MAP_FRAMES_RULE
 
-__all__ = ["EPOCH_PREFIX", "EPOCH_PROGRESS", "RESUME_FREE", "check_run_folder",
+__all__ = ["EPOCH_PREFIX", "EPOCH_PROGRESS", "RESULT", "RESUME_FREE", "check_run_folder",
            "checkpoint_setting_changes", "checkpoint_started_in", "complete_checkpoints",
            "epoch_progress", "logged_epochs", "newest_checkpoint", "newest_checkpoint_note",
-           "newest_complete_checkpoint", "resume_changes", "save_epoch_checkpoint",
-           "map_targets_predate_rule", "weight_settings"]
+           "newest_complete_checkpoint", "read_result", "resume_changes",
+           "save_epoch_checkpoint", "map_targets_predate_rule", "weight_settings"]
 
 logger = logging.getLogger("robustdistill.speaker")
 
@@ -423,3 +424,130 @@ def logged_epochs(log_path: Path, epochs_done: int) -> list[dict[str, Any]]:
     other = [r for r, mine in zip(records, ours, strict=True) if not mine]
     log_path.write_text("".join(strict_dumps(r) + "\n" for r in other + kept))
     return kept
+
+
+#: A run's record, written by :func:`~robustdistill.speaker.train.train_system` at its end
+#: (``{"method", "seed", "config", "epochs", "params", "cache"}``, with ``eval`` once the run
+#: finished with verification sets, ``map_frames`` for IML-KD and ``skipped_files`` when
+#: files were skipped).
+RESULT = "result.json"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _what(value: Any) -> str:
+    """``"0.05" (a JSON string)``, ``a JSON array``, ``null``: a wrong value as the one-line refusal
+    shows it (its JSON cut to 40 characters)."""
+    kind = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
+            float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+    if isinstance(value, dict | list):
+        return f"a JSON {kind}"
+    shown = json.dumps(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return shown if shown == kind else f"{shown} (a JSON {kind})"
+
+
+def _structure_fault(result: dict[str, Any], needs: tuple[str, ...]) -> str | None:
+    """The first field of ``result`` not of the structure the table and the card read, as
+    ``eval.fsdd.eer is "0.05" (a JSON string), not a number or null``; None when all are."""
+    for key in needs:
+        if key not in result:
+            return f"it has no {key}"
+    if "params" in result and not _is_count(result["params"]):
+        return f"params is {_what(result['params'])}, not an integer"
+    config = result.get("config")
+    if "config" in result:
+        if not isinstance(config, dict):
+            return f"config is {_what(config)}, not an object"
+        loss = config.get("loss")
+        if "loss" not in config:
+            return "config has no loss"
+        if not isinstance(loss, dict):
+            return f"config.loss is {_what(loss)}, not an object"
+        if "method" not in loss:
+            return "config.loss has no method"
+        if not isinstance(loss["method"], str):
+            return f"config.loss.method is {_what(loss['method'])}, not a string"
+        if "training" in config and not isinstance(config["training"], dict):
+            return f"config.training is {_what(config['training'])}, not an object"
+    scores = result.get("eval")
+    if "eval" in result and not isinstance(scores, dict):
+        return f"eval is {_what(scores)}, not an object of verification sets"
+    for name, entry in (scores or {}).items():
+        if not isinstance(entry, dict):
+            return f"eval.{name} is {_what(entry)}, not an object"
+        for key in ("eer", "min_dcf"):
+            if key not in entry:
+                return f"eval.{name} has no {key}"
+            if entry[key] is not None and not _is_number(entry[key]):
+                return f"eval.{name}.{key} is {_what(entry[key])}, not a number or null"
+        for key in ("target_trials", "nontarget_trials"):
+            if key in entry and not _is_count(entry[key]):
+                return f"eval.{name}.{key} is {_what(entry[key])}, not an integer"
+    skipped = result.get("skipped_files")
+    if "skipped_files" in result and not isinstance(skipped, dict):
+        return f"skipped_files is {_what(skipped)}, not an object"
+    for name, counts in (skipped or {}).items():
+        if not isinstance(counts, dict):
+            return f"skipped_files.{name} is {_what(counts)}, not an object"
+        for reason, count in counts.items():
+            if not _is_count(count):
+                return f"skipped_files.{name}.{reason} is {_what(count)}, not an integer"
+    return None
+
+
+def read_result(run_dir: str | Path, advice: str, needs: tuple[str, ...] = ()
+                ) -> dict[str, Any] | None:
+    """A ``train-speaker`` run's :data:`RESULT` (``run_dir/result.json``), checked in the
+    fields the table's reuse (:func:`robustdistill.speaker.table.finished_run`) and the model
+    card (:func:`robustdistill.publish.provenance.read_run_result`) read; None when there is
+    none (the run has not finished an epoch, or is not a speaker run). Its ``eval`` scores
+    ``eer`` and ``min_dcf`` written ``null`` (non-finite: :mod:`robustdistill.strict_json`)
+    are read as NaN, as a file written before that rule gives them.
+
+    A field may be absent (a file of an older run, or one with no evaluation), except
+    ``needs``; where present it must be as :func:`~robustdistill.speaker.train.train_system`
+    writes it: ``eval`` an object of verification sets, each an object with ``eer`` and
+    ``min_dcf`` (numbers or null) and any ``target_trials`` / ``nontarget_trials`` integers;
+    ``config`` an object whose ``loss`` is an object with a ``method`` string and whose
+    ``training``, if any, is an object; ``params`` an integer; ``skipped_files`` an object of
+    ``{reason: integer}`` objects.
+
+    Args:
+        advice: what the caller's user may do, ending the refusal after ``; `` (the table:
+            move the file away to train that run again; the card: restore it or train again).
+        needs: top-level fields the caller cannot do without (the table's reuse: ``params``).
+
+    Raises:
+        ValueError: (one line naming the file, then ``advice``) it cannot be read (no
+            permission, a folder named ``result.json``, any other ``OSError``), is not JSON
+            (nor UTF-8), is not a JSON object, or a field is missing from ``needs`` or of
+            another structure (naming the field: ``eval.fsdd.eer``).
+    """
+    path = Path(run_dir) / RESULT
+    if not os.path.lexists(path):  # a dangling link named result.json is refused, not missing
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except OSError as err:  # PermissionError, IsADirectoryError, a dangling link, ...
+        raise ValueError(f"{path} is not a readable {RESULT} ({err.strerror or err}); "
+                         f"{advice}") from None
+    except ValueError as err:  # json.JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path} is not a readable {RESULT} ({err}); {advice}") from None
+    if not isinstance(result, dict):
+        raise ValueError(f"{path} holds a JSON {type(result).__name__}, not a {RESULT} "
+                         f"object; {advice}")
+    if (fault := _structure_fault(result, needs)) is not None:
+        raise ValueError(f"{path} is not a {RESULT} as train-speaker writes it: {fault}; "
+                         f"{advice}")
+    if "eval" in result:
+        result["eval"] = {name: {k: nan_for_null(v) if k in ("eer", "min_dcf") else v
+                                 for k, v in scores.items()}
+                          for name, scores in result["eval"].items()}
+    return result

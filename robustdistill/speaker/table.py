@@ -6,7 +6,6 @@ seeds (:func:`format_table`).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,6 +30,7 @@ from .config import SpeakerKDConfig
 from .data import skipped_counts
 from .evaluation import evaluate_teacher
 from .inputs import load_run_inputs
+from .run_folder import read_result
 from .train import train_system
 
 __all__ = ["MIN_LENGTH_KEYS", "finished_run", "format_table", "reuse_awaits_inputs", "run_table",
@@ -123,22 +123,8 @@ def _without(config: dict[str, Any], dotted: str) -> None:
         config.pop(last, None)
 
 
-def _read_result(path: Path) -> dict[str, Any]:
-    """A run's ``result.json`` as a dict.
-
-    Raises:
-        ValueError: the file is not JSON, or not a JSON object (edited or written by something
-            else), naming it: the table cannot tell whether the run is finished.
-    """
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not a readable result.json ({err}); move it away to "
-                         f"train that run again") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{path} holds a JSON {type(record).__name__}, not a result.json "
-                         f"object; move it away to train that run again")
-    return record
+#: What the table's refusal of a damaged ``result.json`` advises (:func:`.run_folder.read_result`).
+REUSE_ADVICE = "move it away to train that run again"
 
 
 def _matching_run(run_cfg: SpeakerKDConfig) -> _Match | None:
@@ -147,8 +133,7 @@ def _matching_run(run_cfg: SpeakerKDConfig) -> _Match | None:
     sides) once the keys added later that it lacks
     (:func:`~robustdistill.speaker.added_keys.predated`) and the settings whose change does
     nothing (:func:`~robustdistill.speaker.added_keys.same_effect`) are left out; else None."""
-    done = Path(run_cfg.training.output_dir) / "result.json"
-    previous = _read_result(done) if done.is_file() else {}
+    previous = read_result(run_cfg.training.output_dir, REUSE_ADVICE, needs=("params",)) or {}
     if not previous.get("eval"):
         return None
     old = _run_key(null_for_nonfinite(previous.get("config")))
@@ -202,6 +187,13 @@ def finished_run(run_cfg: SpeakerKDConfig, skipped: dict[str, dict[str, str]] | 
             a run from before the minimums is not reused (:func:`reuse_awaits_inputs` says
             which runs wait for them).
         log: log why a run is, or is not, reused where that is not plain (the cases above).
+
+    Raises:
+        ValueError: (one line naming the file and, for a structure fault, the field) its
+            ``result.json`` cannot be read, is not a JSON object, lacks ``params`` or holds
+            a field the table reads in another structure
+            (:func:`~robustdistill.speaker.run_folder.read_result`): the table cannot tell
+            whether the run is finished; the line says to move it away to train it again.
     """
     match = _matching_run(run_cfg)
     if match is None:
