@@ -8,6 +8,8 @@
 # Usage: bash scripts/literature_table.sh [STEPS] [OUT] [RUN...]   (defaults 30, runs/lit10,
 # all six runs); a finished run (final_state.json) is skipped. SEED=1 ... for another training seed.
 set -euo pipefail
+# the project environment of scripts/setup.sh, unless one is active already
+[[ -z ${VIRTUAL_ENV:-} && -f .venv/bin/activate ]] && . .venv/bin/activate
 STEPS=${1:-30}
 SEED=${SEED:-0}   # the training seed (initial student, data order, corruption draws)
 OUT=${2:-runs/lit10}

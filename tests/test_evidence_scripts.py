@@ -175,3 +175,28 @@ def test_proxy_teacher_marks_no_cache_complete_when_its_build_fails(tmp_path):
     calls = (tmp_path / "calls").read_text().splitlines()
     assert [c.split()[0] for c in calls] == ["accelerate", "accelerate"]  # no distillation
     assert "--teacher_cache.dir runs/cache/whisper-tiny " in calls[1]
+
+
+def test_literature_table_script_activates_the_project_environment(tmp_path):
+    """``bash scripts/literature_table.sh`` run as docs/objectives.md says, after
+    ``scripts/setup.sh`` but with no environment active, found no ``robustdistill`` (exit 127):
+    like the other scripts, it activates ``.venv`` when none is active."""
+    repo, stubs, log = tmp_path / "repo", tmp_path / "venv_bin", tmp_path / "calls"
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    stubs.mkdir()
+    (stubs / "robustdistill").write_text(f'#!/bin/sh\necho "robustdistill $*" >> "{log}"\n')
+    (stubs / "robustdistill").chmod(0o755)
+    (repo / ".venv" / "bin" / "activate").write_text(
+        f'export VIRTUAL_ENV="{repo / ".venv"}"\nexport PATH="{stubs}:$PATH"\n')
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep)
+                                  if not (Path(p) / "robustdistill").exists())
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "literature_table.sh"), "3", "out",
+                           "a_layerwise"], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls = log.read_text().splitlines()
+    assert len(calls) == 1
+    assert calls[0].startswith("robustdistill distill --teacher ../shared/models/whisper-tiny.en "
+                               "--output_dir out/a_layerwise --seed 0 ")
+    assert "--training.max_steps 3 " in calls[0]
