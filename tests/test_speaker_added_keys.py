@@ -20,8 +20,8 @@ def _config(tmp_path, **data):
     from downstream.config import from_dict
     from robustdistill.speaker.config import SpeakerKDConfig
 
-    return from_dict(SpeakerKDConfig, {
-        "data": {"crop_seconds": 2.0, **data}, "loss": {"method": "none"},
+    return from_dict(SpeakerKDConfig, {  # test_other only: the set _finished evaluated
+        "data": {"crop_seconds": 2.0, "fsdd_dir": None, **data}, "loss": {"method": "none"},
         "training": {"output_dir": str(tmp_path / "run"), "epochs": 2, "resume": True}})
 
 
@@ -247,6 +247,15 @@ def _damaged(cfg, field: str, value) -> str:
     (("eval.test_other.eer", "0.1"),
      _WRONG + 'eval.test_other.eer is "0.1" (a JSON string), not a number or null'),
     (("eval.test_other.min_dcf", ...), _WRONG + "eval.test_other has no min_dcf"),
+    # a score no run writes (until 2026-12-08: a table row of 2750.00 %, a card alike)
+    (("eval.test_other.eer", 27.5), _WRONG + "eval.test_other.eer is 27.5 (a JSON number), "
+                                             "outside [0, 1] (a fraction, not a percentage)"),
+    (("eval.test_other.min_dcf", -0.25), _WRONG + "eval.test_other.min_dcf is -0.25 (a JSON "
+                                                  "number), outside [0, 1] (a fraction, not a "
+                                                  "percentage)"),
+    # nested past the parser's depth (until 2026-12-08: a RecursionError traceback)
+    ("[" * 100_000 + "]" * 100_000, "is not a readable result.json (maximum recursion depth "
+                                    "exceeded"),
     (("eval.test_other", 0.1), _WRONG + "eval.test_other is 0.1 (a JSON number), not an object"),
     (("eval", [0.1, 0.5]), _WRONG + "eval is a JSON array, not an object of verification sets"),
     (("config", "none"), _WRONG + 'config is "none" (a JSON string), not an object'),
@@ -278,6 +287,30 @@ def test_an_unreadable_result_json_is_one_error_naming_it(tmp_path, text, says):
     assert "\n" not in str(refused.value)
 
 
+def test_a_matching_run_without_a_set_its_config_names_is_refused_naming_it(tmp_path):
+    """A finished run whose config matches but whose ``eval`` lacks a set that config names
+    (an edited file: ``fsdd`` removed with ``data.fsdd_dir`` set) is refused in one line
+    naming the file and the set (until 2026-12-08: reused, then a ``KeyError: 'fsdd'`` when
+    ``table.md`` was written, after the teacher was evaluated and every other run trained). A
+    set it holds beyond the config's is no fault."""
+    from robustdistill.speaker.table import finished_run
+
+    cfg = _config(tmp_path, fsdd_dir="x/fsdd")
+    _finished(cfg)
+    done = tmp_path / "run" / "result.json"
+    with pytest.raises(ValueError) as refused:
+        finished_run(cfg, {})
+    assert str(refused.value) == (f"{done} {_WRONG}eval has no fsdd, a set its config names "
+                                  "(data.fsdd_dir); move it away to train that run again")
+    both = {"test_other": {"eer": 0.1, "min_dcf": 0.5}, "fsdd": {"eer": 0.2, "min_dcf": 0.6}}
+    done.write_text(_damaged(cfg, "eval", both))
+    assert finished_run(cfg, {})["eval"] == both
+    cfg = _config(tmp_path)  # no data.fsdd_dir: an fsdd entry beyond it is no fault
+    _finished(cfg)
+    done.write_text(_damaged(cfg, "eval", both))
+    assert finished_run(cfg, {})["eval"] == both
+
+
 def test_a_result_json_with_null_scores_and_no_optional_fields_is_reused(tmp_path):
     """What :func:`_finished` writes, with a ``null`` (non-finite) EER and the trial counts:
     reused, the EER read as NaN; fields the table does not need (``skipped_files``,
@@ -289,11 +322,12 @@ def test_a_result_json_with_null_scores_and_no_optional_fields_is_reused(tmp_pat
     cfg = _config(tmp_path)
     _finished(cfg)
     done = tmp_path / "run" / "result.json"
-    done.write_text(_damaged(cfg, "eval.test_other", {"eer": None, "min_dcf": 0.5,
+    done.write_text(_damaged(cfg, "eval.test_other", {"eer": None, "min_dcf": 1.0,
                                                       "target_trials": 4,
                                                       "nontarget_trials": 6}))
     reused = finished_run(cfg, {})
     assert math.isnan(reused["eval"]["test_other"]["eer"]) and reused["params"] == 1000
+    assert reused["eval"]["test_other"]["min_dcf"] == 1.0  # a trivial system's: in range
     assert reused["eval"]["test_other"]["nontarget_trials"] == 6
 
 

@@ -713,7 +713,7 @@ def test_finished_run_weighs_only_the_minimums_the_run_lacks(tmp_path, missing, 
     for key in missing:
         del config["data"][key]
     (tmp_path / "run").mkdir()
-    eval_ = {"test_other": {"eer": 0.1, "min_dcf": 0.5}}
+    eval_ = {"test_other": {"eer": 0.1, "min_dcf": 0.5}, "fsdd": {"eer": 0.2, "min_dcf": 0.6}}
     (tmp_path / "run" / "result.json").write_text(json.dumps({"config": config, "params": 1000,
                                                                 "eval": eval_}))
     skipped = {name: {f"/data/{name}/x.wav": reason} for name, reason in short.items()}

@@ -270,8 +270,9 @@ def test_the_table_retrains_a_finished_run_of_the_old_frame_mapping(tmp_path, ki
 
     cfg = _imlkd_config(tmp_path, kind, durations, method)
     (tmp_path / "run").mkdir()
-    result = {"config": to_dict(cfg), "params": 1000,
-              "eval": {"test": {"eer": 0.1, "min_dcf": 0.5}}}
+    result = {"config": to_dict(cfg), "params": 1000,  # the two sets the config names
+              "eval": {"test_other": {"eer": 0.1, "min_dcf": 0.5},
+                       "fsdd": {"eer": 0.2, "min_dcf": 0.6}}}
     (tmp_path / "run" / "result.json").write_text(json.dumps(result))
     assert (finished_run(cfg) is None) == differs
     (tmp_path / "run" / "result.json").write_text(json.dumps(

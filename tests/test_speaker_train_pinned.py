@@ -238,8 +238,8 @@ def test_run_table_trains_every_method_and_seed_and_reuses_only_evaluated_runs(
     def fake_train(cfg, teacher, crops, sets, **kwargs):
         calls.append((cfg.loss.method, cfg.training.seed, cfg.training.output_dir))
         result = {"method": cfg.loss.method, "seed": cfg.training.seed, "config": to_dict(cfg),
-                  "params": 5, "eval": {"s": {"eer": 0.1 * (1 + cfg.training.seed),
-                                              "min_dcf": 0.5}}}
+                  "params": 5, "eval": {"test_other": {"eer": 0.1 * (1 + cfg.training.seed),
+                                                       "min_dcf": 0.5}}}
         Path(cfg.training.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.training.output_dir) / "result.json").write_text(json.dumps(result))
         return result
@@ -248,10 +248,11 @@ def test_run_table_trains_every_method_and_seed_and_reuses_only_evaluated_runs(
     monkeypatch.setattr(inputs_mod, "load_train_crops", lambda *a, **k: crops)
     monkeypatch.setattr(inputs_mod, "load_eval_sets", lambda *a, **k: {})
     monkeypatch.setattr(table_mod, "evaluate_teacher",
-                        lambda *a: {"s": {"eer": 0.01, "min_dcf": 0.1}})
+                        lambda *a: {"test_other": {"eer": 0.01, "min_dcf": 0.1}})
     monkeypatch.setattr(table_mod, "train_system", fake_train)
     cfg = from_dict(SpeakerKDConfig, {"table": {"methods": ["none", "imlkd"], "seeds": [0, 1],
                                                 "output_dir": str(tmp_path / "t")},
+                                      "data": {"fsdd_dir": None},  # test_other only
                                       "training": {"seed": 7}})
     results = table_mod.run_table(cfg)
     root = tmp_path / "t"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -487,6 +488,9 @@ def _structure_fault(result: dict[str, Any], needs: tuple[str, ...]) -> str | No
                 return f"eval.{name} has no {key}"
             if entry[key] is not None and not _is_number(entry[key]):
                 return f"eval.{name}.{key} is {_what(entry[key])}, not a number or null"
+            if entry[key] is not None and not (math.isnan(entry[key]) or 0 <= entry[key] <= 1):
+                return (f"eval.{name}.{key} is {_what(entry[key])}, outside [0, 1] (a "
+                        "fraction, not a percentage)")
         for key in ("target_trials", "nontarget_trials"):
             if key in entry and not _is_count(entry[key]):
                 return f"eval.{name}.{key} is {_what(entry[key])}, not an integer"
@@ -514,7 +518,8 @@ def read_result(run_dir: str | Path, advice: str, needs: tuple[str, ...] = ()
     A field may be absent (a file of an older run, or one with no evaluation), except
     ``needs``; where present it must be as :func:`~robustdistill.speaker.train.train_system`
     writes it: ``eval`` an object of verification sets, each an object with ``eer`` and
-    ``min_dcf`` (numbers or null) and any ``target_trials`` / ``nontarget_trials`` integers;
+    ``min_dcf`` (fractions in [0, 1], or null) and any ``target_trials`` /
+    ``nontarget_trials`` integers;
     ``config`` an object whose ``loss`` is an object with a ``method`` string and whose
     ``training``, if any, is an object; ``params`` an integer; ``skipped_files`` an object of
     ``{reason: integer}`` objects.
@@ -527,8 +532,9 @@ def read_result(run_dir: str | Path, advice: str, needs: tuple[str, ...] = ()
     Raises:
         ValueError: (one line naming the file, then ``advice``) it cannot be read (no
             permission, a folder named ``result.json``, any other ``OSError``), is not JSON
-            (nor UTF-8), is not a JSON object, or a field is missing from ``needs`` or of
-            another structure (naming the field: ``eval.fsdd.eer``).
+            (nor UTF-8, or nested too deep to parse), is not a JSON object, or a field is
+            missing from ``needs``, of another structure, or a score outside [0, 1] (naming
+            the field: ``eval.fsdd.eer``).
     """
     path = Path(run_dir) / RESULT
     if not os.path.lexists(path):  # a dangling link named result.json is refused, not missing
@@ -538,7 +544,7 @@ def read_result(run_dir: str | Path, advice: str, needs: tuple[str, ...] = ()
     except OSError as err:  # PermissionError, IsADirectoryError, a dangling link, ...
         raise ValueError(f"{path} is not a readable {RESULT} ({err.strerror or err}); "
                          f"{advice}") from None
-    except ValueError as err:  # json.JSONDecodeError, UnicodeDecodeError
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError; nesting
         raise ValueError(f"{path} is not a readable {RESULT} ({err}); {advice}") from None
     if not isinstance(result, dict):
         raise ValueError(f"{path} holds a JSON {type(result).__name__}, not a {RESULT} "

@@ -30,7 +30,7 @@ from .config import SpeakerKDConfig
 from .data import skipped_counts
 from .evaluation import evaluate_teacher
 from .inputs import load_run_inputs
-from .run_folder import read_result
+from .run_folder import RESULT, read_result
 from .train import train_system
 
 __all__ = ["MIN_LENGTH_KEYS", "finished_run", "format_table", "reuse_awaits_inputs", "run_table",
@@ -126,13 +126,24 @@ def _without(config: dict[str, Any], dotted: str) -> None:
 #: What the table's refusal of a damaged ``result.json`` advises (:func:`.run_folder.read_result`).
 REUSE_ADVICE = "move it away to train that run again"
 
+#: Each verification set a run evaluates and the ``data`` folder that names it
+#: (:func:`~robustdistill.speaker.inputs.load_eval_sets`): the teacher's row has a column for
+#: each, which a reused run's ``eval`` must fill (:func:`format_table`).
+_SET_DIRS = {"test_other": "test_other_dir", "fsdd": "fsdd_dir"}
+
 
 def _matching_run(run_cfg: SpeakerKDConfig) -> _Match | None:
     """The finished, evaluated run in ``run_cfg.training.output_dir`` (its ``result.json``)
     whose config equals ``run_cfg``'s (:func:`_run_key`; non-finite numbers as ``null`` on both
     sides) once the keys added later that it lacks
     (:func:`~robustdistill.speaker.added_keys.predated`) and the settings whose change does
-    nothing (:func:`~robustdistill.speaker.added_keys.same_effect`) are left out; else None."""
+    nothing (:func:`~robustdistill.speaker.added_keys.same_effect`) are left out; else None.
+
+    Raises:
+        ValueError: (one line) as :func:`~robustdistill.speaker.run_folder.read_result`; or
+            the run matches but its ``eval`` lacks a set its config names (``fsdd`` with
+            ``data.fsdd_dir``: an edited file), which :func:`format_table` could not fill.
+    """
     previous = read_result(run_cfg.training.output_dir, REUSE_ADVICE, needs=("params",)) or {}
     if not previous.get("eval"):
         return None
@@ -146,7 +157,14 @@ def _matching_run(run_cfg: SpeakerKDConfig) -> _Match | None:
     for key in [k for _, keys in lacking for k in keys] + [k for k, _ in unchanged]:
         _without(old, key)
         _without(new, key)
-    return _Match(previous, lacking, unchanged) if old == new else None
+    if old != new:
+        return None
+    for name, key in _SET_DIRS.items():
+        if getattr(run_cfg.data, key) and name not in previous["eval"]:
+            raise ValueError(f"{Path(run_cfg.training.output_dir) / RESULT} is not a {RESULT} as "
+                             f"train-speaker writes it: eval has no {name}, a set its config "
+                             f"names (data.{key}); {REUSE_ADVICE}")
+    return _Match(previous, lacking, unchanged)
 
 
 def reuse_awaits_inputs(run_cfg: SpeakerKDConfig) -> bool:
@@ -192,8 +210,10 @@ def finished_run(run_cfg: SpeakerKDConfig, skipped: dict[str, dict[str, str]] | 
         ValueError: (one line naming the file and, for a structure fault, the field) its
             ``result.json`` cannot be read, is not a JSON object, lacks ``params`` or holds
             a field the table reads in another structure
-            (:func:`~robustdistill.speaker.run_folder.read_result`): the table cannot tell
-            whether the run is finished; the line says to move it away to train it again.
+            (:func:`~robustdistill.speaker.run_folder.read_result`), or matches but lacks
+            an ``eval`` set its config names: the table cannot tell whether the run is
+            finished, or could not fill that set's columns; the line says to move it away
+            to train it again.
     """
     match = _matching_run(run_cfg)
     if match is None:
