@@ -15,7 +15,7 @@ Subcommands::
     robustdistill enhance IN OUT --model DIR
     robustdistill train-se --config configs/se_*.yaml
     robustdistill train-speaker {train,table,cache,gap} --config configs/imlkd_speaker.yaml
-    robustdistill train-speaker export --run RUN [--checkpoint epoch_N] [--out DIR]
+    robustdistill train-speaker export --run RUN [--checkpoint epoch_N] [--out DIR] [--overwrite]
 
 For several processes use ``accelerate launch distill.py --config ...`` (``distill.py`` is
 ``robustdistill distill``), or, from an installed package (no checkout, no ``distill.py``),

@@ -284,3 +284,109 @@ def test_a_run_stopped_before_its_first_checkpoint_has_nothing_to_export(tiny, t
                          "nothing to export (a run stopped before its first checkpoint saved "
                          "no weights)"), line
     assert not (tmp_path / "out").exists()
+
+
+def _run_files(run: Path) -> dict[str, bytes]:
+    """Every file of the run folder but ``exports/``: relative path -> bytes."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and p.relative_to(run).parts[0] != "exports"}
+
+
+def test_an_out_among_the_runs_own_files_is_refused_and_never_emptied(tiny, tmp_path, capsys):
+    """``--out RUN/checkpoints/epoch_N --overwrite`` emptied that checkpoint (its optimizer
+    state and manifest gone: the run could no longer resume or export it); any ``--out``
+    inside the run but under ``RUN/exports/`` is refused, every file left as it was."""
+    teacher, crops = tiny
+    run = tmp_path / "run"
+    train_system(speaker_kd_config(tmp_path, "run", 2, method="none"), teacher, crops)
+    before = _run_files(run)
+    for out in (run / "checkpoints" / "epoch_2", run / "checkpoints" / "epoch_1",
+                run / "checkpoints", run / "checkpoints" / "epoch_1" / "student",
+                run / "mine", run / "exports"):
+        for extra in ((), ("--overwrite",)):
+            line = _refused(capsys, "--run", str(run), "--checkpoint", "epoch_1", "--out",
+                            str(out), *extra)
+            assert line == (f"{PROG}: error: --out {str(out)!r} is inside the run folder {run}, "
+                            "whose files (checkpoints/, config.yaml, ...) are the trainer's: give "
+                            "a folder under RUN/exports/ or outside the run"), (out, extra, line)
+    assert _run_files(run) == before
+    assert not (run / "mine").exists() and not (run / "exports").exists()
+    # under RUN/exports/: written, and written again with --overwrite
+    for extra in ((), ("--overwrite",)):
+        done = _export(capsys, "--run", str(run), "--checkpoint", "epoch_1", "--out",
+                       str(run / "exports" / "e1"), *extra)
+        assert done["student"] == str(run / "exports" / "e1")
+    _assert_equal_tensors(load_file(run / "exports" / "e1" / "model.safetensors"),
+                          _embedder_tensors(run / "checkpoints" / "epoch_1"))
+    assert _run_files(run) == before
+
+
+def test_a_checkpoint_from_before_a_resume_from_another_folder_is_exported(
+        tiny, tiny_wavlm_dir, tmp_path, capsys, monkeypatch):
+    """``student.upstream`` relative, started in ``P`` as ``NAME`` and resumed from ``P/..``
+    as ``P.name/NAME`` (the same folder: the resume accepts it; ``config.yaml`` then holds the
+    new spelling): ``epoch_1``, saved by the first start, is exported from a third folder,
+    its tensors and ``upstream/`` those of the run (the new spelling read from the folder of
+    the first start named no folder and was looked up on the hub)."""
+    teacher, crops = tiny
+    home = tiny_wavlm_dir.parent
+    monkeypatch.chdir(home)
+    cfg = speaker_kd_config(tmp_path, "up", 1, method="none")
+    cfg.student.kind, cfg.student.upstream = "upstream", tiny_wavlm_dir.name
+    train_system(cfg, teacher, crops)
+    monkeypatch.chdir(home.parent)
+    cfg = speaker_kd_config(tmp_path, "up", 2, resume=True, method="none")
+    cfg.student.kind = "upstream"
+    cfg.student.upstream = f"{home.name}/{tiny_wavlm_dir.name}"
+    train_system(cfg, teacher, crops)
+    run = tmp_path / "up"
+    assert f"upstream: {home.name}/{tiny_wavlm_dir.name}" in (run / "config.yaml").read_text()
+    monkeypatch.chdir(tmp_path)
+    done = _export(capsys, "--run", str(run), "--checkpoint", "epoch_1", "--out",
+                   str(tmp_path / "e1"))
+    assert done["checkpoint"] == str(run / "checkpoints" / "epoch_1")
+    exported = load_file(tmp_path / "e1" / "model.safetensors")  # the upstream's: upstream/
+    saved = _embedder_tensors(run / "checkpoints" / "epoch_1")
+    assert len(exported) > 3 and set(exported) == {k for k in saved
+                                                   if not k.startswith("encoder.upstream.")}
+    _assert_equal_tensors(exported, {k: saved[k] for k in exported})
+    _export(capsys, "--run", str(run), "--out", str(tmp_path / "e2"))
+    for name in ("model.safetensors", "config.json", "upstream/model.safetensors",
+                 "upstream/config.json"):
+        assert (tmp_path / "e2" / name).read_bytes() == (run / "student" / name).read_bytes()
+    assert (tmp_path / "e1" / "upstream" / "config.json").read_bytes() == (
+        run / "student" / "upstream" / "config.json").read_bytes()
+
+
+def test_a_whisper_students_refusal_leaves_an_overwritten_out_as_it_was(tiny_whisper_dir,
+                                                                        tmp_path, capsys):
+    """A Whisper-upstream student cannot be exported (its encoder alone reloads random): the
+    refusal comes before ``--overwrite`` empties ``--out`` (it deleted the folder's files and
+    then wrote nothing). The run is one complete checkpoint of such a student, by hand."""
+    import yaml
+    from safetensors.torch import save_file
+
+    from downstream.config import from_dict, to_dict
+    from robustdistill.checkpoints import write_manifest
+    from robustdistill.speaker.config import SpeakerKDConfig
+    from robustdistill.speaker.train import build_student
+
+    run = tmp_path / "run"
+    cfg = from_dict(SpeakerKDConfig, {
+        "student": {"kind": "upstream", "upstream": str(tiny_whisper_dir), "embedding_dim": 8},
+        "training": {"output_dir": str(run)}})
+    checkpoint = run / "checkpoints" / "epoch_1"
+    checkpoint.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    model = build_student(cfg, 3, 8)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(checkpoint / "model.safetensors"))
+    write_manifest(checkpoint, 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text("the card of other weights\n")
+    line = _refused(capsys, "--run", str(run), "--out", str(out), "--overwrite")
+    assert line == (f"{PROG}: error: {checkpoint}: speaker students on a Whisper upstream are "
+                    "not exported: its encoder saved alone would reload with random weights")
+    assert [p.name for p in out.iterdir()] == ["README.md"]
+    assert (out / "README.md").read_text() == "the card of other weights\n"

@@ -51,8 +51,9 @@ def main(argv: list[str]) -> int:
     reads ``RUN/config.yaml``, so it takes no ``--config`` or ``--section.key`` overrides, and
     ``--run``, ``--checkpoint``, ``--out`` and ``--overwrite`` are read by it only. Its errors
     (a missing run, config or checkpoint, a checkpoint that is not one of the run's complete
-    ones, another method's or shape's checkpoint, an output folder that holds files or is
-    ``RUN/student``) are one usage line, exit 2, before anything is written.
+    ones, another method's or shape's checkpoint, an output folder that holds files, is
+    ``RUN/student`` or lies elsewhere in ``RUN``, not under ``RUN/exports/``) are one usage
+    line, exit 2, before anything is written.
 
     ``cache`` computes every training map into ``ig.cache_dir`` once and prints its time and
     completeness gaps; ``gap --steps 4,8,16,32 --crops 4`` prints the completeness gap of a few

@@ -24,6 +24,7 @@ from downstream.config import load_config
 from robustdistill.checkpoints import CheckpointError, verify_checkpoint
 from robustdistill.files import check_output_folder, empty_folder
 from robustdistill.messages import first_line
+from robustdistill.run_settings import _started_in as config_started_in
 
 from .config import SpeakerKDConfig
 from .run_folder import (
@@ -56,7 +57,9 @@ def export_checkpoint(run_dir: str | Path, checkpoint: str | None = None,
             ``stopped.json`` names, for a run stopped at a NaN/Inf step).
         out_dir: a new or empty folder (``overwrite``: one whose files are removed first);
             default ``run_dir/exports/<checkpoint name>/student``. Never ``run_dir/student``,
-            which says the run finished.
+            which says the run finished, nor elsewhere in ``run_dir`` except under
+            ``run_dir/exports/`` (the rest is the trainer's: ``--overwrite`` of
+            ``run_dir/checkpoints/epoch_N`` would delete that checkpoint).
         overwrite: empty ``out_dir`` first instead of refusing one that holds files.
 
     Returns:
@@ -73,13 +76,15 @@ def export_checkpoint(run_dir: str | Path, checkpoint: str | None = None,
             another ``loss.method``, student shape...) or whose weights do not fit the student
             it describes (tensors missing, unexpected or of other shapes); a ``student.upstream``
             that cannot be loaded; a student that cannot be exported (a Whisper upstream);
-            ``out_dir`` ``run_dir/student``.
+            ``out_dir`` ``run_dir/student``, or inside ``run_dir`` and not under
+            ``run_dir/exports/``.
         OutputFolderError: (a ``FileExistsError``) ``out_dir`` is a file, or holds files and
             ``overwrite`` is false, or with ``overwrite`` is or holds the run folder.
     """
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
+    from .models import SpeakerEmbedder
     from .train import _export_student, build_student
 
     run_dir = Path(run_dir).expanduser()
@@ -108,6 +113,13 @@ def export_checkpoint(run_dir: str | Path, checkpoint: str | None = None,
     if out.resolve() == (run_dir / "student").resolve():
         raise ValueError(f"--out {str(out)!r} is the folder a finished run exports its student "
                          "to (RUN/student says the run finished): give another folder")
+    resolved, run_resolved = out.resolve(), run_dir.resolve()
+    if run_resolved in resolved.parents and run_resolved / "exports" not in resolved.parents:
+        # RUN/checkpoints/epoch_N with --overwrite would be emptied (the checkpoint deleted),
+        # and a folder among the trainer's files is deleted or mistaken by its later saves
+        raise ValueError(f"--out {str(out)!r} is inside the run folder {run_dir}, whose files "
+                         "(checkpoints/, config.yaml, ...) are the trainer's: give a folder "
+                         "under RUN/exports/ or outside the run")
     out = check_output_folder(out, "--out", overwrite=overwrite, inputs=(run_dir,))
     weights = folder / _WEIGHTS
     try:  # the header only: the two sizes the student is built with
@@ -120,7 +132,7 @@ def export_checkpoint(run_dir: str | Path, checkpoint: str | None = None,
                          "checkpoint")
     num_speakers = shapes["classifier.weight"][0]
     teacher_dim = shapes["projection.weight"][0] if "projection.weight" in shapes else None
-    _resolve_upstream(cfg, folder)
+    _resolve_upstream(cfg, run_dir, folder)
     try:
         model = build_student(cfg, num_speakers, teacher_dim)
     except (OSError, ValueError) as err:  # ModelFolderError is a ValueError
@@ -141,12 +153,13 @@ def export_checkpoint(run_dir: str | Path, checkpoint: str | None = None,
                          f"({found}): a checkpoint of another run?")
     model.load_state_dict(state, strict=True)
     model.eval()
-    try:  # the trainer's export, refusing (not logging) a student it cannot export
-        if overwrite:
-            empty_folder(out)
-        _export_student(model, out, strict=True)
+    try:  # a student the trainer's export cannot write (a Whisper upstream): refused before
+        SpeakerEmbedder.from_speaker_model(model)  # --overwrite empties out_dir
     except ValueError as err:
         raise ValueError(f"{folder}: {err}") from None
+    if overwrite:
+        empty_folder(out)
+    _export_student(model, out, strict=True)  # the trainer's export
     epochs, batches = _progress_of(folder)
     return {"student": str(out), "checkpoint": str(folder), "epochs_done": epochs,
             "batches_done": batches, "num_speakers": num_speakers, "teacher_dim": teacher_dim}
@@ -195,14 +208,18 @@ def _progress_of(folder: Path) -> tuple[int, int]:
     return int(folder.name.split("_")[1]), 0
 
 
-def _resolve_upstream(cfg: SpeakerKDConfig, checkpoint: Path) -> None:
-    """A relative ``student.upstream`` is relative to the folder the run was started in (its
-    checkpoint records it): made absolute there when it names a folder there, else left as it
-    is (relative to the current folder, or a hub id)."""
+def _resolve_upstream(cfg: SpeakerKDConfig, run_dir: Path, checkpoint: Path) -> None:
+    """A relative ``student.upstream`` is relative to the folder the start that wrote
+    ``run_dir/config.yaml`` ran in (the last ``environment.json`` record's ``cwd``; for a run
+    without one, the folder ``checkpoint``'s start ran in, which its settings record): made
+    absolute there when it names a folder there, else left as it is (relative to the current
+    folder, or a hub id). A run resumed from another folder with the path spelt from there
+    has the new spelling in ``config.yaml``, which the older checkpoints' folder would not
+    resolve."""
     upstream = cfg.student.upstream
     if cfg.student.kind != "upstream" or not upstream or os.path.isabs(
             os.path.expanduser(upstream)):
         return
-    started_in = checkpoint_started_in(checkpoint)
+    started_in = config_started_in(run_dir) or checkpoint_started_in(checkpoint)
     if started_in is not None and os.path.isdir(os.path.join(started_in, upstream)):
         cfg.student.upstream = os.path.join(started_in, upstream)
