@@ -51,7 +51,11 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any],
     as for runs before 2026-12-07). So the same relative spelling naming another existing file
     or folder from here is a change, written ``key data (in /old) -> data (in /new)``, for
     a key that names a path (:func:`_names_a_path`: not ``data.target_column: clean`` because
-    both folders hold a ``clean/``). A non-finite number and ``null`` are no change: a setting
+    both folders hold a ``clean/``). A folder setting (:data:`_FOLDER_KEY`: ``ig.cache_dir``,
+    ``data.train_dir``, ...) is always a path, existing or not yet created (a cache folder
+    made later in the run): its two values are a change exactly when their absolute paths
+    (links in the existing part resolved) differ. A name that may be no path (``teacher:
+    org/model``, a hub id) counts only as existing files or folders, as above. A non-finite number and ``null`` are no change: a setting
     of ``.inf`` (``train-speaker``'s ``training.max_grad_norm``, say) is ``null`` in the strict
     JSON a checkpoint stores its settings in (:mod:`robustdistill.strict_json`).
     """
@@ -66,10 +70,10 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any],
             continue
         before, now = a.get(key), b.get(key)
         if before != now and null_for_nonfinite(before) != null_for_nonfinite(now):
-            if not _same_path(before, now, old_folder):
+            if not _same_path(before, now, old_folder, key):
                 changes.append(f"{key} {before} -> {now}")
         elif old_folder is not None and _names_a_path(key, before) \
-                and _other_place(before, old_folder):
+                and _other_place(before, old_folder, key):
             changes.append(f"{key} {before} (in {old_folder}) -> {now} (in {here})")
     return changes
 
@@ -80,20 +84,44 @@ def _from(value: str, folder: str | None) -> str:
     return os.path.join(folder, path) if folder is not None else path
 
 
-def _same_path(a: Any, b: Any, folder_a: str | None = None) -> bool:
+def _same_path(a: Any, b: Any, folder_a: str | None = None, key: str = "") -> bool:
     """Whether ``a`` (a path from ``folder_a``) and ``b`` (from the current folder) are both
-    strings naming the same existing file or folder."""
+    strings naming the same existing file or folder, or, for a folder setting ``key``
+    (:data:`_FOLDER_KEY`), the same absolute path (:func:`_place`) whether or not it exists."""
     if not (isinstance(a, str) and isinstance(b, str) and a and b):
         return False
     try:
-        return os.path.samefile(_from(a, folder_a), _from(b, None))
+        if os.path.samefile(_from(a, folder_a), _from(b, None)):
+            return True
     except (OSError, ValueError):  # either does not exist (a hub id, a name), or a bad path
-        return False
+        pass
+    there = _place(a, folder_a)
+    return _is_folder_key(key) and there is not None and there == _place(b, None)
 
 
 #: The last part of a dotted key that holds a path (``data.train_dir``, ``teacher_cache.dir``,
 #: ``teacher``, ``student.upstream``, ``data.train_dataset``, ``output_dir``, ...).
 _PATH_KEY = re.compile(r"(^|_)(dir|path|file|dataset|teacher|upstream|model)$")
+
+#: The last part of a dotted key whose value is always a file or folder of the file system,
+#: never a name (``ig.cache_dir``, ``teacher_cache.dir``, ``data.noise_dir``, ...; not
+#: ``teacher``, ``student.upstream``, ``data.train_dataset``: hub ids or built-in names).
+_FOLDER_KEY = re.compile(r"(^|_)(dir|path|file)$")
+
+
+def _is_folder_key(key: str) -> bool:
+    """Whether the dotted ``key`` is a file or folder setting (:data:`_FOLDER_KEY`)."""
+    return bool(key) and bool(_FOLDER_KEY.search(key.rsplit(".", 1)[-1]))
+
+
+def _place(value: str, folder: str | None) -> str | None:
+    """The absolute path ``value`` names from ``folder`` (None: the current one), links in
+    its existing part resolved (``os.path.realpath``); None for a path that cannot be one
+    (a NUL byte)."""
+    try:
+        return os.path.realpath(_from(value, folder))
+    except (OSError, ValueError):
+        return None
 
 
 def _names_a_path(key: str, value: Any) -> bool:
@@ -103,18 +131,21 @@ def _names_a_path(key: str, value: Any) -> bool:
         isinstance(value, str) and os.sep in value)
 
 
-def _other_place(value: Any, folder: str) -> bool:
+def _other_place(value: Any, folder: str, key: str = "") -> bool:
     """Whether ``value``, a relative path, names an existing file or folder from ``folder``
     and another existing one from the current folder (a name that exists on one side only,
-    such as a hub id, is no change)."""
+    such as a hub id, is no change), or, for a folder setting ``key`` (:data:`_FOLDER_KEY`),
+    another absolute path (:func:`_place`) whether or not either exists yet."""
     if not (isinstance(value, str) and value) or os.path.isabs(os.path.expanduser(value)):
         return False
     there, here = _from(value, folder), _from(value, None)
     try:
-        return (os.path.exists(there) and os.path.exists(here)
-                and not os.path.samefile(there, here))
+        if os.path.exists(there) and os.path.exists(here):
+            return not os.path.samefile(there, here)
     except (OSError, ValueError):
         return False
+    places = _place(value, folder), _place(value, None)
+    return _is_folder_key(key) and None not in places and places[0] != places[1]
 
 
 def saved_config_changes(output_dir: str | Path, new: Mapping[str, Any],

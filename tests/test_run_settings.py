@@ -214,3 +214,59 @@ def test_start_up_warnings_come_from_the_main_process_only(tmp_path, tiny_wavlm_
         notes = [r.getMessage() for r in caplog.records if "never reaches phase 2" in r.message
                  or "no KD term" in r.message]
         assert len(notes) == (3 if main_process else 0), notes
+
+
+def test_a_relative_folder_setting_from_another_start_folder_is_a_change_before_it_exists(
+        tmp_path, monkeypatch):
+    """A run started in A with ``ig.cache_dir: runs/x/ig_cache`` and resumed from B: the
+    cache folder is made only later in the run, so until 2026-12-08 the change of folder was
+    missed whenever it did not yet exist on both sides (the rule needed two existing folders).
+    A folder setting now differs exactly when its absolute paths do; a name that may be a hub
+    id (``teacher``) still counts only through existing folders."""
+    from robustdistill.environment import record_environment
+
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir()
+    b.mkdir()
+    monkeypatch.chdir(b)
+    cfg = {"ig": {"cache_dir": "runs/x/ig_cache"}, "teacher": "org/model"}
+    moved = [f"ig.cache_dir runs/x/ig_cache (in {a}) -> runs/x/ig_cache (in {b})"]
+    assert config_changes(cfg, cfg, old_folder=str(a)) == moved  # neither exists
+    (a / "runs/x/ig_cache").mkdir(parents=True)
+    assert config_changes(cfg, cfg, old_folder=str(a)) == moved  # only A's
+    (a / "runs/x/ig_cache").rmdir()
+    (b / "runs/x/ig_cache").mkdir(parents=True)
+    assert config_changes(cfg, cfg, old_folder=str(a)) == moved  # only B's
+    (a / "runs/x/ig_cache").mkdir(parents=True)
+    assert config_changes(cfg, cfg, old_folder=str(a)) == moved  # both (as before)
+    # the same place spelt from B, existing or not yet: no change
+    for there in ("runs/x/ig_cache", "runs/y"):
+        same = {"ig": {"cache_dir": f"../A/{there}"}, "teacher": "org/model"}
+        assert config_changes({**cfg, "ig": {"cache_dir": there}}, same,
+                              old_folder=str(a)) == []
+        assert config_changes({**cfg, "ig": {"cache_dir": there}}, {
+            **same, "ig": {"cache_dir": str(a / there)}}, old_folder=str(a)) == []
+    # through a link in the existing part of the path (B/to_a -> A), the folder not made yet
+    (b / "to_a").symlink_to(a)
+    assert config_changes({"ig": {"cache_dir": "runs/new"}}, {"ig": {"cache_dir":
+                          "to_a/runs/new"}}, old_folder=str(a)) == []
+    assert config_changes({"ig": {"cache_dir": "runs/new"}}, {"ig": {"cache_dir":
+                          "runs/new"}}, old_folder=str(b / "runs" / "..")) == []
+    # resumed where it started, or a run before the record of cwd: no change
+    assert config_changes({"d": {"cache_dir": "none/yet"}}, {"d": {"cache_dir": "./none/yet"}},
+                          old_folder=str(b)) == []
+    assert config_changes({"d": {"cache_dir": "none/yet"}}, {"d": {"cache_dir": "none/yet"}}) \
+        == []
+    # another folder from the same start folder, neither existing: a change, as always
+    assert config_changes({"d": {"cache_dir": "p"}}, {"d": {"cache_dir": "q"}},
+                          old_folder=str(b)) == ["d.cache_dir p -> q"]
+    # the whole path through environment.json's cwd, as a resume compares it
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"teacher_cache": {"dir": "tc"}}))
+    monkeypatch.chdir(a)
+    record_environment(run, 0)
+    monkeypatch.chdir(b)
+    assert saved_config_changes(run, {"teacher_cache": {"dir": "tc"}}) == [
+        f"teacher_cache.dir tc (in {a}) -> tc (in {b})"]
+    assert saved_config_changes(run, {"teacher_cache": {"dir": "../A/tc"}}) == []
