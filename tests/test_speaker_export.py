@@ -147,9 +147,9 @@ def test_a_run_stopped_by_a_nan_exports_its_newest_checkpoint_and_the_card_accep
         robustdistill(card)
     assert stop.value.code == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "(1 tensor differs, e.g. 'embedding.bias')" in line
-    assert line.endswith(f"(that checkpoint's student is written by robustdistill "
-                         f"train-speaker export --run {run} --checkpoint epoch_1 --out DIR)"), line
+    assert "(the nearest, epoch_1: 1 tensor differs, e.g. 'embedding.bias')" in line
+    assert line.endswith(f"written by robustdistill train-speaker export --run {run} "
+                         "--checkpoint NAME --out DIR"), line
 
 
 def test_a_mid_epoch_checkpoint_of_a_sigterm_is_exported(tiny, tmp_path, monkeypatch, capsys):

@@ -84,7 +84,12 @@ from .provenance import (
     training_language,
 )
 from .results import TaskResult
-from .run_weights import best_validation_record, check_run_weights, is_best_student
+from .run_weights import (
+    best_validation_record,
+    check_run_weights,
+    is_best_student,
+    speaker_checkpoint_weights,
+)
 
 __all__ = ["KINDS", "CardError", "build_card", "card_main", "check_no_placeholders",
            "copy_run_files", "eval_results_for", "heads_dir_for", "templates_dir",
@@ -337,10 +342,22 @@ def build_card(model_dir: str | Path, results: Sequence[str | Path] = (),
                                               f"`{trainers[kind]}` run)"))
     if run is not None and run.recipe == "speaker" and step is not None:
         raise CardError(f"--step {step}: a `train-speaker` run counts epochs, not steps; card "
-                        f"its student ({run_dir}/student) without --step (a run that stopped "
-                        f"early is carded from its newest checkpoint, stopped.json)")
+                        f"its student ({run_dir}/student) without --step (a run that did not "
+                        f"finish is carded from a checkpoint's student: robustdistill "
+                        f"train-speaker export --run {run_dir} --checkpoint NAME)")
     if run is not None:  # refuses another run's training (a mistyped --run)
-        logger.info("%s", check_run_weights(model_dir, run, step))
+        if (found := speaker_checkpoint_weights(model_dir, run)) is not None:
+            # a train-speaker run that exported no student: the card says which checkpoint
+            from ..speaker.run_folder import checkpoint_progress
+
+            checkpoint, checked = found
+            epochs, batches = checkpoint_progress(checkpoint)
+            run = dataclasses.replace(run, final_state={
+                **run.final_state, "checkpoint": checkpoint.name, "epochs_done": epochs,
+                "batches_done": batches})
+        else:
+            checked = check_run_weights(model_dir, run, step)
+        logger.info("%s", checked)
         if step is None and is_best_student(model_dir, run):  # the card says which step
             run = dataclasses.replace(run, final_state={
                 **run.final_state, "card_weights": "best_student",

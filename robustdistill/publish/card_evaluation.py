@@ -141,12 +141,21 @@ def verification_view(run: RunSummary | None) -> dict[str, Any]:
         ``{"rows", "intro", "lines", "table", "missing"}``: ``rows`` the
         :class:`VerificationResult` of each set; ``intro`` one paragraph; ``lines`` ``(label,
         text)`` pairs (testing data, trials, scoring, metrics); ``table`` the results in
-        Markdown; ``missing`` the sentence shown instead when there are no rows.
+        Markdown; ``missing`` the sentence shown instead when there are no rows (always for
+        a card of a checkpoint's student, ``final_state["checkpoint"]``: the run evaluated
+        its final student, not those weights).
     """
     if run is None:
         return {"rows": [], "intro": "", "lines": [], "table": "",
                 "missing": "No training run was given to the card: its speaker verification "
                            "results are not known here."}
+    checkpoint = run.final_state.get("checkpoint")
+    if run.recipe == "speaker" and isinstance(checkpoint, str):  # a checkpoint's student
+        return {"rows": [], "intro": "", "lines": [], "table": "",
+                "missing": f"Speaker verification: not run on these weights, the student of "
+                           f"the checkpoint `{checkpoint}` of the run `{run.run_dir}`: "
+                           "`robustdistill train-speaker` evaluates a run's student once "
+                           "training finishes (`result.json`), and this run exported none."}
     rows = verification_results(run)
     if not rows:
         return {"rows": [], "intro": "", "lines": [], "table": "",

@@ -154,7 +154,9 @@ def early_stop(run: RunSummary) -> tuple[int, int | None, str] | None:
 def _speaker_stop_text(run: RunSummary) -> str:
     """The clause of a ``train-speaker`` run's stop (``stopped.json`` of
     :func:`robustdistill.speaker.train._stop_nonfinite`): where in which epoch, what was
-    NaN/Inf, and the checkpoint holding its last saved weights (or that it saved none)."""
+    NaN/Inf, and the checkpoint holding its last saved weights (or that it saved none); when
+    the card's weights are another checkpoint (``final_state["checkpoint"]``, set by the card),
+    only that the stop's was its newest then (the Result line names the card's)."""
     stopped, training = run.stopped, config_section(run.config, "training")
     text = (f"the run stopped at epoch {_recorded(stopped, 'epoch')} of its "
             f"{_recorded(training, 'epochs')} configured epochs (batch "
@@ -169,6 +171,9 @@ def _speaker_stop_text(run: RunSummary) -> str:
     held = (f"{epochs} epochs and {batches} batches of epoch {epochs + 1}"
             if isinstance(epochs, int) and isinstance(batches, int) and batches > 0
             else f"epoch {epochs}" if isinstance(epochs, int) else NOT_RECORDED)
+    card = run.final_state.get("checkpoint")
+    if isinstance(card, str) and card != Path(saved).name:
+        return text + f"; its newest checkpoint then was `{Path(saved).name}` ({held})"
     return (text + f"; the weights are those of its newest checkpoint, `{Path(saved).name}` "
                    f"({held}), nothing after it was saved")
 
@@ -470,6 +475,11 @@ def _speaker_view(run: RunSummary) -> dict[str, Any]:
         result = f"last logged epoch {last['epoch']} of {_recorded(training, 'epochs')}"
         if last.get("loss") is not None:
             result += f", mean training loss {last['loss']:.4f} in that epoch"
+    validation = run.validation_data
+    if isinstance(run.final_state.get("epochs_done"), int):  # a checkpoint's weights
+        result = _speaker_checkpoint_text(run, training)
+        validation = validation.replace(  # a result.json left by a finished run, say
+            "(the Evaluation section)", "(of the run's final student, not of these weights)")
     if (stop := early_stop(run)) is not None:  # a NaN/Inf step (stopped.json)
         result = f"{stop[2]}; {result}"
     return {
@@ -478,9 +488,51 @@ def _speaker_view(run: RunSummary) -> dict[str, Any]:
         "lines": [("Student", _speaker_student_text(student)),
                   ("Loss", _speaker_loss_text(loss, student, config_section(cfg, "ig"))),
                   ("Training data", run.train_data), ("Student's input", run.corruption),
-                  ("Validation data", run.validation_data), ("Optimisation", optimisation),
+                  ("Validation data", validation), ("Optimisation", optimisation),
                   ("Result", result), *_software_line(run)],
     }
+
+
+def _speaker_checkpoint_text(run: RunSummary, training: dict[str, Any]) -> str:
+    """The Result of a card of a ``train-speaker`` checkpoint's student (a run that exported
+    no ``RUN/student``; ``run.final_state``: ``checkpoint``, ``epochs_done`` N,
+    ``batches_done`` B, set by the card from the checkpoint the weights equal): which
+    checkpoint, how far into training it is ("12 epochs and 2 batches of epoch 13 (of 200
+    configured)"),
+    and the mean training loss of its last whole epoch (``metrics.jsonl``'s epoch N: a later
+    epoch the run logged is not in these weights). A stop's checkpoint is said by
+    :func:`_speaker_stop_text` instead, with the log's last epoch (its own)."""
+    state, epochs = run.final_state, _recorded(training, "epochs")
+    done, batches = state["epochs_done"], state.get("batches_done") or 0
+    logged = run.last_train.get("epoch")
+    record = next((r for r in reversed(_speaker_log(run)) if r.get("epoch") == done), {})
+    loss = record.get("loss")
+    loss_text = f", mean training loss {loss:.4f} in that epoch" if isinstance(
+        loss, int | float) else ""
+    stop = run.stopped.get("checkpoint") if early_stop(run) is not None else None
+    if isinstance(stop, str) and Path(stop).name == state["checkpoint"] and logged == done:
+        return f"last logged epoch {done} of {epochs}{loss_text}"  # the stop names it
+    held = f"{done} epoch{'' if done == 1 else 's'}" + (
+        f" and {batches} batch{'' if batches == 1 else 'es'} of epoch {done + 1}" if batches
+        else "")
+    text = f"the weights of checkpoint `{state['checkpoint']}`: {held} (of {epochs} configured)"
+    if not isinstance(logged, int) or isinstance(logged, bool):
+        return text + "; no training log recorded"
+    if logged <= done:  # the epoch the weights ended (the log may have lost later ones)
+        return text + f"; last logged epoch {logged}" + (loss_text if logged == done else "")
+    if done and loss_text:
+        text += f"; mean training loss {loss:.4f} in epoch {done}, their last whole epoch"
+    return (text + f"; the run went on to log {logged} epochs: the training after this "
+            "checkpoint is not in these weights")
+
+
+def _speaker_log(run: RunSummary) -> list[dict[str, Any]]:
+    """The records of a ``train-speaker`` run's ``metrics.jsonl`` (one per epoch); ``[]``
+    without the file."""
+    from ..metrics_log import read_records
+
+    path = run.run_dir / "metrics.jsonl"
+    return read_records(path) if path.is_file() else []
 
 
 def run_view(run: RunSummary, heads_dir: Path | None) -> dict[str, Any]:

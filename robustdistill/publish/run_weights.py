@@ -5,13 +5,16 @@ Every trainer saves its student with ``save_pretrained`` at the end (``<run>/stu
 final weights of a ``distill``, ``train-se`` or ``train-speaker`` run are checked. A
 ``distill`` run also keeps the student in every checkpoint (``<run>/checkpoints/checkpoint_N``,
 the student's tensors under :data:`robustdistill.checkpoints.STUDENT_PREFIX`), so the weights of
-any step can be read without building a model; the SE and speaker trainers' checkpoints are not
-read (``--step`` there is not checked). The comparison is exact (every tensor's name and
-bytes).
+any step can be read without building a model; the SE trainer's checkpoints are not read
+(``--step`` there is not checked). A ``train-speaker`` run that exported no student (stopped,
+or not finished) is checked against all its checkpoints, and the card says which one the
+weights are (:func:`speaker_checkpoint_weights`). The comparison is exact (every tensor's name
+and bytes).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ..checkpoints import STUDENT_PREFIX, checkpoint_step, list_checkpoints
@@ -19,7 +22,9 @@ from .card_results import CardError
 from .provenance import RunSummary
 
 __all__ = ["BEST_STUDENT", "STUDENT_PREFIX", "best_validation_record", "check_run_weights",
-           "is_best_student"]  # STUDENT_PREFIX: re-exported
+           "is_best_student", "speaker_checkpoint_weights"]  # STUDENT_PREFIX: re-exported
+
+logger = logging.getLogger(__name__)
 
 
 def _checkpoints_of_step(run_dir: Path, step: int) -> list[Path]:
@@ -44,9 +49,9 @@ def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None =
             summarise_run`).
         step: ``--step``, the training step of the weights when they are a checkpoint's.
 
-    A ``train-speaker`` run stopped by a non-finite step (``stopped.json``, reason
-    ``non-finite``) exported no student: its weights are those of the checkpoint its record
-    names (:func:`_check_stopped_speaker_weights`).
+    A ``train-speaker`` run that exported no student (stopped at a non-finite step,
+    ``stopped.json``; stopped by a SIGTERM; not finished) has only its checkpoints: the
+    weights must be one of them (:func:`speaker_checkpoint_weights`).
 
     Returns:
         What was checked, for the log (``"not checked: ..."`` when nothing could be: no
@@ -55,8 +60,8 @@ def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None =
 
     Raises:
         CardError: the weights differ from the reference (another tensor, name or value); a
-            ``train-speaker`` run stopped by a non-finite step before its first checkpoint
-            (it saved no weights), or whose checkpoint is gone.
+            ``train-speaker`` run without ``RUN/student`` whose complete checkpoints hold
+            none of them, or that saved none (:func:`speaker_checkpoint_weights`).
     """
     model_dir = Path(model_dir)
     weights = model_dir / "model.safetensors"
@@ -72,8 +77,8 @@ def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None =
                     f"(step {best_validation_record(run)['step']})")
         if run.recipe == "se" and model_dir.resolve() == (run.run_dir / BEST_STUDENT).resolve():
             raise CardError(_stale_best_student(model_dir, run))
-        if run.recipe == "speaker" and run.stopped.get("reason") == "non-finite":
-            return _check_stopped_speaker_weights(model_dir, run)
+        if (found := speaker_checkpoint_weights(model_dir, run)) is not None:
+            return found[1]  # a train-speaker run that exported no student: a checkpoint's
         if not exported.is_file():
             return f"not checked: {run.run_dir} has no exported student ({exported})"
         what = f"the final student of {run.run_dir} ({exported.parent})"
@@ -128,51 +133,108 @@ def check_run_weights(model_dir: str | Path, run: RunSummary, step: int | None =
     return f"the card's weights are {what}"
 
 
-def _check_stopped_speaker_weights(model_dir: Path, run: RunSummary) -> str:
-    """Check the weights of a card of a ``train-speaker`` run that stopped at a non-finite
-    step (``run.stopped``, written by :func:`robustdistill.speaker.train._stop_nonfinite`):
-    the embedder's tensors in ``model_dir/model.safetensors`` (an exported
+def speaker_checkpoint_weights(model_dir: str | Path, run: RunSummary
+                               ) -> tuple[Path, str] | None:
+    """The complete checkpoint of a ``train-speaker`` run without an exported student
+    (``RUN/student``: stopped at a NaN/Inf step, by a SIGTERM, or not finished) whose student
+    the weights in ``model_dir`` are.
+
+    The embedder's tensors as the export writes them (``model_dir/model.safetensors`` of a
     :class:`~robustdistill.speaker.models.SpeakerEmbedder`: the encoder, pooling and
     embedding, named as in the training model; an upstream's own weights are in
-    ``upstream/`` and not compared) must equal those of the checkpoint the stop names, which
-    holds the run's last saved weights (the run exported no ``student/``; ``robustdistill
-    train-speaker export --run RUN`` writes that checkpoint's: :mod:`robustdistill.speaker.
-    export`).
+    ``upstream/`` and not compared) must equal, name for name and bit for bit, those of one
+    of the run's complete checkpoints (``RUN/checkpoints/epoch_N``, ``epoch_N_batch_B``:
+    their ``model.safetensors`` also holds the training-only classifier, projection and map
+    head, which are left out); the newest that does is the one. ``robustdistill
+    train-speaker export --run RUN --checkpoint NAME`` writes such a folder
+    (:mod:`robustdistill.speaker.export`).
 
     Returns:
-        What was checked, for the log.
+        ``(checkpoint folder, what was checked, for the log)``; None when the check is not
+        this one's: ``run`` is not a ``train-speaker`` run, it exported ``RUN/student``
+        (:func:`check_run_weights` compares with that), or ``model_dir`` holds no
+        ``model.safetensors``.
 
     Raises:
-        CardError: the run stopped before its first checkpoint (it saved no weights, so none
-            are its student), its checkpoint is no longer in ``RUN/checkpoints``, or the
-            weights differ from that checkpoint's.
+        CardError: (one line) the run saved no checkpoint (stopped at a NaN/Inf step before
+            its first, or none is complete), the weights equal no complete checkpoint's
+            (the line names the command that exports one), or, for a run stopped at a
+            NaN/Inf step, the checkpoint ``stopped.json`` names is gone and the weights equal
+            no other.
     """
+    model_dir = Path(model_dir)
+    weights = model_dir / "model.safetensors"
+    if run.recipe != "speaker" or (run.run_dir / "student" / "model.safetensors").is_file() \
+            or not weights.is_file():
+        return None
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    stopped = run.stopped
+    # imported here: the speaker package loads accelerate and transformers
+    from robustdistill.speaker.models import _UPSTREAM_KEYS, EMBEDDER_PARTS
+    from robustdistill.speaker.run_folder import complete_checkpoints
+
+    stopped = run.stopped if run.stopped.get("reason") == "non-finite" else {}
     where = (f"{run.run_dir} stopped at epoch {stopped.get('epoch', '?')}, batch "
              f"{stopped.get('batch', '?')} (a NaN/Inf step, {run.run_dir / 'stopped.json'})")
     saved = stopped.get("checkpoint")
-    if not isinstance(saved, str) or not saved:
+    if stopped and (not isinstance(saved, str) or not saved):
         raise CardError(f"{where} before its first checkpoint: it saved no trained weights, so "
                         f"those in {model_dir} are not its student; card them with the run that "
                         "trained them as --run, or without --run")
+    checkpoints = complete_checkpoints(run.run_dir)
     # the record names the folder as the run was given it (relative to where it ran)
-    checkpoint = run.run_dir / "checkpoints" / Path(saved).name
-    if not (checkpoint / "model.safetensors").is_file():
-        raise CardError(f"{where}; the checkpoint holding its last saved weights, {checkpoint}, "
-                        "is gone: the card cannot say which weights these are")
-    mine = load_file(str(model_dir / "model.safetensors"))
-    reference = load_file(str(checkpoint / "model.safetensors"))
-    differ = sorted(set(mine) - set(reference)) or ([] if mine else ["(no tensors)"]) or [
-        k for k in mine if mine[k].shape != reference[k].shape
-        or not mine[k].equal(reference[k])]
-    what = f"the student of {checkpoint}, the newest checkpoint of a run that stopped early"
-    if differ:
-        raise CardError(f"{_other_weights(model_dir, what, differ)} (that checkpoint's student "
-                        f"is written by robustdistill train-speaker export --run {run.run_dir} "
-                        f"--checkpoint {checkpoint.name} --out DIR)")
-    return f"the card's weights are {what}"
+    gone = run.run_dir / "checkpoints" / Path(saved).name if stopped else None
+    gone = gone if gone is not None and not gone.is_dir() else None
+    if gone is not None and not checkpoints:
+        raise CardError(f"{where}; the checkpoint holding its last saved weights, {gone}, is "
+                        "gone: the card cannot say which weights these are")
+    if not checkpoints:
+        raise CardError(f"{run.run_dir} holds no complete checkpoint and no exported student "
+                        f"(RUN/student): no weights of it were saved, so those in {model_dir} "
+                        "are not its student; card them with the run that trained them as "
+                        "--run, or without --run")
+    try:
+        mine = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise CardError(f"{weights} cannot be read ({err})") from None
+    nearest = None  # the checkpoint whose tensors differ least (the newer of a tie), those
+    for folder in reversed(checkpoints):  # the newest first
+        try:
+            tensors = load_file(str(folder / "model.safetensors"))
+        except (SafetensorError, OSError) as err:
+            logger.warning("%s cannot be read (%s): not compared with the card's weights",
+                           folder / "model.safetensors", err)
+            continue
+        exported = {k: v for k, v in tensors.items() if k.startswith(EMBEDDER_PARTS)
+                    and not k.startswith(_UPSTREAM_KEYS)}  # in upstream/
+        differ = _differing(mine, exported) if exported else ["(no embedder tensors)"]
+        if not differ:
+            which = ("the newest checkpoint of a run that stopped early"
+                     if stopped and folder.name == Path(saved).name else
+                     f"{'the newest' if folder == checkpoints[-1] else 'a'} checkpoint of a run "
+                     "that exported no final student")
+            return folder, f"the card's weights are the student of {folder}, {which}"
+        if nearest is None or len(differ) < len(nearest[1]):
+            nearest = (folder, differ)
+    names = ", ".join(f.name for f in checkpoints)
+    if gone is not None:
+        raise CardError(f"{where}; the checkpoint holding its last saved weights, {gone}, is "
+                        f"gone, and the weights in {model_dir} are none of its other "
+                        f"checkpoints' ({names}): the card cannot say which weights these are")
+    how = "stopped at a NaN/Inf step" if stopped else "was stopped or has not finished"
+    if nearest is None:
+        found = "none of them can be read"
+    else:
+        count = "1 tensor differs" if len(nearest[1]) == 1 else \
+            f"{len(nearest[1])} tensors differ"
+        found = f"the nearest, {nearest[0].name}: {count}, e.g. {nearest[1][0]!r}"
+    raise CardError(f"the weights in {model_dir} are not the student of any complete checkpoint "
+                    f"of {run.run_dir} ({names}), a run that {how} and exported no final "
+                    f"student ({found}): the card would describe another training; pass the "
+                    "run that trained them as --run, or card the student of one of these "
+                    "checkpoints, written by robustdistill train-speaker export --run "
+                    f"{run.run_dir} --checkpoint NAME --out DIR")
 
 
 #: The folder of a ``train-se`` run that ``validation.keep_best`` exports the best validation

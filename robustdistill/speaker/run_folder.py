@@ -42,7 +42,8 @@ from .config import SpeakerKDConfig
 from .targets import MAP_FRAMES_RULE
 
 __all__ = ["EPOCH_PREFIX", "EPOCH_PROGRESS", "RESULT", "RESUME_FREE", "check_run_folder",
-           "checkpoint_setting_changes", "checkpoint_started_in", "complete_checkpoints",
+           "checkpoint_progress", "checkpoint_setting_changes", "checkpoint_started_in",
+           "complete_checkpoints",
            "epoch_progress", "logged_epochs", "newest_checkpoint", "newest_checkpoint_note",
            "newest_complete_checkpoint", "read_result", "resume_changes",
            "save_epoch_checkpoint", "map_targets_predate_rule", "weight_settings"]
@@ -107,6 +108,19 @@ def epoch_progress(checkpoint: Path) -> dict[str, Any] | None:
     for key in ("sums", "ig_gaps"):  # a non-finite loss sum or gap is written null: NaN
         if key in progress:
             progress[key] = nan_for_null(progress[key])
+    return progress
+
+
+def checkpoint_progress(checkpoint: Path) -> tuple[int, int]:
+    """``(N epochs done, B batches of epoch N + 1 done)`` of a checkpoint folder, from its name
+    (``epoch_3`` -> ``(3, 0)``, ``epoch_3_batch_5`` -> ``(3, 5)``).
+
+    Raises:
+        ValueError: a name of neither form."""
+    progress = _progress(Path(checkpoint))
+    if progress is None:
+        raise ValueError(f"{checkpoint} is not a train-speaker checkpoint (epoch_N or "
+                         "epoch_N_batch_B)")
     return progress
 
 
