@@ -80,8 +80,11 @@ def test_random_crop_is_bounded_deterministic_and_drawn_from_seed_epoch_index(tm
     again = AudioFileDataset(files, max_length_s=1.0, min_length_s=0.5, seed=7)
     np.testing.assert_array_equal(again[(0, 2)]["waveform"], ds[(0, 2)]["waveform"])
 
-    with pytest.raises(IndexError):
+    # out of range on either side: refused, never wrapped round to another item
+    with pytest.raises(IndexError, match=r"^index 2 out of range for 2 items$"):
         ds[(2, 0)]
+    with pytest.raises(IndexError, match=r"^index -1 out of range for 2 items$"):
+        ds[(-1, 0)]
 
 
 def test_validation_crop_depends_on_index_only(tmp_path):

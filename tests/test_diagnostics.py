@@ -56,9 +56,21 @@ def test_linear_cka_invariances_and_limits():
     assert linear_cka(x, 3.0 * x @ rotation + 5.0) == pytest.approx(1.0, abs=1e-9)
     # independent random features: near 0 (expected about D/N for N frames)
     assert linear_cka(x, torch.randn(200, 6)) < 0.1
-    # one of two independent unit-variance directions kept: 1 / sqrt(2) in expectation
-    both = torch.randn(5000, 2)
-    assert linear_cka(both, both[:, :1]) == pytest.approx(1 / math.sqrt(2), abs=0.03)
+    # Exact values from orthogonal columns (Walsh-Hadamard rows, zero mean, norm 2 each),
+    # shifted by a constant the centring must remove: X = [a, b], Y = a gives
+    # ||Y^T X||^2 / (||X^T X|| ||Y^T Y||) = 16 / (4 sqrt(2) * 4) = 1 / sqrt(2); with b scaled
+    # by 2, X^T X = diag(4, 16): 16 / (4 sqrt(17) * 4) = 1 / sqrt(17); Y orthogonal to X: 0.
+    a = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    b = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    c = torch.tensor([1.0, -1.0, -1.0, 1.0])
+    both = torch.stack([a, b], 1) + 7.0
+    assert linear_cka(both, a[:, None] - 3.0) == pytest.approx(1 / math.sqrt(2), abs=1e-12)
+    assert linear_cka(a[:, None], both) == pytest.approx(1 / math.sqrt(2), abs=1e-12)  # symmetric
+    assert linear_cka(torch.stack([a, 2 * b], 1), a[:, None]) == pytest.approx(
+        1 / math.sqrt(17), abs=1e-12)
+    assert linear_cka(torch.stack([a, 2 * b], 1), b[:, None]) == pytest.approx(
+        4 / math.sqrt(17), abs=1e-12)
+    assert linear_cka(both, c[:, None] + 1.0) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="constant"):
         linear_cka(x, torch.ones(200, 3))
     with pytest.raises(ValueError, match="expected"):

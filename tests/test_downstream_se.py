@@ -11,6 +11,11 @@ import torch
 from transformers import HubertConfig, HubertModel
 
 from downstream.base import Example
+from downstream.conditions import TestCorruptor, parse_conditions
+from downstream.config import load_config
+from downstream.data import load_splits
+from downstream.decoding import decode_all
+from downstream.items import read_items
 from downstream.runner import RunOptions, run_evaluation
 from downstream.tasks.speech_enhancement import SpeechEnhancementTask, speech_metrics
 from downstream.tasks.speech_enhancement.task import MaskHead, SEHeadConfig
@@ -65,12 +70,21 @@ def test_metrics_hand_values():
     same = speech_metrics(clean, clean)
     assert same["stoi"] == pytest.approx(1.0, abs=1e-6)
     assert same["si_sdr"] > 100
-    noise = rng.standard_normal(clean.size).astype(np.float32)
-    noise *= np.sqrt(np.mean(clean**2) / np.mean(noise**2)) / np.sqrt(10.0)  # exactly 10 dB SNR
-    # SI-SDR of clean + noise with noise orthogonal-ish to clean: close to the 10 dB SNR.
-    assert speech_metrics(clean + noise, clean)["si_sdr"] == pytest.approx(10.0, abs=0.2)
-    # A scaled copy has the same SI-SDR (scale invariance).
-    assert speech_metrics(0.5 * (clean + noise), clean)["si_sdr"] == pytest.approx(10.0, abs=0.2)
+    # A residual exactly orthogonal to the zero-mean clean speech, of zero mean itself, with
+    # 1/10 of its energy: SI-SDR(g * clean + e, clean) = 10 log10(g^2 ||c||^2 / ||e||^2),
+    # exactly (float64 throughout): 10 dB for g = 1, 10 + 20 log10(2) dB for g = 2.
+    ref = clean.astype(np.float64) - clean.mean(dtype=np.float64)
+    noise = rng.standard_normal(clean.size)
+    noise -= noise.mean()
+    noise -= (noise @ ref) / (ref @ ref) * ref
+    noise *= np.sqrt((ref @ ref) / (noise @ noise) / 10.0)
+    assert speech_metrics(ref + noise, ref, metrics=["si_sdr"])["si_sdr"] == pytest.approx(
+        10.0, abs=1e-9)
+    assert speech_metrics(2 * ref + noise, ref, metrics=["si_sdr"])["si_sdr"] == pytest.approx(
+        10.0 + 20 * np.log10(2.0), abs=1e-9)
+    # A scaled copy has the same SI-SDR (scale invariance), with any DC offset on either side.
+    assert speech_metrics(0.5 * (ref + noise) + 0.3, ref - 0.2, metrics=["si_sdr"])[
+        "si_sdr"] == pytest.approx(10.0, abs=1e-9)
     # Zero-mean SI-SDR (robustdistill.metrics.si_sdr, arXiv:1811.02508): a DC offset is removed
     # and does not count as distortion (torchmetrics' default, zero_mean=False, gives 0 dB).
     offset = clean + np.float32(np.sqrt(np.mean(clean**2)))
@@ -123,7 +137,27 @@ def test_trains_and_writes_results(setup_dirs, tmp_path, monkeypatch):
             metrics["si_sdr"] - metrics["noisy_si_sdr"])
     # The clean condition's noisy input is the clean speech itself.
     assert saved["metrics"]["clean"]["noisy_stoi"] == pytest.approx(1.0, abs=1e-6)
-    assert saved["metrics"]["snr0"]["noisy_si_sdr"] == pytest.approx(0.0, abs=1.0)
+    # snr0's noisy input, rebuilt here from the run's own splits and test noise (seed 0): each
+    # item's noisy_si_sdr is the zero-mean SI-SDR of that input against its clean speech, the
+    # noise sits at exactly 0 dB, and the condition's figure is the mean over the items.
+    config = load_config(root / "se.yaml", SpeechEnhancementTask.config_class)
+    waveforms, _ = decode_all(load_splits(config.data, 0), config.data.max_seconds)
+    corruptor = TestCorruptor.from_dirs(root / "noise", None, 0)
+    (snr0,) = parse_conditions(["snr0"])
+    items = {r["key"]: r for r in read_items(tmp_path / "out" / "items" / "snr0.jsonl")}
+    assert sorted(items) == sorted(u.key for u, _ in waveforms["test"]) and items
+    for utterance, wave in waveforms["test"]:
+        clean = wave.astype(np.float32)
+        noisy = corruptor.apply(clean, snr0, utterance.key).astype(np.float64)
+        clean = clean.astype(np.float64)
+        assert 10 * np.log10(np.sum(clean**2) / np.sum((noisy - clean) ** 2)) == pytest.approx(
+            0.0, abs=1e-4)
+        c, x = clean - clean.mean(), noisy - noisy.mean()
+        target = (x @ c) / (c @ c) * c
+        expected = 10 * np.log10((target @ target) / ((x - target) @ (x - target)))
+        assert items[utterance.key]["noisy_si_sdr"] == pytest.approx(expected, abs=1e-6)
+    assert saved["metrics"]["snr0"]["noisy_si_sdr"] == pytest.approx(
+        np.mean([r["noisy_si_sdr"] for r in items.values()]), abs=1e-9)
     assert sum(saved["featurizer"]["weights"].values()) == pytest.approx(1.0, abs=1e-5)
     assert [h["step"] for h in results["dev"]["history"]] == [2, 4]
 

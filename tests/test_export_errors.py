@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from safetensors.torch import save_file
 
 from robustdistill import cli
-from robustdistill.checkpoints import CheckpointError, write_manifest
+from robustdistill.checkpoints import MANIFEST, CheckpointError, write_manifest
 from robustdistill.export import export_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,9 +79,11 @@ def test_truncated_newest_checkpoint_is_named_and_nothing_is_written(tmp_path, c
     line = _one_line_error(capsys, ["--run", str(run)])
     assert "damaged checkpoint" in line and "checkpoint_2" in line and "--checkpoint" in line
     assert not (run / "student").exists()
-    # the earlier, intact checkpoint still exports on request
+    # the earlier, intact checkpoint still exports on request, into its own folder under
+    # exports/ (the run's student/ stays the trainer's export)
     out = export_from_checkpoint(run, run / "checkpoints" / "checkpoint_1")
-    assert (out / "model.safetensors").is_file()
+    assert out == run / "exports" / "checkpoint_1" / "student"
+    assert (out / "model.safetensors").is_file() and not (run / "student").exists()
 
 
 def test_truncated_checkpoint_without_manifest_is_a_checkpoint_error(tmp_path, capsys):
@@ -145,3 +148,57 @@ def test_python_dash_m_robustdistill_runs_the_cli(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "run folder" in done.stderr
+
+
+def test_newest_checkpoint_without_manifest_is_passed_over_for_a_complete_one(tmp_path):
+    """checkpoint_2 without its manifest (a save killed before it finished): export takes the
+    newest complete checkpoint, checkpoint_1, not the newest folder."""
+    from safetensors.torch import load_file
+
+    run = _run(tmp_path)
+    newest = run / "checkpoints" / "checkpoint_2"
+    state = load_file(str(newest / "model.safetensors"))
+    save_file({k: v + 1.0 for k, v in state.items()}, str(newest / "model.safetensors"))
+    (newest / MANIFEST).unlink()
+    out = export_from_checkpoint(run)
+    exported = load_file(str(out / "model.safetensors"))
+    for key, value in state.items():  # checkpoint_1 holds the same weights as 2 did
+        assert torch.equal(exported[key[len("student.model."):]], value), key
+
+
+def test_a_checkpoint_with_a_damaged_file_beside_the_weights_is_refused(tmp_path, capsys):
+    """The manifest lists every file; one cut short (here the optimizer state) makes the
+    checkpoint damaged even though model.safetensors itself reads."""
+    run = _run(tmp_path, manifests=False)
+    for step in (1, 2):
+        folder = run / "checkpoints" / f"checkpoint_{step}"
+        (folder / "optimizer.bin").write_bytes(b"x" * 2000)
+        write_manifest(folder, step)
+    _truncate(run / "checkpoints" / "checkpoint_2" / "optimizer.bin")
+    with pytest.raises(CheckpointError, match=r"damaged checkpoint: .*checkpoint_2: "
+                                              r"optimizer.bin has 1000 bytes"):
+        export_from_checkpoint(run)
+    assert not (run / "student").exists()
+
+
+@pytest.mark.parametrize("change", ["extra", "missing"])
+def test_checkpoint_weights_of_another_student_are_refused(tmp_path, change):
+    """Keys the student does not have, or lacks, are a CheckpointError naming them (a
+    checkpoint of another architecture is never exported half-loaded)."""
+    from safetensors.torch import load_file
+
+    run = _run(tmp_path)
+    path = run / "checkpoints" / "checkpoint_2" / "model.safetensors"
+    state = load_file(str(path))
+    if change == "extra":
+        state["student.model.extra_layer.weight"] = torch.zeros(2)
+        message = r"unexpected \['extra_layer.weight'\]"
+    else:
+        dropped = sorted(state)[0]
+        del state[dropped]
+        message = rf"missing \['{dropped[len('student.model.'):]}'\]"
+    save_file(state, str(path))
+    write_manifest(path.parent, 2)  # a complete checkpoint, of other weights
+    with pytest.raises(CheckpointError, match=r"checkpoint_2 does not match the student in "
+                                              rf".*student_init: .*{message}"):
+        export_from_checkpoint(run, run / "checkpoints" / "checkpoint_2")

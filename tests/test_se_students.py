@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from robustdistill.se.stft import StftConfig, frame_signal, make_window, overlap_add
-from robustdistill.se.streaming import StreamingEnhancer, enhance_streaming, real_time_factor
+from robustdistill.se.streaming import StreamingEnhancer, enhance_streaming
 from robustdistill.se.students import (
     NSNET2_PARAMETERS,
     GRUMaskStudent,
@@ -82,8 +82,3 @@ def test_student_save_load_round_trip(tmp_path):
         assert torch.equal(m(x).enhanced, m2(x).enhanced)
     with pytest.raises(FileNotFoundError, match="config.json"):
         GRUMaskStudent.from_pretrained(tmp_path)
-
-
-def test_real_time_factor_is_positive():
-    rtf = real_time_factor(GRUMaskStudent(StudentConfig(hidden_size=8)).eval(), seconds=0.2)
-    assert 0 < rtf < 10

@@ -272,14 +272,25 @@ def test_test_speakers_seen_in_training_are_refused(tiny, tmp_path):
 
 def test_upstream_student_trains_with_imlkd(tiny, tiny_wavlm_dir, tmp_path):
     """A student of the other kind (an Upstream + featurizer): 20 ms frames, teacher maps moved
-    onto them; one epoch runs and every loss term is finite."""
+    onto them; one epoch runs, every IML-KD term is computed (positive) and counts in the
+    loss with its weight, and the maps were attributed (IG ran and filled the cache)."""
     teacher, crops = tiny
     cfg = _setup(tmp_path, "up", 1)
     cfg.student.kind, cfg.student.upstream = "upstream", str(tiny_wavlm_dir)
+    cfg.loss.map, cfg.loss.instance, cfg.loss.batch_level = 0.5, 2.0, 3.0  # not all 1
     result = train_system(cfg, teacher, crops)
     (epoch,) = result["epochs"]
-    assert {"ce", "map", "instance", "class_level", "batch_level"} <= set(epoch)
+    weights = cfg.loss.weights()
+    assert set(weights) == {"ce", "map", "instance", "class_level", "batch_level"}
     assert all(np.isfinite(v) for v in epoch.values())
+    assert all(epoch[k] > 0 for k in weights), epoch
+    # the logged loss is the mean of the per-batch weighted sums: linear, so it equals the
+    # weighted sum of the logged per-term means (a term computed but left out fails this)
+    assert epoch["loss"] == pytest.approx(sum(w * epoch[k] for k, w in weights.items()),
+                                          rel=1e-6)
+    assert epoch["loss"] > epoch["ce"] * weights["ce"]
+    assert epoch["cache_misses"] > 0 and epoch["ig_relative_gap"] >= 0
+    assert result["map_frames"]
 
 
 def test_table_format_and_run_reuse_key():

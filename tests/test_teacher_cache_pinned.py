@@ -103,3 +103,43 @@ def test_max_utterance_s_is_an_inclusive_limit(tmp_path, teacher):
     cache.check_utterance_lengths(SimpleNamespace(lengths=np.array([100, 4000])))
     with pytest.raises(ValueError, match="1 utterances are longer"):
         cache.check_utterance_lengths(SimpleNamespace(lengths=np.array([100, 4001])))
+
+
+def test_crops_of_one_utterance_at_one_start_with_other_lengths_have_their_own_entries(
+        tmp_path, teacher):
+    """Context crop: the teacher sees exactly the crop, so a crop of 8000 samples and one of
+    4000 at the same start have different targets (the convolutions and attention see other
+    samples); each has its own entry, ``<kk>/<key>_<start>_<length>.safetensors``, and a lookup
+    never reads the other's."""
+    cache = TeacherFeatureCache(tmp_path, teacher, [2], context="crop", dtype="float32")
+    wave = torch.from_numpy((np.random.default_rng(3).standard_normal(8000) * 0.1)
+                            .astype(np.float32))
+    key = content_key(wave.numpy())
+    assert cache.entry_path(key, 320, 4000) == cache.path / key[:2] / f"{key}_320_4000.safetensors"
+    for n in (8000, 4000):  # the longer crop first: its entry has frames enough for the other
+        batch = {"waveforms": wave[None, :n], "lengths": torch.tensor([n]),
+                 "offsets": torch.tensor([0]), "keys": [key], "indices": torch.tensor([0])}
+        got = cache.targets(batch).hidden_states[2][0]
+        with torch.no_grad():
+            direct = teacher(wave[None, :n], torch.tensor([n])).hidden_states[2][0]
+        torch.testing.assert_close(got, direct)
+    assert (cache.misses, cache.hits) == (2, 0)
+    assert cache.entry_path(key, 0, 8000).exists() and cache.entry_path(key, 0, 4000).exists()
+
+
+def test_restored_lookup_counts_go_on_from_the_checkpoints(tmp_path, teacher):
+    """A resumed run starts counting from the counts its checkpoint saved (all three), so its
+    totals are the whole run's."""
+    cache = TeacherFeatureCache(tmp_path, teacher, [2], dtype="float32")
+    saved = {"hits": 5, "hits_read_in_loader": 2, "misses": 3}
+    cache.restore_lookups(saved)
+    assert cache.lookups() == saved
+    wave = (np.random.default_rng(4).standard_normal(4000) * 0.1).astype(np.float32)
+    batch = {"waveforms": torch.from_numpy(wave)[None], "lengths": torch.tensor([4000]),
+             "offsets": torch.tensor([0]), "keys": [content_key(wave)],
+             "indices": torch.tensor([0])}
+    cache.targets(batch, full_waveform=lambda i: wave)  # a miss (computed), then a hit
+    cache.targets(batch, full_waveform=lambda i: wave)
+    assert cache.lookups() == {"hits": 6, "hits_read_in_loader": 2, "misses": 4}
+    cache.restore_lookups({})  # a checkpoint from before the cache counted: zeros
+    assert cache.lookups() == {"hits": 0, "hits_read_in_loader": 0, "misses": 0}
