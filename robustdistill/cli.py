@@ -259,7 +259,8 @@ def export_main(argv: list[str]) -> int:
     """``robustdistill export``: the student of a run's checkpoint as a stock checkpoint.
 
     A missing run or checkpoint, a damaged checkpoint (``CheckpointError``, named), an output
-    folder that is a file or holds files (without ``--overwrite``) or, with it, is or holds one
+    folder that is a file or holds files (without ``--overwrite``), lies inside the run other
+    than ``RUN/student`` or under ``RUN/exports/``, or, with ``--overwrite``, is or holds one
     of the command's inputs (the run, its ``student_init``, the checkpoint, the ONNX check audio;
     ``OutputFolderError``), an ONNX check folder that is missing or holds no audio file (all
     found before anything is written) or no usable one (``OnnxCheckError``), a
@@ -279,7 +280,8 @@ def export_main(argv: list[str]) -> int:
                         help="a new or empty folder (see --overwrite); default: the run's own "
                              "RUN/student for the newest checkpoint, RUN/exports/CHECKPOINT/"
                              "student for --checkpoint, written again (what other weights left "
-                             "there, such as a card, is removed with a warning). The heads go "
+                             "there, such as a card, is removed with a warning). Inside the run "
+                             "only RUN/student or a folder under RUN/exports/. The heads go "
                              "beside a folder named student (../heads), else inside it (heads/)")
     parser.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     parser.add_argument("--onnx", action="store_true",

@@ -15,7 +15,8 @@ reads), else inside it (``OUT/heads``, where ``card`` puts them for publishing),
 exports never share one ``heads/``.
 
 Every export writes a clean folder: ``export --out`` refuses one that already holds files
-(unless ``overwrite``), and the run's own folders (the trainer's ``RUN/student`` and
+(unless ``overwrite``) and one inside the run other than ``RUN/student`` or under
+``RUN/exports/`` (:func:`~robustdistill.files.check_outside_run`: the rest is the trainer's), and the run's own folders (the trainer's ``RUN/student`` and
 ``RUN/heads``, ``export``'s defaults) are emptied before they are written again, with a warning
 naming what was written beside the earlier export (a card, plots, copied heads, an ONNX graph).
 """
@@ -44,7 +45,13 @@ from .checkpoints import (
     latest_checkpoint,
     verify_checkpoint,
 )
-from .files import check_output_folder, empty_folder, folder_entries, name_list
+from .files import (
+    check_output_folder,
+    check_outside_run,
+    empty_folder,
+    folder_entries,
+    name_list,
+)
 from .student import save_student
 from .upstream import model_folder_errors
 
@@ -249,7 +256,9 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
         checkpoint: a checkpoint folder; default the newest complete one (with a manifest)
             under ``run_dir/checkpoints``, else, for runs from before manifests, the newest
             ``checkpoint_N`` folder.
-        out_dir: where to write; it must be new or empty unless ``overwrite``. Default: the
+        out_dir: where to write; it must be new or empty unless ``overwrite``, and inside
+            ``run_dir`` only ``run_dir/student`` or a folder under ``run_dir/exports/`` (the
+            rest is the trainer's: :func:`~robustdistill.files.check_outside_run`). Default: the
             run's own ``run_dir/student`` for the newest checkpoint, and
             ``run_dir/exports/<checkpoint name>/student`` for a ``checkpoint`` given, so that
             an earlier checkpoint never replaces the run's final student (and its card); these
@@ -270,7 +279,9 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
         OutputFolderError: (a ``FileExistsError``) an existing file where the student or heads
             folder would be; ``out_dir`` or its heads folder holds files and ``overwrite`` is
             false; or, with ``overwrite``, one of them is or holds the run, its ``student_init``,
-            the checkpoint, one of ``inputs`` or the current folder.
+            the checkpoint, one of ``inputs`` or the current folder; or ``out_dir`` (or its
+            heads folder) is inside ``run_dir`` but not ``run_dir/student`` (``run_dir/heads``)
+            and not under ``run_dir/exports/``.
         CheckpointError: (a ``RuntimeError``) the checkpoint is damaged (a file missing or of
             another size than its manifest says, or weights that cannot be read), or its
             student weights do not match the student config.
@@ -306,6 +317,10 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
                    if chosen else run_dir / "student")
     out_dir = Path(out_dir).expanduser()
     heads_dir = export_heads_dir(out_dir)
+    # inside the run: its own student/ + heads/ or under exports/ (--overwrite of
+    # RUN/checkpoints/checkpoint_N emptied that checkpoint)
+    check_outside_run(out_dir, run_dir, "--out", allowed=("student",))
+    check_outside_run(heads_dir, run_dir, "heads folder", allowed=("heads",))
     for folder, what in ((out_dir, "student folder" if own else "--out"),
                          (heads_dir, "heads folder")):
         check_output_folder(folder, what, overwrite=overwrite or own,

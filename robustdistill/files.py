@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["OutputFolderError", "atomic_path", "atomic_write_text", "check_output_folder",
-           "empty_folder", "file_blocking_folder", "folder_entries", "name_list", "unblocked_folder"]
+           "check_outside_run", "empty_folder", "file_blocking_folder", "folder_entries",
+           "name_list", "unblocked_folder"]
 
 
 @contextmanager
@@ -159,6 +160,39 @@ def check_output_folder(path: str | os.PathLike, what: str, *, overwrite: bool =
             raise OutputFolderError(f"{what} {str(path)!r} is or holds {named}, which "
                                     f"{emptied_by} would delete; give another folder")
     return path
+
+
+def check_outside_run(path: str | os.PathLike, run_dir: str | os.PathLike, what: str, *,
+                      allowed: Iterable[str] = ()) -> None:
+    """Refuse an output folder among a run's own files: ``path`` inside ``run_dir`` (both
+    resolved, so a link into the run counts) must be one of the run's subfolders named in
+    ``allowed`` (e.g. ``"student"``, an exporter's own default) or lie under
+    ``run_dir/exports/``. Elsewhere in the run, ``--overwrite`` (:func:`empty_folder`) would
+    delete the trainer's files (``RUN/checkpoints/checkpoint_N``: that checkpoint), and a
+    folder written among them is deleted by a later rotation or mistaken for a checkpoint.
+    ``run_dir`` itself is left to :func:`check_output_folder` (it holds files, and is an input).
+
+    Args:
+        path: the output folder (it may not exist yet).
+        run_dir: the run folder the command reads.
+        what: how the message names ``path``, e.g. ``"--out"``.
+        allowed: names of ``run_dir``'s subfolders the command may write.
+
+    Raises:
+        OutputFolderError: ``path`` is inside ``run_dir``, not one of ``allowed`` and not
+            under ``run_dir/exports/``.
+    """
+    resolved, run = Path(path).expanduser().resolve(), Path(run_dir).expanduser().resolve()
+    if run not in resolved.parents or run / "exports" in resolved.parents:
+        return
+    allowed = list(allowed)
+    if any(resolved == run / name for name in allowed):
+        return
+    places = "".join(f"RUN/{name}, " for name in allowed)
+    raise OutputFolderError(f"{what} {str(path)!r} is inside the run folder {run_dir}, whose "
+                            "files (checkpoints/, config.yaml, ...) are the trainer's: give "
+                            f"{places}a folder under RUN/exports/ or "
+                            f"{'one ' if allowed else ''}outside the run")
 
 
 def empty_folder(path: str | os.PathLike) -> list[str]:

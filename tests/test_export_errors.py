@@ -202,3 +202,47 @@ def test_checkpoint_weights_of_another_student_are_refused(tmp_path, change):
     with pytest.raises(CheckpointError, match=r"checkpoint_2 does not match the student in "
                                               rf".*student_init: .*{message}"):
         export_from_checkpoint(run, run / "checkpoints" / "checkpoint_2")
+
+
+def _run_files(run: Path) -> dict[str, bytes]:
+    """Every file of the run folder but ``student/``, ``heads/`` and ``exports/`` (what
+    ``export`` writes): relative path -> bytes."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and p.relative_to(run).parts[0] not in ("student", "heads", "exports")}
+
+
+def test_an_out_among_the_runs_own_files_is_refused_and_never_emptied(tmp_path, capsys):
+    """``export --checkpoint .../checkpoint_1 --out RUN/checkpoints/checkpoint_2 --overwrite``
+    emptied ``checkpoint_2`` (its weights and manifest replaced by a student and heads): an
+    ``--out`` inside the run is its own ``RUN/student`` (heads in ``RUN/heads``) or a folder
+    under ``RUN/exports/``; any other is refused, with or without ``--overwrite``, every file
+    left as it was. The same rule as ``train-speaker export`` (``files.check_outside_run``)."""
+    run = _run(tmp_path)
+    (run / "config.yaml").write_text("objectives: {}\n")
+    before = _run_files(run)
+    first = str(run / "checkpoints" / "checkpoint_1")
+    for out in (run / "checkpoints" / "checkpoint_2", run / "checkpoints" / "checkpoint_1",
+                run / "checkpoints", run / "student_init", run / "heads", run / "mine",
+                run / "exports", run / "checkpoints" / "checkpoint_2" / "student"):
+        for extra in ([], ["--overwrite"]):
+            line = _one_line_error(capsys, ["--run", str(run), "--checkpoint", first, "--out",
+                                            str(out), *extra])
+            assert line == (f"robustdistill export: error: --out {str(out)!r} is inside the "
+                            f"run folder {run}, whose files (checkpoints/, config.yaml, ...) "
+                            "are the trainer's: give RUN/student, a folder under RUN/exports/ "
+                            "or one outside the run"), (out, extra, line)
+    assert _run_files(run) == before
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml",
+                                                     "student_init"]
+    # the run's own folders and RUN/exports/: written (again, with --overwrite)
+    assert cli.export_main(["--run", str(run)]) == 0
+    assert sorted(p.name for p in (run / "heads").iterdir()) == []  # no objective heads
+    assert (run / "student" / "model.safetensors").is_file()
+    for extra in ([], ["--overwrite"]):
+        assert cli.export_main(["--run", str(run), "--checkpoint", first, "--out",
+                                str(run / "exports" / "c1"), *extra]) == 0
+    assert cli.export_main(["--run", str(run), "--checkpoint", first, "--out",
+                            str(run / "student"), "--overwrite"]) == 0
+    assert (run / "exports" / "c1" / "model.safetensors").read_bytes() == (
+        run / "student" / "model.safetensors").read_bytes()
+    assert _run_files(run) == before

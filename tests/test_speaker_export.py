@@ -330,12 +330,19 @@ def test_a_checkpoint_from_before_a_resume_from_another_folder_is_exported(
     the first start named no folder and was looked up on the hub)."""
     teacher, crops = tiny
     home = tiny_wavlm_dir.parent
+    repo = Path(__file__).resolve().parents[1]  # the data folders: one place from any folder
+    data = {key: str((repo / getattr(speaker_kd_config(tmp_path, "up", 1).data, key)).resolve())
+            for key in ("train_dir", "test_other_dir", "fsdd_dir")}
     monkeypatch.chdir(home)
     cfg = speaker_kd_config(tmp_path, "up", 1, method="none")
+    for key, folder in data.items():
+        setattr(cfg.data, key, folder)
     cfg.student.kind, cfg.student.upstream = "upstream", tiny_wavlm_dir.name
     train_system(cfg, teacher, crops)
     monkeypatch.chdir(home.parent)
     cfg = speaker_kd_config(tmp_path, "up", 2, resume=True, method="none")
+    for key, folder in data.items():
+        setattr(cfg.data, key, folder)
     cfg.student.kind = "upstream"
     cfg.student.upstream = f"{home.name}/{tiny_wavlm_dir.name}"
     train_system(cfg, teacher, crops)
@@ -390,3 +397,163 @@ def test_a_whisper_students_refusal_leaves_an_overwritten_out_as_it_was(tiny_whi
                     "not exported: its encoder saved alone would reload with random weights")
     assert [p.name for p in out.iterdir()] == ["README.md"]
     assert (out / "README.md").read_text() == "the card of other weights\n"
+
+
+def _tensor_data_offset(weights: Path, key: str) -> int:
+    """The byte offset of ``key``'s data in a ``.safetensors`` file."""
+    import struct
+
+    with open(weights, "rb") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(size))
+    return 8 + size + header[key]["data_offsets"][0]
+
+
+def test_weights_the_trainer_never_saves_are_refused_naming_the_tensor(tiny, tmp_path, capsys):
+    """The manifest records sizes only: a NaN written over ``embedding.weight`` (same size)
+    was exported silently, and a copy converted to bfloat16 (its manifest written again) was
+    upcast silently. Both are one line naming the tensor; nothing is written."""
+    import struct
+
+    from safetensors.torch import save_file
+
+    from robustdistill.checkpoints import write_manifest
+
+    teacher, crops = tiny
+    run = tmp_path / "run"
+    train_system(speaker_kd_config(tmp_path, "run", 2, method="none"), teacher, crops)
+    weights = run / "checkpoints" / "epoch_2" / "model.safetensors"
+    good = weights.read_bytes()
+    offset = _tensor_data_offset(weights, "embedding.weight") + 4 * 5
+    with open(weights, "r+b") as f:
+        f.seek(offset)
+        f.write(struct.pack("<f", float("nan")))
+    assert len(weights.read_bytes()) == len(good)
+    out = tmp_path / "out"
+    line = _refused(capsys, "--run", str(run), "--out", str(out))
+    assert line == (f"{PROG}: error: damaged checkpoint: {weights} holds NaN/Inf in "
+                    "embedding.weight, which the trainer never saves (a NaN/Inf step stops the "
+                    "run before its checkpoint); export an earlier one with --checkpoint NAME "
+                    "(complete: epoch_1, epoch_2)"), line
+    assert not out.exists()
+    weights.write_bytes(good)
+    state = load_file(weights)
+    state["embedding.weight"] = state["embedding.weight"].to(torch.bfloat16)
+    save_file(state, str(weights), metadata={"format": "pt"})
+    write_manifest(weights.parent, 2)
+    line = _refused(capsys, "--run", str(run), "--out", str(out))
+    assert line == (f"{PROG}: error: damaged checkpoint: {weights} holds embedding.weight as "
+                    "bfloat16, not float32 as the trainer saves it (converted?); export an "
+                    "earlier one with --checkpoint NAME (complete: epoch_1, epoch_2)"), line
+    assert not out.exists()
+    # the earlier, untouched checkpoint still exports
+    assert _export(capsys, "--run", str(run), "--checkpoint", "epoch_1", "--out",
+                   str(out))["epochs_done"] == 1
+
+
+def test_a_newest_checkpoint_without_its_manifest_is_named_when_skipped(tiny, tmp_path, capsys,
+                                                                        caplog):
+    """The default is the newest *complete* checkpoint: one whose ``checkpoint.json`` is lost
+    was skipped silently (only the JSON's ``checkpoint`` showed it); the log names it and the
+    one exported."""
+    teacher, crops = tiny
+    run = tmp_path / "run"
+    train_system(speaker_kd_config(tmp_path, "run", 2, method="none"), teacher, crops)
+    (run / "checkpoints" / "epoch_2" / "checkpoint.json").unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="robustdistill.speaker"):
+        done = _export(capsys, "--run", str(run), "--out", str(tmp_path / "out"))
+    assert done["checkpoint"] == str(run / "checkpoints" / "epoch_1")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "epoch_2 is not complete (no checkpoint.json): exporting epoch_1, the newest complete "
+        "checkpoint"]
+    _assert_equal_tensors(load_file(tmp_path / "out" / "model.safetensors"),
+                          _embedder_tensors(run / "checkpoints" / "epoch_1"))
+    # an older incomplete one is no news: nothing is logged
+    (run / "checkpoints" / "epoch_2").rename(run / "checkpoints" / "epoch_0")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="robustdistill.speaker"):
+        _export(capsys, "--run", str(run), "--out", str(tmp_path / "out2"))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_a_missing_relative_upstream_names_the_folder_it_was_read_from(
+        tiny, tiny_wavlm_dir, tmp_path, capsys, monkeypatch):
+    """A relative ``student.upstream`` moved away was "We couldn't connect to
+    'https://huggingface.co'..." alone: the line names the folder it was looked for in, the
+    one config.yaml's start ran in."""
+    import shutil
+
+    teacher, crops = tiny
+    home = tmp_path / "home"
+    shutil.copytree(tiny_wavlm_dir, home / "m")
+    monkeypatch.chdir(home)
+    cfg = speaker_kd_config(tmp_path, "up", 1, method="none")
+    cfg.student.kind, cfg.student.upstream = "upstream", "m"
+    train_system(cfg, teacher, crops)
+    (home / "m").rename(home / "moved")
+    monkeypatch.chdir(tmp_path)
+    line = _refused(capsys, "--run", str(tmp_path / "up"), "--out", str(tmp_path / "out"))
+    assert line.startswith(f"{PROG}: error: student.upstream 'm': no folder {home / 'm'} (a "
+                           f"relative student.upstream is read from {home}, the folder "
+                           "config.yaml's start ran in), nor a model id that loads: "), line
+    assert not (tmp_path / "out").exists()
+
+
+def test_another_trainers_run_names_the_command_that_exports_it(tmp_path, capsys):
+    """A ``distill`` run given to ``train-speaker export`` is named with ``robustdistill
+    export --run RUN`` (as ``export`` names this command for a speaker run); a ``train-se``
+    run is said to be one (no command exports its checkpoints); anything else keeps the
+    question."""
+    import shutil
+
+    repo = Path(__file__).resolve().parents[1]
+    for recipe, hint in (
+            ("demo.yaml", "{run} is a distillation run: robustdistill export --run {run})"),
+            ("se_supervised.yaml", "{run} is a train-se run: train-se writes its student to "
+                                   "RUN/student when it finishes (resume it to finish); no "
+                                   "command exports a train-se checkpoint)")):
+        run = tmp_path / recipe.removesuffix(".yaml")
+        run.mkdir()
+        shutil.copy(repo / "configs" / recipe, run / "config.yaml")
+        line = _refused(capsys, "--run", str(run), "--out", str(tmp_path / "out"))
+        assert line.startswith(f"{PROG}: error: {run / 'config.yaml'}: unknown config key ")
+        assert line.endswith(hint.format(run=run)), line
+    (run / "config.yaml").write_text("student: {kind: lstm, nope: 1}\n")
+    line = _refused(capsys, "--run", str(run), "--out", str(tmp_path / "out"))
+    assert line.endswith(f"(is {run} a train-speaker run?)"), line
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_upstream_students_folder_keeps_the_input_settings_it_was_trained_with(
+        tiny_wavlm_dir, tmp_path):
+    """``upstream/`` had no ``preprocessor_config.json``, so ``from_pretrained`` (the card's
+    usage, ``evaluate``) read a student whose source preprocessor departs from the
+    ``transformers`` convention (``facebook/wav2vec2-base``: ``do_normalize`` with a group-norm
+    CNN; here also ``return_attention_mask``) without normalisation or mask: other embeddings.
+    The folder now holds the settings the upstream was built with, and reloads to the same
+    embeddings of a padded batch."""
+    import shutil
+
+    from robustdistill.speaker.models import SpeakerEmbedder, UpstreamEncoder
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_wavlm_dir, source)
+    config = json.loads((source / "config.json").read_text())
+    assert config["feat_extract_norm"] == "group"  # the convention: neither setting
+    pre = json.loads((source / "preprocessor_config.json").read_text())
+    pre.update(do_normalize=True, return_attention_mask=True)
+    (source / "preprocessor_config.json").write_text(json.dumps(pre))
+    torch.manual_seed(0)
+    embedder = SpeakerEmbedder(UpstreamEncoder(str(source), frozen=True), 8).eval()
+    assert embedder.encoder.upstream.normalize and embedder.encoder.upstream.use_attention_mask
+    embedder.save_pretrained(tmp_path / "student")
+    saved = json.loads((tmp_path / "student" / "upstream" / "preprocessor_config.json")
+                       .read_text())
+    assert (saved["do_normalize"], saved["return_attention_mask"]) == (True, True)
+    loaded = SpeakerEmbedder.from_pretrained(tmp_path / "student")
+    assert loaded.encoder.upstream.normalize and loaded.encoder.upstream.use_attention_mask
+    waves = 0.1 * torch.randn(2, 8000, generator=torch.Generator().manual_seed(1)) + 0.05
+    lengths = torch.tensor([8000, 5000])
+    with torch.no_grad():
+        assert torch.allclose(loaded(waves, lengths), embedder(waves, lengths), atol=1e-6)

@@ -51,7 +51,8 @@ def main(argv: list[str]) -> int:
     reads ``RUN/config.yaml``, so it takes no ``--config`` or ``--section.key`` overrides, and
     ``--run``, ``--checkpoint``, ``--out`` and ``--overwrite`` are read by it only. Its errors
     (a missing run, config or checkpoint, a checkpoint that is not one of the run's complete
-    ones, another method's or shape's checkpoint, an output folder that holds files, is
+    ones, another method's or shape's checkpoint, weights holding NaN/Inf or of another dtype
+    than float32, another trainer's ``config.yaml`` (named), an output folder that holds files, is
     ``RUN/student`` or lies elsewhere in ``RUN``, not under ``RUN/exports/``) are one usage
     line, exit 2, before anything is written.
 

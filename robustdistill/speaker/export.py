@@ -21,17 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from downstream.config import load_config
-from robustdistill.checkpoints import CheckpointError, verify_checkpoint
-from robustdistill.files import check_output_folder, empty_folder
+from robustdistill.checkpoints import MANIFEST, CheckpointError, verify_checkpoint
+from robustdistill.files import check_output_folder, check_outside_run, empty_folder, name_list
 from robustdistill.messages import first_line
 from robustdistill.run_settings import _started_in as config_started_in
 
 from .config import SpeakerKDConfig
 from .run_folder import (
+    _progress,
     checkpoint_setting_changes,
     checkpoint_started_in,
     complete_checkpoints,
     epoch_progress,
+    incomplete_checkpoints,
 )
 
 __all__ = ["export_checkpoint"]
@@ -54,7 +56,8 @@ def export_checkpoint(run_dir: str | Path, checkpoint: str | None = None,
         run_dir: the run's folder (``training.output_dir``: ``config.yaml``, ``checkpoints/``).
         checkpoint: a complete checkpoint's name (``epoch_2``, ``epoch_2_batch_3``) or its
             folder under ``run_dir/checkpoints``; None: the newest complete one (the one
-            ``stopped.json`` names, for a run stopped at a NaN/Inf step).
+            ``stopped.json`` names, for a run stopped at a NaN/Inf step); newer folders
+            without a manifest are named in a warning.
         out_dir: a new or empty folder (``overwrite``: one whose files are removed first);
             default ``run_dir/exports/<checkpoint name>/student``. Never ``run_dir/student``,
             which says the run finished, nor elsewhere in ``run_dir`` except under
@@ -69,17 +72,21 @@ def export_checkpoint(run_dir: str | Path, checkpoint: str | None = None,
 
     Raises:
         FileNotFoundError: no ``run_dir``, no ``config.yaml`` in it, or no complete checkpoint.
-        ValueError: (one line each) a ``config.yaml`` that is not a ``train-speaker`` recipe; a
+        ValueError: (one line each) a ``config.yaml`` that is not a ``train-speaker`` recipe
+            (a ``distill`` one names ``robustdistill export``); a
             ``checkpoint`` that is not one of the run's complete checkpoints (those that are
             are listed); a checkpoint that does not match its manifest; one trained with other
             settings than ``config.yaml`` gives (:func:`.run_folder.checkpoint_setting_changes`:
             another ``loss.method``, student shape...) or whose weights do not fit the student
             it describes (tensors missing, unexpected or of other shapes); a ``student.upstream``
-            that cannot be loaded; a student that cannot be exported (a Whisper upstream);
-            ``out_dir`` ``run_dir/student``, or inside ``run_dir`` and not under
-            ``run_dir/exports/``.
+            that cannot be loaded (a relative one that names no folder: the message names the
+            folder it was read from); a student that cannot be exported (a Whisper upstream);
+            weights the trainer never saves (a tensor holding NaN/Inf, or of another dtype
+            than the student's: :func:`_check_saved_values`); ``out_dir`` ``run_dir/student``.
         OutputFolderError: (a ``FileExistsError``) ``out_dir`` is a file, or holds files and
-            ``overwrite`` is false, or with ``overwrite`` is or holds the run folder.
+            ``overwrite`` is false, or with ``overwrite`` is or holds the run folder; or it is
+            inside ``run_dir`` and not under ``run_dir/exports/``
+            (:func:`~robustdistill.files.check_outside_run`).
     """
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
@@ -97,7 +104,8 @@ def export_checkpoint(run_dir: str | Path, checkpoint: str | None = None,
     try:
         cfg = load_config(config_file, SpeakerKDConfig)
     except ValueError as err:  # ConfigError: another trainer's config, a damaged file
-        raise ValueError(f"{first_line(err)} (is {run_dir} a train-speaker run?)") from None
+        raise ValueError(f"{first_line(err)} ({_other_trainers_run(run_dir, config_file)})"
+                         ) from None
     folder = _chosen_checkpoint(run_dir, checkpoint)
     try:
         verify_checkpoint(folder)
@@ -113,13 +121,7 @@ def export_checkpoint(run_dir: str | Path, checkpoint: str | None = None,
     if out.resolve() == (run_dir / "student").resolve():
         raise ValueError(f"--out {str(out)!r} is the folder a finished run exports its student "
                          "to (RUN/student says the run finished): give another folder")
-    resolved, run_resolved = out.resolve(), run_dir.resolve()
-    if run_resolved in resolved.parents and run_resolved / "exports" not in resolved.parents:
-        # RUN/checkpoints/epoch_N with --overwrite would be emptied (the checkpoint deleted),
-        # and a folder among the trainer's files is deleted or mistaken by its later saves
-        raise ValueError(f"--out {str(out)!r} is inside the run folder {run_dir}, whose files "
-                         "(checkpoints/, config.yaml, ...) are the trainer's: give a folder "
-                         "under RUN/exports/ or outside the run")
+    check_outside_run(out, run_dir, "--out")  # --overwrite of RUN/checkpoints/epoch_N: gone
     out = check_output_folder(out, "--out", overwrite=overwrite, inputs=(run_dir,))
     weights = folder / _WEIGHTS
     try:  # the header only: the two sizes the student is built with
@@ -132,11 +134,15 @@ def export_checkpoint(run_dir: str | Path, checkpoint: str | None = None,
                          "checkpoint")
     num_speakers = shapes["classifier.weight"][0]
     teacher_dim = shapes["projection.weight"][0] if "projection.weight" in shapes else None
-    _resolve_upstream(cfg, run_dir, folder)
+    read_from = _resolve_upstream(cfg, run_dir, folder)
     try:
         model = build_student(cfg, num_speakers, teacher_dim)
     except (OSError, ValueError) as err:  # ModelFolderError is a ValueError
-        raise ValueError(f"student.upstream {cfg.student.upstream!r}: {first_line(err)}"
+        where = "" if read_from is None else (
+            f"no folder {os.path.join(read_from, cfg.student.upstream)} (a relative "
+            f"student.upstream is read from {read_from}, the folder config.yaml's start ran "
+            "in), nor a model id that loads: ")
+        raise ValueError(f"student.upstream {cfg.student.upstream!r}: {where}{first_line(err)}"
                          ) from None
     state = load_file(str(weights))
     expected = model.state_dict()
@@ -151,6 +157,7 @@ def export_checkpoint(run_dir: str | Path, checkpoint: str | None = None,
                                              ("other shapes:", other)) if keys)
         raise ValueError(f"{folder} does not fit the student {config_file} describes "
                          f"({found}): a checkpoint of another run?")
+    _check_saved_values(state, expected, weights, run_dir)
     model.load_state_dict(state, strict=True)
     model.eval()
     try:  # a student the trainer's export cannot write (a Whisper upstream): refused before
@@ -186,6 +193,12 @@ def _chosen_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
             raise FileNotFoundError(f"{run_dir / 'checkpoints'} holds no complete checkpoint: "
                                     "nothing to export (a run stopped before its first "
                                     "checkpoint saved no weights)")
+        newer = [p.name for p in incomplete_checkpoints(run_dir)
+                 if _progress(p) > _progress(complete[-1])]
+        if newer:
+            logger.warning("%s %s not complete (no %s): exporting %s, the newest complete "
+                           "checkpoint", name_list(newer), "is" if len(newer) == 1 else "are",
+                           MANIFEST, complete[-1].name)
         return complete[-1]
     given = Path(checkpoint).expanduser()
     # a folder path (as stopped.json or a log line names it): under this run's checkpoints/
@@ -208,18 +221,75 @@ def _progress_of(folder: Path) -> tuple[int, int]:
     return int(folder.name.split("_")[1]), 0
 
 
-def _resolve_upstream(cfg: SpeakerKDConfig, run_dir: Path, checkpoint: Path) -> None:
+def _resolve_upstream(cfg: SpeakerKDConfig, run_dir: Path, checkpoint: Path) -> str | None:
     """A relative ``student.upstream`` is relative to the folder the start that wrote
     ``run_dir/config.yaml`` ran in (the last ``environment.json`` record's ``cwd``; for a run
     without one, the folder ``checkpoint``'s start ran in, which its settings record): made
     absolute there when it names a folder there, else left as it is (relative to the current
     folder, or a hub id). A run resumed from another folder with the path spelt from there
     has the new spelling in ``config.yaml``, which the older checkpoints' folder would not
-    resolve."""
+    resolve.
+
+    Returns:
+        The folder a relative ``student.upstream`` was looked for in when it names no folder
+        there (for the message if it does not load as a hub id either); else None."""
     upstream = cfg.student.upstream
     if cfg.student.kind != "upstream" or not upstream or os.path.isabs(
             os.path.expanduser(upstream)):
-        return
+        return None
     started_in = config_started_in(run_dir) or checkpoint_started_in(checkpoint)
-    if started_in is not None and os.path.isdir(os.path.join(started_in, upstream)):
+    if started_in is None:
+        return None
+    if os.path.isdir(os.path.join(started_in, upstream)):
         cfg.student.upstream = os.path.join(started_in, upstream)
+        return None
+    return started_in
+
+
+def _other_trainers_run(run_dir: Path, config_file: Path) -> str:
+    """The hint after a ``config.yaml`` that is not a ``train-speaker`` recipe: the command
+    that exports a ``distill`` run (``robustdistill export --run RUN``), what a ``train-se``
+    run has instead, else the question whether it is a ``train-speaker`` run."""
+    from robustdistill.config import load_config as load_distill_config
+    from robustdistill.se.config import load_se_config
+
+    for load, hint in (
+            (load_distill_config, f"a distillation run: robustdistill export --run {run_dir}"),
+            (load_se_config, "a train-se run: train-se writes its student to RUN/student when "
+                             "it finishes (resume it to finish); no command exports a train-se "
+                             "checkpoint")):
+        try:
+            load(config_file)
+        except (ValueError, OSError):  # ConfigError: not that trainer's recipe
+            continue
+        return f"{run_dir} is {hint}"
+    return f"is {run_dir} a train-speaker run?"
+
+
+def _check_saved_values(state: dict[str, Any], expected: dict[str, Any], weights: Path,
+                        run_dir: Path) -> None:
+    """Refuse weights the trainer never saves: a tensor of another dtype than the student's
+    (float32: the trainer saves no other; a cast would change the values exported, or pass a
+    converted copy off as the checkpoint) or holding NaN/Inf (a non-finite step stops the
+    run before its checkpoint is saved). The manifest records sizes only, so a same-size
+    change of the bytes gets this far.
+
+    Raises:
+        ValueError: one line naming the first such tensor (in name order) and the complete
+            checkpoints to export instead.
+    """
+    import torch
+
+    for key in sorted(state):
+        tensor, dtype = state[key], expected[key].dtype
+        if tensor.dtype != dtype:
+            problem = (f"holds {key} as {str(tensor.dtype).removeprefix('torch.')}, not "
+                       f"{str(dtype).removeprefix('torch.')} as the trainer saves it "
+                       "(converted?)")
+        elif tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            problem = (f"holds NaN/Inf in {key}, which the trainer never saves (a NaN/Inf step "
+                       "stops the run before its checkpoint)")
+        else:
+            continue
+        raise ValueError(f"damaged checkpoint: {weights} {problem}; export an earlier one with "
+                         f"--checkpoint NAME ({_complete_list(run_dir)})")

@@ -339,7 +339,14 @@ class SpeakerEmbedder(nn.Module):
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``folder`` (created); an
         upstream encoder goes to ``folder/upstream`` (``save_pretrained``: its config, weights
-        and feature extractor), and ``model.safetensors`` holds the rest."""
+        and ``preprocessor_config.json``), and ``model.safetensors`` holds the rest.
+
+        The preprocessor config of an SSL upstream (WavLM, HuBERT, wav2vec 2.0...) is a
+        ``Wav2Vec2FeatureExtractor`` with the ``do_normalize`` and ``return_attention_mask``
+        the upstream was built with (from its source folder's preprocessor, else the
+        ``transformers`` convention): :meth:`from_pretrained` reads them back from it. Without
+        it the reload follows the convention, which differs from the source's preprocessor
+        for e.g. ``facebook/wav2vec2-base`` (``do_normalize`` with a group-norm CNN)."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
@@ -354,8 +361,16 @@ class SpeakerEmbedder(nn.Module):
         if isinstance(self.encoder, UpstreamEncoder):
             upstream = self.encoder.upstream
             upstream.model.save_pretrained(folder / _UPSTREAM_DIR)
-            if upstream.feature_extractor is not None:
+            if upstream.feature_extractor is not None:  # Whisper's log-mel
                 upstream.feature_extractor.save_pretrained(folder / _UPSTREAM_DIR)
+            else:  # what Upstream.from_pretrained reads back: the input the student had
+                from transformers import Wav2Vec2FeatureExtractor
+
+                Wav2Vec2FeatureExtractor(
+                    feature_size=1, sampling_rate=16000, padding_value=0.0,
+                    do_normalize=upstream.normalize,
+                    return_attention_mask=upstream.use_attention_mask,
+                ).save_pretrained(folder / _UPSTREAM_DIR)
             state = {k: v for k, v in state.items() if not k.startswith(_UPSTREAM_KEYS)}
             config.update(model_type=SPEAKER_UPSTREAM_MODEL_TYPE, upstream=_UPSTREAM_DIR,
                           num_layers=upstream.num_layers, hidden_size=upstream.hidden_size)

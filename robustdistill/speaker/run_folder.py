@@ -43,8 +43,8 @@ from .targets import MAP_FRAMES_RULE
 
 __all__ = ["EPOCH_PREFIX", "EPOCH_PROGRESS", "RESULT", "RESUME_FREE", "check_run_folder",
            "checkpoint_progress", "checkpoint_setting_changes", "checkpoint_started_in",
-           "complete_checkpoints",
-           "epoch_progress", "logged_epochs", "newest_checkpoint", "newest_checkpoint_note",
+           "complete_checkpoints", "epoch_progress", "incomplete_checkpoints", "logged_epochs",
+           "newest_checkpoint", "newest_checkpoint_note",
            "newest_complete_checkpoint", "read_result", "resume_changes",
            "save_epoch_checkpoint", "map_targets_predate_rule", "weight_settings"]
 
@@ -139,6 +139,14 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     manifest), in training order (``epoch_3_batch_5`` after ``epoch_3``); ``[]`` for none.
     Reads the disk only."""
     return _checkpoints(Path(output_dir))
+
+
+def incomplete_checkpoints(output_dir: Path) -> list[Path]:
+    """The run's checkpoint folders (``epoch_N``, ``epoch_N_batch_B``) without a manifest
+    (a bare ``epoch_N`` of a run older than manifests, or one whose ``checkpoint.json`` was
+    lost), in training order; ``[]`` for none. Reads the disk only."""
+    return [p for p in _checkpoints(Path(output_dir), require_manifest=False)
+            if not (p / MANIFEST).is_file()]
 
 
 def newest_checkpoint(output_dir: Path) -> str | None:
