@@ -54,8 +54,11 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any],
     both folders hold a ``clean/``). A folder setting (:data:`_FOLDER_KEY`: ``ig.cache_dir``,
     ``data.train_dir``, ...) is always a path, existing or not yet created (a cache folder
     made later in the run): its two values are a change exactly when their absolute paths
-    (links in the existing part resolved) differ. A name that may be no path (``teacher:
-    org/model``, a hub id) counts only as existing files or folders, as above. A non-finite number and ``null`` are no change: a setting
+    (links in the existing part resolved) differ; one that names nothing from the current
+    folder says so, ``data.train_dir data (in /old) -> data (in /new, not there at this
+    start)`` (a data folder left behind, or a cache folder the run makes later). A name that
+    may be no path (``teacher: org/model``, a hub id) counts only as existing files or
+    folders, as above. A non-finite number and ``null`` are no change: a setting
     of ``.inf`` (``train-speaker``'s ``training.max_grad_norm``, say) is ``null`` in the strict
     JSON a checkpoint stores its settings in (:mod:`robustdistill.strict_json`).
     """
@@ -74,7 +77,8 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any],
                 changes.append(f"{key} {before} -> {now}")
         elif old_folder is not None and _names_a_path(key, before) \
                 and _other_place(before, old_folder, key):
-            changes.append(f"{key} {before} (in {old_folder}) -> {now} (in {here})")
+            missing = "" if os.path.exists(_from(now, None)) else ", not there at this start"
+            changes.append(f"{key} {before} (in {old_folder}) -> {now} (in {here}{missing})")
     return changes
 
 

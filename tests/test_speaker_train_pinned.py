@@ -308,6 +308,14 @@ def test_a_resume_reads_a_relative_train_dir_from_the_folder_the_run_started_in(
         run_folder_mod.check_run_folder(cfg)
     cfg.data.train_dir = "../A/speech"  # the same folder, from here
     assert run_folder_mod.check_run_folder(cfg) == (epoch, 1)
+    # the same spelling naming nothing from here (the data left in A): refused since
+    # 2026-12-08 (a folder setting compares by place), saying the folder is missing here
+    (tmp_path / "B" / "speech").rmdir()
+    cfg.data.train_dir = "speech"
+    with pytest.raises(ValueError, match=re.escape(
+            f"data.train_dir speech (in {tmp_path / 'A'}) -> speech (in {tmp_path / 'B'}, "
+            "not there at this start)")):
+        run_folder_mod.check_run_folder(cfg)
     # the checkpoint writer records the folder the run is in
     saved = {}
     monkeypatch.setattr(run_folder_mod, "save_checkpoint",

@@ -665,14 +665,17 @@ def test_cache_teacher_makes_the_recipes_teacher_as_distill_does(tmp_path, capsy
 
 def test_a_batch_that_computed_a_miss_gives_the_freed_heap_back(tmp_path, teacher, monkeypatch):
     """A lazy fill's teacher passes over whole utterances leave their freed pages in glibc's
-    heap (a 2-epoch distill on 120 LibriSpeech utterances held 1,995 MB in the epoch after the
-    fill, 1,055 MB with the trim): a ``targets`` call that computed a miss trims the heap once,
-    one that only read entries does not; the targets are the same either way."""
+    heap (a 2-epoch distill on 120 LibriSpeech utterances held 1,863 MB in the epoch after the
+    fill, 1,048 MB with the trim): a ``targets`` call that computed a miss asks the cache's
+    HeapTrimmer (128 MB: a heap that does not grow, as with a teacher on a GPU, is left as it
+    is, since each trim makes the next step fault its pages in again) to trim, one that only
+    read entries does not; the targets are the same either way."""
     import robustdistill.teacher_cache.cache as cache_module
 
     trims = []
-    monkeypatch.setattr(cache_module, "release_free_heap", lambda: trims.append(1) or True)
     cache = TeacherFeatureCache(tmp_path, teacher, [1, 2], dtype="float32")
+    assert cache._heap.min_growth_bytes == 128 << 20 == cache_module._TRIM_AFTER_GROWTH
+    monkeypatch.setattr(cache._heap, "release", lambda: trims.append(1) or True)
     full = torch.randn(12_800) * 0.1
     key = content_key(full.numpy())
     batch = {"waveforms": full[None, 640:7040], "lengths": torch.tensor([6400]),
@@ -683,3 +686,30 @@ def test_a_batch_that_computed_a_miss_gives_the_freed_heap_back(tmp_path, teache
     assert (cache.misses, cache.hits, len(trims)) == (1, 1, 1)
     for layer in (1, 2):
         assert torch.equal(first.hidden_states[layer], again.hidden_states[layer])
+
+
+def test_a_fill_that_does_not_grow_the_heap_trims_it_once(tmp_path, teacher, monkeypatch):
+    """Each trim makes the next step fault its pages in again (0.6 ms a MB): with a teacher
+    whose passes leave little in the host heap (a GPU teacher; this tiny one), two batches that
+    each computed a miss trim once, at the first (before 2026-12-08's threshold: at each), as
+    the resident memory grew by less than 128 MB in between; the targets are unchanged."""
+    import robustdistill.memory as memory_module
+    import robustdistill.teacher_cache.cache as cache_module
+
+    trims = []
+    monkeypatch.setattr(memory_module, "release_free_heap", lambda: trims.append(1) or True)
+    monkeypatch.setattr(cache_module, "release_free_heap", lambda: trims.append(1) or True,
+                        raising=False)  # where the cache called it at every filling step
+    from robustdistill.teacher_cache.store import read_frames
+
+    cache = TeacherFeatureCache(tmp_path, teacher, [1, 2], dtype="float32")
+    for seed in (0, 1):
+        full = torch.randn(12_800, generator=torch.Generator().manual_seed(seed)) * 0.1
+        batch = {"waveforms": full[None, 640:7040], "lengths": torch.tensor([6400]),
+                 "offsets": torch.tensor([640]), "keys": [content_key(full.numpy())],
+                 "indices": torch.tensor([0])}
+        out = cache.targets(batch, full_waveform=lambda i, full=full: full.numpy())
+        frames = int(out.frame_lengths[0])  # the crop's, from its entry on disk
+        stored = read_frames(cache.entry_path(batch["keys"][0]), 640 // cache.grid, frames)
+        assert torch.equal(out.hidden_states[2][0, :frames], stored[1])
+    assert (cache.misses, len(trims)) == (2, 1)

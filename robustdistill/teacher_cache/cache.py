@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..audio import SAMPLE_RATE
-from ..memory import release_free_heap
+from ..memory import HeapTrimmer
 from ..upstream import Upstream, UpstreamOutput, lengths_to_mask
 from .folder import open_spec_folder
 from .keys import FORMAT_VERSION, cached_layers_of, entry_file, teacher_fingerprint
@@ -25,6 +25,17 @@ from .settings import DTYPES, TeacherCacheConfig
 from .store import KnownWholeEntries, UnreadableEntryError, entry_readable, read_frames, write_entry
 
 logger = logging.getLogger(__package__)  # the package's logger: log lines keep their name
+
+#: Growth of the anonymous resident memory since the last trim from which a ``targets`` call
+#: that computed a miss trims the C heap (:class:`robustdistill.memory.HeapTrimmer`). A trim
+#: costs 0.1 ms per MB it gives back, and the next step, faulting as much in again, 0.6 ms
+#: per MB more (2026-12-08, one thread): with the teacher on the CPU a filling step grows
+#: the resident set by 200-730 MB and is trimmed (docs/performance.md); the host side of a
+#: teacher on a GPU (its float16 targets, the entry written and read) grows it little, and
+#: trimming it at every step slowed that side (simulated on 2 shared cores, 8 utterances a
+#: step, 3 layers of 768: median step 185-213 ms without, 204-282 ms with, 161-223 ms with
+#: this threshold, three runs each) for 8-46 MB less resident (docs/performance.md).
+_TRIM_AFTER_GROWTH = 128 << 20
 
 
 class MissingEntryError(FileNotFoundError):
@@ -114,6 +125,7 @@ class TeacherFeatureCache:
         self.hits = 0
         self.loader_hits = 0  # of the hits, rows a CacheReader read in the loader
         self.misses = 0
+        self._heap = HeapTrimmer(_TRIM_AFTER_GROWTH)  # trims after a fill's teacher passes
         #: entries :meth:`check_entries` found whole (their headers are not read again)
         self._known_whole = KnownWholeEntries()
 
@@ -312,8 +324,9 @@ class TeacherFeatureCache:
         """The teacher output of a batch of clean crops, from the cache.
 
         A call that computed a miss (``missing: "compute"``) then gives the C heap's free
-        pages back to the system (:func:`robustdistill.memory.release_free_heap`): the
-        teacher's passes over whole utterances of every length, freed, otherwise stay resident.
+        pages back to the system once the resident memory grew by :data:`_TRIM_AFTER_GROWTH`
+        since the last such trim (:class:`robustdistill.memory.HeapTrimmer`): the teacher's
+        passes over whole utterances of every length, freed, otherwise stay resident.
 
         Args:
             batch: a collated batch with ``waveforms (B, S_max)``, ``lengths (B,)``,
@@ -355,9 +368,11 @@ class TeacherFeatureCache:
             out = out.to(device)
             if self.misses != misses:
                 # the teacher's passes over whole utterances of every length, freed: glibc
-                # kept their pages (a 2-epoch distill on 120 LibriSpeech utterances: 1,995 MB
-                # in the epoch after the fill, 1,055 MB with this; docs/performance.md)
-                release_free_heap()
+                # kept their pages (a 2-epoch distill on 120 LibriSpeech utterances: 1,863 MB
+                # in the epoch after the fill, 1,048 MB with this; docs/performance.md); only
+                # once grown by _TRIM_AFTER_GROWTH: a teacher on a GPU leaves little there,
+                # and a trim makes the next step fault its pages in again
+                self._heap.release()
         frame_lengths = frame_lengths.to(device)
         hidden = CachedLayers(self.teacher.num_layers + 1,
                               {layer: out[i] for i, layer in enumerate(self.layers)})
