@@ -56,7 +56,8 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any],
     made later in the run): its two values are a change exactly when their absolute paths
     (links in the existing part resolved) differ; one that names nothing from the current
     folder says so, ``data.train_dir data (in /old) -> data (in /new, not there at this
-    start)`` (a data folder left behind, or a cache folder the run makes later). A name that
+    start)`` (a data folder left behind, or a cache folder the run makes later), unless the
+    folder the run started in is gone (the project moved or was renamed: :func:`_gone`). A name that
     may be no path (``teacher: org/model``, a hub id) counts only as existing files or
     folders, as above. A non-finite number and ``null`` are no change: a setting
     of ``.inf`` (``train-speaker``'s ``training.max_grad_norm``, say) is ``null`` in the strict
@@ -99,8 +100,10 @@ def _same_path(a: Any, b: Any, folder_a: str | None = None, key: str = "") -> bo
             return True
     except (OSError, ValueError):  # either does not exist (a hub id, a name), or a bad path
         pass
+    if not _is_folder_key(key) or _gone(folder_a):
+        return False
     there = _place(a, folder_a)
-    return _is_folder_key(key) and there is not None and there == _place(b, None)
+    return there is not None and there == _place(b, None)
 
 
 #: The last part of a dotted key that holds a path (``data.train_dir``, ``teacher_cache.dir``,
@@ -148,8 +151,17 @@ def _other_place(value: Any, folder: str, key: str = "") -> bool:
             return not os.path.samefile(there, here)
     except (OSError, ValueError):
         return False
+    if not _is_folder_key(key) or _gone(folder):
+        return False
     places = _place(value, folder), _place(value, None)
-    return _is_folder_key(key) and None not in places and places[0] != places[1]
+    return None not in places and places[0] != places[1]
+
+
+def _gone(folder: str | None) -> bool:
+    """Whether the folder a run started in is no longer there (the project moved or was
+    renamed): where a relative path pointed from it cannot be told, so a folder setting
+    counts, as any path, only through files or folders that exist on both sides."""
+    return folder is not None and not os.path.isdir(folder)
 
 
 def saved_config_changes(output_dir: str | Path, new: Mapping[str, Any],

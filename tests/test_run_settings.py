@@ -276,3 +276,21 @@ def test_a_relative_folder_setting_from_another_start_folder_is_a_change_before_
     assert saved_config_changes(run, {"teacher_cache": {"dir": "tc"}}) == [
         f"teacher_cache.dir tc (in {a}) -> tc (in {b})"]
     assert saved_config_changes(run, {"teacher_cache": {"dir": "../A/tc"}}) == []
+
+
+def test_a_relative_folder_setting_is_no_change_once_the_start_folder_is_gone(tmp_path,
+                                                                                monkeypatch):
+    """The project folder moved (renamed) between two starts: the folder the run started in
+    is gone, so where its relative ``data.train_dir`` pointed from there cannot be told, and
+    the same spelling is no change (before 2026-12-08's absolute-path rule this resume was
+    accepted; the rule refused it, and no setting could make it resume). A start folder that
+    is still there: a change, as before."""
+    old, new = tmp_path / "project", tmp_path / "moved"
+    (new / "data").mkdir(parents=True)
+    monkeypatch.chdir(new)
+    cfg = {"data": {"train_dir": "data"}, "ig": {"cache_dir": "cache"}}
+    assert config_changes(cfg, cfg, old_folder=str(old)) == []
+    old.mkdir()
+    assert config_changes(cfg, cfg, old_folder=str(old)) == [
+        f"data.train_dir data (in {old}) -> data (in {new})",
+        f"ig.cache_dir cache (in {old}) -> cache (in {new}, not there at this start)"]
