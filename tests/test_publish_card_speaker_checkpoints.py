@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -180,6 +181,15 @@ def test_a_checkpoint_card_never_shows_the_finished_runs_verification(tiny, tmp_
     assert ("verification after training on `../shared/data/librispeech-mini/test-other` "
             "(LibriSpeech test-other), speakers unseen in training (of the run's final "
             "student, not of these weights)") in card.text
+    # the opening and the intended use point at Evaluation's verification only when it
+    # has some (until 2026-12-08 they did for a checkpoint's card too, which has none)
+    assert "verification results on speakers unseen in training are under Evaluation;" in \
+        final.text and "check its verification metrics (EER, minDCF, under Evaluation) on " \
+        "audio like yours first." in final.text
+    assert "under Evaluation" not in card.text
+    assert "(no verification of these weights is recorded: see Evaluation; downstream " \
+           "results, when given, under Downstream results)" in card.text
+    assert "measure its verification (EER, minDCF) on audio like yours first." in card.text
 
 
 def test_a_nan_stopped_runs_older_checkpoint_is_named_and_the_stops_kept(tiny, tmp_path,
@@ -219,3 +229,94 @@ def test_a_nan_stopped_runs_older_checkpoint_is_named_and_the_stops_kept(tiny, t
     assert check_run_weights(older, summarise_run(run)) == (
         f"the card's weights are the student of {run / 'checkpoints' / 'epoch_1'}, a "
         "checkpoint of a run that exported no final student")
+
+
+def test_an_upstream_students_upstream_is_compared_too(tiny, tiny_wavlm_dir, tmp_path, capsys):
+    """An upstream student's export keeps the upstream in ``upstream/`` (its model's own
+    names): the card compares it with the checkpoint's ``encoder.upstream.model.*`` too, so a
+    folder whose ``upstream/`` is another model (here the untrained one the run started from)
+    or is missing is refused, while the export itself is accepted. Until 2026-12-08 only
+    ``model.safetensors`` was compared and both were carded as ``epoch_1``'s student."""
+    teacher, crops = tiny
+    cfg = speaker_kd_config(tmp_path, "up", 2, method="none")
+    cfg.student.kind, cfg.student.upstream = "upstream", str(tiny_wavlm_dir)
+    train_system(cfg, teacher, crops, stop_after_epochs=1)  # an unfinished run: epoch_1 only
+    run = tmp_path / "up"
+    assert not (run / "student").exists()
+    export = _export(capsys, run, tmp_path / "e1")
+    summary = summarise_run(run)
+    assert check_run_weights(export, summary) == (
+        f"the card's weights are the student of {run / 'checkpoints' / 'epoch_1'}, the newest "
+        "checkpoint of a run that exported no final student")
+    trained = load_file(export / "upstream" / "model.safetensors")
+    untrained = load_file(tiny_wavlm_dir / "model.safetensors")
+    assert any(not trained[k].equal(untrained[k]) for k in trained)  # fine-tuned in epoch 1
+    swapped = tmp_path / "swapped"
+    shutil.copytree(export, swapped)
+    save_file({k: untrained[k] for k in trained}, swapped / "upstream" / "model.safetensors")
+    with pytest.raises(CardError) as err:
+        check_run_weights(swapped, summary)
+    changed = sorted(k for k in trained if not trained[k].equal(untrained[k]))
+    assert f"(the nearest, epoch_1: {len(changed)} tensors differ, e.g. " \
+           f"'encoder.upstream.model.{changed[0]}')" in str(err.value)
+    shutil.rmtree(swapped / "upstream")
+    with pytest.raises(CardError, match=rf"epoch_1: {len(trained)} tensors differ"):
+        check_run_weights(swapped, summary)
+
+
+def test_a_finished_run_resumed_with_more_epochs_is_carded_by_its_checkpoints(
+        tiny, tmp_path, monkeypatch, capsys):
+    """A run finished at 1 epoch (``student/``, ``result.json``), resumed to 4 epochs and
+    stopped by a SIGTERM in epoch 4: its ``student/`` (whose ``epoch_1`` is rotated away) is
+    refused in one line, since ``config.yaml`` and ``metrics.jsonl`` now describe 3 epochs of
+    4; an export of the newest checkpoint is carded as that checkpoint. Until 2026-12-08 the
+    stale student was carded as "last logged epoch 3 of 4" with epoch 3's loss, and the
+    checkpoint's export was refused as "not the final student"."""
+    from robustdistill.interrupts import handled
+    from robustdistill.speaker.models import SpeakerModel
+
+    teacher, crops = tiny
+    cfg = speaker_kd_config(tmp_path, "run", 1, method="none")
+    cfg.training.batch_size = 2  # 3 batches an epoch
+    train_system(cfg, teacher, crops)
+    run = tmp_path / "run"
+    assert (run / "student").is_dir() and len(json.loads((run / "result.json").read_text())[
+        "epochs"]) == 1
+    cfg.training.epochs, cfg.training.resume = 4, True
+    forward, calls = SpeakerModel.forward, []
+
+    def wrapped(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 7:  # epoch 4, batch 1
+            os.kill(os.getpid(), signal.SIGTERM)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(SpeakerModel, "forward", wrapped)
+    with pytest.raises(SystemExit), handled(PROG):
+        train_system(cfg, teacher, crops)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "epoch_2", "epoch_3", "epoch_3_batch_1"]
+    loss = _losses(run)
+    assert sorted(loss) == [1, 2, 3]
+    summary = summarise_run(run)
+    with pytest.raises(CardError) as err:
+        check_run_weights(run / "student", summary)
+    assert str(err.value) == (
+        f"the weights in {run / 'student'} are {run / 'student'}, the student {run} exported "
+        "when it finished 1 epoch; the run was resumed since (its newest checkpoint is "
+        "epoch_3_batch_1), and its config.yaml and metrics.jsonl describe that longer "
+        "training: the card would mix the two; card the student once the resumed run "
+        "finishes, or card the student of a checkpoint, written by robustdistill train-speaker "
+        f"export --run {run} --checkpoint NAME --out DIR")
+    newest = _export(capsys, run, tmp_path / "newest")
+    assert check_run_weights(newest, summary) == (
+        f"the card's weights are the student of {run / 'checkpoints' / 'epoch_3_batch_1'}, the "
+        "newest checkpoint of a run resumed after it exported RUN/student (1 epoch)")
+    card = _card(newest, run)
+    assert _result_line(card.text) == (
+        "- Result: the weights of checkpoint `epoch_3_batch_1`: 3 epochs and 1 batch of epoch 4 "
+        f"(of 4 configured); last logged epoch 3, mean training loss {loss[3]:.4f} in that epoch")
+    assert "this run exported none since it was resumed (its `student/` and `result.json` are " \
+           "those of an earlier finish)." in _evaluation(card.text)
+    assert card.data.eval_results is None

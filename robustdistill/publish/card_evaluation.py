@@ -155,7 +155,10 @@ def verification_view(run: RunSummary | None) -> dict[str, Any]:
                 "missing": f"Speaker verification: not run on these weights, the student of "
                            f"the checkpoint `{checkpoint}` of the run `{run.run_dir}`: "
                            "`robustdistill train-speaker` evaluates a run's student once "
-                           "training finishes (`result.json`), and this run exported none."}
+                           "training finishes (`result.json`), and this run exported none"
+                           + (" since it was resumed (its `student/` and `result.json` are "
+                              "those of an earlier finish)."
+                              if (run.run_dir / "student").is_dir() else ".")}
     rows = verification_results(run)
     if not rows:
         return {"rows": [], "intro": "", "lines": [], "table": "",

@@ -22,7 +22,8 @@ from .card_results import CardError
 from .provenance import RunSummary
 
 __all__ = ["BEST_STUDENT", "STUDENT_PREFIX", "best_validation_record", "check_run_weights",
-           "is_best_student", "speaker_checkpoint_weights"]  # STUDENT_PREFIX: re-exported
+           "is_best_student", "speaker_checkpoint_weights",
+           "stale_speaker_student"]  # STUDENT_PREFIX: re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -142,12 +143,13 @@ def speaker_checkpoint_weights(model_dir: str | Path, run: RunSummary
     The embedder's tensors as the export writes them (``model_dir/model.safetensors`` of a
     :class:`~robustdistill.speaker.models.SpeakerEmbedder`: the encoder, pooling and
     embedding, named as in the training model; an upstream's own weights are in
-    ``upstream/`` and not compared) must equal, name for name and bit for bit, those of one
-    of the run's complete checkpoints (``RUN/checkpoints/epoch_N``, ``epoch_N_batch_B``:
-    their ``model.safetensors`` also holds the training-only classifier, projection and map
-    head, which are left out); the newest that does is the one. ``robustdistill
-    train-speaker export --run RUN --checkpoint NAME`` writes such a folder
-    (:mod:`robustdistill.speaker.export`).
+    ``upstream/*.safetensors``, compared as ``encoder.upstream.model.NAME``) must equal, name
+    for name and bit for bit, those of one of the run's complete checkpoints
+    (``RUN/checkpoints/epoch_N``, ``epoch_N_batch_B``: their ``model.safetensors`` also holds
+    the training-only classifier, projection and map head, which are left out); the newest
+    that does is the one. ``robustdistill train-speaker export --run RUN --checkpoint NAME``
+    writes such a folder (:mod:`robustdistill.speaker.export`). A run whose ``student/``
+    predates a resume with more epochs (:func:`stale_speaker_student`) is checked so too.
 
     Returns:
         ``(checkpoint folder, what was checked, for the log)``; None when the check is not
@@ -160,18 +162,19 @@ def speaker_checkpoint_weights(model_dir: str | Path, run: RunSummary
             its first, or none is complete), the weights equal no complete checkpoint's
             (the line names the command that exports one), or, for a run stopped at a
             NaN/Inf step, the checkpoint ``stopped.json`` names is gone and the weights equal
-            no other.
+            no other; the weights are a stale ``student/`` (:func:`stale_speaker_student`).
     """
     model_dir = Path(model_dir)
     weights = model_dir / "model.safetensors"
-    if run.recipe != "speaker" or (run.run_dir / "student" / "model.safetensors").is_file() \
-            or not weights.is_file():
+    stale = stale_speaker_student(run)
+    if run.recipe != "speaker" or not weights.is_file() or (
+            (run.run_dir / "student" / "model.safetensors").is_file() and stale is None):
         return None
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     # imported here: the speaker package loads accelerate and transformers
-    from robustdistill.speaker.models import _UPSTREAM_KEYS, EMBEDDER_PARTS
+    from robustdistill.speaker.models import EMBEDDER_PARTS
     from robustdistill.speaker.run_folder import complete_checkpoints
 
     stopped = run.stopped if run.stopped.get("reason") == "non-finite" else {}
@@ -195,7 +198,7 @@ def speaker_checkpoint_weights(model_dir: str | Path, run: RunSummary
                         "are not its student; card them with the run that trained them as "
                         "--run, or without --run")
     try:
-        mine = load_file(str(weights))
+        mine = _exported_tensors(model_dir)
     except (SafetensorError, OSError) as err:
         raise CardError(f"{weights} cannot be read ({err})") from None
     nearest = None  # the checkpoint whose tensors differ least (the newer of a tie), those
@@ -206,23 +209,33 @@ def speaker_checkpoint_weights(model_dir: str | Path, run: RunSummary
             logger.warning("%s cannot be read (%s): not compared with the card's weights",
                            folder / "model.safetensors", err)
             continue
-        exported = {k: v for k, v in tensors.items() if k.startswith(EMBEDDER_PARTS)
-                    and not k.startswith(_UPSTREAM_KEYS)}  # in upstream/
+        exported = {k: v for k, v in tensors.items() if k.startswith(EMBEDDER_PARTS)}
         differ = _differing(mine, exported) if exported else ["(no embedder tensors)"]
         if not differ:
             which = ("the newest checkpoint of a run that stopped early"
                      if stopped and folder.name == Path(saved).name else
                      f"{'the newest' if folder == checkpoints[-1] else 'a'} checkpoint of a run "
-                     "that exported no final student")
+                     + ("that exported no final student" if stale is None else
+                        f"resumed after it exported RUN/student ({_epochs(stale[0])})"))
             return folder, f"the card's weights are the student of {folder}, {which}"
         if nearest is None or len(differ) < len(nearest[1]):
             nearest = (folder, differ)
     names = ", ".join(f.name for f in checkpoints)
+    if stale is not None and _is_student(mine, run.run_dir / "student"):
+        raise CardError(f"the weights in {model_dir} are {run.run_dir / 'student'}, the student "
+                        f"{run.run_dir} exported when it finished {_epochs(stale[0])}; the run "
+                        f"was resumed since (its newest checkpoint is {stale[1].name}), and its "
+                        "config.yaml and metrics.jsonl describe that longer training: the card "
+                        "would mix the two; card the student once the resumed run finishes, or "
+                        "card the student of a checkpoint, written by robustdistill "
+                        f"train-speaker export --run {run.run_dir} --checkpoint NAME --out DIR")
     if gone is not None:
         raise CardError(f"{where}; the checkpoint holding its last saved weights, {gone}, is "
                         f"gone, and the weights in {model_dir} are none of its other "
                         f"checkpoints' ({names}): the card cannot say which weights these are")
     how = "stopped at a NaN/Inf step" if stopped else "was stopped or has not finished"
+    how += " and exported no final student" if stale is None else (
+        f", resumed after it exported RUN/student ({_epochs(stale[0])})")
     if nearest is None:
         found = "none of them can be read"
     else:
@@ -230,11 +243,10 @@ def speaker_checkpoint_weights(model_dir: str | Path, run: RunSummary
             f"{len(nearest[1])} tensors differ"
         found = f"the nearest, {nearest[0].name}: {count}, e.g. {nearest[1][0]!r}"
     raise CardError(f"the weights in {model_dir} are not the student of any complete checkpoint "
-                    f"of {run.run_dir} ({names}), a run that {how} and exported no final "
-                    f"student ({found}): the card would describe another training; pass the "
-                    "run that trained them as --run, or card the student of one of these "
-                    "checkpoints, written by robustdistill train-speaker export --run "
-                    f"{run.run_dir} --checkpoint NAME --out DIR")
+                    f"of {run.run_dir} ({names}), a run that {how} ({found}): the card would "
+                    "describe another training; pass the run that trained them as --run, or "
+                    "card the student of one of these checkpoints, written by robustdistill "
+                    f"train-speaker export --run {run.run_dir} --checkpoint NAME --out DIR")
 
 
 #: The folder of a ``train-se`` run that ``validation.keep_best`` exports the best validation
@@ -318,6 +330,62 @@ def _student_tensors(path: Path) -> dict:
     if path.parent.parent.name != "checkpoints":
         return tensors
     return {k[len(STUDENT_PREFIX):]: v for k, v in tensors.items() if k.startswith(STUDENT_PREFIX)}
+
+
+def _exported_tensors(folder: Path) -> dict:
+    """The tensors of an exported speaker student (``SpeakerEmbedder.save_pretrained``)
+    named as in the training model's checkpoint: ``model.safetensors``, and an upstream
+    student's ``upstream/*.safetensors`` (``save_pretrained``: its model's own names) as
+    ``encoder.upstream.model.NAME`` (a folder without it differs from such a checkpoint).
+
+    Raises:
+        safetensors.SafetensorError, OSError: a file cannot be read."""
+    from safetensors.torch import load_file
+
+    from robustdistill.speaker.models import _UPSTREAM_DIR, _UPSTREAM_KEYS
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    for part in sorted((folder / _UPSTREAM_DIR).glob("*.safetensors")):
+        tensors.update({f"{_UPSTREAM_KEYS}model.{k}": v for k, v in load_file(str(part)).items()})
+    return tensors
+
+
+def stale_speaker_student(run: RunSummary) -> tuple[int, Path] | None:
+    """``(N, newest)`` when the ``RUN/student`` of a ``train-speaker`` run is that of an
+    earlier finish: ``result.json`` (written with it) logged ``N`` epochs, and the run,
+    resumed with more epochs since, saved a complete checkpoint ``newest`` past epoch ``N``
+    (``epoch_M`` with M > N, or ``epoch_N_batch_B``); None otherwise (no student, no readable
+    ``result.json``, or none past it)."""
+    import json
+
+    from robustdistill.speaker.run_folder import newest_complete_checkpoint
+
+    if run.recipe != "speaker" or not (run.run_dir / "student" / "model.safetensors").is_file():
+        return None
+    try:
+        epochs = json.loads((run.run_dir / "result.json").read_text()).get("epochs")
+    except (OSError, ValueError, AttributeError):
+        return None
+    newest = newest_complete_checkpoint(run.run_dir) if isinstance(epochs, list) else None
+    if newest is None or (newest[1], newest[2]) <= (len(epochs), 0):
+        return None
+    return len(epochs), newest[0]
+
+
+def _is_student(tensors: dict, student: Path) -> bool:
+    """Whether ``tensors`` (:func:`_exported_tensors`) are those of the exported ``student``
+    folder; False when it cannot be read."""
+    from safetensors import SafetensorError
+
+    try:
+        return not _differing(tensors, _exported_tensors(student))
+    except (SafetensorError, OSError):
+        return False
+
+
+def _epochs(count: int) -> str:
+    """``"1 epoch"``, ``"3 epochs"``."""
+    return f"{count} epoch{'' if count == 1 else 's'}"
 
 
 def _differing(a: dict, b: dict) -> list[str]:
