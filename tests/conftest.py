@@ -180,6 +180,35 @@ def tiny_teacher():
     return model
 
 
+def sigterm_speaker_run(tiny, tmp_path: Path, monkeypatch, epochs: int, at_forward: int,
+                        out: str = "run") -> Path:
+    """A ``train-speaker`` run (``loss.method none``, batches of 2: 3 an epoch of :func:`tiny`'s
+    6 crops) stopped by a SIGTERM sent in the student's ``at_forward``-th forward pass (the
+    batch under way finishes and a checkpoint is saved); its folder."""
+    import signal
+
+    from robustdistill.interrupts import handled
+    from robustdistill.speaker.models import SpeakerModel
+    from robustdistill.speaker.train import train_system
+
+    teacher, crops = tiny
+    cfg = speaker_kd_config(tmp_path, out, epochs, method="none")
+    cfg.training.batch_size = 2
+    forward, calls = SpeakerModel.forward, []
+
+    def wrapped(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == at_forward:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(SpeakerModel, "forward", wrapped)
+    with pytest.raises(SystemExit), handled("robustdistill train-speaker"):
+        train_system(cfg, teacher, crops)
+    monkeypatch.undo()
+    return tmp_path / out
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_teacher):
     """``(teacher, crops)`` for speaker training: :func:`tiny_teacher` and 6 white-noise crops of

@@ -15,7 +15,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import speaker_kd_config
+from conftest import sigterm_speaker_run, speaker_kd_config
 from safetensors.torch import load_file, save_file
 
 from robustdistill.publish.card import build_card
@@ -61,25 +61,7 @@ def _sigterm_run(tiny, tmp_path: Path, monkeypatch) -> Path:
     """A 4-epoch run of 3 batches an epoch stopped by a SIGTERM in batch 2 of epoch 3: it saved
     ``epoch_1``, ``epoch_2`` and ``epoch_2_batch_2``, logged epochs 1 and 2, and exported no
     student and no ``result.json``."""
-    from robustdistill.interrupts import handled
-    from robustdistill.speaker.models import SpeakerModel
-
-    teacher, crops = tiny
-    cfg = speaker_kd_config(tmp_path, "run", 4, method="none")
-    cfg.training.batch_size = 2  # 3 batches an epoch
-    forward, calls = SpeakerModel.forward, []
-
-    def wrapped(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 8:  # epoch 3, batch 2
-            os.kill(os.getpid(), signal.SIGTERM)
-        return forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(SpeakerModel, "forward", wrapped)
-    with pytest.raises(SystemExit), handled(PROG):
-        train_system(cfg, teacher, crops)
-    monkeypatch.undo()
-    run = tmp_path / "run"
+    run = sigterm_speaker_run(tiny, tmp_path, monkeypatch, 4, 8)  # epoch 3, batch 2
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "epoch_1", "epoch_2", "epoch_2_batch_2"]
     assert not (run / "student").exists() and not (run / "result.json").exists()

@@ -6,13 +6,11 @@ a card needed a hand-written script."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import speaker_kd_config
+from conftest import sigterm_speaker_run, speaker_kd_config
 from safetensors.torch import load_file
 
 from robustdistill.speaker.models import EMBEDDER_PARTS
@@ -155,25 +153,7 @@ def test_a_run_stopped_by_a_nan_exports_its_newest_checkpoint_and_the_card_accep
 def test_a_mid_epoch_checkpoint_of_a_sigterm_is_exported(tiny, tmp_path, monkeypatch, capsys):
     """A SIGTERM in batch 2 of 3 of epoch 2: ``epoch_1_batch_2`` is the newest checkpoint and
     the default; the older ``epoch_1`` can be named by its folder."""
-    from robustdistill.interrupts import handled
-    from robustdistill.speaker.models import SpeakerModel
-
-    teacher, crops = tiny
-    cfg = speaker_kd_config(tmp_path, "run", 3, method="none")
-    cfg.training.batch_size = 2  # 3 batches an epoch
-    forward, calls = SpeakerModel.forward, []
-
-    def wrapped(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:  # epoch 2, batch 2
-            os.kill(os.getpid(), signal.SIGTERM)
-        return forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(SpeakerModel, "forward", wrapped)
-    with pytest.raises(SystemExit), handled(PROG):
-        train_system(cfg, teacher, crops)
-    monkeypatch.undo()
-    run = tmp_path / "run"
+    run = sigterm_speaker_run(tiny, tmp_path, monkeypatch, 3, 5)  # epoch 2, batch 2
     capsys.readouterr()
     done = _export(capsys, "--run", str(run), "--out", str(tmp_path / "a"))
     assert (done["checkpoint"], done["epochs_done"], done["batches_done"]) == (
