@@ -319,7 +319,8 @@ def export_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = 
     heads_dir = export_heads_dir(out_dir)
     # inside the run: its own student/ + heads/ or under exports/ (--overwrite of
     # RUN/checkpoints/checkpoint_N emptied that checkpoint)
-    check_outside_run(out_dir, run_dir, "--out", allowed=("student",))
+    check_outside_run(out_dir, run_dir, "student folder" if own else "--out",
+                      allowed=("student",))
     check_outside_run(heads_dir, run_dir, "heads folder", allowed=("heads",))
     for folder, what in ((out_dir, "student folder" if own else "--out"),
                          (heads_dir, "heads folder")):

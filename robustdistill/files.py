@@ -180,7 +180,9 @@ def check_outside_run(path: str | os.PathLike, run_dir: str | os.PathLike, what:
 
     Raises:
         OutputFolderError: ``path`` is inside ``run_dir``, not one of ``allowed`` and not
-            under ``run_dir/exports/``.
+            under ``run_dir/exports/`` (one line; a ``path`` that gets there through a link,
+            e.g. ``RUN/student`` linked to ``RUN/checkpoints/checkpoint_1``, also names where
+            the link leads, as ``RUN/...``).
     """
     resolved, run = Path(path).expanduser().resolve(), Path(run_dir).expanduser().resolve()
     if run not in resolved.parents or run / "exports" in resolved.parents:
@@ -189,8 +191,14 @@ def check_outside_run(path: str | os.PathLike, run_dir: str | os.PathLike, what:
     if any(resolved == run / name for name in allowed):
         return
     places = "".join(f"RUN/{name}, " for name in allowed)
-    raise OutputFolderError(f"{what} {str(path)!r} is inside the run folder {run_dir}, whose "
-                            "files (checkpoints/, config.yaml, ...) are the trainer's: give "
+    # through a link (RUN/student -> checkpoints/checkpoint_1): say where it leads
+    inside = resolved.relative_to(run)
+    plain = Path(os.path.abspath(Path(path).expanduser()))
+    plain_run = Path(os.path.abspath(Path(run_dir).expanduser()))
+    via = ("" if plain.is_relative_to(plain_run) and plain.relative_to(plain_run) == inside
+           else f" (through a link: RUN/{inside.as_posix()})")
+    raise OutputFolderError(f"{what} {str(path)!r} is inside the run folder {run_dir}{via}, "
+                            "whose files (checkpoints/, config.yaml, ...) are the trainer's: give "
                             f"{places}a folder under RUN/exports/ or "
                             f"{'one ' if allowed else ''}outside the run")
 

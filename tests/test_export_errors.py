@@ -246,3 +246,36 @@ def test_an_out_among_the_runs_own_files_is_refused_and_never_emptied(tmp_path, 
     assert (run / "exports" / "c1" / "model.safetensors").read_bytes() == (
         run / "student" / "model.safetensors").read_bytes()
     assert _run_files(run) == before
+
+
+def test_a_default_folder_linked_into_the_run_is_named_as_such_and_never_emptied(tmp_path,
+                                                                                  capsys):
+    """``RUN/student`` a link to ``RUN/checkpoints/checkpoint_2`` (or ``RUN/exports`` one to
+    ``RUN/checkpoints``): ``export --run RUN [--checkpoint ...]``, with no ``--out``, is
+    refused as the student folder (not "--out", which was not given) and names where the link
+    leads (the refusal's "give RUN/student" read as a contradiction for ``RUN/student``
+    itself); the checkpoint stays as it was. A plain ``--out`` inside the run names no link."""
+    run = _run(tmp_path)
+    (run / "config.yaml").write_text("objectives: {}\n")
+    (run / "student").symlink_to(Path("checkpoints") / "checkpoint_2")
+    before = _run_files(run)
+    line = _one_line_error(capsys, ["--run", str(run), "--overwrite"])
+    assert line == (f"robustdistill export: error: student folder {str(run / 'student')!r} is "
+                    f"inside the run folder {run} (through a link: RUN/checkpoints/"
+                    "checkpoint_2), whose files (checkpoints/, config.yaml, ...) are the "
+                    "trainer's: give RUN/student, a folder under RUN/exports/ or one outside "
+                    "the run")
+    (run / "student").unlink()
+    (run / "exports").symlink_to("checkpoints")
+    first = str(run / "checkpoints" / "checkpoint_1")
+    line = _one_line_error(capsys, ["--run", str(run), "--checkpoint", first])
+    default = run / "exports" / "checkpoint_1" / "student"
+    assert line == (f"robustdistill export: error: student folder {str(default)!r} is inside "
+                    f"the run folder {run} (through a link: RUN/checkpoints/checkpoint_1/"
+                    "student), whose files (checkpoints/, config.yaml, ...) are the trainer's: "
+                    "give RUN/student, a folder under RUN/exports/ or one outside the run")
+    out = run / "student" / ".." / "checkpoints" / "checkpoint_2"  # no link: no note
+    line = _one_line_error(capsys, ["--run", str(run), "--out", str(out), "--overwrite"])
+    assert line.startswith(f"robustdistill export: error: --out {str(out)!r} is inside the "
+                           f"run folder {run}, whose files")
+    assert _run_files(run) == before

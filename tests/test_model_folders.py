@@ -153,16 +153,27 @@ def test_export_out_that_holds_files_is_refused_before_anything_is_written(tmp_p
 
 def test_export_overwrite_never_deletes_the_runs_student_init(tmp_path, capsys):
     """``student_init`` is read to build the student: an --out that is it (or holds it) is
-    refused before anything is emptied, and the run can still be exported."""
+    refused before anything is emptied, and the run can still be exported. Since 2026-12-08
+    a folder of the user's inside the run is refused too (``files.check_outside_run``: only
+    ``RUN/student`` or under ``RUN/exports/``), which this test still let through."""
     run = _run(tmp_path)
     init = run / "student_init"
     before = sorted(p.name for p in init.iterdir())
     line = _error(capsys, "export", ["--run", str(run), "--out", str(init), "--overwrite"])
-    assert "student_init" in line and "--overwrite would delete" in line
+    # inside the run: refused by the run rule (before 2026-12-08: as an input --overwrite
+    # would delete); the run itself, which holds it, still as such an input
+    assert f"--out {str(init)!r} is inside the run folder {run}," in line
+    line = _error(capsys, "export", ["--run", str(run), "--out", str(run), "--overwrite"])
+    assert f"is or holds {str(run)!r}, an input" in line and "--overwrite would delete" in line
     assert sorted(p.name for p in init.iterdir()) == before
     assert cli.main(["export", "--run", str(run)]) == 0
-    # a folder inside the run (not the run, not student_init) is still fine
-    assert cli.main(["export", "--run", str(run), "--out", str(run / "mine"), "--overwrite"]) == 0
+    # elsewhere in the run: refused (one line), nothing written; under RUN/exports/: fine
+    line = _error(capsys, "export", ["--run", str(run), "--out", str(run / "mine"), "--overwrite"])
+    assert f"--out {str(run / 'mine')!r} is inside the run folder {run}," in line
+    assert not (run / "mine").exists()
+    assert cli.main(["export", "--run", str(run), "--out", str(run / "exports" / "mine"),
+                     "--overwrite"]) == 0
+    assert (run / "exports" / "mine" / "model.safetensors").is_file()
 
 
 def test_export_overwrite_never_deletes_the_onnx_check_audio(tmp_path, capsys):
