@@ -77,6 +77,10 @@ def test_exporting_a_finished_runs_last_checkpoint_gives_its_student_exactly(tin
     _assert_equal_tensors(exported, _embedder_tensors(run / "checkpoints" / "epoch_1"))
     final = load_file(run / "student" / "model.safetensors")
     assert any(not torch.equal(exported[k], final[k]) for k in exported)
+    # again, with no --out: the refusal names the default folder (it named an --out never given)
+    line = _refused(capsys, "--run", str(run), "--checkpoint", "epoch_1")
+    assert line.startswith(f"robustdistill train-speaker: error: the default folder "
+                           f"{str(first)!r} is not empty"), line
 
 
 def test_an_upstream_students_export_equals_its_student_folder(tiny, tiny_wavlm_dir, tmp_path,

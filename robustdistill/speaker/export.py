@@ -118,11 +118,12 @@ def export_checkpoint(run_dir: str | Path, checkpoint: str | None = None,
                          "run's (export a checkpoint of this run)")
     out = Path(out_dir).expanduser() if out_dir is not None else \
         run_dir / "exports" / folder.name / "student"
+    what = "--out" if out_dir is not None else "the default folder"  # as messages name it
     if out.resolve() == (run_dir / "student").resolve():
-        raise ValueError(f"--out {str(out)!r} is the folder a finished run exports its student "
-                         "to (RUN/student says the run finished): give another folder")
-    check_outside_run(out, run_dir, "--out")  # --overwrite of RUN/checkpoints/epoch_N: gone
-    out = check_output_folder(out, "--out", overwrite=overwrite, inputs=(run_dir,))
+        raise ValueError(f"{what} {str(out)!r} is the folder a finished run exports its "
+                         "student to (RUN/student says the run finished): give another folder")
+    check_outside_run(out, run_dir, what)  # --overwrite of RUN/checkpoints/epoch_N: gone
+    out = check_output_folder(out, what, overwrite=overwrite, inputs=(run_dir,))
     weights = folder / _WEIGHTS
     try:  # the header only: the two sizes the student is built with
         with safe_open(str(weights), "pt") as f:
