@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..checkpoints import STUDENT_PREFIX, checkpoint_step, list_checkpoints
 from .card_results import CardError
-from .provenance import RunSummary
+from .provenance import RunSummary, read_run_result
 
 __all__ = ["BEST_STUDENT", "STUDENT_PREFIX", "best_validation_record", "check_run_weights",
            "is_best_student", "speaker_checkpoint_weights",
@@ -356,15 +356,13 @@ def stale_speaker_student(run: RunSummary) -> tuple[int, Path] | None:
     resumed with more epochs since, saved a complete checkpoint ``newest`` past epoch ``N``
     (``epoch_M`` with M > N, or ``epoch_N_batch_B``); None otherwise (no student, no readable
     ``result.json``, or none past it)."""
-    import json
-
     from robustdistill.speaker.run_folder import newest_complete_checkpoint
 
     if run.recipe != "speaker" or not (run.run_dir / "student" / "model.safetensors").is_file():
         return None
-    try:
-        epochs = json.loads((run.run_dir / "result.json").read_text()).get("epochs")
-    except (OSError, ValueError, AttributeError):
+    try:  # the card's one reader; a damaged file was refused when the run was summarised
+        epochs = (read_run_result(run.run_dir) or {}).get("epochs")
+    except ValueError:
         return None
     newest = newest_complete_checkpoint(run.run_dir) if isinstance(epochs, list) else None
     if newest is None or (newest[1], newest[2]) <= (len(epochs), 0):
