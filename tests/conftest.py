@@ -180,6 +180,24 @@ def tiny_teacher():
     return model
 
 
+def nan_instance_loss_at(monkeypatch, call: int):
+    """Make ``train-speaker``'s ``instance_loss`` NaN at its ``call``-th call (1-based; with
+    :func:`tiny`'s 6 crops in batches of 2, batch ``(call - 1) % 3 + 1`` of epoch
+    ``(call - 1) // 3 + 1``; in batches of 4, 2 batches an epoch): a non-finite stop there.
+    Returns the real ``instance_loss``."""
+    from robustdistill.speaker import train as speaker_train
+
+    real, calls = speaker_train.instance_loss, []
+
+    def instance_loss(student, target):
+        calls.append(1)
+        value = real(student, target)
+        return value * float("nan") if len(calls) == call else value
+
+    monkeypatch.setattr(speaker_train, "instance_loss", instance_loss)
+    return real
+
+
 def sigterm_speaker_run(tiny, tmp_path: Path, monkeypatch, epochs: int, at_forward: int,
                         out: str = "run") -> Path:
     """A ``train-speaker`` run (``loss.method none``, batches of 2: 3 an epoch of :func:`tiny`'s

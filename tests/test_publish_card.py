@@ -827,20 +827,14 @@ def test_speaker_card_of_a_run_stopped_by_a_nonfinite_step(tiny, tmp_path, monke
     them against that checkpoint; a run stopped before any checkpoint is refused (it saved no
     weights). Until 2026-12-07 the card said "last logged epoch 1 of 3" and nothing of the
     stop, with the weights unchecked."""
-    from conftest import speaker_kd_config
+    from conftest import nan_instance_loss_at, speaker_kd_config
 
     from robustdistill.publish.provenance import summarise_run
     from robustdistill.publish.run_weights import check_run_weights
     from robustdistill.speaker import train as speaker_train
 
     teacher, crops = tiny
-    real, calls = speaker_train.instance_loss, []
-
-    def instance_loss(student, target):  # the third call: epoch 2, batch 1 of 2
-        calls.append(1)
-        return real(student, target) * (float("nan") if len(calls) == 3 else 1.0)
-
-    monkeypatch.setattr(speaker_train, "instance_loss", instance_loss)
+    real = nan_instance_loss_at(monkeypatch, 3)  # the third call: epoch 2, batch 1 of 2
     run = tmp_path / "run"
     with pytest.raises(speaker_train.NonFiniteLossError):
         speaker_train.train_system(speaker_kd_config(tmp_path, "run", 3, method="embedding_kd"),

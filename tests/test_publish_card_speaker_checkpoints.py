@@ -15,7 +15,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import sigterm_speaker_run, speaker_kd_config
+from conftest import nan_instance_loss_at, sigterm_speaker_run, speaker_kd_config
 from safetensors.torch import load_file, save_file
 
 from robustdistill.publish.card import build_card
@@ -182,13 +182,7 @@ def test_a_nan_stopped_runs_older_checkpoint_is_named_and_the_stops_kept(tiny, t
     from robustdistill.speaker import train as speaker_train
 
     teacher, crops = tiny
-    real, calls = speaker_train.instance_loss, []
-
-    def instance_loss(student, target):  # the fifth call: epoch 3, batch 1 of 2
-        calls.append(1)
-        return real(student, target) * (float("nan") if len(calls) == 5 else 1.0)
-
-    monkeypatch.setattr(speaker_train, "instance_loss", instance_loss)
+    nan_instance_loss_at(monkeypatch, 5)  # the fifth call: epoch 3, batch 1 of 2
     run = tmp_path / "run"
     with pytest.raises(speaker_train.NonFiniteLossError):
         train_system(speaker_kd_config(tmp_path, "run", 4, method="embedding_kd"), teacher,

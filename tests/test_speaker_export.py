@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import sigterm_speaker_run, speaker_kd_config
+from conftest import nan_instance_loss_at, sigterm_speaker_run, speaker_kd_config
 from safetensors.torch import load_file
 
 from robustdistill.speaker.models import EMBEDDER_PARTS
@@ -102,15 +102,7 @@ def test_an_upstream_students_export_equals_its_student_folder(tiny, tiny_wavlm_
 
 def _nan_in_epoch_2(monkeypatch) -> None:
     """``instance_loss``'s third call (epoch 2, batch 1 of 2 with the tiny crops) NaN."""
-    from robustdistill.speaker import train as speaker_train
-
-    real, calls = speaker_train.instance_loss, []
-
-    def instance_loss(student, target):
-        calls.append(1)
-        return real(student, target) * (float("nan") if len(calls) == 3 else 1.0)
-
-    monkeypatch.setattr(speaker_train, "instance_loss", instance_loss)
+    nan_instance_loss_at(monkeypatch, 3)
 
 
 def test_a_run_stopped_by_a_nan_exports_its_newest_checkpoint_and_the_card_accepts_it(

@@ -15,7 +15,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import speaker_kd_config
+from conftest import nan_instance_loss_at, speaker_kd_config
 
 from downstream.config import from_dict, to_dict
 from robustdistill.environment import read_environment
@@ -243,16 +243,7 @@ def test_sigterm_in_the_last_batch_trained_saves_the_epoch_when_a_one_crop_batch
 def _nan_instance_loss_at(monkeypatch, call: int) -> None:
     """Make ``instance_loss``'s ``call``-th call (1-based: batch ``(call - 1) % 3 + 1`` of epoch
     ``(call - 1) // 3 + 1`` with 6 crops in batches of 2) NaN."""
-    from robustdistill.speaker import train as speaker_train
-
-    real, calls = speaker_train.instance_loss, []
-
-    def instance_loss(student, target):
-        calls.append(1)
-        value = real(student, target)
-        return value * float("nan") if len(calls) == call else value
-
-    monkeypatch.setattr(speaker_train, "instance_loss", instance_loss)
+    nan_instance_loss_at(monkeypatch, call)
 
 
 def _embedding_kd(tmp_path: Path, out: str, resume: bool = False, lr: float = 0.01):

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import speaker_kd_config
+from conftest import nan_instance_loss_at, speaker_kd_config
 from safetensors.torch import load_file
 
 from downstream.config import ConfigError, from_dict
@@ -544,17 +544,7 @@ def test_a_nonfinite_step_in_the_first_epoch_says_no_checkpoint_was_saved(tiny, 
 def _nan_in_epoch_2(monkeypatch):
     """Make ``instance_loss``'s third call (epoch 2, batch 1 of 2 with the :func:`tiny` crops)
     NaN; returns the real one."""
-    from robustdistill.speaker import train as speaker_train
-
-    real, calls = speaker_train.instance_loss, []
-
-    def instance_loss(student, target):
-        calls.append(1)
-        value = real(student, target)
-        return value * float("nan") if len(calls) == 3 else value
-
-    monkeypatch.setattr(speaker_train, "instance_loss", instance_loss)
-    return real
+    return nan_instance_loss_at(monkeypatch, 3)
 
 
 def test_a_nonfinite_stop_writes_stopped_json_and_a_run_past_it_removes_it(tiny, tmp_path,

@@ -665,7 +665,7 @@ def test_cache_teacher_makes_the_recipes_teacher_as_distill_does(tmp_path, capsy
 
 def test_a_batch_that_computed_a_miss_gives_the_freed_heap_back(tmp_path, teacher, monkeypatch):
     """A lazy fill's teacher passes over whole utterances leave their freed pages in glibc's
-    heap (a 2-epoch distill on 120 LibriSpeech utterances held 1,863 MB in the epoch after the
+    heap (48 distill steps on 126 LibriSpeech files held 1,863 MB in the epoch after the
     fill, 1,048 MB with the trim): a ``targets`` call that computed a miss asks the cache's
     HeapTrimmer (128 MB: a heap that does not grow, as with a teacher on a GPU, is left as it
     is, since each trim makes the next step fault its pages in again) to trim, one that only

@@ -368,7 +368,7 @@ class TeacherFeatureCache:
             out = out.to(device)
             if self.misses != misses:
                 # the teacher's passes over whole utterances of every length, freed: glibc
-                # kept their pages (a 2-epoch distill on 120 LibriSpeech utterances: 1,863 MB
+                # kept their pages (48 distill steps on 126 LibriSpeech files: 1,863 MB
                 # in the epoch after the fill, 1,048 MB with this; docs/performance.md); only
                 # once grown by _TRIM_AFTER_GROWTH: a teacher on a GPU leaves little there,
                 # and a trim makes the next step fault its pages in again
